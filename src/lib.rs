@@ -1,0 +1,23 @@
+//! lcs-bridge: federates an XMPP server (as an XEP-0114 external component) with Microsoft
+//! Live Communications Server 2005 SP1 and its successors over the LCS interdomain federation
+//! profile.
+//!
+//! Module map (see `docs/ARCHITECTURE.md` for the flow of a message):
+//!
+//! | module | I/O? | what |
+//! | --- | --- | --- |
+//! | [`sip`] | none | SIP message codec (RFC 3261 §7, §20, §25), URIs (§19), stream framing (§18.3, RFC 5626 §4.4.1), builders, SDP for session-mode IM |
+//! | [`core`] | none | addresses (XEP-0106, RFC 7247 §3), PIDF/RPID/CIPID codec (RFC 3863/4480/4482), presence translation, mapping tables, error conditions |
+//! | [`xmpp`] | none | XMPP stanza helpers on top of xmpp-parsers |
+//! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
+//! | [`inspect`] | none | the administrator's `inspect` views of wire data |
+//! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
+//!
+//! Rule: `sip`, `core` and `xmpp` never touch sockets, files or the clock; time is an argument.
+
+pub mod app;
+pub mod config;
+pub mod core;
+pub mod inspect;
+pub mod sip;
+pub mod xmpp;

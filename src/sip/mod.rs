@@ -1,0 +1,10 @@
+//! SIP codec (no I/O).
+
+pub mod builder;
+pub mod error;
+pub mod framing;
+pub mod header;
+pub mod message;
+pub mod params;
+pub mod sdp;
+pub mod uri;
