@@ -1,1 +1,616 @@
-//! TODO
+//! Header names and typed header values, RFC 3261 §7.3 and §20, RFC 6665 §8.2 (Event,
+//! Subscription-State), RFC 5626 / RFC 5627 Contact parameters, and the Microsoft parameters
+//! listed in `lcs-quirks.md` (`epid`, `ms-received-port`, `proxy=replace`).
+//!
+//! Values are parsed on demand from the raw header text and borrow from it; parameters stay raw
+//! ([`Params`]) so nothing unknown is lost.
+
+use super::error::ParseError;
+use super::message::Method;
+use super::params::{Params, find_unquoted, is_token, split_comma};
+use super::uri::Uri;
+
+macro_rules! header_kinds {
+    ($($variant:ident = $name:literal $(, $compact:literal)?;)*) => {
+        /// The headers the codec knows by name. Lookup is case-insensitive and accepts the
+        /// compact forms of RFC 3261 §7.3.3 and later RFCs.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum HeaderKind {
+            $($variant,)*
+            /// Any other header; compare its name case-insensitively.
+            Other,
+        }
+
+        impl HeaderKind {
+            /// The canonical name, as the builders write it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(HeaderKind::$variant => $name,)*
+                    HeaderKind::Other => "",
+                }
+            }
+
+            /// Classifies a header name (case-insensitive; compact forms accepted).
+            pub fn of(name: &str) -> HeaderKind {
+                if name.len() == 1 {
+                    let c = name.as_bytes()[0].to_ascii_lowercase();
+                    $($(if c == $compact { return HeaderKind::$variant; })?)*
+                    return HeaderKind::Other;
+                }
+                $(if name.len() == $name.len() && name.eq_ignore_ascii_case($name) {
+                    return HeaderKind::$variant;
+                })*
+                HeaderKind::Other
+            }
+        }
+    };
+}
+
+header_kinds! {
+    Via = "Via", b'v';
+    From = "From", b'f';
+    To = "To", b't';
+    CallId = "Call-ID", b'i';
+    CSeq = "CSeq";
+    Contact = "Contact", b'm';
+    MaxForwards = "Max-Forwards";
+    ContentLength = "Content-Length", b'l';
+    ContentType = "Content-Type", b'c';
+    Route = "Route";
+    RecordRoute = "Record-Route";
+    Expires = "Expires";
+    Event = "Event", b'o';
+    SubscriptionState = "Subscription-State";
+    Allow = "Allow";
+    AllowEvents = "Allow-Events", b'u';
+    Supported = "Supported", b'k';
+    Require = "Require";
+    ProxyRequire = "Proxy-Require";
+    Accept = "Accept";
+    ContentEncoding = "Content-Encoding", b'e';
+    Subject = "Subject", b's';
+    ReferTo = "Refer-To", b'r';
+    ReferredBy = "Referred-By", b'b';
+    SessionExpires = "Session-Expires", b'x';
+    AcceptContact = "Accept-Contact", b'a';
+    RejectContact = "Reject-Contact", b'j';
+    RequestDisposition = "Request-Disposition", b'd';
+    Identity = "Identity", b'y';
+    IdentityInfo = "Identity-Info", b'n';
+    ReplyTo = "Reply-To";
+    PAssertedIdentity = "P-Asserted-Identity";
+    PPreferredIdentity = "P-Preferred-Identity";
+    UserAgent = "User-Agent";
+    Server = "Server";
+    Organization = "Organization";
+    Warning = "Warning";
+    RetryAfter = "Retry-After";
+    Timestamp = "Timestamp";
+    Date = "Date";
+    ContentLanguage = "Content-Language";
+}
+
+impl HeaderKind {
+    /// Headers whose value is a comma-separated list (RFC 3261 §7.3.1) that the codec splits.
+    pub fn is_list(self) -> bool {
+        matches!(
+            self,
+            HeaderKind::Via
+                | HeaderKind::Contact
+                | HeaderKind::Route
+                | HeaderKind::RecordRoute
+                | HeaderKind::Allow
+                | HeaderKind::AllowEvents
+                | HeaderKind::Supported
+                | HeaderKind::Require
+                | HeaderKind::ProxyRequire
+                | HeaderKind::Accept
+                | HeaderKind::ContentEncoding
+                | HeaderKind::PAssertedIdentity
+        )
+    }
+
+    /// Headers whose values carry URIs (checked for `sips:`).
+    pub fn carries_uri(self) -> bool {
+        matches!(
+            self,
+            HeaderKind::From
+                | HeaderKind::To
+                | HeaderKind::Contact
+                | HeaderKind::Route
+                | HeaderKind::RecordRoute
+                | HeaderKind::ReferTo
+                | HeaderKind::ReferredBy
+                | HeaderKind::ReplyTo
+                | HeaderKind::PAssertedIdentity
+                | HeaderKind::PPreferredIdentity
+        )
+    }
+
+    /// Free-text headers, never searched for URIs.
+    pub fn is_free_text(self) -> bool {
+        matches!(
+            self,
+            HeaderKind::Subject
+                | HeaderKind::UserAgent
+                | HeaderKind::Server
+                | HeaderKind::Organization
+                | HeaderKind::Warning
+                | HeaderKind::CallId
+                | HeaderKind::Date
+        )
+    }
+}
+
+/// A `Via` value (RFC 3261 §20.42): `SIP/2.0/TLS host:port;branch=…;received=…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via<'a> {
+    /// `SIP/2.0`, as written.
+    pub protocol: &'a str,
+    /// `TLS`, `TCP`, `UDP` … as written.
+    pub transport: &'a str,
+    /// The sent-by host (IPv6 with brackets).
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub params: Params<'a>,
+}
+
+impl<'a> Via<'a> {
+    pub fn parse(value: &'a str) -> Result<Via<'a>, ParseError> {
+        let bad = |r: &str| ParseError::header("Via", value, r);
+        let v = value.trim();
+        // sent-protocol = name SLASH version SLASH transport, LWS allowed around the slashes.
+        let mut rest = v;
+        let mut parts = [""; 3];
+        for (i, part) in parts.iter_mut().enumerate() {
+            rest = rest.trim_start();
+            let end = if i < 2 {
+                rest.find('/')
+                    .ok_or_else(|| bad("sent-protocol is not name/version/transport"))?
+            } else {
+                rest.find(|c: char| c.is_ascii_whitespace())
+                    .ok_or_else(|| bad("missing sent-by"))?
+            };
+            *part = rest[..end].trim();
+            rest = &rest[end + usize::from(i < 2)..];
+        }
+        if !parts.iter().all(|p| is_token(p)) {
+            return Err(bad("sent-protocol is not name/version/transport"));
+        }
+        let protocol_end = v.find(parts[1]).map(|i| i + parts[1].len()).unwrap_or(0);
+        let protocol = &v[..protocol_end];
+        let rest = rest.trim_start();
+        let semi = find_unquoted(rest, 0, b";", false);
+        let sent_by = rest[..semi].trim();
+        let params = Params::new(&rest[semi..]);
+        let (host, port) = split_host_port(sent_by).map_err(|r| bad(&r))?;
+        Ok(Via {
+            protocol,
+            transport: parts[2],
+            host,
+            port,
+            params,
+        })
+    }
+
+    pub fn branch(&self) -> Option<&'a str> {
+        self.params.value("branch")
+    }
+
+    pub fn received(&self) -> Option<&'a str> {
+        self.params.value("received")
+    }
+
+    /// `None` when absent, `Some(None)` for a bare `;rport`, `Some(Some(port))` when filled in.
+    pub fn rport(&self) -> Option<Option<u16>> {
+        self.params
+            .get("rport")
+            .map(|v| v.and_then(|p| p.trim().parse().ok()))
+    }
+
+    /// Microsoft's `ms-received-port` parameter.
+    pub fn ms_received_port(&self) -> Option<u16> {
+        self.params
+            .value("ms-received-port")
+            .and_then(|p| p.parse().ok())
+    }
+}
+
+/// Splits `host[:port]` (IPv6 in brackets).
+pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if s.starts_with('[') {
+        let end = s.find(']').ok_or("unterminated IPv6 reference")?;
+        let tail = &s[end + 1..];
+        match tail.strip_prefix(':') {
+            Some(p) => (&s[..=end], Some(p)),
+            None if tail.is_empty() => (&s[..=end], None),
+            None => return Err(format!("junk {tail:?} after host")),
+        }
+    } else {
+        match s.rfind(':') {
+            Some(c) => (&s[..c], Some(&s[c + 1..])),
+            None => (s, None),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b':' | b'[' | b']'))
+    {
+        return Err(format!("invalid host {host:?}"));
+    }
+    let port = match port {
+        Some(p) => Some(
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("invalid port {p:?}"))?,
+        ),
+        None => None,
+    };
+    Ok((host, port))
+}
+
+/// A `name-addr` / `addr-spec` value with parameters (RFC 3261 §20.10, §20.20, §20.39): From,
+/// To, Contact, Route, Record-Route, P-Asserted-Identity …
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    /// The display name as written, without quotes (quoted-pair escapes kept).
+    pub display_name: Option<&'a str>,
+    /// The URI text between `<` and `>` (or the bare addr-spec).
+    pub uri: &'a str,
+    /// Header parameters (`;tag=…;epid=…`).
+    pub params: Params<'a>,
+}
+
+impl<'a> NameAddr<'a> {
+    /// Parses one value; `header` names the header for error messages.
+    pub fn parse(value: &'a str, header: &'static str) -> Result<NameAddr<'a>, ParseError> {
+        let bad = |r: String| ParseError::header(header, value, r);
+        let v = value.trim();
+        let lt = find_unquoted(v, 0, b"<", false);
+        if lt < v.len() {
+            let gt = v[lt..]
+                .find('>')
+                .map(|i| lt + i)
+                .ok_or_else(|| bad("missing '>'".into()))?;
+            let dn = v[..lt].trim();
+            let display_name = if dn.is_empty() {
+                None
+            } else if let Some(q) = dn.strip_prefix('"') {
+                Some(
+                    q.strip_suffix('"')
+                        .ok_or_else(|| bad("unterminated display name".into()))?,
+                )
+            } else {
+                Some(dn)
+            };
+            let uri = v[lt + 1..gt].trim();
+            Uri::parse(uri).map_err(|e| bad(e.to_string()))?;
+            let rest = v[gt + 1..].trim_start();
+            if !(rest.is_empty() || rest.starts_with(';')) {
+                return Err(bad(format!("unexpected {rest:?} after '>'")));
+            }
+            Ok(NameAddr {
+                display_name,
+                uri,
+                params: Params::new(rest),
+            })
+        } else {
+            // addr-spec without brackets: parameters belong to the header, not to the URI.
+            let semi = v.find(';').unwrap_or(v.len());
+            let uri = v[..semi].trim();
+            if v.starts_with('"') {
+                return Err(bad("display name without <URI>".into()));
+            }
+            Uri::parse(uri).map_err(|e| bad(e.to_string()))?;
+            Ok(NameAddr {
+                display_name: None,
+                uri,
+                params: Params::new(&v[semi..]),
+            })
+        }
+    }
+
+    pub fn parsed_uri(&self) -> Uri<'a> {
+        // Checked in `parse`; a value built by hand that does not parse yields an opaque URI.
+        Uri::parse(self.uri).unwrap_or(Uri::Other {
+            scheme: "",
+            rest: self.uri,
+        })
+    }
+
+    pub fn tag(&self) -> Option<&'a str> {
+        self.params.value("tag")
+    }
+
+    /// Microsoft's endpoint id.
+    pub fn epid(&self) -> Option<&'a str> {
+        self.params.value("epid")
+    }
+
+    pub fn expires(&self) -> Option<u32> {
+        self.params.value("expires").and_then(|e| e.parse().ok())
+    }
+
+    /// `+sip.instance` (RFC 5626 §4.1), e.g. `<urn:uuid:…>`.
+    pub fn sip_instance(&self) -> Option<&'a str> {
+        self.params.value("+sip.instance")
+    }
+
+    /// Microsoft's `proxy=replace` Contact parameter.
+    pub fn proxy_replace(&self) -> bool {
+        self.params
+            .value("proxy")
+            .is_some_and(|v| v.eq_ignore_ascii_case("replace"))
+    }
+}
+
+/// A Contact header value: `*` or a list of addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contact<'a> {
+    Star,
+    Addresses(Vec<NameAddr<'a>>),
+}
+
+/// CSeq (RFC 3261 §20.16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    pub number: u32,
+    pub method: Method,
+}
+
+impl CSeq {
+    pub fn parse(value: &str) -> Result<CSeq, ParseError> {
+        let bad = |r: &str| ParseError::header("CSeq", value, r);
+        let mut it = value.split_ascii_whitespace();
+        let num = it.next().ok_or_else(|| bad("empty"))?;
+        let method = it.next().ok_or_else(|| bad("missing method"))?;
+        if it.next().is_some() {
+            return Err(bad("junk after method"));
+        }
+        let number = num
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n < 1 << 31)
+            .ok_or_else(|| bad("sequence number is not an integer below 2**31"))?;
+        let method = Method::parse(method).map_err(|_| bad("invalid method token"))?;
+        Ok(CSeq { number, method })
+    }
+}
+
+/// Event (RFC 6665 §8.2.1): `presence;id=…`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub package: &'a str,
+    pub params: Params<'a>,
+}
+
+impl<'a> Event<'a> {
+    pub fn parse(value: &'a str) -> Result<Event<'a>, ParseError> {
+        let semi = value.find(';').unwrap_or(value.len());
+        let package = value[..semi].trim();
+        if !is_token(package) {
+            return Err(ParseError::header(
+                "Event",
+                value,
+                "event package is not a token",
+            ));
+        }
+        Ok(Event {
+            package,
+            params: Params::new(&value[semi..]),
+        })
+    }
+
+    pub fn id(&self) -> Option<&'a str> {
+        self.params.value("id")
+    }
+}
+
+/// Subscription-State (RFC 6665 §8.2.3): `active;expires=3600`, `terminated;reason=rejected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionState<'a> {
+    /// `active`, `pending`, `terminated` or an extension value, as written.
+    pub state: &'a str,
+    pub params: Params<'a>,
+}
+
+impl<'a> SubscriptionState<'a> {
+    pub fn parse(value: &'a str) -> Result<SubscriptionState<'a>, ParseError> {
+        let semi = value.find(';').unwrap_or(value.len());
+        let state = value[..semi].trim();
+        if !is_token(state) {
+            return Err(ParseError::header(
+                "Subscription-State",
+                value,
+                "state is not a token",
+            ));
+        }
+        Ok(SubscriptionState {
+            state,
+            params: Params::new(&value[semi..]),
+        })
+    }
+
+    pub fn reason(&self) -> Option<&'a str> {
+        self.params.value("reason")
+    }
+
+    pub fn expires(&self) -> Option<u32> {
+        self.params.value("expires").and_then(|e| e.parse().ok())
+    }
+
+    pub fn retry_after(&self) -> Option<u32> {
+        self.params
+            .value("retry-after")
+            .and_then(|e| e.parse().ok())
+    }
+}
+
+/// Content-Type (RFC 3261 §20.15): `type/subtype;params`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaType<'a> {
+    pub mtype: &'a str,
+    pub subtype: &'a str,
+    pub params: Params<'a>,
+}
+
+impl<'a> MediaType<'a> {
+    pub fn parse(value: &'a str) -> Result<MediaType<'a>, ParseError> {
+        let semi = find_unquoted(value, 0, b";", false);
+        let essence = value[..semi].trim();
+        let (t, s) = essence
+            .split_once('/')
+            .map(|(t, s)| (t.trim(), s.trim()))
+            .filter(|(t, s)| is_token(t) && is_token(s))
+            .ok_or_else(|| ParseError::header("Content-Type", value, "expected type/subtype"))?;
+        Ok(MediaType {
+            mtype: t,
+            subtype: s,
+            params: Params::new(&value[semi..]),
+        })
+    }
+
+    /// Case-insensitive comparison with `type/subtype`.
+    pub fn is(&self, essence: &str) -> bool {
+        essence.split_once('/').is_some_and(|(t, s)| {
+            self.mtype.eq_ignore_ascii_case(t) && self.subtype.eq_ignore_ascii_case(s)
+        })
+    }
+
+    pub fn charset(&self) -> Option<&'a str> {
+        self.params.value("charset")
+    }
+}
+
+/// Splits a token list header (Allow, Supported, Require …).
+pub fn tokens(value: &str) -> impl Iterator<Item = &str> {
+    split_comma(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_kinds_case_insensitive_and_compact() {
+        assert_eq!(HeaderKind::of("via"), HeaderKind::Via);
+        assert_eq!(HeaderKind::of("V"), HeaderKind::Via);
+        assert_eq!(HeaderKind::of("CALL-id"), HeaderKind::CallId);
+        assert_eq!(HeaderKind::of("i"), HeaderKind::CallId);
+        assert_eq!(HeaderKind::of("l"), HeaderKind::ContentLength);
+        assert_eq!(HeaderKind::of("k"), HeaderKind::Supported);
+        assert_eq!(HeaderKind::of("o"), HeaderKind::Event);
+        assert_eq!(
+            HeaderKind::of("subscription-state"),
+            HeaderKind::SubscriptionState
+        );
+        assert_eq!(HeaderKind::of("ms-keep-alive"), HeaderKind::Other);
+        assert_eq!(HeaderKind::of("q"), HeaderKind::Other);
+    }
+
+    #[test]
+    fn via_with_microsoft_params() {
+        let v = Via::parse(
+            "SIP / 2.0 / TLS 192.0.2.1:5061;branch=z9hG4bK77;ms-received-port=5061;ms-received-cid=1E00;received=10.1.1.1;rport=3456",
+        )
+        .unwrap();
+        assert_eq!(v.protocol, "SIP / 2.0");
+        assert_eq!(v.transport, "TLS");
+        assert_eq!(v.host, "192.0.2.1");
+        assert_eq!(v.port, Some(5061));
+        assert_eq!(v.branch(), Some("z9hG4bK77"));
+        assert_eq!(v.received(), Some("10.1.1.1"));
+        assert_eq!(v.rport(), Some(Some(3456)));
+        assert_eq!(v.ms_received_port(), Some(5061));
+        assert_eq!(v.params.value("ms-received-cid"), Some("1E00"));
+        let v = Via::parse("SIP/2.0/TLS [2001:db8::9];rport").unwrap();
+        assert_eq!(
+            (v.host, v.port, v.rport()),
+            ("[2001:db8::9]", None, Some(None))
+        );
+    }
+
+    #[test]
+    fn via_errors() {
+        assert_eq!(
+            Via::parse("SIP/2.0 host").unwrap_err().to_string(),
+            "invalid Via header \"SIP/2.0 host\": sent-protocol is not name/version/transport"
+        );
+        assert_eq!(
+            Via::parse("SIP/2.0/TLS").unwrap_err().to_string(),
+            "invalid Via header \"SIP/2.0/TLS\": missing sent-by"
+        );
+        assert_eq!(
+            Via::parse("SIP/2.0/TLS h:x").unwrap_err().to_string(),
+            "invalid Via header \"SIP/2.0/TLS h:x\": invalid port \"x\""
+        );
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let n = NameAddr::parse(
+            r#""Joe, at Contoso" <sip:joe@contoso.com>;tag=8f2;epid=01010101"#,
+            "From",
+        )
+        .unwrap();
+        assert_eq!(n.display_name, Some("Joe, at Contoso"));
+        assert_eq!(n.uri, "sip:joe@contoso.com");
+        assert_eq!(n.tag(), Some("8f2"));
+        assert_eq!(n.epid(), Some("01010101"));
+        let n = NameAddr::parse("Joe <sip:joe@contoso.com;transport=tls>", "To").unwrap();
+        assert_eq!(n.display_name, Some("Joe"));
+        assert_eq!(n.uri, "sip:joe@contoso.com;transport=tls");
+        assert!(n.params.is_empty());
+        let n = NameAddr::parse("sip:joe@contoso.com;tag=1", "To").unwrap();
+        assert_eq!((n.uri, n.tag()), ("sip:joe@contoso.com", Some("1")));
+        let n = NameAddr::parse(
+            r#"<sip:10.0.0.1:5061;transport=tls;ms-opaque=d3>;proxy=replace;+sip.instance="<urn:uuid:2c1d>""#,
+            "Contact",
+        )
+        .unwrap();
+        assert!(n.proxy_replace());
+        assert_eq!(n.sip_instance(), Some("<urn:uuid:2c1d>"));
+    }
+
+    #[test]
+    fn name_addr_errors() {
+        let cases = [
+            ("<sip:a@b", "invalid To header \"<sip:a@b\": missing '>'"),
+            (
+                "<joe> x",
+                "invalid To header \"<joe> x\": invalid URI \"joe\": no scheme",
+            ),
+            (
+                "<sip:a@b> x",
+                "invalid To header \"<sip:a@b> x\": unexpected \"x\" after '>'",
+            ),
+        ];
+        for (v, msg) in cases {
+            assert_eq!(NameAddr::parse(v, "To").unwrap_err().to_string(), msg);
+        }
+    }
+
+    #[test]
+    fn cseq_event_state_content_type() {
+        let c = CSeq::parse("  42   NOTIFY ").unwrap();
+        assert_eq!((c.number, c.method), (42, Method::Notify));
+        assert_eq!(
+            CSeq::parse("x INVITE").unwrap_err().to_string(),
+            "invalid CSeq header \"x INVITE\": sequence number is not an integer below 2**31"
+        );
+        let e = Event::parse("presence;id=7").unwrap();
+        assert_eq!((e.package, e.id()), ("presence", Some("7")));
+        let s = SubscriptionState::parse("terminated;reason=rejected;retry-after=30").unwrap();
+        assert_eq!(
+            (s.state, s.reason(), s.retry_after()),
+            ("terminated", Some("rejected"), Some(30))
+        );
+        let s = SubscriptionState::parse("active;expires=3600").unwrap();
+        assert_eq!(s.expires(), Some(3600));
+        let m = MediaType::parse("text/plain; charset=UTF-8;msgr=WAAx").unwrap();
+        assert!(m.is("TEXT/Plain"));
+        assert_eq!(m.charset(), Some("UTF-8"));
+        assert!(MediaType::parse("text").is_err());
+    }
+}

@@ -1,1 +1,1113 @@
-//! TODO
+//! SIP messages: parsing, typed access, mutation and serialisation (RFC 3261 §7, §8.1.1, §18.3,
+//! §20).
+//!
+//! A [`Message`] keeps its header section as text: one `String` holds the start line and every
+//! header name and value, and the header list holds spans into it. Parsing is therefore two
+//! allocations plus the body, unknown headers and parameters are kept byte for byte, and typed
+//! accessors parse a value only when asked. Edits append new text to the buffer and re-point the
+//! span. Serialisation writes `Name: value` lines in the original order and spelling.
+//!
+//! [`Message::parse`] checks what every later layer relies on: a well-formed start line, header
+//! syntax, exactly one From, To, Call-ID and CSeq, at least one Via, parsable Via/From/To/CSeq
+//! values, a CSeq method equal to the request method, and a Content-Length that fits the body.
+
+use std::fmt;
+
+use super::error::ParseError;
+use super::header::{
+    CSeq, Contact, Event, HeaderKind, MediaType, NameAddr, SubscriptionState, Via, tokens,
+};
+use super::params::split_comma;
+use super::uri::Uri;
+
+/// Limits applied to untrusted input (configurable; see `sip.max_*` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Start line plus headers plus the blank line, in bytes.
+    pub max_head_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024,
+            max_headers: 128,
+        }
+    }
+}
+
+/// A request method (RFC 3261 §7.1; case-sensitive token). Extension methods such as
+/// Microsoft's `BENOTIFY` and `SERVICE` are first-class.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    Message,
+    Subscribe,
+    Notify,
+    Info,
+    Benotify,
+    Service,
+    Refer,
+    Prack,
+    Update,
+    Publish,
+    Other(Box<str>),
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Method, ParseError> {
+        Ok(match s {
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            "OPTIONS" => Method::Options,
+            "REGISTER" => Method::Register,
+            "MESSAGE" => Method::Message,
+            "SUBSCRIBE" => Method::Subscribe,
+            "NOTIFY" => Method::Notify,
+            "INFO" => Method::Info,
+            "BENOTIFY" => Method::Benotify,
+            "SERVICE" => Method::Service,
+            "REFER" => Method::Refer,
+            "PRACK" => Method::Prack,
+            "UPDATE" => Method::Update,
+            "PUBLISH" => Method::Publish,
+            _ if super::params::is_token(s) => Method::Other(s.into()),
+            _ => return Err(ParseError::BadMethod(s.to_owned())),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Register => "REGISTER",
+            Method::Message => "MESSAGE",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Info => "INFO",
+            Method::Benotify => "BENOTIFY",
+            Method::Service => "SERVICE",
+            Method::Refer => "REFER",
+            Method::Prack => "PRACK",
+            Method::Update => "UPDATE",
+            Method::Publish => "PUBLISH",
+            Method::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn of(start: usize, end: usize) -> Span {
+        // The head is bounded by `Limits::max_head_bytes` plus edits, far below 4 GiB.
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StartLine {
+    Request { method: Method, uri: Span },
+    Response { status: u16, reason: Span },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    kind: HeaderKind,
+    name: Span,
+    value: Span,
+}
+
+/// A SIP request or response.
+#[derive(Debug, Clone)]
+pub struct Message {
+    text: String,
+    start: StartLine,
+    headers: Vec<Header>,
+    body: Vec<u8>,
+}
+
+impl PartialEq for Message {
+    /// Structural equality: same start line, same header names (case-insensitive) and values in
+    /// the same order, same body.
+    fn eq(&self, other: &Self) -> bool {
+        let start_eq = match (&self.start, &other.start) {
+            (StartLine::Request { method: a, .. }, StartLine::Request { method: b, .. }) => {
+                a == b && self.request_uri() == other.request_uri()
+            }
+            (StartLine::Response { status: a, .. }, StartLine::Response { status: b, .. }) => {
+                a == b && self.reason() == other.reason()
+            }
+            _ => false,
+        };
+        start_eq
+            && self.headers.len() == other.headers.len()
+            && self
+                .headers()
+                .zip(other.headers())
+                .all(|((n1, v1), (n2, v2))| n1.eq_ignore_ascii_case(n2) && v1 == v2)
+            && self.body == other.body
+    }
+}
+
+/// Where the header section ends: the index after the blank line, or `None` if incomplete.
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn is_header_name(s: &str) -> bool {
+    super::params::is_token(s)
+}
+
+impl Message {
+    /// Parses a complete message (a file, a datagram, or a frame cut by
+    /// [`crate::sip::framing::Framer`]) with default limits. Bytes after `Content-Length` are
+    /// ignored (RFC 3261 §18.3); without Content-Length the body is the rest of the input.
+    pub fn parse(input: &[u8]) -> Result<Message, ParseError> {
+        Self::parse_with_limits(input, &Limits::default())
+    }
+
+    pub fn parse_with_limits(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
+        let msg = Self::parse_structure(input, limits)?;
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Parses the start line, the header lines and the body, without checking the meaning of
+    /// any header. The edge uses this to build a `400` for a message that fails [`validate`].
+    ///
+    /// [`validate`]: Message::validate
+    pub fn parse_structure(input: &[u8], limits: &Limits) -> Result<Message, ParseError> {
+        // RFC 3261 §7.5: ignore CRLFs before the start line.
+        let mut skip = 0;
+        while input[skip..].starts_with(b"\r\n") {
+            skip += 2;
+        }
+        let input = &input[skip..];
+        if input.is_empty() {
+            return Err(ParseError::Empty);
+        }
+        let end = match head_end(input) {
+            Some(e) => e,
+            None if input.len() > limits.max_head_bytes => {
+                return Err(ParseError::HeadTooLarge(limits.max_head_bytes));
+            }
+            None => return Err(ParseError::Unterminated),
+        };
+        if end > limits.max_head_bytes {
+            return Err(ParseError::HeadTooLarge(limits.max_head_bytes));
+        }
+        let head = std::str::from_utf8(&input[..end - 4])
+            .map_err(|e| ParseError::NotUtf8(skip + e.valid_up_to()))?;
+        let mut msg = Self::parse_head(head, limits)?;
+        let rest = &input[end..];
+        let body_len = match msg.content_length_raw()? {
+            Some(n) if n > rest.len() => {
+                return Err(ParseError::BodyTruncated {
+                    declared: n,
+                    present: rest.len(),
+                });
+            }
+            Some(n) => n,
+            None => rest.len(),
+        };
+        if body_len > limits.max_body_bytes {
+            return Err(ParseError::BodyTooLarge {
+                len: body_len,
+                limit: limits.max_body_bytes,
+            });
+        }
+        msg.body = rest[..body_len].to_vec();
+        Ok(msg)
+    }
+
+    /// Parses a header section (without the final blank line).
+    fn parse_head(head: &str, limits: &Limits) -> Result<Message, ParseError> {
+        let mut text = String::with_capacity(head.len() + 64);
+        text.push_str(head);
+        let line_end = head.find("\r\n").unwrap_or(head.len());
+        let start = parse_start_line(&head[..line_end])?;
+        let mut headers: Vec<Header> = Vec::with_capacity(16);
+        let mut pos = line_end + 2;
+        let mut line_no = 1;
+        let mut folded: Vec<usize> = Vec::new();
+        while pos < head.len() {
+            line_no += 1;
+            let end = head[pos..].find("\r\n").map_or(head.len(), |i| pos + i);
+            let line = &head[pos..end];
+            if line.starts_with([' ', '\t']) {
+                // Folded continuation (RFC 3261 §7.3.1): extend the previous value.
+                let last = headers
+                    .last_mut()
+                    .ok_or(ParseError::FoldWithoutHeader(line_no))?;
+                if !line.trim().is_empty() {
+                    last.value.end = trim_end_at(head, end) as u32;
+                    if folded.last() != Some(&(headers.len() - 1)) {
+                        folded.push(headers.len() - 1);
+                    }
+                }
+            } else {
+                if headers.len() == limits.max_headers {
+                    return Err(ParseError::TooManyHeaders(limits.max_headers));
+                }
+                let colon = line.find(':').ok_or_else(|| ParseError::NoColon {
+                    line: line_no,
+                    text: line.chars().take(80).collect(),
+                })?;
+                let name = line[..colon].trim_end();
+                if !is_header_name(name) {
+                    return Err(ParseError::BadHeaderName(name.chars().take(80).collect()));
+                }
+                let vstart = pos + colon + 1;
+                let lead = head[vstart..end].len() - head[vstart..end].trim_start().len();
+                let vstart = vstart + lead;
+                headers.push(Header {
+                    kind: HeaderKind::of(name),
+                    name: Span::of(pos, pos + name.len()),
+                    value: Span::of(vstart, trim_end_at(head, end).max(vstart)),
+                });
+            }
+            pos = end + 2;
+        }
+        let mut msg = Message {
+            text,
+            start,
+            headers,
+            body: Vec::new(),
+        };
+        // Replace folded values by their unfolded form (a single SP per fold).
+        for i in folded {
+            let raw = msg.span(msg.headers[i].value).to_owned();
+            let mut unfolded = String::with_capacity(raw.len());
+            for (n, part) in raw.split("\r\n").enumerate() {
+                if n > 0 {
+                    unfolded.push(' ');
+                    unfolded.push_str(part.trim());
+                } else {
+                    unfolded.push_str(part.trim_end());
+                }
+            }
+            msg.headers[i].value = msg.push_text(&unfolded);
+        }
+        Ok(msg)
+    }
+
+    /// Checks the headers every layer relies on (RFC 3261 §8.1.1, §8.2.2, §20).
+    pub fn validate(&self) -> Result<(), ParseError> {
+        let mut counts = [0usize; 4];
+        for h in &self.headers {
+            let i = match h.kind {
+                HeaderKind::From => 0,
+                HeaderKind::To => 1,
+                HeaderKind::CallId => 2,
+                HeaderKind::CSeq => 3,
+                _ => continue,
+            };
+            counts[i] += 1;
+        }
+        for (n, name) in counts.iter().zip(["From", "To", "Call-ID", "CSeq"]) {
+            match n {
+                0 => return Err(ParseError::Missing(name)),
+                1 => {}
+                _ => return Err(ParseError::Duplicate(name)),
+            }
+        }
+        if self.call_id()?.is_empty() {
+            return Err(ParseError::header("Call-ID", "", "empty"));
+        }
+        let vias = self.via()?;
+        if vias.is_empty() {
+            return Err(ParseError::Missing("Via"));
+        }
+        self.from()?;
+        self.to()?;
+        let cseq = self.cseq()?;
+        if let Some(method) = self.method() {
+            if cseq.method != *method {
+                return Err(ParseError::CSeqMethodMismatch {
+                    cseq: cseq.method.as_str().to_owned(),
+                    method: method.as_str().to_owned(),
+                });
+            }
+            let uri = self.request_uri().unwrap_or_default();
+            Uri::parse(uri)?;
+        }
+        Ok(())
+    }
+
+    fn span(&self, s: Span) -> &str {
+        &self.text[s.start as usize..s.end as usize]
+    }
+
+    fn push_text(&mut self, s: &str) -> Span {
+        let start = self.text.len();
+        self.text.push_str(s);
+        Span::of(start, self.text.len())
+    }
+
+    // ---- construction -------------------------------------------------------------------
+
+    /// A new request with no headers (see [`crate::sip::builder`] for complete requests).
+    pub fn new_request(method: Method, uri: &str) -> Message {
+        let mut m = Message {
+            text: String::with_capacity(512),
+            start: StartLine::Response {
+                status: 0,
+                reason: Span::of(0, 0),
+            },
+            headers: Vec::with_capacity(12),
+            body: Vec::new(),
+        };
+        let uri = m.push_text(uri);
+        m.start = StartLine::Request { method, uri };
+        m
+    }
+
+    /// A new response with no headers (see [`Message::response_to`] for the usual way).
+    pub fn new_response(status: u16, reason: &str) -> Message {
+        let mut m = Message {
+            text: String::with_capacity(512),
+            start: StartLine::Response {
+                status,
+                reason: Span::of(0, 0),
+            },
+            headers: Vec::with_capacity(12),
+            body: Vec::new(),
+        };
+        let reason = m.push_text(reason);
+        m.start = StartLine::Response { status, reason };
+        m
+    }
+
+    // ---- start line -----------------------------------------------------------------------
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    pub fn method(&self) -> Option<&Method> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn request_uri(&self) -> Option<&str> {
+        match self.start {
+            StartLine::Request { uri, .. } => Some(self.span(uri)),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { status, .. } => Some(status),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self.start {
+            StartLine::Response { reason, .. } => Some(self.span(reason)),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// Replaces the Request-URI (requests only; no effect on responses).
+    pub fn set_request_uri(&mut self, uri: &str) {
+        if matches!(self.start, StartLine::Request { .. }) {
+            let span = self.push_text(uri);
+            if let StartLine::Request { uri, .. } = &mut self.start {
+                *uri = span;
+            }
+        }
+    }
+
+    // ---- raw headers ----------------------------------------------------------------------
+
+    /// Every header line in order, as `(name, value)` (names as written).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers
+            .iter()
+            .map(|h| (self.span(h.name), self.span(h.value)))
+    }
+
+    pub fn header_count(&self) -> usize {
+        self.headers.len()
+    }
+
+    fn is_named(&self, h: &Header, kind: HeaderKind, name: &str) -> bool {
+        h.kind == kind
+            && (kind != HeaderKind::Other || self.span(h.name).eq_ignore_ascii_case(name))
+    }
+
+    /// Raw values of every line of a header (case-insensitive, compact forms accepted).
+    pub fn header_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        let kind = HeaderKind::of(name);
+        self.headers
+            .iter()
+            .filter(move |h| self.is_named(h, kind, name))
+            .map(|h| self.span(h.value))
+    }
+
+    /// The raw value of the first line of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let kind = HeaderKind::of(name);
+        self.headers
+            .iter()
+            .find(|h| self.is_named(h, kind, name))
+            .map(|h| self.span(h.value))
+    }
+
+    fn first(&self, kind: HeaderKind) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.kind == kind)
+            .map(|h| self.span(h.value))
+    }
+
+    /// All values of a known header, split at commas for list headers (Via, Contact, Route …).
+    pub fn values(&self, kind: HeaderKind) -> impl Iterator<Item = &str> {
+        let split = kind.is_list();
+        self.headers
+            .iter()
+            .filter(move |h| h.kind == kind)
+            .flat_map(move |h| {
+                let v = self.span(h.value);
+                let mut whole = Some(v);
+                let mut parts = split.then(|| split_comma(v));
+                std::iter::from_fn(move || match parts.as_mut() {
+                    Some(p) => p.next(),
+                    None => whole.take(),
+                })
+            })
+    }
+
+    /// Appends a header line.
+    pub fn push_header(&mut self, name: &str, value: &str) {
+        let n = self.push_text(name);
+        let v = self.push_text(value);
+        self.headers.push(Header {
+            kind: HeaderKind::of(name),
+            name: n,
+            value: v,
+        });
+    }
+
+    /// Inserts a header line before all others (a new top Via).
+    pub fn prepend_header(&mut self, name: &str, value: &str) {
+        let n = self.push_text(name);
+        let v = self.push_text(value);
+        self.headers.insert(
+            0,
+            Header {
+                kind: HeaderKind::of(name),
+                name: n,
+                value: v,
+            },
+        );
+    }
+
+    /// Removes every line of a header; returns how many were removed.
+    pub fn remove_header(&mut self, name: &str) -> usize {
+        let kind = HeaderKind::of(name);
+        let before = self.headers.len();
+        let keep: Vec<bool> = self
+            .headers
+            .iter()
+            .map(|h| !self.is_named(h, kind, name))
+            .collect();
+        let mut i = 0;
+        self.headers.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        before - self.headers.len()
+    }
+
+    /// Replaces the first line of a header (keeping its position) and removes the others, or
+    /// appends it when absent.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        let kind = HeaderKind::of(name);
+        match self
+            .headers
+            .iter()
+            .position(|h| self.is_named(h, kind, name))
+        {
+            Some(i) => {
+                let v = self.push_text(value);
+                let mut header = self.headers[i];
+                header.value = v;
+                self.remove_header(name);
+                self.headers.insert(i, header);
+            }
+            None => self.push_header(name, value),
+        }
+    }
+
+    // ---- typed headers --------------------------------------------------------------------
+
+    fn required(&self, kind: HeaderKind) -> Result<&str, ParseError> {
+        self.first(kind).ok_or(ParseError::Missing(kind.name()))
+    }
+
+    /// All Via values, top first.
+    pub fn via(&self) -> Result<Vec<Via<'_>>, ParseError> {
+        self.values(HeaderKind::Via).map(Via::parse).collect()
+    }
+
+    pub fn top_via(&self) -> Result<Via<'_>, ParseError> {
+        Via::parse(
+            self.values(HeaderKind::Via)
+                .next()
+                .ok_or(ParseError::Missing("Via"))?,
+        )
+    }
+
+    pub fn from(&self) -> Result<NameAddr<'_>, ParseError> {
+        NameAddr::parse(self.required(HeaderKind::From)?, "From")
+    }
+
+    pub fn to(&self) -> Result<NameAddr<'_>, ParseError> {
+        NameAddr::parse(self.required(HeaderKind::To)?, "To")
+    }
+
+    pub fn call_id(&self) -> Result<&str, ParseError> {
+        self.required(HeaderKind::CallId).map(str::trim)
+    }
+
+    pub fn cseq(&self) -> Result<CSeq, ParseError> {
+        CSeq::parse(self.required(HeaderKind::CSeq)?)
+    }
+
+    /// Contact: `None` when absent.
+    pub fn contact(&self) -> Result<Option<Contact<'_>>, ParseError> {
+        let mut values = self.values(HeaderKind::Contact).peekable();
+        if values.peek().is_none() {
+            return Ok(None);
+        }
+        let all: Vec<&str> = values.collect();
+        if all.len() == 1 && all[0] == "*" {
+            return Ok(Some(Contact::Star));
+        }
+        all.into_iter()
+            .map(|v| NameAddr::parse(v, "Contact"))
+            .collect::<Result<_, _>>()
+            .map(|a| Some(Contact::Addresses(a)))
+    }
+
+    pub fn route(&self) -> Result<Vec<NameAddr<'_>>, ParseError> {
+        self.values(HeaderKind::Route)
+            .map(|v| NameAddr::parse(v, "Route"))
+            .collect()
+    }
+
+    pub fn record_route(&self) -> Result<Vec<NameAddr<'_>>, ParseError> {
+        self.values(HeaderKind::RecordRoute)
+            .map(|v| NameAddr::parse(v, "Record-Route"))
+            .collect()
+    }
+
+    fn number<T: std::str::FromStr>(&self, kind: HeaderKind) -> Result<Option<T>, ParseError> {
+        match self.first(kind) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ParseError::header(kind.name(), v, "not a number")),
+        }
+    }
+
+    pub fn max_forwards(&self) -> Result<Option<u32>, ParseError> {
+        self.number(HeaderKind::MaxForwards)
+    }
+
+    pub fn expires(&self) -> Result<Option<u32>, ParseError> {
+        self.number(HeaderKind::Expires)
+    }
+
+    fn content_length_raw(&self) -> Result<Option<usize>, ParseError> {
+        let mut found: Option<usize> = None;
+        for v in self
+            .headers
+            .iter()
+            .filter(|h| h.kind == HeaderKind::ContentLength)
+        {
+            let raw = self.span(v.value);
+            let n = raw
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| ParseError::header("Content-Length", raw, "not a number"))?;
+            if found.is_some_and(|f| f != n) {
+                return Err(ParseError::Duplicate("Content-Length"));
+            }
+            found = Some(n);
+        }
+        Ok(found)
+    }
+
+    /// The Content-Length header value (`None` when absent).
+    pub fn content_length(&self) -> Result<Option<usize>, ParseError> {
+        self.content_length_raw()
+    }
+
+    pub fn content_type(&self) -> Result<Option<MediaType<'_>>, ParseError> {
+        self.first(HeaderKind::ContentType)
+            .map(MediaType::parse)
+            .transpose()
+    }
+
+    pub fn event(&self) -> Result<Option<Event<'_>>, ParseError> {
+        self.first(HeaderKind::Event).map(Event::parse).transpose()
+    }
+
+    pub fn subscription_state(&self) -> Result<Option<SubscriptionState<'_>>, ParseError> {
+        self.first(HeaderKind::SubscriptionState)
+            .map(SubscriptionState::parse)
+            .transpose()
+    }
+
+    /// Methods listed in every Allow line.
+    pub fn allow(&self) -> impl Iterator<Item = &str> {
+        self.values(HeaderKind::Allow)
+    }
+
+    /// Option tags in every Supported line.
+    pub fn supported(&self) -> impl Iterator<Item = &str> {
+        self.values(HeaderKind::Supported)
+    }
+
+    /// Option tags in every Require line.
+    pub fn require(&self) -> impl Iterator<Item = &str> {
+        self.values(HeaderKind::Require)
+    }
+
+    /// `true` if `tag` appears in a Supported header (case-insensitive).
+    pub fn supports(&self, tag: &str) -> bool {
+        self.supported()
+            .flat_map(tokens)
+            .any(|t| t.eq_ignore_ascii_case(tag))
+    }
+
+    // ---- body -----------------------------------------------------------------------------
+
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Sets the body and its Content-Type (when given) and Content-Length.
+    pub fn set_body(&mut self, content_type: Option<&str>, body: Vec<u8>) {
+        if let Some(ct) = content_type {
+            self.set_header("Content-Type", ct);
+        } else if body.is_empty() {
+            self.remove_header("Content-Type");
+        }
+        self.set_header("Content-Length", itoa_buf(body.len()).as_str());
+        self.body = body;
+    }
+
+    // ---- profile checks -------------------------------------------------------------------
+
+    /// The first `sips:` URI anywhere in the message, as `(where, uri)`: the Request-URI, URIs
+    /// in address headers, and `<sips:…>` or a bare `sips:` value in any other non-free-text
+    /// header. The profile ("SIPS scheme") treats such a message as malformed.
+    pub fn find_sips_uri(&self) -> Option<(&str, &str)> {
+        if let Some(uri) = self.request_uri() {
+            if starts_with_ci(uri.trim(), "sips:") {
+                return Some(("Request-URI", uri));
+            }
+        }
+        for h in &self.headers {
+            if h.kind.is_free_text() {
+                continue;
+            }
+            let value = self.span(h.value);
+            let name = self.span(h.name);
+            if h.kind.carries_uri() {
+                for v in split_comma(value) {
+                    let uri = NameAddr::parse(v, "").map(|n| n.uri).unwrap_or(v);
+                    if starts_with_ci(uri.trim_start_matches('<').trim(), "sips:") {
+                        return Some((name, v));
+                    }
+                }
+            } else {
+                let lower = value.as_bytes();
+                let mut i = 0;
+                while let Some(off) = memchr::memmem::find(&lower[i..], b":") {
+                    let at = i + off;
+                    if at >= 4 && lower[at - 4..at].eq_ignore_ascii_case(b"sips") {
+                        let before = at.checked_sub(5).map(|j| lower[j]);
+                        if matches!(before, None | Some(b'<' | b' ' | b'\t' | b',' | b'=')) {
+                            return Some((name, value));
+                        }
+                    }
+                    i = at + 1;
+                }
+            }
+        }
+        None
+    }
+
+    pub fn has_sips_uri(&self) -> bool {
+        self.find_sips_uri().is_some()
+    }
+
+    // ---- output ---------------------------------------------------------------------------
+
+    /// Serialises the message. A Content-Length header is added when the message has none
+    /// (stream transports require it, RFC 3261 §18.3).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match &self.start {
+            StartLine::Request { method, uri } => {
+                out.extend_from_slice(method.as_str().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(self.span(*uri).as_bytes());
+                out.extend_from_slice(b" SIP/2.0\r\n");
+            }
+            StartLine::Response { status, reason } => {
+                out.extend_from_slice(b"SIP/2.0 ");
+                out.extend_from_slice(itoa_buf(usize::from(*status)).as_str().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(self.span(*reason).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        let mut has_length = false;
+        for h in &self.headers {
+            has_length |= h.kind == HeaderKind::ContentLength;
+            out.extend_from_slice(self.span(h.name).as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(self.span(h.value).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !has_length {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa_buf(self.body.len()).as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(self.text.len() + self.headers.len() * 4 + self.body.len() + 64);
+        self.write_to(&mut out);
+        out
+    }
+}
+
+impl fmt::Display for Message {
+    /// The message as text (a non-UTF-8 body is shown lossily).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.to_bytes()))
+    }
+}
+
+fn starts_with_ci(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn trim_end_at(head: &str, end: usize) -> usize {
+    let mut e = end;
+    let b = head.as_bytes();
+    while e > 0 && matches!(b[e - 1], b' ' | b'\t') {
+        e -= 1;
+    }
+    e
+}
+
+/// Small integer formatting without `format!`.
+pub(crate) struct NumBuf {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl NumBuf {
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII digits are written into `buf[start..]`.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
+pub(crate) fn itoa_buf(mut n: usize) -> NumBuf {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    NumBuf { buf, start: i }
+}
+
+fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
+    let bad = || ParseError::BadStartLine(line.chars().take(120).collect());
+    if let Some(rest) = line.strip_prefix("SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        let (version, rest) = rest.split_once(' ').ok_or_else(bad)?;
+        if version != "2.0" {
+            return Err(ParseError::BadVersion(format!("SIP/{version}")));
+        }
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=699).contains(c) && code.len() == 3)
+            .ok_or_else(|| ParseError::BadStatus(code.to_owned()))?;
+        if reason.bytes().any(|c| c < b' ' && c != b'\t') {
+            return Err(bad());
+        }
+        // The reason span is fixed up by the caller's text offsets: start line is at offset 0.
+        let start = line.len() - reason.len();
+        return Ok(StartLine::Response {
+            status,
+            reason: Span::of(start, line.len()),
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if !version.starts_with("SIP/") {
+        return Err(bad());
+    }
+    if version != "SIP/2.0" {
+        return Err(ParseError::BadVersion(version.to_owned()));
+    }
+    let method = Method::parse(method)?;
+    if uri.is_empty() {
+        return Err(bad());
+    }
+    let start = method.as_str().len() + 1;
+    Ok(StartLine::Request {
+        method,
+        uri: Span::of(start, start + uri.len()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const NOTIFY: &str = "NOTIFY sip:alice@example.org;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK1a2b;ms-received-port=5061;ms-received-cid=2B00\r\n\
+Max-Forwards: 69\r\n\
+From: \"Joe at Contoso\" <sip:joe@contoso.com>;tag=7d3f;epid=ab12cd34ef\r\n\
+To: <sip:alice@example.org>;tag=99\r\n\
+Call-ID: 3f2a9c@example.org\r\n\
+CSeq: 2 NOTIFY\r\n\
+Event: presence\r\n\
+Subscription-State: active;expires=3600\r\n\
+ms-keep-alive: UAC;hop-hop=yes\r\n\
+Content-Type: application/pidf+xml\r\n\
+Content-Length: 4\r\n\
+\r\n\
+body";
+
+    #[test]
+    fn parses_and_reemits_notify() {
+        let m = Message::parse(NOTIFY.as_bytes()).unwrap();
+        assert_eq!(m.method(), Some(&Method::Notify));
+        assert_eq!(m.request_uri(), Some("sip:alice@example.org;transport=tls"));
+        assert_eq!(m.call_id().unwrap(), "3f2a9c@example.org");
+        assert_eq!(m.cseq().unwrap().number, 2);
+        assert_eq!(m.from().unwrap().epid(), Some("ab12cd34ef"));
+        assert_eq!(m.to().unwrap().tag(), Some("99"));
+        assert_eq!(m.header("MS-KEEP-ALIVE"), Some("UAC;hop-hop=yes"));
+        assert_eq!(
+            m.subscription_state().unwrap().unwrap().expires(),
+            Some(3600)
+        );
+        assert_eq!(m.body(), b"body");
+        assert_eq!(m.to_bytes(), NOTIFY.as_bytes());
+    }
+
+    #[test]
+    fn compact_forms_folding_and_comma_lists() {
+        let raw = "INVITE sip:joe@contoso.com SIP/2.0\r\n\
+v: SIP/2.0/TLS a.example.org;branch=z9hG4bK1, SIP/2.0/TLS b.example.org:5061;branch=z9hG4bK2\r\n\
+V: SIP/2.0/TLS c.example.org;branch=z9hG4bK3\r\n\
+f: <sip:alice@example.org>;tag=1\r\n\
+t: <sip:joe@contoso.com>\r\n\
+i: abc\r\n\
+CSeq: 1\r\n  INVITE\r\n\
+m: <sip:alice@192.0.2.1:5061;transport=tls>\r\n\
+Record-Route: <sip:p1.example.org;lr>,<sip:p2.example.org;lr>\r\n\
+Subject: hello,\r\n\tworld\r\n\
+l: 0\r\n\r\n";
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        let hosts: Vec<_> = m.via().unwrap().iter().map(|v| v.host).collect();
+        assert_eq!(
+            hosts,
+            vec!["a.example.org", "b.example.org", "c.example.org"]
+        );
+        assert_eq!(m.cseq().unwrap().method, Method::Invite);
+        assert_eq!(m.header("subject"), Some("hello, world"));
+        assert_eq!(m.record_route().unwrap().len(), 2);
+        assert_eq!(m.content_length().unwrap(), Some(0));
+        let again = Message::parse(&m.to_bytes()).unwrap();
+        assert_eq!(again, m);
+    }
+
+    #[test]
+    fn responses_and_extension_methods() {
+        let raw = "SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 5 BENOTIFY\r\nContent-Length: 0\r\n\r\n";
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        assert_eq!((m.status(), m.reason()), (Some(200), Some("OK")));
+        assert_eq!(m.cseq().unwrap().method, Method::Benotify);
+        let raw = raw
+            .replace("SIP/2.0 200 OK", "SIP/2.0 480 ")
+            .replace("BENOTIFY", "X-PING");
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        assert_eq!((m.status(), m.reason()), (Some(480), Some("")));
+        assert_eq!(m.cseq().unwrap().method, Method::Other("X-PING".into()));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let base = "BYE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+        let cases: Vec<(String, &str)> = vec![
+            (
+                base.replace("1 BYE", "1 INVITE"),
+                "CSeq method \"INVITE\" does not match request method \"BYE\"",
+            ),
+            (base.replace("Call-ID: x\r\n", ""), "missing Call-ID header"),
+            (
+                base.replace("To: <sip:c@d>\r\n", "To: <sip:c@d>\r\nt: <sip:e@f>\r\n"),
+                "more than one To header",
+            ),
+            (
+                base.replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia"),
+                "unsupported protocol version \"SIP/3.0\" (expected SIP/2.0)",
+            ),
+            (
+                base.replace("BYE sip", "B\"YE sip"),
+                "invalid method token \"B\\\"YE\"",
+            ),
+            (
+                base.replace("Call-ID: x", "Call-ID x"),
+                "header line 5 has no colon: \"Call-ID x\"",
+            ),
+            (
+                base.replace("Content-Length: 0", "Content-Length: 10"),
+                "Content-Length 10 is larger than the 0 body bytes present",
+            ),
+            (
+                base.replace("Content-Length: 0", "Content-Length: zero"),
+                "invalid Content-Length header \"zero\": not a number",
+            ),
+            (
+                base.replace("To: <sip:c@d>", "To: <c@d>"),
+                "invalid To header \"<c@d>\": invalid URI \"c@d\": no scheme",
+            ),
+            (
+                base.replace("Via: SIP/2.0/TLS h;branch=z9hG4bK1\r\n", ""),
+                "missing Via header",
+            ),
+            (
+                base.replace("\r\n\r\n", "\r\n"),
+                "header section is not terminated by an empty line",
+            ),
+            ("SIP/2.0 20 OK\r\n\r\n".into(), "invalid status code \"20\""),
+            (
+                "hello world\r\n\r\n".into(),
+                "malformed start line \"hello world\"",
+            ),
+        ];
+        for (raw, msg) in cases {
+            assert_eq!(
+                Message::parse(raw.as_bytes()).unwrap_err().to_string(),
+                msg,
+                "{raw}"
+            );
+        }
+        let big = format!("{base}{}", "");
+        let limits = Limits {
+            max_headers: 3,
+            ..Limits::default()
+        };
+        assert_eq!(
+            Message::parse_with_limits(big.as_bytes(), &limits).unwrap_err(),
+            ParseError::TooManyHeaders(3)
+        );
+    }
+
+    #[test]
+    fn finds_sips_anywhere() {
+        let base = "MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 MESSAGE\r\nSubject: sips: are fine in text\r\n\r\n";
+        let m = Message::parse(base.as_bytes()).unwrap();
+        assert_eq!(m.find_sips_uri(), None);
+        for (from, to, place) in [
+            ("MESSAGE sip:a@b", "MESSAGE sips:a@b", "Request-URI"),
+            ("From: <sip:a@b>", "From: <SIPS:a@b>", "From"),
+            (
+                "Call-ID: x\r\n",
+                "Call-ID: x\r\nRecord-Route: <sip:p;lr>, <sips:q;lr>\r\n",
+                "Record-Route",
+            ),
+            (
+                "Call-ID: x\r\n",
+                "Call-ID: x\r\nX-Thing: foo <sips:x@y>\r\n",
+                "X-Thing",
+            ),
+            (
+                "Call-ID: x\r\n",
+                "Call-ID: x\r\nAlert-Info: sips:x@y\r\n",
+                "Alert-Info",
+            ),
+        ] {
+            let m = Message::parse(base.replace(from, to).as_bytes()).unwrap();
+            assert_eq!(m.find_sips_uri().map(|f| f.0), Some(place), "{to}");
+        }
+    }
+
+    #[test]
+    fn edits() {
+        let mut m = Message::parse(NOTIFY.as_bytes()).unwrap();
+        m.prepend_header("Via", "SIP/2.0/TLS edge.example.org:5061;branch=z9hG4bKnew");
+        assert_eq!(m.top_via().unwrap().host, "edge.example.org");
+        m.set_header("max-forwards", "68");
+        assert_eq!(m.max_forwards().unwrap(), Some(68));
+        assert_eq!(m.remove_header("MS-Keep-Alive"), 1);
+        m.set_body(Some("text/plain"), b"hi".to_vec());
+        let again = Message::parse(&m.to_bytes()).unwrap();
+        assert_eq!(again.body(), b"hi");
+        assert_eq!(again.header("Content-Length"), Some("2"));
+        assert_eq!(again.header("ms-keep-alive"), None);
+        assert_eq!(again, m);
+    }
+}
