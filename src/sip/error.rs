@@ -25,6 +25,8 @@ pub enum ParseError {
     NoColon { line: usize, text: String },
     #[error("invalid header name {0:?}")]
     BadHeaderName(String),
+    #[error("header line {0} contains a bare CR, LF or NUL")]
+    ControlCharacter(usize),
     #[error("continuation line {0} does not follow a header")]
     FoldWithoutHeader(usize),
     #[error("missing {0} header")]

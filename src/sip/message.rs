@@ -261,6 +261,9 @@ impl Message {
             line_no += 1;
             let end = head[pos..].find("\r\n").map_or(head.len(), |i| pos + i);
             let line = &head[pos..end];
+            if memchr::memchr3(b'\r', b'\n', 0, line.as_bytes()).is_some() {
+                return Err(ParseError::ControlCharacter(line_no));
+            }
             if line.starts_with([' ', '\t']) {
                 // Folded continuation (RFC 3261 §7.3.1): extend the previous value.
                 let last = headers
@@ -313,7 +316,7 @@ impl Message {
                     unfolded.push_str(part.trim_end());
                 }
             }
-            msg.headers[i].value = msg.push_text(&unfolded);
+            msg.headers[i].value = msg.push_text(unfolded.trim());
         }
         Ok(msg)
     }
@@ -1044,6 +1047,14 @@ l: 0\r\n\r\n";
             ),
             ("SIP/2.0 20 OK\r\n\r\n".into(), "invalid status code \"20\""),
             (
+                base.replace("Call-ID: x", "Call-ID: x\ny"),
+                "header line 5 contains a bare CR, LF or NUL",
+            ),
+            (
+                format!(" {base}"),
+                "malformed start line \" BYE sip:a@b SIP/2.0\"",
+            ),
+            (
                 "hello world\r\n\r\n".into(),
                 "malformed start line \"hello world\"",
             ),
@@ -1064,6 +1075,15 @@ l: 0\r\n\r\n";
             Message::parse_with_limits(big.as_bytes(), &limits).unwrap_err(),
             ParseError::TooManyHeaders(3)
         );
+    }
+
+    #[test]
+    fn folding_onto_an_empty_first_line() {
+        let raw = NOTIFY.replace("Event: presence", "Event:\r\n  presence\r\n\t;id=1");
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.header("event"), Some("presence ;id=1"));
+        assert_eq!(m.event().unwrap().unwrap().id(), Some("1"));
+        assert_eq!(Message::parse(&m.to_bytes()).unwrap(), m);
     }
 
     #[test]
