@@ -62,8 +62,8 @@ for bin in prosody prosodyctl ejabberdctl sipp socat baresip openssl python3; do
         case " ${missing_pkgs[*]-} " in *" $pkg "*) ;; *) missing_pkgs+=("$pkg") ;; esac
     fi
 done
-if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
-    log "missing pip for $(command -v python3) (package python3-pip)"
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "missing pip for python3 (package python3-pip)"
     missing_pkgs+=(python3-pip)
 fi
 
