@@ -111,6 +111,13 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
                 fi
             done
         fi
+        # ejabberd's postinst may run `ejabberdctl status`, which starts an epmd on
+        # 0.0.0.0:4369; our ejabberd instances use ERL_DIST_PORT and need none. Stop it
+        # if no Erlang node is registered with it.
+        if command -v epmd >/dev/null 2>&1 && epmd -names >/dev/null 2>&1 \
+            && ! epmd -names 2>/dev/null | grep -q '^name '; then
+            epmd -kill >/dev/null 2>&1 || true
+        fi
     fi
 
     for bin in prosody prosodyctl ejabberdctl sipp socat baresip openssl python3; do
