@@ -20,7 +20,7 @@ use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -834,12 +834,4 @@ fn stream_header_id(buf: &str) -> Option<String> {
         rest = after;
     }
     None
-}
-
-/// Exit status helper for tests that only care that a command ran at all.
-pub fn describe(status: ExitStatus) -> String {
-    match status.code() {
-        Some(c) => format!("exit code {c}"),
-        None => format!("{status}"),
-    }
 }
