@@ -1,0 +1,52 @@
+//! SIP codec micro-benchmarks (issue targets: ≥ 1,000,000 MESSAGE parses/s per core).
+//! Run: `cargo bench --bench sip`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use lcs_bridge::sip::framing::Framer;
+use lcs_bridge::sip::message::{Limits, Message};
+
+const NOTIFY: &[u8] = include_bytes!("../golden/sip/lcs_notify_pidf.sip");
+const MESSAGE: &[u8] = include_bytes!("../golden/sip/lcs_message_in_dialog.sip");
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sip");
+    g.throughput(Throughput::Elements(1));
+    for (name, raw) in [("notify_pidf", NOTIFY), ("message_in_dialog", MESSAGE)] {
+        g.bench_function(format!("parse/{name}"), |b| {
+            b.iter(|| Message::parse(black_box(raw)).map(|m| m.header_count()))
+        });
+        let parsed = Message::parse(raw).expect("golden message parses");
+        let mut out = Vec::with_capacity(4096);
+        g.bench_function(format!("serialize/{name}"), |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(&parsed).write_to(&mut out);
+                out.len()
+            })
+        });
+    }
+    let mut stream = Vec::new();
+    for _ in 0..64 {
+        stream.extend_from_slice(MESSAGE);
+    }
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("framer/64_messages_in_4k_chunks", |b| {
+        b.iter(|| {
+            let mut f = Framer::new(Limits::default());
+            let mut n = 0;
+            for chunk in stream.chunks(4096) {
+                f.push(chunk);
+                while let Ok(Some(_)) = f.next_frame() {
+                    n += 1;
+                }
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
