@@ -1,1 +1,407 @@
-//! TODO
+//! Configuration: loading and offline validation (`lcs-bridge check-config`).
+//!
+//! The configuration is one TOML file read through the `config` crate, with environment
+//! overrides `LCS_BRIDGE__SECTION__KEY` (e.g. `LCS_BRIDGE__XMPP__SECRET`,
+//! `LCS_BRIDGE__SIP__LISTEN`; list keys take a comma-separated value). An environment variable
+//! wins over the file. Relative paths, wherever they come from, are resolved against the
+//! directory of the configuration file. `docs/configuration.md` lists every key;
+//! `config/lcs-bridge.example.toml` shows each with its default.
+//!
+//! Two entry points:
+//!
+//! - [`load`] (and [`load_with_env`]): parse and validate every value (syntax, unknown keys,
+//!   types, required keys, ports, addresses, domains, cross-key rules) and read the XMPP
+//!   component secret file. This is what `run` needs.
+//! - [`check`] (and [`check_with_env`]): everything [`load`] does, plus what needs the file
+//!   system and a clock (given as an argument): certificate chain, private key and their match,
+//!   validity dates, subjectAltName against `sip.public_fqdn` (RFC 6125 wildcards), extended key
+//!   usage (serverAuth and clientAuth, needed for federation), CA bundle, storage and mappings
+//!   paths.
+//!
+//! Both collect *all* problems rather than stopping at the first one. Each [`Problem`] names the
+//! dotted key (`xmpp.secret`, `federation.partners[2].edge`; the file path for file-level
+//! problems) and prints as one line `key: reason`.
+//!
+//! Why a hand-written walker over the `config` crate's value tree instead of
+//! `#[derive(Deserialize)]` with `deny_unknown_fields`: serde stops at the first error, so a file
+//! with a misspelt key and a bad port would be reported one problem per run. The walker takes
+//! each known key out of its table (converting it with the `config` crate's own lenient
+//! conversions, so `"5061"` from the environment is a number), reports every type error with its
+//! key, and reports every key left over as unknown, with a "did you mean" hint.
+
+mod checks;
+mod reader;
+mod sections;
+pub mod tls;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use reader::Diag;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "LCS_BRIDGE";
+
+/// One thing wrong with the configuration: the dotted key (or file) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key such as `sip.cert_chain` or `federation.partners[1].edge`; the configuration
+    /// file's path for problems with the file itself.
+    pub key: String,
+    /// What is wrong, one line.
+    pub reason: String,
+}
+
+impl Problem {
+    /// A problem; line breaks in `reason` are folded so that it prints as one line.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        let reason: String = reason.into();
+        let reason = if reason.contains(['\n', '\r']) {
+            reason
+                .split(['\n', '\r'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            reason
+        };
+        Problem {
+            key: key.into(),
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+/// What [`check`] found.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The parsed configuration, present when every value parsed and validated (i.e. [`load`]
+    /// would have succeeded), even if file checks (certificates, paths) then found problems, so
+    /// that the caller can go on to validate the mapping tables in [`Config::mappings_dir`].
+    pub config: Option<Config>,
+    /// Errors: the configuration must not be used while this is non-empty.
+    pub problems: Vec<Problem>,
+    /// Non-fatal findings worth an administrator's attention.
+    pub warnings: Vec<Problem>,
+}
+
+impl CheckReport {
+    /// True when there are no problems (warnings allowed).
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The whole, validated configuration. Paths are already resolved against the configuration
+/// file's directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[xmpp]`: the XEP-0114 component connection and addressing.
+    pub xmpp: XmppConfig,
+    /// `[sip]`: the federation edge (mutual TLS).
+    pub sip: SipConfig,
+    /// `[federation]`: which LCS domains may federate, and static routes.
+    pub federation: FederationConfig,
+    /// `[presence]`: presence translation knobs.
+    pub presence: PresenceConfig,
+    /// `[storage]`.
+    pub storage: StorageConfig,
+    /// `[mappings]`.
+    pub mappings: MappingsConfig,
+    /// `[logging]`.
+    pub logging: LoggingConfig,
+    /// The file this was loaded from.
+    pub source: PathBuf,
+}
+
+impl Config {
+    /// Directory holding `presence.toml` and `errors.toml` (resolved `mappings.path`).
+    pub fn mappings_dir(&self) -> &Path {
+        &self.mappings.path
+    }
+
+    /// Resolved `storage.path` (the store's directory).
+    pub fn storage_path(&self) -> &Path {
+        &self.storage.path
+    }
+
+    /// Directory of the configuration file, against which relative paths were resolved.
+    pub fn config_dir(&self) -> &Path {
+        base_dir(&self.source)
+    }
+}
+
+/// `[xmpp]`: how the bridge connects to the XMPP server as an external component (XEP-0114).
+#[derive(Debug, Clone, PartialEq)]
+pub struct XmppConfig {
+    /// Host of the XMPP server's component port (`xmpp.host`, default `127.0.0.1`).
+    pub host: String,
+    /// Component port (`xmpp.port`, default 5347).
+    pub port: u16,
+    /// Component secret, from `xmpp.secret` or read from `xmpp.secret_file`.
+    pub secret: Secret,
+    /// Component domains the bridge connects as (lowercase).
+    pub component_domains: Vec<String>,
+    /// Address mode (interworking.md §1).
+    pub mode: AddressMode,
+    /// Local XMPP domains that LCS peers federate with (lowercase), e.g. `example.org`.
+    pub local_domains: Vec<String>,
+    /// Name the gateway gives itself in disco (XEP-0030 identity), default `LCS gateway`.
+    pub gateway_name: String,
+}
+
+/// How LCS users are addressed on the XMPP side (interworking.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressMode {
+    /// One component domain (`lcs.example.org`); LCS users appear as
+    /// `joe\40contoso.com@lcs.example.org` (XEP-0106).
+    Gateway,
+    /// One component per federated LCS domain; LCS users appear as `joe@contoso.com`.
+    Direct,
+}
+
+/// A secret that does not print itself in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself; use only where it is needed (the component handshake).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `[sip]`: the federation edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipConfig {
+    /// Where the TLS listener binds (default `0.0.0.0:5061`).
+    pub listen: SocketAddr,
+    /// The edge's FQDN: what `_sipfederationtls._tcp.<local domain>` points at; must be in the
+    /// certificate (lowercase).
+    pub public_fqdn: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_chain: PathBuf,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// PEM CA certificates trusted for peers' certificates.
+    pub ca_bundle: Option<PathBuf>,
+    /// Also trust the operating system's roots for peers.
+    pub use_system_roots: bool,
+    /// Largest SIP header section accepted on a stream, bytes (default 16384).
+    pub max_header_bytes: usize,
+    /// Largest SIP body accepted, bytes (default 65536).
+    pub max_body_bytes: usize,
+    /// Most header fields accepted in one message (default 128).
+    pub max_headers: usize,
+    /// Connections to one peer edge server, at most 4 (profile).
+    pub max_connections_per_edge: usize,
+    /// Connections to one peer network, at most 40 (profile).
+    pub max_connections_per_network: usize,
+}
+
+/// `[federation]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// What happens to a domain that is not listed in `partners`.
+    pub default_policy: DefaultPolicy,
+    /// Listed partner domains.
+    pub partners: Vec<Partner>,
+}
+
+impl FederationConfig {
+    /// The partner entry for `domain` (ASCII case-insensitive), if listed.
+    pub fn partner(&self, domain: &str) -> Option<&Partner> {
+        self.partners
+            .iter()
+            .find(|p| p.domain.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether federation with `domain` is permitted: a listed partner's policy, otherwise the
+    /// default policy.
+    pub fn is_allowed(&self, domain: &str) -> bool {
+        match self.partner(domain) {
+            Some(p) => p.policy == PartnerPolicy::Allow,
+            None => self.default_policy == DefaultPolicy::Allow,
+        }
+    }
+}
+
+/// `federation.default_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    /// Any domain whose edge is found by DNS SRV (`_sipfederationtls._tcp`).
+    Allow,
+    /// Only partners listed with `policy = "allow"`.
+    Deny,
+}
+
+/// One `[[federation.partners]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partner {
+    /// The partner's SIP domain (lowercase).
+    pub domain: String,
+    /// Allow or block.
+    pub policy: PartnerPolicy,
+    /// Static route to the partner's edge (hosted partners), instead of DNS SRV.
+    pub edge: Option<Edge>,
+}
+
+/// `federation.partners[].policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartnerPolicy {
+    /// Federate with this domain.
+    Allow,
+    /// Refuse this domain.
+    Block,
+}
+
+/// A static `host:port` edge route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    /// Host name (lowercase) or IP address literal (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Edge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `[presence]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceConfig {
+    /// Appended to local users' display names sent to LCS (e.g. `" (XMPP)"`).
+    pub display_name_suffix: Option<String>,
+    /// HTTPS URL of the network-of-origin icon sent as `ci:icon` (profile: PNG, ≤ 16×16, ≤ 8 KB).
+    pub icon_url: Option<String>,
+    /// Least time between two NOTIFYs to one watcher (bursts are coalesced).
+    pub notify_min_interval: Duration,
+    /// Expires requested for presence subscriptions toward LCS.
+    pub subscription_expires: Duration,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Directory of the persistent store.
+    pub path: PathBuf,
+}
+
+/// `[mappings]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingsConfig {
+    /// Directory with `presence.toml` and `errors.toml`.
+    pub path: PathBuf,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// `tracing_subscriber::EnvFilter` directives, e.g. `info` or `info,lcs_bridge::sip=debug`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// `logging.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Loads and validates the configuration file at `path`, with overrides from the process
+/// environment (`LCS_BRIDGE__…`). Returns every problem found. Does not look at certificates,
+/// the store or the mappings directory: see [`check`].
+pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+    load_with_env(path, process_env())
+}
+
+/// [`load`] with an explicit environment instead of the process's (variables without the
+/// `LCS_BRIDGE__` prefix are ignored).
+pub fn load_with_env<I>(path: &Path, env: I) -> Result<Config, Vec<Problem>>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut diag = Diag::default();
+    let config = sections::load(path, env, &mut diag);
+    let (problems, _warnings) = diag.finish();
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(problems),
+    }
+}
+
+/// Validates everything that can be checked offline, at time `now`, with overrides from the
+/// process environment. Collects all problems.
+pub fn check(path: &Path, now: SystemTime) -> CheckReport {
+    check_with_env(path, now, process_env())
+}
+
+/// [`check`] with an explicit environment instead of the process's.
+pub fn check_with_env<I>(path: &Path, now: SystemTime, env: I) -> CheckReport
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut diag = Diag::default();
+    let loaded = sections::load_parts(path, env, &mut diag);
+    let load_ok = diag.problem_count() == 0;
+    sections::check_files(&loaded, now, &mut diag);
+    let config = if load_ok { loaded.assemble() } else { None };
+    let (problems, warnings) = diag.finish();
+    CheckReport {
+        config,
+        problems,
+        warnings,
+    }
+}
+
+/// The directory relative paths in `config_file` are resolved against.
+fn base_dir(config_file: &Path) -> &Path {
+    match config_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// The process environment's `LCS_BRIDGE__…` variables (non-Unicode ones are skipped).
+fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| reader::is_ours(k))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

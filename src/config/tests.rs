@@ -1,0 +1,550 @@
+//! Tests of loading and value validation (no certificates needed; those are in
+//! `tests/config_check.rs`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[xmpp]
+secret = "s3cret"
+component_domains = ["lcs.example.org"]
+local_domains = ["example.org"]
+
+[sip]
+public_fqdn = "sip.example.org"
+cert_chain = "certs/edge.crt"
+private_key = "certs/edge.key"
+ca_bundle = "certs/ca.crt"
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write test file");
+    path
+}
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Loads `text` (from a file in a fresh directory) and returns the problem lines.
+fn problems_with_env(text: &str, env: Vec<(String, String)>) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "c.toml", text);
+    match load_with_env(&path, env) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn problems(text: &str) -> Vec<String> {
+    problems_with_env(text, no_env())
+}
+
+/// MINIMAL with `extra` appended to the `[section]` (sections are re-opened with dotted keys).
+fn minimal_plus(extra: &str) -> String {
+    format!("{MINIMAL}\n{extra}\n")
+}
+
+fn load_ok(text: &str) -> Config {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "c.toml", text);
+    match load_with_env(&path, no_env()) {
+        Ok(c) => c,
+        Err(p) => panic!("unexpected problems: {p:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "c.toml", MINIMAL);
+    let c = load_with_env(&path, no_env()).expect("loads");
+    assert_eq!(c.xmpp.host, "127.0.0.1");
+    assert_eq!(c.xmpp.port, 5347);
+    assert_eq!(c.xmpp.secret.expose(), "s3cret");
+    assert_eq!(format!("{:?}", c.xmpp.secret), "Secret(***)");
+    assert_eq!(c.xmpp.mode, AddressMode::Gateway);
+    assert_eq!(c.xmpp.gateway_name, "LCS gateway");
+    assert_eq!(c.sip.listen.to_string(), "0.0.0.0:5061");
+    assert_eq!(c.sip.cert_chain, dir.path().join("certs/edge.crt"));
+    assert_eq!(c.sip.ca_bundle, Some(dir.path().join("certs/ca.crt")));
+    assert!(!c.sip.use_system_roots);
+    assert_eq!(
+        (
+            c.sip.max_header_bytes,
+            c.sip.max_body_bytes,
+            c.sip.max_headers
+        ),
+        (16384, 65536, 128)
+    );
+    assert_eq!(
+        (
+            c.sip.max_connections_per_edge,
+            c.sip.max_connections_per_network
+        ),
+        (4, 40)
+    );
+    assert_eq!(c.federation.default_policy, DefaultPolicy::Allow);
+    assert!(c.federation.partners.is_empty());
+    assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
+    assert_eq!(c.presence.subscription_expires, Duration::from_secs(3600));
+    assert_eq!(c.presence.icon_url, None);
+    assert_eq!(c.storage_path(), dir.path().join("data"));
+    assert_eq!(c.mappings_dir(), dir.path().join("mappings"));
+    assert_eq!(c.config_dir(), dir.path());
+    assert_eq!(c.logging.level, "info");
+    assert_eq!(c.logging.format, LogFormat::Human);
+}
+
+#[test]
+fn relative_config_path_resolves_against_its_directory() {
+    let c = load_ok(MINIMAL);
+    assert!(c.sip.private_key.ends_with("certs/edge.key"));
+    // A bare file name has the current directory as its base.
+    assert_eq!(base_dir(Path::new("c.toml")), Path::new("."));
+    assert_eq!(base_dir(Path::new("config/c.toml")), Path::new("config"));
+}
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lcs-bridge.example.toml")
+}
+
+#[test]
+fn example_file_loads() {
+    let c = load_with_env(&example_path(), no_env()).expect("example loads");
+    assert_eq!(c.sip.public_fqdn, "sip.example.org");
+    assert_eq!(c.xmpp.component_domains, ["lcs.example.org"]);
+    assert_eq!(c.xmpp.local_domains, ["example.org"]);
+    assert!(c.mappings_dir().ends_with("config/../mappings"));
+    assert!(c.storage_path().ends_with("config/data"));
+}
+
+#[test]
+fn example_file_documents_every_key() {
+    let text = std::fs::read_to_string(example_path()).expect("read example");
+    let mut diag = Diag::default();
+    let _ = sections::load_parts(&example_path(), no_env(), &mut diag);
+    assert!(diag.known.len() > 30, "{:?}", diag.known);
+    for key in &diag.known {
+        let (section, name) = match key.rsplit_once('.') {
+            Some((s, n)) => (s.trim_end_matches("[]"), n),
+            None => ("", key.as_str()),
+        };
+        if section.is_empty() {
+            assert!(text.contains(&format!("[{name}]")), "section [{name}]");
+        } else if text.contains(&format!("[[{key}]]")) {
+            // An array of tables, shown commented out.
+        } else if key.contains("[]") {
+            // Array-of-tables members are documented in a comment block.
+            assert!(text.contains(&format!("#   {name} ")), "{key}");
+        } else {
+            let written = format!("\n{name} = ");
+            let commented = format!("\n# {name} = ");
+            assert!(
+                text.contains(&written) || text.contains(&commented),
+                "{key} is not in the example file"
+            );
+        }
+    }
+}
+
+#[test]
+fn environment_overrides_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &minimal_plus("[logging]\nlevel = \"info\""),
+    );
+    let env = env(&[
+        ("LCS_BRIDGE__XMPP__SECRET", "from-env"),
+        ("LCS_BRIDGE__SIP__LISTEN", "127.0.0.1:15061"),
+        ("LCS_BRIDGE__SIP__MAX_HEADERS", "256"),
+        ("LCS_BRIDGE__SIP__USE_SYSTEM_ROOTS", "true"),
+        ("LCS_BRIDGE__XMPP__LOCAL_DOMAINS", "a.example, b.example"),
+        ("LCS_BRIDGE__LOGGING__LEVEL", "debug"),
+        ("LCS_BRIDGE__STORAGE__PATH", "state"),
+        ("OTHER__XMPP__SECRET", "ignored"),
+    ]);
+    let c = load_with_env(&path, env).expect("loads");
+    assert_eq!(c.xmpp.secret.expose(), "from-env");
+    assert_eq!(c.sip.listen.to_string(), "127.0.0.1:15061");
+    assert_eq!(c.sip.max_headers, 256);
+    assert!(c.sip.use_system_roots);
+    assert_eq!(c.xmpp.local_domains, ["a.example", "b.example"]);
+    assert_eq!(c.logging.level, "debug");
+    // Relative paths from the environment are resolved against the file's directory too.
+    assert_eq!(c.storage_path(), dir.path().join("state"));
+    // Without the environment the file's values stand.
+    let c = load_with_env(&path, no_env()).expect("loads");
+    assert_eq!(c.xmpp.secret.expose(), "s3cret");
+}
+
+#[test]
+fn environment_problems_name_the_variable() {
+    let got = problems_with_env(
+        MINIMAL,
+        env(&[
+            ("LCS_BRIDGE__XMPP__PORT", "abc"),
+            ("LCS_BRIDGE__XMPP__SCRET", "x"),
+        ]),
+    );
+    assert_eq!(
+        got,
+        [
+            "xmpp.port: expected an integer, found string \"abc\" (set by LCS_BRIDGE__XMPP__PORT)",
+            "xmpp.scret: unknown key (did you mean \"secret\"?) (set by LCS_BRIDGE__XMPP__SCRET)",
+        ]
+    );
+}
+
+#[test]
+fn missing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nope.toml");
+    let got = load_with_env(&path, no_env()).expect_err("fails");
+    assert_eq!(
+        got,
+        [Problem::new(
+            path.display().to_string(),
+            "cannot read: file not found"
+        )]
+    );
+}
+
+#[test]
+fn toml_syntax_error_names_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "c.toml", "[xmpp]\nhost = \"a\"\nport = = 5\n");
+    let got = load_with_env(&path, no_env()).expect_err("fails");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key, path.display().to_string());
+    assert!(
+        got[0]
+            .reason
+            .starts_with("TOML syntax error at line 3, column 8: "),
+        "{}",
+        got[0]
+    );
+    assert!(!got[0].to_string().contains('\n'));
+}
+
+#[test]
+fn misspelt_keys_are_each_reported_once() {
+    // The misspelt required key is not reported a second time as missing.
+    let text = MINIMAL
+        .replace("secret =", "scret =")
+        .replace("public_fqdn", "public_fdqn");
+    let got = problems(&format!(
+        "{text}\n[logging]\nlevle = \"debug\"\ncolour = 1\n"
+    ));
+    assert_eq!(
+        got,
+        [
+            "xmpp.scret: unknown key (did you mean \"secret\"?)",
+            "sip.public_fdqn: unknown key (did you mean \"public_fqdn\"?)",
+            "logging.colour: unknown key",
+            "logging.levle: unknown key (did you mean \"level\"?)",
+        ]
+    );
+}
+
+#[test]
+fn unknown_and_misspelt_sections() {
+    let got = problems(&minimal_plus("[xmp]\nport = 1\n[metrics]\nport = 9100"));
+    assert_eq!(
+        got,
+        [
+            "metrics: unknown key",
+            "xmp: unknown key (did you mean \"xmpp\"?)",
+        ]
+    );
+    let text = MINIMAL.replace("[xmpp]", "[xmp]");
+    assert_eq!(
+        problems(&text),
+        ["xmp: unknown key (did you mean \"xmpp\"?)"]
+    );
+}
+
+#[test]
+fn all_problems_are_collected() {
+    let text = r#"
+[xmpp]
+port = 70000
+component_domains = ["lcs.example.org", "other.example.org"]
+local_domains = ["example.org", "127.0.0.1", "example.org"]
+mode = "gatway"
+
+[sip]
+listen = "localhost:5061"
+public_fqdn = "sip.example.org."
+cert_chain = "certs/edge.crt"
+private_key = 5
+max_connections_per_edge = 5
+max_connections_per_network = 41
+max_headers = "many"
+
+[federation]
+default_policy = "maybe"
+[[federation.partners]]
+domain = "contoso.com"
+edge = "sip.contoso.com"
+[[federation.partners]]
+domain = "Contoso.com"
+policy = "allow"
+[[federation.partners]]
+policy = "block"
+extra = 1
+
+[presence]
+icon_url = "http://example.org/i.png"
+notify_min_interval_secs = 0
+
+[logging]
+level = "info,foo=verbose"
+format = "xml"
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            "xmpp.port: port must be 1–65535, not 70000",
+            "xmpp.secret: required key is missing (or set secret_file)",
+            "xmpp.local_domains[1]: \"127.0.0.1\" is an IP address; a domain name is needed here",
+            "xmpp.local_domains[2]: \"example.org\" is already listed at xmpp.local_domains[0]",
+            "xmpp.mode: must be \"gateway\" or \"direct\", not \"gatway\"",
+            "sip.private_key: expected a string, found integer 5",
+            "sip.max_headers: expected an integer, found string \"many\"",
+            "sip.listen: \"localhost:5061\" is not a socket address (IP:port, e.g. \"0.0.0.0:5061\" or \"[::]:5061\")",
+            "sip.public_fqdn: \"sip.example.org.\" is not a valid domain name: it must not end with a dot",
+            "sip.ca_bundle: required unless use_system_roots = true (peers' certificates must be verified)",
+            "sip.max_connections_per_edge: must be between 1 and 4 (the federation profile allows at most 4 connections to one peer edge server), not 5",
+            "sip.max_connections_per_network: must be between 1 and 40 (the federation profile allows at most 40 connections to one peer network), not 41",
+            "federation.default_policy: must be \"allow\" or \"deny\", not \"maybe\"",
+            "federation.partners[0].edge: \"sip.contoso.com\" is not host:port (e.g. \"sip.contoso.com:5061\" or \"[2001:db8::1]:5061\")",
+            "federation.partners[1].domain: \"contoso.com\" is already listed at federation.partners[0]",
+            "federation.partners[2].extra: unknown key",
+            "federation.partners[2].domain: required key is missing",
+            "presence.icon_url: must be an https:// URL, not \"http://example.org/i.png\"",
+            "presence.notify_min_interval_secs: must be between 1 and 300, not 0",
+            "logging.level: \"info,foo=verbose\" is not a valid filter: error parsing level filter: expected one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\", or a number 0-5",
+            "logging.format: must be \"human\" or \"json\", not \"xml\"",
+        ]
+    );
+}
+
+#[test]
+fn gateway_mode_needs_one_component_domain_disjoint_from_local_domains() {
+    let text = MINIMAL.replace(
+        "component_domains = [\"lcs.example.org\"]",
+        "component_domains = [\"lcs.example.org\", \"example.org\"]",
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "xmpp.component_domains: gateway mode needs exactly one component domain, found 2",
+            "xmpp.component_domains[1]: \"example.org\" is also in xmpp.local_domains; a component domain cannot be a local domain",
+        ]
+    );
+    let direct = MINIMAL.replace(
+        "component_domains = [\"lcs.example.org\"]",
+        "mode = \"direct\"\ncomponent_domains = [\"contoso.com\", \"Fabrikam.com\"]",
+    );
+    let c = load_ok(&direct);
+    assert_eq!(c.xmpp.mode, AddressMode::Direct);
+    assert_eq!(c.xmpp.component_domains, ["contoso.com", "fabrikam.com"]);
+    let empty = MINIMAL.replace("[\"lcs.example.org\"]", "[]");
+    assert_eq!(
+        problems(&empty),
+        ["xmpp.component_domains: must list at least one domain"]
+    );
+}
+
+#[test]
+fn secret_and_secret_file() {
+    let both = MINIMAL.replace("secret = \"s3cret\"", "secret = \"a\"\nsecret_file = \"s\"");
+    assert_eq!(
+        problems(&both),
+        ["xmpp.secret: set either secret or secret_file, not both"]
+    );
+    let empty = MINIMAL.replace("secret = \"s3cret\"", "secret = \"\"");
+    assert_eq!(problems(&empty), ["xmpp.secret: must not be empty"]);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = MINIMAL.replace("secret = \"s3cret\"", "secret_file = \"secret.txt\"");
+    let path = write(dir.path(), "c.toml", &text);
+    let secret_path = dir.path().join("secret.txt");
+    let got = load_with_env(&path, no_env()).expect_err("no secret file");
+    assert_eq!(
+        got[0].to_string(),
+        format!("xmpp.secret_file: cannot read {secret_path:?}: file not found")
+    );
+    write(dir.path(), "secret.txt", "\n");
+    let got = load_with_env(&path, no_env()).expect_err("empty secret file");
+    assert_eq!(
+        got[0].to_string(),
+        format!("xmpp.secret_file: {secret_path:?} is empty")
+    );
+    write(dir.path(), "secret.txt", "from file\n");
+    let c = load_with_env(&path, no_env()).expect("loads");
+    assert_eq!(c.xmpp.secret.expose(), "from file");
+}
+
+#[test]
+fn federation_partners() {
+    let text = minimal_plus(
+        r#"
+[federation]
+default_policy = "deny"
+[[federation.partners]]
+domain = "Contoso.com"
+edge = "SIP.contoso.com:5061"
+[[federation.partners]]
+domain = "fabrikam.com"
+policy = "block"
+"#,
+    );
+    let c = load_ok(&text);
+    let f = &c.federation;
+    assert_eq!(f.default_policy, DefaultPolicy::Deny);
+    assert_eq!(f.partners[0].domain, "contoso.com");
+    assert_eq!(
+        f.partners[0]
+            .edge
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("sip.contoso.com:5061")
+    );
+    assert!(f.is_allowed("CONTOSO.com"));
+    assert!(!f.is_allowed("fabrikam.com"));
+    assert!(!f.is_allowed("other.com"));
+    assert_eq!(f.partners[1].policy, PartnerPolicy::Block);
+
+    let text = minimal_plus(
+        r#"
+[[federation.partners]]
+domain = "contoso.com"
+[[federation.partners]]
+domain = "CONTOSO.COM"
+[[federation.partners]]
+domain = "example.org"
+[[federation.partners]]
+domain = "lcs.example.org"
+"#,
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "federation.partners[1].domain: \"contoso.com\" is already listed at federation.partners[0]",
+        ]
+    );
+    let text = minimal_plus(
+        r#"
+[[federation.partners]]
+domain = "example.org"
+[[federation.partners]]
+domain = "lcs.example.org"
+"#,
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "federation.partners[0].domain: \"example.org\" is a local domain (xmpp.local_domains), not a federation partner",
+            "federation.partners[1].domain: \"lcs.example.org\" is the gateway's component domain, not a federation partner",
+        ]
+    );
+}
+
+#[test]
+fn warnings_do_not_fail_loading() {
+    let text = minimal_plus(
+        r#"
+[federation]
+default_policy = "deny"
+[[federation.partners]]
+domain = "spam.example"
+policy = "block"
+edge = "192.0.2.1:5061"
+[logging]
+level = "infoo"
+"#,
+    )
+    .replace("[xmpp]", "[xmpp]\nhost = \"192.0.2.7\"");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "c.toml", &text);
+    let mut diag = Diag::default();
+    let parts = sections::load_parts(&path, no_env(), &mut diag);
+    assert!(parts.assemble().is_some());
+    let (problems, warnings) = diag.finish();
+    assert!(problems.is_empty(), "{problems:?}");
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "xmpp.host: the component protocol (XEP-0114) is not encrypted: keep it on loopback or a private network",
+            "federation.partners[0].edge: ignored: this partner is blocked",
+            "federation.default_policy: \"deny\" with no partner allowed: the bridge will federate with nobody",
+            "logging.level: \"infoo\" is not a level: it enables every level for the target \"infoo\" (did you mean \"info\"?)",
+        ]
+    );
+}
+
+#[test]
+fn presence_and_logging_values() {
+    let text = minimal_plus(
+        r#"
+[presence]
+display_name_suffix = " (XMPP)"
+icon_url = "https://example.org/brand16.png"
+notify_min_interval_secs = 10
+subscription_expires_secs = 600
+[logging]
+level = "warn,lcs_bridge::sip=debug"
+format = "JSON"
+"#,
+    );
+    let c = load_ok(&text);
+    assert_eq!(c.presence.display_name_suffix.as_deref(), Some(" (XMPP)"));
+    assert_eq!(
+        c.presence.icon_url.as_deref(),
+        Some("https://example.org/brand16.png")
+    );
+    assert_eq!(c.presence.notify_min_interval, Duration::from_secs(10));
+    assert_eq!(c.presence.subscription_expires, Duration::from_secs(600));
+    assert_eq!(c.logging.format, LogFormat::Json);
+}
+
+#[test]
+fn type_errors_name_the_key_and_list_items() {
+    let text = MINIMAL.replace("[\"example.org\"]", "[\"example.org\", 7]")
+        + "\n[storage]\npath = []\n[presence]\nsubscription_expires_secs = 1.5\n";
+    assert_eq!(
+        problems(&text),
+        [
+            "xmpp.local_domains[1]: expected a string, found integer 7",
+            "presence.subscription_expires_secs: expected an integer, found float 1.5",
+            "storage.path: expected a string, found an array",
+        ]
+    );
+    let text = format!("federation = 3\n{MINIMAL}");
+    assert_eq!(
+        problems(&text),
+        ["federation: expected a table, found integer 3"]
+    );
+}
+
+#[test]
+fn problem_prints_on_one_line() {
+    let p = Problem::new("a.b", "first\nsecond\r\n third");
+    assert_eq!(p.to_string(), "a.b: first second third");
+}
