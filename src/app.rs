@@ -1,1 +1,99 @@
-//! TODO
+//! `lcs-bridge run`: loads and validates the configuration, sets up logging, loads the mapping
+//! tables and the address book, and runs until SIGINT or SIGTERM. This is the only module that
+//! owns the runtime, signals and the clock; the SIP edge (TLS listener, outbound pool) and the
+//! XMPP component link plug in here as they are built.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, anyhow};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{self, LogFormat};
+use crate::core::address::AddressBook;
+use crate::core::tables::Mappings;
+
+/// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level.
+pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v).context("RUST_LOG")?,
+        _ => EnvFilter::try_new(&cfg.level).context("logging.level")?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match cfg.format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow!("cannot initialise logging: {e}"))
+}
+
+/// Runs the bridge until a termination signal.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let report = config::check(config_path, SystemTime::now());
+    if !report.problems.is_empty() {
+        let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        return Err(anyhow!(
+            "{} has {} problem(s):\n{}",
+            config_path.display(),
+            lines.len(),
+            lines.join("\n")
+        ));
+    }
+    let cfg = report
+        .config
+        .ok_or_else(|| anyhow!("{}: configuration did not load", config_path.display()))?;
+    init_logging(&cfg.logging)?;
+    for w in &report.warnings {
+        warn!(key = %w.key, "{}", w.reason);
+    }
+    let mappings = Mappings::load(cfg.mappings_dir()).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow!("mapping tables: {}", lines.join("; "))
+    })?;
+    let book = AddressBook::new(
+        cfg.xmpp.mode,
+        cfg.xmpp.component_domains.clone(),
+        cfg.xmpp.local_domains.clone(),
+    )
+    .context("xmpp")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        info!(
+            config = %config_path.display(),
+            mode = %book.mode(),
+            components = ?book.component_domains(),
+            local_domains = ?book.local_domains(),
+            sip_listen = %cfg.sip.listen,
+            public_fqdn = %cfg.sip.public_fqdn,
+            presence_rows = mappings.presence.row_count(),
+            "lcs-bridge started; the SIP edge and the XMPP component link are not part of this build yet"
+        );
+        let signal = shutdown_signal().await?;
+        info!(signal, "shutting down");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM and names the one that came.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("cannot watch SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}

@@ -1,1 +1,205 @@
-fn main() {}
+//! `lcs-bridge`: the command line. The only place that prints to the terminal and decides exit
+//! codes; everything it shows comes from the library.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+use lcs_bridge::core::address::AddressBook;
+use lcs_bridge::core::tables::Mappings;
+use lcs_bridge::{app, config, inspect};
+
+#[derive(Parser)]
+#[command(name = "lcs-bridge", version, about = "XMPP ⇄ Microsoft LCS/OCS/Lync federation bridge")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration offline: files, certificates, domains, mapping tables.
+    CheckConfig {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Show how the bridge reads wire data.
+    #[command(subcommand)]
+    Inspect(Inspect),
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// Parse one SIP message (a file or - for stdin) and print it as JSON.
+    Sip {
+        input: String,
+        /// Mapping tables directory (default: the built-in copies of mappings/).
+        #[arg(long)]
+        mappings: Option<PathBuf>,
+    },
+    /// Parse a PIDF document and print its presence as JSON.
+    Pidf {
+        input: String,
+        #[arg(long)]
+        mappings: Option<PathBuf>,
+    },
+    /// Read an XMPP <presence/> stanza and print the PIDF document the bridge would send.
+    Presence {
+        input: String,
+        /// SIP AOR for the document's entity (default: sip: + the stanza's bare 'from').
+        #[arg(long)]
+        entity: Option<String>,
+        /// HTTPS icon URL to include as ci:icon.
+        #[arg(long)]
+        icon: Option<String>,
+        #[arg(long)]
+        mappings: Option<PathBuf>,
+    },
+    /// Map a JID to a SIP URI or a sip: URI to a JID, in the configured address mode.
+    Address {
+        address: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn read_input(input: &str) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let limit = 1024 * 1024;
+    if input == "-" {
+        std::io::stdin()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+    } else {
+        std::fs::File::open(input)
+            .and_then(|f| f.take(limit).read_to_end(&mut buf))
+            .map_err(|e| format!("cannot read {input:?}: {e}"))?;
+    }
+    Ok(buf)
+}
+
+fn mappings(dir: Option<&Path>) -> Result<Mappings, String> {
+    match dir {
+        None => Ok(Mappings::builtin()),
+        Some(d) => Mappings::load(d).map_err(|problems| {
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        }),
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), String> {
+    serde_json::to_string_pretty(v)
+        .map(|s| println!("{s}"))
+        .map_err(|e| e.to_string())
+}
+
+fn run_inspect(cmd: Inspect) -> Result<(), String> {
+    match cmd {
+        Inspect::Sip { input, mappings: m } => {
+            print_json(&inspect::sip(&read_input(&input)?, &mappings(m.as_deref())?)?)
+        }
+        Inspect::Pidf { input, mappings: m } => {
+            print_json(&inspect::pidf(&read_input(&input)?, &mappings(m.as_deref())?)?)
+        }
+        Inspect::Presence {
+            input,
+            entity,
+            icon,
+            mappings: m,
+        } => {
+            let xml = String::from_utf8(read_input(&input)?)
+                .map_err(|_| "the presence stanza is not UTF-8".to_owned())?;
+            let doc = inspect::presence(
+                &xml,
+                entity.as_deref(),
+                icon.as_deref(),
+                &mappings(m.as_deref())?,
+            )?;
+            print!("{doc}");
+            Ok(())
+        }
+        Inspect::Address { address, config } => {
+            let cfg = config::load(&config).map_err(|problems| join_problems(&problems))?;
+            let book = address_book(&cfg).map_err(|e| format!("xmpp: {e}"))?;
+            println!("{}", inspect::address(&book, &address)?);
+            Ok(())
+        }
+    }
+}
+
+fn address_book(cfg: &config::Config) -> Result<AddressBook, lcs_bridge::core::address::AddressError> {
+    AddressBook::new(
+        cfg.xmpp.mode,
+        cfg.xmpp.component_domains.clone(),
+        cfg.xmpp.local_domains.clone(),
+    )
+}
+
+fn join_problems(problems: &[config::Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every problem on its own line on stderr; exit status 1 if any.
+fn check_config(file: &Path) -> ExitCode {
+    let report = config::check(file, SystemTime::now());
+    let mut problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    if let Some(cfg) = &report.config {
+        if let Err(table_problems) = Mappings::load(cfg.mappings_dir()) {
+            problems.extend(table_problems.iter().map(|p| format!("mappings.path: {p}")));
+        }
+        if let Err(e) = address_book(cfg) {
+            problems.push(format!("xmpp: {e}"));
+        }
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    if problems.is_empty() {
+        println!("{}: OK", file.display());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}: {} problem(s)", file.display(), problems.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => match app::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Inspect(cmd) => match run_inspect(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", e.replace('\n', "; "));
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

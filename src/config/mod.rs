@@ -162,14 +162,7 @@ pub struct XmppConfig {
 }
 
 /// How LCS users are addressed on the XMPP side (interworking.md §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressMode {
-    /// One component domain (`lcs.example.org`); LCS users appear as
-    /// `joe\40contoso.com@lcs.example.org` (XEP-0106).
-    Gateway,
-    /// One component per federated LCS domain; LCS users appear as `joe@contoso.com`.
-    Direct,
-}
+pub use crate::core::address::AddressMode;
 
 /// A secret that does not print itself in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]
