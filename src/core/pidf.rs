@@ -18,13 +18,12 @@
 //! predefined entities (XML 1.0 §4.6) and character references are accepted. Size and nesting
 //! depth are bounded ([`PidfLimits`]). No input can make this module panic.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 
-use quick_xml::NsReader;
+use quick_xml::Reader;
 use quick_xml::XmlVersion;
 use quick_xml::escape::EscapeError;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
 use serde::Serialize;
 
 /// RFC 3863 namespace.
@@ -332,18 +331,65 @@ enum Ns {
     Other,
 }
 
-fn classify_ns(r: &ResolveResult<'_>) -> Ns {
-    match r {
-        ResolveResult::Bound(ns) => match ns.as_ref() {
-            "urn:ietf:params:xml:ns:pidf" => Ns::Pidf,
-            "urn:ietf:params:xml:ns:pidf:status:rpid-status" => Ns::RpidStatus,
-            "urn:ietf:params:xml:ns:pidf:rpid" => Ns::Rpid,
-            "urn:ietf:params:xml:ns:pidf:cipid" => Ns::Cipid,
-            "urn:ietf:params:xml:ns:pidf:data-model" => Ns::DataModel,
-            _ => Ns::Other,
-        },
+fn classify_ns(ns: &str) -> Ns {
+    match ns {
+        NS_PIDF => Ns::Pidf,
+        NS_RPID_STATUS => Ns::RpidStatus,
+        NS_RPID => Ns::Rpid,
+        NS_CIPID => Ns::Cipid,
+        NS_DATA_MODEL => Ns::DataModel,
         _ => Ns::Other,
     }
+}
+
+/// One `xmlns`/`xmlns:p` declaration in scope. Borrowed from the input when possible (the
+/// common case), so namespace handling allocates nothing.
+struct Binding<'i> {
+    prefix: Cow<'i, str>,
+    namespace: Cow<'i, str>,
+    depth: usize,
+}
+
+/// Namespace scopes (Namespaces in XML 1.0 §6), kept by hand: quick-xml's `NsReader` copies
+/// every declaration and resolves every event, which doubled the parse time.
+#[derive(Default)]
+struct Scopes<'i> {
+    bindings: Vec<Binding<'i>>,
+}
+
+impl<'i> Scopes<'i> {
+    /// The namespace bound to `prefix` ("" = default); `None` when unbound or undeclared.
+    fn resolve(&self, prefix: &str) -> Option<&str> {
+        if prefix == "xml" {
+            return Some("http://www.w3.org/XML/1998/namespace");
+        }
+        self.bindings
+            .iter()
+            .rev()
+            .find(|b| b.prefix == prefix)
+            .map(|b| b.namespace.as_ref())
+            .filter(|ns| !ns.is_empty())
+    }
+
+    fn pop_to(&mut self, depth: usize) {
+        while self.bindings.last().is_some_and(|b| b.depth > depth) {
+            self.bindings.pop();
+        }
+    }
+}
+
+/// `part` as a sub-slice of `text` with `text`'s lifetime, if it is one.
+fn reborrow<'i>(text: &'i str, part: &str) -> Cow<'i, str> {
+    let start = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    match text.get(start..start.wrapping_add(part.len())) {
+        Some(s) if s.as_ptr() == part.as_ptr() => Cow::Borrowed(s),
+        _ => Cow::Owned(part.to_owned()),
+    }
+}
+
+/// Splits a qualified name into prefix ("" if none) and local part.
+fn split_qname(qname: &str) -> (&str, &str) {
+    qname.split_once(':').unwrap_or(("", qname))
 }
 
 /// Where the parser is. Text is collected only while a text frame is on top.
@@ -400,42 +446,51 @@ pub fn parse_with_limits(input: &[u8], limits: &PidfLimits) -> Result<PidfDocume
         offset: e.valid_up_to(),
     })?;
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
-    let mut reader = NsReader::from_str(text);
+    let mut reader = Reader::from_str(text);
+    let mut scopes = Scopes::default();
     let mut stack: Vec<Frame> = Vec::with_capacity(8);
     let mut buf = String::new();
     let mut st = State::default();
 
     loop {
-        let (ns, event) = match reader.read_resolved_event() {
-            Ok((ns, event)) => (classify_ns(&ns), event),
+        let event = match reader.read_event() {
+            Ok(event) => event,
             Err(e) => return Err(xml_error(&e, reader.error_position())),
         };
         match event {
             Event::DocType(_) => return Err(PidfError::Dtd),
-            Event::Start(_) | Event::Empty(_) if stack.len() >= limits.max_depth => {
-                return Err(PidfError::TooDeep {
-                    max: limits.max_depth,
-                });
-            }
-            Event::Start(e) => {
-                let frame = open(&mut st, &stack, ns, &e, &reader)?;
-                if frame.collects_text() {
-                    buf.clear();
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                if stack.len() >= limits.max_depth {
+                    return Err(PidfError::TooDeep {
+                        max: limits.max_depth,
+                    });
                 }
-                stack.push(frame);
-            }
-            Event::Empty(e) => {
-                let frame = open(&mut st, &stack, ns, &e, &reader)?;
-                buf.clear();
-                close(&mut st, frame, "");
-                if stack.is_empty() {
-                    return Ok(finish(st));
+                let position = reader.buffer_position();
+                let depth = stack.len() + 1;
+                declare(&mut scopes, text, e, depth, position)?;
+                let qname = e.name();
+                let (prefix, local) = split_qname(qname.as_ref());
+                let namespace = scopes.resolve(prefix);
+                let ns = namespace.map_or(Ns::Other, classify_ns);
+                let frame = open(&mut st, &stack, ns, local, namespace, e, position)?;
+                if matches!(event, Event::Empty(_)) {
+                    scopes.pop_to(depth - 1);
+                    close(&mut st, frame, "");
+                    if stack.is_empty() {
+                        return Ok(finish(st));
+                    }
+                } else {
+                    if frame.collects_text() {
+                        buf.clear();
+                    }
+                    stack.push(frame);
                 }
             }
             Event::End(_) => {
                 let Some(frame) = stack.pop() else {
                     return Err(PidfError::NoRoot);
                 };
+                scopes.pop_to(stack.len());
                 close(&mut st, frame, &buf);
                 if stack.is_empty() {
                     return Ok(finish(st));
@@ -484,6 +539,46 @@ pub fn parse_with_limits(input: &[u8], limits: &PidfLimits) -> Result<PidfDocume
     }
 }
 
+/// Records the namespace declarations of an opening tag at `depth`.
+fn declare<'i>(
+    scopes: &mut Scopes<'i>,
+    text: &'i str,
+    e: &BytesStart<'_>,
+    depth: usize,
+    position: u64,
+) -> Result<(), PidfError> {
+    if !e.attributes_raw().contains("xmlns") {
+        return Ok(());
+    }
+    for attr in e.attributes() {
+        let attr = attr.map_err(|err| PidfError::Xml {
+            position,
+            message: err.to_string(),
+        })?;
+        let key = attr.key.as_ref();
+        let prefix = if key == "xmlns" {
+            ""
+        } else if let Some(p) = key.strip_prefix("xmlns:") {
+            p
+        } else {
+            continue;
+        };
+        let namespace = match attr
+            .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
+            .map_err(|err| xml_error(&err, position))?
+        {
+            Cow::Borrowed(v) => reborrow(text, v),
+            Cow::Owned(v) => Cow::Owned(v),
+        };
+        scopes.bindings.push(Binding {
+            prefix: reborrow(text, prefix),
+            namespace,
+            depth,
+        });
+    }
+    Ok(())
+}
+
 fn predefined_entity(name: &str) -> Option<char> {
     match name {
         "lt" => Some('<'),
@@ -526,24 +621,19 @@ fn open(
     st: &mut State,
     stack: &[Frame],
     ns: Ns,
+    local: &str,
+    namespace: Option<&str>,
     e: &BytesStart<'_>,
-    reader: &NsReader<&[u8]>,
+    position: u64,
 ) -> Result<Frame, PidfError> {
-    let local = e.local_name();
-    let local = local.as_ref();
     let Some(parent) = stack.last() else {
         if ns == Ns::Pidf && local == "presence" {
-            st.doc.entity = attribute(e, "entity", reader)?.unwrap_or_default();
+            st.doc.entity = attribute(e, "entity", position)?.unwrap_or_default();
             return Ok(Frame::Presence);
         }
-        let (resolved, _) = reader.resolver().resolve_element(e.name());
-        let namespace = match resolved {
-            ResolveResult::Bound(n) => Some(n.as_ref().to_owned()),
-            _ => None,
-        };
         return Err(PidfError::WrongRoot {
             name: local.to_owned(),
-            namespace,
+            namespace: namespace.map(str::to_owned),
         });
     };
     Ok(match (parent, ns, local) {
@@ -552,10 +642,10 @@ fn open(
             Frame::Tuple
         }
         (Frame::Presence, Ns::Pidf, "note") | (Frame::Tuple, Ns::Pidf, "note") => Frame::Note {
-            lang: attribute(e, "xml:lang", reader)?.filter(|l| !l.is_empty()),
+            lang: attribute(e, "xml:lang", position)?.filter(|l| !l.is_empty()),
         },
         (Frame::Person, Ns::DataModel | Ns::Pidf, "note") => Frame::Note {
-            lang: attribute(e, "xml:lang", reader)?.filter(|l| !l.is_empty()),
+            lang: attribute(e, "xml:lang", position)?.filter(|l| !l.is_empty()),
         },
         (Frame::Presence, Ns::DataModel, "person") if !st.seen_person => {
             st.seen_person = true;
@@ -659,39 +749,20 @@ fn finish(st: State) -> PidfDocument {
 
 /// The normalised value of attribute `key` (matched on the raw qualified name: `entity` has no
 /// namespace and the `xml:` prefix cannot be rebound).
-fn attribute(
-    e: &BytesStart<'_>,
-    key: &str,
-    reader: &NsReader<&[u8]>,
-) -> Result<Option<String>, PidfError> {
+fn attribute(e: &BytesStart<'_>, key: &str, position: u64) -> Result<Option<String>, PidfError> {
     for attr in e.attributes() {
         let attr = attr.map_err(|err| PidfError::Xml {
-            position: reader.buffer_position(),
+            position,
             message: err.to_string(),
         })?;
         if attr.key.as_ref() == key {
             let value = attr
                 .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
-                .map_err(|err| xml_error(&err, reader.buffer_position()))?;
+                .map_err(|err| xml_error(&err, position))?;
             return Ok(Some(value.into_owned()));
         }
     }
     Ok(None)
-}
-
-/// A short human summary, used by diagnostics (`inspect`).
-pub fn summary(doc: &PidfDocument) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "{} {}",
-        doc.entity,
-        doc.basic.map_or("(no basic)", Basic::as_str)
-    );
-    if let Some(a) = &doc.activity {
-        let _ = write!(s, " activity={a}");
-    }
-    s
 }
 
 #[cfg(test)]
