@@ -478,7 +478,7 @@ impl Ctx<'_> {
         }
         if let Some(c) = s
             .chars()
-            .find(|c| !is_xml_char(*c) || c.is_control() && *c != ' ')
+            .find(|c| !is_xml_char(*c) || (c.is_control() && *c != ' '))
         {
             self.problem(
                 key,
