@@ -1,1 +1,330 @@
-//! TODO
+//! Presence translation between an XMPP `<presence/>` (RFC 6121 §4.7) and a PIDF document
+//! (RFC 3863, RPID RFC 4480, CIPID RFC 4482), through the administrator's
+//! [`PresenceTable`]. Follows RFC 8048 §4–§5 (availability and status mapping) as adapted to the
+//! LCS federation profile; see interworking.md §2 and `docs/mapping.md`.
+//!
+//! * XMPP → PIDF: `type='unavailable'` → `closed`; `<show/>` → table row (basic + activity);
+//!   each `<status xml:lang>` → `<note xml:lang>`; no status → the table's default note.
+//! * PIDF → XMPP: `closed` → `type='unavailable'`; activity → table row (show + status text);
+//!   notes → `<status xml:lang>` (they take precedence over the table's status text).
+//!   Display names (XEP-0172 nick) are not put on ordinary presence.
+
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::Lang;
+use xmpp_parsers::presence::{Presence, Show as XmppShow, Type};
+
+use crate::core::pidf::{Note, PidfDocument};
+use crate::core::tables::{InboundPresence, PresenceTable, Show};
+
+/// The availability an XMPP presence expresses. `type='error'` counts as unavailable (RFC 6121
+/// §4.7.1); subscription and probe types carry no availability and give their `<show/>` (usually
+/// none, hence [`Show::Available`]): callers should not translate those.
+pub fn show_for_presence(p: &Presence) -> Show {
+    match p.type_ {
+        Type::Unavailable | Type::Error => Show::Unavailable,
+        _ => match p.show {
+            None => Show::Available,
+            Some(XmppShow::Chat) => Show::Chat,
+            Some(XmppShow::Away) => Show::Away,
+            Some(XmppShow::Xa) => Show::Xa,
+            Some(XmppShow::Dnd) => Show::Dnd,
+        },
+    }
+}
+
+/// The PIDF document to send to LCS for an XMPP presence of the user whose SIP AOR is `entity`.
+/// `icon` is kept as given; [`crate::core::pidf::render`] writes it only if it is `https:`.
+pub fn pidf_for_presence(
+    p: &Presence,
+    entity: &str,
+    display_name: Option<&str>,
+    icon: Option<&str>,
+    table: &PresenceTable,
+) -> PidfDocument {
+    let row = table.to_pidf(show_for_presence(p));
+    let mut notes: Vec<Note> = p
+        .statuses
+        .iter()
+        .filter(|(_, text)| !text.trim().is_empty())
+        .map(|(lang, text)| Note {
+            lang: (!lang.is_empty()).then(|| lang.to_string()),
+            text: text.clone(),
+        })
+        .collect();
+    if notes.is_empty() {
+        if let Some(note) = row.note {
+            notes.push(Note {
+                lang: None,
+                text: note.to_owned(),
+            });
+        }
+    }
+    PidfDocument {
+        entity: entity.to_owned(),
+        basic: Some(row.basic),
+        activity: row.activity.map(str::to_owned),
+        notes,
+        display_name: display_name.map(str::to_owned),
+        icon: icon.map(str::to_owned),
+    }
+}
+
+/// The XMPP availability and status text of a received document: the table's view of
+/// basic + activity, with the first note (if any) as the status text instead of the table's.
+pub fn xmpp_view_of_pidf(doc: &PidfDocument, table: &PresenceTable) -> InboundPresence {
+    let mut view = table.from_pidf(doc.basic, doc.activity.as_deref());
+    if let Some(note) = doc.notes.first() {
+        view.status = Some(note.text.clone());
+    }
+    view
+}
+
+/// The `<presence/>` stanza to send to XMPP for a received document. Every note becomes a
+/// `<status/>` with its `xml:lang` (the first note per language wins); without notes, the
+/// table's status text is sent.
+pub fn presence_from_pidf(
+    doc: &PidfDocument,
+    table: &PresenceTable,
+    from: Jid,
+    to: Jid,
+) -> Presence {
+    let view = table.from_pidf(doc.basic, doc.activity.as_deref());
+    let mut presence = match view.show {
+        Show::Unavailable => Presence::new(Type::Unavailable),
+        Show::Available => Presence::new(Type::None),
+        Show::Chat => Presence::new(Type::None).with_show(XmppShow::Chat),
+        Show::Away => Presence::new(Type::None).with_show(XmppShow::Away),
+        Show::Xa => Presence::new(Type::None).with_show(XmppShow::Xa),
+        Show::Dnd => Presence::new(Type::None).with_show(XmppShow::Dnd),
+    }
+    .with_from(from)
+    .with_to(to);
+    if doc.notes.is_empty() {
+        if let Some(status) = view.status {
+            presence.statuses.insert(Lang::default(), status);
+        }
+    } else {
+        for note in &doc.notes {
+            let lang = Lang(note.lang.clone().unwrap_or_default());
+            presence
+                .statuses
+                .entry(lang)
+                .or_insert_with(|| note.text.clone());
+        }
+    }
+    presence
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::core::pidf::{Basic, render};
+    use crate::core::tables::Mappings;
+    use xmpp_parsers::minidom::Element;
+
+    fn table() -> PresenceTable {
+        Mappings::builtin().presence
+    }
+
+    fn presence(xml: &str) -> Presence {
+        crate::xmpp::parse_presence(xml).unwrap()
+    }
+
+    #[test]
+    fn xmpp_to_pidf_table() {
+        let t = table();
+        type Case<'a> = (
+            &'a str,
+            Option<Basic>,
+            Option<&'a str>,
+            &'a [(Option<&'a str>, &'a str)],
+        );
+        let cases: &[Case<'_>] = &[
+            ("<presence/>", Some(Basic::Open), None, &[]),
+            (
+                "<presence><show>chat</show></presence>",
+                Some(Basic::Open),
+                None,
+                &[],
+            ),
+            (
+                "<presence><show>away</show></presence>",
+                Some(Basic::Open),
+                Some("away"),
+                &[],
+            ),
+            (
+                "<presence><show>xa</show></presence>",
+                Some(Basic::Open),
+                Some("away"),
+                &[(None, "Extended away")],
+            ),
+            (
+                "<presence><show>xa</show><status>Gone fishing</status></presence>",
+                Some(Basic::Open),
+                Some("away"),
+                &[(None, "Gone fishing")],
+            ),
+            (
+                "<presence><show>dnd</show><status xml:lang='en'>Busy &amp; co</status><status xml:lang='de'>Beschäftigt</status></presence>",
+                Some(Basic::Open),
+                Some("busy"),
+                &[(Some("de"), "Beschäftigt"), (Some("en"), "Busy & co")],
+            ),
+            (
+                "<presence type='unavailable'/>",
+                Some(Basic::Closed),
+                None,
+                &[],
+            ),
+            ("<presence type='error'/>", Some(Basic::Closed), None, &[]),
+        ];
+        for (xml, basic, activity, notes) in cases {
+            let doc = pidf_for_presence(&presence(xml), "sip:alice@example.org", None, None, &t);
+            assert_eq!(doc.entity, "sip:alice@example.org");
+            assert_eq!(doc.basic, *basic, "{xml}");
+            assert_eq!(doc.activity.as_deref(), *activity, "{xml}");
+            let got: Vec<(Option<&str>, &str)> = doc
+                .notes
+                .iter()
+                .map(|n| (n.lang.as_deref(), n.text.as_str()))
+                .collect();
+            assert_eq!(&got[..], *notes, "{xml}");
+        }
+    }
+
+    #[test]
+    fn away_renders_the_profile_document() {
+        let p = presence("<presence xmlns='jabber:client'><show>away</show></presence>");
+        let doc = pidf_for_presence(
+            &p,
+            "sip:alice@example.org",
+            Some("Alice at Example"),
+            Some("https://example.org/brand16.png"),
+            &table(),
+        );
+        assert_eq!(
+            render(&doc),
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>
+<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:ep=\"urn:ietf:params:xml:ns:pidf:status:rpid-status\" xmlns:et=\"urn:ietf:params:xml:ns:pidf:rpid-tuple\" xmlns:ci=\"urn:ietf:params:xml:ns:pidf:cipid\" entity=\"sip:alice@example.org\">
+  <tuple id=\"0\">
+    <status>
+      <basic>open</basic>
+      <ep:activities>
+        <ep:activity>away</ep:activity>
+      </ep:activities>
+    </status>
+  </tuple>
+  <ci:icon>https://example.org/brand16.png</ci:icon>
+  <ci:display-name>Alice at Example</ci:display-name>
+</presence>
+"
+        );
+    }
+
+    fn doc(
+        basic: Option<Basic>,
+        activity: Option<&str>,
+        notes: &[(Option<&str>, &str)],
+    ) -> PidfDocument {
+        PidfDocument {
+            entity: "sip:joe@contoso.com".into(),
+            basic,
+            activity: activity.map(str::to_owned),
+            notes: notes
+                .iter()
+                .map(|(l, t)| Note {
+                    lang: l.map(str::to_owned),
+                    text: (*t).to_owned(),
+                })
+                .collect(),
+            display_name: Some("Joe".into()),
+            icon: None,
+        }
+    }
+
+    #[test]
+    fn pidf_to_xmpp_stanzas_are_exact() {
+        let t = table();
+        let from: Jid = "joe@contoso.com".parse().unwrap();
+        let to: Jid = "alice@example.org".parse().unwrap();
+        let head = "<presence xmlns='jabber:component:accept' from='joe@contoso.com' to='alice@example.org'";
+        let cases: Vec<(PidfDocument, String)> = vec![
+            (
+                doc(Some(Basic::Open), Some("away"), &[]),
+                format!("{head}><show>away</show><priority>0</priority></presence>"),
+            ),
+            (
+                doc(Some(Basic::Open), None, &[]),
+                format!("{head}><priority>0</priority></presence>"),
+            ),
+            (
+                doc(Some(Basic::Closed), None, &[]),
+                format!("{head} type='unavailable'><priority>0</priority></presence>"),
+            ),
+            (
+                doc(Some(Basic::Open), Some("meeting"), &[]),
+                format!(
+                    "{head}><show>dnd</show><status>In a meeting</status><priority>0</priority></presence>"
+                ),
+            ),
+            (
+                doc(
+                    Some(Basic::Open),
+                    Some("meeting"),
+                    &[
+                        (Some("en"), "Board <meeting>"),
+                        (Some("en"), "dup"),
+                        (None, "plain"),
+                    ],
+                ),
+                format!(
+                    "{head}><show>dnd</show><status>plain</status><status xml:lang='en'>Board &lt;meeting&gt;</status><priority>0</priority></presence>"
+                ),
+            ),
+            (
+                doc(Some(Basic::Open), Some("skiing"), &[]),
+                format!("{head}><status>skiing</status><priority>0</priority></presence>"),
+            ),
+        ];
+        for (d, expected) in cases {
+            let p = presence_from_pidf(&d, &t, from.clone(), to.clone());
+            let elem: Element = p.into();
+            assert_eq!(String::from(&elem), expected);
+        }
+    }
+
+    #[test]
+    fn xmpp_view_prefers_notes() {
+        let t = table();
+        assert_eq!(
+            xmpp_view_of_pidf(&doc(Some(Basic::Open), Some("meeting"), &[]), &t),
+            InboundPresence {
+                show: Show::Dnd,
+                status: Some("In a meeting".into())
+            }
+        );
+        assert_eq!(
+            xmpp_view_of_pidf(
+                &doc(
+                    Some(Basic::Open),
+                    Some("meeting"),
+                    &[(None, "Budget review")]
+                ),
+                &t
+            ),
+            InboundPresence {
+                show: Show::Dnd,
+                status: Some("Budget review".into())
+            }
+        );
+        assert_eq!(
+            xmpp_view_of_pidf(&doc(Some(Basic::Closed), None, &[]), &t),
+            InboundPresence {
+                show: Show::Unavailable,
+                status: None
+            }
+        );
+    }
+}

@@ -1,1 +1,233 @@
-//! TODO
+//! XMPP stanza helpers on top of xmpp-parsers (RFC 6120 §8 stanza syntax, RFC 6121 §4.7
+//! presence syntax). The bridge is an XEP-0114 external component, so stanzas live in
+//! `jabber:component:accept` (XEP-0114 §3); input written for a client stream (`jabber:client`,
+//! RFC 6120 §4.8.3), a server stream (`jabber:server`) or with no namespace at all (as an
+//! administrator pastes it) is moved into that namespace before typed parsing. No I/O.
+
+use xmpp_parsers::minidom::{Element, Node};
+use xmpp_parsers::presence::Presence;
+
+/// Default stanza namespace of the component protocol (XEP-0114).
+pub const NS_COMPONENT: &str = "jabber:component:accept";
+/// RFC 6120 client namespace.
+pub const NS_CLIENT: &str = "jabber:client";
+/// RFC 6120 server namespace.
+pub const NS_SERVER: &str = "jabber:server";
+
+/// Largest stanza [`parse_presence`] accepts.
+pub const MAX_STANZA_BYTES: usize = 64 * 1024;
+/// Deepest element nesting [`parse_presence`] accepts.
+pub const MAX_STANZA_DEPTH: usize = 32;
+
+/// Why a pasted or received stanza could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StanzaParseError {
+    /// Input larger than [`MAX_STANZA_BYTES`].
+    #[error("stanza is {size} bytes, larger than the limit of {max} bytes")]
+    TooLarge {
+        /// Input size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Nested deeper than [`MAX_STANZA_DEPTH`].
+    #[error("stanza elements are nested deeper than the limit of {max} levels")]
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
+    /// Not well-formed XML (or a DOCTYPE, which is refused).
+    #[error("not well-formed XML: {0}")]
+    NotXml(String),
+    /// Root is not `<presence/>` in a stanza namespace.
+    #[error(
+        "root element is \"{name}\" in {namespace}, expected \"presence\" in jabber:component:accept, jabber:client or no namespace"
+    )]
+    NotPresence {
+        /// Local name of the root.
+        name: String,
+        /// Its namespace (or "no namespace").
+        namespace: String,
+    },
+    /// Well-formed but not a valid presence stanza.
+    #[error("invalid presence stanza: {0}")]
+    Invalid(String),
+}
+
+/// Parses one `<presence/>` stanza written with `xmlns='jabber:client'`,
+/// `xmlns='jabber:component:accept'`, `xmlns='jabber:server'` or no `xmlns`.
+pub fn parse_presence(xml: &str) -> Result<Presence, StanzaParseError> {
+    let root = parse_stanza(xml)?;
+    if root.name() != "presence" {
+        return Err(StanzaParseError::NotPresence {
+            name: root.name().to_owned(),
+            namespace: root.ns(),
+        });
+    }
+    Presence::try_from(root).map_err(|e| StanzaParseError::Invalid(e.to_string()))
+}
+
+/// Parses a stanza into an element in [`NS_COMPONENT`], checking size, depth and namespace.
+pub fn parse_stanza(xml: &str) -> Result<Element, StanzaParseError> {
+    if xml.len() > MAX_STANZA_BYTES {
+        return Err(StanzaParseError::TooLarge {
+            size: xml.len(),
+            max: MAX_STANZA_BYTES,
+        });
+    }
+    precheck(xml)?;
+    let root = Element::from_reader_with_prefixes(xml.trim().as_bytes(), NS_COMPONENT.to_owned())
+        .map_err(|e| StanzaParseError::NotXml(e.to_string()))?;
+    let ns = root.ns();
+    match ns.as_str() {
+        NS_COMPONENT => Ok(root),
+        NS_CLIENT | NS_SERVER => Ok(rename_ns(root, &ns)),
+        _ => Err(StanzaParseError::NotPresence {
+            name: root.name().to_owned(),
+            namespace: if ns.is_empty() {
+                "no namespace".to_owned()
+            } else {
+                ns
+            },
+        }),
+    }
+}
+
+/// Bounds nesting depth (the tree is recursive) and refuses DOCTYPEs before building a tree.
+fn precheck(xml: &str) -> Result<(), StanzaParseError> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(_)) => {
+                depth += 1;
+                if depth > MAX_STANZA_DEPTH {
+                    return Err(StanzaParseError::TooDeep {
+                        max: MAX_STANZA_DEPTH,
+                    });
+                }
+            }
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::DocType(_)) => {
+                return Err(StanzaParseError::NotXml(
+                    "DOCTYPE declarations are refused".to_owned(),
+                ));
+            }
+            Ok(Event::Eof) => return Ok(()),
+            Ok(_) => {}
+            // Let the real parser describe syntax errors.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// Moves `elem` and its descendants from `from_ns` into [`NS_COMPONENT`].
+fn rename_ns(mut elem: Element, from_ns: &str) -> Element {
+    let ns = elem.ns();
+    if ns != from_ns {
+        return elem;
+    }
+    let mut out = Element::builder(elem.name(), NS_COMPONENT).build();
+    *out.attrs_mut() = elem.attrs().clone();
+    for node in elem.take_nodes() {
+        match node {
+            Node::Element(child) => {
+                out.append_child(rename_ns(child, from_ns));
+            }
+            Node::Text(text) => out.append_text_node(text),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use xmpp_parsers::presence::{Show, Type};
+
+    #[test]
+    fn accepts_the_three_namespace_forms() {
+        for xml in [
+            "<presence><show>away</show><status xml:lang='en'>Lunch</status></presence>",
+            "<presence xmlns='jabber:client'><show>away</show><status xml:lang='en'>Lunch</status></presence>",
+            "<presence xmlns='jabber:component:accept'><show>away</show><status xml:lang='en'>Lunch</status></presence>",
+            "<presence xmlns='jabber:server'><show>away</show><status xml:lang='en'>Lunch</status></presence>",
+            "\n  <presence from='a@b/c' to='d@e'>\n <show>away</show>\n <status xml:lang='en'>Lunch</status>\n</presence>\n",
+        ] {
+            let p = parse_presence(xml).unwrap_or_else(|e| panic!("{xml}: {e}"));
+            assert_eq!(p.show, Some(Show::Away), "{xml}");
+            assert_eq!(p.type_, Type::None);
+            assert_eq!(
+                p.statuses
+                    .get(&xmpp_parsers::message::Lang("en".into()))
+                    .map(String::as_str),
+                Some("Lunch")
+            );
+        }
+    }
+
+    #[test]
+    fn payloads_in_other_namespaces_are_kept() {
+        let p = parse_presence(
+            "<presence xmlns='jabber:client'><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v'/></presence>",
+        )
+        .unwrap();
+        assert_eq!(p.payloads.len(), 1);
+        assert_eq!(p.payloads[0].ns(), "http://jabber.org/protocol/caps");
+    }
+
+    #[test]
+    fn errors_are_exact() {
+        let deep = format!(
+            "<presence>{}{}</presence>",
+            "<x>".repeat(40),
+            "</x>".repeat(40)
+        );
+        let big = format!(
+            "<presence><status>{}</status></presence>",
+            "a".repeat(70000)
+        );
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "<message/>".into(),
+                "root element is \"message\" in jabber:component:accept, expected \"presence\" in jabber:component:accept, jabber:client or no namespace",
+            ),
+            (
+                "<presence xmlns='urn:x'/>".into(),
+                "root element is \"presence\" in urn:x, expected \"presence\" in jabber:component:accept, jabber:client or no namespace",
+            ),
+            (
+                "<presence type='bogus'/>".into(),
+                "invalid presence stanza: Invalid 'type' attribute on presence element.",
+            ),
+            (
+                "<presence><show>sleepy</show></presence>".into(),
+                "invalid presence stanza: Invalid value for show.",
+            ),
+            (
+                deep,
+                "stanza elements are nested deeper than the limit of 32 levels",
+            ),
+            (
+                big,
+                "stanza is 70038 bytes, larger than the limit of 65536 bytes",
+            ),
+            (
+                "<!DOCTYPE x [<!ENTITY a 'b'>]><presence>&a;</presence>".into(),
+                "not well-formed XML: DOCTYPE declarations are refused",
+            ),
+        ];
+        let got: Vec<String> = cases
+            .iter()
+            .map(|(xml, _)| parse_presence(xml).unwrap_err().to_string())
+            .collect();
+        let expected: Vec<&str> = cases.iter().map(|(_, m)| *m).collect();
+        assert_eq!(got, expected);
+        for bad in ["", "hello", "<presence>", "<presence></message>"] {
+            let err = parse_presence(bad).unwrap_err();
+            assert!(matches!(err, StanzaParseError::NotXml(_)), "{bad}: {err}");
+        }
+    }
+}
