@@ -20,7 +20,9 @@ pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v).context("RUST_LOG")?,
         _ => EnvFilter::try_new(&cfg.level).context("logging.level")?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match cfg.format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -47,7 +49,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     for w in &report.warnings {
         warn!(key = %w.key, "{}", w.reason);
     }
-    let mappings = Mappings::load(cfg.mappings_dir()).map_err(|problems| {
+    let _mappings = Mappings::load(cfg.mappings_dir()).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow!("mapping tables: {}", lines.join("; "))
     })?;
@@ -69,7 +71,6 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             local_domains = ?book.local_domains(),
             sip_listen = %cfg.sip.listen,
             public_fqdn = %cfg.sip.public_fqdn,
-            presence_rows = mappings.presence.row_count(),
             "lcs-bridge started; the SIP edge and the XMPP component link are not part of this build yet"
         );
         let signal = shutdown_signal().await?;
@@ -93,7 +94,9 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot watch Ctrl-C")?;
         Ok("Ctrl-C")
     }
 }

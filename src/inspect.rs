@@ -101,29 +101,36 @@ pub fn sip(input: &[u8], mappings: &Mappings) -> Result<Value, String> {
     out.insert("contact".into(), contact);
     let uris = |list: Vec<NameAddr<'_>>| list.iter().map(|r| r.uri.to_owned()).collect::<Vec<_>>();
     out.insert("route".into(), json!(uris(m.route().map_err(e)?)));
-    out.insert("record_route".into(), json!(uris(m.record_route().map_err(e)?)));
+    out.insert(
+        "record_route".into(),
+        json!(uris(m.record_route().map_err(e)?)),
+    );
     out.insert("max_forwards".into(), json!(m.max_forwards().map_err(e)?));
     out.insert("expires".into(), json!(m.expires().map_err(e)?));
-    out.insert("event".into(), json!(m.event().map_err(e)?.map(|ev| ev.package)));
+    out.insert(
+        "event".into(),
+        json!(m.event().map_err(e)?.map(|ev| ev.package)),
+    );
     out.insert(
         "subscription_state".into(),
-        m.subscription_state().map_err(e)?.map_or(Value::Null, |s| {
-            json!({"state": s.state, "reason": s.reason(), "expires": s.expires()})
-        }),
+        m.subscription_state().map_err(e)?.map_or(
+            Value::Null,
+            |s| json!({"state": s.state, "reason": s.reason(), "expires": s.expires()}),
+        ),
     );
     let content_type = m.content_type().map_err(e)?;
     out.insert(
         "content_type".into(),
         json!(content_type.map(|c| format!("{}/{}", c.mtype, c.subtype))),
     );
-    out.insert("content_length".into(), json!(m.content_length().map_err(e)?));
+    out.insert(
+        "content_length".into(),
+        json!(m.content_length().map_err(e)?),
+    );
     out.insert("allow".into(), json!(m.allow().collect::<Vec<_>>()));
     out.insert("supported".into(), json!(m.supported().collect::<Vec<_>>()));
     out.insert("require".into(), json!(m.require().collect::<Vec<_>>()));
-    out.insert(
-        "has_sips_uri".into(),
-        json!(m.find_sips_uri().is_some()),
-    );
+    out.insert("has_sips_uri".into(), json!(m.find_sips_uri().is_some()));
     if let Some((place, _)) = m.find_sips_uri() {
         out.insert("sips_uri_in".into(), json!(place));
     }
@@ -220,7 +227,9 @@ pub fn presence(
         (Some(e), _) => e.to_owned(),
         (None, Some(from)) => format!("sip:{}", from.to_bare()),
         (None, None) => {
-            return Err("the presence has no 'from' attribute: pass --entity sip:user@domain".into());
+            return Err(
+                "the presence has no 'from' attribute: pass --entity sip:user@domain".into(),
+            );
         }
     };
     match Uri::parse(&entity) {
@@ -245,7 +254,8 @@ pub fn address(book: &AddressBook, input: &str) -> Result<String, String> {
     let scheme = input.split_once(':').map(|(s, _)| s).unwrap_or_default();
     if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
         // Not a SIP URI: a JID (':' cannot occur in a localpart, only in a resource).
-        let jid = xmpp_parsers::jid::Jid::new(input).map_err(|e| format!("{input:?} is not a JID: {e}"))?;
+        let jid = xmpp_parsers::jid::Jid::new(input)
+            .map_err(|e| format!("{input:?} is not a JID: {e}"))?;
         return book
             .jid_to_sip(&jid)
             .map(|a| a.to_uri())

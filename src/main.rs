@@ -12,7 +12,11 @@ use lcs_bridge::core::tables::Mappings;
 use lcs_bridge::{app, config, inspect};
 
 #[derive(Parser)]
-#[command(name = "lcs-bridge", version, about = "XMPP ⇄ Microsoft LCS/OCS/Lync federation bridge")]
+#[command(
+    name = "lcs-bridge",
+    version,
+    about = "XMPP ⇄ Microsoft LCS/OCS/Lync federation bridge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -108,12 +112,14 @@ fn print_json(v: &serde_json::Value) -> Result<(), String> {
 
 fn run_inspect(cmd: Inspect) -> Result<(), String> {
     match cmd {
-        Inspect::Sip { input, mappings: m } => {
-            print_json(&inspect::sip(&read_input(&input)?, &mappings(m.as_deref())?)?)
-        }
-        Inspect::Pidf { input, mappings: m } => {
-            print_json(&inspect::pidf(&read_input(&input)?, &mappings(m.as_deref())?)?)
-        }
+        Inspect::Sip { input, mappings: m } => print_json(&inspect::sip(
+            &read_input(&input)?,
+            &mappings(m.as_deref())?,
+        )?),
+        Inspect::Pidf { input, mappings: m } => print_json(&inspect::pidf(
+            &read_input(&input)?,
+            &mappings(m.as_deref())?,
+        )?),
         Inspect::Presence {
             input,
             entity,
@@ -140,7 +146,9 @@ fn run_inspect(cmd: Inspect) -> Result<(), String> {
     }
 }
 
-fn address_book(cfg: &config::Config) -> Result<AddressBook, lcs_bridge::core::address::AddressError> {
+fn address_book(
+    cfg: &config::Config,
+) -> Result<AddressBook, lcs_bridge::core::address::AddressError> {
     AddressBook::new(
         cfg.xmpp.mode,
         cfg.xmpp.component_domains.clone(),
