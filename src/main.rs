@@ -186,7 +186,6 @@ fn check_config(file: &Path) -> ExitCode {
         println!("{}: OK", file.display());
         ExitCode::SUCCESS
     } else {
-        eprintln!("{}: {} problem(s)", file.display(), problems.len());
         ExitCode::FAILURE
     }
 }

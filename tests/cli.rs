@@ -1,0 +1,255 @@
+//! The `lcs-bridge` binary as an administrator uses it: `check-config` on the shipped example
+//! (with certificates from `tests/make-test-certs.sh`) and on broken copies, `inspect` on files
+//! and standard input, and `run` stopping cleanly on SIGTERM and SIGINT.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lcs-bridge");
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A copy of `config/` and `mappings/` in a temporary directory, with fresh test certificates.
+fn workspace() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::copy(
+        repo().join("config/lcs-bridge.example.toml"),
+        config_dir.join("lcs-bridge.toml"),
+    )
+    .unwrap();
+    let mappings = dir.path().join("mappings");
+    std::fs::create_dir_all(&mappings).unwrap();
+    for f in ["presence.toml", "errors.toml"] {
+        std::fs::copy(repo().join("mappings").join(f), mappings.join(f)).unwrap();
+    }
+    let status = Command::new("sh")
+        .arg(repo().join("tests/make-test-certs.sh"))
+        .arg(config_dir.join("certs"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "make-test-certs.sh failed");
+    let file = config_dir.join("lcs-bridge.toml");
+    (dir, file)
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn example_config_checks_and_each_breakage_is_one_line() {
+    let (_dir, file) = workspace();
+    let path = file.to_str().unwrap();
+    let ok = run(&["check-config", path], None);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), format!("{path}: OK\n"));
+
+    let original = std::fs::read_to_string(&file).unwrap();
+    let certs = file.parent().unwrap().join("certs");
+    let cases: Vec<(&str, Box<dyn Fn()>, String)> = vec![
+        (
+            "misspelt key",
+            Box::new(|| {
+                std::fs::write(&file, original.replacen("\nsecret =", "\nscret =", 1)).unwrap()
+            }),
+            "xmpp.scret: unknown key (did you mean \"secret\"?)".to_owned(),
+        ),
+        (
+            "missing certificate",
+            Box::new(|| std::fs::remove_file(certs.join("edge.crt")).unwrap()),
+            format!(
+                "sip.cert_chain: cannot read \"{}\": file not found",
+                certs.join("edge.crt").display()
+            ),
+        ),
+    ];
+    for (what, breakage, expected) in cases {
+        breakage();
+        let out = run(&["check-config", path], None);
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let problems: Vec<String> = text(&out.stderr)
+            .lines()
+            .filter(|l| !l.starts_with("warning:"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(problems, vec![expected], "{what}");
+        // Restore for the next case.
+        std::fs::write(&file, &original).unwrap();
+        let status = Command::new("sh")
+            .arg(repo().join("tests/make-test-certs.sh"))
+            .arg(&certs)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn inspect_presence_away_prints_the_profile_document() {
+    let out = run(
+        &["inspect", "presence", "-"],
+        Some(
+            "<presence xmlns='jabber:client' from='alice@example.org/laptop'><show>away</show></presence>",
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:ep="urn:ietf:params:xml:ns:pidf:status:rpid-status" xmlns:et="urn:ietf:params:xml:ns:pidf:rpid-tuple" xmlns:ci="urn:ietf:params:xml:ns:pidf:cipid" entity="sip:alice@example.org">
+  <tuple id="0">
+    <status>
+      <basic>open</basic>
+      <ep:activities>
+        <ep:activity>away</ep:activity>
+      </ep:activities>
+    </status>
+  </tuple>
+</presence>
+"#
+    );
+    let out = run(&["inspect", "presence", "-"], Some("<message/>"));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn inspect_sip_files_stdin_and_errors() {
+    let golden = repo().join("tests/golden/sip");
+    let out = run(
+        &[
+            "inspect",
+            "sip",
+            golden.join("lcs_notify_pidf.sip").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["method"], "NOTIFY");
+    assert_eq!(v["presence"]["xmpp_show"], "away");
+    assert_eq!(v["via"][0]["branch"], "z9hG4bK8F2C1A.93B7D6E2F0A1B2C3");
+
+    // A capture pasted with bare LF line ends.
+    let lf = "OPTIONS sip:sip.example.org SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1\nFrom: <sip:sip.contoso.com>;tag=1\nTo: <sip:sip.example.org>\nCall-ID: lf-1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n";
+    let out = run(&["inspect", "sip", "-"], Some(lf));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = run(
+        &[
+            "inspect",
+            "sip",
+            golden.join("neg-cseq_mismatch.sip").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: CSeq method \"INVITE\" does not match request method \"OPTIONS\"\n"
+    );
+    let out = run(&["inspect", "sip", "/nonexistent/file.sip"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: cannot read \"/nonexistent/file.sip\""));
+}
+
+#[test]
+fn inspect_address_both_ways() {
+    let (_dir, file) = workspace();
+    let cfg = file.to_str().unwrap();
+    for (input, expected) in [
+        ("joe\\40contoso.com@lcs.example.org", "sip:joe@contoso.com"),
+        ("sip:Joe@Contoso.com", "joe\\40contoso.com@lcs.example.org"),
+        ("alice@example.org", "sip:alice@example.org"),
+    ] {
+        let out = run(&["inspect", "address", input, "--config", cfg], None);
+        assert!(out.status.success(), "{input}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), expected, "{input}");
+    }
+    let out = run(
+        &[
+            "inspect",
+            "address",
+            "sips:joe@contoso.com",
+            "--config",
+            cfg,
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: sips: URIs are never used with LCS (profile: SIPS scheme)\n"
+    );
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm_and_sigint() {
+    let (_dir, file) = workspace();
+    for signal in ["TERM", "INT"] {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config", file.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let started = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("lcs-bridge started"));
+        assert!(started, "no start-up log line");
+        let kill = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bridge did not stop on SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "SIG{signal}: {status}");
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        assert!(
+            rest.iter().any(|l| l.contains(&format!("SIG{signal}"))),
+            "{rest:?}"
+        );
+    }
+}
