@@ -32,12 +32,19 @@ macro_rules! header_kinds {
 
             /// Classifies a header name (case-insensitive; compact forms accepted).
             pub fn of(name: &str) -> HeaderKind {
+                if name.is_empty() {
+                    return HeaderKind::Other;
+                }
                 if name.len() == 1 {
                     let c = name.as_bytes()[0].to_ascii_lowercase();
                     $($(if c == $compact { return HeaderKind::$variant; })?)*
                     return HeaderKind::Other;
                 }
-                $(if name.len() == $name.len() && name.eq_ignore_ascii_case($name) {
+                let first = name.as_bytes()[0].to_ascii_lowercase();
+                $(if name.len() == $name.len()
+                    && first == $name.as_bytes()[0].to_ascii_lowercase()
+                    && name.eq_ignore_ascii_case($name)
+                {
                     return HeaderKind::$variant;
                 })*
                 HeaderKind::Other
@@ -162,6 +169,7 @@ impl<'a> Via<'a> {
         // sent-protocol = name SLASH version SLASH transport, LWS allowed around the slashes.
         let mut rest = v;
         let mut parts = [""; 3];
+        let mut protocol_end = 0;
         for (i, part) in parts.iter_mut().enumerate() {
             rest = rest.trim_start();
             let end = if i < 2 {
@@ -172,15 +180,17 @@ impl<'a> Via<'a> {
                     .ok_or_else(|| bad("missing sent-by"))?
             };
             *part = rest[..end].trim();
+            if i == 1 {
+                protocol_end = v.len() - rest.len() + rest[..end].trim_end().len();
+            }
             rest = &rest[end + usize::from(i < 2)..];
         }
         if !parts.iter().all(|p| is_token(p)) {
             return Err(bad("sent-protocol is not name/version/transport"));
         }
-        let protocol_end = v.find(parts[1]).map(|i| i + parts[1].len()).unwrap_or(0);
         let protocol = &v[..protocol_end];
         let rest = rest.trim_start();
-        let semi = find_unquoted(rest, 0, b";", false);
+        let semi = find_unquoted(rest, 0, b';', false);
         let sent_by = rest[..semi].trim();
         let params = Params::new(&rest[semi..]);
         let (host, port) = split_host_port(sent_by).map_err(|r| bad(&r))?;
@@ -267,7 +277,7 @@ impl<'a> NameAddr<'a> {
     pub fn parse(value: &'a str, header: &'static str) -> Result<NameAddr<'a>, ParseError> {
         let bad = |r: String| ParseError::header(header, value, r);
         let v = value.trim();
-        let lt = find_unquoted(v, 0, b"<", false);
+        let lt = find_unquoted(v, 0, b'<', false);
         if lt < v.len() {
             let gt = v[lt..]
                 .find('>')
@@ -457,7 +467,7 @@ pub struct MediaType<'a> {
 
 impl<'a> MediaType<'a> {
     pub fn parse(value: &'a str) -> Result<MediaType<'a>, ParseError> {
-        let semi = find_unquoted(value, 0, b";", false);
+        let semi = find_unquoted(value, 0, b';', false);
         let essence = value[..semi].trim();
         let (t, s) = essence
             .split_once('/')

@@ -178,7 +178,19 @@ impl PartialEq for Message {
 
 /// Where the header section ends: the index after the blank line, or `None` if incomplete.
 pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
+    memchr::memchr_iter(b'\n', buf)
+        .find(|&i| i >= 3 && &buf[i - 3..=i] == b"\r\n\r\n")
+        .map(|i| i + 1)
+}
+
+/// The end of the line starting at `pos` (the index of its CR), or the end of `head`. A LF
+/// that is not preceded by CR is an error: line ends must be CRLF (RFC 3261 §7).
+fn line_end(head: &[u8], pos: usize, line_no: usize) -> Result<usize, ParseError> {
+    match memchr::memchr(b'\n', &head[pos..]) {
+        Some(i) if i > 0 && head[pos + i - 1] == b'\r' => Ok(pos + i - 1),
+        Some(_) => Err(ParseError::ControlCharacter(line_no)),
+        None => Ok(head.len()),
+    }
 }
 
 fn is_header_name(s: &str) -> bool {
@@ -251,17 +263,18 @@ impl Message {
     fn parse_head(head: &str, limits: &Limits) -> Result<Message, ParseError> {
         let mut text = String::with_capacity(head.len() + 64);
         text.push_str(head);
-        let line_end = head.find("\r\n").unwrap_or(head.len());
-        let start = parse_start_line(&head[..line_end])?;
+        let bytes = head.as_bytes();
+        let first_end = line_end(bytes, 0, 1)?;
+        let start = parse_start_line(&head[..first_end])?;
         let mut headers: Vec<Header> = Vec::with_capacity(16);
-        let mut pos = line_end + 2;
+        let mut pos = first_end + 2;
         let mut line_no = 1;
         let mut folded: Vec<usize> = Vec::new();
         while pos < head.len() {
             line_no += 1;
-            let end = head[pos..].find("\r\n").map_or(head.len(), |i| pos + i);
+            let end = line_end(bytes, pos, line_no)?;
             let line = &head[pos..end];
-            if memchr::memchr3(b'\r', b'\n', 0, line.as_bytes()).is_some() {
+            if memchr::memchr2(b'\r', 0, line.as_bytes()).is_some() {
                 return Err(ParseError::ControlCharacter(line_no));
             }
             if line.starts_with([' ', '\t']) {
@@ -279,7 +292,7 @@ impl Message {
                 if headers.len() == limits.max_headers {
                     return Err(ParseError::TooManyHeaders(limits.max_headers));
                 }
-                let colon = line.find(':').ok_or_else(|| ParseError::NoColon {
+                let colon = memchr::memchr(b':', line.as_bytes()).ok_or_else(|| ParseError::NoColon {
                     line: line_no,
                     text: line.chars().take(80).collect(),
                 })?;
@@ -344,8 +357,12 @@ impl Message {
         if self.call_id()?.is_empty() {
             return Err(ParseError::header("Call-ID", "", "empty"));
         }
-        let vias = self.via()?;
-        if vias.is_empty() {
+        let mut vias = 0;
+        for v in self.values(HeaderKind::Via) {
+            Via::parse(v)?;
+            vias += 1;
+        }
+        if vias == 0 {
             return Err(ParseError::Missing("Via"));
         }
         self.from()?;

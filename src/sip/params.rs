@@ -4,33 +4,36 @@
 //! Everything here borrows from the raw header text, so unknown parameters are kept exactly as
 //! they arrived and are re-emitted untouched.
 
-/// Scans `s` from `start` and returns the index of the first byte in `stops` that is outside a
-/// quoted string and (when `angle` is set) outside `<…>`, or `s.len()`.
-pub(crate) fn find_unquoted(s: &str, start: usize, stops: &[u8], angle: bool) -> usize {
+/// Scans `s` from `start` and returns the index of the first `stop` byte that is outside a
+/// quoted string and (when `angle` is set) outside `<…>`, or `s.len()`. Jumps between the
+/// interesting bytes with `memchr`, so plain values cost one vectorised scan.
+pub(crate) fn find_unquoted(s: &str, start: usize, stop: u8, angle: bool) -> usize {
     let b = s.as_bytes();
+    let open = if angle { b'<' } else { b'"' };
     let mut i = start;
-    let mut in_quote = false;
-    let mut in_angle = false;
     while i < b.len() {
-        let c = b[i];
-        if in_quote {
-            match c {
-                b'\\' => i += 1,
-                b'"' => in_quote = false,
-                _ => {}
+        let Some(off) = memchr::memchr3(stop, b'"', open, &b[i..]) else {
+            return b.len();
+        };
+        i += off;
+        match b[i] {
+            b'"' => {
+                // Skip the quoted string, honouring quoted-pair escapes.
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
             }
-        } else if in_angle {
-            if c == b'>' {
-                in_angle = false;
+            b'<' if angle => {
+                i = memchr::memchr(b'>', &b[i..]).map_or(b.len(), |o| i + o + 1);
             }
-        } else if c == b'"' {
-            in_quote = true;
-        } else if angle && c == b'<' {
-            in_angle = true;
-        } else if stops.contains(&c) {
-            return i;
+            _ => return i,
         }
-        i += 1;
     }
     b.len()
 }
@@ -41,7 +44,7 @@ pub fn split_comma(value: &str) -> impl Iterator<Item = &str> {
     let mut pos = 0;
     std::iter::from_fn(move || {
         while pos <= value.len() {
-            let end = find_unquoted(value, pos, b",", true);
+            let end = find_unquoted(value, pos, b',', true);
             let item = value[pos..end].trim();
             pos = end + 1;
             if !item.is_empty() {
@@ -84,7 +87,7 @@ impl<'a> Params<'a> {
                 } else {
                     pos
                 };
-                let end = find_unquoted(s, start, b";", false);
+                let end = find_unquoted(s, start, b';', false);
                 pos = end;
                 let item = s[start..end].trim();
                 if item.is_empty() {
@@ -145,16 +148,26 @@ pub fn quote(s: &str) -> String {
     out
 }
 
+const fn token_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    t
+}
+
+static TOKEN: [bool; 256] = token_table();
+
 /// `token` of RFC 3261 §25.1.
 pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(
-                    c,
-                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-                )
-        })
+    !s.is_empty() && s.bytes().all(|c| TOKEN[usize::from(c)])
 }
 
 #[cfg(test)]
