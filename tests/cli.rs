@@ -70,7 +70,8 @@ fn example_config_checks_and_each_breakage_is_one_line() {
 
     let original = std::fs::read_to_string(&file).unwrap();
     let certs = file.parent().unwrap().join("certs");
-    let cases: Vec<(&str, Box<dyn Fn()>, String)> = vec![
+    type Breakage<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, Breakage, String)> = vec![
         (
             "misspelt key",
             Box::new(|| {

@@ -1,6 +1,8 @@
 //! Property tests: print∘parse round-trips generated SIP messages, byte for byte, and the
 //! stream framer cuts any concatenation of them, split anywhere, into the same messages.
 
+#![allow(clippy::unwrap_used)]
+
 use lcs_bridge::sip::builder::name_addr;
 use lcs_bridge::sip::framing::{Frame, Framer};
 use lcs_bridge::sip::message::{Limits, Message, Method};

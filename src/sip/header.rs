@@ -11,7 +11,7 @@ use super::params::{Params, find_unquoted, is_token, split_comma};
 use super::uri::Uri;
 
 macro_rules! header_kinds {
-    ($($variant:ident = $name:literal $(, $compact:literal)?;)*) => {
+    ($($variant:ident = $name:literal, $lower:literal $(, $compact:literal)?;)*) => {
         /// The headers the codec knows by name. Lookup is case-insensitive and accepts the
         /// compact forms of RFC 3261 §7.3.3 and later RFCs.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,69 +32,70 @@ macro_rules! header_kinds {
 
             /// Classifies a header name (case-insensitive; compact forms accepted).
             pub fn of(name: &str) -> HeaderKind {
-                if name.is_empty() {
-                    return HeaderKind::Other;
-                }
-                if name.len() == 1 {
-                    let c = name.as_bytes()[0].to_ascii_lowercase();
+                let bytes = name.as_bytes();
+                if bytes.len() == 1 {
+                    let c = bytes[0].to_ascii_lowercase();
                     $($(if c == $compact { return HeaderKind::$variant; })?)*
                     return HeaderKind::Other;
                 }
-                let first = name.as_bytes()[0].to_ascii_lowercase();
-                $(if name.len() == $name.len()
-                    && first == $name.as_bytes()[0].to_ascii_lowercase()
-                    && name.eq_ignore_ascii_case($name)
-                {
-                    return HeaderKind::$variant;
-                })*
-                HeaderKind::Other
+                let mut buf = [0u8; 24];
+                let Some(lower) = buf.get_mut(..bytes.len()) else {
+                    return HeaderKind::Other;
+                };
+                for (d, s) in lower.iter_mut().zip(bytes) {
+                    *d = s.to_ascii_lowercase();
+                }
+                match &*lower {
+                    $($lower => HeaderKind::$variant,)*
+                    _ => HeaderKind::Other,
+                }
             }
         }
     };
 }
 
 header_kinds! {
-    Via = "Via", b'v';
-    From = "From", b'f';
-    To = "To", b't';
-    CallId = "Call-ID", b'i';
-    CSeq = "CSeq";
-    Contact = "Contact", b'm';
-    MaxForwards = "Max-Forwards";
-    ContentLength = "Content-Length", b'l';
-    ContentType = "Content-Type", b'c';
-    Route = "Route";
-    RecordRoute = "Record-Route";
-    Expires = "Expires";
-    Event = "Event", b'o';
-    SubscriptionState = "Subscription-State";
-    Allow = "Allow";
-    AllowEvents = "Allow-Events", b'u';
-    Supported = "Supported", b'k';
-    Require = "Require";
-    ProxyRequire = "Proxy-Require";
-    Accept = "Accept";
-    ContentEncoding = "Content-Encoding", b'e';
-    Subject = "Subject", b's';
-    ReferTo = "Refer-To", b'r';
-    ReferredBy = "Referred-By", b'b';
-    SessionExpires = "Session-Expires", b'x';
-    AcceptContact = "Accept-Contact", b'a';
-    RejectContact = "Reject-Contact", b'j';
-    RequestDisposition = "Request-Disposition", b'd';
-    Identity = "Identity", b'y';
-    IdentityInfo = "Identity-Info", b'n';
-    ReplyTo = "Reply-To";
-    PAssertedIdentity = "P-Asserted-Identity";
-    PPreferredIdentity = "P-Preferred-Identity";
-    UserAgent = "User-Agent";
-    Server = "Server";
-    Organization = "Organization";
-    Warning = "Warning";
-    RetryAfter = "Retry-After";
-    Timestamp = "Timestamp";
-    Date = "Date";
-    ContentLanguage = "Content-Language";
+    Via = "Via", b"via", b'v';
+    From = "From", b"from", b'f';
+    To = "To", b"to", b't';
+    CallId = "Call-ID", b"call-id", b'i';
+    CSeq = "CSeq", b"cseq";
+    Contact = "Contact", b"contact", b'm';
+    MaxForwards = "Max-Forwards", b"max-forwards";
+    ContentLength = "Content-Length", b"content-length", b'l';
+    ContentType = "Content-Type", b"content-type", b'c';
+    Route = "Route", b"route";
+    RecordRoute = "Record-Route", b"record-route";
+    Expires = "Expires", b"expires";
+    Event = "Event", b"event", b'o';
+    SubscriptionState = "Subscription-State", b"subscription-state";
+    Allow = "Allow", b"allow";
+    AllowEvents = "Allow-Events", b"allow-events", b'u';
+    Supported = "Supported", b"supported", b'k';
+    Require = "Require", b"require";
+    ProxyRequire = "Proxy-Require", b"proxy-require";
+    Accept = "Accept", b"accept";
+    ContentEncoding = "Content-Encoding", b"content-encoding", b'e';
+    Subject = "Subject", b"subject", b's';
+    ReferTo = "Refer-To", b"refer-to", b'r';
+    ReferredBy = "Referred-By", b"referred-by", b'b';
+    SessionExpires = "Session-Expires", b"session-expires", b'x';
+    AcceptContact = "Accept-Contact", b"accept-contact", b'a';
+    RejectContact = "Reject-Contact", b"reject-contact", b'j';
+    RequestDisposition = "Request-Disposition", b"request-disposition", b'd';
+    Identity = "Identity", b"identity", b'y';
+    IdentityInfo = "Identity-Info", b"identity-info", b'n';
+    ReplyTo = "Reply-To", b"reply-to";
+    PAssertedIdentity = "P-Asserted-Identity", b"p-asserted-identity";
+    PPreferredIdentity = "P-Preferred-Identity", b"p-preferred-identity";
+    UserAgent = "User-Agent", b"user-agent";
+    Server = "Server", b"server";
+    Organization = "Organization", b"organization";
+    Warning = "Warning", b"warning";
+    RetryAfter = "Retry-After", b"retry-after";
+    Timestamp = "Timestamp", b"timestamp";
+    Date = "Date", b"date";
+    ContentLanguage = "Content-Language", b"content-language";
 }
 
 impl HeaderKind {

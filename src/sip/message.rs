@@ -185,9 +185,10 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
 
 /// The end of the line starting at `pos` (the index of its CR), or the end of `head`. A LF
 /// that is not preceded by CR is an error: line ends must be CRLF (RFC 3261 §7).
+/// Bare CR, bare LF and NUL anywhere in the line are errors too.
 fn line_end(head: &[u8], pos: usize, line_no: usize) -> Result<usize, ParseError> {
-    match memchr::memchr(b'\n', &head[pos..]) {
-        Some(i) if i > 0 && head[pos + i - 1] == b'\r' => Ok(pos + i - 1),
+    match memchr::memchr3(b'\r', b'\n', 0, &head[pos..]) {
+        Some(i) if head[pos + i] == b'\r' && head.get(pos + i + 1) == Some(&b'\n') => Ok(pos + i),
         Some(_) => Err(ParseError::ControlCharacter(line_no)),
         None => Ok(head.len()),
     }
@@ -274,9 +275,6 @@ impl Message {
             line_no += 1;
             let end = line_end(bytes, pos, line_no)?;
             let line = &head[pos..end];
-            if memchr::memchr2(b'\r', 0, line.as_bytes()).is_some() {
-                return Err(ParseError::ControlCharacter(line_no));
-            }
             if line.starts_with([' ', '\t']) {
                 // Folded continuation (RFC 3261 §7.3.1): extend the previous value.
                 let last = headers
@@ -292,10 +290,11 @@ impl Message {
                 if headers.len() == limits.max_headers {
                     return Err(ParseError::TooManyHeaders(limits.max_headers));
                 }
-                let colon = memchr::memchr(b':', line.as_bytes()).ok_or_else(|| ParseError::NoColon {
-                    line: line_no,
-                    text: line.chars().take(80).collect(),
-                })?;
+                let colon =
+                    memchr::memchr(b':', line.as_bytes()).ok_or_else(|| ParseError::NoColon {
+                        line: line_no,
+                        text: line.chars().take(80).collect(),
+                    })?;
                 let name = line[..colon].trim_end();
                 if !is_header_name(name) {
                     return Err(ParseError::BadHeaderName(name.chars().take(80).collect()));
@@ -594,7 +593,8 @@ impl Message {
     // ---- typed headers --------------------------------------------------------------------
 
     fn required(&self, kind: HeaderKind) -> Result<&str, ParseError> {
-        self.first(kind).ok_or(ParseError::Missing(kind.name()))
+        self.first(kind)
+            .ok_or_else(|| ParseError::Missing(kind.name()))
     }
 
     /// All Via values, top first.

@@ -255,7 +255,7 @@ impl<'a> SipUri<'a> {
 
     fn parse_rest(whole: &'a str, secure: bool, rest: &'a str) -> Result<SipUri<'a>, ParseError> {
         // userinfo ends at the first '@' ('@' is not allowed unescaped in user or password).
-        let (user, password, hostpart) = match rest.find('@') {
+        let (user, password, hostpart) = match memchr::memchr(b'@', rest.as_bytes()) {
             Some(at) => {
                 let info = &rest[..at];
                 let (u, p) = match info.find(':') {
@@ -275,7 +275,7 @@ impl<'a> SipUri<'a> {
             }
             None => (None, None, rest),
         };
-        let (hostport, after) = match hostpart.find([';', '?']) {
+        let (hostport, after) = match memchr::memchr2(b';', b'?', hostpart.as_bytes()) {
             Some(i) => (&hostpart[..i], &hostpart[i..]),
             None => (hostpart, ""),
         };

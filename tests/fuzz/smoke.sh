@@ -15,9 +15,13 @@ for target in sip_parse sip_framing pidf_parse; do
     mkdir -p "$corpus"
     cp -n seeds/"$target"/* "$corpus"/ 2>/dev/null || true
     echo "--- fuzz $target for ${SECONDS_EACH}s"
-    cargo fuzz run --fuzz-dir . "$target" "$corpus" -- \
-        -max_total_time="$SECONDS_EACH" -max_len=8192 -print_final_stats=1 2>&1 \
-        | grep -E "^(Done|stat::number_of_executed_units|==[0-9]+==|SUMMARY|thread '|Fuzzer|INFO: Seed)" || true
-    # cargo fuzz exits non-zero on a crash; pipefail carries it.
+    log="$corpus.log"
+    if ! cargo fuzz run --fuzz-dir . "$target" "$corpus" -- \
+        -max_total_time="$SECONDS_EACH" -max_len=8192 -print_final_stats=1 >"$log" 2>&1; then
+        tail -n 60 "$log" >&2
+        echo "fuzz target $target FAILED (reproducer under tests/fuzz/artifacts/$target/)" >&2
+        exit 1
+    fi
+    grep -E "^(Done|stat::number_of_executed_units)" "$log" || tail -n 3 "$log"
 done
 echo "fuzz smoke: all targets clean"
