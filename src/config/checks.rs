@@ -3,11 +3,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// Validates a DNS domain name as written in configuration: LDH labels of 1–63 characters, at
-/// most 253 characters, no trailing dot, not an IP address, ASCII only (IDNs in A-label form).
-/// Returns the name in lowercase.
+use crate::core::address::{AddressError, check_domain};
+
+/// Validates a DNS domain name as written in configuration, with the rules of
+/// [`crate::core::address::check_domain`] (LDH labels, ≤ 63 bytes a label, ≤ 253 bytes, ASCII,
+/// not an IP literal). Returns the name in lowercase.
 pub(crate) fn domain(s: &str) -> Result<String, String> {
-    let bad = |why: &str| Err(format!("{s:?} is not a valid domain name: {why}"));
     if s.is_empty() {
         return Err("must not be empty".to_owned());
     }
@@ -16,43 +17,14 @@ pub(crate) fn domain(s: &str) -> Result<String, String> {
             "{s:?} is an IP address; a domain name is needed here"
         ));
     }
-    if s.ends_with('.') {
-        return bad("it must not end with a dot");
-    }
-    if !s.is_ascii() {
-        return bad("non-ASCII characters; write internationalized names in A-label (xn--) form");
-    }
-    if s.len() > 253 {
-        return bad("longer than 253 characters");
-    }
     let lower = s.to_ascii_lowercase();
-    let labels: Vec<&str> = lower.split('.').collect();
-    for label in &labels {
-        if label.is_empty() {
-            return bad("empty label");
+    match check_domain("domain", &lower) {
+        Ok(()) => Ok(lower),
+        Err(AddressError::InvalidDomain { reason, .. }) => {
+            Err(format!("{s:?} is not a valid domain name: {reason}"))
         }
-        if label.len() > 63 {
-            return bad("a label is longer than 63 characters");
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-        {
-            return bad(&format!(
-                "{c:?} is not allowed (only letters, digits, hyphens and dots)"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return bad(&format!("label {label:?} begins or ends with a hyphen"));
-        }
+        Err(other) => Err(other.to_string()),
     }
-    if labels
-        .last()
-        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
-    {
-        return bad("the last label is all digits");
-    }
-    Ok(lower)
 }
 
 /// A host: an IP address literal or a domain name. Returns it normalized (lowercase name, or
@@ -221,26 +193,29 @@ mod tests {
                 "example.org.",
                 "\"example.org.\" is not a valid domain name: it must not end with a dot",
             ),
-            ("a..b", "\"a..b\" is not a valid domain name: empty label"),
+            (
+                "a..b",
+                "\"a..b\" is not a valid domain name: it has an empty label (leading or doubled dot)",
+            ),
             (
                 "under_score.org",
-                "\"under_score.org\" is not a valid domain name: '_' is not allowed (only letters, digits, hyphens and dots)",
+                "\"under_score.org\" is not a valid domain name: it contains '_' (only letters, digits, '-' and '.' are allowed)",
             ),
             (
                 "-a.org",
-                "\"-a.org\" is not a valid domain name: label \"-a\" begins or ends with a hyphen",
+                "\"-a.org\" is not a valid domain name: label \"-a\" begins or ends with '-'",
             ),
             (
                 "bücher.de",
-                "\"bücher.de\" is not a valid domain name: non-ASCII characters; write internationalized names in A-label (xn--) form",
+                "\"bücher.de\" is not a valid domain name: it is not ASCII (write internationalised domains in their A-label xn-- form)",
             ),
             (
                 "a.123",
-                "\"a.123\" is not a valid domain name: the last label is all digits",
+                "\"a.123\" is not a valid domain name: it is an IP address literal, not a domain name",
             ),
             (
                 "sip.example.org:5061",
-                "\"sip.example.org:5061\" is not a valid domain name: ':' is not allowed (only letters, digits, hyphens and dots)",
+                "\"sip.example.org:5061\" is not a valid domain name: it contains ':' (only letters, digits, '-' and '.' are allowed)",
             ),
         ];
         for (input, want) in bad {

@@ -264,13 +264,16 @@ pub fn check_domain(what: &'static str, domain: &str) -> Result<(), AddressError
             format!("it is {} bytes, more than {MAX_DOMAIN_BYTES}", domain.len()),
         ));
     }
+    if domain.ends_with('.') {
+        return Err(invalid_domain(what, domain, "it must not end with a dot"));
+    }
     let mut last = "";
     for label in domain.split('.') {
         if label.is_empty() {
             return Err(invalid_domain(
                 what,
                 domain,
-                "it has an empty label (leading, trailing or doubled dot)",
+                "it has an empty label (leading or doubled dot)",
             ));
         }
         if label.len() > 63 {
@@ -1023,7 +1026,7 @@ mod tests {
             (
                 r"joe\40contoso.com.@lcs.example.org",
                 err(
-                    r#"gateway target domain "contoso.com." is not a well-formed domain: it has an empty label (leading, trailing or doubled dot)"#,
+                    r#"gateway target domain "contoso.com." is not a well-formed domain: it must not end with a dot"#,
                 ),
             ),
             (
@@ -1191,7 +1194,7 @@ mod tests {
             (
                 ("joe", "contoso..com", None),
                 err(
-                    r#"SIP host "contoso..com" is not a well-formed domain: it has an empty label (leading, trailing or doubled dot)"#,
+                    r#"SIP host "contoso..com" is not a well-formed domain: it has an empty label (leading or doubled dot)"#,
                 ),
             ),
             (
@@ -1299,7 +1302,7 @@ mod tests {
                 AddressMode::Gateway,
                 &["lcs.example.org."],
                 &["example.org"],
-                r#"component domain "lcs.example.org." is not a well-formed domain: it has an empty label (leading, trailing or doubled dot)"#,
+                r#"component domain "lcs.example.org." is not a well-formed domain: it must not end with a dot"#,
             ),
             (
                 AddressMode::Direct,
