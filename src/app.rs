@@ -11,7 +11,6 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{self, LogFormat};
-use crate::core::address::AddressBook;
 use crate::core::tables::Mappings;
 
 /// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level.
@@ -53,17 +52,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow!("mapping tables: {}", lines.join("; "))
     })?;
-    let book = AddressBook::new(
-        cfg.xmpp.mode,
-        cfg.xmpp.component_domains.clone(),
-        cfg.xmpp.local_domains.clone(),
-    )
-    .context("xmpp")?;
+    let book = cfg.address_book().context("xmpp")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Handlers first, so a signal that arrives right after the start-up line is caught.
+        let mut signals = Signals::install()?;
         info!(
             config = %config_path.display(),
             mode = %book.mode(),
@@ -73,7 +69,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             public_fqdn = %cfg.sip.public_fqdn,
             "lcs-bridge started; the SIP edge and the XMPP component link are not part of this build yet"
         );
-        let signal = shutdown_signal().await?;
+        let signal = signals.next().await;
         info!(signal, "shutting down");
         Ok::<(), anyhow::Error>(())
     })?;
@@ -81,22 +77,41 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM and names the one that came.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// SIGINT and SIGTERM handlers, installed before the bridge says it has started.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("cannot watch SIGINT"),
-            _ = term.recv() => Ok("SIGTERM"),
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot watch Ctrl-C")?;
-        Ok("Ctrl-C")
+
+    /// Waits for the first signal and names it.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::core::address::{AddressBook, AddressError, check_scheme};
+use crate::core::address::{AddressBook, AddressError, SipAddress, check_scheme, unescape_node};
 use crate::core::pidf::{self, Basic, PidfDocument};
 use crate::core::presence::{pidf_for_presence, xmpp_view_of_pidf};
 use crate::core::tables::Mappings;
@@ -225,7 +225,16 @@ pub fn presence(
     let p = crate::xmpp::parse_presence(xml).map_err(|e| e.to_string())?;
     let entity = match (entity, &p.from) {
         (Some(e), _) => e.to_owned(),
-        (None, Some(from)) => format!("sip:{}", from.to_bare()),
+        // A local user: the bare JID's localpart (XEP-0106-unescaped) at its domain.
+        (None, Some(from)) => SipAddress {
+            user: from
+                .node()
+                .map(|n| unescape_node(n.as_str()))
+                .unwrap_or_default(),
+            host: from.domain().to_string(),
+            gruu: None,
+        }
+        .to_uri(),
         (None, None) => {
             return Err(
                 "the presence has no 'from' attribute: pass --entity sip:user@domain".into(),
@@ -270,7 +279,12 @@ pub fn address(book: &AddressBook, input: &str) -> Result<String, String> {
         .user_decoded()
         .map_err(|e| format!("{input:?}: {e}"))?
         .ok_or_else(|| format!("{input:?} has no user part"))?;
-    book.sip_to_jid(&user, &uri.host_str(), uri.param("gr"))
+    let gruu = uri
+        .param("gr")
+        .map(crate::sip::uri::percent_decode)
+        .transpose()
+        .map_err(|e| format!("{input:?}: gr parameter: {e}"))?;
+    book.sip_to_jid(&user, &uri.host_str(), gruu.as_deref())
         .map(|j| j.to_string())
         .map_err(|e| e.to_string())
 }

@@ -13,7 +13,9 @@
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //!
-//! Rule: `sip`, `core` and `xmpp` never touch sockets, files or the clock; time is an argument.
+//! Rule: `sip`, `core` and `xmpp` never touch sockets or the clock and read no files, with one
+//! exception: [`core::tables::Mappings::load`] reads the two table files once at start-up.
+//! Time is an argument.
 
 pub mod app;
 pub mod config;

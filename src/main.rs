@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
-use lcs_bridge::core::address::AddressBook;
 use lcs_bridge::core::tables::Mappings;
 use lcs_bridge::{app, config, inspect};
 
@@ -75,18 +74,22 @@ enum Inspect {
     },
 }
 
+/// Reads a file or standard input (`-`), refusing more than 1 MiB.
 fn read_input(input: &str) -> Result<Vec<u8>, String> {
+    const LIMIT: u64 = 1024 * 1024;
     let mut buf = Vec::new();
-    let limit = 1024 * 1024;
     if input == "-" {
         std::io::stdin()
-            .take(limit)
+            .take(LIMIT + 1)
             .read_to_end(&mut buf)
             .map_err(|e| format!("cannot read standard input: {e}"))?;
     } else {
         std::fs::File::open(input)
-            .and_then(|f| f.take(limit).read_to_end(&mut buf))
+            .and_then(|f| f.take(LIMIT + 1).read_to_end(&mut buf))
             .map_err(|e| format!("cannot read {input:?}: {e}"))?;
+    }
+    if buf.len() as u64 > LIMIT {
+        return Err(format!("{input}: input is larger than {LIMIT} bytes"));
     }
     Ok(buf)
 }
@@ -139,21 +142,11 @@ fn run_inspect(cmd: Inspect) -> Result<(), String> {
         }
         Inspect::Address { address, config } => {
             let cfg = config::load(&config).map_err(|problems| join_problems(&problems))?;
-            let book = address_book(&cfg).map_err(|e| format!("xmpp: {e}"))?;
+            let book = cfg.address_book().map_err(|e| format!("xmpp: {e}"))?;
             println!("{}", inspect::address(&book, &address)?);
             Ok(())
         }
     }
-}
-
-fn address_book(
-    cfg: &config::Config,
-) -> Result<AddressBook, lcs_bridge::core::address::AddressError> {
-    AddressBook::new(
-        cfg.xmpp.mode,
-        cfg.xmpp.component_domains.clone(),
-        cfg.xmpp.local_domains.clone(),
-    )
 }
 
 fn join_problems(problems: &[config::Problem]) -> String {
@@ -172,7 +165,7 @@ fn check_config(file: &Path) -> ExitCode {
         if let Err(table_problems) = Mappings::load(cfg.mappings_dir()) {
             problems.extend(table_problems.iter().map(|p| format!("mappings.path: {p}")));
         }
-        if let Err(e) = address_book(cfg) {
+        if let Err(e) = cfg.address_book() {
             problems.push(format!("xmpp: {e}"));
         }
     }

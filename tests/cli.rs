@@ -133,6 +133,16 @@ fn inspect_presence_away_prints_the_profile_document() {
 </presence>
 "#
     );
+    let out = run(
+        &["inspect", "presence", "-"],
+        Some("<presence from='d\\27artagnan@example.org'/>"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(r#"entity="sip:d&apos;artagnan@example.org""#),
+        "{}",
+        text(&out.stdout)
+    );
     let out = run(&["inspect", "presence", "-"], Some("<message/>"));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -191,6 +201,14 @@ fn inspect_address_both_ways() {
         ("joe\\40contoso.com@lcs.example.org", "sip:joe@contoso.com"),
         ("sip:Joe@Contoso.com", "joe\\40contoso.com@lcs.example.org"),
         ("alice@example.org", "sip:alice@example.org"),
+        (
+            "joe\\40contoso.com@lcs.example.org/Work PC;1",
+            "sip:joe@contoso.com;gr=Work%20PC%3B1",
+        ),
+        (
+            "sip:joe@contoso.com;gr=Work%20PC%3B1",
+            "joe\\40contoso.com@lcs.example.org/Work PC;1",
+        ),
     ] {
         let out = run(&["inspect", "address", input, "--config", cfg], None);
         assert!(out.status.success(), "{input}: {}", text(&out.stderr));

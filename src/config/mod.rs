@@ -126,6 +126,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The address book for the configured mode and domains (interworking.md §1).
+    pub fn address_book(
+        &self,
+    ) -> Result<crate::core::address::AddressBook, crate::core::address::AddressError> {
+        crate::core::address::AddressBook::new(
+            self.xmpp.mode,
+            self.xmpp.component_domains.clone(),
+            self.xmpp.local_domains.clone(),
+        )
+    }
+
     /// Directory holding `presence.toml` and `errors.toml` (resolved `mappings.path`).
     pub fn mappings_dir(&self) -> &Path {
         &self.mappings.path
@@ -183,6 +194,17 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+impl SipConfig {
+    /// The framing and parsing limits for SIP input from peers.
+    pub fn limits(&self) -> crate::sip::message::Limits {
+        crate::sip::message::Limits {
+            max_head_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+            max_headers: self.max_headers,
+        }
     }
 }
 

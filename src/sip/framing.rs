@@ -214,6 +214,11 @@ fn check_start_line(buf: &[u8]) -> Result<(), FrameError> {
 fn content_length(head: &[u8]) -> Result<usize, FrameError> {
     let mut found: Option<usize> = None;
     for line in head.split(|c| *c == b'\n').skip(1) {
+        // A continuation line (SP/HTAB first) belongs to the previous header, as in
+        // `Message::parse`; the two must agree on where a message ends.
+        if line.first().is_some_and(|c| *c == b' ' || *c == b'\t') {
+            continue;
+        }
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };

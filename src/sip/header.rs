@@ -229,6 +229,9 @@ impl<'a> Via<'a> {
 
 /// Splits `host[:port]` (IPv6 in brackets).
 pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
+    if !s.starts_with('[') && s.bytes().filter(|c| *c == b':').count() > 1 {
+        return Err(format!("IPv6 address {s:?} must be in brackets"));
+    }
     let (host, port) = if s.starts_with('[') {
         let end = s.find(']').ok_or("unterminated IPv6 reference")?;
         let tail = &s[end + 1..];
@@ -252,9 +255,7 @@ pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
     }
     let port = match port {
         Some(p) => Some(
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("invalid port {p:?}"))?,
+            super::message::parse_digits::<u16>(p).ok_or_else(|| format!("invalid port {p:?}"))?,
         ),
         None => None,
     };
@@ -544,6 +545,13 @@ mod tests {
 
     #[test]
     fn via_errors() {
+        assert_eq!(
+            Via::parse("SIP/2.0/TLS 2001:db8::1;branch=z9hG4bK1")
+                .unwrap_err()
+                .to_string(),
+            "invalid Via header \"SIP/2.0/TLS 2001:db8::1;branch=z9hG4bK1\": IPv6 address \"2001:db8::1\" must be in brackets"
+        );
+        assert!(Via::parse("SIP/2.0/TLS h:+5061").is_err());
         assert_eq!(
             Via::parse("SIP/2.0 host").unwrap_err().to_string(),
             "invalid Via header \"SIP/2.0 host\": sent-protocol is not name/version/transport"

@@ -300,7 +300,8 @@ impl Message {
                     return Err(ParseError::BadHeaderName(name.chars().take(80).collect()));
                 }
                 let vstart = pos + colon + 1;
-                let lead = head[vstart..end].len() - head[vstart..end].trim_start().len();
+                let lead = head[vstart..end].len()
+                    - head[vstart..end].trim_start_matches([' ', '\t']).len();
                 let vstart = vstart + lead;
                 headers.push(Header {
                     kind: HeaderKind::of(name),
@@ -321,14 +322,13 @@ impl Message {
             let raw = msg.span(msg.headers[i].value).to_owned();
             let mut unfolded = String::with_capacity(raw.len());
             for (n, part) in raw.split("\r\n").enumerate() {
-                if n > 0 {
+                let part = part.trim_matches([' ', '\t']);
+                if n > 0 && !part.is_empty() {
                     unfolded.push(' ');
-                    unfolded.push_str(part.trim());
-                } else {
-                    unfolded.push_str(part.trim_end());
                 }
+                unfolded.push_str(part);
             }
-            msg.headers[i].value = msg.push_text(unfolded.trim());
+            msg.headers[i].value = msg.push_text(unfolded.trim_matches([' ', '\t']));
         }
         Ok(msg)
     }
@@ -657,11 +657,9 @@ impl Message {
     fn number<T: std::str::FromStr>(&self, kind: HeaderKind) -> Result<Option<T>, ParseError> {
         match self.first(kind) {
             None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse()
+            Some(v) => parse_digits(v)
                 .map(Some)
-                .map_err(|_| ParseError::header(kind.name(), v, "not a number")),
+                .ok_or_else(|| ParseError::header(kind.name(), v, "not a number")),
         }
     }
 
@@ -681,10 +679,8 @@ impl Message {
             .filter(|h| h.kind == HeaderKind::ContentLength)
         {
             let raw = self.span(v.value);
-            let n = raw
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| ParseError::header("Content-Length", raw, "not a number"))?;
+            let n = parse_digits(raw)
+                .ok_or_else(|| ParseError::header("Content-Length", raw, "not a number"))?;
             if found.is_some_and(|f| f != n) {
                 return Err(ParseError::Duplicate("Content-Length"));
             }
@@ -849,6 +845,16 @@ impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&String::from_utf8_lossy(&self.to_bytes()))
     }
+}
+
+/// A decimal number made of ASCII digits only (no sign, no spaces inside), SP/HTAB around it
+/// allowed.
+pub(crate) fn parse_digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let s = s.trim_matches([' ', '\t']);
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn starts_with_ci(s: &str, prefix: &str) -> bool {
@@ -1092,6 +1098,14 @@ l: 0\r\n\r\n";
             Message::parse_with_limits(big.as_bytes(), &limits).unwrap_err(),
             ParseError::TooManyHeaders(3)
         );
+    }
+
+    #[test]
+    fn only_sp_and_htab_are_trimmed_from_values() {
+        let raw = NOTIFY.replace("ms-keep-alive: UAC", "ms-keep-alive:\u{3000}UAC");
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.header("ms-keep-alive"), Some("\u{3000}UAC;hop-hop=yes"));
+        assert_eq!(Message::parse(&m.to_bytes()).unwrap(), m);
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
         if b[i] == b'%' {
             let hex = s
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("invalid escape at {:?}", &s[i..]))?;
             out.push(hex);
@@ -157,19 +158,6 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
         }
     }
     String::from_utf8(out).map_err(|_| "escapes do not decode to UTF-8".to_owned())
-}
-
-/// Escapes a decoded user part for use in a SIP URI (RFC 3261 §25.1 `user`).
-pub fn escape_user(user: &str) -> String {
-    let mut out = String::with_capacity(user.len());
-    for &c in user.as_bytes() {
-        if is_user_char(c) && c != b'%' {
-            out.push(c as char);
-        } else {
-            out.push_str(&format!("%{c:02X}"));
-        }
-    }
-    out
 }
 
 fn parse_host<'a>(s: &'a str, whole: &str) -> Result<Host<'a>, ParseError> {
@@ -301,8 +289,9 @@ impl<'a> SipUri<'a> {
         let host = parse_host(host_s, whole)?;
         let port = match port {
             Some(p) => Some(
-                p.parse::<u16>()
-                    .map_err(|_| ParseError::uri(whole, format!("invalid port {p:?}")))?,
+                super::message::parse_digits::<u16>(p)
+                    .filter(|_| !p.starts_with([' ', '\t']) && !p.ends_with([' ', '\t']))
+                    .ok_or_else(|| ParseError::uri(whole, format!("invalid port {p:?}")))?,
             ),
             None => None,
         };
@@ -471,19 +460,18 @@ mod tests {
                 "invalid URI \"sip:a@c_d\": invalid host \"c_d\"",
             ),
             ("sip:@c", "invalid URI \"sip:@c\": empty user part"),
+            (
+                "sip:a@c:+5060",
+                "invalid URI \"sip:a@c:+5060\": invalid port \"+5060\"",
+            ),
             ("1sip:x", "invalid URI \"1sip:x\": invalid scheme \"1sip\""),
         ];
         for (input, msg) in cases {
             assert_eq!(Uri::parse(input).unwrap_err().to_string(), msg, "{input}");
         }
-    }
-
-    #[test]
-    fn escape_user_round_trips() {
-        for s in ["joe", "a b@c", "100%", "x\\y\"z", "ünï"] {
-            let e = escape_user(s);
-            assert!(e.bytes().all(|c| is_user_char(c) || c == b'%'), "{e}");
-            assert_eq!(percent_decode(&e).unwrap(), s);
-        }
+        assert_eq!(
+            percent_decode("a%+5"),
+            Err("invalid escape at \"%+5\"".to_owned())
+        );
     }
 }
