@@ -14,12 +14,14 @@ use super::{
 
 /// Default values, shared with the documentation and the example file.
 pub(crate) mod defaults {
+    use crate::sip::message::Limits;
+
     pub const XMPP_HOST: &str = "127.0.0.1";
     pub const XMPP_PORT: u16 = 5347;
     pub const GATEWAY_NAME: &str = "LCS gateway";
-    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-    pub const MAX_BODY_BYTES: usize = 64 * 1024;
-    pub const MAX_HEADERS: usize = 128;
+    pub const MAX_HEADER_BYTES: usize = Limits::DEFAULT.max_head_bytes;
+    pub const MAX_BODY_BYTES: usize = Limits::DEFAULT.max_body_bytes;
+    pub const MAX_HEADERS: usize = Limits::DEFAULT.max_headers;
     pub const MAX_CONNECTIONS_PER_EDGE: usize = 4;
     pub const MAX_CONNECTIONS_PER_NETWORK: usize = 40;
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;

@@ -29,13 +29,18 @@ pub struct Limits {
     pub max_headers: usize,
 }
 
+impl Limits {
+    /// The defaults: 16 KiB of headers, 64 KiB of body, 128 header lines.
+    pub const DEFAULT: Limits = Limits {
+        max_head_bytes: 16 * 1024,
+        max_body_bytes: 64 * 1024,
+        max_headers: 128,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_head_bytes: 16 * 1024,
-            max_body_bytes: 64 * 1024,
-            max_headers: 128,
-        }
+        Limits::DEFAULT
     }
 }
 

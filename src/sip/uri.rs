@@ -89,24 +89,9 @@ pub(crate) fn is_user_char(c: u8) -> bool {
         )
 }
 
+/// Password characters: the user characters except `;`, `?` and `/` (§25.1).
 fn is_password_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'_'
-                | b'.'
-                | b'!'
-                | b'~'
-                | b'*'
-                | b'\''
-                | b'('
-                | b')'
-                | b'&'
-                | b'='
-                | b'+'
-                | b'$'
-                | b','
-        )
+    is_user_char(c) && !matches!(c, b';' | b'?' | b'/')
 }
 
 fn is_param_char(c: u8) -> bool {
