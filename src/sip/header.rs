@@ -174,10 +174,11 @@ impl<'a> Via<'a> {
         for (i, part) in parts.iter_mut().enumerate() {
             rest = rest.trim_start();
             let end = if i < 2 {
-                rest.find('/')
+                memchr::memchr(b'/', rest.as_bytes())
                     .ok_or_else(|| bad("sent-protocol is not name/version/transport"))?
             } else {
-                rest.find(|c: char| c.is_ascii_whitespace())
+                rest.bytes()
+                    .position(|c| c.is_ascii_whitespace())
                     .ok_or_else(|| bad("missing sent-by"))?
             };
             *part = rest[..end].trim();
@@ -281,8 +282,7 @@ impl<'a> NameAddr<'a> {
         let v = value.trim();
         let lt = find_unquoted(v, 0, b'<', false);
         if lt < v.len() {
-            let gt = v[lt..]
-                .find('>')
+            let gt = memchr::memchr(b'>', &v.as_bytes()[lt..])
                 .map(|i| lt + i)
                 .ok_or_else(|| bad("missing '>'".into()))?;
             let dn = v[..lt].trim();

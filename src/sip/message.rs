@@ -17,7 +17,7 @@ use super::error::ParseError;
 use super::header::{
     CSeq, Contact, Event, HeaderKind, MediaType, NameAddr, SubscriptionState, Via, tokens,
 };
-use super::params::split_comma;
+use super::params::{is_token_byte, split_comma};
 use super::uri::Uri;
 
 /// Limits applied to untrusted input (configurable; see `sip.max_*` in the configuration).
@@ -199,10 +199,6 @@ fn line_end(head: &[u8], pos: usize, line_no: usize) -> Result<usize, ParseError
     }
 }
 
-fn is_header_name(s: &str) -> bool {
-    super::params::is_token(s)
-}
-
 impl Message {
     /// Parses a complete message (a file, a datagram, or a frame cut by
     /// [`crate::sip::framing::Framer`]) with default limits. Bytes after `Content-Length` are
@@ -295,19 +291,33 @@ impl Message {
                 if headers.len() == limits.max_headers {
                     return Err(ParseError::TooManyHeaders(limits.max_headers));
                 }
-                let colon =
-                    memchr::memchr(b':', line.as_bytes()).ok_or_else(|| ParseError::NoColon {
-                        line: line_no,
-                        text: line.chars().take(80).collect(),
-                    })?;
-                let name = line[..colon].trim_end();
-                if !is_header_name(name) {
-                    return Err(ParseError::BadHeaderName(name.chars().take(80).collect()));
+                // name = token, then optional SP/HTAB, then ':' (one scan, no second pass).
+                let lb = line.as_bytes();
+                let name_len = lb
+                    .iter()
+                    .position(|&c| !is_token_byte(c))
+                    .unwrap_or(lb.len());
+                let mut colon = name_len;
+                while lb.get(colon).is_some_and(|c| matches!(c, b' ' | b'\t')) {
+                    colon += 1;
                 }
-                let vstart = pos + colon + 1;
-                let lead = head[vstart..end].len()
-                    - head[vstart..end].trim_start_matches([' ', '\t']).len();
-                let vstart = vstart + lead;
+                if name_len == 0 || lb.get(colon) != Some(&b':') {
+                    return Err(match memchr::memchr(b':', lb) {
+                        None => ParseError::NoColon {
+                            line: line_no,
+                            text: line.chars().take(80).collect(),
+                        },
+                        Some(c) => ParseError::BadHeaderName(
+                            line[..c].trim_end().chars().take(80).collect(),
+                        ),
+                    });
+                }
+                let name = &line[..name_len];
+                let mut vstart = colon + 1;
+                while lb.get(vstart).is_some_and(|c| matches!(c, b' ' | b'\t')) {
+                    vstart += 1;
+                }
+                let vstart = pos + vstart;
                 headers.push(Header {
                     kind: HeaderKind::of(name),
                     name: Span::of(pos, pos + name.len()),

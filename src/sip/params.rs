@@ -167,7 +167,12 @@ static TOKEN: [bool; 256] = token_table();
 
 /// `token` of RFC 3261 §25.1.
 pub fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|c| TOKEN[usize::from(c)])
+    !s.is_empty() && s.bytes().all(is_token_byte)
+}
+
+/// One byte of a `token`.
+pub(crate) fn is_token_byte(c: u8) -> bool {
+    TOKEN[usize::from(c)]
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ fn is_param_char(c: u8) -> bool {
 }
 
 /// Checks `%XX` escapes and a character class.
-fn check_escaped(s: &str, ok: fn(u8) -> bool) -> Result<(), String> {
+fn check_escaped(s: &str, ok: impl Fn(u8) -> bool) -> Result<(), String> {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -158,17 +158,19 @@ fn parse_host<'a>(s: &'a str, whole: &str) -> Result<Host<'a>, ParseError> {
             .map(Host::Ipv6)
             .map_err(|_| ParseError::uri(whole, format!("invalid IPv6 address {inner:?}")));
     }
-    if s.bytes().all(|c| c.is_ascii_digit() || c == b'.') && s.bytes().any(|c| c == b'.') {
+    // One pass: every byte must be a letter, digit, '-' or '.'; note whether it looks like an
+    // IPv4 literal (digits and dots only).
+    let (mut ldh, mut ipv4_like) = (true, true);
+    for c in s.bytes() {
+        ldh &= c.is_ascii_alphanumeric() || c == b'-' || c == b'.';
+        ipv4_like &= c.is_ascii_digit() || c == b'.';
+    }
+    if ipv4_like {
         if let Ok(a) = s.parse::<Ipv4Addr>() {
             return Ok(Host::Ipv4(a));
         }
     }
-    let ok = s
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
-        && !s.starts_with('.')
-        && !s.starts_with('-');
-    if !ok {
+    if !ldh || s.starts_with('.') || s.starts_with('-') {
         return Err(ParseError::uri(whole, format!("invalid host {s:?}")));
     }
     Ok(Host::Domain(s))
@@ -177,7 +179,8 @@ fn parse_host<'a>(s: &'a str, whole: &str) -> Result<Host<'a>, ParseError> {
 impl<'a> Uri<'a> {
     /// Parses a URI. Surrounding whitespace is not accepted; callers trim.
     pub fn parse(s: &'a str) -> Result<Uri<'a>, ParseError> {
-        let colon = s.find(':').ok_or_else(|| ParseError::uri(s, "no scheme"))?;
+        let colon =
+            memchr::memchr(b':', s.as_bytes()).ok_or_else(|| ParseError::uri(s, "no scheme"))?;
         let scheme = &s[..colon];
         if !is_scheme(scheme) {
             return Err(ParseError::uri(s, format!("invalid scheme {scheme:?}")));
@@ -231,7 +234,7 @@ impl<'a> SipUri<'a> {
         let (user, password, hostpart) = match memchr::memchr(b'@', rest.as_bytes()) {
             Some(at) => {
                 let info = &rest[..at];
-                let (u, p) = match info.find(':') {
+                let (u, p) = match memchr::memchr(b':', info.as_bytes()) {
                     Some(c) => (&info[..c], Some(&info[c + 1..])),
                     None => (info, None),
                 };

@@ -17,6 +17,11 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("parse/{name}"), |b| {
             b.iter(|| Message::parse(black_box(raw)).map(|m| m.header_count()))
         });
+        g.bench_function(format!("parse_structure/{name}"), |b| {
+            b.iter(|| {
+                Message::parse_structure(black_box(raw), &Limits::DEFAULT).map(|m| m.header_count())
+            })
+        });
         let parsed = Message::parse(raw).expect("golden message parses");
         let mut out = Vec::with_capacity(4096);
         g.bench_function(format!("serialize/{name}"), |b| {
