@@ -323,14 +323,11 @@ impl Mappings {
         };
         let presence = read(&presence_path, &presence_name);
         let errors = read(&errors_path, &errors_name);
-        let presence = presence.and_then(|s| parse_presence(&s, &presence_name, &mut problems));
-        let errors = errors.and_then(|s| parse_errors(&s, &errors_name, &mut problems));
-        match (presence, errors) {
-            (Some(presence), Some(errors)) if problems.is_empty() => {
-                Ok(Mappings { presence, errors })
-            }
-            _ => Err(problems),
-        }
+        Self::validate(
+            (presence.as_deref(), &presence_name),
+            (errors.as_deref(), &errors_name),
+            problems,
+        )
     }
 
     /// Validates the two tables given as text (file names `presence.toml` and `errors.toml`).
@@ -338,9 +335,22 @@ impl Mappings {
         presence_toml: &str,
         errors_toml: &str,
     ) -> Result<Mappings, Vec<TableProblem>> {
-        let mut problems = Vec::new();
-        let presence = parse_presence(presence_toml, "presence.toml", &mut problems);
-        let errors = parse_errors(errors_toml, "errors.toml", &mut problems);
+        Self::validate(
+            (Some(presence_toml), "presence.toml"),
+            (Some(errors_toml), "errors.toml"),
+            Vec::new(),
+        )
+    }
+
+    /// Parses and validates both tables (`(text, file name)`; no text when it could not be
+    /// read), adding to `problems` found so far.
+    fn validate(
+        (presence, presence_name): (Option<&str>, &str),
+        (errors, errors_name): (Option<&str>, &str),
+        mut problems: Vec<TableProblem>,
+    ) -> Result<Mappings, Vec<TableProblem>> {
+        let presence = presence.and_then(|s| parse_presence(s, presence_name, &mut problems));
+        let errors = errors.and_then(|s| parse_errors(s, errors_name, &mut problems));
         match (presence, errors) {
             (Some(presence), Some(errors)) if problems.is_empty() => {
                 Ok(Mappings { presence, errors })
