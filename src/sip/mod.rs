@@ -7,4 +7,5 @@ pub mod header;
 pub mod message;
 pub mod params;
 pub mod sdp;
+pub mod transaction;
 pub mod uri;
