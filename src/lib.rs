@@ -11,6 +11,7 @@
 //! | [`xmpp`] | none | XMPP stanza helpers on top of xmpp-parsers |
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
+//! | [`policy`] | none | federation policy: peer domain authorization from certificates (RFC 5922), SRV order (RFC 2782), backoff |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //!
 //! Rule: `sip`, `core` and `xmpp` never touch sockets or the clock and read no files, with one
@@ -21,5 +22,6 @@ pub mod app;
 pub mod config;
 pub mod core;
 pub mod inspect;
+pub mod policy;
 pub mod sip;
 pub mod xmpp;

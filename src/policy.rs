@@ -1,0 +1,344 @@
+//! Federation policy decisions, no I/O (the TLS edge of issue 3 calls these):
+//!
+//! - **Peer domain authorization** (the profile's "To and From URI handling" and "Certificate
+//!   requirements", RFC 5922 §7): a connection's identity is the DNS names of its certificate's
+//!   subjectAltName (the subject CN only when there is no SAN); a request whose From domain is D
+//!   is accepted when a name equals D, or equals the target of D's `_sipfederationtls._tcp` SRV
+//!   record, or is the edge host configured for partner D. Wildcard names never authorize a
+//!   domain (RFC 5922 §7.2). Blocked partners, and unlisted domains under `default_policy =
+//!   "deny"`, are refused with 403.
+//! - **SRV target order** (RFC 2782): by priority, then weighted random within a priority. The
+//!   random source is passed in.
+//! - **Reconnect backoff**: exponential with jitter; the jitter is passed in.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::{DefaultPolicy, FederationConfig, PartnerPolicy};
+
+/// The DNS names a peer's certificate vouches for (lower-case, without a trailing dot).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerIdentity {
+    names: Vec<String>,
+}
+
+impl PeerIdentity {
+    pub fn from_names<I: IntoIterator<Item = S>, S: AsRef<str>>(names: I) -> PeerIdentity {
+        PeerIdentity {
+            names: names
+                .into_iter()
+                .map(|n| n.as_ref().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The identity of a DER certificate: its SAN dNSNames, or its subject CN when it has no
+    /// SAN extension (RFC 5922 §7.1).
+    pub fn from_certificate(der: &[u8]) -> Result<PeerIdentity, String> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("certificate does not parse: {e}"))?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| format!("certificate subjectAltName: {e}"))?;
+        let names: Vec<String> = match san {
+            Some(ext) => ext
+                .value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    _ => None,
+                })
+                .collect(),
+            None => cert
+                .subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+                .collect(),
+        };
+        Ok(PeerIdentity::from_names(names))
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn has(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        self.names
+            .iter()
+            .any(|n| !n.starts_with("*.") && n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Why a request is refused, with the SIP status to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.reason)
+    }
+}
+
+/// Decides whether a connection with `identity` may send requests from `domain`.
+/// `srv_targets` are the targets of `_sipfederationtls._tcp.<domain>` (empty when none or not
+/// looked up).
+pub fn authorize_peer_domain(
+    identity: &PeerIdentity,
+    domain: &str,
+    srv_targets: &[String],
+    federation: &FederationConfig,
+) -> Result<(), Refusal> {
+    let partner = federation.partner(domain);
+    match partner.map(|p| p.policy) {
+        Some(PartnerPolicy::Block) => {
+            return Err(Refusal {
+                status: 403,
+                reason: format!("Domain {domain} is blocked"),
+            });
+        }
+        None if federation.default_policy == DefaultPolicy::Deny => {
+            return Err(Refusal {
+                status: 403,
+                reason: format!("Domain {domain} is not a federation partner"),
+            });
+        }
+        _ => {}
+    }
+    let by_domain = identity.has(domain);
+    let by_srv = srv_targets.iter().any(|t| identity.has(t));
+    let by_partner_edge = partner
+        .and_then(|p| p.edge.as_ref())
+        .is_some_and(|e| identity.has(&e.host));
+    if by_domain || by_srv || by_partner_edge {
+        Ok(())
+    } else {
+        Err(Refusal {
+            status: 403,
+            reason: format!("Peer certificate is not valid for domain {domain}"),
+        })
+    }
+}
+
+/// One SRV answer (RFC 2782).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvTarget {
+    pub priority: u16,
+    pub weight: u16,
+    pub port: u16,
+    pub target: String,
+}
+
+/// Orders SRV targets for trying in turn (RFC 2782 "Usage rules"): lowest priority first;
+/// within one priority, repeatedly pick at random with probability proportional to weight
+/// (zero-weight records first in the running sum, so they are rarely chosen while others
+/// exist). `random(n)` must return a uniform integer in `0..=n`. A target of `.` means "no
+/// service" and is dropped.
+pub fn order_srv(
+    mut records: Vec<SrvTarget>,
+    mut random: impl FnMut(u32) -> u32,
+) -> Vec<SrvTarget> {
+    records.retain(|r| r.target != "." && !r.target.is_empty());
+    records.sort_by_key(|r| (r.priority, r.weight != 0));
+    let mut out = Vec::with_capacity(records.len());
+    while !records.is_empty() {
+        let priority = records[0].priority;
+        let mut group: Vec<SrvTarget> = Vec::new();
+        while records.first().is_some_and(|r| r.priority == priority) {
+            group.push(records.remove(0));
+        }
+        while !group.is_empty() {
+            let total: u32 = group.iter().map(|r| u32::from(r.weight)).sum();
+            let pick = random(total).min(total);
+            let mut sum = 0;
+            let index = group
+                .iter()
+                .position(|r| {
+                    sum += u32::from(r.weight);
+                    sum >= pick
+                })
+                .unwrap_or(0);
+            out.push(group.remove(index));
+        }
+    }
+    out
+}
+
+/// Exponential backoff with jitter for reconnecting to a peer after failures: `base · 2^n`,
+/// capped at `max`, then scaled by a jitter factor in `[0.5, 1.0]` so peers do not retry in
+/// step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `failures + 1`; `jitter` in `0.0..=1.0` (clamped) picks a point
+    /// in the upper half of the interval.
+    pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << failures.min(20));
+        let capped = exp.min(self.max);
+        capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Edge, Partner};
+
+    fn federation(default_policy: DefaultPolicy, partners: Vec<Partner>) -> FederationConfig {
+        FederationConfig {
+            default_policy,
+            partners,
+        }
+    }
+
+    #[test]
+    fn peer_domain_authorization_rules() {
+        let id = PeerIdentity::from_names(["sip.contoso.com", "contoso.com", "*.fabrikam.com"]);
+        let open = federation(DefaultPolicy::Allow, vec![]);
+        assert_eq!(
+            authorize_peer_domain(&id, "contoso.com", &[], &open),
+            Ok(())
+        );
+        assert_eq!(
+            authorize_peer_domain(&id, "CONTOSO.com", &[], &open),
+            Ok(())
+        );
+        // By the SRV target of the domain.
+        assert_eq!(
+            authorize_peer_domain(&id, "litware.com", &["sip.contoso.com.".into()], &open),
+            Ok(())
+        );
+        // Wildcards never authorize.
+        let refused = authorize_peer_domain(&id, "sip.fabrikam.com", &[], &open).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "403 Peer certificate is not valid for domain sip.fabrikam.com"
+        );
+        // A hosted partner whose configured edge is the peer.
+        let hosted = federation(
+            DefaultPolicy::Deny,
+            vec![Partner {
+                domain: "hosted.example".into(),
+                policy: PartnerPolicy::Allow,
+                edge: Some(Edge {
+                    host: "sip.contoso.com".into(),
+                    port: 5061,
+                }),
+            }],
+        );
+        assert_eq!(
+            authorize_peer_domain(&id, "hosted.example", &[], &hosted),
+            Ok(())
+        );
+        assert_eq!(
+            authorize_peer_domain(&id, "contoso.com", &[], &hosted)
+                .unwrap_err()
+                .to_string(),
+            "403 Domain contoso.com is not a federation partner"
+        );
+        let blocked = federation(
+            DefaultPolicy::Allow,
+            vec![Partner {
+                domain: "contoso.com".into(),
+                policy: PartnerPolicy::Block,
+                edge: None,
+            }],
+        );
+        assert_eq!(
+            authorize_peer_domain(&id, "contoso.com", &[], &blocked)
+                .unwrap_err()
+                .to_string(),
+            "403 Domain contoso.com is blocked"
+        );
+    }
+
+    #[test]
+    fn identity_from_certificates() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["sip.contoso.com".into(), "contoso.com".into()])
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let id = PeerIdentity::from_certificate(cert.der()).unwrap();
+        assert_eq!(id.names(), ["sip.contoso.com", "contoso.com"]);
+        let mut cn_only = rcgen::CertificateParams::default();
+        cn_only
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Edge.Litware.com");
+        let cert = cn_only.self_signed(&key).unwrap();
+        assert_eq!(
+            PeerIdentity::from_certificate(cert.der()).unwrap().names(),
+            ["edge.litware.com"]
+        );
+        assert!(PeerIdentity::from_certificate(b"junk").is_err());
+    }
+
+    fn srv(priority: u16, weight: u16, target: &str) -> SrvTarget {
+        SrvTarget {
+            priority,
+            weight,
+            port: 5061,
+            target: target.into(),
+        }
+    }
+
+    #[test]
+    fn srv_order_by_priority_then_weight() {
+        let records = vec![
+            srv(20, 0, "backup.contoso.com"),
+            srv(10, 60, "a.contoso.com"),
+            srv(10, 40, "b.contoso.com"),
+            srv(5, 0, "."),
+        ];
+        // random always returns the top of the range: the last record of the running sum wins.
+        let hi: Vec<String> = order_srv(records.clone(), |n| n)
+            .into_iter()
+            .map(|r| r.target)
+            .collect();
+        assert_eq!(hi, ["b.contoso.com", "a.contoso.com", "backup.contoso.com"]);
+        // random returns 1: the first record with a running sum ≥ 1.
+        let lo: Vec<String> = order_srv(records, |n| n.min(1))
+            .into_iter()
+            .map(|r| r.target)
+            .collect();
+        assert_eq!(lo, ["a.contoso.com", "b.contoso.com", "backup.contoso.com"]);
+        // Weighted choice is proportional: over all draws 0..=100, a (60) wins 60 times.
+        let mut a_first = 0;
+        for draw in 0..=100u32 {
+            let first = order_srv(vec![srv(10, 60, "a"), srv(10, 40, "b")], |n| draw.min(n));
+            if first[0].target == "a" {
+                a_first += 1;
+            }
+        }
+        assert_eq!(a_first, 61); // draws 0..=60 (0 picks the first record too)
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(500));
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(250));
+        assert_eq!(b.delay(3, 1.0), Duration::from_secs(4));
+        assert_eq!(b.delay(30, 1.0), Duration::from_secs(300));
+        assert_eq!(b.delay(u32::MAX, 2.0), Duration::from_secs(300));
+    }
+}
