@@ -7,6 +7,10 @@
 //!   record, or is the edge host configured for partner D. Wildcard names never authorize a
 //!   domain (RFC 5922 §7.2). Blocked partners, and unlisted domains under `default_policy =
 //!   "deny"`, are refused with 403.
+//! - **Request admission at the edge** ([`admit_request`]): the profile's rules for every
+//!   request from a peer — SIPS anywhere → 400, Max-Forwards 0 → 483, a Request-URI domain this
+//!   bridge does not serve → 404 (never an open relay), a From that is not a SIP AOR → 400, a
+//!   From domain the peer's certificate does not cover → 403.
 //! - **SRV target order** (RFC 2782): by priority, then weighted random within a priority. The
 //!   random source is passed in.
 //! - **Reconnect backoff**: exponential with jitter; the jitter is passed in.
@@ -15,6 +19,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::{DefaultPolicy, FederationConfig, PartnerPolicy};
+use crate::sip::message::{Message, Method};
+use crate::sip::uri::{Host, Uri};
 
 /// The DNS names a peer's certificate vouches for (lower-case, without a trailing dot).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -124,6 +130,100 @@ pub fn authorize_peer_domain(
             reason: format!("Peer certificate is not valid for domain {domain}"),
         })
     }
+}
+
+/// The domains this edge answers for: the local XMPP domains and the edge's own FQDN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedDomains {
+    pub local_domains: Vec<String>,
+    pub public_fqdn: String,
+}
+
+impl ServedDomains {
+    /// The local domains and the edge FQDN of a configuration.
+    pub fn of(config: &crate::config::Config) -> ServedDomains {
+        ServedDomains {
+            local_domains: config.xmpp.local_domains.clone(),
+            public_fqdn: config.sip.public_fqdn.clone(),
+        }
+    }
+
+    pub fn contains(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        host.eq_ignore_ascii_case(&self.public_fqdn)
+            || self
+                .local_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(host))
+    }
+}
+
+fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// The domain of a SIP URI's host, or `None` for other schemes and IP hosts.
+fn sip_domain<'a>(uri: &Uri<'a>) -> Option<&'a str> {
+    match uri {
+        Uri::Sip(u) => match u.host {
+            Host::Domain(d) => Some(d),
+            Host::Ipv4(_) | Host::Ipv6(_) => None,
+        },
+        Uri::Other { .. } => None,
+    }
+}
+
+/// Whether an incoming request from a peer may be processed (the profile's deviations section,
+/// RFC 3261 §8.2 and §16.3, RFC 5922). ACKs are admitted without the domain checks, since they
+/// belong to a transaction or dialog already admitted. `srv_targets` are the SRV targets of the
+/// From domain (see [`authorize_peer_domain`]).
+pub fn admit_request(
+    request: &Message,
+    identity: &PeerIdentity,
+    srv_targets: &[String],
+    served: &ServedDomains,
+    federation: &FederationConfig,
+) -> Result<(), Refusal> {
+    if let Some((place, _)) = request.find_sips_uri() {
+        return Err(refuse(
+            400,
+            format!("SIPS URI in {place} is not supported (use sip: with transport=tls)"),
+        ));
+    }
+    let method = request
+        .method()
+        .cloned()
+        .unwrap_or(Method::Other("".into()));
+    if request.max_forwards().ok().flatten() == Some(0) && method != Method::Options {
+        return Err(refuse(483, "Too Many Hops"));
+    }
+    if method == Method::Ack {
+        return Ok(());
+    }
+    // The Request-URI must name a domain this edge serves (or this edge's address itself).
+    match request.request_uri().map(Uri::parse) {
+        Some(Ok(Uri::Sip(u))) => {
+            if let Host::Domain(d) = u.host {
+                if !served.contains(d) {
+                    return Err(refuse(404, format!("Domain {d} is not served here")));
+                }
+            }
+        }
+        _ => return Err(refuse(416, "Request-URI must be a sip: URI")),
+    }
+    let from = request.from().map_err(|e| refuse(400, e.to_string()))?;
+    let from_domain = sip_domain(&from.parsed_uri())
+        .ok_or_else(|| {
+            refuse(
+                400,
+                "From must be a SIP address of record (sip:user@domain)",
+            )
+        })?
+        .to_ascii_lowercase();
+    authorize_peer_domain(identity, &from_domain, srv_targets, federation)
 }
 
 /// One SRV answer (RFC 2782).
@@ -290,6 +390,85 @@ mod tests {
             ["edge.litware.com"]
         );
         assert!(PeerIdentity::from_certificate(b"junk").is_err());
+    }
+
+    fn request(method: &str, ruri: &str, from: &str, extra: &str) -> Message {
+        let raw = format!(
+            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        Message::parse(raw.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn admission_follows_the_profile() {
+        let id = PeerIdentity::from_names(["sip.contoso.com", "contoso.com"]);
+        let served = ServedDomains {
+            local_domains: vec!["example.org".into()],
+            public_fqdn: "sip.example.org".into(),
+        };
+        let open = federation(DefaultPolicy::Allow, vec![]);
+        let admit =
+            |m: &Message| admit_request(m, &id, &[], &served, &open).map_err(|r| r.to_string());
+        let ok = "sip:alice@example.org";
+        let joe = "sip:joe@contoso.com";
+        assert_eq!(admit(&request("MESSAGE", ok, joe, "")), Ok(()));
+        assert_eq!(
+            admit(&request("OPTIONS", "sip:sip.example.org", joe, "")),
+            Ok(())
+        );
+        assert_eq!(
+            admit(&request("OPTIONS", "sip:192.0.2.7:5061", joe, "")),
+            Ok(())
+        );
+        let cases = [
+            (
+                request("MESSAGE", ok, "sips:joe@contoso.com", ""),
+                "400 SIPS URI in From is not supported (use sip: with transport=tls)",
+            ),
+            (
+                request("MESSAGE", ok, joe, "").with_max_forwards_zero(),
+                "483 Too Many Hops",
+            ),
+            (
+                request("MESSAGE", "sip:bob@fabrikam.com", joe, ""),
+                "404 Domain fabrikam.com is not served here",
+            ),
+            (
+                request("MESSAGE", "tel:+15551234", joe, ""),
+                "416 Request-URI must be a sip: URI",
+            ),
+            (
+                request("MESSAGE", ok, "tel:+15551234", ""),
+                "400 From must be a SIP address of record (sip:user@domain)",
+            ),
+            (
+                request("MESSAGE", ok, "sip:mallory@fabrikam.com", ""),
+                "403 Peer certificate is not valid for domain fabrikam.com",
+            ),
+        ];
+        for (m, expected) in cases {
+            assert_eq!(admit(&m), Err(expected.to_owned()));
+        }
+        // ACK skips the domain checks; OPTIONS may arrive with Max-Forwards 0.
+        assert_eq!(
+            admit(&request("ACK", "sip:bob@fabrikam.com", joe, "")),
+            Ok(())
+        );
+        assert_eq!(
+            admit(&request("OPTIONS", ok, joe, "").with_max_forwards_zero()),
+            Ok(())
+        );
+    }
+
+    trait ZeroHops {
+        fn with_max_forwards_zero(self) -> Self;
+    }
+
+    impl ZeroHops for Message {
+        fn with_max_forwards_zero(mut self) -> Self {
+            self.set_header("Max-Forwards", "0");
+            self
+        }
     }
 
     fn srv(priority: u16, weight: u16, target: &str) -> SrvTarget {
