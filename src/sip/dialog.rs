@@ -1,0 +1,462 @@
+//! SIP dialogs (RFC 3261 §12; RFC 6665 §4.1.2 and §4.2 for subscription dialogs), sans-IO.
+//!
+//! A [`Dialog`] is created on the UAC side from the request sent and the response that carried a
+//! To tag (§12.1.2), or on the UAS side from the request received and the tag this side puts in
+//! its response (§12.1.1). It keeps the dialog id, both CSeq counters, the route set
+//! (Record-Route, reversed for the UAC), the remote target (Contact) and the connection the
+//! dialog lives on, since the profile sends every message of a dialog over one connection
+//! ("Connection affinity").
+//!
+//! Profile rules kept here:
+//! - LCS puts no Record-Route on NOTIFY, so nothing may be sent inside a dialog before the
+//!   initial transaction's final response has completed: a UAS dialog refuses
+//!   [`Dialog::next_request`] until [`Dialog::confirm`] is called after the 2xx went out.
+//! - LCS rejects messages in dialogs older than 24 h (header signatures): [`Dialog::replace_at`]
+//!   gives the instant by which the layer above must replace the dialog (default age 23 h).
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::builder::name_addr;
+use super::header::{Contact, NameAddr};
+use super::message::{Message, Method};
+use super::transaction::ConnId;
+use super::uri::Uri;
+
+/// Dialogs are replaced after this age unless configured otherwise (LCS: 24 h signatures).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(23 * 3600);
+
+/// Call-ID plus the two tags, from this side's point of view.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DialogId {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+}
+
+impl DialogId {
+    /// The id of the dialog an incoming request belongs to (its To tag is ours).
+    pub fn of_incoming_request(m: &Message) -> Option<DialogId> {
+        Some(DialogId {
+            call_id: m.call_id().ok()?.to_owned(),
+            local_tag: m.to().ok()?.tag()?.to_owned(),
+            remote_tag: m.from().ok()?.tag()?.to_owned(),
+        })
+    }
+
+    /// The id of the dialog an incoming response belongs to (its From tag is ours).
+    pub fn of_incoming_response(m: &Message) -> Option<DialogId> {
+        Some(DialogId {
+            call_id: m.call_id().ok()?.to_owned(),
+            local_tag: m.from().ok()?.tag()?.to_owned(),
+            remote_tag: m.to().ok()?.tag()?.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DialogError {
+    #[error("no To tag in the response: it creates no dialog")]
+    NoRemoteTag,
+    #[error("no From tag in the request")]
+    NoFromTag,
+    #[error("no Contact: the remote target is unknown")]
+    NoContact,
+    #[error("{0}")]
+    Malformed(String),
+    #[error(
+        "the initial transaction has not completed yet (profile: no mid-dialog request before it)"
+    )]
+    InitialTransactionPending,
+    #[error("CSeq {got} is not above {last}: out of order")]
+    CSeqOutOfOrder { got: u32, last: u32 },
+    #[error("request does not belong to this dialog")]
+    WrongDialog,
+}
+
+/// One dialog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dialog {
+    pub id: DialogId,
+    /// Our address (AOR) and display name, as in From (UAC) or To (UAS) of the initial request.
+    pub local_uri: String,
+    pub local_display: Option<String>,
+    /// The peer's address (AOR) and display name.
+    pub remote_uri: String,
+    pub remote_display: Option<String>,
+    /// Where in-dialog requests go (the peer's Contact).
+    pub remote_target: String,
+    /// Route set, each entry a `<uri>` value, in the order Route headers are written.
+    pub route_set: Vec<String>,
+    /// The connection this dialog lives on.
+    pub conn: ConnId,
+    local_cseq: u32,
+    remote_cseq: Option<u32>,
+    created: Instant,
+    confirmed: bool,
+}
+
+fn malformed(e: impl ToString) -> DialogError {
+    DialogError::Malformed(e.to_string())
+}
+
+fn first_contact(m: &Message) -> Result<String, DialogError> {
+    match m.contact().map_err(malformed)? {
+        Some(Contact::Addresses(list)) => list
+            .first()
+            .map(|c| c.uri.to_owned())
+            .ok_or(DialogError::NoContact),
+        _ => Err(DialogError::NoContact),
+    }
+}
+
+fn routes(m: &Message) -> Result<Vec<String>, DialogError> {
+    Ok(m.record_route()
+        .map_err(malformed)?
+        .iter()
+        .map(|r| format!("<{}>", r.uri))
+        .collect())
+}
+
+impl Dialog {
+    /// UAC side (§12.1.2): from the request this side sent and a response with a To tag.
+    pub fn from_uac(
+        request: &Message,
+        response: &Message,
+        conn: ConnId,
+        now: Instant,
+    ) -> Result<Dialog, DialogError> {
+        let from = request.from().map_err(malformed)?;
+        let to = response.to().map_err(malformed)?;
+        let mut route_set = routes(response)?;
+        route_set.reverse();
+        Ok(Dialog {
+            id: DialogId {
+                call_id: request.call_id().map_err(malformed)?.to_owned(),
+                local_tag: from.tag().ok_or(DialogError::NoFromTag)?.to_owned(),
+                remote_tag: to.tag().ok_or(DialogError::NoRemoteTag)?.to_owned(),
+            },
+            local_uri: from.uri.to_owned(),
+            local_display: from.display_name.map(str::to_owned),
+            remote_uri: to.uri.to_owned(),
+            remote_display: to.display_name.map(str::to_owned),
+            remote_target: first_contact(response)?,
+            route_set,
+            conn,
+            local_cseq: request.cseq().map_err(malformed)?.number,
+            remote_cseq: None,
+            created: now,
+            // A UAC dialog exists once the response arrived: the initial transaction is done.
+            confirmed: true,
+        })
+    }
+
+    /// UAS side (§12.1.1): from the request received and the tag this side adds to To in its
+    /// response. `local_cseq` is where this side's CSeq numbering starts.
+    pub fn from_uas(
+        request: &Message,
+        local_tag: &str,
+        local_cseq: u32,
+        conn: ConnId,
+        now: Instant,
+    ) -> Result<Dialog, DialogError> {
+        let from = request.from().map_err(malformed)?;
+        let to = request.to().map_err(malformed)?;
+        Ok(Dialog {
+            id: DialogId {
+                call_id: request.call_id().map_err(malformed)?.to_owned(),
+                local_tag: local_tag.to_owned(),
+                remote_tag: from.tag().ok_or(DialogError::NoFromTag)?.to_owned(),
+            },
+            local_uri: to.uri.to_owned(),
+            local_display: to.display_name.map(str::to_owned),
+            remote_uri: from.uri.to_owned(),
+            remote_display: from.display_name.map(str::to_owned),
+            remote_target: first_contact(request)?,
+            route_set: routes(request)?,
+            conn,
+            local_cseq,
+            remote_cseq: Some(request.cseq().map_err(malformed)?.number),
+            created: now,
+            confirmed: false,
+        })
+    }
+
+    /// The initial transaction's final response has been sent (UAS): in-dialog requests may
+    /// now go out.
+    pub fn confirm(&mut self) {
+        self.confirmed = true;
+    }
+
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    /// When the layer above must have replaced this dialog (`created + max_age`).
+    pub fn replace_at(&self, max_age: Duration) -> Instant {
+        self.created + max_age
+    }
+
+    /// The CSeq number of the last request this side sent.
+    pub fn local_cseq(&self) -> u32 {
+        self.local_cseq
+    }
+
+    /// Builds the next request in this dialog (§12.2.1.1): To/From with both tags, the next
+    /// CSeq, the route set and the Request-URI for loose or strict routing. `via_sent_by` and
+    /// `branch` make the Via (`SIP/2.0/TLS`); `contact` is this side's Contact URI.
+    pub fn next_request(
+        &mut self,
+        method: Method,
+        via_sent_by: &str,
+        branch: &str,
+        contact: Option<&str>,
+    ) -> Result<Message, DialogError> {
+        if !self.confirmed {
+            return Err(DialogError::InitialTransactionPending);
+        }
+        let cseq = if method == Method::Ack {
+            self.local_cseq
+        } else {
+            self.local_cseq += 1;
+            self.local_cseq
+        };
+        // Loose routing when the first route has `lr` (RFC 3261 §12.2.1.1); strict otherwise.
+        let strict = self.route_set.first().is_some_and(|r| {
+            NameAddr::parse(r, "Route")
+                .ok()
+                .and_then(|n| n.parsed_uri().as_sip().map(|u| !u.params.has("lr")))
+                .unwrap_or(false)
+        });
+        let (request_uri, route): (String, Vec<String>) = if strict {
+            let first = NameAddr::parse(&self.route_set[0], "Route")
+                .map(|n| n.uri.to_owned())
+                .map_err(malformed)?;
+            let mut rest = self.route_set[1..].to_vec();
+            rest.push(format!("<{}>", self.remote_target));
+            (first, rest)
+        } else {
+            (self.remote_target.clone(), self.route_set.clone())
+        };
+        let mut m = Message::new_request(method.clone(), &request_uri);
+        m.push_header("Via", &format!("SIP/2.0/TLS {via_sent_by};branch={branch}"));
+        m.push_header("Max-Forwards", "70");
+        m.push_header(
+            "From",
+            &name_addr(
+                self.local_display.as_deref(),
+                &self.local_uri,
+                &[("tag", &self.id.local_tag)],
+            ),
+        );
+        m.push_header(
+            "To",
+            &name_addr(
+                self.remote_display.as_deref(),
+                &self.remote_uri,
+                &[("tag", &self.id.remote_tag)],
+            ),
+        );
+        m.push_header("Call-ID", &self.id.call_id);
+        m.push_header("CSeq", &format!("{cseq} {method}"));
+        for r in &route {
+            m.push_header("Route", r);
+        }
+        if let Some(c) = contact {
+            m.push_header("Contact", &format!("<{c}>"));
+        }
+        m.push_header("Content-Length", "0");
+        Ok(m)
+    }
+
+    /// Checks an incoming in-dialog request (§12.2.2): it must carry this dialog's id and a CSeq
+    /// above the last one (else answer 500); a target-refresh request (INVITE, UPDATE,
+    /// SUBSCRIBE, NOTIFY) with a Contact moves the remote target.
+    pub fn accept_request(&mut self, request: &Message) -> Result<(), DialogError> {
+        if DialogId::of_incoming_request(request).as_ref() != Some(&self.id) {
+            return Err(DialogError::WrongDialog);
+        }
+        let cseq = request.cseq().map_err(malformed)?;
+        if cseq.method != Method::Ack && cseq.method != Method::Cancel {
+            if let Some(last) = self.remote_cseq {
+                if cseq.number <= last {
+                    return Err(DialogError::CSeqOutOfOrder {
+                        got: cseq.number,
+                        last,
+                    });
+                }
+            }
+            self.remote_cseq = Some(cseq.number);
+        }
+        let refresh = matches!(
+            cseq.method,
+            Method::Invite | Method::Update | Method::Subscribe | Method::Notify
+        );
+        if refresh {
+            if let Ok(target) = first_contact(request) {
+                if Uri::parse(&target).is_ok() {
+                    self.remote_target = target;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:joe@contoso.com SIP/2.0\r\n\
+Via: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bK1\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:alice@example.org>;tag=a1\r\n\
+To: <sip:joe@contoso.com>\r\n\
+Call-ID: call-1\r\n\
+CSeq: 7 INVITE\r\n\
+Contact: <sip:alice@sip.example.org:5061;transport=tls>\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn ok_response(invite: &Message) -> Message {
+        let mut r = Message::response_to(invite, 200, None, Some("j1"));
+        r.push_header("Record-Route", "<sip:edge2.contoso.com;transport=tls;lr>");
+        r.push_header("Record-Route", "<sip:edge1.contoso.com;transport=tls;lr>");
+        r.push_header("Contact", "<sip:joe@10.0.0.5:5061;transport=tls>");
+        r
+    }
+
+    #[test]
+    fn uac_dialog_routes_and_numbers_requests() {
+        let now = Instant::now();
+        let invite = Message::parse(INVITE.as_bytes()).unwrap();
+        let mut d = Dialog::from_uac(&invite, &ok_response(&invite), 9, now).unwrap();
+        assert_eq!(
+            d.id,
+            DialogId {
+                call_id: "call-1".into(),
+                local_tag: "a1".into(),
+                remote_tag: "j1".into()
+            }
+        );
+        assert_eq!(d.conn, 9);
+        assert_eq!(
+            d.replace_at(DEFAULT_MAX_AGE),
+            now + Duration::from_secs(23 * 3600)
+        );
+        let ack = d
+            .next_request(Method::Ack, "sip.example.org:5061", "z9hG4bK2", None)
+            .unwrap();
+        assert_eq!(ack.cseq().unwrap().number, 7);
+        let m = d
+            .next_request(
+                Method::Message,
+                "sip.example.org:5061",
+                "z9hG4bK3",
+                Some("sip:alice@sip.example.org:5061;transport=tls"),
+            )
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(m.to_bytes()).unwrap(),
+            "MESSAGE sip:joe@10.0.0.5:5061;transport=tls SIP/2.0\r\n\
+Via: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bK3\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:alice@example.org>;tag=a1\r\n\
+To: <sip:joe@contoso.com>;tag=j1\r\n\
+Call-ID: call-1\r\n\
+CSeq: 8 MESSAGE\r\n\
+Route: <sip:edge1.contoso.com;transport=tls;lr>\r\n\
+Route: <sip:edge2.contoso.com;transport=tls;lr>\r\n\
+Contact: <sip:alice@sip.example.org:5061;transport=tls>\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            DialogId::of_incoming_response(&ok_response(&invite)),
+            Some(d.id.clone())
+        );
+    }
+
+    #[test]
+    fn strict_route_puts_the_first_route_in_the_request_uri() {
+        let invite = Message::parse(INVITE.as_bytes()).unwrap();
+        let mut r = Message::response_to(&invite, 200, None, Some("j1"));
+        r.push_header("Record-Route", "<sip:strict.contoso.com>");
+        r.push_header("Contact", "<sip:joe@10.0.0.5>");
+        let mut d = Dialog::from_uac(&invite, &r, 1, Instant::now()).unwrap();
+        let bye = d.next_request(Method::Bye, "h", "z9hG4bK4", None).unwrap();
+        assert_eq!(bye.request_uri(), Some("sip:strict.contoso.com"));
+        assert_eq!(
+            bye.header_all("Route").collect::<Vec<_>>(),
+            ["<sip:joe@10.0.0.5>"]
+        );
+    }
+
+    #[test]
+    fn uas_dialog_waits_for_its_final_response_and_checks_cseq() {
+        let now = Instant::now();
+        let subscribe = Message::parse(
+            INVITE
+                .replace(
+                    "INVITE sip:joe@contoso.com",
+                    "SUBSCRIBE sip:joe@contoso.com",
+                )
+                .replace("7 INVITE", "7 SUBSCRIBE")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut d = Dialog::from_uas(&subscribe, "j1", 1, 3, now).unwrap();
+        assert_eq!(d.local_uri, "sip:joe@contoso.com");
+        assert_eq!(
+            d.remote_target,
+            "sip:alice@sip.example.org:5061;transport=tls"
+        );
+        assert_eq!(
+            d.next_request(Method::Notify, "h", "z9hG4bK5", None),
+            Err(DialogError::InitialTransactionPending)
+        );
+        d.confirm();
+        let notify = d
+            .next_request(Method::Notify, "h", "z9hG4bK5", None)
+            .unwrap();
+        assert_eq!(notify.cseq().unwrap().number, 2);
+        assert_eq!(notify.to().unwrap().tag(), Some("a1"));
+        assert_eq!(notify.from().unwrap().tag(), Some("j1"));
+
+        // A refresh from the peer: same dialog, higher CSeq, new Contact.
+        let refresh = INVITE
+            .replace(
+                "INVITE sip:joe@contoso.com",
+                "SUBSCRIBE sip:joe@contoso.com",
+            )
+            .replace("7 INVITE", "8 SUBSCRIBE")
+            .replace(
+                "To: <sip:joe@contoso.com>",
+                "To: <sip:joe@contoso.com>;tag=j1",
+            )
+            .replace("sip:alice@sip.example.org:5061", "sip:alice@10.1.1.1:5061");
+        let refresh = Message::parse(refresh.as_bytes()).unwrap();
+        d.accept_request(&refresh).unwrap();
+        assert_eq!(d.remote_target, "sip:alice@10.1.1.1:5061;transport=tls");
+        assert_eq!(
+            d.accept_request(&refresh),
+            Err(DialogError::CSeqOutOfOrder { got: 8, last: 8 })
+        );
+        let other = Message::parse(INVITE.as_bytes()).unwrap();
+        assert_eq!(d.accept_request(&other), Err(DialogError::WrongDialog));
+    }
+
+    #[test]
+    fn no_dialog_without_tags_or_contact() {
+        let invite = Message::parse(INVITE.as_bytes()).unwrap();
+        let untagged = Message::response_to(&invite, 200, None, None);
+        assert_eq!(
+            Dialog::from_uac(&invite, &untagged, 1, Instant::now()),
+            Err(DialogError::NoRemoteTag)
+        );
+        let no_contact = Message::response_to(&invite, 200, None, Some("t"));
+        assert_eq!(
+            Dialog::from_uac(&invite, &no_contact, 1, Instant::now()),
+            Err(DialogError::NoContact)
+        );
+    }
+}
