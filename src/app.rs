@@ -1,5 +1,6 @@
 //! `lcs-bridge run`: loads and validates the configuration, sets up logging, loads the mapping
-//! tables and the address book, and runs until SIGINT or SIGTERM. This is the only module that
+//! tables and the address book, starts the SIP federation edge, and runs until SIGINT or
+//! SIGTERM. This is the only module that
 //! owns the runtime, signals and the clock; the SIP edge (TLS listener, outbound pool) and the
 //! XMPP component link plug in here as they are built.
 
@@ -12,6 +13,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{self, LogFormat};
 use crate::core::tables::Mappings;
+use crate::edge::{self, core::CoreSettings, server::EdgeSettings, tls::TlsConfigs};
+use crate::policy::ServedDomains;
 
 /// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level.
 pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
@@ -57,20 +60,39 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let ca_bundle = cfg.sip.ca_bundle.as_deref().ok_or_else(|| {
+        anyhow!("sip.ca_bundle: required (use_system_roots alone is not supported by this build)")
+    })?;
+    let tls = TlsConfigs::load(&cfg.sip.cert_chain, &cfg.sip.private_key, ca_bundle)
+        .map_err(|e| anyhow!("sip TLS: {e}"))?;
+    let edge_settings = EdgeSettings::new(
+        cfg.sip.listen,
+        tls,
+        CoreSettings {
+            served: ServedDomains::of(&cfg),
+            federation: cfg.federation.clone(),
+            public_fqdn: cfg.sip.public_fqdn.clone(),
+        },
+        cfg.sip.limits(),
+    );
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
         let mut signals = Signals::install()?;
+        let edge = edge::server::start(edge_settings)
+            .await
+            .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
         info!(
             config = %config_path.display(),
             mode = %book.mode(),
             components = ?book.component_domains(),
             local_domains = ?book.local_domains(),
-            sip_listen = %cfg.sip.listen,
+            sip_listen = %edge.local_addr,
             public_fqdn = %cfg.sip.public_fqdn,
-            "lcs-bridge started; the SIP edge and the XMPP component link are not part of this build yet"
+            "lcs-bridge started; SIP edge up, the XMPP component link is not part of this build yet"
         );
         let signal = signals.next().await;
         info!(signal, "shutting down");
+        edge.shutdown();
         Ok::<(), anyhow::Error>(())
     })?;
     info!("stopped");

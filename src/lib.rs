@@ -21,6 +21,7 @@
 pub mod app;
 pub mod config;
 pub mod core;
+pub mod edge;
 pub mod inspect;
 pub mod policy;
 pub mod sip;

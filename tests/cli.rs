@@ -231,6 +231,12 @@ fn inspect_address_both_ways() {
     );
 }
 
+/// A loopback address with a port that was free a moment ago.
+fn free_loopback_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 #[test]
 fn run_stops_cleanly_on_sigterm_and_sigint() {
     let (_dir, file) = workspace();
@@ -238,6 +244,7 @@ fn run_stops_cleanly_on_sigterm_and_sigint() {
         let mut child = Command::new(BIN)
             .args(["run", "--config", file.to_str().unwrap()])
             .env("RUST_LOG", "info")
+            .env("LCS_BRIDGE__SIP__LISTEN", free_loopback_addr())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -15,6 +15,8 @@
 //! Nothing here ever talks to a non-loopback address. See docs/testing.md.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};

@@ -1,0 +1,13 @@
+//! The SIP federation edge (issue 3): mutual TLS only (the profile's "Transport and security"),
+//! peer identity from certificates, request admission, transactions and OPTIONS.
+//!
+//! - [`tls`]: rustls configurations and handshake error reasons.
+//! - [`core`]: the sans-IO request handling ([`core::EdgeCore`]), testable without sockets.
+//! - [`server`]: the listener and connection tasks that feed it.
+//!
+//! Not here yet (issue 3 continues): SRV discovery and outbound connections with the per-peer
+//! limits, dialog affinity for outbound dialogs, SIGHUP reload.
+
+pub mod core;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,315 @@
+//! The federation edge on loopback with real mutual TLS (rustls both sides, rcgen-made
+//! certificates): OPTIONS, the profile's refusals (SIPS 400, unserved domain 404, From domain not
+//! covered by the peer's certificate 403), keep-alive, handshake refusals (no client
+//! certificate, unknown CA, expired), and garbage on one connection not disturbing another.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lcs_bridge::config::{DefaultPolicy, FederationConfig};
+use lcs_bridge::edge::core::CoreSettings;
+use lcs_bridge::edge::server::{EdgeSettings, start};
+use lcs_bridge::edge::tls::TlsConfigs;
+use lcs_bridge::policy::ServedDomains;
+use lcs_bridge::sip::framing::{Frame, Framer};
+use lcs_bridge::sip::message::{Limits, Message};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use common::pki::{Leaf, Pki};
+
+async fn start_edge(pki: &Pki) -> SocketAddr {
+    let (chain, key) = pki.leaf(&["sip.example.org", "localhost"], false);
+    let tls = TlsConfigs::from_der(chain, key, vec![pki.ca.clone()]).unwrap();
+    let core = CoreSettings {
+        served: ServedDomains {
+            local_domains: vec!["example.org".into()],
+            public_fqdn: "sip.example.org".into(),
+        },
+        federation: FederationConfig {
+            default_policy: DefaultPolicy::Allow,
+            partners: vec![],
+        },
+        public_fqdn: "sip.example.org".into(),
+    };
+    let settings = EdgeSettings::new("127.0.0.1:0".parse().unwrap(), tls, core, Limits::default());
+    start(settings).await.unwrap().local_addr
+}
+
+fn client_config(
+    pki_ca: &CertificateDer<'static>,
+    leaf: Option<Leaf>,
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki_ca.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match leaf {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+async fn connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// Reads until one frame arrives (or the connection ends: `None`).
+async fn read_frame(stream: &mut TlsStream<TcpStream>, framer: &mut Framer) -> Option<Frame> {
+    let mut buf = [0u8; 4096];
+    loop {
+        framer.expect_pong();
+        if let Ok(Some(f)) = framer.next_frame() {
+            return Some(f);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("edge answers within 10 s")
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        framer.push(&buf[..n]);
+    }
+}
+
+fn request(method: &str, ruri: &str, from: &str, branch: &str) -> Vec<u8> {
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag=p1\r\nTo: <{ruri}>\r\nCall-ID: {branch}@contoso.com\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+async fn ask(stream: &mut TlsStream<TcpStream>, framer: &mut Framer, req: Vec<u8>) -> Message {
+    stream.write_all(&req).await.unwrap();
+    match read_frame(stream, framer).await {
+        Some(Frame::Message(m)) => m,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn edge_answers_and_refuses_per_the_profile() {
+    let pki = Pki::new("Test federation CA");
+    let addr = start_edge(&pki).await;
+    let peer = client_config(
+        &pki.ca,
+        Some(pki.leaf(&["sip.contoso.com", "contoso.com"], false)),
+    );
+    let mut s = connect(addr, peer.clone()).await.unwrap();
+    let mut f = Framer::new(Limits::default());
+
+    let ok = ask(
+        &mut s,
+        &mut f,
+        request(
+            "OPTIONS",
+            "sip:sip.example.org",
+            "sip:sip.contoso.com",
+            "o1",
+        ),
+    )
+    .await;
+    assert_eq!(ok.status(), Some(200));
+    assert!(ok.header("Allow").unwrap().contains("MESSAGE"));
+    assert_eq!(ok.content_type().unwrap().unwrap().subtype, "sdp");
+    assert!(String::from_utf8_lossy(ok.body()).contains("m=message 5060 sip/tcp *"));
+    assert!(ok.to().unwrap().tag().is_some());
+
+    let cases = [
+        (
+            request(
+                "MESSAGE",
+                "sip:alice@example.org",
+                "sips:joe@contoso.com",
+                "s1",
+            ),
+            400,
+            "SIPS URI in From is not supported (use sip: with transport=tls)",
+        ),
+        (
+            request(
+                "MESSAGE",
+                "sip:bob@fabrikam.com",
+                "sip:joe@contoso.com",
+                "r1",
+            ),
+            404,
+            "Domain fabrikam.com is not served here",
+        ),
+        (
+            request(
+                "MESSAGE",
+                "sip:alice@example.org",
+                "sip:mallory@fabrikam.com",
+                "f1",
+            ),
+            403,
+            "Peer certificate is not valid for domain fabrikam.com",
+        ),
+        (
+            request(
+                "MESSAGE",
+                "sip:alice@example.org",
+                "sip:joe@contoso.com",
+                "m1",
+            ),
+            501,
+            "Not Implemented by this gateway yet",
+        ),
+    ];
+    for (req, status, reason) in cases {
+        let resp = ask(&mut s, &mut f, req).await;
+        assert_eq!((resp.status(), resp.reason()), (Some(status), Some(reason)));
+    }
+    // Malformed but framed: 400 naming the problem, connection stays.
+    let bad = String::from_utf8(request(
+        "MESSAGE",
+        "sip:alice@example.org",
+        "sip:joe@contoso.com",
+        "b1",
+    ))
+    .unwrap()
+    .replace("CSeq: 1 MESSAGE", "CSeq: 1 INVITE");
+    let resp = ask(&mut s, &mut f, bad.into_bytes()).await;
+    assert_eq!(resp.status(), Some(400));
+    assert_eq!(
+        resp.reason(),
+        Some("CSeq method \"INVITE\" does not match request method \"MESSAGE\"")
+    );
+
+    // Keep-alive.
+    s.write_all(b"\r\n\r\n").await.unwrap();
+    assert_eq!(read_frame(&mut s, &mut f).await, Some(Frame::Pong));
+
+    // Garbage on a second connection closes it; the first keeps working.
+    let mut g = connect(addr, peer).await.unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut gf = Framer::new(Limits::default());
+    assert_eq!(read_frame(&mut g, &mut gf).await, None);
+    let again = ask(
+        &mut s,
+        &mut f,
+        request(
+            "OPTIONS",
+            "sip:sip.example.org",
+            "sip:sip.contoso.com",
+            "o2",
+        ),
+    )
+    .await;
+    assert_eq!(again.status(), Some(200));
+}
+
+/// The handshake fails for the peer: either `connect` errors or the first read does.
+async fn refused(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
+    match connect(addr, config).await {
+        Err(_) => true,
+        Ok(mut s) => {
+            let _ = s
+                .write_all(&request(
+                    "OPTIONS",
+                    "sip:sip.example.org",
+                    "sip:sip.contoso.com",
+                    "x",
+                ))
+                .await;
+            let mut f = Framer::new(Limits::default());
+            read_frame(&mut s, &mut f).await.is_none()
+        }
+    }
+}
+
+/// Captures log output of this (current-thread) test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn handshakes_without_a_good_client_certificate_are_refused() {
+    let logs = Captured::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let pki = Pki::new("Test federation CA");
+    let addr = start_edge(&pki).await;
+    assert!(
+        refused(addr, client_config(&pki.ca, None)).await,
+        "no client certificate"
+    );
+    let other = Pki::new("Some other CA");
+    assert!(
+        refused(
+            addr,
+            client_config(&pki.ca, Some(other.leaf(&["sip.contoso.com"], false)))
+        )
+        .await,
+        "unknown CA"
+    );
+    assert!(
+        refused(
+            addr,
+            client_config(&pki.ca, Some(pki.leaf(&["sip.contoso.com"], true)))
+        )
+        .await,
+        "expired"
+    );
+    // And a good peer still gets in.
+    assert!(
+        !refused(
+            addr,
+            client_config(&pki.ca, Some(pki.leaf(&["sip.contoso.com"], false)))
+        )
+        .await
+    );
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for reason in [
+        "peer presented no client certificate",
+        "peer certificate is not issued by a trusted CA (unknown CA)",
+        "peer certificate has expired",
+    ] {
+        assert!(text.contains(reason), "log lacks {reason:?}:\n{text}");
+    }
+    assert!(
+        text.contains("peer=127.0.0.1:"),
+        "log names the peer address:\n{text}"
+    );
+}
