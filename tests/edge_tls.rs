@@ -27,6 +27,10 @@ use tokio_rustls::client::TlsStream;
 use common::pki::{Leaf, Pki};
 
 async fn start_edge(pki: &Pki) -> SocketAddr {
+    start_edge_with(pki, Duration::from_secs(30)).await
+}
+
+async fn start_edge_with(pki: &Pki, message_timeout: Duration) -> SocketAddr {
     let (chain, key) = pki.leaf(&["sip.example.org", "localhost"], false);
     let tls = TlsConfigs::from_der(chain, key, vec![pki.ca.clone()]).unwrap();
     let core = CoreSettings {
@@ -40,7 +44,9 @@ async fn start_edge(pki: &Pki) -> SocketAddr {
         },
         public_fqdn: "sip.example.org".into(),
     };
-    let settings = EdgeSettings::new("127.0.0.1:0".parse().unwrap(), tls, core, Limits::default());
+    let mut settings =
+        EdgeSettings::new("127.0.0.1:0".parse().unwrap(), tls, core, Limits::default());
+    settings.message_timeout = message_timeout;
     start(settings).await.unwrap().local_addr
 }
 
@@ -312,4 +318,96 @@ async fn handshakes_without_a_good_client_certificate_are_refused() {
         text.contains("peer=127.0.0.1:"),
         "log names the peer address:\n{text}"
     );
+}
+
+/// Hostile input closes the offending connection within the configured time; a well-behaved
+/// peer on another connection keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_closes_only_its_own_connection() {
+    let pki = Pki::new("Test federation CA");
+    let addr = start_edge_with(&pki, Duration::from_secs(1)).await;
+    let peer = client_config(
+        &pki.ca,
+        Some(pki.leaf(&["sip.contoso.com", "contoso.com"], false)),
+    );
+    let mut good = connect(addr, peer.clone()).await.unwrap();
+    let mut gf = Framer::new(Limits::default());
+
+    let options = request(
+        "OPTIONS",
+        "sip:sip.example.org",
+        "sip:sip.contoso.com",
+        "h0",
+    );
+    let head_only = String::from_utf8(options.clone())
+        .unwrap()
+        .replace("\r\n\r\n", "\r\n");
+    let mut many_headers = head_only.clone();
+    for i in 0..10_000 {
+        many_headers.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many_headers.push_str("\r\n");
+    let short_body = String::from_utf8(options.clone())
+        .unwrap()
+        .replace("Content-Length: 0", "Content-Length: 500")
+        + "only a little";
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "random bytes",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        ),
+        ("header section that never ends", head_only.into_bytes()),
+        (
+            "1 MiB header line",
+            format!(
+                "OPTIONS sip:sip.example.org SIP/2.0\r\nX: {}",
+                "a".repeat(1 << 20)
+            )
+            .into_bytes(),
+        ),
+        ("10,000 headers", many_headers.into_bytes()),
+        (
+            "Content-Length larger than the body",
+            short_body.into_bytes(),
+        ),
+    ];
+    for (what, bytes) in attacks {
+        let started = std::time::Instant::now();
+        let mut bad = connect(addr, peer.clone()).await.unwrap();
+        // The edge may close while we are still writing: that is fine.
+        let _ = bad.write_all(&bytes).await;
+        let _ = bad.flush().await;
+        let mut bf = Framer::new(Limits::default());
+        let mut closed = false;
+        while started.elapsed() < Duration::from_secs(8) {
+            match read_frame(&mut bad, &mut bf).await {
+                None => {
+                    closed = true;
+                    break;
+                }
+                // A 400/513 answer may come first; the connection must still end.
+                Some(_) => continue,
+            }
+        }
+        assert!(closed, "{what}: connection not closed");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        let ok = ask(
+            &mut good,
+            &mut gf,
+            request(
+                "OPTIONS",
+                "sip:sip.example.org",
+                "sip:sip.contoso.com",
+                what.replace([' ', ','], "-").as_str(),
+            ),
+        )
+        .await;
+        assert_eq!(ok.status(), Some(200), "{what}: the good peer lost service");
+    }
 }
