@@ -90,7 +90,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             public_fqdn = %cfg.sip.public_fqdn,
             "lcs-bridge started; SIP edge up, the XMPP component link is not part of this build yet"
         );
-        let signal = signals.next().await;
+        let signal = loop {
+            match signals.next().await {
+                "SIGHUP" => reload_tls(&edge, &cfg.sip, ca_bundle),
+                other => break other,
+            }
+        };
         info!(signal, "shutting down");
         edge.shutdown();
         Ok::<(), anyhow::Error>(())
@@ -99,12 +104,23 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT and SIGTERM handlers, installed before the bridge says it has started.
+/// SIGHUP: re-reads the certificate chain, key and CA bundle for new connections; on failure
+/// the ones in use stay.
+fn reload_tls(edge: &edge::server::EdgeHandle, sip: &config::SipConfig, ca_bundle: &Path) {
+    match TlsConfigs::load(&sip.cert_chain, &sip.private_key, ca_bundle) {
+        Ok(tls) => edge.reload_tls(tls),
+        Err(e) => warn!(reason = %e, "SIGHUP: TLS reload failed; keeping the certificates in use"),
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP handlers, installed before the bridge says it has started.
 struct Signals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -115,6 +131,7 @@ impl Signals {
             Ok(Signals {
                 interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
                 terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+                hangup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
             })
         }
         #[cfg(not(unix))]
@@ -128,6 +145,7 @@ impl Signals {
             tokio::select! {
                 _ = self.interrupt.recv() => "SIGINT",
                 _ = self.terminate.recv() => "SIGTERM",
+                _ = self.hangup.recv() => "SIGHUP",
             }
         }
         #[cfg(not(unix))]

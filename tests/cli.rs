@@ -1,6 +1,7 @@
 //! The `lcs-bridge` binary as an administrator uses it: `check-config` on the shipped example
 //! (with certificates from `tests/make-test-certs.sh`) and on broken copies, `inspect` on files
-//! and standard input, and `run` stopping cleanly on SIGTERM and SIGINT.
+//! and standard input, and `run` reloading TLS on SIGHUP and stopping cleanly on SIGTERM and
+//! SIGINT.
 
 #![allow(clippy::unwrap_used)]
 
@@ -255,6 +256,21 @@ fn run_stops_cleanly_on_sigterm_and_sigint() {
             .map_while(Result::ok)
             .any(|l| l.contains("lcs-bridge started"));
         assert!(started, "no start-up log line");
+        // SIGHUP reloads the TLS material and the bridge keeps running.
+        let hup = Command::new("kill")
+            .args(["-HUP".to_owned(), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(hup.success());
+        let reloaded = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("TLS certificates and CA bundle reloaded"));
+        assert!(reloaded, "no reload log line after SIGHUP");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "SIGHUP stopped the bridge"
+        );
         let kill = Command::new("kill")
             .args([format!("-{signal}"), child.id().to_string()])
             .status()

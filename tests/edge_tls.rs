@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lcs_bridge::config::{DefaultPolicy, FederationConfig};
 use lcs_bridge::edge::core::CoreSettings;
-use lcs_bridge::edge::server::{EdgeSettings, start};
+use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings, start};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::policy::ServedDomains;
 use lcs_bridge::sip::framing::{Frame, Framer};
@@ -31,8 +31,16 @@ async fn start_edge(pki: &Pki) -> SocketAddr {
 }
 
 async fn start_edge_with(pki: &Pki, message_timeout: Duration) -> SocketAddr {
+    start_edge_handle(pki, message_timeout).await.local_addr
+}
+
+fn edge_tls(pki: &Pki) -> TlsConfigs {
     let (chain, key) = pki.leaf(&["sip.example.org", "localhost"], false);
-    let tls = TlsConfigs::from_der(chain, key, vec![pki.ca.clone()]).unwrap();
+    TlsConfigs::from_der(chain, key, vec![pki.ca.clone()]).unwrap()
+}
+
+async fn start_edge_handle(pki: &Pki, message_timeout: Duration) -> EdgeHandle {
+    let tls = edge_tls(pki);
     let core = CoreSettings {
         served: ServedDomains {
             local_domains: vec!["example.org".into()],
@@ -47,7 +55,7 @@ async fn start_edge_with(pki: &Pki, message_timeout: Duration) -> SocketAddr {
     let mut settings =
         EdgeSettings::new("127.0.0.1:0".parse().unwrap(), tls, core, Limits::default());
     settings.message_timeout = message_timeout;
-    start(settings).await.unwrap().local_addr
+    start(settings).await.unwrap()
 }
 
 fn client_config(
@@ -410,4 +418,67 @@ async fn hostile_input_closes_only_its_own_connection() {
         .await;
         assert_eq!(ok.status(), Some(200), "{what}: the good peer lost service");
     }
+}
+
+/// SIGHUP's reload: new connections use the new certificate and CA bundle; a connection that
+/// was up keeps working.
+#[tokio::test]
+async fn tls_reload_applies_to_new_connections_only() {
+    let old = Pki::new("Old federation CA");
+    let new = Pki::new("New federation CA");
+    let edge = start_edge_handle(&old, Duration::from_secs(30)).await;
+    let old_peer = client_config(
+        &old.ca,
+        Some(old.leaf(&["sip.contoso.com", "contoso.com"], false)),
+    );
+    let new_peer = client_config(
+        &new.ca,
+        Some(new.leaf(&["sip.contoso.com", "contoso.com"], false)),
+    );
+    let mut before = connect(edge.local_addr, old_peer.clone()).await.unwrap();
+    let mut bf = Framer::new(Limits::default());
+    assert_eq!(
+        ask(
+            &mut before,
+            &mut bf,
+            request(
+                "OPTIONS",
+                "sip:sip.example.org",
+                "sip:sip.contoso.com",
+                "r0"
+            )
+        )
+        .await
+        .status(),
+        Some(200)
+    );
+    assert!(
+        refused(edge.local_addr, new_peer.clone()).await,
+        "new PKI before reload"
+    );
+
+    edge.reload_tls(edge_tls(&new));
+    assert!(
+        !refused(edge.local_addr, new_peer).await,
+        "new PKI after reload"
+    );
+    assert!(
+        refused(edge.local_addr, old_peer).await,
+        "old PKI after reload"
+    );
+    assert_eq!(
+        ask(
+            &mut before,
+            &mut bf,
+            request(
+                "OPTIONS",
+                "sip:sip.example.org",
+                "sip:sip.contoso.com",
+                "r1"
+            )
+        )
+        .await
+        .status(),
+        Some(200)
+    );
 }

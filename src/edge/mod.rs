@@ -6,7 +6,8 @@
 //! - [`server`]: the listener and connection tasks that feed it.
 //!
 //! Not here yet (issue 3 continues): SRV discovery and outbound connections with the per-peer
-//! limits, dialog affinity for outbound dialogs, SIGHUP reload.
+//! limits, dialog affinity for outbound dialogs, the rate limit for discovered partners.
+//! Certificates reload on SIGHUP ([`server::EdgeHandle::reload_tls`]).
 
 pub mod core;
 pub mod server;

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,10 +55,21 @@ impl EdgeSettings {
 /// A running edge.
 pub struct EdgeHandle {
     pub local_addr: SocketAddr,
+    tls: Arc<RwLock<TlsConfigs>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl EdgeHandle {
+    /// Replaces the certificates and CA bundle for new connections (SIGHUP); connections
+    /// already up keep the TLS session they have.
+    pub fn reload_tls(&self, tls: TlsConfigs) {
+        match self.tls.write() {
+            Ok(mut current) => *current = tls,
+            Err(poisoned) => *poisoned.into_inner() = tls,
+        }
+        info!("TLS certificates and CA bundle reloaded");
+    }
+
     /// Stops accepting and drops every connection.
     pub fn shutdown(self) {
         for t in self.tasks {
@@ -94,11 +105,13 @@ pub async fn start(settings: EdgeSettings) -> std::io::Result<EdgeHandle> {
     let local_addr = listener.local_addr()?;
     info!(%local_addr, "SIP federation edge listening (mutual TLS)");
     let (core_tx, core_rx) = mpsc::channel::<CoreInput>(1024);
+    let tls = Arc::new(RwLock::new(settings.tls.clone()));
     let settings = Arc::new(settings);
     let core_task = tokio::spawn(run_core(settings.core.clone(), core_rx));
-    let accept_task = tokio::spawn(accept_loop(listener, settings, core_tx));
+    let accept_task = tokio::spawn(accept_loop(listener, settings, tls.clone(), core_tx));
     Ok(EdgeHandle {
         local_addr,
+        tls,
         tasks: vec![core_task, accept_task],
     })
 }
@@ -108,9 +121,9 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 async fn accept_loop(
     listener: TcpListener,
     settings: Arc<EdgeSettings>,
+    tls: Arc<RwLock<TlsConfigs>>,
     core_tx: mpsc::Sender<CoreInput>,
 ) {
-    let acceptor = TlsAcceptor::from(settings.tls.server.clone());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -120,7 +133,11 @@ async fn accept_loop(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        let server_config = match tls.read() {
+            Ok(t) => t.server.clone(),
+            Err(poisoned) => poisoned.into_inner().server.clone(),
+        };
+        let acceptor = TlsAcceptor::from(server_config);
         let settings = settings.clone();
         let core_tx = core_tx.clone();
         tokio::spawn(async move {
