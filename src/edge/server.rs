@@ -240,9 +240,11 @@ async fn handle_connection(
         };
         framer.push(&buf[..n]);
         let mut fatal = false;
+        let mut progressed = false;
         loop {
             match framer.next_frame() {
                 Ok(Some(frame)) => {
+                    progressed = true;
                     if core_tx
                         .send(CoreInput::Frame { conn, frame })
                         .await
@@ -263,10 +265,11 @@ async fn handle_connection(
         if fatal {
             break;
         }
+        // The unfinished-message clock runs from when the current partial message began.
         started = match (framer.buffered(), started) {
             (0, _) => None,
-            (_, Some(t)) => Some(t),
-            (_, None) => Some(Instant::now()),
+            (_, Some(t)) if !progressed => Some(t),
+            _ => Some(Instant::now()),
         };
     }
     let _ = core_tx.send(CoreInput::Closed { conn }).await;
