@@ -482,3 +482,38 @@ async fn tls_reload_applies_to_new_connections_only() {
         Some(200)
     );
 }
+
+/// Steady traffic whose reads always end mid-message is not mistaken for a stalled message:
+/// the unfinished-message timer restarts whenever a message completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_traffic_with_partial_tails_stays_up() {
+    let pki = Pki::new("Test federation CA");
+    let addr = start_edge_with(&pki, Duration::from_secs(1)).await;
+    let peer = client_config(
+        &pki.ca,
+        Some(pki.leaf(&["sip.contoso.com", "contoso.com"], false)),
+    );
+    let mut s = connect(addr, peer).await.unwrap();
+    let mut f = Framer::new(Limits::default());
+    let mut pending: Vec<u8> = Vec::new();
+    for i in 0..6 {
+        let next = request(
+            "OPTIONS",
+            "sip:sip.example.org",
+            "sip:sip.contoso.com",
+            &format!("p{i}"),
+        );
+        let half = next.len() / 2;
+        // The rest of the previous request, then half of this one.
+        pending.extend_from_slice(&next[..half]);
+        s.write_all(&pending).await.unwrap();
+        pending = next[half..].to_vec();
+        if i > 0 {
+            match read_frame(&mut s, &mut f).await {
+                Some(Frame::Message(m)) => assert_eq!(m.status(), Some(200), "round {i}"),
+                other => panic!("round {i}: {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+}
