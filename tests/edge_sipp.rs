@@ -11,11 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::pki::{Pki, pem};
-use lcs_bridge::config::{DefaultPolicy, FederationConfig};
-use lcs_bridge::edge::core::CoreSettings;
 use lcs_bridge::edge::server::{EdgeSettings, start};
 use lcs_bridge::edge::tls::TlsConfigs;
-use lcs_bridge::policy::ServedDomains;
 use lcs_bridge::sip::message::Limits;
 
 struct Killed(Child);
@@ -89,17 +86,7 @@ fn sipp_behind_socat_gets_options_and_403() {
     let settings = EdgeSettings::new(
         "127.0.0.1:0".parse().unwrap(),
         TlsConfigs::from_der(chain, key, vec![pki.ca.clone()]).unwrap(),
-        CoreSettings {
-            served: ServedDomains {
-                local_domains: vec!["example.org".into()],
-                public_fqdn: "sip.example.org".into(),
-            },
-            federation: FederationConfig {
-                default_policy: DefaultPolicy::Allow,
-                partners: vec![],
-            },
-            public_fqdn: "sip.example.org".into(),
-        },
+        common::edge::core_settings(),
         Limits::default(),
     );
     let edge = runtime.block_on(start(settings)).unwrap();

@@ -11,11 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lcs_bridge::config::{DefaultPolicy, FederationConfig};
-use lcs_bridge::edge::core::CoreSettings;
 use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings, start};
 use lcs_bridge::edge::tls::TlsConfigs;
-use lcs_bridge::policy::ServedDomains;
 use lcs_bridge::sip::framing::{Frame, Framer};
 use lcs_bridge::sip::message::{Limits, Message};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -41,17 +38,7 @@ fn edge_tls(pki: &Pki) -> TlsConfigs {
 
 async fn start_edge_handle(pki: &Pki, message_timeout: Duration) -> EdgeHandle {
     let tls = edge_tls(pki);
-    let core = CoreSettings {
-        served: ServedDomains {
-            local_domains: vec!["example.org".into()],
-            public_fqdn: "sip.example.org".into(),
-        },
-        federation: FederationConfig {
-            default_policy: DefaultPolicy::Allow,
-            partners: vec![],
-        },
-        public_fqdn: "sip.example.org".into(),
-    };
+    let core = common::edge::core_settings();
     let mut settings =
         EdgeSettings::new("127.0.0.1:0".parse().unwrap(), tls, core, Limits::default());
     settings.message_timeout = message_timeout;
@@ -104,6 +91,16 @@ async fn read_frame(stream: &mut TlsStream<TcpStream>, framer: &mut Framer) -> O
     }
 }
 
+/// An OPTIONS to the edge from the contoso peer.
+fn options(branch: &str) -> Vec<u8> {
+    request(
+        "OPTIONS",
+        "sip:sip.example.org",
+        "sip:sip.contoso.com",
+        branch,
+    )
+}
+
 fn request(method: &str, ruri: &str, from: &str, branch: &str) -> Vec<u8> {
     format!(
         "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag=p1\r\nTo: <{ruri}>\r\nCall-ID: {branch}@contoso.com\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
@@ -130,17 +127,7 @@ async fn edge_answers_and_refuses_per_the_profile() {
     let mut s = connect(addr, peer.clone()).await.unwrap();
     let mut f = Framer::new(Limits::default());
 
-    let ok = ask(
-        &mut s,
-        &mut f,
-        request(
-            "OPTIONS",
-            "sip:sip.example.org",
-            "sip:sip.contoso.com",
-            "o1",
-        ),
-    )
-    .await;
+    let ok = ask(&mut s, &mut f, options("o1")).await;
     assert_eq!(ok.status(), Some(200));
     assert!(ok.header("Allow").unwrap().contains("MESSAGE"));
     assert_eq!(ok.content_type().unwrap().unwrap().subtype, "sdp");
@@ -220,17 +207,7 @@ async fn edge_answers_and_refuses_per_the_profile() {
         .unwrap();
     let mut gf = Framer::new(Limits::default());
     assert_eq!(read_frame(&mut g, &mut gf).await, None);
-    let again = ask(
-        &mut s,
-        &mut f,
-        request(
-            "OPTIONS",
-            "sip:sip.example.org",
-            "sip:sip.contoso.com",
-            "o2",
-        ),
-    )
-    .await;
+    let again = ask(&mut s, &mut f, options("o2")).await;
     assert_eq!(again.status(), Some(200));
 }
 
@@ -239,14 +216,7 @@ async fn refused(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
     match connect(addr, config).await {
         Err(_) => true,
         Ok(mut s) => {
-            let _ = s
-                .write_all(&request(
-                    "OPTIONS",
-                    "sip:sip.example.org",
-                    "sip:sip.contoso.com",
-                    "x",
-                ))
-                .await;
+            let _ = s.write_all(&options("x")).await;
             let mut f = Framer::new(Limits::default());
             read_frame(&mut s, &mut f).await.is_none()
         }
@@ -341,13 +311,8 @@ async fn hostile_input_closes_only_its_own_connection() {
     let mut good = connect(addr, peer.clone()).await.unwrap();
     let mut gf = Framer::new(Limits::default());
 
-    let options = request(
-        "OPTIONS",
-        "sip:sip.example.org",
-        "sip:sip.contoso.com",
-        "h0",
-    );
-    let head_only = String::from_utf8(options.clone())
+    let probe = options("h0");
+    let head_only = String::from_utf8(probe.clone())
         .unwrap()
         .replace("\r\n\r\n", "\r\n");
     let mut many_headers = head_only.clone();
@@ -355,7 +320,7 @@ async fn hostile_input_closes_only_its_own_connection() {
         many_headers.push_str(&format!("X-H{i}: v\r\n"));
     }
     many_headers.push_str("\r\n");
-    let short_body = String::from_utf8(options.clone())
+    let short_body = String::from_utf8(probe.clone())
         .unwrap()
         .replace("Content-Length: 0", "Content-Length: 500")
         + "only a little";
@@ -408,12 +373,7 @@ async fn hostile_input_closes_only_its_own_connection() {
         let ok = ask(
             &mut good,
             &mut gf,
-            request(
-                "OPTIONS",
-                "sip:sip.example.org",
-                "sip:sip.contoso.com",
-                what.replace([' ', ','], "-").as_str(),
-            ),
+            options(what.replace([' ', ','], "-").as_str()),
         )
         .await;
         assert_eq!(ok.status(), Some(200), "{what}: the good peer lost service");
@@ -438,18 +398,7 @@ async fn tls_reload_applies_to_new_connections_only() {
     let mut before = connect(edge.local_addr, old_peer.clone()).await.unwrap();
     let mut bf = Framer::new(Limits::default());
     assert_eq!(
-        ask(
-            &mut before,
-            &mut bf,
-            request(
-                "OPTIONS",
-                "sip:sip.example.org",
-                "sip:sip.contoso.com",
-                "r0"
-            )
-        )
-        .await
-        .status(),
+        ask(&mut before, &mut bf, options("r0")).await.status(),
         Some(200)
     );
     assert!(
@@ -467,18 +416,7 @@ async fn tls_reload_applies_to_new_connections_only() {
         "old PKI after reload"
     );
     assert_eq!(
-        ask(
-            &mut before,
-            &mut bf,
-            request(
-                "OPTIONS",
-                "sip:sip.example.org",
-                "sip:sip.contoso.com",
-                "r1"
-            )
-        )
-        .await
-        .status(),
+        ask(&mut before, &mut bf, options("r1")).await.status(),
         Some(200)
     );
 }
@@ -497,12 +435,7 @@ async fn pipelined_traffic_with_partial_tails_stays_up() {
     let mut f = Framer::new(Limits::default());
     let mut pending: Vec<u8> = Vec::new();
     for i in 0..6 {
-        let next = request(
-            "OPTIONS",
-            "sip:sip.example.org",
-            "sip:sip.contoso.com",
-            &format!("p{i}"),
-        );
+        let next = options(&format!("p{i}"));
         let half = next.len() / 2;
         // The rest of the previous request, then half of this one.
         pending.extend_from_slice(&next[..half]);

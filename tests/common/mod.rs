@@ -15,6 +15,7 @@
 //! Nothing here ever talks to a non-loopback address. See docs/testing.md.
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod pki;
 
 use std::collections::HashSet;

@@ -1,0 +1,20 @@
+//! Edge settings shared by the edge tests: the bridge serves `example.org` at
+//! `sip.example.org`, and federation is open (default policy allow).
+
+use lcs_bridge::config::{DefaultPolicy, FederationConfig};
+use lcs_bridge::edge::core::CoreSettings;
+use lcs_bridge::policy::ServedDomains;
+
+pub fn core_settings() -> CoreSettings {
+    CoreSettings {
+        served: ServedDomains {
+            local_domains: vec!["example.org".into()],
+            public_fqdn: "sip.example.org".into(),
+        },
+        federation: FederationConfig {
+            default_policy: DefaultPolicy::Allow,
+            partners: vec![],
+        },
+        public_fqdn: "sip.example.org".into(),
+    }
+}
