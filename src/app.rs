@@ -72,6 +72,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             served: ServedDomains::of(&cfg),
             federation: cfg.federation.clone(),
             public_fqdn: cfg.sip.public_fqdn.clone(),
+            discovered_rate: edge::core::DEFAULT_DISCOVERED_RATE,
         },
         cfg.sip.limits(),
     );

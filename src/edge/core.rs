@@ -47,6 +47,34 @@ pub struct CoreSettings {
     pub federation: FederationConfig,
     /// Host (and port) the edge puts into its Via/Contact and SDP.
     pub public_fqdn: String,
+    /// Requests per second accepted from one discovered (unlisted) partner domain; beyond it,
+    /// 503 with Retry-After (OCS's default for discovered partners is 20/s).
+    pub discovered_rate: u32,
+}
+
+/// OCS's rate for discovered partners.
+pub const DEFAULT_DISCOVERED_RATE: u32 = 20;
+
+/// A token bucket of `rate` tokens per second, holding at most `rate`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, rate: u32) -> bool {
+        let rate = f64::from(rate.max(1));
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The sans-IO part of the edge.
@@ -55,6 +83,7 @@ pub struct EdgeCore {
     settings: CoreSettings,
     transactions: Transactions,
     identities: HashMap<ConnId, PeerIdentity>,
+    buckets: HashMap<String, Bucket>,
     tag_seed: u64,
     tag_counter: u64,
 }
@@ -66,6 +95,7 @@ impl EdgeCore {
             settings,
             transactions: Transactions::default(),
             identities: HashMap::new(),
+            buckets: HashMap::new(),
             tag_seed,
             tag_counter: 0,
         }
@@ -161,9 +191,50 @@ impl EdgeCore {
                     bytes: resp.to_bytes(),
                 }];
             }
+            if let Some(resp) = self.rate_limit(now, &m) {
+                return vec![CoreOutput::Send {
+                    conn,
+                    bytes: resp.to_bytes(),
+                }];
+            }
         }
         self.transactions.receive(now, conn, m);
         self.drain(now)
+    }
+
+    /// Discovered (unlisted) partners get at most `discovered_rate` requests per second per From
+    /// domain; beyond it, `503` with `Retry-After: 1`. ACKs are never limited (they complete
+    /// transactions already admitted).
+    fn rate_limit(&mut self, now: Instant, m: &Message) -> Option<Message> {
+        if m.method() == Some(&Method::Ack) {
+            return None;
+        }
+        let domain = m
+            .from()
+            .ok()?
+            .parsed_uri()
+            .as_sip()
+            .map(|u| u.host_str().to_ascii_lowercase())?;
+        if self.settings.federation.partner(&domain).is_some() {
+            return None;
+        }
+        let rate = self.settings.discovered_rate;
+        let bucket = self.buckets.entry(domain).or_insert(Bucket {
+            tokens: f64::from(rate.max(1)),
+            last: now,
+        });
+        if bucket.take(now, rate) {
+            return None;
+        }
+        let tag = self.new_tag();
+        let mut resp = Message::response_to(
+            m,
+            503,
+            Some("Rate limit for discovered partners exceeded"),
+            Some(&tag),
+        );
+        resp.push_header("Retry-After", "1");
+        Some(resp)
     }
 
     /// The profile's answer to OPTIONS: 200 with Allow, Supported, Accept and the session-mode
@@ -219,28 +290,9 @@ impl EdgeCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DefaultPolicy;
 
     fn core() -> EdgeCore {
-        let mut c = EdgeCore::new(
-            CoreSettings {
-                served: ServedDomains {
-                    local_domains: vec!["example.org".into()],
-                    public_fqdn: "sip.example.org".into(),
-                },
-                federation: FederationConfig {
-                    default_policy: DefaultPolicy::Allow,
-                    partners: vec![],
-                },
-                public_fqdn: "sip.example.org".into(),
-            },
-            42,
-        );
-        c.connected(
-            1,
-            PeerIdentity::from_names(["sip.contoso.com", "contoso.com"]),
-        );
-        c
+        super::tests_support::core_with(1000, vec![])
     }
 
     fn req(method: &str, ruri: &str) -> Frame {
@@ -304,5 +356,87 @@ mod tests {
         // An unknown connection has no identity: every From domain is refused.
         let out = c.on_frame(Instant::now(), 9, req("MESSAGE", "sip:alice@example.org"));
         assert_eq!(sent(&out[0]).status(), Some(403));
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    #[test]
+    fn discovered_partners_are_rate_limited_listed_ones_are_not() {
+        let mut c = core_with(3, vec!["fabrikam.com"]);
+        let t0 = Instant::now();
+        let statuses: Vec<u16> = (0..5)
+            .map(|i| {
+                let out = c.on_frame(t0, 1, options_from("sip:joe@contoso.com", i));
+                status_of(&out[0])
+            })
+            .collect();
+        assert_eq!(statuses, [200, 200, 200, 503, 503]);
+        // One second later the bucket is full again.
+        let out = c.on_frame(
+            t0 + std::time::Duration::from_secs(1),
+            1,
+            options_from("sip:joe@contoso.com", 9),
+        );
+        assert_eq!(status_of(&out[0]), 200);
+        // A listed partner is not limited.
+        for i in 0..10 {
+            let out = c.on_frame(t0, 2, options_from("sip:ann@fabrikam.com", 100 + i));
+            assert_eq!(status_of(&out[0]), 200);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+    use crate::config::{DefaultPolicy, Partner, PartnerPolicy};
+
+    pub fn core_with(rate: u32, partners: Vec<&str>) -> EdgeCore {
+        let mut c = EdgeCore::new(
+            CoreSettings {
+                served: ServedDomains {
+                    local_domains: vec!["example.org".into()],
+                    public_fqdn: "sip.example.org".into(),
+                },
+                federation: FederationConfig {
+                    default_policy: DefaultPolicy::Allow,
+                    partners: partners
+                        .into_iter()
+                        .map(|d| Partner {
+                            domain: d.into(),
+                            policy: PartnerPolicy::Allow,
+                            edge: None,
+                        })
+                        .collect(),
+                },
+                public_fqdn: "sip.example.org".into(),
+                discovered_rate: rate,
+            },
+            7,
+        );
+        c.connected(
+            1,
+            PeerIdentity::from_names(["sip.contoso.com", "contoso.com"]),
+        );
+        c.connected(2, PeerIdentity::from_names(["fabrikam.com"]));
+        c
+    }
+
+    pub fn options_from(from: &str, n: u32) -> Frame {
+        let raw = format!(
+            "OPTIONS sip:sip.example.org SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bKr{n}\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag=p\r\nTo: <sip:sip.example.org>\r\nCall-ID: r{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        Frame::Message(Message::parse(raw.as_bytes()).unwrap())
+    }
+
+    pub fn status_of(o: &CoreOutput) -> u16 {
+        match o {
+            CoreOutput::Send { bytes, .. } => Message::parse(bytes).unwrap().status().unwrap_or(0),
+            other => panic!("{other:?}"),
+        }
     }
 }

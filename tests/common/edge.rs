@@ -16,5 +16,6 @@ pub fn core_settings() -> CoreSettings {
             partners: vec![],
         },
         public_fqdn: "sip.example.org".into(),
+        discovered_rate: lcs_bridge::edge::core::DEFAULT_DISCOVERED_RATE,
     }
 }
