@@ -27,8 +27,6 @@ pub const SUPPORTED: &str = "ms-benotify, ms-text-format";
 pub enum CoreOutput {
     /// Write bytes to a connection.
     Send { conn: ConnId, bytes: Vec<u8> },
-    /// Close a connection (after sending what is queued).
-    Close { conn: ConnId, reason: String },
     /// A request for the layers above (server transaction `tx`, answer with
     /// [`EdgeCore::respond`]).
     Request {

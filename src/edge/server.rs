@@ -325,12 +325,6 @@ async fn run_core(settings: CoreSettings, mut rx: mpsc::Receiver<CoreInput>) {
                         }
                     }
                 }
-                CoreOutput::Close { conn, reason } => {
-                    info!(conn, %reason, "closing connection");
-                    if let Some(w) = writers.remove(&conn) {
-                        let _ = w.try_send(WriteCmd::Close);
-                    }
-                }
                 CoreOutput::Request { tx, request, .. } => {
                     // No IM/presence engine is wired in this build: say so instead of dropping.
                     let tag = core.new_tag();
