@@ -7,7 +7,7 @@
 
 use super::error::ParseError;
 use super::message::Method;
-use super::params::{Params, find_unquoted, is_token, split_comma};
+use super::params::{Params, find_unquoted, is_token};
 use super::uri::Uri;
 
 macro_rules! header_kinds {
@@ -493,11 +493,6 @@ impl<'a> MediaType<'a> {
     pub fn charset(&self) -> Option<&'a str> {
         self.params.value("charset")
     }
-}
-
-/// Splits a token list header (Allow, Supported, Require …).
-pub fn tokens(value: &str) -> impl Iterator<Item = &str> {
-    split_comma(value)
 }
 
 #[cfg(test)]

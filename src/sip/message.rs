@@ -15,7 +15,7 @@ use std::fmt;
 
 use super::error::ParseError;
 use super::header::{
-    CSeq, Contact, Event, HeaderKind, MediaType, NameAddr, SubscriptionState, Via, tokens,
+    CSeq, Contact, Event, HeaderKind, MediaType, NameAddr, SubscriptionState, Via,
 };
 use super::params::{is_token_byte, split_comma};
 use super::uri::Uri;
@@ -241,7 +241,7 @@ impl Message {
             .map_err(|e| ParseError::NotUtf8(skip + e.valid_up_to()))?;
         let mut msg = Self::parse_head(head, limits)?;
         let rest = &input[end..];
-        let body_len = match msg.content_length_raw()? {
+        let body_len = match msg.content_length()? {
             Some(n) if n > rest.len() => {
                 return Err(ParseError::BodyTruncated {
                     declared: n,
@@ -686,7 +686,8 @@ impl Message {
         self.number(HeaderKind::Expires)
     }
 
-    fn content_length_raw(&self) -> Result<Option<usize>, ParseError> {
+    /// The Content-Length header value (`None` when absent); several lines must agree.
+    pub fn content_length(&self) -> Result<Option<usize>, ParseError> {
         let mut found: Option<usize> = None;
         for v in self
             .headers
@@ -702,11 +703,6 @@ impl Message {
             found = Some(n);
         }
         Ok(found)
-    }
-
-    /// The Content-Length header value (`None` when absent).
-    pub fn content_length(&self) -> Result<Option<usize>, ParseError> {
-        self.content_length_raw()
     }
 
     pub fn content_type(&self) -> Result<Option<MediaType<'_>>, ParseError> {
@@ -742,9 +738,8 @@ impl Message {
 
     /// `true` if `tag` appears in a Supported header (case-insensitive).
     pub fn supports(&self, tag: &str) -> bool {
-        self.supported()
-            .flat_map(tokens)
-            .any(|t| t.eq_ignore_ascii_case(tag))
+        // `supported()` already splits the comma lists.
+        self.supported().any(|t| t.eq_ignore_ascii_case(tag))
     }
 
     // ---- body -----------------------------------------------------------------------------
@@ -1121,6 +1116,19 @@ l: 0\r\n\r\n";
         let m = Message::parse(raw.as_bytes()).unwrap();
         assert_eq!(m.header("ms-keep-alive"), Some("\u{3000}UAC;hop-hop=yes"));
         assert_eq!(Message::parse(&m.to_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn supported_option_tags_across_lines_and_lists() {
+        let raw = NOTIFY.replace(
+            "Event: presence\r\n",
+            "Event: presence\r\nSupported: ms-benotify, ms-piggyback-first-notify\r\nk: MS-Sender\r\n",
+        );
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        assert!(m.supports("ms-piggyback-first-notify"));
+        assert!(m.supports("ms-sender"));
+        assert!(!m.supports("timer"));
+        assert_eq!(m.supported().count(), 3);
     }
 
     #[test]
