@@ -5,6 +5,7 @@
 //! XMPP component link plug in here as they are built.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, anyhow};
@@ -13,7 +14,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{self, LogFormat};
 use crate::core::tables::Mappings;
-use crate::edge::{self, core::CoreSettings, server::EdgeSettings, tls::TlsConfigs};
+use crate::edge::dns::Discovery;
+use crate::edge::pool::PoolLimits;
+use crate::edge::server::{EdgeHandle, EdgeSettings};
+use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
 use crate::policy::ServedDomains;
 
 /// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level.
@@ -65,23 +69,22 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     })?;
     let tls = TlsConfigs::load(&cfg.sip.cert_chain, &cfg.sip.private_key, ca_bundle)
         .map_err(|e| anyhow!("sip TLS: {e}"))?;
-    let edge_settings = EdgeSettings::new(
-        cfg.sip.listen,
-        tls,
-        CoreSettings {
-            served: ServedDomains::of(&cfg),
-            federation: cfg.federation.clone(),
-            public_fqdn: cfg.sip.public_fqdn.clone(),
-            discovered_rate: edge::core::DEFAULT_DISCOVERED_RATE,
-        },
-        cfg.sip.limits(),
-    );
+    let edge_settings = edge_settings(&cfg, tls);
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
         let mut signals = Signals::install()?;
-        let edge = edge::server::start(edge_settings)
+        let discovery = Discovery::new(&[]).map_err(|e| anyhow!("sip: {e}"))?;
+        let (edge, events) = edge::server::start(edge_settings, Arc::new(discovery))
             .await
             .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
+        let edge = Arc::new(edge);
+        // Until the IM and presence engine is wired in, requests are answered 501, not dropped.
+        tokio::spawn(edge::server::answer_all(
+            edge.clone(),
+            events,
+            501,
+            "Not Implemented by this gateway yet",
+        ));
         info!(
             config = %config_path.display(),
             mode = %book.mode(),
@@ -93,7 +96,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         );
         let signal = loop {
             match signals.next().await {
-                "SIGHUP" => reload_tls(&edge, &cfg.sip, ca_bundle),
+                "SIGHUP" => reload(&edge, config_path, &cfg).await,
                 other => break other,
             }
         };
@@ -105,12 +108,52 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-reads the certificate chain, key and CA bundle for new connections; on failure
-/// the ones in use stay.
-fn reload_tls(edge: &edge::server::EdgeHandle, sip: &config::SipConfig, ca_bundle: &Path) {
-    match TlsConfigs::load(&sip.cert_chain, &sip.private_key, ca_bundle) {
+/// The edge's settings from the configuration.
+fn core_settings(cfg: &config::Config) -> CoreSettings {
+    CoreSettings {
+        served: ServedDomains::of(cfg),
+        federation: cfg.federation.clone(),
+        public_fqdn: cfg.sip.public_fqdn.clone(),
+        discovered_rate: edge::core::DEFAULT_DISCOVERED_RATE,
+        pool: PoolLimits::new(
+            cfg.sip.max_connections_per_edge,
+            cfg.sip.max_connections_per_network,
+            PoolLimits::default().busy_threshold,
+        ),
+    }
+}
+
+fn edge_settings(cfg: &config::Config, tls: TlsConfigs) -> EdgeSettings {
+    EdgeSettings::new(cfg.sip.listen, tls, core_settings(cfg), cfg.sip.limits())
+}
+
+/// SIGHUP: re-reads the configuration; the federation policy and connection limits apply at
+/// once, certificates to new connections. On any problem everything in use stays. Settings
+/// that need a restart (listen address, XMPP link, storage) are named in a warning.
+async fn reload(edge: &EdgeHandle, config_path: &Path, running: &config::Config) {
+    let report = config::check(config_path, SystemTime::now());
+    let Some(cfg) = report.config.filter(|_| report.problems.is_empty()) else {
+        let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+        warn!(problems = %lines.join("; "), "SIGHUP: configuration has problems; nothing reloaded");
+        return;
+    };
+    let Some(ca_bundle) = cfg.sip.ca_bundle.as_deref() else {
+        warn!("SIGHUP: sip.ca_bundle missing; nothing reloaded");
+        return;
+    };
+    match TlsConfigs::load(&cfg.sip.cert_chain, &cfg.sip.private_key, ca_bundle) {
         Ok(tls) => edge.reload_tls(tls),
-        Err(e) => warn!(reason = %e, "SIGHUP: TLS reload failed; keeping the certificates in use"),
+        Err(e) => {
+            warn!(reason = %e, "SIGHUP: TLS reload failed; nothing reloaded");
+            return;
+        }
+    }
+    edge.reconfigure(core_settings(&cfg)).await;
+    if cfg.sip.listen != running.sip.listen
+        || cfg.xmpp != running.xmpp
+        || cfg.storage != running.storage
+    {
+        warn!("SIGHUP: changes to sip.listen, [xmpp] or [storage] take effect after a restart");
     }
 }
 

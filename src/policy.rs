@@ -79,6 +79,26 @@ impl PeerIdentity {
     }
 }
 
+impl PeerIdentity {
+    /// Whether this identity speaks for `domain` (RFC 5922 §7, the profile's certificate
+    /// rules): a name equals the domain, or equals one of its SRV targets (`srv_targets`), or
+    /// equals the edge host configured for the partner. Policy (allowed, blocked) is not
+    /// looked at here.
+    pub fn covers(
+        &self,
+        domain: &str,
+        srv_targets: &[String],
+        federation: &FederationConfig,
+    ) -> bool {
+        self.has(domain)
+            || srv_targets.iter().any(|t| self.has(t))
+            || federation
+                .partner(domain)
+                .and_then(|p| p.edge.as_ref())
+                .is_some_and(|e| self.has(&e.host))
+    }
+}
+
 /// Why a request is refused, with the SIP status to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -117,12 +137,7 @@ pub fn authorize_peer_domain(
         }
         _ => {}
     }
-    let by_domain = identity.has(domain);
-    let by_srv = srv_targets.iter().any(|t| identity.has(t));
-    let by_partner_edge = partner
-        .and_then(|p| p.edge.as_ref())
-        .is_some_and(|e| identity.has(&e.host));
-    if by_domain || by_srv || by_partner_edge {
+    if identity.covers(domain, srv_targets, federation) {
         Ok(())
     } else {
         Err(Refusal {

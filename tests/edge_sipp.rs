@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::pki::{Pki, pem};
-use lcs_bridge::edge::server::{EdgeSettings, start};
+use lcs_bridge::edge::server::EdgeSettings;
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::message::Limits;
 
@@ -89,7 +89,7 @@ fn sipp_behind_socat_gets_options_and_403() {
         common::edge::core_settings(),
         Limits::default(),
     );
-    let edge = runtime.block_on(start(settings)).unwrap();
+    let edge = runtime.block_on(common::edge::start_answering(settings));
 
     let socat_port = common::free_port();
     let _socat = Killed(

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings, start};
+use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::framing::{Frame, Framer};
 use lcs_bridge::sip::message::{Limits, Message};
@@ -36,13 +36,13 @@ fn edge_tls(pki: &Pki) -> TlsConfigs {
     TlsConfigs::from_der(chain, key, vec![pki.ca.clone()]).unwrap()
 }
 
-async fn start_edge_handle(pki: &Pki, message_timeout: Duration) -> EdgeHandle {
+async fn start_edge_handle(pki: &Pki, message_timeout: Duration) -> Arc<EdgeHandle> {
     let tls = edge_tls(pki);
     let core = common::edge::core_settings();
     let mut settings =
         EdgeSettings::new("127.0.0.1:0".parse().unwrap(), tls, core, Limits::default());
     settings.message_timeout = message_timeout;
-    start(settings).await.unwrap()
+    common::edge::start_answering(settings).await
 }
 
 fn client_config(

@@ -1,26 +1,109 @@
-//! The edge's request handling, without I/O: what to answer to each frame from a peer.
-//! Admission ([`crate::policy::admit_request`]), the transaction layer
-//! ([`crate::sip::transaction::Transactions`]), OPTIONS (the profile: 200 with the
-//! `m=message 5060 sip/tcp *` SDP), malformed requests (400/513 naming the problem) and
-//! keep-alive pongs. Requests that pass admission and need the IM/presence engine come out as
+//! The edge's request handling, without I/O: what to answer to each frame from a peer, and
+//! which connection each outbound request takes.
+//!
+//! Inbound: admission ([`crate::policy::admit_request`]; when a certificate names none of the
+//! From domain, the domain's SRV targets are looked up first, RFC 5922 §7), the discovered-partner
+//! rate limit, the transaction layer ([`crate::sip::transaction::Transactions`]), OPTIONS (the
+//! profile: 200 with the `m=message 5060 sip/tcp *` SDP), malformed requests (400/513 naming
+//! the problem) and keep-alive pongs. Requests for the layers above come out as
 //! [`CoreOutput::Request`].
+//!
+//! Outbound: [`EdgeCore::send_request`] with a [`Route`] — a peer domain (the
+//! [`crate::edge::pool::Pool`] picks or opens a connection: ≤ 4 per edge, ≤ 40 per network,
+//! SRV order, backoff) or the connection a dialog lives on (dialog affinity: if it is gone the
+//! request is [`Undeliverable::ConnectionGone`], never rerouted). Requests from local users
+//! carry `Ms-asserted-verification-level` as the partner's setting says.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Instant;
 
 use crate::config::FederationConfig;
-use crate::policy::{PeerIdentity, ServedDomains, admit_request};
+use crate::edge::pool::{Action, EdgeAddr, Pool, PoolLimits};
+use crate::policy::{PeerIdentity, ServedDomains, SrvTarget, admit_request};
 use crate::sip::builder::name_addr;
 use crate::sip::framing::{Frame, PONG};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
-use crate::sip::transaction::{ConnId, Output, Transactions, TxEvent, TxId};
+use crate::sip::transaction::{ConnId, Output, T1, Transactions, TxEvent, TxId, TxIds};
 
 /// Methods the edge answers (Allow).
 pub const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, SUBSCRIBE, NOTIFY, BENOTIFY";
 /// Option tags the edge supports (Supported).
 pub const SUPPORTED: &str = "ms-benotify, ms-text-format";
+/// The header LCS uses to say whether the sender was authenticated by its home server.
+pub const VERIFICATION_HEADER: &str = "Ms-asserted-verification-level";
+
+/// Where an outbound request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A new request to a peer domain: any connection that may carry it, or a new one.
+    Domain(String),
+    /// A request inside a dialog: exactly this connection.
+    Connection(ConnId),
+}
+
+/// Why an outbound request was not sent. The layers above map these to stanza errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undeliverable {
+    /// Federation policy refuses the domain (blocked, or not listed with discovery off).
+    Blocked { domain: String },
+    /// The domain is served by this bridge; the edge never loops a request back to itself.
+    Local { domain: String },
+    /// DNS says the domain has no federation edge (no SRV record, lookup failed).
+    NoRoute { domain: String, reason: String },
+    /// Its edges could not be reached (connect, TLS) or not in time.
+    Unreachable { domain: String, reason: String },
+    /// The dialog's connection is closed (dialog affinity: the dialog is lost).
+    ConnectionGone { conn: ConnId },
+    /// The request cannot be sent as built (the caller's bug, e.g. no Via branch).
+    Invalid { reason: String },
+}
+
+impl fmt::Display for Undeliverable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Undeliverable::Blocked { domain } => {
+                write!(f, "federation with {domain} is not allowed")
+            }
+            Undeliverable::Local { domain } => write!(f, "{domain} is a local domain"),
+            Undeliverable::NoRoute { reason, .. } | Undeliverable::Unreachable { reason, .. } => {
+                f.write_str(reason)
+            }
+            Undeliverable::ConnectionGone { conn } => {
+                write!(f, "connection {conn} of the dialog is closed")
+            }
+            Undeliverable::Invalid { reason } => write!(f, "request not sendable: {reason}"),
+        }
+    }
+}
+
+/// The `Ms-asserted-verification-level` a request arrived with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asserted {
+    Verified,
+    Unverified,
+}
+
+impl Asserted {
+    /// Reads `ms-source-verification-level=verified|unverified` (case-insensitive).
+    pub fn of(request: &Message) -> Option<Asserted> {
+        let v = request.header(VERIFICATION_HEADER)?;
+        let (name, value) = v.trim().split_once('=')?;
+        if !name
+            .trim()
+            .eq_ignore_ascii_case("ms-source-verification-level")
+        {
+            return None;
+        }
+        match value.trim().to_ascii_lowercase().as_str() {
+            "verified" => Some(Asserted::Verified),
+            "unverified" => Some(Asserted::Unverified),
+            _ => None,
+        }
+    }
+}
 
 /// What the I/O layer must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,14 +111,28 @@ pub enum CoreOutput {
     /// Write bytes to a connection.
     Send { conn: ConnId, bytes: Vec<u8> },
     /// A request for the layers above (server transaction `tx`, answer with
-    /// [`EdgeCore::respond`]).
+    /// [`EdgeCore::respond`]); `asserted` is its verification level header.
     Request {
         tx: TxId,
         conn: ConnId,
         request: Message,
+        asserted: Option<Asserted>,
     },
     /// A transaction event for the layers above (responses, timeouts, ACKs, cancels).
     Event(TxEvent),
+    /// Outbound request `tx` was not sent.
+    Undeliverable { tx: TxId, why: Undeliverable },
+    /// Connection `conn` closed: dialogs on it are lost (for the layers above).
+    ConnectionLost { conn: ConnId },
+    /// Look up `_sipfederationtls._tcp.<domain>`; answer with [`EdgeCore::resolved`].
+    Resolve { domain: String },
+    /// Open a TLS connection to `edge` for `domain` (the certificate must match `edge.host`);
+    /// answer with [`EdgeCore::outbound_up`] or [`EdgeCore::connect_failed`].
+    Connect {
+        conn: ConnId,
+        domain: String,
+        edge: EdgeAddr,
+    },
 }
 
 /// Static facts the core needs.
@@ -48,10 +145,18 @@ pub struct CoreSettings {
     /// Requests per second accepted from one discovered (unlisted) partner domain; beyond it,
     /// 503 with Retry-After (OCS's default for discovered partners is 20/s).
     pub discovered_rate: u32,
+    /// Outbound connection limits.
+    pub pool: PoolLimits,
 }
 
 /// OCS's rate for discovered partners.
 pub const DEFAULT_DISCOVERED_RATE: u32 = 20;
+
+/// The least time a DNS answer (or its absence) is used.
+const MIN_ANSWER_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most inbound requests held per domain while its SRV targets are looked up.
+const MAX_PARKED: usize = 64;
 
 /// A token bucket of `rate` tokens per second, holding at most `rate`.
 #[derive(Debug, Clone, Copy)]
@@ -75,62 +180,317 @@ impl Bucket {
     }
 }
 
+/// An outbound request waiting for a connection.
+#[derive(Debug)]
+struct Waiting {
+    tx: TxId,
+    request: Message,
+    deadline: Instant,
+}
+
+/// The domain of a request's From URI (lowercase), if it is a SIP URI with a domain.
+fn from_domain(m: &Message) -> Option<String> {
+    m.from()
+        .ok()?
+        .parsed_uri()
+        .as_sip()
+        .map(|u| u.host_str().to_ascii_lowercase())
+}
+
 /// The sans-IO part of the edge.
 #[derive(Debug)]
 pub struct EdgeCore {
     settings: CoreSettings,
     transactions: Transactions,
-    identities: HashMap<ConnId, PeerIdentity>,
+    pool: Pool<Waiting>,
+    /// The connection of each outstanding client transaction (for the pool's load count).
+    client_conns: HashMap<TxId, ConnId>,
+    /// Inbound requests waiting for their From domain's SRV lookup.
+    parked: HashMap<String, Vec<(ConnId, Message)>>,
     buckets: HashMap<String, Bucket>,
     tag_seed: u64,
     tag_counter: u64,
 }
 
 impl EdgeCore {
-    /// `tag_seed` must be random (the I/O layer draws it); tags are derived from it.
+    /// `tag_seed` must be random (the I/O layer draws it); tags and jitter are derived from it.
     pub fn new(settings: CoreSettings, tag_seed: u64) -> EdgeCore {
         EdgeCore {
+            pool: Pool::new(settings.pool),
             settings,
             transactions: Transactions::default(),
-            identities: HashMap::new(),
+            client_conns: HashMap::new(),
+            parked: HashMap::new(),
             buckets: HashMap::new(),
             tag_seed,
             tag_counter: 0,
         }
     }
 
-    /// A new authenticated connection.
+    /// The id source for outbound requests ([`EdgeCore::send_request`]).
+    pub fn tx_ids(&self) -> TxIds {
+        self.transactions.ids()
+    }
+
+    /// New policy and limits (SIGHUP); connections and transactions stay.
+    pub fn reconfigure(&mut self, settings: CoreSettings) {
+        self.pool.set_limits(settings.pool);
+        self.settings = settings;
+    }
+
+    /// A new authenticated inbound connection.
     pub fn connected(&mut self, conn: ConnId, identity: PeerIdentity) {
-        self.identities.insert(conn, identity);
+        self.pool.inbound(conn, identity);
+    }
+
+    /// Outbound connection `conn` is up (TLS verified against the edge's name).
+    pub fn outbound_up(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        identity: PeerIdentity,
+    ) -> Vec<CoreOutput> {
+        let mut out = Vec::new();
+        if let Some(domain) = self.pool.up(conn, identity) {
+            self.pump(now, &domain, &mut out);
+        }
+        out
+    }
+
+    /// Outbound connection `conn` could not be opened (`reason` for the log and the error).
+    pub fn connect_failed(&mut self, now: Instant, conn: ConnId, reason: &str) -> Vec<CoreOutput> {
+        let mut out = Vec::new();
+        let jitter = (self.random() % 1000) as f64 / 1000.0;
+        if let Some(domain) = self.pool.failed(now, conn, jitter, reason) {
+            self.pump(now, &domain, &mut out);
+        }
+        out
     }
 
     /// A connection ended.
     pub fn disconnected(&mut self, now: Instant, conn: ConnId) -> Vec<CoreOutput> {
-        self.identities.remove(&conn);
+        self.pool.closed(conn);
         self.transactions.connection_lost(conn);
-        self.drain(now)
+        let mut out = vec![CoreOutput::ConnectionLost { conn }];
+        out.extend(self.drain(now));
+        out
+    }
+
+    /// The result of a `_sipfederationtls._tcp.<domain>` lookup (targets in the order to try),
+    /// kept until `valid_until`.
+    pub fn resolved(
+        &mut self,
+        now: Instant,
+        domain: &str,
+        result: Result<Vec<SrvTarget>, String>,
+        valid_until: Instant,
+    ) -> Vec<CoreOutput> {
+        // An answer is used for at least a second, whatever its TTL, so lookups cannot spin.
+        let valid_until = valid_until.max(now + MIN_ANSWER_LIFETIME);
+        self.pool.resolved(domain, result, valid_until);
+        let mut out = Vec::new();
+        for (conn, m) in self.parked.remove(domain).unwrap_or_default() {
+            out.extend(self.admit(now, conn, m, false));
+        }
+        self.pump(now, domain, &mut out);
+        out
+    }
+
+    /// Sends an outbound request as client transaction `tx` (from [`EdgeCore::tx_ids`]).
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        mut request: Message,
+        route: Route,
+    ) -> Vec<CoreOutput> {
+        let mut out = Vec::new();
+        self.assert_verification(&mut request);
+        match route {
+            Route::Connection(conn) if self.pool.is_up(conn) => {
+                self.start_client(now, tx, conn, request, &mut out);
+            }
+            Route::Connection(conn) => out.push(CoreOutput::Undeliverable {
+                tx,
+                why: Undeliverable::ConnectionGone { conn },
+            }),
+            Route::Domain(domain) => {
+                let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+                let why = if self.settings.served.contains(&domain) {
+                    Some(Undeliverable::Local {
+                        domain: domain.clone(),
+                    })
+                } else if !self.settings.federation.is_allowed(&domain) {
+                    Some(Undeliverable::Blocked {
+                        domain: domain.clone(),
+                    })
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => out.push(CoreOutput::Undeliverable { tx, why }),
+                    None => {
+                        let deadline = now + T1 * 64;
+                        self.pool.wait(
+                            &domain,
+                            Waiting {
+                                tx,
+                                request,
+                                deadline,
+                            },
+                        );
+                        self.pump(now, &domain, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends a message outside any transaction on `conn` (the ACK for a 2xx, RFC 3261 §13.2.2.4):
+    /// false if the connection is gone.
+    pub fn send_stateless(&mut self, conn: ConnId, message: &Message) -> Option<CoreOutput> {
+        self.pool.is_up(conn).then(|| CoreOutput::Send {
+            conn,
+            bytes: message.to_bytes(),
+        })
+    }
+
+    /// Adds `Ms-asserted-verification-level` to a request from a local user, as the target
+    /// domain's partner setting says (unless the request has one already).
+    fn assert_verification(&self, request: &mut Message) {
+        let local = from_domain(request).is_some_and(|d| self.settings.served.contains(&d));
+        if !local || request.header(VERIFICATION_HEADER).is_some() {
+            return;
+        }
+        let Some(domain) = request.to().ok().and_then(|t| {
+            t.parsed_uri()
+                .as_sip()
+                .map(|u| u.host_str().to_ascii_lowercase())
+        }) else {
+            return;
+        };
+        if let Some(value) =
+            Some("ms-source-verification-level=verified").filter(|_| !domain.is_empty())
+        {
+            request.push_header(VERIFICATION_HEADER, value);
+        }
+    }
+
+    fn start_client(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        conn: ConnId,
+        request: Message,
+        out: &mut Vec<CoreOutput>,
+    ) {
+        match self.transactions.send_request_as(now, tx, conn, request) {
+            Ok(_) => {
+                self.client_conns.insert(tx, conn);
+                self.pool.add_pending(conn, 1);
+                out.extend(self.drain(now));
+            }
+            Err(e) => out.push(CoreOutput::Undeliverable {
+                tx,
+                why: Undeliverable::Invalid {
+                    reason: e.to_string(),
+                },
+            }),
+        }
+    }
+
+    /// Carries out the pool's decisions for `domain`.
+    fn pump(&mut self, now: Instant, domain: &str, out: &mut Vec<CoreOutput>) {
+        let static_edge = self
+            .settings
+            .federation
+            .partner(domain)
+            .and_then(|p| p.edge.as_ref())
+            .map(|e| EdgeAddr {
+                host: e.host.clone(),
+                port: e.port,
+            });
+        let actions = self
+            .pool
+            .pump(now, domain, static_edge, &self.settings.federation);
+        for action in actions {
+            match action {
+                Action::Send { conn } => {
+                    if let Some(w) = self.pool.take_waiting(domain) {
+                        self.start_client(now, w.tx, conn, w.request, out);
+                    }
+                }
+                Action::Resolve { domain } => out.push(CoreOutput::Resolve { domain }),
+                Action::Connect { conn, domain, edge } => {
+                    out.push(CoreOutput::Connect { conn, domain, edge })
+                }
+                Action::Fail { reason, no_route } => {
+                    while let Some(w) = self.pool.take_waiting(domain) {
+                        let domain = domain.to_owned();
+                        let reason = reason.clone();
+                        let why = if no_route {
+                            Undeliverable::NoRoute { domain, reason }
+                        } else {
+                            Undeliverable::Unreachable { domain, reason }
+                        };
+                        out.push(CoreOutput::Undeliverable { tx: w.tx, why });
+                    }
+                }
+            }
+        }
     }
 
     /// The next timer deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.transactions.poll_timeout()
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let waiting = self
+            .pool
+            .waiting_mut()
+            .filter_map(|(_, q)| q.front().map(|w| w.deadline))
+            .min();
+        match (self.transactions.poll_timeout(), waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<CoreOutput> {
         self.transactions.handle_timeout(now);
-        self.drain(now)
+        let mut out = Vec::new();
+        for (domain, queue) in self.pool.waiting_mut() {
+            while queue.front().is_some_and(|w| w.deadline <= now) {
+                if let Some(w) = queue.pop_front() {
+                    out.push(CoreOutput::Undeliverable {
+                        tx: w.tx,
+                        why: Undeliverable::Unreachable {
+                            domain: domain.to_owned(),
+                            reason: format!(
+                                "no connection to {domain} within {} s",
+                                (T1 * 64).as_secs()
+                            ),
+                        },
+                    });
+                }
+            }
+        }
+        out.extend(self.drain(now));
+        out
     }
 
-    /// A fresh To tag (RFC 3261 §19.3: unique, with at least 32 random bits): a counter mixed
-    /// with the random seed the I/O layer gave [`EdgeCore::new`] (splitmix64).
-    pub fn new_tag(&mut self) -> String {
+    fn random(&mut self) -> u64 {
         self.tag_counter += 1;
         let mut z = self
             .tag_seed
             .wrapping_add(self.tag_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        format!("{:016x}", z ^ (z >> 31))
+        z ^ (z >> 31)
+    }
+
+    /// A fresh To tag (RFC 3261 §19.3: unique, with at least 32 random bits): a counter mixed
+    /// with the random seed the I/O layer gave [`EdgeCore::new`] (splitmix64).
+    pub fn new_tag(&mut self) -> String {
+        format!("{:016x}", self.random())
     }
 
     /// Sends a response on a server transaction opened by [`CoreOutput::Request`].
@@ -168,26 +528,44 @@ impl EdgeCore {
         }
     }
 
+    fn refuse(&mut self, conn: ConnId, m: &Message, status: u16, reason: &str) -> Vec<CoreOutput> {
+        if m.method() == Some(&Method::Ack) {
+            return Vec::new();
+        }
+        let tag = self.new_tag();
+        let resp = Message::response_to(m, status, Some(reason), Some(&tag));
+        vec![CoreOutput::Send {
+            conn,
+            bytes: resp.to_bytes(),
+        }]
+    }
+
     fn on_message(&mut self, now: Instant, conn: ConnId, m: Message) -> Vec<CoreOutput> {
+        self.admit(now, conn, m, true)
+    }
+
+    /// Admission, then the transaction layer. `may_park`: a request whose certificate names
+    /// none of its From domain may wait for that domain's SRV lookup (once).
+    fn admit(&mut self, now: Instant, conn: ConnId, m: Message, may_park: bool) -> Vec<CoreOutput> {
         if m.is_request() {
-            let identity = self.identities.get(&conn).cloned().unwrap_or_default();
+            let identity = self.pool.identity(conn).cloned().unwrap_or_default();
+            let domain = from_domain(&m);
+            let srv = domain.as_deref().and_then(|d| self.pool.srv_names(d, now));
             if let Err(refusal) = admit_request(
                 &m,
                 &identity,
-                &[],
+                srv.as_deref().unwrap_or(&[]),
                 &self.settings.served,
                 &self.settings.federation,
             ) {
-                if m.method() == Some(&Method::Ack) {
-                    return Vec::new();
+                // The certificate does not name the domain: its SRV targets may (RFC 5922 §7).
+                if let (403, None, Some(d), true) = (refusal.status, &srv, &domain, may_park) {
+                    if self.settings.federation.is_allowed(d) && self.pool.identity(conn).is_some()
+                    {
+                        return self.park(conn, d.clone(), m);
+                    }
                 }
-                let tag = self.new_tag();
-                let resp =
-                    Message::response_to(&m, refusal.status, Some(&refusal.reason), Some(&tag));
-                return vec![CoreOutput::Send {
-                    conn,
-                    bytes: resp.to_bytes(),
-                }];
+                return self.refuse(conn, &m, refusal.status, &refusal.reason);
             }
             if let Some(resp) = self.rate_limit(now, &m) {
                 return vec![CoreOutput::Send {
@@ -200,6 +578,27 @@ impl EdgeCore {
         self.drain(now)
     }
 
+    /// Holds a request until its From domain's SRV targets are known.
+    fn park(&mut self, conn: ConnId, domain: String, m: Message) -> Vec<CoreOutput> {
+        let parked = self.parked.entry(domain.clone()).or_default();
+        if parked.len() >= MAX_PARKED {
+            let mut out = self.refuse(conn, &m, 503, "Verifying the peer's domain, try again");
+            if let Some(CoreOutput::Send { bytes, .. }) = out.first_mut() {
+                if let Ok(mut resp) = Message::parse(bytes) {
+                    resp.push_header("Retry-After", "1");
+                    *bytes = resp.to_bytes();
+                }
+            }
+            return out;
+        }
+        parked.push((conn, m));
+        if self.pool.start_resolving(&domain) {
+            vec![CoreOutput::Resolve { domain }]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Discovered (unlisted) partners get at most `discovered_rate` requests per second per From
     /// domain; beyond it, `503` with `Retry-After: 1`. ACKs are never limited (they complete
     /// transactions already admitted).
@@ -207,12 +606,7 @@ impl EdgeCore {
         if m.method() == Some(&Method::Ack) {
             return None;
         }
-        let domain = m
-            .from()
-            .ok()?
-            .parsed_uri()
-            .as_sip()
-            .map(|u| u.host_str().to_ascii_lowercase())?;
+        let domain = from_domain(m)?;
         if self.settings.federation.partner(&domain).is_some() {
             return None;
         }
@@ -276,9 +670,25 @@ impl EdgeCore {
                     out.extend(self.drain(now));
                 }
                 Output::Event(TxEvent::Request { tx, conn, request }) => {
-                    out.push(CoreOutput::Request { tx, conn, request })
+                    let asserted = Asserted::of(&request);
+                    out.push(CoreOutput::Request {
+                        tx,
+                        conn,
+                        request,
+                        asserted,
+                    })
                 }
-                Output::Event(e) => out.push(CoreOutput::Event(e)),
+                Output::Event(e) => {
+                    let ended = match &e {
+                        TxEvent::Response { tx, is_final, .. } => is_final.then_some(*tx),
+                        TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => Some(*tx),
+                        _ => None,
+                    };
+                    if let Some(conn) = ended.and_then(|tx| self.client_conns.remove(&tx)) {
+                        self.pool.add_pending(conn, -1);
+                    }
+                    out.push(CoreOutput::Event(e))
+                }
             }
         }
         out
@@ -413,6 +823,7 @@ mod tests_support {
                 },
                 public_fqdn: "sip.example.org".into(),
                 discovered_rate: rate,
+                pool: crate::edge::pool::PoolLimits::default(),
             },
             7,
         );

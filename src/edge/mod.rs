@@ -10,5 +10,7 @@
 //! Certificates reload on SIGHUP ([`server::EdgeHandle::reload_tls`]).
 
 pub mod core;
+pub mod dns;
+pub mod pool;
 pub mod server;
 pub mod tls;

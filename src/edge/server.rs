@@ -1,7 +1,11 @@
-//! The edge's I/O: the mutual-TLS listener, one reader and one writer task per connection, and
-//! the task that owns the sans-IO [`EdgeCore`] and its timers. Every byte a peer sends goes
-//! through [`Framer`] (bounded buffers, typed errors); a connection that breaks the framing is
-//! closed without disturbing the others.
+//! The edge's I/O: the mutual-TLS listener, outbound connections (DNS, TCP, TLS verified
+//! against the edge name dialled), one reader and one writer task per connection, and the task
+//! that owns the sans-IO [`EdgeCore`] and its timers. Every byte a peer sends goes through
+//! [`Framer`] (bounded buffers, typed errors); a connection that breaks the framing is closed
+//! without disturbing the others.
+//!
+//! The layer above (the IM and presence engine, or a test) talks to the edge through
+//! [`EdgeHandle`] (requests out, responses, ACKs) and receives [`EdgeEvent`]s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,19 +13,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
-use super::core::{CoreOutput, CoreSettings, EdgeCore};
+use super::core::{Asserted, CoreOutput, CoreSettings, EdgeCore, Route, Undeliverable};
+use super::dns::{Discovery, DiscoveryError};
+use super::pool::{EdgeAddr, NEGATIVE_TTL_FLOOR};
 use super::tls::{TlsConfigs, describe_handshake_error};
 use crate::policy::PeerIdentity;
-use crate::sip::framing::{Frame, Framer};
+use crate::sip::framing::{Frame, Framer, PING};
 use crate::sip::message::{Limits, Message};
-use crate::sip::transaction::ConnId;
+use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 
 /// Everything the edge needs to run.
 #[derive(Debug, Clone)]
@@ -32,8 +39,13 @@ pub struct EdgeSettings {
     pub limits: Limits,
     /// A TLS handshake must finish within this time.
     pub handshake_timeout: Duration,
+    /// Outbound: DNS for the edge's address, TCP connect and TLS must finish within this time.
+    pub connect_timeout: Duration,
     /// A connection with nothing to read for this long is closed.
     pub idle_timeout: Duration,
+    /// After this long with nothing read, a CRLF keep-alive ping is sent (RFC 5626 §4.4.1); the
+    /// pong (or any traffic) keeps the connection from the idle timeout.
+    pub keepalive_interval: Option<Duration>,
     /// A message that has started must be complete within this time (slowloris).
     pub message_timeout: Duration,
 }
@@ -46,16 +58,38 @@ impl EdgeSettings {
             core,
             limits,
             handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Some(Duration::from_secs(60)),
             message_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// What the edge tells the layer above.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EdgeEvent {
+    /// A request from a peer that passed admission: answer it with [`EdgeHandle::respond`].
+    Request {
+        tx: TxId,
+        conn: ConnId,
+        request: Message,
+        asserted: Option<Asserted>,
+    },
+    /// A transaction event: responses to requests sent, timeouts, ACKs for 2xx, cancels.
+    Transaction(TxEvent),
+    /// An outbound request was not sent.
+    Undeliverable { tx: TxId, why: Undeliverable },
+    /// A connection closed; dialogs on it are lost.
+    ConnectionLost { conn: ConnId },
 }
 
 /// A running edge.
 pub struct EdgeHandle {
     pub local_addr: SocketAddr,
     tls: Arc<RwLock<TlsConfigs>>,
+    commands: mpsc::Sender<CoreInput>,
+    ids: TxIds,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -70,9 +104,42 @@ impl EdgeHandle {
         info!("TLS certificates and CA bundle reloaded");
     }
 
+    /// New federation policy and limits (SIGHUP); connections and transactions stay.
+    pub async fn reconfigure(&self, core: CoreSettings) {
+        let _ = self.commands.send(CoreInput::Reconfigure(core)).await;
+    }
+
+    /// Sends a request; its outcome arrives as [`EdgeEvent::Transaction`] or
+    /// [`EdgeEvent::Undeliverable`] with the returned id.
+    pub async fn send_request(&self, request: Message, route: Route) -> TxId {
+        let tx = self.ids.next();
+        if self
+            .commands
+            .send(CoreInput::SendRequest { tx, request, route })
+            .await
+            .is_err()
+        {
+            warn!(?tx, "edge stopped: request not sent");
+        }
+        tx
+    }
+
+    /// Answers server transaction `tx` (from [`EdgeEvent::Request`]).
+    pub async fn respond(&self, tx: TxId, response: Message) {
+        let _ = self
+            .commands
+            .send(CoreInput::Respond { tx, response })
+            .await;
+    }
+
+    /// Sends an ACK for a 2xx (outside transactions) on the dialog's connection.
+    pub async fn send_ack(&self, conn: ConnId, ack: Message) {
+        let _ = self.commands.send(CoreInput::Stateless { conn, ack }).await;
+    }
+
     /// Stops accepting and drops every connection.
-    pub fn shutdown(self) {
-        for t in self.tasks {
+    pub fn shutdown(&self) {
+        for t in &self.tasks {
             t.abort();
         }
     }
@@ -84,6 +151,16 @@ enum CoreInput {
         peer: SocketAddr,
         identity: PeerIdentity,
         writer: mpsc::Sender<WriteCmd>,
+        outbound: bool,
+    },
+    ConnectFailed {
+        conn: ConnId,
+        reason: String,
+    },
+    Resolved {
+        domain: String,
+        result: Result<Vec<crate::policy::SrvTarget>, String>,
+        valid_until: Instant,
     },
     Frame {
         conn: ConnId,
@@ -92,6 +169,20 @@ enum CoreInput {
     Closed {
         conn: ConnId,
     },
+    SendRequest {
+        tx: TxId,
+        request: Message,
+        route: Route,
+    },
+    Respond {
+        tx: TxId,
+        response: Message,
+    },
+    Stateless {
+        conn: ConnId,
+        ack: Message,
+    },
+    Reconfigure(CoreSettings),
 }
 
 enum WriteCmd {
@@ -99,31 +190,61 @@ enum WriteCmd {
     Close,
 }
 
-/// Binds the listener and starts the edge.
-pub async fn start(settings: EdgeSettings) -> std::io::Result<EdgeHandle> {
+/// Binds the listener and starts the edge; DNS lookups go through `discovery`.
+pub async fn start(
+    settings: EdgeSettings,
+    discovery: Arc<Discovery>,
+) -> std::io::Result<(EdgeHandle, mpsc::UnboundedReceiver<EdgeEvent>)> {
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
     info!(%local_addr, "SIP federation edge listening (mutual TLS)");
     let (core_tx, core_rx) = mpsc::channel::<CoreInput>(1024);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let tls = Arc::new(RwLock::new(settings.tls.clone()));
     let settings = Arc::new(settings);
-    let core_task = tokio::spawn(run_core(settings.core.clone(), core_rx));
-    let accept_task = tokio::spawn(accept_loop(listener, settings, tls.clone(), core_tx));
-    Ok(EdgeHandle {
-        local_addr,
-        tls,
-        tasks: vec![core_task, accept_task],
-    })
+    let core = EdgeCore::new(settings.core.clone(), random_seed());
+    let ids = core.tx_ids();
+    let io = Io {
+        settings: settings.clone(),
+        tls: tls.clone(),
+        discovery,
+        core_tx: core_tx.clone(),
+    };
+    let core_task = tokio::spawn(run_core(core, core_rx, events_tx, io.clone()));
+    let accept_task = tokio::spawn(accept_loop(listener, io));
+    Ok((
+        EdgeHandle {
+            local_addr,
+            tls,
+            commands: core_tx,
+            ids,
+            tasks: vec![core_task, accept_task],
+        },
+        events_rx,
+    ))
+}
+
+/// What connection and lookup tasks share.
+#[derive(Clone)]
+struct Io {
+    settings: Arc<EdgeSettings>,
+    tls: Arc<RwLock<TlsConfigs>>,
+    discovery: Arc<Discovery>,
+    core_tx: mpsc::Sender<CoreInput>,
+}
+
+impl Io {
+    fn tls(&self) -> TlsConfigs {
+        match self.tls.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-async fn accept_loop(
-    listener: TcpListener,
-    settings: Arc<EdgeSettings>,
-    tls: Arc<RwLock<TlsConfigs>>,
-    core_tx: mpsc::Sender<CoreInput>,
-) {
+async fn accept_loop(listener: TcpListener, io: Io) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -133,28 +254,28 @@ async fn accept_loop(
                 continue;
             }
         };
-        let server_config = match tls.read() {
-            Ok(t) => t.server.clone(),
-            Err(poisoned) => poisoned.into_inner().server.clone(),
-        };
-        let acceptor = TlsAcceptor::from(server_config);
-        let settings = settings.clone();
-        let core_tx = core_tx.clone();
+        let acceptor = TlsAcceptor::from(io.tls().server);
+        let io = io.clone();
         tokio::spawn(async move {
-            handle_connection(tcp, peer, acceptor, settings, core_tx).await;
+            accept_connection(tcp, peer, acceptor, io).await;
         });
     }
 }
 
-async fn handle_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    settings: Arc<EdgeSettings>,
-    core_tx: mpsc::Sender<CoreInput>,
-) {
+/// The peer's identity from the first certificate it presented.
+fn identity_of(
+    certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Result<PeerIdentity, String> {
+    match certs.and_then(|c| c.first()) {
+        Some(cert) => PeerIdentity::from_certificate(cert),
+        None => Err("peer presented no certificate".into()),
+    }
+}
+
+async fn accept_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, io: Io) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(io.settings.handshake_timeout, acceptor.accept(tcp)).await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             warn!(%peer, reason = %describe_handshake_error(&e), "TLS handshake failed");
@@ -165,29 +286,102 @@ async fn handle_connection(
             return;
         }
     };
-    let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-        Some(cert) => match PeerIdentity::from_certificate(cert) {
-            Ok(id) => id,
-            Err(e) => {
-                warn!(%peer, reason = %e, "peer certificate unusable");
-                return;
-            }
-        },
-        None => {
-            warn!(%peer, reason = "peer presented no client certificate", "TLS handshake failed");
+    let identity = match identity_of(tls.get_ref().1.peer_certificates()) {
+        Ok(id) => id,
+        Err(e) => {
+            warn!(%peer, reason = %e, "peer certificate unusable");
             return;
         }
     };
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     info!(%peer, conn, names = ?identity.names(), "peer connected");
-    let (mut reader, mut writer) = tokio::io::split(tls);
-    let (write_tx, mut write_rx) = mpsc::channel::<WriteCmd>(256);
+    run_connection(tls, conn, peer, identity, false, io).await;
+}
+
+/// Opens outbound connection `conn` to `edge`: its addresses, TCP, TLS with the edge's name.
+async fn connect_outbound(conn: ConnId, domain: String, edge: EdgeAddr, io: Io) {
+    let attempt = async {
+        let addrs = io
+            .discovery
+            .addresses(&edge.host, edge.port)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(edge.host.clone())
+            .map_err(|e| format!("{} is not a valid TLS server name: {e}", edge.host))?;
+        let connector = TlsConnector::from(io.tls().client);
+        let mut last = format!("{} has no address", edge.host);
+        for addr in addrs {
+            let tcp = match TcpStream::connect(addr).await {
+                Ok(t) => t,
+                Err(e) => {
+                    last = format!("connect to {addr}: {e}");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            match connector.connect(name.clone(), tcp).await {
+                Ok(tls) => return Ok((tls, addr)),
+                Err(e) => last = format!("TLS with {addr}: {}", describe_handshake_error(&e)),
+            }
+        }
+        Err(last)
+    };
+    let result = match tokio::time::timeout(io.settings.connect_timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no TLS connection within {} s",
+            io.settings.connect_timeout.as_secs()
+        )),
+    };
+    let (tls, addr) = match result {
+        Ok(x) => x,
+        Err(reason) => {
+            warn!(conn, %domain, %edge, %reason, "cannot connect to peer edge");
+            let _ = io
+                .core_tx
+                .send(CoreInput::ConnectFailed { conn, reason })
+                .await;
+            return;
+        }
+    };
+    let identity = match identity_of(tls.get_ref().1.peer_certificates()) {
+        Ok(id) => id,
+        Err(reason) => {
+            warn!(conn, %domain, %edge, %reason, "peer edge certificate unusable");
+            let _ = io
+                .core_tx
+                .send(CoreInput::ConnectFailed { conn, reason })
+                .await;
+            return;
+        }
+    };
+    info!(conn, %domain, %edge, peer = %addr, "connected to peer edge");
+    run_connection(tls, conn, addr, identity, true, io).await;
+}
+
+/// Registers an authenticated connection with the core and runs its reader and writer until it
+/// ends.
+async fn run_connection<S>(
+    stream: S,
+    conn: ConnId,
+    peer: SocketAddr,
+    identity: PeerIdentity,
+    outbound: bool,
+    io: Io,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let settings = io.settings.clone();
+    let core_tx = io.core_tx;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (write_tx, mut write_rx) = mpsc::channel::<WriteCmd>(1024);
     if core_tx
         .send(CoreInput::Connected {
             conn,
             peer,
             identity,
-            writer: write_tx,
+            writer: write_tx.clone(),
+            outbound,
         })
         .await
         .is_err()
@@ -210,13 +404,23 @@ async fn handle_connection(
     let mut framer = Framer::new(settings.limits);
     let mut buf = vec![0u8; 16 * 1024];
     let mut started: Option<Instant> = None;
+    let mut last_read = Instant::now();
+    let mut pinged = false;
     loop {
-        let limit = match started {
-            Some(t) => settings
+        let now = Instant::now();
+        let idle_left = settings
+            .idle_timeout
+            .saturating_sub(now.duration_since(last_read));
+        let limit = match (started, settings.keepalive_interval) {
+            (Some(t), _) => settings
                 .message_timeout
                 .saturating_sub(t.elapsed())
                 .max(Duration::from_millis(1)),
-            None => settings.idle_timeout,
+            (None, Some(k)) if !pinged => k
+                .saturating_sub(now.duration_since(last_read))
+                .min(idle_left)
+                .max(Duration::from_millis(1)),
+            _ => idle_left.max(Duration::from_millis(1)),
         };
         let n = match tokio::time::timeout(limit, reader.read(&mut buf)).await {
             Ok(Ok(0)) => {
@@ -229,15 +433,22 @@ async fn handle_connection(
                 break;
             }
             Err(_) => {
-                let what = if started.is_some() {
-                    "message not completed in time"
-                } else {
-                    "idle"
-                };
-                info!(%peer, conn, reason = what, "closing connection");
-                break;
+                if started.is_some() {
+                    info!(%peer, conn, reason = "message not completed in time", "closing connection");
+                    break;
+                }
+                if last_read.elapsed() >= settings.idle_timeout {
+                    info!(%peer, conn, reason = "idle", "closing connection");
+                    break;
+                }
+                // Keep-alive: a double CRLF; the peer's pong counts as traffic.
+                pinged = true;
+                let _ = write_tx.try_send(WriteCmd::Bytes(PING.to_vec()));
+                continue;
             }
         };
+        last_read = Instant::now();
+        pinged = false;
         framer.push(&buf[..n]);
         let mut fatal = false;
         let mut progressed = false;
@@ -272,13 +483,41 @@ async fn handle_connection(
             _ => Some(Instant::now()),
         };
     }
+    drop(write_tx);
     let _ = core_tx.send(CoreInput::Closed { conn }).await;
     // Let queued responses go out, then close.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
 }
 
-async fn run_core(settings: CoreSettings, mut rx: mpsc::Receiver<CoreInput>) {
-    let mut core = EdgeCore::new(settings, random_seed());
+/// Looks up a domain's edges for the core.
+async fn resolve(domain: String, io: Io) {
+    let (result, valid_until) = match io.discovery.edge_targets(&domain).await {
+        Ok(r) => (Ok(r.targets), r.valid_until),
+        Err(DiscoveryError::NoSrv { valid_until, .. }) => (
+            Err(format!("no _sipfederationtls._tcp SRV record for {domain}")),
+            valid_until,
+        ),
+        Err(e) => (Err(e.to_string()), Instant::now() + NEGATIVE_TTL_FLOOR),
+    };
+    if let Err(reason) = &result {
+        warn!(%domain, %reason, "peer domain discovery failed");
+    }
+    let _ = io
+        .core_tx
+        .send(CoreInput::Resolved {
+            domain,
+            result,
+            valid_until,
+        })
+        .await;
+}
+
+async fn run_core(
+    mut core: EdgeCore,
+    mut rx: mpsc::Receiver<CoreInput>,
+    events: mpsc::UnboundedSender<EdgeEvent>,
+    io: Io,
+) {
     let mut writers: HashMap<ConnId, mpsc::Sender<WriteCmd>> = HashMap::new();
     loop {
         let deadline = core.poll_timeout();
@@ -297,12 +536,25 @@ async fn run_core(settings: CoreSettings, mut rx: mpsc::Receiver<CoreInput>) {
                 peer,
                 identity,
                 writer,
+                outbound,
             }) => {
-                debug!(conn, %peer, "registered");
+                debug!(conn, %peer, outbound, "registered");
                 writers.insert(conn, writer);
-                core.connected(conn, identity);
-                Vec::new()
+                if outbound {
+                    core.outbound_up(now, conn, identity)
+                } else {
+                    core.connected(conn, identity);
+                    Vec::new()
+                }
             }
+            Some(CoreInput::ConnectFailed { conn, reason }) => {
+                core.connect_failed(now, conn, &reason)
+            }
+            Some(CoreInput::Resolved {
+                domain,
+                result,
+                valid_until,
+            }) => core.resolved(now, &domain, result, valid_until),
             Some(CoreInput::Frame { conn, frame }) => core.on_frame(now, conn, frame),
             Some(CoreInput::Closed { conn }) => {
                 if let Some(w) = writers.remove(&conn) {
@@ -310,10 +562,21 @@ async fn run_core(settings: CoreSettings, mut rx: mpsc::Receiver<CoreInput>) {
                 }
                 core.disconnected(now, conn)
             }
+            Some(CoreInput::SendRequest { tx, request, route }) => {
+                core.send_request(now, tx, request, route)
+            }
+            Some(CoreInput::Respond { tx, response }) => core.respond(now, tx, response),
+            Some(CoreInput::Stateless { conn, ack }) => {
+                core.send_stateless(conn, &ack).into_iter().collect()
+            }
+            Some(CoreInput::Reconfigure(settings)) => {
+                core.reconfigure(settings);
+                info!("federation policy reloaded");
+                Vec::new()
+            }
         };
-        let mut queue: std::collections::VecDeque<CoreOutput> = outputs.into();
-        while let Some(o) = queue.pop_front() {
-            match o {
+        for o in outputs {
+            let event = match o {
                 CoreOutput::Send { conn, bytes } => {
                     // Responses go back on the connection the request came in on; if it is
                     // gone the response is dropped (profile).
@@ -324,20 +587,59 @@ async fn run_core(settings: CoreSettings, mut rx: mpsc::Receiver<CoreInput>) {
                             writers.remove(&conn);
                         }
                     }
+                    continue;
                 }
-                CoreOutput::Request { tx, request, .. } => {
-                    // No IM/presence engine is wired in this build: say so instead of dropping.
-                    let tag = core.new_tag();
-                    let resp = Message::response_to(
-                        &request,
-                        501,
-                        Some("Not Implemented by this gateway yet"),
-                        Some(&tag),
-                    );
-                    queue.extend(core.respond(now, tx, resp));
+                CoreOutput::Resolve { domain } => {
+                    tokio::spawn(resolve(domain, io.clone()));
+                    continue;
                 }
-                CoreOutput::Event(e) => debug!(event = ?e, "transaction event"),
+                CoreOutput::Connect { conn, domain, edge } => {
+                    debug!(conn, %domain, %edge, "opening connection to peer edge");
+                    tokio::spawn(connect_outbound(conn, domain, edge, io.clone()));
+                    continue;
+                }
+                CoreOutput::Request {
+                    tx,
+                    conn,
+                    request,
+                    asserted,
+                } => EdgeEvent::Request {
+                    tx,
+                    conn,
+                    request,
+                    asserted,
+                },
+                CoreOutput::Event(e) => EdgeEvent::Transaction(e),
+                CoreOutput::Undeliverable { tx, why } => {
+                    info!(?tx, reason = %why, "outbound request not delivered");
+                    EdgeEvent::Undeliverable { tx, why }
+                }
+                CoreOutput::ConnectionLost { conn } => EdgeEvent::ConnectionLost { conn },
+            };
+            let _ = events.send(event);
+        }
+    }
+}
+
+/// A stand-in for the layer above: answers every request that reaches it with `status` and
+/// `reason` (ACKs excepted), so nothing a peer sends goes unanswered.
+pub async fn answer_all(
+    edge: Arc<EdgeHandle>,
+    mut events: mpsc::UnboundedReceiver<EdgeEvent>,
+    status: u16,
+    reason: &'static str,
+) {
+    let seed = random_seed();
+    let mut n: u64 = 0;
+    while let Some(event) = events.recv().await {
+        if let EdgeEvent::Request { tx, request, .. } = event {
+            if request.method() == Some(&crate::sip::message::Method::Ack) {
+                continue;
             }
+            n += 1;
+            let tag = format!("{seed:x}{n:x}");
+            let resp = Message::response_to(&request, status, Some(reason), Some(&tag));
+            edge.respond(tx, resp).await;
         }
     }
 }

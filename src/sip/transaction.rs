@@ -20,6 +20,8 @@
 //! (§9.2). Everything else goes to the transaction user as a [`TxEvent`].
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -33,6 +35,24 @@ pub type ConnId = u64;
 /// A transaction's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxId(u64);
+
+/// Hands out transaction ids. Clones share one counter, so the code that names a client
+/// transaction before it reaches the layer (the edge's handle) and the layer itself never
+/// hand out the same id.
+#[derive(Debug, Clone)]
+pub struct TxIds(Arc<AtomicU64>);
+
+impl Default for TxIds {
+    fn default() -> Self {
+        TxIds(Arc::new(AtomicU64::new(1)))
+    }
+}
+
+impl TxIds {
+    pub fn next(&self) -> TxId {
+        TxId(self.0.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 /// RFC 3261 T1 (500 ms): the timers are multiples of it.
 pub const T1: Duration = Duration::from_millis(500);
@@ -138,7 +158,7 @@ struct Server {
 #[derive(Debug)]
 pub struct Transactions {
     timeout: Duration,
-    next_id: u64,
+    ids: TxIds,
     clients: HashMap<TxId, Client>,
     client_index: HashMap<ClientKey, TxId>,
     servers: HashMap<TxId, Server>,
@@ -167,7 +187,7 @@ impl Transactions {
     pub fn new(t1: Duration) -> Transactions {
         Transactions {
             timeout: t1 * 64,
-            next_id: 1,
+            ids: TxIds::default(),
             clients: HashMap::new(),
             client_index: HashMap::new(),
             servers: HashMap::new(),
@@ -177,9 +197,13 @@ impl Transactions {
     }
 
     fn id(&mut self) -> TxId {
-        let id = TxId(self.next_id);
-        self.next_id += 1;
-        id
+        self.ids.next()
+    }
+
+    /// The id source of this layer, for naming client transactions ahead of
+    /// [`Transactions::send_request_as`].
+    pub fn ids(&self) -> TxIds {
+        self.ids.clone()
     }
 
     fn transmit(&mut self, conn: ConnId, message: Message) {
@@ -217,6 +241,19 @@ impl Transactions {
         conn: ConnId,
         request: Message,
     ) -> Result<TxId, TxError> {
+        let id = self.id();
+        self.send_request_as(now, id, conn, request)?;
+        Ok(id)
+    }
+
+    /// [`Transactions::send_request`] with an id taken earlier from [`Transactions::ids`].
+    pub fn send_request_as(
+        &mut self,
+        now: Instant,
+        id: TxId,
+        conn: ConnId,
+        request: Message,
+    ) -> Result<TxId, TxError> {
         let method = request
             .method()
             .cloned()
@@ -229,7 +266,7 @@ impl Transactions {
         if self.client_index.contains_key(&key) {
             return Err(TxError::DuplicateBranch);
         }
-        let id = self.id();
+
         self.client_index.insert(key.clone(), id);
         self.transmit(conn, request.clone());
         self.clients.insert(

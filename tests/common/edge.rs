@@ -1,8 +1,12 @@
 //! Edge settings shared by the edge tests: the bridge serves `example.org` at
 //! `sip.example.org`, and federation is open (default policy allow).
 
+use std::sync::Arc;
+
 use lcs_bridge::config::{DefaultPolicy, FederationConfig};
 use lcs_bridge::edge::core::CoreSettings;
+use lcs_bridge::edge::dns::Discovery;
+use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings, answer_all, start};
 use lcs_bridge::policy::ServedDomains;
 
 pub fn core_settings() -> CoreSettings {
@@ -17,5 +21,30 @@ pub fn core_settings() -> CoreSettings {
         },
         public_fqdn: "sip.example.org".into(),
         discovered_rate: lcs_bridge::edge::core::DEFAULT_DISCOVERED_RATE,
+        pool: lcs_bridge::edge::pool::PoolLimits::default(),
     }
+}
+
+/// A resolver that reaches no server (the discard port): tests never use a real resolver.
+pub fn no_dns() -> Arc<Discovery> {
+    let discard = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    Arc::new(Discovery::new(&[discard]).expect("resolver set-up"))
+}
+
+/// Starts an edge whose requests are all answered 501 (what `lcs-bridge run` does until the
+/// engine is wired in).
+pub async fn start_answering(settings: EdgeSettings) -> Arc<EdgeHandle> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
+    let (edge, events) = start(settings, no_dns()).await.expect("edge starts");
+    let edge = Arc::new(edge);
+    tokio::spawn(answer_all(
+        edge.clone(),
+        events,
+        501,
+        "Not Implemented by this gateway yet",
+    ));
+    edge
 }
