@@ -234,6 +234,10 @@ pub struct SipConfig {
     pub max_connections_per_edge: usize,
     /// Connections to one peer network, at most 40 (profile).
     pub max_connections_per_network: usize,
+    /// DNS servers asked for the SRV records that find peer edges
+    /// (`_sipfederationtls._tcp.<domain>`); empty (the default) means the system resolver
+    /// (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 /// `[federation]`.

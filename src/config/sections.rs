@@ -1,7 +1,7 @@
 //! The sections of the configuration: each is walked key by key, validated, and turned into its
 //! typed struct; then the rules that span sections, and (for `check`) the file-system checks.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -233,6 +233,46 @@ fn text(s: String, max: usize) -> Result<String, String> {
     Ok(s)
 }
 
+/// A list of `IP:port` DNS servers: each well-formed, none twice; empty is allowed.
+fn dns_server_list(
+    diag: &mut Diag,
+    key: &str,
+    field: Field<Vec<String>>,
+) -> Field<Vec<SocketAddr>> {
+    let items = match field {
+        Ok(Some(items)) => items,
+        Ok(None) => return Ok(None),
+        Err(r) => return Err(r),
+    };
+    // Indexed like `items` (`None` for a bad entry) so that duplicates name the right index.
+    let mut out: Vec<Option<SocketAddr>> = Vec::with_capacity(items.len());
+    let mut bad = false;
+    for (i, item) in items.iter().enumerate() {
+        match checks::dns_server(item) {
+            Ok(a) => {
+                if let Some(j) = out.iter().position(|o| *o == Some(a)) {
+                    diag.problem(
+                        format!("{key}[{i}]"),
+                        format!("\"{a}\" is already listed at {key}[{j}]"),
+                    );
+                    bad = true;
+                }
+                out.push(Some(a));
+            }
+            Err(reason) => {
+                diag.problem(format!("{key}[{i}]"), reason);
+                bad = true;
+                out.push(None);
+            }
+        }
+    }
+    if bad {
+        Err(Reported)
+    } else {
+        Ok(Some(out.into_iter().flatten().collect()))
+    }
+}
+
 /// A list of domains: each well-formed, none twice; `at_least_one` for required lists.
 fn domain_list(diag: &mut Diag, key: &str, field: Field<Vec<String>>) -> Field<Vec<String>> {
     let Ok(Some(items)) = field else {
@@ -434,10 +474,11 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     let max_headers = t.int("max_headers", diag);
     let per_edge = t.int("max_connections_per_edge", diag);
     let per_network = t.int("max_connections_per_network", diag);
+    let dns_servers = t.strings("dns_servers", diag);
     t.finish(diag);
 
     let listen = conv(diag, "sip.listen", listen, |s| checks::socket_addr(&s));
-    let listen = or_default(listen, std::net::SocketAddr::from(([0, 0, 0, 0], 5061)));
+    let listen = or_default(listen, SocketAddr::from(([0, 0, 0, 0], 5061)));
     let public_fqdn = conv(diag, "sip.public_fqdn", public_fqdn, |s| {
         checks::domain(s.trim())
     });
@@ -507,6 +548,8 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         40,
         " (the federation profile allows at most 40 connections to one peer network)",
     );
+    let dns_servers = dns_server_list(diag, "sip.dns_servers", dns_servers);
+    let dns_servers = or_default(dns_servers, Vec::new());
     if let (Some(e), Some(n)) = (per_edge, per_network) {
         if n < e {
             diag.problem(
@@ -528,6 +571,7 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         max_headers: to_usize(max_headers?),
         max_connections_per_edge: to_usize(per_edge?),
         max_connections_per_network: to_usize(per_network?),
+        dns_servers: dns_servers?,
     })
 }
 

@@ -94,6 +94,7 @@ fn minimal_config_gets_defaults() {
         ),
         (4, 40)
     );
+    assert!(c.sip.dns_servers.is_empty());
     assert_eq!(c.federation.default_policy, DefaultPolicy::Allow);
     assert!(c.federation.partners.is_empty());
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
@@ -461,6 +462,56 @@ domain = "lcs.example.org"
         [
             "federation.partners[0].domain: \"example.org\" is a local domain (xmpp.local_domains), not a federation partner",
             "federation.partners[1].domain: \"lcs.example.org\" is the gateway's component domain, not a federation partner",
+        ]
+    );
+}
+
+#[test]
+fn sip_dns_servers() {
+    let text = MINIMAL.replace(
+        "[sip]\n",
+        "[sip]\ndns_servers = [\"192.0.2.53:53\", \" [2001:db8::53]:5353 \"]\n",
+    );
+    let c = load_ok(&text);
+    let got: Vec<String> = c.sip.dns_servers.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["192.0.2.53:53", "[2001:db8::53]:5353"]);
+
+    // A comma-separated list from the environment, and an empty one (the system resolver).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "c.toml", MINIMAL);
+    let c = load_with_env(
+        &path,
+        env(&[("LCS_BRIDGE__SIP__DNS_SERVERS", "9.9.9.9:53, [::1]:5353")]),
+    )
+    .expect("loads");
+    let got: Vec<String> = c.sip.dns_servers.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["9.9.9.9:53", "[::1]:5353"]);
+    let path = write(dir.path(), "d.toml", &text);
+    let c = load_with_env(&path, env(&[("LCS_BRIDGE__SIP__DNS_SERVERS", "")])).expect("loads");
+    assert!(c.sip.dns_servers.is_empty());
+
+    let bad = MINIMAL.replace(
+        "[sip]\n",
+        "[sip]\ndns_servers = [\"192.0.2.53:0\", \"192.0.2.53\", \"ns.example.org:53\", \"[::1]:53\", \"[::1]:53\", 53]\n",
+    );
+    assert_eq!(
+        problems(&bad),
+        ["sip.dns_servers[5]: expected a string, found integer 53"]
+    );
+    let bad = bad.replace(", 53]", "]");
+    assert_eq!(
+        problems(&bad),
+        [
+            "sip.dns_servers[0]: port must be 1–65535, not 0 in \"192.0.2.53:0\"",
+            "sip.dns_servers[1]: \"192.0.2.53\" has no port (did you mean \"192.0.2.53:53\"?)",
+            "sip.dns_servers[2]: \"ns.example.org:53\" is not a DNS server address (IP:port, e.g. \"192.0.2.53:53\" or \"[2001:db8::53]:53\")",
+            "sip.dns_servers[4]: \"[::1]:53\" is already listed at sip.dns_servers[3]",
+        ]
+    );
+    assert_eq!(
+        problems_with_env(MINIMAL, env(&[("LCS_BRIDGE__SIP__DNS_SERVERS", "::1")])),
+        [
+            "sip.dns_servers[0]: \"::1\" has no port (did you mean \"[::1]:53\"?) (set by LCS_BRIDGE__SIP__DNS_SERVERS)"
         ]
     );
 }
