@@ -238,6 +238,22 @@ pub struct SipConfig {
     /// (`_sipfederationtls._tcp.<domain>`); empty (the default) means the system resolver
     /// (`/etc/resolv.conf`).
     pub dns_servers: Vec<SocketAddr>,
+    /// Limit for connecting to a peer edge: TCP connect and TLS handshake together
+    /// (`sip.connect_timeout_secs`, default 10 s).
+    pub connect_timeout: Duration,
+    /// Limit for the TLS handshake of an inbound connection (`sip.handshake_timeout_secs`,
+    /// default 10 s).
+    pub handshake_timeout: Duration,
+    /// A connection with no traffic for this long is closed (`sip.idle_timeout_secs`, default
+    /// 300 s).
+    pub idle_timeout: Duration,
+    /// On a connection idle this long the edge sends a CRLF keep-alive ping (RFC 5626 §4.4.1
+    /// double CRLF); `None` when off (`sip.keepalive_interval_secs = 0`). Always less than
+    /// `idle_timeout` (default 60 s).
+    pub keepalive_interval: Option<Duration>,
+    /// A SIP message that has started arriving must be complete within this
+    /// (`sip.message_timeout_secs`, default 30 s): the slowloris defence.
+    pub message_timeout: Duration,
 }
 
 /// `[federation]`.

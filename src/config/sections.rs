@@ -24,6 +24,11 @@ pub(crate) mod defaults {
     pub const MAX_HEADERS: usize = Limits::DEFAULT.max_headers;
     pub const MAX_CONNECTIONS_PER_EDGE: usize = 4;
     pub const MAX_CONNECTIONS_PER_NETWORK: usize = 40;
+    pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+    pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+    pub const IDLE_TIMEOUT_SECS: u64 = 300;
+    pub const KEEPALIVE_INTERVAL_SECS: u64 = 60;
+    pub const MESSAGE_TIMEOUT_SECS: u64 = 30;
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
     pub const SUBSCRIPTION_EXPIRES_SECS: u64 = 3600;
     pub const STORAGE_PATH: &str = "data";
@@ -188,6 +193,23 @@ fn ranged(
         _ => Err(format!("must be between {lo} and {hi}{why}, not {n}")),
     });
     or_default(field, default)
+}
+
+/// An integer that is 0 (off) or within `lo..=hi`; `None` inside for 0.
+fn ranged_or_off(
+    diag: &mut Diag,
+    key: &str,
+    field: Field<i64>,
+    default: u64,
+    lo: u64,
+    hi: u64,
+) -> Option<Option<u64>> {
+    let field = conv(diag, key, field, |n| match u64::try_from(n) {
+        Ok(0) => Ok(None),
+        Ok(v) if (lo..=hi).contains(&v) => Ok(Some(v)),
+        _ => Err(format!("must be 0 (off) or between {lo} and {hi}, not {n}")),
+    });
+    or_default(field, (default != 0).then_some(default))
 }
 
 fn to_usize(v: u64) -> usize {
@@ -475,6 +497,11 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     let per_edge = t.int("max_connections_per_edge", diag);
     let per_network = t.int("max_connections_per_network", diag);
     let dns_servers = t.strings("dns_servers", diag);
+    let connect_timeout = t.int("connect_timeout_secs", diag);
+    let handshake_timeout = t.int("handshake_timeout_secs", diag);
+    let idle_timeout = t.int("idle_timeout_secs", diag);
+    let keepalive_interval = t.int("keepalive_interval_secs", diag);
+    let message_timeout = t.int("message_timeout_secs", diag);
     t.finish(diag);
 
     let listen = conv(diag, "sip.listen", listen, |s| checks::socket_addr(&s));
@@ -550,14 +577,71 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     );
     let dns_servers = dns_server_list(diag, "sip.dns_servers", dns_servers);
     let dns_servers = or_default(dns_servers, Vec::new());
+    let connect_timeout = ranged(
+        diag,
+        "sip.connect_timeout_secs",
+        connect_timeout,
+        defaults::CONNECT_TIMEOUT_SECS,
+        1,
+        120,
+        "",
+    );
+    let handshake_timeout = ranged(
+        diag,
+        "sip.handshake_timeout_secs",
+        handshake_timeout,
+        defaults::HANDSHAKE_TIMEOUT_SECS,
+        1,
+        120,
+        "",
+    );
+    let idle_timeout = ranged(
+        diag,
+        "sip.idle_timeout_secs",
+        idle_timeout,
+        defaults::IDLE_TIMEOUT_SECS,
+        30,
+        86_400,
+        "",
+    );
+    let keepalive_interval = ranged_or_off(
+        diag,
+        "sip.keepalive_interval_secs",
+        keepalive_interval,
+        defaults::KEEPALIVE_INTERVAL_SECS,
+        5,
+        3600,
+    );
+    let message_timeout = ranged(
+        diag,
+        "sip.message_timeout_secs",
+        message_timeout,
+        defaults::MESSAGE_TIMEOUT_SECS,
+        1,
+        300,
+        "",
+    );
+    let mut ok = true;
     if let (Some(e), Some(n)) = (per_edge, per_network) {
         if n < e {
             diag.problem(
                 "sip.max_connections_per_network",
                 format!("must be at least sip.max_connections_per_edge ({e}), not {n}"),
             );
-            return None;
+            ok = false;
         }
+    }
+    if let (Some(Some(k)), Some(idle)) = (keepalive_interval, idle_timeout) {
+        if k >= idle {
+            diag.problem(
+                "sip.keepalive_interval_secs",
+                format!("must be less than sip.idle_timeout_secs ({idle}) or 0 (off), not {k}"),
+            );
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
     }
     Some(SipConfig {
         listen: listen?,
@@ -572,6 +656,11 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         max_connections_per_edge: to_usize(per_edge?),
         max_connections_per_network: to_usize(per_network?),
         dns_servers: dns_servers?,
+        connect_timeout: Duration::from_secs(connect_timeout?),
+        handshake_timeout: Duration::from_secs(handshake_timeout?),
+        idle_timeout: Duration::from_secs(idle_timeout?),
+        keepalive_interval: keepalive_interval?.map(Duration::from_secs),
+        message_timeout: Duration::from_secs(message_timeout?),
     })
 }
 

@@ -95,6 +95,22 @@ fn minimal_config_gets_defaults() {
         (4, 40)
     );
     assert!(c.sip.dns_servers.is_empty());
+    assert_eq!(
+        (
+            c.sip.connect_timeout,
+            c.sip.handshake_timeout,
+            c.sip.idle_timeout,
+            c.sip.keepalive_interval,
+            c.sip.message_timeout
+        ),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            Duration::from_secs(300),
+            Some(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        )
+    );
     assert_eq!(c.federation.default_policy, DefaultPolicy::Allow);
     assert!(c.federation.partners.is_empty());
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
@@ -512,6 +528,105 @@ fn sip_dns_servers() {
         problems_with_env(MINIMAL, env(&[("LCS_BRIDGE__SIP__DNS_SERVERS", "::1")])),
         [
             "sip.dns_servers[0]: \"::1\" has no port (did you mean \"[::1]:53\"?) (set by LCS_BRIDGE__SIP__DNS_SERVERS)"
+        ]
+    );
+}
+
+/// MINIMAL with `keys` at the start of `[sip]`.
+fn sip_plus(keys: &str) -> String {
+    MINIMAL.replace("[sip]\n", &format!("[sip]\n{keys}\n"))
+}
+
+#[test]
+fn sip_timeouts() {
+    let c = load_ok(&sip_plus(
+        "connect_timeout_secs = 1\nhandshake_timeout_secs = 120\nidle_timeout_secs = 86400\nkeepalive_interval_secs = 3600\nmessage_timeout_secs = 300",
+    ));
+    assert_eq!(c.sip.connect_timeout, Duration::from_secs(1));
+    assert_eq!(c.sip.handshake_timeout, Duration::from_secs(120));
+    assert_eq!(c.sip.idle_timeout, Duration::from_secs(86_400));
+    assert_eq!(c.sip.keepalive_interval, Some(Duration::from_secs(3600)));
+    assert_eq!(c.sip.message_timeout, Duration::from_secs(300));
+    // 0 turns the keep-alive off, whatever the idle timeout.
+    let c = load_ok(&sip_plus(
+        "keepalive_interval_secs = 0\nidle_timeout_secs = 30",
+    ));
+    assert_eq!(c.sip.keepalive_interval, None);
+    assert_eq!(c.sip.idle_timeout, Duration::from_secs(30));
+
+    assert_eq!(
+        problems(&sip_plus(
+            "connect_timeout_secs = 0\nhandshake_timeout_secs = 121\nidle_timeout_secs = 29\nkeepalive_interval_secs = 4\nmessage_timeout_secs = -1"
+        )),
+        [
+            "sip.connect_timeout_secs: must be between 1 and 120, not 0",
+            "sip.handshake_timeout_secs: must be between 1 and 120, not 121",
+            "sip.idle_timeout_secs: must be between 30 and 86400, not 29",
+            "sip.keepalive_interval_secs: must be 0 (off) or between 5 and 3600, not 4",
+            "sip.message_timeout_secs: must be between 1 and 300, not -1",
+        ]
+    );
+    assert_eq!(
+        problems(&sip_plus("keepalive_interval_secs = 3601")),
+        ["sip.keepalive_interval_secs: must be 0 (off) or between 5 and 3600, not 3601"]
+    );
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 86401\nmessage_timeout_secs = \"soon\""
+        )),
+        [
+            "sip.message_timeout_secs: expected an integer, found string \"soon\"",
+            "sip.idle_timeout_secs: must be between 30 and 86400, not 86401",
+        ]
+    );
+}
+
+#[test]
+fn keepalive_interval_must_be_less_than_idle_timeout() {
+    let rule = "sip.keepalive_interval_secs: must be less than sip.idle_timeout_secs (60) or 0 (off), not 60";
+    assert_eq!(problems(&sip_plus("idle_timeout_secs = 60")), [rule]);
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 60\nkeepalive_interval_secs = 600"
+        )),
+        [
+            "sip.keepalive_interval_secs: must be less than sip.idle_timeout_secs (60) or 0 (off), not 600"
+        ]
+    );
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 60\nkeepalive_interval_secs = 59"
+        )),
+        Vec::<String>::new()
+    );
+    // From the environment, the problem names the variable that set the value it is about.
+    assert_eq!(
+        problems_with_env(
+            MINIMAL,
+            env(&[
+                ("LCS_BRIDGE__SIP__IDLE_TIMEOUT_SECS", "45"),
+                ("LCS_BRIDGE__SIP__KEEPALIVE_INTERVAL_SECS", "45"),
+            ])
+        ),
+        [
+            "sip.keepalive_interval_secs: must be less than sip.idle_timeout_secs (45) or 0 (off), not 45 (set by LCS_BRIDGE__SIP__KEEPALIVE_INTERVAL_SECS)"
+        ]
+    );
+    // Not checked against an idle timeout that is itself wrong (one problem, not two).
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 10\nkeepalive_interval_secs = 20"
+        )),
+        ["sip.idle_timeout_secs: must be between 30 and 86400, not 10"]
+    );
+    // This rule and the other [sip] rule are both reported in one run.
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 60\nmax_connections_per_edge = 4\nmax_connections_per_network = 3"
+        )),
+        [
+            "sip.max_connections_per_network: must be at least sip.max_connections_per_edge (4), not 3",
+            rule,
         ]
     );
 }
