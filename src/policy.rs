@@ -307,6 +307,7 @@ mod tests {
         FederationConfig {
             default_policy,
             partners,
+            discovered_rate: 20,
         }
     }
 

@@ -259,10 +259,14 @@ pub struct SipConfig {
 /// `[federation]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FederationConfig {
-    /// What happens to a domain that is not listed in `partners`.
+    /// What happens to a domain that is not listed in `partners`: `Allow` is discovery mode.
     pub default_policy: DefaultPolicy,
     /// Listed partner domains.
     pub partners: Vec<Partner>,
+    /// Requests per second accepted from one discovered (unlisted) partner domain; beyond it
+    /// the edge answers 503 with Retry-After (`federation.discovered_rate`, 1–10000, default
+    /// 20 like OCS's discovered partners). Listed partners are not limited.
+    pub discovered_rate: u32,
 }
 
 impl FederationConfig {
@@ -271,6 +275,12 @@ impl FederationConfig {
         self.partners
             .iter()
             .find(|p| p.domain.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether discovery is on (`default_policy = "allow"`): any domain whose edge DNS SRV
+    /// finds and whose certificate checks out may federate, not only listed partners.
+    pub fn discovery_enabled(&self) -> bool {
+        self.default_policy == DefaultPolicy::Allow
     }
 
     /// Whether federation with `domain` is permitted: a listed partner's policy, otherwise the
@@ -283,12 +293,13 @@ impl FederationConfig {
     }
 }
 
-/// `federation.default_policy`.
+/// `federation.default_policy`: whether discovery is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultPolicy {
-    /// Any domain whose edge is found by DNS SRV (`_sipfederationtls._tcp`).
+    /// Discovery on: any domain whose edge is found by DNS SRV (`_sipfederationtls._tcp`) and
+    /// whose certificate checks out, besides partners listed with `policy = "allow"`.
     Allow,
-    /// Only partners listed with `policy = "allow"`.
+    /// Discovery off: only partners listed with `policy = "allow"`.
     Deny,
 }
 

@@ -29,6 +29,8 @@ pub(crate) mod defaults {
     pub const IDLE_TIMEOUT_SECS: u64 = 300;
     pub const KEEPALIVE_INTERVAL_SECS: u64 = 60;
     pub const MESSAGE_TIMEOUT_SECS: u64 = 30;
+    /// OCS's rate for discovered partners.
+    pub const DISCOVERED_RATE: u32 = 20;
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
     pub const SUBSCRIPTION_EXPIRES_SECS: u64 = 3600;
     pub const STORAGE_PATH: &str = "data";
@@ -667,6 +669,7 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
 fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig> {
     let default_policy = t.string("default_policy", diag);
     let partners = t.tables("partners", diag);
+    let discovered_rate = t.int("discovered_rate", diag);
     t.finish(diag);
 
     let default_policy = conv(diag, "federation.default_policy", default_policy, |s| {
@@ -679,6 +682,15 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
         )
     });
     let default_policy = or_default(default_policy, DefaultPolicy::Allow);
+    let discovered_rate = ranged(
+        diag,
+        "federation.discovered_rate",
+        discovered_rate,
+        u64::from(defaults::DISCOVERED_RATE),
+        1,
+        10_000,
+        " requests per second",
+    );
     let partners = match partners {
         Ok(Some(tables)) => {
             let mut out: Vec<Partner> = Vec::with_capacity(tables.len());
@@ -717,6 +729,7 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
     Some(FederationConfig {
         default_policy: default_policy?,
         partners: partners?,
+        discovered_rate: u32::try_from(discovered_rate?).unwrap_or(u32::MAX),
     })
 }
 

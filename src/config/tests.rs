@@ -113,6 +113,8 @@ fn minimal_config_gets_defaults() {
     );
     assert_eq!(c.federation.default_policy, DefaultPolicy::Allow);
     assert!(c.federation.partners.is_empty());
+    assert!(c.federation.discovery_enabled());
+    assert_eq!(c.federation.discovered_rate, 20);
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
     assert_eq!(c.presence.subscription_expires, Duration::from_secs(3600));
     assert_eq!(c.presence.icon_url, None);
@@ -433,6 +435,7 @@ policy = "block"
     let c = load_ok(&text);
     let f = &c.federation;
     assert_eq!(f.default_policy, DefaultPolicy::Deny);
+    assert!(!f.discovery_enabled());
     assert_eq!(f.partners[0].domain, "contoso.com");
     assert_eq!(
         f.partners[0]
@@ -628,6 +631,31 @@ fn keepalive_interval_must_be_less_than_idle_timeout() {
             "sip.max_connections_per_network: must be at least sip.max_connections_per_edge (4), not 3",
             rule,
         ]
+    );
+}
+
+#[test]
+fn federation_discovered_rate() {
+    let c = load_ok(&minimal_plus("[federation]\ndiscovered_rate = 10000"));
+    assert_eq!(c.federation.discovered_rate, 10_000);
+    let c = load_ok(&minimal_plus("[federation]\ndiscovered_rate = 1"));
+    assert_eq!(c.federation.discovered_rate, 1);
+    assert_eq!(
+        problems(&minimal_plus("[federation]\ndiscovered_rate = 0")),
+        ["federation.discovered_rate: must be between 1 and 10000 requests per second, not 0"]
+    );
+    assert_eq!(
+        problems_with_env(
+            MINIMAL,
+            env(&[("LCS_BRIDGE__FEDERATION__DISCOVERED_RATE", "10001")])
+        ),
+        [
+            "federation.discovered_rate: must be between 1 and 10000 requests per second, not 10001 (set by LCS_BRIDGE__FEDERATION__DISCOVERED_RATE)"
+        ]
+    );
+    assert_eq!(
+        problems(&minimal_plus("[federation]\ndiscovered_rate = 2.5")),
+        ["federation.discovered_rate: expected an integer, found float 2.5"]
     );
 }
 

@@ -410,6 +410,7 @@ mod tests_support {
                             edge: None,
                         })
                         .collect(),
+                    discovered_rate: DEFAULT_DISCOVERED_RATE,
                 },
                 public_fqdn: "sip.example.org".into(),
                 discovered_rate: rate,

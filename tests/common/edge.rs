@@ -14,6 +14,7 @@ pub fn core_settings() -> CoreSettings {
         federation: FederationConfig {
             default_policy: DefaultPolicy::Allow,
             partners: vec![],
+            discovered_rate: lcs_bridge::edge::core::DEFAULT_DISCOVERED_RATE,
         },
         public_fqdn: "sip.example.org".into(),
         discovered_rate: lcs_bridge::edge::core::DEFAULT_DISCOVERED_RATE,
