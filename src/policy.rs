@@ -308,6 +308,7 @@ mod tests {
             default_policy,
             partners,
             discovered_rate: 20,
+            verification_level: crate::config::VerificationLevel::Verified,
         }
     }
 
@@ -344,6 +345,7 @@ mod tests {
                     host: "sip.contoso.com".into(),
                     port: 5061,
                 }),
+                verification_level: None,
             }],
         );
         assert_eq!(
@@ -362,6 +364,7 @@ mod tests {
                 domain: "contoso.com".into(),
                 policy: PartnerPolicy::Block,
                 edge: None,
+                verification_level: None,
             }],
         );
         assert_eq!(

@@ -267,6 +267,10 @@ pub struct FederationConfig {
     /// the edge answers 503 with Retry-After (`federation.discovered_rate`, 1–10000, default
     /// 20 like OCS's discovered partners). Listed partners are not limited.
     pub discovered_rate: u32,
+    /// The `Ms-asserted-verification-level` the edge puts on outbound requests from
+    /// authenticated local users, for domains that are not listed or whose entry does not set
+    /// one (`federation.verification_level`, default verified).
+    pub verification_level: VerificationLevel,
 }
 
 impl FederationConfig {
@@ -281,6 +285,14 @@ impl FederationConfig {
     /// finds and whose certificate checks out may federate, not only listed partners.
     pub fn discovery_enabled(&self) -> bool {
         self.default_policy == DefaultPolicy::Allow
+    }
+
+    /// The verification level asserted toward `domain`: the listed partner's own setting,
+    /// otherwise the section's.
+    pub fn verification_level(&self, domain: &str) -> VerificationLevel {
+        self.partner(domain)
+            .and_then(|p| p.verification_level)
+            .unwrap_or(self.verification_level)
     }
 
     /// Whether federation with `domain` is permitted: a listed partner's policy, otherwise the
@@ -303,6 +315,30 @@ pub enum DefaultPolicy {
     Deny,
 }
 
+/// `federation.verification_level` and `federation.partners[].verification_level`: what the
+/// edge asserts, in an `Ms-asserted-verification-level` header, about the local user sending an
+/// outbound request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerificationLevel {
+    /// `ms-source-verification-level=verified`: the sender was authenticated by its server.
+    Verified,
+    /// `ms-source-verification-level=unverified`.
+    Unverified,
+    /// No header.
+    Omit,
+}
+
+impl VerificationLevel {
+    /// The `Ms-asserted-verification-level` header value, `None` for [`VerificationLevel::Omit`].
+    pub fn header_value(&self) -> Option<&'static str> {
+        match self {
+            VerificationLevel::Verified => Some("ms-source-verification-level=verified"),
+            VerificationLevel::Unverified => Some("ms-source-verification-level=unverified"),
+            VerificationLevel::Omit => None,
+        }
+    }
+}
+
 /// One `[[federation.partners]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partner {
@@ -312,6 +348,9 @@ pub struct Partner {
     pub policy: PartnerPolicy,
     /// Static route to the partner's edge (hosted partners), instead of DNS SRV.
     pub edge: Option<Edge>,
+    /// Verification level asserted toward this partner; `None`: the section's
+    /// ([`FederationConfig::verification_level`]).
+    pub verification_level: Option<VerificationLevel>,
 }
 
 /// `federation.partners[].policy`.

@@ -9,7 +9,7 @@ use super::reader::{self, Diag, Field, Reported, Table};
 use super::{
     AddressMode, Config, DefaultPolicy, Edge, FederationConfig, LogFormat, LoggingConfig,
     MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig, StorageConfig,
-    XmppConfig, base_dir, checks, tls,
+    VerificationLevel, XmppConfig, base_dir, checks, tls,
 };
 
 /// Default values, shared with the documentation and the example file.
@@ -244,6 +244,18 @@ fn word<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
             };
             format!("must be {list}, not {s:?}")
         })
+}
+
+/// `verification_level` values.
+fn verification_level(s: &str) -> Result<VerificationLevel, String> {
+    word(
+        s,
+        &[
+            ("verified", VerificationLevel::Verified),
+            ("unverified", VerificationLevel::Unverified),
+            ("omit", VerificationLevel::Omit),
+        ],
+    )
 }
 
 /// Free text shown to people: no control characters, bounded length.
@@ -670,6 +682,7 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
     let default_policy = t.string("default_policy", diag);
     let partners = t.tables("partners", diag);
     let discovered_rate = t.int("discovered_rate", diag);
+    let level = t.string("verification_level", diag);
     t.finish(diag);
 
     let default_policy = conv(diag, "federation.default_policy", default_policy, |s| {
@@ -691,6 +704,10 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
         10_000,
         " requests per second",
     );
+    let level = conv(diag, "federation.verification_level", level, |s| {
+        verification_level(&s)
+    });
+    let level = or_default(level, VerificationLevel::Verified);
     let partners = match partners {
         Ok(Some(tables)) => {
             let mut out: Vec<Partner> = Vec::with_capacity(tables.len());
@@ -730,6 +747,7 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
         default_policy: default_policy?,
         partners: partners?,
         discovered_rate: u32::try_from(discovered_rate?).unwrap_or(u32::MAX),
+        verification_level: level?,
     })
 }
 
@@ -739,6 +757,7 @@ fn partner(mut t: Table, i: usize, diag: &mut Diag) -> (Option<String>, Option<P
     let domain = t.string("domain", diag);
     let policy = t.string("policy", diag);
     let edge = t.string("edge", diag);
+    let level = t.string("verification_level", diag);
     t.finish(diag);
     let key = |k: &str| format!("federation.partners[{i}].{k}");
 
@@ -758,14 +777,25 @@ fn partner(mut t: Table, i: usize, diag: &mut Diag) -> (Option<String>, Option<P
         checks::edge(s.trim()).map(|(host, port)| Edge { host, port })
     });
     let edge = edge.ok();
+    let level = conv(diag, &key("verification_level"), level, |s| {
+        verification_level(&s)
+    });
+    let level = level.ok();
     if let (Some(PartnerPolicy::Block), Some(Some(_))) = (policy, &edge) {
         diag.warning(key("edge"), "ignored: this partner is blocked");
+    }
+    if let (Some(PartnerPolicy::Block), Some(Some(_))) = (policy, level) {
+        diag.warning(
+            key("verification_level"),
+            "ignored: this partner is blocked",
+        );
     }
     let entry = (|| {
         Some(Partner {
             domain: domain.clone()?,
             policy: policy?,
             edge: edge?,
+            verification_level: level?,
         })
     })();
     (domain, entry)

@@ -115,6 +115,11 @@ fn minimal_config_gets_defaults() {
     assert!(c.federation.partners.is_empty());
     assert!(c.federation.discovery_enabled());
     assert_eq!(c.federation.discovered_rate, 20);
+    assert_eq!(c.federation.verification_level, VerificationLevel::Verified);
+    assert_eq!(
+        c.federation.verification_level("contoso.com"),
+        VerificationLevel::Verified
+    );
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
     assert_eq!(c.presence.subscription_expires, Duration::from_secs(3600));
     assert_eq!(c.presence.icon_url, None);
@@ -660,6 +665,89 @@ fn federation_discovered_rate() {
 }
 
 #[test]
+fn federation_verification_level() {
+    let text = minimal_plus(
+        r#"
+[federation]
+verification_level = "Unverified"
+[[federation.partners]]
+domain = "contoso.com"
+verification_level = "verified"
+[[federation.partners]]
+domain = "fabrikam.com"
+verification_level = "omit"
+[[federation.partners]]
+domain = "litware.com"
+"#,
+    );
+    let c = load_ok(&text);
+    let f = &c.federation;
+    assert_eq!(f.verification_level, VerificationLevel::Unverified);
+    assert_eq!(
+        f.partners[0].verification_level,
+        Some(VerificationLevel::Verified)
+    );
+    assert_eq!(f.partners[2].verification_level, None);
+    assert_eq!(
+        f.verification_level("Contoso.COM"),
+        VerificationLevel::Verified
+    );
+    assert_eq!(
+        f.verification_level("fabrikam.com"),
+        VerificationLevel::Omit
+    );
+    // Listed without a level, and not listed: the section's.
+    assert_eq!(
+        f.verification_level("litware.com"),
+        VerificationLevel::Unverified
+    );
+    assert_eq!(
+        f.verification_level("other.example"),
+        VerificationLevel::Unverified
+    );
+
+    assert_eq!(
+        VerificationLevel::Verified.header_value(),
+        Some("ms-source-verification-level=verified")
+    );
+    assert_eq!(
+        VerificationLevel::Unverified.header_value(),
+        Some("ms-source-verification-level=unverified")
+    );
+    assert_eq!(VerificationLevel::Omit.header_value(), None);
+
+    let text = minimal_plus(
+        r#"
+[federation]
+verification_level = "trusted"
+[[federation.partners]]
+domain = "contoso.com"
+verification_level = "none"
+[[federation.partners]]
+domain = "fabrikam.com"
+verification_levle = "omit"
+"#,
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "federation.verification_level: must be \"verified\", \"unverified\" or \"omit\", not \"trusted\"",
+            "federation.partners[0].verification_level: must be \"verified\", \"unverified\" or \"omit\", not \"none\"",
+            "federation.partners[1].verification_levle: unknown key (did you mean \"verification_level\"?)",
+        ]
+    );
+    assert_eq!(
+        problems_with_env(
+            MINIMAL,
+            env(&[("LCS_BRIDGE__FEDERATION__VERIFICATION_LEVEL", "yes")])
+        ),
+        [
+            "federation.verification_level: must be \"verified\", \"unverified\" or \"omit\", not \"yes\" (set by LCS_BRIDGE__FEDERATION__VERIFICATION_LEVEL)"
+        ]
+    );
+}
+
+#[test]
 fn warnings_do_not_fail_loading() {
     let text = minimal_plus(
         r#"
@@ -669,6 +757,7 @@ default_policy = "deny"
 domain = "spam.example"
 policy = "block"
 edge = "192.0.2.1:5061"
+verification_level = "omit"
 [logging]
 level = "infoo"
 "#,
@@ -687,6 +776,7 @@ level = "infoo"
         [
             "xmpp.host: the component protocol (XEP-0114) is not encrypted: keep it on loopback or a private network",
             "federation.partners[0].edge: ignored: this partner is blocked",
+            "federation.partners[0].verification_level: ignored: this partner is blocked",
             "federation.default_policy: \"deny\" with no partner allowed: the bridge will federate with nobody",
             "logging.level: \"infoo\" is not a level: it enables every level for the target \"infoo\" (did you mean \"info\"?)",
         ]
