@@ -322,6 +322,8 @@ mod tests {
         FederationConfig {
             default_policy,
             partners,
+            discovered_rate: 20,
+            verification_level: crate::config::VerificationLevel::Verified,
         }
     }
 
@@ -358,6 +360,7 @@ mod tests {
                     host: "sip.contoso.com".into(),
                     port: 5061,
                 }),
+                verification_level: None,
             }],
         );
         assert_eq!(
@@ -376,6 +379,7 @@ mod tests {
                 domain: "contoso.com".into(),
                 policy: PartnerPolicy::Block,
                 edge: None,
+                verification_level: None,
             }],
         );
         assert_eq!(

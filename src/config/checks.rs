@@ -64,6 +64,25 @@ pub(crate) fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// A DNS server `IP:port` (IPv6 in brackets) with a non-zero port; a bare IP address gets a
+/// hint with port 53.
+pub(crate) fn dns_server(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    match t.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(format!("port must be 1–65535, not 0 in {s:?}")),
+        Ok(a) => Ok(a),
+        Err(_) => match t.parse::<IpAddr>() {
+            Ok(ip) => Err(format!(
+                "{s:?} has no port (did you mean \"{}\"?)",
+                SocketAddr::new(ip, 53)
+            )),
+            Err(_) => Err(format!(
+                "{s:?} is not a DNS server address (IP:port, e.g. \"192.0.2.53:53\" or \"[2001:db8::53]:53\")"
+            )),
+        },
+    }
+}
+
 /// A static route `host:port` (`[v6]:port` for IPv6); host is a domain or IP literal.
 pub(crate) fn edge(s: &str) -> Result<(String, u16), String> {
     let shape = || {
@@ -266,6 +285,36 @@ mod tests {
             socket_addr("localhost:5061"),
             Err("\"localhost:5061\" is not a socket address (IP:port, e.g. \"0.0.0.0:5061\" or \"[::]:5061\")".to_owned())
         );
+    }
+
+    #[test]
+    fn dns_servers() {
+        assert_eq!(
+            dns_server(" 192.0.2.53:53 ").map(|a| a.to_string()),
+            Ok("192.0.2.53:53".to_owned())
+        );
+        assert_eq!(
+            dns_server("[2001:db8::53]:5353").map(|a| a.to_string()),
+            Ok("[2001:db8::53]:5353".to_owned())
+        );
+        assert_eq!(
+            dns_server("192.0.2.53:0"),
+            Err("port must be 1–65535, not 0 in \"192.0.2.53:0\"".to_owned())
+        );
+        assert_eq!(
+            dns_server("192.0.2.53"),
+            Err("\"192.0.2.53\" has no port (did you mean \"192.0.2.53:53\"?)".to_owned())
+        );
+        assert_eq!(
+            dns_server("::1"),
+            Err("\"::1\" has no port (did you mean \"[::1]:53\"?)".to_owned())
+        );
+        assert_eq!(
+            dns_server("ns1.example.org:53"),
+            Err("\"ns1.example.org:53\" is not a DNS server address (IP:port, e.g. \"192.0.2.53:53\" or \"[2001:db8::53]:53\")".to_owned())
+        );
+        assert!(dns_server("::1:53").is_err());
+        assert!(dns_server("192.0.2.53:65536").is_err());
     }
 
     #[test]

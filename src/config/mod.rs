@@ -234,15 +234,43 @@ pub struct SipConfig {
     pub max_connections_per_edge: usize,
     /// Connections to one peer network, at most 40 (profile).
     pub max_connections_per_network: usize,
+    /// DNS servers asked for the SRV records that find peer edges
+    /// (`_sipfederationtls._tcp.<domain>`); empty (the default) means the system resolver
+    /// (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// Limit for connecting to a peer edge: TCP connect and TLS handshake together
+    /// (`sip.connect_timeout_secs`, default 10 s).
+    pub connect_timeout: Duration,
+    /// Limit for the TLS handshake of an inbound connection (`sip.handshake_timeout_secs`,
+    /// default 10 s).
+    pub handshake_timeout: Duration,
+    /// A connection with no traffic for this long is closed (`sip.idle_timeout_secs`, default
+    /// 300 s).
+    pub idle_timeout: Duration,
+    /// On a connection idle this long the edge sends a CRLF keep-alive ping (RFC 5626 §4.4.1
+    /// double CRLF); `None` when off (`sip.keepalive_interval_secs = 0`). Always less than
+    /// `idle_timeout` (default 60 s).
+    pub keepalive_interval: Option<Duration>,
+    /// A SIP message that has started arriving must be complete within this
+    /// (`sip.message_timeout_secs`, default 30 s): the slowloris defence.
+    pub message_timeout: Duration,
 }
 
 /// `[federation]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FederationConfig {
-    /// What happens to a domain that is not listed in `partners`.
+    /// What happens to a domain that is not listed in `partners`: `Allow` is discovery mode.
     pub default_policy: DefaultPolicy,
     /// Listed partner domains.
     pub partners: Vec<Partner>,
+    /// Requests per second accepted from one discovered (unlisted) partner domain; beyond it
+    /// the edge answers 503 with Retry-After (`federation.discovered_rate`, 1–10000, default
+    /// 20 like OCS's discovered partners). Listed partners are not limited.
+    pub discovered_rate: u32,
+    /// The `Ms-asserted-verification-level` the edge puts on outbound requests from
+    /// authenticated local users, for domains that are not listed or whose entry does not set
+    /// one (`federation.verification_level`, default verified).
+    pub verification_level: VerificationLevel,
 }
 
 impl FederationConfig {
@@ -251,6 +279,20 @@ impl FederationConfig {
         self.partners
             .iter()
             .find(|p| p.domain.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether discovery is on (`default_policy = "allow"`): any domain whose edge DNS SRV
+    /// finds and whose certificate checks out may federate, not only listed partners.
+    pub fn discovery_enabled(&self) -> bool {
+        self.default_policy == DefaultPolicy::Allow
+    }
+
+    /// The verification level asserted toward `domain`: the listed partner's own setting,
+    /// otherwise the section's.
+    pub fn verification_level(&self, domain: &str) -> VerificationLevel {
+        self.partner(domain)
+            .and_then(|p| p.verification_level)
+            .unwrap_or(self.verification_level)
     }
 
     /// Whether federation with `domain` is permitted: a listed partner's policy, otherwise the
@@ -263,13 +305,38 @@ impl FederationConfig {
     }
 }
 
-/// `federation.default_policy`.
+/// `federation.default_policy`: whether discovery is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultPolicy {
-    /// Any domain whose edge is found by DNS SRV (`_sipfederationtls._tcp`).
+    /// Discovery on: any domain whose edge is found by DNS SRV (`_sipfederationtls._tcp`) and
+    /// whose certificate checks out, besides partners listed with `policy = "allow"`.
     Allow,
-    /// Only partners listed with `policy = "allow"`.
+    /// Discovery off: only partners listed with `policy = "allow"`.
     Deny,
+}
+
+/// `federation.verification_level` and `federation.partners[].verification_level`: what the
+/// edge asserts, in an `Ms-asserted-verification-level` header, about the local user sending an
+/// outbound request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerificationLevel {
+    /// `ms-source-verification-level=verified`: the sender was authenticated by its server.
+    Verified,
+    /// `ms-source-verification-level=unverified`.
+    Unverified,
+    /// No header.
+    Omit,
+}
+
+impl VerificationLevel {
+    /// The `Ms-asserted-verification-level` header value, `None` for [`VerificationLevel::Omit`].
+    pub fn header_value(&self) -> Option<&'static str> {
+        match self {
+            VerificationLevel::Verified => Some("ms-source-verification-level=verified"),
+            VerificationLevel::Unverified => Some("ms-source-verification-level=unverified"),
+            VerificationLevel::Omit => None,
+        }
+    }
 }
 
 /// One `[[federation.partners]]` entry.
@@ -281,6 +348,9 @@ pub struct Partner {
     pub policy: PartnerPolicy,
     /// Static route to the partner's edge (hosted partners), instead of DNS SRV.
     pub edge: Option<Edge>,
+    /// Verification level asserted toward this partner; `None`: the section's
+    /// ([`FederationConfig::verification_level`]).
+    pub verification_level: Option<VerificationLevel>,
 }
 
 /// `federation.partners[].policy`.

@@ -1,7 +1,7 @@
 //! The sections of the configuration: each is walked key by key, validated, and turned into its
 //! typed struct; then the rules that span sections, and (for `check`) the file-system checks.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,7 +9,7 @@ use super::reader::{self, Diag, Field, Reported, Table};
 use super::{
     AddressMode, Config, DefaultPolicy, Edge, FederationConfig, LogFormat, LoggingConfig,
     MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig, StorageConfig,
-    XmppConfig, base_dir, checks, tls,
+    VerificationLevel, XmppConfig, base_dir, checks, tls,
 };
 
 /// Default values, shared with the documentation and the example file.
@@ -24,6 +24,13 @@ pub(crate) mod defaults {
     pub const MAX_HEADERS: usize = Limits::DEFAULT.max_headers;
     pub const MAX_CONNECTIONS_PER_EDGE: usize = 4;
     pub const MAX_CONNECTIONS_PER_NETWORK: usize = 40;
+    pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+    pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+    pub const IDLE_TIMEOUT_SECS: u64 = 300;
+    pub const KEEPALIVE_INTERVAL_SECS: u64 = 60;
+    pub const MESSAGE_TIMEOUT_SECS: u64 = 30;
+    /// OCS's rate for discovered partners.
+    pub const DISCOVERED_RATE: u32 = 20;
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
     pub const SUBSCRIPTION_EXPIRES_SECS: u64 = 3600;
     pub const STORAGE_PATH: &str = "data";
@@ -190,6 +197,23 @@ fn ranged(
     or_default(field, default)
 }
 
+/// An integer that is 0 (off) or within `lo..=hi`; `None` inside for 0.
+fn ranged_or_off(
+    diag: &mut Diag,
+    key: &str,
+    field: Field<i64>,
+    default: u64,
+    lo: u64,
+    hi: u64,
+) -> Option<Option<u64>> {
+    let field = conv(diag, key, field, |n| match u64::try_from(n) {
+        Ok(0) => Ok(None),
+        Ok(v) if (lo..=hi).contains(&v) => Ok(Some(v)),
+        _ => Err(format!("must be 0 (off) or between {lo} and {hi}, not {n}")),
+    });
+    or_default(field, (default != 0).then_some(default))
+}
+
 fn to_usize(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
@@ -222,6 +246,18 @@ fn word<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
         })
 }
 
+/// `verification_level` values.
+fn verification_level(s: &str) -> Result<VerificationLevel, String> {
+    word(
+        s,
+        &[
+            ("verified", VerificationLevel::Verified),
+            ("unverified", VerificationLevel::Unverified),
+            ("omit", VerificationLevel::Omit),
+        ],
+    )
+}
+
 /// Free text shown to people: no control characters, bounded length.
 fn text(s: String, max: usize) -> Result<String, String> {
     if s.chars().any(char::is_control) {
@@ -231,6 +267,46 @@ fn text(s: String, max: usize) -> Result<String, String> {
         return Err(format!("must be at most {max} characters"));
     }
     Ok(s)
+}
+
+/// A list of `IP:port` DNS servers: each well-formed, none twice; empty is allowed.
+fn dns_server_list(
+    diag: &mut Diag,
+    key: &str,
+    field: Field<Vec<String>>,
+) -> Field<Vec<SocketAddr>> {
+    let items = match field {
+        Ok(Some(items)) => items,
+        Ok(None) => return Ok(None),
+        Err(r) => return Err(r),
+    };
+    // Indexed like `items` (`None` for a bad entry) so that duplicates name the right index.
+    let mut out: Vec<Option<SocketAddr>> = Vec::with_capacity(items.len());
+    let mut bad = false;
+    for (i, item) in items.iter().enumerate() {
+        match checks::dns_server(item) {
+            Ok(a) => {
+                if let Some(j) = out.iter().position(|o| *o == Some(a)) {
+                    diag.problem(
+                        format!("{key}[{i}]"),
+                        format!("\"{a}\" is already listed at {key}[{j}]"),
+                    );
+                    bad = true;
+                }
+                out.push(Some(a));
+            }
+            Err(reason) => {
+                diag.problem(format!("{key}[{i}]"), reason);
+                bad = true;
+                out.push(None);
+            }
+        }
+    }
+    if bad {
+        Err(Reported)
+    } else {
+        Ok(Some(out.into_iter().flatten().collect()))
+    }
 }
 
 /// A list of domains: each well-formed, none twice; `at_least_one` for required lists.
@@ -434,10 +510,16 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     let max_headers = t.int("max_headers", diag);
     let per_edge = t.int("max_connections_per_edge", diag);
     let per_network = t.int("max_connections_per_network", diag);
+    let dns_servers = t.strings("dns_servers", diag);
+    let connect_timeout = t.int("connect_timeout_secs", diag);
+    let handshake_timeout = t.int("handshake_timeout_secs", diag);
+    let idle_timeout = t.int("idle_timeout_secs", diag);
+    let keepalive_interval = t.int("keepalive_interval_secs", diag);
+    let message_timeout = t.int("message_timeout_secs", diag);
     t.finish(diag);
 
     let listen = conv(diag, "sip.listen", listen, |s| checks::socket_addr(&s));
-    let listen = or_default(listen, std::net::SocketAddr::from(([0, 0, 0, 0], 5061)));
+    let listen = or_default(listen, SocketAddr::from(([0, 0, 0, 0], 5061)));
     let public_fqdn = conv(diag, "sip.public_fqdn", public_fqdn, |s| {
         checks::domain(s.trim())
     });
@@ -507,14 +589,73 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         40,
         " (the federation profile allows at most 40 connections to one peer network)",
     );
+    let dns_servers = dns_server_list(diag, "sip.dns_servers", dns_servers);
+    let dns_servers = or_default(dns_servers, Vec::new());
+    let connect_timeout = ranged(
+        diag,
+        "sip.connect_timeout_secs",
+        connect_timeout,
+        defaults::CONNECT_TIMEOUT_SECS,
+        1,
+        120,
+        "",
+    );
+    let handshake_timeout = ranged(
+        diag,
+        "sip.handshake_timeout_secs",
+        handshake_timeout,
+        defaults::HANDSHAKE_TIMEOUT_SECS,
+        1,
+        120,
+        "",
+    );
+    let idle_timeout = ranged(
+        diag,
+        "sip.idle_timeout_secs",
+        idle_timeout,
+        defaults::IDLE_TIMEOUT_SECS,
+        30,
+        86_400,
+        "",
+    );
+    let keepalive_interval = ranged_or_off(
+        diag,
+        "sip.keepalive_interval_secs",
+        keepalive_interval,
+        defaults::KEEPALIVE_INTERVAL_SECS,
+        5,
+        3600,
+    );
+    let message_timeout = ranged(
+        diag,
+        "sip.message_timeout_secs",
+        message_timeout,
+        defaults::MESSAGE_TIMEOUT_SECS,
+        1,
+        300,
+        "",
+    );
+    let mut ok = true;
     if let (Some(e), Some(n)) = (per_edge, per_network) {
         if n < e {
             diag.problem(
                 "sip.max_connections_per_network",
                 format!("must be at least sip.max_connections_per_edge ({e}), not {n}"),
             );
-            return None;
+            ok = false;
         }
+    }
+    if let (Some(Some(k)), Some(idle)) = (keepalive_interval, idle_timeout) {
+        if k >= idle {
+            diag.problem(
+                "sip.keepalive_interval_secs",
+                format!("must be less than sip.idle_timeout_secs ({idle}) or 0 (off), not {k}"),
+            );
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
     }
     Some(SipConfig {
         listen: listen?,
@@ -528,12 +669,20 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         max_headers: to_usize(max_headers?),
         max_connections_per_edge: to_usize(per_edge?),
         max_connections_per_network: to_usize(per_network?),
+        dns_servers: dns_servers?,
+        connect_timeout: Duration::from_secs(connect_timeout?),
+        handshake_timeout: Duration::from_secs(handshake_timeout?),
+        idle_timeout: Duration::from_secs(idle_timeout?),
+        keepalive_interval: keepalive_interval?.map(Duration::from_secs),
+        message_timeout: Duration::from_secs(message_timeout?),
     })
 }
 
 fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig> {
     let default_policy = t.string("default_policy", diag);
     let partners = t.tables("partners", diag);
+    let discovered_rate = t.int("discovered_rate", diag);
+    let level = t.string("verification_level", diag);
     t.finish(diag);
 
     let default_policy = conv(diag, "federation.default_policy", default_policy, |s| {
@@ -546,6 +695,19 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
         )
     });
     let default_policy = or_default(default_policy, DefaultPolicy::Allow);
+    let discovered_rate = ranged(
+        diag,
+        "federation.discovered_rate",
+        discovered_rate,
+        u64::from(defaults::DISCOVERED_RATE),
+        1,
+        10_000,
+        " requests per second",
+    );
+    let level = conv(diag, "federation.verification_level", level, |s| {
+        verification_level(&s)
+    });
+    let level = or_default(level, VerificationLevel::Verified);
     let partners = match partners {
         Ok(Some(tables)) => {
             let mut out: Vec<Partner> = Vec::with_capacity(tables.len());
@@ -584,6 +746,8 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
     Some(FederationConfig {
         default_policy: default_policy?,
         partners: partners?,
+        discovered_rate: u32::try_from(discovered_rate?).unwrap_or(u32::MAX),
+        verification_level: level?,
     })
 }
 
@@ -593,6 +757,7 @@ fn partner(mut t: Table, i: usize, diag: &mut Diag) -> (Option<String>, Option<P
     let domain = t.string("domain", diag);
     let policy = t.string("policy", diag);
     let edge = t.string("edge", diag);
+    let level = t.string("verification_level", diag);
     t.finish(diag);
     let key = |k: &str| format!("federation.partners[{i}].{k}");
 
@@ -612,14 +777,25 @@ fn partner(mut t: Table, i: usize, diag: &mut Diag) -> (Option<String>, Option<P
         checks::edge(s.trim()).map(|(host, port)| Edge { host, port })
     });
     let edge = edge.ok();
+    let level = conv(diag, &key("verification_level"), level, |s| {
+        verification_level(&s)
+    });
+    let level = level.ok();
     if let (Some(PartnerPolicy::Block), Some(Some(_))) = (policy, &edge) {
         diag.warning(key("edge"), "ignored: this partner is blocked");
+    }
+    if let (Some(PartnerPolicy::Block), Some(Some(_))) = (policy, level) {
+        diag.warning(
+            key("verification_level"),
+            "ignored: this partner is blocked",
+        );
     }
     let entry = (|| {
         Some(Partner {
             domain: domain.clone()?,
             policy: policy?,
             edge: edge?,
+            verification_level: level?,
         })
     })();
     (domain, entry)

@@ -94,8 +94,32 @@ fn minimal_config_gets_defaults() {
         ),
         (4, 40)
     );
+    assert!(c.sip.dns_servers.is_empty());
+    assert_eq!(
+        (
+            c.sip.connect_timeout,
+            c.sip.handshake_timeout,
+            c.sip.idle_timeout,
+            c.sip.keepalive_interval,
+            c.sip.message_timeout
+        ),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            Duration::from_secs(300),
+            Some(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        )
+    );
     assert_eq!(c.federation.default_policy, DefaultPolicy::Allow);
     assert!(c.federation.partners.is_empty());
+    assert!(c.federation.discovery_enabled());
+    assert_eq!(c.federation.discovered_rate, 20);
+    assert_eq!(c.federation.verification_level, VerificationLevel::Verified);
+    assert_eq!(
+        c.federation.verification_level("contoso.com"),
+        VerificationLevel::Verified
+    );
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
     assert_eq!(c.presence.subscription_expires, Duration::from_secs(3600));
     assert_eq!(c.presence.icon_url, None);
@@ -416,6 +440,7 @@ policy = "block"
     let c = load_ok(&text);
     let f = &c.federation;
     assert_eq!(f.default_policy, DefaultPolicy::Deny);
+    assert!(!f.discovery_enabled());
     assert_eq!(f.partners[0].domain, "contoso.com");
     assert_eq!(
         f.partners[0]
@@ -466,6 +491,263 @@ domain = "lcs.example.org"
 }
 
 #[test]
+fn sip_dns_servers() {
+    let text = MINIMAL.replace(
+        "[sip]\n",
+        "[sip]\ndns_servers = [\"192.0.2.53:53\", \" [2001:db8::53]:5353 \"]\n",
+    );
+    let c = load_ok(&text);
+    let got: Vec<String> = c.sip.dns_servers.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["192.0.2.53:53", "[2001:db8::53]:5353"]);
+
+    // A comma-separated list from the environment, and an empty one (the system resolver).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "c.toml", MINIMAL);
+    let c = load_with_env(
+        &path,
+        env(&[("LCS_BRIDGE__SIP__DNS_SERVERS", "9.9.9.9:53, [::1]:5353")]),
+    )
+    .expect("loads");
+    let got: Vec<String> = c.sip.dns_servers.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["9.9.9.9:53", "[::1]:5353"]);
+    let path = write(dir.path(), "d.toml", &text);
+    let c = load_with_env(&path, env(&[("LCS_BRIDGE__SIP__DNS_SERVERS", "")])).expect("loads");
+    assert!(c.sip.dns_servers.is_empty());
+
+    let bad = MINIMAL.replace(
+        "[sip]\n",
+        "[sip]\ndns_servers = [\"192.0.2.53:0\", \"192.0.2.53\", \"ns.example.org:53\", \"[::1]:53\", \"[::1]:53\", 53]\n",
+    );
+    assert_eq!(
+        problems(&bad),
+        ["sip.dns_servers[5]: expected a string, found integer 53"]
+    );
+    let bad = bad.replace(", 53]", "]");
+    assert_eq!(
+        problems(&bad),
+        [
+            "sip.dns_servers[0]: port must be 1–65535, not 0 in \"192.0.2.53:0\"",
+            "sip.dns_servers[1]: \"192.0.2.53\" has no port (did you mean \"192.0.2.53:53\"?)",
+            "sip.dns_servers[2]: \"ns.example.org:53\" is not a DNS server address (IP:port, e.g. \"192.0.2.53:53\" or \"[2001:db8::53]:53\")",
+            "sip.dns_servers[4]: \"[::1]:53\" is already listed at sip.dns_servers[3]",
+        ]
+    );
+    assert_eq!(
+        problems_with_env(MINIMAL, env(&[("LCS_BRIDGE__SIP__DNS_SERVERS", "::1")])),
+        [
+            "sip.dns_servers[0]: \"::1\" has no port (did you mean \"[::1]:53\"?) (set by LCS_BRIDGE__SIP__DNS_SERVERS)"
+        ]
+    );
+}
+
+/// MINIMAL with `keys` at the start of `[sip]`.
+fn sip_plus(keys: &str) -> String {
+    MINIMAL.replace("[sip]\n", &format!("[sip]\n{keys}\n"))
+}
+
+#[test]
+fn sip_timeouts() {
+    let c = load_ok(&sip_plus(
+        "connect_timeout_secs = 1\nhandshake_timeout_secs = 120\nidle_timeout_secs = 86400\nkeepalive_interval_secs = 3600\nmessage_timeout_secs = 300",
+    ));
+    assert_eq!(c.sip.connect_timeout, Duration::from_secs(1));
+    assert_eq!(c.sip.handshake_timeout, Duration::from_secs(120));
+    assert_eq!(c.sip.idle_timeout, Duration::from_secs(86_400));
+    assert_eq!(c.sip.keepalive_interval, Some(Duration::from_secs(3600)));
+    assert_eq!(c.sip.message_timeout, Duration::from_secs(300));
+    // 0 turns the keep-alive off, whatever the idle timeout.
+    let c = load_ok(&sip_plus(
+        "keepalive_interval_secs = 0\nidle_timeout_secs = 30",
+    ));
+    assert_eq!(c.sip.keepalive_interval, None);
+    assert_eq!(c.sip.idle_timeout, Duration::from_secs(30));
+
+    assert_eq!(
+        problems(&sip_plus(
+            "connect_timeout_secs = 0\nhandshake_timeout_secs = 121\nidle_timeout_secs = 29\nkeepalive_interval_secs = 4\nmessage_timeout_secs = -1"
+        )),
+        [
+            "sip.connect_timeout_secs: must be between 1 and 120, not 0",
+            "sip.handshake_timeout_secs: must be between 1 and 120, not 121",
+            "sip.idle_timeout_secs: must be between 30 and 86400, not 29",
+            "sip.keepalive_interval_secs: must be 0 (off) or between 5 and 3600, not 4",
+            "sip.message_timeout_secs: must be between 1 and 300, not -1",
+        ]
+    );
+    assert_eq!(
+        problems(&sip_plus("keepalive_interval_secs = 3601")),
+        ["sip.keepalive_interval_secs: must be 0 (off) or between 5 and 3600, not 3601"]
+    );
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 86401\nmessage_timeout_secs = \"soon\""
+        )),
+        [
+            "sip.message_timeout_secs: expected an integer, found string \"soon\"",
+            "sip.idle_timeout_secs: must be between 30 and 86400, not 86401",
+        ]
+    );
+}
+
+#[test]
+fn keepalive_interval_must_be_less_than_idle_timeout() {
+    let rule = "sip.keepalive_interval_secs: must be less than sip.idle_timeout_secs (60) or 0 (off), not 60";
+    assert_eq!(problems(&sip_plus("idle_timeout_secs = 60")), [rule]);
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 60\nkeepalive_interval_secs = 600"
+        )),
+        [
+            "sip.keepalive_interval_secs: must be less than sip.idle_timeout_secs (60) or 0 (off), not 600"
+        ]
+    );
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 60\nkeepalive_interval_secs = 59"
+        )),
+        Vec::<String>::new()
+    );
+    // From the environment, the problem names the variable that set the value it is about.
+    assert_eq!(
+        problems_with_env(
+            MINIMAL,
+            env(&[
+                ("LCS_BRIDGE__SIP__IDLE_TIMEOUT_SECS", "45"),
+                ("LCS_BRIDGE__SIP__KEEPALIVE_INTERVAL_SECS", "45"),
+            ])
+        ),
+        [
+            "sip.keepalive_interval_secs: must be less than sip.idle_timeout_secs (45) or 0 (off), not 45 (set by LCS_BRIDGE__SIP__KEEPALIVE_INTERVAL_SECS)"
+        ]
+    );
+    // Not checked against an idle timeout that is itself wrong (one problem, not two).
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 10\nkeepalive_interval_secs = 20"
+        )),
+        ["sip.idle_timeout_secs: must be between 30 and 86400, not 10"]
+    );
+    // This rule and the other [sip] rule are both reported in one run.
+    assert_eq!(
+        problems(&sip_plus(
+            "idle_timeout_secs = 60\nmax_connections_per_edge = 4\nmax_connections_per_network = 3"
+        )),
+        [
+            "sip.max_connections_per_network: must be at least sip.max_connections_per_edge (4), not 3",
+            rule,
+        ]
+    );
+}
+
+#[test]
+fn federation_discovered_rate() {
+    let c = load_ok(&minimal_plus("[federation]\ndiscovered_rate = 10000"));
+    assert_eq!(c.federation.discovered_rate, 10_000);
+    let c = load_ok(&minimal_plus("[federation]\ndiscovered_rate = 1"));
+    assert_eq!(c.federation.discovered_rate, 1);
+    assert_eq!(
+        problems(&minimal_plus("[federation]\ndiscovered_rate = 0")),
+        ["federation.discovered_rate: must be between 1 and 10000 requests per second, not 0"]
+    );
+    assert_eq!(
+        problems_with_env(
+            MINIMAL,
+            env(&[("LCS_BRIDGE__FEDERATION__DISCOVERED_RATE", "10001")])
+        ),
+        [
+            "federation.discovered_rate: must be between 1 and 10000 requests per second, not 10001 (set by LCS_BRIDGE__FEDERATION__DISCOVERED_RATE)"
+        ]
+    );
+    assert_eq!(
+        problems(&minimal_plus("[federation]\ndiscovered_rate = 2.5")),
+        ["federation.discovered_rate: expected an integer, found float 2.5"]
+    );
+}
+
+#[test]
+fn federation_verification_level() {
+    let text = minimal_plus(
+        r#"
+[federation]
+verification_level = "Unverified"
+[[federation.partners]]
+domain = "contoso.com"
+verification_level = "verified"
+[[federation.partners]]
+domain = "fabrikam.com"
+verification_level = "omit"
+[[federation.partners]]
+domain = "litware.com"
+"#,
+    );
+    let c = load_ok(&text);
+    let f = &c.federation;
+    assert_eq!(f.verification_level, VerificationLevel::Unverified);
+    assert_eq!(
+        f.partners[0].verification_level,
+        Some(VerificationLevel::Verified)
+    );
+    assert_eq!(f.partners[2].verification_level, None);
+    assert_eq!(
+        f.verification_level("Contoso.COM"),
+        VerificationLevel::Verified
+    );
+    assert_eq!(
+        f.verification_level("fabrikam.com"),
+        VerificationLevel::Omit
+    );
+    // Listed without a level, and not listed: the section's.
+    assert_eq!(
+        f.verification_level("litware.com"),
+        VerificationLevel::Unverified
+    );
+    assert_eq!(
+        f.verification_level("other.example"),
+        VerificationLevel::Unverified
+    );
+
+    assert_eq!(
+        VerificationLevel::Verified.header_value(),
+        Some("ms-source-verification-level=verified")
+    );
+    assert_eq!(
+        VerificationLevel::Unverified.header_value(),
+        Some("ms-source-verification-level=unverified")
+    );
+    assert_eq!(VerificationLevel::Omit.header_value(), None);
+
+    let text = minimal_plus(
+        r#"
+[federation]
+verification_level = "trusted"
+[[federation.partners]]
+domain = "contoso.com"
+verification_level = "none"
+[[federation.partners]]
+domain = "fabrikam.com"
+verification_levle = "omit"
+"#,
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "federation.verification_level: must be \"verified\", \"unverified\" or \"omit\", not \"trusted\"",
+            "federation.partners[0].verification_level: must be \"verified\", \"unverified\" or \"omit\", not \"none\"",
+            "federation.partners[1].verification_levle: unknown key (did you mean \"verification_level\"?)",
+        ]
+    );
+    assert_eq!(
+        problems_with_env(
+            MINIMAL,
+            env(&[("LCS_BRIDGE__FEDERATION__VERIFICATION_LEVEL", "yes")])
+        ),
+        [
+            "federation.verification_level: must be \"verified\", \"unverified\" or \"omit\", not \"yes\" (set by LCS_BRIDGE__FEDERATION__VERIFICATION_LEVEL)"
+        ]
+    );
+}
+
+#[test]
 fn warnings_do_not_fail_loading() {
     let text = minimal_plus(
         r#"
@@ -475,6 +757,7 @@ default_policy = "deny"
 domain = "spam.example"
 policy = "block"
 edge = "192.0.2.1:5061"
+verification_level = "omit"
 [logging]
 level = "infoo"
 "#,
@@ -493,6 +776,7 @@ level = "infoo"
         [
             "xmpp.host: the component protocol (XEP-0114) is not encrypted: keep it on loopback or a private network",
             "federation.partners[0].edge: ignored: this partner is blocked",
+            "federation.partners[0].verification_level: ignored: this partner is blocked",
             "federation.default_policy: \"deny\" with no partner allowed: the bridge will federate with nobody",
             "logging.level: \"infoo\" is not a level: it enables every level for the target \"infoo\" (did you mean \"info\"?)",
         ]

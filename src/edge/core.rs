@@ -818,8 +818,11 @@ mod tests_support {
                             domain: d.into(),
                             policy: PartnerPolicy::Allow,
                             edge: None,
+                            verification_level: None,
                         })
                         .collect(),
+                    discovered_rate: DEFAULT_DISCOVERED_RATE,
+                    verification_level: crate::config::VerificationLevel::Verified,
                 },
                 public_fqdn: "sip.example.org".into(),
                 discovered_rate: rate,

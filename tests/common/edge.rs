@@ -18,6 +18,8 @@ pub fn core_settings() -> CoreSettings {
         federation: FederationConfig {
             default_policy: DefaultPolicy::Allow,
             partners: vec![],
+            discovered_rate: lcs_bridge::edge::core::DEFAULT_DISCOVERED_RATE,
+            verification_level: lcs_bridge::config::VerificationLevel::Verified,
         },
         public_fqdn: "sip.example.org".into(),
         discovered_rate: lcs_bridge::edge::core::DEFAULT_DISCOVERED_RATE,
