@@ -73,7 +73,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
         let mut signals = Signals::install()?;
-        let discovery = Discovery::new(&[]).map_err(|e| anyhow!("sip: {e}"))?;
+        let discovery =
+            Discovery::new(&cfg.sip.dns_servers).map_err(|e| anyhow!("sip.dns_servers: {e}"))?;
         let (edge, events) = edge::server::start(edge_settings, Arc::new(discovery))
             .await
             .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
@@ -114,7 +115,6 @@ fn core_settings(cfg: &config::Config) -> CoreSettings {
         served: ServedDomains::of(cfg),
         federation: cfg.federation.clone(),
         public_fqdn: cfg.sip.public_fqdn.clone(),
-        discovered_rate: edge::core::DEFAULT_DISCOVERED_RATE,
         pool: PoolLimits::new(
             cfg.sip.max_connections_per_edge,
             cfg.sip.max_connections_per_network,
@@ -124,7 +124,15 @@ fn core_settings(cfg: &config::Config) -> CoreSettings {
 }
 
 fn edge_settings(cfg: &config::Config, tls: TlsConfigs) -> EdgeSettings {
-    EdgeSettings::new(cfg.sip.listen, tls, core_settings(cfg), cfg.sip.limits())
+    let sip = &cfg.sip;
+    EdgeSettings {
+        handshake_timeout: sip.handshake_timeout,
+        connect_timeout: sip.connect_timeout,
+        idle_timeout: sip.idle_timeout,
+        keepalive_interval: sip.keepalive_interval,
+        message_timeout: sip.message_timeout,
+        ..EdgeSettings::new(sip.listen, tls, core_settings(cfg), sip.limits())
+    }
 }
 
 /// SIGHUP: re-reads the configuration; the federation policy and connection limits apply at

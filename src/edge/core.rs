@@ -142,15 +142,9 @@ pub struct CoreSettings {
     pub federation: FederationConfig,
     /// Host (and port) the edge puts into its Via/Contact and SDP.
     pub public_fqdn: String,
-    /// Requests per second accepted from one discovered (unlisted) partner domain; beyond it,
-    /// 503 with Retry-After (OCS's default for discovered partners is 20/s).
-    pub discovered_rate: u32,
     /// Outbound connection limits.
     pub pool: PoolLimits,
 }
-
-/// OCS's rate for discovered partners.
-pub const DEFAULT_DISCOVERED_RATE: u32 = 20;
 
 /// The least time a DNS answer (or its absence) is used.
 const MIN_ANSWER_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
@@ -599,7 +593,7 @@ impl EdgeCore {
         }
     }
 
-    /// Discovered (unlisted) partners get at most `discovered_rate` requests per second per From
+    /// Discovered (unlisted) partners get at most `federation.discovered_rate` requests per second per From
     /// domain; beyond it, `503` with `Retry-After: 1`. ACKs are never limited (they complete
     /// transactions already admitted).
     fn rate_limit(&mut self, now: Instant, m: &Message) -> Option<Message> {
@@ -610,7 +604,7 @@ impl EdgeCore {
         if self.settings.federation.partner(&domain).is_some() {
             return None;
         }
-        let rate = self.settings.discovered_rate;
+        let rate = self.settings.federation.discovered_rate;
         let bucket = self.buckets.entry(domain).or_insert(Bucket {
             tokens: f64::from(rate.max(1)),
             last: now,
@@ -821,11 +815,10 @@ mod tests_support {
                             verification_level: None,
                         })
                         .collect(),
-                    discovered_rate: DEFAULT_DISCOVERED_RATE,
+                    discovered_rate: rate,
                     verification_level: crate::config::VerificationLevel::Verified,
                 },
                 public_fqdn: "sip.example.org".into(),
-                discovered_rate: rate,
                 pool: crate::edge::pool::PoolLimits::default(),
             },
             7,

@@ -18,11 +18,10 @@ pub fn core_settings() -> CoreSettings {
         federation: FederationConfig {
             default_policy: DefaultPolicy::Allow,
             partners: vec![],
-            discovered_rate: lcs_bridge::edge::core::DEFAULT_DISCOVERED_RATE,
+            discovered_rate: 20,
             verification_level: lcs_bridge::config::VerificationLevel::Verified,
         },
         public_fqdn: "sip.example.org".into(),
-        discovered_rate: lcs_bridge::edge::core::DEFAULT_DISCOVERED_RATE,
         pool: lcs_bridge::edge::pool::PoolLimits::default(),
     }
 }
