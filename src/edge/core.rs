@@ -364,8 +364,11 @@ impl EdgeCore {
         }) else {
             return;
         };
-        if let Some(value) =
-            Some("ms-source-verification-level=verified").filter(|_| !domain.is_empty())
+        if let Some(value) = self
+            .settings
+            .federation
+            .verification_level(&domain)
+            .header_value()
         {
             request.push_header(VERIFICATION_HEADER, value);
         }
@@ -843,5 +846,160 @@ mod tests_support {
             CoreOutput::Send { bytes, .. } => Message::parse(bytes).unwrap().status().unwrap_or(0),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod outbound_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::config::{PartnerPolicy, VerificationLevel};
+    use crate::sip::transaction::TxIds;
+
+    fn request(to: &str, branch: &str) -> Message {
+        let raw = format!(
+            "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <{to}>\r\nCall-ID: {branch}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        );
+        Message::parse(raw.as_bytes()).unwrap()
+    }
+
+    fn sent_on(out: &[CoreOutput]) -> Vec<(ConnId, Message)> {
+        out.iter()
+            .filter_map(|o| match o {
+                CoreOutput::Send { conn, bytes } => Some((*conn, Message::parse(bytes).unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_from_local_users_assert_verification_as_configured() {
+        let mut c = core_with(20, vec!["fabrikam.com"]);
+        c.settings.federation.partners[0].verification_level = Some(VerificationLevel::Omit);
+        let ids: TxIds = c.tx_ids();
+        let now = Instant::now();
+        // Connection 1 (sip.contoso.com, contoso.com) is inbound and carries contoso.com.
+        let out = c.send_request(
+            now,
+            ids.next(),
+            request("sip:bob@contoso.com", "v1"),
+            Route::Domain("contoso.com".into()),
+        );
+        let sent = sent_on(&out);
+        assert_eq!(sent[0].0, 1);
+        assert_eq!(
+            sent[0].1.header(VERIFICATION_HEADER),
+            Some("ms-source-verification-level=verified")
+        );
+        let out = c.send_request(
+            now,
+            ids.next(),
+            request("sip:ann@fabrikam.com", "v2"),
+            Route::Domain("fabrikam.com".into()),
+        );
+        let sent = sent_on(&out);
+        assert_eq!(sent[0].0, 2);
+        assert_eq!(sent[0].1.header(VERIFICATION_HEADER), None);
+    }
+
+    #[test]
+    fn refused_routes_are_reported_not_dropped() {
+        let mut c = core_with(20, vec!["fabrikam.com"]);
+        c.settings.federation.partners[0].policy = PartnerPolicy::Block;
+        let ids = c.tx_ids();
+        let now = Instant::now();
+        let cases = [
+            (
+                Route::Domain("example.org".into()),
+                Undeliverable::Local {
+                    domain: "example.org".into(),
+                },
+            ),
+            (
+                Route::Domain("Fabrikam.COM.".into()),
+                Undeliverable::Blocked {
+                    domain: "fabrikam.com".into(),
+                },
+            ),
+            (
+                Route::Connection(42),
+                Undeliverable::ConnectionGone { conn: 42 },
+            ),
+        ];
+        for (i, (route, expected)) in cases.into_iter().enumerate() {
+            let tx = ids.next();
+            let out = c.send_request(
+                now,
+                tx,
+                request("sip:x@fabrikam.com", &format!("r{i}")),
+                route,
+            );
+            assert_eq!(out, [CoreOutput::Undeliverable { tx, why: expected }]);
+        }
+        // A dialog's connection closing: its next request is not rerouted.
+        let out = c.disconnected(now, 1);
+        assert_eq!(out[0], CoreOutput::ConnectionLost { conn: 1 });
+        let tx = ids.next();
+        let out = c.send_request(
+            now,
+            tx,
+            request("sip:bob@contoso.com", "d1"),
+            Route::Connection(1),
+        );
+        assert_eq!(
+            out,
+            [CoreOutput::Undeliverable {
+                tx,
+                why: Undeliverable::ConnectionGone { conn: 1 }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_certificate_naming_the_srv_target_is_authorized_after_the_lookup() {
+        let mut c = core_with(20, vec![]);
+        c.connected(3, PeerIdentity::from_names(["edge.hosting.example"]));
+        let now = Instant::now();
+        let raw = "MESSAGE sip:alice@example.org SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.9:5061;branch=z9hG4bKs1\r\nMax-Forwards: 70\r\nFrom: <sip:joe@woodgrove.com>;tag=w\r\nTo: <sip:alice@example.org>\r\nCall-ID: s1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let frame = || Frame::Message(Message::parse(raw.as_bytes()).unwrap());
+        assert_eq!(
+            c.on_frame(now, 3, frame()),
+            [CoreOutput::Resolve {
+                domain: "woodgrove.com".into()
+            }]
+        );
+        let target = SrvTarget {
+            priority: 0,
+            weight: 0,
+            port: 5061,
+            target: "edge.hosting.example".into(),
+        };
+        let out = c.resolved(
+            now,
+            "woodgrove.com",
+            Ok(vec![target]),
+            now + std::time::Duration::from_secs(60),
+        );
+        assert!(
+            matches!(&out[..], [CoreOutput::Request { conn: 3, .. }]),
+            "{out:?}"
+        );
+        // Another domain whose SRV does not name it: 403 after the lookup.
+        let other = raw
+            .replace("woodgrove.com", "tailspin.com")
+            .replace("s1", "s2");
+        let out = c.on_frame(
+            now,
+            3,
+            Frame::Message(Message::parse(other.as_bytes()).unwrap()),
+        );
+        assert_eq!(
+            out,
+            [CoreOutput::Resolve {
+                domain: "tailspin.com".into()
+            }]
+        );
+        let out = c.resolved(now, "tailspin.com", Err("no SRV".into()), now);
+        assert_eq!(status_of(&out[0]), 403);
     }
 }

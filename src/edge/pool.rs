@@ -498,3 +498,243 @@ impl<W> Pool<W> {
 
 /// How long a failed lookup is remembered when DNS gave no TTL.
 pub const NEGATIVE_TTL_FLOOR: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DefaultPolicy, VerificationLevel};
+
+    fn federation() -> FederationConfig {
+        FederationConfig {
+            default_policy: DefaultPolicy::Allow,
+            partners: vec![],
+            discovered_rate: 20,
+            verification_level: VerificationLevel::Verified,
+        }
+    }
+
+    fn srv(names: &[&str]) -> Vec<SrvTarget> {
+        names
+            .iter()
+            .map(|n| SrvTarget {
+                priority: 0,
+                weight: 0,
+                port: 5061,
+                target: (*n).into(),
+            })
+            .collect()
+    }
+
+    /// Drives a pool like the edge does: every Connect comes up at once (unless `refuse`
+    /// names the host), every Send takes a request. Returns the actions seen.
+    fn drive(pool: &mut Pool<u32>, now: Instant, domain: &str, refuse: &[&str]) -> Vec<Action> {
+        let fed = federation();
+        let mut seen = Vec::new();
+        let mut queue = pool.pump(now, domain, None, &fed);
+        while let Some(a) = queue.pop() {
+            seen.push(a.clone());
+            match a {
+                Action::Send { conn } => {
+                    pool.take_waiting(domain).unwrap();
+                    pool.add_pending(conn, 1);
+                }
+                Action::Connect { conn, edge, .. } => {
+                    if refuse.contains(&edge.host.as_str()) {
+                        pool.failed(now, conn, 0.5, "refused");
+                    } else {
+                        pool.up(conn, PeerIdentity::from_names([edge.host.as_str()]));
+                    }
+                    queue.extend(pool.pump(now, domain, None, &fed));
+                }
+                Action::Resolve { .. } | Action::Fail { .. } => {}
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn lookup_then_connect_then_send_and_reuse() {
+        let now = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.wait("contoso.com", 1);
+        let fed = federation();
+        assert_eq!(
+            pool.pump(now, "contoso.com", None, &fed),
+            [Action::Resolve {
+                domain: "contoso.com".into()
+            }]
+        );
+        pool.resolved(
+            "contoso.com",
+            Ok(srv(&["a.contoso.com", "b.contoso.com"])),
+            now + Duration::from_secs(60),
+        );
+        let seen = drive(&mut pool, now, "contoso.com", &[]);
+        assert!(matches!(&seen[0], Action::Connect { edge, .. } if edge.host == "a.contoso.com"));
+        assert!(matches!(seen[1], Action::Send { .. }));
+        // The next request reuses the connection.
+        pool.wait("contoso.com", 2);
+        let seen = drive(&mut pool, now, "contoso.com", &[]);
+        assert!(matches!(seen[..], [Action::Send { .. }]), "{seen:?}");
+    }
+
+    #[test]
+    fn fifty_busy_requests_never_open_more_than_four_connections_to_one_edge() {
+        let now = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::new(4, 40, 1));
+        pool.resolved(
+            "contoso.com",
+            Ok(srv(&["sip.contoso.com"])),
+            now + Duration::from_secs(60),
+        );
+        let mut connects = 0;
+        for i in 0..50 {
+            pool.wait("contoso.com", i);
+            let seen = drive(&mut pool, now, "contoso.com", &[]);
+            connects += seen
+                .iter()
+                .filter(|a| matches!(a, Action::Connect { .. }))
+                .count();
+            assert!(
+                seen.iter().any(|a| matches!(a, Action::Send { .. })),
+                "request {i} not sent"
+            );
+        }
+        assert_eq!(connects, 4);
+        assert_eq!(pool.outbound_counts("contoso.com", None).0, 4);
+    }
+
+    #[test]
+    fn forty_one_edges_get_at_most_forty_connections() {
+        let now = Instant::now();
+        let names: Vec<String> = (0..41).map(|i| format!("edge{i}.contoso.com")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::new(1, 40, 1));
+        pool.resolved("contoso.com", Ok(srv(&refs)), now + Duration::from_secs(60));
+        for i in 0..200 {
+            pool.wait("contoso.com", i);
+            drive(&mut pool, now, "contoso.com", &[]);
+        }
+        assert_eq!(pool.outbound_counts("contoso.com", None).0, 40);
+        let last = EdgeAddr {
+            host: "edge40.contoso.com".into(),
+            port: 5061,
+        };
+        assert_eq!(pool.outbound_counts("contoso.com", Some(&last)).1, 0);
+    }
+
+    #[test]
+    fn a_failed_edge_is_skipped_and_when_all_fail_requests_fail_with_the_reason() {
+        let now = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.resolved(
+            "contoso.com",
+            Ok(srv(&["a.contoso.com", "b.contoso.com"])),
+            now + Duration::from_secs(60),
+        );
+        pool.wait("contoso.com", 1);
+        let seen = drive(&mut pool, now, "contoso.com", &["a.contoso.com"]);
+        let hosts: Vec<&str> = seen
+            .iter()
+            .filter_map(|a| match a {
+                Action::Connect { edge, .. } => Some(edge.host.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(hosts, ["a.contoso.com", "b.contoso.com"]);
+        assert!(matches!(seen.last(), Some(Action::Send { .. })));
+
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.resolved(
+            "contoso.com",
+            Ok(srv(&["a.contoso.com", "b.contoso.com"])),
+            now + Duration::from_secs(60),
+        );
+        pool.wait("contoso.com", 1);
+        let seen = drive(
+            &mut pool,
+            now,
+            "contoso.com",
+            &["a.contoso.com", "b.contoso.com"],
+        );
+        match seen.last() {
+            Some(Action::Fail {
+                reason,
+                no_route: false,
+            }) => {
+                assert!(
+                    reason.starts_with("cannot reach contoso.com (a.contoso.com:5061: refused)"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Backoff: a new request within the backoff fails at once, without a connection attempt.
+        pool.wait("contoso.com", 2);
+        let seen = drive(
+            &mut pool,
+            now + Duration::from_millis(100),
+            "contoso.com",
+            &[],
+        );
+        assert!(matches!(seen[..], [Action::Fail { .. }]), "{seen:?}");
+        // After it, the edge is tried again.
+        pool.wait("contoso.com", 3);
+        let seen = drive(&mut pool, now + Duration::from_secs(2), "contoso.com", &[]);
+        assert!(matches!(seen[0], Action::Connect { .. }), "{seen:?}");
+    }
+
+    #[test]
+    fn no_srv_fails_with_no_route_until_the_answer_expires() {
+        let now = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.resolved(
+            "nowhere.example",
+            Err("no SRV".into()),
+            now + Duration::from_secs(5),
+        );
+        pool.wait("nowhere.example", 1);
+        let seen = drive(&mut pool, now, "nowhere.example", &[]);
+        assert_eq!(
+            seen,
+            [Action::Fail {
+                reason: "no SRV".into(),
+                no_route: true
+            }]
+        );
+        pool.take_waiting("nowhere.example");
+        pool.wait("nowhere.example", 2);
+        let seen = drive(
+            &mut pool,
+            now + Duration::from_secs(6),
+            "nowhere.example",
+            &[],
+        );
+        assert_eq!(
+            seen,
+            [Action::Resolve {
+                domain: "nowhere.example".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_authorized_inbound_connection_carries_requests_back() {
+        let now = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.inbound(7, PeerIdentity::from_names(["sip.fabrikam.com"]));
+        pool.inbound(8, PeerIdentity::from_names(["contoso.com"]));
+        pool.wait("contoso.com", 1);
+        let seen = drive(&mut pool, now, "contoso.com", &[]);
+        assert_eq!(seen, [Action::Send { conn: 8 }]);
+        // Its SRV target names the other one: once known, both qualify; the idler is used.
+        pool.resolved(
+            "fabrikam.com",
+            Ok(srv(&["sip.fabrikam.com"])),
+            now + Duration::from_secs(60),
+        );
+        pool.wait("fabrikam.com", 2);
+        let seen = drive(&mut pool, now, "fabrikam.com", &[]);
+        assert_eq!(seen, [Action::Send { conn: 7 }]);
+    }
+}
