@@ -353,6 +353,17 @@ mod tests {
     }
 
     #[test]
+    fn shareable_between_tasks() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let discovery = Discovery::new(&["127.0.0.1:9".parse().unwrap()]).unwrap();
+        send_sync(&discovery);
+        // The lookups can run inside tokio::spawn (futures dropped unpolled).
+        send(discovery.edge_targets("contoso.test"));
+        send(discovery.addresses("sip.contoso.test", 5061));
+    }
+
+    #[test]
     fn setup_from_the_system_configuration() {
         match Discovery::new(&[]) {
             Ok(discovery) => {
