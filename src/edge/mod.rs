@@ -1,13 +1,17 @@
-//! The SIP federation edge (issue 3): mutual TLS only (the profile's "Transport and security"),
-//! peer identity from certificates, request admission, transactions and OPTIONS.
+//! The SIP federation edge: mutual TLS only (the profile's "Transport and security"), peer
+//! identity from certificates, request admission, SRV discovery, the outbound connection pool,
+//! transactions and OPTIONS.
 //!
 //! - [`tls`]: rustls configurations and handshake error reasons.
+//! - [`dns`]: `_sipfederationtls._tcp` SRV discovery (RFC 2782) and A/AAAA lookups (hickory).
+//! - [`pool`]: which connection an outbound request takes (≤ 4 per edge, ≤ 40 per network,
+//!   reuse, fail-over, backoff), sans-IO.
 //! - [`core`]: the sans-IO request handling ([`core::EdgeCore`]), testable without sockets.
-//! - [`server`]: the listener and connection tasks that feed it.
+//! - [`server`]: the listener, outbound connections and connection tasks that feed it, and
+//!   the [`server::EdgeHandle`] / [`server::EdgeEvent`] interface for the layer above.
 //!
-//! Not here yet (issue 3 continues): SRV discovery and outbound connections with the per-peer
-//! limits, dialog affinity for outbound dialogs, the rate limit for discovered partners.
-//! Certificates reload on SIGHUP ([`server::EdgeHandle::reload_tls`]).
+//! Certificates and federation policy reload on SIGHUP ([`server::EdgeHandle::reload_tls`],
+//! [`server::EdgeHandle::reconfigure`]).
 
 pub mod core;
 pub mod dns;

@@ -11,10 +11,12 @@
 //!   (XEP-0114, secret [`COMPONENT_SECRET`]); stopped when dropped.
 //! - [`component_handshake`]: a minimal XEP-0114 client, for smoke tests.
 //! - [`run_with_timeout`]: run a command with a hard deadline.
+//! - [`dns::TestDns`]: an in-process authoritative DNS server on loopback, zones built in code.
 //!
 //! Nothing here ever talks to a non-loopback address. See docs/testing.md.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod edge;
 pub mod pki;
 
