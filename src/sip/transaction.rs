@@ -77,9 +77,11 @@ pub enum TxEvent {
     },
     /// An ACK that matched no transaction: the ACK for a 2xx, which belongs to the dialog.
     Ack { conn: ConnId, request: Message },
-    /// A response to client transaction `tx`; `is_final` ends the transaction.
+    /// A response to client transaction `tx`, received on `conn` (where a dialog it creates
+    /// lives); `is_final` ends the transaction.
     Response {
         tx: TxId,
+        conn: ConnId,
         response: Message,
         is_final: bool,
     },
@@ -355,6 +357,7 @@ impl Transactions {
         }
         self.event(TxEvent::Response {
             tx,
+            conn,
             response,
             is_final,
         });

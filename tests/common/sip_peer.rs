@@ -27,12 +27,15 @@ pub struct SipPeer {
     pub requests: Arc<Mutex<Vec<(usize, Message)>>>,
     hold: Arc<AtomicBool>,
     release: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Drop for SipPeer {
+    /// Stops listening and drops every connection.
     fn drop(&mut self) {
-        self.task.abort();
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
     }
 }
 
@@ -43,10 +46,12 @@ impl SipPeer {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).unwrap();
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
-                .build()
-                .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -60,9 +65,15 @@ impl SipPeer {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let hold = Arc::new(AtomicBool::new(hold));
         let release = Arc::new(Notify::new());
+        let tasks = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn({
-            let (accepted, requests, hold, release) =
-                (accepted.clone(), requests.clone(), hold.clone(), release.clone());
+            let (accepted, requests, hold, release, tasks) = (
+                accepted.clone(),
+                requests.clone(),
+                hold.clone(),
+                release.clone(),
+                tasks.clone(),
+            );
             async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
@@ -72,20 +83,23 @@ impl SipPeer {
                         continue;
                     };
                     let n = accepted.fetch_add(1, Ordering::SeqCst) + 1;
-                    let (requests, hold, release) = (requests.clone(), hold.clone(), release.clone());
-                    tokio::spawn(async move {
+                    let (requests, hold, release) =
+                        (requests.clone(), hold.clone(), release.clone());
+                    let conn = tokio::spawn(async move {
                         serve(tls, n, requests, hold, release).await;
                     });
+                    tasks.lock().unwrap().push(conn);
                 }
             }
         });
+        tasks.lock().unwrap().push(task);
         SipPeer {
             addr,
             accepted,
             requests,
             hold,
             release,
-            task,
+            tasks,
         }
     }
 
