@@ -244,6 +244,31 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// A TLS 1.0-only client (Python's ssl module, OpenSSL at security level 0): "connected" or
+/// "refused …"; `None` without Python.
+fn tls10_client(addr: SocketAddr) -> Option<String> {
+    let python = common::find_binary("python3")?;
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         ctx.set_ciphers('DEFAULT@SECLEVEL=0')\n\
+         ctx.minimum_version = ssl.TLSVersion.TLSv1\n\
+         ctx.maximum_version = ssl.TLSVersion.TLSv1\n\
+         s = socket.create_connection(('{}', {}), timeout=10)\n\
+         try:\n    ctx.wrap_socket(s).do_handshake(); print('connected')\n\
+         except Exception as e:\n    print('refused', e)\n",
+        addr.ip(),
+        addr.port()
+    );
+    let out = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 #[tokio::test]
 async fn handshakes_without_a_good_client_certificate_are_refused() {
     let logs = Captured::default();
@@ -284,12 +309,21 @@ async fn handshakes_without_a_good_client_certificate_are_refused() {
         )
         .await
     );
+    // LCS 2005 on Windows Server 2003 speaks only TLS 1.0 (here: Python's OpenSSL client).
+    let tls10 = tokio::task::spawn_blocking(move || tls10_client(addr))
+        .await
+        .unwrap();
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    for reason in [
+    let mut reasons = vec![
         "peer presented no client certificate",
         "peer certificate is not issued by a trusted CA (unknown CA)",
         "peer certificate has expired",
-    ] {
+    ];
+    if let Some(outcome) = tls10 {
+        assert!(outcome.starts_with("refused"), "TLS 1.0 client: {outcome}");
+        reasons.push("peer offers only TLS 1.0/1.1");
+    }
+    for reason in reasons {
         assert!(text.contains(reason), "log lacks {reason:?}:\n{text}");
     }
     assert!(
@@ -449,4 +483,123 @@ async fn pipelined_traffic_with_partial_tails_stays_up() {
         }
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
+}
+
+/// RFC 5626 keep-alive: after `keepalive_interval` of silence the edge pings (double CRLF); a
+/// peer that answers with a pong stays connected past the idle timeout, a silent one is closed
+/// at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_pings_keep_live_peers_and_idle_ones_are_closed() {
+    let pki = Pki::new("Test federation CA");
+    let mut settings = EdgeSettings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        edge_tls(&pki),
+        common::edge::core_settings(),
+        Limits::default(),
+    );
+    settings.keepalive_interval = Some(Duration::from_millis(500));
+    settings.idle_timeout = Duration::from_secs(2);
+    let edge = common::edge::start_answering(settings).await;
+    let peer = client_config(
+        &pki.ca,
+        Some(pki.leaf(&["sip.contoso.com", "contoso.com"], false)),
+    );
+    let mut live = connect(edge.local_addr, peer.clone()).await.unwrap();
+    let mut silent = connect(edge.local_addr, peer).await.unwrap();
+    let started = std::time::Instant::now();
+    // The silent peer reads but never answers: closed at the idle timeout.
+    let silent_task = tokio::spawn(async move {
+        let mut f = Framer::new(Limits::default());
+        let mut pings = 0;
+        while let Some(frame) = read_frame(&mut silent, &mut f).await {
+            if frame == Frame::Ping {
+                pings += 1;
+            }
+        }
+        (pings, std::time::Instant::now())
+    });
+    // The live peer answers every ping with a pong, for 3.5 s.
+    let mut f = Framer::new(Limits::default());
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        let mut buf = [0u8; 64];
+        if let Ok(n) = tokio::time::timeout(Duration::from_millis(200), live.read(&mut buf)).await {
+            let n = n.unwrap();
+            assert!(n > 0, "live peer was disconnected");
+            f.push(&buf[..n]);
+            while let Ok(Some(frame)) = f.next_frame() {
+                if frame == Frame::Ping {
+                    pings += 1;
+                    live.write_all(b"\r\n").await.unwrap();
+                }
+            }
+        }
+    }
+    assert!(pings >= 3, "live peer got {pings} pings");
+    let ok = ask(&mut live, &mut f, options("alive")).await;
+    assert_eq!(ok.status(), Some(200));
+    let (silent_pings, closed_at) = silent_task.await.unwrap();
+    assert!(silent_pings >= 1, "silent peer was pinged");
+    let lived = closed_at.duration_since(started);
+    assert!(
+        lived >= Duration::from_millis(1900) && lived < Duration::from_secs(4),
+        "silent peer closed after {lived:?}"
+    );
+}
+
+/// This process's resident set size, in KiB (Linux).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Memory stays bounded: 40 connections at once, each pushing 1 MiB of header line, leave the
+/// process (edge and clients) within a few MiB of where it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_under_oversized_input() {
+    let pki = Pki::new("Test federation CA");
+    let addr = start_edge(&pki).await;
+    let peer = client_config(
+        &pki.ca,
+        Some(pki.leaf(&["sip.contoso.com", "contoso.com"], false)),
+    );
+    // Warm up (TLS, tasks, allocator) before measuring.
+    let mut s = connect(addr, peer.clone()).await.unwrap();
+    let mut f = Framer::new(Limits::default());
+    assert_eq!(
+        ask(&mut s, &mut f, options("warm")).await.status(),
+        Some(200)
+    );
+    let before = rss_kib();
+    let chunk = Arc::new(vec![b'a'; 64 * 1024]);
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (peer, chunk) = (peer.clone(), chunk.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut bad = connect(addr, peer).await.unwrap();
+            let _ = bad
+                .write_all(b"OPTIONS sip:sip.example.org SIP/2.0\r\nX: ")
+                .await;
+            for _ in 0..16 {
+                if bad.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            let mut f = Framer::new(Limits::default());
+            while read_frame(&mut bad, &mut f).await.is_some() {}
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 24 * 1024, "RSS grew by {grown} KiB");
+    assert_eq!(
+        ask(&mut s, &mut f, options("after")).await.status(),
+        Some(200)
+    );
 }

@@ -443,6 +443,7 @@ async fn run_connection<S>(
                 }
                 // Keep-alive: a double CRLF; the peer's pong counts as traffic.
                 pinged = true;
+                framer.expect_pong();
                 let _ = write_tx.try_send(WriteCmd::Bytes(PING.to_vec()));
                 continue;
             }

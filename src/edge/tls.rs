@@ -126,7 +126,10 @@ pub fn describe_handshake_error(e: &io::Error) -> String {
             PeerIncompatible::Tls12NotOffered
             | PeerIncompatible::Tls12NotOfferedOrEnabled
             | PeerIncompatible::SupportedVersionsExtensionRequired
-            | PeerIncompatible::ServerDoesNotSupportTls12Or13,
+            | PeerIncompatible::ServerDoesNotSupportTls12Or13
+            // A TLS 1.0/1.1 ClientHello has no signature_algorithms extension (RFC 5246
+            // §7.4.1.4.1 added it); that is how rustls sees such a client.
+            | PeerIncompatible::SignatureAlgorithmsExtensionRequired,
         ) => "peer offers only TLS 1.0/1.1 (LCS 2005 / OCS 2007 on Windows Server 2003/2008); \
               rustls needs TLS 1.2 or 1.3"
             .into(),
