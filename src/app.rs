@@ -64,11 +64,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let ca_bundle = cfg.sip.ca_bundle.as_deref().ok_or_else(|| {
-        anyhow!("sip.ca_bundle: required (use_system_roots alone is not supported by this build)")
-    })?;
-    let tls = TlsConfigs::load(&cfg.sip.cert_chain, &cfg.sip.private_key, ca_bundle)
-        .map_err(|e| anyhow!("sip TLS: {e}"))?;
+    let tls = load_tls(&cfg.sip).map_err(|e| anyhow!("sip TLS: {e}"))?;
     let edge_settings = edge_settings(&cfg, tls);
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
@@ -109,6 +105,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn load_tls(sip: &config::SipConfig) -> Result<TlsConfigs, String> {
+    TlsConfigs::load(
+        &sip.cert_chain,
+        &sip.private_key,
+        sip.ca_bundle.as_deref(),
+        sip.use_system_roots,
+    )
+}
+
 /// The edge's settings from the configuration.
 fn core_settings(cfg: &config::Config) -> CoreSettings {
     CoreSettings {
@@ -145,11 +150,7 @@ async fn reload(edge: &EdgeHandle, config_path: &Path, running: &config::Config)
         warn!(problems = %lines.join("; "), "SIGHUP: configuration has problems; nothing reloaded");
         return;
     };
-    let Some(ca_bundle) = cfg.sip.ca_bundle.as_deref() else {
-        warn!("SIGHUP: sip.ca_bundle missing; nothing reloaded");
-        return;
-    };
-    match TlsConfigs::load(&cfg.sip.cert_chain, &cfg.sip.private_key, ca_bundle) {
+    match load_tls(&cfg.sip) {
         Ok(tls) => edge.reload_tls(tls),
         Err(e) => {
             warn!(reason = %e, "SIGHUP: TLS reload failed; nothing reloaded");

@@ -299,6 +299,19 @@ impl EdgeCore {
         route: Route,
     ) -> Vec<CoreOutput> {
         let mut out = Vec::new();
+        // The profile: this hop's Via says TLS (the TU builds it; a mistake is caught here).
+        if !request
+            .top_via()
+            .is_ok_and(|v| v.transport.eq_ignore_ascii_case("TLS"))
+        {
+            out.push(CoreOutput::Undeliverable {
+                tx,
+                why: Undeliverable::Invalid {
+                    reason: "the top Via must be SIP/2.0/TLS (profile: TLS only)".into(),
+                },
+            });
+            return out;
+        }
         self.assert_verification(&mut request);
         match route {
             Route::Connection(conn) if self.pool.is_up(conn) => {
@@ -926,6 +939,26 @@ mod outbound_tests {
                 Undeliverable::ConnectionGone { conn: 42 },
             ),
         ];
+        let udp = request("sip:x@contoso.com", "u1")
+            .to_bytes()
+            .iter()
+            .map(|&b| b as char)
+            .collect::<String>()
+            .replace("SIP/2.0/TLS", "SIP/2.0/UDP");
+        let tx = ids.next();
+        let out = c.send_request(
+            now,
+            tx,
+            Message::parse(udp.as_bytes()).unwrap(),
+            Route::Domain("contoso.com".into()),
+        );
+        assert!(matches!(
+            &out[..],
+            [CoreOutput::Undeliverable {
+                why: Undeliverable::Invalid { .. },
+                ..
+            }]
+        ));
         for (i, (route, expected)) in cases.into_iter().enumerate() {
             let tx = ids.next();
             let out = c.send_request(

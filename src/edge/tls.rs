@@ -39,11 +39,34 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 impl TlsConfigs {
-    /// Reads the certificate chain, key and CA bundle (PEM) and builds both configurations.
-    pub fn load(chain: &Path, key: &Path, ca_bundle: &Path) -> Result<TlsConfigs, String> {
+    /// Reads the certificate chain, key and CA bundle (PEM) and builds both configurations;
+    /// with `system_roots`, the operating system's trusted CAs are added to the bundle's.
+    pub fn load(
+        chain: &Path,
+        key: &Path,
+        ca_bundle: Option<&Path>,
+        system_roots: bool,
+    ) -> Result<TlsConfigs, String> {
         let chain = read_certificates(chain)?;
         let key = read_private_key(key)?;
-        let cas = read_certificates(ca_bundle)?;
+        let mut cas = match ca_bundle {
+            Some(path) => read_certificates(path)?,
+            None => Vec::new(),
+        };
+        if system_roots {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "no system CA certificates found ({})",
+                    why.join("; ")
+                ));
+            }
+            cas.extend(found.certs);
+        }
+        if cas.is_empty() {
+            return Err("no CA to verify peers with: set sip.ca_bundle or use_system_roots".into());
+        }
         TlsConfigs::from_der(chain, key, cas)
     }
 
@@ -54,10 +77,11 @@ impl TlsConfigs {
         cas: Vec<CertificateDer<'static>>,
     ) -> Result<TlsConfigs, String> {
         let mut roots = RootCertStore::empty();
-        for ca in cas {
-            roots
-                .add(ca)
-                .map_err(|e| format!("CA bundle: certificate not usable as a trust anchor: {e}"))?;
+        let (added, ignored) = roots.add_parsable_certificates(cas);
+        if added == 0 {
+            return Err(format!(
+                "CA bundle: no certificate usable as a trust anchor ({ignored} unusable)"
+            ));
         }
         let roots = Arc::new(roots);
         let versions: &[&rustls::SupportedProtocolVersion] =
