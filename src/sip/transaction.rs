@@ -77,9 +77,11 @@ pub enum TxEvent {
     },
     /// An ACK that matched no transaction: the ACK for a 2xx, which belongs to the dialog.
     Ack { conn: ConnId, request: Message },
-    /// A response to client transaction `tx`; `is_final` ends the transaction.
+    /// A response to client transaction `tx`, received on `conn` (the connection a dialog it
+    /// creates lives on); `is_final` ends the transaction.
     Response {
         tx: TxId,
+        conn: ConnId,
         response: Message,
         is_final: bool,
     },
@@ -355,6 +357,7 @@ impl Transactions {
         }
         self.event(TxEvent::Response {
             tx,
+            conn,
             response,
             is_final,
         });
@@ -593,7 +596,7 @@ mod tests {
         t.receive(now, 7, resp(&m, 200));
         assert!(matches!(
             events(&mut t).as_slice(),
-            [TxEvent::Response { tx: got, is_final: true, .. }] if *got == tx
+            [TxEvent::Response { tx: got, conn: 7, is_final: true, .. }] if *got == tx
         ));
         assert_eq!(t.poll_timeout(), None);
         assert_eq!(t.len(), (0, 0));
