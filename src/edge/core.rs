@@ -364,8 +364,12 @@ impl EdgeCore {
         }) else {
             return;
         };
-        if let Some(value) =
-            Some("ms-source-verification-level=verified").filter(|_| !domain.is_empty())
+        if let Some(value) = self
+            .settings
+            .federation
+            .verification_level(&domain)
+            .header_value()
+            .filter(|_| !domain.is_empty())
         {
             request.push_header(VERIFICATION_HEADER, value);
         }
@@ -758,6 +762,47 @@ mod tests {
         // An unknown connection has no identity: every From domain is refused.
         let out = c.on_frame(Instant::now(), 9, req("MESSAGE", "sip:alice@example.org"));
         assert_eq!(sent(&out[0]).status(), Some(403));
+    }
+}
+
+#[cfg(test)]
+mod verification_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::config::VerificationLevel;
+
+    fn asserted_toward(c: &mut EdgeCore, to: &str, n: u32) -> Option<String> {
+        let raw = format!(
+            "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKv{n}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <{to}>\r\nCall-ID: v{n}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let request = Message::parse(raw.as_bytes()).unwrap();
+        let tx = c.tx_ids().next();
+        let out = c.send_request(Instant::now(), tx, request, Route::Connection(1));
+        match out.as_slice() {
+            [CoreOutput::Send { conn: 1, bytes }] => Message::parse(bytes)
+                .unwrap()
+                .header(VERIFICATION_HEADER)
+                .map(str::to_owned),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn outbound_requests_assert_the_configured_level() {
+        let mut c = core_with(20, vec!["fabrikam.com"]);
+        assert_eq!(
+            asserted_toward(&mut c, "sip:joe@contoso.com", 1).as_deref(),
+            Some("ms-source-verification-level=verified")
+        );
+        let mut settings = c.settings.clone();
+        settings.federation.verification_level = VerificationLevel::Unverified;
+        settings.federation.partners[0].verification_level = Some(VerificationLevel::Omit);
+        c.reconfigure(settings);
+        assert_eq!(
+            asserted_toward(&mut c, "sip:joe@contoso.com", 2).as_deref(),
+            Some("ms-source-verification-level=unverified")
+        );
+        assert_eq!(asserted_toward(&mut c, "sip:ann@fabrikam.com", 3), None);
     }
 }
 
