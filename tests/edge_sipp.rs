@@ -1,19 +1,46 @@
 //! The edge against a real third-party SIP stack: Debian's SIPp over TCP behind socat's mutual
-//! TLS (peers.md). SIPp sends OPTIONS and expects the profile's 200 with
-//! `m=message 5060 sip/tcp *`; then a MESSAGE whose From domain the peer certificate does not
-//! cover, and expects 403.
+//! TLS (peers.md). The test plays the layer above the edge (it reads [`EdgeEvent`]s and uses
+//! [`EdgeHandle`]), SIPp plays the LCS peer at `contoso.com`.
+//!
+//! - OPTIONS and a refusal: SIPp sends OPTIONS and expects the profile's 200 with
+//!   `m=message 5060 sip/tcp *`; then a MESSAGE whose From domain the peer certificate does not
+//!   cover, and expects 403.
+//! - SIPp calls the edge: SIPp (UAC) → socat `TCP-LISTEN` → `OPENSSL` with the peer's client
+//!   certificate → the edge. INVITE with the session-mode IM offer, the test answers 200 with
+//!   the SDP answer and a `transport=tls` Contact (SIPp checks both), SIPp ACKs and then sends
+//!   BYE; the test sees INVITE, the ACK (as [`TxEvent::Ack`]) and BYE, in that order, on one
+//!   connection, and checks the ACK and BYE against its [`Dialog`].
+//! - The edge calls SIPp: the edge opens a mutual-TLS connection to socat `OPENSSL-LISTEN`
+//!   (→ SIPp UAS over TCP) through a static partner route `127.0.0.1:port` for `contoso.com`
+//!   (the peer certificate carries the IP SAN 127.0.0.1, the name dialled); INVITE (SIPp checks
+//!   the `Ms-asserted-verification-level: ms-source-verification-level=verified` the edge
+//!   added), 200, then the ACK and BYE built by the UAC [`Dialog`] on the connection the 200
+//!   came in on ([`TxEvent::Response`]'s `conn`). Once SIPp has quit and the connection is
+//!   gone, a request routed to that connection is [`Undeliverable::ConnectionGone`].
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::pki::{Pki, pem};
-use lcs_bridge::edge::server::EdgeSettings;
+use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
+use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
+use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings};
 use lcs_bridge::edge::tls::TlsConfigs;
-use lcs_bridge::sip::message::Limits;
+use lcs_bridge::sip::builder::RequestSpec;
+use lcs_bridge::sip::dialog::Dialog;
+use lcs_bridge::sip::message::{Limits, Message, Method};
+use lcs_bridge::sip::sdp::Sdp;
+use lcs_bridge::sip::transaction::{ConnId, TxEvent, TxId};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// How long SIPp may run (its `-timeout`), and how long the test side waits for the peer.
+const SIPP_TIMEOUT_SECS: u64 = 15;
 
 struct Killed(Child);
 
@@ -64,44 +91,187 @@ const OPTIONS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 "#;
 
-#[test]
-fn sipp_behind_socat_gets_options_and_403() {
-    let (Some(sipp), Some(socat)) = (common::require_peer("sipp"), common::require_peer("socat"))
-    else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new("Test federation CA");
-    let peer = pki.leaf(&["sip.contoso.com", "contoso.com"], false);
-    std::fs::write(dir.path().join("peer.pem"), pem(&peer)).unwrap();
+/// SIPp calls alice@example.org: INVITE with the profile's offer, 200 (with an SDP answer and a
+/// TLS Contact), ACK, a short pause, BYE, 200.
+const UAC_CALL: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="session-mode IM dialog to the edge">
+  <send>
+    <![CDATA[
+      INVITE sip:alice@example.org SIP/2.0
+      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:sipp@contoso.com>;tag=[call_number]
+      To: <sip:alice@example.org>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=tls>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=- 1 0 IN IP4 [local_ip]
+      s=session
+      c=IN IP4 [local_ip]
+      t=0 0
+      m=message 5060 sip/tcp *
+      a=accept-types:text/plain
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rrs="true">
+    <action>
+      <ereg regexp="m=message" search_in="body" check_it="true" assign_to="m"/>
+      <ereg regexp="transport=tls" search_in="hdr" header="Contact:" check_it="true" assign_to="c"/>
+    </action>
+  </recv>
+  <Reference variables="m,c"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:sipp@contoso.com>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="200"/>
+  <send>
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: <sip:sipp@contoso.com>;tag=[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"#;
+
+/// SIPp answers a call from the edge: checks the asserted verification level and the offer,
+/// 200 with an SDP answer and a TLS Contact, then waits for the ACK and the BYE.
+const UAS_CALL: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="session-mode IM dialog from the edge">
+  <recv request="INVITE">
+    <action>
+      <ereg regexp="ms-source-verification-level=verified" search_in="hdr" header="Ms-asserted-verification-level:" check_it="true" assign_to="v"/>
+      <ereg regexp="m=message 5060 sip/tcp \*" search_in="body" check_it="true" assign_to="m"/>
+    </action>
+  </recv>
+  <Reference variables="v,m"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=- 2 0 IN IP4 [local_ip]
+      s=session
+      c=IN IP4 [local_ip]
+      t=0 0
+      m=message 5060 sip/tcp *
+      a=accept-types:text/plain
+    ]]>
+  </send>
+  <recv request="ACK"/>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"#;
+
+// ------------------------------------------------------------------ set-up helpers
+
+/// The peer programs, or `None` when they are missing (skip, or fail with
+/// `LCS_BRIDGE_REQUIRE_PEERS=1`).
+fn peers() -> Option<(PathBuf, PathBuf)> {
+    let sipp = common::require_peer("sipp")?;
+    let socat = common::require_peer("socat")?;
+    Some((sipp, socat))
+}
+
+/// Writes the peer's certificate and key (`peer.pem`) and the CA (`ca.crt`) for socat.
+fn write_peer_files(dir: &Path, pki: &Pki, peer_names: &[&str]) {
+    std::fs::write(dir.join("peer.pem"), pem(&pki.leaf(peer_names, false))).unwrap();
     std::fs::write(
-        dir.path().join("ca.crt"),
+        dir.join("ca.crt"),
         common::pki::der_to_pem("CERTIFICATE", &pki.ca),
     )
     .unwrap();
-    std::fs::write(dir.path().join("options.xml"), OPTIONS).unwrap();
+}
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+/// The edge on an ephemeral 127.0.0.1 port with a serverAuth + clientAuth certificate for
+/// `sip.example.org` (and 127.0.0.1, which socat's client checks as the name it dialled).
+fn edge_settings(pki: &Pki, core: CoreSettings) -> EdgeSettings {
     let (chain, key) = pki.leaf(&["sip.example.org", "localhost", "127.0.0.1"], false);
-    let settings = EdgeSettings::new(
+    EdgeSettings::new(
         "127.0.0.1:0".parse().unwrap(),
         TlsConfigs::from_der(chain, key, vec![pki.ca.clone()]).unwrap(),
-        common::edge::core_settings(),
+        core,
         Limits::default(),
-    );
-    let edge = runtime.block_on(common::edge::start_answering(settings));
+    )
+}
 
-    let socat_port = common::free_port();
-    let _socat = Killed(
+/// True when something listens on TCP `127.0.0.1:port` (read from /proc/net/tcp, so the check
+/// opens no connection the program would have to deal with).
+fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3
+            && fields[3] == "0A"
+            && fields[1]
+                .split_once(':')
+                .is_some_and(|(ip, p)| ip == "0100007F" && u16::from_str_radix(p, 16) == Ok(port))
+    })
+}
+
+fn wait_listening(child: &mut Killed, port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(port) {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("{what} exited before listening on {port}: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// socat for a peer that sends: plain TCP on `listen` → mutual TLS (the peer's client
+/// certificate) to `127.0.0.1:target`.
+fn socat_to_edge(socat: &Path, dir: &Path, listen: u16, target: u16) -> Killed {
+    let mut child = Killed(
         Command::new(socat)
+            .arg(format!("TCP-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork"))
             .arg(format!(
-                "TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork"
-            ))
-            .arg(format!(
-                "OPENSSL:127.0.0.1:{},cert={},cafile={},verify=1",
-                edge.local_addr.port(),
-                dir.path().join("peer.pem").display(),
-                dir.path().join("ca.crt").display()
+                "OPENSSL:127.0.0.1:{target},cert={},cafile={},verify=1",
+                dir.join("peer.pem").display(),
+                dir.join("ca.crt").display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -109,34 +279,424 @@ fn sipp_behind_socat_gets_options_and_403() {
             .spawn()
             .unwrap(),
     );
-    // Wait until socat listens.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", socat_port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "socat did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    wait_listening(&mut child, listen, "socat");
+    child
+}
+
+/// socat for a peer that receives: mutual TLS on `listen` (a client certificate from the CA is
+/// required) → plain TCP to `127.0.0.1:target`.
+fn socat_from_edge(socat: &Path, dir: &Path, listen: u16, target: u16) -> Killed {
+    let mut child = Killed(
+        Command::new(socat)
+            .arg(format!(
+                "OPENSSL-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork,cert={},cafile={},verify=1",
+                dir.join("peer.pem").display(),
+                dir.join("ca.crt").display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{target}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(&mut child, listen, "socat");
+    child
+}
+
+/// Starts SIPp over TCP on `127.0.0.1:port` with scenario `dir/name.xml` for one call, logging
+/// to `dir/name.*`. `remote` is the address to call (UAC) or `None` (UAS).
+fn spawn_sipp(sipp: &Path, dir: &Path, name: &str, port: u16, remote: Option<u16>) -> Killed {
+    let file = |suffix: &str| dir.join(format!("{name}{suffix}")).display().to_string();
+    let mut cmd = Command::new(sipp);
+    if let Some(remote) = remote {
+        cmd.arg(format!("127.0.0.1:{remote}"));
     }
-    let sipp_port = common::free_port();
-    let out = common::run_with_timeout(
-        Command::new(sipp)
-            .arg(format!("127.0.0.1:{socat_port}"))
-            .args(["-sf", &dir.path().join("options.xml").display().to_string()])
-            .args(["-t", "t1", "-i", "127.0.0.1", "-p", &sipp_port.to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout", "20", "-timeout_error"])
-            .args([
-                "-trace_err",
-                "-error_file",
-                &dir.path().join("err.log").display().to_string(),
-            ])
-            .current_dir(dir.path()),
-        Duration::from_secs(40),
+    cmd.args(["-sf", &file(".xml")])
+        .args(["-t", "t1", "-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", "1", "-nostdin", "-timeout"])
+        .arg(SIPP_TIMEOUT_SECS.to_string())
+        .arg("-timeout_error")
+        .args(["-trace_err", "-error_file", &file(".errors.log")])
+        .args(["-trace_msg", "-message_file", &file(".messages.log")])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(file(".out")).unwrap())
+        .stderr(std::fs::File::create(file(".err")).unwrap());
+    Killed(cmd.spawn().unwrap())
+}
+
+/// Waits (bounded) for SIPp to exit; its status (`None`: still running) and everything it
+/// logged, for failure messages.
+fn finish_sipp(sipp: &mut Killed, dir: &Path, name: &str) -> (Option<ExitStatus>, String) {
+    let deadline = Instant::now() + Duration::from_secs(SIPP_TIMEOUT_SECS + 3);
+    let status = loop {
+        match sipp.0.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => break None,
+        }
+    };
+    let mut logs = String::new();
+    for suffix in [".err", ".errors.log", ".messages.log", ".out"] {
+        let text = std::fs::read_to_string(dir.join(format!("{name}{suffix}")))
+            .unwrap_or_else(|e| format!("<{e}>"));
+        // The screen dumps in .out are long: keep their end.
+        let start = text.len().saturating_sub(6000);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        logs.push_str(&format!(
+            "--- sipp {name}{suffix} ---\n{}\n",
+            &text[start..]
+        ));
+    }
+    (status, logs)
+}
+
+/// The next edge event, or an error after `deadline`.
+async fn next_event(
+    events: &mut UnboundedReceiver<EdgeEvent>,
+    deadline: tokio::time::Instant,
+) -> Result<EdgeEvent, String> {
+    match tokio::time::timeout_at(deadline, events.recv()).await {
+        Ok(Some(e)) => Ok(e),
+        Ok(None) => Err("edge stopped".into()),
+        Err(_) => Err("no edge event in time".into()),
+    }
+}
+
+fn test_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(SIPP_TIMEOUT_SECS)
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn sipp_behind_socat_gets_options_and_403() {
+    let Some((sipp, socat)) = peers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("Test federation CA");
+    write_peer_files(dir.path(), &pki, &["sip.contoso.com", "contoso.com"]);
+    std::fs::write(dir.path().join("options.xml"), OPTIONS).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let settings = edge_settings(&pki, common::edge::core_settings());
+    let edge = runtime.block_on(common::edge::start_answering(settings));
+
+    let socat_port = common::free_port();
+    let _socat = socat_to_edge(&socat, dir.path(), socat_port, edge.local_addr.port());
+    let mut uac = spawn_sipp(
+        &sipp,
+        dir.path(),
+        "options",
+        common::free_port(),
+        Some(socat_port),
     );
-    let errors = std::fs::read_to_string(dir.path().join("err.log")).unwrap_or_default();
+    let (status, logs) = finish_sipp(&mut uac, dir.path(), "options");
     assert!(
-        out.status.success(),
-        "sipp failed ({:?}):\n{}\n{}\n{errors}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        status.is_some_and(|s| s.success()),
+        "sipp failed ({status:?}):\n{logs}"
     );
+    edge.shutdown();
+}
+
+/// The layer above for an incoming call: answers the INVITE with 200 (SDP answer, TLS Contact,
+/// To tag), takes the ACK and answers the BYE; returns what it saw, in order, with the
+/// connection of each.
+async fn answer_one_call(
+    edge: Arc<EdgeHandle>,
+    mut events: UnboundedReceiver<EdgeEvent>,
+) -> Result<Vec<(&'static str, ConnId)>, String> {
+    let deadline = test_deadline();
+    let mut seen = Vec::new();
+    let mut dialog: Option<Dialog> = None;
+    loop {
+        match next_event(&mut events, deadline).await? {
+            EdgeEvent::Request {
+                tx, conn, request, ..
+            } => match request.method() {
+                Some(Method::Invite) => {
+                    seen.push(("INVITE", conn));
+                    let offer = Sdp::parse(request.body()).map_err(|e| format!("offer: {e}"))?;
+                    let answer = Sdp::message_answer(&offer, "sip.example.org", 1)
+                        .ok_or("offer without a message m-line")?;
+                    let tag = "edge-uas-1";
+                    let mut ok = Message::response_to(&request, 200, None, Some(tag));
+                    ok.push_header("Contact", "<sip:alice@sip.example.org;transport=tls>");
+                    ok.set_body(Some("application/sdp"), answer.to_string().into_bytes());
+                    let mut d = Dialog::from_uas(&request, tag, 1, conn, Instant::now())
+                        .map_err(|e| format!("UAS dialog: {e}"))?;
+                    edge.respond(tx, ok).await;
+                    d.confirm();
+                    dialog = Some(d);
+                }
+                Some(Method::Bye) => {
+                    seen.push(("BYE", conn));
+                    let d = dialog.as_mut().ok_or("BYE before any INVITE")?;
+                    let checked = d.accept_request(&request);
+                    let status = if checked.is_ok() { 200 } else { 481 };
+                    edge.respond(tx, Message::response_to(&request, status, None, None))
+                        .await;
+                    checked.map_err(|e| format!("BYE not in the dialog: {e}"))?;
+                    return Ok(seen);
+                }
+                other => {
+                    edge.respond(tx, Message::response_to(&request, 501, None, Some("x")))
+                        .await;
+                    return Err(format!("unexpected request {other:?} after {seen:?}"));
+                }
+            },
+            EdgeEvent::Transaction(TxEvent::Ack { conn, request }) => {
+                seen.push(("ACK", conn));
+                dialog
+                    .as_mut()
+                    .ok_or("ACK before any INVITE")?
+                    .accept_request(&request)
+                    .map_err(|e| format!("ACK not in the dialog: {e}"))?;
+            }
+            EdgeEvent::ConnectionLost { conn } => {
+                return Err(format!("connection {conn} lost after {seen:?}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn sipp_calls_the_edge_invite_ack_bye() {
+    let Some((sipp, socat)) = peers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("Test federation CA");
+    write_peer_files(dir.path(), &pki, &["sip.contoso.com", "contoso.com"]);
+    std::fs::write(dir.path().join("uac.xml"), UAC_CALL).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let settings = edge_settings(&pki, common::edge::core_settings());
+    let (edge, events) = runtime.block_on(common::edge::start_edge(settings));
+    let layer = runtime.spawn(answer_one_call(edge.clone(), events));
+
+    let socat_port = common::free_port();
+    let _socat = socat_to_edge(&socat, dir.path(), socat_port, edge.local_addr.port());
+    let mut uac = spawn_sipp(
+        &sipp,
+        dir.path(),
+        "uac",
+        common::free_port(),
+        Some(socat_port),
+    );
+    let (status, logs) = finish_sipp(&mut uac, dir.path(), "uac");
+    let seen = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(3), layer).await })
+        .map_err(|_| "the test's layer did not finish".to_string())
+        .and_then(|joined| joined.map_err(|e| e.to_string()))
+        .and_then(|r| r);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "sipp failed ({status:?}); edge side: {seen:?}\n{logs}"
+    );
+    let seen = seen.unwrap_or_else(|e| panic!("edge side: {e}\n{logs}"));
+    let conn = seen[0].1;
+    assert_eq!(seen, [("INVITE", conn), ("ACK", conn), ("BYE", conn)]);
+    edge.shutdown();
+}
+
+/// The final response to client transaction `tx` (skipping provisional ones and other events),
+/// with the connection it came in on.
+async fn final_response(
+    events: &mut UnboundedReceiver<EdgeEvent>,
+    tx: TxId,
+    deadline: tokio::time::Instant,
+) -> Result<(ConnId, Message), String> {
+    loop {
+        match next_event(events, deadline).await? {
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx: t,
+                conn,
+                response,
+                is_final: true,
+            }) if t == tx => return Ok((conn, response)),
+            EdgeEvent::Transaction(TxEvent::Timeout { tx: t })
+            | EdgeEvent::Transaction(TxEvent::TransportError { tx: t })
+                if t == tx =>
+            {
+                return Err(format!(
+                    "no final response to {tx:?}: timeout or transport error"
+                ));
+            }
+            EdgeEvent::Undeliverable { tx: t, why } if t == tx => {
+                return Err(format!("{tx:?} undeliverable: {why}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The layer above placing a call to bob@contoso.com: INVITE by the domain's static route, the
+/// dialog from the 200, ACK and BYE on the dialog's connection. Returns that connection.
+async fn call_bob(
+    edge: &EdgeHandle,
+    events: &mut UnboundedReceiver<EdgeEvent>,
+) -> Result<ConnId, String> {
+    let deadline = test_deadline();
+    let contact = "sip:alice@sip.example.org;transport=tls";
+    let mut invite = RequestSpec {
+        method: Method::Invite,
+        request_uri: "sip:bob@contoso.com",
+        via_sent_by: "sip.example.org:5061",
+        branch: "z9hG4bK-edge-invite-1",
+        from_display: None,
+        from_uri: "sip:alice@example.org",
+        from_tag: "alice-1",
+        to_display: None,
+        to_uri: "sip:bob@contoso.com",
+        to_tag: None,
+        call_id: "edge-call-1@sip.example.org",
+        cseq: 1,
+        contact: Some(contact),
+        route: &[],
+    }
+    .build();
+    invite.set_body(
+        Some("application/sdp"),
+        Sdp::message_offer("sip.example.org", 1)
+            .to_string()
+            .into_bytes(),
+    );
+    let tx = edge
+        .send_request(invite.clone(), Route::Domain("contoso.com".into()))
+        .await;
+    let (conn, ok) = final_response(events, tx, deadline).await?;
+    if ok.status() != Some(200) {
+        return Err(format!("INVITE answered {:?}", ok.status()));
+    }
+    let answer = Sdp::parse(ok.body()).map_err(|e| format!("answer: {e}"))?;
+    if !answer.has_message_session() {
+        return Err(format!("answer without a message session: {answer}"));
+    }
+    let mut dialog = Dialog::from_uac(&invite, &ok, conn, Instant::now())
+        .map_err(|e| format!("UAC dialog: {e}"))?;
+    let ack = dialog
+        .next_request(
+            Method::Ack,
+            "sip.example.org:5061",
+            "z9hG4bK-edge-ack-1",
+            Some(contact),
+        )
+        .map_err(|e| e.to_string())?;
+    edge.send_ack(dialog.conn, ack).await;
+    let bye = dialog
+        .next_request(
+            Method::Bye,
+            "sip.example.org:5061",
+            "z9hG4bK-edge-bye-1",
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+    let tx = edge.send_request(bye, Route::Connection(dialog.conn)).await;
+    let (bye_conn, ok) = final_response(events, tx, deadline).await?;
+    if ok.status() != Some(200) || bye_conn != conn {
+        return Err(format!(
+            "BYE answered {:?} on connection {bye_conn} (dialog on {conn})",
+            ok.status()
+        ));
+    }
+    Ok(conn)
+}
+
+/// After the dialog's connection closed: a request routed to it is not rerouted.
+async fn connection_gone(
+    edge: &EdgeHandle,
+    events: &mut UnboundedReceiver<EdgeEvent>,
+    conn: ConnId,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let EdgeEvent::ConnectionLost { conn: c } = next_event(events, deadline).await? {
+            if c == conn {
+                break;
+            }
+        }
+    }
+    let message = RequestSpec {
+        method: Method::Message,
+        request_uri: "sip:bob@contoso.com",
+        via_sent_by: "sip.example.org:5061",
+        branch: "z9hG4bK-edge-message-1",
+        from_display: None,
+        from_uri: "sip:alice@example.org",
+        from_tag: "alice-2",
+        to_display: None,
+        to_uri: "sip:bob@contoso.com",
+        to_tag: None,
+        call_id: "edge-call-2@sip.example.org",
+        cseq: 1,
+        contact: None,
+        route: &[],
+    }
+    .build();
+    let tx = edge.send_request(message, Route::Connection(conn)).await;
+    loop {
+        match next_event(events, deadline).await? {
+            EdgeEvent::Undeliverable { tx: t, why } if t == tx => {
+                return if why == (Undeliverable::ConnectionGone { conn }) {
+                    Ok(())
+                } else {
+                    Err(format!("undeliverable for another reason: {why:?}"))
+                };
+            }
+            EdgeEvent::Transaction(e) => return Err(format!("request went out: {e:?}")),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn edge_calls_sipp_invite_ack_bye() {
+    let Some((sipp, socat)) = peers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("Test federation CA");
+    // The edge dials the IP literal of the static route: the certificate must name it.
+    write_peer_files(
+        dir.path(),
+        &pki,
+        &["sip.contoso.com", "contoso.com", "127.0.0.1"],
+    );
+    std::fs::write(dir.path().join("uas.xml"), UAS_CALL).unwrap();
+
+    let sipp_port = common::free_port();
+    let tls_port = common::free_port();
+    let mut uas = spawn_sipp(&sipp, dir.path(), "uas", sipp_port, None);
+    wait_listening(&mut uas, sipp_port, "sipp");
+    let _socat = socat_from_edge(&socat, dir.path(), tls_port, sipp_port);
+
+    let mut core = common::edge::core_settings();
+    core.federation.partners.push(Partner {
+        domain: "contoso.com".into(),
+        policy: PartnerPolicy::Allow,
+        edge: Some(Edge {
+            host: "127.0.0.1".into(),
+            port: tls_port,
+        }),
+        verification_level: None,
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (edge, mut events) = runtime.block_on(common::edge::start_edge(edge_settings(&pki, core)));
+    let called = runtime.block_on(call_bob(&edge, &mut events));
+    let (status, logs) = finish_sipp(&mut uas, dir.path(), "uas");
+    let conn = called.unwrap_or_else(|e| panic!("edge side: {e}\nsipp {status:?}\n{logs}"));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "sipp failed ({status:?}):\n{logs}"
+    );
+    runtime
+        .block_on(connection_gone(&edge, &mut events, conn))
+        .unwrap();
     edge.shutdown();
 }

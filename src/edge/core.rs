@@ -778,6 +778,47 @@ mod tests {
 }
 
 #[cfg(test)]
+mod verification_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::config::VerificationLevel;
+
+    fn asserted_toward(c: &mut EdgeCore, to: &str, n: u32) -> Option<String> {
+        let raw = format!(
+            "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKv{n}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <{to}>\r\nCall-ID: v{n}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let request = Message::parse(raw.as_bytes()).unwrap();
+        let tx = c.tx_ids().next();
+        let out = c.send_request(Instant::now(), tx, request, Route::Connection(1));
+        match out.as_slice() {
+            [CoreOutput::Send { conn: 1, bytes }] => Message::parse(bytes)
+                .unwrap()
+                .header(VERIFICATION_HEADER)
+                .map(str::to_owned),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn outbound_requests_assert_the_configured_level() {
+        let mut c = core_with(20, vec!["fabrikam.com"]);
+        assert_eq!(
+            asserted_toward(&mut c, "sip:joe@contoso.com", 1).as_deref(),
+            Some("ms-source-verification-level=verified")
+        );
+        let mut settings = c.settings.clone();
+        settings.federation.verification_level = VerificationLevel::Unverified;
+        settings.federation.partners[0].verification_level = Some(VerificationLevel::Omit);
+        c.reconfigure(settings);
+        assert_eq!(
+            asserted_toward(&mut c, "sip:joe@contoso.com", 2).as_deref(),
+            Some("ms-source-verification-level=unverified")
+        );
+        assert_eq!(asserted_toward(&mut c, "sip:ann@fabrikam.com", 3), None);
+    }
+}
+
+#[cfg(test)]
 mod rate_tests {
     use super::tests_support::*;
     use super::*;
@@ -866,53 +907,13 @@ mod tests_support {
 mod outbound_tests {
     use super::tests_support::*;
     use super::*;
-    use crate::config::{PartnerPolicy, VerificationLevel};
-    use crate::sip::transaction::TxIds;
+    use crate::config::PartnerPolicy;
 
     fn request(to: &str, branch: &str) -> Message {
         let raw = format!(
             "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <{to}>\r\nCall-ID: {branch}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
         );
         Message::parse(raw.as_bytes()).unwrap()
-    }
-
-    fn sent_on(out: &[CoreOutput]) -> Vec<(ConnId, Message)> {
-        out.iter()
-            .filter_map(|o| match o {
-                CoreOutput::Send { conn, bytes } => Some((*conn, Message::parse(bytes).unwrap())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn requests_from_local_users_assert_verification_as_configured() {
-        let mut c = core_with(20, vec!["fabrikam.com"]);
-        c.settings.federation.partners[0].verification_level = Some(VerificationLevel::Omit);
-        let ids: TxIds = c.tx_ids();
-        let now = Instant::now();
-        // Connection 1 (sip.contoso.com, contoso.com) is inbound and carries contoso.com.
-        let out = c.send_request(
-            now,
-            ids.next(),
-            request("sip:bob@contoso.com", "v1"),
-            Route::Domain("contoso.com".into()),
-        );
-        let sent = sent_on(&out);
-        assert_eq!(sent[0].0, 1);
-        assert_eq!(
-            sent[0].1.header(VERIFICATION_HEADER),
-            Some("ms-source-verification-level=verified")
-        );
-        let out = c.send_request(
-            now,
-            ids.next(),
-            request("sip:ann@fabrikam.com", "v2"),
-            Route::Domain("fabrikam.com".into()),
-        );
-        let sent = sent_on(&out);
-        assert_eq!(sent[0].0, 2);
-        assert_eq!(sent[0].1.header(VERIFICATION_HEADER), None);
     }
 
     #[test]

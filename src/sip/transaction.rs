@@ -596,7 +596,7 @@ mod tests {
         t.receive(now, 7, resp(&m, 200));
         assert!(matches!(
             events(&mut t).as_slice(),
-            [TxEvent::Response { tx: got, is_final: true, .. }] if *got == tx
+            [TxEvent::Response { tx: got, conn: 7, is_final: true, .. }] if *got == tx
         ));
         assert_eq!(t.poll_timeout(), None);
         assert_eq!(t.len(), (0, 0));

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use lcs_bridge::config::{DefaultPolicy, FederationConfig};
 use lcs_bridge::edge::core::CoreSettings;
 use lcs_bridge::edge::dns::Discovery;
-use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings, answer_all, start};
+use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings, answer_all, start};
 use lcs_bridge::policy::ServedDomains;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 pub fn core_settings() -> CoreSettings {
     CoreSettings {
@@ -32,15 +33,21 @@ pub fn no_dns() -> Arc<Discovery> {
     Arc::new(Discovery::new(&[discard]).expect("resolver set-up"))
 }
 
-/// Starts an edge whose requests are all answered 501 (what `lcs-bridge run` does until the
-/// engine is wired in).
-pub async fn start_answering(settings: EdgeSettings) -> Arc<EdgeHandle> {
+/// Starts an edge with [`no_dns`] (and test logging); the test plays the layer above with the
+/// events.
+pub async fn start_edge(settings: EdgeSettings) -> (Arc<EdgeHandle>, UnboundedReceiver<EdgeEvent>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("debug")
         .with_test_writer()
         .try_init();
     let (edge, events) = start(settings, no_dns()).await.expect("edge starts");
-    let edge = Arc::new(edge);
+    (Arc::new(edge), events)
+}
+
+/// Starts an edge whose requests are all answered 501 (what `lcs-bridge run` does until the
+/// engine is wired in).
+pub async fn start_answering(settings: EdgeSettings) -> Arc<EdgeHandle> {
+    let (edge, events) = start_edge(settings).await;
     tokio::spawn(answer_all(
         edge.clone(),
         events,
