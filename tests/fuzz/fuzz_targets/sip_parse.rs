@@ -1,7 +1,7 @@
 //! Fuzz target: whole-message parsing, typed accessors, SDP, and print∘parse stability.
 #![no_main]
 
-use lcs_bridge::sip::message::Message;
+use lcs_bridge::sip::message::{Limits, Message};
 use lcs_bridge::sip::sdp::Sdp;
 use libfuzzer_sys::fuzz_target;
 
@@ -29,9 +29,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    // A parsed message prints to something that parses back to the same message.
+    // A parsed message prints to something that parses back to the same message. Printing
+    // adds Content-Length when the input had none (streams need it), so the reprint may hold
+    // one header more than the input limit allowed.
     let printed = m.to_bytes();
-    let again = Message::parse(&printed).expect("printed message must parse");
+    let mut limits = Limits::default();
+    limits.max_headers += 1;
+    let again = Message::parse_with_limits(&printed, &limits).expect("printed message must parse");
     assert_eq!(again.body(), m.body());
     if m.content_length().ok().flatten().is_some() {
         assert_eq!(again, m);
