@@ -271,20 +271,5 @@ pub fn address(book: &AddressBook, input: &str) -> Result<String, String> {
             .map_err(|e| e.to_string());
     }
     check_scheme(&scheme.to_ascii_lowercase()).map_err(|e| e.to_string())?;
-    let uri = match Uri::parse(input).map_err(|e| e.to_string())? {
-        Uri::Sip(u) => u,
-        Uri::Other { .. } => return Err(format!("{input:?} is not a sip: URI")),
-    };
-    let user = uri
-        .user_decoded()
-        .map_err(|e| format!("{input:?}: {e}"))?
-        .ok_or_else(|| format!("{input:?} has no user part"))?;
-    let gruu = uri
-        .param("gr")
-        .map(crate::sip::uri::percent_decode)
-        .transpose()
-        .map_err(|e| format!("{input:?}: gr parameter: {e}"))?;
-    book.sip_to_jid(&user, &uri.host_str(), gruu.as_deref())
-        .map(|j| j.to_string())
-        .map_err(|e| e.to_string())
+    book.uri_to_jid(input).map(|j| j.to_string())
 }

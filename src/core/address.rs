@@ -658,6 +658,28 @@ impl AddressBook {
         }
     }
 
+    /// Maps a `sip:` URI (as in From/To/Contact) to a JID with [`AddressBook::sip_to_jid`]:
+    /// the user part is percent-decoded and a `gr` parameter becomes the resource.
+    pub fn uri_to_jid(&self, input: &str) -> Result<Jid, String> {
+        use crate::sip::uri::{Uri, percent_decode};
+        let input = input.trim();
+        let uri = match Uri::parse(input).map_err(|e| e.to_string())? {
+            Uri::Sip(u) if !u.secure => u,
+            _ => return Err(format!("{input:?} is not a sip: URI")),
+        };
+        let user = uri
+            .user_decoded()
+            .map_err(|e| format!("{input:?}: {e}"))?
+            .ok_or_else(|| format!("{input:?} has no user part"))?;
+        let gruu = uri
+            .param("gr")
+            .map(percent_decode)
+            .transpose()
+            .map_err(|e| format!("{input:?}: gr parameter: {e}"))?;
+        self.sip_to_jid(&user, &uri.host_str(), gruu.as_deref())
+            .map_err(|e| e.to_string())
+    }
+
     /// Maps a SIP address (`user` already percent-decoded) to the JID XMPP users know it by.
     ///
     /// User part and host are lower-cased. Host in `local_domains`: `user@host` (escaped).

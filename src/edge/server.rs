@@ -113,6 +113,18 @@ impl EdgeHandle {
     /// [`EdgeEvent::Undeliverable`] with the returned id.
     pub async fn send_request(&self, request: Message, route: Route) -> TxId {
         let tx = self.ids.next();
+        self.send_request_as(tx, request, route).await;
+        tx
+    }
+
+    /// The id source of the edge's transactions, for naming requests ahead of
+    /// [`EdgeHandle::send_request_as`] (a sans-IO engine does).
+    pub fn tx_ids(&self) -> TxIds {
+        self.ids.clone()
+    }
+
+    /// [`EdgeHandle::send_request`] with an id from [`EdgeHandle::tx_ids`].
+    pub async fn send_request_as(&self, tx: TxId, request: Message, route: Route) {
         if self
             .commands
             .send(CoreInput::SendRequest { tx, request, route })
@@ -121,7 +133,6 @@ impl EdgeHandle {
         {
             warn!(?tx, "edge stopped: request not sent");
         }
-        tx
     }
 
     /// Answers server transaction `tx` (from [`EdgeEvent::Request`]).
