@@ -897,7 +897,7 @@ mod tests {
 
     #[test]
     fn gateway_translates_addresses() {
-        let cases: [(AddressBook, &str, &str, &str); 10] = [
+        let cases: [(AddressBook, &str, &str, &str); 13] = [
             (
                 gateway(),
                 "lcs.example.org",
@@ -935,10 +935,28 @@ mod tests {
                 "a\\20b\\40c\\40contoso.com@lcs.example.org",
             ),
             (
+                gateway(),
+                "lcs.example.org",
+                "joe@unknown.com",
+                "joe\\40unknown.com@lcs.example.org",
+            ),
+            (
                 direct(),
                 "contoso.com",
                 "joe@contoso.com",
                 "joe@contoso.com",
+            ),
+            (
+                direct(),
+                "contoso.com",
+                "sip:Joe@Contoso.com;transport=tls",
+                "joe@contoso.com",
+            ),
+            (
+                direct(),
+                "contoso.com",
+                "sip:joe%20smith@contoso.com",
+                "joe\\20smith@contoso.com",
             ),
             (
                 direct(),
@@ -1068,6 +1086,22 @@ mod tests {
                 error_xml(type_, condition, text)
             );
             assert_eq!(got, expected, "{prompt}");
+        }
+        // Every other URI scheme is refused by name.
+        for scheme in ["im", "pres", "mailto", "xmpp", "TEL"] {
+            let got = translate_via(
+                &gateway(),
+                "lcs.example.org",
+                &format!("{scheme}:joe@contoso.com"),
+            );
+            assert_eq!(
+                condition_of(&got),
+                (
+                    "modify".into(),
+                    "not-acceptable".into(),
+                    format!("URI scheme {scheme:?} cannot address an LCS user: only sip: is used")
+                )
+            );
         }
         // A malformed SIP URI names the parse problem.
         let got = translate_via(&gateway(), "lcs.example.org", "sip:joe@");
