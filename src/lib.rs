@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | [`sip`] | none | SIP message codec (RFC 3261 §7, §20, §25), URIs (§19), stream framing (§18.3, RFC 5626 §4.4.1), builders, SDP for session-mode IM |
 //! | [`core`] | none | addresses (XEP-0106, RFC 7247 §3), PIDF/RPID/CIPID codec (RFC 3863/4480/4482), presence translation, mapping tables, error conditions |
-//! | [`xmpp`] | none | XMPP stanza helpers on top of xmpp-parsers |
+//! | [`xmpp`] | none | XMPP stanza helpers on top of xmpp-parsers; the gateway's IQ answers and stanza error replies |
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`policy`] | none | federation policy: peer domain authorization from certificates (RFC 5922), SRV order (RFC 2782), backoff |

@@ -214,7 +214,7 @@ pub enum AddressError {
 }
 
 /// Shortens `s` for quoting in an error message.
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     match s.char_indices().nth(SHOWN_CHARS) {
         Some((cut, _)) => format!("{}…", &s[..cut]),
         None => s.to_owned(),

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use xmpp_parsers::stanza_error::DefinedCondition;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 /// One RFC 6120 §8.3.3 stanza error condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -120,6 +120,39 @@ impl Condition {
         }
     }
 
+    /// The error type (`<error type='…'/>`) RFC 6120 §8.3.3 recommends for this condition.
+    ///
+    /// Where the RFC allows two, the first it names is taken: `feature-not-implemented` →
+    /// `cancel` (or modify), `policy-violation` → `modify` (or wait), `unexpected-request` →
+    /// `wait` (or modify), `remote-server-timeout` → `wait` (unless more permanent).
+    /// `undefined-condition` allows any type; `cancel` is used.
+    pub const fn error_type(self) -> ErrorType {
+        match self {
+            Condition::BadRequest
+            | Condition::JidMalformed
+            | Condition::NotAcceptable
+            | Condition::PolicyViolation
+            | Condition::Redirect => ErrorType::Modify,
+            Condition::Forbidden
+            | Condition::NotAuthorized
+            | Condition::RegistrationRequired
+            | Condition::SubscriptionRequired => ErrorType::Auth,
+            Condition::RecipientUnavailable
+            | Condition::RemoteServerTimeout
+            | Condition::ResourceConstraint
+            | Condition::UnexpectedRequest => ErrorType::Wait,
+            Condition::Conflict
+            | Condition::FeatureNotImplemented
+            | Condition::Gone
+            | Condition::InternalServerError
+            | Condition::ItemNotFound
+            | Condition::NotAllowed
+            | Condition::RemoteServerNotFound
+            | Condition::ServiceUnavailable
+            | Condition::UndefinedCondition => ErrorType::Cancel,
+        }
+    }
+
     /// The xmpp-parsers form, for building a `<error/>` element. `gone` and `redirect` carry
     /// no new address (the SIP side gives none we could trust).
     pub fn to_defined_condition(self) -> DefinedCondition {
@@ -214,6 +247,43 @@ mod tests {
             );
         }
         assert_eq!(seen.len(), 22);
+    }
+
+    #[test]
+    fn error_types_follow_rfc_6120() {
+        let got: Vec<(&str, String)> = Condition::ALL
+            .iter()
+            .map(|c| (c.as_str(), c.error_type().to_string()))
+            .collect();
+        let expected = [
+            ("bad-request", "modify"),
+            ("conflict", "cancel"),
+            ("feature-not-implemented", "cancel"),
+            ("forbidden", "auth"),
+            ("gone", "cancel"),
+            ("internal-server-error", "cancel"),
+            ("item-not-found", "cancel"),
+            ("jid-malformed", "modify"),
+            ("not-acceptable", "modify"),
+            ("not-allowed", "cancel"),
+            ("not-authorized", "auth"),
+            ("policy-violation", "modify"),
+            ("recipient-unavailable", "wait"),
+            ("redirect", "modify"),
+            ("registration-required", "auth"),
+            ("remote-server-not-found", "cancel"),
+            ("remote-server-timeout", "wait"),
+            ("resource-constraint", "wait"),
+            ("service-unavailable", "cancel"),
+            ("subscription-required", "auth"),
+            ("undefined-condition", "cancel"),
+            ("unexpected-request", "wait"),
+        ];
+        let expected: Vec<(&str, String)> = expected
+            .iter()
+            .map(|(c, t)| (*c, (*t).to_owned()))
+            .collect();
+        assert_eq!(got, expected);
     }
 
     #[test]
