@@ -2,6 +2,7 @@
 
 pub mod address;
 pub mod errors;
+pub mod im_text;
 pub mod pidf;
 pub mod presence;
 pub mod tables;
