@@ -22,6 +22,7 @@ pub mod app;
 pub mod config;
 pub mod core;
 pub mod edge;
+pub mod engine;
 pub mod inspect;
 pub mod policy;
 pub mod sip;

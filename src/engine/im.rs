@@ -1,0 +1,1392 @@
+//! Session-mode instant messaging between XMPP and LCS (the profile's "Instant Messaging",
+//! interworking.md §3), sans-IO: stanzas and edge events in, stanzas and SIP requests/responses
+//! out, timers through [`ImEngine::poll_timeout`].
+//!
+//! XMPP → LCS: a `<message type='chat'|'normal'>` with a body opens (or reuses) one INVITE
+//! session per (local bare JID, remote AOR) — SDP `m=message 5060 sip/tcp *`, Contact with
+//! `;transport=tls`, a fresh `Ms-Conversation-ID` — and each body becomes an in-dialog MESSAGE
+//! (`text/plain; charset=UTF-8`), in order. XEP-0085 chat states become RFC 3994 `isComposing`
+//! MESSAGEs in an open session. A XEP-0184 receipt request is answered by the 200 to its
+//! MESSAGE. Any failure returns each undelivered message to its sender as a
+//! `<message type='error'>` (condition from `mappings/errors.toml`, original body included).
+//! Idle sessions end with BYE; a session older than the dialog age limit is replaced before the
+//! next message (LCS's 24 h header signatures).
+//!
+//! LCS → XMPP: an INVITE with a message m-line (`sip/tcp *`, `sip null`, `x-ms-message`) is
+//! answered 200 with the SDP answer; its `ms-text-format` first message is delivered; each
+//! in-dialog MESSAGE becomes a chat message (HTML and multipart turned into plain text) with a
+//! `<thread/>` tied to the dialog; `isComposing` and Microsoft's INFO `<KeyboardActivity>` become
+//! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
+//! a message m-line gets 488 with the profile's SDP.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use xmpp_parsers::chatstates::ChatState;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
+
+use crate::core::address::AddressBook;
+use crate::core::errors::Condition;
+use crate::core::im_text::{self, Typing};
+use crate::core::tables::ErrorTable;
+use crate::edge::core::{Route, Undeliverable};
+use crate::edge::server::EdgeEvent;
+use crate::sip::builder::{RequestSpec, name_addr};
+use crate::sip::dialog::{Dialog, DialogId};
+use crate::sip::message::{Message, Method};
+use crate::sip::sdp::Sdp;
+use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
+use crate::sip::uri::Uri;
+use crate::xmpp::gateway::error_reply;
+
+/// What the engine needs to know.
+#[derive(Debug, Clone)]
+pub struct ImSettings {
+    /// The edge's FQDN: Via sent-by, Contact host, SDP address.
+    pub public_fqdn: String,
+    /// A session with no message for this long ends with BYE.
+    pub idle_timeout: Duration,
+    /// A dialog older than this is replaced before the next message (below LCS's 24 h).
+    pub dialog_max_age: Duration,
+    /// Largest message body sent to LCS, in bytes; larger ones get `policy-violation`.
+    pub max_body_bytes: usize,
+    /// Most messages queued for one session while its INVITE is pending.
+    pub max_queued: usize,
+}
+
+impl Default for ImSettings {
+    fn default() -> Self {
+        ImSettings {
+            public_fqdn: "localhost".into(),
+            idle_timeout: Duration::from_secs(600),
+            dialog_max_age: crate::sip::dialog::DEFAULT_MAX_AGE,
+            max_body_bytes: 16 * 1024,
+            max_queued: 100,
+        }
+    }
+}
+
+/// What the I/O layer must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a stanza on the component link.
+    Stanza(Element),
+    /// Send a SIP request as client transaction `tx`.
+    Request {
+        tx: TxId,
+        request: Message,
+        route: Route,
+    },
+    /// Answer server transaction `tx`.
+    Respond { tx: TxId, response: Message },
+    /// Send the ACK for a 2xx on the dialog's connection.
+    Ack { conn: ConnId, ack: Message },
+}
+
+/// One message waiting for, or travelling in, a MESSAGE request.
+#[derive(Debug, Clone)]
+enum Item {
+    Body {
+        text: String,
+        subject: Option<String>,
+        lang: Option<String>,
+        /// The stanza as received, for the error bounce and the receipt.
+        stanza: Box<Stanza>,
+    },
+    Typing(Typing),
+}
+
+#[derive(Debug)]
+enum State {
+    /// INVITE sent; items wait.
+    Inviting { invite: Message },
+    /// Dialog up.
+    Up { dialog: Dialog },
+}
+
+/// (local bare JID, remote AOR URI).
+type Key = (BareJid, String);
+
+#[derive(Debug)]
+struct Session {
+    /// The remote party's JID (bare), as XMPP users know it.
+    remote_jid: Jid,
+    state: State,
+    queue: VecDeque<Item>,
+    last_activity: Instant,
+    /// The `<thread/>` of messages in this session (Call-ID).
+    thread: String,
+}
+
+/// What a client transaction was for.
+#[derive(Debug)]
+enum Purpose {
+    Invite(Key),
+    Message { key: Key, item: Item },
+    Bye,
+}
+
+/// The IM translation engine.
+#[derive(Debug)]
+pub struct ImEngine {
+    settings: ImSettings,
+    book: AddressBook,
+    errors: ErrorTable,
+    ids: TxIds,
+    sessions: HashMap<Key, Session>,
+    /// Dialog → session, for in-dialog requests.
+    dialogs: HashMap<DialogId, Key>,
+    purposes: HashMap<TxId, Purpose>,
+    seed: u64,
+    counter: u64,
+}
+
+/// Why an XMPP message could not be taken.
+fn bounce(stanza: &Stanza, condition: Condition, text: &str) -> Output {
+    Output::Stanza(error_reply(
+        &Element::from(stanza.clone()),
+        condition,
+        Some(text),
+    ))
+}
+
+impl ImEngine {
+    /// `ids` must be the edge's ([`crate::edge::server::EdgeHandle::tx_ids`]); `seed` random.
+    pub fn new(
+        settings: ImSettings,
+        book: AddressBook,
+        errors: ErrorTable,
+        ids: TxIds,
+        seed: u64,
+    ) -> ImEngine {
+        ImEngine {
+            settings,
+            book,
+            errors,
+            ids,
+            sessions: HashMap::new(),
+            dialogs: HashMap::new(),
+            purposes: HashMap::new(),
+            seed,
+            counter: 0,
+        }
+    }
+
+    /// Live sessions (for tests and stats).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn random(&mut self) -> u64 {
+        self.counter += 1;
+        let mut z = self
+            .seed
+            .wrapping_add(self.counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn token(&mut self) -> String {
+        format!("{:016x}", self.random())
+    }
+
+    fn branch(&mut self) -> String {
+        format!("z9hG4bK{}", self.token())
+    }
+
+    fn contact(&self, local_uri: &str) -> String {
+        let user = match Uri::parse(local_uri) {
+            Ok(Uri::Sip(u)) => u.user.unwrap_or_default().to_owned(),
+            _ => String::new(),
+        };
+        if user.is_empty() {
+            format!("sip:{};transport=tls", self.settings.public_fqdn)
+        } else {
+            format!("sip:{user}@{};transport=tls", self.settings.public_fqdn)
+        }
+    }
+
+    fn via(&self) -> String {
+        format!("{}:5061", self.settings.public_fqdn)
+    }
+
+    /// A stanza from the component link.
+    pub fn on_stanza(&mut self, now: Instant, element: Element) -> Vec<Output> {
+        let mut out = Vec::new();
+        if !element.is("message", crate::xmpp::NS_COMPONENT) {
+            return out;
+        }
+        let Ok(stanza) = Stanza::try_from(element) else {
+            return out;
+        };
+        if !matches!(stanza.type_, MessageType::Chat | MessageType::Normal) {
+            return out;
+        }
+        let (Some(from), Some(to)) = (stanza.from.clone(), stanza.to.clone()) else {
+            return out;
+        };
+        let remote = match self.book.jid_to_sip(&to) {
+            Ok(a) if !self.book.is_local_domain(&a.host) => a.aor(),
+            Ok(_) | Err(_) => {
+                out.push(bounce(
+                    &stanza,
+                    Condition::ItemNotFound,
+                    "not an address this gateway can reach",
+                ));
+                return out;
+            }
+        };
+        let local = match self.book.jid_to_sip(&Jid::from(from.to_bare())) {
+            Ok(a) if self.book.is_local_domain(&a.host) => a,
+            _ => {
+                out.push(bounce(
+                    &stanza,
+                    Condition::Forbidden,
+                    "only users of the local domains may use this gateway",
+                ));
+                return out;
+            }
+        };
+        let item = if let Some((lang, text)) = stanza.get_best_body_cloned(vec![]) {
+            if text.len() > self.settings.max_body_bytes {
+                out.push(bounce(
+                    &stanza,
+                    Condition::PolicyViolation,
+                    &format!("message larger than {} bytes", self.settings.max_body_bytes),
+                ));
+                return out;
+            }
+            let subject = stanza.get_best_subject_cloned(vec![]).map(|(_, s)| s);
+            Item::Body {
+                text,
+                subject,
+                lang: Some(lang.0).filter(|l| !l.is_empty()),
+                stanza: Box::new(stanza),
+            }
+        } else {
+            match stanza
+                .payloads
+                .iter()
+                .find_map(|p| ChatState::try_from(p.clone()).ok())
+            {
+                Some(ChatState::Composing) => Item::Typing(Typing::Composing),
+                Some(ChatState::Paused) => Item::Typing(Typing::Paused),
+                Some(ChatState::Active) => Item::Typing(Typing::Active),
+                _ => return out,
+            }
+        };
+        let key: Key = (from.to_bare(), remote.to_uri());
+        let remote_jid = Jid::from(to.to_bare());
+        // Typing alone never opens a session.
+        if matches!(item, Item::Typing(_)) && !self.sessions.contains_key(&key) {
+            return out;
+        }
+        self.enqueue(now, key, remote_jid, local.to_uri(), item, &mut out);
+        out
+    }
+
+    /// Queues an item on the session for `key`, opening or replacing the session as needed.
+    fn enqueue(
+        &mut self,
+        now: Instant,
+        key: Key,
+        remote_jid: Jid,
+        local_uri: String,
+        item: Item,
+        out: &mut Vec<Output>,
+    ) {
+        let expired = match self.sessions.get(&key).map(|s| &s.state) {
+            Some(State::Up { dialog }) => dialog.replace_at(self.settings.dialog_max_age) <= now,
+            _ => false,
+        };
+        if expired {
+            // Profile: LCS's header signatures last 24 h; a fresh INVITE replaces the dialog.
+            self.end_session(&key, out);
+        }
+        if !self.sessions.contains_key(&key) {
+            if matches!(item, Item::Typing(_)) {
+                return;
+            }
+            self.invite(now, key.clone(), remote_jid, local_uri, out);
+        }
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        session.last_activity = now;
+        match &session.state {
+            State::Inviting { .. } => {
+                if session.queue.len() >= self.settings.max_queued {
+                    if let Item::Body { stanza, .. } = &item {
+                        out.push(bounce(
+                            stanza,
+                            Condition::ResourceConstraint,
+                            "too many messages waiting for the session to open",
+                        ));
+                    }
+                    return;
+                }
+                session.queue.push_back(item);
+            }
+            State::Up { .. } => self.send_item(key, item, out),
+        }
+    }
+
+    fn invite(
+        &mut self,
+        now: Instant,
+        key: Key,
+        remote_jid: Jid,
+        local_uri: String,
+        out: &mut Vec<Output>,
+    ) {
+        let call_id = format!("{}@{}", self.token(), self.settings.public_fqdn);
+        let (branch, tag, conversation) = (self.branch(), self.token(), self.token());
+        let contact = self.contact(&local_uri);
+        let remote_uri = key.1.clone();
+        let mut invite = RequestSpec {
+            method: Method::Invite,
+            request_uri: &remote_uri,
+            via_sent_by: &self.via(),
+            branch: &branch,
+            from_display: None,
+            from_uri: &local_uri,
+            from_tag: &tag,
+            to_display: None,
+            to_uri: &remote_uri,
+            to_tag: None,
+            call_id: &call_id,
+            cseq: 1,
+            contact: Some(&contact),
+            route: &[],
+        }
+        .build();
+        invite.push_header("Ms-Conversation-ID", &conversation);
+        invite.push_header("Supported", "ms-text-format");
+        let session_id = self.random() >> 1;
+        let sdp = Sdp::message_offer(&self.settings.public_fqdn, session_id).to_string();
+        invite.set_body(Some("application/sdp"), sdp.into_bytes());
+        let tx = self.ids.next();
+        let domain = host_of(&remote_uri);
+        self.purposes.insert(tx, Purpose::Invite(key.clone()));
+        self.sessions.insert(
+            key,
+            Session {
+                remote_jid,
+                state: State::Inviting {
+                    invite: invite.clone(),
+                },
+                queue: VecDeque::new(),
+                last_activity: now,
+                thread: call_id,
+            },
+        );
+        out.push(Output::Request {
+            tx,
+            request: invite,
+            route: Route::Domain(domain),
+        });
+    }
+
+    /// Sends one item as an in-dialog MESSAGE (the session must be up).
+    fn send_item(&mut self, key: Key, item: Item, out: &mut Vec<Output>) {
+        let branch = self.branch();
+        let via = self.via();
+        let Some(Session {
+            state: State::Up { dialog },
+            ..
+        }) = self.sessions.get_mut(&key)
+        else {
+            return;
+        };
+        let contact = None;
+        let Ok(mut request) = dialog.next_request(Method::Message, &via, &branch, contact) else {
+            return;
+        };
+        let conn = dialog.conn;
+        match &item {
+            Item::Body {
+                text,
+                subject,
+                lang,
+                ..
+            } => {
+                if let Some(s) = subject {
+                    request.push_header("Subject", s);
+                }
+                if let Some(l) = lang {
+                    request.push_header("Content-Language", l);
+                }
+                request.set_body(Some("text/plain; charset=UTF-8"), text.clone().into_bytes());
+            }
+            Item::Typing(t) => {
+                request.set_body(
+                    Some(im_text::ISCOMPOSING_TYPE),
+                    im_text::iscomposing_body(*t),
+                );
+            }
+        }
+        let tx = self.ids.next();
+        self.purposes.insert(tx, Purpose::Message { key, item });
+        out.push(Output::Request {
+            tx,
+            request,
+            route: Route::Connection(conn),
+        });
+    }
+
+    /// Ends a session: BYE if its dialog is up; queued bodies are returned to their senders.
+    fn end_session(&mut self, key: &Key, out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.remove(key) else {
+            return;
+        };
+        for item in session.queue {
+            if let Item::Body { stanza, .. } = item {
+                out.push(bounce(
+                    &stanza,
+                    Condition::RecipientUnavailable,
+                    "the chat session ended before the message could be sent",
+                ));
+            }
+        }
+        if let State::Up { mut dialog } = session.state {
+            self.dialogs.remove(&dialog.id);
+            let branch = self.branch();
+            if let Ok(bye) = dialog.next_request(Method::Bye, &self.via(), &branch, None) {
+                let tx = self.ids.next();
+                self.purposes.insert(tx, Purpose::Bye);
+                out.push(Output::Request {
+                    tx,
+                    request: bye,
+                    route: Route::Connection(dialog.conn),
+                });
+            }
+        }
+    }
+
+    /// An event from the SIP edge.
+    pub fn on_edge(&mut self, now: Instant, event: EdgeEvent) -> Vec<Output> {
+        let mut out = Vec::new();
+        match event {
+            EdgeEvent::Request {
+                tx, conn, request, ..
+            } => self.on_request(now, tx, conn, request, &mut out),
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn,
+                response,
+                is_final: true,
+            }) => self.on_final(now, tx, Ok((conn, response)), &mut out),
+            EdgeEvent::Transaction(TxEvent::Timeout { tx }) => {
+                let c = self.errors.condition_for_timeout();
+                self.on_final(
+                    now,
+                    tx,
+                    Err((c, "no answer from the LCS side".into(), true)),
+                    &mut out,
+                )
+            }
+            EdgeEvent::Transaction(TxEvent::TransportError { tx }) => self.on_final(
+                now,
+                tx,
+                Err((
+                    Condition::RecipientUnavailable,
+                    "the connection to the LCS side was lost".into(),
+                    true,
+                )),
+                &mut out,
+            ),
+            EdgeEvent::Undeliverable { tx, why } => {
+                let condition = match &why {
+                    Undeliverable::NoRoute { .. } => self.errors.condition_for_no_route(),
+                    Undeliverable::Unreachable { .. } => self.errors.condition_for_timeout(),
+                    Undeliverable::Blocked { .. } | Undeliverable::Local { .. } => {
+                        Condition::Forbidden
+                    }
+                    Undeliverable::ConnectionGone { .. } => Condition::RecipientUnavailable,
+                    Undeliverable::Invalid { .. } => Condition::InternalServerError,
+                };
+                self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
+            }
+            EdgeEvent::ConnectionLost { conn } => {
+                // Dialogs on it are gone; their in-flight MESSAGEs fail through TransportError.
+                let lost: Vec<Key> = self
+                    .sessions
+                    .iter()
+                    .filter(
+                        |(_, s)| matches!(&s.state, State::Up { dialog } if dialog.conn == conn),
+                    )
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in lost {
+                    if let Some(s) = self.sessions.remove(&key) {
+                        if let State::Up { dialog } = s.state {
+                            self.dialogs.remove(&dialog.id);
+                        }
+                    }
+                }
+            }
+            EdgeEvent::Transaction(_) => {}
+        }
+        out
+    }
+
+    /// The final outcome of client transaction `tx`: the response and its connection, or
+    /// (condition, text, tear the session down).
+    fn on_final(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        outcome: Result<(ConnId, Message), (Condition, String, bool)>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(purpose) = self.purposes.remove(&tx) else {
+            return;
+        };
+        let status = outcome
+            .as_ref()
+            .ok()
+            .and_then(|(_, r)| r.status())
+            .unwrap_or(0);
+        let failure = match &outcome {
+            Ok((_, r)) if status >= 300 => Some((
+                self.errors.condition_for_status(status),
+                format!("{} {}", status, r.reason().unwrap_or_default()),
+                matches!(status, 408 | 480 | 481),
+            )),
+            Ok(_) => None,
+            Err(e) => Some(e.clone()),
+        };
+        match purpose {
+            Purpose::Bye => {}
+            Purpose::Invite(key) => match (failure, outcome) {
+                (None, Ok((conn, response))) => self.established(now, key, conn, response, out),
+                (Some((condition, text, _)), _) => {
+                    if let Some(s) = self.sessions.remove(&key) {
+                        for item in s.queue {
+                            if let Item::Body { stanza, .. } = item {
+                                out.push(bounce(&stanza, condition, &text));
+                            }
+                        }
+                    }
+                }
+                (None, Err(_)) => {}
+            },
+            Purpose::Message { key, item } => match failure {
+                None => {
+                    if let Item::Body { stanza, .. } = item {
+                        if let Some(r) = receipt(&stanza) {
+                            out.push(Output::Stanza(r));
+                        }
+                    }
+                }
+                Some((condition, text, teardown)) => {
+                    if let Item::Body { stanza, .. } = &item {
+                        out.push(bounce(stanza, condition, &text));
+                    }
+                    // 408/480/481 (also to a typing notification), timeouts, lost
+                    // connections: the next message starts a fresh session.
+                    if teardown {
+                        if let Some(s) = self.sessions.remove(&key) {
+                            if let State::Up { dialog } = s.state {
+                                self.dialogs.remove(&dialog.id);
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// The INVITE's 2xx: build the dialog, ACK it, send what waited.
+    fn established(
+        &mut self,
+        now: Instant,
+        key: Key,
+        conn: ConnId,
+        response: Message,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let State::Inviting { invite } = &session.state else {
+            return;
+        };
+        let mut dialog = match Dialog::from_uac(invite, &response, conn, now) {
+            Ok(d) => d,
+            Err(e) => {
+                let queue = std::mem::take(&mut session.queue);
+                self.sessions.remove(&key);
+                for item in queue {
+                    if let Item::Body { stanza, .. } = item {
+                        out.push(bounce(
+                            &stanza,
+                            Condition::ServiceUnavailable,
+                            &format!("the LCS side accepted the session wrongly: {e}"),
+                        ));
+                    }
+                }
+                return;
+            }
+        };
+        let branch = self.branch();
+        if let Ok(ack) = dialog.next_request(Method::Ack, &self.via(), &branch, None) {
+            out.push(Output::Ack { conn, ack });
+        }
+        self.dialogs.insert(dialog.id.clone(), key.clone());
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        session.state = State::Up { dialog };
+        session.last_activity = now;
+        let queue = std::mem::take(&mut session.queue);
+        for item in queue {
+            self.send_item(key.clone(), item, out);
+        }
+    }
+
+    /// A request from LCS.
+    fn on_request(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        conn: ConnId,
+        request: Message,
+        out: &mut Vec<Output>,
+    ) {
+        let respond = |engine: &mut ImEngine, status: u16, reason: Option<&str>| {
+            let tag = engine.token();
+            Output::Respond {
+                tx,
+                response: Message::response_to(&request, status, reason, Some(&tag)),
+            }
+        };
+        match request.method().cloned() {
+            Some(Method::Invite) if DialogId::of_incoming_request(&request).is_none() => {
+                self.on_invite(now, tx, conn, &request, out)
+            }
+            Some(Method::Message)
+            | Some(Method::Info)
+            | Some(Method::Bye)
+            | Some(Method::Invite) => {
+                let id = DialogId::of_incoming_request(&request);
+                if id.is_none() && request.method() == Some(&Method::Message) {
+                    // Page mode (no To tag, no dialog): be liberal and deliver it.
+                    return self.page_mode(tx, &request, out);
+                }
+                let Some(key) = id.and_then(|id| self.dialogs.get(&id).cloned()) else {
+                    out.push(respond(self, 481, Some("Call/Transaction Does Not Exist")));
+                    return;
+                };
+                self.in_dialog(now, tx, key, &request, out);
+            }
+            Some(Method::Ack) => {}
+            _ => out.push(respond(
+                self,
+                501,
+                Some("Not Implemented by this gateway yet"),
+            )),
+        }
+    }
+
+    /// The local and remote JIDs of an incoming request (To local, From remote).
+    fn parties(&self, request: &Message) -> Result<(Jid, Jid, String, String), (u16, String)> {
+        let party = |header: Result<crate::sip::header::NameAddr<'_>, _>| {
+            let n = header.map_err(|e: crate::sip::error::ParseError| (400, e.to_string()))?;
+            let uri = n.uri.to_owned();
+            let jid = self
+                .book
+                .uri_to_jid(&uri)
+                .map_err(|e| (404, format!("No such user: {e}")))?;
+            Ok::<_, (u16, String)>((jid, uri))
+        };
+        let (local, local_uri) = party(request.to())?;
+        let (remote, remote_uri) = party(request.from())?;
+        if !self.book.is_local_domain(local.domain().as_str()) {
+            return Err((404, format!("{local_uri} is not a user here")));
+        }
+        Ok((local, remote, local_uri, remote_uri))
+    }
+
+    fn on_invite(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        conn: ConnId,
+        request: &Message,
+        out: &mut Vec<Output>,
+    ) {
+        let tag = self.token();
+        let reply = |status: u16, reason: &str| Output::Respond {
+            tx,
+            response: Message::response_to(request, status, Some(reason), Some(&tag)),
+        };
+        let (local, remote, local_uri, remote_uri) = match self.parties(request) {
+            Ok(p) => p,
+            Err((status, reason)) => return out.push(reply(status, &reason)),
+        };
+        let offer = Sdp::parse(request.body()).ok();
+        let answer = offer
+            .as_ref()
+            .and_then(|o| Sdp::message_answer(o, &self.settings.public_fqdn, self.counter));
+        let Some(answer) = answer else {
+            let mut r = Message::response_to(
+                request,
+                488,
+                Some("Not Acceptable Here: only session-mode IM (m=message)"),
+                Some(&tag),
+            );
+            let sdp = Sdp::message_offer(&self.settings.public_fqdn, 0).to_string();
+            r.set_body(Some("application/sdp"), sdp.into_bytes());
+            return out.push(Output::Respond { tx, response: r });
+        };
+        let mut dialog = match Dialog::from_uas(request, &tag, 1, conn, now) {
+            Ok(d) => d,
+            Err(e) => return out.push(reply(400, &e.to_string())),
+        };
+        dialog.confirm();
+        let contact = self.contact(&local_uri);
+        let mut response = Message::response_to(request, 200, None, Some(&tag));
+        response.push_header("Contact", &name_addr(None, &contact, &[]));
+        response.push_header("Supported", "ms-text-format");
+        response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
+        out.push(Output::Respond { tx, response });
+
+        let key: Key = (local.to_bare(), bare_uri(&remote_uri));
+        let thread = dialog.id.call_id.clone();
+        // A new INVITE from the same party replaces the session we had with them.
+        if let Some(old) = self.sessions.remove(&key) {
+            if let State::Up { dialog } = old.state {
+                self.dialogs.remove(&dialog.id);
+            }
+        }
+        self.dialogs.insert(dialog.id.clone(), key.clone());
+        let remote_jid = Jid::from(remote.to_bare());
+        if let Some(first) = request
+            .header("ms-text-format")
+            .and_then(|v| im_text::ms_text_format(v).ok().flatten())
+        {
+            out.push(Output::Stanza(chat(
+                &remote_jid,
+                &local,
+                &thread,
+                Some(&first),
+                None,
+            )));
+        }
+        self.sessions.insert(
+            key,
+            Session {
+                remote_jid,
+                state: State::Up { dialog },
+                queue: VecDeque::new(),
+                last_activity: now,
+                thread,
+            },
+        );
+    }
+
+    fn page_mode(&mut self, tx: TxId, request: &Message, out: &mut Vec<Output>) {
+        let tag = self.token();
+        let (status, reason, stanza) = match self.parties(request) {
+            Err((s, r)) => (s, r, None),
+            Ok((local, remote, _, _)) => {
+                let ct = content_type(request);
+                match im_text::plain_text(&ct, request.body()) {
+                    Ok(text) => (
+                        200,
+                        "OK".into(),
+                        Some(chat(
+                            &Jid::from(remote.to_bare()),
+                            &local,
+                            "",
+                            Some(&text),
+                            None,
+                        )),
+                    ),
+                    Err(e) => body_error(&e),
+                }
+            }
+        };
+        out.push(Output::Respond {
+            tx,
+            response: Message::response_to(request, status, Some(&reason), Some(&tag)),
+        });
+        out.extend(stanza.map(Output::Stanza));
+    }
+
+    fn in_dialog(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        key: Key,
+        request: &Message,
+        out: &mut Vec<Output>,
+    ) {
+        let tag = self.token();
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        if let State::Up { dialog } = &mut session.state {
+            if let Err(e) = dialog.accept_request(request) {
+                out.push(Output::Respond {
+                    tx,
+                    response: Message::response_to(request, 500, Some(&e.to_string()), Some(&tag)),
+                });
+                return;
+            }
+        }
+        session.last_activity = now;
+        let local = Jid::from(key.0.clone());
+        let (status, reason, stanza): (u16, String, Option<Element>) =
+            match request.method().cloned() {
+                Some(Method::Bye) => (200, "OK".into(), None),
+                Some(Method::Invite) => {
+                    // A re-INVITE (refresh): keep the session, answer with our SDP.
+                    (200, "OK".into(), None)
+                }
+                Some(Method::Info) => {
+                    match im_text::parse_keyboard_activity(request.body()) {
+                        Ok(t) => (
+                            200,
+                            "OK".into(),
+                            Some(typing(&session.remote_jid, &local, &session.thread, t)),
+                        ),
+                        // Other INFO payloads are acknowledged and ignored.
+                        Err(_) => (200, "OK".into(), None),
+                    }
+                }
+                _ => {
+                    let ct = content_type(request);
+                    if ct
+                        .to_ascii_lowercase()
+                        .starts_with(im_text::ISCOMPOSING_TYPE)
+                    {
+                        match im_text::parse_iscomposing(request.body()) {
+                            Ok(t) => (
+                                200,
+                                "OK".into(),
+                                Some(typing(&session.remote_jid, &local, &session.thread, t)),
+                            ),
+                            Err(e) => body_error(&e),
+                        }
+                    } else {
+                        match im_text::plain_text(&ct, request.body()) {
+                            Ok(text) => (
+                                200,
+                                "OK".into(),
+                                Some(chat(
+                                    &session.remote_jid,
+                                    &local,
+                                    &session.thread,
+                                    Some(&text),
+                                    subject(request),
+                                )),
+                            ),
+                            Err(e) => body_error(&e),
+                        }
+                    }
+                }
+            };
+        let mut response = Message::response_to(request, status, Some(&reason), Some(&tag));
+        if request.method() == Some(&Method::Invite) {
+            if let Ok(offer) = Sdp::parse(request.body()) {
+                if let Some(answer) = Sdp::message_answer(&offer, &self.settings.public_fqdn, 1) {
+                    response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
+                }
+            }
+        }
+        if status == 415 {
+            response.push_header("Accept", im_text::ACCEPT);
+        }
+        out.push(Output::Respond { tx, response });
+        out.extend(stanza.map(Output::Stanza));
+        if request.method() == Some(&Method::Bye) {
+            if let Some(s) = self.sessions.remove(&key) {
+                for item in s.queue {
+                    if let Item::Body { stanza, .. } = item {
+                        out.push(bounce(
+                            &stanza,
+                            Condition::RecipientUnavailable,
+                            "the LCS user ended the chat session",
+                        ));
+                    }
+                }
+                if let State::Up { dialog } = s.state {
+                    self.dialogs.remove(&dialog.id);
+                }
+            }
+        }
+    }
+
+    /// When the next idle session must end.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter(|s| matches!(s.state, State::Up { .. }))
+            .map(|s| s.last_activity + self.settings.idle_timeout)
+            .min()
+    }
+
+    /// Ends sessions idle for `idle_timeout` with BYE.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        let idle: Vec<Key> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                matches!(s.state, State::Up { .. })
+                    && s.last_activity + self.settings.idle_timeout <= now
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for key in idle {
+            self.end_session(&key, &mut out);
+        }
+        out
+    }
+}
+
+/// The host of a `sip:` URI (lowercase), for routing.
+fn host_of(uri: &str) -> String {
+    match Uri::parse(uri) {
+        Ok(Uri::Sip(u)) => u.host_str().to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
+/// A URI without parameters (an AOR key).
+fn bare_uri(uri: &str) -> String {
+    match Uri::parse(uri) {
+        Ok(Uri::Sip(u)) => match u.user {
+            Some(user) => format!("sip:{user}@{}", u.host_str()).to_ascii_lowercase(),
+            None => format!("sip:{}", u.host_str()).to_ascii_lowercase(),
+        },
+        _ => uri.to_ascii_lowercase(),
+    }
+}
+
+fn content_type(request: &Message) -> String {
+    request
+        .header("Content-Type")
+        .or_else(|| request.header("c"))
+        .unwrap_or("text/plain")
+        .to_owned()
+}
+
+fn subject(request: &Message) -> Option<&str> {
+    request.header("Subject").or_else(|| request.header("s"))
+}
+
+/// 415 for a type we cannot read, 400 for a malformed body.
+fn body_error(e: &im_text::BodyError) -> (u16, String, Option<Element>) {
+    match e {
+        im_text::BodyError::UnsupportedType(t) => {
+            (415, format!("Unsupported Media Type {t}"), None)
+        }
+        other => (400, other.to_string(), None),
+    }
+}
+
+/// A chat message from an LCS user to a local user.
+fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Element {
+    let mut m = Stanza::chat(Some(to.clone()));
+    m.from = Some(from.clone());
+    if let Some(b) = body {
+        m.bodies.insert(Lang(String::new()), b.to_owned());
+    }
+    if let Some(s) = subject {
+        m.subjects.insert(Lang(String::new()), s.to_owned());
+    }
+    if !thread.is_empty() {
+        m.thread = Some(Thread {
+            parent: None,
+            id: thread.to_owned(),
+        });
+    }
+    m.payloads.push(ChatState::Active.into());
+    Element::from(m)
+}
+
+/// A chat state notification (XEP-0085) from an LCS user.
+fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Element {
+    let mut m = Stanza::chat(Some(to.clone()));
+    m.from = Some(from.clone());
+    m.thread = Some(Thread {
+        parent: None,
+        id: thread.to_owned(),
+    });
+    let s = match state {
+        Typing::Composing => ChatState::Composing,
+        Typing::Paused => ChatState::Paused,
+        Typing::Active => ChatState::Active,
+    };
+    m.payloads.push(s.into());
+    Element::from(m)
+}
+
+/// The XEP-0184 receipt for a delivered message that asked for one.
+fn receipt(stanza: &Stanza) -> Option<Element> {
+    let id = stanza.id.as_ref()?.0.clone();
+    if !stanza
+        .payloads
+        .iter()
+        .any(|p| ReceiptRequest::try_from(p.clone()).is_ok())
+    {
+        return None;
+    }
+    let mut m = Stanza::new(stanza.from.clone());
+    m.type_ = stanza.type_.clone();
+    m.from = stanza.to.clone();
+    m.payloads.push(Received { id }.into());
+    Some(Element::from(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::address::AddressMode;
+    use crate::core::tables::Mappings;
+
+    const LOCAL: &str = "alice@example.org/phone";
+    const REMOTE: &str = r"bob\40contoso.com@lcs.example.org";
+
+    fn engine() -> ImEngine {
+        let book = AddressBook::new(
+            AddressMode::Gateway,
+            vec!["lcs.example.org".into()],
+            vec!["example.org".into()],
+        )
+        .unwrap();
+        let settings = ImSettings {
+            public_fqdn: "sip.example.org".into(),
+            idle_timeout: Duration::from_secs(60),
+            dialog_max_age: Duration::from_secs(3600),
+            max_body_bytes: 1000,
+            max_queued: 3,
+        };
+        ImEngine::new(
+            settings,
+            book,
+            Mappings::builtin().errors,
+            TxIds::default(),
+            7,
+        )
+    }
+
+    fn message(body: Option<&str>, extra: &str) -> Element {
+        let body = body
+            .map(|b| format!("<body>{b}</body>"))
+            .unwrap_or_default();
+        format!(
+            "<message xmlns='jabber:component:accept' from='{LOCAL}' to='{REMOTE}' type='chat' id='m1'>{body}{extra}</message>"
+        )
+        .parse()
+        .unwrap()
+    }
+
+    fn requests(out: &[Output]) -> Vec<(TxId, Message, Route)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Request { tx, request, route } => {
+                    Some((*tx, request.clone(), route.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stanzas(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Stanza(e) => Some(String::from(e)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The peer's answer to `request`, with a To tag and a Contact.
+    fn answer(request: &Message, status: u16) -> Message {
+        let mut r = Message::response_to(request, status, None, Some("remote"));
+        r.push_header("Contact", "<sip:bob@192.0.2.5:5061;transport=tls>");
+        r
+    }
+
+    fn final_event(tx: TxId, response: Message) -> EdgeEvent {
+        EdgeEvent::Transaction(TxEvent::Response {
+            tx,
+            conn: 9,
+            response,
+            is_final: true,
+        })
+    }
+
+    /// Opens a session with one message and completes the INVITE: returns the MESSAGE sent.
+    fn open(e: &mut ImEngine, now: Instant) -> (TxId, Message) {
+        let out = e.on_stanza(now, message(Some("hello"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        let (tx, msg, _) = requests(&out).remove(0);
+        (tx, msg)
+    }
+
+    #[test]
+    fn xmpp_messages_open_an_invite_session_and_go_out_in_order() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("one"), ""));
+        let reqs = requests(&out);
+        assert_eq!(reqs.len(), 1);
+        let (tx, invite, route) = &reqs[0];
+        assert_eq!(route, &Route::Domain("contoso.com".into()));
+        assert_eq!(invite.request_uri(), Some("sip:bob@contoso.com"));
+        assert_eq!(invite.from().unwrap().uri, "sip:alice@example.org");
+        assert!(invite.header("Contact").unwrap().contains(";transport=tls"));
+        assert!(invite.header("Ms-Conversation-ID").is_some());
+        assert!(Sdp::parse(invite.body()).unwrap().has_message_session());
+        assert!(
+            std::str::from_utf8(invite.body())
+                .unwrap()
+                .contains("m=message 5060 sip/tcp *")
+        );
+        // Two more while the INVITE is pending: queued.
+        assert!(
+            requests(&e.on_stanza(now, message(Some("two &amp; &lt;three&gt;"), ""))).is_empty()
+        );
+        assert!(requests(&e.on_stanza(now, message(Some("drei é 中"), ""))).is_empty());
+        let out = e.on_edge(now, final_event(*tx, answer(invite, 200)));
+        let acks: Vec<_> = out
+            .iter()
+            .filter(|o| matches!(o, Output::Ack { conn: 9, .. }))
+            .collect();
+        assert_eq!(acks.len(), 1);
+        let bodies: Vec<String> = requests(&out)
+            .iter()
+            .map(|(_, m, route)| {
+                assert_eq!(route, &Route::Connection(9));
+                assert_eq!(m.method(), Some(&Method::Message));
+                assert_eq!(
+                    m.request_uri(),
+                    Some("sip:bob@192.0.2.5:5061;transport=tls")
+                );
+                assert_eq!(m.header("Content-Type"), Some("text/plain; charset=UTF-8"));
+                String::from_utf8(m.body().to_vec()).unwrap()
+            })
+            .collect();
+        assert_eq!(bodies, ["one", "two & <three>", "drei é 中"]);
+    }
+
+    #[test]
+    fn a_refused_invite_returns_every_queued_message_with_the_mapped_condition() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("first"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        e.on_stanza(now, message(Some("second"), ""));
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 480)));
+        let errors = stanzas(&out);
+        assert_eq!(errors.len(), 2);
+        for (s, body) in errors.iter().zip(["first", "second"]) {
+            assert!(
+                s.contains("type=\"error\"") || s.contains("type='error'"),
+                "{s}"
+            );
+            assert!(s.contains("recipient-unavailable"), "{s}");
+            assert!(s.contains(&format!("<body>{body}</body>")), "{s}");
+        }
+        assert_eq!(e.session_count(), 0);
+        // Undeliverable (no SRV) maps to remote-server-not-found.
+        let out = e.on_stanza(now, message(Some("again"), ""));
+        let (tx, _, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            EdgeEvent::Undeliverable {
+                tx,
+                why: Undeliverable::NoRoute {
+                    domain: "contoso.com".into(),
+                    reason: "no SRV".into(),
+                },
+            },
+        );
+        assert!(stanzas(&out)[0].contains("remote-server-not-found"));
+    }
+
+    #[test]
+    fn receipts_follow_the_200_and_failures_bounce() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (tx, _) = open(&mut e, now);
+        let out = e.on_edge(now, EdgeEvent::Transaction(TxEvent::Timeout { tx }));
+        assert!(stanzas(&out)[0].contains("remote-server-timeout"));
+        // The timeout ended the session: the next message opens a new one, with a receipt.
+        let out = e.on_stanza(
+            now,
+            message(Some("r"), "<request xmlns='urn:xmpp:receipts'/>"),
+        );
+        let (tx, invite, _) = requests(&out).remove(0);
+        assert_eq!(invite.method(), Some(&Method::Invite));
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        let (tx, msg, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&msg, 200, None, None)),
+        );
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 1);
+        assert!(
+            s[0].contains("urn:xmpp:receipts") && s[0].contains("id='m1'"),
+            "{}",
+            s[0]
+        );
+        assert!(s[0].contains(&format!("to='{LOCAL}'")), "{}", s[0]);
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused_with_policy_violation() {
+        let mut e = engine();
+        let big = "x".repeat(1001);
+        let out = e.on_stanza(Instant::now(), message(Some(&big), ""));
+        assert!(requests(&out).is_empty());
+        assert!(stanzas(&out)[0].contains("policy-violation"));
+    }
+
+    #[test]
+    fn typing_goes_out_as_iscomposing_and_a_481_to_it_ends_the_session() {
+        let mut e = engine();
+        let now = Instant::now();
+        // Typing alone opens nothing.
+        let composing = "<composing xmlns='http://jabber.org/protocol/chatstates'/>";
+        assert!(e.on_stanza(now, message(None, composing)).is_empty());
+        let (tx, msg) = open(&mut e, now);
+        e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&msg, 200, None, None)),
+        );
+        let out = e.on_stanza(now, message(None, composing));
+        let (tx, typing, _) = requests(&out).remove(0);
+        assert_eq!(
+            typing.header("Content-Type"),
+            Some(im_text::ISCOMPOSING_TYPE)
+        );
+        e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&typing, 481, None, None)),
+        );
+        assert_eq!(e.session_count(), 0);
+    }
+
+    #[test]
+    fn idle_sessions_end_with_bye_and_old_dialogs_are_replaced() {
+        let mut e = engine();
+        let now = Instant::now();
+        open(&mut e, now);
+        assert_eq!(e.poll_timeout(), Some(now + Duration::from_secs(60)));
+        let out = e.handle_timeout(now + Duration::from_secs(61));
+        let (_, bye, route) = requests(&out).remove(0);
+        assert_eq!(bye.method(), Some(&Method::Bye));
+        assert_eq!(route, Route::Connection(9));
+        assert_eq!(e.session_count(), 0);
+
+        // A dialog past its age limit: BYE, and a fresh INVITE carries the next message.
+        open(&mut e, now);
+        let later = now + Duration::from_secs(3601);
+        let out = e.on_stanza(later, message(Some("late"), ""));
+        let methods: Vec<Method> = requests(&out)
+            .iter()
+            .map(|(_, m, _)| m.method().cloned().unwrap())
+            .collect();
+        assert_eq!(methods, [Method::Bye, Method::Invite]);
+    }
+
+    fn inbound(raw: &str) -> EdgeEvent {
+        EdgeEvent::Request {
+            tx: TxIds::default().next(),
+            conn: 4,
+            request: Message::parse(raw.replace('\n', "\r\n").as_bytes()).unwrap(),
+            asserted: None,
+        }
+    }
+
+    fn invite_from_lcs(sdp: &str) -> String {
+        format!(
+            "INVITE sip:alice@example.org SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKi1\nMax-Forwards: 70\nFrom: \"Bob\" <sip:bob@contoso.com>;tag=lcs1\nTo: <sip:alice@example.org>\nCall-ID: call-1\nCSeq: 1 INVITE\nContact: <sip:bob@192.0.2.5:5061;transport=tls>\nms-text-format: text/plain; charset=UTF-8;ms-body=aGkgdGhlcmU=\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            sdp.len()
+        )
+    }
+
+    const OFFER: &str = "v=0\no=- 0 0 IN IP4 192.0.2.5\ns=session\nc=IN IP4 192.0.2.5\nt=0 0\nm=message 5060 sip null\n";
+
+    fn responses(out: &[Output]) -> Vec<Message> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Respond { response, .. } => Some(response.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lcs_invites_and_messages_reach_the_local_user() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let r = &responses(&out)[0];
+        assert_eq!(r.status(), Some(200));
+        assert!(r.header("Contact").unwrap().contains("transport=tls"));
+        assert!(std::str::from_utf8(r.body()).unwrap().contains("m=message"));
+        let local_tag = r.to().unwrap().tag().unwrap().to_owned();
+        // The ms-text-format first message is delivered.
+        let s = stanzas(&out);
+        assert!(s[0].contains("<body>hi there</body>"), "{}", s[0]);
+        assert!(
+            s[0].contains(r"from='bob\40contoso.com@lcs.example.org'"),
+            "{}",
+            s[0]
+        );
+        assert!(s[0].contains("to='alice@example.org'"), "{}", s[0]);
+
+        let msg = format!(
+            "MESSAGE sip:alice@sip.example.org;transport=tls SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKm2\nMax-Forwards: 70\nFrom: <sip:bob@contoso.com>;tag=lcs1\nTo: <sip:alice@example.org>;tag={local_tag}\nCall-ID: call-1\nCSeq: 2 MESSAGE\nContent-Type: text/html\nContent-Length: 22\n\n<b>bold</b> &amp; more"
+        );
+        let out = e.on_edge(now, inbound(&msg));
+        assert_eq!(responses(&out)[0].status(), Some(200));
+        let s = stanzas(&out);
+        assert!(s[0].contains("<body>bold &amp; more</body>"), "{}", s[0]);
+        assert!(s[0].contains("<thread>call-1</thread>"), "{}", s[0]);
+
+        // Unknown dialog: 481.
+        let stray = msg.replace("call-1", "call-9");
+        assert_eq!(
+            responses(&e.on_edge(now, inbound(&stray)))[0].status(),
+            Some(481)
+        );
+
+        // BYE ends it.
+        let bye = format!(
+            "BYE sip:alice@sip.example.org;transport=tls SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKb3\nMax-Forwards: 70\nFrom: <sip:bob@contoso.com>;tag=lcs1\nTo: <sip:alice@example.org>;tag={local_tag}\nCall-ID: call-1\nCSeq: 3 BYE\nContent-Length: 0\n\n"
+        );
+        assert_eq!(
+            responses(&e.on_edge(now, inbound(&bye)))[0].status(),
+            Some(200)
+        );
+        assert_eq!(e.session_count(), 0);
+    }
+
+    #[test]
+    fn an_invite_without_a_message_session_gets_488_with_the_profile_sdp() {
+        let mut e = engine();
+        let audio = "v=0\r\no=- 0 0 IN IP4 192.0.2.5\r\ns=s\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n";
+        let out = e.on_edge(Instant::now(), inbound(&invite_from_lcs(audio)));
+        let r = &responses(&out)[0];
+        assert_eq!(r.status(), Some(488));
+        assert!(
+            std::str::from_utf8(r.body())
+                .unwrap()
+                .contains("m=message 5060 sip/tcp *")
+        );
+    }
+}
