@@ -5,6 +5,7 @@
 //! administrator pastes it) is moved into that namespace before typed parsing. No I/O.
 
 pub mod gateway;
+pub mod link;
 
 use xmpp_parsers::minidom::{Element, Node};
 use xmpp_parsers::presence::Presence;

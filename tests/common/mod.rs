@@ -321,6 +321,7 @@ pub trait XmppServer {
 pub struct Prosody {
     dir: TempDir,
     config: PathBuf,
+    prosody: PathBuf,
     prosodyctl: PathBuf,
     c2s_port: u16,
     component_port: u16,
@@ -355,25 +356,14 @@ impl Prosody {
         )
         .expect("write prosody config");
 
-        let stdout = fs::File::create(base.join("stdout.log")).expect("create stdout.log");
-        let stderr = stdout.try_clone().expect("dup stdout.log");
-        let mut child = Command::new(&prosody)
-            .arg("--config")
-            .arg(&config)
-            .arg("-F")
-            .current_dir(base)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", prosody.display()));
-
+        let mut child = spawn_prosody(&prosody, &config, base);
         let deadline = Instant::now() + PROSODY_START_TIMEOUT;
         let ready = wait_for_port(&mut child, component_port, deadline)
             .and_then(|()| wait_for_port(&mut child, c2s_port, deadline));
         let server = Prosody {
             dir,
             config,
+            prosody,
             prosodyctl,
             c2s_port,
             component_port,
@@ -386,6 +376,27 @@ impl Prosody {
             );
         }
         Some(server)
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL) and waits until it has exited; its ports
+    /// stay reserved for [`Prosody::restart`].
+    pub fn stop(&mut self) {
+        terminate_child(&mut self.child, Duration::from_secs(3));
+    }
+
+    /// Starts the server again, stopped or not, with the same configuration and ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_prosody(&self.prosody, &self.config, self.dir.path());
+        let deadline = Instant::now() + PROSODY_START_TIMEOUT;
+        let ready = wait_for_port(&mut self.child, self.component_port, deadline)
+            .and_then(|()| wait_for_port(&mut self.child, self.c2s_port, deadline));
+        if let Err(why) = ready {
+            panic!(
+                "prosody did not restart: {why}\n--- prosody.log ---\n{}",
+                self.log()
+            );
+        }
     }
 
     /// The temp dir holding config, data and logs.
@@ -401,6 +412,26 @@ impl Prosody {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Spawns `prosody --config CONFIG -F` in `base`, output appended to `base/stdout.log`.
+fn spawn_prosody(prosody: &Path, config: &Path, base: &Path) -> Child {
+    let stdout = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(base.join("stdout.log"))
+        .expect("open stdout.log");
+    let stderr = stdout.try_clone().expect("dup stdout.log");
+    Command::new(prosody)
+        .arg("--config")
+        .arg(config)
+        .arg("-F")
+        .current_dir(base)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", prosody.display()))
 }
 
 fn prosody_config(base: &Path, c2s_port: u16, component_port: u16, root: bool) -> String {
