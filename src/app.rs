@@ -1,24 +1,31 @@
 //! `lcs-bridge run`: loads and validates the configuration, sets up logging, loads the mapping
-//! tables and the address book, starts the SIP federation edge, and runs until SIGINT or
-//! SIGTERM. This is the only module that
-//! owns the runtime, signals and the clock; the SIP edge (TLS listener, outbound pool) and the
-//! XMPP component link plug in here as they are built.
+//! tables and the address book, starts the SIP federation edge and the XMPP component link,
+//! runs the translation engine between them, and runs until SIGINT or SIGTERM. This is the
+//! only module that owns the runtime, signals and the clock for the engine.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+use tokio::sync::mpsc;
+
 use crate::config::{self, LogFormat};
+use crate::core::address::AddressBook;
 use crate::core::tables::Mappings;
 use crate::edge::dns::Discovery;
 use crate::edge::pool::PoolLimits;
+use crate::edge::server::EdgeEvent;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
+use crate::engine::im::{ImEngine, ImSettings, Output};
 use crate::policy::ServedDomains;
+use crate::sip::message::Message;
+use crate::xmpp::gateway::{self, GatewayInfo};
+use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
 /// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level.
 pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
@@ -55,7 +62,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     for w in &report.warnings {
         warn!(key = %w.key, "{}", w.reason);
     }
-    let _mappings = Mappings::load(cfg.mappings_dir()).map_err(|problems| {
+    let mappings = Mappings::load(cfg.mappings_dir()).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow!("mapping tables: {}", lines.join("; "))
     })?;
@@ -75,12 +82,26 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
         let edge = Arc::new(edge);
-        // Until the IM and presence engine is wired in, requests are answered 501, not dropped.
-        tokio::spawn(edge::server::answer_all(
+        let (link, link_events) =
+            link::start(LinkSettings::from_config(&cfg.xmpp), STARTUP_TIMEOUT)
+                .await
+                .map_err(|e| anyhow!("xmpp: {e}"))?;
+        let engine = ImEngine::new(
+            im_settings(&cfg),
+            book.clone(),
+            mappings.errors.clone(),
+            edge.tx_ids(),
+            random_seed(),
+        );
+        let info = GatewayInfo::new(cfg.xmpp.gateway_name.clone());
+        tokio::spawn(run_engine(
+            engine,
             edge.clone(),
             events,
-            501,
-            "Not Implemented by this gateway yet",
+            link,
+            link_events,
+            book.clone(),
+            info,
         ));
         info!(
             config = %config_path.display(),
@@ -89,7 +110,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             local_domains = ?book.local_domains(),
             sip_listen = %edge.local_addr,
             public_fqdn = %cfg.sip.public_fqdn,
-            "lcs-bridge started; SIP edge up, the XMPP component link is not part of this build yet"
+            xmpp = %format!("{}:{}", cfg.xmpp.host, cfg.xmpp.port),
+            "lcs-bridge started: SIP edge listening, component link up"
         );
         let signal = loop {
             match signals.next().await {
@@ -112,6 +134,123 @@ fn load_tls(sip: &config::SipConfig) -> Result<TlsConfigs, String> {
         sip.ca_bundle.as_deref(),
         sip.use_system_roots,
     )
+}
+
+/// How long `run` waits for the XMPP server at start-up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn im_settings(cfg: &config::Config) -> ImSettings {
+    ImSettings {
+        public_fqdn: cfg.sip.public_fqdn.clone(),
+        ..ImSettings::default()
+    }
+}
+
+/// The engine's task: edge events, component stanzas and the engine's timer in; the engine's
+/// outputs to the edge and the link. When the link's queue is full, a 200 the engine gave for
+/// a request whose stanza could not be queued becomes 503 (Retry-After), so nothing is lost
+/// silently.
+async fn run_engine(
+    mut engine: ImEngine,
+    edge: Arc<EdgeHandle>,
+    mut edge_events: mpsc::UnboundedReceiver<EdgeEvent>,
+    link: LinkHandle,
+    mut link_events: mpsc::Receiver<LinkEvent>,
+    book: AddressBook,
+    info: GatewayInfo,
+) {
+    loop {
+        let deadline = engine.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outputs = tokio::select! {
+            e = edge_events.recv() => match e {
+                Some(e) => engine.on_edge(Instant::now(), e),
+                None => return,
+            },
+            l = link_events.recv() => match l {
+                Some(LinkEvent::Stanza(el)) if el.name() == "iq" => {
+                    if let Some(reply) = gateway::handle_iq(&el, &book, &info) {
+                        send_stanza(&link, reply);
+                    }
+                    continue;
+                }
+                Some(LinkEvent::Stanza(el)) => engine.on_stanza(Instant::now(), el),
+                Some(LinkEvent::Up { domain }) => {
+                    info!(%domain, "component link up");
+                    continue;
+                }
+                Some(LinkEvent::Down { domain, reason }) => {
+                    warn!(%domain, %reason, "component link down; stanzas are queued");
+                    continue;
+                }
+                None => return,
+            },
+            _ = sleep => engine.handle_timeout(Instant::now()),
+        };
+        // Stanzas first: if one cannot be queued, the SIP answer that goes with it says so.
+        let mut refused = false;
+        let mut rest = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            match o {
+                Output::Stanza(el) => refused |= !send_stanza(&link, el),
+                other => rest.push(other),
+            }
+        }
+        for o in rest {
+            match o {
+                Output::Request { tx, request, route } => {
+                    edge.send_request_as(tx, request, route).await
+                }
+                Output::Respond { tx, mut response } => {
+                    if refused && response.status() == Some(200) {
+                        response = overloaded(&response);
+                    }
+                    edge.respond(tx, response).await
+                }
+                Output::Ack { conn, ack } => edge.send_ack(conn, ack).await,
+                Output::Stanza(_) => {}
+            }
+        }
+    }
+}
+
+/// Queues a stanza on the link; false (and a log line) when it cannot be.
+fn send_stanza(link: &LinkHandle, stanza: xmpp_parsers::minidom::Element) -> bool {
+    match link.send(stanza) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(reason = %e, "stanza not sent to the XMPP server");
+            false
+        }
+    }
+}
+
+/// A 503 in place of a 200 the XMPP side could not take (the link's queue is full).
+fn overloaded(ok: &Message) -> Message {
+    let mut r = Message::new_response(503, "Service Unavailable: XMPP server unreachable");
+    for (name, value) in ok.headers() {
+        if !matches!(
+            name.to_ascii_lowercase().as_str(),
+            "content-type" | "content-length" | "contact" | "c" | "l" | "m"
+        ) {
+            r.push_header(name, value);
+        }
+    }
+    r.push_header("Retry-After", "5");
+    r
+}
+
+/// 64 random bits from the process's randomly keyed hasher.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
 }
 
 /// The edge's settings from the configuration.

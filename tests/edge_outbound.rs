@@ -381,7 +381,7 @@ async fn a_certificate_naming_the_domains_srv_target_may_speak_for_it() {
     dns.set_srv("tailspin.test", &[srv(0, 0, 5061, "sip.tailspin.test")], 60)
         .await;
     let (edge, events) = edge_resolving(&pki, &dns, PoolLimits::default()).await;
-    tokio::spawn(lcs_bridge::edge::server::answer_all(
+    tokio::spawn(common::edge::answer_all(
         edge.clone(),
         events,
         486,

@@ -633,29 +633,6 @@ async fn run_core(
     }
 }
 
-/// A stand-in for the layer above: answers every request that reaches it with `status` and
-/// `reason` (ACKs excepted), so nothing a peer sends goes unanswered.
-pub async fn answer_all(
-    edge: Arc<EdgeHandle>,
-    mut events: mpsc::UnboundedReceiver<EdgeEvent>,
-    status: u16,
-    reason: &'static str,
-) {
-    let seed = random_seed();
-    let mut n: u64 = 0;
-    while let Some(event) = events.recv().await {
-        if let EdgeEvent::Request { tx, request, .. } = event {
-            if request.method() == Some(&crate::sip::message::Method::Ack) {
-                continue;
-            }
-            n += 1;
-            let tag = format!("{seed:x}{n:x}");
-            let resp = Message::response_to(&request, status, Some(reason), Some(&tag));
-            edge.respond(tx, resp).await;
-        }
-    }
-}
-
 /// 64 random bits from the process's randomly keyed hasher (std seeds it from the OS).
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};

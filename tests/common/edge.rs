@@ -6,7 +6,7 @@ use std::sync::Arc;
 use lcs_bridge::config::{DefaultPolicy, FederationConfig};
 use lcs_bridge::edge::core::CoreSettings;
 use lcs_bridge::edge::dns::Discovery;
-use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings, answer_all, start};
+use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings, start};
 use lcs_bridge::policy::ServedDomains;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -55,4 +55,32 @@ pub async fn start_answering(settings: EdgeSettings) -> Arc<EdgeHandle> {
         "Not Implemented by this gateway yet",
     ));
     edge
+}
+
+/// A stand-in for the layer above: answers every request that reaches it with `status` and
+/// `reason` (ACKs excepted), so nothing a peer sends goes unanswered.
+pub async fn answer_all(
+    edge: Arc<EdgeHandle>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<EdgeEvent>,
+    status: u16,
+    reason: &'static str,
+) {
+    let seed = u64::from(std::process::id());
+    let mut n: u64 = 0;
+    while let Some(event) = events.recv().await {
+        if let EdgeEvent::Request { tx, request, .. } = event {
+            if request.method() == Some(&lcs_bridge::sip::message::Method::Ack) {
+                continue;
+            }
+            n += 1;
+            let tag = format!("{seed:x}{n:x}");
+            let resp = lcs_bridge::sip::message::Message::response_to(
+                &request,
+                status,
+                Some(reason),
+                Some(&tag),
+            );
+            edge.respond(tx, resp).await;
+        }
+    }
 }
