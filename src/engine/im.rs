@@ -996,11 +996,14 @@ fn body_error(e: &im_text::BodyError) -> (u16, String, Option<Element>) {
 fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Element {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
+    // Characters XML forbids (NUL, most controls) would get the component stream closed.
     if let Some(b) = body {
-        m.bodies.insert(Lang(String::new()), b.to_owned());
+        m.bodies
+            .insert(Lang(String::new()), im_text::xml_safe(b).into_owned());
     }
     if let Some(s) = subject {
-        m.subjects.insert(Lang(String::new()), s.to_owned());
+        m.subjects
+            .insert(Lang(String::new()), im_text::xml_safe(s).into_owned());
     }
     if !thread.is_empty() {
         m.thread = Some(Thread {
@@ -1374,6 +1377,18 @@ mod tests {
             Some(200)
         );
         assert_eq!(e.session_count(), 0);
+    }
+
+    #[test]
+    fn characters_xml_forbids_are_dropped_from_delivered_text() {
+        let e = chat(
+            &Jid::new("a@b").unwrap(),
+            &Jid::new("c@d").unwrap(),
+            "t",
+            Some("a\u{0}b\u{1b}c"),
+            None,
+        );
+        assert!(String::from(&e).contains("<body>abc</body>"));
     }
 
     #[test]
