@@ -1,9 +1,12 @@
 //! The `lcs-bridge` binary as an administrator uses it: `check-config` on the shipped example
 //! (with certificates from `tests/make-test-certs.sh`) and on broken copies, `inspect` on files
-//! and standard input, and `run` reloading TLS on SIGHUP and stopping cleanly on SIGTERM and
-//! SIGINT.
+//! and standard input, and `run` against a test Prosody: reloading on SIGHUP, stopping cleanly
+//! on SIGTERM and SIGINT, and exiting 1 with a clear message when the component secret is
+//! refused.
 
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -238,16 +241,54 @@ fn free_loopback_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
+/// `lcs-bridge run` with the example configuration, pointed at a test Prosody's component
+/// port with `secret`.
+fn run_against(prosody: &impl common::XmppServer, file: &Path, secret: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config", file.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("LCS_BRIDGE__SIP__LISTEN", free_loopback_addr())
+        .env(
+            "LCS_BRIDGE__XMPP__PORT",
+            prosody.component_port().to_string(),
+        )
+        .env("LCS_BRIDGE__XMPP__SECRET", secret)
+        .env(
+            "LCS_BRIDGE__XMPP__COMPONENT_DOMAINS",
+            common::GATEWAY_COMPONENT,
+        )
+        .env("LCS_BRIDGE__XMPP__LOCAL_DOMAINS", common::XMPP_DOMAIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn run_exits_non_zero_when_the_xmpp_server_refuses_the_secret() {
+    let Some(prosody) = common::Prosody::start() else {
+        return;
+    };
+    let (_dir, file) = workspace();
+    let out = common::run_with_timeout(
+        &mut run_against(&prosody, &file, "wrong"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wrong secret") && err.contains("xmpp.secret"),
+        "{err}"
+    );
+}
+
 #[test]
 fn run_stops_cleanly_on_sigterm_and_sigint() {
+    let Some(prosody) = common::Prosody::start() else {
+        return;
+    };
     let (_dir, file) = workspace();
     for signal in ["TERM", "INT"] {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config", file.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .env("LCS_BRIDGE__SIP__LISTEN", free_loopback_addr())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let mut child = run_against(&prosody, &file, common::COMPONENT_SECRET)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
