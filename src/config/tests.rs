@@ -165,6 +165,20 @@ fn example_file_loads() {
 }
 
 #[test]
+fn xmpp_server_example_files_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for name in ["prosody.example.toml", "ejabberd.example.toml"] {
+        let c = load_with_env(&dir.join(name), no_env()).expect(name);
+        assert_eq!(c.xmpp.mode, AddressMode::Gateway, "{name}");
+        assert_eq!(c.xmpp.component_domains, ["lcs.example.org"], "{name}");
+        assert_eq!(c.xmpp.local_domains, ["example.org"], "{name}");
+        assert_eq!((c.xmpp.host.as_str(), c.xmpp.port), ("127.0.0.1", 5347));
+        assert_eq!(c.sip.public_fqdn, "sip.example.org", "{name}");
+        assert!(c.mappings_dir().ends_with("config/../mappings"), "{name}");
+    }
+}
+
+#[test]
 fn example_file_documents_every_key() {
     let text = std::fs::read_to_string(example_path()).expect("read example");
     let mut diag = Diag::default();
