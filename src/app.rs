@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use tracing::{info, warn};
@@ -82,10 +82,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
         let edge = Arc::new(edge);
-        let (link, link_events) =
-            link::start(LinkSettings::from_config(&cfg.xmpp), STARTUP_TIMEOUT)
-                .await
-                .map_err(|e| anyhow!("xmpp: {e}"))?;
+        let (link, link_events) = link::start(
+            LinkSettings::from_config(&cfg.xmpp),
+            cfg.xmpp.startup_timeout,
+        )
+        .await
+        .map_err(|e| anyhow!("xmpp: {e}"))?;
         let engine = ImEngine::new(
             im_settings(&cfg),
             book.clone(),
@@ -136,13 +138,13 @@ fn load_tls(sip: &config::SipConfig) -> Result<TlsConfigs, String> {
     )
 }
 
-/// How long `run` waits for the XMPP server at start-up.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-
 fn im_settings(cfg: &config::Config) -> ImSettings {
     ImSettings {
         public_fqdn: cfg.sip.public_fqdn.clone(),
-        ..ImSettings::default()
+        idle_timeout: cfg.im.session_idle,
+        dialog_max_age: cfg.im.dialog_max_age,
+        max_body_bytes: cfg.im.max_message_bytes,
+        max_queued: cfg.im.max_queued_messages,
     }
 }
 
