@@ -93,7 +93,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             book.clone(),
             mappings.errors.clone(),
             edge.tx_ids(),
-            random_seed(),
+            crate::random::seed(),
         );
         let info = GatewayInfo::new(cfg.xmpp.gateway_name.clone());
         tokio::spawn(run_engine(
@@ -245,14 +245,6 @@ fn overloaded(ok: &Message) -> Message {
     }
     r.push_header("Retry-After", "5");
     r
-}
-
-/// 64 random bits from the process's randomly keyed hasher.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id().into());
-    h.finish()
 }
 
 /// The edge's settings from the configuration.
