@@ -872,3 +872,4 @@ fn stream_header_id(buf: &str) -> Option<String> {
     None
 }
 pub mod sip_peer;
+pub mod sipp;
