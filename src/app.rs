@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use tracing::{info, warn};
@@ -82,16 +82,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
         let edge = Arc::new(edge);
-        let (link, link_events) =
-            link::start(LinkSettings::from_config(&cfg.xmpp), STARTUP_TIMEOUT)
-                .await
-                .map_err(|e| anyhow!("xmpp: {e}"))?;
+        let (link, link_events) = link::start(
+            LinkSettings::from_config(&cfg.xmpp),
+            cfg.xmpp.startup_timeout,
+        )
+        .await
+        .map_err(|e| anyhow!("xmpp: {e}"))?;
         let engine = ImEngine::new(
             im_settings(&cfg),
             book.clone(),
             mappings.errors.clone(),
             edge.tx_ids(),
-            random_seed(),
+            crate::random::seed(),
         );
         let info = GatewayInfo::new(cfg.xmpp.gateway_name.clone());
         tokio::spawn(run_engine(
@@ -136,13 +138,13 @@ fn load_tls(sip: &config::SipConfig) -> Result<TlsConfigs, String> {
     )
 }
 
-/// How long `run` waits for the XMPP server at start-up.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-
 fn im_settings(cfg: &config::Config) -> ImSettings {
     ImSettings {
         public_fqdn: cfg.sip.public_fqdn.clone(),
-        ..ImSettings::default()
+        idle_timeout: cfg.im.session_idle,
+        dialog_max_age: cfg.im.dialog_max_age,
+        max_body_bytes: cfg.im.max_message_bytes,
+        max_queued: cfg.im.max_queued_messages,
     }
 }
 
@@ -243,14 +245,6 @@ fn overloaded(ok: &Message) -> Message {
     }
     r.push_header("Retry-After", "5");
     r
-}
-
-/// 64 random bits from the process's randomly keyed hasher.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id().into());
-    h.finish()
 }
 
 /// The edge's settings from the configuration.

@@ -8,13 +8,16 @@
 //! | --- | --- | --- |
 //! | [`sip`] | none | SIP message codec (RFC 3261 §7, §20, §25), URIs (§19), stream framing (§18.3, RFC 5626 §4.4.1), builders, SDP for session-mode IM |
 //! | [`core`] | none | addresses (XEP-0106, RFC 7247 §3), PIDF/RPID/CIPID codec (RFC 3863/4480/4482), presence translation, mapping tables, error conditions |
-//! | [`xmpp`] | none | XMPP stanza helpers on top of xmpp-parsers; the gateway's IQ answers and stanza error replies |
+//! | [`xmpp`] | none, except [`xmpp::link`] | XMPP stanza helpers on top of xmpp-parsers; the gateway's IQ answers and stanza error replies; the XEP-0114 component link |
+//! | [`edge`] | sockets, DNS, clock (core and pool none) | the SIP federation edge: mutual TLS, admission, discovery, connection pool, transactions |
+//! | [`engine`] | none | the translation engine: session-mode IM both ways |
+//! | [`random`] | none | SplitMix64 for tags, branches, jitter and SRV weights |
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`policy`] | none | federation policy: peer domain authorization from certificates (RFC 5922), SRV order (RFC 2782), backoff |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //!
-//! Rule: `sip`, `core` and `xmpp` never touch sockets or the clock and read no files, with one
+//! Rule: `sip`, `core`, `engine` and `xmpp` (but its `link`) never touch sockets or the clock and read no files, with one
 //! exception: [`core::tables::Mappings::load`] reads the two table files once at start-up.
 //! Time is an argument.
 
@@ -25,5 +28,6 @@ pub mod edge;
 pub mod engine;
 pub mod inspect;
 pub mod policy;
+pub mod random;
 pub mod sip;
 pub mod xmpp;

@@ -235,6 +235,56 @@ fn inspect_address_both_ways() {
     );
 }
 
+/// `config/prosody.example.toml` and `config/ejabberd.example.toml` pass `check-config` with no
+/// warning, address LCS users as docs/xmpp-server.md says, and so does the ejabberd file's
+/// commented direct-mode alternative once it is uncommented.
+#[test]
+fn xmpp_server_examples_check_and_address_as_documented() {
+    let (_dir, file) = workspace();
+    let config_dir = file.parent().unwrap();
+    let ejabberd = std::fs::read_to_string(repo().join("config/ejabberd.example.toml")).unwrap();
+    let direct = ejabberd
+        .replace("\nmode = \"gateway\"\n", "\n")
+        .replace("\ncomponent_domains = [\"lcs.example.org\"]\n", "\n")
+        .replace("\n# mode = \"direct\"\n", "\nmode = \"direct\"\n")
+        .replace(
+            "\n# component_domains = [\"contoso.com\"",
+            "\ncomponent_domains = [\"contoso.com\"",
+        );
+    assert_ne!(direct, ejabberd);
+    std::fs::write(config_dir.join("direct.toml"), &direct).unwrap();
+    for name in ["prosody.example.toml", "ejabberd.example.toml"] {
+        std::fs::copy(repo().join("config").join(name), config_dir.join(name)).unwrap();
+    }
+    for (name, roster_jid) in [
+        ("prosody.example.toml", "joe\\40contoso.com@lcs.example.org"),
+        (
+            "ejabberd.example.toml",
+            "joe\\40contoso.com@lcs.example.org",
+        ),
+        ("direct.toml", "joe@contoso.com"),
+    ] {
+        let path = config_dir.join(name);
+        let path = path.to_str().unwrap();
+        let out = run(&["check-config", path], None);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{path}: OK\n"), "{name}");
+        assert_eq!(text(&out.stderr), "", "{name}");
+        let out = run(
+            &[
+                "inspect",
+                "address",
+                "sip:joe@contoso.com",
+                "--config",
+                path,
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), roster_jid, "{name}");
+    }
+}
+
 /// A loopback address with a port that was free a moment ago.
 fn free_loopback_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -169,8 +169,14 @@ fn example_configuration_passes_with_certificates_from_the_script() {
     let config_dir = dir.path().join("config");
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
-    let example = config_dir.join("lcs-bridge.example.toml");
-    std::fs::copy(root.join("config/lcs-bridge.example.toml"), &example).unwrap();
+    let examples = [
+        "lcs-bridge.example.toml",
+        "prosody.example.toml",
+        "ejabberd.example.toml",
+    ];
+    for name in examples {
+        std::fs::copy(root.join("config").join(name), config_dir.join(name)).unwrap();
+    }
 
     let status = Command::new("sh")
         .arg(root.join("tests/make-test-certs.sh"))
@@ -179,9 +185,11 @@ fn example_configuration_passes_with_certificates_from_the_script() {
         .expect("run tests/make-test-certs.sh (needs sh and openssl)");
     assert!(status.success(), "make-test-certs.sh failed: {status}");
 
-    let report = check(&example);
-    assert_eq!(lines(&report.problems), Vec::<String>::new());
-    assert_eq!(lines(&report.warnings), Vec::<String>::new());
+    for name in examples {
+        let report = check(&config_dir.join(name));
+        assert_eq!(lines(&report.problems), Vec::<String>::new(), "{name}");
+        assert_eq!(lines(&report.warnings), Vec::<String>::new(), "{name}");
+    }
 
     // Idempotent: a second run keeps the same certificate.
     let before = std::fs::read(config_dir.join("certs/edge.crt")).unwrap();

@@ -115,6 +115,8 @@ pub struct Config {
     pub federation: FederationConfig,
     /// `[presence]`: presence translation knobs.
     pub presence: PresenceConfig,
+    /// `[im]`: instant messaging sessions.
+    pub im: ImConfig,
     /// `[storage]`.
     pub storage: StorageConfig,
     /// `[mappings]`.
@@ -170,6 +172,12 @@ pub struct XmppConfig {
     pub local_domains: Vec<String>,
     /// Name the gateway gives itself in disco (XEP-0030 identity), default `LCS gateway`.
     pub gateway_name: String,
+    /// Stanzas held per component domain while the link to the XMPP server is down; beyond it
+    /// SIP requests get 503 (`xmpp.queue_capacity`, 16–1000000, default 1024).
+    pub queue_capacity: usize,
+    /// How long `lcs-bridge run` waits for the XMPP server at start before exiting non-zero
+    /// (`xmpp.startup_timeout_secs`, 1–600, default 30 s).
+    pub startup_timeout: Duration,
 }
 
 /// How LCS users are addressed on the XMPP side (interworking.md §1).
@@ -392,6 +400,23 @@ pub struct PresenceConfig {
     pub notify_min_interval: Duration,
     /// Expires requested for presence subscriptions toward LCS.
     pub subscription_expires: Duration,
+}
+
+/// `[im]`: instant messaging sessions (INVITE sessions carrying MESSAGEs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImConfig {
+    /// An IM session with no message for this long ends with BYE (`im.session_idle_secs`,
+    /// 10–86400, default 600 s).
+    pub session_idle: Duration,
+    /// Largest message body sent to LCS, bytes; larger XMPP messages are returned with
+    /// `policy-violation` (`im.max_message_bytes`, 256–65536, default 16384).
+    pub max_message_bytes: usize,
+    /// Messages held for one session while its INVITE is pending; beyond it the sender gets
+    /// `resource-constraint` (`im.max_queued_messages`, 1–10000, default 100).
+    pub max_queued_messages: usize,
+    /// A session older than this is replaced by a fresh INVITE before the next message, since
+    /// LCS signs headers for 24 h (`im.dialog_max_age_secs`, 3600–86340, default 82800 s = 23 h).
+    pub dialog_max_age: Duration,
 }
 
 /// `[storage]`.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::reader::{self, Diag, Field, Reported, Table};
 use super::{
-    AddressMode, Config, DefaultPolicy, Edge, FederationConfig, LogFormat, LoggingConfig,
+    AddressMode, Config, DefaultPolicy, Edge, FederationConfig, ImConfig, LogFormat, LoggingConfig,
     MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig, StorageConfig,
     VerificationLevel, XmppConfig, base_dir, checks, tls,
 };
@@ -19,6 +19,8 @@ pub(crate) mod defaults {
     pub const XMPP_HOST: &str = "127.0.0.1";
     pub const XMPP_PORT: u16 = 5347;
     pub const GATEWAY_NAME: &str = "LCS gateway";
+    pub const XMPP_QUEUE_CAPACITY: usize = crate::xmpp::link::DEFAULT_QUEUE_CAPACITY;
+    pub const XMPP_STARTUP_TIMEOUT_SECS: u64 = 30;
     pub const MAX_HEADER_BYTES: usize = Limits::DEFAULT.max_head_bytes;
     pub const MAX_BODY_BYTES: usize = Limits::DEFAULT.max_body_bytes;
     pub const MAX_HEADERS: usize = Limits::DEFAULT.max_headers;
@@ -33,6 +35,11 @@ pub(crate) mod defaults {
     pub const DISCOVERED_RATE: u32 = 20;
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
     pub const SUBSCRIPTION_EXPIRES_SECS: u64 = 3600;
+    pub const IM_SESSION_IDLE_SECS: u64 = 600;
+    pub const IM_MAX_MESSAGE_BYTES: usize = 16 * 1024;
+    pub const IM_MAX_QUEUED_MESSAGES: usize = 100;
+    /// 23 h: below the 24 h for which LCS signs dialog headers.
+    pub const IM_DIALOG_MAX_AGE_SECS: u64 = crate::sip::dialog::DEFAULT_MAX_AGE.as_secs();
     pub const STORAGE_PATH: &str = "data";
     pub const MAPPINGS_PATH: &str = "mappings";
     pub const LOG_LEVEL: &str = "info";
@@ -48,6 +55,7 @@ pub(crate) struct Parts {
     sip: Option<SipConfig>,
     federation: Option<FederationConfig>,
     presence: Option<PresenceConfig>,
+    im: Option<ImConfig>,
     storage: Option<StorageConfig>,
     mappings: Option<MappingsConfig>,
     logging: Option<LoggingConfig>,
@@ -61,6 +69,7 @@ impl Parts {
             sip: self.sip?,
             federation: self.federation?,
             presence: self.presence?,
+            im: self.im?,
             storage: self.storage?,
             mappings: self.mappings?,
             logging: self.logging?,
@@ -92,6 +101,7 @@ where
         sip: None,
         federation: None,
         presence: None,
+        im: None,
         storage: None,
         mappings: None,
         logging: None,
@@ -104,6 +114,7 @@ where
     let sip = root.table("sip", diag);
     let federation = root.table("federation", diag);
     let presence = root.table("presence", diag);
+    let im = root.table("im", diag);
     let storage = root.table("storage", diag);
     let mappings = root.table("mappings", diag);
     let logging = root.table("logging", diag);
@@ -114,6 +125,7 @@ where
     parts.federation =
         section(diag, "federation", federation).and_then(|t| federation_section(t, diag));
     parts.presence = section(diag, "presence", presence).and_then(|t| presence_section(t, diag));
+    parts.im = section(diag, "im", im).and_then(|t| im_section(t, diag));
     parts.storage = section(diag, "storage", storage).and_then(|t| {
         path_section(t, base, defaults::STORAGE_PATH, diag).map(|path| StorageConfig { path })
     });
@@ -351,6 +363,8 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
     let mode = t.string("mode", diag);
     let local_domains = t.strings("local_domains", diag);
     let gateway_name = t.string("gateway_name", diag);
+    let queue_capacity = t.int("queue_capacity", diag);
+    let startup_timeout = t.int("startup_timeout_secs", diag);
     t.finish(diag);
 
     let host = conv(diag, "xmpp.host", host, |h| checks::host(h.trim()));
@@ -388,6 +402,24 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
         }
     });
     let gateway_name = or_default(gateway_name, defaults::GATEWAY_NAME.to_owned());
+    let queue_capacity = ranged(
+        diag,
+        "xmpp.queue_capacity",
+        queue_capacity,
+        defaults::XMPP_QUEUE_CAPACITY as u64,
+        16,
+        1_000_000,
+        "",
+    );
+    let startup_timeout = ranged(
+        diag,
+        "xmpp.startup_timeout_secs",
+        startup_timeout,
+        defaults::XMPP_STARTUP_TIMEOUT_SECS,
+        1,
+        600,
+        "",
+    );
 
     let mut ok = true;
     if let (Some(AddressMode::Gateway), Some(c)) = (mode, &component_domains) {
@@ -424,6 +456,8 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
         mode: mode?,
         local_domains: local_domains?,
         gateway_name: gateway_name?,
+        queue_capacity: to_usize(queue_capacity?),
+        startup_timeout: Duration::from_secs(startup_timeout?),
     })
 }
 
@@ -878,6 +912,57 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
         icon_url: icon_url?,
         notify_min_interval: Duration::from_secs(interval?),
         subscription_expires: Duration::from_secs(expires?),
+    })
+}
+
+fn im_section(mut t: Table, diag: &mut Diag) -> Option<ImConfig> {
+    let session_idle = t.int("session_idle_secs", diag);
+    let max_message_bytes = t.int("max_message_bytes", diag);
+    let max_queued_messages = t.int("max_queued_messages", diag);
+    let dialog_max_age = t.int("dialog_max_age_secs", diag);
+    t.finish(diag);
+
+    let session_idle = ranged(
+        diag,
+        "im.session_idle_secs",
+        session_idle,
+        defaults::IM_SESSION_IDLE_SECS,
+        10,
+        86_400,
+        "",
+    );
+    let max_message_bytes = ranged(
+        diag,
+        "im.max_message_bytes",
+        max_message_bytes,
+        defaults::IM_MAX_MESSAGE_BYTES as u64,
+        256,
+        65_536,
+        "",
+    );
+    let max_queued_messages = ranged(
+        diag,
+        "im.max_queued_messages",
+        max_queued_messages,
+        defaults::IM_MAX_QUEUED_MESSAGES as u64,
+        1,
+        10_000,
+        "",
+    );
+    let dialog_max_age = ranged(
+        diag,
+        "im.dialog_max_age_secs",
+        dialog_max_age,
+        defaults::IM_DIALOG_MAX_AGE_SECS,
+        3600,
+        86_340,
+        " (LCS signs dialog headers for 24 hours)",
+    );
+    Some(ImConfig {
+        session_idle: Duration::from_secs(session_idle?),
+        max_message_bytes: to_usize(max_message_bytes?),
+        max_queued_messages: to_usize(max_queued_messages?),
+        dialog_max_age: Duration::from_secs(dialog_max_age?),
     })
 }
 

@@ -75,6 +75,8 @@ fn minimal_config_gets_defaults() {
     assert_eq!(format!("{:?}", c.xmpp.secret), "Secret(***)");
     assert_eq!(c.xmpp.mode, AddressMode::Gateway);
     assert_eq!(c.xmpp.gateway_name, "LCS gateway");
+    assert_eq!(c.xmpp.queue_capacity, 1024);
+    assert_eq!(c.xmpp.startup_timeout, Duration::from_secs(30));
     assert_eq!(c.sip.listen.to_string(), "0.0.0.0:5061");
     assert_eq!(c.sip.cert_chain, dir.path().join("certs/edge.crt"));
     assert_eq!(c.sip.ca_bundle, Some(dir.path().join("certs/ca.crt")));
@@ -123,6 +125,15 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
     assert_eq!(c.presence.subscription_expires, Duration::from_secs(3600));
     assert_eq!(c.presence.icon_url, None);
+    assert_eq!(
+        c.im,
+        ImConfig {
+            session_idle: Duration::from_secs(600),
+            max_message_bytes: 16384,
+            max_queued_messages: 100,
+            dialog_max_age: Duration::from_secs(23 * 3600),
+        }
+    );
     assert_eq!(c.storage_path(), dir.path().join("data"));
     assert_eq!(c.mappings_dir(), dir.path().join("mappings"));
     assert_eq!(c.config_dir(), dir.path());
@@ -151,6 +162,20 @@ fn example_file_loads() {
     assert_eq!(c.xmpp.local_domains, ["example.org"]);
     assert!(c.mappings_dir().ends_with("config/../mappings"));
     assert!(c.storage_path().ends_with("config/data"));
+}
+
+#[test]
+fn xmpp_server_example_files_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for name in ["prosody.example.toml", "ejabberd.example.toml"] {
+        let c = load_with_env(&dir.join(name), no_env()).expect(name);
+        assert_eq!(c.xmpp.mode, AddressMode::Gateway, "{name}");
+        assert_eq!(c.xmpp.component_domains, ["lcs.example.org"], "{name}");
+        assert_eq!(c.xmpp.local_domains, ["example.org"], "{name}");
+        assert_eq!((c.xmpp.host.as_str(), c.xmpp.port), ("127.0.0.1", 5347));
+        assert_eq!(c.sip.public_fqdn, "sip.example.org", "{name}");
+        assert!(c.mappings_dir().ends_with("config/../mappings"), "{name}");
+    }
 }
 
 #[test]
@@ -806,6 +831,137 @@ format = "JSON"
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(10));
     assert_eq!(c.presence.subscription_expires, Duration::from_secs(600));
     assert_eq!(c.logging.format, LogFormat::Json);
+}
+
+#[test]
+fn xmpp_queue_capacity_and_startup_timeout() {
+    let text = MINIMAL.replace(
+        "[xmpp]\n",
+        "[xmpp]\nqueue_capacity = 1000000\nstartup_timeout_secs = 600\n",
+    );
+    let c = load_ok(&text);
+    assert_eq!(c.xmpp.queue_capacity, 1_000_000);
+    assert_eq!(c.xmpp.startup_timeout, Duration::from_secs(600));
+    assert_eq!(
+        crate::xmpp::link::LinkSettings::from_config(&c.xmpp).queue_capacity,
+        1_000_000
+    );
+    let text = MINIMAL.replace(
+        "[xmpp]\n",
+        "[xmpp]\nqueue_capacity = 16\nstartup_timeout_secs = 1\n",
+    );
+    let c = load_ok(&text);
+    assert_eq!(c.xmpp.queue_capacity, 16);
+    assert_eq!(c.xmpp.startup_timeout, Duration::from_secs(1));
+
+    let text = MINIMAL.replace(
+        "[xmpp]\n",
+        "[xmpp]\nqueue_capacity = 15\nstartup_timeout_secs = 0\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "xmpp.queue_capacity: must be between 16 and 1000000, not 15",
+            "xmpp.startup_timeout_secs: must be between 1 and 600, not 0",
+        ]
+    );
+    assert_eq!(
+        problems_with_env(
+            MINIMAL,
+            env(&[
+                ("LCS_BRIDGE__XMPP__QUEUE_CAPACITY", "1000001"),
+                ("LCS_BRIDGE__XMPP__STARTUP_TIMEOUT_SECS", "601"),
+            ])
+        ),
+        [
+            "xmpp.queue_capacity: must be between 16 and 1000000, not 1000001 (set by LCS_BRIDGE__XMPP__QUEUE_CAPACITY)",
+            "xmpp.startup_timeout_secs: must be between 1 and 600, not 601 (set by LCS_BRIDGE__XMPP__STARTUP_TIMEOUT_SECS)",
+        ]
+    );
+    let text = MINIMAL.replace("[xmpp]\n", "[xmpp]\nqueue_capacty = 64\n");
+    assert_eq!(
+        problems(&text),
+        ["xmpp.queue_capacty: unknown key (did you mean \"queue_capacity\"?)"]
+    );
+}
+
+#[test]
+fn im_values() {
+    let c = load_ok(&minimal_plus(
+        "[im]\nsession_idle_secs = 10\nmax_message_bytes = 65536\nmax_queued_messages = 10000\ndialog_max_age_secs = 86340",
+    ));
+    assert_eq!(
+        c.im,
+        ImConfig {
+            session_idle: Duration::from_secs(10),
+            max_message_bytes: 65536,
+            max_queued_messages: 10_000,
+            dialog_max_age: Duration::from_secs(86_340),
+        }
+    );
+    let c = load_ok(&minimal_plus(
+        "[im]\nsession_idle_secs = 86400\nmax_message_bytes = 256\nmax_queued_messages = 1\ndialog_max_age_secs = 3600",
+    ));
+    assert_eq!(
+        c.im,
+        ImConfig {
+            session_idle: Duration::from_secs(86_400),
+            max_message_bytes: 256,
+            max_queued_messages: 1,
+            dialog_max_age: Duration::from_secs(3600),
+        }
+    );
+    // An empty [im] section is all defaults, like a missing one.
+    assert_eq!(load_ok(&minimal_plus("[im]")).im, load_ok(MINIMAL).im);
+
+    assert_eq!(
+        problems(&minimal_plus(
+            "[im]\nsession_idle_secs = 9\nmax_message_bytes = 255\nmax_queued_messages = 0\ndialog_max_age_secs = 3599",
+        )),
+        [
+            "im.session_idle_secs: must be between 10 and 86400, not 9",
+            "im.max_message_bytes: must be between 256 and 65536, not 255",
+            "im.max_queued_messages: must be between 1 and 10000, not 0",
+            "im.dialog_max_age_secs: must be between 3600 and 86340 (LCS signs dialog headers for 24 hours), not 3599",
+        ]
+    );
+    assert_eq!(
+        problems(&minimal_plus(
+            "[im]\nsession_idle_secs = 86401\nmax_message_bytes = 65537\nmax_queued_messages = 10001\ndialog_max_age_secs = 86400",
+        )),
+        [
+            "im.session_idle_secs: must be between 10 and 86400, not 86401",
+            "im.max_message_bytes: must be between 256 and 65536, not 65537",
+            "im.max_queued_messages: must be between 1 and 10000, not 10001",
+            "im.dialog_max_age_secs: must be between 3600 and 86340 (LCS signs dialog headers for 24 hours), not 86400",
+        ]
+    );
+    assert_eq!(
+        problems_with_env(
+            MINIMAL,
+            env(&[("LCS_BRIDGE__IM__DIALOG_MAX_AGE_SECS", "86400")])
+        ),
+        [
+            "im.dialog_max_age_secs: must be between 3600 and 86340 (LCS signs dialog headers for 24 hours), not 86400 (set by LCS_BRIDGE__IM__DIALOG_MAX_AGE_SECS)"
+        ]
+    );
+    assert_eq!(
+        problems(&minimal_plus(
+            "[im]\nsesion_idle_secs = 60\nmax_message_bytes = \"16k\""
+        )),
+        [
+            "im.max_message_bytes: expected an integer, found string \"16k\"",
+            "im.sesion_idle_secs: unknown key (did you mean \"session_idle_secs\"?)",
+        ]
+    );
+    assert_eq!(
+        problems(&minimal_plus("[IM]\nsession_idle_secs = 60")),
+        ["IM: unknown key (did you mean \"im\"?)"]
+    );
+    assert_eq!(
+        problems(&format!("im = 3\n{MINIMAL}")),
+        ["im: expected a table, found integer 3"]
+    );
 }
 
 #[test]

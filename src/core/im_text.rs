@@ -41,7 +41,7 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 
-use crate::core::pidf::is_xml_char;
+use crate::core::pidf::{is_xml_char, is_xml_space, predefined_entity_str};
 use crate::sip::header::MediaType;
 
 /// Largest body (or decoded `ms-body`) accepted, in bytes: the SIP body limit's default.
@@ -1295,21 +1295,6 @@ struct XmlElement {
     text: String,
 }
 
-fn is_xml_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r')
-}
-
-fn predefined_entity(name: &str) -> Option<&'static str> {
-    match name {
-        "lt" => Some("<"),
-        "gt" => Some(">"),
-        "amp" => Some("&"),
-        "quot" => Some("\""),
-        "apos" => Some("'"),
-        _ => None,
-    }
-}
-
 /// Reads a small XML document into a flat element list (at least the root). Refuses, as
 /// `core::pidf` does, any DOCTYPE and any entity other than the predefined five and character
 /// references; bounds size, depth and element count.
@@ -1383,7 +1368,7 @@ fn read_small_xml(body: &[u8], what: &str) -> Result<Vec<XmlElement>, BodyError>
                         continue;
                     }
                     let value = attr
-                        .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity)
+                        .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
                         .map_err(|err| malformed(&reader, err.to_string()))?;
                     attributes.push((key.to_owned(), value.into_owned()));
                 }
@@ -1426,7 +1411,7 @@ fn read_small_xml(body: &[u8], what: &str) -> Result<Vec<XmlElement>, BodyError>
                         }
                     }
                 } else {
-                    match predefined_entity(&r) {
+                    match predefined_entity_str(&r) {
                         Some(s) => s.to_owned(),
                         None => {
                             return Err(Malformed(format!(

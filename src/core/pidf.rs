@@ -246,7 +246,7 @@ pub fn render_into(doc: &PidfDocument, out: &mut String) {
 }
 
 /// XML white space (XML 1.0 §2.3 `S`).
-fn is_xml_space(c: char) -> bool {
+pub(crate) fn is_xml_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
@@ -590,7 +590,8 @@ fn predefined_entity(name: &str) -> Option<char> {
     }
 }
 
-fn predefined_entity_str(name: &str) -> Option<&'static str> {
+/// The text of one of XML's five predefined entities (`lt`, `gt`, `amp`, `quot`, `apos`).
+pub(crate) fn predefined_entity_str(name: &str) -> Option<&'static str> {
     match name {
         "lt" => Some("<"),
         "gt" => Some(">"),

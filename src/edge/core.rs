@@ -21,6 +21,7 @@ use std::time::Instant;
 use crate::config::FederationConfig;
 use crate::edge::pool::{Action, EdgeAddr, Pool, PoolLimits};
 use crate::policy::{PeerIdentity, ServedDomains, SrvTarget, admit_request};
+use crate::random::SplitMix;
 use crate::sip::builder::name_addr;
 use crate::sip::framing::{Frame, PONG};
 use crate::sip::message::{Message, Method};
@@ -202,8 +203,7 @@ pub struct EdgeCore {
     /// Inbound requests waiting for their From domain's SRV lookup.
     parked: HashMap<String, Vec<(ConnId, Message)>>,
     buckets: HashMap<String, Bucket>,
-    tag_seed: u64,
-    tag_counter: u64,
+    rng: SplitMix,
 }
 
 impl EdgeCore {
@@ -216,8 +216,7 @@ impl EdgeCore {
             client_conns: HashMap::new(),
             parked: HashMap::new(),
             buckets: HashMap::new(),
-            tag_seed,
-            tag_counter: 0,
+            rng: SplitMix::new(tag_seed),
         }
     }
 
@@ -254,7 +253,7 @@ impl EdgeCore {
     /// Outbound connection `conn` could not be opened (`reason` for the log and the error).
     pub fn connect_failed(&mut self, now: Instant, conn: ConnId, reason: &str) -> Vec<CoreOutput> {
         let mut out = Vec::new();
-        let jitter = (self.random() % 1000) as f64 / 1000.0;
+        let jitter = self.rng.unit();
         if let Some(domain) = self.pool.failed(now, conn, jitter, reason) {
             self.pump(now, &domain, &mut out);
         }
@@ -487,20 +486,9 @@ impl EdgeCore {
         out
     }
 
-    fn random(&mut self) -> u64 {
-        self.tag_counter += 1;
-        let mut z = self
-            .tag_seed
-            .wrapping_add(self.tag_counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A fresh To tag (RFC 3261 §19.3: unique, with at least 32 random bits): a counter mixed
-    /// with the random seed the I/O layer gave [`EdgeCore::new`] (splitmix64).
+    /// A fresh To tag (RFC 3261 §19.3: unique, with at least 32 random bits).
     pub fn new_tag(&mut self) -> String {
-        format!("{:016x}", self.random())
+        self.rng.token()
     }
 
     /// Sends a response on a server transaction opened by [`CoreOutput::Request`].

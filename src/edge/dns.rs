@@ -14,9 +14,7 @@
 //!
 //! Names are always looked up fully qualified: no search domains are appended.
 
-use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::Resolver;
@@ -28,6 +26,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::{Name, RData};
 
 use crate::policy::{self, SrvTarget};
+use crate::random::SplitMix;
 
 /// The SRV service and protocol labels of the federation profile.
 pub const SRV_PREFIX: &str = "_sipfederationtls._tcp.";
@@ -242,39 +241,6 @@ fn ip_literal(host: &str) -> Option<IpAddr> {
     unbracketed.parse().ok()
 }
 
-/// The random source for SRV weights: SplitMix64 over an atomic counter, seeded from std's
-/// per-process random hash keys and the clock. Not cryptographic; it only spreads load.
-struct SplitMix(AtomicU64);
-
-impl SplitMix {
-    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    fn seeded() -> SplitMix {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let seed = std::hash::RandomState::new().hash_one(nanos);
-        SplitMix(AtomicU64::new(seed))
-    }
-
-    fn next(&self) -> u64 {
-        let mut z = self
-            .0
-            .fetch_add(Self::GAMMA, Ordering::Relaxed)
-            .wrapping_add(Self::GAMMA);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=n` (the modulo bias is below 2^-31 for any `u32` bound).
-    fn up_to(&self, n: u32) -> u32 {
-        let draw = self.next() % (u64::from(n) + 1);
-        u32::try_from(draw).unwrap_or(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,31 +280,6 @@ mod tests {
         );
         assert_eq!(ip_literal("sip.contoso.com"), None);
         assert_eq!(ip_literal("[sip.contoso.com]"), None);
-    }
-
-    #[test]
-    fn random_source_stays_in_range_and_spreads() {
-        let rng = SplitMix::seeded();
-        assert!((0..1000).all(|_| rng.up_to(0) == 0));
-        let mut seen = [0u32; 4];
-        for _ in 0..4000 {
-            let draw = rng.up_to(3);
-            assert!(draw <= 3);
-            seen[draw as usize] += 1;
-        }
-        // Each of the four values about 1000 times; these bounds fail with negligible odds.
-        assert!(seen.iter().all(|&n| (700..1300).contains(&n)), "{seen:?}");
-        // The widest bound: no overflow, and the upper half is reached.
-        assert!((0..100).any(|_| rng.up_to(u32::MAX) > u32::MAX / 2));
-    }
-
-    #[test]
-    fn two_generators_differ() {
-        let a = SplitMix::seeded();
-        let b = SplitMix::seeded();
-        let xs: Vec<u64> = (0..4).map(|_| a.next()).collect();
-        let ys: Vec<u64> = (0..4).map(|_| b.next()).collect();
-        assert_ne!(xs, ys);
     }
 
     #[test]

@@ -213,7 +213,7 @@ pub async fn start(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let tls = Arc::new(RwLock::new(settings.tls.clone()));
     let settings = Arc::new(settings);
-    let core = EdgeCore::new(settings.core.clone(), random_seed());
+    let core = EdgeCore::new(settings.core.clone(), crate::random::seed());
     let ids = core.tx_ids();
     let io = Io {
         settings: settings.clone(),
@@ -631,19 +631,6 @@ async fn run_core(
             let _ = events.send(event);
         }
     }
-}
-
-/// 64 random bits from the process's randomly keyed hasher (std seeds it from the OS).
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -34,6 +34,7 @@ use crate::core::im_text::{self, Typing};
 use crate::core::tables::ErrorTable;
 use crate::edge::core::{Route, Undeliverable};
 use crate::edge::server::EdgeEvent;
+use crate::random::SplitMix;
 use crate::sip::builder::{RequestSpec, name_addr};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
@@ -140,8 +141,7 @@ pub struct ImEngine {
     /// Dialog → session, for in-dialog requests.
     dialogs: HashMap<DialogId, Key>,
     purposes: HashMap<TxId, Purpose>,
-    seed: u64,
-    counter: u64,
+    rng: SplitMix,
 }
 
 /// Why an XMPP message could not be taken.
@@ -170,8 +170,7 @@ impl ImEngine {
             sessions: HashMap::new(),
             dialogs: HashMap::new(),
             purposes: HashMap::new(),
-            seed,
-            counter: 0,
+            rng: SplitMix::new(seed),
         }
     }
 
@@ -180,18 +179,8 @@ impl ImEngine {
         self.sessions.len()
     }
 
-    fn random(&mut self) -> u64 {
-        self.counter += 1;
-        let mut z = self
-            .seed
-            .wrapping_add(self.counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
     fn token(&mut self) -> String {
-        format!("{:016x}", self.random())
+        self.rng.token()
     }
 
     fn branch(&mut self) -> String {
@@ -366,7 +355,7 @@ impl ImEngine {
         .build();
         invite.push_header("Ms-Conversation-ID", &conversation);
         invite.push_header("Supported", "ms-text-format");
-        let session_id = self.random() >> 1;
+        let session_id = self.rng.next() >> 1;
         let sdp = Sdp::message_offer(&self.settings.public_fqdn, session_id).to_string();
         invite.set_body(Some("application/sdp"), sdp.into_bytes());
         let tx = self.ids.next();
@@ -732,7 +721,7 @@ impl ImEngine {
         let offer = Sdp::parse(request.body()).ok();
         let answer = offer
             .as_ref()
-            .and_then(|o| Sdp::message_answer(o, &self.settings.public_fqdn, self.counter));
+            .and_then(|o| Sdp::message_answer(o, &self.settings.public_fqdn, self.rng.next() >> 1));
         let Some(answer) = answer else {
             let mut r = Message::response_to(
                 request,

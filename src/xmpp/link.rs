@@ -116,15 +116,15 @@ pub struct LinkSettings {
 }
 
 impl LinkSettings {
-    /// Settings for the `[xmpp]` section: its host, port, secret and component domains, with
-    /// the defaults above.
+    /// Settings for the `[xmpp]` section: its host, port, secret, component domains and queue
+    /// capacity, with the defaults above for the rest.
     pub fn from_config(x: &crate::config::XmppConfig) -> LinkSettings {
         LinkSettings {
             host: x.host.clone(),
             port: x.port,
             secret: x.secret.expose().to_owned(),
             domains: x.component_domains.clone(),
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            queue_capacity: x.queue_capacity,
             backoff: DEFAULT_BACKOFF,
             keepalive: DEFAULT_KEEPALIVE,
         }
@@ -907,13 +907,15 @@ mod tests {
             mode: AddressMode::Direct,
             local_domains: vec!["example.org".into()],
             gateway_name: "LCS gateway".into(),
+            queue_capacity: 4096,
+            startup_timeout: Duration::from_secs(30),
         };
         let s = LinkSettings::from_config(&x);
         assert_eq!(s.host, "10.0.0.5");
         assert_eq!(s.port, 5347);
         assert_eq!(s.secret, "s3cret");
         assert_eq!(s.domains, vec!["contoso.com", "fabrikam.com"]);
-        assert_eq!(s.queue_capacity, 1024);
+        assert_eq!(s.queue_capacity, 4096);
         assert_eq!(s.backoff, DEFAULT_BACKOFF);
         assert_eq!(s.keepalive, Duration::from_secs(60));
         assert!(!format!("{s:?}").contains("s3cret"));
