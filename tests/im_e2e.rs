@@ -1107,10 +1107,10 @@ fn prosody_restart_mid_conversation_loses_no_message() {
                 is_message_from(e, &bob) && e["body"].is_string()
             });
     }
-    let ups = w.bridge.count("component link up");
+    let ups = w.bridge.count("XMPP component link up");
     w.server.stop();
     w.bridge.wait_log(
-        "component link down",
+        "XMPP component link down",
         1,
         deadline.min(Instant::now() + Duration::from_secs(15)),
     );
@@ -1132,7 +1132,8 @@ fn prosody_restart_mid_conversation_loses_no_message() {
         .map(|m| lf(&body_text(m)))
         .collect();
     w.server.restart();
-    w.bridge.wait_log("component link up", ups + 1, deadline);
+    w.bridge
+        .wait_log("XMPP component link up", ups + 1, deadline);
     // Alice comes back only now: what the bridge held while Prosody was down has most likely
     // gone to her offline storage by then (either way it must reach her).
     w.alice
