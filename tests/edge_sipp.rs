@@ -22,12 +22,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pki::{Pki, pem};
+use common::pki::Pki;
+use common::sipp::{
+    Killed, finish_sipp, peers, socat_from_edge, socat_to_edge, spawn_sipp, wait_listening,
+    write_peer_files,
+};
 use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
 use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
 use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings};
@@ -41,15 +45,6 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 /// How long SIPp may run (its `-timeout`), and how long the test side waits for the peer.
 const SIPP_TIMEOUT_SECS: u64 = 15;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const OPTIONS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="options to the edge">
@@ -207,22 +202,15 @@ const UAS_CALL: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 // ------------------------------------------------------------------ set-up helpers
 
-/// The peer programs, or `None` when they are missing (skip, or fail with
-/// `LCS_BRIDGE_REQUIRE_PEERS=1`).
-fn peers() -> Option<(PathBuf, PathBuf)> {
-    let sipp = common::require_peer("sipp")?;
-    let socat = common::require_peer("socat")?;
-    Some((sipp, socat))
+/// SIPp with `-timeout` [`SIPP_TIMEOUT_SECS`].
+fn start_sipp(sipp: &Path, dir: &Path, name: &str, port: u16, remote: Option<u16>) -> Killed {
+    let timeout = Duration::from_secs(SIPP_TIMEOUT_SECS);
+    spawn_sipp(sipp, dir, name, port, remote, timeout, &[])
 }
 
-/// Writes the peer's certificate and key (`peer.pem`) and the CA (`ca.crt`) for socat.
-fn write_peer_files(dir: &Path, pki: &Pki, peer_names: &[&str]) {
-    std::fs::write(dir.join("peer.pem"), pem(&pki.leaf(peer_names, false))).unwrap();
-    std::fs::write(
-        dir.join("ca.crt"),
-        common::pki::der_to_pem("CERTIFICATE", &pki.ca),
-    )
-    .unwrap();
+/// Waits a little longer than SIPp's own timeout for it to exit.
+fn finish(child: &mut Killed, dir: &Path, name: &str) -> (Option<ExitStatus>, String) {
+    finish_sipp(child, dir, name, Duration::from_secs(SIPP_TIMEOUT_SECS + 3))
 }
 
 /// The edge on an ephemeral 127.0.0.1 port with a serverAuth + clientAuth certificate for
@@ -235,123 +223,6 @@ fn edge_settings(pki: &Pki, core: CoreSettings) -> EdgeSettings {
         core,
         Limits::default(),
     )
-}
-
-/// True when something listens on TCP `127.0.0.1:port` (read from /proc/net/tcp, so the check
-/// opens no connection the program would have to deal with).
-fn listening(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() > 3
-            && fields[3] == "0A"
-            && fields[1]
-                .split_once(':')
-                .is_some_and(|(ip, p)| ip == "0100007F" && u16::from_str_radix(p, 16) == Ok(port))
-    })
-}
-
-fn wait_listening(child: &mut Killed, port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !listening(port) {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!("{what} exited before listening on {port}: {status}");
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// socat for a peer that sends: plain TCP on `listen` → mutual TLS (the peer's client
-/// certificate) to `127.0.0.1:target`.
-fn socat_to_edge(socat: &Path, dir: &Path, listen: u16, target: u16) -> Killed {
-    let mut child = Killed(
-        Command::new(socat)
-            .arg(format!("TCP-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork"))
-            .arg(format!(
-                "OPENSSL:127.0.0.1:{target},cert={},cafile={},verify=1",
-                dir.join("peer.pem").display(),
-                dir.join("ca.crt").display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(&mut child, listen, "socat");
-    child
-}
-
-/// socat for a peer that receives: mutual TLS on `listen` (a client certificate from the CA is
-/// required) → plain TCP to `127.0.0.1:target`.
-fn socat_from_edge(socat: &Path, dir: &Path, listen: u16, target: u16) -> Killed {
-    let mut child = Killed(
-        Command::new(socat)
-            .arg(format!(
-                "OPENSSL-LISTEN:{listen},bind=127.0.0.1,reuseaddr,fork,cert={},cafile={},verify=1",
-                dir.join("peer.pem").display(),
-                dir.join("ca.crt").display()
-            ))
-            .arg(format!("TCP:127.0.0.1:{target}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(&mut child, listen, "socat");
-    child
-}
-
-/// Starts SIPp over TCP on `127.0.0.1:port` with scenario `dir/name.xml` for one call, logging
-/// to `dir/name.*`. `remote` is the address to call (UAC) or `None` (UAS).
-fn spawn_sipp(sipp: &Path, dir: &Path, name: &str, port: u16, remote: Option<u16>) -> Killed {
-    let file = |suffix: &str| dir.join(format!("{name}{suffix}")).display().to_string();
-    let mut cmd = Command::new(sipp);
-    if let Some(remote) = remote {
-        cmd.arg(format!("127.0.0.1:{remote}"));
-    }
-    cmd.args(["-sf", &file(".xml")])
-        .args(["-t", "t1", "-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-m", "1", "-nostdin", "-timeout"])
-        .arg(SIPP_TIMEOUT_SECS.to_string())
-        .arg("-timeout_error")
-        .args(["-trace_err", "-error_file", &file(".errors.log")])
-        .args(["-trace_msg", "-message_file", &file(".messages.log")])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(file(".out")).unwrap())
-        .stderr(std::fs::File::create(file(".err")).unwrap());
-    Killed(cmd.spawn().unwrap())
-}
-
-/// Waits (bounded) for SIPp to exit; its status (`None`: still running) and everything it
-/// logged, for failure messages.
-fn finish_sipp(sipp: &mut Killed, dir: &Path, name: &str) -> (Option<ExitStatus>, String) {
-    let deadline = Instant::now() + Duration::from_secs(SIPP_TIMEOUT_SECS + 3);
-    let status = loop {
-        match sipp.0.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => break None,
-        }
-    };
-    let mut logs = String::new();
-    for suffix in [".err", ".errors.log", ".messages.log", ".out"] {
-        let text = std::fs::read_to_string(dir.join(format!("{name}{suffix}")))
-            .unwrap_or_else(|e| format!("<{e}>"));
-        // The screen dumps in .out are long: keep their end.
-        let start = text.len().saturating_sub(6000);
-        let start = (start..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
-        logs.push_str(&format!(
-            "--- sipp {name}{suffix} ---\n{}\n",
-            &text[start..]
-        ));
-    }
-    (status, logs)
 }
 
 /// The next edge event, or an error after `deadline`.
@@ -388,14 +259,14 @@ fn sipp_behind_socat_gets_options_and_403() {
 
     let socat_port = common::free_port();
     let _socat = socat_to_edge(&socat, dir.path(), socat_port, edge.local_addr.port());
-    let mut uac = spawn_sipp(
+    let mut uac = start_sipp(
         &sipp,
         dir.path(),
         "options",
         common::free_port(),
         Some(socat_port),
     );
-    let (status, logs) = finish_sipp(&mut uac, dir.path(), "options");
+    let (status, logs) = finish(&mut uac, dir.path(), "options");
     assert!(
         status.is_some_and(|s| s.success()),
         "sipp failed ({status:?}):\n{logs}"
@@ -482,14 +353,14 @@ fn sipp_calls_the_edge_invite_ack_bye() {
 
     let socat_port = common::free_port();
     let _socat = socat_to_edge(&socat, dir.path(), socat_port, edge.local_addr.port());
-    let mut uac = spawn_sipp(
+    let mut uac = start_sipp(
         &sipp,
         dir.path(),
         "uac",
         common::free_port(),
         Some(socat_port),
     );
-    let (status, logs) = finish_sipp(&mut uac, dir.path(), "uac");
+    let (status, logs) = finish(&mut uac, dir.path(), "uac");
     let seen = runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(3), layer).await })
         .map_err(|_| "the test's layer did not finish".to_string())
@@ -672,7 +543,7 @@ fn edge_calls_sipp_invite_ack_bye() {
 
     let sipp_port = common::free_port();
     let tls_port = common::free_port();
-    let mut uas = spawn_sipp(&sipp, dir.path(), "uas", sipp_port, None);
+    let mut uas = start_sipp(&sipp, dir.path(), "uas", sipp_port, None);
     wait_listening(&mut uas, sipp_port, "sipp");
     let _socat = socat_from_edge(&socat, dir.path(), tls_port, sipp_port);
 
@@ -689,7 +560,7 @@ fn edge_calls_sipp_invite_ack_bye() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (edge, mut events) = runtime.block_on(common::edge::start_edge(edge_settings(&pki, core)));
     let called = runtime.block_on(call_bob(&edge, &mut events));
-    let (status, logs) = finish_sipp(&mut uas, dir.path(), "uas");
+    let (status, logs) = finish(&mut uas, dir.path(), "uas");
     let conn = called.unwrap_or_else(|e| panic!("edge side: {e}\nsipp {status:?}\n{logs}"));
     assert!(
         status.is_some_and(|s| s.success()),

@@ -12,6 +12,7 @@
 //! - [`component_handshake`]: a minimal XEP-0114 client, for smoke tests.
 //! - [`run_with_timeout`]: run a command with a hard deadline.
 //! - [`dns::TestDns`]: an in-process authoritative DNS server on loopback, zones built in code.
+//! - [`sipp`]: SIPp behind socat's mutual TLS in both directions, and SIPp's message log parsed.
 //!
 //! Nothing here ever talks to a non-loopback address. See docs/testing.md.
 #![allow(dead_code)]
@@ -317,7 +318,9 @@ pub trait XmppServer {
 
 /// A private Prosody on free loopback ports; stopped (SIGTERM, then SIGKILL) on drop.
 ///
-/// Everything (config, pidfile, data, log, certificates) lives in a temp dir.
+/// Everything (config, pidfile, data, log, certificates) lives in a temp dir. Like the
+/// ejabberd below (and Prosody's own default configuration) it keeps messages for offline users
+/// (`mod_offline`), so a message for a user who is not connected waits instead of bouncing.
 pub struct Prosody {
     dir: TempDir,
     config: PathBuf,
@@ -451,7 +454,7 @@ component_ports = {{ {component_port} }}
 component_interfaces = {{ "127.0.0.1" }}
 http_ports = {{ }}
 https_ports = {{ }}
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "posix" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "disco"; "ping"; "posix"; "offline" }}
 modules_disabled = {{ "s2s" }}
 authentication = "internal_plain"
 c2s_require_encryption = false
@@ -872,3 +875,4 @@ fn stream_header_id(buf: &str) -> Option<String> {
     None
 }
 pub mod sip_peer;
+pub mod sipp;

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""A scripted XMPP client (slixmpp) for lcs-bridge's end-to-end tests (tests/im_e2e.rs).
+
+Logs in as a registered user over plain c2s (the test servers allow PLAIN without TLS), sends
+what it is told on standard input and prints every event on standard output, one JSON object
+per line:
+
+  {"event": "online"}                      session started (initial presence sent)
+  {"event": "disconnected"}                the stream was lost (with --reconnect: reconnecting,
+                                           else waiting for "connect")
+  {"event": "sent", "id": ID}              a message went out
+  {"event": "message", "from": JID, "type": T, "id": ID, "body": TEXT or null,
+   "thread": T or null, "chatstates": [NAMES], "received": [IDS], "request_receipt": BOOL,
+   "delay": BOOL, "error": {"type": T, "condition": NAME, "text": T} or null}
+
+Commands on standard input, one JSON object per line:
+
+  {"op": "send", "to": JID, "body": TEXT (optional), "id": ID (optional), "type": "chat",
+   "chatstate": "composing"|"paused"|"active"|... (optional), "receipt": BOOL (optional)}
+  {"op": "connect"}                        connect again after the stream was lost (and keep
+                                           trying every 0.2 s until it is up)
+  {"op": "quit"}                           disconnect cleanly and exit 0
+
+The client exits by itself (status 3) after --timeout seconds, or when standard input closes.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import xml.etree.ElementTree as ET
+
+import slixmpp
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+NS_CLIENT = "jabber:client"
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+NS_RECEIPTS = "urn:xmpp:receipts"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_DELAY = "urn:xmpp:delay"
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def describe(xml):
+    """The parts of a <message/> the tests look at."""
+
+    def text(tag):
+        el = xml.find("{%s}%s" % (NS_CLIENT, tag))
+        return None if el is None else (el.text or "")
+
+    error = None
+    err = xml.find("{%s}error" % NS_CLIENT)
+    if err is not None:
+        condition, etext = None, None
+        for child in err:
+            ns, _, name = child.tag[1:].partition("}")
+            if ns == NS_STANZAS and name == "text":
+                etext = child.text
+            elif ns == NS_STANZAS:
+                condition = name
+        error = {"type": err.get("type"), "condition": condition, "text": etext}
+    chatstates, received, request = [], [], False
+    for child in xml:
+        ns, _, name = child.tag[1:].partition("}")
+        if ns == NS_CHATSTATES:
+            chatstates.append(name)
+        elif ns == NS_RECEIPTS and name == "received":
+            received.append(child.get("id"))
+        elif ns == NS_RECEIPTS and name == "request":
+            request = True
+    return {
+        "event": "message",
+        "from": xml.get("from"),
+        "to": xml.get("to"),
+        "type": xml.get("type", "normal"),
+        "id": xml.get("id"),
+        "body": text("body"),
+        "thread": text("thread"),
+        "chatstates": chatstates,
+        "received": received,
+        "request_receipt": request,
+        "delay": xml.find("{%s}delay" % NS_DELAY) is not None,
+        "error": error,
+    }
+
+
+class Client(slixmpp.ClientXMPP):
+    def __init__(self, jid, password, host, port, reconnect):
+        super().__init__(jid, password)
+        self.address = (host, port)
+        self.reconnect_wanted = reconnect
+        self.quitting = False
+        # Plain c2s: the test servers offer STARTTLS with a self-signed certificate and
+        # allow PLAIN without it.
+        self.enable_starttls = False
+        self.enable_direct_tls = False
+        self.enable_plaintext = True
+        self.plugin["feature_mechanisms"].unencrypted_plain = True
+        self.register_handler(
+            Callback("every message", MatchXPath("{%s}message" % NS_CLIENT), self.on_message)
+        )
+        self.add_event_handler("session_start", self.on_start)
+        self.add_event_handler("disconnected", self.on_disconnected)
+        self.add_event_handler("connection_failed", self.on_failed)
+
+    def start(self):
+        self.connect(*self.address)
+
+    async def on_start(self, _event):
+        self.send_presence()
+        emit({"event": "online"})
+
+    def on_message(self, msg):
+        emit(describe(msg.xml))
+
+    def on_disconnected(self, _reason):
+        emit({"event": "disconnected"})
+        if self.reconnect_wanted and not self.quitting:
+            self.loop.call_later(0.2, self.start)
+
+    def on_failed(self, _error):
+        # slixmpp would retry with a growing delay; retry every 0.2 s instead.
+        if self.reconnect_wanted and not self.quitting:
+            self.cancel_connection_attempt()
+            self.loop.call_later(0.2, self.start)
+
+    def send_command(self, cmd):
+        msg = self.make_message(mto=cmd["to"], mtype=cmd.get("type", "chat"))
+        if "body" in cmd:
+            msg["body"] = cmd["body"]
+        if "id" in cmd:
+            msg["id"] = cmd["id"]
+        if cmd.get("chatstate"):
+            msg.append(ET.Element("{%s}%s" % (NS_CHATSTATES, cmd["chatstate"])))
+        if cmd.get("receipt"):
+            msg.append(ET.Element("{%s}request" % NS_RECEIPTS))
+        msg.send()
+        emit({"event": "sent", "id": msg["id"]})
+
+
+async def commands(client, done):
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        cmd = json.loads(line)
+        if cmd["op"] == "send":
+            client.send_command(cmd)
+        elif cmd["op"] == "connect":
+            client.reconnect_wanted = True
+            client.start()
+        elif cmd["op"] == "quit":
+            break
+    client.quitting = True
+    client.disconnect(wait=1.0)
+    done.set_result(0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jid", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--reconnect", action="store_true", help="reconnect when the stream is lost")
+    p.add_argument("--debug", action="store_true", help="slixmpp debug log on stderr")
+    args = p.parse_args()
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    client = Client(args.jid, args.password, args.host, args.port, args.reconnect)
+    done = loop.create_future()
+    client.start()
+    loop.create_task(commands(client, done))
+    try:
+        code = loop.run_until_complete(asyncio.wait_for(done, args.timeout))
+    except asyncio.TimeoutError:
+        emit({"event": "timeout"})
+        code = 3
+    # Let the closing stream go out (bounded).
+    try:
+        loop.run_until_complete(asyncio.wait_for(asyncio.sleep(0.2), 1.0))
+    except Exception:
+        pass
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
