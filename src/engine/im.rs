@@ -98,6 +98,9 @@ enum Item {
         stanza: Box<Stanza>,
     },
     Typing(Typing),
+    /// A delivery failure reported by the XMPP server for a message from LCS: told to the LCS
+    /// sender as text (the MESSAGE was already answered 200); its own failure bounces nothing.
+    Notice(String),
 }
 
 #[derive(Debug)]
@@ -212,12 +215,16 @@ impl ImEngine {
         let Ok(stanza) = Stanza::try_from(element) else {
             return out;
         };
-        if !matches!(stanza.type_, MessageType::Chat | MessageType::Normal) {
-            return out;
-        }
         let (Some(from), Some(to)) = (stanza.from.clone(), stanza.to.clone()) else {
             return out;
         };
+        if stanza.type_ == MessageType::Error {
+            self.delivery_failed(now, &stanza, from, to, &mut out);
+            return out;
+        }
+        if !matches!(stanza.type_, MessageType::Chat | MessageType::Normal) {
+            return out;
+        }
         let remote = match self.book.jid_to_sip(&to) {
             Ok(a) if !self.book.is_local_domain(&a.host) => a.aor(),
             Ok(_) | Err(_) => {
@@ -276,6 +283,54 @@ impl ImEngine {
         }
         self.enqueue(now, key, remote_jid, local.to_uri(), item, &mut out);
         out
+    }
+
+    /// The XMPP server could not deliver a message we passed on from LCS (RFC 6120 §8.3: the
+    /// error goes back to the `from` we gave, the LCS user's JID). The SIP MESSAGE was answered
+    /// 200 when the stanza was queued, so the LCS sender is told in the session as text.
+    fn delivery_failed(
+        &mut self,
+        now: Instant,
+        stanza: &Stanza,
+        local: Jid,
+        remote: Jid,
+        out: &mut Vec<Output>,
+    ) {
+        let Ok(remote_addr) = self.book.jid_to_sip(&remote) else {
+            return;
+        };
+        let Ok(local_addr) = self.book.jid_to_sip(&Jid::from(local.to_bare())) else {
+            return;
+        };
+        if self.book.is_local_domain(&remote_addr.host)
+            || !self.book.is_local_domain(&local_addr.host)
+        {
+            return;
+        }
+        let condition = stanza
+            .payloads
+            .iter()
+            .find(|p| p.name() == "error")
+            .and_then(|e| {
+                e.children()
+                    .find(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name() != "text")
+                    .map(|c| c.name().to_owned())
+            })
+            .unwrap_or_else(|| "undefined-condition".into());
+        let mut text = format!("Message not delivered to {} ({condition})", local.to_bare());
+        if let Some((_, body)) = stanza.get_best_body(vec![]) {
+            text.push_str(": ");
+            text.push_str(body);
+        }
+        let key: Key = (local.to_bare(), remote_addr.aor().to_uri());
+        self.enqueue(
+            now,
+            key,
+            Jid::from(remote.to_bare()),
+            local_addr.to_uri(),
+            Item::Notice(text),
+            out,
+        );
     }
 
     /// Queues an item on the session for `key`, opening or replacing the session as needed.
@@ -409,6 +464,9 @@ impl ImEngine {
                 if let Some(l) = lang {
                     request.push_header("Content-Language", l);
                 }
+                request.set_body(Some("text/plain; charset=UTF-8"), text.clone().into_bytes());
+            }
+            Item::Notice(text) => {
                 request.set_body(Some("text/plain; charset=UTF-8"), text.clone().into_bytes());
             }
             Item::Typing(t) => {
@@ -1366,6 +1424,33 @@ mod tests {
             Some(200)
         );
         assert_eq!(e.session_count(), 0);
+    }
+
+    #[test]
+    fn a_bounce_from_the_xmpp_server_is_told_to_the_lcs_sender() {
+        let mut e = engine();
+        let now = Instant::now();
+        open(&mut e, now);
+        // The XMPP server returns a message we delivered (from the LCS user to alice).
+        let bounce: Element = format!(
+            "<message xmlns='jabber:component:accept' from='alice@example.org' to='{REMOTE}' type='error'><body>hi</body><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+        )
+        .parse()
+        .unwrap();
+        let out = e.on_stanza(now, bounce);
+        let (_, m, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Connection(9));
+        assert_eq!(
+            m.body(),
+            b"Message not delivered to alice@example.org (service-unavailable): hi"
+        );
+        // Its own failure bounces nothing back to XMPP.
+        let tx = requests(&out)[0].0;
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 481, None, None)),
+        );
+        assert!(stanzas(&out).is_empty());
     }
 
     #[test]
