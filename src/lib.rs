@@ -26,4 +26,5 @@ pub mod engine;
 pub mod inspect;
 pub mod policy;
 pub mod sip;
+pub mod store;
 pub mod xmpp;
