@@ -198,6 +198,13 @@ fn b64(bytes: &Option<Vec<u8>>) -> Value {
 }
 
 impl Subscription {
+    /// Bytes of key and value this record takes in the store's encoding (before the
+    /// database's own overhead).
+    pub fn encoded_len(&self) -> usize {
+        codec::sub_key(self.direction, &self.local_jid, &self.remote_aor).map_or(0, |k| k.len())
+            + codec::encode_subscription(self).len()
+    }
+
     /// The record as one `store export` line (docs/operations.md "Backup and audit").
     pub fn to_json(&self) -> Value {
         json!({

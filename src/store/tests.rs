@@ -548,6 +548,10 @@ fn encoding_is_compact() {
     // (5 + 5); dialog flags (1), 7 string lengths (7), route count and 2 lengths (3), CSeqs
     // (1 + 5), created (5); 2 byte-string lengths.
     assert_eq!(v.len() - strings, 38);
+    assert_eq!(
+        s.encoded_len(),
+        v.len() + "So".len() + s.local_jid.len() + 1 + s.remote_aor.len()
+    );
     // Version, state, approval, flags; expires 0 (1 byte), updated u64::MAX (10 bytes).
     assert_eq!(
         codec::encode_subscription(&minimal(Direction::Inbound, "a", "b")).len(),
