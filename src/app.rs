@@ -1,5 +1,5 @@
 //! `lcs-bridge run`: loads and validates the configuration, sets up logging, loads the mapping
-//! tables and the address book, starts the SIP federation edge and the XMPP component link,
+//! tables and the address book, opens the store (and holds its lock until exit), starts the SIP federation edge and the XMPP component link,
 //! runs the translation engine between them, and runs until SIGINT or SIGTERM. This is the
 //! only module that owns the runtime, signals and the clock for the engine.
 
@@ -24,6 +24,7 @@ use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
 use crate::engine::im::{ImEngine, ImSettings, Output};
 use crate::policy::ServedDomains;
 use crate::sip::message::Message;
+use crate::store::{self, SledStore, Store as _};
 use crate::xmpp::gateway::{self, GatewayInfo};
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -67,6 +68,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         anyhow!("mapping tables: {}", lines.join("; "))
     })?;
     let book = cfg.address_book().context("xmpp")?;
+    // Opened before anything is served, and held (with sled's lock) until the end of `run`.
+    let opened = Instant::now();
+    let store = SledStore::open(&store::sled_dir(cfg.storage_path())).context("storage.path")?;
+    info!(
+        path = %store.path().display(),
+        schema_version = store.schema_version(),
+        open_ms = opened.elapsed().as_millis() as u64,
+        "store opened"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,6 +135,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         edge.shutdown();
         Ok::<(), anyhow::Error>(())
     })?;
+    store.flush().context("storage.path")?;
+    drop(store);
     info!("stopped");
     Ok(())
 }

@@ -203,6 +203,11 @@ impl Dialog {
         self.local_cseq
     }
 
+    /// The CSeq number of the last request the peer sent (none yet on a UAC dialog).
+    pub fn remote_cseq(&self) -> Option<u32> {
+        self.remote_cseq
+    }
+
     /// Builds the next request in this dialog (§12.2.1.1): To/From with both tags, the next
     /// CSeq, the route set and the Request-URI for loose or strict routing. `via_sent_by` and
     /// `branch` make the Via (`SIP/2.0/TLS`); `contact` is this side's Contact URI.
