@@ -227,7 +227,8 @@ async fn run_engine(
                     edge.respond(tx, response).await
                 }
                 Output::Ack { conn, ack } => edge.send_ack(conn, ack).await,
-                Output::Stanza(_) => {}
+                // The IM engine writes nothing to the store.
+                Output::Stanza(_) | Output::Persist(_) | Output::Forget { .. } => {}
             }
         }
     }
