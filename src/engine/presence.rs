@@ -620,14 +620,11 @@ impl PresenceEngine {
             }
             return;
         }
-        if sub.pending.is_some() {
+        // Pending at LCS, or being (re-)established: the NOTIFY will come by itself.
+        if sub.pending.is_some() || sub.dialog.is_some() || sub.next_at.is_some() {
             return;
         }
-        if sub.dialog.as_ref().is_some_and(Dialog::is_confirmed) {
-            self.send_refresh(&key, out);
-        } else {
-            self.send_initial(now, &key, out);
-        }
+        self.send_initial(now, &key, out);
     }
 
     /// An available or unavailable presence of a local user (to a contact, or broadcast).
