@@ -402,7 +402,7 @@ impl PresenceEngine {
         let remote_jid = to.to_bare();
         match p.type_ {
             Type::Subscribe => self.xmpp_subscribe(now, key, local, remote_jid, p.id, &mut out),
-            Type::Unsubscribe => self.xmpp_unsubscribe(now, &key, &mut out),
+            Type::Unsubscribe => self.xmpp_unsubscribe(&key, &mut out),
             Type::Subscribed => self.xmpp_subscribed(now, &key, &mut out),
             Type::Unsubscribed => self.xmpp_unsubscribed(now, &key, &mut out),
             Type::Probe => self.xmpp_probe(now, key, local, remote_jid, from, &mut out),
@@ -491,7 +491,7 @@ impl PresenceEngine {
         self.send_initial(now, &key, out);
     }
 
-    fn xmpp_unsubscribe(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+    fn xmpp_unsubscribe(&mut self, key: &Key, out: &mut Vec<Output>) {
         let Some(mut sub) = self.outbound.remove(key) else {
             return;
         };
@@ -513,7 +513,6 @@ impl PresenceEngine {
             self.unsubscribe_in_dialog(dialog, out);
         }
         // A SUBSCRIBE still in flight: its NOTIFYs get 481, which ends it at LCS.
-        let _ = now;
     }
 
     /// Removes a subscription's dialog and in-flight tracking from the indexes.
@@ -699,7 +698,7 @@ impl PresenceEngine {
 
     /// A fresh out-of-dialog SUBSCRIBE for outbound subscription `key` (the old dialog, if
     /// any, is dropped from the indexes: its NOTIFYs will get 481).
-    fn send_initial(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+    fn send_initial(&mut self, _now: Instant, key: &Key, out: &mut Vec<Output>) {
         let call_id = format!("{}@{}", self.token(), self.settings.public_fqdn);
         let (branch, tag) = (self.branch(), self.token());
         let local_uri = self.local_uri(&key.0);
@@ -740,7 +739,6 @@ impl PresenceEngine {
         subscribe_headers(&mut request, sub.expires_secs);
         let tx = self.ids.next();
         sub.pending = Some((tx, Some(request.clone())));
-        let _ = now;
         self.purposes.insert(tx, Purpose::Subscribe(key.clone()));
         self.early.insert(call_id, key.clone());
         out.push(Output::Request {

@@ -1206,3 +1206,37 @@ fn shutdown_sends_unavailable_from_contacts_and_the_gateway() {
     assert!(s[1].contains("from='lcs.example.org'"), "{}", s[1]);
     assert!(e.shutdown().len() == 1, "contacts are not repeated");
 }
+
+#[test]
+fn a_benotify_leaves_no_server_transaction_behind() {
+    use crate::sip::transaction::{Output as TxOutput, Transactions};
+    let now = Instant::now();
+    let sub = RequestSpec {
+        method: Method::Subscribe,
+        request_uri: BOB_AOR,
+        via_sent_by: "sip.example.org",
+        branch: "z9hG4bKq",
+        from_display: None,
+        from_uri: "sip:alice@example.org",
+        from_tag: "ours",
+        to_display: None,
+        to_uri: BOB_AOR,
+        to_tag: None,
+        call_id: "c",
+        cseq: 1,
+        contact: None,
+        route: &[],
+    }
+    .build();
+    let EdgeEvent::Request { request, .. } = notify("BENOTIFY", &sub, 1, "active", Some(AWAY))
+    else {
+        unreachable!()
+    };
+    let mut t = Transactions::default();
+    t.receive(now, 3, request);
+    assert!(matches!(
+        t.poll_output(),
+        Some(TxOutput::Event(TxEvent::Request { conn: 3, .. }))
+    ));
+    assert_eq!(t.len(), (0, 0));
+}
