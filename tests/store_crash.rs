@@ -3,18 +3,19 @@
 //! The presence engine does not exist yet, so the process under test is the store itself
 //! driven by a steady subscription workload: this test binary re-runs itself as a child
 //! (`torture_child`, which does nothing unless `LCS_STORE_TORTURE_DIR` is set) that opens a
-//! real [`SledStore`] and, in a loop, puts, batch-puts and removes subscriptions (and writes
-//! IM dialogs), printing `BEGIN …` before each write and `ACK …` only after the call returned.
-//! The parent kills it with SIGKILL at a random moment — sometimes while it is still opening
-//! and recovering the database, mostly in the middle of the workload — reads every line it
-//! printed, opens the database itself and checks:
+//! real [`SledStore`] and, in a loop, puts, batch-puts, removes and lazily puts subscriptions
+//! and writes and removes IM dialogs, printing `BEGIN …` before each write and, for the synced
+//! ones, `ACK` only after the call returned. The parent kills it with SIGKILL at a random
+//! moment — sometimes while it is still opening and recovering the database, mostly in the
+//! middle of the workload — reads every line it printed, opens the database itself and checks:
 //!
 //! - the database opens (no error, schema version 1) every time;
 //! - every record decodes (no `Corrupt`) and is exactly the record its version describes
 //!   (every field is a function of key and version, so a torn or mixed record shows);
-//! - every key is in the state of its last acknowledged write, or of the one write begun
-//!   after it and not acknowledged (which may or may not have reached the disk);
-//! - a batch is all-or-nothing.
+//! - the database holds exactly the result of the writes up to some point (a prefix of the
+//!   run's writes, nothing reordered, a batch all or nothing), and that point is at or after
+//!   the last acknowledged write: nothing acknowledged is lost. Unsynced writes after it may
+//!   or may not be there.
 //!
 //! Then it starts the child again on the same directory: 25 kills in all, well under a minute
 //! (`LCS_STORE_CRASH_KILLS=N` for a longer run by hand).
@@ -23,7 +24,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -163,21 +164,20 @@ fn torture_child() {
     while started.elapsed() < Duration::from_secs(30) {
         version += 1;
         let v = version;
+        let k = rng.below(KEYS);
+        let (d, j, a) = parties(k);
         match rng.below(100) {
-            0..60 => {
-                let k = rng.below(KEYS);
+            0..50 => {
                 say(format!("BEGIN PUT {k} {v}"));
                 store.put_subscription(&record(k, v)).unwrap();
-                say(format!("ACK PUT {k} {v}"));
+                say("ACK".into());
             }
-            60..75 => {
-                let k = rng.below(KEYS);
-                let (d, j, a) = parties(k);
+            50..62 => {
                 say(format!("BEGIN DEL {k} {v}"));
                 store.remove_subscription(d, &j, &a).unwrap();
-                say(format!("ACK DEL {k} {v}"));
+                say("ACK".into());
             }
-            75..95 => {
+            62..78 => {
                 let mut keys: Vec<u64> = (0..2 + rng.below(7)).map(|_| rng.below(KEYS)).collect();
                 keys.sort_unstable();
                 keys.dedup();
@@ -185,73 +185,100 @@ fn torture_child() {
                 say(format!("BEGIN BATCH {v} {}", list.join(" ")));
                 let batch: Vec<Subscription> = keys.iter().map(|&k| record(k, v)).collect();
                 store.put_subscriptions(&batch).unwrap();
-                say(format!("ACK BATCH {v}"));
+                say("ACK".into());
+            }
+            78..90 => {
+                say(format!("BEGIN LAZY {k} {v}"));
+                store.put_subscription_lazy(&record(k, v)).unwrap();
+            }
+            // A burst of unsynced writes, so that kills also land where only sled's background
+            // flush (or nothing) has written the log.
+            90..92 => {
+                for _ in 0..20 + rng.below(200) {
+                    version += 1;
+                    let k = rng.below(KEYS);
+                    say(format!("BEGIN LAZY {k} {version}"));
+                    store.put_subscription_lazy(&record(k, version)).unwrap();
+                }
+            }
+            // IM dialogs are keyed by the parties only: key numbers 2n and 2n+1 (the two
+            // directions of one pair) name the same one, so use the even number.
+            92..97 => {
+                let k = k & !1;
+                say(format!("BEGIN IM {k} {v}"));
+                store.put_im_dialog(&im_record(k, v)).unwrap();
             }
             _ => {
-                // IM dialogs are not synced one by one: only their consistency is checked.
-                let k = rng.below(KEYS);
-                if rng.below(4) == 0 {
-                    let (_, j, a) = parties(k);
-                    store.remove_im_dialog(&j, &a).unwrap();
-                } else {
-                    store.put_im_dialog(&im_record(k, v)).unwrap();
-                }
+                let k = k & !1;
+                say(format!("BEGIN IMDEL {k} {v}"));
+                store.remove_im_dialog(&j, &a).unwrap();
             }
         }
     }
 }
 
-/// A key's state: absent, or present at a version.
+/// A record the workload writes: a subscription or an IM dialog, by key number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Target {
+    Sub(u64),
+    Im(u64),
+}
+
+/// A record's state: absent, or present at a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Absent,
     Present(u64),
 }
 
-/// What the parent knows from the child's output.
+/// One write as the child announced it: its effects (several for a batch, applied atomically)
+/// and whether it is synced.
+struct Op {
+    effects: Vec<(Target, State)>,
+    synced: bool,
+}
+
+/// What the parent knows from the child's output in one run.
 #[derive(Default)]
-struct Model {
-    acked: HashMap<u64, State>,
-    inflight: HashMap<u64, State>,
-    batch: Option<(u64, Vec<u64>)>,
+struct RunLog {
+    ops: Vec<Op>,
+    /// Index of the last acknowledged (synced, returned) write.
+    last_acked: Option<usize>,
     acks: u64,
 }
 
-impl Model {
-    fn acked(&self, k: u64) -> State {
-        self.acked.get(&k).copied().unwrap_or(State::Absent)
-    }
-
+impl RunLog {
     fn feed(&mut self, line: &str) {
         let w: Vec<&str> = line.split_whitespace().collect();
         let n = |i: usize| -> u64 { w[i].parse().unwrap() };
+        let op = |effects, synced| Op { effects, synced };
         match w.as_slice() {
-            ["BEGIN", "PUT", ..] => {
-                self.inflight.insert(n(2), State::Present(n(3)));
-            }
-            ["BEGIN", "DEL", ..] => {
-                self.inflight.insert(n(2), State::Absent);
-            }
+            ["BEGIN", "PUT", ..] => self
+                .ops
+                .push(op(vec![(Target::Sub(n(2)), State::Present(n(3)))], true)),
+            ["BEGIN", "DEL", ..] => self
+                .ops
+                .push(op(vec![(Target::Sub(n(2)), State::Absent)], true)),
             ["BEGIN", "BATCH", ..] => {
                 let v = n(2);
-                let keys: Vec<u64> = (3..w.len()).map(n).collect();
-                for &k in &keys {
-                    self.inflight.insert(k, State::Present(v));
-                }
-                self.batch = Some((v, keys));
+                let effects = (3..w.len())
+                    .map(|i| (Target::Sub(n(i)), State::Present(v)))
+                    .collect();
+                self.ops.push(op(effects, true));
             }
-            ["ACK", "PUT", ..] | ["ACK", "DEL", ..] => {
-                let k = n(2);
-                let s = self.inflight.remove(&k).unwrap();
-                self.acked.insert(k, s);
-                self.acks += 1;
-            }
-            ["ACK", "BATCH", ..] => {
-                let (_, keys) = self.batch.take().unwrap();
-                for k in keys {
-                    let s = self.inflight.remove(&k).unwrap();
-                    self.acked.insert(k, s);
-                }
+            ["BEGIN", "LAZY", ..] => self
+                .ops
+                .push(op(vec![(Target::Sub(n(2)), State::Present(n(3)))], false)),
+            ["BEGIN", "IM", ..] => self
+                .ops
+                .push(op(vec![(Target::Im(n(2)), State::Present(n(3)))], false)),
+            ["BEGIN", "IMDEL", ..] => self
+                .ops
+                .push(op(vec![(Target::Im(n(2)), State::Absent)], false)),
+            ["ACK"] => {
+                let last = self.ops.len() - 1;
+                assert!(self.ops[last].synced, "ACK after an unsynced write");
+                self.last_acked = Some(last);
                 self.acks += 1;
             }
             ["OPEN"] => {}
@@ -264,22 +291,24 @@ impl Model {
 struct Tally {
     kills_while_opening: usize,
     kills_in_workload: usize,
-    inflight_applied: usize,
-    inflight_not_applied: usize,
-    batches_applied: usize,
-    batches_not_applied: usize,
+    /// Writes after the last acknowledged one that were found applied, and not.
+    beyond_ack_applied: usize,
+    beyond_ack_lost: usize,
+    /// Of those found applied, how many were unsynced (lazy puts, IM dialogs).
+    unsynced_applied: usize,
     max_open_ms: u128,
     records_checked: usize,
 }
 
-/// Opens the store after a kill and checks it against the model; returns the actual states.
-fn verify(dir: &Path, model: &Model, tally: &mut Tally, ctx: &str) -> HashMap<u64, State> {
+/// Opens the store after a kill and reads every record, checking each is the record its
+/// version describes.
+fn read_back(dir: &Path, tally: &mut Tally, ctx: &str) -> HashMap<Target, State> {
     let t = Instant::now();
     let store =
         SledStore::open(dir).unwrap_or_else(|e| panic!("{ctx}: the store did not open: {e}"));
     tally.max_open_ms = tally.max_open_ms.max(t.elapsed().as_millis());
     assert_eq!(store.schema_version(), 1, "{ctx}");
-    let mut actual: HashMap<u64, State> = HashMap::new();
+    let mut actual = HashMap::new();
     for r in store.subscriptions() {
         let s = r.unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let k = key_of(&s).unwrap_or_else(|| panic!("{ctx}: unexpected record {s:?}"));
@@ -289,54 +318,96 @@ fn verify(dir: &Path, model: &Model, tally: &mut Tally, ctx: &str) -> HashMap<u6
             record(k, v),
             "{ctx}: key {k} holds a record that is not version {v}'s"
         );
-        actual.insert(k, State::Present(v));
+        actual.insert(Target::Sub(k), State::Present(v));
         tally.records_checked += 1;
     }
     for r in store.im_dialogs() {
         let d = r.unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let v = d.dialog.created_unix - 1_790_000_000;
-        assert!(
-            (0..KEYS).any(|k| im_record(k, v) == d),
-            "{ctx}: IM dialog is no version's record: {d:?}"
+        let k = (0..KEYS)
+            .find(|&k| {
+                let (_, j, a) = parties(k);
+                j == d.local_jid && a == d.remote_aor
+            })
+            .unwrap_or_else(|| panic!("{ctx}: unexpected IM dialog {d:?}"));
+        assert_eq!(
+            d,
+            im_record(k, v),
+            "{ctx}: IM dialog {k} is not version {v}'s"
         );
+        actual.insert(Target::Im(k), State::Present(v));
+        tally.records_checked += 1;
     }
-    let stats = store.stats().unwrap();
-    assert_eq!(stats.corrupt, 0, "{ctx}");
-    for k in 0..KEYS {
-        let got = actual.get(&k).copied().unwrap_or(State::Absent);
-        let acked = model.acked(k);
-        let inflight = model.inflight.get(&k).copied();
-        if got == acked && inflight.is_none_or(|i| i != got) {
-            if inflight.is_some() {
-                tally.inflight_not_applied += 1;
-            }
-            continue;
-        }
-        if Some(got) == inflight {
-            tally.inflight_applied += 1;
-            continue;
-        }
-        panic!(
-            "{ctx}: key {k} is {got:?}; acknowledged {acked:?}, in flight {inflight:?}: an acknowledged write was lost"
-        );
-    }
-    if let Some((v, keys)) = &model.batch {
-        let applied = keys
-            .iter()
-            .filter(|k| actual.get(k) == Some(&State::Present(*v)))
-            .count();
-        assert!(
-            applied == 0 || applied == keys.len(),
-            "{ctx}: batch {v} is half applied ({applied} of {} keys)",
-            keys.len()
-        );
-        if applied == 0 {
-            tally.batches_not_applied += 1;
-        } else {
-            tally.batches_applied += 1;
-        }
-    }
+    assert_eq!(store.stats().unwrap().corrupt, 0, "{ctx}");
     actual
+}
+
+/// Finds the prefix of `log` that, applied to `start`, gives `actual`; it must include every
+/// acknowledged write.
+fn check_prefix(
+    start: &HashMap<Target, State>,
+    log: &RunLog,
+    actual: &HashMap<Target, State>,
+    tally: &mut Tally,
+    ctx: &str,
+) {
+    let get = |m: &HashMap<Target, State>, t: &Target| m.get(t).copied().unwrap_or(State::Absent);
+    let mut state = start.clone();
+    let p_min = log.last_acked.map_or(0, |i| i + 1);
+    for op in &log.ops[..p_min] {
+        for (t, s) in &op.effects {
+            state.insert(*t, *s);
+        }
+    }
+    let mut wrong: HashSet<Target> = state
+        .keys()
+        .chain(actual.keys())
+        .filter(|t| get(&state, t) != get(actual, t))
+        .copied()
+        .collect();
+    let at_ack = wrong.clone();
+    let mut p = p_min;
+    while !wrong.is_empty() {
+        if p == log.ops.len() {
+            let mut detail: Vec<String> = at_ack
+                .iter()
+                .take(5)
+                .map(|t| {
+                    let mut acked = start.clone();
+                    for op in &log.ops[..p_min] {
+                        for (t, s) in &op.effects {
+                            acked.insert(*t, *s);
+                        }
+                    }
+                    format!(
+                        "{t:?} is {:?}, acknowledged {:?}",
+                        get(actual, t),
+                        get(&acked, t)
+                    )
+                })
+                .collect();
+            detail.sort();
+            panic!(
+                "{ctx}: the store is not the result of any prefix of the writes that includes \
+                 the {} acknowledged ones ({} writes begun): {}",
+                p_min,
+                log.ops.len(),
+                detail.join("; ")
+            );
+        }
+        for (t, s) in &log.ops[p].effects {
+            state.insert(*t, *s);
+            if get(&state, t) == get(actual, t) {
+                wrong.remove(t);
+            } else {
+                wrong.insert(*t);
+            }
+        }
+        p += 1;
+    }
+    tally.beyond_ack_applied += p - p_min;
+    tally.beyond_ack_lost += log.ops.len() - p;
+    tally.unsynced_applied += log.ops[p_min..p].iter().filter(|o| !o.synced).count();
 }
 
 #[test]
@@ -350,7 +421,6 @@ fn acknowledged_writes_survive_sigkill() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("store_crash: seed {seed} (LCS_STORE_CRASH_SEED={seed} to replay)");
     let kills: usize = std::env::var("LCS_STORE_CRASH_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -360,12 +430,13 @@ fn acknowledged_writes_survive_sigkill() {
     let dir = tmp.path().join("sled");
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
-    let mut model = Model::default();
+    let mut on_disk: HashMap<Target, State> = HashMap::new();
     let mut tally = Tally::default();
     let mut total_acks = 0;
+    let mut total_ops = 0;
 
     for run in 0..kills {
-        let ctx = format!("seed {seed}, kill {run}");
+        let ctx = format!("seed {seed} (LCS_STORE_CRASH_SEED to replay), kill {run}");
         let mut child = Command::new(&exe)
             .args([
                 "torture_child",
@@ -394,7 +465,7 @@ fn acknowledged_writes_survive_sigkill() {
                     let _ = opened_tx.send(());
                 }
                 // libtest's own lines ("running 1 test") are not ours.
-                if line == "OPEN" || line.starts_with("BEGIN ") || line.starts_with("ACK ") {
+                if line == "OPEN" || line == "ACK" || line.starts_with("BEGIN ") {
                     lines.push(line);
                 }
             }
@@ -438,46 +509,46 @@ fn acknowledged_writes_survive_sigkill() {
         );
         let lines = reader.join().unwrap();
         let _ = err_reader.join();
+        let mut log = RunLog::default();
         for l in &lines {
-            model.feed(l);
+            log.feed(l);
         }
-        total_acks += model.acks;
-        model.acks = 0;
+        total_acks += log.acks;
+        total_ops += log.ops.len();
 
-        let actual = verify(&dir, &model, &mut tally, &ctx);
+        let actual = read_back(&dir, &mut tally, &ctx);
+        check_prefix(&on_disk, &log, &actual, &mut tally, &ctx);
         // What is on disk now is the starting point of the next run.
-        model.acked = actual;
-        model.inflight.clear();
-        model.batch = None;
+        on_disk = actual;
     }
 
     // A last clean open and full scan.
     let store = SledStore::open(&dir).unwrap();
     let stats = store.stats().unwrap();
     assert_eq!(stats.corrupt, 0);
-    let on_disk: BTreeMap<_, _> = store
+    let subs: BTreeMap<_, _> = store
         .subscriptions()
         .map(|r| {
             let s = r.unwrap();
             (key_of(&s).unwrap(), s.updated_unix)
         })
         .collect();
-    assert_eq!(on_disk.len() as u64, stats.total_subscriptions());
+    assert_eq!(subs.len() as u64, stats.total_subscriptions());
     drop(store);
     eprintln!(
-        "store_crash: {kills} SIGKILLs ({} while opening, {} in the workload) in {:.1} s; \
-         {total_acks} acknowledged writes, all found; {} records checked; writes in flight at \
-         the kill: {} found applied, {} not; batches in flight: {} applied whole, {} not at \
-         all, none half; {} subscriptions at the end; slowest reopen {} ms; sled size {} bytes",
+        "store_crash: seed {seed}: {kills} SIGKILLs ({} while opening, {} in the workload) in \
+         {:.1} s; {total_ops} writes begun, {total_acks} acknowledged, none lost, no reordering; \
+         {} records checked; writes after the last acknowledged one at each kill: {} found \
+         applied ({} of them unsynced), {} not; {} subscriptions at the end; slowest reopen \
+         {} ms; sled directory {} bytes",
         tally.kills_while_opening,
         tally.kills_in_workload,
         started.elapsed().as_secs_f64(),
         tally.records_checked,
-        tally.inflight_applied,
-        tally.inflight_not_applied,
-        tally.batches_applied,
-        tally.batches_not_applied,
-        on_disk.len(),
+        tally.beyond_ack_applied,
+        tally.unsynced_applied,
+        tally.beyond_ack_lost,
+        subs.len(),
         tally.max_open_ms,
         dir_size(&dir),
     );

@@ -28,8 +28,9 @@ impl MemStore {
         self.fail_writes.store(fail, Ordering::SeqCst);
     }
 
-    /// How many synced writes (subscription puts, batches, removals, clears, flushes) have
-    /// been made: lets a test check that a write happened before an acknowledgement.
+    /// How many synced writes (subscription puts, batches, removals, clears, flushes; not the
+    /// lazy ones) have been made: lets a test check that a write was synced before an
+    /// acknowledgement.
     pub fn synced_writes(&self) -> u64 {
         self.synced_writes.load(Ordering::SeqCst)
     }
@@ -79,6 +80,13 @@ impl Store for MemStore {
         self.check_writable()?;
         self.lock().insert(key, codec::encode_subscription(s));
         self.synced();
+        Ok(())
+    }
+
+    fn put_subscription_lazy(&self, s: &Subscription) -> Result<(), StoreError> {
+        let key = codec::sub_key(s.direction, &s.local_jid, &s.remote_aor)?;
+        self.check_writable()?;
+        self.lock().insert(key, codec::encode_subscription(s));
         Ok(())
     }
 

@@ -8,9 +8,12 @@
 //! **Durability.** A subscription write or removal is durable when the call returns: it is in
 //! the database file and the file has been fsynced, so the caller may then acknowledge the
 //! change to the other side (answer 202, send `subscribed`). [`Store::put_subscriptions`] writes
-//! several atomically with one sync (group commit). IM dialog writes are *not* synced one by one
-//! — losing one costs a new INVITE, not a subscription — they become durable with the next
-//! synced write, [`Store::flush`], or sled's background flush (every 500 ms).
+//! several atomically with one sync; concurrent synced writes from several threads share one
+//! sync (group commit). [`Store::put_subscription_lazy`] and IM dialog writes are *not* synced
+//! one by one — for changes whose loss costs nothing that matters (the last presence sent; an
+//! IM dialog, whose loss costs a new INVITE) — they become durable with the next synced write,
+//! [`Store::flush`], or sled's background flush (every 500 ms). Writes are never reordered: after
+//! a crash the store holds every write up to some point, and at least every synced one.
 //!
 //! **Identity.** A subscription is identified by (direction, local bare JID, remote AOR); an IM
 //! dialog by (local bare JID, remote AOR). Neither part may be empty or contain NUL
@@ -350,6 +353,13 @@ pub type Records<'a, T> = Box<dyn Iterator<Item = Result<T, StoreError>> + 'a>;
 pub trait Store: Send + Sync {
     /// Inserts or replaces a subscription; durable on return.
     fn put_subscription(&self, s: &Subscription) -> Result<(), StoreError>;
+
+    /// Inserts or replaces a subscription without syncing, for changes whose loss in a crash
+    /// costs nothing that matters (the last presence sent or received, a refreshed expiry
+    /// that will be refreshed again). It becomes durable with the next synced write,
+    /// [`Store::flush`], or sled's background flush (every 500 ms); a crash before that
+    /// leaves the record as it was. Writes are never reordered: a crash keeps a prefix of them.
+    fn put_subscription_lazy(&self, s: &Subscription) -> Result<(), StoreError>;
 
     /// Inserts or replaces several subscriptions atomically (all or none after a crash) with
     /// one sync: the group commit for bursts (a roster push, a restart's refreshes).

@@ -13,6 +13,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::codec::{self, IM_PREFIX, META_SCHEMA, SUB_PREFIX};
 use super::{Direction, ImDialog, Records, Stats, Store, StoreError, Subscription};
@@ -46,6 +48,19 @@ pub struct SledStore {
     file: Option<File>,
     path: PathBuf,
     schema_version: u32,
+    /// Group commit: tickets handed out to writers that want a sync…
+    tickets: AtomicU64,
+    /// …and how far syncing has got.
+    commit: Mutex<Commit>,
+    committed: Condvar,
+}
+
+/// Group commit state: every ticket up to `synced` is durable; `running` while one thread
+/// (the leader) syncs for everybody who took a ticket before it started.
+#[derive(Default)]
+struct Commit {
+    synced: u64,
+    running: bool,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -129,6 +144,9 @@ impl SledStore {
             file,
             path: path.to_owned(),
             schema_version: CURRENT_SCHEMA_VERSION,
+            tickets: AtomicU64::new(0),
+            commit: Mutex::new(Commit::default()),
+            committed: Condvar::new(),
         };
         store.sync()?;
         Ok(store)
@@ -158,7 +176,46 @@ impl SledStore {
     }
 
     /// Makes everything written so far durable: sled's flush, then fsync.
+    ///
+    /// Group commit: a caller takes a ticket after its write. If no sync is running it leads
+    /// one, covering every ticket taken so far (a sync started after a write covers it: sled's
+    /// flush writes everything reserved before it starts); otherwise it waits for the running
+    /// sync and, if that one started before its ticket, leads or joins the next. Concurrent
+    /// writers thus share one flush + fsync instead of queueing one each.
     fn sync(&self) -> Result<(), StoreError> {
+        let ticket = self.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut commit = self.lock_commit();
+        loop {
+            if commit.synced >= ticket {
+                return Ok(());
+            }
+            if !commit.running {
+                commit.running = true;
+                let target = self.tickets.load(Ordering::SeqCst);
+                drop(commit);
+                let result = self.flush_and_fsync();
+                let mut commit = self.lock_commit();
+                commit.running = false;
+                if result.is_ok() {
+                    commit.synced = commit.synced.max(target);
+                }
+                drop(commit);
+                self.committed.notify_all();
+                return result;
+            }
+            commit = self
+                .committed
+                .wait(commit)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn lock_commit(&self) -> MutexGuard<'_, Commit> {
+        // The state stays consistent even if a holder panicked: it is two plain fields.
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flush_and_fsync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(backend)?;
         if let Some(f) = &self.file {
             f.sync_all().map_err(|e| {
@@ -234,6 +291,14 @@ impl Store for SledStore {
             .insert(key, codec::encode_subscription(s))
             .map_err(backend)?;
         self.sync()
+    }
+
+    fn put_subscription_lazy(&self, s: &Subscription) -> Result<(), StoreError> {
+        let key = codec::sub_key(s.direction, &s.local_jid, &s.remote_aor)?;
+        self.db
+            .insert(key, codec::encode_subscription(s))
+            .map_err(backend)?;
+        Ok(())
     }
 
     fn put_subscriptions(&self, subs: &[Subscription]) -> Result<(), StoreError> {

@@ -168,6 +168,21 @@ fn exercise(store: &dyn Store) {
         Some(a2.clone())
     );
 
+    // Lazy write: the same record as a synced one would be.
+    let mut e2 = e.clone();
+    e2.last_received = Some(b"<presence type='unavailable'/>".to_vec());
+    store.put_subscription_lazy(&e2).unwrap();
+    assert_eq!(
+        store
+            .get_subscription(
+                Direction::Outbound,
+                "bob@example.org",
+                "sip:joe@contoso.com"
+            )
+            .unwrap(),
+        Some(e2.clone())
+    );
+
     // Batch.
     let mut b2 = b.clone();
     b2.state = SubState::Active;
@@ -340,6 +355,7 @@ fn mem_store_failing_writes_change_nothing() {
         Err(StoreError::Backend(_))
     ));
     assert!(store.put_subscriptions(&[a2.clone()]).is_err());
+    assert!(store.put_subscription_lazy(&a2).is_err());
     assert!(
         store
             .remove_subscription(Direction::Inbound, "a@example.org", "sip:b@c.com")
@@ -353,6 +369,8 @@ fn mem_store_failing_writes_change_nothing() {
     );
     assert_eq!(store.synced_writes(), 1);
     store.set_fail_writes(false);
+    store.put_subscription_lazy(&a2).unwrap();
+    assert_eq!(store.synced_writes(), 1);
     store.put_subscription(&a2).unwrap();
     assert_eq!(store.synced_writes(), 2);
 }
