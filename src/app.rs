@@ -228,7 +228,10 @@ async fn run_engine(
                 }
                 Output::Ack { conn, ack } => edge.send_ack(conn, ack).await,
                 // The IM engine writes nothing to the store.
-                Output::Stanza(_) | Output::Persist(_) | Output::Forget { .. } => {}
+                Output::Stanza(_)
+                | Output::Persist(_)
+                | Output::PersistLazy(_)
+                | Output::Forget { .. } => {}
             }
         }
     }

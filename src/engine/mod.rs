@@ -34,6 +34,9 @@ pub enum Output {
     Ack { conn: ConnId, ack: Message },
     /// Write this subscription to the store, durably, before running the next output.
     Persist(Box<Subscription>),
+    /// Write this subscription without waiting for the disk (`Store::put_subscription_lazy`):
+    /// changes whose loss in a crash costs nothing that matters (a refreshed expiry).
+    PersistLazy(Box<Subscription>),
     /// Remove this subscription from the store, durably, before running the next output.
     Forget {
         direction: Direction,

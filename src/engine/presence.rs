@@ -1518,7 +1518,7 @@ impl PresenceEngine {
         } else {
             NotifyState::Pending
         };
-        self.persist_in(now, &key, out);
+        self.persist_in_lazy(now, &key, out);
         let mut r = Message::response_to(request, 200, None, None);
         r.push_header("Expires", &granted.to_string());
         r.push_header("Contact", &name_addr(None, &contact, &[]));
@@ -1727,7 +1727,7 @@ impl PresenceEngine {
                         self.purposes.remove(&tx);
                     }
                 }
-                self.persist_in(now, &key, &mut out);
+                self.persist_in_lazy(now, &key, &mut out);
                 continue;
             }
             self.maybe_flush(now, &key, &mut out);
@@ -1802,6 +1802,14 @@ impl PresenceEngine {
     fn persist_in(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
         if let Some(r) = self.in_record(now, key) {
             out.push(Output::Persist(Box::new(r)));
+        }
+    }
+
+    /// [`Output::PersistLazy`] of watcher `key`: refreshes and dialog replacements, which LCS
+    /// repeats anyway.
+    fn persist_in_lazy(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        if let Some(r) = self.in_record(now, key) {
+            out.push(Output::PersistLazy(Box::new(r)));
         }
     }
 

@@ -99,6 +99,7 @@ fn kinds(out: &[Output]) -> Vec<String> {
             Output::Respond { response, .. } => format!("respond:{}", response.status().unwrap()),
             Output::Ack { .. } => "ack".into(),
             Output::Persist(s) => format!("persist:{}", s.approval.as_str()),
+            Output::PersistLazy(s) => format!("persist-lazy:{}", s.approval.as_str()),
             Output::Forget { direction, .. } => format!("forget:{}", direction.as_str()),
         })
         .collect()
@@ -842,7 +843,7 @@ fn refresh_and_unsubscribe_from_lcs() {
     let out = e.on_edge(t, lcs_resubscribe("w-1", &tag, 2, 1800, 4));
     assert_eq!(
         kinds(&out),
-        ["persist:approved", "respond:200", "request:NOTIFY"]
+        ["persist-lazy:approved", "respond:200", "request:NOTIFY"]
     );
     assert_eq!(responses(&out)[0].header("Expires"), Some("1800"));
     let (tx, n, _) = requests(&out).remove(0);
@@ -898,7 +899,7 @@ fn unrefreshed_watchers_expire_and_old_dialogs_are_deactivated() {
     let age = now + Duration::from_secs(7200);
     assert_eq!(e.poll_timeout(), Some(age));
     let out = e.handle_timeout(age);
-    assert_eq!(kinds(&out), ["request:NOTIFY", "persist:approved"]);
+    assert_eq!(kinds(&out), ["request:NOTIFY", "persist-lazy:approved"]);
     assert_eq!(
         requests(&out)[0].1.header("Subscription-State"),
         Some("terminated;reason=deactivated")
