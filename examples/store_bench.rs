@@ -273,9 +273,10 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
     );
     drop(store);
     println!(
-        "  on disk after a clean close: {} bytes = {:.0} bytes per subscription",
+        "  on disk after a clean close: {} bytes = {:.0} bytes per subscription; {} blob files",
         dir_size(&path),
-        dir_size(&path) as f64 / n as f64
+        dir_size(&path) as f64 / n as f64,
+        std::fs::read_dir(path.join("blobs")).map_or(0, |d| d.count())
     );
     std::fs::remove_dir_all(&path).unwrap();
 }

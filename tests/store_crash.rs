@@ -18,7 +18,8 @@
 //!   or may not be there.
 //!
 //! Then it starts the child again on the same directory: 25 kills in all, well under a minute
-//! (`LCS_STORE_CRASH_KILLS=N` for a longer run by hand).
+//! (`LCS_STORE_CRASH_KILLS=N` and `LCS_STORE_CRASH_KEYS=N` for longer runs on a larger database
+//! by hand).
 //! A failure prints the seed; `LCS_STORE_CRASH_SEED=<seed>` replays the same kill schedule
 //! (the child's timing still varies).
 
@@ -37,8 +38,16 @@ use lcs_bridge::store::{
 
 /// Kills per run; `LCS_STORE_CRASH_KILLS` sets another number (long runs by hand).
 const KILLS: usize = 25;
-/// Distinct subscription keys in the workload.
+/// Distinct subscription keys in the workload; `LCS_STORE_CRASH_KEYS` sets another number (a
+/// larger database for long runs by hand).
 const KEYS: u64 = 300;
+
+fn key_count() -> u64 {
+    std::env::var("LCS_STORE_CRASH_KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(KEYS)
+}
 
 /// SplitMix64: a small, seedable random source.
 struct Rng(u64);
@@ -71,11 +80,24 @@ fn parties(k: u64) -> (Direction, String, String) {
     )
 }
 
+/// The key number of a pair of parties: the inverse of [`parties`] (direction aside).
+fn pair_of(local_jid: &str, remote_aor: &str) -> Option<u64> {
+    let user: u64 = local_jid
+        .strip_prefix("user")?
+        .strip_suffix("@example.org")?
+        .parse()
+        .ok()?;
+    let contact: u64 = remote_aor
+        .strip_prefix("sip:contact")?
+        .strip_suffix("@contoso.com")?
+        .parse()
+        .ok()?;
+    (contact < 10).then_some(user * 10 + contact)
+}
+
 fn key_of(s: &Subscription) -> Option<u64> {
-    (0..KEYS).find(|&k| {
-        let (d, j, a) = parties(k);
-        d == s.direction && j == s.local_jid && a == s.remote_aor
-    })
+    let pair = pair_of(&s.local_jid, &s.remote_aor)?;
+    Some(pair * 2 + u64::from(s.direction == Direction::Inbound))
 }
 
 fn dialog(k: u64, v: u64) -> DialogRecord {
@@ -160,11 +182,12 @@ fn torture_child() {
     // A line of its own: libtest may have written "test torture_child ... " already.
     say("\nOPEN".into());
     let mut rng = Rng(seed);
+    let n = key_count();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
         version += 1;
         let v = version;
-        let k = rng.below(KEYS);
+        let k = rng.below(n);
         let (d, j, a) = parties(k);
         match rng.below(100) {
             0..50 => {
@@ -178,7 +201,7 @@ fn torture_child() {
                 say("ACK".into());
             }
             62..78 => {
-                let mut keys: Vec<u64> = (0..2 + rng.below(7)).map(|_| rng.below(KEYS)).collect();
+                let mut keys: Vec<u64> = (0..2 + rng.below(7)).map(|_| rng.below(n)).collect();
                 keys.sort_unstable();
                 keys.dedup();
                 let list: Vec<String> = keys.iter().map(u64::to_string).collect();
@@ -196,7 +219,7 @@ fn torture_child() {
             90..92 => {
                 for _ in 0..20 + rng.below(200) {
                     version += 1;
-                    let k = rng.below(KEYS);
+                    let k = rng.below(n);
                     say(format!("BEGIN LAZY {k} {version}"));
                     store.put_subscription_lazy(&record(k, version)).unwrap();
                 }
@@ -324,12 +347,9 @@ fn read_back(dir: &Path, tally: &mut Tally, ctx: &str) -> HashMap<Target, State>
     for r in store.im_dialogs() {
         let d = r.unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let v = d.dialog.created_unix - 1_790_000_000;
-        let k = (0..KEYS)
-            .find(|&k| {
-                let (_, j, a) = parties(k);
-                j == d.local_jid && a == d.remote_aor
-            })
-            .unwrap_or_else(|| panic!("{ctx}: unexpected IM dialog {d:?}"));
+        let k = pair_of(&d.local_jid, &d.remote_aor)
+            .unwrap_or_else(|| panic!("{ctx}: unexpected IM dialog {d:?}"))
+            * 2;
         assert_eq!(
             d,
             im_record(k, v),
