@@ -1,17 +1,19 @@
 //! `lcs-bridge run`: loads and validates the configuration, sets up logging, loads the mapping
-//! tables and the address book, starts the SIP federation edge and the XMPP component link,
-//! runs the translation engine between them, and runs until SIGINT or SIGTERM. This is the
-//! only module that owns the runtime, signals and the clock for the engine.
+//! tables and the address book, opens the store (and holds its lock until exit), starts the SIP
+//! federation edge and the XMPP component link, restores the presence subscriptions from the
+//! store, runs the IM and presence engines between edge and link, and runs until SIGINT or
+//! SIGTERM (then the presence engine's XEP-0100 unavailable presences go out). This is the only
+//! module that owns the runtime, signals and the clock for the engines.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, LogFormat};
 use crate::core::address::AddressBook;
@@ -21,9 +23,14 @@ use crate::edge::pool::PoolLimits;
 use crate::edge::server::EdgeEvent;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
-use crate::engine::im::{ImEngine, ImSettings, Output};
+use crate::engine::Output;
+use crate::engine::im::{ImEngine, ImSettings};
+use crate::engine::presence::{PresenceEngine, PresenceSettings, WallClock};
 use crate::policy::ServedDomains;
 use crate::sip::message::Message;
+use crate::sip::message::Method;
+use crate::sip::transaction::{TxEvent, TxId};
+use crate::store::{self, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::{self, GatewayInfo};
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -67,6 +74,16 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         anyhow!("mapping tables: {}", lines.join("; "))
     })?;
     let book = cfg.address_book().context("xmpp")?;
+    // Opened before anything is served, and held (with sled's lock) until the end of `run`.
+    let opened = Instant::now();
+    let store =
+        Arc::new(SledStore::open(&store::sled_dir(cfg.storage_path())).context("storage.path")?);
+    info!(
+        path = %store.path().display(),
+        schema_version = store.schema_version(),
+        open_ms = opened.elapsed().as_millis() as u64,
+        "store opened"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,23 +105,40 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| anyhow!("xmpp: {e}"))?;
-        let engine = ImEngine::new(
+        let im = ImEngine::new(
             im_settings(&cfg),
             book.clone(),
             mappings.errors.clone(),
             edge.tx_ids(),
             crate::random::seed(),
         );
-        let info = GatewayInfo::new(cfg.xmpp.gateway_name.clone());
-        tokio::spawn(run_engine(
-            engine,
-            edge.clone(),
-            events,
-            link,
-            link_events,
+        let clock = WallClock {
+            at: Instant::now(),
+            unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let mut presence = PresenceEngine::new(
+            presence_settings(&cfg),
             book.clone(),
+            mappings.clone(),
+            edge.tx_ids(),
+            crate::random::seed(),
+            clock,
+        );
+        let restored = presence.restore(Instant::now(), stored_subscriptions(store.as_ref()));
+        let info = GatewayInfo::new(cfg.xmpp.gateway_name.clone());
+        let (stop, stop_rx) = mpsc::channel(1);
+        let runner = Runner {
+            im,
+            presence,
+            edge: edge.clone(),
+            link,
+            book: book.clone(),
             info,
-        ));
+            store: store.clone(),
+        };
+        tokio::spawn(runner.run(restored, events, link_events, stop_rx));
         info!(
             config = %config_path.display(),
             mode = %book.mode(),
@@ -122,9 +156,16 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         };
         info!(signal, "shutting down");
+        // XEP-0100: unavailable presence from contacts and the gateway before the link goes.
+        let (done, done_rx) = oneshot::channel();
+        if stop.send(done).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), done_rx).await;
+        }
         edge.shutdown();
         Ok::<(), anyhow::Error>(())
     })?;
+    store.flush().context("storage.path")?;
+    drop(store);
     info!("stopped");
     Ok(())
 }
@@ -148,75 +189,256 @@ fn im_settings(cfg: &config::Config) -> ImSettings {
     }
 }
 
-/// The engine's task: edge events, component stanzas and the engine's timer in; the engine's
-/// outputs to the edge and the link. When the link's queue is full, a 200 the engine gave for
-/// a request whose stanza could not be queued becomes 503 (Retry-After), so nothing is lost
-/// silently.
-async fn run_engine(
-    mut engine: ImEngine,
-    edge: Arc<EdgeHandle>,
-    mut edge_events: mpsc::UnboundedReceiver<EdgeEvent>,
-    link: LinkHandle,
-    mut link_events: mpsc::Receiver<LinkEvent>,
-    book: AddressBook,
-    info: GatewayInfo,
-) {
-    loop {
-        let deadline = engine.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                None => std::future::pending().await,
-            }
-        };
-        let outputs = tokio::select! {
-            e = edge_events.recv() => match e {
-                Some(e) => engine.on_edge(Instant::now(), e),
-                None => return,
-            },
-            l = link_events.recv() => match l {
-                Some(LinkEvent::Stanza(el)) if el.name() == "iq" => {
-                    if let Some(reply) = gateway::handle_iq(&el, &book, &info) {
-                        send_stanza(&link, reply);
-                    }
-                    continue;
-                }
-                Some(LinkEvent::Stanza(el)) => engine.on_stanza(Instant::now(), el),
-                Some(LinkEvent::Up { domain }) => {
-                    info!(%domain, "component link up");
-                    continue;
-                }
-                Some(LinkEvent::Down { domain, reason }) => {
-                    warn!(%domain, %reason, "component link down; stanzas are queued");
-                    continue;
-                }
-                None => return,
-            },
-            _ = sleep => engine.handle_timeout(Instant::now()),
-        };
-        // Stanzas first: if one cannot be queued, the SIP answer that goes with it says so.
-        let mut refused = false;
-        let mut rest = Vec::with_capacity(outputs.len());
-        for o in outputs {
-            match o {
-                Output::Stanza(el) => refused |= !send_stanza(&link, el),
-                other => rest.push(other),
+fn presence_settings(cfg: &config::Config) -> PresenceSettings {
+    PresenceSettings {
+        public_fqdn: cfg.sip.public_fqdn.clone(),
+        expires: cfg.presence.subscription_expires,
+        min_notify_interval: cfg.presence.notify_min_interval,
+        // The same LCS limit (24 h header signatures) as IM sessions.
+        dialog_max_age: cfg.im.dialog_max_age,
+        nick_suffix: cfg.presence.display_name_suffix.clone(),
+        icon_url: cfg.presence.icon_url.clone(),
+        ..PresenceSettings::default()
+    }
+}
+
+/// Every readable subscription in the store; unreadable ones are logged and skipped (they stay
+/// for `lcs-bridge store export` to show).
+fn stored_subscriptions(store: &dyn Store) -> std::vec::IntoIter<Subscription> {
+    let mut subs = Vec::new();
+    for r in store.subscriptions() {
+        match r {
+            Ok(s) => subs.push(s),
+            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, "subscription not restored"),
+            Err(e) => {
+                error!(reason = %e, "store: reading subscriptions stopped");
+                break;
             }
         }
-        for o in rest {
+    }
+    info!(count = subs.len(), "subscriptions restored from the store");
+    subs.into_iter()
+}
+
+/// The engines' task: edge events, component stanzas and the engines' timers in; their
+/// outputs to the store, the edge and the link.
+struct Runner {
+    im: ImEngine,
+    presence: PresenceEngine,
+    edge: Arc<EdgeHandle>,
+    link: LinkHandle,
+    book: AddressBook,
+    info: GatewayInfo,
+    store: Arc<SledStore>,
+}
+
+/// Which engine an output batch came from (they are executed differently).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Im,
+    Presence,
+}
+
+impl Runner {
+    /// Dispatch: presence stanzas and SUBSCRIBE/NOTIFY/BENOTIFY to the presence engine,
+    /// messages and other requests to IM, IQs to the gateway handler; a transaction's events
+    /// to the engine that started it; a lost connection to both. `stop` asks for the shutdown
+    /// presences; the task answers on the channel it is given when they are queued.
+    async fn run(
+        mut self,
+        restored: Vec<Output>,
+        mut edge_events: mpsc::UnboundedReceiver<EdgeEvent>,
+        mut link_events: mpsc::Receiver<LinkEvent>,
+        mut stop: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
+        self.execute(Source::Presence, restored).await;
+        loop {
+            let deadline = match (self.im.poll_timeout(), self.presence.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let batches: Vec<(Source, Vec<Output>)> = tokio::select! {
+                e = edge_events.recv() => match e {
+                    Some(e) => self.on_edge(e),
+                    None => return,
+                },
+                l = link_events.recv() => match l {
+                    Some(LinkEvent::Stanza(el)) if el.name() == "iq" => {
+                        if let Some(reply) = gateway::handle_iq(&el, &self.book, &self.info) {
+                            send_stanza(&self.link, reply);
+                        }
+                        continue;
+                    }
+                    Some(LinkEvent::Stanza(el)) if el.name() == "presence" => {
+                        vec![(Source::Presence, self.presence.on_stanza(Instant::now(), el))]
+                    }
+                    Some(LinkEvent::Stanza(el)) => {
+                        vec![(Source::Im, self.im.on_stanza(Instant::now(), el))]
+                    }
+                    Some(LinkEvent::Up { domain }) => {
+                        info!(%domain, "component link up");
+                        continue;
+                    }
+                    Some(LinkEvent::Down { domain, reason }) => {
+                        warn!(%domain, %reason, "component link down; stanzas are queued");
+                        continue;
+                    }
+                    None => return,
+                },
+                done = stop.recv() => {
+                    let outputs = self.presence.shutdown();
+                    self.execute(Source::Presence, outputs).await;
+                    self.drain_link().await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                _ = sleep => {
+                    let now = Instant::now();
+                    vec![
+                        (Source::Im, self.im.handle_timeout(now)),
+                        (Source::Presence, self.presence.handle_timeout(now)),
+                    ]
+                }
+            };
+            for (from, outputs) in batches {
+                self.execute(from, outputs).await;
+            }
+        }
+    }
+
+    fn on_edge(&mut self, event: EdgeEvent) -> Vec<(Source, Vec<Output>)> {
+        let now = Instant::now();
+        let owner = |tx: TxId, presence: &PresenceEngine| {
+            if presence.owns(tx) {
+                Source::Presence
+            } else {
+                Source::Im
+            }
+        };
+        let to = match &event {
+            EdgeEvent::Request { request, .. } => match request.method() {
+                Some(m) if PresenceEngine::handles(m) => Source::Presence,
+                _ => Source::Im,
+            },
+            EdgeEvent::Transaction(
+                TxEvent::Response { tx, .. }
+                | TxEvent::Timeout { tx }
+                | TxEvent::TransportError { tx },
+            )
+            | EdgeEvent::Undeliverable { tx, .. } => owner(*tx, &self.presence),
+            EdgeEvent::Transaction(_) => Source::Im,
+            EdgeEvent::ConnectionLost { .. } => {
+                return vec![
+                    (Source::Im, self.im.on_edge(now, event.clone())),
+                    (Source::Presence, self.presence.on_edge(now, event)),
+                ];
+            }
+        };
+        match to {
+            Source::Im => vec![(Source::Im, self.im.on_edge(now, event))],
+            Source::Presence => vec![(Source::Presence, self.presence.on_edge(now, event))],
+        }
+    }
+
+    /// Runs one engine's outputs. IM: stanzas first, so that a 200 whose stanza the link could
+    /// not queue becomes 503 (Retry-After) and nothing is lost silently. Presence: strictly in
+    /// order, each store write durable (or, for `PersistLazy`, written) before the next output;
+    /// a stanza the link refused turns a following 2xx to SUBSCRIBE into 503, a failed store
+    /// write turns following 2xx responses into 500 (the change was not kept: LCS tries
+    /// again).
+    async fn execute(&mut self, from: Source, outputs: Vec<Output>) {
+        let outputs = match from {
+            Source::Im => {
+                let (stanzas, rest): (Vec<Output>, Vec<Output>) = outputs
+                    .into_iter()
+                    .partition(|o| matches!(o, Output::Stanza(_)));
+                stanzas.into_iter().chain(rest).collect()
+            }
+            Source::Presence => outputs,
+        };
+        let mut refused = false;
+        let mut unsaved = false;
+        for o in outputs {
             match o {
+                Output::Stanza(el) => refused |= !send_stanza(&self.link, el),
                 Output::Request { tx, request, route } => {
-                    edge.send_request_as(tx, request, route).await
+                    self.edge.send_request_as(tx, request, route).await
                 }
                 Output::Respond { tx, mut response } => {
-                    if refused && response.status() == Some(200) {
+                    let ok = response.status().is_some_and(|s| (200..300).contains(&s));
+                    let subscribe = response.cseq().is_ok_and(|c| c.method == Method::Subscribe);
+                    if unsaved && ok {
+                        response = unsaved_reply(&response);
+                    } else if refused
+                        && ((from == Source::Im && response.status() == Some(200))
+                            || (from == Source::Presence && ok && subscribe))
+                    {
                         response = overloaded(&response);
                     }
-                    edge.respond(tx, response).await
+                    self.edge.respond(tx, response).await
                 }
-                Output::Ack { conn, ack } => edge.send_ack(conn, ack).await,
-                Output::Stanza(_) => {}
+                Output::Ack { conn, ack } => self.edge.send_ack(conn, ack).await,
+                Output::Persist(sub) => unsaved |= !self.write(*sub, true).await,
+                Output::PersistLazy(sub) => unsaved |= !self.write(*sub, false).await,
+                Output::Forget {
+                    direction,
+                    local,
+                    remote,
+                } => {
+                    let store = self.store.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        store.remove_subscription(direction, &local, &remote)
+                    })
+                    .await;
+                    if !matches!(r, Ok(Ok(_))) {
+                        error!(result = ?r, "store: subscription not removed");
+                        unsaved = true;
+                    }
+                }
             }
+        }
+    }
+
+    /// Writes a subscription off the async threads (a synced write waits for the disk).
+    async fn write(&self, sub: Subscription, durable: bool) -> bool {
+        let store = self.store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            if durable {
+                store.put_subscription(&sub)
+            } else {
+                store.put_subscription_lazy(&sub)
+            }
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => true,
+            other => {
+                error!(result = ?other, "store: subscription not written");
+                false
+            }
+        }
+    }
+
+    /// Waits (at most 2 s) until the link's queues are empty, so that the shutdown presences
+    /// reach the XMPP server.
+    async fn drain_link(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline
+            && self
+                .link
+                .domains()
+                .iter()
+                .any(|d| self.link.is_up(d) && self.link.queued(d) > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -232,18 +454,35 @@ fn send_stanza(link: &LinkHandle, stanza: xmpp_parsers::minidom::Element) -> boo
     }
 }
 
+/// A 500 in place of a 2xx whose state change the store did not keep.
+fn unsaved_reply(ok: &Message) -> Message {
+    replacement(ok, 500, "Server Internal Error: state not saved", None)
+}
+
 /// A 503 in place of a 200 the XMPP side could not take (the link's queue is full).
 fn overloaded(ok: &Message) -> Message {
-    let mut r = Message::new_response(503, "Service Unavailable: XMPP server unreachable");
+    replacement(
+        ok,
+        503,
+        "Service Unavailable: XMPP server unreachable",
+        Some("5"),
+    )
+}
+
+/// `ok`'s Via, From, To, Call-ID and CSeq on a new status line, without body or Contact.
+fn replacement(ok: &Message, status: u16, reason: &str, retry_after: Option<&str>) -> Message {
+    let mut r = Message::new_response(status, reason);
     for (name, value) in ok.headers() {
         if !matches!(
             name.to_ascii_lowercase().as_str(),
-            "content-type" | "content-length" | "contact" | "c" | "l" | "m"
+            "content-type" | "content-length" | "contact" | "c" | "l" | "m" | "expires"
         ) {
             r.push_header(name, value);
         }
     }
-    r.push_header("Retry-After", "5");
+    if let Some(after) = retry_after {
+        r.push_header("Retry-After", after);
+    }
     r
 }
 

@@ -30,4 +30,5 @@ pub mod inspect;
 pub mod policy;
 pub mod random;
 pub mod sip;
+pub mod store;
 pub mod xmpp;

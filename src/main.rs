@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 use lcs_bridge::core::tables::Mappings;
+use lcs_bridge::store::{self, SledStore, Store as _, StoreError};
 use lcs_bridge::{app, config, inspect};
 
 #[derive(Parser)]
@@ -37,6 +38,25 @@ enum Command {
     /// Show how the bridge reads wire data.
     #[command(subcommand)]
     Inspect(Inspect),
+    /// Read the persistent store (subscriptions, IM dialogs). The bridge must be stopped.
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Count the records by kind, direction and state.
+    Stats {
+        /// Configuration file (TOML); the store is in its storage.path.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print every record as one JSON object per line (backup and audit).
+    Export {
+        /// Configuration file (TOML); the store is in its storage.path.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +169,61 @@ fn run_inspect(cmd: Inspect) -> Result<(), String> {
     }
 }
 
+fn open_store(config: &Path) -> Result<SledStore, String> {
+    let cfg = config::load(config).map_err(|problems| join_problems(&problems))?;
+    SledStore::open_existing(&store::sled_dir(cfg.storage_path())).map_err(|e| e.to_string())
+}
+
+/// `store stats` and `store export`. Corrupt records are named on stderr and make the exit
+/// status 1; every good record is still counted or printed.
+fn run_store(cmd: StoreCmd) -> Result<(), String> {
+    match cmd {
+        StoreCmd::Stats { config } => {
+            let store = open_store(&config)?;
+            let stats = store.stats().map_err(|e| e.to_string())?;
+            println!("{stats}");
+            if stats.corrupt > 0 {
+                return Err(format!(
+                    "{} records do not decode; `lcs-bridge store export` names them",
+                    stats.corrupt
+                ));
+            }
+            Ok(())
+        }
+        StoreCmd::Export { config } => {
+            use std::io::Write as _;
+            let store = open_store(&config)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut corrupt = 0u64;
+            let mut line = |r: Result<serde_json::Value, StoreError>| -> Result<(), String> {
+                match r {
+                    Ok(v) => writeln!(out, "{v}")
+                        .map_err(|e| format!("cannot write standard output: {e}")),
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        eprintln!("error: {e}");
+                        corrupt += 1;
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            for r in store.subscriptions() {
+                line(r.map(|s| s.to_json()))?;
+            }
+            for r in store.im_dialogs() {
+                line(r.map(|d| d.to_json()))?;
+            }
+            out.flush()
+                .map_err(|e| format!("cannot write standard output: {e}"))?;
+            if corrupt > 0 {
+                return Err(format!("{corrupt} corrupt records were left out"));
+            }
+            Ok(())
+        }
+    }
+}
+
 fn join_problems(problems: &[config::Problem]) -> String {
     problems
         .iter()
@@ -194,6 +269,13 @@ fn main() -> ExitCode {
             }
         },
         Command::CheckConfig { file } => check_config(&file),
+        Command::Store(cmd) => match run_store(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", e.replace('\n', "; "));
+                ExitCode::FAILURE
+            }
+        },
         Command::Inspect(cmd) => match run_inspect(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,8 +1,8 @@
 //! The `lcs-bridge` binary as an administrator uses it: `check-config` on the shipped example
 //! (with certificates from `tests/make-test-certs.sh`) and on broken copies, `inspect` on files
-//! and standard input, and `run` against a test Prosody: reloading on SIGHUP, stopping cleanly
-//! on SIGTERM and SIGINT, and exiting 1 with a clear message when the component secret is
-//! refused.
+//! and standard input, and `run` against a test Prosody: reloading on SIGHUP, holding the store
+//! (`store stats` says it is in use), stopping cleanly on SIGTERM and SIGINT, and exiting 1
+//! with a clear message when the component secret is refused.
 
 #![allow(clippy::unwrap_used)]
 
@@ -347,6 +347,16 @@ fn run_stops_cleanly_on_sigterm_and_sigint() {
             .map_while(Result::ok)
             .any(|l| l.contains("lcs-bridge started"));
         assert!(started, "no start-up log line");
+        // The running bridge holds the store: the administrator's commands say so.
+        let busy = run(
+            &["store", "stats", "--config", file.to_str().unwrap()],
+            None,
+        );
+        assert_eq!(busy.status.code(), Some(1), "{busy:?}");
+        assert!(
+            text(&busy.stderr).contains("the store is in use by a running bridge ("),
+            "{busy:?}"
+        );
         // SIGHUP reloads the TLS material and the bridge keeps running.
         let hup = Command::new("kill")
             .args(["-HUP".to_owned(), child.id().to_string()])
@@ -379,6 +389,11 @@ fn run_stops_cleanly_on_sigterm_and_sigint() {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "SIG{signal}: {status}");
+        let stats = run(
+            &["store", "stats", "--config", file.to_str().unwrap()],
+            None,
+        );
+        assert!(stats.status.success(), "{stats:?}");
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
         assert!(
             rest.iter().any(|l| l.contains(&format!("SIG{signal}"))),

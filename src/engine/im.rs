@@ -70,22 +70,7 @@ impl Default for ImSettings {
     }
 }
 
-/// What the I/O layer must do.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output {
-    /// Send a stanza on the component link.
-    Stanza(Element),
-    /// Send a SIP request as client transaction `tx`.
-    Request {
-        tx: TxId,
-        request: Message,
-        route: Route,
-    },
-    /// Answer server transaction `tx`.
-    Respond { tx: TxId, response: Message },
-    /// Send the ACK for a 2xx on the dialog's connection.
-    Ack { conn: ConnId, ack: Message },
-}
+pub use super::Output;
 
 /// One message waiting for, or travelling in, a MESSAGE request.
 #[derive(Debug, Clone)]
@@ -175,6 +160,12 @@ impl ImEngine {
             purposes: HashMap::new(),
             rng: SplitMix::new(seed),
         }
+    }
+
+    /// Whether client transaction `tx` is this engine's (the runner shares the edge's events
+    /// between the engines).
+    pub fn owns(&self, tx: TxId) -> bool {
+        self.purposes.contains_key(&tx)
     }
 
     /// Live sessions (for tests and stats).

@@ -2,5 +2,47 @@
 //! Sans-IO like the edge core: every input takes `now`, timers come from `poll_timeout`.
 //!
 //! - [`im`]: session-mode instant messaging both ways (issue 4).
+//! - [`presence`]: presence and subscriptions both ways (issue 5).
+//!
+//! Both engines return [`Output`]s, which the runner (`app.rs`) executes **in order**; store
+//! writes ([`Output::Persist`], [`Output::Forget`]) are durable before the next output runs.
 
 pub mod im;
+pub mod presence;
+
+use xmpp_parsers::minidom::Element;
+
+use crate::edge::core::Route;
+use crate::sip::message::Message;
+use crate::sip::transaction::{ConnId, TxId};
+use crate::store::{Direction, Subscription};
+
+/// What the I/O layer must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send a stanza on the component link.
+    Stanza(Element),
+    /// Send a SIP request as client transaction `tx`.
+    Request {
+        tx: TxId,
+        request: Message,
+        route: Route,
+    },
+    /// Answer server transaction `tx`.
+    Respond { tx: TxId, response: Message },
+    /// Send the ACK for a 2xx on the dialog's connection.
+    Ack { conn: ConnId, ack: Message },
+    /// Write this subscription to the store, durably, before running the next output.
+    Persist(Box<Subscription>),
+    /// Write this subscription without waiting for the disk (`Store::put_subscription_lazy`):
+    /// changes whose loss in a crash costs nothing that matters (a refreshed expiry).
+    PersistLazy(Box<Subscription>),
+    /// Remove this subscription from the store, durably, before running the next output.
+    Forget {
+        direction: Direction,
+        /// The local user's bare JID.
+        local: String,
+        /// The LCS user's AOR.
+        remote: String,
+    },
+}

@@ -183,6 +183,36 @@ impl Dialog {
         })
     }
 
+    /// A dialog kept elsewhere (the store) brought back: both CSeq counters as they were, on
+    /// `conn` (the connection it lived on is gone after a restart: pass the one to use, the
+    /// caller routes by domain until the peer is reached again). It counts as confirmed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restored(
+        id: DialogId,
+        local: (String, Option<String>),
+        remote: (String, Option<String>),
+        remote_target: String,
+        route_set: Vec<String>,
+        cseqs: (u32, Option<u32>),
+        conn: ConnId,
+        created: Instant,
+    ) -> Dialog {
+        Dialog {
+            id,
+            local_uri: local.0,
+            local_display: local.1,
+            remote_uri: remote.0,
+            remote_display: remote.1,
+            remote_target,
+            route_set,
+            conn,
+            local_cseq: cseqs.0,
+            remote_cseq: cseqs.1,
+            created,
+            confirmed: true,
+        }
+    }
+
     /// The initial transaction's final response has been sent (UAS): in-dialog requests may
     /// now go out.
     pub fn confirm(&mut self) {
@@ -201,6 +231,11 @@ impl Dialog {
     /// The CSeq number of the last request this side sent.
     pub fn local_cseq(&self) -> u32 {
         self.local_cseq
+    }
+
+    /// The CSeq number of the last request the peer sent (none yet on a UAC dialog).
+    pub fn remote_cseq(&self) -> Option<u32> {
+        self.remote_cseq
     }
 
     /// Builds the next request in this dialog (§12.2.1.1): To/From with both tags, the next

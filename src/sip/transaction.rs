@@ -403,6 +403,12 @@ impl Transactions {
         match method {
             Method::Ack => self.event(TxEvent::Ack { conn, request }),
             Method::Cancel => self.receive_cancel(conn, key, request),
+            Method::Benotify => {
+                // Microsoft's best-effort NOTIFY expects no response (lcs-quirks.md): no
+                // server transaction is kept for it, since none would ever complete.
+                let tx = self.id();
+                self.event(TxEvent::Request { tx, conn, request });
+            }
             _ => {
                 let tx = self.id();
                 let mut last_response = None;

@@ -1,0 +1,314 @@
+//! Store measurements for docs/benchmarks.md ("Store"): synced write latency, group commit,
+//! bytes on disk and memory per subscription, reopen and scan time.
+//!
+//! ```sh
+//! cargo run --release --example store_bench -- [--records N] [--pidf] [--dir DIR]
+//! ```
+//!
+//! `--records` (default 100000) subscriptions are loaded in batches of 1,000; `--pidf` stores a
+//! full PIDF document (571 bytes, the profile's example) as `last_received` and a 380-byte one
+//! as `last_sent` instead of the compact ~70-byte stanzas; `--dir` puts the store somewhere
+//! else than a temporary directory under the current one (which is removed at the end).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lcs_bridge::store::{
+    Approval, DialogRecord, Direction, SledOptions, SledStore, Store, SubState, Subscription,
+};
+
+const PIDF: &[u8] = include_bytes!("../tests/golden/pidf/profile-example.xml");
+
+fn record(i: u64, pidf: bool) -> Subscription {
+    let (last_sent, last_received) = if pidf {
+        (PIDF[..380].to_vec(), PIDF.to_vec())
+    } else {
+        (
+            b"<presence><show>away</show><status>In a meeting</status></presence>".to_vec(),
+            b"<presence><show>dnd</show><status>Presenting</status></presence>".to_vec(),
+        )
+    };
+    Subscription {
+        direction: if i % 2 == 0 {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        },
+        local_jid: format!("user{:06}@example.org", i / 40),
+        remote_aor: format!("sip:contact{:06}@contoso.com", i % 50_000),
+        dialog: Some(DialogRecord {
+            call_id: format!("{:032x}", u128::from(i) * 0x9E37_79B9_7F4A_7C15),
+            local_tag: format!("{:010x}", i * 7919),
+            remote_tag: format!("{:010x}", i * 104_729),
+            local_uri: format!("sip:user{:06}@example.org", i / 40),
+            local_display: None,
+            remote_uri: format!("sip:contact{:06}@contoso.com", i % 50_000),
+            remote_display: Some(format!("Contact {:06}", i % 50_000)),
+            remote_target: format!(
+                "sip:contact{:06}@contoso.com;opaque=user:epid:Ab12Cd34Ef56Gh78Ij90Kl;gruu",
+                i % 50_000
+            ),
+            route_set: vec!["<sip:sipfed.contoso.com:5061;transport=tls;lr>".into()],
+            local_cseq: 3,
+            remote_cseq: Some(17),
+            created_unix: 1_790_000_000 + i,
+        }),
+        expires_unix: 1_790_003_600 + i,
+        state: SubState::Active,
+        approval: Approval::Approved,
+        last_sent: Some(last_sent),
+        last_received: Some(last_received),
+        updated_unix: 1_790_000_000 + i,
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory (VmRSS) in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn percentiles(mut d: Vec<Duration>) -> String {
+    d.sort();
+    let at = |p: f64| d[((d.len() as f64 * p) as usize).min(d.len() - 1)];
+    let mean = d.iter().sum::<Duration>() / d.len() as u32;
+    format!(
+        "mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs ({} ops)",
+        mean.as_secs_f64() * 1e6,
+        at(0.5).as_secs_f64() * 1e6,
+        at(0.99).as_secs_f64() * 1e6,
+        d[d.len() - 1].as_secs_f64() * 1e6,
+        d.len()
+    )
+}
+
+fn synced_writes(dir: &Path, fsync: bool) {
+    let path = dir.join(if fsync { "lat-fsync" } else { "lat-flush" });
+    let store = SledStore::open_with(
+        &path,
+        &SledOptions {
+            fsync,
+            ..SledOptions::default()
+        },
+    )
+    .unwrap();
+    let mut lat = Vec::new();
+    for i in 0..2000 {
+        // 500 keys rewritten in turn; each write changes the record (sled skips a write of
+        // the value already stored).
+        let mut r = record(i % 500, false);
+        r.updated_unix = 2_000_000_000 + i;
+        let t = Instant::now();
+        store.put_subscription(&r).unwrap();
+        lat.push(t.elapsed());
+    }
+    println!(
+        "put_subscription, 1 thread, {}: {}",
+        if fsync {
+            "flush + fsync (default)"
+        } else {
+            "sled flush only"
+        },
+        percentiles(lat)
+    );
+    drop(store);
+    std::fs::remove_dir_all(&path).unwrap();
+}
+
+fn lazy_writes(dir: &Path) {
+    let path = dir.join("lazy");
+    let store = SledStore::open(&path).unwrap();
+    let mut lat = Vec::new();
+    for i in 0..20_000 {
+        let mut r = record(i % 500, false);
+        r.updated_unix = 2_000_000_000 + i;
+        let t = Instant::now();
+        store.put_subscription_lazy(&r).unwrap();
+        lat.push(t.elapsed());
+    }
+    println!("put_subscription_lazy, 1 thread: {}", percentiles(lat));
+    drop(store);
+    std::fs::remove_dir_all(&path).unwrap();
+}
+
+fn concurrent_writes(dir: &Path, threads: u64) {
+    let path = dir.join("conc");
+    let store = Arc::new(SledStore::open(&path).unwrap());
+    let per = 500;
+    let t = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|n| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    store.put_subscription(&record(n * per + i, false)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let el = t.elapsed();
+    println!(
+        "put_subscription, {threads} threads: {:.0} synced writes/s ({} writes in {:.2} s)",
+        (threads * per) as f64 / el.as_secs_f64(),
+        threads * per,
+        el.as_secs_f64()
+    );
+    drop(store);
+    std::fs::remove_dir_all(&path).unwrap();
+}
+
+fn batches(dir: &Path, size: u64) {
+    let path = dir.join("batch");
+    let store = SledStore::open(&path).unwrap();
+    let mut lat = Vec::new();
+    for b in 0..200 {
+        let batch: Vec<Subscription> = (0..size).map(|i| record(b * size + i, false)).collect();
+        let t = Instant::now();
+        store.put_subscriptions(&batch).unwrap();
+        lat.push(t.elapsed());
+    }
+    let mean = lat.iter().sum::<Duration>() / lat.len() as u32;
+    println!(
+        "put_subscriptions, batches of {size}: {:.1} µs per batch, {:.1} µs per record",
+        mean.as_secs_f64() * 1e6,
+        mean.as_secs_f64() * 1e6 / size as f64
+    );
+    drop(store);
+    std::fs::remove_dir_all(&path).unwrap();
+}
+
+fn bulk(dir: &Path, n: u64, pidf: bool) {
+    let path = dir.join("bulk");
+    let rss0 = rss();
+    let store = SledStore::open(&path).unwrap();
+    let t = Instant::now();
+    let mut encoded = 0u64;
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Subscription> = (i..(i + 1000).min(n)).map(|j| record(j, pidf)).collect();
+        store.put_subscriptions(&batch).unwrap();
+        i += 1000;
+    }
+    let load = t.elapsed();
+    for r in store.subscriptions().take(1000) {
+        let s = r.unwrap();
+        encoded += s.encoded_len() as u64;
+    }
+    println!(
+        "bulk load {n} subscriptions ({}): {:.2} s ({:.0}/s); key+value ≈ {} bytes per record",
+        if pidf {
+            "PIDF documents"
+        } else {
+            "compact presence"
+        },
+        load.as_secs_f64(),
+        n as f64 / load.as_secs_f64(),
+        encoded / 1000
+    );
+    store.flush().unwrap();
+    println!(
+        "  on disk while open: {} bytes = {:.0} bytes per subscription (sled reports {})",
+        dir_size(&path),
+        dir_size(&path) as f64 / n as f64,
+        store.size_on_disk().unwrap()
+    );
+    println!(
+        "  RSS after the load: {:.1} MiB over the start",
+        (rss().saturating_sub(rss0)) as f64 / 1048576.0
+    );
+    drop(store);
+    let rss1 = rss();
+    let t = Instant::now();
+    let store = SledStore::open(&path).unwrap();
+    let open = t.elapsed();
+    let rss_open = rss();
+    let t = Instant::now();
+    let got = store
+        .get_subscription(
+            Direction::Outbound,
+            &format!("user{:06}@example.org", (n / 2) / 40),
+            &format!("sip:contact{:06}@contoso.com", (n / 2) % 50_000),
+        )
+        .unwrap();
+    let get = t.elapsed();
+    assert!(got.is_some() || n < 2);
+    let t = Instant::now();
+    let stats = store.stats().unwrap();
+    let scan = t.elapsed();
+    assert_eq!(stats.total_subscriptions(), n);
+    println!(
+        "  reopen: {:.0} ms, RSS +{:.1} MiB; one point get after reopen {:.0} µs; full scan (stats) {:.2} s, RSS +{:.1} MiB over before the reopen",
+        open.as_secs_f64() * 1e3,
+        rss_open.saturating_sub(rss1) as f64 / 1048576.0,
+        get.as_secs_f64() * 1e6,
+        scan.as_secs_f64(),
+        rss().saturating_sub(rss1) as f64 / 1048576.0,
+    );
+    drop(store);
+    println!(
+        "  on disk after a clean close: {} bytes = {:.0} bytes per subscription; {} blob files",
+        dir_size(&path),
+        dir_size(&path) as f64 / n as f64,
+        std::fs::read_dir(path.join("blobs")).map_or(0, |d| d.count())
+    );
+    std::fs::remove_dir_all(&path).unwrap();
+}
+
+fn main() {
+    let mut records = 100_000u64;
+    let mut pidf = false;
+    let mut dir: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--records" => records = args.next().unwrap().parse().unwrap(),
+            "--pidf" => pidf = true,
+            "--dir" => dir = Some(args.next().unwrap().into()),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let tmp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::tempdir_in(".").unwrap();
+            tmp.path().to_owned()
+        }
+    };
+    synced_writes(&dir, true);
+    synced_writes(&dir, false);
+    lazy_writes(&dir);
+    concurrent_writes(&dir, 1);
+    concurrent_writes(&dir, 4);
+    concurrent_writes(&dir, 16);
+    batches(&dir, 10);
+    batches(&dir, 100);
+    bulk(&dir, records, pidf);
+}
