@@ -244,9 +244,92 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
         (rss().saturating_sub(rss0)) as f64 / 1048576.0
     );
     drop(store);
-    let rss1 = rss();
-    let t = Instant::now();
+    // Reopen in a fresh process, as a restarted bridge would: its memory is the store's.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--reopen",
+            path.to_str().unwrap(),
+            "--records",
+            &n.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     let store = SledStore::open(&path).unwrap();
+    // Churn: every record rewritten twice more (its presence changing), lazily, with a synced
+    // write every 100: what the store weighs after a while in service.
+    let t = Instant::now();
+    for round in 1..=2u64 {
+        for j in 0..n {
+            let mut r = record(j, pidf);
+            r.updated_unix += round * 10_000_000;
+            if j % 100 == 0 {
+                store.put_subscription(&r).unwrap();
+            } else {
+                store.put_subscription_lazy(&r).unwrap();
+            }
+        }
+    }
+    store.flush().unwrap();
+    println!(
+        "  after rewriting every record twice ({:.2} s): {} bytes = {:.0} bytes per subscription",
+        t.elapsed().as_secs_f64(),
+        dir_size(&path),
+        dir_size(&path) as f64 / n as f64
+    );
+    drop(store);
+    // Recovery after a crash: a process writes (synced and not) and is SIGKILLed; a fresh one
+    // reopens.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--write-until-killed",
+            path.to_str().unwrap(),
+            &n.to_string(),
+            if pidf { "pidf" } else { "compact" },
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "WRITING");
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--reopen",
+            path.to_str().unwrap(),
+            "--records",
+            &n.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    print!(
+        "  after SIGKILL during writes:{}",
+        String::from_utf8_lossy(&out.stdout).trim_start_matches("  reopen")
+    );
+    println!(
+        "  on disk after a clean close: {} bytes = {:.0} bytes per subscription; {} blob files",
+        dir_size(&path),
+        dir_size(&path) as f64 / n as f64,
+        std::fs::read_dir(path.join("blobs")).map_or(0, |d| d.count())
+    );
+    std::fs::remove_dir_all(&path).unwrap();
+}
+
+/// `--reopen DIR`: open the store, look one record up, scan everything; report times and
+/// resident memory.
+fn reopen(path: &Path, n: u64) {
+    let rss0 = rss();
+    let t = Instant::now();
+    let store = SledStore::open(path).unwrap();
     let open = t.elapsed();
     let rss_open = rss();
     let t = Instant::now();
@@ -263,36 +346,60 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
     let stats = store.stats().unwrap();
     let scan = t.elapsed();
     assert_eq!(stats.total_subscriptions(), n);
+    let rss_scan = rss();
     println!(
-        "  reopen: {:.0} ms, RSS +{:.1} MiB; one point get after reopen {:.0} µs; full scan (stats) {:.2} s, RSS +{:.1} MiB over before the reopen",
+        "  reopen (fresh process): {:.0} ms, RSS +{:.1} MiB; a point get {:.0} µs; full scan \
+         (stats) {:.2} s, then RSS +{:.1} MiB = {:.0} bytes per subscription",
         open.as_secs_f64() * 1e3,
-        rss_open.saturating_sub(rss1) as f64 / 1048576.0,
+        rss_open.saturating_sub(rss0) as f64 / 1048576.0,
         get.as_secs_f64() * 1e6,
         scan.as_secs_f64(),
-        rss().saturating_sub(rss1) as f64 / 1048576.0,
+        rss_scan.saturating_sub(rss0) as f64 / 1048576.0,
+        rss_scan.saturating_sub(rss0) as f64 / n as f64,
     );
-    drop(store);
-    println!(
-        "  on disk after a clean close: {} bytes = {:.0} bytes per subscription; {} blob files",
-        dir_size(&path),
-        dir_size(&path) as f64 / n as f64,
-        std::fs::read_dir(path.join("blobs")).map_or(0, |d| d.count())
-    );
-    std::fs::remove_dir_all(&path).unwrap();
+}
+
+/// `--write-until-killed DIR N pidf|compact`: rewrite records (one synced write in 100) until killed.
+fn write_until_killed(path: &Path, n: u64, pidf: bool) {
+    let store = SledStore::open(path).unwrap();
+    println!("WRITING");
+    let mut i = 0u64;
+    loop {
+        let mut r = record(i % n, pidf);
+        r.updated_unix += 90_000_000 + i;
+        if i % 100 == 0 {
+            store.put_subscription(&r).unwrap();
+        } else {
+            store.put_subscription_lazy(&r).unwrap();
+        }
+        i += 1;
+    }
 }
 
 fn main() {
     let mut records = 100_000u64;
     let mut pidf = false;
     let mut dir: Option<PathBuf> = None;
+    let mut reopen_dir: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--records" => records = args.next().unwrap().parse().unwrap(),
             "--pidf" => pidf = true,
             "--dir" => dir = Some(args.next().unwrap().into()),
+            "--reopen" => reopen_dir = Some(args.next().unwrap().into()),
+            "--write-until-killed" => {
+                let dir = args.next().unwrap();
+                let n = args.next().unwrap().parse().unwrap();
+                write_until_killed(Path::new(&dir), n, args.next().as_deref() == Some("pidf"));
+                return;
+            }
             other => panic!("unknown argument {other}"),
         }
+    }
+    if let Some(d) = reopen_dir {
+        reopen(&d, records);
+        return;
     }
     let tmp;
     let dir = match dir {

@@ -446,8 +446,18 @@ fn acknowledged_writes_survive_sigkill() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(KILLS);
     let mut rng = Rng(seed);
+    // LCS_STORE_CRASH_KEEP=1 keeps the database, each run's output and a copy of the database
+    // as the last kills left it, for a post-mortem (the path is printed; remove it by hand).
+    let keep = std::env::var_os("LCS_STORE_CRASH_KEEP").is_some();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sled");
+    let (base, _cleanup) = if keep {
+        let p = tmp.keep();
+        eprintln!("store_crash: keeping {}", p.display());
+        (p, None)
+    } else {
+        (tmp.path().to_owned(), Some(tmp))
+    };
+    let dir = base.join("sled");
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
     let mut on_disk: HashMap<Target, State> = HashMap::new();
@@ -533,6 +543,13 @@ fn acknowledged_writes_survive_sigkill() {
         for l in &lines {
             log.feed(l);
         }
+        if keep {
+            std::fs::write(base.join(format!("run-{run}.log")), lines.join("\n")).unwrap();
+            // The database as the kill left it, before this test opens (and recovers) it.
+            let copy = base.join(format!("killed-{run}"));
+            let _ = std::fs::remove_dir_all(base.join(format!("killed-{}", run.wrapping_sub(2))));
+            copy_dir(&dir, &copy);
+        }
         total_acks += log.acks;
         total_ops += log.ops.len();
 
@@ -582,6 +599,18 @@ fn acknowledged_writes_survive_sigkill() {
         total_acks > 100,
         "too little work between the kills: {total_acks} acknowledged writes"
     );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }
 
 fn dir_size(p: &Path) -> u64 {

@@ -126,9 +126,7 @@ impl Store for MemStore {
         let key = codec::sub_key(direction, local_jid, remote_aor)?;
         self.check_writable()?;
         let existed = self.lock().remove(&key).is_some();
-        if existed {
-            self.synced();
-        }
+        self.synced();
         Ok(existed)
     }
 

@@ -13,7 +13,9 @@
 //! one by one — for changes whose loss costs nothing that matters (the last presence sent; an
 //! IM dialog, whose loss costs a new INVITE) — they become durable with the next synced write,
 //! [`Store::flush`], or sled's background flush (every 500 ms). Writes are never reordered: after
-//! a crash the store holds every write up to some point, and at least every synced one.
+//! a crash the store holds every write up to some point, and at least every synced one. So a
+//! synced call is also a barrier: when it returns, every write made before it is durable too
+//! (even a removal that found nothing to remove syncs).
 //!
 //! **Identity.** A subscription is identified by (direction, local bare JID, remote AOR); an IM
 //! dialog by (local bare JID, remote AOR). Neither part may be empty or contain NUL
@@ -372,7 +374,8 @@ pub trait Store: Send + Sync {
         remote_aor: &str,
     ) -> Result<Option<Subscription>, StoreError>;
 
-    /// Removes a subscription; durable on return. True if it existed.
+    /// Removes a subscription; durable on return (and synced even if there was nothing to
+    /// remove). True if it existed.
     fn remove_subscription(
         &self,
         direction: Direction,

@@ -332,9 +332,9 @@ impl Store for SledStore {
     ) -> Result<bool, StoreError> {
         let key = codec::sub_key(direction, local_jid, remote_aor)?;
         let existed = self.db.remove(key).map_err(backend)?.is_some();
-        if existed {
-            self.sync()?;
-        }
+        // Synced even when nothing was removed: a synced call is a barrier for the unsynced
+        // writes before it.
+        self.sync()?;
         Ok(existed)
     }
 
