@@ -29,6 +29,7 @@
 
 mod codec;
 mod mem;
+mod redb_store;
 mod sled_store;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 pub use mem::MemStore;
+pub use redb_store::{REDB_FILE, RedbOptions, RedbStore};
 pub use sled_store::{CURRENT_SCHEMA_VERSION, SledOptions, SledStore, migrate};
 
 use crate::sip::dialog::Dialog;
