@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release --example store_bench -- [--records N] [--pidf|--tiny] [--dir DIR]
-//! LCS_STORE_BENCH_BACKEND=redb cargo run --release --example store_bench -- …   # redb
+//! LCS_STORE_BENCH_BACKEND=redb cargo run --release --features redb --example store_bench -- …
 //! ```
 //!
 //! `--records` (default 100000) subscriptions are loaded in batches of 1,000; `--pidf` stores a
@@ -18,8 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lcs_bridge::store::{
-    Approval, DialogRecord, Direction, RedbOptions, RedbStore, SledOptions, SledStore, Store,
-    SubState, Subscription,
+    Approval, DialogRecord, Direction, SledOptions, SledStore, Store, SubState, Subscription,
 };
 
 const PIDF: &[u8] = include_bytes!("../tests/golden/pidf/profile-example.xml");
@@ -121,28 +120,30 @@ fn redb() -> bool {
 /// configuration, or (`alternative`) sled without the fsync / redb without quick repair.
 fn open_store(path: &Path, alternative: bool) -> Box<dyn Store> {
     if redb() {
-        Box::new(
-            RedbStore::open_with(
+        #[cfg(feature = "redb")]
+        return Box::new(
+            lcs_bridge::store::RedbStore::open_with(
                 path,
-                &RedbOptions {
+                &lcs_bridge::store::RedbOptions {
                     quick_repair: !alternative,
-                    ..RedbOptions::default()
+                    ..lcs_bridge::store::RedbOptions::default()
                 },
             )
             .unwrap(),
-        )
-    } else {
-        Box::new(
-            SledStore::open_with(
-                path,
-                &SledOptions {
-                    fsync: !alternative,
-                    ..SledOptions::default()
-                },
-            )
-            .unwrap(),
-        )
+        );
+        #[cfg(not(feature = "redb"))]
+        panic!("LCS_STORE_BENCH_BACKEND=redb needs --features redb");
     }
+    Box::new(
+        SledStore::open_with(
+            path,
+            &SledOptions {
+                fsync: !alternative,
+                ..SledOptions::default()
+            },
+        )
+        .unwrap(),
+    )
 }
 
 fn open(path: &Path) -> Box<dyn Store> {

@@ -20,7 +20,7 @@
 //! Then it starts the child again on the same directory: 25 kills in all, well under a minute
 //! (`LCS_STORE_CRASH_KILLS=N` and `LCS_STORE_CRASH_KEYS=N` for longer runs on a larger database
 //! by hand).
-//! `LCS_STORE_CRASH_BACKEND=redb` runs the same test on [`RedbStore`] instead of sled.
+//! `LCS_STORE_CRASH_BACKEND=redb` (with `--features redb`) runs the same test on `RedbStore`.
 //! A failure prints the seed; `LCS_STORE_CRASH_SEED=<seed>` replays the same kill schedule
 //! (the child's timing still varies).
 
@@ -34,7 +34,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lcs_bridge::store::{
-    Approval, DialogRecord, Direction, ImDialog, RedbStore, SledStore, Store, StoreError, SubState,
+    Approval, DialogRecord, Direction, ImDialog, SledStore, Store, StoreError, SubState,
     Subscription,
 };
 
@@ -51,10 +51,14 @@ fn key_count() -> u64 {
         .unwrap_or(KEYS)
 }
 
-/// The store under test: sled (the product's), or redb with `LCS_STORE_CRASH_BACKEND=redb`.
+/// The store under test: sled (the product's), or redb with `LCS_STORE_CRASH_BACKEND=redb`
+/// (and `--features redb`).
 fn open_store(dir: &Path) -> Result<Box<dyn Store>, StoreError> {
     match std::env::var("LCS_STORE_CRASH_BACKEND").as_deref() {
-        Ok("redb") => Ok(Box::new(RedbStore::open(dir)?)),
+        #[cfg(feature = "redb")]
+        Ok("redb") => Ok(Box::new(lcs_bridge::store::RedbStore::open(dir)?)),
+        #[cfg(not(feature = "redb"))]
+        Ok("redb") => panic!("LCS_STORE_CRASH_BACKEND=redb needs --features redb"),
         Ok("sled") | Err(_) => Ok(Box::new(SledStore::open(dir)?)),
         Ok(other) => panic!("LCS_STORE_CRASH_BACKEND={other}: sled or redb"),
     }

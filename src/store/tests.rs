@@ -784,6 +784,7 @@ proptest! {
     }
 }
 
+#[cfg(feature = "redb")]
 #[test]
 fn redb_store_behaviour_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -797,6 +798,7 @@ fn redb_store_behaviour_and_reopen() {
     assert_eq!(store.stats().unwrap().total_subscriptions(), 5);
 }
 
+#[cfg(feature = "redb")]
 #[test]
 fn redb_store_corrupt_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -804,6 +806,7 @@ fn redb_store_corrupt_record() {
     corrupt_record_is_reported(&store, &|k, v| store.put_raw(k, v).unwrap());
 }
 
+#[cfg(feature = "redb")]
 #[test]
 fn redb_store_is_locked_while_open_and_checks_the_schema() {
     let dir = tempfile::tempdir().unwrap();
