@@ -2,12 +2,13 @@
 //! bytes on disk and memory per subscription, reopen and scan time.
 //!
 //! ```sh
-//! cargo run --release --example store_bench -- [--records N] [--pidf] [--dir DIR]
+//! cargo run --release --example store_bench -- [--records N] [--pidf|--tiny] [--dir DIR]
+//! LCS_STORE_BENCH_BACKEND=redb cargo run --release --features redb --example store_bench -- …
 //! ```
 //!
 //! `--records` (default 100000) subscriptions are loaded in batches of 1,000; `--pidf` stores a
 //! full PIDF document (571 bytes, the profile's example) as `last_received` and a 380-byte one
-//! as `last_sent` instead of the compact ~70-byte stanzas; `--dir` puts the store somewhere
+//! as `last_sent` instead of the compact ~70-byte stanzas, `--tiny` an 8-byte code; `--dir` puts the store somewhere
 //! else than a temporary directory under the current one (which is removed at the end).
 
 #![allow(clippy::unwrap_used)]
@@ -22,9 +23,14 @@ use lcs_bridge::store::{
 
 const PIDF: &[u8] = include_bytes!("../tests/golden/pidf/profile-example.xml");
 
+/// `--tiny`: presence kept as an 8-byte code (show, a status hash) instead of a stanza.
+static TINY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn record(i: u64, pidf: bool) -> Subscription {
     let (last_sent, last_received) = if pidf {
         (PIDF[..380].to_vec(), PIDF.to_vec())
+    } else if TINY.load(std::sync::atomic::Ordering::Relaxed) {
+        (i.to_le_bytes().to_vec(), (!i).to_le_bytes().to_vec())
     } else {
         (
             b"<presence><show>away</show><status>In a meeting</status></presence>".to_vec(),
@@ -106,16 +112,47 @@ fn percentiles(mut d: Vec<Duration>) -> String {
     )
 }
 
-fn synced_writes(dir: &Path, fsync: bool) {
-    let path = dir.join(if fsync { "lat-fsync" } else { "lat-flush" });
-    let store = SledStore::open_with(
-        &path,
-        &SledOptions {
-            fsync,
-            ..SledOptions::default()
-        },
+fn redb() -> bool {
+    std::env::var("LCS_STORE_BENCH_BACKEND").as_deref() == Ok("redb")
+}
+
+/// The store under test (`LCS_STORE_BENCH_BACKEND=redb` for redb), in its default
+/// configuration, or (`alternative`) sled without the fsync / redb without quick repair.
+fn open_store(path: &Path, alternative: bool) -> Box<dyn Store> {
+    if redb() {
+        #[cfg(feature = "redb")]
+        return Box::new(
+            lcs_bridge::store::RedbStore::open_with(
+                path,
+                &lcs_bridge::store::RedbOptions {
+                    quick_repair: !alternative,
+                    ..lcs_bridge::store::RedbOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        #[cfg(not(feature = "redb"))]
+        panic!("LCS_STORE_BENCH_BACKEND=redb needs --features redb");
+    }
+    Box::new(
+        SledStore::open_with(
+            path,
+            &SledOptions {
+                fsync: !alternative,
+                ..SledOptions::default()
+            },
+        )
+        .unwrap(),
     )
-    .unwrap();
+}
+
+fn open(path: &Path) -> Box<dyn Store> {
+    open_store(path, false)
+}
+
+fn synced_writes(dir: &Path, alternative: bool) {
+    let path = dir.join(if alternative { "lat-alt" } else { "lat" });
+    let store = open_store(&path, alternative);
     let mut lat = Vec::new();
     for i in 0..2000 {
         // 500 keys rewritten in turn; each write changes the record (sled skips a write of
@@ -128,10 +165,11 @@ fn synced_writes(dir: &Path, fsync: bool) {
     }
     println!(
         "put_subscription, 1 thread, {}: {}",
-        if fsync {
-            "flush + fsync (default)"
-        } else {
-            "sled flush only"
+        match (redb(), alternative) {
+            (false, false) => "sled, flush + fsync (default)",
+            (false, true) => "sled, flush only",
+            (true, false) => "redb, quick repair (default)",
+            (true, true) => "redb, no quick repair",
         },
         percentiles(lat)
     );
@@ -141,7 +179,7 @@ fn synced_writes(dir: &Path, fsync: bool) {
 
 fn lazy_writes(dir: &Path) {
     let path = dir.join("lazy");
-    let store = SledStore::open(&path).unwrap();
+    let store = open(&path);
     let mut lat = Vec::new();
     for i in 0..20_000 {
         let mut r = record(i % 500, false);
@@ -157,7 +195,7 @@ fn lazy_writes(dir: &Path) {
 
 fn concurrent_writes(dir: &Path, threads: u64) {
     let path = dir.join("conc");
-    let store = Arc::new(SledStore::open(&path).unwrap());
+    let store = Arc::<dyn Store>::from(open(&path));
     let per = 500;
     let t = Instant::now();
     let handles: Vec<_> = (0..threads)
@@ -186,7 +224,7 @@ fn concurrent_writes(dir: &Path, threads: u64) {
 
 fn batches(dir: &Path, size: u64) {
     let path = dir.join("batch");
-    let store = SledStore::open(&path).unwrap();
+    let store = open(&path);
     let mut lat = Vec::new();
     for b in 0..200 {
         let batch: Vec<Subscription> = (0..size).map(|i| record(b * size + i, false)).collect();
@@ -207,7 +245,7 @@ fn batches(dir: &Path, size: u64) {
 fn bulk(dir: &Path, n: u64, pidf: bool) {
     let path = dir.join("bulk");
     let rss0 = rss();
-    let store = SledStore::open(&path).unwrap();
+    let store = open(&path);
     let t = Instant::now();
     let mut encoded = 0u64;
     let mut i = 0;
@@ -225,6 +263,8 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
         "bulk load {n} subscriptions ({}): {:.2} s ({:.0}/s); key+value ≈ {} bytes per record",
         if pidf {
             "PIDF documents"
+        } else if TINY.load(std::sync::atomic::Ordering::Relaxed) {
+            "8-byte presence codes"
         } else {
             "compact presence"
         },
@@ -234,10 +274,9 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
     );
     store.flush().unwrap();
     println!(
-        "  on disk while open: {} bytes = {:.0} bytes per subscription (sled reports {})",
+        "  on disk while open: {} bytes = {:.0} bytes per subscription",
         dir_size(&path),
         dir_size(&path) as f64 / n as f64,
-        store.size_on_disk().unwrap()
     );
     println!(
         "  RSS after the load: {:.1} MiB over the start",
@@ -256,7 +295,7 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let store = SledStore::open(&path).unwrap();
+    let store = open(&path);
     // Churn: every record rewritten twice more (its presence changing), lazily, with a synced
     // write every 100: what the store weighs after a while in service.
     let t = Instant::now();
@@ -286,7 +325,13 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
             "--write-until-killed",
             path.to_str().unwrap(),
             &n.to_string(),
-            if pidf { "pidf" } else { "compact" },
+            if pidf {
+                "pidf"
+            } else if TINY.load(std::sync::atomic::Ordering::Relaxed) {
+                "tiny"
+            } else {
+                "compact"
+            },
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -316,7 +361,7 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
         String::from_utf8_lossy(&out.stdout).trim_start_matches("  reopen")
     );
     println!(
-        "  on disk after a clean close: {} bytes = {:.0} bytes per subscription; {} blob files",
+        "  on disk after a clean close: {} bytes = {:.0} bytes per subscription; {} sled blob files",
         dir_size(&path),
         dir_size(&path) as f64 / n as f64,
         std::fs::read_dir(path.join("blobs")).map_or(0, |d| d.count())
@@ -329,7 +374,7 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
 fn reopen(path: &Path, n: u64) {
     let rss0 = rss();
     let t = Instant::now();
-    let store = SledStore::open(path).unwrap();
+    let store = open(path);
     let open = t.elapsed();
     let rss_open = rss();
     let t = Instant::now();
@@ -359,9 +404,9 @@ fn reopen(path: &Path, n: u64) {
     );
 }
 
-/// `--write-until-killed DIR N pidf|compact`: rewrite records (one synced write in 100) until killed.
+/// `--write-until-killed DIR N pidf|compact|tiny`: rewrite records (one synced write in 100) until killed.
 fn write_until_killed(path: &Path, n: u64, pidf: bool) {
-    let store = SledStore::open(path).unwrap();
+    let store = open(path);
     println!("WRITING");
     let mut i = 0u64;
     loop {
@@ -386,12 +431,18 @@ fn main() {
         match a.as_str() {
             "--records" => records = args.next().unwrap().parse().unwrap(),
             "--pidf" => pidf = true,
+            "--tiny" => TINY.store(true, std::sync::atomic::Ordering::Relaxed),
             "--dir" => dir = Some(args.next().unwrap().into()),
             "--reopen" => reopen_dir = Some(args.next().unwrap().into()),
             "--write-until-killed" => {
                 let dir = args.next().unwrap();
                 let n = args.next().unwrap().parse().unwrap();
-                write_until_killed(Path::new(&dir), n, args.next().as_deref() == Some("pidf"));
+                let mode = args.next();
+                TINY.store(
+                    mode.as_deref() == Some("tiny"),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                write_until_killed(Path::new(&dir), n, mode.as_deref() == Some("pidf"));
                 return;
             }
             other => panic!("unknown argument {other}"),

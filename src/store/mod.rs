@@ -3,7 +3,8 @@
 //!
 //! - [`SledStore`] (`sled_store.rs`): the product store, sled 0.34 in `<storage.path>/sled`.
 //! - [`MemStore`] (`mem.rs`): the same behaviour in memory, for engine unit tests.
-//! - `codec.rs`: the key layout and the compact binary record encoding both use.
+//! - `RedbStore` (`redb_store.rs`, with `--features redb`): the evaluated alternative on redb.
+//! - `codec.rs`: the key layout and the compact binary record encoding all of them use.
 //!
 //! **Durability.** A subscription write or removal is durable when the call returns: it is in
 //! the database file and the file has been fsynced, so the caller may then acknowledge the
@@ -29,6 +30,8 @@
 
 mod codec;
 mod mem;
+#[cfg(feature = "redb")]
+mod redb_store;
 mod sled_store;
 
 use std::collections::BTreeMap;
@@ -40,6 +43,8 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 pub use mem::MemStore;
+#[cfg(feature = "redb")]
+pub use redb_store::{REDB_FILE, RedbOptions, RedbStore};
 pub use sled_store::{CURRENT_SCHEMA_VERSION, SledOptions, SledStore, migrate};
 
 use crate::sip::dialog::Dialog;

@@ -783,3 +783,55 @@ proptest! {
         let _ = codec::decode_subscription(&key, &v);
     }
 }
+
+#[cfg(feature = "redb")]
+#[test]
+fn redb_store_behaviour_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redb");
+    {
+        let store = RedbStore::open(&path).unwrap();
+        exercise(&store);
+    }
+    let store = RedbStore::open_existing(&path).unwrap();
+    assert_eq!(collect(store.subscriptions()).len(), 5);
+    assert_eq!(store.stats().unwrap().total_subscriptions(), 5);
+}
+
+#[cfg(feature = "redb")]
+#[test]
+fn redb_store_corrupt_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
+    corrupt_record_is_reported(&store, &|k, v| store.put_raw(k, v).unwrap());
+}
+
+#[cfg(feature = "redb")]
+#[test]
+fn redb_store_is_locked_while_open_and_checks_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = RedbStore::open(dir.path()).unwrap();
+        let err = RedbStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+        store
+            .put_raw(codec::META_SCHEMA, &codec::encode_schema(3))
+            .unwrap();
+    }
+    let err = RedbStore::open(dir.path()).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 3,
+                supported: 1
+            }
+        ),
+        "{err:?}"
+    );
+    let missing = dir.path().join("nothing");
+    assert!(matches!(
+        RedbStore::open_existing(&missing),
+        Err(StoreError::Missing { .. })
+    ));
+}
