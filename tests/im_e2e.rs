@@ -39,6 +39,7 @@ use common::{Ejabberd, Prosody, XmppServer};
 
 // ------------------------------------------------------------------ SIPp scenarios
 
+/// UAS: the bridge's INVITE (the profile's m-line, from alice to bob) answered 200 with the
 /// SDP answer and a TLS Contact, then its ACK.
 const UAS_ACCEPT: &str = r#"  <recv request="INVITE">
     <action>

@@ -623,8 +623,6 @@ pub const RECV_OK: &str = r#"  <recv response="100" optional="true"/>
   <recv response="200"/>
 "#;
 
-/// UAS: the bridge's INVITE (the profile's m-line, from alice to bob) answered 200 with the
-
 /// SIP requests SIPp received, in order.
 pub fn requests(log: &[LoggedMessage]) -> Vec<&LoggedMessage> {
     log.iter()
