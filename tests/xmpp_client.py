@@ -159,6 +159,9 @@ class Client(slixmpp.ClientXMPP):
         self.connect(*self.address)
 
     async def on_start(self, _event):
+        # Fetch the roster first, as real clients do: Prosody hands `subscribed` and roster
+        # pushes only to "interested" resources (those that requested the roster).
+        await self.get_roster()
         self.send_presence()
         emit({"event": "online"})
 
