@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A scripted XMPP client (slixmpp) for lcs-bridge's end-to-end tests (tests/im_e2e.rs).
+"""A scripted XMPP client (slixmpp) for lcs-bridge's end-to-end tests (im_e2e, presence_e2e).
 
 Logs in as a registered user over plain c2s (the test servers allow PLAIN without TLS), sends
 what it is told on standard input and prints every event on standard output, one JSON object
@@ -12,11 +12,19 @@ per line:
   {"event": "message", "from": JID, "type": T, "id": ID, "body": TEXT or null,
    "thread": T or null, "chatstates": [NAMES], "received": [IDS], "request_receipt": BOOL,
    "delay": BOOL, "error": {"type": T, "condition": NAME, "text": T} or null}
+  {"event": "presence", "from": JID, "to": JID, "type": T ("available" when absent),
+   "show": S or null, "status": TEXT or null, "nick": XEP-0172 NICK or null,
+   "priority": N or null, "id": ID or null, "error": {...} or null}
+
+Subscriptions are never answered automatically (slixmpp's auto_authorize/auto_subscribe are
+off): the test answers with "presence" commands.
 
 Commands on standard input, one JSON object per line:
 
   {"op": "send", "to": JID, "body": TEXT (optional), "id": ID (optional), "type": "chat",
    "chatstate": "composing"|"paused"|"active"|... (optional), "receipt": BOOL (optional)}
+  {"op": "presence", "to": JID (optional), "type": "subscribe"|"subscribed"|"unsubscribe"|
+   "unsubscribed"|"unavailable" (optional), "show": S (optional), "status": TEXT (optional)}
   {"op": "connect"}                        connect again after the stream was lost (and keep
                                            trying every 0.2 s until it is up)
   {"op": "quit"}                           disconnect cleanly and exit 0
@@ -40,6 +48,7 @@ NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_RECEIPTS = "urn:xmpp:receipts"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
+NS_NICK = "http://jabber.org/protocol/nick"
 
 
 def emit(obj):
@@ -90,6 +99,37 @@ def describe(xml):
     }
 
 
+def describe_presence(xml):
+    """The parts of a <presence/> the tests look at."""
+
+    def text(tag, ns=NS_CLIENT):
+        el = xml.find("{%s}%s" % (ns, tag))
+        return None if el is None else (el.text or "")
+
+    error = None
+    err = xml.find("{%s}error" % NS_CLIENT)
+    if err is not None:
+        condition = None
+        for child in err:
+            ns, _, name = child.tag[1:].partition("}")
+            if ns == NS_STANZAS and name != "text":
+                condition = name
+        error = {"type": err.get("type"), "condition": condition}
+    priority = text("priority")
+    return {
+        "event": "presence",
+        "from": xml.get("from"),
+        "to": xml.get("to"),
+        "type": xml.get("type", "available"),
+        "id": xml.get("id"),
+        "show": text("show"),
+        "status": text("status"),
+        "nick": text("nick", NS_NICK),
+        "priority": None if priority is None else int(priority),
+        "error": error,
+    }
+
+
 class Client(slixmpp.ClientXMPP):
     def __init__(self, jid, password, host, port, reconnect):
         super().__init__(jid, password)
@@ -105,6 +145,12 @@ class Client(slixmpp.ClientXMPP):
         self.register_handler(
             Callback("every message", MatchXPath("{%s}message" % NS_CLIENT), self.on_message)
         )
+        self.register_handler(
+            Callback("every presence", MatchXPath("{%s}presence" % NS_CLIENT), self.on_presence)
+        )
+        # The tests answer subscription requests themselves.
+        self.roster.auto_authorize = None
+        self.roster.auto_subscribe = False
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("disconnected", self.on_disconnected)
         self.add_event_handler("connection_failed", self.on_failed)
@@ -113,11 +159,27 @@ class Client(slixmpp.ClientXMPP):
         self.connect(*self.address)
 
     async def on_start(self, _event):
+        # Fetch the roster first, as real clients do: Prosody hands `subscribed` and roster
+        # pushes only to "interested" resources (those that requested the roster).
+        await self.get_roster()
         self.send_presence()
         emit({"event": "online"})
 
     def on_message(self, msg):
         emit(describe(msg.xml))
+
+    def on_presence(self, pres):
+        emit(describe_presence(pres.xml))
+
+    def presence_command(self, cmd):
+        pres = self.make_presence(
+            pto=cmd.get("to"),
+            ptype=cmd.get("type"),
+            pshow=cmd.get("show"),
+            pstatus=cmd.get("status"),
+        )
+        pres.send()
+        emit({"event": "sent", "presence": cmd.get("type", "available")})
 
     def on_disconnected(self, _reason):
         emit({"event": "disconnected"})
@@ -158,6 +220,8 @@ async def commands(client, done):
         cmd = json.loads(line)
         if cmd["op"] == "send":
             client.send_command(cmd)
+        elif cmd["op"] == "presence":
+            client.presence_command(cmd)
         elif cmd["op"] == "connect":
             client.reconnect_wanted = True
             client.start()

@@ -874,5 +874,6 @@ fn stream_header_id(buf: &str) -> Option<String> {
     }
     None
 }
+pub mod e2e;
 pub mod sip_peer;
 pub mod sipp;

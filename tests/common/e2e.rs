@@ -1,0 +1,641 @@
+#![allow(clippy::unwrap_used)] // test fixture: a failure to set one up is a test failure
+
+//! The end-to-end world shared by tests/im_e2e.rs and tests/presence_e2e.rs: the real
+//! `lcs-bridge run --config FILE` binary joined as a component to Prosody or ejabberd, alice as
+//! a slixmpp client (`tests/xmpp_client.py`, events as JSON lines), SIPp UAS/UAC behind socat's
+//! mutual TLS, and a failure report (bridge log, SIPp logs, XMPP server log, client events)
+//! when a test panics.
+
+use std::collections::HashSet;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::pki::{Pki, der_to_pem};
+use super::sipp::{self, Killed, LoggedMessage};
+use super::{COMPONENT_SECRET, XMPP_DOMAIN, XmppServer};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lcs-bridge");
+
+/// `[im] session_idle_secs` in the bridge's configuration (the smallest value allowed).
+pub const IDLE_SECS: u64 = 10;
+/// Everything one test does must be over within this (the tests' limit is 60 s).
+pub const TEST_BUDGET: Duration = Duration::from_secs(55);
+/// The LCS side's certificate (socat, both directions): the partner names for both modes and
+/// the IP literal the bridge dials.
+pub const PEER_NAMES: &[&str] = &[
+    "sip.contoso.com",
+    "contoso.com",
+    "sip.contoso.test",
+    "contoso.test",
+    "127.0.0.1",
+];
+pub const ALICE_PASSWORD: &str = "alicepw";
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ------------------------------------------------------------------ address modes
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Component `lcs.xmpp.test`; LCS users as `user\40contoso.com@lcs.xmpp.test`.
+    Gateway,
+    /// Component `contoso.test`, the LCS domain itself; LCS users as `user@contoso.test`.
+    Direct,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Gateway => "gateway",
+            Mode::Direct => "direct",
+        }
+    }
+
+    pub fn component(self) -> &'static str {
+        match self {
+            Mode::Gateway => super::GATEWAY_COMPONENT,
+            Mode::Direct => super::DIRECT_COMPONENT,
+        }
+    }
+
+    /// The LCS domain of the SIP side (the partner in the bridge's configuration).
+    pub fn lcs_domain(self) -> &'static str {
+        match self {
+            Mode::Gateway => "contoso.com",
+            Mode::Direct => super::DIRECT_COMPONENT,
+        }
+    }
+
+    /// The XMPP address of LCS user `user`.
+    pub fn jid(self, user: &str) -> String {
+        match self {
+            Mode::Gateway => format!(r"{user}\40{}@{}", self.lcs_domain(), self.component()),
+            Mode::Direct => format!("{user}@{}", self.lcs_domain()),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the bridge
+
+/// `lcs-bridge run` as a child process, its output (the log) in a file; killed when dropped.
+pub struct Bridge {
+    pub child: Child,
+    pub log: PathBuf,
+    pub sip_port: u16,
+}
+
+impl Bridge {
+    pub fn start(config: &Path, log: &Path, sip_port: u16) -> Bridge {
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Bridge {
+            child,
+            log: log.to_owned(),
+            sip_port,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|e| format!("<{e}>"))
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits until `needle` has appeared `count` times in the log.
+    pub fn wait_log(&mut self, needle: &str, count: usize, deadline: Instant) {
+        while self.count(needle) < count {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the bridge exited ({status}) while we waited for {needle:?} in its log");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} (×{count}) in the bridge's log in time"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits for the start-up line (edge listening, component link up) and the SIP port.
+    pub fn wait_started(&mut self, deadline: Instant) {
+        self.wait_log("lcs-bridge started", 1, deadline);
+        assert!(
+            sipp::listening(self.sip_port),
+            "the bridge says it started but nothing listens on {}",
+            self.sip_port
+        );
+    }
+}
+
+impl Bridge {
+    /// SIGTERM (a clean stop), then waits for the process to exit.
+    pub fn terminate(&mut self, deadline: Instant) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success(), "kill -TERM {pid}: {status}");
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct BridgeConfig<'a> {
+    pub dir: &'a Path,
+    pub mode: Mode,
+    pub component_port: u16,
+    pub sip_port: u16,
+    pub partner_port: u16,
+    /// More TOML, appended (e.g. a `[presence]` table).
+    pub extra: &'a str,
+}
+
+impl BridgeConfig<'_> {
+    pub fn toml(&self) -> String {
+        // TOML basic strings: Rust's Debug quoting is the same for these (ASCII) paths.
+        let quote = |p: &Path| format!("{:?}", p.display().to_string());
+        let path = |name: &str| quote(&self.dir.join(name));
+        let mappings = quote(&repo().join("mappings"));
+        format!(
+            r#"# written by tests/common/e2e.rs
+[xmpp]
+host = "127.0.0.1"
+port = {component_port}
+secret = "{COMPONENT_SECRET}"
+mode = "{mode}"
+component_domains = ["{component}"]
+local_domains = ["{XMPP_DOMAIN}"]
+
+[sip]
+listen = "127.0.0.1:{sip_port}"
+public_fqdn = "sip.xmpp.test"
+cert_chain = {cert}
+private_key = {key}
+ca_bundle = {ca}
+# Nothing here may ask a real resolver: the discard port answers nothing.
+dns_servers = ["127.0.0.1:9"]
+
+[federation]
+default_policy = "deny"
+
+[[federation.partners]]
+domain = "{partner}"
+edge = "127.0.0.1:{partner_port}"
+
+[im]
+session_idle_secs = {IDLE_SECS}
+
+[storage]
+path = {storage}
+
+[mappings]
+path = {mappings}
+
+[logging]
+level = "debug"
+{extra}"#,
+            component_port = self.component_port,
+            mode = self.mode.name(),
+            component = self.mode.component(),
+            sip_port = self.sip_port,
+            cert = path("bridge.crt"),
+            key = path("bridge.key"),
+            ca = path("ca.crt"),
+            partner = self.mode.lcs_domain(),
+            partner_port = self.partner_port,
+            storage = path("store"),
+            extra = self.extra,
+        )
+    }
+}
+
+// ------------------------------------------------------------------ the XMPP client
+
+/// `tests/xmpp_client.py` logged in as a local user: commands as JSON lines on its stdin, every
+/// event it prints kept in `seen`.
+pub struct XmppClient {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub rx: mpsc::Receiver<Value>,
+    pub seen: Vec<Value>,
+    pub taken: HashSet<usize>,
+    pub stderr: PathBuf,
+}
+
+impl XmppClient {
+    pub fn start(python: &Path, dir: &Path, c2s_port: u16, user: &str) -> Self {
+        let stderr = dir.join(format!("{user}.client.log"));
+        let mut cmd = Command::new(python);
+        cmd.arg(repo().join("tests/xmpp_client.py"))
+            .args(["--jid", &format!("{user}@{XMPP_DOMAIN}")])
+            .args(["--password", ALICE_PASSWORD])
+            .args(["--port", &c2s_port.to_string()])
+            .args(["--timeout", &TEST_BUDGET.as_secs().to_string()]);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let event = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| json!({"event": "unparsed", "line": line}));
+                if tx.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        XmppClient {
+            stdin: child.stdin.take(),
+            child,
+            rx,
+            seen: Vec::new(),
+            taken: HashSet::new(),
+            stderr,
+        }
+    }
+
+    pub fn command(&mut self, cmd: Value) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Sends a chat message; `extra` holds more command fields (`id`, `receipt`, `chatstate`).
+    pub fn send(&mut self, to: &str, body: Option<&str>, extra: Value) {
+        let mut cmd = json!({"op": "send", "to": to, "type": "chat"});
+        if let Some(b) = body {
+            cmd["body"] = json!(b);
+        }
+        if let Value::Object(fields) = extra {
+            for (k, v) in fields {
+                cmd[k] = v;
+            }
+        }
+        self.command(cmd);
+    }
+
+    pub fn drain(&mut self) {
+        while let Ok(v) = self.rx.try_recv() {
+            self.seen.push(v);
+        }
+    }
+
+    /// The first event not returned before that satisfies `pred`, waiting for it until
+    /// `deadline`.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut i = 0;
+        loop {
+            while i < self.seen.len() {
+                if !self.taken.contains(&i) && pred(&self.seen[i]) {
+                    self.taken.insert(i);
+                    return self.seen[i].clone();
+                }
+                i += 1;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.drain();
+                if self.seen.len() == i {
+                    panic!("the XMPP client exited ({status}) while we waited for {what}");
+                }
+                continue;
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "the XMPP client saw no {what} in time");
+            let step = (deadline - now).min(Duration::from_millis(200));
+            if let Ok(v) = self.rx.recv_timeout(step) {
+                self.seen.push(v);
+            }
+        }
+    }
+
+    /// Message events received so far from bare JID `from`.
+    pub fn messages_from(&mut self, from: &str) -> Vec<Value> {
+        self.drain();
+        self.seen
+            .iter()
+            .filter(|e| is_message_from(e, from))
+            .cloned()
+            .collect()
+    }
+
+    pub fn report(&mut self) -> String {
+        self.drain();
+        let events: Vec<String> = self.seen.iter().map(Value::to_string).collect();
+        format!(
+            "{}\n--- client stderr ---\n{}",
+            events.join("\n"),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for XmppClient {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "{}", json!({"op": "quit"}));
+        }
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn bare(jid: &str) -> &str {
+    jid.split('/').next().unwrap_or(jid)
+}
+
+pub fn is_message_from(event: &Value, from: &str) -> bool {
+    event["event"] == "message" && event["from"].as_str().is_some_and(|f| bare(f) == from)
+}
+
+/// Line ends as an XML parser hands them over.
+pub fn lf(text: &str) -> String {
+    text.replace("\r\n", "\n")
+}
+
+// ------------------------------------------------------------------ the test world
+
+/// One test's world: an XMPP server with alice registered and logged in, the bridge joined to
+/// it as a component, and the SIPp runs of the flows. When the test panics, its `Drop` prints
+/// every log.
+pub struct World<S: XmppServer> {
+    pub name: &'static str,
+    pub mode: Mode,
+    pub deadline: Instant,
+    pub sipp: PathBuf,
+    pub socat: PathBuf,
+    /// The partner's static edge in the bridge's configuration (socat in front of SIPp UAS).
+    pub partner_port: u16,
+    /// Names of the SIPp runs, for the logs.
+    pub runs: Vec<String>,
+    // Dropped in this order: the client, the bridge, socat, the server, the directory.
+    pub alice: XmppClient,
+    pub bridge: Bridge,
+    pub peers: Vec<Killed>,
+    pub server: S,
+    pub dir: tempfile::TempDir,
+}
+
+impl<S: XmppServer> World<S> {
+    /// Sets up the world, or `None` when a peer is missing (skip, or a failure under
+    /// `LCS_BRIDGE_REQUIRE_PEERS=1`).
+    pub fn new(
+        name: &'static str,
+        mode: Mode,
+        start: impl FnOnce() -> Option<S>,
+    ) -> Option<World<S>> {
+        Self::with_config(name, mode, "", start)
+    }
+
+    /// [`World::new`] with `extra` appended to the bridge's configuration.
+    pub fn with_config(
+        name: &'static str,
+        mode: Mode,
+        extra: &str,
+        start: impl FnOnce() -> Option<S>,
+    ) -> Option<World<S>> {
+        let began = Instant::now();
+        let deadline = began + TEST_BUDGET;
+        let (sipp, socat) = sipp::peers()?;
+        let python = super::require_python_modules(&["slixmpp"])?;
+        let server = start()?;
+        server.register("alice", ALICE_PASSWORD);
+        let dir = tempfile::Builder::new()
+            .prefix("lcsb-e2e-")
+            .tempdir()
+            .unwrap();
+        let alice = XmppClient::start(&python, dir.path(), server.c2s_port(), "alice");
+
+        let pki = Pki::new("E2E federation CA");
+        sipp::write_peer_files(dir.path(), &pki, PEER_NAMES);
+        let (chain, key) = pki.leaf(&["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"], false);
+        std::fs::write(
+            dir.path().join("bridge.crt"),
+            der_to_pem("CERTIFICATE", &chain[0]),
+        )
+        .unwrap();
+        let key_file = dir.path().join("bridge.key");
+        std::fs::write(&key_file, der_to_pem("PRIVATE KEY", key.secret_der())).unwrap();
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let sip_port = super::free_port();
+        let partner_port = super::free_port();
+        let config = dir.path().join("lcs-bridge.toml");
+        let toml = BridgeConfig {
+            dir: dir.path(),
+            mode,
+            component_port: server.component_port(),
+            sip_port,
+            partner_port,
+            extra,
+        }
+        .toml();
+        std::fs::write(&config, toml).unwrap();
+        let bridge = Bridge::start(&config, &dir.path().join("bridge.log"), sip_port);
+        let mut world = World {
+            name,
+            mode,
+            deadline,
+            sipp,
+            socat,
+            partner_port,
+            runs: Vec::new(),
+            alice,
+            bridge,
+            peers: Vec::new(),
+            server,
+            dir,
+        };
+        world.bridge.wait_started(deadline);
+        world
+            .alice
+            .wait_for("online (logged in)", deadline, |e| e["event"] == "online");
+        eprintln!("{name}: set up in {:?}", began.elapsed());
+        Some(world)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write_scenario(&mut self, name: &str, scenario: &str) {
+        let xml = scenario.replace("@LCS@", self.mode.lcs_domain());
+        std::fs::write(self.dir().join(format!("{name}.xml")), xml).unwrap();
+        self.runs.push(name.to_owned());
+    }
+
+    pub fn sipp_timeout(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// SIPp as the LCS user the bridge calls: SIPp UAS on TCP, socat's mutual TLS on the
+    /// partner's static edge port in front of it.
+    pub fn uas(&mut self, name: &str, scenario: &str) -> Killed {
+        self.write_scenario(name, scenario);
+        let port = super::free_port();
+        let timeout = self.sipp_timeout();
+        let mut child = sipp::spawn_sipp(&self.sipp, self.dir(), name, port, None, timeout, &[]);
+        sipp::wait_listening(&mut child, port, "sipp");
+        let socat = sipp::socat_from_edge(&self.socat, self.dir(), self.partner_port, port);
+        self.peers.push(socat);
+        child
+    }
+
+    /// SIPp as the LCS user who calls: SIPp UAC on TCP to socat, socat's mutual TLS (the peer
+    /// certificate) to the bridge's SIP port. The Call-ID is `<name>-1@sipp`.
+    pub fn uac(&mut self, name: &str, scenario: &str) -> Killed {
+        self.write_scenario(name, scenario);
+        let listen = super::free_port();
+        let socat = sipp::socat_to_edge(&self.socat, self.dir(), listen, self.bridge.sip_port);
+        self.peers.push(socat);
+        let timeout = self.sipp_timeout();
+        let cid = format!("{name}-%u@sipp");
+        sipp::spawn_sipp(
+            &self.sipp,
+            self.dir(),
+            name,
+            super::free_port(),
+            Some(listen),
+            timeout,
+            &["-cid_str", &cid],
+        )
+    }
+
+    /// Waits for SIPp run `name` to end; panics unless its scenario succeeded. What went over
+    /// the wire.
+    pub fn finish(&mut self, child: &mut Killed, name: &str) -> Vec<LoggedMessage> {
+        let wait = self.deadline.saturating_duration_since(Instant::now());
+        let (status, _) = sipp::finish_sipp(child, self.dir(), name, wait);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "SIPp scenario {name} failed ({status:?})"
+        );
+        sipp::read_message_log(self.dir(), name)
+    }
+}
+
+impl<S: XmppServer> Drop for World<S> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut report = format!(
+            "\n===== {} ({} mode) failed: logs =====\n--- bridge log ---\n{}\n",
+            self.name,
+            self.mode.name(),
+            tail(&self.bridge.log(), 400_000)
+        );
+        for run in &self.runs {
+            report.push_str(&sipp::sipp_logs(self.dir.path(), run));
+        }
+        report.push_str(&format!(
+            "--- XMPP server log ---\n{}\n--- alice's client events ---\n{}\n",
+            tail(&self.server.log(), 200_000),
+            self.alice.report()
+        ));
+        eprintln!("{report}");
+    }
+}
+
+pub fn tail(text: &str, max: usize) -> &str {
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[start..]
+}
+
+// ------------------------------------------------------------------ SIPp scenarios
+
+pub const HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8" ?>
+<scenario name="lcs-bridge e2e">
+"#;
+pub const TAIL: &str = "</scenario>\n";
+
+/// SIPp's 200 to the request it just received (which already carries both tags).
+pub const OK: &str = r#"  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+
+/// A provisional response may come first; then the 200.
+pub const RECV_OK: &str = r#"  <recv response="100" optional="true"/>
+  <recv response="200"/>
+"#;
+
+/// SIP requests SIPp received, in order.
+pub fn requests(log: &[LoggedMessage]) -> Vec<&LoggedMessage> {
+    log.iter()
+        .filter(|m| !m.sent && m.method().is_some())
+        .collect()
+}
+
+pub fn methods(msgs: &[&LoggedMessage]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m.method().unwrap_or_default())
+        .collect()
+}
+
+pub fn body_text(m: &LoggedMessage) -> String {
+    String::from_utf8(m.body().to_vec()).expect("a UTF-8 body")
+}

@@ -1,0 +1,424 @@
+//! End-to-end presence through the real `lcs-bridge` binary, with real peers on both sides
+//! (the world of tests/im_e2e.rs, `common::e2e`): Prosody with the bridge as its component in
+//! gateway mode, alice@xmpp.test as a slixmpp client (`tests/xmpp_client.py`, presence stanzas
+//! as JSON lines), SIPp (TCP) behind socat's mutual TLS playing LCS users of contoso.com.
+//!
+//! Flows (docs/mapping.md §5):
+//! 1. alice watches bob@contoso.com: SUBSCRIBE (`Event: presence`, PIDF `Accept`, `Expires`),
+//!    202, NOTIFY `active` with the profile's PIDF example, NOTIFY with an RFC 4480 `<person>`
+//!    document, a BENOTIFY (never answered); alice gets `subscribed` once and the presence
+//!    mapped by mappings/presence.toml for each document; her `unsubscribe` becomes SUBSCRIBE
+//!    `Expires: 0`.
+//! 2. bob watches alice: SIPp's SUBSCRIBE → 202, NOTIFY `pending`; alice gets `subscribe` and
+//!    answers `subscribed` → NOTIFY `active` with `<basic>open</basic>`; alice goes `dnd` → a
+//!    NOTIFY with the `busy` activity (coalescing interval 1 s); SUBSCRIBE `Expires: 0` → 200
+//!    and NOTIFY `terminated`.
+//! 3. carol subscribes, alice answers `unsubscribed` → NOTIFY `terminated;reason=rejected`.
+//! 4. bob's active subscription (2) survives a bridge restart (SIGTERM, same store): alice's
+//!    next change reaches SIPp as a NOTIFY in the same dialog, without a new SUBSCRIBE.
+//!
+//! Each test prints the bridge log, SIPp's logs, Prosody's log and alice's events when it fails.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::Prosody;
+use common::e2e::{HEAD, Mode, TAIL, World, bare, body_text, requests};
+use common::sipp::{self, Killed, LoggedMessage};
+
+/// NOTIFYs to LCS at most once a second (the smallest interval), so a change shows quickly.
+const PRESENCE_CONFIG: &str = "\n[presence]\nnotify_min_interval_secs = 1\n";
+
+fn world(name: &'static str) -> Option<World<Prosody>> {
+    World::with_config(name, Mode::Gateway, PRESENCE_CONFIG, Prosody::start)
+}
+
+fn is_presence_from(event: &Value, from: &str) -> bool {
+    event["event"] == "presence" && event["from"].as_str().is_some_and(|f| bare(f) == from)
+}
+
+/// The PIDF documents SIPp sends, one line per element (SIPp strips the indentation of the
+/// scenario's lines; blank lines would end the body early).
+fn pidf_lines(xml: &str) -> String {
+    xml.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("      {l}\n"))
+        .collect()
+}
+
+fn golden_pidf(name: &str) -> String {
+    let path = common::e2e::repo().join(format!("tests/golden/pidf/{name}.xml"));
+    std::fs::read_to_string(path)
+        .unwrap()
+        // The notifier speaks for the presentity it was asked about.
+        .replace("sip:joe@contoso.com", "sip:bob@contoso.com")
+        .replace("pres:someone@example.com", "pres:bob@contoso.com")
+}
+
+/// Profile-style document (tuple status with `ep:activities`) for the BENOTIFY.
+const PIDF_ONLINE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:ep="urn:ietf:params:xml:ns:pidf:status:rpid-status" entity="sip:bob@contoso.com">
+<tuple id="0">
+<status>
+<basic>open</basic>
+</status>
+</tuple>
+</presence>"#;
+
+/// A NOTIFY (or BENOTIFY) from SIPp the notifier (UAS of the SUBSCRIBE): to the subscriber's
+/// Contact `$contact`, From its To with our tag, To its From (`$from`, with its tag).
+fn uas_notify(method: &str, cseq: u32, state: &str, pidf: &str) -> String {
+    format!(
+        r#"  <send>
+    <![CDATA[
+      {method} [$contact] SIP/2.0
+      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: [$to];tag=[pid]lcs[call_number]
+      To: [$from]
+      [last_Call-ID:]
+      CSeq: {cseq} {method}
+      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
+      Event: presence
+      Subscription-State: {state}
+      Content-Type: application/pidf+xml
+      Content-Length: [len]
+
+{body}    ]]>
+  </send>
+"#,
+        body = pidf_lines(pidf)
+    )
+}
+
+/// Answers 200 to the request SIPp just received.
+const OK: &str = common::e2e::OK;
+
+fn wait_sipp_log(
+    w: &World<Prosody>,
+    run: &str,
+    what: &str,
+    pred: impl Fn(&LoggedMessage) -> bool,
+) -> LoggedMessage {
+    loop {
+        if let Some(m) = sipp::read_message_log(w.dir(), run)
+            .into_iter()
+            .find(|m| pred(m))
+        {
+            return m;
+        }
+        assert!(Instant::now() < w.deadline, "SIPp {run}: no {what} in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_notify_with(m: &LoggedMessage, needle: &str) -> bool {
+    !m.sent && m.method().as_deref() == Some("NOTIFY") && body_text(m).contains(needle)
+}
+
+/// (1) alice watches bob.
+#[test]
+fn xmpp_user_watches_lcs_user() {
+    let Some(mut w) = world("(1) alice watches bob") else {
+        return;
+    };
+    let profile = golden_pidf("profile-example");
+    let person = golden_pidf("rfc4480-person");
+    let scenario = [
+        HEAD,
+        r#"  <recv request="SUBSCRIBE">
+    <action>
+      <ereg regexp="^ *presence" search_in="hdr" header="Event:" check_it="true" assign_to="ev"/>
+      <ereg regexp="application/pidf\+xml" search_in="hdr" header="Accept:" check_it="true" assign_to="acc"/>
+      <ereg regexp="[1-9][0-9]*" search_in="hdr" header="Expires:" check_it="true" assign_to="exp"/>
+      <ereg regexp="sip:alice@xmpp\.test" search_in="hdr" header="From:" check_it="true" assign_to="f"/>
+      <ereg regexp="sip:bob@contoso\.com" search_in="hdr" header="To:" check_it="true" assign_to="t"/>
+      <ereg regexp="&lt;sip:[^&gt;]*&gt;[^ ]*" search_in="hdr" header="From:" check_it="true" assign_to="from"/>
+      <ereg regexp="&lt;sip:[^&gt;]*&gt;" search_in="hdr" header="To:" check_it="true" assign_to="to"/>
+      <ereg regexp="sip:[^&gt;]*" search_in="hdr" header="Contact:" check_it="true" assign_to="contact"/>
+    </action>
+  </recv>
+  <Reference variables="ev,acc,exp,f,t"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 202 Accepted
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]lcs[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
+      Expires: 3600
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#,
+        &uas_notify("NOTIFY", 1, "active;expires=3600", &profile),
+        "  <recv response=\"200\"/>\n",
+        &uas_notify("NOTIFY", 2, "active;expires=3590", &person),
+        "  <recv response=\"200\"/>\n",
+        &uas_notify("BENOTIFY", 3, "active;expires=3580", PIDF_ONLINE),
+        r#"  <recv request="SUBSCRIBE">
+    <action>
+      <ereg regexp="^ *0" search_in="hdr" header="Expires:" check_it="true" assign_to="exp0"/>
+    </action>
+  </recv>
+  <Reference variables="exp0"/>
+"#,
+        OK,
+        TAIL,
+    ]
+    .concat();
+    let mut run = w.uas("p1", &scenario);
+    let bob = w.mode.jid("bob");
+    w.alice
+        .command(json!({"op": "presence", "to": bob, "type": "subscribe"}));
+    let deadline = w.deadline;
+    w.alice.wait_for("subscribed from bob", deadline, |e| {
+        is_presence_from(e, &bob) && e["type"] == "subscribed"
+    });
+    // mappings/presence.toml: the profile example's activity `away` → show away, no status;
+    // RFC 4480 `meeting` → dnd, the person's <note> as status; open without activity →
+    // available.
+    let expected = [
+        ("away", None, "the profile's example (away)"),
+        (
+            "dnd",
+            Some("Budget review until five"),
+            "the RFC 4480 person (meeting)",
+        ),
+        ("", None, "the BENOTIFY (online)"),
+    ];
+    for (show, status, what) in expected {
+        let e = w.alice.wait_for(what, deadline, |e| {
+            is_presence_from(e, &bob)
+                && e["type"] == "available"
+                && e["show"].as_str().unwrap_or_default() == show
+                && e["status"].as_str() == status
+        });
+        eprintln!("alice got {e}");
+    }
+    w.alice
+        .command(json!({"op": "presence", "to": bob, "type": "unsubscribe"}));
+    let log = w.finish(&mut run, "p1");
+    w.alice.drain();
+    let subscribed = w
+        .alice
+        .seen
+        .iter()
+        .filter(|e| is_presence_from(e, &bob) && e["type"] == "subscribed")
+        .count();
+    assert_eq!(subscribed, 1, "`subscribed` from bob");
+    let subs: Vec<&LoggedMessage> = requests(&log)
+        .into_iter()
+        .filter(|m| m.method().as_deref() == Some("SUBSCRIBE"))
+        .collect();
+    assert_eq!(subs.len(), 2, "SUBSCRIBEs");
+    assert_eq!(subs[0].header("Expires").as_deref(), Some("3600"));
+    assert_eq!(subs[1].header("Expires").as_deref(), Some("0"));
+    assert_eq!(subs[0].header("Call-ID"), subs[1].header("Call-ID"));
+    // Nothing answered the BENOTIFY.
+    assert!(
+        !log.iter()
+            .any(|m| !m.sent && m.cseq().is_some_and(|(_, method)| method == "BENOTIFY")),
+        "a response to the BENOTIFY"
+    );
+}
+
+/// SIPp UAC: SUBSCRIBE for alice from `user`@contoso.com; 202 (To tag kept, Contact as the
+/// next URL); NOTIFY `pending`, 200.
+fn uac_subscribe(user: &str) -> String {
+    format!(
+        r#"  <send>
+    <![CDATA[
+      SUBSCRIBE sip:alice@xmpp.test SIP/2.0
+      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: "{display}" <sip:{user}@contoso.com>;tag=[call_number]
+      To: <sip:alice@xmpp.test>
+      Call-ID: [call_id]
+      CSeq: 1 SUBSCRIBE
+      Contact: <sip:{user}@[local_ip]:[local_port];transport=tls>
+      Event: presence
+      Accept: application/pidf+xml
+      Supported: ms-benotify
+      Expires: 3600
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="202" rrs="true">
+    <action>
+      <ereg regexp=";tag=[^;&gt; ]+" search_in="hdr" header="To:" check_it="true" assign_to="totag"/>
+    </action>
+  </recv>
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="^ *pending" search_in="hdr" header="Subscription-State:" check_it="true" assign_to="pending"/>
+    </action>
+  </recv>
+  <Reference variables="pending"/>
+"#,
+        display = user[..1].to_uppercase() + &user[1..],
+    ) + OK
+}
+
+/// SIPp UAC: in-dialog SUBSCRIBE `Expires: 0` from bob; the 200 and NOTIFY `terminated`.
+const UAC_UNSUBSCRIBE: &str = r#"  <send>
+    <![CDATA[
+      SUBSCRIBE [next_url] SIP/2.0
+      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
+      Max-Forwards: 70
+      From: "Bob" <sip:bob@contoso.com>;tag=[call_number]
+      To: <sip:alice@xmpp.test>[$totag]
+      Call-ID: [call_id]
+      CSeq: 2 SUBSCRIBE
+      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
+      Event: presence
+      Accept: application/pidf+xml
+      Expires: 0
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200"/>
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="^ *terminated" search_in="hdr" header="Subscription-State:" check_it="true" assign_to="term"/>
+    </action>
+  </recv>
+  <Reference variables="term"/>
+"#;
+
+/// NOTIFYs answered 200 until one whose body matches `regexp` (then on to the next element).
+fn uac_notifies_until(label: &str, regexp: &str) -> String {
+    format!(
+        r#"  <label id="{label}"/>
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="{regexp}" search_in="body" check_it="false" assign_to="{label}_hit"/>
+    </action>
+  </recv>
+  <send next="{label}_done" test="{label}_hit">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <nop next="{label}"/>
+  <label id="{label}_done"/>
+"#
+    )
+}
+
+/// Sets up (2) up to the `active` NOTIFY with alice online: SIPp run `name` subscribes as bob,
+/// alice approves. Returns the run.
+fn bob_subscribes_and_alice_approves(w: &mut World<Prosody>, name: &str, rest: &str) -> Killed {
+    let scenario = [
+        HEAD,
+        &uac_subscribe("bob"),
+        &uac_notifies_until("open", "&lt;basic&gt;open&lt;/basic&gt;"),
+        rest,
+        TAIL,
+    ]
+    .concat();
+    let run = w.uac(name, &scenario);
+    let bob = w.mode.jid("bob");
+    let deadline = w.deadline;
+    let sub = w.alice.wait_for("subscribe from bob", deadline, |e| {
+        is_presence_from(e, &bob) && e["type"] == "subscribe"
+    });
+    assert_eq!(sub["nick"], "Bob", "{sub}");
+    w.alice
+        .command(json!({"op": "presence", "to": bob, "type": "subscribed"}));
+    let open = wait_sipp_log(w, name, "NOTIFY with <basic>open</basic>", |m| {
+        is_notify_with(m, "<basic>open</basic>")
+    });
+    let state = open.header("Subscription-State").unwrap_or_default();
+    assert!(state.starts_with("active"), "{state}");
+    let body = body_text(&open);
+    assert_eq!(body.matches("<tuple").count(), 1, "one tuple:\n{body}");
+    assert!(body.contains("entity=\"sip:alice@xmpp.test\""), "{body}");
+    run
+}
+
+/// (2) bob watches alice.
+#[test]
+fn lcs_user_watches_xmpp_user() {
+    let Some(mut w) = world("(2) bob watches alice") else {
+        return;
+    };
+    let rest = [
+        &uac_notifies_until("busy", "busy") as &str,
+        UAC_UNSUBSCRIBE,
+        OK,
+    ]
+    .concat();
+    let mut run = bob_subscribes_and_alice_approves(&mut w, "p2", &rest);
+    w.alice
+        .command(json!({"op": "presence", "show": "dnd", "status": "deep work"}));
+    let log = w.finish(&mut run, "p2");
+    let notifies: Vec<&LoggedMessage> = requests(&log)
+        .into_iter()
+        .filter(|m| m.method().as_deref() == Some("NOTIFY"))
+        .collect();
+    let busy = notifies
+        .iter()
+        .find(|m| body_text(m).contains("busy"))
+        .unwrap();
+    let body = body_text(busy);
+    assert!(body.contains("<basic>open</basic>"), "{body}");
+    assert!(body.contains("deep work"), "the status as note:\n{body}");
+    let last = notifies.last().unwrap();
+    let state = last.header("Subscription-State").unwrap_or_default();
+    assert!(state.starts_with("terminated"), "{state}");
+    // All in one dialog.
+    let call_ids: Vec<Option<String>> = notifies.iter().map(|m| m.header("Call-ID")).collect();
+    assert!(call_ids.windows(2).all(|p| p[0] == p[1]), "{call_ids:?}");
+}
+
+/// (3) carol subscribes, alice refuses.
+#[test]
+fn xmpp_user_refuses_lcs_watcher() {
+    let Some(mut w) = world("(3) alice refuses carol") else {
+        return;
+    };
+    let scenario = [
+        HEAD,
+        &uac_subscribe("carol"),
+        r#"  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="^ *terminated *; *reason=rejected" search_in="hdr" header="Subscription-State:" check_it="true" assign_to="rej"/>
+    </action>
+  </recv>
+  <Reference variables="rej,totag"/>
+"#,
+        OK,
+        TAIL,
+    ]
+    .concat();
+    let mut run = w.uac("p3", &scenario);
+    let carol = w.mode.jid("carol");
+    let deadline = w.deadline;
+    w.alice.wait_for("subscribe from carol", deadline, |e| {
+        is_presence_from(e, &carol) && e["type"] == "subscribe"
+    });
+    w.alice
+        .command(json!({"op": "presence", "to": carol, "type": "unsubscribed"}));
+    w.finish(&mut run, "p3");
+}
