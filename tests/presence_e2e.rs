@@ -118,6 +118,27 @@ fn wait_sipp_log(
     }
 }
 
+/// One line per NOTIFY SIPp received: time, Subscription-State and the document's gist.
+fn notify_summary(log: &[LoggedMessage]) -> String {
+    requests(log)
+        .into_iter()
+        .filter(|m| m.method().as_deref() == Some("NOTIFY"))
+        .map(|m| {
+            let body = body_text(m);
+            let gist: Vec<&str> = ["open", "closed", "away", "busy"]
+                .into_iter()
+                .filter(|w| body.contains(&format!(">{w}<")))
+                .collect();
+            format!(
+                "{:.3} {} {gist:?}",
+                m.time,
+                m.header("Subscription-State").unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn is_notify_with(m: &LoggedMessage, needle: &str) -> bool {
     !m.sent && m.method().as_deref() == Some("NOTIFY") && body_text(m).contains(needle)
 }
@@ -372,6 +393,7 @@ fn lcs_user_watches_xmpp_user() {
     w.alice
         .command(json!({"op": "presence", "show": "dnd", "status": "deep work"}));
     let log = w.finish(&mut run, "p2");
+    eprintln!("(2) NOTIFYs:\n{}", notify_summary(&log));
     let notifies: Vec<&LoggedMessage> = requests(&log)
         .into_iter()
         .filter(|m| m.method().as_deref() == Some("NOTIFY"))
@@ -455,6 +477,7 @@ fn lcs_watcher_survives_bridge_restart() {
     w.alice
         .command(json!({"op": "presence", "show": "away", "status": "back soon"}));
     let log = w.finish(&mut run, "p4");
+    eprintln!("(4) NOTIFYs:\n{}", notify_summary(&log));
     let away = log
         .iter()
         .find(|m| is_notify_with(m, "away"))
