@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use common::Prosody;
 use common::e2e::{HEAD, Mode, TAIL, World, bare, body_text, requests};
-use common::sipp::{self, Killed, LoggedMessage};
+use common::sipp::{self, LoggedMessage};
 
 /// NOTIFYs to LCS at most once a second (the smallest interval), so a change shows quickly.
 const PRESENCE_CONFIG: &str = "\n[presence]\nnotify_min_interval_secs = 1\n";
@@ -116,6 +116,27 @@ fn wait_sipp_log(
         assert!(Instant::now() < w.deadline, "SIPp {run}: no {what} in time");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One line per NOTIFY SIPp received: time, Subscription-State and the document's gist.
+fn notify_summary(log: &[LoggedMessage]) -> String {
+    requests(log)
+        .into_iter()
+        .filter(|m| m.method().as_deref() == Some("NOTIFY"))
+        .map(|m| {
+            let body = body_text(m);
+            let gist: Vec<&str> = ["open", "closed", "away", "busy"]
+                .into_iter()
+                .filter(|w| body.contains(&format!(">{w}<")))
+                .collect();
+            format!(
+                "{:.3} {} {gist:?}",
+                m.time,
+                m.header("Subscription-State").unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn is_notify_with(m: &LoggedMessage, needle: &str) -> bool {
@@ -326,18 +347,9 @@ fn uac_notifies_until(label: &str, regexp: &str) -> String {
     )
 }
 
-/// Sets up (2) up to the `active` NOTIFY with alice online: SIPp run `name` subscribes as bob,
-/// alice approves. Returns the run.
-fn bob_subscribes_and_alice_approves(w: &mut World<Prosody>, name: &str, rest: &str) -> Killed {
-    let scenario = [
-        HEAD,
-        &uac_subscribe("bob"),
-        &uac_notifies_until("open", "&lt;basic&gt;open&lt;/basic&gt;"),
-        rest,
-        TAIL,
-    ]
-    .concat();
-    let run = w.uac(name, &scenario);
+/// Alice gets bob's `subscribe` (with his display name as nick) and approves; waits until
+/// SIPp run `name` got the `active` NOTIFY with `<basic>open</basic>` and checks its document.
+fn approve_and_wait_open(w: &mut World<Prosody>, name: &str) {
     let bob = w.mode.jid("bob");
     let deadline = w.deadline;
     let sub = w.alice.wait_for("subscribe from bob", deadline, |e| {
@@ -354,7 +366,6 @@ fn bob_subscribes_and_alice_approves(w: &mut World<Prosody>, name: &str, rest: &
     let body = body_text(&open);
     assert_eq!(body.matches("<tuple").count(), 1, "one tuple:\n{body}");
     assert!(body.contains("entity=\"sip:alice@xmpp.test\""), "{body}");
-    run
 }
 
 /// (2) bob watches alice.
@@ -369,10 +380,20 @@ fn lcs_user_watches_xmpp_user() {
         OK,
     ]
     .concat();
-    let mut run = bob_subscribes_and_alice_approves(&mut w, "p2", &rest);
+    let scenario = [
+        HEAD,
+        &uac_subscribe("bob"),
+        &uac_notifies_until("open", "&lt;basic&gt;open&lt;/basic&gt;"),
+        &rest,
+        TAIL,
+    ]
+    .concat();
+    let mut run = w.uac("p2", &scenario);
+    approve_and_wait_open(&mut w, "p2");
     w.alice
         .command(json!({"op": "presence", "show": "dnd", "status": "deep work"}));
     let log = w.finish(&mut run, "p2");
+    eprintln!("(2) NOTIFYs:\n{}", notify_summary(&log));
     let notifies: Vec<&LoggedMessage> = requests(&log)
         .into_iter()
         .filter(|m| m.method().as_deref() == Some("NOTIFY"))
@@ -421,4 +442,62 @@ fn xmpp_user_refuses_lcs_watcher() {
     w.alice
         .command(json!({"op": "presence", "to": carol, "type": "unsubscribed"}));
     w.finish(&mut run, "p3");
+}
+
+/// (4) bob's active subscription survives a bridge restart: SIGTERM, the same store; alice's
+/// next change reaches SIPp as a NOTIFY in the same dialog (same Call-ID and tags), with no
+/// new SUBSCRIBE; then bob unsubscribes in that dialog. SIPp (one TCP socket per call) keeps
+/// its connection through `sticky_relay`, which opens a new TLS connection to the restarted
+/// bridge; the bridge sends the stored dialog's NOTIFYs by domain, reusing that connection.
+#[test]
+fn lcs_watcher_survives_bridge_restart() {
+    let Some(mut w) = world("(4) restart") else {
+        return;
+    };
+    let scenario = [
+        HEAD,
+        &uac_subscribe("bob"),
+        &uac_notifies_until("open", "&lt;basic&gt;open&lt;/basic&gt;"),
+        &uac_notifies_until("away", "away"),
+        UAC_UNSUBSCRIBE,
+        OK,
+        TAIL,
+    ]
+    .concat();
+    // SIPp's connection to the bridge is replaced under it (an LCS edge reconnecting).
+    let mut run = w.uac_with("p4", &scenario, true);
+    approve_and_wait_open(&mut w, "p4");
+    let before = sipp::read_message_log(w.dir(), "p4");
+    let first = before
+        .iter()
+        .find(|m| is_notify_with(m, "<basic>open</basic>"))
+        .unwrap()
+        .clone();
+    w.restart_bridge();
+    w.alice
+        .command(json!({"op": "presence", "show": "away", "status": "back soon"}));
+    let log = w.finish(&mut run, "p4");
+    eprintln!("(4) NOTIFYs:\n{}", notify_summary(&log));
+    let away = log
+        .iter()
+        .find(|m| is_notify_with(m, "away"))
+        .expect("a NOTIFY with away");
+    for h in ["Call-ID", "From", "To"] {
+        assert_eq!(
+            away.header(h),
+            first.header(h),
+            "{h} of the NOTIFY after the restart"
+        );
+    }
+    let state = away.header("Subscription-State").unwrap_or_default();
+    assert!(state.starts_with("active"), "{state}");
+    assert!(body_text(away).contains("back soon"), "{}", body_text(away));
+    let subscribes = log
+        .iter()
+        .filter(|m| m.sent && m.method().as_deref() == Some("SUBSCRIBE"))
+        .count();
+    assert_eq!(
+        subscribes, 2,
+        "SUBSCRIBEs SIPp sent (the first and Expires 0)"
+    );
 }

@@ -92,8 +92,13 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    /// Starts the bridge; its output is appended to `log` (a restart keeps the earlier run's).
     pub fn start(config: &Path, log: &Path, sip_port: u16) -> Bridge {
-        let out = std::fs::File::create(log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(BIN)
             .arg("run")
             .arg("--config")
@@ -532,13 +537,37 @@ impl<S: XmppServer> World<S> {
         child
     }
 
+    /// Stops the bridge with SIGTERM and starts it again with the same configuration (and so
+    /// the same store); waits until the new process has started.
+    pub fn restart_bridge(&mut self) {
+        self.bridge.terminate(self.deadline);
+        let started = self.bridge.count("lcs-bridge started");
+        let config = self.dir().join("lcs-bridge.toml");
+        let log = self.bridge.log.clone();
+        self.bridge = Bridge::start(&config, &log, self.bridge.sip_port);
+        self.bridge
+            .wait_log("lcs-bridge started", started + 1, self.deadline);
+        assert!(
+            sipp::listening(self.bridge.sip_port),
+            "the restarted bridge does not listen"
+        );
+    }
+
     /// SIPp as the LCS user who calls: SIPp UAC on TCP to socat, socat's mutual TLS (the peer
     /// certificate) to the bridge's SIP port. The Call-ID is `<name>-1@sipp`.
     pub fn uac(&mut self, name: &str, scenario: &str) -> Killed {
+        self.uac_with(name, scenario, false)
+    }
+
+    /// [`World::uac`]; `sticky`: SIPp's TCP connection goes through [`sticky_relay`], so it
+    /// survives the bridge's restart (the relay opens a new TLS connection through socat, as
+    /// an LCS edge would reconnect to its partner).
+    pub fn uac_with(&mut self, name: &str, scenario: &str, sticky: bool) -> Killed {
         self.write_scenario(name, scenario);
         let listen = super::free_port();
         let socat = sipp::socat_to_edge(&self.socat, self.dir(), listen, self.bridge.sip_port);
         self.peers.push(socat);
+        let remote = if sticky { sticky_relay(listen) } else { listen };
         let timeout = self.sipp_timeout();
         let cid = format!("{name}-%u@sipp");
         sipp::spawn_sipp(
@@ -546,7 +575,7 @@ impl<S: XmppServer> World<S> {
             self.dir(),
             name,
             super::free_port(),
-            Some(listen),
+            Some(remote),
             timeout,
             &["-cid_str", &cid],
         )
@@ -586,6 +615,82 @@ impl<S: XmppServer> Drop for World<S> {
         ));
         eprintln!("{report}");
     }
+}
+
+/// A TCP relay on a free loopback port for one client (SIPp): everything goes to
+/// `127.0.0.1:upstream`, and when that connection ends the relay opens a new one (every 50 ms
+/// until it stays up) while the client's connection stays open. Bytes written into an
+/// upstream connection that is about to end are lost: use it only where nothing is in flight
+/// then. Ends when the client closes.
+pub fn sticky_relay(upstream: u16) -> u16 {
+    use std::io::Read as _;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((mut client, _)) = listener.accept() else {
+            return;
+        };
+        let up: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
+        let done = Arc::new(AtomicBool::new(false));
+        // upstream → client, reconnecting.
+        {
+            let up = Arc::clone(&up);
+            let done = Arc::clone(&done);
+            let mut to_client = client.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while !done.load(Ordering::SeqCst) {
+                    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    *up.lock().unwrap() = Some(stream.try_clone().unwrap());
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if to_client.write_all(&buf[..n]).is_err() {
+                                    done.store(true, Ordering::SeqCst);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    *up.lock().unwrap() = None;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        // client → the current upstream (waiting up to 10 s for one).
+        let mut buf = [0u8; 16384];
+        loop {
+            let n = match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let sent = up
+                    .lock()
+                    .unwrap()
+                    .as_mut()
+                    .is_some_and(|s| s.write_all(&buf[..n]).is_ok());
+                if sent || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+        if let Some(s) = up.lock().unwrap().take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    });
+    port
 }
 
 pub fn tail(text: &str, max: usize) -> &str {
