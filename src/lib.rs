@@ -15,6 +15,7 @@
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`policy`] | none | federation policy: peer domain authorization from certificates (RFC 5922), SRV order (RFC 2782), backoff |
+//! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled) |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //!
 //! Rule: `sip`, `core`, `engine` and `xmpp` (but its `link`) never touch sockets or the clock and read no files, with one
