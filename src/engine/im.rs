@@ -28,6 +28,7 @@ use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
+use super::host_of;
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
@@ -182,15 +183,7 @@ impl ImEngine {
     }
 
     fn contact(&self, local_uri: &str) -> String {
-        let user = match Uri::parse(local_uri) {
-            Ok(Uri::Sip(u)) => u.user.unwrap_or_default().to_owned(),
-            _ => String::new(),
-        };
-        if user.is_empty() {
-            format!("sip:{};transport=tls", self.settings.public_fqdn)
-        } else {
-            format!("sip:{user}@{};transport=tls", self.settings.public_fqdn)
-        }
+        super::contact_for(&self.settings.public_fqdn, local_uri)
     }
 
     fn via(&self) -> String {
@@ -986,14 +979,6 @@ impl ImEngine {
             self.end_session(&key, &mut out);
         }
         out
-    }
-}
-
-/// The host of a `sip:` URI (lowercase), for routing.
-fn host_of(uri: &str) -> String {
-    match Uri::parse(uri) {
-        Ok(Uri::Sip(u)) => u.host_str().to_ascii_lowercase(),
-        _ => String::new(),
     }
 }
 

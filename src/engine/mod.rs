@@ -46,3 +46,25 @@ pub enum Output {
         remote: String,
     },
 }
+
+/// The host of a `sip:` URI (lowercase), for `Route::Domain`.
+pub(crate) fn host_of(uri: &str) -> String {
+    match crate::sip::uri::Uri::parse(uri) {
+        Ok(crate::sip::uri::Uri::Sip(u)) => u.host_str().to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
+/// This edge's Contact for a local user (`sip:user@public_fqdn;transport=tls`, the profile's
+/// TLS-only rule), so in-dialog requests come back to the edge.
+pub(crate) fn contact_for(public_fqdn: &str, local_uri: &str) -> String {
+    let user = match crate::sip::uri::Uri::parse(local_uri) {
+        Ok(crate::sip::uri::Uri::Sip(u)) => u.user.unwrap_or_default().to_owned(),
+        _ => String::new(),
+    };
+    if user.is_empty() {
+        format!("sip:{public_fqdn};transport=tls")
+    } else {
+        format!("sip:{user}@{public_fqdn};transport=tls")
+    }
+}

@@ -40,6 +40,7 @@ use xmpp_parsers::nick::Nick;
 use xmpp_parsers::presence::{Presence, Type};
 
 use super::Output;
+use super::host_of;
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::pidf::{self, PidfDocument};
@@ -52,7 +53,6 @@ use crate::sip::builder::{RequestSpec, name_addr};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
-use crate::sip::uri::Uri;
 use crate::store::{Approval, DialogRecord, Direction, SubState, Subscription};
 use crate::xmpp::gateway::error_reply;
 
@@ -238,14 +238,6 @@ fn secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
-/// The host of a `sip:` URI (lowercase), for routing.
-fn host_of(uri: &str) -> String {
-    match Uri::parse(uri) {
-        Ok(Uri::Sip(u)) => u.host_str().to_ascii_lowercase(),
-        _ => String::new(),
-    }
-}
-
 /// How much of the Accept header allows PIDF (absent: RFC 3856 §6.7 default is PIDF).
 fn accepts_pidf(request: &Message) -> bool {
     let mut any = false;
@@ -324,15 +316,7 @@ impl PresenceEngine {
     }
 
     fn contact(&self, local_uri: &str) -> String {
-        let user = match Uri::parse(local_uri) {
-            Ok(Uri::Sip(u)) => u.user.unwrap_or_default().to_owned(),
-            _ => String::new(),
-        };
-        if user.is_empty() {
-            format!("sip:{};transport=tls", self.settings.public_fqdn)
-        } else {
-            format!("sip:{user}@{};transport=tls", self.settings.public_fqdn)
-        }
+        super::contact_for(&self.settings.public_fqdn, local_uri)
     }
 
     fn local_uri(&self, local: &str) -> String {
