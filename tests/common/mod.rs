@@ -715,8 +715,33 @@ impl XmppServer for Ejabberd {
         &[GATEWAY_COMPONENT, DIRECT_COMPONENT]
     }
 
+    /// ejabberd opens its ports before mnesia has created the `passwd` table; `register` in
+    /// that window fails with `no_exists`, so it is retried for up to 15 s.
     fn register(&self, user: &str, password: &str) {
-        self.ctl(&["register", user, XMPP_DOMAIN, password]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = run_with_timeout(
+                Command::new(&self.ejabberdctl)
+                    .args(ctl_args(self.dir.path()))
+                    .args(["register", user, XMPP_DOMAIN, password])
+                    .current_dir(self.dir.path()),
+                Duration::from_secs(60),
+            );
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                text.contains("no_exists") && Instant::now() < deadline,
+                "ejabberdctl register {user}: {}\n{text}",
+                out.status
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn log(&self) -> String {
