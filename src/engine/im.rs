@@ -28,7 +28,7 @@ use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
-use super::host_of;
+use super::{Parties, host_of, parties};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
@@ -41,7 +41,6 @@ use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
-use crate::sip::uri::Uri;
 use crate::xmpp::gateway::error_reply;
 
 /// What the engine needs to know.
@@ -724,25 +723,6 @@ impl ImEngine {
         }
     }
 
-    /// The local and remote JIDs of an incoming request (To local, From remote).
-    fn parties(&self, request: &Message) -> Result<(Jid, Jid, String, String), (u16, String)> {
-        let party = |header: Result<crate::sip::header::NameAddr<'_>, _>| {
-            let n = header.map_err(|e: crate::sip::error::ParseError| (400, e.to_string()))?;
-            let uri = n.uri.to_owned();
-            let jid = self
-                .book
-                .uri_to_jid(&uri)
-                .map_err(|e| (404, format!("No such user: {e}")))?;
-            Ok::<_, (u16, String)>((jid, uri))
-        };
-        let (local, local_uri) = party(request.to())?;
-        let (remote, remote_uri) = party(request.from())?;
-        if !self.book.is_local_domain(local.domain().as_str()) {
-            return Err((404, format!("{local_uri} is not a user here")));
-        }
-        Ok((local, remote, local_uri, remote_uri))
-    }
-
     fn on_invite(
         &mut self,
         now: Instant,
@@ -756,7 +736,13 @@ impl ImEngine {
             tx,
             response: Message::response_to(request, status, Some(reason), Some(&tag)),
         };
-        let (local, remote, local_uri, remote_uri) = match self.parties(request) {
+        let Parties {
+            local,
+            local_uri,
+            remote,
+            remote_aor,
+            ..
+        } = match parties(&self.book, request) {
             Ok(p) => p,
             Err((status, reason)) => return out.push(reply(status, &reason)),
         };
@@ -787,7 +773,8 @@ impl ImEngine {
         response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
         out.push(Output::Respond { tx, response });
 
-        let key: Key = (local.to_bare(), bare_uri(&remote_uri));
+        let local = Jid::from(local);
+        let key: Key = (local.to_bare(), remote_aor);
         let thread = dialog.id.call_id.clone();
         // A new INVITE from the same party replaces the session we had with them.
         if let Some(old) = self.sessions.remove(&key) {
@@ -823,9 +810,10 @@ impl ImEngine {
 
     fn page_mode(&mut self, tx: TxId, request: &Message, out: &mut Vec<Output>) {
         let tag = self.token();
-        let (status, reason, stanza) = match self.parties(request) {
+        let (status, reason, stanza) = match parties(&self.book, request) {
             Err((s, r)) => (s, r, None),
-            Ok((local, remote, _, _)) => {
+            Ok(Parties { local, remote, .. }) => {
+                let local = Jid::from(local);
                 let ct = content_type(request);
                 match im_text::plain_text(&ct, request.body()) {
                     Ok(text) => (
@@ -979,17 +967,6 @@ impl ImEngine {
             self.end_session(&key, &mut out);
         }
         out
-    }
-}
-
-/// A URI without parameters (an AOR key).
-fn bare_uri(uri: &str) -> String {
-    match Uri::parse(uri) {
-        Ok(Uri::Sip(u)) => match u.user {
-            Some(user) => format!("sip:{user}@{}", u.host_str()).to_ascii_lowercase(),
-            None => format!("sip:{}", u.host_str()).to_ascii_lowercase(),
-        },
-        _ => uri.to_ascii_lowercase(),
     }
 }
 
@@ -1439,6 +1416,19 @@ mod tests {
             None,
         );
         assert!(String::from(&e).contains("<body>abc</body>"));
+    }
+
+    #[test]
+    fn a_reply_to_an_lcs_session_goes_in_that_session() {
+        let mut e = engine();
+        let now = Instant::now();
+        e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let out = e.on_stanza(now, message(Some("reply"), ""));
+        let (_, m, route) = requests(&out).remove(0);
+        assert_eq!(m.method(), Some(&Method::Message));
+        assert_eq!(route, Route::Connection(4));
+        assert_eq!(m.call_id().unwrap(), "call-1");
+        assert_eq!(e.session_count(), 1);
     }
 
     #[test]

@@ -155,6 +155,35 @@ struct Outbound {
     stanza_id: Option<String>,
 }
 
+impl Outbound {
+    /// A subscription with no dialog yet, asking for `expires_secs`.
+    fn new(
+        local_jid: BareJid,
+        remote_jid: BareJid,
+        approval: Approval,
+        expires_secs: u32,
+        stanza_id: Option<String>,
+    ) -> Outbound {
+        Outbound {
+            local_jid,
+            remote_jid,
+            approval,
+            active: false,
+            established: false,
+            dialog: None,
+            dialog_deadline: None,
+            pending: None,
+            expires_secs,
+            expires_at: None,
+            next_at: None,
+            attempts: 0,
+            last: None,
+            shown_available: false,
+            stanza_id,
+        }
+    }
+}
+
 /// An LCS user watching an XMPP user.
 #[derive(Debug)]
 struct Watcher {
@@ -307,6 +336,11 @@ impl PresenceEngine {
         self.rng.token()
     }
 
+    /// The Expires the bridge asks for (configured, at least the minimum).
+    fn expires_secs(&self) -> u32 {
+        secs(self.settings.expires).max(MIN_EXPIRES_SECS)
+    }
+
     fn branch(&mut self) -> String {
         format!("z9hG4bK{}", self.token())
     }
@@ -453,23 +487,13 @@ impl PresenceEngine {
         }
         self.outbound.insert(
             key.clone(),
-            Outbound {
-                local_jid: local,
+            Outbound::new(
+                local,
                 remote_jid,
-                approval: Approval::Requested,
-                active: false,
-                established: false,
-                dialog: None,
-                dialog_deadline: None,
-                pending: None,
-                expires_secs: secs(self.settings.expires).max(MIN_EXPIRES_SECS),
-                expires_at: None,
-                next_at: None,
-                attempts: 0,
-                last: None,
-                shown_available: false,
-                stanza_id: id,
-            },
+                Approval::Requested,
+                self.expires_secs(),
+                id,
+            ),
         );
         self.persist_out(now, &key, out);
         self.send_initial(now, &key, out);
@@ -569,23 +593,13 @@ impl PresenceEngine {
             // one (new store, or dropped after failures). Re-establish it.
             self.outbound.insert(
                 key.clone(),
-                Outbound {
-                    local_jid: local,
+                Outbound::new(
+                    local,
                     remote_jid,
-                    approval: Approval::Approved,
-                    active: false,
-                    established: false,
-                    dialog: None,
-                    dialog_deadline: None,
-                    pending: None,
-                    expires_secs: secs(self.settings.expires).max(MIN_EXPIRES_SECS),
-                    expires_at: None,
-                    next_at: None,
-                    attempts: 0,
-                    last: None,
-                    shown_available: false,
-                    stanza_id: None,
-                },
+                    Approval::Approved,
+                    self.expires_secs(),
+                    None,
+                ),
             );
             self.persist_out(now, &key, out);
             self.send_initial(now, &key, out);
@@ -1298,8 +1312,8 @@ impl PresenceEngine {
             r.push_header("Accept", PIDF_TYPE);
             return out.push(Output::Respond { tx, response: r });
         }
-        let (local, remote_jid, remote_aor, display) = match self.parties(request) {
-            Ok(p) => p,
+        let (local, remote_jid, remote_aor, display) = match super::parties(&self.book, request) {
+            Ok(p) => (p.local, p.remote, p.remote_aor, p.display),
             Err((status, reason)) => return out.push(reply(status, &reason)),
         };
         let expires = match request.expires() {
@@ -1395,42 +1409,6 @@ impl PresenceEngine {
             NotifyState::Pending
         };
         self.send_notify(now, &key, state, out);
-    }
-
-    /// The local user (To) and the LCS user (From) of an incoming SUBSCRIBE.
-    #[allow(clippy::type_complexity)]
-    fn parties(
-        &self,
-        request: &Message,
-    ) -> Result<(BareJid, BareJid, String, Option<String>), (u16, String)> {
-        let to = request.to().map_err(|e| (400, e.to_string()))?;
-        let from = request.from().map_err(|e| (400, e.to_string()))?;
-        let local = self
-            .book
-            .uri_to_jid(to.uri)
-            .map_err(|e| (404, format!("No such user: {e}")))?;
-        if !self.book.is_local_domain(local.domain().as_str()) {
-            return Err((404, format!("{} is not a user here", to.uri)));
-        }
-        let remote = self
-            .book
-            .uri_to_jid(from.uri)
-            .map_err(|e| (403, format!("Not a federated address: {e}")))?;
-        if self.book.is_local_domain(remote.domain().as_str()) {
-            return Err((403, "Forbidden: From is a local address".into()));
-        }
-        let aor = self
-            .book
-            .jid_to_sip(&remote)
-            .map_err(|e| (403, e.to_string()))?
-            .aor()
-            .to_uri();
-        Ok((
-            local.to_bare(),
-            remote.to_bare(),
-            aor,
-            from.display_name.map(str::to_owned),
-        ))
     }
 
     /// A SUBSCRIBE inside a watcher's dialog: refresh, or `Expires: 0` to end it.
@@ -1854,21 +1832,15 @@ impl PresenceEngine {
                     self.outbound.insert(
                         key.clone(),
                         Outbound {
-                            local_jid: local,
-                            remote_jid,
-                            approval: s.approval,
-                            active: false,
                             established: s.approval == Approval::Approved,
-                            dialog: None,
-                            dialog_deadline: None,
-                            pending: None,
-                            expires_secs: secs(self.settings.expires).max(MIN_EXPIRES_SECS),
-                            expires_at: None,
-                            next_at: None,
-                            attempts: 0,
                             last: s.last_received.as_deref().and_then(|b| pidf::parse(b).ok()),
-                            shown_available: false,
-                            stanza_id: None,
+                            ..Outbound::new(
+                                local,
+                                remote_jid,
+                                s.approval,
+                                self.expires_secs(),
+                                None,
+                            )
                         },
                     );
                     requests.push(key);
