@@ -16,6 +16,12 @@
 //! 3. carol subscribes, alice answers `unsubscribed` → NOTIFY `terminated;reason=rejected`.
 //! 4. bob's active subscription (2) survives a bridge restart (SIGTERM, same store): alice's
 //!    next change reaches SIPp as a NOTIFY in the same dialog, without a new SUBSCRIBE.
+//! 5. bob's side ends alice's subscription with each `terminated` reason in turn
+//!    (deactivated, probation with retry-after, timeout: a new SUBSCRIBE, when RFC 6665 says;
+//!    rejected: `unsubscribed`); the first document has several tuples, a person and a device.
+//! 6. `noresource`: `unavailable`, no `unsubscribed`, no new SUBSCRIBE soon.
+//! 7. alice's subscription to bob survives a bridge restart: a fresh SUBSCRIBE, no second
+//!    `subscribed`.
 //!
 //! Each test prints the bridge log, SIPp's logs, Prosody's log and alice's events when it fails.
 
@@ -97,6 +103,38 @@ fn uas_notify(method: &str, cseq: u32, state: &str, pidf: &str) -> String {
     )
 }
 
+/// SIPp UAS: a fresh SUBSCRIBE from alice to bob (`Event: presence`, PIDF `Accept`, non-zero
+/// `Expires`), answered 202 with SIPp's To tag; `$from`, `$to` and `$contact` kept for the
+/// NOTIFYs of [`uas_notify`].
+const UAS_ACCEPT: &str = r#"  <recv request="SUBSCRIBE">
+    <action>
+      <ereg regexp="^ *presence" search_in="hdr" header="Event:" check_it="true" assign_to="ev"/>
+      <ereg regexp="application/pidf\+xml" search_in="hdr" header="Accept:" check_it="true" assign_to="acc"/>
+      <ereg regexp="[1-9][0-9]*" search_in="hdr" header="Expires:" check_it="true" assign_to="exp"/>
+      <ereg regexp="sip:alice@xmpp\.test" search_in="hdr" header="From:" check_it="true" assign_to="f"/>
+      <ereg regexp="sip:bob@contoso\.com" search_in="hdr" header="To:" check_it="true" assign_to="t"/>
+      <ereg regexp="&lt;sip:[^&gt;]*&gt;[^ ]*" search_in="hdr" header="From:" check_it="true" assign_to="from"/>
+      <ereg regexp="&lt;sip:[^&gt;]*&gt;" search_in="hdr" header="To:" check_it="true" assign_to="to"/>
+      <ereg regexp="sip:[^&gt;]*" search_in="hdr" header="Contact:" check_it="true" assign_to="contact"/>
+    </action>
+  </recv>
+  <Reference variables="ev,acc,exp,f,t"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 202 Accepted
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]lcs[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
+      Expires: 3600
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+
 /// Answers 200 to the request SIPp just received.
 const OK: &str = common::e2e::OK;
 
@@ -153,34 +191,7 @@ fn xmpp_user_watches_lcs_user() {
     let person = golden_pidf("rfc4480-person");
     let scenario = [
         HEAD,
-        r#"  <recv request="SUBSCRIBE">
-    <action>
-      <ereg regexp="^ *presence" search_in="hdr" header="Event:" check_it="true" assign_to="ev"/>
-      <ereg regexp="application/pidf\+xml" search_in="hdr" header="Accept:" check_it="true" assign_to="acc"/>
-      <ereg regexp="[1-9][0-9]*" search_in="hdr" header="Expires:" check_it="true" assign_to="exp"/>
-      <ereg regexp="sip:alice@xmpp\.test" search_in="hdr" header="From:" check_it="true" assign_to="f"/>
-      <ereg regexp="sip:bob@contoso\.com" search_in="hdr" header="To:" check_it="true" assign_to="t"/>
-      <ereg regexp="&lt;sip:[^&gt;]*&gt;[^ ]*" search_in="hdr" header="From:" check_it="true" assign_to="from"/>
-      <ereg regexp="&lt;sip:[^&gt;]*&gt;" search_in="hdr" header="To:" check_it="true" assign_to="to"/>
-      <ereg regexp="sip:[^&gt;]*" search_in="hdr" header="Contact:" check_it="true" assign_to="contact"/>
-    </action>
-  </recv>
-  <Reference variables="ev,acc,exp,f,t"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 202 Accepted
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]lcs[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
-      Expires: 3600
-      Content-Length: 0
-
-    ]]>
-  </send>
-"#,
+        UAS_ACCEPT,
         &uas_notify("NOTIFY", 1, "active;expires=3600", &profile),
         "  <recv response=\"200\"/>\n",
         &uas_notify("NOTIFY", 2, "active;expires=3590", &person),
@@ -500,4 +511,301 @@ fn lcs_watcher_survives_bridge_restart() {
         subscribes, 2,
         "SUBSCRIBEs SIPp sent (the first and Expires 0)"
     );
+}
+
+/// Several tuples, an RFC 4480 `<person>` with another activity and a `<device>`, as LCS and
+/// OCS put them on the wire: only the first tuple counts (busy, "In a call").
+const PIDF_SEVERAL_TUPLES: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:ep="urn:ietf:params:xml:ns:pidf:status:rpid-status" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" xmlns:ci="urn:ietf:params:xml:ns:pidf:cipid" entity="sip:bob@contoso.com">
+<tuple id="0">
+<status>
+<basic>open</basic>
+<ep:activities>
+<ep:activity>busy</ep:activity>
+</ep:activities>
+</status>
+<note>In a call</note>
+</tuple>
+<tuple id="1">
+<status>
+<basic>closed</basic>
+</status>
+<note>second tuple, never read</note>
+</tuple>
+<tuple id="2">
+<status>
+<basic>open</basic>
+<ep:activities>
+<ep:activity>away</ep:activity>
+</ep:activities>
+</status>
+</tuple>
+<dm:person id="p0">
+<rpid:activities>
+<rpid:vacation/>
+</rpid:activities>
+</dm:person>
+<dm:device id="d0">
+<dm:deviceID>urn:uuid:3f0a9e5c-2b1d-4c1e-9a8e-0f6b2d1c7e55</dm:deviceID>
+</dm:device>
+<ci:display-name>Bob Builder</ci:display-name>
+</presence>"#;
+
+/// SIPp actions that set `c2`…`cN` true for the call with that `[call_number]`, for
+/// [`per_call`] (call 1 is the one with none set).
+fn call_number_flags(n: u32) -> String {
+    let tests: String = (2..=n)
+        .map(|k| {
+            format!(
+                "      <test assign_to=\"c{k}\" variable=\"n\" compare=\"equal\" value=\"{k}\"/>\n"
+            )
+        })
+        .collect();
+    format!(
+        "  <nop>\n    <action>\n      <assignstr assign_to=\"ns\" value=\"[call_number]\"/>\n      \
+         <todouble assign_to=\"n\" variable=\"ns\"/>\n{tests}    </action>\n  </nop>\n"
+    )
+}
+
+/// One of `branches` per call: call K runs `branches[K-1]` (flags from [`call_number_flags`]).
+/// Plain jumps, not SIPp's `condexec`: a skipped element costs SIPp a scheduling round, and a
+/// response arriving then is "unexpected". Each branch should end on a `<recv>`, so that
+/// nothing is in flight at the jumps.
+fn per_call(id: &str, branches: &[String]) -> String {
+    let mut xml: String = (2..=branches.len())
+        .map(|k| format!("  <nop next=\"{id}{k}\" test=\"c{k}\"/>\n"))
+        .collect();
+    for (k, branch) in branches.iter().enumerate() {
+        if k > 0 {
+            xml += &format!("  <label id=\"{id}{}\"/>\n", k + 1);
+        }
+        xml += branch;
+        xml += &format!("  <nop next=\"{id}_end\"/>\n");
+    }
+    xml + &format!("  <label id=\"{id}_end\"/>\n")
+}
+
+/// The SUBSCRIBEs the bridge sent to SIPp and the NOTIFYs SIPp sent, in order.
+fn subscribes_and_notifies(log: &[LoggedMessage]) -> (Vec<&LoggedMessage>, Vec<&LoggedMessage>) {
+    let of = |method: &str, sent: bool| -> Vec<&LoggedMessage> {
+        log.iter()
+            .filter(|m| m.sent == sent && m.method().as_deref() == Some(method))
+            .collect()
+    };
+    (of("SUBSCRIBE", false), of("NOTIFY", true))
+}
+
+fn count_presence(w: &mut World<Prosody>, from: &str, kind: &str) -> usize {
+    w.alice.drain();
+    w.alice
+        .seen
+        .iter()
+        .filter(|e| is_presence_from(e, from) && e["type"] == kind)
+        .count()
+}
+
+/// (5) alice watches bob, and bob's side ends the subscription with each reason in turn
+/// (interworking.md §2, RFC 6665 §4.1.3), each in a fresh dialog (one SIPp call each):
+/// `deactivated` → a new SUBSCRIBE at once; `probation;retry-after=1` → a new SUBSCRIBE after a
+/// second, `unavailable` meanwhile; `timeout` → at once again (the `active` in between reset
+/// the backoff); `rejected` → `unsubscribed`, and nothing more. The first `active` NOTIFY
+/// carries several tuples, a person and a device: only the first tuple is shown. alice sees
+/// `subscribed` once for the whole run.
+#[test]
+fn lcs_side_terminates_with_each_reason() {
+    let Some(mut w) = world("(5) terminated reasons") else {
+        return;
+    };
+    let reasons = [
+        "deactivated",
+        "probation;retry-after=1",
+        "timeout",
+        "rejected",
+    ];
+    let answered = |xml: String| xml + "  <recv response=\"200\"/>\n";
+    let active: Vec<String> = (1..=4)
+        .map(|k| {
+            let doc = if k == 1 {
+                PIDF_SEVERAL_TUPLES
+            } else {
+                PIDF_ONLINE
+            };
+            answered(uas_notify("NOTIFY", 1, "active;expires=3600", doc))
+        })
+        .collect();
+    let terminated: Vec<String> = reasons
+        .iter()
+        .map(|r| {
+            answered(uas_notify(
+                "NOTIFY",
+                2,
+                &format!("terminated;reason={r}"),
+                "",
+            ))
+        })
+        .collect();
+    let scenario = [
+        HEAD,
+        UAS_ACCEPT,
+        &call_number_flags(4),
+        &per_call("active", &active),
+        &per_call("term", &terminated),
+        TAIL,
+    ]
+    .concat();
+    let mut run = w.uas_calls("p5", &scenario, 4);
+    let bob = w.mode.jid("bob");
+    w.alice
+        .command(json!({"op": "presence", "to": bob, "type": "subscribe"}));
+    let deadline = w.deadline;
+    let e = w.alice.wait_for("bob's first tuple", deadline, |e| {
+        is_presence_from(e, &bob) && e["type"] == "available"
+    });
+    assert_eq!(e["show"], "dnd", "busy in the first tuple: {e}");
+    assert_eq!(e["status"], "In a call", "the first tuple's note: {e}");
+    w.alice.wait_for("unsubscribed from bob", deadline, |e| {
+        is_presence_from(e, &bob) && e["type"] == "unsubscribed"
+    });
+    let log = w.finish(&mut run, "p5");
+    let (subscribes, notifies) = subscribes_and_notifies(&log);
+    assert_eq!(subscribes.len(), 4, "SUBSCRIBEs, one per call");
+    let mut call_ids: Vec<Option<String>> =
+        subscribes.iter().map(|m| m.header("Call-ID")).collect();
+    call_ids.sort();
+    call_ids.dedup();
+    assert_eq!(call_ids.len(), 4, "each SUBSCRIBE in a new dialog");
+    let terminated: Vec<&&LoggedMessage> = notifies
+        .iter()
+        .filter(|m| {
+            m.header("Subscription-State")
+                .is_some_and(|s| s.starts_with("terminated"))
+        })
+        .collect();
+    assert_eq!(terminated.len(), 4);
+    // The delay between each `terminated` and the next SUBSCRIBE.
+    let waited: Vec<f64> = (0..3)
+        .map(|k| subscribes[k + 1].time - terminated[k].time)
+        .collect();
+    eprintln!("(5) re-SUBSCRIBE delays: {waited:?}");
+    assert!(
+        waited[0] < 0.9,
+        "deactivated: at once, not {:.3} s",
+        waited[0]
+    );
+    assert!(
+        (1.0..5.0).contains(&waited[1]),
+        "probation;retry-after=1: after a second, not {:.3} s",
+        waited[1]
+    );
+    assert!(waited[2] < 0.9, "timeout: at once, not {:.3} s", waited[2]);
+    // Nothing after the rejection (a second to let a wrong one show).
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        count_presence(&mut w, &bob, "subscribed"),
+        1,
+        "`subscribed` once"
+    );
+    assert_eq!(count_presence(&mut w, &bob, "unsubscribed"), 1);
+    let unavailable_before_end = w
+        .alice
+        .seen
+        .iter()
+        .take_while(|e| !(is_presence_from(e, &bob) && e["type"] == "unsubscribed"))
+        .any(|e| is_presence_from(e, &bob) && e["type"] == "unavailable");
+    assert!(
+        unavailable_before_end,
+        "`unavailable` while waiting after probation"
+    );
+}
+
+/// (6) `terminated;reason=noresource`: RFC 6665 says not to subscribe again soon; the bridge
+/// shows bob `unavailable`, keeps alice's subscription (no `unsubscribed`) and sends no new
+/// SUBSCRIBE within the next seconds (it retries after the longest delay, 30 min).
+#[test]
+fn lcs_side_terminates_noresource() {
+    let Some(mut w) = world("(6) noresource") else {
+        return;
+    };
+    let scenario = [
+        HEAD,
+        UAS_ACCEPT,
+        &uas_notify("NOTIFY", 1, "active;expires=3600", PIDF_ONLINE),
+        "  <recv response=\"200\"/>\n",
+        &uas_notify("NOTIFY", 2, "terminated;reason=noresource", ""),
+        "  <recv response=\"200\"/>\n",
+        TAIL,
+    ]
+    .concat();
+    // Two calls: a second SUBSCRIBE would be taken; none must come.
+    let mut run = w.uas_calls("p6", &scenario, 2);
+    let bob = w.mode.jid("bob");
+    w.alice
+        .command(json!({"op": "presence", "to": bob, "type": "subscribe"}));
+    let deadline = w.deadline;
+    w.alice.wait_for("bob online", deadline, |e| {
+        is_presence_from(e, &bob) && e["type"] == "available"
+    });
+    w.alice.wait_for("bob unavailable", deadline, |e| {
+        is_presence_from(e, &bob) && e["type"] == "unavailable"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let log = sipp::read_message_log(w.dir(), "p6");
+    let (subscribes, _) = subscribes_and_notifies(&log);
+    assert_eq!(subscribes.len(), 1, "no SUBSCRIBE soon after noresource");
+    assert_eq!(count_presence(&mut w, &bob, "unsubscribed"), 0);
+    assert_eq!(count_presence(&mut w, &bob, "subscribed"), 1);
+    drop(run.0.kill());
+}
+
+/// (7) alice's subscription to bob survives a bridge restart: the restarted bridge subscribes
+/// again by itself (a fresh dialog, RFC 6665 gives no way to resume the old one without its
+/// state on both sides), alice sees bob's new presence and no second `subscribed`.
+#[test]
+fn xmpp_watcher_survives_bridge_restart() {
+    let Some(mut w) = world("(7) outbound restart") else {
+        return;
+    };
+    let pidf_away = PIDF_ONLINE.replace(
+        "<basic>open</basic>",
+        "<basic>open</basic>\n<ep:activities>\n<ep:activity>away</ep:activity>\n</ep:activities>",
+    );
+    let scenario = [
+        HEAD,
+        UAS_ACCEPT,
+        &call_number_flags(2),
+        &per_call(
+            "active",
+            &[PIDF_ONLINE, &pidf_away].map(|doc| {
+                uas_notify("NOTIFY", 1, "active;expires=3600", doc) + "  <recv response=\"200\"/>\n"
+            }),
+        ),
+        TAIL,
+    ]
+    .concat();
+    let mut run = w.uas_calls("p7", &scenario, 2);
+    let bob = w.mode.jid("bob");
+    w.alice
+        .command(json!({"op": "presence", "to": bob, "type": "subscribe"}));
+    let deadline = w.deadline;
+    w.alice.wait_for("bob online", deadline, |e| {
+        is_presence_from(e, &bob) && e["type"] == "available" && e["show"].is_null()
+    });
+    w.restart_bridge();
+    w.alice
+        .wait_for("bob away after the restart", deadline, |e| {
+            is_presence_from(e, &bob) && e["type"] == "available" && e["show"] == "away"
+        });
+    let log = w.finish(&mut run, "p7");
+    let (subscribes, _) = subscribes_and_notifies(&log);
+    assert_eq!(subscribes.len(), 2, "one SUBSCRIBE per bridge process");
+    assert_ne!(
+        subscribes[0].header("Call-ID"),
+        subscribes[1].header("Call-ID")
+    );
+    assert_eq!(
+        count_presence(&mut w, &bob, "subscribed"),
+        1,
+        "`subscribed` once"
+    );
+    assert_eq!(count_presence(&mut w, &bob, "unsubscribed"), 0);
 }

@@ -527,10 +527,25 @@ impl<S: XmppServer> World<S> {
     /// SIPp as the LCS user the bridge calls: SIPp UAS on TCP, socat's mutual TLS on the
     /// partner's static edge port in front of it.
     pub fn uas(&mut self, name: &str, scenario: &str) -> Killed {
+        self.uas_calls(name, scenario, 1)
+    }
+
+    /// [`World::uas`] for `calls` calls (SIPp ends after that many; each new Call-ID the
+    /// bridge sends starts the scenario again, `[call_number]` counting from 1).
+    pub fn uas_calls(&mut self, name: &str, scenario: &str, calls: u32) -> Killed {
         self.write_scenario(name, scenario);
         let port = super::free_port();
         let timeout = self.sipp_timeout();
-        let mut child = sipp::spawn_sipp(&self.sipp, self.dir(), name, port, None, timeout, &[]);
+        let calls = calls.to_string();
+        let mut child = sipp::spawn_sipp(
+            &self.sipp,
+            self.dir(),
+            name,
+            port,
+            None,
+            timeout,
+            &["-m", &calls],
+        );
         sipp::wait_listening(&mut child, port, "sipp");
         let socat = sipp::socat_from_edge(&self.socat, self.dir(), self.partner_port, port);
         self.peers.push(socat);
