@@ -202,6 +202,10 @@ struct Watcher {
     failures: u32,
     /// The last PIDF sent (identical states are not sent twice).
     last_body: Option<String>,
+    /// The last `active` NOTIFY was sent before the local user's presence was known (an
+    /// approval right after login, before the server's presence to the contact arrived): the
+    /// first known state goes out at once instead of after the interval.
+    blind: bool,
 }
 
 /// One local user's presence as the XMPP server sent it to the component.
@@ -1378,6 +1382,7 @@ impl PresenceEngine {
             retry_at: None,
             failures: 0,
             last_body: None,
+            blind: false,
         });
         w.dialog = Some(dialog);
         w.detached = false;
@@ -1536,6 +1541,7 @@ impl PresenceEngine {
     /// A NOTIFY to watcher `key` (Active carries the current document).
     fn send_notify(&mut self, now: Instant, key: &Key, state: NotifyState, out: &mut Vec<Output>) {
         let body = (state == NotifyState::Active).then(|| pidf::render(&self.current_doc(&key.0)));
+        let known = self.users.contains_key(&key.0);
         let Some(w) = self.inbound.get_mut(key) else {
             return;
         };
@@ -1569,6 +1575,7 @@ impl PresenceEngine {
         if state == NotifyState::Active {
             w.last_body = body;
             w.dirty = false;
+            w.blind = !known;
         }
     }
 
@@ -1583,7 +1590,7 @@ impl PresenceEngine {
             && w.dialog.is_some()
             && w.in_flight.is_none()
             && w.retry_at.is_none_or(|r| r <= now)
-            && w.last_notify.is_none_or(|t| t + interval <= now);
+            && (w.blind || w.last_notify.is_none_or(|t| t + interval <= now));
         if !due {
             return;
         }
@@ -1603,9 +1610,11 @@ impl PresenceEngine {
         if w.dialog.is_some() {
             t = t.min(w.dialog_deadline);
             if w.dirty && w.approval == Approval::Approved && w.in_flight.is_none() {
-                let mut at = w
-                    .last_notify
-                    .map_or(t, |l| l + self.settings.min_notify_interval);
+                let mut at = match w.last_notify {
+                    Some(l) if w.blind => l,
+                    Some(l) => l + self.settings.min_notify_interval,
+                    None => t,
+                };
                 if let Some(r) = w.retry_at {
                     at = at.max(r);
                 }
@@ -1882,6 +1891,7 @@ impl PresenceEngine {
                             retry_at: None,
                             failures: 0,
                             last_body: None,
+                            blind: false,
                         },
                     );
                 }

@@ -794,6 +794,7 @@ fn resources_aggregate_by_priority_then_availability() {
 fn bursts_are_coalesced_per_watcher_and_the_last_state_goes_out() {
     let now = Instant::now();
     let mut e = engine_at(now);
+    e.on_stanza(now, alice("phone' to='lcs.example.org'", ""));
     let (_, tx) = watched(&mut e, now);
     ok(&mut e, now, tx, 4);
     // The active NOTIFY went out at `now`: changes within 5 s wait.
@@ -831,6 +832,27 @@ fn bursts_are_coalesced_per_watcher_and_the_last_state_goes_out() {
         1,
         "the owed state, the interval having passed"
     );
+}
+
+/// Approved before the server sent the user's presence to the contact (it does right after
+/// `subscribed`): the `active` NOTIFY says closed, and the first known state follows at once,
+/// not an interval later (LCS would show the user offline meanwhile). Later changes are
+/// coalesced again.
+#[test]
+fn the_first_known_state_after_a_blind_approval_goes_at_once() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let (_, tx) = watched(&mut e, now);
+    ok(&mut e, now, tx, 4);
+    let t = now + Duration::from_millis(20);
+    let out = e.on_stanza(t, alice("phone' to='lcs.example.org'", ""));
+    let reqs = requests(&out);
+    assert_eq!(reqs.len(), 1, "at once: {:?}", kinds(&out));
+    assert!(body(&reqs[0].1).contains("<basic>open</basic>"));
+    ok(&mut e, t, reqs[0].0, 4);
+    let out = e.on_stanza(t, alice("phone' to='lcs.example.org'", "<show>away</show>"));
+    assert!(requests(&out).is_empty(), "coalesced again");
+    assert_eq!(e.poll_timeout(), Some(t + Duration::from_secs(5)));
 }
 
 #[test]
