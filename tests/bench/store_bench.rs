@@ -21,7 +21,7 @@ use lcs_bridge::store::{
     Approval, DialogRecord, Direction, SledOptions, SledStore, Store, SubState, Subscription,
 };
 
-const PIDF: &[u8] = include_bytes!("../tests/golden/pidf/profile-example.xml");
+const PIDF: &[u8] = include_bytes!("../golden/pidf/profile-example.xml");
 
 /// `--tiny`: presence kept as an 8-byte code (show, a status hash) instead of a stanza.
 static TINY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
