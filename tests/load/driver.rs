@@ -1,0 +1,615 @@
+//! The world a scenario runs in — the real `lcs-bridge` binary as a child process (pinned to
+//! its own core), the XEP-0114 server it connects to, the LCS edge's SIP connections — and
+//! the measuring loop: offered load, latencies from a stanza or request leaving here to its
+//! translation arriving here, the bridge's CPU time and RSS from /proc.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use lcs_bridge::sip::message::Message;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::net::{self, Event, Tls, Writer};
+use crate::pki::{Pki, der_to_pem};
+
+pub const COMPONENT: &str = "lcs.xmpp.test";
+pub const XMPP_DOMAIN: &str = "xmpp.test";
+pub const LCS_DOMAIN: &str = "contoso.com";
+const SECRET: &str = "load-secret";
+
+/// How to run the bridge.
+#[derive(Clone)]
+pub struct Options {
+    pub bridge: PathBuf,
+    /// CPU the bridge is pinned to (`taskset`); the generator takes the others.
+    pub bridge_cpu: Option<usize>,
+    /// Keep the working directory (printed) instead of deleting it.
+    pub keep: bool,
+}
+
+/// The bridge's JID for LCS user `user` (gateway mode, XEP-0106).
+pub fn contact_jid(user: &str) -> String {
+    format!("{user}\\40{LCS_DOMAIN}@{COMPONENT}")
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub bridge: Child,
+    pub pid: u32,
+    /// When the bridge process was started.
+    pub spawned: Instant,
+    pub sip_addr: SocketAddr,
+    events: UnboundedReceiver<Event>,
+    events_tx: UnboundedSender<Event>,
+    pub ctx: Ctx,
+    tls: Tls,
+    next_client: usize,
+    component: TcpListener,
+    opts: Options,
+}
+
+/// What handlers write with and record into.
+pub struct Ctx {
+    pub xmpp: Option<Writer>,
+    pub sip: HashMap<usize, Writer>,
+    /// Connections the bridge opened to the partner's listener (ids below 1<<20).
+    pub accepted: usize,
+    pub sent_at: Vec<Instant>,
+    /// Deliveries expected for what was sent (an item may fan out).
+    pub expected: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub last_delivery: Option<Instant>,
+    pub hist: Histogram<u64>,
+    pub record: bool,
+}
+
+impl Ctx {
+    /// Marks the next item sent now, to be delivered `fanout` times; its sequence number.
+    pub fn sent(&mut self, now: Instant, fanout: u64) -> u64 {
+        self.sent_at.push(now);
+        self.expected += fanout;
+        (self.sent_at.len() - 1) as u64
+    }
+
+    /// Item `seq` arrived translated at `at`.
+    pub fn delivered(&mut self, seq: u64, at: Instant) {
+        let Some(sent) = self.sent_at.get(seq as usize) else {
+            return self.error(format!("delivery of unknown item {seq}"));
+        };
+        self.delivered += 1;
+        self.last_delivery = Some(at);
+        if self.record {
+            let us = at.saturating_duration_since(*sent).as_micros() as u64;
+            self.hist.saturating_record(us.max(1));
+        }
+    }
+
+    pub fn error(&mut self, what: String) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(what);
+        }
+    }
+
+    pub fn stanza(&self, s: String) {
+        if let Some(x) = &self.xmpp {
+            let _ = x.send(s.into_bytes());
+        }
+    }
+
+    pub fn sip_send(&mut self, conn: usize, m: &Message) {
+        match self.sip.get(&conn) {
+            Some(w) => {
+                let _ = w.send(m.to_bytes());
+            }
+            None => self.error(format!("connection {conn} is gone")),
+        }
+    }
+
+    pub fn sip_raw(&mut self, conn: usize, bytes: Vec<u8>) {
+        match self.sip.get(&conn) {
+            Some(w) => {
+                let _ = w.send(bytes);
+            }
+            None => self.error(format!("connection {conn} is gone")),
+        }
+    }
+
+    pub fn outstanding(&self) -> u64 {
+        self.expected.saturating_sub(self.delivered)
+    }
+}
+
+/// A scenario's reactions.
+pub trait Handler {
+    fn stanza(&mut self, cx: &mut Ctx, stanza: &[u8], at: Instant);
+    fn sip(&mut self, cx: &mut Ctx, conn: usize, msg: Message, at: Instant);
+    /// Sends one load item (calls `cx.sent`); false when none can go now.
+    fn send_one(&mut self, _cx: &mut Ctx, _now: Instant) -> bool {
+        false
+    }
+    fn closed(&mut self, cx: &mut Ctx, conn: usize, why: &str) {
+        cx.sip.remove(&conn);
+        let _ = why;
+    }
+}
+
+/// Offered load: items per second, or a closed loop keeping `window` items outstanding.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    Rate(f64),
+    Window(u64),
+}
+
+/// One measured step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub offered: String,
+    pub seconds: f64,
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// The bridge's CPU time over the step, in % of one core.
+    pub bridge_cpu_pct: f64,
+    pub bridge_rss_kib: u64,
+    pub bridge_peak_rss_kib: u64,
+}
+
+impl World {
+    /// Starts everything: PKI, the XEP-0114 listener, the partner's SIP listener, the bridge
+    /// with `extra` TOML appended to its configuration; `prepare` runs on the working directory
+    /// first (e.g. to fill the store). Returns when the component stream is up.
+    pub async fn start(opts: &Options, extra: &str, prepare: impl FnOnce(&Path)) -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("lcs-load-")
+            .tempdir()
+            .expect("a temporary directory");
+        let pki = Pki::new("Load CA");
+        let bridge_leaf = pki.leaf(&["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"], false);
+        let peer_leaf = pki.leaf(&["sip.contoso.com", LCS_DOMAIN, "127.0.0.1"], false);
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        write("bridge.crt", der_to_pem("CERTIFICATE", &bridge_leaf.0[0]));
+        write(
+            "bridge.key",
+            der_to_pem("PRIVATE KEY", bridge_leaf.1.secret_der()),
+        );
+        write("ca.crt", der_to_pem("CERTIFICATE", &pki.ca));
+        std::fs::set_permissions(
+            dir.path().join("bridge.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let tls = Tls::new(&peer_leaf, &pki.ca);
+        let component = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sip_port = free_port();
+        let config = dir.path().join("lcs-bridge.toml");
+        let q = |p: PathBuf| format!("{:?}", p.display().to_string());
+        let mappings = q(Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"# written by lcs-load
+[xmpp]
+host = "127.0.0.1"
+port = {component_port}
+secret = "{SECRET}"
+mode = "gateway"
+component_domains = ["{COMPONENT}"]
+local_domains = ["{XMPP_DOMAIN}"]
+queue_capacity = 100000
+
+[sip]
+listen = "127.0.0.1:{sip_port}"
+public_fqdn = "sip.xmpp.test"
+cert_chain = {cert}
+private_key = {key}
+ca_bundle = {ca}
+dns_servers = ["127.0.0.1:9"]
+
+[federation]
+default_policy = "deny"
+
+[[federation.partners]]
+domain = "{LCS_DOMAIN}"
+edge = "127.0.0.1:{partner_port}"
+
+[storage]
+path = {storage}
+
+[mappings]
+path = {mappings}
+
+[logging]
+level = "warn"
+{extra}"#,
+                component_port = component.local_addr().unwrap().port(),
+                partner_port = partner.local_addr().unwrap().port(),
+                cert = q(dir.path().join("bridge.crt")),
+                key = q(dir.path().join("bridge.key")),
+                ca = q(dir.path().join("ca.crt")),
+                storage = q(dir.path().join("store")),
+            ),
+        )
+        .unwrap();
+        prepare(dir.path());
+        let (events_tx, events) = unbounded_channel();
+        net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
+        let spawned = Instant::now();
+        let bridge = spawn_bridge(opts, &config, &dir.path().join("bridge.log"));
+        let pid = bridge.id();
+        let mut world = World {
+            sip_addr: SocketAddr::from(([127, 0, 0, 1], sip_port)),
+            bridge,
+            pid,
+            spawned,
+            events,
+            events_tx,
+            ctx: Ctx {
+                xmpp: None,
+                sip: HashMap::new(),
+                accepted: 0,
+                sent_at: Vec::new(),
+                expected: 0,
+                delivered: 0,
+                errors: 0,
+                first_error: None,
+                last_delivery: None,
+                hist: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+                record: false,
+            },
+            tls,
+            next_client: 1 << 20,
+            component,
+            opts: opts.clone(),
+            dir,
+        };
+        world.accept_component().await;
+        world
+    }
+
+    async fn accept_component(&mut self) {
+        let accept =
+            net::accept_component(&self.component, COMPONENT, SECRET, self.events_tx.clone());
+        match tokio::time::timeout(Duration::from_secs(120), accept).await {
+            Ok(Ok(w)) => self.ctx.xmpp = Some(w),
+            Ok(Err(e)) => self.fail(&format!("component stream: {e}")),
+            Err(_) => self.fail("the bridge did not connect its component in 120 s"),
+        }
+    }
+
+    /// Panics with the bridge's log.
+    pub fn fail(&self, why: &str) -> ! {
+        let log = std::fs::read_to_string(self.dir.path().join("bridge.log")).unwrap_or_default();
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!("{why}\n--- bridge log (end) ---\n{tail}");
+    }
+
+    /// Opens `n` connections to the bridge as the LCS edge (retrying while it starts);
+    /// their ids.
+    pub async fn connect(&mut self, n: usize) -> Vec<usize> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let id = self.next_client;
+            self.next_client += 1;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match net::connect_sip(
+                    self.sip_addr,
+                    self.tls.connector.clone(),
+                    id,
+                    self.events_tx.clone(),
+                )
+                .await
+                {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => self.fail(&format!("connect: {e}")),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            ids.push(id);
+        }
+        // Their SipUp events.
+        let want: Vec<usize> = ids.clone();
+        self.pump(&mut NoHandler, None, Duration::from_secs(10), |cx| {
+            want.iter().all(|id| cx.sip.contains_key(id))
+        })
+        .await;
+        ids
+    }
+
+    /// Opens `n` connections to the bridge at once and waits for every handshake.
+    pub async fn connect_many(&mut self, n: usize) -> Result<(), String> {
+        let ids: Vec<usize> = (0..n).map(|i| self.next_client + i).collect();
+        self.next_client += n;
+        let results = futures::future::join_all(ids.iter().map(|&id| {
+            net::connect_sip(
+                self.sip_addr,
+                self.tls.connector.clone(),
+                id,
+                self.events_tx.clone(),
+            )
+        }))
+        .await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            return Err(format!("connect: {e}"));
+        }
+        let ok = self
+            .pump(&mut NoHandler, None, Duration::from_secs(30), |cx| {
+                ids.iter().all(|id| cx.sip.contains_key(id))
+            })
+            .await;
+        if ok {
+            Ok(())
+        } else {
+            Err("handshakes not done in 30 s".into())
+        }
+    }
+
+    /// Closes every connection the bridge opened to the partner; how many.
+    pub fn close_accepted(&mut self) -> usize {
+        let before = self.ctx.sip.len();
+        self.ctx.sip.retain(|id, _| *id >= 1 << 20);
+        before - self.ctx.sip.len()
+    }
+
+    /// Handles events (and offers `load`) until `done` or `limit` has passed; whether `done`.
+    pub async fn pump<H: Handler>(
+        &mut self,
+        h: &mut H,
+        load: Option<Load>,
+        limit: Duration,
+        mut done: impl FnMut(&Ctx) -> bool,
+    ) -> bool {
+        let start = Instant::now();
+        let deadline = start + limit;
+        let base = self.ctx.sent_at.len() as u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            if done(&self.ctx) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::select! {
+                biased;
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else { self.fail("events ended") };
+                    self.handle(h, ev);
+                    // Whatever else is queued, without going back to the timer.
+                    for _ in 0..4096 {
+                        match self.events.try_recv() {
+                            Ok(ev) => self.handle(h, ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let sent = self.ctx.sent_at.len() as u64 - base;
+                    let due = match load {
+                        None => 0,
+                        Some(Load::Rate(r)) => {
+                            (((now - start).as_secs_f64() * r) as u64).saturating_sub(sent)
+                        }
+                        Some(Load::Window(w)) => w.saturating_sub(self.ctx.outstanding()),
+                    };
+                    for _ in 0..due {
+                        if !h.send_one(&mut self.ctx, now) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle<H: Handler>(&mut self, h: &mut H, ev: Event) {
+        match ev {
+            Event::Stanza(s, at) => {
+                if s.starts_with(b"<iq") && net::attr(&s, "type") == Some(b"get") {
+                    // The link's keep-alive ping: answer it.
+                    let (to, from, id) = (
+                        net::attr(&s, "to").unwrap_or_default(),
+                        net::attr(&s, "from").unwrap_or_default(),
+                        net::attr(&s, "id").unwrap_or_default(),
+                    );
+                    self.ctx.stanza(format!(
+                        "<iq type='result' from='{}' to='{}' id='{}'/>",
+                        String::from_utf8_lossy(to),
+                        String::from_utf8_lossy(from),
+                        String::from_utf8_lossy(id)
+                    ));
+                    return;
+                }
+                if net::attr(&s, "type") == Some(b"error") {
+                    self.ctx
+                        .error(format!("error stanza: {}", String::from_utf8_lossy(&s)));
+                }
+                h.stanza(&mut self.ctx, &s, at)
+            }
+            Event::XmppClosed(why) => self.fail(&format!("component stream: {why}")),
+            Event::Sip(conn, m, at) => {
+                if let Some(status) = m.status().filter(|s| *s >= 300) {
+                    self.ctx.error(format!(
+                        "{status} {} to {}",
+                        m.reason().unwrap_or_default(),
+                        m.cseq()
+                            .map(|c| c.method.as_str().to_owned())
+                            .unwrap_or_default()
+                    ));
+                }
+                h.sip(&mut self.ctx, conn, m, at)
+            }
+            Event::SipUp(conn, w) => {
+                if conn < 1 << 20 {
+                    self.ctx.accepted += 1;
+                }
+                self.ctx.sip.insert(conn, w);
+            }
+            Event::SipClosed(conn, why) => h.closed(&mut self.ctx, conn, &why),
+        }
+    }
+
+    /// Offers `load` for `secs`, then waits (at most 5 s) for what is outstanding; the step's
+    /// figures.
+    pub async fn measure<H: Handler>(&mut self, h: &mut H, load: Load, secs: f64) -> Step {
+        self.ctx.hist.reset();
+        self.ctx.record = true;
+        let (sent0, expected0, delivered0, errors0) = (
+            self.ctx.sent_at.len() as u64,
+            self.ctx.expected,
+            self.ctx.delivered,
+            self.ctx.errors,
+        );
+        let cpu0 = cpu_ticks(self.pid);
+        let t0 = Instant::now();
+        self.pump(h, Some(load), Duration::from_secs_f64(secs), |_| false)
+            .await;
+        let sent = self.ctx.sent_at.len() as u64 - sent0;
+        let expected = self.ctx.expected - expected0;
+        self.pump(h, None, Duration::from_secs(5), |cx| {
+            cx.delivered - delivered0 >= expected
+        })
+        .await;
+        let end = self
+            .ctx
+            .last_delivery
+            .unwrap_or(t0)
+            .max(t0 + Duration::from_millis(1));
+        let wall = (end - t0).as_secs_f64();
+        let cpu = (cpu_ticks(self.pid) - cpu0) as f64 / 100.0;
+        self.ctx.record = false;
+        let (rss, peak) = rss_kib(self.pid);
+        let delivered = self.ctx.delivered - delivered0;
+        let hist = &self.ctx.hist;
+        Step {
+            offered: match load {
+                Load::Rate(r) => format!("{r:.0}/s"),
+                Load::Window(w) => format!("max (window {w})"),
+            },
+            seconds: wall,
+            sent,
+            expected,
+            delivered,
+            errors: self.ctx.errors - errors0,
+            per_second: delivered as f64 / wall,
+            p50_us: hist.value_at_quantile(0.5),
+            p99_us: hist.value_at_quantile(0.99),
+            p999_us: hist.value_at_quantile(0.999),
+            max_us: hist.max(),
+            bridge_cpu_pct: 100.0 * cpu / wall,
+            bridge_rss_kib: rss,
+            bridge_peak_rss_kib: peak,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.bridge.kill();
+        let _ = self.bridge.wait();
+        if self.opts.keep {
+            let path = self.dir.path().to_owned();
+            eprintln!("kept {}", path.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("a temporary directory"),
+            ));
+        }
+    }
+}
+
+fn spawn_bridge(opts: &Options, config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = match opts.bridge_cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(&opts.bridge);
+            c
+        }
+        None => Command::new(&opts.bridge),
+    };
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", opts.bridge.display()))
+}
+
+struct NoHandler;
+
+impl Handler for NoHandler {
+    fn stanza(&mut self, _: &mut Ctx, _: &[u8], _: Instant) {}
+    fn sip(&mut self, _: &mut Ctx, _: usize, _: Message, _: Instant) {}
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// utime + stime of process `pid` and its threads, in clock ticks (USER_HZ = 100 on Linux).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command (which may contain spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat; index 11 and 12 after the ')'.
+    n(11) + n(12)
+}
+
+/// (VmRSS, VmHWM) of process `pid`, KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

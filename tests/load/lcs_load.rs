@@ -1,0 +1,677 @@
+//! `lcs-load`: the bridge's load generator and benchmark suite (issue 6; docs/benchmarks.md
+//! "End to end"). It runs the real `lcs-bridge` binary pinned to one core and plays both of
+//! its neighbours from the other: the XMPP server (an XEP-0114 listener the bridge connects
+//! to, so that no XMPP server is the bottleneck) and the LCS edge (mutual TLS both ways).
+//!
+//! ```sh
+//! cargo run --release --example lcs-load -- all            # every scenario, full size
+//! cargo run --release --example lcs-load -- --smoke all    # seconds each (the test suite)
+//! cargo run --release --example lcs-load -- im-outbound --rates 10000,20000,max
+//! ```
+//!
+//! Results: a table per scenario on stdout, and JSON lines appended to `--json`.
+
+#![allow(clippy::unwrap_used)] // a benchmark tool: a broken fixture is a failed run
+
+#[path = "../common/pki.rs"]
+#[allow(dead_code)] // shared with the tests
+mod pki;
+
+mod driver;
+mod net;
+mod scenarios;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lcs_bridge::store::{
+    Approval, DialogRecord, Direction, SledStore, Store, SubState, Subscription, sled_dir,
+};
+use serde_json::json;
+
+use driver::{Load, Options, Step, World};
+use scenarios::{Fanout, ImInbound, ImOutbound, Inbound};
+
+#[derive(Parser)]
+#[command(
+    name = "lcs-load",
+    about = "Load generator and benchmarks for lcs-bridge"
+)]
+struct Cli {
+    /// Scenarios: im-outbound, im-setup, im-inbound, presence-fanout, presence-inbound,
+    /// scale, reconnect-storm, or all.
+    #[arg(required = true)]
+    scenarios: Vec<String>,
+    /// The bridge binary (default: target/release/lcs-bridge, built first when run by cargo).
+    #[arg(long)]
+    bridge: Option<PathBuf>,
+    /// CPU to pin the bridge to; `none` to leave it free.
+    #[arg(long, default_value = "0")]
+    bridge_cpu: String,
+    /// Offered loads per step (items/s, or `max` for a closed loop), comma-separated;
+    /// each scenario has its own default.
+    #[arg(long)]
+    rates: Option<String>,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Tiny sizes and short steps: proves every scenario works (the test suite runs this).
+    #[arg(long)]
+    smoke: bool,
+    /// Local users (im-*, presence-*).
+    #[arg(long)]
+    users: Option<u64>,
+    /// LCS contacts per local user (im-*, presence-inbound) or watchers per user
+    /// (presence-fanout).
+    #[arg(long)]
+    peers: Option<u64>,
+    /// Persisted subscriptions (scale).
+    #[arg(long)]
+    subs: Option<u64>,
+    /// JSON lines output (appended).
+    #[arg(long, default_value = "target/lcs-load/results.jsonl")]
+    json: PathBuf,
+    /// Keep the working directories.
+    #[arg(long)]
+    keep: bool,
+}
+
+const ALL: &[&str] = &[
+    "im-outbound",
+    "im-setup",
+    "im-inbound",
+    "presence-fanout",
+    "presence-inbound",
+    "scale",
+    "reconnect-storm",
+];
+
+fn main() {
+    let cli = Cli::parse();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bridge = cli.bridge.clone().unwrap_or_else(|| {
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let ok = std::process::Command::new(cargo)
+                .args(["build", "--release", "--bin", "lcs-bridge"])
+                .current_dir(repo)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "cargo build --release --bin lcs-bridge failed");
+        }
+        repo.join("target/release/lcs-bridge")
+    });
+    assert!(bridge.exists(), "no bridge binary at {}", bridge.display());
+    let opts = Options {
+        bridge,
+        bridge_cpu: (cli.bridge_cpu != "none")
+            .then(|| cli.bridge_cpu.parse().expect("--bridge-cpu")),
+        keep: cli.keep,
+    };
+    let names: Vec<String> = if cli.scenarios.iter().any(|s| s == "all") {
+        ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        cli.scenarios.clone()
+    };
+    for n in &names {
+        assert!(
+            ALL.contains(&n.as_str()),
+            "unknown scenario {n:?}; known: {ALL:?} or all"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Some(dir) = cli.json.parent() {
+        std::fs::create_dir_all(repo.join(dir)).ok();
+    }
+    let json_path = if cli.json.is_absolute() {
+        cli.json.clone()
+    } else {
+        repo.join(&cli.json)
+    };
+    let mut failed = false;
+    for name in names {
+        let started = Instant::now();
+        let report = runtime.block_on(run(&name, &cli, &opts));
+        println!("\n== {name} ({:.1} s)", started.elapsed().as_secs_f64());
+        print_report(&report);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&json_path)
+            .unwrap();
+        writeln!(f, "{report}").unwrap();
+        if report["ok"] != true {
+            failed = true;
+        }
+    }
+    println!("\nJSON lines appended to {}", json_path.display());
+    if failed {
+        eprintln!("some scenario failed (see `ok` and `problem` above)");
+        std::process::exit(1);
+    }
+}
+
+fn rates(cli: &Cli, full: &str, smoke: &str) -> Vec<Load> {
+    let text = cli
+        .rates
+        .clone()
+        .unwrap_or_else(|| if cli.smoke { smoke } else { full }.to_owned());
+    text.split(',')
+        .map(|r| match r.trim() {
+            "max" => Load::Window(if cli.smoke { 200 } else { 4000 }),
+            n => Load::Rate(n.parse().expect("--rates: numbers or max")),
+        })
+        .collect()
+}
+
+fn secs(cli: &Cli) -> f64 {
+    if cli.smoke { 1.0 } else { cli.secs }
+}
+
+fn size(v: Option<u64>, full: u64, smoke: u64, cli: &Cli) -> u64 {
+    v.unwrap_or(if cli.smoke { smoke } else { full })
+}
+
+async fn run(name: &str, cli: &Cli, opts: &Options) -> serde_json::Value {
+    let mut report = json!({
+        "scenario": name,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+        "bridge_cpu": opts.bridge_cpu,
+        "smoke": cli.smoke,
+    });
+    let result = match name {
+        "im-outbound" | "im-setup" => im_outbound(name == "im-setup", cli, opts, &mut report).await,
+        "im-inbound" => im_inbound(cli, opts, &mut report).await,
+        "presence-fanout" => fanout(cli, opts, &mut report).await,
+        "presence-inbound" => presence_inbound(cli, opts, &mut report).await,
+        "scale" => scale(cli, opts, &mut report).await,
+        "reconnect-storm" => storm(cli, opts, &mut report).await,
+        _ => unreachable!(),
+    };
+    match result {
+        Ok(()) => report["ok"] = json!(true),
+        Err(problem) => {
+            report["ok"] = json!(false);
+            report["problem"] = json!(problem);
+        }
+    }
+    report
+}
+
+/// Runs the steps and checks each delivered everything without errors.
+async fn steps<H: driver::Handler>(
+    world: &mut World,
+    h: &mut H,
+    loads: &[Load],
+    secs: f64,
+    report: &mut serde_json::Value,
+) -> Result<(), String> {
+    let mut out = Vec::new();
+    let mut problem = None;
+    for &load in loads {
+        let step = world.measure(h, load, secs).await;
+        eprintln!("  {step:?}");
+        if problem.is_none() && (step.errors > 0 || step.delivered < step.expected) {
+            problem = Some(format!(
+                "at {}: {} of {} delivered, {} errors (first: {:?})",
+                step.offered, step.delivered, step.expected, step.errors, world.ctx.first_error
+            ));
+        }
+        out.push(step);
+    }
+    report["steps"] = json!(out);
+    problem.map_or(Ok(()), Err)
+}
+
+async fn settle<H: driver::Handler>(
+    world: &mut World,
+    h: &mut H,
+    what: &str,
+    limit: Duration,
+    done: impl FnMut(&driver::Ctx) -> bool,
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    if world.pump(h, None, limit, done).await {
+        Ok(t.elapsed())
+    } else {
+        Err(format!(
+            "{what}: not done in {limit:?} (errors: {}, first: {:?})",
+            world.ctx.errors, world.ctx.first_error
+        ))
+    }
+}
+
+async fn im_outbound(
+    fresh: bool,
+    cli: &Cli,
+    opts: &Options,
+    report: &mut serde_json::Value,
+) -> Result<(), String> {
+    let mut world = World::start(opts, "[im]\nmax_queued_messages = 10000\n", |_| {}).await;
+    let mut h = ImOutbound {
+        users: size(cli.users, 100, 10, cli),
+        contacts: size(cli.peers, 10, 2, cli),
+        fresh,
+        invites: 0,
+    };
+    report["users"] = json!(h.users);
+    if !fresh {
+        // Warm: one message per pair sets every session up.
+        report["sessions"] = json!(h.pairs());
+        let now = Instant::now();
+        for _ in 0..h.pairs() {
+            driver::Handler::send_one(&mut h, &mut world.ctx, now);
+        }
+        let pairs = h.pairs();
+        let took = settle(
+            &mut world,
+            &mut h,
+            "warm-up",
+            Duration::from_secs(120),
+            |cx| cx.delivered >= pairs,
+        )
+        .await?;
+        report["warmup_s"] = json!(took.as_secs_f64());
+    }
+    let loads = if fresh {
+        rates(cli, "1000,2000,4000,max", "200,max")
+    } else {
+        rates(cli, "5000,10000,20000,40000,max", "500,max")
+    };
+    let r = steps(&mut world, &mut h, &loads, secs(cli), report).await;
+    report["invites"] = json!(h.invites);
+    r
+}
+
+async fn im_inbound(
+    cli: &Cli,
+    opts: &Options,
+    report: &mut serde_json::Value,
+) -> Result<(), String> {
+    let mut world = World::start(opts, "", |_| {}).await;
+    let conns = world.connect(4).await;
+    let mut h = ImInbound::new(
+        size(cli.users, 100, 10, cli),
+        size(cli.peers, 10, 2, cli),
+        conns,
+    );
+    let pairs = h.users * h.contacts;
+    report["sessions"] = json!(pairs);
+    h.invite_all(&mut world.ctx);
+    let t = Instant::now();
+    while h.established < pairs {
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "{} of {pairs} sessions set up in 120 s",
+                h.established
+            ));
+        }
+        world
+            .pump(&mut h, None, Duration::from_millis(20), |_| false)
+            .await;
+    }
+    report["setup_s"] = json!(t.elapsed().as_secs_f64());
+    let loads = rates(cli, "5000,10000,20000,40000,max", "500,max");
+    steps(&mut world, &mut h, &loads, secs(cli), report).await
+}
+
+async fn fanout(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Result<(), String> {
+    let mut world = World::start(opts, "[presence]\nnotify_min_interval_secs = 1\n", |_| {}).await;
+    let conns = world.connect(4).await;
+    let mut h = Fanout::new(
+        size(cli.users, 2000, 20, cli),
+        size(cli.peers, 50, 5, cli),
+        conns,
+    );
+    let total = h.users * h.watchers;
+    report["subscriptions"] = json!(total);
+    report["watchers_per_user"] = json!(h.watchers);
+    let t = Instant::now();
+    let chunk = 2000;
+    let mut start = 0;
+    while start < total {
+        let end = (start + chunk).min(total);
+        h.subscribe(&mut world.ctx, start..end);
+        let limit = Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
+        while h.active < end {
+            if Instant::now() > deadline {
+                return Err(format!("{} of {end} subscriptions active", h.active));
+            }
+            world
+                .pump(&mut h, None, Duration::from_millis(20), |_| false)
+                .await;
+        }
+        start = end;
+    }
+    report["setup_s"] = json!(t.elapsed().as_secs_f64());
+    report["setup_per_second"] = json!(total as f64 / t.elapsed().as_secs_f64());
+    // The setup's own NOTIFYs started each watcher's coalescing interval.
+    world
+        .pump(&mut h, None, Duration::from_millis(1100), |_| false)
+        .await;
+    // Loads are in NOTIFYs per second; one item is one user's change (watchers NOTIFYs).
+    let loads: Vec<Load> = rates(cli, "10000,20000,40000,60000,max", "50,max")
+        .into_iter()
+        .map(|l| match l {
+            Load::Rate(r) => Load::Rate(r / h.watchers as f64),
+            w => w,
+        })
+        .collect();
+    // Each user changes at most once per 1.1 s (faster changes would be coalesced by the
+    // bridge, by design), which bounds the offered NOTIFY rate.
+    report["max_offered_rate"] = json!(total as f64 / 1.1);
+    steps(&mut world, &mut h, &loads, secs(cli), report).await
+}
+
+async fn presence_inbound(
+    cli: &Cli,
+    opts: &Options,
+    report: &mut serde_json::Value,
+) -> Result<(), String> {
+    let mut world = World::start(opts, "", |_| {}).await;
+    let mut h = Inbound::new(size(cli.users, 100, 10, cli), size(cli.peers, 100, 5, cli));
+    let total = h.users * h.contacts;
+    report["subscriptions"] = json!(total);
+    let t = Instant::now();
+    let chunk = 2000;
+    let mut start = 0;
+    while start < total {
+        let end = (start + chunk).min(total);
+        h.subscribe(&mut world.ctx, start..end);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while h.subscribed < end {
+            if Instant::now() > deadline {
+                return Err(format!("{} of {end} subscriptions answered", h.subscribed));
+            }
+            world
+                .pump(&mut h, None, Duration::from_millis(20), |_| false)
+                .await;
+        }
+        start = end;
+    }
+    report["setup_s"] = json!(t.elapsed().as_secs_f64());
+    let loads = rates(cli, "10000,20000,40000,max", "500,max");
+    steps(&mut world, &mut h, &loads, secs(cli), report).await
+}
+
+/// Subscriptions as the bridge stores them, for local users `u…@xmpp.test` (40 each) and
+/// LCS users `c…@contoso.com`, alternately watched and watching.
+fn fill_store(dir: &Path, n: u64) -> Result<(), String> {
+    let store = SledStore::open(&sled_dir(&dir.join("store"))).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..n {
+        let (user, contact) = (i / 40, i % 40 + (i / 40) * 40);
+        let local = format!("u{user}@xmpp.test");
+        let remote = format!("sip:c{contact}@contoso.com");
+        let inbound = i % 2 == 1;
+        batch.push(Subscription {
+            direction: if inbound {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            },
+            local_jid: local.clone(),
+            remote_aor: remote.clone(),
+            dialog: inbound.then(|| DialogRecord {
+                call_id: format!("sub{i}@contoso.com"),
+                local_tag: format!("b{i}"),
+                remote_tag: format!("w{i}"),
+                local_uri: format!("sip:{local}"),
+                local_display: None,
+                remote_uri: remote.clone(),
+                remote_display: None,
+                remote_target: format!("sip:c{contact}@127.0.0.1:5061;transport=tls"),
+                route_set: Vec::new(),
+                local_cseq: 2,
+                remote_cseq: Some(1),
+                created_unix: now,
+            }),
+            expires_unix: now + 3600,
+            state: SubState::Active,
+            approval: Approval::Approved,
+            last_sent: None,
+            last_received: None,
+            updated_unix: now,
+        });
+        if batch.len() == 10_000 {
+            store.put_subscriptions(&batch).map_err(|e| e.to_string())?;
+            batch.clear();
+        }
+    }
+    store.put_subscriptions(&batch).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            total += if md.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                std::os::unix::fs::MetadataExt::blocks(&md) * 512
+            };
+        }
+    }
+    total
+}
+
+/// `scale`: N persisted subscriptions; the bridge starts on them (a restart): time to its
+/// component stream, to answering OPTIONS, RSS and disk per subscription.
+async fn scale(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Result<(), String> {
+    let n = size(cli.subs, 1_000_000, 2_000, cli);
+    report["subscriptions"] = json!(n);
+    let settle_time = Duration::from_secs(if cli.smoke { 2 } else { 20 });
+    // The same bridge on an empty store: the baseline for memory.
+    let (base_rss, _) = {
+        let mut world = World::start(opts, "", |_| {}).await;
+        let mut h = Options200::default();
+        serving(&mut world, &mut h, settle_time).await?;
+        driver::rss_kib(world.pid)
+    };
+    report["baseline_rss_kib"] = json!(base_rss);
+    let mut fill_err = None;
+    let t = Instant::now();
+    let mut world = World::start(opts, "", |dir| {
+        fill_err = fill_store(dir, n).err();
+    })
+    .await;
+    if let Some(e) = fill_err {
+        return Err(format!("filling the store: {e}"));
+    }
+    let component_up = world.spawned.elapsed();
+    report["fill_s"] = json!((t.elapsed() - component_up).as_secs_f64());
+    report["start_to_component_s"] = json!(component_up.as_secs_f64());
+    let mut h = Options200::default();
+    let serving_at = serving(&mut world, &mut h, settle_time).await?;
+    report["start_to_serving_s"] = json!(serving_at.as_secs_f64());
+    let (rss, peak) = driver::rss_kib(world.pid);
+    let disk = dir_bytes(&world.dir().join("store"));
+    report["rss_kib"] = json!(rss);
+    report["peak_rss_kib"] = json!(peak);
+    report["rss_bytes_per_subscription"] =
+        json!(rss.saturating_sub(base_rss) as f64 * 1024.0 / n as f64);
+    report["disk_bytes"] = json!(disk);
+    report["disk_bytes_per_subscription"] = json!(disk as f64 / n as f64);
+    report["restore_requests_answered"] = json!(h.answered);
+    Ok(())
+}
+
+/// Sends OPTIONS on a new LCS connection; the time from the bridge's start to the 200. Then
+/// answers whatever the bridge sends for `settle`.
+async fn serving(
+    world: &mut World,
+    h: &mut Options200,
+    settle: Duration,
+) -> Result<Duration, String> {
+    let conns = world.connect(1).await;
+    let options = "OPTIONS sip:xmpp.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKopt\r\n\
+                   Max-Forwards: 70\r\nFrom: <sip:probe@contoso.com>;tag=o\r\nTo: <sip:xmpp.test>\r\n\
+                   Call-ID: options@contoso.com\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    world.ctx.sip_raw(conns[0], options.as_bytes().to_vec());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.at.is_none() {
+        if Instant::now() > deadline {
+            return Err("no 200 to OPTIONS in 60 s".into());
+        }
+        world
+            .pump(h, None, Duration::from_millis(5), |_| false)
+            .await;
+    }
+    let at = h.at.unwrap().duration_since(world.spawned);
+    world.pump(h, None, settle, |_| false).await;
+    Ok(at)
+}
+
+/// Answers everything the bridge sends (its restore burst) and notes the first 200 to OPTIONS.
+#[derive(Default)]
+struct Options200 {
+    at: Option<Instant>,
+    answered: u64,
+}
+
+impl driver::Handler for Options200 {
+    fn stanza(&mut self, cx: &mut driver::Ctx, s: &[u8], _: Instant) {
+        // Probes of local users: say they are online, as the server would.
+        if s.starts_with(b"<presence") && net::attr(s, "type") == Some(b"probe") {
+            let (from, to) = (
+                net::attr(s, "from").unwrap_or_default(),
+                net::attr(s, "to").unwrap_or_default(),
+            );
+            cx.stanza(format!(
+                "<presence from='{}/load' to='{}'/>",
+                String::from_utf8_lossy(to),
+                String::from_utf8_lossy(from)
+            ));
+        }
+    }
+
+    fn sip(
+        &mut self,
+        cx: &mut driver::Ctx,
+        conn: usize,
+        m: lcs_bridge::sip::message::Message,
+        at: Instant,
+    ) {
+        if m.status() == Some(200) && m.cseq().is_ok_and(|c| c.method.as_str() == "OPTIONS") {
+            self.at.get_or_insert(at);
+            return;
+        }
+        if m.is_request() {
+            self.answered += 1;
+            scenarios::answer(cx, conn, &m, "r");
+        }
+    }
+}
+
+/// `reconnect-storm`: (1) handshakes per second: many LCS edge connections at once; (2) a
+/// peer network dropping every connection under IM load: time until MESSAGEs flow again.
+async fn storm(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Result<(), String> {
+    let mut world = World::start(opts, "", |_| {}).await;
+    let n = if cli.smoke { 20 } else { 400 };
+    let cpu0 = driver::cpu_ticks(world.pid);
+    let t = Instant::now();
+    world.connect_many(n).await?;
+    let took = t.elapsed().as_secs_f64();
+    report["handshakes"] = json!(n);
+    report["handshakes_per_second"] = json!(n as f64 / took);
+    report["handshake_bridge_cpu_pct"] = json!((driver::cpu_ticks(world.pid) - cpu0) as f64 / took);
+    drop(world);
+    // (2) IM load over the bridge's own connections to the partner (a fresh bridge: no
+    // connections from the partner it could use instead), then the partner drops them all.
+    let mut world = World::start(opts, "", |_| {}).await;
+    let mut h = ImOutbound {
+        users: 10,
+        contacts: 10,
+        fresh: false,
+        invites: 0,
+    };
+    let rate = if cli.smoke { 200.0 } else { 5000.0 };
+    let before = world.measure(&mut h, Load::Rate(rate), 2.0).await;
+    let dropped_at = Instant::now();
+    let dropped = world.close_accepted();
+    let delivered0 = world.ctx.delivered;
+    let mut first = None;
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end && first.is_none() {
+        world
+            .pump(
+                &mut h,
+                Some(Load::Rate(rate)),
+                Duration::from_millis(5),
+                |_| false,
+            )
+            .await;
+        if world.ctx.delivered > delivered0 {
+            first = world.ctx.last_delivery;
+        }
+    }
+    let errors_during = world.ctx.errors;
+    let after = world.measure(&mut h, Load::Rate(rate), 2.0).await;
+    report["im_before"] = json!(before);
+    report["connections_dropped"] = json!(dropped);
+    report["recovery_ms"] = json!(first.map(|f| (f - dropped_at).as_secs_f64() * 1000.0));
+    report["bounced_during_recovery"] = json!(errors_during);
+    report["first_error"] = json!(world.ctx.first_error);
+    report["im_after"] = json!(after);
+    report["reconnections"] = json!(world.ctx.accepted);
+    match first {
+        None => Err("no MESSAGE delivered within 10 s of the drop".into()),
+        Some(_) if after.delivered < after.expected => Err(format!(
+            "after recovery: {} of {} delivered",
+            after.delivered, after.expected
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn print_report(r: &serde_json::Value) {
+    if let Some(steps) = r["steps"].as_array() {
+        println!(
+            "{:>18} {:>9} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9}",
+            "offered",
+            "sent",
+            "delivered",
+            "errors",
+            "per second",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "CPU %",
+            "peak MiB"
+        );
+        for s in steps {
+            let s: Step = serde_json::from_value(s.clone()).unwrap();
+            println!(
+                "{:>18} {:>9} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>7.0} {:>9.1}",
+                s.offered,
+                s.sent,
+                s.delivered,
+                s.errors,
+                s.per_second,
+                s.p50_us,
+                s.p99_us,
+                s.p999_us,
+                s.max_us,
+                s.bridge_cpu_pct,
+                s.bridge_peak_rss_kib as f64 / 1024.0
+            );
+        }
+    }
+    let mut rest = r.clone();
+    if let Some(o) = rest.as_object_mut() {
+        o.remove("steps");
+    }
+    println!("{rest}");
+}

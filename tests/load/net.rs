@@ -1,0 +1,416 @@
+//! The bridge's two neighbours on the wire: an XEP-0114 server (the bridge connects to it as
+//! its component) and mutual-TLS SIP connections of an LCS edge (the bridge dials the
+//! partner's listener; the edge dials the bridge). Every connection feeds one event channel;
+//! writes go through a per-connection channel to a task that batches them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lcs_bridge::sip::framing::{Frame, Framer, PONG};
+use lcs_bridge::sip::message::{Limits, Message};
+use rustls::pki_types::{CertificateDer, ServerName};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::pki::Leaf;
+
+/// What the connections report to the driver.
+pub enum Event {
+    /// A stanza from the bridge (one top-level element, raw).
+    Stanza(Vec<u8>, Instant),
+    /// The component stream ended.
+    XmppClosed(String),
+    /// A SIP message on connection `conn`.
+    Sip(usize, Message, Instant),
+    /// A SIP connection is up: its writer.
+    SipUp(usize, Writer),
+    /// A SIP connection ended (or failed to frame).
+    SipClosed(usize, String),
+}
+
+pub type Writer = UnboundedSender<Vec<u8>>;
+
+/// Writes everything sent to `rx` to `w`, coalescing what is queued into one write.
+fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut w: W) -> Writer {
+    let (tx, mut rx): (Writer, UnboundedReceiver<Vec<u8>>) = unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(first) = rx.recv().await {
+            buf.clear();
+            buf.extend_from_slice(&first);
+            while buf.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok(more) => buf.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    tx
+}
+
+// ------------------------------------------------------------------ XMPP (XEP-0114 server)
+
+/// Accepts the bridge's component connection on `listener` for `domain`, checks its
+/// handshake against `secret`, and then reports its stanzas. Returns the stream's writer.
+pub async fn accept_component(
+    listener: &TcpListener,
+    domain: &str,
+    secret: &str,
+    events: UnboundedSender<Event>,
+) -> Result<Writer, String> {
+    let (mut tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).ok();
+    let mut buf = Vec::new();
+    let header = read_until(&mut tcp, &mut buf, find_stream_open).await?;
+    buf.drain(..header);
+    let id = format!("load{}", std::process::id());
+    let open = format!(
+        "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' \
+         xmlns='jabber:component:accept' from='{domain}' id='{id}'>"
+    );
+    tcp.write_all(open.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let end = read_until(&mut tcp, &mut buf, |b| {
+        memchr::memmem::find(b, b"</handshake>").map(|i| i + 12)
+    })
+    .await?;
+    let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    let digest: String = Sha1::digest(format!("{id}{secret}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !text.contains(&digest) {
+        return Err(format!("bad component handshake: {text}"));
+    }
+    tcp.write_all(b"<handshake/>")
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut r, w) = tcp.into_split();
+    let writer = spawn_writer(w);
+    tokio::spawn(async move {
+        let mut splitter = Splitter { buf };
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let at = Instant::now();
+            loop {
+                match splitter.next() {
+                    Ok(Some(stanza)) => {
+                        if events.send(Event::Stanza(stanza, at)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = events.send(Event::XmppClosed(e));
+                        return;
+                    }
+                }
+            }
+            match r.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    let _ = events.send(Event::XmppClosed("the bridge closed the stream".into()));
+                    return;
+                }
+                Ok(n) => splitter.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    Ok(writer)
+}
+
+async fn read_until(
+    r: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> Option<usize>,
+) -> Result<usize, String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = done(buf) {
+            return Ok(i);
+        }
+        let n = r.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "stream closed during the handshake: {}",
+                String::from_utf8_lossy(buf)
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// End of `<stream:stream …>` (after an optional XML declaration).
+fn find_stream_open(b: &[u8]) -> Option<usize> {
+    let start = memchr::memmem::find(b, b"<stream:stream")?;
+    memchr::memchr(b'>', &b[start..]).map(|i| start + i + 1)
+}
+
+/// Cuts top-level elements out of the component stream (no DTDs, comments or CDATA in XMPP;
+/// quotes in attribute values are respected).
+#[derive(Default)]
+struct Splitter {
+    buf: Vec<u8>,
+}
+
+impl Splitter {
+    fn next(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let b = &self.buf;
+        let mut i = 0;
+        while i < b.len() && b[i] != b'<' {
+            i += 1;
+        }
+        let start = i;
+        let mut depth = 0usize;
+        while i < b.len() {
+            if b[i] != b'<' {
+                i += 1;
+                continue;
+            }
+            let Some(close) = tag_end(&b[i..]) else {
+                break;
+            };
+            let tag = &b[i..i + close + 1];
+            i += close + 1;
+            if tag.starts_with(b"</") {
+                if depth == 0 {
+                    return Err(format!("end of stream: {}", String::from_utf8_lossy(tag)));
+                }
+                depth -= 1;
+            } else if tag.starts_with(b"<?") || tag.ends_with(b"/>") {
+            } else {
+                depth += 1;
+                continue;
+            }
+            if depth == 0 {
+                let stanza = b[start..i].to_vec();
+                self.buf.drain(..i);
+                return Ok(Some(stanza));
+            }
+        }
+        if start > 0 {
+            self.buf.drain(..start);
+        }
+        Ok(None)
+    }
+}
+
+/// Offset of the `>` that ends the tag starting at `b[0]`, outside quoted values.
+fn tag_end(b: &[u8]) -> Option<usize> {
+    let mut quote = 0u8;
+    for (i, &c) in b.iter().enumerate().skip(1) {
+        match c {
+            b'"' | b'\'' if quote == 0 => quote = c,
+            c if c == quote => quote = 0,
+            b'>' if quote == 0 => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The value of attribute `name` in the start tag of `stanza` (either quote).
+pub fn attr<'a>(stanza: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let head = &stanza[..memchr::memchr(b'>', stanza)?];
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&head[from..], name.as_bytes()) {
+        let at = from + i;
+        let after = at + name.len();
+        if at > 0
+            && head[at - 1] == b' '
+            && head.get(after) == Some(&b'=')
+            && let Some(&q) = head.get(after + 1)
+        {
+            let rest = &head[after + 2..];
+            let end = memchr::memchr(q, rest)?;
+            return Some(&rest[..end]);
+        }
+        from = after;
+    }
+    None
+}
+
+/// The text of the first `<name>…</name>` child (no unescaping: load markers are ASCII).
+pub fn child_text<'a>(stanza: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let open = format!("<{name}");
+    let start = memchr::memmem::find(stanza, open.as_bytes())?;
+    let gt = start + memchr::memchr(b'>', &stanza[start..])?;
+    if stanza[gt - 1] == b'/' {
+        return Some(&[]);
+    }
+    let close = format!("</{name}>");
+    let end = memchr::memmem::find(&stanza[gt..], close.as_bytes())?;
+    Some(&stanza[gt + 1..gt + end])
+}
+
+/// The number after `marker` in `text` (load generator sequence numbers, e.g. `m123`).
+pub fn seq_after(text: &[u8], marker: u8) -> Option<u64> {
+    let i = memchr::memchr(marker, text)?;
+    text[i + 1..]
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .fold(None, |acc: Option<u64>, c| {
+            Some(acc.unwrap_or(0) * 10 + u64::from(c - b'0'))
+        })
+}
+
+// ------------------------------------------------------------------ SIP over mutual TLS
+
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    pub connector: TlsConnector,
+}
+
+impl Tls {
+    pub fn new(leaf: &Leaf, ca: &CertificateDer<'static>) -> Tls {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).expect("the test CA");
+        let roots = Arc::new(roots);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .expect("client verifier");
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(leaf.0.clone(), leaf.1.clone_key())
+            .expect("peer certificate");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(leaf.0.clone(), leaf.1.clone_key())
+            .expect("peer certificate");
+        Tls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            connector: TlsConnector::from(Arc::new(client)),
+        }
+    }
+}
+
+/// Accepts the bridge's TLS connections on `listener` for ever, numbering them from
+/// `first_id` upwards.
+pub fn accept_sip(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    first_id: usize,
+    events: UnboundedSender<Event>,
+) {
+    tokio::spawn(async move {
+        let mut id = first_id;
+        while let Ok((tcp, _)) = listener.accept().await {
+            tcp.set_nodelay(true).ok();
+            let (acceptor, events, conn) = (acceptor.clone(), events.clone(), id);
+            id += 1;
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => run_sip(conn, tls, events).await,
+                    Err(e) => {
+                        let _ = events.send(Event::SipClosed(conn, format!("handshake: {e}")));
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Connects to the bridge as the LCS edge (connection `conn`); the handshake's end is when
+/// [`Event::SipUp`] arrives.
+pub async fn connect_sip(
+    addr: SocketAddr,
+    connector: TlsConnector,
+    conn: usize,
+    events: UnboundedSender<Event>,
+) -> Result<(), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).ok();
+    let name = ServerName::try_from("sip.xmpp.test").expect("a DNS name");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(run_sip(conn, tls, events));
+    Ok(())
+}
+
+async fn run_sip<S: AsyncRead + AsyncWrite + Send + 'static>(
+    conn: usize,
+    stream: S,
+    events: UnboundedSender<Event>,
+) {
+    let (mut r, w) = tokio::io::split(stream);
+    let writer = spawn_writer(w);
+    // Weak: dropping the driver's writer closes the connection.
+    let pong = writer.downgrade();
+    if events.send(Event::SipUp(conn, writer)).is_err() {
+        return;
+    }
+    let mut framer = Framer::new(Limits::default());
+    let mut chunk = vec![0u8; 64 * 1024];
+    let why = loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) => break "closed by the bridge".to_owned(),
+            Ok(n) => n,
+            Err(e) => break e.to_string(),
+        };
+        framer.push(&chunk[..n]);
+        let at = Instant::now();
+        loop {
+            match framer.next_frame() {
+                Ok(Some(Frame::Message(m))) => {
+                    if events.send(Event::Sip(conn, m, at)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Frame::Ping)) => {
+                    if let Some(w) = pong.upgrade() {
+                        let _ = w.send(PONG.to_vec());
+                    }
+                }
+                Ok(Some(Frame::Pong)) => {}
+                Ok(Some(Frame::Invalid { error, .. })) => {
+                    let _ = events.send(Event::SipClosed(conn, format!("invalid: {error}")));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = events.send(Event::SipClosed(conn, format!("framing: {e}")));
+                    return;
+                }
+            }
+        }
+    };
+    let _ = events.send(Event::SipClosed(conn, why));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitter_cuts_elements_and_attr_reads_either_quote() {
+        let mut s = Splitter {
+            buf: b" <message to=\"a>b\" from='c'><body>x</body></message><presence/><iq".to_vec(),
+        };
+        let m = s.next().unwrap().unwrap();
+        assert_eq!(attr(&m, "to"), Some(&b"a>b"[..]));
+        assert_eq!(attr(&m, "from"), Some(&b"c"[..]));
+        assert_eq!(child_text(&m, "body"), Some(&b"x"[..]));
+        assert_eq!(s.next().unwrap().unwrap(), b"<presence/>");
+        assert_eq!(s.next().unwrap(), None);
+        assert_eq!(seq_after(b"s42", b's'), Some(42));
+    }
+}
