@@ -221,7 +221,7 @@ fn tag_end(b: &[u8]) -> Option<usize> {
 
 /// The value of attribute `name` in the start tag of `stanza` (either quote).
 pub fn attr<'a>(stanza: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let head = &stanza[..memchr::memchr(b'>', stanza)?];
+    let head = &stanza[..tag_end(stanza)?];
     let mut from = 0;
     while let Some(i) = memchr::memmem::find(&head[from..], name.as_bytes()) {
         let at = from + i;
