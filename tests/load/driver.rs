@@ -50,6 +50,8 @@ pub struct World {
     pub ctx: Ctx,
     tls: Tls,
     next_client: usize,
+    /// Component streams accepted so far (the current one's number).
+    streams: u64,
     component: TcpListener,
     opts: Options,
 }
@@ -235,8 +237,9 @@ path = {storage}
 path = {mappings}
 
 [logging]
-level = "warn"
+level = "{log_level}"
 {extra}"#,
+                log_level = std::env::var("LCS_LOAD_LOG").unwrap_or_else(|_| "warn".into()),
                 component_port = component.local_addr().unwrap().port(),
                 partner_port = partner.local_addr().unwrap().port(),
                 cert = q(dir.path().join("bridge.crt")),
@@ -274,6 +277,7 @@ level = "warn"
             },
             tls,
             next_client: 1 << 20,
+            streams: 0,
             component,
             opts: opts.clone(),
             dir,
@@ -283,9 +287,16 @@ level = "warn"
     }
 
     async fn accept_component(&mut self) {
-        let accept =
-            net::accept_component(&self.component, COMPONENT, SECRET, self.events_tx.clone());
-        match tokio::time::timeout(Duration::from_secs(120), accept).await {
+        self.streams += 1;
+        let accept = net::accept_component(
+            &self.component,
+            COMPONENT,
+            SECRET,
+            self.streams,
+            self.events_tx.clone(),
+        );
+        let result = tokio::time::timeout(Duration::from_secs(120), accept).await;
+        match result {
             Ok(Ok(w)) => self.ctx.xmpp = Some(w),
             Ok(Err(e)) => self.fail(&format!("component stream: {e}")),
             Err(_) => self.fail("the bridge did not connect its component in 120 s"),
@@ -452,7 +463,11 @@ level = "warn"
                 }
                 h.stanza(&mut self.ctx, &s, at)
             }
-            Event::XmppClosed(why) => self.fail(&format!("component stream: {why}")),
+            // An earlier bridge process's stream (killed on purpose) is of no interest.
+            Event::XmppClosed(stream, why) if stream == self.streams => {
+                self.fail(&format!("component stream: {why}"))
+            }
+            Event::XmppClosed(..) => {}
             Event::Sip(conn, m, at) => {
                 if let Some(status) = m.status().filter(|s| *s >= 300) {
                     self.ctx.error(format!(
@@ -526,6 +541,26 @@ level = "warn"
             bridge_rss_kib: rss,
             bridge_peak_rss_kib: peak,
         }
+    }
+
+    /// Kills the bridge with SIGKILL and waits for it; the connections it had are dropped.
+    #[allow(dead_code)] // tests/bridge_crash.rs
+    pub fn kill(&mut self) {
+        let _ = self.bridge.kill();
+        let _ = self.bridge.wait();
+        self.ctx.xmpp = None;
+        self.ctx.sip.clear();
+    }
+
+    /// Starts the bridge again on the same configuration and store; returns when its
+    /// component stream is up.
+    #[allow(dead_code)] // tests/bridge_crash.rs
+    pub async fn restart(&mut self) {
+        let config = self.dir.path().join("lcs-bridge.toml");
+        self.spawned = Instant::now();
+        self.bridge = spawn_bridge(&self.opts, &config, &self.dir.path().join("bridge.log"));
+        self.pid = self.bridge.id();
+        self.accept_component().await;
     }
 
     pub fn dir(&self) -> &Path {

@@ -22,8 +22,8 @@ use crate::pki::Leaf;
 pub enum Event {
     /// A stanza from the bridge (one top-level element, raw).
     Stanza(Vec<u8>, Instant),
-    /// The component stream ended.
-    XmppClosed(String),
+    /// Component stream number `.0` ended.
+    XmppClosed(u64, String),
     /// A SIP message on connection `conn`.
     Sip(usize, Message, Instant),
     /// A SIP connection is up: its writer.
@@ -65,6 +65,7 @@ pub async fn accept_component(
     listener: &TcpListener,
     domain: &str,
     secret: &str,
+    stream: u64,
     events: UnboundedSender<Event>,
 ) -> Result<Writer, String> {
     let (mut tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
@@ -112,14 +113,17 @@ pub async fn accept_component(
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let _ = events.send(Event::XmppClosed(e));
+                        let _ = events.send(Event::XmppClosed(stream, e));
                         return;
                     }
                 }
             }
             match r.read(&mut chunk).await {
                 Ok(0) | Err(_) => {
-                    let _ = events.send(Event::XmppClosed("the bridge closed the stream".into()));
+                    let _ = events.send(Event::XmppClosed(
+                        stream,
+                        "the bridge closed the stream".into(),
+                    ));
                     return;
                 }
                 Ok(n) => splitter.buf.extend_from_slice(&chunk[..n]),
