@@ -1,7 +1,7 @@
 //! Crash safety of the store, proven with SIGKILL (issue 5, item 5; docs/storage.md).
 //!
-//! The presence engine does not exist yet, so the process under test is the store itself
-//! driven by a steady subscription workload: this test binary re-runs itself as a child
+//! The process under test is the store itself (tests/bridge_crash.rs does it for the whole
+//! bridge), driven by a steady subscription workload: this test binary re-runs itself as a child
 //! (`torture_child`, which does nothing unless `LCS_STORE_TORTURE_DIR` is set) that opens a
 //! real [`SledStore`] and, in a loop, puts, batch-puts, removes and lazily puts subscriptions
 //! and writes and removes IM dialogs, printing `BEGIN …` before each write and, for the synced
