@@ -19,7 +19,8 @@
 //! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
 //! a message m-line gets 488 with the profile's SDP.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use xmpp_parsers::chatstates::ChatState;
@@ -129,6 +130,11 @@ pub struct ImEngine {
     /// Dialog → session, for in-dialog requests.
     dialogs: HashMap<DialogId, Key>,
     purposes: HashMap<TxId, Purpose>,
+    /// Idle deadlines, earliest first: one entry per session that went up, at most as late as
+    /// its real deadline (activity only moves that later; [`ImEngine::handle_timeout`] pushes
+    /// a stale entry back at the real time). Keeps [`ImEngine::poll_timeout`] O(1), which the
+    /// runner asks after every event.
+    idle: BinaryHeap<Reverse<(Instant, Key)>>,
     rng: SplitMix,
 }
 
@@ -158,6 +164,7 @@ impl ImEngine {
             sessions: HashMap::new(),
             dialogs: HashMap::new(),
             purposes: HashMap::new(),
+            idle: BinaryHeap::new(),
             rng: SplitMix::new(seed),
         }
     }
@@ -673,6 +680,11 @@ impl ImEngine {
         };
         session.state = State::Up { dialog };
         session.last_activity = now;
+        self.idle
+            .push(Reverse((now + self.settings.idle_timeout, key.clone())));
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
         let queue = std::mem::take(&mut session.queue);
         for item in queue {
             self.send_item(key.clone(), item, out);
@@ -796,6 +808,8 @@ impl ImEngine {
                 None,
             )));
         }
+        self.idle
+            .push(Reverse((now + self.settings.idle_timeout, key.clone())));
         self.sessions.insert(
             key,
             Session {
@@ -944,27 +958,32 @@ impl ImEngine {
 
     /// When the next idle session must end.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions
-            .values()
-            .filter(|s| matches!(s.state, State::Up { .. }))
-            .map(|s| s.last_activity + self.settings.idle_timeout)
-            .min()
+        self.idle.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Ends sessions idle for `idle_timeout` with BYE.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
-        let idle: Vec<Key> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| {
-                matches!(s.state, State::Up { .. })
-                    && s.last_activity + self.settings.idle_timeout <= now
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut out = Vec::new();
-        for key in idle {
-            self.end_session(&key, &mut out);
+        while let Some(Reverse((at, _))) = self.idle.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.idle.pop() else {
+                break;
+            };
+            // Ended, or not up (it is armed again when it comes up).
+            let Some(s) = self.sessions.get(&key) else {
+                continue;
+            };
+            if !matches!(s.state, State::Up { .. }) {
+                continue;
+            }
+            let due = s.last_activity + self.settings.idle_timeout;
+            if due <= now {
+                self.end_session(&key, &mut out);
+            } else {
+                self.idle.push(Reverse((due, key)));
+            }
         }
         out
     }

@@ -429,7 +429,7 @@ fn sled_schema_version_newer_is_refused() {
             .put_raw(codec::META_SCHEMA, &codec::encode_schema(7))
             .unwrap();
     }
-    let err = SledStore::open(dir.path()).err().unwrap();
+    let err = open_after_raw_sled(dir.path()).err().unwrap();
     assert!(
         matches!(
             err,
@@ -453,7 +453,7 @@ fn sled_schema_version_garbage_is_corrupt() {
         let store = SledStore::open(dir.path()).unwrap();
         store.put_raw(codec::META_SCHEMA, b"xx").unwrap();
     }
-    let err = SledStore::open(dir.path()).err().unwrap();
+    let err = open_after_raw_sled(dir.path()).err().unwrap();
     assert_eq!(
         err.to_string(),
         "corrupt record \"\\x00schema_version\": schema version is 2 bytes, not 4"
@@ -468,7 +468,7 @@ fn sled_without_version_but_with_data_is_not_a_store() {
         db.insert(b"foreign", b"data").unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(dir.path()).err().unwrap();
+    let err = open_after_raw_sled(dir.path()).err().unwrap();
     assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -834,4 +834,18 @@ fn redb_store_is_locked_while_open_and_checks_the_schema() {
         RedbStore::open_existing(&missing),
         Err(StoreError::Missing { .. })
     ));
+}
+
+/// [`SledStore::open`] on a database a raw `sled::Db` of this test just dropped: sled's
+/// background flusher can hold the file lock a moment longer, so `InUse` is retried (1 s).
+fn open_after_raw_sled(path: &std::path::Path) -> Result<SledStore, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match SledStore::open(path) {
+            Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other,
+        }
+    }
 }
