@@ -232,10 +232,6 @@ struct Runner {
     store: Arc<SledStore>,
 }
 
-/// How often, at most, the runner asks the presence engine for its next timer while events
-/// arrive (see [`Runner::run`]).
-const PRESENCE_RESCAN: Duration = Duration::from_millis(20);
-
 /// Which engine an output batch came from (they are executed differently).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -256,25 +252,8 @@ impl Runner {
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         self.execute(Source::Presence, restored).await;
-        // The presence engine's next timer costs a scan of every subscription, so it is not
-        // asked after every event: after one, at most every PRESENCE_RESCAN (a timer an event
-        // arms fires at most that late), and after each timer run.
-        let mut presence_due = self.presence.poll_timeout();
-        let mut scanned = Instant::now();
-        let mut stale = false;
         loop {
-            if stale && scanned.elapsed() >= PRESENCE_RESCAN {
-                presence_due = self.presence.poll_timeout();
-                scanned = Instant::now();
-                stale = false;
-            }
-            let presence_wake = if stale {
-                let rescan = scanned + PRESENCE_RESCAN;
-                Some(presence_due.map_or(rescan, |d| d.min(rescan)))
-            } else {
-                presence_due
-            };
-            let deadline = match (self.im.poll_timeout(), presence_wake) {
+            let deadline = match (self.im.poll_timeout(), self.presence.poll_timeout()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -323,21 +302,12 @@ impl Runner {
                 }
                 _ = sleep => {
                     let now = Instant::now();
-                    presence_due = self.presence.poll_timeout();
-                    scanned = now;
-                    stale = false;
-                    let mut due = Vec::new();
-                    if self.im.poll_timeout().is_some_and(|t| t <= now) {
-                        due.push((Source::Im, self.im.handle_timeout(now)));
-                    }
-                    if presence_due.is_some_and(|t| t <= now) {
-                        due.push((Source::Presence, self.presence.handle_timeout(now)));
-                        presence_due = self.presence.poll_timeout();
-                    }
-                    due
+                    vec![
+                        (Source::Im, self.im.handle_timeout(now)),
+                        (Source::Presence, self.presence.handle_timeout(now)),
+                    ]
                 }
             };
-            stale |= batches.iter().any(|(from, _)| *from == Source::Presence);
             for (from, outputs) in batches {
                 self.execute(from, outputs).await;
             }

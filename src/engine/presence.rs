@@ -31,7 +31,8 @@
 //! [`PresenceEngine::restore`] rebuilds the state at start; [`PresenceEngine::shutdown`]
 //! gives the XEP-0100 unavailable presences.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -208,6 +209,64 @@ struct Watcher {
     blind: bool,
 }
 
+/// Which map a timer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Side {
+    Out,
+    In,
+}
+
+/// A map that notes the keys written through it, so that the engine re-arms the timers of
+/// what an event touched. Reads go through `Deref`.
+#[derive(Debug)]
+struct Tracked<V> {
+    map: BTreeMap<Key, V>,
+    touched: Vec<Key>,
+}
+
+impl<V> Default for Tracked<V> {
+    fn default() -> Self {
+        Tracked {
+            map: BTreeMap::new(),
+            touched: Vec::new(),
+        }
+    }
+}
+
+impl<V> std::ops::Deref for Tracked<V> {
+    type Target = BTreeMap<Key, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<V> Tracked<V> {
+    fn get_mut(&mut self, key: &Key) -> Option<&mut V> {
+        let v = self.map.get_mut(key)?;
+        self.touched.push(key.clone());
+        Some(v)
+    }
+
+    fn insert(&mut self, key: Key, value: V) -> Option<V> {
+        self.touched.push(key.clone());
+        self.map.insert(key, value)
+    }
+
+    fn entry(&mut self, key: Key) -> std::collections::btree_map::Entry<'_, Key, V> {
+        self.touched.push(key.clone());
+        self.map.entry(key)
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<V> {
+        self.map.remove(key)
+    }
+
+    /// For changes that move no timer.
+    fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, Key, V> {
+        self.map.values_mut()
+    }
+}
+
 /// One local user's presence as the XMPP server sent it to the component.
 #[derive(Debug, Default)]
 struct LocalUser {
@@ -215,6 +274,8 @@ struct LocalUser {
     resources: BTreeMap<String, Presence>,
     /// XEP-0172 nick, from any of its presences.
     nick: Option<String>,
+    /// The aggregate as the PIDF document sent to watchers ([`PresenceEngine::rendered`]).
+    doc: String,
 }
 
 /// What a client transaction was for.
@@ -257,8 +318,14 @@ pub struct PresenceEngine {
     ids: TxIds,
     clock: WallClock,
     rng: SplitMix,
-    outbound: BTreeMap<Key, Outbound>,
-    inbound: BTreeMap<Key, Watcher>,
+    outbound: Tracked<Outbound>,
+    inbound: Tracked<Watcher>,
+    /// Next due times, earliest first; an entry counts only while `armed` holds the same
+    /// time for its key (a later arm for an earlier time supersedes it). Every public call
+    /// re-arms the entries it touched, so the next timer is O(1) to find and a timer run
+    /// visits only what is due, however many subscriptions there are.
+    timers: BinaryHeap<Reverse<(Instant, Side, Key)>>,
+    armed: HashMap<(Side, Key), Instant>,
     out_dialogs: HashMap<DialogId, Key>,
     in_dialogs: HashMap<DialogId, Key>,
     /// Call-ID of an initial SUBSCRIBE in flight → its subscription (NOTIFY before the 2xx).
@@ -308,8 +375,10 @@ impl PresenceEngine {
             ids,
             clock,
             rng: SplitMix::new(seed),
-            outbound: BTreeMap::new(),
-            inbound: BTreeMap::new(),
+            outbound: Tracked::default(),
+            inbound: Tracked::default(),
+            timers: BinaryHeap::new(),
+            armed: HashMap::new(),
             out_dialogs: HashMap::new(),
             in_dialogs: HashMap::new(),
             early: HashMap::new(),
@@ -381,6 +450,12 @@ impl PresenceEngine {
 
     /// A stanza from the component link; only `<presence/>` is taken.
     pub fn on_stanza(&mut self, now: Instant, element: Element) -> Vec<Output> {
+        let out = self.stanza_in(now, element);
+        self.rearm();
+        out
+    }
+
+    fn stanza_in(&mut self, now: Instant, element: Element) -> Vec<Output> {
         let mut out = Vec::new();
         if !element.is("presence", crate::xmpp::NS_COMPONENT) {
             return out;
@@ -635,6 +710,7 @@ impl PresenceEngine {
             .resource()
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default();
+        let known = self.users.contains_key(&bare);
         let user = self.users.entry(bare.clone()).or_default();
         if let Some(nick) = p
             .payloads
@@ -652,6 +728,16 @@ impl PresenceEngine {
         } else {
             user.resources.insert(resource, p.clone());
         }
+        // The server sends one presence per subscribed contact: only the first of a burst
+        // changes the aggregate; the others cost a render and a comparison.
+        let doc = pidf::render(&self.current_doc(&bare));
+        let Some(user) = self.users.get_mut(&bare) else {
+            return;
+        };
+        if known && user.doc == doc {
+            return;
+        }
+        user.doc = doc;
         let keys: Vec<Key> = self
             .inbound
             .range((bare.clone(), String::new())..)
@@ -664,6 +750,14 @@ impl PresenceEngine {
                 w.dirty = true;
             }
             self.maybe_flush(now, &key, out);
+        }
+    }
+
+    /// The local user's current document, rendered (kept per user as their presence comes).
+    fn rendered(&self, local: &str) -> String {
+        match self.users.get(local) {
+            Some(u) => u.doc.clone(),
+            None => pidf::render(&self.current_doc(local)),
         }
     }
 
@@ -833,6 +927,12 @@ impl PresenceEngine {
     /// An event from the SIP edge. Transaction events for transactions this engine did not
     /// start are ignored.
     pub fn on_edge(&mut self, now: Instant, event: EdgeEvent) -> Vec<Output> {
+        let out = self.edge_in(now, event);
+        self.rearm();
+        out
+    }
+
+    fn edge_in(&mut self, now: Instant, event: EdgeEvent) -> Vec<Output> {
         let mut out = Vec::new();
         match event {
             EdgeEvent::Request {
@@ -1347,7 +1447,7 @@ impl PresenceEngine {
                 .inbound
                 .get(&key)
                 .is_some_and(|w| w.approval == Approval::Approved);
-            let body = approved.then(|| pidf::render(&self.current_doc(&key.0)));
+            let body = approved.then(|| self.rendered(&key.0));
             let state = "terminated;reason=timeout";
             if let Some(t) = self.notify_request(&mut dialog, false, state, body, out) {
                 self.purposes.insert(t, Purpose::Final);
@@ -1540,7 +1640,7 @@ impl PresenceEngine {
 
     /// A NOTIFY to watcher `key` (Active carries the current document).
     fn send_notify(&mut self, now: Instant, key: &Key, state: NotifyState, out: &mut Vec<Output>) {
-        let body = (state == NotifyState::Active).then(|| pidf::render(&self.current_doc(&key.0)));
+        let body = (state == NotifyState::Active).then(|| self.rendered(&key.0));
         let known = self.users.contains_key(&key.0);
         let Some(w) = self.inbound.get_mut(key) else {
             return;
@@ -1594,7 +1694,7 @@ impl PresenceEngine {
         if !due {
             return;
         }
-        let body = pidf::render(&self.current_doc(&key.0));
+        let body = self.rendered(&key.0);
         if w.last_body.as_deref() == Some(body.as_str()) {
             if let Some(w) = self.inbound.get_mut(key) {
                 w.dirty = false;
@@ -1626,24 +1726,93 @@ impl PresenceEngine {
 
     // ----------------------------------------------------------------- timers
 
-    /// The next instant [`PresenceEngine::handle_timeout`] has work.
+    /// The next instant [`PresenceEngine::handle_timeout`] may have work (early at worst).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let out = self
-            .outbound
-            .values()
-            .filter_map(|s| if s.pending.is_some() { None } else { s.next_at });
-        let inb = self.inbound.values().filter_map(|w| self.watcher_due(w));
-        out.chain(inb).min()
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Notes `key`'s next due time `at` unless an earlier one is armed.
+    fn arm(&mut self, side: Side, key: Key, at: Instant) {
+        let slot = (side, key);
+        if self.armed.get(&slot).is_some_and(|a| *a <= at) {
+            return;
+        }
+        self.timers.push(Reverse((at, side, slot.1.clone())));
+        self.armed.insert(slot, at);
+    }
+
+    /// Arms the timers of every entry written since the last call.
+    fn rearm(&mut self) {
+        for key in std::mem::take(&mut self.outbound.touched) {
+            let due = self
+                .outbound
+                .get(&key)
+                .and_then(|s| if s.pending.is_some() { None } else { s.next_at });
+            if let Some(at) = due {
+                self.arm(Side::Out, key, at);
+            }
+        }
+        for key in std::mem::take(&mut self.inbound.touched) {
+            if let Some(at) = self.inbound.get(&key).and_then(|w| self.watcher_due(w)) {
+                self.arm(Side::In, key, at);
+            }
+        }
+        // The earliest entry is exact (for `poll_timeout`): superseded ones go, early ones
+        // move to their key's real time.
+        while let Some(Reverse((at, side, key))) = self.timers.peek() {
+            let slot = (*side, key.clone());
+            let real = match side {
+                Side::Out => self
+                    .outbound
+                    .get(key)
+                    .and_then(|s| if s.pending.is_some() { None } else { s.next_at }),
+                Side::In => self.inbound.get(key).and_then(|w| self.watcher_due(w)),
+            };
+            if self.armed.get(&slot) == Some(at) && real == Some(*at) {
+                break;
+            }
+            let superseded = self.armed.get(&slot) != Some(at);
+            self.timers.pop();
+            if !superseded {
+                self.armed.remove(&slot);
+                if let Some(real) = real {
+                    self.arm(slot.0, slot.1, real);
+                }
+            }
+        }
     }
 
     /// Refreshes, retries, replacements, expiries and coalesced NOTIFYs due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
-        let due: Vec<Key> = self
-            .outbound
-            .iter()
-            .filter(|(_, s)| s.pending.is_none() && s.next_at.is_some_and(|n| n <= now))
-            .map(|(k, _)| k.clone())
+        let (mut due_out, mut due_in) = (Vec::new(), Vec::new());
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, side, key))) = self.timers.pop() else {
+                break;
+            };
+            let slot = (side, key);
+            if self.armed.get(&slot) != Some(&at) {
+                continue; // superseded
+            }
+            self.armed.remove(&slot);
+            match slot.0 {
+                Side::Out => due_out.push(slot.1),
+                Side::In => due_in.push(slot.1),
+            }
+        }
+        // Visited even when not due after all (an early entry): re-armed at the real time.
+        self.outbound.touched.extend(due_out.iter().cloned());
+        self.inbound.touched.extend(due_in.iter().cloned());
+        let due: Vec<Key> = due_out
+            .into_iter()
+            .filter(|k| {
+                self.outbound
+                    .get(k)
+                    .is_some_and(|s| s.pending.is_none() && s.next_at.is_some_and(|n| n <= now))
+            })
             .collect();
         for key in due {
             let Some(sub) = self.outbound.get_mut(&key) else {
@@ -1666,11 +1835,13 @@ impl PresenceEngine {
                 None => self.send_initial(now, &key, &mut out),
             }
         }
-        let keys: Vec<Key> = self
-            .inbound
-            .iter()
-            .filter(|(_, w)| self.watcher_due(w).is_some_and(|t| t <= now))
-            .map(|(k, _)| k.clone())
+        let keys: Vec<Key> = due_in
+            .into_iter()
+            .filter(|k| {
+                self.inbound
+                    .get(k)
+                    .is_some_and(|w| self.watcher_due(w).is_some_and(|t| t <= now))
+            })
             .collect();
         for key in keys {
             let Some(w) = self.inbound.get(&key) else {
@@ -1703,6 +1874,7 @@ impl PresenceEngine {
             }
             self.maybe_flush(now, &key, &mut out);
         }
+        self.rearm();
         out
     }
 
@@ -1919,6 +2091,7 @@ impl PresenceEngine {
         for key in requests {
             self.send_initial(now, &key, &mut out);
         }
+        self.rearm();
         out
     }
 
