@@ -210,10 +210,26 @@ async fn steps<H: driver::Handler>(
     secs: f64,
     report: &mut serde_json::Value,
 ) -> Result<(), String> {
+    steps_of(world, h, loads, 1, secs, report).await
+}
+
+/// [`steps`] where one load item is delivered `fanout` times: offered loads are shown in
+/// deliveries per second.
+async fn steps_of<H: driver::Handler>(
+    world: &mut World,
+    h: &mut H,
+    loads: &[Load],
+    fanout: u64,
+    secs: f64,
+    report: &mut serde_json::Value,
+) -> Result<(), String> {
     let mut out = Vec::new();
     let mut problem = None;
     for &load in loads {
-        let step = world.measure(h, load, secs).await;
+        let mut step = world.measure(h, load, secs).await;
+        if let Load::Rate(r) = load {
+            step.offered = format!("{:.0}/s", r * fanout as f64);
+        }
         eprintln!("  {step:?}");
         if problem.is_none() && (step.errors > 0 || step.delivered < step.expected) {
             problem = Some(format!(
@@ -365,7 +381,8 @@ async fn fanout(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Re
     // Each user changes at most once per 1.1 s (faster changes would be coalesced by the
     // bridge, by design), which bounds the offered NOTIFY rate.
     report["max_offered_rate"] = json!(total as f64 / 1.1);
-    steps(&mut world, &mut h, &loads, secs(cli), report).await
+    let watchers = h.watchers;
+    steps_of(&mut world, &mut h, &loads, watchers, secs(cli), report).await
 }
 
 async fn presence_inbound(
