@@ -69,6 +69,25 @@ pub struct TestDns {
 impl TestDns {
     /// Serves the zones named (e.g. `"contoso.test"`), each with only its SOA at first.
     pub async fn start(zones: &[&str]) -> TestDns {
+        Self::start_with(zones, bind_same_port().await).await
+    }
+
+    /// [`TestDns::start`] on port 53 of the first free loopback address from 127.0.0.100 up,
+    /// for resolvers that cannot be told a port (pjsip); needs root.
+    pub async fn start_on_port_53(zones: &[&str]) -> TestDns {
+        for last in 100..=250u8 {
+            let ip = Ipv4Addr::new(127, 0, 0, last);
+            let Ok(udp) = UdpSocket::bind((ip, 53)).await else {
+                continue;
+            };
+            if let Ok(tcp) = TcpListener::bind((ip, 53)).await {
+                return Self::start_with(zones, (udp, tcp)).await;
+            }
+        }
+        panic!("no loopback address with port 53 free (root needed)");
+    }
+
+    async fn start_with(zones: &[&str], (udp, tcp): (UdpSocket, TcpListener)) -> TestDns {
         let mut catalog = Catalog::new();
         let mut handlers = Vec::new();
         for zone in zones {
@@ -98,7 +117,6 @@ impl TestDns {
             catalog,
             log: log.clone(),
         });
-        let (udp, tcp) = bind_same_port().await;
         let addr = udp.local_addr().unwrap();
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 32);
@@ -114,12 +132,17 @@ impl TestDns {
     /// Replaces the SRV records of `_sipfederationtls._tcp.<domain>` (one TTL for the set, as
     /// RFC 2181 §5.2 requires); an empty list removes them.
     pub async fn set_srv(&self, domain: &str, records: &[Srv<'_>], ttl: u32) {
-        let name = format!("_sipfederationtls._tcp.{domain}");
+        self.set_srv_at(&format!("_sipfederationtls._tcp.{domain}"), records, ttl)
+            .await;
+    }
+
+    /// Replaces the SRV records at `name` (e.g. `_sips._tcp.sip.example.org`).
+    pub async fn set_srv_at(&self, name: &str, records: &[Srv<'_>], ttl: u32) {
         let data = records
             .iter()
             .map(|r| RData::SRV(SRV::new(r.priority, r.weight, r.port, fqdn(r.target))))
             .collect::<Vec<_>>();
-        self.replace(&name, RecordType::SRV, data, ttl).await;
+        self.replace(name, RecordType::SRV, data, ttl).await;
     }
 
     /// Replaces the A records of `host`.

@@ -269,6 +269,12 @@ impl XmppClient {
             .args(["--password", ALICE_PASSWORD])
             .args(["--port", &c2s_port.to_string()])
             .args(["--timeout", &TEST_BUDGET.as_secs().to_string()]);
+        Self::spawn(cmd, stderr)
+    }
+
+    /// Any driver that takes JSON-line commands on stdin and prints JSON-line events (e.g.
+    /// tests/pjsua_peer.py); its stderr goes to `stderr`.
+    pub fn spawn(mut cmd: Command, stderr: PathBuf) -> Self {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
