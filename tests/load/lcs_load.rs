@@ -261,6 +261,48 @@ async fn settle<H: driver::Handler>(
     }
 }
 
+/// Handles events until `cond` holds for the handler (checked every 20 ms); false after
+/// `limit`.
+async fn until<H: driver::Handler>(
+    world: &mut World,
+    h: &mut H,
+    limit: Duration,
+    cond: impl Fn(&H) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while !cond(h) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        world
+            .pump(h, None, Duration::from_millis(20), |_| false)
+            .await;
+    }
+    true
+}
+
+/// Sets up `total` subscriptions 2,000 at a time (`send` sends a range of them, `done` counts
+/// those set up); the seconds it took.
+async fn in_chunks<H: driver::Handler>(
+    world: &mut World,
+    h: &mut H,
+    total: u64,
+    send: impl Fn(&mut H, &mut driver::Ctx, std::ops::Range<u64>),
+    done: impl Fn(&H) -> u64,
+) -> Result<f64, String> {
+    let t = Instant::now();
+    let mut start = 0;
+    while start < total {
+        let end = (start + 2000).min(total);
+        send(h, &mut world.ctx, start..end);
+        if !until(world, h, Duration::from_secs(60), |h| done(h) >= end).await {
+            return Err(format!("{} of {end} subscriptions set up in 60 s", done(h)));
+        }
+        start = end;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 async fn im_outbound(
     fresh: bool,
     cli: &Cli,
@@ -319,16 +361,15 @@ async fn im_inbound(
     report["sessions"] = json!(pairs);
     h.invite_all(&mut world.ctx);
     let t = Instant::now();
-    while h.established < pairs {
-        if t.elapsed() > Duration::from_secs(120) {
-            return Err(format!(
-                "{} of {pairs} sessions set up in 120 s",
-                h.established
-            ));
-        }
-        world
-            .pump(&mut h, None, Duration::from_millis(20), |_| false)
-            .await;
+    if !until(&mut world, &mut h, Duration::from_secs(120), |h| {
+        h.established >= pairs
+    })
+    .await
+    {
+        return Err(format!(
+            "{} of {pairs} sessions set up in 120 s",
+            h.established
+        ));
     }
     report["setup_s"] = json!(t.elapsed().as_secs_f64());
     let loads = rates(cli, "5000,10000,20000,40000,max", "500,max");
@@ -346,26 +387,9 @@ async fn fanout(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Re
     let total = h.users * h.watchers;
     report["subscriptions"] = json!(total);
     report["watchers_per_user"] = json!(h.watchers);
-    let t = Instant::now();
-    let chunk = 2000;
-    let mut start = 0;
-    while start < total {
-        let end = (start + chunk).min(total);
-        h.subscribe(&mut world.ctx, start..end);
-        let limit = Duration::from_secs(60);
-        let deadline = Instant::now() + limit;
-        while h.active < end {
-            if Instant::now() > deadline {
-                return Err(format!("{} of {end} subscriptions active", h.active));
-            }
-            world
-                .pump(&mut h, None, Duration::from_millis(20), |_| false)
-                .await;
-        }
-        start = end;
-    }
-    report["setup_s"] = json!(t.elapsed().as_secs_f64());
-    report["setup_per_second"] = json!(total as f64 / t.elapsed().as_secs_f64());
+    let took = in_chunks(&mut world, &mut h, total, Fanout::subscribe, |h| h.active).await?;
+    report["setup_s"] = json!(took);
+    report["setup_per_second"] = json!(total as f64 / took);
     // The setup's own NOTIFYs started each watcher's coalescing interval.
     world
         .pump(&mut h, None, Duration::from_millis(1100), |_| false)
@@ -394,24 +418,11 @@ async fn presence_inbound(
     let mut h = Inbound::new(size(cli.users, 100, 10, cli), size(cli.peers, 100, 5, cli));
     let total = h.users * h.contacts;
     report["subscriptions"] = json!(total);
-    let t = Instant::now();
-    let chunk = 2000;
-    let mut start = 0;
-    while start < total {
-        let end = (start + chunk).min(total);
-        h.subscribe(&mut world.ctx, start..end);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while h.subscribed < end {
-            if Instant::now() > deadline {
-                return Err(format!("{} of {end} subscriptions answered", h.subscribed));
-            }
-            world
-                .pump(&mut h, None, Duration::from_millis(20), |_| false)
-                .await;
-        }
-        start = end;
-    }
-    report["setup_s"] = json!(t.elapsed().as_secs_f64());
+    let took = in_chunks(&mut world, &mut h, total, Inbound::subscribe, |h| {
+        h.subscribed
+    })
+    .await?;
+    report["setup_s"] = json!(took);
     let loads = rates(cli, "10000,20000,40000,max", "500,max");
     steps(&mut world, &mut h, &loads, secs(cli), report).await
 }
@@ -536,14 +547,8 @@ async fn serving(
                    Max-Forwards: 70\r\nFrom: <sip:probe@contoso.com>;tag=o\r\nTo: <sip:xmpp.test>\r\n\
                    Call-ID: options@contoso.com\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     world.ctx.sip_raw(conns[0], options.as_bytes().to_vec());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while h.at.is_none() {
-        if Instant::now() > deadline {
-            return Err("no 200 to OPTIONS in 60 s".into());
-        }
-        world
-            .pump(h, None, Duration::from_millis(5), |_| false)
-            .await;
+    if !until(world, h, Duration::from_secs(60), |h| h.at.is_some()).await {
+        return Err("no 200 to OPTIONS in 60 s".into());
     }
     let at = h.at.unwrap().duration_since(world.spawned);
     world.pump(h, None, settle, |_| false).await;
