@@ -19,7 +19,8 @@
 //! response (§17.1.1.3), `200` to a CANCEL that matches an INVITE and `481` to one that does not
 //! (§9.2). Everything else goes to the transaction user as a [`TxEvent`].
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -165,6 +166,11 @@ pub struct Transactions {
     client_index: HashMap<ClientKey, TxId>,
     servers: HashMap<TxId, Server>,
     server_index: HashMap<ServerKey, TxId>,
+    /// Timer B/F/H deadlines, earliest first. A deadline is set once per transaction, so an
+    /// entry counts while its transaction is there with that deadline; the others are dropped
+    /// when they reach the top. The edge asks for the next deadline after every event: this
+    /// keeps that O(1) however many transactions are open.
+    deadlines: BinaryHeap<Reverse<(Instant, TxId)>>,
     out: VecDeque<Output>,
 }
 
@@ -194,6 +200,7 @@ impl Transactions {
             client_index: HashMap::new(),
             servers: HashMap::new(),
             server_index: HashMap::new(),
+            deadlines: BinaryHeap::new(),
             out: VecDeque::new(),
         }
     }
@@ -222,13 +229,25 @@ impl Transactions {
     }
 
     /// The earliest deadline; call [`Transactions::handle_timeout`] then.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let clients = self.clients.values().map(|c| c.deadline);
-        let servers = self.servers.values().filter_map(|s| match s.state {
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, tx))) = self.deadlines.peek() {
+            if self.deadline_of(*tx) == Some(*at) {
+                return Some(*at);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// The deadline of transaction `tx`, if it is open and has one.
+    fn deadline_of(&self, tx: TxId) -> Option<Instant> {
+        if let Some(c) = self.clients.get(&tx) {
+            return Some(c.deadline);
+        }
+        match self.servers.get(&tx)?.state {
             ServerState::Completed { deadline } => Some(deadline),
             ServerState::Proceeding => None,
-        });
-        clients.chain(servers).min()
+        }
     }
 
     /// Number of live transactions (client, server).
@@ -280,6 +299,7 @@ impl Transactions {
                 deadline: now + self.timeout,
             },
         );
+        self.deadlines.push(Reverse((now + self.timeout, id)));
         Ok(id)
     }
 
@@ -304,6 +324,7 @@ impl Transactions {
                 server.state = ServerState::Completed {
                     deadline: now + self.timeout,
                 };
+                self.deadlines.push(Reverse((now + self.timeout, tx)));
                 server.last_response = Some(response.clone());
             } else {
                 // Non-INVITE final (Timer J = 0) or 2xx to INVITE (RFC 6026: the 2xx and its ACK
@@ -466,29 +487,30 @@ impl Transactions {
 
     /// Fires every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut expired: Vec<TxId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        expired.sort_unstable();
-        for tx in expired {
+        let (mut clients, mut servers) = (Vec::new(), Vec::new());
+        while let Some(Reverse((at, tx))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if self.deadline_of(tx) != Some(at) {
+                continue;
+            }
+            if self.clients.contains_key(&tx) {
+                clients.push(tx);
+            } else {
+                servers.push(tx);
+            }
+        }
+        clients.sort_unstable();
+        for tx in clients {
             if let Some(c) = self.clients.remove(&tx) {
                 self.client_index.remove(&c.key);
                 self.event(TxEvent::Timeout { tx });
             }
         }
-        let mut expired: Vec<TxId> = self
-            .servers
-            .iter()
-            .filter(
-                |(_, s)| matches!(s.state, ServerState::Completed { deadline } if deadline <= now),
-            )
-            .map(|(id, _)| *id)
-            .collect();
-        expired.sort_unstable();
-        for tx in expired {
+        servers.sort_unstable();
+        for tx in servers {
             if let Some(s) = self.servers.remove(&tx) {
                 self.server_index.remove(&s.key);
                 self.event(TxEvent::AckTimeout { tx });
