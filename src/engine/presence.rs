@@ -1507,13 +1507,7 @@ impl PresenceEngine {
         if approval != Approval::Approved {
             // XEP-0100: the gateway asks on the legacy user's behalf (RFC 6121 §3.1.3: the
             // server answers by itself when the user already approved).
-            let mut p = Presence::subscribe()
-                .with_from(remote_jid)
-                .with_to(local.clone());
-            if let Some(name) = display.filter(|d| !d.trim().is_empty()) {
-                p.payloads.push(Element::from(Nick(name)));
-            }
-            out.push(stanza(p));
+            out.push(subscribe_request(remote_jid, local.clone(), display));
         }
         let mut r = Message::response_to(request, 202, None, Some(&tag));
         r.push_header("Expires", &granted.to_string());
@@ -1997,11 +1991,11 @@ impl PresenceEngine {
     /// Start-up: rebuilds the state from the store. Outbound subscriptions get a fresh
     /// SUBSCRIBE (their old dialogs died with the old process's connections); inbound watchers
     /// keep their dialogs (routed by domain until the peer is reached), resumed above the
-    /// stored CSeq with a fresh reservation written first (`Watcher::cseq_reserved`), and get a
-    /// NOTIFY with the current state after `min_notify_interval`, by which time the answers to
-    /// the probes sent to their local users have arrived; gateway presence goes to every local
-    /// user with a subscription. Records that are expired, terminated or unreadable are
-    /// forgotten.
+    /// stored CSeq with a fresh reservation written first (`Watcher::cseq_reserved`); approved
+    /// ones get a NOTIFY with the current state after `min_notify_interval`, by which time the
+    /// answers to the probes sent to their local users have arrived, and the others' users are
+    /// asked again; gateway presence goes to every local user with a subscription. Records that
+    /// are expired, terminated or unreadable are forgotten.
     pub fn restore(
         &mut self,
         now: Instant,
@@ -2123,6 +2117,18 @@ impl PresenceEngine {
                 out.push(stanza(Presence::probe().with_from(from).with_to(to)));
             }
         }
+        // Watchers still waiting for their user are asked for again: the approval may have
+        // come while no bridge was connected (the server bounced it), or the request may never
+        // have reached the server. A user who already approved is answered for by the server
+        // (RFC 6121 §3.1.3).
+        for (key, w) in self.inbound.iter() {
+            if w.approval == Approval::Requested {
+                if let Ok(to) = BareJid::new(&key.0) {
+                    let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
+                    out.push(subscribe_request(w.remote_jid.clone(), to, display));
+                }
+            }
+        }
         for key in requests {
             self.send_initial(now, &key, &mut out);
         }
@@ -2170,6 +2176,16 @@ fn subscribe_headers(request: &mut Message, expires: u32) {
 
 fn stanza(p: Presence) -> Output {
     Output::Stanza(Element::from(p))
+}
+
+/// The `subscribe` the gateway sends on an LCS watcher's behalf, with the watcher's display
+/// name as a XEP-0172 nick.
+fn subscribe_request(from: BareJid, to: BareJid, display: Option<String>) -> Output {
+    let mut p = Presence::subscribe().with_from(from).with_to(to);
+    if let Some(name) = display.filter(|d| !d.trim().is_empty()) {
+        p.payloads.push(Element::from(Nick(name)));
+    }
+    stanza(p)
 }
 
 fn restored_dialog(r: &DialogRecord, now: Instant) -> Dialog {

@@ -1289,6 +1289,52 @@ fn a_restarted_bridge_resumes_a_watcher_dialog_above_every_cseq_it_used() {
 }
 
 #[test]
+fn restore_asks_again_for_a_watcher_still_waiting_for_its_user() {
+    // Alice approved while no bridge was connected (the server bounced the `subscribed`), or
+    // the request never reached the server: the watcher is stored as requested.
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let mut waiting = record(Direction::Inbound, Approval::Requested, 1_700_001_000);
+    waiting.state = SubState::Pending;
+    waiting.dialog = Some(DialogRecord {
+        call_id: "w-1".into(),
+        local_tag: "ours".into(),
+        remote_tag: "lcs1".into(),
+        local_uri: "sip:alice@example.org".into(),
+        local_display: None,
+        remote_uri: BOB_AOR.into(),
+        remote_display: Some("Bob Example".into()),
+        remote_target: "sip:bob@192.0.2.5:5061;transport=tls".into(),
+        route_set: vec![],
+        local_cseq: 1,
+        remote_cseq: Some(1),
+        created_unix: 1_699_999_000,
+    });
+    let out = e.restore(now, std::iter::once(waiting));
+    assert_eq!(
+        kinds(&out),
+        ["persist:requested", "stanza:available", "stanza:subscribe"]
+    );
+    let st = &stanzas(&out)[1];
+    assert!(
+        st.contains(&format!("from='{BOB}'")) && st.contains(&format!("to='{ALICE}'")),
+        "{st}"
+    );
+    assert!(st.contains(">Bob Example</nick>"), "{st}");
+    // The server answers for Alice, who approved: active in the restored dialog.
+    let out = e.on_stanza(now, alice_to_bob("subscribed"));
+    assert_eq!(kinds(&out), ["persist:approved", "request:NOTIFY"]);
+    let (_, n, route) = requests(&out).remove(0);
+    assert_eq!(n.call_id().unwrap(), "w-1");
+    assert_eq!(route, Route::Domain("contoso.com".into()));
+    assert!(
+        n.header("Subscription-State")
+            .unwrap()
+            .starts_with("active")
+    );
+}
+
+#[test]
 fn restore_without_any_presence_still_notifies_closed() {
     let now = Instant::now();
     let mut e = engine_at(now);
