@@ -252,12 +252,16 @@ def main():
     client = Client(args.jid, args.password, args.host, args.port, args.reconnect)
     done = loop.create_future()
     client.start()
-    loop.create_task(commands(client, done))
+    # Keep a reference: the event loop holds tasks only weakly, and a pending task nobody
+    # references is destroyed by the next garbage collection (the client then ignores every
+    # later command; seen under the crash test's stream of presences).
+    reader = loop.create_task(commands(client, done))
     try:
         code = loop.run_until_complete(asyncio.wait_for(done, args.timeout))
     except asyncio.TimeoutError:
         emit({"event": "timeout"})
         code = 3
+    reader.cancel()
     # Let the closing stream go out (bounded).
     try:
         loop.run_until_complete(asyncio.wait_for(asyncio.sleep(0.2), 1.0))
