@@ -543,26 +543,6 @@ level = "{log_level}"
         }
     }
 
-    /// Kills the bridge with SIGKILL and waits for it; the connections it had are dropped.
-    #[allow(dead_code)] // tests/bridge_crash.rs
-    pub fn kill(&mut self) {
-        let _ = self.bridge.kill();
-        let _ = self.bridge.wait();
-        self.ctx.xmpp = None;
-        self.ctx.sip.clear();
-    }
-
-    /// Starts the bridge again on the same configuration and store; returns when its
-    /// component stream is up.
-    #[allow(dead_code)] // tests/bridge_crash.rs
-    pub async fn restart(&mut self) {
-        let config = self.dir.path().join("lcs-bridge.toml");
-        self.spawned = Instant::now();
-        self.bridge = spawn_bridge(&self.opts, &config, &self.dir.path().join("bridge.log"));
-        self.pid = self.bridge.id();
-        self.accept_component().await;
-    }
-
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
