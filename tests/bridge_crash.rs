@@ -79,7 +79,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use common::e2e::{ALICE_PASSWORD, Bridge, BridgeConfig, Mode, XmppClient, bare, tail};
 use common::{GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN, XmppServer};
 use net::{Event, Tls, Writer};
-use pki::{Pki, der_to_pem};
+use pki::{Pki, write_bridge_files};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 /// The user who approves by the test's command, in batches (the others approve at once).
@@ -107,6 +107,15 @@ fn jid(user: usize) -> String {
 /// The bridge's JID for LCS user `name` (gateway mode, XEP-0106).
 fn lcs_jid(name: &str) -> String {
     format!("{name}\\40{LCS_DOMAIN}@{GATEWAY_COMPONENT}")
+}
+
+/// The number in the JID of LCS user `<prefix><n>` (the inverse of [`lcs_jid`]).
+fn lcs_number(jid: &str, prefix: char) -> Option<usize> {
+    bare(jid)
+        .strip_prefix(prefix)?
+        .strip_suffix(&lcs_jid(""))?
+        .parse()
+        .ok()
 }
 
 fn unix_now() -> u64 {
@@ -327,26 +336,15 @@ impl Crash {
     fn drain_clients(&mut self) {
         for (u, c) in self.clients.iter_mut().enumerate() {
             while let Ok(e) = c.rx.try_recv() {
+                let from = e["from"].as_str().unwrap_or_default();
                 if u == CAROL && e["event"] == "presence" && e["type"] == "subscribe" {
-                    let from = bare(e["from"].as_str().unwrap_or_default());
-                    let i = from
-                        .strip_prefix('w')
-                        .and_then(|r| {
-                            r.strip_suffix(&format!("\\40{LCS_DOMAIN}@{GATEWAY_COMPONENT}"))
-                        })
-                        .and_then(|n| n.parse::<usize>().ok());
+                    let i = lcs_number(from, 'w');
                     if let Some(i) = i.filter(|i| !self.carol_pending.contains(i)) {
                         self.carol_pending.push(i);
                     }
                 }
                 if e["event"] == "presence" && e["type"] == "available" {
-                    let from = bare(e["from"].as_str().unwrap_or_default());
-                    let k = from
-                        .strip_prefix('o')
-                        .and_then(|r| {
-                            r.strip_suffix(&format!("\\40{LCS_DOMAIN}@{GATEWAY_COMPONENT}"))
-                        })
-                        .and_then(|n| n.parse::<usize>().ok());
+                    let k = lcs_number(from, 'o');
                     if let (Some(k), Some(status)) = (k, e["status"].as_str()) {
                         if let Some(contact) = self.contacts.get_mut(k) {
                             contact.shown.push(status.to_owned());
@@ -1061,20 +1059,8 @@ fn acknowledged_subscriptions_survive_sigkill() {
     };
 
     let pki = Pki::new("Crash test CA");
-    let bridge_leaf = pki.leaf(&["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"], false);
+    write_bridge_files(&dir, &pki, &["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"]);
     let edge_leaf = pki.leaf(&["sip.contoso.com", LCS_DOMAIN, "127.0.0.1"], false);
-    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
-    write("bridge.crt", der_to_pem("CERTIFICATE", &bridge_leaf.0[0]));
-    write(
-        "bridge.key",
-        der_to_pem("PRIVATE KEY", bridge_leaf.1.secret_der()),
-    );
-    write("ca.crt", der_to_pem("CERTIFICATE", &pki.ca));
-    std::fs::set_permissions(
-        dir.join("bridge.key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

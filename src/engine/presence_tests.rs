@@ -1126,25 +1126,30 @@ fn record(direction: Direction, approval: Approval, expires_unix: u64) -> Subscr
     }
 }
 
-#[test]
-fn restore_resubscribes_probes_and_notifies_once_reachable() {
-    let now = Instant::now();
-    let mut e = engine_at(now);
-    let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
-    inbound.dialog = Some(DialogRecord {
+/// Bob's watcher dialog `w-1` as the store holds it.
+fn stored_dialog(local_cseq: u32, remote_cseq: u32, display: Option<&str>) -> DialogRecord {
+    DialogRecord {
         call_id: "w-1".into(),
         local_tag: "ours".into(),
         remote_tag: "lcs1".into(),
         local_uri: "sip:alice@example.org".into(),
         local_display: None,
         remote_uri: BOB_AOR.into(),
-        remote_display: None,
+        remote_display: display.map(str::to_owned),
         remote_target: "sip:bob@192.0.2.5:5061;transport=tls".into(),
         route_set: vec![],
-        local_cseq: 7,
-        remote_cseq: Some(3),
+        local_cseq,
+        remote_cseq: Some(remote_cseq),
         created_unix: 1_699_999_000,
-    });
+    }
+}
+
+#[test]
+fn restore_resubscribes_probes_and_notifies_once_reachable() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
+    inbound.dialog = Some(stored_dialog(7, 3, None));
     let mut stale = record(Direction::Inbound, Approval::Approved, 1_699_999_999);
     stale.local_jid = "carol@example.org".into();
     let outbound = record(Direction::Outbound, Approval::Approved, 1_700_003_600);
@@ -1296,20 +1301,7 @@ fn restore_asks_again_for_a_watcher_still_waiting_for_its_user() {
     let mut e = engine_at(now);
     let mut waiting = record(Direction::Inbound, Approval::Requested, 1_700_001_000);
     waiting.state = SubState::Pending;
-    waiting.dialog = Some(DialogRecord {
-        call_id: "w-1".into(),
-        local_tag: "ours".into(),
-        remote_tag: "lcs1".into(),
-        local_uri: "sip:alice@example.org".into(),
-        local_display: None,
-        remote_uri: BOB_AOR.into(),
-        remote_display: Some("Bob Example".into()),
-        remote_target: "sip:bob@192.0.2.5:5061;transport=tls".into(),
-        route_set: vec![],
-        local_cseq: 1,
-        remote_cseq: Some(1),
-        created_unix: 1_699_999_000,
-    });
+    waiting.dialog = Some(stored_dialog(1, 1, Some("Bob Example")));
     let out = e.restore(now, std::iter::once(waiting));
     assert_eq!(
         kinds(&out),
@@ -1339,20 +1331,7 @@ fn restore_without_any_presence_still_notifies_closed() {
     let now = Instant::now();
     let mut e = engine_at(now);
     let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
-    inbound.dialog = Some(DialogRecord {
-        call_id: "w-1".into(),
-        local_tag: "ours".into(),
-        remote_tag: "lcs1".into(),
-        local_uri: "sip:alice@example.org".into(),
-        local_display: None,
-        remote_uri: BOB_AOR.into(),
-        remote_display: None,
-        remote_target: "sip:bob@192.0.2.5:5061;transport=tls".into(),
-        route_set: vec![],
-        local_cseq: 1,
-        remote_cseq: Some(1),
-        created_unix: 1_699_999_000,
-    });
+    inbound.dialog = Some(stored_dialog(1, 1, None));
     e.restore(now, std::iter::once(inbound));
     let out = e.handle_timeout(now + Duration::from_secs(5));
     assert!(body(&requests(&out)[0].1).contains("<basic>closed</basic>"));

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::net::{self, Event, Tls, Writer};
-use crate::pki::{Pki, der_to_pem};
+use crate::pki::{Pki, write_bridge_files};
 
 pub const COMPONENT: &str = "lcs.xmpp.test";
 pub const XMPP_DOMAIN: &str = "xmpp.test";
@@ -181,20 +181,12 @@ impl World {
             .tempdir()
             .expect("a temporary directory");
         let pki = Pki::new("Load CA");
-        let bridge_leaf = pki.leaf(&["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"], false);
-        let peer_leaf = pki.leaf(&["sip.contoso.com", LCS_DOMAIN, "127.0.0.1"], false);
-        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        write("bridge.crt", der_to_pem("CERTIFICATE", &bridge_leaf.0[0]));
-        write(
-            "bridge.key",
-            der_to_pem("PRIVATE KEY", bridge_leaf.1.secret_der()),
+        write_bridge_files(
+            dir.path(),
+            &pki,
+            &["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"],
         );
-        write("ca.crt", der_to_pem("CERTIFICATE", &pki.ca));
-        std::fs::set_permissions(
-            dir.path().join("bridge.key"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        let peer_leaf = pki.leaf(&["sip.contoso.com", LCS_DOMAIN, "127.0.0.1"], false);
         let tls = Tls::new(&peer_leaf, &pki.ca);
         let component = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
