@@ -220,6 +220,9 @@ fn stored_subscriptions(store: &dyn Store) -> std::vec::IntoIter<Subscription> {
     subs.into_iter()
 }
 
+/// Most consecutive synced writes the runner joins into one batch.
+const PERSIST_BATCH: usize = 1024;
+
 /// The engines' task: edge events, component stanzas and the engines' timers in; their
 /// outputs to the store, the edge and the link.
 struct Runner {
@@ -251,7 +254,14 @@ impl Runner {
         mut link_events: mpsc::Receiver<LinkEvent>,
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
+        let started = Instant::now();
+        let outputs = restored.len();
         self.execute(Source::Presence, restored).await;
+        info!(
+            outputs,
+            ms = started.elapsed().as_millis() as u64,
+            "stored subscriptions taken up"
+        );
         loop {
             let deadline = match (self.im.poll_timeout(), self.presence.poll_timeout()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -366,7 +376,8 @@ impl Runner {
         };
         let mut refused = false;
         let mut unsaved = false;
-        for o in outputs {
+        let mut outputs = outputs.into_iter().peekable();
+        while let Some(o) = outputs.next() {
             match o {
                 Output::Stanza(el) => refused |= !send_stanza(&self.link, el),
                 Output::Request { tx, request, route } => {
@@ -386,8 +397,20 @@ impl Runner {
                     self.edge.respond(tx, response).await
                 }
                 Output::Ack { conn, ack } => self.edge.send_ack(conn, ack).await,
-                Output::Persist(sub) => unsaved |= !self.write(*sub, true).await,
-                Output::PersistLazy(sub) => unsaved |= !self.write(*sub, false).await,
+                Output::Persist(sub) => {
+                    // Consecutive synced writes (a restart's CSeq reservations, one per
+                    // restored watcher) go as one batch: one sync, all durable before the
+                    // next output as before.
+                    let mut batch = vec![*sub];
+                    while batch.len() < PERSIST_BATCH {
+                        match outputs.next_if(|o| matches!(o, Output::Persist(_))) {
+                            Some(Output::Persist(sub)) => batch.push(*sub),
+                            _ => break,
+                        }
+                    }
+                    unsaved |= !self.write(batch, true).await;
+                }
+                Output::PersistLazy(sub) => unsaved |= !self.write(vec![*sub], false).await,
                 Output::Forget {
                     direction,
                     local,
@@ -407,15 +430,14 @@ impl Runner {
         }
     }
 
-    /// Writes a subscription off the async threads (a synced write waits for the disk).
-    async fn write(&self, sub: Subscription, durable: bool) -> bool {
+    /// Writes subscriptions off the async threads (a synced write waits for the disk); more
+    /// than one synced: one atomic batch, one sync.
+    async fn write(&self, subs: Vec<Subscription>, durable: bool) -> bool {
         let store = self.store.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            if durable {
-                store.put_subscription(&sub)
-            } else {
-                store.put_subscription_lazy(&sub)
-            }
+        let r = tokio::task::spawn_blocking(move || match (durable, subs.as_slice()) {
+            (true, [sub]) => store.put_subscription(sub),
+            (true, _) => store.put_subscriptions(&subs),
+            (false, _) => subs.iter().try_for_each(|s| store.put_subscription_lazy(s)),
         })
         .await;
         match r {

@@ -1,337 +1,1192 @@
 //! Crash safety of the bridge itself (issue 5, item 5; docs/storage.md "The bridge under
-//! SIGKILL"): the real `lcs-bridge` binary under a steady presence workload, killed with
-//! SIGKILL at random moments, 20 times, and restarted on the same store.
+//! SIGKILL"): the real `lcs-bridge run` binary, joined to a real Prosody as its component,
+//! under a steady presence workload, killed with SIGKILL at random moments and started again on
+//! the same store, at least 20 times.
 //!
-//! The world is the load generator's (tests/load/): an XEP-0114 server standing for the XMPP
-//! server, which approves every subscription request and answers probes as a server would,
-//! and two mutual-TLS connections of the LCS edge contoso.com. The workload: LCS watchers
-//! `w<i>@contoso.com` subscribe to local users `u<i mod 10>@xmpp.test` (about 150 a second),
-//! and every fifth step one acknowledged watcher unsubscribes (`Expires: 0`).
+//! The world:
+//! - Prosody with alice, bob and carol, each logged in with slixmpp (tests/xmpp_client.py):
+//!   alice's and bob's clients approve every subscription request at once (`--approve`), Carol
+//!   approves hers when the test tells her to, in batches;
+//! - this test as the LCS edge contoso.com over mutual TLS (tests/load/net.rs): two connections
+//!   to the bridge's SIP port per bridge run, and the partner's listener the bridge dials.
+//!   It answers as a SIP user agent must: a NOTIFY whose CSeq is not above the last one in its
+//!   dialog gets 500 (RFC 3261 §12.2.2; pjsip answers `<=` so), one in no dialog it knows 481.
 //!
-//! After each kill the test opens the store itself and checks:
-//! - it opens, every time (no corruption, schema as written);
-//! - every subscription whose `202` reached the edge is there, inbound, with the dialog the
-//!   edge knows (Call-ID, both tags) — the bridge persists before it answers;
-//! - every unsubscription whose `200` reached the edge is gone.
+//! The workload, 50 steps a second: a new LCS watcher `w<i>@contoso.com` subscribes to a local
+//! user (acknowledged by the 202: the bridge stores before it answers); every fifth step a
+//! watcher, picked at random among the acknowledged ones (restored ones too), unsubscribes with
+//! `Expires: 0` in its dialog (acknowledged by the 200); every eighth step a local user
+//! subscribes to a new LCS contact `o<k>@contoso.com` from its XMPP client (the bridge stores,
+//! then SUBSCRIBEs; the edge answers 202 and a NOTIFY `active`, whose 200 acknowledges the
+//! approval).
 //!
-//! Then it restarts the bridge and checks that presence flows: a change of one restored
-//! watcher's user reaches that watcher as a NOTIFY in its old dialog.
-//! `LCS_BRIDGE_CRASH_SEED=<n>` replays a kill schedule; `LCS_BRIDGE_CRASH_KILLS=<n>` runs more.
+//! Each round runs it for 0.2–1.5 s, then kills the bridge at a moment of one of four kinds,
+//! picked at random: anywhere in the steady workload, or in a burst of new watchers, of Carol's
+//! approvals or of unsubscriptions, right after the k-th of them was acknowledged or up to 10
+//! ms later (where a change acknowledged before it was stored would be lost).
+//!
+//! After each kill the test opens the store itself (the bridge is dead, the lock is free) and
+//! checks that:
+//! - it opens, and every record decodes;
+//! - every watcher whose 202 reached the edge is stored: inbound, for its user, unexpired, with
+//!   the dialog the edge knows (Call-ID, both tags, URIs, its Contact, its CSeq, a local CSeq
+//!   at or above every NOTIFY it got), and approved if its NOTIFY `active` reached the edge;
+//! - every watcher whose unsubscription was answered 200 is gone (one unanswered at the kill may
+//!   or may not have happened: that watcher is not checked any more);
+//! - every contact whose SUBSCRIBE reached the edge is stored, outbound, approved if the edge's
+//!   NOTIFY `active` was answered 200;
+//! - nothing else is stored.
+//!
+//! In one round in four the restarted bridge is killed again 0–600 ms after it was started
+//! (opening the store, restoring, or joining Prosody) and the store checked again. Then, once
+//! the bridge is up, the test checks that presence flows both ways:
+//! - every acknowledged watcher whose user has approved gets a NOTIFY `active` from the new
+//!   process in its old dialog (approved ones their restored state; the others once their
+//!   user's approval, lost while no bridge was connected, is asked for again), and the
+//!   watchers of the user who now changes its presence one carrying the change;
+//! - every approved contact, subscribed again by the new process, shows its user the note of
+//!   the edge's NOTIFY to that process.
+//!
+//! And throughout: no NOTIFY repeats a CSeq, none comes from a later process for a removed
+//! watcher, no process sends more than 6 NOTIFYs in one dialog (a storm).
+//!
+//! A failure prints the seed and the end of the bridge's log. `LCS_BRIDGE_CRASH_SEED=<n>`
+//! replays the kill schedule (the processes' timing still varies); `LCS_BRIDGE_CRASH_KILLS=<n>`
+//! runs `n` rounds instead of 20; `LCS_BRIDGE_CRASH_KEEP=1` keeps the working directory (the
+//! bridge's log and store, and on failure Prosody's log and the clients' events).
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/pki.rs"]
-#[allow(dead_code)]
-mod pki;
-
-#[path = "load/driver.rs"]
-#[allow(dead_code)]
-mod driver;
+mod common;
 #[path = "load/net.rs"]
 #[allow(dead_code)]
 mod net;
-#[path = "load/scenarios.rs"]
-#[allow(dead_code)]
-mod scenarios;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+// tests/load/net.rs names it `crate::pki`.
+use common::pki;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lcs_bridge::random::SplitMix;
 use lcs_bridge::sip::message::{Message, Method};
-use lcs_bridge::store::{Direction, SledStore, Store, sled_dir};
+use lcs_bridge::store::{Approval, Direction, SledStore, Store, SubState, Subscription, sled_dir};
+use serde_json::json;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use driver::{Ctx, Handler, Load, Options, World, XMPP_DOMAIN};
+use common::e2e::{ALICE_PASSWORD, Bridge, BridgeConfig, Mode, XmppClient, bare, tail};
+use common::{GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN, XmppServer};
+use net::{Event, Tls, Writer};
+use pki::{Pki, write_bridge_files};
 
-const USERS: u64 = 10;
+const USERS: [&str; 3] = ["alice", "bob", "carol"];
+/// The user who approves by the test's command, in batches (the others approve at once).
+const CAROL: usize = 2;
+const LCS_DOMAIN: &str = "contoso.com";
+/// Rounds (each ends with a kill in the workload); `LCS_BRIDGE_CRASH_KILLS` sets another number.
+const ROUNDS: u32 = 20;
+/// Workload steps per second.
+const RATE: f64 = 50.0;
+/// The edge's Contact host (what the bridge stores as the watchers' remote target).
+const EDGE_HOST: &str = "127.0.0.1:5061";
+/// Connection ids: the bridge's connections to the partner listener count up from 0, the
+/// edge's connections to the bridge from here.
+const FIRST_CLIENT_CONN: usize = 1 << 20;
+/// NOTIFYs one bridge process may send in one dialog here: pending and active for a new
+/// watcher, the one after a restart, one per change of the user (once per round), with room.
+const MAX_NOTIFIES: u32 = 6;
+/// What the bridge logs once it has opened the store, restored, joined Prosody and listens.
+const STARTED: &str = "lcs-bridge started";
 
-/// What the edge knows of one subscription.
-#[derive(Debug, Clone)]
-struct Acked {
-    conn: usize,
+fn jid(user: usize) -> String {
+    format!("{}@{XMPP_DOMAIN}", USERS[user])
+}
+
+/// The bridge's JID for LCS user `name` (gateway mode, XEP-0106).
+fn lcs_jid(name: &str) -> String {
+    format!("{name}\\40{LCS_DOMAIN}@{GATEWAY_COMPONENT}")
+}
+
+/// The number in the JID of LCS user `<prefix><n>` (the inverse of [`lcs_jid`]).
+fn lcs_number(jid: &str, prefix: char) -> Option<usize> {
+    bare(jid)
+        .strip_prefix(prefix)?
+        .strip_suffix(&lcs_jid(""))?
+        .parse()
+        .ok()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The URI inside `<…>` of a header value.
+fn uri_of(value: &str) -> &str {
+    match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.split(';').next().unwrap_or(value).trim(),
+    }
+}
+
+/// The number in `sip:<prefix><n>@contoso.com`.
+fn number_in(aor: &str, prefix: &str) -> Option<usize> {
+    aor.strip_prefix("sip:")?
+        .strip_prefix(prefix)?
+        .strip_suffix(&format!("@{LCS_DOMAIN}"))?
+        .parse()
+        .ok()
+}
+
+/// An LCS watcher of a local user: a subscription the edge made.
+#[derive(Default)]
+struct Watcher {
+    user: usize,
     call_id: String,
-    /// The bridge's To tag from the 202.
-    bridge_tag: String,
+    /// The bridge's tag and Contact (from its 202, or the tag from a NOTIFY that came first).
+    tag: Option<String>,
     target: String,
+    /// The 202 reached the edge.
+    acked: bool,
+    /// A NOTIFY `active` reached the edge: the user approved, and the bridge had stored it.
+    approved: bool,
+    /// (Carol's watchers) she has sent `subscribed`.
+    asked: bool,
+    /// Its `Expires: 0` went out; `removed` when answered 200. One unanswered at a kill may or
+    /// may not have happened: `unknown`, out of the checks from then on.
+    leaving: bool,
+    removed: bool,
+    /// The bridge process that answered the unsubscription.
+    removed_in: u32,
+    unknown: bool,
+    /// The bridge process it was sent to.
+    sent_in: u32,
+    /// CSeq of the last NOTIFY accepted in its dialog.
+    cseq: Option<u32>,
+    /// The bridge process of the last NOTIFY accepted, and how many that process sent.
+    notified_by: (u32, u32),
+    /// The bridge process of the last NOTIFY `active`.
+    active_by: u32,
+    /// The notes of the NOTIFYs accepted, in order.
+    notes: Vec<String>,
+}
+
+/// An LCS contact a local user subscribed to.
+struct Contact {
+    user: usize,
+    /// The bridge's SUBSCRIBE reached the edge (the bridge stores before it sends it).
+    seen: bool,
+    /// The edge's NOTIFY `active` was answered 200 (the bridge stores the approval first).
+    approved: bool,
+    /// Statuses the user's XMPP client has shown for the contact.
+    shown: Vec<String>,
 }
 
 #[derive(Default)]
-struct Workload {
+struct Tally {
+    kills: u32,
+    early_kills: u32,
+    /// The rounds' kills by moment.
+    moments: BTreeMap<&'static str, u32>,
+    /// SUBSCRIBEs still unanswered (no 202) at the kills, summed.
+    unanswered: usize,
+    /// Sums over the kills.
+    acked_checked: usize,
+    removed_checked: usize,
+    outbound_checked: usize,
+    /// After the restarts: watchers that got presence, contacts whose new note was shown.
+    notified: usize,
+    shown: usize,
+    slowest_start: Duration,
+    /// Longest wait, after a start, until presence had flowed everywhere.
+    slowest_flow: Duration,
+}
+
+struct Crash {
+    /// `LCS_BRIDGE_CRASH_KEEP`: keep the working directory, with Prosody's log and the
+    /// clients' events, for a post-mortem.
+    keep: bool,
+    prosody_log: PathBuf,
+    rng: SplitMix,
+    seed: u64,
+    dir: PathBuf,
+    config: PathBuf,
+    sip_port: u16,
+    bridge: Bridge,
+    /// Bridge processes started so far (the current one's number).
+    run: u32,
+    /// Start-up lines in the bridge's log before the current process was started.
+    started_lines: usize,
+    clients: Vec<XmppClient>,
+    events: UnboundedReceiver<Event>,
+    events_tx: UnboundedSender<Event>,
+    tls: Tls,
+    sip: HashMap<usize, Writer>,
+    /// The edge's connections to the current bridge process.
     conns: Vec<usize>,
-    next: u64,
-    /// SUBSCRIBEs sent, by Call-ID → index.
-    sent: HashMap<String, u64>,
-    acked: BTreeMap<u64, Acked>,
-    /// Unsubscriptions sent (index), and those answered 200.
-    leaving: BTreeSet<u64>,
-    removed: BTreeSet<u64>,
-    /// NOTIFYs by Call-ID: their notes.
-    notes: HashMap<String, Vec<String>>,
-    /// Dialogs that had a NOTIFY `active` (approved watchers).
-    active: BTreeSet<String>,
-    /// Each local user's current presence (children of `<presence/>`), as the XMPP server
-    /// keeps it to answer probes.
-    current: HashMap<String, String>,
+    next_conn: usize,
+    watchers: Vec<Watcher>,
+    by_call: HashMap<String, usize>,
+    contacts: Vec<Contact>,
+    /// Carol's subscription requests not answered yet (watcher numbers).
+    carol_pending: Vec<usize>,
+    /// The dialogs the bridge's SUBSCRIBEs made: Call-ID → contact.
+    out_dialogs: HashMap<String, usize>,
+    /// Dialogs the edge has accepted (for unique tags and branches).
+    accepted: u64,
+    steps: u64,
+    notifies: u64,
+    errors: Vec<String>,
+    tally: Tally,
 }
 
-fn user(i: u64) -> String {
-    format!("u{}@{XMPP_DOMAIN}", i % USERS)
-}
-
-impl Workload {
-    fn subscribe(&mut self, cx: &mut Ctx) {
-        let i = self.next;
-        self.next += 1;
-        let conn = self.conns[i as usize % self.conns.len()];
-        let call_id = format!("crash{i}@contoso.com");
-        let raw = format!(
-            "SUBSCRIBE sip:{u} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKc{i}\r\nMax-Forwards: 70\r\n\
-             From: <sip:w{i}@contoso.com>;tag=w{i}\r\nTo: <sip:{u}>\r\nCall-ID: {call_id}\r\nCSeq: 1 SUBSCRIBE\r\n\
-             Contact: <sip:w{i}@127.0.0.1:5061;transport=tls>\r\nEvent: presence\r\nAccept: application/pidf+xml\r\n\
-             Expires: 3600\r\nContent-Length: 0\r\n\r\n",
-            u = user(i)
+impl Crash {
+    /// Panics with the seed, the errors seen and the end of the bridge's log.
+    fn fail(&self, why: &str) -> ! {
+        if self.keep {
+            // Next to the bridge's log, store and the clients' stderr.
+            let _ = std::fs::copy(&self.prosody_log, self.dir.join("prosody.log"));
+            for (user, c) in USERS.iter().zip(&self.clients) {
+                let events: Vec<String> = c.seen.iter().map(|v| v.to_string()).collect();
+                let _ = std::fs::write(self.dir.join(format!("{user}.events")), events.join("\n"));
+            }
+            eprintln!("bridge_crash: kept {}", self.dir.display());
+        }
+        let log = self.bridge.log();
+        let tail: Vec<&str> = tail(&log, 20_000).lines().rev().take(80).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{why}\nseed {} (LCS_BRIDGE_CRASH_SEED={} replays the kill schedule)\nerrors: {:?}\n\
+             --- bridge log (end) ---\n{}",
+            self.seed,
+            self.seed,
+            &self.errors[..self.errors.len().min(20)],
+            tail.join("\n")
         );
-        self.sent.insert(call_id, i);
-        cx.sip_raw(conn, raw.into_bytes());
     }
 
-    fn unsubscribe(&mut self, cx: &mut Ctx) {
-        let Some((&i, a)) = self
-            .acked
-            .iter()
-            .find(|(i, a)| !self.leaving.contains(i) && cx.sip.contains_key(&a.conn))
-        else {
-            return;
+    fn error(&mut self, what: String) {
+        if self.errors.len() < 1000 {
+            self.errors.push(what);
+        }
+    }
+
+    // ------------------------------------------------------------------ the event loop
+
+    /// Handles events (and runs the workload at `rate` steps a second) until `done` or until
+    /// `limit` has passed; whether `done`.
+    async fn pump(
+        &mut self,
+        limit: Duration,
+        rate: Option<f64>,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> bool {
+        let start = Instant::now();
+        let mut steps = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            if done(self) {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            tokio::select! {
+                biased;
+                ev = self.events.recv() => {
+                    self.handle(ev.unwrap());
+                    while let Ok(ev) = self.events.try_recv() {
+                        self.handle(ev);
+                    }
+                }
+                _ = tick.tick() => {
+                    self.drain_clients();
+                    if let Some(r) = rate {
+                        let due = (start.elapsed().as_secs_f64() * r) as u64;
+                        while steps < due {
+                            self.step();
+                            steps += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::SipUp(conn, w) => {
+                self.sip.insert(conn, w);
+            }
+            Event::SipClosed(conn, _) => {
+                self.sip.remove(&conn);
+            }
+            Event::Sip(conn, m, _) if m.is_request() => self.request(conn, &m),
+            Event::Sip(_, m, _) => self.response(&m),
+            Event::Stanza(..) | Event::XmppClosed(..) => {}
+        }
+    }
+
+    /// The XMPP clients' events: what the users were shown of their LCS contacts.
+    fn drain_clients(&mut self) {
+        for (u, c) in self.clients.iter_mut().enumerate() {
+            while let Ok(e) = c.rx.try_recv() {
+                let from = e["from"].as_str().unwrap_or_default();
+                if u == CAROL && e["event"] == "presence" && e["type"] == "subscribe" {
+                    let i = lcs_number(from, 'w');
+                    if let Some(i) = i.filter(|i| !self.carol_pending.contains(i)) {
+                        self.carol_pending.push(i);
+                    }
+                }
+                if e["event"] == "presence" && e["type"] == "available" {
+                    let k = lcs_number(from, 'o');
+                    if let (Some(k), Some(status)) = (k, e["status"].as_str()) {
+                        if let Some(contact) = self.contacts.get_mut(k) {
+                            contact.shown.push(status.to_owned());
+                        }
+                    }
+                }
+                c.seen.push(e);
+            }
+        }
+    }
+
+    fn send(&mut self, conn: usize, bytes: Vec<u8>) {
+        match self.sip.get(&conn) {
+            Some(w) => {
+                let _ = w.send(bytes);
+            }
+            None => self.error(format!("connection {conn} is gone")),
+        }
+    }
+
+    fn respond(&mut self, conn: usize, m: &Message, status: u16, reason: Option<&str>) {
+        let r = Message::response_to(m, status, reason, Some("edge"));
+        self.send(conn, r.to_bytes());
+    }
+
+    // ------------------------------------------------------------------ the workload
+
+    fn step(&mut self) {
+        let n = self.steps;
+        self.steps += 1;
+        if n % 5 == 4 {
+            self.unsubscribe();
+        }
+        if n % 8 == 7 {
+            self.subscribe_out();
+        }
+        self.subscribe_in();
+    }
+
+    /// A new watcher subscribes; its number.
+    fn subscribe_in(&mut self) -> Option<usize> {
+        let &conn = self
+            .conns
+            .get(self.watchers.len() % self.conns.len().max(1))?;
+        let i = self.watchers.len();
+        let user = i % USERS.len();
+        let call_id = format!("crash-w{i}@{LCS_DOMAIN}");
+        let raw = format!(
+            "SUBSCRIBE sip:{u} SIP/2.0\r\nVia: SIP/2.0/TLS {EDGE_HOST};branch=z9hG4bKw{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:w{i}@{LCS_DOMAIN}>;tag=w{i}\r\nTo: <sip:{u}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:w{i}@{EDGE_HOST};transport=tls>\r\n\
+             Event: presence\r\nAccept: application/pidf+xml\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n",
+            u = jid(user)
+        );
+        self.by_call.insert(call_id.clone(), i);
+        self.watchers.push(Watcher {
+            user,
+            call_id,
+            sent_in: self.run,
+            ..Watcher::default()
+        });
+        self.send(conn, raw.into_bytes());
+        Some(i)
+    }
+
+    /// A watcher picked at random among the acknowledged ones unsubscribes, in its dialog;
+    /// its number.
+    fn unsubscribe(&mut self) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.watchers.len())
+            .filter(|&i| {
+                let w = &self.watchers[i];
+                w.acked && !w.leaving && !w.unknown && w.tag.is_some()
+            })
+            .collect();
+        if candidates.is_empty() || self.conns.is_empty() {
+            return None;
+        }
+        let i = candidates[self.rng.up_to(candidates.len() as u32 - 1) as usize];
+        let conn = self.conns[self.rng.up_to(self.conns.len() as u32 - 1) as usize];
+        let w = &mut self.watchers[i];
+        w.leaving = true;
+        let raw = format!(
+            "SUBSCRIBE {t} SIP/2.0\r\nVia: SIP/2.0/TLS {EDGE_HOST};branch=z9hG4bKx{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:w{i}@{LCS_DOMAIN}>;tag=w{i}\r\nTo: <sip:{u}>;tag={tag}\r\n\
+             Call-ID: {cid}\r\nCSeq: 2 SUBSCRIBE\r\nContact: <sip:w{i}@{EDGE_HOST};transport=tls>\r\n\
+             Event: presence\r\nAccept: application/pidf+xml\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n",
+            t = w.target,
+            u = jid(w.user),
+            tag = w.tag.as_deref().unwrap_or_default(),
+            cid = w.call_id
+        );
+        self.send(conn, raw.into_bytes());
+        Some(i)
+    }
+
+    /// A local user subscribes to a new LCS contact, from its XMPP client.
+    fn subscribe_out(&mut self) {
+        let k = self.contacts.len();
+        let user = k % USERS.len();
+        self.contacts.push(Contact {
+            user,
+            seen: false,
+            approved: false,
+            shown: Vec::new(),
+        });
+        let to = lcs_jid(&format!("o{k}"));
+        self.clients[user].command(json!({"op": "presence", "to": to, "type": "subscribe"}));
+    }
+
+    /// Carol answers every request she has, at once; the watchers answered.
+    fn carol_approves(&mut self) -> Vec<usize> {
+        let batch = std::mem::take(&mut self.carol_pending);
+        for &i in &batch {
+            if let Some(w) = self.watchers.get_mut(i) {
+                w.asked = true;
+            }
+            let to = lcs_jid(&format!("w{i}"));
+            self.clients[CAROL].command(json!({"op": "presence", "to": to, "type": "subscribed"}));
+        }
+        batch
+    }
+
+    // ------------------------------------------------------------------ the edge's answers
+
+    fn request(&mut self, conn: usize, m: &Message) {
+        match m.method() {
+            Some(Method::Notify) => self.notify(conn, m),
+            Some(Method::Subscribe) => self.bridge_subscribe(conn, m),
+            Some(Method::Ack) => {}
+            Some(other) if other.as_str() == "BENOTIFY" => {}
+            _ => self.respond(conn, m, 200, None),
+        }
+    }
+
+    /// A NOTIFY to a watcher, checked as the watcher's user agent would.
+    fn notify(&mut self, conn: usize, m: &Message) {
+        self.notifies += 1;
+        let call_id = m.call_id().unwrap_or_default();
+        let Some(&i) = self.by_call.get(call_id) else {
+            return self.respond(conn, m, 481, None);
         };
-        self.leaving.insert(i);
-        let raw = format!(
-            "SUBSCRIBE {t} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKx{i}\r\nMax-Forwards: 70\r\n\
-             From: <sip:w{i}@contoso.com>;tag=w{i}\r\nTo: <sip:{u}>;tag={tag}\r\nCall-ID: {cid}\r\nCSeq: 2 SUBSCRIBE\r\n\
-             Contact: <sip:w{i}@127.0.0.1:5061;transport=tls>\r\nEvent: presence\r\nAccept: application/pidf+xml\r\n\
-             Expires: 0\r\nContent-Length: 0\r\n\r\n",
-            t = a.target,
-            u = user(i),
-            tag = a.bridge_tag,
-            cid = a.call_id
-        );
-        let conn = a.conn;
-        cx.sip_raw(conn, raw.into_bytes());
+        let w = &self.watchers[i];
+        let state = m
+            .header("Subscription-State")
+            .unwrap_or_default()
+            .to_owned();
+        let terminated = state.starts_with("terminated");
+        if w.removed || w.unknown {
+            // The edge ended that dialog. A NOTIFY sent before the unsubscription may still
+            // arrive after its 200, on another connection; one from a later bridge process
+            // is a removed subscription brought back.
+            if !terminated && w.removed && w.removed_in != self.run {
+                let what = format!(
+                    "w{i}: NOTIFY {state:?} from bridge run {} after its unsubscription was \
+                     answered 200 by run {}",
+                    self.run, w.removed_in
+                );
+                self.error(what);
+            }
+            let status = if terminated { 200 } else { 481 };
+            return self.respond(conn, m, status, None);
+        }
+        let from_tag = m.from().ok().and_then(|f| f.tag().map(str::to_owned));
+        let to_tag = m.to().ok().and_then(|t| t.tag().map(str::to_owned));
+        if to_tag.as_deref() != Some(&format!("w{i}")) || from_tag.is_none() {
+            let what = format!("w{i}: NOTIFY with tags {from_tag:?}/{to_tag:?}");
+            self.error(what);
+            return self.respond(conn, m, 481, None);
+        }
+        if w.tag.is_some() && w.tag != from_tag {
+            let what = format!(
+                "w{i}: NOTIFY in another dialog: tag {from_tag:?}, the 202 had {:?}",
+                w.tag
+            );
+            self.error(what);
+            return self.respond(conn, m, 481, None);
+        }
+        let cseq = m.cseq().map(|c| c.number).unwrap_or(0);
+        if let Some(last) = w.cseq.filter(|&last| cseq <= last) {
+            let what = format!(
+                "w{i}: NOTIFY with CSeq {cseq} after CSeq {last} in the same dialog (bridge run {})",
+                self.run
+            );
+            self.error(what);
+            return self.respond(conn, m, 500, Some("Invalid CSeq"));
+        }
+        let note = net::child_text(m.body(), "note")
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let run = self.run;
+        let w = &mut self.watchers[i];
+        w.tag = from_tag;
+        w.cseq = Some(cseq);
+        w.notes.push(note);
+        w.notified_by = match w.notified_by {
+            (r, n) if r == run => (r, n + 1),
+            _ => (run, 1),
+        };
+        if state.starts_with("active") {
+            w.approved = true;
+            w.active_by = run;
+        }
+        let count = w.notified_by.1;
+        if count > MAX_NOTIFIES {
+            self.error(format!(
+                "w{i}: {count} NOTIFYs from bridge run {run} (a storm?)"
+            ));
+        }
+        self.respond(conn, m, 200, None);
     }
-}
 
-impl Handler for Workload {
-    fn stanza(&mut self, cx: &mut Ctx, s: &[u8], _: Instant) {
-        if !s.starts_with(b"<presence") {
+    /// The bridge subscribes to an LCS contact: 202, then a NOTIFY `active` with a note naming
+    /// the bridge process, so that what the user is shown can be told apart per run.
+    fn bridge_subscribe(&mut self, conn: usize, m: &Message) {
+        let call_id = m.call_id().unwrap_or_default().to_owned();
+        if m.to().is_ok_and(|t| t.tag().is_some()) {
+            // A refresh, or `Expires: 0` ending it.
+            if m.expires().ok().flatten() == Some(0) {
+                self.out_dialogs.remove(&call_id);
+            }
+            return self.respond(conn, m, 200, None);
+        }
+        let to = m.header("To").unwrap_or_default().to_owned();
+        let Some(k) = number_in(uri_of(&to), "o").filter(|&k| k < self.contacts.len()) else {
+            let what = format!("SUBSCRIBE to an unexpected contact {to:?}");
+            self.error(what);
+            return self.respond(conn, m, 404, None);
+        };
+        self.contacts[k].seen = true;
+        self.accepted += 1;
+        let n = self.accepted;
+        let mut r = Message::response_to(m, 202, None, Some(&format!("o{n}")));
+        r.push_header("Contact", &format!("<sip:o{k}@{EDGE_HOST};transport=tls>"));
+        r.push_header("Expires", m.header("Expires").unwrap_or("3600"));
+        self.send(conn, r.to_bytes());
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+             entity=\"sip:o{k}@{LCS_DOMAIN}\"><tuple id=\"0\"><status><basic>open</basic></status>\
+             <note>o{k} run {run}</note></tuple></presence>",
+            run = self.run
+        );
+        // In the new dialog: From is the SUBSCRIBE's To with our tag, To its From.
+        let raw = format!(
+            "NOTIFY {t} SIP/2.0\r\nVia: SIP/2.0/TLS {EDGE_HOST};branch=z9hG4bKo{n}\r\n\
+             Max-Forwards: 70\r\nFrom: {to};tag=o{n}\r\nTo: {from}\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 NOTIFY\r\nContact: <sip:o{k}@{EDGE_HOST};transport=tls>\r\nEvent: presence\r\n\
+             Subscription-State: active;expires=3600\r\nContent-Type: application/pidf+xml\r\n\
+             Content-Length: {len}\r\n\r\n{body}",
+            t = uri_of(m.header("Contact").unwrap_or_default()),
+            from = m.header("From").unwrap_or_default(),
+            len = body.len()
+        );
+        self.out_dialogs.insert(call_id, k);
+        self.send(conn, raw.into_bytes());
+    }
+
+    fn response(&mut self, m: &Message) {
+        let call_id = m.call_id().unwrap_or_default();
+        let (status, cseq) = (m.status().unwrap_or(0), m.cseq().ok());
+        let Some(cseq) = cseq else {
+            return self.error(format!("a response without CSeq: {status}"));
+        };
+        if cseq.method == Method::Notify {
+            let Some(&k) = self.out_dialogs.get(call_id) else {
+                return;
+            };
+            if status == 200 {
+                self.contacts[k].approved = true;
+            } else {
+                self.error(format!("o{k}: {status} to the edge's NOTIFY"));
+            }
             return;
         }
-        let text = |a| String::from_utf8_lossy(net::attr(s, a).unwrap_or_default()).into_owned();
-        let (from, to) = (text("from"), text("to"));
-        match net::attr(s, "type") {
-            // The server on the user's behalf: approve, and the user's presence.
-            Some(b"subscribe") => cx.stanza(format!(
-                "<presence type='subscribed' from='{to}' to='{from}'/><presence from='{to}/r' to='{from}'/>"
-            )),
-            Some(b"probe") => {
-                let now = self.current.get(&to).cloned().unwrap_or_default();
-                cx.stanza(format!("<presence from='{to}/r' to='{from}'>{now}</presence>"))
+        let Some(&i) = self.by_call.get(call_id) else {
+            return self.error(format!(
+                "a response in no dialog of the edge: {status} {call_id}"
+            ));
+        };
+        let run = self.run;
+        let w = &mut self.watchers[i];
+        match (status, cseq.number) {
+            (202, 1) => {
+                let tag = m.to().ok().and_then(|t| t.tag().map(str::to_owned));
+                if w.tag.is_some() && w.tag != tag {
+                    let what = format!(
+                        "w{i}: the 202's tag {tag:?} is not the NOTIFY's {:?}",
+                        w.tag
+                    );
+                    return self.error(what);
+                }
+                w.tag = tag;
+                w.target = uri_of(m.header("Contact").unwrap_or_default()).to_owned();
+                w.acked = true;
+            }
+            (200, 2) => {
+                w.removed = true;
+                w.removed_in = run;
+            }
+            _ => {
+                let what = format!(
+                    "w{i}: {status} {} to SUBSCRIBE (CSeq {})",
+                    m.reason().unwrap_or_default(),
+                    cseq.number
+                );
+                self.error(what);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ the bridge's life
+
+    /// Kills the bridge at a moment of one of four kinds, picked at random: anywhere in the
+    /// steady workload, or in a burst of new watchers, of Carol's approvals or of
+    /// unsubscriptions, right after the k-th of them was acknowledged (k at random) or up to
+    /// 10 ms later, while the bridge is busy with the others: where a change acknowledged
+    /// before it was stored would be lost. The kind.
+    async fn kill_at_random(&mut self) -> &'static str {
+        let kind = self.rng.up_to(3);
+        let mut burst = Vec::new();
+        match kind {
+            1 => {
+                for _ in 0..10 + self.rng.up_to(30) {
+                    burst.extend(self.subscribe_in());
+                }
+            }
+            2 => burst = self.carol_approves(),
+            3 => {
+                for _ in 0..10 {
+                    burst.extend(self.unsubscribe());
+                }
             }
             _ => {}
         }
-    }
-
-    fn sip(&mut self, cx: &mut Ctx, conn: usize, m: Message, _: Instant) {
-        if m.is_request() {
-            if m.method() == Some(&Method::Notify) {
-                if m.header("Subscription-State")
-                    .is_some_and(|s| s.starts_with("active"))
-                {
-                    self.active
-                        .insert(m.call_id().unwrap_or_default().to_owned());
-                }
-                let note = net::child_text(m.body(), "note")
-                    .map(|n| String::from_utf8_lossy(n).into_owned())
-                    .unwrap_or_default();
-                self.notes
-                    .entry(m.call_id().unwrap_or_default().to_owned())
-                    .or_default()
-                    .push(note);
+        if !burst.is_empty() {
+            let k = 1 + self.rng.up_to(burst.len() as u32 - 1) as usize;
+            let acknowledged = |c: &Crash| {
+                let done = burst.iter().filter(|&&i| {
+                    let w = &c.watchers[i];
+                    [w.acked, w.approved, w.removed][kind as usize - 1]
+                });
+                done.count() >= k
+            };
+            self.pump(Duration::from_secs(5), None, acknowledged).await;
+            if self.rng.up_to(1) == 0 {
+                let later = Duration::from_micros(u64::from(self.rng.up_to(10_000)));
+                self.pump(later, None, |_| false).await;
             }
-            scenarios::answer(cx, conn, &m, "x");
-            return;
         }
-        let Some(&i) = m.call_id().ok().and_then(|c| self.sent.get(c)) else {
-            return;
-        };
-        match (m.status(), m.cseq().map(|c| c.number)) {
-            (Some(202), Ok(1)) => {
-                let tag = m.to().ok().and_then(|t| t.tag().map(str::to_owned));
-                let contact = m.header("Contact").unwrap_or_default();
-                let target = contact
-                    .split_once('<')
-                    .and_then(|(_, r)| r.split_once('>'))
-                    .map_or("", |(t, _)| t)
-                    .to_owned();
-                self.acked.insert(
-                    i,
-                    Acked {
-                        conn,
-                        call_id: m.call_id().unwrap_or_default().to_owned(),
-                        bridge_tag: tag.unwrap_or_default(),
-                        target,
-                    },
-                );
+        self.kill().await;
+        match (kind, burst.is_empty()) {
+            (0, _) | (_, true) => "in the steady workload",
+            (1, _) => "in a burst of subscriptions",
+            (2, _) => "in a burst of approvals",
+            _ => "in a burst of unsubscriptions",
+        }
+    }
+
+    /// Starts a bridge process on the same configuration and store; returns at once.
+    fn spawn(&mut self) -> Instant {
+        self.run += 1;
+        // (A process killed early may not have logged its start-up line.)
+        self.started_lines = self.bridge.count(STARTED);
+        let log = self.dir.join("bridge.log");
+        self.bridge = Bridge::start(&self.config, &log, self.sip_port);
+        Instant::now()
+    }
+
+    /// Waits until the current process logs its start-up line (store open, restored, component
+    /// link up, SIP edge listening), then connects the edge to it.
+    async fn wait_started(&mut self, spawned: Instant) {
+        let limit = Duration::from_secs(60);
+        loop {
+            let step = Duration::from_millis(100);
+            if self
+                .pump(step, None, |c| c.bridge.count(STARTED) > c.started_lines)
+                .await
+            {
+                break;
             }
-            (Some(200), Ok(2)) => {
-                self.removed.insert(i);
+            if let Ok(Some(status)) = self.bridge.child.try_wait() {
+                self.fail(&format!(
+                    "bridge run {} exited by itself: {status}",
+                    self.run
+                ));
             }
-            (status, _) => cx.error(format!("{status:?} to {}", m.call_id().unwrap_or_default())),
+            if spawned.elapsed() > limit {
+                self.fail(&format!(
+                    "bridge run {} did not start in {limit:?}",
+                    self.run
+                ));
+            }
         }
-    }
-
-    fn send_one(&mut self, cx: &mut Ctx, now: Instant) -> bool {
-        cx.sent(now, 0);
-        if self.next % 5 == 4 {
-            self.unsubscribe(cx);
-        }
-        self.subscribe(cx);
-        true
-    }
-
-    fn closed(&mut self, cx: &mut Ctx, conn: usize, _: &str) {
-        cx.sip.remove(&conn);
-    }
-}
-
-/// Opens the store of the dead bridge and checks every acknowledged change; the number of
-/// live acknowledged subscriptions checked.
-fn check_store(world: &World, w: &Workload, round: u32) -> usize {
-    let store = SledStore::open(&sled_dir(&world.dir().join("store")))
-        .unwrap_or_else(|e| panic!("round {round}: the store does not open: {e}"));
-    let mut live = 0;
-    for (&i, a) in &w.acked {
-        let remote = format!("sip:w{i}@contoso.com");
-        let got = store
-            .get_subscription(Direction::Inbound, &user(i), &remote)
-            .unwrap_or_else(|e| panic!("round {round}: reading {remote}: {e}"));
-        if w.removed.contains(&i) {
-            assert!(
-                got.is_none(),
-                "round {round}: {remote} was removed (200) but is stored"
-            );
-            continue;
-        }
-        let s = got.unwrap_or_else(|| {
-            let stored: Vec<String> = store
-                .subscriptions()
-                .filter_map(Result::ok)
-                .map(|s| {
-                    format!(
-                        "{:?} {} {} {:?}",
-                        s.direction, s.local_jid, s.remote_aor, s.approval
-                    )
-                })
-                .collect();
-            panic!(
-                "round {round}: {remote} was acknowledged (202) but is not stored; stored:\n{}",
-                stored.join("\n")
+        self.tally.slowest_start = self.tally.slowest_start.max(spawned.elapsed());
+        self.conns.clear();
+        for _ in 0..2 {
+            let conn = self.next_conn;
+            self.next_conn += 1;
+            if let Err(e) = net::connect_sip(
+                self.sip_addr(),
+                self.tls.connector.clone(),
+                conn,
+                self.events_tx.clone(),
             )
-        });
-        let d = s
-            .dialog
-            .unwrap_or_else(|| panic!("round {round}: {remote} stored without its dialog"));
-        assert_eq!(d.call_id, a.call_id, "round {round}: {remote}");
-        assert_eq!(d.local_tag, a.bridge_tag, "round {round}: {remote}");
-        assert_eq!(d.remote_tag, format!("w{i}"), "round {round}: {remote}");
-        live += 1;
+            .await
+            {
+                self.fail(&format!("the edge cannot connect to the bridge: {e}"));
+            }
+            self.conns.push(conn);
+        }
+        let conns = self.conns.clone();
+        if !self
+            .pump(Duration::from_secs(10), None, |c| {
+                conns.iter().all(|id| c.sip.contains_key(id))
+            })
+            .await
+        {
+            self.fail("the edge's TLS connections to the bridge did not come up");
+        }
     }
-    live
+
+    fn sip_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.sip_port))
+    }
+
+    /// SIGKILL, then everything the dead process had written to its connections is read (it
+    /// was sent before the kill: it counts).
+    async fn kill(&mut self) {
+        self.bridge.child.kill().unwrap(); // SIGKILL
+        let status = self.bridge.child.wait().unwrap();
+        if std::os::unix::process::ExitStatusExt::signal(&status) != Some(9) {
+            self.fail(&format!(
+                "bridge run {} ended with {status}, not by SIGKILL",
+                self.run
+            ));
+        }
+        self.tally.kills += 1;
+        self.conns.clear();
+        self.pump(Duration::from_secs(5), None, |c| c.sip.is_empty())
+            .await;
+        self.sip.clear();
+        let run = self.run;
+        self.tally.unanswered += self
+            .watchers
+            .iter()
+            .filter(|w| w.sent_in == run && !w.acked)
+            .count();
+        // An unsubscription unanswered at the kill may or may not have happened.
+        for w in &mut self.watchers {
+            if w.leaving && !w.removed {
+                w.unknown = true;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ the checks
+
+    /// Opens the dead bridge's store and checks every acknowledged change.
+    fn check_store(&mut self) {
+        let path = sled_dir(&self.dir.join("store"));
+        let store = match SledStore::open(&path) {
+            Ok(s) => s,
+            Err(e) => self.fail(&format!(
+                "kill {}: the store does not open: {e}",
+                self.tally.kills
+            )),
+        };
+        let mut stored: BTreeMap<(Direction, String, String), Subscription> = BTreeMap::new();
+        for r in store.subscriptions() {
+            match r {
+                Ok(s) => {
+                    stored.insert((s.direction, s.local_jid.clone(), s.remote_aor.clone()), s);
+                }
+                Err(e) => self.fail(&format!(
+                    "kill {}: a record does not decode: {e}",
+                    self.tally.kills
+                )),
+            }
+        }
+        let corrupt = store.stats().map(|s| s.corrupt);
+        if !matches!(corrupt, Ok(0)) {
+            self.fail(&format!(
+                "kill {}: store stats: corrupt {corrupt:?}",
+                self.tally.kills
+            ));
+        }
+        drop(store);
+        let now = unix_now();
+        let mut problems = Vec::new();
+        for (i, w) in self.watchers.iter().enumerate() {
+            if !w.acked || w.unknown {
+                continue;
+            }
+            let remote = format!("sip:w{i}@{LCS_DOMAIN}");
+            let got = stored.get(&(Direction::Inbound, jid(w.user), remote.clone()));
+            if w.removed {
+                self.tally.removed_checked += 1;
+                if got.is_some() {
+                    problems.push(format!("w{i}: unsubscribed (200) but stored"));
+                }
+                continue;
+            }
+            self.tally.acked_checked += 1;
+            let Some(s) = got else {
+                problems.push(format!(
+                    "w{i} (of {}): acknowledged (202) but not stored",
+                    jid(w.user)
+                ));
+                continue;
+            };
+            let Some(d) = &s.dialog else {
+                problems.push(format!("w{i}: stored without its dialog"));
+                continue;
+            };
+            let want = (
+                w.call_id.as_str(),
+                w.tag.as_deref().unwrap_or_default(),
+                format!("w{i}"),
+                remote.as_str(),
+                format!("sip:w{i}@{EDGE_HOST};transport=tls"),
+                format!("sip:{}", jid(w.user)),
+            );
+            let got = (
+                d.call_id.as_str(),
+                d.local_tag.as_str(),
+                d.remote_tag.clone(),
+                d.remote_uri.as_str(),
+                d.remote_target.clone(),
+                d.local_uri.clone(),
+            );
+            if got != want {
+                problems.push(format!(
+                    "w{i}: stored dialog {got:?}, the edge's is {want:?}"
+                ));
+            }
+            // The edge sent CSeq 1 only; the stored local CSeq covers every NOTIFY it got.
+            let seen = w.cseq.unwrap_or(0);
+            if d.remote_cseq != Some(1) || d.local_cseq < seen {
+                problems.push(format!(
+                    "w{i}: stored CSeqs {:?}/{}, the edge sent 1 and got NOTIFYs up to {seen}",
+                    d.remote_cseq, d.local_cseq
+                ));
+            }
+            if s.expires_unix <= now {
+                problems.push(format!(
+                    "w{i}: stored as expired ({} <= {now})",
+                    s.expires_unix
+                ));
+            }
+            if w.approved && (s.approval != Approval::Approved || s.state != SubState::Active) {
+                problems.push(format!(
+                    "w{i}: its NOTIFY active reached the edge but it is stored {:?}/{:?}",
+                    s.approval, s.state
+                ));
+            }
+        }
+        for (k, c) in self.contacts.iter().enumerate() {
+            if !c.seen {
+                continue;
+            }
+            self.tally.outbound_checked += 1;
+            let key = (
+                Direction::Outbound,
+                jid(c.user),
+                format!("sip:o{k}@{LCS_DOMAIN}"),
+            );
+            match stored.get(&key) {
+                None => problems.push(format!(
+                    "o{k}: its SUBSCRIBE reached the edge but it is not stored"
+                )),
+                Some(s) if c.approved && s.approval != Approval::Approved => {
+                    problems.push(format!(
+                        "o{k}: the edge's NOTIFY active was answered 200 but it is stored {:?}",
+                        s.approval
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        // Nothing the workload did not ask for.
+        for (direction, local, remote) in stored.keys() {
+            let ok = match direction {
+                Direction::Inbound => number_in(remote, "w")
+                    .and_then(|i| self.watchers.get(i))
+                    .is_some_and(|w| jid(w.user) == *local),
+                Direction::Outbound => number_in(remote, "o")
+                    .and_then(|k| self.contacts.get(k))
+                    .is_some_and(|c| jid(c.user) == *local),
+            };
+            if !ok {
+                problems.push(format!(
+                    "stored but never asked for: {direction:?} {local} {remote}"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            let n = problems.len();
+            problems.truncate(20);
+            self.fail(&format!(
+                "kill {}: {n} problems in the store:\n{}",
+                self.tally.kills,
+                problems.join("\n")
+            ));
+        }
+    }
+
+    /// After a restart, presence flows: every approved watcher gets a NOTIFY from the new
+    /// process in its old dialog (the restored state), the watchers of user `u` one carrying
+    /// the change `u` now makes, and every approved contact, subscribed again by the new
+    /// process, shows its user the note of the edge's NOTIFY to that process.
+    async fn check_presence_flows(&mut self, u: usize) {
+        let note = format!("after kill {}", self.tally.kills);
+        self.clients[u].command(json!({"op": "presence", "show": "away", "status": note}));
+        let run = self.run;
+        // Approved or not before the kill: alice and bob approve every request, Carol those she
+        // has answered (and, from now on, every request at once).
+        let watchers: Vec<usize> = (0..self.watchers.len())
+            .filter(|&i| {
+                let w = &self.watchers[i];
+                let answered = w.user != CAROL || w.asked || w.approved;
+                w.acked && !w.leaving && !w.unknown && answered
+            })
+            .collect();
+        let contacts: Vec<usize> = (0..self.contacts.len())
+            .filter(|&k| self.contacts[k].approved)
+            .collect();
+        // What has not flowed yet.
+        let missing = |c: &Crash| -> Vec<String> {
+            let watchers = watchers.iter().filter_map(|&i| {
+                let w = &c.watchers[i];
+                let restored = w.active_by == run;
+                let changed = w.user != u || w.notes.contains(&note);
+                (!restored || !changed)
+                    .then(|| format!("w{i} of {} (notes {:?})", jid(w.user), w.notes))
+            });
+            let contacts = contacts.iter().filter_map(|&k| {
+                let want = format!("o{k} run {run}");
+                let shown = &c.contacts[k].shown;
+                (!shown.contains(&want)).then(|| format!("o{k} (shown {shown:?})"))
+            });
+            watchers.chain(contacts).collect()
+        };
+        let limit = Duration::from_secs(30);
+        let began = Instant::now();
+        let flowed = loop {
+            let step = Duration::from_millis(50);
+            if self
+                .pump(step, None, |c| {
+                    !c.errors.is_empty() || missing(c).is_empty()
+                })
+                .await
+            {
+                break true;
+            }
+            if began.elapsed() > limit {
+                break false;
+            }
+            // The restarted bridge asks Carol again for the requests she had not answered.
+            self.carol_approves();
+        };
+        let kills = self.tally.kills;
+        if !self.errors.is_empty() {
+            self.fail(&format!("after kill {kills}: the edge saw errors"));
+        }
+        if !flowed {
+            let mut gone = missing(self);
+            let n = gone.len();
+            gone.truncate(10);
+            self.fail(&format!(
+                "after kill {kills}: presence does not flow in {limit:?} ({} acknowledged watchers \
+                 and {} approved contacts; {} changed to {note:?}), {n} missing:\n{}",
+                watchers.len(),
+                contacts.len(),
+                jid(u),
+                gone.join("\n")
+            ));
+        }
+        self.tally.notified += watchers.len();
+        self.tally.shown += contacts.len();
+    }
 }
 
 #[test]
 fn acknowledged_subscriptions_survive_sigkill() {
+    let Some(python) = common::require_python_modules(&["slixmpp"]) else {
+        return;
+    };
+    let Some(server) = Prosody::start() else {
+        return;
+    };
     let seed = std::env::var("LCS_BRIDGE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(lcs_bridge::random::seed);
-    let kills: u32 = std::env::var("LCS_BRIDGE_CRASH_KILLS")
+    let rounds: u32 = std::env::var("LCS_BRIDGE_CRASH_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    eprintln!("bridge_crash: seed {seed} (LCS_BRIDGE_CRASH_SEED={seed} replays the schedule)");
-    let rng = SplitMix::new(seed);
-    let opts = Options {
-        bridge: env!("CARGO_BIN_EXE_lcs-bridge").into(),
-        bridge_cpu: None,
-        keep: false,
+        .unwrap_or(ROUNDS);
+    eprintln!("bridge_crash: seed {seed} (LCS_BRIDGE_CRASH_SEED={seed} replays the kill schedule)");
+    let started = Instant::now();
+    for user in USERS {
+        server.register(user, ALICE_PASSWORD);
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("lcsb-crash-")
+        .tempdir()
+        .unwrap();
+    let keep = std::env::var_os("LCS_BRIDGE_CRASH_KEEP").is_some();
+    let (dir, _cleanup) = if keep {
+        (tmp.keep(), None)
+    } else {
+        (tmp.path().to_owned(), Some(tmp))
     };
+
+    let pki = Pki::new("Crash test CA");
+    write_bridge_files(&dir, &pki, &["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"]);
+    let edge_leaf = pki.leaf(&["sip.contoso.com", LCS_DOMAIN, "127.0.0.1"], false);
+
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let started = Instant::now();
-        let mut world = World::start(&opts, "[presence]\nnotify_min_interval_secs = 1\n", |_| {}).await;
-        let mut w = Workload::default();
-        let mut checked = 0;
-        for round in 1..=kills {
-            w.conns = world.connect(2).await;
-            let run = Duration::from_millis(200 + u64::from(rng.up_to(1300)));
-            world.pump(&mut w, Some(Load::Rate(150.0)), run, |_| false).await;
-            world.kill();
-            // An unsubscription in flight at the kill may or may not have happened: that
-            // watcher is not checked any more (and stays out of the workload).
-            let unknown: Vec<u64> = w.leaving.difference(&w.removed).copied().collect();
-            for i in unknown {
-                w.acked.remove(&i);
-            }
-            let live = check_store(&world, &w, round);
-            checked += w.acked.len();
-            eprintln!(
-                "round {round}: killed after {run:?}; {} acknowledged, {live} live, {} removed",
-                w.acked.len(),
-                w.removed.len()
-            );
-            world.restart().await;
-            // Presence flows again: the user of the newest live watcher changes, and the
-            // watcher hears of it in its old dialog.
-            w.conns = world.connect(2).await;
-            // (The newest approved watcher still there.)
-            let Some((&i, a)) = w
-                .acked
-                .iter()
-                .rev()
-                .find(|(i, a)| {
-                    !w.removed.contains(i) && !w.leaving.contains(i) && w.active.contains(&a.call_id)
-                })
-            else {
-                continue;
-            };
-            let call_id = a.call_id.clone();
-            let note = format!("after kill {round}");
-            let now = format!("<show>away</show><status>{note}</status>");
-            w.current.insert(user(i), now.clone());
-            world.ctx.stanza(format!(
-                "<presence from='{}/r' to='{}'>{now}</presence>",
-                user(i),
-                driver::contact_jid(&format!("w{i}"))
-            ));
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while !w.notes.get(&call_id).is_some_and(|n| n.contains(&note)) {
-                if Instant::now() >= deadline {
-                    world.fail(&format!(
-                        "round {round}: no NOTIFY with {note:?} in the dialog {call_id} after the restart; \
-                         NOTIFYs in it: {:?}",
-                        w.notes.get(&call_id)
-                    ));
-                }
-                world.pump(&mut w, None, Duration::from_millis(20), |_| false).await;
-            }
-            assert_eq!(world.ctx.errors, 0, "{:?}", world.ctx.first_error);
+        let tls = Tls::new(&edge_leaf, &pki.ca);
+        let partner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let partner_port = partner.local_addr().unwrap().port();
+        let (events_tx, events) = unbounded_channel();
+        net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
+        let sip_port = common::free_port();
+        let config = dir.join("lcs-bridge.toml");
+        let toml = BridgeConfig {
+            dir: &dir,
+            mode: Mode::Gateway,
+            component_port: server.component_port(),
+            sip_port,
+            partner_port,
+            extra: "[presence]\nnotify_min_interval_secs = 1\n",
+            // sled's debug lines would drown the bridge's own.
+            log_level: "info,lcs_bridge=debug",
         }
+        .toml();
+        std::fs::write(&config, toml).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut clients = Vec::new();
+        for (u, user) in USERS.into_iter().enumerate() {
+            let approve = if u == CAROL { None } else { Some("--approve") };
+            let args: Vec<&str> = ["--timeout", "3600"].into_iter().chain(approve).collect();
+            clients.push(XmppClient::start_with(&python, &dir, server.c2s_port(), user, &args));
+        }
+        for c in &mut clients {
+            c.wait_for("online (logged in)", deadline, |e| e["event"] == "online");
+        }
+        let spawned = Instant::now();
+        let bridge = Bridge::start(&config, &dir.join("bridge.log"), sip_port);
+        let mut t = Crash {
+            keep,
+            prosody_log: server.dir().join("prosody.log"),
+            rng: SplitMix::new(seed),
+            seed,
+            dir: dir.clone(),
+            config,
+            sip_port,
+            bridge,
+            run: 1,
+            started_lines: 0,
+            clients,
+            events,
+            events_tx,
+            tls,
+            sip: HashMap::new(),
+            conns: Vec::new(),
+            next_conn: FIRST_CLIENT_CONN,
+            watchers: Vec::new(),
+            by_call: HashMap::new(),
+            contacts: Vec::new(),
+            carol_pending: Vec::new(),
+            out_dialogs: HashMap::new(),
+            accepted: 0,
+            steps: 0,
+            notifies: 0,
+            errors: Vec::new(),
+            tally: Tally::default(),
+        };
+        t.wait_started(spawned).await;
+        for round in 1..=rounds {
+            let run_for = Duration::from_millis(200 + u64::from(t.rng.up_to(1300)));
+            t.pump(run_for, Some(RATE), |_| false).await;
+            let moment = t.kill_at_random().await;
+            *t.tally.moments.entry(moment).or_default() += 1;
+            t.check_store();
+            let mut spawned = t.spawn();
+            if t.rng.up_to(3) == 0 {
+                // Killed again while starting: opening the store, restoring, joining Prosody.
+                let early = Duration::from_millis(u64::from(t.rng.up_to(600)));
+                t.pump(early, None, |_| false).await;
+                t.kill().await;
+                t.tally.early_kills += 1;
+                t.check_store();
+                spawned = t.spawn();
+            }
+            t.wait_started(spawned).await;
+            let check = Instant::now();
+            t.check_presence_flows(round as usize % USERS.len()).await;
+            t.tally.slowest_flow = t.tally.slowest_flow.max(check.elapsed());
+            let live = t.watchers.iter().filter(|w| w.acked && !w.removed && !w.unknown).count();
+            eprintln!(
+                "round {round}: killed {moment} after {run_for:?}; {} watchers sent, {live} acknowledged and \
+                 live, {} removed, {} contacts; {} kills so far; presence flowed {:?} after the start",
+                t.watchers.len(),
+                t.watchers.iter().filter(|w| w.removed).count(),
+                t.contacts.iter().filter(|c| c.seen).count(),
+                t.tally.kills,
+                check.elapsed()
+            );
+        }
+        let tally = &t.tally;
         eprintln!(
-            "bridge_crash: {kills} kills, {checked} acknowledged subscriptions checked, {} removals, {:?}",
-            w.removed.len(),
-            started.elapsed()
+            "bridge_crash: seed {seed}: {} SIGKILLs ({} while starting; {:?}; {} SUBSCRIBEs \
+             unanswered at the kills) in {:.1} s; checked after the kills: {} acknowledged subscriptions, {} \
+             acknowledged removals, {} outbound subscriptions; after each restart, presence \
+             flowed to {} watchers and {} contacts' users; {} NOTIFYs in all; slowest start {:?}, \
+             slowest flow {:?}",
+            tally.kills,
+            tally.early_kills,
+            tally.moments,
+            tally.unanswered,
+            started.elapsed().as_secs_f64(),
+            tally.acked_checked,
+            tally.removed_checked,
+            tally.outbound_checked,
+            tally.notified,
+            tally.shown,
+            t.notifies,
+            tally.slowest_start,
+            tally.slowest_flow,
+        );
+        assert!(tally.kills >= rounds, "{} kills", tally.kills);
+        assert!(
+            rounds < ROUNDS
+                || tally.acked_checked > 1000
+                    && tally.removed_checked > 100
+                    && tally.outbound_checked > 100,
+            "too little work between the kills"
         );
     });
 }

@@ -16,8 +16,9 @@ per line:
    "show": S or null, "status": TEXT or null, "nick": XEP-0172 NICK or null,
    "priority": N or null, "id": ID or null, "error": {...} or null}
 
-Subscriptions are never answered automatically (slixmpp's auto_authorize/auto_subscribe are
-off): the test answers with "presence" commands.
+Subscriptions are not answered automatically (slixmpp's auto_authorize/auto_subscribe are
+off): the test answers with "presence" commands. With --approve the client approves every
+subscription request itself (auto_authorize), as a user who accepts every contact would.
 
 Commands on standard input, one JSON object per line:
 
@@ -131,7 +132,7 @@ def describe_presence(xml):
 
 
 class Client(slixmpp.ClientXMPP):
-    def __init__(self, jid, password, host, port, reconnect):
+    def __init__(self, jid, password, host, port, reconnect, approve):
         super().__init__(jid, password)
         self.address = (host, port)
         self.reconnect_wanted = reconnect
@@ -148,8 +149,8 @@ class Client(slixmpp.ClientXMPP):
         self.register_handler(
             Callback("every presence", MatchXPath("{%s}presence" % NS_CLIENT), self.on_presence)
         )
-        # The tests answer subscription requests themselves.
-        self.roster.auto_authorize = None
+        # The tests answer subscription requests themselves, unless --approve.
+        self.roster.auto_authorize = True if approve else None
         self.roster.auto_subscribe = False
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("disconnected", self.on_disconnected)
@@ -240,6 +241,7 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--reconnect", action="store_true", help="reconnect when the stream is lost")
+    p.add_argument("--approve", action="store_true", help="approve every subscription request")
     p.add_argument("--debug", action="store_true", help="slixmpp debug log on stderr")
     args = p.parse_args()
     logging.basicConfig(
@@ -249,15 +251,19 @@ def main():
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    client = Client(args.jid, args.password, args.host, args.port, args.reconnect)
+    client = Client(args.jid, args.password, args.host, args.port, args.reconnect, args.approve)
     done = loop.create_future()
     client.start()
-    loop.create_task(commands(client, done))
+    # Keep a reference: the event loop holds tasks only weakly, and a pending task nobody
+    # references is destroyed by the next garbage collection (the client then ignores every
+    # later command; seen under the crash test's stream of presences).
+    reader = loop.create_task(commands(client, done))
     try:
         code = loop.run_until_complete(asyncio.wait_for(done, args.timeout))
     except asyncio.TimeoutError:
         emit({"event": "timeout"})
         code = 3
+    reader.cancel()
     # Let the closing stream go out (bounded).
     try:
         loop.run_until_complete(asyncio.wait_for(asyncio.sleep(0.2), 1.0))

@@ -63,6 +63,9 @@ pub const PIDF_TYPE: &str = "application/pidf+xml";
 pub const MIN_EXPIRES_SECS: u32 = 60;
 /// Expires of a SUBSCRIBE that names none (RFC 3856 §6.4 default).
 pub const DEFAULT_EXPIRES_SECS: u32 = 3600;
+/// Local CSeq numbers of a watcher's dialog reserved by one synced store write (see
+/// `Watcher::cseq_reserved`).
+pub const CSEQ_RESERVE: u32 = 1000;
 
 /// What the engine needs to know.
 #[derive(Debug, Clone)]
@@ -207,6 +210,12 @@ struct Watcher {
     /// approval right after login, before the server's presence to the contact arrived): the
     /// first known state goes out at once instead of after the interval.
     blind: bool,
+    /// The dialog's local CSeq the store holds (the record's `local_cseq`): no NOTIFY goes out
+    /// with a CSeq above it. When the next one would, a synced write first raises it by
+    /// [`CSEQ_RESERVE`]. A restarted bridge resumes the dialog from the stored value, so it
+    /// never repeats a CSeq the watcher has seen (RFC 3261 §12.2.2: a request whose CSeq is
+    /// not above the last one is rejected with 500), however many NOTIFYs went out unstored.
+    cseq_reserved: u32,
 }
 
 /// Which map a timer belongs to.
@@ -1483,7 +1492,9 @@ impl PresenceEngine {
             failures: 0,
             last_body: None,
             blind: false,
+            cseq_reserved: 0,
         });
+        w.cseq_reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
         w.dialog = Some(dialog);
         w.detached = false;
         w.expires_at = now + Duration::from_secs(u64::from(granted));
@@ -1496,13 +1507,7 @@ impl PresenceEngine {
         if approval != Approval::Approved {
             // XEP-0100: the gateway asks on the legacy user's behalf (RFC 6121 §3.1.3: the
             // server answers by itself when the user already approved).
-            let mut p = Presence::subscribe()
-                .with_from(remote_jid)
-                .with_to(local.clone());
-            if let Some(name) = display.filter(|d| !d.trim().is_empty()) {
-                p.payloads.push(Element::from(Nick(name)));
-            }
-            out.push(stanza(p));
+            out.push(subscribe_request(remote_jid, local.clone(), display));
         }
         let mut r = Message::response_to(request, 202, None, Some(&tag));
         r.push_header("Expires", &granted.to_string());
@@ -1642,6 +1647,17 @@ impl PresenceEngine {
     fn send_notify(&mut self, now: Instant, key: &Key, state: NotifyState, out: &mut Vec<Output>) {
         let body = (state == NotifyState::Active).then(|| self.rendered(&key.0));
         let known = self.users.contains_key(&key.0);
+        let Some(w) = self.inbound.get_mut(key) else {
+            return;
+        };
+        // A NOTIFY that ends the dialog needs no reservation (and the watcher may be being
+        // forgotten: a write now would bring it back).
+        let needs = |d: &Dialog| d.local_cseq() >= w.cseq_reserved;
+        if !matches!(state, NotifyState::Terminated(_)) && w.dialog.as_ref().is_some_and(needs) {
+            let next = w.dialog.as_ref().map_or(0, Dialog::local_cseq);
+            w.cseq_reserved = next.saturating_add(CSEQ_RESERVE);
+            self.persist_in(now, key, out);
+        }
         let Some(w) = self.inbound.get_mut(key) else {
             return;
         };
@@ -1916,7 +1932,9 @@ impl PresenceEngine {
         let dialog = w.dialog.as_ref().map(|d| {
             let left = w.dialog_deadline.saturating_duration_since(now);
             let age = self.settings.dialog_max_age.saturating_sub(left).as_secs();
-            DialogRecord::from_dialog(d, now_unix.saturating_sub(age))
+            let mut r = DialogRecord::from_dialog(d, now_unix.saturating_sub(age));
+            r.local_cseq = r.local_cseq.max(w.cseq_reserved);
+            r
         });
         Some(Subscription {
             direction: Direction::Inbound,
@@ -1972,10 +1990,12 @@ impl PresenceEngine {
 
     /// Start-up: rebuilds the state from the store. Outbound subscriptions get a fresh
     /// SUBSCRIBE (their old dialogs died with the old process's connections); inbound watchers
-    /// keep their dialogs (routed by domain until the peer is reached) and get a NOTIFY with
-    /// the current state after `min_notify_interval`, by which time the answers to the probes
-    /// sent to their local users have arrived; gateway presence goes to every local user with
-    /// a subscription. Records that are expired, terminated or unreadable are forgotten.
+    /// keep their dialogs (routed by domain until the peer is reached), resumed above the
+    /// stored CSeq with a fresh reservation written first (`Watcher::cseq_reserved`); approved
+    /// ones get a NOTIFY with the current state after `min_notify_interval`, by which time the
+    /// answers to the probes sent to their local users have arrived, and the others' users are
+    /// asked again; gateway presence goes to every local user with a subscription. Records that
+    /// are expired, terminated or unreadable are forgotten.
     pub fn restore(
         &mut self,
         now: Instant,
@@ -1983,6 +2003,7 @@ impl PresenceEngine {
     ) -> Vec<Output> {
         let mut out = Vec::new();
         let mut requests = Vec::new();
+        let mut reserve = Vec::new();
         let now_unix = self.unix(now);
         for s in subs {
             let forget = Output::Forget {
@@ -2044,8 +2065,12 @@ impl PresenceEngine {
                         }
                         None => (None, now),
                     };
+                    // The stored CSeq is above every one the last process used in the dialog:
+                    // resume from it, with a fresh reservation stored before anything is sent.
+                    let stored_cseq = s.dialog.as_ref().map_or(0, |r| r.local_cseq);
                     if let Some(d) = &dialog {
                         self.in_dialogs.insert(d.id.clone(), key.clone());
+                        reserve.push(key.clone());
                     }
                     let approved = s.approval == Approval::Approved;
                     self.inbound.insert(
@@ -2064,10 +2089,14 @@ impl PresenceEngine {
                             failures: 0,
                             last_body: None,
                             blind: false,
+                            cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
                         },
                     );
                 }
             }
+        }
+        for key in reserve {
+            self.persist_in(now, &key, &mut out);
         }
         for (user, domain) in self.gateway_users() {
             if let (Ok(to), Ok(from)) = (BareJid::new(&user), BareJid::new(&domain)) {
@@ -2086,6 +2115,18 @@ impl PresenceEngine {
         for (user, from) in probes {
             if let Ok(to) = BareJid::new(&user) {
                 out.push(stanza(Presence::probe().with_from(from).with_to(to)));
+            }
+        }
+        // Watchers still waiting for their user are asked for again: the approval may have
+        // come while no bridge was connected (the server bounced it), or the request may never
+        // have reached the server. A user who already approved is answered for by the server
+        // (RFC 6121 §3.1.3).
+        for (key, w) in self.inbound.iter() {
+            if w.approval == Approval::Requested {
+                if let Ok(to) = BareJid::new(&key.0) {
+                    let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
+                    out.push(subscribe_request(w.remote_jid.clone(), to, display));
+                }
             }
         }
         for key in requests {
@@ -2135,6 +2176,16 @@ fn subscribe_headers(request: &mut Message, expires: u32) {
 
 fn stanza(p: Presence) -> Output {
     Output::Stanza(Element::from(p))
+}
+
+/// The `subscribe` the gateway sends on an LCS watcher's behalf, with the watcher's display
+/// name as a XEP-0172 nick.
+fn subscribe_request(from: BareJid, to: BareJid, display: Option<String>) -> Output {
+    let mut p = Presence::subscribe().with_from(from).with_to(to);
+    if let Some(name) = display.filter(|d| !d.trim().is_empty()) {
+        p.payloads.push(Element::from(Nick(name)));
+    }
+    stanza(p)
 }
 
 fn restored_dialog(r: &DialogRecord, now: Instant) -> Dialog {

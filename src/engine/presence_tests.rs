@@ -21,6 +21,10 @@ fn settings() -> PresenceSettings {
 }
 
 fn engine_at(now: Instant) -> PresenceEngine {
+    engine_with(now, settings())
+}
+
+fn engine_with(now: Instant, settings: PresenceSettings) -> PresenceEngine {
     let book = AddressBook::new(
         AddressMode::Gateway,
         vec!["lcs.example.org".into()],
@@ -28,7 +32,7 @@ fn engine_at(now: Instant) -> PresenceEngine {
     )
     .unwrap();
     PresenceEngine::new(
-        settings(),
+        settings,
         book,
         Mappings::builtin(),
         TxIds::default(),
@@ -1122,25 +1126,30 @@ fn record(direction: Direction, approval: Approval, expires_unix: u64) -> Subscr
     }
 }
 
-#[test]
-fn restore_resubscribes_probes_and_notifies_once_reachable() {
-    let now = Instant::now();
-    let mut e = engine_at(now);
-    let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
-    inbound.dialog = Some(DialogRecord {
+/// Bob's watcher dialog `w-1` as the store holds it.
+fn stored_dialog(local_cseq: u32, remote_cseq: u32, display: Option<&str>) -> DialogRecord {
+    DialogRecord {
         call_id: "w-1".into(),
         local_tag: "ours".into(),
         remote_tag: "lcs1".into(),
         local_uri: "sip:alice@example.org".into(),
         local_display: None,
         remote_uri: BOB_AOR.into(),
-        remote_display: None,
+        remote_display: display.map(str::to_owned),
         remote_target: "sip:bob@192.0.2.5:5061;transport=tls".into(),
         route_set: vec![],
-        local_cseq: 7,
-        remote_cseq: Some(3),
+        local_cseq,
+        remote_cseq: Some(remote_cseq),
         created_unix: 1_699_999_000,
-    });
+    }
+}
+
+#[test]
+fn restore_resubscribes_probes_and_notifies_once_reachable() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
+    inbound.dialog = Some(stored_dialog(7, 3, None));
     let mut stale = record(Direction::Inbound, Approval::Approved, 1_699_999_999);
     stale.local_jid = "carol@example.org".into();
     let outbound = record(Direction::Outbound, Approval::Approved, 1_700_003_600);
@@ -1149,10 +1158,17 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
         kinds(&out),
         [
             "forget:inbound",
+            "persist:approved",
             "stanza:available",
             "stanza:probe",
             "request:SUBSCRIBE"
         ]
+    );
+    // The dialog's next CSeq numbers, reserved in the store before any is used.
+    let d = persisted(&out)[0].dialog.clone().unwrap();
+    assert_eq!(
+        (d.call_id.as_str(), d.local_cseq),
+        ("w-1", 7 + CSEQ_RESERVE)
     );
     let s = stanzas(&out);
     assert!(
@@ -1193,25 +1209,129 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
     assert!(body(&n).contains("<ep:activity>busy</ep:activity>"));
 }
 
+/// The records a store holds after a crash, at worst: only the synced writes.
+fn synced(store: &mut BTreeMap<(Direction, String), Subscription>, out: &[Output]) {
+    for o in out {
+        match o {
+            Output::Persist(s) => {
+                store.insert((s.direction, s.remote_aor.clone()), (**s).clone());
+            }
+            Output::Forget {
+                direction, remote, ..
+            } => {
+                store.remove(&(*direction, remote.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_restarted_bridge_resumes_a_watcher_dialog_above_every_cseq_it_used() {
+    // RFC 3261 §12.2.2: a watcher answers 500 to a NOTIFY whose CSeq is not above the last one
+    // in the dialog (LCS, pjsip). The store is written on subscription and approval, not on
+    // every NOTIFY; the first process here sends more NOTIFYs than one reservation covers.
+    let now = Instant::now();
+    let fast = PresenceSettings {
+        min_notify_interval: Duration::from_secs(1),
+        ..settings()
+    };
+    let mut e = engine_with(now, fast.clone());
+    let mut store = BTreeMap::new();
+    let out = e.on_edge(now, lcs_subscribe("w-1", Some(3600)));
+    synced(&mut store, &out);
+    let (tx, _, _) = requests(&out).remove(0);
+    synced(&mut store, &ok(&mut e, now, tx, 4));
+    let out = e.on_stanza(now, alice_to_bob("subscribed"));
+    synced(&mut store, &out);
+    let (mut tx, n, _) = requests(&out).remove(0);
+    let mut last = n.cseq().unwrap().number;
+    let mut t = now;
+    let mut reservations = 0;
+    for i in 0..CSEQ_RESERVE + 5 {
+        synced(&mut store, &ok(&mut e, t, tx, 4));
+        t += Duration::from_secs(2);
+        let show = ["away", "dnd"][i as usize % 2];
+        let out = e.on_stanza(
+            t,
+            pres(
+                &format!("from='{ALICE}/phone' to='{BOB}'"),
+                &format!("<show>{show}</show>"),
+            ),
+        );
+        synced(&mut store, &out);
+        if kinds(&out).contains(&"persist:approved".to_owned()) {
+            reservations += 1;
+            assert_eq!(kinds(&out), ["persist:approved", "request:NOTIFY"]);
+        }
+        let (next_tx, n, _) = requests(&out).remove(0);
+        assert_eq!(n.cseq().unwrap().number, last + 1);
+        (tx, last) = (next_tx, last + 1);
+    }
+    assert_eq!(
+        reservations, 1,
+        "one synced write per {CSEQ_RESERVE} NOTIFYs"
+    );
+    // Killed here. The next process resumes the dialog above every CSeq used.
+    let later = t + Duration::from_secs(1);
+    let mut e = engine_with(later, fast);
+    let out = e.restore(later, store.into_values());
+    assert_eq!(kinds(&out)[0], "persist:approved");
+    let reserved = persisted(&out)[0].dialog.as_ref().unwrap().local_cseq;
+    e.on_stanza(
+        later,
+        pres(
+            &format!("from='{ALICE}/phone' to='{BOB}'"),
+            "<show>xa</show>",
+        ),
+    );
+    let out = e.handle_timeout(e.poll_timeout().unwrap());
+    let (_, n, _) = requests(&out).remove(0);
+    assert_eq!(n.call_id().unwrap(), "w-1");
+    let cseq = n.cseq().unwrap().number;
+    assert!(cseq > last, "CSeq {cseq} after {last} in the same dialog");
+    assert!(cseq <= reserved, "CSeq {cseq} above the stored {reserved}");
+}
+
+#[test]
+fn restore_asks_again_for_a_watcher_still_waiting_for_its_user() {
+    // Alice approved while no bridge was connected (the server bounced the `subscribed`), or
+    // the request never reached the server: the watcher is stored as requested.
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let mut waiting = record(Direction::Inbound, Approval::Requested, 1_700_001_000);
+    waiting.state = SubState::Pending;
+    waiting.dialog = Some(stored_dialog(1, 1, Some("Bob Example")));
+    let out = e.restore(now, std::iter::once(waiting));
+    assert_eq!(
+        kinds(&out),
+        ["persist:requested", "stanza:available", "stanza:subscribe"]
+    );
+    let st = &stanzas(&out)[1];
+    assert!(
+        st.contains(&format!("from='{BOB}'")) && st.contains(&format!("to='{ALICE}'")),
+        "{st}"
+    );
+    assert!(st.contains(">Bob Example</nick>"), "{st}");
+    // The server answers for Alice, who approved: active in the restored dialog.
+    let out = e.on_stanza(now, alice_to_bob("subscribed"));
+    assert_eq!(kinds(&out), ["persist:approved", "request:NOTIFY"]);
+    let (_, n, route) = requests(&out).remove(0);
+    assert_eq!(n.call_id().unwrap(), "w-1");
+    assert_eq!(route, Route::Domain("contoso.com".into()));
+    assert!(
+        n.header("Subscription-State")
+            .unwrap()
+            .starts_with("active")
+    );
+}
+
 #[test]
 fn restore_without_any_presence_still_notifies_closed() {
     let now = Instant::now();
     let mut e = engine_at(now);
     let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
-    inbound.dialog = Some(DialogRecord {
-        call_id: "w-1".into(),
-        local_tag: "ours".into(),
-        remote_tag: "lcs1".into(),
-        local_uri: "sip:alice@example.org".into(),
-        local_display: None,
-        remote_uri: BOB_AOR.into(),
-        remote_display: None,
-        remote_target: "sip:bob@192.0.2.5:5061;transport=tls".into(),
-        route_set: vec![],
-        local_cseq: 1,
-        remote_cseq: Some(1),
-        created_unix: 1_699_999_000,
-    });
+    inbound.dialog = Some(stored_dialog(1, 1, None));
     e.restore(now, std::iter::once(inbound));
     let out = e.handle_timeout(now + Duration::from_secs(5));
     assert!(body(&requests(&out)[0].1).contains("<basic>closed</basic>"));

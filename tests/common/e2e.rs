@@ -186,6 +186,8 @@ pub struct BridgeConfig<'a> {
     pub partner_port: u16,
     /// More TOML, appended (e.g. a `[presence]` table).
     pub extra: &'a str,
+    /// `logging.level` (EnvFilter directives).
+    pub log_level: &'a str,
 }
 
 impl BridgeConfig<'_> {
@@ -230,7 +232,7 @@ path = {storage}
 path = {mappings}
 
 [logging]
-level = "debug"
+level = "{log_level}"
 {extra}"#,
             component_port = self.component_port,
             mode = self.mode.name(),
@@ -243,6 +245,7 @@ level = "debug"
             partner_port = self.partner_port,
             storage = path("store"),
             extra = self.extra,
+            log_level = self.log_level,
         )
     }
 }
@@ -262,13 +265,20 @@ pub struct XmppClient {
 
 impl XmppClient {
     pub fn start(python: &Path, dir: &Path, c2s_port: u16, user: &str) -> Self {
+        Self::start_with(python, dir, c2s_port, user, &[])
+    }
+
+    /// [`XmppClient::start`] with more options for tests/xmpp_client.py (`--approve`; a later
+    /// `--timeout` overrides the test budget).
+    pub fn start_with(python: &Path, dir: &Path, c2s_port: u16, user: &str, args: &[&str]) -> Self {
         let stderr = dir.join(format!("{user}.client.log"));
         let mut cmd = Command::new(python);
         cmd.arg(repo().join("tests/xmpp_client.py"))
             .args(["--jid", &format!("{user}@{XMPP_DOMAIN}")])
             .args(["--password", ALICE_PASSWORD])
             .args(["--port", &c2s_port.to_string()])
-            .args(["--timeout", &TEST_BUDGET.as_secs().to_string()]);
+            .args(["--timeout", &TEST_BUDGET.as_secs().to_string()])
+            .args(args);
         Self::spawn(cmd, stderr)
     }
 
@@ -490,6 +500,7 @@ impl<S: XmppServer> World<S> {
             sip_port,
             partner_port,
             extra,
+            log_level: "debug",
         }
         .toml();
         std::fs::write(&config, toml).unwrap();

@@ -49,6 +49,22 @@ impl Pki {
     }
 }
 
+/// Writes the bridge's TLS files into `dir`, as the configurations of tests/common/e2e.rs and
+/// the load generator name them: `bridge.crt` and `bridge.key` (mode 0600) for `names`, and
+/// `ca.crt`, this CA, which the bridge trusts for its peers.
+pub fn write_bridge_files(dir: &std::path::Path, pki: &Pki, names: &[&str]) {
+    let (chain, key) = pki.leaf(names, false);
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    write("bridge.crt", der_to_pem("CERTIFICATE", &chain[0]));
+    write("bridge.key", der_to_pem("PRIVATE KEY", key.secret_der()));
+    write("ca.crt", der_to_pem("CERTIFICATE", &pki.ca));
+    std::fs::set_permissions(
+        dir.join("bridge.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+}
+
 /// PEM text of a certificate chain and key (for socat's `cert=` and `cafile=`).
 pub fn pem(leaf: &Leaf) -> String {
     let mut out = String::new();

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::net::{self, Event, Tls, Writer};
-use crate::pki::{Pki, der_to_pem};
+use crate::pki::{Pki, write_bridge_files};
 
 pub const COMPONENT: &str = "lcs.xmpp.test";
 pub const XMPP_DOMAIN: &str = "xmpp.test";
@@ -181,20 +181,12 @@ impl World {
             .tempdir()
             .expect("a temporary directory");
         let pki = Pki::new("Load CA");
-        let bridge_leaf = pki.leaf(&["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"], false);
-        let peer_leaf = pki.leaf(&["sip.contoso.com", LCS_DOMAIN, "127.0.0.1"], false);
-        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        write("bridge.crt", der_to_pem("CERTIFICATE", &bridge_leaf.0[0]));
-        write(
-            "bridge.key",
-            der_to_pem("PRIVATE KEY", bridge_leaf.1.secret_der()),
+        write_bridge_files(
+            dir.path(),
+            &pki,
+            &["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"],
         );
-        write("ca.crt", der_to_pem("CERTIFICATE", &pki.ca));
-        std::fs::set_permissions(
-            dir.path().join("bridge.key"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        let peer_leaf = pki.leaf(&["sip.contoso.com", LCS_DOMAIN, "127.0.0.1"], false);
         let tls = Tls::new(&peer_leaf, &pki.ca);
         let component = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -541,26 +533,6 @@ level = "{log_level}"
             bridge_rss_kib: rss,
             bridge_peak_rss_kib: peak,
         }
-    }
-
-    /// Kills the bridge with SIGKILL and waits for it; the connections it had are dropped.
-    #[allow(dead_code)] // tests/bridge_crash.rs
-    pub fn kill(&mut self) {
-        let _ = self.bridge.kill();
-        let _ = self.bridge.wait();
-        self.ctx.xmpp = None;
-        self.ctx.sip.clear();
-    }
-
-    /// Starts the bridge again on the same configuration and store; returns when its
-    /// component stream is up.
-    #[allow(dead_code)] // tests/bridge_crash.rs
-    pub async fn restart(&mut self) {
-        let config = self.dir.path().join("lcs-bridge.toml");
-        self.spawned = Instant::now();
-        self.bridge = spawn_bridge(&self.opts, &config, &self.dir.path().join("bridge.log"));
-        self.pid = self.bridge.id();
-        self.accept_component().await;
     }
 
     pub fn dir(&self) -> &Path {
