@@ -198,6 +198,7 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
         dialog_max_age: cfg.im.dialog_max_age,
         nick_suffix: cfg.presence.display_name_suffix.clone(),
         icon_url: cfg.presence.icon_url.clone(),
+        restore_rate: cfg.presence.restore_rate,
         ..PresenceSettings::default()
     }
 }

@@ -23,6 +23,7 @@
 //! Time is an argument.
 
 pub mod app;
+pub mod compact;
 pub mod config;
 pub mod core;
 pub mod edge;

@@ -400,6 +400,10 @@ pub struct PresenceConfig {
     pub notify_min_interval: Duration,
     /// Expires requested for presence subscriptions toward LCS.
     pub subscription_expires: Duration,
+    /// Requests per second the bridge sends to take up stored subscriptions after a start
+    /// (fresh SUBSCRIBEs and watchers' NOTIFYs; `presence.restore_rate`, 10–100000,
+    /// default 1000).
+    pub restore_rate: u32,
 }
 
 /// `[im]`: instant messaging sessions (INVITE sessions carrying MESSAGEs).

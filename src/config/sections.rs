@@ -35,6 +35,7 @@ pub(crate) mod defaults {
     pub const DISCOVERED_RATE: u32 = 20;
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
     pub const SUBSCRIPTION_EXPIRES_SECS: u64 = 3600;
+    pub const RESTORE_RATE: u64 = 1000;
     pub const IM_SESSION_IDLE_SECS: u64 = 600;
     pub const IM_MAX_MESSAGE_BYTES: usize = 16 * 1024;
     pub const IM_MAX_QUEUED_MESSAGES: usize = 100;
@@ -879,6 +880,7 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
     let icon_url = t.string("icon_url", diag);
     let interval = t.int("notify_min_interval_secs", diag);
     let expires = t.int("subscription_expires_secs", diag);
+    let restore_rate = t.int("restore_rate", diag);
     t.finish(diag);
 
     let suffix = conv(diag, "presence.display_name_suffix", suffix, |s| {
@@ -907,11 +909,21 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
         86_400,
         "",
     );
+    let restore_rate = ranged(
+        diag,
+        "presence.restore_rate",
+        restore_rate,
+        defaults::RESTORE_RATE,
+        10,
+        100_000,
+        "",
+    );
     Some(PresenceConfig {
         display_name_suffix: suffix?,
         icon_url: icon_url?,
         notify_min_interval: Duration::from_secs(interval?),
         subscription_expires: Duration::from_secs(expires?),
+        restore_rate: u32::try_from(restore_rate?).unwrap_or(u32::MAX),
     })
 }
 

@@ -123,6 +123,7 @@ fn minimal_config_gets_defaults() {
         VerificationLevel::Verified
     );
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
+    assert_eq!(c.presence.restore_rate, 1000);
     assert_eq!(c.presence.subscription_expires, Duration::from_secs(3600));
     assert_eq!(c.presence.icon_url, None);
     assert_eq!(
@@ -358,6 +359,7 @@ extra = 1
 [presence]
 icon_url = "http://example.org/i.png"
 notify_min_interval_secs = 0
+restore_rate = 5
 
 [logging]
 level = "info,foo=verbose"
@@ -385,6 +387,7 @@ format = "xml"
             "federation.partners[2].domain: required key is missing",
             "presence.icon_url: must be an https:// URL, not \"http://example.org/i.png\"",
             "presence.notify_min_interval_secs: must be between 1 and 300, not 0",
+            "presence.restore_rate: must be between 10 and 100000, not 5",
             "logging.level: \"info,foo=verbose\" is not a valid filter: error parsing level filter: expected one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\", or a number 0-5",
             "logging.format: must be \"human\" or \"json\", not \"xml\"",
         ]
@@ -817,6 +820,7 @@ display_name_suffix = " (XMPP)"
 icon_url = "https://example.org/brand16.png"
 notify_min_interval_secs = 10
 subscription_expires_secs = 600
+restore_rate = 20000
 [logging]
 level = "warn,lcs_bridge::sip=debug"
 format = "JSON"
@@ -830,6 +834,7 @@ format = "JSON"
     );
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(10));
     assert_eq!(c.presence.subscription_expires, Duration::from_secs(600));
+    assert_eq!(c.presence.restore_rate, 20_000);
     assert_eq!(c.logging.format, LogFormat::Json);
 }
 

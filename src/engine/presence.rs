@@ -33,6 +33,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -88,6 +89,8 @@ pub struct PresenceSettings {
     /// Longest retry delay (also used for `noresource`/`invariant`, which RFC 6665 says not
     /// to retry soon).
     pub retry_max: Duration,
+    /// Requests per second that take up stored subscriptions after a start (`restore`).
+    pub restore_rate: u32,
 }
 
 impl Default for PresenceSettings {
@@ -101,6 +104,7 @@ impl Default for PresenceSettings {
             icon_url: None,
             retry_base: Duration::from_secs(30),
             retry_max: Duration::from_secs(1800),
+            restore_rate: 1000,
         }
     }
 }
@@ -126,8 +130,14 @@ impl WallClock {
     }
 }
 
-/// (local bare JID, remote AOR), both as strings: the store's identity.
-type Key = (String, String);
+/// (local bare JID, remote AOR), both as strings: the store's identity. Shared: the maps,
+/// the timer heap and the dialog and transaction indexes each hold one, so a copy is a
+/// reference count, not two allocations.
+type Key = Arc<(String, String)>;
+
+fn key(local: String, remote: String) -> Key {
+    Arc::new((local, remote))
+}
 
 /// An XMPP user's subscription to an LCS user.
 #[derive(Debug)]
@@ -139,11 +149,12 @@ struct Outbound {
     active: bool,
     /// A 2xx to some SUBSCRIBE has been seen (errors before that go back to the user).
     established: bool,
-    dialog: Option<Dialog>,
+    /// Boxed: the maps hold many idle entries, and a B-tree node is sized by its values.
+    dialog: Option<Box<Dialog>>,
     /// When the dialog must have been replaced.
     dialog_deadline: Option<Instant>,
     /// The SUBSCRIBE in flight, and the request when it is an initial (out-of-dialog) one.
-    pending: Option<(TxId, Option<Message>)>,
+    pending: Option<(TxId, Option<Box<Message>>)>,
     /// Expires to ask for (raised by a 423's Min-Expires).
     expires_secs: u32,
     expires_at: Option<Instant>,
@@ -152,7 +163,7 @@ struct Outbound {
     /// Retries since the last NOTIFY `active`.
     attempts: u32,
     /// The last document received, for probes.
-    last: Option<PidfDocument>,
+    last: Option<Box<PidfDocument>>,
     /// The last presence sent to the watcher was available.
     shown_available: bool,
     /// The `id` of the user's `subscribe`, for an error reply.
@@ -193,7 +204,7 @@ impl Outbound {
 struct Watcher {
     remote_jid: BareJid,
     approval: Approval,
-    dialog: Option<Dialog>,
+    dialog: Option<Box<Dialog>>,
     /// The dialog's connection is gone: route NOTIFYs by domain.
     detached: bool,
     expires_at: Instant,
@@ -204,8 +215,9 @@ struct Watcher {
     in_flight: Option<TxId>,
     retry_at: Option<Instant>,
     failures: u32,
-    /// The last PIDF sent (identical states are not sent twice).
-    last_body: Option<String>,
+    /// The last PIDF sent (identical states are not sent twice); shared with the user's
+    /// `doc` it was.
+    last_body: Option<Arc<str>>,
     /// The last `active` NOTIFY was sent before the local user's presence was known (an
     /// approval right after login, before the server's presence to the contact arrived): the
     /// first known state goes out at once instead of after the interval.
@@ -283,8 +295,9 @@ struct LocalUser {
     resources: BTreeMap<String, Presence>,
     /// XEP-0172 nick, from any of its presences.
     nick: Option<String>,
-    /// The aggregate as the PIDF document sent to watchers ([`PresenceEngine::rendered`]).
-    doc: String,
+    /// The aggregate as the PIDF document sent to watchers ([`PresenceEngine::rendered`]);
+    /// every watcher's `last_body` shares it.
+    doc: Arc<str>,
 }
 
 /// What a client transaction was for.
@@ -327,8 +340,10 @@ pub struct PresenceEngine {
     ids: TxIds,
     clock: WallClock,
     rng: SplitMix,
-    outbound: Tracked<Outbound>,
-    inbound: Tracked<Watcher>,
+    /// Values boxed: a B-tree node holds up to 11 of them and is half empty after ordered
+    /// inserts (the restore), so inline values would double their size.
+    outbound: Tracked<Box<Outbound>>,
+    inbound: Tracked<Box<Watcher>>,
     /// Next due times, earliest first; an entry counts only while `armed` holds the same
     /// time for its key (a later arm for an earlier time supersedes it). Every public call
     /// re-arms the entries it touched, so the next timer is O(1) to find and a timer run
@@ -504,7 +519,7 @@ impl PresenceEngine {
                 return out;
             }
         };
-        let key: Key = (local.to_string(), remote.to_uri());
+        let key = key(local.to_string(), remote.to_uri());
         let remote_jid = to.to_bare();
         match p.type_ {
             Type::Subscribe => self.xmpp_subscribe(now, key, local, remote_jid, p.id, &mut out),
@@ -575,13 +590,13 @@ impl PresenceEngine {
         }
         self.outbound.insert(
             key.clone(),
-            Outbound::new(
+            Box::new(Outbound::new(
                 local,
                 remote_jid,
                 Approval::Requested,
                 self.expires_secs(),
                 id,
-            ),
+            )),
         );
         self.persist_out(now, &key, out);
         self.send_initial(now, &key, out);
@@ -681,13 +696,13 @@ impl PresenceEngine {
             // one (new store, or dropped after failures). Re-establish it.
             self.outbound.insert(
                 key.clone(),
-                Outbound::new(
+                Box::new(Outbound::new(
                     local,
                     remote_jid,
                     Approval::Approved,
                     self.expires_secs(),
                     None,
-                ),
+                )),
             );
             self.persist_out(now, &key, out);
             self.send_initial(now, &key, out);
@@ -743,10 +758,10 @@ impl PresenceEngine {
         let Some(user) = self.users.get_mut(&bare) else {
             return;
         };
-        if known && user.doc == doc {
+        if known && *user.doc == *doc {
             return;
         }
-        user.doc = doc;
+        user.doc = doc.into();
         let keys: Vec<Key> = self
             .inbound
             .range((bare.clone(), String::new())..)
@@ -763,10 +778,10 @@ impl PresenceEngine {
     }
 
     /// The local user's current document, rendered (kept per user as their presence comes).
-    fn rendered(&self, local: &str) -> String {
+    fn rendered(&self, local: &str) -> Arc<str> {
         match self.users.get(local) {
             Some(u) => u.doc.clone(),
-            None => pidf::render(&self.current_doc(local)),
+            None => pidf::render(&self.current_doc(local)).into(),
         }
     }
 
@@ -843,7 +858,7 @@ impl PresenceEngine {
         .build();
         subscribe_headers(&mut request, sub.expires_secs);
         let tx = self.ids.next();
-        sub.pending = Some((tx, Some(request.clone())));
+        sub.pending = Some((tx, Some(Box::new(request.clone()))));
         self.purposes.insert(tx, Purpose::Subscribe(key.clone()));
         self.early.insert(call_id, key.clone());
         out.push(Output::Request {
@@ -1092,7 +1107,7 @@ impl PresenceEngine {
                                     self.out_dialogs.remove(&old.id);
                                 }
                                 self.out_dialogs.insert(d.id.clone(), key.clone());
-                                sub.dialog = Some(d);
+                                sub.dialog = Some(Box::new(d));
                             }
                             Err(_) => {
                                 let attempts = sub.attempts;
@@ -1286,7 +1301,7 @@ impl PresenceEngine {
                 match Dialog::from_uas(request, &id.local_tag, cseq, conn, now) {
                     Ok(d) => {
                         self.out_dialogs.insert(d.id.clone(), key.clone());
-                        sub.dialog = Some(d);
+                        sub.dialog = Some(Box::new(d));
                         sub.dialog_deadline = Some(now + self.settings.dialog_max_age);
                     }
                     Err(e) => return respond(self, out, 400, &e.to_string()),
@@ -1359,7 +1374,7 @@ impl PresenceEngine {
                 let newly = sub.approval != Approval::Approved;
                 sub.approval = Approval::Approved;
                 if let Some(doc) = &doc {
-                    sub.last = Some(doc.clone());
+                    sub.last = Some(Box::new(doc.clone()));
                     sub.shown_available = doc.basic != Some(pidf::Basic::Closed);
                 }
                 if newly {
@@ -1444,7 +1459,7 @@ impl PresenceEngine {
         };
         let local_uri = dialog.local_uri.clone();
         let contact = self.contact(&local_uri);
-        let key: Key = (local.to_string(), remote_aor);
+        let key = key(local.to_string(), remote_aor);
         if expires == 0 {
             // A fetch (RFC 6665 §4.4.3): the state now, then terminated. Stored nothing.
             let mut r = Message::response_to(request, 202, None, Some(&tag));
@@ -1478,7 +1493,7 @@ impl PresenceEngine {
         };
         self.in_dialogs.insert(dialog.id.clone(), key.clone());
         dialog.confirm();
-        let w = self.inbound.entry(key.clone()).or_insert(Watcher {
+        let w = self.inbound.entry(key.clone()).or_insert(Box::new(Watcher {
             remote_jid: remote_jid.clone(),
             approval,
             dialog: None,
@@ -1493,9 +1508,9 @@ impl PresenceEngine {
             last_body: None,
             blind: false,
             cseq_reserved: 0,
-        });
+        }));
         w.cseq_reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
-        w.dialog = Some(dialog);
+        w.dialog = Some(Box::new(dialog));
         w.detached = false;
         w.expires_at = now + Duration::from_secs(u64::from(granted));
         w.dialog_deadline = deadline;
@@ -1619,7 +1634,7 @@ impl PresenceEngine {
         dialog: &mut Dialog,
         detached: bool,
         state: &str,
-        body: Option<String>,
+        body: Option<Arc<str>>,
         out: &mut Vec<Output>,
     ) -> Option<TxId> {
         let branch = self.branch();
@@ -1630,7 +1645,7 @@ impl PresenceEngine {
         request.push_header("Event", "presence");
         request.push_header("Subscription-State", state);
         if let Some(b) = body {
-            request.set_body(Some(PIDF_TYPE), b.into_bytes());
+            request.set_body(Some(PIDF_TYPE), b.as_bytes().to_vec());
         }
         let route = if detached {
             // The dialog's connection is gone: the edge reuses or opens one for the domain.
@@ -1653,8 +1668,8 @@ impl PresenceEngine {
         // A NOTIFY that ends the dialog needs no reservation (and the watcher may be being
         // forgotten: a write now would bring it back).
         let needs = |d: &Dialog| d.local_cseq() >= w.cseq_reserved;
-        if !matches!(state, NotifyState::Terminated(_)) && w.dialog.as_ref().is_some_and(needs) {
-            let next = w.dialog.as_ref().map_or(0, Dialog::local_cseq);
+        if !matches!(state, NotifyState::Terminated(_)) && w.dialog.as_deref().is_some_and(needs) {
+            let next = w.dialog.as_deref().map_or(0, Dialog::local_cseq);
             w.cseq_reserved = next.saturating_add(CSEQ_RESERVE);
             self.persist_in(now, key, out);
         }
@@ -1711,7 +1726,7 @@ impl PresenceEngine {
             return;
         }
         let body = self.rendered(&key.0);
-        if w.last_body.as_deref() == Some(body.as_str()) {
+        if w.last_body.as_deref() == Some(&*body) {
             if let Some(w) = self.inbound.get_mut(key) {
                 w.dirty = false;
             }
@@ -1759,6 +1774,10 @@ impl PresenceEngine {
 
     /// Arms the timers of every entry written since the last call.
     fn rearm(&mut self) {
+        crate::compact::map(&mut self.purposes);
+        crate::compact::map(&mut self.early);
+        crate::compact::map(&mut self.armed);
+        crate::compact::heap(&mut self.timers);
         for key in std::mem::take(&mut self.outbound.touched) {
             let due = self
                 .outbound
@@ -1948,7 +1967,7 @@ impl PresenceEngine {
                 SubState::Pending
             },
             approval: w.approval,
-            last_sent: w.last_body.as_ref().map(|b| b.clone().into_bytes()),
+            last_sent: w.last_body.as_ref().map(|b| b.as_bytes().to_vec()),
             last_received: None,
             updated_unix: now_unix,
         })
@@ -1994,16 +2013,20 @@ impl PresenceEngine {
     /// stored CSeq with a fresh reservation written first (`Watcher::cseq_reserved`); approved
     /// ones get a NOTIFY with the current state after `min_notify_interval`, by which time the
     /// answers to the probes sent to their local users have arrived, and the others' users are
-    /// asked again; gateway presence goes to every local user with a subscription. Records that
-    /// are expired, terminated or unreadable are forgotten.
+    /// asked again; gateway presence goes to every local user with a subscription. The fresh
+    /// SUBSCRIBEs and the NOTIFYs are paced at `restore_rate` in one sequence (a timer each),
+    /// so that a restart neither floods the partners' edges nor holds every request in memory
+    /// at once. Records that are expired, terminated or unreadable are forgotten.
     pub fn restore(
         &mut self,
         now: Instant,
         subs: impl Iterator<Item = Subscription>,
     ) -> Vec<Output> {
         let mut out = Vec::new();
-        let mut requests = Vec::new();
         let mut reserve = Vec::new();
+        // The SUBSCRIBEs and NOTIFYs restoring brings go out at `restore_rate`, in store order.
+        let spacing = Duration::from_secs(1) / self.settings.restore_rate.max(1);
+        let mut paced = (0..).map(|k| now + spacing * k);
         let now_unix = self.unix(now);
         for s in subs {
             let forget = Output::Forget {
@@ -2028,14 +2051,19 @@ impl PresenceEngine {
                 out.push(forget);
                 continue;
             }
-            let key: Key = (local.to_string(), s.remote_aor.clone());
+            let key = key(local.to_string(), s.remote_aor.clone());
             match s.direction {
                 Direction::Outbound => {
                     self.outbound.insert(
                         key.clone(),
-                        Outbound {
+                        Box::new(Outbound {
                             established: s.approval == Approval::Approved,
-                            last: s.last_received.as_deref().and_then(|b| pidf::parse(b).ok()),
+                            last: s
+                                .last_received
+                                .as_deref()
+                                .and_then(|b| pidf::parse(b).ok())
+                                .map(Box::new),
+                            next_at: paced.next(),
                             ..Outbound::new(
                                 local,
                                 remote_jid,
@@ -2043,9 +2071,8 @@ impl PresenceEngine {
                                 self.expires_secs(),
                                 None,
                             )
-                        },
+                        }),
                     );
-                    requests.push(key);
                 }
                 Direction::Inbound => {
                     if s.expires_unix <= now_unix || s.approval == Approval::Denied {
@@ -2058,7 +2085,7 @@ impl PresenceEngine {
                             let age = Duration::from_secs(now_unix.saturating_sub(r.created_unix));
                             match self.settings.dialog_max_age.checked_sub(age) {
                                 Some(rest) if !rest.is_zero() => {
-                                    (Some(restored_dialog(r, now)), now + rest)
+                                    (Some(Box::new(restored_dialog(r, now))), now + rest)
                                 }
                                 _ => (None, now),
                             }
@@ -2073,9 +2100,14 @@ impl PresenceEngine {
                         reserve.push(key.clone());
                     }
                     let approved = s.approval == Approval::Approved;
+                    let notify_at = if approved && dialog.is_some() {
+                        paced.next()
+                    } else {
+                        None
+                    };
                     self.inbound.insert(
                         key,
-                        Watcher {
+                        Box::new(Watcher {
                             remote_jid,
                             approval: s.approval,
                             dialog,
@@ -2085,12 +2117,12 @@ impl PresenceEngine {
                             last_notify: Some(now),
                             dirty: approved,
                             in_flight: None,
-                            retry_at: None,
+                            retry_at: notify_at,
                             failures: 0,
                             last_body: None,
                             blind: false,
                             cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
-                        },
+                        }),
                     );
                 }
             }
@@ -2128,9 +2160,6 @@ impl PresenceEngine {
                     out.push(subscribe_request(w.remote_jid.clone(), to, display));
                 }
             }
-        }
-        for key in requests {
-            self.send_initial(now, &key, &mut out);
         }
         self.rearm();
         out

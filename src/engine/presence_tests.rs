@@ -17,6 +17,7 @@ fn settings() -> PresenceSettings {
         icon_url: Some("https://example.org/brand16.png".into()),
         retry_base: Duration::from_secs(30),
         retry_max: Duration::from_secs(1800),
+        restore_rate: 1000,
     }
 }
 
@@ -1161,7 +1162,6 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
             "persist:approved",
             "stanza:available",
             "stanza:probe",
-            "request:SUBSCRIBE"
         ]
     );
     // The dialog's next CSeq numbers, reserved in the store before any is used.
@@ -1181,6 +1181,12 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
         "{}",
         s[1]
     );
+    // The fresh SUBSCRIBE is second in the paced sequence (1,000/s), after the watcher's
+    // NOTIFY (which also waits for the interval).
+    let first = now + Duration::from_millis(1);
+    assert_eq!(e.poll_timeout(), Some(first));
+    let out = e.handle_timeout(first);
+    assert_eq!(kinds(&out), ["request:SUBSCRIBE"]);
     let (tx, sub, route) = requests(&out).remove(0);
     assert_eq!(route, Route::Domain("contoso.com".into()));
     assert!(sub.to().unwrap().tag().is_none());
@@ -1207,6 +1213,60 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
     assert_eq!(n.cseq().unwrap().number, 8);
     assert_eq!(n.from().unwrap().tag(), Some("ours"));
     assert!(body(&n).contains("<ep:activity>busy</ep:activity>"));
+}
+
+#[test]
+fn restore_paces_its_subscribes_and_notifies_at_the_restore_rate() {
+    // 10 outbound subscriptions and 10 approved watchers with dialogs, at 10 requests/s:
+    // one request every 100 ms in store order, the watchers' NOTIFYs never before the
+    // interval.
+    let now = Instant::now();
+    let mut e = engine_with(
+        now,
+        PresenceSettings {
+            restore_rate: 10,
+            ..settings()
+        },
+    );
+    let mut records = Vec::new();
+    for i in 0..10 {
+        let mut r = record(Direction::Outbound, Approval::Approved, 1_700_003_600);
+        r.remote_aor = format!("sip:c{i}@contoso.com");
+        records.push(r);
+    }
+    for i in 0..10 {
+        let mut r = record(Direction::Inbound, Approval::Approved, 1_700_003_600);
+        r.remote_aor = format!("sip:w{i}@contoso.com");
+        let mut d = stored_dialog(1, 1, None);
+        d.call_id = format!("w-{i}");
+        d.remote_uri = r.remote_aor.clone();
+        r.dialog = Some(d);
+        records.push(r);
+    }
+    e.restore(now, records.into_iter());
+    let mut sent = Vec::new();
+    while let Some(at) = e.poll_timeout() {
+        if at > now + Duration::from_secs(10) {
+            break;
+        }
+        for (tx, m, _) in requests(&e.handle_timeout(at)) {
+            let method = m.method().unwrap().as_str().to_owned();
+            sent.push((at.duration_since(now).as_millis(), method.clone()));
+            let answer = Message::response_to(
+                &m,
+                if method == "SUBSCRIBE" { 202 } else { 200 },
+                None,
+                Some("t"),
+            );
+            e.on_edge(at, final_event(tx, 9, answer));
+        }
+    }
+    let expected: Vec<(u128, String)> = (0..10)
+        .map(|k| (k * 100, "SUBSCRIBE".to_owned()))
+        // The 11th to 20th slots (1.0-1.9 s) are before the 5 s interval: all at 5 s.
+        .chain((0..10).map(|_| (5000, "NOTIFY".to_owned())))
+        .collect();
+    assert_eq!(sent, expected);
 }
 
 /// The records a store holds after a crash, at worst: only the synced writes.

@@ -230,6 +230,12 @@ impl Transactions {
 
     /// The earliest deadline; call [`Transactions::handle_timeout`] then.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        // Asked after every event: the moment to give back what a burst left.
+        crate::compact::map(&mut self.clients);
+        crate::compact::map(&mut self.client_index);
+        crate::compact::map(&mut self.servers);
+        crate::compact::map(&mut self.server_index);
+        crate::compact::heap(&mut self.deadlines);
         while let Some(Reverse((at, tx))) = self.deadlines.peek() {
             if self.deadline_of(*tx) == Some(*at) {
                 return Some(*at);

@@ -70,6 +70,9 @@ struct Cli {
     /// Persisted subscriptions (scale).
     #[arg(long)]
     subs: Option<u64>,
+    /// The bridge's `presence.restore_rate` (scale): requests per second taking up the store.
+    #[arg(long, default_value_t = 100_000)]
+    restore_rate: u32,
     /// JSON lines output (appended).
     #[arg(long, default_value = "target/lcs-load/results.jsonl")]
     json: PathBuf,
@@ -499,18 +502,23 @@ fn dir_bytes(dir: &Path) -> u64 {
 async fn scale(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Result<(), String> {
     let n = size(cli.subs, 1_000_000, 2_000, cli);
     report["subscriptions"] = json!(n);
-    let settle_time = Duration::from_secs(if cli.smoke { 2 } else { 20 });
+    let settle = Duration::from_secs(if cli.smoke { 1 } else { 5 });
     // The same bridge on an empty store: the baseline for memory.
     let (base_rss, _) = {
         let mut world = World::start(opts, "", |_| {}).await;
-        let mut h = Options200::default();
-        serving(&mut world, &mut h, settle_time).await?;
+        let mut h = Restore::default();
+        serving(&mut world, &mut h).await?;
+        world.pump(&mut h, None, settle, |_| false).await;
         driver::rss_kib(world.pid)
     };
     report["baseline_rss_kib"] = json!(base_rss);
     let mut fill_err = None;
     let t = Instant::now();
-    let mut world = World::start(opts, "", |dir| {
+    // By default taken up as fast as the bridge goes (the product's default, 1,000 requests/s,
+    // spreads 1M over 17 minutes).
+    let extra = format!("[presence]\nrestore_rate = {}\n", cli.restore_rate);
+    report["restore_rate"] = json!(cli.restore_rate);
+    let mut world = World::start(opts, &extra, |dir| {
         fill_err = fill_store(dir, n).err();
     })
     .await;
@@ -520,28 +528,42 @@ async fn scale(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Res
     let component_up = world.spawned.elapsed();
     report["fill_s"] = json!((t.elapsed() - component_up).as_secs_f64());
     report["start_to_component_s"] = json!(component_up.as_secs_f64());
-    let mut h = Options200::default();
-    let serving_at = serving(&mut world, &mut h, settle_time).await?;
+    let mut h = Restore::default();
+    let serving_at = serving(&mut world, &mut h).await?;
     report["start_to_serving_s"] = json!(serving_at.as_secs_f64());
+    // Every outbound subscription SUBSCRIBEs again (fill_store: even i) and gets a NOTIFY with a
+    // document; every watcher (odd i) gets a NOTIFY.
+    let (outbound, watchers) = (n.div_ceil(2), n / 2);
+    let limit = Duration::from_secs(60 + n / u64::from(cli.restore_rate.max(1)) * 2);
+    let drained = until(&mut world, &mut h, limit, |h| {
+        h.subscribes >= outbound && h.notifies >= watchers
+    })
+    .await;
+    report["restore_subscribes"] = json!(h.subscribes);
+    report["restore_notifies"] = json!(h.notifies);
+    if !drained {
+        return Err(format!(
+            "restore not done in {limit:?}: {} of {outbound} SUBSCRIBEs, {} of {watchers} NOTIFYs",
+            h.subscribes, h.notifies
+        ));
+    }
+    report["start_to_restored_s"] = json!(world.spawned.elapsed().as_secs_f64());
+    world.pump(&mut h, None, settle, |_| false).await;
     let (rss, peak) = driver::rss_kib(world.pid);
     let disk = dir_bytes(&world.dir().join("store"));
     report["rss_kib"] = json!(rss);
     report["peak_rss_kib"] = json!(peak);
     report["rss_bytes_per_subscription"] =
         json!(rss.saturating_sub(base_rss) as f64 * 1024.0 / n as f64);
+    report["peak_rss_bytes_per_subscription"] =
+        json!(peak.saturating_sub(base_rss) as f64 * 1024.0 / n as f64);
     report["disk_bytes"] = json!(disk);
     report["disk_bytes_per_subscription"] = json!(disk as f64 / n as f64);
-    report["restore_requests_answered"] = json!(h.answered);
     Ok(())
 }
 
-/// Sends OPTIONS on a new LCS connection; the time from the bridge's start to the 200. Then
-/// answers whatever the bridge sends for `settle`.
-async fn serving(
-    world: &mut World,
-    h: &mut Options200,
-    settle: Duration,
-) -> Result<Duration, String> {
+/// Sends OPTIONS on a new LCS connection; the time from the bridge's start to the 200.
+async fn serving(world: &mut World, h: &mut Restore) -> Result<Duration, String> {
     let conns = world.connect(1).await;
     let options = "OPTIONS sip:xmpp.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKopt\r\n\
                    Max-Forwards: 70\r\nFrom: <sip:probe@contoso.com>;tag=o\r\nTo: <sip:xmpp.test>\r\n\
@@ -550,19 +572,31 @@ async fn serving(
     if !until(world, h, Duration::from_secs(60), |h| h.at.is_some()).await {
         return Err("no 200 to OPTIONS in 60 s".into());
     }
-    let at = h.at.unwrap().duration_since(world.spawned);
-    world.pump(h, None, settle, |_| false).await;
-    Ok(at)
+    Ok(h.at.unwrap().duration_since(world.spawned))
 }
 
-/// Answers everything the bridge sends (its restore burst) and notes the first 200 to OPTIONS.
-#[derive(Default)]
-struct Options200 {
+/// The LCS edge and the XMPP server while the bridge takes up its store: SUBSCRIBEs accepted
+/// with a NOTIFY carrying a document (as `presence-inbound`'s edge does), watchers' NOTIFYs
+/// answered and counted, probes of local users answered; notes the first 200 to OPTIONS.
+struct Restore {
     at: Option<Instant>,
-    answered: u64,
+    edge: Inbound,
+    subscribes: u64,
+    notifies: u64,
 }
 
-impl driver::Handler for Options200 {
+impl Default for Restore {
+    fn default() -> Self {
+        Restore {
+            at: None,
+            edge: Inbound::new(0, 0),
+            subscribes: 0,
+            notifies: 0,
+        }
+    }
+}
+
+impl driver::Handler for Restore {
     fn stanza(&mut self, cx: &mut driver::Ctx, s: &[u8], _: Instant) {
         // Probes of local users: say they are online, as the server would.
         if s.starts_with(b"<presence") && net::attr(s, "type") == Some(b"probe") {
@@ -589,10 +623,12 @@ impl driver::Handler for Options200 {
             self.at.get_or_insert(at);
             return;
         }
-        if m.is_request() {
-            self.answered += 1;
-            scenarios::answer(cx, conn, &m, "r");
+        match m.method().map(|m| m.as_str()) {
+            Some("NOTIFY") if m.is_request() => self.notifies += 1,
+            Some("SUBSCRIBE") if m.is_request() => self.subscribes += 1,
+            _ => {}
         }
+        self.edge.sip(cx, conn, m, at);
     }
 }
 
