@@ -295,6 +295,8 @@ struct LocalUser {
     resources: BTreeMap<String, Presence>,
     /// XEP-0172 nick, from any of its presences.
     nick: Option<String>,
+    /// Some presence of the user has come (else `doc` is the closed document).
+    known: bool,
     /// The aggregate as the PIDF document sent to watchers ([`PresenceEngine::rendered`]);
     /// every watcher's `last_body` shares it.
     doc: Arc<str>,
@@ -734,8 +736,8 @@ impl PresenceEngine {
             .resource()
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default();
-        let known = self.users.contains_key(&bare);
         let user = self.users.entry(bare.clone()).or_default();
+        let known = std::mem::replace(&mut user.known, true);
         if let Some(nick) = p
             .payloads
             .iter()
@@ -777,12 +779,20 @@ impl PresenceEngine {
         }
     }
 
-    /// The local user's current document, rendered (kept per user as their presence comes).
-    fn rendered(&self, local: &str) -> Arc<str> {
-        match self.users.get(local) {
-            Some(u) => u.doc.clone(),
-            None => pidf::render(&self.current_doc(local)).into(),
+    /// The local user's current document, rendered (kept per user as their presence comes;
+    /// for a user whose presence never came, the closed document is kept too, so that all
+    /// their watchers share one).
+    fn rendered(&mut self, local: &str) -> Arc<str> {
+        if let Some(u) = self.users.get(local) {
+            return u.doc.clone();
         }
+        let doc: Arc<str> = pidf::render(&self.current_doc(local)).into();
+        let user = LocalUser {
+            doc: doc.clone(),
+            ..LocalUser::default()
+        };
+        self.users.insert(local.to_owned(), user);
+        doc
     }
 
     /// The local user's aggregated presence as the profile's document: the available resource
@@ -1661,7 +1671,7 @@ impl PresenceEngine {
     /// A NOTIFY to watcher `key` (Active carries the current document).
     fn send_notify(&mut self, now: Instant, key: &Key, state: NotifyState, out: &mut Vec<Output>) {
         let body = (state == NotifyState::Active).then(|| self.rendered(&key.0));
-        let known = self.users.contains_key(&key.0);
+        let known = self.users.get(&key.0).is_some_and(|u| u.known);
         let Some(w) = self.inbound.get_mut(key) else {
             return;
         };
@@ -1726,6 +1736,9 @@ impl PresenceEngine {
             return;
         }
         let body = self.rendered(&key.0);
+        let Some(w) = self.inbound.get(key) else {
+            return;
+        };
         if w.last_body.as_deref() == Some(&*body) {
             if let Some(w) = self.inbound.get_mut(key) {
                 w.dirty = false;
