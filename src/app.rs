@@ -20,7 +20,7 @@ use crate::core::address::AddressBook;
 use crate::core::tables::Mappings;
 use crate::edge::dns::Discovery;
 use crate::edge::pool::PoolLimits;
-use crate::edge::server::EdgeEvent;
+use crate::edge::server::{EdgeEvent, EdgeEvents};
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
 use crate::engine::Output;
@@ -251,7 +251,7 @@ impl Runner {
     async fn run(
         mut self,
         restored: Vec<Output>,
-        mut edge_events: mpsc::UnboundedReceiver<EdgeEvent>,
+        mut edge_events: EdgeEvents,
         mut link_events: mpsc::Receiver<LinkEvent>,
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {

@@ -20,13 +20,12 @@ use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
 use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
 use lcs_bridge::edge::dns::Discovery;
 use lcs_bridge::edge::pool::PoolLimits;
-use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings, start};
+use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings, start};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::message::{Limits, Message};
 use lcs_bridge::sip::transaction::{TxEvent, TxId};
-use tokio::sync::mpsc::UnboundedReceiver;
 
-type Edge2 = (Arc<EdgeHandle>, UnboundedReceiver<EdgeEvent>);
+type Edge2 = (Arc<EdgeHandle>, EdgeEvents);
 
 /// An edge for example.org (certificate sip.example.org) resolving through `dns`.
 async fn edge_with(pki: &Pki, core: CoreSettings, dns: Arc<Discovery>) -> Edge2 {
@@ -70,7 +69,7 @@ fn message(to: &str, n: usize) -> Message {
 /// Waits for the final outcome of each of `txs` (in any order): the status of its final
 /// response, or why it was not delivered.
 async fn outcomes(
-    events: &mut UnboundedReceiver<EdgeEvent>,
+    events: &mut EdgeEvents,
     txs: &[TxId],
 ) -> HashMap<TxId, Result<u16, Undeliverable>> {
     let mut got = HashMap::new();
@@ -97,10 +96,7 @@ async fn outcomes(
     got
 }
 
-async fn outcome(
-    events: &mut UnboundedReceiver<EdgeEvent>,
-    tx: TxId,
-) -> Result<u16, Undeliverable> {
+async fn outcome(events: &mut EdgeEvents, tx: TxId) -> Result<u16, Undeliverable> {
     outcomes(events, &[tx]).await.remove(&tx).unwrap()
 }
 

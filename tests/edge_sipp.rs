@@ -34,14 +34,13 @@ use common::sipp::{
 };
 use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
 use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
-use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings};
+use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::builder::RequestSpec;
 use lcs_bridge::sip::dialog::Dialog;
 use lcs_bridge::sip::message::{Limits, Message, Method};
 use lcs_bridge::sip::sdp::Sdp;
 use lcs_bridge::sip::transaction::{ConnId, TxEvent, TxId};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// How long SIPp may run (its `-timeout`), and how long the test side waits for the peer.
 const SIPP_TIMEOUT_SECS: u64 = 15;
@@ -227,7 +226,7 @@ fn edge_settings(pki: &Pki, core: CoreSettings) -> EdgeSettings {
 
 /// The next edge event, or an error after `deadline`.
 async fn next_event(
-    events: &mut UnboundedReceiver<EdgeEvent>,
+    events: &mut EdgeEvents,
     deadline: tokio::time::Instant,
 ) -> Result<EdgeEvent, String> {
     match tokio::time::timeout_at(deadline, events.recv()).await {
@@ -279,7 +278,7 @@ fn sipp_behind_socat_gets_options_and_403() {
 /// connection of each.
 async fn answer_one_call(
     edge: Arc<EdgeHandle>,
-    mut events: UnboundedReceiver<EdgeEvent>,
+    mut events: EdgeEvents,
 ) -> Result<Vec<(&'static str, ConnId)>, String> {
     let deadline = test_deadline();
     let mut seen = Vec::new();
@@ -379,7 +378,7 @@ fn sipp_calls_the_edge_invite_ack_bye() {
 /// The final response to client transaction `tx` (skipping provisional ones and other events),
 /// with the connection it came in on.
 async fn final_response(
-    events: &mut UnboundedReceiver<EdgeEvent>,
+    events: &mut EdgeEvents,
     tx: TxId,
     deadline: tokio::time::Instant,
 ) -> Result<(ConnId, Message), String> {
@@ -409,10 +408,7 @@ async fn final_response(
 
 /// The layer above placing a call to bob@contoso.com: INVITE by the domain's static route, the
 /// dialog from the 200, ACK and BYE on the dialog's connection. Returns that connection.
-async fn call_bob(
-    edge: &EdgeHandle,
-    events: &mut UnboundedReceiver<EdgeEvent>,
-) -> Result<ConnId, String> {
+async fn call_bob(edge: &EdgeHandle, events: &mut EdgeEvents) -> Result<ConnId, String> {
     let deadline = test_deadline();
     let contact = "sip:alice@sip.example.org;transport=tls";
     let mut invite = RequestSpec {
@@ -482,7 +478,7 @@ async fn call_bob(
 /// After the dialog's connection closed: a request routed to it is not rerouted.
 async fn connection_gone(
     edge: &EdgeHandle,
-    events: &mut UnboundedReceiver<EdgeEvent>,
+    events: &mut EdgeEvents,
     conn: ConnId,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

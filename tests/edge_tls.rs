@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings};
+use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings, MAX_PENDING_REQUESTS};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::framing::{Frame, Framer};
 use lcs_bridge::sip::message::{Limits, Message};
@@ -602,4 +602,73 @@ async fn memory_stays_bounded_under_oversized_input() {
         ask(&mut s, &mut f, options("after")).await.status(),
         Some(200)
     );
+}
+
+/// Load shedding: while the layer above takes nothing, the edge hands it
+/// `MAX_PENDING_REQUESTS` requests and answers the rest 503 with `Retry-After`; once the layer
+/// above has taken them, new requests reach it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_what_the_layer_above_holds_get_503_retry_after() {
+    let pki = Pki::new("Test federation CA");
+    let mut core = common::edge::core_settings();
+    core.federation.discovered_rate = 1_000_000;
+    let settings = EdgeSettings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        edge_tls(&pki),
+        core,
+        Limits::default(),
+    );
+    let (edge, mut events) = common::edge::start_edge(settings).await;
+    let peer = client_config(
+        &pki.ca,
+        Some(pki.leaf(&["sip.contoso.com", "contoso.com"], false)),
+    );
+    let mut s = connect(edge.local_addr, peer).await.unwrap();
+    let message = |i: usize| {
+        request(
+            "MESSAGE",
+            "sip:alice@example.org",
+            "sip:bob@contoso.com",
+            &format!("m{i}"),
+        )
+    };
+    let extra = 50;
+    let total = MAX_PENDING_REQUESTS + extra;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|i| message(*i)).collect();
+        s.write_all(&bytes).await.unwrap();
+    }
+    let mut f = Framer::new(Limits::default());
+    let mut shed = Vec::new();
+    while shed.len() < extra {
+        match read_frame(&mut s, &mut f).await {
+            Some(Frame::Message(m)) => {
+                assert_eq!(m.status(), Some(503), "{m:?}");
+                assert_eq!(m.header("Retry-After"), Some("1"));
+                shed.push(m.call_id().unwrap().to_owned());
+            }
+            other => panic!("expected 503s, got {other:?}"),
+        }
+    }
+    // The last ones sent are the ones shed, and the layer above has exactly the others.
+    let expected: Vec<String> = (MAX_PENDING_REQUESTS..total)
+        .map(|i| format!("m{i}@contoso.com"))
+        .collect();
+    assert_eq!(shed, expected);
+    let mut taken = 0;
+    while taken < MAX_PENDING_REQUESTS {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(EdgeEvent::Request { .. })) => taken += 1,
+            Ok(Some(_)) => {}
+            other => panic!("after {taken} requests: {other:?}"),
+        }
+    }
+    // Taken: the next request goes up again instead of 503.
+    s.write_all(&message(total)).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+        Ok(Some(EdgeEvent::Request { request, .. })) => {
+            assert_eq!(request.call_id().unwrap(), format!("m{total}@contoso.com"));
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -627,6 +627,16 @@ impl EdgeCore {
         Some(resp)
     }
 
+    /// Answers server transaction `tx` with 503 and `Retry-After`: the layer above has more
+    /// requests waiting than it should (load shedding; `server::MAX_PENDING_REQUESTS`).
+    pub fn shed(&mut self, now: Instant, tx: TxId, request: &Message) -> Vec<CoreOutput> {
+        let tag = self.new_tag();
+        let mut resp =
+            Message::response_to(request, 503, Some("Overloaded, try again"), Some(&tag));
+        resp.push_header("Retry-After", "1");
+        self.respond(now, tx, resp)
+    }
+
     /// The profile's answer to OPTIONS: 200 with Allow, Supported, Accept and the session-mode
     /// IM SDP.
     pub fn options_response(&mut self, request: &Message) -> Message {

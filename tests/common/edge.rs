@@ -6,9 +6,8 @@ use std::sync::Arc;
 use lcs_bridge::config::{DefaultPolicy, FederationConfig};
 use lcs_bridge::edge::core::CoreSettings;
 use lcs_bridge::edge::dns::Discovery;
-use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings, start};
+use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings, start};
 use lcs_bridge::policy::ServedDomains;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 pub fn core_settings() -> CoreSettings {
     CoreSettings {
@@ -35,7 +34,7 @@ pub fn no_dns() -> Arc<Discovery> {
 
 /// Starts an edge with [`no_dns`] (and test logging); the test plays the layer above with the
 /// events.
-pub async fn start_edge(settings: EdgeSettings) -> (Arc<EdgeHandle>, UnboundedReceiver<EdgeEvent>) {
+pub async fn start_edge(settings: EdgeSettings) -> (Arc<EdgeHandle>, EdgeEvents) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("debug")
         .with_test_writer()
@@ -61,7 +60,7 @@ pub async fn start_answering(settings: EdgeSettings) -> Arc<EdgeHandle> {
 /// `reason` (ACKs excepted), so nothing a peer sends goes unanswered.
 pub async fn answer_all(
     edge: Arc<EdgeHandle>,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<EdgeEvent>,
+    mut events: EdgeEvents,
     status: u16,
     reason: &'static str,
 ) {
