@@ -358,6 +358,9 @@ pub struct PresenceEngine {
     early: HashMap<String, Key>,
     purposes: HashMap<TxId, Purpose>,
     users: HashMap<String, LocalUser>,
+    /// Full JID → the last available or unavailable presence taken from it, as received
+    /// ([`PresenceEngine::repeated`]).
+    last_raw: BTreeMap<String, Element>,
 }
 
 fn secs(d: Duration) -> u32 {
@@ -410,6 +413,7 @@ impl PresenceEngine {
             early: HashMap::new(),
             purposes: HashMap::new(),
             users: HashMap::new(),
+            last_raw: BTreeMap::new(),
         }
     }
 
@@ -484,6 +488,9 @@ impl PresenceEngine {
     fn stanza_in(&mut self, now: Instant, element: Element) -> Vec<Output> {
         let mut out = Vec::new();
         if !element.is("presence", crate::xmpp::NS_COMPONENT) {
+            return out;
+        }
+        if self.repeated(&element) {
             return out;
         }
         let Ok(p) = Presence::try_from(element) else {
@@ -727,6 +734,45 @@ impl PresenceEngine {
             return;
         }
         self.send_initial(now, &key, out);
+    }
+
+    /// Whether `element` is an available or unavailable presence equal (but for `to` and `id`)
+    /// to the last one taken from the same full JID; if not, and it is one, it becomes the last
+    /// one. The server sends a user's presence once per subscribed contact, so 49 of a change's
+    /// 50 stanzas to 50 watchers are repeats: this skips their parsing and rendering (the
+    /// outcome is the same: an unchanged document sends nothing).
+    fn repeated(&mut self, element: &Element) -> bool {
+        let (None | Some("unavailable")) = element.attr("type") else {
+            return false;
+        };
+        let Some(from) = element.attr("from") else {
+            return false;
+        };
+        fn relevant(e: &Element) -> impl Iterator<Item = impl PartialEq + '_> + '_ {
+            e.attrs()
+                .iter()
+                .filter(|((ns, name), _)| !(ns.is_none() && matches!(name.as_str(), "to" | "id")))
+        }
+        if let Some(last) = self.last_raw.get(from) {
+            if relevant(last).eq(relevant(element)) && last.nodes().eq(element.nodes()) {
+                return true;
+            }
+        }
+        if !from.contains('/') {
+            // Unavailable from the bare JID ends every resource: their next presence counts.
+            let prefix = format!("{from}/");
+            let ended: Vec<String> = self
+                .last_raw
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in ended {
+                self.last_raw.remove(&k);
+            }
+        }
+        self.last_raw.insert(from.to_owned(), element.clone());
+        false
     }
 
     /// An available or unavailable presence of a local user (to a contact, or broadcast).

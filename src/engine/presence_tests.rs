@@ -796,6 +796,38 @@ fn resources_aggregate_by_priority_then_availability() {
 }
 
 #[test]
+fn repeated_presences_are_skipped_until_a_bare_unavailable_ends_the_resources() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let (_, tx) = watched(&mut e, now);
+    ok(&mut e, now, tx, 4);
+    let dnd =
+        |to: &str, id: &str| alice(&format!("phone' to='{to}' id='{id}'"), "<show>dnd</show>");
+    let t = now + Duration::from_secs(10);
+    let out = e.on_stanza(t, dnd(BOB, "a"));
+    let (tx, n, _) = requests(&out).remove(0);
+    assert!(body(&n).contains("busy"));
+    ok(&mut e, t, tx, 4);
+    // The same presence to other contacts (the server's fan-out): taken as the same.
+    assert!(e.repeated(&dnd("carol@lcs.example.org", "b")));
+    assert!(!e.repeated(&alice("phone' to='x@lcs.example.org'", "<show>away</show>")));
+    assert!(!e.repeated(&dnd(BOB, "c")), "dnd again after away");
+    // Unavailable from the bare JID ends every resource: the same dnd counts again.
+    let t = t + Duration::from_secs(10);
+    let out = e.on_stanza(
+        t,
+        pres(&format!("from='{ALICE}' to='{BOB}' type='unavailable'"), ""),
+    );
+    let (tx, n, _) = requests(&out).remove(0);
+    assert!(body(&n).contains("<basic>closed</basic>"));
+    ok(&mut e, t, tx, 4);
+    let t = t + Duration::from_secs(10);
+    let out = e.on_stanza(t, dnd(BOB, "d"));
+    let (_, n, _) = requests(&out).remove(0);
+    assert!(body(&n).contains("busy"), "{}", body(&n));
+}
+
+#[test]
 fn bursts_are_coalesced_per_watcher_and_the_last_state_goes_out() {
     let now = Instant::now();
     let mut e = engine_at(now);
