@@ -34,12 +34,14 @@ impl Prosody {
     /// Starts Prosody logging at debug level, or returns `None` (after a SKIP line) when it
     /// is not installed and peers are not required.
     pub fn start() -> Option<Prosody> {
-        Self::start_logging("debug")
+        Self::start_with("debug", "")
     }
 
-    /// [`Prosody::start`] with the least level logged (`debug`, `info`, `warn`, `error`):
-    /// under load, debug logging (several lines per stanza) would be most of its work.
-    pub fn start_logging(min_level: &str) -> Option<Prosody> {
+    /// [`Prosody::start`] with the least level logged (`debug`, `info`, `warn`, `error`:
+    /// under load, debug logging, several lines per stanza, would be most of its work) and
+    /// `global`, Lua appended to the global section of its configuration (e.g.
+    /// `network_settings = { nagle = false }`).
+    pub fn start_with(min_level: &str, global: &str) -> Option<Prosody> {
         let prosody = require_peer("prosody")?;
         let prosodyctl = require_peer("prosodyctl")?;
         let dir = tempfile::Builder::new()
@@ -58,7 +60,7 @@ impl Prosody {
         let config = base.join("prosody.cfg.lua");
         fs::write(
             &config,
-            prosody_config(base, c2s_port, component_port, is_root(), min_level),
+            prosody_config(base, c2s_port, component_port, is_root(), min_level, global),
         )
         .expect("write prosody config");
 
@@ -176,6 +178,7 @@ fn prosody_config(
     component_port: u16,
     root: bool,
     min_level: &str,
+    global: &str,
 ) -> String {
     let b = lua_string(&base.display().to_string());
     let level = lua_string(min_level);
@@ -201,6 +204,7 @@ c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 run_as_root = {root}
 log = {{ {{ levels = {{ min = {level} }}, to = "file", filename = {b} .. "/prosody.log" }} }}
+{global}
 
 VirtualHost "{XMPP_DOMAIN}"
 

@@ -67,6 +67,10 @@ struct Cli {
     /// is pinned, else none; `none` to leave it free.
     #[arg(long, default_value = "auto")]
     prosody_cpu: String,
+    /// im-prosody: TCP_NODELAY on Prosody's sockets (`network_settings = { nagle = false }`);
+    /// by default Prosody, as shipped, leaves Nagle's algorithm on.
+    #[arg(long)]
+    prosody_nodelay: bool,
     /// Offered loads per step (items/s, or `max` for a closed loop), comma-separated;
     /// each scenario has its own default.
     #[arg(long)]
@@ -382,14 +386,19 @@ const CLIENT_PASSWORD: &str = "load";
 /// `im-prosody`: im-outbound's workload through a real Prosody (docs/benchmarks.md "Side by
 /// side with Prosody"): the users log in to it as XMPP clients (c2s, SASL PLAIN) and send from
 /// there; the bridge is its component (gateway mode); the generator is still the LCS edge.
-/// Prosody logs at `info` (debug logging would be most of its work) and is pinned to
-/// `--prosody-cpu`.
+/// Prosody logs at `info` (debug logging would be most of its work), is pinned to
+/// `--prosody-cpu`, and keeps its default network settings unless `--prosody-nodelay`.
 async fn im_prosody(
     cli: &Cli,
     opts: &Options,
     report: &mut serde_json::Value,
 ) -> Result<(), String> {
-    let Some(prosody) = Prosody::start_logging("info") else {
+    let global = if cli.prosody_nodelay {
+        "network_settings = { nagle = false }"
+    } else {
+        ""
+    };
+    let Some(prosody) = Prosody::start_with("info", global) else {
         // The harness printed why (or panicked, when peers are required).
         report["skipped"] = json!("prosody is not installed");
         return Ok(());
@@ -406,6 +415,7 @@ async fn im_prosody(
         pin(prosody.pid(), c)?;
     }
     report["prosody_cpu"] = json!(cpu);
+    report["prosody_nodelay"] = json!(cli.prosody_nodelay);
     let mut h = ImOutbound {
         users: size(cli.users, 100, 10, cli),
         contacts: size(cli.peers, 10, 2, cli),
