@@ -328,7 +328,10 @@ impl Crash {
             }
             Event::Sip(conn, m, _) if m.is_request() => self.request(conn, &m),
             Event::Sip(_, m, _) => self.response(&m),
-            Event::Stanza(..) | Event::XmppClosed(..) => {}
+            Event::Stanza(..)
+            | Event::XmppClosed(..)
+            | Event::Client(..)
+            | Event::ClientClosed(..) => {}
         }
     }
 

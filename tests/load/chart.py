@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SCENARIOS = ["im-outbound", "im-setup", "im-inbound", "presence-fanout", "presence-inbound"]
+SCENARIOS = ["im-outbound", "im-setup", "im-inbound", "presence-fanout", "presence-inbound",
+             "im-prosody"]
 
 
 def newest_runs(path):

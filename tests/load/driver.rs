@@ -1,7 +1,9 @@
 //! The world a scenario runs in — the real `lcs-bridge` binary as a child process (pinned to
-//! its own core), the XEP-0114 server it connects to, the LCS edge's SIP connections — and
-//! the measuring loop: offered load, latencies from a stanza or request leaving here to its
-//! translation arriving here, the bridge's CPU time and RSS from /proc.
+//! its own core), the XEP-0114 server it connects to (or a real XMPP server's component port,
+//! with XMPP clients logged in to that server), the LCS edge's SIP connections — and the
+//! measuring loop: offered load, latencies from a stanza or request leaving here to its
+//! translation arriving here, the CPU time and RSS of the bridge (and of the XMPP server, and
+//! of this generator) from /proc.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +40,14 @@ pub fn contact_jid(user: &str) -> String {
     format!("{user}\\40{LCS_DOMAIN}@{COMPONENT}")
 }
 
+/// What the bridge's component connects to.
+pub enum XmppSide<'a> {
+    /// The generator's own XEP-0114 listener (no XMPP server in the way).
+    Generator,
+    /// A real XMPP server's component port for [`COMPONENT`], with its secret.
+    Server { port: u16, secret: &'a str },
+}
+
 pub struct World {
     pub dir: tempfile::TempDir,
     pub bridge: Child,
@@ -52,13 +62,18 @@ pub struct World {
     next_client: usize,
     /// Component streams accepted so far (the current one's number).
     streams: u64,
-    component: TcpListener,
+    /// The XEP-0114 listener ([`XmppSide::Generator`]).
+    component: Option<TcpListener>,
+    /// A real XMPP server's process, measured like the bridge ([`XmppSide::Server`]).
+    pub server_pid: Option<u32>,
     opts: Options,
 }
 
 /// What handlers write with and record into.
 pub struct Ctx {
     pub xmpp: Option<Writer>,
+    /// XMPP clients logged in to a real server ([`World::login`]), by number.
+    pub clients: Vec<Writer>,
     pub sip: HashMap<usize, Writer>,
     /// Connections the bridge opened to the partner's listener (ids below 1<<20).
     pub accepted: usize,
@@ -107,6 +122,16 @@ impl Ctx {
         }
     }
 
+    /// Sends `s` on XMPP client `client`'s stream.
+    pub fn client_send(&mut self, client: usize, s: String) {
+        match self.clients.get(client) {
+            Some(w) => {
+                let _ = w.send(s.into_bytes());
+            }
+            None => self.error(format!("no XMPP client {client}")),
+        }
+    }
+
     pub fn sip_send(&mut self, conn: usize, m: &Message) {
         match self.sip.get(&conn) {
             Some(w) => {
@@ -142,6 +167,9 @@ pub trait Handler {
         cx.sip.remove(&conn);
         let _ = why;
     }
+    /// A stanza to XMPP client `client` (iq requests are answered and message or presence
+    /// errors counted before this).
+    fn client(&mut self, _cx: &mut Ctx, _client: usize, _stanza: &[u8], _at: Instant) {}
 }
 
 /// Offered load: items per second, or a closed loop keeping `window` items outstanding.
@@ -169,6 +197,14 @@ pub struct Step {
     pub bridge_cpu_pct: f64,
     pub bridge_rss_kib: u64,
     pub bridge_peak_rss_kib: u64,
+    /// The generator's own CPU time (all its threads), in % of one core.
+    #[serde(default)]
+    pub generator_cpu_pct: f64,
+    /// A real XMPP server's CPU time ([`XmppSide::Server`]), in % of one core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_peak_rss_kib: Option<u64>,
 }
 
 impl World {
@@ -176,6 +212,18 @@ impl World {
     /// with `extra` TOML appended to its configuration; `prepare` runs on the working directory
     /// first (e.g. to fill the store). Returns when the component stream is up.
     pub async fn start(opts: &Options, extra: &str, prepare: impl FnOnce(&Path)) -> World {
+        Self::start_with(opts, XmppSide::Generator, extra, prepare).await
+    }
+
+    /// [`World::start`] with the bridge's component connecting to `xmpp`. With a real server,
+    /// returns once the bridge is started: whether its component is up is for the scenario to
+    /// find out (through the server).
+    pub async fn start_with(
+        opts: &Options,
+        xmpp: XmppSide<'_>,
+        extra: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> World {
         let dir = tempfile::Builder::new()
             .prefix("lcs-load-")
             .tempdir()
@@ -188,7 +236,14 @@ impl World {
         );
         let peer_leaf = pki.leaf(&["sip.contoso.com", LCS_DOMAIN, "127.0.0.1"], false);
         let tls = Tls::new(&peer_leaf, &pki.ca);
-        let component = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (component, component_port, secret) = match xmpp {
+            XmppSide::Generator => {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let port = l.local_addr().unwrap().port();
+                (Some(l), port, SECRET)
+            }
+            XmppSide::Server { port, secret } => (None, port, secret),
+        };
         let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sip_port = free_port();
         let config = dir.path().join("lcs-bridge.toml");
@@ -201,7 +256,7 @@ impl World {
 [xmpp]
 host = "127.0.0.1"
 port = {component_port}
-secret = "{SECRET}"
+secret = "{secret}"
 mode = "gateway"
 component_domains = ["{COMPONENT}"]
 local_domains = ["{XMPP_DOMAIN}"]
@@ -232,7 +287,6 @@ path = {mappings}
 level = "{log_level}"
 {extra}"#,
                 log_level = std::env::var("LCS_LOAD_LOG").unwrap_or_else(|_| "warn".into()),
-                component_port = component.local_addr().unwrap().port(),
                 partner_port = partner.local_addr().unwrap().port(),
                 cert = q(dir.path().join("bridge.crt")),
                 key = q(dir.path().join("bridge.key")),
@@ -256,6 +310,7 @@ level = "{log_level}"
             events_tx,
             ctx: Ctx {
                 xmpp: None,
+                clients: Vec::new(),
                 sip: HashMap::new(),
                 accepted: 0,
                 sent_at: Vec::new(),
@@ -271,17 +326,51 @@ level = "{log_level}"
             next_client: 1 << 20,
             streams: 0,
             component,
+            server_pid: None,
             opts: opts.clone(),
             dir,
         };
-        world.accept_component().await;
+        if world.component.is_some() {
+            world.accept_component().await;
+        }
         world
+    }
+
+    /// Logs users `{prefix}0…` (password `password`) in to the XMPP server's c2s port, all at
+    /// once; they become clients 0… of [`Ctx::clients`].
+    pub async fn login(
+        &mut self,
+        c2s: SocketAddr,
+        prefix: &str,
+        n: usize,
+        password: &str,
+    ) -> Result<(), String> {
+        let first = self.ctx.clients.len();
+        let names: Vec<String> = (first..first + n).map(|i| format!("{prefix}{i}")).collect();
+        let logins = futures::future::join_all(names.iter().enumerate().map(|(k, name)| {
+            net::c2s_login(
+                c2s,
+                XMPP_DOMAIN,
+                name,
+                password,
+                first + k,
+                self.events_tx.clone(),
+            )
+        }))
+        .await;
+        for login in logins {
+            let (w, _jid) = login?;
+            self.ctx.clients.push(w);
+        }
+        Ok(())
     }
 
     async fn accept_component(&mut self) {
         self.streams += 1;
         let accept = net::accept_component(
-            &self.component,
+            self.component
+                .as_ref()
+                .expect("the generator's XEP-0114 listener"),
             COMPONENT,
             SECRET,
             self.streams,
@@ -479,6 +568,40 @@ level = "{log_level}"
                 self.ctx.sip.insert(conn, w);
             }
             Event::SipClosed(conn, why) => h.closed(&mut self.ctx, conn, &why),
+            Event::Client(client, s, at) => {
+                let kind = net::attr(&s, "type");
+                if s.starts_with(b"<iq") && matches!(kind, Some(b"get" | b"set")) {
+                    // The server's or the bridge's request (a ping): answer as a client does.
+                    let (from, id) = (
+                        net::attr(&s, "from").unwrap_or_default(),
+                        net::attr(&s, "id").unwrap_or_default(),
+                    );
+                    let (from, id) = (String::from_utf8_lossy(from), String::from_utf8_lossy(id));
+                    self.ctx.client_send(
+                        client,
+                        if memchr::memmem::find(&s, b"urn:xmpp:ping").is_some() {
+                            format!("<iq type='result' to='{from}' id='{id}'/>")
+                        } else {
+                            format!(
+                                "<iq type='error' to='{from}' id='{id}'><error type='cancel'>\
+                                 <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+                                 </error></iq>"
+                            )
+                        },
+                    );
+                    return;
+                }
+                if kind == Some(b"error") && !s.starts_with(b"<iq") {
+                    self.ctx.error(format!(
+                        "error stanza to client {client}: {}",
+                        String::from_utf8_lossy(&s)
+                    ));
+                }
+                h.client(&mut self.ctx, client, &s, at)
+            }
+            Event::ClientClosed(client, why) => self
+                .ctx
+                .error(format!("XMPP client {client}'s stream ended: {why}")),
         }
     }
 
@@ -494,6 +617,9 @@ level = "{log_level}"
             self.ctx.errors,
         );
         let cpu0 = cpu_ticks(self.pid);
+        let me = std::process::id();
+        let gen0 = cpu_ticks(me);
+        let server0 = self.server_pid.map(cpu_ticks);
         let t0 = Instant::now();
         self.pump(h, Some(load), Duration::from_secs_f64(secs), |_| false)
             .await;
@@ -510,6 +636,11 @@ level = "{log_level}"
             .max(t0 + Duration::from_millis(1));
         let wall = (end - t0).as_secs_f64();
         let cpu = (cpu_ticks(self.pid) - cpu0) as f64 / 100.0;
+        let gen_cpu = (cpu_ticks(me) - gen0) as f64 / 100.0;
+        let server_cpu = self
+            .server_pid
+            .zip(server0)
+            .map(|(pid, c0)| cpu_ticks(pid).saturating_sub(c0) as f64 / 100.0);
         self.ctx.record = false;
         let (rss, peak) = rss_kib(self.pid);
         let delivered = self.ctx.delivered - delivered0;
@@ -532,6 +663,9 @@ level = "{log_level}"
             bridge_cpu_pct: 100.0 * cpu / wall,
             bridge_rss_kib: rss,
             bridge_peak_rss_kib: peak,
+            generator_cpu_pct: 100.0 * gen_cpu / wall,
+            server_cpu_pct: server_cpu.map(|c| 100.0 * c / wall),
+            server_peak_rss_kib: self.server_pid.map(|pid| rss_kib(pid).1),
         }
     }
 

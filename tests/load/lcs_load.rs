@@ -2,6 +2,8 @@
 //! "End to end"). It runs the real `lcs-bridge` binary pinned to one core and plays both of
 //! its neighbours from the other: the XMPP server (an XEP-0114 listener the bridge connects
 //! to, so that no XMPP server is the bottleneck) and the LCS edge (mutual TLS both ways).
+//! `im-prosody` puts a real Prosody in the XMPP server's place, with the generator's users
+//! logged in to it as XMPP clients.
 //!
 //! ```sh
 //! cargo run --release --example lcs-load -- all            # every scenario, full size
@@ -17,11 +19,20 @@
 #[allow(dead_code)] // shared with the tests
 mod pki;
 
+/// The test harness's Prosody (tests/common/prosody.rs) and what it stands on.
+#[path = "../common"]
+#[allow(dead_code)] // shared with the tests
+mod common {
+    pub mod base;
+    pub mod prosody;
+}
+
 mod driver;
 mod net;
 mod scenarios;
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,7 +42,9 @@ use lcs_bridge::store::{
 };
 use serde_json::json;
 
-use driver::{Load, Options, Step, World};
+use common::base::{COMPONENT_SECRET, XmppServer as _};
+use common::prosody::Prosody;
+use driver::{COMPONENT, Load, Options, Step, World, XmppSide};
 use scenarios::{Fanout, ImInbound, ImOutbound, Inbound};
 
 #[derive(Parser)]
@@ -41,7 +54,7 @@ use scenarios::{Fanout, ImInbound, ImOutbound, Inbound};
 )]
 struct Cli {
     /// Scenarios: im-outbound, im-setup, im-inbound, presence-fanout, presence-inbound,
-    /// scale, reconnect-storm, or all.
+    /// scale, reconnect-storm, im-prosody, or all.
     #[arg(required = true)]
     scenarios: Vec<String>,
     /// The bridge binary (default: target/release/lcs-bridge, built first when run by cargo).
@@ -50,6 +63,14 @@ struct Cli {
     /// CPU to pin the bridge to; `none` to leave it free.
     #[arg(long, default_value = "0")]
     bridge_cpu: String,
+    /// CPU to pin Prosody to (im-prosody); `auto`: the one after the bridge's when the bridge
+    /// is pinned, else none; `none` to leave it free.
+    #[arg(long, default_value = "auto")]
+    prosody_cpu: String,
+    /// im-prosody: TCP_NODELAY on Prosody's sockets (`network_settings = { nagle = false }`);
+    /// by default Prosody, as shipped, leaves Nagle's algorithm on.
+    #[arg(long)]
+    prosody_nodelay: bool,
     /// Offered loads per step (items/s, or `max` for a closed loop), comma-separated;
     /// each scenario has its own default.
     #[arg(long)]
@@ -89,6 +110,7 @@ const ALL: &[&str] = &[
     "presence-inbound",
     "scale",
     "reconnect-storm",
+    "im-prosody",
 ];
 
 fn main() {
@@ -193,6 +215,7 @@ async fn run(name: &str, cli: &Cli, opts: &Options) -> serde_json::Value {
         "presence-inbound" => presence_inbound(cli, opts, &mut report).await,
         "scale" => scale(cli, opts, &mut report).await,
         "reconnect-storm" => storm(cli, opts, &mut report).await,
+        "im-prosody" => im_prosody(cli, opts, &mut report).await,
         _ => unreachable!(),
     };
     match result {
@@ -312,40 +335,200 @@ async fn im_outbound(
     opts: &Options,
     report: &mut serde_json::Value,
 ) -> Result<(), String> {
-    let mut world = World::start(opts, "[im]\nmax_queued_messages = 10000\n", |_| {}).await;
+    let mut world = World::start(opts, IM_CONFIG, |_| {}).await;
     let mut h = ImOutbound {
         users: size(cli.users, 100, 10, cli),
         contacts: size(cli.peers, 10, 2, cli),
         fresh,
+        clients: false,
         invites: 0,
     };
+    im_outbound_steps(&mut world, &mut h, cli, report).await
+}
+
+/// The bridge's configuration for the im-outbound workload.
+const IM_CONFIG: &str = "[im]\nmax_queued_messages = 10000\n";
+
+/// The im-outbound workload on a started world: warm-up (unless `h.fresh`), then the steps.
+async fn im_outbound_steps(
+    world: &mut World,
+    h: &mut ImOutbound,
+    cli: &Cli,
+    report: &mut serde_json::Value,
+) -> Result<(), String> {
+    let fresh = h.fresh;
     report["users"] = json!(h.users);
     if !fresh {
         // Warm: one message per pair sets every session up.
         report["sessions"] = json!(h.pairs());
         let now = Instant::now();
         for _ in 0..h.pairs() {
-            driver::Handler::send_one(&mut h, &mut world.ctx, now);
+            driver::Handler::send_one(h, &mut world.ctx, now);
         }
         let pairs = h.pairs();
-        let took = settle(
-            &mut world,
-            &mut h,
-            "warm-up",
-            Duration::from_secs(120),
-            |cx| cx.delivered >= pairs,
-        )
+        let took = settle(world, h, "warm-up", Duration::from_secs(120), |cx| {
+            cx.delivered >= pairs
+        })
         .await?;
         report["warmup_s"] = json!(took.as_secs_f64());
     }
     let loads = if fresh {
         rates(cli, "1000,2000,4000,max", "200,max")
+    } else if h.clients {
+        rates(cli, "1000,2000,5000,10000,max", "500,max")
     } else {
         rates(cli, "5000,10000,20000,40000,max", "500,max")
     };
-    let r = steps(&mut world, &mut h, &loads, secs(cli), report).await;
+    let r = steps(world, h, &loads, secs(cli), report).await;
     report["invites"] = json!(h.invites);
     r
+}
+
+const CLIENT_PASSWORD: &str = "load";
+
+/// `im-prosody`: im-outbound's workload through a real Prosody (docs/benchmarks.md "Side by
+/// side with Prosody"): the users log in to it as XMPP clients (c2s, SASL PLAIN) and send from
+/// there; the bridge is its component (gateway mode); the generator is still the LCS edge.
+/// Prosody logs at `info` (debug logging would be most of its work), is pinned to
+/// `--prosody-cpu`, and keeps its default network settings unless `--prosody-nodelay`.
+async fn im_prosody(
+    cli: &Cli,
+    opts: &Options,
+    report: &mut serde_json::Value,
+) -> Result<(), String> {
+    let global = if cli.prosody_nodelay {
+        "network_settings = { nagle = false }"
+    } else {
+        ""
+    };
+    let Some(prosody) = Prosody::start_with("info", global) else {
+        // The harness printed why (or panicked, when peers are required).
+        report["skipped"] = json!("prosody is not installed");
+        return Ok(());
+    };
+    let cpu = match cli.prosody_cpu.as_str() {
+        "none" => None,
+        "auto" => opts.bridge_cpu.and_then(|b| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (n > 1).then_some((b + 1) % n)
+        }),
+        c => Some(c.parse().expect("--prosody-cpu")),
+    };
+    if let Some(c) = cpu {
+        pin(prosody.pid(), c)?;
+    }
+    report["prosody_cpu"] = json!(cpu);
+    report["prosody_nodelay"] = json!(cli.prosody_nodelay);
+    let mut h = ImOutbound {
+        users: size(cli.users, 100, 10, cli),
+        contacts: size(cli.peers, 10, 2, cli),
+        fresh: false,
+        clients: true,
+        invites: 0,
+    };
+    for u in 0..h.users {
+        prosody.write_account(&format!("u{u}"), CLIENT_PASSWORD);
+    }
+    let server = XmppSide::Server {
+        port: prosody.component_port(),
+        secret: COMPONENT_SECRET,
+    };
+    let mut world = World::start_with(opts, server, IM_CONFIG, |_| {}).await;
+    world.server_pid = Some(prosody.pid());
+    let with_log = |e: String| {
+        let log = prosody.log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{e}\n--- prosody log (end) ---\n{}", tail.join("\n"))
+    };
+    let t = Instant::now();
+    let c2s = SocketAddr::from(([127, 0, 0, 1], prosody.c2s_port()));
+    world
+        .login(c2s, "u", h.users as usize, CLIENT_PASSWORD)
+        .await
+        .map_err(|e| with_log(format!("login: {e}")))?;
+    report["login_s"] = json!(t.elapsed().as_secs_f64());
+    let up = component_up(&mut world).await.map_err(with_log)?;
+    report["component_up_s"] = json!(up.as_secs_f64());
+    im_outbound_steps(&mut world, &mut h, cli, report)
+        .await
+        .map_err(with_log)
+}
+
+/// Pins process `pid` (all its threads) to `cpu`.
+fn pin(pid: u32, cpu: usize) -> Result<(), String> {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .output()
+        .map_err(|e| format!("taskset: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "taskset -a -p -c {cpu} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Waits until the bridge's component answers through the XMPP server: client 0 asks the
+/// component domain for disco#info, again while the server answers for it with an error (not
+/// connected yet). How long it took.
+async fn component_up(world: &mut World) -> Result<Duration, String> {
+    let t = Instant::now();
+    let mut probe = Probe::default();
+    for n in 0.. {
+        probe.id = format!("up{n}");
+        probe.answer = None;
+        world.ctx.client_send(
+            0,
+            format!(
+                "<iq type='get' to='{COMPONENT}' id='up{n}'>\
+                 <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            ),
+        );
+        until(world, &mut probe, Duration::from_secs(5), |p| {
+            p.answer.is_some()
+        })
+        .await;
+        if probe.answer == Some(true) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "the bridge's component did not answer through the server in 60 s (last: {})",
+                probe.last
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+/// Notes the answer to the iq `id` sent by client 0.
+#[derive(Default)]
+struct Probe {
+    id: String,
+    answer: Option<bool>,
+    last: String,
+}
+
+impl driver::Handler for Probe {
+    fn stanza(&mut self, _: &mut driver::Ctx, _: &[u8], _: Instant) {}
+    fn sip(
+        &mut self,
+        _: &mut driver::Ctx,
+        _: usize,
+        _: lcs_bridge::sip::message::Message,
+        _: Instant,
+    ) {
+    }
+    fn client(&mut self, _: &mut driver::Ctx, _: usize, s: &[u8], _: Instant) {
+        if s.starts_with(b"<iq") && net::attr(s, "id") == Some(self.id.as_bytes()) {
+            self.answer = Some(net::attr(s, "type") == Some(b"result"));
+            self.last = String::from_utf8_lossy(s).into_owned();
+        }
+    }
 }
 
 async fn im_inbound(
@@ -652,6 +835,7 @@ async fn storm(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Res
         users: 10,
         contacts: 10,
         fresh: false,
+        clients: false,
         invites: 0,
     };
     let rate = if cli.smoke { 200.0 } else { 5000.0 };
@@ -695,8 +879,14 @@ async fn storm(cli: &Cli, opts: &Options, report: &mut serde_json::Value) -> Res
 
 fn print_report(r: &serde_json::Value) {
     if let Some(steps) = r["steps"].as_array() {
-        println!(
-            "{:>18} {:>9} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9}",
+        let steps: Vec<Step> = steps
+            .iter()
+            .map(|s| serde_json::from_value(s.clone()).unwrap())
+            .collect();
+        // With an XMPP server in the path: its CPU and peak RSS too.
+        let server = steps.iter().any(|s| s.server_cpu_pct.is_some());
+        print!(
+            "{:>18} {:>9} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7}",
             "offered",
             "sent",
             "delivered",
@@ -707,12 +897,16 @@ fn print_report(r: &serde_json::Value) {
             "p99.9 µs",
             "max µs",
             "CPU %",
-            "peak MiB"
+            "peak MiB",
+            "gen %"
         );
+        if server {
+            print!(" {:>9} {:>9}", "XMPP CPU%", "XMPP MiB");
+        }
+        println!();
         for s in steps {
-            let s: Step = serde_json::from_value(s.clone()).unwrap();
-            println!(
-                "{:>18} {:>9} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>7.0} {:>9.1}",
+            print!(
+                "{:>18} {:>9} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>7.0} {:>9.1} {:>7.0}",
                 s.offered,
                 s.sent,
                 s.delivered,
@@ -723,8 +917,17 @@ fn print_report(r: &serde_json::Value) {
                 s.p999_us,
                 s.max_us,
                 s.bridge_cpu_pct,
-                s.bridge_peak_rss_kib as f64 / 1024.0
+                s.bridge_peak_rss_kib as f64 / 1024.0,
+                s.generator_cpu_pct
             );
+            if server {
+                print!(
+                    " {:>9.0} {:>9.1}",
+                    s.server_cpu_pct.unwrap_or(0.0),
+                    s.server_peak_rss_kib.unwrap_or(0) as f64 / 1024.0
+                );
+            }
+            println!();
         }
     }
     let mut rest = r.clone();

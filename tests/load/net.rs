@@ -1,7 +1,8 @@
 //! The bridge's two neighbours on the wire: an XEP-0114 server (the bridge connects to it as
 //! its component) and mutual-TLS SIP connections of an LCS edge (the bridge dials the
-//! partner's listener; the edge dials the bridge). Every connection feeds one event channel;
-//! writes go through a per-connection channel to a task that batches them.
+//! partner's listener; the edge dials the bridge). With a real XMPP server in between
+//! (`im-prosody`), XMPP clients logged in to it over c2s instead. Every connection feeds one
+//! event channel; writes go through a per-connection channel to a task that batches them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,10 @@ pub enum Event {
     SipUp(usize, Writer),
     /// A SIP connection ended (or failed to frame).
     SipClosed(usize, String),
+    /// A stanza to XMPP client `.0` (see [`c2s_login`]).
+    Client(usize, Vec<u8>, Instant),
+    /// XMPP client `.0`'s stream ended.
+    ClientClosed(usize, String),
 }
 
 pub type Writer = UnboundedSender<Vec<u8>>;
@@ -151,6 +156,134 @@ async fn read_until(
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// ------------------------------------------------------------------ XMPP client (c2s)
+
+/// Logs `user@domain` in to the XMPP server at `addr` as an ordinary client over plain TCP
+/// (RFC 6120: stream, SASL PLAIN, stream restart, resource binding; no TLS, no initial
+/// presence: the test server allows plain authentication on loopback), then reports what the
+/// server sends it as [`Event::Client`] number `client`. Returns the stream's writer and the
+/// bound full JID.
+pub async fn c2s_login(
+    addr: SocketAddr,
+    domain: &str,
+    user: &str,
+    password: &str,
+    client: usize,
+    events: UnboundedSender<Event>,
+) -> Result<(Writer, String), String> {
+    let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).ok();
+    let open = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"
+    );
+    let mut sp = Splitter::default();
+    let features = c2s_open(&mut tcp, &mut sp, &open).await?;
+    if memchr::memmem::find(&features, b">PLAIN</mechanism>").is_none() {
+        return Err(format!(
+            "no SASL PLAIN offered: {}",
+            String::from_utf8_lossy(&features)
+        ));
+    }
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    let auth =
+        format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>");
+    tcp.write_all(auth.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = next_element(&mut tcp, &mut sp).await?;
+    if !answer.starts_with(b"<success") {
+        return Err(format!(
+            "SASL PLAIN for {user}: {}",
+            String::from_utf8_lossy(&answer)
+        ));
+    }
+    c2s_open(&mut tcp, &mut sp, &open).await?;
+    let bind = "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+                <resource>load</resource></bind></iq>";
+    tcp.write_all(bind.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = next_element(&mut tcp, &mut sp).await?;
+    let jid = (attr(&answer, "type") == Some(b"result"))
+        .then(|| child_text(&answer, "jid"))
+        .flatten()
+        .ok_or_else(|| format!("bind for {user}: {}", String::from_utf8_lossy(&answer)))?;
+    let jid = String::from_utf8_lossy(jid).into_owned();
+    let (mut r, w) = tcp.into_split();
+    let writer = spawn_writer(w);
+    tokio::spawn(async move {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let at = Instant::now();
+            loop {
+                match sp.next() {
+                    Ok(Some(stanza)) => {
+                        if events.send(Event::Client(client, stanza, at)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = events.send(Event::ClientClosed(client, e));
+                        return;
+                    }
+                }
+            }
+            match r.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    let _ = events.send(Event::ClientClosed(
+                        client,
+                        "the server closed the stream".into(),
+                    ));
+                    return;
+                }
+                Ok(n) => sp.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    Ok((writer, jid))
+}
+
+/// Sends a stream header and reads the server's, then its `<stream:features>`.
+async fn c2s_open(tcp: &mut TcpStream, sp: &mut Splitter, open: &str) -> Result<Vec<u8>, String> {
+    tcp.write_all(open.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let header = read_until(tcp, &mut sp.buf, find_stream_open).await?;
+    sp.buf.drain(..header);
+    let features = next_element(tcp, sp).await?;
+    if !features.starts_with(b"<stream:features") {
+        return Err(format!(
+            "expected stream features: {}",
+            String::from_utf8_lossy(&features)
+        ));
+    }
+    Ok(features)
+}
+
+/// The next top-level element of a stream whose header has been read.
+async fn next_element(
+    r: &mut (impl AsyncRead + Unpin),
+    sp: &mut Splitter,
+) -> Result<Vec<u8>, String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(e) = sp.next()? {
+            return Ok(e);
+        }
+        let n = r.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "stream closed during login: {}",
+                String::from_utf8_lossy(&sp.buf)
+            ));
+        }
+        sp.buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -416,5 +549,24 @@ mod tests {
         assert_eq!(s.next().unwrap().unwrap(), b"<presence/>");
         assert_eq!(s.next().unwrap(), None);
         assert_eq!(seq_after(b"s42", b's'), Some(42));
+    }
+
+    #[test]
+    fn splitter_takes_features_after_a_drained_stream_header() {
+        let mut s = Splitter {
+            buf: b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' id='x'>\
+                   <stream:features><mechanisms><mechanism>PLAIN</mechanism></mechanisms>\
+                   </stream:features><success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+                .to_vec(),
+        };
+        let header = find_stream_open(&s.buf).unwrap();
+        s.buf.drain(..header);
+        let f = s.next().unwrap().unwrap();
+        assert!(f.starts_with(b"<stream:features") && f.ends_with(b"</stream:features>"));
+        assert_eq!(
+            s.next().unwrap().unwrap(),
+            b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+        );
+        assert!(s.next().unwrap().is_none());
     }
 }

@@ -64,11 +64,15 @@ pub fn answer(cx: &mut Ctx, conn: usize, m: &Message, tag: &str) {
 // ------------------------------------------------------------------ IM, XMPP → LCS
 
 /// `im-outbound` (warm sessions; pairs reused round-robin) and `im-setup` (every message to a
-/// contact never written to before: a new INVITE session each).
+/// contact never written to before: a new INVITE session each). With `clients`
+/// (`im-prosody`), user `u…` sends from its XMPP client logged in to a real server (client
+/// number = user number), which stamps the `from`; else the generator's component stream
+/// sends as the server would.
 pub struct ImOutbound {
     pub users: u64,
     pub contacts: u64,
     pub fresh: bool,
+    pub clients: bool,
     /// INVITEs seen (sessions set up).
     pub invites: u64,
 }
@@ -106,10 +110,17 @@ impl Handler for ImOutbound {
             let pair = seq % self.pairs();
             (pair / self.contacts, pair % self.contacts)
         };
-        cx.stanza(format!(
-            "<message from='u{user}@{XMPP_DOMAIN}/load' to='{}' type='chat' id='{seq}'><body>m{seq}</body></message>",
-            contact_jid(&format!("c{contact}"))
-        ));
+        let to = contact_jid(&format!("c{contact}"));
+        if self.clients {
+            cx.client_send(
+                user as usize,
+                format!("<message to='{to}' type='chat' id='{seq}'><body>m{seq}</body></message>"),
+            );
+        } else {
+            cx.stanza(format!(
+                "<message from='u{user}@{XMPP_DOMAIN}/load' to='{to}' type='chat' id='{seq}'><body>m{seq}</body></message>",
+            ));
+        }
         true
     }
 }
