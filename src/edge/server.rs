@@ -188,7 +188,7 @@ enum CoreInput {
         conn: ConnId,
         peer: SocketAddr,
         identity: PeerIdentity,
-        writer: mpsc::Sender<WriteCmd>,
+        writer: Writer,
         outbound: bool,
     },
     ConnectFailed {
@@ -228,6 +228,35 @@ enum WriteCmd {
     Close,
 }
 
+/// Most bytes queued for one connection's writer. A peer that leaves this much unread is not
+/// reading, and its connection is closed. It is counted in bytes, not messages: a burst of the
+/// bridge's own requests (a restart taking up its subscriptions, a presence fan-out) can
+/// queue thousands of small messages to a peer that reads fine.
+const MAX_WRITE_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The sending side of a connection's writer task, bounded by [`MAX_WRITE_QUEUE_BYTES`].
+#[derive(Clone)]
+struct Writer {
+    tx: mpsc::UnboundedSender<WriteCmd>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    /// Queues `bytes`; false when the queue is over its bound or the writer is gone.
+    fn send(&self, bytes: Vec<u8>) -> bool {
+        let len = bytes.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_WRITE_QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        self.tx.send(WriteCmd::Bytes(bytes)).is_ok()
+    }
+
+    fn close(&self) {
+        let _ = self.tx.send(WriteCmd::Close);
+    }
+}
+
 /// Binds the listener and starts the edge; DNS lookups go through `discovery`.
 pub async fn start(
     settings: EdgeSettings,
@@ -236,10 +265,12 @@ pub async fn start(
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
     info!(%local_addr, "SIP federation edge listening (mutual TLS)");
-    // Two ways into the core: the layer above's commands, and the connections' and lookups'
-    // input. The core always takes commands first (they finish work: responses, requests
-    // the bridge makes), so that under load the peers' frames wait (and TCP slows the peers)
-    // instead of the bridge's own answers.
+    // Two ways into the core, taken in turn: the layer above's commands, and the connections'
+    // and lookups' input. In one queue the bridge's own answers waited behind every frame the
+    // peers had sent, so under load it could hardly finish what it had taken in. Not commands
+    // first either: a layer above that sends without pause (a restart taking up its
+    // subscriptions) would starve the peers' frames, the peers would stop reading while their
+    // answers go unread, and both sides would block.
     let (commands_tx, commands_rx) = mpsc::channel::<CoreInput>(1024);
     let (core_tx, core_rx) = mpsc::channel::<CoreInput>(1024);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -425,7 +456,12 @@ async fn run_connection<S>(
     let settings = io.settings.clone();
     let core_tx = io.core_tx;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let (write_tx, mut write_rx) = mpsc::channel::<WriteCmd>(1024);
+    let (tx, mut write_rx) = mpsc::unbounded_channel::<WriteCmd>();
+    let write_tx = Writer {
+        tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+    };
+    let queued = write_tx.queued.clone();
     if core_tx
         .send(CoreInput::Connected {
             conn,
@@ -461,6 +497,7 @@ async fn run_connection<S>(
             if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
                 break;
             }
+            queued.fetch_sub(batch.len(), Ordering::Relaxed);
             if closing {
                 break;
             }
@@ -510,7 +547,7 @@ async fn run_connection<S>(
                 // Keep-alive: a double CRLF; the peer's pong counts as traffic.
                 pinged = true;
                 framer.expect_pong();
-                let _ = write_tx.try_send(WriteCmd::Bytes(PING.to_vec()));
+                let _ = write_tx.send(PING.to_vec());
                 continue;
             }
         };
@@ -592,12 +629,11 @@ async fn run_core(
     shared: Shared,
     io: Io,
 ) {
-    let mut writers: HashMap<ConnId, mpsc::Sender<WriteCmd>> = HashMap::new();
+    let mut writers: HashMap<ConnId, Writer> = HashMap::new();
     let mut shedding = false;
     loop {
         let deadline = core.poll_timeout();
         let input = tokio::select! {
-            biased;
             Some(command) = commands.recv() => Some(command),
             input = rx.recv() => match input {
                 Some(i) => Some(i),
@@ -635,7 +671,7 @@ async fn run_core(
             Some(CoreInput::Frame { conn, frame }) => core.on_frame(now, conn, frame),
             Some(CoreInput::Closed { conn }) => {
                 if let Some(w) = writers.remove(&conn) {
-                    let _ = w.try_send(WriteCmd::Close);
+                    w.close();
                 }
                 core.disconnected(now, conn)
             }
@@ -659,9 +695,12 @@ async fn run_core(
                     // Responses go back on the connection the request came in on; if it is
                     // gone the response is dropped (profile).
                     if let Some(w) = writers.get(&conn) {
-                        if w.try_send(WriteCmd::Bytes(bytes)).is_err() {
-                            warn!(conn, "peer does not read: closing connection");
-                            let _ = w.try_send(WriteCmd::Close);
+                        if !w.send(bytes) {
+                            warn!(
+                                conn,
+                                "peer does not read (16 MiB unsent): closing connection"
+                            );
+                            w.close();
                             writers.remove(&conn);
                         }
                     }
