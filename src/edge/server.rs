@@ -265,11 +265,12 @@ pub async fn start(
     let listener = TcpListener::bind(settings.listen).await?;
     let local_addr = listener.local_addr()?;
     info!(%local_addr, "SIP federation edge listening (mutual TLS)");
-    // Two ways into the core, taken in turn: the layer above's commands, and the connections'
-    // and lookups' input. In one queue the bridge's own answers waited behind every frame the
-    // peers had sent, so under load it could hardly finish what it had taken in. Not commands
-    // first either: a layer above that sends without pause (a restart taking up its
-    // subscriptions) would starve the peers' frames, the peers would stop reading while their
+    // Two ways into the core: the layer above's commands, and the connections' and lookups'
+    // input. In one queue the bridge's own answers waited behind every frame the peers had
+    // sent, so under load it could hardly finish what it had taken in. Commands go first (they
+    // finish work, and a burst of them leaves in one write), but at most `COMMAND_STREAK` in
+    // a row: a layer above that sends without pause (a restart taking up its subscriptions)
+    // would otherwise starve the peers' frames, the peers would stop reading while their
     // answers go unread, and both sides would block.
     let (commands_tx, commands_rx) = mpsc::channel::<CoreInput>(1024);
     let (core_tx, core_rx) = mpsc::channel::<CoreInput>(1024);
@@ -616,6 +617,9 @@ async fn resolve(domain: String, io: Io) {
         .await;
 }
 
+/// Most commands from the layer above the core takes in a row while peers' frames wait.
+const COMMAND_STREAK: u32 = 256;
+
 /// The core task's side of [`EdgeEvents`].
 struct Shared {
     events: mpsc::UnboundedSender<EdgeEvent>,
@@ -631,15 +635,37 @@ async fn run_core(
 ) {
     let mut writers: HashMap<ConnId, Writer> = HashMap::new();
     let mut shedding = false;
+    let mut streak = 0;
     loop {
         let deadline = core.poll_timeout();
-        let input = tokio::select! {
-            Some(command) = commands.recv() => Some(command),
-            input = rx.recv() => match input {
-                Some(i) => Some(i),
-                None => return,
-            },
-            _ = sleep_until(deadline) => None,
+        // Commands first, but never more than COMMAND_STREAK in a row while frames wait.
+        let input = if streak < COMMAND_STREAK {
+            tokio::select! {
+                biased;
+                Some(command) = commands.recv() => {
+                    streak += 1;
+                    Some(command)
+                }
+                input = rx.recv() => match input {
+                    Some(i) => {
+                        streak = 0;
+                        Some(i)
+                    }
+                    None => return,
+                },
+                _ = sleep_until(deadline) => None,
+            }
+        } else {
+            streak = 0;
+            tokio::select! {
+                biased;
+                input = rx.recv() => match input {
+                    Some(i) => Some(i),
+                    None => return,
+                },
+                Some(command) = commands.recv() => Some(command),
+                _ = sleep_until(deadline) => None,
+            }
         };
         let now = Instant::now();
         let outputs = match input {
