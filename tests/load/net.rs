@@ -39,6 +39,43 @@ pub enum Event {
 
 pub type Writer = UnboundedSender<Vec<u8>>;
 
+/// Reads an XMPP stream's stanzas into `events` (`stanza`), until it ends or breaks
+/// (`closed`, with `eof` or the framing error).
+async fn read_stanzas<R: AsyncRead + Unpin>(
+    mut r: R,
+    mut splitter: Splitter,
+    events: UnboundedSender<Event>,
+    stanza: impl Fn(Vec<u8>, Instant) -> Event,
+    closed: impl Fn(String) -> Event,
+    eof: &str,
+) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let at = Instant::now();
+        loop {
+            match splitter.next() {
+                Ok(Some(s)) => {
+                    if events.send(stanza(s, at)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = events.send(closed(e));
+                    return;
+                }
+            }
+        }
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                let _ = events.send(closed(eof.into()));
+                return;
+            }
+            Ok(n) => splitter.buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Writes everything sent to `rx` to `w`, coalescing what is queued into one write.
 fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut w: W) -> Writer {
     let (tx, mut rx): (Writer, UnboundedReceiver<Vec<u8>>) = unbounded_channel();
@@ -102,39 +139,16 @@ pub async fn accept_component(
     tcp.write_all(b"<handshake/>")
         .await
         .map_err(|e| e.to_string())?;
-    let (mut r, w) = tcp.into_split();
+    let (r, w) = tcp.into_split();
     let writer = spawn_writer(w);
-    tokio::spawn(async move {
-        let mut splitter = Splitter { buf };
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let at = Instant::now();
-            loop {
-                match splitter.next() {
-                    Ok(Some(stanza)) => {
-                        if events.send(Event::Stanza(stanza, at)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = events.send(Event::XmppClosed(stream, e));
-                        return;
-                    }
-                }
-            }
-            match r.read(&mut chunk).await {
-                Ok(0) | Err(_) => {
-                    let _ = events.send(Event::XmppClosed(
-                        stream,
-                        "the bridge closed the stream".into(),
-                    ));
-                    return;
-                }
-                Ok(n) => splitter.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    });
+    tokio::spawn(read_stanzas(
+        r,
+        Splitter { buf },
+        events,
+        Event::Stanza,
+        move |why| Event::XmppClosed(stream, why),
+        "the bridge closed the stream",
+    ));
     Ok(writer)
 }
 
@@ -214,38 +228,16 @@ pub async fn c2s_login(
         .flatten()
         .ok_or_else(|| format!("bind for {user}: {}", String::from_utf8_lossy(&answer)))?;
     let jid = String::from_utf8_lossy(jid).into_owned();
-    let (mut r, w) = tcp.into_split();
+    let (r, w) = tcp.into_split();
     let writer = spawn_writer(w);
-    tokio::spawn(async move {
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let at = Instant::now();
-            loop {
-                match sp.next() {
-                    Ok(Some(stanza)) => {
-                        if events.send(Event::Client(client, stanza, at)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = events.send(Event::ClientClosed(client, e));
-                        return;
-                    }
-                }
-            }
-            match r.read(&mut chunk).await {
-                Ok(0) | Err(_) => {
-                    let _ = events.send(Event::ClientClosed(
-                        client,
-                        "the server closed the stream".into(),
-                    ));
-                    return;
-                }
-                Ok(n) => sp.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    });
+    tokio::spawn(read_stanzas(
+        r,
+        sp,
+        events,
+        move |stanza, at| Event::Client(client, stanza, at),
+        move |why| Event::ClientClosed(client, why),
+        "the server closed the stream",
+    ));
     Ok((writer, jid))
 }
 
