@@ -358,8 +358,8 @@ pub struct PresenceEngine {
     early: HashMap<String, Key>,
     purposes: HashMap<TxId, Purpose>,
     users: HashMap<String, LocalUser>,
-    /// Full JID → the last available or unavailable presence taken from it, as received
-    /// ([`PresenceEngine::repeated`]).
+    /// Full JID → the last available presence taken from it, as received, until it goes
+    /// unavailable ([`PresenceEngine::repeated`]).
     last_raw: BTreeMap<String, Element>,
 }
 
@@ -736,9 +736,9 @@ impl PresenceEngine {
         self.send_initial(now, &key, out);
     }
 
-    /// Whether `element` is an available or unavailable presence equal (but for `to` and `id`)
-    /// to the last one taken from the same full JID; if not, and it is one, it becomes the last
-    /// one. The server sends a user's presence once per subscribed contact, so 49 of a change's
+    /// Whether `element` is an available presence equal (but for `to` and `id`) to the last
+    /// one taken from the same full JID; if not, it becomes the last one (an unavailable one
+    /// forgets it). The server sends a user's presence once per subscribed contact, so 49 of a change's
     /// 50 stanzas to 50 watchers are repeats: this skips their parsing and rendering (the
     /// outcome is the same: an unchanged document sends nothing).
     fn repeated(&mut self, element: &Element) -> bool {
@@ -758,8 +758,14 @@ impl PresenceEngine {
                 return true;
             }
         }
+        if element.attr("type").is_none() {
+            self.last_raw.insert(from.to_owned(), element.clone());
+            return false;
+        }
+        // Unavailable: the resource is gone (clients often log in under a new resource each
+        // time, so it is not kept); from the bare JID, every resource is.
+        self.last_raw.remove(from);
         if !from.contains('/') {
-            // Unavailable from the bare JID ends every resource: their next presence counts.
             let prefix = format!("{from}/");
             let ended: Vec<String> = self
                 .last_raw
@@ -771,7 +777,6 @@ impl PresenceEngine {
                 self.last_raw.remove(&k);
             }
         }
-        self.last_raw.insert(from.to_owned(), element.clone());
         false
     }
 

@@ -796,7 +796,7 @@ fn resources_aggregate_by_priority_then_availability() {
 }
 
 #[test]
-fn repeated_presences_are_skipped_until_a_bare_unavailable_ends_the_resources() {
+fn repeated_presences_are_skipped_until_the_resource_goes_unavailable() {
     let now = Instant::now();
     let mut e = engine_at(now);
     let (_, tx) = watched(&mut e, now);
@@ -825,6 +825,13 @@ fn repeated_presences_are_skipped_until_a_bare_unavailable_ends_the_resources() 
     let out = e.on_stanza(t, dnd(BOB, "d"));
     let (_, n, _) = requests(&out).remove(0);
     assert!(body(&n).contains("busy"), "{}", body(&n));
+    // A resource that goes unavailable is not kept (clients often come back as a new one).
+    assert_eq!(e.last_raw.len(), 1);
+    e.on_stanza(
+        t,
+        alice(&format!("phone' to='{BOB}' type='unavailable'"), ""),
+    );
+    assert!(e.last_raw.is_empty());
 }
 
 #[test]
