@@ -616,24 +616,21 @@ impl EdgeCore {
         if bucket.take(now, rate) {
             return None;
         }
+        Some(self.try_again(m, "Rate limit for discovered partners exceeded"))
+    }
+
+    /// `503 <reason>` with `Retry-After: 1` (RFC 3261 §21.5.4) to `request`.
+    fn try_again(&mut self, request: &Message, reason: &str) -> Message {
         let tag = self.new_tag();
-        let mut resp = Message::response_to(
-            m,
-            503,
-            Some("Rate limit for discovered partners exceeded"),
-            Some(&tag),
-        );
+        let mut resp = Message::response_to(request, 503, Some(reason), Some(&tag));
         resp.push_header("Retry-After", "1");
-        Some(resp)
+        resp
     }
 
     /// Answers server transaction `tx` with 503 and `Retry-After`: the layer above has more
     /// requests waiting than it should (load shedding; `server::MAX_PENDING_REQUESTS`).
     pub fn shed(&mut self, now: Instant, tx: TxId, request: &Message) -> Vec<CoreOutput> {
-        let tag = self.new_tag();
-        let mut resp =
-            Message::response_to(request, 503, Some("Overloaded, try again"), Some(&tag));
-        resp.push_header("Retry-After", "1");
+        let resp = self.try_again(request, "Overloaded, try again");
         self.respond(now, tx, resp)
     }
 
