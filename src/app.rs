@@ -479,33 +479,13 @@ fn send_stanza(link: &LinkHandle, stanza: xmpp_parsers::minidom::Element) -> boo
 
 /// A 500 in place of a 2xx whose state change the store did not keep.
 fn unsaved_reply(ok: &Message) -> Message {
-    replacement(ok, 500, "Server Internal Error: state not saved", None)
+    ok.with_status(500, "Server Internal Error: state not saved")
 }
 
 /// A 503 in place of a 200 the XMPP side could not take (the link's queue is full).
 fn overloaded(ok: &Message) -> Message {
-    replacement(
-        ok,
-        503,
-        "Service Unavailable: XMPP server unreachable",
-        Some("5"),
-    )
-}
-
-/// `ok`'s Via, From, To, Call-ID and CSeq on a new status line, without body or Contact.
-fn replacement(ok: &Message, status: u16, reason: &str, retry_after: Option<&str>) -> Message {
-    let mut r = Message::new_response(status, reason);
-    for (name, value) in ok.headers() {
-        if !matches!(
-            name.to_ascii_lowercase().as_str(),
-            "content-type" | "content-length" | "contact" | "c" | "l" | "m" | "expires"
-        ) {
-            r.push_header(name, value);
-        }
-    }
-    if let Some(after) = retry_after {
-        r.push_header("Retry-After", after);
-    }
+    let mut r = ok.with_status(503, "Service Unavailable: XMPP server unreachable");
+    r.push_header("Retry-After", "5");
     r
 }
 

@@ -41,7 +41,8 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 
-use crate::core::pidf::{is_xml_char, is_xml_space, predefined_entity_str};
+use crate::core::pidf::predefined_entity_str;
+use crate::core::xml_chars::{find_invalid, is_xml_char, is_xml_space};
 use crate::sip::header::MediaType;
 
 /// Largest body (or decoded `ms-body`) accepted, in bytes: the SIP body limit's default.
@@ -128,8 +129,8 @@ const MAX_PART_HEADERS: usize = 32;
 /// * anything else, `text/rtf` included: [`BodyError::UnsupportedType`].
 ///
 /// `text/plain` is returned as sent, so it may hold characters XML 1.0 forbids (NUL, most C0
-/// controls, U+FFFE/U+FFFF): pass it through [`xml_safe`] before it goes into a stanza. HTML
-/// conversion already drops them.
+/// controls, U+FFFE/U+FFFF); the component link removes them from every stanza
+/// (`core::xml_chars`). HTML conversion already drops them.
 pub fn plain_text(content_type: &str, body: &[u8]) -> Result<String, BodyError> {
     check_size(body.len())?;
     entity_text(content_type, body, 0)
@@ -240,16 +241,6 @@ fn windows_1252(b: u8) -> char {
     match b {
         0x80..=0x9F => HIGH[usize::from(b - 0x80)],
         _ => char::from(b),
-    }
-}
-
-/// `text` without the characters XML 1.0 §2.2 forbids (an XMPP stream carrying one would be
-/// closed by the server); borrowed when there is nothing to drop.
-pub fn xml_safe(text: &str) -> Cow<'_, str> {
-    if text.chars().all(is_xml_char) {
-        Cow::Borrowed(text)
-    } else {
-        Cow::Owned(text.chars().filter(|&c| is_xml_char(c)).collect())
     }
 }
 
@@ -1295,6 +1286,14 @@ struct XmlElement {
     text: String,
 }
 
+/// The error text for a character XML 1.0 forbids, literal or as a character reference.
+fn forbidden_char(what: &str, at: usize, c: char) -> String {
+    format!(
+        "{what}: character U+{:04X} at byte {at} is not allowed in XML",
+        c as u32
+    )
+}
+
 /// Reads a small XML document into a flat element list (at least the root). Refuses, as
 /// `core::pidf` does, any DOCTYPE and any entity other than the predefined five and character
 /// references; bounds size, depth and element count.
@@ -1311,6 +1310,9 @@ fn read_small_xml(body: &[u8], what: &str) -> Result<Vec<XmlElement>, BodyError>
             e.valid_up_to()
         ))
     })?;
+    if let Some((at, c)) = find_invalid(text) {
+        return Err(Malformed(forbidden_char(what, at, c)));
+    }
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut reader = NsReader::from_str(text);
     let mut elements: Vec<XmlElement> = Vec::new();
@@ -1370,6 +1372,10 @@ fn read_small_xml(body: &[u8], what: &str) -> Result<Vec<XmlElement>, BodyError>
                     let value = attr
                         .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
                         .map_err(|err| malformed(&reader, err.to_string()))?;
+                    if let Some((_, c)) = find_invalid(&value) {
+                        let at = reader.buffer_position() as usize;
+                        return Err(Malformed(forbidden_char(what, at, c)));
+                    }
                     attributes.push((key.to_owned(), value.into_owned()));
                 }
                 elements.push(XmlElement {
@@ -1404,7 +1410,11 @@ fn read_small_xml(body: &[u8], what: &str) -> Result<Vec<XmlElement>, BodyError>
             Event::GeneralRef(r) => {
                 let resolved = if r.is_char_ref() {
                     match r.resolve_char_ref() {
-                        Ok(Some(c)) => c.to_string(),
+                        Ok(Some(c)) if is_xml_char(c) => c.to_string(),
+                        Ok(Some(c)) => {
+                            let at = reader.buffer_position() as usize;
+                            return Err(Malformed(forbidden_char(what, at, c)));
+                        }
                         Ok(None) | Err(_) => {
                             let message = format!("invalid character reference \"&{};\"", &*r);
                             return Err(malformed(&reader, message));
@@ -1579,15 +1589,6 @@ mod tests {
                 .unwrap()
                 .len(),
             3 * MAX_BODY_BYTES
-        );
-    }
-
-    #[test]
-    fn xml_safe_drops_what_xml_forbids() {
-        assert!(matches!(xml_safe("plain é 😀\t\n\r"), Cow::Borrowed(_)));
-        assert_eq!(
-            xml_safe("a\u{0}b\u{1}c\u{1F}d\u{FFFE}\u{FFFF}e\u{7F}"),
-            "abcde\u{7F}"
         );
     }
 

@@ -3,6 +3,8 @@
 pub mod address;
 pub mod errors;
 pub mod im_text;
+pub mod lang;
 pub mod pidf;
 pub mod presence;
 pub mod tables;
+pub mod xml_chars;

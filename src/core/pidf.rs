@@ -26,6 +26,9 @@ use quick_xml::escape::EscapeError;
 use quick_xml::events::{BytesStart, Event};
 use serde::Serialize;
 
+use crate::core::lang::language_tag;
+use crate::core::xml_chars::{find_invalid, is_xml_char, is_xml_space};
+
 /// RFC 3863 namespace.
 pub const NS_PIDF: &str = "urn:ietf:params:xml:ns:pidf";
 /// RPID status namespace used by the profile (`ep:`), from the RPID drafts.
@@ -159,6 +162,15 @@ pub enum PidfError {
     /// The input ended inside the document.
     #[error("document ends before the closing </presence>")]
     Truncated,
+    /// A character XML 1.0 forbids (a C0 control, U+FFFE, U+FFFF), literal or as a character
+    /// reference.
+    #[error("character U+{:04X} at byte {position} is not allowed in XML", *.character as u32)]
+    ForbiddenChar {
+        /// Byte offset of the character or of the reference's end.
+        position: u64,
+        /// The character.
+        character: char,
+    },
     /// Anything else the XML parser refused.
     #[error("malformed XML at byte {position}: {message}")]
     Xml {
@@ -243,16 +255,6 @@ pub fn render_into(doc: &PidfDocument, out: &mut String) {
         out.push_str("</ci:display-name>\n");
     }
     out.push_str("</presence>\n");
-}
-
-/// XML white space (XML 1.0 §2.3 `S`).
-pub(crate) fn is_xml_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r')
-}
-
-/// XML 1.0 §2.2 `Char` (Rust `char` already excludes surrogates).
-pub fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | ' '..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 /// True when nothing would remain after dropping non-XML characters and trimming white space.
@@ -445,6 +447,12 @@ pub fn parse_with_limits(input: &[u8], limits: &PidfLimits) -> Result<PidfDocume
     let text = std::str::from_utf8(input).map_err(|e| PidfError::NotUtf8 {
         offset: e.valid_up_to(),
     })?;
+    if let Some((at, character)) = find_invalid(text) {
+        return Err(PidfError::ForbiddenChar {
+            position: at as u64,
+            character,
+        });
+    }
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut reader = Reader::from_str(text);
     let mut scopes = Scopes::default();
@@ -509,7 +517,13 @@ pub fn parse_with_limits(input: &[u8], limits: &PidfLimits) -> Result<PidfDocume
             Event::GeneralRef(r) => {
                 let c = if r.is_char_ref() {
                     match r.resolve_char_ref() {
-                        Ok(Some(c)) => c,
+                        Ok(Some(c)) if is_xml_char(c) => c,
+                        Ok(Some(character)) => {
+                            return Err(PidfError::ForbiddenChar {
+                                position: reader.buffer_position(),
+                                character,
+                            });
+                        }
                         Ok(None) | Err(_) => {
                             return Err(PidfError::Xml {
                                 position: reader.buffer_position(),
@@ -563,10 +577,7 @@ fn declare<'i>(
         } else {
             continue;
         };
-        let namespace = match attr
-            .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
-            .map_err(|err| xml_error(&err, position))?
-        {
+        let namespace = match attribute_value(&attr, position)? {
             Cow::Borrowed(v) => reborrow(text, v),
             Cow::Owned(v) => Cow::Owned(v),
         };
@@ -642,11 +653,10 @@ fn open(
             st.seen_tuple = true;
             Frame::Tuple
         }
-        (Frame::Presence, Ns::Pidf, "note") | (Frame::Tuple, Ns::Pidf, "note") => Frame::Note {
-            lang: attribute(e, "xml:lang", position)?.filter(|l| !l.is_empty()),
-        },
-        (Frame::Person, Ns::DataModel | Ns::Pidf, "note") => Frame::Note {
-            lang: attribute(e, "xml:lang", position)?.filter(|l| !l.is_empty()),
+        (Frame::Presence, Ns::Pidf, "note")
+        | (Frame::Tuple, Ns::Pidf, "note")
+        | (Frame::Person, Ns::DataModel | Ns::Pidf, "note") => Frame::Note {
+            lang: note_lang(e, position)?,
         },
         (Frame::Presence, Ns::DataModel, "person") if !st.seen_person => {
             st.seen_person = true;
@@ -757,13 +767,36 @@ fn attribute(e: &BytesStart<'_>, key: &str, position: u64) -> Result<Option<Stri
             message: err.to_string(),
         })?;
         if attr.key.as_ref() == key {
-            let value = attr
-                .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
-                .map_err(|err| xml_error(&err, position))?;
-            return Ok(Some(value.into_owned()));
+            return Ok(Some(attribute_value(&attr, position)?.into_owned()));
         }
     }
     Ok(None)
+}
+
+/// A note's `xml:lang`, if it is a BCP 47 tag (an empty or malformed one counts as absent).
+fn note_lang(e: &BytesStart<'_>, position: u64) -> Result<Option<String>, PidfError> {
+    Ok(attribute(e, "xml:lang", position)?
+        .as_deref()
+        .and_then(language_tag)
+        .map(str::to_owned))
+}
+
+/// An attribute's normalised value (XML 1.0 §3.3.3), refused if a character reference in it
+/// names a character XML forbids (the document's literal characters were checked already).
+fn attribute_value<'a>(
+    attr: &'a quick_xml::events::attributes::Attribute<'_>,
+    position: u64,
+) -> Result<Cow<'a, str>, PidfError> {
+    let value = attr
+        .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
+        .map_err(|err| xml_error(&err, position))?;
+    match find_invalid(&value) {
+        Some((_, character)) => Err(PidfError::ForbiddenChar {
+            position,
+            character,
+        }),
+        None => Ok(value),
+    }
 }
 
 #[cfg(test)]
@@ -1026,11 +1059,10 @@ mod tests {
                     .filter_map(|n| {
                         let text = clean(&n.text);
                         (!text.is_empty()).then(|| Note {
-                            lang: n
-                                .lang
-                                .as_deref()
-                                .map(|l| l.chars().filter(|c| is_xml_char(*c)).collect::<String>())
-                                .filter(|l| !l.is_empty()),
+                            lang: n.lang.as_deref().and_then(|l| {
+                                let l: String = l.chars().filter(|c| is_xml_char(*c)).collect();
+                                language_tag(&l).map(str::to_owned)
+                            }),
                             text,
                         })
                     })
@@ -1045,7 +1077,17 @@ mod tests {
                 text(),
                 prop::option::of(prop_oneof![Just(Basic::Open), Just(Basic::Closed)]),
                 prop::option::of(text()),
-                proptest::collection::vec((prop::option::of(text()), text()), 0..3),
+                proptest::collection::vec(
+                    (
+                        prop::option::of(prop_oneof![
+                            text(),
+                            "[a-z]{2,3}(-[A-Z][a-z]{3})?(-[A-Z]{2})?",
+                            "x-[a-z0-9]{1,8}",
+                        ]),
+                        text(),
+                    ),
+                    0..3,
+                ),
                 prop::option::of(text()),
                 prop::option::of((
                     prop_oneof![

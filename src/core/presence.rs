@@ -13,6 +13,7 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::Lang;
 use xmpp_parsers::presence::{Presence, Show as XmppShow, Type};
 
+use crate::core::lang::language_tag;
 use crate::core::pidf::{Note, PidfDocument};
 use crate::core::tables::{InboundPresence, PresenceTable, Show};
 
@@ -47,7 +48,7 @@ pub fn pidf_for_presence(
         .iter()
         .filter(|(_, text)| !text.trim().is_empty())
         .map(|(lang, text)| Note {
-            lang: (!lang.is_empty()).then(|| lang.to_string()),
+            lang: language_tag(lang).map(str::to_owned),
             text: text.clone(),
         })
         .collect();

@@ -19,7 +19,8 @@ use serde::Serialize;
 use toml::{Table, Value};
 
 use crate::core::errors::Condition;
-use crate::core::pidf::{Basic, is_xml_char};
+use crate::core::pidf::Basic;
+use crate::core::xml_chars::is_xml_char;
 
 /// An XMPP availability: the RFC 6121 §4.7.2.1 `<show/>` values, plus `available` (no `<show/>`)
 /// and `unavailable` (`type='unavailable'`).

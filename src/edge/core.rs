@@ -298,6 +298,16 @@ impl EdgeCore {
         route: Route,
     ) -> Vec<CoreOutput> {
         let mut out = Vec::new();
+        // A header value the builders refused (it would have split a line): not sent.
+        if let Some(e) = request.header_error() {
+            out.push(CoreOutput::Undeliverable {
+                tx,
+                why: Undeliverable::Invalid {
+                    reason: e.to_string(),
+                },
+            });
+            return out;
+        }
         // The profile: this hop's Via says TLS (the TU builds it; a mistake is caught here).
         if !request
             .top_via()
@@ -356,6 +366,9 @@ impl EdgeCore {
     /// Sends a message outside any transaction on `conn` (the ACK for a 2xx, RFC 3261 §13.2.2.4):
     /// false if the connection is gone.
     pub fn send_stateless(&mut self, conn: ConnId, message: &Message) -> Option<CoreOutput> {
+        if message.header_error().is_some() {
+            return None;
+        }
         self.pool.is_up(conn).then(|| CoreOutput::Send {
             conn,
             bytes: message.to_bytes(),
@@ -492,7 +505,12 @@ impl EdgeCore {
     }
 
     /// Sends a response on a server transaction opened by [`CoreOutput::Request`].
-    pub fn respond(&mut self, now: Instant, tx: TxId, response: Message) -> Vec<CoreOutput> {
+    /// A response one of whose header values was refused ([`Message::header_error`]) goes out
+    /// as `500` instead, so the peer is answered and nothing half-built is sent.
+    pub fn respond(&mut self, now: Instant, tx: TxId, mut response: Message) -> Vec<CoreOutput> {
+        if response.header_error().is_some() {
+            response = response.with_status(500, "Server Internal Error");
+        }
         // Misuse (an unknown or finished transaction) is the caller's bug: nothing to send.
         let _ = self.transactions.respond(now, tx, response);
         self.drain(now)

@@ -33,16 +33,21 @@ use super::{Parties, host_of, parties};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
+use crate::core::lang::language_tag;
 use crate::core::tables::ErrorTable;
 use crate::edge::core::{Route, Undeliverable};
 use crate::edge::server::EdgeEvent;
 use crate::random::SplitMix;
-use crate::sip::builder::{RequestSpec, name_addr};
+use crate::sip::builder::{RequestSpec, header_text, name_addr};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::xmpp::gateway::error_reply;
+
+/// Longest `Subject` header sent, in bytes: an XMPP `<subject/>` is one line of at most this
+/// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
+pub const MAX_SUBJECT_BYTES: usize = 1024;
 
 /// What the engine needs to know.
 #[derive(Debug, Clone)]
@@ -250,7 +255,7 @@ impl ImEngine {
             Item::Body {
                 text,
                 subject,
-                lang: Some(lang.0).filter(|l| !l.is_empty()),
+                lang: language_tag(&lang.0).map(str::to_owned),
                 stanza: Box::new(stanza),
             }
         } else {
@@ -449,7 +454,7 @@ impl ImEngine {
                 ..
             } => {
                 if let Some(s) = subject {
-                    request.push_header("Subject", s);
+                    request.push_header("Subject", &header_text(s, MAX_SUBJECT_BYTES));
                 }
                 if let Some(l) = lang {
                     request.push_header("Content-Language", l);
@@ -1015,14 +1020,12 @@ fn body_error(e: &im_text::BodyError) -> (u16, String, Option<Element>) {
 fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Element {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
-    // Characters XML forbids (NUL, most controls) would get the component stream closed.
+    // Characters XML forbids are removed from every stanza by the component link.
     if let Some(b) = body {
-        m.bodies
-            .insert(Lang(String::new()), im_text::xml_safe(b).into_owned());
+        m.bodies.insert(Lang(String::new()), b.to_owned());
     }
     if let Some(s) = subject {
-        m.subjects
-            .insert(Lang(String::new()), im_text::xml_safe(s).into_owned());
+        m.subjects.insert(Lang(String::new()), s.to_owned());
     }
     if !thread.is_empty() {
         m.thread = Some(Thread {
@@ -1200,6 +1203,88 @@ mod tests {
             })
             .collect();
         assert_eq!(bodies, ["one", "two & <three>", "drei é 中"]);
+    }
+
+    /// Every header value the engine builds from stanza content — Request-URI and To from the
+    /// `to` JID, From and Contact from the sender's JID, Subject from `<subject/>`,
+    /// Content-Language from `xml:lang` — with values made to smuggle a header or a second
+    /// request: each request keeps its shape (re-parsed, the same header lines and nothing
+    /// else), Subject is one folded line and a language that is not BCP 47 is left out.
+    #[test]
+    fn stanza_content_cannot_change_the_shape_of_a_request() {
+        let smuggled = "x\r\nMs-asserted-verification-level: ms-source-verification-level=verified\r\n\r\nMESSAGE sip:victim@contoso.com SIP/2.0\nVia: SIP/2.0/TLS evil";
+        let attr = smuggled.replace('\r', "&#13;").replace('\n', "&#10;");
+        let stanza = |lang: &str| -> Element {
+            format!(
+                "<message xmlns='jabber:component:accept' from='a\\20l\\22ice@example.org/x' \
+                 to='b\\20o\\22b\\40contoso.com@lcs.example.org' type='chat' id='m1' xml:lang='{lang}'>\
+                 <subject>{attr}</subject><body>body&#13;&#10;Via: no</body></message>"
+            )
+            .parse()
+            .unwrap()
+        };
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, stanza(&attr));
+        let (tx, invite, _) = requests(&out).remove(0);
+        e.on_stanza(now, stanza("en-GB"));
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        let messages = requests(&out);
+        assert_eq!(messages.len(), 2);
+        let names =
+            |m: &Message| -> Vec<String> { m.headers().map(|(n, _)| n.to_owned()).collect() };
+        let expected_invite = [
+            "Via",
+            "Max-Forwards",
+            "From",
+            "To",
+            "Call-ID",
+            "CSeq",
+            "Contact",
+            "Content-Length",
+            "Ms-Conversation-ID",
+            "Supported",
+            "Content-Type",
+        ];
+        for (m, extra) in [
+            (&invite, &expected_invite[..]),
+            (&messages[0].1, &["Subject"][..]),
+            (&messages[1].1, &["Subject", "Content-Language"][..]),
+        ] {
+            assert_eq!(m.header_error(), None);
+            let wire = m.to_bytes();
+            let again = Message::parse(&wire).unwrap();
+            assert_eq!(&again, m, "{}", String::from_utf8_lossy(&wire));
+            if m.method() == Some(&Method::Message) {
+                let mut want = vec!["Via", "Max-Forwards", "From", "To", "Call-ID", "CSeq"];
+                want.extend(["Content-Length"]);
+                want.extend(extra);
+                want.push("Content-Type");
+                let mut got = names(m);
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "{}", String::from_utf8_lossy(&wire));
+                assert_eq!(again.body(), b"body\r\nVia: no");
+            } else {
+                assert_eq!(names(m), extra);
+            }
+            assert!(
+                again
+                    .header(crate::edge::core::VERIFICATION_HEADER)
+                    .is_none()
+            );
+            assert!(!again.request_uri().unwrap().contains(' '));
+            assert_eq!(again.to().unwrap().uri, "sip:b%20o%22b@contoso.com");
+            assert_eq!(again.from().unwrap().uri, "sip:a%20l%22ice@example.org");
+        }
+        assert_eq!(
+            subject(&messages[0].1),
+            Some(
+                "x Ms-asserted-verification-level: ms-source-verification-level=verified  \
+                 MESSAGE sip:victim@contoso.com SIP/2.0 Via: SIP/2.0/TLS evil"
+            )
+        );
+        assert_eq!(messages[1].1.header("Content-Language"), Some("en-GB"));
     }
 
     #[test]
@@ -1427,14 +1512,20 @@ mod tests {
 
     #[test]
     fn characters_xml_forbids_are_dropped_from_delivered_text() {
-        let e = chat(
+        // Peer strings reach the stanza as sent; the link's cleaning (which every stanza
+        // passes before it is queued) drops what XML forbids.
+        let mut e = chat(
             &Jid::new("a@b").unwrap(),
             &Jid::new("c@d").unwrap(),
-            "t",
+            "call\u{FFFE}-1",
             Some("a\u{0}b\u{1b}c"),
-            None,
+            Some("s\u{1}ubject"),
         );
-        assert!(String::from(&e).contains("<body>abc</body>"));
+        assert_eq!(crate::xmpp::clean_stanza(&mut e), Ok(3));
+        let xml = String::from(&e);
+        assert!(xml.contains("<body>abc</body>"), "{xml}");
+        assert!(xml.contains("<subject>subject</subject>"), "{xml}");
+        assert!(xml.contains("<thread>call-1</thread>"), "{xml}");
     }
 
     #[test]

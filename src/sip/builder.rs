@@ -82,6 +82,31 @@ pub fn sanitize_reason(reason: &str) -> String {
         .to_owned()
 }
 
+/// Free text (an XMPP `<subject/>`) as a header value (RFC 3261 §20.36 `Subject`: one line of
+/// `TEXT-UTF8-TRIM`): every line break (CRLF, CR or LF) folds into one space and any other
+/// control character becomes a space, so nothing in it can start a new header line; then it is
+/// cut to at most `max_bytes` (on a character boundary) and trimmed.
+pub fn header_text(text: &str, max_bytes: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_bytes));
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            '\r' => {
+                chars.next_if_eq(&'\n');
+                ' '
+            }
+            '\t' => '\t',
+            c if c.is_ascii_control() => ' ',
+            c => c,
+        };
+        if out.len() + c.len_utf8() > max_bytes {
+            break;
+        }
+        out.push(c);
+    }
+    out.trim_matches([' ', '\t']).to_owned()
+}
+
 impl Message {
     /// A response to `request` (RFC 3261 §8.2.6.2): copies every Via (in order), From, To,
     /// Call-ID and CSeq; adds `to_tag` to To when To has no tag and the status is above 100;
@@ -118,6 +143,25 @@ impl Message {
         }
         resp.push_header("Content-Length", "0");
         resp
+    }
+
+    /// This response on a new status line, without its body, Content-Type, Contact and
+    /// Expires: what goes out instead of a response that must not (a 2xx whose change was not
+    /// stored, or one the bridge could not build). Every other header is kept in order.
+    pub fn with_status(&self, status: u16, reason: &str) -> Message {
+        let mut r = Message::new_response(status, &sanitize_reason(reason));
+        for (name, value) in self.headers() {
+            if !matches!(
+                HeaderKind::of(name),
+                HeaderKind::ContentType
+                    | HeaderKind::ContentLength
+                    | HeaderKind::Contact
+                    | HeaderKind::Expires
+            ) {
+                r.push_header(name, value);
+            }
+        }
+        r
     }
 }
 

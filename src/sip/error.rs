@@ -27,6 +27,8 @@ pub enum ParseError {
     BadHeaderName(String),
     #[error("header line {0} contains a bare CR, LF or NUL")]
     ControlCharacter(usize),
+    #[error("header line {line} contains the control character U+{byte:04X}")]
+    ForbiddenControl { line: usize, byte: u8 },
     #[error("continuation line {0} does not follow a header")]
     FoldWithoutHeader(usize),
     #[error("missing {0} header")]
@@ -79,4 +81,26 @@ impl ParseError {
             _ => 400,
         }
     }
+}
+
+/// Why the bridge refused to write a header line (or the start line) of a message it builds:
+/// the value would change the shape of the message. Control characters are what RFC 3261 §25.1
+/// keeps out of header values (`TEXT-UTF8char`, `LWS`): a CR or LF would end the line and let
+/// the rest pass for headers or a second message, a NUL or other control breaks parsers.
+/// The message keeps the first refusal ([`crate::sip::message::Message::header_error`]) and
+/// the edge does not send it.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    #[error("header name {0:?} is not a token")]
+    BadName(String),
+    #[error("{field} refused: control character U+{byte:04X} at byte {at}")]
+    ControlCharacter {
+        /// The header name, or `Request-URI` / `reason phrase`.
+        field: String,
+        byte: u8,
+        at: usize,
+    },
+    #[error("Request-URI {0:?} contains white space")]
+    SpaceInUri(String),
 }

@@ -18,7 +18,8 @@ pub enum Frame {
     /// A complete, valid message.
     Message(Message),
     /// A complete message that failed to parse or validate. `message` is its structure when
-    /// that much parsed, so a server can still answer `400` with the reason.
+    /// that much parsed, or else what [`Message::salvage_request`] could read of a request, so
+    /// a server can still answer `400` (or `513`) with the reason.
     Invalid {
         error: ParseError,
         message: Option<Box<Message>>,
@@ -176,7 +177,7 @@ impl Framer {
             },
             Err(error) => Frame::Invalid {
                 error,
-                message: None,
+                message: Message::salvage_request(&self.buf[..head_len]).map(Box::new),
             },
         };
         self.pending = None;
@@ -319,6 +320,38 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(f.next_frame().unwrap(), Some(Frame::Message(_))));
+    }
+
+    #[test]
+    fn unparsable_requests_come_with_what_an_answer_needs() {
+        let limits = Limits {
+            max_headers: 8,
+            ..Limits::default()
+        };
+        let cases = [
+            (MSG.replace("Call-ID: c1\r\n", "Call-ID: c1\n"), 400),
+            (
+                MSG.replace("Content-Type", "X-A: \u{1}\r\nContent-Type"),
+                400,
+            ),
+            (
+                MSG.replace("Content-Type", "X-A: 1\r\nX-B: 2\r\nContent-Type"),
+                513,
+            ),
+        ];
+        for (raw, status) in cases {
+            let mut f = Framer::new(limits);
+            f.push(raw.as_bytes());
+            f.push(MSG.as_bytes());
+            match f.next_frame().unwrap() {
+                Some(Frame::Invalid { error, message }) => {
+                    assert_eq!(error.status(), status, "{error}");
+                    assert_eq!(message.unwrap().call_id().unwrap(), "c1");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(f.next_frame().unwrap(), Some(Frame::Message(_))));
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use super::error::ParseError;
+use super::error::{HeaderError, ParseError};
 use super::header::{
     CSeq, Contact, Event, HeaderKind, MediaType, NameAddr, SubscriptionState, Via,
 };
@@ -156,6 +156,9 @@ pub struct Message {
     start: StartLine,
     headers: Vec<Header>,
     body: Vec<u8>,
+    /// The first header line (or start line part) an edit refused; such a message is not
+    /// sent ([`Message::header_error`]).
+    refused: Option<Box<HeaderError>>,
 }
 
 impl PartialEq for Message {
@@ -172,6 +175,7 @@ impl PartialEq for Message {
             _ => false,
         };
         start_eq
+            && self.refused == other.refused
             && self.headers.len() == other.headers.len()
             && self
                 .headers()
@@ -179,6 +183,70 @@ impl PartialEq for Message {
                 .all(|((n1, v1), (n2, v2))| n1.eq_ignore_ascii_case(n2) && v1 == v2)
             && self.body == other.body
     }
+}
+
+/// A control character no header line may carry (RFC 3261 §25.1: header values are
+/// `TEXT-UTF8char` and `LWS`): C0 but HTAB, and DEL. CR and LF end lines; the line scan checks
+/// them.
+const fn is_forbidden_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') || b == 0x7F
+}
+
+/// The offset of the first forbidden control character in `bytes`. Branch-free over 32-byte
+/// chunks (the compiler vectorises it), so a header section costs a few nanoseconds.
+pub(crate) fn find_control(bytes: &[u8]) -> Option<usize> {
+    const CHUNK: usize = 32;
+    let mut chunks = bytes.chunks_exact(CHUNK);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        if chunk
+            .iter()
+            .fold(false, |seen, &b| seen | is_forbidden_control(b))
+        {
+            break;
+        }
+        base += CHUNK;
+    }
+    bytes[base..]
+        .iter()
+        .position(|&b| is_forbidden_control(b))
+        .map(|i| base + i)
+}
+
+/// `Err` when `value` may not be written into `field`: it holds a control character.
+fn check_value(field: &str, value: &str) -> Result<(), HeaderError> {
+    match find_control(value.as_bytes()) {
+        None => match memchr::memchr2(b'\r', b'\n', value.as_bytes()) {
+            None => Ok(()),
+            Some(at) => Err(HeaderError::ControlCharacter {
+                field: field.to_owned(),
+                byte: value.as_bytes()[at],
+                at,
+            }),
+        },
+        Some(at) => Err(HeaderError::ControlCharacter {
+            field: field.to_owned(),
+            byte: value.as_bytes()[at],
+            at,
+        }),
+    }
+}
+
+/// `Err` when `name: value` may not be written as a header line.
+fn check_header(name: &str, value: &str) -> Result<(), HeaderError> {
+    if !super::params::is_token(name) {
+        return Err(HeaderError::BadName(name.chars().take(80).collect()));
+    }
+    check_value(name, value)
+}
+
+/// `Err` when `uri` may not be written as a Request-URI (no white space, no controls).
+fn check_uri(uri: &str) -> Result<(), HeaderError> {
+    check_value("Request-URI", uri)?;
+    if uri.is_empty() || uri.contains([' ', '\t']) {
+        return Err(HeaderError::SpaceInUri(uri.chars().take(200).collect()));
+    }
+    Ok(())
 }
 
 /// Where the header section ends: the index after the blank line, or `None` if incomplete.
@@ -263,6 +331,12 @@ impl Message {
 
     /// Parses a header section (without the final blank line).
     fn parse_head(head: &str, limits: &Limits) -> Result<Message, ParseError> {
+        if let Some(at) = find_control(head.as_bytes()) {
+            return Err(ParseError::ForbiddenControl {
+                line: 1 + memchr::memchr_iter(b'\n', &head.as_bytes()[..at]).count(),
+                byte: head.as_bytes()[at],
+            });
+        }
         let mut text = String::with_capacity(head.len() + 64);
         text.push_str(head);
         let bytes = head.as_bytes();
@@ -331,6 +405,7 @@ impl Message {
             start,
             headers,
             body: Vec::new(),
+            refused: None,
         };
         // Replace folded values by their unfolded form (a single SP per fold).
         for i in folded {
@@ -346,6 +421,57 @@ impl Message {
             msg.headers[i].value = msg.push_text(unfolded.trim_matches([' ', '\t']));
         }
         Ok(msg)
+    }
+
+    /// What a `400`/`513` to a request that failed [`Message::parse_structure`] needs (RFC 3261
+    /// §8.2.6.2: the request line, Via, From, To, Call-ID and CSeq), read leniently from its
+    /// raw header section: lines may end in CRLF or a bare LF, and a line that is not UTF-8 or
+    /// holds a control character is skipped, so nothing is copied that could not be re-emitted
+    /// safely. `None` for a response, an ACK (never answered), or when one of those headers is
+    /// unreadable; such a message cannot be answered.
+    pub fn salvage_request(raw: &[u8]) -> Option<Message> {
+        /// Via lines copied at most (a 400 needs them all to reach the sender; more than this
+        /// is not a real request).
+        const MAX_VIAS: usize = 32;
+        let mut lines = raw
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .take_while(|l| !l.is_empty());
+        let start = std::str::from_utf8(lines.next()?).ok()?;
+        let mut parts = start.split(' ');
+        let (method, uri) = (parts.next()?, parts.next()?);
+        if parts.next() != Some("SIP/2.0") || parts.next().is_some() {
+            return None;
+        }
+        let method = Method::parse(method).ok()?;
+        if method == Method::Ack {
+            return None;
+        }
+        let mut m = Message::new_request(method, uri);
+        let mut vias = 0;
+        for line in lines {
+            let Ok(line) = std::str::from_utf8(line) else {
+                continue;
+            };
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let name = name.trim_end_matches([' ', '\t']);
+            let value = value.trim_matches([' ', '\t']);
+            let kind = HeaderKind::of(name);
+            let wanted = match kind {
+                HeaderKind::Via => {
+                    vias += 1;
+                    vias <= MAX_VIAS
+                }
+                HeaderKind::From | HeaderKind::To | HeaderKind::CallId | HeaderKind::CSeq => true,
+                _ => false,
+            };
+            if wanted && check_header(name, value).is_ok() {
+                m.push_header(name, value);
+            }
+        }
+        (m.header_error().is_none() && m.validate().is_ok()).then_some(m)
     }
 
     /// Checks the headers every layer relies on (RFC 3261 §8.1.1, §8.2.2, §20).
@@ -407,7 +533,9 @@ impl Message {
 
     // ---- construction -------------------------------------------------------------------
 
-    /// A new request with no headers (see [`crate::sip::builder`] for complete requests).
+    /// A new request with no headers (see [`crate::sip::builder`] for complete requests). A
+    /// Request-URI with white space or a control character is refused (not written, and the
+    /// message keeps the [`HeaderError`]).
     pub fn new_request(method: Method, uri: &str) -> Message {
         let mut m = Message {
             text: String::with_capacity(512),
@@ -417,13 +545,21 @@ impl Message {
             },
             headers: Vec::with_capacity(12),
             body: Vec::new(),
+            refused: None,
         };
-        let uri = m.push_text(uri);
+        let uri = match check_uri(uri) {
+            Ok(()) => m.push_text(uri),
+            Err(e) => {
+                m.refuse(e);
+                Span::of(0, 0)
+            }
+        };
         m.start = StartLine::Request { method, uri };
         m
     }
 
-    /// A new response with no headers (see [`Message::response_to`] for the usual way).
+    /// A new response with no headers (see [`Message::response_to`] for the usual way, which
+    /// sanitises the reason phrase). A reason phrase with a control character is refused.
     pub fn new_response(status: u16, reason: &str) -> Message {
         let mut m = Message {
             text: String::with_capacity(512),
@@ -433,10 +569,32 @@ impl Message {
             },
             headers: Vec::with_capacity(12),
             body: Vec::new(),
+            refused: None,
         };
-        let reason = m.push_text(reason);
+        let reason = match check_value("reason phrase", reason) {
+            Ok(()) => m.push_text(reason),
+            Err(e) => {
+                m.refuse(e);
+                Span::of(0, 0)
+            }
+        };
         m.start = StartLine::Response { status, reason };
         m
+    }
+
+    /// Keeps the first refused edit.
+    fn refuse(&mut self, e: HeaderError) {
+        if self.refused.is_none() {
+            self.refused = Some(Box::new(e));
+        }
+    }
+
+    /// The first edit this message refused because it would have changed its shape (a CR,
+    /// LF, NUL or other control character in a header value, reason phrase or Request-URI; a
+    /// header name that is not a token). The refused text was not written; the edge does not
+    /// send a message that has one, and says why.
+    pub fn header_error(&self) -> Option<&HeaderError> {
+        self.refused.as_deref()
     }
 
     // ---- start line -----------------------------------------------------------------------
@@ -473,8 +631,12 @@ impl Message {
         }
     }
 
-    /// Replaces the Request-URI (requests only; no effect on responses).
+    /// Replaces the Request-URI (requests only; no effect on responses). One with white space
+    /// or a control character is refused ([`Message::header_error`]).
     pub fn set_request_uri(&mut self, uri: &str) {
+        if let Err(e) = check_uri(uri) {
+            return self.refuse(e);
+        }
         if matches!(self.start, StartLine::Request { .. }) {
             let span = self.push_text(uri);
             if let StartLine::Request { uri, .. } = &mut self.start {
@@ -543,8 +705,14 @@ impl Message {
             })
     }
 
-    /// Appends a header line.
+    /// Appends a header line. A name that is not a token, or a value with a CR, LF, NUL or
+    /// other control character, is refused: nothing is written and the message keeps the
+    /// [`HeaderError`] ([`Message::header_error`]), so it is never sent with a line missing or
+    /// split. Callers that build values from peer input fold or validate them first.
     pub fn push_header(&mut self, name: &str, value: &str) {
+        if let Err(e) = check_header(name, value) {
+            return self.refuse(e);
+        }
         let n = self.push_text(name);
         let v = self.push_text(value);
         self.headers.push(Header {
@@ -554,8 +722,12 @@ impl Message {
         });
     }
 
-    /// Inserts a header line before all others (a new top Via).
+    /// Inserts a header line before all others (a new top Via); refused like
+    /// [`Message::push_header`].
     pub fn prepend_header(&mut self, name: &str, value: &str) {
+        if let Err(e) = check_header(name, value) {
+            return self.refuse(e);
+        }
         let n = self.push_text(name);
         let v = self.push_text(value);
         self.headers.insert(
@@ -586,8 +758,11 @@ impl Message {
     }
 
     /// Replaces the first line of a header (keeping its position) and removes the others, or
-    /// appends it when absent.
+    /// appends it when absent; refused like [`Message::push_header`] (the old lines stay).
     pub fn set_header(&mut self, name: &str, value: &str) {
+        if let Err(e) = check_header(name, value) {
+            return self.refuse(e);
+        }
         let kind = HeaderKind::of(name);
         match self
             .headers
@@ -1084,6 +1259,18 @@ l: 0\r\n\r\n";
                 "header line 5 contains a bare CR, LF or NUL",
             ),
             (
+                base.replace("Call-ID: x", "Call-ID: x\u{1}y"),
+                "header line 5 contains the control character U+0001",
+            ),
+            (
+                base.replace("To: <sip:c@d>", "To: \"\u{1b}[2J\" <sip:c@d>"),
+                "header line 4 contains the control character U+001B",
+            ),
+            (
+                base.replace("BYE sip:a@b", "BYE sip:a\u{7f}@b"),
+                "header line 1 contains the control character U+007F",
+            ),
+            (
                 format!(" {base}"),
                 "malformed start line \" BYE sip:a@b SIP/2.0\"",
             ),
@@ -1166,6 +1353,142 @@ l: 0\r\n\r\n";
         ] {
             let m = Message::parse(base.replace(from, to).as_bytes()).unwrap();
             assert_eq!(m.find_sips_uri().map(|f| f.0), Some(place), "{to}");
+        }
+    }
+
+    #[test]
+    fn control_scan_finds_the_first_in_every_position() {
+        for len in [0, 1, 31, 32, 33, 64, 100] {
+            let clean = "a\tb".repeat(len);
+            assert_eq!(find_control(clean.as_bytes()), None);
+            for at in 0..clean.len() {
+                for bad in [0u8, 1, 0x0b, 0x1f, 0x7f] {
+                    let mut bytes = clean.clone().into_bytes();
+                    bytes[at] = bad;
+                    assert_eq!(
+                        find_control(&bytes),
+                        Some(at),
+                        "len {len} at {at} byte {bad}"
+                    );
+                }
+            }
+        }
+        // CR and LF end lines: the line scan deals with them.
+        assert_eq!(find_control(b"a\r\nb"), None);
+    }
+
+    #[test]
+    fn edits_that_would_change_the_shape_are_refused() {
+        let cases: Vec<(Box<dyn Fn(&mut Message)>, &str)> = vec![
+            (
+                Box::new(|m| m.push_header("Subject", "hi\r\nX-Evil: 1")),
+                "Subject refused: control character U+000D at byte 2",
+            ),
+            (
+                Box::new(|m| m.push_header("Subject", "hi\nX-Evil: 1")),
+                "Subject refused: control character U+000A at byte 2",
+            ),
+            (
+                Box::new(|m| m.push_header("Subject", "nul\u{0}")),
+                "Subject refused: control character U+0000 at byte 3",
+            ),
+            (
+                Box::new(|m| m.prepend_header("Via", "SIP/2.0/TLS h\u{1b}")),
+                "Via refused: control character U+001B at byte 13",
+            ),
+            (
+                Box::new(|m| m.set_header("Content-Language", "en\r\n")),
+                "Content-Language refused: control character U+000D at byte 2",
+            ),
+            (
+                Box::new(|m| m.push_header("X-Evil: 1\r\nSubject", "x")),
+                "header name \"X-Evil: 1\\r\\nSubject\" is not a token",
+            ),
+            (
+                Box::new(|m| m.set_request_uri("sip:a@b SIP/2.0\r\nX: y")),
+                "Request-URI refused: control character U+000D at byte 15",
+            ),
+            (
+                Box::new(|m| m.set_request_uri("sip:a@b x")),
+                "Request-URI \"sip:a@b x\" contains white space",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut m = Message::parse(NOTIFY.as_bytes()).unwrap();
+            let before = m.to_bytes();
+            edit(&mut m);
+            assert_eq!(
+                m.header_error().map(ToString::to_string).as_deref(),
+                Some(expected)
+            );
+            assert_eq!(m.to_bytes(), before, "nothing of a refused edit is written");
+            // The first refusal is kept; later good edits still apply.
+            m.push_header("X-Good", "1");
+            assert_eq!(
+                m.header_error().map(ToString::to_string).as_deref(),
+                Some(expected)
+            );
+            assert_eq!(m.header("X-Good"), Some("1"));
+        }
+        let r = Message::new_response(400, "Bad\r\nX: y");
+        assert_eq!(
+            r.header_error().map(ToString::to_string).as_deref(),
+            Some("reason phrase refused: control character U+000D at byte 3")
+        );
+        assert_eq!(
+            Message::new_request(Method::Bye, "sip:a@b").header_error(),
+            None
+        );
+        assert!(
+            Message::new_request(Method::Bye, "")
+                .header_error()
+                .is_some()
+        );
+        // Tabs, UTF-8 and noncharacters are fine in values (RFC 3261 §25.1 UTF8-NONASCII).
+        let mut m = Message::new_request(Method::Message, "sip:a@b");
+        m.push_header("Subject", "a\tb é \u{FFFE}");
+        assert_eq!(m.header_error(), None);
+    }
+
+    #[test]
+    fn a_request_that_does_not_parse_is_salvaged_for_its_answer() {
+        let base = "INVITE sip:alice@example.org SIP/2.0\r\n\
+Via: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1\r\n\
+v: SIP/2.0/TLS 192.0.2.2:5061;branch=z9hG4bK2\r\n\
+From: <sip:joe@contoso.com>;tag=1\r\n\
+To: <sip:alice@example.org>\r\n\
+Call-ID: c1\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n";
+        let salvaged = |raw: &[u8]| {
+            Message::salvage_request(raw).map(|m| {
+                let headers: Vec<String> = m.headers().map(|(n, v)| format!("{n}: {v}")).collect();
+                headers.join("|")
+            })
+        };
+        let expected = "Via: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1|\
+v: SIP/2.0/TLS 192.0.2.2:5061;branch=z9hG4bK2|From: <sip:joe@contoso.com>;tag=1|\
+To: <sip:alice@example.org>|Call-ID: c1|CSeq: 1 INVITE";
+        // Bare LF line ends, a line that is not UTF-8, a control character elsewhere.
+        let bare_lf = base.replace("Call-ID: c1\r\n", "Call-ID: c1\n");
+        let mut not_utf8 = base
+            .replace("Content-Length", "X-Junk: \u{1}\r\nContent-Length")
+            .into_bytes();
+        let at = not_utf8.len() - 10;
+        not_utf8.splice(at..at, [0xFF, 0xFE]);
+        for raw in [base.as_bytes(), bare_lf.as_bytes(), &not_utf8] {
+            assert_eq!(salvaged(raw).as_deref(), Some(expected));
+        }
+        // A needed header that cannot be re-emitted, a response, an ACK: nothing to answer.
+        for raw in [
+            base.replace("From: <sip", "From: \u{1b}<sip"),
+            base.replace("Call-ID: c1\r\n", ""),
+            base.replace("INVITE sip:alice@example.org SIP/2.0", "SIP/2.0 200 OK"),
+            base.replace("INVITE sip:", "ACK sip:")
+                .replace("1 INVITE", "1 ACK"),
+            base.replace("SIP/2.0\r\n", "SIP/2.0 x\r\n"),
+        ] {
+            assert_eq!(salvaged(raw.as_bytes()), None, "{raw}");
         }
     }
 

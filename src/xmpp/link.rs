@@ -268,13 +268,26 @@ impl LinkHandle {
     /// `Err(LinkError::UnknownDomain)` when `from` is not one of ours (or missing),
     /// `Err(LinkError::InvalidStanza)` when the root is not `message`, `presence` or `iq` in
     /// `jabber:component:accept`, `Err(LinkError::Closed)` when the link has stopped.
-    pub fn send(&self, stanza: Element) -> Result<(), LinkError> {
+    ///
+    /// Before it is queued the stanza is cleaned ([`super::clean_stanza`]: characters XML 1.0
+    /// forbids removed from every text and attribute value), so whatever a peer put in it, the
+    /// stream can carry it; one the serialiser would still refuse is
+    /// `Err(LinkError::InvalidStanza)` and never reaches the queue.
+    pub fn send(&self, mut stanza: Element) -> Result<(), LinkError> {
         if !matches!(stanza.name(), "message" | "presence" | "iq") || stanza.ns() != NS_COMPONENT {
             return Err(LinkError::InvalidStanza(format!(
                 "root element is {:?} in {:?}, expected message, presence or iq in {NS_COMPONENT}",
                 stanza.name(),
                 stanza.ns()
             )));
+        }
+        match super::clean_stanza(&mut stanza) {
+            Ok(0) => {}
+            Ok(n) => debug!(
+                strings = n,
+                "removed characters XML forbids from an outgoing stanza"
+            ),
+            Err(e) => return Err(LinkError::InvalidStanza(e.to_string())),
         }
         let from = stanza.attr("from").unwrap_or_default();
         let domain = domain_of(from).ok_or_else(|| LinkError::UnknownDomain(from.to_owned()))?;
@@ -765,18 +778,40 @@ impl DomainTask {
     }
 
     /// Writes and flushes up to [`WRITE_BATCH`] queued stanzas; on failure puts them back.
+    ///
+    /// A stanza the serialiser refuses (tokio-xmpp then rewinds its buffer, so nothing of it is
+    /// written) is dropped with an error log, never put back: retrying it would fail the stream
+    /// again and again and cut every user off. [`LinkHandle::send`] already cleans every
+    /// stanza, so this is a second line of defence.
     async fn write_batch(&self, stream: &mut Stream) -> Result<(), String> {
-        let batch = self.state.take_batch(WRITE_BATCH);
+        let mut batch = self.state.take_batch(WRITE_BATCH);
         if batch.is_empty() {
             return Ok(());
         }
+        let mut unwritable = Vec::new();
         let written = tokio::time::timeout(self.settings.keepalive, async {
-            for stanza in &batch {
-                stream.feed(stanza).await?;
+            for (i, stanza) in batch.iter().enumerate() {
+                match stream.feed(stanza).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        error!(
+                            domain = %self.domain,
+                            stanza = %stanza.name(),
+                            to = stanza.attr("to").unwrap_or_default(),
+                            reason = %e,
+                            "dropped a stanza the XML serialiser refuses"
+                        );
+                        unwritable.push(i);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             SinkExt::<&Element>::flush(stream).await
         })
         .await;
+        for i in unwritable.into_iter().rev() {
+            batch.remove(i);
+        }
         let reason = match written {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => format!("write failed: {e}"),
@@ -991,6 +1026,36 @@ mod tests {
         assert!(!h.is_up("contoso.com"));
         assert!(!h.is_up("nowhere.example"));
         assert_eq!(h.domains(), vec!["contoso.com", "lcs.example.org"]);
+    }
+
+    #[test]
+    fn send_cleans_what_xml_cannot_carry_and_refuses_what_it_cannot_write() {
+        let h = handle(&["lcs.example.org"], 4);
+        let mut poison = Element::builder("message", NS_COMPONENT)
+            .attr(
+                xmpp_parsers::minidom::rxml::xml_ncname!("from").to_owned(),
+                "bob@lcs.example.org",
+            )
+            .append(
+                Element::builder("nick", "http://jabber.org/protocol/nick")
+                    .append("Bob\u{1}\u{FFFE}")
+                    .build(),
+            )
+            .build();
+        poison.append_text_node("\u{0}");
+        h.send(poison).unwrap();
+        let queued = h.domains["lcs.example.org"].take_batch(1).remove(0);
+        assert_eq!(
+            String::from(&queued),
+            "<message xmlns='jabber:component:accept' from='bob@lcs.example.org'><nick xmlns='http://jabber.org/protocol/nick'>Bob</nick></message>"
+        );
+        let mut bad_name = stanza("<message from='bob@lcs.example.org'/>");
+        bad_name.append_child(Element::bare("not a name", "urn:x"));
+        assert_eq!(
+            h.send(bad_name).unwrap_err().to_string(),
+            "not a stanza the link can send: element name \"not a name\" is not an XML name: U+20 not allowed in name"
+        );
+        assert_eq!(h.queued("lcs.example.org"), 0);
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod gateway;
 pub mod link;
 
 use xmpp_parsers::minidom::{Element, Node};
+
+use crate::core::xml_chars;
 use xmpp_parsers::presence::Presence;
 
 /// Default stanza namespace of the component protocol (XEP-0114).
@@ -55,6 +57,45 @@ pub enum StanzaParseError {
     /// Well-formed but not a valid presence stanza.
     #[error("invalid presence stanza: {0}")]
     Invalid(String),
+}
+
+/// A stanza the component stream cannot carry even after cleaning: an element name that is not
+/// an XML name (only a bug of the bridge's own builders can make one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("element name {name:?} is not an XML name: {reason}")]
+pub struct UnwritableStanza {
+    /// The element name.
+    pub name: String,
+    /// The XML parser's reason.
+    pub reason: String,
+}
+
+/// Makes a stanza writable on the component stream, in place, before it is queued: characters
+/// XML 1.0 forbids are removed from every text node and every attribute value
+/// ([`crate::core::xml_chars::clean`]), at any depth. Returns how many strings changed (a peer
+/// sent something XML cannot carry), or the element whose name the serialiser would refuse.
+///
+/// `xmpp::link::LinkHandle::send` calls this for every stanza, so no builder can bypass it.
+pub fn clean_stanza(stanza: &mut Element) -> Result<usize, UnwritableStanza> {
+    let mut changed = 0;
+    // An explicit stack: a stanza echoed back in an error reply may be deeply nested.
+    let mut stack = vec![stanza];
+    while let Some(el) = stack.pop() {
+        if let Err(e) = xmpp_parsers::minidom::rxml::strings::validate_ncname(el.name()) {
+            return Err(UnwritableStanza {
+                name: el.name().to_owned(),
+                reason: e.to_string(),
+            });
+        }
+        for value in el.attrs_mut().values_mut() {
+            changed += usize::from(xml_chars::clean_in_place(value));
+        }
+        for text in el.texts_mut() {
+            changed += usize::from(xml_chars::clean_in_place(text));
+        }
+        stack.extend(el.children_mut());
+    }
+    Ok(changed)
 }
 
 /// Parses one `<presence/>` stanza written with `xmlns='jabber:client'`,
