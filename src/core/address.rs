@@ -45,6 +45,7 @@
 //! | both | JID `alice@example.org/phone` | `sip:alice@example.org` (local resource dropped) |
 //! | both | JID `d\27artagnan@example.org` | `sip:d'artagnan@example.org` |
 //! | both | SIP `a b@c` @ `example.org` | JID `a\20b\40c@example.org`; URI `sip:a%20b%40c@example.org` |
+//! | both | SIP `joe@fabrikam.com` @ `contoso.com` (an LCS user) | error: `@` in an LCS user part |
 //!
 //! # Decisions (see `docs/addresses.md` for the full table and reasons)
 //!
@@ -234,6 +235,24 @@ fn unmappable_user(user: &str, reason: impl Into<String>) -> AddressError {
         user: shown(user),
         reason: reason.into(),
     }
+}
+
+/// Why an LCS user part may not hold `@`: in a JID, and in what an XMPP client shows of it,
+/// `sip:joe%40fabrikam.com@contoso.com` (user `joe@fabrikam.com` at partner `contoso.com`)
+/// reads as a user of fabrikam.com. No directory-derived SIP address contains one, so the
+/// address is refused instead of mapped to something misleading.
+const SPOOFING_USER: &str =
+    "an LCS user part may not contain '@' (it would read as an address of another domain)";
+
+/// `Err` when a remote (LCS) user part holds `@` ([`SPOOFING_USER`]).
+fn check_remote_user(
+    user: &str,
+    error: impl FnOnce(&'static str) -> AddressError,
+) -> Result<(), AddressError> {
+    if user.contains('@') {
+        return Err(error(SPOOFING_USER));
+    }
+    Ok(())
 }
 
 fn unmappable_localpart(localpart: &str, reason: impl Into<String>) -> AddressError {
@@ -624,6 +643,7 @@ impl AddressBook {
         match self.mode {
             AddressMode::Direct if self.is_component_domain(domain) => {
                 let user = localpart_to_user(localpart, &unescape_node(localpart))?;
+                check_remote_user(&user, |r| unmappable_localpart(localpart, r))?;
                 Ok(SipAddress {
                     user,
                     host: domain.to_owned(),
@@ -641,6 +661,7 @@ impl AddressBook {
                     });
                 };
                 let user = localpart_to_user(localpart, user)?;
+                check_remote_user(&user, |r| unmappable_localpart(localpart, r))?;
                 let host = normalise_domain("gateway target domain", target)?;
                 if self.is_local_domain(&host) || self.is_component_domain(&host) {
                     return Err(AddressError::Loop { domain: host });
@@ -697,6 +718,7 @@ impl AddressBook {
         let (node, domain) = if self.is_local_domain(&host) {
             (escape_node(&lower), host)
         } else {
+            check_remote_user(&lower, |r| unmappable_user(user, r))?;
             match self.mode {
                 AddressMode::Direct if self.is_component_domain(&host) => {
                     (escape_node(&lower), host)
@@ -963,7 +985,9 @@ mod tests {
             ),
             (
                 r"a\40b\40contoso.com@lcs.example.org",
-                ok("sip:a%40b@contoso.com"),
+                err(
+                    r#"JID localpart "a\\40b\\40contoso.com" cannot be a SIP user part: an LCS user part may not contain '@' (it would read as an address of another domain)"#,
+                ),
             ),
             (
                 r"c\3a\5c5commas\40contoso.com@lcs.example.org",
@@ -1085,7 +1109,12 @@ mod tests {
                 "joe@fabrikam.net/laptop",
                 ok("sip:joe@fabrikam.net;gr=laptop"),
             ),
-            (r"joe\40x@contoso.com", ok("sip:joe%40x@contoso.com")),
+            (
+                r"joe\40x@contoso.com",
+                err(
+                    r#"JID localpart "joe\\40x" cannot be a SIP user part: an LCS user part may not contain '@' (it would read as an address of another domain)"#,
+                ),
+            ),
             (r"o\27hara@contoso.com", ok("sip:o'hara@contoso.com")),
             ("alice@example.org/phone", ok("sip:alice@example.org")),
             (
@@ -1145,8 +1174,14 @@ mod tests {
                 ok(r"o\27hara\40contoso.com@lcs.example.org"),
             ),
             (
-                ("a b@c", "contoso.com", None),
-                ok(r"a\20b\40c\40contoso.com@lcs.example.org"),
+                ("a b", "contoso.com", None),
+                ok(r"a\20b\40contoso.com@lcs.example.org"),
+            ),
+            (
+                ("joe@fabrikam.com", "contoso.com", None),
+                err(
+                    r#"SIP user part "joe@fabrikam.com" cannot be a JID localpart: an LCS user part may not contain '@' (it would read as an address of another domain)"#,
+                ),
             ),
             (
                 (r"c:\5commas", "contoso.com", None),
@@ -1264,7 +1299,12 @@ mod tests {
         let book = direct();
         let cases: &[(SipIn, Result<String, String>)] = &[
             (("Joe", "CONTOSO.com", None), ok("joe@contoso.com")),
-            (("joe@x", "contoso.com", None), ok(r"joe\40x@contoso.com")),
+            (
+                ("joe@fabrikam.com", "contoso.com", None),
+                err(
+                    r#"SIP user part "joe@fabrikam.com" cannot be a JID localpart: an LCS user part may not contain '@' (it would read as an address of another domain)"#,
+                ),
+            ),
             (
                 ("joe", "fabrikam.net", Some("laptop")),
                 ok("joe@fabrikam.net/laptop"),
@@ -1556,9 +1596,10 @@ mod tests {
                 prop_assert_eq!(back, Ok(expected), "via {}", jid);
             }
             Err(e) => {
-                // Printable ASCII always maps; refusals are for what nodeprep cannot hold.
+                // Printable ASCII always maps (but an LCS user with '@'); refusals are for what
+                // nodeprep cannot hold.
                 prop_assert!(
-                    !printable_ascii(user),
+                    !printable_ascii(user) || remote && user.contains('@'),
                     "printable ASCII user {:?} refused: {}",
                     user,
                     e

@@ -48,6 +48,7 @@ use crate::core::errors::Condition;
 use crate::core::pidf::{self, PidfDocument};
 use crate::core::presence::{pidf_for_presence, presence_from_pidf, show_for_presence};
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable, Show};
+use crate::core::xml_chars;
 use crate::edge::core::{Route, Undeliverable};
 use crate::edge::server::EdgeEvent;
 use crate::random::SplitMix;
@@ -2281,15 +2282,25 @@ fn subscribe_request(from: BareJid, to: BareJid, display: Option<String>) -> Out
     stanza(p)
 }
 
+/// A stored dialog taken up again. Display names are cleaned: one stored by an older version
+/// may hold characters that neither a stanza (the watcher's nick) nor a SIP header (From/To of
+/// the dialog's requests) may carry, and the record is written back cleaned.
 fn restored_dialog(r: &DialogRecord, now: Instant) -> Dialog {
+    let clean = |display: &Option<String>| {
+        display.as_deref().map(|d| {
+            d.chars()
+                .filter(|&c| xml_chars::is_xml_char(c) && (c == '\t' || !c.is_control()))
+                .collect::<String>()
+        })
+    };
     Dialog::restored(
         DialogId {
             call_id: r.call_id.clone(),
             local_tag: r.local_tag.clone(),
             remote_tag: r.remote_tag.clone(),
         },
-        (r.local_uri.clone(), r.local_display.clone()),
-        (r.remote_uri.clone(), r.remote_display.clone()),
+        (r.local_uri.clone(), clean(&r.local_display)),
+        (r.remote_uri.clone(), clean(&r.remote_display)),
         r.remote_target.clone(),
         r.route_set.clone(),
         (r.local_cseq, r.remote_cseq),

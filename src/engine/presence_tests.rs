@@ -1400,7 +1400,8 @@ fn restore_asks_again_for_a_watcher_still_waiting_for_its_user() {
     let mut e = engine_at(now);
     let mut waiting = record(Direction::Inbound, Approval::Requested, 1_700_001_000);
     waiting.state = SubState::Pending;
-    waiting.dialog = Some(stored_dialog(1, 1, Some("Bob Example")));
+    // A display name stored by an older version, with characters neither XML nor SIP carry.
+    waiting.dialog = Some(stored_dialog(1, 1, Some("Bob\u{1} Ex\u{FFFE}ample\u{7f}")));
     let out = e.restore(now, std::iter::once(waiting));
     assert_eq!(
         kinds(&out),
@@ -1417,6 +1418,8 @@ fn restore_asks_again_for_a_watcher_still_waiting_for_its_user() {
     assert_eq!(kinds(&out), ["persist:approved", "request:NOTIFY"]);
     let (_, n, route) = requests(&out).remove(0);
     assert_eq!(n.call_id().unwrap(), "w-1");
+    assert_eq!(n.header_error(), None);
+    assert_eq!(n.to().unwrap().display_name, Some("Bob Example"));
     assert_eq!(route, Route::Domain("contoso.com".into()));
     assert!(
         n.header("Subscription-State")

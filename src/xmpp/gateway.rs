@@ -931,8 +931,8 @@ mod tests {
             (
                 gateway(),
                 "lcs.example.org",
-                "a b@c@contoso.com",
-                "a\\20b\\40c\\40contoso.com@lcs.example.org",
+                "a b.c@contoso.com",
+                "a\\20b.c\\40contoso.com@lcs.example.org",
             ),
             (
                 gateway(),
