@@ -33,8 +33,22 @@ pub fn show_for_presence(p: &Presence) -> Show {
     }
 }
 
+/// Most notes (one per language) a document sent to LCS carries.
+pub const MAX_NOTES: usize = 4;
+/// Longest note, and longest display name, sent to LCS, in characters. An XMPP status may be
+/// as long as a stanza (hundreds of kilobytes); SIP stacks commonly refuse messages above 64 KiB
+/// and Microsoft clients show a one-line personal note. With these caps a NOTIFY's PIDF body
+/// stays under 10 KiB whatever the user typed.
+pub const MAX_NOTE_CHARS: usize = 500;
+
+/// `text` cut to at most `max` characters.
+fn at_most(text: &str, max: usize) -> &str {
+    text.char_indices().nth(max).map_or(text, |(i, _)| &text[..i])
+}
+
 /// The PIDF document to send to LCS for an XMPP presence of the user whose SIP AOR is `entity`.
 /// `icon` is kept as given; [`crate::core::pidf::render`] writes it only if it is `https:`.
+/// Notes and the display name are capped ([`MAX_NOTES`], [`MAX_NOTE_CHARS`]).
 pub fn pidf_for_presence(
     p: &Presence,
     entity: &str,
@@ -47,9 +61,10 @@ pub fn pidf_for_presence(
         .statuses
         .iter()
         .filter(|(_, text)| !text.trim().is_empty())
+        .take(MAX_NOTES)
         .map(|(lang, text)| Note {
             lang: language_tag(lang).map(str::to_owned),
-            text: text.clone(),
+            text: at_most(text, MAX_NOTE_CHARS).to_owned(),
         })
         .collect();
     if notes.is_empty() {
@@ -65,7 +80,7 @@ pub fn pidf_for_presence(
         basic: Some(row.basic),
         activity: row.activity.map(str::to_owned),
         notes,
-        display_name: display_name.map(str::to_owned),
+        display_name: display_name.map(|d| at_most(d, MAX_NOTE_CHARS).to_owned()),
         icon: icon.map(str::to_owned),
     }
 }
@@ -130,6 +145,28 @@ mod tests {
 
     fn presence(xml: &str) -> Presence {
         crate::xmpp::parse_presence(xml).unwrap()
+    }
+
+    #[test]
+    fn long_statuses_many_languages_and_bad_tags_are_bounded() {
+        let long = "é".repeat(20_000);
+        let mut xml = format!("<presence><status>{long}</status>");
+        for lang in ["en", "de", "fr", "it", "es", "nl"] {
+            xml.push_str(&format!("<status xml:lang='{lang}'>{lang}</status>"));
+        }
+        xml.push_str("</presence>");
+        let nick = "n".repeat(10_000);
+        let doc = pidf_for_presence(&presence(&xml), "sip:a@b", Some(&nick), None, &table());
+        assert_eq!(doc.notes.len(), MAX_NOTES);
+        assert!(doc.notes.iter().all(|n| n.text.chars().count() <= MAX_NOTE_CHARS));
+        assert_eq!(doc.notes[0].text.chars().count(), MAX_NOTE_CHARS);
+        assert_eq!(doc.display_name.as_ref().map(String::len), Some(MAX_NOTE_CHARS));
+        assert!(render(&doc).len() < 10 * 1024, "{}", render(&doc).len());
+        // xml:lang values that are not BCP 47 tags are dropped, the text kept.
+        let p = presence("<presence><status xml:lang='en&#13;&#10;X: y'>hi</status></presence>");
+        let doc = pidf_for_presence(&p, "sip:a@b", None, None, &table());
+        assert_eq!(doc.notes[0].lang, None);
+        assert_eq!(doc.notes[0].text, "hi");
     }
 
     #[test]
