@@ -199,6 +199,8 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
         nick_suffix: cfg.presence.display_name_suffix.clone(),
         icon_url: cfg.presence.icon_url.clone(),
         restore_rate: cfg.presence.restore_rate,
+        max_pending_per_domain: cfg.presence.max_pending_per_domain,
+        max_pending_per_user: cfg.presence.max_pending_per_user,
         ..PresenceSettings::default()
     }
 }

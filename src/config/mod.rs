@@ -404,6 +404,12 @@ pub struct PresenceConfig {
     /// (fresh SUBSCRIBEs and watchers' NOTIFYs; `presence.restore_rate`, 10–100000,
     /// default 1000).
     pub restore_rate: u32,
+    /// LCS watchers one remote domain may have waiting for local users' approval
+    /// (`presence.max_pending_per_domain`, default 1000).
+    pub max_pending_per_domain: usize,
+    /// LCS watchers one local user may have waiting for approval
+    /// (`presence.max_pending_per_user`, default 100).
+    pub max_pending_per_user: usize,
 }
 
 /// `[im]`: instant messaging sessions (INVITE sessions carrying MESSAGEs).

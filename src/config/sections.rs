@@ -36,6 +36,9 @@ pub(crate) mod defaults {
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
     pub const SUBSCRIPTION_EXPIRES_SECS: u64 = 3600;
     pub const RESTORE_RATE: u64 = 1000;
+    /// OCS's default contact limit for discovered partners.
+    pub const MAX_PENDING_PER_DOMAIN: u64 = 1000;
+    pub const MAX_PENDING_PER_USER: u64 = 100;
     pub const IM_SESSION_IDLE_SECS: u64 = 600;
     pub const IM_MAX_MESSAGE_BYTES: usize = 16 * 1024;
     pub const IM_MAX_QUEUED_MESSAGES: usize = 100;
@@ -881,6 +884,8 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
     let interval = t.int("notify_min_interval_secs", diag);
     let expires = t.int("subscription_expires_secs", diag);
     let restore_rate = t.int("restore_rate", diag);
+    let pending_domain = t.int("max_pending_per_domain", diag);
+    let pending_user = t.int("max_pending_per_user", diag);
     t.finish(diag);
 
     let suffix = conv(diag, "presence.display_name_suffix", suffix, |s| {
@@ -918,12 +923,32 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
         100_000,
         "",
     );
+    let pending_domain = ranged(
+        diag,
+        "presence.max_pending_per_domain",
+        pending_domain,
+        defaults::MAX_PENDING_PER_DOMAIN,
+        1,
+        1_000_000,
+        "",
+    );
+    let pending_user = ranged(
+        diag,
+        "presence.max_pending_per_user",
+        pending_user,
+        defaults::MAX_PENDING_PER_USER,
+        1,
+        100_000,
+        "",
+    );
     Some(PresenceConfig {
         display_name_suffix: suffix?,
         icon_url: icon_url?,
         notify_min_interval: Duration::from_secs(interval?),
         subscription_expires: Duration::from_secs(expires?),
         restore_rate: u32::try_from(restore_rate?).unwrap_or(u32::MAX),
+        max_pending_per_domain: usize::try_from(pending_domain?).unwrap_or(usize::MAX),
+        max_pending_per_user: usize::try_from(pending_user?).unwrap_or(usize::MAX),
     })
 }
 

@@ -43,7 +43,9 @@ pub const MAX_NOTE_CHARS: usize = 500;
 
 /// `text` cut to at most `max` characters.
 fn at_most(text: &str, max: usize) -> &str {
-    text.char_indices().nth(max).map_or(text, |(i, _)| &text[..i])
+    text.char_indices()
+        .nth(max)
+        .map_or(text, |(i, _)| &text[..i])
 }
 
 /// The PIDF document to send to LCS for an XMPP presence of the user whose SIP AOR is `entity`.
@@ -158,9 +160,16 @@ mod tests {
         let nick = "n".repeat(10_000);
         let doc = pidf_for_presence(&presence(&xml), "sip:a@b", Some(&nick), None, &table());
         assert_eq!(doc.notes.len(), MAX_NOTES);
-        assert!(doc.notes.iter().all(|n| n.text.chars().count() <= MAX_NOTE_CHARS));
+        assert!(
+            doc.notes
+                .iter()
+                .all(|n| n.text.chars().count() <= MAX_NOTE_CHARS)
+        );
         assert_eq!(doc.notes[0].text.chars().count(), MAX_NOTE_CHARS);
-        assert_eq!(doc.display_name.as_ref().map(String::len), Some(MAX_NOTE_CHARS));
+        assert_eq!(
+            doc.display_name.as_ref().map(String::len),
+            Some(MAX_NOTE_CHARS)
+        );
         assert!(render(&doc).len() < 10 * 1024, "{}", render(&doc).len());
         // xml:lang values that are not BCP 47 tags are dropped, the text kept.
         let p = presence("<presence><status xml:lang='en&#13;&#10;X: y'>hi</status></presence>");

@@ -32,10 +32,11 @@
 //! gives the XEP-0100 unavailable presences.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::warn;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::nick::Nick;
@@ -68,6 +69,11 @@ pub const DEFAULT_EXPIRES_SECS: u32 = 3600;
 /// Local CSeq numbers of a watcher's dialog reserved by one synced store write (see
 /// `Watcher::cseq_reserved`).
 pub const CSEQ_RESERVE: u32 = 1000;
+/// `Retry-After` of the `503` to a watcher over a pending-subscription limit: the limit frees
+/// up as local users answer the requests waiting for them.
+pub const PENDING_RETRY_AFTER_SECS: u32 = 600;
+/// Stanzas a late timer call sends at once while restoring (the rest wait for their time).
+pub(crate) const RESTORE_STANZA_BURST: usize = 64;
 
 /// What the engine needs to know.
 #[derive(Debug, Clone)]
@@ -90,8 +96,13 @@ pub struct PresenceSettings {
     /// Longest retry delay (also used for `noresource`/`invariant`, which RFC 6665 says not
     /// to retry soon).
     pub retry_max: Duration,
-    /// Requests per second that take up stored subscriptions after a start (`restore`).
+    /// Requests per second that take up stored subscriptions after a start (`restore`), and
+    /// stanzas per second it sends to the XMPP server.
     pub restore_rate: u32,
+    /// LCS watchers waiting for approval, at most, per remote domain and per local user; a new
+    /// one beyond either gets `503` with `Retry-After` ([`PENDING_RETRY_AFTER_SECS`]).
+    pub max_pending_per_domain: usize,
+    pub max_pending_per_user: usize,
 }
 
 impl Default for PresenceSettings {
@@ -106,6 +117,8 @@ impl Default for PresenceSettings {
             retry_base: Duration::from_secs(30),
             retry_max: Duration::from_secs(1800),
             restore_rate: 1000,
+            max_pending_per_domain: 1000,
+            max_pending_per_user: 100,
         }
     }
 }
@@ -138,6 +151,56 @@ type Key = Arc<(String, String)>;
 
 fn key(local: String, remote: String) -> Key {
     Arc::new((local, remote))
+}
+
+/// The LCS watchers waiting for their local user's approval, counted per remote domain and per
+/// local user, for the pending-subscription limits. Kept in step with the watchers from the
+/// keys each call touched ([`PresenceEngine::rearm`]), so no path that changes an approval
+/// can forget it.
+#[derive(Debug, Default)]
+struct Pending {
+    keys: std::collections::HashSet<Key>,
+    by_domain: HashMap<String, usize>,
+    by_user: HashMap<String, usize>,
+}
+
+impl Pending {
+    /// The remote domain of a key (the AOR's host).
+    fn domain(key: &Key) -> &str {
+        key.1.rsplit_once('@').map_or("", |(_, host)| host)
+    }
+
+    fn set(&mut self, key: &Key, pending: bool) {
+        let changed = if pending {
+            self.keys.insert(key.clone())
+        } else {
+            self.keys.remove(key)
+        };
+        if !changed {
+            return;
+        }
+        for (map, name) in [
+            (&mut self.by_domain, Self::domain(key)),
+            (&mut self.by_user, key.0.as_str()),
+        ] {
+            if pending {
+                *map.entry(name.to_owned()).or_default() += 1;
+            } else if let Some(n) = map.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(name);
+                }
+            }
+        }
+    }
+
+    fn of_domain(&self, key: &Key) -> usize {
+        self.by_domain.get(Self::domain(key)).copied().unwrap_or(0)
+    }
+
+    fn of_user(&self, key: &Key) -> usize {
+        self.by_user.get(&key.0).copied().unwrap_or(0)
+    }
 }
 
 /// An XMPP user's subscription to an LCS user.
@@ -280,6 +343,7 @@ impl<V> Tracked<V> {
     }
 
     fn remove(&mut self, key: &Key) -> Option<V> {
+        self.touched.push(key.clone());
         self.map.remove(key)
     }
 
@@ -362,6 +426,10 @@ pub struct PresenceEngine {
     /// Full JID → the last available presence taken from it, as received, until it goes
     /// unavailable ([`PresenceEngine::repeated`]).
     last_raw: BTreeMap<String, Element>,
+    pending: Pending,
+    /// Stanzas a restore sends, paced at `restore_rate` from `paced_at` on.
+    paced: VecDeque<Element>,
+    paced_at: Instant,
 }
 
 fn secs(d: Duration) -> u32 {
@@ -415,6 +483,9 @@ impl PresenceEngine {
             purposes: HashMap::new(),
             users: HashMap::new(),
             last_raw: BTreeMap::new(),
+            pending: Pending::default(),
+            paced: VecDeque::new(),
+            paced_at: clock.at,
         }
     }
 
@@ -1540,6 +1611,26 @@ impl PresenceEngine {
             }
             return;
         }
+        if !self.inbound.contains_key(&key) {
+            if let Some(limit) = self.pending_limit(&key) {
+                warn!(
+                    watcher = %key.1,
+                    user = %key.0,
+                    limit,
+                    "presence subscription refused: pending-subscription limit reached"
+                );
+                let reason = match limit {
+                    "presence.max_pending_per_domain" => format!(
+                        "Too many pending subscriptions from {} ({limit})",
+                        Pending::domain(&key)
+                    ),
+                    _ => format!("Too many pending subscriptions for this user ({limit})"),
+                };
+                let mut r = Message::response_to(request, 503, Some(&reason), Some(&tag));
+                r.push_header("Retry-After", &PENDING_RETRY_AFTER_SECS.to_string());
+                return out.push(Output::Respond { tx, response: r });
+            }
+        }
         let granted = expires.min(secs(self.settings.expires).max(MIN_EXPIRES_SECS));
         let deadline = now + self.settings.dialog_max_age;
         let approval = match self.inbound.get_mut(&key) {
@@ -1584,7 +1675,11 @@ impl PresenceEngine {
         if approval != Approval::Approved {
             // XEP-0100: the gateway asks on the legacy user's behalf (RFC 6121 §3.1.3: the
             // server answers by itself when the user already approved).
-            out.push(subscribe_request(remote_jid, local.clone(), display));
+            out.push(stanza(subscribe_request(
+                remote_jid,
+                local.clone(),
+                display,
+            )));
         }
         let mut r = Message::response_to(request, 202, None, Some(&tag));
         r.push_header("Expires", &granted.to_string());
@@ -1674,6 +1769,18 @@ impl PresenceEngine {
         out.push(Output::Respond { tx, response: r });
         // RFC 6665 §4.2.1.2: a refresh is followed by a NOTIFY with the current state.
         self.send_notify(now, &key, state, out);
+    }
+
+    /// The configuration key of the pending-subscription limit a new watcher `key` would go
+    /// beyond, if any.
+    fn pending_limit(&self, key: &Key) -> Option<&'static str> {
+        if self.pending.of_domain(key) >= self.settings.max_pending_per_domain {
+            Some("presence.max_pending_per_domain")
+        } else if self.pending.of_user(key) >= self.settings.max_pending_per_user {
+            Some("presence.max_pending_per_user")
+        } else {
+            None
+        }
     }
 
     fn remove_watcher(&mut self, key: &Key) {
@@ -1824,7 +1931,35 @@ impl PresenceEngine {
 
     /// The next instant [`PresenceEngine::handle_timeout`] may have work (early at worst).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let paced = (!self.paced.is_empty()).then_some(self.paced_at);
+        match (timer, paced) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time between two paced requests or stanzas of a restore.
+    fn restore_spacing(&self) -> Duration {
+        Duration::from_secs(1) / self.settings.restore_rate.max(1)
+    }
+
+    /// The restore's stanzas due at `now`, at most [`RESTORE_STANZA_BURST`] at once.
+    fn release_paced(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let spacing = self.restore_spacing();
+        let mut sent = 0;
+        while self.paced_at <= now && sent < RESTORE_STANZA_BURST {
+            let Some(stanza) = self.paced.pop_front() else {
+                break;
+            };
+            out.push(Output::Stanza(stanza));
+            self.paced_at += spacing;
+            sent += 1;
+        }
+        if sent == RESTORE_STANZA_BURST {
+            // Called late: the rest keeps its pace from now instead of bursting.
+            self.paced_at = self.paced_at.max(now + spacing);
+        }
     }
 
     /// Notes `key`'s next due time `at` unless an earlier one is armed.
@@ -1853,7 +1988,12 @@ impl PresenceEngine {
             }
         }
         for key in std::mem::take(&mut self.inbound.touched) {
-            if let Some(at) = self.inbound.get(&key).and_then(|w| self.watcher_due(w)) {
+            let watcher = self.inbound.get(&key);
+            self.pending.set(
+                &key,
+                watcher.is_some_and(|w| w.approval == Approval::Requested),
+            );
+            if let Some(at) = watcher.and_then(|w| self.watcher_due(w)) {
                 self.arm(Side::In, key, at);
             }
         }
@@ -1885,6 +2025,7 @@ impl PresenceEngine {
     /// Refreshes, retries, replacements, expiries and coalesced NOTIFYs due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
+        self.release_paced(now, &mut out);
         let (mut due_out, mut due_in) = (Vec::new(), Vec::new());
         while let Some(Reverse((at, _, _))) = self.timers.peek() {
             if *at > now {
@@ -2089,8 +2230,9 @@ impl PresenceEngine {
     ) -> Vec<Output> {
         let mut out = Vec::new();
         let mut reserve = Vec::new();
-        // The SUBSCRIBEs and NOTIFYs restoring brings go out at `restore_rate`, in store order.
-        let spacing = Duration::from_secs(1) / self.settings.restore_rate.max(1);
+        // The SUBSCRIBEs and NOTIFYs restoring brings go out at `restore_rate`, in store order;
+        // its stanzas likewise, in a sequence of their own.
+        let spacing = self.restore_spacing();
         let mut paced = (0..).map(|k| now + spacing * k);
         let now_unix = self.unix(now);
         for s in subs {
@@ -2195,9 +2337,10 @@ impl PresenceEngine {
         for key in reserve {
             self.persist_in(now, &key, &mut out);
         }
+        let mut stanzas = Vec::new();
         for (user, domain) in self.gateway_users() {
             if let (Ok(to), Ok(from)) = (BareJid::new(&user), BareJid::new(&domain)) {
-                out.push(stanza(Presence::available().with_from(from).with_to(to)));
+                stanzas.push(Presence::available().with_from(from).with_to(to));
             }
         }
         // One probe per local user with approved watchers; its answer updates all of them.
@@ -2211,7 +2354,7 @@ impl PresenceEngine {
             .collect();
         for (user, from) in probes {
             if let Ok(to) = BareJid::new(&user) {
-                out.push(stanza(Presence::probe().with_from(from).with_to(to)));
+                stanzas.push(Presence::probe().with_from(from).with_to(to));
             }
         }
         // Watchers still waiting for their user are asked for again: the approval may have
@@ -2222,10 +2365,14 @@ impl PresenceEngine {
             if w.approval == Approval::Requested {
                 if let Ok(to) = BareJid::new(&key.0) {
                     let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
-                    out.push(subscribe_request(w.remote_jid.clone(), to, display));
+                    stanzas.push(subscribe_request(w.remote_jid.clone(), to, display));
                 }
             }
         }
+        // So that a large deployment does not overflow the link's queue to its own server.
+        self.paced.extend(stanzas.into_iter().map(Element::from));
+        self.paced_at = now;
+        self.release_paced(now, &mut out);
         self.rearm();
         out
     }
@@ -2274,12 +2421,12 @@ fn stanza(p: Presence) -> Output {
 
 /// The `subscribe` the gateway sends on an LCS watcher's behalf, with the watcher's display
 /// name as a XEP-0172 nick.
-fn subscribe_request(from: BareJid, to: BareJid, display: Option<String>) -> Output {
+fn subscribe_request(from: BareJid, to: BareJid, display: Option<String>) -> Presence {
     let mut p = Presence::subscribe().with_from(from).with_to(to);
     if let Some(name) = display.filter(|d| !d.trim().is_empty()) {
         p.payloads.push(Element::from(Nick(name)));
     }
-    stanza(p)
+    p
 }
 
 /// A stored dialog taken up again. Display names are cleaned: one stored by an older version

@@ -18,6 +18,8 @@ fn settings() -> PresenceSettings {
         retry_base: Duration::from_secs(30),
         retry_max: Duration::from_secs(1800),
         restore_rate: 1000,
+        max_pending_per_domain: 3,
+        max_pending_per_user: 2,
     }
 }
 
@@ -1196,20 +1198,22 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
     let out = e.restore(now, vec![inbound, stale, outbound].into_iter());
     assert_eq!(
         kinds(&out),
-        [
-            "forget:inbound",
-            "persist:approved",
-            "stanza:available",
-            "stanza:probe",
-        ]
+        ["forget:inbound", "persist:approved", "stanza:available"]
     );
+    // The restore's stanzas are paced too (1,000/s): the probe comes 1 ms later, with the
+    // fresh SUBSCRIBE, second in the requests' paced sequence, after the watcher's NOTIFY
+    // (which also waits for the interval).
+    let first = now + Duration::from_millis(1);
+    assert_eq!(e.poll_timeout(), Some(first));
+    let paced = e.handle_timeout(first);
+    assert_eq!(kinds(&paced), ["stanza:probe", "request:SUBSCRIBE"]);
     // The dialog's next CSeq numbers, reserved in the store before any is used.
     let d = persisted(&out)[0].dialog.clone().unwrap();
     assert_eq!(
         (d.call_id.as_str(), d.local_cseq),
         ("w-1", 7 + CSEQ_RESERVE)
     );
-    let s = stanzas(&out);
+    let s = [stanzas(&out), stanzas(&paced)].concat();
     assert!(
         s[0].contains("from='lcs.example.org'") && s[0].contains(&format!("to='{ALICE}'")),
         "gateway presence: {}",
@@ -1220,13 +1224,7 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
         "{}",
         s[1]
     );
-    // The fresh SUBSCRIBE is second in the paced sequence (1,000/s), after the watcher's
-    // NOTIFY (which also waits for the interval).
-    let first = now + Duration::from_millis(1);
-    assert_eq!(e.poll_timeout(), Some(first));
-    let out = e.handle_timeout(first);
-    assert_eq!(kinds(&out), ["request:SUBSCRIBE"]);
-    let (tx, sub, route) = requests(&out).remove(0);
+    let (tx, sub, route) = requests(&paced).remove(0);
     assert_eq!(route, Route::Domain("contoso.com".into()));
     assert!(sub.to().unwrap().tag().is_none());
     // Approved before the restart: no second `subscribed`.
@@ -1384,7 +1382,11 @@ fn a_restarted_bridge_resumes_a_watcher_dialog_above_every_cseq_it_used() {
             "<show>xa</show>",
         ),
     );
-    let out = e.handle_timeout(e.poll_timeout().unwrap());
+    // After the restore's paced stanzas (the gateway's presence, the probe), the NOTIFY.
+    let out = (0..10)
+        .map(|_| e.handle_timeout(e.poll_timeout().unwrap()))
+        .find(|out| !requests(out).is_empty())
+        .unwrap();
     let (_, n, _) = requests(&out).remove(0);
     assert_eq!(n.call_id().unwrap(), "w-1");
     let cseq = n.cseq().unwrap().number;
@@ -1402,7 +1404,8 @@ fn restore_asks_again_for_a_watcher_still_waiting_for_its_user() {
     waiting.state = SubState::Pending;
     // A display name stored by an older version, with characters neither XML nor SIP carry.
     waiting.dialog = Some(stored_dialog(1, 1, Some("Bob\u{1} Ex\u{FFFE}ample\u{7f}")));
-    let out = e.restore(now, std::iter::once(waiting));
+    let mut out = e.restore(now, std::iter::once(waiting));
+    out.extend(e.handle_timeout(now + Duration::from_millis(1)));
     assert_eq!(
         kinds(&out),
         ["persist:requested", "stanza:available", "stanza:subscribe"]
@@ -1484,4 +1487,124 @@ fn a_benotify_leaves_no_server_transaction_behind() {
         Some(TxOutput::Event(TxEvent::Request { conn: 3, .. }))
     ));
     assert_eq!(t.len(), (0, 0));
+}
+
+/// A new LCS watcher `from` (`user@domain`) subscribing to local user `to` (`user`).
+fn watcher_subscribe(from: &str, to: &str, call_id: &str) -> EdgeEvent {
+    let raw = format!(
+        "SUBSCRIBE sip:{to}@example.org SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{call_id}\nMax-Forwards: 70\nFrom: <sip:{from}>;tag=t{call_id}\nTo: <sip:{to}@example.org>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <sip:{from};transport=tls>\nEvent: presence\nExpires: 3600\nContent-Length: 0\n\n"
+    );
+    EdgeEvent::Request {
+        tx: TxIds::default().next(),
+        conn: 4,
+        request: Message::parse(raw.replace('\n', "\r\n").as_bytes()).unwrap(),
+        asserted: None,
+    }
+}
+
+#[test]
+fn pending_subscriptions_are_limited_per_local_user_and_per_remote_domain() {
+    // settings(): at most 2 pending per local user, 3 per remote domain.
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let status = |out: &[Output]| responses(out)[0].status().unwrap();
+    assert_eq!(
+        status(&e.on_edge(now, watcher_subscribe("w1@contoso.com", "alice", "c1"))),
+        202
+    );
+    assert_eq!(
+        status(&e.on_edge(now, watcher_subscribe("w2@contoso.com", "alice", "c2"))),
+        202
+    );
+    // A third for alice: refused, no subscribe stanza for her, nothing stored.
+    let out = e.on_edge(now, watcher_subscribe("w3@contoso.com", "alice", "c3"));
+    assert_eq!(kinds(&out), ["respond:503"]);
+    let r = &responses(&out)[0];
+    assert_eq!(
+        r.reason(),
+        Some("Too many pending subscriptions for this user (presence.max_pending_per_user)")
+    );
+    assert_eq!(r.header("Retry-After"), Some("600"));
+    // The same watcher subscribing again in a new dialog is not a new pending one.
+    assert_eq!(
+        status(&e.on_edge(now, watcher_subscribe("w1@contoso.com", "alice", "c1b"))),
+        202
+    );
+    // Alice approves w1: room for one more.
+    let w1 = "w1\\40contoso.com@lcs.example.org";
+    e.on_stanza(
+        now,
+        pres(&format!("from='{ALICE}' to='{w1}' type='subscribed'"), ""),
+    );
+    assert_eq!(
+        status(&e.on_edge(now, watcher_subscribe("w3@contoso.com", "alice", "c4"))),
+        202
+    );
+    // contoso.com now has two pending (w2, w3); one more for carol, then its limit.
+    assert_eq!(
+        status(&e.on_edge(now, watcher_subscribe("w4@contoso.com", "carol", "c5"))),
+        202
+    );
+    let out = e.on_edge(now, watcher_subscribe("w5@contoso.com", "dave", "c6"));
+    assert_eq!(
+        responses(&out)[0].reason(),
+        Some("Too many pending subscriptions from contoso.com (presence.max_pending_per_domain)")
+    );
+    // Another domain is not affected; a refusal (unsubscribed) frees a place.
+    assert_eq!(
+        status(&e.on_edge(now, watcher_subscribe("x@fabrikam.com", "dave", "c7"))),
+        202
+    );
+    let w4 = "w4\\40contoso.com@lcs.example.org";
+    e.on_stanza(
+        now,
+        pres(
+            &format!("from='carol@example.org' to='{w4}' type='unsubscribed'"),
+            "",
+        ),
+    );
+    assert_eq!(
+        status(&e.on_edge(now, watcher_subscribe("w5@contoso.com", "dave", "c8"))),
+        202
+    );
+}
+
+#[test]
+fn restore_paces_its_stanzas_at_the_restore_rate() {
+    let now = Instant::now();
+    let mut e = engine_with(
+        now,
+        PresenceSettings {
+            restore_rate: 100,
+            ..settings()
+        },
+    );
+    // 300 approved watchers of 300 local users: a gateway presence and a probe for each.
+    let subs: Vec<Subscription> = (0..300)
+        .map(|i| {
+            let mut s = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
+            s.local_jid = format!("user{i}@example.org");
+            s
+        })
+        .collect();
+    let out = e.restore(now, subs.into_iter());
+    assert_eq!(stanzas(&out).len(), 1, "only the first stanza at once");
+    let mut sent = 1;
+    // At 100/s: 10 ms apart. Half a second later, 50 more.
+    let out = e.handle_timeout(now + Duration::from_millis(495));
+    sent += stanzas(&out).len();
+    assert_eq!(sent, 50);
+    // A timer that fires very late sends at most a bounded burst, then keeps the pace.
+    let late = now + Duration::from_secs(60);
+    let out = e.handle_timeout(late);
+    assert_eq!(stanzas(&out).len(), RESTORE_STANZA_BURST);
+    sent += RESTORE_STANZA_BURST;
+    assert_eq!(e.poll_timeout(), Some(late + Duration::from_millis(10)));
+    let mut t = late;
+    while sent < 600 {
+        t = e.poll_timeout().unwrap();
+        sent += stanzas(&e.handle_timeout(t)).len();
+    }
+    assert_eq!(sent, 600);
+    assert!(t >= late + Duration::from_millis(10 * (600 - 50 - 64 - 1)));
 }
