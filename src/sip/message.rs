@@ -1379,7 +1379,8 @@ l: 0\r\n\r\n";
 
     #[test]
     fn edits_that_would_change_the_shape_are_refused() {
-        let cases: Vec<(Box<dyn Fn(&mut Message)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Message)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|m| m.push_header("Subject", "hi\r\nX-Evil: 1")),
                 "Subject refused: control character U+000D at byte 2",
