@@ -425,10 +425,12 @@ impl Message {
 
     /// What a `400`/`513` to a request that failed [`Message::parse_structure`] needs (RFC 3261
     /// §8.2.6.2: the request line, Via, From, To, Call-ID and CSeq), read leniently from its
-    /// raw header section: lines may end in CRLF or a bare LF, and a line that is not UTF-8 or
-    /// holds a control character is skipped, so nothing is copied that could not be re-emitted
-    /// safely. `None` for a response, an ACK (never answered), or when one of those headers is
-    /// unreadable; such a message cannot be answered.
+    /// raw header section: lines may end in CRLF or a bare LF; bytes that are not UTF-8 become
+    /// U+FFFD and control characters are dropped from those values, so nothing is copied that
+    /// could not be re-emitted safely (the peer matches the answer to its transaction by the
+    /// Via branch and the CSeq method, RFC 3261 §17.1.3). `None` for a response, an ACK (never
+    /// answered), or when one of those headers is missing or unreadable; such a message cannot
+    /// be answered.
     pub fn salvage_request(raw: &[u8]) -> Option<Message> {
         /// Via lines copied at most (a 400 needs them all to reach the sender; more than this
         /// is not a real request).
@@ -450,9 +452,7 @@ impl Message {
         let mut m = Message::new_request(method, uri);
         let mut vias = 0;
         for line in lines {
-            let Ok(line) = std::str::from_utf8(line) else {
-                continue;
-            };
+            let line = String::from_utf8_lossy(line);
             let Some((name, value)) = line.split_once(':') else {
                 continue;
             };
@@ -467,8 +467,12 @@ impl Message {
                 HeaderKind::From | HeaderKind::To | HeaderKind::CallId | HeaderKind::CSeq => true,
                 _ => false,
             };
-            if wanted && check_header(name, value).is_ok() {
-                m.push_header(name, value);
+            if wanted {
+                let value: String = value
+                    .chars()
+                    .filter(|&c| c == '\t' || !c.is_ascii_control())
+                    .collect();
+                m.push_header(name, &value);
             }
         }
         (m.header_error().is_none() && m.validate().is_ok()).then_some(m)
@@ -1470,19 +1474,26 @@ Content-Length: 0\r\n\r\n";
         let expected = "Via: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1|\
 v: SIP/2.0/TLS 192.0.2.2:5061;branch=z9hG4bK2|From: <sip:joe@contoso.com>;tag=1|\
 To: <sip:alice@example.org>|Call-ID: c1|CSeq: 1 INVITE";
-        // Bare LF line ends, a line that is not UTF-8, a control character elsewhere.
+        // Bare LF line ends, a line that is not UTF-8, a control character elsewhere, or in a
+        // header the answer copies (dropped from the copy).
         let bare_lf = base.replace("Call-ID: c1\r\n", "Call-ID: c1\n");
         let mut not_utf8 = base
             .replace("Content-Length", "X-Junk: \u{1}\r\nContent-Length")
             .into_bytes();
         let at = not_utf8.len() - 10;
         not_utf8.splice(at..at, [0xFF, 0xFE]);
-        for raw in [base.as_bytes(), bare_lf.as_bytes(), &not_utf8] {
+        let control = base.replace("From: <sip", "From: \u{1b}<sip");
+        for raw in [
+            base.as_bytes(),
+            bare_lf.as_bytes(),
+            &not_utf8,
+            control.as_bytes(),
+        ] {
             assert_eq!(salvaged(raw).as_deref(), Some(expected));
         }
-        // A needed header that cannot be re-emitted, a response, an ACK: nothing to answer.
+        // A needed header missing or unreadable, a response, an ACK: nothing to answer.
         for raw in [
-            base.replace("From: <sip", "From: \u{1b}<sip"),
+            base.replace("From: <sip", "From: \u{1b}sip"),
             base.replace("Call-ID: c1\r\n", ""),
             base.replace("INVITE sip:alice@example.org SIP/2.0", "SIP/2.0 200 OK"),
             base.replace("INVITE sip:", "ACK sip:")

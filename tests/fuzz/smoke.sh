@@ -10,7 +10,7 @@ SECONDS_EACH=${FUZZ_SECONDS:-30}
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
-for target in sip_parse sip_framing pidf_parse im_body; do
+for target in sip_parse sip_framing pidf_parse im_body stanza_build; do
     corpus="corpus/$target"
     mkdir -p "$corpus"
     cp -n seeds/"$target"/* "$corpus"/ 2>/dev/null || true
