@@ -293,8 +293,12 @@ impl Writer {
         self.tx.send(WriteCmd::Bytes(bytes)).is_ok()
     }
 
+    /// Ends the connection: what is queued goes out (if the peer reads), then the writer
+    /// stops; the reader stops at once, even while paused.
     fn close(&self) {
         let _ = self.tx.send(WriteCmd::Close);
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.resume.notify_one();
     }
 }
 
@@ -740,8 +744,15 @@ where
     }
     drop(write_tx);
     let _ = core_tx.send(CoreInput::Closed { conn }).await;
-    // Let queued responses go out, then close.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    // Let queued responses go out, then close; a writer still blocked on a peer that does not
+    // read is stopped, which closes the socket.
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
     true
 }
 
