@@ -362,18 +362,11 @@ impl<W> Pool<W> {
     pub fn srv_names(&mut self, domain: &str, now: Instant) -> Option<Vec<String>> {
         let n = self.networks.get_mut(domain)?;
         n.last_used = now;
-        self.known_srv(domain, now)
+        srv_of(&n.targets, now)
     }
 
     fn known_srv(&self, domain: &str, now: Instant) -> Option<Vec<String>> {
-        match &self.networks.get(domain)?.targets {
-            Targets::Known {
-                targets,
-                valid_until,
-            } if *valid_until > now => Some(targets.iter().map(|t| t.host.clone()).collect()),
-            Targets::Failed { valid_until, .. } if *valid_until > now => Some(Vec::new()),
-            _ => None,
-        }
+        srv_of(&self.networks.get(domain)?.targets, now)
     }
 
     /// Whether a lookup for `domain` is under way.
@@ -702,6 +695,18 @@ impl<W> Pool<W> {
     }
 }
 
+/// The SRV target names in `targets` while they hold (empty for a failed lookup).
+fn srv_of(targets: &Targets, now: Instant) -> Option<Vec<String>> {
+    match targets {
+        Targets::Known {
+            targets,
+            valid_until,
+        } if *valid_until > now => Some(targets.iter().map(|t| t.host.clone()).collect()),
+        Targets::Failed { valid_until, .. } if *valid_until > now => Some(Vec::new()),
+        _ => None,
+    }
+}
+
 /// How long a failed lookup is remembered when DNS gave no TTL.
 pub const NEGATIVE_TTL_FLOOR: Duration = Duration::from_secs(5);
 
@@ -955,5 +960,42 @@ mod tests {
         pool.wait("fabrikam.com", 2, now + Duration::from_secs(32), now);
         let seen = drive(&mut pool, now, "fabrikam.com", &[]);
         assert_eq!(seen, [Action::Send { conn: 7 }]);
+    }
+
+    #[test]
+    fn idle_domains_go_with_their_backoff_and_expired_requests_come_back() {
+        let now = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.set_idle(Duration::from_secs(10));
+        pool.resolved(
+            now,
+            "contoso.com",
+            Ok(srv(&["a.contoso.com"])),
+            now + Duration::from_secs(3600),
+        );
+        pool.wait("contoso.com", 1, now + Duration::from_secs(32), now);
+        // The edge fails: the request fails with it, the edge backs off.
+        let seen = drive(&mut pool, now, "contoso.com", &["a.contoso.com"]);
+        assert!(matches!(seen.last(), Some(Action::Fail { .. })), "{seen:?}");
+        assert!(pool.take_waiting("contoso.com").is_some());
+        assert_eq!(pool.failures.len(), 1);
+        // A request that waits past its deadline comes back from `expire`, at that time.
+        pool.wait("contoso.com", 2, now + Duration::from_secs(1), now);
+        assert_eq!(pool.next_timer(), Some(now + Duration::from_secs(1)));
+        assert!(pool.expire(now + Duration::from_millis(999)).is_empty());
+        assert_eq!(
+            pool.expire(now + Duration::from_secs(1)),
+            [("contoso.com".to_owned(), 2)]
+        );
+        // Unused for the idle time and no longer backing off: the domain and its edge's
+        // backoff are dropped, and nothing is left to time.
+        let mut t = now;
+        while let Some(at) = pool.next_timer() {
+            t = at;
+            assert!(pool.expire(t).is_empty());
+        }
+        assert!(t >= now + Duration::from_secs(10));
+        assert_eq!(pool.domains_held(), (0, 0));
+        assert!(pool.failures.is_empty());
     }
 }

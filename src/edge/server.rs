@@ -278,6 +278,8 @@ impl Backpressure {
 struct Writer {
     tx: mpsc::UnboundedSender<WriteCmd>,
     shared: Arc<Backpressure>,
+    /// The peer's address, for log lines.
+    peer: SocketAddr,
 }
 
 impl Writer {
@@ -566,6 +568,7 @@ where
     let write_tx = Writer {
         tx,
         shared: shared.clone(),
+        peer,
     };
     let (reply, admitted) = oneshot::channel();
     if core_tx
@@ -930,7 +933,7 @@ async fn run_core(
                                 ),
                                 action: "peer does not read: connection closed",
                             };
-                            over_limit(&io.counters, &o, None);
+                            over_limit(&io.counters, &o, Some(w.peer));
                             w.close();
                             writers.remove(&conn);
                         }
@@ -938,7 +941,8 @@ async fn run_core(
                     continue;
                 }
                 CoreOutput::OverLimit(o) => {
-                    over_limit(&io.counters, &o, None);
+                    let peer = o.conn.and_then(|c| writers.get(&c)).map(|w| w.peer);
+                    over_limit(&io.counters, &o, peer);
                     continue;
                 }
                 CoreOutput::Resolve { domain } => {
