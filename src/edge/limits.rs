@@ -253,6 +253,13 @@ pub fn backlog(queued: usize, max: usize) -> Backlog {
     }
 }
 
+/// After reading was paused for `sip.message_timeout_secs`: whether the peer is the cause
+/// (over half of the limit still unsent: it reads nothing) and the connection must be closed,
+/// rather than the edge's core being behind on the frames already read.
+pub fn not_reading(unsent: usize, max: usize) -> bool {
+    backlog(unsent, max) != Backlog::Ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +334,7 @@ mod tests {
         assert_eq!(backlog(501, 1000), Backlog::Pause);
         assert_eq!(backlog(1000, 1000), Backlog::Pause);
         assert_eq!(backlog(1001, 1000), Backlog::Full);
+        assert!(!not_reading(500, 1000));
+        assert!(not_reading(501, 1000));
     }
 }

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::core::{Asserted, CoreOutput, CoreSettings, EdgeCore, Route, Undeliverable};
 use super::dns::{Discovery, DiscoveryError};
-use super::limits::{Backlog, Limit, LimitCounters, OverLimit, backlog};
+use super::limits::{Backlog, Limit, LimitCounters, OverLimit, backlog, not_reading};
 use super::pool::{EdgeAddr, NEGATIVE_TTL_FLOOR};
 use super::tls::{TlsConfigs, describe_handshake_error};
 use crate::policy::PeerIdentity;
@@ -228,6 +228,8 @@ enum CoreInput {
     Frame {
         conn: ConnId,
         frame: Frame,
+        /// Its bytes on the wire (counted in the connection's backlog until processed).
+        size: usize,
     },
     Closed {
         conn: ConnId,
@@ -256,9 +258,12 @@ enum WriteCmd {
 /// What a connection's reader, writer and the core task share: the bytes queued unsent
 /// (`sip.max_write_backlog_bytes` bounds them, counted in bytes, not messages: a burst of the
 /// bridge's own requests can queue thousands of small messages to a peer that reads fine),
-/// and the writer's signals to a reader paused on that backlog.
+/// the bytes of frames read and not yet processed by the core (they count toward pausing: the
+/// core's input queue is shared and bounded only in messages), and the signals to a reader
+/// paused on them.
 struct Backpressure {
     queued: AtomicUsize,
+    inflight: AtomicUsize,
     /// `sip.max_write_backlog_bytes` when the connection was made.
     max: usize,
     /// The backlog went down to half or less, or the writer ended.
@@ -268,8 +273,25 @@ struct Backpressure {
 }
 
 impl Backpressure {
+    /// Unsent bytes and frames not yet processed, against the limit: whether to read on.
     fn state(&self) -> Backlog {
-        backlog(self.queued.load(Ordering::Relaxed), self.max)
+        let held = self.queued.load(Ordering::Relaxed) + self.inflight.load(Ordering::Relaxed);
+        backlog(held, self.max)
+    }
+
+    /// `before` → `after` bytes held: a reader paused on them may go on (a stored permit if
+    /// none waits).
+    fn went_down(&self, before: usize, after: usize) {
+        if backlog(before, self.max) != Backlog::Ok && backlog(after, self.max) == Backlog::Ok {
+            self.resume.notify_one();
+        }
+    }
+
+    /// The core has processed a frame of `size` bytes from this connection.
+    fn processed(&self, size: usize) {
+        let before = self.inflight.fetch_sub(size, Ordering::Relaxed);
+        let queued = self.queued.load(Ordering::Relaxed);
+        self.went_down(before + queued, before.saturating_sub(size) + queued);
     }
 }
 
@@ -561,6 +583,7 @@ where
     let (tx, mut write_rx) = mpsc::unbounded_channel::<WriteCmd>();
     let shared = Arc::new(Backpressure {
         queued: AtomicUsize::new(0),
+        inflight: AtomicUsize::new(0),
         max: io.backlog_max.load(Ordering::Relaxed),
         resume: Notify::new(),
         closed: AtomicBool::new(false),
@@ -614,13 +637,11 @@ where
                 break;
             }
             let before = shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-            let after = before.saturating_sub(batch.len());
-            // A reader paused on this backlog may go on (a stored permit if none waits).
-            if backlog(before, shared.max) != Backlog::Ok
-                && backlog(after, shared.max) == Backlog::Ok
-            {
-                shared.resume.notify_one();
-            }
+            let inflight = shared.inflight.load(Ordering::Relaxed);
+            shared.went_down(
+                before + inflight,
+                before.saturating_sub(batch.len()) + inflight,
+            );
             if closing {
                 break;
             }
@@ -639,9 +660,10 @@ where
             debug!(%peer, conn, "writer ended: closing connection");
             break;
         }
-        // Over half of `sip.max_write_backlog_bytes` unsent: read nothing more from this peer
-        // until it has read enough (TCP then slows a peer that sends without reading). One
-        // that reads nothing for `sip.message_timeout_secs` meanwhile is closed.
+        // Over half of `sip.max_write_backlog_bytes` unsent or not yet processed: read nothing
+        // more from this peer until it has read enough, or the core has caught up (TCP then
+        // slows a peer that sends without reading, or faster than the bridge works). One that
+        // reads nothing for `sip.message_timeout_secs` meanwhile is closed.
         if shared.state() != Backlog::Ok {
             let resumed = tokio::time::timeout(settings.message_timeout, async {
                 while shared.state() != Backlog::Ok && !shared.closed.load(Ordering::Relaxed) {
@@ -649,15 +671,15 @@ where
                 }
             })
             .await;
-            if resumed.is_err() {
+            let unsent = shared.queued.load(Ordering::Relaxed);
+            if resumed.is_err() && not_reading(unsent, shared.max) {
                 over_limit(
                     &io.counters,
                     &OverLimit {
                         limit: Limit::WriteBacklog,
                         conn: Some(conn),
                         detail: format!(
-                            "{} bytes unsent for {} s",
-                            shared.queued.load(Ordering::Relaxed),
+                            "{unsent} bytes unsent for {} s",
                             settings.message_timeout.as_secs()
                         ),
                         action: "peer does not read: connection closed",
@@ -715,11 +737,14 @@ where
         let mut fatal = false;
         let mut progressed = false;
         loop {
+            let before = framer.buffered();
             match framer.next_frame() {
                 Ok(Some(frame)) => {
                     progressed = true;
+                    let size = before.saturating_sub(framer.buffered());
+                    shared.inflight.fetch_add(size, Ordering::Relaxed);
                     if core_tx
-                        .send(CoreInput::Frame { conn, frame })
+                        .send(CoreInput::Frame { conn, frame, size })
                         .await
                         .is_err()
                     {
@@ -841,6 +866,8 @@ async fn run_core(
             }
         };
         let now = Instant::now();
+        // A frame's bytes leave its connection's backlog once its outputs are queued.
+        let mut processed: Option<(ConnId, usize)> = None;
         let outputs = match input {
             None => core.handle_timeout(now),
             Some(CoreInput::Accept { conn, peer, reply }) => {
@@ -894,7 +921,10 @@ async fn run_core(
                 result,
                 valid_until,
             }) => core.resolved(now, &domain, result, valid_until),
-            Some(CoreInput::Frame { conn, frame }) => core.on_frame(now, conn, frame),
+            Some(CoreInput::Frame { conn, frame, size }) => {
+                processed = Some((conn, size));
+                core.on_frame(now, conn, frame)
+            }
             Some(CoreInput::Closed { conn }) => {
                 if let Some(w) = writers.remove(&conn) {
                     w.close();
@@ -992,6 +1022,11 @@ async fn run_core(
                 CoreOutput::ConnectionLost { conn } => EdgeEvent::ConnectionLost { conn },
             };
             let _ = shared.events.send(event);
+        }
+        if let Some((conn, size)) = processed {
+            if let Some(w) = writers.get(&conn) {
+                w.shared.processed(size);
+            }
         }
     }
 }
