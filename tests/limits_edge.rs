@@ -750,13 +750,6 @@ async fn a_peer_that_sends_without_reading_is_paused_then_closed() {
         results.push(t.await.unwrap());
     }
     let sending = started.elapsed();
-    // The bridge closes each paused connection once it has read nothing for 2 s.
-    w.wait_log(
-        "limit=\"sip.max_write_backlog_bytes\"",
-        conns,
-        Duration::from_secs(10),
-    )
-    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     sampler.abort();
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
@@ -778,5 +771,12 @@ async fn a_peer_that_sends_without_reading_is_paused_then_closed() {
         peak - rss0 < 12 * 1024,
         "bridge RSS {rss0} KiB, peak {peak} KiB"
     );
+    // The bridge closes each paused connection once its peer has read nothing for 2 s.
+    w.wait_log(
+        "limit=\"sip.max_write_backlog_bytes\"",
+        conns,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(w.over_limit_lines("sip.max_write_backlog_bytes"), conns);
 }
