@@ -19,6 +19,7 @@ use crate::config::{self, LogFormat};
 use crate::core::address::AddressBook;
 use crate::core::tables::Mappings;
 use crate::edge::dns::Discovery;
+use crate::edge::limits::EdgeLimits;
 use crate::edge::pool::PoolLimits;
 use crate::edge::server::{EdgeEvent, EdgeEvents};
 use crate::edge::server::{EdgeHandle, EdgeSettings};
@@ -502,6 +503,15 @@ fn core_settings(cfg: &config::Config) -> CoreSettings {
             cfg.sip.max_connections_per_network,
             PoolLimits::default().busy_threshold,
         ),
+        limits: EdgeLimits {
+            max_dns_lookups: cfg.sip.max_dns_lookups,
+            max_dns_lookups_per_connection: cfg.sip.max_dns_lookups_per_connection,
+            pool_idle: cfg.sip.pool_idle,
+            max_connections_per_address: cfg.sip.max_connections_per_address,
+            max_connections_per_identity: cfg.sip.max_connections_per_identity,
+            max_connections: cfg.sip.max_connections,
+            max_write_backlog_bytes: cfg.sip.max_write_backlog_bytes,
+        },
     }
 }
 

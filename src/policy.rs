@@ -16,14 +16,14 @@
 //! - **Reconnect backoff**: exponential with jitter; the jitter is passed in.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{DefaultPolicy, FederationConfig, PartnerPolicy};
 use crate::sip::message::{Message, Method};
 use crate::sip::uri::{Host, Uri};
 
 /// The DNS names a peer's certificate vouches for (lower-case, without a trailing dot).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PeerIdentity {
     names: Vec<String>,
 }
@@ -283,6 +283,38 @@ pub fn order_srv(
         }
     }
     out
+}
+
+/// A token bucket of `rate` tokens per second, holding at most `rate`: the discovered-partner
+/// rate limit (`federation.discovered_rate`) of one From domain.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateBucket {
+    /// A full bucket.
+    pub fn full(now: Instant, rate: u32) -> RateBucket {
+        RateBucket {
+            tokens: f64::from(rate.max(1)),
+            last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self, now: Instant, rate: u32) -> bool {
+        let rate = f64::from(rate.max(1));
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Exponential backoff with jitter for reconnecting to a peer after failures: `base · 2^n`,

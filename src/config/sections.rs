@@ -31,6 +31,14 @@ pub(crate) mod defaults {
     pub const IDLE_TIMEOUT_SECS: u64 = 300;
     pub const KEEPALIVE_INTERVAL_SECS: u64 = 60;
     pub const MESSAGE_TIMEOUT_SECS: u64 = 30;
+    pub const MAX_DNS_LOOKUPS: usize = 64;
+    pub const MAX_DNS_LOOKUPS_PER_CONNECTION: usize = 8;
+    pub const POOL_IDLE_SECS: u64 = 300;
+    /// The federation profile's ceiling for one peer network.
+    pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 40;
+    pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 40;
+    pub const MAX_CONNECTIONS: usize = 1000;
+    pub const MAX_WRITE_BACKLOG_BYTES: usize = 1024 * 1024;
     /// OCS's rate for discovered partners.
     pub const DISCOVERED_RATE: u32 = 20;
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
@@ -554,6 +562,13 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     let idle_timeout = t.int("idle_timeout_secs", diag);
     let keepalive_interval = t.int("keepalive_interval_secs", diag);
     let message_timeout = t.int("message_timeout_secs", diag);
+    let max_dns_lookups = t.int("max_dns_lookups", diag);
+    let max_dns_lookups_per_connection = t.int("max_dns_lookups_per_connection", diag);
+    let pool_idle = t.int("pool_idle_secs", diag);
+    let per_address = t.int("max_connections_per_address", diag);
+    let per_identity = t.int("max_connections_per_identity", diag);
+    let max_connections = t.int("max_connections", diag);
+    let write_backlog = t.int("max_write_backlog_bytes", diag);
     t.finish(diag);
 
     let listen = conv(diag, "sip.listen", listen, |s| checks::socket_addr(&s));
@@ -673,7 +688,108 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         300,
         "",
     );
+    let max_dns_lookups = ranged(
+        diag,
+        "sip.max_dns_lookups",
+        max_dns_lookups,
+        defaults::MAX_DNS_LOOKUPS as u64,
+        1,
+        10_000,
+        "",
+    );
+    let max_dns_lookups_per_connection = ranged(
+        diag,
+        "sip.max_dns_lookups_per_connection",
+        max_dns_lookups_per_connection,
+        defaults::MAX_DNS_LOOKUPS_PER_CONNECTION as u64,
+        1,
+        10_000,
+        "",
+    );
+    let pool_idle = ranged(
+        diag,
+        "sip.pool_idle_secs",
+        pool_idle,
+        defaults::POOL_IDLE_SECS,
+        1,
+        86_400,
+        "",
+    );
+    let per_address = ranged(
+        diag,
+        "sip.max_connections_per_address",
+        per_address,
+        defaults::MAX_CONNECTIONS_PER_ADDRESS as u64,
+        1,
+        1_000_000,
+        "",
+    );
+    let per_identity = ranged(
+        diag,
+        "sip.max_connections_per_identity",
+        per_identity,
+        defaults::MAX_CONNECTIONS_PER_IDENTITY as u64,
+        1,
+        1_000_000,
+        "",
+    );
+    let max_connections = ranged(
+        diag,
+        "sip.max_connections",
+        max_connections,
+        defaults::MAX_CONNECTIONS as u64,
+        1,
+        1_000_000,
+        "",
+    );
+    let write_backlog = ranged(
+        diag,
+        "sip.max_write_backlog_bytes",
+        write_backlog,
+        defaults::MAX_WRITE_BACKLOG_BYTES as u64,
+        64 * 1024,
+        256 * 1024 * 1024,
+        "",
+    );
     let mut ok = true;
+    if let (Some(all), Some(one)) = (max_dns_lookups, max_dns_lookups_per_connection) {
+        if one > all {
+            diag.problem(
+                "sip.max_dns_lookups_per_connection",
+                format!("must be at most sip.max_dns_lookups ({all}), not {one}"),
+            );
+            ok = false;
+        }
+    }
+    for (key, value) in [
+        ("sip.max_connections_per_address", per_address),
+        ("sip.max_connections_per_identity", per_identity),
+    ] {
+        if let (Some(all), Some(one)) = (max_connections, value) {
+            if one > all {
+                diag.problem(
+                    key,
+                    format!("must be at most sip.max_connections ({all}), not {one}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    // A response repeats its request's header section (Via, From, To, Call-ID, CSeq): the
+    // backlog must hold a few of the largest, or a peer sending large headers is closed as
+    // "not reading" while it reads fine.
+    if let (Some(backlog), Some(head)) = (write_backlog, max_header_bytes) {
+        if backlog < 4 * head {
+            diag.problem(
+                "sip.max_write_backlog_bytes",
+                format!(
+                    "must be at least 4 × sip.max_header_bytes ({}), not {backlog}",
+                    4 * head
+                ),
+            );
+            ok = false;
+        }
+    }
     if let (Some(e), Some(n)) = (per_edge, per_network) {
         if n < e {
             diag.problem(
@@ -713,6 +829,13 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         idle_timeout: Duration::from_secs(idle_timeout?),
         keepalive_interval: keepalive_interval?.map(Duration::from_secs),
         message_timeout: Duration::from_secs(message_timeout?),
+        max_dns_lookups: to_usize(max_dns_lookups?),
+        max_dns_lookups_per_connection: to_usize(max_dns_lookups_per_connection?),
+        pool_idle: Duration::from_secs(pool_idle?),
+        max_connections_per_address: to_usize(per_address?),
+        max_connections_per_identity: to_usize(per_identity?),
+        max_connections: to_usize(max_connections?),
+        max_write_backlog_bytes: to_usize(write_backlog?),
     })
 }
 

@@ -13,12 +13,21 @@
 //! SRV order, backoff) or the connection a dialog lives on (dialog affinity: if it is gone the
 //! request is [`Undeliverable::ConnectionGone`], never rerouted). Requests from local users
 //! carry `Ms-asserted-verification-level` as the partner's setting says.
+//!
+//! Resource limits ([`crate::edge::limits`]): DNS lookups under way (all together, and per
+//! connection whose requests started them: a request that needs one more is answered 503 with
+//! Retry-After; the bridge's own requests wait for a free slot), connections per source address,
+//! per certificate identity and in total ([`EdgeCore::accept`], [`EdgeCore::connected`]), and
+//! idle per-domain state dropped by the pool. Each over-limit event comes out once as
+//! [`CoreOutput::OverLimit`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::config::FederationConfig;
+use crate::edge::limits::{Connections, EdgeLimits, Limit, OverLimit};
 use crate::edge::pool::{Action, EdgeAddr, Pool, PoolLimits};
 use crate::policy::{PeerIdentity, ServedDomains, SrvTarget, admit_request};
 use crate::random::SplitMix;
@@ -134,6 +143,8 @@ pub enum CoreOutput {
         domain: String,
         edge: EdgeAddr,
     },
+    /// A limit was hit (log it once, count it); what to do about it is in the other outputs.
+    OverLimit(OverLimit),
 }
 
 /// Static facts the core needs.
@@ -145,6 +156,8 @@ pub struct CoreSettings {
     pub public_fqdn: String,
     /// Outbound connection limits.
     pub pool: PoolLimits,
+    /// Resource limits (`[sip]`).
+    pub limits: EdgeLimits,
 }
 
 /// The least time a DNS answer (or its absence) is used.
@@ -153,34 +166,11 @@ const MIN_ANSWER_LIFETIME: std::time::Duration = std::time::Duration::from_secs(
 /// Most inbound requests held per domain while its SRV targets are looked up.
 const MAX_PARKED: usize = 64;
 
-/// A token bucket of `rate` tokens per second, holding at most `rate`.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn take(&mut self, now: Instant, rate: u32) -> bool {
-        let rate = f64::from(rate.max(1));
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// An outbound request waiting for a connection.
+/// An outbound request waiting for a connection (its deadline is kept by the pool).
 #[derive(Debug)]
 struct Waiting {
     tx: TxId,
     request: Message,
-    deadline: Instant,
 }
 
 /// The domain of a request's From URI (lowercase), if it is a SIP URI with a domain.
@@ -202,22 +192,57 @@ pub struct EdgeCore {
     client_conns: HashMap<TxId, ConnId>,
     /// Inbound requests waiting for their From domain's SRV lookup.
     parked: HashMap<String, Vec<(ConnId, Message)>>,
-    buckets: HashMap<String, Bucket>,
+    /// Lookups under way: the domain and the connection whose request started it (none for
+    /// the bridge's own requests).
+    lookups: HashMap<String, Option<ConnId>>,
+    /// Lookups under way per connection that started them.
+    lookups_by_conn: HashMap<ConnId, usize>,
+    /// Domains whose outbound requests wait for a free lookup slot, in order.
+    deferred: VecDeque<String>,
+    deferred_set: HashSet<String>,
+    /// Connections as the limits count them.
+    conns: Connections,
     rng: SplitMix,
 }
 
 impl EdgeCore {
     /// `tag_seed` must be random (the I/O layer draws it); tags and jitter are derived from it.
     pub fn new(settings: CoreSettings, tag_seed: u64) -> EdgeCore {
+        let mut pool = Pool::new(settings.pool);
+        pool.set_idle(settings.limits.pool_idle);
         EdgeCore {
-            pool: Pool::new(settings.pool),
+            pool,
             settings,
             transactions: Transactions::default(),
             client_conns: HashMap::new(),
             parked: HashMap::new(),
-            buckets: HashMap::new(),
+            lookups: HashMap::new(),
+            lookups_by_conn: HashMap::new(),
+            deferred: VecDeque::new(),
+            deferred_set: HashSet::new(),
+            conns: Connections::default(),
             rng: SplitMix::new(tag_seed),
         }
+    }
+
+    /// The resource limits in force.
+    pub fn limits(&self) -> &EdgeLimits {
+        &self.settings.limits
+    }
+
+    /// Per-domain entries the pool holds and its timer heap's size (for tests and metrics).
+    pub fn domains_held(&self) -> (usize, usize) {
+        self.pool.domains_held()
+    }
+
+    /// DNS lookups under way.
+    pub fn lookups_under_way(&self) -> usize {
+        self.lookups.len()
+    }
+
+    /// Connections held, inbound and outbound.
+    pub fn connections(&self) -> usize {
+        self.conns.total()
     }
 
     /// The id source for outbound requests ([`EdgeCore::send_request`]).
@@ -228,12 +253,47 @@ impl EdgeCore {
     /// New policy and limits (SIGHUP); connections and transactions stay.
     pub fn reconfigure(&mut self, settings: CoreSettings) {
         self.pool.set_limits(settings.pool);
+        self.pool.set_idle(settings.limits.pool_idle);
         self.settings = settings;
     }
 
-    /// A new authenticated inbound connection.
-    pub fn connected(&mut self, conn: ConnId, identity: PeerIdentity) {
+    /// A TCP connection from `ip` was accepted as `conn` (before its TLS handshake): `Err`
+    /// when it is over `sip.max_connections` or `sip.max_connections_per_address`, and must be
+    /// closed at once. Either way the caller reports the end of the connection with
+    /// [`EdgeCore::released`] (or [`EdgeCore::disconnected`] once it was connected).
+    pub fn accept(&mut self, conn: ConnId, ip: IpAddr) -> Result<(), OverLimit> {
+        self.conns
+            .accept(conn, ip, &self.settings.limits)
+            .map_err(|limit| OverLimit {
+                limit,
+                conn: Some(conn),
+                detail: ip.to_string(),
+                action: "connection closed at accept, before the TLS handshake",
+            })
+    }
+
+    /// Inbound `conn` completed its handshake with `identity`: registered, or `Err` when the
+    /// identity is over `sip.max_connections_per_identity` (close the connection).
+    pub fn connected(&mut self, conn: ConnId, identity: PeerIdentity) -> Result<(), OverLimit> {
+        if let Err(limit) = self
+            .conns
+            .identified(conn, &identity, &self.settings.limits)
+        {
+            return Err(OverLimit {
+                limit,
+                conn: Some(conn),
+                detail: identity.names().join(","),
+                action: "connection closed after the TLS handshake",
+            });
+        }
         self.pool.inbound(conn, identity);
+        Ok(())
+    }
+
+    /// A connection that never became usable (refused, or its handshake failed) is gone.
+    pub fn released(&mut self, conn: ConnId) {
+        self.conns.release(conn);
+        self.lookups_by_conn.remove(&conn);
     }
 
     /// Outbound connection `conn` is up (TLS verified against the edge's name).
@@ -253,6 +313,7 @@ impl EdgeCore {
     /// Outbound connection `conn` could not be opened (`reason` for the log and the error).
     pub fn connect_failed(&mut self, now: Instant, conn: ConnId, reason: &str) -> Vec<CoreOutput> {
         let mut out = Vec::new();
+        self.conns.release(conn);
         let jitter = self.rng.unit();
         if let Some(domain) = self.pool.failed(now, conn, jitter, reason) {
             self.pump(now, &domain, &mut out);
@@ -262,7 +323,8 @@ impl EdgeCore {
 
     /// A connection ended.
     pub fn disconnected(&mut self, now: Instant, conn: ConnId) -> Vec<CoreOutput> {
-        self.pool.closed(conn);
+        self.pool.closed(now, conn);
+        self.released(conn);
         self.transactions.connection_lost(conn);
         let mut out = vec![CoreOutput::ConnectionLost { conn }];
         out.extend(self.drain(now));
@@ -280,12 +342,28 @@ impl EdgeCore {
     ) -> Vec<CoreOutput> {
         // An answer is used for at least a second, whatever its TTL, so lookups cannot spin.
         let valid_until = valid_until.max(now + MIN_ANSWER_LIFETIME);
-        self.pool.resolved(domain, result, valid_until);
+        self.pool.resolved(now, domain, result, valid_until);
+        if let Some(Some(conn)) = self.lookups.remove(domain) {
+            if let Some(n) = self.lookups_by_conn.get_mut(&conn) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.lookups_by_conn.remove(&conn);
+                }
+            }
+        }
         let mut out = Vec::new();
         for (conn, m) in self.parked.remove(domain).unwrap_or_default() {
             out.extend(self.admit(now, conn, m, false));
         }
         self.pump(now, domain, &mut out);
+        // A slot is free: the bridge's own requests waiting for one go first.
+        while self.lookups.len() < self.settings.limits.max_dns_lookups {
+            let Some(next) = self.deferred.pop_front() else {
+                break;
+            };
+            self.deferred_set.remove(&next);
+            self.pump(now, &next, &mut out);
+        }
         out
     }
 
@@ -347,14 +425,8 @@ impl EdgeCore {
                     Some(why) => out.push(CoreOutput::Undeliverable { tx, why }),
                     None => {
                         let deadline = now + T1 * 64;
-                        self.pool.wait(
-                            &domain,
-                            Waiting {
-                                tx,
-                                request,
-                                deadline,
-                            },
-                        );
+                        self.pool
+                            .wait(&domain, Waiting { tx, request }, deadline, now);
                         self.pump(now, &domain, &mut out);
                     }
                 }
@@ -433,9 +505,10 @@ impl EdgeCore {
                 host: e.host.clone(),
                 port: e.port,
             });
+        let room = self.conns.room(&self.settings.limits);
         let actions = self
             .pool
-            .pump(now, domain, static_edge, &self.settings.federation);
+            .pump(now, domain, static_edge, &self.settings.federation, room);
         for action in actions {
             match action {
                 Action::Send { conn } => {
@@ -443,11 +516,41 @@ impl EdgeCore {
                         self.start_client(now, w.tx, conn, w.request, out);
                     }
                 }
-                Action::Resolve { domain } => out.push(CoreOutput::Resolve { domain }),
+                Action::Resolve { domain } => {
+                    if self.lookups.len() < self.settings.limits.max_dns_lookups {
+                        self.lookups.insert(domain.clone(), None);
+                        out.push(CoreOutput::Resolve { domain });
+                    } else {
+                        // No DNS slot: the requests wait (until their deadline) for one.
+                        self.pool.cancel_resolving(&domain);
+                        if self.deferred_set.insert(domain.clone()) {
+                            out.push(CoreOutput::OverLimit(OverLimit {
+                                limit: Limit::DnsLookups,
+                                conn: None,
+                                detail: domain.clone(),
+                                action: "outbound request waits for a DNS lookup slot",
+                            }));
+                            self.deferred.push_back(domain);
+                        }
+                    }
+                }
                 Action::Connect { conn, domain, edge } => {
+                    self.conns.outbound(conn);
                     out.push(CoreOutput::Connect { conn, domain, edge })
                 }
-                Action::Fail { reason, no_route } => {
+                Action::Fail {
+                    reason,
+                    no_route,
+                    limit,
+                } => {
+                    if let Some(limit) = limit {
+                        out.push(CoreOutput::OverLimit(OverLimit {
+                            limit,
+                            conn: None,
+                            detail: domain.to_owned(),
+                            action: "outbound requests not sent: no connection may be opened",
+                        }));
+                    }
                     while let Some(w) = self.pool.take_waiting(domain) {
                         let domain = domain.to_owned();
                         let reason = reason.clone();
@@ -463,14 +566,9 @@ impl EdgeCore {
         }
     }
 
-    /// The next timer deadline.
+    /// The next timer deadline (O(1): the transactions' and the pool's next timers).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let waiting = self
-            .pool
-            .waiting_mut()
-            .filter_map(|(_, q)| q.front().map(|w| w.deadline))
-            .min();
-        match (self.transactions.poll_timeout(), waiting) {
+        match (self.transactions.poll_timeout(), self.pool.next_timer()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -479,21 +577,12 @@ impl EdgeCore {
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<CoreOutput> {
         self.transactions.handle_timeout(now);
         let mut out = Vec::new();
-        for (domain, queue) in self.pool.waiting_mut() {
-            while queue.front().is_some_and(|w| w.deadline <= now) {
-                if let Some(w) = queue.pop_front() {
-                    out.push(CoreOutput::Undeliverable {
-                        tx: w.tx,
-                        why: Undeliverable::Unreachable {
-                            domain: domain.to_owned(),
-                            reason: format!(
-                                "no connection to {domain} within {} s",
-                                (T1 * 64).as_secs()
-                            ),
-                        },
-                    });
-                }
-            }
+        for (domain, w) in self.pool.expire(now) {
+            let reason = format!("no connection to {domain} within {} s", (T1 * 64).as_secs());
+            out.push(CoreOutput::Undeliverable {
+                tx: w.tx,
+                why: Undeliverable::Unreachable { domain, reason },
+            });
         }
         out.extend(self.drain(now));
         out
@@ -578,7 +667,7 @@ impl EdgeCore {
                 if let (403, None, Some(d), true) = (refusal.status, &srv, &domain, may_park) {
                     if self.settings.federation.is_allowed(d) && self.pool.identity(conn).is_some()
                     {
-                        return self.park(conn, d.clone(), m);
+                        return self.park(now, conn, d.clone(), m);
                     }
                 }
                 return self.refuse(conn, &m, refusal.status, &refusal.reason);
@@ -594,21 +683,60 @@ impl EdgeCore {
         self.drain(now)
     }
 
-    /// Holds a request until its From domain's SRV targets are known.
-    fn park(&mut self, conn: ConnId, domain: String, m: Message) -> Vec<CoreOutput> {
-        let parked = self.parked.entry(domain.clone()).or_default();
-        if parked.len() >= MAX_PARKED {
-            let mut out = self.refuse(conn, &m, 503, "Verifying the peer's domain, try again");
-            if let Some(CoreOutput::Send { bytes, .. }) = out.first_mut() {
-                if let Ok(mut resp) = Message::parse(bytes) {
-                    resp.push_header("Retry-After", "1");
-                    *bytes = resp.to_bytes();
-                }
-            }
-            return out;
+    /// Holds a request until its From domain's SRV targets are known. A lookup not yet under
+    /// way is started only within `sip.max_dns_lookups` (all connections) and
+    /// `sip.max_dns_lookups_per_connection` (lookups this connection's requests started);
+    /// beyond them the request is answered 503 with Retry-After, naming the limit.
+    fn park(&mut self, now: Instant, conn: ConnId, domain: String, m: Message) -> Vec<CoreOutput> {
+        if m.method() == Some(&Method::Ack) {
+            return Vec::new();
         }
-        parked.push((conn, m));
-        if self.pool.start_resolving(&domain) {
+        let parked = self.parked.get(&domain).map_or(0, Vec::len);
+        if parked >= MAX_PARKED {
+            let resp = self.try_again(&m, "Verifying the peer's domain, try again");
+            return vec![CoreOutput::Send {
+                conn,
+                bytes: resp.to_bytes(),
+            }];
+        }
+        let new_lookup = !self.pool.resolving(&domain);
+        if new_lookup {
+            let limits = &self.settings.limits;
+            let mine = self.lookups_by_conn.get(&conn).copied().unwrap_or(0);
+            let over = if self.lookups.len() >= limits.max_dns_lookups {
+                Some(Limit::DnsLookups)
+            } else if mine >= limits.max_dns_lookups_per_connection {
+                Some(Limit::DnsLookupsPerConnection)
+            } else {
+                None
+            };
+            if let Some(limit) = over {
+                let reason = format!(
+                    "Too many DNS lookups under way ({}), try again",
+                    limit.key()
+                );
+                let resp = self.try_again(&m, &reason);
+                return vec![
+                    CoreOutput::OverLimit(OverLimit {
+                        limit,
+                        conn: Some(conn),
+                        detail: domain,
+                        action: "request answered 503, no lookup started",
+                    }),
+                    CoreOutput::Send {
+                        conn,
+                        bytes: resp.to_bytes(),
+                    },
+                ];
+            }
+        }
+        self.parked
+            .entry(domain.clone())
+            .or_default()
+            .push((conn, m));
+        if new_lookup && self.pool.start_resolving(&domain, now) {
+            self.lookups.insert(domain.clone(), Some(conn));
+            *self.lookups_by_conn.entry(conn).or_default() += 1;
             vec![CoreOutput::Resolve { domain }]
         } else {
             Vec::new()
@@ -627,11 +755,7 @@ impl EdgeCore {
             return None;
         }
         let rate = self.settings.federation.discovered_rate;
-        let bucket = self.buckets.entry(domain).or_insert(Bucket {
-            tokens: f64::from(rate.max(1)),
-            last: now,
-        });
-        if bucket.take(now, rate) {
+        if self.pool.take_token(&domain, now, rate) {
             return None;
         }
         Some(self.try_again(m, "Rate limit for discovered partners exceeded"))
@@ -890,14 +1014,17 @@ mod tests_support {
                 },
                 public_fqdn: "sip.example.org".into(),
                 pool: crate::edge::pool::PoolLimits::default(),
+                limits: EdgeLimits::default(),
             },
             7,
         );
         c.connected(
             1,
             PeerIdentity::from_names(["sip.contoso.com", "contoso.com"]),
-        );
-        c.connected(2, PeerIdentity::from_names(["fabrikam.com"]));
+        )
+        .unwrap();
+        c.connected(2, PeerIdentity::from_names(["fabrikam.com"]))
+            .unwrap();
         c
     }
 
@@ -1005,7 +1132,8 @@ mod outbound_tests {
     #[test]
     fn a_certificate_naming_the_srv_target_is_authorized_after_the_lookup() {
         let mut c = core_with(20, vec![]);
-        c.connected(3, PeerIdentity::from_names(["edge.hosting.example"]));
+        c.connected(3, PeerIdentity::from_names(["edge.hosting.example"]))
+            .unwrap();
         let now = Instant::now();
         let raw = "MESSAGE sip:alice@example.org SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.9:5061;branch=z9hG4bKs1\r\nMax-Forwards: 70\r\nFrom: <sip:joe@woodgrove.com>;tag=w\r\nTo: <sip:alice@example.org>\r\nCall-ID: s1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
         let frame = || Frame::Message(Message::parse(raw.as_bytes()).unwrap());
@@ -1048,5 +1176,293 @@ mod outbound_tests {
         );
         let out = c.resolved(now, "tailspin.com", Err("no SRV".into()), now);
         assert_eq!(status_of(&out[0]), 403);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::tests_support::*;
+    use super::*;
+    use std::time::Duration;
+
+    fn with_limits(limits: EdgeLimits) -> EdgeCore {
+        let mut c = core_with(20, vec![]);
+        let mut settings = c.settings.clone();
+        settings.limits = limits;
+        c.reconfigure(settings);
+        c
+    }
+
+    /// A request on `conn` from `user@domain` (whose certificate does not name it).
+    fn from(domain: &str, n: u32) -> Frame {
+        options_from(&format!("sip:joe@{domain}"), n)
+    }
+
+    fn response(out: &[CoreOutput]) -> Option<Message> {
+        out.iter().find_map(|o| match o {
+            CoreOutput::Send { bytes, .. } => Message::parse(bytes).ok(),
+            _ => None,
+        })
+    }
+
+    fn over(out: &[CoreOutput]) -> Vec<Limit> {
+        out.iter()
+            .filter_map(|o| match o {
+                CoreOutput::OverLimit(o) => Some(o.limit),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn resolves(out: &[CoreOutput]) -> usize {
+        out.iter()
+            .filter(|o| matches!(o, CoreOutput::Resolve { .. }))
+            .count()
+    }
+
+    #[test]
+    fn dns_lookups_are_bounded_per_connection_and_in_total() {
+        let mut c = with_limits(EdgeLimits {
+            max_dns_lookups: 4,
+            max_dns_lookups_per_connection: 2,
+            ..EdgeLimits::DEFAULT
+        });
+        let now = Instant::now();
+        for conn in [3, 4, 5] {
+            c.connected(conn, PeerIdentity::from_names(["edge.attacker.example"]))
+                .unwrap();
+        }
+        // Connection 3: two lookups start, the third request is answered 503 naming the limit.
+        assert_eq!(resolves(&c.on_frame(now, 3, from("d0.example", 0))), 1);
+        assert_eq!(resolves(&c.on_frame(now, 3, from("d1.example", 1))), 1);
+        let out = c.on_frame(now, 3, from("d2.example", 2));
+        assert_eq!(over(&out), [Limit::DnsLookupsPerConnection]);
+        assert_eq!(resolves(&out), 0);
+        let r = response(&out).unwrap();
+        assert_eq!(r.status(), Some(503));
+        assert_eq!(
+            r.reason(),
+            Some("Too many DNS lookups under way (sip.max_dns_lookups_per_connection), try again")
+        );
+        assert_eq!(r.header("Retry-After"), Some("1"));
+        // A domain already being looked up costs no slot: the request waits for the answer.
+        let out = c.on_frame(now, 3, from("d0.example", 3));
+        assert!(out.is_empty(), "{out:?}");
+        // Connection 4 takes the last two slots; connection 5 finds none left in total.
+        assert_eq!(resolves(&c.on_frame(now, 4, from("d4.example", 4))), 1);
+        assert_eq!(resolves(&c.on_frame(now, 4, from("d5.example", 5))), 1);
+        let out = c.on_frame(now, 5, from("d6.example", 6));
+        assert_eq!(over(&out), [Limit::DnsLookups]);
+        assert!(
+            response(&out)
+                .unwrap()
+                .reason()
+                .unwrap()
+                .contains("(sip.max_dns_lookups)")
+        );
+        assert_eq!(c.lookups_under_way(), 4);
+        // An answer frees its slot (and the connection's): both waiting requests are refused.
+        let out = c.resolved(now, "d0.example", Err("no SRV".into()), now);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|o| status_of(o) == 403));
+        assert_eq!(c.lookups_under_way(), 3);
+        assert_eq!(resolves(&c.on_frame(now, 3, from("d7.example", 7))), 1);
+        // The bridge's own request to a new domain waits for a slot, and gets the next one.
+        let tx = c.tx_ids().next();
+        let raw = "MESSAGE sip:bob@fabrikam.example SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKo1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <sip:bob@fabrikam.example>\r\nCall-ID: o1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let out = c.send_request(
+            now,
+            tx,
+            Message::parse(raw.as_bytes()).unwrap(),
+            Route::Domain("fabrikam.example".into()),
+        );
+        assert_eq!(over(&out), [Limit::DnsLookups]);
+        assert_eq!(resolves(&out), 0);
+        let out = c.resolved(now, "d1.example", Err("no SRV".into()), now);
+        assert!(
+            out.contains(&CoreOutput::Resolve {
+                domain: "fabrikam.example".into()
+            }),
+            "{out:?}"
+        );
+        assert_eq!(c.lookups_under_way(), 4);
+        // A closed connection's lookups still hold their global slots until they answer.
+        let _ = c.disconnected(now, 4);
+        assert_eq!(c.lookups_under_way(), 4);
+    }
+
+    #[test]
+    fn connections_are_limited_per_address_per_identity_and_in_total() {
+        let mut c = with_limits(EdgeLimits {
+            max_connections_per_address: 2,
+            max_connections_per_identity: 2,
+            max_connections: 3,
+            ..EdgeLimits::DEFAULT
+        });
+        let now = Instant::now();
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let id = || PeerIdentity::from_names(["sip.fabrikam.com", "fabrikam.com"]);
+        // (core_with's connections 1 and 2 were registered without an accept: not counted.)
+        assert_eq!(c.connections(), 0);
+        assert!(c.accept(10, a).is_ok());
+        assert!(c.accept(11, a).is_ok());
+        let refused = c.accept(12, a).unwrap_err();
+        assert_eq!(refused.limit, Limit::ConnectionsPerAddress);
+        assert_eq!(refused.detail, "192.0.2.1");
+        c.released(12);
+        assert!(c.accept(12, b).is_ok());
+        assert_eq!(c.accept(13, b).unwrap_err().limit, Limit::Connections);
+        assert!(c.connected(10, id()).is_ok());
+        assert!(c.connected(11, id()).is_ok());
+        let refused = c.connected(12, id()).unwrap_err();
+        assert_eq!(refused.limit, Limit::ConnectionsPerIdentity);
+        assert_eq!(refused.detail, "sip.fabrikam.com,fabrikam.com");
+        // The refused one is not usable, and releasing it frees its place.
+        assert!(!c.pool.is_up(12));
+        c.released(12);
+        assert_eq!(c.connections(), 2);
+        // An outbound connection counts in the total: with the total reached, a request that
+        // needs a new connection fails at once, naming the limit.
+        assert!(c.accept(13, b).is_ok());
+        let tx = c.tx_ids().next();
+        let raw = "MESSAGE sip:bob@contoso.example SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKq1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <sip:bob@contoso.example>\r\nCall-ID: q1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let request = || Message::parse(raw.as_bytes()).unwrap();
+        let out = c.send_request(now, tx, request(), Route::Domain("contoso.example".into()));
+        assert_eq!(over(&out), [Limit::Connections]);
+        assert_eq!(resolves(&out), 0);
+        match out.last() {
+            Some(CoreOutput::Undeliverable {
+                why: Undeliverable::Unreachable { reason, .. },
+                ..
+            }) => assert!(reason.contains("sip.max_connections"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // One place free: the next request opens one, and that counts.
+        let _ = c.disconnected(now, 13);
+        let tx = c.tx_ids().next();
+        let out = c.send_request(now, tx, request(), Route::Domain("contoso.example".into()));
+        assert_eq!(resolves(&out), 1);
+        let target = SrvTarget {
+            priority: 0,
+            weight: 0,
+            port: 5061,
+            target: "sip.contoso.example".into(),
+        };
+        let out = c.resolved(
+            now,
+            "contoso.example",
+            Ok(vec![target]),
+            now + Duration::from_secs(60),
+        );
+        assert!(matches!(out[..], [CoreOutput::Connect { .. }]), "{out:?}");
+        assert_eq!(c.connections(), 3);
+        assert_eq!(c.accept(14, b).unwrap_err().limit, Limit::Connections);
+    }
+
+    /// A stream of requests, each from a domain never seen before (an attacker's random From
+    /// domains, each looked up and refused), over virtual time: what the core holds stays
+    /// bounded by the domains used within `sip.pool_idle_secs`, not by every domain ever seen,
+    /// and is all gone once they are idle.
+    #[test]
+    fn per_domain_state_is_pruned_when_idle() {
+        let idle = Duration::from_secs(2);
+        let mut c = with_limits(EdgeLimits {
+            pool_idle: idle,
+            ..EdgeLimits::DEFAULT
+        });
+        c.connected(3, PeerIdentity::from_names(["edge.attacker.example"]))
+            .unwrap();
+        let t0 = Instant::now();
+        let step = Duration::from_millis(1);
+        let domains: u32 = 20_000;
+        let mut most = (0, 0);
+        for i in 0..domains {
+            let now = t0 + step * i;
+            let domain = format!("r{i}.example");
+            assert_eq!(resolves(&c.on_frame(now, 3, from(&domain, i))), 1);
+            let out = c.resolved(now, &domain, Err("no SRV".into()), now);
+            assert_eq!(status_of(&out[0]), 403);
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = c.handle_timeout(now);
+            }
+            let held = c.domains_held();
+            most = (most.0.max(held.0), most.1.max(held.1));
+        }
+        // At 1,000 new domains a second, about 2 s worth are held (idle plus a check).
+        let bound = 2 * 1000 * idle.as_secs() as usize + 16;
+        assert!(
+            most.0 <= bound && most.1 <= bound,
+            "held {most:?}, bound {bound}"
+        );
+        // A discovered partner's rate bucket is per-domain state too.
+        let mut now = t0 + step * domains;
+        let out = c.on_frame(now, 1, options_from("sip:joe@contoso.com", domains));
+        assert_eq!(status_of(&out[0]), 200);
+        assert!(c.domains_held().0 >= 1);
+        let end = now + idle * 3;
+        while let Some(t) = c.poll_timeout().filter(|t| *t <= end) {
+            now = now.max(t);
+            let _ = c.handle_timeout(now);
+        }
+        assert_eq!(c.domains_held(), (0, 0));
+        assert_eq!(c.lookups_under_way(), 0);
+        assert!(c.parked.is_empty());
+    }
+
+    #[test]
+    fn domains_in_use_are_kept() {
+        let idle = Duration::from_secs(2);
+        let mut c = with_limits(EdgeLimits {
+            pool_idle: idle,
+            ..EdgeLimits::DEFAULT
+        });
+        let now = Instant::now();
+        // A lookup under way is kept, however long it takes.
+        c.connected(3, PeerIdentity::from_names(["edge.slow.example"]))
+            .unwrap();
+        assert_eq!(resolves(&c.on_frame(now, 3, from("slow.example", 1))), 1);
+        let later = now + idle * 10;
+        let _ = c.handle_timeout(later);
+        assert_eq!(c.domains_held().0, 1);
+        assert_eq!(c.lookups_under_way(), 1);
+        let _ = c.resolved(later, "slow.example", Err("no SRV".into()), later);
+        // An outbound connection keeps its domain while it is open.
+        let tx = c.tx_ids().next();
+        let raw = "MESSAGE sip:bob@kept.example SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKk1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <sip:bob@kept.example>\r\nCall-ID: k1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let _ = c.send_request(
+            later,
+            tx,
+            Message::parse(raw.as_bytes()).unwrap(),
+            Route::Domain("kept.example".into()),
+        );
+        let target = SrvTarget {
+            priority: 0,
+            weight: 0,
+            port: 5061,
+            target: "sip.kept.example".into(),
+        };
+        let out = c.resolved(
+            later,
+            "kept.example",
+            Ok(vec![target]),
+            later + Duration::from_secs(3600),
+        );
+        let Some(CoreOutput::Connect { conn, .. }) = out.last().cloned() else {
+            panic!("{out:?}");
+        };
+        let _ = c.outbound_up(later, conn, PeerIdentity::from_names(["sip.kept.example"]));
+        let much_later = later + idle * 10;
+        while let Some(t) = c.poll_timeout().filter(|t| *t <= much_later) {
+            let _ = c.handle_timeout(t);
+        }
+        // slow.example is gone; kept.example stays with its connection.
+        assert_eq!(c.domains_held().0, 1);
+        let _ = c.disconnected(much_later, conn);
+        let end = much_later + idle * 3;
+        while let Some(t) = c.poll_timeout().filter(|t| *t <= end) {
+            let _ = c.handle_timeout(t.max(much_later));
+        }
+        assert_eq!(c.domains_held(), (0, 0));
     }
 }

@@ -6,6 +6,8 @@
 //! - [`dns`]: `_sipfederationtls._tcp` SRV discovery (RFC 2782) and A/AAAA lookups (hickory).
 //! - [`pool`]: which connection an outbound request takes (≤ 4 per edge, ≤ 40 per network,
 //!   reuse, fail-over, backoff), sans-IO.
+//! - [`limits`]: the resource limits (DNS lookups, connections per address, identity and in
+//!   total, write backlog), their counters, sans-IO.
 //! - [`core`]: the sans-IO request handling ([`core::EdgeCore`]), testable without sockets.
 //! - [`server`]: the listener, outbound connections and connection tasks that feed it, and
 //!   the [`server::EdgeHandle`] / [`server::EdgeEvent`] interface for the layer above.
@@ -15,6 +17,7 @@
 
 pub mod core;
 pub mod dns;
+pub mod limits;
 pub mod pool;
 pub mod server;
 pub mod tls;

@@ -9,13 +9,23 @@
 //! picks the least-loaded usable connection; a new outbound connection is opened only when no
 //! connection is usable, or every usable one has `busy_threshold` requests outstanding and the
 //! limits allow another. Requests waiting for a connection stay in the pool (they are the
-//! caller's, returned by [`Pool::take_waiting`]).
+//! caller's, returned by [`Pool::take_waiting`], or by [`Pool::expire`] at their deadline).
+//!
+//! What the pool keeps per peer domain (its SRV answer, waiting requests, the discovered-partner
+//! rate bucket, which of its edges back off) is dropped once the domain has had no outbound
+//! connection, waiting request or lookup under way for `idle` ([`Pool::set_idle`],
+//! `sip.pool_idle_secs`). Each domain has one timer in a heap (its next request deadline or
+//! idle check), so the next deadline is known in O(1) and a timeout costs O(log n) per domain
+//! it concerns: no event walks every domain, and memory follows the domains in use, not every
+//! domain ever seen.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::FederationConfig;
-use crate::policy::{Backoff, PeerIdentity, SrvTarget};
+use crate::edge::limits::{EdgeLimits, Limit};
+use crate::policy::{Backoff, PeerIdentity, RateBucket, SrvTarget};
 use crate::sip::transaction::ConnId;
 
 /// The profile's ceilings.
@@ -99,14 +109,30 @@ enum Targets {
 #[derive(Debug)]
 struct Network<W> {
     targets: Targets,
-    waiting: VecDeque<W>,
+    /// Requests waiting for a connection, with their deadlines (in order).
+    waiting: VecDeque<(Instant, W)>,
+    /// The discovered-partner rate limit of requests from this domain.
+    bucket: Option<RateBucket>,
+    /// Outbound connections (opening or up) to this domain.
+    outbound: usize,
+    /// Edges of this domain that failed (their backoff is dropped with the domain).
+    failed_edges: Vec<EdgeAddr>,
+    last_used: Instant,
+    /// When this domain's entry in the pool's timer heap fires; entries in the heap at other
+    /// times are stale.
+    timer: Option<Instant>,
 }
 
-impl<W> Default for Network<W> {
-    fn default() -> Self {
+impl<W> Network<W> {
+    fn new(now: Instant) -> Self {
         Network {
             targets: Targets::Unknown,
             waiting: VecDeque::new(),
+            bucket: None,
+            outbound: 0,
+            failed_edges: Vec::new(),
+            last_used: now,
+            timer: None,
         }
     }
 }
@@ -132,8 +158,13 @@ pub enum Action {
         edge: EdgeAddr,
     },
     /// Every waiting request of `domain` must fail with this reason; `no_route` when DNS says
-    /// there is no edge (rather than the edges failing).
-    Fail { reason: String, no_route: bool },
+    /// there is no edge (rather than the edges failing); `limit` when a connection was needed
+    /// and `sip.max_connections` allows none.
+    Fail {
+        reason: String,
+        no_route: bool,
+        limit: Option<Limit>,
+    },
 }
 
 /// The edge's connections and the requests waiting for one. `W` is the caller's waiting
@@ -146,6 +177,10 @@ pub struct Pool<W> {
     networks: HashMap<String, Network<W>>,
     failures: HashMap<EdgeAddr, Failures>,
     next_conn: ConnId,
+    /// How long an unused domain is kept.
+    idle: Duration,
+    /// One live entry per domain (its `timer`); others are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
 /// Outbound connection ids start here; inbound ones (numbered by the listener) stay below.
@@ -160,11 +195,122 @@ impl<W> Pool<W> {
             networks: HashMap::new(),
             failures: HashMap::new(),
             next_conn: OUTBOUND_CONN_BASE,
+            idle: EdgeLimits::DEFAULT.pool_idle,
+            timers: BinaryHeap::new(),
         }
     }
 
     pub fn set_limits(&mut self, limits: PoolLimits) {
         self.limits = limits;
+    }
+
+    /// How long a domain with no connection, waiting request or lookup is kept unused.
+    pub fn set_idle(&mut self, idle: Duration) {
+        self.idle = idle;
+    }
+
+    /// Domains held, and entries in the timer heap (live and stale): what memory and timer
+    /// work follow.
+    pub fn domains_held(&self) -> (usize, usize) {
+        (self.networks.len(), self.timers.len())
+    }
+
+    /// Runs `f` on `domain`'s entry, made (with its idle timer) if it has none; the domain
+    /// counts as used now.
+    fn with_network<R>(
+        &mut self,
+        domain: &str,
+        now: Instant,
+        f: impl FnOnce(&mut Network<W>) -> R,
+    ) -> R {
+        if let Some(n) = self.networks.get_mut(domain) {
+            n.last_used = now;
+            return f(n);
+        }
+        let mut n = Network::new(now);
+        let at = now + self.idle;
+        n.timer = Some(at);
+        let r = f(&mut n);
+        self.networks.insert(domain.to_owned(), n);
+        self.timers.push(Reverse((at, domain.to_owned())));
+        r
+    }
+
+    /// Makes `domain`'s timer fire at `at` at the latest.
+    fn arm(&mut self, domain: &str, at: Instant) {
+        if let Some(n) = self.networks.get_mut(domain) {
+            if n.timer.is_none_or(|t| at < t) {
+                n.timer = Some(at);
+                self.timers.push(Reverse((at, domain.to_owned())));
+            }
+        }
+    }
+
+    /// When [`Pool::expire`] has work next.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Fires the timers due at `now`: returns the waiting requests past their deadline (with
+    /// their domain), and drops the domains unused for `idle` that have no outbound
+    /// connection, waiting request, lookup under way or edge still backing off.
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, W)> {
+        let mut expired = Vec::new();
+        while self
+            .timers
+            .peek()
+            .is_some_and(|Reverse((at, _))| *at <= now)
+        {
+            let Some(Reverse((at, domain))) = self.timers.pop() else {
+                break;
+            };
+            let Some(n) = self.networks.get_mut(&domain) else {
+                continue;
+            };
+            if n.timer != Some(at) {
+                continue;
+            }
+            n.timer = None;
+            while n.waiting.front().is_some_and(|(d, _)| *d <= now) {
+                if let Some((_, w)) = n.waiting.pop_front() {
+                    expired.push((domain.clone(), w));
+                }
+            }
+            let idle_at = n.last_used + self.idle;
+            let backing_off = n
+                .failed_edges
+                .iter()
+                .any(|e| self.failures.get(e).is_some_and(|f| f.retry_at > now));
+            let unused = n.waiting.is_empty()
+                && n.outbound == 0
+                && !matches!(n.targets, Targets::Resolving)
+                && !backing_off;
+            if unused && idle_at <= now {
+                if let Some(n) = self.networks.remove(&domain) {
+                    for e in &n.failed_edges {
+                        self.failures.remove(e);
+                    }
+                }
+                continue;
+            }
+            let check = if idle_at > now {
+                idle_at
+            } else {
+                now + self.idle
+            };
+            let next = n.waiting.front().map_or(check, |(d, _)| (*d).min(check));
+            self.arm(&domain, next);
+        }
+        expired
+    }
+
+    /// Takes a token from `domain`'s discovered-partner rate bucket (`rate` per second).
+    pub fn take_token(&mut self, domain: &str, now: Instant, rate: u32) -> bool {
+        self.with_network(domain, now, |n| {
+            n.bucket
+                .get_or_insert_with(|| RateBucket::full(now, rate))
+                .take(now, rate)
+        })
     }
 
     /// An authenticated inbound connection.
@@ -211,16 +357,16 @@ impl<W> Pool<W> {
         (network, to_edge)
     }
 
-    /// The SRV target names known for `domain` (for authorizing inbound certificates).
-    pub fn srv_names(&self, domain: &str, now: Instant) -> Option<Vec<String>> {
-        match &self.networks.get(domain)?.targets {
-            Targets::Known {
-                targets,
-                valid_until,
-            } if *valid_until > now => Some(targets.iter().map(|t| t.host.clone()).collect()),
-            Targets::Failed { valid_until, .. } if *valid_until > now => Some(Vec::new()),
-            _ => None,
-        }
+    /// The SRV target names known for `domain` (for authorizing inbound certificates); the
+    /// domain counts as used.
+    pub fn srv_names(&mut self, domain: &str, now: Instant) -> Option<Vec<String>> {
+        let n = self.networks.get_mut(domain)?;
+        n.last_used = now;
+        srv_of(&n.targets, now)
+    }
+
+    fn known_srv(&self, domain: &str, now: Instant) -> Option<Vec<String>> {
+        srv_of(&self.networks.get(domain)?.targets, now)
     }
 
     /// Whether a lookup for `domain` is under way.
@@ -232,46 +378,59 @@ impl<W> Pool<W> {
     }
 
     /// Starts a lookup for `domain` unless one is running; true if the caller must resolve.
-    pub fn start_resolving(&mut self, domain: &str) -> bool {
-        let n = self.networks.entry(domain.to_owned()).or_default();
-        if matches!(n.targets, Targets::Resolving) {
-            return false;
+    pub fn start_resolving(&mut self, domain: &str, now: Instant) -> bool {
+        self.with_network(domain, now, |n| {
+            if matches!(n.targets, Targets::Resolving) {
+                return false;
+            }
+            n.targets = Targets::Resolving;
+            true
+        })
+    }
+
+    /// A lookup [`Action::Resolve`] asked for is not started after all (no DNS slot free):
+    /// the domain's edges are unknown again.
+    pub fn cancel_resolving(&mut self, domain: &str) {
+        if let Some(n) = self.networks.get_mut(domain) {
+            if matches!(n.targets, Targets::Resolving) {
+                n.targets = Targets::Unknown;
+            }
         }
-        n.targets = Targets::Resolving;
-        true
     }
 
-    /// Queues a request for `domain` until a connection can take it.
-    pub fn wait(&mut self, domain: &str, w: W) {
-        self.networks
-            .entry(domain.to_owned())
-            .or_default()
-            .waiting
-            .push_back(w);
+    /// Queues a request for `domain` until a connection can take it, or until `deadline`
+    /// ([`Pool::expire`] returns it then).
+    pub fn wait(&mut self, domain: &str, w: W, deadline: Instant, now: Instant) {
+        self.with_network(domain, now, |n| n.waiting.push_back((deadline, w)));
+        self.arm(domain, deadline);
     }
 
-    /// Waiting requests of every domain, for deadline checks.
-    pub fn waiting_mut(&mut self) -> impl Iterator<Item = (&str, &mut VecDeque<W>)> {
+    /// Whether requests wait for `domain`.
+    pub fn has_waiting(&self, domain: &str) -> bool {
         self.networks
-            .iter_mut()
-            .map(|(d, n)| (d.as_str(), &mut n.waiting))
+            .get(domain)
+            .is_some_and(|n| !n.waiting.is_empty())
     }
 
     /// The first waiting request of `domain`.
     pub fn take_waiting(&mut self, domain: &str) -> Option<W> {
-        self.networks.get_mut(domain)?.waiting.pop_front()
+        self.networks
+            .get_mut(domain)?
+            .waiting
+            .pop_front()
+            .map(|(_, w)| w)
     }
 
     /// The result of a lookup: targets in the order to try them (RFC 2782 order already
     /// applied), or why there are none; both are kept until `valid_until` (the DNS TTL).
     pub fn resolved(
         &mut self,
+        now: Instant,
         domain: &str,
         result: Result<Vec<SrvTarget>, String>,
         valid_until: Instant,
     ) {
-        let n = self.networks.entry(domain.to_owned()).or_default();
-        n.targets = match result {
+        let targets = match result {
             Ok(targets) if !targets.is_empty() => Targets::Known {
                 targets: targets
                     .into_iter()
@@ -291,6 +450,7 @@ impl<W> Pool<W> {
                 valid_until,
             },
         };
+        self.with_network(domain, now, |n| n.targets = targets);
     }
 
     /// Outbound connection `conn` completed TLS with `identity`.
@@ -313,6 +473,13 @@ impl<W> Pool<W> {
     ) -> Option<String> {
         let c = self.conns.remove(&conn)?;
         let (domain, edge) = c.outbound?;
+        if let Some(n) = self.networks.get_mut(&domain) {
+            n.outbound = n.outbound.saturating_sub(1);
+            n.last_used = now;
+            if !n.failed_edges.contains(&edge) {
+                n.failed_edges.push(edge.clone());
+            }
+        }
         let f = self.failures.entry(edge.clone()).or_insert(Failures {
             count: 0,
             retry_at: now,
@@ -325,11 +492,13 @@ impl<W> Pool<W> {
     }
 
     /// A connection closed (after being up); returns the domain of an outbound one.
-    pub fn closed(&mut self, conn: ConnId) -> Option<String> {
-        self.conns
-            .remove(&conn)
-            .and_then(|c| c.outbound)
-            .map(|(d, _)| d)
+    pub fn closed(&mut self, now: Instant, conn: ConnId) -> Option<String> {
+        let (domain, _) = self.conns.remove(&conn)?.outbound?;
+        if let Some(n) = self.networks.get_mut(&domain) {
+            n.outbound = n.outbound.saturating_sub(1);
+            n.last_used = now;
+        }
+        Some(domain)
     }
 
     /// The least-loaded up connection that may carry requests to `domain`, counting `extra`
@@ -343,7 +512,7 @@ impl<W> Pool<W> {
         federation: &FederationConfig,
         extra: &HashMap<ConnId, usize>,
     ) -> Option<(ConnId, usize)> {
-        let srv = self.srv_names(domain, now).unwrap_or_default();
+        let srv = self.known_srv(domain, now).unwrap_or_default();
         self.conns
             .iter()
             .filter(|(_, c)| match (&c.outbound, &c.identity) {
@@ -393,16 +562,24 @@ impl<W> Pool<W> {
     /// limits and at most one opening at a time per domain. Requests with no usable connection
     /// wait; when the domain cannot be reached they fail. For each [`Action::Send`] the caller
     /// takes the next waiting request with [`Pool::take_waiting`]. `static_edge` is the
-    /// partner's configured route, used instead of DNS.
+    /// partner's configured route, used instead of DNS. `room`: whether `sip.max_connections`
+    /// allows another connection.
     pub fn pump(
         &mut self,
         now: Instant,
         domain: &str,
         static_edge: Option<EdgeAddr>,
         federation: &FederationConfig,
+        room: bool,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        let waiting = self.networks.get(domain).map_or(0, |n| n.waiting.len());
+        let waiting = match self.networks.get_mut(domain) {
+            Some(n) => {
+                n.last_used = now;
+                n.waiting.len()
+            }
+            None => 0,
+        };
         let mut extra: HashMap<ConnId, usize> = HashMap::new();
         let mut tried_open = false;
         for _ in 0..waiting {
@@ -411,11 +588,15 @@ impl<W> Pool<W> {
             if busy && !tried_open {
                 tried_open = true;
                 if !self.connecting(domain) {
-                    match self.open(now, domain, static_edge.clone()) {
+                    match self.open(now, domain, static_edge.clone(), room) {
                         Ok(Some(action)) => actions.push(action),
                         Ok(None) => {}
-                        Err((reason, no_route)) if best.is_none() => {
-                            actions.push(Action::Fail { reason, no_route });
+                        Err((reason, no_route, limit)) if best.is_none() => {
+                            actions.push(Action::Fail {
+                                reason,
+                                no_route,
+                                limit,
+                            });
                             return actions;
                         }
                         Err(_) => {}
@@ -431,37 +612,53 @@ impl<W> Pool<W> {
 
     /// Opens a connection for `domain` if the limits and backoff allow: `Ok(Some)` the action,
     /// `Ok(None)` when a lookup was requested or nothing can be opened right now (limits),
-    /// `Err((reason, no_route))` when the domain is unreachable.
+    /// `Err((reason, no_route, limit))` when the domain is unreachable, or no connection may be
+    /// opened (`sip.max_connections`, when `room` is false).
+    #[allow(clippy::type_complexity)]
     fn open(
         &mut self,
         now: Instant,
         domain: &str,
         static_edge: Option<EdgeAddr>,
-    ) -> Result<Option<Action>, (String, bool)> {
+        room: bool,
+    ) -> Result<Option<Action>, (String, bool, Option<Limit>)> {
         let (network, _) = self.outbound_counts(domain, None);
         if network >= self.limits.per_network {
             return Ok(None);
         }
+        if !room {
+            return Err((
+                format!(
+                    "no connection to {domain}: the edge holds its most connections ({})",
+                    Limit::Connections.key()
+                ),
+                false,
+                Some(Limit::Connections),
+            ));
+        }
         let targets = match static_edge {
             Some(e) => vec![e],
             None => {
-                let n = self.networks.entry(domain.to_owned()).or_default();
-                match &n.targets {
+                let known = self.with_network(domain, now, |n| match &n.targets {
                     Targets::Known {
                         targets,
                         valid_until,
-                    } if *valid_until > now => targets.clone(),
+                    } if *valid_until > now => Ok(targets.clone()),
                     Targets::Failed {
                         reason,
                         valid_until,
-                    } if *valid_until > now => return Err((reason.clone(), true)),
-                    Targets::Resolving => return Ok(None),
+                    } if *valid_until > now => Err(Err((reason.clone(), true, None))),
+                    Targets::Resolving => Err(Ok(None)),
                     _ => {
                         n.targets = Targets::Resolving;
-                        return Ok(Some(Action::Resolve {
+                        Err(Ok(Some(Action::Resolve {
                             domain: domain.to_owned(),
-                        }));
+                        })))
                     }
+                });
+                match known {
+                    Ok(targets) => targets,
+                    Err(early) => return early,
                 }
             }
         };
@@ -469,6 +666,7 @@ impl<W> Pool<W> {
             Ok(edge) => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
+                self.with_network(domain, now, |n| n.outbound += 1);
                 self.conns.insert(
                     conn,
                     Conn {
@@ -490,9 +688,22 @@ impl<W> Pool<W> {
                     f.retry_at.saturating_duration_since(now).as_secs().max(1)
                 ),
                 false,
+                None,
             )),
             Err(None) => Ok(None),
         }
+    }
+}
+
+/// The SRV target names in `targets` while they hold (empty for a failed lookup).
+fn srv_of(targets: &Targets, now: Instant) -> Option<Vec<String>> {
+    match targets {
+        Targets::Known {
+            targets,
+            valid_until,
+        } if *valid_until > now => Some(targets.iter().map(|t| t.host.clone()).collect()),
+        Targets::Failed { valid_until, .. } if *valid_until > now => Some(Vec::new()),
+        _ => None,
     }
 }
 
@@ -530,7 +741,7 @@ mod tests {
     fn drive(pool: &mut Pool<u32>, now: Instant, domain: &str, refuse: &[&str]) -> Vec<Action> {
         let fed = federation();
         let mut seen = Vec::new();
-        let mut queue = pool.pump(now, domain, None, &fed);
+        let mut queue = pool.pump(now, domain, None, &fed, true);
         while let Some(a) = queue.pop() {
             seen.push(a.clone());
             match a {
@@ -544,7 +755,7 @@ mod tests {
                     } else {
                         pool.up(conn, PeerIdentity::from_names([edge.host.as_str()]));
                     }
-                    queue.extend(pool.pump(now, domain, None, &fed));
+                    queue.extend(pool.pump(now, domain, None, &fed, true));
                 }
                 Action::Resolve { .. } | Action::Fail { .. } => {}
             }
@@ -556,15 +767,16 @@ mod tests {
     fn lookup_then_connect_then_send_and_reuse() {
         let now = Instant::now();
         let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
-        pool.wait("contoso.com", 1);
+        pool.wait("contoso.com", 1, now + Duration::from_secs(32), now);
         let fed = federation();
         assert_eq!(
-            pool.pump(now, "contoso.com", None, &fed),
+            pool.pump(now, "contoso.com", None, &fed, true),
             [Action::Resolve {
                 domain: "contoso.com".into()
             }]
         );
         pool.resolved(
+            now,
             "contoso.com",
             Ok(srv(&["a.contoso.com", "b.contoso.com"])),
             now + Duration::from_secs(60),
@@ -573,7 +785,7 @@ mod tests {
         assert!(matches!(&seen[0], Action::Connect { edge, .. } if edge.host == "a.contoso.com"));
         assert!(matches!(seen[1], Action::Send { .. }));
         // The next request reuses the connection.
-        pool.wait("contoso.com", 2);
+        pool.wait("contoso.com", 2, now + Duration::from_secs(32), now);
         let seen = drive(&mut pool, now, "contoso.com", &[]);
         assert!(matches!(seen[..], [Action::Send { .. }]), "{seen:?}");
     }
@@ -583,13 +795,14 @@ mod tests {
         let now = Instant::now();
         let mut pool: Pool<u32> = Pool::new(PoolLimits::new(4, 40, 1));
         pool.resolved(
+            now,
             "contoso.com",
             Ok(srv(&["sip.contoso.com"])),
             now + Duration::from_secs(60),
         );
         let mut connects = 0;
         for i in 0..50 {
-            pool.wait("contoso.com", i);
+            pool.wait("contoso.com", i, now + Duration::from_secs(32), now);
             let seen = drive(&mut pool, now, "contoso.com", &[]);
             connects += seen
                 .iter()
@@ -610,9 +823,14 @@ mod tests {
         let names: Vec<String> = (0..41).map(|i| format!("edge{i}.contoso.com")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut pool: Pool<u32> = Pool::new(PoolLimits::new(1, 40, 1));
-        pool.resolved("contoso.com", Ok(srv(&refs)), now + Duration::from_secs(60));
+        pool.resolved(
+            now,
+            "contoso.com",
+            Ok(srv(&refs)),
+            now + Duration::from_secs(60),
+        );
         for i in 0..200 {
-            pool.wait("contoso.com", i);
+            pool.wait("contoso.com", i, now + Duration::from_secs(32), now);
             drive(&mut pool, now, "contoso.com", &[]);
         }
         assert_eq!(pool.outbound_counts("contoso.com", None).0, 40);
@@ -628,11 +846,12 @@ mod tests {
         let now = Instant::now();
         let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
         pool.resolved(
+            now,
             "contoso.com",
             Ok(srv(&["a.contoso.com", "b.contoso.com"])),
             now + Duration::from_secs(60),
         );
-        pool.wait("contoso.com", 1);
+        pool.wait("contoso.com", 1, now + Duration::from_secs(32), now);
         let seen = drive(&mut pool, now, "contoso.com", &["a.contoso.com"]);
         let hosts: Vec<&str> = seen
             .iter()
@@ -646,11 +865,12 @@ mod tests {
 
         let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
         pool.resolved(
+            now,
             "contoso.com",
             Ok(srv(&["a.contoso.com", "b.contoso.com"])),
             now + Duration::from_secs(60),
         );
-        pool.wait("contoso.com", 1);
+        pool.wait("contoso.com", 1, now + Duration::from_secs(32), now);
         let seen = drive(
             &mut pool,
             now,
@@ -661,6 +881,7 @@ mod tests {
             Some(Action::Fail {
                 reason,
                 no_route: false,
+                limit: None,
             }) => {
                 assert!(
                     reason.starts_with("cannot reach contoso.com (a.contoso.com:5061: refused)"),
@@ -670,7 +891,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Backoff: a new request within the backoff fails at once, without a connection attempt.
-        pool.wait("contoso.com", 2);
+        pool.wait("contoso.com", 2, now + Duration::from_secs(32), now);
         let seen = drive(
             &mut pool,
             now + Duration::from_millis(100),
@@ -679,7 +900,7 @@ mod tests {
         );
         assert!(matches!(seen[..], [Action::Fail { .. }]), "{seen:?}");
         // After it, the edge is tried again.
-        pool.wait("contoso.com", 3);
+        pool.wait("contoso.com", 3, now + Duration::from_secs(32), now);
         let seen = drive(&mut pool, now + Duration::from_secs(2), "contoso.com", &[]);
         assert!(matches!(seen[0], Action::Connect { .. }), "{seen:?}");
     }
@@ -689,21 +910,23 @@ mod tests {
         let now = Instant::now();
         let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
         pool.resolved(
+            now,
             "nowhere.example",
             Err("no SRV".into()),
             now + Duration::from_secs(5),
         );
-        pool.wait("nowhere.example", 1);
+        pool.wait("nowhere.example", 1, now + Duration::from_secs(32), now);
         let seen = drive(&mut pool, now, "nowhere.example", &[]);
         assert_eq!(
             seen,
             [Action::Fail {
                 reason: "no SRV".into(),
-                no_route: true
+                no_route: true,
+                limit: None
             }]
         );
         pool.take_waiting("nowhere.example");
-        pool.wait("nowhere.example", 2);
+        pool.wait("nowhere.example", 2, now + Duration::from_secs(32), now);
         let seen = drive(
             &mut pool,
             now + Duration::from_secs(6),
@@ -724,17 +947,55 @@ mod tests {
         let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
         pool.inbound(7, PeerIdentity::from_names(["sip.fabrikam.com"]));
         pool.inbound(8, PeerIdentity::from_names(["contoso.com"]));
-        pool.wait("contoso.com", 1);
+        pool.wait("contoso.com", 1, now + Duration::from_secs(32), now);
         let seen = drive(&mut pool, now, "contoso.com", &[]);
         assert_eq!(seen, [Action::Send { conn: 8 }]);
         // Its SRV target names the other one: once known, both qualify; the idler is used.
         pool.resolved(
+            now,
             "fabrikam.com",
             Ok(srv(&["sip.fabrikam.com"])),
             now + Duration::from_secs(60),
         );
-        pool.wait("fabrikam.com", 2);
+        pool.wait("fabrikam.com", 2, now + Duration::from_secs(32), now);
         let seen = drive(&mut pool, now, "fabrikam.com", &[]);
         assert_eq!(seen, [Action::Send { conn: 7 }]);
+    }
+
+    #[test]
+    fn idle_domains_go_with_their_backoff_and_expired_requests_come_back() {
+        let now = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.set_idle(Duration::from_secs(10));
+        pool.resolved(
+            now,
+            "contoso.com",
+            Ok(srv(&["a.contoso.com"])),
+            now + Duration::from_secs(3600),
+        );
+        pool.wait("contoso.com", 1, now + Duration::from_secs(32), now);
+        // The edge fails: the request fails with it, the edge backs off.
+        let seen = drive(&mut pool, now, "contoso.com", &["a.contoso.com"]);
+        assert!(matches!(seen.last(), Some(Action::Fail { .. })), "{seen:?}");
+        assert!(pool.take_waiting("contoso.com").is_some());
+        assert_eq!(pool.failures.len(), 1);
+        // A request that waits past its deadline comes back from `expire`, at that time.
+        pool.wait("contoso.com", 2, now + Duration::from_secs(1), now);
+        assert_eq!(pool.next_timer(), Some(now + Duration::from_secs(1)));
+        assert!(pool.expire(now + Duration::from_millis(999)).is_empty());
+        assert_eq!(
+            pool.expire(now + Duration::from_secs(1)),
+            [("contoso.com".to_owned(), 2)]
+        );
+        // Unused for the idle time and no longer backing off: the domain and its edge's
+        // backoff are dropped, and nothing is left to time.
+        let mut t = now;
+        while let Some(at) = pool.next_timer() {
+            t = at;
+            assert!(pool.expire(t).is_empty());
+        }
+        assert!(t >= now + Duration::from_secs(10));
+        assert_eq!(pool.domains_held(), (0, 0));
+        assert!(pool.failures.is_empty());
     }
 }

@@ -9,20 +9,21 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use super::core::{Asserted, CoreOutput, CoreSettings, EdgeCore, Route, Undeliverable};
 use super::dns::{Discovery, DiscoveryError};
+use super::limits::{Backlog, Limit, LimitCounters, OverLimit, backlog, not_reading};
 use super::pool::{EdgeAddr, NEGATIVE_TTL_FLOOR};
 use super::tls::{TlsConfigs, describe_handshake_error};
 use crate::policy::PeerIdentity;
@@ -32,6 +33,11 @@ use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 
 /// Most bytes the connection writer gathers from its queue into one write.
 const WRITE_BATCH: usize = 64 * 1024;
+
+/// Longest a DNS lookup task may take before it reports a failure: the core must always hear
+/// back, or the lookup's slot (`sip.max_dns_lookups`) would stay taken. Discovery's own
+/// timeouts (2 s, 2 attempts per server) end it well before.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Everything the edge needs to run.
 #[derive(Debug, Clone)]
@@ -118,9 +124,15 @@ pub struct EdgeHandle {
     commands: mpsc::Sender<CoreInput>,
     ids: TxIds,
     tasks: Vec<JoinHandle<()>>,
+    counters: Arc<LimitCounters>,
 }
 
 impl EdgeHandle {
+    /// How many times each resource limit was hit (for a metrics endpoint).
+    pub fn limit_counters(&self) -> Arc<LimitCounters> {
+        self.counters.clone()
+    }
+
     /// Replaces the certificates and CA bundle for new connections (SIGHUP); connections
     /// already up keep the TLS session they have.
     pub fn reload_tls(&self, tls: TlsConfigs) {
@@ -184,12 +196,25 @@ impl EdgeHandle {
 }
 
 enum CoreInput {
+    /// A TCP connection was accepted: may it proceed to its handshake?
+    Accept {
+        conn: ConnId,
+        peer: SocketAddr,
+        reply: oneshot::Sender<bool>,
+    },
+    /// A connection is up (TLS done): may it stay? (Inbound ones may be over the limit of
+    /// their certificate identity.)
     Connected {
         conn: ConnId,
         peer: SocketAddr,
         identity: PeerIdentity,
         writer: Writer,
         outbound: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    /// An accepted connection ended before it was connected (handshake failed, or refused).
+    Released {
+        conn: ConnId,
     },
     ConnectFailed {
         conn: ConnId,
@@ -203,6 +228,8 @@ enum CoreInput {
     Frame {
         conn: ConnId,
         frame: Frame,
+        /// Its bytes on the wire (counted in the connection's backlog until processed).
+        size: usize,
     },
     Closed {
         conn: ConnId,
@@ -228,33 +255,91 @@ enum WriteCmd {
     Close,
 }
 
-/// Most bytes queued for one connection's writer. A peer that leaves this much unread is not
-/// reading, and its connection is closed. It is counted in bytes, not messages: a burst of the
-/// bridge's own requests (a restart taking up its subscriptions, a presence fan-out) can
-/// queue thousands of small messages to a peer that reads fine.
-const MAX_WRITE_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// What a connection's reader, writer and the core task share: the bytes queued unsent
+/// (`sip.max_write_backlog_bytes` bounds them, counted in bytes, not messages: a burst of the
+/// bridge's own requests can queue thousands of small messages to a peer that reads fine),
+/// the bytes of frames read and not yet processed by the core (they count toward pausing: the
+/// core's input queue is shared and bounded only in messages), and the signals to a reader
+/// paused on them.
+struct Backpressure {
+    queued: AtomicUsize,
+    inflight: AtomicUsize,
+    /// `sip.max_write_backlog_bytes` when the connection was made.
+    max: usize,
+    /// The backlog went down to half or less, or the writer ended.
+    resume: Notify,
+    /// The writer ended (closed, or the peer is gone).
+    closed: AtomicBool,
+}
 
-/// The sending side of a connection's writer task, bounded by [`MAX_WRITE_QUEUE_BYTES`].
+impl Backpressure {
+    /// Unsent bytes and frames not yet processed, against the limit: whether to read on.
+    fn state(&self) -> Backlog {
+        let held = self.queued.load(Ordering::Relaxed) + self.inflight.load(Ordering::Relaxed);
+        backlog(held, self.max)
+    }
+
+    /// `before` → `after` bytes held: a reader paused on them may go on (a stored permit if
+    /// none waits).
+    fn went_down(&self, before: usize, after: usize) {
+        if backlog(before, self.max) != Backlog::Ok && backlog(after, self.max) == Backlog::Ok {
+            self.resume.notify_one();
+        }
+    }
+
+    /// The core has processed a frame of `size` bytes from this connection.
+    fn processed(&self, size: usize) {
+        let before = self.inflight.fetch_sub(size, Ordering::Relaxed);
+        let queued = self.queued.load(Ordering::Relaxed);
+        self.went_down(before + queued, before.saturating_sub(size) + queued);
+    }
+}
+
+/// The sending side of a connection's writer task, bounded by `sip.max_write_backlog_bytes`.
 #[derive(Clone)]
 struct Writer {
     tx: mpsc::UnboundedSender<WriteCmd>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Backpressure>,
+    /// The peer's address, for log lines.
+    peer: SocketAddr,
 }
 
 impl Writer {
-    /// Queues `bytes`; false when the queue is over its bound or the writer is gone.
+    /// Queues `bytes`: false when that would put the backlog over its limit (the peer does
+    /// not read: the caller closes the connection) or the writer is gone.
     fn send(&self, bytes: Vec<u8>) -> bool {
         let len = bytes.len();
-        if self.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_WRITE_QUEUE_BYTES {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
+        let queued = self.shared.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if backlog(queued, self.shared.max) == Backlog::Full {
+            self.shared.queued.fetch_sub(len, Ordering::Relaxed);
             return false;
         }
         self.tx.send(WriteCmd::Bytes(bytes)).is_ok()
     }
 
+    /// Ends the connection: what is queued goes out (if the peer reads), then the writer
+    /// stops; the reader stops at once, even while paused.
     fn close(&self) {
         let _ = self.tx.send(WriteCmd::Close);
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.resume.notify_one();
     }
+}
+
+/// Logs an over-limit event (one WARN line naming the limit's configuration key) and counts
+/// it: every limit hit goes through here.
+fn over_limit(counters: &LimitCounters, o: &OverLimit, peer: Option<SocketAddr>) {
+    counters.hit(o.limit);
+    let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let conn = o.conn.map_or_else(|| "-".to_owned(), |c| c.to_string());
+    warn!(
+        limit = o.limit.key(),
+        %peer,
+        conn = %conn,
+        detail = %o.detail,
+        "over limit: {}",
+        o.action
+    );
 }
 
 /// Binds the listener and starts the edge; DNS lookups go through `discovery`.
@@ -279,11 +364,16 @@ pub async fn start(
     let settings = Arc::new(settings);
     let core = EdgeCore::new(settings.core.clone(), crate::random::seed());
     let ids = core.tx_ids();
+    let counters = Arc::new(LimitCounters::default());
     let io = Io {
         settings: settings.clone(),
         tls: tls.clone(),
         discovery,
         core_tx: core_tx.clone(),
+        counters: counters.clone(),
+        backlog_max: Arc::new(AtomicUsize::new(
+            settings.core.limits.max_write_backlog_bytes,
+        )),
     };
     let pending = Arc::new(AtomicUsize::new(0));
     let shared = Shared {
@@ -299,6 +389,7 @@ pub async fn start(
             commands: commands_tx,
             ids,
             tasks: vec![core_task, accept_task],
+            counters,
         },
         EdgeEvents {
             rx: events_rx,
@@ -314,6 +405,9 @@ struct Io {
     tls: Arc<RwLock<TlsConfigs>>,
     discovery: Arc<Discovery>,
     core_tx: mpsc::Sender<CoreInput>,
+    counters: Arc<LimitCounters>,
+    /// `sip.max_write_backlog_bytes` for new connections (SIGHUP changes it).
+    backlog_max: Arc<AtomicUsize>,
 }
 
 impl Io {
@@ -327,6 +421,10 @@ impl Io {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Accepts connections one at a time, each admitted by the core (`sip.max_connections`,
+/// `sip.max_connections_per_address`) before any handshake work is spent on it; one over a
+/// limit is closed at once. While the core decides, further connections wait in the
+/// listener's backlog.
 async fn accept_loop(listener: TcpListener, io: Io) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -337,10 +435,27 @@ async fn accept_loop(listener: TcpListener, io: Io) {
                 continue;
             }
         };
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        let (reply, admitted) = oneshot::channel();
+        if io
+            .core_tx
+            .send(CoreInput::Accept { conn, peer, reply })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // The core logged and counted a refusal; dropping the socket closes it.
+        if admitted.await != Ok(true) {
+            continue;
+        }
         let acceptor = TlsAcceptor::from(io.tls().server);
         let io = io.clone();
         tokio::spawn(async move {
-            accept_connection(tcp, peer, acceptor, io).await;
+            let core_tx = io.core_tx.clone();
+            if !accept_connection(tcp, conn, peer, acceptor, io).await {
+                let _ = core_tx.send(CoreInput::Released { conn }).await;
+            }
         });
     }
 }
@@ -355,30 +470,37 @@ fn identity_of(
     }
 }
 
-async fn accept_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, io: Io) {
+/// The handshake of accepted connection `conn`, then the connection itself; false if it never
+/// became a connection of the core (the caller releases it).
+async fn accept_connection(
+    tcp: TcpStream,
+    conn: ConnId,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    io: Io,
+) -> bool {
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(io.settings.handshake_timeout, acceptor.accept(tcp)).await
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             warn!(%peer, reason = %describe_handshake_error(&e), "TLS handshake failed");
-            return;
+            return false;
         }
         Err(_) => {
             warn!(%peer, reason = "handshake timed out", "TLS handshake failed");
-            return;
+            return false;
         }
     };
     let identity = match identity_of(tls.get_ref().1.peer_certificates()) {
         Ok(id) => id,
         Err(e) => {
             warn!(%peer, reason = %e, "peer certificate unusable");
-            return;
+            return false;
         }
     };
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     info!(%peer, conn, names = ?identity.names(), "peer connected");
-    run_connection(tls, conn, peer, identity, false, io).await;
+    run_connection(tls, conn, peer, identity, false, io).await
 }
 
 /// Opens outbound connection `conn` to `edge`: its addresses, TCP, TLS with the edge's name.
@@ -443,7 +565,8 @@ async fn connect_outbound(conn: ConnId, domain: String, edge: EdgeAddr, io: Io) 
 }
 
 /// Registers an authenticated connection with the core and runs its reader and writer until it
-/// ends.
+/// ends; false if the core refused it (over `sip.max_connections_per_identity`: the caller
+/// releases it, and dropping the stream closes it).
 async fn run_connection<S>(
     stream: S,
     conn: ConnId,
@@ -451,18 +574,26 @@ async fn run_connection<S>(
     identity: PeerIdentity,
     outbound: bool,
     io: Io,
-) where
+) -> bool
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let settings = io.settings.clone();
     let core_tx = io.core_tx;
-    let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut write_rx) = mpsc::unbounded_channel::<WriteCmd>();
+    let shared = Arc::new(Backpressure {
+        queued: AtomicUsize::new(0),
+        inflight: AtomicUsize::new(0),
+        max: io.backlog_max.load(Ordering::Relaxed),
+        resume: Notify::new(),
+        closed: AtomicBool::new(false),
+    });
     let write_tx = Writer {
         tx,
-        queued: Arc::new(AtomicUsize::new(0)),
+        shared: shared.clone(),
+        peer,
     };
-    let queued = write_tx.queued.clone();
+    let (reply, admitted) = oneshot::channel();
     if core_tx
         .send(CoreInput::Connected {
             conn,
@@ -470,13 +601,20 @@ async fn run_connection<S>(
             identity,
             writer: write_tx.clone(),
             outbound,
+            reply,
         })
         .await
         .is_err()
     {
-        return;
+        return true;
     }
+    if admitted.await != Ok(true) {
+        return false;
+    }
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let writer_shared = shared.clone();
     let writer_task = tokio::spawn(async move {
+        let shared = writer_shared;
         // What is queued goes out together: one TLS record and one system call for a burst
         // of messages instead of one each (docs/benchmarks.md "End to end").
         let mut batch = Vec::with_capacity(16 * 1024);
@@ -498,11 +636,18 @@ async fn run_connection<S>(
             if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
                 break;
             }
-            queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            let before = shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            let inflight = shared.inflight.load(Ordering::Relaxed);
+            shared.went_down(
+                before + inflight,
+                before.saturating_sub(batch.len()) + inflight,
+            );
             if closing {
                 break;
             }
         }
+        shared.closed.store(true, Ordering::Relaxed);
+        shared.resume.notify_one();
         let _ = writer.shutdown().await;
     });
     let mut framer = Framer::new(settings.limits);
@@ -511,6 +656,40 @@ async fn run_connection<S>(
     let mut last_read = Instant::now();
     let mut pinged = false;
     loop {
+        if shared.closed.load(Ordering::Relaxed) {
+            debug!(%peer, conn, "writer ended: closing connection");
+            break;
+        }
+        // Over half of `sip.max_write_backlog_bytes` unsent or not yet processed: read nothing
+        // more from this peer until it has read enough, or the core has caught up (TCP then
+        // slows a peer that sends without reading, or faster than the bridge works). One that
+        // reads nothing for `sip.message_timeout_secs` meanwhile is closed.
+        if shared.state() != Backlog::Ok {
+            let resumed = tokio::time::timeout(settings.message_timeout, async {
+                while shared.state() != Backlog::Ok && !shared.closed.load(Ordering::Relaxed) {
+                    shared.resume.notified().await;
+                }
+            })
+            .await;
+            let unsent = shared.queued.load(Ordering::Relaxed);
+            if resumed.is_err() && not_reading(unsent, shared.max) {
+                over_limit(
+                    &io.counters,
+                    &OverLimit {
+                        limit: Limit::WriteBacklog,
+                        conn: Some(conn),
+                        detail: format!(
+                            "{unsent} bytes unsent for {} s",
+                            settings.message_timeout.as_secs()
+                        ),
+                        action: "peer does not read: connection closed",
+                    },
+                    Some(peer),
+                );
+                break;
+            }
+            continue;
+        }
         let now = Instant::now();
         let idle_left = settings
             .idle_timeout
@@ -558,11 +737,14 @@ async fn run_connection<S>(
         let mut fatal = false;
         let mut progressed = false;
         loop {
+            let before = framer.buffered();
             match framer.next_frame() {
                 Ok(Some(frame)) => {
                     progressed = true;
+                    let size = before.saturating_sub(framer.buffered());
+                    shared.inflight.fetch_add(size, Ordering::Relaxed);
                     if core_tx
-                        .send(CoreInput::Frame { conn, frame })
+                        .send(CoreInput::Frame { conn, frame, size })
                         .await
                         .is_err()
                     {
@@ -590,19 +772,35 @@ async fn run_connection<S>(
     }
     drop(write_tx);
     let _ = core_tx.send(CoreInput::Closed { conn }).await;
-    // Let queued responses go out, then close.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    // Let queued responses go out, then close; a writer still blocked on a peer that does not
+    // read is stopped, which closes the socket.
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+    true
 }
 
-/// Looks up a domain's edges for the core.
+/// Looks up a domain's edges for the core, which always hears back (the lookup's slot).
 async fn resolve(domain: String, io: Io) {
-    let (result, valid_until) = match io.discovery.edge_targets(&domain).await {
-        Ok(r) => (Ok(r.targets), r.valid_until),
-        Err(DiscoveryError::NoSrv { valid_until, .. }) => (
+    let lookup = tokio::time::timeout(LOOKUP_DEADLINE, io.discovery.edge_targets(&domain)).await;
+    let (result, valid_until) = match lookup {
+        Ok(Ok(r)) => (Ok(r.targets), r.valid_until),
+        Ok(Err(DiscoveryError::NoSrv { valid_until, .. })) => (
             Err(format!("no _sipfederationtls._tcp SRV record for {domain}")),
             valid_until,
         ),
-        Err(e) => (Err(e.to_string()), Instant::now() + NEGATIVE_TTL_FLOOR),
+        Ok(Err(e)) => (Err(e.to_string()), Instant::now() + NEGATIVE_TTL_FLOOR),
+        Err(_) => (
+            Err(format!(
+                "DNS lookup for {domain} took more than {} s",
+                LOOKUP_DEADLINE.as_secs()
+            )),
+            Instant::now() + NEGATIVE_TTL_FLOOR,
+        ),
     };
     if let Err(reason) = &result {
         warn!(%domain, %reason, "peer domain discovery failed");
@@ -668,21 +866,50 @@ async fn run_core(
             }
         };
         let now = Instant::now();
+        // A frame's bytes leave its connection's backlog once its outputs are queued.
+        let mut processed: Option<(ConnId, usize)> = None;
         let outputs = match input {
             None => core.handle_timeout(now),
+            Some(CoreInput::Accept { conn, peer, reply }) => {
+                let admitted = match core.accept(conn, peer.ip()) {
+                    Ok(()) => true,
+                    Err(o) => {
+                        over_limit(&io.counters, &o, Some(peer));
+                        false
+                    }
+                };
+                let _ = reply.send(admitted);
+                Vec::new()
+            }
+            Some(CoreInput::Released { conn }) => {
+                core.released(conn);
+                Vec::new()
+            }
             Some(CoreInput::Connected {
                 conn,
                 peer,
                 identity,
                 writer,
                 outbound,
+                reply,
             }) => {
-                debug!(conn, %peer, outbound, "registered");
-                writers.insert(conn, writer);
                 if outbound {
+                    debug!(conn, %peer, outbound, "registered");
+                    writers.insert(conn, writer);
+                    let _ = reply.send(true);
                     core.outbound_up(now, conn, identity)
                 } else {
-                    core.connected(conn, identity);
+                    match core.connected(conn, identity) {
+                        Ok(()) => {
+                            debug!(conn, %peer, outbound, "registered");
+                            writers.insert(conn, writer);
+                            let _ = reply.send(true);
+                        }
+                        Err(o) => {
+                            over_limit(&io.counters, &o, Some(peer));
+                            let _ = reply.send(false);
+                        }
+                    }
                     Vec::new()
                 }
             }
@@ -694,7 +921,10 @@ async fn run_core(
                 result,
                 valid_until,
             }) => core.resolved(now, &domain, result, valid_until),
-            Some(CoreInput::Frame { conn, frame }) => core.on_frame(now, conn, frame),
+            Some(CoreInput::Frame { conn, frame, size }) => {
+                processed = Some((conn, size));
+                core.on_frame(now, conn, frame)
+            }
             Some(CoreInput::Closed { conn }) => {
                 if let Some(w) = writers.remove(&conn) {
                     w.close();
@@ -709,8 +939,10 @@ async fn run_core(
                 core.send_stateless(conn, &ack).into_iter().collect()
             }
             Some(CoreInput::Reconfigure(settings)) => {
+                io.backlog_max
+                    .store(settings.limits.max_write_backlog_bytes, Ordering::Relaxed);
                 core.reconfigure(settings);
-                info!("federation policy reloaded");
+                info!("federation policy and limits reloaded");
                 Vec::new()
             }
         };
@@ -722,14 +954,25 @@ async fn run_core(
                     // gone the response is dropped (profile).
                     if let Some(w) = writers.get(&conn) {
                         if !w.send(bytes) {
-                            warn!(
-                                conn,
-                                "peer does not read (16 MiB unsent): closing connection"
-                            );
+                            let o = OverLimit {
+                                limit: Limit::WriteBacklog,
+                                conn: Some(conn),
+                                detail: format!(
+                                    "{} bytes unsent",
+                                    w.shared.queued.load(Ordering::Relaxed)
+                                ),
+                                action: "peer does not read: connection closed",
+                            };
+                            over_limit(&io.counters, &o, Some(w.peer));
                             w.close();
                             writers.remove(&conn);
                         }
                     }
+                    continue;
+                }
+                CoreOutput::OverLimit(o) => {
+                    let peer = o.conn.and_then(|c| writers.get(&c)).map(|w| w.peer);
+                    over_limit(&io.counters, &o, peer);
                     continue;
                 }
                 CoreOutput::Resolve { domain } => {
@@ -779,6 +1022,11 @@ async fn run_core(
                 CoreOutput::ConnectionLost { conn } => EdgeEvent::ConnectionLost { conn },
             };
             let _ = shared.events.send(event);
+        }
+        if let Some((conn, size)) = processed {
+            if let Some(w) = writers.get(&conn) {
+                w.shared.processed(size);
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ pub fn core_settings() -> CoreSettings {
         },
         public_fqdn: "sip.example.org".into(),
         pool: lcs_bridge::edge::pool::PoolLimits::default(),
+        limits: lcs_bridge::edge::limits::EdgeLimits::default(),
     }
 }
 

@@ -1,0 +1,340 @@
+//! Bounds on what peers can make the edge hold, without I/O: concurrent DNS lookups, idle
+//! per-domain state, connections per source address, per certificate identity and in total,
+//! and each connection's unsent bytes. Every peer is hostile, an authenticated federation
+//! partner included: none of these may grow with what a peer sends.
+//!
+//! The decisions are here and in [`crate::edge::core::EdgeCore`] (which limit applies, what
+//! to answer); `server.rs` only carries them out, logs each over-limit event once with
+//! `limit = "<config key>"`, and counts it in [`LimitCounters`].
+//!
+//! The connection ceilings follow the federation profile ("Transport and security": at most 4
+//! connections to one peer edge server and 40 to one peer network); the answer to a request
+//! the edge cannot take now is 503 with Retry-After (RFC 3261 §21.5.4).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::policy::PeerIdentity;
+use crate::sip::transaction::ConnId;
+
+/// One of the edge's resource limits; [`Limit::key`] is its configuration key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// DNS lookups under way, all connections together (`sip.max_dns_lookups`).
+    DnsLookups,
+    /// DNS lookups under way started by one connection's requests
+    /// (`sip.max_dns_lookups_per_connection`).
+    DnsLookupsPerConnection,
+    /// Inbound connections from one source address (`sip.max_connections_per_address`).
+    ConnectionsPerAddress,
+    /// Inbound connections with one certificate identity (`sip.max_connections_per_identity`).
+    ConnectionsPerIdentity,
+    /// Connections, inbound and outbound (`sip.max_connections`).
+    Connections,
+    /// Bytes queued unsent to one connection (`sip.max_write_backlog_bytes`).
+    WriteBacklog,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 6] = [
+        Limit::DnsLookups,
+        Limit::DnsLookupsPerConnection,
+        Limit::ConnectionsPerAddress,
+        Limit::ConnectionsPerIdentity,
+        Limit::Connections,
+        Limit::WriteBacklog,
+    ];
+
+    /// The configuration key that sets it (what logs and 503 reasons name).
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::DnsLookups => "sip.max_dns_lookups",
+            Limit::DnsLookupsPerConnection => "sip.max_dns_lookups_per_connection",
+            Limit::ConnectionsPerAddress => "sip.max_connections_per_address",
+            Limit::ConnectionsPerIdentity => "sip.max_connections_per_identity",
+            Limit::Connections => "sip.max_connections",
+            Limit::WriteBacklog => "sip.max_write_backlog_bytes",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// The limits' values (`[sip]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
+    pub max_dns_lookups: usize,
+    pub max_dns_lookups_per_connection: usize,
+    /// Per-domain state (lookup results, backoff, rate-limit bucket) with no connection, no
+    /// waiting request and no lookup under way is dropped after this long unused.
+    pub pool_idle: Duration,
+    pub max_connections_per_address: usize,
+    pub max_connections_per_identity: usize,
+    pub max_connections: usize,
+    pub max_write_backlog_bytes: usize,
+}
+
+impl EdgeLimits {
+    pub const DEFAULT: EdgeLimits = EdgeLimits {
+        max_dns_lookups: 64,
+        max_dns_lookups_per_connection: 8,
+        pool_idle: Duration::from_secs(300),
+        // The profile's ceiling for one peer network.
+        max_connections_per_address: 40,
+        max_connections_per_identity: 40,
+        max_connections: 1000,
+        max_write_backlog_bytes: 1024 * 1024,
+    };
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits::DEFAULT
+    }
+}
+
+/// How many times each limit was hit since the start: one place for a metrics endpoint to
+/// read. Shared by the edge's tasks (relaxed atomics; only counts).
+#[derive(Debug, Default)]
+pub struct LimitCounters {
+    hits: [AtomicU64; Limit::ALL.len()],
+}
+
+impl LimitCounters {
+    pub fn hit(&self, limit: Limit) {
+        self.hits[limit.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, limit: Limit) -> u64 {
+        self.hits[limit.index()].load(Ordering::Relaxed)
+    }
+
+    /// Every limit's key and count, in [`Limit::ALL`] order.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        Limit::ALL.iter().map(|l| (l.key(), self.get(*l))).collect()
+    }
+}
+
+/// An over-limit event: which limit, and about what (for the one log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverLimit {
+    pub limit: Limit,
+    /// The connection concerned, if any.
+    pub conn: Option<ConnId>,
+    /// What was refused, for the log: a domain, an address, an identity.
+    pub detail: String,
+    /// What the edge does about it, for the log.
+    pub action: &'static str,
+}
+
+/// The edge's connections as the limits see them: inbound ones by source address (from the
+/// accept) and certificate identity (from the handshake), and outbound ones.
+#[derive(Debug, Default)]
+pub struct Connections {
+    inbound: HashMap<ConnId, (IpAddr, Option<PeerIdentity>)>,
+    outbound: HashSet<ConnId>,
+    by_address: HashMap<IpAddr, usize>,
+    by_identity: HashMap<PeerIdentity, usize>,
+}
+
+impl Connections {
+    /// Connections held, inbound (accepted, handshake or not) and outbound (opening or up).
+    pub fn total(&self) -> usize {
+        self.inbound.len() + self.outbound.len()
+    }
+
+    /// Whether another connection (of either direction) fits under `sip.max_connections`.
+    pub fn room(&self, limits: &EdgeLimits) -> bool {
+        self.total() < limits.max_connections
+    }
+
+    /// A TCP connection from `ip` was accepted as `conn`: taken, or the limit it is over
+    /// (the connection must then be closed before its handshake).
+    pub fn accept(&mut self, conn: ConnId, ip: IpAddr, limits: &EdgeLimits) -> Result<(), Limit> {
+        if !self.room(limits) {
+            return Err(Limit::Connections);
+        }
+        let n = self.by_address.get(&ip).copied().unwrap_or(0);
+        if n >= limits.max_connections_per_address {
+            return Err(Limit::ConnectionsPerAddress);
+        }
+        self.by_address.insert(ip, n + 1);
+        self.inbound.insert(conn, (ip, None));
+        Ok(())
+    }
+
+    /// Inbound `conn` completed its handshake with `identity`: taken, or over the identity's
+    /// limit (the connection must then be closed; it stays counted until [`Self::release`]).
+    pub fn identified(
+        &mut self,
+        conn: ConnId,
+        identity: &PeerIdentity,
+        limits: &EdgeLimits,
+    ) -> Result<(), Limit> {
+        let Some((_, slot)) = self.inbound.get_mut(&conn) else {
+            return Ok(());
+        };
+        let n = self.by_identity.get(identity).copied().unwrap_or(0);
+        if n >= limits.max_connections_per_identity {
+            return Err(Limit::ConnectionsPerIdentity);
+        }
+        *slot = Some(identity.clone());
+        self.by_identity.insert(identity.clone(), n + 1);
+        Ok(())
+    }
+
+    /// An outbound connection is being opened.
+    pub fn outbound(&mut self, conn: ConnId) {
+        self.outbound.insert(conn);
+    }
+
+    /// `conn` is gone (closed, refused, or its handshake or connect failed). Idempotent.
+    pub fn release(&mut self, conn: ConnId) {
+        if self.outbound.remove(&conn) {
+            return;
+        }
+        let Some((ip, identity)) = self.inbound.remove(&conn) else {
+            return;
+        };
+        decrement(&mut self.by_address, &ip);
+        if let Some(id) = identity {
+            decrement(&mut self.by_identity, &id);
+        }
+    }
+
+    /// Inbound connections from `ip`, and with `identity`.
+    pub fn counts(&self, ip: &IpAddr, identity: &PeerIdentity) -> (usize, usize) {
+        (
+            self.by_address.get(ip).copied().unwrap_or(0),
+            self.by_identity.get(identity).copied().unwrap_or(0),
+        )
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// Where a connection's write backlog stands after queueing a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backlog {
+    /// Below half the limit: read on.
+    Ok,
+    /// Over half the limit: stop reading the peer until it has read enough of what it was
+    /// sent (TCP then slows a peer that sends without reading).
+    Pause,
+    /// Over the limit: the peer does not read; close the connection.
+    Full,
+}
+
+/// The state of a backlog of `queued` bytes under a limit of `max`.
+pub fn backlog(queued: usize, max: usize) -> Backlog {
+    if queued > max {
+        Backlog::Full
+    } else if queued > max / 2 {
+        Backlog::Pause
+    } else {
+        Backlog::Ok
+    }
+}
+
+/// After reading was paused for `sip.message_timeout_secs`: whether the peer is the cause
+/// (over half of the limit still unsent: it reads nothing) and the connection must be closed,
+/// rather than the edge's core being behind on the frames already read.
+pub fn not_reading(unsent: usize, max: usize) -> bool {
+    backlog(unsent, max) != Backlog::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> EdgeLimits {
+        EdgeLimits {
+            max_connections_per_address: 2,
+            max_connections_per_identity: 2,
+            max_connections: 4,
+            ..EdgeLimits::DEFAULT
+        }
+    }
+
+    #[test]
+    fn keys_are_the_configuration_keys() {
+        let keys: Vec<&str> = Limit::ALL.iter().map(|l| l.key()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sip.max_dns_lookups",
+                "sip.max_dns_lookups_per_connection",
+                "sip.max_connections_per_address",
+                "sip.max_connections_per_identity",
+                "sip.max_connections",
+                "sip.max_write_backlog_bytes",
+            ]
+        );
+        let c = LimitCounters::default();
+        c.hit(Limit::Connections);
+        c.hit(Limit::Connections);
+        c.hit(Limit::WriteBacklog);
+        assert_eq!(c.get(Limit::Connections), 2);
+        assert_eq!(c.snapshot()[5], ("sip.max_write_backlog_bytes", 1));
+    }
+
+    #[test]
+    fn per_address_per_identity_and_total() {
+        let l = limits();
+        let mut c = Connections::default();
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let id = PeerIdentity::from_names(["sip.contoso.com"]);
+        assert_eq!(c.accept(1, a, &l), Ok(()));
+        assert_eq!(c.accept(2, a, &l), Ok(()));
+        assert_eq!(c.accept(3, a, &l), Err(Limit::ConnectionsPerAddress));
+        assert_eq!(c.accept(3, b, &l), Ok(()));
+        assert_eq!(c.identified(1, &id, &l), Ok(()));
+        assert_eq!(c.identified(2, &id, &l), Ok(()));
+        assert_eq!(c.identified(3, &id, &l), Err(Limit::ConnectionsPerIdentity));
+        assert_eq!(c.counts(&a, &id), (2, 2));
+        // Outbound connections count in the total.
+        c.outbound(1 << 40);
+        assert_eq!(c.total(), 4);
+        assert_eq!(c.accept(4, b, &l), Err(Limit::Connections));
+        // Releasing frees every count, once.
+        c.release(1);
+        c.release(1);
+        c.release(3);
+        assert_eq!(c.counts(&a, &id), (1, 1));
+        assert_eq!(c.accept(4, b, &l), Ok(()));
+        c.release(1 << 40);
+        c.release(2);
+        c.release(4);
+        assert_eq!(c.total(), 0);
+        assert!(c.by_address.is_empty() && c.by_identity.is_empty());
+    }
+
+    #[test]
+    fn backlog_pauses_at_half_and_is_full_over_the_limit() {
+        assert_eq!(backlog(0, 1000), Backlog::Ok);
+        assert_eq!(backlog(500, 1000), Backlog::Ok);
+        assert_eq!(backlog(501, 1000), Backlog::Pause);
+        assert_eq!(backlog(1000, 1000), Backlog::Pause);
+        assert_eq!(backlog(1001, 1000), Backlog::Full);
+        assert!(!not_reading(500, 1000));
+        assert!(not_reading(501, 1000));
+    }
+}
