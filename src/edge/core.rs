@@ -165,6 +165,9 @@ const MIN_ANSWER_LIFETIME: std::time::Duration = std::time::Duration::from_secs(
 
 /// Most inbound requests held per domain while its SRV targets are looked up.
 const MAX_PARKED: usize = 64;
+/// Most inbound requests held for lookups in all (64 lookups × 64 requests of up to 80 KiB
+/// each would be 320 MiB; this keeps the worst case near 20 MiB).
+const MAX_PARKED_TOTAL: usize = 256;
 
 /// An outbound request waiting for a connection (its deadline is kept by the pool).
 #[derive(Debug)]
@@ -692,7 +695,9 @@ impl EdgeCore {
             return Vec::new();
         }
         let parked = self.parked.get(&domain).map_or(0, Vec::len);
-        if parked >= MAX_PARKED {
+        // At most `max_dns_lookups` domains are parked, so the sum is a short walk.
+        let parked_total: usize = self.parked.values().map(Vec::len).sum();
+        if parked >= MAX_PARKED || parked_total >= MAX_PARKED_TOTAL {
             let resp = self.try_again(&m, "Verifying the peer's domain, try again");
             return vec![CoreOutput::Send {
                 conn,
@@ -1218,6 +1223,30 @@ mod limit_tests {
         out.iter()
             .filter(|o| matches!(o, CoreOutput::Resolve { .. }))
             .count()
+    }
+
+    #[test]
+    fn requests_held_for_lookups_are_bounded_per_domain_and_in_total() {
+        let mut c = with_limits(EdgeLimits::DEFAULT);
+        let now = Instant::now();
+        c.connected(3, PeerIdentity::from_names(["edge.attacker.example"]))
+            .unwrap();
+        // Five domains being looked up; requests pile up on them until the total is reached.
+        let mut held = 0;
+        let mut refused = 0;
+        for i in 0..MAX_PARKED_TOTAL + 40 {
+            let out = c.on_frame(now, 3, from(&format!("d{}.example", i % 5), i as u32));
+            match response(&out) {
+                Some(r) => {
+                    assert_eq!(r.status(), Some(503));
+                    assert_eq!(r.reason(), Some("Verifying the peer's domain, try again"));
+                    refused += 1;
+                }
+                None => held += 1,
+            }
+        }
+        assert_eq!((held, refused), (MAX_PARKED_TOTAL, 40));
+        assert_eq!(c.lookups_under_way(), 5);
     }
 
     #[test]
