@@ -53,9 +53,9 @@ use crate::core::xml_chars;
 use crate::edge::core::{Route, Undeliverable};
 use crate::edge::server::EdgeEvent;
 use crate::random::SplitMix;
-use crate::sip::builder::{RequestSpec, name_addr};
+use crate::sip::builder::{RequestSpec, header_text, name_addr};
 use crate::sip::dialog::{Dialog, DialogId};
-use crate::sip::message::{Message, Method};
+use crate::sip::message::{Message, Method, find_forbidden_in_value};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{Approval, DialogRecord, Direction, SubState, Subscription};
 use crate::xmpp::gateway::error_reply;
@@ -151,6 +151,17 @@ type Key = Arc<(String, String)>;
 
 fn key(local: String, remote: String) -> Key {
     Arc::new((local, remote))
+}
+
+/// A stanza a restore sends (XEP-0100 §4.5, RFC 6121 §4.3), built when its turn comes.
+#[derive(Debug)]
+enum Paced {
+    /// The gateway's available presence to a local user with subscriptions.
+    Gateway { from: BareJid, to: BareJid },
+    /// A probe of a local user with approved watchers, from one of them.
+    Probe { from: BareJid, to: BareJid },
+    /// A watcher waiting for its user: the `subscribe` asked again, if it still waits.
+    Ask(Key),
 }
 
 /// The LCS watchers waiting for their local user's approval, counted per remote domain and per
@@ -347,8 +358,9 @@ impl<V> Tracked<V> {
         self.map.remove(key)
     }
 
-    /// For changes that move no timer.
-    fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, Key, V> {
+    /// For changes that move no timer and change no approval (the pending-subscription index
+    /// follows approvals through the touched keys).
+    fn values_mut_untracked(&mut self) -> std::collections::btree_map::ValuesMut<'_, Key, V> {
         self.map.values_mut()
     }
 }
@@ -428,7 +440,7 @@ pub struct PresenceEngine {
     last_raw: BTreeMap<String, Element>,
     pending: Pending,
     /// Stanzas a restore sends, paced at `restore_rate` from `paced_at` on.
-    paced: VecDeque<Element>,
+    paced: VecDeque<Paced>,
     paced_at: Instant,
 }
 
@@ -1170,7 +1182,7 @@ impl PresenceEngine {
             self.send_initial(now, &key, out);
         }
         // Inbound: LCS owns those dialogs; keep them and reach the peer by domain.
-        for w in self.inbound.values_mut() {
+        for w in self.inbound.values_mut_untracked() {
             if w.dialog.as_ref().is_some_and(|d| d.conn == conn) {
                 w.detached = true;
             }
@@ -1944,15 +1956,32 @@ impl PresenceEngine {
         Duration::from_secs(1) / self.settings.restore_rate.max(1)
     }
 
-    /// The restore's stanzas due at `now`, at most [`RESTORE_STANZA_BURST`] at once.
+    /// The restore's stanzas due at `now`, at most [`RESTORE_STANZA_BURST`] at once. A watcher
+    /// that is no longer waiting for its user (answered, or gone, since the restore) is not
+    /// asked again, and takes no turn.
     fn release_paced(&mut self, now: Instant, out: &mut Vec<Output>) {
         let spacing = self.restore_spacing();
         let mut sent = 0;
         while self.paced_at <= now && sent < RESTORE_STANZA_BURST {
-            let Some(stanza) = self.paced.pop_front() else {
+            let Some(next) = self.paced.pop_front() else {
                 break;
             };
-            out.push(Output::Stanza(stanza));
+            let presence = match next {
+                Paced::Gateway { from, to } => Presence::available().with_from(from).with_to(to),
+                Paced::Probe { from, to } => Presence::probe().with_from(from).with_to(to),
+                Paced::Ask(key) => {
+                    let waiting = self
+                        .inbound
+                        .get(&key)
+                        .filter(|w| w.approval == Approval::Requested);
+                    let (Some(w), Ok(to)) = (waiting, BareJid::new(&key.0)) else {
+                        continue;
+                    };
+                    let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
+                    subscribe_request(w.remote_jid.clone(), to, display)
+                }
+            };
+            out.push(stanza(presence));
             self.paced_at += spacing;
             sent += 1;
         }
@@ -2291,9 +2320,10 @@ impl PresenceEngine {
                         Some(r) => {
                             let age = Duration::from_secs(now_unix.saturating_sub(r.created_unix));
                             match self.settings.dialog_max_age.checked_sub(age) {
-                                Some(rest) if !rest.is_zero() => {
-                                    (Some(Box::new(restored_dialog(r, now))), now + rest)
-                                }
+                                Some(rest) if !rest.is_zero() => match restored_dialog(r, now) {
+                                    Some(d) => (Some(Box::new(d)), now + rest),
+                                    None => (None, now),
+                                },
                                 _ => (None, now),
                             }
                         }
@@ -2337,10 +2367,11 @@ impl PresenceEngine {
         for key in reserve {
             self.persist_in(now, &key, &mut out);
         }
-        let mut stanzas = Vec::new();
+        // Paced, so that a large deployment does not overflow the link's queue to its own
+        // server; each is built when its turn comes.
         for (user, domain) in self.gateway_users() {
             if let (Ok(to), Ok(from)) = (BareJid::new(&user), BareJid::new(&domain)) {
-                stanzas.push(Presence::available().with_from(from).with_to(to));
+                self.paced.push_back(Paced::Gateway { from, to });
             }
         }
         // One probe per local user with approved watchers; its answer updates all of them.
@@ -2354,23 +2385,19 @@ impl PresenceEngine {
             .collect();
         for (user, from) in probes {
             if let Ok(to) = BareJid::new(&user) {
-                stanzas.push(Presence::probe().with_from(from).with_to(to));
+                self.paced.push_back(Paced::Probe { from, to });
             }
         }
         // Watchers still waiting for their user are asked for again: the approval may have
         // come while no bridge was connected (the server bounced it), or the request may never
         // have reached the server. A user who already approved is answered for by the server
         // (RFC 6121 §3.1.3).
-        for (key, w) in self.inbound.iter() {
-            if w.approval == Approval::Requested {
-                if let Ok(to) = BareJid::new(&key.0) {
-                    let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
-                    stanzas.push(subscribe_request(w.remote_jid.clone(), to, display));
-                }
-            }
-        }
-        // So that a large deployment does not overflow the link's queue to its own server.
-        self.paced.extend(stanzas.into_iter().map(Element::from));
+        let waiting = self
+            .inbound
+            .iter()
+            .filter(|(_, w)| w.approval == Approval::Requested)
+            .map(|(k, _)| Paced::Ask(k.clone()));
+        self.paced.extend(waiting);
         self.paced_at = now;
         self.release_paced(now, &mut out);
         self.rearm();
@@ -2382,7 +2409,7 @@ impl PresenceEngine {
     /// subscriptions stay in the store and [`PresenceEngine::restore`] takes them up again.
     pub fn shutdown(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
-        for sub in self.outbound.values_mut() {
+        for sub in self.outbound.values_mut_untracked() {
             if std::mem::take(&mut sub.shown_available) {
                 out.push(stanza(
                     Presence::unavailable()
@@ -2429,18 +2456,34 @@ fn subscribe_request(from: BareJid, to: BareJid, display: Option<String>) -> Pre
     p
 }
 
-/// A stored dialog taken up again. Display names are cleaned: one stored by an older version
-/// may hold characters that neither a stanza (the watcher's nick) nor a SIP header (From/To of
-/// the dialog's requests) may carry, and the record is written back cleaned.
-fn restored_dialog(r: &DialogRecord, now: Instant) -> Dialog {
+/// A stored dialog taken up again, or `None` if it cannot be: an older version accepted
+/// control characters in header values, and a Call-ID, tag, URI or route holding one could
+/// not be written into a request (the watcher then waits for LCS to subscribe again, as for a
+/// dialog past its age). Display names are cleaned instead — they are only shown — of what
+/// neither a stanza (the watcher's nick) nor a SIP header may carry; the record is written
+/// back cleaned.
+fn restored_dialog(r: &DialogRecord, now: Instant) -> Option<Dialog> {
+    let fields = [
+        &r.call_id,
+        &r.local_tag,
+        &r.remote_tag,
+        &r.local_uri,
+        &r.remote_uri,
+        &r.remote_target,
+    ];
+    if fields
+        .into_iter()
+        .chain(&r.route_set)
+        .any(|f| find_forbidden_in_value(f).is_some())
+    {
+        return None;
+    }
     let clean = |display: &Option<String>| {
-        display.as_deref().map(|d| {
-            d.chars()
-                .filter(|&c| xml_chars::is_xml_char(c) && (c == '\t' || !c.is_control()))
-                .collect::<String>()
-        })
+        display
+            .as_deref()
+            .map(|d| xml_chars::clean(&header_text(d, usize::MAX)).into_owned())
     };
-    Dialog::restored(
+    Some(Dialog::restored(
         DialogId {
             call_id: r.call_id.clone(),
             local_tag: r.local_tag.clone(),
@@ -2453,7 +2496,7 @@ fn restored_dialog(r: &DialogRecord, now: Instant) -> Dialog {
         (r.local_cseq, r.remote_cseq),
         0,
         now,
-    )
+    ))
 }
 
 #[cfg(test)]

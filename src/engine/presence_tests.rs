@@ -1403,7 +1403,7 @@ fn restore_asks_again_for_a_watcher_still_waiting_for_its_user() {
     let mut waiting = record(Direction::Inbound, Approval::Requested, 1_700_001_000);
     waiting.state = SubState::Pending;
     // A display name stored by an older version, with characters neither XML nor SIP carry.
-    waiting.dialog = Some(stored_dialog(1, 1, Some("Bob\u{1} Ex\u{FFFE}ample\u{7f}")));
+    waiting.dialog = Some(stored_dialog(1, 1, Some("Bob\u{1}Ex\u{FFFE}ample\u{7f}")));
     let mut out = e.restore(now, std::iter::once(waiting));
     out.extend(e.handle_timeout(now + Duration::from_millis(1)));
     assert_eq!(
@@ -1607,4 +1607,26 @@ fn restore_paces_its_stanzas_at_the_restore_rate() {
     }
     assert_eq!(sent, 600);
     assert!(t >= late + Duration::from_millis(10 * (600 - 50 - 64 - 1)));
+}
+
+#[test]
+fn a_stored_dialog_that_cannot_be_written_waits_for_a_new_subscribe() {
+    // An older version stored a Call-ID with a control character: no request can carry it.
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
+    let mut d = stored_dialog(1, 1, None);
+    d.call_id = "w-\u{1}1".into();
+    inbound.dialog = Some(d);
+    let out = e.restore(now, std::iter::once(inbound));
+    assert!(
+        !kinds(&out).contains(&"persist:approved".to_owned()),
+        "{:?}",
+        kinds(&out)
+    );
+    let out = e.handle_timeout(now + Duration::from_secs(5));
+    assert!(requests(&out).is_empty(), "{:?}", kinds(&out));
+    // The watcher and its approval are kept: LCS's next SUBSCRIBE is answered active.
+    let out = e.on_edge(now, lcs_subscribe("w-2", Some(3600)));
+    assert_eq!(kinds(&out)[..2], ["persist:approved", "respond:202"]);
 }

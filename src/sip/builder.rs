@@ -72,20 +72,19 @@ pub fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-/// Makes a reason phrase safe for the status line (no CR/LF or other control characters).
+/// Longest reason phrase the bridge writes, in bytes.
+const MAX_REASON_BYTES: usize = 256;
+
+/// Makes a reason phrase safe for the status line ([`header_text`], at most 256 bytes).
 pub fn sanitize_reason(reason: &str) -> String {
-    reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    header_text(reason, MAX_REASON_BYTES)
 }
 
-/// Free text (an XMPP `<subject/>`) as a header value (RFC 3261 §20.36 `Subject`: one line of
-/// `TEXT-UTF8-TRIM`): every line break (CRLF, CR or LF) folds into one space and any other
-/// control character becomes a space, so nothing in it can start a new header line; then it is
-/// cut to at most `max_bytes` (on a character boundary) and trimmed.
+/// Free text (an XMPP `<subject/>`, a reason phrase) as one header line (RFC 3261 §25.1
+/// `TEXT-UTF8-TRIM`): every line break (CRLF, CR or LF) folds into one space, and every other
+/// control character (C0, DEL, C1) and the Unicode line and paragraph separators (U+2028,
+/// U+2029, which some parsers also split lines at) become a space, so nothing in it can start
+/// a new line; then it is cut to at most `max_bytes` (on a character boundary) and trimmed.
 pub fn header_text(text: &str, max_bytes: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_bytes));
     let mut chars = text.chars().peekable();
@@ -96,7 +95,7 @@ pub fn header_text(text: &str, max_bytes: usize) -> String {
                 ' '
             }
             '\t' => '\t',
-            c if c.is_ascii_control() => ' ',
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => ' ',
             c => c,
         };
         if out.len() + c.len_utf8() > max_bytes {
@@ -245,6 +244,26 @@ impl RequestSpec<'_> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn header_text_folds_every_line_break_and_control() {
+        for (input, max, expected) in [
+            ("one line", 100, "one line"),
+            ("a\r\nb\rc\nd", 100, "a b c d"),
+            ("a\r\n\r\nMESSAGE x", 100, "a  MESSAGE x"),
+            ("tab\tkept", 100, "tab\tkept"),
+            (
+                "nul\u{0}esc\u{1b}del\u{7f}nel\u{85}ls\u{2028}ps\u{2029}end",
+                100,
+                "nul esc del nel ls ps end",
+            ),
+            ("  trimmed \r\n", 100, "trimmed"),
+            ("ééé", 5, "éé"),
+            ("abc", 0, ""),
+        ] {
+            assert_eq!(header_text(input, max), expected, "{input:?}");
+        }
+    }
+
     const INVITE: &str = "INVITE sip:alice@example.org SIP/2.0\r\n\
 Via: SIP/2.0/TLS edge.contoso.com:5061;branch=z9hG4bKa;ms-received-port=5061\r\n\
 Via: SIP/2.0/TLS 10.0.0.5:49152;branch=z9hG4bKb\r\n\
@@ -276,7 +295,7 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(trying.to().unwrap().tag(), None);
         assert_eq!(trying.record_route().unwrap().len(), 0);
         let err = Message::response_to(&req, 400, Some("Bad\r\nInjected: yes"), Some("t9"));
-        assert_eq!(err.reason(), Some("Bad  Injected: yes"));
+        assert_eq!(err.reason(), Some("Bad Injected: yes"));
         assert_eq!(err.record_route().unwrap().len(), 0);
         let tagged = Message::parse(
             INVITE

@@ -103,4 +103,6 @@ pub enum HeaderError {
     },
     #[error("Request-URI {0:?} contains white space")]
     SpaceInUri(String),
+    #[error("method {0:?} is not a token")]
+    BadMethod(String),
 }

@@ -213,17 +213,18 @@ pub(crate) fn find_control(bytes: &[u8]) -> Option<usize> {
         .map(|i| base + i)
 }
 
+/// The offset of the first byte no header value may hold: a control character (C0, CR and LF
+/// included, but HTAB; and DEL).
+pub fn find_forbidden_in_value(value: &str) -> Option<usize> {
+    value
+        .bytes()
+        .position(|b| (b < 0x20 && b != b'\t') || b == 0x7F)
+}
+
 /// `Err` when `value` may not be written into `field`: it holds a control character.
 fn check_value(field: &str, value: &str) -> Result<(), HeaderError> {
-    match find_control(value.as_bytes()) {
-        None => match memchr::memchr2(b'\r', b'\n', value.as_bytes()) {
-            None => Ok(()),
-            Some(at) => Err(HeaderError::ControlCharacter {
-                field: field.to_owned(),
-                byte: value.as_bytes()[at],
-                at,
-            }),
-        },
+    match find_forbidden_in_value(value) {
+        None => Ok(()),
         Some(at) => Err(HeaderError::ControlCharacter {
             field: field.to_owned(),
             byte: value.as_bytes()[at],
@@ -449,6 +450,12 @@ impl Message {
         if method == Method::Ack {
             return None;
         }
+        // An answer does not carry the Request-URI: an unreadable one does not stop it.
+        let uri = if check_uri(uri).is_ok() && Uri::parse(uri).is_ok() {
+            uri
+        } else {
+            "sip:invalid.invalid"
+        };
         let mut m = Message::new_request(method, uri);
         let mut vias = 0;
         for line in lines {
@@ -558,6 +565,12 @@ impl Message {
                 Span::of(0, 0)
             }
         };
+        // `Method::Other` can hold anything; the parser only makes tokens.
+        if !super::params::is_token(method.as_str()) {
+            m.refuse(HeaderError::BadMethod(
+                method.as_str().chars().take(80).collect(),
+            ));
+        }
         m.start = StartLine::Request { method, uri };
         m
     }
@@ -1444,6 +1457,13 @@ l: 0\r\n\r\n";
             Message::new_request(Method::Bye, "sip:a@b").header_error(),
             None
         );
+        assert_eq!(
+            Message::new_request(Method::Other("BYE sip:x SIP/2.0\r\n".into()), "sip:a@b")
+                .header_error()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("method \"BYE sip:x SIP/2.0\\r\\n\" is not a token")
+        );
         assert!(
             Message::new_request(Method::Bye, "")
                 .header_error()
@@ -1483,11 +1503,14 @@ To: <sip:alice@example.org>|Call-ID: c1|CSeq: 1 INVITE";
         let at = not_utf8.len() - 10;
         not_utf8.splice(at..at, [0xFF, 0xFE]);
         let control = base.replace("From: <sip", "From: \u{1b}<sip");
+        // A Request-URI that cannot be written: the answer does not carry it.
+        let bad_uri = base.replace("INVITE sip:alice@", "INVITE sip:ali\u{1}ce@");
         for raw in [
             base.as_bytes(),
             bare_lf.as_bytes(),
             &not_utf8,
             control.as_bytes(),
+            bad_uri.as_bytes(),
         ] {
             assert_eq!(salvaged(raw).as_deref(), Some(expected));
         }

@@ -779,38 +779,37 @@ impl DomainTask {
 
     /// Writes and flushes up to [`WRITE_BATCH`] queued stanzas; on failure puts them back.
     ///
-    /// A stanza the serialiser refuses (tokio-xmpp then rewinds its buffer, so nothing of it is
-    /// written) is dropped with an error log, never put back: retrying it would fail the stream
-    /// again and again and cut every user off. [`LinkHandle::send`] already cleans every
-    /// stanza, so this is a second line of defence.
+    /// A stanza the serialiser refuses is dropped with an error log, never put back: retrying
+    /// it would fail the stream again and again and cut every user off. tokio-xmpp rewinds its
+    /// output buffer but not its encoder's state (open elements, namespace scopes), so the
+    /// stream is then reconnected, the rest of the batch put back in order. [`LinkHandle::send`]
+    /// already cleans every stanza, so this is a second line of defence.
     async fn write_batch(&self, stream: &mut Stream) -> Result<(), String> {
         let mut batch = self.state.take_batch(WRITE_BATCH);
         if batch.is_empty() {
             return Ok(());
         }
-        let mut unwritable = Vec::new();
+        let mut unwritable = None;
         let written = tokio::time::timeout(self.settings.keepalive, async {
             for (i, stanza) in batch.iter().enumerate() {
-                match stream.feed(stanza).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                        error!(
-                            domain = %self.domain,
-                            stanza = %stanza.name(),
-                            to = stanza.attr("to").unwrap_or_default(),
-                            reason = %e,
-                            "dropped a stanza the XML serialiser refuses"
-                        );
-                        unwritable.push(i);
+                if let Err(e) = stream.feed(stanza).await {
+                    if is_serialisation_error(&e) {
+                        unwritable = Some(i);
                     }
-                    Err(e) => return Err(e),
+                    return Err(e);
                 }
             }
             SinkExt::<&Element>::flush(stream).await
         })
         .await;
-        for i in unwritable.into_iter().rev() {
-            batch.remove(i);
+        if let Some(i) = unwritable {
+            let stanza = batch.remove(i);
+            error!(
+                domain = %self.domain,
+                stanza = %stanza.name(),
+                to = stanza.attr("to").unwrap_or_default(),
+                "dropped a stanza the XML serialiser refuses; reconnecting"
+            );
         }
         let reason = match written {
             Ok(Ok(())) => return Ok(()),
@@ -842,6 +841,12 @@ impl DomainTask {
             )),
         }
     }
+}
+
+/// Whether a write error is the serialiser refusing a stanza (tokio-xmpp wraps the encoder's
+/// error as `InvalidInput`), not the socket failing (an OS error carries no inner error).
+fn is_serialisation_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidInput && e.get_ref().is_some()
 }
 
 /// Sends the stream footer and shuts the connection down, giving up after a second.
@@ -1053,9 +1058,21 @@ mod tests {
         bad_name.append_child(Element::bare("not a name", "urn:x"));
         assert_eq!(
             h.send(bad_name).unwrap_err().to_string(),
-            "not a stanza the link can send: element name \"not a name\" is not an XML name: U+20 not allowed in name"
+            "not a stanza the link can send: element \"not a name\" cannot be written: U+20 not allowed in name"
+        );
+        let mut bad_ns = stanza("<message from='bob@lcs.example.org'/>");
+        bad_ns.append_child(Element::bare("x", "urn:\u{1}"));
+        assert_eq!(
+            h.send(bad_ns).unwrap_err().to_string(),
+            "not a stanza the link can send: element \"x\" cannot be written: its namespace holds U+0001"
         );
         assert_eq!(h.queued("lcs.example.org"), 0);
+        // Only the encoder's refusals count as a stanza's fault, not the socket's EINVAL.
+        let refused = std::io::Error::new(std::io::ErrorKind::InvalidInput, "U+0001");
+        assert!(is_serialisation_error(&refused));
+        assert!(!is_serialisation_error(&std::io::Error::from_raw_os_error(
+            22
+        )));
     }
 
     #[test]

@@ -60,9 +60,10 @@ pub enum StanzaParseError {
 }
 
 /// A stanza the component stream cannot carry even after cleaning: an element name that is not
-/// an XML name (only a bug of the bridge's own builders can make one).
+/// an XML name, or a namespace with a character XML forbids (only a bug of the bridge's own
+/// builders can make one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("element name {name:?} is not an XML name: {reason}")]
+#[error("element {name:?} cannot be written: {reason}")]
 pub struct UnwritableStanza {
     /// The element name.
     pub name: String,
@@ -85,6 +86,12 @@ pub fn clean_stanza(stanza: &mut Element) -> Result<usize, UnwritableStanza> {
             return Err(UnwritableStanza {
                 name: el.name().to_owned(),
                 reason: e.to_string(),
+            });
+        }
+        if let Some((_, c)) = xml_chars::find_invalid(&el.ns()) {
+            return Err(UnwritableStanza {
+                name: el.name().to_owned(),
+                reason: format!("its namespace holds U+{:04X}", c as u32),
             });
         }
         for value in el.attrs_mut().values_mut() {
