@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::policy::PeerIdentity;
@@ -260,6 +260,112 @@ pub fn not_reading(unsent: usize, max: usize) -> bool {
     backlog(unsent, max) != Backlog::Ok
 }
 
+/// One connection's backlog as its reader, writer and the edge's core task share it: bytes
+/// queued unsent (`sip.max_write_backlog_bytes` bounds them, counted in bytes, not messages: a
+/// burst of the bridge's own requests can queue thousands of small messages to a peer that
+/// reads fine) and bytes of frames read and not yet processed by the core (they count toward
+/// pausing: the core's input queue is shared and bounded only in messages).
+///
+/// The writer and the core bring the backlog down concurrently, each decrementing its own
+/// counter. Whether a paused reader must be woken is decided from fresh loads of both counters
+/// after the decrement and from the reader's `paused` flag, never from a "before" value: each
+/// side's "before" may already include the other's decrement, and then neither would see the
+/// backlog cross half the limit. The reader sets `paused` before it checks the backlog, and
+/// every decrement checks `paused` after it (sequentially consistent), so at least one of them
+/// sees the other: the reader does not wait, or it is woken.
+#[derive(Debug)]
+pub struct BacklogCounters {
+    queued: AtomicUsize,
+    inflight: AtomicUsize,
+    paused: AtomicBool,
+    /// `sip.max_write_backlog_bytes` when the connection was made.
+    max: usize,
+}
+
+impl BacklogCounters {
+    pub fn new(max: usize) -> BacklogCounters {
+        BacklogCounters {
+            queued: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+            max,
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Bytes queued unsent.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Unsent bytes and frames not yet processed together, against the limit: whether to read
+    /// on.
+    pub fn state(&self) -> Backlog {
+        backlog(
+            self.queued.load(Ordering::SeqCst) + self.inflight.load(Ordering::SeqCst),
+            self.max,
+        )
+    }
+
+    /// Counts `len` bytes queued for the writer: false, and nothing counted, when the unsent
+    /// bytes would be over the limit (the peer does not read).
+    pub fn try_queue(&self, len: usize) -> bool {
+        let queued = self
+            .queued
+            .fetch_add(len, Ordering::SeqCst)
+            .saturating_add(len);
+        if backlog(queued, self.max) == Backlog::Full {
+            self.sub(&self.queued, len);
+            return false;
+        }
+        true
+    }
+
+    /// A frame of `size` bytes was read and handed to the core.
+    pub fn read(&self, size: usize) {
+        self.inflight.fetch_add(size, Ordering::SeqCst);
+    }
+
+    /// The writer wrote `len` queued bytes: true when a paused reader must be woken.
+    pub fn written(&self, len: usize) -> bool {
+        self.sub(&self.queued, len);
+        self.wake()
+    }
+
+    /// The core processed a frame of `size` bytes: true when a paused reader must be woken.
+    pub fn processed(&self, size: usize) -> bool {
+        self.sub(&self.inflight, size);
+        self.wake()
+    }
+
+    /// The reader is about to wait for the backlog to come down: marks it paused, then returns
+    /// the state (wait only while it is not [`Backlog::Ok`]).
+    pub fn pause(&self) -> Backlog {
+        self.paused.store(true, Ordering::SeqCst);
+        self.state()
+    }
+
+    /// The reader reads again.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// The decision after a decrement: the reader is paused and the backlog, as it is now, is
+    /// at or below half the limit.
+    fn wake(&self) -> bool {
+        self.paused.load(Ordering::SeqCst) && self.state() == Backlog::Ok
+    }
+
+    fn sub(&self, counter: &AtomicUsize, n: usize) {
+        let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +442,56 @@ mod tests {
         assert_eq!(backlog(1001, 1000), Backlog::Full);
         assert!(!not_reading(500, 1000));
         assert!(not_reading(501, 1000));
+        let b = BacklogCounters::new(1000);
+        assert!(b.try_queue(1000));
+        assert!(!b.try_queue(1));
+        assert_eq!(b.queued(), 1000);
+        assert_eq!(b.state(), Backlog::Pause);
+    }
+
+    /// The writer and the core bring a paused connection's backlog down at the same time, each
+    /// its own counter. Here the core's decrement lands just before the writer's, and the core
+    /// decides after the writer: each side's decision sees the other's decrement already
+    /// applied. Deciding from "before → after" (the backlog crossed half the limit with this
+    /// decrement), neither saw a crossing (before 400 + 100 = 500 for the writer, 100 + 400
+    /// for the core: already at half) and the reader slept until `sip.message_timeout_secs`.
+    /// Deciding from the state after the decrement while the reader is paused, both wake it.
+    #[test]
+    fn a_paused_reader_is_woken_whichever_side_brings_the_backlog_down() {
+        let b = BacklogCounters::new(1000);
+        assert!(b.try_queue(400));
+        b.read(400);
+        assert_eq!(b.pause(), Backlog::Pause);
+        // The core's decrement, its decision still to come.
+        b.sub(&b.inflight, 300);
+        // The writer's whole step: decrement, then decide.
+        assert!(b.written(300));
+        // The core's decision.
+        assert!(b.wake());
+        // Whole steps one after the other wake it too.
+        for writer_first in [true, false] {
+            let b = BacklogCounters::new(1000);
+            assert!(b.try_queue(400));
+            b.read(400);
+            assert_eq!(b.pause(), Backlog::Pause);
+            let (first, second) = if writer_first {
+                (b.written(300), b.processed(300))
+            } else {
+                (b.processed(300), b.written(300))
+            };
+            // The first crosses half the limit (800 → 500); the second, while the reader has
+            // not run yet, wakes it again (one stored permit; the reader re-checks the state).
+            assert!(first && second, "{writer_first}");
+        }
+        // Not paused: nothing to wake; paused but still over half: not yet.
+        let b = BacklogCounters::new(1000);
+        assert!(b.try_queue(900));
+        assert!(!b.written(600));
+        assert!(b.try_queue(600));
+        assert_eq!(b.pause(), Backlog::Pause);
+        assert!(!b.written(100));
+        assert!(b.written(400));
+        b.resume();
+        assert!(!b.written(100));
     }
 }
