@@ -187,11 +187,15 @@ impl EdgeHandle {
         let _ = self.commands.send(CoreInput::Stateless { conn, ack }).await;
     }
 
-    /// Stops accepting and drops every connection.
+    /// Stops accepting and drops every connection; logs how many times each limit was hit.
     pub fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();
         }
+        info!(
+            hits = %self.counters.summary(),
+            "SIP edge stopped; resource limits hit since the start"
+        );
     }
 }
 
@@ -399,9 +403,9 @@ impl Io {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Accepts connections one at a time, each admitted by the core (`sip.max_connections`,
-/// `sip.max_connections_per_address`) before any handshake work is spent on it; one over a
-/// limit is closed at once. While the core decides, further connections wait in the
+/// Accepts connections one at a time, each admitted by the core (`sip.max_handshakes`,
+/// `sip.max_connections`, `sip.max_connections_per_address`) before any handshake work is spent
+/// on it; one over a limit is closed at once. While the core decides, further connections wait in the
 /// listener's backlog.
 async fn accept_loop(listener: TcpListener, io: Io) {
     loop {
