@@ -505,8 +505,9 @@ fn core_settings(cfg: &config::Config) -> CoreSettings {
         ),
         limits: EdgeLimits {
             max_dns_lookups: cfg.sip.max_dns_lookups,
-            max_dns_lookups_per_connection: cfg.sip.max_dns_lookups_per_connection,
+            max_dns_lookups_per_peer: cfg.sip.max_dns_lookups_per_peer,
             pool_idle: cfg.sip.pool_idle,
+            max_handshakes: cfg.sip.max_handshakes,
             max_connections_per_address: cfg.sip.max_connections_per_address,
             max_connections_per_identity: cfg.sip.max_connections_per_identity,
             max_connections: cfg.sip.max_connections,

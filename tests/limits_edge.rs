@@ -6,12 +6,15 @@
 //! (`/proc/<pid>/task/*/schedstat`) and its log, where each over-limit event is one WARN line
 //! with `limit="<config key>"`.
 //!
-//! - `dns_lookups_are_bounded_per_connection_and_in_total`: random From domains, each needing
-//!   an SRV lookup from a DNS server that never answers;
+//! - `dns_lookups_are_bounded_per_peer_and_in_total`: random From domains, each needing an SRV
+//!   lookup from a DNS server that never answers, from one peer that reconnects and from nine
+//!   others;
 //! - `idle_domains_are_pruned_and_per_request_work_stays_flat`: 12,000 random From domains, each
 //!   looked up and refused; a probe's CPU time per request before and after;
 //! - `connections_over_the_limits_are_closed`: per source address, per certificate identity,
 //!   in total;
+//! - `handshakes_are_bounded_apart_from_connections`: connections that never start their TLS
+//!   handshake, beside partners';
 //! - `a_peer_that_sends_without_reading_is_paused_then_closed`: four connections sending
 //!   requests with large headers and reading nothing.
 //!
@@ -345,50 +348,114 @@ impl BlackHole {
 
 // ------------------------------------------------------------------ the tests
 
+/// A connection is usable if it answers an OPTIONS; refused ones end (at accept: the handshake
+/// fails; after it: the first read ends).
+async fn usable(s: std::io::Result<Tls>, from: &str) -> Option<Tls> {
+    let mut s = s.ok()?;
+    s.write_all(&options(from, "probe", 0)).await.ok()?;
+    let (mut r, wr) = tokio::io::split(s);
+    let got = read_until(&mut r, Duration::from_secs(5), |g| !g.is_empty()).await;
+    (got.first()?.status() == Some(200)).then(|| r.unsplit(wr))
+}
+
+/// Whether the bridge closes `tcp` within `within` (end of stream or a reset).
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match tokio::time::timeout(within, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+const PER_PEER_503: &str =
+    "503 Too many DNS lookups under way (sip.max_dns_lookups_per_peer), try again";
+const TOTAL_503: &str = "503 Too many DNS lookups under way (sip.max_dns_lookups), try again";
+
+/// A burst of `n` OPTIONS from random domains under `tag`.random.test (each needs an SRV
+/// lookup: the sender's certificate names none of them).
+fn random_domains_burst(tag: &str, n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|i| {
+            options(
+                &format!("sip:joe@{tag}x{i}.random.test"),
+                &format!("{tag}i{i}"),
+                0,
+            )
+        })
+        .collect()
+}
+
 /// With discovery on, every request whose From domain the peer's certificate does not name
 /// waits for that domain's SRV lookup. A partner sending random From domains made one lookup
 /// task, with its own socket, per request, without bound. Now at most
-/// `sip.max_dns_lookups_per_connection` (8) lookups run for one connection's requests and
-/// `sip.max_dns_lookups` (64) in all; a request needing one more is answered 503 with
-/// Retry-After at once, its reason naming the limit, and logged once.
+/// `sip.max_dns_lookups_per_peer` (8) lookups run for one certificate identity's requests,
+/// over all its connections and until each lookup ends, and `sip.max_dns_lookups` (64) in all;
+/// a request needing one more is answered 503 with Retry-After at once, its reason naming the
+/// limit, and logged once.
+///
+/// First one peer starts its 8 lookups, closes its connection and opens another: its lookups
+/// still run (the DNS server never answers), so every request on the new connection is refused
+/// naming the per-peer limit (a count per connection, forgotten at the close, let it start 8
+/// more each time, past the global limit with 40 connections). Then nine other peers send 30
+/// random domains each: 56 lookups start, the rest are refused at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_lookups_are_bounded_per_connection_and_in_total() {
+async fn dns_lookups_are_bounded_per_peer_and_in_total() {
     let dns = BlackHole::start().await;
     let w = World::start(
         r#"default_policy = "allow""#,
         &format!("dns_servers = [\"{}\"]", dns.addr),
     )
     .await;
-    let attacker = w.connector(&["edge.attacker.test"]);
-    let conns = 10;
-    let per_conn = 30;
+    let answers = |got: &[Message]| -> Vec<String> { got.iter().map(reason_of).collect() };
+
+    // One peer, one connection: 8 lookups start, 4 requests are refused.
+    let first = w.connector(&["edge0.attacker.test"]);
+    let s = w.connect(&first, Ipv4Addr::LOCALHOST, None).await.unwrap();
+    let (mut r, mut wr) = tokio::io::split(s);
+    wr.write_all(&random_domains_burst("p0a", 12))
+        .await
+        .unwrap();
+    let got = read_until(&mut r, Duration::from_secs(2), |g| g.len() >= 4).await;
+    assert_eq!(answers(&got), vec![PER_PEER_503; 4]);
+    drop((r, wr));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The same peer on a new connection, its lookups still under way: all 12 refused.
+    let s = w.connect(&first, Ipv4Addr::LOCALHOST, None).await.unwrap();
+    let (mut r, mut wr) = tokio::io::split(s);
+    wr.write_all(&random_domains_burst("p0b", 12))
+        .await
+        .unwrap();
+    let got = read_until(&mut r, Duration::from_secs(2), |g| g.len() >= 12).await;
+    assert_eq!(answers(&got), vec![PER_PEER_503; 12]);
+    let mut held = vec![(r, wr)];
+
+    // Nine other peers.
+    let peers = 9;
+    let per_peer = 30;
     let mut streams = Vec::new();
-    for _ in 0..conns {
+    for p in 1..=peers {
+        let connector = w.connector(&[&format!("edge{p}.attacker.test")]);
         streams.push(
-            w.connect(&attacker, Ipv4Addr::LOCALHOST, None)
+            w.connect(&connector, Ipv4Addr::LOCALHOST, None)
                 .await
                 .unwrap(),
         );
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let fds_before = w.fds();
     let rss_before = w.rss_kib();
     let mut tasks = Vec::new();
-    for (c, s) in streams.into_iter().enumerate() {
+    for (p, s) in streams.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             let (mut r, mut wr) = tokio::io::split(s);
-            let burst: Vec<u8> = (0..per_conn)
-                .flat_map(|i| {
-                    options(
-                        &format!("sip:joe@r{c}x{i}.random.test"),
-                        &format!("c{c}i{i}"),
-                        0,
-                    )
-                })
-                .collect();
-            wr.write_all(&burst).await.unwrap();
+            wr.write_all(&random_domains_burst(&format!("r{p}"), per_peer))
+                .await
+                .unwrap();
             // The refusals come at once; the other requests wait for DNS (seconds).
-            let got = read_until(&mut r, Duration::from_secs(3), |_| false).await;
+            let got = read_until(&mut r, Duration::from_secs(2), |_| false).await;
             (got, r, wr)
         }));
     }
@@ -396,44 +463,43 @@ async fn dns_lookups_are_bounded_per_connection_and_in_total() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let fds_during = w.fds();
     let rss_during = w.rss_kib();
-    let mut per_conn_refused = 0;
+    let mut per_peer_refused = 0;
     let mut total_refused = 0;
-    let mut held = Vec::new();
     for t in tasks {
         let (got, r, wr) = t.await.unwrap();
         held.push((r, wr));
-        // No connection has more than 8 lookups: the rest of its 30 are refused at once.
+        // No peer has more than 8 lookups: the rest of its 30 are refused at once.
         assert!(
-            got.len() >= per_conn - 8,
+            got.len() >= per_peer - 8,
             "{} answers on a connection",
             got.len()
         );
         for m in &got {
             let reason = reason_of(m);
             match reason.as_str() {
-                "503 Too many DNS lookups under way (sip.max_dns_lookups_per_connection), try again" => {
-                    per_conn_refused += 1
-                }
-                "503 Too many DNS lookups under way (sip.max_dns_lookups), try again" => {
-                    total_refused += 1
-                }
+                PER_PEER_503 => per_peer_refused += 1,
+                TOTAL_503 => total_refused += 1,
                 other => w.fail(&format!("unexpected answer {other}")),
             }
             assert_eq!(m.header("Retry-After"), Some("1"), "{reason}");
         }
     }
     eprintln!(
-        "DNS: {} requests, {per_conn_refused} refused per connection, {total_refused} in total; \
-         bridge fds {fds_before} -> {fds_during}, RSS {rss_before} -> {rss_during} KiB",
-        conns * per_conn
+        "DNS: {} requests from 9 peers, {per_peer_refused} refused per peer, {total_refused} in \
+         total; bridge fds {fds_before} -> {fds_during}, RSS {rss_before} -> {rss_during} KiB",
+        peers * per_peer
     );
-    // 64 lookups run (8 for each of 8 connections); the other 236 requests are refused.
+    // 64 lookups run, 8 of them the first peer's; of the nine peers' 270 requests, 56 started
+    // lookups and the other 214 were refused, at least 16 of them for want of a global slot.
     assert_eq!(
-        per_conn_refused + total_refused,
-        conns * per_conn - 64,
+        per_peer_refused + total_refused,
+        peers * per_peer - 56,
         "refused requests"
     );
-    assert!(per_conn_refused > 0 && total_refused > 0);
+    assert!(
+        total_refused >= 16,
+        "{total_refused} refused for the global limit"
+    );
     // Each hanging lookup held its request, a task and sockets (about 28 KiB each before).
     assert!(
         rss_during < rss_before + 5 * 1024,
@@ -446,8 +512,8 @@ async fn dns_lookups_are_bounded_per_connection_and_in_total() {
         "bridge descriptors {fds_before} -> {fds_during}"
     );
     assert_eq!(
-        w.over_limit_lines("sip.max_dns_lookups_per_connection"),
-        per_conn_refused
+        w.over_limit_lines("sip.max_dns_lookups_per_peer"),
+        4 + 12 + per_peer_refused
     );
     assert_eq!(w.over_limit_lines("sip.max_dns_lookups"), total_refused);
     drop(held);
@@ -467,7 +533,10 @@ async fn idle_domains_are_pruned_and_per_request_work_stays_flat() {
     )
     .await;
     let partner = w.connector(&["sip.contoso.com", "contoso.com"]);
-    let attacker = w.connector(&["edge.attacker.test"]);
+    // Four peers, each keeping 8 lookups in flight (`sip.max_dns_lookups_per_peer`).
+    let attackers: Vec<TlsConnector> = (0..4)
+        .map(|c| w.connector(&[&format!("edge{c}.attacker.test")]))
+        .collect();
     let mut probe = w
         .connect(&partner, Ipv4Addr::LOCALHOST, None)
         .await
@@ -503,10 +572,10 @@ async fn idle_domains_are_pruned_and_per_request_work_stays_flat() {
 
     // The flood: `n` requests from new domains, `window` in flight per connection (each is
     // looked up, NXDOMAIN, then refused 403).
-    async fn flood(w: &World, attacker: &TlsConnector, round: usize, n: usize) -> usize {
-        let conns = 4;
+    async fn flood(w: &World, attackers: &[TlsConnector], round: usize, n: usize) -> usize {
+        let conns = attackers.len();
         let mut tasks = Vec::new();
-        for c in 0..conns {
+        for (c, attacker) in attackers.iter().enumerate() {
             let s = w
                 .connect(attacker, Ipv4Addr::LOCALHOST, None)
                 .await
@@ -549,7 +618,7 @@ async fn idle_domains_are_pruned_and_per_request_work_stays_flat() {
 
     // Warm up: TLS, tasks, the resolver, the allocator.
     run_probe(&w, &mut probe, "w", 500).await;
-    flood(&w, &attacker, 0, 2_000).await;
+    flood(&w, &attackers, 0, 2_000).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let before = run_probe(&w, &mut probe, "a", 2_000).await;
     let rss0 = w.rss_kib();
@@ -557,7 +626,7 @@ async fn idle_domains_are_pruned_and_per_request_work_stays_flat() {
     let mut rss = Vec::new();
     let per_round = 4_000;
     for round in 1..=3 {
-        let refused = flood(&w, &attacker, round, per_round).await;
+        let refused = flood(&w, &attackers, round, per_round).await;
         assert_eq!(refused, per_round, "every random domain refused 403");
         rss.push(w.rss_kib());
     }
@@ -601,16 +670,6 @@ async fn connections_over_the_limits_are_closed() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let fds0 = w.fds();
     let mut kept = Vec::new();
-
-    // A connection is usable if it answers an OPTIONS; refused ones end (at accept: the
-    // handshake fails; after it: the first read ends).
-    async fn usable(s: std::io::Result<Tls>, from: &str) -> Option<Tls> {
-        let mut s = s.ok()?;
-        s.write_all(&options(from, "probe", 0)).await.ok()?;
-        let (mut r, wr) = tokio::io::split(s);
-        let got = read_until(&mut r, Duration::from_secs(5), |g| !g.is_empty()).await;
-        (got.first()?.status() == Some(200)).then(|| r.unsplit(wr))
-    }
 
     // 45 from one address: 40 admitted, 5 closed at accept.
     let mut admitted = 0;
@@ -666,6 +725,96 @@ async fn connections_over_the_limits_are_closed() {
         .connect(&tailspin, Ipv4Addr::new(127, 0, 0, 9), None)
         .await;
     assert!(usable(s, "sip:joe@tailspin.com").await.is_some());
+}
+
+/// Anyone who can reach the port can open TCP connections and never start the TLS handshake.
+/// Those used to count toward `sip.max_connections` for the whole handshake timeout: a few
+/// addresses reconnecting held every place, and partners (and the bridge's own outbound
+/// connections, counted in the same total) were refused. Now handshakes in progress are
+/// bounded by `sip.max_handshakes` (10 here), refused at accept beyond it with one WARN line,
+/// and only authenticated connections count toward `sip.max_connections` (5 here): with 8
+/// silent connections open, 4 partner connections are admitted and work. The silent ones are
+/// closed at `sip.handshake_timeout_secs`; the total then admits one more partner and refuses
+/// the next. At shutdown the bridge logs the limits hit since its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_are_bounded_apart_from_connections() {
+    let w = World::start(
+        "default_policy = \"deny\"\n\n[[federation.partners]]\ndomain = \"contoso.com\"",
+        "max_handshakes = 10\nhandshake_timeout_secs = 3\nmax_connections = 5\nmax_connections_per_address = 5\nmax_connections_per_identity = 5",
+    )
+    .await;
+    let partner = w.connector(&["sip.contoso.com", "contoso.com"]);
+    let partner_usable = || async {
+        let s = w.connect(&partner, Ipv4Addr::LOCALHOST, None).await;
+        usable(s, "sip:joe@contoso.com").await
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fds0 = w.fds();
+    let started = Instant::now();
+    // Eight connections that send nothing, from two addresses.
+    let mut silent = Vec::new();
+    for i in 0..8u8 {
+        let source = Ipv4Addr::new(127, 0, 1, 1 + i / 4);
+        silent.push(w.tcp(source, None).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Partners still get in: the silent connections are not in the total.
+    let mut kept = Vec::new();
+    for i in 0..4 {
+        match partner_usable().await {
+            Some(s) => kept.push(s),
+            None => w.fail(&format!(
+                "partner connection {i} refused beside 8 handshakes"
+            )),
+        }
+    }
+    // Four more silent ones from a third address: two fit, two are closed at once.
+    let mut more = Vec::new();
+    for _ in 0..4 {
+        more.push(w.tcp(Ipv4Addr::new(127, 0, 1, 3), None).await.unwrap());
+    }
+    let mut refused = 0;
+    for tcp in &mut more[2..] {
+        if closed_within(tcp, Duration::from_millis(500)).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2, "silent connections over sip.max_handshakes");
+    assert_eq!(w.over_limit_lines("sip.max_handshakes"), 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "too slow for the handshake timeout: {:?}",
+        started.elapsed()
+    );
+    // The ten in their handshake are closed at the handshake timeout.
+    silent.extend(more.drain(..2));
+    for tcp in &mut silent {
+        assert!(closed_within(tcp, Duration::from_secs(5)).await);
+    }
+    w.wait_log("handshake timed out", 10, Duration::from_secs(2))
+        .await;
+    // One more partner fits in the total of 5, the next does not.
+    kept.push(partner_usable().await.expect("a fifth partner connection"));
+    assert!(partner_usable().await.is_none());
+    assert_eq!(w.over_limit_lines("sip.max_connections"), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fds = w.fds();
+    eprintln!("handshakes: bridge fds {fds0} -> {fds} with 5 partner connections left");
+    assert!(fds <= fds0 + 5 + 4, "bridge descriptors {fds0} -> {fds}");
+    // Stopped, the bridge logs what it refused.
+    let status = Command::new("kill")
+        .args(["-TERM", &w.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let summary = "resource limits hit since the start";
+    w.wait_log(summary, 1, Duration::from_secs(10)).await;
+    let log = w.log();
+    let line = log.lines().find(|l| l.contains(summary)).unwrap();
+    assert!(
+        line.contains("INFO") && line.contains("hits=sip.max_handshakes=2 sip.max_connections=1"),
+        "{line}"
+    );
 }
 
 /// A partner that sends and never reads: its requests have large headers, which each

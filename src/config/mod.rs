@@ -262,22 +262,27 @@ pub struct SipConfig {
     /// A SIP message that has started arriving must be complete within this
     /// (`sip.message_timeout_secs`, default 30 s): the slowloris defence.
     pub message_timeout: Duration,
-    /// DNS lookups under way at once, all connections together (`sip.max_dns_lookups`,
-    /// default 64); a request that needs one more is answered 503.
+    /// DNS lookups under way at once, all peers together (`sip.max_dns_lookups`, default 64);
+    /// a request that needs one more is answered 503.
     pub max_dns_lookups: usize,
-    /// DNS lookups under way started by one connection's requests
-    /// (`sip.max_dns_lookups_per_connection`, default 8).
-    pub max_dns_lookups_per_connection: usize,
+    /// DNS lookups under way started by the requests of one peer certificate identity, over
+    /// all its connections and until each lookup ends (`sip.max_dns_lookups_per_peer`,
+    /// default 8, at most half of `max_dns_lookups`).
+    pub max_dns_lookups_per_peer: usize,
     /// Per-domain state with no connection, no waiting request and no lookup under way is
     /// dropped after this long unused (`sip.pool_idle_secs`, default 300 s).
     pub pool_idle: Duration,
-    /// Inbound connections from one source address (`sip.max_connections_per_address`,
+    /// Inbound connections in their TLS handshake (`sip.max_handshakes`, default 100); they
+    /// do not count toward `max_connections`.
+    pub max_handshakes: usize,
+    /// Inbound connections from one source address, an IPv6 /64 counted as one (`sip.max_connections_per_address`,
     /// default 40, the profile's ceiling for one peer network).
     pub max_connections_per_address: usize,
     /// Inbound connections with one certificate identity
     /// (`sip.max_connections_per_identity`, default 40).
     pub max_connections_per_identity: usize,
-    /// Connections in total, inbound and outbound (`sip.max_connections`, default 1000).
+    /// Authenticated inbound connections and outbound ones together (`sip.max_connections`,
+    /// default 1000).
     pub max_connections: usize,
     /// Bytes queued unsent to one connection (`sip.max_write_backlog_bytes`, default 1 MiB):
     /// reading that peer pauses at half of it, and the connection is closed beyond it.

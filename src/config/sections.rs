@@ -32,8 +32,9 @@ pub(crate) mod defaults {
     pub const KEEPALIVE_INTERVAL_SECS: u64 = 60;
     pub const MESSAGE_TIMEOUT_SECS: u64 = 30;
     pub const MAX_DNS_LOOKUPS: usize = 64;
-    pub const MAX_DNS_LOOKUPS_PER_CONNECTION: usize = 8;
+    pub const MAX_DNS_LOOKUPS_PER_PEER: usize = 8;
     pub const POOL_IDLE_SECS: u64 = 300;
+    pub const MAX_HANDSHAKES: usize = 100;
     /// The federation profile's ceiling for one peer network.
     pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 40;
     pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 40;
@@ -563,8 +564,9 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     let keepalive_interval = t.int("keepalive_interval_secs", diag);
     let message_timeout = t.int("message_timeout_secs", diag);
     let max_dns_lookups = t.int("max_dns_lookups", diag);
-    let max_dns_lookups_per_connection = t.int("max_dns_lookups_per_connection", diag);
+    let max_dns_lookups_per_peer = t.int("max_dns_lookups_per_peer", diag);
     let pool_idle = t.int("pool_idle_secs", diag);
+    let max_handshakes = t.int("max_handshakes", diag);
     let per_address = t.int("max_connections_per_address", diag);
     let per_identity = t.int("max_connections_per_identity", diag);
     let max_connections = t.int("max_connections", diag);
@@ -697,11 +699,11 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         10_000,
         "",
     );
-    let max_dns_lookups_per_connection = ranged(
+    let max_dns_lookups_per_peer = ranged(
         diag,
-        "sip.max_dns_lookups_per_connection",
-        max_dns_lookups_per_connection,
-        defaults::MAX_DNS_LOOKUPS_PER_CONNECTION as u64,
+        "sip.max_dns_lookups_per_peer",
+        max_dns_lookups_per_peer,
+        defaults::MAX_DNS_LOOKUPS_PER_PEER as u64,
         1,
         10_000,
         "",
@@ -713,6 +715,15 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         defaults::POOL_IDLE_SECS,
         1,
         86_400,
+        "",
+    );
+    let max_handshakes = ranged(
+        diag,
+        "sip.max_handshakes",
+        max_handshakes,
+        defaults::MAX_HANDSHAKES as u64,
+        1,
+        1_000_000,
         "",
     );
     let per_address = ranged(
@@ -752,11 +763,14 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         "",
     );
     let mut ok = true;
-    if let (Some(all), Some(one)) = (max_dns_lookups, max_dns_lookups_per_connection) {
-        if one > all {
+    // One peer (however many connections and certificates' names it has) must not be able to
+    // hold every lookup slot.
+    if let (Some(all), Some(one)) = (max_dns_lookups, max_dns_lookups_per_peer) {
+        let most = all.div_ceil(2);
+        if one > most {
             diag.problem(
-                "sip.max_dns_lookups_per_connection",
-                format!("must be at most sip.max_dns_lookups ({all}), not {one}"),
+                "sip.max_dns_lookups_per_peer",
+                format!("must be at most half of sip.max_dns_lookups ({most}), not {one}"),
             );
             ok = false;
         }
@@ -830,8 +844,9 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         keepalive_interval: keepalive_interval?.map(Duration::from_secs),
         message_timeout: Duration::from_secs(message_timeout?),
         max_dns_lookups: to_usize(max_dns_lookups?),
-        max_dns_lookups_per_connection: to_usize(max_dns_lookups_per_connection?),
+        max_dns_lookups_per_peer: to_usize(max_dns_lookups_per_peer?),
         pool_idle: Duration::from_secs(pool_idle?),
+        max_handshakes: to_usize(max_handshakes?),
         max_connections_per_address: to_usize(per_address?),
         max_connections_per_identity: to_usize(per_identity?),
         max_connections: to_usize(max_connections?),

@@ -116,14 +116,24 @@ fn minimal_config_gets_defaults() {
     assert_eq!(
         (
             c.sip.max_dns_lookups,
-            c.sip.max_dns_lookups_per_connection,
+            c.sip.max_dns_lookups_per_peer,
             c.sip.pool_idle,
+            c.sip.max_handshakes,
             c.sip.max_connections_per_address,
             c.sip.max_connections_per_identity,
             c.sip.max_connections,
             c.sip.max_write_backlog_bytes
         ),
-        (64, 8, Duration::from_secs(300), 40, 40, 1000, 1024 * 1024)
+        (
+            64,
+            8,
+            Duration::from_secs(300),
+            100,
+            40,
+            40,
+            1000,
+            1024 * 1024
+        )
     );
     assert_eq!(c.federation.default_policy, DefaultPolicy::Allow);
     assert!(c.federation.partners.is_empty());
@@ -1011,28 +1021,35 @@ fn problem_prints_on_one_line() {
 #[test]
 fn sip_resource_limits() {
     let c = load_ok(&sip_plus(
-        "max_dns_lookups = 10000\nmax_dns_lookups_per_connection = 1\npool_idle_secs = 1\nmax_connections_per_address = 1\nmax_connections_per_identity = 2\nmax_connections = 3\nmax_write_backlog_bytes = 65536",
+        "max_dns_lookups = 10000\nmax_dns_lookups_per_peer = 1\npool_idle_secs = 1\nmax_handshakes = 7\nmax_connections_per_address = 1\nmax_connections_per_identity = 2\nmax_connections = 3\nmax_write_backlog_bytes = 65536",
     ));
     assert_eq!(
         (
             c.sip.max_dns_lookups,
-            c.sip.max_dns_lookups_per_connection,
+            c.sip.max_dns_lookups_per_peer,
             c.sip.pool_idle,
+            c.sip.max_handshakes,
             c.sip.max_connections_per_address,
             c.sip.max_connections_per_identity,
             c.sip.max_connections,
             c.sip.max_write_backlog_bytes
         ),
-        (10_000, 1, Duration::from_secs(1), 1, 2, 3, 65536)
+        (10_000, 1, Duration::from_secs(1), 7, 1, 2, 3, 65536)
+    );
+    // The key it replaced before any release is unknown.
+    assert_eq!(
+        problems(&sip_plus("max_dns_lookups_per_connection = 8")),
+        ["sip.max_dns_lookups_per_connection: unknown key"]
     );
     assert_eq!(
         problems(&sip_plus(
-            "max_dns_lookups = 0\nmax_dns_lookups_per_connection = 10001\npool_idle_secs = 86401\nmax_connections_per_address = 0\nmax_connections_per_identity = -1\nmax_connections = 1000001\nmax_write_backlog_bytes = 65535"
+            "max_dns_lookups = 0\nmax_dns_lookups_per_peer = 10001\npool_idle_secs = 86401\nmax_handshakes = 0\nmax_connections_per_address = 0\nmax_connections_per_identity = -1\nmax_connections = 1000001\nmax_write_backlog_bytes = 65535"
         )),
         [
             "sip.max_dns_lookups: must be between 1 and 10000, not 0",
-            "sip.max_dns_lookups_per_connection: must be between 1 and 10000, not 10001",
+            "sip.max_dns_lookups_per_peer: must be between 1 and 10000, not 10001",
             "sip.pool_idle_secs: must be between 1 and 86400, not 86401",
+            "sip.max_handshakes: must be between 1 and 1000000, not 0",
             "sip.max_connections_per_address: must be between 1 and 1000000, not 0",
             "sip.max_connections_per_identity: must be between 1 and 1000000, not -1",
             "sip.max_connections: must be between 1 and 1000000, not 1000001",
@@ -1042,10 +1059,10 @@ fn sip_resource_limits() {
     // The rules between them.
     assert_eq!(
         problems(&sip_plus(
-            "max_dns_lookups = 4\nmax_dns_lookups_per_connection = 5\nmax_connections = 10\nmax_connections_per_address = 11\nmax_connections_per_identity = 12\nmax_header_bytes = 32768\nmax_write_backlog_bytes = 131071"
+            "max_dns_lookups = 5\nmax_dns_lookups_per_peer = 4\nmax_connections = 10\nmax_connections_per_address = 11\nmax_connections_per_identity = 12\nmax_header_bytes = 32768\nmax_write_backlog_bytes = 131071"
         )),
         [
-            "sip.max_dns_lookups_per_connection: must be at most sip.max_dns_lookups (4), not 5",
+            "sip.max_dns_lookups_per_peer: must be at most half of sip.max_dns_lookups (3), not 4",
             "sip.max_connections_per_address: must be at most sip.max_connections (10), not 11",
             "sip.max_connections_per_identity: must be at most sip.max_connections (10), not 12",
             "sip.max_write_backlog_bytes: must be at least 4 × sip.max_header_bytes (131072), not 131071",

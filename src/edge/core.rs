@@ -15,10 +15,12 @@
 //! carry `Ms-asserted-verification-level` as the partner's setting says.
 //!
 //! Resource limits ([`crate::edge::limits`]): DNS lookups under way (all together, and per
-//! connection whose requests started them: a request that needs one more is answered 503 with
-//! Retry-After; the bridge's own requests wait for a free slot), connections per source address,
-//! per certificate identity and in total ([`EdgeCore::accept`], [`EdgeCore::connected`]), and
-//! idle per-domain state dropped by the pool. Each over-limit event comes out once as
+//! peer certificate identity whose requests started them, over all its connections and until
+//! each lookup ends: a request that needs one more is answered 503 with Retry-After; the
+//! bridge's own requests wait for a free slot), TLS handshakes in progress, connections per
+//! source address, per certificate identity and in total ([`EdgeCore::accept`],
+//! [`EdgeCore::connected`]), and per-domain state bounded by the pool (idle time, a short life
+//! for failed lookups, a cap on entries). Each over-limit event comes out once as
 //! [`CoreOutput::OverLimit`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -27,7 +29,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::config::FederationConfig;
-use crate::edge::limits::{Connections, EdgeLimits, Limit, OverLimit};
+use crate::edge::limits::{Connections, EdgeLimits, Limit, OverLimit, Source};
 use crate::edge::pool::{Action, EdgeAddr, Pool, PoolLimits};
 use crate::policy::{PeerIdentity, ServedDomains, SrvTarget, admit_request};
 use crate::random::SplitMix;
@@ -195,11 +197,13 @@ pub struct EdgeCore {
     client_conns: HashMap<TxId, ConnId>,
     /// Inbound requests waiting for their From domain's SRV lookup.
     parked: HashMap<String, Vec<(ConnId, Message)>>,
-    /// Lookups under way: the domain and the connection whose request started it (none for
-    /// the bridge's own requests).
-    lookups: HashMap<String, Option<ConnId>>,
-    /// Lookups under way per connection that started them.
-    lookups_by_conn: HashMap<ConnId, usize>,
+    /// Lookups under way: the domain and the certificate identity of the peer whose request
+    /// started it (none for the bridge's own requests).
+    lookups: HashMap<String, Option<PeerIdentity>>,
+    /// Lookups under way per peer identity that started them. A lookup counts until it ends,
+    /// whatever becomes of the connection its request came on: it holds its global slot that
+    /// long.
+    lookups_by_peer: HashMap<PeerIdentity, usize>,
     /// Domains whose outbound requests wait for a free lookup slot, in order.
     deferred: VecDeque<String>,
     deferred_set: HashSet<String>,
@@ -220,17 +224,12 @@ impl EdgeCore {
             client_conns: HashMap::new(),
             parked: HashMap::new(),
             lookups: HashMap::new(),
-            lookups_by_conn: HashMap::new(),
+            lookups_by_peer: HashMap::new(),
             deferred: VecDeque::new(),
             deferred_set: HashSet::new(),
             conns: Connections::default(),
             rng: SplitMix::new(tag_seed),
         }
-    }
-
-    /// The resource limits in force.
-    pub fn limits(&self) -> &EdgeLimits {
-        &self.settings.limits
     }
 
     /// Per-domain entries the pool holds and its timer heap's size (for tests and metrics).
@@ -243,9 +242,10 @@ impl EdgeCore {
         self.lookups.len()
     }
 
-    /// Connections held, inbound and outbound.
-    pub fn connections(&self) -> usize {
-        self.conns.total()
+    /// Connections counted by `sip.max_connections` (authenticated inbound and outbound), and
+    /// inbound ones in their TLS handshake.
+    pub fn connections(&self) -> (usize, usize) {
+        (self.conns.total(), self.conns.handshakes())
     }
 
     /// The id source for outbound requests ([`EdgeCore::send_request`]).
@@ -261,8 +261,9 @@ impl EdgeCore {
     }
 
     /// A TCP connection from `ip` was accepted as `conn` (before its TLS handshake): `Err`
-    /// when it is over `sip.max_connections` or `sip.max_connections_per_address`, and must be
-    /// closed at once. Either way the caller reports the end of the connection with
+    /// when it is over `sip.max_handshakes`, `sip.max_connections` or
+    /// `sip.max_connections_per_address` (an IPv4 address or an IPv6 /64), and must be closed
+    /// at once. Either way the caller reports the end of the connection with
     /// [`EdgeCore::released`] (or [`EdgeCore::disconnected`] once it was connected).
     pub fn accept(&mut self, conn: ConnId, ip: IpAddr) -> Result<(), OverLimit> {
         self.conns
@@ -270,13 +271,17 @@ impl EdgeCore {
             .map_err(|limit| OverLimit {
                 limit,
                 conn: Some(conn),
-                detail: ip.to_string(),
+                detail: match limit {
+                    Limit::ConnectionsPerAddress => Source::of(ip).to_string(),
+                    _ => ip.to_string(),
+                },
                 action: "connection closed at accept, before the TLS handshake",
             })
     }
 
-    /// Inbound `conn` completed its handshake with `identity`: registered, or `Err` when the
-    /// identity is over `sip.max_connections_per_identity` (close the connection).
+    /// Inbound `conn` completed its handshake with `identity`: registered (it counts toward
+    /// `sip.max_connections` from now on), or `Err` when the identity is over
+    /// `sip.max_connections_per_identity` or the total is reached (close the connection).
     pub fn connected(&mut self, conn: ConnId, identity: PeerIdentity) -> Result<(), OverLimit> {
         if let Err(limit) = self
             .conns
@@ -296,7 +301,6 @@ impl EdgeCore {
     /// A connection that never became usable (refused, or its handshake failed) is gone.
     pub fn released(&mut self, conn: ConnId) {
         self.conns.release(conn);
-        self.lookups_by_conn.remove(&conn);
     }
 
     /// Outbound connection `conn` is up (TLS verified against the edge's name).
@@ -346,14 +350,7 @@ impl EdgeCore {
         // An answer is used for at least a second, whatever its TTL, so lookups cannot spin.
         let valid_until = valid_until.max(now + MIN_ANSWER_LIFETIME);
         self.pool.resolved(now, domain, result, valid_until);
-        if let Some(Some(conn)) = self.lookups.remove(domain) {
-            if let Some(n) = self.lookups_by_conn.get_mut(&conn) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.lookups_by_conn.remove(&conn);
-                }
-            }
-        }
+        self.lookup_ended(domain);
         let mut out = Vec::new();
         for (conn, m) in self.parked.remove(domain).unwrap_or_default() {
             out.extend(self.admit(now, conn, m, false));
@@ -521,7 +518,7 @@ impl EdgeCore {
                 }
                 Action::Resolve { domain } => {
                     if self.lookups.len() < self.settings.limits.max_dns_lookups {
-                        self.lookups.insert(domain.clone(), None);
+                        self.lookup_started(domain.clone(), None);
                         out.push(CoreOutput::Resolve { domain });
                     } else {
                         // No DNS slot: the requests wait (until their deadline) for one.
@@ -687,9 +684,10 @@ impl EdgeCore {
     }
 
     /// Holds a request until its From domain's SRV targets are known. A lookup not yet under
-    /// way is started only within `sip.max_dns_lookups` (all connections) and
-    /// `sip.max_dns_lookups_per_connection` (lookups this connection's requests started);
-    /// beyond them the request is answered 503 with Retry-After, naming the limit.
+    /// way is started only within `sip.max_dns_lookups_per_peer` (lookups under way that
+    /// requests from this certificate identity started, on any of its connections, closed ones
+    /// included) and `sip.max_dns_lookups` (all peers); beyond them the request is answered 503
+    /// with Retry-After, naming the limit.
     fn park(&mut self, now: Instant, conn: ConnId, domain: String, m: Message) -> Vec<CoreOutput> {
         if m.method() == Some(&Method::Ack) {
             return Vec::new();
@@ -704,14 +702,16 @@ impl EdgeCore {
                 bytes: resp.to_bytes(),
             }];
         }
+        // Only an authenticated connection's requests are parked (`admit`).
+        let peer = self.pool.identity(conn).cloned().unwrap_or_default();
         let new_lookup = !self.pool.resolving(&domain);
         if new_lookup {
             let limits = &self.settings.limits;
-            let mine = self.lookups_by_conn.get(&conn).copied().unwrap_or(0);
-            let over = if self.lookups.len() >= limits.max_dns_lookups {
+            let mine = self.lookups_by_peer.get(&peer).copied().unwrap_or(0);
+            let over = if mine >= limits.max_dns_lookups_per_peer {
+                Some(Limit::DnsLookupsPerPeer)
+            } else if self.lookups.len() >= limits.max_dns_lookups {
                 Some(Limit::DnsLookups)
-            } else if mine >= limits.max_dns_lookups_per_connection {
-                Some(Limit::DnsLookupsPerConnection)
             } else {
                 None
             };
@@ -740,11 +740,38 @@ impl EdgeCore {
             .or_default()
             .push((conn, m));
         if new_lookup && self.pool.start_resolving(&domain, now) {
-            self.lookups.insert(domain.clone(), Some(conn));
-            *self.lookups_by_conn.entry(conn).or_default() += 1;
+            self.lookup_started(domain.clone(), Some(peer));
             vec![CoreOutput::Resolve { domain }]
         } else {
             Vec::new()
+        }
+    }
+
+    /// A lookup for `domain` starts, for `peer`'s request (none: the bridge's own).
+    fn lookup_started(&mut self, domain: String, peer: Option<PeerIdentity>) {
+        if let Some(p) = &peer {
+            *self.lookups_by_peer.entry(p.clone()).or_default() += 1;
+        }
+        // There is never one under way already (the pool says `Resolving` until it ends); if
+        // there were, its peer's count is given back rather than kept for ever.
+        if let Some(Some(previous)) = self.lookups.insert(domain, peer) {
+            self.peer_lookup_done(&previous);
+        }
+    }
+
+    /// The lookup for `domain` ended: its slot and its peer's count are free.
+    fn lookup_ended(&mut self, domain: &str) {
+        if let Some(Some(peer)) = self.lookups.remove(domain) {
+            self.peer_lookup_done(&peer);
+        }
+    }
+
+    fn peer_lookup_done(&mut self, peer: &PeerIdentity) {
+        if let Some(n) = self.lookups_by_peer.get_mut(peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.lookups_by_peer.remove(peer);
+            }
         }
     }
 
@@ -1250,34 +1277,43 @@ mod limit_tests {
     }
 
     #[test]
-    fn dns_lookups_are_bounded_per_connection_and_in_total() {
+    fn dns_lookups_are_bounded_per_peer_and_in_total() {
         let mut c = with_limits(EdgeLimits {
             max_dns_lookups: 4,
-            max_dns_lookups_per_connection: 2,
+            max_dns_lookups_per_peer: 2,
             ..EdgeLimits::DEFAULT
         });
         let now = Instant::now();
-        for conn in [3, 4, 5] {
-            c.connected(conn, PeerIdentity::from_names(["edge.attacker.example"]))
-                .unwrap();
+        for (conn, name) in [
+            (3, "edge.a.attacker.example"),
+            (4, "edge.b.attacker.example"),
+            (5, "edge.c.attacker.example"),
+            (6, "edge.a.attacker.example"),
+        ] {
+            c.connected(conn, PeerIdentity::from_names([name])).unwrap();
         }
-        // Connection 3: two lookups start, the third request is answered 503 naming the limit.
+        // Peer a, connection 3: two lookups start, the third request is answered 503 naming
+        // the limit.
         assert_eq!(resolves(&c.on_frame(now, 3, from("d0.example", 0))), 1);
         assert_eq!(resolves(&c.on_frame(now, 3, from("d1.example", 1))), 1);
         let out = c.on_frame(now, 3, from("d2.example", 2));
-        assert_eq!(over(&out), [Limit::DnsLookupsPerConnection]);
+        assert_eq!(over(&out), [Limit::DnsLookupsPerPeer]);
         assert_eq!(resolves(&out), 0);
         let r = response(&out).unwrap();
         assert_eq!(r.status(), Some(503));
         assert_eq!(
             r.reason(),
-            Some("Too many DNS lookups under way (sip.max_dns_lookups_per_connection), try again")
+            Some("Too many DNS lookups under way (sip.max_dns_lookups_per_peer), try again")
         );
         assert_eq!(r.header("Retry-After"), Some("1"));
+        // Its other connection shares the count.
+        let out = c.on_frame(now, 6, from("d3.example", 3));
+        assert_eq!(over(&out), [Limit::DnsLookupsPerPeer]);
+        assert_eq!(resolves(&out), 0);
         // A domain already being looked up costs no slot: the request waits for the answer.
         let out = c.on_frame(now, 3, from("d0.example", 3));
         assert!(out.is_empty(), "{out:?}");
-        // Connection 4 takes the last two slots; connection 5 finds none left in total.
+        // Peer b takes the last two slots; peer c finds none left in total.
         assert_eq!(resolves(&c.on_frame(now, 4, from("d4.example", 4))), 1);
         assert_eq!(resolves(&c.on_frame(now, 4, from("d5.example", 5))), 1);
         let out = c.on_frame(now, 5, from("d6.example", 6));
@@ -1295,7 +1331,7 @@ mod limit_tests {
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|o| status_of(o) == 403));
         assert_eq!(c.lookups_under_way(), 3);
-        assert_eq!(resolves(&c.on_frame(now, 3, from("d7.example", 7))), 1);
+        assert_eq!(resolves(&c.on_frame(now, 6, from("d7.example", 7))), 1);
         // The bridge's own request to a new domain waits for a slot, and gets the next one.
         let tx = c.tx_ids().next();
         let raw = "MESSAGE sip:bob@fabrikam.example SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKo1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <sip:bob@fabrikam.example>\r\nCall-ID: o1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
@@ -1320,6 +1356,45 @@ mod limit_tests {
         assert_eq!(c.lookups_under_way(), 4);
     }
 
+    /// A peer's lookups count against it until each ends, not only while the connection its
+    /// request came on is open: one that closes its connection and opens another (or spreads
+    /// its requests over many) gets no more lookups under way.
+    #[test]
+    fn dns_lookups_count_against_the_peer_until_they_end() {
+        let mut c = with_limits(EdgeLimits {
+            max_dns_lookups: 64,
+            max_dns_lookups_per_peer: 2,
+            ..EdgeLimits::DEFAULT
+        });
+        let now = Instant::now();
+        let peer = || PeerIdentity::from_names(["edge.attacker.example"]);
+        c.connected(3, peer()).unwrap();
+        assert_eq!(resolves(&c.on_frame(now, 3, from("d0.example", 0))), 1);
+        assert_eq!(resolves(&c.on_frame(now, 3, from("d1.example", 1))), 1);
+        let _ = c.disconnected(now, 3);
+        assert_eq!(c.lookups_under_way(), 2);
+        // The same certificate on a new connection: refused while both lookups are under way.
+        c.connected(4, peer()).unwrap();
+        let out = c.on_frame(now, 4, from("d2.example", 2));
+        assert_eq!(over(&out), [Limit::DnsLookupsPerPeer]);
+        assert_eq!(resolves(&out), 0);
+        // Forty connections do not make forty times the lookups.
+        for conn in 10..50 {
+            c.connected(conn, peer()).unwrap();
+            let out = c.on_frame(now, conn, from(&format!("e{conn}.example"), conn as u32));
+            assert_eq!(over(&out), [Limit::DnsLookupsPerPeer]);
+        }
+        assert_eq!(c.lookups_under_way(), 2);
+        // One ends (the answer to its request goes to the closed connection); one more may
+        // start.
+        let _ = c.resolved(now, "d0.example", Err("no SRV".into()), now);
+        assert_eq!(resolves(&c.on_frame(now, 4, from("d2.example", 3))), 1);
+        assert_eq!(
+            over(&c.on_frame(now, 4, from("d3.example", 4))),
+            [Limit::DnsLookupsPerPeer]
+        );
+    }
+
     #[test]
     fn connections_are_limited_per_address_per_identity_and_in_total() {
         let mut c = with_limits(EdgeLimits {
@@ -1333,7 +1408,7 @@ mod limit_tests {
         let b: IpAddr = [192, 0, 2, 2].into();
         let id = || PeerIdentity::from_names(["sip.fabrikam.com", "fabrikam.com"]);
         // (core_with's connections 1 and 2 were registered without an accept: not counted.)
-        assert_eq!(c.connections(), 0);
+        assert_eq!(c.connections(), (0, 0));
         assert!(c.accept(10, a).is_ok());
         assert!(c.accept(11, a).is_ok());
         let refused = c.accept(12, a).unwrap_err();
@@ -1341,7 +1416,9 @@ mod limit_tests {
         assert_eq!(refused.detail, "192.0.2.1");
         c.released(12);
         assert!(c.accept(12, b).is_ok());
-        assert_eq!(c.accept(13, b).unwrap_err().limit, Limit::Connections);
+        // Handshakes in progress are not in the total of 3.
+        assert!(c.accept(13, b).is_ok());
+        assert_eq!(c.connections(), (0, 4));
         assert!(c.connected(10, id()).is_ok());
         assert!(c.connected(11, id()).is_ok());
         let refused = c.connected(12, id()).unwrap_err();
@@ -1350,10 +1427,21 @@ mod limit_tests {
         // The refused one is not usable, and releasing it frees its place.
         assert!(!c.pool.is_up(12));
         c.released(12);
-        assert_eq!(c.connections(), 2);
+        assert!(
+            c.connected(13, PeerIdentity::from_names(["sip.contoso.com"]))
+                .is_ok()
+        );
+        assert_eq!(c.connections(), (3, 0));
+        assert_eq!(c.accept(14, b).unwrap_err().limit, Limit::Connections);
+        let _ = c.disconnected(now, 13);
+        assert_eq!(c.connections(), (2, 0));
+        assert!(c.accept(13, b).is_ok());
+        assert!(
+            c.connected(13, PeerIdentity::from_names(["sip.contoso.com"]))
+                .is_ok()
+        );
         // An outbound connection counts in the total: with the total reached, a request that
         // needs a new connection fails at once, naming the limit.
-        assert!(c.accept(13, b).is_ok());
         let tx = c.tx_ids().next();
         let raw = "MESSAGE sip:bob@contoso.example SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKq1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <sip:bob@contoso.example>\r\nCall-ID: q1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
         let request = || Message::parse(raw.as_bytes()).unwrap();
@@ -1385,8 +1473,74 @@ mod limit_tests {
             now + Duration::from_secs(60),
         );
         assert!(matches!(out[..], [CoreOutput::Connect { .. }]), "{out:?}");
-        assert_eq!(c.connections(), 3);
+        assert_eq!(c.connections(), (3, 0));
         assert_eq!(c.accept(14, b).unwrap_err().limit, Limit::Connections);
+    }
+
+    /// Anyone can open TCP connections and never finish (or never start) the TLS handshake.
+    /// They take handshake slots (`sip.max_handshakes`), within the per-source limit (an IPv6
+    /// /64 is one source), and nothing else: the bridge still connects out, and a partner
+    /// that completes its handshake is kept.
+    #[test]
+    fn a_handshake_flood_leaves_room_for_outbound_and_partners() {
+        let mut c = with_limits(EdgeLimits {
+            max_handshakes: 5,
+            max_connections_per_address: 3,
+            max_connections_per_identity: 3,
+            max_connections: 3,
+            ..EdgeLimits::DEFAULT
+        });
+        let now = Instant::now();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        for (conn, addr) in [
+            (10, "2001:db8::1"),
+            (11, "2001:db8::2"),
+            (12, "2001:db8::3"),
+        ] {
+            assert!(c.accept(conn, ip(addr)).is_ok());
+        }
+        let refused = c.accept(13, ip("2001:db8::ffff:4")).unwrap_err();
+        assert_eq!(refused.limit, Limit::ConnectionsPerAddress);
+        assert_eq!(refused.detail, "2001:db8::/64");
+        c.released(13);
+        assert!(c.accept(13, ip("198.51.100.1")).is_ok());
+        assert!(c.accept(14, ip("::ffff:198.51.100.2")).is_ok());
+        let refused = c.accept(15, ip("198.51.100.3")).unwrap_err();
+        assert_eq!(refused.limit, Limit::Handshakes);
+        assert_eq!(refused.detail, "198.51.100.3");
+        c.released(15);
+        assert_eq!(c.connections(), (0, 5));
+        // Five handshakes under way, a total of 3: the bridge's own request opens a connection.
+        let tx = c.tx_ids().next();
+        let raw = "MESSAGE sip:bob@contoso.example SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKh1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <sip:bob@contoso.example>\r\nCall-ID: h1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let out = c.send_request(
+            now,
+            tx,
+            Message::parse(raw.as_bytes()).unwrap(),
+            Route::Domain("contoso.example".into()),
+        );
+        assert_eq!(resolves(&out), 1, "{out:?}");
+        let target = SrvTarget {
+            priority: 0,
+            weight: 0,
+            port: 5061,
+            target: "sip.contoso.example".into(),
+        };
+        let out = c.resolved(
+            now,
+            "contoso.example",
+            Ok(vec![target]),
+            now + Duration::from_secs(60),
+        );
+        assert!(matches!(out[..], [CoreOutput::Connect { .. }]), "{out:?}");
+        // A flood connection's handshake times out; a partner takes its slot and is kept.
+        c.released(10);
+        assert!(c.accept(20, ip("192.0.2.1")).is_ok());
+        assert!(
+            c.connected(20, PeerIdentity::from_names(["sip.fabrikam.com"]))
+                .is_ok()
+        );
+        assert_eq!(c.connections(), (2, 4));
     }
 
     /// A stream of requests, each from a domain never seen before (an attacker's random From

@@ -14,10 +14,19 @@
 //! What the pool keeps per peer domain (its SRV answer, waiting requests, the discovered-partner
 //! rate bucket, which of its edges back off) is dropped once the domain has had no outbound
 //! connection, waiting request or lookup under way for `idle` ([`Pool::set_idle`],
-//! `sip.pool_idle_secs`). Each domain has one timer in a heap (its next request deadline or
-//! idle check), so the next deadline is known in O(1) and a timeout costs O(log n) per domain
-//! it concerns: no event walks every domain, and memory follows the domains in use, not every
-//! domain ever seen.
+//! `sip.pool_idle_secs`); a domain whose lookup failed (no SRV record, NXDOMAIN, an error) and
+//! that carried no traffic sooner, when its negative answer expires and at most
+//! [`MAX_NEGATIVE_KEEP`] after its last use. Each domain has one timer in a heap (its next
+//! request deadline or idle check), so the next deadline is known in O(1) and a timeout costs
+//! O(log n) per domain it concerns: no event walks every domain, and memory follows the domains
+//! in use, not every domain ever seen.
+//!
+//! Time alone does not bound the entries: a peer with a fast DNS server of its own makes the
+//! edge look up thousands of new domains a second. At [`MAX_DOMAINS`] entries the least
+//! recently used unused ones are dropped (a quarter of the cap at once, so the walk this takes
+//! is amortized over the entries made since). Domains in use (a lookup under way, waiting
+//! requests, an outbound connection) are never dropped: those are bounded by
+//! `sip.max_dns_lookups`, `sip.max_connections` and the requests' deadlines.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -27,6 +36,13 @@ use crate::config::FederationConfig;
 use crate::edge::limits::{EdgeLimits, Limit};
 use crate::policy::{Backoff, PeerIdentity, RateBucket, SrvTarget};
 use crate::sip::transaction::ConnId;
+
+/// Most per-domain entries kept while some are unused (see the module documentation).
+pub const MAX_DOMAINS: usize = 10_000;
+
+/// Longest a failed lookup is kept for a domain that carried no traffic, whatever its negative
+/// TTL (RFC 2308 §5: a resolver may cap it); it is looked up again when next needed.
+pub const MAX_NEGATIVE_KEEP: Duration = Duration::from_secs(30);
 
 /// The profile's ceilings.
 pub const MAX_PER_EDGE: usize = 4;
@@ -124,6 +140,25 @@ struct Network<W> {
 }
 
 impl<W> Network<W> {
+    /// Nothing depends on it: it may be dropped (its state is looked up or made again when
+    /// next needed).
+    fn unused(&self) -> bool {
+        self.waiting.is_empty() && self.outbound == 0 && !matches!(self.targets, Targets::Resolving)
+    }
+
+    /// When it may be dropped, if unused by then: `idle` after its last use; a failed lookup
+    /// with no traffic (no rate bucket) when its answer expires, and at most
+    /// [`MAX_NEGATIVE_KEEP`] after its last use.
+    fn drop_at(&self, idle: Duration) -> Instant {
+        let at = self.last_used + idle;
+        match &self.targets {
+            Targets::Failed { valid_until, .. } if self.bucket.is_none() => {
+                at.min(self.last_used + MAX_NEGATIVE_KEEP).min(*valid_until)
+            }
+            _ => at,
+        }
+    }
+
     fn new(now: Instant) -> Self {
         Network {
             targets: Targets::Unknown,
@@ -181,6 +216,11 @@ pub struct Pool<W> {
     idle: Duration,
     /// One live entry per domain (its `timer`); others are stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// [`MAX_DOMAINS`] (smaller in tests).
+    max_domains: usize,
+    /// Entries held when unused ones are next dropped: at the cap, or (when too few were
+    /// unused) once another quarter of it has been made.
+    evict_at: usize,
 }
 
 /// Outbound connection ids start here; inbound ones (numbered by the listener) stay below.
@@ -197,7 +237,15 @@ impl<W> Pool<W> {
             next_conn: OUTBOUND_CONN_BASE,
             idle: EdgeLimits::DEFAULT.pool_idle,
             timers: BinaryHeap::new(),
+            max_domains: MAX_DOMAINS,
+            evict_at: MAX_DOMAINS,
         }
+    }
+
+    #[cfg(test)]
+    fn set_max_domains(&mut self, max: usize) {
+        self.max_domains = max;
+        self.evict_at = max;
     }
 
     pub fn set_limits(&mut self, limits: PoolLimits) {
@@ -227,13 +275,63 @@ impl<W> Pool<W> {
             n.last_used = now;
             return f(n);
         }
+        if self.networks.len() >= self.evict_at {
+            self.evict();
+        }
         let mut n = Network::new(now);
         let at = now + self.idle;
         n.timer = Some(at);
         let r = f(&mut n);
         self.networks.insert(domain.to_owned(), n);
-        self.timers.push(Reverse((at, domain.to_owned())));
+        self.push_timer(at, domain);
         r
+    }
+
+    /// Drops the least recently used unused domains, down to three quarters of the cap (fewer
+    /// when more are in use), and the timers they leave stale. O(n) once per quarter of the
+    /// cap of new entries.
+    fn evict(&mut self) {
+        let keep = self.max_domains - self.max_domains / 4;
+        let excess = self.networks.len().saturating_sub(keep);
+        let mut unused: Vec<(Instant, &String)> = self
+            .networks
+            .iter()
+            .filter(|(_, n)| n.unused())
+            .map(|(d, n)| (n.last_used, d))
+            .collect();
+        if unused.len() > excess {
+            unused.select_nth_unstable(excess);
+            unused.truncate(excess);
+        }
+        let gone: Vec<String> = unused.into_iter().map(|(_, d)| d.clone()).collect();
+        for domain in gone {
+            if let Some(n) = self.networks.remove(&domain) {
+                for e in &n.failed_edges {
+                    self.failures.remove(e);
+                }
+            }
+        }
+        self.evict_at = self
+            .max_domains
+            .max(self.networks.len() + (self.max_domains / 4).max(1));
+        self.compact_timers();
+    }
+
+    /// Removes the stale entries of the timer heap (O(n)).
+    fn compact_timers(&mut self) {
+        let networks = &self.networks;
+        self.timers.retain(|Reverse((at, domain))| {
+            networks.get(domain).is_some_and(|n| n.timer == Some(*at))
+        });
+    }
+
+    /// Adds a live timer entry; stale ones are cleared once they outnumber the live ones, so
+    /// the heap stays within about twice the domains held.
+    fn push_timer(&mut self, at: Instant, domain: &str) {
+        self.timers.push(Reverse((at, domain.to_owned())));
+        if self.timers.len() > 2 * self.networks.len() + 64 {
+            self.compact_timers();
+        }
     }
 
     /// Makes `domain`'s timer fire at `at` at the latest.
@@ -241,7 +339,7 @@ impl<W> Pool<W> {
         if let Some(n) = self.networks.get_mut(domain) {
             if n.timer.is_none_or(|t| at < t) {
                 n.timer = Some(at);
-                self.timers.push(Reverse((at, domain.to_owned())));
+                self.push_timer(at, domain);
             }
         }
     }
@@ -276,20 +374,20 @@ impl<W> Pool<W> {
                     expired.push((domain.clone(), w));
                 }
             }
-            let idle_at = n.last_used + self.idle;
+            let idle_at = n.drop_at(self.idle);
             let backing_off = n
                 .failed_edges
                 .iter()
                 .any(|e| self.failures.get(e).is_some_and(|f| f.retry_at > now));
-            let unused = n.waiting.is_empty()
-                && n.outbound == 0
-                && !matches!(n.targets, Targets::Resolving)
-                && !backing_off;
+            let unused = n.unused() && !backing_off;
             if unused && idle_at <= now {
                 if let Some(n) = self.networks.remove(&domain) {
                     for e in &n.failed_edges {
                         self.failures.remove(e);
                     }
+                }
+                if self.networks.len() < self.max_domains {
+                    self.evict_at = self.max_domains;
                 }
                 continue;
             }
@@ -405,13 +503,6 @@ impl<W> Pool<W> {
         self.arm(domain, deadline);
     }
 
-    /// Whether requests wait for `domain`.
-    pub fn has_waiting(&self, domain: &str) -> bool {
-        self.networks
-            .get(domain)
-            .is_some_and(|n| !n.waiting.is_empty())
-    }
-
     /// The first waiting request of `domain`.
     pub fn take_waiting(&mut self, domain: &str) -> Option<W> {
         self.networks
@@ -450,7 +541,13 @@ impl<W> Pool<W> {
                 valid_until,
             },
         };
-        self.with_network(domain, now, |n| n.targets = targets);
+        let idle = self.idle;
+        let drop_at = self.with_network(domain, now, |n| {
+            n.targets = targets;
+            n.drop_at(idle)
+        });
+        // A failed lookup is dropped sooner than `idle` (if nothing else uses the domain).
+        self.arm(domain, drop_at);
     }
 
     /// Outbound connection `conn` completed TLS with `identity`.
@@ -997,5 +1094,105 @@ mod tests {
         assert!(t >= now + Duration::from_secs(10));
         assert_eq!(pool.domains_held(), (0, 0));
         assert!(pool.failures.is_empty());
+    }
+
+    /// A peer with a fast DNS server of its own makes the edge look up a new domain every
+    /// millisecond for 100 s, each answered NXDOMAIN with a negative TTL of an hour, and the
+    /// edge is too busy to fire timers often. The entries never exceed the cap (nor the timer
+    /// heap twice the cap), a domain used now and then keeps its state (least recently used
+    /// ones go first), and a domain with a waiting request is never dropped.
+    #[test]
+    fn a_hundred_thousand_looked_up_domains_leave_at_most_the_cap() {
+        let t0 = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.wait("waiting.example", 1, t0 + Duration::from_secs(1000), t0);
+        let mut most = (0, 0);
+        for i in 0..100_000u32 {
+            let now = t0 + Duration::from_millis(u64::from(i));
+            let domain = format!("r{i}.random.example");
+            assert!(pool.start_resolving(&domain, now));
+            pool.resolved(
+                now,
+                &domain,
+                Err("NXDOMAIN".into()),
+                now + Duration::from_secs(3600),
+            );
+            if i % 1000 == 0 {
+                assert!(pool.take_token("kept.example", now, 20));
+            }
+            if i % 5000 == 0 && pool.next_timer().is_some_and(|t| t <= now) {
+                let _ = pool.expire(now);
+            }
+            let held = pool.domains_held();
+            most = (most.0.max(held.0), most.1.max(held.1));
+        }
+        assert!(most.0 <= MAX_DOMAINS, "held {most:?}");
+        assert!(most.1 <= 2 * MAX_DOMAINS + 65, "held {most:?}");
+        assert!(pool.networks.contains_key("kept.example"));
+        assert!(pool.networks["kept.example"].bucket.is_some());
+        assert!(pool.networks.contains_key("waiting.example"));
+        assert!(!pool.networks.contains_key("r0.random.example"));
+    }
+
+    /// A failed lookup (no SRV record, NXDOMAIN) for a domain that carried no traffic is kept
+    /// until its negative answer expires, and at most `MAX_NEGATIVE_KEEP`, not for the idle
+    /// time; a successful one, or one whose domain sent requests (a rate bucket), is kept for
+    /// the idle time.
+    #[test]
+    fn a_failed_lookup_without_traffic_is_kept_only_for_its_capped_negative_ttl() {
+        let t0 = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.set_idle(Duration::from_secs(300));
+        let hour = t0 + Duration::from_secs(3600);
+        pool.resolved(t0, "nx.example", Err("NXDOMAIN".into()), hour);
+        pool.resolved(
+            t0,
+            "short.example",
+            Err("no SRV".into()),
+            t0 + Duration::from_secs(5),
+        );
+        pool.resolved(t0, "ok.example", Ok(srv(&["sip.ok.example"])), hour);
+        assert!(pool.take_token("busy.example", t0, 20));
+        pool.resolved(t0, "busy.example", Err("no SRV".into()), hour);
+        let held = |pool: &Pool<u32>| {
+            let mut d: Vec<String> = pool.networks.keys().cloned().collect();
+            d.sort();
+            d
+        };
+        let run = |pool: &mut Pool<u32>, until: Instant| {
+            while let Some(t) = pool.next_timer().filter(|t| *t <= until) {
+                assert!(pool.expire(t).is_empty());
+            }
+        };
+        run(&mut pool, t0 + Duration::from_secs(5));
+        assert_eq!(held(&pool), ["busy.example", "nx.example", "ok.example"]);
+        run(&mut pool, t0 + MAX_NEGATIVE_KEEP);
+        assert_eq!(held(&pool), ["busy.example", "ok.example"]);
+        run(&mut pool, t0 + Duration::from_secs(300));
+        assert!(pool.networks.is_empty());
+        assert_eq!(pool.domains_held(), (0, 0));
+    }
+
+    /// When every entry is in use nothing is dropped, and the walk for unused ones is not
+    /// repeated for each new entry.
+    #[test]
+    fn domains_in_use_are_never_evicted() {
+        let t0 = Instant::now();
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        pool.set_max_domains(8);
+        for i in 0..12 {
+            assert!(pool.start_resolving(&format!("busy{i}.example"), t0));
+        }
+        // Nothing could be dropped; the next walk waits for another quarter of the cap (two
+        // walks for these four entries over it, at 8 and 10).
+        assert_eq!(pool.domains_held().0, 12);
+        assert_eq!(pool.evict_at, 12);
+        for i in 0..12 {
+            pool.resolved(t0, &format!("busy{i}.example"), Err("x".into()), t0);
+        }
+        // Now unused: the next new entry drops them down to three quarters of the cap.
+        pool.resolved(t0, "new.example", Err("x".into()), t0);
+        assert_eq!(pool.domains_held().0, 7);
+        assert_eq!(pool.evict_at, 8);
     }
 }

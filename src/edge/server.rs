@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::core::{Asserted, CoreOutput, CoreSettings, EdgeCore, Route, Undeliverable};
 use super::dns::{Discovery, DiscoveryError};
-use super::limits::{Backlog, Limit, LimitCounters, OverLimit, backlog, not_reading};
+use super::limits::{Backlog, BacklogCounters, Limit, LimitCounters, OverLimit, not_reading};
 use super::pool::{EdgeAddr, NEGATIVE_TTL_FLOOR};
 use super::tls::{TlsConfigs, describe_handshake_error};
 use crate::policy::PeerIdentity;
@@ -187,11 +187,15 @@ impl EdgeHandle {
         let _ = self.commands.send(CoreInput::Stateless { conn, ack }).await;
     }
 
-    /// Stops accepting and drops every connection.
+    /// Stops accepting and drops every connection; logs how many times each limit was hit.
     pub fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();
         }
+        info!(
+            hits = %self.counters.summary(),
+            "SIP edge stopped; resource limits hit since the start"
+        );
     }
 }
 
@@ -255,43 +259,24 @@ enum WriteCmd {
     Close,
 }
 
-/// What a connection's reader, writer and the core task share: the bytes queued unsent
-/// (`sip.max_write_backlog_bytes` bounds them, counted in bytes, not messages: a burst of the
-/// bridge's own requests can queue thousands of small messages to a peer that reads fine),
-/// the bytes of frames read and not yet processed by the core (they count toward pausing: the
-/// core's input queue is shared and bounded only in messages), and the signals to a reader
-/// paused on them.
+/// What a connection's reader, writer and the core task share: the backlog's counters and
+/// the decisions on them ([`BacklogCounters`]: bytes queued unsent and bytes of frames read
+/// and not yet processed), and the signals to a reader paused on them.
 struct Backpressure {
-    queued: AtomicUsize,
-    inflight: AtomicUsize,
-    /// `sip.max_write_backlog_bytes` when the connection was made.
-    max: usize,
-    /// The backlog went down to half or less, or the writer ended.
+    counters: BacklogCounters,
+    /// The backlog went down to half or less while the reader was paused, or the writer ended.
     resume: Notify,
     /// The writer ended (closed, or the peer is gone).
     closed: AtomicBool,
 }
 
 impl Backpressure {
-    /// Unsent bytes and frames not yet processed, against the limit: whether to read on.
-    fn state(&self) -> Backlog {
-        let held = self.queued.load(Ordering::Relaxed) + self.inflight.load(Ordering::Relaxed);
-        backlog(held, self.max)
-    }
-
-    /// `before` → `after` bytes held: a reader paused on them may go on (a stored permit if
-    /// none waits).
-    fn went_down(&self, before: usize, after: usize) {
-        if backlog(before, self.max) != Backlog::Ok && backlog(after, self.max) == Backlog::Ok {
+    /// Wakes the paused reader when a decrement said so (a stored permit if it is not waiting
+    /// yet).
+    fn wake_if(&self, wake: bool) {
+        if wake {
             self.resume.notify_one();
         }
-    }
-
-    /// The core has processed a frame of `size` bytes from this connection.
-    fn processed(&self, size: usize) {
-        let before = self.inflight.fetch_sub(size, Ordering::Relaxed);
-        let queued = self.queued.load(Ordering::Relaxed);
-        self.went_down(before + queued, before.saturating_sub(size) + queued);
     }
 }
 
@@ -308,10 +293,7 @@ impl Writer {
     /// Queues `bytes`: false when that would put the backlog over its limit (the peer does
     /// not read: the caller closes the connection) or the writer is gone.
     fn send(&self, bytes: Vec<u8>) -> bool {
-        let len = bytes.len();
-        let queued = self.shared.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if backlog(queued, self.shared.max) == Backlog::Full {
-            self.shared.queued.fetch_sub(len, Ordering::Relaxed);
+        if !self.shared.counters.try_queue(bytes.len()) {
             return false;
         }
         self.tx.send(WriteCmd::Bytes(bytes)).is_ok()
@@ -421,9 +403,9 @@ impl Io {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Accepts connections one at a time, each admitted by the core (`sip.max_connections`,
-/// `sip.max_connections_per_address`) before any handshake work is spent on it; one over a
-/// limit is closed at once. While the core decides, further connections wait in the
+/// Accepts connections one at a time, each admitted by the core (`sip.max_handshakes`,
+/// `sip.max_connections`, `sip.max_connections_per_address`) before any handshake work is spent
+/// on it; one over a limit is closed at once. While the core decides, further connections wait in the
 /// listener's backlog.
 async fn accept_loop(listener: TcpListener, io: Io) {
     loop {
@@ -582,9 +564,7 @@ where
     let core_tx = io.core_tx;
     let (tx, mut write_rx) = mpsc::unbounded_channel::<WriteCmd>();
     let shared = Arc::new(Backpressure {
-        queued: AtomicUsize::new(0),
-        inflight: AtomicUsize::new(0),
-        max: io.backlog_max.load(Ordering::Relaxed),
+        counters: BacklogCounters::new(io.backlog_max.load(Ordering::Relaxed)),
         resume: Notify::new(),
         closed: AtomicBool::new(false),
     });
@@ -636,12 +616,7 @@ where
             if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
                 break;
             }
-            let before = shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-            let inflight = shared.inflight.load(Ordering::Relaxed);
-            shared.went_down(
-                before + inflight,
-                before.saturating_sub(batch.len()) + inflight,
-            );
+            shared.wake_if(shared.counters.written(batch.len()));
             if closing {
                 break;
             }
@@ -664,15 +639,19 @@ where
         // more from this peer until it has read enough, or the core has caught up (TCP then
         // slows a peer that sends without reading, or faster than the bridge works). One that
         // reads nothing for `sip.message_timeout_secs` meanwhile is closed.
-        if shared.state() != Backlog::Ok {
+        if shared.counters.state() != Backlog::Ok {
+            // Marked paused before each check: a decrement after it wakes this loop.
             let resumed = tokio::time::timeout(settings.message_timeout, async {
-                while shared.state() != Backlog::Ok && !shared.closed.load(Ordering::Relaxed) {
+                while shared.counters.pause() != Backlog::Ok
+                    && !shared.closed.load(Ordering::Relaxed)
+                {
                     shared.resume.notified().await;
                 }
             })
             .await;
-            let unsent = shared.queued.load(Ordering::Relaxed);
-            if resumed.is_err() && not_reading(unsent, shared.max) {
+            shared.counters.resume();
+            let unsent = shared.counters.queued();
+            if resumed.is_err() && not_reading(unsent, shared.counters.max()) {
                 over_limit(
                     &io.counters,
                     &OverLimit {
@@ -742,7 +721,7 @@ where
                 Ok(Some(frame)) => {
                     progressed = true;
                     let size = before.saturating_sub(framer.buffered());
-                    shared.inflight.fetch_add(size, Ordering::Relaxed);
+                    shared.counters.read(size);
                     if core_tx
                         .send(CoreInput::Frame { conn, frame, size })
                         .await
@@ -957,10 +936,7 @@ async fn run_core(
                             let o = OverLimit {
                                 limit: Limit::WriteBacklog,
                                 conn: Some(conn),
-                                detail: format!(
-                                    "{} bytes unsent",
-                                    w.shared.queued.load(Ordering::Relaxed)
-                                ),
+                                detail: format!("{} bytes unsent", w.shared.counters.queued()),
                                 action: "peer does not read: connection closed",
                             };
                             over_limit(&io.counters, &o, Some(w.peer));
@@ -1025,7 +1001,7 @@ async fn run_core(
         }
         if let Some((conn, size)) = processed {
             if let Some(w) = writers.get(&conn) {
-                w.shared.processed(size);
+                w.shared.wake_if(w.shared.counters.processed(size));
             }
         }
     }
