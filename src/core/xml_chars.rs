@@ -29,14 +29,40 @@ pub fn is_xml_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
+/// 1 for a byte that needs a second look: a C0 control other than tab, LF and CR, or 0xEF,
+/// the lead byte of U+FFFE/U+FFFF (`EF BF BE`/`EF BF BF`); else 0. Bitwise, so that loops
+/// over it vectorise.
+#[inline]
+fn suspect(b: u8) -> u8 {
+    let allowed = u8::from(b == b'\t') | u8::from(b == b'\n') | u8::from(b == b'\r');
+    (u8::from(b < 0x20) & !allowed & 1) | u8::from(b == 0xEF)
+}
+
 /// The byte offset and value of the first character of `s` that XML 1.0 forbids.
 ///
-/// One pass over the bytes: only bytes below 0x20 and the lead byte 0xEF (of U+FFFE/U+FFFF,
-/// `EF BF BE`/`EF BF BF`) need a second look.
+/// 32-byte blocks are tested without branches (vectorised); only a block holding a suspect
+/// byte is looked at byte by byte.
 pub fn find_invalid(s: &str) -> Option<(usize, char)> {
     let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
+    let (blocks, _) = bytes.as_chunks::<32>();
+    let mut base = 0;
+    for block in blocks {
+        if block.iter().fold(0, |acc, &b| acc | suspect(b)) != 0 {
+            // A sequence starting in this block may end in the next: `scan` reads on.
+            if let Some(hit) = scan(bytes, base, base + 32) {
+                return Some(hit);
+            }
+        }
+        base += 32;
+    }
+    scan(bytes, base, bytes.len())
+}
+
+/// The first character XML forbids that starts in `bytes[from..to]` (`from` at a character
+/// boundary or a continuation byte, which is never suspect).
+fn scan(bytes: &[u8], from: usize, to: usize) -> Option<(usize, char)> {
+    let mut i = from;
+    while i < to {
         match bytes[i] {
             b @ (0x00..=0x08 | 0x0B | 0x0C | 0x0E..=0x1F) => return Some((i, char::from(b))),
             0xEF if bytes.get(i + 1) == Some(&0xBF) => match bytes.get(i + 2) {
@@ -117,6 +143,26 @@ mod tests {
             let s = format!("ab{c}cd");
             let expected = (!is_xml_char(c)).then_some((2, c));
             assert_eq!(find_invalid(&s), expected, "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn find_invalid_finds_the_first_at_every_offset_across_blocks() {
+        // Three-byte characters that are fine (U+FB01, U+FF0C: lead byte 0xEF) around the
+        // forbidden ones, at every offset of a string spanning several 32-byte blocks.
+        for filler in ["a", "é", "\u{FB01}", "\u{FF0C}"] {
+            let text = filler.repeat(100 / filler.len());
+            assert_eq!(find_invalid(&text), None);
+            for bad in ['\u{1}', '\u{1F}', '\u{FFFE}', '\u{FFFF}'] {
+                for (at, _) in text.char_indices() {
+                    let s = format!("{}{bad}{}", &text[..at], &text[at..]);
+                    assert_eq!(
+                        find_invalid(&s),
+                        Some((at, bad)),
+                        "{filler} {bad:?} at {at}"
+                    );
+                }
+            }
         }
     }
 

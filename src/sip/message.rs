@@ -185,34 +185,6 @@ impl PartialEq for Message {
     }
 }
 
-/// A control character no header line may carry (RFC 3261 §25.1: header values are
-/// `TEXT-UTF8char` and `LWS`): C0 but HTAB, and DEL. CR and LF end lines; the line scan checks
-/// them.
-const fn is_forbidden_control(b: u8) -> bool {
-    (b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') || b == 0x7F
-}
-
-/// The offset of the first forbidden control character in `bytes`. Branch-free over 32-byte
-/// chunks (the compiler vectorises it), so a header section costs a few nanoseconds.
-pub(crate) fn find_control(bytes: &[u8]) -> Option<usize> {
-    const CHUNK: usize = 32;
-    let mut chunks = bytes.chunks_exact(CHUNK);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        if chunk
-            .iter()
-            .fold(false, |seen, &b| seen | is_forbidden_control(b))
-        {
-            break;
-        }
-        base += CHUNK;
-    }
-    bytes[base..]
-        .iter()
-        .position(|&b| is_forbidden_control(b))
-        .map(|i| base + i)
-}
-
 /// The offset of the first byte no header value may hold: a control character (C0, CR and LF
 /// included, but HTAB; and DEL).
 pub fn find_forbidden_in_value(value: &str) -> Option<usize> {
@@ -257,14 +229,42 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// The end of the line starting at `pos` (the index of its CR), or the end of `head`. A LF
-/// that is not preceded by CR is an error: line ends must be CRLF (RFC 3261 §7).
-/// Bare CR, bare LF and NUL anywhere in the line are errors too.
+/// 1 for a byte the line scan must look at: any control character but HTAB (CR and LF
+/// included), and DEL; else 0. Bitwise, so that loops over it vectorise.
+#[inline]
+fn line_special(b: u8) -> u8 {
+    (u8::from(b < 0x20) & u8::from(b != b'\t')) | u8::from(b == 0x7F)
+}
+
+/// The end of the line starting at `pos` (the index of its CR), or the end of `head`, in one
+/// scan that also finds every character a header line may not hold. A LF not preceded by CR,
+/// a bare CR and NUL are errors (line ends must be CRLF, RFC 3261 §7: re-emitting them could
+/// inject headers at the next hop), and so is any other control character but HTAB, and DEL
+/// (RFC 3261 §25.1: values are `TEXT-UTF8char` and `LWS`).
 fn line_end(head: &[u8], pos: usize, line_no: usize) -> Result<usize, ParseError> {
-    match memchr::memchr3(b'\r', b'\n', 0, &head[pos..]) {
-        Some(i) if head[pos + i] == b'\r' && head.get(pos + i + 1) == Some(&b'\n') => Ok(pos + i),
-        Some(_) => Err(ParseError::ControlCharacter(line_no)),
-        None => Ok(head.len()),
+    let line = &head[pos..];
+    let (blocks, _) = line.as_chunks::<16>();
+    let mut base = 0;
+    for block in blocks {
+        if block.iter().fold(0, |acc, &b| acc | line_special(b)) != 0 {
+            break;
+        }
+        base += 16;
+    }
+    let Some(i) = line[base..]
+        .iter()
+        .position(|&b| line_special(b) != 0)
+        .map(|i| base + i)
+    else {
+        return Ok(head.len());
+    };
+    match line[i] {
+        b'\r' if line.get(i + 1) == Some(&b'\n') => Ok(pos + i),
+        b'\r' | b'\n' | 0 => Err(ParseError::ControlCharacter(line_no)),
+        byte => Err(ParseError::ForbiddenControl {
+            line: line_no,
+            byte,
+        }),
     }
 }
 
@@ -332,12 +332,6 @@ impl Message {
 
     /// Parses a header section (without the final blank line).
     fn parse_head(head: &str, limits: &Limits) -> Result<Message, ParseError> {
-        if let Some(at) = find_control(head.as_bytes()) {
-            return Err(ParseError::ForbiddenControl {
-                line: 1 + memchr::memchr_iter(b'\n', &head.as_bytes()[..at]).count(),
-                byte: head.as_bytes()[at],
-            });
-        }
         let mut text = String::with_capacity(head.len() + 64);
         text.push_str(head);
         let bytes = head.as_bytes();
@@ -1374,24 +1368,47 @@ l: 0\r\n\r\n";
     }
 
     #[test]
-    fn control_scan_finds_the_first_in_every_position() {
-        for len in [0, 1, 31, 32, 33, 64, 100] {
-            let clean = "a\tb".repeat(len);
-            assert_eq!(find_control(clean.as_bytes()), None);
-            for at in 0..clean.len() {
-                for bad in [0u8, 1, 0x0b, 0x1f, 0x7f] {
-                    let mut bytes = clean.clone().into_bytes();
-                    bytes[at] = bad;
+    fn the_line_scan_finds_a_control_character_at_every_position() {
+        for len in [0, 1, 15, 16, 17, 31, 32, 33, 64, 100] {
+            let value = "a\tb".repeat(len);
+            let raw = |v: &[u8]| {
+                let mut r = b"BYE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 BYE\r\nX-Long: ".to_vec();
+                r.extend_from_slice(v);
+                r.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+                r
+            };
+            assert!(Message::parse(&raw(value.as_bytes())).is_ok());
+            for at in 0..value.len() {
+                for (bad, expected) in [
+                    (0u8, ParseError::ControlCharacter(7)),
+                    (b'\r', ParseError::ControlCharacter(7)),
+                    (b'\n', ParseError::ControlCharacter(7)),
+                    (1, ParseError::ForbiddenControl { line: 7, byte: 1 }),
+                    (
+                        0x1f,
+                        ParseError::ForbiddenControl {
+                            line: 7,
+                            byte: 0x1f,
+                        },
+                    ),
+                    (
+                        0x7f,
+                        ParseError::ForbiddenControl {
+                            line: 7,
+                            byte: 0x7f,
+                        },
+                    ),
+                ] {
+                    let mut v = value.clone().into_bytes();
+                    v[at] = bad;
                     assert_eq!(
-                        find_control(&bytes),
-                        Some(at),
+                        Message::parse(&raw(&v)).unwrap_err(),
+                        expected,
                         "len {len} at {at} byte {bad}"
                     );
                 }
             }
         }
-        // CR and LF end lines: the line scan deals with them.
-        assert_eq!(find_control(b"a\r\nb"), None);
     }
 
     #[test]
