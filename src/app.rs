@@ -201,6 +201,14 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
         icon_url: cfg.presence.icon_url.clone(),
         restore_rate: cfg.presence.restore_rate,
         max_pending_per_domain: cfg.presence.max_pending_per_domain,
+        max_pending_per_partner: cfg.presence.max_pending_per_partner,
+        partners: cfg
+            .federation
+            .partners
+            .iter()
+            .filter(|p| p.policy == config::PartnerPolicy::Allow)
+            .map(|p| p.domain.to_ascii_lowercase())
+            .collect(),
         max_pending_per_user: cfg.presence.max_pending_per_user,
         ..PresenceSettings::default()
     }

@@ -583,7 +583,8 @@ fn malformed_requests_are_answered_and_misleading_addresses_refused() {
 
 #[test]
 fn pending_subscriptions_of_one_partner_are_bounded() {
-    let extra = "[presence]\nmax_pending_per_user = 20\nmax_pending_per_domain = 30\n";
+    // contoso.com is a listed partner: its domain limit is max_pending_per_partner.
+    let extra = "[presence]\nmax_pending_per_user = 20\nmax_pending_per_partner = 30\n";
     runtime().block_on(async {
         let Some(mut w) = World::start(&["alice", "bob"], extra, |_| {}).await else {
             return;
@@ -608,7 +609,7 @@ fn pending_subscriptions_of_one_partner_are_bounded() {
                 *answers.entry(r.status().unwrap()).or_default() += 1;
                 if r.status() == Some(503) {
                     assert_eq!(r.header("Retry-After"), Some("600"), "{r}");
-                    let limit = if user == "alice" { "max_pending_per_user" } else { "max_pending_per_domain" };
+                    let limit = if user == "alice" { "max_pending_per_user" } else { "max_pending_per_partner" };
                     assert!(r.reason().unwrap().contains(limit), "{r}");
                 }
             }

@@ -429,9 +429,11 @@ pub struct PresenceConfig {
     /// (fresh SUBSCRIBEs and watchers' NOTIFYs; `presence.restore_rate`, 10–100000,
     /// default 1000).
     pub restore_rate: u32,
-    /// LCS watchers one remote domain may have waiting for local users' approval
-    /// (`presence.max_pending_per_domain`, default 1000).
+    /// LCS watchers a discovered (unlisted) remote domain may have waiting for local users'
+    /// approval (`presence.max_pending_per_domain`, default 1000).
     pub max_pending_per_domain: usize,
+    /// The same for a listed partner (`presence.max_pending_per_partner`, default 10000).
+    pub max_pending_per_partner: usize,
     /// LCS watchers one local user may have waiting for approval
     /// (`presence.max_pending_per_user`, default 100).
     pub max_pending_per_user: usize,

@@ -47,6 +47,7 @@ pub(crate) mod defaults {
     pub const RESTORE_RATE: u64 = 1000;
     /// OCS's default contact limit for discovered partners.
     pub const MAX_PENDING_PER_DOMAIN: u64 = 1000;
+    pub const MAX_PENDING_PER_PARTNER: u64 = 10_000;
     pub const MAX_PENDING_PER_USER: u64 = 100;
     pub const IM_SESSION_IDLE_SECS: u64 = 600;
     pub const IM_MAX_MESSAGE_BYTES: usize = 16 * 1024;
@@ -1023,6 +1024,7 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
     let expires = t.int("subscription_expires_secs", diag);
     let restore_rate = t.int("restore_rate", diag);
     let pending_domain = t.int("max_pending_per_domain", diag);
+    let pending_partner = t.int("max_pending_per_partner", diag);
     let pending_user = t.int("max_pending_per_user", diag);
     t.finish(diag);
 
@@ -1070,6 +1072,15 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
         1_000_000,
         "",
     );
+    let pending_partner = ranged(
+        diag,
+        "presence.max_pending_per_partner",
+        pending_partner,
+        defaults::MAX_PENDING_PER_PARTNER,
+        1,
+        1_000_000,
+        "",
+    );
     let pending_user = ranged(
         diag,
         "presence.max_pending_per_user",
@@ -1086,6 +1097,7 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
         subscription_expires: Duration::from_secs(expires?),
         restore_rate: u32::try_from(restore_rate?).unwrap_or(u32::MAX),
         max_pending_per_domain: usize::try_from(pending_domain?).unwrap_or(usize::MAX),
+        max_pending_per_partner: usize::try_from(pending_partner?).unwrap_or(usize::MAX),
         max_pending_per_user: usize::try_from(pending_user?).unwrap_or(usize::MAX),
     })
 }

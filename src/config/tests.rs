@@ -147,6 +147,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.presence.notify_min_interval, Duration::from_secs(5));
     assert_eq!(c.presence.restore_rate, 1000);
     assert_eq!(c.presence.max_pending_per_domain, 1000);
+    assert_eq!(c.presence.max_pending_per_partner, 10_000);
     assert_eq!(c.presence.max_pending_per_user, 100);
     assert_eq!(c.presence.subscription_expires, Duration::from_secs(3600));
     assert_eq!(c.presence.icon_url, None);

@@ -99,10 +99,14 @@ pub struct PresenceSettings {
     /// Requests per second that take up stored subscriptions after a start (`restore`), and
     /// stanzas per second it sends to the XMPP server.
     pub restore_rate: u32,
-    /// LCS watchers waiting for approval, at most, per remote domain and per local user; a new
-    /// one beyond either gets `503` with `Retry-After` ([`PENDING_RETRY_AFTER_SECS`]).
+    /// LCS watchers waiting for approval, at most, per discovered remote domain, per listed
+    /// partner domain (`partners`) and per local user; a new one beyond any gets `503` with
+    /// `Retry-After` ([`PENDING_RETRY_AFTER_SECS`]).
     pub max_pending_per_domain: usize,
+    pub max_pending_per_partner: usize,
     pub max_pending_per_user: usize,
+    /// The listed partners' domains (lowercase), as configured at start.
+    pub partners: std::collections::HashSet<String>,
 }
 
 impl Default for PresenceSettings {
@@ -118,7 +122,9 @@ impl Default for PresenceSettings {
             retry_max: Duration::from_secs(1800),
             restore_rate: 1000,
             max_pending_per_domain: 1000,
+            max_pending_per_partner: 10_000,
             max_pending_per_user: 100,
+            partners: std::collections::HashSet::new(),
         }
     }
 }
@@ -1632,11 +1638,13 @@ impl PresenceEngine {
                     "presence subscription refused: pending-subscription limit reached"
                 );
                 let reason = match limit {
-                    "presence.max_pending_per_domain" => format!(
+                    "presence.max_pending_per_user" => {
+                        format!("Too many pending subscriptions for this user ({limit})")
+                    }
+                    _ => format!(
                         "Too many pending subscriptions from {} ({limit})",
                         Pending::domain(&key)
                     ),
-                    _ => format!("Too many pending subscriptions for this user ({limit})"),
                 };
                 let mut r = Message::response_to(request, 503, Some(&reason), Some(&tag));
                 r.push_header("Retry-After", &PENDING_RETRY_AFTER_SECS.to_string());
@@ -1786,8 +1794,19 @@ impl PresenceEngine {
     /// The configuration key of the pending-subscription limit a new watcher `key` would go
     /// beyond, if any.
     fn pending_limit(&self, key: &Key) -> Option<&'static str> {
-        if self.pending.of_domain(key) >= self.settings.max_pending_per_domain {
-            Some("presence.max_pending_per_domain")
+        let (limit, name) = if self.settings.partners.contains(Pending::domain(key)) {
+            (
+                self.settings.max_pending_per_partner,
+                "presence.max_pending_per_partner",
+            )
+        } else {
+            (
+                self.settings.max_pending_per_domain,
+                "presence.max_pending_per_domain",
+            )
+        };
+        if self.pending.of_domain(key) >= limit {
+            Some(name)
         } else if self.pending.of_user(key) >= self.settings.max_pending_per_user {
             Some("presence.max_pending_per_user")
         } else {

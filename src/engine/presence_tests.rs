@@ -19,7 +19,9 @@ fn settings() -> PresenceSettings {
         retry_max: Duration::from_secs(1800),
         restore_rate: 1000,
         max_pending_per_domain: 3,
+        max_pending_per_partner: 4,
         max_pending_per_user: 2,
+        partners: ["fabrikam.com".to_owned()].into(),
     }
 }
 
@@ -1550,10 +1552,21 @@ fn pending_subscriptions_are_limited_per_local_user_and_per_remote_domain() {
         responses(&out)[0].reason(),
         Some("Too many pending subscriptions from contoso.com (presence.max_pending_per_domain)")
     );
-    // Another domain is not affected; a refusal (unsubscribed) frees a place.
+    // Another domain is not affected (fabrikam.com, a listed partner, has 4 places); a
+    // refusal (unsubscribed) frees a place.
     assert_eq!(
         status(&e.on_edge(now, watcher_subscribe("x@fabrikam.com", "dave", "c7"))),
         202
+    );
+    for (i, user) in ["erin", "frank", "gina"].into_iter().enumerate() {
+        let (from, call) = (format!("y{i}@fabrikam.com"), format!("f{i}"));
+        let out = e.on_edge(now, watcher_subscribe(&from, user, &call));
+        assert_eq!(status(&out), 202);
+    }
+    let out = e.on_edge(now, watcher_subscribe("z@fabrikam.com", "hank", "f9"));
+    assert_eq!(
+        responses(&out)[0].reason(),
+        Some("Too many pending subscriptions from fabrikam.com (presence.max_pending_per_partner)")
     );
     let w4 = "w4\\40contoso.com@lcs.example.org";
     e.on_stanza(
