@@ -188,9 +188,7 @@ impl PartialEq for Message {
 /// The offset of the first byte no header value may hold: a control character (C0, CR and LF
 /// included, but HTAB; and DEL).
 pub fn find_forbidden_in_value(value: &str) -> Option<usize> {
-    value
-        .bytes()
-        .position(|b| (b < 0x20 && b != b'\t') || b == 0x7F)
+    find_special(value.as_bytes())
 }
 
 /// `Err` when `value` may not be written into `field`: it holds a control character.
@@ -229,11 +227,28 @@ pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// 1 for a byte the line scan must look at: any control character but HTAB (CR and LF
-/// included), and DEL; else 0. Bitwise, so that loops over it vectorise.
+/// 1 for any control character but HTAB (CR and LF included), and DEL; else 0. Bitwise, so
+/// that loops over it vectorise.
 #[inline]
-fn line_special(b: u8) -> u8 {
+fn special(b: u8) -> u8 {
     (u8::from(b < 0x20) & u8::from(b != b'\t')) | u8::from(b == 0x7F)
+}
+
+/// The offset of the first [`special`] byte: 16-byte blocks are tested without branches (the
+/// compiler vectorises the fold), and only the block with a hit is looked at byte by byte.
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    let mut base = 0;
+    for block in bytes.chunks_exact(16) {
+        let block: &[u8; 16] = block.try_into().unwrap_or(&[0; 16]);
+        if block.iter().fold(0, |acc, &b| acc | special(b)) != 0 {
+            break;
+        }
+        base += 16;
+    }
+    bytes[base..]
+        .iter()
+        .position(|&b| special(b) != 0)
+        .map(|i| base + i)
 }
 
 /// The end of the line starting at `pos` (the index of its CR), or the end of `head`, in one
@@ -243,20 +258,7 @@ fn line_special(b: u8) -> u8 {
 /// (RFC 3261 §25.1: values are `TEXT-UTF8char` and `LWS`).
 fn line_end(head: &[u8], pos: usize, line_no: usize) -> Result<usize, ParseError> {
     let line = &head[pos..];
-    let mut base = 0;
-    for block in line.chunks_exact(16) {
-        // A fixed-size block, so that the compiler vectorises the fold.
-        let block: &[u8; 16] = block.try_into().unwrap_or(&[0; 16]);
-        if block.iter().fold(0, |acc, &b| acc | line_special(b)) != 0 {
-            break;
-        }
-        base += 16;
-    }
-    let Some(i) = line[base..]
-        .iter()
-        .position(|&b| line_special(b) != 0)
-        .map(|i| base + i)
-    else {
+    let Some(i) = find_special(line) else {
         return Ok(head.len());
     };
     match line[i] {
