@@ -314,6 +314,16 @@ impl Runner {
                     None => return,
                 },
                 done = stop.recv() => {
+                    let hits: Vec<String> = self
+                        .presence
+                        .limit_hits()
+                        .iter()
+                        .map(|(key, n)| format!("{key}={n}"))
+                        .collect();
+                    info!(
+                        hits = %hits.join(" "),
+                        "presence stopping; pending-subscription limits hit since the start"
+                    );
                     let outputs = self.presence.shutdown();
                     self.execute(Source::Presence, outputs).await;
                     self.drain_link().await;

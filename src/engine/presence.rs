@@ -445,6 +445,8 @@ pub struct PresenceEngine {
     /// unavailable ([`PresenceEngine::repeated`]).
     last_raw: BTreeMap<String, Element>,
     pending: Pending,
+    /// New watchers refused for a pending-subscription limit since the start, by limit key.
+    limit_hits: BTreeMap<&'static str, u64>,
     /// Stanzas a restore sends, paced at `restore_rate` from `paced_at` on.
     paced: VecDeque<Paced>,
     paced_at: Instant,
@@ -502,6 +504,7 @@ impl PresenceEngine {
             users: HashMap::new(),
             last_raw: BTreeMap::new(),
             pending: Pending::default(),
+            limit_hits: BTreeMap::new(),
             paced: VecDeque::new(),
             paced_at: clock.at,
         }
@@ -1631,6 +1634,7 @@ impl PresenceEngine {
         }
         if !self.inbound.contains_key(&key) {
             if let Some(limit) = self.pending_limit(&key) {
+                *self.limit_hits.entry(limit).or_default() += 1;
                 warn!(
                     watcher = %key.1,
                     user = %key.0,
@@ -1789,6 +1793,12 @@ impl PresenceEngine {
         out.push(Output::Respond { tx, response: r });
         // RFC 6665 §4.2.1.2: a refresh is followed by a NOTIFY with the current state.
         self.send_notify(now, &key, state, out);
+    }
+
+    /// New watchers refused since the start, per pending-subscription limit (configuration
+    /// key), for logs and metrics.
+    pub fn limit_hits(&self) -> &BTreeMap<&'static str, u64> {
+        &self.limit_hits
     }
 
     /// The configuration key of the pending-subscription limit a new watcher `key` would go

@@ -1568,6 +1568,17 @@ fn pending_subscriptions_are_limited_per_local_user_and_per_remote_domain() {
         responses(&out)[0].reason(),
         Some("Too many pending subscriptions from fabrikam.com (presence.max_pending_per_partner)")
     );
+    assert_eq!(
+        e.limit_hits()
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect::<Vec<_>>(),
+        [
+            ("presence.max_pending_per_domain", 1),
+            ("presence.max_pending_per_partner", 1),
+            ("presence.max_pending_per_user", 1)
+        ]
+    );
     let w4 = "w4\\40contoso.com@lcs.example.org";
     e.on_stanza(
         now,
