@@ -897,6 +897,48 @@ mod tests {
     }
 
     #[test]
+    fn a_message_with_a_refused_header_is_never_sent() {
+        let mut c = core();
+        let now = Instant::now();
+        // A response the layer above built with a value the setter refused: a 500 goes out.
+        let out = c.on_frame(now, 1, req("MESSAGE", "sip:alice@example.org"));
+        let Some(CoreOutput::Request { tx, request, .. }) = out.last() else {
+            panic!("{out:?}");
+        };
+        let mut ok = Message::response_to(request, 200, None, Some("t"));
+        ok.push_header("Subject", "x\r\nInjected: 1");
+        assert!(ok.header_error().is_some());
+        let out = c.respond(now, *tx, ok);
+        let r = sent(&out[0]);
+        assert_eq!(r.status(), Some(500));
+        assert_eq!(r.header("Subject"), None);
+        assert_eq!(r.call_id().unwrap(), "c");
+        // A request: undeliverable, with the refusal as the reason.
+        let tx = c.tx_ids().next();
+        let mut bad = Message::parse(
+            "MESSAGE sip:bob@contoso.com SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKx\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <sip:bob@contoso.com>\r\nCall-ID: o\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n".as_bytes(),
+        )
+        .unwrap();
+        bad.push_header("Content-Language", "en\r\nX: y");
+        let out = c.send_request(now, tx, bad, Route::Domain("contoso.com".into()));
+        match &out[..] {
+            [
+                CoreOutput::Undeliverable {
+                    tx: t,
+                    why: Undeliverable::Invalid { reason },
+                },
+            ] => {
+                assert_eq!(*t, tx);
+                assert_eq!(
+                    reason,
+                    "Content-Language refused: control character U+000D at byte 2"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn options_is_answered_by_the_core() {
         let mut c = core();
         let out = c.on_frame(Instant::now(), 1, req("OPTIONS", "sip:sip.example.org"));
