@@ -314,14 +314,10 @@ impl Runner {
                     None => return,
                 },
                 done = stop.recv() => {
-                    let hits: Vec<String> = self
-                        .presence
-                        .limit_hits()
-                        .iter()
-                        .map(|(key, n)| format!("{key}={n}"))
-                        .collect();
                     info!(
-                        hits = %hits.join(" "),
+                        hits = %crate::edge::limits::summary(
+                            self.presence.limit_hits().iter().map(|(k, n)| (*k, *n))
+                        ),
                         "presence stopping; pending-subscription limits hit since the start"
                     );
                     let outputs = self.presence.shutdown();
@@ -548,7 +544,7 @@ fn edge_settings(cfg: &config::Config, tls: TlsConfigs) -> EdgeSettings {
 
 /// SIGHUP: re-reads the configuration; the federation policy and connection limits apply at
 /// once, certificates to new connections. On any problem everything in use stays. Settings
-/// that need a restart (listen address, XMPP link, storage) are named in a warning.
+/// that need a restart ([`needs_restart`]) are named in a warning.
 async fn reload(edge: &EdgeHandle, config_path: &Path, running: &config::Config) {
     let report = config::check(config_path, SystemTime::now());
     let Some(cfg) = report.config.filter(|_| report.problems.is_empty()) else {
@@ -564,12 +560,43 @@ async fn reload(edge: &EdgeHandle, config_path: &Path, running: &config::Config)
         }
     }
     edge.reconfigure(core_settings(&cfg)).await;
-    if cfg.sip.listen != running.sip.listen
-        || cfg.xmpp != running.xmpp
-        || cfg.storage != running.storage
-    {
-        warn!("SIGHUP: changes to sip.listen, [xmpp] or [storage] take effect after a restart");
+    let restart = needs_restart(&cfg, running);
+    if !restart.is_empty() {
+        warn!(
+            settings = %restart.join(", "),
+            "SIGHUP: these changes take effect after a restart"
+        );
     }
+}
+
+/// The settings changed from `running` to `new` that SIGHUP does not apply (everything but
+/// `[federation]`, the certificates and the edge's limits of `[sip]`).
+fn needs_restart(new: &config::Config, running: &config::Config) -> Vec<&'static str> {
+    let (a, b) = (&new.sip, &running.sip);
+    let timeouts = |s: &config::SipConfig| {
+        (
+            s.connect_timeout,
+            s.handshake_timeout,
+            s.idle_timeout,
+            s.keepalive_interval,
+            s.message_timeout,
+        )
+    };
+    [
+        ("sip.listen", a.listen != b.listen),
+        ("sip.dns_servers", a.dns_servers != b.dns_servers),
+        ("the [sip] message size limits", a.limits() != b.limits()),
+        ("the [sip] timeouts", timeouts(a) != timeouts(b)),
+        ("[xmpp]", new.xmpp != running.xmpp),
+        ("[presence]", new.presence != running.presence),
+        ("[im]", new.im != running.im),
+        ("[storage]", new.storage != running.storage),
+        ("[mappings]", new.mappings != running.mappings),
+        ("[logging]", new.logging != running.logging),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 /// SIGINT, SIGTERM and SIGHUP handlers, installed before the bridge says it has started.

@@ -22,7 +22,9 @@ use crate::config::{DefaultPolicy, FederationConfig, PartnerPolicy};
 use crate::sip::message::{Message, Method};
 use crate::sip::uri::{Host, Uri};
 
-/// The DNS names a peer's certificate vouches for (lower-case, without a trailing dot).
+/// The DNS names a peer's certificate vouches for (lower-case, without a trailing dot, sorted
+/// and without repeats: two certificates naming the same names are one identity, whatever
+/// their order, which is what the per-identity limits count).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct PeerIdentity {
     names: Vec<String>,
@@ -30,13 +32,14 @@ pub struct PeerIdentity {
 
 impl PeerIdentity {
     pub fn from_names<I: IntoIterator<Item = S>, S: AsRef<str>>(names: I) -> PeerIdentity {
-        PeerIdentity {
-            names: names
-                .into_iter()
-                .map(|n| n.as_ref().trim_end_matches('.').to_ascii_lowercase())
-                .filter(|n| !n.is_empty())
-                .collect(),
-        }
+        let mut names: Vec<String> = names
+            .into_iter()
+            .map(|n| n.as_ref().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        PeerIdentity { names }
     }
 
     /// The identity of a DER certificate: its SAN dNSNames, or its subject CN when it has no
@@ -430,7 +433,12 @@ mod tests {
                 .unwrap();
         let cert = params.self_signed(&key).unwrap();
         let id = PeerIdentity::from_certificate(cert.der()).unwrap();
-        assert_eq!(id.names(), ["sip.contoso.com", "contoso.com"]);
+        // Sorted and without repeats: the same names in another order are the same identity.
+        assert_eq!(id.names(), ["contoso.com", "sip.contoso.com"]);
+        assert_eq!(
+            id,
+            PeerIdentity::from_names(["Contoso.com.", "sip.contoso.com", "contoso.com"])
+        );
         let mut cn_only = rcgen::CertificateParams::default();
         cn_only
             .distinguished_name

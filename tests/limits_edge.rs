@@ -206,6 +206,26 @@ level = "info"
         net::Tls::new(&leaf, &self.pki.ca).connector
     }
 
+    /// Opens `n` connections with `connector`, the i-th from `source(i)`, and keeps in `kept`
+    /// those on which a request from `domain` is answered 200; returns how many were.
+    async fn keep_usable(
+        &self,
+        kept: &mut Vec<Tls>,
+        n: u8,
+        connector: &TlsConnector,
+        domain: &str,
+        source: impl Fn(u8) -> Ipv4Addr,
+    ) -> usize {
+        let before = kept.len();
+        for i in 0..n {
+            let s = self.connect(connector, source(i), None).await;
+            if let Some(s) = usable(s, &format!("sip:joe@{domain}")).await {
+                kept.push(s);
+            }
+        }
+        kept.len() - before
+    }
+
     /// A mutual-TLS connection to the bridge from `source` (any 127.0.0.0/8 address);
     /// `rcvbuf`: a small receive buffer, for a peer that means not to read.
     async fn connect(
@@ -672,42 +692,30 @@ async fn connections_over_the_limits_are_closed() {
     let mut kept = Vec::new();
 
     // 45 from one address: 40 admitted, 5 closed at accept.
-    let mut admitted = 0;
-    for _ in 0..45 {
-        let s = w.connect(&fabrikam, Ipv4Addr::LOCALHOST, None).await;
-        if let Some(s) = usable(s, "sip:joe@fabrikam.com").await {
-            admitted += 1;
-            kept.push(s);
-        }
-    }
+    let admitted = w
+        .keep_usable(&mut kept, 45, &fabrikam, "fabrikam.com", |_| {
+            Ipv4Addr::LOCALHOST
+        })
+        .await;
     assert_eq!(admitted, 40, "connections from one address");
     assert_eq!(w.over_limit_lines("sip.max_connections_per_address"), 5);
 
     // 43 with one certificate, from addresses with room: 40 admitted, 3 closed after the
     // handshake.
-    let mut admitted = 0;
-    for i in 0..43u8 {
-        let source = Ipv4Addr::new(127, 0, 0, 2 + i / 20);
-        let s = w.connect(&contoso, source, None).await;
-        if let Some(s) = usable(s, "sip:joe@contoso.com").await {
-            admitted += 1;
-            kept.push(s);
-        }
-    }
+    let admitted = w
+        .keep_usable(&mut kept, 43, &contoso, "contoso.com", |i| {
+            Ipv4Addr::new(127, 0, 0, 2 + i / 20)
+        })
+        .await;
     assert_eq!(admitted, 40, "connections with one certificate");
     assert_eq!(w.over_limit_lines("sip.max_connections_per_identity"), 3);
 
     // 15 more, with a third certificate from a fresh address: the total of 90 is reached.
-    let mut admitted = 0;
-    for _ in 0..15 {
-        let s = w
-            .connect(&tailspin, Ipv4Addr::new(127, 0, 0, 9), None)
-            .await;
-        if let Some(s) = usable(s, "sip:joe@tailspin.com").await {
-            admitted += 1;
-            kept.push(s);
-        }
-    }
+    let admitted = w
+        .keep_usable(&mut kept, 15, &tailspin, "tailspin.com", |_| {
+            Ipv4Addr::new(127, 0, 0, 9)
+        })
+        .await;
     assert_eq!(admitted, 10, "connections up to the total");
     assert_eq!(w.over_limit_lines("sip.max_connections"), 5);
 
@@ -820,9 +828,8 @@ async fn handshakes_are_bounded_apart_from_connections() {
 /// A partner that sends and never reads: its requests have large headers, which each
 /// response repeats (Via), so what the bridge owes it grows as fast as it sends. Each
 /// connection used to queue up to 16 MiB before it was closed. Now reading that peer pauses
-/// once half of `sip.max_write_backlog_bytes` (1 MiB) is unsent or read and not yet processed,
-/// so TCP stops the sender, and
-/// a peer that reads nothing for `sip.message_timeout_secs` (2 s here) meanwhile is closed with
+/// once an eighth of `sip.max_write_backlog_bytes` (4 MiB: 512 KiB) is unsent or read and not
+/// yet processed, so TCP stops the sender, and a peer that reads nothing for `sip.message_timeout_secs` (2 s here) meanwhile is closed with
 /// one WARN line naming the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_sends_without_reading_is_paused_then_closed() {

@@ -284,8 +284,8 @@ pub struct SipConfig {
     /// Authenticated inbound connections and outbound ones together (`sip.max_connections`,
     /// default 1000).
     pub max_connections: usize,
-    /// Bytes queued unsent to one connection (`sip.max_write_backlog_bytes`, default 1 MiB):
-    /// reading that peer pauses at half of it, and the connection is closed beyond it.
+    /// Bytes queued unsent to one connection (`sip.max_write_backlog_bytes`, default 4 MiB):
+    /// reading that peer pauses at an eighth of it, and the connection is closed beyond it.
     pub max_write_backlog_bytes: usize,
 }
 

@@ -39,7 +39,7 @@ pub(crate) mod defaults {
     pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 40;
     pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 40;
     pub const MAX_CONNECTIONS: usize = 1000;
-    pub const MAX_WRITE_BACKLOG_BYTES: usize = 1024 * 1024;
+    pub const MAX_WRITE_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
     /// OCS's rate for discovered partners.
     pub const DISCOVERED_RATE: u32 = 20;
     pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
@@ -696,7 +696,7 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         "sip.max_dns_lookups",
         max_dns_lookups,
         defaults::MAX_DNS_LOOKUPS as u64,
-        1,
+        2,
         10_000,
         "",
     );
@@ -767,7 +767,7 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     // One peer (however many connections and certificates' names it has) must not be able to
     // hold every lookup slot.
     if let (Some(all), Some(one)) = (max_dns_lookups, max_dns_lookups_per_peer) {
-        let most = all.div_ceil(2);
+        let most = all / 2;
         if one > most {
             diag.problem(
                 "sip.max_dns_lookups_per_peer",

@@ -132,7 +132,7 @@ fn minimal_config_gets_defaults() {
             40,
             40,
             1000,
-            1024 * 1024
+            4 * 1024 * 1024
         )
     );
     assert_eq!(c.federation.default_policy, DefaultPolicy::Allow);
@@ -1047,7 +1047,7 @@ fn sip_resource_limits() {
             "max_dns_lookups = 0\nmax_dns_lookups_per_peer = 10001\npool_idle_secs = 86401\nmax_handshakes = 0\nmax_connections_per_address = 0\nmax_connections_per_identity = -1\nmax_connections = 1000001\nmax_write_backlog_bytes = 65535"
         )),
         [
-            "sip.max_dns_lookups: must be between 1 and 10000, not 0",
+            "sip.max_dns_lookups: must be between 2 and 10000, not 0",
             "sip.max_dns_lookups_per_peer: must be between 1 and 10000, not 10001",
             "sip.pool_idle_secs: must be between 1 and 86400, not 86401",
             "sip.max_handshakes: must be between 1 and 1000000, not 0",
@@ -1063,7 +1063,7 @@ fn sip_resource_limits() {
             "max_dns_lookups = 5\nmax_dns_lookups_per_peer = 4\nmax_connections = 10\nmax_connections_per_address = 11\nmax_connections_per_identity = 12\nmax_header_bytes = 32768\nmax_write_backlog_bytes = 131071"
         )),
         [
-            "sip.max_dns_lookups_per_peer: must be at most half of sip.max_dns_lookups (3), not 4",
+            "sip.max_dns_lookups_per_peer: must be at most half of sip.max_dns_lookups (2), not 4",
             "sip.max_connections_per_address: must be at most sip.max_connections (10), not 11",
             "sip.max_connections_per_identity: must be at most sip.max_connections (10), not 12",
             "sip.max_write_backlog_bytes: must be at least 4 × sip.max_header_bytes (131072), not 131071",

@@ -167,9 +167,11 @@ const MIN_ANSWER_LIFETIME: std::time::Duration = std::time::Duration::from_secs(
 
 /// Most inbound requests held per domain while its SRV targets are looked up.
 const MAX_PARKED: usize = 64;
-/// Most inbound requests held for lookups in all (64 lookups × 64 requests of up to 80 KiB
-/// each would be 320 MiB; this keeps the worst case near 20 MiB).
-const MAX_PARKED_TOTAL: usize = 256;
+/// Inbound requests held for lookups, per lookup slot: 4 × `sip.max_dns_lookups` in all (256
+/// by default, about 20 MiB of requests of up to 80 KiB), and 16 × `sip.max_dns_lookups_per_peer`
+/// (128) for one peer, so that no peer can hold every place and refuse the others' requests.
+const PARKED_PER_LOOKUP: usize = 4;
+const PARKED_PER_PEER_LOOKUP: usize = 16;
 
 /// An outbound request waiting for a connection (its deadline is kept by the pool).
 #[derive(Debug)]
@@ -196,7 +198,7 @@ pub struct EdgeCore {
     /// The connection of each outstanding client transaction (for the pool's load count).
     client_conns: HashMap<TxId, ConnId>,
     /// Inbound requests waiting for their From domain's SRV lookup.
-    parked: HashMap<String, Vec<(ConnId, Message)>>,
+    parked: HashMap<String, Vec<(ConnId, PeerIdentity, Message)>>,
     /// Lookups under way: the domain and the certificate identity of the peer whose request
     /// started it (none for the bridge's own requests).
     lookups: HashMap<String, Option<PeerIdentity>>,
@@ -352,7 +354,7 @@ impl EdgeCore {
         self.pool.resolved(now, domain, result, valid_until);
         self.lookup_ended(domain);
         let mut out = Vec::new();
-        for (conn, m) in self.parked.remove(domain).unwrap_or_default() {
+        for (conn, _, m) in self.parked.remove(domain).unwrap_or_default() {
             out.extend(self.admit(now, conn, m, false));
         }
         self.pump(now, domain, &mut out);
@@ -438,7 +440,8 @@ impl EdgeCore {
     /// Sends a message outside any transaction on `conn` (the ACK for a 2xx, RFC 3261 §13.2.2.4):
     /// false if the connection is gone.
     pub fn send_stateless(&mut self, conn: ConnId, message: &Message) -> Option<CoreOutput> {
-        if message.header_error().is_some() {
+        if let Some(e) = message.header_error() {
+            tracing::warn!(error = %e, conn, "ACK not sent: a header value was refused");
             return None;
         }
         self.pool.is_up(conn).then(|| CoreOutput::Send {
@@ -597,7 +600,8 @@ impl EdgeCore {
     /// A response one of whose header values was refused ([`Message::header_error`]) goes out
     /// as `500` instead, so the peer is answered and nothing half-built is sent.
     pub fn respond(&mut self, now: Instant, tx: TxId, mut response: Message) -> Vec<CoreOutput> {
-        if response.header_error().is_some() {
+        if let Some(e) = response.header_error() {
+            tracing::warn!(error = %e, "response sent as 500: a header value was refused");
             response = response.with_status(500, "Server Internal Error");
         }
         // Misuse (an unknown or finished transaction) is the caller's bug: nothing to send.
@@ -692,21 +696,41 @@ impl EdgeCore {
         if m.method() == Some(&Method::Ack) {
             return Vec::new();
         }
-        let parked = self.parked.get(&domain).map_or(0, Vec::len);
-        // At most `max_dns_lookups` domains are parked, so the sum is a short walk.
-        let parked_total: usize = self.parked.values().map(Vec::len).sum();
-        if parked >= MAX_PARKED || parked_total >= MAX_PARKED_TOTAL {
-            let resp = self.try_again(&m, "Verifying the peer's domain, try again");
-            return vec![CoreOutput::Send {
-                conn,
-                bytes: resp.to_bytes(),
-            }];
-        }
         // Only an authenticated connection's requests are parked (`admit`).
         let peer = self.pool.identity(conn).cloned().unwrap_or_default();
+        let limits = &self.settings.limits;
+        // At most `max_dns_lookups` domains are parked, a few hundred requests: a short walk.
+        let (mut parked_total, mut parked_mine) = (0, 0);
+        for (_, p, _) in self.parked.values().flatten() {
+            parked_total += 1;
+            parked_mine += usize::from(*p == peer);
+        }
+        let over = if self.parked.get(&domain).map_or(0, Vec::len) >= MAX_PARKED
+            || parked_mine >= limits.max_dns_lookups_per_peer * PARKED_PER_PEER_LOOKUP
+        {
+            Some(Limit::DnsLookupsPerPeer)
+        } else if parked_total >= limits.max_dns_lookups * PARKED_PER_LOOKUP {
+            Some(Limit::DnsLookups)
+        } else {
+            None
+        };
+        if let Some(limit) = over {
+            let resp = self.try_again(&m, "Verifying the peer's domain, try again");
+            return vec![
+                CoreOutput::OverLimit(OverLimit {
+                    limit,
+                    conn: Some(conn),
+                    detail: domain,
+                    action: "request answered 503, too many requests waiting for lookups",
+                }),
+                CoreOutput::Send {
+                    conn,
+                    bytes: resp.to_bytes(),
+                },
+            ];
+        }
         let new_lookup = !self.pool.resolving(&domain);
         if new_lookup {
-            let limits = &self.settings.limits;
             let mine = self.lookups_by_peer.get(&peer).copied().unwrap_or(0);
             let over = if mine >= limits.max_dns_lookups_per_peer {
                 Some(Limit::DnsLookupsPerPeer)
@@ -738,7 +762,7 @@ impl EdgeCore {
         self.parked
             .entry(domain.clone())
             .or_default()
-            .push((conn, m));
+            .push((conn, peer.clone(), m));
         if new_lookup && self.pool.start_resolving(&domain, now) {
             self.lookup_started(domain.clone(), Some(peer));
             vec![CoreOutput::Resolve { domain }]
@@ -767,12 +791,7 @@ impl EdgeCore {
     }
 
     fn peer_lookup_done(&mut self, peer: &PeerIdentity) {
-        if let Some(n) = self.lookups_by_peer.get_mut(peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.lookups_by_peer.remove(peer);
-            }
-        }
+        super::limits::decrement(&mut self.lookups_by_peer, peer);
     }
 
     /// Discovered (unlisted) partners get at most `federation.discovered_rate` requests per second per From
@@ -1294,28 +1313,78 @@ mod limit_tests {
             .count()
     }
 
+    /// The SRV lookup of `domain` answers one target, `host`:5061, valid for `ttl_secs`.
+    fn one_target(
+        c: &mut EdgeCore,
+        now: Instant,
+        domain: &str,
+        host: &str,
+        ttl_secs: u64,
+    ) -> Vec<CoreOutput> {
+        let target = SrvTarget {
+            priority: 0,
+            weight: 0,
+            port: 5061,
+            target: host.into(),
+        };
+        c.resolved(
+            now,
+            domain,
+            Ok(vec![target]),
+            now + Duration::from_secs(ttl_secs),
+        )
+    }
+
+    /// Requests waiting for their From domain's lookup: at most 64 per domain, 16 per lookup
+    /// a peer may start (128 by default) and 4 per lookup slot in all (256), so that one peer
+    /// cannot take every place. Each refusal is a 503 and one over-limit event.
     #[test]
-    fn requests_held_for_lookups_are_bounded_per_domain_and_in_total() {
+    fn requests_held_for_lookups_are_bounded_per_domain_per_peer_and_in_total() {
         let mut c = with_limits(EdgeLimits::DEFAULT);
         let now = Instant::now();
-        c.connected(3, PeerIdentity::from_names(["edge.attacker.example"]))
-            .unwrap();
-        // Five domains being looked up; requests pile up on them until the total is reached.
-        let mut held = 0;
-        let mut refused = 0;
-        for i in 0..MAX_PARKED_TOTAL + 40 {
-            let out = c.on_frame(now, 3, from(&format!("d{}.example", i % 5), i as u32));
-            match response(&out) {
-                Some(r) => {
-                    assert_eq!(r.status(), Some(503));
-                    assert_eq!(r.reason(), Some("Verifying the peer's domain, try again"));
-                    refused += 1;
+        let mut n = 0;
+        // Peer `conn` sends `count` requests from `domains` domains of its own; what was held,
+        // and the limits named by the refusals.
+        let mut send = |c: &mut EdgeCore, conn: ConnId, count: usize, domains: usize| {
+            let (mut held, mut refused) = (0, Vec::new());
+            for i in 0..count {
+                n += 1;
+                let out = c.on_frame(
+                    now,
+                    conn,
+                    from(&format!("d{}.p{conn}.example", i % domains), n),
+                );
+                match response(&out) {
+                    Some(r) => {
+                        assert_eq!(r.status(), Some(503));
+                        assert_eq!(r.reason(), Some("Verifying the peer's domain, try again"));
+                        refused.extend(over(&out));
+                    }
+                    None => held += 1,
                 }
-                None => held += 1,
             }
+            (held, refused)
+        };
+        for conn in 3..=6 {
+            let names = [format!("edge.p{conn}.example")];
+            c.connected(conn, PeerIdentity::from_names(names)).unwrap();
         }
-        assert_eq!((held, refused), (MAX_PARKED_TOTAL, 40));
-        assert_eq!(c.lookups_under_way(), 5);
+        let (held, refused) = send(&mut c, 3, 70, 1);
+        assert_eq!(held, MAX_PARKED);
+        assert_eq!(refused, vec![Limit::DnsLookupsPerPeer; 70 - MAX_PARKED]);
+        let (held, refused) = send(&mut c, 4, 150, 5);
+        assert_eq!(held, 8 * PARKED_PER_PEER_LOOKUP);
+        assert_eq!(refused, vec![Limit::DnsLookupsPerPeer; 150 - held]);
+        // 64 + 128 held: 64 more places in all.
+        let (held, refused) = send(&mut c, 5, 150, 5);
+        assert_eq!(held, 64 * PARKED_PER_LOOKUP - 64 - 128);
+        assert_eq!(refused, vec![Limit::DnsLookups; 150 - held]);
+        let (held, _) = send(&mut c, 6, 10, 5);
+        assert_eq!(held, 0);
+        assert_eq!(c.lookups_under_way(), 11);
+        // A lookup's end gives its requests' places back.
+        let _ = c.resolved(now, "d0.p3.example", Err("no SRV".into()), now);
+        assert_eq!(send(&mut c, 6, 10, 5).0, 10);
     }
 
     #[test]
@@ -1465,7 +1534,7 @@ mod limit_tests {
         assert!(c.connected(11, id()).is_ok());
         let refused = c.connected(12, id()).unwrap_err();
         assert_eq!(refused.limit, Limit::ConnectionsPerIdentity);
-        assert_eq!(refused.detail, "sip.fabrikam.com,fabrikam.com");
+        assert_eq!(refused.detail, "fabrikam.com,sip.fabrikam.com");
         // The refused one is not usable, and releasing it frees its place.
         assert!(!c.pool.is_up(12));
         c.released(12);
@@ -1502,18 +1571,7 @@ mod limit_tests {
         let tx = c.tx_ids().next();
         let out = c.send_request(now, tx, request(), Route::Domain("contoso.example".into()));
         assert_eq!(resolves(&out), 1);
-        let target = SrvTarget {
-            priority: 0,
-            weight: 0,
-            port: 5061,
-            target: "sip.contoso.example".into(),
-        };
-        let out = c.resolved(
-            now,
-            "contoso.example",
-            Ok(vec![target]),
-            now + Duration::from_secs(60),
-        );
+        let out = one_target(&mut c, now, "contoso.example", "sip.contoso.example", 60);
         assert!(matches!(out[..], [CoreOutput::Connect { .. }]), "{out:?}");
         assert_eq!(c.connections(), (3, 0));
         assert_eq!(c.accept(14, b).unwrap_err().limit, Limit::Connections);
@@ -1562,18 +1620,7 @@ mod limit_tests {
             Route::Domain("contoso.example".into()),
         );
         assert_eq!(resolves(&out), 1, "{out:?}");
-        let target = SrvTarget {
-            priority: 0,
-            weight: 0,
-            port: 5061,
-            target: "sip.contoso.example".into(),
-        };
-        let out = c.resolved(
-            now,
-            "contoso.example",
-            Ok(vec![target]),
-            now + Duration::from_secs(60),
-        );
+        let out = one_target(&mut c, now, "contoso.example", "sip.contoso.example", 60);
         assert!(matches!(out[..], [CoreOutput::Connect { .. }]), "{out:?}");
         // A flood connection's handshake times out; a partner takes its slot and is kept.
         c.released(10);
@@ -1661,18 +1708,7 @@ mod limit_tests {
             Message::parse(raw.as_bytes()).unwrap(),
             Route::Domain("kept.example".into()),
         );
-        let target = SrvTarget {
-            priority: 0,
-            weight: 0,
-            port: 5061,
-            target: "sip.kept.example".into(),
-        };
-        let out = c.resolved(
-            later,
-            "kept.example",
-            Ok(vec![target]),
-            later + Duration::from_secs(3600),
-        );
+        let out = one_target(&mut c, later, "kept.example", "sip.kept.example", 3600);
         let Some(CoreOutput::Connect { conn, .. }) = out.last().cloned() else {
             panic!("{out:?}");
         };

@@ -105,7 +105,7 @@ impl EdgeLimits {
         max_connections_per_address: 40,
         max_connections_per_identity: 40,
         max_connections: 1000,
-        max_write_backlog_bytes: 1024 * 1024,
+        max_write_backlog_bytes: 4 * 1024 * 1024,
     };
 }
 
@@ -140,17 +140,21 @@ impl LimitCounters {
     /// The limits hit so far as `key=count` (the others left out), or `none`: for the log
     /// line at shutdown.
     pub fn summary(&self) -> String {
-        let hits: Vec<String> = self
-            .snapshot()
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(key, n)| format!("{key}={n}"))
-            .collect();
-        if hits.is_empty() {
-            "none".to_owned()
-        } else {
-            hits.join(" ")
-        }
+        summary(self.snapshot())
+    }
+}
+
+/// Limits hit as `key=count` (those never hit left out), or `none`.
+pub fn summary<'a>(hits: impl IntoIterator<Item = (&'a str, u64)>) -> String {
+    let hits: Vec<String> = hits
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(key, n)| format!("{key}={n}"))
+        .collect();
+    if hits.is_empty() {
+        "none".to_owned()
+    } else {
+        hits.join(" ")
     }
 }
 
@@ -302,7 +306,8 @@ impl Connections {
     }
 }
 
-fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+/// Counts one less for `key`, dropping its entry at zero.
+pub(crate) fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
     if let Some(n) = map.get_mut(key) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -314,10 +319,12 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 /// Where a connection's write backlog stands after queueing a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backlog {
-    /// Below half the limit: read on.
+    /// At most an eighth of the limit: read on.
     Ok,
-    /// Over half the limit: stop reading the peer until it has read enough of what it was
-    /// sent (TCP then slows a peer that sends without reading).
+    /// Over an eighth of the limit: stop reading the peer until it has read enough of what it
+    /// was sent (TCP then slows a peer that sends without reading). The rest of the limit is
+    /// room for bursts of the bridge's own requests (a presence change notified to hundreds of
+    /// watchers on one connection) while a peer that reads takes them.
     Pause,
     /// Over the limit: the peer does not read; close the connection.
     Full,
@@ -327,7 +334,7 @@ pub enum Backlog {
 pub fn backlog(queued: usize, max: usize) -> Backlog {
     if queued > max {
         Backlog::Full
-    } else if queued > max / 2 {
+    } else if queued > max / 8 {
         Backlog::Pause
     } else {
         Backlog::Ok
@@ -335,7 +342,7 @@ pub fn backlog(queued: usize, max: usize) -> Backlog {
 }
 
 /// After reading was paused for `sip.message_timeout_secs`: whether the peer is the cause
-/// (over half of the limit still unsent: it reads nothing) and the connection must be closed,
+/// (over an eighth of the limit still unsent: it reads nothing) and the connection must be closed,
 /// rather than the edge's core being behind on the frames already read.
 pub fn not_reading(unsent: usize, max: usize) -> bool {
     backlog(unsent, max) != Backlog::Ok
@@ -601,14 +608,14 @@ mod tests {
     }
 
     #[test]
-    fn backlog_pauses_at_half_and_is_full_over_the_limit() {
+    fn backlog_pauses_at_an_eighth_and_is_full_over_the_limit() {
         assert_eq!(backlog(0, 1000), Backlog::Ok);
-        assert_eq!(backlog(500, 1000), Backlog::Ok);
-        assert_eq!(backlog(501, 1000), Backlog::Pause);
+        assert_eq!(backlog(125, 1000), Backlog::Ok);
+        assert_eq!(backlog(126, 1000), Backlog::Pause);
         assert_eq!(backlog(1000, 1000), Backlog::Pause);
         assert_eq!(backlog(1001, 1000), Backlog::Full);
-        assert!(!not_reading(500, 1000));
-        assert!(not_reading(501, 1000));
+        assert!(!not_reading(125, 1000));
+        assert!(not_reading(126, 1000));
         let b = BacklogCounters::new(1000);
         assert!(b.try_queue(1000));
         assert!(!b.try_queue(1));
@@ -621,11 +628,11 @@ mod tests {
     /// decides after the writer: each side's decision sees the other's decrement already
     /// applied. Deciding from "before → after" (the backlog crossed half the limit with this
     /// decrement), neither saw a crossing (before 400 + 100 = 500 for the writer, 100 + 400
-    /// for the core: already at half) and the reader slept until `sip.message_timeout_secs`.
+    /// for the core: already at an eighth of 4,000) and the reader slept until `sip.message_timeout_secs`.
     /// Deciding from the state after the decrement while the reader is paused, both wake it.
     #[test]
     fn a_paused_reader_is_woken_whichever_side_brings_the_backlog_down() {
-        let b = BacklogCounters::new(1000);
+        let b = BacklogCounters::new(4000);
         assert!(b.try_queue(400));
         b.read(400);
         assert_eq!(b.pause(), Backlog::Pause);
@@ -637,7 +644,7 @@ mod tests {
         assert!(b.wake());
         // Whole steps one after the other wake it too.
         for writer_first in [true, false] {
-            let b = BacklogCounters::new(1000);
+            let b = BacklogCounters::new(4000);
             assert!(b.try_queue(400));
             b.read(400);
             assert_eq!(b.pause(), Backlog::Pause);
@@ -646,12 +653,12 @@ mod tests {
             } else {
                 (b.processed(300), b.written(300))
             };
-            // The first crosses half the limit (800 → 500); the second, while the reader has
+            // The first crosses an eighth of the limit (800 → 500); the second, while the reader has
             // not run yet, wakes it again (one stored permit; the reader re-checks the state).
             assert!(first && second, "{writer_first}");
         }
-        // Not paused: nothing to wake; paused but still over half: not yet.
-        let b = BacklogCounters::new(1000);
+        // Not paused: nothing to wake; paused but still over an eighth: not yet.
+        let b = BacklogCounters::new(4000);
         assert!(b.try_queue(900));
         assert!(!b.written(600));
         assert!(b.try_queue(600));

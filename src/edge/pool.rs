@@ -305,16 +305,22 @@ impl<W> Pool<W> {
         }
         let gone: Vec<String> = unused.into_iter().map(|(_, d)| d.clone()).collect();
         for domain in gone {
-            if let Some(n) = self.networks.remove(&domain) {
-                for e in &n.failed_edges {
-                    self.failures.remove(e);
-                }
-            }
+            self.drop_network(&domain);
         }
         self.evict_at = self
             .max_domains
             .max(self.networks.len() + (self.max_domains / 4).max(1));
         self.compact_timers();
+    }
+
+    /// Forgets `domain` and the backoff of the edges that failed for it (an edge shared with
+    /// another domain starts its backoff afresh there: one more attempt, not a leak).
+    fn drop_network(&mut self, domain: &str) {
+        if let Some(n) = self.networks.remove(domain) {
+            for e in &n.failed_edges {
+                self.failures.remove(e);
+            }
+        }
     }
 
     /// Removes the stale entries of the timer heap (O(n)).
@@ -381,11 +387,7 @@ impl<W> Pool<W> {
                 .any(|e| self.failures.get(e).is_some_and(|f| f.retry_at > now));
             let unused = n.unused() && !backing_off;
             if unused && idle_at <= now {
-                if let Some(n) = self.networks.remove(&domain) {
-                    for e in &n.failed_edges {
-                        self.failures.remove(e);
-                    }
-                }
+                self.drop_network(&domain);
                 if self.networks.len() < self.max_domains {
                     self.evict_at = self.max_domains;
                 }

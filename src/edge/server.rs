@@ -635,7 +635,7 @@ where
             debug!(%peer, conn, "writer ended: closing connection");
             break;
         }
-        // Over half of `sip.max_write_backlog_bytes` unsent or not yet processed: read nothing
+        // Over an eighth of `sip.max_write_backlog_bytes` unsent or not yet processed: read nothing
         // more from this peer until it has read enough, or the core has caught up (TCP then
         // slows a peer that sends without reading, or faster than the bridge works). One that
         // reads nothing for `sip.message_timeout_secs` meanwhile is closed.
