@@ -130,7 +130,8 @@ pub fn unquote(s: &str) -> &str {
     }
 }
 
-/// Renders `s` as a quoted-string (RFC 3261 §25.1), escaping `"` and `\` and dropping CR/LF.
+/// Renders `s` as a quoted-string (RFC 3261 §25.1), escaping `"` and `\` and dropping the
+/// control characters a header value may not hold (C0 but HTAB, and DEL: CR and LF included).
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -140,7 +141,7 @@ pub fn quote(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            '\r' | '\n' => {}
+            c if (c < ' ' && c != '\t') || c == '\u{7f}' => {}
             _ => out.push(c),
         }
     }
@@ -213,6 +214,7 @@ mod tests {
     #[test]
     fn quote_escapes() {
         assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(quote("J\r\noe\u{0}\u{7f}\tB\u{85}"), "\"Joe\tB\u{85}\"");
         assert_eq!(unquote(r#" "x y" "#), "x y");
     }
 }
