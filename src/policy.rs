@@ -1,4 +1,4 @@
-//! Federation policy decisions, no I/O (the TLS edge of issue 3 calls these):
+//! Federation policy decisions, no I/O (the TLS edge calls these):
 //!
 //! - **Peer domain authorization** (the profile's "To and From URI handling" and "Certificate
 //!   requirements", RFC 5922 §7): a connection's identity is the DNS names of its certificate's

@@ -1,4 +1,4 @@
-//! Crash safety of the bridge itself (issue 5, item 5; docs/storage.md "The bridge under
+//! Crash safety of the bridge itself (docs/storage.md "The bridge under
 //! SIGKILL"): the real `lcs-bridge run` binary, joined to a real Prosody as its component,
 //! under a steady presence workload, killed with SIGKILL at random moments and started again on
 //! the same store, at least 20 times.

@@ -1,4 +1,4 @@
-//! The load generator's smoke run (issue 6): every scenario of `tests/load/lcs_load.rs`, tiny
+//! The load generator's smoke run: every scenario of `tests/load/lcs_load.rs`, tiny
 //! and short, against the debug bridge (im-prosody with a real Prosody: skipped like the other
 //! real-peer tests when it is not installed), so that the benchmark suite keeps working. The
 //! figures mean nothing here; `ok` means every load item was delivered translated and

@@ -1,4 +1,4 @@
-//! Crash safety of the store, proven with SIGKILL (issue 5, item 5; docs/storage.md).
+//! Crash safety of the store, proven with SIGKILL (docs/storage.md).
 //!
 //! The process under test is the store itself (tests/bridge_crash.rs does it for the whole
 //! bridge), driven by a steady subscription workload: this test binary re-runs itself as a child

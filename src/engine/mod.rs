@@ -1,8 +1,8 @@
 //! The translation engine: XMPP stanzas and SIP edge events in, stanzas and SIP messages out.
 //! Sans-IO like the edge core: every input takes `now`, timers come from `poll_timeout`.
 //!
-//! - [`im`]: session-mode instant messaging both ways (issue 4).
-//! - [`presence`]: presence and subscriptions both ways (issue 5).
+//! - [`im`]: session-mode instant messaging both ways.
+//! - [`presence`]: presence and subscriptions both ways.
 //!
 //! Both engines return [`Output`]s, which the runner (`app.rs`) executes **in order**; store
 //! writes ([`Output::Persist`], [`Output::Forget`]) are durable before the next output runs.

@@ -1,4 +1,4 @@
-//! `lcs-load`: the bridge's load generator and benchmark suite (issue 6; docs/benchmarks.md
+//! `lcs-load`: the bridge's load generator and benchmark suite (docs/benchmarks.md
 //! "End to end"). It runs the real `lcs-bridge` binary pinned to one core and plays both of
 //! its neighbours from the other: the XMPP server (an XEP-0114 listener the bridge connects
 //! to, so that no XMPP server is the bottleneck) and the LCS edge (mutual TLS both ways).

@@ -1,4 +1,4 @@
-//! The workloads (issue 6; docs/benchmarks.md "End to end"). Each plays both neighbours
+//! The workloads (docs/benchmarks.md "End to end"). Each plays both neighbours
 //! of the bridge as the federation profile describes them, marks every load item with a
 //! sequence number (`m…` message bodies, `s…`/`n…` presence notes, `i…` LCS message bodies)
 //! and counts an item delivered when its translation arrives on the other side.
