@@ -199,6 +199,9 @@ pub struct EdgeCore {
     client_conns: HashMap<TxId, ConnId>,
     /// Inbound requests waiting for their From domain's SRV lookup.
     parked: HashMap<String, Vec<(ConnId, PeerIdentity, Message)>>,
+    /// How many requests are parked, in all and per peer certificate identity.
+    parked_total: usize,
+    parked_by_peer: HashMap<PeerIdentity, usize>,
     /// Lookups under way: the domain and the certificate identity of the peer whose request
     /// started it (none for the bridge's own requests).
     lookups: HashMap<String, Option<PeerIdentity>>,
@@ -225,6 +228,8 @@ impl EdgeCore {
             transactions: Transactions::default(),
             client_conns: HashMap::new(),
             parked: HashMap::new(),
+            parked_total: 0,
+            parked_by_peer: HashMap::new(),
             lookups: HashMap::new(),
             lookups_by_peer: HashMap::new(),
             deferred: VecDeque::new(),
@@ -354,7 +359,9 @@ impl EdgeCore {
         self.pool.resolved(now, domain, result, valid_until);
         self.lookup_ended(domain);
         let mut out = Vec::new();
-        for (conn, _, m) in self.parked.remove(domain).unwrap_or_default() {
+        for (conn, peer, m) in self.parked.remove(domain).unwrap_or_default() {
+            self.parked_total -= 1;
+            super::limits::decrement(&mut self.parked_by_peer, &peer);
             out.extend(self.admit(now, conn, m, false));
         }
         self.pump(now, domain, &mut out);
@@ -699,17 +706,12 @@ impl EdgeCore {
         // Only an authenticated connection's requests are parked (`admit`).
         let peer = self.pool.identity(conn).cloned().unwrap_or_default();
         let limits = &self.settings.limits;
-        // At most `max_dns_lookups` domains are parked, a few hundred requests: a short walk.
-        let (mut parked_total, mut parked_mine) = (0, 0);
-        for (_, p, _) in self.parked.values().flatten() {
-            parked_total += 1;
-            parked_mine += usize::from(*p == peer);
-        }
+        let parked_mine = self.parked_by_peer.get(&peer).copied().unwrap_or(0);
         let over = if self.parked.get(&domain).map_or(0, Vec::len) >= MAX_PARKED
             || parked_mine >= limits.max_dns_lookups_per_peer * PARKED_PER_PEER_LOOKUP
         {
             Some(Limit::DnsLookupsPerPeer)
-        } else if parked_total >= limits.max_dns_lookups * PARKED_PER_LOOKUP {
+        } else if self.parked_total >= limits.max_dns_lookups * PARKED_PER_LOOKUP {
             Some(Limit::DnsLookups)
         } else {
             None
@@ -763,6 +765,8 @@ impl EdgeCore {
             .entry(domain.clone())
             .or_default()
             .push((conn, peer.clone(), m));
+        self.parked_total += 1;
+        *self.parked_by_peer.entry(peer.clone()).or_default() += 1;
         if new_lookup && self.pool.start_resolving(&domain, now) {
             self.lookup_started(domain.clone(), Some(peer));
             vec![CoreOutput::Resolve { domain }]
@@ -1384,6 +1388,9 @@ mod limit_tests {
         assert_eq!(c.lookups_under_way(), 11);
         // A lookup's end gives its requests' places back.
         let _ = c.resolved(now, "d0.p3.example", Err("no SRV".into()), now);
+        let p3 = PeerIdentity::from_names(["edge.p3.example"]);
+        assert!(!c.parked_by_peer.contains_key(&p3));
+        assert_eq!(c.parked_total, 64 * PARKED_PER_LOOKUP - 64);
         assert_eq!(send(&mut c, 6, 10, 5).0, 10);
     }
 
@@ -1680,6 +1687,7 @@ mod limit_tests {
         assert_eq!(c.domains_held(), (0, 0));
         assert_eq!(c.lookups_under_way(), 0);
         assert!(c.parked.is_empty());
+        assert_eq!((c.parked_total, c.parked_by_peer.len()), (0, 0));
     }
 
     #[test]
