@@ -147,7 +147,7 @@ pub fn sip(input: &[u8], mappings: &Mappings) -> Result<Value, String> {
 }
 
 /// Microsoft's first-message-in-INVITE header: `text/plain; charset=UTF-8;ms-body=<base64>`
-/// (lcs-quirks.md).
+/// (docs/mapping.md §4).
 fn ms_text_format(value: &str) -> Value {
     let Ok(ct) = MediaType::parse(value) else {
         return json!({"error": "not a media type"});

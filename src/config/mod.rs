@@ -128,7 +128,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// The address book for the configured mode and domains (interworking.md §1).
+    /// The address book for the configured mode and domains (docs/addresses.md).
     pub fn address_book(
         &self,
     ) -> Result<crate::core::address::AddressBook, crate::core::address::AddressError> {
@@ -166,7 +166,7 @@ pub struct XmppConfig {
     pub secret: Secret,
     /// Component domains the bridge connects as (lowercase).
     pub component_domains: Vec<String>,
-    /// Address mode (interworking.md §1).
+    /// Address mode (docs/addresses.md "The two modes").
     pub mode: AddressMode,
     /// Local XMPP domains that LCS peers federate with (lowercase), e.g. `example.org`.
     pub local_domains: Vec<String>,
@@ -180,7 +180,7 @@ pub struct XmppConfig {
     pub startup_timeout: Duration,
 }
 
-/// How LCS users are addressed on the XMPP side (interworking.md §1).
+/// How LCS users are addressed on the XMPP side (docs/addresses.md "The two modes").
 pub use crate::core::address::AddressMode;
 
 /// A secret that does not print itself in `Debug` output or logs.

@@ -23,7 +23,7 @@
 //!   is never used (a message carrying a `sips:` URI is malformed) — [`SipAddress::to_uri`] only
 //!   ever writes `sip:`, and [`check_scheme`] refuses `sips:`.
 //!
-//! # The two modes (design/interworking.md §1)
+//! # The two modes (docs/addresses.md)
 //!
 //! | mode | XMPP address of LCS user `sip:joe@contoso.com` | SIP address of XMPP user `alice@example.org` |
 //! | --- | --- | --- |
@@ -88,7 +88,7 @@ pub const MAX_DOMAIN_BYTES: usize = 253;
 /// At most this many characters of an offending input are quoted in an error message.
 const SHOWN_CHARS: usize = 100;
 
-/// How LCS users appear on the XMPP side (design/interworking.md §1).
+/// How LCS users appear on the XMPP side (docs/addresses.md "The two modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressMode {

@@ -11,13 +11,13 @@
 //!   docs/mapping.md §4 for why.
 //! * [`ms_text_format`] reads the first message that Microsoft clients put in the INVITE's
 //!   `ms-text-format` header (`text/plain; charset=UTF-8;msgr=…;ms-body=<base64>`,
-//!   shared/design/lcs-quirks.md "IM sessions").
+//!   docs/mapping.md §4).
 //! * [`iscomposing_body`] / [`parse_iscomposing`]: RFC 3994 `application/im-iscomposing+xml`
 //!   (`active` = composing, `idle` = not composing).
 //! * [`keyboard_activity_body`] / [`parse_keyboard_activity`]: the Microsoft INFO body
 //!   `<KeyboardActivity><status status="type"/></KeyboardActivity>` (`type` / `idle`).
 //!
-//! Mapping of typing states (interworking.md §3 and lcs-quirks.md): XEP-0085 `composing` ↔
+//! Mapping of typing states (docs/mapping.md §4): XEP-0085 `composing` ↔
 //! RFC 3994 `active` / Microsoft `type`; XEP-0085 `paused` and `active` are both sent as
 //! `idle`; a received `idle` becomes [`Typing::Paused`]. The last one is this module's
 //! decision (RFC 7572, the SIP–XMPP instant-message interworking, was not at hand when it was

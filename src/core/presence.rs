@@ -1,7 +1,7 @@
 //! Presence translation between an XMPP `<presence/>` (RFC 6121 §4.7) and a PIDF document
 //! (RFC 3863, RPID RFC 4480, CIPID RFC 4482), through the administrator's
 //! [`PresenceTable`]. Follows RFC 8048 §4–§5 (availability and status mapping) as adapted to the
-//! LCS federation profile; see interworking.md §2 and `docs/mapping.md`.
+//! LCS federation profile; see `docs/mapping.md` §1–§2.
 //!
 //! * XMPP → PIDF: `type='unavailable'` → `closed`; `<show/>` → table row (basic + activity);
 //!   each `<status xml:lang>` → `<note xml:lang>`; no status → the table's default note.

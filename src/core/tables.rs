@@ -89,8 +89,8 @@ impl FromStr for Show {
 }
 
 /// Every activity token the bridge knows: the RFC 4480 §3.2 activity vocabulary plus the tokens
-/// of interworking.md §2 (LCS's `away`/`busy`, `meeting`, …). The shipped `presence.toml` has a
-/// row for each (a test checks it).
+/// LCS peers send beyond it (`away`/`busy`, `meeting`, …; docs/mapping.md §2). The shipped
+/// `presence.toml` has a row for each (a test checks it).
 pub const KNOWN_ACTIVITIES: &[&str] = &[
     "appointment",
     "away",
@@ -826,7 +826,7 @@ fn parse_errors(text: &str, file: &str, problems: &mut Vec<TableProblem>) -> Opt
 mod tests {
     use super::*;
 
-    /// Every status code listed in interworking.md §4.
+    /// Every status code docs/mapping.md §3 gives a row.
     const INTERWORKING_CODES: &[u16] = &[
         400, 401, 403, 404, 405, 406, 407, 408, 410, 413, 414, 415, 416, 420, 480, 481, 482, 483,
         484, 485, 486, 487, 488, 491, 500, 501, 502, 503, 504, 505, 513, 600, 603, 604, 606,

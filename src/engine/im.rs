@@ -1,5 +1,5 @@
 //! Session-mode instant messaging between XMPP and LCS (the profile's "Instant Messaging",
-//! interworking.md §3), sans-IO: stanzas and edge events in, stanzas and SIP requests/responses
+//! docs/mapping.md §4), sans-IO: stanzas and edge events in, stanzas and SIP requests/responses
 //! out, timers through [`ImEngine::poll_timeout`].
 //!
 //! XMPP → LCS: a `<message type='chat'|'normal'>` with a body opens (or reuses) one INVITE

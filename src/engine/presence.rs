@@ -1,4 +1,4 @@
-//! Presence federation between XMPP and LCS (interworking.md §2, the profile's "Presence
+//! Presence federation between XMPP and LCS (docs/mapping.md §5, the profile's "Presence
 //! Documents"), sans-IO: presence stanzas and SIP edge events in; stanzas, SIP requests and
 //! responses and store writes out, in the order they must happen; timers through
 //! [`PresenceEngine::poll_timeout`].

@@ -1,6 +1,6 @@
 //! Header names and typed header values, RFC 3261 §7.3 and §20, RFC 6665 §8.2 (Event,
-//! Subscription-State), RFC 5626 / RFC 5627 Contact parameters, and the Microsoft parameters
-//! listed in `lcs-quirks.md` (`epid`, `ms-received-port`, `proxy=replace`).
+//! Subscription-State), RFC 5626 / RFC 5627 Contact parameters, and Microsoft's parameters
+//! (`epid`, `ms-received-port`, `proxy=replace`; [MS-SIPRE], docs/sip.md "Microsoft extensions").
 //!
 //! Values are parsed on demand from the raw header text and borrow from it; parameters stay raw
 //! ([`Params`]) so nothing unknown is lost.

@@ -3,7 +3,8 @@
 //! RFC 3264 §6 (every m-line the answerer does not take gets port 0).
 //!
 //! Microsoft endpoints also send `m=message <port> sip null` and (older servers)
-//! `m=x-ms-message 5060 sip null` (lcs-quirks.md); all are accepted as a message session.
+//! `m=x-ms-message 5060 sip null` (docs/sip.md "Microsoft extensions"); all are accepted as a
+//! message session.
 //! Lines are kept as written so nothing the peer sent is lost; only the m-line port is edited.
 //! (The `sdp-types` crate parses these m-lines too, but the bridge needs only this lossless
 //! line view and three operations, so it is written here.)
@@ -46,7 +47,7 @@ pub struct Media {
 }
 
 impl Media {
-    /// `true` for the m-lines that mean a SIP message session (profile; lcs-quirks.md).
+    /// `true` for the m-lines that mean a SIP message session (the profile's, and Microsoft's).
     pub fn is_message_session(&self) -> bool {
         let proto_ok = self.proto.eq_ignore_ascii_case("sip/tcp")
             || self.proto.eq_ignore_ascii_case("sip")

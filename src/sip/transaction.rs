@@ -431,7 +431,7 @@ impl Transactions {
             Method::Ack => self.event(TxEvent::Ack { conn, request }),
             Method::Cancel => self.receive_cancel(conn, key, request),
             Method::Benotify => {
-                // Microsoft's best-effort NOTIFY expects no response (lcs-quirks.md): no
+                // Microsoft's best-effort NOTIFY expects no response ([MS-SIP] §3.5): no
                 // server transaction is kept for it, since none would ever complete.
                 let tx = self.id();
                 self.event(TxEvent::Request { tx, conn, request });
