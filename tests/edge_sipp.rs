@@ -1,5 +1,5 @@
 //! The edge against a real third-party SIP stack: Debian's SIPp over TCP behind socat's mutual
-//! TLS (peers.md). The test plays the layer above the edge (it reads [`EdgeEvent`]s and uses
+//! TLS (tests/common/sipp.rs). The test plays the layer above the edge (it reads [`EdgeEvent`]s and uses
 //! [`EdgeHandle`]), SIPp plays the LCS peer at `contoso.com`.
 //!
 //! - OPTIONS and a refusal: SIPp sends OPTIONS and expects the profile's 200 with

@@ -1,5 +1,6 @@
 //! Golden files for the SIP codec and `inspect sip`: LCS/OCS/Lync-style messages carrying the
-//! headers listed in lcs-quirks.md, plus malformed ones (`neg-*`).
+//! Microsoft's parameters and headers (docs/sip.md "Microsoft extensions"), plus malformed ones
+//! (`neg-*`).
 //!
 //! Every `tests/golden/sip/NAME.sip` goes through [`lcs_bridge::inspect::sip`] and the result is
 //! compared with `NAME.json`: `{"ok": <view>}` or `{"error": "<message>"}`. `BLESS=1` rewrites

@@ -4,7 +4,7 @@
 # Idempotent: on a machine that already has everything it touches nothing and
 # prints one line per peer. On a fresh Debian 12 machine it runs `apt-get update`
 # once, installs the missing Debian packages, then pip-installs the missing
-# Python modules. See docs/testing.md and docs shared/design/peers.md.
+# Python modules. See docs/testing.md.
 #
 # The Debian packages prosody and ejabberd come with system services; the tests
 # never use them (each test starts its own instance on free loopback ports), so

@@ -605,7 +605,7 @@ fn count_presence(w: &mut World<Prosody>, from: &str, kind: &str) -> usize {
 }
 
 /// (5) alice watches bob, and bob's side ends the subscription with each reason in turn
-/// (interworking.md §2, RFC 6665 §4.1.3), each in a fresh dialog (one SIPp call each):
+/// (RFC 6665 §4.1.3, docs/mapping.md §5), each in a fresh dialog (one SIPp call each):
 /// `deactivated` → a new SUBSCRIBE at once; `probation;retry-after=1` → a new SUBSCRIBE after a
 /// second, `unavailable` meanwhile; `timeout` → at once again (the `active` in between reset
 /// the backoff); `rejected` → `unsubscribed`, and nothing more. The first `active` NOTIFY

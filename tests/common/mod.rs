@@ -42,7 +42,7 @@ use tempfile::TempDir;
 
 /// A private ejabberd on free loopback ports; stopped on drop.
 ///
-/// Follows shared/design/peers.md: `ejabberdctl … foreground` with its own
+/// Runs `ejabberdctl … foreground` with its own
 /// ctl-config (`ERLANG_NODE`, `ERL_DIST_PORT`, `INET_DIST_INTERFACE=127.0.0.1`, so
 /// no epmd and nothing on 0.0.0.0). Debian's ejabberdctl only runs as root (it then
 /// switches to the `ejabberd` user, via `su`, in a new session) or as `ejabberd`;

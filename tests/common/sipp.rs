@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)] // test fixture: a failure to set one up is a test failure
 
-//! SIPp (Debian's build: TCP only) behind socat's mutual TLS, as in shared/design/peers.md:
+//! SIPp (Debian's build: TCP only) behind socat's mutual TLS:
 //! socat `OPENSSL-LISTEN` in front of a SIPp UAS for a peer the bridge calls, socat
 //! `TCP-LISTEN` → `OPENSSL` for a SIPp UAC that calls the bridge; SIPp's message log parsed
 //! back into [`LoggedMessage`]s for exact checks of what went over the wire.
