@@ -641,3 +641,46 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads a minimal configuration with `extra` appended to `[sip]`, from `dir` (paths in
+    /// it are resolved against it, so all loads from one directory compare equal there).
+    fn load(dir: &Path, extra: &str) -> config::Config {
+        let path = dir.join("c.toml");
+        let text = format!(
+            "[xmpp]\nsecret = \"s3cret\"\ncomponent_domains = [\"lcs.example.org\"]\n\
+             local_domains = [\"example.org\"]\n\n[sip]\npublic_fqdn = \"sip.example.org\"\n\
+             cert_chain = \"edge.crt\"\nprivate_key = \"edge.key\"\nca_bundle = \"ca.crt\"\n{extra}"
+        );
+        std::fs::write(&path, text).expect("write");
+        config::load_with_env(&path, Vec::<(String, String)>::new()).expect("config")
+    }
+
+    /// What SIGHUP applies (limits, federation) is not named; what it does not is, by section.
+    #[test]
+    fn sighup_names_what_needs_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let load = |extra: &str| load(dir.path(), extra);
+        let running = load("");
+        assert!(needs_restart(&running, &running).is_empty());
+        let reloadable = load(
+            "max_connections = 100\nmax_dns_lookups = 32\n\n[federation]\ndefault_policy = \"deny\"\n",
+        );
+        assert!(needs_restart(&reloadable, &running).is_empty());
+        let changed = load(
+            "message_timeout_secs = 5\nmax_headers = 64\n\n[presence]\nmax_pending_per_user = 5\n\n[im]\nsession_idle_secs = 60\n",
+        );
+        assert_eq!(
+            needs_restart(&changed, &running),
+            [
+                "the [sip] message size limits",
+                "the [sip] timeouts",
+                "[presence]",
+                "[im]"
+            ]
+        );
+    }
+}

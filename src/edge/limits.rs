@@ -342,8 +342,8 @@ pub fn backlog(queued: usize, max: usize) -> Backlog {
 }
 
 /// After reading was paused for `sip.message_timeout_secs`: whether the peer is the cause
-/// (over an eighth of the limit still unsent: it reads nothing) and the connection must be closed,
-/// rather than the edge's core being behind on the frames already read.
+/// (over an eighth of the limit still unsent: it reads nothing) and the connection must be
+/// closed, rather than the edge's core being behind on the frames already read.
 pub fn not_reading(unsent: usize, max: usize) -> bool {
     backlog(unsent, max) != Backlog::Ok
 }
@@ -626,9 +626,10 @@ mod tests {
     /// The writer and the core bring a paused connection's backlog down at the same time, each
     /// its own counter. Here the core's decrement lands just before the writer's, and the core
     /// decides after the writer: each side's decision sees the other's decrement already
-    /// applied. Deciding from "before → after" (the backlog crossed half the limit with this
-    /// decrement), neither saw a crossing (before 400 + 100 = 500 for the writer, 100 + 400
-    /// for the core: already at an eighth of 4,000) and the reader slept until `sip.message_timeout_secs`.
+    /// applied. Deciding from "before → after" (the backlog crossed an eighth of the limit
+    /// with this decrement), neither saw a crossing (before 400 + 100 = 500 for the writer,
+    /// 100 + 400 for the core: already at an eighth of 4,000) and the reader slept until
+    /// `sip.message_timeout_secs`.
     /// Deciding from the state after the decrement while the reader is paused, both wake it.
     #[test]
     fn a_paused_reader_is_woken_whichever_side_brings_the_backlog_down() {
@@ -653,8 +654,8 @@ mod tests {
             } else {
                 (b.processed(300), b.written(300))
             };
-            // The first crosses an eighth of the limit (800 → 500); the second, while the reader has
-            // not run yet, wakes it again (one stored permit; the reader re-checks the state).
+            // The first crosses an eighth of the limit (800 → 500); the second, while the
+            // reader has not run yet, wakes it again (one stored permit; the reader re-checks the state).
             assert!(first && second, "{writer_first}");
         }
         // Not paused: nothing to wake; paused but still over an eighth: not yet.
