@@ -16,23 +16,19 @@ use tracing_subscriber::EnvFilter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, LogFormat};
-use crate::core::address::AddressBook;
 use crate::core::tables::Mappings;
 use crate::edge::dns::Discovery;
 use crate::edge::limits::EdgeLimits;
 use crate::edge::pool::PoolLimits;
-use crate::edge::server::{EdgeEvent, EdgeEvents};
+use crate::edge::server::EdgeEvents;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
-use crate::engine::Output;
+use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings, WallClock};
 use crate::policy::ServedDomains;
-use crate::sip::message::Message;
-use crate::sip::message::Method;
-use crate::sip::transaction::{TxEvent, TxId};
 use crate::store::{self, SledStore, Store, StoreError, Subscription};
-use crate::xmpp::gateway::{self, GatewayInfo};
+use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
 /// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level.
@@ -75,16 +71,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         anyhow!("mapping tables: {}", lines.join("; "))
     })?;
     let book = cfg.address_book().context("xmpp")?;
-    // Opened before anything is served, and held (with sled's lock) until the end of `run`.
-    let opened = Instant::now();
-    let store =
-        Arc::new(SledStore::open(&store::sled_dir(cfg.storage_path())).context("storage.path")?);
-    info!(
-        path = %store.path().display(),
-        schema_version = store.schema_version(),
-        open_ms = opened.elapsed().as_millis() as u64,
-        "store opened"
-    );
+    // Opened before anything is served, and held (with its lock) until the end of `run`.
+    let store = open_store(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,7 +107,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let mut presence = PresenceEngine::new(
+        let presence = PresenceEngine::new(
             presence_settings(&cfg),
             book.clone(),
             mappings.clone(),
@@ -127,16 +115,16 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             crate::random::seed(),
             clock,
         );
-        let restored = presence.restore(Instant::now(), stored_subscriptions(store.as_ref()));
-        let info = GatewayInfo::new(cfg.xmpp.gateway_name.clone());
+        let iq = IqEngine::new(
+            book.clone(),
+            GatewayInfo::new(cfg.xmpp.gateway_name.clone()),
+        );
+        let restored = stored_subscriptions(store.as_ref());
         let (stop, stop_rx) = mpsc::channel(1);
         let runner = Runner {
-            im,
-            presence,
+            bridge: Bridge::standard(presence, im, iq),
             edge: edge.clone(),
             link,
-            book: book.clone(),
-            info,
             store: store.clone(),
         };
         tokio::spawn(runner.run(restored, events, link_events, stop_rx));
@@ -169,6 +157,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     drop(store);
     info!("stopped");
     Ok(())
+}
+
+/// Opens the store the configuration names (`storage.path`), holding its lock until dropped.
+fn open_store(cfg: &config::Config) -> anyhow::Result<Arc<dyn Store>> {
+    let opened = Instant::now();
+    let store = SledStore::open(&store::sled_dir(cfg.storage_path())).context("storage.path")?;
+    info!(
+        path = %store.path().display(),
+        schema_version = store.schema_version(),
+        open_ms = opened.elapsed().as_millis() as u64,
+        "store opened"
+    );
+    Ok(Arc::new(store))
 }
 
 fn load_tls(sip: &config::SipConfig) -> Result<TlsConfigs, String> {
@@ -216,7 +217,7 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
 
 /// Every readable subscription in the store; unreadable ones are logged and skipped (they stay
 /// for `lcs-bridge store export` to show).
-fn stored_subscriptions(store: &dyn Store) -> std::vec::IntoIter<Subscription> {
+fn stored_subscriptions(store: &dyn Store) -> Vec<Subscription> {
     let mut subs = Vec::new();
     for r in store.subscriptions() {
         match r {
@@ -229,207 +230,104 @@ fn stored_subscriptions(store: &dyn Store) -> std::vec::IntoIter<Subscription> {
         }
     }
     info!(count = subs.len(), "subscriptions restored from the store");
-    subs.into_iter()
+    subs
 }
 
-/// Most consecutive synced writes the runner joins into one batch.
-const PERSIST_BATCH: usize = 1024;
-
-/// The engines' task: edge events, component stanzas and the engines' timers in; their
-/// outputs to the store, the edge and the link.
+/// The engines' task: edge events, component stanzas and the engines' timers into the
+/// [`Bridge`]; its actions to the store, the edge and the link. Every protocol decision is the
+/// bridge's; this task only does what it is told and reports what failed.
 struct Runner {
-    im: ImEngine,
-    presence: PresenceEngine,
+    bridge: Bridge,
     edge: Arc<EdgeHandle>,
     link: LinkHandle,
-    book: AddressBook,
-    info: GatewayInfo,
-    store: Arc<SledStore>,
-}
-
-/// Which engine an output batch came from (they are executed differently).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Im,
-    Presence,
+    store: Arc<dyn Store>,
 }
 
 impl Runner {
-    /// Dispatch: presence stanzas and SUBSCRIBE/NOTIFY/BENOTIFY to the presence engine,
-    /// messages and other requests to IM, IQs to the gateway handler; a transaction's events
-    /// to the engine that started it; a lost connection to both. `stop` asks for the shutdown
-    /// presences; the task answers on the channel it is given when they are queued.
+    /// Runs until the edge or the link ends, or `stop` asks for the shutdown presences (the
+    /// task answers on the channel it is given when they are queued on the link).
     async fn run(
         mut self,
-        restored: Vec<Output>,
+        restored: Vec<Subscription>,
         mut edge_events: EdgeEvents,
         mut link_events: mpsc::Receiver<LinkEvent>,
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         let started = Instant::now();
-        let outputs = restored.len();
-        self.execute(Source::Presence, restored).await;
+        self.bridge.handle(started, Input::Restore(restored));
+        let actions = self.execute().await;
         info!(
-            outputs,
+            actions,
             ms = started.elapsed().as_millis() as u64,
             "stored subscriptions taken up"
         );
         loop {
-            let deadline = match (self.im.poll_timeout(), self.presence.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = self.bridge.poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
                     None => std::future::pending().await,
                 }
             };
-            let batches: Vec<(Source, Vec<Output>)> = tokio::select! {
+            tokio::select! {
                 e = edge_events.recv() => match e {
-                    Some(e) => self.on_edge(e),
+                    Some(e) => self.bridge.handle(Instant::now(), Input::Edge(e)),
                     None => return,
                 },
                 l = link_events.recv() => match l {
-                    Some(LinkEvent::Stanza(el)) if el.name() == "iq" => {
-                        if let Some(reply) = gateway::handle_iq(&el, &self.book, &self.info) {
-                            send_stanza(&self.link, reply);
-                        }
-                        continue;
-                    }
-                    Some(LinkEvent::Stanza(el)) if el.name() == "presence" => {
-                        vec![(Source::Presence, self.presence.on_stanza(Instant::now(), el))]
-                    }
-                    Some(LinkEvent::Stanza(el)) => {
-                        vec![(Source::Im, self.im.on_stanza(Instant::now(), el))]
-                    }
+                    Some(LinkEvent::Stanza(el)) => self.bridge.handle(Instant::now(), Input::Stanza(el)),
                     Some(LinkEvent::Up { domain }) => {
-                        info!(%domain, "component link up");
-                        continue;
+                        self.bridge.handle(Instant::now(), Input::LinkUp { domain })
                     }
                     Some(LinkEvent::Down { domain, reason }) => {
-                        warn!(%domain, %reason, "component link down; stanzas are queued");
-                        continue;
+                        self.bridge.handle(Instant::now(), Input::LinkDown { domain, reason })
                     }
                     None => return,
                 },
                 done = stop.recv() => {
-                    info!(
-                        hits = %crate::edge::limits::summary(
-                            self.presence.limit_hits().iter().map(|(k, n)| (*k, *n))
-                        ),
-                        "presence stopping; pending-subscription limits hit since the start"
-                    );
-                    let outputs = self.presence.shutdown();
-                    self.execute(Source::Presence, outputs).await;
+                    self.bridge.shutdown();
+                    self.execute().await;
                     self.drain_link().await;
                     if let Some(done) = done {
                         let _ = done.send(());
                     }
                     return;
                 }
-                _ = sleep => {
-                    let now = Instant::now();
-                    vec![
-                        (Source::Im, self.im.handle_timeout(now)),
-                        (Source::Presence, self.presence.handle_timeout(now)),
-                    ]
-                }
-            };
-            for (from, outputs) in batches {
-                self.execute(from, outputs).await;
+                _ = sleep => self.bridge.handle_timeout(Instant::now()),
             }
+            self.execute().await;
         }
     }
 
-    fn on_edge(&mut self, event: EdgeEvent) -> Vec<(Source, Vec<Output>)> {
-        let now = Instant::now();
-        let owner = |tx: TxId, presence: &PresenceEngine| {
-            if presence.owns(tx) {
-                Source::Presence
-            } else {
-                Source::Im
-            }
-        };
-        let to = match &event {
-            EdgeEvent::Request { request, .. } => match request.method() {
-                Some(m) if PresenceEngine::handles(m) => Source::Presence,
-                _ => Source::Im,
-            },
-            EdgeEvent::Transaction(
-                TxEvent::Response { tx, .. }
-                | TxEvent::Timeout { tx }
-                | TxEvent::TransportError { tx },
-            )
-            | EdgeEvent::Undeliverable { tx, .. } => owner(*tx, &self.presence),
-            EdgeEvent::Transaction(_) => Source::Im,
-            EdgeEvent::ConnectionLost { .. } => {
-                return vec![
-                    (Source::Im, self.im.on_edge(now, event.clone())),
-                    (Source::Presence, self.presence.on_edge(now, event)),
-                ];
-            }
-        };
-        match to {
-            Source::Im => vec![(Source::Im, self.im.on_edge(now, event))],
-            Source::Presence => vec![(Source::Presence, self.presence.on_edge(now, event))],
-        }
-    }
-
-    /// Runs one engine's outputs. IM: stanzas first, so that a 200 whose stanza the link could
-    /// not queue becomes 503 (Retry-After) and nothing is lost silently. Presence: strictly in
-    /// order, each store write durable (or, for `PersistLazy`, written) before the next output;
-    /// a stanza the link refused turns a following 2xx to SUBSCRIBE into 503, a failed store
-    /// write turns following 2xx responses into 500 (the change was not kept: LCS tries
-    /// again).
-    async fn execute(&mut self, from: Source, outputs: Vec<Output>) {
-        let outputs = match from {
-            Source::Im => {
-                let (stanzas, rest): (Vec<Output>, Vec<Output>) = outputs
-                    .into_iter()
-                    .partition(|o| matches!(o, Output::Stanza(_)));
-                stanzas.into_iter().chain(rest).collect()
-            }
-            Source::Presence => outputs,
-        };
-        let mut refused = false;
-        let mut unsaved = false;
-        let mut outputs = outputs.into_iter().peekable();
-        while let Some(o) = outputs.next() {
-            match o {
-                Output::Stanza(el) => refused |= !send_stanza(&self.link, el),
-                Output::Request { tx, request, route } => {
-                    self.edge.send_request_as(tx, request, route).await
-                }
-                Output::Respond { tx, mut response } => {
-                    let ok = response.status().is_some_and(|s| (200..300).contains(&s));
-                    let subscribe = response.cseq().is_ok_and(|c| c.method == Method::Subscribe);
-                    if unsaved && ok {
-                        response = unsaved_reply(&response);
-                    } else if refused
-                        && ((from == Source::Im && response.status() == Some(200))
-                            || (from == Source::Presence && ok && subscribe))
-                    {
-                        response = overloaded(&response);
+    /// Runs the bridge's actions in order, each store write done (durable ones synced) before
+    /// the next; what failed is reported back. Returns how many actions ran.
+    async fn execute(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(action) = self.bridge.poll_action() {
+            n += 1;
+            let done = match action {
+                Action::Stanza(el) => match self.link.send(el) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(reason = %e, "stanza not sent to the XMPP server");
+                        self.bridge.report(Failure::StanzaRefused);
+                        continue;
                     }
-                    self.edge.respond(tx, response).await
+                },
+                Action::Request { tx, request, route } => {
+                    self.edge.send_request_as(tx, request, route).await;
+                    true
                 }
-                Output::Ack { conn, ack } => self.edge.send_ack(conn, ack).await,
-                Output::Persist(sub) => {
-                    // Consecutive synced writes (a restart's CSeq reservations, one per
-                    // restored watcher) go as one batch: one sync, all durable before the
-                    // next output as before.
-                    let mut batch = vec![*sub];
-                    while batch.len() < PERSIST_BATCH {
-                        match outputs.next_if(|o| matches!(o, Output::Persist(_))) {
-                            Some(Output::Persist(sub)) => batch.push(*sub),
-                            _ => break,
-                        }
-                    }
-                    unsaved |= !self.write(batch, true).await;
+                Action::Respond { tx, response } => {
+                    self.edge.respond(tx, response).await;
+                    true
                 }
-                Output::PersistLazy(sub) => unsaved |= !self.write(vec![*sub], false).await,
-                Output::Forget {
+                Action::Ack { conn, ack } => {
+                    self.edge.send_ack(conn, ack).await;
+                    true
+                }
+                Action::Write { subs, durable } => self.write(subs, durable).await,
+                Action::Forget {
                     direction,
                     local,
                     remote,
@@ -439,13 +337,18 @@ impl Runner {
                         store.remove_subscription(direction, &local, &remote)
                     })
                     .await;
-                    if !matches!(r, Ok(Ok(_))) {
+                    let ok = matches!(r, Ok(Ok(_)));
+                    if !ok {
                         error!(result = ?r, "store: subscription not removed");
-                        unsaved = true;
                     }
+                    ok
                 }
+            };
+            if !done {
+                self.bridge.report(Failure::StoreFailed);
             }
         }
+        n
     }
 
     /// Writes subscriptions off the async threads (a synced write waits for the disk); more
@@ -481,29 +384,6 @@ impl Runner {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// Queues a stanza on the link; false (and a log line) when it cannot be.
-fn send_stanza(link: &LinkHandle, stanza: xmpp_parsers::minidom::Element) -> bool {
-    match link.send(stanza) {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(reason = %e, "stanza not sent to the XMPP server");
-            false
-        }
-    }
-}
-
-/// A 500 in place of a 2xx whose state change the store did not keep.
-fn unsaved_reply(ok: &Message) -> Message {
-    ok.with_status(500, "Server Internal Error: state not saved")
-}
-
-/// A 503 in place of a 200 the XMPP side could not take (the link's queue is full).
-fn overloaded(ok: &Message) -> Message {
-    let mut r = ok.with_status(503, "Service Unavailable: XMPP server unreachable");
-    r.push_header("Retry-After", "5");
-    r
 }
 
 /// The edge's settings from the configuration.

@@ -7,6 +7,7 @@
 //! Both engines return [`Output`]s, which the runner (`app.rs`) executes **in order**; store
 //! writes ([`Output::Persist`], [`Output::Forget`]) are durable before the next output runs.
 
+pub mod bridge;
 pub mod im;
 pub mod presence;
 
@@ -116,3 +117,8 @@ pub(crate) fn parties(
         display: from.display_name.map(str::to_owned),
     })
 }
+
+#[cfg(test)]
+mod world;
+#[cfg(test)]
+mod world_tests;

@@ -1,0 +1,513 @@
+//! [`Bridge`]: the engines behind one sans-IO interface.
+//!
+//! The runner (`app.rs`) gives the bridge every input — SIP edge events, component stanzas,
+//! the component link going up and down, the subscriptions read from the store — with the time
+//! it happened, and executes the [`Action`]s it drains with [`Bridge::poll_action`], in order.
+//! The bridge decides everything protocol-shaped in between:
+//!
+//! - **Routing.** Each input goes to the first engine whose [`Engine::takes`] accepts it, in
+//!   the order the engines were given; a lost connection and the link's state go to every
+//!   engine that takes them. Adding an engine is one more entry in that list.
+//! - **Order.** An engine's outputs for one input form a batch, run in order; an engine may ask
+//!   for its stanzas to go first ([`Engine::stanzas_first`]), so that a SIP answer follows what
+//!   it acknowledges. Consecutive durable store writes of a batch are joined into one
+//!   [`Action::Write`] (one sync).
+//! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
+//!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
+//!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
+//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again).
+//! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
+//!   [`Bridge::handle_timeout`] runs the engines that are due.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+use xmpp_parsers::minidom::Element;
+
+use super::Output;
+use super::im::ImEngine;
+use super::presence::PresenceEngine;
+use crate::core::address::AddressBook;
+use crate::edge::core::Route;
+use crate::edge::server::EdgeEvent;
+use crate::sip::message::{Message, Method};
+use crate::sip::transaction::{ConnId, TxEvent, TxId};
+use crate::store::{Direction, Subscription};
+use crate::xmpp::gateway::{self, GatewayInfo};
+
+/// Most consecutive durable writes joined into one [`Action::Write`].
+pub const WRITE_BATCH: usize = 1024;
+
+/// What happens to the bridge.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// An event from the SIP edge.
+    Edge(EdgeEvent),
+    /// A stanza from the component link, as the XMPP server sent it.
+    Stanza(Element),
+    /// A component domain's stream is authenticated (the first time, or again after a loss).
+    LinkUp { domain: String },
+    /// A component domain's stream was lost; the link queues stanzas and reconnects.
+    LinkDown { domain: String, reason: String },
+    /// The subscriptions read from the store at start.
+    Restore(Vec<Subscription>),
+}
+
+impl Input {
+    /// Inputs every engine that takes them sees (the others go to one engine).
+    fn is_shared(&self) -> bool {
+        matches!(
+            self,
+            Input::Edge(EdgeEvent::ConnectionLost { .. })
+                | Input::LinkUp { .. }
+                | Input::LinkDown { .. }
+        )
+    }
+}
+
+/// What the runner could not do; see [`Bridge::report`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The component link refused a stanza (its queue for the domain is full).
+    StanzaRefused,
+    /// A store write or removal failed.
+    StoreFailed,
+}
+
+/// What the runner must do, in the order the bridge gives them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Queue a stanza on the component link; report [`Failure::StanzaRefused`] if it cannot.
+    Stanza(Element),
+    /// Send a SIP request as client transaction `tx`.
+    Request {
+        tx: TxId,
+        request: Message,
+        route: Route,
+    },
+    /// Answer server transaction `tx`.
+    Respond { tx: TxId, response: Message },
+    /// Send the ACK for a 2xx on the dialog's connection.
+    Ack { conn: ConnId, ack: Message },
+    /// Write these subscriptions — durably (one atomic batch, one sync) before the next
+    /// action, or lazily; report [`Failure::StoreFailed`] if that fails.
+    Write {
+        subs: Vec<Subscription>,
+        durable: bool,
+    },
+    /// Remove a subscription, durably, before the next action; report
+    /// [`Failure::StoreFailed`] if that fails.
+    Forget {
+        direction: Direction,
+        local: String,
+        remote: String,
+    },
+}
+
+/// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
+pub trait Engine: Send + Sync {
+    /// Its name, for logs.
+    fn name(&self) -> &'static str;
+    /// Whether it takes this input. An input that is not shared goes to the first engine
+    /// that takes it, so a catch-all engine comes last.
+    fn takes(&self, input: &Input) -> bool;
+    /// Handles an input it takes.
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output>;
+    /// Its next deadline.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Its deadlines due at `now`.
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Output>;
+    /// Whether a batch's stanzas run before its other outputs.
+    fn stanzas_first(&self) -> bool {
+        false
+    }
+    /// Whether `response` promises that the batch's stanzas reached the XMPP side, so it must
+    /// not be sent as it is when the link refused one of them.
+    fn promises_delivery(&self, _response: &Message) -> bool {
+        false
+    }
+    /// Its last outputs before the bridge stops.
+    fn shutdown(&mut self) -> Vec<Output> {
+        Vec::new()
+    }
+}
+
+/// One output waiting, with the batch it belongs to.
+struct Queued {
+    output: Output,
+    batch: u64,
+    engine: usize,
+}
+
+/// The engines, the routing between them and the order of their outputs. See the module
+/// documentation.
+pub struct Bridge {
+    engines: Vec<Box<dyn Engine>>,
+    queue: VecDeque<Queued>,
+    next_batch: u64,
+    /// The batch the last action came from, and what failed in it so far.
+    current: u64,
+    refused: bool,
+    unsaved: bool,
+    /// Component domains whose stream was lost and has not come back.
+    down: BTreeSet<String>,
+}
+
+impl Bridge {
+    /// The engines in routing order (see [`Engine::takes`]).
+    pub fn new(engines: Vec<Box<dyn Engine>>) -> Bridge {
+        Bridge {
+            engines,
+            queue: VecDeque::new(),
+            next_batch: 1,
+            current: 0,
+            refused: false,
+            unsaved: false,
+            down: BTreeSet::new(),
+        }
+    }
+
+    /// The bridge's engines in routing order: presence, the component's IQ answers, IM (which
+    /// takes every message stanza and every SIP request and transaction the others leave).
+    pub fn standard(presence: PresenceEngine, im: ImEngine, iq: IqEngine) -> Bridge {
+        Bridge::new(vec![Box::new(presence), Box::new(iq), Box::new(im)])
+    }
+
+    /// An input at `now`.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match &input {
+            Input::LinkUp { domain } => {
+                info!(%domain, "component link up");
+                if !self.down.remove(domain) {
+                    // The first Up: nothing was missed.
+                    return;
+                }
+            }
+            Input::LinkDown { domain, reason } => {
+                warn!(%domain, %reason, "component link down; stanzas are queued");
+                self.down.insert(domain.clone());
+            }
+            _ => {}
+        }
+        if input.is_shared() {
+            for i in 0..self.engines.len() {
+                if self.engines[i].takes(&input) {
+                    let out = self.engines[i].handle(now, input.clone());
+                    self.push(i, out);
+                }
+            }
+            return;
+        }
+        match self.engines.iter().position(|e| e.takes(&input)) {
+            Some(i) => {
+                let out = self.engines[i].handle(now, input);
+                self.push(i, out);
+            }
+            None => debug!(input = ?input_kind(&input), "no engine takes this input"),
+        }
+    }
+
+    /// The runner could not do the last action it took.
+    pub fn report(&mut self, failure: Failure) {
+        match failure {
+            Failure::StanzaRefused => self.refused = true,
+            Failure::StoreFailed => self.unsaved = true,
+        }
+    }
+
+    /// The next action, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        let Queued {
+            output,
+            batch,
+            engine,
+        } = self.queue.pop_front()?;
+        if batch != self.current {
+            self.current = batch;
+            self.refused = false;
+            self.unsaved = false;
+        }
+        Some(match output {
+            Output::Stanza(el) => Action::Stanza(el),
+            Output::Request { tx, request, route } => Action::Request { tx, request, route },
+            Output::Respond { tx, response } => Action::Respond {
+                tx,
+                response: self.answer(engine, response),
+            },
+            Output::Ack { conn, ack } => Action::Ack { conn, ack },
+            Output::Persist(sub) => {
+                let mut subs = vec![*sub];
+                while subs.len() < WRITE_BATCH {
+                    match self.queue.front() {
+                        Some(q) if q.batch == batch && matches!(q.output, Output::Persist(_)) => {
+                            if let Some(Queued {
+                                output: Output::Persist(sub),
+                                ..
+                            }) = self.queue.pop_front()
+                            {
+                                subs.push(*sub);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                Action::Write {
+                    subs,
+                    durable: true,
+                }
+            }
+            Output::PersistLazy(sub) => Action::Write {
+                subs: vec![*sub],
+                durable: false,
+            },
+            Output::Forget {
+                direction,
+                local,
+                remote,
+            } => Action::Forget {
+                direction,
+                local,
+                remote,
+            },
+        })
+    }
+
+    /// The earliest of the engines' deadlines.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.engines.iter().filter_map(|e| e.poll_timeout()).min()
+    }
+
+    /// Runs the engines whose deadline is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.engines.len() {
+            if self.engines[i].poll_timeout().is_some_and(|d| d <= now) {
+                let out = self.engines[i].handle_timeout(now);
+                self.push(i, out);
+            }
+        }
+    }
+
+    /// The engines' last outputs (XEP-0100 unavailable presences), queued like any others.
+    pub fn shutdown(&mut self) {
+        for i in 0..self.engines.len() {
+            let out = self.engines[i].shutdown();
+            self.push(i, out);
+        }
+    }
+
+    /// Whether actions are waiting.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn push(&mut self, engine: usize, outputs: Vec<Output>) {
+        if outputs.is_empty() {
+            return;
+        }
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        let queued = |output| Queued {
+            output,
+            batch,
+            engine,
+        };
+        if self.engines[engine].stanzas_first() {
+            let (stanzas, rest): (Vec<Output>, Vec<Output>) = outputs
+                .into_iter()
+                .partition(|o| matches!(o, Output::Stanza(_)));
+            self.queue
+                .extend(stanzas.into_iter().chain(rest).map(queued));
+        } else {
+            self.queue.extend(outputs.into_iter().map(queued));
+        }
+    }
+
+    /// A response as it goes out, after what failed before it in its batch.
+    fn answer(&self, engine: usize, response: Message) -> Message {
+        let ok = response.status().is_some_and(|s| (200..300).contains(&s));
+        if self.unsaved && ok {
+            response.with_status(500, "Server Internal Error: state not saved")
+        } else if self.refused && self.engines[engine].promises_delivery(&response) {
+            let mut r = response.with_status(503, "Service Unavailable: XMPP server unreachable");
+            r.push_header("Retry-After", "5");
+            r
+        } else {
+            response
+        }
+    }
+}
+
+/// An input's kind, for logs (never its content).
+fn input_kind(input: &Input) -> &'static str {
+    match input {
+        Input::Edge(EdgeEvent::Request { .. }) => "request",
+        Input::Edge(EdgeEvent::Transaction(_)) => "transaction",
+        Input::Edge(EdgeEvent::Undeliverable { .. }) => "undeliverable",
+        Input::Edge(EdgeEvent::ConnectionLost { .. }) => "connection lost",
+        Input::Stanza(_) => "stanza",
+        Input::LinkUp { .. } => "link up",
+        Input::LinkDown { .. } => "link down",
+        Input::Restore(_) => "restore",
+    }
+}
+
+/// The client transaction an edge event completes, if any.
+fn client_tx(event: &EdgeEvent) -> Option<TxId> {
+    match event {
+        EdgeEvent::Transaction(
+            TxEvent::Response { tx, .. } | TxEvent::Timeout { tx } | TxEvent::TransportError { tx },
+        )
+        | EdgeEvent::Undeliverable { tx, .. } => Some(*tx),
+        _ => None,
+    }
+}
+
+/// Whether a stanza is this element (any namespace the link delivers).
+fn stanza_named(input: &Input, name: &str) -> bool {
+    matches!(input, Input::Stanza(el) if el.name() == name)
+}
+
+impl Engine for PresenceEngine {
+    fn name(&self) -> &'static str {
+        "presence"
+    }
+
+    /// Presence stanzas, SUBSCRIBE/NOTIFY/BENOTIFY, its own transactions, lost connections,
+    /// the link coming back, and the restore.
+    fn takes(&self, input: &Input) -> bool {
+        match input {
+            Input::Stanza(_) => stanza_named(input, "presence"),
+            Input::Edge(EdgeEvent::Request { request, .. }) => {
+                request.method().is_some_and(PresenceEngine::handles)
+            }
+            Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
+            Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
+            Input::Restore(_) => true,
+            Input::LinkUp { .. } | Input::LinkDown { .. } => false,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        match input {
+            Input::Stanza(el) => self.on_stanza(now, el),
+            Input::Edge(event) => self.on_edge(now, event),
+            Input::Restore(subs) => self.restore(now, subs.into_iter()),
+            Input::LinkUp { .. } | Input::LinkDown { .. } => Vec::new(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        PresenceEngine::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        PresenceEngine::handle_timeout(self, now)
+    }
+
+    /// Only a 2xx to SUBSCRIBE: its `subscribe` stanza asked the local user.
+    fn promises_delivery(&self, response: &Message) -> bool {
+        response.status().is_some_and(|s| (200..300).contains(&s))
+            && response.cseq().is_ok_and(|c| c.method == Method::Subscribe)
+    }
+
+    fn shutdown(&mut self) -> Vec<Output> {
+        info!(
+            hits = %crate::edge::limits::summary(self.limit_hits().iter().map(|(k, n)| (*k, *n))),
+            "presence stopping; pending-subscription limits hit since the start"
+        );
+        PresenceEngine::shutdown(self)
+    }
+}
+
+impl Engine for ImEngine {
+    fn name(&self) -> &'static str {
+        "im"
+    }
+
+    /// Message stanzas, and every SIP request and transaction event left by the engines
+    /// before it.
+    fn takes(&self, input: &Input) -> bool {
+        match input {
+            Input::Stanza(_) => stanza_named(input, "message"),
+            Input::Edge(_) => true,
+            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) => false,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        match input {
+            Input::Stanza(el) => self.on_stanza(now, el),
+            Input::Edge(event) => self.on_edge(now, event),
+            _ => Vec::new(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        ImEngine::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        ImEngine::handle_timeout(self, now)
+    }
+
+    /// A 200 whose stanza must reach the XMPP side first.
+    fn stanzas_first(&self) -> bool {
+        true
+    }
+
+    /// A 200 to a MESSAGE or INVITE: its body was delivered.
+    fn promises_delivery(&self, response: &Message) -> bool {
+        response.status() == Some(200)
+    }
+}
+
+/// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
+/// XEP-0100 gateway, ping, version). IQ results and errors addressed to the component are
+/// taken and dropped: the bridge sends no IQ requests through the engines (the link answers
+/// and sends its own keep-alive pings), and an entity never answers a result or an error
+/// (RFC 6120 §8.2.3).
+pub struct IqEngine {
+    book: AddressBook,
+    info: GatewayInfo,
+}
+
+impl IqEngine {
+    pub fn new(book: AddressBook, info: GatewayInfo) -> IqEngine {
+        IqEngine { book, info }
+    }
+}
+
+impl Engine for IqEngine {
+    fn name(&self) -> &'static str {
+        "iq"
+    }
+
+    fn takes(&self, input: &Input) -> bool {
+        stanza_named(input, "iq")
+    }
+
+    fn handle(&mut self, _now: Instant, input: Input) -> Vec<Output> {
+        let Input::Stanza(iq) = input else {
+            return Vec::new();
+        };
+        match gateway::handle_iq(&iq, &self.book, &self.info) {
+            Some(reply) => vec![Output::Stanza(reply)],
+            None => {
+                debug!(
+                    kind = iq.attr("type").unwrap_or(""),
+                    "iq result or error dropped"
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,697 @@
+//! A test world for the whole bridge on a virtual clock: the [`Bridge`] wired to an in-memory
+//! XMPP server stand-in and an in-memory LCS edge stand-in, with a [`MemStore`]. Everything that
+//! crosses between them takes [`LATENCY`] of virtual time; [`World::settle`] delivers until
+//! nothing is in flight, [`World::run_for`] also runs the bridge's timers over a stretch of
+//! time. Nothing sleeps: a test of an hour of protocol runs in milliseconds.
+//!
+//! The stand-ins answer the way the real peers do, and no more:
+//! - the XMPP server keeps what each local user last said (presence), answers a probe with it
+//!   (RFC 6121 §4.3.2), and while a component's stream is down holds what the bridge sends
+//!   (as the link's queue does) and loses what its users send to the component;
+//! - the LCS edge answers INVITE with 200 and an SDP answer, MESSAGE/INFO/BYE/NOTIFY with 200,
+//!   SUBSCRIBE with 200 and then a NOTIFY in the new dialog (`active`, the user's PIDF, or
+//!   `terminated` for `Expires: 0`), as an LCS 2005 edge does for a federated partner.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xmpp_parsers::minidom::Element;
+
+use super::bridge::{Action, Bridge, Failure, Input, IqEngine};
+use super::im::{ImEngine, ImSettings};
+use super::presence::{PresenceEngine, PresenceSettings, WallClock};
+use crate::core::address::{AddressBook, AddressMode};
+use crate::core::tables::Mappings;
+use crate::edge::core::Route;
+use crate::edge::server::EdgeEvent;
+use crate::sip::message::{Message, Method};
+use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
+use crate::store::{MemStore, Store, Subscription};
+use crate::xmpp::gateway::GatewayInfo;
+
+/// One way across, for every message in the world.
+pub const LATENCY: Duration = Duration::from_millis(20);
+
+/// The component domain, the local XMPP domain and the LCS partner's domain.
+pub const COMPONENT: &str = "lcs.example.org";
+pub const LOCAL: &str = "example.org";
+pub const PUBLIC_FQDN: &str = "sip.example.org";
+
+/// The LCS user `user@contoso.com` as a JID of the component (XEP-0106).
+pub fn contact_jid(user: &str) -> String {
+    format!(r"{user}\40contoso.com@{COMPONENT}")
+}
+
+/// The PIDF an LCS edge sends for a user with this activity (the profile's single tuple).
+pub fn pidf(aor: &str, activity: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:ep="urn:ietf:params:xml:ns:pidf:status:rpid-status" entity="{aor}"><tuple id="0"><status><basic>open</basic><ep:activities><ep:activity>{activity}</ep:activity></ep:activities></status></tuple></presence>"#
+    )
+}
+
+/// A stanza in the component namespace.
+pub fn stanza(xml: &str) -> Element {
+    let el = xml.replacen(' ', " xmlns='jabber:component:accept' ", 1);
+    el.parse().expect("test stanza")
+}
+
+/// The XMPP server as the component sees it.
+#[derive(Default)]
+pub struct XmppServer {
+    /// Every stanza the bridge delivered, in order.
+    pub delivered: Vec<Element>,
+    /// The link's queue is full: the bridge's stanzas are refused.
+    pub refuse: bool,
+    /// Component domains whose stream is down, and what the link holds for them meanwhile.
+    down: BTreeSet<String>,
+    held: Vec<Element>,
+    /// Each local user's last presence: bare JID → (full JID, the stanza's content).
+    presence: BTreeMap<String, (String, String)>,
+}
+
+impl XmppServer {
+    /// The delivered stanzas, serialised, addressed to this bare JID.
+    pub fn to(&self, bare: &str) -> Vec<String> {
+        self.delivered
+            .iter()
+            .filter(|e| {
+                e.attr("to")
+                    .is_some_and(|t| t.split('/').next() == Some(bare))
+            })
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// What an LCS user's edge remembers of a dialog.
+#[derive(Clone)]
+struct LcsDialog {
+    call_id: String,
+    /// The bridge's tag and URI, and LCS's.
+    bridge_tag: String,
+    bridge_uri: String,
+    lcs_tag: String,
+    lcs_uri: String,
+    cseq: u32,
+    conn: ConnId,
+}
+
+/// The LCS edge and its users.
+pub struct LcsEdge {
+    /// Every request the bridge sent, in order.
+    pub received: Vec<Message>,
+    /// The bridge's answers to LCS's requests, by transaction.
+    pub answers: Vec<(TxId, Message)>,
+    /// ACKs the bridge sent.
+    pub acks: Vec<Message>,
+    /// Each LCS user's presence document (AOR → PIDF) sent in NOTIFYs.
+    pub documents: BTreeMap<String, String>,
+    /// Dialogs by (LCS AOR, method that made them).
+    dialogs: BTreeMap<(String, &'static str), LcsDialog>,
+    next_conn: ConnId,
+    /// The connection to the bridge (one, as far as these tests go).
+    conn: Option<ConnId>,
+    seq: u32,
+}
+
+impl LcsEdge {
+    fn new() -> LcsEdge {
+        LcsEdge {
+            received: Vec::new(),
+            answers: Vec::new(),
+            acks: Vec::new(),
+            documents: BTreeMap::new(),
+            dialogs: BTreeMap::new(),
+            next_conn: 7,
+            conn: None,
+            seq: 0,
+        }
+    }
+
+    /// The requests of this method the bridge sent.
+    pub fn requests(&self, method: &Method) -> Vec<&Message> {
+        self.received
+            .iter()
+            .filter(|m| m.method() == Some(method))
+            .collect()
+    }
+
+    /// The statuses the bridge answered LCS requests of this method with.
+    pub fn statuses(&self, method: Method) -> Vec<u16> {
+        self.answers
+            .iter()
+            .filter(|(_, r)| r.cseq().is_ok_and(|c| c.method == method))
+            .filter_map(|(_, r)| r.status())
+            .collect()
+    }
+
+    fn conn(&mut self) -> ConnId {
+        *self.conn.get_or_insert_with(|| {
+            self.next_conn += 1;
+            self.next_conn
+        })
+    }
+
+    fn tag(&mut self) -> String {
+        self.seq += 1;
+        format!("lcs{}", self.seq)
+    }
+}
+
+/// Parses a request or response written with `\n` line ends and a body.
+fn sip(head: &str, body: &str) -> Message {
+    let mut bytes = format!("{head}Content-Length: {}\n\n", body.len())
+        .replace('\n', "\r\n")
+        .into_bytes();
+    bytes.extend_from_slice(body.as_bytes());
+    Message::parse(&bytes).expect("test SIP message")
+}
+
+/// The whole bridge between the two stand-ins.
+pub struct World {
+    pub now: Instant,
+    pub bridge: Bridge,
+    pub store: Arc<MemStore>,
+    pub xmpp: XmppServer,
+    pub lcs: LcsEdge,
+    ids: TxIds,
+    /// What is in flight to the bridge, due in order (one latency for everything).
+    wire: VecDeque<(Instant, Input)>,
+    start: Instant,
+    seed: u64,
+}
+
+impl World {
+    pub fn new() -> World {
+        let now = Instant::now();
+        let store = Arc::new(MemStore::new());
+        let ids = TxIds::default();
+        let bridge = Self::bridge(now, now, &ids, 1);
+        World {
+            now,
+            bridge,
+            store,
+            xmpp: XmppServer::default(),
+            lcs: LcsEdge::new(),
+            ids,
+            wire: VecDeque::new(),
+            start: now,
+            seed: 1,
+        }
+    }
+
+    fn book() -> AddressBook {
+        AddressBook::new(
+            AddressMode::Gateway,
+            vec![COMPONENT.into()],
+            vec![LOCAL.into()],
+        )
+        .expect("address book")
+    }
+
+    /// A bridge as `app.rs` builds it, on the world's clock (`start` is Unix 1.7e9).
+    fn bridge(start: Instant, now: Instant, ids: &TxIds, seed: u64) -> Bridge {
+        let presence = PresenceEngine::new(
+            PresenceSettings {
+                public_fqdn: PUBLIC_FQDN.into(),
+                expires: Duration::from_secs(3600),
+                min_notify_interval: Duration::from_secs(5),
+                dialog_max_age: Duration::from_secs(20 * 3600),
+                ..PresenceSettings::default()
+            },
+            Self::book(),
+            Mappings::builtin(),
+            ids.clone(),
+            seed,
+            WallClock {
+                at: now,
+                unix: 1_700_000_000 + now.duration_since(start).as_secs(),
+            },
+        );
+        let im = ImEngine::new(
+            ImSettings {
+                public_fqdn: PUBLIC_FQDN.into(),
+                idle_timeout: Duration::from_secs(600),
+                dialog_max_age: Duration::from_secs(20 * 3600),
+                max_body_bytes: 16 * 1024,
+                max_queued: 64,
+            },
+            Self::book(),
+            Mappings::builtin().errors,
+            ids.clone(),
+            seed + 1,
+        );
+        let iq = IqEngine::new(Self::book(), GatewayInfo::new("LCS gateway"));
+        Bridge::standard(presence, im, iq)
+    }
+
+    /// The bridge process ends (its connections with it) and a new one starts from the store.
+    pub fn restart(&mut self) {
+        self.bridge.shutdown();
+        self.flush();
+        self.wire.clear();
+        self.seed += 10;
+        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed);
+        // The old process's connections are gone; LCS connects anew when it has to.
+        if let Some(conn) = self.lcs.conn.take() {
+            for d in self.lcs.dialogs.values_mut() {
+                if d.conn == conn {
+                    d.conn = 0;
+                }
+            }
+        }
+        let subs: Vec<Subscription> = self
+            .store
+            .subscriptions()
+            .collect::<Result<_, _>>()
+            .expect("store readable");
+        self.bridge.handle(self.now, Input::Restore(subs));
+    }
+
+    // ------------------------------------------------------------------ the XMPP side
+
+    /// A local user's client sends a stanza through the XMPP server to the component.
+    pub fn xmpp_sends(&mut self, xml: &str) {
+        let el = stanza(xml);
+        if self.xmpp.down.contains(COMPONENT) {
+            return; // the server cannot reach the component: lost (bounced to the user)
+        }
+        self.send(Input::Stanza(el));
+    }
+
+    /// A local user's presence broadcast: the server sends it to each contact of the
+    /// component that `subscribers` names.
+    pub fn xmpp_presence(&mut self, from_full: &str, inner: &str, subscribers: &[&str]) {
+        let bare = from_full.split('/').next().unwrap_or(from_full).to_owned();
+        self.xmpp
+            .presence
+            .insert(bare, (from_full.to_owned(), inner.to_owned()));
+        for to in subscribers {
+            self.xmpp_sends(&format!(
+                "<presence from='{from_full}' to='{to}'>{inner}</presence>"
+            ));
+        }
+    }
+
+    pub fn link_down(&mut self) {
+        self.xmpp.down.insert(COMPONENT.into());
+        self.send(Input::LinkDown {
+            domain: COMPONENT.into(),
+            reason: "test".into(),
+        });
+    }
+
+    pub fn link_up(&mut self) {
+        self.xmpp.down.remove(COMPONENT);
+        let held = std::mem::take(&mut self.xmpp.held);
+        for el in held {
+            self.deliver_stanza(el);
+        }
+        self.send(Input::LinkUp {
+            domain: COMPONENT.into(),
+        });
+    }
+
+    fn deliver_stanza(&mut self, el: Element) {
+        if self.xmpp.down.contains(COMPONENT) {
+            self.xmpp.held.push(el);
+            return;
+        }
+        // The server answers a probe with the user's last presence (RFC 6121 §4.3.2).
+        if el.attr("type") == Some("probe") {
+            let to = el.attr("to").unwrap_or("").to_owned();
+            let from = el.attr("from").unwrap_or("").to_owned();
+            if let Some((full, inner)) = self.xmpp.presence.get(&to) {
+                let answer = stanza(&format!(
+                    "<presence from='{full}' to='{from}'>{inner}</presence>"
+                ));
+                self.send(Input::Stanza(answer));
+            }
+        }
+        self.xmpp.delivered.push(el);
+    }
+
+    // ------------------------------------------------------------------- the LCS side
+
+    /// An LCS user sends an INVITE carrying its first message (`ms-text-format`).
+    pub fn lcs_invites(&mut self, from: &str, to: &str, text: &str) {
+        let tag = self.lcs.tag();
+        let call_id = format!("call-{tag}");
+        let body = "v=0\r\no=- 0 0 IN IP4 192.0.2.5\r\ns=session\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=message 5060 sip null\r\n";
+        let b64 = base64_of(text);
+        let invite = sip(
+            &format!(
+                "INVITE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 INVITE\nContact: <{from};transport=tls>\nms-text-format: text/plain; charset=UTF-8;ms-body={b64}\nContent-Type: application/sdp\n"
+            ),
+            body,
+        );
+        let conn = self.lcs.conn();
+        self.lcs.dialogs.insert(
+            (from.to_owned(), "INVITE"),
+            LcsDialog {
+                call_id,
+                bridge_tag: String::new(),
+                bridge_uri: to.to_owned(),
+                lcs_tag: tag,
+                lcs_uri: from.to_owned(),
+                cseq: 1,
+                conn,
+            },
+        );
+        self.lcs_request(invite);
+    }
+
+    /// An LCS user sends a MESSAGE in the session its INVITE made.
+    pub fn lcs_messages(&mut self, from: &str, text: &str) {
+        let d = self.dialog(from, "INVITE");
+        let request = sip(
+            &format!(
+                "MESSAGE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKm{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} MESSAGE\nContent-Type: text/plain; charset=UTF-8\n",
+                d.bridge_uri,
+                d.lcs_tag,
+                d.cseq,
+                d.lcs_uri,
+                d.lcs_tag,
+                d.bridge_uri,
+                d.bridge_tag,
+                d.call_id,
+                d.cseq
+            ),
+            text,
+        );
+        self.lcs_request(request);
+    }
+
+    /// An LCS user subscribes to a local user's presence.
+    pub fn lcs_subscribes(&mut self, from: &str, to: &str) {
+        let tag = self.lcs.tag();
+        let call_id = format!("sub-{tag}");
+        let request = sip(
+            &format!(
+                "SUBSCRIBE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <{from};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n"
+            ),
+            "",
+        );
+        let conn = self.lcs.conn();
+        self.lcs.dialogs.insert(
+            (from.to_owned(), "SUBSCRIBE-in"),
+            LcsDialog {
+                call_id,
+                bridge_tag: String::new(),
+                bridge_uri: to.to_owned(),
+                lcs_tag: tag,
+                lcs_uri: from.to_owned(),
+                cseq: 1,
+                conn,
+            },
+        );
+        self.lcs_request(request);
+    }
+
+    /// An LCS user's presence changes: a NOTIFY in the dialog of the bridge's subscription.
+    pub fn lcs_notifies(&mut self, aor: &str, activity: &str) {
+        self.lcs.documents.insert(aor.into(), pidf(aor, activity));
+        let key = (aor.to_owned(), "SUBSCRIBE-out");
+        let Some(mut d) = self.lcs.dialogs.get(&key).cloned() else {
+            return;
+        };
+        d.cseq += 1;
+        self.lcs.dialogs.insert(key, d.clone());
+        let notify = self.notify(&d, "active;expires=3600", Some(&pidf(aor, activity)));
+        self.lcs_request(notify);
+    }
+
+    fn dialog(&self, aor: &str, kind: &'static str) -> LcsDialog {
+        self.lcs
+            .dialogs
+            .get(&(aor.to_owned(), kind))
+            .cloned()
+            .expect("an LCS dialog")
+    }
+
+    fn notify(&self, d: &LcsDialog, state: &str, body: Option<&str>) -> Message {
+        let ct = if body.is_some() {
+            "Content-Type: application/pidf+xml\n"
+        } else {
+            ""
+        };
+        sip(
+            &format!(
+                "NOTIFY {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKn{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} NOTIFY\nContact: <{};transport=tls>\nEvent: presence\nSubscription-State: {state}\n{ct}",
+                d.bridge_uri,
+                d.lcs_tag,
+                d.cseq,
+                d.lcs_uri,
+                d.lcs_tag,
+                d.bridge_uri,
+                d.bridge_tag,
+                d.call_id,
+                d.cseq,
+                d.lcs_uri
+            ),
+            body.unwrap_or(""),
+        )
+    }
+
+    fn lcs_request(&mut self, request: Message) {
+        let conn = self.lcs.conn();
+        let tx = self.ids.next();
+        self.send(Input::Edge(EdgeEvent::Request {
+            tx,
+            conn,
+            request,
+            asserted: None,
+        }));
+    }
+
+    /// LCS answers a request the bridge sent, as its users would.
+    fn lcs_answers(&mut self, tx: TxId, request: Message, route: Route) {
+        let conn = match route {
+            Route::Connection(c) if Some(c) != self.lcs.conn => {
+                self.send(Input::Edge(EdgeEvent::Undeliverable {
+                    tx,
+                    why: crate::edge::core::Undeliverable::ConnectionGone { conn: c },
+                }));
+                return;
+            }
+            _ => self.lcs.conn(),
+        };
+        let method = request.method().cloned();
+        let to = request.to().expect("To").uri.to_owned();
+        let to_tag = match request.to().expect("To").tag() {
+            Some(t) => t.to_owned(),
+            None => self.lcs.tag(),
+        };
+        let mut response = Message::response_to(&request, 200, None, Some(&to_tag));
+        response.push_header("Contact", &format!("<{to};transport=tls>"));
+        let new_dialog = |world: &mut World| LcsDialog {
+            call_id: request.call_id().expect("Call-ID").to_owned(),
+            bridge_tag: request.from().expect("From").tag().unwrap_or("").to_owned(),
+            bridge_uri: request.from().expect("From").uri.to_owned(),
+            lcs_tag: to_tag.clone(),
+            lcs_uri: to.clone(),
+            cseq: 0,
+            conn: world.lcs.conn(),
+        };
+        let mut then = None;
+        match method {
+            Some(Method::Invite) => {
+                let sdp = "v=0\r\no=- 0 0 IN IP4 192.0.2.5\r\ns=session\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=message 5060 sip null\r\n";
+                response.set_body(Some("application/sdp"), sdp.as_bytes().to_vec());
+            }
+            Some(Method::Subscribe) => {
+                let expires = request
+                    .header("Expires")
+                    .and_then(|e| e.trim().parse::<u32>().ok())
+                    .unwrap_or(3600);
+                response.push_header("Expires", &expires.to_string());
+                let mut d = new_dialog(self);
+                let key = (to.clone(), "SUBSCRIBE-out");
+                if let Some(old) = self
+                    .lcs
+                    .dialogs
+                    .get(&key)
+                    .filter(|o| o.call_id == d.call_id)
+                {
+                    d.cseq = old.cseq;
+                }
+                d.cseq += 1;
+                self.lcs.dialogs.insert(key, d.clone());
+                then = Some(if expires == 0 {
+                    self.notify(&d, "terminated;reason=timeout", None)
+                } else {
+                    let doc = self
+                        .lcs
+                        .documents
+                        .get(&to)
+                        .cloned()
+                        .unwrap_or_else(|| pidf(&to, "online"));
+                    self.notify(&d, "active;expires=3600", Some(&doc))
+                });
+            }
+            _ => {}
+        }
+        self.send(Input::Edge(EdgeEvent::Transaction(TxEvent::Response {
+            tx,
+            conn,
+            response,
+            is_final: true,
+        })));
+        if let Some(notify) = then {
+            self.lcs_request(notify);
+        }
+    }
+
+    /// The bridge answered an LCS request: remember the dialog's tag; ACK a 2xx to INVITE.
+    fn lcs_takes_answer(&mut self, tx: TxId, response: Message) {
+        let ok = response.status().is_some_and(|s| (200..300).contains(&s));
+        if ok {
+            let tag = response.to().ok().and_then(|t| t.tag()).map(str::to_owned);
+            let from = response
+                .from()
+                .map(|f| f.uri.to_owned())
+                .unwrap_or_default();
+            let kind = match response.cseq().map(|c| c.method) {
+                Ok(Method::Invite) => Some("INVITE"),
+                Ok(Method::Subscribe) => Some("SUBSCRIBE-in"),
+                _ => None,
+            };
+            if let (Some(kind), Some(tag)) = (kind, tag) {
+                if let Some(d) = self.lcs.dialogs.get_mut(&(from, kind)) {
+                    d.bridge_tag = tag;
+                    d.cseq += 1;
+                }
+            }
+            if kind == Some("INVITE") {
+                let conn = self.lcs.conn();
+                let ack = sip(
+                    &format!(
+                        "ACK {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKack{}\nMax-Forwards: 70\nFrom: {}\nTo: {}\nCall-ID: {}\nCSeq: 1 ACK\n",
+                        response.to().map(|t| t.uri.to_owned()).unwrap_or_default(),
+                        self.lcs.seq,
+                        response.header("From").unwrap_or(""),
+                        response.header("To").unwrap_or(""),
+                        response.call_id().unwrap_or("")
+                    ),
+                    "",
+                );
+                self.send(Input::Edge(EdgeEvent::Transaction(TxEvent::Ack {
+                    conn,
+                    request: ack,
+                })));
+            }
+        }
+        self.lcs.answers.push((tx, response));
+    }
+
+    // ------------------------------------------------------------------------ time
+
+    fn send(&mut self, input: Input) {
+        self.wire.push_back((self.now + LATENCY, input));
+    }
+
+    /// Runs every action the bridge has ready, handing each to the stand-in it is for.
+    fn flush(&mut self) {
+        while let Some(action) = self.bridge.poll_action() {
+            match action {
+                Action::Stanza(el) if self.xmpp.refuse => {
+                    drop(el);
+                    self.bridge.report(Failure::StanzaRefused);
+                }
+                Action::Stanza(el) => self.deliver_stanza(el),
+                Action::Request { tx, request, route } => {
+                    self.lcs.received.push(request.clone());
+                    self.lcs_answers(tx, request, route);
+                }
+                Action::Respond { tx, response } => self.lcs_takes_answer(tx, response),
+                Action::Ack { ack, .. } => self.lcs.acks.push(ack),
+                Action::Write { subs, durable } => {
+                    let r = if durable {
+                        self.store.put_subscriptions(&subs)
+                    } else {
+                        subs.iter()
+                            .try_for_each(|s| self.store.put_subscription_lazy(s))
+                    };
+                    if r.is_err() {
+                        self.bridge.report(Failure::StoreFailed);
+                    }
+                }
+                Action::Forget {
+                    direction,
+                    local,
+                    remote,
+                } => {
+                    if self
+                        .store
+                        .remove_subscription(direction, &local, &remote)
+                        .is_err()
+                    {
+                        self.bridge.report(Failure::StoreFailed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One step: runs what is ready, then moves the clock to the next thing due no later than
+    /// `limit` and delivers it. False when nothing is due by then.
+    fn step(&mut self, limit: Instant) -> bool {
+        self.flush();
+        let wire = self.wire.front().map(|(at, _)| *at);
+        let timer = self.bridge.poll_timeout();
+        let next = match (wire, timer) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return false,
+            },
+        };
+        if next > limit {
+            return false;
+        }
+        self.now = self.now.max(next);
+        while self.wire.front().is_some_and(|(at, _)| *at <= self.now) {
+            if let Some((_, input)) = self.wire.pop_front() {
+                self.bridge.handle(self.now, input);
+                self.flush();
+            }
+        }
+        if self.bridge.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.bridge.handle_timeout(self.now);
+        }
+        true
+    }
+
+    /// Delivers until nothing is in flight (timers due meanwhile run too).
+    pub fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let Some(&(at, _)) = self.wire.front() else {
+                self.flush();
+                if self.wire.is_empty() {
+                    return;
+                }
+                continue;
+            };
+            self.step(at);
+        }
+        panic!("the world does not settle");
+    }
+
+    /// Runs everything due in the next `d`, timers included, and leaves the clock at its end.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        for _ in 0..1_000_000 {
+            if !self.step(end) {
+                self.now = end;
+                return;
+            }
+        }
+        panic!("the world does not stop within {d:?}");
+    }
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
