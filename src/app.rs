@@ -122,7 +122,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let restored = stored_subscriptions(store.as_ref());
         let (stop, stop_rx) = mpsc::channel(1);
         let runner = Runner {
-            bridge: Bridge::standard(presence, im, iq),
+            bridge: Bridge::standard(presence, im, iq, mappings.errors.clone()),
             edge: edge.clone(),
             link,
             store: store.clone(),

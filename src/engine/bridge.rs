@@ -29,15 +29,22 @@ use super::Output;
 use super::im::ImEngine;
 use super::presence::PresenceEngine;
 use crate::core::address::AddressBook;
+use crate::core::errors::Condition;
+use crate::core::tables::ErrorTable;
 use crate::edge::core::Route;
 use crate::edge::server::EdgeEvent;
 use crate::sip::message::{Message, Method};
+use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId};
 use crate::store::{Direction, Subscription};
 use crate::xmpp::gateway::{self, GatewayInfo};
 
 /// Most consecutive durable writes joined into one [`Action::Write`].
 pub const WRITE_BATCH: usize = 1024;
+
+/// `Retry-After` when the component link's queue was full: the link drains a full queue in
+/// well under that once the XMPP server reads again.
+const LINK_RETRY_AFTER_SECS: u32 = 5;
 
 /// What happens to the bridge.
 #[derive(Debug, Clone)]
@@ -144,6 +151,8 @@ struct Queued {
 /// documentation.
 pub struct Bridge {
     engines: Vec<Box<dyn Engine>>,
+    /// For the statuses of the bridge's own failures (`xmpp_to_sip`).
+    errors: ErrorTable,
     queue: VecDeque<Queued>,
     next_batch: u64,
     /// The batch the last action came from, and what failed in it so far.
@@ -156,9 +165,10 @@ pub struct Bridge {
 
 impl Bridge {
     /// The engines in routing order (see [`Engine::takes`]).
-    pub fn new(engines: Vec<Box<dyn Engine>>) -> Bridge {
+    pub fn new(engines: Vec<Box<dyn Engine>>, errors: ErrorTable) -> Bridge {
         Bridge {
             engines,
+            errors,
             queue: VecDeque::new(),
             next_batch: 1,
             current: 0,
@@ -170,8 +180,13 @@ impl Bridge {
 
     /// The bridge's engines in routing order: presence, the component's IQ answers, IM (which
     /// takes every message stanza and every SIP request and transaction the others leave).
-    pub fn standard(presence: PresenceEngine, im: ImEngine, iq: IqEngine) -> Bridge {
-        Bridge::new(vec![Box::new(presence), Box::new(iq), Box::new(im)])
+    pub fn standard(
+        presence: PresenceEngine,
+        im: ImEngine,
+        iq: IqEngine,
+        errors: ErrorTable,
+    ) -> Bridge {
+        Bridge::new(vec![Box::new(presence), Box::new(iq), Box::new(im)], errors)
     }
 
     /// An input at `now`.
@@ -407,7 +422,7 @@ impl Engine for PresenceEngine {
 
     /// Only a 2xx to SUBSCRIBE: its `subscribe` stanza asked the local user.
     fn promises_delivery(&self, response: &Message) -> bool {
-        response.status().is_some_and(|s| (200..300).contains(&s))
+        response.status().is_some_and(status::is_success)
             && response.cseq().is_ok_and(|c| c.method == Method::Subscribe)
     }
 
@@ -458,7 +473,7 @@ impl Engine for ImEngine {
 
     /// A 200 to a MESSAGE or INVITE: its body was delivered.
     fn promises_delivery(&self, response: &Message) -> bool {
-        response.status() == Some(200)
+        response.status() == Some(status::OK)
     }
 }
 

@@ -243,7 +243,7 @@ impl World {
             seed + 1,
         );
         let iq = IqEngine::new(Self::book(), GatewayInfo::new("LCS gateway"));
-        Bridge::standard(presence, im, iq)
+        Bridge::standard(presence, im, iq, Mappings::builtin().errors)
     }
 
     /// The bridge process ends (its connections with it) and a new one starts from the store.

@@ -8,5 +8,6 @@ pub mod header;
 pub mod message;
 pub mod params;
 pub mod sdp;
+pub mod status;
 pub mod transaction;
 pub mod uri;

@@ -1,0 +1,143 @@
+//! SIP status codes by name (RFC 3261 §21, RFC 6665 §8.3.1, RFC 3265 §7.3.2), and [`Reject`]:
+//! every refusal the bridge answers with is built by it, so a status, its reason phrase, its
+//! `Retry-After` (RFC 3261 §20.33) and any header it needs (`Accept`, `Allow`, `Min-Expires`,
+//! `Warning`) reach the wire one way.
+
+use super::message::Message;
+
+pub const TRYING: u16 = 100;
+pub const OK: u16 = 200;
+pub const ACCEPTED: u16 = 202;
+pub const BAD_REQUEST: u16 = 400;
+pub const FORBIDDEN: u16 = 403;
+pub const NOT_FOUND: u16 = 404;
+pub const METHOD_NOT_ALLOWED: u16 = 405;
+pub const NOT_ACCEPTABLE: u16 = 406;
+pub const REQUEST_TIMEOUT: u16 = 408;
+pub const REQUEST_ENTITY_TOO_LARGE: u16 = 413;
+pub const UNSUPPORTED_MEDIA_TYPE: u16 = 415;
+pub const UNSUPPORTED_URI_SCHEME: u16 = 416;
+pub const INTERVAL_TOO_BRIEF: u16 = 423;
+pub const TEMPORARILY_UNAVAILABLE: u16 = 480;
+pub const CALL_DOES_NOT_EXIST: u16 = 481;
+pub const LOOP_DETECTED: u16 = 482;
+pub const TOO_MANY_HOPS: u16 = 483;
+pub const REQUEST_TERMINATED: u16 = 487;
+pub const NOT_ACCEPTABLE_HERE: u16 = 488;
+pub const BAD_EVENT: u16 = 489;
+pub const REQUEST_PENDING: u16 = 491;
+pub const SERVER_INTERNAL_ERROR: u16 = 500;
+pub const NOT_IMPLEMENTED: u16 = 501;
+pub const SERVICE_UNAVAILABLE: u16 = 503;
+pub const MESSAGE_TOO_LARGE: u16 = 513;
+
+/// Whether a status is a success (2xx).
+pub fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+/// A final answer that refuses a request: the status, its reason phrase (the standard one if
+/// `None`), how long the peer should wait before trying again, and the headers it must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub reason: Option<String>,
+    /// `Retry-After` in seconds (RFC 3261 §20.33), for 503 and 480.
+    pub retry_after: Option<u32>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reject {
+    pub fn new(status: u16) -> Reject {
+        Reject {
+            status,
+            reason: None,
+            retry_after: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// With this reason phrase (made safe for the status line when written).
+    pub fn reason(mut self, reason: impl Into<String>) -> Reject {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// With `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u32) -> Reject {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// With this header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reject {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The response to `request` ([`Message::response_to`]) carrying it.
+    pub fn response_to(&self, request: &Message, to_tag: Option<&str>) -> Message {
+        let mut r = Message::response_to(request, self.status, self.reason.as_deref(), to_tag);
+        self.add_headers(&mut r);
+        r
+    }
+
+    /// Goes out instead of `response`, which must not ([`Message::with_status`]: a 2xx whose
+    /// change was not kept, or whose stanza the XMPP side could not take).
+    pub fn instead_of(&self, response: &Message) -> Message {
+        let reason = self
+            .reason
+            .clone()
+            .unwrap_or_else(|| super::builder::reason_phrase(self.status).to_owned());
+        let mut r = response.with_status(self.status, &reason);
+        self.add_headers(&mut r);
+        r
+    }
+
+    fn add_headers(&self, r: &mut Message) {
+        if let Some(secs) = self.retry_after {
+            r.push_header("Retry-After", &secs.to_string());
+        }
+        for (name, value) in &self.headers {
+            r.push_header(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn invite() -> Message {
+        Message::parse(
+            b"MESSAGE sip:alice@example.org SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK1\r\nFrom: <sip:bob@contoso.com>;tag=a\r\nTo: <sip:alice@example.org>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reject_carries_its_status_reason_retry_after_and_headers() {
+        let r = Reject::new(SERVICE_UNAVAILABLE)
+            .reason("Busy\r\nX: injected")
+            .retry_after(600)
+            .header("Warning", "399 sip.example.org \"limit\"")
+            .response_to(&invite(), Some("t"));
+        assert_eq!(r.status(), Some(503));
+        assert_eq!(r.reason(), Some("Busy X: injected"));
+        assert_eq!(r.header("Retry-After"), Some("600"));
+        assert!(r.header("Warning").is_some());
+        assert!(r.to().unwrap().tag() == Some("t"));
+    }
+
+    #[test]
+    fn instead_of_keeps_the_dialog_headers_and_drops_the_body_headers() {
+        let mut ok = Message::response_to(&invite(), OK, None, Some("t"));
+        ok.push_header("Contact", "<sip:alice@sip.example.org>");
+        let r = Reject::new(SERVER_INTERNAL_ERROR).instead_of(&ok);
+        assert_eq!(r.status(), Some(500));
+        assert_eq!(r.reason(), Some("Server Internal Error"));
+        assert!(r.header("Contact").is_none());
+        assert_eq!(r.to().unwrap().tag(), Some("t"));
+    }
+}
