@@ -338,15 +338,25 @@ impl Bridge {
         }
     }
 
-    /// A response as it goes out, after what failed before it in its batch.
+    /// A response as it goes out, after what failed before it in its batch: the failure's
+    /// stanza error condition, answered with the status `errors.toml` gives it (XMPP → SIP).
     fn answer(&self, engine: usize, response: Message) -> Message {
-        let ok = response.status().is_some_and(|s| (200..300).contains(&s));
+        let ok = response.status().is_some_and(status::is_success);
         if self.unsaved && ok {
-            response.with_status(500, "Server Internal Error: state not saved")
+            Reject::new(
+                self.errors
+                    .status_for_condition(Condition::InternalServerError),
+            )
+            .reason("Server Internal Error: state not saved")
+            .instead_of(&response)
         } else if self.refused && self.engines[engine].promises_delivery(&response) {
-            let mut r = response.with_status(503, "Service Unavailable: XMPP server unreachable");
-            r.push_header("Retry-After", "5");
-            r
+            Reject::new(
+                self.errors
+                    .status_for_condition(Condition::ServiceUnavailable),
+            )
+            .reason("Service Unavailable: XMPP server unreachable")
+            .retry_after(LINK_RETRY_AFTER_SECS)
+            .instead_of(&response)
         } else {
             response
         }
