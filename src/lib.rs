@@ -7,7 +7,7 @@
 //! | module | I/O? | what |
 //! | --- | --- | --- |
 //! | [`sip`] | none | SIP message codec (RFC 3261 §7, §20, §25), URIs (§19), stream framing (§18.3, RFC 5626 §4.4.1), builders, SDP for session-mode IM |
-//! | [`core`] | none | addresses (XEP-0106, RFC 7247 §3), PIDF/RPID/CIPID codec (RFC 3863/4480/4482), presence translation, mapping tables, error conditions |
+//! | [`core`] | none | addresses (XEP-0106, RFC 7247 §6), PIDF/RPID/CIPID codec (RFC 3863/4480/4482), presence translation, mapping tables, error conditions |
 //! | [`xmpp`] | none, except [`xmpp::link`] | XMPP stanza helpers on top of xmpp-parsers; the gateway's IQ answers and stanza error replies; the XEP-0114 component link |
 //! | [`edge`] | sockets, DNS, clock (core and pool none) | the SIP federation edge: mutual TLS, admission, discovery, connection pool, transactions |
 //! | [`engine`] | none | the translation engine: session-mode IM both ways |

@@ -9,7 +9,7 @@
 //!   escaped (`\5c`) only when it is followed by one of those hex pairs; only those sequences
 //!   unescape; `\20` may not begin or end a localpart. A gateway that escapes advertises the
 //!   disco feature [`JID_ESCAPING_FEATURE`].
-//! - **RFC 7247 §3** (SIP–XMPP interworking, address mapping): the XMPP localpart maps to the SIP
+//! - **RFC 7247 §6** (SIP–XMPP interworking, address mapping): the XMPP localpart maps to the SIP
 //!   user part and the domainpart to the host; characters a JID localpart cannot hold are escaped
 //!   (XEP-0106) or the address is refused with an error; the resourcepart is not part of an AOR.
 //! - **RFC 3261 §19.1.1 / §25.1**: a SIP `user` is `1*( unreserved / escaped / user-unreserved )`;

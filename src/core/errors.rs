@@ -1,5 +1,5 @@
 //! Stanza error conditions: the closed set of RFC 6120 §8.3.3 defined conditions, with their
-//! wire names (RFC 6120 §8.3.2 element names), used by the error mapping of RFC 7247 §5
+//! wire names (RFC 6120 §8.3.2 element names), used by the error mapping of RFC 7247 §7
 //! (see `mappings/errors.toml` and [`crate::core::tables::ErrorTable`]).
 //!
 //! `payment-required` (RFC 3920) is deliberately absent: RFC 6120 §8.3.3 removed it.

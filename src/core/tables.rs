@@ -4,7 +4,7 @@
 //!   RPID activity (RFC 4480 §3.2; the profile's `ep:activity`) ⇄ status text, following the
 //!   presence mapping of RFC 8048 §4 adapted to LCS (see `docs/mapping.md`).
 //! * `errors.toml`: SIP final responses (RFC 3261 §21) ⇄ stanza error conditions
-//!   (RFC 6120 §8.3.3), both directions, per RFC 7247 §5.
+//!   (RFC 6120 §8.3.3), both directions, per RFC 7247 §7.
 //!
 //! Every problem is reported, not only the first, each as one line naming the file, the full
 //! dotted key and the reason. Unknown keys are errors. The only I/O is [`Mappings::load`], which

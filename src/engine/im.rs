@@ -1,4 +1,4 @@
-//! Session-mode instant messaging between XMPP and LCS (the profile's "Instant Messaging",
+//! Session-mode instant messaging between XMPP and LCS (the profile's "INVITE/MESSAGE",
 //! docs/mapping.md §4), sans-IO: stanzas and edge events in, stanzas and SIP requests/responses
 //! out, timers through [`ImEngine::poll_timeout`].
 //!
