@@ -7,7 +7,7 @@
 //! - Prosody with alice, bob and carol, each logged in with slixmpp (tests/xmpp_client.py):
 //!   alice's and bob's clients approve every subscription request at once (`--approve`), Carol
 //!   approves hers when the test tells her to, in batches;
-//! - this test as the LCS edge contoso.com over mutual TLS (tests/load/net.rs): two connections
+//! - this test as the LCS edge contoso.com over mutual TLS (`lcs_test_support::net`): two connections
 //!   to the bridge's SIP port per bridge run, and the partner's listener the bridge dials.
 //!   It answers as a SIP user agent must: a NOTIFY whose CSeq is not above the last one in its
 //!   dialog gets 500 (RFC 3261 §12.2.2; pjsip answers `<=` so), one in no dialog it knows 481.

@@ -1,6 +1,6 @@
 //! A hostile federation partner and a hostile XMPP user against the real `lcs-bridge run`
 //! binary, joined to a real Prosody as its component (docs/security.md). The test is the
-//! partner's mutual-TLS edge `contoso.com` (tests/load/net.rs): it dials the bridge's SIP port
+//! partner's mutual-TLS edge `contoso.com` (`lcs_test_support::net`): it dials the bridge's SIP port
 //! and listens for the bridge's connections. Alice (and Bob) are logged in to Prosody as
 //! ordinary clients over c2s.
 //!

@@ -1,6 +1,6 @@
 //! The SIP edge's resource limits under an authenticated partner's abuse, against the real
 //! `lcs-bridge run` binary (docs/security.md "The SIP edge"). The test plays the XMPP server's
-//! component port (tests/load/net.rs, no XMPP server needed) and mutual-TLS LCS edges with
+//! component port (`lcs_test_support::net`, no XMPP server needed) and mutual-TLS LCS edges with
 //! certificates of the bridge's trusted CA; what it measures is the bridge process's own:
 //! resident memory (`/proc/<pid>/status` VmRSS), open descriptors (`/proc/<pid>/fd`), CPU time
 //! (`/proc/<pid>/task/*/schedstat`) and its log, where each over-limit event is one WARN line
