@@ -7,7 +7,7 @@
 //! - Prosody with alice, bob and carol, each logged in with slixmpp (tests/xmpp_client.py):
 //!   alice's and bob's clients approve every subscription request at once (`--approve`), Carol
 //!   approves hers when the test tells her to, in batches;
-//! - this test as the LCS edge contoso.com over mutual TLS (tests/load/net.rs): two connections
+//! - this test as the LCS edge contoso.com over mutual TLS (`lcs_test_support::net`): two connections
 //!   to the bridge's SIP port per bridge run, and the partner's listener the bridge dials.
 //!   It answers as a SIP user agent must: a NOTIFY whose CSeq is not above the last one in its
 //!   dialog gets 500 (RFC 3261 §12.2.2; pjsip answers `<=` so), one in no dialog it knows 481.
@@ -57,13 +57,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "load/net.rs"]
-#[allow(dead_code)]
-mod net;
-
-// tests/load/net.rs names it `crate::pki`.
-use common::pki;
+use lcs_test_support::{net, pki};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -76,8 +70,9 @@ use lcs_bridge::store::{Approval, Direction, SledStore, Store, SubState, Subscri
 use serde_json::json;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use common::e2e::{ALICE_PASSWORD, Bridge, BridgeConfig, Mode, XmppClient, bare, tail};
-use common::{GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN, XmppServer};
+use lcs_test_support::config::BridgeConfig;
+use lcs_test_support::e2e::{ALICE_PASSWORD, Bridge, Mode, XmppClient, bare, tail};
+use lcs_test_support::{GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN, XmppServer};
 use net::{Event, Tls, Writer};
 use pki::{Pki, write_bridge_files};
 
@@ -1031,7 +1026,7 @@ impl Crash {
 
 #[test]
 fn acknowledged_subscriptions_survive_sigkill() {
-    let Some(python) = common::require_python_modules(&["slixmpp"]) else {
+    let Some(python) = lcs_test_support::require_python_modules(&["slixmpp"]) else {
         return;
     };
     let Some(server) = Prosody::start() else {
@@ -1075,17 +1070,19 @@ fn acknowledged_subscriptions_survive_sigkill() {
         let partner_port = partner.local_addr().unwrap().port();
         let (events_tx, events) = unbounded_channel();
         net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
-        let sip_port = common::free_port();
+        let sip_port = lcs_test_support::free_port();
         let config = dir.join("lcs-bridge.toml");
         let toml = BridgeConfig {
-            dir: &dir,
-            mode: Mode::Gateway,
-            component_port: server.component_port(),
-            sip_port,
-            partner_port,
             extra: "[presence]\nnotify_min_interval_secs = 1\n",
             // sled's debug lines would drown the bridge's own.
             log_level: "info,lcs_bridge=debug",
+            ..BridgeConfig::new(
+                &dir,
+                Mode::Gateway,
+                server.component_port(),
+                sip_port,
+                partner_port,
+            )
         }
         .toml();
         std::fs::write(&config, toml).unwrap();

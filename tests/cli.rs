@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -293,7 +291,7 @@ fn free_loopback_addr() -> String {
 
 /// `lcs-bridge run` with the example configuration, pointed at a test Prosody's component
 /// port with `secret`.
-fn run_against(prosody: &impl common::XmppServer, file: &Path, secret: &str) -> Command {
+fn run_against(prosody: &impl lcs_test_support::XmppServer, file: &Path, secret: &str) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--config", file.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -305,9 +303,12 @@ fn run_against(prosody: &impl common::XmppServer, file: &Path, secret: &str) -> 
         .env("LCS_BRIDGE__XMPP__SECRET", secret)
         .env(
             "LCS_BRIDGE__XMPP__COMPONENT_DOMAINS",
-            common::GATEWAY_COMPONENT,
+            lcs_test_support::GATEWAY_COMPONENT,
         )
-        .env("LCS_BRIDGE__XMPP__LOCAL_DOMAINS", common::XMPP_DOMAIN)
+        .env(
+            "LCS_BRIDGE__XMPP__LOCAL_DOMAINS",
+            lcs_test_support::XMPP_DOMAIN,
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     cmd
@@ -315,11 +316,11 @@ fn run_against(prosody: &impl common::XmppServer, file: &Path, secret: &str) -> 
 
 #[test]
 fn run_exits_non_zero_when_the_xmpp_server_refuses_the_secret() {
-    let Some(prosody) = common::Prosody::start() else {
+    let Some(prosody) = lcs_test_support::Prosody::start() else {
         return;
     };
     let (_dir, file) = workspace();
-    let out = common::run_with_timeout(
+    let out = lcs_test_support::run_with_timeout(
         &mut run_against(&prosody, &file, "wrong"),
         Duration::from_secs(60),
     );
@@ -333,12 +334,12 @@ fn run_exits_non_zero_when_the_xmpp_server_refuses_the_secret() {
 
 #[test]
 fn run_stops_cleanly_on_sigterm_and_sigint() {
-    let Some(prosody) = common::Prosody::start() else {
+    let Some(prosody) = lcs_test_support::Prosody::start() else {
         return;
     };
     let (_dir, file) = workspace();
     for signal in ["TERM", "INT"] {
-        let mut child = run_against(&prosody, &file, common::COMPONENT_SECRET)
+        let mut child = run_against(&prosody, &file, lcs_test_support::COMPONENT_SECRET)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();

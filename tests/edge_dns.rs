@@ -1,19 +1,17 @@
 //! SRV discovery of a peer's federation edge against an in-process authoritative DNS server
-//! (`common::dns::TestDns`, hickory-server on loopback; never a real resolver): RFC 2782
+//! (`lcs_test_support::dns::TestDns`, hickory-server on loopback; never a real resolver): RFC 2782
 //! priority order and weighted choice, negative answers (NXDOMAIN, no SRV, target "."),
 //! positive and negative caching within the TTL, and A/AAAA lookups.
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::dns::{NEGATIVE_TTL, TestDns, srv};
 use hickory_server::proto::rr::RecordType;
 use lcs_bridge::edge::dns::{Discovery, DiscoveryError};
 use lcs_bridge::policy::SrvTarget;
+use lcs_test_support::dns::{NEGATIVE_TTL, TestDns, srv};
 
 const SRV_CONTOSO: &str = "_sipfederationtls._tcp.contoso.test";
 

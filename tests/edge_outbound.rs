@@ -7,15 +7,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::dns::{TestDns, srv};
-use common::pki::Pki;
-use common::sip_peer::SipPeer;
 use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
 use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
 use lcs_bridge::edge::dns::Discovery;
@@ -24,6 +19,9 @@ use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings, 
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::message::{Limits, Message};
 use lcs_bridge::sip::transaction::{TxEvent, TxId};
+use lcs_test_support::dns::{TestDns, srv};
+use lcs_test_support::pki::Pki;
+use lcs_test_support::sip_peer::SipPeer;
 
 type Edge2 = (Arc<EdgeHandle>, EdgeEvents);
 
@@ -38,14 +36,14 @@ async fn edge_with(pki: &Pki, core: CoreSettings, dns: Arc<Discovery>) -> Edge2 
 
 /// An edge using the test DNS server, with these pool limits.
 async fn edge_resolving(pki: &Pki, dns: &TestDns, pool: PoolLimits) -> Edge2 {
-    let mut core = common::edge::core_settings();
+    let mut core = lcs_test_support::edge::core_settings();
     core.pool = pool;
     edge_with(pki, core, Arc::new(Discovery::new(&[dns.addr]).unwrap())).await
 }
 
 /// An edge whose partner contoso.com is reached at `127.0.0.1:port`.
 async fn edge_to(pki: &Pki, port: u16, pool: PoolLimits) -> Edge2 {
-    let mut core = common::edge::core_settings();
+    let mut core = lcs_test_support::edge::core_settings();
     core.pool = pool;
     core.federation.partners.push(Partner {
         domain: "contoso.com".into(),
@@ -56,7 +54,7 @@ async fn edge_to(pki: &Pki, port: u16, pool: PoolLimits) -> Edge2 {
         }),
         verification_level: None,
     });
-    edge_with(pki, core, common::edge::no_dns()).await
+    edge_with(pki, core, lcs_test_support::edge::no_dns()).await
 }
 
 fn message(to: &str, n: usize) -> Message {
@@ -268,7 +266,7 @@ async fn srv_order_with_fail_over_to_the_second_target_and_nxdomain() {
     let pki = Pki::new("Test federation CA");
     let dns = TestDns::start(&["contoso.test"]).await;
     let live = SipPeer::start(pki.leaf(&["live.contoso.test"], false), &pki.ca, false).await;
-    let dead_port = common::free_port();
+    let dead_port = lcs_test_support::free_port();
     dns.set_srv(
         "contoso.test",
         &[
@@ -377,7 +375,7 @@ async fn a_certificate_naming_the_domains_srv_target_may_speak_for_it() {
     dns.set_srv("tailspin.test", &[srv(0, 0, 5061, "sip.tailspin.test")], 60)
         .await;
     let (edge, events) = edge_resolving(&pki, &dns, PoolLimits::default()).await;
-    tokio::spawn(common::edge::answer_all(
+    tokio::spawn(lcs_test_support::edge::answer_all(
         edge.clone(),
         events,
         486,

@@ -1,5 +1,5 @@
 //! The edge against a real third-party SIP stack: Debian's SIPp over TCP behind socat's mutual
-//! TLS (tests/common/sipp.rs). The test plays the layer above the edge (it reads [`EdgeEvent`]s and uses
+//! TLS (lcs_test_support::sipp, scenarios in tests/sipp). The test plays the layer above the edge (it reads [`EdgeEvent`]s and uses
 //! [`EdgeHandle`]), SIPp plays the LCS peer at `contoso.com`.
 //!
 //! - OPTIONS and a refusal: SIPp sends OPTIONS and expects the profile's 200 with
@@ -20,18 +20,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pki::Pki;
-use common::sipp::{
-    Killed, finish_sipp, peers, socat_from_edge, socat_to_edge, spawn_sipp, wait_listening,
-    write_peer_files,
-};
 use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
 use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
 use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings};
@@ -41,170 +34,33 @@ use lcs_bridge::sip::dialog::Dialog;
 use lcs_bridge::sip::message::{Limits, Message, Method};
 use lcs_bridge::sip::sdp::Sdp;
 use lcs_bridge::sip::transaction::{ConnId, TxEvent, TxId};
+use lcs_test_support::pki::Pki;
+use lcs_test_support::sipp::{
+    Killed, Run, finish_sipp, peers, socat_from_edge, socat_to_edge, spawn_sipp, wait_listening,
+    write_peer_files,
+};
 
 /// How long SIPp may run (its `-timeout`), and how long the test side waits for the peer.
 const SIPP_TIMEOUT_SECS: u64 = 15;
 
-const OPTIONS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="options to the edge">
-  <send>
-    <![CDATA[
-      OPTIONS sip:sip.example.org SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: <sip:sipp@contoso.com>;tag=[call_number]
-      To: <sip:sip.example.org>
-      Call-ID: [call_id]
-      CSeq: 1 OPTIONS
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200">
-    <action>
-      <ereg regexp="m=message 5060 sip/tcp \*" search_in="body" check_it="true" assign_to="m"/>
-    </action>
-  </recv>
-  <Reference variables="m"/>
-  <send>
-    <![CDATA[
-      MESSAGE sip:alice@example.org SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: <sip:mallory@fabrikam.com>;tag=[call_number]
-      To: <sip:alice@example.org>
-      Call-ID: [call_id]
-      CSeq: 2 MESSAGE
-      Content-Type: text/plain
-      Content-Length: [len]
-
-      hello
-    ]]>
-  </send>
-  <recv response="403"/>
-</scenario>
-"#;
-
-/// SIPp calls alice@example.org: INVITE with the profile's offer, 200 (with an SDP answer and a
-/// TLS Contact), ACK, a short pause, BYE, 200.
-const UAC_CALL: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="session-mode IM dialog to the edge">
-  <send>
-    <![CDATA[
-      INVITE sip:alice@example.org SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: <sip:sipp@contoso.com>;tag=[call_number]
-      To: <sip:alice@example.org>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=tls>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=- 1 0 IN IP4 [local_ip]
-      s=session
-      c=IN IP4 [local_ip]
-      t=0 0
-      m=message 5060 sip/tcp *
-      a=accept-types:text/plain
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="200" rrs="true">
-    <action>
-      <ereg regexp="m=message" search_in="body" check_it="true" assign_to="m"/>
-      <ereg regexp="transport=tls" search_in="hdr" header="Contact:" check_it="true" assign_to="c"/>
-    </action>
-  </recv>
-  <Reference variables="m,c"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: <sip:sipp@contoso.com>;tag=[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="200"/>
-  <send>
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: <sip:sipp@contoso.com>;tag=[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200"/>
-</scenario>
-"#;
-
-/// SIPp answers a call from the edge: checks the asserted verification level and the offer,
-/// 200 with an SDP answer and a TLS Contact, then waits for the ACK and the BYE.
-const UAS_CALL: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="session-mode IM dialog from the edge">
-  <recv request="INVITE">
-    <action>
-      <ereg regexp="ms-source-verification-level=verified" search_in="hdr" header="Ms-asserted-verification-level:" check_it="true" assign_to="v"/>
-      <ereg regexp="m=message 5060 sip/tcp \*" search_in="body" check_it="true" assign_to="m"/>
-    </action>
-  </recv>
-  <Reference variables="v,m"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=- 2 0 IN IP4 [local_ip]
-      s=session
-      c=IN IP4 [local_ip]
-      t=0 0
-      m=message 5060 sip/tcp *
-      a=accept-types:text/plain
-    ]]>
-  </send>
-  <recv request="ACK"/>
-  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-</scenario>
-"#;
-
 // ------------------------------------------------------------------ set-up helpers
 
-/// SIPp with `-timeout` [`SIPP_TIMEOUT_SECS`].
-fn start_sipp(sipp: &Path, dir: &Path, name: &str, port: u16, remote: Option<u16>) -> Killed {
+/// SIPp with scenario tests/sipp/`scenario`.xml, its logs `dir/<name>.*`, and `-timeout`
+/// [`SIPP_TIMEOUT_SECS`].
+fn start_sipp(
+    sipp: &Path,
+    dir: &Path,
+    (name, scenario): (&str, &str),
+    port: u16,
+    remote: Option<u16>,
+) -> Killed {
     let timeout = Duration::from_secs(SIPP_TIMEOUT_SECS);
-    spawn_sipp(sipp, dir, name, port, remote, timeout, &[])
+    let run = Run {
+        name,
+        scenario,
+        keys: &[],
+    };
+    spawn_sipp(sipp, dir, &run, port, remote, timeout, &[])
 }
 
 /// Waits a little longer than SIPp's own timeout for it to exit.
@@ -250,19 +106,18 @@ fn sipp_behind_socat_gets_options_and_403() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("Test federation CA");
     write_peer_files(dir.path(), &pki, &["sip.contoso.com", "contoso.com"]);
-    std::fs::write(dir.path().join("options.xml"), OPTIONS).unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let settings = edge_settings(&pki, common::edge::core_settings());
-    let edge = runtime.block_on(common::edge::start_answering(settings));
+    let settings = edge_settings(&pki, lcs_test_support::edge::core_settings());
+    let edge = runtime.block_on(lcs_test_support::edge::start_answering(settings));
 
-    let socat_port = common::free_port();
+    let socat_port = lcs_test_support::free_port();
     let _socat = socat_to_edge(&socat, dir.path(), socat_port, edge.local_addr.port());
     let mut uac = start_sipp(
         &sipp,
         dir.path(),
-        "options",
-        common::free_port(),
+        ("options", "edge_options"),
+        lcs_test_support::free_port(),
         Some(socat_port),
     );
     let (status, logs) = finish(&mut uac, dir.path(), "options");
@@ -343,20 +198,19 @@ fn sipp_calls_the_edge_invite_ack_bye() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("Test federation CA");
     write_peer_files(dir.path(), &pki, &["sip.contoso.com", "contoso.com"]);
-    std::fs::write(dir.path().join("uac.xml"), UAC_CALL).unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let settings = edge_settings(&pki, common::edge::core_settings());
-    let (edge, events) = runtime.block_on(common::edge::start_edge(settings));
+    let settings = edge_settings(&pki, lcs_test_support::edge::core_settings());
+    let (edge, events) = runtime.block_on(lcs_test_support::edge::start_edge(settings));
     let layer = runtime.spawn(answer_one_call(edge.clone(), events));
 
-    let socat_port = common::free_port();
+    let socat_port = lcs_test_support::free_port();
     let _socat = socat_to_edge(&socat, dir.path(), socat_port, edge.local_addr.port());
     let mut uac = start_sipp(
         &sipp,
         dir.path(),
-        "uac",
-        common::free_port(),
+        ("uac", "edge_uac_call"),
+        lcs_test_support::free_port(),
         Some(socat_port),
     );
     let (status, logs) = finish(&mut uac, dir.path(), "uac");
@@ -535,15 +389,14 @@ fn edge_calls_sipp_invite_ack_bye() {
         &pki,
         &["sip.contoso.com", "contoso.com", "127.0.0.1"],
     );
-    std::fs::write(dir.path().join("uas.xml"), UAS_CALL).unwrap();
 
-    let sipp_port = common::free_port();
-    let tls_port = common::free_port();
-    let mut uas = start_sipp(&sipp, dir.path(), "uas", sipp_port, None);
+    let sipp_port = lcs_test_support::free_port();
+    let tls_port = lcs_test_support::free_port();
+    let mut uas = start_sipp(&sipp, dir.path(), ("uas", "edge_uas_call"), sipp_port, None);
     wait_listening(&mut uas, sipp_port, "sipp");
     let _socat = socat_from_edge(&socat, dir.path(), tls_port, sipp_port);
 
-    let mut core = common::edge::core_settings();
+    let mut core = lcs_test_support::edge::core_settings();
     core.federation.partners.push(Partner {
         domain: "contoso.com".into(),
         policy: PartnerPolicy::Allow,
@@ -554,7 +407,9 @@ fn edge_calls_sipp_invite_ack_bye() {
         verification_level: None,
     });
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (edge, mut events) = runtime.block_on(common::edge::start_edge(edge_settings(&pki, core)));
+    let (edge, mut events) = runtime.block_on(lcs_test_support::edge::start_edge(edge_settings(
+        &pki, core,
+    )));
     let called = runtime.block_on(call_bob(&edge, &mut events));
     let (status, logs) = finish(&mut uas, dir.path(), "uas");
     let conn = called.unwrap_or_else(|e| panic!("edge side: {e}\nsipp {status:?}\n{logs}"));

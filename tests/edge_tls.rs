@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use common::pki::{Leaf, Pki};
+use lcs_test_support::pki::{Leaf, Pki};
 
 async fn start_edge(pki: &Pki) -> SocketAddr {
     start_edge_with(pki, Duration::from_secs(30)).await
@@ -38,11 +36,11 @@ fn edge_tls(pki: &Pki) -> TlsConfigs {
 
 async fn start_edge_handle(pki: &Pki, message_timeout: Duration) -> Arc<EdgeHandle> {
     let tls = edge_tls(pki);
-    let core = common::edge::core_settings();
+    let core = lcs_test_support::edge::core_settings();
     let mut settings =
         EdgeSettings::new("127.0.0.1:0".parse().unwrap(), tls, core, Limits::default());
     settings.message_timeout = message_timeout;
-    common::edge::start_answering(settings).await
+    lcs_test_support::edge::start_answering(settings).await
 }
 
 fn client_config(
@@ -247,7 +245,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 /// A TLS 1.0-only client (Python's ssl module, OpenSSL at security level 0): "connected" or
 /// "refused …"; `None` without Python.
 fn tls10_client(addr: SocketAddr) -> Option<String> {
-    let python = common::find_binary("python3")?;
+    let python = lcs_test_support::find_binary("python3")?;
     let script = format!(
         "import socket, ssl\n\
          ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
@@ -494,12 +492,12 @@ async fn keepalive_pings_keep_live_peers_and_idle_ones_are_closed() {
     let mut settings = EdgeSettings::new(
         "127.0.0.1:0".parse().unwrap(),
         edge_tls(&pki),
-        common::edge::core_settings(),
+        lcs_test_support::edge::core_settings(),
         Limits::default(),
     );
     settings.keepalive_interval = Some(Duration::from_millis(500));
     settings.idle_timeout = Duration::from_secs(2);
-    let edge = common::edge::start_answering(settings).await;
+    let edge = lcs_test_support::edge::start_answering(settings).await;
     let peer = client_config(
         &pki.ca,
         Some(pki.leaf(&["sip.contoso.com", "contoso.com"], false)),
@@ -612,7 +610,7 @@ async fn memory_stays_bounded_under_oversized_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_what_the_layer_above_holds_get_503_retry_after() {
     let pki = Pki::new("Test federation CA");
-    let mut core = common::edge::core_settings();
+    let mut core = lcs_test_support::edge::core_settings();
     core.federation.discovered_rate = 1_000_000;
     let settings = EdgeSettings::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -620,7 +618,7 @@ async fn requests_beyond_what_the_layer_above_holds_get_503_retry_after() {
         core,
         Limits::default(),
     );
-    let (edge, mut events) = common::edge::start_edge(settings).await;
+    let (edge, mut events) = lcs_test_support::edge::start_edge(settings).await;
     let peer = client_config(
         &pki.ca,
         Some(pki.leaf(&["sip.contoso.com", "contoso.com"], false)),

@@ -1,6 +1,6 @@
 //! A hostile federation partner and a hostile XMPP user against the real `lcs-bridge run`
 //! binary, joined to a real Prosody as its component (docs/security.md). The test is the
-//! partner's mutual-TLS edge `contoso.com` (tests/load/net.rs): it dials the bridge's SIP port
+//! partner's mutual-TLS edge `contoso.com` (`lcs_test_support::net`): it dials the bridge's SIP port
 //! and listens for the bridge's connections. Alice (and Bob) are logged in to Prosody as
 //! ordinary clients over c2s.
 //!
@@ -18,13 +18,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "load/net.rs"]
-#[allow(dead_code)]
-mod net;
-
-// tests/load/net.rs names it `crate::pki`.
-use common::pki;
+use lcs_test_support::{net, pki};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,8 +31,9 @@ use lcs_bridge::store::{
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use common::e2e::{ALICE_PASSWORD, Bridge, BridgeConfig, Mode};
-use common::{GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN, XmppServer};
+use lcs_test_support::config::BridgeConfig;
+use lcs_test_support::e2e::{ALICE_PASSWORD, Bridge, Mode};
+use lcs_test_support::{GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN, XmppServer};
 use net::{Event, Tls, Writer};
 use pki::{Pki, write_bridge_files};
 
@@ -93,16 +88,18 @@ impl World {
         let partner_port = partner.local_addr().unwrap().port();
         let (events_tx, events) = unbounded_channel();
         net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
-        let sip_port = common::free_port();
+        let sip_port = lcs_test_support::free_port();
         let config = dir.path().join("lcs-bridge.toml");
         let toml = BridgeConfig {
-            dir: dir.path(),
-            mode: Mode::Gateway,
-            component_port: server.component_port(),
-            sip_port,
-            partner_port,
             extra,
             log_level: "info,lcs_bridge=debug",
+            ..BridgeConfig::new(
+                dir.path(),
+                Mode::Gateway,
+                server.component_port(),
+                sip_port,
+                partner_port,
+            )
         }
         .toml();
         std::fs::write(&config, toml).unwrap();

@@ -19,180 +19,25 @@
 //! was down is either delivered to alice after it is back or was answered with an error.
 //!
 //! Each test prints the bridge log, SIPp's logs, the XMPP server's log and the client's events
-//! when it fails (see `common::e2e::World`'s `Drop`).
+//! when it fails (see `lcs_test_support::e2e::World`'s `Drop`).
 
 #![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::e2e::{
-    HEAD, IDLE_SECS, Mode, OK, RECV_OK, TAIL, World, XmppClient, body_text, is_message_from, lf,
-    methods, requests,
+use lcs_test_support::e2e::{
+    IDLE_SECS, Mode, World, XmppClient, body_text, is_message_from, lf, methods, requests,
 };
-use common::sipp::{self, LoggedMessage};
-use common::{Ejabberd, Prosody, XmppServer};
+use lcs_test_support::sipp::{self, LoggedMessage};
+use lcs_test_support::{Ejabberd, Prosody, XmppServer};
 
-// ------------------------------------------------------------------ SIPp scenarios
-
-/// UAS: the bridge's INVITE (the profile's m-line, from alice to bob) answered 200 with the
-/// SDP answer and a TLS Contact, then its ACK.
-const UAS_ACCEPT: &str = r#"  <recv request="INVITE">
-    <action>
-      <ereg regexp="m=message 5060 sip/tcp \*" search_in="body" check_it="true" assign_to="m"/>
-      <ereg regexp="sip:alice@xmpp\.test" search_in="hdr" header="From:" check_it="true" assign_to="f"/>
-      <ereg regexp="sip:bob@@LCS@" search_in="hdr" header="To:" check_it="true" assign_to="t"/>
-    </action>
-  </recv>
-  <Reference variables="m,f,t"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]lcs[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=- 2 0 IN IP4 [local_ip]
-      s=session
-      c=IN IP4 [local_ip]
-      t=0 0
-      m=message 5060 sip/tcp *
-      a=accept-types:text/plain
-    ]]>
-  </send>
-  <recv request="ACK"/>
-"#;
-
-/// UAS: an in-dialog MESSAGE from the bridge, answered 200.
-const UAS_MESSAGE: &str = r#"  <recv request="MESSAGE"/>
-"#;
-
-/// UAS: `n` in-dialog MESSAGEs, then a 200 to each. The bridge does not wait for one MESSAGE's
-/// answer before sending the next, and SIPp aborts a call when a request arrives while it is at
-/// a `<send>`: so all are received first (Via and CSeq of each kept), then answered.
-fn uas_messages(n: usize) -> String {
-    let mut xml = String::new();
-    for i in 0..n {
-        xml.push_str(&format!(
-            r#"  <recv request="MESSAGE">
-    <action>
-      <ereg regexp="SIP/2.0/TLS [^ ]+" search_in="hdr" header="Via:" check_it="true" assign_to="via{i}"/>
-      <ereg regexp="[0-9]+ MESSAGE" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq{i}"/>
-    </action>
-  </recv>
-"#
-        ));
-    }
-    for i in 0..n {
-        xml.push_str(&format!(
-            r#"  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      Via: [$via{i}]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      CSeq: [$cseq{i}]
-      Content-Length: 0
-
-    ]]>
-  </send>
-"#
-        ));
-    }
-    xml
-}
-
-/// UAC: INVITE to alice with the session-mode offer, the 200 (an SDP answer with a message
-/// m-line; its To tag kept in `$totag`), ACK.
-const UAC_INVITE: &str = r#"  <send>
-    <![CDATA[
-      INVITE sip:alice@xmpp.test SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: "Bob" <sip:bob@@LCS@>;tag=[call_number]
-      To: <sip:alice@xmpp.test>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
-      Ms-Conversation-ID: e2e[call_number]
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=- 1 0 IN IP4 [local_ip]
-      s=session
-      c=IN IP4 [local_ip]
-      t=0 0
-      m=message 5060 sip/tcp *
-      a=accept-types:text/plain
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="200" rrs="true">
-    <action>
-      <ereg regexp="m=message" search_in="body" check_it="true" assign_to="m"/>
-      <ereg regexp=";tag=[^;> ]+" search_in="hdr" header="To:" check_it="true" assign_to="totag"/>
-    </action>
-  </recv>
-  <Reference variables="m"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: "Bob" <sip:bob@@LCS@>;tag=[call_number]
-      To: <sip:alice@xmpp.test>[$totag]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Content-Length: 0
-
-    ]]>
-  </send>
-"#;
-
-/// UAC: an in-dialog request (CSeq from SIPp's counter, 2 after the INVITE).
-fn uac_request(method: &str, content_type: Option<&str>, body: &str) -> String {
-    let content_type = content_type
-        .map(|t| format!("Content-Type: {t}\n      "))
-        .unwrap_or_default();
-    let body: String = body.lines().map(|l| format!("      {l}\n")).collect();
-    format!(
-        r#"  <send>
-    <![CDATA[
-      {method} [next_url] SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: "Bob" <sip:bob@@LCS@>;tag=[call_number]
-      To: <sip:alice@xmpp.test>[$totag]
-      Call-ID: [call_id]
-      CSeq: [cseq] {method}
-      {content_type}Content-Length: [len]
-
-{body}    ]]>
-  </send>
-"#
-    )
-}
+// ------------------------------------------------------------------ SIPp scenarios (tests/sipp)
 
 const TEXT: &str = "text/plain; charset=UTF-8";
 const ISCOMPOSING: &str = "application/im-iscomposing+xml";
-
-fn iscomposing(state: &str) -> String {
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<isComposing xmlns=\"urn:ietf:params:xml:ns:im-iscomposing\">\n<state>{state}</state>\n<contenttype>text/plain</contenttype>\n</isComposing>"
-    )
-}
 
 // ------------------------------------------------------------------ the flows
 
@@ -200,16 +45,7 @@ fn iscomposing(state: &str) -> String {
 /// gets the three MESSAGEs in order with their bodies byte for byte, then a BYE once the
 /// session has been idle for `session_idle_secs`.
 fn flow_a<S: XmppServer>(w: &mut World<S>) {
-    let scenario = [
-        HEAD,
-        UAS_ACCEPT,
-        &uas_messages(3),
-        "  <recv request=\"BYE\"/>\n",
-        OK,
-        TAIL,
-    ]
-    .concat();
-    let mut sipp = w.uas("a", &scenario);
+    let mut sipp = w.uas("a", "im_a_uas_three_messages");
     let bob = w.mode.jid("bob");
     let bodies = [
         "one",
@@ -274,19 +110,8 @@ fn flow_a<S: XmppServer>(w: &mut World<S>) {
 fn flow_b<S: XmppServer>(w: &mut World<S>) {
     let first = "Hello from LCS";
     let second = "Zweite Nachricht: é 中 ✓ <&> \"quoted\"";
-    let scenario = [
-        HEAD,
-        UAC_INVITE,
-        &uac_request("MESSAGE", Some(TEXT), first),
-        RECV_OK,
-        &uac_request("MESSAGE", Some(TEXT), second),
-        RECV_OK,
-        &uac_request("BYE", None, ""),
-        RECV_OK,
-        TAIL,
-    ]
-    .concat();
-    let mut sipp = w.uac("b", &scenario);
+    let keys = [("first", first), ("second", second)];
+    let mut sipp = w.uac_with("b", "im_b_uac_two_messages", &keys, false);
     let bob = w.mode.jid("bob");
     let deadline = w.deadline;
     let got: Vec<Value> = (0..2)
@@ -335,27 +160,7 @@ fn prosody_c_480_returns_recipient_unavailable_with_the_body() {
     let Some(mut w) = World::new("(c)", Mode::Gateway, Prosody::start) else {
         return;
     };
-    let scenario = [
-        HEAD,
-        r#"  <recv request="INVITE"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 480 Temporarily Unavailable
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]lcs[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="ACK"/>
-"#,
-        TAIL,
-    ]
-    .concat();
-    let mut sipp = w.uas("c", &scenario);
+    let mut sipp = w.uas("c", "im_c_uas_480");
     let bob = w.mode.jid("bob");
     let body = "are you there? <&> ü";
     w.alice.send(&bob, Some(body), json!({"id": "c1"}));
@@ -379,8 +184,7 @@ fn prosody_d_receipt_request_gets_received() {
     let Some(mut w) = World::new("(d)", Mode::Gateway, Prosody::start) else {
         return;
     };
-    let scenario = [HEAD, UAS_ACCEPT, UAS_MESSAGE, OK, TAIL].concat();
-    let mut sipp = w.uas("d", &scenario);
+    let mut sipp = w.uas("d", "im_d_uas_one_message");
     let bob = w.mode.jid("bob");
     w.alice.send(
         &bob,
@@ -407,28 +211,7 @@ fn prosody_e_typing_both_ways() {
     let Some(mut w) = World::new("(e)", Mode::Gateway, Prosody::start) else {
         return;
     };
-    let scenario = [
-        HEAD,
-        UAC_INVITE,
-        &uac_request("MESSAGE", Some(ISCOMPOSING), &iscomposing("active")),
-        RECV_OK,
-        &uac_request("MESSAGE", Some(ISCOMPOSING), &iscomposing("idle")),
-        RECV_OK,
-        r#"  <recv request="MESSAGE">
-    <action>
-      <ereg regexp="application/im-iscomposing\+xml" search_in="hdr" header="Content-Type:" check_it="true" assign_to="ct"/>
-      <ereg regexp="sip:alice@xmpp\.test" search_in="hdr" header="From:" check_it="true" assign_to="f"/>
-    </action>
-  </recv>
-  <Reference variables="ct,f"/>
-"#,
-        OK,
-        &uac_request("BYE", None, ""),
-        RECV_OK,
-        TAIL,
-    ]
-    .concat();
-    let mut sipp = w.uac("e", &scenario);
+    let mut sipp = w.uac("e", "im_e_uac_typing");
     let bob = w.mode.jid("bob");
     let deadline = w.deadline;
     for state in ["composing", "paused"] {
@@ -474,36 +257,6 @@ fn ejabberd_direct_a_and_b() {
     flow_b(&mut w);
 }
 
-/// The restart scenario (UAC): INVITE, then numbered MESSAGEs (`msg <CSeq>`), one about every
-/// 300 ms, each answered 200 or (the link's queue full) 503, until alice's MESSAGE arrives
-/// (the bridge is the UAS of this dialog); then 200 to it and BYE. Alice's MESSAGE may also
-/// overtake the answer to SIPp's last one.
-fn restart_scenario() -> String {
-    [
-        HEAD,
-        UAC_INVITE,
-        "  <label id=\"next\"/>\n",
-        &uac_request("MESSAGE", Some(TEXT), "msg [cseq]"),
-        r#"  <recv response="100" optional="true"/>
-  <recv response="200" optional="true" next="answered"/>
-  <recv response="503" optional="true" next="answered"/>
-  <recv request="MESSAGE"/>
-"#,
-        OK,
-        r#"  <recv response="200" optional="true" next="bye"/>
-  <recv response="503" next="bye"/>
-  <label id="answered"/>
-  <recv request="MESSAGE" timeout="300" ontimeout="next"/>
-"#,
-        OK,
-        "  <label id=\"bye\"/>\n",
-        &uac_request("BYE", None, ""),
-        RECV_OK,
-        TAIL,
-    ]
-    .concat()
-}
-
 /// MESSAGEs SIPp has sent so far.
 fn sent_messages(log: &[LoggedMessage]) -> Vec<&LoggedMessage> {
     log.iter()
@@ -520,7 +273,7 @@ fn prosody_restart_mid_conversation_loses_no_message() {
     let Some(mut w) = World::new("restart", Mode::Gateway, Prosody::start) else {
         return;
     };
-    let mut sipp = w.uac("r", &restart_scenario());
+    let mut sipp = w.uac("r", "im_restart_uac");
     let bob = w.mode.jid("bob");
     let deadline = w.deadline;
     for _ in 0..2 {
@@ -621,7 +374,7 @@ fn prosody_restart_mid_conversation_loses_no_message() {
         .collect();
     let unique: HashSet<&String> = got.iter().collect();
     if unique.len() != got.len() {
-        common::loud(&format!(
+        lcs_test_support::loud(&format!(
             "restart: some messages reached alice twice: {got:?}"
         ));
     }

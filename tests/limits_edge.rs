@@ -1,6 +1,6 @@
 //! The SIP edge's resource limits under an authenticated partner's abuse, against the real
 //! `lcs-bridge run` binary (docs/security.md "The SIP edge"). The test plays the XMPP server's
-//! component port (tests/load/net.rs, no XMPP server needed) and mutual-TLS LCS edges with
+//! component port (`lcs_test_support::net`, no XMPP server needed) and mutual-TLS LCS edges with
 //! certificates of the bridge's trusted CA; what it measures is the bridge process's own:
 //! resident memory (`/proc/<pid>/status` VmRSS), open descriptors (`/proc/<pid>/fd`), CPU time
 //! (`/proc/<pid>/task/*/schedstat`) and its log, where each over-limit event is one WARN line
@@ -24,16 +24,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "load/net.rs"]
-#[allow(dead_code)]
-mod net;
-
-// tests/load/net.rs names it `crate::pki`.
-use common::pki;
+use lcs_test_support::{net, pki};
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,8 +41,10 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use common::dns::TestDns;
-use common::{GATEWAY_COMPONENT, XMPP_DOMAIN, free_port};
+use lcs_test_support::config::BridgeConfig;
+use lcs_test_support::dns::TestDns;
+use lcs_test_support::e2e::Mode;
+use lcs_test_support::{GATEWAY_COMPONENT, XMPP_DOMAIN, free_port};
 use pki::{Pki, write_bridge_files};
 
 const SECRET: &str = "s3cret";
@@ -84,49 +80,23 @@ impl World {
         );
         let component = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sip_port = free_port();
-        let q = |p: PathBuf| format!("{:?}", p.display().to_string());
-        let mappings = q(Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"));
         let config = dir.path().join("lcs-bridge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"# written by tests/limits_edge.rs
-[xmpp]
-host = "127.0.0.1"
-port = {component_port}
-secret = "{SECRET}"
-mode = "gateway"
-component_domains = ["{GATEWAY_COMPONENT}"]
-local_domains = ["{XMPP_DOMAIN}"]
-
-[sip]
-listen = "127.0.0.1:{sip_port}"
-public_fqdn = "sip.xmpp.test"
-cert_chain = {cert}
-private_key = {key}
-ca_bundle = {ca}
-{sip}
-
-[federation]
-{federation}
-
-[storage]
-path = {storage}
-
-[mappings]
-path = {mappings}
-
-[logging]
-level = "info"
-"#,
-                component_port = component.local_addr().unwrap().port(),
-                cert = q(dir.path().join("bridge.crt")),
-                key = q(dir.path().join("bridge.key")),
-                ca = q(dir.path().join("ca.crt")),
-                storage = q(dir.path().join("store")),
-            ),
-        )
-        .unwrap();
+        let toml = BridgeConfig {
+            secret: SECRET,
+            sip,
+            federation: federation.to_owned(),
+            im: String::new(),
+            log_level: "info",
+            ..BridgeConfig::new(
+                dir.path(),
+                Mode::Gateway,
+                component.local_addr().unwrap().port(),
+                sip_port,
+                0,
+            )
+        }
+        .toml();
+        std::fs::write(&config, toml).unwrap();
         let log = std::fs::File::create(dir.path().join("bridge.log")).unwrap();
         let bin = std::env::var("LCS_BRIDGE_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_lcs-bridge").to_owned());

@@ -3,12 +3,10 @@
 //! real XEP-0114 handshake. Missing peers skip, or fail under
 //! `LCS_BRIDGE_REQUIRE_PEERS=1` (see docs/testing.md).
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
+use lcs_test_support::{
     COMPONENT_SECRET, Ejabberd, Handshake, Prosody, XmppServer, component_handshake, require_peer,
     require_python_modules, run_with_timeout,
 };
@@ -56,20 +54,20 @@ fn assert_wrong_secret_refused(server: &dyn XmppServer, name: &str) {
 fn handshake_digest_is_lowercase_hex_sha1() {
     // SHA-1("abc") from FIPS 180-1.
     assert_eq!(
-        common::handshake_digest("a", "bc"),
+        lcs_test_support::handshake_digest("a", "bc"),
         "a9993e364706816aba3e25717850c26c9cd0d89d"
     );
 }
 
 #[test]
 fn free_ports_are_distinct_and_bindable() {
-    let ports: Vec<u16> = (0..20).map(|_| common::free_port()).collect();
+    let ports: Vec<u16> = (0..20).map(|_| lcs_test_support::free_port()).collect();
     let unique: std::collections::HashSet<_> = ports.iter().collect();
     assert_eq!(unique.len(), ports.len(), "duplicate ports: {ports:?}");
     for p in ports {
         std::net::TcpListener::bind(("127.0.0.1", p)).expect("port handed out is bindable");
     }
-    let p = common::free_port_pair();
+    let p = lcs_test_support::free_port_pair();
     std::net::TcpListener::bind(("127.0.0.1", p)).expect("pair, first");
     std::net::TcpListener::bind(("127.0.0.1", p + 1)).expect("pair, second");
 }
@@ -119,7 +117,7 @@ fn ejabberd_component_handshake() {
     assert_components_accept(&ejabberd, "ejabberd");
     assert_wrong_secret_refused(&ejabberd, "ejabberd");
     ejabberd.register("alice", "alicepw");
-    let users = ejabberd.ctl(&["registered_users", common::XMPP_DOMAIN]);
+    let users = ejabberd.ctl(&["registered_users", lcs_test_support::XMPP_DOMAIN]);
     assert!(users.lines().any(|l| l.trim() == "alice"), "users: {users}");
 }
 

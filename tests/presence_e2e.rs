@@ -1,5 +1,5 @@
 //! End-to-end presence through the real `lcs-bridge` binary, with real peers on both sides
-//! (the world of tests/im_e2e.rs, `common::e2e`): Prosody with the bridge as its component in
+//! (the world of tests/im_e2e.rs, `lcs_test_support::e2e`): Prosody with the bridge as its component in
 //! gateway mode, alice@xmpp.test as a slixmpp client (`tests/xmpp_client.py`, presence stanzas
 //! as JSON lines), SIPp (TCP) behind socat's mutual TLS playing LCS users of contoso.com.
 //!
@@ -27,15 +27,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::Prosody;
-use common::e2e::{HEAD, Mode, TAIL, World, bare, body_text, requests};
-use common::sipp::{self, LoggedMessage};
+use lcs_test_support::Prosody;
+use lcs_test_support::e2e::{Mode, World, bare, body_text, requests};
+use lcs_test_support::sipp::{self, LoggedMessage};
 
 /// NOTIFYs to LCS at most once a second (the smallest interval), so a change shows quickly.
 const PRESENCE_CONFIG: &str = "\n[presence]\nnotify_min_interval_secs = 1\n";
@@ -47,96 +45,6 @@ fn world(name: &'static str) -> Option<World<Prosody>> {
 fn is_presence_from(event: &Value, from: &str) -> bool {
     event["event"] == "presence" && event["from"].as_str().is_some_and(|f| bare(f) == from)
 }
-
-/// The PIDF documents SIPp sends, one line per element (SIPp strips the indentation of the
-/// scenario's lines; blank lines would end the body early).
-fn pidf_lines(xml: &str) -> String {
-    xml.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| format!("      {l}\n"))
-        .collect()
-}
-
-fn golden_pidf(name: &str) -> String {
-    let path = common::e2e::repo().join(format!("tests/golden/pidf/{name}.xml"));
-    std::fs::read_to_string(path)
-        .unwrap()
-        // The notifier speaks for the presentity it was asked about.
-        .replace("sip:joe@contoso.com", "sip:bob@contoso.com")
-        .replace("pres:someone@example.com", "pres:bob@contoso.com")
-}
-
-/// Profile-style document (tuple status with `ep:activities`) for the BENOTIFY.
-const PIDF_ONLINE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:ep="urn:ietf:params:xml:ns:pidf:status:rpid-status" entity="sip:bob@contoso.com">
-<tuple id="0">
-<status>
-<basic>open</basic>
-</status>
-</tuple>
-</presence>"#;
-
-/// A NOTIFY (or BENOTIFY) from SIPp the notifier (UAS of the SUBSCRIBE): to the subscriber's
-/// Contact `$contact`, From its To with our tag, To its From (`$from`, with its tag).
-fn uas_notify(method: &str, cseq: u32, state: &str, pidf: &str) -> String {
-    format!(
-        r#"  <send>
-    <![CDATA[
-      {method} [$contact] SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: [$to];tag=[pid]lcs[call_number]
-      To: [$from]
-      [last_Call-ID:]
-      CSeq: {cseq} {method}
-      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
-      Event: presence
-      Subscription-State: {state}
-      Content-Type: application/pidf+xml
-      Content-Length: [len]
-
-{body}    ]]>
-  </send>
-"#,
-        body = pidf_lines(pidf)
-    )
-}
-
-/// SIPp UAS: a fresh SUBSCRIBE from alice to bob (`Event: presence`, PIDF `Accept`, non-zero
-/// `Expires`), answered 202 with SIPp's To tag; `$from`, `$to` and `$contact` kept for the
-/// NOTIFYs of [`uas_notify`].
-const UAS_ACCEPT: &str = r#"  <recv request="SUBSCRIBE">
-    <action>
-      <ereg regexp="^ *presence" search_in="hdr" header="Event:" check_it="true" assign_to="ev"/>
-      <ereg regexp="application/pidf\+xml" search_in="hdr" header="Accept:" check_it="true" assign_to="acc"/>
-      <ereg regexp="[1-9][0-9]*" search_in="hdr" header="Expires:" check_it="true" assign_to="exp"/>
-      <ereg regexp="sip:alice@xmpp\.test" search_in="hdr" header="From:" check_it="true" assign_to="f"/>
-      <ereg regexp="sip:bob@contoso\.com" search_in="hdr" header="To:" check_it="true" assign_to="t"/>
-      <ereg regexp="&lt;sip:[^&gt;]*&gt;[^ ]*" search_in="hdr" header="From:" check_it="true" assign_to="from"/>
-      <ereg regexp="&lt;sip:[^&gt;]*&gt;" search_in="hdr" header="To:" check_it="true" assign_to="to"/>
-      <ereg regexp="sip:[^&gt;]*" search_in="hdr" header="Contact:" check_it="true" assign_to="contact"/>
-    </action>
-  </recv>
-  <Reference variables="ev,acc,exp,f,t"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 202 Accepted
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]lcs[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
-      Expires: 3600
-      Content-Length: 0
-
-    ]]>
-  </send>
-"#;
-
-/// Answers 200 to the request SIPp just received.
-const OK: &str = common::e2e::OK;
 
 fn wait_sipp_log(
     w: &World<Prosody>,
@@ -187,28 +95,7 @@ fn xmpp_user_watches_lcs_user() {
     let Some(mut w) = world("(1) alice watches bob") else {
         return;
     };
-    let profile = golden_pidf("profile-example");
-    let person = golden_pidf("rfc4480-person");
-    let scenario = [
-        HEAD,
-        UAS_ACCEPT,
-        &uas_notify("NOTIFY", 1, "active;expires=3600", &profile),
-        "  <recv response=\"200\"/>\n",
-        &uas_notify("NOTIFY", 2, "active;expires=3590", &person),
-        "  <recv response=\"200\"/>\n",
-        &uas_notify("BENOTIFY", 3, "active;expires=3580", PIDF_ONLINE),
-        r#"  <recv request="SUBSCRIBE">
-    <action>
-      <ereg regexp="^ *0" search_in="hdr" header="Expires:" check_it="true" assign_to="exp0"/>
-    </action>
-  </recv>
-  <Reference variables="exp0"/>
-"#,
-        OK,
-        TAIL,
-    ]
-    .concat();
-    let mut run = w.uas("p1", &scenario);
+    let mut run = w.uas("p1", "presence_1_uas_notifier");
     let bob = w.mode.jid("bob");
     w.alice
         .command(json!({"op": "presence", "to": bob, "type": "subscribe"}));
@@ -264,100 +151,6 @@ fn xmpp_user_watches_lcs_user() {
     );
 }
 
-/// SIPp UAC: SUBSCRIBE for alice from `user`@contoso.com; 202 (To tag kept, Contact as the
-/// next URL); NOTIFY `pending`, 200.
-fn uac_subscribe(user: &str) -> String {
-    format!(
-        r#"  <send>
-    <![CDATA[
-      SUBSCRIBE sip:alice@xmpp.test SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: "{display}" <sip:{user}@contoso.com>;tag=[call_number]
-      To: <sip:alice@xmpp.test>
-      Call-ID: [call_id]
-      CSeq: 1 SUBSCRIBE
-      Contact: <sip:{user}@[local_ip]:[local_port];transport=tls>
-      Event: presence
-      Accept: application/pidf+xml
-      Supported: ms-benotify
-      Expires: 3600
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="202" rrs="true">
-    <action>
-      <ereg regexp=";tag=[^;&gt; ]+" search_in="hdr" header="To:" check_it="true" assign_to="totag"/>
-    </action>
-  </recv>
-  <recv request="NOTIFY">
-    <action>
-      <ereg regexp="^ *pending" search_in="hdr" header="Subscription-State:" check_it="true" assign_to="pending"/>
-    </action>
-  </recv>
-  <Reference variables="pending"/>
-"#,
-        display = user[..1].to_uppercase() + &user[1..],
-    ) + OK
-}
-
-/// SIPp UAC: in-dialog SUBSCRIBE `Expires: 0` from bob; the 200 and NOTIFY `terminated`.
-const UAC_UNSUBSCRIBE: &str = r#"  <send>
-    <![CDATA[
-      SUBSCRIBE [next_url] SIP/2.0
-      Via: SIP/2.0/TLS [local_ip]:[local_port];branch=[branch]
-      Max-Forwards: 70
-      From: "Bob" <sip:bob@contoso.com>;tag=[call_number]
-      To: <sip:alice@xmpp.test>[$totag]
-      Call-ID: [call_id]
-      CSeq: 2 SUBSCRIBE
-      Contact: <sip:bob@[local_ip]:[local_port];transport=tls>
-      Event: presence
-      Accept: application/pidf+xml
-      Expires: 0
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="200"/>
-  <recv request="NOTIFY">
-    <action>
-      <ereg regexp="^ *terminated" search_in="hdr" header="Subscription-State:" check_it="true" assign_to="term"/>
-    </action>
-  </recv>
-  <Reference variables="term"/>
-"#;
-
-/// NOTIFYs answered 200 until one whose body matches `regexp` (then on to the next element).
-fn uac_notifies_until(label: &str, regexp: &str) -> String {
-    format!(
-        r#"  <label id="{label}"/>
-  <recv request="NOTIFY">
-    <action>
-      <ereg regexp="{regexp}" search_in="body" check_it="false" assign_to="{label}_hit"/>
-    </action>
-  </recv>
-  <send next="{label}_done" test="{label}_hit">
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <nop next="{label}"/>
-  <label id="{label}_done"/>
-"#
-    )
-}
-
 /// Alice gets bob's `subscribe` (with his display name as nick) and approves; waits until
 /// SIPp run `name` got the `active` NOTIFY with `<basic>open</basic>` and checks its document.
 fn approve_and_wait_open(w: &mut World<Prosody>, name: &str) {
@@ -385,21 +178,8 @@ fn lcs_user_watches_xmpp_user() {
     let Some(mut w) = world("(2) bob watches alice") else {
         return;
     };
-    let rest = [
-        &uac_notifies_until("busy", "busy") as &str,
-        UAC_UNSUBSCRIBE,
-        OK,
-    ]
-    .concat();
-    let scenario = [
-        HEAD,
-        &uac_subscribe("bob"),
-        &uac_notifies_until("open", "&lt;basic&gt;open&lt;/basic&gt;"),
-        &rest,
-        TAIL,
-    ]
-    .concat();
-    let mut run = w.uac("p2", &scenario);
+    let bob = [("user", "bob"), ("display", "Bob")];
+    let mut run = w.uac_with("p2", "presence_2_uac_watcher", &bob, false);
     approve_and_wait_open(&mut w, "p2");
     w.alice
         .command(json!({"op": "presence", "show": "dnd", "status": "deep work"}));
@@ -430,21 +210,8 @@ fn xmpp_user_refuses_lcs_watcher() {
     let Some(mut w) = world("(3) alice refuses carol") else {
         return;
     };
-    let scenario = [
-        HEAD,
-        &uac_subscribe("carol"),
-        r#"  <recv request="NOTIFY">
-    <action>
-      <ereg regexp="^ *terminated *; *reason=rejected" search_in="hdr" header="Subscription-State:" check_it="true" assign_to="rej"/>
-    </action>
-  </recv>
-  <Reference variables="rej,totag"/>
-"#,
-        OK,
-        TAIL,
-    ]
-    .concat();
-    let mut run = w.uac("p3", &scenario);
+    let carol = [("user", "carol"), ("display", "Carol")];
+    let mut run = w.uac_with("p3", "presence_3_uac_refused", &carol, false);
     let carol = w.mode.jid("carol");
     let deadline = w.deadline;
     w.alice.wait_for("subscribe from carol", deadline, |e| {
@@ -465,18 +232,9 @@ fn lcs_watcher_survives_bridge_restart() {
     let Some(mut w) = world("(4) restart") else {
         return;
     };
-    let scenario = [
-        HEAD,
-        &uac_subscribe("bob"),
-        &uac_notifies_until("open", "&lt;basic&gt;open&lt;/basic&gt;"),
-        &uac_notifies_until("away", "away"),
-        UAC_UNSUBSCRIBE,
-        OK,
-        TAIL,
-    ]
-    .concat();
     // SIPp's connection to the bridge is replaced under it (an LCS edge reconnecting).
-    let mut run = w.uac_with("p4", &scenario, true);
+    let bob = [("user", "bob"), ("display", "Bob")];
+    let mut run = w.uac_with("p4", "presence_4_uac_restart", &bob, true);
     approve_and_wait_open(&mut w, "p4");
     let before = sipp::read_message_log(w.dir(), "p4");
     let first = before
@@ -513,78 +271,6 @@ fn lcs_watcher_survives_bridge_restart() {
     );
 }
 
-/// Several tuples, an RFC 4480 `<person>` with another activity and a `<device>`, as LCS and
-/// OCS put them on the wire: only the first tuple counts (busy, "In a call").
-const PIDF_SEVERAL_TUPLES: &str = r#"<?xml version="1.0" encoding="utf-8"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:ep="urn:ietf:params:xml:ns:pidf:status:rpid-status" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" xmlns:ci="urn:ietf:params:xml:ns:pidf:cipid" entity="sip:bob@contoso.com">
-<tuple id="0">
-<status>
-<basic>open</basic>
-<ep:activities>
-<ep:activity>busy</ep:activity>
-</ep:activities>
-</status>
-<note>In a call</note>
-</tuple>
-<tuple id="1">
-<status>
-<basic>closed</basic>
-</status>
-<note>second tuple, never read</note>
-</tuple>
-<tuple id="2">
-<status>
-<basic>open</basic>
-<ep:activities>
-<ep:activity>away</ep:activity>
-</ep:activities>
-</status>
-</tuple>
-<dm:person id="p0">
-<rpid:activities>
-<rpid:vacation/>
-</rpid:activities>
-</dm:person>
-<dm:device id="d0">
-<dm:deviceID>urn:uuid:3f0a9e5c-2b1d-4c1e-9a8e-0f6b2d1c7e55</dm:deviceID>
-</dm:device>
-<ci:display-name>Bob Builder</ci:display-name>
-</presence>"#;
-
-/// SIPp actions that set `c2`…`cN` true for the call with that `[call_number]`, for
-/// [`per_call`] (call 1 is the one with none set).
-fn call_number_flags(n: u32) -> String {
-    let tests: String = (2..=n)
-        .map(|k| {
-            format!(
-                "      <test assign_to=\"c{k}\" variable=\"n\" compare=\"equal\" value=\"{k}\"/>\n"
-            )
-        })
-        .collect();
-    format!(
-        "  <nop>\n    <action>\n      <assignstr assign_to=\"ns\" value=\"[call_number]\"/>\n      \
-         <todouble assign_to=\"n\" variable=\"ns\"/>\n{tests}    </action>\n  </nop>\n"
-    )
-}
-
-/// One of `branches` per call: call K runs `branches[K-1]` (flags from [`call_number_flags`]).
-/// Plain jumps, not SIPp's `condexec`: a skipped element costs SIPp a scheduling round, and a
-/// response arriving then is "unexpected". Each branch should end on a `<recv>`, so that
-/// nothing is in flight at the jumps.
-fn per_call(id: &str, branches: &[String]) -> String {
-    let mut xml: String = (2..=branches.len())
-        .map(|k| format!("  <nop next=\"{id}{k}\" test=\"c{k}\"/>\n"))
-        .collect();
-    for (k, branch) in branches.iter().enumerate() {
-        if k > 0 {
-            xml += &format!("  <label id=\"{id}{}\"/>\n", k + 1);
-        }
-        xml += branch;
-        xml += &format!("  <nop next=\"{id}_end\"/>\n");
-    }
-    xml + &format!("  <label id=\"{id}_end\"/>\n")
-}
-
 /// The SUBSCRIBEs the bridge sent to SIPp and the NOTIFYs SIPp sent, in order.
 fn subscribes_and_notifies(log: &[LoggedMessage]) -> (Vec<&LoggedMessage>, Vec<&LoggedMessage>) {
     let of = |method: &str, sent: bool| -> Vec<&LoggedMessage> {
@@ -616,44 +302,7 @@ fn lcs_side_terminates_with_each_reason() {
     let Some(mut w) = world("(5) terminated reasons") else {
         return;
     };
-    let reasons = [
-        "deactivated",
-        "probation;retry-after=1",
-        "timeout",
-        "rejected",
-    ];
-    let answered = |xml: String| xml + "  <recv response=\"200\"/>\n";
-    let active: Vec<String> = (1..=4)
-        .map(|k| {
-            let doc = if k == 1 {
-                PIDF_SEVERAL_TUPLES
-            } else {
-                PIDF_ONLINE
-            };
-            answered(uas_notify("NOTIFY", 1, "active;expires=3600", doc))
-        })
-        .collect();
-    let terminated: Vec<String> = reasons
-        .iter()
-        .map(|r| {
-            answered(uas_notify(
-                "NOTIFY",
-                2,
-                &format!("terminated;reason={r}"),
-                "",
-            ))
-        })
-        .collect();
-    let scenario = [
-        HEAD,
-        UAS_ACCEPT,
-        &call_number_flags(4),
-        &per_call("active", &active),
-        &per_call("term", &terminated),
-        TAIL,
-    ]
-    .concat();
-    let mut run = w.uas_calls("p5", &scenario, 4);
+    let mut run = w.uas_calls("p5", "presence_5_uas_terminated_reasons", 4);
     let bob = w.mode.jid("bob");
     w.alice
         .command(json!({"op": "presence", "to": bob, "type": "subscribe"}));
@@ -726,18 +375,8 @@ fn lcs_side_terminates_noresource() {
     let Some(mut w) = world("(6) noresource") else {
         return;
     };
-    let scenario = [
-        HEAD,
-        UAS_ACCEPT,
-        &uas_notify("NOTIFY", 1, "active;expires=3600", PIDF_ONLINE),
-        "  <recv response=\"200\"/>\n",
-        &uas_notify("NOTIFY", 2, "terminated;reason=noresource", ""),
-        "  <recv response=\"200\"/>\n",
-        TAIL,
-    ]
-    .concat();
     // Two calls: a second SUBSCRIBE would be taken; none must come.
-    let mut run = w.uas_calls("p6", &scenario, 2);
+    let mut run = w.uas_calls("p6", "presence_6_uas_noresource", 2);
     let bob = w.mode.jid("bob");
     w.alice
         .command(json!({"op": "presence", "to": bob, "type": "subscribe"}));
@@ -765,24 +404,7 @@ fn xmpp_watcher_survives_bridge_restart() {
     let Some(mut w) = world("(7) outbound restart") else {
         return;
     };
-    let pidf_away = PIDF_ONLINE.replace(
-        "<basic>open</basic>",
-        "<basic>open</basic>\n<ep:activities>\n<ep:activity>away</ep:activity>\n</ep:activities>",
-    );
-    let scenario = [
-        HEAD,
-        UAS_ACCEPT,
-        &call_number_flags(2),
-        &per_call(
-            "active",
-            &[PIDF_ONLINE, &pidf_away].map(|doc| {
-                uas_notify("NOTIFY", 1, "active;expires=3600", doc) + "  <recv response=\"200\"/>\n"
-            }),
-        ),
-        TAIL,
-    ]
-    .concat();
-    let mut run = w.uas_calls("p7", &scenario, 2);
+    let mut run = w.uas_calls("p7", "presence_7_uas_restart", 2);
     let bob = w.mode.jid("bob");
     w.alice
         .command(json!({"op": "presence", "to": bob, "type": "subscribe"}));

@@ -20,21 +20,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::Prosody;
-use common::e2e::{Mode, World, XmppClient, bare};
+use lcs_test_support::Prosody;
+use lcs_test_support::e2e::{Mode, World, XmppClient, bare};
 
 /// The bridge's public name as an LCS edge finds it: `_sips._tcp.sip.xmpp.test` SRV to the
 /// bridge's port, and its A record, on port 53 (pjsip takes a nameserver's address only).
 /// Kept alive with its runtime.
 struct Dns {
-    server: common::dns::TestDns,
+    server: lcs_test_support::dns::TestDns,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -45,8 +43,8 @@ fn dns(sip_port: u16) -> Dns {
         .build()
         .unwrap();
     let server = rt.block_on(async {
-        let dns = common::dns::TestDns::start_on_port_53(&["xmpp.test"]).await;
-        let target = [common::dns::srv(0, 0, sip_port, "sip.xmpp.test")];
+        let dns = lcs_test_support::dns::TestDns::start_on_port_53(&["xmpp.test"]).await;
+        let target = [lcs_test_support::dns::srv(0, 0, sip_port, "sip.xmpp.test")];
         for name in ["_sips._tcp.sip.xmpp.test", "_sip._tls.sip.xmpp.test"] {
             dns.set_srv_at(name, &target, 60).await;
         }
@@ -58,9 +56,9 @@ fn dns(sip_port: u16) -> Dns {
 }
 
 fn world(name: &'static str) -> Option<(World<Prosody>, XmppClient, Dns)> {
-    let python = common::require_python_modules(&["slixmpp", "pjsua2"])?;
-    if !common::is_root() {
-        return common::skip_or_fail("root, for the DNS server on port 53 pjsip needs");
+    let python = lcs_test_support::require_python_modules(&["slixmpp", "pjsua2"])?;
+    if !lcs_test_support::is_root() {
+        return lcs_test_support::skip_or_fail("root, for the DNS server on port 53 pjsip needs");
     }
     let w = World::with_config(
         name,
@@ -76,7 +74,7 @@ fn world(name: &'static str) -> Option<(World<Prosody>, XmppClient, Dns)> {
     let dir = w.dir().to_owned();
     let dns = dns(w.bridge.sip_port);
     let mut cmd = Command::new(python);
-    cmd.arg(common::e2e::repo().join("tests/pjsua_peer.py"))
+    cmd.arg(lcs_test_support::repo().join("tests/pjsua_peer.py"))
         .args(["--listen", &w.partner_port.to_string()])
         .arg("--cert")
         .arg(dir.join("peer.crt"))
@@ -108,7 +106,7 @@ impl Drop for Report<'_> {
             eprintln!(
                 "--- pjsua2 events ---\n{}\n--- pjsua2 stderr ---\n{stderr}\n--- pjsua2 log (end) ---\n{}",
                 self.0.report(),
-                common::e2e::tail(&log, 60_000)
+                lcs_test_support::e2e::tail(&log, 60_000)
             );
         }
     }

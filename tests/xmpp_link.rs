@@ -5,16 +5,14 @@
 //! delivered in order, the bounded queue, keep-alive on an idle stream, and ejabberd.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
+use lcs_bridge::policy::Backoff;
+use lcs_bridge::xmpp::link::{self, LinkError, LinkEvent, LinkHandle, LinkSettings};
+use lcs_test_support::{
     COMPONENT_SECRET, DIRECT_COMPONENT, Ejabberd, GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN,
     XmppServer,
 };
-use lcs_bridge::policy::Backoff;
-use lcs_bridge::xmpp::link::{self, LinkError, LinkEvent, LinkHandle, LinkSettings};
 use minidom::Element;
 use tokio::sync::mpsc::Receiver;
 
@@ -249,7 +247,7 @@ async fn prosody_unknown_domain_fails_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_listening_fails_start_after_the_timeout() {
-    let port = common::free_port();
+    let port = lcs_test_support::free_port();
     let t0 = Instant::now();
     let err = link::start(
         settings(port, &[GATEWAY_COMPONENT], COMPONENT_SECRET),

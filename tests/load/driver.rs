@@ -17,8 +17,11 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::net::{self, Event, Tls, Writer};
-use crate::pki::{Pki, write_bridge_files};
+use lcs_test_support::config::BridgeConfig;
+use lcs_test_support::e2e::Mode;
+use lcs_test_support::free_port;
+use lcs_test_support::net::{self, Event, Tls, Writer};
+use lcs_test_support::pki::{Pki, write_bridge_files};
 
 pub const COMPONENT: &str = "lcs.xmpp.test";
 pub const XMPP_DOMAIN: &str = "xmpp.test";
@@ -247,54 +250,23 @@ impl World {
         let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sip_port = free_port();
         let config = dir.path().join("lcs-bridge.toml");
-        let q = |p: PathBuf| format!("{:?}", p.display().to_string());
-        let mappings = q(Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"# written by lcs-load
-[xmpp]
-host = "127.0.0.1"
-port = {component_port}
-secret = "{secret}"
-mode = "gateway"
-component_domains = ["{COMPONENT}"]
-local_domains = ["{XMPP_DOMAIN}"]
-queue_capacity = 100000
-
-[sip]
-listen = "127.0.0.1:{sip_port}"
-public_fqdn = "sip.xmpp.test"
-cert_chain = {cert}
-private_key = {key}
-ca_bundle = {ca}
-dns_servers = ["127.0.0.1:9"]
-
-[federation]
-default_policy = "deny"
-
-[[federation.partners]]
-domain = "{LCS_DOMAIN}"
-edge = "127.0.0.1:{partner_port}"
-
-[storage]
-path = {storage}
-
-[mappings]
-path = {mappings}
-
-[logging]
-level = "{log_level}"
-{extra}"#,
-                log_level = std::env::var("LCS_LOAD_LOG").unwrap_or_else(|_| "warn".into()),
-                partner_port = partner.local_addr().unwrap().port(),
-                cert = q(dir.path().join("bridge.crt")),
-                key = q(dir.path().join("bridge.key")),
-                ca = q(dir.path().join("ca.crt")),
-                storage = q(dir.path().join("store")),
-            ),
-        )
-        .unwrap();
+        let log_level = std::env::var("LCS_LOAD_LOG").unwrap_or_else(|_| "warn".into());
+        let toml = BridgeConfig {
+            secret,
+            xmpp: "queue_capacity = 100000\n",
+            im: String::new(),
+            log_level: &log_level,
+            extra,
+            ..BridgeConfig::new(
+                dir.path(),
+                Mode::Gateway,
+                component_port,
+                sip_port,
+                partner.local_addr().unwrap().port(),
+            )
+        }
+        .toml();
+        std::fs::write(&config, toml).unwrap();
         prepare(dir.path());
         let (events_tx, events) = unbounded_channel();
         net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
@@ -718,14 +690,6 @@ struct NoHandler;
 impl Handler for NoHandler {
     fn stanza(&mut self, _: &mut Ctx, _: &[u8], _: Instant) {}
     fn sip(&mut self, _: &mut Ctx, _: usize, _: Message, _: Instant) {}
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// utime + stime of process `pid` and its threads, in clock ticks (USER_HZ = 100 on Linux).

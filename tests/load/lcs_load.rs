@@ -15,20 +15,7 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark tool: a broken fixture is a failed run
 
-#[path = "../common/pki.rs"]
-#[allow(dead_code)] // shared with the tests
-mod pki;
-
-/// The test harness's Prosody (tests/common/prosody.rs) and what it stands on.
-#[path = "../common"]
-#[allow(dead_code)] // shared with the tests
-mod common {
-    pub mod base;
-    pub mod prosody;
-}
-
 mod driver;
-mod net;
 mod scenarios;
 
 use std::io::Write as _;
@@ -42,9 +29,9 @@ use lcs_bridge::store::{
 };
 use serde_json::json;
 
-use common::base::{COMPONENT_SECRET, XmppServer as _};
-use common::prosody::Prosody;
 use driver::{COMPONENT, Load, Options, Step, World, XmppSide};
+use lcs_test_support::net;
+use lcs_test_support::{COMPONENT_SECRET, Prosody, XmppServer as _};
 use scenarios::{Fanout, ImInbound, ImOutbound, Inbound};
 
 #[derive(Parser)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use lcs_bridge::sip::message::{Message, Method};
 
 use crate::driver::{Ctx, Handler, LCS_DOMAIN, XMPP_DOMAIN, contact_jid};
-use crate::net::{attr, child_text, seq_after};
+use lcs_test_support::net::{attr, child_text, seq_after};
 
 const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip/tcp *\r\n";
 const VIA: &str = "SIP/2.0/TLS 127.0.0.1:5061";

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
-use super::pki::Leaf;
+use crate::pki::Leaf;
 
 pub struct SipPeer {
     pub addr: SocketAddr,

@@ -49,9 +49,9 @@ impl Pki {
     }
 }
 
-/// Writes the bridge's TLS files into `dir`, as the configurations of tests/common/e2e.rs and
-/// the load generator name them: `bridge.crt` and `bridge.key` (mode 0600) for `names`, and
-/// `ca.crt`, this CA, which the bridge trusts for its peers.
+/// Writes the bridge's TLS files into `dir`, as [`crate::config::BridgeConfig`] names them:
+/// `bridge.crt` and `bridge.key` (mode 0600) for `names`, and `ca.crt`, this CA, which the
+/// bridge trusts for its peers.
 pub fn write_bridge_files(dir: &std::path::Path, pki: &Pki, names: &[&str]) {
     let (chain, key) = pki.leaf(names, false);
     let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();

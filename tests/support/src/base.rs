@@ -1,8 +1,6 @@
 //! What the rest of the harness builds on: the test world's names, the trait every test XMPP
 //! server implements, free loopback ports, peer programs (skip loudly or fail when missing), and
-//! child processes with deadlines. Kept apart from `mod.rs` so that the load generator
-//! (tests/load) can use it, with [`super::prosody`], through `#[path]` without the parts that
-//! only integration tests can compile.
+//! child processes with deadlines.
 
 use std::collections::HashSet;
 use std::fs;
@@ -295,4 +293,37 @@ pub trait XmppServer {
     fn register(&self, user: &str, password: &str);
     /// The server's log so far (for panic messages).
     fn log(&self) -> String;
+}
+
+// ------------------------------------------------------------------ the repository
+
+/// The repository's root directory (tests/support is two levels below it).
+pub fn repo() -> &'static Path {
+    let support = Path::new(env!("CARGO_MANIFEST_DIR"));
+    support
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests/support lies two levels below the repository")
+}
+
+/// The `lcs-bridge` binary cargo built for the running integration test or example: in the
+/// profile's directory (`target/<profile>/lcs-bridge`), where the test runs from `deps/` (or the
+/// example from `examples/`) below it. `CARGO_BIN_EXE_lcs-bridge` only exists while the test
+/// itself compiles, not here.
+pub fn bridge_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let mut dir = exe.parent().expect("the test's directory");
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
+        dir = dir.parent().expect("the profile's directory");
+    }
+    let bin = dir.join(format!("lcs-bridge{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} not found: run the tests through cargo, which builds it",
+        bin.display()
+    );
+    bin
 }

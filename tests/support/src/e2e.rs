@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::pki::{Pki, der_to_pem};
-use super::sipp::{self, Killed, LoggedMessage};
-use super::{COMPONENT_SECRET, XMPP_DOMAIN, XmppServer};
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_lcs-bridge");
+use crate::config::BridgeConfig;
+use crate::pki::{Pki, der_to_pem};
+use crate::sipp::{self, Killed, LoggedMessage};
+use crate::{XMPP_DOMAIN, XmppServer, repo};
 
 /// `[im] session_idle_secs` in the bridge's configuration (the smallest value allowed).
 pub const IDLE_SECS: u64 = 10;
@@ -35,10 +34,6 @@ pub const PEER_NAMES: &[&str] = &[
     "127.0.0.1",
 ];
 pub const ALICE_PASSWORD: &str = "alicepw";
-
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 // ------------------------------------------------------------------ address modes
 
@@ -60,8 +55,8 @@ impl Mode {
 
     pub fn component(self) -> &'static str {
         match self {
-            Mode::Gateway => super::GATEWAY_COMPONENT,
-            Mode::Direct => super::DIRECT_COMPONENT,
+            Mode::Gateway => crate::GATEWAY_COMPONENT,
+            Mode::Direct => crate::DIRECT_COMPONENT,
         }
     }
 
@@ -69,7 +64,7 @@ impl Mode {
     pub fn lcs_domain(self) -> &'static str {
         match self {
             Mode::Gateway => "contoso.com",
-            Mode::Direct => super::DIRECT_COMPONENT,
+            Mode::Direct => crate::DIRECT_COMPONENT,
         }
     }
 
@@ -99,7 +94,7 @@ impl Bridge {
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(crate::bridge_bin())
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -175,78 +170,6 @@ impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-pub struct BridgeConfig<'a> {
-    pub dir: &'a Path,
-    pub mode: Mode,
-    pub component_port: u16,
-    pub sip_port: u16,
-    pub partner_port: u16,
-    /// More TOML, appended (e.g. a `[presence]` table).
-    pub extra: &'a str,
-    /// `logging.level` (EnvFilter directives).
-    pub log_level: &'a str,
-}
-
-impl BridgeConfig<'_> {
-    pub fn toml(&self) -> String {
-        // TOML basic strings: Rust's Debug quoting is the same for these (ASCII) paths.
-        let quote = |p: &Path| format!("{:?}", p.display().to_string());
-        let path = |name: &str| quote(&self.dir.join(name));
-        let mappings = quote(&repo().join("mappings"));
-        format!(
-            r#"# written by tests/common/e2e.rs
-[xmpp]
-host = "127.0.0.1"
-port = {component_port}
-secret = "{COMPONENT_SECRET}"
-mode = "{mode}"
-component_domains = ["{component}"]
-local_domains = ["{XMPP_DOMAIN}"]
-
-[sip]
-listen = "127.0.0.1:{sip_port}"
-public_fqdn = "sip.xmpp.test"
-cert_chain = {cert}
-private_key = {key}
-ca_bundle = {ca}
-# Nothing here may ask a real resolver: the discard port answers nothing.
-dns_servers = ["127.0.0.1:9"]
-
-[federation]
-default_policy = "deny"
-
-[[federation.partners]]
-domain = "{partner}"
-edge = "127.0.0.1:{partner_port}"
-
-[im]
-session_idle_secs = {IDLE_SECS}
-
-[storage]
-path = {storage}
-
-[mappings]
-path = {mappings}
-
-[logging]
-level = "{log_level}"
-{extra}"#,
-            component_port = self.component_port,
-            mode = self.mode.name(),
-            component = self.mode.component(),
-            sip_port = self.sip_port,
-            cert = path("bridge.crt"),
-            key = path("bridge.key"),
-            ca = path("ca.crt"),
-            partner = self.mode.lcs_domain(),
-            partner_port = self.partner_port,
-            storage = path("store"),
-            extra = self.extra,
-            log_level = self.log_level,
-        )
     }
 }
 
@@ -466,7 +389,7 @@ impl<S: XmppServer> World<S> {
         let began = Instant::now();
         let deadline = began + TEST_BUDGET;
         let (sipp, socat) = sipp::peers()?;
-        let python = super::require_python_modules(&["slixmpp"])?;
+        let python = crate::require_python_modules(&["slixmpp"])?;
         let server = start()?;
         server.register("alice", ALICE_PASSWORD);
         let dir = tempfile::Builder::new()
@@ -490,17 +413,18 @@ impl<S: XmppServer> World<S> {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        let sip_port = super::free_port();
-        let partner_port = super::free_port();
+        let sip_port = crate::free_port();
+        let partner_port = crate::free_port();
         let config = dir.path().join("lcs-bridge.toml");
         let toml = BridgeConfig {
-            dir: dir.path(),
-            mode,
-            component_port: server.component_port(),
-            sip_port,
-            partner_port,
             extra,
-            log_level: "debug",
+            ..BridgeConfig::new(
+                dir.path(),
+                mode,
+                server.component_port(),
+                sip_port,
+                partner_port,
+            )
         }
         .toml();
         std::fs::write(&config, toml).unwrap();
@@ -531,18 +455,21 @@ impl<S: XmppServer> World<S> {
         self.dir.path()
     }
 
-    pub fn write_scenario(&mut self, name: &str, scenario: &str) {
-        let xml = scenario.replace("@LCS@", self.mode.lcs_domain());
-        std::fs::write(self.dir().join(format!("{name}.xml")), xml).unwrap();
+    /// SIPp run `name` of scenario tests/sipp/`scenario`.xml, noted for the logs, with the
+    /// keywords `keys` and `lcs`, the mode's LCS domain.
+    fn run<'k>(&mut self, name: &str, keys: &[(&'k str, &'k str)]) -> Vec<(&'k str, &'k str)> {
         self.runs.push(name.to_owned());
+        let mut all = vec![("lcs", self.mode.lcs_domain())];
+        all.extend_from_slice(keys);
+        all
     }
 
     pub fn sipp_timeout(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
-    /// SIPp as the LCS user the bridge calls: SIPp UAS on TCP, socat's mutual TLS on the
-    /// partner's static edge port in front of it.
+    /// SIPp as the LCS user the bridge calls, with scenario tests/sipp/`scenario`.xml: SIPp UAS
+    /// on TCP, socat's mutual TLS on the partner's static edge port in front of it.
     pub fn uas(&mut self, name: &str, scenario: &str) -> Killed {
         self.uas_calls(name, scenario, 1)
     }
@@ -550,14 +477,19 @@ impl<S: XmppServer> World<S> {
     /// [`World::uas`] for `calls` calls (SIPp ends after that many; each new Call-ID the
     /// bridge sends starts the scenario again, `[call_number]` counting from 1).
     pub fn uas_calls(&mut self, name: &str, scenario: &str, calls: u32) -> Killed {
-        self.write_scenario(name, scenario);
-        let port = super::free_port();
+        let keys = self.run(name, &[]);
+        let port = crate::free_port();
         let timeout = self.sipp_timeout();
         let calls = calls.to_string();
+        let run = sipp::Run {
+            name,
+            scenario,
+            keys: &keys,
+        };
         let mut child = sipp::spawn_sipp(
             &self.sipp,
             self.dir(),
-            name,
+            &run,
             port,
             None,
             timeout,
@@ -585,28 +517,40 @@ impl<S: XmppServer> World<S> {
         );
     }
 
-    /// SIPp as the LCS user who calls: SIPp UAC on TCP to socat, socat's mutual TLS (the peer
-    /// certificate) to the bridge's SIP port. The Call-ID is `<name>-1@sipp`.
+    /// SIPp as the LCS user who calls, with scenario tests/sipp/`scenario`.xml: SIPp UAC on TCP
+    /// to socat, socat's mutual TLS (the peer certificate) to the bridge's SIP port. The
+    /// Call-ID is `<name>-1@sipp`.
     pub fn uac(&mut self, name: &str, scenario: &str) -> Killed {
-        self.uac_with(name, scenario, false)
+        self.uac_with(name, scenario, &[], false)
     }
 
-    /// [`World::uac`]; `sticky`: SIPp's TCP connection goes through [`sticky_relay`], so it
-    /// survives the bridge's restart (the relay opens a new TLS connection through socat, as
-    /// an LCS edge would reconnect to its partner).
-    pub fn uac_with(&mut self, name: &str, scenario: &str, sticky: bool) -> Killed {
-        self.write_scenario(name, scenario);
-        let listen = super::free_port();
+    /// [`World::uac`] with more SIPp keywords `keys`; `sticky`: SIPp's TCP connection goes
+    /// through [`sticky_relay`], so it survives the bridge's restart (the relay opens a new TLS
+    /// connection through socat, as an LCS edge would reconnect to its partner).
+    pub fn uac_with(
+        &mut self,
+        name: &str,
+        scenario: &str,
+        keys: &[(&str, &str)],
+        sticky: bool,
+    ) -> Killed {
+        let keys = self.run(name, keys);
+        let listen = crate::free_port();
         let socat = sipp::socat_to_edge(&self.socat, self.dir(), listen, self.bridge.sip_port);
         self.peers.push(socat);
         let remote = if sticky { sticky_relay(listen) } else { listen };
         let timeout = self.sipp_timeout();
         let cid = format!("{name}-%u@sipp");
+        let run = sipp::Run {
+            name,
+            scenario,
+            keys: &keys,
+        };
         sipp::spawn_sipp(
             &self.sipp,
             self.dir(),
-            name,
-            super::free_port(),
+            &run,
+            crate::free_port(),
             Some(remote),
             timeout,
             &["-cid_str", &cid],
@@ -733,32 +677,7 @@ pub fn tail(text: &str, max: usize) -> &str {
     &text[start..]
 }
 
-// ------------------------------------------------------------------ SIPp scenarios
-
-pub const HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8" ?>
-<scenario name="lcs-bridge e2e">
-"#;
-pub const TAIL: &str = "</scenario>\n";
-
-/// SIPp's 200 to the request it just received (which already carries both tags).
-pub const OK: &str = r#"  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-"#;
-
-/// A provisional response may come first; then the 200.
-pub const RECV_OK: &str = r#"  <recv response="100" optional="true"/>
-  <recv response="200"/>
-"#;
+// ------------------------------------------------------------------ SIPp logs
 
 /// SIP requests SIPp received, in order.
 pub fn requests(log: &[LoggedMessage]) -> Vec<&LoggedMessage> {

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)] // test fixture: a failure to set one up is a test failure
 
-//! SIPp (Debian's build: TCP only) behind socat's mutual TLS:
+//! SIPp (Debian's build: TCP only), its scenarios in tests/sipp, behind socat's mutual TLS:
 //! socat `OPENSSL-LISTEN` in front of a SIPp UAS for a peer the bridge calls, socat
 //! `TCP-LISTEN` → `OPENSSL` for a SIPp UAC that calls the bridge; SIPp's message log parsed
 //! back into [`LoggedMessage`]s for exact checks of what went over the wire.
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::pki::{Pki, der_to_pem, pem};
+use crate::pki::{Pki, der_to_pem, pem};
 
 /// A child process killed (and reaped) when dropped.
 pub struct Killed(pub Child);
@@ -24,8 +24,8 @@ impl Drop for Killed {
 /// The peer programs, or `None` when they are missing (skip, or fail with
 /// `LCS_BRIDGE_REQUIRE_PEERS=1`).
 pub fn peers() -> Option<(PathBuf, PathBuf)> {
-    let sipp = super::require_peer("sipp")?;
-    let socat = super::require_peer("socat")?;
+    let sipp = crate::require_peer("sipp")?;
+    let socat = crate::require_peer("socat")?;
     Some((sipp, socat))
 }
 
@@ -103,24 +103,43 @@ pub fn socat_from_edge(socat: &Path, dir: &Path, listen: u16, target: u16) -> Ki
     child
 }
 
-/// Starts SIPp over TCP on `127.0.0.1:port` with scenario `dir/name.xml` for one call, logging
-/// to `dir/name.*`, giving up after `timeout` (SIPp's `-timeout`, an error). `remote` is the
+/// The scenario file `tests/sipp/<name>.xml`.
+pub fn scenario(name: &str) -> PathBuf {
+    crate::repo().join("tests/sipp").join(format!("{name}.xml"))
+}
+
+/// One SIPp run: its name (its logs are `dir/<name>.*`), the scenario file's name in
+/// tests/sipp ([`scenario`]) and the values the scenario takes as keywords (`-key`, used as
+/// `[keyword]` in its messages; SIPp reads them before the scenario).
+pub struct Run<'a> {
+    pub name: &'a str,
+    pub scenario: &'a str,
+    pub keys: &'a [(&'a str, &'a str)],
+}
+
+/// Starts SIPp over TCP on `127.0.0.1:port` with `run`'s scenario for one call, logging to
+/// `dir/<run.name>.*`, giving up after `timeout` (SIPp's `-timeout`, an error). `remote` is the
 /// address to call (UAC) or `None` (UAS); `extra` are more SIPp arguments.
 pub fn spawn_sipp(
     sipp: &Path,
     dir: &Path,
-    name: &str,
+    run: &Run<'_>,
     port: u16,
     remote: Option<u16>,
     timeout: Duration,
     extra: &[&str],
 ) -> Killed {
+    let name = run.name;
     let file = |suffix: &str| dir.join(format!("{name}{suffix}")).display().to_string();
     let mut cmd = Command::new(sipp);
     if let Some(remote) = remote {
         cmd.arg(format!("127.0.0.1:{remote}"));
     }
-    cmd.args(["-sf", &file(".xml")])
+    for (key, value) in run.keys {
+        cmd.args(["-key", key, value]);
+    }
+    cmd.arg("-sf")
+        .arg(scenario(run.scenario))
         .args(["-t", "t1", "-i", "127.0.0.1", "-p", &port.to_string()])
         .args(["-m", "1", "-nostdin", "-timeout"])
         .arg(timeout.as_secs().max(1).to_string())
