@@ -30,6 +30,7 @@
 //! key, and reports every key left over as unknown, with a "did you mean" hint.
 
 mod checks;
+pub mod keys;
 mod reader;
 mod sections;
 pub mod tls;
@@ -43,6 +44,10 @@ use reader::Diag;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "LCS_BRIDGE";
+
+/// Default of `xmpp.queue_capacity`: stanzas held per component domain while the link to the
+/// XMPP server is down (also the component link's own default).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
 /// One thing wrong with the configuration: the dotted key (or file) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
