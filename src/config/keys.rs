@@ -638,7 +638,8 @@ pub fn reference_markdown() -> String {
         "## Keys\n\n\
          `required` keys have no default. The SIGHUP column says whether a changed value takes\n\
          effect when the bridge is sent `SIGHUP` (`applied`) or only after a restart (`restart`;\n\
-         `SIGHUP` names such changes in a warning).\n",
+         `SIGHUP` names such changes in a warning). This section is generated from\n\
+         `src/config/keys.rs`, where each key is declared once.\n",
     );
     for part in DOC_PARTS {
         for text in [part.heading, part.intro] {

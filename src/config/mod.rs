@@ -4,8 +4,9 @@
 //! overrides `LCS_BRIDGE__SECTION__KEY` (e.g. `LCS_BRIDGE__XMPP__SECRET`,
 //! `LCS_BRIDGE__SIP__LISTEN`; list keys take a comma-separated value). An environment variable
 //! wins over the file. Relative paths, wherever they come from, are resolved against the
-//! directory of the configuration file. `docs/configuration.md` lists every key;
-//! `config/lcs-bridge.example.toml` shows each with its default.
+//! directory of the configuration file. Every key is declared once, in [`keys`] (type, default,
+//! range, whether `SIGHUP` applies it, its line of reference); `docs/configuration.md`'s key
+//! tables are generated from it and `config/lcs-bridge.example.toml` is checked against it.
 //!
 //! Two entry points:
 //!
@@ -34,6 +35,7 @@ pub mod keys;
 mod reader;
 mod sections;
 pub mod tls;
+mod values;
 
 use std::fmt;
 use std::net::SocketAddr;
