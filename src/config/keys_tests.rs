@@ -263,3 +263,24 @@ fn other_example_files_use_only_known_keys() {
         }
     }
 }
+
+#[test]
+fn edge_limit_defaults_are_the_table_defaults() {
+    use crate::edge::limits::EdgeLimits;
+    let d = EdgeLimits::DEFAULT;
+    let secs = |k: &Key| std::time::Duration::from_secs(k.default_int());
+    let n = |k: &Key| usize::try_from(k.default_int()).unwrap_or(usize::MAX);
+    assert_eq!(
+        d,
+        EdgeLimits {
+            max_dns_lookups: n(&SIP_MAX_DNS_LOOKUPS),
+            max_dns_lookups_per_peer: n(&SIP_MAX_DNS_LOOKUPS_PER_PEER),
+            pool_idle: secs(&SIP_POOL_IDLE_SECS),
+            max_handshakes: n(&SIP_MAX_HANDSHAKES),
+            max_connections_per_address: n(&SIP_MAX_CONNECTIONS_PER_ADDRESS),
+            max_connections_per_identity: n(&SIP_MAX_CONNECTIONS_PER_IDENTITY),
+            max_connections: n(&SIP_MAX_CONNECTIONS),
+            max_write_backlog_bytes: n(&SIP_MAX_WRITE_BACKLOG_BYTES),
+        }
+    );
+}
