@@ -4,8 +4,9 @@
 //! overrides `LCS_BRIDGE__SECTION__KEY` (e.g. `LCS_BRIDGE__XMPP__SECRET`,
 //! `LCS_BRIDGE__SIP__LISTEN`; list keys take a comma-separated value). An environment variable
 //! wins over the file. Relative paths, wherever they come from, are resolved against the
-//! directory of the configuration file. `docs/configuration.md` lists every key;
-//! `config/lcs-bridge.example.toml` shows each with its default.
+//! directory of the configuration file. Every key is declared once, in [`keys`] (type, default,
+//! range, whether `SIGHUP` applies it, its line of reference); `docs/configuration.md`'s key
+//! tables are generated from it and `config/lcs-bridge.example.toml` is checked against it.
 //!
 //! Two entry points:
 //!
@@ -30,9 +31,11 @@
 //! key, and reports every key left over as unknown, with a "did you mean" hint.
 
 mod checks;
+pub mod keys;
 mod reader;
 mod sections;
 pub mod tls;
+mod values;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -43,6 +46,10 @@ use reader::Diag;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "LCS_BRIDGE";
+
+/// Default of `xmpp.queue_capacity`: stanzas held per component domain while the link to the
+/// XMPP server is down (also the component link's own default).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
 /// One thing wrong with the configuration: the dotted key (or file) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

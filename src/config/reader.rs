@@ -7,6 +7,7 @@ use std::path::Path;
 
 use config::{Value, ValueKind};
 
+use super::keys::{self, Key, Kind};
 use super::{ENV_PREFIX, Problem};
 
 /// Collects problems and warnings, and remembers what the walker saw.
@@ -255,6 +256,17 @@ impl Table {
         self.map.remove(key)
     }
 
+    /// Takes `key`, which must be one of this table's keys in [`keys::ALL`].
+    fn take_key(&mut self, key: &Key, kind: Kind, diag: &mut Diag) -> Option<Value> {
+        debug_assert_eq!(
+            key.section, self.known_path,
+            "{} read in the wrong table",
+            key.path
+        );
+        debug_assert_eq!(key.kind, kind, "{} read as another kind", key.path);
+        self.take(key.name, diag)
+    }
+
     fn type_error(&self, key: &str, expected: &str, found: &Value, diag: &mut Diag) -> Reported {
         diag.problem(
             self.key(key),
@@ -264,10 +276,11 @@ impl Table {
     }
 
     /// A string (the environment gives only strings, so none is a number here).
-    pub(crate) fn string(&mut self, key: &'static str, diag: &mut Diag) -> Field<String> {
-        let Some(v) = self.take(key, diag) else {
+    pub(crate) fn string(&mut self, key: &Key, diag: &mut Diag) -> Field<String> {
+        let Some(v) = self.take_key(key, Kind::Text, diag) else {
             return Ok(None);
         };
+        let key = key.name;
         match v.kind {
             ValueKind::String(s) => Ok(Some(s)),
             _ => Err(self.type_error(key, "a string", &v, diag)),
@@ -275,10 +288,11 @@ impl Table {
     }
 
     /// An integer (a string of digits, as from the environment, is accepted).
-    pub(crate) fn int(&mut self, key: &'static str, diag: &mut Diag) -> Field<i64> {
-        let Some(v) = self.take(key, diag) else {
+    pub(crate) fn int(&mut self, key: &Key, diag: &mut Diag) -> Field<i64> {
+        let Some(v) = self.take_key(key, Kind::Integer, diag) else {
             return Ok(None);
         };
+        let key = key.name;
         let parsed = match &v.kind {
             ValueKind::I64(i) => Some(*i),
             ValueKind::U64(i) => i64::try_from(*i).ok(),
@@ -294,10 +308,11 @@ impl Table {
     }
 
     /// A boolean (`"true"`/`"false"` strings, as from the environment, are accepted).
-    pub(crate) fn bool(&mut self, key: &'static str, diag: &mut Diag) -> Field<bool> {
-        let Some(v) = self.take(key, diag) else {
+    pub(crate) fn bool(&mut self, key: &Key, diag: &mut Diag) -> Field<bool> {
+        let Some(v) = self.take_key(key, Kind::Boolean, diag) else {
             return Ok(None);
         };
+        let key = key.name;
         let parsed = match &v.kind {
             ValueKind::Boolean(b) => Some(*b),
             ValueKind::String(s) => match s.trim().to_ascii_lowercase().as_str() {
@@ -314,10 +329,11 @@ impl Table {
     }
 
     /// A list of strings; a single string is split at commas (how the environment gives lists).
-    pub(crate) fn strings(&mut self, key: &'static str, diag: &mut Diag) -> Field<Vec<String>> {
-        let Some(v) = self.take(key, diag) else {
+    pub(crate) fn strings(&mut self, key: &Key, diag: &mut Diag) -> Field<Vec<String>> {
+        let Some(v) = self.take_key(key, Kind::TextList, diag) else {
             return Ok(None);
         };
+        let key = key.name;
         let full = self.key(key);
         match v.kind {
             ValueKind::String(s) => Ok(Some(
@@ -362,10 +378,11 @@ impl Table {
     }
 
     /// An array of tables (`[[section.key]]`).
-    pub(crate) fn tables(&mut self, key: &'static str, diag: &mut Diag) -> Field<Vec<Table>> {
-        let Some(v) = self.take(key, diag) else {
+    pub(crate) fn tables(&mut self, key: &Key, diag: &mut Diag) -> Field<Vec<Table>> {
+        let Some(v) = self.take_key(key, Kind::TableList, diag) else {
             return Ok(None);
         };
+        let key = key.name;
         let path = self.key(key);
         let known = format!("{}[]", join(&self.known_path, key));
         match v.kind {
@@ -393,10 +410,16 @@ impl Table {
     }
 
     /// Reports every key that was not taken as unknown, with a hint when it is close to a known
-    /// key of the same table.
+    /// key of the same table ([`keys::names_in`]).
     pub(crate) fn finish(self, diag: &mut Diag) {
+        let known = keys::names_in(&self.known_path);
+        debug_assert_eq!(
+            self.taken, known,
+            "the walker must take the keys::ALL keys of {:?}, in their order",
+            self.known_path
+        );
         for key in self.map.keys() {
-            let hint = closest(key, &self.taken);
+            let hint = closest(key, &known);
             let reason = match hint {
                 Some(h) => {
                     diag.suggested.insert(join(&self.path, h));

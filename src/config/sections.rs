@@ -1,65 +1,21 @@
 //! The sections of the configuration: each is walked key by key, validated, and turned into its
 //! typed struct; then the rules that span sections, and (for `check`) the file-system checks.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::keys::{self as k, Key};
 use super::reader::{self, Diag, Field, Reported, Table};
+use super::values::{
+    LEVELS, choice, conv, default_word, dns_server_list, domain_list, or_default, or_parsed,
+    path_value, pick, ranged, ranged_or_off, required, text, to_usize,
+};
 use super::{
     AddressMode, Config, DefaultPolicy, Edge, FederationConfig, ImConfig, LogFormat, LoggingConfig,
     MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig, StorageConfig,
-    VerificationLevel, XmppConfig, base_dir, checks, tls,
+    XmppConfig, base_dir, checks, tls,
 };
-
-/// Default values, shared with the documentation and the example file.
-pub(crate) mod defaults {
-    use crate::sip::message::Limits;
-
-    pub const XMPP_HOST: &str = "127.0.0.1";
-    pub const XMPP_PORT: u16 = 5347;
-    pub const GATEWAY_NAME: &str = "LCS gateway";
-    pub const XMPP_QUEUE_CAPACITY: usize = crate::xmpp::link::DEFAULT_QUEUE_CAPACITY;
-    pub const XMPP_STARTUP_TIMEOUT_SECS: u64 = 30;
-    pub const MAX_HEADER_BYTES: usize = Limits::DEFAULT.max_head_bytes;
-    pub const MAX_BODY_BYTES: usize = Limits::DEFAULT.max_body_bytes;
-    pub const MAX_HEADERS: usize = Limits::DEFAULT.max_headers;
-    pub const MAX_CONNECTIONS_PER_EDGE: usize = 4;
-    pub const MAX_CONNECTIONS_PER_NETWORK: usize = 40;
-    pub const CONNECT_TIMEOUT_SECS: u64 = 10;
-    pub const HANDSHAKE_TIMEOUT_SECS: u64 = 10;
-    pub const IDLE_TIMEOUT_SECS: u64 = 300;
-    pub const KEEPALIVE_INTERVAL_SECS: u64 = 60;
-    pub const MESSAGE_TIMEOUT_SECS: u64 = 30;
-    pub const MAX_DNS_LOOKUPS: usize = 64;
-    pub const MAX_DNS_LOOKUPS_PER_PEER: usize = 8;
-    pub const POOL_IDLE_SECS: u64 = 300;
-    pub const MAX_HANDSHAKES: usize = 100;
-    /// The federation profile's ceiling for one peer network.
-    pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 40;
-    pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 40;
-    pub const MAX_CONNECTIONS: usize = 1000;
-    pub const MAX_WRITE_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
-    /// OCS's rate for discovered partners.
-    pub const DISCOVERED_RATE: u32 = 20;
-    pub const NOTIFY_MIN_INTERVAL_SECS: u64 = 5;
-    pub const SUBSCRIPTION_EXPIRES_SECS: u64 = 3600;
-    pub const RESTORE_RATE: u64 = 1000;
-    /// OCS's default contact limit for discovered partners.
-    pub const MAX_PENDING_PER_DOMAIN: u64 = 1000;
-    pub const MAX_PENDING_PER_PARTNER: u64 = 10_000;
-    pub const MAX_PENDING_PER_USER: u64 = 100;
-    pub const IM_SESSION_IDLE_SECS: u64 = 600;
-    pub const IM_MAX_MESSAGE_BYTES: usize = 16 * 1024;
-    pub const IM_MAX_QUEUED_MESSAGES: usize = 100;
-    /// 23 h: below the 24 h for which LCS signs dialog headers.
-    pub const IM_DIALOG_MAX_AGE_SECS: u64 = crate::sip::dialog::DEFAULT_MAX_AGE.as_secs();
-    pub const STORAGE_PATH: &str = "data";
-    pub const MAPPINGS_PATH: &str = "mappings";
-    pub const LOG_LEVEL: &str = "info";
-}
-
-const REQUIRED: &str = "required key is missing";
 
 /// The sections that validated (each `None` if it had problems).
 #[derive(Debug)]
@@ -141,10 +97,10 @@ where
     parts.presence = section(diag, "presence", presence).and_then(|t| presence_section(t, diag));
     parts.im = section(diag, "im", im).and_then(|t| im_section(t, diag));
     parts.storage = section(diag, "storage", storage).and_then(|t| {
-        path_section(t, base, defaults::STORAGE_PATH, diag).map(|path| StorageConfig { path })
+        path_section(t, base, &k::STORAGE_PATH, diag).map(|path| StorageConfig { path })
     });
     parts.mappings = section(diag, "mappings", mappings).and_then(|t| {
-        path_section(t, base, defaults::MAPPINGS_PATH, diag).map(|path| MappingsConfig { path })
+        path_section(t, base, &k::MAPPINGS_PATH, diag).map(|path| MappingsConfig { path })
     });
     parts.logging = section(diag, "logging", logging).and_then(|t| logging_section(t, diag));
 
@@ -167,279 +123,57 @@ fn section(diag: &Diag, name: &str, field: Field<Table>) -> Option<Table> {
     }
 }
 
-/// Applies a conversion to a present value, reporting its failure under `key`.
-fn conv<T, U>(
-    diag: &mut Diag,
-    key: &str,
-    field: Field<T>,
-    f: impl FnOnce(T) -> Result<U, String>,
-) -> Field<U> {
-    match field {
-        Ok(Some(v)) => match f(v) {
-            Ok(u) => Ok(Some(u)),
-            Err(reason) => {
-                diag.problem(key, reason);
-                Err(Reported)
-            }
-        },
-        Ok(None) => Ok(None),
-        Err(r) => Err(r),
-    }
-}
-
-fn or_default<U>(field: Field<U>, default: U) -> Option<U> {
-    match field {
-        Ok(Some(v)) => Some(v),
-        Ok(None) => Some(default),
-        Err(Reported) => None,
-    }
-}
-
-fn required<U>(diag: &mut Diag, key: &str, field: Field<U>) -> Option<U> {
-    match field {
-        Ok(Some(v)) => Some(v),
-        Ok(None) => {
-            diag.missing(key, REQUIRED);
-            None
-        }
-        Err(Reported) => None,
-    }
-}
-
-/// An integer within `lo..=hi`.
-fn ranged(
-    diag: &mut Diag,
-    key: &str,
-    field: Field<i64>,
-    default: u64,
-    lo: u64,
-    hi: u64,
-    why: &str,
-) -> Option<u64> {
-    let field = conv(diag, key, field, |n| match u64::try_from(n) {
-        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
-        _ => Err(format!("must be between {lo} and {hi}{why}, not {n}")),
-    });
-    or_default(field, default)
-}
-
-/// An integer that is 0 (off) or within `lo..=hi`; `None` inside for 0.
-fn ranged_or_off(
-    diag: &mut Diag,
-    key: &str,
-    field: Field<i64>,
-    default: u64,
-    lo: u64,
-    hi: u64,
-) -> Option<Option<u64>> {
-    let field = conv(diag, key, field, |n| match u64::try_from(n) {
-        Ok(0) => Ok(None),
-        Ok(v) if (lo..=hi).contains(&v) => Ok(Some(v)),
-        _ => Err(format!("must be 0 (off) or between {lo} and {hi}, not {n}")),
-    });
-    or_default(field, (default != 0).then_some(default))
-}
-
-fn to_usize(v: u64) -> usize {
-    usize::try_from(v).unwrap_or(usize::MAX)
-}
-
-/// A path: relative ones are resolved against the configuration file's directory.
-fn path_value(base: &Path, s: String) -> Result<PathBuf, String> {
-    if s.trim().is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    let p = PathBuf::from(s);
-    Ok(if p.is_absolute() { p } else { base.join(p) })
-}
-
-/// One of a few lowercase words.
-fn word<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
-    let wanted = s.trim().to_ascii_lowercase();
-    choices
-        .iter()
-        .find(|(w, _)| *w == wanted)
-        .map(|(_, v)| *v)
-        .ok_or_else(|| {
-            let names: Vec<String> = choices.iter().map(|(w, _)| format!("{w:?}")).collect();
-            let list = match names.split_last() {
-                Some((last, rest)) if !rest.is_empty() => {
-                    format!("{} or {last}", rest.join(", "))
-                }
-                _ => names.join(""),
-            };
-            format!("must be {list}, not {s:?}")
-        })
-}
-
-/// `verification_level` values.
-fn verification_level(s: &str) -> Result<VerificationLevel, String> {
-    word(
-        s,
-        &[
-            ("verified", VerificationLevel::Verified),
-            ("unverified", VerificationLevel::Unverified),
-            ("omit", VerificationLevel::Omit),
-        ],
-    )
-}
-
-/// Free text shown to people: no control characters, bounded length.
-fn text(s: String, max: usize) -> Result<String, String> {
-    if s.chars().any(char::is_control) {
-        return Err("must not contain control characters".to_owned());
-    }
-    if s.chars().count() > max {
-        return Err(format!("must be at most {max} characters"));
-    }
-    Ok(s)
-}
-
-/// A list of `IP:port` DNS servers: each well-formed, none twice; empty is allowed.
-fn dns_server_list(
-    diag: &mut Diag,
-    key: &str,
-    field: Field<Vec<String>>,
-) -> Field<Vec<SocketAddr>> {
-    let items = match field {
-        Ok(Some(items)) => items,
-        Ok(None) => return Ok(None),
-        Err(r) => return Err(r),
-    };
-    // Indexed like `items` (`None` for a bad entry) so that duplicates name the right index.
-    let mut out: Vec<Option<SocketAddr>> = Vec::with_capacity(items.len());
-    let mut bad = false;
-    for (i, item) in items.iter().enumerate() {
-        match checks::dns_server(item) {
-            Ok(a) => {
-                if let Some(j) = out.iter().position(|o| *o == Some(a)) {
-                    diag.problem(
-                        format!("{key}[{i}]"),
-                        format!("\"{a}\" is already listed at {key}[{j}]"),
-                    );
-                    bad = true;
-                }
-                out.push(Some(a));
-            }
-            Err(reason) => {
-                diag.problem(format!("{key}[{i}]"), reason);
-                bad = true;
-                out.push(None);
-            }
-        }
-    }
-    if bad {
-        Err(Reported)
-    } else {
-        Ok(Some(out.into_iter().flatten().collect()))
-    }
-}
-
-/// A list of domains: each well-formed, none twice; `at_least_one` for required lists.
-fn domain_list(diag: &mut Diag, key: &str, field: Field<Vec<String>>) -> Field<Vec<String>> {
-    let Ok(Some(items)) = field else {
-        return field;
-    };
-    if items.is_empty() {
-        diag.problem(key, "must list at least one domain");
-        return Err(Reported);
-    }
-    let mut out: Vec<String> = Vec::with_capacity(items.len());
-    let mut bad = false;
-    for (i, item) in items.iter().enumerate() {
-        match checks::domain(item) {
-            Ok(d) => {
-                if let Some(j) = out.iter().position(|o| *o == d) {
-                    diag.problem(
-                        format!("{key}[{i}]"),
-                        format!("{d:?} is already listed at {key}[{j}]"),
-                    );
-                    bad = true;
-                }
-                out.push(d);
-            }
-            Err(reason) => {
-                diag.problem(format!("{key}[{i}]"), reason);
-                bad = true;
-                out.push(String::new());
-            }
-        }
-    }
-    if bad { Err(Reported) } else { Ok(Some(out)) }
-}
-
 fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig> {
-    let host = t.string("host", diag);
-    let port = t.int("port", diag);
-    let secret = t.string("secret", diag);
-    let secret_file = t.string("secret_file", diag);
-    let component_domains = t.strings("component_domains", diag);
-    let mode = t.string("mode", diag);
-    let local_domains = t.strings("local_domains", diag);
-    let gateway_name = t.string("gateway_name", diag);
-    let queue_capacity = t.int("queue_capacity", diag);
-    let startup_timeout = t.int("startup_timeout_secs", diag);
+    let host = t.string(&k::XMPP_HOST, diag);
+    let port = t.int(&k::XMPP_PORT, diag);
+    let secret = t.string(&k::XMPP_SECRET, diag);
+    let secret_file = t.string(&k::XMPP_SECRET_FILE, diag);
+    let component_domains = t.strings(&k::XMPP_COMPONENT_DOMAINS, diag);
+    let mode = t.string(&k::XMPP_MODE, diag);
+    let local_domains = t.strings(&k::XMPP_LOCAL_DOMAINS, diag);
+    let gateway_name = t.string(&k::XMPP_GATEWAY_NAME, diag);
+    let queue_capacity = t.int(&k::XMPP_QUEUE_CAPACITY, diag);
+    let startup_timeout = t.int(&k::XMPP_STARTUP_TIMEOUT_SECS, diag);
     t.finish(diag);
 
-    let host = conv(diag, "xmpp.host", host, |h| checks::host(h.trim()));
-    let host = or_default(host, defaults::XMPP_HOST.to_owned());
+    let host = conv(diag, k::XMPP_HOST.path, host, |h| checks::host(h.trim()));
+    let host = or_default(host, k::XMPP_HOST.default_text().to_owned());
     if let Some(ip) = host.as_deref().and_then(|h| h.parse::<IpAddr>().ok()) {
         if !is_private(ip) {
             diag.warning(
-                "xmpp.host",
+                k::XMPP_HOST.path,
                 "the component protocol (XEP-0114) is not encrypted: keep it on loopback or a private network",
             );
         }
     }
-    let port = conv(diag, "xmpp.port", port, checks::port);
-    let port = or_default(port, defaults::XMPP_PORT);
+    let port = conv(diag, k::XMPP_PORT.path, port, checks::port);
+    let port = or_default(port, k::XMPP_PORT.default_int() as u16);
     let secret = xmpp_secret(secret, secret_file, base, diag);
-    let component_domains = domain_list(diag, "xmpp.component_domains", component_domains);
-    let component_domains = required(diag, "xmpp.component_domains", component_domains);
-    let local_domains = domain_list(diag, "xmpp.local_domains", local_domains);
-    let local_domains = required(diag, "xmpp.local_domains", local_domains);
-    let mode = conv(diag, "xmpp.mode", mode, |m| {
-        word(
-            &m,
-            &[
-                ("gateway", AddressMode::Gateway),
-                ("direct", AddressMode::Direct),
-            ],
-        )
-    });
-    let mode = or_default(mode, AddressMode::Gateway);
-    let gateway_name = conv(diag, "xmpp.gateway_name", gateway_name, |s| {
+    let component_domains = domain_list(diag, k::XMPP_COMPONENT_DOMAINS.path, component_domains);
+    let component_domains = required(diag, k::XMPP_COMPONENT_DOMAINS.path, component_domains);
+    let local_domains = domain_list(diag, k::XMPP_LOCAL_DOMAINS.path, local_domains);
+    let local_domains = required(diag, k::XMPP_LOCAL_DOMAINS.path, local_domains);
+    let modes = [
+        ("gateway", AddressMode::Gateway),
+        ("direct", AddressMode::Direct),
+    ];
+    let mode = choice(diag, &k::XMPP_MODE, mode, &modes);
+    let gateway_name = conv(diag, k::XMPP_GATEWAY_NAME.path, gateway_name, |s| {
         if s.trim().is_empty() {
             Err("must not be empty".to_owned())
         } else {
             text(s, 100)
         }
     });
-    let gateway_name = or_default(gateway_name, defaults::GATEWAY_NAME.to_owned());
-    let queue_capacity = ranged(
-        diag,
-        "xmpp.queue_capacity",
-        queue_capacity,
-        defaults::XMPP_QUEUE_CAPACITY as u64,
-        16,
-        1_000_000,
-        "",
-    );
-    let startup_timeout = ranged(
-        diag,
-        "xmpp.startup_timeout_secs",
-        startup_timeout,
-        defaults::XMPP_STARTUP_TIMEOUT_SECS,
-        1,
-        600,
-        "",
-    );
+    let gateway_name = or_default(gateway_name, k::XMPP_GATEWAY_NAME.default_text().to_owned());
+    let queue_capacity = ranged(diag, &k::XMPP_QUEUE_CAPACITY, queue_capacity);
+    let startup_timeout = ranged(diag, &k::XMPP_STARTUP_TIMEOUT_SECS, startup_timeout);
 
     let mut ok = true;
     if let (Some(AddressMode::Gateway), Some(c)) = (mode, &component_domains) {
         if c.len() != 1 {
             diag.problem(
-                "xmpp.component_domains",
+                k::XMPP_COMPONENT_DOMAINS.path,
                 format!(
                     "gateway mode needs exactly one component domain, found {}",
                     c.len()
@@ -496,12 +230,15 @@ fn xmpp_secret(
     match (secret, secret_file) {
         (Err(Reported), _) | (_, Err(Reported)) => None,
         (Ok(Some(_)), Ok(Some(_))) => {
-            diag.problem("xmpp.secret", "set either secret or secret_file, not both");
+            diag.problem(
+                k::XMPP_SECRET.path,
+                "set either secret or secret_file, not both",
+            );
             None
         }
         (Ok(Some(s)), Ok(None)) => {
             if s.is_empty() {
-                diag.problem("xmpp.secret", "must not be empty");
+                diag.problem(k::XMPP_SECRET.path, "must not be empty");
                 None
             } else {
                 Some(Secret(s))
@@ -511,7 +248,7 @@ fn xmpp_secret(
             let path = match path_value(base, file) {
                 Ok(p) => p,
                 Err(reason) => {
-                    diag.problem("xmpp.secret_file", reason);
+                    diag.problem(k::XMPP_SECRET_FILE.path, reason);
                     return None;
                 }
             };
@@ -519,7 +256,7 @@ fn xmpp_secret(
                 Ok(s) => {
                     let s = s.trim_end_matches(['\r', '\n']);
                     if s.trim().is_empty() {
-                        diag.problem("xmpp.secret_file", format!("{:?} is empty", path));
+                        diag.problem(k::XMPP_SECRET_FILE.path, format!("{:?} is empty", path));
                         None
                     } else {
                         Some(Secret(s.to_owned()))
@@ -527,7 +264,7 @@ fn xmpp_secret(
                 }
                 Err(e) => {
                     diag.problem(
-                        "xmpp.secret_file",
+                        k::XMPP_SECRET_FILE.path,
                         format!("cannot read {:?}: {}", path, reader::io_reason(&e)),
                     );
                     None
@@ -535,9 +272,9 @@ fn xmpp_secret(
             }
         }
         (Ok(None), Ok(None)) => {
-            if !diag.was_suggested("xmpp.secret_file") {
+            if !diag.was_suggested(k::XMPP_SECRET_FILE.path) {
                 diag.missing(
-                    "xmpp.secret",
+                    k::XMPP_SECRET.path,
                     "required key is missing (or set secret_file)",
                 );
             }
@@ -547,222 +284,93 @@ fn xmpp_secret(
 }
 
 fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> {
-    let listen = t.string("listen", diag);
-    let public_fqdn = t.string("public_fqdn", diag);
-    let cert_chain = t.string("cert_chain", diag);
-    let private_key = t.string("private_key", diag);
-    let ca_bundle = t.string("ca_bundle", diag);
-    let use_system_roots = t.bool("use_system_roots", diag);
-    let max_header_bytes = t.int("max_header_bytes", diag);
-    let max_body_bytes = t.int("max_body_bytes", diag);
-    let max_headers = t.int("max_headers", diag);
-    let per_edge = t.int("max_connections_per_edge", diag);
-    let per_network = t.int("max_connections_per_network", diag);
-    let dns_servers = t.strings("dns_servers", diag);
-    let connect_timeout = t.int("connect_timeout_secs", diag);
-    let handshake_timeout = t.int("handshake_timeout_secs", diag);
-    let idle_timeout = t.int("idle_timeout_secs", diag);
-    let keepalive_interval = t.int("keepalive_interval_secs", diag);
-    let message_timeout = t.int("message_timeout_secs", diag);
-    let max_dns_lookups = t.int("max_dns_lookups", diag);
-    let max_dns_lookups_per_peer = t.int("max_dns_lookups_per_peer", diag);
-    let pool_idle = t.int("pool_idle_secs", diag);
-    let max_handshakes = t.int("max_handshakes", diag);
-    let per_address = t.int("max_connections_per_address", diag);
-    let per_identity = t.int("max_connections_per_identity", diag);
-    let max_connections = t.int("max_connections", diag);
-    let write_backlog = t.int("max_write_backlog_bytes", diag);
+    let listen = t.string(&k::SIP_LISTEN, diag);
+    let public_fqdn = t.string(&k::SIP_PUBLIC_FQDN, diag);
+    let cert_chain = t.string(&k::SIP_CERT_CHAIN, diag);
+    let private_key = t.string(&k::SIP_PRIVATE_KEY, diag);
+    let ca_bundle = t.string(&k::SIP_CA_BUNDLE, diag);
+    let use_system_roots = t.bool(&k::SIP_USE_SYSTEM_ROOTS, diag);
+    let max_header_bytes = t.int(&k::SIP_MAX_HEADER_BYTES, diag);
+    let max_body_bytes = t.int(&k::SIP_MAX_BODY_BYTES, diag);
+    let max_headers = t.int(&k::SIP_MAX_HEADERS, diag);
+    let per_edge = t.int(&k::SIP_MAX_CONNECTIONS_PER_EDGE, diag);
+    let per_network = t.int(&k::SIP_MAX_CONNECTIONS_PER_NETWORK, diag);
+    let dns_servers = t.strings(&k::SIP_DNS_SERVERS, diag);
+    let connect_timeout = t.int(&k::SIP_CONNECT_TIMEOUT_SECS, diag);
+    let handshake_timeout = t.int(&k::SIP_HANDSHAKE_TIMEOUT_SECS, diag);
+    let idle_timeout = t.int(&k::SIP_IDLE_TIMEOUT_SECS, diag);
+    let keepalive_interval = t.int(&k::SIP_KEEPALIVE_INTERVAL_SECS, diag);
+    let message_timeout = t.int(&k::SIP_MESSAGE_TIMEOUT_SECS, diag);
+    let max_dns_lookups = t.int(&k::SIP_MAX_DNS_LOOKUPS, diag);
+    let max_dns_lookups_per_peer = t.int(&k::SIP_MAX_DNS_LOOKUPS_PER_PEER, diag);
+    let pool_idle = t.int(&k::SIP_POOL_IDLE_SECS, diag);
+    let max_handshakes = t.int(&k::SIP_MAX_HANDSHAKES, diag);
+    let per_address = t.int(&k::SIP_MAX_CONNECTIONS_PER_ADDRESS, diag);
+    let per_identity = t.int(&k::SIP_MAX_CONNECTIONS_PER_IDENTITY, diag);
+    let max_connections = t.int(&k::SIP_MAX_CONNECTIONS, diag);
+    let write_backlog = t.int(&k::SIP_MAX_WRITE_BACKLOG_BYTES, diag);
     t.finish(diag);
 
-    let listen = conv(diag, "sip.listen", listen, |s| checks::socket_addr(&s));
-    let listen = or_default(listen, SocketAddr::from(([0, 0, 0, 0], 5061)));
-    let public_fqdn = conv(diag, "sip.public_fqdn", public_fqdn, |s| {
+    let listen = conv(diag, k::SIP_LISTEN.path, listen, |s| {
+        checks::socket_addr(&s)
+    });
+    let listen = or_parsed(
+        listen,
+        checks::socket_addr(k::SIP_LISTEN.default_text()).ok(),
+    );
+    let public_fqdn = conv(diag, k::SIP_PUBLIC_FQDN.path, public_fqdn, |s| {
         checks::domain(s.trim())
     });
-    let public_fqdn = required(diag, "sip.public_fqdn", public_fqdn);
-    let cert_chain = conv(diag, "sip.cert_chain", cert_chain, |s| path_value(base, s));
-    let cert_chain = required(diag, "sip.cert_chain", cert_chain);
-    let private_key = conv(diag, "sip.private_key", private_key, |s| {
+    let public_fqdn = required(diag, k::SIP_PUBLIC_FQDN.path, public_fqdn);
+    let cert_chain = conv(diag, k::SIP_CERT_CHAIN.path, cert_chain, |s| {
         path_value(base, s)
     });
-    let private_key = required(diag, "sip.private_key", private_key);
-    let use_system_roots = or_default(use_system_roots, false);
-    let ca_bundle = match conv(diag, "sip.ca_bundle", ca_bundle, |s| path_value(base, s)) {
+    let cert_chain = required(diag, k::SIP_CERT_CHAIN.path, cert_chain);
+    let private_key = conv(diag, k::SIP_PRIVATE_KEY.path, private_key, |s| {
+        path_value(base, s)
+    });
+    let private_key = required(diag, k::SIP_PRIVATE_KEY.path, private_key);
+    let use_system_roots = or_default(use_system_roots, k::SIP_USE_SYSTEM_ROOTS.default_bool());
+    let ca_bundle = match conv(diag, k::SIP_CA_BUNDLE.path, ca_bundle, |s| {
+        path_value(base, s)
+    }) {
         Ok(Some(p)) => Some(Some(p)),
         Ok(None) if use_system_roots == Some(true) => Some(None),
         Ok(None) if use_system_roots.is_none() => None,
         Ok(None) => {
             diag.missing(
-                "sip.ca_bundle",
+                k::SIP_CA_BUNDLE.path,
                 "required unless use_system_roots = true (peers' certificates must be verified)",
             );
             None
         }
         Err(Reported) => None,
     };
-    let max_header_bytes = ranged(
-        diag,
-        "sip.max_header_bytes",
-        max_header_bytes,
-        defaults::MAX_HEADER_BYTES as u64,
-        1024,
-        1024 * 1024,
-        "",
-    );
-    let max_body_bytes = ranged(
-        diag,
-        "sip.max_body_bytes",
-        max_body_bytes,
-        defaults::MAX_BODY_BYTES as u64,
-        1024,
-        16 * 1024 * 1024,
-        "",
-    );
-    let max_headers = ranged(
-        diag,
-        "sip.max_headers",
-        max_headers,
-        defaults::MAX_HEADERS as u64,
-        16,
-        1024,
-        "",
-    );
-    let per_edge = ranged(
-        diag,
-        "sip.max_connections_per_edge",
-        per_edge,
-        defaults::MAX_CONNECTIONS_PER_EDGE as u64,
-        1,
-        4,
-        " (the federation profile allows at most 4 connections to one peer edge server)",
-    );
-    let per_network = ranged(
-        diag,
-        "sip.max_connections_per_network",
-        per_network,
-        defaults::MAX_CONNECTIONS_PER_NETWORK as u64,
-        1,
-        40,
-        " (the federation profile allows at most 40 connections to one peer network)",
-    );
-    let dns_servers = dns_server_list(diag, "sip.dns_servers", dns_servers);
+    let max_header_bytes = ranged(diag, &k::SIP_MAX_HEADER_BYTES, max_header_bytes);
+    let max_body_bytes = ranged(diag, &k::SIP_MAX_BODY_BYTES, max_body_bytes);
+    let max_headers = ranged(diag, &k::SIP_MAX_HEADERS, max_headers);
+    let per_edge = ranged(diag, &k::SIP_MAX_CONNECTIONS_PER_EDGE, per_edge);
+    let per_network = ranged(diag, &k::SIP_MAX_CONNECTIONS_PER_NETWORK, per_network);
+    let dns_servers = dns_server_list(diag, k::SIP_DNS_SERVERS.path, dns_servers);
     let dns_servers = or_default(dns_servers, Vec::new());
-    let connect_timeout = ranged(
-        diag,
-        "sip.connect_timeout_secs",
-        connect_timeout,
-        defaults::CONNECT_TIMEOUT_SECS,
-        1,
-        120,
-        "",
-    );
-    let handshake_timeout = ranged(
-        diag,
-        "sip.handshake_timeout_secs",
-        handshake_timeout,
-        defaults::HANDSHAKE_TIMEOUT_SECS,
-        1,
-        120,
-        "",
-    );
-    let idle_timeout = ranged(
-        diag,
-        "sip.idle_timeout_secs",
-        idle_timeout,
-        defaults::IDLE_TIMEOUT_SECS,
-        30,
-        86_400,
-        "",
-    );
-    let keepalive_interval = ranged_or_off(
-        diag,
-        "sip.keepalive_interval_secs",
-        keepalive_interval,
-        defaults::KEEPALIVE_INTERVAL_SECS,
-        5,
-        3600,
-    );
-    let message_timeout = ranged(
-        diag,
-        "sip.message_timeout_secs",
-        message_timeout,
-        defaults::MESSAGE_TIMEOUT_SECS,
-        1,
-        300,
-        "",
-    );
-    let max_dns_lookups = ranged(
-        diag,
-        "sip.max_dns_lookups",
-        max_dns_lookups,
-        defaults::MAX_DNS_LOOKUPS as u64,
-        2,
-        10_000,
-        "",
-    );
+    let connect_timeout = ranged(diag, &k::SIP_CONNECT_TIMEOUT_SECS, connect_timeout);
+    let handshake_timeout = ranged(diag, &k::SIP_HANDSHAKE_TIMEOUT_SECS, handshake_timeout);
+    let idle_timeout = ranged(diag, &k::SIP_IDLE_TIMEOUT_SECS, idle_timeout);
+    let keepalive_interval =
+        ranged_or_off(diag, &k::SIP_KEEPALIVE_INTERVAL_SECS, keepalive_interval);
+    let message_timeout = ranged(diag, &k::SIP_MESSAGE_TIMEOUT_SECS, message_timeout);
+    let max_dns_lookups = ranged(diag, &k::SIP_MAX_DNS_LOOKUPS, max_dns_lookups);
     let max_dns_lookups_per_peer = ranged(
         diag,
-        "sip.max_dns_lookups_per_peer",
+        &k::SIP_MAX_DNS_LOOKUPS_PER_PEER,
         max_dns_lookups_per_peer,
-        defaults::MAX_DNS_LOOKUPS_PER_PEER as u64,
-        1,
-        10_000,
-        "",
     );
-    let pool_idle = ranged(
-        diag,
-        "sip.pool_idle_secs",
-        pool_idle,
-        defaults::POOL_IDLE_SECS,
-        1,
-        86_400,
-        "",
-    );
-    let max_handshakes = ranged(
-        diag,
-        "sip.max_handshakes",
-        max_handshakes,
-        defaults::MAX_HANDSHAKES as u64,
-        1,
-        1_000_000,
-        "",
-    );
-    let per_address = ranged(
-        diag,
-        "sip.max_connections_per_address",
-        per_address,
-        defaults::MAX_CONNECTIONS_PER_ADDRESS as u64,
-        1,
-        1_000_000,
-        "",
-    );
-    let per_identity = ranged(
-        diag,
-        "sip.max_connections_per_identity",
-        per_identity,
-        defaults::MAX_CONNECTIONS_PER_IDENTITY as u64,
-        1,
-        1_000_000,
-        "",
-    );
-    let max_connections = ranged(
-        diag,
-        "sip.max_connections",
-        max_connections,
-        defaults::MAX_CONNECTIONS as u64,
-        1,
-        1_000_000,
-        "",
-    );
-    let write_backlog = ranged(
-        diag,
-        "sip.max_write_backlog_bytes",
-        write_backlog,
-        defaults::MAX_WRITE_BACKLOG_BYTES as u64,
-        64 * 1024,
-        256 * 1024 * 1024,
-        "",
-    );
+    let pool_idle = ranged(diag, &k::SIP_POOL_IDLE_SECS, pool_idle);
+    let max_handshakes = ranged(diag, &k::SIP_MAX_HANDSHAKES, max_handshakes);
+    let per_address = ranged(diag, &k::SIP_MAX_CONNECTIONS_PER_ADDRESS, per_address);
+    let per_identity = ranged(diag, &k::SIP_MAX_CONNECTIONS_PER_IDENTITY, per_identity);
+    let max_connections = ranged(diag, &k::SIP_MAX_CONNECTIONS, max_connections);
+    let write_backlog = ranged(diag, &k::SIP_MAX_WRITE_BACKLOG_BYTES, write_backlog);
     let mut ok = true;
     // One peer (however many connections and certificates' names it has) must not be able to
     // hold every lookup slot.
@@ -770,15 +378,15 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         let most = all / 2;
         if one > most {
             diag.problem(
-                "sip.max_dns_lookups_per_peer",
+                k::SIP_MAX_DNS_LOOKUPS_PER_PEER.path,
                 format!("must be at most half of sip.max_dns_lookups ({most}), not {one}"),
             );
             ok = false;
         }
     }
     for (key, value) in [
-        ("sip.max_connections_per_address", per_address),
-        ("sip.max_connections_per_identity", per_identity),
+        (k::SIP_MAX_CONNECTIONS_PER_ADDRESS.path, per_address),
+        (k::SIP_MAX_CONNECTIONS_PER_IDENTITY.path, per_identity),
     ] {
         if let (Some(all), Some(one)) = (max_connections, value) {
             if one > all {
@@ -796,7 +404,7 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     if let (Some(backlog), Some(head)) = (write_backlog, max_header_bytes) {
         if backlog < 4 * head {
             diag.problem(
-                "sip.max_write_backlog_bytes",
+                k::SIP_MAX_WRITE_BACKLOG_BYTES.path,
                 format!(
                     "must be at least 4 × sip.max_header_bytes ({}), not {backlog}",
                     4 * head
@@ -808,7 +416,7 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     if let (Some(e), Some(n)) = (per_edge, per_network) {
         if n < e {
             diag.problem(
-                "sip.max_connections_per_network",
+                k::SIP_MAX_CONNECTIONS_PER_NETWORK.path,
                 format!("must be at least sip.max_connections_per_edge ({e}), not {n}"),
             );
             ok = false;
@@ -817,7 +425,7 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     if let (Some(Some(k)), Some(idle)) = (keepalive_interval, idle_timeout) {
         if k >= idle {
             diag.problem(
-                "sip.keepalive_interval_secs",
+                k::SIP_KEEPALIVE_INTERVAL_SECS.path,
                 format!("must be less than sip.idle_timeout_secs ({idle}) or 0 (off), not {k}"),
             );
             ok = false;
@@ -856,35 +464,24 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
 }
 
 fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig> {
-    let default_policy = t.string("default_policy", diag);
-    let partners = t.tables("partners", diag);
-    let discovered_rate = t.int("discovered_rate", diag);
-    let level = t.string("verification_level", diag);
+    let default_policy = t.string(&k::FEDERATION_DEFAULT_POLICY, diag);
+    let partners = t.tables(&k::FEDERATION_PARTNERS, diag);
+    let discovered_rate = t.int(&k::FEDERATION_DISCOVERED_RATE, diag);
+    let level = t.string(&k::FEDERATION_VERIFICATION_LEVEL, diag);
     t.finish(diag);
 
-    let default_policy = conv(diag, "federation.default_policy", default_policy, |s| {
-        word(
-            &s,
-            &[
-                ("allow", DefaultPolicy::Allow),
-                ("deny", DefaultPolicy::Deny),
-            ],
-        )
-    });
-    let default_policy = or_default(default_policy, DefaultPolicy::Allow);
-    let discovered_rate = ranged(
+    let policies = [
+        ("allow", DefaultPolicy::Allow),
+        ("deny", DefaultPolicy::Deny),
+    ];
+    let default_policy = choice(
         diag,
-        "federation.discovered_rate",
-        discovered_rate,
-        u64::from(defaults::DISCOVERED_RATE),
-        1,
-        10_000,
-        " requests per second",
+        &k::FEDERATION_DEFAULT_POLICY,
+        default_policy,
+        &policies,
     );
-    let level = conv(diag, "federation.verification_level", level, |s| {
-        verification_level(&s)
-    });
-    let level = or_default(level, VerificationLevel::Verified);
+    let discovered_rate = ranged(diag, &k::FEDERATION_DISCOVERED_RATE, discovered_rate);
+    let level = choice(diag, &k::FEDERATION_VERIFICATION_LEVEL, level, LEVELS);
     let partners = match partners {
         Ok(Some(tables)) => {
             let mut out: Vec<Partner> = Vec::with_capacity(tables.len());
@@ -915,7 +512,7 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
     if let (Some(DefaultPolicy::Deny), Some(p)) = (default_policy, &partners) {
         if !p.iter().any(|p| p.policy == PartnerPolicy::Allow) {
             diag.warning(
-                "federation.default_policy",
+                k::FEDERATION_DEFAULT_POLICY.path,
                 "\"deny\" with no partner allowed: the bridge will federate with nobody",
             );
         }
@@ -931,32 +528,32 @@ fn federation_section(mut t: Table, diag: &mut Diag) -> Option<FederationConfig>
 /// One partner entry: its domain if that is valid (for the duplicate check), and the entry if
 /// all of it is.
 fn partner(mut t: Table, i: usize, diag: &mut Diag) -> (Option<String>, Option<Partner>) {
-    let domain = t.string("domain", diag);
-    let policy = t.string("policy", diag);
-    let edge = t.string("edge", diag);
-    let level = t.string("verification_level", diag);
+    let domain = t.string(&k::PARTNER_DOMAIN, diag);
+    let policy = t.string(&k::PARTNER_POLICY, diag);
+    let edge = t.string(&k::PARTNER_EDGE, diag);
+    let level = t.string(&k::PARTNER_VERIFICATION_LEVEL, diag);
     t.finish(diag);
     let key = |k: &str| format!("federation.partners[{i}].{k}");
 
     let domain = conv(diag, &key("domain"), domain, |s| checks::domain(s.trim()));
     let domain = required(diag, &key("domain"), domain);
-    let policy = conv(diag, &key("policy"), policy, |s| {
-        word(
-            &s,
-            &[
-                ("allow", PartnerPolicy::Allow),
-                ("block", PartnerPolicy::Block),
-            ],
-        )
-    });
-    let policy = or_default(policy, PartnerPolicy::Allow);
+    let policies = [
+        ("allow", PartnerPolicy::Allow),
+        ("block", PartnerPolicy::Block),
+    ];
+    let policy = pick(diag, &key("policy"), &k::PARTNER_POLICY, policy, &policies);
+    let policy = or_parsed(policy, default_word(&k::PARTNER_POLICY, &policies));
     let edge = conv(diag, &key("edge"), edge, |s| {
         checks::edge(s.trim()).map(|(host, port)| Edge { host, port })
     });
     let edge = edge.ok();
-    let level = conv(diag, &key("verification_level"), level, |s| {
-        verification_level(&s)
-    });
+    let level = pick(
+        diag,
+        &key("verification_level"),
+        &k::PARTNER_VERIFICATION_LEVEL,
+        level,
+        LEVELS,
+    );
     let level = level.ok();
     if let (Some(PartnerPolicy::Block), Some(Some(_))) = (policy, &edge) {
         diag.warning(key("edge"), "ignored: this partner is blocked");
@@ -1018,78 +615,30 @@ fn federation_vs_xmpp(f: &FederationConfig, x: &XmppConfig, diag: &mut Diag) -> 
 }
 
 fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
-    let suffix = t.string("display_name_suffix", diag);
-    let icon_url = t.string("icon_url", diag);
-    let interval = t.int("notify_min_interval_secs", diag);
-    let expires = t.int("subscription_expires_secs", diag);
-    let restore_rate = t.int("restore_rate", diag);
-    let pending_domain = t.int("max_pending_per_domain", diag);
-    let pending_partner = t.int("max_pending_per_partner", diag);
-    let pending_user = t.int("max_pending_per_user", diag);
+    let suffix = t.string(&k::PRESENCE_DISPLAY_NAME_SUFFIX, diag);
+    let icon_url = t.string(&k::PRESENCE_ICON_URL, diag);
+    let interval = t.int(&k::PRESENCE_NOTIFY_MIN_INTERVAL_SECS, diag);
+    let expires = t.int(&k::PRESENCE_SUBSCRIPTION_EXPIRES_SECS, diag);
+    let restore_rate = t.int(&k::PRESENCE_RESTORE_RATE, diag);
+    let pending_domain = t.int(&k::PRESENCE_MAX_PENDING_PER_DOMAIN, diag);
+    let pending_partner = t.int(&k::PRESENCE_MAX_PENDING_PER_PARTNER, diag);
+    let pending_user = t.int(&k::PRESENCE_MAX_PENDING_PER_USER, diag);
     t.finish(diag);
 
-    let suffix = conv(diag, "presence.display_name_suffix", suffix, |s| {
+    let suffix = conv(diag, k::PRESENCE_DISPLAY_NAME_SUFFIX.path, suffix, |s| {
         text(s, 64)
     });
     let suffix = or_default(suffix.map(|s| s.map(Some)), None);
-    let icon_url = conv(diag, "presence.icon_url", icon_url, |s| {
+    let icon_url = conv(diag, k::PRESENCE_ICON_URL.path, icon_url, |s| {
         checks::https_url(s.trim())
     });
     let icon_url = or_default(icon_url.map(|s| s.map(Some)), None);
-    let interval = ranged(
-        diag,
-        "presence.notify_min_interval_secs",
-        interval,
-        defaults::NOTIFY_MIN_INTERVAL_SECS,
-        1,
-        300,
-        "",
-    );
-    let expires = ranged(
-        diag,
-        "presence.subscription_expires_secs",
-        expires,
-        defaults::SUBSCRIPTION_EXPIRES_SECS,
-        60,
-        86_400,
-        "",
-    );
-    let restore_rate = ranged(
-        diag,
-        "presence.restore_rate",
-        restore_rate,
-        defaults::RESTORE_RATE,
-        10,
-        100_000,
-        "",
-    );
-    let pending_domain = ranged(
-        diag,
-        "presence.max_pending_per_domain",
-        pending_domain,
-        defaults::MAX_PENDING_PER_DOMAIN,
-        1,
-        1_000_000,
-        "",
-    );
-    let pending_partner = ranged(
-        diag,
-        "presence.max_pending_per_partner",
-        pending_partner,
-        defaults::MAX_PENDING_PER_PARTNER,
-        1,
-        1_000_000,
-        "",
-    );
-    let pending_user = ranged(
-        diag,
-        "presence.max_pending_per_user",
-        pending_user,
-        defaults::MAX_PENDING_PER_USER,
-        1,
-        100_000,
-        "",
-    );
+    let interval = ranged(diag, &k::PRESENCE_NOTIFY_MIN_INTERVAL_SECS, interval);
+    let expires = ranged(diag, &k::PRESENCE_SUBSCRIPTION_EXPIRES_SECS, expires);
+    let restore_rate = ranged(diag, &k::PRESENCE_RESTORE_RATE, restore_rate);
+    let pending_domain = ranged(diag, &k::PRESENCE_MAX_PENDING_PER_DOMAIN, pending_domain);
+    let pending_partner = ranged(diag, &k::PRESENCE_MAX_PENDING_PER_PARTNER, pending_partner);
+    let pending_user = ranged(diag, &k::PRESENCE_MAX_PENDING_PER_USER, pending_user);
     Some(PresenceConfig {
         display_name_suffix: suffix?,
         icon_url: icon_url?,
@@ -1103,48 +652,16 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
 }
 
 fn im_section(mut t: Table, diag: &mut Diag) -> Option<ImConfig> {
-    let session_idle = t.int("session_idle_secs", diag);
-    let max_message_bytes = t.int("max_message_bytes", diag);
-    let max_queued_messages = t.int("max_queued_messages", diag);
-    let dialog_max_age = t.int("dialog_max_age_secs", diag);
+    let session_idle = t.int(&k::IM_SESSION_IDLE_SECS, diag);
+    let max_message_bytes = t.int(&k::IM_MAX_MESSAGE_BYTES, diag);
+    let max_queued_messages = t.int(&k::IM_MAX_QUEUED_MESSAGES, diag);
+    let dialog_max_age = t.int(&k::IM_DIALOG_MAX_AGE_SECS, diag);
     t.finish(diag);
 
-    let session_idle = ranged(
-        diag,
-        "im.session_idle_secs",
-        session_idle,
-        defaults::IM_SESSION_IDLE_SECS,
-        10,
-        86_400,
-        "",
-    );
-    let max_message_bytes = ranged(
-        diag,
-        "im.max_message_bytes",
-        max_message_bytes,
-        defaults::IM_MAX_MESSAGE_BYTES as u64,
-        256,
-        65_536,
-        "",
-    );
-    let max_queued_messages = ranged(
-        diag,
-        "im.max_queued_messages",
-        max_queued_messages,
-        defaults::IM_MAX_QUEUED_MESSAGES as u64,
-        1,
-        10_000,
-        "",
-    );
-    let dialog_max_age = ranged(
-        diag,
-        "im.dialog_max_age_secs",
-        dialog_max_age,
-        defaults::IM_DIALOG_MAX_AGE_SECS,
-        3600,
-        86_340,
-        " (LCS signs dialog headers for 24 hours)",
-    );
+    let session_idle = ranged(diag, &k::IM_SESSION_IDLE_SECS, session_idle);
+    let max_message_bytes = ranged(diag, &k::IM_MAX_MESSAGE_BYTES, max_message_bytes);
+    let max_queued_messages = ranged(diag, &k::IM_MAX_QUEUED_MESSAGES, max_queued_messages);
+    let dialog_max_age = ranged(diag, &k::IM_DIALOG_MAX_AGE_SECS, dialog_max_age);
     Some(ImConfig {
         session_idle: Duration::from_secs(session_idle?),
         max_message_bytes: to_usize(max_message_bytes?),
@@ -1154,20 +671,19 @@ fn im_section(mut t: Table, diag: &mut Diag) -> Option<ImConfig> {
 }
 
 /// `[storage]` and `[mappings]`: one `path` key.
-fn path_section(mut t: Table, base: &Path, default: &str, diag: &mut Diag) -> Option<PathBuf> {
-    let path = t.string("path", diag);
-    let key = t.key("path");
+fn path_section(mut t: Table, base: &Path, key: &Key, diag: &mut Diag) -> Option<PathBuf> {
+    let path = t.string(key, diag);
     t.finish(diag);
-    let path = conv(diag, &key, path, |s| path_value(base, s));
-    or_default(path, base.join(default))
+    let path = conv(diag, key.path, path, |s| path_value(base, s));
+    or_default(path, base.join(key.default_text()))
 }
 
 fn logging_section(mut t: Table, diag: &mut Diag) -> Option<LoggingConfig> {
-    let level = t.string("level", diag);
-    let format = t.string("format", diag);
+    let level = t.string(&k::LOGGING_LEVEL, diag);
+    let format = t.string(&k::LOGGING_FORMAT, diag);
     t.finish(diag);
 
-    let level = conv(diag, "logging.level", level, |s| {
+    let level = conv(diag, k::LOGGING_LEVEL.path, level, |s| {
         let s = s.trim().to_owned();
         if s.is_empty() {
             return Err("must not be empty".to_owned());
@@ -1180,14 +696,9 @@ fn logging_section(mut t: Table, diag: &mut Diag) -> Option<LoggingConfig> {
     if let Ok(Some(level)) = &level {
         level_hints(level, diag);
     }
-    let level = or_default(level, defaults::LOG_LEVEL.to_owned());
-    let format = conv(diag, "logging.format", format, |s| {
-        word(
-            &s,
-            &[("human", LogFormat::Human), ("json", LogFormat::Json)],
-        )
-    });
-    let format = or_default(format, LogFormat::Human);
+    let level = or_default(level, k::LOGGING_LEVEL.default_text().to_owned());
+    let formats = [("human", LogFormat::Human), ("json", LogFormat::Json)];
+    let format = choice(diag, &k::LOGGING_FORMAT, format, &formats);
     Some(LoggingConfig {
         level: level?,
         format: format?,
@@ -1209,7 +720,7 @@ fn level_hints(filter: &str, diag: &mut Diag) {
             .map(|l| format!(" (did you mean \"{l}\"?)"))
             .unwrap_or_default();
         diag.warning(
-            "logging.level",
+            k::LOGGING_LEVEL.path,
             format!(
                 "{directive:?} is not a level: it enables every level for the target {directive:?}{hint}"
             ),
@@ -1234,7 +745,7 @@ pub(crate) fn check_files(parts: &Parts, now: SystemTime, diag: &mut Diag) {
         let p = &storage.path;
         if p.exists() && !p.is_dir() {
             diag.problem(
-                "storage.path",
+                k::STORAGE_PATH.path,
                 format!("{p:?} exists and is not a directory"),
             );
         } else if !p.exists() {
@@ -1244,7 +755,7 @@ pub(crate) fn check_files(parts: &Parts, now: SystemTime, diag: &mut Diag) {
             };
             if !parent.is_dir() {
                 diag.problem(
-                    "storage.path",
+                    k::STORAGE_PATH.path,
                     format!("parent directory {parent:?} does not exist"),
                 );
             }
@@ -1253,9 +764,12 @@ pub(crate) fn check_files(parts: &Parts, now: SystemTime, diag: &mut Diag) {
     if let Some(mappings) = &parts.mappings {
         let p = &mappings.path;
         if !p.exists() {
-            diag.problem("mappings.path", format!("directory {p:?} does not exist"));
+            diag.problem(
+                k::MAPPINGS_PATH.path,
+                format!("directory {p:?} does not exist"),
+            );
         } else if !p.is_dir() {
-            diag.problem("mappings.path", format!("{p:?} is not a directory"));
+            diag.problem(k::MAPPINGS_PATH.path, format!("{p:?} is not a directory"));
         }
     }
 }
