@@ -2,6 +2,9 @@
 
 use super::*;
 use crate::core::address::AddressMode;
+use crate::edge::core::Route;
+use crate::sip::builder::RequestSpec;
+use crate::store::DialogRecord;
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = r"bob\40contoso.com@lcs.example.org";
