@@ -43,7 +43,6 @@ use xmpp_parsers::presence::{Presence, Type};
 use super::Output;
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
-use crate::core::pidf;
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
 use crate::edge::core::Undeliverable;
 use crate::edge::server::EdgeEvent;
@@ -61,7 +60,6 @@ mod subscriber;
 
 use local::LocalUser;
 use notifier::{NotifyState, Pending, Watcher, subscribe_request};
-use persist::restored_dialog;
 use subscriber::Outbound;
 
 /// The PIDF media type.
@@ -904,87 +902,39 @@ impl PresenceEngine {
                 out.push(forget);
                 continue;
             };
-            if s.state == SubState::Terminated
-                || matches!(s.approval, Approval::Denied | Approval::None)
-                    && s.direction == Direction::Outbound
-            {
+            if s.state == SubState::Terminated {
                 out.push(forget);
                 continue;
             }
             let key = key(local.to_string(), s.remote_aor.clone());
             match s.direction {
                 Direction::Outbound => {
-                    self.outbound.insert(
-                        key.clone(),
-                        Box::new(Outbound {
-                            established: s.approval == Approval::Approved,
-                            last: s
-                                .last_received
-                                .as_deref()
-                                .and_then(|b| pidf::parse(b).ok())
-                                .map(Box::new),
-                            next_at: paced.next(),
-                            ..Outbound::new(
-                                local,
-                                remote_jid,
-                                s.approval,
-                                self.expires_secs(),
-                                None,
-                            )
-                        }),
-                    );
-                }
-                Direction::Inbound => {
-                    if s.expires_unix <= now_unix || s.approval == Approval::Denied {
+                    let expires_secs = self.expires_secs();
+                    let Some(mut sub) = Outbound::from_record(&s, local, remote_jid, expires_secs)
+                    else {
                         out.push(forget);
                         continue;
-                    }
-                    let left = Duration::from_secs(s.expires_unix - now_unix);
-                    let (dialog, deadline) = match &s.dialog {
-                        Some(r) => {
-                            let age = Duration::from_secs(now_unix.saturating_sub(r.created_unix));
-                            match self.settings.dialog_max_age.checked_sub(age) {
-                                Some(rest) if !rest.is_zero() => match restored_dialog(r, now) {
-                                    Some(d) => (Some(Box::new(d)), now + rest),
-                                    None => (None, now),
-                                },
-                                _ => (None, now),
-                            }
-                        }
-                        None => (None, now),
                     };
-                    // The stored CSeq is above every one the last process used in the dialog:
-                    // resume from it, with a fresh reservation stored before anything is sent.
-                    let stored_cseq = s.dialog.as_ref().map_or(0, |r| r.local_cseq);
-                    if let Some(d) = &dialog {
+                    sub.next_at = paced.next();
+                    self.outbound.insert(key, Box::new(sub));
+                }
+                Direction::Inbound => {
+                    let max_age = self.settings.dialog_max_age;
+                    let Some(mut w) = Watcher::from_record(&s, remote_jid, now, now_unix, max_age)
+                    else {
+                        out.push(forget);
+                        continue;
+                    };
+                    if let Some(d) = &w.dialog {
                         self.in_dialogs.insert(d.id.clone(), key.clone());
+                        // Resumed above the stored CSeq: a fresh reservation is stored before
+                        // anything is sent.
                         reserve.push(key.clone());
+                        if w.approval == Approval::Approved {
+                            w.retry_at = paced.next();
+                        }
                     }
-                    let approved = s.approval == Approval::Approved;
-                    let notify_at = if approved && dialog.is_some() {
-                        paced.next()
-                    } else {
-                        None
-                    };
-                    self.inbound.insert(
-                        key,
-                        Box::new(Watcher {
-                            remote_jid,
-                            approval: s.approval,
-                            dialog,
-                            detached: true,
-                            expires_at: now + left,
-                            dialog_deadline: deadline,
-                            last_notify: Some(now),
-                            dirty: approved,
-                            in_flight: None,
-                            retry_at: notify_at,
-                            failures: 0,
-                            last_body: None,
-                            blind: false,
-                            cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
-                        }),
-                    );
+                    self.inbound.insert(key, Box::new(w));
                 }
             }
         }

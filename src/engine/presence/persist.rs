@@ -3,7 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Key, PresenceEngine};
+use xmpp_parsers::jid::BareJid;
+
+use super::notifier::Watcher;
+use super::subscriber::Outbound;
+use super::{CSEQ_RESERVE, Key, PresenceEngine};
 use crate::core::pidf;
 use crate::core::xml_chars;
 use crate::engine::Output;
@@ -89,6 +93,84 @@ impl PresenceEngine {
         if let Some(r) = self.in_record(now, key) {
             out.push(Output::PersistLazy(Box::new(r)));
         }
+    }
+}
+
+impl Outbound {
+    /// An outbound subscription taken up from its stored record, or `None` if the record is
+    /// no subscription to take up (its approval was denied or never asked for). It has no
+    /// dialog (the old one died with the old process's connections) and asks for
+    /// `expires_secs`; the caller schedules its fresh SUBSCRIBE (`next_at`).
+    pub(super) fn from_record(
+        s: &Subscription,
+        local: BareJid,
+        remote_jid: BareJid,
+        expires_secs: u32,
+    ) -> Option<Outbound> {
+        if matches!(s.approval, Approval::Denied | Approval::None) {
+            return None;
+        }
+        Some(Outbound {
+            established: s.approval == Approval::Approved,
+            last: s
+                .last_received
+                .as_deref()
+                .and_then(|b| pidf::parse(b).ok())
+                .map(Box::new),
+            ..Outbound::new(local, remote_jid, s.approval, expires_secs, None)
+        })
+    }
+}
+
+impl Watcher {
+    /// A watcher taken up from its stored record at `now` (`now_unix`), or `None` if the
+    /// record has expired or was denied. Its dialog is kept unless it is past `max_age` or
+    /// cannot be written into a request ([`restored_dialog`]), and detached (NOTIFYs go by
+    /// domain until the peer is reached); its local CSeq resumes above the stored one, which
+    /// is above every one the last process used in the dialog, with a fresh reservation
+    /// (`Watcher::cseq_reserved`) the caller stores before anything is sent. An approved one
+    /// owes a NOTIFY with the current state; the caller schedules it (`retry_at`).
+    pub(super) fn from_record(
+        s: &Subscription,
+        remote_jid: BareJid,
+        now: Instant,
+        now_unix: u64,
+        max_age: Duration,
+    ) -> Option<Watcher> {
+        if s.expires_unix <= now_unix || s.approval == Approval::Denied {
+            return None;
+        }
+        let left = Duration::from_secs(s.expires_unix - now_unix);
+        let (dialog, deadline) = match &s.dialog {
+            Some(r) => {
+                let age = Duration::from_secs(now_unix.saturating_sub(r.created_unix));
+                match max_age.checked_sub(age) {
+                    Some(rest) if !rest.is_zero() => match restored_dialog(r, now) {
+                        Some(d) => (Some(Box::new(d)), now + rest),
+                        None => (None, now),
+                    },
+                    _ => (None, now),
+                }
+            }
+            None => (None, now),
+        };
+        let stored_cseq = s.dialog.as_ref().map_or(0, |r| r.local_cseq);
+        Some(Watcher {
+            remote_jid,
+            approval: s.approval,
+            dialog,
+            detached: true,
+            expires_at: now + left,
+            dialog_deadline: deadline,
+            last_notify: Some(now),
+            dirty: s.approval == Approval::Approved,
+            in_flight: None,
+            retry_at: None,
+            failures: 0,
+            last_body: None,
+            blind: false,
+            cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
+        })
     }
 }
 
