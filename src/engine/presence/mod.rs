@@ -59,7 +59,7 @@ mod persist;
 mod subscriber;
 
 use local::LocalUser;
-use notifier::{NotifyState, Pending, Watcher, subscribe_request};
+use notifier::{Pending, Watcher, subscribe_request};
 use subscriber::Outbound;
 
 /// The PIDF media type.
@@ -556,22 +556,8 @@ impl PresenceEngine {
     }
 
     fn connection_lost(&mut self, now: Instant, conn: ConnId, out: &mut Vec<Output>) {
-        // Outbound: the dialog is gone with its connection; subscribe again at once.
-        let lost: Vec<Key> = self
-            .outbound
-            .iter()
-            .filter(|(_, s)| s.dialog.as_ref().is_some_and(|d| d.conn == conn))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in lost {
-            self.send_initial(now, &key, out);
-        }
-        // Inbound: LCS owns those dialogs; keep them and reach the peer by domain.
-        for w in self.inbound.values_mut_untracked() {
-            if w.dialog.as_ref().is_some_and(|d| d.conn == conn) {
-                w.detached = true;
-            }
-        }
+        self.subscriptions_lost(now, conn, out);
+        self.watchers_lost(conn);
     }
 
     fn on_final(
@@ -708,10 +694,7 @@ impl PresenceEngine {
         crate::compact::map(&mut self.armed);
         crate::compact::heap(&mut self.timers);
         for key in std::mem::take(&mut self.outbound.touched) {
-            let due = self
-                .outbound
-                .get(&key)
-                .and_then(|s| if s.pending.is_some() { None } else { s.next_at });
+            let due = self.outbound.get(&key).and_then(|s| s.due());
             if let Some(at) = due {
                 self.arm(Side::Out, key, at);
             }
@@ -731,10 +714,7 @@ impl PresenceEngine {
         while let Some(Reverse((at, side, key))) = self.timers.peek() {
             let slot = (*side, key.clone());
             let real = match side {
-                Side::Out => self
-                    .outbound
-                    .get(key)
-                    .and_then(|s| if s.pending.is_some() { None } else { s.next_at }),
+                Side::Out => self.outbound.get(key).and_then(|s| s.due()),
                 Side::In => self.inbound.get(key).and_then(|w| self.watcher_due(w)),
             };
             if self.armed.get(&slot) == Some(at) && real == Some(*at) {
@@ -781,29 +761,11 @@ impl PresenceEngine {
             .filter(|k| {
                 self.outbound
                     .get(k)
-                    .is_some_and(|s| s.pending.is_none() && s.next_at.is_some_and(|n| n <= now))
+                    .is_some_and(|s| s.due().is_some_and(|n| n <= now))
             })
             .collect();
         for key in due {
-            let Some(sub) = self.outbound.get_mut(&key) else {
-                continue;
-            };
-            sub.next_at = None;
-            let expires = Duration::from_secs(u64::from(sub.expires_secs));
-            let replace = sub.dialog_deadline.is_some_and(|d| now + expires >= d);
-            let refresh = sub.dialog.as_ref().map(|d| d.is_confirmed() && !replace);
-            match refresh {
-                Some(true) => self.send_refresh(&key, &mut out),
-                Some(false) => {
-                    // Too old for one more period (LCS's 24 h): end it and start a new one.
-                    if let Some(mut old) = sub.dialog.take() {
-                        self.out_dialogs.remove(&old.id);
-                        self.unsubscribe_in_dialog(&mut old, &mut out);
-                    }
-                    self.send_initial(now, &key, &mut out);
-                }
-                None => self.send_initial(now, &key, &mut out),
-            }
+            self.subscription_timer(now, &key, &mut out);
         }
         let keys: Vec<Key> = due_in
             .into_iter()
@@ -814,35 +776,7 @@ impl PresenceEngine {
             })
             .collect();
         for key in keys {
-            let Some(w) = self.inbound.get(&key) else {
-                continue;
-            };
-            if w.expires_at <= now {
-                // Not refreshed in time (RFC 6665 §4.2.2).
-                out.push(Output::Forget {
-                    direction: Direction::Inbound,
-                    local: key.0.clone(),
-                    remote: key.1.clone(),
-                });
-                self.send_notify(now, &key, NotifyState::Terminated("timeout"), &mut out);
-                self.remove_watcher(&key);
-                continue;
-            }
-            if w.dialog.is_some() && w.dialog_deadline <= now {
-                // LCS re-subscribes in a new dialog (RFC 6665 "deactivated"); approval kept.
-                self.send_notify(now, &key, NotifyState::Terminated("deactivated"), &mut out);
-                if let Some(w) = self.inbound.get_mut(&key) {
-                    if let Some(d) = w.dialog.take() {
-                        self.in_dialogs.remove(&d.id);
-                    }
-                    if let Some(tx) = w.in_flight.take() {
-                        self.purposes.remove(&tx);
-                    }
-                }
-                self.persist_in_lazy(now, &key, &mut out);
-                continue;
-            }
-            self.maybe_flush(now, &key, &mut out);
+            self.watcher_timer(now, &key, &mut out);
         }
         self.rearm();
         out

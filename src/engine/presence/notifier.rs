@@ -135,6 +135,49 @@ pub(super) fn accepts_pidf(request: &Message) -> bool {
 }
 
 impl PresenceEngine {
+    /// The timer of watcher `key`: expiry, dialog replacement, or an owed NOTIFY.
+    pub(super) fn watcher_timer(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        let Some(w) = self.inbound.get(key) else {
+            return;
+        };
+        if w.expires_at <= now {
+            // Not refreshed in time (RFC 6665 §4.2.2).
+            out.push(Output::Forget {
+                direction: Direction::Inbound,
+                local: key.0.clone(),
+                remote: key.1.clone(),
+            });
+            self.send_notify(now, key, NotifyState::Terminated("timeout"), out);
+            self.remove_watcher(key);
+            return;
+        }
+        if w.dialog.is_some() && w.dialog_deadline <= now {
+            // LCS re-subscribes in a new dialog (RFC 6665 "deactivated"); approval kept.
+            self.send_notify(now, key, NotifyState::Terminated("deactivated"), out);
+            if let Some(w) = self.inbound.get_mut(key) {
+                if let Some(d) = w.dialog.take() {
+                    self.in_dialogs.remove(&d.id);
+                }
+                if let Some(tx) = w.in_flight.take() {
+                    self.purposes.remove(&tx);
+                }
+            }
+            self.persist_in_lazy(now, key, out);
+            return;
+        }
+        self.maybe_flush(now, key, out);
+    }
+
+    /// Connection `conn` is lost: LCS owns the watchers' dialogs on it; they are kept and the
+    /// peer is reached by domain.
+    pub(super) fn watchers_lost(&mut self, conn: ConnId) {
+        for w in self.inbound.values_mut_untracked() {
+            if w.dialog.as_ref().is_some_and(|d| d.conn == conn) {
+                w.detached = true;
+            }
+        }
+    }
+
     pub(super) fn xmpp_subscribed(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
         let Some(w) = self.inbound.get_mut(key) else {
             return;

@@ -80,9 +80,56 @@ impl Outbound {
             stanza_id,
         }
     }
+
+    /// When the subscription next has work (refresh, retry, replacement); none while a
+    /// SUBSCRIBE is in flight.
+    pub(super) fn due(&self) -> Option<Instant> {
+        if self.pending.is_some() {
+            None
+        } else {
+            self.next_at
+        }
+    }
 }
 
 impl PresenceEngine {
+    /// The timer of outbound subscription `key`: a refresh in the dialog, or a fresh SUBSCRIBE
+    /// (a retry, or a dialog too old for one more period replaced).
+    pub(super) fn subscription_timer(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        let Some(sub) = self.outbound.get_mut(key) else {
+            return;
+        };
+        sub.next_at = None;
+        let expires = Duration::from_secs(u64::from(sub.expires_secs));
+        let replace = sub.dialog_deadline.is_some_and(|d| now + expires >= d);
+        let refresh = sub.dialog.as_ref().map(|d| d.is_confirmed() && !replace);
+        match refresh {
+            Some(true) => self.send_refresh(key, out),
+            Some(false) => {
+                // Too old for one more period (LCS's 24 h): end it and start a new one.
+                if let Some(mut old) = sub.dialog.take() {
+                    self.out_dialogs.remove(&old.id);
+                    self.unsubscribe_in_dialog(&mut old, out);
+                }
+                self.send_initial(now, key, out);
+            }
+            None => self.send_initial(now, key, out),
+        }
+    }
+
+    /// The dialogs on connection `conn` are gone with it: subscribe again at once.
+    pub(super) fn subscriptions_lost(&mut self, now: Instant, conn: ConnId, out: &mut Vec<Output>) {
+        let lost: Vec<Key> = self
+            .outbound
+            .iter()
+            .filter(|(_, s)| s.dialog.as_ref().is_some_and(|d| d.conn == conn))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in lost {
+            self.send_initial(now, &key, out);
+        }
+    }
+
     pub(super) fn xmpp_subscribe(
         &mut self,
         now: Instant,
