@@ -40,18 +40,16 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
-use super::Output;
+use super::{Output, common};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
-use crate::edge::core::Undeliverable;
 use crate::edge::server::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::dialog::DialogId;
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{Approval, Direction, SubState, Subscription};
-use crate::xmpp::gateway::error_reply;
 
 mod local;
 mod notifier;
@@ -358,15 +356,15 @@ impl PresenceEngine {
     }
 
     fn branch(&mut self) -> String {
-        format!("z9hG4bK{}", self.token())
+        common::branch(&mut self.rng)
     }
 
     fn via(&self) -> String {
-        format!("{}:5061", self.settings.public_fqdn)
+        common::via(&self.settings.public_fqdn)
     }
 
     fn contact(&self, local_uri: &str) -> String {
-        super::contact_for(&self.settings.public_fqdn, local_uri)
+        common::contact_for(&self.settings.public_fqdn, local_uri)
     }
 
     fn local_uri(&self, local: &str) -> String {
@@ -432,11 +430,11 @@ impl PresenceEngine {
             Ok(a) if !self.book.is_local_domain(&a.host) && to.node().is_some() => a.aor(),
             _ => {
                 if matches!(p.type_, Type::Subscribe | Type::Probe) {
-                    out.push(Output::Stanza(error_reply(
-                        &Element::from(p),
+                    out.push(common::bounce(
+                        Element::from(p),
                         Condition::ItemNotFound,
-                        Some("not an address this gateway can reach"),
-                    )));
+                        "not an address this gateway can reach",
+                    ));
                 }
                 return out;
             }
@@ -517,7 +515,7 @@ impl PresenceEngine {
                 let f = Failure {
                     status: 0,
                     condition: self.errors.condition_for_timeout(),
-                    text: "no answer from the LCS side".into(),
+                    text: common::NO_ANSWER.into(),
                     min_expires: None,
                 };
                 self.on_final(now, tx, Err(f), &mut out);
@@ -526,21 +524,13 @@ impl PresenceEngine {
                 let f = Failure {
                     status: 0,
                     condition: Condition::RecipientUnavailable,
-                    text: "the connection to the LCS side was lost".into(),
+                    text: common::CONNECTION_LOST.into(),
                     min_expires: None,
                 };
                 self.on_final(now, tx, Err(f), &mut out);
             }
             EdgeEvent::Undeliverable { tx, why } => {
-                let condition = match &why {
-                    Undeliverable::NoRoute { .. } => self.errors.condition_for_no_route(),
-                    Undeliverable::Unreachable { .. } => self.errors.condition_for_timeout(),
-                    Undeliverable::Blocked { .. } | Undeliverable::Local { .. } => {
-                        Condition::Forbidden
-                    }
-                    Undeliverable::ConnectionGone { .. } => Condition::RecipientUnavailable,
-                    Undeliverable::Invalid { .. } => Condition::InternalServerError,
-                };
+                let condition = common::undeliverable_condition(&self.errors, &why);
                 let f = Failure {
                     status: 0,
                     condition,
@@ -613,8 +603,7 @@ impl PresenceEngine {
     }
 
     fn reply(&mut self, request: &Message, status: u16, reason: Option<&str>) -> Message {
-        let tag = self.token();
-        Message::response_to(request, status, reason, Some(&tag))
+        common::response(&mut self.rng, request, status, reason)
     }
 
     /// New watchers refused since the start, per pending-subscription limit (configuration

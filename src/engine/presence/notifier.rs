@@ -19,7 +19,8 @@ use super::{
     PIDF_TYPE, PresenceEngine, Purpose, key, secs, stanza,
 };
 use crate::edge::core::Route;
-use crate::engine::{Output, host_of};
+use crate::engine::Output;
+use crate::engine::common::{self, host_of};
 use crate::sip::builder::name_addr;
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
@@ -273,11 +274,10 @@ impl PresenceEngine {
             r.push_header("Accept", PIDF_TYPE);
             return out.push(Output::Respond { tx, response: r });
         }
-        let (local, remote_jid, remote_aor, display) =
-            match crate::engine::parties(&self.book, request) {
-                Ok(p) => (p.local, p.remote, p.remote_aor, p.display),
-                Err((status, reason)) => return out.push(reply(status, &reason)),
-            };
+        let (local, remote_jid, remote_aor, display) = match common::parties(&self.book, request) {
+            Ok(p) => (p.local, p.remote, p.remote_aor, p.display),
+            Err((status, reason)) => return out.push(reply(status, &reason)),
+        };
         let expires = match request.expires() {
             Ok(e) => e.unwrap_or(DEFAULT_EXPIRES_SECS),
             Err(e) => return out.push(reply(400, &e.to_string())),

@@ -14,13 +14,13 @@ use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, stanza};
 use crate::core::pidf::{self, PidfDocument};
 use crate::core::presence::presence_from_pidf;
 use crate::edge::core::Route;
-use crate::engine::{Output, host_of};
+use crate::engine::Output;
+use crate::engine::common::{self, host_of};
 use crate::sip::builder::RequestSpec;
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::{ConnId, TxId};
 use crate::store::{Approval, Direction};
-use crate::xmpp::gateway::error_reply;
 
 /// An XMPP user's subscription to an LCS user.
 #[derive(Debug)]
@@ -506,11 +506,7 @@ impl PresenceEngine {
                             .with_from(sub.local_jid.clone())
                             .with_to(sub.remote_jid.clone());
                         request.id = sub.stanza_id.clone();
-                        out.push(Output::Stanza(error_reply(
-                            &Element::from(request),
-                            f.condition,
-                            Some(&f.text),
-                        )));
+                        out.push(common::bounce(Element::from(request), f.condition, &f.text));
                     }
                     return;
                 }

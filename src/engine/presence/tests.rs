@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::core::address::AddressMode;
-use crate::edge::core::Route;
+use crate::edge::core::{Route, Undeliverable};
 use crate::sip::builder::RequestSpec;
 use crate::store::DialogRecord;
 
