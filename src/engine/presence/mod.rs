@@ -30,6 +30,11 @@
 //! acknowledge the change (202, `subscribed`, NOTIFY active/terminated, `unsubscribed`).
 //! [`PresenceEngine::restore`] rebuilds the state at start; [`PresenceEngine::shutdown`]
 //! gives the XEP-0100 unavailable presences.
+//!
+//! **Layout**, by RFC 6665 role: this module holds the engine, the dispatch of its inputs and
+//! its timers; [`subscriber`] the outbound side, [`notifier`] the inbound side, [`local`] the
+//! local users' aggregated presence, [`persist`] the store records written from the state and
+//! the state built from them.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};

@@ -166,16 +166,19 @@ impl PresenceEngine {
             }
             return;
         }
-        self.outbound.insert(
-            key.clone(),
-            Box::new(Outbound::new(
-                local,
-                remote_jid,
-                Approval::Requested,
-                self.expires_secs(),
-                id,
-            )),
+        let sub = Outbound::new(
+            local,
+            remote_jid,
+            Approval::Requested,
+            self.expires_secs(),
+            id,
         );
+        self.start_subscription(now, key, sub, out);
+    }
+
+    /// A new outbound subscription: stored, then its SUBSCRIBE.
+    fn start_subscription(&mut self, now: Instant, key: Key, sub: Outbound, out: &mut Vec<Output>) {
+        self.outbound.insert(key.clone(), Box::new(sub));
         self.persist_out(now, &key, out);
         self.send_initial(now, &key, out);
     }
@@ -247,18 +250,9 @@ impl PresenceEngine {
         if !self.outbound.contains_key(&key) {
             // The server probes contacts the user is subscribed to: the bridge has lost this
             // one (new store, or dropped after failures). Re-establish it.
-            self.outbound.insert(
-                key.clone(),
-                Box::new(Outbound::new(
-                    local,
-                    remote_jid,
-                    Approval::Approved,
-                    self.expires_secs(),
-                    None,
-                )),
-            );
-            self.persist_out(now, &key, out);
-            self.send_initial(now, &key, out);
+            let expires_secs = self.expires_secs();
+            let sub = Outbound::new(local, remote_jid, Approval::Approved, expires_secs, None);
+            self.start_subscription(now, key, sub, out);
             return;
         }
         let Some(sub) = self.outbound.get(&key) else {
