@@ -29,13 +29,13 @@ use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
-use super::{Parties, host_of, parties};
+use super::common::{self, Parties, host_of, parties};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
 use crate::core::tables::ErrorTable;
-use crate::edge::core::{Route, Undeliverable};
+use crate::edge::core::Route;
 use crate::edge::server::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::builder::{RequestSpec, header_text, name_addr};
@@ -43,7 +43,6 @@ use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
-use crate::xmpp::gateway::error_reply;
 
 /// Longest `Subject` header sent, in bytes: an XMPP `<subject/>` is one line of at most this
 /// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
@@ -145,11 +144,7 @@ pub struct ImEngine {
 
 /// Why an XMPP message could not be taken.
 fn bounce(stanza: &Stanza, condition: Condition, text: &str) -> Output {
-    Output::Stanza(error_reply(
-        &Element::from(stanza.clone()),
-        condition,
-        Some(text),
-    ))
+    common::bounce(Element::from(stanza.clone()), condition, text)
 }
 
 impl ImEngine {
@@ -190,15 +185,15 @@ impl ImEngine {
     }
 
     fn branch(&mut self) -> String {
-        format!("z9hG4bK{}", self.token())
+        common::branch(&mut self.rng)
     }
 
     fn contact(&self, local_uri: &str) -> String {
-        super::contact_for(&self.settings.public_fqdn, local_uri)
+        common::contact_for(&self.settings.public_fqdn, local_uri)
     }
 
     fn via(&self) -> String {
-        format!("{}:5061", self.settings.public_fqdn)
+        common::via(&self.settings.public_fqdn)
     }
 
     /// A stanza from the component link.
@@ -524,33 +519,20 @@ impl ImEngine {
             }) => self.on_final(now, tx, Ok((conn, response)), &mut out),
             EdgeEvent::Transaction(TxEvent::Timeout { tx }) => {
                 let c = self.errors.condition_for_timeout();
-                self.on_final(
-                    now,
-                    tx,
-                    Err((c, "no answer from the LCS side".into(), true)),
-                    &mut out,
-                )
+                self.on_final(now, tx, Err((c, common::NO_ANSWER.into(), true)), &mut out)
             }
             EdgeEvent::Transaction(TxEvent::TransportError { tx }) => self.on_final(
                 now,
                 tx,
                 Err((
                     Condition::RecipientUnavailable,
-                    "the connection to the LCS side was lost".into(),
+                    common::CONNECTION_LOST.into(),
                     true,
                 )),
                 &mut out,
             ),
             EdgeEvent::Undeliverable { tx, why } => {
-                let condition = match &why {
-                    Undeliverable::NoRoute { .. } => self.errors.condition_for_no_route(),
-                    Undeliverable::Unreachable { .. } => self.errors.condition_for_timeout(),
-                    Undeliverable::Blocked { .. } | Undeliverable::Local { .. } => {
-                        Condition::Forbidden
-                    }
-                    Undeliverable::ConnectionGone { .. } => Condition::RecipientUnavailable,
-                    Undeliverable::Invalid { .. } => Condition::InternalServerError,
-                };
+                let condition = common::undeliverable_condition(&self.errors, &why);
                 self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
             }
             EdgeEvent::ConnectionLost { conn } => {
@@ -705,12 +687,9 @@ impl ImEngine {
         request: Message,
         out: &mut Vec<Output>,
     ) {
-        let respond = |engine: &mut ImEngine, status: u16, reason: Option<&str>| {
-            let tag = engine.token();
-            Output::Respond {
-                tx,
-                response: Message::response_to(&request, status, reason, Some(&tag)),
-            }
+        let respond = |engine: &mut ImEngine, status: u16, reason: Option<&str>| Output::Respond {
+            tx,
+            response: common::response(&mut engine.rng, &request, status, reason),
         };
         match request.method().cloned() {
             Some(Method::Invite) if DialogId::of_incoming_request(&request).is_none() => {
@@ -1076,6 +1055,7 @@ mod tests {
     use super::*;
     use crate::core::address::AddressMode;
     use crate::core::tables::Mappings;
+    use crate::edge::core::Undeliverable;
 
     const LOCAL: &str = "alice@example.org/phone";
     const REMOTE: &str = r"bob\40contoso.com@lcs.example.org";

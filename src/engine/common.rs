@@ -1,0 +1,125 @@
+//! What both engines build the same way: the parties of a request from LCS, this edge's Via
+//! and Contact, fresh branches and To tags, the failure of a request that got no response, and
+//! the error bounce of a stanza.
+
+use xmpp_parsers::jid::BareJid;
+use xmpp_parsers::minidom::Element;
+
+use super::Output;
+use crate::core::address::AddressBook;
+use crate::core::errors::Condition;
+use crate::core::tables::ErrorTable;
+use crate::edge::core::Undeliverable;
+use crate::random::SplitMix;
+use crate::sip::message::Message;
+use crate::sip::uri::Uri;
+use crate::xmpp::gateway::error_reply;
+
+/// Text of the failure of a request that got no response in time (RFC 3261 §17.1 Timer B/F).
+pub(crate) const NO_ANSWER: &str = "no answer from the LCS side";
+/// Text of the failure of a request whose connection was lost.
+pub(crate) const CONNECTION_LOST: &str = "the connection to the LCS side was lost";
+
+/// This edge's Via sent-by (TLS, port 5061).
+pub(crate) fn via(public_fqdn: &str) -> String {
+    format!("{public_fqdn}:5061")
+}
+
+/// A fresh Via branch with the RFC 3261 §8.1.1.7 magic cookie.
+pub(crate) fn branch(rng: &mut SplitMix) -> String {
+    format!("z9hG4bK{}", rng.token())
+}
+
+/// A response to `request` with a fresh To tag (RFC 3261 §8.2.6.2).
+pub(crate) fn response(
+    rng: &mut SplitMix,
+    request: &Message,
+    status: u16,
+    reason: Option<&str>,
+) -> Message {
+    let tag = rng.token();
+    Message::response_to(request, status, reason, Some(&tag))
+}
+
+/// The XMPP condition for a request the edge could not send.
+pub(crate) fn undeliverable_condition(errors: &ErrorTable, why: &Undeliverable) -> Condition {
+    match why {
+        Undeliverable::NoRoute { .. } => errors.condition_for_no_route(),
+        Undeliverable::Unreachable { .. } => errors.condition_for_timeout(),
+        Undeliverable::Blocked { .. } | Undeliverable::Local { .. } => Condition::Forbidden,
+        Undeliverable::ConnectionGone { .. } => Condition::RecipientUnavailable,
+        Undeliverable::Invalid { .. } => Condition::InternalServerError,
+    }
+}
+
+/// The error reply to `stanza` (RFC 6120 §8.3) with this condition and text.
+pub(crate) fn bounce(stanza: Element, condition: Condition, text: &str) -> Output {
+    Output::Stanza(error_reply(&stanza, condition, Some(text)))
+}
+
+/// The host of a `sip:` URI (lowercase), for `Route::Domain`.
+pub(crate) fn host_of(uri: &str) -> String {
+    match Uri::parse(uri) {
+        Ok(Uri::Sip(u)) => u.host_str().to_ascii_lowercase(),
+        _ => String::new(),
+    }
+}
+
+/// This edge's Contact for a local user (`sip:user@public_fqdn;transport=tls`, the profile's
+/// TLS-only rule), so in-dialog requests come back to the edge.
+pub(crate) fn contact_for(public_fqdn: &str, local_uri: &str) -> String {
+    let user = match Uri::parse(local_uri) {
+        Ok(Uri::Sip(u)) => u.user.unwrap_or_default().to_owned(),
+        _ => String::new(),
+    };
+    if user.is_empty() {
+        format!("sip:{public_fqdn};transport=tls")
+    } else {
+        format!("sip:{user}@{public_fqdn};transport=tls")
+    }
+}
+
+/// The parties of a request from LCS: To must be a local user, From a federated address.
+pub(crate) struct Parties {
+    /// The local user (To).
+    pub local: BareJid,
+    /// The To URI as written (its user part goes into our Contact).
+    pub local_uri: String,
+    /// The LCS user's JID (From).
+    pub remote: BareJid,
+    /// The LCS user's AOR as the bridge writes it (the key both engines use).
+    pub remote_aor: String,
+    /// From's display name.
+    pub display: Option<String>,
+}
+
+/// Maps To and From of a request from LCS through the address book; `Err` is the status and
+/// reason to answer with (400 malformed, 404 not a local user, 403 From not federated).
+pub(crate) fn parties(book: &AddressBook, request: &Message) -> Result<Parties, (u16, String)> {
+    let to = request.to().map_err(|e| (400, e.to_string()))?;
+    let from = request.from().map_err(|e| (400, e.to_string()))?;
+    let local = book
+        .uri_to_jid(to.uri)
+        .map_err(|e| (404, format!("No such user: {e}")))?;
+    if !book.is_local_domain(local.domain().as_str()) {
+        return Err((404, format!("{} is not a user here", to.uri)));
+    }
+    let remote = book
+        .uri_to_jid(from.uri)
+        .map_err(|e| (403, format!("Not a federated address: {e}")))?;
+    if book.is_local_domain(remote.domain().as_str()) {
+        return Err((403, "Forbidden: From is a local address".into()));
+    }
+    let remote_aor = book
+        .jid_to_sip(&remote)
+        .map_err(|e| (403, e.to_string()))?
+        .aor()
+        .to_uri();
+    Ok(Parties {
+        local: local.to_bare(),
+        local_uri: to.uri.to_owned(),
+        remote: remote.to_bare(),
+        remote_aor,
+        display: from.display_name.map(str::to_owned),
+    })
+}

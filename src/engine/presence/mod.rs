@@ -1,0 +1,937 @@
+//! Presence federation between XMPP and LCS (docs/mapping.md §5, the profile's "Presence
+//! Documents"), sans-IO: presence stanzas and SIP edge events in; stanzas, SIP requests and
+//! responses and store writes out, in the order they must happen; timers through
+//! [`PresenceEngine::poll_timeout`].
+//!
+//! **Outbound** (an XMPP user watches an LCS user; RFC 6665 subscriber, RFC 3856):
+//! `subscribe` → SUBSCRIBE (`Event: presence`, `Accept: application/pidf+xml`, Expires) by
+//! domain; NOTIFY/BENOTIFY `active` → `subscribed` once, then the first tuple of each PIDF as
+//! `<presence/>` (through `mappings/presence.toml`); `pending` → nothing; `terminated;reason=
+//! rejected` → `unsubscribed`; other reasons → a fresh SUBSCRIBE under RFC 6665 §4.1.3's retry
+//! rules with exponential backoff. Refresh before expiry, in the dialog; a dialog near the age
+//! limit (LCS's 24 h header signatures) is replaced by a fresh SUBSCRIBE. `unsubscribe` →
+//! SUBSCRIBE `Expires: 0`. A `probe` is answered from the last NOTIFY while the subscription is
+//! active. NOTIFYs for dialogs the bridge does not know get 481, which ends them at the
+//! notifier (RFC 6665 §4.1.3 / §4.2.2); BENOTIFY is never answered.
+//!
+//! **Inbound** (an LCS user watches an XMPP user; notifier): SUBSCRIBE → store, 202, NOTIFY
+//! `pending` and `subscribe` (with a XEP-0172 nick from the From display name) to the local
+//! user; `subscribed` → NOTIFY `active` with the profile's single-tuple PIDF; `unsubscribed`
+//! → NOTIFY `terminated;reason=rejected`. The local user's resources are aggregated into one
+//! tuple (highest priority, ties to the most available show) and sent to every approved
+//! watcher, at most one NOTIFY per watcher per `min_notify_interval` (RFC 3856 §4.4; the last
+//! state always goes out), one NOTIFY in flight per dialog. Refreshes are answered 200 plus a
+//! NOTIFY; `Expires: 0` ends with NOTIFY `terminated;reason=timeout` and `unsubscribe`. A
+//! dialog reaching the age limit gets `terminated;reason=deactivated` (LCS re-subscribes in a
+//! new dialog; approval is kept). After its connection is lost, a dialog's next NOTIFY is sent
+//! with [`Route::Domain`] (any connection the edge has or opens for the peer's domain).
+//!
+//! **Persistence**: [`Output::Persist`] / [`Output::Forget`] come before the outputs that
+//! acknowledge the change (202, `subscribed`, NOTIFY active/terminated, `unsubscribed`).
+//! [`PresenceEngine::restore`] rebuilds the state at start; [`PresenceEngine::shutdown`]
+//! gives the XEP-0100 unavailable presences.
+//!
+//! **Layout**, by RFC 6665 role: this module holds the engine, the dispatch of its inputs and
+//! its timers; [`subscriber`] the outbound side, [`notifier`] the inbound side, [`local`] the
+//! local users' aggregated presence, [`persist`] the store records written from the state and
+//! the state built from them.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::presence::{Presence, Type};
+
+use super::{Output, common};
+use crate::core::address::AddressBook;
+use crate::core::errors::Condition;
+use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
+use crate::edge::server::EdgeEvent;
+use crate::random::SplitMix;
+use crate::sip::dialog::DialogId;
+use crate::sip::message::{Message, Method};
+use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
+use crate::store::{Approval, Direction, SubState, Subscription};
+
+mod local;
+mod notifier;
+mod persist;
+mod subscriber;
+
+use local::LocalUser;
+use notifier::{Pending, Watcher, subscribe_request};
+use subscriber::Outbound;
+
+/// The PIDF media type.
+pub const PIDF_TYPE: &str = "application/pidf+xml";
+/// Shortest subscription the bridge grants (RFC 6665 §4.2.1.1 `423` with `Min-Expires`).
+pub const MIN_EXPIRES_SECS: u32 = 60;
+/// Expires of a SUBSCRIBE that names none (RFC 3856 §6.4 default).
+pub const DEFAULT_EXPIRES_SECS: u32 = 3600;
+/// Local CSeq numbers of a watcher's dialog reserved by one synced store write (see
+/// `Watcher::cseq_reserved`).
+pub const CSEQ_RESERVE: u32 = 1000;
+/// `Retry-After` of the `503` to a watcher over a pending-subscription limit: the limit frees
+/// up as local users answer the requests waiting for them.
+pub const PENDING_RETRY_AFTER_SECS: u32 = 600;
+/// Stanzas a late timer call sends at once while restoring (the rest wait for their time).
+pub(crate) const RESTORE_STANZA_BURST: usize = 64;
+
+/// What the engine needs to know.
+#[derive(Debug, Clone)]
+pub struct PresenceSettings {
+    /// The edge's FQDN: Via sent-by and Contact host.
+    pub public_fqdn: String,
+    /// Expires asked for on SUBSCRIBEs to LCS, and the most granted to LCS's SUBSCRIBEs.
+    pub expires: Duration,
+    /// Least time between two NOTIFYs to one watcher (RFC 3856 §4.4 suggests 5 s).
+    pub min_notify_interval: Duration,
+    /// Subscription dialogs are replaced before this age (LCS's 24 h signatures).
+    pub dialog_max_age: Duration,
+    /// Appended to local users' display names sent to LCS (`presence.display_name_suffix`).
+    pub nick_suffix: Option<String>,
+    /// `ci:icon` sent to LCS (`presence.icon_url`; only `https:` is written).
+    pub icon_url: Option<String>,
+    /// First retry delay after a failed or terminated outbound subscription; doubles per
+    /// failure up to `retry_max`.
+    pub retry_base: Duration,
+    /// Longest retry delay (also used for `noresource`/`invariant`, which RFC 6665 says not
+    /// to retry soon).
+    pub retry_max: Duration,
+    /// Requests per second that take up stored subscriptions after a start (`restore`), and
+    /// stanzas per second it sends to the XMPP server.
+    pub restore_rate: u32,
+    /// LCS watchers waiting for approval, at most, per discovered remote domain, per listed
+    /// partner domain (`partners`) and per local user; a new one beyond any gets `503` with
+    /// `Retry-After` ([`PENDING_RETRY_AFTER_SECS`]).
+    pub max_pending_per_domain: usize,
+    pub max_pending_per_partner: usize,
+    pub max_pending_per_user: usize,
+    /// The listed partners' domains (lowercase), as configured at start.
+    pub partners: std::collections::HashSet<String>,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        PresenceSettings {
+            public_fqdn: "localhost".into(),
+            expires: Duration::from_secs(u64::from(DEFAULT_EXPIRES_SECS)),
+            min_notify_interval: Duration::from_secs(5),
+            dialog_max_age: crate::sip::dialog::DEFAULT_MAX_AGE,
+            nick_suffix: None,
+            icon_url: None,
+            retry_base: Duration::from_secs(30),
+            retry_max: Duration::from_secs(1800),
+            restore_rate: 1000,
+            max_pending_per_domain: 1000,
+            max_pending_per_partner: 10_000,
+            max_pending_per_user: 100,
+            partners: std::collections::HashSet::new(),
+        }
+    }
+}
+
+/// The wall clock at one instant, so that the engine can write and read the store's Unix
+/// times without reading a clock itself.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    pub at: Instant,
+    /// Unix seconds at `at`.
+    pub unix: u64,
+}
+
+impl WallClock {
+    /// Unix seconds at `now`.
+    pub fn unix(&self, now: Instant) -> u64 {
+        match now.checked_duration_since(self.at) {
+            Some(d) => self.unix.saturating_add(d.as_secs()),
+            None => self
+                .unix
+                .saturating_sub(self.at.duration_since(now).as_secs()),
+        }
+    }
+}
+
+/// (local bare JID, remote AOR), both as strings: the store's identity. Shared: the maps,
+/// the timer heap and the dialog and transaction indexes each hold one, so a copy is a
+/// reference count, not two allocations.
+type Key = Arc<(String, String)>;
+
+fn key(local: String, remote: String) -> Key {
+    Arc::new((local, remote))
+}
+
+/// A stanza a restore sends (XEP-0100 §4.5, RFC 6121 §4.3), built when its turn comes.
+#[derive(Debug)]
+enum Paced {
+    /// The gateway's available presence to a local user with subscriptions.
+    Gateway { from: BareJid, to: BareJid },
+    /// A probe of a local user with approved watchers, from one of them.
+    Probe { from: BareJid, to: BareJid },
+    /// A watcher waiting for its user: the `subscribe` asked again, if it still waits.
+    Ask(Key),
+}
+
+/// Which map a timer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Side {
+    Out,
+    In,
+}
+
+/// A map that notes the keys written through it, so that the engine re-arms the timers of
+/// what an event touched. Reads go through `Deref`.
+#[derive(Debug)]
+struct Tracked<V> {
+    map: BTreeMap<Key, V>,
+    touched: Vec<Key>,
+}
+
+impl<V> Default for Tracked<V> {
+    fn default() -> Self {
+        Tracked {
+            map: BTreeMap::new(),
+            touched: Vec::new(),
+        }
+    }
+}
+
+impl<V> std::ops::Deref for Tracked<V> {
+    type Target = BTreeMap<Key, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<V> Tracked<V> {
+    fn get_mut(&mut self, key: &Key) -> Option<&mut V> {
+        let v = self.map.get_mut(key)?;
+        self.touched.push(key.clone());
+        Some(v)
+    }
+
+    fn insert(&mut self, key: Key, value: V) -> Option<V> {
+        self.touched.push(key.clone());
+        self.map.insert(key, value)
+    }
+
+    fn entry(&mut self, key: Key) -> std::collections::btree_map::Entry<'_, Key, V> {
+        self.touched.push(key.clone());
+        self.map.entry(key)
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<V> {
+        self.touched.push(key.clone());
+        self.map.remove(key)
+    }
+
+    /// For changes that move no timer and change no approval (the pending-subscription index
+    /// follows approvals through the touched keys).
+    fn values_mut_untracked(&mut self) -> std::collections::btree_map::ValuesMut<'_, Key, V> {
+        self.map.values_mut()
+    }
+}
+
+/// What a client transaction was for.
+#[derive(Debug)]
+enum Purpose {
+    /// An outbound SUBSCRIBE (initial or refresh) of the subscription `key`.
+    Subscribe(Key),
+    /// A NOTIFY to the watcher `key`.
+    Notify(Key),
+    /// A last request (SUBSCRIBE Expires 0, NOTIFY terminated): the outcome changes nothing.
+    Final,
+}
+
+/// Why an outbound request failed.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// The SIP status, 0 for local failures (timeout, transport, undeliverable).
+    status: u16,
+    condition: Condition,
+    text: String,
+    /// `Min-Expires` of a 423.
+    min_expires: Option<u32>,
+}
+
+/// The presence engine.
+#[derive(Debug)]
+pub struct PresenceEngine {
+    settings: PresenceSettings,
+    book: AddressBook,
+    table: PresenceTable,
+    errors: ErrorTable,
+    ids: TxIds,
+    clock: WallClock,
+    rng: SplitMix,
+    /// Values boxed: a B-tree node holds up to 11 of them and is half empty after ordered
+    /// inserts (the restore), so inline values would double their size.
+    outbound: Tracked<Box<Outbound>>,
+    inbound: Tracked<Box<Watcher>>,
+    /// Next due times, earliest first; an entry counts only while `armed` holds the same
+    /// time for its key (a later arm for an earlier time supersedes it). Every public call
+    /// re-arms the entries it touched, so the next timer is O(1) to find and a timer run
+    /// visits only what is due, however many subscriptions there are.
+    timers: BinaryHeap<Reverse<(Instant, Side, Key)>>,
+    armed: HashMap<(Side, Key), Instant>,
+    out_dialogs: HashMap<DialogId, Key>,
+    in_dialogs: HashMap<DialogId, Key>,
+    /// Call-ID of an initial SUBSCRIBE in flight → its subscription (NOTIFY before the 2xx).
+    early: HashMap<String, Key>,
+    purposes: HashMap<TxId, Purpose>,
+    users: HashMap<String, LocalUser>,
+    /// Full JID → the last available presence taken from it, as received, until it goes
+    /// unavailable ([`PresenceEngine::repeated`]).
+    last_raw: BTreeMap<String, Element>,
+    pending: Pending,
+    /// New watchers refused for a pending-subscription limit since the start, by limit key.
+    limit_hits: BTreeMap<&'static str, u64>,
+    /// Stanzas a restore sends, paced at `restore_rate` from `paced_at` on.
+    paced: VecDeque<Paced>,
+    paced_at: Instant,
+}
+
+fn secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+impl PresenceEngine {
+    /// `ids` must be the edge's; `seed` random; `clock` relates `now` to Unix time (store).
+    pub fn new(
+        settings: PresenceSettings,
+        book: AddressBook,
+        mappings: Mappings,
+        ids: TxIds,
+        seed: u64,
+        clock: WallClock,
+    ) -> PresenceEngine {
+        PresenceEngine {
+            settings,
+            book,
+            table: mappings.presence,
+            errors: mappings.errors,
+            ids,
+            clock,
+            rng: SplitMix::new(seed),
+            outbound: Tracked::default(),
+            inbound: Tracked::default(),
+            timers: BinaryHeap::new(),
+            armed: HashMap::new(),
+            out_dialogs: HashMap::new(),
+            in_dialogs: HashMap::new(),
+            early: HashMap::new(),
+            purposes: HashMap::new(),
+            users: HashMap::new(),
+            last_raw: BTreeMap::new(),
+            pending: Pending::default(),
+            limit_hits: BTreeMap::new(),
+            paced: VecDeque::new(),
+            paced_at: clock.at,
+        }
+    }
+
+    /// Whether client transaction `tx` is this engine's.
+    pub fn owns(&self, tx: TxId) -> bool {
+        self.purposes.contains_key(&tx)
+    }
+
+    /// (outbound subscriptions, inbound watchers), for tests and stats.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.outbound.len(), self.inbound.len())
+    }
+
+    /// Whether the engine handles this SIP method (the runner's dispatch).
+    pub fn handles(method: &Method) -> bool {
+        matches!(
+            method,
+            Method::Subscribe | Method::Notify | Method::Benotify
+        )
+    }
+
+    fn token(&mut self) -> String {
+        self.rng.token()
+    }
+
+    /// The Expires the bridge asks for (configured, at least the minimum).
+    fn expires_secs(&self) -> u32 {
+        secs(self.settings.expires).max(MIN_EXPIRES_SECS)
+    }
+
+    fn branch(&mut self) -> String {
+        common::branch(&mut self.rng)
+    }
+
+    fn via(&self) -> String {
+        common::via(&self.settings.public_fqdn)
+    }
+
+    fn contact(&self, local_uri: &str) -> String {
+        common::contact_for(&self.settings.public_fqdn, local_uri)
+    }
+
+    fn local_uri(&self, local: &str) -> String {
+        Jid::new(local)
+            .ok()
+            .and_then(|j| self.book.jid_to_sip(&j).ok())
+            .map(|a| a.aor().to_uri())
+            .unwrap_or_default()
+    }
+
+    fn unix(&self, at: Instant) -> u64 {
+        self.clock.unix(at)
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempts.min(20)).unwrap_or(u32::MAX);
+        self.settings
+            .retry_base
+            .saturating_mul(factor)
+            .min(self.settings.retry_max)
+    }
+
+    // ----------------------------------------------------------------- stanzas in
+
+    /// A stanza from the component link; only `<presence/>` is taken.
+    pub fn on_stanza(&mut self, now: Instant, element: Element) -> Vec<Output> {
+        let out = self.stanza_in(now, element);
+        self.rearm();
+        out
+    }
+
+    fn stanza_in(&mut self, now: Instant, element: Element) -> Vec<Output> {
+        let mut out = Vec::new();
+        if !element.is("presence", crate::xmpp::NS_COMPONENT) {
+            return out;
+        }
+        if self.repeated(&element) {
+            return out;
+        }
+        let Ok(p) = Presence::try_from(element) else {
+            return out;
+        };
+        let (Some(from), Some(to)) = (p.from.clone(), p.to.clone()) else {
+            return out;
+        };
+        if !self.book.is_local_domain(from.domain().as_str()) {
+            return out;
+        }
+        let local = from.to_bare();
+        if matches!(p.type_, Type::None | Type::Unavailable) {
+            self.local_presence(now, &from, &p, &mut out);
+            return out;
+        }
+        // Addressed to the gateway itself (XEP-0100 §4.1: the user's subscription to it).
+        if to.node().is_none() && self.book.is_component_domain(to.domain().as_str()) {
+            self.addressed_to_gateway(&p, &from, &to, &mut out);
+            return out;
+        }
+        if p.type_ == Type::Error {
+            return out;
+        }
+        let remote = match self.book.jid_to_sip(&to) {
+            Ok(a) if !self.book.is_local_domain(&a.host) && to.node().is_some() => a.aor(),
+            _ => {
+                if matches!(p.type_, Type::Subscribe | Type::Probe) {
+                    out.push(common::bounce(
+                        Element::from(p),
+                        Condition::ItemNotFound,
+                        "not an address this gateway can reach",
+                    ));
+                }
+                return out;
+            }
+        };
+        let key = key(local.to_string(), remote.to_uri());
+        let remote_jid = to.to_bare();
+        match p.type_ {
+            Type::Subscribe => self.xmpp_subscribe(now, key, local, remote_jid, p.id, &mut out),
+            Type::Unsubscribe => self.xmpp_unsubscribe(&key, &mut out),
+            Type::Subscribed => self.xmpp_subscribed(now, &key, &mut out),
+            Type::Unsubscribed => self.xmpp_unsubscribed(now, &key, &mut out),
+            Type::Probe => self.xmpp_probe(now, key, local, remote_jid, from, &mut out),
+            _ => {}
+        }
+        out
+    }
+
+    /// Subscription and probes addressed to the gateway's own JID: it approves and is online.
+    fn addressed_to_gateway(&mut self, p: &Presence, from: &Jid, to: &Jid, out: &mut Vec<Output>) {
+        let bare = Jid::from(from.to_bare());
+        let gw = to.clone();
+        match p.type_ {
+            Type::Subscribe => {
+                out.push(stanza(
+                    Presence::subscribed()
+                        .with_from(gw.clone())
+                        .with_to(bare.clone()),
+                ));
+                out.push(stanza(Presence::available().with_from(gw).with_to(bare)));
+            }
+            Type::Probe => out.push(stanza(
+                Presence::available().with_from(gw).with_to(from.clone()),
+            )),
+            _ => {}
+        }
+    }
+
+    // ----------------------------------------------------------------- outbound requests
+
+    // ----------------------------------------------------------------- edge events
+
+    /// An event from the SIP edge. Transaction events for transactions this engine did not
+    /// start are ignored.
+    pub fn on_edge(&mut self, now: Instant, event: EdgeEvent) -> Vec<Output> {
+        let out = self.edge_in(now, event);
+        self.rearm();
+        out
+    }
+
+    fn edge_in(&mut self, now: Instant, event: EdgeEvent) -> Vec<Output> {
+        let mut out = Vec::new();
+        match event {
+            EdgeEvent::Request {
+                tx, conn, request, ..
+            } => self.on_request(now, tx, conn, &request, &mut out),
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn,
+                response,
+                is_final: true,
+            }) => {
+                let status = response.status().unwrap_or(0);
+                let outcome = if (200..300).contains(&status) {
+                    Ok((conn, response))
+                } else {
+                    Err(Failure {
+                        status,
+                        condition: self.errors.condition_for_status(status),
+                        text: format!("{} {}", status, response.reason().unwrap_or_default()),
+                        min_expires: response
+                            .header("Min-Expires")
+                            .and_then(|v| v.trim().parse().ok()),
+                    })
+                };
+                self.on_final(now, tx, outcome, &mut out);
+            }
+            EdgeEvent::Transaction(TxEvent::Timeout { tx }) => {
+                let f = Failure {
+                    status: 0,
+                    condition: self.errors.condition_for_timeout(),
+                    text: common::NO_ANSWER.into(),
+                    min_expires: None,
+                };
+                self.on_final(now, tx, Err(f), &mut out);
+            }
+            EdgeEvent::Transaction(TxEvent::TransportError { tx }) => {
+                let f = Failure {
+                    status: 0,
+                    condition: Condition::RecipientUnavailable,
+                    text: common::CONNECTION_LOST.into(),
+                    min_expires: None,
+                };
+                self.on_final(now, tx, Err(f), &mut out);
+            }
+            EdgeEvent::Undeliverable { tx, why } => {
+                let condition = common::undeliverable_condition(&self.errors, &why);
+                let f = Failure {
+                    status: 0,
+                    condition,
+                    text: why.to_string(),
+                    min_expires: None,
+                };
+                self.on_final(now, tx, Err(f), &mut out);
+            }
+            EdgeEvent::ConnectionLost { conn } => self.connection_lost(now, conn, &mut out),
+            EdgeEvent::Transaction(_) => {}
+        }
+        out
+    }
+
+    fn connection_lost(&mut self, now: Instant, conn: ConnId, out: &mut Vec<Output>) {
+        self.subscriptions_lost(now, conn, out);
+        self.watchers_lost(conn);
+    }
+
+    fn on_final(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        outcome: Result<(ConnId, Message), Failure>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(purpose) = self.purposes.remove(&tx) else {
+            return;
+        };
+        match purpose {
+            Purpose::Final => {}
+            Purpose::Subscribe(key) => self.subscribe_outcome(now, tx, &key, outcome, out),
+            Purpose::Notify(key) => self.notify_outcome(now, tx, &key, outcome, out),
+        }
+    }
+
+    // ----------------------------------------------------------------- requests from LCS
+
+    fn on_request(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        conn: ConnId,
+        request: &Message,
+        out: &mut Vec<Output>,
+    ) {
+        let benotify = request.method() == Some(&Method::Benotify);
+        let is_presence = matches!(
+            request.event(),
+            Ok(Some(e)) if e.package.eq_ignore_ascii_case("presence")
+        );
+        if !is_presence {
+            if matches!(request.method(), Some(Method::Subscribe | Method::Notify)) {
+                let mut r = self.reply(request, 489, Some("Bad Event"));
+                r.push_header("Allow-Events", "presence");
+                out.push(Output::Respond { tx, response: r });
+            }
+            return;
+        }
+        match request.method() {
+            Some(Method::Subscribe) => match DialogId::of_incoming_request(request) {
+                None => self.new_watcher(now, tx, conn, request, out),
+                Some(id) => self.watcher_refresh(now, tx, conn, &id, request, out),
+            },
+            Some(Method::Notify) | Some(Method::Benotify) => {
+                self.on_notify(now, tx, conn, request, benotify, out)
+            }
+            _ => {}
+        }
+    }
+
+    fn reply(&mut self, request: &Message, status: u16, reason: Option<&str>) -> Message {
+        common::response(&mut self.rng, request, status, reason)
+    }
+
+    /// New watchers refused since the start, per pending-subscription limit (configuration
+    /// key), for logs and metrics.
+    pub fn limit_hits(&self) -> &BTreeMap<&'static str, u64> {
+        &self.limit_hits
+    }
+
+    // ----------------------------------------------------------------- NOTIFY out
+
+    // ----------------------------------------------------------------- timers
+
+    /// The next instant [`PresenceEngine::handle_timeout`] may have work (early at worst).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let paced = (!self.paced.is_empty()).then_some(self.paced_at);
+        match (timer, paced) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time between two paced requests or stanzas of a restore.
+    fn restore_spacing(&self) -> Duration {
+        Duration::from_secs(1) / self.settings.restore_rate.max(1)
+    }
+
+    /// The restore's stanzas due at `now`, at most [`RESTORE_STANZA_BURST`] at once. A watcher
+    /// that is no longer waiting for its user (answered, or gone, since the restore) is not
+    /// asked again, and takes no turn.
+    fn release_paced(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let spacing = self.restore_spacing();
+        let mut sent = 0;
+        while self.paced_at <= now && sent < RESTORE_STANZA_BURST {
+            let Some(next) = self.paced.pop_front() else {
+                break;
+            };
+            let presence = match next {
+                Paced::Gateway { from, to } => Presence::available().with_from(from).with_to(to),
+                Paced::Probe { from, to } => Presence::probe().with_from(from).with_to(to),
+                Paced::Ask(key) => {
+                    let waiting = self
+                        .inbound
+                        .get(&key)
+                        .filter(|w| w.approval == Approval::Requested);
+                    let (Some(w), Ok(to)) = (waiting, BareJid::new(&key.0)) else {
+                        continue;
+                    };
+                    let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
+                    subscribe_request(w.remote_jid.clone(), to, display)
+                }
+            };
+            out.push(stanza(presence));
+            self.paced_at += spacing;
+            sent += 1;
+        }
+        if sent == RESTORE_STANZA_BURST {
+            // Called late: the rest keeps its pace from now instead of bursting.
+            self.paced_at = self.paced_at.max(now + spacing);
+        }
+    }
+
+    /// Notes `key`'s next due time `at` unless an earlier one is armed.
+    fn arm(&mut self, side: Side, key: Key, at: Instant) {
+        let slot = (side, key);
+        if self.armed.get(&slot).is_some_and(|a| *a <= at) {
+            return;
+        }
+        self.timers.push(Reverse((at, side, slot.1.clone())));
+        self.armed.insert(slot, at);
+    }
+
+    /// Arms the timers of every entry written since the last call.
+    fn rearm(&mut self) {
+        crate::compact::map(&mut self.purposes);
+        crate::compact::map(&mut self.early);
+        crate::compact::map(&mut self.armed);
+        crate::compact::heap(&mut self.timers);
+        for key in std::mem::take(&mut self.outbound.touched) {
+            let due = self.outbound.get(&key).and_then(|s| s.due());
+            if let Some(at) = due {
+                self.arm(Side::Out, key, at);
+            }
+        }
+        for key in std::mem::take(&mut self.inbound.touched) {
+            let watcher = self.inbound.get(&key);
+            self.pending.set(
+                &key,
+                watcher.is_some_and(|w| w.approval == Approval::Requested),
+            );
+            if let Some(at) = watcher.and_then(|w| self.watcher_due(w)) {
+                self.arm(Side::In, key, at);
+            }
+        }
+        // The earliest entry is exact (for `poll_timeout`): superseded ones go, early ones
+        // move to their key's real time.
+        while let Some(Reverse((at, side, key))) = self.timers.peek() {
+            let slot = (*side, key.clone());
+            let real = match side {
+                Side::Out => self.outbound.get(key).and_then(|s| s.due()),
+                Side::In => self.inbound.get(key).and_then(|w| self.watcher_due(w)),
+            };
+            if self.armed.get(&slot) == Some(at) && real == Some(*at) {
+                break;
+            }
+            let superseded = self.armed.get(&slot) != Some(at);
+            self.timers.pop();
+            if !superseded {
+                self.armed.remove(&slot);
+                if let Some(real) = real {
+                    self.arm(slot.0, slot.1, real);
+                }
+            }
+        }
+    }
+
+    /// Refreshes, retries, replacements, expiries and coalesced NOTIFYs due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.release_paced(now, &mut out);
+        let (mut due_out, mut due_in) = (Vec::new(), Vec::new());
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, side, key))) = self.timers.pop() else {
+                break;
+            };
+            let slot = (side, key);
+            if self.armed.get(&slot) != Some(&at) {
+                continue; // superseded
+            }
+            self.armed.remove(&slot);
+            match slot.0 {
+                Side::Out => due_out.push(slot.1),
+                Side::In => due_in.push(slot.1),
+            }
+        }
+        // Visited even when not due after all (an early entry): re-armed at the real time.
+        self.outbound.touched.extend(due_out.iter().cloned());
+        self.inbound.touched.extend(due_in.iter().cloned());
+        let due: Vec<Key> = due_out
+            .into_iter()
+            .filter(|k| {
+                self.outbound
+                    .get(k)
+                    .is_some_and(|s| s.due().is_some_and(|n| n <= now))
+            })
+            .collect();
+        for key in due {
+            self.subscription_timer(now, &key, &mut out);
+        }
+        let keys: Vec<Key> = due_in
+            .into_iter()
+            .filter(|k| {
+                self.inbound
+                    .get(k)
+                    .is_some_and(|w| self.watcher_due(w).is_some_and(|t| t <= now))
+            })
+            .collect();
+        for key in keys {
+            self.watcher_timer(now, &key, &mut out);
+        }
+        self.rearm();
+        out
+    }
+
+    // ----------------------------------------------------------------- store
+
+    /// Local users with a subscription through the gateway, with the component domain(s)
+    /// their contacts live on (XEP-0100 gateway presence).
+    fn gateway_users(&self) -> BTreeSet<(String, String)> {
+        let outs = self
+            .outbound
+            .iter()
+            .map(|(k, s)| (k.0.clone(), s.remote_jid.domain().to_string()));
+        let ins = self
+            .inbound
+            .iter()
+            .map(|(k, w)| (k.0.clone(), w.remote_jid.domain().to_string()));
+        outs.chain(ins).collect()
+    }
+
+    /// Start-up: rebuilds the state from the store. Outbound subscriptions get a fresh
+    /// SUBSCRIBE (their old dialogs died with the old process's connections); inbound watchers
+    /// keep their dialogs (routed by domain until the peer is reached), resumed above the
+    /// stored CSeq with a fresh reservation written first (`Watcher::cseq_reserved`); approved
+    /// ones get a NOTIFY with the current state after `min_notify_interval`, by which time the
+    /// answers to the probes sent to their local users have arrived, and the others' users are
+    /// asked again; gateway presence goes to every local user with a subscription. The fresh
+    /// SUBSCRIBEs and the NOTIFYs are paced at `restore_rate` in one sequence (a timer each),
+    /// so that a restart neither floods the partners' edges nor holds every request in memory
+    /// at once. Records that are expired, terminated or unreadable are forgotten.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        subs: impl Iterator<Item = Subscription>,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        let mut reserve = Vec::new();
+        // The SUBSCRIBEs and NOTIFYs restoring brings go out at `restore_rate`, in store order;
+        // its stanzas likewise, in a sequence of their own.
+        let spacing = self.restore_spacing();
+        let mut paced = (0..).map(|k| now + spacing * k);
+        let now_unix = self.unix(now);
+        for s in subs {
+            let forget = Output::Forget {
+                direction: s.direction,
+                local: s.local_jid.clone(),
+                remote: s.remote_aor.clone(),
+            };
+            let local = BareJid::new(&s.local_jid).ok();
+            let remote = self
+                .book
+                .uri_to_jid(&s.remote_aor)
+                .ok()
+                .map(|j| j.to_bare());
+            let (Some(local), Some(remote_jid)) = (local, remote) else {
+                out.push(forget);
+                continue;
+            };
+            if s.state == SubState::Terminated {
+                out.push(forget);
+                continue;
+            }
+            let key = key(local.to_string(), s.remote_aor.clone());
+            match s.direction {
+                Direction::Outbound => {
+                    let expires_secs = self.expires_secs();
+                    let Some(mut sub) = Outbound::from_record(&s, local, remote_jid, expires_secs)
+                    else {
+                        out.push(forget);
+                        continue;
+                    };
+                    sub.next_at = paced.next();
+                    self.outbound.insert(key, Box::new(sub));
+                }
+                Direction::Inbound => {
+                    let max_age = self.settings.dialog_max_age;
+                    let Some(mut w) = Watcher::from_record(&s, remote_jid, now, now_unix, max_age)
+                    else {
+                        out.push(forget);
+                        continue;
+                    };
+                    if let Some(d) = &w.dialog {
+                        self.in_dialogs.insert(d.id.clone(), key.clone());
+                        // Resumed above the stored CSeq: a fresh reservation is stored before
+                        // anything is sent.
+                        reserve.push(key.clone());
+                        if w.approval == Approval::Approved {
+                            w.retry_at = paced.next();
+                        }
+                    }
+                    self.inbound.insert(key, Box::new(w));
+                }
+            }
+        }
+        for key in reserve {
+            self.persist_in(now, &key, &mut out);
+        }
+        // Paced, so that a large deployment does not overflow the link's queue to its own
+        // server; each is built when its turn comes.
+        for (user, domain) in self.gateway_users() {
+            if let (Ok(to), Ok(from)) = (BareJid::new(&user), BareJid::new(&domain)) {
+                self.paced.push_back(Paced::Gateway { from, to });
+            }
+        }
+        // One probe per local user with approved watchers; its answer updates all of them.
+        let mut probed = BTreeSet::new();
+        let probes: Vec<(String, BareJid)> = self
+            .inbound
+            .iter()
+            .filter(|(_, w)| w.approval == Approval::Approved)
+            .filter(|(k, _)| probed.insert(k.0.clone()))
+            .map(|(k, w)| (k.0.clone(), w.remote_jid.clone()))
+            .collect();
+        for (user, from) in probes {
+            if let Ok(to) = BareJid::new(&user) {
+                self.paced.push_back(Paced::Probe { from, to });
+            }
+        }
+        // Watchers still waiting for their user are asked for again: the approval may have
+        // come while no bridge was connected (the server bounced it), or the request may never
+        // have reached the server. A user who already approved is answered for by the server
+        // (RFC 6121 §3.1.3).
+        let waiting = self
+            .inbound
+            .iter()
+            .filter(|(_, w)| w.approval == Approval::Requested)
+            .map(|(k, _)| Paced::Ask(k.clone()));
+        self.paced.extend(waiting);
+        self.paced_at = now;
+        self.release_paced(now, &mut out);
+        self.rearm();
+        out
+    }
+
+    /// Shutdown (XEP-0100): unavailable from every LCS contact last shown available, and from
+    /// the gateway to every local user with a subscription. Nothing is sent to LCS: the
+    /// subscriptions stay in the store and [`PresenceEngine::restore`] takes them up again.
+    pub fn shutdown(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        for sub in self.outbound.values_mut_untracked() {
+            if std::mem::take(&mut sub.shown_available) {
+                out.push(stanza(
+                    Presence::unavailable()
+                        .with_from(sub.remote_jid.clone())
+                        .with_to(sub.local_jid.clone()),
+                ));
+            }
+        }
+        for (user, domain) in self.gateway_users() {
+            if let (Ok(to), Ok(from)) = (BareJid::new(&user), BareJid::new(&domain)) {
+                out.push(stanza(Presence::unavailable().with_from(from).with_to(to)));
+            }
+        }
+        out
+    }
+}
+
+fn stanza(p: Presence) -> Output {
+    Output::Stanza(Element::from(p))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,658 @@
+//! The notifier side (RFC 6665 §4.2, RFC 3856): an LCS user watching an XMPP user, through a
+//! SUBSCRIBE dialog LCS opened. SUBSCRIBE in (new watcher, refresh, `Expires: 0`, fetch), the
+//! pending-subscription limits, approval from the local user's `subscribed`/`unsubscribed`,
+//! and NOTIFY out, at most one per watcher per `min_notify_interval` (RFC 3856 §4.4) and one
+//! in flight per dialog.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+use xmpp_parsers::jid::BareJid;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::nick::Nick;
+use xmpp_parsers::presence::{Presence, Type};
+
+use super::{
+    CSEQ_RESERVE, DEFAULT_EXPIRES_SECS, Failure, Key, MIN_EXPIRES_SECS, PENDING_RETRY_AFTER_SECS,
+    PIDF_TYPE, PresenceEngine, Purpose, key, secs, stanza,
+};
+use crate::edge::core::Route;
+use crate::engine::Output;
+use crate::engine::common::{self, host_of};
+use crate::sip::builder::name_addr;
+use crate::sip::dialog::{Dialog, DialogId};
+use crate::sip::message::{Message, Method};
+use crate::sip::transaction::{ConnId, TxId};
+use crate::store::{Approval, Direction};
+
+/// The LCS watchers waiting for their local user's approval, counted per remote domain and per
+/// local user, for the pending-subscription limits. Kept in step with the watchers from the
+/// keys each call touched ([`PresenceEngine::rearm`]), so no path that changes an approval
+/// can forget it.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    keys: std::collections::HashSet<Key>,
+    by_domain: HashMap<String, usize>,
+    by_user: HashMap<String, usize>,
+}
+
+impl Pending {
+    /// The remote domain of a key (the AOR's host).
+    pub(super) fn domain(key: &Key) -> &str {
+        key.1.rsplit_once('@').map_or("", |(_, host)| host)
+    }
+
+    pub(super) fn set(&mut self, key: &Key, pending: bool) {
+        let changed = if pending {
+            self.keys.insert(key.clone())
+        } else {
+            self.keys.remove(key)
+        };
+        if !changed {
+            return;
+        }
+        for (map, name) in [
+            (&mut self.by_domain, Self::domain(key)),
+            (&mut self.by_user, key.0.as_str()),
+        ] {
+            if pending {
+                *map.entry(name.to_owned()).or_default() += 1;
+            } else if let Some(n) = map.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(name);
+                }
+            }
+        }
+    }
+
+    pub(super) fn of_domain(&self, key: &Key) -> usize {
+        self.by_domain.get(Self::domain(key)).copied().unwrap_or(0)
+    }
+
+    pub(super) fn of_user(&self, key: &Key) -> usize {
+        self.by_user.get(&key.0).copied().unwrap_or(0)
+    }
+}
+
+/// An LCS user watching an XMPP user.
+#[derive(Debug)]
+pub(super) struct Watcher {
+    pub(super) remote_jid: BareJid,
+    pub(super) approval: Approval,
+    pub(super) dialog: Option<Box<Dialog>>,
+    /// The dialog's connection is gone: route NOTIFYs by domain.
+    pub(super) detached: bool,
+    pub(super) expires_at: Instant,
+    pub(super) dialog_deadline: Instant,
+    pub(super) last_notify: Option<Instant>,
+    /// A NOTIFY with the current state is owed.
+    pub(super) dirty: bool,
+    pub(super) in_flight: Option<TxId>,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) failures: u32,
+    /// The last PIDF sent (identical states are not sent twice); shared with the user's
+    /// `doc` it was.
+    pub(super) last_body: Option<Arc<str>>,
+    /// The last `active` NOTIFY was sent before the local user's presence was known (an
+    /// approval right after login, before the server's presence to the contact arrived): the
+    /// first known state goes out at once instead of after the interval.
+    pub(super) blind: bool,
+    /// The dialog's local CSeq the store holds (the record's `local_cseq`): no NOTIFY goes out
+    /// with a CSeq above it. When the next one would, a synced write first raises it by
+    /// [`CSEQ_RESERVE`]. A restarted bridge resumes the dialog from the stored value, so it
+    /// never repeats a CSeq the watcher has seen (RFC 3261 §12.2.2: a request whose CSeq is
+    /// not above the last one is rejected with 500), however many NOTIFYs went out unstored.
+    pub(super) cseq_reserved: u32,
+}
+
+/// Subscription-State of an outgoing NOTIFY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotifyState {
+    Pending,
+    Active,
+    Terminated(&'static str),
+}
+
+/// How much of the Accept header allows PIDF (absent: RFC 3856 §6.7 default is PIDF).
+pub(super) fn accepts_pidf(request: &Message) -> bool {
+    let mut any = false;
+    for value in request.header_all("Accept") {
+        for item in value.split(',') {
+            let essence = item.split(';').next().unwrap_or("").trim();
+            if essence.is_empty() {
+                continue;
+            }
+            any = true;
+            let e = essence.to_ascii_lowercase();
+            if e == PIDF_TYPE || e == "*/*" || e == "application/*" {
+                return true;
+            }
+        }
+    }
+    !any
+}
+
+impl PresenceEngine {
+    /// The timer of watcher `key`: expiry, dialog replacement, or an owed NOTIFY.
+    pub(super) fn watcher_timer(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        let Some(w) = self.inbound.get(key) else {
+            return;
+        };
+        if w.expires_at <= now {
+            // Not refreshed in time (RFC 6665 §4.2.2).
+            out.push(Output::Forget {
+                direction: Direction::Inbound,
+                local: key.0.clone(),
+                remote: key.1.clone(),
+            });
+            self.send_notify(now, key, NotifyState::Terminated("timeout"), out);
+            self.remove_watcher(key);
+            return;
+        }
+        if w.dialog.is_some() && w.dialog_deadline <= now {
+            // LCS re-subscribes in a new dialog (RFC 6665 "deactivated"); approval kept.
+            self.send_notify(now, key, NotifyState::Terminated("deactivated"), out);
+            if let Some(w) = self.inbound.get_mut(key) {
+                if let Some(d) = w.dialog.take() {
+                    self.in_dialogs.remove(&d.id);
+                }
+                if let Some(tx) = w.in_flight.take() {
+                    self.purposes.remove(&tx);
+                }
+            }
+            self.persist_in_lazy(now, key, out);
+            return;
+        }
+        self.maybe_flush(now, key, out);
+    }
+
+    /// Connection `conn` is lost: LCS owns the watchers' dialogs on it; they are kept and the
+    /// peer is reached by domain.
+    pub(super) fn watchers_lost(&mut self, conn: ConnId) {
+        for w in self.inbound.values_mut_untracked() {
+            if w.dialog.as_ref().is_some_and(|d| d.conn == conn) {
+                w.detached = true;
+            }
+        }
+    }
+
+    pub(super) fn xmpp_subscribed(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        let Some(w) = self.inbound.get_mut(key) else {
+            return;
+        };
+        if w.approval == Approval::Approved {
+            return;
+        }
+        w.approval = Approval::Approved;
+        self.persist_in(now, key, out);
+        self.send_notify(now, key, NotifyState::Active, out);
+    }
+
+    pub(super) fn xmpp_unsubscribed(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        if !self.inbound.contains_key(key) {
+            return;
+        }
+        out.push(Output::Forget {
+            direction: Direction::Inbound,
+            local: key.0.clone(),
+            remote: key.1.clone(),
+        });
+        self.send_notify(now, key, NotifyState::Terminated("rejected"), out);
+        self.remove_watcher(key);
+    }
+
+    pub(super) fn notify_outcome(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        key: &Key,
+        outcome: Result<(ConnId, Message), Failure>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(w) = self.inbound.get_mut(key) else {
+            return;
+        };
+        if w.in_flight != Some(tx) {
+            return;
+        }
+        w.in_flight = None;
+        match outcome {
+            Ok((conn, _)) => {
+                w.failures = 0;
+                w.retry_at = None;
+                if w.detached {
+                    // Reached again: the dialog lives on this connection now.
+                    w.detached = false;
+                    if let Some(d) = w.dialog.as_mut() {
+                        d.conn = conn;
+                    }
+                }
+            }
+            Err(f) if f.status == 481 => {
+                // RFC 6665 §4.2.2: the subscriber no longer has it.
+                out.push(Output::Forget {
+                    direction: Direction::Inbound,
+                    local: key.0.clone(),
+                    remote: key.1.clone(),
+                });
+                self.remove_watcher(key);
+                return;
+            }
+            Err(_) => {
+                w.failures = w.failures.saturating_add(1);
+                w.detached = true;
+                w.dirty = true;
+                let failures = w.failures;
+                let delay = self.backoff(failures.saturating_sub(1));
+                if let Some(w) = self.inbound.get_mut(key) {
+                    w.retry_at = Some(now + delay);
+                }
+            }
+        }
+        self.maybe_flush(now, key, out);
+    }
+
+    /// An out-of-dialog SUBSCRIBE from LCS: a new watcher, or a known one in a new dialog.
+    pub(super) fn new_watcher(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        conn: ConnId,
+        request: &Message,
+        out: &mut Vec<Output>,
+    ) {
+        let tag = self.token();
+        let reply = |status: u16, reason: &str| Output::Respond {
+            tx,
+            response: Message::response_to(request, status, Some(reason), Some(&tag)),
+        };
+        if !accepts_pidf(request) {
+            let mut r = Message::response_to(request, 406, None, Some(&tag));
+            r.push_header("Accept", PIDF_TYPE);
+            return out.push(Output::Respond { tx, response: r });
+        }
+        let (local, remote_jid, remote_aor, display) = match common::parties(&self.book, request) {
+            Ok(p) => (p.local, p.remote, p.remote_aor, p.display),
+            Err((status, reason)) => return out.push(reply(status, &reason)),
+        };
+        let expires = match request.expires() {
+            Ok(e) => e.unwrap_or(DEFAULT_EXPIRES_SECS),
+            Err(e) => return out.push(reply(400, &e.to_string())),
+        };
+        if expires != 0 && expires < MIN_EXPIRES_SECS {
+            let mut r = Message::response_to(request, 423, None, Some(&tag));
+            r.push_header("Min-Expires", &MIN_EXPIRES_SECS.to_string());
+            return out.push(Output::Respond { tx, response: r });
+        }
+        let mut dialog = match Dialog::from_uas(request, &tag, 0, conn, now) {
+            Ok(d) => d,
+            Err(e) => return out.push(reply(400, &e.to_string())),
+        };
+        let local_uri = dialog.local_uri.clone();
+        let contact = self.contact(&local_uri);
+        let key = key(local.to_string(), remote_aor);
+        if expires == 0 {
+            // A fetch (RFC 6665 §4.4.3): the state now, then terminated. Stored nothing.
+            let mut r = Message::response_to(request, 202, None, Some(&tag));
+            r.push_header("Expires", "0");
+            r.push_header("Contact", &name_addr(None, &contact, &[]));
+            out.push(Output::Respond { tx, response: r });
+            dialog.confirm();
+            let approved = self
+                .inbound
+                .get(&key)
+                .is_some_and(|w| w.approval == Approval::Approved);
+            let body = approved.then(|| self.rendered(&key.0));
+            let state = "terminated;reason=timeout";
+            if let Some(t) = self.notify_request(&mut dialog, false, state, body, out) {
+                self.purposes.insert(t, Purpose::Final);
+            }
+            return;
+        }
+        if !self.inbound.contains_key(&key) {
+            if let Some(limit) = self.pending_limit(&key) {
+                *self.limit_hits.entry(limit).or_default() += 1;
+                warn!(
+                    watcher = %key.1,
+                    user = %key.0,
+                    limit,
+                    "presence subscription refused: pending-subscription limit reached"
+                );
+                let reason = match limit {
+                    "presence.max_pending_per_user" => {
+                        format!("Too many pending subscriptions for this user ({limit})")
+                    }
+                    _ => format!(
+                        "Too many pending subscriptions from {} ({limit})",
+                        Pending::domain(&key)
+                    ),
+                };
+                let mut r = Message::response_to(request, 503, Some(&reason), Some(&tag));
+                r.push_header("Retry-After", &PENDING_RETRY_AFTER_SECS.to_string());
+                return out.push(Output::Respond { tx, response: r });
+            }
+        }
+        let granted = expires.min(secs(self.settings.expires).max(MIN_EXPIRES_SECS));
+        let deadline = now + self.settings.dialog_max_age;
+        let approval = match self.inbound.get_mut(&key) {
+            Some(w) => {
+                // LCS subscribes again (after a lost connection, a restart, a deactivation):
+                // same watcher, new dialog.
+                if let Some(old) = w.dialog.take() {
+                    self.in_dialogs.remove(&old.id);
+                }
+                w.approval
+            }
+            None => Approval::Requested,
+        };
+        self.in_dialogs.insert(dialog.id.clone(), key.clone());
+        dialog.confirm();
+        let w = self.inbound.entry(key.clone()).or_insert(Box::new(Watcher {
+            remote_jid: remote_jid.clone(),
+            approval,
+            dialog: None,
+            detached: false,
+            expires_at: now,
+            dialog_deadline: deadline,
+            last_notify: None,
+            dirty: false,
+            in_flight: None,
+            retry_at: None,
+            failures: 0,
+            last_body: None,
+            blind: false,
+            cseq_reserved: 0,
+        }));
+        w.cseq_reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
+        w.dialog = Some(Box::new(dialog));
+        w.detached = false;
+        w.expires_at = now + Duration::from_secs(u64::from(granted));
+        w.dialog_deadline = deadline;
+        w.in_flight = None;
+        w.retry_at = None;
+        w.failures = 0;
+        w.last_body = None;
+        self.persist_in(now, &key, out);
+        if approval != Approval::Approved {
+            // XEP-0100: the gateway asks on the legacy user's behalf (RFC 6121 §3.1.3: the
+            // server answers by itself when the user already approved).
+            out.push(stanza(subscribe_request(
+                remote_jid,
+                local.clone(),
+                display,
+            )));
+        }
+        let mut r = Message::response_to(request, 202, None, Some(&tag));
+        r.push_header("Expires", &granted.to_string());
+        r.push_header("Contact", &name_addr(None, &contact, &[]));
+        out.push(Output::Respond { tx, response: r });
+        let state = if approval == Approval::Approved {
+            NotifyState::Active
+        } else {
+            NotifyState::Pending
+        };
+        self.send_notify(now, &key, state, out);
+    }
+
+    /// A SUBSCRIBE inside a watcher's dialog: refresh, or `Expires: 0` to end it.
+    pub(super) fn watcher_refresh(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        conn: ConnId,
+        id: &DialogId,
+        request: &Message,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(key) = self.in_dialogs.get(id).cloned() else {
+            let response = self.reply(request, 481, Some("Subscription does not exist"));
+            return out.push(Output::Respond { tx, response });
+        };
+        let expires = request
+            .expires()
+            .ok()
+            .flatten()
+            .unwrap_or(DEFAULT_EXPIRES_SECS);
+        let max = secs(self.settings.expires).max(MIN_EXPIRES_SECS);
+        let contact = self.contact(&self.local_uri(&key.0));
+        let Some(w) = self.inbound.get_mut(&key) else {
+            return;
+        };
+        let Some(dialog) = w.dialog.as_mut() else {
+            return;
+        };
+        if let Err(e) = dialog.accept_request(request) {
+            let response = Message::response_to(request, 500, Some(&e.to_string()), None);
+            return out.push(Output::Respond { tx, response });
+        }
+        if w.detached {
+            w.detached = false;
+            dialog.conn = conn;
+        }
+        if expires != 0 && expires < MIN_EXPIRES_SECS {
+            let mut r = Message::response_to(request, 423, None, None);
+            r.push_header("Min-Expires", &MIN_EXPIRES_SECS.to_string());
+            return out.push(Output::Respond { tx, response: r });
+        }
+        if expires == 0 {
+            let remote_jid = w.remote_jid.clone();
+            out.push(Output::Forget {
+                direction: Direction::Inbound,
+                local: key.0.clone(),
+                remote: key.1.clone(),
+            });
+            if let Ok(local) = BareJid::new(&key.0) {
+                out.push(stanza(
+                    Presence::new(Type::Unsubscribe)
+                        .with_from(remote_jid)
+                        .with_to(local),
+                ));
+            }
+            let mut r = Message::response_to(request, 200, None, None);
+            r.push_header("Expires", "0");
+            r.push_header("Contact", &name_addr(None, &contact, &[]));
+            out.push(Output::Respond { tx, response: r });
+            self.send_notify(now, &key, NotifyState::Terminated("timeout"), out);
+            self.remove_watcher(&key);
+            return;
+        }
+        let granted = expires.min(max);
+        w.expires_at = now + Duration::from_secs(u64::from(granted));
+        let state = if w.approval == Approval::Approved {
+            NotifyState::Active
+        } else {
+            NotifyState::Pending
+        };
+        self.persist_in_lazy(now, &key, out);
+        let mut r = Message::response_to(request, 200, None, None);
+        r.push_header("Expires", &granted.to_string());
+        r.push_header("Contact", &name_addr(None, &contact, &[]));
+        out.push(Output::Respond { tx, response: r });
+        // RFC 6665 §4.2.1.2: a refresh is followed by a NOTIFY with the current state.
+        self.send_notify(now, &key, state, out);
+    }
+
+    /// The configuration key of the pending-subscription limit a new watcher `key` would go
+    /// beyond, if any.
+    pub(super) fn pending_limit(&self, key: &Key) -> Option<&'static str> {
+        let (limit, name) = if self.settings.partners.contains(Pending::domain(key)) {
+            (
+                self.settings.max_pending_per_partner,
+                "presence.max_pending_per_partner",
+            )
+        } else {
+            (
+                self.settings.max_pending_per_domain,
+                "presence.max_pending_per_domain",
+            )
+        };
+        if self.pending.of_domain(key) >= limit {
+            Some(name)
+        } else if self.pending.of_user(key) >= self.settings.max_pending_per_user {
+            Some("presence.max_pending_per_user")
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn remove_watcher(&mut self, key: &Key) {
+        if let Some(w) = self.inbound.remove(key) {
+            if let Some(d) = w.dialog {
+                self.in_dialogs.remove(&d.id);
+            }
+            if let Some(tx) = w.in_flight {
+                self.purposes.remove(&tx);
+            }
+        }
+    }
+
+    /// Builds and sends a NOTIFY in `dialog` with this Subscription-State and body.
+    /// Returns the transaction.
+    pub(super) fn notify_request(
+        &mut self,
+        dialog: &mut Dialog,
+        detached: bool,
+        state: &str,
+        body: Option<Arc<str>>,
+        out: &mut Vec<Output>,
+    ) -> Option<TxId> {
+        let branch = self.branch();
+        let contact = self.contact(&dialog.local_uri.clone());
+        let mut request = dialog
+            .next_request(Method::Notify, &self.via(), &branch, Some(&contact))
+            .ok()?;
+        request.push_header("Event", "presence");
+        request.push_header("Subscription-State", state);
+        if let Some(b) = body {
+            request.set_body(Some(PIDF_TYPE), b.as_bytes().to_vec());
+        }
+        let route = if detached {
+            // The dialog's connection is gone: the edge reuses or opens one for the domain.
+            Route::Domain(host_of(&dialog.remote_uri))
+        } else {
+            Route::Connection(dialog.conn)
+        };
+        let tx = self.ids.next();
+        out.push(Output::Request { tx, request, route });
+        Some(tx)
+    }
+
+    /// A NOTIFY to watcher `key` (Active carries the current document).
+    pub(super) fn send_notify(
+        &mut self,
+        now: Instant,
+        key: &Key,
+        state: NotifyState,
+        out: &mut Vec<Output>,
+    ) {
+        let body = (state == NotifyState::Active).then(|| self.rendered(&key.0));
+        let known = self.users.get(&key.0).is_some_and(|u| u.known);
+        let Some(w) = self.inbound.get_mut(key) else {
+            return;
+        };
+        // A NOTIFY that ends the dialog needs no reservation (and the watcher may be being
+        // forgotten: a write now would bring it back).
+        let needs = |d: &Dialog| d.local_cseq() >= w.cseq_reserved;
+        if !matches!(state, NotifyState::Terminated(_)) && w.dialog.as_deref().is_some_and(needs) {
+            let next = w.dialog.as_deref().map_or(0, Dialog::local_cseq);
+            w.cseq_reserved = next.saturating_add(CSEQ_RESERVE);
+            self.persist_in(now, key, out);
+        }
+        let Some(w) = self.inbound.get_mut(key) else {
+            return;
+        };
+        let remaining = w.expires_at.saturating_duration_since(now).as_secs();
+        let header = match state {
+            NotifyState::Pending => format!("pending;expires={remaining}"),
+            NotifyState::Active => format!("active;expires={remaining}"),
+            NotifyState::Terminated(reason) => format!("terminated;reason={reason}"),
+        };
+        let Some(mut dialog) = w.dialog.take() else {
+            return;
+        };
+        let detached = w.detached;
+        let tx = self.notify_request(&mut dialog, detached, &header, body.clone(), out);
+        let Some(w) = self.inbound.get_mut(key) else {
+            return;
+        };
+        w.dialog = Some(dialog);
+        let Some(tx) = tx else {
+            return;
+        };
+        if let NotifyState::Terminated(_) = state {
+            self.purposes.insert(tx, Purpose::Final);
+            return;
+        }
+        if let Some(old) = w.in_flight.replace(tx) {
+            self.purposes.remove(&old);
+        }
+        self.purposes.insert(tx, Purpose::Notify(key.clone()));
+        w.last_notify = Some(now);
+        if state == NotifyState::Active {
+            w.last_body = body;
+            w.dirty = false;
+            w.blind = !known;
+        }
+    }
+
+    /// Sends the owed NOTIFY of watcher `key` if the interval allows it now.
+    pub(super) fn maybe_flush(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        let interval = self.settings.min_notify_interval;
+        let Some(w) = self.inbound.get(key) else {
+            return;
+        };
+        let due = w.dirty
+            && w.approval == Approval::Approved
+            && w.dialog.is_some()
+            && w.in_flight.is_none()
+            && w.retry_at.is_none_or(|r| r <= now)
+            && (w.blind || w.last_notify.is_none_or(|t| t + interval <= now));
+        if !due {
+            return;
+        }
+        let body = self.rendered(&key.0);
+        let Some(w) = self.inbound.get(key) else {
+            return;
+        };
+        if w.last_body.as_deref() == Some(&*body) {
+            if let Some(w) = self.inbound.get_mut(key) {
+                w.dirty = false;
+            }
+            return;
+        }
+        self.send_notify(now, key, NotifyState::Active, out);
+    }
+
+    /// When watcher `w` next has work: expiry, dialog replacement, or an owed NOTIFY.
+    pub(super) fn watcher_due(&self, w: &Watcher) -> Option<Instant> {
+        let mut t = w.expires_at;
+        if w.dialog.is_some() {
+            t = t.min(w.dialog_deadline);
+            if w.dirty && w.approval == Approval::Approved && w.in_flight.is_none() {
+                let mut at = match w.last_notify {
+                    Some(l) if w.blind => l,
+                    Some(l) => l + self.settings.min_notify_interval,
+                    None => t,
+                };
+                if let Some(r) = w.retry_at {
+                    at = at.max(r);
+                }
+                t = t.min(at);
+            }
+        }
+        Some(t)
+    }
+}
+
+/// The `subscribe` the gateway sends on an LCS watcher's behalf, with the watcher's display
+/// name as a XEP-0172 nick.
+pub(super) fn subscribe_request(from: BareJid, to: BareJid, display: Option<String>) -> Presence {
+    let mut p = Presence::subscribe().with_from(from).with_to(to);
+    if let Some(name) = display.filter(|d| !d.trim().is_empty()) {
+        p.payloads.push(Element::from(Nick(name)));
+    }
+    p
+}

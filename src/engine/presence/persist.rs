@@ -1,0 +1,218 @@
+//! Persistence: the store's [`Subscription`] record written from a subscription's state, and
+//! the state built again from a stored record at start ([`PresenceEngine::restore`]).
+
+use std::time::{Duration, Instant};
+
+use xmpp_parsers::jid::BareJid;
+
+use super::notifier::Watcher;
+use super::subscriber::Outbound;
+use super::{CSEQ_RESERVE, Key, PresenceEngine};
+use crate::core::pidf;
+use crate::core::xml_chars;
+use crate::engine::Output;
+use crate::sip::builder::header_text;
+use crate::sip::dialog::{Dialog, DialogId};
+use crate::sip::message::find_forbidden_in_value;
+use crate::store::{Approval, DialogRecord, Direction, SubState, Subscription};
+
+impl PresenceEngine {
+    pub(super) fn out_record(&self, now: Instant, key: &Key) -> Option<Subscription> {
+        let sub = self.outbound.get(key)?;
+        let now_unix = self.unix(now);
+        let dialog = sub.dialog.as_ref().map(|d| {
+            let left = sub
+                .dialog_deadline
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+            let age = self.settings.dialog_max_age.saturating_sub(left).as_secs();
+            DialogRecord::from_dialog(d, now_unix.saturating_sub(age))
+        });
+        Some(Subscription {
+            direction: Direction::Outbound,
+            local_jid: key.0.clone(),
+            remote_aor: key.1.clone(),
+            dialog,
+            expires_unix: sub
+                .expires_at
+                .map_or_else(|| now_unix + u64::from(sub.expires_secs), |t| self.unix(t)),
+            state: if sub.active {
+                SubState::Active
+            } else {
+                SubState::Pending
+            },
+            approval: sub.approval,
+            last_sent: None,
+            last_received: sub.last.as_ref().map(|d| pidf::render(d).into_bytes()),
+            updated_unix: now_unix,
+        })
+    }
+
+    pub(super) fn in_record(&self, now: Instant, key: &Key) -> Option<Subscription> {
+        let w = self.inbound.get(key)?;
+        let now_unix = self.unix(now);
+        let dialog = w.dialog.as_ref().map(|d| {
+            let left = w.dialog_deadline.saturating_duration_since(now);
+            let age = self.settings.dialog_max_age.saturating_sub(left).as_secs();
+            let mut r = DialogRecord::from_dialog(d, now_unix.saturating_sub(age));
+            r.local_cseq = r.local_cseq.max(w.cseq_reserved);
+            r
+        });
+        Some(Subscription {
+            direction: Direction::Inbound,
+            local_jid: key.0.clone(),
+            remote_aor: key.1.clone(),
+            dialog,
+            expires_unix: self.unix(w.expires_at),
+            state: if w.approval == Approval::Approved {
+                SubState::Active
+            } else {
+                SubState::Pending
+            },
+            approval: w.approval,
+            last_sent: w.last_body.as_ref().map(|b| b.as_bytes().to_vec()),
+            last_received: None,
+            updated_unix: now_unix,
+        })
+    }
+
+    pub(super) fn persist_out(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        if let Some(r) = self.out_record(now, key) {
+            out.push(Output::Persist(Box::new(r)));
+        }
+    }
+
+    pub(super) fn persist_in(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        if let Some(r) = self.in_record(now, key) {
+            out.push(Output::Persist(Box::new(r)));
+        }
+    }
+
+    /// [`Output::PersistLazy`] of watcher `key`: refreshes and dialog replacements, which LCS
+    /// repeats anyway.
+    pub(super) fn persist_in_lazy(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        if let Some(r) = self.in_record(now, key) {
+            out.push(Output::PersistLazy(Box::new(r)));
+        }
+    }
+}
+
+impl Outbound {
+    /// An outbound subscription taken up from its stored record, or `None` if the record is
+    /// no subscription to take up (its approval was denied or never asked for). It has no
+    /// dialog (the old one died with the old process's connections) and asks for
+    /// `expires_secs`; the caller schedules its fresh SUBSCRIBE (`next_at`).
+    pub(super) fn from_record(
+        s: &Subscription,
+        local: BareJid,
+        remote_jid: BareJid,
+        expires_secs: u32,
+    ) -> Option<Outbound> {
+        if matches!(s.approval, Approval::Denied | Approval::None) {
+            return None;
+        }
+        Some(Outbound {
+            established: s.approval == Approval::Approved,
+            last: s
+                .last_received
+                .as_deref()
+                .and_then(|b| pidf::parse(b).ok())
+                .map(Box::new),
+            ..Outbound::new(local, remote_jid, s.approval, expires_secs, None)
+        })
+    }
+}
+
+impl Watcher {
+    /// A watcher taken up from its stored record at `now` (`now_unix`), or `None` if the
+    /// record has expired or was denied. Its dialog is kept unless it is past `max_age` or
+    /// cannot be written into a request ([`restored_dialog`]), and detached (NOTIFYs go by
+    /// domain until the peer is reached); its local CSeq resumes above the stored one, which
+    /// is above every one the last process used in the dialog, with a fresh reservation
+    /// (`Watcher::cseq_reserved`) the caller stores before anything is sent. An approved one
+    /// owes a NOTIFY with the current state; the caller schedules it (`retry_at`).
+    pub(super) fn from_record(
+        s: &Subscription,
+        remote_jid: BareJid,
+        now: Instant,
+        now_unix: u64,
+        max_age: Duration,
+    ) -> Option<Watcher> {
+        if s.expires_unix <= now_unix || s.approval == Approval::Denied {
+            return None;
+        }
+        let left = Duration::from_secs(s.expires_unix - now_unix);
+        let (dialog, deadline) = match &s.dialog {
+            Some(r) => {
+                let age = Duration::from_secs(now_unix.saturating_sub(r.created_unix));
+                match max_age.checked_sub(age) {
+                    Some(rest) if !rest.is_zero() => match restored_dialog(r, now) {
+                        Some(d) => (Some(Box::new(d)), now + rest),
+                        None => (None, now),
+                    },
+                    _ => (None, now),
+                }
+            }
+            None => (None, now),
+        };
+        let stored_cseq = s.dialog.as_ref().map_or(0, |r| r.local_cseq);
+        Some(Watcher {
+            remote_jid,
+            approval: s.approval,
+            dialog,
+            detached: true,
+            expires_at: now + left,
+            dialog_deadline: deadline,
+            last_notify: Some(now),
+            dirty: s.approval == Approval::Approved,
+            in_flight: None,
+            retry_at: None,
+            failures: 0,
+            last_body: None,
+            blind: false,
+            cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
+        })
+    }
+}
+
+/// A stored dialog taken up again, or `None` if it cannot be: an older version accepted
+/// control characters in header values, and a Call-ID, tag, URI or route holding one could
+/// not be written into a request (the watcher then waits for LCS to subscribe again, as for a
+/// dialog past its age). Display names are cleaned instead — they are only shown — of what
+/// neither a stanza (the watcher's nick) nor a SIP header may carry; the record is written
+/// back cleaned.
+pub(super) fn restored_dialog(r: &DialogRecord, now: Instant) -> Option<Dialog> {
+    let fields = [
+        &r.call_id,
+        &r.local_tag,
+        &r.remote_tag,
+        &r.local_uri,
+        &r.remote_uri,
+        &r.remote_target,
+    ];
+    if fields
+        .into_iter()
+        .chain(&r.route_set)
+        .any(|f| find_forbidden_in_value(f).is_some())
+    {
+        return None;
+    }
+    let clean = |display: &Option<String>| {
+        display
+            .as_deref()
+            .map(|d| xml_chars::clean(&header_text(d, usize::MAX)).into_owned())
+    };
+    Some(Dialog::restored(
+        DialogId {
+            call_id: r.call_id.clone(),
+            local_tag: r.local_tag.clone(),
+            remote_tag: r.remote_tag.clone(),
+        },
+        (r.local_uri.clone(), clean(&r.local_display)),
+        (r.remote_uri.clone(), clean(&r.remote_display)),
+        r.remote_target.clone(),
+        r.route_set.clone(),
+        (r.local_cseq, r.remote_cseq),
+        0,
+        now,
+    ))
+}
