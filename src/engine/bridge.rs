@@ -399,7 +399,7 @@ impl Engine for PresenceEngine {
     }
 
     /// Presence stanzas, SUBSCRIBE/NOTIFY/BENOTIFY, its own transactions, lost connections,
-    /// the link coming back, and the restore.
+    /// the restore, and the link coming back after a loss (the bridge passes on no first Up).
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "presence"),
@@ -408,8 +408,8 @@ impl Engine for PresenceEngine {
             }
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
-            Input::Restore(_) => true,
-            Input::LinkUp { .. } | Input::LinkDown { .. } => false,
+            Input::Restore(_) | Input::LinkUp { .. } => true,
+            Input::LinkDown { .. } => false,
         }
     }
 
@@ -418,7 +418,8 @@ impl Engine for PresenceEngine {
             Input::Stanza(el) => self.on_stanza(now, el),
             Input::Edge(event) => self.on_edge(now, event),
             Input::Restore(subs) => self.restore(now, subs.into_iter()),
-            Input::LinkUp { .. } | Input::LinkDown { .. } => Vec::new(),
+            Input::LinkUp { domain } => self.link_restored(now, &domain),
+            Input::LinkDown { .. } => Vec::new(),
         }
     }
 

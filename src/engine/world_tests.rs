@@ -204,6 +204,30 @@ fn chat_from_lcs_while_the_link_is_down_is_held_until_it_is_back() {
 }
 
 #[test]
+fn presence_missed_while_the_link_was_down_reaches_lcs_when_it_is_back() {
+    let mut w = World::new();
+    alice_watches_bob(&mut w);
+    bob_watches_alice(&mut w);
+    assert!(notified_activities(&w).last().unwrap().contains("away"));
+    w.link_down();
+    w.settle();
+    // Alice comes back online while the component cannot be reached: the server loses it.
+    w.xmpp_presence(&format!("{ALICE}/pc"), "", &[&contact_jid("bob")]);
+    w.run_for(Duration::from_secs(10));
+    assert!(notified_activities(&w).last().unwrap().contains("away"));
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    let last = notified_activities(&w).last().cloned().unwrap();
+    assert!(!last.contains("away") && last.contains("open"), "{last}");
+    // Alice's server may have lost Bob's presence too: it is sent again, with the gateway's.
+    let got = w.xmpp.to(ALICE);
+    let bob = contact_jid("bob");
+    let from_bob = |s: &&String| s.contains(&format!("from='{bob}'")) && !s.contains("type=");
+    assert_eq!(got.iter().filter(from_bob).count(), 2, "{got:?}");
+    assert!(got.last().unwrap().contains(&bob), "{got:?}");
+}
+
+#[test]
 fn a_store_failure_turns_the_acknowledgement_into_500() {
     let mut w = World::new();
     w.store.set_fail_writes(true);

@@ -48,6 +48,7 @@ use xmpp_parsers::presence::{Presence, Type};
 use super::{Output, common};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
+use crate::core::presence::presence_from_pidf;
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
 use crate::edge::server::EdgeEvent;
 use crate::random::SplitMix;
@@ -173,6 +174,8 @@ enum Paced {
     Probe { from: BareJid, to: BareJid },
     /// A watcher waiting for its user: the `subscribe` asked again, if it still waits.
     Ask(Key),
+    /// An LCS contact's current presence to its local user, if its subscription is active.
+    Contact(Key),
 }
 
 /// Which map a timer belongs to.
@@ -660,6 +663,22 @@ impl PresenceEngine {
                     let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
                     subscribe_request(w.remote_jid.clone(), to, display)
                 }
+                Paced::Contact(key) => {
+                    let Some((sub, doc)) = self
+                        .outbound
+                        .get(&key)
+                        .filter(|s| s.active && s.dialog.is_some())
+                        .and_then(|s| Some((s, s.last.as_deref()?)))
+                    else {
+                        continue;
+                    };
+                    presence_from_pidf(
+                        doc,
+                        &self.table,
+                        Jid::from(sub.remote_jid.clone()),
+                        Jid::from(sub.local_jid.clone()),
+                    )
+                }
             };
             out.push(stanza(presence));
             self.paced_at += spacing;
@@ -869,11 +888,38 @@ impl PresenceEngine {
         for key in reserve {
             self.persist_in(now, &key, &mut out);
         }
+        self.resync_xmpp(now, None, &mut out);
+        self.rearm();
+        out
+    }
+
+    /// The component link for `domain` is back after a loss. What the XMPP server sent the
+    /// component meanwhile is lost (local users' presence, approvals, probes), so the stanzas
+    /// of a restore go out again for the contacts in `domain`: gateway presence, a probe of
+    /// each local user with approved watchers (the answer refreshes their NOTIFYs, RFC 6121
+    /// §4.3), watchers still waiting asked again; and each LCS contact's current presence goes
+    /// to its local user (as a probe would be answered). Paced like a restore's stanzas.
+    pub fn link_restored(&mut self, now: Instant, domain: &str) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.resync_xmpp(now, Some(domain), &mut out);
+        self.rearm();
+        out
+    }
+
+    /// Queues the stanzas that bring the XMPP side up to date (all contacts, or those of one
+    /// component domain) and sends the first of them.
+    fn resync_xmpp(&mut self, now: Instant, domain: Option<&str>, out: &mut Vec<Output>) {
+        let ours = |jid: &BareJid| domain.is_none_or(|d| jid.domain().as_str() == d);
+        if self.paced.is_empty() {
+            self.paced_at = now;
+        }
         // Paced, so that a large deployment does not overflow the link's queue to its own
         // server; each is built when its turn comes.
-        for (user, domain) in self.gateway_users() {
-            if let (Ok(to), Ok(from)) = (BareJid::new(&user), BareJid::new(&domain)) {
-                self.paced.push_back(Paced::Gateway { from, to });
+        for (user, gateway) in self.gateway_users() {
+            if let (Ok(to), Ok(from)) = (BareJid::new(&user), BareJid::new(&gateway)) {
+                if ours(&from) {
+                    self.paced.push_back(Paced::Gateway { from, to });
+                }
             }
         }
         // One probe per local user with approved watchers; its answer updates all of them.
@@ -881,7 +927,7 @@ impl PresenceEngine {
         let probes: Vec<(String, BareJid)> = self
             .inbound
             .iter()
-            .filter(|(_, w)| w.approval == Approval::Approved)
+            .filter(|(_, w)| w.approval == Approval::Approved && ours(&w.remote_jid))
             .filter(|(k, _)| probed.insert(k.0.clone()))
             .map(|(k, w)| (k.0.clone(), w.remote_jid.clone()))
             .collect();
@@ -897,13 +943,19 @@ impl PresenceEngine {
         let waiting = self
             .inbound
             .iter()
-            .filter(|(_, w)| w.approval == Approval::Requested)
+            .filter(|(_, w)| w.approval == Approval::Requested && ours(&w.remote_jid))
             .map(|(k, _)| Paced::Ask(k.clone()));
         self.paced.extend(waiting);
-        self.paced_at = now;
-        self.release_paced(now, &mut out);
-        self.rearm();
-        out
+        if domain.is_some() {
+            // After a restore the NOTIFYs of the fresh SUBSCRIBEs bring this.
+            let contacts = self
+                .outbound
+                .iter()
+                .filter(|(_, s)| ours(&s.remote_jid))
+                .map(|(k, _)| Paced::Contact(k.clone()));
+            self.paced.extend(contacts.collect::<Vec<_>>());
+        }
+        self.release_paced(now, out);
     }
 
     /// Shutdown (XEP-0100): unavailable from every LCS contact last shown available, and from
