@@ -36,13 +36,9 @@ use std::borrow::Cow;
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use quick_xml::XmlVersion;
-use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
-use quick_xml::reader::NsReader;
 
-use crate::core::pidf::predefined_entity_str;
-use crate::core::xml_chars::{find_invalid, is_xml_char, is_xml_space};
+use crate::core::xml::{self, Namespaces, XmlError, XmlEvent, XmlLimits, XmlReader, split_qname};
+use crate::core::xml_chars::is_xml_space;
 use crate::sip::header::MediaType;
 
 /// Largest body (or decoded `ms-body`) accepted, in bytes: the SIP body limit's default.
@@ -1274,6 +1270,12 @@ const MAX_XML_BYTES: usize = 8 * 1024;
 const MAX_XML_DEPTH: usize = 8;
 /// Most elements read from a typing document.
 const MAX_XML_ELEMENTS: usize = 64;
+/// The bounds typing documents are read under.
+const TYPING_LIMITS: XmlLimits = XmlLimits {
+    max_bytes: MAX_XML_BYTES,
+    max_depth: MAX_XML_DEPTH,
+    max_elements: MAX_XML_ELEMENTS,
+};
 
 /// One element of a small document, in document order.
 struct XmlElement {
@@ -1286,165 +1288,98 @@ struct XmlElement {
     text: String,
 }
 
-/// The error text for a character XML 1.0 forbids, literal or as a character reference.
-fn forbidden_char(what: &str, at: usize, c: char) -> String {
-    format!(
-        "{what}: character U+{:04X} at byte {at} is not allowed in XML",
-        c as u32
-    )
+/// A typing document's refusal, in the words [`crate::core::xml::XmlReader`] gives, prefixed
+/// with what the document is.
+fn typing_error(what: &str, e: XmlError) -> BodyError {
+    match e {
+        XmlError::TooLarge { size, max } => Malformed(format!(
+            "{what} is {size} bytes, larger than the limit of {max} bytes"
+        )),
+        XmlError::NotUtf8 { offset } => BadCharset(format!(
+            "{what} is not valid UTF-8 (invalid byte at offset {offset})"
+        )),
+        XmlError::Dtd => Malformed(format!(
+            "{what} contains a DOCTYPE declaration: DTDs and entity declarations are refused"
+        )),
+        XmlError::TooManyElements { max } => {
+            Malformed(format!("{what} has more than {max} elements"))
+        }
+        XmlError::NoRoot => Malformed(format!("{what} has no root element")),
+        XmlError::Truncated => Malformed(format!("{what} ends before its root element is closed")),
+        XmlError::TooDeep { .. }
+        | XmlError::UnknownEntity(_)
+        | XmlError::InvalidCharRef { .. }
+        | XmlError::ForbiddenChar { .. }
+        | XmlError::Syntax { .. } => Malformed(format!("{what}: {e}")),
+    }
 }
 
-/// Reads a small XML document into a flat element list (at least the root). Refuses, as
-/// `core::pidf` does, any DOCTYPE and any entity other than the predefined five and character
-/// references; bounds size, depth and element count.
+/// Reads a small XML document into a flat element list (at least the root) with the bridge's
+/// hardened reader ([`crate::core::xml`]: no DOCTYPE, only predefined entities and character
+/// references), bounded in size, depth and element count.
 fn read_small_xml(body: &[u8], what: &str) -> Result<Vec<XmlElement>, BodyError> {
-    if body.len() > MAX_XML_BYTES {
-        return Err(Malformed(format!(
-            "{what} is {} bytes, larger than the limit of {MAX_XML_BYTES} bytes",
-            body.len()
-        )));
-    }
-    let text = std::str::from_utf8(body).map_err(|e| {
-        BadCharset(format!(
-            "{what} is not valid UTF-8 (invalid byte at offset {})",
-            e.valid_up_to()
-        ))
-    })?;
-    if let Some((at, c)) = find_invalid(text) {
-        return Err(Malformed(forbidden_char(what, at, c)));
-    }
-    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
-    let mut reader = NsReader::from_str(text);
+    let mut reader = XmlReader::new(body, &TYPING_LIMITS).map_err(|e| typing_error(what, e))?;
+    let mut scopes = Namespaces::default();
     let mut elements: Vec<XmlElement> = Vec::new();
     // Indices into `elements` of the open elements.
     let mut open: Vec<usize> = Vec::new();
-    let malformed = |reader: &NsReader<&[u8]>, message: String| {
-        Malformed(format!(
-            "{what}: malformed XML at byte {}: {message}",
-            reader.buffer_position()
-        ))
-    };
-    loop {
-        let (resolved, event) = match reader.read_resolved_event() {
-            Ok((resolved, event)) => (
-                match resolved {
-                    ResolveResult::Bound(ns) => Ok(Some(ns.as_ref().to_owned())),
-                    ResolveResult::Unbound => Ok(None),
-                    ResolveResult::Unknown(prefix) => Err(prefix),
-                },
-                event,
-            ),
-            Err(e) => {
-                let message = e.to_string();
-                return Err(malformed(&reader, message));
-            }
-        };
+    while let Some(event) = reader.next_event().map_err(|e| typing_error(what, e))? {
         match event {
-            Event::DocType(_) => {
-                return Err(Malformed(format!(
-                    "{what} contains a DOCTYPE declaration: DTDs and entity declarations are refused"
-                )));
-            }
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                if open.len() >= MAX_XML_DEPTH {
-                    return Err(Malformed(format!(
-                        "{what}: elements are nested deeper than the limit of {MAX_XML_DEPTH} levels"
-                    )));
-                }
-                let namespace = resolved.map_err(|prefix| {
-                    malformed(
-                        &reader,
-                        format!("namespace prefix \"{prefix}\" is not declared"),
-                    )
-                })?;
-                if elements.len() == MAX_XML_ELEMENTS {
-                    return Err(Malformed(format!(
-                        "{what} has more than {MAX_XML_ELEMENTS} elements"
-                    )));
-                }
+            XmlEvent::Start(ref e) | XmlEvent::Empty(ref e) => {
+                let position = reader.position();
+                let depth = open.len() + 1;
+                scopes
+                    .declare(&reader, e, depth)
+                    .map_err(|e| typing_error(what, e))?;
+                let qname = e.name();
+                let (prefix, local) = split_qname(qname.as_ref());
+                let namespace = match scopes.resolve(prefix) {
+                    Some(ns) => Some(ns.to_owned()),
+                    None if prefix.is_empty() => None,
+                    None => {
+                        let message = format!("namespace prefix \"{prefix}\" is not declared");
+                        return Err(typing_error(what, XmlError::Syntax { position, message }));
+                    }
+                };
                 let mut attributes = Vec::new();
                 for attr in e.attributes() {
-                    let attr = attr.map_err(|err| malformed(&reader, err.to_string()))?;
+                    let attr = attr.map_err(|err| {
+                        let message = err.to_string();
+                        typing_error(what, XmlError::Syntax { position, message })
+                    })?;
                     let key = attr.key.as_ref();
                     if key == "xmlns" || key.starts_with("xmlns:") {
                         continue;
                     }
-                    let value = attr
-                        .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
-                        .map_err(|err| malformed(&reader, err.to_string()))?;
-                    if let Some((_, c)) = find_invalid(&value) {
-                        let at = reader.buffer_position() as usize;
-                        return Err(Malformed(forbidden_char(what, at, c)));
-                    }
+                    let value =
+                        xml::attribute_value(&attr, position).map_err(|e| typing_error(what, e))?;
                     attributes.push((key.to_owned(), value.into_owned()));
                 }
                 elements.push(XmlElement {
-                    depth: open.len() + 1,
+                    depth,
                     namespace,
-                    local: e.local_name().as_ref().to_owned(),
+                    local: local.to_owned(),
                     attributes,
                     text: String::new(),
                 });
-                if matches!(event, Event::Start(_)) {
+                if matches!(event, XmlEvent::Start(_)) {
                     open.push(elements.len() - 1);
-                } else if open.is_empty() {
-                    return Ok(elements);
+                } else {
+                    scopes.pop_to(depth - 1);
                 }
             }
-            Event::End(_) => {
+            XmlEvent::End => {
                 open.pop();
-                if open.is_empty() {
-                    return Ok(elements);
-                }
+                scopes.pop_to(open.len());
             }
-            Event::Text(t) => {
+            XmlEvent::Text(_) | XmlEvent::CData(_) | XmlEvent::Char(_) => {
                 if let Some(&top) = open.last() {
-                    elements[top].text.push_str(&t.xml10_content());
+                    event.push_text(&mut elements[top].text);
                 }
             }
-            Event::CData(t) => {
-                if let Some(&top) = open.last() {
-                    elements[top].text.push_str(&t.into_inner());
-                }
-            }
-            Event::GeneralRef(r) => {
-                let resolved = if r.is_char_ref() {
-                    match r.resolve_char_ref() {
-                        Ok(Some(c)) if is_xml_char(c) => c.to_string(),
-                        Ok(Some(c)) => {
-                            let at = reader.buffer_position() as usize;
-                            return Err(Malformed(forbidden_char(what, at, c)));
-                        }
-                        Ok(None) | Err(_) => {
-                            let message = format!("invalid character reference \"&{};\"", &*r);
-                            return Err(malformed(&reader, message));
-                        }
-                    }
-                } else {
-                    match predefined_entity_str(&r) {
-                        Some(s) => s.to_owned(),
-                        None => {
-                            return Err(Malformed(format!(
-                                "{what}: entity reference \"&{};\" refused: only &lt; &gt; &amp; &quot; &apos; and character references are allowed",
-                                &*r
-                            )));
-                        }
-                    }
-                };
-                if let Some(&top) = open.last() {
-                    elements[top].text.push_str(&resolved);
-                }
-            }
-            Event::Eof => {
-                return Err(Malformed(if elements.is_empty() {
-                    format!("{what} has no root element")
-                } else {
-                    format!("{what} ends before its root element is closed")
-                }));
-            }
-            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
         }
     }
+    Ok(elements)
 }
 
 #[cfg(test)]
