@@ -117,34 +117,10 @@ impl Default for PidfLimits {
 /// Why a PIDF document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PidfError {
-    /// Larger than [`PidfLimits::max_bytes`].
-    #[error("document is {size} bytes, larger than the limit of {max} bytes")]
-    TooLarge {
-        /// Size of the input.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Nested deeper than [`PidfLimits::max_depth`].
-    #[error("elements are nested deeper than the limit of {max} levels")]
-    TooDeep {
-        /// The limit.
-        max: usize,
-    },
-    /// Not UTF-8.
-    #[error("document is not valid UTF-8 (invalid byte at offset {offset})")]
-    NotUtf8 {
-        /// Offset of the first invalid byte.
-        offset: usize,
-    },
-    /// A DOCTYPE declaration (DTD, entity declarations) was present.
-    #[error("document contains a DOCTYPE declaration: DTDs and entity declarations are refused")]
-    Dtd,
-    /// An entity reference other than the five predefined ones.
-    #[error(
-        "entity reference \"&{0};\" refused: only &lt; &gt; &amp; &quot; &apos; and character references are allowed"
-    )]
-    UnknownEntity(String),
+    /// Refused by the hardened XML reader ([`crate::core::xml`]): size, depth, encoding,
+    /// DOCTYPE, entity, character or syntax; the variant names the cause.
+    #[error(transparent)]
+    Xml(XmlError),
     /// The root element is not PIDF's `presence`.
     #[error("{}", wrong_root_message(name, namespace.as_deref()))]
     WrongRoot {
@@ -153,29 +129,9 @@ pub enum PidfError {
         /// Its namespace, if bound.
         namespace: Option<String>,
     },
-    /// No root element at all.
-    #[error("document has no root element")]
-    NoRoot,
     /// The input ended inside the document.
     #[error("document ends before the closing </presence>")]
     Truncated,
-    /// A character XML 1.0 forbids (a C0 control, U+FFFE, U+FFFF), literal or as a character
-    /// reference.
-    #[error("character U+{:04X} at byte {position} is not allowed in XML", *.character as u32)]
-    ForbiddenChar {
-        /// Byte offset of the character or of the reference's end.
-        position: u64,
-        /// The character.
-        character: char,
-    },
-    /// Anything else the XML parser refused.
-    #[error("malformed XML at byte {position}: {message}")]
-    Xml {
-        /// Byte offset where the parser stopped.
-        position: u64,
-        /// The parser's description.
-        message: String,
-    },
 }
 
 fn wrong_root_message(name: &str, namespace: Option<&str>) -> String {
@@ -437,33 +393,8 @@ pub fn parse_with_limits(input: &[u8], limits: &PidfLimits) -> Result<PidfDocume
 impl From<XmlError> for PidfError {
     fn from(e: XmlError) -> Self {
         match e {
-            XmlError::TooLarge { size, max } => PidfError::TooLarge { size, max },
-            XmlError::TooDeep { max } => PidfError::TooDeep { max },
-            XmlError::NotUtf8 { offset } => PidfError::NotUtf8 { offset },
-            XmlError::Dtd => PidfError::Dtd,
-            XmlError::UnknownEntity(name) => PidfError::UnknownEntity(name),
-            XmlError::ForbiddenChar {
-                position,
-                character,
-            } => PidfError::ForbiddenChar {
-                position,
-                character,
-            },
-            XmlError::NoRoot => PidfError::NoRoot,
             XmlError::Truncated => PidfError::Truncated,
-            XmlError::InvalidCharRef {
-                position,
-                reference,
-            } => PidfError::Xml {
-                position,
-                message: format!("invalid character reference \"&{reference};\""),
-            },
-            XmlError::Syntax { position, message } => PidfError::Xml { position, message },
-            // PIDF is read without an element-count bound (size bounds it).
-            XmlError::TooManyElements { .. } => PidfError::Xml {
-                position: 0,
-                message: e.to_string(),
-            },
+            other => PidfError::Xml(other),
         }
     }
 }
@@ -602,7 +533,7 @@ fn finish(st: State) -> PidfDocument {
 /// namespace and the `xml:` prefix cannot be rebound).
 fn attribute(e: &BytesStart<'_>, key: &str, position: u64) -> Result<Option<String>, PidfError> {
     for attr in e.attributes() {
-        let attr = attr.map_err(|err| PidfError::Xml {
+        let attr = attr.map_err(|err| XmlError::Syntax {
             position,
             message: err.to_string(),
         })?;
