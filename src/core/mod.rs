@@ -7,4 +7,5 @@ pub mod lang;
 pub mod pidf;
 pub mod presence;
 pub mod tables;
+pub mod xml;
 pub mod xml_chars;

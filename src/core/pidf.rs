@@ -13,21 +13,18 @@
 //!   (`dm:note`, RFC 4479 §3.3), each with `xml:lang`, and ignores everything it does not know.
 //!   Namespaces are resolved, never matched by prefix.
 //!
-//! Security: input is untrusted. Any DOCTYPE (and with it any DTD, entity declaration or
-//! external entity) is refused, so there is no XXE and no entity expansion; only the five
-//! predefined entities (XML 1.0 §4.6) and character references are accepted. Size and nesting
-//! depth are bounded ([`PidfLimits`]). No input can make this module panic.
+//! Security: input is untrusted and read through the bridge's one hardened XML reader,
+//! [`crate::core::xml`]: any DOCTYPE (and with it any DTD, entity declaration or external
+//! entity) is refused, so there is no XXE and no entity expansion; only the five predefined
+//! entities (XML 1.0 §4.6) and character references to XML characters are accepted. Size and
+//! nesting depth are bounded ([`PidfLimits`]). No input can make this module panic.
 
-use std::borrow::Cow;
-
-use quick_xml::Reader;
-use quick_xml::XmlVersion;
-use quick_xml::escape::EscapeError;
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::BytesStart;
 use serde::Serialize;
 
 use crate::core::lang::language_tag;
-use crate::core::xml_chars::{find_invalid, is_xml_char, is_xml_space};
+use crate::core::xml::{self, Namespaces, XmlError, XmlEvent, XmlLimits, XmlReader, split_qname};
+use crate::core::xml_chars::{is_xml_char, is_xml_space};
 
 /// RFC 3863 namespace.
 pub const NS_PIDF: &str = "urn:ietf:params:xml:ns:pidf";
@@ -120,34 +117,10 @@ impl Default for PidfLimits {
 /// Why a PIDF document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PidfError {
-    /// Larger than [`PidfLimits::max_bytes`].
-    #[error("document is {size} bytes, larger than the limit of {max} bytes")]
-    TooLarge {
-        /// Size of the input.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Nested deeper than [`PidfLimits::max_depth`].
-    #[error("elements are nested deeper than the limit of {max} levels")]
-    TooDeep {
-        /// The limit.
-        max: usize,
-    },
-    /// Not UTF-8.
-    #[error("document is not valid UTF-8 (invalid byte at offset {offset})")]
-    NotUtf8 {
-        /// Offset of the first invalid byte.
-        offset: usize,
-    },
-    /// A DOCTYPE declaration (DTD, entity declarations) was present.
-    #[error("document contains a DOCTYPE declaration: DTDs and entity declarations are refused")]
-    Dtd,
-    /// An entity reference other than the five predefined ones.
-    #[error(
-        "entity reference \"&{0};\" refused: only &lt; &gt; &amp; &quot; &apos; and character references are allowed"
-    )]
-    UnknownEntity(String),
+    /// Refused by the hardened XML reader ([`crate::core::xml`]): size, depth, encoding,
+    /// DOCTYPE, entity, character or syntax; the variant names the cause.
+    #[error(transparent)]
+    Xml(XmlError),
     /// The root element is not PIDF's `presence`.
     #[error("{}", wrong_root_message(name, namespace.as_deref()))]
     WrongRoot {
@@ -156,29 +129,9 @@ pub enum PidfError {
         /// Its namespace, if bound.
         namespace: Option<String>,
     },
-    /// No root element at all.
-    #[error("document has no root element")]
-    NoRoot,
     /// The input ended inside the document.
     #[error("document ends before the closing </presence>")]
     Truncated,
-    /// A character XML 1.0 forbids (a C0 control, U+FFFE, U+FFFF), literal or as a character
-    /// reference.
-    #[error("character U+{:04X} at byte {position} is not allowed in XML", *.character as u32)]
-    ForbiddenChar {
-        /// Byte offset of the character or of the reference's end.
-        position: u64,
-        /// The character.
-        character: char,
-    },
-    /// Anything else the XML parser refused.
-    #[error("malformed XML at byte {position}: {message}")]
-    Xml {
-        /// Byte offset where the parser stopped.
-        position: u64,
-        /// The parser's description.
-        message: String,
-    },
 }
 
 fn wrong_root_message(name: &str, namespace: Option<&str>) -> String {
@@ -344,56 +297,6 @@ fn classify_ns(ns: &str) -> Ns {
     }
 }
 
-/// One `xmlns`/`xmlns:p` declaration in scope. Borrowed from the input when possible (the
-/// common case), so namespace handling allocates nothing.
-struct Binding<'i> {
-    prefix: Cow<'i, str>,
-    namespace: Cow<'i, str>,
-    depth: usize,
-}
-
-/// Namespace scopes (Namespaces in XML 1.0 §6), kept by hand: quick-xml's `NsReader` copies
-/// every declaration and resolves every event, which doubled the parse time.
-#[derive(Default)]
-struct Scopes<'i> {
-    bindings: Vec<Binding<'i>>,
-}
-
-impl<'i> Scopes<'i> {
-    /// The namespace bound to `prefix` ("" = default); `None` when unbound or undeclared.
-    fn resolve(&self, prefix: &str) -> Option<&str> {
-        if prefix == "xml" {
-            return Some("http://www.w3.org/XML/1998/namespace");
-        }
-        self.bindings
-            .iter()
-            .rev()
-            .find(|b| b.prefix == prefix)
-            .map(|b| b.namespace.as_ref())
-            .filter(|ns| !ns.is_empty())
-    }
-
-    fn pop_to(&mut self, depth: usize) {
-        while self.bindings.last().is_some_and(|b| b.depth > depth) {
-            self.bindings.pop();
-        }
-    }
-}
-
-/// `part` as a sub-slice of `text` with `text`'s lifetime, if it is one.
-fn reborrow<'i>(text: &'i str, part: &str) -> Cow<'i, str> {
-    let start = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
-    match text.get(start..start.wrapping_add(part.len())) {
-        Some(s) if s.as_ptr() == part.as_ptr() => Cow::Borrowed(s),
-        _ => Cow::Owned(part.to_owned()),
-    }
-}
-
-/// Splits a qualified name into prefix ("" if none) and local part.
-fn split_qname(qname: &str) -> (&str, &str) {
-    qname.split_once(':').unwrap_or(("", qname))
-}
-
 /// Where the parser is. Text is collected only while a text frame is on top.
 enum Frame {
     Presence,
@@ -438,55 +341,32 @@ struct State {
 /// Parses a PIDF document under the given limits. See the module documentation for what is
 /// read; everything else is ignored.
 pub fn parse_with_limits(input: &[u8], limits: &PidfLimits) -> Result<PidfDocument, PidfError> {
-    if input.len() > limits.max_bytes {
-        return Err(PidfError::TooLarge {
-            size: input.len(),
-            max: limits.max_bytes,
-        });
-    }
-    let text = std::str::from_utf8(input).map_err(|e| PidfError::NotUtf8 {
-        offset: e.valid_up_to(),
-    })?;
-    if let Some((at, character)) = find_invalid(text) {
-        return Err(PidfError::ForbiddenChar {
-            position: at as u64,
-            character,
-        });
-    }
-    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
-    let mut reader = Reader::from_str(text);
-    let mut scopes = Scopes::default();
+    let limits = XmlLimits {
+        max_bytes: limits.max_bytes,
+        max_depth: limits.max_depth,
+        max_elements: usize::MAX,
+    };
+    let mut reader = XmlReader::new(input, &limits)?;
+    let mut scopes = Namespaces::default();
     let mut stack: Vec<Frame> = Vec::with_capacity(8);
     let mut buf = String::new();
     let mut st = State::default();
 
-    loop {
-        let event = match reader.read_event() {
-            Ok(event) => event,
-            Err(e) => return Err(xml_error(&e, reader.error_position())),
-        };
+    while let Some(event) = reader.next_event()? {
         match event {
-            Event::DocType(_) => return Err(PidfError::Dtd),
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                if stack.len() >= limits.max_depth {
-                    return Err(PidfError::TooDeep {
-                        max: limits.max_depth,
-                    });
-                }
-                let position = reader.buffer_position();
+            XmlEvent::Start(ref e) | XmlEvent::Empty(ref e) => {
+                let empty = matches!(event, XmlEvent::Empty(_));
+                let position = reader.position();
                 let depth = stack.len() + 1;
-                declare(&mut scopes, text, e, depth, position)?;
+                scopes.declare(&reader, e, depth)?;
                 let qname = e.name();
                 let (prefix, local) = split_qname(qname.as_ref());
                 let namespace = scopes.resolve(prefix);
                 let ns = namespace.map_or(Ns::Other, classify_ns);
                 let frame = open(&mut st, &stack, ns, local, namespace, e, position)?;
-                if matches!(event, Event::Empty(_)) {
+                if empty {
                     scopes.pop_to(depth - 1);
                     close(&mut st, frame, "");
-                    if stack.is_empty() {
-                        return Ok(finish(st));
-                    }
                 } else {
                     if frame.collects_text() {
                         buf.clear();
@@ -494,137 +374,28 @@ pub fn parse_with_limits(input: &[u8], limits: &PidfLimits) -> Result<PidfDocume
                     stack.push(frame);
                 }
             }
-            Event::End(_) => {
-                let Some(frame) = stack.pop() else {
-                    return Err(PidfError::NoRoot);
-                };
-                scopes.pop_to(stack.len());
-                close(&mut st, frame, &buf);
-                if stack.is_empty() {
-                    return Ok(finish(st));
+            XmlEvent::End => {
+                if let Some(frame) = stack.pop() {
+                    scopes.pop_to(stack.len());
+                    close(&mut st, frame, &buf);
                 }
             }
-            Event::Text(t) => {
+            XmlEvent::Text(_) | XmlEvent::CData(_) | XmlEvent::Char(_) => {
                 if stack.last().is_some_and(Frame::collects_text) {
-                    buf.push_str(&t.xml10_content());
+                    event.push_text(&mut buf);
                 }
             }
-            Event::CData(t) => {
-                if stack.last().is_some_and(Frame::collects_text) {
-                    buf.push_str(&t.into_inner());
-                }
-            }
-            Event::GeneralRef(r) => {
-                let c = if r.is_char_ref() {
-                    match r.resolve_char_ref() {
-                        Ok(Some(c)) if is_xml_char(c) => c,
-                        Ok(Some(character)) => {
-                            return Err(PidfError::ForbiddenChar {
-                                position: reader.buffer_position(),
-                                character,
-                            });
-                        }
-                        Ok(None) | Err(_) => {
-                            return Err(PidfError::Xml {
-                                position: reader.buffer_position(),
-                                message: format!("invalid character reference \"&{};\"", &*r),
-                            });
-                        }
-                    }
-                } else {
-                    match predefined_entity(&r) {
-                        Some(c) => c,
-                        None => return Err(PidfError::UnknownEntity(r.to_string())),
-                    }
-                };
-                if stack.last().is_some_and(Frame::collects_text) {
-                    buf.push(c);
-                }
-            }
-            Event::Eof => {
-                return Err(if stack.is_empty() {
-                    PidfError::NoRoot
-                } else {
-                    PidfError::Truncated
-                });
-            }
-            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
         }
     }
+    Ok(finish(st))
 }
 
-/// Records the namespace declarations of an opening tag at `depth`.
-fn declare<'i>(
-    scopes: &mut Scopes<'i>,
-    text: &'i str,
-    e: &BytesStart<'_>,
-    depth: usize,
-    position: u64,
-) -> Result<(), PidfError> {
-    if !e.attributes_raw().contains("xmlns") {
-        return Ok(());
-    }
-    for attr in e.attributes() {
-        let attr = attr.map_err(|err| PidfError::Xml {
-            position,
-            message: err.to_string(),
-        })?;
-        let key = attr.key.as_ref();
-        let prefix = if key == "xmlns" {
-            ""
-        } else if let Some(p) = key.strip_prefix("xmlns:") {
-            p
-        } else {
-            continue;
-        };
-        let namespace = match attribute_value(&attr, position)? {
-            Cow::Borrowed(v) => reborrow(text, v),
-            Cow::Owned(v) => Cow::Owned(v),
-        };
-        scopes.bindings.push(Binding {
-            prefix: reborrow(text, prefix),
-            namespace,
-            depth,
-        });
-    }
-    Ok(())
-}
-
-fn predefined_entity(name: &str) -> Option<char> {
-    match name {
-        "lt" => Some('<'),
-        "gt" => Some('>'),
-        "amp" => Some('&'),
-        "quot" => Some('"'),
-        "apos" => Some('\''),
-        _ => None,
-    }
-}
-
-/// The text of one of XML's five predefined entities (`lt`, `gt`, `amp`, `quot`, `apos`).
-pub(crate) fn predefined_entity_str(name: &str) -> Option<&'static str> {
-    match name {
-        "lt" => Some("<"),
-        "gt" => Some(">"),
-        "amp" => Some("&"),
-        "quot" => Some("\""),
-        "apos" => Some("'"),
-        _ => None,
-    }
-}
-
-fn xml_error(e: &quick_xml::Error, position: u64) -> PidfError {
-    match e {
-        quick_xml::Error::Escape(EscapeError::UnrecognizedEntity(_, name)) => {
-            PidfError::UnknownEntity(name.clone())
+impl From<XmlError> for PidfError {
+    fn from(e: XmlError) -> Self {
+        match e {
+            XmlError::Truncated => PidfError::Truncated,
+            other => PidfError::Xml(other),
         }
-        quick_xml::Error::IllFormed(quick_xml::errors::IllFormedError::MissingEndTag(_)) => {
-            PidfError::Truncated
-        }
-        other => PidfError::Xml {
-            position,
-            message: other.to_string(),
-        },
     }
 }
 
@@ -762,12 +533,12 @@ fn finish(st: State) -> PidfDocument {
 /// namespace and the `xml:` prefix cannot be rebound).
 fn attribute(e: &BytesStart<'_>, key: &str, position: u64) -> Result<Option<String>, PidfError> {
     for attr in e.attributes() {
-        let attr = attr.map_err(|err| PidfError::Xml {
+        let attr = attr.map_err(|err| XmlError::Syntax {
             position,
             message: err.to_string(),
         })?;
         if attr.key.as_ref() == key {
-            return Ok(Some(attribute_value(&attr, position)?.into_owned()));
+            return Ok(Some(xml::attribute_value(&attr, position)?.into_owned()));
         }
     }
     Ok(None)
@@ -779,24 +550,6 @@ fn note_lang(e: &BytesStart<'_>, position: u64) -> Result<Option<String>, PidfEr
         .as_deref()
         .and_then(language_tag)
         .map(str::to_owned))
-}
-
-/// An attribute's normalised value (XML 1.0 §3.3.3), refused if a character reference in it
-/// names a character XML forbids (the document's literal characters were checked already).
-fn attribute_value<'a>(
-    attr: &'a quick_xml::events::attributes::Attribute<'_>,
-    position: u64,
-) -> Result<Cow<'a, str>, PidfError> {
-    let value = attr
-        .normalized_value_with(XmlVersion::Implicit1_0, 1, predefined_entity_str)
-        .map_err(|err| xml_error(&err, position))?;
-    match find_invalid(&value) {
-        Some((_, character)) => Err(PidfError::ForbiddenChar {
-            position,
-            character,
-        }),
-        None => Ok(value),
-    }
 }
 
 #[cfg(test)]

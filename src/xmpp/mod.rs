@@ -9,6 +9,7 @@ pub mod link;
 
 use xmpp_parsers::minidom::{Element, Node};
 
+use crate::core::xml::{XmlError, XmlLimits, XmlReader};
 use crate::core::xml_chars;
 use xmpp_parsers::presence::Presence;
 
@@ -120,12 +121,6 @@ pub fn parse_presence(xml: &str) -> Result<Presence, StanzaParseError> {
 
 /// Parses a stanza into an element in [`NS_COMPONENT`], checking size, depth and namespace.
 pub fn parse_stanza(xml: &str) -> Result<Element, StanzaParseError> {
-    if xml.len() > MAX_STANZA_BYTES {
-        return Err(StanzaParseError::TooLarge {
-            size: xml.len(),
-            max: MAX_STANZA_BYTES,
-        });
-    }
     precheck(xml)?;
     let root = Element::from_reader_with_prefixes(xml.trim().as_bytes(), NS_COMPONENT.to_owned())
         .map_err(|e| StanzaParseError::NotXml(e.to_string()))?;
@@ -144,32 +139,44 @@ pub fn parse_stanza(xml: &str) -> Result<Element, StanzaParseError> {
     }
 }
 
-/// Bounds nesting depth (the tree is recursive) and refuses DOCTYPEs before building a tree.
+/// Bounds of a stanza: [`MAX_STANZA_BYTES`], [`MAX_STANZA_DEPTH`], and as many elements as
+/// the size allows.
+const STANZA_LIMITS: XmlLimits = XmlLimits {
+    max_bytes: MAX_STANZA_BYTES,
+    max_depth: MAX_STANZA_DEPTH,
+    max_elements: XmlLimits::DEFAULT.max_elements,
+};
+
+/// Reads the stanza once with the bridge's hardened reader ([`crate::core::xml`]) before a
+/// tree is built: size and nesting depth bounded (the tree is recursive), DOCTYPEs, undeclared
+/// entities and characters XML forbids refused. Plain syntax errors are left to the tree
+/// parser, which describes them.
 fn precheck(xml: &str) -> Result<(), StanzaParseError> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut depth = 0usize;
+    let mut reader = XmlReader::from_str(xml, &STANZA_LIMITS).map_err(stanza_error)?;
     loop {
-        match reader.read_event() {
-            Ok(Event::Start(_)) => {
-                depth += 1;
-                if depth > MAX_STANZA_DEPTH {
-                    return Err(StanzaParseError::TooDeep {
-                        max: MAX_STANZA_DEPTH,
-                    });
-                }
-            }
-            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
-            Ok(Event::DocType(_)) => {
-                return Err(StanzaParseError::NotXml(
-                    "DOCTYPE declarations are refused".to_owned(),
-                ));
-            }
-            Ok(Event::Eof) => return Ok(()),
-            Ok(_) => {}
-            // Let the real parser describe syntax errors.
-            Err(_) => return Ok(()),
+        match reader.next_event() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            // Let the tree parser describe syntax errors.
+            Err(XmlError::Syntax { .. } | XmlError::NoRoot | XmlError::Truncated) => return Ok(()),
+            Err(e) => return Err(stanza_error(e)),
         }
+    }
+}
+
+fn stanza_error(e: XmlError) -> StanzaParseError {
+    match e {
+        XmlError::TooLarge { size, max } => StanzaParseError::TooLarge { size, max },
+        XmlError::TooDeep { max } => StanzaParseError::TooDeep { max },
+        XmlError::Dtd => StanzaParseError::NotXml("DOCTYPE declarations are refused".to_owned()),
+        XmlError::TooManyElements { .. }
+        | XmlError::UnknownEntity(_)
+        | XmlError::InvalidCharRef { .. }
+        | XmlError::ForbiddenChar { .. }
+        | XmlError::NotUtf8 { .. }
+        | XmlError::NoRoot
+        | XmlError::Truncated
+        | XmlError::Syntax { .. } => StanzaParseError::NotXml(e.to_string()),
     }
 }
 
@@ -276,6 +283,34 @@ mod tests {
             .collect();
         let expected: Vec<&str> = cases.iter().map(|(_, m)| *m).collect();
         assert_eq!(got, expected);
+        // The hardened reader's policy (core::xml): references and depth, empty elements
+        // included.
+        let refused = [
+            (
+                "<presence><status>&xxe;</status></presence>".to_owned(),
+                "not well-formed XML: entity reference \"&xxe;\" refused: only &lt; &gt; &amp; &quot; &apos; and character references are allowed",
+            ),
+            (
+                "<presence><status>&#1;</status></presence>".to_owned(),
+                "not well-formed XML: character U+0001 at byte 22 is not allowed in XML",
+            ),
+            (
+                format!(
+                    "<presence>{}<y/>{}</presence>",
+                    "<x>".repeat(31),
+                    "</x>".repeat(31)
+                ),
+                "stanza elements are nested deeper than the limit of 32 levels",
+            ),
+        ];
+        for (xml, message) in refused {
+            assert_eq!(parse_presence(&xml).unwrap_err().to_string(), message);
+        }
+        let at_limit = format!(
+            "<presence>{}</presence>",
+            "<x>".repeat(31) + &"</x>".repeat(31)
+        );
+        assert!(parse_stanza(&at_limit).is_ok());
         for bad in ["", "hello", "<presence>", "<presence></message>"] {
             let err = parse_presence(bad).unwrap_err();
             assert!(matches!(err, StanzaParseError::NotXml(_)), "{bad}: {err}");
