@@ -34,7 +34,8 @@ use common::sipp::{
 };
 use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
 use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
-use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings};
+use lcs_bridge::edge::event::EdgeEvent;
+use lcs_bridge::edge::server::{EdgeEvents, EdgeHandle, EdgeSettings};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::builder::RequestSpec;
 use lcs_bridge::sip::dialog::Dialog;

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings, MAX_PENDING_REQUESTS};
+use lcs_bridge::edge::event::EdgeEvent;
+use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings, MAX_PENDING_REQUESTS};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::framing::{Frame, Framer};
 use lcs_bridge::sip::message::{Limits, Message};

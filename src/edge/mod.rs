@@ -9,14 +9,16 @@
 //! - [`limits`]: the resource limits (DNS lookups, connections per address, identity and in
 //!   total, write backlog), their counters, sans-IO.
 //! - [`core`]: the sans-IO request handling ([`core::EdgeCore`]), testable without sockets.
+//! - [`event`]: [`event::EdgeEvent`], what the edge tells the layer above, sans-IO.
 //! - [`server`]: the listener, outbound connections and connection tasks that feed it, and
-//!   the [`server::EdgeHandle`] / [`server::EdgeEvent`] interface for the layer above.
+//!   the [`server::EdgeHandle`] / [`event::EdgeEvent`] interface for the layer above.
 //!
 //! Certificates and federation policy reload on SIGHUP ([`server::EdgeHandle::reload_tls`],
 //! [`server::EdgeHandle::reconfigure`]).
 
 pub mod core;
 pub mod dns;
+pub mod event;
 pub mod limits;
 pub mod pool;
 pub mod server;

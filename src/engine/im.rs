@@ -36,7 +36,7 @@ use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
 use crate::core::tables::ErrorTable;
 use crate::edge::core::{Route, Undeliverable};
-use crate::edge::server::EdgeEvent;
+use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::builder::{RequestSpec, header_text, name_addr};
 use crate::sip::dialog::{Dialog, DialogId};

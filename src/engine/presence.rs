@@ -51,7 +51,7 @@ use crate::core::presence::{pidf_for_presence, presence_from_pidf, show_for_pres
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable, Show};
 use crate::core::xml_chars;
 use crate::edge::core::{Route, Undeliverable};
-use crate::edge::server::EdgeEvent;
+use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::builder::{RequestSpec, header_text, name_addr};
 use crate::sip::dialog::{Dialog, DialogId};
