@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::dns::{NEGATIVE_TTL, TestDns, srv};
 use hickory_server::proto::rr::RecordType;
 use lcs_bridge::edge::dns::{Discovery, DiscoveryError};
-use lcs_bridge::policy::SrvTarget;
+use lcs_bridge::edge::srv::SrvTarget;
 
 const SRV_CONTOSO: &str = "_sipfederationtls._tcp.contoso.test";
 

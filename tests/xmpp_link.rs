@@ -13,7 +13,7 @@ use common::{
     COMPONENT_SECRET, DIRECT_COMPONENT, Ejabberd, GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN,
     XmppServer,
 };
-use lcs_bridge::policy::Backoff;
+use lcs_bridge::backoff::Backoff;
 use lcs_bridge::xmpp::link::{self, LinkError, LinkEvent, LinkHandle, LinkSettings};
 use minidom::Element;
 use tokio::sync::mpsc::Receiver;

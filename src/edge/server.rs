@@ -24,10 +24,10 @@ use tracing::{debug, info, warn};
 use super::core::{CoreOutput, CoreSettings, EdgeCore, Route};
 use super::dns::{Discovery, DiscoveryError};
 use super::event::EdgeEvent;
+use super::identity::PeerIdentity;
 use super::limits::{Backlog, BacklogCounters, Limit, LimitCounters, OverLimit, not_reading};
 use super::pool::{EdgeAddr, NEGATIVE_TTL_FLOOR};
 use super::tls::{TlsConfigs, describe_handshake_error};
-use crate::policy::PeerIdentity;
 use crate::sip::framing::{Frame, Framer, PING};
 use crate::sip::message::{Limits, Message};
 use crate::sip::transaction::{ConnId, TxId, TxIds};
@@ -209,7 +209,7 @@ enum CoreInput {
     },
     Resolved {
         domain: String,
-        result: Result<Vec<crate::policy::SrvTarget>, String>,
+        result: Result<Vec<super::srv::SrvTarget>, String>,
         valid_until: Instant,
     },
     Frame {

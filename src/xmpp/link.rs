@@ -62,7 +62,7 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ping::Ping;
 
 use super::NS_COMPONENT;
-use crate::policy::Backoff;
+use crate::backoff::Backoff;
 
 /// Namespace of stream-level elements (`<stream:error/>`), RFC 6120 §4.
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";

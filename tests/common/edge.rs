@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use lcs_bridge::config::{DefaultPolicy, FederationConfig};
+use lcs_bridge::edge::admission::ServedDomains;
 use lcs_bridge::edge::core::CoreSettings;
 use lcs_bridge::edge::dns::Discovery;
 use lcs_bridge::edge::event::EdgeEvent;
 use lcs_bridge::edge::server::{EdgeEvents, EdgeHandle, EdgeSettings, start};
-use lcs_bridge::policy::ServedDomains;
 
 pub fn core_settings() -> CoreSettings {
     CoreSettings {
