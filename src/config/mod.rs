@@ -183,6 +183,9 @@ pub struct XmppConfig {
 /// How LCS users are addressed on the XMPP side (docs/addresses.md "The two modes").
 pub use crate::core::address::AddressMode;
 
+/// Default of `xmpp.queue_capacity`: stanzas held per component domain while its link is down.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+
 /// A secret that does not print itself in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

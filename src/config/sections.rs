@@ -19,7 +19,7 @@ pub(crate) mod defaults {
     pub const XMPP_HOST: &str = "127.0.0.1";
     pub const XMPP_PORT: u16 = 5347;
     pub const GATEWAY_NAME: &str = "LCS gateway";
-    pub const XMPP_QUEUE_CAPACITY: usize = crate::xmpp::link::DEFAULT_QUEUE_CAPACITY;
+    pub const XMPP_QUEUE_CAPACITY: usize = crate::config::DEFAULT_QUEUE_CAPACITY;
     pub const XMPP_STARTUP_TIMEOUT_SECS: u64 = 30;
     pub const MAX_HEADER_BYTES: usize = Limits::DEFAULT.max_head_bytes;
     pub const MAX_BODY_BYTES: usize = Limits::DEFAULT.max_body_bytes;

@@ -75,8 +75,8 @@ const KEEPALIVE_ID_PREFIX: &str = "lcsb-keepalive-";
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Capacity of the [`LinkEvent`] channel shared by all domains.
 pub const EVENT_CAPACITY: usize = 4096;
-/// Default outgoing queue per component domain.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// Default outgoing queue per component domain (`xmpp.queue_capacity`).
+pub const DEFAULT_QUEUE_CAPACITY: usize = crate::config::DEFAULT_QUEUE_CAPACITY;
 /// Default silence before a keep-alive ping (and again before the stream counts as dead).
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The link's default reconnect backoff: 0.5 s doubling up to 30 s (jitter then picks a point
