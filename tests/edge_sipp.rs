@@ -19,6 +19,7 @@
 //!   gone, a request routed to that connection is [`Undeliverable::ConnectionGone`].
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 mod common;
 

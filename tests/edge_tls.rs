@@ -4,6 +4,7 @@
 //! certificate, unknown CA, expired), and garbage on one connection not disturbing another.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 mod common;
 

@@ -22,6 +22,7 @@
 //! when it fails (see `common::e2e::World`'s `Drop`).
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 mod common;
 

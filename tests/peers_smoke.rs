@@ -3,6 +3,8 @@
 //! real XEP-0114 handshake. Missing peers skip, or fail under
 //! `LCS_BRIDGE_REQUIRE_PEERS=1` (see docs/testing.md).
 
+#![allow(clippy::disallowed_methods)] // a test reads the clock
+
 mod common;
 
 use std::process::Command;

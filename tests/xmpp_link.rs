@@ -4,6 +4,7 @@
 //! domain at start-up, reconnecting after a Prosody restart with the stanzas queued meanwhile
 //! delivered in order, the bounded queue, keep-alive on an idle stream, and ejabberd.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 mod common;
 

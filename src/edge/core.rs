@@ -900,6 +900,7 @@ impl EdgeCore {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -1014,6 +1015,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod verification_tests {
     use super::tests_support::*;
     use super::*;
@@ -1055,6 +1057,7 @@ mod verification_tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod rate_tests {
     use super::tests_support::*;
     use super::*;
@@ -1143,6 +1146,7 @@ mod tests_support {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod outbound_tests {
     use super::tests_support::*;
     use super::*;
@@ -1279,6 +1283,7 @@ mod outbound_tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod limit_tests {
     use super::tests_support::*;
     use super::*;

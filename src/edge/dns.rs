@@ -14,6 +14,8 @@
 //!
 //! Names are always looked up fully qualified: no search domains are appended.
 
+#![allow(clippy::disallowed_methods)] // I/O: answers carry until when they hold
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 

@@ -813,6 +813,7 @@ fn srv_of(targets: &Targets, now: Instant) -> Option<Vec<String>> {
 pub const NEGATIVE_TTL_FLOOR: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::config::{DefaultPolicy, VerificationLevel};

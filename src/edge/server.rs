@@ -7,6 +7,8 @@
 //! The layer above (the IM and presence engine, or a test) talks to the edge through
 //! [`EdgeHandle`] (requests out, responses, ACKs) and receives [`EdgeEvent`]s.
 
+#![allow(clippy::disallowed_methods)] // I/O: the edge's tasks read the clock and feed `now` to `EdgeCore`
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -1072,6 +1072,7 @@ fn receipt(stanza: &Stanza) -> Option<Element> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::core::address::AddressMode;

@@ -2529,5 +2529,6 @@ fn restored_dialog(r: &DialogRecord, now: Instant) -> Option<Dialog> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 #[path = "presence_tests.rs"]
 mod tests;

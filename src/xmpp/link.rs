@@ -43,6 +43,8 @@
 //! its typed parsers reject (which any local user can send to the gateway), and on errors, and it
 //! keeps the reason to itself; the link needs to tell these apart.
 
+#![allow(clippy::disallowed_methods)] // I/O: the link's tasks read the clock
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
