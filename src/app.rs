@@ -5,6 +5,8 @@
 //! SIGTERM (then the presence engine's XEP-0100 unavailable presences go out). This is the only
 //! module that owns the runtime, signals and the clock for the engines.
 
+#![allow(clippy::disallowed_methods)] // the runner reads the clock and feeds `now` to the sans-IO parts
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, LogFormat};
 use crate::core::tables::Mappings;
+use crate::edge::admission::ServedDomains;
 use crate::edge::dns::Discovery;
 use crate::edge::limits::EdgeLimits;
 use crate::edge::pool::PoolLimits;
@@ -26,7 +29,6 @@ use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings, WallClock};
-use crate::policy::ServedDomains;
 use crate::store::{self, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};

@@ -14,7 +14,7 @@
 //! | [`random`] | none | SplitMix64 for tags, branches, jitter and SRV weights |
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
-//! | [`policy`] | none | federation policy: peer domain authorization from certificates (RFC 5922), SRV order (RFC 2782), backoff |
+//! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
 //! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled) |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //!
@@ -23,13 +23,13 @@
 //! Time is an argument.
 
 pub mod app;
+pub mod backoff;
 pub mod compact;
 pub mod config;
 pub mod core;
 pub mod edge;
 pub mod engine;
 pub mod inspect;
-pub mod policy;
 pub mod random;
 pub mod sip;
 pub mod store;

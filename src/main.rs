@@ -1,6 +1,8 @@
 //! `lcs-bridge`: the command line. The only place that prints to the terminal and decides exit
 //! codes; everything it shows comes from the library.
 
+#![allow(clippy::disallowed_methods)] // the command line reads the clock for `check-config`
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

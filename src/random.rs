@@ -6,7 +6,9 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// 64 random bits: std's randomly keyed hasher (seeded from the OS) over the clock.
+/// 64 random bits: std's randomly keyed hasher (seeded from the OS) over the clock. The one
+/// entropy source; only I/O code calls it (directly or through [`SplitMix::seeded`]).
+#[allow(clippy::disallowed_methods)]
 pub fn seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

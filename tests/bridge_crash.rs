@@ -56,6 +56,7 @@
 //! bridge's log and store, and on failure Prosody's log and the clients' events).
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use lcs_test_support::{net, pki};
 

@@ -4,6 +4,7 @@
 //! certificate, …), each asserting the exact problem line.
 
 #![allow(clippy::unwrap_used)] // test fixtures: a failure to build one is a test failure
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

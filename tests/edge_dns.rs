@@ -4,13 +4,14 @@
 //! positive and negative caching within the TTL, and A/AAAA lookups.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hickory_server::proto::rr::RecordType;
 use lcs_bridge::edge::dns::{Discovery, DiscoveryError};
-use lcs_bridge::policy::SrvTarget;
+use lcs_bridge::edge::srv::SrvTarget;
 use lcs_test_support::dns::{NEGATIVE_TTL, TestDns, srv};
 
 const SRV_CONTOSO: &str = "_sipfederationtls._tcp.contoso.test";

@@ -6,6 +6,7 @@
 //! and inbound authorization of a certificate that names the domain's SRV target).
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,8 +15,9 @@ use std::time::Duration;
 use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
 use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
 use lcs_bridge::edge::dns::Discovery;
+use lcs_bridge::edge::event::EdgeEvent;
 use lcs_bridge::edge::pool::PoolLimits;
-use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings, start};
+use lcs_bridge::edge::server::{EdgeEvents, EdgeHandle, EdgeSettings, start};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::message::{Limits, Message};
 use lcs_bridge::sip::transaction::{TxEvent, TxId};

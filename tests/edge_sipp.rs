@@ -19,6 +19,7 @@
 //!   gone, a request routed to that connection is [`Undeliverable::ConnectionGone`].
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use lcs_bridge::config::{Edge, Partner, PartnerPolicy};
 use lcs_bridge::edge::core::{CoreSettings, Route, Undeliverable};
-use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings};
+use lcs_bridge::edge::event::EdgeEvent;
+use lcs_bridge::edge::server::{EdgeEvents, EdgeHandle, EdgeSettings};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::builder::RequestSpec;
 use lcs_bridge::sip::dialog::Dialog;

@@ -4,12 +4,14 @@
 //! certificate, unknown CA, expired), and garbage on one connection not disturbing another.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lcs_bridge::edge::server::{EdgeEvent, EdgeHandle, EdgeSettings, MAX_PENDING_REQUESTS};
+use lcs_bridge::edge::event::EdgeEvent;
+use lcs_bridge::edge::server::{EdgeHandle, EdgeSettings, MAX_PENDING_REQUESTS};
 use lcs_bridge::edge::tls::TlsConfigs;
 use lcs_bridge::sip::framing::{Frame, Framer};
 use lcs_bridge::sip::message::{Limits, Message};

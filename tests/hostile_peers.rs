@@ -17,6 +17,7 @@
 //!   overflowing the link's queue.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use lcs_test_support::{net, pki};
 

@@ -22,6 +22,7 @@
 //! when it fails (see `lcs_test_support::e2e::World`'s `Drop`).
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -23,6 +23,7 @@
 //! `LCS_LIMITS_KEEP_LOG=<dir>` keeps each bridge's log there.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use lcs_test_support::{net, pki};
 

@@ -3,6 +3,8 @@
 //! real XEP-0114 handshake. Missing peers skip, or fail under
 //! `LCS_BRIDGE_REQUIRE_PEERS=1` (see docs/testing.md).
 
+#![allow(clippy::disallowed_methods)] // a test reads the clock
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 

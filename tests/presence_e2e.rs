@@ -26,6 +26,7 @@
 //! Each test prints the bridge log, SIPp's logs, Prosody's log and alice's events when it fails.
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::time::{Duration, Instant};
 

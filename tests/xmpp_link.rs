@@ -4,10 +4,11 @@
 //! domain at start-up, reconnecting after a Prosody restart with the stanzas queued meanwhile
 //! delivered in order, the bounded queue, keep-alive on an idle stream, and ejabberd.
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::time::{Duration, Instant};
 
-use lcs_bridge::policy::Backoff;
+use lcs_bridge::backoff::Backoff;
 use lcs_bridge::xmpp::link::{self, LinkError, LinkEvent, LinkHandle, LinkSettings};
 use lcs_test_support::{
     COMPONENT_SECRET, DIRECT_COMPONENT, Ejabberd, GATEWAY_COMPONENT, Prosody, XMPP_DOMAIN,

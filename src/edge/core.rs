@@ -1,7 +1,7 @@
 //! The edge's request handling, without I/O: what to answer to each frame from a peer, and
 //! which connection each outbound request takes.
 //!
-//! Inbound: admission ([`crate::policy::admit_request`]; when a certificate names none of the
+//! Inbound: admission ([`crate::edge::admission::admit_request`]; when a certificate names none of the
 //! From domain, the domain's SRV targets are looked up first, RFC 5922 §7), the discovered-partner
 //! rate limit, the transaction layer ([`crate::sip::transaction::Transactions`]), OPTIONS (the
 //! profile: 200 with the `m=message 5060 sip/tcp *` SDP), malformed requests (400/513 naming
@@ -29,9 +29,11 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::config::FederationConfig;
+use crate::edge::admission::{ServedDomains, admit_request};
+use crate::edge::identity::PeerIdentity;
 use crate::edge::limits::{Connections, EdgeLimits, Limit, OverLimit, Source};
 use crate::edge::pool::{Action, EdgeAddr, Pool, PoolLimits};
-use crate::policy::{PeerIdentity, ServedDomains, SrvTarget, admit_request};
+use crate::edge::srv::SrvTarget;
 use crate::random::SplitMix;
 use crate::sip::builder::name_addr;
 use crate::sip::framing::{Frame, PONG};
@@ -898,6 +900,7 @@ impl EdgeCore {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -1012,6 +1015,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod verification_tests {
     use super::tests_support::*;
     use super::*;
@@ -1053,6 +1057,7 @@ mod verification_tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod rate_tests {
     use super::tests_support::*;
     use super::*;
@@ -1141,6 +1146,7 @@ mod tests_support {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod outbound_tests {
     use super::tests_support::*;
     use super::*;
@@ -1277,6 +1283,7 @@ mod outbound_tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod limit_tests {
     use super::tests_support::*;
     use super::*;

@@ -1,7 +1,7 @@
 //! Finding a peer domain's SIP federation edge in DNS (the profile, "Server discovery"):
 //! the SRV record `_sipfederationtls._tcp.<domain>` names the edge hosts, tried in RFC 2782
 //! order ("Usage rules": lowest priority first, weighted random within a priority, see
-//! [`policy::order_srv`]); each target is then resolved to its A and AAAA addresses, and the
+//! [`order_srv`]); each target is then resolved to its A and AAAA addresses, and the
 //! caller moves on to the next target when one fails.
 //!
 //! Lookups go through hickory-resolver and its response cache, which honours record TTLs:
@@ -14,6 +14,8 @@
 //!
 //! Names are always looked up fully qualified: no search domains are appended.
 
+#![allow(clippy::disallowed_methods)] // I/O: answers carry until when they hold
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::{Name, RData};
 
-use crate::policy::{self, SrvTarget};
+use crate::edge::srv::{SrvTarget, order_srv};
 use crate::random::SplitMix;
 
 /// The SRV service and protocol labels of the federation profile.
@@ -117,7 +119,7 @@ impl Discovery {
         })
     }
 
-    /// SRV `_sipfederationtls._tcp.<domain>`, ordered with [`policy::order_srv`]. Targets
+    /// SRV `_sipfederationtls._tcp.<domain>`, ordered with [`order_srv`]. Targets
     /// lowercased, without trailing dot.
     pub async fn edge_targets(&self, domain: &str) -> Result<Resolution, DiscoveryError> {
         let domain = normalise(domain);
@@ -141,7 +143,7 @@ impl Discovery {
                         _ => None,
                     })
                     .collect();
-                let targets = policy::order_srv(records, |n| self.rng.up_to(n));
+                let targets = order_srv(records, |n| self.rng.up_to(n));
                 if targets.is_empty() {
                     Err(DiscoveryError::NoSrv {
                         domain,
@@ -226,7 +228,7 @@ fn fqdn(name: &str) -> Result<Name, String> {
 
 /// An SRV target as the rest of the edge compares names: ASCII (IDNA labels as `xn--`), lower
 /// case, no trailing dot. The root name (`.`, "no service") becomes the empty string, which
-/// [`policy::order_srv`] drops.
+/// [`order_srv`] drops.
 fn target_name(target: &Name) -> String {
     normalise(&target.to_ascii())
 }

@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::policy::PeerIdentity;
+use crate::edge::identity::PeerIdentity;
 use crate::sip::transaction::ConnId;
 
 /// One of the edge's resource limits; [`Limit::key`] is its configuration key.

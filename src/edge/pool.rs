@@ -32,9 +32,12 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::config::FederationConfig;
+use crate::edge::admission::RateBucket;
+use crate::edge::identity::PeerIdentity;
 use crate::edge::limits::{EdgeLimits, Limit};
-use crate::policy::{Backoff, PeerIdentity, RateBucket, SrvTarget};
+use crate::edge::srv::SrvTarget;
 use crate::sip::transaction::ConnId;
 
 /// Most per-domain entries kept while some are unused (see the module documentation).
@@ -810,6 +813,7 @@ fn srv_of(targets: &Targets, now: Instant) -> Option<Vec<String>> {
 pub const NEGATIVE_TTL_FLOOR: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::config::{DefaultPolicy, VerificationLevel};

@@ -7,6 +7,8 @@
 //! The layer above (the IM and presence engine, or a test) talks to the edge through
 //! [`EdgeHandle`] (requests out, responses, ACKs) and receives [`EdgeEvent`]s.
 
+#![allow(clippy::disallowed_methods)] // I/O: the edge's tasks read the clock and feed `now` to `EdgeCore`
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,15 +23,16 @@ use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
-use super::core::{Asserted, CoreOutput, CoreSettings, EdgeCore, Route, Undeliverable};
+use super::core::{CoreOutput, CoreSettings, EdgeCore, Route};
 use super::dns::{Discovery, DiscoveryError};
+use super::event::EdgeEvent;
+use super::identity::PeerIdentity;
 use super::limits::{Backlog, BacklogCounters, Limit, LimitCounters, OverLimit, not_reading};
 use super::pool::{EdgeAddr, NEGATIVE_TTL_FLOOR};
 use super::tls::{TlsConfigs, describe_handshake_error};
-use crate::policy::PeerIdentity;
 use crate::sip::framing::{Frame, Framer, PING};
 use crate::sip::message::{Limits, Message};
-use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
+use crate::sip::transaction::{ConnId, TxId, TxIds};
 
 /// Most bytes the connection writer gathers from its queue into one write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -73,24 +76,6 @@ impl EdgeSettings {
             message_timeout: Duration::from_secs(30),
         }
     }
-}
-
-/// What the edge tells the layer above.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EdgeEvent {
-    /// A request from a peer that passed admission: answer it with [`EdgeHandle::respond`].
-    Request {
-        tx: TxId,
-        conn: ConnId,
-        request: Message,
-        asserted: Option<Asserted>,
-    },
-    /// A transaction event: responses to requests sent, timeouts, ACKs for 2xx, cancels.
-    Transaction(TxEvent),
-    /// An outbound request was not sent.
-    Undeliverable { tx: TxId, why: Undeliverable },
-    /// A connection closed; dialogs on it are lost.
-    ConnectionLost { conn: ConnId },
 }
 
 /// Most requests from peers handed to the layer above and not yet taken by it. Beyond it the
@@ -226,7 +211,7 @@ enum CoreInput {
     },
     Resolved {
         domain: String,
-        result: Result<Vec<crate::policy::SrvTarget>, String>,
+        result: Result<Vec<super::srv::SrvTarget>, String>,
         valid_until: Instant,
     },
     Frame {

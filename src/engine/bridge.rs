@@ -32,7 +32,7 @@ use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::tables::ErrorTable;
 use crate::edge::core::Route;
-use crate::edge::server::EdgeEvent;
+use crate::edge::event::EdgeEvent;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId};

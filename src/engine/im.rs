@@ -36,7 +36,7 @@ use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
 use crate::core::tables::ErrorTable;
 use crate::edge::core::Route;
-use crate::edge::server::EdgeEvent;
+use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::builder::{RequestSpec, header_text, name_addr};
 use crate::sip::dialog::{Dialog, DialogId};
@@ -1051,6 +1051,7 @@ fn receipt(stanza: &Stanza) -> Option<Element> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::core::address::AddressMode;

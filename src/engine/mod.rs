@@ -52,6 +52,7 @@ pub enum Output {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the world starts its virtual clock at a real instant
 mod world;
 #[cfg(test)]
 mod world_tests;

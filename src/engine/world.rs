@@ -24,7 +24,7 @@ use super::presence::{PresenceEngine, PresenceSettings, WallClock};
 use crate::core::address::{AddressBook, AddressMode};
 use crate::core::tables::Mappings;
 use crate::edge::core::Route;
-use crate::edge::server::EdgeEvent;
+use crate::edge::event::EdgeEvent;
 use crate::sip::message::{Message, Method};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{MemStore, Store, Subscription};

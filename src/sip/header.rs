@@ -6,7 +6,7 @@
 //! ([`Params`]) so nothing unknown is lost.
 
 use super::error::ParseError;
-use super::message::Method;
+use super::method::Method;
 use super::params::{Params, find_unquoted, is_token};
 use super::uri::Uri;
 
@@ -256,7 +256,7 @@ pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
     }
     let port = match port {
         Some(p) => Some(
-            super::message::parse_digits::<u16>(p).ok_or_else(|| format!("invalid port {p:?}"))?,
+            super::params::parse_digits::<u16>(p).ok_or_else(|| format!("invalid port {p:?}"))?,
         ),
         None => None,
     };

@@ -17,7 +17,8 @@ use super::error::{HeaderError, ParseError};
 use super::header::{
     CSeq, Contact, Event, HeaderKind, MediaType, NameAddr, SubscriptionState, Via,
 };
-use super::params::{is_token_byte, split_comma};
+pub use super::method::Method;
+use super::params::{is_token_byte, parse_digits, split_comma};
 use super::uri::Uri;
 
 /// Limits applied to untrusted input (configurable; see `sip.max_*` in the configuration).
@@ -41,82 +42,6 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits::DEFAULT
-    }
-}
-
-/// A request method (RFC 3261 §7.1; case-sensitive token). Extension methods such as
-/// Microsoft's `BENOTIFY` and `SERVICE` are first-class.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Method {
-    Invite,
-    Ack,
-    Bye,
-    Cancel,
-    Options,
-    Register,
-    Message,
-    Subscribe,
-    Notify,
-    Info,
-    Benotify,
-    Service,
-    Refer,
-    Prack,
-    Update,
-    Publish,
-    Other(Box<str>),
-}
-
-impl Method {
-    pub fn parse(s: &str) -> Result<Method, ParseError> {
-        Ok(match s {
-            "INVITE" => Method::Invite,
-            "ACK" => Method::Ack,
-            "BYE" => Method::Bye,
-            "CANCEL" => Method::Cancel,
-            "OPTIONS" => Method::Options,
-            "REGISTER" => Method::Register,
-            "MESSAGE" => Method::Message,
-            "SUBSCRIBE" => Method::Subscribe,
-            "NOTIFY" => Method::Notify,
-            "INFO" => Method::Info,
-            "BENOTIFY" => Method::Benotify,
-            "SERVICE" => Method::Service,
-            "REFER" => Method::Refer,
-            "PRACK" => Method::Prack,
-            "UPDATE" => Method::Update,
-            "PUBLISH" => Method::Publish,
-            _ if super::params::is_token(s) => Method::Other(s.into()),
-            _ => return Err(ParseError::BadMethod(s.to_owned())),
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Method::Invite => "INVITE",
-            Method::Ack => "ACK",
-            Method::Bye => "BYE",
-            Method::Cancel => "CANCEL",
-            Method::Options => "OPTIONS",
-            Method::Register => "REGISTER",
-            Method::Message => "MESSAGE",
-            Method::Subscribe => "SUBSCRIBE",
-            Method::Notify => "NOTIFY",
-            Method::Info => "INFO",
-            Method::Benotify => "BENOTIFY",
-            Method::Service => "SERVICE",
-            Method::Refer => "REFER",
-            Method::Prack => "PRACK",
-            Method::Update => "UPDATE",
-            Method::Publish => "PUBLISH",
-            Method::Other(s) => s,
-        }
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -1044,16 +969,6 @@ impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&String::from_utf8_lossy(&self.to_bytes()))
     }
-}
-
-/// A decimal number made of ASCII digits only (no sign, no spaces inside), SP/HTAB around it
-/// allowed.
-pub(crate) fn parse_digits<T: std::str::FromStr>(s: &str) -> Option<T> {
-    let s = s.trim_matches([' ', '\t']);
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
 }
 
 fn starts_with_ci(s: &str, prefix: &str) -> bool {

@@ -6,6 +6,7 @@ pub mod error;
 pub mod framing;
 pub mod header;
 pub mod message;
+pub mod method;
 pub mod params;
 pub mod sdp;
 pub mod status;

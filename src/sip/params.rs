@@ -1,5 +1,7 @@
 //! Generic parameters (`;name=value`) and comma-separated header values, RFC 3261 §25.1
-//! (`generic-param`, `quoted-string`) and §7.3.1 (comma-joined header field values).
+//! (`generic-param`, `quoted-string`) and §7.3.1 (comma-joined header field values), and the
+//! shared lexical helpers of the codec (`token`, `1*DIGIT`) that the URI, header and message
+//! parsers all use.
 //!
 //! Everything here borrows from the raw header text, so unknown parameters are kept exactly as
 //! they arrived and are re-emitted untouched.
@@ -165,6 +167,16 @@ const fn token_table() -> [bool; 256] {
 }
 
 static TOKEN: [bool; 256] = token_table();
+
+/// A decimal number made of ASCII digits only (no sign, no spaces inside), SP/HTAB around it
+/// allowed.
+pub(crate) fn parse_digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let s = s.trim_matches([' ', '\t']);
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
 
 /// `token` of RFC 3261 §25.1.
 pub fn is_token(s: &str) -> bool {

@@ -585,6 +585,7 @@ fn ack_for(invite: &Message, response: &Message) -> Message {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -277,7 +277,7 @@ impl<'a> SipUri<'a> {
         let host = parse_host(host_s, whole)?;
         let port = match port {
             Some(p) => Some(
-                super::message::parse_digits::<u16>(p)
+                super::params::parse_digits::<u16>(p)
                     .filter(|_| !p.starts_with([' ', '\t']) && !p.ends_with([' ', '\t']))
                     .ok_or_else(|| ParseError::uri(whole, format!("invalid port {p:?}")))?,
             ),

@@ -449,4 +449,5 @@ pub(crate) fn scan_stats(store: &dyn Store) -> Result<Stats, StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests;

@@ -43,6 +43,8 @@
 //! its typed parsers reject (which any local user can send to the gateway), and on errors, and it
 //! keeps the reason to itself; the link needs to tell these apart.
 
+#![allow(clippy::disallowed_methods)] // I/O: the link's tasks read the clock
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,7 +64,7 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ping::Ping;
 
 use super::NS_COMPONENT;
-use crate::policy::Backoff;
+use crate::backoff::Backoff;
 
 /// Namespace of stream-level elements (`<stream:error/>`), RFC 6120 §4.
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";

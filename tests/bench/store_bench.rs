@@ -12,6 +12,7 @@
 //! else than a temporary directory under the current one (which is removed at the end).
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a benchmark measures time
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

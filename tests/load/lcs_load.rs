@@ -14,6 +14,7 @@
 //! Results: a table per scenario on stdout, and JSON lines appended to `--json`.
 
 #![allow(clippy::unwrap_used)] // a benchmark tool: a broken fixture is a failed run
+#![allow(clippy::disallowed_methods)] // the load generator measures time
 
 mod driver;
 mod scenarios;

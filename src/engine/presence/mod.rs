@@ -50,7 +50,7 @@ use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::presence::presence_from_pidf;
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
-use crate::edge::server::EdgeEvent;
+use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::dialog::DialogId;
 use crate::sip::message::{Message, Method};
@@ -986,4 +986,5 @@ fn stanza(p: Presence) -> Output {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock
 mod tests;

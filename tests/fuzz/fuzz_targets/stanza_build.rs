@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use lcs_bridge::core::address::{AddressBook, AddressMode};
 use lcs_bridge::core::tables::Mappings;
-use lcs_bridge::edge::server::EdgeEvent;
+use lcs_bridge::edge::event::EdgeEvent;
 use lcs_bridge::engine::Output;
 use lcs_bridge::engine::im::{ImEngine, ImSettings};
 use lcs_bridge::engine::presence::{PresenceEngine, PresenceSettings, WallClock};

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use lcs_bridge::config::{DefaultPolicy, FederationConfig};
+use lcs_bridge::edge::admission::ServedDomains;
 use lcs_bridge::edge::core::CoreSettings;
 use lcs_bridge::edge::dns::Discovery;
-use lcs_bridge::edge::server::{EdgeEvent, EdgeEvents, EdgeHandle, EdgeSettings, start};
-use lcs_bridge::policy::ServedDomains;
+use lcs_bridge::edge::event::EdgeEvent;
+use lcs_bridge::edge::server::{EdgeEvents, EdgeHandle, EdgeSettings, start};
 
 pub fn core_settings() -> CoreSettings {
     CoreSettings {

@@ -1,106 +1,23 @@
-//! Federation policy decisions, no I/O (the TLS edge calls these):
+//! Request admission at the edge, no I/O (the TLS edge's sans-IO core calls these):
 //!
-//! - **Peer domain authorization** (the profile's "To and From URI handling" and "Certificate
-//!   requirements", RFC 5922 §7): a connection's identity is the DNS names of its certificate's
-//!   subjectAltName (the subject CN only when there is no SAN); a request whose From domain is D
-//!   is accepted when a name equals D, or equals the target of D's `_sipfederationtls._tcp` SRV
-//!   record, or is the edge host configured for partner D. Wildcard names never authorize a
-//!   domain (RFC 5922 §7.2). Blocked partners, and unlisted domains under `default_policy =
-//!   "deny"`, are refused with 403.
-//! - **Request admission at the edge** ([`admit_request`]): the profile's rules for every
-//!   request from a peer — SIPS anywhere → 400, Max-Forwards 0 → 483, a Request-URI domain this
-//!   bridge does not serve → 404 (never an open relay), a From that is not a SIP AOR → 400, a
-//!   From domain the peer's certificate does not cover → 403.
-//! - **SRV target order** (RFC 2782): by priority, then weighted random within a priority. The
-//!   random source is passed in.
-//! - **Reconnect backoff**: exponential with jitter; the jitter is passed in.
+//! - **Peer domain authorization** ([`authorize_peer_domain`]): the From domain must be one
+//!   the connection's certificate identity speaks for ([`PeerIdentity::covers`], RFC 5922 §7).
+//!   Blocked partners, and unlisted domains under `default_policy = "deny"`, are refused with
+//!   403.
+//! - **Request admission** ([`admit_request`]): the profile's rules for every request from a
+//!   peer — SIPS anywhere → 400, Max-Forwards 0 → 483, a Request-URI domain this bridge does
+//!   not serve → 404 (never an open relay), a From that is not a SIP AOR → 400, a From domain
+//!   the peer's certificate does not cover → 403.
+//! - **Discovered-partner rate** ([`RateBucket`], `federation.discovered_rate`): a token
+//!   bucket per From domain.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::{DefaultPolicy, FederationConfig, PartnerPolicy};
+use crate::edge::identity::PeerIdentity;
 use crate::sip::message::{Message, Method};
 use crate::sip::uri::{Host, Uri};
-
-/// The DNS names a peer's certificate vouches for (lower-case, without a trailing dot, sorted
-/// and without repeats: two certificates naming the same names are one identity, whatever
-/// their order, which is what the per-identity limits count).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct PeerIdentity {
-    names: Vec<String>,
-}
-
-impl PeerIdentity {
-    pub fn from_names<I: IntoIterator<Item = S>, S: AsRef<str>>(names: I) -> PeerIdentity {
-        let mut names: Vec<String> = names
-            .into_iter()
-            .map(|n| n.as_ref().trim_end_matches('.').to_ascii_lowercase())
-            .filter(|n| !n.is_empty())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        PeerIdentity { names }
-    }
-
-    /// The identity of a DER certificate: its SAN dNSNames, or its subject CN when it has no
-    /// SAN extension (RFC 5922 §7.1).
-    pub fn from_certificate(der: &[u8]) -> Result<PeerIdentity, String> {
-        use x509_parser::extensions::GeneralName;
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("certificate does not parse: {e}"))?;
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| format!("certificate subjectAltName: {e}"))?;
-        let names: Vec<String> = match san {
-            Some(ext) => ext
-                .value
-                .general_names
-                .iter()
-                .filter_map(|g| match g {
-                    GeneralName::DNSName(d) => Some((*d).to_owned()),
-                    _ => None,
-                })
-                .collect(),
-            None => cert
-                .subject()
-                .iter_common_name()
-                .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
-                .collect(),
-        };
-        Ok(PeerIdentity::from_names(names))
-    }
-
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    fn has(&self, name: &str) -> bool {
-        let name = name.trim_end_matches('.');
-        self.names
-            .iter()
-            .any(|n| !n.starts_with("*.") && n.eq_ignore_ascii_case(name))
-    }
-}
-
-impl PeerIdentity {
-    /// Whether this identity speaks for `domain` (RFC 5922 §7, the profile's certificate
-    /// rules): a name equals the domain, or equals one of its SRV targets (`srv_targets`), or
-    /// equals the edge host configured for the partner. Policy (allowed, blocked) is not
-    /// looked at here.
-    pub fn covers(
-        &self,
-        domain: &str,
-        srv_targets: &[String],
-        federation: &FederationConfig,
-    ) -> bool {
-        self.has(domain)
-            || srv_targets.iter().any(|t| self.has(t))
-            || federation
-                .partner(domain)
-                .and_then(|p| p.edge.as_ref())
-                .is_some_and(|e| self.has(&e.host))
-    }
-}
 
 /// Why a request is refused, with the SIP status to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,50 +161,6 @@ pub fn admit_request(
     authorize_peer_domain(identity, &from_domain, srv_targets, federation)
 }
 
-/// One SRV answer (RFC 2782).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SrvTarget {
-    pub priority: u16,
-    pub weight: u16,
-    pub port: u16,
-    pub target: String,
-}
-
-/// Orders SRV targets for trying in turn (RFC 2782 "Usage rules"): lowest priority first;
-/// within one priority, repeatedly pick at random with probability proportional to weight
-/// (zero-weight records first in the running sum, so they are rarely chosen while others
-/// exist). `random(n)` must return a uniform integer in `0..=n`. A target of `.` means "no
-/// service" and is dropped.
-pub fn order_srv(
-    mut records: Vec<SrvTarget>,
-    mut random: impl FnMut(u32) -> u32,
-) -> Vec<SrvTarget> {
-    records.retain(|r| r.target != "." && !r.target.is_empty());
-    records.sort_by_key(|r| (r.priority, r.weight != 0));
-    let mut out = Vec::with_capacity(records.len());
-    while !records.is_empty() {
-        let priority = records[0].priority;
-        let mut group: Vec<SrvTarget> = Vec::new();
-        while records.first().is_some_and(|r| r.priority == priority) {
-            group.push(records.remove(0));
-        }
-        while !group.is_empty() {
-            let total: u32 = group.iter().map(|r| u32::from(r.weight)).sum();
-            let pick = random(total).min(total);
-            let mut sum = 0;
-            let index = group
-                .iter()
-                .position(|r| {
-                    sum += u32::from(r.weight);
-                    sum >= pick
-                })
-                .unwrap_or(0);
-            out.push(group.remove(index));
-        }
-    }
-    out
-}
-
 /// A token bucket of `rate` tokens per second, holding at most `rate`: the discovered-partner
 /// rate limit (`federation.discovered_rate`) of one From domain.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -317,34 +190,6 @@ impl RateBucket {
         } else {
             false
         }
-    }
-}
-
-/// Exponential backoff with jitter for reconnecting to a peer after failures: `base · 2^n`,
-/// capped at `max`, then scaled by a jitter factor in `[0.5, 1.0]` so peers do not retry in
-/// step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            base: Duration::from_millis(500),
-            max: Duration::from_secs(300),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt `failures + 1`; `jitter` in `0.0..=1.0` (clamped) picks a point
-    /// in the upper half of the interval.
-    pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << failures.min(20));
-        let capped = exp.min(self.max);
-        capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
 }
 
@@ -425,32 +270,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn identity_from_certificates() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["sip.contoso.com".into(), "contoso.com".into()])
-                .unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let id = PeerIdentity::from_certificate(cert.der()).unwrap();
-        // Sorted and without repeats: the same names in another order are the same identity.
-        assert_eq!(id.names(), ["contoso.com", "sip.contoso.com"]);
-        assert_eq!(
-            id,
-            PeerIdentity::from_names(["Contoso.com.", "sip.contoso.com", "contoso.com"])
-        );
-        let mut cn_only = rcgen::CertificateParams::default();
-        cn_only
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Edge.Litware.com");
-        let cert = cn_only.self_signed(&key).unwrap();
-        assert_eq!(
-            PeerIdentity::from_certificate(cert.der()).unwrap().names(),
-            ["edge.litware.com"]
-        );
-        assert!(PeerIdentity::from_certificate(b"junk").is_err());
-    }
-
     fn request(method: &str, ruri: &str, from: &str, extra: &str) -> Message {
         let raw = format!(
             "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK1\r\nMax-Forwards: 70\r\nFrom: <{from}>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
@@ -528,55 +347,5 @@ mod tests {
             self.set_header("Max-Forwards", "0");
             self
         }
-    }
-
-    fn srv(priority: u16, weight: u16, target: &str) -> SrvTarget {
-        SrvTarget {
-            priority,
-            weight,
-            port: 5061,
-            target: target.into(),
-        }
-    }
-
-    #[test]
-    fn srv_order_by_priority_then_weight() {
-        let records = vec![
-            srv(20, 0, "backup.contoso.com"),
-            srv(10, 60, "a.contoso.com"),
-            srv(10, 40, "b.contoso.com"),
-            srv(5, 0, "."),
-        ];
-        // random always returns the top of the range: the last record of the running sum wins.
-        let hi: Vec<String> = order_srv(records.clone(), |n| n)
-            .into_iter()
-            .map(|r| r.target)
-            .collect();
-        assert_eq!(hi, ["b.contoso.com", "a.contoso.com", "backup.contoso.com"]);
-        // random returns 1: the first record with a running sum ≥ 1.
-        let lo: Vec<String> = order_srv(records, |n| n.min(1))
-            .into_iter()
-            .map(|r| r.target)
-            .collect();
-        assert_eq!(lo, ["a.contoso.com", "b.contoso.com", "backup.contoso.com"]);
-        // Weighted choice is proportional: over all draws 0..=100, a (60) wins 60 times.
-        let mut a_first = 0;
-        for draw in 0..=100u32 {
-            let first = order_srv(vec![srv(10, 60, "a"), srv(10, 40, "b")], |n| draw.min(n));
-            if first[0].target == "a" {
-                a_first += 1;
-            }
-        }
-        assert_eq!(a_first, 61); // draws 0..=60 (0 picks the first record too)
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let b = Backoff::default();
-        assert_eq!(b.delay(0, 1.0), Duration::from_millis(500));
-        assert_eq!(b.delay(0, 0.0), Duration::from_millis(250));
-        assert_eq!(b.delay(3, 1.0), Duration::from_secs(4));
-        assert_eq!(b.delay(30, 1.0), Duration::from_secs(300));
-        assert_eq!(b.delay(u32::MAX, 2.0), Duration::from_secs(300));
     }
 }
