@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{self, LogFormat};
+use crate::config::{self, LogFormat, StoreBackend};
 use crate::core::tables::Mappings;
 use crate::edge::admission::ServedDomains;
 use crate::edge::dns::Discovery;
@@ -74,7 +74,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     })?;
     let book = cfg.address_book().context("xmpp")?;
     // Opened before anything is served, and held (with its lock) until the end of `run`.
-    let store = open_store(&cfg)?;
+    let store = open_store(&cfg.storage, false)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -161,17 +161,50 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store the configuration names (`storage.path`), holding its lock until dropped.
-fn open_store(cfg: &config::Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store `[storage]` names (`backend` in `path`), holding its lock until dropped;
+/// `existing`: it must be there already (the `store` commands).
+pub fn open_store(cfg: &config::StorageConfig, existing: bool) -> anyhow::Result<Arc<dyn Store>> {
     let opened = Instant::now();
-    let store = SledStore::open(&store::sled_dir(cfg.storage_path())).context("storage.path")?;
-    info!(
-        path = %store.path().display(),
-        schema_version = store.schema_version(),
-        open_ms = opened.elapsed().as_millis() as u64,
-        "store opened"
-    );
-    Ok(Arc::new(store))
+    let store: Arc<dyn Store> = match cfg.backend {
+        StoreBackend::Sled => {
+            let dir = store::sled_dir(&cfg.path);
+            let store = if existing {
+                SledStore::open_existing(&dir)
+            } else {
+                SledStore::open(&dir)
+            }
+            .context("storage.path")?;
+            info!(
+                path = %store.path().display(),
+                schema_version = store.schema_version(),
+                open_ms = opened.elapsed().as_millis() as u64,
+                "store opened"
+            );
+            Arc::new(store)
+        }
+        #[cfg(feature = "redb")]
+        StoreBackend::Redb => {
+            let store = if existing {
+                store::RedbStore::open_existing(&cfg.path)
+            } else {
+                store::RedbStore::open(&cfg.path)
+            }
+            .context("storage.path")?;
+            info!(
+                path = %store.path().display(),
+                open_ms = opened.elapsed().as_millis() as u64,
+                "store opened (redb)"
+            );
+            Arc::new(store)
+        }
+        #[cfg(not(feature = "redb"))]
+        StoreBackend::Redb => {
+            return Err(anyhow!(
+                "storage.backend: \"redb\" needs a build with the redb feature (cargo build --features redb)"
+            ));
+        }
+    };
+    Ok(store)
 }
 
 fn load_tls(sip: &config::SipConfig) -> Result<TlsConfigs, String> {

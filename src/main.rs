@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 use lcs_bridge::core::tables::Mappings;
-use lcs_bridge::store::{self, SledStore, Store as _, StoreError};
+use lcs_bridge::store::{Store, StoreError};
 use lcs_bridge::{app, config, inspect};
 
 #[derive(Parser)]
@@ -171,9 +171,9 @@ fn run_inspect(cmd: Inspect) -> Result<(), String> {
     }
 }
 
-fn open_store(config: &Path) -> Result<SledStore, String> {
+fn open_store(config: &Path) -> Result<std::sync::Arc<dyn Store>, String> {
     let cfg = config::load(config).map_err(|problems| join_problems(&problems))?;
-    SledStore::open_existing(&store::sled_dir(cfg.storage_path())).map_err(|e| e.to_string())
+    lcs_bridge::app::open_store(&cfg.storage, true).map_err(|e| e.root_cause().to_string())
 }
 
 /// `store stats` and `store export`. Corrupt records are named on stderr and make the exit

@@ -530,6 +530,13 @@ keys! {
         reload: Restart,
         doc: "Directory of the persistent store (the sled database is in its `sled/` subdirectory; docs/storage.md). Its parent must exist (`check-config`); if it exists it must be a directory. Use an absolute path such as `/var/lib/lcs-bridge` in production.",
     }
+    STORAGE_BACKEND = "storage", "backend" {
+        kind: Kind::Text,
+        default: Text("sled"),
+        choices: &["sled", "redb"],
+        reload: Restart,
+        doc: r#"Which store keeps the state under `path`: `"sled"` (in `sled/`), or `"redb"` (in `store.redb`; only in a build with the `redb` feature, docs/storage.md "redb")."#,
+    }
     MAPPINGS_PATH = "mappings", "path" {
         kind: Kind::Text,
         default: Text("mappings"),

@@ -468,6 +468,17 @@ pub struct ImConfig {
 pub struct StorageConfig {
     /// Directory of the persistent store.
     pub path: PathBuf,
+    /// Which store (`storage.backend`).
+    pub backend: StoreBackend,
+}
+
+/// `storage.backend`: which implementation of the store keeps the bridge's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// sled, in `<storage.path>/sled` (the default).
+    Sled,
+    /// redb, in `<storage.path>/store.redb`; needs a build with the `redb` feature.
+    Redb,
 }
 
 /// `[mappings]`.

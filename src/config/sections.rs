@@ -14,7 +14,7 @@ use super::values::{
 use super::{
     AddressMode, Config, DefaultPolicy, Edge, FederationConfig, ImConfig, LogFormat, LoggingConfig,
     MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig, StorageConfig,
-    XmppConfig, base_dir, checks, tls,
+    StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -96,9 +96,7 @@ where
         section(diag, "federation", federation).and_then(|t| federation_section(t, diag));
     parts.presence = section(diag, "presence", presence).and_then(|t| presence_section(t, diag));
     parts.im = section(diag, "im", im).and_then(|t| im_section(t, diag));
-    parts.storage = section(diag, "storage", storage).and_then(|t| {
-        path_section(t, base, &k::STORAGE_PATH, diag).map(|path| StorageConfig { path })
-    });
+    parts.storage = section(diag, "storage", storage).and_then(|t| storage_section(t, base, diag));
     parts.mappings = section(diag, "mappings", mappings).and_then(|t| {
         path_section(t, base, &k::MAPPINGS_PATH, diag).map(|path| MappingsConfig { path })
     });
@@ -670,7 +668,29 @@ fn im_section(mut t: Table, diag: &mut Diag) -> Option<ImConfig> {
     })
 }
 
-/// `[storage]` and `[mappings]`: one `path` key.
+/// `[storage]`: the directory and the store kept in it.
+fn storage_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<StorageConfig> {
+    let path = t.string(&k::STORAGE_PATH, diag);
+    let backend = t.string(&k::STORAGE_BACKEND, diag);
+    t.finish(diag);
+    let path = conv(diag, k::STORAGE_PATH.path, path, |s| path_value(base, s));
+    let path = or_default(path, base.join(k::STORAGE_PATH.default_text()));
+    let backends = [("sled", StoreBackend::Sled), ("redb", StoreBackend::Redb)];
+    let backend = choice(diag, &k::STORAGE_BACKEND, backend, &backends);
+    if backend == Some(StoreBackend::Redb) && !cfg!(feature = "redb") {
+        diag.problem(
+            k::STORAGE_BACKEND.path,
+            "\"redb\" needs a build with the redb feature (cargo build --features redb)",
+        );
+        return None;
+    }
+    Some(StorageConfig {
+        path: path?,
+        backend: backend?,
+    })
+}
+
+/// `[mappings]`: one `path` key.
 fn path_section(mut t: Table, base: &Path, key: &Key, diag: &mut Diag) -> Option<PathBuf> {
     let path = t.string(key, diag);
     t.finish(diag);

@@ -161,10 +161,33 @@ fn minimal_config_gets_defaults() {
         }
     );
     assert_eq!(c.storage_path(), dir.path().join("data"));
+    assert_eq!(c.storage.backend, crate::config::StoreBackend::Sled);
     assert_eq!(c.mappings_dir(), dir.path().join("mappings"));
     assert_eq!(c.config_dir(), dir.path());
     assert_eq!(c.logging.level, "info");
     assert_eq!(c.logging.format, LogFormat::Human);
+}
+
+/// `storage.backend` names a store this build has.
+#[test]
+fn the_store_backend_is_one_this_build_has() {
+    let with =
+        |backend: &str| problems(&format!("{MINIMAL}\n[storage]\nbackend = \"{backend}\"\n"));
+    assert!(with("sled").is_empty());
+    assert_eq!(
+        with("postgres"),
+        ["storage.backend: must be \"sled\" or \"redb\", not \"postgres\""]
+    );
+    if cfg!(feature = "redb") {
+        assert!(with("redb").is_empty());
+    } else {
+        assert_eq!(
+            with("redb"),
+            [
+                "storage.backend: \"redb\" needs a build with the redb feature (cargo build --features redb)"
+            ]
+        );
+    }
 }
 
 #[test]
