@@ -10,12 +10,12 @@
 //! | [`core`] | none | addresses (XEP-0106, RFC 7247 §6), PIDF/RPID/CIPID codec (RFC 3863/4480/4482), presence translation, mapping tables, error conditions |
 //! | [`xmpp`] | none, except [`xmpp::link`] | XMPP stanza helpers on top of xmpp-parsers; the gateway's IQ answers and stanza error replies; the XEP-0114 component link |
 //! | [`edge`] | sockets, DNS, clock (core and pool none) | the SIP federation edge: mutual TLS, admission, discovery, connection pool, transactions |
-//! | [`engine`] | none | the translation engine: session-mode IM both ways |
+//! | [`engine`] | none | the translation: `Bridge` (routing, output order, failure answers) over the presence engine, the IM engine and the component's IQ answers |
 //! | [`random`] | none | SplitMix64 for tags, branches, jitter and SRV weights |
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
-//! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled) |
+//! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled, or redb with the feature) |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //!
 //! Rule: `sip`, `core`, `engine` and `xmpp` (but its `link`) never touch sockets or the clock and read no files, with one
