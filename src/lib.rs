@@ -11,6 +11,7 @@
 //! | [`xmpp`] | none, except [`xmpp::link`] | XMPP stanza helpers on top of xmpp-parsers; the gateway's IQ answers and stanza error replies; the XEP-0114 component link |
 //! | [`edge`] | sockets, DNS, clock (core and pool none) | the SIP federation edge: mutual TLS, admission, discovery, connection pool, transactions |
 //! | [`engine`] | none | the translation: `Bridge` (routing, output order, failure answers) over the presence engine, the IM engine and the component's IQ answers |
+//! | [`compact`] | none | shrinking hash maps and heaps a burst left large |
 //! | [`random`] | none | SplitMix64 for tags, branches, jitter and SRV weights |
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
