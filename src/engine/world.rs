@@ -30,6 +30,9 @@ use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{MemStore, Store, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 
+/// The SDP an LCS edge offers and answers for a session-mode IM session.
+const SDP: &str = "v=0\r\no=- 0 0 IN IP4 192.0.2.5\r\ns=session\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=message 5060 sip null\r\n";
+
 /// One way across, for every message in the world.
 pub const LATENCY: Duration = Duration::from_millis(20);
 
@@ -336,28 +339,13 @@ impl World {
 
     /// An LCS user sends an INVITE carrying its first message (`ms-text-format`).
     pub fn lcs_invites(&mut self, from: &str, to: &str, text: &str) {
-        let tag = self.lcs.tag();
-        let call_id = format!("call-{tag}");
-        let body = "v=0\r\no=- 0 0 IN IP4 192.0.2.5\r\ns=session\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=message 5060 sip null\r\n";
+        let (tag, call_id) = self.start_dialog("INVITE", from, to);
         let b64 = base64_of(text);
         let invite = sip(
             &format!(
                 "INVITE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 INVITE\nContact: <{from};transport=tls>\nms-text-format: text/plain; charset=UTF-8;ms-body={b64}\nContent-Type: application/sdp\n"
             ),
-            body,
-        );
-        let conn = self.lcs.conn();
-        self.lcs.dialogs.insert(
-            (from.to_owned(), "INVITE"),
-            LcsDialog {
-                call_id,
-                bridge_tag: String::new(),
-                bridge_uri: to.to_owned(),
-                lcs_tag: tag,
-                lcs_uri: from.to_owned(),
-                cseq: 1,
-                conn,
-            },
+            SDP,
         );
         self.lcs_request(invite);
     }
@@ -385,28 +373,32 @@ impl World {
 
     /// An LCS user subscribes to a local user's presence.
     pub fn lcs_subscribes(&mut self, from: &str, to: &str) {
-        let tag = self.lcs.tag();
-        let call_id = format!("sub-{tag}");
+        let (tag, call_id) = self.start_dialog("SUBSCRIBE-in", from, to);
         let request = sip(
             &format!(
                 "SUBSCRIBE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <{from};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n"
             ),
             "",
         );
-        let conn = self.lcs.conn();
-        self.lcs.dialogs.insert(
-            (from.to_owned(), "SUBSCRIBE-in"),
-            LcsDialog {
-                call_id,
-                bridge_tag: String::new(),
-                bridge_uri: to.to_owned(),
-                lcs_tag: tag,
-                lcs_uri: from.to_owned(),
-                cseq: 1,
-                conn,
-            },
-        );
         self.lcs_request(request);
+    }
+
+    /// A dialog an LCS user starts (`kind`: the request that makes it): its tag and Call-ID.
+    fn start_dialog(&mut self, kind: &'static str, from: &str, to: &str) -> (String, String) {
+        let tag = self.lcs.tag();
+        let call_id = format!("{kind}-{tag}");
+        let conn = self.lcs.conn();
+        let dialog = LcsDialog {
+            call_id: call_id.clone(),
+            bridge_tag: String::new(),
+            bridge_uri: to.to_owned(),
+            lcs_tag: tag.clone(),
+            lcs_uri: from.to_owned(),
+            cseq: 1,
+            conn,
+        };
+        self.lcs.dialogs.insert((from.to_owned(), kind), dialog);
+        (tag, call_id)
     }
 
     /// An LCS user's presence changes: a NOTIFY in the dialog of the bridge's subscription.
@@ -497,8 +489,7 @@ impl World {
         let mut then = None;
         match method {
             Some(Method::Invite) => {
-                let sdp = "v=0\r\no=- 0 0 IN IP4 192.0.2.5\r\ns=session\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=message 5060 sip null\r\n";
-                response.set_body(Some("application/sdp"), sdp.as_bytes().to_vec());
+                response.set_body(Some("application/sdp"), SDP.as_bytes().to_vec());
             }
             Some(Method::Subscribe) => {
                 let expires = request
