@@ -21,7 +21,6 @@ use crate::config::{self, LogFormat, StoreBackend};
 use crate::core::tables::Mappings;
 use crate::edge::admission::ServedDomains;
 use crate::edge::dns::Discovery;
-use crate::edge::limits::EdgeLimits;
 use crate::edge::pool::PoolLimits;
 use crate::edge::server::EdgeEvents;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
@@ -432,16 +431,7 @@ fn core_settings(cfg: &config::Config) -> CoreSettings {
             cfg.sip.max_connections_per_network,
             PoolLimits::default().busy_threshold,
         ),
-        limits: EdgeLimits {
-            max_dns_lookups: cfg.sip.max_dns_lookups,
-            max_dns_lookups_per_peer: cfg.sip.max_dns_lookups_per_peer,
-            pool_idle: cfg.sip.pool_idle,
-            max_handshakes: cfg.sip.max_handshakes,
-            max_connections_per_address: cfg.sip.max_connections_per_address,
-            max_connections_per_identity: cfg.sip.max_connections_per_identity,
-            max_connections: cfg.sip.max_connections,
-            max_write_backlog_bytes: cfg.sip.max_write_backlog_bytes,
-        },
+        limits: cfg.sip.edge,
     }
 }
 

@@ -269,6 +269,15 @@ pub struct SipConfig {
     /// A SIP message that has started arriving must be complete within this
     /// (`sip.message_timeout_secs`, default 30 s): the slowloris defence.
     pub message_timeout: Duration,
+    /// The edge's resource limits (`sip.max_dns_lookups` … `sip.max_write_backlog_bytes`),
+    /// applied again on SIGHUP.
+    pub edge: EdgeLimits,
+}
+
+/// The edge's resource limits, as `[sip]` sets them (docs/security.md). The edge reads them
+/// as `edge::limits::EdgeLimits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
     /// DNS lookups under way at once, all peers together (`sip.max_dns_lookups`, default 64);
     /// a request that needs one more is answered 503.
     pub max_dns_lookups: usize,
@@ -294,6 +303,27 @@ pub struct SipConfig {
     /// Bytes queued unsent to one connection (`sip.max_write_backlog_bytes`, default 4 MiB):
     /// reading that peer pauses at an eighth of it, and the connection is closed beyond it.
     pub max_write_backlog_bytes: usize,
+}
+
+impl EdgeLimits {
+    /// The defaults of `[sip]`'s limit keys (`config::keys`; a test checks they agree).
+    pub const DEFAULT: EdgeLimits = EdgeLimits {
+        max_dns_lookups: 64,
+        max_dns_lookups_per_peer: 8,
+        pool_idle: Duration::from_secs(300),
+        max_handshakes: 100,
+        // The profile's ceiling for one peer network.
+        max_connections_per_address: 40,
+        max_connections_per_identity: 40,
+        max_connections: 1000,
+        max_write_backlog_bytes: 4 * 1024 * 1024,
+    };
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits::DEFAULT
+    }
 }
 
 /// `[federation]`.

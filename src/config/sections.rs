@@ -12,9 +12,9 @@ use super::values::{
     path_value, pick, ranged, ranged_or_off, required, text, to_usize,
 };
 use super::{
-    AddressMode, Config, DefaultPolicy, Edge, FederationConfig, ImConfig, LogFormat, LoggingConfig,
-    MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig, StorageConfig,
-    StoreBackend, XmppConfig, base_dir, checks, tls,
+    AddressMode, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, ImConfig, LogFormat,
+    LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig,
+    StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -450,14 +450,16 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         idle_timeout: Duration::from_secs(idle_timeout?),
         keepalive_interval: keepalive_interval?.map(Duration::from_secs),
         message_timeout: Duration::from_secs(message_timeout?),
-        max_dns_lookups: to_usize(max_dns_lookups?),
-        max_dns_lookups_per_peer: to_usize(max_dns_lookups_per_peer?),
-        pool_idle: Duration::from_secs(pool_idle?),
-        max_handshakes: to_usize(max_handshakes?),
-        max_connections_per_address: to_usize(per_address?),
-        max_connections_per_identity: to_usize(per_identity?),
-        max_connections: to_usize(max_connections?),
-        max_write_backlog_bytes: to_usize(write_backlog?),
+        edge: EdgeLimits {
+            max_dns_lookups: to_usize(max_dns_lookups?),
+            max_dns_lookups_per_peer: to_usize(max_dns_lookups_per_peer?),
+            pool_idle: Duration::from_secs(pool_idle?),
+            max_handshakes: to_usize(max_handshakes?),
+            max_connections_per_address: to_usize(per_address?),
+            max_connections_per_identity: to_usize(per_identity?),
+            max_connections: to_usize(max_connections?),
+            max_write_backlog_bytes: to_usize(write_backlog?),
+        },
     })
 }
 

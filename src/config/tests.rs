@@ -115,14 +115,14 @@ fn minimal_config_gets_defaults() {
     );
     assert_eq!(
         (
-            c.sip.max_dns_lookups,
-            c.sip.max_dns_lookups_per_peer,
-            c.sip.pool_idle,
-            c.sip.max_handshakes,
-            c.sip.max_connections_per_address,
-            c.sip.max_connections_per_identity,
-            c.sip.max_connections,
-            c.sip.max_write_backlog_bytes
+            c.sip.edge.max_dns_lookups,
+            c.sip.edge.max_dns_lookups_per_peer,
+            c.sip.edge.pool_idle,
+            c.sip.edge.max_handshakes,
+            c.sip.edge.max_connections_per_address,
+            c.sip.edge.max_connections_per_identity,
+            c.sip.edge.max_connections,
+            c.sip.edge.max_write_backlog_bytes
         ),
         (
             64,
@@ -1049,14 +1049,14 @@ fn sip_resource_limits() {
     ));
     assert_eq!(
         (
-            c.sip.max_dns_lookups,
-            c.sip.max_dns_lookups_per_peer,
-            c.sip.pool_idle,
-            c.sip.max_handshakes,
-            c.sip.max_connections_per_address,
-            c.sip.max_connections_per_identity,
-            c.sip.max_connections,
-            c.sip.max_write_backlog_bytes
+            c.sip.edge.max_dns_lookups,
+            c.sip.edge.max_dns_lookups_per_peer,
+            c.sip.edge.pool_idle,
+            c.sip.edge.max_handshakes,
+            c.sip.edge.max_connections_per_address,
+            c.sip.edge.max_connections_per_identity,
+            c.sip.edge.max_connections,
+            c.sip.edge.max_write_backlog_bytes
         ),
         (10_000, 1, Duration::from_secs(1), 7, 1, 2, 3, 65536)
     );

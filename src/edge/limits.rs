@@ -18,7 +18,6 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use crate::edge::identity::PeerIdentity;
 use crate::sip::transaction::ConnId;
@@ -79,41 +78,8 @@ impl std::fmt::Display for Limit {
     }
 }
 
-/// The limits' values (`[sip]` in the configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EdgeLimits {
-    pub max_dns_lookups: usize,
-    pub max_dns_lookups_per_peer: usize,
-    /// Per-domain state (lookup results, backoff, rate-limit bucket) with no connection, no
-    /// waiting request and no lookup under way is dropped after this long unused (a failed
-    /// lookup sooner: [`crate::edge::pool::MAX_NEGATIVE_KEEP`]).
-    pub pool_idle: Duration,
-    pub max_handshakes: usize,
-    pub max_connections_per_address: usize,
-    pub max_connections_per_identity: usize,
-    pub max_connections: usize,
-    pub max_write_backlog_bytes: usize,
-}
-
-impl EdgeLimits {
-    pub const DEFAULT: EdgeLimits = EdgeLimits {
-        max_dns_lookups: 64,
-        max_dns_lookups_per_peer: 8,
-        pool_idle: Duration::from_secs(300),
-        max_handshakes: 100,
-        // The profile's ceiling for one peer network.
-        max_connections_per_address: 40,
-        max_connections_per_identity: 40,
-        max_connections: 1000,
-        max_write_backlog_bytes: 4 * 1024 * 1024,
-    };
-}
-
-impl Default for EdgeLimits {
-    fn default() -> Self {
-        EdgeLimits::DEFAULT
-    }
-}
+/// The limits' values (`[sip]` in the configuration, which defines them).
+pub use crate::config::EdgeLimits;
 
 /// How many times each limit was hit since the start: one place for a metrics endpoint to
 /// read, and logged when the edge shuts down. Shared by the edge's tasks (relaxed atomics;
