@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use super::status;
+
 /// Why a SIP message (or a part of one) could not be parsed (RFC 3261 §7, §25).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -77,8 +79,8 @@ impl ParseError {
         match self {
             ParseError::HeadTooLarge(_)
             | ParseError::BodyTooLarge { .. }
-            | ParseError::TooManyHeaders(_) => 513,
-            _ => 400,
+            | ParseError::TooManyHeaders(_) => status::MESSAGE_TOO_LARGE,
+            _ => status::BAD_REQUEST,
         }
     }
 }
