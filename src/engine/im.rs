@@ -1465,6 +1465,38 @@ mod tests {
         assert_eq!(e.session_count(), 0);
     }
 
+    /// RFC 7247 §7.1 through `errors.toml`: a To that is no local user is `item-not-found`, a
+    /// body no stanza can be made of `bad-request`, each answered with the table's status.
+    #[test]
+    fn xmpp_side_refusals_take_their_status_from_the_error_table() {
+        let page = |to: &str, content_type: &str| {
+            format!(
+                "MESSAGE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKp1\nMax-Forwards: 70\nFrom: <sip:bob@contoso.com>;tag=lcs1\nTo: <{to}>\nCall-ID: page-1\nCSeq: 1 MESSAGE\nContent-Type: {content_type}\nContent-Length: 2\n\nhi"
+            )
+        };
+        let unknown = page("sip:carol@fabrikam.com", "text/plain");
+        let bad_charset = page("sip:alice@example.org", "text/plain; charset=koi8-r");
+        let unsupported = page("sip:alice@example.org", "text/rtf");
+        let status_of = |e: &mut ImEngine, raw: &str| {
+            let r = &responses(&e.on_edge(Instant::now(), inbound(raw)))[0];
+            (r.status().unwrap(), r.header("Accept").is_some())
+        };
+        let mut shipped = engine();
+        assert_eq!(status_of(&mut shipped, &unknown), (404, false));
+        assert_eq!(status_of(&mut shipped, &bad_charset), (400, false));
+        assert_eq!(status_of(&mut shipped, &unsupported), (415, true));
+        let errors = include_str!("../../mappings/errors.toml")
+            .replace("item-not-found = 404", "item-not-found = 480")
+            .replace("\nbad-request = 400", "\nbad-request = 406");
+        let presence = include_str!("../../mappings/presence.toml");
+        let mut e = engine();
+        e.errors = Mappings::from_strs(presence, &errors).unwrap().errors;
+        assert_eq!(status_of(&mut e, &unknown), (480, false));
+        assert_eq!(status_of(&mut e, &bad_charset), (406, false));
+        // An unsupported type is about SIP content negotiation: 415 whatever the table says.
+        assert_eq!(status_of(&mut e, &unsupported), (415, true));
+    }
+
     #[test]
     fn a_bounce_from_the_xmpp_server_is_told_to_the_lcs_sender() {
         let mut e = engine();

@@ -171,6 +171,21 @@ mod tests {
     }
 
     #[test]
+    fn a_reject_may_carry_a_body_and_a_parse_error_becomes_one() {
+        let r = Reject::new(NOT_ACCEPTABLE_HERE)
+            .body("application/sdp", b"v=0\r\n".to_vec())
+            .response_to(&invite(), Some("t"));
+        assert_eq!(r.header("Content-Type"), Some("application/sdp"));
+        assert_eq!(r.body(), b"v=0\r\n");
+        let e = ParseError::TooManyHeaders(200);
+        let r = Reject::from(&e);
+        assert_eq!(
+            (r.status, r.reason),
+            (MESSAGE_TOO_LARGE, Some(e.to_string()))
+        );
+    }
+
+    #[test]
     fn instead_of_keeps_the_dialog_headers_and_drops_the_body_headers() {
         let mut ok = Message::response_to(&invite(), OK, None, Some("t"));
         ok.push_header("Contact", "<sip:alice@sip.example.org>");
