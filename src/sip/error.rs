@@ -3,8 +3,6 @@
 
 use thiserror::Error;
 
-use super::status;
-
 /// Why a SIP message (or a part of one) could not be parsed (RFC 3261 §7, §25).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -70,17 +68,6 @@ impl ParseError {
         ParseError::BadUri {
             uri: uri.to_owned(),
             reason: reason.into(),
-        }
-    }
-
-    /// The SIP status a server answers a request with when it fails to parse with this error
-    /// (RFC 3261 §21): oversize messages get 513, everything else 400.
-    pub fn status(&self) -> u16 {
-        match self {
-            ParseError::HeadTooLarge(_)
-            | ParseError::BodyTooLarge { .. }
-            | ParseError::TooManyHeaders(_) => status::MESSAGE_TOO_LARGE,
-            _ => status::BAD_REQUEST,
         }
     }
 }

@@ -19,7 +19,6 @@ use super::header::{
 };
 pub use super::method::Method;
 use super::params::{is_token_byte, parse_digits, split_comma};
-use super::status;
 use super::uri::Uri;
 
 /// Limits applied to untrusted input (configurable; see `sip.max_*` in the configuration).
@@ -1024,7 +1023,9 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         let status = code
             .parse::<u16>()
             .ok()
-            .filter(|c| status::is_valid(*c) && code.len() == 3)
+            // RFC 3261 §7.2: three digits, 1xx–6xx (`sip::status::is_valid`, which builds on
+            // this module and so cannot be used here).
+            .filter(|c| (100..=699).contains(c) && code.len() == 3)
             .ok_or_else(|| ParseError::BadStatus(code.to_owned()))?;
         if reason.bytes().any(|c| c < b' ' && c != b'\t') {
             return Err(bad());

@@ -136,6 +136,20 @@ impl Reject {
     }
 }
 
+impl ParseError {
+    /// The SIP status a server answers a request with when it fails to parse with this error
+    /// (RFC 3261 §21): oversize messages get 513, everything else 400. (Here rather than in
+    /// `sip::error`, which the codec below this module uses.)
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::HeadTooLarge(_)
+            | ParseError::BodyTooLarge { .. }
+            | ParseError::TooManyHeaders(_) => MESSAGE_TOO_LARGE,
+            _ => BAD_REQUEST,
+        }
+    }
+}
+
 /// A request that fails to parse is answered with its status ([`ParseError::status`]) and
 /// the error as the reason phrase.
 impl From<&ParseError> for Reject {
