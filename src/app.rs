@@ -475,7 +475,9 @@ async fn reload(edge: &EdgeHandle, config_path: &Path, running: &config::Config)
 }
 
 /// The settings changed from `running` to `new` that SIGHUP does not apply (everything but
-/// `[federation]`, the certificates and the edge's limits of `[sip]`).
+/// `[federation]`, the certificates and the edge's limits of `[sip]`). `sip.public_fqdn` is
+/// named although the edge takes the new value: the engines keep the one they started with
+/// (their Via, Contact and SDP), so the two would disagree until a restart.
 fn needs_restart(new: &config::Config, running: &config::Config) -> Vec<&'static str> {
     let (a, b) = (&new.sip, &running.sip);
     let timeouts = |s: &config::SipConfig| {
@@ -488,6 +490,7 @@ fn needs_restart(new: &config::Config, running: &config::Config) -> Vec<&'static
         )
     };
     [
+        ("sip.public_fqdn", a.public_fqdn != b.public_fqdn),
         ("sip.listen", a.listen != b.listen),
         ("sip.dns_servers", a.dns_servers != b.dns_servers),
         ("the [sip] message size limits", a.limits() != b.limits()),
@@ -554,10 +557,15 @@ mod tests {
     /// Loads a minimal configuration with `extra` appended to `[sip]`, from `dir` (paths in
     /// it are resolved against it, so all loads from one directory compare equal there).
     fn load(dir: &Path, extra: &str) -> config::Config {
+        load_as(dir, "sip.example.org", extra)
+    }
+
+    /// [`load`] with this `sip.public_fqdn`.
+    fn load_as(dir: &Path, public_fqdn: &str, extra: &str) -> config::Config {
         let path = dir.join("c.toml");
         let text = format!(
             "[xmpp]\nsecret = \"s3cret\"\ncomponent_domains = [\"lcs.example.org\"]\n\
-             local_domains = [\"example.org\"]\n\n[sip]\npublic_fqdn = \"sip.example.org\"\n\
+             local_domains = [\"example.org\"]\n\n[sip]\npublic_fqdn = \"{public_fqdn}\"\n\
              cert_chain = \"edge.crt\"\nprivate_key = \"edge.key\"\nca_bundle = \"ca.crt\"\n{extra}"
         );
         std::fs::write(&path, text).expect("write");
@@ -587,5 +595,8 @@ mod tests {
                 "[im]"
             ]
         );
+        // The edge would take it, the engines would not.
+        let renamed = load_as(dir.path(), "edge.example.org", "");
+        assert_eq!(needs_restart(&renamed, &running), ["sip.public_fqdn"]);
     }
 }

@@ -17,13 +17,20 @@ use std::time::Instant;
 use crate::config::{DefaultPolicy, FederationConfig, PartnerPolicy};
 use crate::edge::identity::PeerIdentity;
 use crate::sip::message::{Message, Method};
+use crate::sip::status::{self, Reject};
 use crate::sip::uri::{Host, Uri};
 
-/// Why a request is refused, with the SIP status to answer.
+/// Why a request is refused, with the SIP status to answer (as a [`Reject`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
     pub reason: String,
+}
+
+impl From<Refusal> for Reject {
+    fn from(r: Refusal) -> Reject {
+        Reject::new(r.status).reason(r.reason)
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -44,26 +51,26 @@ pub fn authorize_peer_domain(
     let partner = federation.partner(domain);
     match partner.map(|p| p.policy) {
         Some(PartnerPolicy::Block) => {
-            return Err(Refusal {
-                status: 403,
-                reason: format!("Domain {domain} is blocked"),
-            });
+            return Err(refuse(
+                status::FORBIDDEN,
+                format!("Domain {domain} is blocked"),
+            ));
         }
         None if federation.default_policy == DefaultPolicy::Deny => {
-            return Err(Refusal {
-                status: 403,
-                reason: format!("Domain {domain} is not a federation partner"),
-            });
+            return Err(refuse(
+                status::FORBIDDEN,
+                format!("Domain {domain} is not a federation partner"),
+            ));
         }
         _ => {}
     }
     if identity.covers(domain, srv_targets, federation) {
         Ok(())
     } else {
-        Err(Refusal {
-            status: 403,
-            reason: format!("Peer certificate is not valid for domain {domain}"),
-        })
+        Err(refuse(
+            status::FORBIDDEN,
+            format!("Peer certificate is not valid for domain {domain}"),
+        ))
     }
 }
 
@@ -124,7 +131,7 @@ pub fn admit_request(
 ) -> Result<(), Refusal> {
     if let Some((place, _)) = request.find_sips_uri() {
         return Err(refuse(
-            400,
+            status::BAD_REQUEST,
             format!("SIPS URI in {place} is not supported (use sip: with transport=tls)"),
         ));
     }
@@ -133,7 +140,7 @@ pub fn admit_request(
         .cloned()
         .unwrap_or(Method::Other("".into()));
     if request.max_forwards().ok().flatten() == Some(0) && method != Method::Options {
-        return Err(refuse(483, "Too Many Hops"));
+        return Err(refuse(status::TOO_MANY_HOPS, "Too Many Hops"));
     }
     if method == Method::Ack {
         return Ok(());
@@ -143,17 +150,27 @@ pub fn admit_request(
         Some(Ok(Uri::Sip(u))) => {
             if let Host::Domain(d) = u.host {
                 if !served.contains(d) {
-                    return Err(refuse(404, format!("Domain {d} is not served here")));
+                    return Err(refuse(
+                        status::NOT_FOUND,
+                        format!("Domain {d} is not served here"),
+                    ));
                 }
             }
         }
-        _ => return Err(refuse(416, "Request-URI must be a sip: URI")),
+        _ => {
+            return Err(refuse(
+                status::UNSUPPORTED_URI_SCHEME,
+                "Request-URI must be a sip: URI",
+            ));
+        }
     }
-    let from = request.from().map_err(|e| refuse(400, e.to_string()))?;
+    let from = request
+        .from()
+        .map_err(|e| refuse(status::BAD_REQUEST, e.to_string()))?;
     let from_domain = sip_domain(&from.parsed_uri())
         .ok_or_else(|| {
             refuse(
-                400,
+                status::BAD_REQUEST,
                 "From must be a SIP address of record (sip:user@domain)",
             )
         })?

@@ -39,6 +39,7 @@ use crate::sip::builder::name_addr;
 use crate::sip::framing::{Frame, PONG};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
+use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, Output, T1, Transactions, TxEvent, TxId, TxIds};
 
 /// Methods the edge answers (Allow).
@@ -611,7 +612,7 @@ impl EdgeCore {
     pub fn respond(&mut self, now: Instant, tx: TxId, mut response: Message) -> Vec<CoreOutput> {
         if let Some(e) = response.header_error() {
             tracing::warn!(error = %e, "response sent as 500: a header value was refused");
-            response = response.with_status(500, "Server Internal Error");
+            response = Reject::new(status::SERVER_INTERNAL_ERROR).instead_of(&response);
         }
         // Misuse (an unknown or finished transaction) is the caller's bug: nothing to send.
         let _ = self.transactions.respond(now, tx, response);
@@ -627,31 +628,19 @@ impl EdgeCore {
             }],
             Frame::Pong => Vec::new(),
             Frame::Invalid { error, message } => match message {
-                Some(m) if m.is_request() && m.method() != Some(&Method::Ack) => {
-                    let tag = self.new_tag();
-                    let resp = Message::response_to(
-                        &m,
-                        error.status(),
-                        Some(&error.to_string()),
-                        Some(&tag),
-                    );
-                    vec![CoreOutput::Send {
-                        conn,
-                        bytes: resp.to_bytes(),
-                    }]
-                }
+                Some(m) if m.is_request() => self.refuse(conn, &m, &Reject::from(&error)),
                 _ => Vec::new(),
             },
             Frame::Message(m) => self.on_message(now, conn, m),
         }
     }
 
-    fn refuse(&mut self, conn: ConnId, m: &Message, status: u16, reason: &str) -> Vec<CoreOutput> {
+    /// Answers request `m` (never an ACK, RFC 3261 §17.1.1.3) outside any transaction.
+    fn refuse(&mut self, conn: ConnId, m: &Message, reject: &Reject) -> Vec<CoreOutput> {
         if m.method() == Some(&Method::Ack) {
             return Vec::new();
         }
-        let tag = self.new_tag();
-        let resp = Message::response_to(m, status, Some(reason), Some(&tag));
+        let resp = self.reject(m, reject);
         vec![CoreOutput::Send {
             conn,
             bytes: resp.to_bytes(),
@@ -677,13 +666,15 @@ impl EdgeCore {
                 &self.settings.federation,
             ) {
                 // The certificate does not name the domain: its SRV targets may (RFC 5922 §7).
-                if let (403, None, Some(d), true) = (refusal.status, &srv, &domain, may_park) {
+                if let (status::FORBIDDEN, None, Some(d), true) =
+                    (refusal.status, &srv, &domain, may_park)
+                {
                     if self.settings.federation.is_allowed(d) && self.pool.identity(conn).is_some()
                     {
                         return self.park(now, conn, d.clone(), m);
                     }
                 }
-                return self.refuse(conn, &m, refusal.status, &refusal.reason);
+                return self.refuse(conn, &m, &Reject::from(refusal));
             }
             if let Some(resp) = self.rate_limit(now, &m) {
                 return vec![CoreOutput::Send {
@@ -818,12 +809,18 @@ impl EdgeCore {
         Some(self.try_again(m, "Rate limit for discovered partners exceeded"))
     }
 
+    /// The edge's refusals, each with a fresh To tag (RFC 3261 §8.2.6.2).
+    fn reject(&mut self, request: &Message, reject: &Reject) -> Message {
+        let tag = self.new_tag();
+        reject.response_to(request, Some(&tag))
+    }
+
     /// `503 <reason>` with `Retry-After: 1` (RFC 3261 §21.5.4) to `request`.
     fn try_again(&mut self, request: &Message, reason: &str) -> Message {
-        let tag = self.new_tag();
-        let mut resp = Message::response_to(request, 503, Some(reason), Some(&tag));
-        resp.push_header("Retry-After", "1");
-        resp
+        let reject = Reject::new(status::SERVICE_UNAVAILABLE)
+            .reason(reason)
+            .retry_after(1);
+        self.reject(request, &reject)
     }
 
     /// Answers server transaction `tx` with 503 and `Retry-After`: the layer above has more
@@ -837,7 +834,7 @@ impl EdgeCore {
     /// IM SDP.
     pub fn options_response(&mut self, request: &Message) -> Message {
         let tag = self.new_tag();
-        let mut resp = Message::response_to(request, 200, None, Some(&tag));
+        let mut resp = Message::response_to(request, status::OK, None, Some(&tag));
         resp.push_header("Allow", ALLOW);
         resp.push_header("Supported", SUPPORTED);
         resp.push_header(

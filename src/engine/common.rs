@@ -12,6 +12,7 @@ use crate::core::tables::ErrorTable;
 use crate::edge::core::Undeliverable;
 use crate::random::SplitMix;
 use crate::sip::message::Message;
+use crate::sip::status::{self, Reject};
 use crate::sip::uri::Uri;
 use crate::xmpp::gateway::error_reply;
 
@@ -31,14 +32,21 @@ pub(crate) fn branch(rng: &mut SplitMix) -> String {
 }
 
 /// A response to `request` with a fresh To tag (RFC 3261 §8.2.6.2).
-pub(crate) fn response(
-    rng: &mut SplitMix,
-    request: &Message,
-    status: u16,
-    reason: Option<&str>,
-) -> Message {
+pub(crate) fn response(rng: &mut SplitMix, request: &Message, status: u16) -> Message {
     let tag = rng.token();
-    Message::response_to(request, status, reason, Some(&tag))
+    Message::response_to(request, status, None, Some(&tag))
+}
+
+/// The refusal of `request` with a fresh To tag (RFC 3261 §8.2.6.2).
+pub(crate) fn refuse(rng: &mut SplitMix, request: &Message, reject: &Reject) -> Message {
+    let tag = rng.token();
+    reject.response_to(request, Some(&tag))
+}
+
+/// The refusal for an XMPP-side stanza error `condition`, with the status `errors.toml`'s
+/// `xmpp_to_sip` table gives it (RFC 7247 §7.1).
+pub(crate) fn refuse_for(errors: &ErrorTable, condition: Condition) -> Reject {
+    Reject::new(errors.status_for_condition(condition))
 }
 
 /// The XMPP condition for a request the edge could not send.
@@ -93,26 +101,39 @@ pub(crate) struct Parties {
     pub display: Option<String>,
 }
 
-/// Maps To and From of a request from LCS through the address book; `Err` is the status and
-/// reason to answer with (400 malformed, 404 not a local user, 403 From not federated).
-pub(crate) fn parties(book: &AddressBook, request: &Message) -> Result<Parties, (u16, String)> {
-    let to = request.to().map_err(|e| (400, e.to_string()))?;
-    let from = request.from().map_err(|e| (400, e.to_string()))?;
-    let local = book
-        .uri_to_jid(to.uri)
-        .map_err(|e| (404, format!("No such user: {e}")))?;
+/// Maps To and From of a request from LCS through the address book; `Err` is the refusal to
+/// answer with: `400` for a malformed To or From; a To that is no local user is
+/// `item-not-found` and a From in a local domain `forbidden`, answered with `errors.toml`'s
+/// `xmpp_to_sip` statuses (404 and 403 as shipped); `403` for a From that is no federated
+/// address.
+pub(crate) fn parties(
+    book: &AddressBook,
+    errors: &ErrorTable,
+    request: &Message,
+) -> Result<Parties, Reject> {
+    let malformed =
+        |e: crate::sip::error::ParseError| Reject::new(status::BAD_REQUEST).reason(e.to_string());
+    let not_federated = |e: String| Reject::new(status::FORBIDDEN).reason(e);
+    let to = request.to().map_err(malformed)?;
+    let from = request.from().map_err(malformed)?;
+    let local = book.uri_to_jid(to.uri).map_err(|e| {
+        refuse_for(errors, Condition::ItemNotFound).reason(format!("No such user: {e}"))
+    })?;
     if !book.is_local_domain(local.domain().as_str()) {
-        return Err((404, format!("{} is not a user here", to.uri)));
+        return Err(refuse_for(errors, Condition::ItemNotFound)
+            .reason(format!("{} is not a user here", to.uri)));
     }
     let remote = book
         .uri_to_jid(from.uri)
-        .map_err(|e| (403, format!("Not a federated address: {e}")))?;
+        .map_err(|e| not_federated(format!("Not a federated address: {e}")))?;
     if book.is_local_domain(remote.domain().as_str()) {
-        return Err((403, "Forbidden: From is a local address".into()));
+        return Err(
+            refuse_for(errors, Condition::Forbidden).reason("Forbidden: From is a local address")
+        );
     }
     let remote_aor = book
         .jid_to_sip(&remote)
-        .map_err(|e| (403, e.to_string()))?
+        .map_err(|e| not_federated(e.to_string()))?
         .aor()
         .to_uri();
     Ok(Parties {

@@ -42,6 +42,7 @@ use crate::sip::builder::{RequestSpec, header_text, name_addr};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
+use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 
 /// Longest `Subject` header sent, in bytes: an XMPP `<subject/>` is one line of at most this
@@ -576,10 +577,15 @@ impl ImEngine {
             .and_then(|(_, r)| r.status())
             .unwrap_or(0);
         let failure = match &outcome {
-            Ok((_, r)) if status >= 300 => Some((
+            Ok((_, r)) if status::is_failure(status) => Some((
                 self.errors.condition_for_status(status),
                 format!("{} {}", status, r.reason().unwrap_or_default()),
-                matches!(status, 408 | 480 | 481),
+                matches!(
+                    status,
+                    status::REQUEST_TIMEOUT
+                        | status::TEMPORARILY_UNAVAILABLE
+                        | status::CALL_DOES_NOT_EXIST
+                ),
             )),
             Ok(_) => None,
             Err(e) => Some(e.clone()),
@@ -687,9 +693,9 @@ impl ImEngine {
         request: Message,
         out: &mut Vec<Output>,
     ) {
-        let respond = |engine: &mut ImEngine, status: u16, reason: Option<&str>| Output::Respond {
+        let refuse = |engine: &mut ImEngine, reject: Reject| Output::Respond {
             tx,
-            response: common::response(&mut engine.rng, &request, status, reason),
+            response: common::refuse(&mut engine.rng, &request, &reject),
         };
         match request.method().cloned() {
             Some(Method::Invite) if DialogId::of_incoming_request(&request).is_none() => {
@@ -705,17 +711,19 @@ impl ImEngine {
                     return self.page_mode(tx, &request, out);
                 }
                 let Some(key) = id.and_then(|id| self.dialogs.get(&id).cloned()) else {
-                    out.push(respond(self, 481, Some("Call/Transaction Does Not Exist")));
+                    let reject = Reject::new(status::CALL_DOES_NOT_EXIST)
+                        .reason("Call/Transaction Does Not Exist");
+                    out.push(refuse(self, reject));
                     return;
                 };
                 self.in_dialog(now, tx, key, &request, out);
             }
             Some(Method::Ack) => {}
-            _ => out.push(respond(
-                self,
-                501,
-                Some("Not Implemented by this gateway yet"),
-            )),
+            _ => {
+                let reject = Reject::new(status::NOT_IMPLEMENTED)
+                    .reason("Not Implemented by this gateway yet");
+                out.push(refuse(self, reject))
+            }
         }
     }
 
@@ -728,9 +736,9 @@ impl ImEngine {
         out: &mut Vec<Output>,
     ) {
         let tag = self.token();
-        let reply = |status: u16, reason: &str| Output::Respond {
+        let refuse = |reject: Reject| Output::Respond {
             tx,
-            response: Message::response_to(request, status, Some(reason), Some(&tag)),
+            response: reject.response_to(request, Some(&tag)),
         };
         let Parties {
             local,
@@ -738,32 +746,33 @@ impl ImEngine {
             remote,
             remote_aor,
             ..
-        } = match parties(&self.book, request) {
+        } = match parties(&self.book, &self.errors, request) {
             Ok(p) => p,
-            Err((status, reason)) => return out.push(reply(status, &reason)),
+            Err(reject) => return out.push(refuse(reject)),
         };
         let offer = Sdp::parse(request.body()).ok();
         let answer = offer
             .as_ref()
             .and_then(|o| Sdp::message_answer(o, &self.settings.public_fqdn, self.rng.next() >> 1));
         let Some(answer) = answer else {
-            let mut r = Message::response_to(
-                request,
-                488,
-                Some("Not Acceptable Here: only session-mode IM (m=message)"),
-                Some(&tag),
-            );
+            // RFC 3261 §21.4.26: the body says what would be accepted (our offer).
             let sdp = Sdp::message_offer(&self.settings.public_fqdn, 0).to_string();
-            r.set_body(Some("application/sdp"), sdp.into_bytes());
-            return out.push(Output::Respond { tx, response: r });
+            let reject = Reject::new(status::NOT_ACCEPTABLE_HERE)
+                .reason("Not Acceptable Here: only session-mode IM (m=message)")
+                .body("application/sdp", sdp.into_bytes());
+            return out.push(refuse(reject));
         };
         let mut dialog = match Dialog::from_uas(request, &tag, 1, conn, now) {
             Ok(d) => d,
-            Err(e) => return out.push(reply(400, &e.to_string())),
+            Err(e) => {
+                return out.push(refuse(
+                    Reject::new(status::BAD_REQUEST).reason(e.to_string()),
+                ));
+            }
         };
         dialog.confirm();
         let contact = self.contact(&local_uri);
-        let mut response = Message::response_to(request, 200, None, Some(&tag));
+        let mut response = Message::response_to(request, status::OK, None, Some(&tag));
         response.push_header("Contact", &name_addr(None, &contact, &[]));
         response.push_header("Supported", "ms-text-format");
         response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
@@ -808,32 +817,27 @@ impl ImEngine {
 
     fn page_mode(&mut self, tx: TxId, request: &Message, out: &mut Vec<Output>) {
         let tag = self.token();
-        let (status, reason, stanza) = match parties(&self.book, request) {
-            Err((s, r)) => (s, r, None),
-            Ok(Parties { local, remote, .. }) => {
-                let local = Jid::from(local);
+        let stanza = parties(&self.book, &self.errors, request).and_then(
+            |Parties { local, remote, .. }| {
                 let ct = content_type(request);
                 match im_text::plain_text(&ct, request.body()) {
-                    Ok(text) => (
-                        200,
-                        "OK".into(),
-                        Some(chat(
-                            &Jid::from(remote.to_bare()),
-                            &local,
-                            "",
-                            Some(&text),
-                            None,
-                        )),
-                    ),
-                    Err(e) => body_error(&e),
+                    Ok(text) => Ok(chat(
+                        &Jid::from(remote.to_bare()),
+                        &Jid::from(local),
+                        "",
+                        Some(&text),
+                        None,
+                    )),
+                    Err(e) => Err(body_error(&self.errors, &e)),
                 }
-            }
+            },
+        );
+        let response = match &stanza {
+            Ok(_) => Message::response_to(request, status::OK, None, Some(&tag)),
+            Err(reject) => reject.response_to(request, Some(&tag)),
         };
-        out.push(Output::Respond {
-            tx,
-            response: Message::response_to(request, status, Some(&reason), Some(&tag)),
-        });
-        out.extend(stanza.map(Output::Stanza));
+        out.push(Output::Respond { tx, response });
+        out.extend(stanza.ok().map(Output::Stanza));
     }
 
     fn in_dialog(
@@ -850,78 +854,73 @@ impl ImEngine {
         };
         if let State::Up { dialog } = &mut session.state {
             if let Err(e) = dialog.accept_request(request) {
+                // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
+                let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
                 out.push(Output::Respond {
                     tx,
-                    response: Message::response_to(request, 500, Some(&e.to_string()), Some(&tag)),
+                    response: reject.response_to(request, Some(&tag)),
                 });
                 return;
             }
         }
         session.last_activity = now;
         let local = Jid::from(key.0.clone());
-        let (status, reason, stanza): (u16, String, Option<Element>) =
-            match request.method().cloned() {
-                Some(Method::Bye) => (200, "OK".into(), None),
-                Some(Method::Invite) => {
-                    // A re-INVITE (refresh): keep the session, answer with our SDP.
-                    (200, "OK".into(), None)
-                }
-                Some(Method::Info) => {
-                    match im_text::parse_keyboard_activity(request.body()) {
-                        Ok(t) => (
-                            200,
-                            "OK".into(),
-                            Some(typing(&session.remote_jid, &local, &session.thread, t)),
-                        ),
-                        // Other INFO payloads are acknowledged and ignored.
-                        Err(_) => (200, "OK".into(), None),
+        // The stanza the request becomes (none: acknowledged only), or its refusal.
+        let stanza: Result<Option<Element>, Reject> = match request.method().cloned() {
+            Some(Method::Bye) => Ok(None),
+            // A re-INVITE (refresh): keep the session, answer with our SDP.
+            Some(Method::Invite) => Ok(None),
+            // Other INFO payloads are acknowledged and ignored.
+            Some(Method::Info) => Ok(im_text::parse_keyboard_activity(request.body())
+                .ok()
+                .map(|t| typing(&session.remote_jid, &local, &session.thread, t))),
+            _ => {
+                let ct = content_type(request);
+                if ct
+                    .to_ascii_lowercase()
+                    .starts_with(im_text::ISCOMPOSING_TYPE)
+                {
+                    match im_text::parse_iscomposing(request.body()) {
+                        Ok(t) => Ok(Some(typing(
+                            &session.remote_jid,
+                            &local,
+                            &session.thread,
+                            t,
+                        ))),
+                        Err(e) => Err(body_error(&self.errors, &e)),
                     }
-                }
-                _ => {
-                    let ct = content_type(request);
-                    if ct
-                        .to_ascii_lowercase()
-                        .starts_with(im_text::ISCOMPOSING_TYPE)
-                    {
-                        match im_text::parse_iscomposing(request.body()) {
-                            Ok(t) => (
-                                200,
-                                "OK".into(),
-                                Some(typing(&session.remote_jid, &local, &session.thread, t)),
-                            ),
-                            Err(e) => body_error(&e),
-                        }
-                    } else {
-                        match im_text::plain_text(&ct, request.body()) {
-                            Ok(text) => (
-                                200,
-                                "OK".into(),
-                                Some(chat(
-                                    &session.remote_jid,
-                                    &local,
-                                    &session.thread,
-                                    Some(&text),
-                                    subject(request),
-                                )),
-                            ),
-                            Err(e) => body_error(&e),
-                        }
+                } else {
+                    match im_text::plain_text(&ct, request.body()) {
+                        Ok(text) => Ok(Some(chat(
+                            &session.remote_jid,
+                            &local,
+                            &session.thread,
+                            Some(&text),
+                            subject(request),
+                        ))),
+                        Err(e) => Err(body_error(&self.errors, &e)),
                     }
-                }
-            };
-        let mut response = Message::response_to(request, status, Some(&reason), Some(&tag));
-        if request.method() == Some(&Method::Invite) {
-            if let Ok(offer) = Sdp::parse(request.body()) {
-                if let Some(answer) = Sdp::message_answer(&offer, &self.settings.public_fqdn, 1) {
-                    response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
                 }
             }
-        }
-        if status == 415 {
-            response.push_header("Accept", im_text::ACCEPT);
-        }
+        };
+        let response = match &stanza {
+            Ok(_) => {
+                let mut response = Message::response_to(request, status::OK, None, Some(&tag));
+                if request.method() == Some(&Method::Invite) {
+                    if let Ok(offer) = Sdp::parse(request.body()) {
+                        let public_fqdn = &self.settings.public_fqdn;
+                        if let Some(answer) = Sdp::message_answer(&offer, public_fqdn, 1) {
+                            let sdp = answer.to_string().into_bytes();
+                            response.set_body(Some("application/sdp"), sdp);
+                        }
+                    }
+                }
+                response
+            }
+            Err(reject) => reject.response_to(request, Some(&tag)),
+        };
         out.push(Output::Respond { tx, response });
-        out.extend(stanza.map(Output::Stanza));
+        out.extend(stanza.ok().flatten().map(Output::Stanza));
         if request.method() == Some(&Method::Bye) {
             if let Some(s) = self.sessions.remove(&key) {
                 for item in s.queue {
@@ -985,13 +984,15 @@ fn subject(request: &Message) -> Option<&str> {
     request.header("Subject").or_else(|| request.header("s"))
 }
 
-/// 415 for a type we cannot read, 400 for a malformed body.
-fn body_error(e: &im_text::BodyError) -> (u16, String, Option<Element>) {
+/// The refusal of a body the engine cannot make a stanza of: `415` with `Accept` for a type
+/// it does not read (RFC 3261 §21.4.13); a malformed body is `bad-request`, answered with
+/// `errors.toml`'s `xmpp_to_sip` status (400 as shipped).
+fn body_error(errors: &ErrorTable, e: &im_text::BodyError) -> Reject {
     match e {
-        im_text::BodyError::UnsupportedType(t) => {
-            (415, format!("Unsupported Media Type {t}"), None)
-        }
-        other => (400, other.to_string(), None),
+        im_text::BodyError::UnsupportedType(t) => Reject::new(status::UNSUPPORTED_MEDIA_TYPE)
+            .reason(format!("Unsupported Media Type {t}"))
+            .header("Accept", im_text::ACCEPT),
+        other => common::refuse_for(errors, Condition::BadRequest).reason(other.to_string()),
     }
 }
 
@@ -1462,6 +1463,38 @@ mod tests {
             Some(200)
         );
         assert_eq!(e.session_count(), 0);
+    }
+
+    /// RFC 7247 §7.1 through `errors.toml`: a To that is no local user is `item-not-found`, a
+    /// body no stanza can be made of `bad-request`, each answered with the table's status.
+    #[test]
+    fn xmpp_side_refusals_take_their_status_from_the_error_table() {
+        let page = |to: &str, content_type: &str| {
+            format!(
+                "MESSAGE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKp1\nMax-Forwards: 70\nFrom: <sip:bob@contoso.com>;tag=lcs1\nTo: <{to}>\nCall-ID: page-1\nCSeq: 1 MESSAGE\nContent-Type: {content_type}\nContent-Length: 2\n\nhi"
+            )
+        };
+        let unknown = page("sip:carol@fabrikam.com", "text/plain");
+        let bad_charset = page("sip:alice@example.org", "text/plain; charset=koi8-r");
+        let unsupported = page("sip:alice@example.org", "text/rtf");
+        let status_of = |e: &mut ImEngine, raw: &str| {
+            let r = &responses(&e.on_edge(Instant::now(), inbound(raw)))[0];
+            (r.status().unwrap(), r.header("Accept").is_some())
+        };
+        let mut shipped = engine();
+        assert_eq!(status_of(&mut shipped, &unknown), (404, false));
+        assert_eq!(status_of(&mut shipped, &bad_charset), (400, false));
+        assert_eq!(status_of(&mut shipped, &unsupported), (415, true));
+        let errors = include_str!("../../mappings/errors.toml")
+            .replace("item-not-found = 404", "item-not-found = 480")
+            .replace("\nbad-request = 400", "\nbad-request = 406");
+        let presence = include_str!("../../mappings/presence.toml");
+        let mut e = engine();
+        e.errors = Mappings::from_strs(presence, &errors).unwrap().errors;
+        assert_eq!(status_of(&mut e, &unknown), (480, false));
+        assert_eq!(status_of(&mut e, &bad_charset), (406, false));
+        // An unsupported type is about SIP content negotiation: 415 whatever the table says.
+        assert_eq!(status_of(&mut e, &unsupported), (415, true));
     }
 
     #[test]

@@ -70,17 +70,6 @@ impl ParseError {
             reason: reason.into(),
         }
     }
-
-    /// The SIP status a server answers a request with when it fails to parse with this error
-    /// (RFC 3261 §21): oversize messages get 513, everything else 400.
-    pub fn status(&self) -> u16 {
-        match self {
-            ParseError::HeadTooLarge(_)
-            | ParseError::BodyTooLarge { .. }
-            | ParseError::TooManyHeaders(_) => 513,
-            _ => 400,
-        }
-    }
 }
 
 /// Why the bridge refused to write a header line (or the start line) of a message it builds:

@@ -1023,6 +1023,8 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
         let status = code
             .parse::<u16>()
             .ok()
+            // RFC 3261 §7.2: three digits, 1xx–6xx (`sip::status::is_valid`, which builds on
+            // this module and so cannot be used here).
             .filter(|c| (100..=699).contains(c) && code.len() == 3)
             .ok_or_else(|| ParseError::BadStatus(code.to_owned()))?;
         if reason.bytes().any(|c| c < b' ' && c != b'\t') {

@@ -1,8 +1,12 @@
 //! SIP status codes by name (RFC 3261 §21, RFC 6665 §8.3.1, RFC 3265 §7.3.2), and [`Reject`]:
 //! every refusal the bridge answers with is built by it, so a status, its reason phrase, its
-//! `Retry-After` (RFC 3261 §20.33) and any header it needs (`Accept`, `Allow`, `Min-Expires`,
-//! `Warning`) reach the wire one way.
+//! `Retry-After` (RFC 3261 §20.33), any header it needs (`Accept`, `Allow-Events`,
+//! `Min-Expires`, `Warning`) and a body describing what would be accepted (the SDP offer of a
+//! `488`, RFC 3261 §21.4.26) reach the wire one way. The decisions that refuse return a
+//! `Reject` or a type that becomes one ([`crate::sip::error::ParseError`] here, the edge's
+//! admission `Refusal`).
 
+use super::error::ParseError;
 use super::message::Message;
 
 pub const TRYING: u16 = 100;
@@ -30,10 +34,26 @@ pub const SERVER_INTERNAL_ERROR: u16 = 500;
 pub const NOT_IMPLEMENTED: u16 = 501;
 pub const SERVICE_UNAVAILABLE: u16 = 503;
 pub const MESSAGE_TOO_LARGE: u16 = 513;
+pub const DECLINE: u16 = 603;
+
+/// Whether a status code is one a response may carry (RFC 3261 §7.2: three digits, 1xx–6xx).
+pub fn is_valid(status: u16) -> bool {
+    (100..=699).contains(&status)
+}
+
+/// Whether a status is final (not 1xx, RFC 3261 §7.2).
+pub fn is_final(status: u16) -> bool {
+    status >= OK
+}
 
 /// Whether a status is a success (2xx).
 pub fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
+}
+
+/// Whether a status is a final answer other than success (3xx–6xx).
+pub fn is_failure(status: u16) -> bool {
+    status >= 300
 }
 
 /// A final answer that refuses a request: the status, its reason phrase (the standard one if
@@ -45,6 +65,8 @@ pub struct Reject {
     /// `Retry-After` in seconds (RFC 3261 §20.33), for 503 and 480.
     pub retry_after: Option<u32>,
     pub headers: Vec<(&'static str, String)>,
+    /// A body (content type, bytes), e.g. what the refused request would have needed.
+    pub body: Option<(&'static str, Vec<u8>)>,
 }
 
 impl Reject {
@@ -54,6 +76,7 @@ impl Reject {
             reason: None,
             retry_after: None,
             headers: Vec::new(),
+            body: None,
         }
     }
 
@@ -72,6 +95,12 @@ impl Reject {
     /// With this header.
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reject {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// With this body.
+    pub fn body(mut self, content_type: &'static str, bytes: Vec<u8>) -> Reject {
+        self.body = Some((content_type, bytes));
         self
     }
 
@@ -101,6 +130,31 @@ impl Reject {
         for (name, value) in &self.headers {
             r.push_header(name, value);
         }
+        if let Some((content_type, bytes)) = &self.body {
+            r.set_body(Some(content_type), bytes.clone());
+        }
+    }
+}
+
+impl ParseError {
+    /// The SIP status a server answers a request with when it fails to parse with this error
+    /// (RFC 3261 §21): oversize messages get 513, everything else 400. (Here rather than in
+    /// `sip::error`, which the codec below this module uses.)
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::HeadTooLarge(_)
+            | ParseError::BodyTooLarge { .. }
+            | ParseError::TooManyHeaders(_) => MESSAGE_TOO_LARGE,
+            _ => BAD_REQUEST,
+        }
+    }
+}
+
+/// A request that fails to parse is answered with its status ([`ParseError::status`]) and
+/// the error as the reason phrase.
+impl From<&ParseError> for Reject {
+    fn from(e: &ParseError) -> Reject {
+        Reject::new(e.status()).reason(e.to_string())
     }
 }
 
@@ -128,6 +182,21 @@ mod tests {
         assert_eq!(r.header("Retry-After"), Some("600"));
         assert!(r.header("Warning").is_some());
         assert!(r.to().unwrap().tag() == Some("t"));
+    }
+
+    #[test]
+    fn a_reject_may_carry_a_body_and_a_parse_error_becomes_one() {
+        let r = Reject::new(NOT_ACCEPTABLE_HERE)
+            .body("application/sdp", b"v=0\r\n".to_vec())
+            .response_to(&invite(), Some("t"));
+        assert_eq!(r.header("Content-Type"), Some("application/sdp"));
+        assert_eq!(r.body(), b"v=0\r\n");
+        let e = ParseError::TooManyHeaders(200);
+        let r = Reject::from(&e);
+        assert_eq!(
+            (r.status, r.reason),
+            (MESSAGE_TOO_LARGE, Some(e.to_string()))
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use thiserror::Error;
 
 use super::header::HeaderKind;
 use super::message::{Message, Method};
+use super::status::{self, Reject};
 
 /// The connection a message came in on or goes out on (owned by the edge).
 pub type ConnId = u64;
@@ -312,7 +313,7 @@ impl Transactions {
     /// Sends a response on server transaction `tx`.
     pub fn respond(&mut self, now: Instant, tx: TxId, response: Message) -> Result<(), TxError> {
         let status = response.status().ok_or(TxError::WrongKind("response"))?;
-        if !(100..=699).contains(&status) {
+        if !status::is_valid(status) {
             return Err(TxError::BadStatus(status));
         }
         let server = self
@@ -324,8 +325,8 @@ impl Transactions {
         }
         let conn = server.conn;
         let invite = server.key.method == Method::Invite;
-        if status >= 200 {
-            if invite && status >= 300 {
+        if status::is_final(status) {
+            if invite && status::is_failure(status) {
                 // §17.2.1: Completed, wait for the ACK (Timer H); Timer G is not used on TLS.
                 server.state = ServerState::Completed {
                     deadline: now + self.timeout,
@@ -372,11 +373,11 @@ impl Transactions {
             return;
         };
         let status = response.status().unwrap_or(0);
-        let is_final = status >= 200;
+        let is_final = status::is_final(status);
         if is_final {
             if let Some(client) = self.clients.remove(&tx) {
                 self.client_index.remove(&client.key);
-                if client.key.method == Method::Invite && status >= 300 {
+                if client.key.method == Method::Invite && status::is_failure(status) {
                     let ack = ack_for(&client.request, &response);
                     self.transmit(client.conn, ack);
                 }
@@ -397,7 +398,9 @@ impl Transactions {
         let Some((branch, sent_by)) = top_branch_and_sent_by(&request) else {
             // Without a branch no transaction can be matched: answer 400 (§8.1.1.7).
             if method != Method::Ack {
-                let resp = Message::response_to(&request, 400, Some("Missing Via branch"), None);
+                let resp = Reject::new(status::BAD_REQUEST)
+                    .reason("Missing Via branch")
+                    .response_to(&request, None);
                 self.transmit(conn, resp);
             }
             return;
@@ -440,7 +443,7 @@ impl Transactions {
                 let tx = self.id();
                 let mut last_response = None;
                 if method == Method::Invite {
-                    let trying = Message::response_to(&request, 100, None, None);
+                    let trying = Message::response_to(&request, status::TRYING, None, None);
                     self.transmit(conn, trying.clone());
                     last_response = Some(trying);
                 }
@@ -469,7 +472,7 @@ impl Transactions {
         let target = self.server_index.get(&invite_key).copied();
         match target {
             Some(tx) => {
-                let ok = Message::response_to(&cancel, 200, None, None);
+                let ok = Message::response_to(&cancel, status::OK, None, None);
                 self.transmit(conn, ok);
                 let proceeding = self
                     .servers
@@ -480,7 +483,7 @@ impl Transactions {
                 }
             }
             None => {
-                let resp = Message::response_to(&cancel, 481, None, None);
+                let resp = Reject::new(status::CALL_DOES_NOT_EXIST).response_to(&cancel, None);
                 self.transmit(conn, resp);
             }
         }

@@ -54,6 +54,7 @@ use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::dialog::DialogId;
 use crate::sip::message::{Message, Method};
+use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{Approval, Direction, SubState, Subscription};
 
@@ -592,9 +593,12 @@ impl PresenceEngine {
         );
         if !is_presence {
             if matches!(request.method(), Some(Method::Subscribe | Method::Notify)) {
-                let mut r = self.reply(request, 489, Some("Bad Event"));
-                r.push_header("Allow-Events", "presence");
-                out.push(Output::Respond { tx, response: r });
+                // RFC 6665 §8.3.1: 489 names the packages this side takes.
+                let reject = Reject::new(status::BAD_EVENT)
+                    .reason("Bad Event")
+                    .header("Allow-Events", "presence");
+                let response = self.refuse(request, &reject);
+                out.push(Output::Respond { tx, response });
             }
             return;
         }
@@ -610,8 +614,9 @@ impl PresenceEngine {
         }
     }
 
-    fn reply(&mut self, request: &Message, status: u16, reason: Option<&str>) -> Message {
-        common::response(&mut self.rng, request, status, reason)
+    /// The refusal of `request` outside a dialog of ours, with a fresh To tag.
+    fn refuse(&mut self, request: &Message, reject: &Reject) -> Message {
+        common::refuse(&mut self.rng, request, reject)
     }
 
     /// New watchers refused since the start, per pending-subscription limit (configuration

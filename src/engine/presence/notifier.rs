@@ -24,6 +24,7 @@ use crate::engine::common::{self, host_of};
 use crate::sip::builder::name_addr;
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
+use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxId};
 use crate::store::{Approval, Direction};
 
@@ -231,7 +232,7 @@ impl PresenceEngine {
                     }
                 }
             }
-            Err(f) if f.status == 481 => {
+            Err(f) if f.status == status::CALL_DOES_NOT_EXIST => {
                 // RFC 6665 §4.2.2: the subscriber no longer has it.
                 out.push(Output::Forget {
                     direction: Direction::Inbound,
@@ -265,38 +266,41 @@ impl PresenceEngine {
         out: &mut Vec<Output>,
     ) {
         let tag = self.token();
-        let reply = |status: u16, reason: &str| Output::Respond {
+        let refuse = |reject: Reject| Output::Respond {
             tx,
-            response: Message::response_to(request, status, Some(reason), Some(&tag)),
+            response: reject.response_to(request, Some(&tag)),
+        };
+        let malformed = |e: &dyn std::fmt::Display| {
+            refuse(Reject::new(status::BAD_REQUEST).reason(e.to_string()))
         };
         if !accepts_pidf(request) {
-            let mut r = Message::response_to(request, 406, None, Some(&tag));
-            r.push_header("Accept", PIDF_TYPE);
-            return out.push(Output::Respond { tx, response: r });
+            // RFC 6665 §3.1.3, RFC 3261 §21.4.7: 406 says what we can send.
+            return out.push(refuse(
+                Reject::new(status::NOT_ACCEPTABLE).header("Accept", PIDF_TYPE),
+            ));
         }
-        let (local, remote_jid, remote_aor, display) = match common::parties(&self.book, request) {
+        let parties = common::parties(&self.book, &self.errors, request);
+        let (local, remote_jid, remote_aor, display) = match parties {
             Ok(p) => (p.local, p.remote, p.remote_aor, p.display),
-            Err((status, reason)) => return out.push(reply(status, &reason)),
+            Err(reject) => return out.push(refuse(reject)),
         };
         let expires = match request.expires() {
             Ok(e) => e.unwrap_or(DEFAULT_EXPIRES_SECS),
-            Err(e) => return out.push(reply(400, &e.to_string())),
+            Err(e) => return out.push(malformed(&e)),
         };
         if expires != 0 && expires < MIN_EXPIRES_SECS {
-            let mut r = Message::response_to(request, 423, None, Some(&tag));
-            r.push_header("Min-Expires", &MIN_EXPIRES_SECS.to_string());
-            return out.push(Output::Respond { tx, response: r });
+            return out.push(refuse(too_brief()));
         }
         let mut dialog = match Dialog::from_uas(request, &tag, 0, conn, now) {
             Ok(d) => d,
-            Err(e) => return out.push(reply(400, &e.to_string())),
+            Err(e) => return out.push(malformed(&e)),
         };
         let local_uri = dialog.local_uri.clone();
         let contact = self.contact(&local_uri);
         let key = key(local.to_string(), remote_aor);
         if expires == 0 {
             // A fetch (RFC 6665 §4.4.3): the state now, then terminated. Stored nothing.
-            let mut r = Message::response_to(request, 202, None, Some(&tag));
+            let mut r = Message::response_to(request, status::ACCEPTED, None, Some(&tag));
             r.push_header("Expires", "0");
             r.push_header("Contact", &name_addr(None, &contact, &[]));
             out.push(Output::Respond { tx, response: r });
@@ -330,9 +334,11 @@ impl PresenceEngine {
                         Pending::domain(&key)
                     ),
                 };
-                let mut r = Message::response_to(request, 503, Some(&reason), Some(&tag));
-                r.push_header("Retry-After", &PENDING_RETRY_AFTER_SECS.to_string());
-                return out.push(Output::Respond { tx, response: r });
+                return out.push(refuse(
+                    Reject::new(status::SERVICE_UNAVAILABLE)
+                        .reason(reason)
+                        .retry_after(PENDING_RETRY_AFTER_SECS),
+                ));
             }
         }
         let granted = expires.min(secs(self.settings.expires).max(MIN_EXPIRES_SECS));
@@ -385,7 +391,7 @@ impl PresenceEngine {
                 display,
             )));
         }
-        let mut r = Message::response_to(request, 202, None, Some(&tag));
+        let mut r = Message::response_to(request, status::ACCEPTED, None, Some(&tag));
         r.push_header("Expires", &granted.to_string());
         r.push_header("Contact", &name_addr(None, &contact, &[]));
         out.push(Output::Respond { tx, response: r });
@@ -408,7 +414,9 @@ impl PresenceEngine {
         out: &mut Vec<Output>,
     ) {
         let Some(key) = self.in_dialogs.get(id).cloned() else {
-            let response = self.reply(request, 481, Some("Subscription does not exist"));
+            let reject =
+                Reject::new(status::CALL_DOES_NOT_EXIST).reason("Subscription does not exist");
+            let response = self.refuse(request, &reject);
             return out.push(Output::Respond { tx, response });
         };
         let expires = request
@@ -424,18 +432,22 @@ impl PresenceEngine {
         let Some(dialog) = w.dialog.as_mut() else {
             return;
         };
+        // In the dialog: the request's To tag is ours already.
+        let refuse = |reject: Reject| Output::Respond {
+            tx,
+            response: reject.response_to(request, None),
+        };
         if let Err(e) = dialog.accept_request(request) {
-            let response = Message::response_to(request, 500, Some(&e.to_string()), None);
-            return out.push(Output::Respond { tx, response });
+            // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
+            let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
+            return out.push(refuse(reject));
         }
         if w.detached {
             w.detached = false;
             dialog.conn = conn;
         }
         if expires != 0 && expires < MIN_EXPIRES_SECS {
-            let mut r = Message::response_to(request, 423, None, None);
-            r.push_header("Min-Expires", &MIN_EXPIRES_SECS.to_string());
-            return out.push(Output::Respond { tx, response: r });
+            return out.push(refuse(too_brief()));
         }
         if expires == 0 {
             let remote_jid = w.remote_jid.clone();
@@ -451,7 +463,7 @@ impl PresenceEngine {
                         .with_to(local),
                 ));
             }
-            let mut r = Message::response_to(request, 200, None, None);
+            let mut r = Message::response_to(request, status::OK, None, None);
             r.push_header("Expires", "0");
             r.push_header("Contact", &name_addr(None, &contact, &[]));
             out.push(Output::Respond { tx, response: r });
@@ -467,7 +479,7 @@ impl PresenceEngine {
             NotifyState::Pending
         };
         self.persist_in_lazy(now, &key, out);
-        let mut r = Message::response_to(request, 200, None, None);
+        let mut r = Message::response_to(request, status::OK, None, None);
         r.push_header("Expires", &granted.to_string());
         r.push_header("Contact", &name_addr(None, &contact, &[]));
         out.push(Output::Respond { tx, response: r });
@@ -655,4 +667,10 @@ pub(super) fn subscribe_request(from: BareJid, to: BareJid, display: Option<Stri
         p.payloads.push(Element::from(Nick(name)));
     }
     p
+}
+
+/// `423` with `Min-Expires` (RFC 6665 §4.2.1.1, RFC 3261 §21.4.17): an expiry below
+/// [`MIN_EXPIRES_SECS`].
+fn too_brief() -> Reject {
+    Reject::new(status::INTERVAL_TOO_BRIEF).header("Min-Expires", MIN_EXPIRES_SECS.to_string())
 }

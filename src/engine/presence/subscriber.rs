@@ -19,6 +19,7 @@ use crate::engine::common::{self, host_of};
 use crate::sip::builder::RequestSpec;
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
+use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxId};
 use crate::store::{Approval, Direction};
 
@@ -473,7 +474,7 @@ impl PresenceEngine {
                 sub.next_at = Some(now + refresh_after(granted));
             }
             Err(f) => {
-                if f.status == 423 {
+                if f.status == status::INTERVAL_TOO_BRIEF {
                     if let Some(min) = f.min_expires {
                         if min > sub.expires_secs && min <= 86_400 {
                             sub.expires_secs = min;
@@ -504,7 +505,7 @@ impl PresenceEngine {
                     }
                     return;
                 }
-                if matches!(f.status, 403 | 603) {
+                if matches!(f.status, status::FORBIDDEN | status::DECLINE) {
                     self.refused(key, out);
                     return;
                 }
@@ -525,31 +526,34 @@ impl PresenceEngine {
         benotify: bool,
         out: &mut Vec<Output>,
     ) {
-        let respond = |engine: &mut Self, out: &mut Vec<Output>, status: u16, reason: &str| {
+        // BENOTIFY expects no response ([MS-SIP] §3.5).
+        let refuse = |engine: &mut Self, out: &mut Vec<Output>, reject: Reject| {
             if !benotify {
-                let response = engine.reply(request, status, Some(reason));
+                let response = engine.refuse(request, &reject);
                 out.push(Output::Respond { tx, response });
             }
         };
+        let no_subscription =
+            || Reject::new(status::CALL_DOES_NOT_EXIST).reason("Subscription does not exist");
         let Some(id) = DialogId::of_incoming_request(request) else {
-            return respond(self, out, 481, "Subscription does not exist");
+            return refuse(self, out, no_subscription());
         };
         let key = match self.out_dialogs.get(&id) {
             Some(k) => k.clone(),
             None => {
                 // A NOTIFY before the SUBSCRIBE's 2xx (RFC 6665 §4.1.2.4) makes the dialog.
                 let Some(key) = self.early.get(&id.call_id).cloned() else {
-                    return respond(self, out, 481, "Subscription does not exist");
+                    return refuse(self, out, no_subscription());
                 };
                 let Some(sub) = self.outbound.get_mut(&key) else {
-                    return respond(self, out, 481, "Subscription does not exist");
+                    return refuse(self, out, no_subscription());
                 };
                 let Some((_, Some(initial))) = &sub.pending else {
-                    return respond(self, out, 481, "Subscription does not exist");
+                    return refuse(self, out, no_subscription());
                 };
                 let ours = initial.from().ok().and_then(|f| f.tag().map(str::to_owned));
                 if ours.as_deref() != Some(id.local_tag.as_str()) || sub.dialog.is_some() {
-                    return respond(self, out, 481, "Subscription does not exist");
+                    return refuse(self, out, no_subscription());
                 }
                 let cseq = initial.cseq().map(|c| c.number).unwrap_or(1);
                 match Dialog::from_uas(request, &id.local_tag, cseq, conn, now) {
@@ -558,19 +562,24 @@ impl PresenceEngine {
                         sub.dialog = Some(Box::new(d));
                         sub.dialog_deadline = Some(now + self.settings.dialog_max_age);
                     }
-                    Err(e) => return respond(self, out, 400, &e.to_string()),
+                    Err(e) => {
+                        let reject = Reject::new(status::BAD_REQUEST).reason(e.to_string());
+                        return refuse(self, out, reject);
+                    }
                 }
                 key
             }
         };
         let Some(sub) = self.outbound.get_mut(&key) else {
-            return respond(self, out, 481, "Subscription does not exist");
+            return refuse(self, out, no_subscription());
         };
         let early = sub.dialog.as_ref().is_some_and(|d| !d.is_confirmed());
         if let Some(d) = sub.dialog.as_mut() {
             if !early {
                 if let Err(e) = d.accept_request(request) {
-                    return respond(self, out, 500, &e.to_string());
+                    // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
+                    let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
+                    return refuse(self, out, reject);
                 }
             }
         }
@@ -581,7 +590,11 @@ impl PresenceEngine {
                 s.expires(),
                 s.retry_after(),
             ),
-            _ => return respond(self, out, 400, "Missing or bad Subscription-State"),
+            _ => {
+                let reject =
+                    Reject::new(status::BAD_REQUEST).reason("Missing or bad Subscription-State");
+                return refuse(self, out, reject);
+            }
         };
         // Bodies other than PIDF (e.g. msrtc-event-categories) are acknowledged and ignored.
         let doc = match request.content_type() {
@@ -656,7 +669,10 @@ impl PresenceEngine {
                 }
             }
         }
-        respond(self, out, 200, "OK");
+        if !benotify {
+            let response = common::response(&mut self.rng, request, status::OK);
+            out.push(Output::Respond { tx, response });
+        }
     }
 
     /// RFC 6665 §4.1.3: how long to wait before subscribing again after `terminated`.
