@@ -150,6 +150,7 @@ pub enum XmlEvent<'i> {
 impl XmlEvent<'_> {
     /// Appends the character data of a `Text`, `CData` or `Char` event to `out` (other events
     /// add nothing).
+    #[inline]
     pub fn push_text(&self, out: &mut String) {
         match self {
             XmlEvent::Text(t) => out.push_str(&t.xml10_content()),
@@ -211,21 +212,25 @@ impl<'i> XmlReader<'i> {
     }
 
     /// The document text events borrow from (without a byte-order mark).
+    #[inline]
     pub fn source(&self) -> &'i str {
         self.source
     }
 
     /// How many elements are open.
+    #[inline]
     pub fn depth(&self) -> usize {
         self.depth
     }
 
     /// Byte offset just past the last event.
+    #[inline]
     pub fn position(&self) -> u64 {
         self.reader.buffer_position()
     }
 
     /// The next event, or `None` once the root element has closed.
+    #[inline]
     pub fn next_event(&mut self) -> Result<Option<XmlEvent<'i>>, XmlError> {
         if self.done {
             return Ok(None);
@@ -295,6 +300,7 @@ impl<'i> XmlReader<'i> {
 
     /// Bounds depth and element count for an opening tag, and checks the references in its
     /// attribute values (only a value holding `&` can have one).
+    #[inline]
     fn open(&mut self, e: &BytesStart<'_>) -> Result<(), XmlError> {
         if self.depth >= self.limits.max_depth {
             return Err(XmlError::TooDeep {
@@ -342,6 +348,7 @@ fn parser_error(e: &quick_xml::Error, position: u64) -> XmlError {
 }
 
 /// The character of one of XML's five predefined entities (XML 1.0 §4.6).
+#[inline]
 fn predefined_entity(name: &str) -> Option<char> {
     match name {
         "lt" => Some('<'),
@@ -368,6 +375,7 @@ fn predefined_entity_str(name: &str) -> Option<&'static str> {
 /// An attribute's normalised value (XML 1.0 §3.3.3) under the reader's policy: only the
 /// predefined entities, and no character reference to a character XML forbids. `position` is
 /// reported with an error (the end of the tag).
+#[inline]
 pub fn attribute_value<'a>(
     attr: &'a Attribute<'_>,
     position: u64,
@@ -385,6 +393,7 @@ pub fn attribute_value<'a>(
 }
 
 /// Splits a qualified name into prefix ("" if none) and local part.
+#[inline]
 pub fn split_qname(qname: &str) -> (&str, &str) {
     qname.split_once(':').unwrap_or(("", qname))
 }
@@ -410,6 +419,7 @@ pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 impl<'i> Namespaces<'i> {
     /// The namespace bound to `prefix` ("" = default); `None` when unbound or undeclared.
+    #[inline]
     pub fn resolve(&self, prefix: &str) -> Option<&str> {
         if prefix == "xml" {
             return Some(NS_XML);
@@ -424,6 +434,7 @@ impl<'i> Namespaces<'i> {
 
     /// Records the declarations of the opening tag `e`, an element at `depth` (the reader's
     /// depth after a `Start`, plus one for an `Empty`), of `reader`'s document.
+    #[inline]
     pub fn declare(
         &mut self,
         reader: &XmlReader<'i>,
@@ -462,6 +473,7 @@ impl<'i> Namespaces<'i> {
     }
 
     /// Forgets the declarations of elements deeper than `depth` (call when one closes).
+    #[inline]
     pub fn pop_to(&mut self, depth: usize) {
         while self.bindings.last().is_some_and(|b| b.depth > depth) {
             self.bindings.pop();
@@ -470,6 +482,7 @@ impl<'i> Namespaces<'i> {
 }
 
 /// `part` as a sub-slice of `text` with `text`'s lifetime, if it is one.
+#[inline]
 fn reborrow<'i>(text: &'i str, part: &str) -> Cow<'i, str> {
     let start = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
     match text.get(start..start.wrapping_add(part.len())) {

@@ -31,6 +31,7 @@ pub enum Method {
 }
 
 impl Method {
+    #[inline]
     pub fn parse(s: &str) -> Result<Method, ParseError> {
         Ok(match s {
             "INVITE" => Method::Invite,
@@ -54,6 +55,7 @@ impl Method {
         })
     }
 
+    #[inline]
     pub fn as_str(&self) -> &str {
         match self {
             Method::Invite => "INVITE",

@@ -170,6 +170,7 @@ static TOKEN: [bool; 256] = token_table();
 
 /// A decimal number made of ASCII digits only (no sign, no spaces inside), SP/HTAB around it
 /// allowed.
+#[inline]
 pub(crate) fn parse_digits<T: std::str::FromStr>(s: &str) -> Option<T> {
     let s = s.trim_matches([' ', '\t']);
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
