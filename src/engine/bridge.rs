@@ -33,6 +33,7 @@ use crate::core::errors::Condition;
 use crate::core::tables::ErrorTable;
 use crate::edge::core::Route;
 use crate::edge::event::EdgeEvent;
+use crate::sip::builder::reason_phrase;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId};
@@ -338,25 +339,24 @@ impl Bridge {
         }
     }
 
+    /// The refusal for a failure of the bridge's own: the status `errors.toml` gives the
+    /// condition, its standard phrase and what failed.
+    fn failure(&self, condition: Condition, what: &str) -> Reject {
+        let status = self.errors.status_for_condition(condition);
+        Reject::new(status).reason(format!("{}: {what}", reason_phrase(status)))
+    }
+
     /// A response as it goes out, after what failed before it in its batch: the failure's
     /// stanza error condition, answered with the status `errors.toml` gives it (XMPP → SIP).
     fn answer(&self, engine: usize, response: Message) -> Message {
         let ok = response.status().is_some_and(status::is_success);
         if self.unsaved && ok {
-            Reject::new(
-                self.errors
-                    .status_for_condition(Condition::InternalServerError),
-            )
-            .reason("Server Internal Error: state not saved")
-            .instead_of(&response)
+            self.failure(Condition::InternalServerError, "state not saved")
+                .instead_of(&response)
         } else if self.refused && self.engines[engine].promises_delivery(&response) {
-            Reject::new(
-                self.errors
-                    .status_for_condition(Condition::ServiceUnavailable),
-            )
-            .reason("Service Unavailable: XMPP server unreachable")
-            .retry_after(LINK_RETRY_AFTER_SECS)
-            .instead_of(&response)
+            self.failure(Condition::ServiceUnavailable, "XMPP server unreachable")
+                .retry_after(LINK_RETRY_AFTER_SECS)
+                .instead_of(&response)
         } else {
             response
         }

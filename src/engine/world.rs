@@ -69,8 +69,8 @@ pub struct XmppServer {
     /// Component domains whose stream is down, and what the link holds for them meanwhile.
     down: BTreeSet<String>,
     held: Vec<Element>,
-    /// Each local user's last presence: bare JID → (full JID, the stanza's content).
-    presence: BTreeMap<String, (String, String)>,
+    /// Each local user's available resources: bare JID → full JID → the presence's content.
+    presence: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl XmppServer {
@@ -283,16 +283,25 @@ impl World {
         self.send(Input::Stanza(el));
     }
 
-    /// A local user's presence broadcast: the server sends it to each contact of the
-    /// component that `subscribers` names.
-    pub fn xmpp_presence(&mut self, from_full: &str, inner: &str, subscribers: &[&str]) {
+    /// A local user's resource comes online or changes (`inner`: the presence's content), or
+    /// goes offline (`inner` = `None`); the server sends it to each contact of the component
+    /// that `subscribers` names.
+    pub fn xmpp_presence(&mut self, from_full: &str, inner: Option<&str>, subscribers: &[&str]) {
         let bare = from_full.split('/').next().unwrap_or(from_full).to_owned();
-        self.xmpp
-            .presence
-            .insert(bare, (from_full.to_owned(), inner.to_owned()));
+        let resources = self.xmpp.presence.entry(bare).or_default();
+        match inner {
+            Some(inner) => resources.insert(from_full.to_owned(), inner.to_owned()),
+            None => resources.remove(from_full),
+        };
+        let kind = if inner.is_some() {
+            ""
+        } else {
+            " type='unavailable'"
+        };
         for to in subscribers {
             self.xmpp_sends(&format!(
-                "<presence from='{from_full}' to='{to}'>{inner}</presence>"
+                "<presence from='{from_full}' to='{to}'{kind}>{}</presence>",
+                inner.unwrap_or("")
             ));
         }
     }
@@ -321,15 +330,24 @@ impl World {
             self.xmpp.held.push(el);
             return;
         }
-        // The server answers a probe with the user's last presence (RFC 6121 §4.3.2).
+        // The server answers a probe with the presence of each available resource, or with
+        // unavailable presence when there is none (RFC 6121 §4.3.2).
         if el.attr("type") == Some("probe") {
             let to = el.attr("to").unwrap_or("").to_owned();
             let from = el.attr("from").unwrap_or("").to_owned();
-            if let Some((full, inner)) = self.xmpp.presence.get(&to) {
-                let answer = stanza(&format!(
-                    "<presence from='{full}' to='{from}'>{inner}</presence>"
-                ));
-                self.send(Input::Stanza(answer));
+            let answers: Vec<String> = match self.xmpp.presence.get(&to) {
+                Some(r) if !r.is_empty() => r
+                    .iter()
+                    .map(|(full, inner)| {
+                        format!("<presence from='{full}' to='{from}'>{inner}</presence>")
+                    })
+                    .collect(),
+                _ => vec![format!(
+                    "<presence from='{to}' to='{from}' type='unavailable'/>"
+                )],
+            };
+            for answer in answers {
+                self.send(Input::Stanza(stanza(&answer)));
             }
         }
         self.xmpp.delivered.push(el);

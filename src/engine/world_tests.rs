@@ -125,7 +125,7 @@ fn bob_watches_alice(w: &mut World) {
     w.xmpp_sends(&format!(
         "<presence from='{ALICE}' to='{bob}' type='subscribed'/>"
     ));
-    w.xmpp_presence(&format!("{ALICE}/pc"), "<show>away</show>", &[&bob]);
+    w.xmpp_presence(&format!("{ALICE}/pc"), Some("<show>away</show>"), &[&bob]);
     w.run_for(Duration::from_secs(10));
 }
 
@@ -208,11 +208,20 @@ fn presence_missed_while_the_link_was_down_reaches_lcs_when_it_is_back() {
     let mut w = World::new();
     alice_watches_bob(&mut w);
     bob_watches_alice(&mut w);
+    let bob = contact_jid("bob");
+    // A second resource, below the first: the aggregate stays the first's `away`.
+    w.xmpp_presence(
+        &format!("{ALICE}/phone"),
+        Some("<priority>-1</priority>"),
+        &[&bob],
+    );
+    w.run_for(Duration::from_secs(10));
     assert!(notified_activities(&w).last().unwrap().contains("away"));
     w.link_down();
     w.settle();
-    // Alice comes back online while the component cannot be reached: the server loses it.
-    w.xmpp_presence(&format!("{ALICE}/pc"), "", &[&contact_jid("bob")]);
+    // Alice's away resource goes offline while the component cannot be reached: the server
+    // loses it, and the phone (online) is what is left.
+    w.xmpp_presence(&format!("{ALICE}/pc"), None, &[&bob]);
     w.run_for(Duration::from_secs(10));
     assert!(notified_activities(&w).last().unwrap().contains("away"));
     w.link_up();
@@ -221,10 +230,22 @@ fn presence_missed_while_the_link_was_down_reaches_lcs_when_it_is_back() {
     assert!(!last.contains("away") && last.contains("open"), "{last}");
     // Alice's server may have lost Bob's presence too: it is sent again, with the gateway's.
     let got = w.xmpp.to(ALICE);
-    let bob = contact_jid("bob");
     let from_bob = |s: &&String| s.contains(&format!("from='{bob}'")) && !s.contains("type=");
     assert_eq!(got.iter().filter(from_bob).count(), 2, "{got:?}");
     assert!(got.last().unwrap().contains(&bob), "{got:?}");
+}
+
+#[test]
+fn a_local_user_gone_offline_while_the_link_was_down_is_closed_for_lcs() {
+    let mut w = World::new();
+    bob_watches_alice(&mut w);
+    w.link_down();
+    w.settle();
+    w.xmpp_presence(&format!("{ALICE}/pc"), None, &[&contact_jid("bob")]);
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    let last = notified_activities(&w).last().cloned().unwrap();
+    assert!(last.contains("<basic>closed</basic>"), "{last}");
 }
 
 #[test]
@@ -234,6 +255,8 @@ fn a_store_failure_turns_the_acknowledgement_into_500() {
     w.lcs_subscribes(BOB_AOR, ALICE_URI);
     w.settle();
     assert_eq!(w.lcs.statuses(Method::Subscribe), [500]);
+    let (_, r) = w.lcs.answers.last().unwrap();
+    assert_eq!(r.reason(), Some("Server Internal Error: state not saved"));
 }
 
 #[test]
@@ -246,6 +269,10 @@ fn a_full_link_turns_the_200_into_503_with_retry_after() {
     w.settle();
     let (_, r) = w.lcs.answers.last().unwrap();
     assert_eq!(r.status(), Some(503));
+    assert_eq!(
+        r.reason(),
+        Some("Service Unavailable: XMPP server unreachable")
+    );
     assert_eq!(r.header("Retry-After"), Some("5"));
 }
 

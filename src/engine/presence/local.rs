@@ -76,6 +76,25 @@ impl PresenceEngine {
         false
     }
 
+    /// Forgets what a local user's resources last said (before a probe whose answers tell it
+    /// anew); the document sent to watchers stays until those answers come.
+    pub(super) fn forget_resources(&mut self, bare: &str) {
+        if let Some(user) = self.users.get_mut(bare) {
+            user.resources.clear();
+        }
+        self.last_raw.remove(bare);
+        let prefix = format!("{bare}/");
+        let stale: Vec<String> = self
+            .last_raw
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.last_raw.remove(&k);
+        }
+    }
+
     /// An available or unavailable presence of a local user (to a contact, or broadcast).
     pub(super) fn local_presence(
         &mut self,

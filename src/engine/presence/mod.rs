@@ -937,6 +937,12 @@ impl PresenceEngine {
             .map(|(k, w)| (k.0.clone(), w.remote_jid.clone()))
             .collect();
         for (user, from) in probes {
+            if domain.is_some() {
+                // What the user's resources said before the loss may be stale (one may have
+                // gone offline unseen): the probe's answers, one per resource that is still
+                // available (RFC 6121 §4.3.2), make the aggregate anew.
+                self.forget_resources(&user);
+            }
             if let Ok(to) = BareJid::new(&user) {
                 self.paced.push_back(Paced::Probe { from, to });
             }
