@@ -1,9 +1,10 @@
 //! `lcs-bridge run`: loads and validates the configuration, sets up logging, loads the mapping
-//! tables and the address book, opens the store (and holds its lock until exit), starts the SIP
-//! federation edge and the XMPP component link, restores the presence subscriptions from the
-//! store, runs the IM and presence engines between edge and link, and runs until SIGINT or
-//! SIGTERM (then the presence engine's XEP-0100 unavailable presences go out). This is the only
-//! module that owns the runtime, signals and the clock for the engines.
+//! tables and the address book, opens the store `[storage]` names (and holds its lock until
+//! exit), starts the SIP federation edge and the XMPP component link, and drives the sans-IO
+//! [`Bridge`] between them — its inputs with the time, its actions executed in order, what
+//! failed reported back — from the stored subscriptions on, until SIGINT or SIGTERM (then the
+//! XEP-0100 unavailable presences go out). This module owns the runtime, the signals, the store
+//! and the clock for the engines, and makes no protocol decision.
 
 #![allow(clippy::disallowed_methods)] // the runner reads the clock and feeds `now` to the sans-IO parts
 
