@@ -61,6 +61,17 @@ pub(crate) fn undeliverable_condition(errors: &ErrorTable, why: &Undeliverable) 
 }
 
 /// The error reply to `stanza` (RFC 6120 §8.3) with this condition and text.
+/// The condition of an error stanza's `<error/>` (RFC 6120 §8.3) and whether the sender said
+/// it is worth waiting for (`type='wait'`); `None` when it names no defined condition.
+pub(crate) fn error_of(payloads: &[Element]) -> Option<(Condition, bool)> {
+    let error = payloads.iter().find(|p| p.name() == "error")?;
+    let condition = error
+        .children()
+        .filter(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name() != "text")
+        .find_map(|c| c.name().parse::<Condition>().ok())?;
+    Some((condition, error.attr("type") == Some("wait")))
+}
+
 pub(crate) fn bounce(stanza: Element, condition: Condition, text: &str) -> Output {
     Output::Stanza(error_reply(&stanza, condition, Some(text)))
 }

@@ -69,6 +69,9 @@ pub struct XmppServer {
     /// Component domains whose stream is down, and what the link holds for them meanwhile.
     down: BTreeSet<String>,
     held: Vec<Element>,
+    /// Local users with no account: the server answers a presence to them with an error
+    /// (RFC 6121 §3.1.3: `item-not-found`).
+    pub no_account: BTreeSet<String>,
     /// Each local user's available resources: bare JID → full JID → the presence's content.
     presence: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -329,6 +332,17 @@ impl World {
         if self.xmpp.down.contains(COMPONENT) {
             self.xmpp.held.push(el);
             return;
+        }
+        let to = el.attr("to").unwrap_or("").to_owned();
+        if el.name() == "presence"
+            && el.attr("type") != Some("error")
+            && self.xmpp.no_account.contains(&to)
+        {
+            let from = el.attr("from").unwrap_or("");
+            let error = format!(
+                "<presence from='{to}' to='{from}' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+            );
+            self.send(Input::Stanza(stanza(&error)));
         }
         // The server answers a probe with the presence of each available resource, or with
         // unavailable presence when there is none (RFC 6121 §4.3.2).

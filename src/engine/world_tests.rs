@@ -249,6 +249,45 @@ fn a_local_user_gone_offline_while_the_link_was_down_is_closed_for_lcs() {
 }
 
 #[test]
+fn a_watcher_of_a_user_with_no_account_is_ended_when_the_server_says_so() {
+    let mut w = World::new();
+    w.xmpp.no_account.insert("nobody@example.org".into());
+    w.lcs_subscribes(BOB_AOR, "sip:nobody@example.org");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Subscribe), [202]);
+    let states: Vec<String> = w
+        .lcs
+        .requests(&Method::Notify)
+        .iter()
+        .filter_map(|n| n.header("Subscription-State").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("terminated;reason=noresource")
+    );
+    assert!(
+        w.store
+            .get_subscription(Direction::Inbound, "nobody@example.org", BOB_AOR)
+            .unwrap()
+            .is_none()
+    );
+    // A passing error (type='wait') ends nothing.
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    w.xmpp_sends(&format!(
+        "<presence from='{ALICE}' to='{}' type='error'><error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>",
+        contact_jid("bob")
+    ));
+    w.settle();
+    assert!(
+        w.store
+            .get_subscription(Direction::Inbound, ALICE, BOB_AOR)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
 fn a_store_failure_turns_the_acknowledgement_into_500() {
     let mut w = World::new();
     w.store.set_fail_writes(true);

@@ -432,9 +432,6 @@ impl PresenceEngine {
             self.addressed_to_gateway(&p, &from, &to, &mut out);
             return out;
         }
-        if p.type_ == Type::Error {
-            return out;
-        }
         let remote = match self.book.jid_to_sip(&to) {
             Ok(a) if !self.book.is_local_domain(&a.host) && to.node().is_some() => a.aor(),
             _ => {
@@ -456,9 +453,49 @@ impl PresenceEngine {
             Type::Subscribed => self.xmpp_subscribed(now, &key, &mut out),
             Type::Unsubscribed => self.xmpp_unsubscribed(now, &key, &mut out),
             Type::Probe => self.xmpp_probe(now, key, local, remote_jid, from, &mut out),
+            Type::Error => self.xmpp_error(now, &key, &from, &p, &mut out),
             _ => {}
         }
         out
+    }
+
+    /// A presence error about a local user, to an LCS contact: the XMPP server answering for
+    /// the account (so from the bare JID; RFC 6121 §3.1.3, §4.3.2) that it does not exist or
+    /// will not take the contact's stanzas. What depends on that user ends: an LCS watcher's
+    /// subscription is terminated — `rejected` when the server refuses (`forbidden`,
+    /// `not-authorized`, `not-allowed`, `policy-violation`, `registration-required`,
+    /// `subscription-required`), else `noresource` (the user is not there; RFC 6665 §4.2.2) —
+    /// and the user's own subscription to the contact is ended at LCS. An error the server
+    /// marks `wait` (RFC 6120 §8.3.2) is passing and changes nothing, as is one from a full
+    /// JID (a client's, about one resource).
+    fn xmpp_error(
+        &mut self,
+        now: Instant,
+        key: &Key,
+        from: &Jid,
+        p: &Presence,
+        out: &mut Vec<Output>,
+    ) {
+        if from.resource().is_some() {
+            return;
+        }
+        let Some((condition, wait)) = common::error_of(&p.payloads) else {
+            return;
+        };
+        if wait {
+            return;
+        }
+        let reason = match condition {
+            Condition::Forbidden
+            | Condition::NotAuthorized
+            | Condition::NotAllowed
+            | Condition::PolicyViolation
+            | Condition::RegistrationRequired
+            | Condition::SubscriptionRequired => "rejected",
+            _ => "noresource",
+        };
+        self.end_watcher(now, key, reason, out);
+        self.xmpp_unsubscribe(key, out);
     }
 
     /// Subscription and probes addressed to the gateway's own JID: it approves and is online.

@@ -193,6 +193,18 @@ impl PresenceEngine {
     }
 
     pub(super) fn xmpp_unsubscribed(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        self.end_watcher(now, key, "rejected", out);
+    }
+
+    /// Ends LCS watcher `key`: forgotten, and a NOTIFY `terminated` with `reason` (RFC 6665
+    /// §4.2.2).
+    pub(super) fn end_watcher(
+        &mut self,
+        now: Instant,
+        key: &Key,
+        reason: &'static str,
+        out: &mut Vec<Output>,
+    ) {
         if !self.inbound.contains_key(key) {
             return;
         }
@@ -201,7 +213,7 @@ impl PresenceEngine {
             local: key.0.clone(),
             remote: key.1.clone(),
         });
-        self.send_notify(now, key, NotifyState::Terminated("rejected"), out);
+        self.send_notify(now, key, NotifyState::Terminated(reason), out);
         self.remove_watcher(key);
     }
 
