@@ -185,15 +185,9 @@ impl PresenceEngine {
     }
 
     pub(super) fn xmpp_unsubscribe(&mut self, key: &Key, out: &mut Vec<Output>) {
-        let Some(mut sub) = self.outbound.remove(key) else {
+        let Some(mut sub) = self.forget_outbound(key, out) else {
             return;
         };
-        self.drop_out_tracking(&mut sub);
-        out.push(Output::Forget {
-            direction: Direction::Outbound,
-            local: key.0.clone(),
-            remote: key.1.clone(),
-        });
         if sub.shown_available {
             // RFC 6121 §3.3.3: the contact's presence is no longer known to the user.
             out.push(stanza(
@@ -206,6 +200,18 @@ impl PresenceEngine {
             self.unsubscribe_in_dialog(dialog, out);
         }
         // A SUBSCRIBE still in flight: its NOTIFYs get 481, which ends it at LCS.
+    }
+
+    /// Removes outbound subscription `key` from the engine and (durably, first) the store.
+    fn forget_outbound(&mut self, key: &Key, out: &mut Vec<Output>) -> Option<Box<Outbound>> {
+        let mut sub = self.outbound.remove(key)?;
+        self.drop_out_tracking(&mut sub);
+        out.push(Output::Forget {
+            direction: Direction::Outbound,
+            local: key.0.clone(),
+            remote: key.1.clone(),
+        });
+        Some(sub)
     }
 
     /// Removes a subscription's dialog and in-flight tracking from the indexes.
@@ -388,15 +394,9 @@ impl PresenceEngine {
 
     /// Ends outbound subscription `key` as refused by LCS: `unsubscribed` (RFC 6121 §3.2).
     pub(super) fn refused(&mut self, key: &Key, out: &mut Vec<Output>) {
-        let Some(mut sub) = self.outbound.remove(key) else {
+        let Some(sub) = self.forget_outbound(key, out) else {
             return;
         };
-        self.drop_out_tracking(&mut sub);
-        out.push(Output::Forget {
-            direction: Direction::Outbound,
-            local: key.0.clone(),
-            remote: key.1.clone(),
-        });
         out.push(stanza(
             Presence::new(Type::Unsubscribed)
                 .with_from(sub.remote_jid.clone())
