@@ -1,5 +1,13 @@
-//! Local users' presence as the XMPP server sends it to the component: each user's available
-//! resources aggregated into the profile's single-tuple PIDF document that watchers get.
+//! Local users' presence as the XMPP server sends it to the component, per watcher.
+//!
+//! The server sends a user's presence to each subscribed contact separately, addressed to that
+//! contact (RFC 6121 §4.2.2, §4.4.2), and to a contact alone when the user directs it there
+//! (§4.6), blocks it (XEP-0191 §3.3), goes invisible (XEP-0186) or a privacy list says so
+//! (XEP-0016): so an LCS watcher sees what the server addressed to *its* JID, nothing else.
+//! Each watcher holds a [`View`]: the available resources' presences addressed to it,
+//! aggregated into the profile's single-tuple PIDF document. Views are shared: a change the
+//! server sends to N watchers makes one view (and one document) that all N point to, and
+//! the N copies cost one parse ([`Entry`], recognised before parsing).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,177 +18,310 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::nick::Nick;
 use xmpp_parsers::presence::Presence;
 
-use super::{Key, PresenceEngine};
+use super::{Key, PresenceEngine, key};
 use crate::core::pidf::{self, PidfDocument};
 use crate::core::presence::{pidf_for_presence, show_for_presence};
-use crate::core::tables::Show;
 use crate::engine::Output;
-use crate::store::Approval;
 
-/// One local user's presence as the XMPP server sent it to the component.
-#[derive(Debug, Default)]
-pub(super) struct LocalUser {
-    /// Resource → its last available presence.
-    pub(super) resources: BTreeMap<String, Presence>,
-    /// XEP-0172 nick, from any of its presences.
-    pub(super) nick: Option<String>,
-    /// Some presence of the user has come (else `doc` is the closed document).
-    pub(super) known: bool,
-    /// The aggregate as the PIDF document sent to watchers ([`PresenceEngine::rendered`]);
-    /// every watcher's `last_body` shares it.
-    pub(super) doc: Arc<str>,
+/// Views a user's watchers lately moved to, kept to be shared by the next watcher whose view
+/// becomes the same (a change the server sends to every contact, one stanza each).
+const RECENT_VIEWS: usize = 4;
+
+/// One resource's available presence as the server sent it, parsed once and shared by every
+/// view holding it.
+#[derive(Debug)]
+pub(super) struct Entry {
+    /// The resource (empty for a presence from the bare JID).
+    pub(super) resource: Box<str>,
+    /// The stanza as received: the next copy is recognised by comparing all but `to` and `id`.
+    raw: Element,
+    pub(super) presence: Presence,
 }
 
-impl PresenceEngine {
-    /// Whether `element` is an available presence equal (but for `to` and `id`) to the last
-    /// one taken from the same full JID; if not, it becomes the last one (an unavailable one
-    /// forgets it). The server sends a user's presence once per subscribed contact, so 49 of a change's
-    /// 50 stanzas to 50 watchers are repeats: this skips their parsing and rendering (the
-    /// outcome is the same: an unchanged document sends nothing).
-    pub(super) fn repeated(&mut self, element: &Element) -> bool {
-        let (None | Some("unavailable")) = element.attr("type") else {
-            return false;
-        };
-        let Some(from) = element.attr("from") else {
-            return false;
-        };
+impl Entry {
+    /// Whether `element` is the same presence (all but `to` and `id`).
+    fn same_stanza(&self, element: &Element) -> bool {
         fn relevant(e: &Element) -> impl Iterator<Item = impl PartialEq + '_> + '_ {
             e.attrs()
                 .iter()
                 .filter(|((ns, name), _)| !(ns.is_none() && matches!(name.as_str(), "to" | "id")))
         }
-        if let Some(last) = self.last_raw.get(from) {
-            if relevant(last).eq(relevant(element)) && last.nodes().eq(element.nodes()) {
-                return true;
+        relevant(&self.raw).eq(relevant(element)) && self.raw.nodes().eq(element.nodes())
+    }
+
+    fn same(a: &Arc<Entry>, b: &Arc<Entry>) -> bool {
+        Arc::ptr_eq(a, b) || (a.resource == b.resource && a.same_stanza(&b.raw))
+    }
+}
+
+/// What one watcher has been told of a local user: the presence of each available resource
+/// as last addressed to the watcher, and their aggregate as the document it gets.
+#[derive(Debug)]
+pub(super) struct View {
+    /// Some presence was addressed to the watcher (else nothing is known: the document is
+    /// `closed`, and the first known state goes out at once).
+    pub(super) known: bool,
+    /// The available resources' presences, by resource.
+    pub(super) resources: Vec<Arc<Entry>>,
+    /// The aggregate as the PIDF document sent (shared with the watchers' `last_body`).
+    pub(super) doc: Arc<str>,
+}
+
+impl View {
+    fn is(&self, known: bool, resources: &[Arc<Entry>]) -> bool {
+        self.known == known
+            && self.resources.len() == resources.len()
+            && self
+                .resources
+                .iter()
+                .zip(resources)
+                .all(|(a, b)| Entry::same(a, b))
+    }
+}
+
+/// One local user with LCS watchers.
+#[derive(Debug)]
+pub(super) struct LocalUser {
+    /// XEP-0172 nick, from the last of the user's presences that carried one.
+    nick: Option<String>,
+    /// The view of a watcher nothing has been addressed to yet.
+    blank: Arc<View>,
+    /// Views made lately, newest last (at most [`RECENT_VIEWS`]).
+    recent: Vec<Arc<View>>,
+}
+
+/// What a presence stanza does to the view of the watcher it is addressed to.
+enum Change {
+    /// A resource's available presence.
+    Available(Arc<Entry>),
+    /// A resource went unavailable (from the bare JID: every resource).
+    Unavailable(Box<str>),
+}
+
+impl PresenceEngine {
+    /// An available or unavailable presence from a local user's (full or bare) JID, as the
+    /// XMPP server sent it to the component. Addressed to an LCS watcher of the user, it
+    /// changes that watcher's view, and only that one; addressed to anything else (the
+    /// gateway, a contact that does not watch the user) it changes nothing. A copy of the
+    /// last available presence taken from the same full JID (all but `to` and `id` equal) is
+    /// not parsed again.
+    pub(super) fn local_presence(&mut self, now: Instant, element: Element, out: &mut Vec<Output>) {
+        let available = element.attr("type").is_none();
+        let (Some(from_attr), Some(to_attr)) = (element.attr("from"), element.attr("to")) else {
+            return;
+        };
+        let (Ok(from), Ok(to)) = (Jid::new(from_attr), Jid::new(to_attr)) else {
+            return;
+        };
+        if !self.book.is_local_domain(from.domain().as_str()) {
+            return;
+        }
+        let Some(key) = self.watcher_key(&from, &to) else {
+            return;
+        };
+        let resource: Box<str> = from.resource().map_or("", |r| r.as_str()).into();
+        let change = if available {
+            let cached = self
+                .entries
+                .get(from_attr)
+                .filter(|e| e.same_stanza(&element))
+                .cloned();
+            let entry = match cached {
+                Some(e) => e,
+                None => {
+                    let full = from_attr.to_owned();
+                    let Ok(presence) = Presence::try_from(element.clone()) else {
+                        return;
+                    };
+                    let nick = nick_of(&presence.payloads);
+                    let entry = Arc::new(Entry {
+                        resource,
+                        raw: element,
+                        presence,
+                    });
+                    self.entries.insert(full, entry.clone());
+                    if nick.is_some() {
+                        self.user(&key.0).nick = nick.filter(|n| !n.trim().is_empty());
+                    }
+                    entry
+                }
+            };
+            Change::Available(entry)
+        } else {
+            if let Some(nick) = element
+                .get_child("nick", xmpp_parsers::ns::NICK)
+                .map(Element::text)
+            {
+                self.user(&key.0).nick = Some(nick).filter(|n| !n.trim().is_empty());
             }
+            // The parsed presence of a resource that is gone for this watcher is kept no longer
+            // (clients often come back under a new resource; a copy to another watcher is
+            // parsed once again).
+            self.forget_entries(from_attr, resource.is_empty());
+            Change::Unavailable(resource)
+        };
+        self.apply(now, &key, change, out);
+    }
+
+    /// The watcher a presence from local user `from` to `to` is for, if `to` is the JID of an
+    /// LCS user who watches `from`.
+    fn watcher_key(&self, from: &Jid, to: &Jid) -> Option<Key> {
+        to.node()?;
+        let aor = self.book.jid_to_sip(to).ok()?;
+        if self.book.is_local_domain(&aor.host) {
+            return None;
         }
-        if element.attr("type").is_none() {
-            self.last_raw.insert(from.to_owned(), element.clone());
-            return false;
-        }
-        // Unavailable: the resource is gone (clients often log in under a new resource each
-        // time, so it is not kept); from the bare JID, every resource is.
-        self.last_raw.remove(from);
-        if !from.contains('/') {
-            let prefix = format!("{from}/");
+        let key = key(from.to_bare().to_string(), aor.aor().to_uri());
+        self.inbound.contains_key(&key).then_some(key)
+    }
+
+    /// The cached parsed presences of `full` forgotten (`all`: of every resource of its bare
+    /// JID too).
+    fn forget_entries(&mut self, full: &str, all: bool) {
+        self.entries.remove(full);
+        if all {
+            let bare = full.split('/').next().unwrap_or(full);
+            let prefix = format!("{bare}/");
             let ended: Vec<String> = self
-                .last_raw
+                .entries
                 .range(prefix.clone()..)
                 .take_while(|(k, _)| k.starts_with(&prefix))
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in ended {
-                self.last_raw.remove(&k);
+                self.entries.remove(&k);
             }
-        }
-        false
-    }
-
-    /// Forgets what a local user's resources last said (before a probe whose answers tell it
-    /// anew); the document sent to watchers stays until those answers come.
-    pub(super) fn forget_resources(&mut self, bare: &str) {
-        if let Some(user) = self.users.get_mut(bare) {
-            user.resources.clear();
-        }
-        self.last_raw.remove(bare);
-        let prefix = format!("{bare}/");
-        let stale: Vec<String> = self
-            .last_raw
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            self.last_raw.remove(&k);
         }
     }
 
-    /// An available or unavailable presence of a local user (to a contact, or broadcast).
-    pub(super) fn local_presence(
-        &mut self,
-        now: Instant,
-        from: &Jid,
-        p: &Presence,
-        out: &mut Vec<Output>,
-    ) {
-        let bare = from.to_bare().to_string();
-        let resource = from
-            .resource()
-            .map(|r| r.as_str().to_owned())
-            .unwrap_or_default();
-        let user = self.users.entry(bare.clone()).or_default();
-        let known = std::mem::replace(&mut user.known, true);
-        if let Some(nick) = p
-            .payloads
-            .iter()
-            .find_map(|e| Nick::try_from(e.clone()).ok())
-        {
-            user.nick = Some(nick.0).filter(|n| !n.trim().is_empty());
-        }
-        if show_for_presence(p) == Show::Unavailable {
-            if resource.is_empty() {
-                user.resources.clear();
-            } else {
-                user.resources.remove(&resource);
-            }
+    /// Watcher `key`'s view after `change`; a NOTIFY is owed if its document changed.
+    fn apply(&mut self, now: Instant, key: &Key, change: Change, out: &mut Vec<Output>) {
+        let Some(w) = self.inbound.get(key) else {
+            return;
+        };
+        let mut resources: Vec<Arc<Entry>> = if w.stale {
+            Vec::new()
         } else {
-            user.resources.insert(resource, p.clone());
-        }
-        // The server sends one presence per subscribed contact: only the first of a burst
-        // changes the aggregate; the others cost a render and a comparison.
-        let doc = pidf::render(&self.current_doc(&bare));
-        let Some(user) = self.users.get_mut(&bare) else {
-            return;
+            w.view.resources.clone()
         };
-        if known && *user.doc == *doc {
-            return;
-        }
-        user.doc = doc.into();
-        let keys: Vec<Key> = self
-            .inbound
-            .range((bare.clone(), String::new())..)
-            .take_while(|(k, _)| k.0 == bare)
-            .filter(|(_, w)| w.approval == Approval::Approved)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            if let Some(w) = self.inbound.get_mut(&key) {
-                w.dirty = true;
+        match change {
+            Change::Available(entry) => {
+                match resources.binary_search_by(|e| e.resource.cmp(&entry.resource)) {
+                    Ok(i) => resources[i] = entry,
+                    Err(i) => resources.insert(i, entry),
+                }
             }
-            self.maybe_flush(now, &key, out);
+            Change::Unavailable(resource) if resource.is_empty() => resources.clear(),
+            Change::Unavailable(resource) => resources.retain(|e| e.resource != resource),
         }
-    }
-
-    /// The local user's current document, rendered (kept per user as their presence comes;
-    /// for a user whose presence never came, the closed document is kept too, so that all
-    /// their watchers share one).
-    pub(super) fn rendered(&mut self, local: &str) -> Arc<str> {
-        if let Some(u) = self.users.get(local) {
-            return u.doc.clone();
-        }
-        let doc: Arc<str> = pidf::render(&self.current_doc(local)).into();
-        let user = LocalUser {
-            doc: doc.clone(),
-            ..LocalUser::default()
+        let view = self.view_of(&key.0, resources);
+        let Some(w) = self.inbound.get_mut(key) else {
+            return;
         };
-        self.users.insert(local.to_owned(), user);
-        doc
+        w.stale = false;
+        let changed = match &w.last_body {
+            Some(sent) => !Arc::ptr_eq(sent, &view.doc) && **sent != *view.doc,
+            None => true,
+        };
+        w.view = view;
+        if changed {
+            w.dirty = true;
+            self.maybe_flush(now, key, out);
+        }
     }
 
-    /// The local user's aggregated presence as the profile's document: the available resource
-    /// with the highest priority (ties: the most available show, then the resource name);
-    /// none available → closed.
-    pub(super) fn current_doc(&self, local: &str) -> PidfDocument {
+    /// The known view of `local` with these resources: one made lately if equal, else a new
+    /// one (rendered once, then shared by the watchers whose views become the same).
+    fn view_of(&mut self, local: &str, resources: Vec<Arc<Entry>>) -> Arc<View> {
+        if let Some(v) = self.users.get(local).and_then(|u| {
+            u.recent
+                .iter()
+                .rev()
+                .find(|v| v.is(true, &resources))
+                .cloned()
+        }) {
+            return v;
+        }
+        let doc = pidf::render(&self.document(local, &resources)).into();
+        let view = Arc::new(View {
+            known: true,
+            resources,
+            doc,
+        });
+        let user = self.user(local);
+        if user.recent.len() == RECENT_VIEWS {
+            user.recent.remove(0);
+        }
+        user.recent.push(view.clone());
+        view
+    }
+
+    /// The state of local user `local` (made on first use, with the blank view).
+    fn user(&mut self, local: &str) -> &mut LocalUser {
+        if !self.users.contains_key(local) {
+            let doc = pidf::render(&self.document(local, &[])).into();
+            let blank = Arc::new(View {
+                known: false,
+                resources: Vec::new(),
+                doc,
+            });
+            let user = LocalUser {
+                nick: None,
+                blank,
+                recent: Vec::new(),
+            };
+            self.users.insert(local.to_owned(), user);
+        }
+        self.users.get_mut(local).expect("inserted above")
+    }
+
+    /// The view of a new watcher of `local`: nothing addressed to it yet (closed), shared by
+    /// every such watcher of the user.
+    pub(super) fn blank_view(&mut self, local: &str) -> Arc<View> {
+        self.user(local).blank.clone()
+    }
+
+    /// Forgets a local user once no watcher is left.
+    pub(super) fn user_gone(&mut self, local: &str) {
+        let watched = self
+            .inbound
+            .range(key(local.to_owned(), String::new())..)
+            .next()
+            .is_some_and(|(k, _)| k.0 == local);
+        if !watched {
+            self.users.remove(local);
+            self.forget_entries(local, true);
+        }
+    }
+
+    /// What watcher `key` was told of its user's resources may be out of date (a presence
+    /// may have been lost while the component's stream was down): the next presence
+    /// addressed to it (a probe's answers, RFC 6121 §4.3.2) starts its view anew. Its document
+    /// stays until then. The user's parsed presences are forgotten too.
+    pub(super) fn mark_stale(&mut self, key: &Key) {
+        if let Some(w) = self.inbound.get_mut(key) {
+            w.stale = true;
+        }
+        self.forget_entries(&key.0, true);
+    }
+
+    /// The profile's document for local user `local` with these available resources: the
+    /// one with the highest priority (ties: the most available show, then the resource
+    /// name); none → closed. Display name: the user's XEP-0172 nick (else the JID's
+    /// localpart) with the configured suffix.
+    fn document(&self, local: &str, resources: &[Arc<Entry>]) -> PidfDocument {
         let entity = self.local_uri(local);
-        let user = self.users.get(local);
-        let best = user.and_then(|u| {
-            u.resources
-                .values()
-                .min_by_key(|p| (std::cmp::Reverse(p.priority.0), show_for_presence(p)))
+        let best = resources.iter().min_by_key(|e| {
+            (
+                std::cmp::Reverse(e.presence.priority.0),
+                show_for_presence(&e.presence),
+            )
         });
         let unavailable = Presence::unavailable();
-        let p = best.unwrap_or(&unavailable);
-        let base = user
+        let p = best.map_or(&unavailable, |e| &e.presence);
+        let base = self
+            .users
+            .get(local)
             .and_then(|u| u.nick.clone())
             .unwrap_or_else(|| local.split('@').next().unwrap_or(local).to_owned());
         let display = match &self.settings.nick_suffix {
@@ -196,3 +337,15 @@ impl PresenceEngine {
         )
     }
 }
+
+/// The XEP-0172 nick among a presence's payloads.
+fn nick_of(payloads: &[Element]) -> Option<String> {
+    payloads
+        .iter()
+        .find(|e| e.is("nick", xmpp_parsers::ns::NICK))
+        .and_then(|e| Nick::try_from(e.clone()).ok())
+        .map(|n| n.0)
+}
+
+/// Parsed presences by full JID, as received.
+pub(super) type Entries = BTreeMap<String, Arc<Entry>>;

@@ -171,8 +171,9 @@ fn key(local: String, remote: String) -> Key {
 enum Paced {
     /// The gateway's available presence to a local user with subscriptions.
     Gateway { from: BareJid, to: BareJid },
-    /// A probe of a local user with approved watchers, from one of them.
-    Probe { from: BareJid, to: BareJid },
+    /// A probe of a local user from an approved watcher's JID (its answer is what that
+    /// watcher may see, RFC 6121 §4.3.2), if it is still approved.
+    Probe(Key),
     /// A watcher waiting for its user: the `subscribe` asked again, if it still waits.
     Ask(Key),
     /// An LCS contact's current presence to its local user, if its subscription is active.
@@ -286,10 +287,12 @@ pub struct PresenceEngine {
     /// Call-ID of an initial SUBSCRIBE in flight → its subscription (NOTIFY before the 2xx).
     early: HashMap<String, Key>,
     purposes: HashMap<TxId, Purpose>,
+    /// Local users with LCS watchers: their nick and the views their watchers share.
     users: HashMap<String, LocalUser>,
-    /// Full JID → the last available presence taken from it, as received, until it goes
-    /// unavailable ([`PresenceEngine::repeated`]).
-    last_raw: BTreeMap<String, Element>,
+    /// Full JID → the last available presence taken from it, parsed, until it goes
+    /// unavailable: the copies the server sends to the user's other contacts are not parsed
+    /// again ([`PresenceEngine::local_presence`]).
+    entries: local::Entries,
     pending: Pending,
     /// New watchers refused for a pending-subscription limit since the start, by limit key.
     limit_hits: BTreeMap<&'static str, u64>,
@@ -329,7 +332,7 @@ impl PresenceEngine {
             early: HashMap::new(),
             purposes: HashMap::new(),
             users: HashMap::new(),
-            last_raw: BTreeMap::new(),
+            entries: local::Entries::new(),
             pending: Pending::default(),
             limit_hits: BTreeMap::new(),
             paced: VecDeque::new(),
@@ -410,7 +413,9 @@ impl PresenceEngine {
         if !element.is("presence", crate::xmpp::NS_COMPONENT) {
             return out;
         }
-        if self.repeated(&element) {
+        if matches!(element.attr("type"), None | Some("unavailable")) {
+            // A local user's presence to one contact (a broadcast comes as one per contact).
+            self.local_presence(now, element, &mut out);
             return out;
         }
         let Ok(p) = Presence::try_from(element) else {
@@ -423,10 +428,6 @@ impl PresenceEngine {
             return out;
         }
         let local = from.to_bare();
-        if matches!(p.type_, Type::None | Type::Unavailable) {
-            self.local_presence(now, &from, &p, &mut out);
-            return out;
-        }
         // Addressed to the gateway itself (XEP-0100 §4.1: the user's subscription to it).
         if to.node().is_none() && self.book.is_component_domain(to.domain().as_str()) {
             self.addressed_to_gateway(&p, &from, &to, &mut out);
@@ -693,7 +694,18 @@ impl PresenceEngine {
             };
             let presence = match next {
                 Paced::Gateway { from, to } => Presence::available().with_from(from).with_to(to),
-                Paced::Probe { from, to } => Presence::probe().with_from(from).with_to(to),
+                Paced::Probe(key) => {
+                    let approved = self
+                        .inbound
+                        .get(&key)
+                        .filter(|w| w.approval == Approval::Approved);
+                    let (Some(w), Ok(to)) = (approved, BareJid::new(&key.0)) else {
+                        continue;
+                    };
+                    Presence::probe()
+                        .with_from(w.remote_jid.clone())
+                        .with_to(to)
+                }
                 Paced::Ask(key) => {
                     let waiting = self
                         .inbound
@@ -909,7 +921,9 @@ impl PresenceEngine {
                 }
                 Direction::Inbound => {
                     let max_age = self.settings.dialog_max_age;
-                    let Some(mut w) = Watcher::from_record(&s, remote_jid, now, now_unix, max_age)
+                    let view = self.blank_view(&key.0);
+                    let at = (now, now_unix);
+                    let Some(mut w) = Watcher::from_record(&s, remote_jid, view, at, max_age)
                     else {
                         out.push(forget);
                         continue;
@@ -964,25 +978,22 @@ impl PresenceEngine {
                 }
             }
         }
-        // One probe per local user with approved watchers; its answer updates all of them.
-        let mut probed = BTreeSet::new();
-        let probes: Vec<(String, BareJid)> = self
+        // One probe per approved watcher, from its JID: the server answers each with what
+        // that watcher may see (RFC 6121 §4.3.2: the presence of each available resource, or
+        // unavailable; nothing to a contact the user blocks).
+        let probes: Vec<Key> = self
             .inbound
             .iter()
             .filter(|(_, w)| w.approval == Approval::Approved && ours(&w.remote_jid))
-            .filter(|(k, _)| probed.insert(k.0.clone()))
-            .map(|(k, w)| (k.0.clone(), w.remote_jid.clone()))
+            .map(|(k, _)| k.clone())
             .collect();
-        for (user, from) in probes {
+        for key in probes {
             if domain.is_some() {
-                // What the user's resources said before the loss may be stale (one may have
-                // gone offline unseen): the probe's answers, one per resource that is still
-                // available (RFC 6121 §4.3.2), make the aggregate anew.
-                self.forget_resources(&user);
+                // What the watcher was told before the loss may be out of date (a resource
+                // may have gone offline unseen): the probe's answers make its view anew.
+                self.mark_stale(&key);
             }
-            if let Ok(to) = BareJid::new(&user) {
-                self.paced.push_back(Paced::Probe { from, to });
-            }
+            self.paced.push_back(Paced::Probe(key));
         }
         // Watchers still waiting for their user are asked for again: the approval may have
         // come while no bridge was connected (the server bounced it), or the request may never

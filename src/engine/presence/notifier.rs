@@ -14,6 +14,7 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::nick::Nick;
 use xmpp_parsers::presence::{Presence, Type};
 
+use super::local::View;
 use super::{
     CSEQ_RESERVE, DEFAULT_EXPIRES_SECS, Failure, Key, MIN_EXPIRES_SECS, PENDING_RETRY_AFTER_SECS,
     PIDF_TYPE, PresenceEngine, Purpose, key, secs, stanza,
@@ -94,9 +95,15 @@ pub(super) struct Watcher {
     pub(super) in_flight: Option<TxId>,
     pub(super) retry_at: Option<Instant>,
     pub(super) failures: u32,
-    /// The last PIDF sent (identical states are not sent twice); shared with the user's
+    /// The last PIDF sent (identical states are not sent twice); shared with the view's
     /// `doc` it was.
     pub(super) last_body: Option<Arc<str>>,
+    /// What the XMPP server has addressed to this watcher of the user's presence, aggregated
+    /// (shared with every watcher told the same).
+    pub(super) view: Arc<View>,
+    /// The view may be out of date (the component's stream was lost): the next presence
+    /// addressed to the watcher starts it anew.
+    pub(super) stale: bool,
     /// The last `active` NOTIFY was sent before the local user's presence was known (an
     /// approval right after login, before the server's presence to the contact arrived): the
     /// first known state goes out at once instead of after the interval.
@@ -188,8 +195,16 @@ impl PresenceEngine {
             return;
         }
         w.approval = Approval::Approved;
+        let probe = (!w.view.known).then(|| w.remote_jid.clone());
         self.persist_in(now, key, out);
         self.send_notify(now, key, NotifyState::Active, out);
+        // Nothing addressed to this watcher yet: the server sends the user's presence to a
+        // contact it approves (RFC 6121 §3.1.5), but not always when it answered for the user
+        // (an approval given before, §3.1.3). A probe from the watcher's JID is answered with
+        // what this watcher may see (§4.3.2); a repeat changes nothing.
+        if let (Some(from), Ok(to)) = (probe, BareJid::new(&key.0)) {
+            out.push(stanza(Presence::probe().with_from(from).with_to(to)));
+        }
     }
 
     pub(super) fn xmpp_unsubscribed(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
@@ -317,11 +332,11 @@ impl PresenceEngine {
             r.push_header("Contact", &name_addr(None, &contact, &[]));
             out.push(Output::Respond { tx, response: r });
             dialog.confirm();
-            let approved = self
+            let body = self
                 .inbound
                 .get(&key)
-                .is_some_and(|w| w.approval == Approval::Approved);
-            let body = approved.then(|| self.rendered(&key.0));
+                .filter(|w| w.approval == Approval::Approved)
+                .map(|w| w.view.doc.clone());
             let state = "terminated;reason=timeout";
             if let Some(t) = self.notify_request(&mut dialog, false, state, body, out) {
                 self.purposes.insert(t, Purpose::Final);
@@ -368,6 +383,7 @@ impl PresenceEngine {
         };
         self.in_dialogs.insert(dialog.id.clone(), key.clone());
         dialog.confirm();
+        let view = self.blank_view(&key.0);
         let w = self.inbound.entry(key.clone()).or_insert(Box::new(Watcher {
             remote_jid: remote_jid.clone(),
             approval,
@@ -381,6 +397,8 @@ impl PresenceEngine {
             retry_at: None,
             failures: 0,
             last_body: None,
+            view,
+            stale: false,
             blind: false,
             cseq_reserved: 0,
         }));
@@ -530,6 +548,7 @@ impl PresenceEngine {
             if let Some(tx) = w.in_flight {
                 self.purposes.remove(&tx);
             }
+            self.user_gone(&key.0);
         }
     }
 
@@ -572,11 +591,11 @@ impl PresenceEngine {
         state: NotifyState,
         out: &mut Vec<Output>,
     ) {
-        let body = (state == NotifyState::Active).then(|| self.rendered(&key.0));
-        let known = self.users.get(&key.0).is_some_and(|u| u.known);
         let Some(w) = self.inbound.get_mut(key) else {
             return;
         };
+        let body = (state == NotifyState::Active).then(|| w.view.doc.clone());
+        let known = w.view.known;
         // A NOTIFY that ends the dialog needs no reservation (and the watcher may be being
         // forgotten: a write now would bring it back).
         let needs = |d: &Dialog| d.local_cseq() >= w.cseq_reserved;
@@ -637,11 +656,7 @@ impl PresenceEngine {
         if !due {
             return;
         }
-        let body = self.rendered(&key.0);
-        let Some(w) = self.inbound.get(key) else {
-            return;
-        };
-        if w.last_body.as_deref() == Some(&*body) {
+        if w.last_body.as_deref() == Some(&*w.view.doc) {
             if let Some(w) = self.inbound.get_mut(key) {
                 w.dirty = false;
             }

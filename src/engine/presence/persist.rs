@@ -1,10 +1,12 @@
 //! Persistence: the store's [`Subscription`] record written from a subscription's state, and
 //! the state built again from a stored record at start ([`PresenceEngine::restore`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xmpp_parsers::jid::BareJid;
 
+use super::local::View;
 use super::notifier::Watcher;
 use super::subscriber::Outbound;
 use super::{CSEQ_RESERVE, Key, PresenceEngine};
@@ -129,12 +131,15 @@ impl Watcher {
     /// domain until the peer is reached); its local CSeq resumes above the stored one, which
     /// is above every one the last process used in the dialog, with a fresh reservation
     /// (`Watcher::cseq_reserved`) the caller stores before anything is sent. An approved one
-    /// owes a NOTIFY with the current state; the caller schedules it (`retry_at`).
+    /// owes a NOTIFY with the current state; the caller schedules it (`retry_at`). Its `view`
+    /// is the user's blank one: what the server tells this watcher comes again, as the answer
+    /// to a probe from its own JID (the stored `last_sent` is that watcher's own last
+    /// document, not read back).
     pub(super) fn from_record(
         s: &Subscription,
         remote_jid: BareJid,
-        now: Instant,
-        now_unix: u64,
+        view: Arc<View>,
+        (now, now_unix): (Instant, u64),
         max_age: Duration,
     ) -> Option<Watcher> {
         if s.expires_unix <= now_unix || s.approval == Approval::Denied {
@@ -168,6 +173,8 @@ impl Watcher {
             retry_at: None,
             failures: 0,
             last_body: None,
+            view,
+            stale: false,
             blind: false,
             cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
         })

@@ -187,11 +187,17 @@ fn subscribed(e: &mut PresenceEngine, now: Instant) -> Message {
 // ------------------------------------------------------------------ inbound
 
 fn lcs_subscribe(call_id: &str, expires: Option<u32>) -> EdgeEvent {
+    lcs_subscribe_from("bob", "Bob Example", call_id, expires)
+}
+
+/// A SUBSCRIBE for Alice from LCS user `user`@contoso.com (display name `display`), on
+/// connection 4.
+fn lcs_subscribe_from(user: &str, display: &str, call_id: &str, expires: Option<u32>) -> EdgeEvent {
     let expires = expires
         .map(|e| format!("Expires: {e}\n"))
         .unwrap_or_default();
     let raw = format!(
-        "SUBSCRIBE sip:alice@example.org SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{call_id}\nMax-Forwards: 70\nFrom: \"Bob Example\" <sip:bob@contoso.com>;tag=lcs1\nTo: <sip:alice@example.org>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <sip:bob@192.0.2.5:5061;transport=tls>\nEvent: presence\nAccept: application/pidf+xml\n{expires}Content-Length: 0\n\n"
+        "SUBSCRIBE sip:alice@example.org SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{call_id}\nMax-Forwards: 70\nFrom: \"{display}\" <sip:{user}@contoso.com>;tag=lcs1\nTo: <sip:alice@example.org>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <sip:{user}@192.0.2.5:5061;transport=tls>\nEvent: presence\nAccept: application/pidf+xml\n{expires}Content-Length: 0\n\n"
     );
     EdgeEvent::Request {
         tx: TxIds::default().next(),

@@ -52,16 +52,17 @@ fn an_lcs_subscribe_is_stored_before_202_then_pending_and_a_subscribe_stanza() {
 fn approval_sends_active_with_the_profile_document_and_refusal_rejects() {
     let now = Instant::now();
     let mut e = engine_at(now);
-    e.on_stanza(
-        now,
-        alice(
-            "phone' to='lcs.example.org'",
-            "<show>away</show><nick xmlns='http://jabber.org/protocol/nick'>Alice A.</nick>",
-        ),
-    );
     let out = e.on_edge(now, lcs_subscribe("w-1", Some(3600)));
     let (tx, _, _) = requests(&out).remove(0);
     ok(&mut e, now, tx, 4);
+    // Alice's presence to Bob (say, directed) before she approves: kept for the `active`.
+    e.on_stanza(
+        now,
+        alice(
+            &format!("phone' to='{BOB}'"),
+            "<show>away</show><nick xmlns='http://jabber.org/protocol/nick'>Alice A.</nick>",
+        ),
+    );
     let out = e.on_stanza(now, alice_to_bob("subscribed"));
     assert_eq!(kinds(&out), ["persist:approved", "request:NOTIFY"]);
     assert_eq!(persisted(&out)[0].state, SubState::Active);
@@ -98,8 +99,12 @@ fn approval_sends_active_with_the_profile_document_and_refusal_rejects() {
 fn bursts_are_coalesced_per_watcher_and_the_last_state_goes_out() {
     let now = Instant::now();
     let mut e = engine_at(now);
-    e.on_stanza(now, alice("phone' to='lcs.example.org'", ""));
-    let (_, tx) = watched(&mut e, now);
+    let out = e.on_edge(now, lcs_subscribe("w-1", Some(3600)));
+    let (tx, _, _) = requests(&out).remove(0);
+    ok(&mut e, now, tx, 4);
+    e.on_stanza(now, alice(&format!("phone' to='{BOB}'"), ""));
+    let out = e.on_stanza(now, alice_to_bob("subscribed"));
+    let (tx, _, _) = requests(&out).remove(0);
     ok(&mut e, now, tx, 4);
     // The active NOTIFY went out at `now`: changes within 5 s wait.
     for (i, show) in ["away", "dnd", "xa"].iter().enumerate() {
@@ -107,7 +112,7 @@ fn bursts_are_coalesced_per_watcher_and_the_last_state_goes_out() {
         let out = e.on_stanza(
             at,
             alice(
-                "phone' to='lcs.example.org'",
+                &format!("phone' to='{BOB}'"),
                 &format!("<show>{show}</show>"),
             ),
         );
@@ -129,7 +134,7 @@ fn bursts_are_coalesced_per_watcher_and_the_last_state_goes_out() {
     // While that NOTIFY is unanswered, nothing more goes out; after its 200, the next change
     // waits for the interval again.
     let t = now + Duration::from_secs(11);
-    assert!(requests(&e.on_stanza(t, alice("phone' to='lcs.example.org'", ""))).is_empty());
+    assert!(requests(&e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), ""))).is_empty());
     let out = ok(&mut e, t, reqs[0].0, 4);
     assert_eq!(
         requests(&out).len(),
@@ -149,12 +154,12 @@ fn the_first_known_state_after_a_blind_approval_goes_at_once() {
     let (_, tx) = watched(&mut e, now);
     ok(&mut e, now, tx, 4);
     let t = now + Duration::from_millis(20);
-    let out = e.on_stanza(t, alice("phone' to='lcs.example.org'", ""));
+    let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), ""));
     let reqs = requests(&out);
     assert_eq!(reqs.len(), 1, "at once: {:?}", kinds(&out));
     assert!(body(&reqs[0].1).contains("<basic>open</basic>"));
     ok(&mut e, t, reqs[0].0, 4);
-    let out = e.on_stanza(t, alice("phone' to='lcs.example.org'", "<show>away</show>"));
+    let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), "<show>away</show>"));
     assert!(requests(&out).is_empty(), "coalesced again");
     assert_eq!(e.poll_timeout(), Some(t + Duration::from_secs(5)));
 }
@@ -332,14 +337,14 @@ fn connection_loss_resubscribes_outbound_and_routes_inbound_by_domain() {
     assert!(out.is_empty());
     assert_eq!(e.counts(), (1, 1));
     let t = now + Duration::from_secs(10);
-    let out = e.on_stanza(t, alice("phone' to='lcs.example.org'", "<show>away</show>"));
+    let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), "<show>away</show>"));
     let (tx, n, route) = requests(&out).remove(0);
     assert_eq!(route, Route::Domain("contoso.com".into()));
     assert_eq!(n.call_id().unwrap(), "w-1");
     // Answered on connection 7: the dialog lives there now.
     ok(&mut e, t, tx, 7);
     let t = t + Duration::from_secs(10);
-    let out = e.on_stanza(t, alice("phone' to='lcs.example.org'", "<show>dnd</show>"));
+    let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), "<show>dnd</show>"));
     assert_eq!(requests(&out)[0].2, Route::Connection(7));
 }
 
@@ -362,7 +367,7 @@ fn lcs_resubscribing_after_a_lost_connection_is_the_same_watcher() {
     let (tx, _, _) = requests(&out).remove(0);
     e.on_edge(now, EdgeEvent::Transaction(TxEvent::Timeout { tx }));
     let t = now + Duration::from_secs(1);
-    assert!(requests(&e.on_stanza(t, alice("phone' to='lcs.example.org'", ""))).is_empty());
+    assert!(requests(&e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), ""))).is_empty());
     let at = e.poll_timeout().unwrap();
     assert_eq!(at, now + Duration::from_secs(30));
     let out = e.handle_timeout(at);
