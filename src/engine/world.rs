@@ -5,9 +5,15 @@
 //! time. Nothing sleeps: a test of an hour of protocol runs in milliseconds.
 //!
 //! The stand-ins answer the way the real peers do, and no more:
-//! - the XMPP server keeps what each local user last said (presence), answers a probe with it
-//!   (RFC 6121 §4.3.2), and while a component's stream is down holds what the bridge sends
-//!   (as the link's queue does) and loses what its users send to the component;
+//! - the XMPP server keeps what each local user last said (presence) and which contacts the
+//!   user approved (the roster's `from` subscriptions); it sends a user's broadcast presence to
+//!   each such contact, one stanza addressed to each (RFC 6121 §4.2.2, §4.4.2), a directed
+//!   presence to its target alone (§4.6), and nothing but `unavailable` to a contact the user
+//!   blocks (XEP-0191 §3.3) or is invisible to (XEP-0186); it sends the user's presence to a
+//!   contact the user approves (§3.1.5), answers a probe from a contact with the presence of
+//!   each available resource or `unavailable` (§4.3.2; nothing to a blocked contact, as
+//!   Prosody's mod_blocklist), and while a component's stream is down holds what the bridge
+//!   sends (as the link's queue does) and loses what its users send to the component;
 //! - the LCS edge answers INVITE with 200 and an SDP answer, MESSAGE/INFO/BYE/NOTIFY with 200,
 //!   SUBSCRIBE with 200 and then a NOTIFY in the new dialog (`active`, the user's PIDF, or
 //!   `terminated` for `Expires: 0`), as an LCS 2005 edge does for a federated partner.
@@ -74,9 +80,48 @@ pub struct XmppServer {
     pub no_account: BTreeSet<String>,
     /// Each local user's available resources: bare JID → full JID → the presence's content.
     presence: BTreeMap<String, BTreeMap<String, String>>,
+    /// Each local user's contacts subscribed to the user's presence (approved): bare JID →
+    /// the contacts' JIDs.
+    pub roster: BTreeMap<String, BTreeSet<String>>,
+    /// Contacts each local user blocks (XEP-0191): bare JID → the contacts' JIDs.
+    pub blocked: BTreeMap<String, BTreeSet<String>>,
+    /// Full JIDs of the resources that are invisible (XEP-0186).
+    pub invisible: BTreeSet<String>,
 }
 
 impl XmppServer {
+    /// Whether local user `bare` blocks `contact`.
+    fn blocks(&self, bare: &str, contact: &str) -> bool {
+        self.blocked.get(bare).is_some_and(|b| b.contains(contact))
+    }
+
+    /// What the server answers a probe from `contact` for local user `bare` with, or sends
+    /// the contact once it may see the user again: the presence of each available resource
+    /// the contact may see (visible ones), else `unavailable` from the bare JID; nothing to a
+    /// contact the user blocks.
+    fn presence_for(&self, bare: &str, contact: &str) -> Vec<String> {
+        if self.blocks(bare, contact) {
+            return Vec::new();
+        }
+        let visible: Vec<String> = self
+            .presence
+            .get(bare)
+            .into_iter()
+            .flatten()
+            .filter(|(full, _)| !self.invisible.contains(*full))
+            .map(|(full, inner)| {
+                format!("<presence from='{full}' to='{contact}'>{inner}</presence>")
+            })
+            .collect();
+        if visible.is_empty() {
+            vec![format!(
+                "<presence from='{bare}' to='{contact}' type='unavailable'/>"
+            )]
+        } else {
+            visible
+        }
+    }
+
     /// The delivered stanzas, serialised, addressed to this bare JID.
     pub fn to(&self, bare: &str) -> Vec<String> {
         self.delivered
@@ -277,13 +322,142 @@ impl World {
 
     // ------------------------------------------------------------------ the XMPP side
 
-    /// A local user's client sends a stanza through the XMPP server to the component.
+    /// A local user's client sends a stanza through the XMPP server to the component. The
+    /// server notes the user's answers to subscription requests in the roster: approving a
+    /// contact (`subscribed`) also sends the contact the user's presence (RFC 6121 §3.1.5).
     pub fn xmpp_sends(&mut self, xml: &str) {
         let el = stanza(xml);
         if self.xmpp.down.contains(COMPONENT) {
             return; // the server cannot reach the component: lost (bounced to the user)
         }
+        let kind = el.attr("type").map(str::to_owned);
+        let bare = |a: Option<&str>| a.unwrap_or("").split('/').next().unwrap_or("").to_owned();
+        let (from, to) = (bare(el.attr("from")), bare(el.attr("to")));
         self.send(Input::Stanza(el));
+        match kind.as_deref() {
+            Some("subscribed") => {
+                self.xmpp
+                    .roster
+                    .entry(from.clone())
+                    .or_default()
+                    .insert(to.clone());
+                for p in self.xmpp.presence_for(&from, &to) {
+                    self.xmpp_sends(&p);
+                }
+            }
+            Some("unsubscribed") => {
+                if let Some(r) = self.xmpp.roster.get_mut(&from) {
+                    r.remove(&to);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A local user's resource sends broadcast presence (`inner`: its content), or goes
+    /// offline (`None`): the server sends it to each approved contact, one stanza addressed
+    /// to each, but to none the user blocks, and while the resource is invisible to none.
+    pub fn xmpp_broadcast(&mut self, from_full: &str, inner: Option<&str>) {
+        let bare = from_full.split('/').next().unwrap_or(from_full).to_owned();
+        let contacts: Vec<String> = self
+            .xmpp
+            .roster
+            .get(&bare)
+            .into_iter()
+            .flatten()
+            .filter(|c| !self.xmpp.blocks(&bare, c))
+            .cloned()
+            .collect();
+        let to: Vec<&str> = if self.xmpp.invisible.contains(from_full) {
+            Vec::new()
+        } else {
+            contacts.iter().map(String::as_str).collect()
+        };
+        self.xmpp_presence(from_full, inner, &to);
+    }
+
+    /// A local user's resource sends directed presence (RFC 6121 §4.6) to `to` alone:
+    /// available with `inner`, or unavailable (`None`). The resource's broadcast presence
+    /// (what probes are answered with) does not change.
+    pub fn xmpp_directed(&mut self, from_full: &str, to: &str, inner: Option<&str>) {
+        let xml = match inner {
+            Some(inner) => format!("<presence from='{from_full}' to='{to}'>{inner}</presence>"),
+            None => format!("<presence from='{from_full}' to='{to}' type='unavailable'/>"),
+        };
+        self.xmpp_sends(&xml);
+    }
+
+    /// Local user `bare` blocks `contact` (XEP-0191 §3.3): the server sends the contact
+    /// `unavailable` from each available resource, and nothing more until unblocked.
+    pub fn xmpp_block(&mut self, bare: &str, contact: &str) {
+        let resources: Vec<String> = self
+            .xmpp
+            .presence
+            .get(bare)
+            .into_iter()
+            .flatten()
+            .map(|(full, _)| full.clone())
+            .collect();
+        self.xmpp
+            .blocked
+            .entry(bare.to_owned())
+            .or_default()
+            .insert(contact.to_owned());
+        for full in resources {
+            self.xmpp_directed(&full, contact, None);
+        }
+    }
+
+    /// Local user `bare` unblocks `contact` (XEP-0191 §3.4): the contact, if approved, gets
+    /// the user's presence again (Prosody probes on its behalf).
+    pub fn xmpp_unblock(&mut self, bare: &str, contact: &str) {
+        if let Some(b) = self.xmpp.blocked.get_mut(bare) {
+            b.remove(contact);
+        }
+        if self
+            .xmpp
+            .roster
+            .get(bare)
+            .is_some_and(|r| r.contains(contact))
+        {
+            for p in self.xmpp.presence_for(bare, contact) {
+                self.xmpp_sends(&p);
+            }
+        }
+    }
+
+    /// A resource goes invisible (XEP-0186 §3.1: `unavailable` to every contact that saw
+    /// it) or visible again (its presence broadcast).
+    pub fn xmpp_invisible(&mut self, from_full: &str, invisible: bool) {
+        let bare = from_full.split('/').next().unwrap_or(from_full).to_owned();
+        let current = self
+            .xmpp
+            .presence
+            .get(&bare)
+            .and_then(|r| r.get(from_full))
+            .cloned();
+        if invisible {
+            let contacts: Vec<String> = self
+                .xmpp
+                .roster
+                .get(&bare)
+                .into_iter()
+                .flatten()
+                .filter(|c| !self.xmpp.blocks(&bare, c))
+                .cloned()
+                .collect();
+            if current.is_some() {
+                for c in contacts {
+                    self.xmpp_directed(from_full, &c, None);
+                }
+            }
+            self.xmpp.invisible.insert(from_full.to_owned());
+        } else {
+            self.xmpp.invisible.remove(from_full);
+            if let Some(inner) = current {
+                self.xmpp_broadcast(from_full, Some(&inner));
+            }
+        }
     }
 
     /// A local user's resource comes online or changes (`inner`: the presence's content), or
@@ -345,23 +519,20 @@ impl World {
             self.send(Input::Stanza(stanza(&error)));
         }
         // The server answers a probe with the presence of each available resource, or with
-        // unavailable presence when there is none (RFC 6121 §4.3.2).
+        // unavailable presence when there is none (RFC 6121 §4.3.2); a blocked contact's
+        // probe goes unanswered.
         if el.attr("type") == Some("probe") {
             let to = el.attr("to").unwrap_or("").to_owned();
             let from = el.attr("from").unwrap_or("").to_owned();
-            let answers: Vec<String> = match self.xmpp.presence.get(&to) {
-                Some(r) if !r.is_empty() => r
-                    .iter()
-                    .map(|(full, inner)| {
-                        format!("<presence from='{full}' to='{from}'>{inner}</presence>")
-                    })
-                    .collect(),
-                _ => vec![format!(
-                    "<presence from='{to}' to='{from}' type='unavailable'/>"
-                )],
-            };
-            for answer in answers {
+            for answer in self.xmpp.presence_for(&to, &from) {
                 self.send(Input::Stanza(stanza(&answer)));
+            }
+        }
+        // A contact's `unsubscribe` ends its subscription to the user's presence.
+        if el.attr("type") == Some("unsubscribe") {
+            let from = el.attr("from").unwrap_or("").to_owned();
+            if let Some(r) = self.xmpp.roster.get_mut(&to) {
+                r.remove(&from);
             }
         }
         self.xmpp.delivered.push(el);

@@ -329,3 +329,94 @@ fn the_component_answers_disco_and_drops_results() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].contains("type='result'") && got[0].contains("id='d1'"));
 }
+
+/// The last document each LCS user got in a NOTIFY about Alice, by AOR.
+fn last_document(w: &World, aor: &str) -> String {
+    w.lcs
+        .requests(&Method::Notify)
+        .into_iter()
+        .filter(|n| n.to().is_ok_and(|t| t.uri == aor))
+        .map(body_of)
+        .rfind(|b| !b.is_empty())
+        .unwrap_or_default()
+}
+
+const CAROL_AOR: &str = "sip:carol@contoso.com";
+
+/// Bob and Carol watch Alice, who approves both; she comes online (away), broadcast.
+fn bob_and_carol_watch_alice(w: &mut World) {
+    for (aor, user) in [(BOB_AOR, "bob"), (CAROL_AOR, "carol")] {
+        w.lcs_subscribes(aor, ALICE_URI);
+        w.settle();
+        w.xmpp_sends(&format!(
+            "<presence from='{ALICE}' to='{}' type='subscribed'/>",
+            contact_jid(user)
+        ));
+    }
+    w.xmpp_broadcast(&format!("{ALICE}/pc"), Some("<show>away</show>"));
+    w.run_for(Duration::from_secs(10));
+    for aor in [BOB_AOR, CAROL_AOR] {
+        assert!(last_document(w, aor).contains(">away<"), "{aor}");
+    }
+}
+
+/// Each LCS watcher sees what the XMPP server addressed to it: directed unavailable, blocking
+/// and invisibility reach only the watchers they are meant for, a restart's probes are
+/// answered per watcher (none for a blocked one), and an unblocked one sees Alice again.
+#[test]
+fn each_lcs_watcher_sees_what_the_server_addressed_to_it() {
+    let mut w = World::new();
+    bob_and_carol_watch_alice(&mut w);
+    let (bob, carol) = (contact_jid("bob"), contact_jid("carol"));
+    let pc = format!("{ALICE}/pc");
+    let open = |doc: String| doc.contains("<basic>open</basic>");
+    // Directed unavailable to Bob (RFC 6121 §4.6): Bob alone sees her offline.
+    w.xmpp_directed(&pc, &bob, None);
+    w.run_for(Duration::from_secs(10));
+    assert!(!open(last_document(&w, BOB_AOR)));
+    assert!(last_document(&w, CAROL_AOR).contains(">away<"));
+    // Her next broadcast reaches both.
+    w.xmpp_broadcast(&pc, Some("<show>dnd</show>"));
+    w.run_for(Duration::from_secs(10));
+    for aor in [BOB_AOR, CAROL_AOR] {
+        assert!(last_document(&w, aor).contains(">busy<"), "{aor}");
+    }
+    // She blocks Carol (XEP-0191): Carol sees her offline, Bob still busy, then online.
+    w.xmpp_block(ALICE, &carol);
+    w.run_for(Duration::from_secs(10));
+    assert!(!open(last_document(&w, CAROL_AOR)));
+    assert!(last_document(&w, BOB_AOR).contains(">busy<"));
+    w.xmpp_broadcast(&pc, Some(""));
+    w.run_for(Duration::from_secs(10));
+    let bob_doc = last_document(&w, BOB_AOR);
+    assert!(
+        open(bob_doc.clone()) && !bob_doc.contains("busy"),
+        "{bob_doc}"
+    );
+    assert!(!open(last_document(&w, CAROL_AOR)));
+    // A restart: each watcher's probe is answered with what it may see (Carol's not at all).
+    let notifies = w.lcs.requests(&Method::Notify).len();
+    w.restart();
+    w.run_for(Duration::from_secs(30));
+    assert!(w.lcs.requests(&Method::Notify).len() >= notifies + 2);
+    assert!(open(last_document(&w, BOB_AOR)));
+    assert!(!open(last_document(&w, CAROL_AOR)));
+    // Unblocked: Carol sees her again.
+    w.xmpp_unblock(ALICE, &carol);
+    w.run_for(Duration::from_secs(10));
+    assert!(open(last_document(&w, CAROL_AOR)));
+    // Invisible (XEP-0186), then directed presence to Carol alone.
+    w.xmpp_invisible(&pc, true);
+    w.run_for(Duration::from_secs(10));
+    assert!(!open(last_document(&w, BOB_AOR)));
+    assert!(!open(last_document(&w, CAROL_AOR)));
+    w.xmpp_directed(&pc, &carol, Some("<show>chat</show>"));
+    w.run_for(Duration::from_secs(10));
+    assert!(open(last_document(&w, CAROL_AOR)));
+    assert!(!open(last_document(&w, BOB_AOR)));
+    // Visible again: both.
+    w.xmpp_invisible(&pc, false);
+    w.run_for(Duration::from_secs(10));
+    assert!(open(last_document(&w, BOB_AOR)));
+    assert!(open(last_document(&w, CAROL_AOR)));
+}

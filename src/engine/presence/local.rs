@@ -63,19 +63,54 @@ pub(super) struct View {
     pub(super) known: bool,
     /// The available resources' presences, by resource.
     pub(super) resources: Vec<Arc<Entry>>,
-    /// The aggregate as the PIDF document sent (shared with the watchers' `last_body`).
+    /// The aggregate as the PIDF document sent.
     pub(super) doc: Arc<str>,
 }
 
 impl View {
-    fn is(&self, known: bool, resources: &[Arc<Entry>]) -> bool {
-        self.known == known
-            && self.resources.len() == resources.len()
-            && self
-                .resources
-                .iter()
-                .zip(resources)
-                .all(|(a, b)| Entry::same(a, b))
+    /// Whether the two views' documents are the same.
+    pub(super) fn same_doc(&self, other: &View) -> bool {
+        std::ptr::eq(self, other) || Arc::ptr_eq(&self.doc, &other.doc) || self.doc == other.doc
+    }
+
+    /// Whether this is the known view `change` makes of `base` (compared without building
+    /// that one).
+    fn is_after(&self, base: &[Arc<Entry>], change: &Change) -> bool {
+        if !self.known {
+            return false;
+        }
+        let mut mine = self.resources.iter();
+        let mut next_is = |e: &Arc<Entry>| mine.next().is_some_and(|m| Entry::same(m, e));
+        match change {
+            Change::Available(entry) => {
+                let mut placed = false;
+                for b in base {
+                    if !placed && b.resource >= entry.resource {
+                        placed = true;
+                        if !next_is(entry) {
+                            return false;
+                        }
+                        if b.resource == entry.resource {
+                            continue;
+                        }
+                    }
+                    if !next_is(b) {
+                        return false;
+                    }
+                }
+                if !placed && !next_is(entry) {
+                    return false;
+                }
+            }
+            Change::Unavailable(resource) => {
+                for b in base {
+                    if !resource.is_empty() && b.resource != *resource && !next_is(b) {
+                        return false;
+                    }
+                }
+            }
+        }
+        mine.next().is_none()
     }
 }
 
@@ -104,22 +139,31 @@ impl PresenceEngine {
     /// changes that watcher's view, and only that one; addressed to anything else (the
     /// gateway, a contact that does not watch the user) it changes nothing. A copy of the
     /// last available presence taken from the same full JID (all but `to` and `id` equal) is
-    /// not parsed again.
-    pub(super) fn local_presence(&mut self, now: Instant, element: Element, out: &mut Vec<Output>) {
-        let available = element.attr("type").is_none();
-        let (Some(from_attr), Some(to_attr)) = (element.attr("from"), element.attr("to")) else {
+    /// not parsed again, and the watcher is found without parsing either JID
+    /// ([`PresenceEngine::index_watcher`]).
+    pub(super) fn local_presence(
+        &mut self,
+        now: Instant,
+        element: Element,
+        available: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let (Some(from_attr), Some(to_attr)) = addressing(&element) else {
             return;
         };
-        let (Ok(from), Ok(to)) = (Jid::new(from_attr), Jid::new(to_attr)) else {
+        let Some(key) = self.watcher_of(from_attr, to_attr) else {
             return;
         };
-        if !self.book.is_local_domain(from.domain().as_str()) {
-            return;
-        }
-        let Some(key) = self.watcher_key(&from, &to) else {
-            return;
+        let resource = from_attr.split_once('/').map_or("", |(_, r)| r);
+        // The cache's key: the full JID as written, which is normalised unless the watcher
+        // was found through the address book.
+        let from_attr: std::borrow::Cow<'_, str> = match from_attr.strip_prefix(&*key.0) {
+            Some("") => key.0.as_str().into(),
+            Some(rest) if rest.starts_with('/') => from_attr.into(),
+            _ if resource.is_empty() => key.0.clone().into(),
+            _ => format!("{}/{resource}", key.0).into(),
         };
-        let resource: Box<str> = from.resource().map_or("", |r| r.as_str()).into();
+        let from_attr = &*from_attr;
         let change = if available {
             let cached = self
                 .entries
@@ -129,7 +173,7 @@ impl PresenceEngine {
             let entry = match cached {
                 Some(e) => e,
                 None => {
-                    let full = from_attr.to_owned();
+                    let (full, resource) = (from_attr.to_owned(), resource.into());
                     let Ok(presence) = Presence::try_from(element.clone()) else {
                         return;
                     };
@@ -148,6 +192,7 @@ impl PresenceEngine {
             };
             Change::Available(entry)
         } else {
+            let resource: Box<str> = resource.into();
             if let Some(nick) = element
                 .get_child("nick", xmpp_parsers::ns::NICK)
                 .map(Element::text)
@@ -163,16 +208,67 @@ impl PresenceEngine {
         self.apply(now, &key, change, out);
     }
 
-    /// The watcher a presence from local user `from` to `to` is for, if `to` is the JID of an
-    /// LCS user who watches `from`.
-    fn watcher_key(&self, from: &Jid, to: &Jid) -> Option<Key> {
+    /// The watcher a presence from `from` to `to` (JIDs as the server wrote them) is for, if
+    /// `from` is a local user and `to` the JID of an LCS user who watches that user. Looked up
+    /// by the two bare JIDs' hash first ([`PresenceEngine::index_watcher`]: no JID parsed),
+    /// else through the address book.
+    fn watcher_of(&self, from: &str, to: &str) -> Option<Key> {
+        let bare = |jid: &'_ str| -> usize { jid.find('/').unwrap_or(jid.len()) };
+        let (user, contact) = (&from[..bare(from)], &to[..bare(to)]);
+        let hash = self.index_hash(user, contact);
+        if let Some(key) = self.by_jids.get(&hash) {
+            let found = key.0 == user
+                && self
+                    .inbound
+                    .get(key)
+                    .is_some_and(|w| w.remote_jid.as_str() == contact);
+            if found {
+                return Some(key.clone());
+            }
+        }
+        let (Ok(from), Ok(to)) = (Jid::new(from), Jid::new(to)) else {
+            return None;
+        };
+        if !self.book.is_local_domain(from.domain().as_str()) {
+            return None;
+        }
         to.node()?;
-        let aor = self.book.jid_to_sip(to).ok()?;
+        let aor = self.book.jid_to_sip(&to).ok()?;
         if self.book.is_local_domain(&aor.host) {
             return None;
         }
-        let key = key(from.to_bare().to_string(), aor.aor().to_uri());
+        let key = key(from.to_bare().into_inner(), aor.aor().to_uri());
         self.inbound.contains_key(&key).then_some(key)
+    }
+
+    /// The hash of a (local user, LCS watcher) pair of bare JIDs.
+    fn index_hash(&self, user: &str, contact: &str) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.index_hasher.build_hasher();
+        h.write(user.as_bytes());
+        h.write_u8(0xff);
+        h.write(contact.as_bytes());
+        h.finish()
+    }
+
+    /// Indexes watcher `key` by the bare JIDs the XMPP server addresses its user's presence
+    /// with (a new watcher, or one restored), so that each such presence finds it without
+    /// parsing them; unless another holds the slot (a hash collision: that one is then found
+    /// through the address book).
+    pub(super) fn index_watcher(&mut self, key: &Key) {
+        let Some(w) = self.inbound.get(key) else {
+            return;
+        };
+        let hash = self.index_hash(&key.0, w.remote_jid.as_str());
+        self.by_jids.entry(hash).or_insert_with(|| key.clone());
+    }
+
+    /// Takes watcher `key` (JID `contact`) out of the index.
+    pub(super) fn unindex_watcher(&mut self, key: &Key, contact: &str) {
+        let hash = self.index_hash(&key.0, contact);
+        if self.by_jids.get(&hash) == Some(key) {
+            self.by_jids.remove(&hash);
+        }
     }
 
     /// The cached parsed presences of `full` forgotten (`all`: of every resource of its bare
@@ -199,30 +295,37 @@ impl PresenceEngine {
         let Some(w) = self.inbound.get(key) else {
             return;
         };
-        let mut resources: Vec<Arc<Entry>> = if w.stale {
-            Vec::new()
-        } else {
-            w.view.resources.clone()
-        };
-        match change {
-            Change::Available(entry) => {
-                match resources.binary_search_by(|e| e.resource.cmp(&entry.resource)) {
-                    Ok(i) => resources[i] = entry,
-                    Err(i) => resources.insert(i, entry),
+        let base: &[Arc<Entry>] = if w.stale { &[] } else { &w.view.resources };
+        // The copies of one change to the user's watchers: the view the first made.
+        let shared = self.users.get(&key.0).and_then(|u| {
+            u.recent
+                .iter()
+                .rev()
+                .find(|v| v.is_after(base, &change))
+                .cloned()
+        });
+        let view = match shared {
+            Some(v) => v,
+            None => {
+                let mut resources = base.to_vec();
+                match change {
+                    Change::Available(entry) => {
+                        match resources.binary_search_by(|e| e.resource.cmp(&entry.resource)) {
+                            Ok(i) => resources[i] = entry,
+                            Err(i) => resources.insert(i, entry),
+                        }
+                    }
+                    Change::Unavailable(resource) if resource.is_empty() => resources.clear(),
+                    Change::Unavailable(resource) => resources.retain(|e| e.resource != resource),
                 }
+                self.new_view(&key.0, resources)
             }
-            Change::Unavailable(resource) if resource.is_empty() => resources.clear(),
-            Change::Unavailable(resource) => resources.retain(|e| e.resource != resource),
-        }
-        let view = self.view_of(&key.0, resources);
+        };
         let Some(w) = self.inbound.get_mut(key) else {
             return;
         };
         w.stale = false;
-        let changed = match &w.last_body {
-            Some(sent) => !Arc::ptr_eq(sent, &view.doc) && **sent != *view.doc,
-            None => true,
-        };
+        let changed = !w.sent.as_ref().is_some_and(|s| s.same_doc(&view));
         w.view = view;
         if changed {
             w.dirty = true;
@@ -230,18 +333,9 @@ impl PresenceEngine {
         }
     }
 
-    /// The known view of `local` with these resources: one made lately if equal, else a new
-    /// one (rendered once, then shared by the watchers whose views become the same).
-    fn view_of(&mut self, local: &str, resources: Vec<Arc<Entry>>) -> Arc<View> {
-        if let Some(v) = self.users.get(local).and_then(|u| {
-            u.recent
-                .iter()
-                .rev()
-                .find(|v| v.is(true, &resources))
-                .cloned()
-        }) {
-            return v;
-        }
+    /// A new known view of `local` with these resources, rendered once, then shared by the
+    /// watchers whose views become the same (kept among the user's recent ones).
+    fn new_view(&mut self, local: &str, resources: Vec<Arc<Entry>>) -> Arc<View> {
         let doc = pidf::render(&self.document(local, &resources)).into();
         let view = Arc::new(View {
             known: true,
@@ -336,6 +430,21 @@ impl PresenceEngine {
             &self.table,
         )
     }
+}
+
+/// The `from` and `to` of a stanza, in one pass over its attributes.
+fn addressing(e: &Element) -> (Option<&str>, Option<&str>) {
+    let (mut from, mut to) = (None, None);
+    for ((ns, name), value) in e.attrs().iter() {
+        if ns.is_none() {
+            match name.as_str() {
+                "from" => from = Some(value.as_str()),
+                "to" => to = Some(value.as_str()),
+                _ => {}
+            }
+        }
+    }
+    (from, to)
 }
 
 /// The XEP-0172 nick among a presence's payloads.

@@ -293,6 +293,10 @@ pub struct PresenceEngine {
     /// unavailable: the copies the server sends to the user's other contacts are not parsed
     /// again ([`PresenceEngine::local_presence`]).
     entries: local::Entries,
+    /// Approved and waiting watchers by a hash of the two bare JIDs the XMPP server addresses
+    /// a user's presence to the watcher with ([`PresenceEngine::index_watcher`]).
+    by_jids: HashMap<u64, Key>,
+    index_hasher: std::collections::hash_map::RandomState,
     pending: Pending,
     /// New watchers refused for a pending-subscription limit since the start, by limit key.
     limit_hits: BTreeMap<&'static str, u64>,
@@ -333,6 +337,8 @@ impl PresenceEngine {
             purposes: HashMap::new(),
             users: HashMap::new(),
             entries: local::Entries::new(),
+            by_jids: HashMap::new(),
+            index_hasher: std::collections::hash_map::RandomState::new(),
             pending: Pending::default(),
             limit_hits: BTreeMap::new(),
             paced: VecDeque::new(),
@@ -413,9 +419,11 @@ impl PresenceEngine {
         if !element.is("presence", crate::xmpp::NS_COMPONENT) {
             return out;
         }
-        if matches!(element.attr("type"), None | Some("unavailable")) {
+        let kind = element.attr("type");
+        if matches!(kind, None | Some("unavailable")) {
             // A local user's presence to one contact (a broadcast comes as one per contact).
-            self.local_presence(now, element, &mut out);
+            let available = kind.is_none();
+            self.local_presence(now, element, available, &mut out);
             return out;
         }
         let Ok(p) = Presence::try_from(element) else {
@@ -759,6 +767,7 @@ impl PresenceEngine {
         crate::compact::map(&mut self.purposes);
         crate::compact::map(&mut self.early);
         crate::compact::map(&mut self.armed);
+        crate::compact::map(&mut self.by_jids);
         crate::compact::heap(&mut self.timers);
         for key in std::mem::take(&mut self.outbound.touched) {
             let due = self.outbound.get(&key).and_then(|s| s.due());
@@ -937,7 +946,8 @@ impl PresenceEngine {
                             w.retry_at = paced.next();
                         }
                     }
-                    self.inbound.insert(key, Box::new(w));
+                    self.inbound.insert(key.clone(), Box::new(w));
+                    self.index_watcher(&key);
                 }
             }
         }

@@ -95,9 +95,9 @@ pub(super) struct Watcher {
     pub(super) in_flight: Option<TxId>,
     pub(super) retry_at: Option<Instant>,
     pub(super) failures: u32,
-    /// The last PIDF sent (identical states are not sent twice); shared with the view's
-    /// `doc` it was.
-    pub(super) last_body: Option<Arc<str>>,
+    /// The view whose document the last `active` NOTIFY carried (an identical document is
+    /// not sent twice; the store's `last_sent`).
+    pub(super) sent: Option<Arc<View>>,
     /// What the XMPP server has addressed to this watcher of the user's presence, aggregated
     /// (shared with every watcher told the same).
     pub(super) view: Arc<View>,
@@ -396,7 +396,7 @@ impl PresenceEngine {
             in_flight: None,
             retry_at: None,
             failures: 0,
-            last_body: None,
+            sent: None,
             view,
             stale: false,
             blind: false,
@@ -404,13 +404,17 @@ impl PresenceEngine {
         }));
         w.cseq_reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
         w.dialog = Some(Box::new(dialog));
+        self.index_watcher(&key);
+        let Some(w) = self.inbound.get_mut(&key) else {
+            return;
+        };
         w.detached = false;
         w.expires_at = now + Duration::from_secs(u64::from(granted));
         w.dialog_deadline = deadline;
         w.in_flight = None;
         w.retry_at = None;
         w.failures = 0;
-        w.last_body = None;
+        w.sent = None;
         self.persist_in(now, &key, out);
         if approval != Approval::Approved {
             // XEP-0100: the gateway asks on the legacy user's behalf (RFC 6121 §3.1.3: the
@@ -548,6 +552,7 @@ impl PresenceEngine {
             if let Some(tx) = w.in_flight {
                 self.purposes.remove(&tx);
             }
+            self.unindex_watcher(key, w.remote_jid.as_str());
             self.user_gone(&key.0);
         }
     }
@@ -594,7 +599,8 @@ impl PresenceEngine {
         let Some(w) = self.inbound.get_mut(key) else {
             return;
         };
-        let body = (state == NotifyState::Active).then(|| w.view.doc.clone());
+        let sent = (state == NotifyState::Active).then(|| w.view.clone());
+        let body = sent.as_ref().map(|v| v.doc.clone());
         let known = w.view.known;
         // A NOTIFY that ends the dialog needs no reservation (and the watcher may be being
         // forgotten: a write now would bring it back).
@@ -617,7 +623,7 @@ impl PresenceEngine {
             return;
         };
         let detached = w.detached;
-        let tx = self.notify_request(&mut dialog, detached, &header, body.clone(), out);
+        let tx = self.notify_request(&mut dialog, detached, &header, body, out);
         let Some(w) = self.inbound.get_mut(key) else {
             return;
         };
@@ -635,7 +641,7 @@ impl PresenceEngine {
         self.purposes.insert(tx, Purpose::Notify(key.clone()));
         w.last_notify = Some(now);
         if state == NotifyState::Active {
-            w.last_body = body;
+            w.sent = sent;
             w.dirty = false;
             w.blind = !known;
         }
@@ -656,7 +662,7 @@ impl PresenceEngine {
         if !due {
             return;
         }
-        if w.last_body.as_deref() == Some(&*w.view.doc) {
+        if w.sent.as_ref().is_some_and(|s| s.same_doc(&w.view)) {
             if let Some(w) = self.inbound.get_mut(key) {
                 w.dirty = false;
             }

@@ -71,7 +71,7 @@ impl PresenceEngine {
                 SubState::Pending
             },
             approval: w.approval,
-            last_sent: w.last_body.as_ref().map(|b| b.as_bytes().to_vec()),
+            last_sent: w.sent.as_ref().map(|v| v.doc.as_bytes().to_vec()),
             last_received: None,
             updated_unix: now_unix,
         })
@@ -172,7 +172,7 @@ impl Watcher {
             in_flight: None,
             retry_at: None,
             failures: 0,
-            last_body: None,
+            sent: None,
             view,
             stale: false,
             blind: false,

@@ -367,3 +367,94 @@ fn a_watcher_approved_before_anything_was_addressed_to_it_probes_for_it() {
     );
     assert!(body(&requests(&out)[0].1).contains("<ep:activity>away</ep:activity>"));
 }
+
+#[test]
+fn views_stay_shared_through_any_sequence_of_broadcasts() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    two_watchers(&mut e, now);
+    // (resource, type, content): each sent to Bob, then to Carol, as a broadcast.
+    let steps: &[(&str, &str, &str)] = &[
+        ("pc", "", "<priority>1</priority>"),
+        ("phone", "", "<show>away</show><priority>5</priority>"),
+        ("tablet", "", "<show>dnd</show>"),
+        ("phone", "unavailable", ""),
+        ("pc", "", "<show>xa</show><priority>1</priority>"),
+        ("phone", "", "<show>chat</show><priority>9</priority>"),
+        ("tablet", "unavailable", ""),
+        ("", "unavailable", ""),
+        ("tablet", "", ""),
+        ("pc", "", "<priority>2</priority>"),
+        ("pc", "unavailable", ""),
+    ];
+    let mut model = std::collections::BTreeSet::new();
+    let mut t = now;
+    for (resource, kind, inner) in steps {
+        t += Duration::from_secs(10);
+        match (*resource, *kind) {
+            ("", _) => model.clear(),
+            (r, "unavailable") => {
+                model.remove(r);
+            }
+            (r, _) => {
+                model.insert(r.to_owned());
+            }
+        }
+        for to in [BOB, CAROL] {
+            let stanza = if resource.is_empty() {
+                pres(&format!("from='{ALICE}' to='{to}' type='{kind}'"), inner)
+            } else {
+                from_alice(resource, to, kind, inner)
+            };
+            let out = e.on_stanza(t, stanza);
+            notified(&mut e, t, &out);
+        }
+        let (b, c) = (watcher(&e, BOB_AOR), watcher(&e, CAROL_AOR));
+        assert!(Arc::ptr_eq(&b.view, &c.view), "after {resource} {kind}");
+        let got: Vec<&str> = b.view.resources.iter().map(|r| &*r.resource).collect();
+        let want: Vec<&str> = model.iter().map(String::as_str).collect();
+        assert_eq!(got, want, "after {resource} {kind}");
+        assert!(e.entries.len() <= model.len());
+        assert!(b.sent.as_ref().unwrap().same_doc(&b.view), "sent");
+    }
+    // The tablet is left: available, no activity.
+    let doc = &watcher(&e, BOB_AOR).view.doc;
+    assert!(
+        doc.contains("<basic>open</basic>") && !doc.contains("activity"),
+        "{doc}"
+    );
+}
+
+#[test]
+fn watchers_are_found_by_their_jids_as_written_or_through_the_address_book() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    two_watchers(&mut e, now);
+    assert_eq!(e.by_jids.len(), 2);
+    // JIDs not in their normalised form (a server would not send them, but they are the same
+    // JIDs): found through the address book.
+    let t = now + Duration::from_secs(10);
+    let out = e.on_stanza(
+        t,
+        pres(
+            r"from='Alice@EXAMPLE.org/phone' to='Bob\40Contoso.com@LCS.example.org'",
+            "<show>away</show>",
+        ),
+    );
+    let got = notified(&mut e, t, &out);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "w-1");
+    // A watcher that ends leaves the index (and its user, with no watcher left, the engine).
+    let out = e.on_stanza(t, alice_to_bob("unsubscribed"));
+    assert_eq!(kinds(&out), ["forget:inbound", "request:NOTIFY"]);
+    assert_eq!(e.by_jids.len(), 1);
+    let out = e.on_stanza(
+        t,
+        pres(
+            &format!("from='{ALICE}' to='{CAROL}' type='unsubscribed'"),
+            "",
+        ),
+    );
+    assert_eq!(kinds(&out), ["forget:inbound", "request:NOTIFY"]);
+    assert!(e.by_jids.is_empty() && e.users.is_empty() && e.entries.is_empty());
+}
