@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use lcs_test_support::Prosody;
 use lcs_test_support::e2e::{Mode, World, bare, body_text, requests};
 use lcs_test_support::sipp::{self, LoggedMessage};
+use lcs_test_support::{Prosody, XmppServer};
 
 /// NOTIFYs to LCS at most once a second (the smallest interval), so a change shows quickly.
 const PRESENCE_CONFIG: &str = "\n[presence]\nnotify_min_interval_secs = 1\n";
@@ -431,4 +431,144 @@ fn xmpp_watcher_survives_bridge_restart() {
         "`subscribed` once"
     );
     assert_eq!(count_presence(&mut w, &bob, "unsubscribed"), 0);
+}
+
+// ------------------------------------------------------------------ per-watcher presence (8)
+
+/// The first message in SIPp run `run`'s log that satisfies `pred`, waiting for it (and
+/// failing at once if the run ends without it: its scenario failed).
+fn wait_logged<S: XmppServer>(
+    w: &World<S>,
+    (run, sipp): (&str, &mut sipp::Killed),
+    what: &str,
+    pred: impl Fn(&LoggedMessage) -> bool,
+) -> LoggedMessage {
+    loop {
+        let ended = sipp.0.try_wait().ok().flatten();
+        if let Some(m) = sipp::read_message_log(w.dir(), run)
+            .into_iter()
+            .find(|m| pred(m))
+        {
+            return m;
+        }
+        assert!(
+            ended.is_none(),
+            "SIPp {run} ended ({ended:?}) before {what}"
+        );
+        assert!(Instant::now() < w.deadline, "SIPp {run}: no {what} in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The NOTIFYs SIPp run `run` received, in order.
+fn notifies_of(w: &World<impl XmppServer>, run: &str) -> Vec<LoggedMessage> {
+    sipp::read_message_log(w.dir(), run)
+        .into_iter()
+        .filter(|m| !m.sent && m.method().as_deref() == Some("NOTIFY"))
+        .collect()
+}
+
+/// (8) Two LCS watchers of alice, bob and carol (two SIPp UACs, each over its own mutual-TLS
+/// connection): each sees what the XMPP server sends to its own JID (docs/mapping.md §5).
+/// Alice approves both; both see her online. She sends bob directed unavailable (RFC 6121
+/// §4.6): bob sees her offline, carol does not (no NOTIFY reaches carol meanwhile, and her
+/// refresh is answered `open`). She blocks carol (XEP-0191): carol sees her offline; her next
+/// broadcast (dnd) reaches bob alone (carol's refresh is answered `closed`). Fails on a bridge
+/// that keeps one presence per user: carol's scenario gets a NOTIFY it does not expect.
+fn each_watcher_sees_its_own<S: XmppServer>(mut w: World<S>) {
+    let bob = [("user", "bob"), ("display", "Bob")];
+    let carol = [("user", "carol"), ("display", "Carol")];
+    let mut bob_run = w.uac_with("p8b", "presence_8_uac_first_watcher", &bob, false);
+    let mut carol_run = w.uac_with("p8c", "presence_8_uac_second_watcher", &carol, false);
+    let deadline = w.deadline;
+    for user in ["bob", "carol"] {
+        let jid = w.mode.jid(user);
+        w.alice
+            .wait_for(&format!("subscribe from {user}"), deadline, |e| {
+                is_presence_from(e, &jid) && e["type"] == "subscribe"
+            });
+        w.alice
+            .command(json!({"op": "presence", "to": jid, "type": "subscribed"}));
+    }
+    let open = |m: &LoggedMessage| is_notify_with(m, "<basic>open</basic>");
+    let closed = |m: &LoggedMessage| is_notify_with(m, "<basic>closed</basic>");
+    wait_logged(&w, ("p8b", &mut bob_run), "bob's NOTIFY open", open);
+    let carol_open = wait_logged(&w, ("p8c", &mut carol_run), "carol's NOTIFY open", open);
+    // Directed unavailable to bob alone.
+    let (bob_jid, carol_jid) = (w.mode.jid("bob"), w.mode.jid("carol"));
+    w.alice
+        .command(json!({"op": "presence", "to": bob_jid, "type": "unavailable"}));
+    let bob_closed = wait_logged(&w, ("p8b", &mut bob_run), "bob's NOTIFY closed", closed);
+    // Carol's refresh, 6 s after she saw alice online, is answered with what she may see.
+    let refresh = wait_logged(&w, ("p8c", &mut carol_run), "carol's refresh", |m| {
+        m.sent && m.cseq() == Some((2, "SUBSCRIBE".into()))
+    });
+    assert!(
+        bob_closed.time < refresh.time,
+        "bob was closed ({:.3}) before carol refreshed ({:.3})",
+        bob_closed.time,
+        refresh.time
+    );
+    // She blocks carol: carol sees her offline.
+    w.alice.command(json!({"op": "block", "jid": carol_jid}));
+    w.alice.wait_for("the block's result", deadline, |e| {
+        e["event"] == "iq" && e["op"] == "block" && e["type"] == "result"
+    });
+    wait_logged(&w, ("p8c", &mut carol_run), "carol's NOTIFY closed", closed);
+    // Her broadcast reaches bob alone.
+    w.alice
+        .command(json!({"op": "presence", "show": "dnd", "status": "heads down"}));
+    let bob_log = w.finish(&mut bob_run, "p8b");
+    let carol_log = w.finish(&mut carol_run, "p8c");
+    eprintln!("(8) bob's NOTIFYs:\n{}", notify_summary(&bob_log));
+    eprintln!("(8) carol's NOTIFYs:\n{}", notify_summary(&carol_log));
+    let carol_notifies = notifies_of(&w, "p8c");
+    // After she first saw alice online: the refresh's (open), the block's (closed), the
+    // second refresh's (closed), the final one: nothing for bob's unavailable or the dnd.
+    let after_open: Vec<String> = carol_notifies
+        .iter()
+        .filter(|m| m.time >= carol_open.time && m.raw != carol_open.raw)
+        .map(|m| {
+            let body = body_text(m);
+            let basic = ["open", "closed"]
+                .into_iter()
+                .find(|b| body.contains(&format!("<basic>{b}</basic>")))
+                .unwrap_or("-");
+            format!(
+                "{} {basic}",
+                m.header("Subscription-State")
+                    .unwrap_or_default()
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        after_open,
+        [
+            "active open",
+            "active closed",
+            "active closed",
+            "terminated -"
+        ],
+        "carol's NOTIFYs after she saw alice online"
+    );
+    assert!(
+        !carol_notifies.iter().any(|m| body_text(m).contains("busy")),
+        "carol was told alice's dnd"
+    );
+    let bob_busy = bob_log
+        .iter()
+        .find(|m| is_notify_with(m, "busy"))
+        .expect("bob's NOTIFY busy");
+    assert!(body_text(bob_busy).contains("heads down"));
+}
+
+#[test]
+fn each_lcs_watcher_sees_what_the_server_sent_to_it() {
+    let Some(w) = world("(8) per-watcher presence") else {
+        return;
+    };
+    each_watcher_sees_its_own(w);
 }

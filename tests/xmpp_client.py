@@ -26,6 +26,8 @@ Commands on standard input, one JSON object per line:
    "chatstate": "composing"|"paused"|"active"|... (optional), "receipt": BOOL (optional)}
   {"op": "presence", "to": JID (optional), "type": "subscribe"|"subscribed"|"unsubscribe"|
    "unsubscribed"|"unavailable" (optional), "show": S (optional), "status": TEXT (optional)}
+  {"op": "block"|"unblock", "jid": JID}    XEP-0191: block or unblock a contact; prints
+                                           {"event": "iq", "op": OP, "type": "result"|"error"}
   {"op": "connect"}                        connect again after the stream was lost (and keep
                                            trying every 0.2 s until it is up)
   {"op": "quit"}                           disconnect cleanly and exit 0
@@ -41,6 +43,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -182,6 +185,25 @@ class Client(slixmpp.ClientXMPP):
         pres.send()
         emit({"event": "sent", "presence": cmd.get("type", "available")})
 
+    def block_command(self, cmd):
+        """XEP-0191 §3.3/§3.4: a <block/> or <unblock/> with one item, as an IQ set."""
+        op = cmd["op"]
+        iq = self.make_iq_set()
+        command = ET.Element("{urn:xmpp:blocking}%s" % op)
+        ET.SubElement(command, "{urn:xmpp:blocking}item", {"jid": cmd["jid"]})
+        iq.xml.append(command)
+
+        async def send():
+            try:
+                await iq.send()
+                emit({"event": "iq", "op": op, "type": "result"})
+            except IqError as e:
+                emit({"event": "iq", "op": op, "type": "error", "error": str(e)})
+            except IqTimeout:
+                emit({"event": "iq", "op": op, "type": "timeout"})
+
+        asyncio.ensure_future(send())
+
     def on_disconnected(self, _reason):
         emit({"event": "disconnected"})
         if self.reconnect_wanted and not self.quitting:
@@ -223,6 +245,8 @@ async def commands(client, done):
             client.send_command(cmd)
         elif cmd["op"] == "presence":
             client.presence_command(cmd)
+        elif cmd["op"] in ("block", "unblock"):
+            client.block_command(cmd)
         elif cmd["op"] == "connect":
             client.reconnect_wanted = True
             client.start()

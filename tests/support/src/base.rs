@@ -309,8 +309,12 @@ pub fn repo() -> &'static Path {
 /// The `lcs-bridge` binary cargo built for the running integration test or example: in the
 /// profile's directory (`target/<profile>/lcs-bridge`), where the test runs from `deps/` (or the
 /// example from `examples/`) below it. `CARGO_BIN_EXE_lcs-bridge` only exists while the test
-/// itself compiles, not here.
+/// itself compiles, not here. `LCS_BRIDGE_BIN=<path>` names another build instead (to show that
+/// a test fails without the change it covers, or to run it against a release build).
 pub fn bridge_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("LCS_BRIDGE_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("the test's own path");
     let mut dir = exe.parent().expect("the test's directory");
     if dir
