@@ -185,7 +185,7 @@ listen:
     hosts:
       "{GATEWAY_COMPONENT}": {{ password: "{COMPONENT_SECRET}" }}
       "{DIRECT_COMPONENT}": {{ password: "{COMPONENT_SECRET}" }}
-modules: {{ mod_roster: {{}}, mod_disco: {{}}, mod_ping: {{}}, mod_offline: {{}} }}
+modules: {{ mod_roster: {{}}, mod_disco: {{}}, mod_ping: {{}}, mod_offline: {{}}, mod_privacy: {{}}, mod_blocking: {{}} }}
 "#,
         base = base.display()
     )
