@@ -10,7 +10,7 @@
 //! the N copies cost one parse ([`Entry`], recognised before parsing).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use xmpp_parsers::jid::Jid;
@@ -119,10 +119,11 @@ impl View {
 pub(super) struct LocalUser {
     /// XEP-0172 nick, from the last of the user's presences that carried one.
     nick: Option<String>,
-    /// The view of a watcher nothing has been addressed to yet.
-    blank: Arc<View>,
-    /// Views made lately, newest last (at most [`RECENT_VIEWS`]).
-    recent: Vec<Arc<View>>,
+    /// The view of a watcher nothing has been addressed to yet, while one holds it.
+    blank: Weak<View>,
+    /// Views made lately, newest last (at most [`RECENT_VIEWS`]), while watchers hold them:
+    /// a view no watcher holds any more is freed (its document and presences with it).
+    recent: Vec<Weak<View>>,
 }
 
 /// What a presence stanza does to the view of the watcher it is addressed to.
@@ -301,8 +302,8 @@ impl PresenceEngine {
             u.recent
                 .iter()
                 .rev()
+                .filter_map(Weak::upgrade)
                 .find(|v| v.is_after(base, &change))
-                .cloned()
         });
         let view = match shared {
             Some(v) => v,
@@ -343,25 +344,20 @@ impl PresenceEngine {
             doc,
         });
         let user = self.user(local);
+        user.recent.retain(|v| v.strong_count() > 0);
         if user.recent.len() == RECENT_VIEWS {
             user.recent.remove(0);
         }
-        user.recent.push(view.clone());
+        user.recent.push(Arc::downgrade(&view));
         view
     }
 
-    /// The state of local user `local` (made on first use, with the blank view).
+    /// The state of local user `local` (made on first use).
     fn user(&mut self, local: &str) -> &mut LocalUser {
         if !self.users.contains_key(local) {
-            let doc = pidf::render(&self.document(local, &[])).into();
-            let blank = Arc::new(View {
-                known: false,
-                resources: Vec::new(),
-                doc,
-            });
             let user = LocalUser {
                 nick: None,
-                blank,
+                blank: Weak::new(),
                 recent: Vec::new(),
             };
             self.users.insert(local.to_owned(), user);
@@ -372,7 +368,17 @@ impl PresenceEngine {
     /// The view of a new watcher of `local`: nothing addressed to it yet (closed), shared by
     /// every such watcher of the user.
     pub(super) fn blank_view(&mut self, local: &str) -> Arc<View> {
-        self.user(local).blank.clone()
+        if let Some(blank) = self.users.get(local).and_then(|u| u.blank.upgrade()) {
+            return blank;
+        }
+        let doc = pidf::render(&self.document(local, &[])).into();
+        let blank = Arc::new(View {
+            known: false,
+            resources: Vec::new(),
+            doc,
+        });
+        self.user(local).blank = Arc::downgrade(&blank);
+        blank
     }
 
     /// Forgets a local user once no watcher is left.

@@ -17,10 +17,12 @@
 //! **Inbound** (an LCS user watches an XMPP user; notifier): SUBSCRIBE → store, 202, NOTIFY
 //! `pending` and `subscribe` (with a XEP-0172 nick from the From display name) to the local
 //! user; `subscribed` → NOTIFY `active` with the profile's single-tuple PIDF; `unsubscribed`
-//! → NOTIFY `terminated;reason=rejected`. The local user's resources are aggregated into one
-//! tuple (highest priority, ties to the most available show) and sent to every approved
-//! watcher, at most one NOTIFY per watcher per `min_notify_interval` (RFC 3856 §4.4; the last
-//! state always goes out), one NOTIFY in flight per dialog. Refreshes are answered 200 plus a
+//! → NOTIFY `terminated;reason=rejected`. A watcher sees what the XMPP server addressed to its
+//! JID ([`local`]: a broadcast comes as one stanza per contact, a directed presence, a block or
+//! invisibility reaches only theirs): the user's resources as last addressed to it, aggregated
+//! into one tuple (highest priority, ties to the most available show), at most one NOTIFY per
+//! watcher per `min_notify_interval` (RFC 3856 §4.4; the last state always goes out), one
+//! NOTIFY in flight per dialog. Refreshes are answered 200 plus a
 //! NOTIFY; `Expires: 0` ends with NOTIFY `terminated;reason=timeout` and `unsubscribe`. A
 //! dialog reaching the age limit gets `terminated;reason=deactivated` (LCS re-subscribes in a
 //! new dialog; approval is kept). After its connection is lost, a dialog's next NOTIFY is sent
@@ -878,9 +880,9 @@ impl PresenceEngine {
     /// SUBSCRIBE (their old dialogs died with the old process's connections); inbound watchers
     /// keep their dialogs (routed by domain until the peer is reached), resumed above the
     /// stored CSeq with a fresh reservation written first (`Watcher::cseq_reserved`); approved
-    /// ones get a NOTIFY with the current state after `min_notify_interval`, by which time the
-    /// answers to the probes sent to their local users have arrived, and the others' users are
-    /// asked again; gateway presence goes to every local user with a subscription. The fresh
+    /// ones get a NOTIFY after `min_notify_interval` with what the answer to the probe sent from
+    /// each one's JID said (by then it has arrived; RFC 6121 §4.3.2: the server answers a
+    /// contact with what that contact may see), and the others' users are asked again; gateway presence goes to every local user with a subscription. The fresh
     /// SUBSCRIBEs and the NOTIFYs are paced at `restore_rate` in one sequence (a timer each),
     /// so that a restart neither floods the partners' edges nor holds every request in memory
     /// at once. Records that are expired, terminated or unreadable are forgotten.
@@ -961,9 +963,9 @@ impl PresenceEngine {
 
     /// The component link for `domain` is back after a loss. What the XMPP server sent the
     /// component meanwhile is lost (local users' presence, approvals, probes), so the stanzas
-    /// of a restore go out again for the contacts in `domain`: gateway presence, a probe of
-    /// each local user with approved watchers (the answer refreshes their NOTIFYs, RFC 6121
-    /// §4.3), watchers still waiting asked again; and each LCS contact's current presence goes
+    /// of a restore go out again for the contacts in `domain`: gateway presence, a probe from
+    /// each approved watcher's JID (its answers make that watcher's state anew, RFC 6121
+    /// §4.3.2), watchers still waiting asked again; and each LCS contact's current presence goes
     /// to its local user (as a probe would be answered). Paced like a restore's stanzas.
     pub fn link_restored(&mut self, now: Instant, domain: &str) -> Vec<Output> {
         let mut out = Vec::new();

@@ -458,3 +458,46 @@ fn watchers_are_found_by_their_jids_as_written_or_through_the_address_book() {
     assert_eq!(kinds(&out), ["forget:inbound", "request:NOTIFY"]);
     assert!(e.by_jids.is_empty() && e.users.is_empty() && e.entries.is_empty());
 }
+
+#[test]
+fn after_a_lost_stream_each_watcher_is_probed_and_told_anew() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    two_watchers(&mut e, now);
+    let t = now + Duration::from_secs(10);
+    broadcast(&mut e, t, "", "<show>away</show>");
+    for to in [BOB, CAROL] {
+        let out = e.on_stanza(t, from_alice("laptop", to, "", "<priority>-1</priority>"));
+        assert!(requests(&out).is_empty(), "the phone's away still wins");
+    }
+    // The stream is back: a probe from each approved watcher's own JID.
+    let t = t + Duration::from_secs(10);
+    let mut out = e.link_restored(t, "lcs.example.org");
+    while let Some(at) = e
+        .poll_timeout()
+        .filter(|at| *at <= t + Duration::from_secs(1))
+    {
+        out.extend(e.handle_timeout(at));
+    }
+    let probes: Vec<String> = stanzas(&out)
+        .into_iter()
+        .filter(|s| s.contains("type='probe'"))
+        .collect();
+    assert_eq!(probes.len(), 2, "{probes:?}");
+    for (probe, from) in probes.iter().zip([BOB, CAROL]) {
+        assert!(
+            probe.contains(&format!("from='{from}'")) && probe.contains(&format!("to='{ALICE}'")),
+            "{probe}"
+        );
+    }
+    // Bob's is answered: the phone went offline unseen, the laptop is what is left. Carol's
+    // is not (she is blocked meanwhile): she keeps what she was told.
+    let t = t + Duration::from_secs(1);
+    let out = e.on_stanza(t, from_alice("laptop", BOB, "", "<priority>-1</priority>"));
+    let got = notified(&mut e, t, &out);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "w-1");
+    assert!(got[0].1.contains("<basic>open</basic>") && !got[0].1.contains("away"));
+    assert!(watcher(&e, CAROL_AOR).view.doc.contains("away"));
+    assert!(watcher(&e, CAROL_AOR).stale && !watcher(&e, BOB_AOR).stale);
+}

@@ -369,3 +369,51 @@ fn a_stored_dialog_that_cannot_be_written_waits_for_a_new_subscribe() {
     let out = e.on_edge(now, lcs_subscribe("w-2", Some(3600)));
     assert_eq!(kinds(&out)[..2], ["persist:approved", "respond:202"]);
 }
+
+#[test]
+fn restore_probes_from_each_watcher_and_notifies_each_what_it_may_see() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let records: Vec<Subscription> = ["bob", "carol"]
+        .iter()
+        .map(|user| {
+            let mut r = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
+            r.remote_aor = format!("sip:{user}@contoso.com");
+            let mut d = stored_dialog(1, 1, None);
+            d.call_id = format!("w-{user}");
+            d.remote_uri = r.remote_aor.clone();
+            r.dialog = Some(d);
+            r.last_sent = Some(b"<presence>what this watcher was sent</presence>".to_vec());
+            r
+        })
+        .collect();
+    let mut out = e.restore(now, records.into_iter());
+    out.extend(e.handle_timeout(now + Duration::from_millis(2)));
+    let probes: Vec<String> = stanzas(&out)
+        .into_iter()
+        .filter(|s| s.contains("type='probe'"))
+        .collect();
+    assert_eq!(probes.len(), 2, "one per watcher: {probes:?}");
+    assert!(
+        probes[0].contains(&format!("from='{BOB}'")),
+        "{}",
+        probes[0]
+    );
+    assert!(probes[1].contains(r"from='carol\40contoso.com@lcs.example.org'"));
+    // The server answers Bob's (Alice is online); Carol's it does not (she is blocked).
+    e.on_stanza(
+        now + Duration::from_millis(30),
+        pres(
+            &format!("from='{ALICE}/phone' to='{BOB}'"),
+            "<show>dnd</show>",
+        ),
+    );
+    let out = e.handle_timeout(now + Duration::from_secs(5));
+    let docs: BTreeMap<String, String> = requests(&out)
+        .into_iter()
+        .map(|(_, n, _)| (n.call_id().unwrap().to_owned(), body(&n)))
+        .collect();
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    assert!(docs["w-bob"].contains("<ep:activity>busy</ep:activity>"));
+    assert!(docs["w-carol"].contains("<basic>closed</basic>"));
+}
