@@ -296,7 +296,7 @@ impl PresenceEngine {
         let Some(w) = self.inbound.get(key) else {
             return;
         };
-        let base: &[Arc<Entry>] = if w.stale { &[] } else { &w.view.resources };
+        let base: &[Arc<Entry>] = &w.view.resources;
         // The copies of one change to the user's watchers: the view the first made.
         let shared = self.users.get(&key.0).and_then(|u| {
             u.recent
@@ -325,7 +325,6 @@ impl PresenceEngine {
         let Some(w) = self.inbound.get_mut(key) else {
             return;
         };
-        w.stale = false;
         let changed = !w.sent.as_ref().is_some_and(|s| s.same_doc(&view));
         w.view = view;
         if changed {
@@ -395,12 +394,19 @@ impl PresenceEngine {
     }
 
     /// What watcher `key` was told of its user's resources may be out of date (a presence
-    /// may have been lost while the component's stream was down): the next presence
-    /// addressed to it (a probe's answers, RFC 6121 §4.3.2) starts its view anew. Its document
-    /// stays until then. The user's parsed presences are forgotten too.
+    /// may have been lost while the component's stream was down): its view is replaced by one
+    /// with the same document but no resources, so that the next presence addressed to it (a
+    /// probe's answers, RFC 6121 §4.3.2) starts it anew; its document stays until then. The
+    /// user's parsed presences are forgotten too.
     pub(super) fn mark_stale(&mut self, key: &Key) {
         if let Some(w) = self.inbound.get_mut(key) {
-            w.stale = true;
+            if !w.view.resources.is_empty() {
+                w.view = Arc::new(View {
+                    known: w.view.known,
+                    resources: Vec::new(),
+                    doc: w.view.doc.clone(),
+                });
+            }
         }
         self.forget_entries(&key.0, true);
     }

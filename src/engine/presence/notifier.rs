@@ -101,9 +101,6 @@ pub(super) struct Watcher {
     /// What the XMPP server has addressed to this watcher of the user's presence, aggregated
     /// (shared with every watcher told the same).
     pub(super) view: Arc<View>,
-    /// The view may be out of date (the component's stream was lost): the next presence
-    /// addressed to the watcher starts it anew.
-    pub(super) stale: bool,
     /// The last `active` NOTIFY was sent before the local user's presence was known (an
     /// approval right after login, before the server's presence to the contact arrived): the
     /// first known state goes out at once instead of after the interval.
@@ -398,7 +395,6 @@ impl PresenceEngine {
             failures: 0,
             sent: None,
             view,
-            stale: false,
             blind: false,
             cseq_reserved: 0,
         }));

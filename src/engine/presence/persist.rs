@@ -174,7 +174,6 @@ impl Watcher {
             failures: 0,
             sent: None,
             view,
-            stale: false,
             blind: false,
             cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
         })

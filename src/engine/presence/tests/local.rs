@@ -499,5 +499,25 @@ fn after_a_lost_stream_each_watcher_is_probed_and_told_anew() {
     assert_eq!(got[0].0, "w-1");
     assert!(got[0].1.contains("<basic>open</basic>") && !got[0].1.contains("away"));
     assert!(watcher(&e, CAROL_AOR).view.doc.contains("away"));
-    assert!(watcher(&e, CAROL_AOR).stale && !watcher(&e, BOB_AOR).stale);
+    // Carol's view is the stale one: her next presence starts it anew.
+    assert!(watcher(&e, CAROL_AOR).view.resources.is_empty());
+    let out = e.on_stanza(t, from_alice("tablet", CAROL, "", "<show>xa</show>"));
+    let got = notified(&mut e, t, &out);
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].1.contains("Extended away"),
+        "the tablet alone: {got:?}"
+    );
+}
+
+/// A watcher's state costs its user's share of the views and one pointer: the watcher is no
+/// larger than it was with one document per user (a larger one would take the allocator's
+/// next size class for each of them).
+#[test]
+fn a_watcher_is_no_larger_than_before() {
+    assert!(
+        std::mem::size_of::<Watcher>() <= 152,
+        "{}",
+        std::mem::size_of::<Watcher>()
+    );
 }
