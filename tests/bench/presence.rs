@@ -144,6 +144,20 @@ fn bench(c: &mut Criterion) {
         })
         .sum();
     assert_eq!(sent, WATCHERS * USERS * 2, "a NOTIFY per stanza");
+    // `PRESENCE_BENCH_STEPS=N`: N more steps, timed as a whole, without criterion (run under
+    // `perf stat` for instructions per stanza, which the machine's load does not move).
+    if let Some(n) = std::env::var("PRESENCE_BENCH_STEPS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            let (i, el) = take();
+            f.step(i, el);
+        }
+        println!("{n} steps in {:?}", started.elapsed());
+        return;
+    }
     let mut g = c.benchmark_group("presence");
     g.throughput(Throughput::Elements(1));
     // The stanza is built outside the measurement (the component link parses it).

@@ -9,7 +9,6 @@
 //! server sends to N watchers makes one view (and one document) that all N point to, and
 //! the N copies cost one parse ([`Entry`], recognised before parsing).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -124,6 +123,10 @@ pub(super) struct LocalUser {
     /// Views made lately, newest last (at most [`RECENT_VIEWS`]), while watchers hold them:
     /// a view no watcher holds any more is freed (its document and presences with it).
     recent: Vec<Weak<View>>,
+    /// The last available presence taken from each resource, parsed, until it goes
+    /// unavailable: the copies the server sends to the user's other contacts are not parsed
+    /// again.
+    pub(super) parsed: Vec<Arc<Entry>>,
 }
 
 /// What a presence stanza does to the view of the watcher it is addressed to.
@@ -149,84 +152,82 @@ impl PresenceEngine {
         available: bool,
         out: &mut Vec<Output>,
     ) {
-        let (Some(from_attr), Some(to_attr)) = addressing(&element) else {
+        let (Some(from_attr), Some(to_attr), _) = addressing(&element) else {
             return;
         };
-        let Some(key) = self.watcher_of(from_attr, to_attr) else {
-            return;
+        let (user, resource) = from_attr.split_once('/').unwrap_or((from_attr, ""));
+        let contact = to_attr.split_once('/').map_or(to_attr, |(bare, _)| bare);
+        // By the index: the user is certain (the key names it), the watcher is checked when
+        // the change is applied (a hash collision: through the address book then).
+        let indexed = self
+            .by_jids
+            .get(&self.index_hash(user, contact))
+            .filter(|k| k.0 == user)
+            .cloned();
+        let (key, check) = match indexed {
+            Some(key) => (key, Some(contact)),
+            None => match self.watcher_by_address(from_attr, to_attr) {
+                Some(key) => (key, None),
+                None => return,
+            },
         };
-        let resource = from_attr.split_once('/').map_or("", |(_, r)| r);
-        // The cache's key: the full JID as written, which is normalised unless the watcher
-        // was found through the address book.
-        let from_attr: std::borrow::Cow<'_, str> = match from_attr.strip_prefix(&*key.0) {
-            Some("") => key.0.as_str().into(),
-            Some(rest) if rest.starts_with('/') => from_attr.into(),
-            _ if resource.is_empty() => key.0.clone().into(),
-            _ => format!("{}/{resource}", key.0).into(),
-        };
-        let from_attr = &*from_attr;
         let change = if available {
-            let cached = self
-                .entries
-                .get(from_attr)
-                .filter(|e| e.same_stanza(&element))
-                .cloned();
-            let entry = match cached {
-                Some(e) => e,
+            let cached = self.users.get(&key.0).and_then(|u| {
+                u.parsed
+                    .iter()
+                    .find(|e| *e.resource == *resource && e.same_stanza(&element))
+                    .cloned()
+            });
+            match cached {
+                Some(entry) => Change::Available(entry),
                 None => {
-                    let (full, resource) = (from_attr.to_owned(), resource.into());
+                    let resource: Box<str> = resource.into();
                     let Ok(presence) = Presence::try_from(element.clone()) else {
                         return;
                     };
                     let nick = nick_of(&presence.payloads);
+                    // Cloned, not moved: the JIDs above are still needed (the index's check).
                     let entry = Arc::new(Entry {
                         resource,
-                        raw: element,
+                        raw: element.clone(),
                         presence,
                     });
-                    self.entries.insert(full, entry.clone());
+                    let user = self.user(&key.0);
                     if nick.is_some() {
-                        self.user(&key.0).nick = nick.filter(|n| !n.trim().is_empty());
+                        user.nick = nick.filter(|n| !n.trim().is_empty());
                     }
-                    entry
+                    user.parsed.retain(|e| e.resource != entry.resource);
+                    user.parsed.push(entry.clone());
+                    Change::Available(entry)
                 }
-            };
-            Change::Available(entry)
+            }
         } else {
             let resource: Box<str> = resource.into();
-            if let Some(nick) = element
+            let nick = element
                 .get_child("nick", xmpp_parsers::ns::NICK)
-                .map(Element::text)
-            {
-                self.user(&key.0).nick = Some(nick).filter(|n| !n.trim().is_empty());
+                .map(Element::text);
+            let user = self.user(&key.0);
+            if let Some(nick) = nick {
+                user.nick = Some(nick).filter(|n| !n.trim().is_empty());
             }
             // The parsed presence of a resource that is gone for this watcher is kept no longer
             // (clients often come back under a new resource; a copy to another watcher is
             // parsed once again).
-            self.forget_entries(from_attr, resource.is_empty());
+            user.parsed
+                .retain(|e| !resource.is_empty() && e.resource != resource);
             Change::Unavailable(resource)
         };
-        self.apply(now, &key, change, out);
+        if let Err(change) = self.apply(now, &key, change, check, out) {
+            if let Some(key) = self.watcher_by_address(from_attr, to_attr) {
+                let _ = self.apply(now, &key, change, None, out);
+            }
+        }
     }
 
     /// The watcher a presence from `from` to `to` (JIDs as the server wrote them) is for, if
-    /// `from` is a local user and `to` the JID of an LCS user who watches that user. Looked up
-    /// by the two bare JIDs' hash first ([`PresenceEngine::index_watcher`]: no JID parsed),
-    /// else through the address book.
-    fn watcher_of(&self, from: &str, to: &str) -> Option<Key> {
-        let bare = |jid: &'_ str| -> usize { jid.find('/').unwrap_or(jid.len()) };
-        let (user, contact) = (&from[..bare(from)], &to[..bare(to)]);
-        let hash = self.index_hash(user, contact);
-        if let Some(key) = self.by_jids.get(&hash) {
-            let found = key.0 == user
-                && self
-                    .inbound
-                    .get(key)
-                    .is_some_and(|w| w.remote_jid.as_str() == contact);
-            if found {
-                return Some(key.clone());
-            }
-        }
+    /// `from` is a local user and `to` the JID of an LCS user who watches that user, through
+    /// the address book.
+    fn watcher_by_address(&self, from: &str, to: &str) -> Option<Key> {
         let (Ok(from), Ok(to)) = (Jid::new(from), Jid::new(to)) else {
             return None;
         };
@@ -243,7 +244,7 @@ impl PresenceEngine {
     }
 
     /// The hash of a (local user, LCS watcher) pair of bare JIDs.
-    fn index_hash(&self, user: &str, contact: &str) -> u64 {
+    pub(super) fn index_hash(&self, user: &str, contact: &str) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.index_hasher.build_hasher();
         h.write(user.as_bytes());
@@ -272,30 +273,22 @@ impl PresenceEngine {
         }
     }
 
-    /// The cached parsed presences of `full` forgotten (`all`: of every resource of its bare
-    /// JID too).
-    fn forget_entries(&mut self, full: &str, all: bool) {
-        self.entries.remove(full);
-        if all {
-            let bare = full.split('/').next().unwrap_or(full);
-            let prefix = format!("{bare}/");
-            let ended: Vec<String> = self
-                .entries
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in ended {
-                self.entries.remove(&k);
-            }
-        }
-    }
-
-    /// Watcher `key`'s view after `change`; a NOTIFY is owed if its document changed.
-    fn apply(&mut self, now: Instant, key: &Key, change: Change, out: &mut Vec<Output>) {
+    /// Watcher `key`'s view after `change`; a NOTIFY is owed if its document changed. With
+    /// `check`, the change is given back unless the watcher's JID is that one.
+    fn apply(
+        &mut self,
+        now: Instant,
+        key: &Key,
+        change: Change,
+        check: Option<&str>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Change> {
         let Some(w) = self.inbound.get(key) else {
-            return;
+            return Ok(());
         };
+        if check.is_some_and(|jid| w.remote_jid.as_str() != jid) {
+            return Err(change);
+        }
         let base: &[Arc<Entry>] = &w.view.resources;
         // The copies of one change to the user's watchers: the view the first made.
         let shared = self.users.get(&key.0).and_then(|u| {
@@ -323,7 +316,7 @@ impl PresenceEngine {
             }
         };
         let Some(w) = self.inbound.get_mut(key) else {
-            return;
+            return Ok(());
         };
         let changed = !w.sent.as_ref().is_some_and(|s| s.same_doc(&view));
         w.view = view;
@@ -331,6 +324,7 @@ impl PresenceEngine {
             w.dirty = true;
             self.maybe_flush(now, key, out);
         }
+        Ok(())
     }
 
     /// A new known view of `local` with these resources, rendered once, then shared by the
@@ -358,6 +352,7 @@ impl PresenceEngine {
                 nick: None,
                 blank: Weak::new(),
                 recent: Vec::new(),
+                parsed: Vec::new(),
             };
             self.users.insert(local.to_owned(), user);
         }
@@ -389,7 +384,6 @@ impl PresenceEngine {
             .is_some_and(|(k, _)| k.0 == local);
         if !watched {
             self.users.remove(local);
-            self.forget_entries(local, true);
         }
     }
 
@@ -408,7 +402,9 @@ impl PresenceEngine {
                 });
             }
         }
-        self.forget_entries(&key.0, true);
+        if let Some(user) = self.users.get_mut(&key.0) {
+            user.parsed.clear();
+        }
     }
 
     /// The profile's document for local user `local` with these available resources: the
@@ -444,19 +440,20 @@ impl PresenceEngine {
     }
 }
 
-/// The `from` and `to` of a stanza, in one pass over its attributes.
-fn addressing(e: &Element) -> (Option<&str>, Option<&str>) {
-    let (mut from, mut to) = (None, None);
+/// The `from`, `to` and `type` of a stanza, in one pass over its attributes.
+pub(super) fn addressing(e: &Element) -> (Option<&str>, Option<&str>, Option<&str>) {
+    let (mut from, mut to, mut kind) = (None, None, None);
     for ((ns, name), value) in e.attrs().iter() {
         if ns.is_none() {
             match name.as_str() {
                 "from" => from = Some(value.as_str()),
                 "to" => to = Some(value.as_str()),
+                "type" => kind = Some(value.as_str()),
                 _ => {}
             }
         }
     }
-    (from, to)
+    (from, to, kind)
 }
 
 /// The XEP-0172 nick among a presence's payloads.
@@ -467,6 +464,3 @@ fn nick_of(payloads: &[Element]) -> Option<String> {
         .and_then(|e| Nick::try_from(e.clone()).ok())
         .map(|n| n.0)
 }
-
-/// Parsed presences by full JID, as received.
-pub(super) type Entries = BTreeMap<String, Arc<Entry>>;

@@ -291,10 +291,6 @@ pub struct PresenceEngine {
     purposes: HashMap<TxId, Purpose>,
     /// Local users with LCS watchers: their nick and the views their watchers share.
     users: HashMap<String, LocalUser>,
-    /// Full JID → the last available presence taken from it, parsed, until it goes
-    /// unavailable: the copies the server sends to the user's other contacts are not parsed
-    /// again ([`PresenceEngine::local_presence`]).
-    entries: local::Entries,
     /// Approved and waiting watchers by a hash of the two bare JIDs the XMPP server addresses
     /// a user's presence to the watcher with ([`PresenceEngine::index_watcher`]).
     by_jids: HashMap<u64, Key>,
@@ -338,7 +334,6 @@ impl PresenceEngine {
             early: HashMap::new(),
             purposes: HashMap::new(),
             users: HashMap::new(),
-            entries: local::Entries::new(),
             by_jids: HashMap::new(),
             index_hasher: std::collections::hash_map::RandomState::new(),
             pending: Pending::default(),
@@ -421,7 +416,7 @@ impl PresenceEngine {
         if !element.is("presence", crate::xmpp::NS_COMPONENT) {
             return out;
         }
-        let kind = element.attr("type");
+        let (_, _, kind) = local::addressing(&element);
         if matches!(kind, None | Some("unavailable")) {
             // A local user's presence to one contact (a broadcast comes as one per contact).
             let available = kind.is_none();

@@ -122,6 +122,11 @@ fn broadcast(e: &mut PresenceEngine, t: Instant, kind: &str, inner: &str) -> Vec
     got
 }
 
+/// Alice's presences held parsed.
+fn parsed(e: &PresenceEngine) -> usize {
+    e.users.get(ALICE).map_or(0, |u| u.parsed.len())
+}
+
 fn watcher<'a>(e: &'a PresenceEngine, aor: &str) -> &'a Watcher {
     &e.inbound[&key(ALICE.into(), aor.into())]
 }
@@ -285,7 +290,7 @@ fn presences_to_no_watcher_change_nothing() {
     assert!(out.is_empty());
     assert!(Arc::ptr_eq(&before, &watcher(&e, BOB_AOR).view));
     assert!(Arc::ptr_eq(&before, &watcher(&e, CAROL_AOR).view));
-    assert!(e.entries.is_empty(), "nothing parsed for no watcher");
+    assert_eq!(parsed(&e), 0, "nothing parsed for no watcher");
 }
 
 #[test]
@@ -307,8 +312,8 @@ fn copies_of_one_presence_are_parsed_once_and_share_one_document() {
     );
     assert!(b.view.doc.contains("busy"));
     // One entry, parsed once: held by the cache and the one view.
-    assert_eq!(e.entries.len(), 1);
-    let entry = &e.entries[&format!("{ALICE}/phone")];
+    assert_eq!(parsed(&e), 1);
+    let entry = &e.users[ALICE].parsed[0];
     assert!(Arc::ptr_eq(entry, &b.view.resources[0]));
     assert_eq!(Arc::strong_count(entry), 2);
     // Unavailable from the bare JID ends every resource, and forgets their parsed presences
@@ -319,13 +324,13 @@ fn copies_of_one_presence_are_parsed_once_and_share_one_document() {
     );
     let got = notified(&mut e, t + Duration::from_secs(10), &out);
     assert!(got[0].1.contains("<basic>closed</basic>"));
-    assert!(e.entries.is_empty());
+    assert_eq!(parsed(&e), 0);
     // The same dnd again counts (parsed anew, and Bob's document changes back).
     let t = t + Duration::from_secs(20);
     let out = e.on_stanza(t, dnd(BOB, "d"));
     let got = notified(&mut e, t, &out);
     assert!(got[0].1.contains("busy"), "{got:?}");
-    assert_eq!(e.entries.len(), 1);
+    assert_eq!(parsed(&e), 1);
 }
 
 #[test]
@@ -414,7 +419,7 @@ fn views_stay_shared_through_any_sequence_of_broadcasts() {
         let got: Vec<&str> = b.view.resources.iter().map(|r| &*r.resource).collect();
         let want: Vec<&str> = model.iter().map(String::as_str).collect();
         assert_eq!(got, want, "after {resource} {kind}");
-        assert!(e.entries.len() <= model.len());
+        assert!(parsed(&e) <= model.len());
         assert!(b.sent.as_ref().unwrap().same_doc(&b.view), "sent");
     }
     // The tablet is left: available, no activity.
@@ -444,10 +449,21 @@ fn watchers_are_found_by_their_jids_as_written_or_through_the_address_book() {
     let got = notified(&mut e, t, &out);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, "w-1");
+    // A hash collision (simulated: Bob's slot holds Carol): the watcher is checked, and found
+    // through the address book.
+    let carol_key = key(ALICE.into(), CAROL_AOR.into());
+    e.by_jids.insert(e.index_hash(ALICE, BOB), carol_key);
+    let t = t + Duration::from_secs(10);
+    let out = e.on_stanza(t, from_alice("phone", BOB, "", "<show>dnd</show>"));
+    let got = notified(&mut e, t, &out);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "w-1", "Bob's, not Carol's");
+    assert!(!watcher(&e, CAROL_AOR).view.doc.contains("busy"));
     // A watcher that ends leaves the index (and its user, with no watcher left, the engine).
     let out = e.on_stanza(t, alice_to_bob("unsubscribed"));
     assert_eq!(kinds(&out), ["forget:inbound", "request:NOTIFY"]);
-    assert_eq!(e.by_jids.len(), 1);
+    // Bob's slot held Carol: it stays (only a slot holding the watcher that ends is freed).
+    assert_eq!(e.by_jids.len(), 2);
     let out = e.on_stanza(
         t,
         pres(
@@ -456,7 +472,8 @@ fn watchers_are_found_by_their_jids_as_written_or_through_the_address_book() {
         ),
     );
     assert_eq!(kinds(&out), ["forget:inbound", "request:NOTIFY"]);
-    assert!(e.by_jids.is_empty() && e.users.is_empty() && e.entries.is_empty());
+    assert_eq!(e.by_jids.len(), 1, "Bob's slot, still holding Carol's key");
+    assert!(e.users.is_empty());
 }
 
 #[test]
