@@ -295,6 +295,10 @@ pub struct PresenceEngine {
     /// a user's presence to the watcher with ([`PresenceEngine::index_watcher`]).
     by_jids: HashMap<u64, Key>,
     index_hasher: std::collections::hash_map::RandomState,
+    /// The NOTIFYs' Via host, and the Contact of the last one's local URI (made once for a
+    /// run of NOTIFYs about one user).
+    notify_via: String,
+    notify_contact: (String, String),
     pending: Pending,
     /// New watchers refused for a pending-subscription limit since the start, by limit key.
     limit_hits: BTreeMap<&'static str, u64>,
@@ -317,6 +321,7 @@ impl PresenceEngine {
         seed: u64,
         clock: WallClock,
     ) -> PresenceEngine {
+        let notify_via = common::via(&settings.public_fqdn);
         PresenceEngine {
             settings,
             book,
@@ -336,6 +341,8 @@ impl PresenceEngine {
             users: HashMap::new(),
             by_jids: HashMap::new(),
             index_hasher: std::collections::hash_map::RandomState::new(),
+            notify_via,
+            notify_contact: (String::new(), String::new()),
             pending: Pending::default(),
             limit_hits: BTreeMap::new(),
             paced: VecDeque::new(),

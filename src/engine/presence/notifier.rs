@@ -564,9 +564,14 @@ impl PresenceEngine {
         out: &mut Vec<Output>,
     ) -> Option<TxId> {
         let branch = self.branch();
-        let contact = self.contact(&dialog.local_uri.clone());
+        // A user's change goes to all their watchers in a row: the Contact made once for them.
+        if self.notify_contact.0 != dialog.local_uri {
+            let contact = self.contact(&dialog.local_uri);
+            self.notify_contact = (dialog.local_uri.clone(), contact);
+        }
+        let (via, contact) = (&*self.notify_via, &*self.notify_contact.1);
         let mut request = dialog
-            .next_request(Method::Notify, &self.via(), &branch, Some(&contact))
+            .next_request(Method::Notify, via, &branch, Some(contact))
             .ok()?;
         request.push_header("Event", "presence");
         request.push_header("Subscription-State", state);
