@@ -714,9 +714,15 @@ impl PresenceEngine {
                     let (Some(w), Ok(to)) = (approved, BareJid::new(&key.0)) else {
                         continue;
                     };
-                    Presence::probe()
+                    let probe = Presence::probe()
                         .with_from(w.remote_jid.clone())
-                        .with_to(to)
+                        .with_to(to);
+                    // A NOTIFY owed to the watcher (a restore's) waits one interval for the
+                    // answers, as after one it sent: it would say `closed` first otherwise.
+                    if let Some(w) = self.inbound.get_mut(&key).filter(|w| w.dirty) {
+                        w.last_notify = Some(now);
+                    }
+                    probe
                 }
                 Paced::Ask(key) => {
                     let waiting = self
@@ -948,6 +954,10 @@ impl PresenceEngine {
                         reserve.push(key.clone());
                         if w.approval == Approval::Approved {
                             w.retry_at = paced.next();
+                            // Its NOTIFY waits for the probe from its JID too (released with
+                            // the restore's stanzas, `release_paced`), then one interval for
+                            // the answers; it would say `closed` first otherwise.
+                            w.last_notify = Some(now + self.settings.dialog_max_age);
                         }
                     }
                     self.inbound.insert(key.clone(), Box::new(w));

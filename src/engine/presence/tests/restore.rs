@@ -90,8 +90,9 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
         ),
     );
     assert!(requests(&out).is_empty());
+    // One interval after the probe went (its answers come before the NOTIFY).
     let at = e.poll_timeout().unwrap();
-    assert_eq!(at, now + Duration::from_secs(5));
+    assert_eq!(at, first + Duration::from_secs(5));
     let out = e.handle_timeout(at);
     let (_, n, route) = requests(&out).remove(0);
     assert_eq!(route, Route::Domain("contoso.com".into()));
@@ -149,8 +150,9 @@ fn restore_paces_its_subscribes_and_notifies_at_the_restore_rate() {
     }
     let expected: Vec<(u128, String)> = (0..10)
         .map(|k| (k * 100, "SUBSCRIBE".to_owned()))
-        // The 11th to 20th slots (1.0-1.9 s) are before the 5 s interval: all at 5 s.
-        .chain((0..10).map(|_| (5000, "NOTIFY".to_owned())))
+        // The 11th to 20th slots (1.0-1.9 s) are before the 5 s interval, which each watcher's
+        // NOTIFY waits from its probe (the probes paced at 100 ms after the gateway presence).
+        .chain((1..=10).map(|k| (5000 + k * 100, "NOTIFY".to_owned())))
         .collect();
     assert_eq!(sent, expected);
 }
@@ -291,7 +293,8 @@ fn restore_without_any_presence_still_notifies_closed() {
     let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
     inbound.dialog = Some(stored_dialog(1, 1, None));
     e.restore(now, std::iter::once(inbound));
-    let out = e.handle_timeout(now + Duration::from_secs(5));
+    e.handle_timeout(now + Duration::from_millis(1));
+    let out = e.handle_timeout(now + Duration::from_millis(5001));
     assert!(body(&requests(&out)[0].1).contains("<basic>closed</basic>"));
 }
 
@@ -389,6 +392,10 @@ fn restore_probes_from_each_watcher_and_notifies_each_what_it_may_see() {
         .collect();
     let mut out = e.restore(now, records.into_iter());
     out.extend(e.handle_timeout(now + Duration::from_millis(2)));
+    assert!(
+        requests(&out).is_empty(),
+        "no NOTIFY before the probes' answers"
+    );
     let probes: Vec<String> = stanzas(&out)
         .into_iter()
         .filter(|s| s.contains("type='probe'"))
@@ -400,7 +407,9 @@ fn restore_probes_from_each_watcher_and_notifies_each_what_it_may_see() {
         probes[0]
     );
     assert!(probes[1].contains(r"from='carol\40contoso.com@lcs.example.org'"));
-    // The server answers Bob's (Alice is online); Carol's it does not (she is blocked).
+    // The server answers Bob's (Alice is online); Carol's it does not (she is blocked). Each
+    // watcher's NOTIFY waits one interval from its probe: one NOTIFY each, not `closed` first.
+    assert!(e.poll_timeout().unwrap() >= now + Duration::from_millis(5001));
     e.on_stanza(
         now + Duration::from_millis(30),
         pres(
@@ -408,7 +417,7 @@ fn restore_probes_from_each_watcher_and_notifies_each_what_it_may_see() {
             "<show>dnd</show>",
         ),
     );
-    let out = e.handle_timeout(now + Duration::from_secs(5));
+    let out = e.handle_timeout(now + Duration::from_millis(5002));
     let docs: BTreeMap<String, String> = requests(&out)
         .into_iter()
         .map(|(_, n, _)| (n.call_id().unwrap().to_owned(), body(&n)))
@@ -416,4 +425,69 @@ fn restore_probes_from_each_watcher_and_notifies_each_what_it_may_see() {
     assert_eq!(docs.len(), 2, "{docs:?}");
     assert!(docs["w-bob"].contains("<ep:activity>busy</ep:activity>"));
     assert!(docs["w-carol"].contains("<basic>closed</basic>"));
+}
+
+/// A restart with more watchers than the restore's stanzas and requests send in one interval:
+/// each watcher's NOTIFY still waits for its probe, whose answer it carries (one NOTIFY each,
+/// never `closed` first), however the two paced sequences fall.
+#[test]
+fn each_restored_watchers_notify_waits_for_its_probe() {
+    let now = Instant::now();
+    let mut e = engine_with(
+        now,
+        PresenceSettings {
+            restore_rate: 10,
+            ..settings()
+        },
+    );
+    // 80 watchers (NOTIFY slots up to 8 s, probes behind them by the gateway presence).
+    let records = (0..80).map(|i| {
+        let mut r = record(Direction::Inbound, Approval::Approved, 1_700_003_600);
+        r.remote_aor = format!("sip:c{i:02}@contoso.com");
+        let mut d = stored_dialog(2, 1, None);
+        d.call_id = format!("w-{i:02}");
+        d.remote_uri = r.remote_aor.clone();
+        r.dialog = Some(d);
+        r
+    });
+    let mut out = e.restore(now, records);
+    let mut t = now;
+    let mut notifies: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    while t < now + Duration::from_secs(30) {
+        // The server answers each probe at once: Alice is online.
+        let probes: Vec<String> = stanzas(&out)
+            .into_iter()
+            .filter(|s| s.contains("type='probe'"))
+            .collect();
+        for (tx, m, _) in requests(&out) {
+            let open = body(&m).contains("<basic>open</basic>");
+            notifies
+                .entry(m.call_id().unwrap().to_owned())
+                .or_default()
+                .push(open);
+            e.on_edge(
+                t,
+                final_event(tx, 9, Message::response_to(&m, 200, None, Some("t"))),
+            );
+        }
+        for p in probes {
+            let from = p
+                .split("from='")
+                .nth(1)
+                .unwrap()
+                .split('\'')
+                .next()
+                .unwrap();
+            e.on_stanza(t, pres(&format!("from='{ALICE}/pc' to='{from}'"), ""));
+        }
+        let Some(at) = e.poll_timeout() else { break };
+        t = at;
+        out = e.handle_timeout(t);
+    }
+    assert_eq!(notifies.len(), 80);
+    assert!(
+        notifies.values().all(|v| *v == [true]),
+        "{:?}",
+        notifies.iter().find(|(_, v)| **v != [true])
+    );
 }
