@@ -888,9 +888,10 @@ impl PresenceEngine {
     /// SUBSCRIBE (their old dialogs died with the old process's connections); inbound watchers
     /// keep their dialogs (routed by domain until the peer is reached), resumed above the
     /// stored CSeq with a fresh reservation written first (`Watcher::cseq_reserved`); approved
-    /// ones get a NOTIFY after `min_notify_interval` with what the answer to the probe sent from
-    /// each one's JID said (by then it has arrived; RFC 6121 §4.3.2: the server answers a
-    /// contact with what that contact may see), and the others' users are asked again; gateway presence goes to every local user with a subscription. The fresh
+    /// ones get a NOTIFY with what the answer to the probe sent from each one's JID said (RFC
+    /// 6121 §4.3.2: the server answers a contact with what that contact may see), once that
+    /// probe has gone out and `min_notify_interval` more has passed, and the others' users are
+    /// asked again; gateway presence goes to every local user with a subscription. The fresh
     /// SUBSCRIBEs and the NOTIFYs are paced at `restore_rate` in one sequence (a timer each),
     /// so that a restart neither floods the partners' edges nor holds every request in memory
     /// at once. Records that are expired, terminated or unreadable are forgotten.
