@@ -29,6 +29,7 @@ use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings, WallClock};
+use crate::engine::roster::{RosterEngine, RosterMode};
 use crate::store::{self, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
@@ -121,10 +122,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             book.clone(),
             GatewayInfo::new(cfg.xmpp.gateway_name.clone()),
         );
+        let roster = RosterEngine::new(
+            roster_mode(cfg.xmpp.roster),
+            book.clone(),
+            crate::random::seed(),
+        );
         let restored = stored_subscriptions(store.as_ref());
         let (stop, stop_rx) = mpsc::channel(1);
         let runner = Runner {
-            bridge: Bridge::standard(presence, im, iq, mappings.errors.clone()),
+            bridge: Bridge::standard(presence, roster, im, iq, mappings.errors.clone()),
             edge: edge.clone(),
             link,
             store: store.clone(),
@@ -223,6 +229,15 @@ fn im_settings(cfg: &config::Config) -> ImSettings {
         dialog_max_age: cfg.im.dialog_max_age,
         max_body_bytes: cfg.im.max_message_bytes,
         max_queued: cfg.im.max_queued_messages,
+    }
+}
+
+fn roster_mode(fill: config::RosterFill) -> RosterMode {
+    match fill {
+        config::RosterFill::Auto => RosterMode::Auto,
+        config::RosterFill::Privilege => RosterMode::Privilege,
+        config::RosterFill::RosterX => RosterMode::RosterX,
+        config::RosterFill::None => RosterMode::None,
     }
 }
 

@@ -159,6 +159,7 @@ fn record(k: u64, v: u64) -> Subscription {
         ][(v % 4) as usize],
         last_sent: (v % 5 != 0).then(|| vec![(v % 251) as u8; sent_len]),
         last_received: (v % 2 == 0).then(|| format!("<presence from='{k}' v='{v}'/>").into_bytes()),
+        display_name: None,
         updated_unix: v,
     }
 }

@@ -200,6 +200,13 @@ keys! {
         reload: Restart,
         doc: "Name in service discovery (XEP-0030). Not empty, ≤ 100 characters.",
     }
+    XMPP_ROSTER = "xmpp", "roster" {
+        kind: Kind::Text,
+        default: Text("auto"),
+        choices: &["auto", "privilege", "rosterx", "none"],
+        reload: Restart,
+        doc: r#"How LCS contacts reach local users' rosters, with their names, when a subscription is approved (docs/mapping.md §6). `"auto"`: written by the bridge where the XMPP server grants the component roster access (XEP-0356, docs/xmpp-server.md), else suggested to the user (XEP-0144). `"privilege"`: XEP-0356 only. `"rosterx"`: XEP-0144 only. `"none"`: left to the users."#,
+    }
     XMPP_QUEUE_CAPACITY = "xmpp", "queue_capacity" {
         kind: Kind::Integer,
         default: Integer(super::DEFAULT_QUEUE_CAPACITY as u64),

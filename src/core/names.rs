@@ -107,7 +107,13 @@ mod tests {
 
     #[test]
     fn ordinary_names_pass_unchanged() {
-        for name in ["Joe Smith", "Smith, Joe (Sales)", "José Müller", "山田 太郎", "😀 Ann"] {
+        for name in [
+            "Joe Smith",
+            "Smith, Joe (Sales)",
+            "José Müller",
+            "山田 太郎",
+            "😀 Ann",
+        ] {
             assert_eq!(display_name(name).as_deref(), Some(name));
         }
     }

@@ -18,6 +18,10 @@
 //!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again).
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
+//! - **Facts.** What an engine learned for the others ([`Output::Fact`]: a contact's display
+//!   name, a subscription approved) is no action: after the input that produced it, the
+//!   bridge hands it to every engine that takes it as [`Input::Fact`], in order, each
+//!   engine's outputs a batch of their own.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
@@ -25,9 +29,10 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use xmpp_parsers::minidom::Element;
 
-use super::Output;
 use super::im::ImEngine;
 use super::presence::PresenceEngine;
+use super::roster::{NameBook, RosterEngine};
+use super::{Fact, Output};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::tables::ErrorTable;
@@ -42,6 +47,10 @@ use crate::xmpp::gateway::{self, GatewayInfo};
 
 /// Most consecutive durable writes joined into one [`Action::Write`].
 pub const WRITE_BATCH: usize = 1024;
+
+/// Most facts handed on after one input: engines answer facts with actions, not with more
+/// facts, so this is a guard against a loop, never reached.
+const MAX_FACTS: usize = 100_000;
 
 /// `Retry-After` when the component link's queue was full: the link drains a full queue in
 /// well under that once the XMPP server reads again.
@@ -60,6 +69,8 @@ pub enum Input {
     LinkDown { domain: String, reason: String },
     /// The subscriptions read from the store at start.
     Restore(Vec<Subscription>),
+    /// What another engine learned ([`Output::Fact`]).
+    Fact(Fact),
 }
 
 impl Input {
@@ -70,6 +81,7 @@ impl Input {
             Input::Edge(EdgeEvent::ConnectionLost { .. })
                 | Input::LinkUp { .. }
                 | Input::LinkDown { .. }
+                | Input::Fact(_)
         )
     }
 }
@@ -162,6 +174,8 @@ pub struct Bridge {
     unsaved: bool,
     /// Component domains whose stream was lost and has not come back.
     down: BTreeSet<String>,
+    /// Facts waiting to be handed to the engines that take them.
+    facts: VecDeque<Fact>,
 }
 
 impl Bridge {
@@ -176,22 +190,53 @@ impl Bridge {
             refused: false,
             unsaved: false,
             down: BTreeSet::new(),
+            facts: VecDeque::new(),
         }
     }
 
-    /// The bridge's engines in routing order: presence, the component's IQ answers, IM (which
-    /// takes every message stanza and every SIP request and transaction the others leave).
+    /// The bridge's engines in routing order: presence, rosters (the server's privilege
+    /// message and the answers to its roster IQs), the component's IQ answers, IM (which takes
+    /// every message stanza and every SIP request and transaction the others leave).
     pub fn standard(
         presence: PresenceEngine,
+        roster: RosterEngine,
         im: ImEngine,
         iq: IqEngine,
         errors: ErrorTable,
     ) -> Bridge {
-        Bridge::new(vec![Box::new(presence), Box::new(iq), Box::new(im)], errors)
+        Bridge::new(
+            vec![
+                Box::new(presence),
+                Box::new(roster),
+                Box::new(iq),
+                Box::new(im),
+            ],
+            errors,
+        )
     }
 
     /// An input at `now`.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        self.route(now, input);
+        self.hand_on_facts(now);
+    }
+
+    /// The facts the engines produced, to the engines that take them (see the module
+    /// documentation).
+    fn hand_on_facts(&mut self, now: Instant) {
+        let mut n = 0;
+        while let Some(fact) = self.facts.pop_front() {
+            n += 1;
+            if n > MAX_FACTS {
+                warn!("facts dropped: engines keep producing them");
+                self.facts.clear();
+                return;
+            }
+            self.route(now, Input::Fact(fact));
+        }
+    }
+
+    fn route(&mut self, now: Instant, input: Input) {
         match &input {
             Input::LinkUp { domain } => {
                 info!(%domain, "component link up");
@@ -238,7 +283,13 @@ impl Bridge {
             output,
             batch,
             engine,
-        } = self.queue.pop_front()?;
+        } = loop {
+            let q = self.queue.pop_front()?;
+            // Facts never reach the queue (`push` takes them out); skipped should one.
+            if !matches!(q.output, Output::Fact(_)) {
+                break q;
+            }
+        };
         if batch != self.current {
             self.current = batch;
             self.refused = false;
@@ -286,6 +337,7 @@ impl Bridge {
                 local,
                 remote,
             },
+            Output::Fact(_) => return self.poll_action(),
         })
     }
 
@@ -302,6 +354,7 @@ impl Bridge {
                 self.push(i, out);
             }
         }
+        self.hand_on_facts(now);
     }
 
     /// The engines' last outputs (XEP-0100 unavailable presences), queued like any others.
@@ -318,6 +371,13 @@ impl Bridge {
     }
 
     fn push(&mut self, engine: usize, outputs: Vec<Output>) {
+        let (facts, outputs): (Vec<Output>, Vec<Output>) = outputs
+            .into_iter()
+            .partition(|o| matches!(o, Output::Fact(_)));
+        self.facts.extend(facts.into_iter().filter_map(|o| match o {
+            Output::Fact(f) => Some(f),
+            _ => None,
+        }));
         if outputs.is_empty() {
             return;
         }
@@ -374,6 +434,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::LinkUp { .. } => "link up",
         Input::LinkDown { .. } => "link down",
         Input::Restore(_) => "restore",
+        Input::Fact(_) => "fact",
     }
 }
 
@@ -409,7 +470,7 @@ impl Engine for PresenceEngine {
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
             Input::Restore(_) | Input::LinkUp { .. } => true,
-            Input::LinkDown { .. } => false,
+            Input::LinkDown { .. } | Input::Fact(_) => false,
         }
     }
 
@@ -419,7 +480,7 @@ impl Engine for PresenceEngine {
             Input::Edge(event) => self.on_edge(now, event),
             Input::Restore(subs) => self.restore(now, subs.into_iter()),
             Input::LinkUp { domain } => self.link_restored(now, &domain),
-            Input::LinkDown { .. } => Vec::new(),
+            Input::LinkDown { .. } | Input::Fact(_) => Vec::new(),
         }
     }
 
@@ -457,7 +518,9 @@ impl Engine for ImEngine {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
             Input::Edge(_) => true,
-            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) => false,
+            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) | Input::Fact(_) => {
+                false
+            }
         }
     }
 
@@ -489,18 +552,23 @@ impl Engine for ImEngine {
 }
 
 /// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
-/// XEP-0100 gateway, ping, version). IQ results and errors addressed to the component are
-/// taken and dropped: the bridge sends no IQ requests through the engines (the link answers
-/// and sends its own keep-alive pings), and an entity never answers a result or an error
-/// (RFC 6120 §8.2.3).
+/// XEP-0100 gateway, ping, version; `xmpp::gateway::vcard_reply`: LCS contacts' vCards from
+/// the display names the other engines learned, [`Fact::Name`]). IQ results and errors
+/// addressed to the component that no engine before it took are dropped: an entity never
+/// answers a result or an error (RFC 6120 §8.2.3).
 pub struct IqEngine {
     book: AddressBook,
     info: GatewayInfo,
+    names: NameBook,
 }
 
 impl IqEngine {
     pub fn new(book: AddressBook, info: GatewayInfo) -> IqEngine {
-        IqEngine { book, info }
+        IqEngine {
+            book,
+            info,
+            names: NameBook::default(),
+        }
     }
 }
 
@@ -510,14 +578,23 @@ impl Engine for IqEngine {
     }
 
     fn takes(&self, input: &Input) -> bool {
-        stanza_named(input, "iq")
+        stanza_named(input, "iq") || matches!(input, Input::Fact(Fact::Name { .. }))
     }
 
     fn handle(&mut self, _now: Instant, input: Input) -> Vec<Output> {
-        let Input::Stanza(iq) = input else {
-            return Vec::new();
+        let iq = match input {
+            Input::Stanza(iq) => iq,
+            Input::Fact(Fact::Name { aor, name, .. }) => {
+                self.names.learn(&aor, &name);
+                return Vec::new();
+            }
+            _ => return Vec::new(),
         };
-        match gateway::handle_iq(&iq, &self.book, &self.info) {
+        let names = &self.names;
+        let name_of = |aor: &str| names.get(aor).map(str::to_owned);
+        let reply = gateway::vcard_reply(&iq, &self.book, &name_of)
+            .or_else(|| gateway::handle_iq(&iq, &self.book, &self.info));
+        match reply {
             Some(reply) => vec![Output::Stanza(reply)],
             None => {
                 debug!(

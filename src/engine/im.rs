@@ -27,13 +27,16 @@ use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::nick::Nick;
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
+use super::Fact;
 use super::common::{self, Parties, host_of, parties};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
+use crate::core::names;
 use crate::core::tables::ErrorTable;
 use crate::edge::core::Route;
 use crate::edge::event::EdgeEvent;
@@ -745,11 +748,12 @@ impl ImEngine {
             local_uri,
             remote,
             remote_aor,
-            ..
+            display,
         } = match parties(&self.book, &self.errors, request) {
             Ok(p) => p,
             Err(reject) => return out.push(refuse(reject)),
         };
+        let name = display.as_deref().and_then(names::display_name);
         let offer = Sdp::parse(request.body()).ok();
         let answer = offer
             .as_ref()
@@ -793,13 +797,19 @@ impl ImEngine {
             .header("ms-text-format")
             .and_then(|v| im_text::ms_text_format(v).ok().flatten())
         {
-            out.push(Output::Stanza(chat(
-                &remote_jid,
-                &local,
-                &thread,
-                Some(&first),
-                None,
-            )));
+            // XEP-0172 §4.2: the sender's nick in the first message of a conversation.
+            let mut first = chat(&remote_jid, &local, &thread, Some(&first), None);
+            if let Some(n) = &name {
+                first.append_child(Nick(n.clone()).into());
+            }
+            out.push(Output::Stanza(first));
+        }
+        if let Some(name) = name {
+            out.push(Output::Fact(Fact::Name {
+                contact: remote.to_bare(),
+                aor: key.1.clone(),
+                name,
+            }));
         }
         self.idle
             .push(Reverse((now + self.settings.idle_timeout, key.clone())));

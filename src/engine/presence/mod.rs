@@ -45,9 +45,11 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
+use super::Fact;
 use super::{Output, common};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
+use crate::core::names::{self, NameSource};
 use crate::core::presence::presence_from_pidf;
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
 use crate::edge::event::EdgeEvent;
@@ -56,7 +58,7 @@ use crate::sip::dialog::DialogId;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
-use crate::store::{Approval, Direction, SubState, Subscription};
+use crate::store::{Approval, Direction, DisplayName, SubState, Subscription};
 
 mod local;
 mod notifier;
@@ -702,7 +704,7 @@ impl PresenceEngine {
                     let (Some(w), Ok(to)) = (waiting, BareJid::new(&key.0)) else {
                         continue;
                     };
-                    let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
+                    let display = w.name.as_ref().map(|n| n.text.clone());
                     subscribe_request(w.remote_jid.clone(), to, display)
                 }
                 Paced::Contact(key) => {
@@ -930,6 +932,24 @@ impl PresenceEngine {
         for key in reserve {
             self.persist_in(now, &key, &mut out);
         }
+        // The names kept with the subscriptions, for the vCard answers.
+        let outs = self
+            .outbound
+            .iter()
+            .map(|(k, s)| (k, &s.remote_jid, &s.name));
+        let ins = self
+            .inbound
+            .iter()
+            .map(|(k, w)| (k, &w.remote_jid, &w.name));
+        let mut named = BTreeMap::new();
+        for (k, contact, name) in outs.chain(ins) {
+            if let Some(n) = name {
+                named.insert(k.1.clone(), (contact.clone(), n.text.clone()));
+            }
+        }
+        for (aor, (contact, name)) in named {
+            out.push(Output::Fact(Fact::Name { contact, aor, name }));
+        }
         self.resync_xmpp(now, None, &mut out);
         self.rearm();
         out
@@ -1031,6 +1051,77 @@ impl PresenceEngine {
 
 fn stanza(p: Presence) -> Output {
     Output::Stanza(Element::from(p))
+}
+
+/// `raw` (a peer string) cleaned, as the name of a contact whose name is `current`: the new
+/// name when it changes it (`core::names::merge`: a PIDF name wins over a From name).
+pub(super) fn new_name(
+    current: &Option<DisplayName>,
+    raw: Option<&str>,
+    source: NameSource,
+) -> Option<DisplayName> {
+    let text = names::display_name(raw?)?;
+    let now = current.as_ref().map(|n| {
+        let s = if n.from_pidf {
+            NameSource::Pidf
+        } else {
+            NameSource::From
+        };
+        (n.text.as_str(), s)
+    });
+    names::merge(now, (&text, source)).map(|(text, s)| DisplayName {
+        text,
+        from_pidf: s == NameSource::Pidf,
+    })
+}
+
+impl PresenceEngine {
+    /// A subscription between `local` and `contact` was just approved (either side): the
+    /// roster engine puts the contact into the user's roster.
+    pub(super) fn approved_fact(
+        &self,
+        local: &BareJid,
+        contact: &BareJid,
+        name: Option<DisplayName>,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Fact(Fact::Roster {
+            local: local.clone(),
+            contact: contact.clone(),
+            name: name.map(|n| n.text),
+            previous: None,
+            approved: true,
+        }));
+    }
+
+    /// `contact`'s name changed from `old` to `new`: the vCard answers learn it, and, when its
+    /// subscription with `local` is approved, the user's roster follows.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn renamed_facts(
+        &self,
+        local: &BareJid,
+        contact: &BareJid,
+        aor: &str,
+        old: Option<DisplayName>,
+        new: &DisplayName,
+        approved: bool,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Fact(Fact::Name {
+            contact: contact.clone(),
+            aor: aor.to_owned(),
+            name: new.text.clone(),
+        }));
+        if approved {
+            out.push(Output::Fact(Fact::Roster {
+                local: local.clone(),
+                contact: contact.clone(),
+                name: Some(new.text.clone()),
+                previous: old.map(|n| n.text),
+                approved: false,
+            }));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
-use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, stanza};
+use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, new_name, stanza};
+use crate::core::names::NameSource;
 use crate::core::pidf::{self, PidfDocument};
 use crate::core::presence::presence_from_pidf;
 use crate::edge::core::Route;
@@ -21,7 +22,7 @@ use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxId};
-use crate::store::{Approval, Direction};
+use crate::store::{Approval, Direction, DisplayName};
 
 /// An XMPP user's subscription to an LCS user.
 #[derive(Debug)]
@@ -52,6 +53,8 @@ pub(super) struct Outbound {
     pub(super) shown_available: bool,
     /// The `id` of the user's `subscribe`, for an error reply.
     pub(super) stanza_id: Option<String>,
+    /// The contact's display name (docs/mapping.md §6), from its NOTIFYs.
+    pub(super) name: Option<DisplayName>,
 }
 
 impl Outbound {
@@ -79,6 +82,7 @@ impl Outbound {
             last: None,
             shown_available: false,
             stanza_id,
+            name: None,
         }
     }
 
@@ -604,6 +608,23 @@ impl PresenceEngine {
             _ => None,
         };
         let (remote_jid, local_jid) = (sub.remote_jid.clone(), sub.local_jid.clone());
+        // The contact's name: its server's From display name, its own CIPID display name.
+        let from_display = request
+            .from()
+            .ok()
+            .and_then(|f| f.display_name.map(str::to_owned));
+        let pidf_display = doc.as_ref().and_then(|d| d.display_name.clone());
+        let mut renamed: Option<Option<DisplayName>> = None;
+        for (raw, source) in [
+            (from_display.as_deref(), NameSource::From),
+            (pidf_display.as_deref(), NameSource::Pidf),
+        ] {
+            if let Some(n) = new_name(&sub.name, raw, source) {
+                let old = sub.name.replace(n);
+                renamed.get_or_insert(old);
+            }
+        }
+        let was_approved = sub.approval == Approval::Approved;
         match state.as_str() {
             "terminated" => {
                 if let Some(d) = sub.dialog.take() {
@@ -651,13 +672,15 @@ impl PresenceEngine {
                             .with_from(remote_jid.clone())
                             .with_to(local_jid.clone()),
                     ));
+                    let name = self.outbound.get(&key).and_then(|s| s.name.clone());
+                    self.approved_fact(&local_jid, &remote_jid, name, out);
                 }
                 if let Some(doc) = &doc {
                     let p = presence_from_pidf(
                         doc,
                         &self.table,
-                        Jid::from(remote_jid),
-                        Jid::from(local_jid),
+                        Jid::from(remote_jid.clone()),
+                        Jid::from(local_jid.clone()),
                     );
                     out.push(stanza(p));
                 }
@@ -667,6 +690,22 @@ impl PresenceEngine {
                 if let Some(e) = expires.filter(|e| *e > 0) {
                     sub.expires_at = Some(now + Duration::from_secs(u64::from(e)));
                 }
+            }
+        }
+        if let Some(old) = renamed {
+            if let Some(new) = self.outbound.get(&key).and_then(|s| s.name.clone()) {
+                // Kept with the subscription (a name change is rare; its loss in a crash
+                // costs one more roster update).
+                self.persist_out_lazy(now, &key, out);
+                self.renamed_facts(
+                    &local_jid,
+                    &remote_jid,
+                    &key.1,
+                    old,
+                    &new,
+                    was_approved,
+                    out,
+                );
             }
         }
         if !benotify {

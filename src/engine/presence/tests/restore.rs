@@ -13,6 +13,7 @@ fn record(direction: Direction, approval: Approval, expires_unix: u64) -> Subscr
         approval,
         last_sent: None,
         last_received: None,
+        display_name: None,
         updated_unix: 1_699_999_000,
     }
 }
