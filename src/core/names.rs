@@ -5,16 +5,17 @@
 //!
 //! What [`display_name`] does, in order:
 //!
-//! - drops the characters XML 1.0 forbids ([`crate::core::xml_chars`], the project's one
-//!   XML-character policy);
+//! - turns every control character (C0 — which XML 1.0 forbids but tab, LF and CR —, DEL,
+//!   C1) and the line and paragraph separators (U+2028, U+2029) into a space, as
+//!   `sip::builder::header_text` does for SIP headers, so a name stays on one line;
+//! - drops the other characters XML 1.0 forbids (U+FFFE, U+FFFF;
+//!   [`crate::core::xml_chars::is_xml_char`], the project's one XML-character policy);
 //! - drops the Unicode bidirectional formatting characters (U+061C, U+200E, U+200F,
 //!   U+202A–U+202E, U+2066–U+2069): a name like `Joe<U+202E>gpj.exe` would otherwise show
 //!   reversed text in a roster (Unicode Technical Report #36 §2.2, "bidirectional text
 //!   spoofing"), and PRECIS's nickname profile (RFC 8266) disallows them for the same reason;
 //! - drops the other invisible format characters a name has no use for (U+00AD soft hyphen,
 //!   U+200B–U+200D zero-width space and joiners, U+2060 word joiner, U+FEFF byte-order mark);
-//! - turns every other control character (C0, DEL, C1) and the line and paragraph separators
-//!   (U+2028, U+2029) into a space, so a name stays on one line in every client;
 //! - turns every Unicode white space into one ASCII space, collapses runs of spaces and trims
 //!   both ends (RFC 8266 §2.2's additional mapping rule);
 //! - cuts what is left to [`MAX_NAME_CHARS`] characters.
@@ -26,6 +27,8 @@
 /// Longer names are cut. Microsoft's clients take display names from Active Directory's
 /// `displayName` (at most 256 characters), so no real name is cut.
 pub const MAX_NAME_CHARS: usize = 256;
+
+use crate::core::xml_chars::is_xml_char;
 
 /// Whether `c` is a bidirectional formatting character (Unicode's `Bidi_Control` property).
 fn is_bidi_control(c: char) -> bool {
@@ -46,16 +49,15 @@ fn is_invisible(c: char) -> bool {
 /// A peer's display name as the bridge keeps and shows it, or `None` when nothing printable is
 /// left (see the module documentation).
 pub fn display_name(raw: &str) -> Option<String> {
-    let xml = crate::core::xml_chars::clean(raw);
-    let mut out = String::with_capacity(xml.len().min(MAX_NAME_CHARS * 4));
+    let mut out = String::with_capacity(raw.len().min(MAX_NAME_CHARS * 4));
     let mut chars = 0usize;
     let mut space = false;
-    for c in xml.chars() {
-        if is_bidi_control(c) || is_invisible(c) {
+    for c in raw.chars() {
+        if c.is_control() || c.is_whitespace() || matches!(c, '\u{2028}' | '\u{2029}') {
+            space = true;
             continue;
         }
-        if c.is_control() || c.is_whitespace() {
-            space = true;
+        if is_bidi_control(c) || is_invisible(c) || !is_xml_char(c) {
             continue;
         }
         if space && !out.is_empty() {
@@ -132,7 +134,7 @@ mod tests {
     fn controls_and_what_xml_forbids_go() {
         assert_eq!(
             display_name("Joe\u{1}\u{7}\u{1b}[31mRed\u{7f}\u{85}X\u{FFFE}\u{FFFF}").as_deref(),
-            Some("Joe[31mRed X")
+            Some("Joe [31mRed X")
         );
         assert_eq!(
             display_name("a\u{2028}b\u{2029}c").as_deref(),

@@ -241,8 +241,10 @@ impl Subscription {
             "dialog": self.dialog.as_ref().map(DialogRecord::to_json),
             "last_sent": b64(&self.last_sent),
             "last_received": b64(&self.last_received),
-            "display_name": self.display_name.as_ref().map(|n| n.text.clone()),
-            "display_name_from_pidf": self.display_name.as_ref().map(|n| n.from_pidf),
+            "display_name": self.display_name.as_ref().map(|n| json!({
+                "text": n.text,
+                "from_pidf": n.from_pidf,
+            })),
         })
     }
 }

@@ -682,7 +682,7 @@ fn export_json_lines() {
     );
     assert_eq!(
         s.to_json().to_string(),
-        r#"{"approval":"approved","dialog":{"call_id":"3f2a9c3@sip.example.org","created_unix":1790000000,"local_cseq":3,"local_display":"Alice Ä","local_tag":"lt3","local_uri":"sip:alice@example.org","remote_cseq":4294967295,"remote_display":null,"remote_tag":"9c1e07b2","remote_target":"sip:joe@10.0.0.5:5061;transport=tls","remote_uri":"sip:joe@contoso.com","route_set":["<sip:edge1.contoso.com;transport=tls;lr>","<sip:edge2.contoso.com;transport=tls;lr>"]},"direction":"inbound","expires_unix":1790003600,"kind":"subscription","last_received":"AP8B","last_sent":"PHByZXNlbmNlLz4=","local_jid":"alice@example.org","remote_aor":"sip:joe@contoso.com","state":"active","updated_unix":1790000100}"#
+        r#"{"approval":"approved","dialog":{"call_id":"3f2a9c3@sip.example.org","created_unix":1790000000,"local_cseq":3,"local_display":"Alice Ä","local_tag":"lt3","local_uri":"sip:alice@example.org","remote_cseq":4294967295,"remote_display":null,"remote_tag":"9c1e07b2","remote_target":"sip:joe@10.0.0.5:5061;transport=tls","remote_uri":"sip:joe@contoso.com","route_set":["<sip:edge1.contoso.com;transport=tls;lr>","<sip:edge2.contoso.com;transport=tls;lr>"]},"direction":"inbound","display_name":null,"expires_unix":1790003600,"kind":"subscription","last_received":"AP8B","last_sent":"PHByZXNlbmNlLz4=","local_jid":"alice@example.org","remote_aor":"sip:joe@contoso.com","state":"active","updated_unix":1790000100}"#
     );
     let m = minimal(Direction::Outbound, "a@b", "sip:c@d").to_json();
     assert_eq!(m["dialog"], Value::Null);

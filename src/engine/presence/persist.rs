@@ -180,7 +180,14 @@ impl Watcher {
             last_body: None,
             blind: false,
             cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
-            name: restored_name(s),
+            // Records written before names were kept: the SUBSCRIBE's From display name.
+            name: restored_name(s).or_else(|| {
+                let raw = s.dialog.as_ref()?.remote_display.as_deref()?;
+                Some(DisplayName {
+                    text: names::display_name(raw)?,
+                    from_pidf: false,
+                })
+            }),
         })
     }
 }

@@ -693,10 +693,14 @@ impl PresenceEngine {
             }
         }
         if let Some(old) = renamed {
-            if let Some(new) = self.outbound.get(&key).and_then(|s| s.name.clone()) {
-                // Kept with the subscription (a name change is rare; its loss in a crash
-                // costs one more roster update).
-                self.persist_out_lazy(now, &key, out);
+            let sub = self.outbound.get(&key);
+            let newly = !was_approved && sub.is_some_and(|s| s.approval == Approval::Approved);
+            if let Some(new) = sub.and_then(|s| s.name.clone()) {
+                // Kept with the subscription (the approval's synced write holds it already; a
+                // name change is rare, and its loss in a crash costs one roster update).
+                if !newly {
+                    self.persist_out_lazy(now, &key, out);
+                }
                 self.renamed_facts(
                     &local_jid,
                     &remote_jid,
