@@ -20,8 +20,12 @@
 //!   `privilege` (only the privilege), `rosterx` (only XEP-0144), `none`.
 //!
 //! What triggers it are the presence engine's [`Fact::Roster`]s. An error answer to a roster
-//! IQ is logged with its condition and text and not retried (the next approval or name change
-//! tries again); an IQ unanswered after [`IQ_TIMEOUT`] is given up. At most one roster
+//! IQ is logged with its condition and text and never retried. A refused roster set (or a
+//! refused get not marked `wait`) means this server grants the access but cannot use it —
+//! ejabberd 23.01 answers every privileged roster set with `internal-server-error` (its issue
+//! #3942, fixed in 23.10) —, so until the component connects again the roster updates for
+//! that server take the fallback of the mode, beginning with the refused one; a refused get
+//! marked `wait` only ends its own update. An IQ unanswered after [`IQ_TIMEOUT`] is given up. At most one roster
 //! operation per (user, contact) is under way; a newer wish waits for it and replaces an
 //! older waiting one. At most [`MAX_IN_FLIGHT`] operations are under way in all.
 //!
@@ -136,6 +140,10 @@ pub struct RosterEngine {
     grants: HashMap<(String, String), Access>,
     /// Component domains a missing grant was logged for (once each).
     warned: HashSet<String>,
+    /// (component domain, server domain) whose server refused a roster set although it
+    /// granted the access (ejabberd before 23.10 cannot write them, its issue #3942): roster
+    /// updates fall back as if nothing were granted until the component connects again.
+    failing: HashSet<(String, String)>,
     in_flight: HashMap<String, InFlight>,
     /// IQ ids by deadline (all wait [`IQ_TIMEOUT`], so in order).
     deadlines: VecDeque<(Instant, String)>,
@@ -154,6 +162,7 @@ impl RosterEngine {
             book,
             grants: HashMap::new(),
             warned: HashSet::new(),
+            failing: HashSet::new(),
             in_flight: HashMap::new(),
             deadlines: VecDeque::new(),
             busy: HashMap::new(),
@@ -226,11 +235,12 @@ impl RosterEngine {
             return out;
         }
         let component = contact.domain().to_string();
-        let access = self
-            .grants
-            .get(&(component.clone(), local.domain().to_string()))
-            .copied()
-            .unwrap_or_default();
+        let pair = (component.clone(), local.domain().to_string());
+        let access = match self.grants.get(&pair) {
+            Some(_) if self.failing.contains(&pair) => Access::default(),
+            Some(a) => *a,
+            None => Access::default(),
+        };
         let privileged =
             matches!(self.mode, RosterMode::Auto | RosterMode::Privilege) && access.set;
         if privileged {
@@ -257,7 +267,7 @@ impl RosterEngine {
                     warn!(
                         component = %component,
                         server = %local.domain(),
-                        "xmpp.roster = \"privilege\", but the XMPP server granted this component no roster write access (XEP-0356): rosters are not filled"
+                        "xmpp.roster = \"privilege\", but this component has no working roster write access on the XMPP server (XEP-0356): rosters are not filled"
                     );
                 }
             }
@@ -330,8 +340,10 @@ impl RosterEngine {
         } = op;
         if iq.attr("type") == Some("error") {
             let payloads: Vec<Element> = iq.children().cloned().collect();
-            let condition = common::error_of(&payloads)
-                .map_or_else(|| "undefined-condition".to_owned(), |(c, _)| c.to_string());
+            let error = common::error_of(&payloads);
+            let wait = error.is_some_and(|(_, wait)| wait);
+            let condition =
+                error.map_or_else(|| "undefined-condition".to_owned(), |(c, _)| c.to_string());
             let text = iq
                 .children()
                 .find(|c| c.name() == "error")
@@ -346,6 +358,21 @@ impl RosterEngine {
                 %text,
                 "the XMPP server refused a roster IQ (XEP-0356); not retried"
             );
+            if step == Step::Set || !wait {
+                // Granted but refused — a write (ejabberd 23.01 refuses every one with a
+                // `wait` internal-server-error), or a read not marked as passing: this server
+                // cannot do it, so the roster is left to the fallback until the component
+                // connects again; this wish takes the fallback at once.
+                let pair = (contact.domain().to_string(), local.domain().to_string());
+                if self.failing.insert(pair) {
+                    warn!(
+                        component = %contact.domain(),
+                        server = %local.domain(),
+                        "privileged roster access does not work on this XMPP server; roster updates fall back (xmpp.roster) until the component connects again"
+                    );
+                }
+                out.extend(self.wish(now, local.clone(), contact.clone(), wish));
+            }
             self.done(now, (local, contact), &mut out);
             return out;
         }
@@ -506,6 +533,7 @@ impl Engine for RosterEngine {
             Input::LinkDown { domain, .. } => {
                 // The server advertises again when the component connects again.
                 self.grants.retain(|(component, _), _| *component != domain);
+                self.failing.retain(|(component, _)| *component != domain);
                 Vec::new()
             }
             _ => Vec::new(),

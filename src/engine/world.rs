@@ -91,8 +91,9 @@ pub struct XmppServer {
     pub roster_access: &'static str,
     /// Each local user's roster: bare JID → contact → (name, groups).
     pub rosters: BTreeMap<String, Roster>,
-    /// Roster IQs the server refuses with this condition (as a failing server would).
-    pub roster_error: Option<&'static str>,
+    /// Roster IQs the server refuses with this error (type, condition), as a failing server
+    /// would.
+    pub roster_error: Option<(&'static str, &'static str)>,
 }
 
 impl XmppServer {
@@ -416,16 +417,16 @@ impl World {
             "set" => !get,
             _ => false,
         };
-        let error = |condition: &str| {
+        let error = |(type_, condition): (&str, &str)| {
             format!(
-                "<iq from='{user}' to='{from}' id='{id}' type='error'><error type='cancel'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>refused by the test server</text></error></iq>"
+                "<iq from='{user}' to='{from}' id='{id}' type='error'><error type='{type_}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>refused by the test server</text></error></iq>"
             )
         };
         if !allowed {
-            return error("forbidden");
+            return error(("auth", "forbidden"));
         }
-        if let Some(condition) = self.xmpp.roster_error {
-            return error(condition);
+        if let Some(e) = self.xmpp.roster_error {
+            return error(e);
         }
         let roster = self.xmpp.rosters.entry(user.clone()).or_default();
         if get {

@@ -253,18 +253,56 @@ fn without_the_privilege_the_user_gets_a_roster_item_exchange_suggestion() {
 }
 
 #[test]
-fn refused_roster_iqs_are_not_retried() {
+fn refused_roster_iqs_are_not_retried_and_a_failing_server_gets_suggestions() {
+    // A passing refusal (`wait`): logged, not retried; the next change tries again.
     let mut w = World::new();
     w.grant_roster("both");
-    w.xmpp.roster_error = Some("internal-server-error");
+    w.xmpp.roster_error = Some(("wait", "resource-constraint"));
     bob_watches_alice(&mut w, Some("Bob Builder"));
     w.run_for(Duration::from_secs(600));
     assert_eq!(roster_iqs(&w), ["get"]);
-    // The next change tries once more.
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains(NS_ROSTERX)));
     w.xmpp.roster_error = None;
     w.lcs_subscribes_as(BOB_AOR, Some("Bob B. Builder"), ALICE_URI);
     w.settle();
     assert_eq!(roster_iqs(&w), ["get", "get", "set"]);
+
+    // A server that grants the access but cannot write (ejabberd 23.01 answers a privileged
+    // roster set with internal-server-error): not retried; the wish and every later one are
+    // suggested (XEP-0144) until the component connects again.
+    let mut w = World::new();
+    w.grant_roster("both");
+    w.xmpp.roster_error = Some(("cancel", "internal-server-error"));
+    bob_watches_alice(&mut w, Some("Bob Builder"));
+    w.run_for(Duration::from_secs(600));
+    assert_eq!(roster_iqs(&w), ["get"]);
+    let suggestions = |w: &World| {
+        w.xmpp
+            .to(ALICE)
+            .into_iter()
+            .filter(|s| s.contains(NS_ROSTERX))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(suggestions(&w).len(), 1);
+    assert!(
+        suggestions(&w)[0].contains("action='add'"),
+        "{:?}",
+        suggestions(&w)
+    );
+    w.lcs_subscribes_as(BOB_AOR, Some("Bob B. Builder"), ALICE_URI);
+    w.settle();
+    assert_eq!(roster_iqs(&w), ["get"]);
+    assert!(suggestions(&w)[1].contains("name='Bob B. Builder'"));
+    // Connected again: the privilege is tried again.
+    w.xmpp.roster_error = None;
+    w.link_down();
+    w.link_up();
+    w.grant_roster("both");
+    w.settle();
+    w.lcs_subscribes_as(BOB_AOR, Some("Bob the Builder"), ALICE_URI);
+    w.settle();
+    assert_eq!(roster_iqs(&w), ["get", "get", "set"]);
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob the Builder"));
 }
 
 #[test]
