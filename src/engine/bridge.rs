@@ -551,6 +551,42 @@ impl Engine for ImEngine {
     }
 }
 
+impl Engine for RosterEngine {
+    fn name(&self) -> &'static str {
+        "roster"
+    }
+
+    /// The server's privilege message, answers to its roster IQs, roster facts, a component
+    /// stream lost.
+    fn takes(&self, input: &Input) -> bool {
+        match input {
+            Input::Stanza(el) => self.takes_stanza(el),
+            Input::Fact(Fact::Roster { .. }) | Input::LinkDown { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        match input {
+            Input::Stanza(el) => self.on_stanza(now, &el),
+            Input::Fact(fact) => self.on_fact(now, fact),
+            Input::LinkDown { domain, .. } => {
+                self.link_lost(&domain);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        RosterEngine::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        RosterEngine::handle_timeout(self, now)
+    }
+}
+
 /// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
 /// XEP-0100 gateway, ping, version; `xmpp::gateway::vcard_reply`: LCS contacts' vCards from
 /// the display names the other engines learned, [`Fact::Name`]). IQ results and errors

@@ -38,7 +38,6 @@ use tracing::{debug, info, warn};
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::{Element, ElementBuilder};
 
-use super::bridge::{Engine, Input};
 use super::{Fact, Output, common};
 use crate::core::address::AddressBook;
 use crate::xmpp::NS_COMPONENT;
@@ -486,41 +485,42 @@ fn has_privilege(el: &Element) -> bool {
         .any(|ns| el.get_child("privilege", *ns).is_some())
 }
 
-impl Engine for RosterEngine {
-    fn name(&self) -> &'static str {
-        "roster"
-    }
-
-    /// The server's privilege message, answers to its roster IQs, roster facts, a component
-    /// stream lost.
-    fn takes(&self, input: &Input) -> bool {
-        match input {
-            Input::Stanza(el) if el.name() == "message" => has_privilege(el),
-            Input::Stanza(el) if el.name() == "iq" => {
+impl RosterEngine {
+    /// Whether a stanza is this engine's: the server's privilege message, or the answer to one
+    /// of its roster IQs.
+    pub fn takes_stanza(&self, el: &Element) -> bool {
+        match el.name() {
+            "message" => has_privilege(el),
+            "iq" => {
                 matches!(el.attr("type"), Some("result" | "error"))
                     && el
                         .attr("id")
                         .is_some_and(|id| self.in_flight.contains_key(id))
             }
-            Input::Fact(Fact::Roster { .. }) | Input::LinkDown { .. } => true,
             _ => false,
         }
     }
 
-    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
-        match input {
-            Input::Stanza(el) if el.name() == "message" => {
-                self.privileges(&el);
-                Vec::new()
-            }
-            Input::Stanza(el) => self.answer(now, &el),
-            Input::Fact(Fact::Roster {
+    /// A stanza [`RosterEngine::takes_stanza`] took.
+    pub fn on_stanza(&mut self, now: Instant, el: &Element) -> Vec<Output> {
+        if el.name() == "message" {
+            self.privileges(el);
+            Vec::new()
+        } else {
+            self.answer(now, el)
+        }
+    }
+
+    /// A [`Fact::Roster`]: what the user's roster should show.
+    pub fn on_fact(&mut self, now: Instant, fact: Fact) -> Vec<Output> {
+        match fact {
+            Fact::Roster {
                 local,
                 contact,
                 name,
                 previous,
                 approved,
-            }) => self.wish(
+            } => self.wish(
                 now,
                 local,
                 contact,
@@ -530,21 +530,24 @@ impl Engine for RosterEngine {
                     approved,
                 },
             ),
-            Input::LinkDown { domain, .. } => {
-                // The server advertises again when the component connects again.
-                self.grants.retain(|(component, _), _| *component != domain);
-                self.failing.retain(|(component, _)| *component != domain);
-                Vec::new()
-            }
-            _ => Vec::new(),
+            Fact::Name { .. } => Vec::new(),
         }
     }
 
-    fn poll_timeout(&self) -> Option<Instant> {
+    /// The stream of component `domain` was lost: its grants go with it (the server advertises
+    /// them again when the component connects again).
+    pub fn link_lost(&mut self, domain: &str) {
+        self.grants.retain(|(component, _), _| component != domain);
+        self.failing.retain(|(component, _)| component != domain);
+    }
+
+    /// When the oldest roster IQ under way is given up.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.front().map(|(at, _)| *at)
     }
 
-    fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+    /// Gives up the roster IQs unanswered at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
         while let Some((at, _)) = self.deadlines.front() {
             if *at > now {

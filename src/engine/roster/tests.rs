@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::core::address::AddressMode;
+use crate::engine::bridge::{Engine, Input};
 use crate::engine::world::{COMPONENT, LOCAL, World, contact_jid, pidf, pidf_named, stanza};
 use crate::store::{Direction, Store};
 
