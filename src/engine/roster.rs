@@ -10,9 +10,10 @@
 //!   domain, the bridge writes the roster item itself: an `<iq type='set'>` from the component
 //!   domain to the user's bare JID with `jabber:iq:roster` (RFC 6121 §2.3) — after reading the
 //!   roster first when it also has `get` access, because a roster set replaces the item's
-//!   groups and name: the bridge keeps the user's groups, adds the contact when it is missing,
-//!   and writes the name only over no name, a placeholder (the JID, the LCS address) or the
-//!   name it wrote before; a name the user gave the contact is left alone.
+//!   groups and name: the bridge keeps the user's groups, adds the contact when it is missing
+//!   at an approval (a rename does not bring back a contact the user removed), and writes the
+//!   name only over no name, a placeholder (the JID, the LCS address) or the name it wrote
+//!   before; a name the user gave the contact is left alone.
 //! - **XEP-0144 (Roster Item Exchange).** Without the privilege, a suggestion to the user:
 //!   `<message>` with `<x xmlns='http://jabber.org/protocol/rosterx'>`, `action='add'` with
 //!   the name on approval, `action='modify'` when the name changes.
@@ -245,7 +246,9 @@ impl RosterEngine {
         if privileged {
             let pair = (local.clone(), contact.clone());
             if let Some(waiting) = self.busy.get_mut(&pair) {
-                *waiting = Some(wish);
+                // The newer wish wins; an approval among them still adds the contact.
+                let approved = wish.approved || waiting.as_ref().is_some_and(|w| w.approved);
+                *waiting = Some(Wish { approved, ..wish });
                 return out;
             }
             if self.in_flight.len() >= MAX_IN_FLIGHT {
@@ -370,15 +373,18 @@ impl RosterEngine {
                         "privileged roster access does not work on this XMPP server; roster updates fall back (xmpp.roster) until the component connects again"
                     );
                 }
+                let approved = wish.approved;
                 out.extend(self.wish(now, local.clone(), contact.clone(), wish));
+                self.done(now, (local, contact), approved, &mut out);
+                return out;
             }
-            self.done(now, (local, contact), &mut out);
+            self.done(now, (local, contact), wish.approved, &mut out);
             return out;
         }
         match step {
             Step::Set => {
                 info!(user = %local, contact = %contact, name = ?wish.name, "roster item written (XEP-0356)");
-                self.done(now, (local, contact), &mut out);
+                self.done(now, (local, contact), wish.approved, &mut out);
             }
             Step::Get => {
                 let item = iq
@@ -392,7 +398,10 @@ impl RosterEngine {
                                 .is_some_and(|j| j == contact)
                     });
                 let write = match item {
-                    None => Some(Vec::new()),
+                    // Added on approval; a rename does not bring back a contact the user
+                    // removed.
+                    None if wish.approved => Some(Vec::new()),
+                    None => None,
                     Some(item) => {
                         let current = item.attr("name").filter(|n| !n.is_empty());
                         let groups: Vec<String> = item
@@ -418,7 +427,7 @@ impl RosterEngine {
                     Some(groups) => {
                         self.send(now, local, contact, wish, Step::Set, groups, &mut out)
                     }
-                    None => self.done(now, (local, contact), &mut out),
+                    None => self.done(now, (local, contact), wish.approved, &mut out),
                 }
             }
         }
@@ -443,9 +452,12 @@ impl RosterEngine {
                     || Some(lower.as_str()) == aor.to_lowercase().strip_prefix("sip:")))
     }
 
-    /// The operation on `pair` is over: the wish that waited for it goes next.
-    fn done(&mut self, now: Instant, pair: Pair, out: &mut Vec<Output>) {
-        if let Some(Some(wish)) = self.busy.remove(&pair) {
+    /// The operation on `pair` is over: the wish that waited for it goes next (an approval
+    /// the ended one carried goes with it: adding a contact that is there already changes
+    /// nothing).
+    fn done(&mut self, now: Instant, pair: Pair, approved: bool, out: &mut Vec<Output>) {
+        if let Some(Some(mut wish)) = self.busy.remove(&pair) {
+            wish.approved |= approved;
             let (local, contact) = pair;
             out.extend(self.wish(now, local, contact, wish));
         }
@@ -558,7 +570,7 @@ impl RosterEngine {
             };
             if let Some(op) = self.in_flight.remove(&id) {
                 warn!(user = %op.local, contact = %op.contact, step = ?op.step, "no answer to a roster IQ (XEP-0356); given up");
-                self.done(now, (op.local, op.contact), &mut out);
+                self.done(now, (op.local, op.contact), op.wish.approved, &mut out);
             }
         }
         crate::compact::map(&mut self.in_flight);

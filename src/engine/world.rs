@@ -304,6 +304,23 @@ impl World {
         if self.xmpp.down.contains(COMPONENT) {
             return; // the server cannot reach the component: lost (bounced to the user)
         }
+        // A subscription request or approval puts the contact into the user's roster
+        // (RFC 6121 §3.1.2, §3.1.5), without a name.
+        if el.name() == "presence" && matches!(el.attr("type"), Some("subscribe" | "subscribed")) {
+            let user = el
+                .attr("from")
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            let contact = el.attr("to").unwrap_or("").to_owned();
+            self.xmpp
+                .rosters
+                .entry(user.to_owned())
+                .or_default()
+                .entry(contact)
+                .or_insert((None, Vec::new()));
+        }
         self.send(Input::Stanza(el));
     }
 

@@ -181,6 +181,23 @@ fn a_name_the_user_gave_is_kept() {
 }
 
 #[test]
+fn a_rename_does_not_bring_back_a_removed_contact() {
+    let mut w = World::new();
+    w.grant_roster("both");
+    w.lcs
+        .documents
+        .insert(BOB_AOR.into(), pidf_named(BOB_AOR, "away", "Bob Smith"));
+    alice_watches_bob(&mut w);
+    assert_eq!(roster_of(&w, ALICE).len(), 1);
+    // Alice removes Bob from her roster (the subscription stays at LCS a while).
+    w.xmpp.rosters.get_mut(ALICE).unwrap().clear();
+    w.lcs_notifies_doc(BOB_AOR, pidf_named(BOB_AOR, "away", "Robert Smith"));
+    w.settle();
+    assert_eq!(roster_iqs(&w), ["get", "set", "get"]);
+    assert!(roster_of(&w, ALICE).is_empty());
+}
+
+#[test]
 fn a_placeholder_name_is_replaced() {
     for placeholder in [
         "bob@contoso.com",
