@@ -37,7 +37,7 @@ use crate::sip::builder::reason_phrase;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId};
-use crate::store::{Direction, Subscription};
+use crate::store::{Direction, ImDialog, Subscription};
 use crate::xmpp::gateway::{self, GatewayInfo};
 
 /// Most consecutive durable writes joined into one [`Action::Write`].
@@ -60,6 +60,8 @@ pub enum Input {
     LinkDown { domain: String, reason: String },
     /// The subscriptions read from the store at start.
     Restore(Vec<Subscription>),
+    /// The IM sessions' dialogs read from the store at start.
+    RestoreIm(Vec<ImDialog>),
 }
 
 impl Input {
@@ -111,6 +113,13 @@ pub enum Action {
         local: String,
         remote: String,
     },
+    /// Write an IM session's dialog: with `durable`, `Store::put_im_dialog` then
+    /// `Store::flush` before the next action, else `put_im_dialog` alone; report
+    /// [`Failure::StoreFailed`] if that fails (the bridge logs it and changes no answer).
+    WriteIm { dialog: ImDialog, durable: bool },
+    /// Remove an IM session's dialog (`Store::remove_im_dialog`, not synced); report
+    /// [`Failure::StoreFailed`] if that fails.
+    ForgetIm { local: String, remote: String },
 }
 
 /// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
@@ -160,6 +169,8 @@ pub struct Bridge {
     current: u64,
     refused: bool,
     unsaved: bool,
+    /// The last action was an IM dialog write or removal (its failure changes no answer).
+    im_store: bool,
     /// Component domains whose stream was lost and has not come back.
     down: BTreeSet<String>,
 }
@@ -175,6 +186,7 @@ impl Bridge {
             current: 0,
             refused: false,
             unsaved: false,
+            im_store: false,
             down: BTreeSet::new(),
         }
     }
@@ -228,6 +240,11 @@ impl Bridge {
     pub fn report(&mut self, failure: Failure) {
         match failure {
             Failure::StanzaRefused => self.refused = true,
+            // An IM dialog that was not stored costs a new INVITE after a restart: the
+            // session goes on, and no answer changes.
+            Failure::StoreFailed if self.im_store => {
+                warn!("IM session dialog not stored; a restart now ends that session")
+            }
             Failure::StoreFailed => self.unsaved = true,
         }
     }
@@ -244,6 +261,7 @@ impl Bridge {
             self.refused = false;
             self.unsaved = false;
         }
+        self.im_store = matches!(output, Output::PersistIm { .. } | Output::ForgetIm { .. });
         Some(match output {
             Output::Stanza(el) => Action::Stanza(el),
             Output::Request { tx, request, route } => Action::Request { tx, request, route },
@@ -286,6 +304,11 @@ impl Bridge {
                 local,
                 remote,
             },
+            Output::PersistIm { dialog, durable } => Action::WriteIm {
+                dialog: *dialog,
+                durable,
+            },
+            Output::ForgetIm { local, remote } => Action::ForgetIm { local, remote },
         })
     }
 
@@ -374,6 +397,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::LinkUp { .. } => "link up",
         Input::LinkDown { .. } => "link down",
         Input::Restore(_) => "restore",
+        Input::RestoreIm(_) => "IM restore",
     }
 }
 
@@ -409,7 +433,7 @@ impl Engine for PresenceEngine {
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
             Input::Restore(_) | Input::LinkUp { .. } => true,
-            Input::LinkDown { .. } => false,
+            Input::LinkDown { .. } | Input::RestoreIm(_) => false,
         }
     }
 
@@ -419,7 +443,7 @@ impl Engine for PresenceEngine {
             Input::Edge(event) => self.on_edge(now, event),
             Input::Restore(subs) => self.restore(now, subs.into_iter()),
             Input::LinkUp { domain } => self.link_restored(now, &domain),
-            Input::LinkDown { .. } => Vec::new(),
+            Input::LinkDown { .. } | Input::RestoreIm(_) => Vec::new(),
         }
     }
 
@@ -451,12 +475,12 @@ impl Engine for ImEngine {
         "im"
     }
 
-    /// Message stanzas, and every SIP request and transaction event left by the engines
-    /// before it.
+    /// Message stanzas, every SIP request and transaction event left by the engines before
+    /// it, and the stored IM dialogs at start.
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
-            Input::Edge(_) => true,
+            Input::Edge(_) | Input::RestoreIm(_) => true,
             Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) => false,
         }
     }
@@ -465,6 +489,7 @@ impl Engine for ImEngine {
         match input {
             Input::Stanza(el) => self.on_stanza(now, el),
             Input::Edge(event) => self.on_edge(now, event),
+            Input::RestoreIm(dialogs) => self.restore(now, dialogs),
             _ => Vec::new(),
         }
     }
