@@ -439,9 +439,13 @@ fn stored_sessions_past_the_age_limit_are_replaced() {
         .unwrap()
         .to_owned();
     // Busy for 20 h (one message every 9 minutes, below the idle limit).
+    let mut replaced_at = None;
     for _ in 0..134 {
         w.run_for(Duration::from_secs(9 * 60));
         alice_says(&mut w);
+        if replaced_at.is_none() && w.lcs.requests(&Method::Invite).len() == 2 {
+            replaced_at = Some(w.now);
+        }
     }
     let invites: Vec<String> = w
         .lcs
@@ -455,13 +459,17 @@ fn stored_sessions_past_the_age_limit_are_replaced() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].dialog.call_id, invites[1]);
 
-    // The second dialog, 19 h later (kept busy), then a restart 1 h after that: past the limit.
-    for _ in 0..127 {
+    // The second dialog kept busy until just before its limit; the bridge restarts just after
+    // it (before the idle limit).
+    let limit = replaced_at.unwrap() + Duration::from_secs(20 * 3600);
+    while w.now + Duration::from_secs(9 * 60) < limit {
         w.run_for(Duration::from_secs(9 * 60));
         alice_says(&mut w);
     }
     assert_eq!(w.lcs.requests(&Method::Invite).len(), 2);
-    w.run_for(Duration::from_secs(60 * 60 + 1));
+    w.run_for(limit + Duration::from_secs(60) - w.now);
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 1);
+    assert!(cseqs_in(&w, &Method::Bye, &invites[1]).is_empty());
     w.restart();
     w.settle();
     assert_eq!(cseqs_in(&w, &Method::Bye, &invites[1]).len(), 1);
