@@ -515,9 +515,11 @@ impl Engine for ImEngine {
 
 /// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
 /// XEP-0100 gateway, ping, version). IQ results and errors addressed to the component are
-/// taken and dropped: the bridge sends no IQ requests through the engines (the link answers
-/// and sends its own keep-alive pings), and an entity never answers a result or an error
-/// (RFC 6120 §8.2.3).
+/// taken and dropped: the bridge sends no IQ requests through the engines (the link sends its
+/// own keep-alive pings and takes their answers itself), so an IQ error here answers nothing
+/// the bridge asked and has no SIP side to be told; it is logged (id, sender, condition), and an
+/// entity never answers a result or an error (RFC 6120 §8.2.3). An engine that sends IQ
+/// requests takes their answers itself (by id, in [`Engine::takes`]) before this one.
 pub struct IqEngine {
     book: AddressBook,
     info: GatewayInfo,
@@ -544,11 +546,20 @@ impl Engine for IqEngine {
         };
         match gateway::handle_iq(&iq, &self.book, &self.info) {
             Some(reply) => vec![Output::Stanza(reply)],
-            None => {
-                debug!(
-                    kind = iq.attr("type").unwrap_or(""),
-                    "iq result or error dropped"
+            None if iq.attr("type") == Some("error") => {
+                let payloads: Vec<Element> = iq.children().cloned().collect();
+                let condition = super::common::error_of(&payloads)
+                    .map_or("undefined-condition", |(c, _)| c.as_str());
+                info!(
+                    id = iq.attr("id").unwrap_or(""),
+                    from = iq.attr("from").unwrap_or(""),
+                    condition,
+                    "iq error for no request of the bridge's dropped"
                 );
+                Vec::new()
+            }
+            None => {
+                debug!(kind = iq.attr("type").unwrap_or(""), "iq result dropped");
                 Vec::new()
             }
         }

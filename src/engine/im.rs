@@ -18,7 +18,10 @@
 //! in-dialog MESSAGE becomes a chat message (HTML and multipart turned into plain text) with a
 //! `<thread/>` tied to the dialog; `isComposing` and Microsoft's INFO `<KeyboardActivity>` become
 //! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
-//! a message m-line gets 488 with the profile's SDP.
+//! a message m-line gets 488 with the profile's SDP. Every stanza sent carries an id naming its
+//! dialog, so that a `<message type='error'>` the XMPP server returns for it is traced to its
+//! session: the LCS sender is told in that session (rate-limited), and a recipient that does not
+//! exist ends it with BYE (docs/mapping.md §3 "Errors from the XMPP side").
 //!
 //! Persistence (docs/storage.md, docs/mapping.md §4 "Sessions across a restart"): every
 //! session's dialog is written to the store when it is established, synced before the 200 or
@@ -37,6 +40,7 @@ use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::minidom::rxml::{Namespace as XmlNamespace, NcName};
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
 use super::common::{self, Parties, host_of, parties};
@@ -49,7 +53,7 @@ use crate::core::tables::ErrorTable;
 use crate::edge::core::Route;
 use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
-use crate::sip::builder::{RequestSpec, header_text, name_addr};
+use crate::sip::builder::{RequestSpec, header_text, name_addr, reason_phrase};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
@@ -66,6 +70,15 @@ pub const MAX_SUBJECT_BYTES: usize = 1024;
 /// sync per this many requests in a session). A restarted bridge continues above the stored
 /// value, so it never repeats a CSeq LCS has seen (RFC 3261 §12.2.2: LCS answers 500).
 pub const CSEQ_RESERVE: u32 = 1000;
+
+/// Delivery failures told to an LCS sender at once in one session; beyond them, one per
+/// [`NOTICE_INTERVAL`], the others counted into the next notice (an error storm from the XMPP
+/// side cannot flood LCS).
+pub const NOTICE_BURST: u32 = 3;
+/// See [`NOTICE_BURST`].
+pub const NOTICE_INTERVAL: Duration = Duration::from_secs(10);
+/// Most characters of the undelivered text quoted in a notice.
+const NOTICE_QUOTE_CHARS: usize = 200;
 
 /// What the engine needs to know.
 #[derive(Debug, Clone)]
@@ -125,6 +138,32 @@ enum State {
 /// (local bare JID, remote AOR URI).
 type Key = (BareJid, String);
 
+/// What a stanza sent to an XMPP user carried (its id says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StanzaKind {
+    /// A message body.
+    Body,
+    /// A chat state only.
+    Typing,
+}
+
+/// The dialog's local tag and the kind an id of [`ImEngine::stanza_id`] names; `None` for any
+/// other id.
+fn parse_stanza_id(id: &str) -> Option<(&str, StanzaKind)> {
+    let (tag, rest) = id.rsplit_once('.')?;
+    let mut chars = rest.chars();
+    let kind = match chars.next()? {
+        'm' => StanzaKind::Body,
+        't' => StanzaKind::Typing,
+        _ => return None,
+    };
+    let digits = chars.as_str();
+    if tag.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((tag, kind))
+}
+
 #[derive(Debug)]
 struct Session {
     /// The remote party's JID (bare), as XMPP users know it.
@@ -139,6 +178,8 @@ struct Session {
     detached: bool,
     /// Up: the highest local CSeq the stored record allows (see [`CSEQ_RESERVE`]).
     reserved: u32,
+    /// Delivery-failure notices this session may still send (see [`NOTICE_BURST`]).
+    notices: Notices,
 }
 
 impl Session {
@@ -151,7 +192,45 @@ impl Session {
             thread,
             detached: false,
             reserved: 0,
+            notices: Notices::new(now),
         }
+    }
+}
+
+/// A session's budget of delivery-failure notices: [`NOTICE_BURST`] at once, one more per
+/// [`NOTICE_INTERVAL`]; what was held back is counted.
+#[derive(Debug)]
+struct Notices {
+    left: u32,
+    /// When the next one is earned (while fewer than the burst are left).
+    refilled: Instant,
+    /// Failures not told since the last notice.
+    held: u32,
+}
+
+impl Notices {
+    fn new(now: Instant) -> Notices {
+        Notices {
+            left: NOTICE_BURST,
+            refilled: now,
+            held: 0,
+        }
+    }
+
+    /// Whether a notice may go at `now` (and spends it).
+    fn take(&mut self, now: Instant) -> bool {
+        while self.left < NOTICE_BURST && self.refilled + NOTICE_INTERVAL <= now {
+            self.left += 1;
+            self.refilled += NOTICE_INTERVAL;
+        }
+        if self.left == NOTICE_BURST {
+            self.refilled = now;
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
     }
 }
 
@@ -190,6 +269,8 @@ pub struct ImEngine {
     /// a stale entry back at the real time). Keeps [`ImEngine::poll_timeout`] O(1), which the
     /// runner asks after every event.
     idle: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Numbers the stanzas sent to XMPP users (their ids).
+    stanzas: u64,
     rng: SplitMix,
 }
 
@@ -227,6 +308,7 @@ impl ImEngine {
             dialogs: HashMap::new(),
             purposes: HashMap::new(),
             idle: BinaryHeap::new(),
+            stanzas: 0,
             rng: SplitMix::new(seed),
         }
     }
@@ -396,7 +478,7 @@ impl ImEngine {
             session.reserved = reserved;
             self.sessions.insert(key.clone(), session);
             if expired {
-                self.end_session(&key, &mut out);
+                self.end_session(&key, None, &mut out);
             } else {
                 self.idle
                     .push(Reverse((now + self.settings.idle_timeout, key)));
@@ -487,9 +569,18 @@ impl ImEngine {
         out
     }
 
-    /// The XMPP server could not deliver a message we passed on from LCS (RFC 6120 §8.3: the
-    /// error goes back to the `from` we gave, the LCS user's JID). The SIP MESSAGE was answered
-    /// 200 when the stanza was queued, so the LCS sender is told in the session as text.
+    /// A `<message type='error'>` for a stanza this engine sent: the XMPP server (or the
+    /// user's client) could not deliver a message from LCS (RFC 6120 §8.3: the error goes back
+    /// to the `from` we gave, the LCS user's JID, with our id). The SIP MESSAGE was answered
+    /// 200 when the stanza was queued (XMPP has no positive acknowledgement to wait for), so
+    /// the LCS sender is told in the session the stanza's id names — if it is still up: no
+    /// SIP request can carry it otherwise — as a text MESSAGE: the condition with the status
+    /// `errors.toml` gives it, and the start of the text. Errors for chat states tell nothing;
+    /// notices are rate-limited per session ([`NOTICE_BURST`]). When the server says the
+    /// recipient does not exist (`item-not-found`, `service-unavailable` or `gone` from the
+    /// bare JID, not marked `wait`; RFC 6121 §8.5.1) the session ends with BYE and a `Reason`
+    /// (RFC 3326) with that status, so that LCS's next message starts a session of its own
+    /// rather than being lost in this one.
     fn delivery_failed(
         &mut self,
         now: Instant,
@@ -498,41 +589,90 @@ impl ImEngine {
         remote: Jid,
         out: &mut Vec<Output>,
     ) {
+        let Some((tag, kind)) = stanza.id.as_ref().and_then(|id| parse_stanza_id(&id.0)) else {
+            return;
+        };
         let Ok(remote_addr) = self.book.jid_to_sip(&remote) else {
             return;
         };
-        let Ok(local_addr) = self.book.jid_to_sip(&Jid::from(local.to_bare())) else {
+        let key: Key = (local.to_bare(), remote_addr.aor().to_uri());
+        let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
-        if self.book.is_local_domain(&remote_addr.host)
-            || !self.book.is_local_domain(&local_addr.host)
-        {
+        let State::Up { dialog } = &session.state else {
+            return;
+        };
+        if dialog.id.local_tag != tag || kind == StanzaKind::Typing {
             return;
         }
-        let condition = stanza
-            .payloads
-            .iter()
-            .find(|p| p.name() == "error")
-            .and_then(|e| {
-                e.children()
-                    .find(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name() != "text")
-                    .map(|c| c.name().to_owned())
-            })
-            .unwrap_or_else(|| "undefined-condition".into());
-        let mut text = format!("Message not delivered to {} ({condition})", local.to_bare());
+        let (condition, wait) =
+            common::error_of(&stanza.payloads).unwrap_or((Condition::UndefinedCondition, false));
+        let status = self.errors.status_for_condition(condition);
+        let no_recipient = !wait
+            && local.resource().is_none()
+            && matches!(
+                condition,
+                Condition::ItemNotFound | Condition::ServiceUnavailable | Condition::Gone
+            );
+        // The last notice of a session that ends goes whatever the budget.
+        if !session.notices.take(now) && !no_recipient {
+            session.notices.held = session.notices.held.saturating_add(1);
+            return;
+        }
+        let held = std::mem::take(&mut session.notices.held);
+        let mut text = format!(
+            "Message not delivered to {} ({status} {}, {})",
+            local.to_bare(),
+            reason_phrase(status),
+            condition.as_str()
+        );
         if let Some((_, body)) = stanza.get_best_body(vec![]) {
             text.push_str(": ");
-            text.push_str(body);
+            text.extend(body.chars().take(NOTICE_QUOTE_CHARS));
+            if body.chars().nth(NOTICE_QUOTE_CHARS).is_some() {
+                text.push('…');
+            }
         }
-        let key: Key = (local.to_bare(), remote_addr.aor().to_uri());
-        self.enqueue(
-            now,
-            key,
-            Jid::from(remote.to_bare()),
-            local_addr.to_uri(),
-            Item::Notice(text),
-            out,
-        );
+        if held > 0 {
+            text.push_str(&format!(" [and {held} more not delivered]"));
+        }
+        if no_recipient {
+            text.push_str(&format!(
+                ". {} cannot receive messages; this conversation has ended.",
+                local.to_bare()
+            ));
+        }
+        self.send_item(key.clone(), Item::Notice(text), out);
+        if no_recipient {
+            let reason = format!("SIP;cause={status};text=\"{}\"", reason_phrase(status));
+            self.end_session(&key, Some(&reason), out);
+        }
+    }
+
+    /// The id of a stanza sent to an XMPP user from the session of `key`: its dialog's local
+    /// tag, the kind, a number.
+    fn stanza_id(&mut self, key: &Key, kind: StanzaKind) -> Option<String> {
+        let Some(Session {
+            state: State::Up { dialog },
+            ..
+        }) = self.sessions.get(key)
+        else {
+            return None;
+        };
+        self.stanzas += 1;
+        let letter = match kind {
+            StanzaKind::Body => 'm',
+            StanzaKind::Typing => 't',
+        };
+        Some(format!("{}.{letter}{}", dialog.id.local_tag, self.stanzas))
+    }
+
+    /// `el` with the id [`ImEngine::stanza_id`] gives it.
+    fn with_id(&mut self, key: &Key, kind: StanzaKind, mut el: Element) -> Element {
+        if let (Some(id), Ok(name)) = (self.stanza_id(key, kind), NcName::try_from("id")) {
+            el.set_attr(XmlNamespace::NONE, name, id);
+        }
+        el
     }
 
     /// Queues an item on the session for `key`, opening or replacing the session as needed.
@@ -551,7 +691,7 @@ impl ImEngine {
         };
         if expired {
             // Profile: LCS's header signatures last 24 h; a fresh INVITE replaces the dialog.
-            self.end_session(&key, out);
+            self.end_session(&key, None, out);
         }
         if !self.sessions.contains_key(&key) {
             if matches!(item, Item::Typing(_)) {
@@ -689,10 +829,13 @@ impl ImEngine {
         out.push(Output::Request { tx, request, route });
     }
 
-    /// Ends a session: BYE if its dialog is up (and its record removed); queued bodies are
-    /// returned to their senders.
-    fn end_session(&mut self, key: &Key, out: &mut Vec<Output>) {
-        let bye = self.in_dialog_request(key, Method::Bye, out);
+    /// Ends a session: BYE (with this `Reason` header value, if any) if its dialog is up, and
+    /// its record removed; queued bodies are returned to their senders.
+    fn end_session(&mut self, key: &Key, reason: Option<&str>, out: &mut Vec<Output>) {
+        let mut bye = self.in_dialog_request(key, Method::Bye, out);
+        if let (Some((request, _, _)), Some(reason)) = (bye.as_mut(), reason) {
+            request.push_header("Reason", reason);
+        }
         let Some(session) = self.drop_session(key, out) else {
             return;
         };
@@ -1057,13 +1200,8 @@ impl ImEngine {
         self.persist(&key, true, out);
         out.push(Output::Respond { tx, response });
         if let Some(first) = first {
-            out.push(Output::Stanza(chat(
-                &remote_jid,
-                &local,
-                &thread,
-                Some(&first),
-                None,
-            )));
+            let el = chat(&remote_jid, &local, &thread, Some(&first), None);
+            out.push(Output::Stanza(self.with_id(&key, StanzaKind::Body, el)));
         }
         for item in queue {
             self.send_item(key.clone(), item, out);
@@ -1126,6 +1264,7 @@ impl ImEngine {
         };
         let local = Jid::from(key.0.clone());
         // The stanza the request becomes (none: acknowledged only), or its refusal.
+        let mut kind = StanzaKind::Typing;
         let stanza: Result<Option<Element>, Reject> = match request.method().cloned() {
             Some(Method::Bye) => Ok(None),
             // A re-INVITE (refresh): keep the session, answer with our SDP.
@@ -1150,6 +1289,7 @@ impl ImEngine {
                         Err(e) => Err(body_error(&self.errors, &e)),
                     }
                 } else {
+                    kind = StanzaKind::Body;
                     match im_text::plain_text(&ct, request.body()) {
                         Ok(text) => Ok(Some(chat(
                             &session.remote_jid,
@@ -1180,7 +1320,9 @@ impl ImEngine {
             Err(reject) => reject.response_to(request, Some(&tag)),
         };
         out.push(Output::Respond { tx, response });
-        out.extend(stanza.ok().flatten().map(Output::Stanza));
+        if let Ok(Some(el)) = stanza {
+            out.push(Output::Stanza(self.with_id(&key, kind, el)));
+        }
         if request.method() == Some(&Method::Bye) {
             if let Some(s) = self.drop_session(&key, out) {
                 for item in s.queue {
@@ -1220,7 +1362,7 @@ impl ImEngine {
             }
             let due = s.last_activity + self.settings.idle_timeout;
             if due <= now {
-                self.end_session(&key, &mut out);
+                self.end_session(&key, None, &mut out);
             } else {
                 self.idle.push(Reverse((due, key)));
             }
@@ -1758,31 +1900,209 @@ mod tests {
         assert_eq!(status_of(&mut e, &unsupported), (415, true));
     }
 
-    #[test]
-    fn a_bounce_from_the_xmpp_server_is_told_to_the_lcs_sender() {
-        let mut e = engine();
-        let now = Instant::now();
-        open(&mut e, now);
-        // The XMPP server returns a message we delivered (from the LCS user to alice).
-        let bounce: Element = format!(
-            "<message xmlns='jabber:component:accept' from='alice@example.org' to='{REMOTE}' type='error'><body>hi</body><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+    /// The id of the (first) stanza in `out`.
+    fn stanza_id_in(out: &[Output]) -> String {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Stanza(e) => e.attr("id").map(str::to_owned),
+                _ => None,
+            })
+            .expect("a stanza with an id")
+    }
+
+    /// The XMPP server's (or a client's) error for stanza `id`, from `from`.
+    fn error_for(id: &str, from: &str, kind: &str, condition: &str, body: &str) -> Element {
+        let body = if body.is_empty() {
+            String::new()
+        } else {
+            format!("<body>{body}</body>")
+        };
+        format!(
+            "<message xmlns='jabber:component:accept' from='{from}' to='{REMOTE}' type='error' id='{id}'>{body}<error type='{kind}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
         )
         .parse()
-        .unwrap();
-        let out = e.on_stanza(now, bounce);
-        let (_, m, route) = requests(&out).remove(0);
-        assert_eq!(route, Route::Connection(9));
+        .unwrap()
+    }
+
+    #[test]
+    fn an_error_for_a_delivered_message_is_told_to_its_sender_in_its_session() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        assert!(id.starts_with(&format!("{tag}.m")), "{id}");
+        // A client (a full JID) refuses it; the server quotes the body.
+        let error = error_for(&id, LOCAL, "wait", "recipient-unavailable", "hi there");
+        let out = e.on_stanza(now, error);
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (tx, m, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Connection(4));
+        assert_eq!(m.call_id().unwrap(), "call-1");
         assert_eq!(
-            m.body(),
-            b"Message not delivered to alice@example.org (service-unavailable): hi"
+            String::from_utf8_lossy(m.body()),
+            "Message not delivered to alice@example.org (480 Temporarily Unavailable, \
+             recipient-unavailable): hi there"
         );
         // Its own failure bounces nothing back to XMPP.
-        let tx = requests(&out)[0].0;
         let out = e.on_edge(
             now,
-            final_event(tx, Message::response_to(&m, 481, None, None)),
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn: 4,
+                response: Message::response_to(&m, 481, None, None),
+                is_final: true,
+            }),
         );
         assert!(stanzas(&out).is_empty());
+
+        // Errors that name no stanza of a live session, or a chat state, tell nobody.
+        let mut e = engine();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        let doc = "<isComposing xmlns='urn:ietf:params:xml:ns:im-iscomposing'><state>active</state></isComposing>";
+        let composing = lcs_message(&tag, 2, doc).replace(
+            "Content-Type: text/plain",
+            "Content-Type: application/im-iscomposing+xml",
+        );
+        let out = e.on_edge(now, inbound(&composing));
+        assert_eq!(kinds(&out), ["200", "stanza"]);
+        let typing_id = stanza_id_in(&out);
+        assert!(typing_id.starts_with(&format!("{tag}.t")), "{typing_id}");
+        for error in [
+            error_for(&typing_id, "alice@example.org", "cancel", "service-unavailable", ""),
+            error_for("m1", "alice@example.org", "cancel", "service-unavailable", "hi"),
+            error_for(&id.replace(&tag, "othertag"), "alice@example.org", "cancel", "service-unavailable", ""),
+            format!(
+                "<message xmlns='jabber:component:accept' from='alice@example.org' to='{REMOTE}' type='error'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+            )
+            .parse()
+            .unwrap(),
+        ] {
+            assert!(e.on_stanza(now, error).is_empty());
+        }
+        assert_eq!(e.session_count(), 1);
+        // A session that ended (LCS opened a new one): its stanzas' errors tell nobody.
+        let again = invite_from_lcs(&OFFER.replace('\n', "\r\n")).replace("call-1", "call-2");
+        e.on_edge(now, inbound(&again));
+        let error = error_for(&id, "alice@example.org", "wait", "resource-constraint", "");
+        assert!(e.on_stanza(now, error).is_empty());
+    }
+
+    #[test]
+    fn a_recipient_that_does_not_exist_ends_the_session_with_bye_and_its_status() {
+        for (condition, table, status, phrase) in [
+            ("service-unavailable", "", 503, "Service Unavailable"),
+            ("item-not-found", "", 404, "Not Found"),
+            ("item-not-found", "480", 480, "Temporarily Unavailable"),
+            ("gone", "", 410, "Gone"),
+        ] {
+            let mut e = engine();
+            if !table.is_empty() {
+                let errors = include_str!("../../mappings/errors.toml")
+                    .replace("item-not-found = 404", &format!("item-not-found = {table}"));
+                let presence = include_str!("../../mappings/presence.toml");
+                e.errors = Mappings::from_strs(presence, &errors).unwrap().errors;
+            }
+            let now = Instant::now();
+            let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+            let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+            let id = stanza_id_in(&out);
+            // The XMPP server answers for the account (its bare JID): it does not exist.
+            let out = e.on_stanza(
+                now,
+                error_for(&id, "alice@example.org", "cancel", condition, ""),
+            );
+            assert_eq!(kinds(&out), ["MESSAGE", "forget", "BYE"], "{condition}");
+            let reqs = requests(&out);
+            assert_eq!(
+                String::from_utf8_lossy(reqs[0].1.body()),
+                format!(
+                    "Message not delivered to alice@example.org ({status} {phrase}, {condition}). \
+                     alice@example.org cannot receive messages; this conversation has ended."
+                )
+            );
+            assert_eq!(
+                reqs[1].1.header("Reason"),
+                Some(format!("SIP;cause={status};text=\"{phrase}\"").as_str())
+            );
+            assert_eq!(reqs[1].1.call_id().unwrap(), "call-1");
+            assert_eq!(e.session_count(), 0);
+            // LCS's next message in it: 481, so its client starts a session of its own.
+            let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "hello?")));
+            assert_eq!(responses(&out)[0].status(), Some(481));
+        }
+        // The same condition marked `wait`, or from one client: told, the session stays.
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, "alice@example.org", "wait", "service-unavailable", ""),
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, LOCAL, "cancel", "service-unavailable", ""),
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        assert_eq!(e.session_count(), 1);
+    }
+
+    #[test]
+    fn notices_are_rate_limited_per_session_and_count_what_they_held_back() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let storm = |e: &mut ImEngine, at: Instant, n: usize| -> Vec<String> {
+            (0..n)
+                .flat_map(|_| {
+                    let error = error_for(&id, LOCAL, "wait", "resource-constraint", "");
+                    requests(&e.on_stanza(at, error))
+                })
+                .map(|(_, m, _)| String::from_utf8_lossy(m.body()).into_owned())
+                .collect()
+        };
+        let told = storm(&mut e, now, 50);
+        assert_eq!(told.len(), NOTICE_BURST as usize);
+        assert!(
+            told.iter().all(|t| !t.contains("more not delivered")),
+            "{told:?}"
+        );
+        // One more per interval, with the count of those held back.
+        let told = storm(&mut e, now + NOTICE_INTERVAL, 5);
+        assert_eq!(told.len(), 1);
+        assert!(
+            told[0].ends_with(" [and 47 more not delivered]"),
+            "{}",
+            told[0]
+        );
+        assert_eq!(storm(&mut e, now + NOTICE_INTERVAL, 5).len(), 0);
+        // After a quiet spell, a burst again (never more than NOTICE_BURST).
+        let told = storm(&mut e, now + NOTICE_INTERVAL * 20, 10);
+        assert_eq!(told.len(), NOTICE_BURST as usize);
+        assert!(
+            told[0].ends_with(" [and 9 more not delivered]"),
+            "{}",
+            told[0]
+        );
+        // A long body is quoted only in part.
+        let mut e = engine();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let long = "é".repeat(1000);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, LOCAL, "wait", "resource-constraint", &long),
+        );
+        let text = String::from_utf8_lossy(requests(&out)[0].1.body()).into_owned();
+        assert!(
+            text.ends_with(&format!(": {}…", "é".repeat(NOTICE_QUOTE_CHARS))),
+            "{text}"
+        );
     }
 
     #[test]

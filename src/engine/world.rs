@@ -73,7 +73,7 @@ pub struct XmppServer {
     down: BTreeSet<String>,
     held: Vec<Element>,
     /// Local users with no account: the server answers a presence to them with an error
-    /// (RFC 6121 §3.1.3: `item-not-found`).
+    /// (RFC 6121 §3.1.3: `item-not-found`), a chat message with `service-unavailable` (§8.5.1).
     pub no_account: BTreeSet<String>,
     /// Each local user's available resources: bare JID → full JID → the presence's content.
     presence: BTreeMap<String, BTreeMap<String, String>>,
@@ -359,6 +359,20 @@ impl World {
             let from = el.attr("from").unwrap_or("");
             let error = format!(
                 "<presence from='{to}' to='{from}' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+            );
+            self.send(Input::Stanza(stanza(&error)));
+        }
+        // A chat message to no account: `service-unavailable` (RFC 6121 §8.5.1), with its id;
+        // no body (Prosody's error reply carries none).
+        let bare_to = to.split('/').next().unwrap_or("");
+        if el.name() == "message"
+            && matches!(el.attr("type"), Some("chat") | Some("normal") | None)
+            && self.xmpp.no_account.contains(bare_to)
+        {
+            let from = el.attr("from").unwrap_or("");
+            let id = el.attr("id").unwrap_or("");
+            let error = format!(
+                "<message from='{bare_to}' to='{from}' type='error' id='{id}'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
             );
             self.send(Input::Stanza(stanza(&error)));
         }

@@ -493,3 +493,41 @@ fn an_im_store_failure_changes_no_answer() {
     assert_eq!(w.lcs.statuses(Method::Message), [200]);
     assert_eq!(w.xmpp.to(ALICE).len(), 2);
 }
+
+/// An LCS user writes to a local address with no account: the bridge accepts (it cannot know),
+/// the XMPP server bounces the message, and the bridge tells the sender in the session and
+/// ends it with BYE and the status `errors.toml` gives the condition, so that the next message
+/// is not lost in a session nobody reads.
+#[test]
+fn a_message_to_no_account_is_told_to_its_sender_and_ends_the_session() {
+    let mut w = World::new();
+    w.xmpp.no_account.insert("nobody@example.org".into());
+    w.lcs_invites(BOB_AOR, "sip:nobody@example.org", "anybody there?");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Invite), [200]);
+    let notice = w.lcs.requests(&Method::Message);
+    assert_eq!(notice.len(), 1);
+    assert_eq!(
+        body_of(notice[0]),
+        "Message not delivered to nobody@example.org (503 Service Unavailable, \
+         service-unavailable). nobody@example.org cannot receive messages; this conversation \
+         has ended."
+    );
+    let bye = w.lcs.requests(&Method::Bye);
+    assert_eq!(bye.len(), 1);
+    assert_eq!(
+        bye[0].header("Reason"),
+        Some("SIP;cause=503;text=\"Service Unavailable\"")
+    );
+    assert_eq!(bye[0].call_id().unwrap(), notice[0].call_id().unwrap());
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 0);
+    // LCS writes again in the ended session: 481 (its client opens a new one).
+    w.lcs_messages(BOB_AOR, "hello?");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Message), [481]);
+    // Alice's sessions are not touched by any of it.
+    w.lcs_invites("sip:carol@contoso.com", ALICE_URI, "hi alice");
+    w.settle();
+    assert_eq!(w.lcs.requests(&Method::Message).len(), 1);
+    assert!(w.xmpp.to(ALICE)[0].contains("<body>hi alice</body>"));
+}
