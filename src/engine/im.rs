@@ -638,7 +638,7 @@ impl ImEngine {
         }
         if no_recipient {
             text.push_str(&format!(
-                ". {} cannot receive messages; this conversation has ended.",
+                "\n{} cannot receive messages; this conversation has ended.",
                 local.to_bare()
             ));
         }
@@ -2019,7 +2019,7 @@ mod tests {
             assert_eq!(
                 String::from_utf8_lossy(reqs[0].1.body()),
                 format!(
-                    "Message not delivered to alice@example.org ({status} {phrase}, {condition}). \
+                    "Message not delivered to alice@example.org ({status} {phrase}, {condition})\n\
                      alice@example.org cannot receive messages; this conversation has ended."
                 )
             );
