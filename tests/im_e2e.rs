@@ -254,9 +254,8 @@ fn flow_f<S: XmppServer>(w: &mut World<S>) {
         notice.starts_with(
             "Message not delivered to nobody@xmpp.test (503 Service Unavailable, \
              service-unavailable)"
-        ) && notice.ends_with(
-            "nobody@xmpp.test cannot receive messages; this conversation has ended."
-        ),
+        ) && notice
+            .ends_with("nobody@xmpp.test cannot receive messages; this conversation has ended."),
         "{notice:?}"
     );
     assert_eq!(reqs[0].header("Content-Type").as_deref(), Some(TEXT));

@@ -1869,7 +1869,8 @@ mod tests {
     }
 
     /// RFC 7247 §7.1 through `errors.toml`: a To that is no local user is `item-not-found`, a
-    /// body no stanza can be made of `bad-request`, each answered with the table's status.
+    /// From in a local domain `forbidden`, a body no stanza can be made of `bad-request`, each
+    /// answered with the table's status.
     #[test]
     fn xmpp_side_refusals_take_their_status_from_the_error_table() {
         let page = |to: &str, content_type: &str| {
@@ -1880,6 +1881,10 @@ mod tests {
         let unknown = page("sip:carol@fabrikam.com", "text/plain");
         let bad_charset = page("sip:alice@example.org", "text/plain; charset=koi8-r");
         let unsupported = page("sip:alice@example.org", "text/rtf");
+        let local_from = page("sip:alice@example.org", "text/plain")
+            .replace("sip:bob@contoso.com", "sip:eve@example.org");
+        let local_invite = invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+            .replace("sip:bob@contoso.com", "sip:eve@example.org");
         let status_of = |e: &mut ImEngine, raw: &str| {
             let r = &responses(&e.on_edge(Instant::now(), inbound(raw)))[0];
             (r.status().unwrap(), r.header("Accept").is_some())
@@ -1888,14 +1893,19 @@ mod tests {
         assert_eq!(status_of(&mut shipped, &unknown), (404, false));
         assert_eq!(status_of(&mut shipped, &bad_charset), (400, false));
         assert_eq!(status_of(&mut shipped, &unsupported), (415, true));
+        assert_eq!(status_of(&mut shipped, &local_from), (403, false));
+        assert_eq!(status_of(&mut shipped, &local_invite), (403, false));
         let errors = include_str!("../../mappings/errors.toml")
             .replace("item-not-found = 404", "item-not-found = 480")
-            .replace("\nbad-request = 400", "\nbad-request = 406");
+            .replace("\nbad-request = 400", "\nbad-request = 406")
+            .replace("\nforbidden = 403", "\nforbidden = 405");
         let presence = include_str!("../../mappings/presence.toml");
         let mut e = engine();
         e.errors = Mappings::from_strs(presence, &errors).unwrap().errors;
         assert_eq!(status_of(&mut e, &unknown), (480, false));
         assert_eq!(status_of(&mut e, &bad_charset), (406, false));
+        assert_eq!(status_of(&mut e, &local_from), (405, false));
+        assert_eq!(status_of(&mut e, &local_invite), (405, false));
         // An unsupported type is about SIP content negotiation: 415 whatever the table says.
         assert_eq!(status_of(&mut e, &unsupported), (415, true));
     }
