@@ -15,7 +15,8 @@
 //! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
 //!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
 //!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
-//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again).
+//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again),
+//!   except an IM session's dialog, whose loss only a restart would show: that is logged.
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
 

@@ -463,7 +463,7 @@ impl ImEngine {
                 continue;
             }
             let thread = dialog.id.call_id.clone();
-            let expired = dialog.replace_at(self.settings.dialog_max_age) <= now;
+            let expired = age >= self.settings.dialog_max_age;
             self.dialogs.insert(dialog.id.clone(), key.clone());
             let reserved = dialog.local_cseq();
             let mut session = Session::new(
