@@ -318,7 +318,7 @@ impl Runner {
         info!(
             actions,
             ms = started.elapsed().as_millis() as u64,
-            "stored subscriptions and IM sessions taken up"
+            "stored subscriptions taken up (and IM sessions)"
         );
         loop {
             let deadline = self.bridge.poll_timeout();
