@@ -15,7 +15,8 @@
 //! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
 //!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
 //!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
-//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again).
+//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again),
+//!   except an IM session's dialog, whose loss only a restart would show: that is logged.
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
 //! - **Facts.** What an engine learned for the others ([`Output::Fact`]: a contact's display
@@ -42,7 +43,7 @@ use crate::sip::builder::reason_phrase;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId};
-use crate::store::{Direction, Subscription};
+use crate::store::{Direction, ImDialog, Subscription};
 use crate::xmpp::gateway::{self, GatewayInfo};
 
 /// Most consecutive durable writes joined into one [`Action::Write`].
@@ -69,6 +70,8 @@ pub enum Input {
     LinkDown { domain: String, reason: String },
     /// The subscriptions read from the store at start.
     Restore(Vec<Subscription>),
+    /// The IM sessions' dialogs read from the store at start.
+    RestoreIm(Vec<ImDialog>),
     /// What another engine learned ([`Output::Fact`]).
     Fact(Fact),
 }
@@ -123,6 +126,13 @@ pub enum Action {
         local: String,
         remote: String,
     },
+    /// Write an IM session's dialog: with `durable`, `Store::put_im_dialog` then
+    /// `Store::flush` before the next action, else `put_im_dialog` alone; report
+    /// [`Failure::StoreFailed`] if that fails (the bridge logs it and changes no answer).
+    WriteIm { dialog: ImDialog, durable: bool },
+    /// Remove an IM session's dialog (`Store::remove_im_dialog`, not synced); report
+    /// [`Failure::StoreFailed`] if that fails.
+    ForgetIm { local: String, remote: String },
 }
 
 /// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
@@ -172,6 +182,8 @@ pub struct Bridge {
     current: u64,
     refused: bool,
     unsaved: bool,
+    /// The last action was an IM dialog write or removal (its failure changes no answer).
+    im_store: bool,
     /// Component domains whose stream was lost and has not come back.
     down: BTreeSet<String>,
     /// Facts waiting to be handed to the engines that take them.
@@ -189,6 +201,7 @@ impl Bridge {
             current: 0,
             refused: false,
             unsaved: false,
+            im_store: false,
             down: BTreeSet::new(),
             facts: VecDeque::new(),
         }
@@ -273,6 +286,11 @@ impl Bridge {
     pub fn report(&mut self, failure: Failure) {
         match failure {
             Failure::StanzaRefused => self.refused = true,
+            // An IM dialog that was not stored costs a new INVITE after a restart: the
+            // session goes on, and no answer changes.
+            Failure::StoreFailed if self.im_store => {
+                warn!("IM session dialog not stored; a restart now ends that session")
+            }
             Failure::StoreFailed => self.unsaved = true,
         }
     }
@@ -295,6 +313,7 @@ impl Bridge {
             self.refused = false;
             self.unsaved = false;
         }
+        self.im_store = matches!(output, Output::PersistIm { .. } | Output::ForgetIm { .. });
         Some(match output {
             Output::Stanza(el) => Action::Stanza(el),
             Output::Request { tx, request, route } => Action::Request { tx, request, route },
@@ -337,6 +356,11 @@ impl Bridge {
                 local,
                 remote,
             },
+            Output::PersistIm { dialog, durable } => Action::WriteIm {
+                dialog: *dialog,
+                durable,
+            },
+            Output::ForgetIm { local, remote } => Action::ForgetIm { local, remote },
             Output::Fact(_) => return self.poll_action(),
         })
     }
@@ -434,6 +458,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::LinkUp { .. } => "link up",
         Input::LinkDown { .. } => "link down",
         Input::Restore(_) => "restore",
+        Input::RestoreIm(_) => "IM restore",
         Input::Fact(_) => "fact",
     }
 }
@@ -470,7 +495,7 @@ impl Engine for PresenceEngine {
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
             Input::Restore(_) | Input::LinkUp { .. } => true,
-            Input::LinkDown { .. } | Input::Fact(_) => false,
+            Input::LinkDown { .. } | Input::RestoreIm(_) | Input::Fact(_) => false,
         }
     }
 
@@ -480,7 +505,7 @@ impl Engine for PresenceEngine {
             Input::Edge(event) => self.on_edge(now, event),
             Input::Restore(subs) => self.restore(now, subs.into_iter()),
             Input::LinkUp { domain } => self.link_restored(now, &domain),
-            Input::LinkDown { .. } | Input::Fact(_) => Vec::new(),
+            Input::LinkDown { .. } | Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
         }
     }
 
@@ -512,12 +537,12 @@ impl Engine for ImEngine {
         "im"
     }
 
-    /// Message stanzas, and every SIP request and transaction event left by the engines
-    /// before it.
+    /// Message stanzas, every SIP request and transaction event left by the engines before
+    /// it, and the stored IM dialogs at start.
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
-            Input::Edge(_) => true,
+            Input::Edge(_) | Input::RestoreIm(_) => true,
             Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) | Input::Fact(_) => {
                 false
             }
@@ -528,6 +553,7 @@ impl Engine for ImEngine {
         match input {
             Input::Stanza(el) => self.on_stanza(now, el),
             Input::Edge(event) => self.on_edge(now, event),
+            Input::RestoreIm(dialogs) => self.restore(now, dialogs),
             _ => Vec::new(),
         }
     }
@@ -590,8 +616,12 @@ impl Engine for RosterEngine {
 /// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
 /// XEP-0100 gateway, ping, version; `xmpp::gateway::vcard_reply`: LCS contacts' vCards from
 /// the display names the other engines learned, [`Fact::Name`]). IQ results and errors
-/// addressed to the component that no engine before it took are dropped: an entity never
-/// answers a result or an error (RFC 6120 §8.2.3).
+/// addressed to the component that no engine before it took are dropped: the link sends its
+/// own keep-alive pings and takes their answers itself, and the roster engine, which sends
+/// roster IQs, takes their answers by id (in [`Engine::takes`]) before this one, so an IQ
+/// error here answers nothing the bridge asked and has no SIP side to be told; it is logged
+/// (id, sender, condition), and an entity never answers a result or an error (RFC 6120
+/// §8.2.3).
 pub struct IqEngine {
     book: AddressBook,
     info: GatewayInfo,
@@ -632,11 +662,20 @@ impl Engine for IqEngine {
             .or_else(|| gateway::handle_iq(&iq, &self.book, &self.info));
         match reply {
             Some(reply) => vec![Output::Stanza(reply)],
-            None => {
-                debug!(
-                    kind = iq.attr("type").unwrap_or(""),
-                    "iq result or error dropped"
+            None if iq.attr("type") == Some("error") => {
+                let payloads: Vec<Element> = iq.children().cloned().collect();
+                let condition = super::common::error_of(&payloads)
+                    .map_or("undefined-condition", |(c, _)| c.as_str());
+                info!(
+                    id = iq.attr("id").unwrap_or(""),
+                    from = iq.attr("from").unwrap_or(""),
+                    condition,
+                    "iq error for no request of the bridge's dropped"
                 );
+                Vec::new()
+            }
+            None => {
+                debug!(kind = iq.attr("type").unwrap_or(""), "iq result dropped");
                 Vec::new()
             }
         }

@@ -116,6 +116,7 @@ fn kinds(out: &[Output]) -> Vec<String> {
             Output::PersistLazy(s) => format!("persist-lazy:{}", s.approval.as_str()),
             Output::Forget { direction, .. } => format!("forget:{}", direction.as_str()),
             Output::Fact(_) => "fact".into(),
+            Output::PersistIm { .. } | Output::ForgetIm { .. } => "im-store".into(),
         })
         .collect()
 }
