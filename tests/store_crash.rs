@@ -10,7 +10,7 @@
 //! moment — sometimes while it is still opening and recovering the database, mostly in the
 //! middle of the workload — reads every line it printed, opens the database itself and checks:
 //!
-//! - the database opens (no error, schema version 1) every time;
+//! - the database opens (no error, the current schema version) every time;
 //! - every record decodes (no `Corrupt`) and is exactly the record its version describes
 //!   (every field is a function of key and version, so a torn or mixed record shows);
 //! - the database holds exactly the result of the writes up to some point (a prefix of the
