@@ -508,3 +508,33 @@ fn a_lost_sip_connection_is_taken_up_again_at_the_restore_rate() {
         "Alice is not asked again"
     );
 }
+
+#[test]
+fn a_stream_lost_again_before_the_probes_are_answered_shows_nobody_offline() {
+    // 10 paced stanzas a second: the probe goes 100 ms after the gateway presence.
+    let mut w = World::with_presence(|s| s.restore_rate = 10);
+    w.xmpp.silent_probes = true;
+    bob_watches_alice(&mut w);
+    let before = w.lcs.requests(&Method::Notify).len();
+    // Back for a moment, and lost again before the probe's turn: nothing answers it (the link
+    // would hold it), which must not make Alice offline.
+    w.link_down();
+    w.settle();
+    w.link_up();
+    w.run_for(Duration::from_millis(50));
+    w.link_down();
+    w.run_for(Duration::from_secs(30));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "Alice shown offline for a lost stream: {:?}",
+        notifies_since(&w, before)
+    );
+    // When it is back, she is still online: nothing to tell.
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "{:?}",
+        notifies_since(&w, before)
+    );
+}

@@ -308,8 +308,8 @@ pub struct PresenceEngine {
     request_slot: Instant,
     /// Local users probed after a lost component stream, in the order the probes went, with
     /// the time their aggregate is made anew from whatever the answers said
-    /// ([`PresenceEngine::settle`]).
-    settling: VecDeque<(Instant, String)>,
+    /// ([`PresenceEngine::settle`]) and the component domain the probe went through.
+    settling: VecDeque<(Instant, String, String)>,
 }
 
 fn secs(d: Duration) -> u32 {
@@ -686,7 +686,7 @@ impl PresenceEngine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let paced = (!self.paced.is_empty()).then_some(self.paced_at);
-        let settling = self.settling.front().map(|(at, _)| *at);
+        let settling = self.settling.front().map(|(at, _, _)| *at);
         [timer, paced, settling].into_iter().flatten().min()
     }
 
@@ -720,7 +720,8 @@ impl PresenceEngine {
                         // or none at all when there is none) make the aggregate anew.
                         self.forget_resources(to.as_str());
                         let at = now + self.settings.min_notify_interval;
-                        self.settling.push_back((at, to.to_string()));
+                        let domain = from.domain().to_string();
+                        self.settling.push_back((at, to.to_string(), domain));
                     }
                     Presence::probe().with_from(from).with_to(to)
                 }
@@ -820,8 +821,8 @@ impl PresenceEngine {
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
         self.release_paced(now, &mut out);
-        while self.settling.front().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, user)) = self.settling.pop_front() {
+        while self.settling.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, user, _)) = self.settling.pop_front() {
                 self.settle(now, &user, &mut out);
             }
         }
@@ -979,6 +980,17 @@ impl PresenceEngine {
         self.resync_xmpp(now, Some(domain), &mut out);
         self.rearm();
         out
+    }
+
+    /// The component link for `domain` is lost (again). What is queued for it waits for the
+    /// resync when it comes back, which queues it all anew; and the probes that went through
+    /// it may never be answered, so the users they asked about are not made anew from their
+    /// silence (that would show them offline for a lost stream): the resync probes them again.
+    pub fn link_lost(&mut self, domain: &str) {
+        let mut queued = std::mem::take(&mut self.paced);
+        queued.retain(|p| self.paced_domain(p).is_some_and(|pd| pd != domain));
+        self.paced = queued;
+        self.settling.retain(|(_, _, d)| d != domain);
     }
 
     /// Queues the stanzas that bring the XMPP side up to date (all contacts, or those of one
