@@ -42,6 +42,7 @@
 
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // a test reads the clock
+#![allow(clippy::needless_range_loop)] // users are their numbers: `u`, `l` index several tables
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -299,11 +300,9 @@ impl<S: XmppServer> Test<S> {
                 }
             }
             Event::Sip(conn, m, _) if m.is_request() => self.request(conn, &m),
-            Event::Sip(_, m, _) => {
-                if m.status().is_some_and(|s| s >= 300) {
-                    let what = format!("a request of the edge got {:?}", m.status());
-                    self.errors.push(what);
-                }
+            Event::Sip(_, m, _) if m.status().is_some_and(|s| s >= 300) => {
+                let what = format!("a request of the edge got {:?}", m.status());
+                self.errors.push(what);
             }
             _ => {}
         }
