@@ -185,6 +185,12 @@ fn approve_and_wait_open<S: XmppServer>(w: &mut World<S>, name: &str) {
         is_presence_from(e, &bob) && e["type"] == "subscribe"
     });
     assert_eq!(sub["nick"], "Bob", "{sub}");
+    // The approval's NOTIFY `active` goes out at once, even while the `pending` one is not
+    // answered yet; SIPp cannot take a NOTIFY that arrives in the same read as the one before
+    // it (it is still at the `<send>` of its 200), so alice approves once SIPp has answered.
+    wait_sipp_log(w, name, "200 to the NOTIFY pending", |m| {
+        m.sent && m.status() == Some(200) && m.cseq().is_some_and(|(_, method)| method == "NOTIFY")
+    });
     w.alice
         .command(json!({"op": "presence", "to": bob, "type": "subscribed"}));
     let open = wait_sipp_log(w, name, "NOTIFY with <basic>open</basic>", |m| {
