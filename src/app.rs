@@ -2,7 +2,8 @@
 //! tables and the address book, opens the store `[storage]` names (and holds its lock until
 //! exit), starts the SIP federation edge and the XMPP component link, and drives the sans-IO
 //! [`Bridge`] between them — its inputs with the time, its actions executed in order, what
-//! failed reported back — from the stored subscriptions on, until SIGINT or SIGTERM (then the
+//! failed reported back — from the stored subscriptions and IM sessions on, until SIGINT or
+//! SIGTERM (then the
 //! XEP-0100 unavailable presences go out). This module owns the runtime, the signals, the store
 //! and the clock for the engines, and makes no protocol decision.
 
@@ -29,7 +30,7 @@ use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings, WallClock};
-use crate::store::{self, SledStore, Store, StoreError, Subscription};
+use crate::store::{self, ImDialog, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -96,19 +97,20 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| anyhow!("xmpp: {e}"))?;
-        let im = ImEngine::new(
-            im_settings(&cfg),
-            book.clone(),
-            mappings.errors.clone(),
-            edge.tx_ids(),
-            crate::random::seed(),
-        );
         let clock = WallClock {
             at: Instant::now(),
             unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
+        let im = ImEngine::new(
+            im_settings(&cfg),
+            book.clone(),
+            mappings.errors.clone(),
+            edge.tx_ids(),
+            crate::random::seed(),
+            clock,
+        );
         let presence = PresenceEngine::new(
             presence_settings(&cfg),
             book.clone(),
@@ -121,7 +123,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             book.clone(),
             GatewayInfo::new(cfg.xmpp.gateway_name.clone()),
         );
-        let restored = stored_subscriptions(store.as_ref());
+        let restored = (
+            stored_subscriptions(store.as_ref()),
+            stored_im_dialogs(store.as_ref()),
+        );
         let (stop, stop_rx) = mpsc::channel(1);
         let runner = Runner {
             bridge: Bridge::standard(presence, im, iq, mappings.errors.clone()),
@@ -268,6 +273,23 @@ fn stored_subscriptions(store: &dyn Store) -> Vec<Subscription> {
     subs
 }
 
+/// Every readable IM session dialog in the store; unreadable ones are logged and skipped.
+fn stored_im_dialogs(store: &dyn Store) -> Vec<ImDialog> {
+    let mut dialogs = Vec::new();
+    for r in store.im_dialogs() {
+        match r {
+            Ok(d) => dialogs.push(d),
+            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, "IM dialog not restored"),
+            Err(e) => {
+                error!(reason = %e, "store: reading IM dialogs stopped");
+                break;
+            }
+        }
+    }
+    info!(count = dialogs.len(), "IM sessions restored from the store");
+    dialogs
+}
+
 /// The engines' task: edge events, component stanzas and the engines' timers into the
 /// [`Bridge`]; its actions to the store, the edge and the link. Every protocol decision is the
 /// bridge's; this task only does what it is told and reports what failed.
@@ -283,18 +305,20 @@ impl Runner {
     /// task answers on the channel it is given when they are queued on the link).
     async fn run(
         mut self,
-        restored: Vec<Subscription>,
+        restored: (Vec<Subscription>, Vec<ImDialog>),
         mut edge_events: EdgeEvents,
         mut link_events: mpsc::Receiver<LinkEvent>,
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         let started = Instant::now();
-        self.bridge.handle(started, Input::Restore(restored));
+        let (subscriptions, im_dialogs) = restored;
+        self.bridge.handle(started, Input::Restore(subscriptions));
+        self.bridge.handle(started, Input::RestoreIm(im_dialogs));
         let actions = self.execute().await;
         info!(
             actions,
             ms = started.elapsed().as_millis() as u64,
-            "stored subscriptions taken up"
+            "stored subscriptions taken up (and IM sessions)"
         );
         loop {
             let deadline = self.bridge.poll_timeout();
@@ -362,6 +386,31 @@ impl Runner {
                     true
                 }
                 Action::Write { subs, durable } => self.write(subs, durable).await,
+                Action::WriteIm { dialog, durable } => {
+                    let store = self.store.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        store.put_im_dialog(&dialog)?;
+                        if durable { store.flush() } else { Ok(()) }
+                    })
+                    .await;
+                    let ok = matches!(r, Ok(Ok(())));
+                    if !ok {
+                        error!(result = ?r, "store: IM dialog not written");
+                    }
+                    ok
+                }
+                Action::ForgetIm { local, remote } => {
+                    let store = self.store.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        store.remove_im_dialog(&local, &remote)
+                    })
+                    .await;
+                    let ok = matches!(r, Ok(Ok(_)));
+                    if !ok {
+                        error!(result = ?r, "store: IM dialog not removed");
+                    }
+                    ok
+                }
                 Action::Forget {
                     direction,
                     local,

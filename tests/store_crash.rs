@@ -4,8 +4,9 @@
 //! bridge), driven by a steady subscription workload: this test binary re-runs itself as a child
 //! (`torture_child`, which does nothing unless `LCS_STORE_TORTURE_DIR` is set) that opens a
 //! real [`SledStore`] and, in a loop, puts, batch-puts, removes and lazily puts subscriptions
-//! and writes and removes IM dialogs, printing `BEGIN …` before each write and, for the synced
-//! ones, `ACK` only after the call returned. The parent kills it with SIGKILL at a random
+//! and writes and removes IM dialogs (lazily, or as the bridge's durable IM write does: a put
+//! then `flush`), printing `BEGIN …` before each write and, for the synced ones, `ACK` only
+//! after the call returned. The parent kills it with SIGKILL at a random
 //! moment — sometimes while it is still opening and recovering the database, mostly in the
 //! middle of the workload — reads every line it printed, opens the database itself and checks:
 //!
@@ -242,10 +243,18 @@ fn torture_child() {
             }
             // IM dialogs are keyed by the parties only: key numbers 2n and 2n+1 (the two
             // directions of one pair) name the same one, so use the even number.
-            92..97 => {
+            92..96 => {
                 let k = k & !1;
                 say(format!("BEGIN IM {k} {v}"));
                 store.put_im_dialog(&im_record(k, v)).unwrap();
+            }
+            // The bridge's durable IM write: the lazy put made durable by a flush.
+            96..98 => {
+                let k = k & !1;
+                say(format!("BEGIN IMSYNC {k} {v}"));
+                store.put_im_dialog(&im_record(k, v)).unwrap();
+                store.flush().unwrap();
+                say("ACK".into());
             }
             _ => {
                 let k = k & !1;
@@ -311,6 +320,9 @@ impl RunLog {
             ["BEGIN", "IM", ..] => self
                 .ops
                 .push(op(vec![(Target::Im(n(2)), State::Present(n(3)))], false)),
+            ["BEGIN", "IMSYNC", ..] => self
+                .ops
+                .push(op(vec![(Target::Im(n(2)), State::Present(n(3)))], true)),
             ["BEGIN", "IMDEL", ..] => self
                 .ops
                 .push(op(vec![(Target::Im(n(2)), State::Absent)], false)),

@@ -15,7 +15,8 @@
 //! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
 //!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
 //!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
-//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again).
+//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again),
+//!   except an IM session's dialog, whose loss only a restart would show: that is logged.
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
 
@@ -37,7 +38,7 @@ use crate::sip::builder::reason_phrase;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId};
-use crate::store::{Direction, Subscription};
+use crate::store::{Direction, ImDialog, Subscription};
 use crate::xmpp::gateway::{self, GatewayInfo};
 
 /// Most consecutive durable writes joined into one [`Action::Write`].
@@ -60,6 +61,8 @@ pub enum Input {
     LinkDown { domain: String, reason: String },
     /// The subscriptions read from the store at start.
     Restore(Vec<Subscription>),
+    /// The IM sessions' dialogs read from the store at start.
+    RestoreIm(Vec<ImDialog>),
 }
 
 impl Input {
@@ -111,6 +114,13 @@ pub enum Action {
         local: String,
         remote: String,
     },
+    /// Write an IM session's dialog: with `durable`, `Store::put_im_dialog` then
+    /// `Store::flush` before the next action, else `put_im_dialog` alone; report
+    /// [`Failure::StoreFailed`] if that fails (the bridge logs it and changes no answer).
+    WriteIm { dialog: ImDialog, durable: bool },
+    /// Remove an IM session's dialog (`Store::remove_im_dialog`, not synced); report
+    /// [`Failure::StoreFailed`] if that fails.
+    ForgetIm { local: String, remote: String },
 }
 
 /// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
@@ -160,6 +170,8 @@ pub struct Bridge {
     current: u64,
     refused: bool,
     unsaved: bool,
+    /// The last action was an IM dialog write or removal (its failure changes no answer).
+    im_store: bool,
     /// Component domains whose stream was lost and has not come back.
     down: BTreeSet<String>,
 }
@@ -175,6 +187,7 @@ impl Bridge {
             current: 0,
             refused: false,
             unsaved: false,
+            im_store: false,
             down: BTreeSet::new(),
         }
     }
@@ -228,6 +241,11 @@ impl Bridge {
     pub fn report(&mut self, failure: Failure) {
         match failure {
             Failure::StanzaRefused => self.refused = true,
+            // An IM dialog that was not stored costs a new INVITE after a restart: the
+            // session goes on, and no answer changes.
+            Failure::StoreFailed if self.im_store => {
+                warn!("IM session dialog not stored; a restart now ends that session")
+            }
             Failure::StoreFailed => self.unsaved = true,
         }
     }
@@ -244,6 +262,7 @@ impl Bridge {
             self.refused = false;
             self.unsaved = false;
         }
+        self.im_store = matches!(output, Output::PersistIm { .. } | Output::ForgetIm { .. });
         Some(match output {
             Output::Stanza(el) => Action::Stanza(el),
             Output::Request { tx, request, route } => Action::Request { tx, request, route },
@@ -286,6 +305,11 @@ impl Bridge {
                 local,
                 remote,
             },
+            Output::PersistIm { dialog, durable } => Action::WriteIm {
+                dialog: *dialog,
+                durable,
+            },
+            Output::ForgetIm { local, remote } => Action::ForgetIm { local, remote },
         })
     }
 
@@ -374,6 +398,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::LinkUp { .. } => "link up",
         Input::LinkDown { .. } => "link down",
         Input::Restore(_) => "restore",
+        Input::RestoreIm(_) => "IM restore",
     }
 }
 
@@ -409,6 +434,7 @@ impl Engine for PresenceEngine {
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
             Input::Restore(_) | Input::LinkUp { .. } | Input::LinkDown { .. } => true,
+            Input::RestoreIm(_) => false,
         }
     }
 
@@ -422,6 +448,7 @@ impl Engine for PresenceEngine {
                 self.link_lost(&domain);
                 Vec::new()
             }
+            Input::RestoreIm(_) => Vec::new(),
         }
     }
 
@@ -453,12 +480,12 @@ impl Engine for ImEngine {
         "im"
     }
 
-    /// Message stanzas, and every SIP request and transaction event left by the engines
-    /// before it.
+    /// Message stanzas, every SIP request and transaction event left by the engines before
+    /// it, and the stored IM dialogs at start.
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
-            Input::Edge(_) => true,
+            Input::Edge(_) | Input::RestoreIm(_) => true,
             Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) => false,
         }
     }
@@ -467,6 +494,7 @@ impl Engine for ImEngine {
         match input {
             Input::Stanza(el) => self.on_stanza(now, el),
             Input::Edge(event) => self.on_edge(now, event),
+            Input::RestoreIm(dialogs) => self.restore(now, dialogs),
             _ => Vec::new(),
         }
     }
@@ -492,9 +520,11 @@ impl Engine for ImEngine {
 
 /// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
 /// XEP-0100 gateway, ping, version). IQ results and errors addressed to the component are
-/// taken and dropped: the bridge sends no IQ requests through the engines (the link answers
-/// and sends its own keep-alive pings), and an entity never answers a result or an error
-/// (RFC 6120 §8.2.3).
+/// taken and dropped: the bridge sends no IQ requests through the engines (the link sends its
+/// own keep-alive pings and takes their answers itself), so an IQ error here answers nothing
+/// the bridge asked and has no SIP side to be told; it is logged (id, sender, condition), and an
+/// entity never answers a result or an error (RFC 6120 §8.2.3). An engine that sends IQ
+/// requests takes their answers itself (by id, in [`Engine::takes`]) before this one.
 pub struct IqEngine {
     book: AddressBook,
     info: GatewayInfo,
@@ -521,11 +551,20 @@ impl Engine for IqEngine {
         };
         match gateway::handle_iq(&iq, &self.book, &self.info) {
             Some(reply) => vec![Output::Stanza(reply)],
-            None => {
-                debug!(
-                    kind = iq.attr("type").unwrap_or(""),
-                    "iq result or error dropped"
+            None if iq.attr("type") == Some("error") => {
+                let payloads: Vec<Element> = iq.children().cloned().collect();
+                let condition = super::common::error_of(&payloads)
+                    .map_or("undefined-condition", |(c, _)| c.as_str());
+                info!(
+                    id = iq.attr("id").unwrap_or(""),
+                    from = iq.attr("from").unwrap_or(""),
+                    condition,
+                    "iq error for no request of the bridge's dropped"
                 );
+                Vec::new()
+            }
+            None => {
+                debug!(kind = iq.attr("type").unwrap_or(""), "iq result dropped");
                 Vec::new()
             }
         }

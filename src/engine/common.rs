@@ -2,6 +2,8 @@
 //! and Contact, fresh branches and To tags, the failure of a request that got no response, and
 //! the error bounce of a stanza.
 
+use std::time::Instant;
+
 use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
 
@@ -9,11 +11,15 @@ use super::Output;
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::tables::ErrorTable;
+use crate::core::xml_chars;
 use crate::edge::core::Undeliverable;
 use crate::random::SplitMix;
-use crate::sip::message::Message;
+use crate::sip::builder::header_text;
+use crate::sip::dialog::{Dialog, DialogId};
+use crate::sip::message::{Message, find_forbidden_in_value};
 use crate::sip::status::{self, Reject};
 use crate::sip::uri::Uri;
+use crate::store::DialogRecord;
 use crate::xmpp::gateway::error_reply;
 
 /// Text of the failure of a request that got no response in time (RFC 3261 §17.1 Timer B/F).
@@ -154,4 +160,49 @@ pub(crate) fn parties(
         remote_aor,
         display: from.display_name.map(str::to_owned),
     })
+}
+
+/// A stored dialog taken up again after a restart, created at `created`, on no connection
+/// (conn 0: the caller routes by domain until the peer is reached again), or `None` if a
+/// Call-ID, tag, URI or route holds what a SIP header may not carry (written by an older
+/// version, or not by this bridge), or one of them is empty: such a record cannot be written
+/// into a request. Display
+/// names are cleaned instead of what neither a stanza nor a header may carry: they are only
+/// shown.
+pub(crate) fn dialog_from_record(r: &DialogRecord, created: Instant) -> Option<Dialog> {
+    let fields = [
+        &r.call_id,
+        &r.local_tag,
+        &r.remote_tag,
+        &r.local_uri,
+        &r.remote_uri,
+        &r.remote_target,
+    ];
+    if fields.iter().any(|f| f.is_empty())
+        || fields
+            .into_iter()
+            .chain(&r.route_set)
+            .any(|f| find_forbidden_in_value(f).is_some())
+    {
+        return None;
+    }
+    let clean = |display: &Option<String>| {
+        display
+            .as_deref()
+            .map(|d| xml_chars::clean(&header_text(d, usize::MAX)).into_owned())
+    };
+    Some(Dialog::restored(
+        DialogId {
+            call_id: r.call_id.clone(),
+            local_tag: r.local_tag.clone(),
+            remote_tag: r.remote_tag.clone(),
+        },
+        (r.local_uri.clone(), clean(&r.local_display)),
+        (r.remote_uri.clone(), clean(&r.remote_display)),
+        r.remote_target.clone(),
+        r.route_set.clone(),
+        (r.local_cseq, r.remote_cseq),
+        0,
+        created,
+    ))
 }

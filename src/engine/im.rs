@@ -1,6 +1,6 @@
 //! Session-mode instant messaging between XMPP and LCS (the profile's "INVITE/MESSAGE",
-//! docs/mapping.md §4), sans-IO: stanzas and edge events in, stanzas and SIP requests/responses
-//! out, timers through [`ImEngine::poll_timeout`].
+//! docs/mapping.md §4), sans-IO: stanzas and edge events in, stanzas, SIP requests/responses
+//! and store writes out, timers through [`ImEngine::poll_timeout`].
 //!
 //! XMPP → LCS: a `<message type='chat'|'normal'>` with a body opens (or reuses) one INVITE
 //! session per (local bare JID, remote AOR) — SDP `m=message 5060 sip/tcp *`, Contact with
@@ -8,16 +8,29 @@
 //! (`text/plain; charset=UTF-8`), in order. XEP-0085 chat states become RFC 3994 `isComposing`
 //! MESSAGEs in an open session. A XEP-0184 receipt request is answered by the 200 to its
 //! MESSAGE. Any failure returns each undelivered message to its sender as a
-//! `<message type='error'>` (condition from `mappings/errors.toml`, original body included).
-//! Idle sessions end with BYE; a session older than the dialog age limit is replaced before the
-//! next message (LCS's 24 h header signatures).
+//! `<message type='error'>` (condition from `mappings/errors.toml`, original body included);
+//! a 481 to a message sends it once more in a fresh session (the LCS side no longer knows the
+//! dialog). Idle sessions end with BYE; a session older than the dialog age limit is replaced
+//! before the next message (LCS's 24 h header signatures).
 //!
 //! LCS → XMPP: an INVITE with a message m-line (`sip/tcp *`, `sip null`, `x-ms-message`) is
 //! answered 200 with the SDP answer; its `ms-text-format` first message is delivered; each
 //! in-dialog MESSAGE becomes a chat message (HTML and multipart turned into plain text) with a
 //! `<thread/>` tied to the dialog; `isComposing` and Microsoft's INFO `<KeyboardActivity>` become
 //! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
-//! a message m-line gets 488 with the profile's SDP.
+//! a message m-line gets 488 with the profile's SDP. Every stanza sent carries an id naming its
+//! dialog, so that a `<message type='error'>` the XMPP server returns for it is traced to its
+//! session: the LCS sender is told in that session (rate-limited), and a recipient that does not
+//! exist ends it with BYE (docs/mapping.md §3 "Errors from the XMPP side").
+//!
+//! Persistence (docs/storage.md, docs/mapping.md §4 "Sessions across a restart"): every
+//! session's dialog is written to the store when it is established, synced before the 200 or
+//! the ACK that makes it exist for LCS ([`Output::PersistIm`]), and removed, lazily, when it ends
+//! ([`Output::ForgetIm`]). Its stored local CSeq is a reservation: no request goes out above it,
+//! and a synced write raises it by [`CSEQ_RESERVE`] first. [`ImEngine::restore`] takes the
+//! stored sessions up at start; their dialogs have no connection, so their requests go by
+//! domain (`Route::Domain`) until an answer or a request from LCS shows one, as after a lost
+//! connection.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -27,9 +40,11 @@ use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::minidom::rxml::{Namespace as XmlNamespace, NcName};
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
 use super::common::{self, Parties, host_of, parties};
+use super::presence::WallClock;
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
@@ -38,16 +53,32 @@ use crate::core::tables::ErrorTable;
 use crate::edge::core::Route;
 use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
-use crate::sip::builder::{RequestSpec, header_text, name_addr};
+use crate::sip::builder::{RequestSpec, header_text, name_addr, reason_phrase};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
+use crate::store::{DialogRecord, ImDialog};
 
 /// Longest `Subject` header sent, in bytes: an XMPP `<subject/>` is one line of at most this
 /// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
 pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// Local CSeq numbers a stored session's record reserves at a time: no request goes out with a
+/// CSeq above the stored one, and a synced write raises it by this much before one would (one
+/// sync per this many requests in a session). A restarted bridge continues above the stored
+/// value, so it never repeats a CSeq LCS has seen (RFC 3261 §12.2.2: LCS answers 500).
+pub const CSEQ_RESERVE: u32 = 1000;
+
+/// Delivery failures told to an LCS sender at once in one session; beyond them, one per
+/// [`NOTICE_INTERVAL`], the others counted into the next notice (an error storm from the XMPP
+/// side cannot flood LCS).
+pub const NOTICE_BURST: u32 = 3;
+/// See [`NOTICE_BURST`].
+pub const NOTICE_INTERVAL: Duration = Duration::from_secs(10);
+/// Most characters of the undelivered text quoted in a notice.
+const NOTICE_QUOTE_CHARS: usize = 200;
 
 /// What the engine needs to know.
 #[derive(Debug, Clone)]
@@ -87,6 +118,8 @@ enum Item {
         lang: Option<String>,
         /// The stanza as received, for the error bounce and the receipt.
         stanza: Box<Stanza>,
+        /// Already sent again in a fresh session after a 481 (it is not sent a third time).
+        retried: bool,
     },
     Typing(Typing),
     /// A delivery failure reported by the XMPP server for a message from LCS: told to the LCS
@@ -96,14 +129,40 @@ enum Item {
 
 #[derive(Debug)]
 enum State {
-    /// INVITE sent; items wait.
-    Inviting { invite: Message },
+    /// INVITE sent (this Call-ID); items wait.
+    Inviting { call_id: String },
     /// Dialog up.
-    Up { dialog: Dialog },
+    Up { dialog: Box<Dialog> },
 }
 
 /// (local bare JID, remote AOR URI).
 type Key = (BareJid, String);
+
+/// What a stanza sent to an XMPP user carried (its id says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StanzaKind {
+    /// A message body.
+    Body,
+    /// A chat state only.
+    Typing,
+}
+
+/// The dialog's local tag and the kind an id of [`ImEngine::stanza_id`] names; `None` for any
+/// other id.
+fn parse_stanza_id(id: &str) -> Option<(&str, StanzaKind)> {
+    let (tag, rest) = id.rsplit_once('.')?;
+    let mut chars = rest.chars();
+    let kind = match chars.next()? {
+        'm' => StanzaKind::Body,
+        't' => StanzaKind::Typing,
+        _ => return None,
+    };
+    let digits = chars.as_str();
+    if tag.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((tag, kind))
+}
 
 #[derive(Debug)]
 struct Session {
@@ -114,13 +173,81 @@ struct Session {
     last_activity: Instant,
     /// The `<thread/>` of messages in this session (Call-ID).
     thread: String,
+    /// Up: the dialog's connection is gone (taken up from the store, or lost): requests go
+    /// by domain until an answer or a request from LCS shows the connection to use.
+    detached: bool,
+    /// Up: the highest local CSeq the stored record allows (see [`CSEQ_RESERVE`]).
+    reserved: u32,
+    /// Delivery-failure notices this session may still send (see [`NOTICE_BURST`]).
+    notices: Notices,
+}
+
+impl Session {
+    fn new(remote_jid: Jid, state: State, now: Instant, thread: String) -> Session {
+        Session {
+            remote_jid,
+            state,
+            queue: VecDeque::new(),
+            last_activity: now,
+            thread,
+            detached: false,
+            reserved: 0,
+            notices: Notices::new(now),
+        }
+    }
+}
+
+/// A session's budget of delivery-failure notices: [`NOTICE_BURST`] at once, one more per
+/// [`NOTICE_INTERVAL`]; what was held back is counted.
+#[derive(Debug)]
+struct Notices {
+    left: u32,
+    /// When the next one is earned (while fewer than the burst are left).
+    refilled: Instant,
+    /// Failures not told since the last notice.
+    held: u32,
+}
+
+impl Notices {
+    fn new(now: Instant) -> Notices {
+        Notices {
+            left: NOTICE_BURST,
+            refilled: now,
+            held: 0,
+        }
+    }
+
+    /// Whether a notice may go at `now` (and spends it).
+    fn take(&mut self, now: Instant) -> bool {
+        while self.left < NOTICE_BURST && self.refilled + NOTICE_INTERVAL <= now {
+            self.left += 1;
+            self.refilled += NOTICE_INTERVAL;
+        }
+        if self.left == NOTICE_BURST {
+            self.refilled = now;
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
 }
 
 /// What a client transaction was for.
 #[derive(Debug)]
 enum Purpose {
-    Invite(Key),
-    Message { key: Key, item: Item },
+    /// The INVITE that opens the session of `key` (kept to build the dialog from its 2xx).
+    Invite {
+        key: Key,
+        invite: Box<Message>,
+    },
+    /// A MESSAGE in dialog `dialog` of the session of `key`.
+    Message {
+        key: Key,
+        dialog: DialogId,
+        item: Item,
+    },
     Bye,
 }
 
@@ -131,6 +258,8 @@ pub struct ImEngine {
     book: AddressBook,
     errors: ErrorTable,
     ids: TxIds,
+    /// Relates `now` to the store's Unix times (a dialog's creation).
+    clock: WallClock,
     sessions: HashMap<Key, Session>,
     /// Dialog → session, for in-dialog requests.
     dialogs: HashMap<DialogId, Key>,
@@ -140,6 +269,8 @@ pub struct ImEngine {
     /// a stale entry back at the real time). Keeps [`ImEngine::poll_timeout`] O(1), which the
     /// runner asks after every event.
     idle: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Numbers the stanzas sent to XMPP users (their ids).
+    stanzas: u64,
     rng: SplitMix,
 }
 
@@ -148,24 +279,36 @@ fn bounce(stanza: &Stanza, condition: Condition, text: &str) -> Output {
     common::bounce(Element::from(stanza.clone()), condition, text)
 }
 
+/// The store's removal of the session of `key`.
+fn forget(key: &Key) -> Output {
+    Output::ForgetIm {
+        local: key.0.to_string(),
+        remote: key.1.clone(),
+    }
+}
+
 impl ImEngine {
-    /// `ids` must be the edge's ([`crate::edge::server::EdgeHandle::tx_ids`]); `seed` random.
+    /// `ids` must be the edge's ([`crate::edge::server::EdgeHandle::tx_ids`]); `seed` random;
+    /// `clock` relates `now` to Unix time (the store's dialog creation times).
     pub fn new(
         settings: ImSettings,
         book: AddressBook,
         errors: ErrorTable,
         ids: TxIds,
         seed: u64,
+        clock: WallClock,
     ) -> ImEngine {
         ImEngine {
             settings,
             book,
             errors,
             ids,
+            clock,
             sessions: HashMap::new(),
             dialogs: HashMap::new(),
             purposes: HashMap::new(),
             idle: BinaryHeap::new(),
+            stanzas: 0,
             rng: SplitMix::new(seed),
         }
     }
@@ -196,6 +339,155 @@ impl ImEngine {
     fn via(&self) -> String {
         common::via(&self.settings.public_fqdn)
     }
+
+    // ------------------------------------------------------------------ the store
+
+    /// The store's record of the session of `key` (an established one), with the local CSeq
+    /// reserved so far.
+    fn record(&self, key: &Key) -> Option<ImDialog> {
+        let session = self.sessions.get(key)?;
+        let State::Up { dialog } = &session.state else {
+            return None;
+        };
+        let created = self.clock.unix(dialog.replace_at(Duration::ZERO));
+        let mut record = DialogRecord::from_dialog(dialog, created);
+        record.local_cseq = record.local_cseq.max(session.reserved);
+        Some(ImDialog {
+            local_jid: key.0.to_string(),
+            remote_aor: key.1.clone(),
+            dialog: record,
+        })
+    }
+
+    /// Writes the session of `key` to the store with a fresh reservation above its local
+    /// CSeq; synced when `durable` (before what makes or extends the dialog for LCS).
+    fn persist(&mut self, key: &Key, durable: bool, out: &mut Vec<Output>) {
+        if let Some(session) = self.sessions.get_mut(key) {
+            if let State::Up { dialog } = &session.state {
+                session.reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
+            }
+        }
+        if let Some(dialog) = self.record(key) {
+            out.push(Output::PersistIm {
+                dialog: Box::new(dialog),
+                durable,
+            });
+        }
+    }
+
+    /// The next request of `method` in the session of `key` (which must be up) and its route:
+    /// the dialog's connection, or its domain while detached. A request above the stored
+    /// reservation is preceded by the synced write that raises it.
+    fn in_dialog_request(
+        &mut self,
+        key: &Key,
+        method: Method,
+        out: &mut Vec<Output>,
+    ) -> Option<(Message, Route, DialogId)> {
+        let session = self.sessions.get(key)?;
+        let State::Up { dialog } = &session.state else {
+            return None;
+        };
+        if method != Method::Ack && dialog.local_cseq() >= session.reserved {
+            self.persist(key, true, out);
+        }
+        let (via, branch) = (self.via(), self.branch());
+        let session = self.sessions.get_mut(key)?;
+        let State::Up { dialog } = &mut session.state else {
+            return None;
+        };
+        let request = dialog.next_request(method, &via, &branch, None).ok()?;
+        let route = if session.detached {
+            // The dialog's connection is gone: the edge reuses or opens one for the domain.
+            Route::Domain(host_of(&dialog.remote_uri))
+        } else {
+            Route::Connection(dialog.conn)
+        };
+        Some((request, route, dialog.id.clone()))
+    }
+
+    /// The session of `key` is reached on `conn` (an answer to a request sent by domain, or
+    /// a request from LCS in the dialog): the dialog lives there now.
+    fn attach(&mut self, key: &Key, conn: ConnId) {
+        if let Some(session) = self.sessions.get_mut(key) {
+            if let State::Up { dialog } = &mut session.state {
+                if session.detached {
+                    session.detached = false;
+                    dialog.conn = conn;
+                }
+            }
+        }
+    }
+
+    /// Removes the session of `key` (no BYE) and, if it was up, its dialog and stored record.
+    fn drop_session(&mut self, key: &Key, out: &mut Vec<Output>) -> Option<Session> {
+        let session = self.sessions.remove(key)?;
+        if let State::Up { dialog } = &session.state {
+            self.dialogs.remove(&dialog.id);
+            out.push(forget(key));
+        }
+        Some(session)
+    }
+
+    /// The IM sessions' dialogs read from the store at start (`now` is the start): each one
+    /// that can be taken up is a session again, detached (its requests go by domain until LCS
+    /// is reached again), with its idle time starting now and its local CSeq continuing above
+    /// the stored reservation (so its first request writes a new one, synced). A dialog past
+    /// `dialog_max_age` is ended with BYE (LCS would refuse it soon); a record that names no
+    /// local user or no federated address, or whose dialog cannot be written into a request,
+    /// is removed.
+    pub fn restore(&mut self, now: Instant, dialogs: Vec<ImDialog>) -> Vec<Output> {
+        let mut out = Vec::new();
+        let now_unix = self.clock.unix(now);
+        for d in dialogs {
+            let local = BareJid::new(&d.local_jid)
+                .ok()
+                .filter(|j| self.book.is_local_domain(j.domain().as_str()));
+            let remote = self
+                .book
+                .uri_to_jid(&d.remote_aor)
+                .ok()
+                .filter(|j| !self.book.is_local_domain(j.domain().as_str()));
+            let age = Duration::from_secs(now_unix.saturating_sub(d.dialog.created_unix));
+            let created = now.checked_sub(age).unwrap_or(now);
+            let dialog = common::dialog_from_record(&d.dialog, created);
+            let (Some(local), Some(remote), Some(dialog)) = (local, remote, dialog) else {
+                out.push(Output::ForgetIm {
+                    local: d.local_jid,
+                    remote: d.remote_aor,
+                });
+                continue;
+            };
+            let key: Key = (local, d.remote_aor);
+            if self.sessions.contains_key(&key) || self.dialogs.contains_key(&dialog.id) {
+                continue;
+            }
+            let thread = dialog.id.call_id.clone();
+            let expired = age >= self.settings.dialog_max_age;
+            self.dialogs.insert(dialog.id.clone(), key.clone());
+            let reserved = dialog.local_cseq();
+            let mut session = Session::new(
+                Jid::from(remote.to_bare()),
+                State::Up {
+                    dialog: Box::new(dialog),
+                },
+                now,
+                thread,
+            );
+            session.detached = true;
+            session.reserved = reserved;
+            self.sessions.insert(key.clone(), session);
+            if expired {
+                self.end_session(&key, None, &mut out);
+            } else {
+                self.idle
+                    .push(Reverse((now + self.settings.idle_timeout, key)));
+            }
+        }
+        out
+    }
+
+    // ------------------------------------------------------------------ XMPP → LCS
 
     /// A stanza from the component link.
     pub fn on_stanza(&mut self, now: Instant, element: Element) -> Vec<Output> {
@@ -253,6 +545,7 @@ impl ImEngine {
                 subject,
                 lang: language_tag(&lang.0).map(str::to_owned),
                 stanza: Box::new(stanza),
+                retried: false,
             }
         } else {
             match stanza
@@ -276,9 +569,18 @@ impl ImEngine {
         out
     }
 
-    /// The XMPP server could not deliver a message we passed on from LCS (RFC 6120 §8.3: the
-    /// error goes back to the `from` we gave, the LCS user's JID). The SIP MESSAGE was answered
-    /// 200 when the stanza was queued, so the LCS sender is told in the session as text.
+    /// A `<message type='error'>` for a stanza this engine sent: the XMPP server (or the
+    /// user's client) could not deliver a message from LCS (RFC 6120 §8.3: the error goes back
+    /// to the `from` we gave, the LCS user's JID, with our id). The SIP MESSAGE was answered
+    /// 200 when the stanza was queued (XMPP has no positive acknowledgement to wait for), so
+    /// the LCS sender is told in the session the stanza's id names — if it is still up: no
+    /// SIP request can carry it otherwise — as a text MESSAGE: the condition with the status
+    /// `errors.toml` gives it, and the start of the text. Errors for chat states tell nothing;
+    /// notices are rate-limited per session ([`NOTICE_BURST`]). When the server says the
+    /// recipient does not exist (`item-not-found`, `service-unavailable` or `gone` from the
+    /// bare JID, not marked `wait`; RFC 6121 §8.5.1) the session ends with BYE and a `Reason`
+    /// (RFC 3326) with that status, so that LCS's next message starts a session of its own
+    /// rather than being lost in this one.
     fn delivery_failed(
         &mut self,
         now: Instant,
@@ -287,41 +589,90 @@ impl ImEngine {
         remote: Jid,
         out: &mut Vec<Output>,
     ) {
+        let Some((tag, kind)) = stanza.id.as_ref().and_then(|id| parse_stanza_id(&id.0)) else {
+            return;
+        };
         let Ok(remote_addr) = self.book.jid_to_sip(&remote) else {
             return;
         };
-        let Ok(local_addr) = self.book.jid_to_sip(&Jid::from(local.to_bare())) else {
+        let key: Key = (local.to_bare(), remote_addr.aor().to_uri());
+        let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
-        if self.book.is_local_domain(&remote_addr.host)
-            || !self.book.is_local_domain(&local_addr.host)
-        {
+        let State::Up { dialog } = &session.state else {
+            return;
+        };
+        if dialog.id.local_tag != tag || kind == StanzaKind::Typing {
             return;
         }
-        let condition = stanza
-            .payloads
-            .iter()
-            .find(|p| p.name() == "error")
-            .and_then(|e| {
-                e.children()
-                    .find(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name() != "text")
-                    .map(|c| c.name().to_owned())
-            })
-            .unwrap_or_else(|| "undefined-condition".into());
-        let mut text = format!("Message not delivered to {} ({condition})", local.to_bare());
+        let (condition, wait) =
+            common::error_of(&stanza.payloads).unwrap_or((Condition::UndefinedCondition, false));
+        let status = self.errors.status_for_condition(condition);
+        let no_recipient = !wait
+            && local.resource().is_none()
+            && matches!(
+                condition,
+                Condition::ItemNotFound | Condition::ServiceUnavailable | Condition::Gone
+            );
+        // The last notice of a session that ends goes whatever the budget.
+        if !session.notices.take(now) && !no_recipient {
+            session.notices.held = session.notices.held.saturating_add(1);
+            return;
+        }
+        let held = std::mem::take(&mut session.notices.held);
+        let mut text = format!(
+            "Message not delivered to {} ({status} {}, {})",
+            local.to_bare(),
+            reason_phrase(status),
+            condition.as_str()
+        );
         if let Some((_, body)) = stanza.get_best_body(vec![]) {
             text.push_str(": ");
-            text.push_str(body);
+            text.extend(body.chars().take(NOTICE_QUOTE_CHARS));
+            if body.chars().nth(NOTICE_QUOTE_CHARS).is_some() {
+                text.push('…');
+            }
         }
-        let key: Key = (local.to_bare(), remote_addr.aor().to_uri());
-        self.enqueue(
-            now,
-            key,
-            Jid::from(remote.to_bare()),
-            local_addr.to_uri(),
-            Item::Notice(text),
-            out,
-        );
+        if held > 0 {
+            text.push_str(&format!(" [and {held} more not delivered]"));
+        }
+        if no_recipient {
+            text.push_str(&format!(
+                "\n{} cannot receive messages; this conversation has ended.",
+                local.to_bare()
+            ));
+        }
+        self.send_item(key.clone(), Item::Notice(text), out);
+        if no_recipient {
+            let reason = format!("SIP;cause={status};text=\"{}\"", reason_phrase(status));
+            self.end_session(&key, Some(&reason), out);
+        }
+    }
+
+    /// The id of a stanza sent to an XMPP user from the session of `key`: its dialog's local
+    /// tag, the kind, a number.
+    fn stanza_id(&mut self, key: &Key, kind: StanzaKind) -> Option<String> {
+        let Some(Session {
+            state: State::Up { dialog },
+            ..
+        }) = self.sessions.get(key)
+        else {
+            return None;
+        };
+        self.stanzas += 1;
+        let letter = match kind {
+            StanzaKind::Body => 'm',
+            StanzaKind::Typing => 't',
+        };
+        Some(format!("{}.{letter}{}", dialog.id.local_tag, self.stanzas))
+    }
+
+    /// `el` with the id [`ImEngine::stanza_id`] gives it.
+    fn with_id(&mut self, key: &Key, kind: StanzaKind, mut el: Element) -> Element {
+        if let (Some(id), Ok(name)) = (self.stanza_id(key, kind), NcName::try_from("id")) {
+            el.set_attr(XmlNamespace::NONE, name, id);
+        }
+        el
     }
 
     /// Queues an item on the session for `key`, opening or replacing the session as needed.
@@ -340,7 +691,7 @@ impl ImEngine {
         };
         if expired {
             // Profile: LCS's header signatures last 24 h; a fresh INVITE replaces the dialog.
-            self.end_session(&key, out);
+            self.end_session(&key, None, out);
         }
         if !self.sessions.contains_key(&key) {
             if matches!(item, Item::Typing(_)) {
@@ -367,6 +718,22 @@ impl ImEngine {
                 session.queue.push_back(item);
             }
             State::Up { .. } => self.send_item(key, item, out),
+        }
+    }
+
+    /// Queues `item` (a message whose dialog LCS no longer knows) again, for a fresh session.
+    fn requeue(&mut self, now: Instant, key: Key, item: Item, out: &mut Vec<Output>) {
+        let Item::Body { stanza, .. } = &item else {
+            return;
+        };
+        let remote_jid = stanza.to.as_ref().map(|j| Jid::from(j.to_bare()));
+        let local_uri = stanza
+            .from
+            .as_ref()
+            .and_then(|j| self.book.jid_to_sip(&Jid::from(j.to_bare())).ok())
+            .map(|a| a.to_uri());
+        if let (Some(remote_jid), Some(local_uri)) = (remote_jid, local_uri) {
+            self.enqueue(now, key, remote_jid, local_uri, item, out);
         }
     }
 
@@ -406,19 +773,18 @@ impl ImEngine {
         invite.set_body(Some("application/sdp"), sdp.into_bytes());
         let tx = self.ids.next();
         let domain = host_of(&remote_uri);
-        self.purposes.insert(tx, Purpose::Invite(key.clone()));
-        self.sessions.insert(
-            key,
-            Session {
-                remote_jid,
-                state: State::Inviting {
-                    invite: invite.clone(),
-                },
-                queue: VecDeque::new(),
-                last_activity: now,
-                thread: call_id,
+        self.purposes.insert(
+            tx,
+            Purpose::Invite {
+                key: key.clone(),
+                invite: Box::new(invite.clone()),
             },
         );
+        let state = State::Inviting {
+            call_id: call_id.clone(),
+        };
+        self.sessions
+            .insert(key, Session::new(remote_jid, state, now, call_id));
         out.push(Output::Request {
             tx,
             request: invite,
@@ -428,20 +794,10 @@ impl ImEngine {
 
     /// Sends one item as an in-dialog MESSAGE (the session must be up).
     fn send_item(&mut self, key: Key, item: Item, out: &mut Vec<Output>) {
-        let branch = self.branch();
-        let via = self.via();
-        let Some(Session {
-            state: State::Up { dialog },
-            ..
-        }) = self.sessions.get_mut(&key)
+        let Some((mut request, route, dialog)) = self.in_dialog_request(&key, Method::Message, out)
         else {
             return;
         };
-        let contact = None;
-        let Ok(mut request) = dialog.next_request(Method::Message, &via, &branch, contact) else {
-            return;
-        };
-        let conn = dialog.conn;
         match &item {
             Item::Body {
                 text,
@@ -468,17 +824,19 @@ impl ImEngine {
             }
         }
         let tx = self.ids.next();
-        self.purposes.insert(tx, Purpose::Message { key, item });
-        out.push(Output::Request {
-            tx,
-            request,
-            route: Route::Connection(conn),
-        });
+        self.purposes
+            .insert(tx, Purpose::Message { key, dialog, item });
+        out.push(Output::Request { tx, request, route });
     }
 
-    /// Ends a session: BYE if its dialog is up; queued bodies are returned to their senders.
-    fn end_session(&mut self, key: &Key, out: &mut Vec<Output>) {
-        let Some(session) = self.sessions.remove(key) else {
+    /// Ends a session: BYE (with this `Reason` header value, if any) if its dialog is up, and
+    /// its record removed; queued bodies are returned to their senders.
+    fn end_session(&mut self, key: &Key, reason: Option<&str>, out: &mut Vec<Output>) {
+        let mut bye = self.in_dialog_request(key, Method::Bye, out);
+        if let (Some((request, _, _)), Some(reason)) = (bye.as_mut(), reason) {
+            request.push_header("Reason", reason);
+        }
+        let Some(session) = self.drop_session(key, out) else {
             return;
         };
         for item in session.queue {
@@ -490,18 +848,10 @@ impl ImEngine {
                 ));
             }
         }
-        if let State::Up { mut dialog } = session.state {
-            self.dialogs.remove(&dialog.id);
-            let branch = self.branch();
-            if let Ok(bye) = dialog.next_request(Method::Bye, &self.via(), &branch, None) {
-                let tx = self.ids.next();
-                self.purposes.insert(tx, Purpose::Bye);
-                out.push(Output::Request {
-                    tx,
-                    request: bye,
-                    route: Route::Connection(dialog.conn),
-                });
-            }
+        if let Some((request, route, _)) = bye {
+            let tx = self.ids.next();
+            self.purposes.insert(tx, Purpose::Bye);
+            out.push(Output::Request { tx, request, route });
         }
     }
 
@@ -537,20 +887,11 @@ impl ImEngine {
                 self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
             }
             EdgeEvent::ConnectionLost { conn } => {
-                // Dialogs on it are gone; their in-flight MESSAGEs fail through TransportError.
-                let lost: Vec<Key> = self
-                    .sessions
-                    .iter()
-                    .filter(
-                        |(_, s)| matches!(&s.state, State::Up { dialog } if dialog.conn == conn),
-                    )
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for key in lost {
-                    if let Some(s) = self.sessions.remove(&key) {
-                        if let State::Up { dialog } = s.state {
-                            self.dialogs.remove(&dialog.id);
-                        }
+                // The dialogs on it are kept (LCS keeps its side of them): their next requests
+                // go by domain. Their MESSAGEs in flight fail through TransportError.
+                for s in self.sessions.values_mut() {
+                    if matches!(&s.state, State::Up { dialog } if dialog.conn == conn) {
+                        s.detached = true;
                     }
                 }
             }
@@ -592,10 +933,16 @@ impl ImEngine {
         };
         match purpose {
             Purpose::Bye => {}
-            Purpose::Invite(key) => match (failure, outcome) {
-                (None, Ok((conn, response))) => self.established(now, key, conn, response, out),
+            Purpose::Invite { key, invite } => match (failure, outcome) {
+                (None, Ok((conn, response))) => {
+                    self.established(now, key, &invite, conn, response, out)
+                }
                 (Some((condition, text, _)), _) => {
-                    if let Some(s) = self.sessions.remove(&key) {
+                    let ours = matches!(
+                        self.sessions.get(&key).map(|s| &s.state),
+                        Some(State::Inviting { call_id }) if invite.call_id().ok() == Some(call_id)
+                    );
+                    if let Some(s) = ours.then(|| self.sessions.remove(&key)).flatten() {
                         for item in s.queue {
                             if let Item::Body { stanza, .. } = item {
                                 out.push(bounce(&stanza, condition, &text));
@@ -605,74 +952,120 @@ impl ImEngine {
                 }
                 (None, Err(_)) => {}
             },
-            Purpose::Message { key, item } => match failure {
-                None => {
-                    if let Item::Body { stanza, .. } = item {
-                        if let Some(r) = receipt(&stanza) {
-                            out.push(Output::Stanza(r));
+            Purpose::Message { key, dialog, item } => {
+                let current = matches!(
+                    self.sessions.get(&key).map(|s| &s.state),
+                    Some(State::Up { dialog: d }) if d.id == dialog
+                );
+                match failure {
+                    None => {
+                        if let (true, Ok((conn, _))) = (current, &outcome) {
+                            self.attach(&key, *conn);
                         }
-                    }
-                }
-                Some((condition, text, teardown)) => {
-                    if let Item::Body { stanza, .. } = &item {
-                        out.push(bounce(stanza, condition, &text));
-                    }
-                    // 408/480/481 (also to a typing notification), timeouts, lost
-                    // connections: the next message starts a fresh session.
-                    if teardown {
-                        if let Some(s) = self.sessions.remove(&key) {
-                            if let State::Up { dialog } = s.state {
-                                self.dialogs.remove(&dialog.id);
+                        if let Item::Body { stanza, .. } = item {
+                            if let Some(r) = receipt(&stanza) {
+                                out.push(Output::Stanza(r));
                             }
                         }
                     }
+                    Some((condition, text, teardown)) => {
+                        // 408/480/481 (also to a typing notification), timeouts, lost
+                        // connections: the next message starts a fresh session.
+                        if teardown && current {
+                            self.drop_session(&key, out);
+                        }
+                        match item {
+                            // LCS no longer knows the dialog (it restarted, or a stored
+                            // session outlived its end): the message goes once more, in a
+                            // fresh session.
+                            Item::Body {
+                                text: body,
+                                subject,
+                                lang,
+                                stanza,
+                                retried: false,
+                            } if status == status::CALL_DOES_NOT_EXIST => {
+                                let item = Item::Body {
+                                    text: body,
+                                    subject,
+                                    lang,
+                                    stanza,
+                                    retried: true,
+                                };
+                                self.requeue(now, key, item, out);
+                            }
+                            Item::Body { stanza, .. } => {
+                                out.push(bounce(&stanza, condition, &text))
+                            }
+                            Item::Typing(_) | Item::Notice(_) => {}
+                        }
+                    }
                 }
-            },
+            }
         }
     }
 
-    /// The INVITE's 2xx: build the dialog, ACK it, send what waited.
+    /// The INVITE's 2xx: build the dialog, store it (synced, before the ACK makes it exist
+    /// for LCS), ACK it, send what waited. A 2xx to an INVITE whose session has meanwhile
+    /// been replaced (LCS invited at the same time) is ACKed and its dialog ended with BYE.
     fn established(
         &mut self,
         now: Instant,
         key: Key,
+        invite: &Message,
         conn: ConnId,
         response: Message,
         out: &mut Vec<Output>,
     ) {
-        let Some(session) = self.sessions.get_mut(&key) else {
-            return;
-        };
-        let State::Inviting { invite } = &session.state else {
-            return;
-        };
+        let ours = matches!(
+            self.sessions.get(&key).map(|s| &s.state),
+            Some(State::Inviting { call_id }) if invite.call_id().ok() == Some(call_id)
+        );
         let mut dialog = match Dialog::from_uac(invite, &response, conn, now) {
             Ok(d) => d,
             Err(e) => {
-                let queue = std::mem::take(&mut session.queue);
-                self.sessions.remove(&key);
-                for item in queue {
-                    if let Item::Body { stanza, .. } = item {
-                        out.push(bounce(
-                            &stanza,
-                            Condition::ServiceUnavailable,
-                            &format!("the LCS side accepted the session wrongly: {e}"),
-                        ));
+                if let Some(s) = ours.then(|| self.sessions.remove(&key)).flatten() {
+                    for item in s.queue {
+                        if let Item::Body { stanza, .. } = item {
+                            out.push(bounce(
+                                &stanza,
+                                Condition::ServiceUnavailable,
+                                &format!("the LCS side accepted the session wrongly: {e}"),
+                            ));
+                        }
                     }
                 }
                 return;
             }
         };
         let branch = self.branch();
-        if let Ok(ack) = dialog.next_request(Method::Ack, &self.via(), &branch, None) {
-            out.push(Output::Ack { conn, ack });
+        let ack = dialog
+            .next_request(Method::Ack, &self.via(), &branch, None)
+            .ok();
+        if !ours {
+            out.extend(ack.map(|ack| Output::Ack { conn, ack }));
+            let branch = self.branch();
+            if let Ok(bye) = dialog.next_request(Method::Bye, &self.via(), &branch, None) {
+                let tx = self.ids.next();
+                self.purposes.insert(tx, Purpose::Bye);
+                out.push(Output::Request {
+                    tx,
+                    request: bye,
+                    route: Route::Connection(conn),
+                });
+            }
+            return;
         }
         self.dialogs.insert(dialog.id.clone(), key.clone());
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
-        session.state = State::Up { dialog };
+        session.state = State::Up {
+            dialog: Box::new(dialog),
+        };
         session.last_activity = now;
+        self.persist(&key, true, out);
+        out.extend(ack.map(|ack| Output::Ack { conn, ack }));
         self.idle
             .push(Reverse((now + self.settings.idle_timeout, key.clone())));
         let Some(session) = self.sessions.get_mut(&key) else {
@@ -683,6 +1076,8 @@ impl ImEngine {
             self.send_item(key.clone(), item, out);
         }
     }
+
+    // ------------------------------------------------------------------ LCS → XMPP
 
     /// A request from LCS.
     fn on_request(
@@ -716,7 +1111,7 @@ impl ImEngine {
                     out.push(refuse(self, reject));
                     return;
                 };
-                self.in_dialog(now, tx, key, &request, out);
+                self.in_dialog(now, tx, conn, key, &request, out);
             }
             Some(Method::Ack) => {}
             _ => {
@@ -776,43 +1171,41 @@ impl ImEngine {
         response.push_header("Contact", &name_addr(None, &contact, &[]));
         response.push_header("Supported", "ms-text-format");
         response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
-        out.push(Output::Respond { tx, response });
 
         let local = Jid::from(local);
         let key: Key = (local.to_bare(), remote_aor);
         let thread = dialog.id.call_id.clone();
-        // A new INVITE from the same party replaces the session we had with them.
+        // A new INVITE from the same party replaces the session we had with them; what waited
+        // for our own INVITE (LCS invited at the same time) goes in this one.
+        let mut queue = VecDeque::new();
         if let Some(old) = self.sessions.remove(&key) {
-            if let State::Up { dialog } = old.state {
+            if let State::Up { dialog } = &old.state {
                 self.dialogs.remove(&dialog.id);
             }
+            queue = old.queue;
         }
         self.dialogs.insert(dialog.id.clone(), key.clone());
         let remote_jid = Jid::from(remote.to_bare());
-        if let Some(first) = request
+        let first = request
             .header("ms-text-format")
-            .and_then(|v| im_text::ms_text_format(v).ok().flatten())
-        {
-            out.push(Output::Stanza(chat(
-                &remote_jid,
-                &local,
-                &thread,
-                Some(&first),
-                None,
-            )));
-        }
+            .and_then(|v| im_text::ms_text_format(v).ok().flatten());
         self.idle
             .push(Reverse((now + self.settings.idle_timeout, key.clone())));
-        self.sessions.insert(
-            key,
-            Session {
-                remote_jid,
-                state: State::Up { dialog },
-                queue: VecDeque::new(),
-                last_activity: now,
-                thread,
-            },
-        );
+        let state = State::Up {
+            dialog: Box::new(dialog),
+        };
+        let session = Session::new(remote_jid.clone(), state, now, thread.clone());
+        self.sessions.insert(key.clone(), session);
+        // Stored (synced) before the 200 makes the dialog exist for LCS.
+        self.persist(&key, true, out);
+        out.push(Output::Respond { tx, response });
+        if let Some(first) = first {
+            let el = chat(&remote_jid, &local, &thread, Some(&first), None);
+            out.push(Output::Stanza(self.with_id(&key, StanzaKind::Body, el)));
+        }
+        for item in queue {
+            self.send_item(key.clone(), item, out);
+        }
     }
 
     fn page_mode(&mut self, tx: TxId, request: &Message, out: &mut Vec<Output>) {
@@ -844,6 +1237,7 @@ impl ImEngine {
         &mut self,
         now: Instant,
         tx: TxId,
+        conn: ConnId,
         key: Key,
         request: &Message,
         out: &mut Vec<Output>,
@@ -864,8 +1258,13 @@ impl ImEngine {
             }
         }
         session.last_activity = now;
+        self.attach(&key, conn);
+        let Some(session) = self.sessions.get(&key) else {
+            return;
+        };
         let local = Jid::from(key.0.clone());
         // The stanza the request becomes (none: acknowledged only), or its refusal.
+        let mut kind = StanzaKind::Typing;
         let stanza: Result<Option<Element>, Reject> = match request.method().cloned() {
             Some(Method::Bye) => Ok(None),
             // A re-INVITE (refresh): keep the session, answer with our SDP.
@@ -890,6 +1289,7 @@ impl ImEngine {
                         Err(e) => Err(body_error(&self.errors, &e)),
                     }
                 } else {
+                    kind = StanzaKind::Body;
                     match im_text::plain_text(&ct, request.body()) {
                         Ok(text) => Ok(Some(chat(
                             &session.remote_jid,
@@ -920,9 +1320,11 @@ impl ImEngine {
             Err(reject) => reject.response_to(request, Some(&tag)),
         };
         out.push(Output::Respond { tx, response });
-        out.extend(stanza.ok().flatten().map(Output::Stanza));
+        if let Ok(Some(el)) = stanza {
+            out.push(Output::Stanza(self.with_id(&key, kind, el)));
+        }
         if request.method() == Some(&Method::Bye) {
-            if let Some(s) = self.sessions.remove(&key) {
+            if let Some(s) = self.drop_session(&key, out) {
                 for item in s.queue {
                     if let Item::Body { stanza, .. } = item {
                         out.push(bounce(
@@ -931,9 +1333,6 @@ impl ImEngine {
                             "the LCS user ended the chat session",
                         ));
                     }
-                }
-                if let State::Up { dialog } = s.state {
-                    self.dialogs.remove(&dialog.id);
                 }
             }
         }
@@ -963,7 +1362,7 @@ impl ImEngine {
             }
             let due = s.last_activity + self.settings.idle_timeout;
             if due <= now {
-                self.end_session(&key, &mut out);
+                self.end_session(&key, None, &mut out);
             } else {
                 self.idle.push(Reverse((due, key)));
             }
@@ -1082,6 +1481,10 @@ mod tests {
             Mappings::builtin().errors,
             TxIds::default(),
             7,
+            WallClock {
+                at: Instant::now(),
+                unix: 1_700_000_000,
+            },
         )
     }
 
@@ -1466,7 +1869,8 @@ mod tests {
     }
 
     /// RFC 7247 §7.1 through `errors.toml`: a To that is no local user is `item-not-found`, a
-    /// body no stanza can be made of `bad-request`, each answered with the table's status.
+    /// From in a local domain `forbidden`, a body no stanza can be made of `bad-request`, each
+    /// answered with the table's status.
     #[test]
     fn xmpp_side_refusals_take_their_status_from_the_error_table() {
         let page = |to: &str, content_type: &str| {
@@ -1477,6 +1881,10 @@ mod tests {
         let unknown = page("sip:carol@fabrikam.com", "text/plain");
         let bad_charset = page("sip:alice@example.org", "text/plain; charset=koi8-r");
         let unsupported = page("sip:alice@example.org", "text/rtf");
+        let local_from = page("sip:alice@example.org", "text/plain")
+            .replace("sip:bob@contoso.com", "sip:eve@example.org");
+        let local_invite = invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+            .replace("sip:bob@contoso.com", "sip:eve@example.org");
         let status_of = |e: &mut ImEngine, raw: &str| {
             let r = &responses(&e.on_edge(Instant::now(), inbound(raw)))[0];
             (r.status().unwrap(), r.header("Accept").is_some())
@@ -1485,43 +1893,226 @@ mod tests {
         assert_eq!(status_of(&mut shipped, &unknown), (404, false));
         assert_eq!(status_of(&mut shipped, &bad_charset), (400, false));
         assert_eq!(status_of(&mut shipped, &unsupported), (415, true));
+        assert_eq!(status_of(&mut shipped, &local_from), (403, false));
+        assert_eq!(status_of(&mut shipped, &local_invite), (403, false));
         let errors = include_str!("../../mappings/errors.toml")
             .replace("item-not-found = 404", "item-not-found = 480")
-            .replace("\nbad-request = 400", "\nbad-request = 406");
+            .replace("\nbad-request = 400", "\nbad-request = 406")
+            .replace("\nforbidden = 403", "\nforbidden = 405");
         let presence = include_str!("../../mappings/presence.toml");
         let mut e = engine();
         e.errors = Mappings::from_strs(presence, &errors).unwrap().errors;
         assert_eq!(status_of(&mut e, &unknown), (480, false));
         assert_eq!(status_of(&mut e, &bad_charset), (406, false));
+        assert_eq!(status_of(&mut e, &local_from), (405, false));
+        assert_eq!(status_of(&mut e, &local_invite), (405, false));
         // An unsupported type is about SIP content negotiation: 415 whatever the table says.
         assert_eq!(status_of(&mut e, &unsupported), (415, true));
     }
 
-    #[test]
-    fn a_bounce_from_the_xmpp_server_is_told_to_the_lcs_sender() {
-        let mut e = engine();
-        let now = Instant::now();
-        open(&mut e, now);
-        // The XMPP server returns a message we delivered (from the LCS user to alice).
-        let bounce: Element = format!(
-            "<message xmlns='jabber:component:accept' from='alice@example.org' to='{REMOTE}' type='error'><body>hi</body><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+    /// The id of the (first) stanza in `out`.
+    fn stanza_id_in(out: &[Output]) -> String {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Stanza(e) => e.attr("id").map(str::to_owned),
+                _ => None,
+            })
+            .expect("a stanza with an id")
+    }
+
+    /// The XMPP server's (or a client's) error for stanza `id`, from `from`.
+    fn error_for(id: &str, from: &str, kind: &str, condition: &str, body: &str) -> Element {
+        let body = if body.is_empty() {
+            String::new()
+        } else {
+            format!("<body>{body}</body>")
+        };
+        format!(
+            "<message xmlns='jabber:component:accept' from='{from}' to='{REMOTE}' type='error' id='{id}'>{body}<error type='{kind}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
         )
         .parse()
-        .unwrap();
-        let out = e.on_stanza(now, bounce);
-        let (_, m, route) = requests(&out).remove(0);
-        assert_eq!(route, Route::Connection(9));
+        .unwrap()
+    }
+
+    #[test]
+    fn an_error_for_a_delivered_message_is_told_to_its_sender_in_its_session() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        assert!(id.starts_with(&format!("{tag}.m")), "{id}");
+        // A client (a full JID) refuses it; the server quotes the body.
+        let error = error_for(&id, LOCAL, "wait", "recipient-unavailable", "hi there");
+        let out = e.on_stanza(now, error);
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (tx, m, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Connection(4));
+        assert_eq!(m.call_id().unwrap(), "call-1");
         assert_eq!(
-            m.body(),
-            b"Message not delivered to alice@example.org (service-unavailable): hi"
+            String::from_utf8_lossy(m.body()),
+            "Message not delivered to alice@example.org (480 Temporarily Unavailable, \
+             recipient-unavailable): hi there"
         );
         // Its own failure bounces nothing back to XMPP.
-        let tx = requests(&out)[0].0;
         let out = e.on_edge(
             now,
-            final_event(tx, Message::response_to(&m, 481, None, None)),
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn: 4,
+                response: Message::response_to(&m, 481, None, None),
+                is_final: true,
+            }),
         );
         assert!(stanzas(&out).is_empty());
+
+        // Errors that name no stanza of a live session, or a chat state, tell nobody.
+        let mut e = engine();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        let doc = "<isComposing xmlns='urn:ietf:params:xml:ns:im-iscomposing'><state>active</state></isComposing>";
+        let composing = lcs_message(&tag, 2, doc).replace(
+            "Content-Type: text/plain",
+            "Content-Type: application/im-iscomposing+xml",
+        );
+        let out = e.on_edge(now, inbound(&composing));
+        assert_eq!(kinds(&out), ["200", "stanza"]);
+        let typing_id = stanza_id_in(&out);
+        assert!(typing_id.starts_with(&format!("{tag}.t")), "{typing_id}");
+        for error in [
+            error_for(&typing_id, "alice@example.org", "cancel", "service-unavailable", ""),
+            error_for("m1", "alice@example.org", "cancel", "service-unavailable", "hi"),
+            error_for(&id.replace(&tag, "othertag"), "alice@example.org", "cancel", "service-unavailable", ""),
+            format!(
+                "<message xmlns='jabber:component:accept' from='alice@example.org' to='{REMOTE}' type='error'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+            )
+            .parse()
+            .unwrap(),
+        ] {
+            assert!(e.on_stanza(now, error).is_empty());
+        }
+        assert_eq!(e.session_count(), 1);
+        // A session that ended (LCS opened a new one): its stanzas' errors tell nobody.
+        let again = invite_from_lcs(&OFFER.replace('\n', "\r\n")).replace("call-1", "call-2");
+        e.on_edge(now, inbound(&again));
+        let error = error_for(&id, "alice@example.org", "wait", "resource-constraint", "");
+        assert!(e.on_stanza(now, error).is_empty());
+    }
+
+    #[test]
+    fn a_recipient_that_does_not_exist_ends_the_session_with_bye_and_its_status() {
+        for (condition, table, status, phrase) in [
+            ("service-unavailable", "", 503, "Service Unavailable"),
+            ("item-not-found", "", 404, "Not Found"),
+            ("item-not-found", "480", 480, "Temporarily Unavailable"),
+            ("gone", "", 410, "Gone"),
+        ] {
+            let mut e = engine();
+            if !table.is_empty() {
+                let errors = include_str!("../../mappings/errors.toml")
+                    .replace("item-not-found = 404", &format!("item-not-found = {table}"));
+                let presence = include_str!("../../mappings/presence.toml");
+                e.errors = Mappings::from_strs(presence, &errors).unwrap().errors;
+            }
+            let now = Instant::now();
+            let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+            let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+            let id = stanza_id_in(&out);
+            // The XMPP server answers for the account (its bare JID): it does not exist.
+            let out = e.on_stanza(
+                now,
+                error_for(&id, "alice@example.org", "cancel", condition, ""),
+            );
+            assert_eq!(kinds(&out), ["MESSAGE", "forget", "BYE"], "{condition}");
+            let reqs = requests(&out);
+            assert_eq!(
+                String::from_utf8_lossy(reqs[0].1.body()),
+                format!(
+                    "Message not delivered to alice@example.org ({status} {phrase}, {condition})\n\
+                     alice@example.org cannot receive messages; this conversation has ended."
+                )
+            );
+            assert_eq!(
+                reqs[1].1.header("Reason"),
+                Some(format!("SIP;cause={status};text=\"{phrase}\"").as_str())
+            );
+            assert_eq!(reqs[1].1.call_id().unwrap(), "call-1");
+            assert_eq!(e.session_count(), 0);
+            // LCS's next message in it: 481, so its client starts a session of its own.
+            let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "hello?")));
+            assert_eq!(responses(&out)[0].status(), Some(481));
+        }
+        // The same condition marked `wait`, or from one client: told, the session stays.
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, "alice@example.org", "wait", "service-unavailable", ""),
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, LOCAL, "cancel", "service-unavailable", ""),
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        assert_eq!(e.session_count(), 1);
+    }
+
+    #[test]
+    fn notices_are_rate_limited_per_session_and_count_what_they_held_back() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let storm = |e: &mut ImEngine, at: Instant, n: usize| -> Vec<String> {
+            (0..n)
+                .flat_map(|_| {
+                    let error = error_for(&id, LOCAL, "wait", "resource-constraint", "");
+                    requests(&e.on_stanza(at, error))
+                })
+                .map(|(_, m, _)| String::from_utf8_lossy(m.body()).into_owned())
+                .collect()
+        };
+        let told = storm(&mut e, now, 50);
+        assert_eq!(told.len(), NOTICE_BURST as usize);
+        assert!(
+            told.iter().all(|t| !t.contains("more not delivered")),
+            "{told:?}"
+        );
+        // One more per interval, with the count of those held back.
+        let told = storm(&mut e, now + NOTICE_INTERVAL, 5);
+        assert_eq!(told.len(), 1);
+        assert!(
+            told[0].ends_with(" [and 47 more not delivered]"),
+            "{}",
+            told[0]
+        );
+        assert_eq!(storm(&mut e, now + NOTICE_INTERVAL, 5).len(), 0);
+        // After a quiet spell, a burst again (never more than NOTICE_BURST).
+        let told = storm(&mut e, now + NOTICE_INTERVAL * 20, 10);
+        assert_eq!(told.len(), NOTICE_BURST as usize);
+        assert!(
+            told[0].ends_with(" [and 9 more not delivered]"),
+            "{}",
+            told[0]
+        );
+        // A long body is quoted only in part.
+        let mut e = engine();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let long = "é".repeat(1000);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, LOCAL, "wait", "resource-constraint", &long),
+        );
+        let text = String::from_utf8_lossy(requests(&out)[0].1.body()).into_owned();
+        assert!(
+            text.ends_with(&format!(": {}…", "é".repeat(NOTICE_QUOTE_CHARS))),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1567,5 +2158,293 @@ mod tests {
                 .unwrap()
                 .contains("m=message 5060 sip/tcp *")
         );
+    }
+
+    // ------------------------------------------------------------------ persistence
+
+    /// What each output is, in order (store writes with their durability).
+    fn kinds(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .map(|o| match o {
+                Output::Stanza(_) => "stanza".into(),
+                Output::Request { request, .. } => request.method().unwrap().to_string(),
+                Output::Respond { response, .. } => response.status().unwrap().to_string(),
+                Output::Ack { .. } => "ACK".into(),
+                Output::PersistIm { durable: true, .. } => "store".into(),
+                Output::PersistIm { durable: false, .. } => "store-lazy".into(),
+                Output::ForgetIm { .. } => "forget".into(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn stored(out: &[Output]) -> Vec<ImDialog> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::PersistIm { dialog, .. } => Some((**dialog).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn lcs_message(local_tag: &str, cseq: u32, body: &str) -> String {
+        format!(
+            "MESSAGE sip:alice@sip.example.org;transport=tls SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKm{cseq}\nMax-Forwards: 70\nFrom: <sip:bob@contoso.com>;tag=lcs1\nTo: <sip:alice@example.org>;tag={local_tag}\nCall-ID: call-1\nCSeq: {cseq} MESSAGE\nContent-Type: text/plain\nContent-Length: {}\n\n{body}",
+            body.len()
+        )
+    }
+
+    /// The stored record of a session LCS opened (`call-1`), and its local tag.
+    fn lcs_session(e: &mut ImEngine, now: Instant) -> (ImDialog, String) {
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        (stored(&out).remove(0), tag)
+    }
+
+    #[test]
+    fn a_session_is_stored_synced_before_it_exists_for_lcs_and_forgotten_when_it_ends() {
+        let mut e = engine();
+        let now = Instant::now();
+        // Ours: stored before the ACK, with the CSeq reserved above the INVITE's.
+        let out = e.on_stanza(now, message(Some("hello"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["store", "ACK", "MESSAGE"]);
+        let r = stored(&out).remove(0);
+        assert_eq!(
+            (r.local_jid.as_str(), r.remote_aor.as_str()),
+            ("alice@example.org", "sip:bob@contoso.com")
+        );
+        assert_eq!(r.dialog.call_id, invite.call_id().unwrap());
+        assert_eq!(r.dialog.remote_tag, "remote");
+        assert_eq!(
+            r.dialog.remote_target,
+            "sip:bob@192.0.2.5:5061;transport=tls"
+        );
+        assert_eq!(r.dialog.local_cseq, 1 + CSEQ_RESERVE);
+        assert_eq!(r.dialog.created_unix, 1_700_000_000);
+        // The idle BYE forgets it.
+        let out = e.handle_timeout(now + Duration::from_secs(61));
+        assert_eq!(kinds(&out), ["forget", "BYE"]);
+
+        // LCS's: stored before the 200; its BYE forgets it.
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        assert_eq!(kinds(&out), ["store", "200", "stanza"]);
+        let r = stored(&out).remove(0);
+        assert_eq!(r.dialog.call_id, "call-1");
+        assert_eq!(r.dialog.remote_cseq, Some(1));
+        assert_eq!(r.dialog.local_cseq, 1 + CSEQ_RESERVE);
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let bye = lcs_message(&tag, 2, "").replace("MESSAGE", "BYE");
+        let out = e.on_edge(now, inbound(&bye));
+        assert_eq!(kinds(&out), ["200", "forget"]);
+
+        // A failure that ends the session forgets it; so does the replacement at the age limit.
+        let (tx, msg) = open(&mut e, now);
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&msg, 408, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "stanza"]);
+        open(&mut e, now);
+        let out = e.on_stanza(now + Duration::from_secs(3601), message(Some("late"), ""));
+        assert_eq!(kinds(&out), ["forget", "BYE", "INVITE"]);
+    }
+
+    #[test]
+    fn the_stored_local_cseq_is_a_reservation_raised_before_it_is_passed() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (_, first) = open(&mut e, now);
+        assert_eq!(first.cseq().unwrap().number, 2);
+        // CSeq 3 ..= 1001 are within the reservation: no write.
+        for n in 3..=1 + CSEQ_RESERVE {
+            let out = e.on_stanza(now, message(Some("m"), ""));
+            assert_eq!(kinds(&out), ["MESSAGE"], "CSeq {n}");
+            assert_eq!(requests(&out)[0].1.cseq().unwrap().number, n);
+        }
+        let out = e.on_stanza(now, message(Some("m"), ""));
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        assert_eq!(stored(&out)[0].dialog.local_cseq, 2 * CSEQ_RESERVE + 1);
+        assert_eq!(requests(&out)[0].1.cseq().unwrap().number, CSEQ_RESERVE + 2);
+    }
+
+    /// A second engine (a restarted bridge) takes the first one's stored sessions up.
+    fn restarted(records: Vec<ImDialog>, now: Instant) -> (ImEngine, Vec<Output>) {
+        let mut e = engine();
+        e.rng = SplitMix::new(99);
+        let out = e.restore(now, records);
+        (e, out)
+    }
+
+    #[test]
+    fn a_restored_session_continues_its_dialog_above_every_cseq_sent_before() {
+        let now = Instant::now();
+        let mut first = engine();
+        let out = first.on_stanza(now, message(Some("hello"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = first.on_edge(now, final_event(tx, answer(&invite, 200)));
+        let record = stored(&out).remove(0);
+        for _ in 0..5 {
+            first.on_stanza(now, message(Some("more"), ""));
+        }
+        let later = now + Duration::from_secs(30);
+        let (mut e, out) = restarted(vec![record.clone()], later);
+        assert!(out.is_empty(), "{:?}", kinds(&out));
+        assert_eq!(e.session_count(), 1);
+        // Alice writes again: in the stored dialog, by domain (no connection yet), above the
+        // reservation, which is raised first.
+        let out = e.on_stanza(later, message(Some("after"), ""));
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        let (tx, m, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(m.call_id().unwrap(), invite.call_id().unwrap());
+        assert_eq!(m.to().unwrap().tag(), Some("remote"));
+        assert_eq!(m.cseq().unwrap().number, 1 + CSEQ_RESERVE + 1);
+        assert_eq!(
+            m.request_uri(),
+            Some("sip:bob@192.0.2.5:5061;transport=tls")
+        );
+        assert_eq!(stored(&out)[0].dialog.local_cseq, 1 + 2 * CSEQ_RESERVE);
+        assert_eq!(
+            stored(&out)[0].dialog.created_unix,
+            record.dialog.created_unix
+        );
+        // The answer shows the connection: the dialog lives there from now on.
+        e.on_edge(
+            later,
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn: 5,
+                response: Message::response_to(&m, 200, None, None),
+                is_final: true,
+            }),
+        );
+        let out = e.on_stanza(later, message(Some("again"), ""));
+        assert_eq!(requests(&out)[0].2, Route::Connection(5));
+
+        // LCS's session, restored: its next MESSAGE reaches alice in the same thread.
+        let mut lcs = engine();
+        let (record, tag) = lcs_session(&mut lcs, now);
+        let (mut e, _) = restarted(vec![record], later);
+        let out = e.on_edge(later, inbound(&lcs_message(&tag, 2, "still there?")));
+        assert_eq!(kinds(&out), ["200", "stanza"]);
+        let s = &stanzas(&out)[0];
+        assert!(s.contains("<body>still there?</body>"), "{s}");
+        assert!(s.contains("<thread>call-1</thread>"), "{s}");
+        assert!(
+            s.contains(r"from='bob\40contoso.com@lcs.example.org'"),
+            "{s}"
+        );
+        // The reply goes back on the connection LCS's request came on.
+        let out = e.on_stanza(later, message(Some("yes"), ""));
+        let (_, m, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Connection(4));
+        assert_eq!(m.call_id().unwrap(), "call-1");
+        assert_eq!(m.cseq().unwrap().number, 1 + CSEQ_RESERVE + 1);
+    }
+
+    #[test]
+    fn restore_ends_dialogs_past_their_age_and_forgets_unusable_records() {
+        let now = Instant::now();
+        let mut lcs = engine();
+        let (good, _) = lcs_session(&mut lcs, now);
+        let mut old = good.clone();
+        old.remote_aor = "sip:carol@contoso.com".into();
+        old.dialog.call_id = "call-old".into();
+        old.dialog.created_unix = 1_700_000_000 - 3600;
+        let mut no_user = good.clone();
+        no_user.local_jid = "alice@elsewhere.net".into();
+        let mut local_remote = good.clone();
+        local_remote.remote_aor = "sip:bob@example.org".into();
+        let mut smuggled = good.clone();
+        smuggled.remote_aor = "sip:dave@contoso.com".into();
+        smuggled.dialog.call_id = "x\r\nVia: evil".into();
+        let (e, out) = restarted(vec![good, old, no_user, local_remote, smuggled], now);
+        assert_eq!(e.session_count(), 1);
+        // (The BYE goes above the stored reservation, so a new one is written first.)
+        assert_eq!(
+            kinds(&out),
+            ["store", "forget", "BYE", "forget", "forget", "forget"]
+        );
+        let (_, bye, route) = requests(&out).remove(0);
+        assert_eq!(bye.call_id().unwrap(), "call-old");
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        // Above the reservation: the BYE's CSeq was never used.
+        assert_eq!(bye.cseq().unwrap().number, 2 + CSEQ_RESERVE);
+    }
+
+    #[test]
+    fn a_481_sends_the_message_again_once_in_a_fresh_session() {
+        let now = Instant::now();
+        let mut first = engine();
+        open(&mut first, now);
+        let record = {
+            let out = first.on_stanza(now, message(Some("x"), ""));
+            assert_eq!(kinds(&out), ["MESSAGE"]);
+            first.record(&(
+                BareJid::new("alice@example.org").unwrap(),
+                "sip:bob@contoso.com".into(),
+            ))
+        }
+        .unwrap();
+        let (mut e, _) = restarted(vec![record], now);
+        // LCS no longer knows the dialog (it restarted too).
+        let out = e.on_stanza(now, message(Some("after the restart"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 481, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "INVITE"]);
+        assert!(stanzas(&out).is_empty(), "no bounce");
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["store", "ACK", "MESSAGE"]);
+        let (tx, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"after the restart");
+        assert_eq!(m.call_id().unwrap(), invite.call_id().unwrap());
+        // Not a third time: a second 481 bounces it.
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 481, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "stanza"]);
+        assert!(stanzas(&out)[0].contains("item-not-found"));
+    }
+
+    #[test]
+    fn a_lost_connection_keeps_the_session_and_sends_by_domain() {
+        let mut e = engine();
+        let now = Instant::now();
+        open(&mut e, now);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        assert_eq!(e.session_count(), 1);
+        let out = e.on_stanza(now, message(Some("still here"), ""));
+        assert_eq!(requests(&out)[0].2, Route::Domain("contoso.com".into()));
+    }
+
+    #[test]
+    fn an_invite_from_lcs_while_ours_is_pending_carries_what_waited_and_ours_is_ended() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("crossing"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        assert_eq!(kinds(&out), ["store", "200", "stanza", "MESSAGE"]);
+        let m = &requests(&out)[0].1;
+        assert_eq!(
+            (m.call_id().unwrap(), m.body()),
+            ("call-1", &b"crossing"[..])
+        );
+        // Our INVITE's 200 arrives after all: ACKed and ended, the session stays LCS's.
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["ACK", "BYE"]);
+        assert_eq!(
+            requests(&out)[0].1.call_id().unwrap(),
+            invite.call_id().unwrap()
+        );
+        let out = e.on_stanza(now, message(Some("next"), ""));
+        assert_eq!(requests(&out)[0].1.call_id().unwrap(), "call-1");
     }
 }

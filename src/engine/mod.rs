@@ -7,7 +7,8 @@
 //!   tags, failures without a response, stanza bounces).
 //!
 //! Both engines return [`Output`]s, which the runner (`app.rs`) executes **in order**; store
-//! writes ([`Output::Persist`], [`Output::Forget`]) are durable before the next output runs.
+//! writes ([`Output::Persist`], [`Output::Forget`], a durable [`Output::PersistIm`]) are
+//! durable before the next output runs.
 
 pub mod bridge;
 mod common;
@@ -19,7 +20,7 @@ use xmpp_parsers::minidom::Element;
 use crate::edge::core::Route;
 use crate::sip::message::Message;
 use crate::sip::transaction::{ConnId, TxId};
-use crate::store::{Direction, Subscription};
+use crate::store::{Direction, ImDialog, Subscription};
 
 /// What the I/O layer must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +45,21 @@ pub enum Output {
     /// Remove this subscription from the store, durably, before running the next output.
     Forget {
         direction: Direction,
+        /// The local user's bare JID.
+        local: String,
+        /// The LCS user's AOR.
+        remote: String,
+    },
+    /// Write this IM session's dialog to the store (the IM engine's; docs/storage.md): with
+    /// `durable`, synced before the next output runs (`Store::put_im_dialog` then
+    /// `Store::flush`), else lazily. A failure changes no answer (losing an IM dialog costs a
+    /// new INVITE, not a lost message): the bridge only logs it.
+    PersistIm {
+        dialog: Box<ImDialog>,
+        durable: bool,
+    },
+    /// Remove the IM dialog of this pair from the store, lazily (`Store::remove_im_dialog`).
+    ForgetIm {
         /// The local user's bare JID.
         local: String,
         /// The LCS user's AOR.

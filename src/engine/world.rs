@@ -10,7 +10,10 @@
 //!   (as the link's queue does) and loses what its users send to the component;
 //! - the LCS edge answers INVITE with 200 and an SDP answer, MESSAGE/INFO/BYE/NOTIFY with 200,
 //!   SUBSCRIBE with 200 and then a NOTIFY in the new dialog (`active`, the user's PIDF, or
-//!   `terminated` for `Expires: 0`), as an LCS 2005 edge does for a federated partner.
+//!   `terminated` for `Expires: 0`), as an LCS 2005 edge does for a federated partner; a
+//!   MESSAGE or BYE whose CSeq is not above the last one in its dialog gets 500 (RFC 3261
+//!   §12.2.2), one in a session the edge has ended (or never had) 481. Its dialogs outlive
+//!   the bridge's connections, as LCS's do.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -70,7 +73,7 @@ pub struct XmppServer {
     down: BTreeSet<String>,
     held: Vec<Element>,
     /// Local users with no account: the server answers a presence to them with an error
-    /// (RFC 6121 §3.1.3: `item-not-found`).
+    /// (RFC 6121 §3.1.3: `item-not-found`), a chat message with `service-unavailable` (§8.5.1).
     pub no_account: BTreeSet<String>,
     /// Each local user's available resources: bare JID → full JID → the presence's content.
     presence: BTreeMap<String, BTreeMap<String, String>>,
@@ -114,10 +117,15 @@ pub struct LcsEdge {
     pub answers: Vec<(TxId, Message)>,
     /// ACKs the bridge sent.
     pub acks: Vec<Message>,
+    /// The edge's answers to the bridge's requests: (method, status).
+    pub replied: Vec<(Method, u16)>,
     /// Each LCS user's presence document (AOR → PIDF) sent in NOTIFYs.
     pub documents: BTreeMap<String, String>,
     /// Dialogs by (LCS AOR, method that made them).
     dialogs: BTreeMap<(String, &'static str), LcsDialog>,
+    /// IM sessions (INVITE dialogs) by Call-ID: the CSeq of the bridge's last request in it,
+    /// and whether the session is still open.
+    sessions: BTreeMap<String, (u32, bool)>,
     next_conn: ConnId,
     /// The connection to the bridge (one, as far as these tests go).
     conn: Option<ConnId>,
@@ -130,8 +138,10 @@ impl LcsEdge {
             received: Vec::new(),
             answers: Vec::new(),
             acks: Vec::new(),
+            replied: Vec::new(),
             documents: BTreeMap::new(),
             dialogs: BTreeMap::new(),
+            sessions: BTreeMap::new(),
             next_conn: 7,
             conn: None,
             seq: 0,
@@ -243,16 +253,17 @@ impl World {
         seed: u64,
         settings: &PresenceSettings,
     ) -> Bridge {
+        let clock = WallClock {
+            at: now,
+            unix: 1_700_000_000 + now.duration_since(start).as_secs(),
+        };
         let presence = PresenceEngine::new(
             settings.clone(),
             Self::book(),
             Mappings::builtin(),
             ids.clone(),
             seed,
-            WallClock {
-                at: now,
-                unix: 1_700_000_000 + now.duration_since(start).as_secs(),
-            },
+            clock,
         );
         let im = ImEngine::new(
             ImSettings {
@@ -266,6 +277,7 @@ impl World {
             Mappings::builtin().errors,
             ids.clone(),
             seed + 1,
+            clock,
         );
         let iq = IqEngine::new(Self::book(), GatewayInfo::new("LCS gateway"));
         Bridge::standard(presence, im, iq, Mappings::builtin().errors)
@@ -305,6 +317,12 @@ impl World {
             .collect::<Result<_, _>>()
             .expect("store readable");
         self.bridge.handle(self.now, Input::Restore(subs));
+        let dialogs = self
+            .store
+            .im_dialogs()
+            .collect::<Result<_, _>>()
+            .expect("store readable");
+        self.bridge.handle(self.now, Input::RestoreIm(dialogs));
     }
 
     // ------------------------------------------------------------------ the XMPP side
@@ -376,6 +394,20 @@ impl World {
             );
             self.send(Input::Stanza(stanza(&error)));
         }
+        // A chat message to no account: `service-unavailable` (RFC 6121 §8.5.1), with its id;
+        // no body (Prosody's error reply carries none).
+        let bare_to = to.split('/').next().unwrap_or("");
+        if el.name() == "message"
+            && matches!(el.attr("type"), Some("chat") | Some("normal") | None)
+            && self.xmpp.no_account.contains(bare_to)
+        {
+            let from = el.attr("from").unwrap_or("");
+            let id = el.attr("id").unwrap_or("");
+            let error = format!(
+                "<message from='{bare_to}' to='{from}' type='error' id='{id}'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+            );
+            self.send(Input::Stanza(stanza(&error)));
+        }
         // The server answers a probe with the presence of each available resource, or with
         // unavailable presence when there is none (RFC 6121 §4.3.2).
         if el.attr("type") == Some("probe") {
@@ -417,7 +449,19 @@ impl World {
 
     /// An LCS user sends a MESSAGE in the session its INVITE made.
     pub fn lcs_messages(&mut self, from: &str, text: &str) {
-        let d = self.dialog(from, "INVITE");
+        self.lcs_messages_in(from, "INVITE", text);
+    }
+
+    /// An LCS user sends a MESSAGE in the session the bridge's INVITE made.
+    pub fn lcs_replies(&mut self, from: &str, text: &str) {
+        self.lcs_messages_in(from, "INVITE-out", text);
+    }
+
+    fn lcs_messages_in(&mut self, from: &str, kind: &'static str, text: &str) {
+        let key = (from.to_owned(), kind);
+        let mut d = self.dialog(from, kind);
+        d.cseq += 1;
+        self.lcs.dialogs.insert(key, d.clone());
         let request = sip(
             &format!(
                 "MESSAGE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKm{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} MESSAGE\nContent-Type: text/plain; charset=UTF-8\n",
@@ -463,6 +507,9 @@ impl World {
             conn,
         };
         self.lcs.dialogs.insert((from.to_owned(), kind), dialog);
+        if kind == "INVITE" {
+            self.lcs.sessions.insert(call_id.clone(), (0, true));
+        }
         (tag, call_id)
     }
 
@@ -536,11 +583,30 @@ impl World {
         };
         let method = request.method().cloned();
         let to = request.to().expect("To").uri.to_owned();
+        let in_dialog = request.to().expect("To").tag().is_some();
         let to_tag = match request.to().expect("To").tag() {
             Some(t) => t.to_owned(),
             None => self.lcs.tag(),
         };
-        let mut response = Message::response_to(&request, 200, None, Some(&to_tag));
+        let call_id = request.call_id().expect("Call-ID").to_owned();
+        let cseq = request.cseq().expect("CSeq").number;
+        let mut status = 200;
+        if in_dialog && matches!(method, Some(Method::Message | Method::Bye)) {
+            // A user agent's checks on an in-dialog request (RFC 3261 §12.2.2).
+            status = match self.lcs.sessions.get_mut(&call_id) {
+                Some((_, false)) | None => 481,
+                Some((last, _)) if cseq <= *last => 500,
+                Some((last, open)) => {
+                    *last = cseq;
+                    *open = method != Some(Method::Bye);
+                    200
+                }
+            };
+        }
+        if let Some(m) = &method {
+            self.lcs.replied.push((m.clone(), status));
+        }
+        let mut response = Message::response_to(&request, status, None, Some(&to_tag));
         response.push_header("Contact", &format!("<{to};transport=tls>"));
         let new_dialog = |world: &mut World| LcsDialog {
             call_id: request.call_id().expect("Call-ID").to_owned(),
@@ -555,6 +621,11 @@ impl World {
         match method {
             Some(Method::Invite) => {
                 response.set_body(Some("application/sdp"), SDP.as_bytes().to_vec());
+                if !in_dialog {
+                    let d = new_dialog(self);
+                    self.lcs.dialogs.insert((to.clone(), "INVITE-out"), d);
+                    self.lcs.sessions.insert(call_id.clone(), (cseq, true));
+                }
             }
             Some(Method::Subscribe) => {
                 let expires = request
@@ -683,6 +754,20 @@ impl World {
                         .remove_subscription(direction, &local, &remote)
                         .is_err()
                     {
+                        self.bridge.report(Failure::StoreFailed);
+                    }
+                }
+                Action::WriteIm { dialog, durable } => {
+                    let r = self
+                        .store
+                        .put_im_dialog(&dialog)
+                        .and_then(|()| if durable { self.store.flush() } else { Ok(()) });
+                    if r.is_err() {
+                        self.bridge.report(Failure::StoreFailed);
+                    }
+                }
+                Action::ForgetIm { local, remote } => {
+                    if self.store.remove_im_dialog(&local, &remote).is_err() {
                         self.bridge.report(Failure::StoreFailed);
                     }
                 }

@@ -538,3 +538,205 @@ fn a_stream_lost_again_before_the_probes_are_answered_shows_nobody_offline() {
         notifies_since(&w, before)
     );
 }
+
+const CAROL_AOR: &str = "sip:carol@contoso.com";
+
+/// The CSeqs of the bridge's requests of `method` in the dialog `call_id`.
+fn cseqs_in(w: &World, method: &Method, call_id: &str) -> Vec<u32> {
+    w.lcs
+        .requests(method)
+        .into_iter()
+        .filter(|m| m.call_id().is_ok_and(|c| c == call_id))
+        .map(|m| m.cseq().unwrap().number)
+        .collect()
+}
+
+/// Alice has a session she opened with Bob and one Carol opened with her, each with
+/// messages both ways; the bridge restarts from the store; every message after the restart
+/// goes in the old dialogs: LCS's are delivered in their thread (no 481), Alice's go out with
+/// CSeqs above every one the old process sent (no 500), and no new INVITE is needed.
+#[test]
+fn open_chat_sessions_both_ways_survive_a_restart() {
+    let mut w = World::new();
+    let (bob, carol) = (contact_jid("bob"), contact_jid("carol"));
+    let alice_says = |w: &mut World, to: &str, id: &str| {
+        w.xmpp_sends(&format!(
+            "<message from='{ALICE}/pc' to='{to}' type='chat' id='{id}'><body>{id}</body></message>"
+        ));
+    };
+    alice_says(&mut w, &bob, "to-bob-1");
+    w.settle();
+    w.lcs_replies(BOB_AOR, "bob-1");
+    w.lcs_invites(CAROL_AOR, ALICE_URI, "carol-1");
+    w.settle();
+    alice_says(&mut w, &carol, "to-carol-1");
+    alice_says(&mut w, &bob, "to-bob-2");
+    w.settle();
+    let invites = w.lcs.requests(&Method::Invite);
+    assert_eq!(invites.len(), 1);
+    let bob_call = invites[0].call_id().unwrap().to_owned();
+    let carol_call = w.lcs.requests(&Method::Message)[1]
+        .call_id()
+        .unwrap()
+        .to_owned();
+    assert!(carol_call.starts_with("INVITE-"), "{carol_call}");
+    let before = |w: &World, call: &str| *cseqs_in(w, &Method::Message, call).iter().max().unwrap();
+    let (bob_before, carol_before) = (before(&w, &bob_call), before(&w, &carol_call));
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 2);
+
+    w.restart();
+    w.run_for(Duration::from_secs(5));
+    // LCS writes in both sessions: delivered to Alice, in the same threads.
+    w.lcs_messages(CAROL_AOR, "carol-after");
+    w.lcs_replies(BOB_AOR, "bob-after");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Message), [200; 3]);
+    let got = w.xmpp.to(ALICE);
+    let delivered = |body: &str, thread: &str| {
+        got.iter().any(|s| {
+            s.contains(&format!("<body>{body}</body>"))
+                && s.contains(&format!("<thread>{thread}</thread>"))
+        })
+    };
+    assert!(delivered("carol-after", &carol_call), "{got:?}");
+    assert!(delivered("bob-after", &bob_call), "{got:?}");
+    // Alice writes in both: the old dialogs, CSeqs above the old process's.
+    alice_says(&mut w, &bob, "to-bob-after");
+    alice_says(&mut w, &carol, "to-carol-after");
+    w.settle();
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 1, "no new session");
+    for (call, old) in [(&bob_call, bob_before), (&carol_call, carol_before)] {
+        let after = cseqs_in(&w, &Method::Message, call);
+        assert!(
+            after.last().unwrap() > &old,
+            "{call}: {after:?} after {old}"
+        );
+    }
+    assert!(
+        w.lcs.replied.iter().all(|(_, s)| *s == 200),
+        "{:?}",
+        w.lcs.replied
+    );
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains("type='error'")));
+    // A second restart right away: still above (the first request after each start raises
+    // the stored reservation before it goes).
+    w.restart();
+    alice_says(&mut w, &bob, "to-bob-again");
+    w.settle();
+    assert!(w.lcs.replied.iter().all(|(_, s)| *s == 200));
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 1);
+}
+
+/// A session kept busy past the dialog-age limit (20 h here) is replaced by a fresh INVITE
+/// before the next message; a restart with a stored dialog past the limit ends it with BYE and
+/// forgets it, and the next message opens a fresh session.
+#[test]
+fn stored_sessions_past_the_age_limit_are_replaced() {
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    let mut n = 0;
+    let mut alice_says = |w: &mut World| {
+        n += 1;
+        w.xmpp_sends(&format!(
+            "<message from='{ALICE}/pc' to='{bob}' type='chat' id='a{n}'><body>n{n}</body></message>"
+        ));
+        w.settle();
+    };
+    alice_says(&mut w);
+    let first = w.lcs.requests(&Method::Invite)[0]
+        .call_id()
+        .unwrap()
+        .to_owned();
+    // Busy for 20 h (one message every 9 minutes, below the idle limit).
+    let mut replaced_at = None;
+    for _ in 0..134 {
+        w.run_for(Duration::from_secs(9 * 60));
+        alice_says(&mut w);
+        if replaced_at.is_none() && w.lcs.requests(&Method::Invite).len() == 2 {
+            replaced_at = Some(w.now);
+        }
+    }
+    let invites: Vec<String> = w
+        .lcs
+        .requests(&Method::Invite)
+        .iter()
+        .map(|m| m.call_id().unwrap().to_owned())
+        .collect();
+    assert_eq!(invites.len(), 2, "replaced once");
+    assert_eq!(cseqs_in(&w, &Method::Bye, &first).len(), 1);
+    let stored: Vec<_> = w.store.im_dialogs().map(Result::unwrap).collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].dialog.call_id, invites[1]);
+
+    // The second dialog kept busy until just before its limit; the bridge restarts just after
+    // it (before the idle limit).
+    let limit = replaced_at.unwrap() + Duration::from_secs(20 * 3600);
+    while w.now + Duration::from_secs(9 * 60) < limit {
+        w.run_for(Duration::from_secs(9 * 60));
+        alice_says(&mut w);
+    }
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 2);
+    w.run_for(limit + Duration::from_secs(60) - w.now);
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 1);
+    assert!(cseqs_in(&w, &Method::Bye, &invites[1]).is_empty());
+    w.restart();
+    w.settle();
+    assert_eq!(cseqs_in(&w, &Method::Bye, &invites[1]).len(), 1);
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 0);
+    alice_says(&mut w);
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 3);
+    assert!(w.lcs.replied.iter().all(|(_, s)| *s == 200));
+}
+
+/// An IM dialog the store could not keep changes no answer: the session goes on (a restart
+/// would end it), unlike a subscription, whose 2xx becomes 500.
+#[test]
+fn an_im_store_failure_changes_no_answer() {
+    let mut w = World::new();
+    w.store.set_fail_writes(true);
+    w.lcs_invites(BOB_AOR, ALICE_URI, "hello");
+    w.settle();
+    w.lcs_messages(BOB_AOR, "still fine");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Invite), [200]);
+    assert_eq!(w.lcs.statuses(Method::Message), [200]);
+    assert_eq!(w.xmpp.to(ALICE).len(), 2);
+}
+
+/// An LCS user writes to a local address with no account: the bridge accepts (it cannot know),
+/// the XMPP server bounces the message, and the bridge tells the sender in the session and
+/// ends it with BYE and the status `errors.toml` gives the condition, so that the next message
+/// is not lost in a session nobody reads.
+#[test]
+fn a_message_to_no_account_is_told_to_its_sender_and_ends_the_session() {
+    let mut w = World::new();
+    w.xmpp.no_account.insert("nobody@example.org".into());
+    w.lcs_invites(BOB_AOR, "sip:nobody@example.org", "anybody there?");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Invite), [200]);
+    let notice = w.lcs.requests(&Method::Message);
+    assert_eq!(notice.len(), 1);
+    assert_eq!(
+        body_of(notice[0]),
+        "Message not delivered to nobody@example.org (503 Service Unavailable, \
+         service-unavailable)\nnobody@example.org cannot receive messages; this conversation \
+         has ended."
+    );
+    let bye = w.lcs.requests(&Method::Bye);
+    assert_eq!(bye.len(), 1);
+    assert_eq!(
+        bye[0].header("Reason"),
+        Some("SIP;cause=503;text=\"Service Unavailable\"")
+    );
+    assert_eq!(bye[0].call_id().unwrap(), notice[0].call_id().unwrap());
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 0);
+    // LCS writes again in the ended session: 481 (its client opens a new one).
+    w.lcs_messages(BOB_AOR, "hello?");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Message), [481]);
+    // Alice's sessions are not touched by any of it.
+    w.lcs_invites("sip:carol@contoso.com", ALICE_URI, "hi alice");
+    w.settle();
+    assert_eq!(w.lcs.requests(&Method::Message).len(), 1);
+    assert!(w.xmpp.to(ALICE)[0].contains("<body>hi alice</body>"));
+}

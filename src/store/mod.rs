@@ -12,11 +12,12 @@
 //! several atomically with one sync; concurrent synced writes from several threads share one
 //! sync (group commit). [`Store::put_subscription_lazy`] and IM dialog writes are *not* synced
 //! one by one — for changes whose loss costs nothing that matters (the last presence sent; an
-//! IM dialog, whose loss costs a new INVITE) — they become durable with the next synced write,
-//! [`Store::flush`], or sled's background flush (every 500 ms). Writes are never reordered: after
-//! a crash the store holds every write up to some point, and at least every synced one. So a
-//! synced call is also a barrier: when it returns, every write made before it is durable too
-//! (even a removal that found nothing to remove syncs).
+//! ended IM session's removal) — they become durable with the next synced write,
+//! [`Store::flush`], or sled's background flush (every 500 ms). An IM dialog that must be
+//! durable (a session just established) is written and then flushed. Writes are never
+//! reordered: after a crash the store holds every write up to some point, and at least every
+//! synced one. So a synced call is also a barrier: when it returns, every write made before it
+//! is durable too (even a removal that found nothing to remove syncs).
 //!
 //! **Identity.** A subscription is identified by (direction, local bare JID, remote AOR); an IM
 //! dialog by (local bare JID, remote AOR). Neither part may be empty or contain NUL
@@ -396,7 +397,8 @@ pub trait Store: Send + Sync {
     /// user, to notify them all), by remote AOR.
     fn subscriptions_of(&self, direction: Direction, local_jid: &str) -> Records<'_, Subscription>;
 
-    /// Inserts or replaces an IM dialog; not synced (see the module documentation).
+    /// Inserts or replaces an IM dialog; not synced (see the module documentation): follow it
+    /// with [`Store::flush`] for a durable write.
     fn put_im_dialog(&self, d: &ImDialog) -> Result<(), StoreError>;
 
     fn get_im_dialog(

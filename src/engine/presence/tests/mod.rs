@@ -113,6 +113,7 @@ fn kinds(out: &[Output]) -> Vec<String> {
             Output::Persist(s) => format!("persist:{}", s.approval.as_str()),
             Output::PersistLazy(s) => format!("persist-lazy:{}", s.approval.as_str()),
             Output::Forget { direction, .. } => format!("forget:{}", direction.as_str()),
+            Output::PersistIm { .. } | Output::ForgetIm { .. } => "im-store".into(),
         })
         .collect()
 }
