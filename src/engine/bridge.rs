@@ -485,7 +485,7 @@ impl Engine for PresenceEngine {
     }
 
     /// Presence stanzas, SUBSCRIBE/NOTIFY/BENOTIFY, its own transactions, lost connections,
-    /// the restore, and the link coming back after a loss (the bridge passes on no first Up).
+    /// the restore, and the link's state (the bridge passes on no first Up).
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "presence"),
@@ -494,8 +494,8 @@ impl Engine for PresenceEngine {
             }
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
-            Input::Restore(_) | Input::LinkUp { .. } => true,
-            Input::LinkDown { .. } | Input::RestoreIm(_) | Input::Fact(_) => false,
+            Input::Restore(_) | Input::LinkUp { .. } | Input::LinkDown { .. } => true,
+            Input::RestoreIm(_) | Input::Fact(_) => false,
         }
     }
 
@@ -505,7 +505,11 @@ impl Engine for PresenceEngine {
             Input::Edge(event) => self.on_edge(now, event),
             Input::Restore(subs) => self.restore(now, subs.into_iter()),
             Input::LinkUp { domain } => self.link_restored(now, &domain),
-            Input::LinkDown { .. } | Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
+            Input::LinkDown { domain, .. } => {
+                self.link_lost(&domain);
+                Vec::new()
+            }
+            Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
         }
     }
 

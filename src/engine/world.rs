@@ -97,6 +97,9 @@ pub struct XmppServer {
     /// Roster IQs the server refuses with this error (type, condition), as a failing server
     /// would.
     pub roster_error: Option<(&'static str, &'static str)>,
+    /// A probe of a user with no available resource goes unanswered, as ejabberd 23.01 does
+    /// (RFC 6121 §4.3.2 allows it); otherwise it is answered `unavailable`, as Prosody does.
+    pub silent_probes: bool,
 }
 
 impl XmppServer {
@@ -216,14 +219,29 @@ pub struct World {
     wire: VecDeque<(Instant, Input)>,
     start: Instant,
     seed: u64,
+    /// The presence engine's settings (kept for a restart).
+    presence: PresenceSettings,
 }
 
 impl World {
     pub fn new() -> World {
+        World::with_presence(|_| {})
+    }
+
+    /// A world whose presence engine has the settings `change` makes of the usual ones.
+    pub fn with_presence(change: impl FnOnce(&mut PresenceSettings)) -> World {
         let now = Instant::now();
         let store = Arc::new(MemStore::new());
         let ids = TxIds::default();
-        let bridge = Self::bridge(now, now, &ids, 1);
+        let mut presence = PresenceSettings {
+            public_fqdn: PUBLIC_FQDN.into(),
+            expires: Duration::from_secs(3600),
+            min_notify_interval: Duration::from_secs(5),
+            dialog_max_age: Duration::from_secs(20 * 3600),
+            ..PresenceSettings::default()
+        };
+        change(&mut presence);
+        let bridge = Self::bridge(now, now, &ids, 1, &presence);
         World {
             now,
             bridge,
@@ -234,6 +252,7 @@ impl World {
             wire: VecDeque::new(),
             start: now,
             seed: 1,
+            presence,
         }
     }
 
@@ -247,19 +266,19 @@ impl World {
     }
 
     /// A bridge as `app.rs` builds it, on the world's clock (`start` is Unix 1.7e9).
-    fn bridge(start: Instant, now: Instant, ids: &TxIds, seed: u64) -> Bridge {
+    fn bridge(
+        start: Instant,
+        now: Instant,
+        ids: &TxIds,
+        seed: u64,
+        settings: &PresenceSettings,
+    ) -> Bridge {
         let clock = WallClock {
             at: now,
             unix: 1_700_000_000 + now.duration_since(start).as_secs(),
         };
         let presence = PresenceEngine::new(
-            PresenceSettings {
-                public_fqdn: PUBLIC_FQDN.into(),
-                expires: Duration::from_secs(3600),
-                min_notify_interval: Duration::from_secs(5),
-                dialog_max_age: Duration::from_secs(20 * 3600),
-                ..PresenceSettings::default()
-            },
+            settings.clone(),
             Self::book(),
             Mappings::builtin(),
             ids.clone(),
@@ -285,13 +304,26 @@ impl World {
         Bridge::standard(presence, roster, im, iq, Mappings::builtin().errors)
     }
 
+    /// The LCS edge's connection to the bridge breaks: the bridge is told, and the edge's
+    /// next request or answer goes over a new connection. The profile keeps every dialog on
+    /// the connection it was made on, so the dialogs on the old one are dead for LCS too: its
+    /// NOTIFYs in them are not sent (until it has a dialog again) and its watchers must
+    /// subscribe again ([`World::lcs_subscribes`]).
+    pub fn lcs_connection_lost(&mut self) {
+        let Some(conn) = self.lcs.conn.take() else {
+            return;
+        };
+        self.lcs.dialogs.retain(|_, d| d.conn != conn);
+        self.send(Input::Edge(EdgeEvent::ConnectionLost { conn }));
+    }
+
     /// The bridge process ends (its connections with it) and a new one starts from the store.
     pub fn restart(&mut self) {
         self.bridge.shutdown();
         self.flush();
         self.wire.clear();
         self.seed += 10;
-        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed);
+        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed, &self.presence);
         // The old process's connections are gone; LCS connects anew when it has to.
         if let Some(conn) = self.lcs.conn.take() {
             for d in self.lcs.dialogs.values_mut() {
@@ -432,6 +464,7 @@ impl World {
                         format!("<presence from='{full}' to='{from}'>{inner}</presence>")
                     })
                     .collect(),
+                _ if self.xmpp.silent_probes => Vec::new(),
                 _ => vec![format!(
                     "<presence from='{to}' to='{from}' type='unavailable'/>"
                 )],

@@ -122,7 +122,12 @@ impl PresenceEngine {
         }
     }
 
-    /// The dialogs on connection `conn` are gone with it: subscribe again at once.
+    /// The dialogs on connection `conn` are gone with it (the profile keeps a dialog on the
+    /// connection it was made on, so none can go on over another): each subscription is made
+    /// again with a fresh SUBSCRIBE by domain, paced at `restore_rate` with the engine's other
+    /// paced requests (the first at once), so that a partner's edge that drops a connection
+    /// carrying many subscriptions does not get them all back in one burst. The user keeps
+    /// seeing the contact's last presence until the new dialog's first NOTIFY.
     pub(super) fn subscriptions_lost(&mut self, now: Instant, conn: ConnId, out: &mut Vec<Output>) {
         let lost: Vec<Key> = self
             .outbound
@@ -131,7 +136,30 @@ impl PresenceEngine {
             .map(|(k, _)| k.clone())
             .collect();
         for key in lost {
-            self.send_initial(now, &key, out);
+            let at = self.next_request_slot(now);
+            if at <= now {
+                self.send_initial(now, &key, out);
+                continue;
+            }
+            let Some(sub) = self.outbound.get_mut(&key) else {
+                continue;
+            };
+            // Nothing more goes into the dead dialog (a refresh in flight on it is dropped);
+            // the timer sends the fresh SUBSCRIBE at its turn.
+            let dialog = sub.dialog.take();
+            let pending = sub.pending.take();
+            sub.active = false;
+            sub.dialog_deadline = None;
+            sub.next_at = Some(at);
+            if let Some(d) = dialog {
+                self.out_dialogs.remove(&d.id);
+            }
+            if let Some((tx, initial)) = pending {
+                self.purposes.remove(&tx);
+                if let Some(c) = initial.as_ref().and_then(|m| m.call_id().ok()) {
+                    self.early.remove(c);
+                }
+            }
         }
     }
 

@@ -95,18 +95,7 @@ impl Ejabberd {
         chown_recursive(base, uid, gid)
             .unwrap_or_else(|e| panic!("chown -R ejabberd {}: {e}", base.display()));
 
-        let stdout = fs::File::create(base.join("stdout.log")).expect("create stdout.log");
-        let stderr = stdout.try_clone().expect("dup stdout.log");
-        let mut child = Command::new(&ejabberdctl)
-            .args(ctl_args(base))
-            .arg("foreground")
-            .current_dir(base)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", ejabberdctl.display()));
-
+        let mut child = spawn_ejabberd(&ejabberdctl, base);
         let deadline = Instant::now() + EJABBERD_START_TIMEOUT;
         let ready = wait_for_port(&mut child, component_port, deadline)
             .and_then(|()| wait_for_port(&mut child, c2s_port, deadline));
@@ -163,6 +152,25 @@ impl Ejabberd {
             .ok()
             .and_then(|s| s.trim().parse().ok())
     }
+}
+
+/// `ejabberdctl … foreground` in `base`, its output appended to `base/stdout.log`.
+fn spawn_ejabberd(ejabberdctl: &Path, base: &Path) -> Child {
+    let stdout = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(base.join("stdout.log"))
+        .expect("open stdout.log");
+    let stderr = stdout.try_clone().expect("dup stdout.log");
+    Command::new(ejabberdctl)
+        .args(ctl_args(base))
+        .arg("foreground")
+        .current_dir(base)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", ejabberdctl.display()))
 }
 
 fn ctl_args(base: &Path) -> Vec<std::ffi::OsString> {
@@ -229,8 +237,9 @@ impl XmppServer for Ejabberd {
         &[GATEWAY_COMPONENT, DIRECT_COMPONENT]
     }
 
-    /// ejabberd opens its ports before mnesia has created the `passwd` table; `register` in
-    /// that window fails with `no_exists`, so it is retried for up to 15 s.
+    /// ejabberd opens its ports before mnesia has created the `passwd` table and before its
+    /// commands are registered; `register` in that window fails with `no_exists`, or (seen on
+    /// a loaded machine) `unknown command 'register'`, so it is retried for up to 15 s.
     fn register(&self, user: &str, password: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -250,7 +259,8 @@ impl XmppServer for Ejabberd {
                 return;
             }
             assert!(
-                text.contains("no_exists") && Instant::now() < deadline,
+                (text.contains("no_exists") || text.contains("unknown command"))
+                    && Instant::now() < deadline,
                 "ejabberdctl register {user}: {}\n{text}",
                 out.status
             );
@@ -265,10 +275,45 @@ impl XmppServer for Ejabberd {
             read_lossy(&self.dir.path().join("stdout.log"))
         )
     }
+
+    /// SIGKILL to the Erlang VM (by its pid file: `su` runs it in a session of its own), then
+    /// waits for it and for `ejabberdctl` to be gone.
+    fn kill(&mut self) {
+        if let Some(pid) = self.vm_pid() {
+            send_signal(pid, "KILL");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(!pid_alive(pid), "ejabberd's VM {pid} survived SIGKILL");
+        }
+        terminate_child(&mut self.child, Duration::from_secs(3));
+        let _ = fs::remove_file(self.dir.path().join("ejabberd.pid"));
+    }
+
+    /// A new `ejabberdctl … foreground` on the same spool (mnesia keeps the accounts and
+    /// rosters), configuration and ports.
+    fn restart(&mut self) {
+        if self.vm_pid().is_some_and(pid_alive) {
+            self.stop_vm();
+        }
+        terminate_child(&mut self.child, Duration::from_secs(3));
+        self.child = spawn_ejabberd(&self.ejabberdctl, self.dir.path());
+        let deadline = Instant::now() + EJABBERD_START_TIMEOUT;
+        let ready = wait_for_port(&mut self.child, self.component_port, deadline)
+            .and_then(|()| wait_for_port(&mut self.child, self.c2s_port, deadline));
+        if let Err(why) = ready {
+            panic!(
+                "ejabberd did not restart: {why}\n--- ejabberd.log ---\n{}",
+                self.log()
+            );
+        }
+    }
 }
 
-impl Drop for Ejabberd {
-    fn drop(&mut self) {
+impl Ejabberd {
+    /// SIGTERM to the VM (SIGKILL after 4 s), by its pid file.
+    fn stop_vm(&self) {
         // The VM runs under `su` in its own session: signal it by its pid file.
         if let Some(pid) = self.vm_pid() {
             send_signal(pid, "TERM");
@@ -280,6 +325,12 @@ impl Drop for Ejabberd {
                 send_signal(pid, "KILL");
             }
         }
+    }
+}
+
+impl Drop for Ejabberd {
+    fn drop(&mut self) {
+        self.stop_vm();
         // `su` exits once the VM is gone; make sure ejabberdctl does too.
         terminate_child(&mut self.child, Duration::from_secs(3));
     }

@@ -110,6 +110,12 @@ impl Prosody {
         terminate_child(&mut self.child, Duration::from_secs(3));
     }
 
+    /// SIGKILL, and waits until the process has exited.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts the server again, stopped or not, with the same configuration and ports.
     pub fn restart(&mut self) {
         self.stop();
@@ -303,6 +309,14 @@ impl XmppServer for Prosody {
             read_lossy(&self.dir.path().join("prosody.log")),
             read_lossy(&self.dir.path().join("stdout.log"))
         )
+    }
+
+    fn kill(&mut self) {
+        Prosody::kill(self);
+    }
+
+    fn restart(&mut self) {
+        Prosody::restart(self);
     }
 }
 
