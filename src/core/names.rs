@@ -14,8 +14,18 @@
 //!   U+202A–U+202E, U+2066–U+2069): a name like `Joe<U+202E>gpj.exe` would otherwise show
 //!   reversed text in a roster (Unicode Technical Report #36 §2.2, "bidirectional text
 //!   spoofing"), and PRECIS's nickname profile (RFC 8266) disallows them for the same reason;
-//! - drops the other invisible format characters a name has no use for (U+00AD soft hyphen,
-//!   U+200B–U+200D zero-width space and joiners, U+2060 word joiner, U+FEFF byte-order mark);
+//! - drops every other format character (Unicode general category `Cf`: U+00AD soft hyphen,
+//!   U+200B zero-width space, U+2060 word joiner, U+2061–U+2064 invisible operators,
+//!   U+206A–U+206F deprecated format characters, U+FEFF byte-order mark, U+FFF9–U+FFFB
+//!   interlinear annotation, the tag characters U+E0000–U+E007F, …) and the Hangul fillers
+//!   that show as blanks (U+115F, U+1160, U+3164, U+FFA0) — invisible characters that would let
+//!   two different names look alike (Unicode Technical Report #36 §2; RFC 8266 §5.2 builds on
+//!   PRECIS's FreeformClass, which disallows them);
+//! - keeps the zero-width non-joiner and joiner (U+200C, U+200D) only between two characters
+//!   that are shown (neither format characters nor white space): there they belong to the
+//!   name — Persian and Indic scripts need them (RFC 5892 Appendix A.1–A.2, "CONTEXTJ" in
+//!   PRECIS), and emoji sequences (👩‍💻) are joined by U+200D — and anywhere else they only
+//!   hide;
 //! - turns every Unicode white space into one ASCII space, collapses runs of spaces and trims
 //!   both ends (RFC 8266 §2.2's additional mapping rule);
 //! - cuts what is left to [`MAX_NAME_CHARS`] characters.
@@ -28,22 +38,37 @@
 /// `displayName` (at most 256 characters), so no real name is cut.
 pub const MAX_NAME_CHARS: usize = 256;
 
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
 use crate::core::xml_chars::is_xml_char;
 
-/// Whether `c` is a bidirectional formatting character (Unicode's `Bidi_Control` property).
-fn is_bidi_control(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-    )
+/// The zero-width non-joiner and joiner, kept between two shown characters.
+const ZWNJ: char = '\u{200C}';
+const ZWJ: char = '\u{200D}';
+
+fn is_joiner(c: char) -> bool {
+    c == ZWNJ || c == ZWJ
 }
 
-/// Invisible format characters a name has no use for (besides the bidirectional ones).
-fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}' | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}'
-    )
+/// Format characters (`Cf`: the bidirectional controls, zero-width characters, invisible
+/// operators, tags, …) and the tag block's unassigned code points.
+fn is_format(c: char) -> bool {
+    c.general_category() == GeneralCategory::Format || ('\u{E0000}'..='\u{E007F}').contains(&c)
+}
+
+/// Hangul fillers: letters (`Lo`) that show as blanks.
+fn is_blank_filler(c: char) -> bool {
+    matches!(c, '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}')
+}
+
+/// Whether `c` becomes a space (controls, white space, line and paragraph separators).
+fn is_space(c: char) -> bool {
+    c.is_control() || c.is_whitespace() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Whether `c` is shown as it is.
+fn is_shown(c: char) -> bool {
+    !is_space(c) && !is_format(c) && !is_blank_filler(c) && is_xml_char(c)
 }
 
 /// A peer's display name as the bridge keeps and shows it, or `None` when nothing printable is
@@ -52,12 +77,20 @@ pub fn display_name(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len().min(MAX_NAME_CHARS * 4));
     let mut chars = 0usize;
     let mut space = false;
-    for c in raw.chars() {
-        if c.is_control() || c.is_whitespace() || matches!(c, '\u{2028}' | '\u{2029}') {
+    // Whether the character before this one (in `raw`) was shown.
+    let mut after_shown = false;
+    let mut input = raw.chars().peekable();
+    while let Some(c) = input.next() {
+        if is_space(c) {
             space = true;
+            after_shown = false;
             continue;
         }
-        if is_bidi_control(c) || is_invisible(c) || !is_xml_char(c) {
+        let shown = is_shown(c);
+        let keep = shown
+            || (is_joiner(c) && after_shown && input.peek().is_some_and(|&n| is_shown(n)));
+        after_shown = shown;
+        if !keep {
             continue;
         }
         if space && !out.is_empty() {
@@ -73,6 +106,10 @@ pub fn display_name(raw: &str) -> Option<String> {
         }
         out.push(c);
         chars += 1;
+    }
+    // A joiner whose next character was cut off joins nothing.
+    while out.ends_with(is_joiner) {
+        out.pop();
     }
     (!out.is_empty()).then_some(out)
 }
@@ -154,6 +191,54 @@ mod tests {
             Some("Anne")
         );
         assert_eq!(display_name("\u{202E}\u{200B}"), None);
+    }
+
+    #[test]
+    fn format_characters_and_blank_fillers_go() {
+        for (raw, clean) in [
+            // Tags (an emoji tag sequence's tail), invisible operators, deprecated format
+            // characters, interlinear annotation, an Arabic number sign, the Mongolian vowel
+            // separator.
+            ("Ann\u{E0067}\u{E0062}\u{E007F}\u{E0000}e", "Anne"),
+            ("a\u{2061}\u{2062}\u{2063}\u{2064}b", "ab"),
+            ("a\u{206A}\u{206F}b\u{FFF9}c\u{FFFA}\u{FFFB}", "abc"),
+            ("\u{0600}12\u{180E}3", "123"),
+            // Hangul fillers show as blanks.
+            ("\u{3164}\u{115F}\u{1160}Kim\u{FFA0}", "Kim"),
+            ("\u{3164}", ""),
+        ] {
+            assert_eq!(display_name(raw).unwrap_or_default(), clean, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn joiners_are_kept_between_shown_characters_only() {
+        // Persian (ZWNJ between letters), Devanagari (ZWJ after a virama), emoji sequences.
+        for name in [
+            "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}",
+            "\u{0915}\u{094D}\u{200D}\u{0937}",
+            "\u{1F469}\u{200D}\u{1F4BB} Ann",
+            "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+        ] {
+            assert_eq!(display_name(name).as_deref(), Some(name), "{name:?}");
+        }
+        for (raw, clean) in [
+            ("\u{200D}Ann\u{200C}", "Ann"),
+            ("Ann \u{200D}Lee", "Ann Lee"),
+            ("Ann\u{200D} Lee", "Ann Lee"),
+            ("a\u{200D}\u{200D}b", "ab"),
+            ("a\u{200D}\u{202E}b", "ab"),
+            ("a\u{200B}\u{200D}b", "ab"),
+            ("\u{200C}\u{200D}", ""),
+        ] {
+            assert_eq!(display_name(raw).unwrap_or_default(), clean, "{raw:?}");
+        }
+        // A joiner is never left at the end of a cut name.
+        let long = format!("{}\u{200D}b", "a".repeat(MAX_NAME_CHARS));
+        let cut = display_name(&long).unwrap();
+        assert_eq!(cut, "a".repeat(MAX_NAME_CHARS));
+        let long = format!("{}\u{200D}b", "a".repeat(MAX_NAME_CHARS - 1));
+        assert_eq!(display_name(&long).unwrap(), "a".repeat(MAX_NAME_CHARS - 1));
     }
 
     #[test]
