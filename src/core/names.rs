@@ -87,8 +87,8 @@ pub fn display_name(raw: &str) -> Option<String> {
             continue;
         }
         let shown = is_shown(c);
-        let keep = shown
-            || (is_joiner(c) && after_shown && input.peek().is_some_and(|&n| is_shown(n)));
+        let keep =
+            shown || (is_joiner(c) && after_shown && input.peek().is_some_and(|&n| is_shown(n)));
         after_shown = shown;
         if !keep {
             continue;

@@ -37,11 +37,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 use xmpp_parsers::jid::{BareJid, Jid};
-use xmpp_parsers::minidom::{Element, ElementBuilder};
+use xmpp_parsers::minidom::Element;
 
 use super::{Fact, Output, common};
 use crate::core::address::AddressBook;
-use crate::xmpp::NS_COMPONENT;
+use crate::xmpp::{NS_COMPONENT, attr};
 
 /// XEP-0356's namespaces: version 2 (Prosody's mod_privilege), version 1 (ejabberd 23.01).
 pub const NS_PRIVILEGE: [&str; 2] = ["urn:xmpp:privilege:2", "urn:xmpp:privilege:1"];
@@ -461,15 +461,6 @@ impl RosterEngine {
             let (local, contact) = pair;
             out.extend(self.wish(now, local, contact, wish));
         }
-    }
-}
-
-/// An attribute without a namespace (the names used here are all valid NCNames; an invalid
-/// one would be skipped, never panic).
-fn attr(b: ElementBuilder, name: &str, value: &str) -> ElementBuilder {
-    match minidom::rxml::NcName::try_from(name) {
-        Ok(n) => b.attr(n, value),
-        Err(_) => b,
     }
 }
 

@@ -66,7 +66,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use minidom::Element;
-use minidom::rxml::{Namespace as XmlNamespace, NcName};
 use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ns;
@@ -76,6 +75,7 @@ use xmpp_parsers::version::VersionResult;
 use crate::core::address::{AddressBook, AddressMode, JID_ESCAPING_FEATURE, check_scheme, shown};
 use crate::core::errors::Condition;
 use crate::sip::uri::{Host, SipUri};
+use crate::xmpp::{attr, set_attr, with_attr};
 
 /// The XEP-0100 §6.3 namespace.
 pub const NS_GATEWAY: &str = "jabber:iq:gateway";
@@ -249,13 +249,9 @@ pub fn vcard_reply(
         Form::Four => four(),
         Form::Pep => Element::builder("pubsub", NS_PUBSUB)
             .append(
-                Element::builder("items", NS_PUBSUB)
-                    .attr(NcName::try_from("node").ok()?, NODE_VCARD4)
-                    .append(
-                        Element::builder("item", NS_PUBSUB)
-                            .attr(NcName::try_from("id").ok()?, "current")
-                            .append(four()),
-                    ),
+                attr(Element::builder("items", NS_PUBSUB), "node", NODE_VCARD4).append(
+                    attr(Element::builder("item", NS_PUBSUB), "id", "current").append(four()),
+                ),
             )
             .build(),
     };
@@ -570,19 +566,6 @@ fn disco_info(iq: &Element, identity: Identity, features: &[&str]) -> Element {
         extensions: Vec::new(),
     };
     result_reply(iq, Some(result.into()))
-}
-
-/// Sets an attribute without a namespace. The names used here are all valid NCNames; an
-/// invalid one would be skipped, never panic.
-fn set_attr(elem: &mut Element, name: &str, value: &str) {
-    if let Ok(name) = NcName::try_from(name) {
-        elem.set_attr(XmlNamespace::NONE, name, value);
-    }
-}
-
-fn with_attr(mut elem: Element, name: &str, value: &str) -> Element {
-    set_attr(&mut elem, name, value);
-    elem
 }
 
 /// The reply's envelope: same element name and namespace, `from`/`to` swapped, same `id` (an
