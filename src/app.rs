@@ -172,19 +172,33 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store `[storage]` names (`backend` in `path`), holding its lock until dropped;
-/// `existing`: it must be there already (the `store` commands).
-pub fn open_store(cfg: &config::StorageConfig, existing: bool) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store `[storage]` names (`backend` in `path`), holding its lock until dropped.
+/// `read_only` (the `store` commands): it must be there already and is not migrated; else
+/// (`run`) it is created when missing and an older schema is migrated, with a WARN line, since
+/// an older build then refuses it (docs/storage.md "Schema version and migration").
+pub fn open_store(cfg: &config::StorageConfig, read_only: bool) -> anyhow::Result<Arc<dyn Store>> {
     let opened = Instant::now();
+    let migrated = |from: Option<u32>| {
+        if let Some(from) = from {
+            warn!(
+                path = %cfg.path.display(),
+                from,
+                to = store::CURRENT_SCHEMA_VERSION,
+                "store schema {from}→{}; older builds refuse this store",
+                store::CURRENT_SCHEMA_VERSION
+            );
+        }
+    };
     let store: Arc<dyn Store> = match cfg.backend {
         StoreBackend::Sled => {
             let dir = store::sled_dir(&cfg.path);
-            let store = if existing {
-                SledStore::open_existing(&dir)
+            let store = if read_only {
+                SledStore::open_read_only(&dir)
             } else {
                 SledStore::open(&dir)
             }
             .context("storage.path")?;
+            migrated(store.migrated_from());
             info!(
                 path = %store.path().display(),
                 schema_version = store.schema_version(),
@@ -195,14 +209,16 @@ pub fn open_store(cfg: &config::StorageConfig, existing: bool) -> anyhow::Result
         }
         #[cfg(feature = "redb")]
         StoreBackend::Redb => {
-            let store = if existing {
-                store::RedbStore::open_existing(&cfg.path)
+            let store = if read_only {
+                store::RedbStore::open_read_only(&cfg.path)
             } else {
                 store::RedbStore::open(&cfg.path)
             }
             .context("storage.path")?;
+            migrated(store.migrated_from());
             info!(
                 path = %store.path().display(),
+                schema_version = store.schema_version(),
                 open_ms = opened.elapsed().as_millis() as u64,
                 "store opened (redb)"
             );

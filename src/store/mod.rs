@@ -348,7 +348,7 @@ pub enum StoreError {
         "the store is in use by a running bridge ({path}: {detail}); stop the bridge and try again"
     )]
     InUse { path: PathBuf, detail: String },
-    /// `open_existing` on a directory with no store.
+    /// `open_read_only` on a directory with no store.
     #[error("no store at {path} (the bridge has not run with this storage.path yet)")]
     Missing { path: PathBuf },
     /// The store was written by a newer lcs-bridge.

@@ -384,10 +384,12 @@ fn sled_store_behaviour_and_reopen() {
     {
         let store = SledStore::open(&path).unwrap();
         assert_eq!(store.schema_version(), CURRENT_SCHEMA_VERSION);
+        // A new store is no migration.
+        assert_eq!(store.migrated_from(), None);
         exercise(&store);
     }
     // Everything is there after a reopen.
-    let store = SledStore::open_existing(&path).unwrap();
+    let store = retry_in_use(|| SledStore::open_read_only(&path)).unwrap();
     let subs = collect(store.subscriptions());
     assert_eq!(subs.len(), 5);
     assert_eq!(store.stats().unwrap().total_subscriptions(), 5);
@@ -414,10 +416,10 @@ fn sled_store_is_locked_while_open() {
 }
 
 #[test]
-fn sled_open_existing_refuses_to_create() {
+fn sled_open_read_only_refuses_to_create() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sled");
-    let err = SledStore::open_existing(&path).err().unwrap();
+    let err = SledStore::open_read_only(&path).err().unwrap();
     assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
     assert!(!path.exists());
 }
@@ -518,8 +520,18 @@ fn sled_version_1_store_is_taken_up() {
         db.insert(key, value).unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    // Read without migrating (the `store` commands): still version 1 afterwards.
+    for _ in 0..2 {
+        let store = retry_in_use(|| SledStore::open_read_only(dir.path())).unwrap();
+        assert_eq!((store.schema_version(), store.migrated_from()), (1, None));
+        let got = store
+            .get_subscription(old.direction, &old.local_jid, &old.remote_aor)
+            .unwrap();
+        assert_eq!(got.as_ref(), Some(&old));
+    }
+    let store = open_after_raw_sled(dir.path()).unwrap();
     assert_eq!(store.schema_version(), 2);
+    assert_eq!(store.migrated_from(), Some(1));
     let got = store
         .get_subscription(old.direction, &old.local_jid, &old.remote_aor)
         .unwrap()
@@ -872,9 +884,24 @@ fn redb_store_behaviour_and_reopen() {
         let store = RedbStore::open(&path).unwrap();
         exercise(&store);
     }
-    let store = RedbStore::open_existing(&path).unwrap();
+    let store = RedbStore::open_read_only(&path).unwrap();
     assert_eq!(collect(store.subscriptions()).len(), 5);
     assert_eq!(store.stats().unwrap().total_subscriptions(), 5);
+    // A version-1 store: read as it is by `open_read_only`, migrated by `open`.
+    store
+        .put_raw(codec::META_SCHEMA, &codec::encode_schema(1))
+        .unwrap();
+    drop(store);
+    for _ in 0..2 {
+        let store = RedbStore::open_read_only(&path).unwrap();
+        assert_eq!((store.schema_version(), store.migrated_from()), (1, None));
+        assert_eq!(collect(store.subscriptions()).len(), 5);
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(
+        (store.schema_version(), store.migrated_from()),
+        (2, Some(1))
+    );
 }
 
 #[cfg(feature = "redb")]
@@ -903,14 +930,14 @@ fn redb_store_is_locked_while_open_and_checks_the_schema() {
             err,
             StoreError::SchemaTooNew {
                 found: 3,
-                supported: 1
+                supported: CURRENT_SCHEMA_VERSION
             }
         ),
         "{err:?}"
     );
     let missing = dir.path().join("nothing");
     assert!(matches!(
-        RedbStore::open_existing(&missing),
+        RedbStore::open_read_only(&missing),
         Err(StoreError::Missing { .. })
     ));
 }
@@ -918,9 +945,15 @@ fn redb_store_is_locked_while_open_and_checks_the_schema() {
 /// [`SledStore::open`] on a database a raw `sled::Db` of this test just dropped: sled's
 /// background flusher can hold the file lock a moment longer, so `InUse` is retried (1 s).
 fn open_after_raw_sled(path: &std::path::Path) -> Result<SledStore, StoreError> {
+    retry_in_use(|| SledStore::open(path))
+}
+
+/// `open` retried while it finds the store in use (sled's background flusher of a store just
+/// dropped can hold the file lock a moment longer), for 1 s.
+fn retry_in_use(open: impl Fn() -> Result<SledStore, StoreError>) -> Result<SledStore, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
-        match SledStore::open(path) {
+        match open() {
             Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10))
             }
