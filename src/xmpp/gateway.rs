@@ -45,7 +45,7 @@
 //! | contact (`joe\40contoso.com@lcs.example.org`, `joe@contoso.com`) | disco#info get | bare JID: identity `account`/`registered`; with a resource (a GRUU, one LCS endpoint): `client`/`pc`; [`contact_features`] |
 //! | contact | disco#items get | empty result |
 //! | contact | ping get | empty result |
-//! | contact | vcard-temp get, XEP-0292 `<vcard/>` get, pubsub items of `urn:xmpp:vcard4` | [`vcard_reply`]: the contact's last known display name and SIP address; `item-not-found` when no name is known |
+//! | contact | vcard-temp get, XEP-0292 `<vcard/>` get, pubsub items of `urn:xmpp:vcard4` | [`vcard_reply`]: to a user of a local domain, the contact's last known display name and SIP address; `item-not-found` when no name is known, and to anyone else |
 //! | contact that names no LCS address | anything | `item-not-found` with the address error |
 //! | a domain that is no component domain | anything | `service-unavailable` |
 //! | anyone | a disco query with `node` | `item-not-found` |
@@ -181,6 +181,10 @@ pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 /// versions) and as the `current` item of the PEP node `urn:xmpp:vcard4` (its present form),
 /// with `fn`, `nickname` and `impp`. `name_of` gives the name known for an AOR; with none, the
 /// answer is `item-not-found` (XEP-0054 §3.1: no vCard; XEP-0060 §6.5.9.11: no such node).
+/// Only users of the local domains get a name: to anyone else (a user of another XMPP server,
+/// reaching the component over server-to-server) the answer is the same `item-not-found` as for
+/// a contact whose name is unknown, so that the names LCS sends the bridge's users are not
+/// given out to the world, and the answer does not tell whether one is known.
 ///
 /// `None` for every other IQ (not a get, not to a contact, another payload): [`handle_iq`]
 /// answers those.
@@ -192,11 +196,12 @@ pub fn vcard_reply(
     if iq.name() != "iq" || iq.attr("type") != Some("get") || iq.attr("id").is_none() {
         return None;
     }
-    iq.attr("from")?;
+    let from = iq.attr("from")?;
     let to = Jid::new(iq.attr("to")?).ok()?;
     if to.node().is_none() || !book.is_component_domain(to.domain().as_str()) {
         return None;
     }
+    let local = Jid::new(from).is_ok_and(|f| book.is_local_domain(f.domain().as_str()));
     let mut children = iq.children();
     let (Some(payload), None) = (children.next(), children.next()) else {
         return None;
@@ -221,7 +226,7 @@ pub fn vcard_reply(
         return None;
     };
     let aor = book.jid_to_sip(&to).ok()?.aor().to_uri();
-    let Some(name) = name_of(&aor) else {
+    let Some(name) = name_of(&aor).filter(|_| local) else {
         let text = format!("no vCard: the gateway knows no name for {aor}");
         return Some(error_reply(iq, Condition::ItemNotFound, Some(&text)));
     };
@@ -1393,6 +1398,27 @@ mod tests {
         }
         let set = parse_stanza(&iq("set", joe, "<vCard xmlns='vcard-temp'/>")).unwrap();
         assert!(vcard_reply(&set, &gateway(), &|_| Some("x".into())).is_none());
+        // Someone who is no user of a local domain learns nothing: the answer is the one for
+        // an unknown name.
+        for from in ["eve@elsewhere.example/pc", "elsewhere.example", "lcs.example.org"] {
+            let get = iq("get", joe, "<vCard xmlns='vcard-temp'/>")
+                .replace("alice@example.org/pc", from);
+            let got = vcard_reply(&parse_stanza(&get).unwrap(), &gateway(), &|_| {
+                Some("Joe".into())
+            })
+            .map(|r| xml(&r))
+            .unwrap();
+            let (type_, condition, text) = condition_of(&got);
+            assert_eq!(
+                (type_.as_str(), condition.as_str(), text.as_str()),
+                (
+                    "cancel",
+                    "item-not-found",
+                    "no vCard: the gateway knows no name for sip:joe@contoso.com"
+                ),
+                "{from}"
+            );
+        }
         // A set reaches `handle_iq`: not implemented (the namespace is offered).
         let got = ask_ok(&gateway(), &iq("set", joe, "<vCard xmlns='vcard-temp'/>"));
         assert_eq!(condition_of(&got).1, "feature-not-implemented");
