@@ -31,8 +31,9 @@ use tracing::{debug, info, warn};
 use xmpp_parsers::minidom::Element;
 
 use super::im::ImEngine;
+use super::name_book::NameBook;
 use super::presence::PresenceEngine;
-use super::roster::{NameBook, RosterEngine};
+use super::roster::RosterEngine;
 use super::{Fact, Output};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
@@ -586,12 +587,14 @@ impl Engine for RosterEngine {
         "roster"
     }
 
-    /// The server's privilege message, answers to its roster IQs, roster facts, a component
-    /// stream lost.
+    /// The server's privilege message, answers to its roster IQs, roster pushes, roster
+    /// facts, a component stream lost and back.
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(el) => self.takes_stanza(el),
-            Input::Fact(Fact::Roster { .. }) | Input::LinkDown { .. } => true,
+            Input::Fact(Fact::Roster { .. }) | Input::LinkDown { .. } | Input::LinkUp { .. } => {
+                true
+            }
             _ => false,
         }
     }
@@ -602,6 +605,10 @@ impl Engine for RosterEngine {
             Input::Fact(fact) => self.on_fact(now, fact),
             Input::LinkDown { domain, .. } => {
                 self.link_lost(&domain);
+                Vec::new()
+            }
+            Input::LinkUp { domain } => {
+                self.link_restored(now, &domain);
                 Vec::new()
             }
             _ => Vec::new(),
@@ -654,8 +661,14 @@ impl Engine for IqEngine {
     fn handle(&mut self, _now: Instant, input: Input) -> Vec<Output> {
         let iq = match input {
             Input::Stanza(iq) => iq,
-            Input::Fact(Fact::Name { aor, name, .. }) => {
-                self.names.learn(&aor, &name);
+            Input::Fact(Fact::Name {
+                aor,
+                name,
+                source,
+                subscribed,
+                ..
+            }) => {
+                self.names.learn(&aor, &name, source, subscribed);
                 return Vec::new();
             }
             _ => return Vec::new(),

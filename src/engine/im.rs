@@ -1216,6 +1216,8 @@ impl ImEngine {
                 contact: remote.to_bare(),
                 aor: key.1.clone(),
                 name,
+                source: crate::core::names::NameSource::From,
+                subscribed: false,
             }));
         }
         for item in queue {

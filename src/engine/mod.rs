@@ -13,12 +13,14 @@
 pub mod bridge;
 mod common;
 pub mod im;
+pub mod name_book;
 pub mod presence;
 pub mod roster;
 
 use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
 
+use crate::core::names::NameSource;
 use crate::edge::core::Route;
 use crate::sip::message::Message;
 use crate::sip::transaction::{ConnId, TxId};
@@ -76,15 +78,19 @@ pub enum Output {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fact {
     /// The display name the bridge knows for an LCS contact is new or changed (also each
-    /// name read back from the store at start). `name` is cleaned (`core::names`).
+    /// name read back from the store at start). `name` is cleaned (`core::names`); `source`
+    /// says where it came from (a PIDF name wins over a `From` name); `subscribed`: learned
+    /// with a subscription (the presence engine), not only from an IM session.
     Name {
         contact: BareJid,
         aor: String,
         name: String,
+        source: NameSource,
+        subscribed: bool,
     },
-    /// The local user's roster should hold `contact` with `name`: a subscription between them
-    /// was just approved on either side (`approved`), or, approved earlier, the contact's
-    /// name changed from `previous`.
+    /// The local user's roster should hold `contact` with `name` (the pair's one name, both
+    /// directions merged): a subscription between them was just approved on either side
+    /// (`approved`), or, approved earlier, the pair's name changed from `previous`.
     Roster {
         local: BareJid,
         contact: BareJid,

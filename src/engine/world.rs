@@ -97,6 +97,8 @@ pub struct XmppServer {
     /// Roster IQs the server refuses with this error (type, condition), as a failing server
     /// would.
     pub roster_error: Option<(&'static str, &'static str)>,
+    /// Roster sets alone the server refuses with this error.
+    pub roster_set_error: Option<(&'static str, &'static str)>,
     /// A probe of a user with no available resource goes unanswered, as ejabberd 23.01 does
     /// (RFC 6121 §4.3.2 allows it); otherwise it is answered `unavailable`, as Prosody does.
     pub silent_probes: bool,
@@ -508,6 +510,9 @@ impl World {
             return error(("auth", "forbidden"));
         }
         if let Some(e) = self.xmpp.roster_error {
+            return error(e);
+        }
+        if let Some(e) = self.xmpp.roster_set_error.filter(|_| !get) {
             return error(e);
         }
         let roster = self.xmpp.rosters.entry(user.clone()).or_default();

@@ -592,7 +592,8 @@ fn envelope(stanza: &Element, type_: &str) -> Element {
     reply
 }
 
-fn result_reply(iq: &Element, payload: Option<Element>) -> Element {
+/// A result to `iq` (`from`/`to` swapped, same `id`) with `payload`, if any.
+pub fn result_reply(iq: &Element, payload: Option<Element>) -> Element {
     let mut reply = envelope(iq, "result");
     if let Some(payload) = payload {
         reply.append_child(payload);
@@ -1400,9 +1401,13 @@ mod tests {
         assert!(vcard_reply(&set, &gateway(), &|_| Some("x".into())).is_none());
         // Someone who is no user of a local domain learns nothing: the answer is the one for
         // an unknown name.
-        for from in ["eve@elsewhere.example/pc", "elsewhere.example", "lcs.example.org"] {
-            let get = iq("get", joe, "<vCard xmlns='vcard-temp'/>")
-                .replace("alice@example.org/pc", from);
+        for from in [
+            "eve@elsewhere.example/pc",
+            "elsewhere.example",
+            "lcs.example.org",
+        ] {
+            let get =
+                iq("get", joe, "<vCard xmlns='vcard-temp'/>").replace("alice@example.org/pc", from);
             let got = vcard_reply(&parse_stanza(&get).unwrap(), &gateway(), &|_| {
                 Some("Joe".into())
             })

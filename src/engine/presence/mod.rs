@@ -975,14 +975,23 @@ impl PresenceEngine {
             .inbound
             .iter()
             .map(|(k, w)| (k, &w.remote_jid, &w.name));
-        let mut named = BTreeMap::new();
+        // One per contact: its users' subscriptions merged as names merge (a PIDF name wins).
+        let mut named: BTreeMap<String, (BareJid, DisplayName)> = BTreeMap::new();
         for (k, contact, name) in outs.chain(ins) {
-            if let Some(n) = name {
-                named.insert(k.1.clone(), (contact.clone(), n.text.clone()));
+            let Some(n) = name else { continue };
+            let now = named.get(&k.1).map(|(_, d)| d);
+            if let Some(merged) = combine(now, Some(n)) {
+                named.insert(k.1.clone(), (contact.clone(), merged));
             }
         }
         for (aor, (contact, name)) in named {
-            out.push(Output::Fact(Fact::Name { contact, aor, name }));
+            out.push(Output::Fact(Fact::Name {
+                contact,
+                aor,
+                source: source_of(&name),
+                name: name.text,
+                subscribed: true,
+            }));
         }
         self.resync_xmpp(now, None, &mut out);
         self.rearm();
@@ -1148,6 +1157,15 @@ fn stanza(p: Presence) -> Output {
     Output::Stanza(Element::from(p))
 }
 
+/// Where a kept name came from.
+fn source_of(n: &DisplayName) -> NameSource {
+    if n.from_pidf {
+        NameSource::Pidf
+    } else {
+        NameSource::From
+    }
+}
+
 /// `raw` (a peer string) cleaned, as the name of a contact whose name is `current`: the new
 /// name when it changes it (`core::names::merge`: a PIDF name wins over a From name).
 pub(super) fn new_name(
@@ -1156,23 +1174,51 @@ pub(super) fn new_name(
     source: NameSource,
 ) -> Option<DisplayName> {
     let text = names::display_name(raw?)?;
-    let now = current.as_ref().map(|n| {
-        let s = if n.from_pidf {
-            NameSource::Pidf
-        } else {
-            NameSource::From
-        };
-        (n.text.as_str(), s)
-    });
+    let now = current.as_ref().map(|n| (n.text.as_str(), source_of(n)));
     names::merge(now, (&text, source)).map(|(text, s)| DisplayName {
         text,
         from_pidf: s == NameSource::Pidf,
     })
 }
 
+/// One name out of two a contact has (its two subscriptions with a user, or two users'
+/// subscriptions): `first`, replaced by `then` as `core::names::merge` decides — a PIDF name
+/// wins over a `From` name, and of two names from the same kind of source `then`'s.
+fn combine(first: Option<&DisplayName>, then: Option<&DisplayName>) -> Option<DisplayName> {
+    match (first, then) {
+        (None, t) => t.cloned(),
+        (f, None) => f.cloned(),
+        (Some(f), Some(t)) => Some(
+            names::merge(Some((&f.text, source_of(f))), (&t.text, source_of(t))).map_or_else(
+                || f.clone(),
+                |(text, s)| DisplayName {
+                    text,
+                    from_pidf: s == NameSource::Pidf,
+                },
+            ),
+        ),
+    }
+}
+
 impl PresenceEngine {
+    /// The subscriptions' key of `local` and `contact`.
+    fn pair_key(&self, local: &BareJid, contact: &BareJid) -> Option<(String, String)> {
+        let aor = self.book.jid_to_sip(&Jid::from(contact.clone())).ok()?;
+        Some((local.to_string(), aor.aor().to_uri()))
+    }
+
+    /// The contact's name for its local user: one name for both directions (an LCS watcher's
+    /// `From` name, the `From` and PIDF names of the user's subscription), merged as names
+    /// merge — the contact's own PIDF name wins.
+    fn pair_name(&self, key: &(String, String)) -> Option<DisplayName> {
+        let inbound = self.inbound.get(key).and_then(|w| w.name.as_ref());
+        let outbound = self.outbound.get(key).and_then(|s| s.name.as_ref());
+        combine(inbound, outbound)
+    }
+
     /// A subscription between `local` and `contact` was just approved (either side): the
-    /// roster engine puts the contact into the user's roster.
+    /// roster engine puts the contact into the user's roster, with the pair's name
+    /// ([`PresenceEngine::pair_name`]; `name`, the approved side's, if the pair is not found).
     pub(super) fn approved_fact(
         &self,
         local: &BareJid,
@@ -1180,6 +1226,10 @@ impl PresenceEngine {
         name: Option<DisplayName>,
         out: &mut Vec<Output>,
     ) {
+        let name = match self.pair_key(local, contact) {
+            Some(key) => self.pair_name(&key),
+            None => name,
+        };
         out.push(Output::Fact(Fact::Roster {
             local: local.clone(),
             contact: contact.clone(),
@@ -1189,8 +1239,8 @@ impl PresenceEngine {
         }));
     }
 
-    /// `contact`'s name changed from `old` to `new`: the vCard answers learn it, and, when its
-    /// subscription with `local` is approved, the user's roster follows.
+    /// An LCS watcher's name changed from `old` to `new` ([`PresenceEngine::renamed`] for
+    /// the watcher's side); `approved`: the watcher is approved.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn renamed_facts(
         &self,
@@ -1202,20 +1252,61 @@ impl PresenceEngine {
         approved: bool,
         out: &mut Vec<Output>,
     ) {
+        let key = (local.to_string(), aor.to_owned());
+        let follow = approved
+            || self
+                .outbound
+                .get(&key)
+                .is_some_and(|s| s.approval == Approval::Approved);
+        self.renamed(Side::In, local, contact, aor, old, new, follow, out);
+    }
+
+    /// The name of `contact`'s subscription on `side` with `local` changed from `old` to
+    /// `new`: the vCard answers learn it, and, with `follow` (a subscription between them is
+    /// approved, and the approval's own fact did not carry the name already), the user's
+    /// roster follows when the pair's name ([`PresenceEngine::pair_name`]) changes — from the
+    /// pair's name before, so that a name the other direction gives and a PIDF name are
+    /// compared as what the roster shows.
+    #[allow(clippy::too_many_arguments)]
+    fn renamed(
+        &self,
+        side: Side,
+        local: &BareJid,
+        contact: &BareJid,
+        aor: &str,
+        old: Option<DisplayName>,
+        new: &DisplayName,
+        follow: bool,
+        out: &mut Vec<Output>,
+    ) {
         out.push(Output::Fact(Fact::Name {
             contact: contact.clone(),
             aor: aor.to_owned(),
             name: new.text.clone(),
+            source: source_of(new),
+            subscribed: true,
         }));
-        if approved {
-            out.push(Output::Fact(Fact::Roster {
-                local: local.clone(),
-                contact: contact.clone(),
-                name: Some(new.text.clone()),
-                previous: old.map(|n| n.text),
-                approved: false,
-            }));
+        if !follow {
+            return;
         }
+        let key = (local.to_string(), aor.to_owned());
+        let other = match side {
+            Side::In => self.outbound.get(&key).and_then(|s| s.name.as_ref()),
+            Side::Out => self.inbound.get(&key).and_then(|w| w.name.as_ref()),
+        };
+        let before = combine(other, old.as_ref());
+        let after = combine(other, Some(new));
+        let text = |n: &Option<DisplayName>| n.as_ref().map(|n| n.text.clone());
+        if text(&before) == text(&after) {
+            return;
+        }
+        out.push(Output::Fact(Fact::Roster {
+            local: local.clone(),
+            contact: contact.clone(),
+            name: text(&after),
+            previous: text(&before),
+            approved: false,
+        }));
     }
 }
 

@@ -10,7 +10,7 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
-use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, new_name, stanza};
+use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, Side, new_name, stanza};
 use crate::core::names::NameSource;
 use crate::core::pidf::{self, PidfDocument};
 use crate::core::presence::presence_from_pidf;
@@ -729,13 +729,20 @@ impl PresenceEngine {
                 if !newly {
                     self.persist_out_lazy(now, &key, out);
                 }
-                self.renamed_facts(
+                // The roster follows unless the approval's fact just carried the name.
+                let watcher_approved = self
+                    .inbound
+                    .get(&key)
+                    .is_some_and(|w| w.approval == Approval::Approved);
+                let follow = !newly && (was_approved || watcher_approved);
+                self.renamed(
+                    Side::Out,
                     &local_jid,
                     &remote_jid,
                     &key.1,
                     old,
                     &new,
-                    was_approved,
+                    follow,
                     out,
                 );
             }

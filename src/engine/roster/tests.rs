@@ -7,6 +7,7 @@ use super::*;
 use crate::core::address::AddressMode;
 use crate::engine::bridge::{Engine, Input};
 use crate::engine::world::{COMPONENT, LOCAL, World, contact_jid, pidf, pidf_named, stanza};
+use crate::sip::message::Method;
 use crate::store::{Direction, Store};
 
 const ALICE: &str = "alice@example.org";
@@ -224,13 +225,35 @@ fn a_placeholder_name_is_replaced() {
     }
 }
 
+/// XEP-0144 suggestions the bridge sent `user`.
+fn suggestions(w: &World, user: &str) -> Vec<String> {
+    w.xmpp
+        .to(user)
+        .into_iter()
+        .filter(|s| s.contains(NS_ROSTERX))
+        .collect()
+}
+
 #[test]
-fn set_only_access_writes_without_reading() {
+fn set_only_access_is_no_usable_grant() {
+    // A blind set would overwrite what the user gave the contact and bring back a removed
+    // contact: without `get` the bridge takes the fallback.
     let mut w = World::new();
     w.grant_roster("set");
+    let bob = contact_jid("bob");
+    w.xmpp.rosters.entry(ALICE.into()).or_default().insert(
+        bob.clone(),
+        (Some("My buddy".into()), vec!["Friends".into()]),
+    );
     bob_watches_alice(&mut w, Some("Bob Builder"));
-    assert_eq!(roster_iqs(&w), ["set"]);
-    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob Builder"));
+    assert!(roster_iqs(&w).is_empty(), "{:?}", roster_iqs(&w));
+    assert_eq!(
+        roster_of(&w, ALICE),
+        [(bob.as_str(), Some("My buddy"), vec!["Friends"])]
+    );
+    let got = suggestions(&w, ALICE);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("action='add'") && got[0].contains("name='Bob Builder'"));
 }
 
 #[test]
@@ -242,6 +265,9 @@ fn without_the_privilege_the_user_gets_a_roster_item_exchange_suggestion() {
     w.link_up();
     w.settle();
     bob_watches_alice(&mut w, Some("Bob Builder"));
+    // The server may still say what it grants: the wish waits for it a few seconds.
+    assert!(suggestions(&w, ALICE).is_empty());
+    w.run_for(GRANT_GRACE);
     assert!(roster_iqs(&w).is_empty());
     let bob = contact_jid("bob");
     let suggestion = w
@@ -270,57 +296,220 @@ fn without_the_privilege_the_user_gets_a_roster_item_exchange_suggestion() {
     );
 }
 
+/// `aor` (with this From display name) subscribes to local `user`, who approves.
+fn watches(w: &mut World, aor: &str, display: Option<&str>, user: &str) {
+    let uri = format!("sip:{user}");
+    w.lcs_subscribes_as(aor, display, &uri);
+    w.settle();
+    let contact = contact_jid(aor.trim_start_matches("sip:").split('@').next().unwrap());
+    w.xmpp_sends(&format!(
+        "<presence from='{user}' to='{contact}' type='subscribed'/>"
+    ));
+    w.settle();
+}
+
 #[test]
-fn refused_roster_iqs_are_not_retried_and_a_failing_server_gets_suggestions() {
-    // A passing refusal (`wait`): logged, not retried; the next change tries again.
+fn one_users_refusal_ends_only_its_update_two_users_make_the_server_failing() {
+    // A refusal that concerns the user: logged, not retried; the next change tries again.
     let mut w = World::new();
     w.grant_roster("both");
     w.xmpp.roster_error = Some(("wait", "resource-constraint"));
     bob_watches_alice(&mut w, Some("Bob Builder"));
     w.run_for(Duration::from_secs(600));
     assert_eq!(roster_iqs(&w), ["get"]);
-    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains(NS_ROSTERX)));
+    assert!(suggestions(&w, ALICE).is_empty());
     w.xmpp.roster_error = None;
     w.lcs_subscribes_as(BOB_AOR, Some("Bob B. Builder"), ALICE_URI);
     w.settle();
     assert_eq!(roster_iqs(&w), ["get", "get", "set"]);
 
-    // A server that grants the access but cannot write (ejabberd 23.01 answers a privileged
-    // roster set with internal-server-error): not retried; the wish and every later one are
-    // suggested (XEP-0144) until the component connects again.
+    // Refusals for two different users (and no success between them): the server is taken
+    // to be failing, and the second user's update is suggested instead.
     let mut w = World::new();
     w.grant_roster("both");
-    w.xmpp.roster_error = Some(("cancel", "internal-server-error"));
+    w.xmpp.roster_error = Some(("cancel", "item-not-found"));
+    watches(&mut w, BOB_AOR, Some("Bob"), ALICE);
+    assert_eq!((roster_iqs(&w).len(), suggestions(&w, ALICE).len()), (1, 0));
+    watches(&mut w, BOB_AOR, Some("Bob"), "carol@example.org");
+    assert_eq!(roster_iqs(&w).len(), 2);
+    assert_eq!(suggestions(&w, "carol@example.org").len(), 1);
+    watches(&mut w, BOB_AOR, Some("Bob"), "dave@example.org");
+    assert_eq!(roster_iqs(&w).len(), 2, "failing: no more IQs");
+    assert_eq!(suggestions(&w, "dave@example.org").len(), 1);
+    // A success between two refusals clears the count.
+    let mut w = World::new();
+    w.grant_roster("both");
+    w.xmpp.roster_error = Some(("cancel", "item-not-found"));
+    watches(&mut w, BOB_AOR, Some("Bob"), ALICE);
+    w.xmpp.roster_error = None;
+    watches(&mut w, BOB_AOR, Some("Bob"), "carol@example.org");
+    w.xmpp.roster_error = Some(("cancel", "item-not-found"));
+    watches(&mut w, BOB_AOR, Some("Bob"), "dave@example.org");
+    watches(&mut w, BOB_AOR, Some("Bob"), "erin@example.org");
+    assert!(suggestions(&w, "dave@example.org").is_empty());
+    assert_eq!(suggestions(&w, "erin@example.org").len(), 1);
+}
+
+#[test]
+fn a_server_that_cannot_write_gets_suggestions_and_is_tried_again_later() {
+    // A server that grants the access but cannot write (ejabberd 23.01 answers a privileged
+    // roster set with internal-server-error): not retried; the wish and every later one are
+    // suggested (XEP-0144) for an hour, or until the component connects again.
+    let mut w = World::new();
+    w.grant_roster("both");
+    w.xmpp.roster_error = Some(("wait", "internal-server-error"));
     bob_watches_alice(&mut w, Some("Bob Builder"));
-    w.run_for(Duration::from_secs(600));
+    w.run_for(IQ_TIMEOUT);
     assert_eq!(roster_iqs(&w), ["get"]);
-    let suggestions = |w: &World| {
-        w.xmpp
-            .to(ALICE)
-            .into_iter()
-            .filter(|s| s.contains(NS_ROSTERX))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(suggestions(&w).len(), 1);
+    assert_eq!(suggestions(&w, ALICE).len(), 1);
     assert!(
-        suggestions(&w)[0].contains("action='add'"),
+        suggestions(&w, ALICE)[0].contains("action='add'"),
         "{:?}",
-        suggestions(&w)
+        suggestions(&w, ALICE)
     );
+    // Another user's update goes the same way at once: the server is failing, not the user.
+    watches(&mut w, BOB_AOR, Some("Bob Builder"), "carol@example.org");
+    assert_eq!(roster_iqs(&w), ["get"]);
+    assert_eq!(suggestions(&w, "carol@example.org").len(), 1);
     w.lcs_subscribes_as(BOB_AOR, Some("Bob B. Builder"), ALICE_URI);
     w.settle();
     assert_eq!(roster_iqs(&w), ["get"]);
-    assert!(suggestions(&w)[1].contains("name='Bob B. Builder'"));
-    // Connected again: the privilege is tried again.
+    assert!(suggestions(&w, ALICE)[1].contains("name='Bob B. Builder'"));
+    // An hour later the privilege is tried again (the server was upgraded meanwhile; Bob's
+    // watch is refreshed on the way, as LCS does before it expires).
+    w.xmpp.roster_error = None;
+    w.run_for(PRIVILEGE_RETRY / 2);
+    w.lcs_subscribes_as(BOB_AOR, Some("Bob B. Builder"), ALICE_URI);
+    w.run_for(PRIVILEGE_RETRY / 2);
+    assert_eq!(roster_iqs(&w), ["get"]);
+    w.lcs_subscribes_as(BOB_AOR, Some("Bob the Builder"), ALICE_URI);
+    w.settle();
+    assert_eq!(roster_iqs(&w), ["get", "get", "set"]);
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob the Builder"));
+    // Failing again; connected again: the privilege is tried again at once.
+    w.xmpp.roster_error = Some(("cancel", "feature-not-implemented"));
+    w.run_for(RENAME_DEBOUNCE);
+    w.lcs_subscribes_as(BOB_AOR, Some("Bob T. Builder"), ALICE_URI);
+    w.settle();
+    assert_eq!(roster_iqs(&w).len(), 4);
+    assert_eq!(suggestions(&w, ALICE).len(), 3);
     w.xmpp.roster_error = None;
     w.link_down();
     w.link_up();
     w.grant_roster("both");
     w.settle();
-    w.lcs_subscribes_as(BOB_AOR, Some("Bob the Builder"), ALICE_URI);
+    w.run_for(RENAME_DEBOUNCE);
+    w.lcs_subscribes_as(BOB_AOR, Some("Robert Builder"), ALICE_URI);
     w.settle();
-    assert_eq!(roster_iqs(&w), ["get", "get", "set"]);
-    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob the Builder"));
+    assert_eq!(roster_iqs(&w).len(), 6);
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Robert Builder"));
+}
+
+#[test]
+fn one_name_for_both_directions_and_the_pidf_name_wins() {
+    let mut w = World::new();
+    w.grant_roster("both");
+    let bob = contact_jid("bob");
+    // Bob watches Alice first: his server's From name goes into her roster.
+    bob_watches_alice(&mut w, Some("Smith, Bob"));
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Smith, Bob"));
+    // Alice watches Bob back; his own document names him: that name wins, over the name
+    // the bridge wrote before.
+    w.lcs
+        .documents
+        .insert(BOB_AOR.into(), pidf_named(BOB_AOR, "away", "Bob Smith"));
+    alice_watches_bob(&mut w);
+    assert_eq!(
+        roster_of(&w, ALICE),
+        [(bob.as_str(), Some("Bob Smith"), vec![])]
+    );
+    // Bob's server sends another form of his name in From (a refreshed watch): his own
+    // name stays.
+    let iqs = roster_iqs(&w).len();
+    w.run_for(RENAME_DEBOUNCE);
+    w.lcs_subscribes_as(BOB_AOR, Some("Smith, Bob (Sales)"), ALICE_URI);
+    w.settle();
+    assert_eq!(roster_iqs(&w).len(), iqs);
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob Smith"));
+    // An IM session's From does not replace his own name in the vCards either.
+    w.lcs_invites_as(BOB_AOR, Some("Smith, Bob"), ALICE_URI, "hi");
+    w.settle();
+    w.xmpp_sends(&format!(
+        "<iq from='{ALICE}/pc' to='{bob}' type='get' id='v1'><vCard xmlns='vcard-temp'/></iq>"
+    ));
+    w.settle();
+    let vcard = w.xmpp.to(ALICE).pop().unwrap();
+    assert!(vcard.contains("<FN>Bob Smith</FN>"), "{vcard}");
+    // His own new name follows.
+    w.lcs_notifies_doc(BOB_AOR, pidf_named(BOB_AOR, "away", "Robert Smith"));
+    w.settle();
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Robert Smith"));
+}
+
+#[test]
+fn a_failed_write_does_not_freeze_the_roster() {
+    let mut w = World::new();
+    w.grant_roster("both");
+    bob_watches_alice(&mut w, Some("Bob A"));
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob A"));
+    // The rename to B is refused for this user (not the server's fault): the item still shows A.
+    w.xmpp.roster_set_error = Some(("wait", "resource-constraint"));
+    w.lcs_subscribes_as(BOB_AOR, Some("Bob B"), ALICE_URI);
+    w.settle();
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob A"));
+    // The next rename (after the debounce period) still recognises A as the bridge's.
+    w.xmpp.roster_set_error = None;
+    w.run_for(RENAME_DEBOUNCE);
+    w.lcs_subscribes_as(BOB_AOR, Some("Bob C"), ALICE_URI);
+    w.settle();
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob C"));
+}
+
+#[test]
+fn a_flapping_name_is_written_once_per_period_the_latest_last() {
+    let mut w = World::new();
+    w.grant_roster("both");
+    w.lcs
+        .documents
+        .insert(BOB_AOR.into(), pidf_named(BOB_AOR, "away", "Bob 0"));
+    alice_watches_bob(&mut w);
+    assert_eq!(roster_iqs(&w), ["get", "set"]);
+    for i in 1..=20 {
+        w.lcs_notifies_doc(BOB_AOR, pidf_named(BOB_AOR, "away", &format!("Bob {i}")));
+        w.run_for(Duration::from_secs(10));
+    }
+    // The first rename went at once; the others wait for the period, and the latest goes.
+    assert_eq!(roster_iqs(&w).len(), 4, "{:?}", roster_iqs(&w));
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob 1"));
+    w.run_for(RENAME_DEBOUNCE);
+    assert_eq!(roster_iqs(&w).len(), 6, "{:?}", roster_iqs(&w));
+    assert_eq!(roster_of(&w, ALICE)[0].1, Some("Bob 20"));
+}
+
+#[test]
+fn a_privilege_element_from_a_user_is_an_ordinary_message() {
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m1'><body>hello</body><privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='both'/></privilege></message>"
+    ));
+    w.settle();
+    // It went to Bob as a chat (and granted nothing).
+    assert_eq!(
+        w.lcs.requests(&Method::Invite).len(),
+        1,
+        "{:?} {:?}",
+        w.xmpp.to(ALICE),
+        w.lcs.received
+    );
+    w.lcs_subscribes_as(BOB_AOR, Some("Bob"), ALICE_URI);
+    w.settle();
+    w.xmpp_sends(&format!(
+        "<presence from='{ALICE}' to='{bob}' type='subscribed'/>"
+    ));
+    w.run_for(GRANT_GRACE + Duration::from_secs(1));
+    assert!(roster_iqs(&w).is_empty());
+    assert_eq!(suggestions(&w, ALICE).len(), 1);
 }
 
 #[test]
@@ -436,6 +625,24 @@ fn xml(out: &[Output]) -> Vec<String> {
         .collect()
 }
 
+fn grant(access: &str) -> Input {
+    Input::Stanza(stanza(&format!(
+        "<message from='{LOCAL}' to='{COMPONENT}'><privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='{access}'/></privilege></message>"
+    )))
+}
+
+/// The id of the one IQ in `out`.
+fn iq_id(out: &[String]) -> String {
+    assert_eq!(out.len(), 1, "{out:?}");
+    stanza(&out[0]).attr("id").unwrap().to_owned()
+}
+
+fn roster_result(id: &str, from: &str, items: &str) -> Input {
+    Input::Stanza(stanza(&format!(
+        "<iq from='{from}' to='{COMPONENT}' id='{id}' type='result'><query xmlns='jabber:iq:roster'>{items}</query></iq>"
+    )))
+}
+
 #[test]
 fn privileges_are_taken_from_the_server_only_in_either_namespace() {
     let now = Instant::now();
@@ -445,15 +652,18 @@ fn privileges_are_taken_from_the_server_only_in_either_namespace() {
             "<message from='{from}' to='{COMPONENT}'><privilege xmlns='{ns}'><perm access='message' type='outgoing'/><perm access='roster' type='{type_}'/><perm access='presence' type='none'/></privilege></message>"
         )))
     };
-    // A user, another server, a resource: not the server speaking.
+    // A user, another server, a resource: not the server speaking; such a message is not the
+    // roster engine's (it goes on as an ordinary message).
     for from in ["eve@example.org", "example.com", "example.org/x"] {
         let m = message(from, "urn:xmpp:privilege:2", "both");
-        assert!(e.takes(&m));
+        assert!(!e.takes(&m), "{from}");
         e.handle(now, m);
         assert_eq!(e.access(COMPONENT, LOCAL), "none", "{from}");
     }
     // ejabberd 23.01 (version 1), Prosody (version 2).
-    e.handle(now, message(LOCAL, "urn:xmpp:privilege:1", "set"));
+    let m = message(LOCAL, "urn:xmpp:privilege:1", "set");
+    assert!(e.takes(&m));
+    e.handle(now, m);
     assert_eq!(e.access(COMPONENT, LOCAL), "set");
     e.handle(now, message(LOCAL, "urn:xmpp:privilege:2", "both"));
     assert_eq!(e.access(COMPONENT, LOCAL), "both");
@@ -477,29 +687,138 @@ fn privileges_are_taken_from_the_server_only_in_either_namespace() {
 fn modes_decide_what_goes_out() {
     let now = Instant::now();
     let bob = contact_jid("bob");
-    let grant = Input::Stanza(stanza(&format!(
-        "<message from='{LOCAL}' to='{COMPONENT}'><privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='both'/></privilege></message>"
-    )));
     for (mode, granted, expect) in [
-        (RosterMode::Auto, true, "roster get"),
-        (RosterMode::Auto, false, "rosterx"),
-        (RosterMode::Privilege, true, "roster get"),
-        (RosterMode::Privilege, false, "nothing"),
-        (RosterMode::RosterX, true, "rosterx"),
-        (RosterMode::None, true, "nothing"),
+        (RosterMode::Auto, Some("both"), "roster get"),
+        (RosterMode::Auto, Some("set"), "rosterx"),
+        (RosterMode::Auto, Some("get"), "rosterx"),
+        (RosterMode::Auto, Some("none"), "rosterx"),
+        (RosterMode::Auto, None, "rosterx"),
+        (RosterMode::Privilege, Some("both"), "roster get"),
+        (RosterMode::Privilege, Some("set"), "nothing"),
+        (RosterMode::Privilege, None, "nothing"),
+        (RosterMode::RosterX, Some("both"), "rosterx"),
+        (RosterMode::RosterX, None, "rosterx"),
+        (RosterMode::None, Some("both"), "nothing"),
     ] {
         let mut e = RosterEngine::new(mode, book(), 1);
-        if granted {
-            e.handle(now, grant.clone());
+        if let Some(access) = granted {
+            e.handle(now, grant(access));
         }
-        let out = xml(&e.handle(now, fact(ALICE, &bob, Some("Bob"), true)));
+        let mut out = xml(&e.handle(now, fact(ALICE, &bob, Some("Bob"), true)));
+        if granted.is_none() && matches!(mode, RosterMode::Auto | RosterMode::Privilege) {
+            // No privilege message yet: the wish waits for it, then the grace period ends.
+            assert!(out.is_empty(), "{mode:?}: {out:?}");
+            assert_eq!(e.poll_timeout(), Some(now + GRANT_GRACE));
+            out = xml(&e.handle_timeout(now + GRANT_GRACE));
+        }
         let got = match out.as_slice() {
             [] => "nothing",
             [one] if one.contains("<query xmlns='jabber:iq:roster'/>") => "roster get",
             [one] if one.contains(NS_ROSTERX) => "rosterx",
             _ => "something else",
         };
-        assert_eq!(got, expect, "{mode:?} granted={granted}: {out:?}");
+        assert_eq!(got, expect, "{mode:?} granted={granted:?}: {out:?}");
+    }
+}
+
+#[test]
+fn wishes_wait_for_the_grant_while_the_link_is_down_or_just_up() {
+    let now = Instant::now();
+    let bob = contact_jid("bob");
+    let mut e = RosterEngine::new(RosterMode::Auto, book(), 1);
+    e.handle(
+        now,
+        Input::LinkDown {
+            domain: COMPONENT.into(),
+            reason: "test".into(),
+        },
+    );
+    // While the stream is down, wishes wait however long (the link holds the stanzas anyway).
+    assert!(
+        e.handle(now, fact(ALICE, &bob, Some("Bob"), true))
+            .is_empty()
+    );
+    assert_eq!(e.poll_timeout(), None);
+    let later = now + Duration::from_secs(60);
+    e.handle(
+        later,
+        Input::LinkUp {
+            domain: COMPONENT.into(),
+        },
+    );
+    assert_eq!(e.poll_timeout(), Some(later + GRANT_GRACE));
+    // The privilege message arrives within the grace period: the waiting wish is decided.
+    let out = xml(&e.handle(later + Duration::from_millis(30), grant("both")));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].contains("type='get'"), "{}", out[0]);
+    // A wish after the grant is decided at once.
+    let carol = contact_jid("carol");
+    assert_eq!(
+        xml(&e.handle(later, fact(ALICE, &carol, Some("Carol"), true))).len(),
+        1
+    );
+}
+
+#[test]
+fn answers_come_from_the_user_and_carry_a_roster() {
+    let now = Instant::now();
+    let bob = contact_jid("bob");
+    let mut e = RosterEngine::new(RosterMode::Auto, book(), 1);
+    e.handle(now, grant("both"));
+    let id = iq_id(&xml(&e.handle(now, fact(ALICE, &bob, Some("Bob"), true))));
+    // The right id from someone else (RFC 6120 §8.1.2.1: the answer comes from the bare JID
+    // the IQ went to) is not an answer.
+    for from in [
+        "eve@example.org",
+        "alice@example.org/pc",
+        LOCAL,
+        "example.com",
+    ] {
+        assert!(!e.takes(&roster_result(&id, from, "")), "{from}");
+        assert!(e.handle(now, roster_result(&id, from, "")).is_empty());
+    }
+    // A result without a roster is a refusal (this user's; not retried, nothing written).
+    let empty = Input::Stanza(stanza(&format!(
+        "<iq from='{ALICE}' to='{COMPONENT}' id='{id}' type='result'/>"
+    )));
+    assert!(e.takes(&empty));
+    assert!(e.handle(now, empty).is_empty());
+    assert!(!e.takes(&roster_result(&id, ALICE, "")));
+    // The next wish reads again, and a proper answer is written.
+    let id = iq_id(&xml(&e.handle(now, fact(ALICE, &bob, Some("Bob"), true))));
+    let out = xml(&e.handle(now, roster_result(&id, ALICE, "")));
+    assert!(
+        out[0].contains(&format!("<item jid='{bob}' name='Bob'/>")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn roster_pushes_to_the_component_are_acknowledged() {
+    let now = Instant::now();
+    let mut e = RosterEngine::new(RosterMode::Auto, book(), 1);
+    let bob = contact_jid("bob");
+    let push = |from: &str, to: &str| {
+        Input::Stanza(stanza(&format!(
+            "<iq from='{from}' to='{to}' id='push1' type='set'><query xmlns='jabber:iq:roster'><item jid='{bob}' subscription='both'/></query></iq>"
+        )))
+    };
+    let p = push(ALICE, COMPONENT);
+    assert!(e.takes(&p));
+    assert_eq!(
+        xml(&e.handle(now, p)),
+        [format!(
+            "<iq xmlns='jabber:component:accept' from='{COMPONENT}' id='push1' to='{ALICE}' type='result'/>"
+        )]
+    );
+    // Not from a local user's bare JID, or not to the component: not a push for it (the
+    // component's catch-all answers those).
+    for (from, to) in [
+        ("eve@example.com", COMPONENT),
+        ("alice@example.org/pc", COMPONENT),
+        (ALICE, bob.as_str()),
+    ] {
+        assert!(!e.takes(&push(from, to)), "{from} → {to}");
     }
 }
 
@@ -508,35 +827,21 @@ fn one_operation_per_pair_and_timeouts_give_up() {
     let now = Instant::now();
     let bob = contact_jid("bob");
     let mut e = RosterEngine::new(RosterMode::Auto, book(), 1);
-    e.handle(
-        now,
-        Input::Stanza(stanza(&format!(
-            "<message from='{LOCAL}' to='{COMPONENT}'><privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='both'/></privilege></message>"
-        ))),
-    );
+    e.handle(now, grant("both"));
     assert_eq!(
         xml(&e.handle(now, fact(ALICE, &bob, Some("A"), true))).len(),
         1
     );
     // Two more wishes while the first is under way: only the last one waits.
-    assert!(
-        e.handle(now, fact(ALICE, &bob, Some("B"), false))
-            .is_empty()
-    );
-    assert!(
-        e.handle(now, fact(ALICE, &bob, Some("C"), false))
-            .is_empty()
-    );
+    assert!(e.handle(now, fact(ALICE, &bob, Some("B"), true)).is_empty());
+    assert!(e.handle(now, fact(ALICE, &bob, Some("C"), true)).is_empty());
     assert_eq!(e.poll_timeout(), Some(now + IQ_TIMEOUT));
     let later = now + IQ_TIMEOUT;
     let out = xml(&e.handle_timeout(later));
-    assert_eq!(out.len(), 1, "the waiting wish goes next: {out:?}");
     assert!(out[0].contains("type='get'"), "{}", out[0]);
-    let id = stanza(&out[0]).attr("id").unwrap().to_owned();
+    let id = iq_id(&out);
     // Its answer: no item yet → a set with the last name.
-    let result = Input::Stanza(stanza(&format!(
-        "<iq from='{ALICE}' to='{COMPONENT}' id='{id}' type='result'><query xmlns='jabber:iq:roster'/></iq>"
-    )));
+    let result = roster_result(&id, ALICE, "");
     assert!(e.takes(&result));
     let out = xml(&e.handle(later, result));
     assert_eq!(out.len(), 1);
@@ -563,23 +868,51 @@ fn one_operation_per_pair_and_timeouts_give_up() {
 }
 
 #[test]
-fn the_name_book_is_bounded() {
-    let mut b = NameBook::default();
-    for i in 0..(MAX_KNOWN_NAMES + 10) {
-        b.learn(&format!("sip:u{i}@contoso.com"), "x");
-    }
-    assert_eq!(b.len(), MAX_KNOWN_NAMES);
-    assert_eq!(b.get("sip:u0@contoso.com"), None);
+fn renames_go_at_most_once_per_period_the_latest_last() {
+    let now = Instant::now();
+    let bob = contact_jid("bob");
+    let mut e = RosterEngine::new(RosterMode::RosterX, book(), 1);
     assert_eq!(
-        b.get(&format!("sip:u{}@contoso.com", MAX_KNOWN_NAMES + 9)),
-        Some("x")
+        xml(&e.handle(now, fact(ALICE, &bob, Some("A"), true))).len(),
+        1
     );
-    // Relearning one name many times keeps the bookkeeping bounded too.
-    for _ in 0..(3 * MAX_KNOWN_NAMES) {
-        b.learn("sip:u5@contoso.com", "y");
-    }
-    assert!(b.order.len() <= 2 * MAX_KNOWN_NAMES + 1);
-    assert_eq!(b.get("sip:u5@contoso.com"), Some("y"));
+    // The first rename goes at once; the next ones within the period wait, the latest wins.
+    assert_eq!(
+        xml(&e.handle(now, fact(ALICE, &bob, Some("B"), false))).len(),
+        1
+    );
+    let t = now + Duration::from_secs(10);
+    assert!(e.handle(t, fact(ALICE, &bob, Some("C"), false)).is_empty());
+    assert!(e.handle(t, fact(ALICE, &bob, Some("D"), false)).is_empty());
+    // Another contact's rename is not held up.
+    let carol = contact_jid("carol");
+    assert_eq!(
+        xml(&e.handle(t, fact(ALICE, &carol, Some("Carol"), false))).len(),
+        1
+    );
+    assert_eq!(e.poll_timeout(), Some(now + RENAME_DEBOUNCE));
+    assert!(
+        e.handle_timeout(now + RENAME_DEBOUNCE - Duration::from_secs(1))
+            .is_empty()
+    );
+    let out = xml(&e.handle_timeout(now + RENAME_DEBOUNCE));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].contains("action='modify'") && out[0].contains("name='D'"),
+        "{}",
+        out[0]
+    );
+    assert_eq!(e.poll_timeout(), None);
+    // An approval never waits, and takes a waiting rename's place.
+    let t = now + RENAME_DEBOUNCE + Duration::from_secs(1);
+    assert!(e.handle(t, fact(ALICE, &bob, Some("E"), false)).is_empty());
+    let out = xml(&e.handle(t, fact(ALICE, &bob, Some("F"), true)));
+    assert!(
+        out[0].contains("action='add'") && out[0].contains("name='F'"),
+        "{}",
+        out[0]
+    );
+    assert!(e.handle_timeout(t + RENAME_DEBOUNCE).is_empty());
 }
 
 #[test]
