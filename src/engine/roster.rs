@@ -648,7 +648,7 @@ impl RosterEngine {
                 user = %local,
                 contact = %contact,
                 ?step,
-                condition = name,
+                condition = %name,
                 %text,
                 "the XMPP server refused a roster IQ (XEP-0356); not retried"
             );
