@@ -205,7 +205,7 @@ keys! {
         default: Text("auto"),
         choices: &["auto", "privilege", "rosterx", "none"],
         reload: Restart,
-        doc: r#"How LCS contacts reach local users' rosters, with their names, when a subscription is approved (docs/mapping.md §6). `"auto"`: written by the bridge where the XMPP server grants the component roster access (XEP-0356, docs/xmpp-server.md), else suggested to the user (XEP-0144). `"privilege"`: XEP-0356 only. `"rosterx"`: XEP-0144 only. `"none"`: left to the users."#,
+        doc: r#"How LCS contacts reach local users' rosters, with their names, when a subscription is approved (docs/mapping.md §6). `"auto"`: written by the bridge where the XMPP server grants the component roster access `both` (XEP-0356, docs/xmpp-server.md), else suggested to the user (XEP-0144). `"privilege"`: XEP-0356 only. `"rosterx"`: XEP-0144 only. `"none"`: left to the users."#,
     }
     XMPP_QUEUE_CAPACITY = "xmpp", "queue_capacity" {
         kind: Kind::Integer,
