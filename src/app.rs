@@ -27,10 +27,11 @@ use crate::edge::pool::PoolLimits;
 use crate::edge::server::EdgeEvents;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
+use crate::engine::WallClock;
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
-use crate::engine::presence::{PresenceEngine, PresenceSettings, WallClock};
-use crate::store::{self, ImDialog, SledStore, Store, StoreError, Subscription};
+use crate::engine::presence::{PresenceEngine, PresenceSettings};
+use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -124,8 +125,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             GatewayInfo::new(cfg.xmpp.gateway_name.clone()),
         );
         let restored = (
-            stored_subscriptions(store.as_ref()),
-            stored_im_dialogs(store.as_ref()),
+            stored(store.subscriptions(), "subscriptions"),
+            stored(store.im_dialogs(), "IM sessions"),
         );
         let (stop, stop_rx) = mpsc::channel(1);
         let runner = Runner {
@@ -255,39 +256,23 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
     }
 }
 
-/// Every readable subscription in the store; unreadable ones are logged and skipped (they stay
-/// for `lcs-bridge store export` to show).
-fn stored_subscriptions(store: &dyn Store) -> Vec<Subscription> {
-    let mut subs = Vec::new();
-    for r in store.subscriptions() {
+/// Every readable record `records` gives (`what`: their name in the log); unreadable ones are
+/// logged and skipped (they stay for `lcs-bridge store export` to show), and a failing read
+/// ends the scan.
+fn stored<T>(records: Records<'_, T>, what: &str) -> Vec<T> {
+    let mut all = Vec::new();
+    for r in records {
         match r {
-            Ok(s) => subs.push(s),
-            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, "subscription not restored"),
+            Ok(t) => all.push(t),
+            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, what, "record not restored"),
             Err(e) => {
-                error!(reason = %e, "store: reading subscriptions stopped");
+                error!(reason = %e, what, "store: reading stopped");
                 break;
             }
         }
     }
-    info!(count = subs.len(), "subscriptions restored from the store");
-    subs
-}
-
-/// Every readable IM session dialog in the store; unreadable ones are logged and skipped.
-fn stored_im_dialogs(store: &dyn Store) -> Vec<ImDialog> {
-    let mut dialogs = Vec::new();
-    for r in store.im_dialogs() {
-        match r {
-            Ok(d) => dialogs.push(d),
-            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, "IM dialog not restored"),
-            Err(e) => {
-                error!(reason = %e, "store: reading IM dialogs stopped");
-                break;
-            }
-        }
-    }
-    info!(count = dialogs.len(), "IM sessions restored from the store");
-    dialogs
+    info!(count = all.len(), what, "restored from the store");
+    all
 }
 
 /// The engines' task: edge events, component stanzas and the engines' timers into the

@@ -38,13 +38,11 @@ use std::time::{Duration, Instant};
 
 use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
-use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
+use xmpp_parsers::message::{Id, Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
-use xmpp_parsers::minidom::rxml::{Namespace as XmlNamespace, NcName};
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
-use super::common::{self, Parties, host_of, parties};
-use super::presence::WallClock;
+use super::common::{self, Parties, WallClock, host_of, parties};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
@@ -65,11 +63,7 @@ use crate::store::{DialogRecord, ImDialog};
 /// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
 pub const MAX_SUBJECT_BYTES: usize = 1024;
 
-/// Local CSeq numbers a stored session's record reserves at a time: no request goes out with a
-/// CSeq above the stored one, and a synced write raises it by this much before one would (one
-/// sync per this many requests in a session). A restarted bridge continues above the stored
-/// value, so it never repeats a CSeq LCS has seen (RFC 3261 §12.2.2: LCS answers 500).
-pub const CSEQ_RESERVE: u32 = 1000;
+pub use super::common::CSEQ_RESERVE;
 
 /// Delivery failures told to an LCS sender at once in one session; beyond them, one per
 /// [`NOTICE_INTERVAL`], the others counted into the next notice (an error storm from the XMPP
@@ -667,12 +661,10 @@ impl ImEngine {
         Some(format!("{}.{letter}{}", dialog.id.local_tag, self.stanzas))
     }
 
-    /// `el` with the id [`ImEngine::stanza_id`] gives it.
-    fn with_id(&mut self, key: &Key, kind: StanzaKind, mut el: Element) -> Element {
-        if let (Some(id), Ok(name)) = (self.stanza_id(key, kind), NcName::try_from("id")) {
-            el.set_attr(XmlNamespace::NONE, name, id);
-        }
-        el
+    /// `stanza` with the id [`ImEngine::stanza_id`] gives it, as it goes to the link.
+    fn with_id(&mut self, key: &Key, kind: StanzaKind, mut stanza: Stanza) -> Element {
+        stanza.id = self.stanza_id(key, kind).map(Id);
+        Element::from(stanza)
     }
 
     /// Queues an item on the session for `key`, opening or replacing the session as needed.
@@ -1214,13 +1206,13 @@ impl ImEngine {
             |Parties { local, remote, .. }| {
                 let ct = content_type(request);
                 match im_text::plain_text(&ct, request.body()) {
-                    Ok(text) => Ok(chat(
+                    Ok(text) => Ok(Element::from(chat(
                         &Jid::from(remote.to_bare()),
                         &Jid::from(local),
                         "",
                         Some(&text),
                         None,
-                    )),
+                    ))),
                     Err(e) => Err(body_error(&self.errors, &e)),
                 }
             },
@@ -1265,7 +1257,7 @@ impl ImEngine {
         let local = Jid::from(key.0.clone());
         // The stanza the request becomes (none: acknowledged only), or its refusal.
         let mut kind = StanzaKind::Typing;
-        let stanza: Result<Option<Element>, Reject> = match request.method().cloned() {
+        let stanza: Result<Option<Stanza>, Reject> = match request.method().cloned() {
             Some(Method::Bye) => Ok(None),
             // A re-INVITE (refresh): keep the session, answer with our SDP.
             Some(Method::Invite) => Ok(None),
@@ -1396,7 +1388,7 @@ fn body_error(errors: &ErrorTable, e: &im_text::BodyError) -> Reject {
 }
 
 /// A chat message from an LCS user to a local user.
-fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Element {
+fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
     // Characters XML forbids are removed from every stanza by the component link.
@@ -1413,11 +1405,11 @@ fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<
         });
     }
     m.payloads.push(ChatState::Active.into());
-    Element::from(m)
+    m
 }
 
 /// A chat state notification (XEP-0085) from an LCS user.
-fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Element {
+fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
     m.thread = Some(Thread {
@@ -1430,7 +1422,7 @@ fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Element {
         Typing::Active => ChatState::Active,
     };
     m.payloads.push(s.into());
-    Element::from(m)
+    m
 }
 
 /// The XEP-0184 receipt for a delivered message that asked for one.
@@ -2119,13 +2111,13 @@ mod tests {
     fn characters_xml_forbids_are_dropped_from_delivered_text() {
         // Peer strings reach the stanza as sent; the link's cleaning (which every stanza
         // passes before it is queued) drops what XML forbids.
-        let mut e = chat(
+        let mut e = Element::from(chat(
             &Jid::new("a@b").unwrap(),
             &Jid::new("c@d").unwrap(),
             "call\u{FFFE}-1",
             Some("a\u{0}b\u{1b}c"),
             Some("s\u{1}ubject"),
-        );
+        ));
         assert_eq!(crate::xmpp::clean_stanza(&mut e), Ok(3));
         let xml = String::from(&e);
         assert!(xml.contains("<body>abc</body>"), "{xml}");

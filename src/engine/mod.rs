@@ -4,7 +4,8 @@
 //! - [`im`]: session-mode instant messaging both ways.
 //! - [`presence`]: presence and subscriptions both ways.
 //! - `common`: what both engines build the same way (parties, Via, Contact, branches, To
-//!   tags, failures without a response, stanza bounces).
+//!   tags, failures without a response, stanza bounces, stored dialogs taken up, the wall
+//!   clock [`WallClock`]).
 //!
 //! Both engines return [`Output`]s, which the runner (`app.rs`) executes **in order**; store
 //! writes ([`Output::Persist`], [`Output::Forget`], a durable [`Output::PersistIm`]) are
@@ -14,6 +15,8 @@ pub mod bridge;
 mod common;
 pub mod im;
 pub mod presence;
+
+pub use common::WallClock;
 
 use xmpp_parsers::minidom::Element;
 

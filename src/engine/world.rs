@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use xmpp_parsers::minidom::Element;
 
+use super::WallClock;
 use super::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use super::im::{ImEngine, ImSettings};
-use super::presence::{PresenceEngine, PresenceSettings, WallClock};
+use super::presence::{PresenceEngine, PresenceSettings};
 use crate::core::address::{AddressBook, AddressMode};
 use crate::core::tables::Mappings;
 use crate::edge::core::Route;

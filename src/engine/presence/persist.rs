@@ -9,11 +9,7 @@ use super::notifier::Watcher;
 use super::subscriber::Outbound;
 use super::{CSEQ_RESERVE, Key, PresenceEngine};
 use crate::core::pidf;
-use crate::core::xml_chars;
-use crate::engine::Output;
-use crate::sip::builder::header_text;
-use crate::sip::dialog::{Dialog, DialogId};
-use crate::sip::message::find_forbidden_in_value;
+use crate::engine::{Output, common};
 use crate::store::{Approval, DialogRecord, Direction, SubState, Subscription};
 
 impl PresenceEngine {
@@ -125,7 +121,9 @@ impl Outbound {
 impl Watcher {
     /// A watcher taken up from its stored record at `now` (`now_unix`), or `None` if the
     /// record has expired or was denied. Its dialog is kept unless it is past `max_age` or
-    /// cannot be written into a request ([`restored_dialog`]), and detached (NOTIFYs go by
+    /// cannot be written into a request (`common::dialog_from_record`: the watcher then waits for
+    /// LCS to subscribe again, as for a dialog past its age; display names are cleaned, and the
+    /// record written back cleaned), and detached (NOTIFYs go by
     /// domain until the peer is reached); its local CSeq resumes above the stored one, which
     /// is above every one the last process used in the dialog, with a fresh reservation
     /// (`Watcher::cseq_reserved`) the caller stores before anything is sent. An approved one
@@ -145,7 +143,7 @@ impl Watcher {
             Some(r) => {
                 let age = Duration::from_secs(now_unix.saturating_sub(r.created_unix));
                 match max_age.checked_sub(age) {
-                    Some(rest) if !rest.is_zero() => match restored_dialog(r, now) {
+                    Some(rest) if !rest.is_zero() => match common::dialog_from_record(r, now) {
                         Some(d) => (Some(Box::new(d)), now + rest),
                         None => (None, now),
                     },
@@ -172,47 +170,4 @@ impl Watcher {
             cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
         })
     }
-}
-
-/// A stored dialog taken up again, or `None` if it cannot be: an older version accepted
-/// control characters in header values, and a Call-ID, tag, URI or route holding one could
-/// not be written into a request (the watcher then waits for LCS to subscribe again, as for a
-/// dialog past its age). Display names are cleaned instead — they are only shown — of what
-/// neither a stanza (the watcher's nick) nor a SIP header may carry; the record is written
-/// back cleaned.
-pub(super) fn restored_dialog(r: &DialogRecord, now: Instant) -> Option<Dialog> {
-    let fields = [
-        &r.call_id,
-        &r.local_tag,
-        &r.remote_tag,
-        &r.local_uri,
-        &r.remote_uri,
-        &r.remote_target,
-    ];
-    if fields
-        .into_iter()
-        .chain(&r.route_set)
-        .any(|f| find_forbidden_in_value(f).is_some())
-    {
-        return None;
-    }
-    let clean = |display: &Option<String>| {
-        display
-            .as_deref()
-            .map(|d| xml_chars::clean(&header_text(d, usize::MAX)).into_owned())
-    };
-    Some(Dialog::restored(
-        DialogId {
-            call_id: r.call_id.clone(),
-            local_tag: r.local_tag.clone(),
-            remote_tag: r.remote_tag.clone(),
-        },
-        (r.local_uri.clone(), clean(&r.local_display)),
-        (r.remote_uri.clone(), clean(&r.remote_display)),
-        r.remote_target.clone(),
-        r.route_set.clone(),
-        (r.local_cseq, r.remote_cseq),
-        0,
-        now,
-    ))
 }
