@@ -354,7 +354,7 @@ impl Runner {
                     Ok(()) => true,
                     Err(e) => {
                         warn!(reason = %e, "stanza not sent to the XMPP server");
-                        self.bridge.report(Failure::StanzaRefused);
+                        self.bridge.report(Instant::now(), Failure::StanzaRefused);
                         continue;
                     }
                 },
@@ -371,10 +371,10 @@ impl Runner {
                     true
                 }
                 Action::Write { subs, durable } => self.write(subs, durable).await,
-                Action::WriteIm { dialog, durable } => {
+                Action::WriteIm { dialogs, durable } => {
                     let store = self.store.clone();
                     let r = tokio::task::spawn_blocking(move || {
-                        store.put_im_dialog(&dialog)?;
+                        dialogs.iter().try_for_each(|d| store.put_im_dialog(d))?;
                         if durable { store.flush() } else { Ok(()) }
                     })
                     .await;
@@ -414,7 +414,7 @@ impl Runner {
                 }
             };
             if !done {
-                self.bridge.report(Failure::StoreFailed);
+                self.bridge.report(Instant::now(), Failure::StoreFailed);
             }
         }
         n

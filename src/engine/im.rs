@@ -27,15 +27,17 @@
 //! session's dialog is written to the store when it is established, synced before the 200 or
 //! the ACK that makes it exist for LCS ([`Output::PersistIm`]), and removed, lazily, when it ends
 //! ([`Output::ForgetIm`]). Its stored local CSeq is a reservation: no request goes out above it,
-//! and a synced write raises it by [`CSEQ_RESERVE`] first. [`ImEngine::restore`] takes the
-//! stored sessions up at start; their dialogs have no connection, so their requests go by
-//! domain (`Route::Domain`) until an answer or a request from LCS shows one, as after a lost
-//! connection.
+//! and a synced write raises it by [`CSEQ_RESERVE`] first; when that write fails
+//! ([`ImEngine::store_failed`]) the requests above the old reservation are withdrawn and go in
+//! a fresh session. [`ImEngine::restore`] takes the stored sessions up at start; their dialogs
+//! have no connection, so their requests go by domain (`Route::Domain`) until an answer or a
+//! request from LCS shows one, as after a lost connection.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use tracing::{info, warn};
 use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Id, Lang, Message as Stanza, MessageType, Thread};
@@ -172,6 +174,12 @@ struct Session {
     detached: bool,
     /// Up: the highest local CSeq the stored record allows (see [`CSEQ_RESERVE`]).
     reserved: u32,
+    /// Up: the local CSeq the store's record of this dialog holds, as far as the engine knows
+    /// (writes not reported failed); `None` while none was written.
+    stored: Option<u32>,
+    /// Taken up from the store, and no request of this process answered with a 2xx in it yet:
+    /// a `500` may mean a CSeq the previous process used (a reservation the store lost).
+    restored: bool,
     /// Delivery-failure notices this session may still send (see [`NOTICE_BURST`]).
     notices: Notices,
 }
@@ -186,6 +194,8 @@ impl Session {
             thread,
             detached: false,
             reserved: 0,
+            stored: None,
+            restored: false,
             notices: Notices::new(now),
         }
     }
@@ -353,36 +363,48 @@ impl ImEngine {
         })
     }
 
-    /// Writes the session of `key` to the store with a fresh reservation above its local
-    /// CSeq; synced when `durable` (before what makes or extends the dialog for LCS).
+    /// Writes the session of `key` to the store: `durable`, synced with a fresh reservation
+    /// above its local CSeq (before what makes or extends the dialog for LCS), else lazily as
+    /// it is.
     fn persist(&mut self, key: &Key, durable: bool, out: &mut Vec<Output>) {
-        if let Some(session) = self.sessions.get_mut(key) {
-            if let State::Up { dialog } = &session.state {
-                session.reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
+        if durable {
+            if let Some(session) = self.sessions.get_mut(key) {
+                if let State::Up { dialog } = &session.state {
+                    session.reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
+                }
             }
         }
-        if let Some(dialog) = self.record(key) {
-            out.push(Output::PersistIm {
-                dialog: Box::new(dialog),
-                durable,
-            });
-        }
+        let Some(dialog) = self.record(key) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let before = session.stored.replace(dialog.dialog.local_cseq);
+        out.push(Output::PersistIm {
+            dialog: Box::new(dialog),
+            durable,
+            before,
+        });
     }
 
     /// The next request of `method` in the session of `key` (which must be up) and its route:
-    /// the dialog's connection, or its domain while detached. A request above the stored
-    /// reservation is preceded by the synced write that raises it.
+    /// the dialog's connection, or its domain while detached. With `reserve`, a request above
+    /// the stored reservation is preceded by the synced write that raises it; without (a BYE:
+    /// the record is removed before it, and a CSeq above the stored one is harmless in a dialog
+    /// the BYE ends — LCS answers a later request in it `481`, never `500`), it is not.
     fn in_dialog_request(
         &mut self,
         key: &Key,
         method: Method,
+        reserve: bool,
         out: &mut Vec<Output>,
     ) -> Option<(Message, Route, DialogId)> {
         let session = self.sessions.get(key)?;
         let State::Up { dialog } = &session.state else {
             return None;
         };
-        if method != Method::Ack && dialog.local_cseq() >= session.reserved {
+        if reserve && dialog.local_cseq() >= session.reserved {
             self.persist(key, true, out);
         }
         let (via, branch) = (self.via(), self.branch());
@@ -427,9 +449,10 @@ impl ImEngine {
     /// that can be taken up is a session again, detached (its requests go by domain until LCS
     /// is reached again), with its idle time starting now and its local CSeq continuing above
     /// the stored reservation (so its first request writes a new one, synced). A dialog past
-    /// `dialog_max_age` is ended with BYE (LCS would refuse it soon); a record that names no
-    /// local user or no federated address, or whose dialog cannot be written into a request,
-    /// is removed.
+    /// `dialog_max_age` is removed and ended with BYE (LCS would refuse it soon), with no synced
+    /// write; a record that names no local user or no federated address, whose dialog cannot be
+    /// written into a request (`common::dialog_from_record`), or that repeats a session already
+    /// taken up, is removed.
     pub fn restore(&mut self, now: Instant, dialogs: Vec<ImDialog>) -> Vec<Output> {
         let mut out = Vec::new();
         let now_unix = self.clock.unix(now);
@@ -454,6 +477,15 @@ impl ImEngine {
             };
             let key: Key = (local, d.remote_aor);
             if self.sessions.contains_key(&key) || self.dialogs.contains_key(&dialog.id) {
+                // A second record of a session already taken up (the same pair written
+                // another way, or the same dialog under another pair): removed, unless it is
+                // the very key the live session writes to.
+                if !(self.sessions.contains_key(&key) && d.local_jid == key.0.as_str()) {
+                    out.push(Output::ForgetIm {
+                        local: d.local_jid,
+                        remote: key.1,
+                    });
+                }
                 continue;
             }
             let thread = dialog.id.call_id.clone();
@@ -470,6 +502,8 @@ impl ImEngine {
             );
             session.detached = true;
             session.reserved = reserved;
+            session.stored = Some(reserved);
+            session.restored = true;
             self.sessions.insert(key.clone(), session);
             if expired {
                 self.end_session(&key, None, &mut out);
@@ -786,7 +820,8 @@ impl ImEngine {
 
     /// Sends one item as an in-dialog MESSAGE (the session must be up).
     fn send_item(&mut self, key: Key, item: Item, out: &mut Vec<Output>) {
-        let Some((mut request, route, dialog)) = self.in_dialog_request(&key, Method::Message, out)
+        let Some((mut request, route, dialog)) =
+            self.in_dialog_request(&key, Method::Message, true, out)
         else {
             return;
         };
@@ -824,7 +859,7 @@ impl ImEngine {
     /// Ends a session: BYE (with this `Reason` header value, if any) if its dialog is up, and
     /// its record removed; queued bodies are returned to their senders.
     fn end_session(&mut self, key: &Key, reason: Option<&str>, out: &mut Vec<Output>) {
-        let mut bye = self.in_dialog_request(key, Method::Bye, out);
+        let mut bye = self.in_dialog_request(key, Method::Bye, false, out);
         if let (Some((request, _, _)), Some(reason)) = (bye.as_mut(), reason) {
             request.push_header("Reason", reason);
         }
@@ -949,10 +984,20 @@ impl ImEngine {
                     self.sessions.get(&key).map(|s| &s.state),
                     Some(State::Up { dialog: d }) if d.id == dialog
                 );
+                // A 500 in a session taken up from the store, before any request of this
+                // process in it was answered 2xx: most likely a CSeq the previous process used
+                // (a reservation the store lost; RFC 3261 §12.2.2), which LCS refuses however
+                // often it is sent. Handled as a 481, with a BYE (LCS still has the dialog).
+                let collided = current
+                    && status == status::SERVER_INTERNAL_ERROR
+                    && self.sessions.get(&key).is_some_and(|s| s.restored);
                 match failure {
                     None => {
                         if let (true, Ok((conn, _))) = (current, &outcome) {
                             self.attach(&key, *conn);
+                            if let Some(s) = self.sessions.get_mut(&key) {
+                                s.restored = false;
+                            }
                         }
                         if let Item::Body { stanza, .. } = item {
                             if let Some(r) = receipt(&stanza) {
@@ -963,20 +1008,22 @@ impl ImEngine {
                     Some((condition, text, teardown)) => {
                         // 408/480/481 (also to a typing notification), timeouts, lost
                         // connections: the next message starts a fresh session.
-                        if teardown && current {
+                        if collided {
+                            self.end_session(&key, None, out);
+                        } else if teardown && current {
                             self.drop_session(&key, out);
                         }
                         match item {
                             // LCS no longer knows the dialog (it restarted, or a stored
-                            // session outlived its end): the message goes once more, in a
-                            // fresh session.
+                            // session outlived its end), or refuses its CSeqs: the message goes
+                            // once more, in a fresh session.
                             Item::Body {
                                 text: body,
                                 subject,
                                 lang,
                                 stanza,
                                 retried: false,
-                            } if status == status::CALL_DOES_NOT_EXIST => {
+                            } if status == status::CALL_DOES_NOT_EXIST || collided => {
                                 let item = Item::Body {
                                     text: body,
                                     subject,
@@ -995,6 +1042,93 @@ impl ImEngine {
                 }
             }
         }
+    }
+
+    /// The key of the session whose current dialog `record` is, if it is still up.
+    fn session_of(&self, record: &ImDialog) -> Option<Key> {
+        let local = BareJid::new(&record.local_jid).ok()?;
+        let key: Key = (local, record.remote_aor.clone());
+        match &self.sessions.get(&key)?.state {
+            State::Up { dialog }
+                if dialog.id.call_id == record.dialog.call_id
+                    && dialog.id.local_tag == record.dialog.local_tag =>
+            {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+
+    /// The runner could not do these store writes (`failed`; `queued`: this engine's requests
+    /// not sent yet; [`crate::engine::bridge::Engine::store_failed`]). No answer changes. A
+    /// session whose first record was not written goes on (a restart would end it: LCS's next
+    /// message in it would get `481`). A raised reservation that was not written leaves the
+    /// store's lower one in force: the session's MESSAGEs above it still waiting are withdrawn
+    /// (a restarted bridge would repeat their CSeqs, and LCS answer `500`), the session ends
+    /// (its record removed, BYE) and each withdrawn message goes once more in a fresh session,
+    /// whose INVITE needs no reservation. Returns the withdrawn transactions and what to do
+    /// first.
+    pub fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        let (mut withdrawn, mut out) = (Vec::new(), Vec::new());
+        for output in failed {
+            let (record, before) = match output {
+                Output::PersistIm {
+                    dialog,
+                    durable: true,
+                    before,
+                } => (dialog, *before),
+                Output::PersistIm { dialog, .. } => {
+                    info!(local = %dialog.local_jid, remote = %dialog.remote_aor, "IM session record not updated");
+                    continue;
+                }
+                Output::ForgetIm { local, remote } => {
+                    // A record left behind is taken up at the next start; its dialog has ended,
+                    // so its first message gets 481 and goes in a fresh session.
+                    warn!(%local, %remote, "IM session record not removed");
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some(key) = self.session_of(record) else {
+                continue;
+            };
+            let Some(before) = before else {
+                warn!(local = %record.local_jid, remote = %record.remote_aor,
+                    "IM session record not stored; a restart now ends that session");
+                if let Some(s) = self.sessions.get_mut(&key) {
+                    s.stored = None;
+                }
+                continue;
+            };
+            warn!(local = %record.local_jid, remote = %record.remote_aor,
+                "IM session CSeq reservation not stored; the session ends and its waiting messages go in a fresh one");
+            let mine: Vec<TxId> = queued
+                .iter()
+                .filter(|(tx, m)| {
+                    matches!(self.purposes.get(tx), Some(Purpose::Message { key: k, .. }) if *k == key)
+                        && m.call_id().is_ok_and(|c| c == record.dialog.call_id)
+                        && m.cseq().is_ok_and(|c| c.number > before)
+                })
+                .map(|(tx, _)| *tx)
+                .collect();
+            let mut items = Vec::new();
+            for tx in mine {
+                if let Some(Purpose::Message { item, .. }) = self.purposes.remove(&tx) {
+                    withdrawn.push(tx);
+                    items.push(item);
+                }
+            }
+            self.end_session(&key, None, &mut out);
+            for item in items {
+                self.requeue(now, key.clone(), item, &mut out);
+            }
+        }
+        (withdrawn, out)
     }
 
     /// The INVITE's 2xx: build the dialog, store it (synced, before the ACK makes it exist
@@ -2352,18 +2486,60 @@ mod tests {
         let mut smuggled = good.clone();
         smuggled.remote_aor = "sip:dave@contoso.com".into();
         smuggled.dialog.call_id = "x\r\nVia: evil".into();
-        let (e, out) = restarted(vec![good, old, no_user, local_remote, smuggled], now);
+        // A local CSeq no reservation can follow (not written by this bridge).
+        let mut exhausted = good.clone();
+        exhausted.remote_aor = "sip:erin@contoso.com".into();
+        exhausted.dialog.call_id = "call-max".into();
+        exhausted.dialog.local_cseq = u32::MAX - 5;
+        // The same pair written another way, and the same dialog under another pair.
+        let mut same_pair = good.clone();
+        same_pair.local_jid = "Alice@Example.org".into();
+        same_pair.dialog.call_id = "call-other".into();
+        let mut same_dialog = good.clone();
+        same_dialog.remote_aor = "sip:frank@contoso.com".into();
+        let (e, out) = restarted(
+            vec![
+                good.clone(),
+                old,
+                no_user,
+                local_remote,
+                smuggled,
+                exhausted,
+                same_pair,
+                same_dialog,
+                good,
+            ],
+            now,
+        );
         assert_eq!(e.session_count(), 1);
-        // (The BYE goes above the stored reservation, so a new one is written first.)
+        // The expired dialog's record is removed first, so its BYE needs no new reservation
+        // (no synced write per expired dialog at a start).
         assert_eq!(
             kinds(&out),
-            ["store", "forget", "BYE", "forget", "forget", "forget"]
+            [
+                "forget", "BYE", "forget", "forget", "forget", "forget", "forget", "forget"
+            ]
         );
         let (_, bye, route) = requests(&out).remove(0);
         assert_eq!(bye.call_id().unwrap(), "call-old");
         assert_eq!(route, Route::Domain("contoso.com".into()));
-        // Above the reservation: the BYE's CSeq was never used.
         assert_eq!(bye.cseq().unwrap().number, 2 + CSEQ_RESERVE);
+        let forgotten: Vec<(String, String)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::ForgetIm { local, remote } => Some((local.clone(), remote.clone())),
+                _ => None,
+            })
+            .collect();
+        let pair = |l: &str, r: &str| (l.to_owned(), r.to_owned());
+        assert_eq!(
+            forgotten[4..],
+            [
+                pair("alice@example.org", "sip:erin@contoso.com"),
+                pair("Alice@Example.org", "sip:bob@contoso.com"),
+                pair("alice@example.org", "sip:frank@contoso.com"),
+            ]
+        );
     }
 
     #[test]
@@ -2403,6 +2579,97 @@ mod tests {
         );
         assert_eq!(kinds(&out), ["forget", "stanza"]);
         assert!(stanzas(&out)[0].contains("item-not-found"));
+    }
+
+    /// The durable write outputs in `out` (what the runner reports failed).
+    fn writes(out: &[Output]) -> Vec<Output> {
+        out.iter()
+            .filter(|o| matches!(o, Output::PersistIm { durable: true, .. }))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_reservation_the_store_did_not_take_withdraws_what_would_pass_it() {
+        let mut e = engine();
+        let now = Instant::now();
+        open(&mut e, now);
+        for _ in 3..=1 + CSEQ_RESERVE {
+            e.on_stanza(now, message(Some("m"), ""));
+        }
+        let out = e.on_stanza(now, message(Some("over"), ""));
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        let failed = writes(&out);
+        assert!(
+            matches!(failed[0], Output::PersistIm { before: Some(b), .. } if b == 1 + CSEQ_RESERVE)
+        );
+        let (tx, m, _) = requests(&out).remove(0);
+        assert_eq!(m.cseq().unwrap().number, 2 + CSEQ_RESERVE);
+        // The write fails: the store still holds 1 + CSEQ_RESERVE, so the MESSAGE above it
+        // must not go; the session ends and the message goes in a fresh one, unbounced.
+        let (withdrawn, first) = e.store_failed(now, &failed, &[(tx, &m)]);
+        assert_eq!(withdrawn, [tx]);
+        assert_eq!(kinds(&first), ["forget", "BYE", "INVITE"]);
+        let reqs = requests(&first);
+        assert_eq!(reqs[0].1.call_id().unwrap(), m.call_id().unwrap());
+        let (tx, invite, _) = reqs[1].clone();
+        assert_ne!(invite.call_id().unwrap(), m.call_id().unwrap());
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["store", "ACK", "MESSAGE"]);
+        let (tx, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"over");
+        // The fresh session's first record fails too: nothing is withdrawn (no record of the
+        // dialog can hold a lower CSeq) and the session goes on.
+        let (withdrawn, first) = e.store_failed(now, &writes(&out), &[(tx, &m)]);
+        assert!(withdrawn.is_empty() && first.is_empty());
+        let out = e.on_stanza(now, message(Some("next"), ""));
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        assert_eq!(e.session_count(), 1);
+    }
+
+    #[test]
+    fn a_500_in_a_restored_session_sends_the_message_again_in_a_fresh_one() {
+        let now = Instant::now();
+        let mut first = engine();
+        open(&mut first, now);
+        let key = (
+            BareJid::new("alice@example.org").unwrap(),
+            "sip:bob@contoso.com".to_owned(),
+        );
+        let record = first.record(&key).unwrap();
+        let (mut e, _) = restarted(vec![record.clone()], now);
+        let out = e.on_stanza(now, message(Some("after the restart"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        // LCS has seen this CSeq (the old process's reservation was lost).
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 500, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "BYE", "INVITE"]);
+        assert!(stanzas(&out).is_empty(), "no bounce");
+        let (tx, invite, _) = requests(&out).remove(1);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        let (_, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"after the restart");
+
+        // Once a request of this process was answered 2xx in it, a 500 is the server's own
+        // failure: the message is returned to its sender, the session stays.
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_stanza(now, message(Some("one"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 200, None, None)),
+        );
+        let out = e.on_stanza(now, message(Some("two"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 500, None, None)),
+        );
+        assert_eq!(kinds(&out), ["stanza"]);
+        assert!(stanzas(&out)[0].contains("type='error'"));
+        assert_eq!(e.session_count(), 1);
     }
 
     #[test]

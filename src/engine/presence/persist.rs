@@ -1,6 +1,7 @@
 //! Persistence: the store's [`Subscription`] record written from a subscription's state, and
 //! the state built again from a stored record at start ([`PresenceEngine::restore`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xmpp_parsers::jid::BareJid;
@@ -10,6 +11,8 @@ use super::subscriber::Outbound;
 use super::{CSEQ_RESERVE, Key, PresenceEngine};
 use crate::core::pidf;
 use crate::engine::{Output, common};
+use crate::sip::message::Message;
+use crate::sip::transaction::TxId;
 use crate::store::{Approval, DialogRecord, Direction, SubState, Subscription};
 
 impl PresenceEngine {
@@ -89,6 +92,60 @@ impl PresenceEngine {
         if let Some(r) = self.in_record(now, key) {
             out.push(Output::PersistLazy(Box::new(r)));
         }
+    }
+
+    /// The runner could not write these records (`failed`; `queued`: this engine's requests
+    /// not sent yet). A watcher's NOTIFY never goes out on the strength of a write of its
+    /// dialog that failed: the store may still hold a lower CSeq reservation (a restarted
+    /// bridge would repeat the NOTIFY's CSeq, RFC 3261 §12.2.2), or not the state the NOTIFY
+    /// announces. Such a NOTIFY still waiting is withdrawn (its transactions returned) and owed
+    /// again after the backoff, and the next NOTIFY writes a reservation first.
+    pub fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> Vec<TxId> {
+        let mut withdrawn = Vec::new();
+        for output in failed {
+            let Output::Persist(sub) = output else {
+                continue;
+            };
+            let Some(record) = sub
+                .dialog
+                .as_ref()
+                .filter(|_| sub.direction == Direction::Inbound)
+            else {
+                continue;
+            };
+            let key: Key = Arc::new((sub.local_jid.clone(), sub.remote_aor.clone()));
+            let Some(w) = self.inbound.get_mut(&key) else {
+                continue;
+            };
+            let same = w.dialog.as_ref().is_some_and(|d| {
+                d.id.call_id == record.call_id && d.id.local_tag == record.local_tag
+            });
+            if !same {
+                continue;
+            }
+            // Unknown what the store holds: the next NOTIFY reserves again first.
+            w.cseq_reserved = 0;
+            let Some(tx) = w.in_flight.filter(|tx| queued.iter().any(|(q, _)| q == tx)) else {
+                continue;
+            };
+            w.in_flight = None;
+            w.dirty = true;
+            w.failures = w.failures.saturating_add(1);
+            let failures = w.failures;
+            let delay = self.backoff(failures.saturating_sub(1));
+            if let Some(w) = self.inbound.get_mut(&key) {
+                w.retry_at = Some(now + delay);
+            }
+            self.purposes.remove(&tx);
+            withdrawn.push(tx);
+        }
+        self.rearm();
+        withdrawn
     }
 }
 
