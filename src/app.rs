@@ -229,7 +229,23 @@ fn im_settings(cfg: &config::Config) -> ImSettings {
         dialog_max_age: cfg.im.dialog_max_age,
         max_body_bytes: cfg.im.max_message_bytes,
         max_queued: cfg.im.max_queued_messages,
+        max_sessions: cfg.im.max_sessions,
+        max_sessions_per_domain: cfg.im.max_sessions_per_domain,
+        max_sessions_per_partner: cfg.im.max_sessions_per_partner,
+        max_sessions_per_user: cfg.im.max_sessions_per_user,
+        partners: allowed_partners(cfg),
     }
+}
+
+/// The listed partners' domains (`policy = "allow"`, lowercase): their own pending and session
+/// limits apply.
+fn allowed_partners(cfg: &config::Config) -> std::collections::HashSet<String> {
+    cfg.federation
+        .partners
+        .iter()
+        .filter(|p| p.policy == config::PartnerPolicy::Allow)
+        .map(|p| p.domain.to_ascii_lowercase())
+        .collect()
 }
 
 fn presence_settings(cfg: &config::Config) -> PresenceSettings {
@@ -244,13 +260,7 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
         restore_rate: cfg.presence.restore_rate,
         max_pending_per_domain: cfg.presence.max_pending_per_domain,
         max_pending_per_partner: cfg.presence.max_pending_per_partner,
-        partners: cfg
-            .federation
-            .partners
-            .iter()
-            .filter(|p| p.policy == config::PartnerPolicy::Allow)
-            .map(|p| p.domain.to_ascii_lowercase())
-            .collect(),
+        partners: allowed_partners(cfg),
         max_pending_per_user: cfg.presence.max_pending_per_user,
         ..PresenceSettings::default()
     }

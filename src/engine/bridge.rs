@@ -648,6 +648,14 @@ impl Engine for ImEngine {
     ) -> (Vec<TxId>, Vec<Output>) {
         ImEngine::store_failed(self, now, failed, queued)
     }
+
+    fn shutdown(&mut self) -> Vec<Output> {
+        info!(
+            hits = %crate::edge::limits::summary(self.limit_hits().iter().map(|(k, n)| (*k, *n))),
+            "IM stopping; session limits hit since the start"
+        );
+        Vec::new()
+    }
 }
 
 /// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
@@ -708,5 +716,147 @@ impl Engine for IqEngine {
 
     fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use crate::core::tables::Mappings;
+    use crate::sip::transaction::TxIds;
+    use crate::store::DialogRecord;
+
+    /// An engine that answers its input with the outputs it is given and notes what the
+    /// bridge tells it failed, answering with `withdraw` and `first`.
+    #[derive(Default)]
+    struct Stub {
+        out: Vec<Output>,
+        failed: Vec<Vec<Output>>,
+        withdraw: Vec<TxId>,
+        first: Vec<Output>,
+    }
+
+    impl Engine for Stub {
+        fn name(&self) -> &'static str {
+            "stub"
+        }
+        fn takes(&self, _input: &Input) -> bool {
+            true
+        }
+        fn handle(&mut self, _now: Instant, _input: Input) -> Vec<Output> {
+            std::mem::take(&mut self.out)
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
+            Vec::new()
+        }
+        fn store_failed(
+            &mut self,
+            _now: Instant,
+            failed: &[Output],
+            queued: &[(TxId, &Message)],
+        ) -> (Vec<TxId>, Vec<Output>) {
+            assert_eq!(queued.len(), 2, "both requests still wait");
+            let befores: Vec<Option<u32>> = failed
+                .iter()
+                .map(|o| match o {
+                    Output::PersistIm { before, .. } => *before,
+                    _ => panic!("{o:?}"),
+                })
+                .collect();
+            assert_eq!(befores, [Some(1), None], "every record of the joined write");
+            self.failed.push(failed.to_vec());
+            (
+                std::mem::take(&mut self.withdraw),
+                std::mem::take(&mut self.first),
+            )
+        }
+    }
+
+    fn im_dialog(remote: &str) -> ImDialog {
+        ImDialog {
+            local_jid: "alice@example.org".into(),
+            remote_aor: remote.into(),
+            dialog: DialogRecord {
+                call_id: format!("call-{remote}"),
+                local_tag: "a".into(),
+                remote_tag: "b".into(),
+                local_uri: "sip:alice@example.org".into(),
+                local_display: None,
+                remote_uri: remote.into(),
+                remote_display: None,
+                remote_target: remote.into(),
+                route_set: vec![],
+                local_cseq: 1001,
+                remote_cseq: None,
+                created_unix: 1_700_000_000,
+            },
+        }
+    }
+
+    fn request(tx: TxId) -> Output {
+        Output::Request {
+            tx,
+            request: Message::new_request(Method::Message, "sip:bob@contoso.com"),
+            route: Route::Domain("contoso.com".into()),
+        }
+    }
+
+    /// Consecutive durable IM writes share one action (one flush); when it fails, the engine is
+    /// given every record it carried and the requests still waiting, the requests it withdraws
+    /// are not sent and what it answers with runs first.
+    #[test]
+    fn a_failed_store_write_is_the_engines_to_answer() {
+        let (d1, d2) = (
+            im_dialog("sip:bob@contoso.com"),
+            im_dialog("sip:carol@contoso.com"),
+        );
+        let ids = TxIds::default();
+        let (tx1, tx2) = (ids.next(), ids.next());
+        let stub = Stub {
+            out: vec![
+                Output::PersistIm {
+                    dialog: Box::new(d1.clone()),
+                    durable: true,
+                    before: Some(1),
+                },
+                Output::PersistIm {
+                    dialog: Box::new(d2.clone()),
+                    durable: true,
+                    before: None,
+                },
+                request(tx1),
+                request(tx2),
+            ],
+            withdraw: vec![tx1],
+            first: vec![Output::ForgetIm {
+                local: "alice@example.org".into(),
+                remote: "sip:bob@contoso.com".into(),
+            }],
+            ..Stub::default()
+        };
+        let mut bridge = Bridge::new(vec![Box::new(stub)], Mappings::builtin().errors);
+        let now = Instant::now();
+        let el: Element = "<message xmlns='jabber:component:accept'/>"
+            .parse()
+            .unwrap();
+        bridge.handle(now, Input::Stanza(el));
+        assert_eq!(
+            bridge.poll_action(),
+            Some(Action::WriteIm {
+                dialogs: vec![d1, d2],
+                durable: true
+            })
+        );
+        bridge.report(now, Failure::StoreFailed);
+        assert!(matches!(
+            bridge.poll_action(),
+            Some(Action::ForgetIm { remote, .. }) if remote == "sip:bob@contoso.com"
+        ));
+        assert!(matches!(bridge.poll_action(), Some(Action::Request { tx, .. }) if tx == tx2));
+        assert_eq!(bridge.poll_action(), None);
     }
 }

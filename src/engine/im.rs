@@ -34,7 +34,7 @@
 //! request from LCS shows one, as after a lost connection.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -89,6 +89,17 @@ pub struct ImSettings {
     pub max_body_bytes: usize,
     /// Most messages queued for one session while its INVITE is pending.
     pub max_queued: usize,
+    /// Most sessions at once, in all (`im.max_sessions`).
+    pub max_sessions: usize,
+    /// Most sessions with the users of one discovered (unlisted) domain
+    /// (`im.max_sessions_per_domain`).
+    pub max_sessions_per_domain: usize,
+    /// The same for a listed partner's domain (`im.max_sessions_per_partner`).
+    pub max_sessions_per_partner: usize,
+    /// Most sessions of one local user (`im.max_sessions_per_user`).
+    pub max_sessions_per_user: usize,
+    /// The listed partners' domains (lowercase): `max_sessions_per_partner` applies.
+    pub partners: HashSet<String>,
 }
 
 impl Default for ImSettings {
@@ -99,7 +110,69 @@ impl Default for ImSettings {
             dialog_max_age: crate::sip::dialog::DEFAULT_MAX_AGE,
             max_body_bytes: 16 * 1024,
             max_queued: 100,
+            max_sessions: 10_000,
+            max_sessions_per_domain: 1000,
+            max_sessions_per_partner: 10_000,
+            max_sessions_per_user: 100,
+            partners: HashSet::new(),
         }
+    }
+}
+
+/// The sessions by key, with how many each local user and each remote domain has (for the
+/// limits). Reads go through `Deref`.
+#[derive(Debug, Default)]
+struct Sessions {
+    map: HashMap<Key, Session>,
+    per_user: HashMap<BareJid, usize>,
+    per_domain: HashMap<String, usize>,
+}
+
+impl std::ops::Deref for Sessions {
+    type Target = HashMap<Key, Session>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Sessions {
+    fn get_mut(&mut self, key: &Key) -> Option<&mut Session> {
+        self.map.get_mut(key)
+    }
+
+    fn values_mut(&mut self) -> std::collections::hash_map::ValuesMut<'_, Key, Session> {
+        self.map.values_mut()
+    }
+
+    fn insert(&mut self, key: Key, session: Session) {
+        let domain = host_of(&key.1);
+        if self.map.insert(key.clone(), session).is_none() {
+            *self.per_user.entry(key.0).or_default() += 1;
+            *self.per_domain.entry(domain).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Session> {
+        let session = self.map.remove(key)?;
+        fn down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, k: &K) {
+            if let Some(n) = counts.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(k);
+                }
+            }
+        }
+        down(&mut self.per_user, &key.0);
+        down(&mut self.per_domain, &host_of(&key.1));
+        Some(session)
+    }
+
+    fn of_user(&self, user: &BareJid) -> usize {
+        self.per_user.get(user).copied().unwrap_or(0)
+    }
+
+    fn of_domain(&self, domain: &str) -> usize {
+        self.per_domain.get(domain).copied().unwrap_or(0)
     }
 }
 
@@ -264,7 +337,7 @@ pub struct ImEngine {
     ids: TxIds,
     /// Relates `now` to the store's Unix times (a dialog's creation).
     clock: WallClock,
-    sessions: HashMap<Key, Session>,
+    sessions: Sessions,
     /// Dialog → session, for in-dialog requests.
     dialogs: HashMap<DialogId, Key>,
     purposes: HashMap<TxId, Purpose>,
@@ -276,6 +349,8 @@ pub struct ImEngine {
     /// Numbers the stanzas sent to XMPP users (their ids).
     stanzas: u64,
     rng: SplitMix,
+    /// Sessions refused by each limit since the start (its configuration key).
+    limit_hits: BTreeMap<&'static str, u64>,
 }
 
 /// Why an XMPP message could not be taken.
@@ -308,12 +383,13 @@ impl ImEngine {
             errors,
             ids,
             clock,
-            sessions: HashMap::new(),
+            sessions: Sessions::default(),
             dialogs: HashMap::new(),
             purposes: HashMap::new(),
             idle: BinaryHeap::new(),
             stanzas: 0,
             rng: SplitMix::new(seed),
+            limit_hits: BTreeMap::new(),
         }
     }
 
@@ -326,6 +402,46 @@ impl ImEngine {
     /// Live sessions (for tests and stats).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Sessions refused by each limit since the start, by configuration key.
+    pub fn limit_hits(&self) -> &BTreeMap<&'static str, u64> {
+        &self.limit_hits
+    }
+
+    /// The configuration key of the session limit a new session `key` would go beyond, if
+    /// any (counted, and logged): the local user's, the remote domain's (a listed partner's
+    /// has its own), the overall one.
+    fn session_limit(&mut self, key: &Key) -> Option<&'static str> {
+        let domain = host_of(&key.1);
+        let (per_domain, domain_key) = if self.settings.partners.contains(&domain) {
+            (
+                self.settings.max_sessions_per_partner,
+                "im.max_sessions_per_partner",
+            )
+        } else {
+            (
+                self.settings.max_sessions_per_domain,
+                "im.max_sessions_per_domain",
+            )
+        };
+        let limit = if self.sessions.of_user(&key.0) >= self.settings.max_sessions_per_user {
+            "im.max_sessions_per_user"
+        } else if self.sessions.of_domain(&domain) >= per_domain {
+            domain_key
+        } else if self.sessions.len() >= self.settings.max_sessions {
+            "im.max_sessions"
+        } else {
+            return None;
+        };
+        *self.limit_hits.entry(limit).or_default() += 1;
+        warn!(
+            user = %key.0,
+            remote = %key.1,
+            limit,
+            "IM session refused: session limit reached"
+        );
+        Some(limit)
     }
 
     fn token(&mut self) -> String {
@@ -508,8 +624,7 @@ impl ImEngine {
             if expired {
                 self.end_session(&key, None, &mut out);
             } else {
-                self.idle
-                    .push(Reverse((now + self.settings.idle_timeout, key)));
+                self.arm_idle(now, key);
             }
         }
         out
@@ -720,7 +835,21 @@ impl ImEngine {
             self.end_session(&key, None, out);
         }
         if !self.sessions.contains_key(&key) {
-            if matches!(item, Item::Typing(_)) {
+            let Item::Body { stanza, .. } = &item else {
+                return;
+            };
+            if let Some(limit) = self.session_limit(&key) {
+                let text = match limit {
+                    "im.max_sessions_per_user" => {
+                        format!("too many chat sessions open for {} ({limit})", key.0)
+                    }
+                    "im.max_sessions" => format!("too many chat sessions open here ({limit})"),
+                    _ => format!(
+                        "too many chat sessions open with {} ({limit})",
+                        host_of(&key.1)
+                    ),
+                };
+                out.push(bounce(stanza, Condition::ResourceConstraint, &text));
                 return;
             }
             self.invite(now, key.clone(), remote_jid, local_uri, out);
@@ -1192,8 +1321,7 @@ impl ImEngine {
         session.last_activity = now;
         self.persist(&key, true, out);
         out.extend(ack.map(|ack| Output::Ack { conn, ack }));
-        self.idle
-            .push(Reverse((now + self.settings.idle_timeout, key.clone())));
+        self.arm_idle(now, key.clone());
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
@@ -1271,6 +1399,24 @@ impl ImEngine {
             Ok(p) => p,
             Err(reject) => return out.push(refuse(reject)),
         };
+        // A new session beyond a limit: 486 (this INVITE only; a 503 would tell LCS's edge to
+        // send the bridge nothing for a while, RFC 3261 §21.5.4).
+        let new_key: Key = (local.clone(), remote_aor.clone());
+        if !self.sessions.contains_key(&new_key) {
+            if let Some(limit) = self.session_limit(&new_key) {
+                let reason = match limit {
+                    "im.max_sessions_per_user" => {
+                        format!("Busy Here: too many chat sessions for this user ({limit})")
+                    }
+                    "im.max_sessions" => format!("Busy Here: too many chat sessions ({limit})"),
+                    _ => format!(
+                        "Busy Here: too many chat sessions with {} ({limit})",
+                        host_of(&remote_aor)
+                    ),
+                };
+                return out.push(refuse(Reject::new(status::BUSY_HERE).reason(reason)));
+            }
+        }
         let offer = Sdp::parse(request.body()).ok();
         let answer = offer
             .as_ref()
@@ -1315,13 +1461,12 @@ impl ImEngine {
         let first = request
             .header("ms-text-format")
             .and_then(|v| im_text::ms_text_format(v).ok().flatten());
-        self.idle
-            .push(Reverse((now + self.settings.idle_timeout, key.clone())));
         let state = State::Up {
             dialog: Box::new(dialog),
         };
         let session = Session::new(remote_jid.clone(), state, now, thread.clone());
         self.sessions.insert(key.clone(), session);
+        self.arm_idle(now, key.clone());
         // Stored (synced) before the 200 makes the dialog exist for LCS.
         self.persist(&key, true, out);
         out.push(Output::Respond { tx, response });
@@ -1464,6 +1609,30 @@ impl ImEngine {
         }
     }
 
+    /// The idle deadline of the session of `key`, which went up at `now`. When entries of
+    /// ended sessions (which stay until their time) outnumber the live ones, the heap is built
+    /// anew from the live sessions: a peer opening and ending sessions fast cannot grow it
+    /// (amortized O(1) per session).
+    fn arm_idle(&mut self, now: Instant, key: Key) {
+        self.idle
+            .push(Reverse((now + self.settings.idle_timeout, key)));
+        if self.idle.len() > 2 * self.sessions.len() + 1024 {
+            let timeout = self.settings.idle_timeout;
+            self.idle = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::Up { .. }))
+                .map(|(k, s)| Reverse((s.last_activity + timeout, k.clone())))
+                .collect();
+        }
+    }
+
+    /// The number of idle deadlines held (for tests).
+    #[cfg(test)]
+    fn idle_entries(&self) -> usize {
+        self.idle.len()
+    }
+
     /// When the next idle session must end.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.idle.peek().map(|Reverse((at, _))| *at)
@@ -1600,6 +1769,7 @@ mod tests {
             dialog_max_age: Duration::from_secs(3600),
             max_body_bytes: 1000,
             max_queued: 3,
+            ..ImSettings::default()
         };
         ImEngine::new(
             settings,
@@ -2579,6 +2749,130 @@ mod tests {
         );
         assert_eq!(kinds(&out), ["forget", "stanza"]);
         assert!(stanzas(&out)[0].contains("item-not-found"));
+    }
+
+    /// An INVITE from `from` to `to` in dialog `call`, as LCS sends it.
+    fn invite_between(from: &str, to: &str, call: &str) -> EdgeEvent {
+        inbound(
+            &invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+                .replace("sip:bob@contoso.com", from)
+                .replace("sip:alice@example.org", to)
+                .replace("call-1", call),
+        )
+    }
+
+    #[test]
+    fn sessions_beyond_a_limit_are_refused_both_ways() {
+        let mut e = engine();
+        e.settings.max_sessions_per_user = 2;
+        e.settings.max_sessions_per_domain = 3;
+        e.settings.max_sessions_per_partner = 4;
+        e.settings.max_sessions = 5;
+        e.settings.partners.insert("fabrikam.com".into());
+        let now = Instant::now();
+        let status = |e: &mut ImEngine, from: &str, to: &str, call: &str| {
+            let r = responses(&e.on_edge(now, invite_between(from, to, call))).remove(0);
+            (r.status().unwrap(), r.reason().unwrap_or("").to_owned())
+        };
+        let ok = (200, "OK".to_owned());
+        let alice = "sip:alice@example.org";
+        assert_eq!(status(&mut e, "sip:bob@contoso.com", alice, "c1"), ok);
+        assert_eq!(status(&mut e, "sip:carol@contoso.com", alice, "c2"), ok);
+        // Alice has two: a third is refused, this INVITE only (486, not 503).
+        let busy = |why: &str| (486, format!("Busy Here: too many chat sessions {why}"));
+        assert_eq!(
+            status(&mut e, "sip:dave@contoso.com", alice, "c3"),
+            busy("for this user (im.max_sessions_per_user)")
+        );
+        // The same party in a new dialog replaces its session: not one more.
+        assert_eq!(status(&mut e, "sip:bob@contoso.com", alice, "c4"), ok);
+        // Her own message that would open a third: returned with resource-constraint.
+        let to_erin = message(Some("hi erin"), "").to_owned();
+        let to_erin: Element = String::from(&to_erin)
+            .replace(r"bob\40contoso.com", r"erin\40contoso.com")
+            .parse()
+            .unwrap();
+        let out = e.on_stanza(now, to_erin);
+        assert!(requests(&out).is_empty());
+        let s = &stanzas(&out)[0];
+        assert!(s.contains("resource-constraint"), "{s}");
+        assert!(
+            s.contains(
+                "too many chat sessions open for alice@example.org (im.max_sessions_per_user)"
+            ),
+            "{s}"
+        );
+        // contoso.com, a discovered domain, has three at most.
+        assert_eq!(
+            status(&mut e, "sip:frank@contoso.com", "sip:zoe@example.org", "c5"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:gina@contoso.com", "sip:zoe@example.org", "c6"),
+            busy("with contoso.com (im.max_sessions_per_domain)")
+        );
+        // A listed partner counts apart, up to the overall limit.
+        assert_eq!(
+            status(&mut e, "sip:h@fabrikam.com", "sip:yan@example.org", "c7"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:i@fabrikam.com", "sip:yan@example.org", "c8"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:j@fabrikam.com", "sip:xi@example.org", "c9"),
+            busy("(im.max_sessions)")
+        );
+        assert_eq!(e.session_count(), 5);
+        assert_eq!(
+            e.limit_hits()
+                .iter()
+                .map(|(k, n)| (*k, *n))
+                .collect::<Vec<_>>(),
+            [
+                ("im.max_sessions", 1),
+                ("im.max_sessions_per_domain", 1),
+                ("im.max_sessions_per_user", 2)
+            ]
+        );
+        // A session that ends frees its place.
+        let tag = {
+            let out = e.on_edge(now, invite_between("sip:bob@contoso.com", alice, "c10"));
+            responses(&out)[0].to().unwrap().tag().unwrap().to_owned()
+        };
+        let bye = lcs_message(&tag, 2, "")
+            .replace("MESSAGE", "BYE")
+            .replace("call-1", "c10");
+        e.on_edge(now, inbound(&bye));
+        assert_eq!(e.session_count(), 4);
+        assert_eq!(status(&mut e, "sip:dave@contoso.com", alice, "c11"), ok);
+    }
+
+    /// Sessions opened and ended fast leave no more idle deadlines than a bounded multiple of
+    /// the live sessions.
+    #[test]
+    fn the_idle_heap_does_not_grow_with_ended_sessions() {
+        let mut e = engine();
+        let now = Instant::now();
+        for n in 0..3000 {
+            let call = format!("churn-{n}");
+            let out = e.on_edge(
+                now,
+                invite_between("sip:bob@contoso.com", "sip:alice@example.org", &call),
+            );
+            let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+            let bye = lcs_message(&tag, 2, "")
+                .replace("MESSAGE", "BYE")
+                .replace("call-1", &call);
+            e.on_edge(now, inbound(&bye));
+        }
+        assert_eq!(e.session_count(), 0);
+        assert!(e.idle_entries() <= 1025, "{}", e.idle_entries());
+        // A live session still idles out.
+        open(&mut e, now);
+        let out = e.handle_timeout(now + Duration::from_secs(61));
+        assert_eq!(kinds(&out), ["forget", "BYE"]);
     }
 
     /// The durable write outputs in `out` (what the runner reports failed).

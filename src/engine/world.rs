@@ -257,6 +257,7 @@ impl World {
                 dialog_max_age: Duration::from_secs(20 * 3600),
                 max_body_bytes: 16 * 1024,
                 max_queued: 64,
+                ..ImSettings::default()
             },
             Self::book(),
             Mappings::builtin().errors,
