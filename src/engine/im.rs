@@ -216,10 +216,20 @@ enum StanzaKind {
     Typing,
 }
 
-/// The dialog's local tag and the kind an id of [`ImEngine::stanza_id`] names; `None` for any
-/// other id.
+/// The dialog's local tag and the kind an id of [`ImEngine::stanza_id`] names
+/// (`tag.process.kind number`, or `tag.kind number` as versions before the process part wrote
+/// it); `None` for any other id.
 fn parse_stanza_id(id: &str) -> Option<(&str, StanzaKind)> {
-    let (tag, rest) = id.rsplit_once('.')?;
+    let (head, rest) = id.rsplit_once('.')?;
+    let tag = match head.split_once('.') {
+        Some((tag, process))
+            if !process.is_empty() && process.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            tag
+        }
+        Some(_) => return None,
+        None => head,
+    };
     let mut chars = rest.chars();
     let kind = match chars.next()? {
         'm' => StanzaKind::Body,
@@ -348,6 +358,9 @@ pub struct ImEngine {
     idle: BinaryHeap<Reverse<(Instant, Key)>>,
     /// Numbers the stanzas sent to XMPP users (their ids).
     stanzas: u64,
+    /// This process's part of those ids (random): a restarted bridge numbers from 1 again in
+    /// the same sessions, and clients drop a message whose id they have seen in a thread.
+    process: String,
     rng: SplitMix,
     /// Sessions refused by each limit since the start (its configuration key).
     limit_hits: BTreeMap<&'static str, u64>,
@@ -377,6 +390,8 @@ impl ImEngine {
         seed: u64,
         clock: WallClock,
     ) -> ImEngine {
+        let mut rng = SplitMix::new(seed);
+        let process = rng.token()[..8].to_owned();
         ImEngine {
             settings,
             book,
@@ -388,7 +403,8 @@ impl ImEngine {
             purposes: HashMap::new(),
             idle: BinaryHeap::new(),
             stanzas: 0,
-            rng: SplitMix::new(seed),
+            process,
+            rng,
             limit_hits: BTreeMap::new(),
         }
     }
@@ -793,7 +809,7 @@ impl ImEngine {
     }
 
     /// The id of a stanza sent to an XMPP user from the session of `key`: its dialog's local
-    /// tag, the kind, a number.
+    /// tag, this process's part, the kind and a number (`3f…a1.9c04e2b7.m12`).
     fn stanza_id(&mut self, key: &Key, kind: StanzaKind) -> Option<String> {
         let Some(Session {
             state: State::Up { dialog },
@@ -807,7 +823,10 @@ impl ImEngine {
             StanzaKind::Body => 'm',
             StanzaKind::Typing => 't',
         };
-        Some(format!("{}.{letter}{}", dialog.id.local_tag, self.stanzas))
+        Some(format!(
+            "{}.{}.{letter}{}",
+            dialog.id.local_tag, self.process, self.stanzas
+        ))
     }
 
     /// `stanza` with the id [`ImEngine::stanza_id`] gives it, as it goes to the link.
@@ -1757,6 +1776,10 @@ mod tests {
     const REMOTE: &str = r"bob\40contoso.com@lcs.example.org";
 
     fn engine() -> ImEngine {
+        engine_seeded(7)
+    }
+
+    fn engine_seeded(seed: u64) -> ImEngine {
         let book = AddressBook::new(
             AddressMode::Gateway,
             vec!["lcs.example.org".into()],
@@ -1776,7 +1799,7 @@ mod tests {
             book,
             Mappings::builtin().errors,
             TxIds::default(),
-            7,
+            seed,
             WallClock {
                 at: Instant::now(),
                 unix: 1_700_000_000,
@@ -2237,7 +2260,7 @@ mod tests {
         let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
         let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
         let id = stanza_id_in(&out);
-        assert!(id.starts_with(&format!("{tag}.m")), "{id}");
+        assert!(id.starts_with(&format!("{tag}.{}.m", e.process)), "{id}");
         // A client (a full JID) refuses it; the server quotes the body.
         let error = error_for(&id, LOCAL, "wait", "recipient-unavailable", "hi there");
         let out = e.on_stanza(now, error);
@@ -2275,7 +2298,10 @@ mod tests {
         let out = e.on_edge(now, inbound(&composing));
         assert_eq!(kinds(&out), ["200", "stanza"]);
         let typing_id = stanza_id_in(&out);
-        assert!(typing_id.starts_with(&format!("{tag}.t")), "{typing_id}");
+        assert!(
+            typing_id.starts_with(&format!("{tag}.{}.t", e.process)),
+            "{typing_id}"
+        );
         for error in [
             error_for(&typing_id, "alice@example.org", "cancel", "service-unavailable", ""),
             error_for("m1", "alice@example.org", "cancel", "service-unavailable", "hi"),
@@ -2567,8 +2593,7 @@ mod tests {
 
     /// A second engine (a restarted bridge) takes the first one's stored sessions up.
     fn restarted(records: Vec<ImDialog>, now: Instant) -> (ImEngine, Vec<Output>) {
-        let mut e = engine();
-        e.rng = SplitMix::new(99);
+        let mut e = engine_seeded(99);
         let out = e.restore(now, records);
         (e, out)
     }
@@ -2638,6 +2663,41 @@ mod tests {
         assert_eq!(route, Route::Connection(4));
         assert_eq!(m.call_id().unwrap(), "call-1");
         assert_eq!(m.cseq().unwrap().number, 1 + CSEQ_RESERVE + 1);
+    }
+
+    /// A restarted bridge numbers its stanzas from 1 again, in the same sessions and threads:
+    /// the process part keeps their ids apart (clients drop a message whose id they have seen),
+    /// and an error for a stanza of the old process is still traced to its session.
+    #[test]
+    fn stanza_ids_do_not_repeat_after_a_restart() {
+        let now = Instant::now();
+        let mut lcs = engine();
+        let out = lcs.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let (record, before) = (stored(&out).remove(0), stanza_id_in(&out));
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "again")));
+        let after = stanza_id_in(&out);
+        assert_ne!(before, after);
+        for id in [&before, &after] {
+            assert!(
+                id.starts_with(&format!("{tag}.")) && id.ends_with(".m1"),
+                "{id}"
+            );
+        }
+        let out = e.on_stanza(
+            now,
+            error_for(&before, LOCAL, "wait", "resource-constraint", ""),
+        );
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        // Ids written before the process part are still read; nothing else is.
+        assert_eq!(
+            parse_stanza_id(&format!("{tag}.t7")),
+            Some((tag.as_str(), StanzaKind::Typing))
+        );
+        for other in ["a.b.c.m1", "a..m1", "a.b-c.m1", ".b.m1", "a.b.x1", "a.b.m"] {
+            assert_eq!(parse_stanza_id(other), None, "{other}");
+        }
     }
 
     #[test]
