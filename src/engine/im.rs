@@ -20,8 +20,8 @@
 //! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
 //! a message m-line gets 488 with the profile's SDP. Every stanza sent carries an id naming its
 //! dialog, so that a `<message type='error'>` the XMPP server returns for it is traced to its
-//! session: the LCS sender is told in that session (rate-limited), and a recipient that does not
-//! exist ends it with BYE (docs/mapping.md §3 "Errors from the XMPP side").
+//! session: the LCS sender is told in that session (rate-limited), and a recipient the server
+//! says cannot be reached ends it with BYE (docs/mapping.md §3 "Errors from the XMPP side").
 //!
 //! Persistence (docs/storage.md, docs/mapping.md §4 "Sessions across a restart"): every
 //! session's dialog is written to the store when it is established, synced before the 200 or
@@ -736,10 +736,11 @@ impl ImEngine {
     /// SIP request can carry it otherwise — as a text MESSAGE: the condition with the status
     /// `errors.toml` gives it, and the start of the text. Errors for chat states tell nothing;
     /// notices are rate-limited per session ([`NOTICE_BURST`]). When the server says the
-    /// recipient does not exist (`item-not-found`, `service-unavailable` or `gone` from the
-    /// bare JID, not marked `wait`; RFC 6121 §8.5.1) the session ends with BYE and a `Reason`
-    /// (RFC 3326) with that status, so that LCS's next message starts a session of its own
-    /// rather than being lost in this one.
+    /// recipient cannot be reached (`item-not-found`, `service-unavailable` or `gone` from the
+    /// bare JID, not marked `wait`: no such account, RFC 6121 §8.5.1; no resource online and no
+    /// offline storage, §8.5.2.2.1; or the user blocks the sender, XEP-0191) the session ends
+    /// with BYE and a `Reason` (RFC 3326) with that status, so that LCS's next message starts a
+    /// session of its own rather than being lost in this one.
     fn delivery_failed(
         &mut self,
         now: Instant,
@@ -767,14 +768,14 @@ impl ImEngine {
         let (condition, wait) =
             common::error_of(&stanza.payloads).unwrap_or((Condition::UndefinedCondition, false));
         let status = self.errors.status_for_condition(condition);
-        let no_recipient = !wait
+        let unreachable = !wait
             && local.resource().is_none()
             && matches!(
                 condition,
                 Condition::ItemNotFound | Condition::ServiceUnavailable | Condition::Gone
             );
         // The last notice of a session that ends goes whatever the budget.
-        if !session.notices.take(now) && !no_recipient {
+        if !session.notices.take(now) && !unreachable {
             session.notices.held = session.notices.held.saturating_add(1);
             return;
         }
@@ -795,14 +796,15 @@ impl ImEngine {
         if held > 0 {
             text.push_str(&format!(" [and {held} more not delivered]"));
         }
-        if no_recipient {
+        if unreachable {
             text.push_str(&format!(
-                "\n{} cannot receive messages; this conversation has ended.",
+                "\n{} is not reachable (no account, offline, or blocking); this conversation \
+                 has ended.",
                 local.to_bare()
             ));
         }
         self.send_item(key.clone(), Item::Notice(text), out);
-        if no_recipient {
+        if unreachable {
             let reason = format!("SIP;cause={status};text=\"{}\"", reason_phrase(status));
             self.end_session(&key, Some(&reason), out);
         }
@@ -2323,7 +2325,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recipient_that_does_not_exist_ends_the_session_with_bye_and_its_status() {
+    fn an_unreachable_recipient_ends_the_session_with_bye_and_its_status() {
         for (condition, table, status, phrase) in [
             ("service-unavailable", "", 503, "Service Unavailable"),
             ("item-not-found", "", 404, "Not Found"),
@@ -2341,7 +2343,7 @@ mod tests {
             let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
             let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
             let id = stanza_id_in(&out);
-            // The XMPP server answers for the account (its bare JID): it does not exist.
+            // The XMPP server answers for the account (its bare JID): not reachable.
             let out = e.on_stanza(
                 now,
                 error_for(&id, "alice@example.org", "cancel", condition, ""),
@@ -2352,7 +2354,8 @@ mod tests {
                 String::from_utf8_lossy(reqs[0].1.body()),
                 format!(
                     "Message not delivered to alice@example.org ({status} {phrase}, {condition})\n\
-                     alice@example.org cannot receive messages; this conversation has ended."
+                     alice@example.org is not reachable (no account, offline, or blocking); \
+                     this conversation has ended."
                 )
             );
             assert_eq!(

@@ -511,8 +511,8 @@ fn a_message_to_no_account_is_told_to_its_sender_and_ends_the_session() {
     assert_eq!(
         body_of(notice[0]),
         "Message not delivered to nobody@example.org (503 Service Unavailable, \
-         service-unavailable)\nnobody@example.org cannot receive messages; this conversation \
-         has ended."
+         service-unavailable)\nnobody@example.org is not reachable (no account, offline, or \
+         blocking); this conversation has ended."
     );
     let bye = w.lcs.requests(&Method::Bye);
     assert_eq!(bye.len(), 1);
