@@ -50,7 +50,7 @@ use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
 use crate::core::tables::ErrorTable;
-use crate::edge::core::Route;
+use crate::edge::core::{Route, Undeliverable};
 use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::builder::{RequestSpec, header_text, name_addr, reason_phrase};
@@ -187,7 +187,8 @@ enum Item {
         lang: Option<String>,
         /// The stanza as received, for the error bounce and the receipt.
         stanza: Box<Stanza>,
-        /// Already sent again in a fresh session after a 481 (it is not sent a third time).
+        /// Already sent once more (in a fresh session after a 481 or a refused CSeq, or by
+        /// domain after its connection was lost): it is not sent a third time.
         retried: bool,
     },
     Typing(Typing),
@@ -1049,23 +1050,27 @@ impl ImEngine {
                 let c = self.errors.condition_for_timeout();
                 self.on_final(now, tx, Err((c, common::NO_ANSWER.into(), true)), &mut out)
             }
-            EdgeEvent::Transaction(TxEvent::TransportError { tx }) => self.on_final(
-                now,
-                tx,
-                Err((
-                    Condition::RecipientUnavailable,
-                    common::CONNECTION_LOST.into(),
-                    true,
-                )),
-                &mut out,
-            ),
+            EdgeEvent::Transaction(TxEvent::TransportError { tx }) => {
+                if !self.resend_by_domain(tx, &mut out) {
+                    let lost = (
+                        Condition::RecipientUnavailable,
+                        common::CONNECTION_LOST.into(),
+                        true,
+                    );
+                    self.on_final(now, tx, Err(lost), &mut out)
+                }
+            }
             EdgeEvent::Undeliverable { tx, why } => {
-                let condition = common::undeliverable_condition(&self.errors, &why);
-                self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
+                let gone = matches!(why, Undeliverable::ConnectionGone { .. });
+                if !(gone && self.resend_by_domain(tx, &mut out)) {
+                    let condition = common::undeliverable_condition(&self.errors, &why);
+                    self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
+                }
             }
             EdgeEvent::ConnectionLost { conn } => {
                 // The dialogs on it are kept (LCS keeps its side of them): their next requests
-                // go by domain. Their MESSAGEs in flight fail through TransportError.
+                // go by domain. Their MESSAGEs in flight fail through TransportError and go
+                // once more by domain (`resend_by_domain`).
                 for s in self.sessions.values_mut() {
                     if matches!(&s.state, State::Up { dialog } if dialog.conn == conn) {
                         s.detached = true;
@@ -1075,6 +1080,53 @@ impl ImEngine {
             EdgeEvent::Transaction(_) => {}
         }
         out
+    }
+
+    /// Message `tx` was lost with its connection (a transport error, or the connection gone
+    /// before it could be sent): if it is a body sent only once, in its session's current
+    /// dialog, the session is detached and the body goes once more, in the same dialog, by
+    /// domain (the edge reuses or opens a connection to the partner; LCS keeps its side of the
+    /// dialog). Returns whether it did; if not, the failure is handled as any other.
+    fn resend_by_domain(&mut self, tx: TxId, out: &mut Vec<Output>) -> bool {
+        let Some(Purpose::Message {
+            key,
+            dialog,
+            item: Item::Body { retried: false, .. },
+        }) = self.purposes.get(&tx)
+        else {
+            return false;
+        };
+        let Some(session) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        if !matches!(&session.state, State::Up { dialog: d } if d.id == *dialog) {
+            return false;
+        }
+        session.detached = true;
+        let Some(Purpose::Message {
+            key,
+            item:
+                Item::Body {
+                    text,
+                    subject,
+                    lang,
+                    stanza,
+                    ..
+                },
+            ..
+        }) = self.purposes.remove(&tx)
+        else {
+            return false;
+        };
+        let item = Item::Body {
+            text,
+            subject,
+            lang,
+            stanza,
+            retried: true,
+        };
+        self.send_item(key, item, out);
+        true
     }
 
     /// The final outcome of client transaction `tx`: the response and its connection, or
@@ -1772,7 +1824,6 @@ mod tests {
     use super::*;
     use crate::core::address::AddressMode;
     use crate::core::tables::Mappings;
-    use crate::edge::core::Undeliverable;
 
     const LOCAL: &str = "alice@example.org/phone";
     const REMOTE: &str = r"bob\40contoso.com@lcs.example.org";
@@ -3038,6 +3089,41 @@ mod tests {
         assert_eq!(e.session_count(), 1);
         let out = e.on_stanza(now, message(Some("still here"), ""));
         assert_eq!(requests(&out)[0].2, Route::Domain("contoso.com".into()));
+    }
+
+    /// A MESSAGE lost with its connection goes once more in the same dialog, by domain (LCS
+    /// keeps the dialog); lost again, it is returned to its sender and the session ends.
+    #[test]
+    fn a_message_lost_with_its_connection_goes_once_more_by_domain() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (tx, m) = open(&mut e, now);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        let lost = |tx| EdgeEvent::Transaction(TxEvent::TransportError { tx });
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (tx, again, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
+        assert_eq!(again.cseq().unwrap().number, m.cseq().unwrap().number + 1);
+        assert_eq!(again.body(), m.body());
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["forget", "stanza"]);
+        assert!(stanzas(&out)[0].contains("recipient-unavailable"));
+        assert_eq!(e.session_count(), 0);
+        // The connection gone before the MESSAGE could go: the same.
+        let (tx, m) = open(&mut e, now);
+        let out = e.on_edge(
+            now,
+            EdgeEvent::Undeliverable {
+                tx,
+                why: Undeliverable::ConnectionGone { conn: 9 },
+            },
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (_, again, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
     }
 
     #[test]
