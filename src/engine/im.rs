@@ -1590,7 +1590,9 @@ impl ImEngine {
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
+        let mut retargeted = false;
         if let State::Up { dialog } = &mut session.state {
+            let target = dialog.remote_target.clone();
             if let Err(e) = dialog.accept_request(request) {
                 // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
                 let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
@@ -1600,8 +1602,14 @@ impl ImEngine {
                 });
                 return;
             }
+            retargeted = dialog.remote_target != target;
         }
         session.last_activity = now;
+        if retargeted {
+            // A target refresh (re-INVITE with a new Contact, RFC 3261 §12.2.2): kept for a
+            // restart, lazily (a lost one costs the old target's 481 and a fresh session).
+            self.persist(&key, false, out);
+        }
         self.attach(&key, conn);
         let Some(session) = self.sessions.get(&key) else {
             return;
@@ -2717,6 +2725,43 @@ mod tests {
         assert_eq!(route, Route::Connection(4));
         assert_eq!(m.call_id().unwrap(), "call-1");
         assert_eq!(m.cseq().unwrap().number, 1 + CSEQ_RESERVE + 1);
+    }
+
+    /// A re-INVITE that moves the remote target is written (lazily), so that a restarted
+    /// bridge sends to the new target.
+    #[test]
+    fn a_target_refresh_is_stored() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (_, tag) = lcs_session(&mut e, now);
+        let reinvite = |cseq: u32, contact: &str| {
+            let raw = invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+                .replace(
+                    "To: <sip:alice@example.org>",
+                    &format!("To: <sip:alice@example.org>;tag={tag}"),
+                )
+                .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+                .replace("<sip:bob@192.0.2.5:5061;transport=tls>", contact);
+            inbound(&raw)
+        };
+        // The same Contact: nothing to write.
+        let out = e.on_edge(now, reinvite(2, "<sip:bob@192.0.2.5:5061;transport=tls>"));
+        assert_eq!(kinds(&out), ["200"]);
+        let out = e.on_edge(now, reinvite(3, "<sip:bob@192.0.2.9:5061;transport=tls>"));
+        assert_eq!(kinds(&out), ["store-lazy", "200"]);
+        let record = stored(&out).remove(0);
+        assert_eq!(
+            record.dialog.remote_target,
+            "sip:bob@192.0.2.9:5061;transport=tls"
+        );
+        assert_eq!(record.dialog.local_cseq, 1 + CSEQ_RESERVE);
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_stanza(now, message(Some("after"), ""));
+        let (_, m, _) = requests(&out).remove(0);
+        assert_eq!(
+            m.request_uri(),
+            Some("sip:bob@192.0.2.9:5061;transport=tls")
+        );
     }
 
     /// A restarted bridge numbers its stanzas from 1 again, in the same sessions and threads:
