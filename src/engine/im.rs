@@ -2445,6 +2445,40 @@ mod tests {
         assert_eq!(e.session_count(), 1);
     }
 
+    /// Mallory, another local user, forges an error with the id of a stanza sent to Alice
+    /// (ids are not secret: a client may show them): errors are traced within the sender's
+    /// own sessions, so Alice's session is neither told nor ended — whether Mallory has a
+    /// session with the same LCS user or not.
+    #[test]
+    fn an_error_forged_with_another_users_stanza_id_tells_nobody() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        let forged = || {
+            error_for(
+                &id,
+                "mallory@example.org",
+                "cancel",
+                "service-unavailable",
+                "x",
+            )
+        };
+        assert!(e.on_stanza(now, forged()).is_empty());
+        e.on_edge(
+            now,
+            invite_between("sip:bob@contoso.com", "sip:mallory@example.org", "call-m"),
+        );
+        assert_eq!(e.session_count(), 2);
+        for _ in 0..5 {
+            assert!(e.on_stanza(now, forged()).is_empty());
+        }
+        assert_eq!(e.session_count(), 2);
+        let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "still there?")));
+        assert_eq!(kinds(&out), ["200", "stanza"]);
+    }
+
     #[test]
     fn notices_are_rate_limited_per_session_and_count_what_they_held_back() {
         let mut e = engine();
