@@ -11,7 +11,9 @@
 //! `<message type='error'>` (condition from `mappings/errors.toml`, original body included);
 //! a 481 to a message sends it once more in a fresh session (the LCS side no longer knows the
 //! dialog). Idle sessions end with BYE; a session older than the dialog age limit is replaced
-//! before the next message (LCS's 24 h header signatures).
+//! before the next message (LCS's 24 h header signatures). Sessions are limited in all, per
+//! local user and per remote domain (`ImSettings::max_sessions*`): beyond, an INVITE gets 486
+//! and an XMPP message that would open one `resource-constraint`.
 //!
 //! LCS → XMPP: an INVITE with a message m-line (`sip/tcp *`, `sip null`, `x-ms-message`) is
 //! answered 200 with the SDP answer; its `ms-text-format` first message is delivered; each
@@ -391,7 +393,7 @@ impl ImEngine {
         seed: u64,
         clock: WallClock,
     ) -> ImEngine {
-        let mut rng = SplitMix::new(seed);
+        let rng = SplitMix::new(seed);
         let process = rng.token()[..8].to_owned();
         ImEngine {
             settings,
