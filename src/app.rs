@@ -31,6 +31,7 @@ use crate::engine::WallClock;
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings};
+use crate::engine::roster::{RosterEngine, RosterMode};
 use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
@@ -124,13 +125,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             book.clone(),
             GatewayInfo::new(cfg.xmpp.gateway_name.clone()),
         );
+        let roster = RosterEngine::new(
+            roster_mode(cfg.xmpp.roster),
+            book.clone(),
+            crate::random::seed(),
+        );
         let restored = (
             stored(store.subscriptions(), "subscriptions"),
             stored(store.im_dialogs(), "IM sessions"),
         );
         let (stop, stop_rx) = mpsc::channel(1);
         let runner = Runner {
-            bridge: Bridge::standard(presence, im, iq, mappings.errors.clone()),
+            bridge: Bridge::standard(presence, roster, im, iq, mappings.errors.clone()),
             edge: edge.clone(),
             link,
             store: store.clone(),
@@ -246,6 +252,15 @@ fn allowed_partners(cfg: &config::Config) -> std::collections::HashSet<String> {
         .filter(|p| p.policy == config::PartnerPolicy::Allow)
         .map(|p| p.domain.to_ascii_lowercase())
         .collect()
+}
+
+fn roster_mode(fill: config::RosterFill) -> RosterMode {
+    match fill {
+        config::RosterFill::Auto => RosterMode::Auto,
+        config::RosterFill::Privilege => RosterMode::Privilege,
+        config::RosterFill::RosterX => RosterMode::RosterX,
+        config::RosterFill::None => RosterMode::None,
+    }
 }
 
 fn presence_settings(cfg: &config::Config) -> PresenceSettings {

@@ -50,6 +50,7 @@ fn sub(direction: Direction, jid: &str, aor: &str, state: SubState) -> Subscript
         approval: Approval::Approved,
         last_sent: Some(b"<presence/>".to_vec()),
         last_received: None,
+        display_name: None,
         updated_unix: 1_790_000_000,
     }
 }

@@ -13,8 +13,8 @@ use super::values::{
 };
 use super::{
     AddressMode, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, ImConfig, LogFormat,
-    LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig,
-    StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
+    LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, RosterFill, Secret,
+    SipConfig, StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -130,6 +130,7 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
     let mode = t.string(&k::XMPP_MODE, diag);
     let local_domains = t.strings(&k::XMPP_LOCAL_DOMAINS, diag);
     let gateway_name = t.string(&k::XMPP_GATEWAY_NAME, diag);
+    let roster = t.string(&k::XMPP_ROSTER, diag);
     let queue_capacity = t.int(&k::XMPP_QUEUE_CAPACITY, diag);
     let startup_timeout = t.int(&k::XMPP_STARTUP_TIMEOUT_SECS, diag);
     t.finish(diag);
@@ -164,6 +165,13 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
         }
     });
     let gateway_name = or_default(gateway_name, k::XMPP_GATEWAY_NAME.default_text().to_owned());
+    let rosters = [
+        ("auto", RosterFill::Auto),
+        ("privilege", RosterFill::Privilege),
+        ("rosterx", RosterFill::RosterX),
+        ("none", RosterFill::None),
+    ];
+    let roster = choice(diag, &k::XMPP_ROSTER, roster, &rosters);
     let queue_capacity = ranged(diag, &k::XMPP_QUEUE_CAPACITY, queue_capacity);
     let startup_timeout = ranged(diag, &k::XMPP_STARTUP_TIMEOUT_SECS, startup_timeout);
 
@@ -202,6 +210,7 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
         mode: mode?,
         local_domains: local_domains?,
         gateway_name: gateway_name?,
+        roster: roster?,
         queue_capacity: to_usize(queue_capacity?),
         startup_timeout: Duration::from_secs(startup_timeout?),
     })

@@ -22,6 +22,10 @@
 //!   outputs of its own first.
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
+//! - **Facts.** What an engine learned for the others ([`Output::Fact`]: a contact's display
+//!   name, a subscription approved) is no action: after the input that produced it, the
+//!   bridge hands it to every engine that takes it as [`Input::Fact`], in order, each
+//!   engine's outputs a batch of their own.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
@@ -29,9 +33,10 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use xmpp_parsers::minidom::Element;
 
-use super::Output;
 use super::im::ImEngine;
 use super::presence::PresenceEngine;
+use super::roster::{NameBook, RosterEngine};
+use super::{Fact, Output};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::tables::ErrorTable;
@@ -46,6 +51,10 @@ use crate::xmpp::gateway::{self, GatewayInfo};
 
 /// Most consecutive durable writes joined into one [`Action::Write`].
 pub const WRITE_BATCH: usize = 1024;
+
+/// Most facts handed on after one input: engines answer facts with actions, not with more
+/// facts, so this is a guard against a loop, never reached.
+const MAX_FACTS: usize = 100_000;
 
 /// `Retry-After` when the component link's queue was full: the link drains a full queue in
 /// well under that once the XMPP server reads again.
@@ -66,6 +75,8 @@ pub enum Input {
     Restore(Vec<Subscription>),
     /// The IM sessions' dialogs read from the store at start.
     RestoreIm(Vec<ImDialog>),
+    /// What another engine learned ([`Output::Fact`]).
+    Fact(Fact),
 }
 
 impl Input {
@@ -76,6 +87,7 @@ impl Input {
             Input::Edge(EdgeEvent::ConnectionLost { .. })
                 | Input::LinkUp { .. }
                 | Input::LinkDown { .. }
+                | Input::Fact(_)
         )
     }
 }
@@ -195,6 +207,8 @@ pub struct Bridge {
     last_store: Option<(usize, Vec<Output>)>,
     /// Component domains whose stream was lost and has not come back.
     down: BTreeSet<String>,
+    /// Facts waiting to be handed to the engines that take them.
+    facts: VecDeque<Fact>,
 }
 
 impl Bridge {
@@ -211,22 +225,53 @@ impl Bridge {
             im_store: false,
             last_store: None,
             down: BTreeSet::new(),
+            facts: VecDeque::new(),
         }
     }
 
-    /// The bridge's engines in routing order: presence, the component's IQ answers, IM (which
-    /// takes every message stanza and every SIP request and transaction the others leave).
+    /// The bridge's engines in routing order: presence, rosters (the server's privilege
+    /// message and the answers to its roster IQs), the component's IQ answers, IM (which takes
+    /// every message stanza and every SIP request and transaction the others leave).
     pub fn standard(
         presence: PresenceEngine,
+        roster: RosterEngine,
         im: ImEngine,
         iq: IqEngine,
         errors: ErrorTable,
     ) -> Bridge {
-        Bridge::new(vec![Box::new(presence), Box::new(iq), Box::new(im)], errors)
+        Bridge::new(
+            vec![
+                Box::new(presence),
+                Box::new(roster),
+                Box::new(iq),
+                Box::new(im),
+            ],
+            errors,
+        )
     }
 
     /// An input at `now`.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        self.route(now, input);
+        self.hand_on_facts(now);
+    }
+
+    /// The facts the engines produced, to the engines that take them (see the module
+    /// documentation).
+    fn hand_on_facts(&mut self, now: Instant) {
+        let mut n = 0;
+        while let Some(fact) = self.facts.pop_front() {
+            n += 1;
+            if n > MAX_FACTS {
+                warn!("facts dropped: engines keep producing them");
+                self.facts.clear();
+                return;
+            }
+            self.route(now, Input::Fact(fact));
+        }
+    }
+
+    fn route(&mut self, now: Instant, input: Input) {
         match &input {
             Input::LinkUp { domain } => {
                 info!(%domain, "component link up");
@@ -305,7 +350,13 @@ impl Bridge {
             output,
             batch,
             engine,
-        } = self.queue.pop_front()?;
+        } = loop {
+            let q = self.queue.pop_front()?;
+            // Facts never reach the queue (`push` takes them out); skipped should one.
+            if !matches!(q.output, Output::Fact(_)) {
+                break q;
+            }
+        };
         if batch != self.current {
             self.current = batch;
             self.refused = false;
@@ -423,6 +474,7 @@ impl Bridge {
                 self.last_store = Some((engine, vec![kept]));
                 Action::ForgetIm { local, remote }
             }
+            Output::Fact(_) => return self.poll_action(),
         })
     }
 
@@ -439,6 +491,7 @@ impl Bridge {
                 self.push(i, out);
             }
         }
+        self.hand_on_facts(now);
     }
 
     /// The engines' last outputs (XEP-0100 unavailable presences), queued like any others.
@@ -455,6 +508,13 @@ impl Bridge {
     }
 
     fn push(&mut self, engine: usize, outputs: Vec<Output>) {
+        let (facts, outputs): (Vec<Output>, Vec<Output>) = outputs
+            .into_iter()
+            .partition(|o| matches!(o, Output::Fact(_)));
+        self.facts.extend(facts.into_iter().filter_map(|o| match o {
+            Output::Fact(f) => Some(f),
+            _ => None,
+        }));
         if outputs.is_empty() {
             return;
         }
@@ -512,6 +572,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::LinkDown { .. } => "link down",
         Input::Restore(_) => "restore",
         Input::RestoreIm(_) => "IM restore",
+        Input::Fact(_) => "fact",
     }
 }
 
@@ -537,7 +598,7 @@ impl Engine for PresenceEngine {
     }
 
     /// Presence stanzas, SUBSCRIBE/NOTIFY/BENOTIFY, its own transactions, lost connections,
-    /// the restore, and the link coming back after a loss (the bridge passes on no first Up).
+    /// the restore, and the link's state (the bridge passes on no first Up).
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "presence"),
@@ -546,8 +607,8 @@ impl Engine for PresenceEngine {
             }
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
-            Input::Restore(_) | Input::LinkUp { .. } => true,
-            Input::LinkDown { .. } | Input::RestoreIm(_) => false,
+            Input::Restore(_) | Input::LinkUp { .. } | Input::LinkDown { .. } => true,
+            Input::RestoreIm(_) | Input::Fact(_) => false,
         }
     }
 
@@ -557,7 +618,11 @@ impl Engine for PresenceEngine {
             Input::Edge(event) => self.on_edge(now, event),
             Input::Restore(subs) => self.restore(now, subs.into_iter()),
             Input::LinkUp { domain } => self.link_restored(now, &domain),
-            Input::LinkDown { .. } | Input::RestoreIm(_) => Vec::new(),
+            Input::LinkDown { domain, .. } => {
+                self.link_lost(&domain);
+                Vec::new()
+            }
+            Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
         }
     }
 
@@ -609,7 +674,9 @@ impl Engine for ImEngine {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
             Input::Edge(_) | Input::RestoreIm(_) => true,
-            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) => false,
+            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) | Input::Fact(_) => {
+                false
+            }
         }
     }
 
@@ -658,21 +725,64 @@ impl Engine for ImEngine {
     }
 }
 
+impl Engine for RosterEngine {
+    fn name(&self) -> &'static str {
+        "roster"
+    }
+
+    /// The server's privilege message, answers to its roster IQs, roster facts, a component
+    /// stream lost.
+    fn takes(&self, input: &Input) -> bool {
+        match input {
+            Input::Stanza(el) => self.takes_stanza(el),
+            Input::Fact(Fact::Roster { .. }) | Input::LinkDown { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        match input {
+            Input::Stanza(el) => self.on_stanza(now, &el),
+            Input::Fact(fact) => self.on_fact(now, fact),
+            Input::LinkDown { domain, .. } => {
+                self.link_lost(&domain);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        RosterEngine::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        RosterEngine::handle_timeout(self, now)
+    }
+}
+
 /// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
-/// XEP-0100 gateway, ping, version). IQ results and errors addressed to the component are
-/// taken and dropped: the bridge sends no IQ requests through the engines (the link sends its
-/// own keep-alive pings and takes their answers itself), so an IQ error here answers nothing
-/// the bridge asked and has no SIP side to be told; it is logged (id, sender, condition), and an
-/// entity never answers a result or an error (RFC 6120 §8.2.3). An engine that sends IQ
-/// requests takes their answers itself (by id, in [`Engine::takes`]) before this one.
+/// XEP-0100 gateway, ping, version; `xmpp::gateway::vcard_reply`: LCS contacts' vCards from
+/// the display names the other engines learned, [`Fact::Name`]). IQ results and errors
+/// addressed to the component that no engine before it took are dropped: the link sends its
+/// own keep-alive pings and takes their answers itself, and the roster engine, which sends
+/// roster IQs, takes their answers by id (in [`Engine::takes`]) before this one, so an IQ
+/// error here answers nothing the bridge asked and has no SIP side to be told; it is logged
+/// (id, sender, condition), and an entity never answers a result or an error (RFC 6120
+/// §8.2.3).
 pub struct IqEngine {
     book: AddressBook,
     info: GatewayInfo,
+    names: NameBook,
 }
 
 impl IqEngine {
     pub fn new(book: AddressBook, info: GatewayInfo) -> IqEngine {
-        IqEngine { book, info }
+        IqEngine {
+            book,
+            info,
+            names: NameBook::default(),
+        }
     }
 }
 
@@ -682,14 +792,23 @@ impl Engine for IqEngine {
     }
 
     fn takes(&self, input: &Input) -> bool {
-        stanza_named(input, "iq")
+        stanza_named(input, "iq") || matches!(input, Input::Fact(Fact::Name { .. }))
     }
 
     fn handle(&mut self, _now: Instant, input: Input) -> Vec<Output> {
-        let Input::Stanza(iq) = input else {
-            return Vec::new();
+        let iq = match input {
+            Input::Stanza(iq) => iq,
+            Input::Fact(Fact::Name { aor, name, .. }) => {
+                self.names.learn(&aor, &name);
+                return Vec::new();
+            }
+            _ => return Vec::new(),
         };
-        match gateway::handle_iq(&iq, &self.book, &self.info) {
+        let names = &self.names;
+        let name_of = |aor: &str| names.get(aor).map(str::to_owned);
+        let reply = gateway::vcard_reply(&iq, &self.book, &name_of)
+            .or_else(|| gateway::handle_iq(&iq, &self.book, &self.info));
+        match reply {
             Some(reply) => vec![Output::Stanza(reply)],
             None if iq.attr("type") == Some("error") => {
                 let payloads: Vec<Element> = iq.children().cloned().collect();

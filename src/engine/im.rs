@@ -44,13 +44,16 @@ use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Id, Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::nick::Nick;
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
+use super::Fact;
 use super::common::{self, Parties, WallClock, host_of, parties};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
+use crate::core::names;
 use crate::core::tables::ErrorTable;
 use crate::edge::core::{Route, Undeliverable};
 use crate::edge::event::EdgeEvent;
@@ -1469,7 +1472,7 @@ impl ImEngine {
             local_uri,
             remote,
             remote_aor,
-            ..
+            display,
         } = match parties(&self.book, &self.errors, request) {
             Ok(p) => p,
             Err(reject) => return out.push(refuse(reject)),
@@ -1492,6 +1495,7 @@ impl ImEngine {
                 return out.push(refuse(Reject::new(status::BUSY_HERE).reason(reason)));
             }
         }
+        let name = display.as_deref().and_then(names::display_name);
         let offer = Sdp::parse(request.body()).ok();
         let answer = offer
             .as_ref()
@@ -1546,8 +1550,19 @@ impl ImEngine {
         self.persist(&key, true, out);
         out.push(Output::Respond { tx, response });
         if let Some(first) = first {
-            let el = chat(&remote_jid, &local, &thread, Some(&first), None);
+            // XEP-0172 §4.2: the sender's nick in the first message of a conversation.
+            let mut el = chat(&remote_jid, &local, &thread, Some(&first), None);
+            if let Some(n) = &name {
+                el.payloads.push(Nick(n.clone()).into());
+            }
             out.push(Output::Stanza(self.with_id(&key, StanzaKind::Body, el)));
+        }
+        if let Some(name) = name {
+            out.push(Output::Fact(Fact::Name {
+                contact: remote.to_bare(),
+                aor: key.1.clone(),
+                name,
+            }));
         }
         for item in queue {
             self.send_item(key.clone(), item, out);
@@ -2583,8 +2598,10 @@ mod tests {
     // ------------------------------------------------------------------ persistence
 
     /// What each output is, in order (store writes with their durability).
+    /// The outputs' kinds in order (facts for the other engines left out: no action).
     fn kinds(out: &[Output]) -> Vec<String> {
         out.iter()
+            .filter(|o| !matches!(o, Output::Fact(_)))
             .map(|o| match o {
                 Output::Stanza(_) => "stanza".into(),
                 Output::Request { request, .. } => request.method().unwrap().to_string(),

@@ -15,9 +15,11 @@ pub mod bridge;
 mod common;
 pub mod im;
 pub mod presence;
+pub mod roster;
 
 pub use common::WallClock;
 
+use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
 
 use crate::edge::core::Route;
@@ -71,6 +73,31 @@ pub enum Output {
         local: String,
         /// The LCS user's AOR.
         remote: String,
+    },
+    /// Something the other engines act on; the bridge hands it to every engine that takes
+    /// it ([`bridge::Input::Fact`]) and never to the runner.
+    Fact(Fact),
+}
+
+/// What one engine learned that another acts on (docs/mapping.md §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// The display name the bridge knows for an LCS contact is new or changed (also each
+    /// name read back from the store at start). `name` is cleaned (`core::names`).
+    Name {
+        contact: BareJid,
+        aor: String,
+        name: String,
+    },
+    /// The local user's roster should hold `contact` with `name`: a subscription between them
+    /// was just approved on either side (`approved`), or, approved earlier, the contact's
+    /// name changed from `previous`.
+    Roster {
+        local: BareJid,
+        contact: BareJid,
+        name: Option<String>,
+        previous: Option<String>,
+        approved: bool,
     },
 }
 

@@ -25,6 +25,7 @@ use super::WallClock;
 use super::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use super::im::{ImEngine, ImSettings};
 use super::presence::{PresenceEngine, PresenceSettings};
+use super::roster::{RosterEngine, RosterMode};
 use crate::core::address::{AddressBook, AddressMode};
 use crate::core::tables::Mappings;
 use crate::edge::core::Route;
@@ -57,11 +58,22 @@ pub fn pidf(aor: &str, activity: &str) -> String {
     )
 }
 
+/// [`pidf`] with an RFC 4482 display name.
+pub fn pidf_named(aor: &str, activity: &str, name: &str) -> String {
+    pidf(aor, activity).replace(
+        "</presence>",
+        &format!(r#"<ci:display-name xmlns:ci="urn:ietf:params:xml:ns:pidf:cipid">{name}</ci:display-name></presence>"#),
+    )
+}
+
 /// A stanza in the component namespace.
 pub fn stanza(xml: &str) -> Element {
     let el = xml.replacen(' ', " xmlns='jabber:component:accept' ", 1);
     el.parse().expect("test stanza")
 }
+
+/// A user's roster in the XMPP server stand-in: contact JID → (name, groups).
+pub type Roster = BTreeMap<String, (Option<String>, Vec<String>)>;
 
 /// The XMPP server as the component sees it.
 #[derive(Default)]
@@ -78,6 +90,17 @@ pub struct XmppServer {
     pub no_account: BTreeSet<String>,
     /// Each local user's available resources: bare JID → full JID → the presence's content.
     presence: BTreeMap<String, BTreeMap<String, String>>,
+    /// The roster access the server granted the component (XEP-0356: `none`, `get`, `set`,
+    /// `both`); it answers roster IQs from the component accordingly.
+    pub roster_access: &'static str,
+    /// Each local user's roster: bare JID → contact → (name, groups).
+    pub rosters: BTreeMap<String, Roster>,
+    /// Roster IQs the server refuses with this error (type, condition), as a failing server
+    /// would.
+    pub roster_error: Option<(&'static str, &'static str)>,
+    /// A probe of a user with no available resource goes unanswered, as ejabberd 23.01 does
+    /// (RFC 6121 §4.3.2 allows it); otherwise it is answered `unavailable`, as Prosody does.
+    pub silent_probes: bool,
 }
 
 impl XmppServer {
@@ -200,14 +223,29 @@ pub struct World {
     wire: VecDeque<(Instant, Input)>,
     start: Instant,
     seed: u64,
+    /// The presence engine's settings (kept for a restart).
+    presence: PresenceSettings,
 }
 
 impl World {
     pub fn new() -> World {
+        World::with_presence(|_| {})
+    }
+
+    /// A world whose presence engine has the settings `change` makes of the usual ones.
+    pub fn with_presence(change: impl FnOnce(&mut PresenceSettings)) -> World {
         let now = Instant::now();
         let store = Arc::new(MemStore::new());
         let ids = TxIds::default();
-        let bridge = Self::bridge(now, now, &ids, 1);
+        let mut presence = PresenceSettings {
+            public_fqdn: PUBLIC_FQDN.into(),
+            expires: Duration::from_secs(3600),
+            min_notify_interval: Duration::from_secs(5),
+            dialog_max_age: Duration::from_secs(20 * 3600),
+            ..PresenceSettings::default()
+        };
+        change(&mut presence);
+        let bridge = Self::bridge(now, now, &ids, 1, &presence);
         World {
             now,
             bridge,
@@ -218,6 +256,7 @@ impl World {
             wire: VecDeque::new(),
             start: now,
             seed: 1,
+            presence,
         }
     }
 
@@ -231,19 +270,19 @@ impl World {
     }
 
     /// A bridge as `app.rs` builds it, on the world's clock (`start` is Unix 1.7e9).
-    fn bridge(start: Instant, now: Instant, ids: &TxIds, seed: u64) -> Bridge {
+    fn bridge(
+        start: Instant,
+        now: Instant,
+        ids: &TxIds,
+        seed: u64,
+        settings: &PresenceSettings,
+    ) -> Bridge {
         let clock = WallClock {
             at: now,
             unix: 1_700_000_000 + now.duration_since(start).as_secs(),
         };
         let presence = PresenceEngine::new(
-            PresenceSettings {
-                public_fqdn: PUBLIC_FQDN.into(),
-                expires: Duration::from_secs(3600),
-                min_notify_interval: Duration::from_secs(5),
-                dialog_max_age: Duration::from_secs(20 * 3600),
-                ..PresenceSettings::default()
-            },
+            settings.clone(),
             Self::book(),
             Mappings::builtin(),
             ids.clone(),
@@ -266,7 +305,21 @@ impl World {
             clock,
         );
         let iq = IqEngine::new(Self::book(), GatewayInfo::new("LCS gateway"));
-        Bridge::standard(presence, im, iq, Mappings::builtin().errors)
+        let roster = RosterEngine::new(RosterMode::Auto, Self::book(), seed + 2);
+        Bridge::standard(presence, roster, im, iq, Mappings::builtin().errors)
+    }
+
+    /// The LCS edge's connection to the bridge breaks: the bridge is told, and the edge's
+    /// next request or answer goes over a new connection. The profile keeps every dialog on
+    /// the connection it was made on, so the dialogs on the old one are dead for LCS too: its
+    /// NOTIFYs in them are not sent (until it has a dialog again) and its watchers must
+    /// subscribe again ([`World::lcs_subscribes`]).
+    pub fn lcs_connection_lost(&mut self) {
+        let Some(conn) = self.lcs.conn.take() else {
+            return;
+        };
+        self.lcs.dialogs.retain(|_, d| d.conn != conn);
+        self.send(Input::Edge(EdgeEvent::ConnectionLost { conn }));
     }
 
     /// The bridge process ends (its connections with it) and a new one starts from the store.
@@ -275,7 +328,7 @@ impl World {
         self.flush();
         self.wire.clear();
         self.seed += 10;
-        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed);
+        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed, &self.presence);
         // The old process's connections are gone; LCS connects anew when it has to.
         if let Some(conn) = self.lcs.conn.take() {
             for d in self.lcs.dialogs.values_mut() {
@@ -305,6 +358,23 @@ impl World {
         let el = stanza(xml);
         if self.xmpp.down.contains(COMPONENT) {
             return; // the server cannot reach the component: lost (bounced to the user)
+        }
+        // A subscription request or approval puts the contact into the user's roster
+        // (RFC 6121 §3.1.2, §3.1.5), without a name.
+        if el.name() == "presence" && matches!(el.attr("type"), Some("subscribe" | "subscribed")) {
+            let user = el
+                .attr("from")
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            let contact = el.attr("to").unwrap_or("").to_owned();
+            self.xmpp
+                .rosters
+                .entry(user.to_owned())
+                .or_default()
+                .entry(contact)
+                .or_insert((None, Vec::new()));
         }
         self.send(Input::Stanza(el));
     }
@@ -367,6 +437,12 @@ impl World {
             );
             self.send(Input::Stanza(stanza(&error)));
         }
+        if el.name() == "iq" && el.get_child("query", "jabber:iq:roster").is_some() {
+            let answer = self.roster_iq(&el);
+            self.xmpp.delivered.push(el);
+            self.send(Input::Stanza(stanza(&answer)));
+            return;
+        }
         // A chat message to no account: `service-unavailable` (RFC 6121 §8.5.1), with its id;
         // no body (Prosody's error reply carries none).
         let bare_to = to.split('/').next().unwrap_or("");
@@ -393,6 +469,7 @@ impl World {
                         format!("<presence from='{full}' to='{from}'>{inner}</presence>")
                     })
                     .collect(),
+                _ if self.xmpp.silent_probes => Vec::new(),
                 _ => vec![format!(
                     "<presence from='{to}' to='{from}' type='unavailable'/>"
                 )],
@@ -404,15 +481,89 @@ impl World {
         self.xmpp.delivered.push(el);
     }
 
+    /// The server grants the component roster access (XEP-0356), as Prosody's mod_privilege
+    /// says it right after the component connects.
+    pub fn grant_roster(&mut self, access: &'static str) {
+        self.xmpp.roster_access = access;
+        self.send(Input::Stanza(stanza(&format!(
+            "<message from='{LOCAL}' to='{COMPONENT}'><privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='{access}'/></privilege></message>"
+        ))));
+    }
+
+    /// How the server answers a roster IQ from the component (RFC 6121 §2, XEP-0356 §4.2).
+    fn roster_iq(&mut self, el: &Element) -> String {
+        let (id, user, from) = (
+            el.attr("id").unwrap_or(""),
+            el.attr("to").unwrap_or("").to_owned(),
+            el.attr("from").unwrap_or(""),
+        );
+        let get = el.attr("type") == Some("get");
+        let allowed = match self.xmpp.roster_access {
+            "both" => true,
+            "get" => get,
+            "set" => !get,
+            _ => false,
+        };
+        let error = |(type_, condition): (&str, &str)| {
+            format!(
+                "<iq from='{user}' to='{from}' id='{id}' type='error'><error type='{type_}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>refused by the test server</text></error></iq>"
+            )
+        };
+        if !allowed {
+            return error(("auth", "forbidden"));
+        }
+        if let Some(e) = self.xmpp.roster_error {
+            return error(e);
+        }
+        let roster = self.xmpp.rosters.entry(user.clone()).or_default();
+        if get {
+            let items: String = roster
+                .iter()
+                .map(|(jid, (name, groups))| {
+                    let name = name
+                        .as_ref()
+                        .map(|n| format!(" name='{}'", xml_escape(n)))
+                        .unwrap_or_default();
+                    let groups: String = groups
+                        .iter()
+                        .map(|g| format!("<group>{g}</group>"))
+                        .collect();
+                    format!("<item jid='{jid}' subscription='both'{name}>{groups}</item>")
+                })
+                .collect();
+            return format!(
+                "<iq from='{user}' to='{from}' id='{id}' type='result'><query xmlns='jabber:iq:roster'>{items}</query></iq>"
+            );
+        }
+        for item in el
+            .get_child("query", "jabber:iq:roster")
+            .into_iter()
+            .flat_map(|q| q.children())
+        {
+            let groups = item.children().map(Element::text).collect();
+            roster.insert(
+                item.attr("jid").unwrap_or("").to_owned(),
+                (item.attr("name").map(str::to_owned), groups),
+            );
+        }
+        format!("<iq from='{user}' to='{from}' id='{id}' type='result'/>")
+    }
+
     // ------------------------------------------------------------------- the LCS side
 
     /// An LCS user sends an INVITE carrying its first message (`ms-text-format`).
     pub fn lcs_invites(&mut self, from: &str, to: &str, text: &str) {
+        self.lcs_invites_as(from, None, to, text);
+    }
+
+    /// [`World::lcs_invites`] with a display name in From.
+    pub fn lcs_invites_as(&mut self, from: &str, display: Option<&str>, to: &str, text: &str) {
         let (tag, call_id) = self.start_dialog("INVITE", from, to);
         let b64 = base64_of(text);
+        let display = display.map(|d| format!("\"{d}\" ")).unwrap_or_default();
         let invite = sip(
             &format!(
-                "INVITE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 INVITE\nContact: <{from};transport=tls>\nms-text-format: text/plain; charset=UTF-8;ms-body={b64}\nContent-Type: application/sdp\n"
+                "INVITE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: {display}<{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 INVITE\nContact: <{from};transport=tls>\nms-text-format: text/plain; charset=UTF-8;ms-body={b64}\nContent-Type: application/sdp\n"
             ),
             SDP,
         );
@@ -454,10 +605,16 @@ impl World {
 
     /// An LCS user subscribes to a local user's presence.
     pub fn lcs_subscribes(&mut self, from: &str, to: &str) {
+        self.lcs_subscribes_as(from, None, to);
+    }
+
+    /// [`World::lcs_subscribes`] with a display name in From.
+    pub fn lcs_subscribes_as(&mut self, from: &str, display: Option<&str>, to: &str) {
         let (tag, call_id) = self.start_dialog("SUBSCRIBE-in", from, to);
+        let display = display.map(|d| format!("\"{d}\" ")).unwrap_or_default();
         let request = sip(
             &format!(
-                "SUBSCRIBE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <{from};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n"
+                "SUBSCRIBE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: {display}<{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <{from};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n"
             ),
             "",
         );
@@ -512,14 +669,19 @@ impl World {
 
     /// An LCS user's presence changes: a NOTIFY in the dialog of the bridge's subscription.
     pub fn lcs_notifies(&mut self, aor: &str, activity: &str) {
-        self.lcs.documents.insert(aor.into(), pidf(aor, activity));
+        self.lcs_notifies_doc(aor, pidf(aor, activity));
+    }
+
+    /// [`World::lcs_notifies`] with this document (also what later NOTIFYs carry).
+    pub fn lcs_notifies_doc(&mut self, aor: &str, doc: String) {
+        self.lcs.documents.insert(aor.into(), doc.clone());
         let key = (aor.to_owned(), "SUBSCRIBE-out");
         let Some(mut d) = self.lcs.dialogs.get(&key).cloned() else {
             return;
         };
         d.cseq += 1;
         self.lcs.dialogs.insert(key, d.clone());
-        let notify = self.notify(&d, "active;expires=3600", Some(&pidf(aor, activity)));
+        let notify = self.notify(&d, "active;expires=3600", Some(&doc));
         self.lcs_request(notify);
     }
 
@@ -835,6 +997,13 @@ impl World {
         }
         panic!("the world does not stop within {d:?}");
     }
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
 }
 
 fn base64_of(text: &str) -> String {

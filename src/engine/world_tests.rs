@@ -331,6 +331,215 @@ fn the_component_answers_disco_and_drops_results() {
     assert!(got[0].contains("type='result'") && got[0].contains("id='d1'"));
 }
 
+/// The states in the `Subscription-State` headers and the basic/activity of the documents of
+/// the NOTIFYs the bridge sent from index `from` on.
+fn notifies_since(w: &World, from: usize) -> Vec<String> {
+    w.lcs.requests(&Method::Notify)[from..]
+        .iter()
+        .map(|n| body_of(n))
+        .collect()
+}
+
+#[test]
+fn the_first_link_up_sends_nothing_again() {
+    let mut w = World::new();
+    bob_watches_alice(&mut w);
+    alice_watches_bob(&mut w);
+    let (stanzas, requests) = (w.xmpp.delivered.len(), w.lcs.received.len());
+    // The first Up of a stream (no Down before it): nothing was missed.
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.xmpp.delivered.len(), stanzas, "{:?}", w.xmpp.delivered);
+    assert_eq!(w.lcs.received.len(), requests);
+}
+
+#[test]
+fn a_local_user_gone_offline_while_the_link_was_down_is_closed_for_lcs_when_probes_go_unanswered() {
+    let mut w = World::new();
+    // ejabberd 23.01: a probe of a user with no available resource gets no answer at all.
+    w.xmpp.silent_probes = true;
+    bob_watches_alice(&mut w);
+    assert!(notified_activities(&w).last().unwrap().contains("away"));
+    // A lost stream while Alice stays online: her answer to the probe keeps the document as
+    // it was, so nothing is sent (no flap to closed and back).
+    let before = w.lcs.requests(&Method::Notify).len();
+    w.link_down();
+    w.settle();
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "{:?}",
+        notifies_since(&w, before)
+    );
+    // Alice goes offline while the stream is down: the probe after it goes unanswered, and
+    // once the answers had their time the aggregate says closed.
+    w.link_down();
+    w.settle();
+    w.xmpp_presence(&format!("{ALICE}/pc"), None, &[&contact_jid("bob")]);
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    let sent = notifies_since(&w, before);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("<basic>closed</basic>"), "{}", sent[0]);
+}
+
+#[test]
+fn presence_from_lcs_the_link_could_not_hold_reaches_the_user_when_it_is_back() {
+    let mut w = World::new();
+    alice_watches_bob(&mut w);
+    w.link_down();
+    w.settle();
+    // The link's queue is full: the stanza of Bob's change is refused (the NOTIFY is still
+    // answered 200: the subscription stands).
+    w.xmpp.refuse = true;
+    w.lcs_notifies(BOB_AOR, "busy");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Notify), [200, 200]);
+    w.xmpp.refuse = false;
+    assert!(!w.xmpp.to(ALICE).iter().any(|s| s.contains("dnd")));
+    w.link_up();
+    w.run_for(Duration::from_secs(5));
+    let got = w.xmpp.to(ALICE);
+    assert!(got.last().unwrap().contains("<show>dnd</show>"), "{got:?}");
+}
+
+#[test]
+fn a_flapping_link_queues_one_resync_not_one_per_flap() {
+    let mut w = World::with_presence(|s| s.restore_rate = 10);
+    let users: Vec<String> = (0..10).map(|i| format!("u{i}@example.org")).collect();
+    for (i, user) in users.iter().enumerate() {
+        let watcher = format!("sip:w{i}@contoso.com");
+        w.lcs_subscribes(&watcher, &format!("sip:{user}"));
+        w.settle();
+        let jid = contact_jid(&format!("w{i}"));
+        w.xmpp_sends(&format!(
+            "<presence from='{user}' to='{jid}' type='subscribed'/>"
+        ));
+        w.xmpp_presence(&format!("{user}/pc"), Some(""), &[&jid]);
+    }
+    w.run_for(Duration::from_secs(10));
+    // 10 gateway presences and 10 probes at 10 a second: 2 s. The stream is lost again half
+    // a second into it.
+    w.link_down();
+    w.link_up();
+    w.run_for(Duration::from_millis(500));
+    w.link_down();
+    let mark = w.xmpp.delivered.len();
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    let probes: Vec<String> = w.xmpp.delivered[mark..]
+        .iter()
+        .filter(|e| e.attr("type") == Some("probe"))
+        .filter_map(|e| e.attr("to").map(str::to_owned))
+        .collect();
+    let mut once = probes.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), users.len(), "{probes:?}");
+    assert_eq!(
+        probes.len(),
+        users.len(),
+        "each user probed once: {probes:?}"
+    );
+}
+
+#[test]
+fn a_lost_sip_connection_is_taken_up_again_at_the_restore_rate() {
+    let mut w = World::with_presence(|s| s.restore_rate = 10);
+    let contacts: Vec<String> = (0..20).map(|i| contact_jid(&format!("c{i}"))).collect();
+    for c in &contacts {
+        w.xmpp_sends(&format!(
+            "<presence from='{ALICE}' to='{c}' type='subscribe'/>"
+        ));
+    }
+    w.settle();
+    bob_watches_alice(&mut w);
+    let subscribes = w.lcs.requests(&Method::Subscribe).len();
+    assert_eq!(subscribes, 20);
+    // The edge's connection breaks; meanwhile c3 goes away and Alice busy.
+    w.lcs_connection_lost();
+    w.lcs_notifies("sip:c3@contoso.com", "away");
+    w.xmpp_presence(
+        &format!("{ALICE}/pc"),
+        Some("<show>dnd</show>"),
+        &[&contact_jid("bob")],
+    );
+    w.settle();
+    // A fresh SUBSCRIBE for every subscription whose dialog died, by domain, paced at 10 a
+    // second: the first at once.
+    let again = |w: &World| w.lcs.requests(&Method::Subscribe).len() - subscribes;
+    assert_eq!(again(&w), 1);
+    w.run_for(Duration::from_millis(900));
+    let n = again(&w);
+    assert!((9..=11).contains(&n), "{n} SUBSCRIBEs in the first second");
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(again(&w), 20);
+    let fresh = &w.lcs.requests(&Method::Subscribe)[subscribes..];
+    assert!(fresh.iter().all(|s| s.to().unwrap().tag().is_none()));
+    // Alice sees c3's change, once its new dialog's NOTIFY came; `subscribed` only once.
+    let got = w.xmpp.to(ALICE);
+    let c3 = &contacts[3];
+    let from_c3: Vec<&String> = got.iter().filter(|s| s.contains(c3.as_str())).collect();
+    assert!(
+        from_c3.last().unwrap().contains("<show>away</show>"),
+        "{from_c3:?}"
+    );
+    assert_eq!(
+        from_c3
+            .iter()
+            .filter(|s| s.contains("type='subscribed'"))
+            .count(),
+        1
+    );
+    // Bob subscribes again in a new dialog (his old one died with the connection): the same
+    // watcher, told Alice's state as it is now at once.
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Subscribe).last(), Some(&202));
+    let last = notified_activities(&w).last().cloned().unwrap();
+    assert!(last.contains("busy"), "{last}");
+    assert_eq!(
+        w.xmpp
+            .to(ALICE)
+            .iter()
+            .filter(|s| s.contains("type='subscribe'"))
+            .count(),
+        1,
+        "Alice is not asked again"
+    );
+}
+
+#[test]
+fn a_stream_lost_again_before_the_probes_are_answered_shows_nobody_offline() {
+    // 10 paced stanzas a second: the probe goes 100 ms after the gateway presence.
+    let mut w = World::with_presence(|s| s.restore_rate = 10);
+    w.xmpp.silent_probes = true;
+    bob_watches_alice(&mut w);
+    let before = w.lcs.requests(&Method::Notify).len();
+    // Back for a moment, and lost again before the probe's turn: nothing answers it (the link
+    // would hold it), which must not make Alice offline.
+    w.link_down();
+    w.settle();
+    w.link_up();
+    w.run_for(Duration::from_millis(50));
+    w.link_down();
+    w.run_for(Duration::from_secs(30));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "Alice shown offline for a lost stream: {:?}",
+        notifies_since(&w, before)
+    );
+    // When it is back, she is still online: nothing to tell.
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "{:?}",
+        notifies_since(&w, before)
+    );
+}
+
 const CAROL_AOR: &str = "sip:carol@contoso.com";
 
 /// The CSeqs of the bridge's requests of `method` in the dialog `call_id`.

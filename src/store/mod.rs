@@ -197,8 +197,20 @@ pub struct Subscription {
     pub last_sent: Option<Vec<u8>>,
     /// What the bridge last received.
     pub last_received: Option<Vec<u8>>,
+    /// The LCS user's last known display name (cleaned), shown on the XMPP side as nick,
+    /// roster name and vCard (docs/mapping.md §6).
+    pub display_name: Option<DisplayName>,
     /// When this record was last changed (Unix seconds).
     pub updated_unix: u64,
+}
+
+/// An LCS user's display name as the bridge keeps it: the text (already cleaned, at most
+/// 256 characters) and whether it came from the user's own PIDF `<cipid:display-name>`
+/// (which wins over a `From` header's display name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName {
+    pub text: String,
+    pub from_pidf: bool,
 }
 
 fn b64(bytes: &Option<Vec<u8>>) -> Value {
@@ -230,6 +242,10 @@ impl Subscription {
             "dialog": self.dialog.as_ref().map(DialogRecord::to_json),
             "last_sent": b64(&self.last_sent),
             "last_received": b64(&self.last_received),
+            "display_name": self.display_name.as_ref().map(|n| json!({
+                "text": n.text,
+                "from_pidf": n.from_pidf,
+            })),
         })
     }
 }

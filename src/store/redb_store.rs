@@ -124,7 +124,7 @@ impl RedbStore {
                 supported: CURRENT_SCHEMA_VERSION,
             });
         }
-        // 0 → 1: write the version (the only step so far).
+        // 0 → 1 → 2: write the version (no step converts records: see `migrate`).
         if found < CURRENT_SCHEMA_VERSION {
             store.write(true, |t| {
                 t.insert(

@@ -20,7 +20,11 @@ use super::codec::{self, IM_PREFIX, META_SCHEMA, SUB_PREFIX};
 use super::{Direction, ImDialog, Records, Stats, Store, StoreError, Subscription};
 
 /// The schema this build writes and reads: the key layout and record encoding of `codec.rs`.
-pub const CURRENT_SCHEMA_VERSION: u32 = 1;
+/// 2 added the display name to subscription records (a flag bit and a string at the end:
+/// every version-1 record reads unchanged, so the step from 1 rewrites nothing; the bump
+/// makes an older build refuse the store as a whole instead of reading every named record
+/// as corrupt).
+pub const CURRENT_SCHEMA_VERSION: u32 = 2;
 
 /// Tuning for [`SledStore::open_with`].
 #[derive(Debug, Clone)]
@@ -250,7 +254,8 @@ impl SledStore {
 
 /// Brings a database at schema version `from` to `to`, one step at a time, syncing after each
 /// step. Versions: 0 = a new, empty database (step 0 → 1 writes the version key); 1 = the
-/// layout of `codec.rs`. A version above [`CURRENT_SCHEMA_VERSION`] is refused: this build
+/// layout of `codec.rs` without display names; 2 = with them (step 1 → 2 converts nothing: a
+/// version-1 record is a valid version-2 record). A version above [`CURRENT_SCHEMA_VERSION`] is refused: this build
 /// cannot know what it means.
 pub fn migrate(db: &sled::Db, from: u32, to: u32) -> Result<(), StoreError> {
     if to > CURRENT_SCHEMA_VERSION || from > CURRENT_SCHEMA_VERSION {
@@ -269,6 +274,8 @@ pub fn migrate(db: &sled::Db, from: u32, to: u32) -> Result<(), StoreError> {
         match v {
             // 0 → 1: nothing to convert, the database is empty.
             0 => {}
+            // 1 → 2: records without the display-name flag read as before.
+            1 => {}
             // Future steps convert records here, e.g. 1 => rewrite every `S` value.
             v => {
                 return Err(StoreError::Backend(format!(

@@ -40,6 +40,7 @@ fn sub(direction: Direction, jid: &str, aor: &str) -> Subscription {
         approval: Approval::Approved,
         last_sent: Some(b"<presence/>".to_vec()),
         last_received: Some(vec![0, 255, 1]),
+        display_name: None,
         updated_unix: 1_790_000_100,
     }
 }
@@ -55,6 +56,7 @@ fn minimal(direction: Direction, jid: &str, aor: &str) -> Subscription {
         approval: Approval::None,
         last_sent: None,
         last_received: None,
+        display_name: None,
         updated_unix: u64::MAX,
     }
 }
@@ -435,14 +437,14 @@ fn sled_schema_version_newer_is_refused() {
             err,
             StoreError::SchemaTooNew {
                 found: 7,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "the store's schema version is 7, newer than this lcs-bridge supports (1): use a newer lcs-bridge or restore a backup"
+        "the store's schema version is 7, newer than this lcs-bridge supports (2): use a newer lcs-bridge or restore a backup"
     );
 }
 
@@ -483,16 +485,47 @@ fn sled_migrate_from_zero_writes_the_version() {
     migrate(&db, 0, CURRENT_SCHEMA_VERSION).unwrap();
     assert_eq!(
         db.get(codec::META_SCHEMA).unwrap().unwrap().as_ref(),
-        &codec::encode_schema(1)
+        &codec::encode_schema(2)
     );
     assert!(matches!(
-        migrate(&db, 1, 2),
+        migrate(&db, 2, 3),
         Err(StoreError::SchemaTooNew {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
     assert!(migrate(&db, 1, 0).is_err());
+}
+
+/// A store written by a build of schema version 1 (records without display names) opens: the
+/// version moves to 2 and every record reads as it was.
+#[test]
+fn sled_version_1_store_is_taken_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = sub(
+        Direction::Inbound,
+        "alice@example.org",
+        "sip:bob@contoso.com",
+    );
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(codec::META_SCHEMA, &codec::encode_schema(1))
+            .unwrap();
+        let key = codec::sub_key(old.direction, &old.local_jid, &old.remote_aor).unwrap();
+        let value = codec::encode_subscription(&old);
+        // What version 1 wrote: no bit above the three it knew.
+        assert_eq!(value[3] & !7, 0);
+        db.insert(key, value).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.schema_version(), 2);
+    let got = store
+        .get_subscription(old.direction, &old.local_jid, &old.remote_aor)
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, old);
+    assert_eq!(got.display_name, None);
 }
 
 #[test]
@@ -530,6 +563,49 @@ Content-Length: 0\r\n\r\n",
             created_unix: 1_790_000_000,
         }
     );
+}
+
+#[test]
+fn display_names_round_trip_and_are_checked() {
+    let mut s = minimal(
+        Direction::Outbound,
+        "alice@example.org",
+        "sip:joe@contoso.com",
+    );
+    let plain = codec::encode_subscription(&s);
+    for from_pidf in [false, true] {
+        s.display_name = Some(DisplayName {
+            text: "Joe Smith".into(),
+            from_pidf,
+        });
+        let key = codec::sub_key(s.direction, &s.local_jid, &s.remote_aor).unwrap();
+        let v = codec::encode_subscription(&s);
+        // The name costs its length byte and its bytes; the flags byte says which.
+        assert_eq!(v.len(), plain.len() + 1 + "Joe Smith".len());
+        assert_eq!(v[3], if from_pidf { 8 | 16 } else { 8 });
+        assert_eq!(codec::decode_subscription(&key, &v).unwrap(), s);
+        let mut bad = v.clone();
+        bad.truncate(v.len() - 1);
+        assert!(codec::decode_subscription(&key, &bad).is_err());
+    }
+    // The source bit without a name is refused.
+    let key = codec::sub_key(s.direction, &s.local_jid, &s.remote_aor).unwrap();
+    let mut bad = plain.clone();
+    bad[3] |= 16;
+    let err = codec::decode_subscription(&key, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("display name source flag without a display name"),
+        "{err}"
+    );
+    // Bits no version defines are still refused.
+    let mut bad = plain;
+    bad[3] |= 32;
+    let err = codec::decode_subscription(&key, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown subscription flags bits"), "{err}");
 }
 
 #[test]
@@ -606,7 +682,7 @@ fn export_json_lines() {
     );
     assert_eq!(
         s.to_json().to_string(),
-        r#"{"approval":"approved","dialog":{"call_id":"3f2a9c3@sip.example.org","created_unix":1790000000,"local_cseq":3,"local_display":"Alice Ä","local_tag":"lt3","local_uri":"sip:alice@example.org","remote_cseq":4294967295,"remote_display":null,"remote_tag":"9c1e07b2","remote_target":"sip:joe@10.0.0.5:5061;transport=tls","remote_uri":"sip:joe@contoso.com","route_set":["<sip:edge1.contoso.com;transport=tls;lr>","<sip:edge2.contoso.com;transport=tls;lr>"]},"direction":"inbound","expires_unix":1790003600,"kind":"subscription","last_received":"AP8B","last_sent":"PHByZXNlbmNlLz4=","local_jid":"alice@example.org","remote_aor":"sip:joe@contoso.com","state":"active","updated_unix":1790000100}"#
+        r#"{"approval":"approved","dialog":{"call_id":"3f2a9c3@sip.example.org","created_unix":1790000000,"local_cseq":3,"local_display":"Alice Ä","local_tag":"lt3","local_uri":"sip:alice@example.org","remote_cseq":4294967295,"remote_display":null,"remote_tag":"9c1e07b2","remote_target":"sip:joe@10.0.0.5:5061;transport=tls","remote_uri":"sip:joe@contoso.com","route_set":["<sip:edge1.contoso.com;transport=tls;lr>","<sip:edge2.contoso.com;transport=tls;lr>"]},"direction":"inbound","display_name":null,"expires_unix":1790003600,"kind":"subscription","last_received":"AP8B","last_sent":"PHByZXNlbmNlLz4=","local_jid":"alice@example.org","remote_aor":"sip:joe@contoso.com","state":"active","updated_unix":1790000100}"#
     );
     let m = minimal(Direction::Outbound, "a@b", "sip:c@d").to_json();
     assert_eq!(m["dialog"], Value::Null);
@@ -715,6 +791,7 @@ fn arb_sub() -> impl Strategy<Value = Subscription> {
         (any::<u64>(), 0..3u8, 0..4u8, any::<u64>()),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..50)),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..50)),
+        proptest::option::of(("[^\0]{0,20}", any::<bool>())),
     )
         .prop_map(
             |(
@@ -725,6 +802,7 @@ fn arb_sub() -> impl Strategy<Value = Subscription> {
                 (expires_unix, st, ap, updated_unix),
                 last_sent,
                 last_received,
+                name,
             )| {
                 Subscription {
                     direction: if out {
@@ -745,6 +823,7 @@ fn arb_sub() -> impl Strategy<Value = Subscription> {
                     ][ap as usize],
                     last_sent,
                     last_received,
+                    display_name: name.map(|(text, from_pidf)| DisplayName { text, from_pidf }),
                     updated_unix,
                 }
             },

@@ -643,6 +643,7 @@ fn fill_store(dir: &Path, n: u64) -> Result<(), String> {
             approval: Approval::Approved,
             last_sent: None,
             last_received: None,
+            display_name: None,
             updated_unix: now,
         });
         if batch.len() == 10_000 {

@@ -45,9 +45,11 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
+use super::Fact;
 use super::{Output, common};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
+use crate::core::names::{self, NameSource};
 use crate::core::presence::presence_from_pidf;
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
 use crate::edge::event::EdgeEvent;
@@ -56,7 +58,7 @@ use crate::sip::dialog::DialogId;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
-use crate::store::{Approval, Direction, SubState, Subscription};
+use crate::store::{Approval, Direction, DisplayName, SubState, Subscription};
 
 mod local;
 mod notifier;
@@ -152,8 +154,14 @@ fn key(local: String, remote: String) -> Key {
 enum Paced {
     /// The gateway's available presence to a local user with subscriptions.
     Gateway { from: BareJid, to: BareJid },
-    /// A probe of a local user with approved watchers, from one of them.
-    Probe { from: BareJid, to: BareJid },
+    /// A probe of a local user with approved watchers, from one of them. `resync`: after a
+    /// lost component stream, what the user's resources said before is forgotten when the
+    /// probe goes, and the aggregate made anew from the answers ([`PresenceEngine::settle`]).
+    Probe {
+        from: BareJid,
+        to: BareJid,
+        resync: bool,
+    },
     /// A watcher waiting for its user: the `subscribe` asked again, if it still waits.
     Ask(Key),
     /// An LCS contact's current presence to its local user, if its subscription is active.
@@ -277,6 +285,14 @@ pub struct PresenceEngine {
     /// Stanzas a restore sends, paced at `restore_rate` from `paced_at` on.
     paced: VecDeque<Paced>,
     paced_at: Instant,
+    /// The next free slot of the paced SIP requests (a restore's SUBSCRIBEs and NOTIFYs, the
+    /// SUBSCRIBEs that replace dialogs lost with a connection): one every `1 / restore_rate`,
+    /// whatever asked for it, so that two causes at once do not double the rate.
+    request_slot: Instant,
+    /// Local users probed after a lost component stream, in the order the probes went, with
+    /// the time their aggregate is made anew from whatever the answers said
+    /// ([`PresenceEngine::settle`]) and the component domain the probe went through.
+    settling: VecDeque<(Instant, String, String)>,
 }
 
 fn secs(d: Duration) -> u32 {
@@ -315,6 +331,8 @@ impl PresenceEngine {
             limit_hits: BTreeMap::new(),
             paced: VecDeque::new(),
             paced_at: clock.at,
+            request_slot: clock.at,
+            settling: VecDeque::new(),
         }
     }
 
@@ -651,10 +669,15 @@ impl PresenceEngine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let paced = (!self.paced.is_empty()).then_some(self.paced_at);
-        match (timer, paced) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let settling = self.settling.front().map(|(at, _, _)| *at);
+        [timer, paced, settling].into_iter().flatten().min()
+    }
+
+    /// The next slot for a paced SIP request: `now` when the pace allows it, else later.
+    pub(super) fn next_request_slot(&mut self, now: Instant) -> Instant {
+        let at = self.request_slot.max(now);
+        self.request_slot = at + self.restore_spacing();
+        at
     }
 
     /// Time between two paced requests or stanzas of a restore.
@@ -674,7 +697,17 @@ impl PresenceEngine {
             };
             let presence = match next {
                 Paced::Gateway { from, to } => Presence::available().with_from(from).with_to(to),
-                Paced::Probe { from, to } => Presence::probe().with_from(from).with_to(to),
+                Paced::Probe { from, to, resync } => {
+                    if resync {
+                        // The answers (one per resource still available; an unavailable one
+                        // or none at all when there is none) make the aggregate anew.
+                        self.forget_resources(to.as_str());
+                        let at = now + self.settings.min_notify_interval;
+                        let domain = from.domain().to_string();
+                        self.settling.push_back((at, to.to_string(), domain));
+                    }
+                    Presence::probe().with_from(from).with_to(to)
+                }
                 Paced::Ask(key) => {
                     let waiting = self
                         .inbound
@@ -683,7 +716,7 @@ impl PresenceEngine {
                     let (Some(w), Ok(to)) = (waiting, BareJid::new(&key.0)) else {
                         continue;
                     };
-                    let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
+                    let display = w.name.as_ref().map(|n| n.text.clone());
                     subscribe_request(w.remote_jid.clone(), to, display)
                 }
                 Paced::Contact(key) => {
@@ -771,6 +804,11 @@ impl PresenceEngine {
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
         self.release_paced(now, &mut out);
+        while self.settling.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, user, _)) = self.settling.pop_front() {
+                self.settle(now, &user, &mut out);
+            }
+        }
         let (mut due_out, mut due_in) = (Vec::new(), Vec::new());
         while let Some(Reverse((at, _, _))) = self.timers.peek() {
             if *at > now {
@@ -853,8 +891,6 @@ impl PresenceEngine {
         let mut reserve = Vec::new();
         // The SUBSCRIBEs and NOTIFYs restoring brings go out at `restore_rate`, in store order;
         // its stanzas likewise, in a sequence of their own.
-        let spacing = self.restore_spacing();
-        let mut paced = (0..).map(|k| now + spacing * k);
         let now_unix = self.unix(now);
         for s in subs {
             let forget = Output::Forget {
@@ -885,7 +921,7 @@ impl PresenceEngine {
                         out.push(forget);
                         continue;
                     };
-                    sub.next_at = paced.next();
+                    sub.next_at = Some(self.next_request_slot(now));
                     self.outbound.insert(key, Box::new(sub));
                 }
                 Direction::Inbound => {
@@ -901,7 +937,7 @@ impl PresenceEngine {
                         // anything is sent.
                         reserve.push(key.clone());
                         if w.approval == Approval::Approved {
-                            w.retry_at = paced.next();
+                            w.retry_at = Some(self.next_request_slot(now));
                         }
                     }
                     self.inbound.insert(key, Box::new(w));
@@ -910,6 +946,24 @@ impl PresenceEngine {
         }
         for key in reserve {
             self.persist_in(now, &key, &mut out);
+        }
+        // The names kept with the subscriptions, for the vCard answers.
+        let outs = self
+            .outbound
+            .iter()
+            .map(|(k, s)| (k, &s.remote_jid, &s.name));
+        let ins = self
+            .inbound
+            .iter()
+            .map(|(k, w)| (k, &w.remote_jid, &w.name));
+        let mut named = BTreeMap::new();
+        for (k, contact, name) in outs.chain(ins) {
+            if let Some(n) = name {
+                named.insert(k.1.clone(), (contact.clone(), n.text.clone()));
+            }
+        }
+        for (aor, (contact, name)) in named {
+            out.push(Output::Fact(Fact::Name { contact, aor, name }));
         }
         self.resync_xmpp(now, None, &mut out);
         self.rearm();
@@ -929,10 +983,29 @@ impl PresenceEngine {
         out
     }
 
+    /// The component link for `domain` is lost (again). What is queued for it waits for the
+    /// resync when it comes back, which queues it all anew; and the probes that went through
+    /// it may never be answered, so the users they asked about are not made anew from their
+    /// silence (that would show them offline for a lost stream): the resync probes them again.
+    pub fn link_lost(&mut self, domain: &str) {
+        let mut queued = std::mem::take(&mut self.paced);
+        queued.retain(|p| self.paced_domain(p).is_some_and(|pd| pd != domain));
+        self.paced = queued;
+        self.settling.retain(|(_, _, d)| d != domain);
+    }
+
     /// Queues the stanzas that bring the XMPP side up to date (all contacts, or those of one
     /// component domain) and sends the first of them.
     fn resync_xmpp(&mut self, now: Instant, domain: Option<&str>, out: &mut Vec<Output>) {
         let ours = |jid: &BareJid| domain.is_none_or(|d| jid.domain().as_str() == d);
+        if let Some(d) = domain {
+            // A stream lost again before the last resync of this domain was through: what is
+            // still queued for it is queued anew below, once (a flapping link must not pile up
+            // copies).
+            let mut queued = std::mem::take(&mut self.paced);
+            queued.retain(|p| self.paced_domain(p).is_some_and(|pd| pd != d));
+            self.paced = queued;
+        }
         if self.paced.is_empty() {
             self.paced_at = now;
         }
@@ -955,14 +1028,11 @@ impl PresenceEngine {
             .map(|(k, w)| (k.0.clone(), w.remote_jid.clone()))
             .collect();
         for (user, from) in probes {
-            if domain.is_some() {
-                // What the user's resources said before the loss may be stale (one may have
-                // gone offline unseen): the probe's answers, one per resource that is still
-                // available (RFC 6121 §4.3.2), make the aggregate anew.
-                self.forget_resources(&user);
-            }
             if let Ok(to) = BareJid::new(&user) {
-                self.paced.push_back(Paced::Probe { from, to });
+                // After a loss, what the user's resources said before may be stale (one may
+                // have gone offline unseen): forgotten when the probe goes (see `settle`).
+                let resync = domain.is_some();
+                self.paced.push_back(Paced::Probe { from, to, resync });
             }
         }
         // Watchers still waiting for their user are asked for again: the approval may have
@@ -985,6 +1055,51 @@ impl PresenceEngine {
             self.paced.extend(contacts.collect::<Vec<_>>());
         }
         self.release_paced(now, out);
+    }
+
+    /// The component domain a queued stanza is for (`None`: its subscription is gone).
+    fn paced_domain<'a>(&'a self, p: &'a Paced) -> Option<&'a str> {
+        match p {
+            Paced::Gateway { from, .. } | Paced::Probe { from, .. } => Some(from.domain().as_str()),
+            Paced::Ask(key) => self
+                .inbound
+                .get(key)
+                .map(|w| w.remote_jid.domain().as_str()),
+            Paced::Contact(key) => self
+                .outbound
+                .get(key)
+                .map(|s| s.remote_jid.domain().as_str()),
+        }
+    }
+
+    /// A local user probed after a lost component stream, `min_notify_interval` after the
+    /// probe went: its aggregate is made anew from what the answers said. Prosody answers a
+    /// probe of a user with no available resource with `unavailable`; ejabberd does not answer
+    /// it at all (RFC 6121 §4.3.2 allows either), so without this a user who went offline
+    /// while the stream was down would stay online for the LCS watchers. The watchers' NOTIFYs
+    /// follow their usual interval; an unchanged document sends nothing.
+    fn settle(&mut self, now: Instant, user: &str, out: &mut Vec<Output>) {
+        let doc = crate::core::pidf::render(&self.current_doc(user));
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        if *u.doc == *doc {
+            return;
+        }
+        u.doc = doc.into();
+        let keys: Vec<Key> = self
+            .inbound
+            .range((user.to_owned(), String::new())..)
+            .take_while(|(k, _)| k.0 == user)
+            .filter(|(_, w)| w.approval == Approval::Approved)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(w) = self.inbound.get_mut(&key) {
+                w.dirty = true;
+            }
+            self.maybe_flush(now, &key, out);
+        }
     }
 
     /// Shutdown (XEP-0100): unavailable from every LCS contact last shown available, and from
@@ -1012,6 +1127,77 @@ impl PresenceEngine {
 
 fn stanza(p: Presence) -> Output {
     Output::Stanza(Element::from(p))
+}
+
+/// `raw` (a peer string) cleaned, as the name of a contact whose name is `current`: the new
+/// name when it changes it (`core::names::merge`: a PIDF name wins over a From name).
+pub(super) fn new_name(
+    current: &Option<DisplayName>,
+    raw: Option<&str>,
+    source: NameSource,
+) -> Option<DisplayName> {
+    let text = names::display_name(raw?)?;
+    let now = current.as_ref().map(|n| {
+        let s = if n.from_pidf {
+            NameSource::Pidf
+        } else {
+            NameSource::From
+        };
+        (n.text.as_str(), s)
+    });
+    names::merge(now, (&text, source)).map(|(text, s)| DisplayName {
+        text,
+        from_pidf: s == NameSource::Pidf,
+    })
+}
+
+impl PresenceEngine {
+    /// A subscription between `local` and `contact` was just approved (either side): the
+    /// roster engine puts the contact into the user's roster.
+    pub(super) fn approved_fact(
+        &self,
+        local: &BareJid,
+        contact: &BareJid,
+        name: Option<DisplayName>,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Fact(Fact::Roster {
+            local: local.clone(),
+            contact: contact.clone(),
+            name: name.map(|n| n.text),
+            previous: None,
+            approved: true,
+        }));
+    }
+
+    /// `contact`'s name changed from `old` to `new`: the vCard answers learn it, and, when its
+    /// subscription with `local` is approved, the user's roster follows.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn renamed_facts(
+        &self,
+        local: &BareJid,
+        contact: &BareJid,
+        aor: &str,
+        old: Option<DisplayName>,
+        new: &DisplayName,
+        approved: bool,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Fact(Fact::Name {
+            contact: contact.clone(),
+            aor: aor.to_owned(),
+            name: new.text.clone(),
+        }));
+        if approved {
+            out.push(Output::Fact(Fact::Roster {
+                local: local.clone(),
+                contact: contact.clone(),
+                name: Some(new.text.clone()),
+                previous: old.map(|n| n.text),
+                approved: false,
+            }));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,12 @@ use xmpp_parsers::jid::BareJid;
 use super::notifier::Watcher;
 use super::subscriber::Outbound;
 use super::{CSEQ_RESERVE, Key, PresenceEngine};
+use crate::core::names;
 use crate::core::pidf;
 use crate::engine::{Output, common};
 use crate::sip::message::Message;
 use crate::sip::transaction::TxId;
-use crate::store::{Approval, DialogRecord, Direction, SubState, Subscription};
+use crate::store::{Approval, DialogRecord, Direction, DisplayName, SubState, Subscription};
 
 impl PresenceEngine {
     pub(super) fn out_record(&self, now: Instant, key: &Key) -> Option<Subscription> {
@@ -42,6 +43,7 @@ impl PresenceEngine {
             approval: sub.approval,
             last_sent: None,
             last_received: sub.last.as_ref().map(|d| pidf::render(d).into_bytes()),
+            display_name: sub.name.clone(),
             updated_unix: now_unix,
         })
     }
@@ -70,6 +72,7 @@ impl PresenceEngine {
             approval: w.approval,
             last_sent: w.last_body.as_ref().map(|b| b.as_bytes().to_vec()),
             last_received: None,
+            display_name: w.name.clone(),
             updated_unix: now_unix,
         })
     }
@@ -77,6 +80,13 @@ impl PresenceEngine {
     pub(super) fn persist_out(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
         if let Some(r) = self.out_record(now, key) {
             out.push(Output::Persist(Box::new(r)));
+        }
+    }
+
+    /// [`Output::PersistLazy`] of outbound subscription `key`: a new display name.
+    pub(super) fn persist_out_lazy(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        if let Some(r) = self.out_record(now, key) {
+            out.push(Output::PersistLazy(Box::new(r)));
         }
     }
 
@@ -170,6 +180,7 @@ impl Outbound {
                 .as_deref()
                 .and_then(|b| pidf::parse(b).ok())
                 .map(Box::new),
+            name: restored_name(s),
             ..Outbound::new(local, remote_jid, s.approval, expires_secs, None)
         })
     }
@@ -225,6 +236,23 @@ impl Watcher {
             last_body: None,
             blind: false,
             cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
+            // Records written before names were kept: the SUBSCRIBE's From display name.
+            name: restored_name(s).or_else(|| {
+                let raw = s.dialog.as_ref()?.remote_display.as_deref()?;
+                Some(DisplayName {
+                    text: names::display_name(raw)?,
+                    from_pidf: false,
+                })
+            }),
         })
     }
+}
+
+/// A stored display name, cleaned again (`core::names`): a store is read as peer input.
+fn restored_name(s: &Subscription) -> Option<DisplayName> {
+    let n = s.display_name.as_ref()?;
+    Some(DisplayName {
+        text: names::display_name(&n.text)?,
+        from_pidf: n.from_pidf,
+    })
 }
