@@ -27,11 +27,12 @@ use crate::edge::pool::PoolLimits;
 use crate::edge::server::EdgeEvents;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
+use crate::engine::WallClock;
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
-use crate::engine::presence::{PresenceEngine, PresenceSettings, WallClock};
+use crate::engine::presence::{PresenceEngine, PresenceSettings};
 use crate::engine::roster::{RosterEngine, RosterMode};
-use crate::store::{self, ImDialog, SledStore, Store, StoreError, Subscription};
+use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -130,8 +131,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             crate::random::seed(),
         );
         let restored = (
-            stored_subscriptions(store.as_ref()),
-            stored_im_dialogs(store.as_ref()),
+            stored(store.subscriptions(), "subscriptions"),
+            stored(store.im_dialogs(), "IM sessions"),
         );
         let (stop, stop_rx) = mpsc::channel(1);
         let runner = Runner {
@@ -250,7 +251,23 @@ fn im_settings(cfg: &config::Config) -> ImSettings {
         dialog_max_age: cfg.im.dialog_max_age,
         max_body_bytes: cfg.im.max_message_bytes,
         max_queued: cfg.im.max_queued_messages,
+        max_sessions: cfg.im.max_sessions,
+        max_sessions_per_domain: cfg.im.max_sessions_per_domain,
+        max_sessions_per_partner: cfg.im.max_sessions_per_partner,
+        max_sessions_per_user: cfg.im.max_sessions_per_user,
+        partners: allowed_partners(cfg),
     }
+}
+
+/// The listed partners' domains (`policy = "allow"`, lowercase): their own pending and session
+/// limits apply.
+fn allowed_partners(cfg: &config::Config) -> std::collections::HashSet<String> {
+    cfg.federation
+        .partners
+        .iter()
+        .filter(|p| p.policy == config::PartnerPolicy::Allow)
+        .map(|p| p.domain.to_ascii_lowercase())
+        .collect()
 }
 
 fn roster_mode(fill: config::RosterFill) -> RosterMode {
@@ -274,51 +291,29 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
         restore_rate: cfg.presence.restore_rate,
         max_pending_per_domain: cfg.presence.max_pending_per_domain,
         max_pending_per_partner: cfg.presence.max_pending_per_partner,
-        partners: cfg
-            .federation
-            .partners
-            .iter()
-            .filter(|p| p.policy == config::PartnerPolicy::Allow)
-            .map(|p| p.domain.to_ascii_lowercase())
-            .collect(),
+        partners: allowed_partners(cfg),
         max_pending_per_user: cfg.presence.max_pending_per_user,
         ..PresenceSettings::default()
     }
 }
 
-/// Every readable subscription in the store; unreadable ones are logged and skipped (they stay
-/// for `lcs-bridge store export` to show).
-fn stored_subscriptions(store: &dyn Store) -> Vec<Subscription> {
-    let mut subs = Vec::new();
-    for r in store.subscriptions() {
+/// Every readable record `records` gives (`what`: their name in the log); unreadable ones are
+/// logged and skipped (they stay for `lcs-bridge store export` to show), and a failing read
+/// ends the scan.
+fn stored<T>(records: Records<'_, T>, what: &str) -> Vec<T> {
+    let mut all = Vec::new();
+    for r in records {
         match r {
-            Ok(s) => subs.push(s),
-            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, "subscription not restored"),
+            Ok(t) => all.push(t),
+            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, what, "record not restored"),
             Err(e) => {
-                error!(reason = %e, "store: reading subscriptions stopped");
+                error!(reason = %e, what, "store: reading stopped");
                 break;
             }
         }
     }
-    info!(count = subs.len(), "subscriptions restored from the store");
-    subs
-}
-
-/// Every readable IM session dialog in the store; unreadable ones are logged and skipped.
-fn stored_im_dialogs(store: &dyn Store) -> Vec<ImDialog> {
-    let mut dialogs = Vec::new();
-    for r in store.im_dialogs() {
-        match r {
-            Ok(d) => dialogs.push(d),
-            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, "IM dialog not restored"),
-            Err(e) => {
-                error!(reason = %e, "store: reading IM dialogs stopped");
-                break;
-            }
-        }
-    }
-    info!(count = dialogs.len(), "IM sessions restored from the store");
-    dialogs
+    info!(count = all.len(), what, "restored from the store");
+    all
 }
 
 /// The engines' task: edge events, component stanzas and the engines' timers into the
@@ -400,7 +395,7 @@ impl Runner {
                     Ok(()) => true,
                     Err(e) => {
                         warn!(reason = %e, "stanza not sent to the XMPP server");
-                        self.bridge.report(Failure::StanzaRefused);
+                        self.bridge.report(Instant::now(), Failure::StanzaRefused);
                         continue;
                     }
                 },
@@ -417,10 +412,10 @@ impl Runner {
                     true
                 }
                 Action::Write { subs, durable } => self.write(subs, durable).await,
-                Action::WriteIm { dialog, durable } => {
+                Action::WriteIm { dialogs, durable } => {
                     let store = self.store.clone();
                     let r = tokio::task::spawn_blocking(move || {
-                        store.put_im_dialog(&dialog)?;
+                        dialogs.iter().try_for_each(|d| store.put_im_dialog(d))?;
                         if durable { store.flush() } else { Ok(()) }
                     })
                     .await;
@@ -460,7 +455,7 @@ impl Runner {
                 }
             };
             if !done {
-                self.bridge.report(Failure::StoreFailed);
+                self.bridge.report(Instant::now(), Failure::StoreFailed);
             }
         }
         n

@@ -255,7 +255,7 @@ fn flow_f<S: XmppServer>(w: &mut World<S>) {
             "Message not delivered to nobody@xmpp.test (503 Service Unavailable, \
              service-unavailable)"
         ) && notice
-            .ends_with("nobody@xmpp.test cannot receive messages; this conversation has ended."),
+            .ends_with("nobody@xmpp.test is not reachable (no account, offline, or blocking); this conversation has ended."),
         "{notice:?}"
     );
     assert_eq!(reqs[0].header("Content-Type").as_deref(), Some(TEXT));

@@ -531,6 +531,34 @@ keys! {
         reload: Restart,
         doc: "A session older than this is replaced by a fresh INVITE before its next message, because LCS signs dialog headers for 24 hours. 3600–86340.",
     }
+    IM_MAX_SESSIONS = "im", "max_sessions" {
+        kind: Kind::Integer,
+        default: Integer(10_000),
+        range: Some((1, 1000000)),
+        reload: Restart,
+        doc: "IM sessions open at once, in all (each holds a dialog, its stored record and a synced write when it opens). An INVITE from LCS beyond it gets `486 Busy Here` with a reason naming `im.max_sessions` and a WARN log line; an XMPP user's message that would open one is returned with `resource-constraint`. 1–1000000.",
+    }
+    IM_MAX_SESSIONS_PER_DOMAIN = "im", "max_sessions_per_domain" {
+        kind: Kind::Integer,
+        default: Integer(1000),
+        range: Some((1, 1000000)),
+        reload: Restart,
+        doc: "IM sessions with the users of one discovered (unlisted) domain, both directions; beyond it likewise, naming `im.max_sessions_per_domain`. 1–1000000.",
+    }
+    IM_MAX_SESSIONS_PER_PARTNER = "im", "max_sessions_per_partner" {
+        kind: Kind::Integer,
+        default: Integer(10_000),
+        range: Some((1, 1000000)),
+        reload: Restart,
+        doc: r#"The same for the domain of a listed partner (`[[federation.partners]]` with `policy = "allow"`, as configured at start), named `im.max_sessions_per_partner`. 1–1000000."#,
+    }
+    IM_MAX_SESSIONS_PER_USER = "im", "max_sessions_per_user" {
+        kind: Kind::Integer,
+        default: Integer(100),
+        range: Some((1, 100000)),
+        reload: Restart,
+        doc: "IM sessions of one local user, both directions; beyond it likewise, naming `im.max_sessions_per_user`. 1–100000.",
+    }
     STORAGE_PATH = "storage", "path" {
         kind: Kind::Text,
         default: Text("data"),

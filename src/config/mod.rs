@@ -506,6 +506,14 @@ pub struct ImConfig {
     /// A session older than this is replaced by a fresh INVITE before the next message, since
     /// LCS signs headers for 24 h (`im.dialog_max_age_secs`, 3600–86340, default 82800 s = 23 h).
     pub dialog_max_age: Duration,
+    /// Sessions open at once (`im.max_sessions`, default 10000).
+    pub max_sessions: usize,
+    /// Sessions with one discovered domain (`im.max_sessions_per_domain`, default 1000).
+    pub max_sessions_per_domain: usize,
+    /// Sessions with one listed partner's domain (`im.max_sessions_per_partner`, default 10000).
+    pub max_sessions_per_partner: usize,
+    /// Sessions of one local user (`im.max_sessions_per_user`, default 100).
+    pub max_sessions_per_user: usize,
 }
 
 /// `[storage]`.

@@ -665,17 +665,29 @@ fn im_section(mut t: Table, diag: &mut Diag) -> Option<ImConfig> {
     let max_message_bytes = t.int(&k::IM_MAX_MESSAGE_BYTES, diag);
     let max_queued_messages = t.int(&k::IM_MAX_QUEUED_MESSAGES, diag);
     let dialog_max_age = t.int(&k::IM_DIALOG_MAX_AGE_SECS, diag);
+    let max_sessions = t.int(&k::IM_MAX_SESSIONS, diag);
+    let per_domain = t.int(&k::IM_MAX_SESSIONS_PER_DOMAIN, diag);
+    let per_partner = t.int(&k::IM_MAX_SESSIONS_PER_PARTNER, diag);
+    let per_user = t.int(&k::IM_MAX_SESSIONS_PER_USER, diag);
     t.finish(diag);
 
     let session_idle = ranged(diag, &k::IM_SESSION_IDLE_SECS, session_idle);
     let max_message_bytes = ranged(diag, &k::IM_MAX_MESSAGE_BYTES, max_message_bytes);
     let max_queued_messages = ranged(diag, &k::IM_MAX_QUEUED_MESSAGES, max_queued_messages);
     let dialog_max_age = ranged(diag, &k::IM_DIALOG_MAX_AGE_SECS, dialog_max_age);
+    let max_sessions = ranged(diag, &k::IM_MAX_SESSIONS, max_sessions);
+    let per_domain = ranged(diag, &k::IM_MAX_SESSIONS_PER_DOMAIN, per_domain);
+    let per_partner = ranged(diag, &k::IM_MAX_SESSIONS_PER_PARTNER, per_partner);
+    let per_user = ranged(diag, &k::IM_MAX_SESSIONS_PER_USER, per_user);
     Some(ImConfig {
         session_idle: Duration::from_secs(session_idle?),
         max_message_bytes: to_usize(max_message_bytes?),
         max_queued_messages: to_usize(max_queued_messages?),
         dialog_max_age: Duration::from_secs(dialog_max_age?),
+        max_sessions: to_usize(max_sessions?),
+        max_sessions_per_domain: to_usize(per_domain?),
+        max_sessions_per_partner: to_usize(per_partner?),
+        max_sessions_per_user: to_usize(per_user?),
     })
 }
 

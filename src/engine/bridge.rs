@@ -11,12 +11,15 @@
 //! - **Order.** An engine's outputs for one input form a batch, run in order; an engine may ask
 //!   for its stanzas to go first ([`Engine::stanzas_first`]), so that a SIP answer follows what
 //!   it acknowledges. Consecutive durable store writes of a batch are joined into one
-//!   [`Action::Write`] (one sync).
+//!   [`Action::Write`] or [`Action::WriteIm`] (one sync).
 //! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
 //!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
 //!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
 //!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again),
-//!   except an IM session's dialog, whose loss only a restart would show: that is logged.
+//!   except an IM session's dialog, whose loss changes no answer. Either way the engine that
+//!   wrote is told ([`Engine::store_failed`]) and may withdraw its requests still waiting (a
+//!   request must not go out above a CSeq reservation the store does not hold) and put
+//!   outputs of its own first.
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
 //! - **Facts.** What an engine learned for the others ([`Output::Fact`]: a contact's display
@@ -127,10 +130,13 @@ pub enum Action {
         local: String,
         remote: String,
     },
-    /// Write an IM session's dialog: with `durable`, `Store::put_im_dialog` then
-    /// `Store::flush` before the next action, else `put_im_dialog` alone; report
-    /// [`Failure::StoreFailed`] if that fails (the bridge logs it and changes no answer).
-    WriteIm { dialog: ImDialog, durable: bool },
+    /// Write IM sessions' dialogs: `Store::put_im_dialog` each, then with `durable`
+    /// `Store::flush` (one sync) before the next action; report [`Failure::StoreFailed`] if
+    /// that fails (no answer changes; the IM engine withdraws what depended on it).
+    WriteIm {
+        dialogs: Vec<ImDialog>,
+        durable: bool,
+    },
     /// Remove an IM session's dialog (`Store::remove_im_dialog`, not synced); report
     /// [`Failure::StoreFailed`] if that fails.
     ForgetIm { local: String, remote: String },
@@ -162,6 +168,18 @@ pub trait Engine: Send + Sync {
     fn shutdown(&mut self) -> Vec<Output> {
         Vec::new()
     }
+    /// A store write or removal it asked for failed (`failed`: the outputs the failed action
+    /// carried, as the engine gave them); `queued`: its requests not sent yet. Returns the
+    /// transactions to withdraw (they are not sent; the engine has dealt with them) and outputs
+    /// to run before anything else.
+    fn store_failed(
+        &mut self,
+        _now: Instant,
+        _failed: &[Output],
+        _queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        (Vec::new(), Vec::new())
+    }
 }
 
 /// One output waiting, with the batch it belongs to.
@@ -185,6 +203,9 @@ pub struct Bridge {
     unsaved: bool,
     /// The last action was an IM dialog write or removal (its failure changes no answer).
     im_store: bool,
+    /// The last action was a store write or removal: its engine and the outputs it carried,
+    /// for [`Engine::store_failed`] should it fail.
+    last_store: Option<(usize, Vec<Output>)>,
     /// Component domains whose stream was lost and has not come back.
     down: BTreeSet<String>,
     /// Facts waiting to be handed to the engines that take them.
@@ -203,6 +224,7 @@ impl Bridge {
             refused: false,
             unsaved: false,
             im_store: false,
+            last_store: None,
             down: BTreeSet::new(),
             facts: VecDeque::new(),
         }
@@ -283,16 +305,43 @@ impl Bridge {
         }
     }
 
-    /// The runner could not do the last action it took.
-    pub fn report(&mut self, failure: Failure) {
+    /// The runner could not do the last action it took (at `now`). A store failure is passed
+    /// to the engine that wrote ([`Engine::store_failed`]): the requests it withdraws are
+    /// dropped from the queue, and what it answers with runs next.
+    pub fn report(&mut self, now: Instant, failure: Failure) {
         match failure {
             Failure::StanzaRefused => self.refused = true,
-            // An IM dialog that was not stored costs a new INVITE after a restart: the
-            // session goes on, and no answer changes.
-            Failure::StoreFailed if self.im_store => {
-                warn!("IM session dialog not stored; a restart now ends that session")
+            Failure::StoreFailed => {
+                // An IM session's dialog changes no answer (its engine decides what follows).
+                if !self.im_store {
+                    self.unsaved = true;
+                }
+                let Some((engine, failed)) = self.last_store.take() else {
+                    return;
+                };
+                let queued: Vec<(TxId, &Message)> = self
+                    .queue
+                    .iter()
+                    .filter(|q| q.engine == engine)
+                    .filter_map(|q| match &q.output {
+                        Output::Request { tx, request, .. } => Some((*tx, request)),
+                        _ => None,
+                    })
+                    .collect();
+                let (withdrawn, first) = self.engines[engine].store_failed(now, &failed, &queued);
+                if !withdrawn.is_empty() {
+                    self.queue.retain(|q| {
+                        !matches!(&q.output, Output::Request { tx, .. } if withdrawn.contains(tx))
+                    });
+                }
+                for output in first.into_iter().rev() {
+                    self.queue.push_front(Queued {
+                        output,
+                        batch: self.current,
+                        engine,
+                    });
+                }
             }
-            Failure::StoreFailed => self.unsaved = true,
         }
     }
 
@@ -315,6 +364,7 @@ impl Bridge {
             self.unsaved = false;
         }
         self.im_store = matches!(output, Output::PersistIm { .. } | Output::ForgetIm { .. });
+        self.last_store = None;
         Some(match output {
             Output::Stanza(el) => Action::Stanza(el),
             Output::Request { tx, request, route } => Action::Request { tx, request, route },
@@ -339,29 +389,92 @@ impl Bridge {
                         _ => break,
                     }
                 }
+                let kept = subs.iter().cloned().map(|s| Output::Persist(Box::new(s)));
+                self.last_store = Some((engine, kept.collect()));
                 Action::Write {
                     subs,
                     durable: true,
                 }
             }
-            Output::PersistLazy(sub) => Action::Write {
-                subs: vec![*sub],
-                durable: false,
-            },
+            Output::PersistIm {
+                dialog,
+                durable: true,
+                before,
+            } => {
+                let mut kept = vec![(*dialog, before)];
+                while kept.len() < WRITE_BATCH {
+                    match self.queue.front() {
+                        Some(q)
+                            if q.batch == batch
+                                && matches!(q.output, Output::PersistIm { durable: true, .. }) =>
+                        {
+                            if let Some(Queued {
+                                output: Output::PersistIm { dialog, before, .. },
+                                ..
+                            }) = self.queue.pop_front()
+                            {
+                                kept.push((*dialog, before));
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                let dialogs = kept.iter().map(|(d, _)| d.clone()).collect();
+                let failed = kept.into_iter().map(|(d, before)| Output::PersistIm {
+                    dialog: Box::new(d),
+                    durable: true,
+                    before,
+                });
+                self.last_store = Some((engine, failed.collect()));
+                Action::WriteIm {
+                    dialogs,
+                    durable: true,
+                }
+            }
+            Output::PersistLazy(sub) => {
+                self.last_store = Some((engine, vec![Output::PersistLazy(sub.clone())]));
+                Action::Write {
+                    subs: vec![*sub],
+                    durable: false,
+                }
+            }
+            Output::PersistIm { dialog, before, .. } => {
+                let kept = Output::PersistIm {
+                    dialog: dialog.clone(),
+                    durable: false,
+                    before,
+                };
+                self.last_store = Some((engine, vec![kept]));
+                Action::WriteIm {
+                    dialogs: vec![*dialog],
+                    durable: false,
+                }
+            }
             Output::Forget {
                 direction,
                 local,
                 remote,
-            } => Action::Forget {
-                direction,
-                local,
-                remote,
-            },
-            Output::PersistIm { dialog, durable } => Action::WriteIm {
-                dialog: *dialog,
-                durable,
-            },
-            Output::ForgetIm { local, remote } => Action::ForgetIm { local, remote },
+            } => {
+                let kept = Output::Forget {
+                    direction,
+                    local: local.clone(),
+                    remote: remote.clone(),
+                };
+                self.last_store = Some((engine, vec![kept]));
+                Action::Forget {
+                    direction,
+                    local,
+                    remote,
+                }
+            }
+            Output::ForgetIm { local, remote } => {
+                let kept = Output::ForgetIm {
+                    local: local.clone(),
+                    remote: remote.clone(),
+                };
+                self.last_store = Some((engine, vec![kept]));
+                Action::ForgetIm { local, remote }
+            }
             Output::Fact(_) => return self.poll_action(),
         })
     }
@@ -535,6 +648,20 @@ impl Engine for PresenceEngine {
         );
         PresenceEngine::shutdown(self)
     }
+
+    /// A watcher's NOTIFY waiting behind a write of its record that failed is withdrawn and
+    /// owed again after the backoff ([`PresenceEngine::store_failed`]).
+    fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        (
+            PresenceEngine::store_failed(self, now, failed, queued),
+            Vec::new(),
+        )
+    }
 }
 
 impl Engine for ImEngine {
@@ -579,6 +706,23 @@ impl Engine for ImEngine {
     /// A 200 to a MESSAGE or INVITE: its body was delivered.
     fn promises_delivery(&self, response: &Message) -> bool {
         response.status() == Some(status::OK)
+    }
+
+    fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        ImEngine::store_failed(self, now, failed, queued)
+    }
+
+    fn shutdown(&mut self) -> Vec<Output> {
+        info!(
+            hits = %crate::edge::limits::summary(self.limit_hits().iter().map(|(k, n)| (*k, *n))),
+            "IM stopping; session limits hit since the start"
+        );
+        Vec::new()
     }
 }
 
@@ -704,5 +848,147 @@ impl Engine for IqEngine {
 
     fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use crate::core::tables::Mappings;
+    use crate::sip::transaction::TxIds;
+    use crate::store::DialogRecord;
+
+    /// An engine that answers its input with the outputs it is given and notes what the
+    /// bridge tells it failed, answering with `withdraw` and `first`.
+    #[derive(Default)]
+    struct Stub {
+        out: Vec<Output>,
+        failed: Vec<Vec<Output>>,
+        withdraw: Vec<TxId>,
+        first: Vec<Output>,
+    }
+
+    impl Engine for Stub {
+        fn name(&self) -> &'static str {
+            "stub"
+        }
+        fn takes(&self, _input: &Input) -> bool {
+            true
+        }
+        fn handle(&mut self, _now: Instant, _input: Input) -> Vec<Output> {
+            std::mem::take(&mut self.out)
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
+            Vec::new()
+        }
+        fn store_failed(
+            &mut self,
+            _now: Instant,
+            failed: &[Output],
+            queued: &[(TxId, &Message)],
+        ) -> (Vec<TxId>, Vec<Output>) {
+            assert_eq!(queued.len(), 2, "both requests still wait");
+            let befores: Vec<Option<u32>> = failed
+                .iter()
+                .map(|o| match o {
+                    Output::PersistIm { before, .. } => *before,
+                    _ => panic!("{o:?}"),
+                })
+                .collect();
+            assert_eq!(befores, [Some(1), None], "every record of the joined write");
+            self.failed.push(failed.to_vec());
+            (
+                std::mem::take(&mut self.withdraw),
+                std::mem::take(&mut self.first),
+            )
+        }
+    }
+
+    fn im_dialog(remote: &str) -> ImDialog {
+        ImDialog {
+            local_jid: "alice@example.org".into(),
+            remote_aor: remote.into(),
+            dialog: DialogRecord {
+                call_id: format!("call-{remote}"),
+                local_tag: "a".into(),
+                remote_tag: "b".into(),
+                local_uri: "sip:alice@example.org".into(),
+                local_display: None,
+                remote_uri: remote.into(),
+                remote_display: None,
+                remote_target: remote.into(),
+                route_set: vec![],
+                local_cseq: 1001,
+                remote_cseq: None,
+                created_unix: 1_700_000_000,
+            },
+        }
+    }
+
+    fn request(tx: TxId) -> Output {
+        Output::Request {
+            tx,
+            request: Message::new_request(Method::Message, "sip:bob@contoso.com"),
+            route: Route::Domain("contoso.com".into()),
+        }
+    }
+
+    /// Consecutive durable IM writes share one action (one flush); when it fails, the engine is
+    /// given every record it carried and the requests still waiting, the requests it withdraws
+    /// are not sent and what it answers with runs first.
+    #[test]
+    fn a_failed_store_write_is_the_engines_to_answer() {
+        let (d1, d2) = (
+            im_dialog("sip:bob@contoso.com"),
+            im_dialog("sip:carol@contoso.com"),
+        );
+        let ids = TxIds::default();
+        let (tx1, tx2) = (ids.next(), ids.next());
+        let stub = Stub {
+            out: vec![
+                Output::PersistIm {
+                    dialog: Box::new(d1.clone()),
+                    durable: true,
+                    before: Some(1),
+                },
+                Output::PersistIm {
+                    dialog: Box::new(d2.clone()),
+                    durable: true,
+                    before: None,
+                },
+                request(tx1),
+                request(tx2),
+            ],
+            withdraw: vec![tx1],
+            first: vec![Output::ForgetIm {
+                local: "alice@example.org".into(),
+                remote: "sip:bob@contoso.com".into(),
+            }],
+            ..Stub::default()
+        };
+        let mut bridge = Bridge::new(vec![Box::new(stub)], Mappings::builtin().errors);
+        let now = Instant::now();
+        let el: Element = "<message xmlns='jabber:component:accept'/>"
+            .parse()
+            .unwrap();
+        bridge.handle(now, Input::Stanza(el));
+        assert_eq!(
+            bridge.poll_action(),
+            Some(Action::WriteIm {
+                dialogs: vec![d1, d2],
+                durable: true
+            })
+        );
+        bridge.report(now, Failure::StoreFailed);
+        assert!(matches!(
+            bridge.poll_action(),
+            Some(Action::ForgetIm { remote, .. }) if remote == "sip:bob@contoso.com"
+        ));
+        assert!(matches!(bridge.poll_action(), Some(Action::Request { tx, .. }) if tx == tx2));
+        assert_eq!(bridge.poll_action(), None);
     }
 }

@@ -1,6 +1,7 @@
 //! What both engines build the same way: the parties of a request from LCS, this edge's Via
 //! and Contact, fresh branches and To tags, the failure of a request that got no response, and
-//! the error bounce of a stanza.
+//! the error bounce of a stanza, stored dialogs taken up again and the wall clock the store's
+//! times are read on.
 
 use std::time::Instant;
 
@@ -162,13 +163,25 @@ pub(crate) fn parties(
     })
 }
 
-/// A stored dialog taken up again after a restart, created at `created`, on no connection
-/// (conn 0: the caller routes by domain until the peer is reached again), or `None` if a
-/// Call-ID, tag, URI or route holds what a SIP header may not carry (written by an older
-/// version, or not by this bridge), or one of them is empty: such a record cannot be written
-/// into a request. Display
-/// names are cleaned instead of what neither a stanza nor a header may carry: they are only
-/// shown.
+/// Local CSeq numbers one synced store write reserves in a stored dialog (both engines): no
+/// request goes out with a CSeq above the stored one, and a synced write raises it by this
+/// much before one would (one sync per this many requests in a dialog). A restarted bridge
+/// continues above the stored value, so it never repeats a CSeq the peer has seen (RFC 3261
+/// §12.2.2: the peer answers 500).
+pub const CSEQ_RESERVE: u32 = 1000;
+
+/// Highest local CSeq a stored dialog may hold to be taken up: its next reservation and the
+/// requests under it stay below 2³¹ (RFC 3261 §8.1.1.5). A record above it was not written by
+/// this bridge (a dialog gains about [`CSEQ_RESERVE`] per restart).
+pub(crate) const MAX_STORED_CSEQ: u32 = (1 << 31) - 1 - CSEQ_RESERVE;
+
+/// A stored dialog taken up again (after a restart), created at `created`, on no connection
+/// (conn 0: the caller routes by domain until the peer is reached again), or `None` if it
+/// cannot be written into a request: a Call-ID, tag, URI or route holding what a SIP header may
+/// not carry (an older version accepted control characters in header values), one of them
+/// empty (a dialog the bridge makes always has them: RFC 3261 §12.1 requires both tags and a
+/// Contact), or a local CSeq above [`MAX_STORED_CSEQ`]. Display names are cleaned instead — they
+/// are only shown — of what neither a stanza nor a SIP header may carry.
 pub(crate) fn dialog_from_record(r: &DialogRecord, created: Instant) -> Option<Dialog> {
     let fields = [
         &r.call_id,
@@ -178,7 +191,8 @@ pub(crate) fn dialog_from_record(r: &DialogRecord, created: Instant) -> Option<D
         &r.remote_uri,
         &r.remote_target,
     ];
-    if fields.iter().any(|f| f.is_empty())
+    if r.local_cseq > MAX_STORED_CSEQ
+        || fields.iter().any(|f| f.is_empty())
         || fields
             .into_iter()
             .chain(&r.route_set)
@@ -205,4 +219,25 @@ pub(crate) fn dialog_from_record(r: &DialogRecord, created: Instant) -> Option<D
         0,
         created,
     ))
+}
+
+/// The wall clock at one instant, so that an engine can write and read the store's Unix times
+/// without reading a clock itself.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    pub at: Instant,
+    /// Unix seconds at `at`.
+    pub unix: u64,
+}
+
+impl WallClock {
+    /// Unix seconds at `now`.
+    pub fn unix(&self, now: Instant) -> u64 {
+        match now.checked_duration_since(self.at) {
+            Some(d) => self.unix.saturating_add(d.as_secs()),
+            None => self
+                .unix
+                .saturating_sub(self.at.duration_since(now).as_secs()),
+        }
+    }
 }

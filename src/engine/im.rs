@@ -11,7 +11,9 @@
 //! `<message type='error'>` (condition from `mappings/errors.toml`, original body included);
 //! a 481 to a message sends it once more in a fresh session (the LCS side no longer knows the
 //! dialog). Idle sessions end with BYE; a session older than the dialog age limit is replaced
-//! before the next message (LCS's 24 h header signatures).
+//! before the next message (LCS's 24 h header signatures). Sessions are limited in all, per
+//! local user and per remote domain (`ImSettings::max_sessions*`): beyond, an INVITE gets 486
+//! and an XMPP message that would open one `resource-constraint`.
 //!
 //! LCS → XMPP: an INVITE with a message m-line (`sip/tcp *`, `sip null`, `x-ms-message`) is
 //! answered 200 with the SDP answer; its `ms-text-format` first message is delivered; each
@@ -20,40 +22,40 @@
 //! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
 //! a message m-line gets 488 with the profile's SDP. Every stanza sent carries an id naming its
 //! dialog, so that a `<message type='error'>` the XMPP server returns for it is traced to its
-//! session: the LCS sender is told in that session (rate-limited), and a recipient that does not
-//! exist ends it with BYE (docs/mapping.md §3 "Errors from the XMPP side").
+//! session: the LCS sender is told in that session (rate-limited), and a recipient the server
+//! says cannot be reached ends it with BYE (docs/mapping.md §3 "Errors from the XMPP side").
 //!
 //! Persistence (docs/storage.md, docs/mapping.md §4 "Sessions across a restart"): every
 //! session's dialog is written to the store when it is established, synced before the 200 or
 //! the ACK that makes it exist for LCS ([`Output::PersistIm`]), and removed, lazily, when it ends
 //! ([`Output::ForgetIm`]). Its stored local CSeq is a reservation: no request goes out above it,
-//! and a synced write raises it by [`CSEQ_RESERVE`] first. [`ImEngine::restore`] takes the
-//! stored sessions up at start; their dialogs have no connection, so their requests go by
-//! domain (`Route::Domain`) until an answer or a request from LCS shows one, as after a lost
-//! connection.
+//! and a synced write raises it by [`CSEQ_RESERVE`] first; when that write fails
+//! ([`ImEngine::store_failed`]) the requests above the old reservation are withdrawn and go in
+//! a fresh session. [`ImEngine::restore`] takes the stored sessions up at start; their dialogs
+//! have no connection, so their requests go by domain (`Route::Domain`) until an answer or a
+//! request from LCS shows one, as after a lost connection.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use tracing::{info, warn};
 use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
-use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
+use xmpp_parsers::message::{Id, Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
-use xmpp_parsers::minidom::rxml::{Namespace as XmlNamespace, NcName};
 use xmpp_parsers::nick::Nick;
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
 use super::Fact;
-use super::common::{self, Parties, host_of, parties};
-use super::presence::WallClock;
+use super::common::{self, Parties, WallClock, host_of, parties};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
 use crate::core::names;
 use crate::core::tables::ErrorTable;
-use crate::edge::core::Route;
+use crate::edge::core::{Route, Undeliverable};
 use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::builder::{RequestSpec, header_text, name_addr, reason_phrase};
@@ -68,11 +70,7 @@ use crate::store::{DialogRecord, ImDialog};
 /// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
 pub const MAX_SUBJECT_BYTES: usize = 1024;
 
-/// Local CSeq numbers a stored session's record reserves at a time: no request goes out with a
-/// CSeq above the stored one, and a synced write raises it by this much before one would (one
-/// sync per this many requests in a session). A restarted bridge continues above the stored
-/// value, so it never repeats a CSeq LCS has seen (RFC 3261 §12.2.2: LCS answers 500).
-pub const CSEQ_RESERVE: u32 = 1000;
+pub use super::common::CSEQ_RESERVE;
 
 /// Delivery failures told to an LCS sender at once in one session; beyond them, one per
 /// [`NOTICE_INTERVAL`], the others counted into the next notice (an error storm from the XMPP
@@ -96,6 +94,17 @@ pub struct ImSettings {
     pub max_body_bytes: usize,
     /// Most messages queued for one session while its INVITE is pending.
     pub max_queued: usize,
+    /// Most sessions at once, in all (`im.max_sessions`).
+    pub max_sessions: usize,
+    /// Most sessions with the users of one discovered (unlisted) domain
+    /// (`im.max_sessions_per_domain`).
+    pub max_sessions_per_domain: usize,
+    /// The same for a listed partner's domain (`im.max_sessions_per_partner`).
+    pub max_sessions_per_partner: usize,
+    /// Most sessions of one local user (`im.max_sessions_per_user`).
+    pub max_sessions_per_user: usize,
+    /// The listed partners' domains (lowercase): `max_sessions_per_partner` applies.
+    pub partners: HashSet<String>,
 }
 
 impl Default for ImSettings {
@@ -106,7 +115,69 @@ impl Default for ImSettings {
             dialog_max_age: crate::sip::dialog::DEFAULT_MAX_AGE,
             max_body_bytes: 16 * 1024,
             max_queued: 100,
+            max_sessions: 10_000,
+            max_sessions_per_domain: 1000,
+            max_sessions_per_partner: 10_000,
+            max_sessions_per_user: 100,
+            partners: HashSet::new(),
         }
+    }
+}
+
+/// The sessions by key, with how many each local user and each remote domain has (for the
+/// limits). Reads go through `Deref`.
+#[derive(Debug, Default)]
+struct Sessions {
+    map: HashMap<Key, Session>,
+    per_user: HashMap<BareJid, usize>,
+    per_domain: HashMap<String, usize>,
+}
+
+impl std::ops::Deref for Sessions {
+    type Target = HashMap<Key, Session>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Sessions {
+    fn get_mut(&mut self, key: &Key) -> Option<&mut Session> {
+        self.map.get_mut(key)
+    }
+
+    fn values_mut(&mut self) -> std::collections::hash_map::ValuesMut<'_, Key, Session> {
+        self.map.values_mut()
+    }
+
+    fn insert(&mut self, key: Key, session: Session) {
+        let domain = host_of(&key.1);
+        if self.map.insert(key.clone(), session).is_none() {
+            *self.per_user.entry(key.0).or_default() += 1;
+            *self.per_domain.entry(domain).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Session> {
+        let session = self.map.remove(key)?;
+        fn down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, k: &K) {
+            if let Some(n) = counts.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(k);
+                }
+            }
+        }
+        down(&mut self.per_user, &key.0);
+        down(&mut self.per_domain, &host_of(&key.1));
+        Some(session)
+    }
+
+    fn of_user(&self, user: &BareJid) -> usize {
+        self.per_user.get(user).copied().unwrap_or(0)
+    }
+
+    fn of_domain(&self, domain: &str) -> usize {
+        self.per_domain.get(domain).copied().unwrap_or(0)
     }
 }
 
@@ -121,7 +192,8 @@ enum Item {
         lang: Option<String>,
         /// The stanza as received, for the error bounce and the receipt.
         stanza: Box<Stanza>,
-        /// Already sent again in a fresh session after a 481 (it is not sent a third time).
+        /// Already sent once more (in a fresh session after a 481 or a refused CSeq, or by
+        /// domain after its connection was lost): it is not sent a third time.
         retried: bool,
     },
     Typing(Typing),
@@ -150,10 +222,20 @@ enum StanzaKind {
     Typing,
 }
 
-/// The dialog's local tag and the kind an id of [`ImEngine::stanza_id`] names; `None` for any
-/// other id.
+/// The dialog's local tag and the kind an id of [`ImEngine::stanza_id`] names
+/// (`tag.process.kind number`, or `tag.kind number` as versions before the process part wrote
+/// it); `None` for any other id.
 fn parse_stanza_id(id: &str) -> Option<(&str, StanzaKind)> {
-    let (tag, rest) = id.rsplit_once('.')?;
+    let (head, rest) = id.rsplit_once('.')?;
+    let tag = match head.split_once('.') {
+        Some((tag, process))
+            if !process.is_empty() && process.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            tag
+        }
+        Some(_) => return None,
+        None => head,
+    };
     let mut chars = rest.chars();
     let kind = match chars.next()? {
         'm' => StanzaKind::Body,
@@ -181,6 +263,12 @@ struct Session {
     detached: bool,
     /// Up: the highest local CSeq the stored record allows (see [`CSEQ_RESERVE`]).
     reserved: u32,
+    /// Up: the local CSeq the store's record of this dialog holds, as far as the engine knows
+    /// (writes not reported failed); `None` while none was written.
+    stored: Option<u32>,
+    /// Taken up from the store, and no request of this process answered with a 2xx in it yet:
+    /// a `500` may mean a CSeq the previous process used (a reservation the store lost).
+    restored: bool,
     /// Delivery-failure notices this session may still send (see [`NOTICE_BURST`]).
     notices: Notices,
 }
@@ -195,6 +283,8 @@ impl Session {
             thread,
             detached: false,
             reserved: 0,
+            stored: None,
+            restored: false,
             notices: Notices::new(now),
         }
     }
@@ -263,7 +353,7 @@ pub struct ImEngine {
     ids: TxIds,
     /// Relates `now` to the store's Unix times (a dialog's creation).
     clock: WallClock,
-    sessions: HashMap<Key, Session>,
+    sessions: Sessions,
     /// Dialog → session, for in-dialog requests.
     dialogs: HashMap<DialogId, Key>,
     purposes: HashMap<TxId, Purpose>,
@@ -274,7 +364,12 @@ pub struct ImEngine {
     idle: BinaryHeap<Reverse<(Instant, Key)>>,
     /// Numbers the stanzas sent to XMPP users (their ids).
     stanzas: u64,
+    /// This process's part of those ids (random): a restarted bridge numbers from 1 again in
+    /// the same sessions, and clients drop a message whose id they have seen in a thread.
+    process: String,
     rng: SplitMix,
+    /// Sessions refused by each limit since the start (its configuration key).
+    limit_hits: BTreeMap<&'static str, u64>,
 }
 
 /// Why an XMPP message could not be taken.
@@ -301,18 +396,22 @@ impl ImEngine {
         seed: u64,
         clock: WallClock,
     ) -> ImEngine {
+        let rng = SplitMix::new(seed);
+        let process = rng.token()[..8].to_owned();
         ImEngine {
             settings,
             book,
             errors,
             ids,
             clock,
-            sessions: HashMap::new(),
+            sessions: Sessions::default(),
             dialogs: HashMap::new(),
             purposes: HashMap::new(),
             idle: BinaryHeap::new(),
             stanzas: 0,
-            rng: SplitMix::new(seed),
+            process,
+            rng,
+            limit_hits: BTreeMap::new(),
         }
     }
 
@@ -325,6 +424,46 @@ impl ImEngine {
     /// Live sessions (for tests and stats).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Sessions refused by each limit since the start, by configuration key.
+    pub fn limit_hits(&self) -> &BTreeMap<&'static str, u64> {
+        &self.limit_hits
+    }
+
+    /// The configuration key of the session limit a new session `key` would go beyond, if
+    /// any (counted, and logged): the local user's, the remote domain's (a listed partner's
+    /// has its own), the overall one.
+    fn session_limit(&mut self, key: &Key) -> Option<&'static str> {
+        let domain = host_of(&key.1);
+        let (per_domain, domain_key) = if self.settings.partners.contains(&domain) {
+            (
+                self.settings.max_sessions_per_partner,
+                "im.max_sessions_per_partner",
+            )
+        } else {
+            (
+                self.settings.max_sessions_per_domain,
+                "im.max_sessions_per_domain",
+            )
+        };
+        let limit = if self.sessions.of_user(&key.0) >= self.settings.max_sessions_per_user {
+            "im.max_sessions_per_user"
+        } else if self.sessions.of_domain(&domain) >= per_domain {
+            domain_key
+        } else if self.sessions.len() >= self.settings.max_sessions {
+            "im.max_sessions"
+        } else {
+            return None;
+        };
+        *self.limit_hits.entry(limit).or_default() += 1;
+        warn!(
+            user = %key.0,
+            remote = %key.1,
+            limit,
+            "IM session refused: session limit reached"
+        );
+        Some(limit)
     }
 
     fn token(&mut self) -> String {
@@ -362,36 +501,48 @@ impl ImEngine {
         })
     }
 
-    /// Writes the session of `key` to the store with a fresh reservation above its local
-    /// CSeq; synced when `durable` (before what makes or extends the dialog for LCS).
+    /// Writes the session of `key` to the store: `durable`, synced with a fresh reservation
+    /// above its local CSeq (before what makes or extends the dialog for LCS), else lazily as
+    /// it is.
     fn persist(&mut self, key: &Key, durable: bool, out: &mut Vec<Output>) {
-        if let Some(session) = self.sessions.get_mut(key) {
-            if let State::Up { dialog } = &session.state {
-                session.reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
+        if durable {
+            if let Some(session) = self.sessions.get_mut(key) {
+                if let State::Up { dialog } = &session.state {
+                    session.reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
+                }
             }
         }
-        if let Some(dialog) = self.record(key) {
-            out.push(Output::PersistIm {
-                dialog: Box::new(dialog),
-                durable,
-            });
-        }
+        let Some(dialog) = self.record(key) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let before = session.stored.replace(dialog.dialog.local_cseq);
+        out.push(Output::PersistIm {
+            dialog: Box::new(dialog),
+            durable,
+            before,
+        });
     }
 
     /// The next request of `method` in the session of `key` (which must be up) and its route:
-    /// the dialog's connection, or its domain while detached. A request above the stored
-    /// reservation is preceded by the synced write that raises it.
+    /// the dialog's connection, or its domain while detached. With `reserve`, a request above
+    /// the stored reservation is preceded by the synced write that raises it; without (a BYE:
+    /// the record is removed before it, and a CSeq above the stored one is harmless in a dialog
+    /// the BYE ends — LCS answers a later request in it `481`, never `500`), it is not.
     fn in_dialog_request(
         &mut self,
         key: &Key,
         method: Method,
+        reserve: bool,
         out: &mut Vec<Output>,
     ) -> Option<(Message, Route, DialogId)> {
         let session = self.sessions.get(key)?;
         let State::Up { dialog } = &session.state else {
             return None;
         };
-        if method != Method::Ack && dialog.local_cseq() >= session.reserved {
+        if reserve && dialog.local_cseq() >= session.reserved {
             self.persist(key, true, out);
         }
         let (via, branch) = (self.via(), self.branch());
@@ -436,9 +587,10 @@ impl ImEngine {
     /// that can be taken up is a session again, detached (its requests go by domain until LCS
     /// is reached again), with its idle time starting now and its local CSeq continuing above
     /// the stored reservation (so its first request writes a new one, synced). A dialog past
-    /// `dialog_max_age` is ended with BYE (LCS would refuse it soon); a record that names no
-    /// local user or no federated address, or whose dialog cannot be written into a request,
-    /// is removed.
+    /// `dialog_max_age` is removed and ended with BYE (LCS would refuse it soon), with no synced
+    /// write; a record that names no local user or no federated address, whose dialog cannot be
+    /// written into a request (`common::dialog_from_record`), or that repeats a session already
+    /// taken up, is removed.
     pub fn restore(&mut self, now: Instant, dialogs: Vec<ImDialog>) -> Vec<Output> {
         let mut out = Vec::new();
         let now_unix = self.clock.unix(now);
@@ -463,6 +615,15 @@ impl ImEngine {
             };
             let key: Key = (local, d.remote_aor);
             if self.sessions.contains_key(&key) || self.dialogs.contains_key(&dialog.id) {
+                // A second record of a session already taken up (the same pair written
+                // another way, or the same dialog under another pair): removed, unless it is
+                // the very key the live session writes to.
+                if !(self.sessions.contains_key(&key) && d.local_jid == key.0.as_str()) {
+                    out.push(Output::ForgetIm {
+                        local: d.local_jid,
+                        remote: key.1,
+                    });
+                }
                 continue;
             }
             let thread = dialog.id.call_id.clone();
@@ -479,12 +640,13 @@ impl ImEngine {
             );
             session.detached = true;
             session.reserved = reserved;
+            session.stored = Some(reserved);
+            session.restored = true;
             self.sessions.insert(key.clone(), session);
             if expired {
                 self.end_session(&key, None, &mut out);
             } else {
-                self.idle
-                    .push(Reverse((now + self.settings.idle_timeout, key)));
+                self.arm_idle(now, key);
             }
         }
         out
@@ -580,10 +742,11 @@ impl ImEngine {
     /// SIP request can carry it otherwise — as a text MESSAGE: the condition with the status
     /// `errors.toml` gives it, and the start of the text. Errors for chat states tell nothing;
     /// notices are rate-limited per session ([`NOTICE_BURST`]). When the server says the
-    /// recipient does not exist (`item-not-found`, `service-unavailable` or `gone` from the
-    /// bare JID, not marked `wait`; RFC 6121 §8.5.1) the session ends with BYE and a `Reason`
-    /// (RFC 3326) with that status, so that LCS's next message starts a session of its own
-    /// rather than being lost in this one.
+    /// recipient cannot be reached (`item-not-found`, `service-unavailable` or `gone` from the
+    /// bare JID, not marked `wait`: no such account, RFC 6121 §8.5.1; no resource online and no
+    /// offline storage, §8.5.2.2.1; or the user blocks the sender, XEP-0191) the session ends
+    /// with BYE and a `Reason` (RFC 3326) with that status, so that LCS's next message starts a
+    /// session of its own rather than being lost in this one.
     fn delivery_failed(
         &mut self,
         now: Instant,
@@ -611,14 +774,14 @@ impl ImEngine {
         let (condition, wait) =
             common::error_of(&stanza.payloads).unwrap_or((Condition::UndefinedCondition, false));
         let status = self.errors.status_for_condition(condition);
-        let no_recipient = !wait
+        let unreachable = !wait
             && local.resource().is_none()
             && matches!(
                 condition,
                 Condition::ItemNotFound | Condition::ServiceUnavailable | Condition::Gone
             );
         // The last notice of a session that ends goes whatever the budget.
-        if !session.notices.take(now) && !no_recipient {
+        if !session.notices.take(now) && !unreachable {
             session.notices.held = session.notices.held.saturating_add(1);
             return;
         }
@@ -639,21 +802,22 @@ impl ImEngine {
         if held > 0 {
             text.push_str(&format!(" [and {held} more not delivered]"));
         }
-        if no_recipient {
+        if unreachable {
             text.push_str(&format!(
-                "\n{} cannot receive messages; this conversation has ended.",
+                "\n{} is not reachable (no account, offline, or blocking); this conversation \
+                 has ended.",
                 local.to_bare()
             ));
         }
         self.send_item(key.clone(), Item::Notice(text), out);
-        if no_recipient {
+        if unreachable {
             let reason = format!("SIP;cause={status};text=\"{}\"", reason_phrase(status));
             self.end_session(&key, Some(&reason), out);
         }
     }
 
     /// The id of a stanza sent to an XMPP user from the session of `key`: its dialog's local
-    /// tag, the kind, a number.
+    /// tag, this process's part, the kind and a number (`3f…a1.9c04e2b7.m12`).
     fn stanza_id(&mut self, key: &Key, kind: StanzaKind) -> Option<String> {
         let Some(Session {
             state: State::Up { dialog },
@@ -667,15 +831,16 @@ impl ImEngine {
             StanzaKind::Body => 'm',
             StanzaKind::Typing => 't',
         };
-        Some(format!("{}.{letter}{}", dialog.id.local_tag, self.stanzas))
+        Some(format!(
+            "{}.{}.{letter}{}",
+            dialog.id.local_tag, self.process, self.stanzas
+        ))
     }
 
-    /// `el` with the id [`ImEngine::stanza_id`] gives it.
-    fn with_id(&mut self, key: &Key, kind: StanzaKind, mut el: Element) -> Element {
-        if let (Some(id), Ok(name)) = (self.stanza_id(key, kind), NcName::try_from("id")) {
-            el.set_attr(XmlNamespace::NONE, name, id);
-        }
-        el
+    /// `stanza` with the id [`ImEngine::stanza_id`] gives it, as it goes to the link.
+    fn with_id(&mut self, key: &Key, kind: StanzaKind, mut stanza: Stanza) -> Element {
+        stanza.id = self.stanza_id(key, kind).map(Id);
+        Element::from(stanza)
     }
 
     /// Queues an item on the session for `key`, opening or replacing the session as needed.
@@ -697,7 +862,21 @@ impl ImEngine {
             self.end_session(&key, None, out);
         }
         if !self.sessions.contains_key(&key) {
-            if matches!(item, Item::Typing(_)) {
+            let Item::Body { stanza, .. } = &item else {
+                return;
+            };
+            if let Some(limit) = self.session_limit(&key) {
+                let text = match limit {
+                    "im.max_sessions_per_user" => {
+                        format!("too many chat sessions open for {} ({limit})", key.0)
+                    }
+                    "im.max_sessions" => format!("too many chat sessions open here ({limit})"),
+                    _ => format!(
+                        "too many chat sessions open with {} ({limit})",
+                        host_of(&key.1)
+                    ),
+                };
+                out.push(bounce(stanza, Condition::ResourceConstraint, &text));
                 return;
             }
             self.invite(now, key.clone(), remote_jid, local_uri, out);
@@ -797,7 +976,8 @@ impl ImEngine {
 
     /// Sends one item as an in-dialog MESSAGE (the session must be up).
     fn send_item(&mut self, key: Key, item: Item, out: &mut Vec<Output>) {
-        let Some((mut request, route, dialog)) = self.in_dialog_request(&key, Method::Message, out)
+        let Some((mut request, route, dialog)) =
+            self.in_dialog_request(&key, Method::Message, true, out)
         else {
             return;
         };
@@ -835,7 +1015,7 @@ impl ImEngine {
     /// Ends a session: BYE (with this `Reason` header value, if any) if its dialog is up, and
     /// its record removed; queued bodies are returned to their senders.
     fn end_session(&mut self, key: &Key, reason: Option<&str>, out: &mut Vec<Output>) {
-        let mut bye = self.in_dialog_request(key, Method::Bye, out);
+        let mut bye = self.in_dialog_request(key, Method::Bye, false, out);
         if let (Some((request, _, _)), Some(reason)) = (bye.as_mut(), reason) {
             request.push_header("Reason", reason);
         }
@@ -875,23 +1055,27 @@ impl ImEngine {
                 let c = self.errors.condition_for_timeout();
                 self.on_final(now, tx, Err((c, common::NO_ANSWER.into(), true)), &mut out)
             }
-            EdgeEvent::Transaction(TxEvent::TransportError { tx }) => self.on_final(
-                now,
-                tx,
-                Err((
-                    Condition::RecipientUnavailable,
-                    common::CONNECTION_LOST.into(),
-                    true,
-                )),
-                &mut out,
-            ),
+            EdgeEvent::Transaction(TxEvent::TransportError { tx }) => {
+                if !self.resend_by_domain(tx, &mut out) {
+                    let lost = (
+                        Condition::RecipientUnavailable,
+                        common::CONNECTION_LOST.into(),
+                        true,
+                    );
+                    self.on_final(now, tx, Err(lost), &mut out)
+                }
+            }
             EdgeEvent::Undeliverable { tx, why } => {
-                let condition = common::undeliverable_condition(&self.errors, &why);
-                self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
+                let gone = matches!(why, Undeliverable::ConnectionGone { .. });
+                if !(gone && self.resend_by_domain(tx, &mut out)) {
+                    let condition = common::undeliverable_condition(&self.errors, &why);
+                    self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
+                }
             }
             EdgeEvent::ConnectionLost { conn } => {
                 // The dialogs on it are kept (LCS keeps its side of them): their next requests
-                // go by domain. Their MESSAGEs in flight fail through TransportError.
+                // go by domain. Their MESSAGEs in flight fail through TransportError and go
+                // once more by domain (`resend_by_domain`).
                 for s in self.sessions.values_mut() {
                     if matches!(&s.state, State::Up { dialog } if dialog.conn == conn) {
                         s.detached = true;
@@ -901,6 +1085,53 @@ impl ImEngine {
             EdgeEvent::Transaction(_) => {}
         }
         out
+    }
+
+    /// Message `tx` was lost with its connection (a transport error, or the connection gone
+    /// before it could be sent): if it is a body sent only once, in its session's current
+    /// dialog, the session is detached and the body goes once more, in the same dialog, by
+    /// domain (the edge reuses or opens a connection to the partner; LCS keeps its side of the
+    /// dialog). Returns whether it did; if not, the failure is handled as any other.
+    fn resend_by_domain(&mut self, tx: TxId, out: &mut Vec<Output>) -> bool {
+        let Some(Purpose::Message {
+            key,
+            dialog,
+            item: Item::Body { retried: false, .. },
+        }) = self.purposes.get(&tx)
+        else {
+            return false;
+        };
+        let Some(session) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        if !matches!(&session.state, State::Up { dialog: d } if d.id == *dialog) {
+            return false;
+        }
+        session.detached = true;
+        let Some(Purpose::Message {
+            key,
+            item:
+                Item::Body {
+                    text,
+                    subject,
+                    lang,
+                    stanza,
+                    ..
+                },
+            ..
+        }) = self.purposes.remove(&tx)
+        else {
+            return false;
+        };
+        let item = Item::Body {
+            text,
+            subject,
+            lang,
+            stanza,
+            retried: true,
+        };
+        self.send_item(key, item, out);
+        true
     }
 
     /// The final outcome of client transaction `tx`: the response and its connection, or
@@ -960,10 +1191,20 @@ impl ImEngine {
                     self.sessions.get(&key).map(|s| &s.state),
                     Some(State::Up { dialog: d }) if d.id == dialog
                 );
+                // A 500 in a session taken up from the store, before any request of this
+                // process in it was answered 2xx: most likely a CSeq the previous process used
+                // (a reservation the store lost; RFC 3261 §12.2.2), which LCS refuses however
+                // often it is sent. Handled as a 481, with a BYE (LCS still has the dialog).
+                let collided = current
+                    && status == status::SERVER_INTERNAL_ERROR
+                    && self.sessions.get(&key).is_some_and(|s| s.restored);
                 match failure {
                     None => {
                         if let (true, Ok((conn, _))) = (current, &outcome) {
                             self.attach(&key, *conn);
+                            if let Some(s) = self.sessions.get_mut(&key) {
+                                s.restored = false;
+                            }
                         }
                         if let Item::Body { stanza, .. } = item {
                             if let Some(r) = receipt(&stanza) {
@@ -974,20 +1215,22 @@ impl ImEngine {
                     Some((condition, text, teardown)) => {
                         // 408/480/481 (also to a typing notification), timeouts, lost
                         // connections: the next message starts a fresh session.
-                        if teardown && current {
+                        if collided {
+                            self.end_session(&key, None, out);
+                        } else if teardown && current {
                             self.drop_session(&key, out);
                         }
                         match item {
                             // LCS no longer knows the dialog (it restarted, or a stored
-                            // session outlived its end): the message goes once more, in a
-                            // fresh session.
+                            // session outlived its end), or refuses its CSeqs: the message goes
+                            // once more, in a fresh session.
                             Item::Body {
                                 text: body,
                                 subject,
                                 lang,
                                 stanza,
                                 retried: false,
-                            } if status == status::CALL_DOES_NOT_EXIST => {
+                            } if status == status::CALL_DOES_NOT_EXIST || collided => {
                                 let item = Item::Body {
                                     text: body,
                                     subject,
@@ -1006,6 +1249,93 @@ impl ImEngine {
                 }
             }
         }
+    }
+
+    /// The key of the session whose current dialog `record` is, if it is still up.
+    fn session_of(&self, record: &ImDialog) -> Option<Key> {
+        let local = BareJid::new(&record.local_jid).ok()?;
+        let key: Key = (local, record.remote_aor.clone());
+        match &self.sessions.get(&key)?.state {
+            State::Up { dialog }
+                if dialog.id.call_id == record.dialog.call_id
+                    && dialog.id.local_tag == record.dialog.local_tag =>
+            {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+
+    /// The runner could not do these store writes (`failed`; `queued`: this engine's requests
+    /// not sent yet; [`crate::engine::bridge::Engine::store_failed`]). No answer changes. A
+    /// session whose first record was not written goes on (a restart would end it: LCS's next
+    /// message in it would get `481`). A raised reservation that was not written leaves the
+    /// store's lower one in force: the session's MESSAGEs above it still waiting are withdrawn
+    /// (a restarted bridge would repeat their CSeqs, and LCS answer `500`), the session ends
+    /// (its record removed, BYE) and each withdrawn message goes once more in a fresh session,
+    /// whose INVITE needs no reservation. Returns the withdrawn transactions and what to do
+    /// first.
+    pub fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        let (mut withdrawn, mut out) = (Vec::new(), Vec::new());
+        for output in failed {
+            let (record, before) = match output {
+                Output::PersistIm {
+                    dialog,
+                    durable: true,
+                    before,
+                } => (dialog, *before),
+                Output::PersistIm { dialog, .. } => {
+                    info!(local = %dialog.local_jid, remote = %dialog.remote_aor, "IM session record not updated");
+                    continue;
+                }
+                Output::ForgetIm { local, remote } => {
+                    // A record left behind is taken up at the next start; its dialog has ended,
+                    // so its first message gets 481 and goes in a fresh session.
+                    warn!(%local, %remote, "IM session record not removed");
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some(key) = self.session_of(record) else {
+                continue;
+            };
+            let Some(before) = before else {
+                warn!(local = %record.local_jid, remote = %record.remote_aor,
+                    "IM session record not stored; a restart now ends that session");
+                if let Some(s) = self.sessions.get_mut(&key) {
+                    s.stored = None;
+                }
+                continue;
+            };
+            warn!(local = %record.local_jid, remote = %record.remote_aor,
+                "IM session CSeq reservation not stored; the session ends and its waiting messages go in a fresh one");
+            let mine: Vec<TxId> = queued
+                .iter()
+                .filter(|(tx, m)| {
+                    matches!(self.purposes.get(tx), Some(Purpose::Message { key: k, .. }) if *k == key)
+                        && m.call_id().is_ok_and(|c| c == record.dialog.call_id)
+                        && m.cseq().is_ok_and(|c| c.number > before)
+                })
+                .map(|(tx, _)| *tx)
+                .collect();
+            let mut items = Vec::new();
+            for tx in mine {
+                if let Some(Purpose::Message { item, .. }) = self.purposes.remove(&tx) {
+                    withdrawn.push(tx);
+                    items.push(item);
+                }
+            }
+            self.end_session(&key, None, &mut out);
+            for item in items {
+                self.requeue(now, key.clone(), item, &mut out);
+            }
+        }
+        (withdrawn, out)
     }
 
     /// The INVITE's 2xx: build the dialog, store it (synced, before the ACK makes it exist
@@ -1069,8 +1399,7 @@ impl ImEngine {
         session.last_activity = now;
         self.persist(&key, true, out);
         out.extend(ack.map(|ack| Output::Ack { conn, ack }));
-        self.idle
-            .push(Reverse((now + self.settings.idle_timeout, key.clone())));
+        self.arm_idle(now, key.clone());
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
@@ -1148,6 +1477,24 @@ impl ImEngine {
             Ok(p) => p,
             Err(reject) => return out.push(refuse(reject)),
         };
+        // A new session beyond a limit: 486 (this INVITE only; a 503 would tell LCS's edge to
+        // send the bridge nothing for a while, RFC 3261 §21.5.4).
+        let new_key: Key = (local.clone(), remote_aor.clone());
+        if !self.sessions.contains_key(&new_key) {
+            if let Some(limit) = self.session_limit(&new_key) {
+                let reason = match limit {
+                    "im.max_sessions_per_user" => {
+                        format!("Busy Here: too many chat sessions for this user ({limit})")
+                    }
+                    "im.max_sessions" => format!("Busy Here: too many chat sessions ({limit})"),
+                    _ => format!(
+                        "Busy Here: too many chat sessions with {} ({limit})",
+                        host_of(&remote_aor)
+                    ),
+                };
+                return out.push(refuse(Reject::new(status::BUSY_HERE).reason(reason)));
+            }
+        }
         let name = display.as_deref().and_then(names::display_name);
         let offer = Sdp::parse(request.body()).ok();
         let answer = offer
@@ -1193,13 +1540,12 @@ impl ImEngine {
         let first = request
             .header("ms-text-format")
             .and_then(|v| im_text::ms_text_format(v).ok().flatten());
-        self.idle
-            .push(Reverse((now + self.settings.idle_timeout, key.clone())));
         let state = State::Up {
             dialog: Box::new(dialog),
         };
         let session = Session::new(remote_jid.clone(), state, now, thread.clone());
         self.sessions.insert(key.clone(), session);
+        self.arm_idle(now, key.clone());
         // Stored (synced) before the 200 makes the dialog exist for LCS.
         self.persist(&key, true, out);
         out.push(Output::Respond { tx, response });
@@ -1207,7 +1553,7 @@ impl ImEngine {
             // XEP-0172 §4.2: the sender's nick in the first message of a conversation.
             let mut el = chat(&remote_jid, &local, &thread, Some(&first), None);
             if let Some(n) = &name {
-                el.append_child(Nick(n.clone()).into());
+                el.payloads.push(Nick(n.clone()).into());
             }
             out.push(Output::Stanza(self.with_id(&key, StanzaKind::Body, el)));
         }
@@ -1231,13 +1577,13 @@ impl ImEngine {
             |Parties { local, remote, .. }| {
                 let ct = content_type(request);
                 match im_text::plain_text(&ct, request.body()) {
-                    Ok(text) => Ok(chat(
+                    Ok(text) => Ok(Element::from(chat(
                         &Jid::from(remote.to_bare()),
                         &Jid::from(local),
                         "",
                         Some(&text),
                         None,
-                    )),
+                    ))),
                     Err(e) => Err(body_error(&self.errors, &e)),
                 }
             },
@@ -1263,7 +1609,9 @@ impl ImEngine {
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
+        let mut retargeted = false;
         if let State::Up { dialog } = &mut session.state {
+            let target = dialog.remote_target.clone();
             if let Err(e) = dialog.accept_request(request) {
                 // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
                 let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
@@ -1273,8 +1621,14 @@ impl ImEngine {
                 });
                 return;
             }
+            retargeted = dialog.remote_target != target;
         }
         session.last_activity = now;
+        if retargeted {
+            // A target refresh (re-INVITE with a new Contact, RFC 3261 §12.2.2): kept for a
+            // restart, lazily (a lost one costs the old target's 481 and a fresh session).
+            self.persist(&key, false, out);
+        }
         self.attach(&key, conn);
         let Some(session) = self.sessions.get(&key) else {
             return;
@@ -1282,7 +1636,7 @@ impl ImEngine {
         let local = Jid::from(key.0.clone());
         // The stanza the request becomes (none: acknowledged only), or its refusal.
         let mut kind = StanzaKind::Typing;
-        let stanza: Result<Option<Element>, Reject> = match request.method().cloned() {
+        let stanza: Result<Option<Stanza>, Reject> = match request.method().cloned() {
             Some(Method::Bye) => Ok(None),
             // A re-INVITE (refresh): keep the session, answer with our SDP.
             Some(Method::Invite) => Ok(None),
@@ -1355,6 +1709,30 @@ impl ImEngine {
         }
     }
 
+    /// The idle deadline of the session of `key`, which went up at `now`. When entries of
+    /// ended sessions (which stay until their time) outnumber the live ones, the heap is built
+    /// anew from the live sessions: a peer opening and ending sessions fast cannot grow it
+    /// (amortized O(1) per session).
+    fn arm_idle(&mut self, now: Instant, key: Key) {
+        self.idle
+            .push(Reverse((now + self.settings.idle_timeout, key)));
+        if self.idle.len() > 2 * self.sessions.len() + 1024 {
+            let timeout = self.settings.idle_timeout;
+            self.idle = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::Up { .. }))
+                .map(|(k, s)| Reverse((s.last_activity + timeout, k.clone())))
+                .collect();
+        }
+    }
+
+    /// The number of idle deadlines held (for tests).
+    #[cfg(test)]
+    fn idle_entries(&self) -> usize {
+        self.idle.len()
+    }
+
     /// When the next idle session must end.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.idle.peek().map(|Reverse((at, _))| *at)
@@ -1413,7 +1791,7 @@ fn body_error(errors: &ErrorTable, e: &im_text::BodyError) -> Reject {
 }
 
 /// A chat message from an LCS user to a local user.
-fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Element {
+fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
     // Characters XML forbids are removed from every stanza by the component link.
@@ -1430,11 +1808,11 @@ fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<
         });
     }
     m.payloads.push(ChatState::Active.into());
-    Element::from(m)
+    m
 }
 
 /// A chat state notification (XEP-0085) from an LCS user.
-fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Element {
+fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
     m.thread = Some(Thread {
@@ -1447,7 +1825,7 @@ fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Element {
         Typing::Active => ChatState::Active,
     };
     m.payloads.push(s.into());
-    Element::from(m)
+    m
 }
 
 /// The XEP-0184 receipt for a delivered message that asked for one.
@@ -1473,12 +1851,15 @@ mod tests {
     use super::*;
     use crate::core::address::AddressMode;
     use crate::core::tables::Mappings;
-    use crate::edge::core::Undeliverable;
 
     const LOCAL: &str = "alice@example.org/phone";
     const REMOTE: &str = r"bob\40contoso.com@lcs.example.org";
 
     fn engine() -> ImEngine {
+        engine_seeded(7)
+    }
+
+    fn engine_seeded(seed: u64) -> ImEngine {
         let book = AddressBook::new(
             AddressMode::Gateway,
             vec!["lcs.example.org".into()],
@@ -1491,13 +1872,14 @@ mod tests {
             dialog_max_age: Duration::from_secs(3600),
             max_body_bytes: 1000,
             max_queued: 3,
+            ..ImSettings::default()
         };
         ImEngine::new(
             settings,
             book,
             Mappings::builtin().errors,
             TxIds::default(),
-            7,
+            seed,
             WallClock {
                 at: Instant::now(),
                 unix: 1_700_000_000,
@@ -1958,7 +2340,7 @@ mod tests {
         let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
         let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
         let id = stanza_id_in(&out);
-        assert!(id.starts_with(&format!("{tag}.m")), "{id}");
+        assert!(id.starts_with(&format!("{tag}.{}.m", e.process)), "{id}");
         // A client (a full JID) refuses it; the server quotes the body.
         let error = error_for(&id, LOCAL, "wait", "recipient-unavailable", "hi there");
         let out = e.on_stanza(now, error);
@@ -1996,7 +2378,10 @@ mod tests {
         let out = e.on_edge(now, inbound(&composing));
         assert_eq!(kinds(&out), ["200", "stanza"]);
         let typing_id = stanza_id_in(&out);
-        assert!(typing_id.starts_with(&format!("{tag}.t")), "{typing_id}");
+        assert!(
+            typing_id.starts_with(&format!("{tag}.{}.t", e.process)),
+            "{typing_id}"
+        );
         for error in [
             error_for(&typing_id, "alice@example.org", "cancel", "service-unavailable", ""),
             error_for("m1", "alice@example.org", "cancel", "service-unavailable", "hi"),
@@ -2018,7 +2403,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recipient_that_does_not_exist_ends_the_session_with_bye_and_its_status() {
+    fn an_unreachable_recipient_ends_the_session_with_bye_and_its_status() {
         for (condition, table, status, phrase) in [
             ("service-unavailable", "", 503, "Service Unavailable"),
             ("item-not-found", "", 404, "Not Found"),
@@ -2036,7 +2421,7 @@ mod tests {
             let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
             let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
             let id = stanza_id_in(&out);
-            // The XMPP server answers for the account (its bare JID): it does not exist.
+            // The XMPP server answers for the account (its bare JID): not reachable.
             let out = e.on_stanza(
                 now,
                 error_for(&id, "alice@example.org", "cancel", condition, ""),
@@ -2047,7 +2432,8 @@ mod tests {
                 String::from_utf8_lossy(reqs[0].1.body()),
                 format!(
                     "Message not delivered to alice@example.org ({status} {phrase}, {condition})\n\
-                     alice@example.org cannot receive messages; this conversation has ended."
+                     alice@example.org is not reachable (no account, offline, or blocking); \
+                     this conversation has ended."
                 )
             );
             assert_eq!(
@@ -2076,6 +2462,40 @@ mod tests {
         );
         assert_eq!(kinds(&out), ["MESSAGE"]);
         assert_eq!(e.session_count(), 1);
+    }
+
+    /// Mallory, another local user, forges an error with the id of a stanza sent to Alice
+    /// (ids are not secret: a client may show them): errors are traced within the sender's
+    /// own sessions, so Alice's session is neither told nor ended — whether Mallory has a
+    /// session with the same LCS user or not.
+    #[test]
+    fn an_error_forged_with_another_users_stanza_id_tells_nobody() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        let forged = || {
+            error_for(
+                &id,
+                "mallory@example.org",
+                "cancel",
+                "service-unavailable",
+                "x",
+            )
+        };
+        assert!(e.on_stanza(now, forged()).is_empty());
+        e.on_edge(
+            now,
+            invite_between("sip:bob@contoso.com", "sip:mallory@example.org", "call-m"),
+        );
+        assert_eq!(e.session_count(), 2);
+        for _ in 0..5 {
+            assert!(e.on_stanza(now, forged()).is_empty());
+        }
+        assert_eq!(e.session_count(), 2);
+        let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "still there?")));
+        assert_eq!(kinds(&out), ["200", "stanza"]);
     }
 
     #[test]
@@ -2136,13 +2556,13 @@ mod tests {
     fn characters_xml_forbids_are_dropped_from_delivered_text() {
         // Peer strings reach the stanza as sent; the link's cleaning (which every stanza
         // passes before it is queued) drops what XML forbids.
-        let mut e = chat(
+        let mut e = Element::from(chat(
             &Jid::new("a@b").unwrap(),
             &Jid::new("c@d").unwrap(),
             "call\u{FFFE}-1",
             Some("a\u{0}b\u{1b}c"),
             Some("s\u{1}ubject"),
-        );
+        ));
         assert_eq!(crate::xmpp::clean_stanza(&mut e), Ok(3));
         let xml = String::from(&e);
         assert!(xml.contains("<body>abc</body>"), "{xml}");
@@ -2290,8 +2710,7 @@ mod tests {
 
     /// A second engine (a restarted bridge) takes the first one's stored sessions up.
     fn restarted(records: Vec<ImDialog>, now: Instant) -> (ImEngine, Vec<Output>) {
-        let mut e = engine();
-        e.rng = SplitMix::new(99);
+        let mut e = engine_seeded(99);
         let out = e.restore(now, records);
         (e, out)
     }
@@ -2363,6 +2782,78 @@ mod tests {
         assert_eq!(m.cseq().unwrap().number, 1 + CSEQ_RESERVE + 1);
     }
 
+    /// A re-INVITE that moves the remote target is written (lazily), so that a restarted
+    /// bridge sends to the new target.
+    #[test]
+    fn a_target_refresh_is_stored() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (_, tag) = lcs_session(&mut e, now);
+        let reinvite = |cseq: u32, contact: &str| {
+            let raw = invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+                .replace(
+                    "To: <sip:alice@example.org>",
+                    &format!("To: <sip:alice@example.org>;tag={tag}"),
+                )
+                .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+                .replace("<sip:bob@192.0.2.5:5061;transport=tls>", contact);
+            inbound(&raw)
+        };
+        // The same Contact: nothing to write.
+        let out = e.on_edge(now, reinvite(2, "<sip:bob@192.0.2.5:5061;transport=tls>"));
+        assert_eq!(kinds(&out), ["200"]);
+        let out = e.on_edge(now, reinvite(3, "<sip:bob@192.0.2.9:5061;transport=tls>"));
+        assert_eq!(kinds(&out), ["store-lazy", "200"]);
+        let record = stored(&out).remove(0);
+        assert_eq!(
+            record.dialog.remote_target,
+            "sip:bob@192.0.2.9:5061;transport=tls"
+        );
+        assert_eq!(record.dialog.local_cseq, 1 + CSEQ_RESERVE);
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_stanza(now, message(Some("after"), ""));
+        let (_, m, _) = requests(&out).remove(0);
+        assert_eq!(
+            m.request_uri(),
+            Some("sip:bob@192.0.2.9:5061;transport=tls")
+        );
+    }
+
+    /// A restarted bridge numbers its stanzas from 1 again, in the same sessions and threads:
+    /// the process part keeps their ids apart (clients drop a message whose id they have seen),
+    /// and an error for a stanza of the old process is still traced to its session.
+    #[test]
+    fn stanza_ids_do_not_repeat_after_a_restart() {
+        let now = Instant::now();
+        let mut lcs = engine();
+        let out = lcs.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let (record, before) = (stored(&out).remove(0), stanza_id_in(&out));
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "again")));
+        let after = stanza_id_in(&out);
+        assert_ne!(before, after);
+        for id in [&before, &after] {
+            assert!(
+                id.starts_with(&format!("{tag}.")) && id.ends_with(".m1"),
+                "{id}"
+            );
+        }
+        let out = e.on_stanza(
+            now,
+            error_for(&before, LOCAL, "wait", "resource-constraint", ""),
+        );
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        // Ids written before the process part are still read; nothing else is.
+        assert_eq!(
+            parse_stanza_id(&format!("{tag}.t7")),
+            Some((tag.as_str(), StanzaKind::Typing))
+        );
+        for other in ["a.b.c.m1", "a..m1", "a.b-c.m1", ".b.m1", "a.b.x1", "a.b.m"] {
+            assert_eq!(parse_stanza_id(other), None, "{other}");
+        }
+    }
+
     #[test]
     fn restore_ends_dialogs_past_their_age_and_forgets_unusable_records() {
         let now = Instant::now();
@@ -2379,18 +2870,60 @@ mod tests {
         let mut smuggled = good.clone();
         smuggled.remote_aor = "sip:dave@contoso.com".into();
         smuggled.dialog.call_id = "x\r\nVia: evil".into();
-        let (e, out) = restarted(vec![good, old, no_user, local_remote, smuggled], now);
+        // A local CSeq no reservation can follow (not written by this bridge).
+        let mut exhausted = good.clone();
+        exhausted.remote_aor = "sip:erin@contoso.com".into();
+        exhausted.dialog.call_id = "call-max".into();
+        exhausted.dialog.local_cseq = u32::MAX - 5;
+        // The same pair written another way, and the same dialog under another pair.
+        let mut same_pair = good.clone();
+        same_pair.local_jid = "Alice@Example.org".into();
+        same_pair.dialog.call_id = "call-other".into();
+        let mut same_dialog = good.clone();
+        same_dialog.remote_aor = "sip:frank@contoso.com".into();
+        let (e, out) = restarted(
+            vec![
+                good.clone(),
+                old,
+                no_user,
+                local_remote,
+                smuggled,
+                exhausted,
+                same_pair,
+                same_dialog,
+                good,
+            ],
+            now,
+        );
         assert_eq!(e.session_count(), 1);
-        // (The BYE goes above the stored reservation, so a new one is written first.)
+        // The expired dialog's record is removed first, so its BYE needs no new reservation
+        // (no synced write per expired dialog at a start).
         assert_eq!(
             kinds(&out),
-            ["store", "forget", "BYE", "forget", "forget", "forget"]
+            [
+                "forget", "BYE", "forget", "forget", "forget", "forget", "forget", "forget"
+            ]
         );
         let (_, bye, route) = requests(&out).remove(0);
         assert_eq!(bye.call_id().unwrap(), "call-old");
         assert_eq!(route, Route::Domain("contoso.com".into()));
-        // Above the reservation: the BYE's CSeq was never used.
         assert_eq!(bye.cseq().unwrap().number, 2 + CSEQ_RESERVE);
+        let forgotten: Vec<(String, String)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::ForgetIm { local, remote } => Some((local.clone(), remote.clone())),
+                _ => None,
+            })
+            .collect();
+        let pair = |l: &str, r: &str| (l.to_owned(), r.to_owned());
+        assert_eq!(
+            forgotten[4..],
+            [
+                pair("alice@example.org", "sip:erin@contoso.com"),
+                pair("Alice@Example.org", "sip:bob@contoso.com"),
+                pair("alice@example.org", "sip:frank@contoso.com"),
+            ]
+        );
     }
 
     #[test]
@@ -2432,6 +2965,221 @@ mod tests {
         assert!(stanzas(&out)[0].contains("item-not-found"));
     }
 
+    /// An INVITE from `from` to `to` in dialog `call`, as LCS sends it.
+    fn invite_between(from: &str, to: &str, call: &str) -> EdgeEvent {
+        inbound(
+            &invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+                .replace("sip:bob@contoso.com", from)
+                .replace("sip:alice@example.org", to)
+                .replace("call-1", call),
+        )
+    }
+
+    #[test]
+    fn sessions_beyond_a_limit_are_refused_both_ways() {
+        let mut e = engine();
+        e.settings.max_sessions_per_user = 2;
+        e.settings.max_sessions_per_domain = 3;
+        e.settings.max_sessions_per_partner = 4;
+        e.settings.max_sessions = 5;
+        e.settings.partners.insert("fabrikam.com".into());
+        let now = Instant::now();
+        let status = |e: &mut ImEngine, from: &str, to: &str, call: &str| {
+            let r = responses(&e.on_edge(now, invite_between(from, to, call))).remove(0);
+            (r.status().unwrap(), r.reason().unwrap_or("").to_owned())
+        };
+        let ok = (200, "OK".to_owned());
+        let alice = "sip:alice@example.org";
+        assert_eq!(status(&mut e, "sip:bob@contoso.com", alice, "c1"), ok);
+        assert_eq!(status(&mut e, "sip:carol@contoso.com", alice, "c2"), ok);
+        // Alice has two: a third is refused, this INVITE only (486, not 503).
+        let busy = |why: &str| (486, format!("Busy Here: too many chat sessions {why}"));
+        assert_eq!(
+            status(&mut e, "sip:dave@contoso.com", alice, "c3"),
+            busy("for this user (im.max_sessions_per_user)")
+        );
+        // The same party in a new dialog replaces its session: not one more.
+        assert_eq!(status(&mut e, "sip:bob@contoso.com", alice, "c4"), ok);
+        // Her own message that would open a third: returned with resource-constraint.
+        let to_erin = message(Some("hi erin"), "").to_owned();
+        let to_erin: Element = String::from(&to_erin)
+            .replace(r"bob\40contoso.com", r"erin\40contoso.com")
+            .parse()
+            .unwrap();
+        let out = e.on_stanza(now, to_erin);
+        assert!(requests(&out).is_empty());
+        let s = &stanzas(&out)[0];
+        assert!(s.contains("resource-constraint"), "{s}");
+        assert!(
+            s.contains(
+                "too many chat sessions open for alice@example.org (im.max_sessions_per_user)"
+            ),
+            "{s}"
+        );
+        // contoso.com, a discovered domain, has three at most.
+        assert_eq!(
+            status(&mut e, "sip:frank@contoso.com", "sip:zoe@example.org", "c5"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:gina@contoso.com", "sip:zoe@example.org", "c6"),
+            busy("with contoso.com (im.max_sessions_per_domain)")
+        );
+        // A listed partner counts apart, up to the overall limit.
+        assert_eq!(
+            status(&mut e, "sip:h@fabrikam.com", "sip:yan@example.org", "c7"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:i@fabrikam.com", "sip:yan@example.org", "c8"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:j@fabrikam.com", "sip:xi@example.org", "c9"),
+            busy("(im.max_sessions)")
+        );
+        assert_eq!(e.session_count(), 5);
+        assert_eq!(
+            e.limit_hits()
+                .iter()
+                .map(|(k, n)| (*k, *n))
+                .collect::<Vec<_>>(),
+            [
+                ("im.max_sessions", 1),
+                ("im.max_sessions_per_domain", 1),
+                ("im.max_sessions_per_user", 2)
+            ]
+        );
+        // A session that ends frees its place.
+        let tag = {
+            let out = e.on_edge(now, invite_between("sip:bob@contoso.com", alice, "c10"));
+            responses(&out)[0].to().unwrap().tag().unwrap().to_owned()
+        };
+        let bye = lcs_message(&tag, 2, "")
+            .replace("MESSAGE", "BYE")
+            .replace("call-1", "c10");
+        e.on_edge(now, inbound(&bye));
+        assert_eq!(e.session_count(), 4);
+        assert_eq!(status(&mut e, "sip:dave@contoso.com", alice, "c11"), ok);
+    }
+
+    /// Sessions opened and ended fast leave no more idle deadlines than a bounded multiple of
+    /// the live sessions.
+    #[test]
+    fn the_idle_heap_does_not_grow_with_ended_sessions() {
+        let mut e = engine();
+        let now = Instant::now();
+        for n in 0..3000 {
+            let call = format!("churn-{n}");
+            let out = e.on_edge(
+                now,
+                invite_between("sip:bob@contoso.com", "sip:alice@example.org", &call),
+            );
+            let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+            let bye = lcs_message(&tag, 2, "")
+                .replace("MESSAGE", "BYE")
+                .replace("call-1", &call);
+            e.on_edge(now, inbound(&bye));
+        }
+        assert_eq!(e.session_count(), 0);
+        assert!(e.idle_entries() <= 1025, "{}", e.idle_entries());
+        // A live session still idles out.
+        open(&mut e, now);
+        let out = e.handle_timeout(now + Duration::from_secs(61));
+        assert_eq!(kinds(&out), ["forget", "BYE"]);
+    }
+
+    /// The durable write outputs in `out` (what the runner reports failed).
+    fn writes(out: &[Output]) -> Vec<Output> {
+        out.iter()
+            .filter(|o| matches!(o, Output::PersistIm { durable: true, .. }))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_reservation_the_store_did_not_take_withdraws_what_would_pass_it() {
+        let mut e = engine();
+        let now = Instant::now();
+        open(&mut e, now);
+        for _ in 3..=1 + CSEQ_RESERVE {
+            e.on_stanza(now, message(Some("m"), ""));
+        }
+        let out = e.on_stanza(now, message(Some("over"), ""));
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        let failed = writes(&out);
+        assert!(
+            matches!(failed[0], Output::PersistIm { before: Some(b), .. } if b == 1 + CSEQ_RESERVE)
+        );
+        let (tx, m, _) = requests(&out).remove(0);
+        assert_eq!(m.cseq().unwrap().number, 2 + CSEQ_RESERVE);
+        // The write fails: the store still holds 1 + CSEQ_RESERVE, so the MESSAGE above it
+        // must not go; the session ends and the message goes in a fresh one, unbounced.
+        let (withdrawn, first) = e.store_failed(now, &failed, &[(tx, &m)]);
+        assert_eq!(withdrawn, [tx]);
+        assert_eq!(kinds(&first), ["forget", "BYE", "INVITE"]);
+        let reqs = requests(&first);
+        assert_eq!(reqs[0].1.call_id().unwrap(), m.call_id().unwrap());
+        let (tx, invite, _) = reqs[1].clone();
+        assert_ne!(invite.call_id().unwrap(), m.call_id().unwrap());
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["store", "ACK", "MESSAGE"]);
+        let (tx, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"over");
+        // The fresh session's first record fails too: nothing is withdrawn (no record of the
+        // dialog can hold a lower CSeq) and the session goes on.
+        let (withdrawn, first) = e.store_failed(now, &writes(&out), &[(tx, &m)]);
+        assert!(withdrawn.is_empty() && first.is_empty());
+        let out = e.on_stanza(now, message(Some("next"), ""));
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        assert_eq!(e.session_count(), 1);
+    }
+
+    #[test]
+    fn a_500_in_a_restored_session_sends_the_message_again_in_a_fresh_one() {
+        let now = Instant::now();
+        let mut first = engine();
+        open(&mut first, now);
+        let key = (
+            BareJid::new("alice@example.org").unwrap(),
+            "sip:bob@contoso.com".to_owned(),
+        );
+        let record = first.record(&key).unwrap();
+        let (mut e, _) = restarted(vec![record.clone()], now);
+        let out = e.on_stanza(now, message(Some("after the restart"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        // LCS has seen this CSeq (the old process's reservation was lost).
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 500, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "BYE", "INVITE"]);
+        assert!(stanzas(&out).is_empty(), "no bounce");
+        let (tx, invite, _) = requests(&out).remove(1);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        let (_, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"after the restart");
+
+        // Once a request of this process was answered 2xx in it, a 500 is the server's own
+        // failure: the message is returned to its sender, the session stays.
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_stanza(now, message(Some("one"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 200, None, None)),
+        );
+        let out = e.on_stanza(now, message(Some("two"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 500, None, None)),
+        );
+        assert_eq!(kinds(&out), ["stanza"]);
+        assert!(stanzas(&out)[0].contains("type='error'"));
+        assert_eq!(e.session_count(), 1);
+    }
+
     #[test]
     fn a_lost_connection_keeps_the_session_and_sends_by_domain() {
         let mut e = engine();
@@ -2441,6 +3189,41 @@ mod tests {
         assert_eq!(e.session_count(), 1);
         let out = e.on_stanza(now, message(Some("still here"), ""));
         assert_eq!(requests(&out)[0].2, Route::Domain("contoso.com".into()));
+    }
+
+    /// A MESSAGE lost with its connection goes once more in the same dialog, by domain (LCS
+    /// keeps the dialog); lost again, it is returned to its sender and the session ends.
+    #[test]
+    fn a_message_lost_with_its_connection_goes_once_more_by_domain() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (tx, m) = open(&mut e, now);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        let lost = |tx| EdgeEvent::Transaction(TxEvent::TransportError { tx });
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (tx, again, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
+        assert_eq!(again.cseq().unwrap().number, m.cseq().unwrap().number + 1);
+        assert_eq!(again.body(), m.body());
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["forget", "stanza"]);
+        assert!(stanzas(&out)[0].contains("recipient-unavailable"));
+        assert_eq!(e.session_count(), 0);
+        // The connection gone before the MESSAGE could go: the same.
+        let (tx, m) = open(&mut e, now);
+        let out = e.on_edge(
+            now,
+            EdgeEvent::Undeliverable {
+                tx,
+                why: Undeliverable::ConnectionGone { conn: 9 },
+            },
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (_, again, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
     }
 
     #[test]

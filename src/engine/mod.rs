@@ -4,7 +4,8 @@
 //! - [`im`]: session-mode instant messaging both ways.
 //! - [`presence`]: presence and subscriptions both ways.
 //! - `common`: what both engines build the same way (parties, Via, Contact, branches, To
-//!   tags, failures without a response, stanza bounces).
+//!   tags, failures without a response, stanza bounces, stored dialogs taken up, the wall
+//!   clock [`WallClock`]).
 //!
 //! Both engines return [`Output`]s, which the runner (`app.rs`) executes **in order**; store
 //! writes ([`Output::Persist`], [`Output::Forget`], a durable [`Output::PersistIm`]) are
@@ -16,6 +17,8 @@ pub mod im;
 pub mod name_book;
 pub mod presence;
 pub mod roster;
+
+pub use common::WallClock;
 
 use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
@@ -56,11 +59,15 @@ pub enum Output {
     },
     /// Write this IM session's dialog to the store (the IM engine's; docs/storage.md): with
     /// `durable`, synced before the next output runs (`Store::put_im_dialog` then
-    /// `Store::flush`), else lazily. A failure changes no answer (losing an IM dialog costs a
-    /// new INVITE, not a lost message): the bridge only logs it.
+    /// `Store::flush`), else lazily. `before` is the local CSeq reservation the store held for
+    /// this dialog until this write (`None`: no record of it): requests above it go out on the
+    /// strength of this write, so when a durable one fails the engine is told
+    /// ([`bridge::Engine::store_failed`]) and withdraws them. A failure changes no answer
+    /// (losing an IM dialog costs a new INVITE, not a lost message).
     PersistIm {
         dialog: Box<ImDialog>,
         durable: bool,
+        before: Option<u32>,
     },
     /// Remove the IM dialog of this pair from the store, lazily (`Store::remove_im_dialog`).
     ForgetIm {

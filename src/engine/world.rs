@@ -11,9 +11,9 @@
 //! - the LCS edge answers INVITE with 200 and an SDP answer, MESSAGE/INFO/BYE/NOTIFY with 200,
 //!   SUBSCRIBE with 200 and then a NOTIFY in the new dialog (`active`, the user's PIDF, or
 //!   `terminated` for `Expires: 0`), as an LCS 2005 edge does for a federated partner; a
-//!   MESSAGE or BYE whose CSeq is not above the last one in its dialog gets 500 (RFC 3261
-//!   §12.2.2), one in a session the edge has ended (or never had) 481. Its dialogs outlive
-//!   the bridge's connections, as LCS's do.
+//!   MESSAGE, BYE or NOTIFY whose CSeq is not above the last one in its dialog gets 500 (RFC
+//!   3261 §12.2.2), a MESSAGE or BYE in a session the edge has ended (or never had) 481. Its
+//!   dialogs outlive the bridge's connections, as LCS's do.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use xmpp_parsers::minidom::Element;
 
+use super::WallClock;
 use super::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use super::im::{ImEngine, ImSettings};
-use super::presence::{PresenceEngine, PresenceSettings, WallClock};
+use super::presence::{PresenceEngine, PresenceSettings};
 use super::roster::{RosterEngine, RosterMode};
 use crate::core::address::{AddressBook, AddressMode};
 use crate::core::tables::Mappings;
@@ -148,6 +149,8 @@ pub struct LcsEdge {
     /// IM sessions (INVITE dialogs) by Call-ID: the CSeq of the bridge's last request in it,
     /// and whether the session is still open.
     sessions: BTreeMap<String, (u32, bool)>,
+    /// The CSeq of the bridge's last NOTIFY in each watcher dialog, by Call-ID.
+    notified: BTreeMap<String, u32>,
     next_conn: ConnId,
     /// The connection to the bridge (one, as far as these tests go).
     conn: Option<ConnId>,
@@ -164,6 +167,7 @@ impl LcsEdge {
             documents: BTreeMap::new(),
             dialogs: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            notified: BTreeMap::new(),
             next_conn: 7,
             conn: None,
             seq: 0,
@@ -294,6 +298,7 @@ impl World {
                 dialog_max_age: Duration::from_secs(20 * 3600),
                 max_body_bytes: 16 * 1024,
                 max_queued: 64,
+                ..ImSettings::default()
             },
             Self::book(),
             Mappings::builtin().errors,
@@ -621,6 +626,31 @@ impl World {
         self.lcs_request(request);
     }
 
+    /// An LCS watcher refreshes its subscription to a local user (in-dialog SUBSCRIBE).
+    pub fn lcs_refreshes(&mut self, from: &str) {
+        let key = (from.to_owned(), "SUBSCRIBE-in");
+        let mut d = self.dialog(from, "SUBSCRIBE-in");
+        d.cseq += 1;
+        self.lcs.dialogs.insert(key, d.clone());
+        let request = sip(
+            &format!(
+                "SUBSCRIBE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKr{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} SUBSCRIBE\nContact: <{};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n",
+                d.bridge_uri,
+                d.lcs_tag,
+                d.cseq,
+                d.lcs_uri,
+                d.lcs_tag,
+                d.bridge_uri,
+                d.bridge_tag,
+                d.call_id,
+                d.cseq,
+                d.lcs_uri
+            ),
+            "",
+        );
+        self.lcs_request(request);
+    }
+
     /// A dialog an LCS user starts (`kind`: the request that makes it): its tag and Call-ID.
     fn start_dialog(&mut self, kind: &'static str, from: &str, to: &str) -> (String, String) {
         let tag = self.lcs.tag();
@@ -736,6 +766,14 @@ impl World {
                     200
                 }
             };
+        }
+        if method == Some(Method::Notify) {
+            let last = self.lcs.notified.entry(call_id.clone()).or_insert(0);
+            if cseq <= *last {
+                status = 500;
+            } else {
+                *last = cseq;
+            }
         }
         if let Some(m) = &method {
             self.lcs.replied.push((m.clone(), status));
@@ -858,7 +896,7 @@ impl World {
             match action {
                 Action::Stanza(el) if self.xmpp.refuse => {
                     drop(el);
-                    self.bridge.report(Failure::StanzaRefused);
+                    self.bridge.report(self.now, Failure::StanzaRefused);
                 }
                 Action::Stanza(el) => self.deliver_stanza(el),
                 Action::Request { tx, request, route } => {
@@ -875,7 +913,7 @@ impl World {
                             .try_for_each(|s| self.store.put_subscription_lazy(s))
                     };
                     if r.is_err() {
-                        self.bridge.report(Failure::StoreFailed);
+                        self.bridge.report(self.now, Failure::StoreFailed);
                     }
                 }
                 Action::Forget {
@@ -888,21 +926,21 @@ impl World {
                         .remove_subscription(direction, &local, &remote)
                         .is_err()
                     {
-                        self.bridge.report(Failure::StoreFailed);
+                        self.bridge.report(self.now, Failure::StoreFailed);
                     }
                 }
-                Action::WriteIm { dialog, durable } => {
-                    let r = self
-                        .store
-                        .put_im_dialog(&dialog)
+                Action::WriteIm { dialogs, durable } => {
+                    let r = dialogs
+                        .iter()
+                        .try_for_each(|d| self.store.put_im_dialog(d))
                         .and_then(|()| if durable { self.store.flush() } else { Ok(()) });
                     if r.is_err() {
-                        self.bridge.report(Failure::StoreFailed);
+                        self.bridge.report(self.now, Failure::StoreFailed);
                     }
                 }
                 Action::ForgetIm { local, remote } => {
                     if self.store.remove_im_dialog(&local, &remote).is_err() {
-                        self.bridge.report(Failure::StoreFailed);
+                        self.bridge.report(self.now, Failure::StoreFailed);
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! server stand-in and an LCS edge stand-in. Protocol regressions get their tests here.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::world::{World, contact_jid};
@@ -719,8 +720,8 @@ fn a_message_to_no_account_is_told_to_its_sender_and_ends_the_session() {
     assert_eq!(
         body_of(notice[0]),
         "Message not delivered to nobody@example.org (503 Service Unavailable, \
-         service-unavailable)\nnobody@example.org cannot receive messages; this conversation \
-         has ended."
+         service-unavailable)\nnobody@example.org is not reachable (no account, offline, or \
+         blocking); this conversation has ended."
     );
     let bye = w.lcs.requests(&Method::Bye);
     assert_eq!(bye.len(), 1);
@@ -739,4 +740,124 @@ fn a_message_to_no_account_is_told_to_its_sender_and_ends_the_session() {
     w.settle();
     assert_eq!(w.lcs.requests(&Method::Message).len(), 1);
     assert!(w.xmpp.to(ALICE)[0].contains("<body>hi alice</body>"));
+}
+
+/// The store fails just when a session's CSeq reservation must be raised: the MESSAGE that
+/// would pass the stored reservation is not sent; the session ends (BYE) and the message goes in
+/// a fresh one. After a restart (the store works again, but still holds the old dialog: its
+/// removal failed too) nothing repeats a CSeq LCS has seen — no `500` anywhere — and every
+/// message of Alice's reaches Bob, none comes back to her as an error.
+#[test]
+fn a_reservation_the_store_did_not_take_is_never_passed() {
+    use crate::engine::im::CSEQ_RESERVE;
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    let mut n = 0;
+    let mut alice_says = |w: &mut World| {
+        n += 1;
+        w.xmpp_sends(&format!(
+            "<message from='{ALICE}/pc' to='{bob}' type='chat' id='a{n}'><body>n{n}</body></message>"
+        ));
+        n
+    };
+    alice_says(&mut w);
+    w.settle();
+    let first = w.lcs.requests(&Method::Invite)[0]
+        .call_id()
+        .unwrap()
+        .to_owned();
+    w.store.set_fail_writes(true);
+    // CSeq 3 ..= 1 + CSEQ_RESERVE are reserved; the next one needs a write, which fails.
+    for _ in 0..CSEQ_RESERVE {
+        alice_says(&mut w);
+    }
+    w.settle();
+    w.store.set_fail_writes(false);
+    assert_eq!(
+        cseqs_in(&w, &Method::Message, &first).last(),
+        Some(&(1 + CSEQ_RESERVE)),
+        "nothing above the stored reservation"
+    );
+    assert_eq!(cseqs_in(&w, &Method::Bye, &first).len(), 1);
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 2);
+    assert_eq!(
+        w.store.stats().unwrap().im_dialogs,
+        1,
+        "the old record is left"
+    );
+
+    w.restart();
+    let last = alice_says(&mut w);
+    w.settle();
+    assert!(
+        w.lcs.replied.iter().all(|(_, s)| *s != 500),
+        "a CSeq repeated: {:?}",
+        w.lcs
+            .replied
+            .iter()
+            .filter(|(_, s)| *s != 200)
+            .collect::<Vec<_>>()
+    );
+    let bodies: BTreeSet<String> = w
+        .lcs
+        .requests(&Method::Message)
+        .into_iter()
+        .map(body_of)
+        .collect();
+    for i in 1..=last {
+        assert!(bodies.contains(&format!("n{i}")), "n{i} not delivered");
+    }
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains("type='error'")));
+}
+
+/// The same for a watcher: while the store cannot raise the reservation of Bob's watcher
+/// dialog, no NOTIFY passes it (the one that would is held and owed again after the backoff);
+/// once the store works, Alice's current presence goes out; after a restart the NOTIFYs are
+/// above every CSeq sent before (no `500`).
+#[test]
+fn a_watchers_notify_waits_for_its_reservation() {
+    use crate::engine::im::CSEQ_RESERVE;
+    let mut w = World::new();
+    bob_watches_alice(&mut w);
+    let bob = contact_jid("bob");
+    w.store.set_fail_writes(true);
+    for i in 0..CSEQ_RESERVE + 5 {
+        if i % 300 == 0 {
+            // Bob's client refreshes (the world's LCS does not by itself).
+            w.lcs_refreshes(BOB_AOR);
+        }
+        let show = if i % 2 == 0 { "dnd" } else { "away" };
+        w.xmpp_presence(
+            &format!("{ALICE}/pc"),
+            Some(&format!("<show>{show}</show>")),
+            &[&bob],
+        );
+        w.run_for(Duration::from_secs(6));
+    }
+    let held = w.lcs.requests(&Method::Notify).len();
+    w.xmpp_presence(&format!("{ALICE}/pc"), Some("<show>xa</show>"), &[&bob]);
+    w.run_for(Duration::from_secs(60));
+    assert_eq!(
+        w.lcs.requests(&Method::Notify).len(),
+        held,
+        "held while the store fails"
+    );
+    w.store.set_fail_writes(false);
+    w.lcs_refreshes(BOB_AOR);
+    w.run_for(Duration::from_secs(1900));
+    assert!(notified_activities(&w).last().unwrap().contains("away"));
+    w.lcs_refreshes(BOB_AOR);
+    w.settle();
+    w.restart();
+    w.run_for(Duration::from_secs(30));
+    assert!(w.lcs.requests(&Method::Notify).len() > held + 1);
+    assert!(
+        w.lcs.replied.iter().all(|(_, s)| *s != 500),
+        "a CSeq repeated: {:?}",
+        w.lcs
+            .replied
+            .iter()
+            .filter(|(_, s)| *s != 200)
+            .collect::<Vec<_>>()
+    );
 }

@@ -77,7 +77,7 @@ pub const MIN_EXPIRES_SECS: u32 = 60;
 pub const DEFAULT_EXPIRES_SECS: u32 = 3600;
 /// Local CSeq numbers of a watcher's dialog reserved by one synced store write (see
 /// `Watcher::cseq_reserved`).
-pub const CSEQ_RESERVE: u32 = 1000;
+pub const CSEQ_RESERVE: u32 = super::common::CSEQ_RESERVE;
 /// `Retry-After` of the `503` to a watcher over a pending-subscription limit: the limit frees
 /// up as local users answer the requests waiting for them.
 pub const PENDING_RETRY_AFTER_SECS: u32 = 600;
@@ -138,26 +138,7 @@ impl Default for PresenceSettings {
     }
 }
 
-/// The wall clock at one instant, so that the engine can write and read the store's Unix
-/// times without reading a clock itself.
-#[derive(Debug, Clone, Copy)]
-pub struct WallClock {
-    pub at: Instant,
-    /// Unix seconds at `at`.
-    pub unix: u64,
-}
-
-impl WallClock {
-    /// Unix seconds at `now`.
-    pub fn unix(&self, now: Instant) -> u64 {
-        match now.checked_duration_since(self.at) {
-            Some(d) => self.unix.saturating_add(d.as_secs()),
-            None => self
-                .unix
-                .saturating_sub(self.at.duration_since(now).as_secs()),
-        }
-    }
-}
+pub use super::common::WallClock;
 
 /// (local bare JID, remote AOR), both as strings: the store's identity. Shared: the maps,
 /// the timer heap and the dialog and transaction indexes each hold one, so a copy is a

@@ -1,6 +1,7 @@
 //! Persistence: the store's [`Subscription`] record written from a subscription's state, and
 //! the state built again from a stored record at start ([`PresenceEngine::restore`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xmpp_parsers::jid::BareJid;
@@ -8,12 +9,11 @@ use xmpp_parsers::jid::BareJid;
 use super::notifier::Watcher;
 use super::subscriber::Outbound;
 use super::{CSEQ_RESERVE, Key, PresenceEngine};
+use crate::core::names;
 use crate::core::pidf;
-use crate::core::{names, xml_chars};
-use crate::engine::Output;
-use crate::sip::builder::header_text;
-use crate::sip::dialog::{Dialog, DialogId};
-use crate::sip::message::find_forbidden_in_value;
+use crate::engine::{Output, common};
+use crate::sip::message::Message;
+use crate::sip::transaction::TxId;
 use crate::store::{Approval, DialogRecord, Direction, DisplayName, SubState, Subscription};
 
 impl PresenceEngine {
@@ -103,6 +103,60 @@ impl PresenceEngine {
             out.push(Output::PersistLazy(Box::new(r)));
         }
     }
+
+    /// The runner could not write these records (`failed`; `queued`: this engine's requests
+    /// not sent yet). A watcher's NOTIFY never goes out on the strength of a write of its
+    /// dialog that failed: the store may still hold a lower CSeq reservation (a restarted
+    /// bridge would repeat the NOTIFY's CSeq, RFC 3261 §12.2.2), or not the state the NOTIFY
+    /// announces. Such a NOTIFY still waiting is withdrawn (its transactions returned) and owed
+    /// again after the backoff, and the next NOTIFY writes a reservation first.
+    pub fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> Vec<TxId> {
+        let mut withdrawn = Vec::new();
+        for output in failed {
+            let Output::Persist(sub) = output else {
+                continue;
+            };
+            let Some(record) = sub
+                .dialog
+                .as_ref()
+                .filter(|_| sub.direction == Direction::Inbound)
+            else {
+                continue;
+            };
+            let key: Key = Arc::new((sub.local_jid.clone(), sub.remote_aor.clone()));
+            let Some(w) = self.inbound.get_mut(&key) else {
+                continue;
+            };
+            let same = w.dialog.as_ref().is_some_and(|d| {
+                d.id.call_id == record.call_id && d.id.local_tag == record.local_tag
+            });
+            if !same {
+                continue;
+            }
+            // Unknown what the store holds: the next NOTIFY reserves again first.
+            w.cseq_reserved = 0;
+            let Some(tx) = w.in_flight.filter(|tx| queued.iter().any(|(q, _)| q == tx)) else {
+                continue;
+            };
+            w.in_flight = None;
+            w.dirty = true;
+            w.failures = w.failures.saturating_add(1);
+            let failures = w.failures;
+            let delay = self.backoff(failures.saturating_sub(1));
+            if let Some(w) = self.inbound.get_mut(&key) {
+                w.retry_at = Some(now + delay);
+            }
+            self.purposes.remove(&tx);
+            withdrawn.push(tx);
+        }
+        self.rearm();
+        withdrawn
+    }
 }
 
 impl Outbound {
@@ -135,7 +189,9 @@ impl Outbound {
 impl Watcher {
     /// A watcher taken up from its stored record at `now` (`now_unix`), or `None` if the
     /// record has expired or was denied. Its dialog is kept unless it is past `max_age` or
-    /// cannot be written into a request ([`restored_dialog`]), and detached (NOTIFYs go by
+    /// cannot be written into a request (`common::dialog_from_record`: the watcher then waits for
+    /// LCS to subscribe again, as for a dialog past its age; display names are cleaned, and the
+    /// record written back cleaned), and detached (NOTIFYs go by
     /// domain until the peer is reached); its local CSeq resumes above the stored one, which
     /// is above every one the last process used in the dialog, with a fresh reservation
     /// (`Watcher::cseq_reserved`) the caller stores before anything is sent. An approved one
@@ -155,7 +211,7 @@ impl Watcher {
             Some(r) => {
                 let age = Duration::from_secs(now_unix.saturating_sub(r.created_unix));
                 match max_age.checked_sub(age) {
-                    Some(rest) if !rest.is_zero() => match restored_dialog(r, now) {
+                    Some(rest) if !rest.is_zero() => match common::dialog_from_record(r, now) {
                         Some(d) => (Some(Box::new(d)), now + rest),
                         None => (None, now),
                     },
@@ -199,47 +255,4 @@ fn restored_name(s: &Subscription) -> Option<DisplayName> {
         text: names::display_name(&n.text)?,
         from_pidf: n.from_pidf,
     })
-}
-
-/// A stored dialog taken up again, or `None` if it cannot be: an older version accepted
-/// control characters in header values, and a Call-ID, tag, URI or route holding one could
-/// not be written into a request (the watcher then waits for LCS to subscribe again, as for a
-/// dialog past its age). Display names are cleaned instead — they are only shown — of what
-/// neither a stanza (the watcher's nick) nor a SIP header may carry; the record is written
-/// back cleaned.
-pub(super) fn restored_dialog(r: &DialogRecord, now: Instant) -> Option<Dialog> {
-    let fields = [
-        &r.call_id,
-        &r.local_tag,
-        &r.remote_tag,
-        &r.local_uri,
-        &r.remote_uri,
-        &r.remote_target,
-    ];
-    if fields
-        .into_iter()
-        .chain(&r.route_set)
-        .any(|f| find_forbidden_in_value(f).is_some())
-    {
-        return None;
-    }
-    let clean = |display: &Option<String>| {
-        display
-            .as_deref()
-            .map(|d| xml_chars::clean(&header_text(d, usize::MAX)).into_owned())
-    };
-    Some(Dialog::restored(
-        DialogId {
-            call_id: r.call_id.clone(),
-            local_tag: r.local_tag.clone(),
-            remote_tag: r.remote_tag.clone(),
-        },
-        (r.local_uri.clone(), clean(&r.local_display)),
-        (r.remote_uri.clone(), clean(&r.remote_display)),
-        r.remote_target.clone(),
-        r.route_set.clone(),
-        (r.local_cseq, r.remote_cseq),
-        0,
-        now,
-    ))
 }
