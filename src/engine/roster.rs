@@ -380,17 +380,9 @@ impl RosterEngine {
             since: now,
             settled: true,
         });
-        let waiting: Vec<Pair> = self
-            .parked
-            .keys()
-            .filter(|(l, c)| c.domain().as_str() == servers.0 && l.domain().as_str() == servers.1)
-            .cloned()
-            .collect();
-        for pair in waiting {
-            if let Some(wish) = self.parked.remove(&pair) {
-                out.extend(self.dispatch(now, pair.0, pair.1, wish));
-            }
-        }
+        out.extend(self.release_parked(now, |(l, c)| {
+            c.domain().as_str() == servers.0 && l.domain().as_str() == servers.1
+        }));
         out
     }
 
@@ -481,6 +473,19 @@ impl RosterEngine {
     }
 
     /// A wish past the debounce: the privilege, the fallback, or a wait for the grant.
+    /// Dispatches the parked wishes whose pair `which` picks (their grant came, or its wait
+    /// ended).
+    fn release_parked(&mut self, now: Instant, which: impl Fn(&Pair) -> bool) -> Vec<Output> {
+        let waiting: Vec<Pair> = self.parked.keys().filter(|p| which(p)).cloned().collect();
+        let mut out = Vec::new();
+        for pair in waiting {
+            if let Some(wish) = self.parked.remove(&pair) {
+                out.extend(self.dispatch(now, pair.0, pair.1, wish));
+            }
+        }
+        out
+    }
+
     fn dispatch(
         &mut self,
         now: Instant,
@@ -983,17 +988,9 @@ impl RosterEngine {
             }
         }
         if !ended.is_empty() {
-            let waiting: Vec<Pair> = self
-                .parked
-                .keys()
-                .filter(|(_, c)| ended.iter().any(|d| d == c.domain().as_str()))
-                .cloned()
-                .collect();
-            for pair in waiting {
-                if let Some(wish) = self.parked.remove(&pair) {
-                    out.extend(self.dispatch(now, pair.0, pair.1, wish));
-                }
-            }
+            out.extend(
+                self.release_parked(now, |(_, c)| ended.iter().any(|d| d == c.domain().as_str())),
+            );
         }
         out
     }
