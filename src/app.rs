@@ -2,7 +2,8 @@
 //! tables and the address book, opens the store `[storage]` names (and holds its lock until
 //! exit), starts the SIP federation edge and the XMPP component link, and drives the sans-IO
 //! [`Bridge`] between them — its inputs with the time, its actions executed in order, what
-//! failed reported back — from the stored subscriptions on, until SIGINT or SIGTERM (then the
+//! failed reported back — from the stored subscriptions and IM sessions on, until SIGINT or
+//! SIGTERM (then the
 //! XEP-0100 unavailable presences go out). This module owns the runtime, the signals, the store
 //! and the clock for the engines, and makes no protocol decision.
 
@@ -26,10 +27,12 @@ use crate::edge::pool::PoolLimits;
 use crate::edge::server::EdgeEvents;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
+use crate::engine::WallClock;
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
-use crate::engine::presence::{PresenceEngine, PresenceSettings, WallClock};
-use crate::store::{self, SledStore, Store, StoreError, Subscription};
+use crate::engine::presence::{PresenceEngine, PresenceSettings};
+use crate::engine::roster::{RosterEngine, RosterMode};
+use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -96,19 +99,20 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| anyhow!("xmpp: {e}"))?;
-        let im = ImEngine::new(
-            im_settings(&cfg),
-            book.clone(),
-            mappings.errors.clone(),
-            edge.tx_ids(),
-            crate::random::seed(),
-        );
         let clock = WallClock {
             at: Instant::now(),
             unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
+        let im = ImEngine::new(
+            im_settings(&cfg),
+            book.clone(),
+            mappings.errors.clone(),
+            edge.tx_ids(),
+            crate::random::seed(),
+            clock,
+        );
         let presence = PresenceEngine::new(
             presence_settings(&cfg),
             book.clone(),
@@ -121,10 +125,18 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             book.clone(),
             GatewayInfo::new(cfg.xmpp.gateway_name.clone()),
         );
-        let restored = stored_subscriptions(store.as_ref());
+        let roster = RosterEngine::new(
+            roster_mode(cfg.xmpp.roster),
+            book.clone(),
+            crate::random::seed(),
+        );
+        let restored = (
+            stored(store.subscriptions(), "subscriptions"),
+            stored(store.im_dialogs(), "IM sessions"),
+        );
         let (stop, stop_rx) = mpsc::channel(1);
         let runner = Runner {
-            bridge: Bridge::standard(presence, im, iq, mappings.errors.clone()),
+            bridge: Bridge::standard(presence, roster, im, iq, mappings.errors.clone()),
             edge: edge.clone(),
             link,
             store: store.clone(),
@@ -161,19 +173,33 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store `[storage]` names (`backend` in `path`), holding its lock until dropped;
-/// `existing`: it must be there already (the `store` commands).
-pub fn open_store(cfg: &config::StorageConfig, existing: bool) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store `[storage]` names (`backend` in `path`), holding its lock until dropped.
+/// `read_only` (the `store` commands): it must be there already and is not migrated; else
+/// (`run`) it is created when missing and an older schema is migrated, with a WARN line, since
+/// an older build then refuses it (docs/storage.md "Schema version and migration").
+pub fn open_store(cfg: &config::StorageConfig, read_only: bool) -> anyhow::Result<Arc<dyn Store>> {
     let opened = Instant::now();
+    let migrated = |from: Option<u32>| {
+        if let Some(from) = from {
+            warn!(
+                path = %cfg.path.display(),
+                from,
+                to = store::CURRENT_SCHEMA_VERSION,
+                "store schema {from}→{}; older builds refuse this store",
+                store::CURRENT_SCHEMA_VERSION
+            );
+        }
+    };
     let store: Arc<dyn Store> = match cfg.backend {
         StoreBackend::Sled => {
             let dir = store::sled_dir(&cfg.path);
-            let store = if existing {
-                SledStore::open_existing(&dir)
+            let store = if read_only {
+                SledStore::open_read_only(&dir)
             } else {
                 SledStore::open(&dir)
             }
             .context("storage.path")?;
+            migrated(store.migrated_from());
             info!(
                 path = %store.path().display(),
                 schema_version = store.schema_version(),
@@ -184,14 +210,16 @@ pub fn open_store(cfg: &config::StorageConfig, existing: bool) -> anyhow::Result
         }
         #[cfg(feature = "redb")]
         StoreBackend::Redb => {
-            let store = if existing {
-                store::RedbStore::open_existing(&cfg.path)
+            let store = if read_only {
+                store::RedbStore::open_read_only(&cfg.path)
             } else {
                 store::RedbStore::open(&cfg.path)
             }
             .context("storage.path")?;
+            migrated(store.migrated_from());
             info!(
                 path = %store.path().display(),
+                schema_version = store.schema_version(),
                 open_ms = opened.elapsed().as_millis() as u64,
                 "store opened (redb)"
             );
@@ -223,6 +251,31 @@ fn im_settings(cfg: &config::Config) -> ImSettings {
         dialog_max_age: cfg.im.dialog_max_age,
         max_body_bytes: cfg.im.max_message_bytes,
         max_queued: cfg.im.max_queued_messages,
+        max_sessions: cfg.im.max_sessions,
+        max_sessions_per_domain: cfg.im.max_sessions_per_domain,
+        max_sessions_per_partner: cfg.im.max_sessions_per_partner,
+        max_sessions_per_user: cfg.im.max_sessions_per_user,
+        partners: allowed_partners(cfg),
+    }
+}
+
+/// The listed partners' domains (`policy = "allow"`, lowercase): their own pending and session
+/// limits apply.
+fn allowed_partners(cfg: &config::Config) -> std::collections::HashSet<String> {
+    cfg.federation
+        .partners
+        .iter()
+        .filter(|p| p.policy == config::PartnerPolicy::Allow)
+        .map(|p| p.domain.to_ascii_lowercase())
+        .collect()
+}
+
+fn roster_mode(fill: config::RosterFill) -> RosterMode {
+    match fill {
+        config::RosterFill::Auto => RosterMode::Auto,
+        config::RosterFill::Privilege => RosterMode::Privilege,
+        config::RosterFill::RosterX => RosterMode::RosterX,
+        config::RosterFill::None => RosterMode::None,
     }
 }
 
@@ -238,34 +291,29 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
         restore_rate: cfg.presence.restore_rate,
         max_pending_per_domain: cfg.presence.max_pending_per_domain,
         max_pending_per_partner: cfg.presence.max_pending_per_partner,
-        partners: cfg
-            .federation
-            .partners
-            .iter()
-            .filter(|p| p.policy == config::PartnerPolicy::Allow)
-            .map(|p| p.domain.to_ascii_lowercase())
-            .collect(),
+        partners: allowed_partners(cfg),
         max_pending_per_user: cfg.presence.max_pending_per_user,
         ..PresenceSettings::default()
     }
 }
 
-/// Every readable subscription in the store; unreadable ones are logged and skipped (they stay
-/// for `lcs-bridge store export` to show).
-fn stored_subscriptions(store: &dyn Store) -> Vec<Subscription> {
-    let mut subs = Vec::new();
-    for r in store.subscriptions() {
+/// Every readable record `records` gives (`what`: their name in the log); unreadable ones are
+/// logged and skipped (they stay for `lcs-bridge store export` to show), and a failing read
+/// ends the scan.
+fn stored<T>(records: Records<'_, T>, what: &str) -> Vec<T> {
+    let mut all = Vec::new();
+    for r in records {
         match r {
-            Ok(s) => subs.push(s),
-            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, "subscription not restored"),
+            Ok(t) => all.push(t),
+            Err(e @ StoreError::Corrupt { .. }) => warn!(reason = %e, what, "record not restored"),
             Err(e) => {
-                error!(reason = %e, "store: reading subscriptions stopped");
+                error!(reason = %e, what, "store: reading stopped");
                 break;
             }
         }
     }
-    info!(count = subs.len(), "subscriptions restored from the store");
-    subs
+    info!(count = all.len(), what, "restored from the store");
+    all
 }
 
 /// The engines' task: edge events, component stanzas and the engines' timers into the
@@ -283,18 +331,20 @@ impl Runner {
     /// task answers on the channel it is given when they are queued on the link).
     async fn run(
         mut self,
-        restored: Vec<Subscription>,
+        restored: (Vec<Subscription>, Vec<ImDialog>),
         mut edge_events: EdgeEvents,
         mut link_events: mpsc::Receiver<LinkEvent>,
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         let started = Instant::now();
-        self.bridge.handle(started, Input::Restore(restored));
+        let (subscriptions, im_dialogs) = restored;
+        self.bridge.handle(started, Input::Restore(subscriptions));
+        self.bridge.handle(started, Input::RestoreIm(im_dialogs));
         let actions = self.execute().await;
         info!(
             actions,
             ms = started.elapsed().as_millis() as u64,
-            "stored subscriptions taken up"
+            "stored subscriptions taken up (and IM sessions)"
         );
         loop {
             let deadline = self.bridge.poll_timeout();
@@ -345,7 +395,7 @@ impl Runner {
                     Ok(()) => true,
                     Err(e) => {
                         warn!(reason = %e, "stanza not sent to the XMPP server");
-                        self.bridge.report(Failure::StanzaRefused);
+                        self.bridge.report(Instant::now(), Failure::StanzaRefused);
                         continue;
                     }
                 },
@@ -362,6 +412,31 @@ impl Runner {
                     true
                 }
                 Action::Write { subs, durable } => self.write(subs, durable).await,
+                Action::WriteIm { dialogs, durable } => {
+                    let store = self.store.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        dialogs.iter().try_for_each(|d| store.put_im_dialog(d))?;
+                        if durable { store.flush() } else { Ok(()) }
+                    })
+                    .await;
+                    let ok = matches!(r, Ok(Ok(())));
+                    if !ok {
+                        error!(result = ?r, "store: IM dialog not written");
+                    }
+                    ok
+                }
+                Action::ForgetIm { local, remote } => {
+                    let store = self.store.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        store.remove_im_dialog(&local, &remote)
+                    })
+                    .await;
+                    let ok = matches!(r, Ok(Ok(_)));
+                    if !ok {
+                        error!(result = ?r, "store: IM dialog not removed");
+                    }
+                    ok
+                }
                 Action::Forget {
                     direction,
                     local,
@@ -380,7 +455,7 @@ impl Runner {
                 }
             };
             if !done {
-                self.bridge.report(Failure::StoreFailed);
+                self.bridge.report(Instant::now(), Failure::StoreFailed);
             }
         }
         n

@@ -50,6 +50,21 @@
 //! And throughout: no NOTIFY repeats a CSeq, none comes from a later process for a removed
 //! watcher, no process sends more than 6 NOTIFYs in one dialog (a storm).
 //!
+//! IM sessions (chats) ride along: every sixth step a chat opens, in turn by the edge (LCS user
+//! `i<n>` INVITEs a local user, with a first message) or by a local user's client (a message
+//! to LCS user `x<n>`, which the bridge turns into an INVITE the edge answers 200); every
+//! fourth step one message goes in an open chat, either way. A chat is acknowledged when the
+//! edge got the 200 to its INVITE, or the bridge's ACK to the edge's 200 (the bridge stores the
+//! dialog, synced, before either). One kill kind in five comes in a burst of new chats. After
+//! each kill the store must hold every acknowledged chat that was not ended (with the dialog
+//! the edge knows and a local CSeq at or above every request the edge got in it) and no chat
+//! the workload did not open. After each restart, in every such chat, the edge's MESSAGE is
+//! answered 200 (not 481) and reaches the user's client in the chat's thread (the Call-ID),
+//! and the user's message reaches the edge in the old dialog (no new INVITE) with a CSeq above
+//! every earlier one (the edge answers 500 otherwise, as a user agent must); then the edge
+//! ends about a third of the chats with BYE. The bridge's idle limit is an hour here, so no
+//! chat ends by itself.
+//!
 //! A failure prints the seed and the end of the bridge's log. `LCS_BRIDGE_CRASH_SEED=<n>`
 //! replays the kill schedule (the processes' timing still varies); `LCS_BRIDGE_CRASH_KILLS=<n>`
 //! runs `n` rounds instead of 20; `LCS_BRIDGE_CRASH_KEEP=1` keeps the working directory (the
@@ -67,7 +82,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lcs_bridge::random::SplitMix;
 use lcs_bridge::sip::message::{Message, Method};
-use lcs_bridge::store::{Approval, Direction, SledStore, Store, SubState, Subscription, sled_dir};
+use lcs_bridge::store::{
+    Approval, Direction, ImDialog, SledStore, Store, SubState, Subscription, sled_dir,
+};
 use serde_json::json;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -95,6 +112,8 @@ const FIRST_CLIENT_CONN: usize = 1 << 20;
 const MAX_NOTIFIES: u32 = 6;
 /// What the bridge logs once it has opened the store, restored, joined Prosody and listens.
 const STARTED: &str = "lcs-bridge started";
+/// The SDP an LCS edge offers and answers for a session-mode IM session.
+const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip null\r\n";
 
 fn jid(user: usize) -> String {
     format!("{}@{XMPP_DOMAIN}", USERS[user])
@@ -182,6 +201,51 @@ struct Contact {
     shown: Vec<String>,
 }
 
+/// An IM session between a local user and LCS user `i<n>` (the edge opened it) or `x<n>` (the
+/// user did), as the edge sees it.
+#[derive(Default)]
+struct Chat {
+    user: usize,
+    /// The edge opened it (`i<n>`), or the user's client (`x<n>`).
+    by_edge: bool,
+    call_id: String,
+    /// The edge's tag, and the bridge's once known.
+    edge_tag: String,
+    bridge_tag: Option<String>,
+    /// Where the edge's requests go: the bridge's Contact.
+    bridge_target: String,
+    /// CSeq of the edge's last request in it, and of the bridge's last one.
+    edge_cseq: u32,
+    bridge_cseq: u32,
+    /// The dialog exists for both sides: the edge got the 200 to its INVITE, or the bridge's
+    /// ACK to the edge's 200 (the bridge stores the dialog, synced, before either).
+    acked: bool,
+    /// The edge sent BYE; `ended` when it was answered 200. One unanswered at a kill may or
+    /// may not have happened: `unknown`, out of the checks from then on.
+    ending: bool,
+    ended: bool,
+    unknown: bool,
+    /// The bridge process it was opened in.
+    opened_in: u32,
+    /// The bodies of the user's messages that reached the edge in this dialog.
+    from_user: Vec<String>,
+    /// What the user's client was shown from the LCS user: (body, thread).
+    shown: Vec<(String, String)>,
+    /// Answers to the edge's MESSAGEs: (CSeq, status).
+    answers: Vec<(u32, u16)>,
+}
+
+impl Chat {
+    fn live(&self) -> bool {
+        self.acked && !self.ending && !self.unknown
+    }
+
+    /// The LCS user's name (`i<n>` or `x<n>`).
+    fn name(&self, n: usize) -> String {
+        format!("{}{n}", if self.by_edge { 'i' } else { 'x' })
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     kills: u32,
@@ -200,6 +264,12 @@ struct Tally {
     slowest_start: Duration,
     /// Longest wait, after a start, until presence had flowed everywhere.
     slowest_flow: Duration,
+    /// Acknowledged live chats checked in the store after the kills, and chats in which
+    /// messages flowed both ways after a restart (sums).
+    chats_stored: usize,
+    chats_flowed: usize,
+    /// The chats' longest wait after a start.
+    slowest_chats: Duration,
 }
 
 struct Crash {
@@ -234,6 +304,8 @@ struct Crash {
     out_dialogs: HashMap<String, usize>,
     /// Dialogs the edge has accepted (for unique tags and branches).
     accepted: u64,
+    chats: Vec<Chat>,
+    chat_by_call: HashMap<String, usize>,
     steps: u64,
     notifies: u64,
     errors: Vec<String>,
@@ -323,7 +395,7 @@ impl Crash {
                 self.sip.remove(&conn);
             }
             Event::Sip(conn, m, _) if m.is_request() => self.request(conn, &m),
-            Event::Sip(_, m, _) => self.response(&m),
+            Event::Sip(conn, m, _) => self.response(conn, &m),
             Event::Stanza(..)
             | Event::XmppClosed(..)
             | Event::Client(..)
@@ -340,6 +412,19 @@ impl Crash {
                     let i = lcs_number(from, 'w');
                     if let Some(i) = i.filter(|i| !self.carol_pending.contains(i)) {
                         self.carol_pending.push(i);
+                    }
+                }
+                if e["event"] == "message" && e["type"] == "chat" {
+                    let chat = lcs_number(from, 'i')
+                        .or_else(|| lcs_number(from, 'x'))
+                        .filter(|&n| {
+                            self.chats
+                                .get(n)
+                                .is_some_and(|c| bare(from) == lcs_jid(&c.name(n)) && c.user == u)
+                        });
+                    if let (Some(n), Some(body)) = (chat, e["body"].as_str()) {
+                        let thread = e["thread"].as_str().unwrap_or_default().to_owned();
+                        self.chats[n].shown.push((body.to_owned(), thread));
                     }
                 }
                 if e["event"] == "presence" && e["type"] == "available" {
@@ -380,7 +465,122 @@ impl Crash {
         if n % 8 == 7 {
             self.subscribe_out();
         }
+        if n % 6 == 5 {
+            self.open_chat();
+        }
+        if n % 4 == 2 {
+            self.chat_message();
+        }
         self.subscribe_in();
+    }
+
+    /// A new chat, opened in turn by the edge and by a user's client; its number.
+    fn open_chat(&mut self) -> Option<usize> {
+        let n = self.chats.len();
+        let user = n % USERS.len();
+        let by_edge = n % 2 == 0;
+        if by_edge && self.conns.is_empty() {
+            return None;
+        }
+        let mut chat = Chat {
+            user,
+            by_edge,
+            opened_in: self.run,
+            ..Chat::default()
+        };
+        let name = chat.name(n);
+        if by_edge {
+            use base64::Engine as _;
+            let call_id = format!("crash-{name}@{LCS_DOMAIN}");
+            let first = base64::engine::general_purpose::STANDARD.encode(format!("{name} first"));
+            let raw = format!(
+                "INVITE sip:{u} SIP/2.0\r\nVia: SIP/2.0/TLS {EDGE_HOST};branch=z9hG4bK{name}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:{name}@{LCS_DOMAIN}>;tag={name}\r\nTo: <sip:{u}>\r\n\
+                 Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{name}@{EDGE_HOST};transport=tls>\r\n\
+                 ms-text-format: text/plain; charset=UTF-8;ms-body={first}\r\n\
+                 Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{SDP}",
+                u = jid(user),
+                len = SDP.len()
+            );
+            chat.call_id = call_id.clone();
+            chat.edge_tag = name.clone();
+            chat.edge_cseq = 1;
+            self.chat_by_call.insert(call_id, n);
+            self.chats.push(chat);
+            let conn = self.conns[n % self.conns.len()];
+            self.send(conn, raw.into_bytes());
+        } else {
+            self.chats.push(chat);
+            let to = lcs_jid(&name);
+            self.clients[user].command(
+                json!({"op": "send", "to": to, "body": format!("{name} opens"), "id": name}),
+            );
+        }
+        Some(n)
+    }
+
+    /// One message in a live chat picked at random, from the edge or from the user.
+    fn chat_message(&mut self) {
+        let live: Vec<usize> = (0..self.chats.len())
+            .filter(|&n| self.chats[n].live())
+            .collect();
+        if live.is_empty() || self.conns.is_empty() {
+            return;
+        }
+        let n = live[self.rng.up_to(live.len() as u32 - 1) as usize];
+        let body = format!("w{}", self.steps);
+        if self.rng.up_to(1) == 0 {
+            self.edge_says(n, &body);
+        } else {
+            self.user_says(n, &body);
+        }
+    }
+
+    /// The edge's in-dialog request `method` in chat `n`, on one of its connections.
+    fn edge_request(&mut self, n: usize, method: &str, body: &str) {
+        if self.conns.is_empty() {
+            return;
+        }
+        let conn = self.conns[self.rng.up_to(self.conns.len() as u32 - 1) as usize];
+        let c = &mut self.chats[n];
+        c.edge_cseq += 1;
+        let name = c.name(n);
+        let ct = if body.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: text/plain; charset=UTF-8\r\n".into()
+        };
+        let raw = format!(
+            "{method} {t} SIP/2.0\r\nVia: SIP/2.0/TLS {EDGE_HOST};branch=z9hG4bK{name}c{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{name}@{LCS_DOMAIN}>;tag={etag}\r\n\
+             To: <sip:{u}>;tag={btag}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n{ct}\
+             Content-Length: {len}\r\n\r\n{body}",
+            t = c.bridge_target,
+            etag = c.edge_tag,
+            u = jid(c.user),
+            btag = c.bridge_tag.as_deref().unwrap_or_default(),
+            cid = c.call_id,
+            cseq = c.edge_cseq,
+            len = body.len()
+        );
+        self.send(conn, raw.into_bytes());
+    }
+
+    fn edge_says(&mut self, n: usize, body: &str) {
+        self.edge_request(n, "MESSAGE", body);
+    }
+
+    fn user_says(&mut self, n: usize, body: &str) {
+        let c = &self.chats[n];
+        let to = lcs_jid(&c.name(n));
+        let user = c.user;
+        self.clients[user].command(json!({"op": "send", "to": to, "body": body, "id": body}));
+    }
+
+    /// The edge ends chat `n` with BYE.
+    fn end_chat(&mut self, n: usize) {
+        self.chats[n].ending = true;
+        self.edge_request(n, "BYE", "");
     }
 
     /// A new watcher subscribes; its number.
@@ -472,7 +672,13 @@ impl Crash {
         match m.method() {
             Some(Method::Notify) => self.notify(conn, m),
             Some(Method::Subscribe) => self.bridge_subscribe(conn, m),
-            Some(Method::Ack) => {}
+            Some(Method::Invite) => self.bridge_invite(conn, m),
+            Some(Method::Message | Method::Bye) => self.chat_request(conn, m),
+            Some(Method::Ack) => {
+                if let Some(&n) = self.chat_by_call.get(m.call_id().unwrap_or_default()) {
+                    self.chats[n].acked = true;
+                }
+            }
             Some(other) if other.as_str() == "BENOTIFY" => {}
             _ => self.respond(conn, m, 200, None),
         }
@@ -600,12 +806,155 @@ impl Crash {
         self.send(conn, raw.into_bytes());
     }
 
-    fn response(&mut self, m: &Message) {
+    /// The bridge opens a chat for a user's message to `x<n>`: 200 with the SDP answer.
+    fn bridge_invite(&mut self, conn: usize, m: &Message) {
+        let call_id = m.call_id().unwrap_or_default().to_owned();
+        let to = m.header("To").unwrap_or_default().to_owned();
+        let Some(n) = number_in(uri_of(&to), "x").filter(|&n| n < self.chats.len()) else {
+            let what = format!("INVITE to an unexpected user {to:?}");
+            self.error(what);
+            return self.respond(conn, m, 404, None);
+        };
+        let c = &self.chats[n];
+        if c.by_edge || m.to().is_ok_and(|t| t.tag().is_some()) {
+            let what = format!("x{n}: an unexpected INVITE {to:?}");
+            self.error(what);
+            return self.respond(conn, m, 488, None);
+        }
+        if c.live() {
+            // The stored dialog should have been used.
+            let what = format!(
+                "x{n}: a new INVITE from bridge run {} for an acknowledged chat (opened in run {})",
+                self.run, c.opened_in
+            );
+            self.error(what);
+        }
+        self.accepted += 1;
+        let tag = format!("x{n}t{}", self.accepted);
+        let mut r = Message::response_to(m, 200, None, Some(&tag));
+        r.push_header("Contact", &format!("<sip:x{n}@{EDGE_HOST};transport=tls>"));
+        r.set_body(Some("application/sdp"), SDP.as_bytes().to_vec());
+        let c = &mut self.chats[n];
+        if !c.call_id.is_empty() {
+            self.chat_by_call.remove(&c.call_id);
+        }
+        c.call_id = call_id.clone();
+        c.edge_tag = tag;
+        c.bridge_tag = m.from().ok().and_then(|f| f.tag().map(str::to_owned));
+        c.bridge_target = uri_of(m.header("Contact").unwrap_or_default()).to_owned();
+        c.edge_cseq = 0;
+        c.bridge_cseq = m.cseq().map(|c| c.number).unwrap_or(0);
+        c.opened_in = self.run;
+        self.chat_by_call.insert(call_id, n);
+        self.send(conn, r.to_bytes());
+    }
+
+    /// A MESSAGE or BYE from the bridge in a chat, checked as the LCS user's agent would: its
+    /// dialog must be one the edge has open, its CSeq above the last one (RFC 3261 §12.2.2).
+    fn chat_request(&mut self, conn: usize, m: &Message) {
+        let call_id = m.call_id().unwrap_or_default();
+        let method = m.method().cloned();
+        let Some(&n) = self.chat_by_call.get(call_id) else {
+            let what = format!("{method:?} in no chat the edge knows: {call_id}");
+            self.error(what);
+            return self.respond(conn, m, 481, None);
+        };
+        let run = self.run;
+        let c = &self.chats[n];
+        let name = c.name(n);
+        let cseq = m.cseq().map(|c| c.number).unwrap_or(0);
+        let from_tag = m.from().ok().and_then(|f| f.tag().map(str::to_owned));
+        let to_tag = m.to().ok().and_then(|t| t.tag().map(str::to_owned));
+        if c.ended || c.unknown {
+            if method == Some(Method::Message) && c.ended {
+                let what = format!("{name}: MESSAGE from bridge run {run} after the edge's BYE");
+                self.error(what);
+            }
+            return self.respond(conn, m, 481, None);
+        }
+        if to_tag.as_deref() != Some(&c.edge_tag) || from_tag != c.bridge_tag {
+            let what = format!(
+                "{name}: {method:?} with tags {from_tag:?}/{to_tag:?}, the dialog's are {:?}/{:?}",
+                c.bridge_tag, c.edge_tag
+            );
+            self.error(what);
+            return self.respond(conn, m, 481, None);
+        }
+        if cseq <= c.bridge_cseq {
+            let what = format!(
+                "{name}: {method:?} with CSeq {cseq} after CSeq {} in the same dialog (bridge run {run})",
+                c.bridge_cseq
+            );
+            self.error(what);
+            return self.respond(conn, m, 500, Some("Invalid CSeq"));
+        }
+        let c = &mut self.chats[n];
+        c.bridge_cseq = cseq;
+        if method == Some(Method::Bye) {
+            // The bridge ends chats only for a failure or after an hour idle: neither here.
+            c.ended = true;
+            let what = format!("{name}: BYE from bridge run {run}");
+            self.error(what);
+        } else {
+            c.from_user
+                .push(String::from_utf8_lossy(m.body()).into_owned());
+        }
+        self.respond(conn, m, 200, None);
+    }
+
+    /// The bridge's answer to the edge's INVITE, MESSAGE or BYE in chat `n`.
+    fn chat_response(
+        &mut self,
+        conn: usize,
+        n: usize,
+        m: &Message,
+        status: u16,
+        cseq: u32,
+        method: &Method,
+    ) {
+        if status < 200 {
+            return;
+        }
+        let name = self.chats[n].name(n);
+        match (method, status) {
+            (Method::Invite, 200) => {
+                let c = &mut self.chats[n];
+                c.bridge_tag = m.to().ok().and_then(|t| t.tag().map(str::to_owned));
+                c.bridge_target = uri_of(m.header("Contact").unwrap_or_default()).to_owned();
+                c.acked = true;
+                let raw = format!(
+                    "ACK {t} SIP/2.0\r\nVia: SIP/2.0/TLS {EDGE_HOST};branch=z9hG4bK{name}a\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:{name}@{LCS_DOMAIN}>;tag={etag}\r\n\
+                     To: {to}\r\nCall-ID: {cid}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+                    t = c.bridge_target,
+                    etag = c.edge_tag,
+                    to = m.header("To").unwrap_or_default(),
+                    cid = c.call_id
+                );
+                self.send(conn, raw.into_bytes());
+            }
+            (Method::Message, 200) => self.chats[n].answers.push((cseq, status)),
+            (Method::Bye, 200) => self.chats[n].ended = true,
+            _ => {
+                let what = format!(
+                    "{name}: {status} {} to the edge's {method} (bridge run {})",
+                    m.reason().unwrap_or_default(),
+                    self.run
+                );
+                self.error(what);
+            }
+        }
+    }
+
+    fn response(&mut self, conn: usize, m: &Message) {
         let call_id = m.call_id().unwrap_or_default();
         let (status, cseq) = (m.status().unwrap_or(0), m.cseq().ok());
         let Some(cseq) = cseq else {
             return self.error(format!("a response without CSeq: {status}"));
         };
+        if let Some(&n) = self.chat_by_call.get(call_id) {
+            return self.chat_response(conn, n, m, status, cseq.number, &cseq.method);
+        }
         if cseq.method == Method::Notify {
             let Some(&k) = self.out_dialogs.get(call_id) else {
                 return;
@@ -656,12 +1005,12 @@ impl Crash {
     // ------------------------------------------------------------------ the bridge's life
 
     /// Kills the bridge at a moment of one of four kinds, picked at random: anywhere in the
-    /// steady workload, or in a burst of new watchers, of Carol's approvals or of
-    /// unsubscriptions, right after the k-th of them was acknowledged (k at random) or up to
+    /// steady workload, or in a burst of new watchers, of Carol's approvals, of
+    /// unsubscriptions or of new chats, right after the k-th of them was acknowledged (k at random) or up to
     /// 10 ms later, while the bridge is busy with the others: where a change acknowledged
     /// before it was stored would be lost. The kind.
     async fn kill_at_random(&mut self) -> &'static str {
-        let kind = self.rng.up_to(3);
+        let kind = self.rng.up_to(4);
         let mut burst = Vec::new();
         match kind {
             1 => {
@@ -675,12 +1024,20 @@ impl Crash {
                     burst.extend(self.unsubscribe());
                 }
             }
+            4 => {
+                for _ in 0..6 + self.rng.up_to(10) {
+                    burst.extend(self.open_chat());
+                }
+            }
             _ => {}
         }
         if !burst.is_empty() {
             let k = 1 + self.rng.up_to(burst.len() as u32 - 1) as usize;
             let acknowledged = |c: &Crash| {
                 let done = burst.iter().filter(|&&i| {
+                    if kind == 4 {
+                        return c.chats[i].acked;
+                    }
                     let w = &c.watchers[i];
                     [w.acked, w.approved, w.removed][kind as usize - 1]
                 });
@@ -697,7 +1054,8 @@ impl Crash {
             (0, _) | (_, true) => "in the steady workload",
             (1, _) => "in a burst of subscriptions",
             (2, _) => "in a burst of approvals",
-            _ => "in a burst of unsubscriptions",
+            (3, _) => "in a burst of unsubscriptions",
+            _ => "in a burst of chats",
         }
     }
 
@@ -796,6 +1154,11 @@ impl Crash {
                 w.unknown = true;
             }
         }
+        for c in &mut self.chats {
+            if c.ending && !c.ended {
+                c.unknown = true;
+            }
+        }
     }
 
     // ------------------------------------------------------------------ the checks
@@ -818,6 +1181,18 @@ impl Crash {
                 }
                 Err(e) => self.fail(&format!(
                     "kill {}: a record does not decode: {e}",
+                    self.tally.kills
+                )),
+            }
+        }
+        let mut chats_stored: BTreeMap<(String, String), ImDialog> = BTreeMap::new();
+        for r in store.im_dialogs() {
+            match r {
+                Ok(d) => {
+                    chats_stored.insert((d.local_jid.clone(), d.remote_aor.clone()), d);
+                }
+                Err(e) => self.fail(&format!(
+                    "kill {}: an IM dialog does not decode: {e}",
                     self.tally.kills
                 )),
             }
@@ -920,6 +1295,65 @@ impl Crash {
                     ))
                 }
                 Some(_) => {}
+            }
+        }
+        // Every acknowledged chat not ended: stored with the edge's dialog and a local CSeq at
+        // or above every request the edge got in it.
+        for (n, c) in self.chats.iter().enumerate() {
+            if !c.live() {
+                continue;
+            }
+            self.tally.chats_stored += 1;
+            let name = c.name(n);
+            let key = (jid(c.user), format!("sip:{name}@{LCS_DOMAIN}"));
+            let Some(d) = chats_stored.get(&key).map(|r| &r.dialog) else {
+                problems.push(format!(
+                    "{name} (with {}): acknowledged chat not stored",
+                    jid(c.user)
+                ));
+                continue;
+            };
+            let want = (
+                c.call_id.as_str(),
+                c.bridge_tag.as_deref().unwrap_or_default(),
+                c.edge_tag.as_str(),
+                format!("sip:{}", jid(c.user)),
+                key.1.clone(),
+                format!("sip:{name}@{EDGE_HOST};transport=tls"),
+            );
+            let got = (
+                d.call_id.as_str(),
+                d.local_tag.as_str(),
+                d.remote_tag.as_str(),
+                d.local_uri.clone(),
+                d.remote_uri.clone(),
+                d.remote_target.clone(),
+            );
+            if got != want {
+                problems.push(format!(
+                    "{name}: stored dialog {got:?}, the edge's is {want:?}"
+                ));
+            }
+            if d.local_cseq < c.bridge_cseq {
+                problems.push(format!(
+                    "{name}: stored local CSeq {}, the edge got requests up to {}",
+                    d.local_cseq, c.bridge_cseq
+                ));
+            }
+        }
+        for ((local, remote), d) in &chats_stored {
+            let ok = self
+                .chat_by_call
+                .get(&d.dialog.call_id)
+                .map(|&n| (n, &self.chats[n]))
+                .is_some_and(|(n, c)| {
+                    jid(c.user) == *local && *remote == format!("sip:{}@{LCS_DOMAIN}", c.name(n))
+                });
+            if !ok {
+                problems.push(format!(
+                    "IM dialog stored but never opened: {local} {remote} {}",
+                    d.dialog.call_id
+                ));
             }
         }
         // Nothing the workload did not ask for.
@@ -1025,6 +1459,87 @@ impl Crash {
     }
 }
 
+impl Crash {
+    /// After a restart, in every acknowledged chat not ended: the edge's MESSAGE is answered
+    /// 200 and reaches the user in the chat's thread, the user's message reaches the edge in
+    /// the old dialog (`chat_request` checks dialog and CSeq). Then the edge ends about a
+    /// third of them with BYE.
+    async fn check_chats_flow(&mut self) {
+        let kill = self.tally.kills;
+        let chats: Vec<usize> = (0..self.chats.len())
+            .filter(|&n| self.chats[n].live())
+            .collect();
+        let mut wanted = Vec::new();
+        for &n in &chats {
+            let (to_user, to_edge) = (format!("e{n}k{kill}"), format!("u{n}k{kill}"));
+            self.edge_says(n, &to_user);
+            let cseq = self.chats[n].edge_cseq;
+            self.user_says(n, &to_edge);
+            wanted.push((n, cseq, to_user, to_edge));
+        }
+        let missing = |c: &Crash| -> Vec<String> {
+            wanted
+                .iter()
+                .filter_map(|(n, cseq, to_user, to_edge)| {
+                    let chat = &c.chats[*n];
+                    let answered = chat.answers.iter().any(|(s, _)| s == cseq);
+                    let shown = chat
+                        .shown
+                        .iter()
+                        .any(|(b, thread)| b == to_user && *thread == chat.call_id);
+                    let reached = chat.from_user.contains(to_edge);
+                    (!answered || !shown || !reached).then(|| {
+                        format!(
+                            "{} of {}: 200 to the edge's MESSAGE {answered}, shown to the user in \
+                             its thread {shown}, the user's reached the edge {reached} (shown {:?})",
+                            chat.name(*n),
+                            jid(chat.user),
+                            chat.shown.iter().rev().take(3).collect::<Vec<_>>()
+                        )
+                    })
+                })
+                .collect()
+        };
+        let limit = Duration::from_secs(30);
+        let began = Instant::now();
+        let flowed = loop {
+            if self
+                .pump(Duration::from_millis(50), None, |c| {
+                    !c.errors.is_empty() || missing(c).is_empty()
+                })
+                .await
+            {
+                break true;
+            }
+            if began.elapsed() > limit {
+                break false;
+            }
+        };
+        if !self.errors.is_empty() {
+            self.fail(&format!(
+                "after kill {kill}: the edge saw errors in the chats"
+            ));
+        }
+        if !flowed {
+            let mut gone = missing(self);
+            let n = gone.len();
+            gone.truncate(10);
+            self.fail(&format!(
+                "after kill {kill}: chats do not flow in {limit:?} ({} live), {n} missing:\n{}",
+                chats.len(),
+                gone.join("\n")
+            ));
+        }
+        self.tally.chats_flowed += chats.len();
+        self.tally.slowest_chats = self.tally.slowest_chats.max(began.elapsed());
+        for n in chats {
+            if self.rng.up_to(2) == 0 {
+                self.end_chat(n);
+            }
+        }
+    }
+}
+
 #[test]
 fn acknowledged_subscriptions_survive_sigkill() {
     let Some(python) = lcs_test_support::require_python_modules(&["slixmpp"]) else {
@@ -1075,6 +1590,8 @@ fn acknowledged_subscriptions_survive_sigkill() {
         let config = dir.join("lcs-bridge.toml");
         let toml = BridgeConfig {
             extra: "[presence]\nnotify_min_interval_secs = 1\n",
+            // No chat ends by itself while the test runs.
+            im: "[im]\nsession_idle_secs = 3600\n".into(),
             // sled's debug lines would drown the bridge's own.
             log_level: "info,lcs_bridge=debug",
             ..BridgeConfig::new(
@@ -1123,6 +1640,8 @@ fn acknowledged_subscriptions_survive_sigkill() {
             carol_pending: Vec::new(),
             out_dialogs: HashMap::new(),
             accepted: 0,
+            chats: Vec::new(),
+            chat_by_call: HashMap::new(),
             steps: 0,
             notifies: 0,
             errors: Vec::new(),
@@ -1149,13 +1668,17 @@ fn acknowledged_subscriptions_survive_sigkill() {
             let check = Instant::now();
             t.check_presence_flows(round as usize % USERS.len()).await;
             t.tally.slowest_flow = t.tally.slowest_flow.max(check.elapsed());
+            t.check_chats_flow().await;
             let live = t.watchers.iter().filter(|w| w.acked && !w.removed && !w.unknown).count();
             eprintln!(
                 "round {round}: killed {moment} after {run_for:?}; {} watchers sent, {live} acknowledged and \
-                 live, {} removed, {} contacts; {} kills so far; presence flowed {:?} after the start",
+                 live, {} removed, {} contacts, {} chats ({} live); {} kills so far; presence and \
+                 chats flowed {:?} after the start",
                 t.watchers.len(),
                 t.watchers.iter().filter(|w| w.removed).count(),
                 t.contacts.iter().filter(|c| c.seen).count(),
+                t.chats.len(),
+                t.chats.iter().filter(|c| c.live()).count(),
                 t.tally.kills,
                 check.elapsed()
             );
@@ -1166,7 +1689,8 @@ fn acknowledged_subscriptions_survive_sigkill() {
              unanswered at the kills) in {:.1} s; checked after the kills: {} acknowledged subscriptions, {} \
              acknowledged removals, {} outbound subscriptions; after each restart, presence \
              flowed to {} watchers and {} contacts' users; {} NOTIFYs in all; slowest start {:?}, \
-             slowest flow {:?}",
+             slowest flow {:?}; chats: {} opened, {} acknowledged live ones checked in the store, \
+             {} flowed both ways after a restart, slowest {:?}",
             tally.kills,
             tally.early_kills,
             tally.moments,
@@ -1180,13 +1704,19 @@ fn acknowledged_subscriptions_survive_sigkill() {
             t.notifies,
             tally.slowest_start,
             tally.slowest_flow,
+            t.chats.len(),
+            tally.chats_stored,
+            tally.chats_flowed,
+            tally.slowest_chats,
         );
         assert!(tally.kills >= rounds, "{} kills", tally.kills);
         assert!(
             rounds < ROUNDS
                 || tally.acked_checked > 1000
                     && tally.removed_checked > 100
-                    && tally.outbound_checked > 100,
+                    && tally.outbound_checked > 100
+                    && tally.chats_stored > 100
+                    && tally.chats_flowed > 100,
             "too little work between the kills"
         );
     });

@@ -1,8 +1,9 @@
 //! The `lcs-bridge` binary as an administrator uses it: `check-config` on the shipped example
 //! (with certificates from `tests/make-test-certs.sh`) and on broken copies, `inspect` on files
 //! and standard input, and `run` against a test Prosody: reloading on SIGHUP, holding the store
-//! (`store stats` says it is in use), stopping cleanly on SIGTERM and SIGINT, and exiting 1
-//! with a clear message when the component secret is refused.
+//! (`store stats` says it is in use), migrating an older store with a warning, stopping cleanly
+//! on SIGTERM and SIGINT, and exiting 1 with a clear message when the component secret is
+//! refused.
 
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // a test reads the clock
@@ -402,4 +403,45 @@ fn run_stops_cleanly_on_sigterm_and_sigint() {
             "{rest:?}"
         );
     }
+}
+
+/// A store an older build wrote (schema 1) is migrated by `run` alone, and the log says that
+/// an older build now refuses it (docs/storage.md "Schema version and migration").
+#[test]
+fn run_migrates_an_older_store_and_says_so() {
+    let Some(prosody) = lcs_test_support::Prosody::start() else {
+        return;
+    };
+    let (_dir, file) = workspace();
+    let sled = lcs_bridge::store::sled_dir(&file.parent().unwrap().join("data"));
+    let store = lcs_bridge::store::SledStore::open(&sled).unwrap();
+    store
+        .put_raw(b"\0schema_version", &1u32.to_be_bytes())
+        .unwrap();
+    drop(store);
+    let mut child = run_against(&prosody, &file, lcs_test_support::COMPONENT_SECRET)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let before_start: Vec<String> = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .take_while(|l| !l.contains("lcs-bridge started"))
+        .collect();
+    let kill = Command::new("kill")
+        .args(["-TERM".to_owned(), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Read to the end: the bridge logs until it exits.
+    lines.map_while(Result::ok).for_each(drop);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {before_start:#?}");
+    assert!(
+        before_start.iter().any(|l| l.contains("WARN")
+            && l.contains("store schema 1→2; older builds refuse this store")),
+        "{before_start:#?}"
+    );
+    let store = lcs_bridge::store::SledStore::open_read_only(&sled).unwrap();
+    assert_eq!(store.schema_version(), 2);
 }

@@ -670,6 +670,7 @@ fn a_restart_with_thousands_of_subscriptions_does_not_overflow_the_link() {
                 approval: Approval::Approved,
                 last_sent: None,
                 last_received: None,
+                display_name: None,
                 updated_unix: now,
             })
             .collect();

@@ -14,8 +14,9 @@
 //! then a BYE after `[im] session_idle_secs`; (b) SIPp's INVITE session and two MESSAGEs reach
 //! alice from bob's JID; (c) a 480 to the INVITE comes back as `recipient-unavailable` with the
 //! original body; (d) a receipt request gets `<received/>` after the MESSAGE's 200; (e) typing
-//! both ways (RFC 3994 isComposing ⇄ XEP-0085). ejabberd: (a) and (b) in gateway and in direct
-//! mode. A Prosody restart mid-conversation: every MESSAGE SIPp sent while the component link
+//! both ways (RFC 3994 isComposing ⇄ XEP-0085); (f) a message from LCS to a local address with
+//! no account is bounced by the XMPP server, and the bridge tells the LCS sender in the session
+//! and ends it with BYE. ejabberd: (a) and (b) in gateway and in direct mode, (f). A Prosody restart mid-conversation: every MESSAGE SIPp sent while the component link
 //! was down is either delivered to alice after it is back or was answered with an error.
 //!
 //! Each test prints the bridge log, SIPp's logs, the XMPP server's log and the client's events
@@ -236,6 +237,52 @@ fn prosody_e_typing_both_ways() {
         "{}",
         body_text(typing)
     );
+}
+
+/// (f) SIPp (bob) opens a session to `nobody@xmpp.test`, a local address with no account, with
+/// a first message. The bridge accepts (it cannot know) and delivers the message; the XMPP
+/// server bounces it (`service-unavailable`, RFC 6121 §8.5.1), and the bridge tells bob in the
+/// session — a MESSAGE from nobody naming the condition with the status `errors.toml` gives it
+/// — and ends the session: BYE with `Reason: SIP;cause=503`.
+fn flow_f<S: XmppServer>(w: &mut World<S>) {
+    let mut sipp = w.uac("f", "im_f_uac_no_account");
+    let log = w.finish(&mut sipp, "f");
+    let reqs = requests(&log);
+    assert_eq!(methods(&reqs), ["MESSAGE", "BYE"]);
+    let notice = body_text(reqs[0]);
+    assert!(
+        notice.starts_with(
+            "Message not delivered to nobody@xmpp.test (503 Service Unavailable, \
+             service-unavailable)"
+        ) && notice
+            .ends_with("nobody@xmpp.test is not reachable (no account, offline, or blocking); this conversation has ended."),
+        "{notice:?}"
+    );
+    assert_eq!(reqs[0].header("Content-Type").as_deref(), Some(TEXT));
+    let from = reqs[0].header("From").unwrap_or_default();
+    assert!(from.contains("sip:nobody@xmpp.test"), "{from}");
+    assert_eq!(
+        reqs[1].header("Reason").as_deref(),
+        Some("SIP;cause=503;text=\"Service Unavailable\"")
+    );
+    assert_eq!(reqs[0].header("Call-ID"), reqs[1].header("Call-ID"));
+}
+
+#[test]
+fn prosody_f_message_to_no_account_is_told_and_ends_the_session() {
+    let Some(mut w) = World::new("(f)", Mode::Gateway, Prosody::start) else {
+        return;
+    };
+    flow_f(&mut w);
+}
+
+/// ejabberd: flow (f).
+#[test]
+fn ejabberd_f_message_to_no_account_is_told_and_ends_the_session() {
+    let Some(mut w) = World::new("ejabberd (f)", Mode::Gateway, Ejabberd::start) else {
+        return;
+    };
+    flow_f(&mut w);
 }
 
 /// ejabberd, gateway mode: flows (a) and (b).

@@ -66,6 +66,14 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     log "missing pip for python3 (package python3-pip)"
     missing_pkgs+=(python3-pip)
 fi
+# Not a binary: Prosody's XEP-0356 module (tests/roster_e2e.rs), from prosody-modules.
+MOD_PRIVILEGE=/usr/lib/prosody/modules/mod_privilege/mod_privilege.lua
+if [ "$force" != 1 ] && [ -f "$MOD_PRIVILEGE" ]; then
+    log "found prosody mod_privilege: $MOD_PRIVILEGE"
+else
+    log "missing prosody mod_privilege (package prosody-modules)"
+    missing_pkgs+=(prosody-modules)
+fi
 
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing_pkgs[*]}"
@@ -123,6 +131,7 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     for bin in prosody prosodyctl ejabberdctl sipp socat baresip openssl python3; do
         command -v "$bin" >/dev/null 2>&1 || die "$bin still missing after apt-get install"
     done
+    [ -f "$MOD_PRIVILEGE" ] || die "$MOD_PRIVILEGE still missing after apt-get install"
 else
     log "all Debian packages present; apt-get not run"
 fi

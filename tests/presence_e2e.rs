@@ -34,21 +34,47 @@ use serde_json::{Value, json};
 
 use lcs_test_support::e2e::{Mode, World, bare, body_text, requests};
 use lcs_test_support::sipp::{self, LoggedMessage};
-use lcs_test_support::{Prosody, XmppServer};
+use lcs_test_support::{Ejabberd, Prosody, XmppServer};
 
 /// NOTIFYs to LCS at most once a second (the smallest interval), so a change shows quickly.
 const PRESENCE_CONFIG: &str = "\n[presence]\nnotify_min_interval_secs = 1\n";
 
-fn world(name: &'static str) -> Option<World<Prosody>> {
-    World::with_config(name, Mode::Gateway, PRESENCE_CONFIG, Prosody::start)
+fn world<S: XmppServer>(name: &'static str, start: impl FnOnce() -> Option<S>) -> Option<World<S>> {
+    World::with_config(name, Mode::Gateway, PRESENCE_CONFIG, start)
+}
+
+/// Each flow as two tests, `<flow>::prosody` and `<flow>::ejabberd` (root only; skipped
+/// otherwise, like every ejabberd test): the flow is written once, generic over the server.
+macro_rules! on_both_servers {
+    ($flow:ident, $name:literal) => {
+        mod $flow {
+            #[test]
+            fn prosody() {
+                if let Some(mut w) =
+                    super::world(concat!($name, " (Prosody)"), super::Prosody::start)
+                {
+                    super::$flow(&mut w);
+                }
+            }
+
+            #[test]
+            fn ejabberd() {
+                if let Some(mut w) =
+                    super::world(concat!($name, " (ejabberd)"), super::Ejabberd::start)
+                {
+                    super::$flow(&mut w);
+                }
+            }
+        }
+    };
 }
 
 fn is_presence_from(event: &Value, from: &str) -> bool {
     event["event"] == "presence" && event["from"].as_str().is_some_and(|f| bare(f) == from)
 }
 
-fn wait_sipp_log(
-    w: &World<Prosody>,
+fn wait_sipp_log<S: XmppServer>(
+    w: &World<S>,
     run: &str,
     what: &str,
     pred: impl Fn(&LoggedMessage) -> bool,
@@ -90,12 +116,10 @@ fn is_notify_with(m: &LoggedMessage, needle: &str) -> bool {
     !m.sent && m.method().as_deref() == Some("NOTIFY") && body_text(m).contains(needle)
 }
 
+on_both_servers!(xmpp_user_watches_lcs_user, "(1) alice watches bob");
+
 /// (1) alice watches bob.
-#[test]
-fn xmpp_user_watches_lcs_user() {
-    let Some(mut w) = world("(1) alice watches bob") else {
-        return;
-    };
+fn xmpp_user_watches_lcs_user<S: XmppServer>(w: &mut World<S>) {
     let mut run = w.uas("p1", "presence_1_uas_notifier");
     let bob = w.mode.jid("bob");
     w.alice
@@ -154,13 +178,19 @@ fn xmpp_user_watches_lcs_user() {
 
 /// Alice gets bob's `subscribe` (with his display name as nick) and approves; waits until
 /// SIPp run `name` got the `active` NOTIFY with `<basic>open</basic>` and checks its document.
-fn approve_and_wait_open(w: &mut World<Prosody>, name: &str) {
+fn approve_and_wait_open<S: XmppServer>(w: &mut World<S>, name: &str) {
     let bob = w.mode.jid("bob");
     let deadline = w.deadline;
     let sub = w.alice.wait_for("subscribe from bob", deadline, |e| {
         is_presence_from(e, &bob) && e["type"] == "subscribe"
     });
     assert_eq!(sub["nick"], "Bob", "{sub}");
+    // The approval's NOTIFY `active` goes out at once, even while the `pending` one is not
+    // answered yet; SIPp cannot take a NOTIFY that arrives in the same read as the one before
+    // it (it is still at the `<send>` of its 200), so alice approves once SIPp has answered.
+    wait_sipp_log(w, name, "200 to the NOTIFY pending", |m| {
+        m.sent && m.status() == Some(200) && m.cseq().is_some_and(|(_, method)| method == "NOTIFY")
+    });
     w.alice
         .command(json!({"op": "presence", "to": bob, "type": "subscribed"}));
     let open = wait_sipp_log(w, name, "NOTIFY with <basic>open</basic>", |m| {
@@ -173,15 +203,13 @@ fn approve_and_wait_open(w: &mut World<Prosody>, name: &str) {
     assert!(body.contains("entity=\"sip:alice@xmpp.test\""), "{body}");
 }
 
+on_both_servers!(lcs_user_watches_xmpp_user, "(2) bob watches alice");
+
 /// (2) bob watches alice.
-#[test]
-fn lcs_user_watches_xmpp_user() {
-    let Some(mut w) = world("(2) bob watches alice") else {
-        return;
-    };
+fn lcs_user_watches_xmpp_user<S: XmppServer>(w: &mut World<S>) {
     let bob = [("user", "bob"), ("display", "Bob")];
     let mut run = w.uac_with("p2", "presence_2_uac_watcher", &bob, false);
-    approve_and_wait_open(&mut w, "p2");
+    approve_and_wait_open(w, "p2");
     w.alice
         .command(json!({"op": "presence", "show": "dnd", "status": "deep work"}));
     let log = w.finish(&mut run, "p2");
@@ -205,12 +233,10 @@ fn lcs_user_watches_xmpp_user() {
     assert!(call_ids.windows(2).all(|p| p[0] == p[1]), "{call_ids:?}");
 }
 
+on_both_servers!(xmpp_user_refuses_lcs_watcher, "(3) alice refuses carol");
+
 /// (3) carol subscribes, alice refuses.
-#[test]
-fn xmpp_user_refuses_lcs_watcher() {
-    let Some(mut w) = world("(3) alice refuses carol") else {
-        return;
-    };
+fn xmpp_user_refuses_lcs_watcher<S: XmppServer>(w: &mut World<S>) {
     let carol = [("user", "carol"), ("display", "Carol")];
     let mut run = w.uac_with("p3", "presence_3_uac_refused", &carol, false);
     let carol = w.mode.jid("carol");
@@ -223,20 +249,18 @@ fn xmpp_user_refuses_lcs_watcher() {
     w.finish(&mut run, "p3");
 }
 
+on_both_servers!(lcs_watcher_survives_bridge_restart, "(4) restart");
+
 /// (4) bob's active subscription survives a bridge restart: SIGTERM, the same store; alice's
 /// next change reaches SIPp as a NOTIFY in the same dialog (same Call-ID and tags), with no
 /// new SUBSCRIBE; then bob unsubscribes in that dialog. SIPp (one TCP socket per call) keeps
 /// its connection through `sticky_relay`, which opens a new TLS connection to the restarted
 /// bridge; the bridge sends the stored dialog's NOTIFYs by domain, reusing that connection.
-#[test]
-fn lcs_watcher_survives_bridge_restart() {
-    let Some(mut w) = world("(4) restart") else {
-        return;
-    };
+fn lcs_watcher_survives_bridge_restart<S: XmppServer>(w: &mut World<S>) {
     // SIPp's connection to the bridge is replaced under it (an LCS edge reconnecting).
     let bob = [("user", "bob"), ("display", "Bob")];
     let mut run = w.uac_with("p4", "presence_4_uac_restart", &bob, true);
-    approve_and_wait_open(&mut w, "p4");
+    approve_and_wait_open(w, "p4");
     let before = sipp::read_message_log(w.dir(), "p4");
     let first = before
         .iter()
@@ -282,7 +306,7 @@ fn subscribes_and_notifies(log: &[LoggedMessage]) -> (Vec<&LoggedMessage>, Vec<&
     (of("SUBSCRIBE", false), of("NOTIFY", true))
 }
 
-fn count_presence(w: &mut World<Prosody>, from: &str, kind: &str) -> usize {
+fn count_presence<S: XmppServer>(w: &mut World<S>, from: &str, kind: &str) -> usize {
     w.alice.drain();
     w.alice
         .seen
@@ -291,6 +315,11 @@ fn count_presence(w: &mut World<Prosody>, from: &str, kind: &str) -> usize {
         .count()
 }
 
+on_both_servers!(
+    lcs_side_terminates_with_each_reason,
+    "(5) terminated reasons"
+);
+
 /// (5) alice watches bob, and bob's side ends the subscription with each reason in turn
 /// (RFC 6665 §4.1.3, docs/mapping.md §5), each in a fresh dialog (one SIPp call each):
 /// `deactivated` → a new SUBSCRIBE at once; `probation;retry-after=1` → a new SUBSCRIBE after a
@@ -298,11 +327,7 @@ fn count_presence(w: &mut World<Prosody>, from: &str, kind: &str) -> usize {
 /// the backoff); `rejected` → `unsubscribed`, and nothing more. The first `active` NOTIFY
 /// carries several tuples, a person and a device: only the first tuple is shown. alice sees
 /// `subscribed` once for the whole run.
-#[test]
-fn lcs_side_terminates_with_each_reason() {
-    let Some(mut w) = world("(5) terminated reasons") else {
-        return;
-    };
+fn lcs_side_terminates_with_each_reason<S: XmppServer>(w: &mut World<S>) {
     let mut run = w.uas_calls("p5", "presence_5_uas_terminated_reasons", 4);
     let bob = w.mode.jid("bob");
     w.alice
@@ -351,11 +376,11 @@ fn lcs_side_terminates_with_each_reason() {
     // Nothing after the rejection (a second to let a wrong one show).
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        count_presence(&mut w, &bob, "subscribed"),
+        count_presence(w, &bob, "subscribed"),
         1,
         "`subscribed` once"
     );
-    assert_eq!(count_presence(&mut w, &bob, "unsubscribed"), 1);
+    assert_eq!(count_presence(w, &bob, "unsubscribed"), 1);
     let unavailable_before_end = w
         .alice
         .seen
@@ -368,14 +393,12 @@ fn lcs_side_terminates_with_each_reason() {
     );
 }
 
+on_both_servers!(lcs_side_terminates_noresource, "(6) noresource");
+
 /// (6) `terminated;reason=noresource`: RFC 6665 says not to subscribe again soon; the bridge
 /// shows bob `unavailable`, keeps alice's subscription (no `unsubscribed`) and sends no new
 /// SUBSCRIBE within the next seconds (it retries after the longest delay, 30 min).
-#[test]
-fn lcs_side_terminates_noresource() {
-    let Some(mut w) = world("(6) noresource") else {
-        return;
-    };
+fn lcs_side_terminates_noresource<S: XmppServer>(w: &mut World<S>) {
     // Two calls: a second SUBSCRIBE would be taken; none must come.
     let mut run = w.uas_calls("p6", "presence_6_uas_noresource", 2);
     let bob = w.mode.jid("bob");
@@ -392,19 +415,17 @@ fn lcs_side_terminates_noresource() {
     let log = sipp::read_message_log(w.dir(), "p6");
     let (subscribes, _) = subscribes_and_notifies(&log);
     assert_eq!(subscribes.len(), 1, "no SUBSCRIBE soon after noresource");
-    assert_eq!(count_presence(&mut w, &bob, "unsubscribed"), 0);
-    assert_eq!(count_presence(&mut w, &bob, "subscribed"), 1);
+    assert_eq!(count_presence(w, &bob, "unsubscribed"), 0);
+    assert_eq!(count_presence(w, &bob, "subscribed"), 1);
     drop(run.0.kill());
 }
+
+on_both_servers!(xmpp_watcher_survives_bridge_restart, "(7) outbound restart");
 
 /// (7) alice's subscription to bob survives a bridge restart: the restarted bridge subscribes
 /// again by itself (a fresh dialog, RFC 6665 gives no way to resume the old one without its
 /// state on both sides), alice sees bob's new presence and no second `subscribed`.
-#[test]
-fn xmpp_watcher_survives_bridge_restart() {
-    let Some(mut w) = world("(7) outbound restart") else {
-        return;
-    };
+fn xmpp_watcher_survives_bridge_restart<S: XmppServer>(w: &mut World<S>) {
     let mut run = w.uas_calls("p7", "presence_7_uas_restart", 2);
     let bob = w.mode.jid("bob");
     w.alice
@@ -426,11 +447,11 @@ fn xmpp_watcher_survives_bridge_restart() {
         subscribes[1].header("Call-ID")
     );
     assert_eq!(
-        count_presence(&mut w, &bob, "subscribed"),
+        count_presence(w, &bob, "subscribed"),
         1,
         "`subscribed` once"
     );
-    assert_eq!(count_presence(&mut w, &bob, "unsubscribed"), 0);
+    assert_eq!(count_presence(w, &bob, "unsubscribed"), 0);
 }
 
 // ------------------------------------------------------------------ per-watcher presence (8)
@@ -583,7 +604,7 @@ fn each_watcher_sees_its_own<S: XmppServer>(mut w: World<S>, notice: bool) {
 
 #[test]
 fn each_lcs_watcher_sees_what_prosody_sent_to_it() {
-    let Some(w) = world("(8) per-watcher presence") else {
+    let Some(w) = world("(8) per-watcher presence (Prosody)", Prosody::start) else {
         return;
     };
     each_watcher_sees_its_own(w, true);
@@ -593,12 +614,7 @@ fn each_lcs_watcher_sees_what_prosody_sent_to_it() {
 /// blocked contact `unavailable`.
 #[test]
 fn each_lcs_watcher_sees_what_ejabberd_sent_to_it() {
-    let Some(w) = World::with_config(
-        "(8) per-watcher presence, ejabberd",
-        Mode::Gateway,
-        PRESENCE_CONFIG,
-        lcs_test_support::Ejabberd::start,
-    ) else {
+    let Some(w) = world("(8) per-watcher presence (ejabberd)", Ejabberd::start) else {
         return;
     };
     each_watcher_sees_its_own(w, false);

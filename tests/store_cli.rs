@@ -1,6 +1,7 @@
 //! `lcs-bridge store stats` and `lcs-bridge store export` as an administrator uses them: on a
 //! store written through the library, on a store another process holds open, on a missing
-//! store, and on a store with a corrupt record. (That a running bridge holds the store is
+//! store, on a store with a corrupt record, and on a store of an older schema (which they leave
+//! as it is). (That a running bridge holds the store is
 //! checked in `cli.rs`, which runs the bridge.)
 
 #![allow(clippy::unwrap_used)]
@@ -50,6 +51,7 @@ fn sub(direction: Direction, jid: &str, aor: &str, state: SubState) -> Subscript
         approval: Approval::Approved,
         last_sent: Some(b"<presence/>".to_vec()),
         last_received: None,
+        display_name: None,
         updated_unix: 1_790_000_000,
     }
 }
@@ -194,4 +196,27 @@ fn corrupt_records_are_named_and_the_rest_exported() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(text(&out.stdout).contains("corrupt        -          -                    1"));
     assert!(text(&out.stderr).contains("1 records do not decode"));
+}
+
+/// A store an older build wrote (schema 1) is read as it is and left at its version, so that
+/// the older build still opens it afterwards (`run` migrates, with a warning: `cli.rs`).
+#[test]
+fn an_older_store_is_read_and_not_migrated() {
+    let (_dir, file, sled) = workspace();
+    let s = populate(&sled);
+    s.put_raw(b"\0schema_version", &1u32.to_be_bytes()).unwrap();
+    drop(s);
+    for cmd in ["stats", "export"] {
+        let out = store_cmd(cmd, &file);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = store_cmd("export", &file);
+    assert_eq!(text(&out.stdout).lines().count(), 4, "{out:?}");
+    let s = SledStore::open_read_only(&sled).unwrap();
+    assert_eq!(s.schema_version(), 1);
+    assert_eq!(s.migrated_from(), None);
+    drop(s);
+    // The bridge's own open moves it up and says from where.
+    let s = SledStore::open(&sled).unwrap();
+    assert_eq!((s.schema_version(), s.migrated_from()), (2, Some(1)));
 }

@@ -4,12 +4,13 @@
 //! bridge), driven by a steady subscription workload: this test binary re-runs itself as a child
 //! (`torture_child`, which does nothing unless `LCS_STORE_TORTURE_DIR` is set) that opens a
 //! real [`SledStore`] and, in a loop, puts, batch-puts, removes and lazily puts subscriptions
-//! and writes and removes IM dialogs, printing `BEGIN …` before each write and, for the synced
-//! ones, `ACK` only after the call returned. The parent kills it with SIGKILL at a random
+//! and writes and removes IM dialogs (lazily, or as the bridge's durable IM write does: a put
+//! then `flush`), printing `BEGIN …` before each write and, for the synced ones, `ACK` only
+//! after the call returned. The parent kills it with SIGKILL at a random
 //! moment — sometimes while it is still opening and recovering the database, mostly in the
 //! middle of the workload — reads every line it printed, opens the database itself and checks:
 //!
-//! - the database opens (no error, schema version 1) every time;
+//! - the database opens (no error, the current schema version) every time;
 //! - every record decodes (no `Corrupt`) and is exactly the record its version describes
 //!   (every field is a function of key and version, so a torn or mixed record shows);
 //! - the database holds exactly the result of the writes up to some point (a prefix of the
@@ -159,6 +160,7 @@ fn record(k: u64, v: u64) -> Subscription {
         ][(v % 4) as usize],
         last_sent: (v % 5 != 0).then(|| vec![(v % 251) as u8; sent_len]),
         last_received: (v % 2 == 0).then(|| format!("<presence from='{k}' v='{v}'/>").into_bytes()),
+        display_name: None,
         updated_unix: v,
     }
 }
@@ -242,10 +244,18 @@ fn torture_child() {
             }
             // IM dialogs are keyed by the parties only: key numbers 2n and 2n+1 (the two
             // directions of one pair) name the same one, so use the even number.
-            92..97 => {
+            92..96 => {
                 let k = k & !1;
                 say(format!("BEGIN IM {k} {v}"));
                 store.put_im_dialog(&im_record(k, v)).unwrap();
+            }
+            // The bridge's durable IM write: the lazy put made durable by a flush.
+            96..98 => {
+                let k = k & !1;
+                say(format!("BEGIN IMSYNC {k} {v}"));
+                store.put_im_dialog(&im_record(k, v)).unwrap();
+                store.flush().unwrap();
+                say("ACK".into());
             }
             _ => {
                 let k = k & !1;
@@ -311,6 +321,9 @@ impl RunLog {
             ["BEGIN", "IM", ..] => self
                 .ops
                 .push(op(vec![(Target::Im(n(2)), State::Present(n(3)))], false)),
+            ["BEGIN", "IMSYNC", ..] => self
+                .ops
+                .push(op(vec![(Target::Im(n(2)), State::Present(n(3)))], true)),
             ["BEGIN", "IMDEL", ..] => self
                 .ops
                 .push(op(vec![(Target::Im(n(2)), State::Absent)], false)),

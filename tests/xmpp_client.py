@@ -11,10 +11,17 @@ per line:
   {"event": "sent", "id": ID}              a message went out
   {"event": "message", "from": JID, "type": T, "id": ID, "body": TEXT or null,
    "thread": T or null, "chatstates": [NAMES], "received": [IDS], "request_receipt": BOOL,
-   "delay": BOOL, "error": {"type": T, "condition": NAME, "text": T} or null}
+   "delay": BOOL, "error": {"type": T, "condition": NAME, "text": T} or null,
+   "rosterx": [{"action": A, "jid": JID, "name": NAME or null}]}   (XEP-0144 items, if any)
   {"event": "presence", "from": JID, "to": JID, "type": T ("available" when absent),
    "show": S or null, "status": TEXT or null, "nick": XEP-0172 NICK or null,
    "priority": N or null, "id": ID or null, "error": {...} or null}
+  {"event": "roster", "items": [ITEM]}     the answer to a "roster" command (a roster get)
+  {"event": "roster_push", "items": [ITEM]} a roster push from the server (RFC 6121 §2.1.6)
+      ITEM: {"jid": JID, "name": NAME or null, "subscription": S, "ask": A or null,
+             "groups": [NAMES]}
+  {"event": "vcard", "from": JID, "fn": TEXT or null, "nickname": TEXT or null,
+   "url": TEXT or null, "error": CONDITION or null}   the answer to a "vcard" command
 
 Subscriptions are not answered automatically (slixmpp's auto_authorize/auto_subscribe are
 off): the test answers with "presence" commands. With --approve the client approves every
@@ -28,6 +35,8 @@ Commands on standard input, one JSON object per line:
    "unsubscribed"|"unavailable" (optional), "show": S (optional), "status": TEXT (optional)}
   {"op": "block"|"unblock", "jid": JID}    XEP-0191: block or unblock a contact; prints
                                            {"event": "iq", "op": OP, "type": "result"|"error"}
+  {"op": "roster"}                         fetch the roster (roster get) and print it
+  {"op": "vcard", "to": JID}               ask JID for its vcard-temp (XEP-0054) and print it
   {"op": "connect"}                        connect again after the stream was lost (and keep
                                            trying every 0.2 s until it is up)
   {"op": "quit"}                           disconnect cleanly and exit 0
@@ -43,6 +52,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 import slixmpp
+import slixmpp.exceptions
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -53,6 +63,25 @@ NS_RECEIPTS = "urn:xmpp:receipts"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_DELAY = "urn:xmpp:delay"
 NS_NICK = "http://jabber.org/protocol/nick"
+NS_ROSTER = "jabber:iq:roster"
+NS_ROSTERX = "http://jabber.org/protocol/rosterx"
+NS_VCARD = "vcard-temp"
+
+
+def roster_items(xml):
+    """The items of a roster query in an <iq/>."""
+    items = []
+    for item in xml.iter("{%s}item" % NS_ROSTER):
+        items.append(
+            {
+                "jid": item.get("jid"),
+                "name": item.get("name"),
+                "subscription": item.get("subscription", "none"),
+                "ask": item.get("ask"),
+                "groups": [g.text or "" for g in item.findall("{%s}group" % NS_ROSTER)],
+            }
+        )
+    return items
 
 
 def emit(obj):
@@ -79,6 +108,10 @@ def describe(xml):
                 condition = name
         error = {"type": err.get("type"), "condition": condition, "text": etext}
     chatstates, received, request = [], [], False
+    rosterx = [
+        {"action": i.get("action", "add"), "jid": i.get("jid"), "name": i.get("name")}
+        for i in xml.iter("{%s}item" % NS_ROSTERX)
+    ]
     for child in xml:
         ns, _, name = child.tag[1:].partition("}")
         if ns == NS_CHATSTATES:
@@ -100,6 +133,7 @@ def describe(xml):
         "request_receipt": request,
         "delay": xml.find("{%s}delay" % NS_DELAY) is not None,
         "error": error,
+        "rosterx": rosterx,
     }
 
 
@@ -140,6 +174,7 @@ class Client(slixmpp.ClientXMPP):
         self.address = (host, port)
         self.reconnect_wanted = reconnect
         self.quitting = False
+        self.tasks = set()
         # Plain c2s: the test servers offer STARTTLS with a self-signed certificate and
         # allow PLAIN without it.
         self.enable_starttls = False
@@ -155,6 +190,7 @@ class Client(slixmpp.ClientXMPP):
         # The tests answer subscription requests themselves, unless --approve.
         self.roster.auto_authorize = True if approve else None
         self.roster.auto_subscribe = False
+        self.add_event_handler("roster_update", self.on_roster_update)
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("disconnected", self.on_disconnected)
         self.add_event_handler("connection_failed", self.on_failed)
@@ -168,6 +204,32 @@ class Client(slixmpp.ClientXMPP):
         await self.get_roster()
         self.send_presence()
         emit({"event": "online"})
+
+    def on_roster_update(self, iq):
+        emit({"event": "roster_push", "items": roster_items(iq.xml)})
+
+    async def roster_command(self):
+        iq = self.make_iq_get(queryxmlns=NS_ROSTER)
+        result = await iq.send(timeout=10)
+        emit({"event": "roster", "items": roster_items(result.xml)})
+
+    async def vcard_command(self, cmd):
+        iq = self.make_iq_get(ito=cmd["to"])
+        iq.append(ET.Element("{%s}vCard" % NS_VCARD))
+        event = {"event": "vcard", "from": cmd["to"], "fn": None, "nickname": None, "url": None,
+                 "error": None}
+        try:
+            result = await iq.send(timeout=10)
+            card = result.xml.find("{%s}vCard" % NS_VCARD)
+            if card is not None:
+                for field in ("FN", "NICKNAME", "URL"):
+                    el = card.find("{%s}%s" % (NS_VCARD, field))
+                    event[field.lower()] = None if el is None else (el.text or "")
+        except slixmpp.exceptions.IqError as e:
+            event["error"] = e.iq["error"]["condition"]
+        except slixmpp.exceptions.IqTimeout:
+            event["error"] = "timeout"
+        emit(event)
 
     def on_message(self, msg):
         emit(describe(msg.xml))
@@ -229,6 +291,14 @@ class Client(slixmpp.ClientXMPP):
         emit({"event": "sent", "id": msg["id"]})
 
 
+def keep(client, coroutine):
+    """Runs `coroutine` as a task the client holds until it ends (the loop holds tasks only
+    weakly)."""
+    task = asyncio.ensure_future(coroutine)
+    client.tasks.add(task)
+    task.add_done_callback(client.tasks.discard)
+
+
 async def commands(client, done):
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -247,6 +317,10 @@ async def commands(client, done):
             client.presence_command(cmd)
         elif cmd["op"] in ("block", "unblock"):
             client.block_command(cmd)
+        elif cmd["op"] == "roster":
+            keep(client, client.roster_command())
+        elif cmd["op"] == "vcard":
+            keep(client, client.vcard_command(cmd))
         elif cmd["op"] == "connect":
             client.reconnect_wanted = True
             client.start()

@@ -200,6 +200,13 @@ keys! {
         reload: Restart,
         doc: "Name in service discovery (XEP-0030). Not empty, ≤ 100 characters.",
     }
+    XMPP_ROSTER = "xmpp", "roster" {
+        kind: Kind::Text,
+        default: Text("auto"),
+        choices: &["auto", "privilege", "rosterx", "none"],
+        reload: Restart,
+        doc: r#"How LCS contacts reach local users' rosters, with their names, when a subscription is approved (docs/mapping.md §6). `"auto"`: written by the bridge where the XMPP server grants the component roster access `both` (XEP-0356, docs/xmpp-server.md), else suggested to the user (XEP-0144). `"privilege"`: XEP-0356 only. `"rosterx"`: XEP-0144 only. `"none"`: left to the users."#,
+    }
     XMPP_QUEUE_CAPACITY = "xmpp", "queue_capacity" {
         kind: Kind::Integer,
         default: Integer(super::DEFAULT_QUEUE_CAPACITY as u64),
@@ -471,7 +478,7 @@ keys! {
         default: Integer(1000),
         range: Some((10, 100000)),
         reload: Restart,
-        doc: "After a start, stored subscriptions are taken up at this many requests per second (fresh SUBSCRIBEs toward LCS and the NOTIFYs owed to LCS watchers, in one paced sequence), so that a restart does not hit partners' edges with one burst, nor hold every request in memory at once. 10–100000. With 1000, 100,000 stored subscriptions are all refreshed within 100 s.",
+        doc: "The pace of the bridge's catching up, in requests (and stanzas) per second: after a start, stored subscriptions are taken up at this rate (fresh SUBSCRIBEs toward LCS and the NOTIFYs owed to LCS watchers, in one paced sequence; the probes, gateway presences and repeated requests to the XMPP server in another); after a component stream comes back, the stanzas that bring the XMPP server up to date go at this rate; after a partner's connection is lost, the fresh SUBSCRIBEs replacing the dialogs on it join the paced requests. So neither a restart nor a lost connection hits partners' edges or the XMPP server with one burst, nor holds every request in memory at once. 10–100000. With 1000, 100,000 stored subscriptions are all refreshed within 100 s.",
     }
     PRESENCE_MAX_PENDING_PER_DOMAIN = "presence", "max_pending_per_domain" {
         kind: Kind::Integer,
@@ -523,6 +530,34 @@ keys! {
         why: " (LCS signs dialog headers for 24 hours)",
         reload: Restart,
         doc: "A session older than this is replaced by a fresh INVITE before its next message, because LCS signs dialog headers for 24 hours. 3600–86340.",
+    }
+    IM_MAX_SESSIONS = "im", "max_sessions" {
+        kind: Kind::Integer,
+        default: Integer(10_000),
+        range: Some((1, 1000000)),
+        reload: Restart,
+        doc: "IM sessions open at once, in all (each holds a dialog, its stored record and a synced write when it opens). An INVITE from LCS beyond it gets `486 Busy Here` with a reason naming `im.max_sessions` and a WARN log line; an XMPP user's message that would open one is returned with `resource-constraint`. 1–1000000.",
+    }
+    IM_MAX_SESSIONS_PER_DOMAIN = "im", "max_sessions_per_domain" {
+        kind: Kind::Integer,
+        default: Integer(1000),
+        range: Some((1, 1000000)),
+        reload: Restart,
+        doc: "IM sessions with the users of one discovered (unlisted) domain, both directions; beyond it likewise, naming `im.max_sessions_per_domain`. 1–1000000.",
+    }
+    IM_MAX_SESSIONS_PER_PARTNER = "im", "max_sessions_per_partner" {
+        kind: Kind::Integer,
+        default: Integer(10_000),
+        range: Some((1, 1000000)),
+        reload: Restart,
+        doc: r#"The same for the domain of a listed partner (`[[federation.partners]]` with `policy = "allow"`, as configured at start), named `im.max_sessions_per_partner`. 1–1000000."#,
+    }
+    IM_MAX_SESSIONS_PER_USER = "im", "max_sessions_per_user" {
+        kind: Kind::Integer,
+        default: Integer(100),
+        range: Some((1, 100000)),
+        reload: Restart,
+        doc: "IM sessions of one local user, both directions; beyond it likewise, naming `im.max_sessions_per_user`. 1–100000.",
     }
     STORAGE_PATH = "storage", "path" {
         kind: Kind::Text,

@@ -179,6 +179,8 @@ pub struct XmppConfig {
     pub local_domains: Vec<String>,
     /// Name the gateway gives itself in disco (XEP-0030 identity), default `LCS gateway`.
     pub gateway_name: String,
+    /// How LCS contacts reach local users' rosters (`xmpp.roster`, default `auto`).
+    pub roster: RosterFill,
     /// Stanzas held per component domain while the link to the XMPP server is down; beyond it
     /// SIP requests get 503 (`xmpp.queue_capacity`, 16–1000000, default 1024).
     pub queue_capacity: usize,
@@ -189,6 +191,19 @@ pub struct XmppConfig {
 
 /// How LCS users are addressed on the XMPP side (docs/addresses.md "The two modes").
 pub use crate::core::address::AddressMode;
+
+/// `xmpp.roster`: how LCS contacts reach local users' rosters (docs/mapping.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RosterFill {
+    /// XEP-0356 roster sets where the server grants roster access, else XEP-0144.
+    Auto,
+    /// XEP-0356 only.
+    Privilege,
+    /// XEP-0144 suggestions only.
+    RosterX,
+    /// Nothing.
+    None,
+}
 
 /// A secret that does not print itself in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -491,6 +506,14 @@ pub struct ImConfig {
     /// A session older than this is replaced by a fresh INVITE before the next message, since
     /// LCS signs headers for 24 h (`im.dialog_max_age_secs`, 3600–86340, default 82800 s = 23 h).
     pub dialog_max_age: Duration,
+    /// Sessions open at once (`im.max_sessions`, default 10000).
+    pub max_sessions: usize,
+    /// Sessions with one discovered domain (`im.max_sessions_per_domain`, default 1000).
+    pub max_sessions_per_domain: usize,
+    /// Sessions with one listed partner's domain (`im.max_sessions_per_partner`, default 10000).
+    pub max_sessions_per_partner: usize,
+    /// Sessions of one local user (`im.max_sessions_per_user`, default 100).
+    pub max_sessions_per_user: usize,
 }
 
 /// `[storage]`.

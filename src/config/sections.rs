@@ -13,8 +13,8 @@ use super::values::{
 };
 use super::{
     AddressMode, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, ImConfig, LogFormat,
-    LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, Secret, SipConfig,
-    StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
+    LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, RosterFill, Secret,
+    SipConfig, StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -130,6 +130,7 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
     let mode = t.string(&k::XMPP_MODE, diag);
     let local_domains = t.strings(&k::XMPP_LOCAL_DOMAINS, diag);
     let gateway_name = t.string(&k::XMPP_GATEWAY_NAME, diag);
+    let roster = t.string(&k::XMPP_ROSTER, diag);
     let queue_capacity = t.int(&k::XMPP_QUEUE_CAPACITY, diag);
     let startup_timeout = t.int(&k::XMPP_STARTUP_TIMEOUT_SECS, diag);
     t.finish(diag);
@@ -164,6 +165,13 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
         }
     });
     let gateway_name = or_default(gateway_name, k::XMPP_GATEWAY_NAME.default_text().to_owned());
+    let rosters = [
+        ("auto", RosterFill::Auto),
+        ("privilege", RosterFill::Privilege),
+        ("rosterx", RosterFill::RosterX),
+        ("none", RosterFill::None),
+    ];
+    let roster = choice(diag, &k::XMPP_ROSTER, roster, &rosters);
     let queue_capacity = ranged(diag, &k::XMPP_QUEUE_CAPACITY, queue_capacity);
     let startup_timeout = ranged(diag, &k::XMPP_STARTUP_TIMEOUT_SECS, startup_timeout);
 
@@ -202,6 +210,7 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
         mode: mode?,
         local_domains: local_domains?,
         gateway_name: gateway_name?,
+        roster: roster?,
         queue_capacity: to_usize(queue_capacity?),
         startup_timeout: Duration::from_secs(startup_timeout?),
     })
@@ -656,17 +665,29 @@ fn im_section(mut t: Table, diag: &mut Diag) -> Option<ImConfig> {
     let max_message_bytes = t.int(&k::IM_MAX_MESSAGE_BYTES, diag);
     let max_queued_messages = t.int(&k::IM_MAX_QUEUED_MESSAGES, diag);
     let dialog_max_age = t.int(&k::IM_DIALOG_MAX_AGE_SECS, diag);
+    let max_sessions = t.int(&k::IM_MAX_SESSIONS, diag);
+    let per_domain = t.int(&k::IM_MAX_SESSIONS_PER_DOMAIN, diag);
+    let per_partner = t.int(&k::IM_MAX_SESSIONS_PER_PARTNER, diag);
+    let per_user = t.int(&k::IM_MAX_SESSIONS_PER_USER, diag);
     t.finish(diag);
 
     let session_idle = ranged(diag, &k::IM_SESSION_IDLE_SECS, session_idle);
     let max_message_bytes = ranged(diag, &k::IM_MAX_MESSAGE_BYTES, max_message_bytes);
     let max_queued_messages = ranged(diag, &k::IM_MAX_QUEUED_MESSAGES, max_queued_messages);
     let dialog_max_age = ranged(diag, &k::IM_DIALOG_MAX_AGE_SECS, dialog_max_age);
+    let max_sessions = ranged(diag, &k::IM_MAX_SESSIONS, max_sessions);
+    let per_domain = ranged(diag, &k::IM_MAX_SESSIONS_PER_DOMAIN, per_domain);
+    let per_partner = ranged(diag, &k::IM_MAX_SESSIONS_PER_PARTNER, per_partner);
+    let per_user = ranged(diag, &k::IM_MAX_SESSIONS_PER_USER, per_user);
     Some(ImConfig {
         session_idle: Duration::from_secs(session_idle?),
         max_message_bytes: to_usize(max_message_bytes?),
         max_queued_messages: to_usize(max_queued_messages?),
         dialog_max_age: Duration::from_secs(dialog_max_age?),
+        max_sessions: to_usize(max_sessions?),
+        max_sessions_per_domain: to_usize(per_domain?),
+        max_sessions_per_partner: to_usize(per_partner?),
+        max_sessions_per_user: to_usize(per_user?),
     })
 }
 

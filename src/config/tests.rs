@@ -158,6 +158,10 @@ fn minimal_config_gets_defaults() {
             max_message_bytes: 16384,
             max_queued_messages: 100,
             dialog_max_age: Duration::from_secs(23 * 3600),
+            max_sessions: 10_000,
+            max_sessions_per_domain: 1000,
+            max_sessions_per_partner: 10_000,
+            max_sessions_per_user: 100,
         }
     );
     assert_eq!(c.storage_path(), dir.path().join("data"));
@@ -941,7 +945,7 @@ fn xmpp_queue_capacity_and_startup_timeout() {
 #[test]
 fn im_values() {
     let c = load_ok(&minimal_plus(
-        "[im]\nsession_idle_secs = 10\nmax_message_bytes = 65536\nmax_queued_messages = 10000\ndialog_max_age_secs = 86340",
+        "[im]\nsession_idle_secs = 10\nmax_message_bytes = 65536\nmax_queued_messages = 10000\ndialog_max_age_secs = 86340\nmax_sessions = 1000000\nmax_sessions_per_domain = 1000000\nmax_sessions_per_partner = 1000000\nmax_sessions_per_user = 100000",
     ));
     assert_eq!(
         c.im,
@@ -950,10 +954,14 @@ fn im_values() {
             max_message_bytes: 65536,
             max_queued_messages: 10_000,
             dialog_max_age: Duration::from_secs(86_340),
+            max_sessions: 1_000_000,
+            max_sessions_per_domain: 1_000_000,
+            max_sessions_per_partner: 1_000_000,
+            max_sessions_per_user: 100_000,
         }
     );
     let c = load_ok(&minimal_plus(
-        "[im]\nsession_idle_secs = 86400\nmax_message_bytes = 256\nmax_queued_messages = 1\ndialog_max_age_secs = 3600",
+        "[im]\nsession_idle_secs = 86400\nmax_message_bytes = 256\nmax_queued_messages = 1\ndialog_max_age_secs = 3600\nmax_sessions = 1\nmax_sessions_per_domain = 1\nmax_sessions_per_partner = 1\nmax_sessions_per_user = 1",
     ));
     assert_eq!(
         c.im,
@@ -962,6 +970,10 @@ fn im_values() {
             max_message_bytes: 256,
             max_queued_messages: 1,
             dialog_max_age: Duration::from_secs(3600),
+            max_sessions: 1,
+            max_sessions_per_domain: 1,
+            max_sessions_per_partner: 1,
+            max_sessions_per_user: 1,
         }
     );
     // An empty [im] section is all defaults, like a missing one.
@@ -969,24 +981,30 @@ fn im_values() {
 
     assert_eq!(
         problems(&minimal_plus(
-            "[im]\nsession_idle_secs = 9\nmax_message_bytes = 255\nmax_queued_messages = 0\ndialog_max_age_secs = 3599",
+            "[im]\nsession_idle_secs = 9\nmax_message_bytes = 255\nmax_queued_messages = 0\ndialog_max_age_secs = 3599\nmax_sessions = 0\nmax_sessions_per_domain = 0\nmax_sessions_per_partner = 0\nmax_sessions_per_user = 0",
         )),
         [
             "im.session_idle_secs: must be between 10 and 86400, not 9",
             "im.max_message_bytes: must be between 256 and 65536, not 255",
             "im.max_queued_messages: must be between 1 and 10000, not 0",
             "im.dialog_max_age_secs: must be between 3600 and 86340 (LCS signs dialog headers for 24 hours), not 3599",
+            "im.max_sessions: must be between 1 and 1000000, not 0",
+            "im.max_sessions_per_domain: must be between 1 and 1000000, not 0",
+            "im.max_sessions_per_partner: must be between 1 and 1000000, not 0",
+            "im.max_sessions_per_user: must be between 1 and 100000, not 0",
         ]
     );
     assert_eq!(
         problems(&minimal_plus(
-            "[im]\nsession_idle_secs = 86401\nmax_message_bytes = 65537\nmax_queued_messages = 10001\ndialog_max_age_secs = 86400",
+            "[im]\nsession_idle_secs = 86401\nmax_message_bytes = 65537\nmax_queued_messages = 10001\ndialog_max_age_secs = 86400\nmax_sessions = 1000001\nmax_sessions_per_user = 100001",
         )),
         [
             "im.session_idle_secs: must be between 10 and 86400, not 86401",
             "im.max_message_bytes: must be between 256 and 65536, not 65537",
             "im.max_queued_messages: must be between 1 and 10000, not 10001",
             "im.dialog_max_age_secs: must be between 3600 and 86340 (LCS signs dialog headers for 24 hours), not 86400",
+            "im.max_sessions: must be between 1 and 1000000, not 1000001",
+            "im.max_sessions_per_user: must be between 1 and 100000, not 100001",
         ]
     );
     assert_eq!(

@@ -11,13 +11,21 @@
 //! - **Order.** An engine's outputs for one input form a batch, run in order; an engine may ask
 //!   for its stanzas to go first ([`Engine::stanzas_first`]), so that a SIP answer follows what
 //!   it acknowledges. Consecutive durable store writes of a batch are joined into one
-//!   [`Action::Write`] (one sync).
+//!   [`Action::Write`] or [`Action::WriteIm`] (one sync).
 //! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
 //!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
 //!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
-//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again).
+//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again),
+//!   except an IM session's dialog, whose loss changes no answer. Either way the engine that
+//!   wrote is told ([`Engine::store_failed`]) and may withdraw its requests still waiting (a
+//!   request must not go out above a CSeq reservation the store does not hold) and put
+//!   outputs of its own first.
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
+//! - **Facts.** What an engine learned for the others ([`Output::Fact`]: a contact's display
+//!   name, a subscription approved) is no action: after the input that produced it, the
+//!   bridge hands it to every engine that takes it as [`Input::Fact`], in order, each
+//!   engine's outputs a batch of their own.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
@@ -25,9 +33,11 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use xmpp_parsers::minidom::Element;
 
-use super::Output;
 use super::im::ImEngine;
+use super::name_book::NameBook;
 use super::presence::PresenceEngine;
+use super::roster::RosterEngine;
+use super::{Fact, Output};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::tables::ErrorTable;
@@ -37,11 +47,15 @@ use crate::sip::builder::reason_phrase;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId};
-use crate::store::{Direction, Subscription};
+use crate::store::{Direction, ImDialog, Subscription};
 use crate::xmpp::gateway::{self, GatewayInfo};
 
 /// Most consecutive durable writes joined into one [`Action::Write`].
 pub const WRITE_BATCH: usize = 1024;
+
+/// Most facts handed on after one input: engines answer facts with actions, not with more
+/// facts, so this is a guard against a loop, never reached.
+const MAX_FACTS: usize = 100_000;
 
 /// `Retry-After` when the component link's queue was full: the link drains a full queue in
 /// well under that once the XMPP server reads again.
@@ -60,6 +74,10 @@ pub enum Input {
     LinkDown { domain: String, reason: String },
     /// The subscriptions read from the store at start.
     Restore(Vec<Subscription>),
+    /// The IM sessions' dialogs read from the store at start.
+    RestoreIm(Vec<ImDialog>),
+    /// What another engine learned ([`Output::Fact`]).
+    Fact(Fact),
 }
 
 impl Input {
@@ -70,6 +88,7 @@ impl Input {
             Input::Edge(EdgeEvent::ConnectionLost { .. })
                 | Input::LinkUp { .. }
                 | Input::LinkDown { .. }
+                | Input::Fact(_)
         )
     }
 }
@@ -111,6 +130,16 @@ pub enum Action {
         local: String,
         remote: String,
     },
+    /// Write IM sessions' dialogs: `Store::put_im_dialog` each, then with `durable`
+    /// `Store::flush` (one sync) before the next action; report [`Failure::StoreFailed`] if
+    /// that fails (no answer changes; the IM engine withdraws what depended on it).
+    WriteIm {
+        dialogs: Vec<ImDialog>,
+        durable: bool,
+    },
+    /// Remove an IM session's dialog (`Store::remove_im_dialog`, not synced); report
+    /// [`Failure::StoreFailed`] if that fails.
+    ForgetIm { local: String, remote: String },
 }
 
 /// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
@@ -139,6 +168,18 @@ pub trait Engine: Send + Sync {
     fn shutdown(&mut self) -> Vec<Output> {
         Vec::new()
     }
+    /// A store write or removal it asked for failed (`failed`: the outputs the failed action
+    /// carried, as the engine gave them); `queued`: its requests not sent yet. Returns the
+    /// transactions to withdraw (they are not sent; the engine has dealt with them) and outputs
+    /// to run before anything else.
+    fn store_failed(
+        &mut self,
+        _now: Instant,
+        _failed: &[Output],
+        _queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        (Vec::new(), Vec::new())
+    }
 }
 
 /// One output waiting, with the batch it belongs to.
@@ -160,8 +201,15 @@ pub struct Bridge {
     current: u64,
     refused: bool,
     unsaved: bool,
+    /// The last action was an IM dialog write or removal (its failure changes no answer).
+    im_store: bool,
+    /// The last action was a store write or removal: its engine and the outputs it carried,
+    /// for [`Engine::store_failed`] should it fail.
+    last_store: Option<(usize, Vec<Output>)>,
     /// Component domains whose stream was lost and has not come back.
     down: BTreeSet<String>,
+    /// Facts waiting to be handed to the engines that take them.
+    facts: VecDeque<Fact>,
 }
 
 impl Bridge {
@@ -175,23 +223,56 @@ impl Bridge {
             current: 0,
             refused: false,
             unsaved: false,
+            im_store: false,
+            last_store: None,
             down: BTreeSet::new(),
+            facts: VecDeque::new(),
         }
     }
 
-    /// The bridge's engines in routing order: presence, the component's IQ answers, IM (which
-    /// takes every message stanza and every SIP request and transaction the others leave).
+    /// The bridge's engines in routing order: presence, rosters (the server's privilege
+    /// message and the answers to its roster IQs), the component's IQ answers, IM (which takes
+    /// every message stanza and every SIP request and transaction the others leave).
     pub fn standard(
         presence: PresenceEngine,
+        roster: RosterEngine,
         im: ImEngine,
         iq: IqEngine,
         errors: ErrorTable,
     ) -> Bridge {
-        Bridge::new(vec![Box::new(presence), Box::new(iq), Box::new(im)], errors)
+        Bridge::new(
+            vec![
+                Box::new(presence),
+                Box::new(roster),
+                Box::new(iq),
+                Box::new(im),
+            ],
+            errors,
+        )
     }
 
     /// An input at `now`.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        self.route(now, input);
+        self.hand_on_facts(now);
+    }
+
+    /// The facts the engines produced, to the engines that take them (see the module
+    /// documentation).
+    fn hand_on_facts(&mut self, now: Instant) {
+        let mut n = 0;
+        while let Some(fact) = self.facts.pop_front() {
+            n += 1;
+            if n > MAX_FACTS {
+                warn!("facts dropped: engines keep producing them");
+                self.facts.clear();
+                return;
+            }
+            self.route(now, Input::Fact(fact));
+        }
+    }
+
+    fn route(&mut self, now: Instant, input: Input) {
         match &input {
             Input::LinkUp { domain } => {
                 info!(%domain, "component link up");
@@ -224,11 +305,43 @@ impl Bridge {
         }
     }
 
-    /// The runner could not do the last action it took.
-    pub fn report(&mut self, failure: Failure) {
+    /// The runner could not do the last action it took (at `now`). A store failure is passed
+    /// to the engine that wrote ([`Engine::store_failed`]): the requests it withdraws are
+    /// dropped from the queue, and what it answers with runs next.
+    pub fn report(&mut self, now: Instant, failure: Failure) {
         match failure {
             Failure::StanzaRefused => self.refused = true,
-            Failure::StoreFailed => self.unsaved = true,
+            Failure::StoreFailed => {
+                // An IM session's dialog changes no answer (its engine decides what follows).
+                if !self.im_store {
+                    self.unsaved = true;
+                }
+                let Some((engine, failed)) = self.last_store.take() else {
+                    return;
+                };
+                let queued: Vec<(TxId, &Message)> = self
+                    .queue
+                    .iter()
+                    .filter(|q| q.engine == engine)
+                    .filter_map(|q| match &q.output {
+                        Output::Request { tx, request, .. } => Some((*tx, request)),
+                        _ => None,
+                    })
+                    .collect();
+                let (withdrawn, first) = self.engines[engine].store_failed(now, &failed, &queued);
+                if !withdrawn.is_empty() {
+                    self.queue.retain(|q| {
+                        !matches!(&q.output, Output::Request { tx, .. } if withdrawn.contains(tx))
+                    });
+                }
+                for output in first.into_iter().rev() {
+                    self.queue.push_front(Queued {
+                        output,
+                        batch: self.current,
+                        engine,
+                    });
+                }
+            }
         }
     }
 
@@ -238,12 +351,20 @@ impl Bridge {
             output,
             batch,
             engine,
-        } = self.queue.pop_front()?;
+        } = loop {
+            let q = self.queue.pop_front()?;
+            // Facts never reach the queue (`push` takes them out); skipped should one.
+            if !matches!(q.output, Output::Fact(_)) {
+                break q;
+            }
+        };
         if batch != self.current {
             self.current = batch;
             self.refused = false;
             self.unsaved = false;
         }
+        self.im_store = matches!(output, Output::PersistIm { .. } | Output::ForgetIm { .. });
+        self.last_store = None;
         Some(match output {
             Output::Stanza(el) => Action::Stanza(el),
             Output::Request { tx, request, route } => Action::Request { tx, request, route },
@@ -268,24 +389,93 @@ impl Bridge {
                         _ => break,
                     }
                 }
+                let kept = subs.iter().cloned().map(|s| Output::Persist(Box::new(s)));
+                self.last_store = Some((engine, kept.collect()));
                 Action::Write {
                     subs,
                     durable: true,
                 }
             }
-            Output::PersistLazy(sub) => Action::Write {
-                subs: vec![*sub],
-                durable: false,
-            },
+            Output::PersistIm {
+                dialog,
+                durable: true,
+                before,
+            } => {
+                let mut kept = vec![(*dialog, before)];
+                while kept.len() < WRITE_BATCH {
+                    match self.queue.front() {
+                        Some(q)
+                            if q.batch == batch
+                                && matches!(q.output, Output::PersistIm { durable: true, .. }) =>
+                        {
+                            if let Some(Queued {
+                                output: Output::PersistIm { dialog, before, .. },
+                                ..
+                            }) = self.queue.pop_front()
+                            {
+                                kept.push((*dialog, before));
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                let dialogs = kept.iter().map(|(d, _)| d.clone()).collect();
+                let failed = kept.into_iter().map(|(d, before)| Output::PersistIm {
+                    dialog: Box::new(d),
+                    durable: true,
+                    before,
+                });
+                self.last_store = Some((engine, failed.collect()));
+                Action::WriteIm {
+                    dialogs,
+                    durable: true,
+                }
+            }
+            Output::PersistLazy(sub) => {
+                self.last_store = Some((engine, vec![Output::PersistLazy(sub.clone())]));
+                Action::Write {
+                    subs: vec![*sub],
+                    durable: false,
+                }
+            }
+            Output::PersistIm { dialog, before, .. } => {
+                let kept = Output::PersistIm {
+                    dialog: dialog.clone(),
+                    durable: false,
+                    before,
+                };
+                self.last_store = Some((engine, vec![kept]));
+                Action::WriteIm {
+                    dialogs: vec![*dialog],
+                    durable: false,
+                }
+            }
             Output::Forget {
                 direction,
                 local,
                 remote,
-            } => Action::Forget {
-                direction,
-                local,
-                remote,
-            },
+            } => {
+                let kept = Output::Forget {
+                    direction,
+                    local: local.clone(),
+                    remote: remote.clone(),
+                };
+                self.last_store = Some((engine, vec![kept]));
+                Action::Forget {
+                    direction,
+                    local,
+                    remote,
+                }
+            }
+            Output::ForgetIm { local, remote } => {
+                let kept = Output::ForgetIm {
+                    local: local.clone(),
+                    remote: remote.clone(),
+                };
+                self.last_store = Some((engine, vec![kept]));
+                Action::ForgetIm { local, remote }
+            }
+            Output::Fact(_) => return self.poll_action(),
         })
     }
 
@@ -302,6 +492,7 @@ impl Bridge {
                 self.push(i, out);
             }
         }
+        self.hand_on_facts(now);
     }
 
     /// The engines' last outputs (XEP-0100 unavailable presences), queued like any others.
@@ -318,6 +509,13 @@ impl Bridge {
     }
 
     fn push(&mut self, engine: usize, outputs: Vec<Output>) {
+        let (facts, outputs): (Vec<Output>, Vec<Output>) = outputs
+            .into_iter()
+            .partition(|o| matches!(o, Output::Fact(_)));
+        self.facts.extend(facts.into_iter().filter_map(|o| match o {
+            Output::Fact(f) => Some(f),
+            _ => None,
+        }));
         if outputs.is_empty() {
             return;
         }
@@ -374,6 +572,8 @@ fn input_kind(input: &Input) -> &'static str {
         Input::LinkUp { .. } => "link up",
         Input::LinkDown { .. } => "link down",
         Input::Restore(_) => "restore",
+        Input::RestoreIm(_) => "IM restore",
+        Input::Fact(_) => "fact",
     }
 }
 
@@ -399,7 +599,7 @@ impl Engine for PresenceEngine {
     }
 
     /// Presence stanzas, SUBSCRIBE/NOTIFY/BENOTIFY, its own transactions, lost connections,
-    /// the restore, and the link coming back after a loss (the bridge passes on no first Up).
+    /// the restore, and the link's state (the bridge passes on no first Up).
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "presence"),
@@ -408,8 +608,8 @@ impl Engine for PresenceEngine {
             }
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
-            Input::Restore(_) | Input::LinkUp { .. } => true,
-            Input::LinkDown { .. } => false,
+            Input::Restore(_) | Input::LinkUp { .. } | Input::LinkDown { .. } => true,
+            Input::RestoreIm(_) | Input::Fact(_) => false,
         }
     }
 
@@ -419,7 +619,11 @@ impl Engine for PresenceEngine {
             Input::Edge(event) => self.on_edge(now, event),
             Input::Restore(subs) => self.restore(now, subs.into_iter()),
             Input::LinkUp { domain } => self.link_restored(now, &domain),
-            Input::LinkDown { .. } => Vec::new(),
+            Input::LinkDown { domain, .. } => {
+                self.link_lost(&domain);
+                Vec::new()
+            }
+            Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
         }
     }
 
@@ -444,6 +648,20 @@ impl Engine for PresenceEngine {
         );
         PresenceEngine::shutdown(self)
     }
+
+    /// A watcher's NOTIFY waiting behind a write of its record that failed is withdrawn and
+    /// owed again after the backoff ([`PresenceEngine::store_failed`]).
+    fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        (
+            PresenceEngine::store_failed(self, now, failed, queued),
+            Vec::new(),
+        )
+    }
 }
 
 impl Engine for ImEngine {
@@ -451,13 +669,15 @@ impl Engine for ImEngine {
         "im"
     }
 
-    /// Message stanzas, and every SIP request and transaction event left by the engines
-    /// before it.
+    /// Message stanzas, every SIP request and transaction event left by the engines before
+    /// it, and the stored IM dialogs at start.
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
-            Input::Edge(_) => true,
-            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) => false,
+            Input::Edge(_) | Input::RestoreIm(_) => true,
+            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) | Input::Fact(_) => {
+                false
+            }
         }
     }
 
@@ -465,6 +685,7 @@ impl Engine for ImEngine {
         match input {
             Input::Stanza(el) => self.on_stanza(now, el),
             Input::Edge(event) => self.on_edge(now, event),
+            Input::RestoreIm(dialogs) => self.restore(now, dialogs),
             _ => Vec::new(),
         }
     }
@@ -486,21 +707,89 @@ impl Engine for ImEngine {
     fn promises_delivery(&self, response: &Message) -> bool {
         response.status() == Some(status::OK)
     }
+
+    fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        ImEngine::store_failed(self, now, failed, queued)
+    }
+
+    fn shutdown(&mut self) -> Vec<Output> {
+        info!(
+            hits = %crate::edge::limits::summary(self.limit_hits().iter().map(|(k, n)| (*k, *n))),
+            "IM stopping; session limits hit since the start"
+        );
+        Vec::new()
+    }
+}
+
+impl Engine for RosterEngine {
+    fn name(&self) -> &'static str {
+        "roster"
+    }
+
+    /// The server's privilege message, answers to its roster IQs, roster pushes, roster
+    /// facts, a component stream lost and back.
+    fn takes(&self, input: &Input) -> bool {
+        match input {
+            Input::Stanza(el) => self.takes_stanza(el),
+            Input::Fact(Fact::Roster { .. }) | Input::LinkDown { .. } | Input::LinkUp { .. } => {
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        match input {
+            Input::Stanza(el) => self.on_stanza(now, &el),
+            Input::Fact(fact) => self.on_fact(now, fact),
+            Input::LinkDown { domain, .. } => {
+                self.link_lost(&domain);
+                Vec::new()
+            }
+            Input::LinkUp { domain } => {
+                self.link_restored(now, &domain);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        RosterEngine::poll_timeout(self)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
+        RosterEngine::handle_timeout(self, now)
+    }
 }
 
 /// The component's own answers to IQs (`xmpp::gateway::handle_iq`: service discovery,
-/// XEP-0100 gateway, ping, version). IQ results and errors addressed to the component are
-/// taken and dropped: the bridge sends no IQ requests through the engines (the link answers
-/// and sends its own keep-alive pings), and an entity never answers a result or an error
-/// (RFC 6120 §8.2.3).
+/// XEP-0100 gateway, ping, version; `xmpp::gateway::vcard_reply`: LCS contacts' vCards from
+/// the display names the other engines learned, [`Fact::Name`]). IQ results and errors
+/// addressed to the component that no engine before it took are dropped: the link sends its
+/// own keep-alive pings and takes their answers itself, and the roster engine, which sends
+/// roster IQs, takes their answers by id (in [`Engine::takes`]) before this one, so an IQ
+/// error here answers nothing the bridge asked and has no SIP side to be told; it is logged
+/// (id, sender, condition), and an entity never answers a result or an error (RFC 6120
+/// §8.2.3).
 pub struct IqEngine {
     book: AddressBook,
     info: GatewayInfo,
+    names: NameBook,
 }
 
 impl IqEngine {
     pub fn new(book: AddressBook, info: GatewayInfo) -> IqEngine {
-        IqEngine { book, info }
+        IqEngine {
+            book,
+            info,
+            names: NameBook::default(),
+        }
     }
 }
 
@@ -510,20 +799,44 @@ impl Engine for IqEngine {
     }
 
     fn takes(&self, input: &Input) -> bool {
-        stanza_named(input, "iq")
+        stanza_named(input, "iq") || matches!(input, Input::Fact(Fact::Name { .. }))
     }
 
     fn handle(&mut self, _now: Instant, input: Input) -> Vec<Output> {
-        let Input::Stanza(iq) = input else {
-            return Vec::new();
+        let iq = match input {
+            Input::Stanza(iq) => iq,
+            Input::Fact(Fact::Name {
+                aor,
+                name,
+                source,
+                subscribed,
+                ..
+            }) => {
+                self.names.learn(&aor, &name, source, subscribed);
+                return Vec::new();
+            }
+            _ => return Vec::new(),
         };
-        match gateway::handle_iq(&iq, &self.book, &self.info) {
+        let names = &self.names;
+        let name_of = |aor: &str| names.get(aor).map(str::to_owned);
+        let reply = gateway::vcard_reply(&iq, &self.book, &name_of)
+            .or_else(|| gateway::handle_iq(&iq, &self.book, &self.info));
+        match reply {
             Some(reply) => vec![Output::Stanza(reply)],
-            None => {
-                debug!(
-                    kind = iq.attr("type").unwrap_or(""),
-                    "iq result or error dropped"
+            None if iq.attr("type") == Some("error") => {
+                let payloads: Vec<Element> = iq.children().cloned().collect();
+                let condition = super::common::error_of(&payloads)
+                    .map_or("undefined-condition", |(c, _)| c.as_str());
+                info!(
+                    id = iq.attr("id").unwrap_or(""),
+                    from = iq.attr("from").unwrap_or(""),
+                    condition,
+                    "iq error for no request of the bridge's dropped"
                 );
+                Vec::new()
+            }
+            None => {
+                debug!(kind = iq.attr("type").unwrap_or(""), "iq result dropped");
                 Vec::new()
             }
         }
@@ -535,5 +848,147 @@ impl Engine for IqEngine {
 
     fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use crate::core::tables::Mappings;
+    use crate::sip::transaction::TxIds;
+    use crate::store::DialogRecord;
+
+    /// An engine that answers its input with the outputs it is given and notes what the
+    /// bridge tells it failed, answering with `withdraw` and `first`.
+    #[derive(Default)]
+    struct Stub {
+        out: Vec<Output>,
+        failed: Vec<Vec<Output>>,
+        withdraw: Vec<TxId>,
+        first: Vec<Output>,
+    }
+
+    impl Engine for Stub {
+        fn name(&self) -> &'static str {
+            "stub"
+        }
+        fn takes(&self, _input: &Input) -> bool {
+            true
+        }
+        fn handle(&mut self, _now: Instant, _input: Input) -> Vec<Output> {
+            std::mem::take(&mut self.out)
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
+            Vec::new()
+        }
+        fn store_failed(
+            &mut self,
+            _now: Instant,
+            failed: &[Output],
+            queued: &[(TxId, &Message)],
+        ) -> (Vec<TxId>, Vec<Output>) {
+            assert_eq!(queued.len(), 2, "both requests still wait");
+            let befores: Vec<Option<u32>> = failed
+                .iter()
+                .map(|o| match o {
+                    Output::PersistIm { before, .. } => *before,
+                    _ => panic!("{o:?}"),
+                })
+                .collect();
+            assert_eq!(befores, [Some(1), None], "every record of the joined write");
+            self.failed.push(failed.to_vec());
+            (
+                std::mem::take(&mut self.withdraw),
+                std::mem::take(&mut self.first),
+            )
+        }
+    }
+
+    fn im_dialog(remote: &str) -> ImDialog {
+        ImDialog {
+            local_jid: "alice@example.org".into(),
+            remote_aor: remote.into(),
+            dialog: DialogRecord {
+                call_id: format!("call-{remote}"),
+                local_tag: "a".into(),
+                remote_tag: "b".into(),
+                local_uri: "sip:alice@example.org".into(),
+                local_display: None,
+                remote_uri: remote.into(),
+                remote_display: None,
+                remote_target: remote.into(),
+                route_set: vec![],
+                local_cseq: 1001,
+                remote_cseq: None,
+                created_unix: 1_700_000_000,
+            },
+        }
+    }
+
+    fn request(tx: TxId) -> Output {
+        Output::Request {
+            tx,
+            request: Message::new_request(Method::Message, "sip:bob@contoso.com"),
+            route: Route::Domain("contoso.com".into()),
+        }
+    }
+
+    /// Consecutive durable IM writes share one action (one flush); when it fails, the engine is
+    /// given every record it carried and the requests still waiting, the requests it withdraws
+    /// are not sent and what it answers with runs first.
+    #[test]
+    fn a_failed_store_write_is_the_engines_to_answer() {
+        let (d1, d2) = (
+            im_dialog("sip:bob@contoso.com"),
+            im_dialog("sip:carol@contoso.com"),
+        );
+        let ids = TxIds::default();
+        let (tx1, tx2) = (ids.next(), ids.next());
+        let stub = Stub {
+            out: vec![
+                Output::PersistIm {
+                    dialog: Box::new(d1.clone()),
+                    durable: true,
+                    before: Some(1),
+                },
+                Output::PersistIm {
+                    dialog: Box::new(d2.clone()),
+                    durable: true,
+                    before: None,
+                },
+                request(tx1),
+                request(tx2),
+            ],
+            withdraw: vec![tx1],
+            first: vec![Output::ForgetIm {
+                local: "alice@example.org".into(),
+                remote: "sip:bob@contoso.com".into(),
+            }],
+            ..Stub::default()
+        };
+        let mut bridge = Bridge::new(vec![Box::new(stub)], Mappings::builtin().errors);
+        let now = Instant::now();
+        let el: Element = "<message xmlns='jabber:component:accept'/>"
+            .parse()
+            .unwrap();
+        bridge.handle(now, Input::Stanza(el));
+        assert_eq!(
+            bridge.poll_action(),
+            Some(Action::WriteIm {
+                dialogs: vec![d1, d2],
+                durable: true
+            })
+        );
+        bridge.report(now, Failure::StoreFailed);
+        assert!(matches!(
+            bridge.poll_action(),
+            Some(Action::ForgetIm { remote, .. }) if remote == "sip:bob@contoso.com"
+        ));
+        assert!(matches!(bridge.poll_action(), Some(Action::Request { tx, .. }) if tx == tx2));
+        assert_eq!(bridge.poll_action(), None);
     }
 }

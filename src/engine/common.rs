@@ -1,6 +1,9 @@
 //! What both engines build the same way: the parties of a request from LCS, this edge's Via
 //! and Contact, fresh branches and To tags, the failure of a request that got no response, and
-//! the error bounce of a stanza.
+//! the error bounce of a stanza, stored dialogs taken up again and the wall clock the store's
+//! times are read on.
+
+use std::time::Instant;
 
 use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
@@ -9,11 +12,15 @@ use super::Output;
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::tables::ErrorTable;
+use crate::core::xml_chars;
 use crate::edge::core::Undeliverable;
 use crate::random::SplitMix;
-use crate::sip::message::Message;
+use crate::sip::builder::header_text;
+use crate::sip::dialog::{Dialog, DialogId};
+use crate::sip::message::{Message, find_forbidden_in_value};
 use crate::sip::status::{self, Reject};
 use crate::sip::uri::Uri;
+use crate::store::DialogRecord;
 use crate::xmpp::gateway::error_reply;
 
 /// Text of the failure of a request that got no response in time (RFC 3261 §17.1 Timer B/F).
@@ -154,4 +161,83 @@ pub(crate) fn parties(
         remote_aor,
         display: from.display_name.map(str::to_owned),
     })
+}
+
+/// Local CSeq numbers one synced store write reserves in a stored dialog (both engines): no
+/// request goes out with a CSeq above the stored one, and a synced write raises it by this
+/// much before one would (one sync per this many requests in a dialog). A restarted bridge
+/// continues above the stored value, so it never repeats a CSeq the peer has seen (RFC 3261
+/// §12.2.2: the peer answers 500).
+pub const CSEQ_RESERVE: u32 = 1000;
+
+/// Highest local CSeq a stored dialog may hold to be taken up: its next reservation and the
+/// requests under it stay below 2³¹ (RFC 3261 §8.1.1.5). A record above it was not written by
+/// this bridge (a dialog gains about [`CSEQ_RESERVE`] per restart).
+pub(crate) const MAX_STORED_CSEQ: u32 = (1 << 31) - 1 - CSEQ_RESERVE;
+
+/// A stored dialog taken up again (after a restart), created at `created`, on no connection
+/// (conn 0: the caller routes by domain until the peer is reached again), or `None` if it
+/// cannot be written into a request: a Call-ID, tag, URI or route holding what a SIP header may
+/// not carry (an older version accepted control characters in header values), one of them
+/// empty (a dialog the bridge makes always has them: RFC 3261 §12.1 requires both tags and a
+/// Contact), or a local CSeq above [`MAX_STORED_CSEQ`]. Display names are cleaned instead — they
+/// are only shown — of what neither a stanza nor a SIP header may carry.
+pub(crate) fn dialog_from_record(r: &DialogRecord, created: Instant) -> Option<Dialog> {
+    let fields = [
+        &r.call_id,
+        &r.local_tag,
+        &r.remote_tag,
+        &r.local_uri,
+        &r.remote_uri,
+        &r.remote_target,
+    ];
+    if r.local_cseq > MAX_STORED_CSEQ
+        || fields.iter().any(|f| f.is_empty())
+        || fields
+            .into_iter()
+            .chain(&r.route_set)
+            .any(|f| find_forbidden_in_value(f).is_some())
+    {
+        return None;
+    }
+    let clean = |display: &Option<String>| {
+        display
+            .as_deref()
+            .map(|d| xml_chars::clean(&header_text(d, usize::MAX)).into_owned())
+    };
+    Some(Dialog::restored(
+        DialogId {
+            call_id: r.call_id.clone(),
+            local_tag: r.local_tag.clone(),
+            remote_tag: r.remote_tag.clone(),
+        },
+        (r.local_uri.clone(), clean(&r.local_display)),
+        (r.remote_uri.clone(), clean(&r.remote_display)),
+        r.remote_target.clone(),
+        r.route_set.clone(),
+        (r.local_cseq, r.remote_cseq),
+        0,
+        created,
+    ))
+}
+
+/// The wall clock at one instant, so that an engine can write and read the store's Unix times
+/// without reading a clock itself.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    pub at: Instant,
+    /// Unix seconds at `at`.
+    pub unix: u64,
+}
+
+impl WallClock {
+    /// Unix seconds at `now`.
+    pub fn unix(&self, now: Instant) -> u64 {
+        match now.checked_duration_since(self.at) {
+            Some(d) => self.unix.saturating_add(d.as_secs()),
+            None => self
+                .unix
+                .saturating_sub(self.at.duration_since(now).as_secs()),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Session-mode instant messaging between XMPP and LCS (the profile's "INVITE/MESSAGE",
-//! docs/mapping.md §4), sans-IO: stanzas and edge events in, stanzas and SIP requests/responses
-//! out, timers through [`ImEngine::poll_timeout`].
+//! docs/mapping.md §4), sans-IO: stanzas and edge events in, stanzas, SIP requests/responses
+//! and store writes out, timers through [`ImEngine::poll_timeout`].
 //!
 //! XMPP → LCS: a `<message type='chat'|'normal'>` with a body opens (or reuses) one INVITE
 //! session per (local bare JID, remote AOR) — SDP `m=message 5060 sip/tcp *`, Contact with
@@ -8,46 +8,78 @@
 //! (`text/plain; charset=UTF-8`), in order. XEP-0085 chat states become RFC 3994 `isComposing`
 //! MESSAGEs in an open session. A XEP-0184 receipt request is answered by the 200 to its
 //! MESSAGE. Any failure returns each undelivered message to its sender as a
-//! `<message type='error'>` (condition from `mappings/errors.toml`, original body included).
-//! Idle sessions end with BYE; a session older than the dialog age limit is replaced before the
-//! next message (LCS's 24 h header signatures).
+//! `<message type='error'>` (condition from `mappings/errors.toml`, original body included);
+//! a 481 to a message sends it once more in a fresh session (the LCS side no longer knows the
+//! dialog). Idle sessions end with BYE; a session older than the dialog age limit is replaced
+//! before the next message (LCS's 24 h header signatures). Sessions are limited in all, per
+//! local user and per remote domain (`ImSettings::max_sessions*`): beyond, an INVITE gets 486
+//! and an XMPP message that would open one `resource-constraint`.
 //!
 //! LCS → XMPP: an INVITE with a message m-line (`sip/tcp *`, `sip null`, `x-ms-message`) is
 //! answered 200 with the SDP answer; its `ms-text-format` first message is delivered; each
 //! in-dialog MESSAGE becomes a chat message (HTML and multipart turned into plain text) with a
 //! `<thread/>` tied to the dialog; `isComposing` and Microsoft's INFO `<KeyboardActivity>` become
 //! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
-//! a message m-line gets 488 with the profile's SDP.
+//! a message m-line gets 488 with the profile's SDP. Every stanza sent carries an id naming its
+//! dialog, so that a `<message type='error'>` the XMPP server returns for it is traced to its
+//! session: the LCS sender is told in that session (rate-limited), and a recipient the server
+//! says cannot be reached ends it with BYE (docs/mapping.md §3 "Errors from the XMPP side").
+//!
+//! Persistence (docs/storage.md, docs/mapping.md §4 "Sessions across a restart"): every
+//! session's dialog is written to the store when it is established, synced before the 200 or
+//! the ACK that makes it exist for LCS ([`Output::PersistIm`]), and removed, lazily, when it ends
+//! ([`Output::ForgetIm`]). Its stored local CSeq is a reservation: no request goes out above it,
+//! and a synced write raises it by [`CSEQ_RESERVE`] first; when that write fails
+//! ([`ImEngine::store_failed`]) the requests above the old reservation are withdrawn and go in
+//! a fresh session. [`ImEngine::restore`] takes the stored sessions up at start; their dialogs
+//! have no connection, so their requests go by domain (`Route::Domain`) until an answer or a
+//! request from LCS shows one, as after a lost connection.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use tracing::{info, warn};
 use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
-use xmpp_parsers::message::{Lang, Message as Stanza, MessageType, Thread};
+use xmpp_parsers::message::{Id, Lang, Message as Stanza, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::nick::Nick;
 use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
-use super::common::{self, Parties, host_of, parties};
+use super::Fact;
+use super::common::{self, Parties, WallClock, host_of, parties};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
+use crate::core::names;
 use crate::core::tables::ErrorTable;
-use crate::edge::core::Route;
+use crate::edge::core::{Route, Undeliverable};
 use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
-use crate::sip::builder::{RequestSpec, header_text, name_addr};
+use crate::sip::builder::{RequestSpec, header_text, name_addr, reason_phrase};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
+use crate::store::{DialogRecord, ImDialog};
 
 /// Longest `Subject` header sent, in bytes: an XMPP `<subject/>` is one line of at most this
 /// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
 pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+pub use super::common::CSEQ_RESERVE;
+
+/// Delivery failures told to an LCS sender at once in one session; beyond them, one per
+/// [`NOTICE_INTERVAL`], the others counted into the next notice (an error storm from the XMPP
+/// side cannot flood LCS).
+pub const NOTICE_BURST: u32 = 3;
+/// See [`NOTICE_BURST`].
+pub const NOTICE_INTERVAL: Duration = Duration::from_secs(10);
+/// Most characters of the undelivered text quoted in a notice.
+const NOTICE_QUOTE_CHARS: usize = 200;
 
 /// What the engine needs to know.
 #[derive(Debug, Clone)]
@@ -62,6 +94,17 @@ pub struct ImSettings {
     pub max_body_bytes: usize,
     /// Most messages queued for one session while its INVITE is pending.
     pub max_queued: usize,
+    /// Most sessions at once, in all (`im.max_sessions`).
+    pub max_sessions: usize,
+    /// Most sessions with the users of one discovered (unlisted) domain
+    /// (`im.max_sessions_per_domain`).
+    pub max_sessions_per_domain: usize,
+    /// The same for a listed partner's domain (`im.max_sessions_per_partner`).
+    pub max_sessions_per_partner: usize,
+    /// Most sessions of one local user (`im.max_sessions_per_user`).
+    pub max_sessions_per_user: usize,
+    /// The listed partners' domains (lowercase): `max_sessions_per_partner` applies.
+    pub partners: HashSet<String>,
 }
 
 impl Default for ImSettings {
@@ -72,7 +115,69 @@ impl Default for ImSettings {
             dialog_max_age: crate::sip::dialog::DEFAULT_MAX_AGE,
             max_body_bytes: 16 * 1024,
             max_queued: 100,
+            max_sessions: 10_000,
+            max_sessions_per_domain: 1000,
+            max_sessions_per_partner: 10_000,
+            max_sessions_per_user: 100,
+            partners: HashSet::new(),
         }
+    }
+}
+
+/// The sessions by key, with how many each local user and each remote domain has (for the
+/// limits). Reads go through `Deref`.
+#[derive(Debug, Default)]
+struct Sessions {
+    map: HashMap<Key, Session>,
+    per_user: HashMap<BareJid, usize>,
+    per_domain: HashMap<String, usize>,
+}
+
+impl std::ops::Deref for Sessions {
+    type Target = HashMap<Key, Session>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Sessions {
+    fn get_mut(&mut self, key: &Key) -> Option<&mut Session> {
+        self.map.get_mut(key)
+    }
+
+    fn values_mut(&mut self) -> std::collections::hash_map::ValuesMut<'_, Key, Session> {
+        self.map.values_mut()
+    }
+
+    fn insert(&mut self, key: Key, session: Session) {
+        let domain = host_of(&key.1);
+        if self.map.insert(key.clone(), session).is_none() {
+            *self.per_user.entry(key.0).or_default() += 1;
+            *self.per_domain.entry(domain).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Session> {
+        let session = self.map.remove(key)?;
+        fn down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, k: &K) {
+            if let Some(n) = counts.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(k);
+                }
+            }
+        }
+        down(&mut self.per_user, &key.0);
+        down(&mut self.per_domain, &host_of(&key.1));
+        Some(session)
+    }
+
+    fn of_user(&self, user: &BareJid) -> usize {
+        self.per_user.get(user).copied().unwrap_or(0)
+    }
+
+    fn of_domain(&self, domain: &str) -> usize {
+        self.per_domain.get(domain).copied().unwrap_or(0)
     }
 }
 
@@ -87,6 +192,9 @@ enum Item {
         lang: Option<String>,
         /// The stanza as received, for the error bounce and the receipt.
         stanza: Box<Stanza>,
+        /// Already sent once more (in a fresh session after a 481 or a refused CSeq, or by
+        /// domain after its connection was lost): it is not sent a third time.
+        retried: bool,
     },
     Typing(Typing),
     /// A delivery failure reported by the XMPP server for a message from LCS: told to the LCS
@@ -96,14 +204,50 @@ enum Item {
 
 #[derive(Debug)]
 enum State {
-    /// INVITE sent; items wait.
-    Inviting { invite: Message },
+    /// INVITE sent (this Call-ID); items wait.
+    Inviting { call_id: String },
     /// Dialog up.
-    Up { dialog: Dialog },
+    Up { dialog: Box<Dialog> },
 }
 
 /// (local bare JID, remote AOR URI).
 type Key = (BareJid, String);
+
+/// What a stanza sent to an XMPP user carried (its id says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StanzaKind {
+    /// A message body.
+    Body,
+    /// A chat state only.
+    Typing,
+}
+
+/// The dialog's local tag and the kind an id of [`ImEngine::stanza_id`] names
+/// (`tag.process.kind number`, or `tag.kind number` as versions before the process part wrote
+/// it); `None` for any other id.
+fn parse_stanza_id(id: &str) -> Option<(&str, StanzaKind)> {
+    let (head, rest) = id.rsplit_once('.')?;
+    let tag = match head.split_once('.') {
+        Some((tag, process))
+            if !process.is_empty() && process.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            tag
+        }
+        Some(_) => return None,
+        None => head,
+    };
+    let mut chars = rest.chars();
+    let kind = match chars.next()? {
+        'm' => StanzaKind::Body,
+        't' => StanzaKind::Typing,
+        _ => return None,
+    };
+    let digits = chars.as_str();
+    if tag.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((tag, kind))
+}
 
 #[derive(Debug)]
 struct Session {
@@ -114,13 +258,89 @@ struct Session {
     last_activity: Instant,
     /// The `<thread/>` of messages in this session (Call-ID).
     thread: String,
+    /// Up: the dialog's connection is gone (taken up from the store, or lost): requests go
+    /// by domain until an answer or a request from LCS shows the connection to use.
+    detached: bool,
+    /// Up: the highest local CSeq the stored record allows (see [`CSEQ_RESERVE`]).
+    reserved: u32,
+    /// Up: the local CSeq the store's record of this dialog holds, as far as the engine knows
+    /// (writes not reported failed); `None` while none was written.
+    stored: Option<u32>,
+    /// Taken up from the store, and no request of this process answered with a 2xx in it yet:
+    /// a `500` may mean a CSeq the previous process used (a reservation the store lost).
+    restored: bool,
+    /// Delivery-failure notices this session may still send (see [`NOTICE_BURST`]).
+    notices: Notices,
+}
+
+impl Session {
+    fn new(remote_jid: Jid, state: State, now: Instant, thread: String) -> Session {
+        Session {
+            remote_jid,
+            state,
+            queue: VecDeque::new(),
+            last_activity: now,
+            thread,
+            detached: false,
+            reserved: 0,
+            stored: None,
+            restored: false,
+            notices: Notices::new(now),
+        }
+    }
+}
+
+/// A session's budget of delivery-failure notices: [`NOTICE_BURST`] at once, one more per
+/// [`NOTICE_INTERVAL`]; what was held back is counted.
+#[derive(Debug)]
+struct Notices {
+    left: u32,
+    /// When the next one is earned (while fewer than the burst are left).
+    refilled: Instant,
+    /// Failures not told since the last notice.
+    held: u32,
+}
+
+impl Notices {
+    fn new(now: Instant) -> Notices {
+        Notices {
+            left: NOTICE_BURST,
+            refilled: now,
+            held: 0,
+        }
+    }
+
+    /// Whether a notice may go at `now` (and spends it).
+    fn take(&mut self, now: Instant) -> bool {
+        while self.left < NOTICE_BURST && self.refilled + NOTICE_INTERVAL <= now {
+            self.left += 1;
+            self.refilled += NOTICE_INTERVAL;
+        }
+        if self.left == NOTICE_BURST {
+            self.refilled = now;
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
 }
 
 /// What a client transaction was for.
 #[derive(Debug)]
 enum Purpose {
-    Invite(Key),
-    Message { key: Key, item: Item },
+    /// The INVITE that opens the session of `key` (kept to build the dialog from its 2xx).
+    Invite {
+        key: Key,
+        invite: Box<Message>,
+    },
+    /// A MESSAGE in dialog `dialog` of the session of `key`.
+    Message {
+        key: Key,
+        dialog: DialogId,
+        item: Item,
+    },
     Bye,
 }
 
@@ -131,7 +351,9 @@ pub struct ImEngine {
     book: AddressBook,
     errors: ErrorTable,
     ids: TxIds,
-    sessions: HashMap<Key, Session>,
+    /// Relates `now` to the store's Unix times (a dialog's creation).
+    clock: WallClock,
+    sessions: Sessions,
     /// Dialog → session, for in-dialog requests.
     dialogs: HashMap<DialogId, Key>,
     purposes: HashMap<TxId, Purpose>,
@@ -140,7 +362,14 @@ pub struct ImEngine {
     /// a stale entry back at the real time). Keeps [`ImEngine::poll_timeout`] O(1), which the
     /// runner asks after every event.
     idle: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Numbers the stanzas sent to XMPP users (their ids).
+    stanzas: u64,
+    /// This process's part of those ids (random): a restarted bridge numbers from 1 again in
+    /// the same sessions, and clients drop a message whose id they have seen in a thread.
+    process: String,
     rng: SplitMix,
+    /// Sessions refused by each limit since the start (its configuration key).
+    limit_hits: BTreeMap<&'static str, u64>,
 }
 
 /// Why an XMPP message could not be taken.
@@ -148,25 +377,41 @@ fn bounce(stanza: &Stanza, condition: Condition, text: &str) -> Output {
     common::bounce(Element::from(stanza.clone()), condition, text)
 }
 
+/// The store's removal of the session of `key`.
+fn forget(key: &Key) -> Output {
+    Output::ForgetIm {
+        local: key.0.to_string(),
+        remote: key.1.clone(),
+    }
+}
+
 impl ImEngine {
-    /// `ids` must be the edge's ([`crate::edge::server::EdgeHandle::tx_ids`]); `seed` random.
+    /// `ids` must be the edge's ([`crate::edge::server::EdgeHandle::tx_ids`]); `seed` random;
+    /// `clock` relates `now` to Unix time (the store's dialog creation times).
     pub fn new(
         settings: ImSettings,
         book: AddressBook,
         errors: ErrorTable,
         ids: TxIds,
         seed: u64,
+        clock: WallClock,
     ) -> ImEngine {
+        let rng = SplitMix::new(seed);
+        let process = rng.token()[..8].to_owned();
         ImEngine {
             settings,
             book,
             errors,
             ids,
-            sessions: HashMap::new(),
+            clock,
+            sessions: Sessions::default(),
             dialogs: HashMap::new(),
             purposes: HashMap::new(),
             idle: BinaryHeap::new(),
-            rng: SplitMix::new(seed),
+            stanzas: 0,
+            process,
+            rng,
+            limit_hits: BTreeMap::new(),
         }
     }
 
@@ -179,6 +424,46 @@ impl ImEngine {
     /// Live sessions (for tests and stats).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Sessions refused by each limit since the start, by configuration key.
+    pub fn limit_hits(&self) -> &BTreeMap<&'static str, u64> {
+        &self.limit_hits
+    }
+
+    /// The configuration key of the session limit a new session `key` would go beyond, if
+    /// any (counted, and logged): the local user's, the remote domain's (a listed partner's
+    /// has its own), the overall one.
+    fn session_limit(&mut self, key: &Key) -> Option<&'static str> {
+        let domain = host_of(&key.1);
+        let (per_domain, domain_key) = if self.settings.partners.contains(&domain) {
+            (
+                self.settings.max_sessions_per_partner,
+                "im.max_sessions_per_partner",
+            )
+        } else {
+            (
+                self.settings.max_sessions_per_domain,
+                "im.max_sessions_per_domain",
+            )
+        };
+        let limit = if self.sessions.of_user(&key.0) >= self.settings.max_sessions_per_user {
+            "im.max_sessions_per_user"
+        } else if self.sessions.of_domain(&domain) >= per_domain {
+            domain_key
+        } else if self.sessions.len() >= self.settings.max_sessions {
+            "im.max_sessions"
+        } else {
+            return None;
+        };
+        *self.limit_hits.entry(limit).or_default() += 1;
+        warn!(
+            user = %key.0,
+            remote = %key.1,
+            limit,
+            "IM session refused: session limit reached"
+        );
+        Some(limit)
     }
 
     fn token(&mut self) -> String {
@@ -196,6 +481,178 @@ impl ImEngine {
     fn via(&self) -> String {
         common::via(&self.settings.public_fqdn)
     }
+
+    // ------------------------------------------------------------------ the store
+
+    /// The store's record of the session of `key` (an established one), with the local CSeq
+    /// reserved so far.
+    fn record(&self, key: &Key) -> Option<ImDialog> {
+        let session = self.sessions.get(key)?;
+        let State::Up { dialog } = &session.state else {
+            return None;
+        };
+        let created = self.clock.unix(dialog.replace_at(Duration::ZERO));
+        let mut record = DialogRecord::from_dialog(dialog, created);
+        record.local_cseq = record.local_cseq.max(session.reserved);
+        Some(ImDialog {
+            local_jid: key.0.to_string(),
+            remote_aor: key.1.clone(),
+            dialog: record,
+        })
+    }
+
+    /// Writes the session of `key` to the store: `durable`, synced with a fresh reservation
+    /// above its local CSeq (before what makes or extends the dialog for LCS), else lazily as
+    /// it is.
+    fn persist(&mut self, key: &Key, durable: bool, out: &mut Vec<Output>) {
+        if durable {
+            if let Some(session) = self.sessions.get_mut(key) {
+                if let State::Up { dialog } = &session.state {
+                    session.reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
+                }
+            }
+        }
+        let Some(dialog) = self.record(key) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let before = session.stored.replace(dialog.dialog.local_cseq);
+        out.push(Output::PersistIm {
+            dialog: Box::new(dialog),
+            durable,
+            before,
+        });
+    }
+
+    /// The next request of `method` in the session of `key` (which must be up) and its route:
+    /// the dialog's connection, or its domain while detached. With `reserve`, a request above
+    /// the stored reservation is preceded by the synced write that raises it; without (a BYE:
+    /// the record is removed before it, and a CSeq above the stored one is harmless in a dialog
+    /// the BYE ends — LCS answers a later request in it `481`, never `500`), it is not.
+    fn in_dialog_request(
+        &mut self,
+        key: &Key,
+        method: Method,
+        reserve: bool,
+        out: &mut Vec<Output>,
+    ) -> Option<(Message, Route, DialogId)> {
+        let session = self.sessions.get(key)?;
+        let State::Up { dialog } = &session.state else {
+            return None;
+        };
+        if reserve && dialog.local_cseq() >= session.reserved {
+            self.persist(key, true, out);
+        }
+        let (via, branch) = (self.via(), self.branch());
+        let session = self.sessions.get_mut(key)?;
+        let State::Up { dialog } = &mut session.state else {
+            return None;
+        };
+        let request = dialog.next_request(method, &via, &branch, None).ok()?;
+        let route = if session.detached {
+            // The dialog's connection is gone: the edge reuses or opens one for the domain.
+            Route::Domain(host_of(&dialog.remote_uri))
+        } else {
+            Route::Connection(dialog.conn)
+        };
+        Some((request, route, dialog.id.clone()))
+    }
+
+    /// The session of `key` is reached on `conn` (an answer to a request sent by domain, or
+    /// a request from LCS in the dialog): the dialog lives there now.
+    fn attach(&mut self, key: &Key, conn: ConnId) {
+        if let Some(session) = self.sessions.get_mut(key) {
+            if let State::Up { dialog } = &mut session.state {
+                if session.detached {
+                    session.detached = false;
+                    dialog.conn = conn;
+                }
+            }
+        }
+    }
+
+    /// Removes the session of `key` (no BYE) and, if it was up, its dialog and stored record.
+    fn drop_session(&mut self, key: &Key, out: &mut Vec<Output>) -> Option<Session> {
+        let session = self.sessions.remove(key)?;
+        if let State::Up { dialog } = &session.state {
+            self.dialogs.remove(&dialog.id);
+            out.push(forget(key));
+        }
+        Some(session)
+    }
+
+    /// The IM sessions' dialogs read from the store at start (`now` is the start): each one
+    /// that can be taken up is a session again, detached (its requests go by domain until LCS
+    /// is reached again), with its idle time starting now and its local CSeq continuing above
+    /// the stored reservation (so its first request writes a new one, synced). A dialog past
+    /// `dialog_max_age` is removed and ended with BYE (LCS would refuse it soon), with no synced
+    /// write; a record that names no local user or no federated address, whose dialog cannot be
+    /// written into a request (`common::dialog_from_record`), or that repeats a session already
+    /// taken up, is removed.
+    pub fn restore(&mut self, now: Instant, dialogs: Vec<ImDialog>) -> Vec<Output> {
+        let mut out = Vec::new();
+        let now_unix = self.clock.unix(now);
+        for d in dialogs {
+            let local = BareJid::new(&d.local_jid)
+                .ok()
+                .filter(|j| self.book.is_local_domain(j.domain().as_str()));
+            let remote = self
+                .book
+                .uri_to_jid(&d.remote_aor)
+                .ok()
+                .filter(|j| !self.book.is_local_domain(j.domain().as_str()));
+            let age = Duration::from_secs(now_unix.saturating_sub(d.dialog.created_unix));
+            let created = now.checked_sub(age).unwrap_or(now);
+            let dialog = common::dialog_from_record(&d.dialog, created);
+            let (Some(local), Some(remote), Some(dialog)) = (local, remote, dialog) else {
+                out.push(Output::ForgetIm {
+                    local: d.local_jid,
+                    remote: d.remote_aor,
+                });
+                continue;
+            };
+            let key: Key = (local, d.remote_aor);
+            if self.sessions.contains_key(&key) || self.dialogs.contains_key(&dialog.id) {
+                // A second record of a session already taken up (the same pair written
+                // another way, or the same dialog under another pair): removed, unless it is
+                // the very key the live session writes to.
+                if !(self.sessions.contains_key(&key) && d.local_jid == key.0.as_str()) {
+                    out.push(Output::ForgetIm {
+                        local: d.local_jid,
+                        remote: key.1,
+                    });
+                }
+                continue;
+            }
+            let thread = dialog.id.call_id.clone();
+            let expired = age >= self.settings.dialog_max_age;
+            self.dialogs.insert(dialog.id.clone(), key.clone());
+            let reserved = dialog.local_cseq();
+            let mut session = Session::new(
+                Jid::from(remote.to_bare()),
+                State::Up {
+                    dialog: Box::new(dialog),
+                },
+                now,
+                thread,
+            );
+            session.detached = true;
+            session.reserved = reserved;
+            session.stored = Some(reserved);
+            session.restored = true;
+            self.sessions.insert(key.clone(), session);
+            if expired {
+                self.end_session(&key, None, &mut out);
+            } else {
+                self.arm_idle(now, key);
+            }
+        }
+        out
+    }
+
+    // ------------------------------------------------------------------ XMPP → LCS
 
     /// A stanza from the component link.
     pub fn on_stanza(&mut self, now: Instant, element: Element) -> Vec<Output> {
@@ -253,6 +710,7 @@ impl ImEngine {
                 subject,
                 lang: language_tag(&lang.0).map(str::to_owned),
                 stanza: Box::new(stanza),
+                retried: false,
             }
         } else {
             match stanza
@@ -276,9 +734,19 @@ impl ImEngine {
         out
     }
 
-    /// The XMPP server could not deliver a message we passed on from LCS (RFC 6120 §8.3: the
-    /// error goes back to the `from` we gave, the LCS user's JID). The SIP MESSAGE was answered
-    /// 200 when the stanza was queued, so the LCS sender is told in the session as text.
+    /// A `<message type='error'>` for a stanza this engine sent: the XMPP server (or the
+    /// user's client) could not deliver a message from LCS (RFC 6120 §8.3: the error goes back
+    /// to the `from` we gave, the LCS user's JID, with our id). The SIP MESSAGE was answered
+    /// 200 when the stanza was queued (XMPP has no positive acknowledgement to wait for), so
+    /// the LCS sender is told in the session the stanza's id names — if it is still up: no
+    /// SIP request can carry it otherwise — as a text MESSAGE: the condition with the status
+    /// `errors.toml` gives it, and the start of the text. Errors for chat states tell nothing;
+    /// notices are rate-limited per session ([`NOTICE_BURST`]). When the server says the
+    /// recipient cannot be reached (`item-not-found`, `service-unavailable` or `gone` from the
+    /// bare JID, not marked `wait`: no such account, RFC 6121 §8.5.1; no resource online and no
+    /// offline storage, §8.5.2.2.1; or the user blocks the sender, XEP-0191) the session ends
+    /// with BYE and a `Reason` (RFC 3326) with that status, so that LCS's next message starts a
+    /// session of its own rather than being lost in this one.
     fn delivery_failed(
         &mut self,
         now: Instant,
@@ -287,41 +755,92 @@ impl ImEngine {
         remote: Jid,
         out: &mut Vec<Output>,
     ) {
+        let Some((tag, kind)) = stanza.id.as_ref().and_then(|id| parse_stanza_id(&id.0)) else {
+            return;
+        };
         let Ok(remote_addr) = self.book.jid_to_sip(&remote) else {
             return;
         };
-        let Ok(local_addr) = self.book.jid_to_sip(&Jid::from(local.to_bare())) else {
+        let key: Key = (local.to_bare(), remote_addr.aor().to_uri());
+        let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
-        if self.book.is_local_domain(&remote_addr.host)
-            || !self.book.is_local_domain(&local_addr.host)
-        {
+        let State::Up { dialog } = &session.state else {
+            return;
+        };
+        if dialog.id.local_tag != tag || kind == StanzaKind::Typing {
             return;
         }
-        let condition = stanza
-            .payloads
-            .iter()
-            .find(|p| p.name() == "error")
-            .and_then(|e| {
-                e.children()
-                    .find(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name() != "text")
-                    .map(|c| c.name().to_owned())
-            })
-            .unwrap_or_else(|| "undefined-condition".into());
-        let mut text = format!("Message not delivered to {} ({condition})", local.to_bare());
+        let (condition, wait) =
+            common::error_of(&stanza.payloads).unwrap_or((Condition::UndefinedCondition, false));
+        let status = self.errors.status_for_condition(condition);
+        let unreachable = !wait
+            && local.resource().is_none()
+            && matches!(
+                condition,
+                Condition::ItemNotFound | Condition::ServiceUnavailable | Condition::Gone
+            );
+        // The last notice of a session that ends goes whatever the budget.
+        if !session.notices.take(now) && !unreachable {
+            session.notices.held = session.notices.held.saturating_add(1);
+            return;
+        }
+        let held = std::mem::take(&mut session.notices.held);
+        let mut text = format!(
+            "Message not delivered to {} ({status} {}, {})",
+            local.to_bare(),
+            reason_phrase(status),
+            condition.as_str()
+        );
         if let Some((_, body)) = stanza.get_best_body(vec![]) {
             text.push_str(": ");
-            text.push_str(body);
+            text.extend(body.chars().take(NOTICE_QUOTE_CHARS));
+            if body.chars().nth(NOTICE_QUOTE_CHARS).is_some() {
+                text.push('…');
+            }
         }
-        let key: Key = (local.to_bare(), remote_addr.aor().to_uri());
-        self.enqueue(
-            now,
-            key,
-            Jid::from(remote.to_bare()),
-            local_addr.to_uri(),
-            Item::Notice(text),
-            out,
-        );
+        if held > 0 {
+            text.push_str(&format!(" [and {held} more not delivered]"));
+        }
+        if unreachable {
+            text.push_str(&format!(
+                "\n{} is not reachable (no account, offline, or blocking); this conversation \
+                 has ended.",
+                local.to_bare()
+            ));
+        }
+        self.send_item(key.clone(), Item::Notice(text), out);
+        if unreachable {
+            let reason = format!("SIP;cause={status};text=\"{}\"", reason_phrase(status));
+            self.end_session(&key, Some(&reason), out);
+        }
+    }
+
+    /// The id of a stanza sent to an XMPP user from the session of `key`: its dialog's local
+    /// tag, this process's part, the kind and a number (`3f…a1.9c04e2b7.m12`).
+    fn stanza_id(&mut self, key: &Key, kind: StanzaKind) -> Option<String> {
+        let Some(Session {
+            state: State::Up { dialog },
+            ..
+        }) = self.sessions.get(key)
+        else {
+            return None;
+        };
+        self.stanzas += 1;
+        let letter = match kind {
+            StanzaKind::Body => 'm',
+            StanzaKind::Typing => 't',
+        };
+        Some(format!(
+            "{}.{}.{letter}{}",
+            dialog.id.local_tag, self.process, self.stanzas
+        ))
+    }
+
+    /// `stanza` with the id [`ImEngine::stanza_id`] gives it, as it goes to the link.
+    fn with_id(&mut self, key: &Key, kind: StanzaKind, mut stanza: Stanza) -> Element {
+        stanza.id = self.stanza_id(key, kind).map(Id);
+        Element::from(stanza)
     }
 
     /// Queues an item on the session for `key`, opening or replacing the session as needed.
@@ -340,10 +859,24 @@ impl ImEngine {
         };
         if expired {
             // Profile: LCS's header signatures last 24 h; a fresh INVITE replaces the dialog.
-            self.end_session(&key, out);
+            self.end_session(&key, None, out);
         }
         if !self.sessions.contains_key(&key) {
-            if matches!(item, Item::Typing(_)) {
+            let Item::Body { stanza, .. } = &item else {
+                return;
+            };
+            if let Some(limit) = self.session_limit(&key) {
+                let text = match limit {
+                    "im.max_sessions_per_user" => {
+                        format!("too many chat sessions open for {} ({limit})", key.0)
+                    }
+                    "im.max_sessions" => format!("too many chat sessions open here ({limit})"),
+                    _ => format!(
+                        "too many chat sessions open with {} ({limit})",
+                        host_of(&key.1)
+                    ),
+                };
+                out.push(bounce(stanza, Condition::ResourceConstraint, &text));
                 return;
             }
             self.invite(now, key.clone(), remote_jid, local_uri, out);
@@ -367,6 +900,22 @@ impl ImEngine {
                 session.queue.push_back(item);
             }
             State::Up { .. } => self.send_item(key, item, out),
+        }
+    }
+
+    /// Queues `item` (a message whose dialog LCS no longer knows) again, for a fresh session.
+    fn requeue(&mut self, now: Instant, key: Key, item: Item, out: &mut Vec<Output>) {
+        let Item::Body { stanza, .. } = &item else {
+            return;
+        };
+        let remote_jid = stanza.to.as_ref().map(|j| Jid::from(j.to_bare()));
+        let local_uri = stanza
+            .from
+            .as_ref()
+            .and_then(|j| self.book.jid_to_sip(&Jid::from(j.to_bare())).ok())
+            .map(|a| a.to_uri());
+        if let (Some(remote_jid), Some(local_uri)) = (remote_jid, local_uri) {
+            self.enqueue(now, key, remote_jid, local_uri, item, out);
         }
     }
 
@@ -406,19 +955,18 @@ impl ImEngine {
         invite.set_body(Some("application/sdp"), sdp.into_bytes());
         let tx = self.ids.next();
         let domain = host_of(&remote_uri);
-        self.purposes.insert(tx, Purpose::Invite(key.clone()));
-        self.sessions.insert(
-            key,
-            Session {
-                remote_jid,
-                state: State::Inviting {
-                    invite: invite.clone(),
-                },
-                queue: VecDeque::new(),
-                last_activity: now,
-                thread: call_id,
+        self.purposes.insert(
+            tx,
+            Purpose::Invite {
+                key: key.clone(),
+                invite: Box::new(invite.clone()),
             },
         );
+        let state = State::Inviting {
+            call_id: call_id.clone(),
+        };
+        self.sessions
+            .insert(key, Session::new(remote_jid, state, now, call_id));
         out.push(Output::Request {
             tx,
             request: invite,
@@ -428,20 +976,11 @@ impl ImEngine {
 
     /// Sends one item as an in-dialog MESSAGE (the session must be up).
     fn send_item(&mut self, key: Key, item: Item, out: &mut Vec<Output>) {
-        let branch = self.branch();
-        let via = self.via();
-        let Some(Session {
-            state: State::Up { dialog },
-            ..
-        }) = self.sessions.get_mut(&key)
+        let Some((mut request, route, dialog)) =
+            self.in_dialog_request(&key, Method::Message, true, out)
         else {
             return;
         };
-        let contact = None;
-        let Ok(mut request) = dialog.next_request(Method::Message, &via, &branch, contact) else {
-            return;
-        };
-        let conn = dialog.conn;
         match &item {
             Item::Body {
                 text,
@@ -468,17 +1007,19 @@ impl ImEngine {
             }
         }
         let tx = self.ids.next();
-        self.purposes.insert(tx, Purpose::Message { key, item });
-        out.push(Output::Request {
-            tx,
-            request,
-            route: Route::Connection(conn),
-        });
+        self.purposes
+            .insert(tx, Purpose::Message { key, dialog, item });
+        out.push(Output::Request { tx, request, route });
     }
 
-    /// Ends a session: BYE if its dialog is up; queued bodies are returned to their senders.
-    fn end_session(&mut self, key: &Key, out: &mut Vec<Output>) {
-        let Some(session) = self.sessions.remove(key) else {
+    /// Ends a session: BYE (with this `Reason` header value, if any) if its dialog is up, and
+    /// its record removed; queued bodies are returned to their senders.
+    fn end_session(&mut self, key: &Key, reason: Option<&str>, out: &mut Vec<Output>) {
+        let mut bye = self.in_dialog_request(key, Method::Bye, false, out);
+        if let (Some((request, _, _)), Some(reason)) = (bye.as_mut(), reason) {
+            request.push_header("Reason", reason);
+        }
+        let Some(session) = self.drop_session(key, out) else {
             return;
         };
         for item in session.queue {
@@ -490,18 +1031,10 @@ impl ImEngine {
                 ));
             }
         }
-        if let State::Up { mut dialog } = session.state {
-            self.dialogs.remove(&dialog.id);
-            let branch = self.branch();
-            if let Ok(bye) = dialog.next_request(Method::Bye, &self.via(), &branch, None) {
-                let tx = self.ids.next();
-                self.purposes.insert(tx, Purpose::Bye);
-                out.push(Output::Request {
-                    tx,
-                    request: bye,
-                    route: Route::Connection(dialog.conn),
-                });
-            }
+        if let Some((request, route, _)) = bye {
+            let tx = self.ids.next();
+            self.purposes.insert(tx, Purpose::Bye);
+            out.push(Output::Request { tx, request, route });
         }
     }
 
@@ -522,41 +1055,83 @@ impl ImEngine {
                 let c = self.errors.condition_for_timeout();
                 self.on_final(now, tx, Err((c, common::NO_ANSWER.into(), true)), &mut out)
             }
-            EdgeEvent::Transaction(TxEvent::TransportError { tx }) => self.on_final(
-                now,
-                tx,
-                Err((
-                    Condition::RecipientUnavailable,
-                    common::CONNECTION_LOST.into(),
-                    true,
-                )),
-                &mut out,
-            ),
+            EdgeEvent::Transaction(TxEvent::TransportError { tx }) => {
+                if !self.resend_by_domain(tx, &mut out) {
+                    let lost = (
+                        Condition::RecipientUnavailable,
+                        common::CONNECTION_LOST.into(),
+                        true,
+                    );
+                    self.on_final(now, tx, Err(lost), &mut out)
+                }
+            }
             EdgeEvent::Undeliverable { tx, why } => {
-                let condition = common::undeliverable_condition(&self.errors, &why);
-                self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
+                let gone = matches!(why, Undeliverable::ConnectionGone { .. });
+                if !(gone && self.resend_by_domain(tx, &mut out)) {
+                    let condition = common::undeliverable_condition(&self.errors, &why);
+                    self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
+                }
             }
             EdgeEvent::ConnectionLost { conn } => {
-                // Dialogs on it are gone; their in-flight MESSAGEs fail through TransportError.
-                let lost: Vec<Key> = self
-                    .sessions
-                    .iter()
-                    .filter(
-                        |(_, s)| matches!(&s.state, State::Up { dialog } if dialog.conn == conn),
-                    )
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for key in lost {
-                    if let Some(s) = self.sessions.remove(&key) {
-                        if let State::Up { dialog } = s.state {
-                            self.dialogs.remove(&dialog.id);
-                        }
+                // The dialogs on it are kept (LCS keeps its side of them): their next requests
+                // go by domain. Their MESSAGEs in flight fail through TransportError and go
+                // once more by domain (`resend_by_domain`).
+                for s in self.sessions.values_mut() {
+                    if matches!(&s.state, State::Up { dialog } if dialog.conn == conn) {
+                        s.detached = true;
                     }
                 }
             }
             EdgeEvent::Transaction(_) => {}
         }
         out
+    }
+
+    /// Message `tx` was lost with its connection (a transport error, or the connection gone
+    /// before it could be sent): if it is a body sent only once, in its session's current
+    /// dialog, the session is detached and the body goes once more, in the same dialog, by
+    /// domain (the edge reuses or opens a connection to the partner; LCS keeps its side of the
+    /// dialog). Returns whether it did; if not, the failure is handled as any other.
+    fn resend_by_domain(&mut self, tx: TxId, out: &mut Vec<Output>) -> bool {
+        let Some(Purpose::Message {
+            key,
+            dialog,
+            item: Item::Body { retried: false, .. },
+        }) = self.purposes.get(&tx)
+        else {
+            return false;
+        };
+        let Some(session) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        if !matches!(&session.state, State::Up { dialog: d } if d.id == *dialog) {
+            return false;
+        }
+        session.detached = true;
+        let Some(Purpose::Message {
+            key,
+            item:
+                Item::Body {
+                    text,
+                    subject,
+                    lang,
+                    stanza,
+                    ..
+                },
+            ..
+        }) = self.purposes.remove(&tx)
+        else {
+            return false;
+        };
+        let item = Item::Body {
+            text,
+            subject,
+            lang,
+            stanza,
+            retried: true,
+        };
+        self.send_item(key, item, out);
+        true
     }
 
     /// The final outcome of client transaction `tx`: the response and its connection, or
@@ -592,10 +1167,16 @@ impl ImEngine {
         };
         match purpose {
             Purpose::Bye => {}
-            Purpose::Invite(key) => match (failure, outcome) {
-                (None, Ok((conn, response))) => self.established(now, key, conn, response, out),
+            Purpose::Invite { key, invite } => match (failure, outcome) {
+                (None, Ok((conn, response))) => {
+                    self.established(now, key, &invite, conn, response, out)
+                }
                 (Some((condition, text, _)), _) => {
-                    if let Some(s) = self.sessions.remove(&key) {
+                    let ours = matches!(
+                        self.sessions.get(&key).map(|s| &s.state),
+                        Some(State::Inviting { call_id }) if invite.call_id().ok() == Some(call_id)
+                    );
+                    if let Some(s) = ours.then(|| self.sessions.remove(&key)).flatten() {
                         for item in s.queue {
                             if let Item::Body { stanza, .. } = item {
                                 out.push(bounce(&stanza, condition, &text));
@@ -605,76 +1186,220 @@ impl ImEngine {
                 }
                 (None, Err(_)) => {}
             },
-            Purpose::Message { key, item } => match failure {
-                None => {
-                    if let Item::Body { stanza, .. } = item {
-                        if let Some(r) = receipt(&stanza) {
-                            out.push(Output::Stanza(r));
+            Purpose::Message { key, dialog, item } => {
+                let current = matches!(
+                    self.sessions.get(&key).map(|s| &s.state),
+                    Some(State::Up { dialog: d }) if d.id == dialog
+                );
+                // A 500 in a session taken up from the store, before any request of this
+                // process in it was answered 2xx: most likely a CSeq the previous process used
+                // (a reservation the store lost; RFC 3261 §12.2.2), which LCS refuses however
+                // often it is sent. Handled as a 481, with a BYE (LCS still has the dialog).
+                let collided = current
+                    && status == status::SERVER_INTERNAL_ERROR
+                    && self.sessions.get(&key).is_some_and(|s| s.restored);
+                match failure {
+                    None => {
+                        if let (true, Ok((conn, _))) = (current, &outcome) {
+                            self.attach(&key, *conn);
+                            if let Some(s) = self.sessions.get_mut(&key) {
+                                s.restored = false;
+                            }
                         }
-                    }
-                }
-                Some((condition, text, teardown)) => {
-                    if let Item::Body { stanza, .. } = &item {
-                        out.push(bounce(stanza, condition, &text));
-                    }
-                    // 408/480/481 (also to a typing notification), timeouts, lost
-                    // connections: the next message starts a fresh session.
-                    if teardown {
-                        if let Some(s) = self.sessions.remove(&key) {
-                            if let State::Up { dialog } = s.state {
-                                self.dialogs.remove(&dialog.id);
+                        if let Item::Body { stanza, .. } = item {
+                            if let Some(r) = receipt(&stanza) {
+                                out.push(Output::Stanza(r));
                             }
                         }
                     }
+                    Some((condition, text, teardown)) => {
+                        // 408/480/481 (also to a typing notification), timeouts, lost
+                        // connections: the next message starts a fresh session.
+                        if collided {
+                            self.end_session(&key, None, out);
+                        } else if teardown && current {
+                            self.drop_session(&key, out);
+                        }
+                        match item {
+                            // LCS no longer knows the dialog (it restarted, or a stored
+                            // session outlived its end), or refuses its CSeqs: the message goes
+                            // once more, in a fresh session.
+                            Item::Body {
+                                text: body,
+                                subject,
+                                lang,
+                                stanza,
+                                retried: false,
+                            } if status == status::CALL_DOES_NOT_EXIST || collided => {
+                                let item = Item::Body {
+                                    text: body,
+                                    subject,
+                                    lang,
+                                    stanza,
+                                    retried: true,
+                                };
+                                self.requeue(now, key, item, out);
+                            }
+                            Item::Body { stanza, .. } => {
+                                out.push(bounce(&stanza, condition, &text))
+                            }
+                            Item::Typing(_) | Item::Notice(_) => {}
+                        }
+                    }
                 }
-            },
+            }
         }
     }
 
-    /// The INVITE's 2xx: build the dialog, ACK it, send what waited.
+    /// The key of the session whose current dialog `record` is, if it is still up.
+    fn session_of(&self, record: &ImDialog) -> Option<Key> {
+        let local = BareJid::new(&record.local_jid).ok()?;
+        let key: Key = (local, record.remote_aor.clone());
+        match &self.sessions.get(&key)?.state {
+            State::Up { dialog }
+                if dialog.id.call_id == record.dialog.call_id
+                    && dialog.id.local_tag == record.dialog.local_tag =>
+            {
+                Some(key)
+            }
+            _ => None,
+        }
+    }
+
+    /// The runner could not do these store writes (`failed`; `queued`: this engine's requests
+    /// not sent yet; [`crate::engine::bridge::Engine::store_failed`]). No answer changes. A
+    /// session whose first record was not written goes on (a restart would end it: LCS's next
+    /// message in it would get `481`). A raised reservation that was not written leaves the
+    /// store's lower one in force: the session's MESSAGEs above it still waiting are withdrawn
+    /// (a restarted bridge would repeat their CSeqs, and LCS answer `500`), the session ends
+    /// (its record removed, BYE) and each withdrawn message goes once more in a fresh session,
+    /// whose INVITE needs no reservation. Returns the withdrawn transactions and what to do
+    /// first.
+    pub fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> (Vec<TxId>, Vec<Output>) {
+        let (mut withdrawn, mut out) = (Vec::new(), Vec::new());
+        for output in failed {
+            let (record, before) = match output {
+                Output::PersistIm {
+                    dialog,
+                    durable: true,
+                    before,
+                } => (dialog, *before),
+                Output::PersistIm { dialog, .. } => {
+                    info!(local = %dialog.local_jid, remote = %dialog.remote_aor, "IM session record not updated");
+                    continue;
+                }
+                Output::ForgetIm { local, remote } => {
+                    // A record left behind is taken up at the next start; its dialog has ended,
+                    // so its first message gets 481 and goes in a fresh session.
+                    warn!(%local, %remote, "IM session record not removed");
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some(key) = self.session_of(record) else {
+                continue;
+            };
+            let Some(before) = before else {
+                warn!(local = %record.local_jid, remote = %record.remote_aor,
+                    "IM session record not stored; a restart now ends that session");
+                if let Some(s) = self.sessions.get_mut(&key) {
+                    s.stored = None;
+                }
+                continue;
+            };
+            warn!(local = %record.local_jid, remote = %record.remote_aor,
+                "IM session CSeq reservation not stored; the session ends and its waiting messages go in a fresh one");
+            let mine: Vec<TxId> = queued
+                .iter()
+                .filter(|(tx, m)| {
+                    matches!(self.purposes.get(tx), Some(Purpose::Message { key: k, .. }) if *k == key)
+                        && m.call_id().is_ok_and(|c| c == record.dialog.call_id)
+                        && m.cseq().is_ok_and(|c| c.number > before)
+                })
+                .map(|(tx, _)| *tx)
+                .collect();
+            let mut items = Vec::new();
+            for tx in mine {
+                if let Some(Purpose::Message { item, .. }) = self.purposes.remove(&tx) {
+                    withdrawn.push(tx);
+                    items.push(item);
+                }
+            }
+            self.end_session(&key, None, &mut out);
+            for item in items {
+                self.requeue(now, key.clone(), item, &mut out);
+            }
+        }
+        (withdrawn, out)
+    }
+
+    /// The INVITE's 2xx: build the dialog, store it (synced, before the ACK makes it exist
+    /// for LCS), ACK it, send what waited. A 2xx to an INVITE whose session has meanwhile
+    /// been replaced (LCS invited at the same time) is ACKed and its dialog ended with BYE.
     fn established(
         &mut self,
         now: Instant,
         key: Key,
+        invite: &Message,
         conn: ConnId,
         response: Message,
         out: &mut Vec<Output>,
     ) {
-        let Some(session) = self.sessions.get_mut(&key) else {
-            return;
-        };
-        let State::Inviting { invite } = &session.state else {
-            return;
-        };
+        let ours = matches!(
+            self.sessions.get(&key).map(|s| &s.state),
+            Some(State::Inviting { call_id }) if invite.call_id().ok() == Some(call_id)
+        );
         let mut dialog = match Dialog::from_uac(invite, &response, conn, now) {
             Ok(d) => d,
             Err(e) => {
-                let queue = std::mem::take(&mut session.queue);
-                self.sessions.remove(&key);
-                for item in queue {
-                    if let Item::Body { stanza, .. } = item {
-                        out.push(bounce(
-                            &stanza,
-                            Condition::ServiceUnavailable,
-                            &format!("the LCS side accepted the session wrongly: {e}"),
-                        ));
+                if let Some(s) = ours.then(|| self.sessions.remove(&key)).flatten() {
+                    for item in s.queue {
+                        if let Item::Body { stanza, .. } = item {
+                            out.push(bounce(
+                                &stanza,
+                                Condition::ServiceUnavailable,
+                                &format!("the LCS side accepted the session wrongly: {e}"),
+                            ));
+                        }
                     }
                 }
                 return;
             }
         };
         let branch = self.branch();
-        if let Ok(ack) = dialog.next_request(Method::Ack, &self.via(), &branch, None) {
-            out.push(Output::Ack { conn, ack });
+        let ack = dialog
+            .next_request(Method::Ack, &self.via(), &branch, None)
+            .ok();
+        if !ours {
+            out.extend(ack.map(|ack| Output::Ack { conn, ack }));
+            let branch = self.branch();
+            if let Ok(bye) = dialog.next_request(Method::Bye, &self.via(), &branch, None) {
+                let tx = self.ids.next();
+                self.purposes.insert(tx, Purpose::Bye);
+                out.push(Output::Request {
+                    tx,
+                    request: bye,
+                    route: Route::Connection(conn),
+                });
+            }
+            return;
         }
         self.dialogs.insert(dialog.id.clone(), key.clone());
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
-        session.state = State::Up { dialog };
+        session.state = State::Up {
+            dialog: Box::new(dialog),
+        };
         session.last_activity = now;
-        self.idle
-            .push(Reverse((now + self.settings.idle_timeout, key.clone())));
+        self.persist(&key, true, out);
+        out.extend(ack.map(|ack| Output::Ack { conn, ack }));
+        self.arm_idle(now, key.clone());
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
@@ -683,6 +1408,8 @@ impl ImEngine {
             self.send_item(key.clone(), item, out);
         }
     }
+
+    // ------------------------------------------------------------------ LCS → XMPP
 
     /// A request from LCS.
     fn on_request(
@@ -716,7 +1443,7 @@ impl ImEngine {
                     out.push(refuse(self, reject));
                     return;
                 };
-                self.in_dialog(now, tx, key, &request, out);
+                self.in_dialog(now, tx, conn, key, &request, out);
             }
             Some(Method::Ack) => {}
             _ => {
@@ -745,11 +1472,30 @@ impl ImEngine {
             local_uri,
             remote,
             remote_aor,
-            ..
+            display,
         } = match parties(&self.book, &self.errors, request) {
             Ok(p) => p,
             Err(reject) => return out.push(refuse(reject)),
         };
+        // A new session beyond a limit: 486 (this INVITE only; a 503 would tell LCS's edge to
+        // send the bridge nothing for a while, RFC 3261 §21.5.4).
+        let new_key: Key = (local.clone(), remote_aor.clone());
+        if !self.sessions.contains_key(&new_key) {
+            if let Some(limit) = self.session_limit(&new_key) {
+                let reason = match limit {
+                    "im.max_sessions_per_user" => {
+                        format!("Busy Here: too many chat sessions for this user ({limit})")
+                    }
+                    "im.max_sessions" => format!("Busy Here: too many chat sessions ({limit})"),
+                    _ => format!(
+                        "Busy Here: too many chat sessions with {} ({limit})",
+                        host_of(&remote_aor)
+                    ),
+                };
+                return out.push(refuse(Reject::new(status::BUSY_HERE).reason(reason)));
+            }
+        }
+        let name = display.as_deref().and_then(names::display_name);
         let offer = Sdp::parse(request.body()).ok();
         let answer = offer
             .as_ref()
@@ -776,43 +1522,53 @@ impl ImEngine {
         response.push_header("Contact", &name_addr(None, &contact, &[]));
         response.push_header("Supported", "ms-text-format");
         response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
-        out.push(Output::Respond { tx, response });
 
         let local = Jid::from(local);
         let key: Key = (local.to_bare(), remote_aor);
         let thread = dialog.id.call_id.clone();
-        // A new INVITE from the same party replaces the session we had with them.
+        // A new INVITE from the same party replaces the session we had with them; what waited
+        // for our own INVITE (LCS invited at the same time) goes in this one.
+        let mut queue = VecDeque::new();
         if let Some(old) = self.sessions.remove(&key) {
-            if let State::Up { dialog } = old.state {
+            if let State::Up { dialog } = &old.state {
                 self.dialogs.remove(&dialog.id);
             }
+            queue = old.queue;
         }
         self.dialogs.insert(dialog.id.clone(), key.clone());
         let remote_jid = Jid::from(remote.to_bare());
-        if let Some(first) = request
+        let first = request
             .header("ms-text-format")
-            .and_then(|v| im_text::ms_text_format(v).ok().flatten())
-        {
-            out.push(Output::Stanza(chat(
-                &remote_jid,
-                &local,
-                &thread,
-                Some(&first),
-                None,
-            )));
+            .and_then(|v| im_text::ms_text_format(v).ok().flatten());
+        let state = State::Up {
+            dialog: Box::new(dialog),
+        };
+        let session = Session::new(remote_jid.clone(), state, now, thread.clone());
+        self.sessions.insert(key.clone(), session);
+        self.arm_idle(now, key.clone());
+        // Stored (synced) before the 200 makes the dialog exist for LCS.
+        self.persist(&key, true, out);
+        out.push(Output::Respond { tx, response });
+        if let Some(first) = first {
+            // XEP-0172 §4.2: the sender's nick in the first message of a conversation.
+            let mut el = chat(&remote_jid, &local, &thread, Some(&first), None);
+            if let Some(n) = &name {
+                el.payloads.push(Nick(n.clone()).into());
+            }
+            out.push(Output::Stanza(self.with_id(&key, StanzaKind::Body, el)));
         }
-        self.idle
-            .push(Reverse((now + self.settings.idle_timeout, key.clone())));
-        self.sessions.insert(
-            key,
-            Session {
-                remote_jid,
-                state: State::Up { dialog },
-                queue: VecDeque::new(),
-                last_activity: now,
-                thread,
-            },
-        );
+        if let Some(name) = name {
+            out.push(Output::Fact(Fact::Name {
+                contact: remote.to_bare(),
+                aor: key.1.clone(),
+                name,
+                source: crate::core::names::NameSource::From,
+                subscribed: false,
+            }));
+        }
+        for item in queue {
+            self.send_item(key.clone(), item, out);
+        }
     }
 
     fn page_mode(&mut self, tx: TxId, request: &Message, out: &mut Vec<Output>) {
@@ -821,13 +1577,13 @@ impl ImEngine {
             |Parties { local, remote, .. }| {
                 let ct = content_type(request);
                 match im_text::plain_text(&ct, request.body()) {
-                    Ok(text) => Ok(chat(
+                    Ok(text) => Ok(Element::from(chat(
                         &Jid::from(remote.to_bare()),
                         &Jid::from(local),
                         "",
                         Some(&text),
                         None,
-                    )),
+                    ))),
                     Err(e) => Err(body_error(&self.errors, &e)),
                 }
             },
@@ -844,6 +1600,7 @@ impl ImEngine {
         &mut self,
         now: Instant,
         tx: TxId,
+        conn: ConnId,
         key: Key,
         request: &Message,
         out: &mut Vec<Output>,
@@ -852,7 +1609,9 @@ impl ImEngine {
         let Some(session) = self.sessions.get_mut(&key) else {
             return;
         };
+        let mut retargeted = false;
         if let State::Up { dialog } = &mut session.state {
+            let target = dialog.remote_target.clone();
             if let Err(e) = dialog.accept_request(request) {
                 // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
                 let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
@@ -862,11 +1621,22 @@ impl ImEngine {
                 });
                 return;
             }
+            retargeted = dialog.remote_target != target;
         }
         session.last_activity = now;
+        if retargeted {
+            // A target refresh (re-INVITE with a new Contact, RFC 3261 §12.2.2): kept for a
+            // restart, lazily (a lost one costs the old target's 481 and a fresh session).
+            self.persist(&key, false, out);
+        }
+        self.attach(&key, conn);
+        let Some(session) = self.sessions.get(&key) else {
+            return;
+        };
         let local = Jid::from(key.0.clone());
         // The stanza the request becomes (none: acknowledged only), or its refusal.
-        let stanza: Result<Option<Element>, Reject> = match request.method().cloned() {
+        let mut kind = StanzaKind::Typing;
+        let stanza: Result<Option<Stanza>, Reject> = match request.method().cloned() {
             Some(Method::Bye) => Ok(None),
             // A re-INVITE (refresh): keep the session, answer with our SDP.
             Some(Method::Invite) => Ok(None),
@@ -890,6 +1660,7 @@ impl ImEngine {
                         Err(e) => Err(body_error(&self.errors, &e)),
                     }
                 } else {
+                    kind = StanzaKind::Body;
                     match im_text::plain_text(&ct, request.body()) {
                         Ok(text) => Ok(Some(chat(
                             &session.remote_jid,
@@ -920,9 +1691,11 @@ impl ImEngine {
             Err(reject) => reject.response_to(request, Some(&tag)),
         };
         out.push(Output::Respond { tx, response });
-        out.extend(stanza.ok().flatten().map(Output::Stanza));
+        if let Ok(Some(el)) = stanza {
+            out.push(Output::Stanza(self.with_id(&key, kind, el)));
+        }
         if request.method() == Some(&Method::Bye) {
-            if let Some(s) = self.sessions.remove(&key) {
+            if let Some(s) = self.drop_session(&key, out) {
                 for item in s.queue {
                     if let Item::Body { stanza, .. } = item {
                         out.push(bounce(
@@ -932,11 +1705,32 @@ impl ImEngine {
                         ));
                     }
                 }
-                if let State::Up { dialog } = s.state {
-                    self.dialogs.remove(&dialog.id);
-                }
             }
         }
+    }
+
+    /// The idle deadline of the session of `key`, which went up at `now`. When entries of
+    /// ended sessions (which stay until their time) outnumber the live ones, the heap is built
+    /// anew from the live sessions: a peer opening and ending sessions fast cannot grow it
+    /// (amortized O(1) per session).
+    fn arm_idle(&mut self, now: Instant, key: Key) {
+        self.idle
+            .push(Reverse((now + self.settings.idle_timeout, key)));
+        if self.idle.len() > 2 * self.sessions.len() + 1024 {
+            let timeout = self.settings.idle_timeout;
+            self.idle = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::Up { .. }))
+                .map(|(k, s)| Reverse((s.last_activity + timeout, k.clone())))
+                .collect();
+        }
+    }
+
+    /// The number of idle deadlines held (for tests).
+    #[cfg(test)]
+    fn idle_entries(&self) -> usize {
+        self.idle.len()
     }
 
     /// When the next idle session must end.
@@ -963,7 +1757,7 @@ impl ImEngine {
             }
             let due = s.last_activity + self.settings.idle_timeout;
             if due <= now {
-                self.end_session(&key, &mut out);
+                self.end_session(&key, None, &mut out);
             } else {
                 self.idle.push(Reverse((due, key)));
             }
@@ -997,7 +1791,7 @@ fn body_error(errors: &ErrorTable, e: &im_text::BodyError) -> Reject {
 }
 
 /// A chat message from an LCS user to a local user.
-fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Element {
+fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
     // Characters XML forbids are removed from every stanza by the component link.
@@ -1014,11 +1808,11 @@ fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<
         });
     }
     m.payloads.push(ChatState::Active.into());
-    Element::from(m)
+    m
 }
 
 /// A chat state notification (XEP-0085) from an LCS user.
-fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Element {
+fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
     m.thread = Some(Thread {
@@ -1031,7 +1825,7 @@ fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Element {
         Typing::Active => ChatState::Active,
     };
     m.payloads.push(s.into());
-    Element::from(m)
+    m
 }
 
 /// The XEP-0184 receipt for a delivered message that asked for one.
@@ -1057,12 +1851,15 @@ mod tests {
     use super::*;
     use crate::core::address::AddressMode;
     use crate::core::tables::Mappings;
-    use crate::edge::core::Undeliverable;
 
     const LOCAL: &str = "alice@example.org/phone";
     const REMOTE: &str = r"bob\40contoso.com@lcs.example.org";
 
     fn engine() -> ImEngine {
+        engine_seeded(7)
+    }
+
+    fn engine_seeded(seed: u64) -> ImEngine {
         let book = AddressBook::new(
             AddressMode::Gateway,
             vec!["lcs.example.org".into()],
@@ -1075,13 +1872,18 @@ mod tests {
             dialog_max_age: Duration::from_secs(3600),
             max_body_bytes: 1000,
             max_queued: 3,
+            ..ImSettings::default()
         };
         ImEngine::new(
             settings,
             book,
             Mappings::builtin().errors,
             TxIds::default(),
-            7,
+            seed,
+            WallClock {
+                at: Instant::now(),
+                unix: 1_700_000_000,
+            },
         )
     }
 
@@ -1466,7 +2268,8 @@ mod tests {
     }
 
     /// RFC 7247 §7.1 through `errors.toml`: a To that is no local user is `item-not-found`, a
-    /// body no stanza can be made of `bad-request`, each answered with the table's status.
+    /// From in a local domain `forbidden`, a body no stanza can be made of `bad-request`, each
+    /// answered with the table's status.
     #[test]
     fn xmpp_side_refusals_take_their_status_from_the_error_table() {
         let page = |to: &str, content_type: &str| {
@@ -1477,6 +2280,10 @@ mod tests {
         let unknown = page("sip:carol@fabrikam.com", "text/plain");
         let bad_charset = page("sip:alice@example.org", "text/plain; charset=koi8-r");
         let unsupported = page("sip:alice@example.org", "text/rtf");
+        let local_from = page("sip:alice@example.org", "text/plain")
+            .replace("sip:bob@contoso.com", "sip:eve@example.org");
+        let local_invite = invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+            .replace("sip:bob@contoso.com", "sip:eve@example.org");
         let status_of = |e: &mut ImEngine, raw: &str| {
             let r = &responses(&e.on_edge(Instant::now(), inbound(raw)))[0];
             (r.status().unwrap(), r.header("Accept").is_some())
@@ -1485,56 +2292,277 @@ mod tests {
         assert_eq!(status_of(&mut shipped, &unknown), (404, false));
         assert_eq!(status_of(&mut shipped, &bad_charset), (400, false));
         assert_eq!(status_of(&mut shipped, &unsupported), (415, true));
+        assert_eq!(status_of(&mut shipped, &local_from), (403, false));
+        assert_eq!(status_of(&mut shipped, &local_invite), (403, false));
         let errors = include_str!("../../mappings/errors.toml")
             .replace("item-not-found = 404", "item-not-found = 480")
-            .replace("\nbad-request = 400", "\nbad-request = 406");
+            .replace("\nbad-request = 400", "\nbad-request = 406")
+            .replace("\nforbidden = 403", "\nforbidden = 405");
         let presence = include_str!("../../mappings/presence.toml");
         let mut e = engine();
         e.errors = Mappings::from_strs(presence, &errors).unwrap().errors;
         assert_eq!(status_of(&mut e, &unknown), (480, false));
         assert_eq!(status_of(&mut e, &bad_charset), (406, false));
+        assert_eq!(status_of(&mut e, &local_from), (405, false));
+        assert_eq!(status_of(&mut e, &local_invite), (405, false));
         // An unsupported type is about SIP content negotiation: 415 whatever the table says.
         assert_eq!(status_of(&mut e, &unsupported), (415, true));
     }
 
-    #[test]
-    fn a_bounce_from_the_xmpp_server_is_told_to_the_lcs_sender() {
-        let mut e = engine();
-        let now = Instant::now();
-        open(&mut e, now);
-        // The XMPP server returns a message we delivered (from the LCS user to alice).
-        let bounce: Element = format!(
-            "<message xmlns='jabber:component:accept' from='alice@example.org' to='{REMOTE}' type='error'><body>hi</body><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+    /// The id of the (first) stanza in `out`.
+    fn stanza_id_in(out: &[Output]) -> String {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Stanza(e) => e.attr("id").map(str::to_owned),
+                _ => None,
+            })
+            .expect("a stanza with an id")
+    }
+
+    /// The XMPP server's (or a client's) error for stanza `id`, from `from`.
+    fn error_for(id: &str, from: &str, kind: &str, condition: &str, body: &str) -> Element {
+        let body = if body.is_empty() {
+            String::new()
+        } else {
+            format!("<body>{body}</body>")
+        };
+        format!(
+            "<message xmlns='jabber:component:accept' from='{from}' to='{REMOTE}' type='error' id='{id}'>{body}<error type='{kind}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
         )
         .parse()
-        .unwrap();
-        let out = e.on_stanza(now, bounce);
-        let (_, m, route) = requests(&out).remove(0);
-        assert_eq!(route, Route::Connection(9));
+        .unwrap()
+    }
+
+    #[test]
+    fn an_error_for_a_delivered_message_is_told_to_its_sender_in_its_session() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        assert!(id.starts_with(&format!("{tag}.{}.m", e.process)), "{id}");
+        // A client (a full JID) refuses it; the server quotes the body.
+        let error = error_for(&id, LOCAL, "wait", "recipient-unavailable", "hi there");
+        let out = e.on_stanza(now, error);
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (tx, m, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Connection(4));
+        assert_eq!(m.call_id().unwrap(), "call-1");
         assert_eq!(
-            m.body(),
-            b"Message not delivered to alice@example.org (service-unavailable): hi"
+            String::from_utf8_lossy(m.body()),
+            "Message not delivered to alice@example.org (480 Temporarily Unavailable, \
+             recipient-unavailable): hi there"
         );
         // Its own failure bounces nothing back to XMPP.
-        let tx = requests(&out)[0].0;
         let out = e.on_edge(
             now,
-            final_event(tx, Message::response_to(&m, 481, None, None)),
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn: 4,
+                response: Message::response_to(&m, 481, None, None),
+                is_final: true,
+            }),
         );
         assert!(stanzas(&out).is_empty());
+
+        // Errors that name no stanza of a live session, or a chat state, tell nobody.
+        let mut e = engine();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        let doc = "<isComposing xmlns='urn:ietf:params:xml:ns:im-iscomposing'><state>active</state></isComposing>";
+        let composing = lcs_message(&tag, 2, doc).replace(
+            "Content-Type: text/plain",
+            "Content-Type: application/im-iscomposing+xml",
+        );
+        let out = e.on_edge(now, inbound(&composing));
+        assert_eq!(kinds(&out), ["200", "stanza"]);
+        let typing_id = stanza_id_in(&out);
+        assert!(
+            typing_id.starts_with(&format!("{tag}.{}.t", e.process)),
+            "{typing_id}"
+        );
+        for error in [
+            error_for(&typing_id, "alice@example.org", "cancel", "service-unavailable", ""),
+            error_for("m1", "alice@example.org", "cancel", "service-unavailable", "hi"),
+            error_for(&id.replace(&tag, "othertag"), "alice@example.org", "cancel", "service-unavailable", ""),
+            format!(
+                "<message xmlns='jabber:component:accept' from='alice@example.org' to='{REMOTE}' type='error'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+            )
+            .parse()
+            .unwrap(),
+        ] {
+            assert!(e.on_stanza(now, error).is_empty());
+        }
+        assert_eq!(e.session_count(), 1);
+        // A session that ended (LCS opened a new one): its stanzas' errors tell nobody.
+        let again = invite_from_lcs(&OFFER.replace('\n', "\r\n")).replace("call-1", "call-2");
+        e.on_edge(now, inbound(&again));
+        let error = error_for(&id, "alice@example.org", "wait", "resource-constraint", "");
+        assert!(e.on_stanza(now, error).is_empty());
+    }
+
+    #[test]
+    fn an_unreachable_recipient_ends_the_session_with_bye_and_its_status() {
+        for (condition, table, status, phrase) in [
+            ("service-unavailable", "", 503, "Service Unavailable"),
+            ("item-not-found", "", 404, "Not Found"),
+            ("item-not-found", "480", 480, "Temporarily Unavailable"),
+            ("gone", "", 410, "Gone"),
+        ] {
+            let mut e = engine();
+            if !table.is_empty() {
+                let errors = include_str!("../../mappings/errors.toml")
+                    .replace("item-not-found = 404", &format!("item-not-found = {table}"));
+                let presence = include_str!("../../mappings/presence.toml");
+                e.errors = Mappings::from_strs(presence, &errors).unwrap().errors;
+            }
+            let now = Instant::now();
+            let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+            let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+            let id = stanza_id_in(&out);
+            // The XMPP server answers for the account (its bare JID): not reachable.
+            let out = e.on_stanza(
+                now,
+                error_for(&id, "alice@example.org", "cancel", condition, ""),
+            );
+            assert_eq!(kinds(&out), ["MESSAGE", "forget", "BYE"], "{condition}");
+            let reqs = requests(&out);
+            assert_eq!(
+                String::from_utf8_lossy(reqs[0].1.body()),
+                format!(
+                    "Message not delivered to alice@example.org ({status} {phrase}, {condition})\n\
+                     alice@example.org is not reachable (no account, offline, or blocking); \
+                     this conversation has ended."
+                )
+            );
+            assert_eq!(
+                reqs[1].1.header("Reason"),
+                Some(format!("SIP;cause={status};text=\"{phrase}\"").as_str())
+            );
+            assert_eq!(reqs[1].1.call_id().unwrap(), "call-1");
+            assert_eq!(e.session_count(), 0);
+            // LCS's next message in it: 481, so its client starts a session of its own.
+            let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "hello?")));
+            assert_eq!(responses(&out)[0].status(), Some(481));
+        }
+        // The same condition marked `wait`, or from one client: told, the session stays.
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, "alice@example.org", "wait", "service-unavailable", ""),
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, LOCAL, "cancel", "service-unavailable", ""),
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        assert_eq!(e.session_count(), 1);
+    }
+
+    /// Mallory, another local user, forges an error with the id of a stanza sent to Alice
+    /// (ids are not secret: a client may show them): errors are traced within the sender's
+    /// own sessions, so Alice's session is neither told nor ended — whether Mallory has a
+    /// session with the same LCS user or not.
+    #[test]
+    fn an_error_forged_with_another_users_stanza_id_tells_nobody() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let id = stanza_id_in(&out);
+        let forged = || {
+            error_for(
+                &id,
+                "mallory@example.org",
+                "cancel",
+                "service-unavailable",
+                "x",
+            )
+        };
+        assert!(e.on_stanza(now, forged()).is_empty());
+        e.on_edge(
+            now,
+            invite_between("sip:bob@contoso.com", "sip:mallory@example.org", "call-m"),
+        );
+        assert_eq!(e.session_count(), 2);
+        for _ in 0..5 {
+            assert!(e.on_stanza(now, forged()).is_empty());
+        }
+        assert_eq!(e.session_count(), 2);
+        let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "still there?")));
+        assert_eq!(kinds(&out), ["200", "stanza"]);
+    }
+
+    #[test]
+    fn notices_are_rate_limited_per_session_and_count_what_they_held_back() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let storm = |e: &mut ImEngine, at: Instant, n: usize| -> Vec<String> {
+            (0..n)
+                .flat_map(|_| {
+                    let error = error_for(&id, LOCAL, "wait", "resource-constraint", "");
+                    requests(&e.on_stanza(at, error))
+                })
+                .map(|(_, m, _)| String::from_utf8_lossy(m.body()).into_owned())
+                .collect()
+        };
+        let told = storm(&mut e, now, 50);
+        assert_eq!(told.len(), NOTICE_BURST as usize);
+        assert!(
+            told.iter().all(|t| !t.contains("more not delivered")),
+            "{told:?}"
+        );
+        // One more per interval, with the count of those held back.
+        let told = storm(&mut e, now + NOTICE_INTERVAL, 5);
+        assert_eq!(told.len(), 1);
+        assert!(
+            told[0].ends_with(" [and 47 more not delivered]"),
+            "{}",
+            told[0]
+        );
+        assert_eq!(storm(&mut e, now + NOTICE_INTERVAL, 5).len(), 0);
+        // After a quiet spell, a burst again (never more than NOTICE_BURST).
+        let told = storm(&mut e, now + NOTICE_INTERVAL * 20, 10);
+        assert_eq!(told.len(), NOTICE_BURST as usize);
+        assert!(
+            told[0].ends_with(" [and 9 more not delivered]"),
+            "{}",
+            told[0]
+        );
+        // A long body is quoted only in part.
+        let mut e = engine();
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let id = stanza_id_in(&out);
+        let long = "é".repeat(1000);
+        let out = e.on_stanza(
+            now,
+            error_for(&id, LOCAL, "wait", "resource-constraint", &long),
+        );
+        let text = String::from_utf8_lossy(requests(&out)[0].1.body()).into_owned();
+        assert!(
+            text.ends_with(&format!(": {}…", "é".repeat(NOTICE_QUOTE_CHARS))),
+            "{text}"
+        );
     }
 
     #[test]
     fn characters_xml_forbids_are_dropped_from_delivered_text() {
         // Peer strings reach the stanza as sent; the link's cleaning (which every stanza
         // passes before it is queued) drops what XML forbids.
-        let mut e = chat(
+        let mut e = Element::from(chat(
             &Jid::new("a@b").unwrap(),
             &Jid::new("c@d").unwrap(),
             "call\u{FFFE}-1",
             Some("a\u{0}b\u{1b}c"),
             Some("s\u{1}ubject"),
-        );
+        ));
         assert_eq!(crate::xmpp::clean_stanza(&mut e), Ok(3));
         let xml = String::from(&e);
         assert!(xml.contains("<body>abc</body>"), "{xml}");
@@ -1567,5 +2595,658 @@ mod tests {
                 .unwrap()
                 .contains("m=message 5060 sip/tcp *")
         );
+    }
+
+    // ------------------------------------------------------------------ persistence
+
+    /// What each output is, in order (store writes with their durability).
+    /// The outputs' kinds in order (facts for the other engines left out: no action).
+    fn kinds(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .filter(|o| !matches!(o, Output::Fact(_)))
+            .map(|o| match o {
+                Output::Stanza(_) => "stanza".into(),
+                Output::Request { request, .. } => request.method().unwrap().to_string(),
+                Output::Respond { response, .. } => response.status().unwrap().to_string(),
+                Output::Ack { .. } => "ACK".into(),
+                Output::PersistIm { durable: true, .. } => "store".into(),
+                Output::PersistIm { durable: false, .. } => "store-lazy".into(),
+                Output::ForgetIm { .. } => "forget".into(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn stored(out: &[Output]) -> Vec<ImDialog> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::PersistIm { dialog, .. } => Some((**dialog).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn lcs_message(local_tag: &str, cseq: u32, body: &str) -> String {
+        format!(
+            "MESSAGE sip:alice@sip.example.org;transport=tls SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKm{cseq}\nMax-Forwards: 70\nFrom: <sip:bob@contoso.com>;tag=lcs1\nTo: <sip:alice@example.org>;tag={local_tag}\nCall-ID: call-1\nCSeq: {cseq} MESSAGE\nContent-Type: text/plain\nContent-Length: {}\n\n{body}",
+            body.len()
+        )
+    }
+
+    /// The stored record of a session LCS opened (`call-1`), and its local tag.
+    fn lcs_session(e: &mut ImEngine, now: Instant) -> (ImDialog, String) {
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        (stored(&out).remove(0), tag)
+    }
+
+    #[test]
+    fn a_session_is_stored_synced_before_it_exists_for_lcs_and_forgotten_when_it_ends() {
+        let mut e = engine();
+        let now = Instant::now();
+        // Ours: stored before the ACK, with the CSeq reserved above the INVITE's.
+        let out = e.on_stanza(now, message(Some("hello"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["store", "ACK", "MESSAGE"]);
+        let r = stored(&out).remove(0);
+        assert_eq!(
+            (r.local_jid.as_str(), r.remote_aor.as_str()),
+            ("alice@example.org", "sip:bob@contoso.com")
+        );
+        assert_eq!(r.dialog.call_id, invite.call_id().unwrap());
+        assert_eq!(r.dialog.remote_tag, "remote");
+        assert_eq!(
+            r.dialog.remote_target,
+            "sip:bob@192.0.2.5:5061;transport=tls"
+        );
+        assert_eq!(r.dialog.local_cseq, 1 + CSEQ_RESERVE);
+        assert_eq!(r.dialog.created_unix, 1_700_000_000);
+        // The idle BYE forgets it.
+        let out = e.handle_timeout(now + Duration::from_secs(61));
+        assert_eq!(kinds(&out), ["forget", "BYE"]);
+
+        // LCS's: stored before the 200; its BYE forgets it.
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        assert_eq!(kinds(&out), ["store", "200", "stanza"]);
+        let r = stored(&out).remove(0);
+        assert_eq!(r.dialog.call_id, "call-1");
+        assert_eq!(r.dialog.remote_cseq, Some(1));
+        assert_eq!(r.dialog.local_cseq, 1 + CSEQ_RESERVE);
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let bye = lcs_message(&tag, 2, "").replace("MESSAGE", "BYE");
+        let out = e.on_edge(now, inbound(&bye));
+        assert_eq!(kinds(&out), ["200", "forget"]);
+
+        // A failure that ends the session forgets it; so does the replacement at the age limit.
+        let (tx, msg) = open(&mut e, now);
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&msg, 408, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "stanza"]);
+        open(&mut e, now);
+        let out = e.on_stanza(now + Duration::from_secs(3601), message(Some("late"), ""));
+        assert_eq!(kinds(&out), ["forget", "BYE", "INVITE"]);
+    }
+
+    #[test]
+    fn the_stored_local_cseq_is_a_reservation_raised_before_it_is_passed() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (_, first) = open(&mut e, now);
+        assert_eq!(first.cseq().unwrap().number, 2);
+        // CSeq 3 ..= 1001 are within the reservation: no write.
+        for n in 3..=1 + CSEQ_RESERVE {
+            let out = e.on_stanza(now, message(Some("m"), ""));
+            assert_eq!(kinds(&out), ["MESSAGE"], "CSeq {n}");
+            assert_eq!(requests(&out)[0].1.cseq().unwrap().number, n);
+        }
+        let out = e.on_stanza(now, message(Some("m"), ""));
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        assert_eq!(stored(&out)[0].dialog.local_cseq, 2 * CSEQ_RESERVE + 1);
+        assert_eq!(requests(&out)[0].1.cseq().unwrap().number, CSEQ_RESERVE + 2);
+    }
+
+    /// A second engine (a restarted bridge) takes the first one's stored sessions up.
+    fn restarted(records: Vec<ImDialog>, now: Instant) -> (ImEngine, Vec<Output>) {
+        let mut e = engine_seeded(99);
+        let out = e.restore(now, records);
+        (e, out)
+    }
+
+    #[test]
+    fn a_restored_session_continues_its_dialog_above_every_cseq_sent_before() {
+        let now = Instant::now();
+        let mut first = engine();
+        let out = first.on_stanza(now, message(Some("hello"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = first.on_edge(now, final_event(tx, answer(&invite, 200)));
+        let record = stored(&out).remove(0);
+        for _ in 0..5 {
+            first.on_stanza(now, message(Some("more"), ""));
+        }
+        let later = now + Duration::from_secs(30);
+        let (mut e, out) = restarted(vec![record.clone()], later);
+        assert!(out.is_empty(), "{:?}", kinds(&out));
+        assert_eq!(e.session_count(), 1);
+        // Alice writes again: in the stored dialog, by domain (no connection yet), above the
+        // reservation, which is raised first.
+        let out = e.on_stanza(later, message(Some("after"), ""));
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        let (tx, m, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(m.call_id().unwrap(), invite.call_id().unwrap());
+        assert_eq!(m.to().unwrap().tag(), Some("remote"));
+        assert_eq!(m.cseq().unwrap().number, 1 + CSEQ_RESERVE + 1);
+        assert_eq!(
+            m.request_uri(),
+            Some("sip:bob@192.0.2.5:5061;transport=tls")
+        );
+        assert_eq!(stored(&out)[0].dialog.local_cseq, 1 + 2 * CSEQ_RESERVE);
+        assert_eq!(
+            stored(&out)[0].dialog.created_unix,
+            record.dialog.created_unix
+        );
+        // The answer shows the connection: the dialog lives there from now on.
+        e.on_edge(
+            later,
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn: 5,
+                response: Message::response_to(&m, 200, None, None),
+                is_final: true,
+            }),
+        );
+        let out = e.on_stanza(later, message(Some("again"), ""));
+        assert_eq!(requests(&out)[0].2, Route::Connection(5));
+
+        // LCS's session, restored: its next MESSAGE reaches alice in the same thread.
+        let mut lcs = engine();
+        let (record, tag) = lcs_session(&mut lcs, now);
+        let (mut e, _) = restarted(vec![record], later);
+        let out = e.on_edge(later, inbound(&lcs_message(&tag, 2, "still there?")));
+        assert_eq!(kinds(&out), ["200", "stanza"]);
+        let s = &stanzas(&out)[0];
+        assert!(s.contains("<body>still there?</body>"), "{s}");
+        assert!(s.contains("<thread>call-1</thread>"), "{s}");
+        assert!(
+            s.contains(r"from='bob\40contoso.com@lcs.example.org'"),
+            "{s}"
+        );
+        // The reply goes back on the connection LCS's request came on.
+        let out = e.on_stanza(later, message(Some("yes"), ""));
+        let (_, m, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Connection(4));
+        assert_eq!(m.call_id().unwrap(), "call-1");
+        assert_eq!(m.cseq().unwrap().number, 1 + CSEQ_RESERVE + 1);
+    }
+
+    /// A re-INVITE that moves the remote target is written (lazily), so that a restarted
+    /// bridge sends to the new target.
+    #[test]
+    fn a_target_refresh_is_stored() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (_, tag) = lcs_session(&mut e, now);
+        let reinvite = |cseq: u32, contact: &str| {
+            let raw = invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+                .replace(
+                    "To: <sip:alice@example.org>",
+                    &format!("To: <sip:alice@example.org>;tag={tag}"),
+                )
+                .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+                .replace("<sip:bob@192.0.2.5:5061;transport=tls>", contact);
+            inbound(&raw)
+        };
+        // The same Contact: nothing to write.
+        let out = e.on_edge(now, reinvite(2, "<sip:bob@192.0.2.5:5061;transport=tls>"));
+        assert_eq!(kinds(&out), ["200"]);
+        let out = e.on_edge(now, reinvite(3, "<sip:bob@192.0.2.9:5061;transport=tls>"));
+        assert_eq!(kinds(&out), ["store-lazy", "200"]);
+        let record = stored(&out).remove(0);
+        assert_eq!(
+            record.dialog.remote_target,
+            "sip:bob@192.0.2.9:5061;transport=tls"
+        );
+        assert_eq!(record.dialog.local_cseq, 1 + CSEQ_RESERVE);
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_stanza(now, message(Some("after"), ""));
+        let (_, m, _) = requests(&out).remove(0);
+        assert_eq!(
+            m.request_uri(),
+            Some("sip:bob@192.0.2.9:5061;transport=tls")
+        );
+    }
+
+    /// A restarted bridge numbers its stanzas from 1 again, in the same sessions and threads:
+    /// the process part keeps their ids apart (clients drop a message whose id they have seen),
+    /// and an error for a stanza of the old process is still traced to its session.
+    #[test]
+    fn stanza_ids_do_not_repeat_after_a_restart() {
+        let now = Instant::now();
+        let mut lcs = engine();
+        let out = lcs.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+        let (record, before) = (stored(&out).remove(0), stanza_id_in(&out));
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "again")));
+        let after = stanza_id_in(&out);
+        assert_ne!(before, after);
+        for id in [&before, &after] {
+            assert!(
+                id.starts_with(&format!("{tag}.")) && id.ends_with(".m1"),
+                "{id}"
+            );
+        }
+        let out = e.on_stanza(
+            now,
+            error_for(&before, LOCAL, "wait", "resource-constraint", ""),
+        );
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        // Ids written before the process part are still read; nothing else is.
+        assert_eq!(
+            parse_stanza_id(&format!("{tag}.t7")),
+            Some((tag.as_str(), StanzaKind::Typing))
+        );
+        for other in ["a.b.c.m1", "a..m1", "a.b-c.m1", ".b.m1", "a.b.x1", "a.b.m"] {
+            assert_eq!(parse_stanza_id(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn restore_ends_dialogs_past_their_age_and_forgets_unusable_records() {
+        let now = Instant::now();
+        let mut lcs = engine();
+        let (good, _) = lcs_session(&mut lcs, now);
+        let mut old = good.clone();
+        old.remote_aor = "sip:carol@contoso.com".into();
+        old.dialog.call_id = "call-old".into();
+        old.dialog.created_unix = 1_700_000_000 - 3600;
+        let mut no_user = good.clone();
+        no_user.local_jid = "alice@elsewhere.net".into();
+        let mut local_remote = good.clone();
+        local_remote.remote_aor = "sip:bob@example.org".into();
+        let mut smuggled = good.clone();
+        smuggled.remote_aor = "sip:dave@contoso.com".into();
+        smuggled.dialog.call_id = "x\r\nVia: evil".into();
+        // A local CSeq no reservation can follow (not written by this bridge).
+        let mut exhausted = good.clone();
+        exhausted.remote_aor = "sip:erin@contoso.com".into();
+        exhausted.dialog.call_id = "call-max".into();
+        exhausted.dialog.local_cseq = u32::MAX - 5;
+        // The same pair written another way, and the same dialog under another pair.
+        let mut same_pair = good.clone();
+        same_pair.local_jid = "Alice@Example.org".into();
+        same_pair.dialog.call_id = "call-other".into();
+        let mut same_dialog = good.clone();
+        same_dialog.remote_aor = "sip:frank@contoso.com".into();
+        let (e, out) = restarted(
+            vec![
+                good.clone(),
+                old,
+                no_user,
+                local_remote,
+                smuggled,
+                exhausted,
+                same_pair,
+                same_dialog,
+                good,
+            ],
+            now,
+        );
+        assert_eq!(e.session_count(), 1);
+        // The expired dialog's record is removed first, so its BYE needs no new reservation
+        // (no synced write per expired dialog at a start).
+        assert_eq!(
+            kinds(&out),
+            [
+                "forget", "BYE", "forget", "forget", "forget", "forget", "forget", "forget"
+            ]
+        );
+        let (_, bye, route) = requests(&out).remove(0);
+        assert_eq!(bye.call_id().unwrap(), "call-old");
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(bye.cseq().unwrap().number, 2 + CSEQ_RESERVE);
+        let forgotten: Vec<(String, String)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::ForgetIm { local, remote } => Some((local.clone(), remote.clone())),
+                _ => None,
+            })
+            .collect();
+        let pair = |l: &str, r: &str| (l.to_owned(), r.to_owned());
+        assert_eq!(
+            forgotten[4..],
+            [
+                pair("alice@example.org", "sip:erin@contoso.com"),
+                pair("Alice@Example.org", "sip:bob@contoso.com"),
+                pair("alice@example.org", "sip:frank@contoso.com"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_481_sends_the_message_again_once_in_a_fresh_session() {
+        let now = Instant::now();
+        let mut first = engine();
+        open(&mut first, now);
+        let record = {
+            let out = first.on_stanza(now, message(Some("x"), ""));
+            assert_eq!(kinds(&out), ["MESSAGE"]);
+            first.record(&(
+                BareJid::new("alice@example.org").unwrap(),
+                "sip:bob@contoso.com".into(),
+            ))
+        }
+        .unwrap();
+        let (mut e, _) = restarted(vec![record], now);
+        // LCS no longer knows the dialog (it restarted too).
+        let out = e.on_stanza(now, message(Some("after the restart"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 481, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "INVITE"]);
+        assert!(stanzas(&out).is_empty(), "no bounce");
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["store", "ACK", "MESSAGE"]);
+        let (tx, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"after the restart");
+        assert_eq!(m.call_id().unwrap(), invite.call_id().unwrap());
+        // Not a third time: a second 481 bounces it.
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 481, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "stanza"]);
+        assert!(stanzas(&out)[0].contains("item-not-found"));
+    }
+
+    /// An INVITE from `from` to `to` in dialog `call`, as LCS sends it.
+    fn invite_between(from: &str, to: &str, call: &str) -> EdgeEvent {
+        inbound(
+            &invite_from_lcs(&OFFER.replace('\n', "\r\n"))
+                .replace("sip:bob@contoso.com", from)
+                .replace("sip:alice@example.org", to)
+                .replace("call-1", call),
+        )
+    }
+
+    #[test]
+    fn sessions_beyond_a_limit_are_refused_both_ways() {
+        let mut e = engine();
+        e.settings.max_sessions_per_user = 2;
+        e.settings.max_sessions_per_domain = 3;
+        e.settings.max_sessions_per_partner = 4;
+        e.settings.max_sessions = 5;
+        e.settings.partners.insert("fabrikam.com".into());
+        let now = Instant::now();
+        let status = |e: &mut ImEngine, from: &str, to: &str, call: &str| {
+            let r = responses(&e.on_edge(now, invite_between(from, to, call))).remove(0);
+            (r.status().unwrap(), r.reason().unwrap_or("").to_owned())
+        };
+        let ok = (200, "OK".to_owned());
+        let alice = "sip:alice@example.org";
+        assert_eq!(status(&mut e, "sip:bob@contoso.com", alice, "c1"), ok);
+        assert_eq!(status(&mut e, "sip:carol@contoso.com", alice, "c2"), ok);
+        // Alice has two: a third is refused, this INVITE only (486, not 503).
+        let busy = |why: &str| (486, format!("Busy Here: too many chat sessions {why}"));
+        assert_eq!(
+            status(&mut e, "sip:dave@contoso.com", alice, "c3"),
+            busy("for this user (im.max_sessions_per_user)")
+        );
+        // The same party in a new dialog replaces its session: not one more.
+        assert_eq!(status(&mut e, "sip:bob@contoso.com", alice, "c4"), ok);
+        // Her own message that would open a third: returned with resource-constraint.
+        let to_erin = message(Some("hi erin"), "").to_owned();
+        let to_erin: Element = String::from(&to_erin)
+            .replace(r"bob\40contoso.com", r"erin\40contoso.com")
+            .parse()
+            .unwrap();
+        let out = e.on_stanza(now, to_erin);
+        assert!(requests(&out).is_empty());
+        let s = &stanzas(&out)[0];
+        assert!(s.contains("resource-constraint"), "{s}");
+        assert!(
+            s.contains(
+                "too many chat sessions open for alice@example.org (im.max_sessions_per_user)"
+            ),
+            "{s}"
+        );
+        // contoso.com, a discovered domain, has three at most.
+        assert_eq!(
+            status(&mut e, "sip:frank@contoso.com", "sip:zoe@example.org", "c5"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:gina@contoso.com", "sip:zoe@example.org", "c6"),
+            busy("with contoso.com (im.max_sessions_per_domain)")
+        );
+        // A listed partner counts apart, up to the overall limit.
+        assert_eq!(
+            status(&mut e, "sip:h@fabrikam.com", "sip:yan@example.org", "c7"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:i@fabrikam.com", "sip:yan@example.org", "c8"),
+            ok
+        );
+        assert_eq!(
+            status(&mut e, "sip:j@fabrikam.com", "sip:xi@example.org", "c9"),
+            busy("(im.max_sessions)")
+        );
+        assert_eq!(e.session_count(), 5);
+        assert_eq!(
+            e.limit_hits()
+                .iter()
+                .map(|(k, n)| (*k, *n))
+                .collect::<Vec<_>>(),
+            [
+                ("im.max_sessions", 1),
+                ("im.max_sessions_per_domain", 1),
+                ("im.max_sessions_per_user", 2)
+            ]
+        );
+        // A session that ends frees its place.
+        let tag = {
+            let out = e.on_edge(now, invite_between("sip:bob@contoso.com", alice, "c10"));
+            responses(&out)[0].to().unwrap().tag().unwrap().to_owned()
+        };
+        let bye = lcs_message(&tag, 2, "")
+            .replace("MESSAGE", "BYE")
+            .replace("call-1", "c10");
+        e.on_edge(now, inbound(&bye));
+        assert_eq!(e.session_count(), 4);
+        assert_eq!(status(&mut e, "sip:dave@contoso.com", alice, "c11"), ok);
+    }
+
+    /// Sessions opened and ended fast leave no more idle deadlines than a bounded multiple of
+    /// the live sessions.
+    #[test]
+    fn the_idle_heap_does_not_grow_with_ended_sessions() {
+        let mut e = engine();
+        let now = Instant::now();
+        for n in 0..3000 {
+            let call = format!("churn-{n}");
+            let out = e.on_edge(
+                now,
+                invite_between("sip:bob@contoso.com", "sip:alice@example.org", &call),
+            );
+            let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+            let bye = lcs_message(&tag, 2, "")
+                .replace("MESSAGE", "BYE")
+                .replace("call-1", &call);
+            e.on_edge(now, inbound(&bye));
+        }
+        assert_eq!(e.session_count(), 0);
+        assert!(e.idle_entries() <= 1025, "{}", e.idle_entries());
+        // A live session still idles out.
+        open(&mut e, now);
+        let out = e.handle_timeout(now + Duration::from_secs(61));
+        assert_eq!(kinds(&out), ["forget", "BYE"]);
+    }
+
+    /// The durable write outputs in `out` (what the runner reports failed).
+    fn writes(out: &[Output]) -> Vec<Output> {
+        out.iter()
+            .filter(|o| matches!(o, Output::PersistIm { durable: true, .. }))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_reservation_the_store_did_not_take_withdraws_what_would_pass_it() {
+        let mut e = engine();
+        let now = Instant::now();
+        open(&mut e, now);
+        for _ in 3..=1 + CSEQ_RESERVE {
+            e.on_stanza(now, message(Some("m"), ""));
+        }
+        let out = e.on_stanza(now, message(Some("over"), ""));
+        assert_eq!(kinds(&out), ["store", "MESSAGE"]);
+        let failed = writes(&out);
+        assert!(
+            matches!(failed[0], Output::PersistIm { before: Some(b), .. } if b == 1 + CSEQ_RESERVE)
+        );
+        let (tx, m, _) = requests(&out).remove(0);
+        assert_eq!(m.cseq().unwrap().number, 2 + CSEQ_RESERVE);
+        // The write fails: the store still holds 1 + CSEQ_RESERVE, so the MESSAGE above it
+        // must not go; the session ends and the message goes in a fresh one, unbounced.
+        let (withdrawn, first) = e.store_failed(now, &failed, &[(tx, &m)]);
+        assert_eq!(withdrawn, [tx]);
+        assert_eq!(kinds(&first), ["forget", "BYE", "INVITE"]);
+        let reqs = requests(&first);
+        assert_eq!(reqs[0].1.call_id().unwrap(), m.call_id().unwrap());
+        let (tx, invite, _) = reqs[1].clone();
+        assert_ne!(invite.call_id().unwrap(), m.call_id().unwrap());
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["store", "ACK", "MESSAGE"]);
+        let (tx, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"over");
+        // The fresh session's first record fails too: nothing is withdrawn (no record of the
+        // dialog can hold a lower CSeq) and the session goes on.
+        let (withdrawn, first) = e.store_failed(now, &writes(&out), &[(tx, &m)]);
+        assert!(withdrawn.is_empty() && first.is_empty());
+        let out = e.on_stanza(now, message(Some("next"), ""));
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        assert_eq!(e.session_count(), 1);
+    }
+
+    #[test]
+    fn a_500_in_a_restored_session_sends_the_message_again_in_a_fresh_one() {
+        let now = Instant::now();
+        let mut first = engine();
+        open(&mut first, now);
+        let key = (
+            BareJid::new("alice@example.org").unwrap(),
+            "sip:bob@contoso.com".to_owned(),
+        );
+        let record = first.record(&key).unwrap();
+        let (mut e, _) = restarted(vec![record.clone()], now);
+        let out = e.on_stanza(now, message(Some("after the restart"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        // LCS has seen this CSeq (the old process's reservation was lost).
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 500, None, None)),
+        );
+        assert_eq!(kinds(&out), ["forget", "BYE", "INVITE"]);
+        assert!(stanzas(&out).is_empty(), "no bounce");
+        let (tx, invite, _) = requests(&out).remove(1);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        let (_, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"after the restart");
+
+        // Once a request of this process was answered 2xx in it, a 500 is the server's own
+        // failure: the message is returned to its sender, the session stays.
+        let (mut e, _) = restarted(vec![record], now);
+        let out = e.on_stanza(now, message(Some("one"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 200, None, None)),
+        );
+        let out = e.on_stanza(now, message(Some("two"), ""));
+        let (tx, m, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            final_event(tx, Message::response_to(&m, 500, None, None)),
+        );
+        assert_eq!(kinds(&out), ["stanza"]);
+        assert!(stanzas(&out)[0].contains("type='error'"));
+        assert_eq!(e.session_count(), 1);
+    }
+
+    #[test]
+    fn a_lost_connection_keeps_the_session_and_sends_by_domain() {
+        let mut e = engine();
+        let now = Instant::now();
+        open(&mut e, now);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        assert_eq!(e.session_count(), 1);
+        let out = e.on_stanza(now, message(Some("still here"), ""));
+        assert_eq!(requests(&out)[0].2, Route::Domain("contoso.com".into()));
+    }
+
+    /// A MESSAGE lost with its connection goes once more in the same dialog, by domain (LCS
+    /// keeps the dialog); lost again, it is returned to its sender and the session ends.
+    #[test]
+    fn a_message_lost_with_its_connection_goes_once_more_by_domain() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (tx, m) = open(&mut e, now);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        let lost = |tx| EdgeEvent::Transaction(TxEvent::TransportError { tx });
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (tx, again, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
+        assert_eq!(again.cseq().unwrap().number, m.cseq().unwrap().number + 1);
+        assert_eq!(again.body(), m.body());
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["forget", "stanza"]);
+        assert!(stanzas(&out)[0].contains("recipient-unavailable"));
+        assert_eq!(e.session_count(), 0);
+        // The connection gone before the MESSAGE could go: the same.
+        let (tx, m) = open(&mut e, now);
+        let out = e.on_edge(
+            now,
+            EdgeEvent::Undeliverable {
+                tx,
+                why: Undeliverable::ConnectionGone { conn: 9 },
+            },
+        );
+        assert_eq!(kinds(&out), ["MESSAGE"]);
+        let (_, again, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
+    }
+
+    #[test]
+    fn an_invite_from_lcs_while_ours_is_pending_carries_what_waited_and_ours_is_ended() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("crossing"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, inbound(&invite_from_lcs(&OFFER.replace('\n', "\r\n"))));
+        assert_eq!(kinds(&out), ["store", "200", "stanza", "MESSAGE"]);
+        let m = &requests(&out)[0].1;
+        assert_eq!(
+            (m.call_id().unwrap(), m.body()),
+            ("call-1", &b"crossing"[..])
+        );
+        // Our INVITE's 200 arrives after all: ACKed and ended, the session stays LCS's.
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 200)));
+        assert_eq!(kinds(&out), ["ACK", "BYE"]);
+        assert_eq!(
+            requests(&out)[0].1.call_id().unwrap(),
+            invite.call_id().unwrap()
+        );
+        let out = e.on_stanza(now, message(Some("next"), ""));
+        assert_eq!(requests(&out)[0].1.call_id().unwrap(), "call-1");
     }
 }

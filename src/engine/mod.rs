@@ -4,22 +4,30 @@
 //! - [`im`]: session-mode instant messaging both ways.
 //! - [`presence`]: presence and subscriptions both ways.
 //! - `common`: what both engines build the same way (parties, Via, Contact, branches, To
-//!   tags, failures without a response, stanza bounces).
+//!   tags, failures without a response, stanza bounces, stored dialogs taken up, the wall
+//!   clock [`WallClock`]).
 //!
 //! Both engines return [`Output`]s, which the runner (`app.rs`) executes **in order**; store
-//! writes ([`Output::Persist`], [`Output::Forget`]) are durable before the next output runs.
+//! writes ([`Output::Persist`], [`Output::Forget`], a durable [`Output::PersistIm`]) are
+//! durable before the next output runs.
 
 pub mod bridge;
 mod common;
 pub mod im;
+pub mod name_book;
 pub mod presence;
+pub mod roster;
 
+pub use common::WallClock;
+
+use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
 
+use crate::core::names::NameSource;
 use crate::edge::core::Route;
 use crate::sip::message::Message;
 use crate::sip::transaction::{ConnId, TxId};
-use crate::store::{Direction, Subscription};
+use crate::store::{Direction, ImDialog, Subscription};
 
 /// What the I/O layer must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +56,54 @@ pub enum Output {
         local: String,
         /// The LCS user's AOR.
         remote: String,
+    },
+    /// Write this IM session's dialog to the store (the IM engine's; docs/storage.md): with
+    /// `durable`, synced before the next output runs (`Store::put_im_dialog` then
+    /// `Store::flush`), else lazily. `before` is the local CSeq reservation the store held for
+    /// this dialog until this write (`None`: no record of it): requests above it go out on the
+    /// strength of this write, so when a durable one fails the engine is told
+    /// ([`bridge::Engine::store_failed`]) and withdraws them. A failure changes no answer
+    /// (losing an IM dialog costs a new INVITE, not a lost message).
+    PersistIm {
+        dialog: Box<ImDialog>,
+        durable: bool,
+        before: Option<u32>,
+    },
+    /// Remove the IM dialog of this pair from the store, lazily (`Store::remove_im_dialog`).
+    ForgetIm {
+        /// The local user's bare JID.
+        local: String,
+        /// The LCS user's AOR.
+        remote: String,
+    },
+    /// Something the other engines act on; the bridge hands it to every engine that takes
+    /// it ([`bridge::Input::Fact`]) and never to the runner.
+    Fact(Fact),
+}
+
+/// What one engine learned that another acts on (docs/mapping.md §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// The display name the bridge knows for an LCS contact is new or changed (also each
+    /// name read back from the store at start). `name` is cleaned (`core::names`); `source`
+    /// says where it came from (a PIDF name wins over a `From` name); `subscribed`: learned
+    /// with a subscription (the presence engine), not only from an IM session.
+    Name {
+        contact: BareJid,
+        aor: String,
+        name: String,
+        source: NameSource,
+        subscribed: bool,
+    },
+    /// The local user's roster should hold `contact` with `name` (the pair's one name, both
+    /// directions merged): a subscription between them was just approved on either side
+    /// (`approved`), or, approved earlier, the pair's name changed from `previous`.
+    Roster {
+        local: BareJid,
+        contact: BareJid,
+        name: Option<String>,
+        previous: Option<String>,
+        approved: bool,
     },
 }
 

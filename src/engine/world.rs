@@ -11,12 +11,16 @@
 //!   presence to its target alone (§4.6), and nothing but `unavailable` to a contact the user
 //!   blocks (XEP-0191 §3.3) or is invisible to (XEP-0186); it sends the user's presence to a
 //!   contact the user approves (§3.1.5), answers a probe from a contact with the presence of
-//!   each available resource or `unavailable` (§4.3.2; nothing to a blocked contact, as
-//!   Prosody's mod_blocklist), and while a component's stream is down holds what the bridge
+//!   each available resource or `unavailable` (§4.3.2; nothing with `silent_probes`, as
+//!   ejabberd; nothing to a blocked contact, as Prosody's mod_blocklist), and while a
+//!   component's stream is down holds what the bridge
 //!   sends (as the link's queue does) and loses what its users send to the component;
 //! - the LCS edge answers INVITE with 200 and an SDP answer, MESSAGE/INFO/BYE/NOTIFY with 200,
 //!   SUBSCRIBE with 200 and then a NOTIFY in the new dialog (`active`, the user's PIDF, or
-//!   `terminated` for `Expires: 0`), as an LCS 2005 edge does for a federated partner.
+//!   `terminated` for `Expires: 0`), as an LCS 2005 edge does for a federated partner; a
+//!   MESSAGE, BYE or NOTIFY whose CSeq is not above the last one in its dialog gets 500 (RFC
+//!   3261 §12.2.2), a MESSAGE or BYE in a session the edge has ended (or never had) 481. Its
+//!   dialogs outlive the bridge's connections, as LCS's do.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -24,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use xmpp_parsers::minidom::Element;
 
+use super::WallClock;
 use super::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use super::im::{ImEngine, ImSettings};
-use super::presence::{PresenceEngine, PresenceSettings, WallClock};
+use super::presence::{PresenceEngine, PresenceSettings};
+use super::roster::{RosterEngine, RosterMode};
 use crate::core::address::{AddressBook, AddressMode};
 use crate::core::tables::Mappings;
 use crate::edge::core::Route;
@@ -59,11 +65,22 @@ pub fn pidf(aor: &str, activity: &str) -> String {
     )
 }
 
+/// [`pidf`] with an RFC 4482 display name.
+pub fn pidf_named(aor: &str, activity: &str, name: &str) -> String {
+    pidf(aor, activity).replace(
+        "</presence>",
+        &format!(r#"<ci:display-name xmlns:ci="urn:ietf:params:xml:ns:pidf:cipid">{name}</ci:display-name></presence>"#),
+    )
+}
+
 /// A stanza in the component namespace.
 pub fn stanza(xml: &str) -> Element {
     let el = xml.replacen(' ', " xmlns='jabber:component:accept' ", 1);
     el.parse().expect("test stanza")
 }
+
+/// A user's roster in the XMPP server stand-in: contact JID → (name, groups).
+pub type Roster = BTreeMap<String, (Option<String>, Vec<String>)>;
 
 /// The XMPP server as the component sees it.
 #[derive(Default)]
@@ -76,17 +93,30 @@ pub struct XmppServer {
     down: BTreeSet<String>,
     held: Vec<Element>,
     /// Local users with no account: the server answers a presence to them with an error
-    /// (RFC 6121 §3.1.3: `item-not-found`).
+    /// (RFC 6121 §3.1.3: `item-not-found`), a chat message with `service-unavailable` (§8.5.1).
     pub no_account: BTreeSet<String>,
     /// Each local user's available resources: bare JID → full JID → the presence's content.
     presence: BTreeMap<String, BTreeMap<String, String>>,
     /// Each local user's contacts subscribed to the user's presence (approved): bare JID →
     /// the contacts' JIDs.
-    pub roster: BTreeMap<String, BTreeSet<String>>,
+    pub subscribers: BTreeMap<String, BTreeSet<String>>,
     /// Contacts each local user blocks (XEP-0191): bare JID → the contacts' JIDs.
     pub blocked: BTreeMap<String, BTreeSet<String>>,
     /// Full JIDs of the resources that are invisible (XEP-0186).
     pub invisible: BTreeSet<String>,
+    /// The roster access the server granted the component (XEP-0356: `none`, `get`, `set`,
+    /// `both`); it answers roster IQs from the component accordingly.
+    pub roster_access: &'static str,
+    /// Each local user's roster: bare JID → contact → (name, groups).
+    pub rosters: BTreeMap<String, Roster>,
+    /// Roster IQs the server refuses with this error (type, condition), as a failing server
+    /// would.
+    pub roster_error: Option<(&'static str, &'static str)>,
+    /// Roster sets alone the server refuses with this error.
+    pub roster_set_error: Option<(&'static str, &'static str)>,
+    /// A probe of a user with no available resource goes unanswered, as ejabberd 23.01 does
+    /// (RFC 6121 §4.3.2 allows it); otherwise it is answered `unavailable`, as Prosody does.
+    pub silent_probes: bool,
 }
 
 impl XmppServer {
@@ -113,12 +143,14 @@ impl XmppServer {
                 format!("<presence from='{full}' to='{contact}'>{inner}</presence>")
             })
             .collect();
-        if visible.is_empty() {
+        if !visible.is_empty() {
+            visible
+        } else if self.silent_probes {
+            Vec::new()
+        } else {
             vec![format!(
                 "<presence from='{bare}' to='{contact}' type='unavailable'/>"
             )]
-        } else {
-            visible
         }
     }
 
@@ -156,10 +188,17 @@ pub struct LcsEdge {
     pub answers: Vec<(TxId, Message)>,
     /// ACKs the bridge sent.
     pub acks: Vec<Message>,
+    /// The edge's answers to the bridge's requests: (method, status).
+    pub replied: Vec<(Method, u16)>,
     /// Each LCS user's presence document (AOR → PIDF) sent in NOTIFYs.
     pub documents: BTreeMap<String, String>,
     /// Dialogs by (LCS AOR, method that made them).
     dialogs: BTreeMap<(String, &'static str), LcsDialog>,
+    /// IM sessions (INVITE dialogs) by Call-ID: the CSeq of the bridge's last request in it,
+    /// and whether the session is still open.
+    sessions: BTreeMap<String, (u32, bool)>,
+    /// The CSeq of the bridge's last NOTIFY in each watcher dialog, by Call-ID.
+    notified: BTreeMap<String, u32>,
     next_conn: ConnId,
     /// The connection to the bridge (one, as far as these tests go).
     conn: Option<ConnId>,
@@ -172,8 +211,11 @@ impl LcsEdge {
             received: Vec::new(),
             answers: Vec::new(),
             acks: Vec::new(),
+            replied: Vec::new(),
             documents: BTreeMap::new(),
             dialogs: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            notified: BTreeMap::new(),
             next_conn: 7,
             conn: None,
             seq: 0,
@@ -231,14 +273,29 @@ pub struct World {
     wire: VecDeque<(Instant, Input)>,
     start: Instant,
     seed: u64,
+    /// The presence engine's settings (kept for a restart).
+    presence: PresenceSettings,
 }
 
 impl World {
     pub fn new() -> World {
+        World::with_presence(|_| {})
+    }
+
+    /// A world whose presence engine has the settings `change` makes of the usual ones.
+    pub fn with_presence(change: impl FnOnce(&mut PresenceSettings)) -> World {
         let now = Instant::now();
         let store = Arc::new(MemStore::new());
         let ids = TxIds::default();
-        let bridge = Self::bridge(now, now, &ids, 1);
+        let mut presence = PresenceSettings {
+            public_fqdn: PUBLIC_FQDN.into(),
+            expires: Duration::from_secs(3600),
+            min_notify_interval: Duration::from_secs(5),
+            dialog_max_age: Duration::from_secs(20 * 3600),
+            ..PresenceSettings::default()
+        };
+        change(&mut presence);
+        let bridge = Self::bridge(now, now, &ids, 1, &presence);
         World {
             now,
             bridge,
@@ -249,6 +306,7 @@ impl World {
             wire: VecDeque::new(),
             start: now,
             seed: 1,
+            presence,
         }
     }
 
@@ -262,23 +320,24 @@ impl World {
     }
 
     /// A bridge as `app.rs` builds it, on the world's clock (`start` is Unix 1.7e9).
-    fn bridge(start: Instant, now: Instant, ids: &TxIds, seed: u64) -> Bridge {
+    fn bridge(
+        start: Instant,
+        now: Instant,
+        ids: &TxIds,
+        seed: u64,
+        settings: &PresenceSettings,
+    ) -> Bridge {
+        let clock = WallClock {
+            at: now,
+            unix: 1_700_000_000 + now.duration_since(start).as_secs(),
+        };
         let presence = PresenceEngine::new(
-            PresenceSettings {
-                public_fqdn: PUBLIC_FQDN.into(),
-                expires: Duration::from_secs(3600),
-                min_notify_interval: Duration::from_secs(5),
-                dialog_max_age: Duration::from_secs(20 * 3600),
-                ..PresenceSettings::default()
-            },
+            settings.clone(),
             Self::book(),
             Mappings::builtin(),
             ids.clone(),
             seed,
-            WallClock {
-                at: now,
-                unix: 1_700_000_000 + now.duration_since(start).as_secs(),
-            },
+            clock,
         );
         let im = ImEngine::new(
             ImSettings {
@@ -287,14 +346,30 @@ impl World {
                 dialog_max_age: Duration::from_secs(20 * 3600),
                 max_body_bytes: 16 * 1024,
                 max_queued: 64,
+                ..ImSettings::default()
             },
             Self::book(),
             Mappings::builtin().errors,
             ids.clone(),
             seed + 1,
+            clock,
         );
         let iq = IqEngine::new(Self::book(), GatewayInfo::new("LCS gateway"));
-        Bridge::standard(presence, im, iq, Mappings::builtin().errors)
+        let roster = RosterEngine::new(RosterMode::Auto, Self::book(), seed + 2);
+        Bridge::standard(presence, roster, im, iq, Mappings::builtin().errors)
+    }
+
+    /// The LCS edge's connection to the bridge breaks: the bridge is told, and the edge's
+    /// next request or answer goes over a new connection. The profile keeps every dialog on
+    /// the connection it was made on, so the dialogs on the old one are dead for LCS too: its
+    /// NOTIFYs in them are not sent (until it has a dialog again) and its watchers must
+    /// subscribe again ([`World::lcs_subscribes`]).
+    pub fn lcs_connection_lost(&mut self) {
+        let Some(conn) = self.lcs.conn.take() else {
+            return;
+        };
+        self.lcs.dialogs.retain(|_, d| d.conn != conn);
+        self.send(Input::Edge(EdgeEvent::ConnectionLost { conn }));
     }
 
     /// The bridge process ends (its connections with it) and a new one starts from the store.
@@ -303,7 +378,7 @@ impl World {
         self.flush();
         self.wire.clear();
         self.seed += 10;
-        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed);
+        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed, &self.presence);
         // The old process's connections are gone; LCS connects anew when it has to.
         if let Some(conn) = self.lcs.conn.take() {
             for d in self.lcs.dialogs.values_mut() {
@@ -318,6 +393,12 @@ impl World {
             .collect::<Result<_, _>>()
             .expect("store readable");
         self.bridge.handle(self.now, Input::Restore(subs));
+        let dialogs = self
+            .store
+            .im_dialogs()
+            .collect::<Result<_, _>>()
+            .expect("store readable");
+        self.bridge.handle(self.now, Input::RestoreIm(dialogs));
     }
 
     // ------------------------------------------------------------------ the XMPP side
@@ -330,6 +411,23 @@ impl World {
         if self.xmpp.down.contains(COMPONENT) {
             return; // the server cannot reach the component: lost (bounced to the user)
         }
+        // A subscription request or approval puts the contact into the user's roster
+        // (RFC 6121 §3.1.2, §3.1.5), without a name.
+        if el.name() == "presence" && matches!(el.attr("type"), Some("subscribe" | "subscribed")) {
+            let user = el
+                .attr("from")
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap_or("");
+            let contact = el.attr("to").unwrap_or("").to_owned();
+            self.xmpp
+                .rosters
+                .entry(user.to_owned())
+                .or_default()
+                .entry(contact)
+                .or_insert((None, Vec::new()));
+        }
         let kind = el.attr("type").map(str::to_owned);
         let bare = |a: Option<&str>| a.unwrap_or("").split('/').next().unwrap_or("").to_owned();
         let (from, to) = (bare(el.attr("from")), bare(el.attr("to")));
@@ -337,7 +435,7 @@ impl World {
         match kind.as_deref() {
             Some("subscribed") => {
                 self.xmpp
-                    .roster
+                    .subscribers
                     .entry(from.clone())
                     .or_default()
                     .insert(to.clone());
@@ -346,7 +444,7 @@ impl World {
                 }
             }
             Some("unsubscribed") => {
-                if let Some(r) = self.xmpp.roster.get_mut(&from) {
+                if let Some(r) = self.xmpp.subscribers.get_mut(&from) {
                     r.remove(&to);
                 }
             }
@@ -361,7 +459,7 @@ impl World {
         let bare = from_full.split('/').next().unwrap_or(from_full).to_owned();
         let contacts: Vec<String> = self
             .xmpp
-            .roster
+            .subscribers
             .get(&bare)
             .into_iter()
             .flatten()
@@ -416,7 +514,7 @@ impl World {
         }
         if self
             .xmpp
-            .roster
+            .subscribers
             .get(bare)
             .is_some_and(|r| r.contains(contact))
         {
@@ -439,7 +537,7 @@ impl World {
         if invisible {
             let contacts: Vec<String> = self
                 .xmpp
-                .roster
+                .subscribers
                 .get(&bare)
                 .into_iter()
                 .flatten()
@@ -518,6 +616,26 @@ impl World {
             );
             self.send(Input::Stanza(stanza(&error)));
         }
+        if el.name() == "iq" && el.get_child("query", "jabber:iq:roster").is_some() {
+            let answer = self.roster_iq(&el);
+            self.xmpp.delivered.push(el);
+            self.send(Input::Stanza(stanza(&answer)));
+            return;
+        }
+        // A chat message to no account: `service-unavailable` (RFC 6121 §8.5.1), with its id;
+        // no body (Prosody's error reply carries none).
+        let bare_to = to.split('/').next().unwrap_or("");
+        if el.name() == "message"
+            && matches!(el.attr("type"), Some("chat") | Some("normal") | None)
+            && self.xmpp.no_account.contains(bare_to)
+        {
+            let from = el.attr("from").unwrap_or("");
+            let id = el.attr("id").unwrap_or("");
+            let error = format!(
+                "<message from='{bare_to}' to='{from}' type='error' id='{id}'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+            );
+            self.send(Input::Stanza(stanza(&error)));
+        }
         // The server answers a probe with the presence of each available resource, or with
         // unavailable presence when there is none (RFC 6121 §4.3.2); a blocked contact's
         // probe goes unanswered.
@@ -531,22 +649,99 @@ impl World {
         // A contact's `unsubscribe` ends its subscription to the user's presence.
         if el.attr("type") == Some("unsubscribe") {
             let from = el.attr("from").unwrap_or("").to_owned();
-            if let Some(r) = self.xmpp.roster.get_mut(&to) {
+            if let Some(r) = self.xmpp.subscribers.get_mut(&to) {
                 r.remove(&from);
             }
         }
         self.xmpp.delivered.push(el);
     }
 
+    /// The server grants the component roster access (XEP-0356), as Prosody's mod_privilege
+    /// says it right after the component connects.
+    pub fn grant_roster(&mut self, access: &'static str) {
+        self.xmpp.roster_access = access;
+        self.send(Input::Stanza(stanza(&format!(
+            "<message from='{LOCAL}' to='{COMPONENT}'><privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='{access}'/></privilege></message>"
+        ))));
+    }
+
+    /// How the server answers a roster IQ from the component (RFC 6121 §2, XEP-0356 §4.2).
+    fn roster_iq(&mut self, el: &Element) -> String {
+        let (id, user, from) = (
+            el.attr("id").unwrap_or(""),
+            el.attr("to").unwrap_or("").to_owned(),
+            el.attr("from").unwrap_or(""),
+        );
+        let get = el.attr("type") == Some("get");
+        let allowed = match self.xmpp.roster_access {
+            "both" => true,
+            "get" => get,
+            "set" => !get,
+            _ => false,
+        };
+        let error = |(type_, condition): (&str, &str)| {
+            format!(
+                "<iq from='{user}' to='{from}' id='{id}' type='error'><error type='{type_}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>refused by the test server</text></error></iq>"
+            )
+        };
+        if !allowed {
+            return error(("auth", "forbidden"));
+        }
+        if let Some(e) = self.xmpp.roster_error {
+            return error(e);
+        }
+        if let Some(e) = self.xmpp.roster_set_error.filter(|_| !get) {
+            return error(e);
+        }
+        let roster = self.xmpp.rosters.entry(user.clone()).or_default();
+        if get {
+            let items: String = roster
+                .iter()
+                .map(|(jid, (name, groups))| {
+                    let name = name
+                        .as_ref()
+                        .map(|n| format!(" name='{}'", xml_escape(n)))
+                        .unwrap_or_default();
+                    let groups: String = groups
+                        .iter()
+                        .map(|g| format!("<group>{g}</group>"))
+                        .collect();
+                    format!("<item jid='{jid}' subscription='both'{name}>{groups}</item>")
+                })
+                .collect();
+            return format!(
+                "<iq from='{user}' to='{from}' id='{id}' type='result'><query xmlns='jabber:iq:roster'>{items}</query></iq>"
+            );
+        }
+        for item in el
+            .get_child("query", "jabber:iq:roster")
+            .into_iter()
+            .flat_map(|q| q.children())
+        {
+            let groups = item.children().map(Element::text).collect();
+            roster.insert(
+                item.attr("jid").unwrap_or("").to_owned(),
+                (item.attr("name").map(str::to_owned), groups),
+            );
+        }
+        format!("<iq from='{user}' to='{from}' id='{id}' type='result'/>")
+    }
+
     // ------------------------------------------------------------------- the LCS side
 
     /// An LCS user sends an INVITE carrying its first message (`ms-text-format`).
     pub fn lcs_invites(&mut self, from: &str, to: &str, text: &str) {
+        self.lcs_invites_as(from, None, to, text);
+    }
+
+    /// [`World::lcs_invites`] with a display name in From.
+    pub fn lcs_invites_as(&mut self, from: &str, display: Option<&str>, to: &str, text: &str) {
         let (tag, call_id) = self.start_dialog("INVITE", from, to);
         let b64 = base64_of(text);
+        let display = display.map(|d| format!("\"{d}\" ")).unwrap_or_default();
         let invite = sip(
             &format!(
-                "INVITE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 INVITE\nContact: <{from};transport=tls>\nms-text-format: text/plain; charset=UTF-8;ms-body={b64}\nContent-Type: application/sdp\n"
+                "INVITE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: {display}<{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 INVITE\nContact: <{from};transport=tls>\nms-text-format: text/plain; charset=UTF-8;ms-body={b64}\nContent-Type: application/sdp\n"
             ),
             SDP,
         );
@@ -555,7 +750,19 @@ impl World {
 
     /// An LCS user sends a MESSAGE in the session its INVITE made.
     pub fn lcs_messages(&mut self, from: &str, text: &str) {
-        let d = self.dialog(from, "INVITE");
+        self.lcs_messages_in(from, "INVITE", text);
+    }
+
+    /// An LCS user sends a MESSAGE in the session the bridge's INVITE made.
+    pub fn lcs_replies(&mut self, from: &str, text: &str) {
+        self.lcs_messages_in(from, "INVITE-out", text);
+    }
+
+    fn lcs_messages_in(&mut self, from: &str, kind: &'static str, text: &str) {
+        let key = (from.to_owned(), kind);
+        let mut d = self.dialog(from, kind);
+        d.cseq += 1;
+        self.lcs.dialogs.insert(key, d.clone());
         let request = sip(
             &format!(
                 "MESSAGE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKm{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} MESSAGE\nContent-Type: text/plain; charset=UTF-8\n",
@@ -576,10 +783,41 @@ impl World {
 
     /// An LCS user subscribes to a local user's presence.
     pub fn lcs_subscribes(&mut self, from: &str, to: &str) {
+        self.lcs_subscribes_as(from, None, to);
+    }
+
+    /// [`World::lcs_subscribes`] with a display name in From.
+    pub fn lcs_subscribes_as(&mut self, from: &str, display: Option<&str>, to: &str) {
         let (tag, call_id) = self.start_dialog("SUBSCRIBE-in", from, to);
+        let display = display.map(|d| format!("\"{d}\" ")).unwrap_or_default();
         let request = sip(
             &format!(
-                "SUBSCRIBE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <{from};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n"
+                "SUBSCRIBE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: {display}<{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 SUBSCRIBE\nContact: <{from};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n"
+            ),
+            "",
+        );
+        self.lcs_request(request);
+    }
+
+    /// An LCS watcher refreshes its subscription to a local user (in-dialog SUBSCRIBE).
+    pub fn lcs_refreshes(&mut self, from: &str) {
+        let key = (from.to_owned(), "SUBSCRIBE-in");
+        let mut d = self.dialog(from, "SUBSCRIBE-in");
+        d.cseq += 1;
+        self.lcs.dialogs.insert(key, d.clone());
+        let request = sip(
+            &format!(
+                "SUBSCRIBE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKr{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} SUBSCRIBE\nContact: <{};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n",
+                d.bridge_uri,
+                d.lcs_tag,
+                d.cseq,
+                d.lcs_uri,
+                d.lcs_tag,
+                d.bridge_uri,
+                d.bridge_tag,
+                d.call_id,
+                d.cseq,
+                d.lcs_uri
             ),
             "",
         );
@@ -601,19 +839,27 @@ impl World {
             conn,
         };
         self.lcs.dialogs.insert((from.to_owned(), kind), dialog);
+        if kind == "INVITE" {
+            self.lcs.sessions.insert(call_id.clone(), (0, true));
+        }
         (tag, call_id)
     }
 
     /// An LCS user's presence changes: a NOTIFY in the dialog of the bridge's subscription.
     pub fn lcs_notifies(&mut self, aor: &str, activity: &str) {
-        self.lcs.documents.insert(aor.into(), pidf(aor, activity));
+        self.lcs_notifies_doc(aor, pidf(aor, activity));
+    }
+
+    /// [`World::lcs_notifies`] with this document (also what later NOTIFYs carry).
+    pub fn lcs_notifies_doc(&mut self, aor: &str, doc: String) {
+        self.lcs.documents.insert(aor.into(), doc.clone());
         let key = (aor.to_owned(), "SUBSCRIBE-out");
         let Some(mut d) = self.lcs.dialogs.get(&key).cloned() else {
             return;
         };
         d.cseq += 1;
         self.lcs.dialogs.insert(key, d.clone());
-        let notify = self.notify(&d, "active;expires=3600", Some(&pidf(aor, activity)));
+        let notify = self.notify(&d, "active;expires=3600", Some(&doc));
         self.lcs_request(notify);
     }
 
@@ -674,11 +920,38 @@ impl World {
         };
         let method = request.method().cloned();
         let to = request.to().expect("To").uri.to_owned();
+        let in_dialog = request.to().expect("To").tag().is_some();
         let to_tag = match request.to().expect("To").tag() {
             Some(t) => t.to_owned(),
             None => self.lcs.tag(),
         };
-        let mut response = Message::response_to(&request, 200, None, Some(&to_tag));
+        let call_id = request.call_id().expect("Call-ID").to_owned();
+        let cseq = request.cseq().expect("CSeq").number;
+        let mut status = 200;
+        if in_dialog && matches!(method, Some(Method::Message | Method::Bye)) {
+            // A user agent's checks on an in-dialog request (RFC 3261 §12.2.2).
+            status = match self.lcs.sessions.get_mut(&call_id) {
+                Some((_, false)) | None => 481,
+                Some((last, _)) if cseq <= *last => 500,
+                Some((last, open)) => {
+                    *last = cseq;
+                    *open = method != Some(Method::Bye);
+                    200
+                }
+            };
+        }
+        if method == Some(Method::Notify) {
+            let last = self.lcs.notified.entry(call_id.clone()).or_insert(0);
+            if cseq <= *last {
+                status = 500;
+            } else {
+                *last = cseq;
+            }
+        }
+        if let Some(m) = &method {
+            self.lcs.replied.push((m.clone(), status));
+        }
+        let mut response = Message::response_to(&request, status, None, Some(&to_tag));
         response.push_header("Contact", &format!("<{to};transport=tls>"));
         let new_dialog = |world: &mut World| LcsDialog {
             call_id: request.call_id().expect("Call-ID").to_owned(),
@@ -693,6 +966,11 @@ impl World {
         match method {
             Some(Method::Invite) => {
                 response.set_body(Some("application/sdp"), SDP.as_bytes().to_vec());
+                if !in_dialog {
+                    let d = new_dialog(self);
+                    self.lcs.dialogs.insert((to.clone(), "INVITE-out"), d);
+                    self.lcs.sessions.insert(call_id.clone(), (cseq, true));
+                }
             }
             Some(Method::Subscribe) => {
                 let expires = request
@@ -791,7 +1069,7 @@ impl World {
             match action {
                 Action::Stanza(el) if self.xmpp.refuse => {
                     drop(el);
-                    self.bridge.report(Failure::StanzaRefused);
+                    self.bridge.report(self.now, Failure::StanzaRefused);
                 }
                 Action::Stanza(el) => self.deliver_stanza(el),
                 Action::Request { tx, request, route } => {
@@ -808,7 +1086,7 @@ impl World {
                             .try_for_each(|s| self.store.put_subscription_lazy(s))
                     };
                     if r.is_err() {
-                        self.bridge.report(Failure::StoreFailed);
+                        self.bridge.report(self.now, Failure::StoreFailed);
                     }
                 }
                 Action::Forget {
@@ -821,7 +1099,21 @@ impl World {
                         .remove_subscription(direction, &local, &remote)
                         .is_err()
                     {
-                        self.bridge.report(Failure::StoreFailed);
+                        self.bridge.report(self.now, Failure::StoreFailed);
+                    }
+                }
+                Action::WriteIm { dialogs, durable } => {
+                    let r = dialogs
+                        .iter()
+                        .try_for_each(|d| self.store.put_im_dialog(d))
+                        .and_then(|()| if durable { self.store.flush() } else { Ok(()) });
+                    if r.is_err() {
+                        self.bridge.report(self.now, Failure::StoreFailed);
+                    }
+                }
+                Action::ForgetIm { local, remote } => {
+                    if self.store.remove_im_dialog(&local, &remote).is_err() {
+                        self.bridge.report(self.now, Failure::StoreFailed);
                     }
                 }
             }
@@ -883,6 +1175,13 @@ impl World {
         }
         panic!("the world does not stop within {d:?}");
     }
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
 }
 
 fn base64_of(text: &str) -> String {

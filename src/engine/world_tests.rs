@@ -3,6 +3,7 @@
 //! server stand-in and an LCS edge stand-in. Protocol regressions get their tests here.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::world::{World, contact_jid};
@@ -330,6 +331,537 @@ fn the_component_answers_disco_and_drops_results() {
     assert!(got[0].contains("type='result'") && got[0].contains("id='d1'"));
 }
 
+/// The states in the `Subscription-State` headers and the basic/activity of the documents of
+/// the NOTIFYs the bridge sent from index `from` on.
+fn notifies_since(w: &World, from: usize) -> Vec<String> {
+    w.lcs.requests(&Method::Notify)[from..]
+        .iter()
+        .map(|n| body_of(n))
+        .collect()
+}
+
+#[test]
+fn the_first_link_up_sends_nothing_again() {
+    let mut w = World::new();
+    bob_watches_alice(&mut w);
+    alice_watches_bob(&mut w);
+    let (stanzas, requests) = (w.xmpp.delivered.len(), w.lcs.received.len());
+    // The first Up of a stream (no Down before it): nothing was missed.
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(w.xmpp.delivered.len(), stanzas, "{:?}", w.xmpp.delivered);
+    assert_eq!(w.lcs.received.len(), requests);
+}
+
+#[test]
+fn a_local_user_gone_offline_while_the_link_was_down_is_closed_for_lcs_when_probes_go_unanswered() {
+    let mut w = World::new();
+    // ejabberd 23.01: a probe of a user with no available resource gets no answer at all.
+    w.xmpp.silent_probes = true;
+    bob_watches_alice(&mut w);
+    assert!(notified_activities(&w).last().unwrap().contains("away"));
+    // A lost stream while Alice stays online: her answer to the probe keeps the document as
+    // it was, so nothing is sent (no flap to closed and back).
+    let before = w.lcs.requests(&Method::Notify).len();
+    w.link_down();
+    w.settle();
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "{:?}",
+        notifies_since(&w, before)
+    );
+    // Alice goes offline while the stream is down: the probe after it goes unanswered, and
+    // once the answers had their time the aggregate says closed.
+    w.link_down();
+    w.settle();
+    w.xmpp_presence(&format!("{ALICE}/pc"), None, &[&contact_jid("bob")]);
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    let sent = notifies_since(&w, before);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains("<basic>closed</basic>"), "{}", sent[0]);
+}
+
+#[test]
+fn presence_from_lcs_the_link_could_not_hold_reaches_the_user_when_it_is_back() {
+    let mut w = World::new();
+    alice_watches_bob(&mut w);
+    w.link_down();
+    w.settle();
+    // The link's queue is full: the stanza of Bob's change is refused (the NOTIFY is still
+    // answered 200: the subscription stands).
+    w.xmpp.refuse = true;
+    w.lcs_notifies(BOB_AOR, "busy");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Notify), [200, 200]);
+    w.xmpp.refuse = false;
+    assert!(!w.xmpp.to(ALICE).iter().any(|s| s.contains("dnd")));
+    w.link_up();
+    w.run_for(Duration::from_secs(5));
+    let got = w.xmpp.to(ALICE);
+    assert!(got.last().unwrap().contains("<show>dnd</show>"), "{got:?}");
+}
+
+#[test]
+fn a_flapping_link_queues_one_resync_not_one_per_flap() {
+    let mut w = World::with_presence(|s| s.restore_rate = 10);
+    let users: Vec<String> = (0..10).map(|i| format!("u{i}@example.org")).collect();
+    for (i, user) in users.iter().enumerate() {
+        let watcher = format!("sip:w{i}@contoso.com");
+        w.lcs_subscribes(&watcher, &format!("sip:{user}"));
+        w.settle();
+        let jid = contact_jid(&format!("w{i}"));
+        w.xmpp_sends(&format!(
+            "<presence from='{user}' to='{jid}' type='subscribed'/>"
+        ));
+        w.xmpp_presence(&format!("{user}/pc"), Some(""), &[&jid]);
+    }
+    w.run_for(Duration::from_secs(10));
+    // 10 gateway presences and 10 probes at 10 a second: 2 s. The stream is lost again half
+    // a second into it.
+    w.link_down();
+    w.link_up();
+    w.run_for(Duration::from_millis(500));
+    w.link_down();
+    let mark = w.xmpp.delivered.len();
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    let probes: Vec<String> = w.xmpp.delivered[mark..]
+        .iter()
+        .filter(|e| e.attr("type") == Some("probe"))
+        .filter_map(|e| e.attr("to").map(str::to_owned))
+        .collect();
+    let mut once = probes.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), users.len(), "{probes:?}");
+    assert_eq!(
+        probes.len(),
+        users.len(),
+        "each user probed once: {probes:?}"
+    );
+}
+
+#[test]
+fn a_lost_sip_connection_is_taken_up_again_at_the_restore_rate() {
+    let mut w = World::with_presence(|s| s.restore_rate = 10);
+    let contacts: Vec<String> = (0..20).map(|i| contact_jid(&format!("c{i}"))).collect();
+    for c in &contacts {
+        w.xmpp_sends(&format!(
+            "<presence from='{ALICE}' to='{c}' type='subscribe'/>"
+        ));
+    }
+    w.settle();
+    bob_watches_alice(&mut w);
+    let subscribes = w.lcs.requests(&Method::Subscribe).len();
+    assert_eq!(subscribes, 20);
+    // The edge's connection breaks; meanwhile c3 goes away and Alice busy.
+    w.lcs_connection_lost();
+    w.lcs_notifies("sip:c3@contoso.com", "away");
+    w.xmpp_presence(
+        &format!("{ALICE}/pc"),
+        Some("<show>dnd</show>"),
+        &[&contact_jid("bob")],
+    );
+    w.settle();
+    // A fresh SUBSCRIBE for every subscription whose dialog died, by domain, paced at 10 a
+    // second: the first at once.
+    let again = |w: &World| w.lcs.requests(&Method::Subscribe).len() - subscribes;
+    assert_eq!(again(&w), 1);
+    w.run_for(Duration::from_millis(900));
+    let n = again(&w);
+    assert!((9..=11).contains(&n), "{n} SUBSCRIBEs in the first second");
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(again(&w), 20);
+    let fresh = &w.lcs.requests(&Method::Subscribe)[subscribes..];
+    assert!(fresh.iter().all(|s| s.to().unwrap().tag().is_none()));
+    // Alice sees c3's change, once its new dialog's NOTIFY came; `subscribed` only once.
+    let got = w.xmpp.to(ALICE);
+    let c3 = &contacts[3];
+    let from_c3: Vec<&String> = got.iter().filter(|s| s.contains(c3.as_str())).collect();
+    assert!(
+        from_c3.last().unwrap().contains("<show>away</show>"),
+        "{from_c3:?}"
+    );
+    assert_eq!(
+        from_c3
+            .iter()
+            .filter(|s| s.contains("type='subscribed'"))
+            .count(),
+        1
+    );
+    // Bob subscribes again in a new dialog (his old one died with the connection): the same
+    // watcher, told Alice's state as it is now at once.
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Subscribe).last(), Some(&202));
+    let last = notified_activities(&w).last().cloned().unwrap();
+    assert!(last.contains("busy"), "{last}");
+    assert_eq!(
+        w.xmpp
+            .to(ALICE)
+            .iter()
+            .filter(|s| s.contains("type='subscribe'"))
+            .count(),
+        1,
+        "Alice is not asked again"
+    );
+}
+
+#[test]
+fn a_stream_lost_again_before_the_probes_are_answered_shows_nobody_offline() {
+    // 10 paced stanzas a second: the probe goes 100 ms after the gateway presence.
+    let mut w = World::with_presence(|s| s.restore_rate = 10);
+    w.xmpp.silent_probes = true;
+    bob_watches_alice(&mut w);
+    let before = w.lcs.requests(&Method::Notify).len();
+    // Back for a moment, and lost again before the probe's turn: nothing answers it (the link
+    // would hold it), which must not make Alice offline.
+    w.link_down();
+    w.settle();
+    w.link_up();
+    w.run_for(Duration::from_millis(50));
+    w.link_down();
+    w.run_for(Duration::from_secs(30));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "Alice shown offline for a lost stream: {:?}",
+        notifies_since(&w, before)
+    );
+    // When it is back, she is still online: nothing to tell.
+    w.link_up();
+    w.run_for(Duration::from_secs(10));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "{:?}",
+        notifies_since(&w, before)
+    );
+}
+
+const CAROL_AOR: &str = "sip:carol@contoso.com";
+
+/// The CSeqs of the bridge's requests of `method` in the dialog `call_id`.
+fn cseqs_in(w: &World, method: &Method, call_id: &str) -> Vec<u32> {
+    w.lcs
+        .requests(method)
+        .into_iter()
+        .filter(|m| m.call_id().is_ok_and(|c| c == call_id))
+        .map(|m| m.cseq().unwrap().number)
+        .collect()
+}
+
+/// Alice has a session she opened with Bob and one Carol opened with her, each with
+/// messages both ways; the bridge restarts from the store; every message after the restart
+/// goes in the old dialogs: LCS's are delivered in their thread (no 481), Alice's go out with
+/// CSeqs above every one the old process sent (no 500), and no new INVITE is needed.
+#[test]
+fn open_chat_sessions_both_ways_survive_a_restart() {
+    let mut w = World::new();
+    let (bob, carol) = (contact_jid("bob"), contact_jid("carol"));
+    let alice_says = |w: &mut World, to: &str, id: &str| {
+        w.xmpp_sends(&format!(
+            "<message from='{ALICE}/pc' to='{to}' type='chat' id='{id}'><body>{id}</body></message>"
+        ));
+    };
+    alice_says(&mut w, &bob, "to-bob-1");
+    w.settle();
+    w.lcs_replies(BOB_AOR, "bob-1");
+    w.lcs_invites(CAROL_AOR, ALICE_URI, "carol-1");
+    w.settle();
+    alice_says(&mut w, &carol, "to-carol-1");
+    alice_says(&mut w, &bob, "to-bob-2");
+    w.settle();
+    let invites = w.lcs.requests(&Method::Invite);
+    assert_eq!(invites.len(), 1);
+    let bob_call = invites[0].call_id().unwrap().to_owned();
+    let carol_call = w.lcs.requests(&Method::Message)[1]
+        .call_id()
+        .unwrap()
+        .to_owned();
+    assert!(carol_call.starts_with("INVITE-"), "{carol_call}");
+    let before = |w: &World, call: &str| *cseqs_in(w, &Method::Message, call).iter().max().unwrap();
+    let (bob_before, carol_before) = (before(&w, &bob_call), before(&w, &carol_call));
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 2);
+
+    w.restart();
+    w.run_for(Duration::from_secs(5));
+    // LCS writes in both sessions: delivered to Alice, in the same threads.
+    w.lcs_messages(CAROL_AOR, "carol-after");
+    w.lcs_replies(BOB_AOR, "bob-after");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Message), [200; 3]);
+    let got = w.xmpp.to(ALICE);
+    let delivered = |body: &str, thread: &str| {
+        got.iter().any(|s| {
+            s.contains(&format!("<body>{body}</body>"))
+                && s.contains(&format!("<thread>{thread}</thread>"))
+        })
+    };
+    assert!(delivered("carol-after", &carol_call), "{got:?}");
+    assert!(delivered("bob-after", &bob_call), "{got:?}");
+    // Alice writes in both: the old dialogs, CSeqs above the old process's.
+    alice_says(&mut w, &bob, "to-bob-after");
+    alice_says(&mut w, &carol, "to-carol-after");
+    w.settle();
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 1, "no new session");
+    for (call, old) in [(&bob_call, bob_before), (&carol_call, carol_before)] {
+        let after = cseqs_in(&w, &Method::Message, call);
+        assert!(
+            after.last().unwrap() > &old,
+            "{call}: {after:?} after {old}"
+        );
+    }
+    assert!(
+        w.lcs.replied.iter().all(|(_, s)| *s == 200),
+        "{:?}",
+        w.lcs.replied
+    );
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains("type='error'")));
+    // A second restart right away: still above (the first request after each start raises
+    // the stored reservation before it goes).
+    w.restart();
+    alice_says(&mut w, &bob, "to-bob-again");
+    w.settle();
+    assert!(w.lcs.replied.iter().all(|(_, s)| *s == 200));
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 1);
+}
+
+/// A session kept busy past the dialog-age limit (20 h here) is replaced by a fresh INVITE
+/// before the next message; a restart with a stored dialog past the limit ends it with BYE and
+/// forgets it, and the next message opens a fresh session.
+#[test]
+fn stored_sessions_past_the_age_limit_are_replaced() {
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    let mut n = 0;
+    let mut alice_says = |w: &mut World| {
+        n += 1;
+        w.xmpp_sends(&format!(
+            "<message from='{ALICE}/pc' to='{bob}' type='chat' id='a{n}'><body>n{n}</body></message>"
+        ));
+        w.settle();
+    };
+    alice_says(&mut w);
+    let first = w.lcs.requests(&Method::Invite)[0]
+        .call_id()
+        .unwrap()
+        .to_owned();
+    // Busy for 20 h (one message every 9 minutes, below the idle limit).
+    let mut replaced_at = None;
+    for _ in 0..134 {
+        w.run_for(Duration::from_secs(9 * 60));
+        alice_says(&mut w);
+        if replaced_at.is_none() && w.lcs.requests(&Method::Invite).len() == 2 {
+            replaced_at = Some(w.now);
+        }
+    }
+    let invites: Vec<String> = w
+        .lcs
+        .requests(&Method::Invite)
+        .iter()
+        .map(|m| m.call_id().unwrap().to_owned())
+        .collect();
+    assert_eq!(invites.len(), 2, "replaced once");
+    assert_eq!(cseqs_in(&w, &Method::Bye, &first).len(), 1);
+    let stored: Vec<_> = w.store.im_dialogs().map(Result::unwrap).collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].dialog.call_id, invites[1]);
+
+    // The second dialog kept busy until just before its limit; the bridge restarts just after
+    // it (before the idle limit).
+    let limit = replaced_at.unwrap() + Duration::from_secs(20 * 3600);
+    while w.now + Duration::from_secs(9 * 60) < limit {
+        w.run_for(Duration::from_secs(9 * 60));
+        alice_says(&mut w);
+    }
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 2);
+    w.run_for(limit + Duration::from_secs(60) - w.now);
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 1);
+    assert!(cseqs_in(&w, &Method::Bye, &invites[1]).is_empty());
+    w.restart();
+    w.settle();
+    assert_eq!(cseqs_in(&w, &Method::Bye, &invites[1]).len(), 1);
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 0);
+    alice_says(&mut w);
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 3);
+    assert!(w.lcs.replied.iter().all(|(_, s)| *s == 200));
+}
+
+/// An IM dialog the store could not keep changes no answer: the session goes on (a restart
+/// would end it), unlike a subscription, whose 2xx becomes 500.
+#[test]
+fn an_im_store_failure_changes_no_answer() {
+    let mut w = World::new();
+    w.store.set_fail_writes(true);
+    w.lcs_invites(BOB_AOR, ALICE_URI, "hello");
+    w.settle();
+    w.lcs_messages(BOB_AOR, "still fine");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Invite), [200]);
+    assert_eq!(w.lcs.statuses(Method::Message), [200]);
+    assert_eq!(w.xmpp.to(ALICE).len(), 2);
+}
+
+/// An LCS user writes to a local address with no account: the bridge accepts (it cannot know),
+/// the XMPP server bounces the message, and the bridge tells the sender in the session and
+/// ends it with BYE and the status `errors.toml` gives the condition, so that the next message
+/// is not lost in a session nobody reads.
+#[test]
+fn a_message_to_no_account_is_told_to_its_sender_and_ends_the_session() {
+    let mut w = World::new();
+    w.xmpp.no_account.insert("nobody@example.org".into());
+    w.lcs_invites(BOB_AOR, "sip:nobody@example.org", "anybody there?");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Invite), [200]);
+    let notice = w.lcs.requests(&Method::Message);
+    assert_eq!(notice.len(), 1);
+    assert_eq!(
+        body_of(notice[0]),
+        "Message not delivered to nobody@example.org (503 Service Unavailable, \
+         service-unavailable)\nnobody@example.org is not reachable (no account, offline, or \
+         blocking); this conversation has ended."
+    );
+    let bye = w.lcs.requests(&Method::Bye);
+    assert_eq!(bye.len(), 1);
+    assert_eq!(
+        bye[0].header("Reason"),
+        Some("SIP;cause=503;text=\"Service Unavailable\"")
+    );
+    assert_eq!(bye[0].call_id().unwrap(), notice[0].call_id().unwrap());
+    assert_eq!(w.store.stats().unwrap().im_dialogs, 0);
+    // LCS writes again in the ended session: 481 (its client opens a new one).
+    w.lcs_messages(BOB_AOR, "hello?");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Message), [481]);
+    // Alice's sessions are not touched by any of it.
+    w.lcs_invites("sip:carol@contoso.com", ALICE_URI, "hi alice");
+    w.settle();
+    assert_eq!(w.lcs.requests(&Method::Message).len(), 1);
+    assert!(w.xmpp.to(ALICE)[0].contains("<body>hi alice</body>"));
+}
+
+/// The store fails just when a session's CSeq reservation must be raised: the MESSAGE that
+/// would pass the stored reservation is not sent; the session ends (BYE) and the message goes in
+/// a fresh one. After a restart (the store works again, but still holds the old dialog: its
+/// removal failed too) nothing repeats a CSeq LCS has seen — no `500` anywhere — and every
+/// message of Alice's reaches Bob, none comes back to her as an error.
+#[test]
+fn a_reservation_the_store_did_not_take_is_never_passed() {
+    use crate::engine::im::CSEQ_RESERVE;
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    let mut n = 0;
+    let mut alice_says = |w: &mut World| {
+        n += 1;
+        w.xmpp_sends(&format!(
+            "<message from='{ALICE}/pc' to='{bob}' type='chat' id='a{n}'><body>n{n}</body></message>"
+        ));
+        n
+    };
+    alice_says(&mut w);
+    w.settle();
+    let first = w.lcs.requests(&Method::Invite)[0]
+        .call_id()
+        .unwrap()
+        .to_owned();
+    w.store.set_fail_writes(true);
+    // CSeq 3 ..= 1 + CSEQ_RESERVE are reserved; the next one needs a write, which fails.
+    for _ in 0..CSEQ_RESERVE {
+        alice_says(&mut w);
+    }
+    w.settle();
+    w.store.set_fail_writes(false);
+    assert_eq!(
+        cseqs_in(&w, &Method::Message, &first).last(),
+        Some(&(1 + CSEQ_RESERVE)),
+        "nothing above the stored reservation"
+    );
+    assert_eq!(cseqs_in(&w, &Method::Bye, &first).len(), 1);
+    assert_eq!(w.lcs.requests(&Method::Invite).len(), 2);
+    assert_eq!(
+        w.store.stats().unwrap().im_dialogs,
+        1,
+        "the old record is left"
+    );
+
+    w.restart();
+    let last = alice_says(&mut w);
+    w.settle();
+    assert!(
+        w.lcs.replied.iter().all(|(_, s)| *s != 500),
+        "a CSeq repeated: {:?}",
+        w.lcs
+            .replied
+            .iter()
+            .filter(|(_, s)| *s != 200)
+            .collect::<Vec<_>>()
+    );
+    let bodies: BTreeSet<String> = w
+        .lcs
+        .requests(&Method::Message)
+        .into_iter()
+        .map(body_of)
+        .collect();
+    for i in 1..=last {
+        assert!(bodies.contains(&format!("n{i}")), "n{i} not delivered");
+    }
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains("type='error'")));
+}
+
+/// The same for a watcher: while the store cannot raise the reservation of Bob's watcher
+/// dialog, no NOTIFY passes it (the one that would is held and owed again after the backoff);
+/// once the store works, Alice's current presence goes out; after a restart the NOTIFYs are
+/// above every CSeq sent before (no `500`).
+#[test]
+fn a_watchers_notify_waits_for_its_reservation() {
+    use crate::engine::im::CSEQ_RESERVE;
+    let mut w = World::new();
+    bob_watches_alice(&mut w);
+    let bob = contact_jid("bob");
+    w.store.set_fail_writes(true);
+    for i in 0..CSEQ_RESERVE + 5 {
+        if i % 300 == 0 {
+            // Bob's client refreshes (the world's LCS does not by itself).
+            w.lcs_refreshes(BOB_AOR);
+        }
+        let show = if i % 2 == 0 { "dnd" } else { "away" };
+        w.xmpp_presence(
+            &format!("{ALICE}/pc"),
+            Some(&format!("<show>{show}</show>")),
+            &[&bob],
+        );
+        w.run_for(Duration::from_secs(6));
+    }
+    let held = w.lcs.requests(&Method::Notify).len();
+    w.xmpp_presence(&format!("{ALICE}/pc"), Some("<show>xa</show>"), &[&bob]);
+    w.run_for(Duration::from_secs(60));
+    assert_eq!(
+        w.lcs.requests(&Method::Notify).len(),
+        held,
+        "held while the store fails"
+    );
+    w.store.set_fail_writes(false);
+    w.lcs_refreshes(BOB_AOR);
+    w.run_for(Duration::from_secs(1900));
+    assert!(notified_activities(&w).last().unwrap().contains("away"));
+    w.lcs_refreshes(BOB_AOR);
+    w.settle();
+    w.restart();
+    w.run_for(Duration::from_secs(30));
+    assert!(w.lcs.requests(&Method::Notify).len() > held + 1);
+    assert!(
+        w.lcs.replied.iter().all(|(_, s)| *s != 500),
+        "a CSeq repeated: {:?}",
+        w.lcs
+            .replied
+            .iter()
+            .filter(|(_, s)| *s != 200)
+            .collect::<Vec<_>>()
+    );
+}
+
 /// The last document each LCS user got in a NOTIFY about Alice, by AOR.
 fn last_document(w: &World, aor: &str) -> String {
     w.lcs
@@ -340,8 +872,6 @@ fn last_document(w: &World, aor: &str) -> String {
         .rfind(|b| !b.is_empty())
         .unwrap_or_default()
 }
-
-const CAROL_AOR: &str = "sip:carol@contoso.com";
 
 /// Bob and Carol watch Alice, who approves both; she comes online (away), broadcast.
 fn bob_and_carol_watch_alice(w: &mut World) {

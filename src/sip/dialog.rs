@@ -73,7 +73,12 @@ pub enum DialogError {
     CSeqOutOfOrder { got: u32, last: u32 },
     #[error("request does not belong to this dialog")]
     WrongDialog,
+    #[error("no CSeq left in this dialog (they must stay below 2^31)")]
+    CSeqExhausted,
 }
+
+/// CSeq numbers must stay below 2³¹ (RFC 3261 §8.1.1.5).
+pub const MAX_CSEQ: u32 = (1 << 31) - 1;
 
 /// One dialog.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +244,7 @@ impl Dialog {
     }
 
     /// Builds the next request in this dialog (§12.2.1.1): To/From with both tags, the next
-    /// CSeq, the route set and the Request-URI for loose or strict routing. `via_sent_by` and
+    /// CSeq ([`DialogError::CSeqExhausted`] past [`MAX_CSEQ`]), the route set and the Request-URI for loose or strict routing. `via_sent_by` and
     /// `branch` make the Via (`SIP/2.0/TLS`); `contact` is this side's Contact URI.
     pub fn next_request(
         &mut self,
@@ -254,8 +259,14 @@ impl Dialog {
         let cseq = if method == Method::Ack {
             self.local_cseq
         } else {
-            self.local_cseq += 1;
-            self.local_cseq
+            // A restored dialog's counter comes from the store: never past the limit.
+            let next = self
+                .local_cseq
+                .checked_add(1)
+                .filter(|n| *n <= MAX_CSEQ)
+                .ok_or(DialogError::CSeqExhausted)?;
+            self.local_cseq = next;
+            next
         };
         // Loose routing when the first route has `lr` (RFC 3261 §12.2.1.1); strict otherwise.
         let strict = self.route_set.first().is_some_and(|r| {
@@ -494,5 +505,33 @@ Content-Length: 0\r\n\r\n"
             Dialog::from_uac(&invite, &no_contact, 1, Instant::now()),
             Err(DialogError::NoContact)
         );
+    }
+
+    /// A restored dialog's counter at the top of the CSeq space (a record this bridge did not
+    /// write) refuses the next request instead of overflowing.
+    #[test]
+    fn a_counter_at_the_limit_refuses_the_next_request() {
+        let now = Instant::now();
+        for start in [MAX_CSEQ, u32::MAX] {
+            let mut d = Dialog::restored(
+                DialogId {
+                    call_id: "c".into(),
+                    local_tag: "a".into(),
+                    remote_tag: "b".into(),
+                },
+                ("sip:a@example.org".into(), None),
+                ("sip:b@contoso.com".into(), None),
+                "sip:b@192.0.2.5".into(),
+                vec![],
+                (start, None),
+                0,
+                now,
+            );
+            assert_eq!(
+                d.next_request(Method::Message, "h:5061", "z9hG4bK1", None),
+                Err(DialogError::CSeqExhausted)
+            );
+            assert_eq!(d.local_cseq(), start);
+        }
     }
 }

@@ -26,6 +26,7 @@ pub const TEMPORARILY_UNAVAILABLE: u16 = 480;
 pub const CALL_DOES_NOT_EXIST: u16 = 481;
 pub const LOOP_DETECTED: u16 = 482;
 pub const TOO_MANY_HOPS: u16 = 483;
+pub const BUSY_HERE: u16 = 486;
 pub const REQUEST_TERMINATED: u16 = 487;
 pub const NOT_ACCEPTABLE_HERE: u16 = 488;
 pub const BAD_EVENT: u16 = 489;

@@ -17,7 +17,7 @@
 //! is [`StoreError::Corrupt`] naming the key. It never panics and never allocates more than the
 //! input's size.
 
-use super::{Approval, DialogRecord, Direction, StoreError, SubState, Subscription};
+use super::{Approval, DialogRecord, Direction, DisplayName, StoreError, SubState, Subscription};
 
 /// The schema version key.
 pub(crate) const META_SCHEMA: &[u8] = b"\0schema_version";
@@ -32,6 +32,10 @@ const RECORD_V1: u8 = 1;
 const SUB_HAS_DIALOG: u8 = 1;
 const SUB_HAS_SENT: u8 = 2;
 const SUB_HAS_RECEIVED: u8 = 4;
+/// A display name follows the last received bytes (schema version 2).
+const SUB_HAS_NAME: u8 = 8;
+/// The display name came from a PIDF document (only with [`SUB_HAS_NAME`]).
+const SUB_NAME_FROM_PIDF: u8 = 16;
 
 const DLG_HAS_LOCAL_DISPLAY: u8 = 1;
 const DLG_HAS_REMOTE_DISPLAY: u8 = 2;
@@ -224,7 +228,8 @@ pub(crate) fn encode_subscription(s: &Subscription) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         24 + s.dialog.as_ref().map_or(0, dialog_size_hint)
             + s.last_sent.as_ref().map_or(0, Vec::len)
-            + s.last_received.as_ref().map_or(0, Vec::len),
+            + s.last_received.as_ref().map_or(0, Vec::len)
+            + s.display_name.as_ref().map_or(0, |n| n.text.len() + 2),
     );
     let mut flags = 0;
     if s.dialog.is_some() {
@@ -235,6 +240,12 @@ pub(crate) fn encode_subscription(s: &Subscription) -> Vec<u8> {
     }
     if s.last_received.is_some() {
         flags |= SUB_HAS_RECEIVED;
+    }
+    if let Some(n) = &s.display_name {
+        flags |= SUB_HAS_NAME;
+        if n.from_pidf {
+            flags |= SUB_NAME_FROM_PIDF;
+        }
     }
     out.extend_from_slice(&[
         RECORD_V1,
@@ -252,6 +263,9 @@ pub(crate) fn encode_subscription(s: &Subscription) -> Vec<u8> {
     }
     if let Some(b) = &s.last_received {
         put_bytes(&mut out, b);
+    }
+    if let Some(n) = &s.display_name {
+        put_bytes(&mut out, n.text.as_bytes());
     }
     out
 }
@@ -437,8 +451,11 @@ pub(crate) fn decode_subscription(key: &[u8], value: &[u8]) -> Result<Subscripti
     };
     let flags = r.flags(
         "subscription flags",
-        SUB_HAS_DIALOG | SUB_HAS_SENT | SUB_HAS_RECEIVED,
+        SUB_HAS_DIALOG | SUB_HAS_SENT | SUB_HAS_RECEIVED | SUB_HAS_NAME | SUB_NAME_FROM_PIDF,
     )?;
+    if flags & SUB_NAME_FROM_PIDF != 0 && flags & SUB_HAS_NAME == 0 {
+        return Err(r.err("display name source flag without a display name"));
+    }
     let expires_unix = r.varint("expires")?;
     let updated_unix = r.varint("updated")?;
     let dialog = if flags & SUB_HAS_DIALOG != 0 {
@@ -456,6 +473,14 @@ pub(crate) fn decode_subscription(key: &[u8], value: &[u8]) -> Result<Subscripti
     } else {
         None
     };
+    let display_name = if flags & SUB_HAS_NAME != 0 {
+        Some(DisplayName {
+            text: r.string("display name")?,
+            from_pidf: flags & SUB_NAME_FROM_PIDF != 0,
+        })
+    } else {
+        None
+    };
     r.finish()?;
     Ok(Subscription {
         direction,
@@ -467,6 +492,7 @@ pub(crate) fn decode_subscription(key: &[u8], value: &[u8]) -> Result<Subscripti
         approval,
         last_sent,
         last_received,
+        display_name,
         updated_unix,
     })
 }

@@ -12,11 +12,12 @@
 //! several atomically with one sync; concurrent synced writes from several threads share one
 //! sync (group commit). [`Store::put_subscription_lazy`] and IM dialog writes are *not* synced
 //! one by one — for changes whose loss costs nothing that matters (the last presence sent; an
-//! IM dialog, whose loss costs a new INVITE) — they become durable with the next synced write,
-//! [`Store::flush`], or sled's background flush (every 500 ms). Writes are never reordered: after
-//! a crash the store holds every write up to some point, and at least every synced one. So a
-//! synced call is also a barrier: when it returns, every write made before it is durable too
-//! (even a removal that found nothing to remove syncs).
+//! ended IM session's removal) — they become durable with the next synced write,
+//! [`Store::flush`], or sled's background flush (every 500 ms). An IM dialog that must be
+//! durable (a session just established) is written and then flushed. Writes are never
+//! reordered: after a crash the store holds every write up to some point, and at least every
+//! synced one. So a synced call is also a barrier: when it returns, every write made before it
+//! is durable too (even a removal that found nothing to remove syncs).
 //!
 //! **Identity.** A subscription is identified by (direction, local bare JID, remote AOR); an IM
 //! dialog by (local bare JID, remote AOR). Neither part may be empty or contain NUL
@@ -196,8 +197,20 @@ pub struct Subscription {
     pub last_sent: Option<Vec<u8>>,
     /// What the bridge last received.
     pub last_received: Option<Vec<u8>>,
+    /// The LCS user's last known display name (cleaned), shown on the XMPP side as nick,
+    /// roster name and vCard (docs/mapping.md §6).
+    pub display_name: Option<DisplayName>,
     /// When this record was last changed (Unix seconds).
     pub updated_unix: u64,
+}
+
+/// An LCS user's display name as the bridge keeps it: the text (already cleaned, at most
+/// 256 characters) and whether it came from the user's own PIDF `<cipid:display-name>`
+/// (which wins over a `From` header's display name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName {
+    pub text: String,
+    pub from_pidf: bool,
 }
 
 fn b64(bytes: &Option<Vec<u8>>) -> Value {
@@ -229,6 +242,10 @@ impl Subscription {
             "dialog": self.dialog.as_ref().map(DialogRecord::to_json),
             "last_sent": b64(&self.last_sent),
             "last_received": b64(&self.last_received),
+            "display_name": self.display_name.as_ref().map(|n| json!({
+                "text": n.text,
+                "from_pidf": n.from_pidf,
+            })),
         })
     }
 }
@@ -331,7 +348,7 @@ pub enum StoreError {
         "the store is in use by a running bridge ({path}: {detail}); stop the bridge and try again"
     )]
     InUse { path: PathBuf, detail: String },
-    /// `open_existing` on a directory with no store.
+    /// `open_read_only` on a directory with no store.
     #[error("no store at {path} (the bridge has not run with this storage.path yet)")]
     Missing { path: PathBuf },
     /// The store was written by a newer lcs-bridge.
@@ -396,7 +413,8 @@ pub trait Store: Send + Sync {
     /// user, to notify them all), by remote AOR.
     fn subscriptions_of(&self, direction: Direction, local_jid: &str) -> Records<'_, Subscription>;
 
-    /// Inserts or replaces an IM dialog; not synced (see the module documentation).
+    /// Inserts or replaces an IM dialog; not synced (see the module documentation): follow it
+    /// with [`Store::flush`] for a durable write.
     fn put_im_dialog(&self, d: &ImDialog) -> Result<(), StoreError>;
 
     fn get_im_dialog(

@@ -50,6 +50,8 @@ pub struct RedbStore {
     db: Database,
     path: PathBuf,
     quick_repair: bool,
+    schema_version: u32,
+    migrated_from: Option<u32>,
 }
 
 fn be(e: impl Display) -> StoreError {
@@ -62,19 +64,28 @@ impl RedbStore {
         Self::open_with(path, &RedbOptions::default())
     }
 
-    /// Opens a store that must already exist.
-    pub fn open_existing(path: &Path) -> Result<RedbStore, StoreError> {
+    /// Opens a store that must already exist, without migrating it, as
+    /// [`super::SledStore::open_read_only`] does.
+    pub fn open_read_only(path: &Path) -> Result<RedbStore, StoreError> {
         if !path.join(REDB_FILE).is_file() {
             return Err(StoreError::Missing {
                 path: path.to_owned(),
             });
         }
-        Self::open(path)
+        Self::open_as(path, &RedbOptions::default(), false)
     }
 
     /// Opens (creating if needed) the store in directory `path` and checks the schema version
-    /// as [`super::SledStore::open_with`] does.
+    /// as [`super::SledStore::open_with`] does, migrating an older one.
     pub fn open_with(path: &Path, options: &RedbOptions) -> Result<RedbStore, StoreError> {
+        Self::open_as(path, options, true)
+    }
+
+    fn open_as(
+        path: &Path,
+        options: &RedbOptions,
+        migrating: bool,
+    ) -> Result<RedbStore, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
         let file = path.join(REDB_FILE);
@@ -88,10 +99,12 @@ impl RedbStore {
                 },
                 e => StoreError::Backend(format!("cannot open {}: {e}", file.display())),
             })?;
-        let store = RedbStore {
+        let mut store = RedbStore {
             db,
             path: path.to_owned(),
             quick_repair: options.quick_repair,
+            schema_version: CURRENT_SCHEMA_VERSION,
+            migrated_from: None,
         };
         let tx = store.db.begin_read().map_err(be)?;
         let (found, empty) = match tx.open_table(RECORDS) {
@@ -124,8 +137,13 @@ impl RedbStore {
                 supported: CURRENT_SCHEMA_VERSION,
             });
         }
-        // 0 → 1: write the version (the only step so far).
+        if !migrating {
+            store.schema_version = found;
+            return Ok(store);
+        }
+        // 0 → 1 → 2: write the version (no step converts records: see `migrate`).
         if found < CURRENT_SCHEMA_VERSION {
+            store.migrated_from = (found > 0).then_some(found);
             store.write(true, |t| {
                 t.insert(
                     META_SCHEMA,
@@ -141,6 +159,17 @@ impl RedbStore {
     /// The directory the store lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The schema version (after any migration at open; as found by
+    /// [`RedbStore::open_read_only`]).
+    pub fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+
+    /// The schema version this open migrated the store from, if it migrated an existing one.
+    pub fn migrated_from(&self) -> Option<u32> {
+        self.migrated_from
     }
 
     /// Size of the database file.

@@ -20,7 +20,11 @@ use super::codec::{self, IM_PREFIX, META_SCHEMA, SUB_PREFIX};
 use super::{Direction, ImDialog, Records, Stats, Store, StoreError, Subscription};
 
 /// The schema this build writes and reads: the key layout and record encoding of `codec.rs`.
-pub const CURRENT_SCHEMA_VERSION: u32 = 1;
+/// 2 added the display name to subscription records (a flag bit and a string at the end:
+/// every version-1 record reads unchanged, so the step from 1 rewrites nothing; the bump
+/// makes an older build refuse the store as a whole instead of reading every named record
+/// as corrupt).
+pub const CURRENT_SCHEMA_VERSION: u32 = 2;
 
 /// Tuning for [`SledStore::open_with`].
 #[derive(Debug, Clone)]
@@ -48,6 +52,8 @@ pub struct SledStore {
     file: Option<File>,
     path: PathBuf,
     schema_version: u32,
+    /// The schema version an open moved the store up from (not for a new store).
+    migrated_from: Option<u32>,
     /// Group commit: tickets handed out to writers that want a sync…
     tickets: AtomicU64,
     /// …and how far syncing has got.
@@ -73,20 +79,31 @@ impl SledStore {
         Self::open_with(path, &SledOptions::default())
     }
 
-    /// Opens a store that must already exist (for the administrator's commands, which must not
-    /// create an empty store by mistake).
-    pub fn open_existing(path: &Path) -> Result<SledStore, StoreError> {
+    /// Opens a store that must already exist, for the administrator's commands (`store stats`,
+    /// `store export`), which only read: nothing is created, and a store of an older schema is
+    /// not migrated (its records decode as they are; [`SledStore::schema_version`] says which
+    /// it is), so that reading a backup with a newer build does not make it one an older build
+    /// refuses.
+    pub fn open_read_only(path: &Path) -> Result<SledStore, StoreError> {
         if !path.join("db").is_file() {
             return Err(StoreError::Missing {
                 path: path.to_owned(),
             });
         }
-        Self::open(path)
+        Self::open_as(path, &SledOptions::default(), false)
     }
 
     /// Opens (creating if needed) the store in directory `path`, checks the schema version
-    /// and migrates an older one (see [`migrate`]).
+    /// and migrates an older one (see [`migrate`]; [`SledStore::migrated_from`] tells).
     pub fn open_with(path: &Path, options: &SledOptions) -> Result<SledStore, StoreError> {
+        Self::open_as(path, options, true)
+    }
+
+    fn open_as(
+        path: &Path,
+        options: &SledOptions,
+        migrating: bool,
+    ) -> Result<SledStore, StoreError> {
         if path.exists() && !path.is_dir() {
             return Err(StoreError::NotAStore {
                 path: path.to_owned(),
@@ -129,9 +146,17 @@ impl SledStore {
                 supported: CURRENT_SCHEMA_VERSION,
             });
         }
-        if found < CURRENT_SCHEMA_VERSION {
+        let migrated_from = if migrating && found < CURRENT_SCHEMA_VERSION {
             migrate(&db, found, CURRENT_SCHEMA_VERSION)?;
-        }
+            (found > 0).then_some(found)
+        } else {
+            None
+        };
+        let schema_version = if migrating {
+            CURRENT_SCHEMA_VERSION
+        } else {
+            found
+        };
         let file = if options.fsync {
             Some(File::open(path.join("db")).map_err(|e| {
                 StoreError::Backend(format!("cannot open {}/db: {e}", path.display()))
@@ -143,12 +168,15 @@ impl SledStore {
             db,
             file,
             path: path.to_owned(),
-            schema_version: CURRENT_SCHEMA_VERSION,
+            schema_version,
+            migrated_from,
             tickets: AtomicU64::new(0),
             commit: Mutex::new(Commit::default()),
             committed: Condvar::new(),
         };
-        store.sync()?;
+        if migrating {
+            store.sync()?;
+        }
         Ok(store)
     }
 
@@ -157,9 +185,16 @@ impl SledStore {
         &self.path
     }
 
-    /// The schema version (after any migration at open).
+    /// The schema version (after any migration at open; as found by
+    /// [`SledStore::open_read_only`]).
     pub fn schema_version(&self) -> u32 {
         self.schema_version
+    }
+
+    /// The schema version this open migrated the store from, if it migrated an existing one:
+    /// an older build now refuses the store (docs/storage.md "Schema version and migration").
+    pub fn migrated_from(&self) -> Option<u32> {
+        self.migrated_from
     }
 
     /// Bytes sled reports for its files (log, snapshots, blobs).
@@ -250,7 +285,8 @@ impl SledStore {
 
 /// Brings a database at schema version `from` to `to`, one step at a time, syncing after each
 /// step. Versions: 0 = a new, empty database (step 0 → 1 writes the version key); 1 = the
-/// layout of `codec.rs`. A version above [`CURRENT_SCHEMA_VERSION`] is refused: this build
+/// layout of `codec.rs` without display names; 2 = with them (step 1 → 2 converts nothing: a
+/// version-1 record is a valid version-2 record). A version above [`CURRENT_SCHEMA_VERSION`] is refused: this build
 /// cannot know what it means.
 pub fn migrate(db: &sled::Db, from: u32, to: u32) -> Result<(), StoreError> {
     if to > CURRENT_SCHEMA_VERSION || from > CURRENT_SCHEMA_VERSION {
@@ -269,6 +305,8 @@ pub fn migrate(db: &sled::Db, from: u32, to: u32) -> Result<(), StoreError> {
         match v {
             // 0 → 1: nothing to convert, the database is empty.
             0 => {}
+            // 1 → 2: records without the display-name flag read as before.
+            1 => {}
             // Future steps convert records here, e.g. 1 => rewrite every `S` value.
             v => {
                 return Err(StoreError::Backend(format!(

@@ -40,6 +40,7 @@ fn sub(direction: Direction, jid: &str, aor: &str) -> Subscription {
         approval: Approval::Approved,
         last_sent: Some(b"<presence/>".to_vec()),
         last_received: Some(vec![0, 255, 1]),
+        display_name: None,
         updated_unix: 1_790_000_100,
     }
 }
@@ -55,6 +56,7 @@ fn minimal(direction: Direction, jid: &str, aor: &str) -> Subscription {
         approval: Approval::None,
         last_sent: None,
         last_received: None,
+        display_name: None,
         updated_unix: u64::MAX,
     }
 }
@@ -382,10 +384,12 @@ fn sled_store_behaviour_and_reopen() {
     {
         let store = SledStore::open(&path).unwrap();
         assert_eq!(store.schema_version(), CURRENT_SCHEMA_VERSION);
+        // A new store is no migration.
+        assert_eq!(store.migrated_from(), None);
         exercise(&store);
     }
     // Everything is there after a reopen.
-    let store = SledStore::open_existing(&path).unwrap();
+    let store = retry_in_use(|| SledStore::open_read_only(&path)).unwrap();
     let subs = collect(store.subscriptions());
     assert_eq!(subs.len(), 5);
     assert_eq!(store.stats().unwrap().total_subscriptions(), 5);
@@ -412,10 +416,10 @@ fn sled_store_is_locked_while_open() {
 }
 
 #[test]
-fn sled_open_existing_refuses_to_create() {
+fn sled_open_read_only_refuses_to_create() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sled");
-    let err = SledStore::open_existing(&path).err().unwrap();
+    let err = SledStore::open_read_only(&path).err().unwrap();
     assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
     assert!(!path.exists());
 }
@@ -435,14 +439,14 @@ fn sled_schema_version_newer_is_refused() {
             err,
             StoreError::SchemaTooNew {
                 found: 7,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "the store's schema version is 7, newer than this lcs-bridge supports (1): use a newer lcs-bridge or restore a backup"
+        "the store's schema version is 7, newer than this lcs-bridge supports (2): use a newer lcs-bridge or restore a backup"
     );
 }
 
@@ -483,16 +487,57 @@ fn sled_migrate_from_zero_writes_the_version() {
     migrate(&db, 0, CURRENT_SCHEMA_VERSION).unwrap();
     assert_eq!(
         db.get(codec::META_SCHEMA).unwrap().unwrap().as_ref(),
-        &codec::encode_schema(1)
+        &codec::encode_schema(2)
     );
     assert!(matches!(
-        migrate(&db, 1, 2),
+        migrate(&db, 2, 3),
         Err(StoreError::SchemaTooNew {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         })
     ));
     assert!(migrate(&db, 1, 0).is_err());
+}
+
+/// A store written by a build of schema version 1 (records without display names) opens: the
+/// version moves to 2 and every record reads as it was.
+#[test]
+fn sled_version_1_store_is_taken_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = sub(
+        Direction::Inbound,
+        "alice@example.org",
+        "sip:bob@contoso.com",
+    );
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(codec::META_SCHEMA, &codec::encode_schema(1))
+            .unwrap();
+        let key = codec::sub_key(old.direction, &old.local_jid, &old.remote_aor).unwrap();
+        let value = codec::encode_subscription(&old);
+        // What version 1 wrote: no bit above the three it knew.
+        assert_eq!(value[3] & !7, 0);
+        db.insert(key, value).unwrap();
+        db.flush().unwrap();
+    }
+    // Read without migrating (the `store` commands): still version 1 afterwards.
+    for _ in 0..2 {
+        let store = retry_in_use(|| SledStore::open_read_only(dir.path())).unwrap();
+        assert_eq!((store.schema_version(), store.migrated_from()), (1, None));
+        let got = store
+            .get_subscription(old.direction, &old.local_jid, &old.remote_aor)
+            .unwrap();
+        assert_eq!(got.as_ref(), Some(&old));
+    }
+    let store = open_after_raw_sled(dir.path()).unwrap();
+    assert_eq!(store.schema_version(), 2);
+    assert_eq!(store.migrated_from(), Some(1));
+    let got = store
+        .get_subscription(old.direction, &old.local_jid, &old.remote_aor)
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, old);
+    assert_eq!(got.display_name, None);
 }
 
 #[test]
@@ -530,6 +575,49 @@ Content-Length: 0\r\n\r\n",
             created_unix: 1_790_000_000,
         }
     );
+}
+
+#[test]
+fn display_names_round_trip_and_are_checked() {
+    let mut s = minimal(
+        Direction::Outbound,
+        "alice@example.org",
+        "sip:joe@contoso.com",
+    );
+    let plain = codec::encode_subscription(&s);
+    for from_pidf in [false, true] {
+        s.display_name = Some(DisplayName {
+            text: "Joe Smith".into(),
+            from_pidf,
+        });
+        let key = codec::sub_key(s.direction, &s.local_jid, &s.remote_aor).unwrap();
+        let v = codec::encode_subscription(&s);
+        // The name costs its length byte and its bytes; the flags byte says which.
+        assert_eq!(v.len(), plain.len() + 1 + "Joe Smith".len());
+        assert_eq!(v[3], if from_pidf { 8 | 16 } else { 8 });
+        assert_eq!(codec::decode_subscription(&key, &v).unwrap(), s);
+        let mut bad = v.clone();
+        bad.truncate(v.len() - 1);
+        assert!(codec::decode_subscription(&key, &bad).is_err());
+    }
+    // The source bit without a name is refused.
+    let key = codec::sub_key(s.direction, &s.local_jid, &s.remote_aor).unwrap();
+    let mut bad = plain.clone();
+    bad[3] |= 16;
+    let err = codec::decode_subscription(&key, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("display name source flag without a display name"),
+        "{err}"
+    );
+    // Bits no version defines are still refused.
+    let mut bad = plain;
+    bad[3] |= 32;
+    let err = codec::decode_subscription(&key, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown subscription flags bits"), "{err}");
 }
 
 #[test]
@@ -606,7 +694,7 @@ fn export_json_lines() {
     );
     assert_eq!(
         s.to_json().to_string(),
-        r#"{"approval":"approved","dialog":{"call_id":"3f2a9c3@sip.example.org","created_unix":1790000000,"local_cseq":3,"local_display":"Alice Ä","local_tag":"lt3","local_uri":"sip:alice@example.org","remote_cseq":4294967295,"remote_display":null,"remote_tag":"9c1e07b2","remote_target":"sip:joe@10.0.0.5:5061;transport=tls","remote_uri":"sip:joe@contoso.com","route_set":["<sip:edge1.contoso.com;transport=tls;lr>","<sip:edge2.contoso.com;transport=tls;lr>"]},"direction":"inbound","expires_unix":1790003600,"kind":"subscription","last_received":"AP8B","last_sent":"PHByZXNlbmNlLz4=","local_jid":"alice@example.org","remote_aor":"sip:joe@contoso.com","state":"active","updated_unix":1790000100}"#
+        r#"{"approval":"approved","dialog":{"call_id":"3f2a9c3@sip.example.org","created_unix":1790000000,"local_cseq":3,"local_display":"Alice Ä","local_tag":"lt3","local_uri":"sip:alice@example.org","remote_cseq":4294967295,"remote_display":null,"remote_tag":"9c1e07b2","remote_target":"sip:joe@10.0.0.5:5061;transport=tls","remote_uri":"sip:joe@contoso.com","route_set":["<sip:edge1.contoso.com;transport=tls;lr>","<sip:edge2.contoso.com;transport=tls;lr>"]},"direction":"inbound","display_name":null,"expires_unix":1790003600,"kind":"subscription","last_received":"AP8B","last_sent":"PHByZXNlbmNlLz4=","local_jid":"alice@example.org","remote_aor":"sip:joe@contoso.com","state":"active","updated_unix":1790000100}"#
     );
     let m = minimal(Direction::Outbound, "a@b", "sip:c@d").to_json();
     assert_eq!(m["dialog"], Value::Null);
@@ -715,6 +803,7 @@ fn arb_sub() -> impl Strategy<Value = Subscription> {
         (any::<u64>(), 0..3u8, 0..4u8, any::<u64>()),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..50)),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..50)),
+        proptest::option::of(("[^\0]{0,20}", any::<bool>())),
     )
         .prop_map(
             |(
@@ -725,6 +814,7 @@ fn arb_sub() -> impl Strategy<Value = Subscription> {
                 (expires_unix, st, ap, updated_unix),
                 last_sent,
                 last_received,
+                name,
             )| {
                 Subscription {
                     direction: if out {
@@ -745,6 +835,7 @@ fn arb_sub() -> impl Strategy<Value = Subscription> {
                     ][ap as usize],
                     last_sent,
                     last_received,
+                    display_name: name.map(|(text, from_pidf)| DisplayName { text, from_pidf }),
                     updated_unix,
                 }
             },
@@ -793,9 +884,24 @@ fn redb_store_behaviour_and_reopen() {
         let store = RedbStore::open(&path).unwrap();
         exercise(&store);
     }
-    let store = RedbStore::open_existing(&path).unwrap();
+    let store = RedbStore::open_read_only(&path).unwrap();
     assert_eq!(collect(store.subscriptions()).len(), 5);
     assert_eq!(store.stats().unwrap().total_subscriptions(), 5);
+    // A version-1 store: read as it is by `open_read_only`, migrated by `open`.
+    store
+        .put_raw(codec::META_SCHEMA, &codec::encode_schema(1))
+        .unwrap();
+    drop(store);
+    for _ in 0..2 {
+        let store = RedbStore::open_read_only(&path).unwrap();
+        assert_eq!((store.schema_version(), store.migrated_from()), (1, None));
+        assert_eq!(collect(store.subscriptions()).len(), 5);
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(
+        (store.schema_version(), store.migrated_from()),
+        (2, Some(1))
+    );
 }
 
 #[cfg(feature = "redb")]
@@ -824,14 +930,14 @@ fn redb_store_is_locked_while_open_and_checks_the_schema() {
             err,
             StoreError::SchemaTooNew {
                 found: 3,
-                supported: 1
+                supported: CURRENT_SCHEMA_VERSION
             }
         ),
         "{err:?}"
     );
     let missing = dir.path().join("nothing");
     assert!(matches!(
-        RedbStore::open_existing(&missing),
+        RedbStore::open_read_only(&missing),
         Err(StoreError::Missing { .. })
     ));
 }
@@ -839,9 +945,15 @@ fn redb_store_is_locked_while_open_and_checks_the_schema() {
 /// [`SledStore::open`] on a database a raw `sled::Db` of this test just dropped: sled's
 /// background flusher can hold the file lock a moment longer, so `InUse` is retried (1 s).
 fn open_after_raw_sled(path: &std::path::Path) -> Result<SledStore, StoreError> {
+    retry_in_use(|| SledStore::open(path))
+}
+
+/// `open` retried while it finds the store in use (sled's background flusher of a store just
+/// dropped can hold the file lock a moment longer), for 1 s.
+fn retry_in_use(open: impl Fn() -> Result<SledStore, StoreError>) -> Result<SledStore, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
-        match SledStore::open(path) {
+        match open() {
             Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10))
             }

@@ -45,6 +45,7 @@
 //! | contact (`joe\40contoso.com@lcs.example.org`, `joe@contoso.com`) | disco#info get | bare JID: identity `account`/`registered`; with a resource (a GRUU, one LCS endpoint): `client`/`pc`; [`contact_features`] |
 //! | contact | disco#items get | empty result |
 //! | contact | ping get | empty result |
+//! | contact | vcard-temp get, XEP-0292 `<vcard/>` get, pubsub items of `urn:xmpp:vcard4` | [`vcard_reply`]: to a user of a local domain, the contact's last known display name and SIP address; `item-not-found` when no name is known, and to anyone else |
 //! | contact that names no LCS address | anything | `item-not-found` with the address error |
 //! | a domain that is no component domain | anything | `service-unavailable` |
 //! | anyone | a disco query with `node` | `item-not-found` |
@@ -65,7 +66,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use minidom::Element;
-use minidom::rxml::{Namespace as XmlNamespace, NcName};
 use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ns;
@@ -75,6 +75,7 @@ use xmpp_parsers::version::VersionResult;
 use crate::core::address::{AddressBook, AddressMode, JID_ESCAPING_FEATURE, check_scheme, shown};
 use crate::core::errors::Condition;
 use crate::sip::uri::{Host, SipUri};
+use crate::xmpp::{attr, set_attr, with_attr};
 
 /// The XEP-0100 §6.3 namespace.
 pub const NS_GATEWAY: &str = "jabber:iq:gateway";
@@ -150,7 +151,7 @@ pub fn component_features(mode: AddressMode) -> Vec<&'static str> {
 }
 
 /// The disco#info features of an LCS contact, sorted: disco#info, disco#items, ping (answered
-/// here), chat states and receipts (the engine translates them).
+/// here), vcard-temp ([`vcard_reply`]), chat states and receipts (the engine translates them).
 pub fn contact_features() -> Vec<&'static str> {
     let features: BTreeSet<&'static str> = [
         ns::DISCO_INFO,
@@ -158,10 +159,108 @@ pub fn contact_features() -> Vec<&'static str> {
         ns::PING,
         ns::CHATSTATES,
         ns::RECEIPTS,
+        NS_VCARD_TEMP,
     ]
     .into_iter()
     .collect();
     features.into_iter().collect()
+}
+
+/// XEP-0054 (vcard-temp).
+pub const NS_VCARD_TEMP: &str = "vcard-temp";
+/// RFC 6351 vCard XML, as XEP-0292 carries it.
+pub const NS_VCARD4: &str = "urn:ietf:params:xml:ns:vcard-4.0";
+/// The PEP node of XEP-0292.
+pub const NODE_VCARD4: &str = "urn:xmpp:vcard4";
+/// XEP-0060.
+pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+
+/// The vCard of an LCS contact, for an IQ get addressed to one (bare JID or GRUU): vcard-temp
+/// (XEP-0054 §3.1) with `FN` and `NICKNAME` the contact's last known display name and `URL` its
+/// SIP address of record; XEP-0292's vCard4 in `<vcard/>` (the IQ form of its earlier
+/// versions) and as the `current` item of the PEP node `urn:xmpp:vcard4` (its present form),
+/// with `fn`, `nickname` and `impp`. `name_of` gives the name known for an AOR; with none, the
+/// answer is `item-not-found` (XEP-0054 §3.1: no vCard; XEP-0060 §6.5.9.11: no such node).
+/// Only users of the local domains get a name: to anyone else (a user of another XMPP server,
+/// reaching the component over server-to-server) the answer is the same `item-not-found` as for
+/// a contact whose name is unknown, so that the names LCS sends the bridge's users are not
+/// given out to the world, and the answer does not tell whether one is known.
+///
+/// `None` for every other IQ (not a get, not to a contact, another payload): [`handle_iq`]
+/// answers those.
+pub fn vcard_reply(
+    iq: &Element,
+    book: &AddressBook,
+    name_of: &dyn Fn(&str) -> Option<String>,
+) -> Option<Element> {
+    if iq.name() != "iq" || iq.attr("type") != Some("get") || iq.attr("id").is_none() {
+        return None;
+    }
+    let from = iq.attr("from")?;
+    let to = Jid::new(iq.attr("to")?).ok()?;
+    if to.node().is_none() || !book.is_component_domain(to.domain().as_str()) {
+        return None;
+    }
+    let local = Jid::new(from).is_ok_and(|f| book.is_local_domain(f.domain().as_str()));
+    let mut children = iq.children();
+    let (Some(payload), None) = (children.next(), children.next()) else {
+        return None;
+    };
+    enum Form {
+        Temp,
+        Four,
+        Pep,
+    }
+    let form = if payload.is("vCard", NS_VCARD_TEMP) {
+        Form::Temp
+    } else if payload.is("vcard", NS_VCARD4) {
+        Form::Four
+    } else if payload.is("pubsub", NS_PUBSUB)
+        && payload
+            .get_child("items", NS_PUBSUB)
+            .is_some_and(|i| i.attr("node") == Some(NODE_VCARD4))
+        && payload.children().count() == 1
+    {
+        Form::Pep
+    } else {
+        return None;
+    };
+    let aor = book.jid_to_sip(&to).ok()?.aor().to_uri();
+    let Some(name) = name_of(&aor).filter(|_| local) else {
+        let text = format!("no vCard: the gateway knows no name for {aor}");
+        return Some(error_reply(iq, Condition::ItemNotFound, Some(&text)));
+    };
+    let text = |ns: &str, el: &str, value: &str| {
+        Element::builder(el, ns)
+            .append(Element::builder("text", ns).append(value))
+            .build()
+    };
+    let four = || {
+        Element::builder("vcard", NS_VCARD4)
+            .append(text(NS_VCARD4, "fn", &name))
+            .append(text(NS_VCARD4, "nickname", &name))
+            .append(
+                Element::builder("impp", NS_VCARD4)
+                    .append(Element::builder("uri", NS_VCARD4).append(aor.as_str())),
+            )
+            .build()
+    };
+    let payload = match form {
+        Form::Temp => Element::builder("vCard", NS_VCARD_TEMP)
+            .append(Element::builder("FN", NS_VCARD_TEMP).append(name.as_str()))
+            .append(Element::builder("NICKNAME", NS_VCARD_TEMP).append(name.as_str()))
+            .append(Element::builder("URL", NS_VCARD_TEMP).append(aor.as_str()))
+            .build(),
+        Form::Four => four(),
+        Form::Pep => Element::builder("pubsub", NS_PUBSUB)
+            .append(
+                attr(Element::builder("items", NS_PUBSUB), "node", NODE_VCARD4).append(
+                    attr(Element::builder("item", NS_PUBSUB), "id", "current").append(four()),
+                ),
+            )
+            .build(),
+    };
+    Some(result_reply(iq, Some(payload)))
 }
 
 /// The entity an IQ is addressed to.
@@ -255,7 +354,15 @@ fn answer(iq: &Element, book: &AddressBook, info: &GatewayInfo) -> Element {
             ns::PING,
             ns::VERSION,
         ],
-        Entity::Contact { .. } => &[ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING],
+        // vCard gets are answered by `vcard_reply`; what reaches here (a set) is not
+        // implemented.
+        Entity::Contact { .. } => &[
+            ns::DISCO_INFO,
+            ns::DISCO_ITEMS,
+            ns::PING,
+            NS_VCARD_TEMP,
+            NS_VCARD4,
+        ],
     };
     if !offered.contains(&namespace.as_str()) {
         let who = match entity {
@@ -466,19 +573,6 @@ fn disco_info(iq: &Element, identity: Identity, features: &[&str]) -> Element {
     result_reply(iq, Some(result.into()))
 }
 
-/// Sets an attribute without a namespace. The names used here are all valid NCNames; an
-/// invalid one would be skipped, never panic.
-fn set_attr(elem: &mut Element, name: &str, value: &str) {
-    if let Ok(name) = NcName::try_from(name) {
-        elem.set_attr(XmlNamespace::NONE, name, value);
-    }
-}
-
-fn with_attr(mut elem: Element, name: &str, value: &str) -> Element {
-    set_attr(&mut elem, name, value);
-    elem
-}
-
 /// The reply's envelope: same element name and namespace, `from`/`to` swapped, same `id` (an
 /// `<iq/>` without one gets `id=''`), the given type.
 fn envelope(stanza: &Element, type_: &str) -> Element {
@@ -498,7 +592,8 @@ fn envelope(stanza: &Element, type_: &str) -> Element {
     reply
 }
 
-fn result_reply(iq: &Element, payload: Option<Element>) -> Element {
+/// A result to `iq` (`from`/`to` swapped, same `id`) with `payload`, if any.
+pub fn result_reply(iq: &Element, payload: Option<Element>) -> Element {
     let mut reply = envelope(iq, "result");
     if let Some(payload) = payload {
         reply.append_child(payload);
@@ -735,6 +830,7 @@ mod tests {
                 "http://jabber.org/protocol/disco#items",
                 "urn:xmpp:ping",
                 "urn:xmpp:receipts",
+                "vcard-temp",
             ]
         );
     }
@@ -761,7 +857,8 @@ mod tests {
                         <feature var='http://jabber.org/protocol/disco#info'/>\
                         <feature var='http://jabber.org/protocol/disco#items'/>\
                         <feature var='urn:xmpp:ping'/>\
-                        <feature var='urn:xmpp:receipts'/>";
+                        <feature var='urn:xmpp:receipts'/>\
+                        <feature var='vcard-temp'/>";
         for (book, to, identity) in [
             (
                 gateway(),
@@ -1191,7 +1288,6 @@ mod tests {
         for payload in [
             "<query xmlns='jabber:iq:version'/>",
             "<query xmlns='jabber:iq:gateway'/>",
-            "<vCard xmlns='vcard-temp'/>",
         ] {
             let got = ask_ok(
                 &gateway(),
@@ -1207,6 +1303,130 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    fn vcard(book: &AddressBook, to: &str, payload: &str) -> Option<String> {
+        let iq = parse_stanza(&iq("get", to, payload)).unwrap();
+        let name_of =
+            |aor: &str| (aor == "sip:joe@contoso.com").then(|| "Joe <Smith> & Co".to_owned());
+        vcard_reply(&iq, book, &name_of).map(|r| xml(&r))
+    }
+
+    #[test]
+    fn vcards_of_contacts_give_the_known_name_and_address() {
+        let joe = "joe\\40contoso.com@lcs.example.org";
+        let head = format!(
+            "<iq xmlns='jabber:component:accept' from='{joe}' id='q1' to='alice@example.org/pc' type='result'>"
+        );
+        assert_eq!(
+            vcard(&gateway(), joe, "<vCard xmlns='vcard-temp'/>").unwrap(),
+            format!(
+                "{head}<vCard xmlns='vcard-temp'><FN>Joe &lt;Smith&gt; &amp; Co</FN>\
+                 <NICKNAME>Joe &lt;Smith&gt; &amp; Co</NICKNAME><URL>sip:joe@contoso.com</URL>\
+                 </vCard></iq>"
+            )
+        );
+        let four = "<vcard xmlns='urn:ietf:params:xml:ns:vcard-4.0'><fn><text>Joe &lt;Smith&gt; &amp; Co</text></fn>\
+                    <nickname><text>Joe &lt;Smith&gt; &amp; Co</text></nickname>\
+                    <impp><uri>sip:joe@contoso.com</uri></impp></vcard>";
+        assert_eq!(
+            vcard(
+                &gateway(),
+                joe,
+                "<vcard xmlns='urn:ietf:params:xml:ns:vcard-4.0'/>"
+            )
+            .unwrap(),
+            format!("{head}{four}</iq>")
+        );
+        assert_eq!(
+            vcard(
+                &gateway(),
+                joe,
+                "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:vcard4'/></pubsub>"
+            )
+            .unwrap(),
+            format!(
+                "{head}<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:vcard4'>\
+                 <item id='current'>{four}</item></items></pubsub></iq>"
+            )
+        );
+        // A GRUU (one endpoint) and direct mode answer for the same person.
+        let gruu = vcard(
+            &gateway(),
+            &format!("{joe}/urn:uuid:1"),
+            "<vCard xmlns='vcard-temp'/>",
+        )
+        .unwrap();
+        assert!(gruu.contains("<URL>sip:joe@contoso.com</URL>"), "{gruu}");
+        let direct = vcard(&direct(), "joe@contoso.com", "<vCard xmlns='vcard-temp'/>").unwrap();
+        assert!(
+            direct.contains("<FN>Joe &lt;Smith&gt; &amp; Co</FN>"),
+            "{direct}"
+        );
+    }
+
+    #[test]
+    fn vcards_without_a_name_are_item_not_found_and_other_iqs_are_left_alone() {
+        let ann = "ann\\40contoso.com@lcs.example.org";
+        let got = vcard(&gateway(), ann, "<vCard xmlns='vcard-temp'/>").unwrap();
+        let (type_, condition, text) = condition_of(&got);
+        assert_eq!(
+            (type_.as_str(), condition.as_str()),
+            ("cancel", "item-not-found")
+        );
+        assert_eq!(
+            text,
+            "no vCard: the gateway knows no name for sip:ann@contoso.com"
+        );
+        let joe = "joe\\40contoso.com@lcs.example.org";
+        for (to, payload) in [
+            ("lcs.example.org", "<vCard xmlns='vcard-temp'/>"),
+            ("example.org", "<vCard xmlns='vcard-temp'/>"),
+            (
+                joe,
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            ),
+            (
+                joe,
+                "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:avatar:data'/></pubsub>",
+            ),
+            (
+                joe,
+                "<vCard xmlns='vcard-temp'/><vCard xmlns='vcard-temp'/>",
+            ),
+        ] {
+            assert_eq!(vcard(&gateway(), to, payload), None, "{to} {payload}");
+        }
+        let set = parse_stanza(&iq("set", joe, "<vCard xmlns='vcard-temp'/>")).unwrap();
+        assert!(vcard_reply(&set, &gateway(), &|_| Some("x".into())).is_none());
+        // Someone who is no user of a local domain learns nothing: the answer is the one for
+        // an unknown name.
+        for from in [
+            "eve@elsewhere.example/pc",
+            "elsewhere.example",
+            "lcs.example.org",
+        ] {
+            let get =
+                iq("get", joe, "<vCard xmlns='vcard-temp'/>").replace("alice@example.org/pc", from);
+            let got = vcard_reply(&parse_stanza(&get).unwrap(), &gateway(), &|_| {
+                Some("Joe".into())
+            })
+            .map(|r| xml(&r))
+            .unwrap();
+            let (type_, condition, text) = condition_of(&got);
+            assert_eq!(
+                (type_.as_str(), condition.as_str(), text.as_str()),
+                (
+                    "cancel",
+                    "item-not-found",
+                    "no vCard: the gateway knows no name for sip:joe@contoso.com"
+                ),
+                "{from}"
+            );
+        }
+        // A set reaches `handle_iq`: not implemented (the namespace is offered).
+        let got = ask_ok(&gateway(), &iq("set", joe, "<vCard xmlns='vcard-temp'/>"));
+        assert_eq!(condition_of(&got).1, "feature-not-implemented");
     }
 
     #[test]

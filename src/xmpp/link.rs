@@ -949,6 +949,7 @@ mod tests {
             mode: AddressMode::Direct,
             local_domains: vec!["example.org".into()],
             gateway_name: "LCS gateway".into(),
+            roster: crate::config::RosterFill::Auto,
             queue_capacity: 4096,
             startup_timeout: Duration::from_secs(30),
         };

@@ -7,7 +7,8 @@
 pub mod gateway;
 pub mod link;
 
-use xmpp_parsers::minidom::{Element, Node};
+use xmpp_parsers::minidom::rxml::{Namespace as XmlNamespace, NcName};
+use xmpp_parsers::minidom::{Element, ElementBuilder, Node};
 
 use crate::core::xml::{XmlError, XmlLimits, XmlReader};
 use crate::core::xml_chars;
@@ -19,6 +20,28 @@ pub const NS_COMPONENT: &str = "jabber:component:accept";
 pub const NS_CLIENT: &str = "jabber:client";
 /// RFC 6120 server namespace.
 pub const NS_SERVER: &str = "jabber:server";
+
+/// Sets an attribute without a namespace on a built element. The names the bridge uses are all
+/// valid NCNames; an invalid one would be skipped, never panic.
+pub fn set_attr(elem: &mut Element, name: &str, value: &str) {
+    if let Ok(name) = NcName::try_from(name) {
+        elem.set_attr(XmlNamespace::NONE, name, value);
+    }
+}
+
+/// [`set_attr`] on an element taken and given back.
+pub fn with_attr(mut elem: Element, name: &str, value: &str) -> Element {
+    set_attr(&mut elem, name, value);
+    elem
+}
+
+/// [`set_attr`] for an element being built.
+pub fn attr(builder: ElementBuilder, name: &str, value: &str) -> ElementBuilder {
+    match NcName::try_from(name) {
+        Ok(name) => builder.attr(name, value),
+        Err(_) => builder,
+    }
+}
 
 /// Largest stanza [`parse_presence`] accepts.
 pub const MAX_STANZA_BYTES: usize = 64 * 1024;

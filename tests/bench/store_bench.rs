@@ -68,6 +68,7 @@ fn record(i: u64, pidf: bool) -> Subscription {
         approval: Approval::Approved,
         last_sent: Some(last_sent),
         last_received: Some(last_received),
+        display_name: None,
         updated_unix: 1_790_000_000 + i,
     }
 }

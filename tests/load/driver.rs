@@ -254,7 +254,12 @@ impl World {
         let toml = BridgeConfig {
             secret,
             xmpp: "queue_capacity = 100000\n",
-            im: String::new(),
+            // Rates are measured, not limits: im-setup opens a session per message (far beyond
+            // the per-user default), im-outbound queues deep behind a pending INVITE.
+            im: "[im]\nmax_queued_messages = 10000\nmax_sessions = 1000000\n\
+                 max_sessions_per_domain = 1000000\nmax_sessions_per_partner = 1000000\n\
+                 max_sessions_per_user = 100000\n"
+                .into(),
             log_level: &log_level,
             extra,
             ..BridgeConfig::new(

@@ -324,7 +324,7 @@ async fn im_outbound(
     opts: &Options,
     report: &mut serde_json::Value,
 ) -> Result<(), String> {
-    let mut world = World::start(opts, IM_CONFIG, |_| {}).await;
+    let mut world = World::start(opts, "", |_| {}).await;
     let mut h = ImOutbound {
         users: size(cli.users, 100, 10, cli),
         contacts: size(cli.peers, 10, 2, cli),
@@ -334,9 +334,6 @@ async fn im_outbound(
     };
     im_outbound_steps(&mut world, &mut h, cli, report).await
 }
-
-/// The bridge's configuration for the im-outbound workload.
-const IM_CONFIG: &str = "[im]\nmax_queued_messages = 10000\n";
 
 /// The im-outbound workload on a started world: warm-up (unless `h.fresh`), then the steps.
 async fn im_outbound_steps(
@@ -422,7 +419,7 @@ async fn im_prosody(
         port: prosody.component_port(),
         secret: COMPONENT_SECRET,
     };
-    let mut world = World::start_with(opts, server, IM_CONFIG, |_| {}).await;
+    let mut world = World::start_with(opts, server, "", |_| {}).await;
     world.server_pid = Some(prosody.pid());
     let with_log = |e: String| {
         let log = prosody.log();
@@ -643,6 +640,7 @@ fn fill_store(dir: &Path, n: u64) -> Result<(), String> {
             approval: Approval::Approved,
             last_sent: None,
             last_received: None,
+            display_name: None,
             updated_unix: now,
         });
         if batch.len() == 10_000 {

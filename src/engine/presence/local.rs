@@ -407,6 +407,23 @@ impl PresenceEngine {
         }
     }
 
+    /// A watcher probed after a lost component stream, `min_notify_interval` after the probe
+    /// went: its view is made anew from what the answers said, and if none came (its view is
+    /// still the stale one, with no resources) it is the user's `closed` one. Prosody answers a
+    /// probe of a user with no available resource with `unavailable`; ejabberd does not answer
+    /// it at all (RFC 6121 §4.3.2 allows either), so without this a user who went offline
+    /// while the stream was down would stay online for that watcher. Its NOTIFY follows the
+    /// usual interval; an unchanged document sends nothing.
+    pub(super) fn settle(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        let stale = self
+            .inbound
+            .get(key)
+            .is_some_and(|w| w.view.resources.is_empty());
+        if stale {
+            let _ = self.apply(now, key, Change::Unavailable("".into()), None, out);
+        }
+    }
+
     /// The profile's document for local user `local` with these available resources: the
     /// one with the highest priority (ties: the most available show, then the resource
     /// name); none → closed. Display name: the user's XEP-0172 nick (else the JID's

@@ -47,9 +47,11 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
+use super::Fact;
 use super::{Output, common};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
+use crate::core::names::{self, NameSource};
 use crate::core::presence::presence_from_pidf;
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
 use crate::edge::event::EdgeEvent;
@@ -58,7 +60,7 @@ use crate::sip::dialog::DialogId;
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
-use crate::store::{Approval, Direction, SubState, Subscription};
+use crate::store::{Approval, Direction, DisplayName, SubState, Subscription};
 
 mod local;
 mod notifier;
@@ -77,7 +79,7 @@ pub const MIN_EXPIRES_SECS: u32 = 60;
 pub const DEFAULT_EXPIRES_SECS: u32 = 3600;
 /// Local CSeq numbers of a watcher's dialog reserved by one synced store write (see
 /// `Watcher::cseq_reserved`).
-pub const CSEQ_RESERVE: u32 = 1000;
+pub const CSEQ_RESERVE: u32 = super::common::CSEQ_RESERVE;
 /// `Retry-After` of the `503` to a watcher over a pending-subscription limit: the limit frees
 /// up as local users answer the requests waiting for them.
 pub const PENDING_RETRY_AFTER_SECS: u32 = 600;
@@ -138,26 +140,7 @@ impl Default for PresenceSettings {
     }
 }
 
-/// The wall clock at one instant, so that the engine can write and read the store's Unix
-/// times without reading a clock itself.
-#[derive(Debug, Clone, Copy)]
-pub struct WallClock {
-    pub at: Instant,
-    /// Unix seconds at `at`.
-    pub unix: u64,
-}
-
-impl WallClock {
-    /// Unix seconds at `now`.
-    pub fn unix(&self, now: Instant) -> u64 {
-        match now.checked_duration_since(self.at) {
-            Some(d) => self.unix.saturating_add(d.as_secs()),
-            None => self
-                .unix
-                .saturating_sub(self.at.duration_since(now).as_secs()),
-        }
-    }
-}
+pub use super::common::WallClock;
 
 /// (local bare JID, remote AOR), both as strings: the store's identity. Shared: the maps,
 /// the timer heap and the dialog and transaction indexes each hold one, so a copy is a
@@ -174,8 +157,10 @@ enum Paced {
     /// The gateway's available presence to a local user with subscriptions.
     Gateway { from: BareJid, to: BareJid },
     /// A probe of a local user from an approved watcher's JID (its answer is what that
-    /// watcher may see, RFC 6121 §4.3.2), if it is still approved.
-    Probe(Key),
+    /// watcher may see, RFC 6121 §4.3.2), if it is still approved. `resync`: after a lost
+    /// component stream, what the watcher was told of its user's resources is forgotten when
+    /// the probe goes, and made anew from the answers ([`PresenceEngine::settle`]).
+    Probe { key: Key, resync: bool },
     /// A watcher waiting for its user: the `subscribe` asked again, if it still waits.
     Ask(Key),
     /// An LCS contact's current presence to its local user, if its subscription is active.
@@ -305,6 +290,14 @@ pub struct PresenceEngine {
     /// Stanzas a restore sends, paced at `restore_rate` from `paced_at` on.
     paced: VecDeque<Paced>,
     paced_at: Instant,
+    /// The next free slot of the paced SIP requests (a restore's SUBSCRIBEs and NOTIFYs, the
+    /// SUBSCRIBEs that replace dialogs lost with a connection): one every `1 / restore_rate`,
+    /// whatever asked for it, so that two causes at once do not double the rate.
+    request_slot: Instant,
+    /// Watchers probed after a lost component stream, in the order the probes went, with the
+    /// time their view is made anew from whatever the answers said
+    /// ([`PresenceEngine::settle`]) and the component domain the probe went through.
+    settling: VecDeque<(Instant, Key, String)>,
 }
 
 fn secs(d: Duration) -> u32 {
@@ -347,6 +340,8 @@ impl PresenceEngine {
             limit_hits: BTreeMap::new(),
             paced: VecDeque::new(),
             paced_at: clock.at,
+            request_slot: clock.at,
+            settling: VecDeque::new(),
         }
     }
 
@@ -683,10 +678,15 @@ impl PresenceEngine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let paced = (!self.paced.is_empty()).then_some(self.paced_at);
-        match (timer, paced) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let settling = self.settling.front().map(|(at, _, _)| *at);
+        [timer, paced, settling].into_iter().flatten().min()
+    }
+
+    /// The next slot for a paced SIP request: `now` when the pace allows it, else later.
+    pub(super) fn next_request_slot(&mut self, now: Instant) -> Instant {
+        let at = self.request_slot.max(now);
+        self.request_slot = at + self.restore_spacing();
+        at
     }
 
     /// Time between two paced requests or stanzas of a restore.
@@ -706,7 +706,7 @@ impl PresenceEngine {
             };
             let presence = match next {
                 Paced::Gateway { from, to } => Presence::available().with_from(from).with_to(to),
-                Paced::Probe(key) => {
+                Paced::Probe { key, resync } => {
                     let approved = self
                         .inbound
                         .get(&key)
@@ -714,9 +714,17 @@ impl PresenceEngine {
                     let (Some(w), Ok(to)) = (approved, BareJid::new(&key.0)) else {
                         continue;
                     };
+                    let domain = w.remote_jid.domain().to_string();
                     let probe = Presence::probe()
                         .with_from(w.remote_jid.clone())
                         .with_to(to);
+                    if resync {
+                        // The answers (one per resource still available; an unavailable one
+                        // or none at all when there is none) make the watcher's view anew.
+                        self.mark_stale(&key);
+                        let at = now + self.settings.min_notify_interval;
+                        self.settling.push_back((at, key.clone(), domain));
+                    }
                     // A NOTIFY owed to the watcher (a restore's) waits one interval for the
                     // answers, as after one it sent: it would say `closed` first otherwise.
                     if let Some(w) = self.inbound.get_mut(&key).filter(|w| w.dirty) {
@@ -732,7 +740,7 @@ impl PresenceEngine {
                     let (Some(w), Ok(to)) = (waiting, BareJid::new(&key.0)) else {
                         continue;
                     };
-                    let display = w.dialog.as_ref().and_then(|d| d.remote_display.clone());
+                    let display = w.name.as_ref().map(|n| n.text.clone());
                     subscribe_request(w.remote_jid.clone(), to, display)
                 }
                 Paced::Contact(key) => {
@@ -821,6 +829,11 @@ impl PresenceEngine {
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
         self.release_paced(now, &mut out);
+        while self.settling.front().is_some_and(|(at, _, _)| *at <= now) {
+            if let Some((_, key, _)) = self.settling.pop_front() {
+                self.settle(now, &key, &mut out);
+            }
+        }
         let (mut due_out, mut due_in) = (Vec::new(), Vec::new());
         while let Some(Reverse((at, _, _))) = self.timers.peek() {
             if *at > now {
@@ -904,8 +917,6 @@ impl PresenceEngine {
         let mut reserve = Vec::new();
         // The SUBSCRIBEs and NOTIFYs restoring brings go out at `restore_rate`, in store order;
         // its stanzas likewise, in a sequence of their own.
-        let spacing = self.restore_spacing();
-        let mut paced = (0..).map(|k| now + spacing * k);
         let now_unix = self.unix(now);
         for s in subs {
             let forget = Output::Forget {
@@ -936,7 +947,7 @@ impl PresenceEngine {
                         out.push(forget);
                         continue;
                     };
-                    sub.next_at = paced.next();
+                    sub.next_at = Some(self.next_request_slot(now));
                     self.outbound.insert(key, Box::new(sub));
                 }
                 Direction::Inbound => {
@@ -954,7 +965,7 @@ impl PresenceEngine {
                         // anything is sent.
                         reserve.push(key.clone());
                         if w.approval == Approval::Approved {
-                            w.retry_at = paced.next();
+                            w.retry_at = Some(self.next_request_slot(now));
                             // Its NOTIFY waits for the probe from its JID too (released with
                             // the restore's stanzas, `release_paced`), then one interval for
                             // the answers; it would say `closed` first otherwise.
@@ -968,6 +979,33 @@ impl PresenceEngine {
         }
         for key in reserve {
             self.persist_in(now, &key, &mut out);
+        }
+        // The names kept with the subscriptions, for the vCard answers.
+        let outs = self
+            .outbound
+            .iter()
+            .map(|(k, s)| (k, &s.remote_jid, &s.name));
+        let ins = self
+            .inbound
+            .iter()
+            .map(|(k, w)| (k, &w.remote_jid, &w.name));
+        // One per contact: its users' subscriptions merged as names merge (a PIDF name wins).
+        let mut named: BTreeMap<String, (BareJid, DisplayName)> = BTreeMap::new();
+        for (k, contact, name) in outs.chain(ins) {
+            let Some(n) = name else { continue };
+            let now = named.get(&k.1).map(|(_, d)| d);
+            if let Some(merged) = combine(now, Some(n)) {
+                named.insert(k.1.clone(), (contact.clone(), merged));
+            }
+        }
+        for (aor, (contact, name)) in named {
+            out.push(Output::Fact(Fact::Name {
+                contact,
+                aor,
+                source: source_of(&name),
+                name: name.text,
+                subscribed: true,
+            }));
         }
         self.resync_xmpp(now, None, &mut out);
         self.rearm();
@@ -987,10 +1025,29 @@ impl PresenceEngine {
         out
     }
 
+    /// The component link for `domain` is lost (again). What is queued for it waits for the
+    /// resync when it comes back, which queues it all anew; and the probes that went through
+    /// it may never be answered, so the users they asked about are not made anew from their
+    /// silence (that would show them offline for a lost stream): the resync probes them again.
+    pub fn link_lost(&mut self, domain: &str) {
+        let mut queued = std::mem::take(&mut self.paced);
+        queued.retain(|p| self.paced_domain(p).is_some_and(|pd| pd != domain));
+        self.paced = queued;
+        self.settling.retain(|(_, _, d)| d != domain);
+    }
+
     /// Queues the stanzas that bring the XMPP side up to date (all contacts, or those of one
     /// component domain) and sends the first of them.
     fn resync_xmpp(&mut self, now: Instant, domain: Option<&str>, out: &mut Vec<Output>) {
         let ours = |jid: &BareJid| domain.is_none_or(|d| jid.domain().as_str() == d);
+        if let Some(d) = domain {
+            // A stream lost again before the last resync of this domain was through: what is
+            // still queued for it is queued anew below, once (a flapping link must not pile up
+            // copies).
+            let mut queued = std::mem::take(&mut self.paced);
+            queued.retain(|p| self.paced_domain(p).is_some_and(|pd| pd != d));
+            self.paced = queued;
+        }
         if self.paced.is_empty() {
             self.paced_at = now;
         }
@@ -1013,12 +1070,10 @@ impl PresenceEngine {
             .map(|(k, _)| k.clone())
             .collect();
         for key in probes {
-            if domain.is_some() {
-                // What the watcher was told before the loss may be out of date (a resource
-                // may have gone offline unseen): the probe's answers make its view anew.
-                self.mark_stale(&key);
-            }
-            self.paced.push_back(Paced::Probe(key));
+            // After a loss, what the watcher was told before may be stale (a resource may
+            // have gone offline unseen): forgotten when the probe goes (see `settle`).
+            let resync = domain.is_some();
+            self.paced.push_back(Paced::Probe { key, resync });
         }
         // Watchers still waiting for their user are asked for again: the approval may have
         // come while no bridge was connected (the server bounced it), or the request may never
@@ -1040,6 +1095,21 @@ impl PresenceEngine {
             self.paced.extend(contacts.collect::<Vec<_>>());
         }
         self.release_paced(now, out);
+    }
+
+    /// The component domain a queued stanza is for (`None`: its subscription is gone).
+    fn paced_domain<'a>(&'a self, p: &'a Paced) -> Option<&'a str> {
+        match p {
+            Paced::Gateway { from, .. } => Some(from.domain().as_str()),
+            Paced::Probe { key, .. } | Paced::Ask(key) => self
+                .inbound
+                .get(key)
+                .map(|w| w.remote_jid.domain().as_str()),
+            Paced::Contact(key) => self
+                .outbound
+                .get(key)
+                .map(|s| s.remote_jid.domain().as_str()),
+        }
     }
 
     /// Shutdown (XEP-0100): unavailable from every LCS contact last shown available, and from
@@ -1067,6 +1137,159 @@ impl PresenceEngine {
 
 fn stanza(p: Presence) -> Output {
     Output::Stanza(Element::from(p))
+}
+
+/// Where a kept name came from.
+fn source_of(n: &DisplayName) -> NameSource {
+    if n.from_pidf {
+        NameSource::Pidf
+    } else {
+        NameSource::From
+    }
+}
+
+/// `raw` (a peer string) cleaned, as the name of a contact whose name is `current`: the new
+/// name when it changes it (`core::names::merge`: a PIDF name wins over a From name).
+pub(super) fn new_name(
+    current: &Option<DisplayName>,
+    raw: Option<&str>,
+    source: NameSource,
+) -> Option<DisplayName> {
+    let text = names::display_name(raw?)?;
+    let now = current.as_ref().map(|n| (n.text.as_str(), source_of(n)));
+    names::merge(now, (&text, source)).map(|(text, s)| DisplayName {
+        text,
+        from_pidf: s == NameSource::Pidf,
+    })
+}
+
+/// One name out of two a contact has (its two subscriptions with a user, or two users'
+/// subscriptions): `first`, replaced by `then` as `core::names::merge` decides — a PIDF name
+/// wins over a `From` name, and of two names from the same kind of source `then`'s.
+fn combine(first: Option<&DisplayName>, then: Option<&DisplayName>) -> Option<DisplayName> {
+    match (first, then) {
+        (None, t) => t.cloned(),
+        (f, None) => f.cloned(),
+        (Some(f), Some(t)) => Some(
+            names::merge(Some((&f.text, source_of(f))), (&t.text, source_of(t))).map_or_else(
+                || f.clone(),
+                |(text, s)| DisplayName {
+                    text,
+                    from_pidf: s == NameSource::Pidf,
+                },
+            ),
+        ),
+    }
+}
+
+impl PresenceEngine {
+    /// The subscriptions' key of `local` and `contact`.
+    fn pair_key(&self, local: &BareJid, contact: &BareJid) -> Option<(String, String)> {
+        let aor = self.book.jid_to_sip(&Jid::from(contact.clone())).ok()?;
+        Some((local.to_string(), aor.aor().to_uri()))
+    }
+
+    /// The contact's name for its local user: one name for both directions (an LCS watcher's
+    /// `From` name, the `From` and PIDF names of the user's subscription), merged as names
+    /// merge — the contact's own PIDF name wins.
+    fn pair_name(&self, key: &(String, String)) -> Option<DisplayName> {
+        let inbound = self.inbound.get(key).and_then(|w| w.name.as_ref());
+        let outbound = self.outbound.get(key).and_then(|s| s.name.as_ref());
+        combine(inbound, outbound)
+    }
+
+    /// A subscription between `local` and `contact` was just approved (either side): the
+    /// roster engine puts the contact into the user's roster, with the pair's name
+    /// ([`PresenceEngine::pair_name`]; `name`, the approved side's, if the pair is not found).
+    pub(super) fn approved_fact(
+        &self,
+        local: &BareJid,
+        contact: &BareJid,
+        name: Option<DisplayName>,
+        out: &mut Vec<Output>,
+    ) {
+        let name = match self.pair_key(local, contact) {
+            Some(key) => self.pair_name(&key),
+            None => name,
+        };
+        out.push(Output::Fact(Fact::Roster {
+            local: local.clone(),
+            contact: contact.clone(),
+            name: name.map(|n| n.text),
+            previous: None,
+            approved: true,
+        }));
+    }
+
+    /// An LCS watcher's name changed from `old` to `new` ([`PresenceEngine::renamed`] for
+    /// the watcher's side); `approved`: the watcher is approved.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn renamed_facts(
+        &self,
+        local: &BareJid,
+        contact: &BareJid,
+        aor: &str,
+        old: Option<DisplayName>,
+        new: &DisplayName,
+        approved: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let key = (local.to_string(), aor.to_owned());
+        let follow = approved
+            || self
+                .outbound
+                .get(&key)
+                .is_some_and(|s| s.approval == Approval::Approved);
+        self.renamed(Side::In, local, contact, aor, old, new, follow, out);
+    }
+
+    /// The name of `contact`'s subscription on `side` with `local` changed from `old` to
+    /// `new`: the vCard answers learn it, and, with `follow` (a subscription between them is
+    /// approved, and the approval's own fact did not carry the name already), the user's
+    /// roster follows when the pair's name ([`PresenceEngine::pair_name`]) changes — from the
+    /// pair's name before, so that a name the other direction gives and a PIDF name are
+    /// compared as what the roster shows.
+    #[allow(clippy::too_many_arguments)]
+    fn renamed(
+        &self,
+        side: Side,
+        local: &BareJid,
+        contact: &BareJid,
+        aor: &str,
+        old: Option<DisplayName>,
+        new: &DisplayName,
+        follow: bool,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Fact(Fact::Name {
+            contact: contact.clone(),
+            aor: aor.to_owned(),
+            name: new.text.clone(),
+            source: source_of(new),
+            subscribed: true,
+        }));
+        if !follow {
+            return;
+        }
+        let key = (local.to_string(), aor.to_owned());
+        let other = match side {
+            Side::In => self.outbound.get(&key).and_then(|s| s.name.as_ref()),
+            Side::Out => self.inbound.get(&key).and_then(|w| w.name.as_ref()),
+        };
+        let before = combine(other, old.as_ref());
+        let after = combine(other, Some(new));
+        let text = |n: &Option<DisplayName>| n.as_ref().map(|n| n.text.clone());
+        if text(&before) == text(&after) {
+            return;
+        }
+        out.push(Output::Fact(Fact::Roster {
+            local: local.clone(),
+            contact: contact.clone(),
+            name: text(&after),
+            previous: text(&before),
+            approved: false,
+        }));
+    }
 }
 
 #[cfg(test)]

@@ -17,8 +17,9 @@ use xmpp_parsers::presence::{Presence, Type};
 use super::local::View;
 use super::{
     CSEQ_RESERVE, DEFAULT_EXPIRES_SECS, Failure, Key, MIN_EXPIRES_SECS, PENDING_RETRY_AFTER_SECS,
-    PIDF_TYPE, PresenceEngine, Purpose, key, secs, stanza,
+    PIDF_TYPE, PresenceEngine, Purpose, key, new_name, secs, stanza,
 };
+use crate::core::names::NameSource;
 use crate::edge::core::Route;
 use crate::engine::Output;
 use crate::engine::common::{self, host_of};
@@ -27,7 +28,7 @@ use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxId};
-use crate::store::{Approval, Direction};
+use crate::store::{Approval, Direction, DisplayName};
 
 /// The LCS watchers waiting for their local user's approval, counted per remote domain and per
 /// local user, for the pending-subscription limits. Kept in step with the watchers from the
@@ -111,6 +112,8 @@ pub(super) struct Watcher {
     /// never repeats a CSeq the watcher has seen (RFC 3261 §12.2.2: a request whose CSeq is
     /// not above the last one is rejected with 500), however many NOTIFYs went out unstored.
     pub(super) cseq_reserved: u32,
+    /// The watcher's display name (docs/mapping.md §6), from its SUBSCRIBEs' From.
+    pub(super) name: Option<DisplayName>,
 }
 
 /// Subscription-State of an outgoing NOTIFY.
@@ -193,8 +196,12 @@ impl PresenceEngine {
         }
         w.approval = Approval::Approved;
         let probe = (!w.view.known).then(|| w.remote_jid.clone());
+        let (name, contact) = (w.name.clone(), w.remote_jid.clone());
         self.persist_in(now, key, out);
         self.send_notify(now, key, NotifyState::Active, out);
+        if let Ok(local) = BareJid::new(&key.0) {
+            self.approved_fact(&local, &contact, name, out);
+        }
         // Nothing addressed to this watcher yet: the server sends the user's presence to a
         // contact it approves (RFC 6121 §3.1.5), but not always when it answered for the user
         // (an approval given before, §3.1.3). A probe from the watcher's JID is answered with
@@ -397,6 +404,7 @@ impl PresenceEngine {
             view,
             blind: false,
             cseq_reserved: 0,
+            name: None,
         }));
         w.cseq_reserved = dialog.local_cseq().saturating_add(CSEQ_RESERVE);
         w.dialog = Some(Box::new(dialog));
@@ -411,15 +419,22 @@ impl PresenceEngine {
         w.retry_at = None;
         w.failures = 0;
         w.sent = None;
+        let renamed =
+            new_name(&w.name, display.as_deref(), NameSource::From).map(|n| w.name.replace(n));
+        let name = w.name.clone();
         self.persist_in(now, &key, out);
         if approval != Approval::Approved {
             // XEP-0100: the gateway asks on the legacy user's behalf (RFC 6121 §3.1.3: the
             // server answers by itself when the user already approved).
             out.push(stanza(subscribe_request(
-                remote_jid,
+                remote_jid.clone(),
                 local.clone(),
-                display,
+                name.as_ref().map(|n| n.text.clone()),
             )));
+        }
+        if let (Some(old), Some(new)) = (renamed, &name) {
+            let approved = approval == Approval::Approved;
+            self.renamed_facts(&local, &remote_jid, &key.1, old, new, approved, out);
         }
         let mut r = Message::response_to(request, status::ACCEPTED, None, Some(&tag));
         r.push_header("Expires", &granted.to_string());
@@ -508,7 +523,14 @@ impl PresenceEngine {
         } else {
             NotifyState::Pending
         };
+        let display = request.from().ok().and_then(|f| f.display_name);
+        let renamed = new_name(&w.name, display, NameSource::From).map(|n| w.name.replace(n));
+        let (name, remote_jid) = (w.name.clone(), w.remote_jid.clone());
         self.persist_in_lazy(now, &key, out);
+        if let (Some(old), Some(new), Ok(local)) = (renamed, &name, BareJid::new(&key.0)) {
+            let approved = state == NotifyState::Active;
+            self.renamed_facts(&local, &remote_jid, &key.1, old, new, approved, out);
+        }
         let mut r = Message::response_to(request, status::OK, None, None);
         r.push_header("Expires", &granted.to_string());
         r.push_header("Contact", &name_addr(None, &contact, &[]));
@@ -694,7 +716,8 @@ impl PresenceEngine {
 }
 
 /// The `subscribe` the gateway sends on an LCS watcher's behalf, with the watcher's display
-/// name as a XEP-0172 nick.
+/// name (cleaned, `core::names`) as a XEP-0172 nick (§4.1: a subscription request is where a
+/// nick belongs; never in presence broadcasts).
 pub(super) fn subscribe_request(from: BareJid, to: BareJid, display: Option<String>) -> Presence {
     let mut p = Presence::subscribe().with_from(from).with_to(to);
     if let Some(name) = display.filter(|d| !d.trim().is_empty()) {

@@ -10,13 +10,12 @@ use super::local::View;
 use super::notifier::Watcher;
 use super::subscriber::Outbound;
 use super::{CSEQ_RESERVE, Key, PresenceEngine};
+use crate::core::names;
 use crate::core::pidf;
-use crate::core::xml_chars;
-use crate::engine::Output;
-use crate::sip::builder::header_text;
-use crate::sip::dialog::{Dialog, DialogId};
-use crate::sip::message::find_forbidden_in_value;
-use crate::store::{Approval, DialogRecord, Direction, SubState, Subscription};
+use crate::engine::{Output, common};
+use crate::sip::message::Message;
+use crate::sip::transaction::TxId;
+use crate::store::{Approval, DialogRecord, Direction, DisplayName, SubState, Subscription};
 
 impl PresenceEngine {
     pub(super) fn out_record(&self, now: Instant, key: &Key) -> Option<Subscription> {
@@ -45,6 +44,7 @@ impl PresenceEngine {
             approval: sub.approval,
             last_sent: None,
             last_received: sub.last.as_ref().map(|d| pidf::render(d).into_bytes()),
+            display_name: sub.name.clone(),
             updated_unix: now_unix,
         })
     }
@@ -73,6 +73,7 @@ impl PresenceEngine {
             approval: w.approval,
             last_sent: w.sent.as_ref().map(|v| v.doc.as_bytes().to_vec()),
             last_received: None,
+            display_name: w.name.clone(),
             updated_unix: now_unix,
         })
     }
@@ -80,6 +81,13 @@ impl PresenceEngine {
     pub(super) fn persist_out(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
         if let Some(r) = self.out_record(now, key) {
             out.push(Output::Persist(Box::new(r)));
+        }
+    }
+
+    /// [`Output::PersistLazy`] of outbound subscription `key`: a new display name.
+    pub(super) fn persist_out_lazy(&self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        if let Some(r) = self.out_record(now, key) {
+            out.push(Output::PersistLazy(Box::new(r)));
         }
     }
 
@@ -95,6 +103,60 @@ impl PresenceEngine {
         if let Some(r) = self.in_record(now, key) {
             out.push(Output::PersistLazy(Box::new(r)));
         }
+    }
+
+    /// The runner could not write these records (`failed`; `queued`: this engine's requests
+    /// not sent yet). A watcher's NOTIFY never goes out on the strength of a write of its
+    /// dialog that failed: the store may still hold a lower CSeq reservation (a restarted
+    /// bridge would repeat the NOTIFY's CSeq, RFC 3261 §12.2.2), or not the state the NOTIFY
+    /// announces. Such a NOTIFY still waiting is withdrawn (its transactions returned) and owed
+    /// again after the backoff, and the next NOTIFY writes a reservation first.
+    pub fn store_failed(
+        &mut self,
+        now: Instant,
+        failed: &[Output],
+        queued: &[(TxId, &Message)],
+    ) -> Vec<TxId> {
+        let mut withdrawn = Vec::new();
+        for output in failed {
+            let Output::Persist(sub) = output else {
+                continue;
+            };
+            let Some(record) = sub
+                .dialog
+                .as_ref()
+                .filter(|_| sub.direction == Direction::Inbound)
+            else {
+                continue;
+            };
+            let key: Key = Arc::new((sub.local_jid.clone(), sub.remote_aor.clone()));
+            let Some(w) = self.inbound.get_mut(&key) else {
+                continue;
+            };
+            let same = w.dialog.as_ref().is_some_and(|d| {
+                d.id.call_id == record.call_id && d.id.local_tag == record.local_tag
+            });
+            if !same {
+                continue;
+            }
+            // Unknown what the store holds: the next NOTIFY reserves again first.
+            w.cseq_reserved = 0;
+            let Some(tx) = w.in_flight.filter(|tx| queued.iter().any(|(q, _)| q == tx)) else {
+                continue;
+            };
+            w.in_flight = None;
+            w.dirty = true;
+            w.failures = w.failures.saturating_add(1);
+            let failures = w.failures;
+            let delay = self.backoff(failures.saturating_sub(1));
+            if let Some(w) = self.inbound.get_mut(&key) {
+                w.retry_at = Some(now + delay);
+            }
+            self.purposes.remove(&tx);
+            withdrawn.push(tx);
+        }
+        self.rearm();
+        withdrawn
     }
 }
 
@@ -119,6 +181,7 @@ impl Outbound {
                 .as_deref()
                 .and_then(|b| pidf::parse(b).ok())
                 .map(Box::new),
+            name: restored_name(s),
             ..Outbound::new(local, remote_jid, s.approval, expires_secs, None)
         })
     }
@@ -127,7 +190,9 @@ impl Outbound {
 impl Watcher {
     /// A watcher taken up from its stored record at `now` (`now_unix`), or `None` if the
     /// record has expired or was denied. Its dialog is kept unless it is past `max_age` or
-    /// cannot be written into a request ([`restored_dialog`]), and detached (NOTIFYs go by
+    /// cannot be written into a request (`common::dialog_from_record`: the watcher then waits for
+    /// LCS to subscribe again, as for a dialog past its age; display names are cleaned, and the
+    /// record written back cleaned), and detached (NOTIFYs go by
     /// domain until the peer is reached); its local CSeq resumes above the stored one, which
     /// is above every one the last process used in the dialog, with a fresh reservation
     /// (`Watcher::cseq_reserved`) the caller stores before anything is sent. An approved one
@@ -150,7 +215,7 @@ impl Watcher {
             Some(r) => {
                 let age = Duration::from_secs(now_unix.saturating_sub(r.created_unix));
                 match max_age.checked_sub(age) {
-                    Some(rest) if !rest.is_zero() => match restored_dialog(r, now) {
+                    Some(rest) if !rest.is_zero() => match common::dialog_from_record(r, now) {
                         Some(d) => (Some(Box::new(d)), now + rest),
                         None => (None, now),
                     },
@@ -176,49 +241,23 @@ impl Watcher {
             view,
             blind: false,
             cseq_reserved: stored_cseq.saturating_add(CSEQ_RESERVE),
+            // Records written before names were kept: the SUBSCRIBE's From display name.
+            name: restored_name(s).or_else(|| {
+                let raw = s.dialog.as_ref()?.remote_display.as_deref()?;
+                Some(DisplayName {
+                    text: names::display_name(raw)?,
+                    from_pidf: false,
+                })
+            }),
         })
     }
 }
 
-/// A stored dialog taken up again, or `None` if it cannot be: an older version accepted
-/// control characters in header values, and a Call-ID, tag, URI or route holding one could
-/// not be written into a request (the watcher then waits for LCS to subscribe again, as for a
-/// dialog past its age). Display names are cleaned instead — they are only shown — of what
-/// neither a stanza (the watcher's nick) nor a SIP header may carry; the record is written
-/// back cleaned.
-pub(super) fn restored_dialog(r: &DialogRecord, now: Instant) -> Option<Dialog> {
-    let fields = [
-        &r.call_id,
-        &r.local_tag,
-        &r.remote_tag,
-        &r.local_uri,
-        &r.remote_uri,
-        &r.remote_target,
-    ];
-    if fields
-        .into_iter()
-        .chain(&r.route_set)
-        .any(|f| find_forbidden_in_value(f).is_some())
-    {
-        return None;
-    }
-    let clean = |display: &Option<String>| {
-        display
-            .as_deref()
-            .map(|d| xml_chars::clean(&header_text(d, usize::MAX)).into_owned())
-    };
-    Some(Dialog::restored(
-        DialogId {
-            call_id: r.call_id.clone(),
-            local_tag: r.local_tag.clone(),
-            remote_tag: r.remote_tag.clone(),
-        },
-        (r.local_uri.clone(), clean(&r.local_display)),
-        (r.remote_uri.clone(), clean(&r.remote_display)),
-        r.remote_target.clone(),
-        r.route_set.clone(),
-        (r.local_cseq, r.remote_cseq),
-        0,
-        now,
-    ))
+/// A stored display name, cleaned again (`core::names`): a store is read as peer input.
+fn restored_name(s: &Subscription) -> Option<DisplayName> {
+    let n = s.display_name.as_ref()?;
+    Some(DisplayName {
+        text: names::display_name(&n.text)?,
+        from_pidf: n.from_pidf,
+    })
 }

@@ -10,7 +10,8 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
-use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, stanza};
+use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, Side, new_name, stanza};
+use crate::core::names::NameSource;
 use crate::core::pidf::{self, PidfDocument};
 use crate::core::presence::presence_from_pidf;
 use crate::edge::core::Route;
@@ -21,7 +22,7 @@ use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxId};
-use crate::store::{Approval, Direction};
+use crate::store::{Approval, Direction, DisplayName};
 
 /// An XMPP user's subscription to an LCS user.
 #[derive(Debug)]
@@ -52,6 +53,8 @@ pub(super) struct Outbound {
     pub(super) shown_available: bool,
     /// The `id` of the user's `subscribe`, for an error reply.
     pub(super) stanza_id: Option<String>,
+    /// The contact's display name (docs/mapping.md §6), from its NOTIFYs.
+    pub(super) name: Option<DisplayName>,
 }
 
 impl Outbound {
@@ -79,6 +82,7 @@ impl Outbound {
             last: None,
             shown_available: false,
             stanza_id,
+            name: None,
         }
     }
 
@@ -118,7 +122,12 @@ impl PresenceEngine {
         }
     }
 
-    /// The dialogs on connection `conn` are gone with it: subscribe again at once.
+    /// The dialogs on connection `conn` are gone with it (the profile keeps a dialog on the
+    /// connection it was made on, so none can go on over another): each subscription is made
+    /// again with a fresh SUBSCRIBE by domain, paced at `restore_rate` with the engine's other
+    /// paced requests (the first at once), so that a partner's edge that drops a connection
+    /// carrying many subscriptions does not get them all back in one burst. The user keeps
+    /// seeing the contact's last presence until the new dialog's first NOTIFY.
     pub(super) fn subscriptions_lost(&mut self, now: Instant, conn: ConnId, out: &mut Vec<Output>) {
         let lost: Vec<Key> = self
             .outbound
@@ -127,7 +136,30 @@ impl PresenceEngine {
             .map(|(k, _)| k.clone())
             .collect();
         for key in lost {
-            self.send_initial(now, &key, out);
+            let at = self.next_request_slot(now);
+            if at <= now {
+                self.send_initial(now, &key, out);
+                continue;
+            }
+            let Some(sub) = self.outbound.get_mut(&key) else {
+                continue;
+            };
+            // Nothing more goes into the dead dialog (a refresh in flight on it is dropped);
+            // the timer sends the fresh SUBSCRIBE at its turn.
+            let dialog = sub.dialog.take();
+            let pending = sub.pending.take();
+            sub.active = false;
+            sub.dialog_deadline = None;
+            sub.next_at = Some(at);
+            if let Some(d) = dialog {
+                self.out_dialogs.remove(&d.id);
+            }
+            if let Some((tx, initial)) = pending {
+                self.purposes.remove(&tx);
+                if let Some(c) = initial.as_ref().and_then(|m| m.call_id().ok()) {
+                    self.early.remove(c);
+                }
+            }
         }
     }
 
@@ -604,6 +636,23 @@ impl PresenceEngine {
             _ => None,
         };
         let (remote_jid, local_jid) = (sub.remote_jid.clone(), sub.local_jid.clone());
+        // The contact's name: its server's From display name, its own CIPID display name.
+        let from_display = request
+            .from()
+            .ok()
+            .and_then(|f| f.display_name.map(str::to_owned));
+        let pidf_display = doc.as_ref().and_then(|d| d.display_name.clone());
+        let mut renamed: Option<Option<DisplayName>> = None;
+        for (raw, source) in [
+            (from_display.as_deref(), NameSource::From),
+            (pidf_display.as_deref(), NameSource::Pidf),
+        ] {
+            if let Some(n) = new_name(&sub.name, raw, source) {
+                let old = sub.name.replace(n);
+                renamed.get_or_insert(old);
+            }
+        }
+        let was_approved = sub.approval == Approval::Approved;
         match state.as_str() {
             "terminated" => {
                 if let Some(d) = sub.dialog.take() {
@@ -651,13 +700,15 @@ impl PresenceEngine {
                             .with_from(remote_jid.clone())
                             .with_to(local_jid.clone()),
                     ));
+                    let name = self.outbound.get(&key).and_then(|s| s.name.clone());
+                    self.approved_fact(&local_jid, &remote_jid, name, out);
                 }
                 if let Some(doc) = &doc {
                     let p = presence_from_pidf(
                         doc,
                         &self.table,
-                        Jid::from(remote_jid),
-                        Jid::from(local_jid),
+                        Jid::from(remote_jid.clone()),
+                        Jid::from(local_jid.clone()),
                     );
                     out.push(stanza(p));
                 }
@@ -667,6 +718,33 @@ impl PresenceEngine {
                 if let Some(e) = expires.filter(|e| *e > 0) {
                     sub.expires_at = Some(now + Duration::from_secs(u64::from(e)));
                 }
+            }
+        }
+        if let Some(old) = renamed {
+            let sub = self.outbound.get(&key);
+            let newly = !was_approved && sub.is_some_and(|s| s.approval == Approval::Approved);
+            if let Some(new) = sub.and_then(|s| s.name.clone()) {
+                // Kept with the subscription (the approval's synced write holds it already; a
+                // name change is rare, and its loss in a crash costs one roster update).
+                if !newly {
+                    self.persist_out_lazy(now, &key, out);
+                }
+                // The roster follows unless the approval's fact just carried the name.
+                let watcher_approved = self
+                    .inbound
+                    .get(&key)
+                    .is_some_and(|w| w.approval == Approval::Approved);
+                let follow = !newly && (was_approved || watcher_approved);
+                self.renamed(
+                    Side::Out,
+                    &local_jid,
+                    &remote_jid,
+                    &key.1,
+                    old,
+                    &new,
+                    follow,
+                    out,
+                );
             }
         }
         if !benotify {

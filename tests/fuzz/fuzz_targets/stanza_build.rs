@@ -82,17 +82,18 @@ fuzz_target!(|data: &[u8]| {
     static MAPPINGS: OnceLock<Mappings> = OnceLock::new();
     let mappings = MAPPINGS.get_or_init(Mappings::builtin).clone();
     let ids = TxIds::default();
+    let clock = WallClock {
+        at: now,
+        unix: 1_700_000_000,
+    };
     let mut im = ImEngine::new(
         ImSettings::default(),
         book.clone(),
         mappings.errors.clone(),
         ids.clone(),
         1,
+        clock,
     );
-    let clock = WallClock {
-        at: now,
-        unix: 1_700_000_000,
-    };
     let mut presence = PresenceEngine::new(
         PresenceSettings::default(),
         book,

@@ -293,6 +293,13 @@ pub trait XmppServer {
     fn register(&self, user: &str, password: &str);
     /// The server's log so far (for panic messages).
     fn log(&self) -> String;
+    /// Kills the server with SIGKILL (no clean shutdown: clients and components see their
+    /// connections drop, nothing is flushed) and waits until it is gone; its ports, data and
+    /// configuration stay for [`XmppServer::restart`].
+    fn kill(&mut self);
+    /// Starts the server again, stopped or not, with the same configuration, ports and data;
+    /// returns once both ports accept connections.
+    fn restart(&mut self);
 }
 
 // ------------------------------------------------------------------ the repository

@@ -571,14 +571,21 @@ impl<S: XmppServer> World<S> {
 }
 
 impl<S: XmppServer> Drop for World<S> {
+    /// Prints every log when the test fails, or always with `LCS_BRIDGE_E2E_LOGS=1`.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        let wanted = std::env::var_os("LCS_BRIDGE_E2E_LOGS").is_some_and(|v| v == "1");
+        if !std::thread::panicking() && !wanted {
             return;
         }
         let mut report = format!(
-            "\n===== {} ({} mode) failed: logs =====\n--- bridge log ---\n{}\n",
+            "\n===== {} ({} mode) {}: logs =====\n--- bridge log ---\n{}\n",
             self.name,
             self.mode.name(),
+            if std::thread::panicking() {
+                "failed"
+            } else {
+                "ended"
+            },
             tail(&self.bridge.log(), 400_000)
         );
         for run in &self.runs {

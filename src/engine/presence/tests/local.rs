@@ -528,12 +528,12 @@ fn after_a_lost_stream_each_watcher_is_probed_and_told_anew() {
 }
 
 /// A watcher's state costs its user's share of the views and one pointer: the watcher is no
-/// larger than it was with one document per user (a larger one would take the allocator's
-/// next size class for each of them).
+/// larger than it was with one document per user, 184 bytes with its display name (a larger
+/// one would take the allocator's next size class for each of them).
 #[test]
 fn a_watcher_is_no_larger_than_before() {
     assert!(
-        std::mem::size_of::<Watcher>() <= 152,
+        std::mem::size_of::<Watcher>() <= 184,
         "{}",
         std::mem::size_of::<Watcher>()
     );

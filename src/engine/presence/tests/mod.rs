@@ -93,9 +93,11 @@ fn responses(out: &[Output]) -> Vec<Message> {
         .collect()
 }
 
-/// A compact trace of the outputs' kinds, to check their order.
+/// A compact trace of the outputs' kinds, to check their order (facts for the other engines
+/// left out: they are no action).
 fn kinds(out: &[Output]) -> Vec<String> {
     out.iter()
+        .filter(|o| !matches!(o, Output::Fact(_)))
         .map(|o| match o {
             Output::Stanza(e) => format!(
                 "stanza:{}",
@@ -113,6 +115,8 @@ fn kinds(out: &[Output]) -> Vec<String> {
             Output::Persist(s) => format!("persist:{}", s.approval.as_str()),
             Output::PersistLazy(s) => format!("persist-lazy:{}", s.approval.as_str()),
             Output::Forget { direction, .. } => format!("forget:{}", direction.as_str()),
+            Output::Fact(_) => "fact".into(),
+            Output::PersistIm { .. } | Output::ForgetIm { .. } => "im-store".into(),
         })
         .collect()
 }

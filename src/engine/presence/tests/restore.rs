@@ -13,6 +13,7 @@ fn record(direction: Direction, approval: Approval, expires_unix: u64) -> Subscr
         approval,
         last_sent: None,
         last_received: None,
+        display_name: None,
         updated_unix: 1_699_999_000,
     }
 }
@@ -79,7 +80,11 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
     // Approved before the restart: no second `subscribed`.
     e.on_edge(now, final_event(tx, 9, answer(&sub, 202, Some(3600))));
     let out = e.on_edge(now, notify("NOTIFY", &sub, 1, "active", Some(AWAY)));
-    assert_eq!(kinds(&out), ["stanza:available", "respond:200"]);
+    // The record held no display name: the one the NOTIFY brings is kept (lazily).
+    assert_eq!(
+        kinds(&out),
+        ["stanza:available", "persist-lazy:approved", "respond:200"]
+    );
     // The probe's answer arrives; the watcher's NOTIFY goes out after the interval, by
     // domain, in the restored dialog with the next CSeq.
     let out = e.on_stanza(
