@@ -125,6 +125,17 @@ impl XmppServer {
         self.blocked.get(bare).is_some_and(|b| b.contains(contact))
     }
 
+    /// The contacts local user `bare` approved and does not block: a broadcast goes to each.
+    fn unblocked_contacts(&self, bare: &str) -> Vec<String> {
+        self.subscribers
+            .get(bare)
+            .into_iter()
+            .flatten()
+            .filter(|c| !self.blocks(bare, c))
+            .cloned()
+            .collect()
+    }
+
     /// What the server answers a probe from `contact` for local user `bare` with, or sends
     /// the contact once it may see the user again: the presence of each available resource
     /// the contact may see (visible ones), else `unavailable` from the bare JID; nothing to a
@@ -457,15 +468,7 @@ impl World {
     /// to each, but to none the user blocks, and while the resource is invisible to none.
     pub fn xmpp_broadcast(&mut self, from_full: &str, inner: Option<&str>) {
         let bare = from_full.split('/').next().unwrap_or(from_full).to_owned();
-        let contacts: Vec<String> = self
-            .xmpp
-            .subscribers
-            .get(&bare)
-            .into_iter()
-            .flatten()
-            .filter(|c| !self.xmpp.blocks(&bare, c))
-            .cloned()
-            .collect();
+        let contacts = self.xmpp.unblocked_contacts(&bare);
         let to: Vec<&str> = if self.xmpp.invisible.contains(from_full) {
             Vec::new()
         } else {
@@ -535,15 +538,7 @@ impl World {
             .and_then(|r| r.get(from_full))
             .cloned();
         if invisible {
-            let contacts: Vec<String> = self
-                .xmpp
-                .subscribers
-                .get(&bare)
-                .into_iter()
-                .flatten()
-                .filter(|c| !self.xmpp.blocks(&bare, c))
-                .cloned()
-                .collect();
+            let contacts = self.xmpp.unblocked_contacts(&bare);
             if current.is_some() {
                 for c in contacts {
                     self.xmpp_directed(from_full, &c, None);
