@@ -95,10 +95,20 @@ pub struct EdgeEvents {
 impl EdgeEvents {
     pub async fn recv(&mut self) -> Option<EdgeEvent> {
         let event = self.rx.recv().await?;
+        Some(self.taken(event))
+    }
+
+    /// The next event if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<EdgeEvent> {
+        let event = self.rx.try_recv().ok()?;
+        Some(self.taken(event))
+    }
+
+    fn taken(&self, event: EdgeEvent) -> EdgeEvent {
         if matches!(event, EdgeEvent::Request { .. }) {
             self.pending.fetch_sub(1, Ordering::Relaxed);
         }
-        Some(event)
+        event
     }
 }
 
