@@ -236,12 +236,7 @@ pub fn open_store(cfg: &config::StorageConfig, read_only: bool) -> anyhow::Resul
 }
 
 fn load_tls(sip: &config::SipConfig) -> Result<TlsConfigs, String> {
-    TlsConfigs::load(
-        &sip.cert_chain,
-        &sip.private_key,
-        sip.ca_bundle.as_deref(),
-        sip.use_system_roots,
-    )
+    TlsConfigs::load(sip)
 }
 
 fn im_settings(cfg: &config::Config) -> ImSettings {
