@@ -1450,7 +1450,8 @@ impl ImEngine {
                 };
                 if request.method() == Some(&Method::Invite) {
                     if let Some(signal) = multiparty::signal(&request) {
-                        // The one-to-one session goes on as it was (RFC 3261 §14.2).
+                        // The one-to-one session goes on as it was (RFC 3261 §14.1: a
+                        // non-2xx to a re-INVITE changes nothing).
                         info!(local = %key.0, remote = %key.1, sign = %signal.describe(),
                             "multiparty re-INVITE refused, the session goes on");
                         let reject = multiparty::refusal(&self.settings.public_fqdn);
