@@ -868,7 +868,7 @@ impl EdgeCore {
                 Output::Event(TxEvent::Request { tx, conn, request }) => {
                     // RFC 3261 §8.2.2.3: before any layer above (or OPTIONS) acts on it.
                     if let Err(reject) = check_require(&request) {
-                        tracing::info!(
+                        tracing::debug!(
                             method = %request.method().map(|m| m.as_str()).unwrap_or(""),
                             unsupported = reject
                                 .headers

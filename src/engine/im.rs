@@ -39,7 +39,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Id, Lang, Message as Stanza, MessageType, Thread};
@@ -1452,7 +1452,7 @@ impl ImEngine {
                     if let Some(signal) = multiparty::signal(&request) {
                         // The one-to-one session goes on as it was (RFC 3261 §14.1: a
                         // non-2xx to a re-INVITE changes nothing).
-                        info!(local = %key.0, remote = %key.1, sign = %signal.describe(),
+                        debug!(local = %key.0, remote = %key.1, sign = %signal.describe(),
                             "multiparty re-INVITE refused, the session goes on");
                         let reject = multiparty::refusal(&self.settings.public_fqdn);
                         out.push(refuse(self, reject));
@@ -1488,7 +1488,7 @@ impl ImEngine {
         };
         if let Some(signal) = multiparty::signal(request) {
             // Before anything is made of it: no session, no first message to XMPP.
-            info!(from = %request.header("From").unwrap_or(""), sign = %signal.describe(),
+            debug!(from = %request.header("From").unwrap_or(""), sign = %signal.describe(),
                 "multiparty INVITE refused");
             return out.push(refuse(multiparty::refusal(&self.settings.public_fqdn)));
         }
