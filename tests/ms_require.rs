@@ -463,8 +463,8 @@ Content-Length: {len}
 
 /// A watcher that can read only `application/xpidf+xml` (Accept without PIDF, e.g. a Windows
 /// Messenger-era client, [MS-PRES] §1.3.3's formats minus PIDF): RFC 6665 §3.1.3 / RFC 3261
-/// §21.4.7, `406 Not Acceptable` whose `Accept` says what the bridge can send; nothing is
-/// stored, nothing asks the local user. Lync's batched self-subscription (`Require: adhoclist,
+/// §21.4.7, `406 Not Acceptable` whose `Accept` says what the bridge can send; the same for
+/// PIDF at `q=0` and for an empty `Accept`; nothing is stored, nothing asks the local user. Lync's batched self-subscription (`Require: adhoclist,
 /// categoryList`, [MS-PRES] §2.2.2.4.1) gets `420` naming both tags.
 #[test]
 fn an_xpidf_only_subscribe_gets_406_and_a_batched_one_420() {
@@ -488,10 +488,30 @@ Content-Length: 0
 
 ",
         );
-        w.send_sip(subscribe);
+        w.send_sip(subscribe.clone());
         let r = w.final_response("xpidf-only-1").await;
         assert_eq!((r.status(), r.reason()), (Some(406), Some("Not Acceptable")));
         assert_eq!(r.header("Accept"), Some("application/pidf+xml"));
+        // PIDF listed but at q=0 (RFC 7231 §5.3.1: "not acceptable"), and an Accept present but
+        // empty (RFC 3261 §20.1: no format is acceptable): 406 too.
+        for (i, accept) in [
+            "Accept: application/xpidf+xml, application/pidf+xml;q=0",
+            "Accept: ",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let call_id = format!("xpidf-only-q{i}");
+            w.send_sip(
+                subscribe
+                    .replace("Accept: application/xpidf+xml", accept)
+                    .replace("xpidf-only-1", &call_id)
+                    .replace("z9hG4bKx1", &format!("z9hG4bKq{i}")),
+            );
+            let r = w.final_response(&call_id).await;
+            assert_eq!(r.status(), Some(406), "{accept:?}");
+            assert_eq!(r.header("Accept"), Some("application/pidf+xml"));
+        }
         // [MS-PRES] §2.2.2.4.1 "Category Subscribe Request" (sent to the subscriber's own
         // server; here as if it reached the bridge, addressed to alice).
         let batch = crlf(
