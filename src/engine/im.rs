@@ -1678,10 +1678,10 @@ impl ImEngine {
                 }
                 other => {
                     let reject = Reject::new(status::UNSUPPORTED_MEDIA_TYPE)
-                        .reason(format!(
-                            "Unsupported Media Type {}",
-                            header_text(other, 100)
-                        ))
+                        .reason(match other {
+                            "" => "Unsupported Media Type (no Content-Type)".to_owned(),
+                            t => format!("Unsupported Media Type {}", header_text(t, 100)),
+                        })
                         .header("Accept", INFO_ACCEPT);
                     Err(if other == multiparty::MIM_TYPE {
                         let warning = multiparty::warning(&self.settings.public_fqdn);

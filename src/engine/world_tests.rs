@@ -1029,6 +1029,13 @@ fn a_multiparty_reinvite_x_ms_mim_info_and_refer_are_refused_and_the_session_goe
     assert_eq!(r.status(), Some(501));
     assert!(r.header("Allow").unwrap().contains("MESSAGE"));
     assert!(!r.header("Allow").unwrap().contains("REFER"));
+    // A bodiless INFO is acknowledged; a body of no declared type is refused.
+    w.lcs_sends_in_session(BOB_AOR, "INFO", "", "");
+    w.lcs_sends_in_session(BOB_AOR, "INFO", "", "<RequestRM/>");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Info), [415, 200, 200, 415]);
+    let r = w.last_answer(Method::Info).unwrap();
+    assert_eq!(r.reason(), Some("Unsupported Media Type (no Content-Type)"));
     // The one-to-one session goes on: the next message arrives, in the same thread.
     w.lcs_messages(BOB_AOR, "still there?");
     w.settle();
