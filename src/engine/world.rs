@@ -746,7 +746,7 @@ impl World {
     /// An LCS user sends an INVITE with these extra header lines (`\n`-ended, e.g. Lync's
     /// multiparty `EndPoints` and `Roster-Manager`, or an `ms-text-format`) and this body (its
     /// Content-Type and text).
-    pub fn lcs_invites_with(
+    pub fn lcs_invites_with_headers(
         &mut self,
         from: &str,
         to: &str,
@@ -764,7 +764,7 @@ impl World {
     }
 
     /// The `ms-text-format` header line (`\n`-ended) carrying `text` as a first message.
-    pub fn ms_text_format(text: &str) -> String {
+    pub fn ms_text_format_line(text: &str) -> String {
         format!(
             "ms-text-format: text/plain; charset=UTF-8;ms-body={}\n",
             base64_of(text)
@@ -798,7 +798,7 @@ impl World {
     }
 
     /// The bridge's last answer to an LCS request of `method`.
-    pub fn last_answer(&self, method: Method) -> Option<&Message> {
+    pub fn last_answer_to(&self, method: Method) -> Option<&Message> {
         self.lcs
             .answers
             .iter()

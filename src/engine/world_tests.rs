@@ -974,11 +974,11 @@ fn multiparty_invites_without_require_get_488_and_nothing_reaches_xmpp() {
     ];
     for (extra, body) in cases {
         let mut w = World::new();
-        let extra = format!("{extra}{}", World::ms_text_format("hello all"));
-        w.lcs_invites_with(BOB_AOR, ALICE_URI, &extra, body);
+        let extra = format!("{extra}{}", World::ms_text_format_line("hello all"));
+        w.lcs_invites_with_headers(BOB_AOR, ALICE_URI, &extra, body);
         w.settle();
         assert_eq!(w.lcs.statuses(Method::Invite), [488], "{extra}");
-        let r = w.last_answer(Method::Invite).unwrap();
+        let r = w.last_answer_to(Method::Invite).unwrap();
         assert_eq!(r.header("Warning"), Some(MULTIPARTY_WARNING));
         // Never advertised.
         assert_eq!(r.header("Supported"), None);
@@ -998,14 +998,14 @@ fn a_multiparty_reinvite_x_ms_mim_info_and_refer_are_refused_and_the_session_goe
     w.lcs_sends_in_session(BOB_AOR, "INVITE", reinvite, super::world::SDP);
     w.settle();
     assert_eq!(w.lcs.statuses(Method::Invite), [200, 488]);
-    let r = w.last_answer(Method::Invite).unwrap();
+    let r = w.last_answer_to(Method::Invite).unwrap();
     assert_eq!(r.header("Warning"), Some(MULTIPARTY_WARNING));
     // The roster-manager election (pidgin-sipe sipe-chat.c sipe_send_election_request_rm).
     let mim = "<?xml version=\"1.0\"?>\r\n<action xmlns=\"http://schemas.microsoft.com/sip/multiparty/\"><RequestRM uri=\"sip:bob@contoso.com\" bid=\"42\"/></action>\r\n";
     w.lcs_sends_in_session(BOB_AOR, "INFO", "Content-Type: application/x-ms-mim\n", mim);
     w.settle();
     assert_eq!(w.lcs.statuses(Method::Info), [415]);
-    let r = w.last_answer(Method::Info).unwrap();
+    let r = w.last_answer_to(Method::Info).unwrap();
     assert_eq!(r.header("Accept"), Some("application/xml, text/xml"));
     assert_eq!(r.header("Warning"), Some(MULTIPARTY_WARNING));
     assert!(r.body().is_empty());
@@ -1034,7 +1034,7 @@ fn a_multiparty_reinvite_x_ms_mim_info_and_refer_are_refused_and_the_session_goe
     w.lcs_sends_in_session(BOB_AOR, "INFO", "", "<RequestRM/>");
     w.settle();
     assert_eq!(w.lcs.statuses(Method::Info), [415, 200, 200, 415]);
-    let r = w.last_answer(Method::Info).unwrap();
+    let r = w.last_answer_to(Method::Info).unwrap();
     assert_eq!(r.reason(), Some("Unsupported Media Type (no Content-Type)"));
     // The one-to-one session goes on: the next message arrives, in the same thread.
     w.lcs_messages(BOB_AOR, "still there?");
