@@ -566,7 +566,7 @@ fn public_fqdn_outside_the_sip_domains_is_a_warning() {
         assert_eq!(
             warnings,
             [format!(
-                "sip.public_fqdn: \"{fqdn}\" is neither a SIP domain served (xmpp.local_domains: example.org) nor directly under one; partners that treat discovered partners as unverified, or check that the _sipfederationtls._tcp SRV target is in the domain's namespace, refuse such an edge (use e.g. \"sip.example.org\")"
+                "sip.public_fqdn: \"{fqdn}\" is neither a SIP domain served (xmpp.local_domains: example.org) nor directly under one; partners that treat discovered partners as unverified, or check that the _sipfederationtls._tcp SRV target is in the domain's namespace, may refuse such an edge (use e.g. \"sip.example.org\")"
             )],
             "{fqdn}"
         );

@@ -132,7 +132,7 @@ fn sip_vs_xmpp(s: &SipConfig, x: &XmppConfig, diag: &mut Diag) {
             format!(
                 "{fqdn:?} is neither a SIP domain served (xmpp.local_domains: {}) nor directly under one; \
                  partners that treat discovered partners as unverified, or check that the \
-                 _sipfederationtls._tcp SRV target is in the domain's namespace, refuse such an edge \
+                 _sipfederationtls._tcp SRV target is in the domain's namespace, may refuse such an edge \
                  (use e.g. \"sip.{}\")",
                 x.local_domains.join(", "),
                 x.local_domains.first().map_or("<domain>", String::as_str),

@@ -5,7 +5,9 @@
 //! From domain, the domain's SRV targets are looked up first, RFC 5922 §7), the discovered-partner
 //! rate limit, the transaction layer ([`crate::sip::transaction::Transactions`]), OPTIONS (the
 //! profile: 200 with the `m=message 5060 sip/tcp *` SDP), malformed requests (400/513 naming
-//! the problem) and keep-alive pongs. Requests for the layers above come out as
+//! the problem), a request requiring an option tag the bridge does not understand (`420` with
+//! `Unsupported`, [`crate::edge::admission::check_require`], RFC 3261 §8.2.2.3: before any
+//! engine sees it) and keep-alive pongs. Requests for the layers above come out as
 //! [`CoreOutput::Request`].
 //!
 //! Outbound: [`EdgeCore::send_request`] with a [`Route`] — a peer domain (the
@@ -29,7 +31,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::config::FederationConfig;
-use crate::edge::admission::{ServedDomains, admit_request};
+use crate::edge::admission::{ServedDomains, admit_request, check_require};
 use crate::edge::identity::PeerIdentity;
 use crate::edge::limits::{Connections, EdgeLimits, Limit, OverLimit, Source};
 use crate::edge::pool::{Action, EdgeAddr, Pool, PoolLimits};
@@ -863,21 +865,35 @@ impl EdgeCore {
                     conn,
                     bytes: message.to_bytes(),
                 }),
-                Output::Event(TxEvent::Request { tx, request, .. })
-                    if request.method() == Some(&Method::Options) =>
-                {
-                    let resp = self.options_response(&request);
-                    let _ = self.transactions.respond(now, tx, resp);
-                    out.extend(self.drain(now));
-                }
                 Output::Event(TxEvent::Request { tx, conn, request }) => {
-                    let asserted = Asserted::of(&request);
-                    out.push(CoreOutput::Request {
-                        tx,
-                        conn,
-                        request,
-                        asserted,
-                    })
+                    // RFC 3261 §8.2.2.3: before any layer above (or OPTIONS) acts on it.
+                    if let Err(reject) = check_require(&request) {
+                        tracing::debug!(
+                            method = %request.method().map(|m| m.as_str()).unwrap_or(""),
+                            unsupported = reject
+                                .headers
+                                .iter()
+                                .find(|(n, _)| *n == "Unsupported")
+                                .map_or("", |(_, v)| v.as_str()),
+                            status = reject.status,
+                            "request refused: it requires an extension this bridge lacks"
+                        );
+                        let resp = self.reject(&request, &reject);
+                        let _ = self.transactions.respond(now, tx, resp);
+                        out.extend(self.drain(now));
+                    } else if request.method() == Some(&Method::Options) {
+                        let resp = self.options_response(&request);
+                        let _ = self.transactions.respond(now, tx, resp);
+                        out.extend(self.drain(now));
+                    } else {
+                        let asserted = Asserted::of(&request);
+                        out.push(CoreOutput::Request {
+                            tx,
+                            conn,
+                            request,
+                            asserted,
+                        })
+                    }
                 }
                 Output::Event(e) => {
                     let ended = match &e {
@@ -993,6 +1009,108 @@ mod tests {
         let b = c.new_tag();
         assert_ne!(a, b);
         assert_eq!(a.len(), 16);
+    }
+
+    /// A request of `method` carrying `extra` header lines, with its own branch.
+    fn req_with(method: &str, branch: &str, extra: &str) -> Frame {
+        let raw = format!(
+            "{method} sip:alice@example.org SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <sip:joe@contoso.com>;tag=p\r\nTo: <sip:alice@example.org>\r\nCall-ID: {branch}\r\nCSeq: 1 {method}\r\nContact: <sip:joe@192.0.2.1:5061;transport=tls>\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        Frame::Message(Message::parse(raw.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn an_unknown_required_extension_gets_420_before_any_layer_sees_the_request() {
+        let mut c = core();
+        let now = Instant::now();
+        // RFC 3261 §8.2.2.3, Lync's multiparty INVITE: 100, then 420 naming the tag; nothing
+        // goes up.
+        let out = c.on_frame(
+            now,
+            1,
+            req_with(
+                "INVITE",
+                "mp",
+                "Require: com.microsoft.rtc-multiparty\r\nSupported: ms-sender\r\n",
+            ),
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(sent(&out[0]).status(), Some(100));
+        let r = sent(&out[1]);
+        assert_eq!((r.status(), r.reason()), (Some(420), Some("Bad Extension")));
+        assert_eq!(
+            r.header("Unsupported"),
+            Some("com.microsoft.rtc-multiparty")
+        );
+        assert!(r.to().unwrap().tag().is_some());
+        // Exactly the unknown tags, each once, over several lines; a repeat is refused again.
+        let frame = req_with(
+            "SUBSCRIBE",
+            "batch",
+            "Event: presence\r\nRequire: adhoclist, categoryList\r\nRequire: ADHOCLIST, eventlist\r\n",
+        );
+        let out = c.on_frame(now, 1, frame.clone());
+        assert_eq!(out.len(), 1, "{out:?}");
+        let r = sent(&out[0]);
+        assert_eq!(r.status(), Some(420));
+        assert_eq!(
+            r.header("Unsupported"),
+            Some("adhoclist, categoryList, eventlist")
+        );
+        let again = sent(&c.on_frame(now, 1, frame)[0]);
+        assert_eq!(again.header("Unsupported"), r.header("Unsupported"));
+        // OPTIONS too; REFER with Require gets 420, not the engine's 501.
+        let out = c.on_frame(now, 1, req_with("OPTIONS", "o", "Require: foo\r\n"));
+        assert_eq!(sent(&out[0]).status(), Some(420));
+        let out = c.on_frame(
+            now,
+            1,
+            req_with(
+                "REFER",
+                "r",
+                "Refer-To: <sip:carol@contoso.com>\r\nRequire: com.microsoft.rtc-multiparty\r\n",
+            ),
+        );
+        assert_eq!(sent(&out[0]).status(), Some(420));
+        // An option tag that is not a token: the header is malformed.
+        let out = c.on_frame(now, 1, req_with("MESSAGE", "t", "Require: a<b\r\n"));
+        let r = sent(&out[0]);
+        assert_eq!(r.status(), Some(400));
+        assert_eq!(r.header("Unsupported"), None);
+    }
+
+    #[test]
+    fn require_is_not_checked_on_benotify_and_proxy_require_is_not_read() {
+        let mut c = core();
+        let now = Instant::now();
+        // [MS-SIP] §3.5: a BENOTIFY is never answered, whatever it requires ([MS-SIP] §4.4
+        // batched BENOTIFYs carry `Require: eventlist`).
+        let out = c.on_frame(
+            now,
+            1,
+            req_with("BENOTIFY", "b", "Event: presence\r\nRequire: eventlist\r\n"),
+        );
+        assert!(
+            matches!(&out[..], [CoreOutput::Request { request, .. }] if request.method() == Some(&Method::Benotify)),
+            "{out:?}"
+        );
+        // RFC 3261 §20.29: Proxy-Require is for proxies; a user agent server ignores it.
+        let out = c.on_frame(
+            now,
+            1,
+            req_with(
+                "SUBSCRIBE",
+                "s",
+                "Event: presence\r\nSupported: ms-benotify\r\nProxy-Require: ms-benotify\r\n",
+            ),
+        );
+        assert!(matches!(&out[..], [CoreOutput::Request { .. }]), "{out:?}");
+        // ACK and CANCEL (RFC 3261 §8.2.2.3: Require is ignored in them) never reach the check:
+        // the transaction layer takes them.
+        let out = c.on_frame(now, 1, req_with("INVITE", "i", ""));
+        assert!(matches!(&out[1], CoreOutput::Request { .. }));
+        let out = c.on_frame(now, 1, req_with("CANCEL", "i", "Require: foo\r\n"));
+        assert_eq!(sent(&out[0]).status(), Some(200), "{out:?}");
     }
 
     #[test]
