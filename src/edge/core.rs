@@ -882,7 +882,9 @@ impl EdgeCore {
                 Output::Event(e) => {
                     let ended = match &e {
                         TxEvent::Response { tx, is_final, .. } => is_final.then_some(*tx),
-                        TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => Some(*tx),
+                        TxEvent::Timeout { tx }
+                        | TxEvent::GaveUp { tx }
+                        | TxEvent::TransportError { tx } => Some(*tx),
                         _ => None,
                     };
                     if let Some(conn) = ended.and_then(|tx| self.client_conns.remove(&tx)) {
