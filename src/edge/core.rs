@@ -323,6 +323,10 @@ impl EdgeCore {
         let mut out = Vec::new();
         if let Some(domain) = self.pool.up(conn, identity) {
             self.pump(now, &domain, &mut out);
+            // Other domains served by the same edge host may use it too.
+            for other in self.pool.waiting_domains(&domain) {
+                self.pump(now, &other, &mut out);
+            }
         }
         out
     }
@@ -334,6 +338,9 @@ impl EdgeCore {
         let jitter = self.rng.unit();
         if let Some(domain) = self.pool.failed(now, conn, jitter, reason) {
             self.pump(now, &domain, &mut out);
+            for other in self.pool.waiting_domains(&domain) {
+                self.pump(now, &other, &mut out);
+            }
         }
         out
     }
