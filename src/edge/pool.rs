@@ -117,6 +117,9 @@ struct Conn {
     identity: Option<PeerIdentity>,
     /// Client transactions outstanding on it.
     pending: usize,
+    /// The peer answered an out-of-dialog request on it with 503: no new request on it before
+    /// then.
+    avoid_until: Option<Instant>,
 }
 
 /// What is known of a domain's edges.
@@ -223,6 +226,9 @@ pub struct Pool<W> {
     conns: HashMap<ConnId, Conn>,
     networks: HashMap<String, Network<W>>,
     failures: HashMap<EdgeAddr, Failures>,
+    /// Edge hosts that answered 503 (RFC 3261 §21.5.4): their connections carry no new
+    /// request before then (entries past their time are dropped at the next 503).
+    unavailable: HashMap<EdgeAddr, Instant>,
     next_conn: ConnId,
     /// How long an unused domain is kept.
     idle: Duration,
@@ -246,6 +252,7 @@ impl<W> Pool<W> {
             conns: HashMap::new(),
             networks: HashMap::new(),
             failures: HashMap::new(),
+            unavailable: HashMap::new(),
             next_conn: OUTBOUND_CONN_BASE,
             idle: EdgeLimits::DEFAULT.pool_idle,
             timers: BinaryHeap::new(),
@@ -433,6 +440,7 @@ impl<W> Pool<W> {
                 outbound: None,
                 identity: Some(identity),
                 pending: 0,
+                avoid_until: None,
             },
         );
     }
@@ -601,7 +609,10 @@ impl<W> Pool<W> {
         let c = self.conns.get_mut(&conn)?;
         c.identity = Some(identity);
         let (domain, edge) = c.outbound.clone()?;
-        self.failures.remove(&edge);
+        // A connection up clears a connect backoff, not a 503's Retry-After.
+        if !self.unavailable.contains_key(&edge) {
+            self.failures.remove(&edge);
+        }
         Some(domain)
     }
 
@@ -634,6 +645,90 @@ impl<W> Pool<W> {
         Some(domain)
     }
 
+    /// Whether `c` carries no new request now (its peer answered 503 with a time not over).
+    fn avoided(&self, c: &Conn, now: Instant) -> bool {
+        c.avoid_until.is_some_and(|t| t > now)
+            || c.outbound
+                .as_ref()
+                .and_then(|(_, e)| self.unavailable.get(e))
+                .is_some_and(|t| *t > now)
+    }
+
+    /// The peer answered an out-of-dialog request sent on `conn` with 503 (RFC 3261 §21.5.4:
+    /// no other request to that server for the `Retry-After` time): for `retry_after`, or
+    /// without one the edge's next backoff delay (`jitter` in `0.0..=1.0`), no new request
+    /// goes on `conn`, nor on any connection to its edge host, nor opens one to it. Returns
+    /// when that ends (`None` if `conn` is unknown).
+    pub fn unavailable(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        retry_after: Option<Duration>,
+        jitter: f64,
+        reason: &str,
+    ) -> Option<Instant> {
+        let outbound = self.conns.get(&conn)?.outbound.clone();
+        let delay = match (&outbound, retry_after) {
+            (_, Some(d)) => d,
+            (Some((_, edge)), None) => {
+                let count = self.failures.get(edge).map_or(0, |f| f.count);
+                self.backoff.delay(count, jitter)
+            }
+            (None, None) => self.backoff.delay(0, jitter),
+        };
+        let until = now + delay;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.avoid_until = Some(c.avoid_until.map_or(until, |t| t.max(until)));
+        }
+        let Some((domain, edge)) = outbound else {
+            return Some(until);
+        };
+        self.unavailable.retain(|_, t| *t > now);
+        let t = self.unavailable.entry(edge.clone()).or_insert(until);
+        *t = (*t).max(until);
+        let f = self.failures.entry(edge.clone()).or_insert(Failures {
+            count: 0,
+            retry_at: now,
+            reason: String::new(),
+        });
+        f.retry_at = f.retry_at.max(until);
+        if retry_after.is_none() {
+            f.count = f.count.saturating_add(1);
+        }
+        f.reason = format!("{edge}: {reason}");
+        if let Some(n) = self.networks.get_mut(&domain) {
+            if !n.failed_edges.contains(&edge) {
+                n.failed_edges.push(edge);
+            }
+        }
+        self.arm(&domain, until);
+        Some(until)
+    }
+
+    /// Whether a request to `domain` could go elsewhere now: a usable connection, or one of its
+    /// edges (`static_edge`, else its SRV targets) not backing off.
+    pub fn has_alternative(
+        &self,
+        domain: &str,
+        now: Instant,
+        static_edge: Option<EdgeAddr>,
+        federation: &FederationConfig,
+    ) -> bool {
+        if self
+            .least_loaded(domain, now, federation, &HashMap::new())
+            .is_some()
+        {
+            return true;
+        }
+        let targets = match static_edge {
+            Some(e) => vec![e],
+            None => self.known_targets(domain, now),
+        };
+        targets
+            .iter()
+            .any(|t| self.failures.get(t).is_none_or(|f| f.retry_at <= now))
+    }
+
     /// A connection closed (after being up); returns the domain of an outbound one.
     pub fn closed(&mut self, now: Instant, conn: ConnId) -> Option<String> {
         let (domain, _) = self.conns.remove(&conn)?.outbound?;
@@ -658,6 +753,7 @@ impl<W> Pool<W> {
         let srv = self.known_srv(domain, now).unwrap_or_default();
         self.conns
             .iter()
+            .filter(|(_, c)| !self.avoided(c, now))
             .filter(|(_, c)| match (&c.outbound, &c.identity) {
                 (_, None) => false,
                 (Some((d, _)), Some(id)) => d == domain || id.covers(domain, &srv, federation),
@@ -827,6 +923,7 @@ impl<W> Pool<W> {
                         outbound: Some((domain.to_owned(), edge.clone())),
                         identity: None,
                         pending: 0,
+                        avoid_until: None,
                     },
                 );
                 Ok(Some(Action::Connect {
