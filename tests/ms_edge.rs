@@ -331,7 +331,9 @@ async fn domains_behind_one_edge_host(domains: &[String], exactly: Option<usize>
     }
 }
 
-/// Profile ("Transport and security"): at most 4 connections to one peer edge server, reused.
+/// The profile, "Number of connections": "A given edge server should not establish more then
+/// four connections to any given federated peer. In total, a given deployment must not have more
+/// than 40 connections to any given peer network."
 /// Two domains whose `_sipfederationtls._tcp` SRV records name the same edge host (two
 /// Microsoft 365 tenants behind `sipfed.online.lync.com`) count against that host together:
 /// the connection opened for one carries the other's requests (its certificate names their SRV
