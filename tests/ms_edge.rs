@@ -18,6 +18,7 @@
 //!   first edge is not used for new requests (RFC 3261 §21.5.4, RFC 3263 §4.3);
 //! - an edge that resets the connection mid-transaction: Alice's message arrives or comes back
 //!   to her as an error, never lost silently.
+//! - INVITE glare (Alice and an LCS user start a chat at once): no message lost either way.
 
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // a test reads the clock
@@ -670,4 +671,137 @@ async fn an_edge_reset_mid_transaction_loses_nothing_silently() {
         }
     }
     assert!(reset_done);
+}
+
+/// A request from LCS user `bob@contoso.test` to Alice on the bridge's connection, as bytes.
+fn from_bob(
+    method: &str,
+    ruri: &str,
+    to: &str,
+    call_id: &str,
+    cseq: u32,
+    extra: &str,
+    body: &str,
+) -> Vec<u8> {
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKbob{method}{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@contoso.test>;tag=bob-lcs\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\nContact: <sip:bob@127.0.0.1:5061;transport=tls>\r\n{extra}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// INVITE glare: Alice and bob start a chat at the same moment. RFC 3261 §12: each INVITE makes a
+/// dialog of its own (Call-ID and tags); the bridge keeps one session per pair of users, the LCS
+/// side's: it accepts bob's INVITE, and what Alice wrote goes in that session. The 200 to its
+/// own INVITE, arriving after, is ACKed (§13.2.2.4) and that dialog ended with BYE. Nothing is
+/// lost either way: Alice's message reaches bob's edge, bob's reaches Alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_invites_lose_no_message_either_way() {
+    let mut w = World::start(&["contoso.test"]).await;
+    let port = w.edge("sip.contoso.test", 0).await;
+    w.srv("contoso.test", &[(0, "sip.contoso.test", port)])
+        .await;
+    w.say("bob", "contoso.test", "glare", "from alice");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ours: Option<(usize, Message)> = None;
+    let mut lcs_ok: Option<Message> = None;
+    let mut ours_acked = false;
+    let mut ours_bye = false;
+    let mut alice_in_lcs_dialog = false;
+    let mut bob_to_alice = false;
+    while !(ours_acked && ours_bye && alice_in_lcs_dialog && bob_to_alice) {
+        let Some(e) = w.next(deadline).await else {
+            w.fail(&format!(
+                "ours ACKed {ours_acked}, BYE {ours_bye}; Alice's message in bob's session \
+                 {alice_in_lcs_dialog}; bob's message to Alice {bob_to_alice}"
+            ));
+        };
+        match e {
+            Event::Sip(conn, m, _) if m.is_request() => match m.method() {
+                Some(Method::Invite) => {
+                    // The bridge's INVITE: bob's crosses it on the same connection.
+                    ours = Some((conn, m));
+                    let invite = from_bob(
+                        "INVITE",
+                        &format!("sip:alice@{XMPP_DOMAIN}"),
+                        &format!("<sip:alice@{XMPP_DOMAIN}>"),
+                        "glare-lcs",
+                        1,
+                        "Content-Type: application/sdp\r\n",
+                        SDP,
+                    );
+                    let _ = w.sip[&conn].send(invite);
+                }
+                Some(Method::Ack) => {
+                    let (_, invite) = ours.clone().unwrap();
+                    assert_eq!(m.call_id().unwrap(), invite.call_id().unwrap());
+                    assert_eq!(m.to().unwrap().tag(), Some("late"));
+                    ours_acked = true;
+                }
+                Some(Method::Bye) => {
+                    let (_, invite) = ours.clone().unwrap();
+                    assert_eq!(m.call_id().unwrap(), invite.call_id().unwrap(), "{m:?}");
+                    assert!(ours_acked, "BYE before the ACK");
+                    ours_bye = true;
+                    w.respond(conn, &m, 200, "late");
+                }
+                Some(Method::Message) => {
+                    assert_eq!(m.call_id().unwrap(), "glare-lcs", "in bob's session");
+                    assert_eq!(body(&m), "from alice");
+                    alice_in_lcs_dialog = true;
+                    w.respond(conn, &m, 200, "x");
+                }
+                _ => {}
+            },
+            Event::Sip(conn, r, _) => {
+                // The bridge's answers to bob's INVITE.
+                if r.call_id().ok() != Some("glare-lcs") || r.status() != Some(200) {
+                    continue;
+                }
+                if r.cseq().unwrap().method == Method::Invite {
+                    let to = r.header("To").unwrap().to_owned();
+                    let contact = r.contact().unwrap();
+                    let target = match contact {
+                        Some(lcs_bridge::sip::header::Contact::Addresses(list)) => {
+                            list[0].uri.to_owned()
+                        }
+                        other => w.fail(&format!("a 200 without Contact: {other:?}")),
+                    };
+                    let ack = from_bob("ACK", &target, &to, "glare-lcs", 1, "", "");
+                    let _ = w.sip[&conn].send(ack);
+                    let message = from_bob(
+                        "MESSAGE",
+                        &target,
+                        &to,
+                        "glare-lcs",
+                        2,
+                        "Content-Type: text/plain; charset=UTF-8\r\n",
+                        "from bob",
+                    );
+                    let _ = w.sip[&conn].send(message);
+                    lcs_ok = Some(r);
+                    // Only now does our own INVITE get its 200.
+                    let (oconn, invite) = ours.clone().unwrap();
+                    w.accept(oconn, &invite, "late");
+                }
+            }
+            Event::Stanza(s, _) => {
+                if net::attr(&s, "type") == Some(b"error") {
+                    w.fail(&format!("an error came back: {}", text(&s)));
+                }
+                if net::child_text(&s, "body") == Some(b"from bob") {
+                    let to = net::attr(&s, "to").unwrap_or_default();
+                    assert!(to.starts_with(b"alice@xmpp.test"), "{}", text(&s));
+                    let from = lcs_jid("bob", "contoso.test");
+                    assert_eq!(net::attr(&s, "from"), Some(from.as_bytes()), "{}", text(&s));
+                    bob_to_alice = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(lcs_ok.is_some());
 }
