@@ -1570,6 +1570,39 @@ mod unavailable_tests {
     }
 
     #[test]
+    fn a_503_inside_a_dialog_is_passed_up_and_avoids_nothing() {
+        let mut c = core_with(20, vec![]);
+        let now = Instant::now();
+        let ids = c.tx_ids();
+        c.send_request(
+            now,
+            ids.next(),
+            message(1),
+            Route::Domain("northwind.example".into()),
+        );
+        let mut out = c.resolved(
+            now,
+            "northwind.example",
+            targets(&["a.northwind.example", "b.northwind.example"]),
+            now + Duration::from_secs(60),
+        );
+        settle(&mut c, now, &mut out);
+        let conn = sent(&out)[0].0;
+        // A request in a dialog on that connection, answered 503: the layer above gets it.
+        let tx = ids.next();
+        let out = c.send_request(now, tx, message(2), Route::Connection(conn));
+        let (_, m) = &sent(&out)[0];
+        let out = c.on_frame(now, conn, service_unavailable(m, Some("600")));
+        assert!(matches!(
+            &out[..],
+            [CoreOutput::Event(TxEvent::Response { tx: t, .. })] if *t == tx
+        ));
+        // New requests still use that connection.
+        let out = send(&mut c, now, ids.next(), 3);
+        assert_eq!(sent(&out)[0].0, conn, "{out:?}");
+    }
+
+    #[test]
     fn a_503_with_no_other_edge_is_passed_up_and_its_edge_avoided_for_retry_after() {
         let mut c = core_with(20, vec![]);
         let now = Instant::now();
