@@ -613,7 +613,10 @@ fn input_kind(input: &Input) -> &'static str {
 fn client_tx(event: &EdgeEvent) -> Option<TxId> {
     match event {
         EdgeEvent::Transaction(
-            TxEvent::Response { tx, .. } | TxEvent::Timeout { tx } | TxEvent::TransportError { tx },
+            TxEvent::Response { tx, .. }
+            | TxEvent::Timeout { tx }
+            | TxEvent::GaveUp { tx }
+            | TxEvent::TransportError { tx },
         )
         | EdgeEvent::Undeliverable { tx, .. } => Some(*tx),
         _ => None,

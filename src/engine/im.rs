@@ -1060,6 +1060,13 @@ impl ImEngine {
                 let c = self.errors.condition_for_timeout();
                 self.on_final(now, tx, Err((c, common::NO_ANSWER.into(), true)), &mut out)
             }
+            EdgeEvent::Transaction(TxEvent::GaveUp { tx }) => {
+                // The INVITE rang (a provisional response) but was not answered in time: the
+                // edge cancelled it (RFC 3261 §9.1); what waited for the session comes back.
+                let c = self.errors.condition_for_timeout();
+                let text = common::INVITE_CANCELLED.into();
+                self.on_final(now, tx, Err((c, text, true)), &mut out)
+            }
             EdgeEvent::Transaction(TxEvent::TransportError { tx }) => {
                 if !self.resend_by_domain(tx, &mut out) {
                     let lost = (
@@ -2151,6 +2158,28 @@ mod tests {
             },
         );
         assert!(stanzas(&out)[0].contains("remote-server-not-found"));
+    }
+
+    #[test]
+    fn an_invite_the_edge_cancelled_bounces_what_waited_with_its_own_text() {
+        // RFC 3261 §9.1: the edge cancelled an INVITE that rang (180) but was not answered
+        // within 64·T1; the messages queued for the session come back to their sender.
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("first"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        assert_eq!(invite.method(), Some(&Method::Invite));
+        e.on_stanza(now, message(Some("second"), ""));
+        let out = e.on_edge(now, EdgeEvent::Transaction(TxEvent::GaveUp { tx }));
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 2, "{s:?}");
+        for (stanza, body) in s.iter().zip(["first", "second"]) {
+            assert!(stanza.contains("type='error'"), "{stanza}");
+            assert!(stanza.contains("remote-server-timeout"), "{stanza}");
+            assert!(stanza.contains(common::INVITE_CANCELLED), "{stanza}");
+            assert!(stanza.contains(&format!("<body>{body}</body>")), "{stanza}");
+        }
+        assert_eq!(e.session_count(), 0);
     }
 
     #[test]
