@@ -344,6 +344,17 @@ enum Purpose {
     Bye,
 }
 
+impl Purpose {
+    /// The method of the request (for logs).
+    fn method(&self) -> &'static str {
+        match self {
+            Purpose::Invite { .. } => "INVITE",
+            Purpose::Message { .. } => "MESSAGE",
+            Purpose::Bye => "BYE",
+        }
+    }
+}
+
 /// The IM translation engine.
 #[derive(Debug)]
 pub struct ImEngine {
@@ -1154,7 +1165,7 @@ impl ImEngine {
         let failure = match &outcome {
             Ok((_, r)) if status::is_failure(status) => Some((
                 self.errors.condition_for_status(status),
-                format!("{} {}", status, r.reason().unwrap_or_default()),
+                common::failure_text(status, r, purpose.method()),
                 matches!(
                     status,
                     status::REQUEST_TIMEOUT
@@ -2104,6 +2115,55 @@ mod tests {
             },
         );
         assert!(stanzas(&out)[0].contains("remote-server-not-found"));
+    }
+
+    /// [MS-OCER] §2.2.1.1: a Microsoft server says why it refused in `ms-diagnostics` (or
+    /// `ms-diagnostics-public` across an enterprise boundary, §2.2.1.2); the XMPP sender's
+    /// error stanza carries its reason and number, cleaned and capped.
+    #[test]
+    fn ms_diagnostics_reach_the_error_stanza_text() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("first"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let mut refusal = answer(&invite, 403);
+        refusal.push_header(
+            "ms-diagnostics-public",
+            "1034;reason=\"Previous hop federated peer did not report diagnostic information\";Domain=\"example.org\"",
+        );
+        refusal.push_header(
+            "ms-diagnostics",
+            "4141;reason=\"User \\\"bob\\\" disabled\";source=\"sip.contoso.com\"",
+        );
+        let out = e.on_edge(now, final_event(tx, refusal));
+        let errors = stanzas(&out);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("forbidden"), "{}", errors[0]);
+        assert!(
+            errors[0].contains(">403 Forbidden: User \"bob\" disabled (ms-diagnostics 4141)</text>"),
+            "{}",
+            errors[0]
+        );
+        // Only the public header, with a reason of thousands of characters: capped.
+        let out = e.on_stanza(now, message(Some("second"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let mut refusal = answer(&invite, 404);
+        refusal.push_header(
+            "ms-diagnostics-public",
+            &format!("4005;reason=\"{}\"", "x".repeat(5000)),
+        );
+        let out = e.on_edge(now, final_event(tx, refusal));
+        let text = stanzas(&out).remove(0);
+        let expected = format!(
+            "404 Not Found: {}… (ms-diagnostics-public 4005)",
+            "x".repeat(200)
+        );
+        assert!(text.contains(&expected), "{text}");
+        // Without the headers the text is the status line, as before.
+        let out = e.on_stanza(now, message(Some("third"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 480)));
+        assert!(stanzas(&out)[0].contains(">480 Temporarily Unavailable</text>"));
     }
 
     #[test]
