@@ -200,6 +200,9 @@ enum Item {
     /// A delivery failure reported by the XMPP server for a message from LCS: told to the LCS
     /// sender as text (the MESSAGE was already answered 200); its own failure bounces nothing.
     Notice(String),
+    /// The decline of a file offered by the LCS user (a `text/x-msmsgsinvite` body,
+    /// [`im_text::decline_body`]); its own failure bounces nothing.
+    Decline(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -1010,6 +1013,9 @@ impl ImEngine {
             Item::Notice(text) => {
                 request.set_body(Some("text/plain; charset=UTF-8"), text.clone().into_bytes());
             }
+            Item::Decline(body) => {
+                request.set_body(Some("text/x-msmsgsinvite; charset=UTF-8"), body.clone());
+            }
             Item::Typing(t) => {
                 request.set_body(
                     Some(im_text::ISCOMPOSING_TYPE),
@@ -1254,7 +1260,7 @@ impl ImEngine {
                             Item::Body { stanza, .. } => {
                                 out.push(bounce(&stanza, condition, &text))
                             }
-                            Item::Typing(_) | Item::Notice(_) => {}
+                            Item::Typing(_) | Item::Notice(_) | Item::Decline(_) => {}
                         }
                     }
                 }
@@ -1531,7 +1537,24 @@ impl ImEngine {
         let contact = self.contact(&local_uri);
         let mut response = Message::response_to(request, status::OK, None, Some(&tag));
         response.push_header("Contact", &name_addr(None, &contact, &[]));
-        response.push_header("Supported", "ms-text-format");
+        // The first message in `ms-text-format` is taken exactly when it can be read, and the
+        // 200 says so with `Supported: ms-text-format` (as pidgin-sipe's `process_incoming_invite`
+        // does; a Microsoft client whose first message was not taken sends it again as a
+        // MESSAGE). Text becomes a chat message, a file offer is declined and told.
+        let first = match request
+            .header("ms-text-format")
+            .map(im_text::ms_text_format_message)
+        {
+            Some(Ok(first)) => first,
+            Some(Err(e)) => {
+                info!(error = %e, "ms-text-format of an INVITE not read: left for the MESSAGE that follows");
+                None
+            }
+            None => None,
+        };
+        if first.is_some() {
+            response.push_header("Supported", "ms-text-format");
+        }
         response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
 
         let local = Jid::from(local);
@@ -1548,9 +1571,6 @@ impl ImEngine {
         }
         self.dialogs.insert(dialog.id.clone(), key.clone());
         let remote_jid = Jid::from(remote.to_bare());
-        let first = request
-            .header("ms-text-format")
-            .and_then(|v| im_text::ms_text_format(v).ok().flatten());
         let state = State::Up {
             dialog: Box::new(dialog),
         };
@@ -1560,6 +1580,16 @@ impl ImEngine {
         // Stored (synced) before the 200 makes the dialog exist for LCS.
         self.persist(&key, true, out);
         out.push(Output::Respond { tx, response });
+        let (first, decline) = match first {
+            Some(im_text::FirstMessage::Text(text)) => (Some(text), None),
+            Some(im_text::FirstMessage::Invitation(im_text::Invitation::FileOffer(offer))) => (
+                Some(im_text::offer_notice(&offer)),
+                Some(im_text::decline_body(&offer)),
+            ),
+            Some(im_text::FirstMessage::Invitation(im_text::Invitation::Other(_))) | None => {
+                (None, None)
+            }
+        };
         if let Some(first) = first {
             // XEP-0172 §4.2: the sender's nick in the first message of a conversation.
             let mut el = chat(&remote_jid, &local, &thread, Some(&first), None);
@@ -1567,6 +1597,9 @@ impl ImEngine {
                 el.payloads.push(Nick(n.clone()).into());
             }
             out.push(Output::Stanza(self.with_id(&key, StanzaKind::Body, el)));
+        }
+        if let Some(body) = decline {
+            self.send_item(key.clone(), Item::Decline(body), out);
         }
         if let Some(name) = name {
             out.push(Output::Fact(Fact::Name {
@@ -1647,6 +1680,7 @@ impl ImEngine {
         let local = Jid::from(key.0.clone());
         // The stanza the request becomes (none: acknowledged only), or its refusal.
         let mut kind = StanzaKind::Typing;
+        let mut decline = None;
         let stanza: Result<Option<Stanza>, Reject> = match request.method().cloned() {
             Some(Method::Bye) => Ok(None),
             // A re-INVITE (refresh): keep the session, answer with our SDP.
@@ -1657,10 +1691,27 @@ impl ImEngine {
                 .map(|t| typing(&session.remote_jid, &local, &session.thread, t))),
             _ => {
                 let ct = content_type(request);
-                if ct
-                    .to_ascii_lowercase()
-                    .starts_with(im_text::ISCOMPOSING_TYPE)
-                {
+                let lower = ct.to_ascii_lowercase();
+                if lower.starts_with(im_text::MSMSGSINVITE_TYPE) {
+                    // A file offer (pidgin-sipe `sipe-ft.c`): taken (200), declined with the
+                    // client's own CANCEL in this session, and told to the XMPP user. Other
+                    // invitation commands need nothing.
+                    kind = StanzaKind::Body;
+                    match im_text::parse_invitation(request.body()) {
+                        Ok(im_text::Invitation::FileOffer(offer)) => {
+                            decline = Some(im_text::decline_body(&offer));
+                            Ok(Some(chat(
+                                &session.remote_jid,
+                                &local,
+                                &session.thread,
+                                Some(&im_text::offer_notice(&offer)),
+                                None,
+                            )))
+                        }
+                        Ok(im_text::Invitation::Other(_)) => Ok(None),
+                        Err(e) => Err(body_error(&self.errors, &e)),
+                    }
+                } else if lower.starts_with(im_text::ISCOMPOSING_TYPE) {
                     match im_text::parse_iscomposing(request.body()) {
                         Ok(t) => Ok(Some(typing(
                             &session.remote_jid,
@@ -1704,6 +1755,9 @@ impl ImEngine {
         out.push(Output::Respond { tx, response });
         if let Ok(Some(el)) = stanza {
             out.push(Output::Stanza(self.with_id(&key, kind, el)));
+        }
+        if let Some(body) = decline {
+            self.send_item(key.clone(), Item::Decline(body), out);
         }
         if request.method() == Some(&Method::Bye) {
             if let Some(s) = self.drop_session(&key, out) {
@@ -2140,7 +2194,8 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("forbidden"), "{}", errors[0]);
         assert!(
-            errors[0].contains(">403 Forbidden: User \"bob\" disabled (ms-diagnostics 4141)</text>"),
+            errors[0]
+                .contains(">403 Forbidden: User \"bob\" disabled (ms-diagnostics 4141)</text>"),
             "{}",
             errors[0]
         );
@@ -3308,5 +3363,164 @@ mod tests {
         );
         let out = e.on_stanza(now, message(Some("next"), ""));
         assert_eq!(requests(&out)[0].1.call_id().unwrap(), "call-1");
+    }
+
+    /// An LCS INVITE whose `ms-text-format` header is `value` (none when `None`).
+    fn invite_with_first(value: Option<&str>) -> EdgeEvent {
+        let raw = invite_from_lcs(&OFFER.replace('\n', "\r\n"));
+        let line = "ms-text-format: text/plain; charset=UTF-8;ms-body=aGkgdGhlcmU=\n";
+        inbound(&match value {
+            Some(v) => raw.replace(line, &format!("ms-text-format: {v}\n")),
+            None => raw.replace(line, ""),
+        })
+    }
+
+    fn supported(r: &Message) -> Vec<String> {
+        r.header_all("Supported").map(str::to_owned).collect()
+    }
+
+    /// pidgin-sipe `sipe-incoming.c` `process_incoming_invite` adds `Supported: ms-text-format`
+    /// only when it displayed the first message ("accepts received message"); as a sender
+    /// (`sipe-im.c` `process_invite_response`) it drops its queued copy only when the 200 lists
+    /// it, else sends it as a MESSAGE. So the 200 says it exactly when the message was taken.
+    #[test]
+    fn supported_ms_text_format_exactly_when_the_first_message_was_taken() {
+        let now = Instant::now();
+        // Taken: delivered once, and said.
+        let mut e = engine();
+        let out = e.on_edge(
+            now,
+            invite_with_first(Some(
+                "text/plain; charset=UTF-8;msgr=WAAt;ms-body=aGkgdGhlcmU=",
+            )),
+        );
+        assert_eq!(supported(&responses(&out)[0]), ["ms-text-format"]);
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 1);
+        assert!(s[0].contains("<body>hi there</body>"), "{}", s[0]);
+        // Absent, empty, undecodable (bad base64, a type not read, bad charset): nothing
+        // delivered, not said; the MESSAGE that follows is delivered once.
+        for value in [
+            None,
+            Some("text/plain; charset=UTF-8;ms-body="),
+            Some("text/plain; charset=UTF-8;ms-body=%%%not-base64"),
+            Some("text/rtf;ms-body=e1xydGYxIEhpfQ=="),
+            Some("text/plain; charset=koi8-r;ms-body=aGk="),
+        ] {
+            let mut e = engine();
+            let out = e.on_edge(now, invite_with_first(value));
+            let r = &responses(&out)[0];
+            assert_eq!(r.status(), Some(200), "{value:?}");
+            assert!(supported(r).is_empty(), "{value:?}: {:?}", supported(r));
+            assert!(stanzas(&out).is_empty(), "{value:?}");
+            let tag = r.to().unwrap().tag().unwrap().to_owned();
+            let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "hi there")));
+            assert_eq!(responses(&out)[0].status(), Some(200));
+            let s = stanzas(&out);
+            assert_eq!(s.len(), 1, "{value:?}");
+            assert!(s[0].contains("<body>hi there</body>"), "{}", s[0]);
+        }
+    }
+
+    /// The file offer pidgin-sipe sends (`sipe-ft.c` `sipe_ft_outgoing_init`).
+    const FT_OFFER: &str = "Application-Name: File Transfer\r\nApplication-GUID: {5D3E02AB-6190-11d3-BBBB-00C04F795683}\r\nInvitation-Command: INVITE\r\nInvitation-Cookie: 28796\r\nApplication-File: report.pdf\r\nApplication-FileSize: 1572864\r\nEncryption: R\r\n";
+    const FT_NOTICE: &str = "[Offered you the file \"report.pdf\" (1.5 MB). This gateway does not transfer files, so the offer was declined; ask for it another way (for example a link or e-mail).]";
+    const FT_DECLINE: &str =
+        "Invitation-Command: CANCEL\r\nInvitation-Cookie: 28796\r\nCancel-Code: REJECT\r\n";
+
+    /// The decline: a MESSAGE in the session on its connection, as pidgin-sipe's
+    /// `ft_request_denied` sends it.
+    fn assert_declined(out: &[Output]) {
+        let reqs = requests(out);
+        assert_eq!(reqs.len(), 1);
+        let (_, m, route) = &reqs[0];
+        assert_eq!(m.method(), Some(&Method::Message));
+        assert_eq!(m.call_id().unwrap(), "call-1");
+        assert_eq!(
+            m.header("Content-Type"),
+            Some("text/x-msmsgsinvite; charset=UTF-8")
+        );
+        assert_eq!(std::str::from_utf8(m.body()).unwrap(), FT_DECLINE);
+        assert_eq!(*route, Route::Connection(4));
+    }
+
+    /// A file offered in the INVITE (`ms-text-format: text/x-msmsgsinvite…`) is taken: the
+    /// XMPP user is told, LCS gets the decline in the new session.
+    #[test]
+    fn a_file_offered_in_the_invite_is_declined_and_told() {
+        use base64::Engine as _;
+        let now = Instant::now();
+        let mut e = engine();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(FT_OFFER);
+        let out = e.on_edge(
+            now,
+            invite_with_first(Some(&format!(
+                "text/x-msmsgsinvite; charset=UTF-8;ms-body={b64}"
+            ))),
+        );
+        assert_eq!(supported(&responses(&out)[0]), ["ms-text-format"]);
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 1);
+        assert!(
+            s[0].contains(&format!("<body>{FT_NOTICE}</body>")),
+            "{}",
+            s[0]
+        );
+        assert_declined(&out);
+    }
+
+    /// A file offered in the session (pidgin-sipe `process_incoming_message` →
+    /// `sipe_process_incoming_x_msmsgsinvite`): 200, declined, told; other commands are
+    /// acknowledged only; a malformed one is 400. `application/ms-imdn+xml` (delivery
+    /// notifications, not offered in our `a=accept-types`) is 415 with `Accept`.
+    #[test]
+    fn a_file_offered_in_the_session_is_declined_and_told() {
+        let now = Instant::now();
+        let mut e = engine();
+        let (_, tag) = lcs_session(&mut e, now);
+        let offer = lcs_message(&tag, 2, FT_OFFER).replace(
+            "Content-Type: text/plain",
+            "Content-Type: text/x-msmsgsinvite; charset=UTF-8",
+        );
+        let out = e.on_edge(now, inbound(&offer));
+        assert_eq!(responses(&out)[0].status(), Some(200));
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 1);
+        assert!(
+            s[0].contains("report.pdf") && s[0].contains("does not transfer files"),
+            "{}",
+            s[0]
+        );
+        assert!(s[0].contains("<thread>call-1</thread>"), "{}", s[0]);
+        assert_declined(&out);
+
+        let cancel =
+            "Invitation-Command: CANCEL\r\nInvitation-Cookie: 28796\r\nCancel-Code: TIMEOUT\r\n";
+        let msg = lcs_message(&tag, 3, cancel).replace(
+            "Content-Type: text/plain",
+            "Content-Type: text/x-msmsgsinvite; charset=UTF-8",
+        );
+        let out = e.on_edge(now, inbound(&msg));
+        assert_eq!(responses(&out)[0].status(), Some(200));
+        assert!(stanzas(&out).is_empty() && requests(&out).is_empty());
+
+        let junk = lcs_message(&tag, 4, "Application-File: x\r\n").replace(
+            "Content-Type: text/plain",
+            "Content-Type: text/x-msmsgsinvite",
+        );
+        let out = e.on_edge(now, inbound(&junk));
+        assert_eq!(responses(&out)[0].status(), Some(400));
+        assert!(stanzas(&out).is_empty() && requests(&out).is_empty());
+
+        let imdn = "<?xml version=\"1.0\"?><imdn><message-id>1</message-id><recipient uri=\"sip:alice@example.org\"><status>delivered</status></recipient></imdn>";
+        let msg = lcs_message(&tag, 5, imdn).replace(
+            "Content-Type: text/plain",
+            "Content-Type: application/ms-imdn+xml",
+        );
+        let out = e.on_edge(now, inbound(&msg));
+        let r = &responses(&out)[0];
+        assert_eq!(r.status(), Some(415));
+        assert_eq!(r.header("Accept"), Some(im_text::ACCEPT));
+        assert!(stanzas(&out).is_empty());
     }
 }
