@@ -776,6 +776,34 @@ impl World {
         self.lcs_request(request);
     }
 
+    /// An LCS user's side ends an IM session with BYE (Skype for Business does after 10 idle
+    /// minutes): `kind` is `"INVITE"` (the session LCS opened) or `"INVITE-out"` (the bridge's).
+    pub fn lcs_ends_session(&mut self, from: &str, kind: &'static str) {
+        let key = (from.to_owned(), kind);
+        let mut d = self.dialog(from, kind);
+        d.cseq += 1;
+        self.lcs.dialogs.remove(&key);
+        if let Some(s) = self.lcs.sessions.get_mut(&d.call_id) {
+            s.1 = false;
+        }
+        let request = sip(
+            &format!(
+                "BYE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKb{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} BYE\n",
+                d.bridge_uri,
+                d.lcs_tag,
+                d.cseq,
+                d.lcs_uri,
+                d.lcs_tag,
+                d.bridge_uri,
+                d.bridge_tag,
+                d.call_id,
+                d.cseq
+            ),
+            "",
+        );
+        self.lcs_request(request);
+    }
+
     /// An LCS user subscribes to a local user's presence.
     pub fn lcs_subscribes(&mut self, from: &str, to: &str) {
         self.lcs_subscribes_as(from, None, to);

@@ -62,6 +62,82 @@ fn chat_from_lcs_reaches_the_local_user() {
     assert!(got[1].contains(&contact_jid("bob")));
 }
 
+/// Skype for Business ends an IM session after 10 idle minutes with BYE (Microsoft's
+/// federation documentation; [MS-SIP] leaves the session's lifetime to the server). Whoever
+/// speaks next starts a fresh session: an XMPP message opens a new INVITE (new Call-ID, new
+/// `Ms-Conversation-ID`) and is delivered, nothing bounces; LCS's own next INVITE carrying its
+/// first message in `ms-text-format` is delivered once.
+#[test]
+fn after_an_idle_bye_from_skype_for_business_the_next_message_opens_a_fresh_session() {
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m1'><body>hello</body></message>"
+    ));
+    w.settle();
+    w.lcs_replies(BOB_AOR, "hi");
+    w.settle();
+    // Nine minutes and a half later (before the bridge's own idle timer) SfB says BYE.
+    w.run_for(Duration::from_secs(570));
+    assert!(w.lcs.requests(&Method::Bye).is_empty());
+    w.lcs_ends_session(BOB_AOR, "INVITE-out");
+    w.settle();
+    let byes: Vec<u16> = w
+        .lcs
+        .answers
+        .iter()
+        .filter(|(_, r)| r.cseq().is_ok_and(|c| c.method == Method::Bye))
+        .filter_map(|(_, r)| r.status())
+        .collect();
+    assert_eq!(byes, [200]);
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m2'><body>still there?</body></message>"
+    ));
+    w.settle();
+    let invites = w.lcs.requests(&Method::Invite);
+    assert_eq!(invites.len(), 2, "a fresh INVITE");
+    assert_ne!(invites[0].call_id().unwrap(), invites[1].call_id().unwrap());
+    assert_ne!(
+        invites[0].header("Ms-Conversation-ID"),
+        invites[1].header("Ms-Conversation-ID")
+    );
+    let messages = w.lcs.requests(&Method::Message);
+    assert_eq!(messages.len(), 2);
+    assert_eq!(body_of(messages[1]), "still there?");
+    assert_eq!(
+        messages[1].call_id().unwrap(),
+        invites[1].call_id().unwrap()
+    );
+    let replied: Vec<u16> = w
+        .lcs
+        .replied
+        .iter()
+        .filter(|(m, _)| *m == Method::Message)
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(replied, [200, 200], "both delivered");
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains("type='error'")));
+
+    // The same with the session LCS opened, and LCS speaking next.
+    w.lcs_invites(BOB_AOR, ALICE_URI, "first");
+    w.settle();
+    w.run_for(Duration::from_secs(100));
+    w.lcs_ends_session(BOB_AOR, "INVITE");
+    w.settle();
+    w.lcs_invites(BOB_AOR, ALICE_URI, "back again");
+    w.settle();
+    let got: Vec<String> = w
+        .xmpp
+        .to(ALICE)
+        .into_iter()
+        .filter(|s| s.contains("<body>"))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[1].contains("<body>first</body>"), "{}", got[1]);
+    assert!(got[2].contains("<body>back again</body>"), "{}", got[2]);
+    assert!(got.iter().all(|s| !s.contains("type='error'")));
+}
+
 /// Alice subscribes to Bob: SUBSCRIBE, LCS's NOTIFY, `subscribed` and Bob's presence.
 fn alice_watches_bob(w: &mut World) {
     let bob = contact_jid("bob");
