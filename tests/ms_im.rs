@@ -256,6 +256,14 @@ impl World {
             .count()
     }
 
+    /// The test closes SIP connection `conn` (its writer dropped: the connection's task shuts
+    /// the TLS stream down).
+    fn drop_sip(&mut self, conn: usize) {
+        self.sip.remove(&conn);
+        self.backlog
+            .retain(|e| !matches!(e, Event::SipUp(c, _) if *c == conn));
+    }
+
     /// Answers `request` on `conn` (a To tag, the edge's Contact), with `extra` header lines.
     fn answer(&self, conn: usize, request: &Message, status: u16, extra: &[(&str, &str)]) {
         let mut r = Message::response_to(request, status, None, Some("edge"));
@@ -597,5 +605,102 @@ fn after_an_idle_bye_the_next_message_goes_in_a_new_invite() {
         assert_ne!(m2.call_id().unwrap(), message.call_id().unwrap());
         w.answer(conn2, &m2, 200, &[]);
         assert_eq!(w.count_stanzas("type='error'", Duration::from_millis(500)).await, 0);
+    });
+}
+
+/// A request from joe in the session the bridge's INVITE `invite` made (its To tag "edge", as
+/// [`World::answer`] gives it).
+fn edge_in_dialog(invite: &Message, method: &str, cseq: u32, body: &str) -> Vec<u8> {
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: text/plain; charset=UTF-8\r\n"
+    };
+    format!(
+        "{method} {} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bK{method}{cseq}\r\nMax-Forwards: 70\r\nFrom: {};tag=edge\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} {method}\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        invite.header("Contact").and_then(|c| c.split(['<', '>']).nth(1)).unwrap(),
+        invite.header("To").unwrap(),
+        invite.header("From").unwrap(),
+        invite.call_id().unwrap(),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The profile, "Connection affinity": "All messages within a given SIP dialog must be sent
+/// over the exact same connection." The connection of a live session (here the one the edge
+/// opened, which carries the bridge's requests too) is closed by the peer:
+/// the bridge ends the session locally; alice's next message opens a NEW INVITE session (new
+/// Call-ID, on a new connection), never an in-dialog MESSAGE on another connection; a request
+/// the edge still sends in the old dialog (here on its own connection) gets 481, so the LCS
+/// side starts anew as well.
+#[test]
+fn a_lost_connection_ends_the_session_and_the_next_message_goes_in_a_new_invite() {
+    runtime().block_on(async {
+        let Some(mut w) = World::start().await else {
+            return;
+        };
+        let (conn, invite, _) = w.alice_opens_session("c1", "before").await;
+        // (The bridge sends on the connection the edge opened: the profile lets a peer's
+        // connection carry requests both ways.)
+        w.drop_sip(conn);
+        let deadline = Instant::now() + WAIT;
+        tokio::task::block_in_place(|| {
+            w.bridge.wait_log(
+                "IM sessions on a lost connection ended locally",
+                1,
+                deadline,
+            )
+        });
+        w.alice_says("c2", "after");
+        // The first request (ACKs aside) the bridge sends after the loss is an INVITE, out of
+        // any dialog.
+        let (conn2, first) = w
+            .wait(|_, e| match e {
+                Event::Sip(c, m, _)
+                    if m.is_request() && m.method().is_some_and(|x| x.as_str() != "ACK") =>
+                {
+                    Some((*c, m.clone()))
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(
+            first.method().map(|m| m.as_str().to_owned()).as_deref(),
+            Some("INVITE"),
+            "{first}"
+        );
+        assert!(first.to().unwrap().tag().is_none(), "{first}");
+        assert_ne!(first.call_id().unwrap(), invite.call_id().unwrap());
+        assert_ne!(conn2, conn);
+        w.answer(conn2, &first, 200, &[]);
+        let (mconn, m) = w.request("MESSAGE").await;
+        assert_eq!(
+            (mconn, m.call_id().unwrap()),
+            (conn2, first.call_id().unwrap())
+        );
+        assert_eq!(String::from_utf8_lossy(m.body()), "after");
+        w.answer(conn2, &m, 200, &[]);
+        // The old dialog is gone: a MESSAGE in it (on the connection that is left) gets 481,
+        // and alice gets nothing of it.
+        w.send_sip(conn2, edge_in_dialog(&invite, "MESSAGE", 2, "late"));
+        let old = invite.call_id().unwrap().to_owned();
+        let r = w
+            .wait(|_, e| match e {
+                Event::Sip(c, m, _)
+                    if *c == conn2 && !m.is_request() && m.call_id().ok() == Some(old.as_str()) =>
+                {
+                    Some(m.clone())
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(r.status(), Some(481), "{r}");
+        assert_eq!(w.count_stanzas("late", Duration::from_millis(500)).await, 0);
+        assert_eq!(
+            w.count_stanzas("type='error'", Duration::from_millis(10))
+                .await,
+            0
+        );
     });
 }

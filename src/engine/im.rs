@@ -16,7 +16,9 @@
 //! and an XMPP message that would open one `resource-constraint`.
 //!
 //! LCS → XMPP: an INVITE with a message m-line (`sip/tcp *`, `sip null`, `x-ms-message`) is
-//! answered 200 with the SDP answer; its `ms-text-format` first message is delivered; each
+//! answered 200 with the SDP answer; its `ms-text-format` first message is delivered (and the
+//! 200 says `Supported: ms-text-format` exactly then); a `text/x-msmsgsinvite` file offer, there
+//! or in a MESSAGE, is declined with the client's CANCEL and told to the XMPP user; each
 //! in-dialog MESSAGE becomes a chat message (HTML and multipart turned into plain text) with a
 //! `<thread/>` tied to the dialog; `isComposing` and Microsoft's INFO `<KeyboardActivity>` become
 //! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
@@ -33,7 +35,12 @@
 //! ([`ImEngine::store_failed`]) the requests above the old reservation are withdrawn and go in
 //! a fresh session. [`ImEngine::restore`] takes the stored sessions up at start; their dialogs
 //! have no connection, so their requests go by domain (`Route::Domain`) until an answer or a
-//! request from LCS shows one, as after a lost connection.
+//! request from LCS binds them to the connection that carried it.
+//!
+//! Connection affinity (the profile: "All messages within a given SIP dialog must be sent over
+//! the exact same connection"): a live session whose connection is lost ends locally, without
+//! BYE; a message in flight on it, and the next one, go in a new INVITE session by domain; a
+//! request LCS still sends in the ended dialog gets 481.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -143,10 +150,6 @@ impl std::ops::Deref for Sessions {
 impl Sessions {
     fn get_mut(&mut self, key: &Key) -> Option<&mut Session> {
         self.map.get_mut(key)
-    }
-
-    fn values_mut(&mut self) -> std::collections::hash_map::ValuesMut<'_, Key, Session> {
-        self.map.values_mut()
     }
 
     fn insert(&mut self, key: Key, session: Session) {
@@ -261,8 +264,9 @@ struct Session {
     last_activity: Instant,
     /// The `<thread/>` of messages in this session (Call-ID).
     thread: String,
-    /// Up: the dialog's connection is gone (taken up from the store, or lost): requests go
-    /// by domain until an answer or a request from LCS shows the connection to use.
+    /// Up, taken up from the store: the dialog's connection died with the previous process;
+    /// its requests go by domain until an answer or a request from LCS binds it to the
+    /// connection that carried it. (A live session whose connection is lost ends instead.)
     detached: bool,
     /// Up: the highest local CSeq the stored record allows (see [`CSEQ_RESERVE`]).
     reserved: u32,
@@ -541,7 +545,7 @@ impl ImEngine {
     }
 
     /// The next request of `method` in the session of `key` (which must be up) and its route:
-    /// the dialog's connection, or its domain while detached. With `reserve`, a request above
+    /// the dialog's connection, or its domain while detached (taken up from the store). With `reserve`, a request above
     /// the stored reservation is preceded by the synced write that raises it; without (a BYE:
     /// the record is removed before it, and a CSeq above the stored one is harmless in a dialog
     /// the BYE ends — LCS answers a later request in it `481`, never `500`), it is not.
@@ -566,7 +570,7 @@ impl ImEngine {
         };
         let request = dialog.next_request(method, &via, &branch, None).ok()?;
         let route = if session.detached {
-            // The dialog's connection is gone: the edge reuses or opens one for the domain.
+            // Taken up from the store: the edge reuses or opens a connection for the domain.
             Route::Domain(host_of(&dialog.remote_uri))
         } else {
             Route::Connection(dialog.conn)
@@ -575,7 +579,8 @@ impl ImEngine {
     }
 
     /// The session of `key` is reached on `conn` (an answer to a request sent by domain, or
-    /// a request from LCS in the dialog): the dialog lives there now.
+    /// a request from LCS in the dialog): a detached (restored) dialog lives there now; a
+    /// bound one keeps its connection.
     fn attach(&mut self, key: &Key, conn: ConnId) {
         if let Some(session) = self.sessions.get_mut(key) {
             if let State::Up { dialog } = &mut session.state {
@@ -1073,7 +1078,7 @@ impl ImEngine {
                 self.on_final(now, tx, Err((c, common::NO_ANSWER.into(), true)), &mut out)
             }
             EdgeEvent::Transaction(TxEvent::TransportError { tx }) => {
-                if !self.resend_by_domain(tx, &mut out) {
+                if !self.resend_fresh(now, tx, &mut out) {
                     let lost = (
                         Condition::RecipientUnavailable,
                         common::CONNECTION_LOST.into(),
@@ -1084,18 +1089,40 @@ impl ImEngine {
             }
             EdgeEvent::Undeliverable { tx, why } => {
                 let gone = matches!(why, Undeliverable::ConnectionGone { .. });
-                if !(gone && self.resend_by_domain(tx, &mut out)) {
+                if !(gone && self.resend_fresh(now, tx, &mut out)) {
                     let condition = common::undeliverable_condition(&self.errors, &why);
                     self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
                 }
             }
             EdgeEvent::ConnectionLost { conn } => {
-                // The dialogs on it are kept (LCS keeps its side of them): their next requests
-                // go by domain. Their MESSAGEs in flight fail through TransportError and go
-                // once more by domain (`resend_by_domain`).
-                for s in self.sessions.values_mut() {
-                    if matches!(&s.state, State::Up { dialog } if dialog.conn == conn) {
-                        s.detached = true;
+                // The profile's connection affinity: a dialog's requests never go on another
+                // connection. The sessions whose dialogs lived on it end here, locally (no
+                // request can carry even a BYE; their records are removed): the next message
+                // opens a new INVITE session by domain, a request LCS still sends in one of
+                // them gets 481. Their MESSAGEs in flight fail through TransportError and go
+                // once more, in a new session (`resend_fresh`). A session taken up from the
+                // store and not yet carried by a connection is not on this one.
+                let lost: Vec<Key> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| {
+                        !s.detached
+                            && matches!(&s.state, State::Up { dialog } if dialog.conn == conn)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !lost.is_empty() {
+                    info!(
+                        conn,
+                        sessions = lost.len(),
+                        "IM sessions on a lost connection ended locally"
+                    );
+                }
+                for key in lost {
+                    if let Some(s) = self.drop_session(&key, &mut out) {
+                        for item in s.queue {
+                            self.requeue(now, key.clone(), item, &mut out);
+                        }
                     }
                 }
             }
@@ -1105,11 +1132,12 @@ impl ImEngine {
     }
 
     /// Message `tx` was lost with its connection (a transport error, or the connection gone
-    /// before it could be sent): if it is a body sent only once, in its session's current
-    /// dialog, the session is detached and the body goes once more, in the same dialog, by
-    /// domain (the edge reuses or opens a connection to the partner; LCS keeps its side of the
-    /// dialog). Returns whether it did; if not, the failure is handled as any other.
-    fn resend_by_domain(&mut self, tx: TxId, out: &mut Vec<Output>) -> bool {
+    /// before it could be sent): the dialog it was sent in cannot be used any more (its
+    /// requests never go on another connection), so its session, if still current, ends
+    /// locally (no BYE: nothing could carry it), and a body sent only once goes once more in
+    /// a new INVITE session, by domain. Returns whether it did; if not, the failure is handled
+    /// as any other (the body returned to its sender).
+    fn resend_fresh(&mut self, now: Instant, tx: TxId, out: &mut Vec<Output>) -> bool {
         let Some(Purpose::Message {
             key,
             dialog,
@@ -1118,15 +1146,19 @@ impl ImEngine {
         else {
             return false;
         };
-        let Some(session) = self.sessions.get_mut(key) else {
-            return false;
-        };
-        if !matches!(&session.state, State::Up { dialog: d } if d.id == *dialog) {
-            return false;
+        let key = key.clone();
+        let current = matches!(
+            self.sessions.get(&key).map(|s| &s.state),
+            Some(State::Up { dialog: d }) if d.id == *dialog
+        );
+        if current {
+            if let Some(s) = self.drop_session(&key, out) {
+                for item in s.queue {
+                    self.requeue(now, key.clone(), item, out);
+                }
+            }
         }
-        session.detached = true;
         let Some(Purpose::Message {
-            key,
             item:
                 Item::Body {
                     text,
@@ -1147,7 +1179,7 @@ impl ImEngine {
             stanza,
             retried: true,
         };
-        self.send_item(key, item, out);
+        self.requeue(now, key, item, out);
         true
     }
 
@@ -3295,37 +3327,77 @@ mod tests {
         assert_eq!(e.session_count(), 1);
     }
 
+    /// The profile, "Connection affinity": "All messages within a given SIP dialog must be sent
+    /// over the exact same connection." A live session whose connection is lost ends locally
+    /// (no BYE can go anywhere; its record is removed); the next message opens a new INVITE
+    /// session by domain; LCS's request in the ended dialog gets 481.
     #[test]
-    fn a_lost_connection_keeps_the_session_and_sends_by_domain() {
+    fn a_lost_connection_ends_its_sessions_and_the_next_message_opens_a_new_one() {
         let mut e = engine();
         let now = Instant::now();
-        open(&mut e, now);
-        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        let (_, m) = open(&mut e, now);
+        let out = e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        assert_eq!(kinds(&out), ["forget"], "no BYE");
+        assert_eq!(e.session_count(), 0);
+        // Another connection's loss ends nothing.
+        let (_, m2) = open(&mut e, now);
+        assert_ne!(m2.call_id().unwrap(), m.call_id().unwrap());
+        assert!(
+            e.on_edge(now, EdgeEvent::ConnectionLost { conn: 3 })
+                .is_empty()
+        );
         assert_eq!(e.session_count(), 1);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
         let out = e.on_stanza(now, message(Some("still here"), ""));
-        assert_eq!(requests(&out)[0].2, Route::Domain("contoso.com".into()));
+        let (_, invite, route) = requests(&out).remove(0);
+        assert_eq!(invite.method(), Some(&Method::Invite));
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_ne!(invite.call_id().unwrap(), m2.call_id().unwrap());
+        // An LCS session the same: ended; LCS's next MESSAGE in it gets 481.
+        let mut e = engine();
+        let (_, tag) = lcs_session(&mut e, now);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 4 });
+        assert_eq!(e.session_count(), 0);
+        let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "late")));
+        assert_eq!(responses(&out)[0].status(), Some(481));
+        assert!(stanzas(&out).is_empty());
     }
 
-    /// A MESSAGE lost with its connection goes once more in the same dialog, by domain (LCS
-    /// keeps the dialog); lost again, it is returned to its sender and the session ends.
+    /// A message lost with its connection (a transport error, or the connection gone before it
+    /// could be sent) goes once more in a new INVITE session by domain, never in its dialog on
+    /// another connection; lost again, it returns to its sender.
     #[test]
-    fn a_message_lost_with_its_connection_goes_once_more_by_domain() {
+    fn a_message_lost_with_its_connection_goes_once_more_in_a_new_session() {
         let mut e = engine();
         let now = Instant::now();
-        let (tx, m) = open(&mut e, now);
-        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
         let lost = |tx| EdgeEvent::Transaction(TxEvent::TransportError { tx });
-        let out = e.on_edge(now, lost(tx));
-        assert_eq!(kinds(&out), ["MESSAGE"]);
-        let (tx, again, route) = requests(&out).remove(0);
-        assert_eq!(route, Route::Domain("contoso.com".into()));
-        assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
-        assert_eq!(again.cseq().unwrap().number, m.cseq().unwrap().number + 1);
-        assert_eq!(again.body(), m.body());
-        let out = e.on_edge(now, lost(tx));
-        assert_eq!(kinds(&out), ["forget", "stanza"]);
-        assert!(stanzas(&out)[0].contains("recipient-unavailable"));
-        assert_eq!(e.session_count(), 0);
+        // The transport error before the connection's loss is reported, and after it.
+        for lost_first in [false, true] {
+            let (tx, m) = open(&mut e, now);
+            if lost_first {
+                e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+            }
+            let out = e.on_edge(now, lost(tx));
+            let expected: &[&str] = if lost_first {
+                &["INVITE"]
+            } else {
+                &["forget", "INVITE"]
+            };
+            assert_eq!(kinds(&out), expected, "lost first: {lost_first}");
+            let (itx, invite, route) = requests(&out).remove(0);
+            assert_eq!(route, Route::Domain("contoso.com".into()));
+            assert_ne!(invite.call_id().unwrap(), m.call_id().unwrap());
+            let out = e.on_edge(now, final_event(itx, answer(&invite, 200)));
+            let (tx, again, route) = requests(&out).remove(0);
+            assert_eq!(again.call_id().unwrap(), invite.call_id().unwrap());
+            assert_eq!(route, Route::Connection(9));
+            assert_eq!(again.body(), m.body());
+            // Lost again: returned, the session ended.
+            let out = e.on_edge(now, lost(tx));
+            assert_eq!(kinds(&out), ["forget", "stanza"]);
+            assert!(stanzas(&out)[0].contains("recipient-unavailable"));
+            assert_eq!(e.session_count(), 0);
+        }
         // The connection gone before the MESSAGE could go: the same.
         let (tx, m) = open(&mut e, now);
         let out = e.on_edge(
@@ -3335,10 +3407,50 @@ mod tests {
                 why: Undeliverable::ConnectionGone { conn: 9 },
             },
         );
-        assert_eq!(kinds(&out), ["MESSAGE"]);
-        let (_, again, route) = requests(&out).remove(0);
+        assert_eq!(kinds(&out), ["forget", "INVITE"]);
+        let (_, invite, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_ne!(invite.call_id().unwrap(), m.call_id().unwrap());
+    }
+
+    /// Sessions taken up from the store continue their stored dialog: the old connection died
+    /// with the old process, so the first connection that carries them binds them, and a loss
+    /// of some other connection before that does not end them.
+    #[test]
+    fn a_restored_session_is_bound_by_the_first_connection_that_carries_it() {
+        let now = Instant::now();
+        let mut e = engine();
+        let (_, m) = open(&mut e, now);
+        let record = e
+            .record(&(
+                BareJid::new("alice@example.org").unwrap(),
+                "sip:bob@contoso.com".into(),
+            ))
+            .unwrap();
+        let (mut e, _) = restarted(vec![record], now);
+        assert!(
+            e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 })
+                .is_empty()
+        );
+        let out = e.on_stanza(now, message(Some("after the restart"), ""));
+        let (tx, again, route) = requests(&out).remove(0);
         assert_eq!(route, Route::Domain("contoso.com".into()));
         assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
+        let ok = answer(&again, 200);
+        e.on_edge(
+            now,
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn: 12,
+                response: ok,
+                is_final: true,
+            }),
+        );
+        let out = e.on_stanza(now, message(Some("bound"), ""));
+        assert_eq!(requests(&out)[0].2, Route::Connection(12));
+        // Now bound: the loss of that connection ends it.
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 12 });
+        assert_eq!(e.session_count(), 0);
     }
 
     #[test]
