@@ -205,6 +205,8 @@ pub struct LcsEdge {
     pub documents: BTreeMap<String, String>,
     /// Dialogs by (LCS AOR, method that made them).
     dialogs: BTreeMap<(String, &'static str), LcsDialog>,
+    /// Dialogs that lived on a lost connection, by the same key (for a stale request).
+    lost: BTreeMap<(String, &'static str), LcsDialog>,
     /// IM sessions (INVITE dialogs) by Call-ID: the CSeq of the bridge's last request in it,
     /// and whether the session is still open.
     sessions: BTreeMap<String, (u32, bool)>,
@@ -225,6 +227,7 @@ impl LcsEdge {
             replied: Vec::new(),
             documents: BTreeMap::new(),
             dialogs: BTreeMap::new(),
+            lost: BTreeMap::new(),
             sessions: BTreeMap::new(),
             notified: BTreeMap::new(),
             next_conn: 7,
@@ -379,7 +382,11 @@ impl World {
         let Some(conn) = self.lcs.conn.take() else {
             return;
         };
-        self.lcs.dialogs.retain(|_, d| d.conn != conn);
+        let (lost, kept) = std::mem::take(&mut self.lcs.dialogs)
+            .into_iter()
+            .partition(|(_, d)| d.conn == conn);
+        self.lcs.dialogs = kept;
+        self.lcs.lost = lost;
         self.send(Input::Edge(EdgeEvent::ConnectionLost { conn }));
     }
 
@@ -751,6 +758,19 @@ impl World {
     /// An LCS user sends a MESSAGE in the session the bridge's INVITE made.
     pub fn lcs_replies(&mut self, from: &str, text: &str) {
         self.lcs_messages_in(from, "INVITE-out", text);
+    }
+
+    /// An LCS user's side still writes, on a new connection, in the session its INVITE made
+    /// that lived on the connection [`World::lcs_connection_lost`] broke (a stale request).
+    pub fn lcs_messages_in_lost(&mut self, from: &str, text: &str) {
+        let d = self
+            .lcs
+            .lost
+            .get(&(from.to_owned(), "INVITE"))
+            .cloned()
+            .expect("a lost LCS dialog");
+        self.lcs.dialogs.insert((from.to_owned(), "INVITE"), d);
+        self.lcs_messages_in(from, "INVITE", text);
     }
 
     fn lcs_messages_in(&mut self, from: &str, kind: &'static str, text: &str) {

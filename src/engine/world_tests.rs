@@ -138,6 +138,45 @@ fn after_an_idle_bye_from_skype_for_business_the_next_message_opens_a_fresh_sess
     assert!(got.iter().all(|s| !s.contains("type='error'")));
 }
 
+/// The profile's connection affinity: a chat session's dialog never moves to another
+/// connection. The edge's connection breaks: the session ends on the bridge's side (no BYE,
+/// the record removed), Alice's next message opens a new INVITE session and is delivered, and
+/// LCS's MESSAGE in the old dialog gets 481.
+#[test]
+fn a_lost_sip_connection_ends_its_chat_sessions_and_the_next_message_opens_a_new_one() {
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m1'><body>hello</body></message>"
+    ));
+    w.settle();
+    w.lcs_invites("sip:carol@contoso.com", ALICE_URI, "hi");
+    w.settle();
+    assert_eq!(w.store.im_dialogs().count(), 2);
+    let invites = w.lcs.requests(&Method::Invite).len();
+    w.lcs_connection_lost();
+    w.settle();
+    assert!(w.lcs.requests(&Method::Bye).is_empty(), "no BYE anywhere");
+    assert_eq!(w.store.im_dialogs().count(), 0, "records removed");
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m2'><body>again</body></message>"
+    ));
+    w.settle();
+    let all = w.lcs.requests(&Method::Invite);
+    assert_eq!(all.len(), invites + 1, "a new INVITE");
+    assert_ne!(all[0].call_id().unwrap(), all[invites].call_id().unwrap());
+    let messages = w.lcs.requests(&Method::Message);
+    let last = messages.last().unwrap();
+    assert_eq!(body_of(last), "again");
+    assert_eq!(last.call_id().unwrap(), all[invites].call_id().unwrap());
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains("type='error'")));
+    // Carol's side still writes in the dialog the lost connection carried: 481.
+    w.lcs_messages_in_lost("sip:carol@contoso.com", "late");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Message).last(), Some(&481));
+    assert!(!w.xmpp.to(ALICE).iter().any(|s| s.contains("late")));
+}
+
 /// Alice subscribes to Bob: SUBSCRIBE, LCS's NOTIFY, `subscribed` and Bob's presence.
 fn alice_watches_bob(w: &mut World) {
     let bob = contact_jid("bob");
