@@ -558,9 +558,11 @@ fn a_refusal_with_ms_diagnostics_reaches_the_sender_with_its_reason() {
     });
 }
 
-/// Skype for Business ends an IM session after 10 idle minutes with BYE. The next message
-/// from the XMPP side opens a fresh INVITE session (new Call-ID, new `Ms-Conversation-ID`,
-/// [MS-SIP] / the profile's session-mode IM) and is delivered; nothing bounces.
+/// Skype for Business ends an IM session after about 10 idle minutes with BYE (RFC 3261 §15:
+/// either side may end a session). The next message from the XMPP side opens a fresh INVITE
+/// session (the profile, "INVITE/MESSAGE": session-mode IM; a new Call-ID and a new
+/// `Ms-Conversation-ID`, which Microsoft servers require for a new conversation) and is
+/// delivered; nothing bounces.
 #[test]
 fn after_an_idle_bye_the_next_message_goes_in_a_new_invite() {
     runtime().block_on(async {

@@ -62,8 +62,8 @@ fn chat_from_lcs_reaches_the_local_user() {
     assert!(got[1].contains(&contact_jid("bob")));
 }
 
-/// Skype for Business ends an IM session after 10 idle minutes with BYE (Microsoft's
-/// federation documentation; [MS-SIP] leaves the session's lifetime to the server). Whoever
+/// Skype for Business ends an IM session after about 10 idle minutes with BYE (a server
+/// behaviour no open specification fixes; RFC 3261 §15 lets either side end it). Whoever
 /// speaks next starts a fresh session: an XMPP message opens a new INVITE (new Call-ID, new
 /// `Ms-Conversation-ID`) and is delivered, nothing bounces; LCS's own next INVITE carrying its
 /// first message in `ms-text-format` is delivered once.
