@@ -1138,6 +1138,9 @@ impl ImEngine {
     /// a new INVITE session, by domain. Returns whether it did; if not, the failure is handled
     /// as any other (the body returned to its sender).
     fn resend_fresh(&mut self, now: Instant, tx: TxId, out: &mut Vec<Output>) -> bool {
+        if matches!(self.purposes.get(&tx), Some(Purpose::Invite { .. })) {
+            return self.invite_again(now, tx, out);
+        }
         let Some(Purpose::Message {
             key,
             dialog,
@@ -1180,6 +1183,57 @@ impl ImEngine {
             retried: true,
         };
         self.requeue(now, key, item, out);
+        true
+    }
+
+    /// The INVITE `tx` was lost with its connection before any answer: if its session still
+    /// waits for it and none of the messages waiting was sent once more already, a new INVITE
+    /// (new Call-ID, by domain) takes them, each marked as sent once more (lost again, they
+    /// return to their senders). Returns whether it did.
+    fn invite_again(&mut self, now: Instant, tx: TxId, out: &mut Vec<Output>) -> bool {
+        let Some(Purpose::Invite { key, invite }) = self.purposes.get(&tx) else {
+            return false;
+        };
+        let key = key.clone();
+        let ours = match self.sessions.get(&key) {
+            Some(Session {
+                state: State::Inviting { call_id },
+                queue,
+                ..
+            }) => {
+                invite.call_id().ok() == Some(call_id.as_str())
+                    && !queue
+                        .iter()
+                        .any(|i| matches!(i, Item::Body { retried: true, .. }))
+            }
+            _ => false,
+        };
+        if !ours {
+            return false;
+        }
+        self.purposes.remove(&tx);
+        let Some(session) = self.sessions.remove(&key) else {
+            return false;
+        };
+        for item in session.queue {
+            if let Item::Body {
+                text,
+                subject,
+                lang,
+                stanza,
+                ..
+            } = item
+            {
+                let item = Item::Body {
+                    text,
+                    subject,
+                    lang,
+                    stanza,
+                    retried: true,
+                };
+                self.requeue(now, key.clone(), item, out);
+            }
+        }
         true
     }
 
@@ -3411,6 +3465,42 @@ mod tests {
         let (_, invite, route) = requests(&out).remove(0);
         assert_eq!(route, Route::Domain("contoso.com".into()));
         assert_ne!(invite.call_id().unwrap(), m.call_id().unwrap());
+    }
+
+    /// An INVITE lost with its connection before any answer goes again, once, as a new INVITE
+    /// by domain, with the messages that waited for it; lost again, they return to their
+    /// senders.
+    #[test]
+    fn an_invite_lost_with_its_connection_goes_once_more() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("first"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let lost = |tx| EdgeEvent::Transaction(TxEvent::TransportError { tx });
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["INVITE"]);
+        let (tx, again, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_ne!(again.call_id().unwrap(), invite.call_id().unwrap());
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["stanza"]);
+        assert!(stanzas(&out)[0].contains("recipient-unavailable"));
+        assert_eq!(e.session_count(), 0);
+        // Answered after the first loss: the message goes in the new session.
+        let out = e.on_stanza(now, message(Some("second"), ""));
+        let (tx, _, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            EdgeEvent::Undeliverable {
+                tx,
+                why: Undeliverable::ConnectionGone { conn: 9 },
+            },
+        );
+        let (tx, again, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&again, 200)));
+        let (_, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"second");
+        assert_eq!(m.call_id().unwrap(), again.call_id().unwrap());
     }
 
     /// Sessions taken up from the store continue their stored dialog: the old connection died
