@@ -205,6 +205,8 @@ pub struct LcsEdge {
     pub documents: BTreeMap<String, String>,
     /// Dialogs by (LCS AOR, method that made them).
     dialogs: BTreeMap<(String, &'static str), LcsDialog>,
+    /// Dialogs that lived on a lost connection, by the same key (for a stale request).
+    lost: BTreeMap<(String, &'static str), LcsDialog>,
     /// IM sessions (INVITE dialogs) by Call-ID: the CSeq of the bridge's last request in it,
     /// and whether the session is still open.
     sessions: BTreeMap<String, (u32, bool)>,
@@ -225,6 +227,7 @@ impl LcsEdge {
             replied: Vec::new(),
             documents: BTreeMap::new(),
             dialogs: BTreeMap::new(),
+            lost: BTreeMap::new(),
             sessions: BTreeMap::new(),
             notified: BTreeMap::new(),
             next_conn: 7,
@@ -379,7 +382,11 @@ impl World {
         let Some(conn) = self.lcs.conn.take() else {
             return;
         };
-        self.lcs.dialogs.retain(|_, d| d.conn != conn);
+        let (lost, kept) = std::mem::take(&mut self.lcs.dialogs)
+            .into_iter()
+            .partition(|(_, d)| d.conn == conn);
+        self.lcs.dialogs = kept;
+        self.lcs.lost = lost;
         self.send(Input::Edge(EdgeEvent::ConnectionLost { conn }));
     }
 
@@ -817,6 +824,19 @@ impl World {
         self.lcs_messages_in(from, "INVITE-out", text);
     }
 
+    /// An LCS user's side still writes, on a new connection, in the session its INVITE made
+    /// that lived on the connection [`World::lcs_connection_lost`] broke (a stale request).
+    pub fn lcs_messages_in_lost(&mut self, from: &str, text: &str) {
+        let d = self
+            .lcs
+            .lost
+            .get(&(from.to_owned(), "INVITE"))
+            .cloned()
+            .expect("a lost LCS dialog");
+        self.lcs.dialogs.insert((from.to_owned(), "INVITE"), d);
+        self.lcs_messages_in(from, "INVITE", text);
+    }
+
     fn lcs_messages_in(&mut self, from: &str, kind: &'static str, text: &str) {
         let key = (from.to_owned(), kind);
         let mut d = self.dialog(from, kind);
@@ -836,6 +856,34 @@ impl World {
                 d.cseq
             ),
             text,
+        );
+        self.lcs_request(request);
+    }
+
+    /// An LCS user's side ends an IM session with BYE (Skype for Business does after 10 idle
+    /// minutes): `kind` is `"INVITE"` (the session LCS opened) or `"INVITE-out"` (the bridge's).
+    pub fn lcs_ends_session(&mut self, from: &str, kind: &'static str) {
+        let key = (from.to_owned(), kind);
+        let mut d = self.dialog(from, kind);
+        d.cseq += 1;
+        self.lcs.dialogs.remove(&key);
+        if let Some(s) = self.lcs.sessions.get_mut(&d.call_id) {
+            s.1 = false;
+        }
+        let request = sip(
+            &format!(
+                "BYE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKb{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} BYE\n",
+                d.bridge_uri,
+                d.lcs_tag,
+                d.cseq,
+                d.lcs_uri,
+                d.lcs_tag,
+                d.bridge_uri,
+                d.bridge_tag,
+                d.call_id,
+                d.cseq
+            ),
+            "",
         );
         self.lcs_request(request);
     }
