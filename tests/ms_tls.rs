@@ -105,18 +105,8 @@ impl World {
         .toml();
         let config = dir.path().join("lcs-bridge.toml");
         std::fs::write(&config, toml).unwrap();
-        let log = std::fs::File::create(dir.path().join("bridge.log")).unwrap();
-        let bridge = Command::new(lcs_test_support::bridge_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        // `LCS_BRIDGE_BIN=<path>` runs the cases against another build.
+        let bridge = lcs_test_support::spawn_bridge(&config, &dir.path().join("bridge.log"));
         let (events_tx, events) = unbounded_channel();
         let accept = net::accept_component(&component, GATEWAY_COMPONENT, SECRET, 1, events_tx);
         let mut world = World {

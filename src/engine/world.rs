@@ -781,13 +781,25 @@ impl World {
     /// An LCS user sends a request of `method` in the session its INVITE made, with these extra
     /// header lines (`\n`-ended) and body.
     pub fn lcs_sends_in_session(&mut self, from: &str, method: &str, extra: &str, body: &str) {
-        let key = (from.to_owned(), "INVITE");
-        let mut d = self.dialog(from, "INVITE");
+        self.lcs_sends_in_dialog(from, "INVITE", method, extra, body);
+    }
+
+    /// An LCS user sends a request of `method` in its dialog of `kind` (as `dialog` names
+    /// them), with these extra header lines (`\n`-ended) and body.
+    fn lcs_sends_in_dialog(
+        &mut self,
+        from: &str,
+        kind: &'static str,
+        method: &str,
+        extra: &str,
+        body: &str,
+    ) {
+        let mut d = self.dialog(from, kind);
         d.cseq += 1;
-        self.lcs.dialogs.insert(key, d.clone());
+        self.lcs.dialogs.insert((from.to_owned(), kind), d.clone());
         let request = sip(
             &format!(
-                "{method} {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKs{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} {method}\nContact: <{};transport=tls>\n{extra}",
+                "{method} {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{method}{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} {method}\nContact: <{};transport=tls>\n{extra}",
                 d.bridge_uri,
                 d.lcs_tag,
                 d.cseq,
@@ -908,27 +920,8 @@ impl World {
 
     /// An LCS watcher refreshes its subscription to a local user (in-dialog SUBSCRIBE).
     pub fn lcs_refreshes(&mut self, from: &str) {
-        let key = (from.to_owned(), "SUBSCRIBE-in");
-        let mut d = self.dialog(from, "SUBSCRIBE-in");
-        d.cseq += 1;
-        self.lcs.dialogs.insert(key, d.clone());
-        let request = sip(
-            &format!(
-                "SUBSCRIBE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKr{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} SUBSCRIBE\nContact: <{};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n",
-                d.bridge_uri,
-                d.lcs_tag,
-                d.cseq,
-                d.lcs_uri,
-                d.lcs_tag,
-                d.bridge_uri,
-                d.bridge_tag,
-                d.call_id,
-                d.cseq,
-                d.lcs_uri
-            ),
-            "",
-        );
-        self.lcs_request(request);
+        let headers = "Event: presence\nAccept: application/pidf+xml\nExpires: 3600\n";
+        self.lcs_sends_in_dialog(from, "SUBSCRIBE-in", "SUBSCRIBE", headers, "");
     }
 
     /// A dialog an LCS user starts (`kind`: the request that makes it): its tag and Call-ID.
