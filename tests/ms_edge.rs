@@ -27,7 +27,7 @@ use lcs_test_support::{net, pki};
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use lcs_bridge::sip::message::{Message, Method};

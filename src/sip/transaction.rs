@@ -805,7 +805,8 @@ fn ack_for(invite: &Message, response: &Message) -> Message {
 /// INVITE's Request-URI, top Via alone, From, Call-ID, CSeq number and Route headers, the To of
 /// `to_of`, no body.
 fn derived(invite: &Message, method: Method, to_of: &Message) -> Message {
-    let mut request = Message::new_request(method.clone(), invite.request_uri().unwrap_or_default());
+    let mut request =
+        Message::new_request(method.clone(), invite.request_uri().unwrap_or_default());
     if let Some(via) = invite.values(HeaderKind::Via).next() {
         request.push_header("Via", via);
     }

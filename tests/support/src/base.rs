@@ -346,7 +346,7 @@ pub fn spawn_bridge(config: &Path, log: &Path) -> std::process::Child {
         .create(true)
         .append(true)
         .open(log)
-        .unwrap();
+        .expect("the bridge's log file");
     std::process::Command::new(bridge_bin())
         .arg("run")
         .arg("--config")
@@ -354,8 +354,8 @@ pub fn spawn_bridge(config: &Path, log: &Path) -> std::process::Child {
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().unwrap())
+        .stdout(out.try_clone().expect("the bridge's log file"))
         .stderr(out)
         .spawn()
-        .unwrap()
+        .expect("lcs-bridge started")
 }
