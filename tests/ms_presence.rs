@@ -371,7 +371,7 @@ fn a_lync_edge_answering_in_categories_is_shown_as_lync_shows_it() {
     });
 }
 
-/// A partner whose server does not take the enhanced SUBSCRIBE (an RFC 3261 §21.4.16 `415`
+/// A partner whose server does not take the enhanced SUBSCRIBE (an RFC 3261 §21.4.13 `415`
 /// for the category-list body, with the types it does accept): the bridge subscribes again at
 /// once with PIDF only and no body — alice sees no error — and remembers it for the domain:
 /// the next subscription there goes PIDF-only from the start.

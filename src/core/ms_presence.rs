@@ -47,8 +47,15 @@ pub const NS_STATE: &str = "http://schemas.microsoft.com/2006/09/sip/state";
 pub const NS_NOTE: &str = "http://schemas.microsoft.com/2006/09/sip/note";
 /// `<contactCard>`.
 pub const NS_CONTACT_CARD: &str = "http://schemas.microsoft.com/2006/09/sip/contactcard";
-/// `<presentity>` of `text/xml+msrtc.pidf`.
+/// `<presentity>` of `text/xml+msrtc.pidf`, as servers and clients write it (pidgin-sipe
+/// `sipe-ocs2005.c`).
 pub const NS_MSRTC_PRESENCE: &str = "http://schemas.microsoft.com/2002/09/sip/presence";
+/// The same namespace as [MS-SIP] Appendix A's schema spells its `targetNamespace`; read too.
+pub const NS_MSRTC_PRESENCE_SCHEMA: &str = "http://schemas.microsoft.com/09/2002/sip/presence";
+
+fn is_msrtc(ns: Option<&str>) -> bool {
+    matches!(ns, Some(NS_MSRTC_PRESENCE | NS_MSRTC_PRESENCE_SCHEMA))
+}
 /// `<batchSub>` of a category subscription.
 pub const NS_BATCH_SUBSCRIBE: &str = "http://schemas.microsoft.com/2006/01/sip/batch-subscribe";
 /// `<categoryList>` of a category subscription.
@@ -622,8 +629,9 @@ pub fn parse_msrtc_pidf(input: &[u8]) -> Result<MsPresence, MsError> {
                 let qname = e.name();
                 let (prefix, local) = split_qname(qname.as_ref());
                 let ns = scopes.resolve(prefix);
+                let msrtc = is_msrtc(ns);
                 let frame = match (stack.last(), ns, local) {
-                    (None, Some(NS_MSRTC_PRESENCE), "presentity") => {
+                    (None, _, "presentity") if msrtc => {
                         let uri = attribute(e, "uri", position)?.unwrap_or_default();
                         // [MS-SIP] §2.2.1: the uri comes without its scheme.
                         doc.uri = if uri.is_empty() || uri.contains(':') {
@@ -641,7 +649,7 @@ pub fn parse_msrtc_pidf(input: &[u8]) -> Result<MsPresence, MsError> {
                             expected_ns: NS_MSRTC_PRESENCE,
                         });
                     }
-                    (Some(PFrame::Presentity), Some(NS_MSRTC_PRESENCE), name) => match name {
+                    (Some(PFrame::Presentity), _, name) if msrtc => match name {
                         "availability" => {
                             avail = attribute(e, "aggregate", position)?
                                 .as_deref()
@@ -1060,7 +1068,7 @@ mod tests {
         assert_eq!(doc.note.unwrap().text, "Dial-in: 1234");
         assert_eq!(doc.display_name.as_deref(), Some("User One"));
         // An OCS 2007 number above the computed one wins.
-        let xml = r#"<presentity uri="u@c" xmlns="http://schemas.microsoft.com/2002/09/sip/presence"><availability aggregate="300"/><activity aggregate="400"/><userInfo><states><state avail="9500"/></states></userInfo></presentity>"#;
+        let xml = r#"<presentity uri="u@c" xmlns="http://schemas.microsoft.com/09/2002/sip/presence"><availability aggregate="300"/><activity aggregate="400"/><userInfo><states><state avail="9500"/></states></userInfo></presentity>"#;
         let s = parse_msrtc_pidf(xml.as_bytes()).unwrap().state.unwrap();
         assert_eq!((s.availability, s.activity), (9500, None));
         assert!(matches!(
