@@ -972,8 +972,8 @@ fn categories(availability: u32, activity: &str, note: Option<(&str, &str)>) -> 
 }
 
 /// A Lync edge answers the enhanced SUBSCRIBE in categories: Alice sees Bob in a call; a NOTIFY
-/// with only his note keeps the state; after a restart the stored document is merged with what
-/// the new subscription's first NOTIFY carries.
+/// with only his note keeps the state; after a restart the new subscription's first NOTIFY is
+/// Bob's whole state.
 #[test]
 fn enhanced_presence_from_a_lync_user_reaches_the_watcher() {
     let mut w = World::new();
@@ -1007,14 +1007,17 @@ fn enhanced_presence_from_a_lync_user_reaches_the_watcher() {
             .contains("<show>dnd</show><status>In a call - Working from home</status>"),
         "{got:?}"
     );
+    w.lcs.documents.insert(
+        BOB_AOR.into(),
+        categories(3500, "", Some(("OOF", "Back on Monday"))),
+    );
     w.restart();
     w.run_for(Duration::from_secs(30));
     assert_eq!(w.lcs.requests(&Method::Subscribe).len(), 2);
     let got = w.xmpp.to(ALICE);
+    let last = got.last().unwrap();
     assert!(
-        got.last()
-            .unwrap()
-            .contains("<show>dnd</show><status>In a call - Working from home</status>"),
+        last.contains("<status>Out of office: Back on Monday</status>") && !last.contains("<show>"),
         "{got:?}"
     );
 }

@@ -651,9 +651,10 @@ impl PresenceEngine {
                 return refuse(self, out, reject);
             }
         };
-        // PIDF, and the Microsoft enhanced formats the bridge offers; an enhanced document
-        // adds to the last one (a categories NOTIFY may carry only what changed). Other and
-        // unreadable bodies are acknowledged and ignored.
+        // PIDF, and the Microsoft enhanced formats the bridge offers. A categories document
+        // adds to the last one while the subscription is active (a NOTIFY after the first may
+        // carry only the categories that changed); the first of a new subscription is its
+        // whole state. Other and unreadable bodies are acknowledged and ignored.
         let body = request.body();
         let doc = match request.content_type() {
             Ok(Some(ct)) if !body.is_empty() => {
@@ -662,7 +663,7 @@ impl PresenceEngine {
                 } else if ct.is(CATEGORIES_TYPE) {
                     ms_presence::parse_categories(body).ok().map(|newer| {
                         let mut merged = match sub.last.as_deref() {
-                            Some(Received::Ms(last)) => last.clone(),
+                            Some(Received::Ms(last)) if sub.active => last.clone(),
                             _ => ms_presence::MsPresence::default(),
                         };
                         merged.update(newer);

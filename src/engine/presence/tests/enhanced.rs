@@ -300,6 +300,38 @@ fn categories_notifies_become_presence() {
     assert_eq!(kinds(&out), ["respond:200"]);
 }
 
+/// The first NOTIFY of a new subscription is the contact's whole state: nothing of the
+/// previous subscription's document is kept.
+#[test]
+fn a_new_subscription_starts_from_its_first_notify() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let (tx, sub) = first_subscribe(&mut e, now, BOB);
+    e.on_edge(now, final_event(tx, 9, answer(&sub, 202, Some(3600))));
+    let doc = categories(&format!(
+        "{}{}",
+        state(6500, r#"<activity token="on-the-phone"/>"#),
+        note("personal", "old note")
+    ));
+    e.on_edge(now, notify_as(&sub, 1, CATEGORIES_TYPE, &doc));
+    // The notifier ends the subscription; the bridge subscribes again at once.
+    let out = e.on_edge(
+        now,
+        notify("NOTIFY", &sub, 2, "terminated;reason=deactivated", None),
+    );
+    let (tx, again, _) = requests(&out).remove(0);
+    e.on_edge(now, final_event(tx, 9, answer(&again, 202, Some(3600))));
+    let out = e.on_edge(
+        now,
+        notify_as(&again, 1, CATEGORIES_TYPE, &categories(&state(3500, ""))),
+    );
+    let s = stanzas(&out);
+    assert!(
+        s[0].ends_with("><priority>0</priority></presence>") && !s[0].contains("<status>"),
+        "{s:?}"
+    );
+}
+
 /// A first categories NOTIFY without a state (only a note) shows nothing yet: the contact's
 /// availability is not known.
 #[test]
