@@ -184,18 +184,31 @@ impl World {
         self.sip[&conn].send(r.to_bytes()).unwrap();
     }
 
-    /// Sends a NOTIFY in the dialog of `sub` (answered 2xx) with a body of type `ct`, and
-    /// waits for the bridge's 200.
-    async fn notify(&mut self, conn: usize, sub: &Message, cseq: u32, ct: &str, body: &str) {
-        let call_id = sub.call_id().unwrap().to_owned();
-        let raw = format!(
-            "NOTIFY sip:alice@sip.xmpp.test;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKn{cseq}{}\r\nMax-Forwards: 70\r\nFrom: {};tag=edge\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} NOTIFY\r\nContact: <sip:peer@127.0.0.1;transport=tls>\r\nEvent: presence\r\nSubscription-State: active;expires=3600\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+    /// A NOTIFY (or BENOTIFY) in the dialog of `sub` (answered 2xx) with a body of type `ct`.
+    fn notify_request(method: &str, sub: &Message, cseq: u32, ct: &str, body: &str) -> Vec<u8> {
+        let call_id = sub.call_id().unwrap();
+        format!(
+            "{method} sip:alice@sip.xmpp.test;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKn{cseq}{}\r\nMax-Forwards: 70\r\nFrom: {};tag=edge\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContact: <sip:peer@127.0.0.1;transport=tls>\r\nEvent: presence\r\nSubscription-State: active;expires=3600\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
             call_id.len(),
             sub.header("To").unwrap(),
             sub.header("From").unwrap(),
             body.len()
-        );
-        self.sip[&conn].send(raw.into_bytes()).unwrap();
+        )
+        .into_bytes()
+    }
+
+    /// A BENOTIFY ([MS-SIP] §3.5: never answered) in the dialog of `sub`.
+    fn benotify(&self, conn: usize, sub: &Message, cseq: u32, ct: &str, body: &str) {
+        let raw = Self::notify_request("BENOTIFY", sub, cseq, ct, body);
+        self.sip[&conn].send(raw).unwrap();
+    }
+
+    /// Sends a NOTIFY in the dialog of `sub` (answered 2xx) with a body of type `ct`, and
+    /// waits for the bridge's 200.
+    async fn notify(&mut self, conn: usize, sub: &Message, cseq: u32, ct: &str, body: &str) {
+        let call_id = sub.call_id().unwrap().to_owned();
+        let raw = Self::notify_request("NOTIFY", sub, cseq, ct, body);
+        self.sip[&conn].send(raw).unwrap();
         let status = self
             .wait(|e| match e {
                 Event::Sip(c, m, _)
@@ -290,7 +303,9 @@ const PIDF: &str = "application/pidf+xml";
 /// it supports). Lync's availability ranges and activity tokens (Lync schema "state
 /// element"; pidgin-sipe `sipe-status.c` for `on-the-phone`), the `<custom>` text
 /// (`sipe-notify.c`: it overrides the token's text), personal and OOF notes (Lync schema
-/// "note/body element") and an offline number reach alice as show and status.
+/// "note/body element") and an offline number reach alice as show and status; a BENOTIFY
+/// ([MS-SIP] §3.5, the notification a Microsoft server sends once `ms-benotify` is
+/// negotiated) counts like a NOTIFY and is never answered.
 #[test]
 fn a_lync_edge_answering_in_categories_is_shown_as_lync_shows_it() {
     runtime().block_on(async {
@@ -358,15 +373,34 @@ fn a_lync_edge_answering_in_categories_is_shown_as_lync_shows_it() {
             "{p}"
         );
 
+        // Presenting (Do Not Disturb, 9000–11999), in a BENOTIFY: the note is kept.
+        let doc = categories(
+            "sip:bob@contoso.com",
+            &state(5, 9500, r#"<activity token="in-presentation"/>"#),
+        );
+        w.benotify(conn, &sub, 5, CATEGORIES, &doc);
+        let p = w.presence(&bob).await;
+        assert_eq!(
+            inner(&p),
+            "><show>dnd</show><status>Presenting - Out of office: Back on Monday &amp; reachable by mail</status><priority>0</priority></presence>",
+            "{p}"
+        );
+
         // Offline (18000 and more): unavailable, the OOF note still said.
-        let doc = categories("sip:bob@contoso.com", &state(5, 18500, ""));
-        w.notify(conn, &sub, 5, CATEGORIES, &doc).await;
+        let doc = categories("sip:bob@contoso.com", &state(6, 18500, ""));
+        w.notify(conn, &sub, 6, CATEGORIES, &doc).await;
         let p = w.presence(&bob).await;
         assert!(p.contains("type='unavailable'"), "{p}");
         assert_eq!(
             inner(&p),
             "><status>Out of office: Back on Monday &amp; reachable by mail</status><priority>0</priority></presence>",
             "{p}"
+        );
+        // Nothing answered the BENOTIFY.
+        let call_id = sub.call_id().unwrap();
+        assert!(
+            !w.backlog.iter().any(|e| matches!(e, Event::Sip(_, m, _) if !m.is_request() && m.call_id().ok() == Some(call_id) && m.cseq().is_ok_and(|c| c.number == 5))),
+            "the BENOTIFY was answered"
         );
     });
 }
