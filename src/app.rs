@@ -236,12 +236,7 @@ pub fn open_store(cfg: &config::StorageConfig, read_only: bool) -> anyhow::Resul
 }
 
 fn load_tls(sip: &config::SipConfig) -> Result<TlsConfigs, String> {
-    TlsConfigs::load(
-        &sip.cert_chain,
-        &sip.private_key,
-        sip.ca_bundle.as_deref(),
-        sip.use_system_roots,
-    )
+    TlsConfigs::load(sip)
 }
 
 fn im_settings(cfg: &config::Config) -> ImSettings {
@@ -317,6 +312,9 @@ fn stored<T>(records: Records<'_, T>, what: &str) -> Vec<T> {
     all
 }
 
+/// Most edge events the runner hands the bridge before it runs the actions they caused.
+const EDGE_EVENTS_AT_ONCE: usize = 64;
+
 /// The engines' task: edge events, component stanzas and the engines' timers into the
 /// [`Bridge`]; its actions to the store, the edge and the link. Every protocol decision is the
 /// bridge's; this task only does what it is told and reports what failed.
@@ -357,7 +355,17 @@ impl Runner {
             };
             tokio::select! {
                 e = edge_events.recv() => match e {
-                    Some(e) => self.bridge.handle(Instant::now(), Input::Edge(e)),
+                    Some(e) => {
+                        // The events that came meanwhile too (while the last actions ran, e.g.
+                        // a synced write): their IM writes then share one sync.
+                        self.bridge.handle(Instant::now(), Input::Edge(e));
+                        for _ in 1..EDGE_EVENTS_AT_ONCE {
+                            let Some(e) = edge_events.try_recv() else {
+                                break;
+                            };
+                            self.bridge.handle(Instant::now(), Input::Edge(e));
+                        }
+                    }
                     None => return,
                 },
                 l = link_events.recv() => match l {

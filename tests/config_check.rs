@@ -70,6 +70,7 @@ impl Default for Leaf {
 /// `mappings/` beside it.
 struct Fixture {
     dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 const CONFIG: &str = r#"
@@ -94,9 +95,8 @@ path = "../mappings"
 impl Fixture {
     fn new(leaf: &Leaf) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let f = Fixture { dir };
-        std::fs::create_dir_all(f.certs()).unwrap();
-        std::fs::create_dir_all(f.dir.path().join("mappings")).unwrap();
+        std::fs::create_dir_all(dir.path().join("config/certs")).unwrap();
+        std::fs::create_dir_all(dir.path().join("mappings")).unwrap();
 
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -105,8 +105,19 @@ impl Fixture {
             .push(DnType::CommonName, "lcs-bridge test CA");
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
+        let f = Fixture {
+            dir,
+            issuer: Issuer::new(ca, ca_key),
+        };
+        f.write_leaf(leaf, "edge");
+        std::fs::write(f.certs().join("ca.crt"), ca_cert.pem()).unwrap();
+        f.write_config(CONFIG);
+        f
+    }
 
+    /// Writes `certs/<name>.crt` and `certs/<name>.key` (mode 0600) for `leaf`, issued by the
+    /// fixture's CA.
+    fn write_leaf(&self, leaf: &Leaf, name: &str) {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = leaf.names.iter().map(|s| (*s).to_owned()).collect();
         let mut params = CertificateParams::new(names).unwrap();
@@ -118,14 +129,12 @@ impl Fixture {
         ];
         params.not_before = leaf.not_before;
         params.not_after = leaf.not_after;
-        let cert = params.signed_by(&key, &issuer).unwrap();
-
-        std::fs::write(f.certs().join("ca.crt"), ca_cert.pem()).unwrap();
-        std::fs::write(f.certs().join("edge.crt"), cert.pem()).unwrap();
-        std::fs::write(f.certs().join("edge.key"), key.serialize_pem()).unwrap();
-        private(&f.certs().join("edge.key"));
-        f.write_config(CONFIG);
-        f
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let crt = self.certs().join(format!("{name}.crt"));
+        let key_file = self.certs().join(format!("{name}.key"));
+        std::fs::write(crt, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        private(&key_file);
     }
 
     fn config_dir(&self) -> PathBuf {
@@ -317,17 +326,36 @@ fn wildcard_certificate_and_cn_fallback() {
     assert_eq!(problems, Vec::<String>::new());
 }
 
+/// The edge certificate is dialled by partners (TLS server role): without serverAuth in its
+/// extendedKeyUsage it may not be used for that (RFC 5280 §4.2.1.12), a problem. Without
+/// clientAuth it still serves as the server certificate, but when it is also the certificate
+/// presented on the connections the bridge opens, partners that check clientAuth refuse them:
+/// a warning naming the fix. Public CAs issue exactly such serverAuth-only certificates from
+/// 2026 (Chrome Root Program Policy §1.3.2, "Dedicated TLS Server Authentication PKI
+/// Hierarchies"; Let's Encrypt, "Ending TLS Client Authentication Certificate Support in 2026").
 #[test]
-fn federation_needs_server_and_client_auth() {
+fn server_certificate_extended_key_usages() {
     let f = Fixture::new(&Leaf {
         ekus: vec![ExtendedKeyUsagePurpose::ServerAuth],
+        ..Leaf::default()
+    });
+    let (problems, warnings) = f.check();
+    assert_eq!(problems, Vec::<String>::new());
+    assert_eq!(
+        warnings,
+        [
+            "sip.cert_chain: certificate lacks extended key usage clientAuth, and it is also presented on the connections the bridge opens: partners that check clientAuth (Lync / Skype for Business edges do) refuse them; set sip.client_cert_chain and sip.client_private_key to a certificate with clientAuth"
+        ]
+    );
+    let f = Fixture::new(&Leaf {
+        ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
         ..Leaf::default()
     });
     let (problems, _) = f.check();
     assert_eq!(
         problems,
         [
-            "sip.cert_chain: certificate lacks extended key usage clientAuth (federation needs both serverAuth and clientAuth)"
+            "sip.cert_chain: certificate lacks extended key usage serverAuth (partners connecting to the edge refuse it)"
         ]
     );
     let f = Fixture::new(&Leaf {
@@ -423,4 +451,131 @@ fn file_checks_run_even_when_other_sections_have_problems() {
             ),
         ]
     );
+}
+
+const CLIENT_KEYS: &str =
+    "client_cert_chain = \"certs/client.crt\"\nclient_private_key = \"certs/client.key\"\n";
+
+/// `sip.client_cert_chain` + `sip.client_private_key`: a separate certificate for the
+/// connections the bridge opens. With it, a serverAuth-only edge certificate is fine; the
+/// client certificate needs clientAuth (RFC 5280 §4.2.1.12) and names the edge like the server
+/// one; the two keys go together.
+#[test]
+fn separate_client_certificate() {
+    let server_only = Leaf {
+        ekus: vec![ExtendedKeyUsagePurpose::ServerAuth],
+        ..Leaf::default()
+    };
+    let f = Fixture::new(&server_only);
+    f.write_config(&CONFIG.replace("ca_bundle =", &format!("{CLIENT_KEYS}ca_bundle =")));
+    f.write_leaf(
+        &Leaf {
+            ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            ..Leaf::default()
+        },
+        "client",
+    );
+    let report = check(&f.config());
+    assert_eq!(lines(&report.problems), Vec::<String>::new());
+    assert_eq!(lines(&report.warnings), Vec::<String>::new());
+    let client = report.config.unwrap().sip.client_cert.unwrap();
+    assert_eq!(client.chain, f.certs().join("client.crt"));
+    assert_eq!(client.key, f.certs().join("client.key"));
+
+    // No extendedKeyUsage at all: any purpose, accepted without a word.
+    f.write_leaf(
+        &Leaf {
+            ekus: vec![],
+            ..Leaf::default()
+        },
+        "client",
+    );
+    assert_eq!(f.check(), (Vec::new(), Vec::new()));
+
+    // A serverAuth-only client certificate, naming another host.
+    f.write_leaf(
+        &Leaf {
+            names: vec!["other.example.net"],
+            cn: "other.example.net",
+            ..server_only
+        },
+        "client",
+    );
+    let (problems, warnings) = f.check();
+    assert_eq!(
+        problems,
+        [
+            "sip.client_cert_chain: certificate does not name sip.public_fqdn \"sip.example.org\" (its names: other.example.net)",
+            "sip.client_cert_chain: certificate lacks extended key usage clientAuth; it is presented on the connections the bridge opens, and partners refuse a client certificate without it",
+        ]
+    );
+    assert_eq!(
+        warnings,
+        [
+            "sip.client_cert_chain: certificate does not name local domain \"example.org\"; the federation profile wants every domain the edge serves in subjectAltName"
+        ]
+    );
+
+    // One key without the other.
+    f.write_config(&CONFIG.replace(
+        "ca_bundle =",
+        "client_cert_chain = \"certs/client.crt\"\nca_bundle =",
+    ));
+    let (problems, _) = f.check();
+    assert_eq!(
+        problems,
+        [
+            "sip.client_private_key: required when sip.client_cert_chain is set (set both or neither)"
+        ]
+    );
+    f.write_config(&CONFIG.replace(
+        "ca_bundle =",
+        "client_private_key = \"certs/client.key\"\nca_bundle =",
+    ));
+    let (problems, _) = f.check();
+    assert_eq!(
+        problems,
+        [
+            "sip.client_cert_chain: required when sip.client_private_key is set (set both or neither)"
+        ]
+    );
+}
+
+/// `sip.public_fqdn` outside the SIP domains: a warning, not an error. Lync / Skype for
+/// Business find a partner's edge through `_sipfederationtls._tcp.<domain>`; an edge that
+/// treats discovered partners as unverified, or checks that the SRV target lies in the
+/// domain's namespace, refuses an edge host elsewhere. The domain itself and a host directly
+/// under it pass.
+#[test]
+fn public_fqdn_outside_the_sip_domains_is_a_warning() {
+    let f = Fixture::new(&Leaf {
+        names: vec!["edge.example.net", "a.b.example.org", "example.org"],
+        cn: "edge.example.net",
+        ..Leaf::default()
+    });
+    for fqdn in ["edge.example.net", "a.b.example.org", "badexample.org"] {
+        f.write_config(&CONFIG.replace(
+            "public_fqdn = \"sip.example.org\"",
+            &format!("public_fqdn = \"{fqdn}\""),
+        ));
+        let report = check(&f.config());
+        let warnings: Vec<String> = lines(&report.warnings)
+            .into_iter()
+            .filter(|w| w.starts_with("sip.public_fqdn"))
+            .collect();
+        assert_eq!(
+            warnings,
+            [format!(
+                "sip.public_fqdn: \"{fqdn}\" is neither a SIP domain served (xmpp.local_domains: example.org) nor directly under one; partners that treat discovered partners as unverified, or check that the _sipfederationtls._tcp SRV target is in the domain's namespace, may refuse such an edge (use e.g. \"sip.example.org\")"
+            )],
+            "{fqdn}"
+        );
+    }
+    f.write_config(&CONFIG.replace(
+        "public_fqdn = \"sip.example.org\"",
+        "public_fqdn = \"example.org\"",
+    ));
+    let (problems, warnings) = f.check();
+    assert_eq!(problems, Vec::<String>::new());
+    assert_eq!(warnings, Vec::<String>::new());
 }

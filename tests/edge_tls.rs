@@ -674,3 +674,151 @@ async fn requests_beyond_what_the_layer_above_holds_get_503_retry_after() {
         other => panic!("{other:?}"),
     }
 }
+
+// ------------------------------------------------------------------ the partner verifier
+
+mod partner_verifier {
+    //! [`PartnerCertVerifier`] on rcgen-made chains. RFC 5280 §4.2.1.12: with an
+    //! extendedKeyUsage extension present, a certificate may be used only for the purposes
+    //! listed; id-kp-clientAuth is "TLS WWW client authentication". rustls-webpki applies the
+    //! check to every certificate of the path, intermediates included. Public CAs issue
+    //! serverAuth-only leaves and intermediates from 2026 (Chrome Root Program Policy §1.3.2,
+    //! "Dedicated TLS Server Authentication PKI Hierarchies"; Let's Encrypt, "Ending TLS Client
+    //! Authentication Certificate Support in 2026", 2025-05-14), so a partner's edge may
+    //! present such a certificate as its client certificate.
+
+    use std::sync::Arc;
+
+    use lcs_bridge::edge::tls::{PartnerCertVerifier, describe_accept_error};
+    use lcs_test_support::pki::{
+        BOTH_AUTH, CLIENT_AUTH, ExtendedKeyUsagePurpose, Leaf, Pki, SERVER_AUTH,
+    };
+    use rustls::pki_types::UnixTime;
+    use rustls::server::danger::ClientCertVerifier;
+    use rustls::{CertificateError, Error};
+
+    const NAMES: &[&str] = &["sip.contoso.com", "contoso.com"];
+
+    fn verifier(pki: &Pki, allow: bool) -> PartnerCertVerifier {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca.clone()).unwrap();
+        PartnerCertVerifier::new(Arc::new(roots), allow).unwrap()
+    }
+
+    fn verify(pki: &Pki, allow: bool, leaf: &Leaf) -> Result<(), Error> {
+        verifier(pki, allow)
+            .verify_client_cert(&leaf.0[0], &leaf.0[1..], UnixTime::now())
+            .map(|_| ())
+    }
+
+    fn is_purpose(e: &Error) -> bool {
+        matches!(
+            e,
+            Error::InvalidCertificate(
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
+            )
+        )
+    }
+
+    /// The log line of a refused handshake, as the accept path writes it.
+    fn reason(e: Error, allow: bool) -> String {
+        describe_accept_error(
+            &std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            allow,
+        )
+    }
+
+    const NOT_ALLOWED: &str = "peer certificate lacks the clientAuth extended key usage (in its leaf or an intermediate certificate; RFC 5280 §4.2.1.12); set sip.accept_server_auth_only_clients = true to accept partner certificates that carry serverAuth only";
+
+    #[test]
+    fn client_auth_leaves_are_accepted_either_way() {
+        let pki = Pki::new("Verifier CA");
+        for ekus in [BOTH_AUTH, CLIENT_AUTH, &[]] {
+            let leaf = pki.leaf_with(NAMES, ekus, false);
+            for allow in [false, true] {
+                assert_eq!(verify(&pki, allow, &leaf), Ok(()), "{ekus:?} allow={allow}");
+            }
+        }
+    }
+
+    #[test]
+    fn server_auth_only_leaf_is_refused_by_default_and_accepted_when_allowed() {
+        let pki = Pki::new("Verifier CA");
+        let leaf = pki.leaf_with(NAMES, SERVER_AUTH, false);
+        let e = verify(&pki, false, &leaf).unwrap_err();
+        assert!(is_purpose(&e), "{e:?}");
+        assert_eq!(reason(e, false), NOT_ALLOWED);
+        assert_eq!(verify(&pki, true, &leaf), Ok(()));
+    }
+
+    #[test]
+    fn server_auth_only_intermediate_is_refused_by_default_and_accepted_when_allowed() {
+        let root = Pki::new("Verifier root");
+        let ca = root.intermediate("TLS server issuing CA", SERVER_AUTH);
+        // The partner's leaf lists both, but its issuer only serverAuth: webpki checks the
+        // intermediate too.
+        for ekus in [BOTH_AUTH, SERVER_AUTH, &[]] {
+            let leaf = ca.leaf_with(NAMES, ekus, false);
+            assert_eq!(leaf.0.len(), 2);
+            let e = verify(&root, false, &leaf).unwrap_err();
+            assert!(is_purpose(&e), "{ekus:?}: {e:?}");
+            assert_eq!(reason(e, false), NOT_ALLOWED);
+            assert_eq!(verify(&root, true, &leaf), Ok(()), "{ekus:?}");
+        }
+        // An intermediate listing both, or none, is fine without the allowance.
+        for ekus in [BOTH_AUTH, &[]] {
+            let ca = root.intermediate("TLS issuing CA", ekus);
+            let leaf = ca.leaf_with(NAMES, BOTH_AUTH, false);
+            assert_eq!(verify(&root, false, &leaf), Ok(()), "{ekus:?}");
+        }
+    }
+
+    #[test]
+    fn neither_client_nor_server_auth_is_refused_either_way() {
+        let pki = Pki::new("Verifier CA");
+        let leaf = pki.leaf_with(NAMES, &[ExtendedKeyUsagePurpose::EmailProtection], false);
+        assert!(is_purpose(&verify(&pki, false, &leaf).unwrap_err()));
+        let e = verify(&pki, true, &leaf).unwrap_err();
+        assert!(is_purpose(&e), "{e:?}");
+        assert_eq!(
+            reason(e, true),
+            "peer certificate lacks both the clientAuth and the serverAuth extended key usage (in its leaf or an intermediate certificate)"
+        );
+        let root = Pki::new("Verifier root");
+        let ca = root.intermediate("Code signing CA", &[ExtendedKeyUsagePurpose::CodeSigning]);
+        let leaf = ca.leaf_with(NAMES, SERVER_AUTH, false);
+        assert!(is_purpose(&verify(&root, true, &leaf).unwrap_err()));
+    }
+
+    #[test]
+    fn wrong_ca_and_expired_are_refused_either_way() {
+        let pki = Pki::new("Verifier CA");
+        let other = Pki::new("Someone else's CA");
+        for ekus in [BOTH_AUTH, SERVER_AUTH] {
+            let stranger = other.leaf_with(NAMES, ekus, false);
+            assert_eq!(
+                verify(&pki, true, &stranger),
+                Err(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+                "{ekus:?}"
+            );
+            let expired = pki.leaf_with(NAMES, ekus, true);
+            for allow in [false, true] {
+                // The validity period is checked before the purpose: "expired" either way.
+                let e = verify(&pki, allow, &expired).unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        Error::InvalidCertificate(CertificateError::ExpiredContext { .. })
+                    ),
+                    "{ekus:?} allow={allow}: {e:?}"
+                );
+                assert_eq!(reason(e, allow), "peer certificate has expired");
+            }
+        }
+        let stranger = other.leaf_with(NAMES, BOTH_AUTH, false);
+        assert_eq!(
+            verify(&pki, false, &stranger),
+            Err(Error::InvalidCertificate(CertificateError::UnknownIssuer))
+        );
+    }
+}

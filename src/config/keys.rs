@@ -245,6 +245,24 @@ keys! {
         reload: Sighup,
         doc: "PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).",
     }
+    SIP_CLIENT_CERT_CHAIN = "sip", "client_cert_chain" {
+        kind: Kind::Text,
+        default: Absent,
+        reload: Sighup,
+        doc: "PEM certificate chain, leaf first, presented on the connections the bridge opens (the TLS client role). Set with `client_private_key`, or neither: then `cert_chain` serves both roles. The leaf needs the clientAuth extended key usage (or none) and should name `public_fqdn`.",
+    }
+    SIP_CLIENT_PRIVATE_KEY = "sip", "client_private_key" {
+        kind: Kind::Text,
+        default: Absent,
+        reload: Sighup,
+        doc: "PEM private key of `client_cert_chain`'s leaf (PKCS#8, PKCS#1 or SEC1). Set with `client_cert_chain`, or neither.",
+    }
+    SIP_ACCEPT_SERVER_AUTH_ONLY_CLIENTS = "sip", "accept_server_auth_only_clients" {
+        kind: Kind::Boolean,
+        default: Boolean(false),
+        reload: Sighup,
+        doc: "Accept a connecting partner whose certificate chain carries the serverAuth extended key usage but not clientAuth (what public CAs issue from 2026). Off: such a partner's handshake is refused, and the log names this key.",
+    }
     SIP_CA_BUNDLE = "sip", "ca_bundle" {
         kind: Kind::Text,
         default: Absent,

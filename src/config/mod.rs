@@ -250,6 +250,13 @@ pub struct SipConfig {
     pub cert_chain: PathBuf,
     /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
     pub private_key: PathBuf,
+    /// A separate chain and key for the connections the bridge opens (the TLS client role):
+    /// `sip.client_cert_chain` and `sip.client_private_key`, both or neither; `None`: the
+    /// server chain serves both roles.
+    pub client_cert: Option<ClientCert>,
+    /// Accept a connecting partner whose certificate chain carries serverAuth but not
+    /// clientAuth (`sip.accept_server_auth_only_clients`, default false).
+    pub accept_server_auth_only_clients: bool,
     /// PEM CA certificates trusted for peers' certificates.
     pub ca_bundle: Option<PathBuf>,
     /// Also trust the operating system's roots for peers.
@@ -287,6 +294,15 @@ pub struct SipConfig {
     /// The edge's resource limits (`sip.max_dns_lookups` … `sip.max_write_backlog_bytes`),
     /// applied again on SIGHUP.
     pub edge: EdgeLimits,
+}
+
+/// `sip.client_cert_chain` and `sip.client_private_key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCert {
+    /// PEM certificate chain, leaf first.
+    pub chain: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
 }
 
 /// The edge's resource limits, as `[sip]` sets them (docs/security.md). The edge reads them

@@ -12,9 +12,9 @@ use super::values::{
     path_value, pick, ranged, ranged_or_off, required, text, to_usize,
 };
 use super::{
-    AddressMode, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, ImConfig, LogFormat,
-    LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, RosterFill, Secret,
-    SipConfig, StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
+    AddressMode, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, ImConfig,
+    LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, RosterFill,
+    Secret, SipConfig, StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -107,7 +107,38 @@ where
             parts.federation = None;
         }
     }
+    if let (Some(x), Some(s)) = (&parts.xmpp, &parts.sip) {
+        sip_vs_xmpp(s, x, diag);
+    }
     parts
+}
+
+/// Rules between `[sip]` and `[xmpp]` (warnings only). The edge's FQDN should be one of the
+/// SIP domains served or directly under one: Lync / Skype for Business edges that treat
+/// discovered partners as unverified, or check that the `_sipfederationtls._tcp.<domain>` SRV
+/// target is in the domain's namespace, refuse a partner whose edge sits elsewhere.
+fn sip_vs_xmpp(s: &SipConfig, x: &XmppConfig, diag: &mut Diag) {
+    let fqdn = s.public_fqdn.as_str();
+    let inside = x.local_domains.iter().any(|d| {
+        fqdn == d
+            || fqdn
+                .strip_suffix(d.as_str())
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+    });
+    if !inside {
+        diag.warning(
+            k::SIP_PUBLIC_FQDN.path,
+            format!(
+                "{fqdn:?} is neither a SIP domain served (xmpp.local_domains: {}) nor directly under one; \
+                 partners that treat discovered partners as unverified, or check that the \
+                 _sipfederationtls._tcp SRV target is in the domain's namespace, may refuse such an edge \
+                 (use e.g. \"sip.{}\")",
+                x.local_domains.join(", "),
+                x.local_domains.first().map_or("<domain>", String::as_str),
+            ),
+        );
+    }
 }
 
 /// A section's table: the one in the file, or an empty one when it is absent (so that its
@@ -295,6 +326,9 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
     let public_fqdn = t.string(&k::SIP_PUBLIC_FQDN, diag);
     let cert_chain = t.string(&k::SIP_CERT_CHAIN, diag);
     let private_key = t.string(&k::SIP_PRIVATE_KEY, diag);
+    let client_chain = t.string(&k::SIP_CLIENT_CERT_CHAIN, diag);
+    let client_key = t.string(&k::SIP_CLIENT_PRIVATE_KEY, diag);
+    let accept_server_auth_only = t.bool(&k::SIP_ACCEPT_SERVER_AUTH_ONLY_CLIENTS, diag);
     let ca_bundle = t.string(&k::SIP_CA_BUNDLE, diag);
     let use_system_roots = t.bool(&k::SIP_USE_SYSTEM_ROOTS, diag);
     let max_header_bytes = t.int(&k::SIP_MAX_HEADER_BYTES, diag);
@@ -337,6 +371,35 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         path_value(base, s)
     });
     let private_key = required(diag, k::SIP_PRIVATE_KEY.path, private_key);
+    let client_chain = conv(diag, k::SIP_CLIENT_CERT_CHAIN.path, client_chain, |s| {
+        path_value(base, s)
+    });
+    let client_key = conv(diag, k::SIP_CLIENT_PRIVATE_KEY.path, client_key, |s| {
+        path_value(base, s)
+    });
+    let client_cert = match (client_chain, client_key) {
+        (Ok(Some(chain)), Ok(Some(key))) => Some(Some(ClientCert { chain, key })),
+        (Ok(None), Ok(None)) => Some(None),
+        (Ok(Some(_)), Ok(None)) => {
+            diag.problem(
+                k::SIP_CLIENT_PRIVATE_KEY.path,
+                "required when sip.client_cert_chain is set (set both or neither)",
+            );
+            None
+        }
+        (Ok(None), Ok(Some(_))) => {
+            diag.problem(
+                k::SIP_CLIENT_CERT_CHAIN.path,
+                "required when sip.client_private_key is set (set both or neither)",
+            );
+            None
+        }
+        _ => None,
+    };
+    let accept_server_auth_only = or_default(
+        accept_server_auth_only,
+        k::SIP_ACCEPT_SERVER_AUTH_ONLY_CLIENTS.default_bool(),
+    );
     let use_system_roots = or_default(use_system_roots, k::SIP_USE_SYSTEM_ROOTS.default_bool());
     let ca_bundle = match conv(diag, k::SIP_CA_BUNDLE.path, ca_bundle, |s| {
         path_value(base, s)
@@ -446,6 +509,8 @@ fn sip_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<SipConfig> 
         public_fqdn: public_fqdn?,
         cert_chain: cert_chain?,
         private_key: private_key?,
+        client_cert: client_cert?,
+        accept_server_auth_only_clients: accept_server_auth_only?,
         ca_bundle: ca_bundle?,
         use_system_roots: use_system_roots?,
         max_header_bytes: to_usize(max_header_bytes?),

@@ -1,8 +1,9 @@
 //! The edge's TLS material: reading PEM files (also used by the edge when it builds its rustls
 //! configuration) and the offline checks of `check-config` — certificate chain and key present
 //! and matching, validity dates, names (RFC 6125 §6.4 against `sip.public_fqdn`; RFC 5922
-//! domain certificates), and the extended key usages federation needs (the certificate is
-//! presented as a server *and* as a client).
+//! domain certificates), and the extended key usages federation needs (the server certificate
+//! is presented as a server, and as a client too unless a separate client certificate is
+//! configured).
 
 use std::path::Path;
 
@@ -38,19 +39,57 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
+/// Which of the edge's two certificates is checked: `sip.cert_chain` (presented to
+/// connecting partners, and on outbound connections too unless `sip.client_cert_chain` is set) or
+/// `sip.client_cert_chain` (presented on outbound connections only).
+#[derive(Clone, Copy)]
+enum Role {
+    Server { separate_client: bool },
+    Client,
+}
+
+impl Role {
+    fn chain_key(self) -> &'static str {
+        match self {
+            Role::Server { .. } => "sip.cert_chain",
+            Role::Client => "sip.client_cert_chain",
+        }
+    }
+
+    fn key_key(self) -> &'static str {
+        match self {
+            Role::Server { .. } => "sip.private_key",
+            Role::Client => "sip.client_private_key",
+        }
+    }
+}
+
 /// All the offline checks of `[sip]`'s files, reported under their keys.
 pub(crate) fn check_edge(sip: &SipConfig, local_domains: &[String], now: i64, diag: &mut Diag) {
-    let chain = match read_certificates(&sip.cert_chain) {
-        Ok(chain) => {
-            check_chain(&chain, sip, local_domains, now, diag);
-            Some(chain)
-        }
-        Err(reason) => {
-            diag.problem("sip.cert_chain", reason);
-            None
-        }
+    let server = Role::Server {
+        separate_client: sip.client_cert.is_some(),
     };
-    check_key(sip, chain, diag);
+    check_pair(
+        server,
+        &sip.cert_chain,
+        &sip.private_key,
+        sip,
+        local_domains,
+        now,
+        diag,
+    );
+    if let Some(client) = &sip.client_cert {
+        let role = Role::Client;
+        check_pair(
+            role,
+            &client.chain,
+            &client.key,
+            sip,
+            local_domains,
+            now,
+            diag,
+        );
+    }
     if let Some(bundle) = &sip.ca_bundle {
         match read_certificates(bundle) {
             Ok(certs) => {
@@ -79,22 +118,50 @@ pub(crate) fn check_edge(sip: &SipConfig, local_domains: &[String], now: i64, di
     }
 }
 
-fn check_key(sip: &SipConfig, chain: Option<Vec<CertificateDer<'static>>>, diag: &mut Diag) {
-    let key = match read_private_key(&sip.private_key) {
+/// A certificate chain and its key: readable, valid, naming the edge, the extended key usages
+/// its role needs, and the key matching the leaf.
+fn check_pair(
+    role: Role,
+    chain_path: &Path,
+    key_path: &Path,
+    sip: &SipConfig,
+    local_domains: &[String],
+    now: i64,
+    diag: &mut Diag,
+) {
+    let chain = match read_certificates(chain_path) {
+        Ok(chain) => {
+            check_chain(role, &chain, chain_path, sip, local_domains, now, diag);
+            Some(chain)
+        }
+        Err(reason) => {
+            diag.problem(role.chain_key(), reason);
+            None
+        }
+    };
+    check_key(role, key_path, chain_path, chain, diag);
+}
+
+fn check_key(
+    role: Role,
+    key_path: &Path,
+    chain_path: &Path,
+    chain: Option<Vec<CertificateDer<'static>>>,
+    diag: &mut Diag,
+) {
+    let name = role.key_key();
+    let key = match read_private_key(key_path) {
         Ok(key) => key,
         Err(reason) => {
-            diag.problem("sip.private_key", reason);
+            diag.problem(name, reason);
             return;
         }
     };
-    world_readable_warning(&sip.private_key, diag);
+    world_readable_warning(name, key_path, diag);
     let provider = rustls::crypto::ring::default_provider();
     let Some(chain) = chain else {
         if let Err(e) = provider.key_provider.load_private_key(key) {
-            diag.problem(
-                "sip.private_key",
-                format!("{:?}: unusable private key: {e}", sip.private_key),
-            );
+            diag.problem(name, format!("{key_path:?}: unusable private key: {e}"));
         }
         return;
     };
@@ -102,24 +169,21 @@ fn check_key(sip: &SipConfig, chain: Option<Vec<CertificateDer<'static>>>, diag:
         Ok(_) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
             diag.problem(
-                "sip.private_key",
-                format!("key does not match certificate {:?}", sip.cert_chain),
+                name,
+                format!("key does not match certificate {chain_path:?}"),
             );
         }
-        Err(e) => diag.problem(
-            "sip.private_key",
-            format!("{:?}: unusable private key: {e}", sip.private_key),
-        ),
+        Err(e) => diag.problem(name, format!("{key_path:?}: unusable private key: {e}")),
     }
 }
 
 #[cfg(unix)]
-fn world_readable_warning(path: &Path, diag: &mut Diag) {
+fn world_readable_warning(key: &str, path: &Path, diag: &mut Diag) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o004 != 0 {
             diag.warning(
-                "sip.private_key",
+                key,
                 format!("{path:?} is readable by every user; restrict it (chmod 600)"),
             );
         }
@@ -127,7 +191,7 @@ fn world_readable_warning(path: &Path, diag: &mut Diag) {
 }
 
 #[cfg(not(unix))]
-fn world_readable_warning(_path: &Path, _diag: &mut Diag) {}
+fn world_readable_warning(_key: &str, _path: &Path, _diag: &mut Diag) {}
 
 /// `Some(reason)` when `now` is outside the certificate's validity period.
 fn validity_problem(cert: &X509Certificate<'_>, now: i64) -> Option<String> {
@@ -144,22 +208,24 @@ fn validity_problem(cert: &X509Certificate<'_>, now: i64) -> Option<String> {
 }
 
 fn check_chain(
+    role: Role,
     chain: &[CertificateDer<'static>],
+    chain_path: &Path,
     sip: &SipConfig,
     local_domains: &[String],
     now: i64,
     diag: &mut Diag,
 ) {
+    let key = role.chain_key();
     for (i, der) in chain.iter().enumerate() {
         let cert = match x509_parser::parse_x509_certificate(der) {
             Ok((_, cert)) => cert,
             Err(e) => {
                 diag.problem(
-                    "sip.cert_chain",
+                    key,
                     format!(
-                        "certificate {} in {:?} is not valid X.509: {e}",
+                        "certificate {} in {chain_path:?} is not valid X.509: {e}",
                         i + 1,
-                        sip.cert_chain
                     ),
                 );
                 continue;
@@ -167,12 +233,12 @@ fn check_chain(
         };
         if i == 0 {
             if let Some(why) = validity_problem(&cert, now) {
-                diag.problem("sip.cert_chain", format!("certificate {why}"));
+                diag.problem(key, format!("certificate {why}"));
             }
-            check_leaf(&cert, sip, local_domains, diag);
+            check_leaf(role, &cert, sip, local_domains, diag);
         } else if let Some(why) = validity_problem(&cert, now) {
             diag.problem(
-                "sip.cert_chain",
+                key,
                 format!(
                     "certificate {} in the chain ({}) {why}",
                     i + 1,
@@ -208,11 +274,13 @@ pub(crate) fn dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
 }
 
 fn check_leaf(
+    role: Role,
     cert: &X509Certificate<'_>,
     sip: &SipConfig,
     local_domains: &[String],
     diag: &mut Diag,
 ) {
+    let key = role.chain_key();
     let names = dns_names(cert);
     if !names.iter().any(|n| dns_name_matches(n, &sip.public_fqdn)) {
         let listed = if names.is_empty() {
@@ -221,7 +289,7 @@ fn check_leaf(
             format!("its names: {}", names.join(", "))
         };
         diag.problem(
-            "sip.cert_chain",
+            key,
             format!(
                 "certificate does not name sip.public_fqdn {:?} ({listed})",
                 sip.public_fqdn
@@ -231,42 +299,60 @@ fn check_leaf(
     for d in local_domains {
         if !names.iter().any(|n| dns_name_matches(n, d)) {
             diag.warning(
-                "sip.cert_chain",
+                key,
                 format!(
                     "certificate does not name local domain {d:?}; the federation profile wants every domain the edge serves in subjectAltName"
                 ),
             );
         }
     }
-    match cert.extended_key_usage() {
-        Ok(Some(eku)) => {
-            let eku = eku.value;
-            if !eku.any {
-                let missing: Vec<&str> = [
-                    (!eku.server_auth).then_some("serverAuth"),
-                    (!eku.client_auth).then_some("clientAuth"),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                if !missing.is_empty() {
-                    diag.problem(
-                        "sip.cert_chain",
-                        format!(
-                            "certificate lacks extended key usage {} (federation needs both serverAuth and clientAuth)",
-                            missing.join(" and ")
-                        ),
-                    );
-                }
+    let eku = match cert.extended_key_usage() {
+        Ok(Some(eku)) => eku.value,
+        Ok(None) => {
+            if let Role::Server { .. } = role {
+                diag.warning(
+                    key,
+                    "certificate has no extendedKeyUsage extension; federation certificates should list serverAuth and clientAuth",
+                );
+            }
+            return;
+        }
+        Err(e) => {
+            diag.problem(
+                key,
+                format!("certificate has a malformed extendedKeyUsage extension: {e}"),
+            );
+            return;
+        }
+    };
+    if eku.any {
+        return;
+    }
+    // RFC 5280 §4.2.1.12: with the extension present, the key may be used only for the
+    // purposes listed. The server certificate needs serverAuth (partners dial it); whichever
+    // certificate the bridge presents on the connections it opens needs clientAuth.
+    match role {
+        Role::Server { separate_client } => {
+            if !eku.server_auth {
+                diag.problem(
+                    key,
+                    "certificate lacks extended key usage serverAuth (partners connecting to the edge refuse it)",
+                );
+            }
+            if !eku.client_auth && !separate_client {
+                diag.warning(
+                    key,
+                    "certificate lacks extended key usage clientAuth, and it is also presented on the connections the bridge opens: partners that check clientAuth (Lync / Skype for Business edges do) refuse them; set sip.client_cert_chain and sip.client_private_key to a certificate with clientAuth",
+                );
             }
         }
-        Ok(None) => diag.warning(
-            "sip.cert_chain",
-            "certificate has no extendedKeyUsage extension; federation certificates should list serverAuth and clientAuth",
-        ),
-        Err(e) => diag.problem(
-            "sip.cert_chain",
-            format!("certificate has a malformed extendedKeyUsage extension: {e}"),
-        ),
+        Role::Client => {
+            if !eku.client_auth {
+                diag.problem(
+                    key,
+                    "certificate lacks extended key usage clientAuth; it is presented on the connections the bridge opens, and partners refuse a client certificate without it",
+                );
+            }
+        }
     }
 }

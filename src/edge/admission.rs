@@ -10,6 +10,10 @@
 //!   the peer's certificate does not cover → 403.
 //! - **Discovered-partner rate** ([`RateBucket`], `federation.discovered_rate`): a token
 //!   bucket per From domain.
+//! - **Extensions a request requires** ([`check_require`], RFC 3261 §8.2.2.3): every option
+//!   tag in `Require` must be one of [`UNDERSTOOD_REQUIRE`]; otherwise `420 Bad Extension` with
+//!   `Unsupported` listing exactly the tags not understood. `Proxy-Require` is for proxies
+//!   (RFC 3261 §20.29) and is not read by a user agent server.
 
 use std::fmt;
 use std::time::Instant;
@@ -176,6 +180,47 @@ pub fn admit_request(
         })?
         .to_ascii_lowercase();
     authorize_peer_domain(identity, &from_domain, srv_targets, federation)
+}
+
+/// The option tags the bridge understands when a request *requires* them (RFC 3261 §8.2.2.3,
+/// §20.32): the one place that list is kept. It is empty: none of the extensions the bridge
+/// implements is one a peer may require of it (`ms-benotify` and `ms-text-format`, which it
+/// supports, are only ever offered in `Supported`). Lync's multiparty chat
+/// (`com.microsoft.rtc-multiparty`), its batched category subscription (`adhoclist`,
+/// `categoryList`) and the event list of a batched NOTIFY (`eventlist`) are not understood.
+pub const UNDERSTOOD_REQUIRE: &[&str] = &[];
+
+/// Whether `request`'s `Require` names only understood option tags (RFC 3261 §8.2.2.3):
+/// otherwise the `420 Bad Extension` to answer, whose `Unsupported` lists exactly the tags not
+/// understood (each once, in the request's order, as the peer spelled them). A tag that is not
+/// a token (RFC 3261 §25.1 `option-tag`) makes the header malformed: `400`.
+///
+/// ACK and CANCEL are never checked (RFC 3261 §8.2.2.3: Require "MUST be ignored" in them), nor
+/// BENOTIFY, which is never answered ([MS-SIP] §3.5); the caller passes every other request.
+pub fn check_require(request: &Message) -> Result<(), Reject> {
+    if matches!(
+        request.method(),
+        Some(Method::Ack) | Some(Method::Cancel) | Some(Method::Benotify)
+    ) {
+        return Ok(());
+    }
+    let mut unknown: Vec<&str> = Vec::new();
+    for tag in request.require() {
+        if !tag.bytes().all(crate::sip::params::is_token_byte) {
+            return Err(Reject::new(status::BAD_REQUEST)
+                .reason("Malformed Require header: an option tag is not a token"));
+        }
+        let understood = UNDERSTOOD_REQUIRE
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(tag));
+        if !understood && !unknown.iter().any(|t| t.eq_ignore_ascii_case(tag)) {
+            unknown.push(tag);
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Reject::new(status::BAD_EXTENSION).header("Unsupported", unknown.join(", ")))
 }
 
 /// A token bucket of `rate` tokens per second, holding at most `rate`: the discovered-partner

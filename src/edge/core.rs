@@ -5,7 +5,9 @@
 //! From domain, the domain's SRV targets are looked up first, RFC 5922 §7), the discovered-partner
 //! rate limit, the transaction layer ([`crate::sip::transaction::Transactions`]), OPTIONS (the
 //! profile: 200 with the `m=message 5060 sip/tcp *` SDP), malformed requests (400/513 naming
-//! the problem) and keep-alive pongs. Requests for the layers above come out as
+//! the problem), a request requiring an option tag the bridge does not understand (`420` with
+//! `Unsupported`, [`crate::edge::admission::check_require`], RFC 3261 §8.2.2.3: before any
+//! engine sees it) and keep-alive pongs. Requests for the layers above come out as
 //! [`CoreOutput::Request`].
 //!
 //! Outbound: [`EdgeCore::send_request`] with a [`Route`] — a peer domain (the
@@ -29,7 +31,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use crate::config::FederationConfig;
-use crate::edge::admission::{ServedDomains, admit_request};
+use crate::edge::admission::{ServedDomains, admit_request, check_require};
 use crate::edge::identity::PeerIdentity;
 use crate::edge::limits::{Connections, EdgeLimits, Limit, OverLimit, Source};
 use crate::edge::pool::{Action, EdgeAddr, Pool, PoolLimits};
@@ -181,6 +183,16 @@ const PARKED_PER_PEER_LOOKUP: usize = 16;
 struct Waiting {
     tx: TxId,
     request: Message,
+    /// Sent once already and answered 503 by another edge: not tried again.
+    retried: bool,
+}
+
+/// An out-of-dialog request under way (sent by domain): what a 503 needs to try it elsewhere.
+#[derive(Debug)]
+struct ByDomain {
+    domain: String,
+    request: Message,
+    retried: bool,
 }
 
 /// The domain of a request's From URI (lowercase), if it is a SIP URI with a domain.
@@ -200,6 +212,8 @@ pub struct EdgeCore {
     pool: Pool<Waiting>,
     /// The connection of each outstanding client transaction (for the pool's load count).
     client_conns: HashMap<TxId, ConnId>,
+    /// Outstanding client transactions sent by domain (out of dialog).
+    by_domain: HashMap<TxId, ByDomain>,
     /// Inbound requests waiting for their From domain's SRV lookup.
     parked: HashMap<String, Vec<(ConnId, PeerIdentity, Message)>>,
     /// How many requests are parked, in all and per peer certificate identity.
@@ -230,6 +244,7 @@ impl EdgeCore {
             settings,
             transactions: Transactions::default(),
             client_conns: HashMap::new(),
+            by_domain: HashMap::new(),
             parked: HashMap::new(),
             parked_total: 0,
             parked_by_peer: HashMap::new(),
@@ -323,6 +338,10 @@ impl EdgeCore {
         let mut out = Vec::new();
         if let Some(domain) = self.pool.up(conn, identity) {
             self.pump(now, &domain, &mut out);
+            // Other domains served by the same edge host may use it too.
+            for other in self.pool.waiting_domains(&domain) {
+                self.pump(now, &other, &mut out);
+            }
         }
         out
     }
@@ -334,6 +353,9 @@ impl EdgeCore {
         let jitter = self.rng.unit();
         if let Some(domain) = self.pool.failed(now, conn, jitter, reason) {
             self.pump(now, &domain, &mut out);
+            for other in self.pool.waiting_domains(&domain) {
+                self.pump(now, &other, &mut out);
+            }
         }
         out
     }
@@ -437,8 +459,12 @@ impl EdgeCore {
                     Some(why) => out.push(CoreOutput::Undeliverable { tx, why }),
                     None => {
                         let deadline = now + T1 * 64;
-                        self.pool
-                            .wait(&domain, Waiting { tx, request }, deadline, now);
+                        let w = Waiting {
+                            tx,
+                            request,
+                            retried: false,
+                        };
+                        self.pool.wait(&domain, w, deadline, now);
                         self.pump(now, &domain, &mut out);
                     }
                 }
@@ -498,26 +524,79 @@ impl EdgeCore {
                 self.pool.add_pending(conn, 1);
                 out.extend(self.drain(now));
             }
-            Err(e) => out.push(CoreOutput::Undeliverable {
-                tx,
-                why: Undeliverable::Invalid {
-                    reason: e.to_string(),
-                },
-            }),
+            Err(e) => {
+                self.by_domain.remove(&tx);
+                out.push(CoreOutput::Undeliverable {
+                    tx,
+                    why: Undeliverable::Invalid {
+                        reason: e.to_string(),
+                    },
+                })
+            }
         }
     }
 
-    /// Carries out the pool's decisions for `domain`.
-    fn pump(&mut self, now: Instant, domain: &str, out: &mut Vec<CoreOutput>) {
-        let static_edge = self
-            .settings
+    /// The partner's configured edge for `domain`, if any (used instead of DNS).
+    fn static_edge(&self, domain: &str) -> Option<EdgeAddr> {
+        self.settings
             .federation
             .partner(domain)
             .and_then(|p| p.edge.as_ref())
             .map(|e| EdgeAddr {
                 host: e.host.clone(),
                 port: e.port,
-            });
+            })
+    }
+
+    /// Out-of-dialog request `tx` (`sent`) was answered 503 on `conn` (RFC 3261 §21.5.4, RFC
+    /// 3263 §4.3): the edge host is avoided for the `Retry-After` time (capped, or its backoff
+    /// without one), and the request goes once more, as a new transaction (a new Via branch)
+    /// under the same id, if another edge or connection may take it. Returns whether it did (the
+    /// 503 is then not passed up).
+    fn retry_elsewhere(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        conn: ConnId,
+        response: &Message,
+        sent: ByDomain,
+        out: &mut Vec<CoreOutput>,
+    ) -> bool {
+        let retry_after = crate::sip::status::retry_after(response.header("Retry-After"));
+        let reason = match retry_after {
+            Some(d) => format!(
+                "answered 503 Service Unavailable, retry after {} s",
+                d.as_secs()
+            ),
+            None => "answered 503 Service Unavailable".to_owned(),
+        };
+        let jitter = self.rng.unit();
+        self.pool
+            .unavailable(now, conn, retry_after, jitter, &reason);
+        let static_edge = self.static_edge(&sent.domain);
+        if sent.retried
+            || !self
+                .pool
+                .has_alternative(&sent.domain, now, static_edge, &self.settings.federation)
+        {
+            return false;
+        }
+        let Some(request) = rebranched(&sent.request) else {
+            return false;
+        };
+        let w = Waiting {
+            tx,
+            request,
+            retried: true,
+        };
+        self.pool.wait(&sent.domain, w, now + T1 * 64, now);
+        self.pump(now, &sent.domain, out);
+        true
+    }
+
+    /// Carries out the pool's decisions for `domain`.
+    fn pump(&mut self, now: Instant, domain: &str, out: &mut Vec<CoreOutput>) {
+        let static_edge = self.static_edge(domain);
         let room = self.conns.room(&self.settings.limits);
         let actions = self
             .pool
@@ -526,6 +605,14 @@ impl EdgeCore {
             match action {
                 Action::Send { conn } => {
                     if let Some(w) = self.pool.take_waiting(domain) {
+                        self.by_domain.insert(
+                            w.tx,
+                            ByDomain {
+                                domain: domain.to_owned(),
+                                request: w.request.clone(),
+                                retried: w.retried,
+                            },
+                        );
                         self.start_client(now, w.tx, conn, w.request, out);
                     }
                 }
@@ -863,30 +950,60 @@ impl EdgeCore {
                     conn,
                     bytes: message.to_bytes(),
                 }),
-                Output::Event(TxEvent::Request { tx, request, .. })
-                    if request.method() == Some(&Method::Options) =>
-                {
-                    let resp = self.options_response(&request);
-                    let _ = self.transactions.respond(now, tx, resp);
-                    out.extend(self.drain(now));
-                }
                 Output::Event(TxEvent::Request { tx, conn, request }) => {
-                    let asserted = Asserted::of(&request);
-                    out.push(CoreOutput::Request {
-                        tx,
-                        conn,
-                        request,
-                        asserted,
-                    })
+                    // RFC 3261 §8.2.2.3: before any layer above (or OPTIONS) acts on it.
+                    if let Err(reject) = check_require(&request) {
+                        tracing::debug!(
+                            method = %request.method().map(|m| m.as_str()).unwrap_or(""),
+                            unsupported = reject
+                                .headers
+                                .iter()
+                                .find(|(n, _)| *n == "Unsupported")
+                                .map_or("", |(_, v)| v.as_str()),
+                            status = reject.status,
+                            "request refused: it requires an extension this bridge lacks"
+                        );
+                        let resp = self.reject(&request, &reject);
+                        let _ = self.transactions.respond(now, tx, resp);
+                        out.extend(self.drain(now));
+                    } else if request.method() == Some(&Method::Options) {
+                        let resp = self.options_response(&request);
+                        let _ = self.transactions.respond(now, tx, resp);
+                        out.extend(self.drain(now));
+                    } else {
+                        let asserted = Asserted::of(&request);
+                        out.push(CoreOutput::Request {
+                            tx,
+                            conn,
+                            request,
+                            asserted,
+                        })
+                    }
                 }
                 Output::Event(e) => {
                     let ended = match &e {
                         TxEvent::Response { tx, is_final, .. } => is_final.then_some(*tx),
-                        TxEvent::Timeout { tx } | TxEvent::TransportError { tx } => Some(*tx),
+                        TxEvent::Timeout { tx }
+                        | TxEvent::GaveUp { tx }
+                        | TxEvent::TransportError { tx } => Some(*tx),
                         _ => None,
                     };
                     if let Some(conn) = ended.and_then(|tx| self.client_conns.remove(&tx)) {
                         self.pool.add_pending(conn, -1);
+                    }
+                    let sent = ended.and_then(|tx| self.by_domain.remove(&tx));
+                    if let (
+                        Some(sent),
+                        TxEvent::Response {
+                            tx, conn, response, ..
+                        },
+                    ) = (sent, &e)
+                    {
+                        if response.status() == Some(status::SERVICE_UNAVAILABLE)
+                            && self.retry_elsewhere(now, *tx, *conn, response, sent, &mut out)
+                        {
+                            continue;
+                        }
                     }
                     out.push(CoreOutput::Event(e))
                 }
@@ -894,6 +1011,21 @@ impl EdgeCore {
         }
         out
     }
+}
+
+/// `request` with a new top Via branch (the old one with `.r` added): the same request as a
+/// new transaction (RFC 3263 §4.3). `None` if it has no branch.
+fn rebranched(request: &Message) -> Option<Message> {
+    let via = request.header("Via")?;
+    let branch = request.top_via().ok()?.branch()?.to_owned();
+    let new = via.replacen(
+        &format!("branch={branch}"),
+        &format!("branch={branch}.r"),
+        1,
+    );
+    let mut m = request.clone();
+    m.set_header("Via", &new);
+    Some(m)
 }
 
 #[cfg(test)]
@@ -993,6 +1125,108 @@ mod tests {
         let b = c.new_tag();
         assert_ne!(a, b);
         assert_eq!(a.len(), 16);
+    }
+
+    /// A request of `method` carrying `extra` header lines, with its own branch.
+    fn req_with(method: &str, branch: &str, extra: &str) -> Frame {
+        let raw = format!(
+            "{method} sip:alice@example.org SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: <sip:joe@contoso.com>;tag=p\r\nTo: <sip:alice@example.org>\r\nCall-ID: {branch}\r\nCSeq: 1 {method}\r\nContact: <sip:joe@192.0.2.1:5061;transport=tls>\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        Frame::Message(Message::parse(raw.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn an_unknown_required_extension_gets_420_before_any_layer_sees_the_request() {
+        let mut c = core();
+        let now = Instant::now();
+        // RFC 3261 §8.2.2.3, Lync's multiparty INVITE: 100, then 420 naming the tag; nothing
+        // goes up.
+        let out = c.on_frame(
+            now,
+            1,
+            req_with(
+                "INVITE",
+                "mp",
+                "Require: com.microsoft.rtc-multiparty\r\nSupported: ms-sender\r\n",
+            ),
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(sent(&out[0]).status(), Some(100));
+        let r = sent(&out[1]);
+        assert_eq!((r.status(), r.reason()), (Some(420), Some("Bad Extension")));
+        assert_eq!(
+            r.header("Unsupported"),
+            Some("com.microsoft.rtc-multiparty")
+        );
+        assert!(r.to().unwrap().tag().is_some());
+        // Exactly the unknown tags, each once, over several lines; a repeat is refused again.
+        let frame = req_with(
+            "SUBSCRIBE",
+            "batch",
+            "Event: presence\r\nRequire: adhoclist, categoryList\r\nRequire: ADHOCLIST, eventlist\r\n",
+        );
+        let out = c.on_frame(now, 1, frame.clone());
+        assert_eq!(out.len(), 1, "{out:?}");
+        let r = sent(&out[0]);
+        assert_eq!(r.status(), Some(420));
+        assert_eq!(
+            r.header("Unsupported"),
+            Some("adhoclist, categoryList, eventlist")
+        );
+        let again = sent(&c.on_frame(now, 1, frame)[0]);
+        assert_eq!(again.header("Unsupported"), r.header("Unsupported"));
+        // OPTIONS too; REFER with Require gets 420, not the engine's 501.
+        let out = c.on_frame(now, 1, req_with("OPTIONS", "o", "Require: foo\r\n"));
+        assert_eq!(sent(&out[0]).status(), Some(420));
+        let out = c.on_frame(
+            now,
+            1,
+            req_with(
+                "REFER",
+                "r",
+                "Refer-To: <sip:carol@contoso.com>\r\nRequire: com.microsoft.rtc-multiparty\r\n",
+            ),
+        );
+        assert_eq!(sent(&out[0]).status(), Some(420));
+        // An option tag that is not a token: the header is malformed.
+        let out = c.on_frame(now, 1, req_with("MESSAGE", "t", "Require: a<b\r\n"));
+        let r = sent(&out[0]);
+        assert_eq!(r.status(), Some(400));
+        assert_eq!(r.header("Unsupported"), None);
+    }
+
+    #[test]
+    fn require_is_not_checked_on_benotify_and_proxy_require_is_not_read() {
+        let mut c = core();
+        let now = Instant::now();
+        // [MS-SIP] §3.5: a BENOTIFY is never answered, whatever it requires ([MS-SIP] §4.4
+        // batched BENOTIFYs carry `Require: eventlist`).
+        let out = c.on_frame(
+            now,
+            1,
+            req_with("BENOTIFY", "b", "Event: presence\r\nRequire: eventlist\r\n"),
+        );
+        assert!(
+            matches!(&out[..], [CoreOutput::Request { request, .. }] if request.method() == Some(&Method::Benotify)),
+            "{out:?}"
+        );
+        // RFC 3261 §20.29: Proxy-Require is for proxies; a user agent server ignores it.
+        let out = c.on_frame(
+            now,
+            1,
+            req_with(
+                "SUBSCRIBE",
+                "s",
+                "Event: presence\r\nSupported: ms-benotify\r\nProxy-Require: ms-benotify\r\n",
+            ),
+        );
+        assert!(matches!(&out[..], [CoreOutput::Request { .. }]), "{out:?}");
+        // ACK and CANCEL (RFC 3261 §8.2.2.3: Require is ignored in them) never reach the check:
+        // the transaction layer takes them.
+        let out = c.on_frame(now, 1, req_with("INVITE", "i", ""));
+        assert!(matches!(&out[1], CoreOutput::Request { .. }));
+        let out = c.on_frame(now, 1, req_with("CANCEL", "i", "Require: foo\r\n"));
+        assert_eq!(sent(&out[0]).status(), Some(200), "{out:?}");
     }
 
     #[test]
@@ -1276,6 +1510,255 @@ mod outbound_tests {
         );
         let out = c.resolved(now, "tailspin.com", Err("no SRV".into()), now);
         assert_eq!(status_of(&out[0]), 403);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod unavailable_tests {
+    use super::tests_support::*;
+    use super::*;
+    use std::time::Duration;
+
+    fn message(n: u32) -> Message {
+        let raw = format!(
+            "MESSAGE sip:joe@northwind.example SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKn{n}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a\r\nTo: <sip:joe@northwind.example>\r\nCall-ID: n{n}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        );
+        Message::parse(raw.as_bytes()).unwrap()
+    }
+
+    fn targets(hosts: &[&str]) -> Result<Vec<SrvTarget>, String> {
+        Ok(hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| SrvTarget {
+                priority: i as u16,
+                weight: 0,
+                port: 5061,
+                target: (*h).into(),
+            })
+            .collect())
+    }
+
+    /// Sends `message(n)`, brings every connection it asks for up, and returns the connection
+    /// the MESSAGE went out on and the message as sent.
+    fn send(c: &mut EdgeCore, now: Instant, tx: TxId, n: u32) -> Vec<CoreOutput> {
+        let mut out = c.send_request(
+            now,
+            tx,
+            message(n),
+            Route::Domain("northwind.example".into()),
+        );
+        settle(c, now, &mut out);
+        out
+    }
+
+    fn settle(c: &mut EdgeCore, now: Instant, out: &mut Vec<CoreOutput>) {
+        let mut i = 0;
+        while i < out.len() {
+            let more = match &out[i] {
+                CoreOutput::Connect { conn, edge, .. } => {
+                    c.outbound_up(now, *conn, PeerIdentity::from_names([edge.host.as_str()]))
+                }
+                _ => Vec::new(),
+            };
+            out.extend(more);
+            i += 1;
+        }
+    }
+
+    fn sent(out: &[CoreOutput]) -> Vec<(ConnId, Message)> {
+        out.iter()
+            .filter_map(|o| match o {
+                CoreOutput::Send { conn, bytes } => Some((*conn, Message::parse(bytes).unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn connects(out: &[CoreOutput]) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                CoreOutput::Connect { edge, .. } => Some(edge.host.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn service_unavailable(request: &Message, retry_after: Option<&str>) -> Frame {
+        let mut r = Message::response_to(request, 503, None, Some("t"));
+        if let Some(v) = retry_after {
+            r.push_header("Retry-After", v);
+        }
+        Frame::Message(r)
+    }
+
+    /// RFC 3261 §21.5.4: "A client (proxy or UAC) receiving a 503 (Service Unavailable) SHOULD
+    /// attempt to forward the request to an alternate server. It SHOULD NOT forward any other
+    /// requests to that server for the duration specified in the Retry-After header field, if
+    /// present." RFC 3263 §4.3: a 503 moves on to the next element, as a new transaction.
+    #[test]
+    fn a_503_with_retry_after_moves_the_request_to_the_next_edge_and_avoids_the_first() {
+        let mut c = core_with(20, vec![]);
+        let now = Instant::now();
+        let ids = c.tx_ids();
+        let tx = ids.next();
+        let out = c.send_request(
+            now,
+            tx,
+            message(1),
+            Route::Domain("northwind.example".into()),
+        );
+        assert_eq!(
+            out,
+            [CoreOutput::Resolve {
+                domain: "northwind.example".into()
+            }]
+        );
+        let mut out = c.resolved(
+            now,
+            "northwind.example",
+            targets(&["a.northwind.example", "b.northwind.example"]),
+            now + Duration::from_secs(3600),
+        );
+        settle(&mut c, now, &mut out);
+        assert_eq!(connects(&out), ["a.northwind.example"]);
+        let [(conn_a, first)] = &sent(&out)[..] else {
+            panic!("{out:?}")
+        };
+        // 503 Retry-After: 120 from a: not passed up; the same request goes to b as a new
+        // transaction (new branch), under the same id.
+        let mut out = c.on_frame(now, *conn_a, service_unavailable(first, Some("120")));
+        settle(&mut c, now, &mut out);
+        assert!(
+            !out.iter().any(|o| matches!(o, CoreOutput::Event(_))),
+            "{out:?}"
+        );
+        assert_eq!(connects(&out), ["b.northwind.example"]);
+        let [(conn_b, again)] = &sent(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert_ne!(conn_b, conn_a);
+        assert_eq!(again.top_via().unwrap().branch(), Some("z9hG4bKn1.r"));
+        assert_eq!(again.call_id().unwrap(), "n1");
+        let out = c.on_frame(
+            now,
+            *conn_b,
+            Frame::Message(Message::response_to(again, 200, None, Some("t"))),
+        );
+        assert!(matches!(
+            &out[..],
+            [CoreOutput::Event(TxEvent::Response { tx: t, is_final: true, .. })] if *t == tx
+        ));
+        // For the next 120 s, new requests avoid a (its connection is up but not used).
+        for (n, at) in [(2, 1), (3, 119)] {
+            let out = send(&mut c, now + Duration::from_secs(at), ids.next(), n);
+            assert_eq!(sent(&out)[0].0, *conn_b, "{out:?}");
+        }
+        // A 503 from b too (the retry is not retried): passed up, and with both edges
+        // avoided a new request fails with the reason.
+        let tx = ids.next();
+        let out = send(&mut c, now, tx, 4);
+        let (_, m) = &sent(&out)[0];
+        let out = c.on_frame(now, *conn_b, service_unavailable(m, Some("30")));
+        assert!(matches!(
+            &out[..],
+            [CoreOutput::Event(TxEvent::Response { .. })]
+        ));
+        let tx = ids.next();
+        let out = send(&mut c, now, tx, 5);
+        match &out[..] {
+            [
+                CoreOutput::Undeliverable {
+                    tx: t,
+                    why: Undeliverable::Unreachable { reason, .. },
+                },
+            ] => {
+                assert_eq!(*t, tx);
+                assert!(reason.contains("503"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // After b's 30 s, b is used again (a's 120 s not yet over).
+        let out = send(&mut c, now + Duration::from_secs(31), ids.next(), 6);
+        assert_eq!(sent(&out)[0].0, *conn_b, "{out:?}");
+        // After a's 120 s, a is usable again too.
+        let out = send(&mut c, now + Duration::from_secs(121), ids.next(), 7);
+        assert_eq!(sent(&out).len(), 1, "{out:?}");
+    }
+
+    #[test]
+    fn a_503_inside_a_dialog_is_passed_up_and_avoids_nothing() {
+        let mut c = core_with(20, vec![]);
+        let now = Instant::now();
+        let ids = c.tx_ids();
+        c.send_request(
+            now,
+            ids.next(),
+            message(1),
+            Route::Domain("northwind.example".into()),
+        );
+        let mut out = c.resolved(
+            now,
+            "northwind.example",
+            targets(&["a.northwind.example", "b.northwind.example"]),
+            now + Duration::from_secs(60),
+        );
+        settle(&mut c, now, &mut out);
+        let conn = sent(&out)[0].0;
+        // A request in a dialog on that connection, answered 503: the layer above gets it.
+        let tx = ids.next();
+        let out = c.send_request(now, tx, message(2), Route::Connection(conn));
+        let (_, m) = &sent(&out)[0];
+        let out = c.on_frame(now, conn, service_unavailable(m, Some("600")));
+        assert!(matches!(
+            &out[..],
+            [CoreOutput::Event(TxEvent::Response { tx: t, .. })] if *t == tx
+        ));
+        // New requests still use that connection.
+        let out = send(&mut c, now, ids.next(), 3);
+        assert_eq!(sent(&out)[0].0, conn, "{out:?}");
+    }
+
+    #[test]
+    fn a_503_with_no_other_edge_is_passed_up_and_its_edge_avoided_for_retry_after() {
+        let mut c = core_with(20, vec![]);
+        let now = Instant::now();
+        let ids = c.tx_ids();
+        c.send_request(
+            now,
+            ids.next(),
+            message(1),
+            Route::Domain("northwind.example".into()),
+        );
+        let mut out = c.resolved(
+            now,
+            "northwind.example",
+            targets(&["a.northwind.example"]),
+            now + Duration::from_secs(7200),
+        );
+        settle(&mut c, now, &mut out);
+        let [(conn, first)] = &sent(&out)[..] else {
+            panic!("{out:?}")
+        };
+        // A Retry-After of five hours counts as one (the cap).
+        let out = c.on_frame(now, *conn, service_unavailable(first, Some("18000")));
+        assert!(
+            matches!(&out[..], [CoreOutput::Event(TxEvent::Response { response, .. })] if response.status() == Some(503))
+        );
+        let out = send(&mut c, now + Duration::from_secs(3599), ids.next(), 2);
+        assert!(
+            matches!(
+                &out[..],
+                [CoreOutput::Undeliverable {
+                    why: Undeliverable::Unreachable { .. },
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        let out = send(&mut c, now + Duration::from_secs(3600), ids.next(), 3);
+        assert_eq!(sent(&out)[0].0, *conn, "{out:?}");
     }
 }
 

@@ -3,6 +3,15 @@
 //! one peer network, reused), SRV fail-over in RFC 2782 order, and per-edge backoff after
 //! failures.
 //!
+//! The limits count edge hosts, not domains: one edge host often serves many domains (a
+//! hosting provider's edge; every Microsoft 365 tenant's SRV record names
+//! `sipfed.online.lync.com`). An outbound connection to edge `E` counts toward `E`'s 4 whatever
+//! domain it was opened for, and carries requests to any domain `E`'s certificate is authorized
+//! for (the same rule as for inbound connections, [`PeerIdentity::covers`]: the certificate
+//! names the domain, one of its SRV targets, or its configured edge). A domain's *peer
+//! network* is the set of its edge hosts (its SRV targets, or its configured edge): the 40
+//! count the outbound connections opened for the domain or to any of those hosts.
+//!
 //! The pool knows every connection of the edge: outbound ones it opened (to one `host:port`
 //! edge of one peer domain) and authenticated inbound ones (whose certificate identity may
 //! carry requests back to the domains it is authorized for). For a request to domain `D` it
@@ -108,6 +117,9 @@ struct Conn {
     identity: Option<PeerIdentity>,
     /// Client transactions outstanding on it.
     pending: usize,
+    /// The peer answered an out-of-dialog request on it with 503: no new request on it before
+    /// then.
+    avoid_until: Option<Instant>,
 }
 
 /// What is known of a domain's edges.
@@ -214,6 +226,9 @@ pub struct Pool<W> {
     conns: HashMap<ConnId, Conn>,
     networks: HashMap<String, Network<W>>,
     failures: HashMap<EdgeAddr, Failures>,
+    /// Edge hosts that answered 503 (RFC 3261 §21.5.4): their connections carry no new
+    /// request before then (entries past their time are dropped at the next 503).
+    unavailable: HashMap<EdgeAddr, Instant>,
     next_conn: ConnId,
     /// How long an unused domain is kept.
     idle: Duration,
@@ -237,6 +252,7 @@ impl<W> Pool<W> {
             conns: HashMap::new(),
             networks: HashMap::new(),
             failures: HashMap::new(),
+            unavailable: HashMap::new(),
             next_conn: OUTBOUND_CONN_BASE,
             idle: EdgeLimits::DEFAULT.pool_idle,
             timers: BinaryHeap::new(),
@@ -424,6 +440,7 @@ impl<W> Pool<W> {
                 outbound: None,
                 identity: Some(identity),
                 pending: 0,
+                avoid_until: None,
             },
         );
     }
@@ -445,19 +462,51 @@ impl<W> Pool<W> {
         }
     }
 
-    /// Outbound connections (opening or up) to `domain`, and to `edge` among them.
-    pub fn outbound_counts(&self, domain: &str, edge: Option<&EdgeAddr>) -> (usize, usize) {
+    /// Outbound connections (opening or up) in `domain`'s peer network — opened for `domain`,
+    /// or to one of its edge hosts `targets` whatever domain they were opened for — and to
+    /// `edge` among all outbound connections, whatever domain they were opened for (the
+    /// profile's limits count edge hosts, not the domains they serve).
+    pub fn outbound_counts(
+        &self,
+        domain: &str,
+        targets: &[EdgeAddr],
+        edge: Option<&EdgeAddr>,
+    ) -> (usize, usize) {
         let mut network = 0;
         let mut to_edge = 0;
         for (d, e) in self.conns.values().filter_map(|c| c.outbound.as_ref()) {
-            if d == domain {
+            if d == domain || targets.contains(e) {
                 network += 1;
-                if Some(e) == edge {
-                    to_edge += 1;
-                }
+            }
+            if Some(e) == edge {
+                to_edge += 1;
             }
         }
         (network, to_edge)
+    }
+
+    /// The edge hosts known for `domain` (its SRV answer while it holds).
+    fn known_targets(&self, domain: &str, now: Instant) -> Vec<EdgeAddr> {
+        match self.networks.get(domain).map(|n| &n.targets) {
+            Some(Targets::Known {
+                targets,
+                valid_until,
+            }) if *valid_until > now => targets.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Domains with requests waiting for a connection, but `except` (a connection that came
+    /// up or went away may change what they can do: an edge host serves several domains).
+    pub fn waiting_domains(&self, except: &str) -> Vec<String> {
+        let mut domains: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|(d, n)| !n.waiting.is_empty() && d.as_str() != except)
+            .map(|(d, _)| d.clone())
+            .collect();
+        domains.sort_unstable();
+        domains
     }
 
     /// The SRV target names known for `domain` (for authorizing inbound certificates); the
@@ -560,7 +609,10 @@ impl<W> Pool<W> {
         let c = self.conns.get_mut(&conn)?;
         c.identity = Some(identity);
         let (domain, edge) = c.outbound.clone()?;
-        self.failures.remove(&edge);
+        // A connection up clears a connect backoff, not a 503's Retry-After.
+        if !self.unavailable.contains_key(&edge) {
+            self.failures.remove(&edge);
+        }
         Some(domain)
     }
 
@@ -593,6 +645,90 @@ impl<W> Pool<W> {
         Some(domain)
     }
 
+    /// Whether `c` carries no new request now (its peer answered 503 with a time not over).
+    fn avoided(&self, c: &Conn, now: Instant) -> bool {
+        c.avoid_until.is_some_and(|t| t > now)
+            || c.outbound
+                .as_ref()
+                .and_then(|(_, e)| self.unavailable.get(e))
+                .is_some_and(|t| *t > now)
+    }
+
+    /// The peer answered an out-of-dialog request sent on `conn` with 503 (RFC 3261 §21.5.4:
+    /// no other request to that server for the `Retry-After` time): for `retry_after`, or
+    /// without one the edge's next backoff delay (`jitter` in `0.0..=1.0`), no new request
+    /// goes on `conn`, nor on any connection to its edge host, nor opens one to it. Returns
+    /// when that ends (`None` if `conn` is unknown).
+    pub fn unavailable(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        retry_after: Option<Duration>,
+        jitter: f64,
+        reason: &str,
+    ) -> Option<Instant> {
+        let outbound = self.conns.get(&conn)?.outbound.clone();
+        let delay = match (&outbound, retry_after) {
+            (_, Some(d)) => d,
+            (Some((_, edge)), None) => {
+                let count = self.failures.get(edge).map_or(0, |f| f.count);
+                self.backoff.delay(count, jitter)
+            }
+            (None, None) => self.backoff.delay(0, jitter),
+        };
+        let until = now + delay;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.avoid_until = Some(c.avoid_until.map_or(until, |t| t.max(until)));
+        }
+        let Some((domain, edge)) = outbound else {
+            return Some(until);
+        };
+        self.unavailable.retain(|_, t| *t > now);
+        let t = self.unavailable.entry(edge.clone()).or_insert(until);
+        *t = (*t).max(until);
+        let f = self.failures.entry(edge.clone()).or_insert(Failures {
+            count: 0,
+            retry_at: now,
+            reason: String::new(),
+        });
+        f.retry_at = f.retry_at.max(until);
+        if retry_after.is_none() {
+            f.count = f.count.saturating_add(1);
+        }
+        f.reason = format!("{edge}: {reason}");
+        if let Some(n) = self.networks.get_mut(&domain) {
+            if !n.failed_edges.contains(&edge) {
+                n.failed_edges.push(edge);
+            }
+        }
+        self.arm(&domain, until);
+        Some(until)
+    }
+
+    /// Whether a request to `domain` could go elsewhere now: a usable connection, or one of its
+    /// edges (`static_edge`, else its SRV targets) not backing off.
+    pub fn has_alternative(
+        &self,
+        domain: &str,
+        now: Instant,
+        static_edge: Option<EdgeAddr>,
+        federation: &FederationConfig,
+    ) -> bool {
+        if self
+            .least_loaded(domain, now, federation, &HashMap::new())
+            .is_some()
+        {
+            return true;
+        }
+        let targets = match static_edge {
+            Some(e) => vec![e],
+            None => self.known_targets(domain, now),
+        };
+        targets
+            .iter()
+            .any(|t| self.failures.get(t).is_none_or(|f| f.retry_at <= now))
+    }
+
     /// A connection closed (after being up); returns the domain of an outbound one.
     pub fn closed(&mut self, now: Instant, conn: ConnId) -> Option<String> {
         let (domain, _) = self.conns.remove(&conn)?.outbound?;
@@ -604,9 +740,9 @@ impl<W> Pool<W> {
     }
 
     /// The least-loaded up connection that may carry requests to `domain`, counting `extra`
-    /// requests already assigned: outbound ones opened for it, and inbound ones whose
-    /// certificate is authorized for it (SAN = domain, SAN = an SRV target, or the partner's
-    /// configured edge).
+    /// requests already assigned: outbound ones opened for it, and any other (inbound, or
+    /// outbound opened for another domain served by the same edge host) whose certificate is
+    /// authorized for it (SAN = domain, SAN = an SRV target, or the partner's configured edge).
     fn least_loaded(
         &self,
         domain: &str,
@@ -617,19 +753,26 @@ impl<W> Pool<W> {
         let srv = self.known_srv(domain, now).unwrap_or_default();
         self.conns
             .iter()
+            .filter(|(_, c)| !self.avoided(c, now))
             .filter(|(_, c)| match (&c.outbound, &c.identity) {
                 (_, None) => false,
-                (Some((d, _)), Some(_)) => d == domain,
+                (Some((d, _)), Some(id)) => d == domain || id.covers(domain, &srv, federation),
                 (None, Some(id)) => id.covers(domain, &srv, federation),
             })
             .map(|(id, c)| (*id, c.pending + extra.get(id).copied().unwrap_or(0)))
             .min_by_key(|&(id, load)| (load, id))
     }
 
-    fn connecting(&self, domain: &str) -> bool {
-        self.conns
-            .values()
-            .any(|c| c.identity.is_none() && c.outbound.as_ref().is_some_and(|(d, _)| d == domain))
+    /// Whether a connection is being opened for `domain` or to one of its edge hosts (then
+    /// its requests wait for that one; [`Pool::waiting_domains`] are moved along when it is up).
+    fn connecting(&self, domain: &str, now: Instant) -> bool {
+        let targets = self.known_targets(domain, now);
+        self.conns.values().any(|c| {
+            c.identity.is_none()
+                && c.outbound
+                    .as_ref()
+                    .is_some_and(|(d, e)| d == domain || targets.contains(e))
+        })
     }
 
     /// The first edge, in order, that is below the per-edge limit and not backing off; or, when
@@ -642,7 +785,7 @@ impl<W> Pool<W> {
     ) -> Result<EdgeAddr, Option<&Failures>> {
         let mut earliest: Option<&Failures> = None;
         for t in targets {
-            let (_, to_edge) = self.outbound_counts(domain, Some(t));
+            let (_, to_edge) = self.outbound_counts(domain, &[], Some(t));
             if to_edge >= self.limits.per_edge {
                 continue;
             }
@@ -689,7 +832,7 @@ impl<W> Pool<W> {
             let busy = best.is_none_or(|(_, load)| load >= self.limits.busy_threshold);
             if busy && !tried_open {
                 tried_open = true;
-                if !self.connecting(domain) {
+                if !self.connecting(domain, now) {
                     match self.open(now, domain, static_edge.clone(), room) {
                         Ok(Some(action)) => actions.push(action),
                         Ok(None) => {}
@@ -724,7 +867,7 @@ impl<W> Pool<W> {
         static_edge: Option<EdgeAddr>,
         room: bool,
     ) -> Result<Option<Action>, (String, bool, Option<Limit>)> {
-        let (network, _) = self.outbound_counts(domain, None);
+        let (network, _) = self.outbound_counts(domain, &self.known_targets(domain, now), None);
         if network >= self.limits.per_network {
             return Ok(None);
         }
@@ -764,6 +907,11 @@ impl<W> Pool<W> {
                 }
             }
         };
+        // The peer network is known now (a configured edge, or the SRV answer).
+        let (network, _) = self.outbound_counts(domain, &targets, None);
+        if network >= self.limits.per_network {
+            return Ok(None);
+        }
         match self.pick_edge(&targets, domain, now) {
             Ok(edge) => {
                 let conn = self.next_conn;
@@ -775,6 +923,7 @@ impl<W> Pool<W> {
                         outbound: Some((domain.to_owned(), edge.clone())),
                         identity: None,
                         pending: 0,
+                        avoid_until: None,
                     },
                 );
                 Ok(Some(Action::Connect {
@@ -917,7 +1066,93 @@ mod tests {
             );
         }
         assert_eq!(connects, 4);
-        assert_eq!(pool.outbound_counts("contoso.com", None).0, 4);
+        assert_eq!(pool.outbound_counts("contoso.com", &[], None).0, 4);
+    }
+
+    /// Every domain in `domains` names the one edge host `sipfed.online.lync.com` in its SRV
+    /// record (as every Microsoft 365 tenant does).
+    fn hosted(pool: &mut Pool<u32>, now: Instant, domains: &[String]) {
+        for d in domains {
+            pool.resolved(
+                now,
+                d,
+                Ok(srv(&["sipfed.online.lync.com"])),
+                now + Duration::from_secs(60),
+            );
+        }
+    }
+
+    #[test]
+    fn domains_served_by_one_edge_host_share_its_four_connections() {
+        // Profile: "at most 4 connections to one peer edge server" — counted per edge host,
+        // whatever domain a connection was opened for; a connection to the host carries
+        // requests for every domain whose SRV target its certificate names.
+        let now = Instant::now();
+        for n in [2, 100] {
+            let domains: Vec<String> = (0..n).map(|i| format!("tenant{i}.example")).collect();
+            let mut pool: Pool<u32> = Pool::new(PoolLimits::new(4, 40, 1));
+            hosted(&mut pool, now, &domains);
+            let mut connects = 0;
+            for i in 0..200u32 {
+                let d = &domains[i as usize % n];
+                pool.wait(d, i, now + Duration::from_secs(32), now);
+                let seen = drive(&mut pool, now, d, &[]);
+                connects += seen
+                    .iter()
+                    .filter(|a| matches!(a, Action::Connect { .. }))
+                    .count();
+                assert!(
+                    seen.iter().any(|a| matches!(a, Action::Send { .. })),
+                    "request {i} for {d} not sent ({n} domains)"
+                );
+            }
+            assert_eq!(connects, 4, "{n} domains");
+            let edge = EdgeAddr {
+                host: "sipfed.online.lync.com".into(),
+                port: 5061,
+            };
+            assert_eq!(pool.outbound_counts("other", &[], Some(&edge)).1, 4);
+            // The peer network of one tenant holds the connections opened for the others.
+            let targets = [edge];
+            assert_eq!(pool.outbound_counts(&domains[0], &targets, None).0, 4);
+        }
+    }
+
+    #[test]
+    fn a_connection_opening_to_a_shared_edge_host_serves_the_other_domains_when_up() {
+        let now = Instant::now();
+        let domains = ["contoso.com".to_owned(), "fabrikam.com".to_owned()];
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        hosted(&mut pool, now, &domains);
+        let fed = federation();
+        pool.wait("contoso.com", 1, now + Duration::from_secs(32), now);
+        let [Action::Connect { conn, .. }] = pool.pump(now, "contoso.com", None, &fed, true)[..]
+        else {
+            panic!()
+        };
+        // fabrikam.com waits for the connection being opened to its edge host.
+        pool.wait("fabrikam.com", 2, now + Duration::from_secs(32), now);
+        assert_eq!(pool.pump(now, "fabrikam.com", None, &fed, true), []);
+        pool.up(conn, PeerIdentity::from_names(["sipfed.online.lync.com"]));
+        assert_eq!(pool.waiting_domains("contoso.com"), ["fabrikam.com"]);
+        assert_eq!(
+            pool.pump(now, "fabrikam.com", None, &fed, true),
+            [Action::Send { conn }]
+        );
+        // A certificate that does not name the SRV target is not used for the other domain.
+        let mut pool: Pool<u32> = Pool::new(PoolLimits::default());
+        hosted(&mut pool, now, &domains);
+        pool.wait("contoso.com", 1, now + Duration::from_secs(32), now);
+        let [Action::Connect { conn, .. }] = pool.pump(now, "contoso.com", None, &fed, true)[..]
+        else {
+            panic!()
+        };
+        pool.up(conn, PeerIdentity::from_names(["contoso.com"]));
+        pool.wait("fabrikam.com", 2, now + Duration::from_secs(32), now);
+        assert!(matches!(
+            pool.pump(now, "fabrikam.com", None, &fed, true)[..],
+            [Action::Connect { conn: other, .. }] if other != conn
+        ));
     }
 
     #[test]
@@ -936,12 +1171,12 @@ mod tests {
             pool.wait("contoso.com", i, now + Duration::from_secs(32), now);
             drive(&mut pool, now, "contoso.com", &[]);
         }
-        assert_eq!(pool.outbound_counts("contoso.com", None).0, 40);
+        assert_eq!(pool.outbound_counts("contoso.com", &[], None).0, 40);
         let last = EdgeAddr {
             host: "edge40.contoso.com".into(),
             port: 5061,
         };
-        assert_eq!(pool.outbound_counts("contoso.com", Some(&last)).1, 0);
+        assert_eq!(pool.outbound_counts("contoso.com", &[], Some(&last)).1, 0);
     }
 
     #[test]

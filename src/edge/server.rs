@@ -29,7 +29,7 @@ use super::event::EdgeEvent;
 use super::identity::PeerIdentity;
 use super::limits::{Backlog, BacklogCounters, Limit, LimitCounters, OverLimit, not_reading};
 use super::pool::{EdgeAddr, NEGATIVE_TTL_FLOOR};
-use super::tls::{TlsConfigs, describe_handshake_error};
+use super::tls::{TlsConfigs, describe_accept_error, describe_handshake_error};
 use crate::sip::framing::{Frame, Framer, PING};
 use crate::sip::message::{Limits, Message};
 use crate::sip::transaction::{ConnId, TxId, TxIds};
@@ -95,10 +95,20 @@ pub struct EdgeEvents {
 impl EdgeEvents {
     pub async fn recv(&mut self) -> Option<EdgeEvent> {
         let event = self.rx.recv().await?;
+        Some(self.taken(event))
+    }
+
+    /// The next event if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<EdgeEvent> {
+        let event = self.rx.try_recv().ok()?;
+        Some(self.taken(event))
+    }
+
+    fn taken(&self, event: EdgeEvent) -> EdgeEvent {
         if matches!(event, EdgeEvent::Request { .. }) {
             self.pending.fetch_sub(1, Ordering::Relaxed);
         }
-        Some(event)
+        event
     }
 }
 
@@ -416,11 +426,13 @@ async fn accept_loop(listener: TcpListener, io: Io) {
         if admitted.await != Ok(true) {
             continue;
         }
-        let acceptor = TlsAcceptor::from(io.tls().server);
+        let tls = io.tls();
+        let acceptor = TlsAcceptor::from(tls.server);
+        let server_auth_only = tls.accept_server_auth_only_clients;
         let io = io.clone();
         tokio::spawn(async move {
             let core_tx = io.core_tx.clone();
-            if !accept_connection(tcp, conn, peer, acceptor, io).await {
+            if !accept_connection(tcp, conn, peer, (acceptor, server_auth_only), io).await {
                 let _ = core_tx.send(CoreInput::Released { conn }).await;
             }
         });
@@ -438,12 +450,13 @@ fn identity_of(
 }
 
 /// The handshake of accepted connection `conn`, then the connection itself; false if it never
-/// became a connection of the core (the caller releases it).
+/// became a connection of the core (the caller releases it). With the acceptor comes its
+/// configuration's `sip.accept_server_auth_only_clients`, which a refusal's log line names.
 async fn accept_connection(
     tcp: TcpStream,
     conn: ConnId,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    (acceptor, server_auth_only): (TlsAcceptor, bool),
     io: Io,
 ) -> bool {
     let _ = tcp.set_nodelay(true);
@@ -451,7 +464,8 @@ async fn accept_connection(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            warn!(%peer, reason = %describe_handshake_error(&e), "TLS handshake failed");
+            let reason = describe_accept_error(&e, server_auth_only);
+            warn!(%peer, %reason, "TLS handshake failed");
             return false;
         }
         Err(_) => {

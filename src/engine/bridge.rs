@@ -11,7 +11,9 @@
 //! - **Order.** An engine's outputs for one input form a batch, run in order; an engine may ask
 //!   for its stanzas to go first ([`Engine::stanzas_first`]), so that a SIP answer follows what
 //!   it acknowledges. Consecutive durable store writes of a batch are joined into one
-//!   [`Action::Write`] or [`Action::WriteIm`] (one sync).
+//!   [`Action::Write`] (one sync); IM sessions' durable writes also across batches, over the
+//!   actions between them, which stay behind the joined write ([`Action::WriteIm`]: one sync
+//!   for a burst of new sessions).
 //! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
 //!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
 //!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
@@ -52,6 +54,8 @@ use crate::xmpp::gateway::{self, GatewayInfo};
 
 /// Most consecutive durable writes joined into one [`Action::Write`].
 pub const WRITE_BATCH: usize = 1024;
+/// How far ahead in the queue [`Bridge::poll_action`] looks for IM writes to join.
+pub const WRITE_LOOKAHEAD: usize = 4096;
 
 /// Most facts handed on after one input: engines answer facts with actions, not with more
 /// facts, so this is a guard against a loop, never reached.
@@ -345,6 +349,50 @@ impl Bridge {
         }
     }
 
+    /// Group commit of IM sessions' durable writes: the durable IM writes queued after the
+    /// one being taken, by the same engine, in later batches too, join it (one sync for a burst
+    /// of new sessions), in their order. Other actions stay where they are, so whatever
+    /// followed a write still waits for it; the look-ahead passes over actions that are no
+    /// store writes and stops at the first store write of another kind (store writes keep
+    /// their order), after [`WRITE_LOOKAHEAD`] entries, or at [`WRITE_BATCH`] writes.
+    fn join_im_writes(&mut self, engine: usize, kept: &mut Vec<(ImDialog, Option<u32>)>) {
+        let mut joined = Vec::new();
+        for (i, q) in self.queue.iter().enumerate().take(WRITE_LOOKAHEAD) {
+            match &q.output {
+                Output::PersistIm { durable: true, .. } if q.engine == engine => {
+                    joined.push(i);
+                    if kept.len() + joined.len() >= WRITE_BATCH {
+                        break;
+                    }
+                }
+                Output::Stanza(_)
+                | Output::Request { .. }
+                | Output::Respond { .. }
+                | Output::Ack { .. }
+                | Output::Fact(_) => {}
+                _ => break,
+            }
+        }
+        let Some(&last) = joined.last() else {
+            return;
+        };
+        let prefix: Vec<Queued> = self.queue.drain(..=last).collect();
+        let mut joined = joined.into_iter().peekable();
+        let mut stay = Vec::with_capacity(prefix.len());
+        for (i, q) in prefix.into_iter().enumerate() {
+            if joined.next_if_eq(&i).is_some() {
+                if let Output::PersistIm { dialog, before, .. } = q.output {
+                    kept.push((*dialog, before));
+                }
+            } else {
+                stay.push(q);
+            }
+        }
+        for q in stay.into_iter().rev() {
+            self.queue.push_front(q);
+        }
+    }
+
     /// The next action, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
         let Queued {
@@ -402,23 +450,7 @@ impl Bridge {
                 before,
             } => {
                 let mut kept = vec![(*dialog, before)];
-                while kept.len() < WRITE_BATCH {
-                    match self.queue.front() {
-                        Some(q)
-                            if q.batch == batch
-                                && matches!(q.output, Output::PersistIm { durable: true, .. }) =>
-                        {
-                            if let Some(Queued {
-                                output: Output::PersistIm { dialog, before, .. },
-                                ..
-                            }) = self.queue.pop_front()
-                            {
-                                kept.push((*dialog, before));
-                            }
-                        }
-                        _ => break,
-                    }
-                }
+                self.join_im_writes(engine, &mut kept);
                 let dialogs = kept.iter().map(|(d, _)| d.clone()).collect();
                 let failed = kept.into_iter().map(|(d, before)| Output::PersistIm {
                     dialog: Box::new(d),
@@ -581,7 +613,10 @@ fn input_kind(input: &Input) -> &'static str {
 fn client_tx(event: &EdgeEvent) -> Option<TxId> {
     match event {
         EdgeEvent::Transaction(
-            TxEvent::Response { tx, .. } | TxEvent::Timeout { tx } | TxEvent::TransportError { tx },
+            TxEvent::Response { tx, .. }
+            | TxEvent::Timeout { tx }
+            | TxEvent::GaveUp { tx }
+            | TxEvent::TransportError { tx },
         )
         | EdgeEvent::Undeliverable { tx, .. } => Some(*tx),
         _ => None,
@@ -864,6 +899,8 @@ mod tests {
     #[derive(Default)]
     struct Stub {
         out: Vec<Output>,
+        /// The outputs of the inputs after the first, in order.
+        more: VecDeque<Vec<Output>>,
         failed: Vec<Vec<Output>>,
         withdraw: Vec<TxId>,
         first: Vec<Output>,
@@ -877,6 +914,9 @@ mod tests {
             true
         }
         fn handle(&mut self, _now: Instant, _input: Input) -> Vec<Output> {
+            if self.out.is_empty() {
+                return self.more.pop_front().unwrap_or_default();
+            }
             std::mem::take(&mut self.out)
         }
         fn poll_timeout(&self) -> Option<Instant> {
@@ -989,6 +1029,63 @@ mod tests {
             Some(Action::ForgetIm { remote, .. }) if remote == "sip:bob@contoso.com"
         ));
         assert!(matches!(bridge.poll_action(), Some(Action::Request { tx, .. }) if tx == tx2));
+        assert_eq!(bridge.poll_action(), None);
+    }
+
+    /// IM writes of later inputs join the first one's sync (group commit), passing over the
+    /// actions between, which stay in order behind it; a store write of another kind ends the
+    /// join (store writes keep their order).
+    #[test]
+    fn durable_im_writes_of_later_inputs_share_one_sync() {
+        let d = |r: &str| im_dialog(r);
+        let w = |r: &str| Output::PersistIm {
+            dialog: Box::new(d(r)),
+            durable: true,
+            before: None,
+        };
+        let ids = TxIds::default();
+        let (tx1, tx2, tx3) = (ids.next(), ids.next(), ids.next());
+        let forget = Output::ForgetIm {
+            local: "alice@example.org".into(),
+            remote: "sip:dave@contoso.com".into(),
+        };
+        let stub = Stub {
+            out: vec![w("sip:bob@contoso.com"), request(tx1)],
+            more: VecDeque::from([
+                vec![w("sip:carol@contoso.com"), request(tx2)],
+                vec![forget, w("sip:erin@contoso.com"), request(tx3)],
+            ]),
+            ..Stub::default()
+        };
+        let mut bridge = Bridge::new(vec![Box::new(stub)], Mappings::builtin().errors);
+        let now = Instant::now();
+        let el: Element = "<message xmlns='jabber:component:accept'/>"
+            .parse()
+            .unwrap();
+        for _ in 0..3 {
+            bridge.handle(now, Input::Stanza(el.clone()));
+        }
+        assert_eq!(
+            bridge.poll_action(),
+            Some(Action::WriteIm {
+                dialogs: vec![d("sip:bob@contoso.com"), d("sip:carol@contoso.com")],
+                durable: true
+            })
+        );
+        assert!(matches!(bridge.poll_action(), Some(Action::Request { tx, .. }) if tx == tx1));
+        assert!(matches!(bridge.poll_action(), Some(Action::Request { tx, .. }) if tx == tx2));
+        assert!(matches!(
+            bridge.poll_action(),
+            Some(Action::ForgetIm { .. })
+        ));
+        assert_eq!(
+            bridge.poll_action(),
+            Some(Action::WriteIm {
+                dialogs: vec![d("sip:erin@contoso.com")],
+                durable: true
+            })
+        );
+        assert!(matches!(bridge.poll_action(), Some(Action::Request { tx, .. }) if tx == tx3));
         assert_eq!(bridge.poll_action(), None);
     }
 }

@@ -25,6 +25,10 @@ use crate::xmpp::gateway::error_reply;
 
 /// Text of the failure of a request that got no response in time (RFC 3261 §17.1 Timer B/F).
 pub(crate) const NO_ANSWER: &str = "no answer from the LCS side";
+/// Text of the failure of an INVITE that got a provisional response but no final one in time,
+/// and was cancelled (RFC 3261 §9.1).
+pub(crate) const INVITE_CANCELLED: &str =
+    "the LCS side did not accept the chat session in time; the invitation was cancelled";
 /// Text of the failure of a request whose connection was lost.
 pub(crate) const CONNECTION_LOST: &str = "the connection to the LCS side was lost";
 

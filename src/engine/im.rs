@@ -39,7 +39,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use xmpp_parsers::chatstates::ChatState;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Id, Lang, Message as Stanza, MessageType, Thread};
@@ -49,13 +49,14 @@ use xmpp_parsers::receipts::{Received, Request as ReceiptRequest};
 
 use super::Fact;
 use super::common::{self, Parties, WallClock, host_of, parties};
+use super::multiparty;
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::im_text::{self, Typing};
 use crate::core::lang::language_tag;
 use crate::core::names;
 use crate::core::tables::ErrorTable;
-use crate::edge::core::{Route, Undeliverable};
+use crate::edge::core::{ALLOW, Route, Undeliverable};
 use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
 use crate::sip::builder::{RequestSpec, header_text, name_addr, reason_phrase};
@@ -69,6 +70,10 @@ use crate::store::{DialogRecord, ImDialog};
 /// Longest `Subject` header sent, in bytes: an XMPP `<subject/>` is one line of at most this
 /// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
 pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// What an INFO in a session may carry (the `Accept` of its `415`): Microsoft's
+/// `KeyboardActivity` document.
+const INFO_ACCEPT: &str = "application/xml, text/xml";
 
 pub use super::common::CSEQ_RESERVE;
 
@@ -1055,6 +1060,13 @@ impl ImEngine {
                 let c = self.errors.condition_for_timeout();
                 self.on_final(now, tx, Err((c, common::NO_ANSWER.into(), true)), &mut out)
             }
+            EdgeEvent::Transaction(TxEvent::GaveUp { tx }) => {
+                // The INVITE rang (a provisional response) but was not answered in time: the
+                // edge cancelled it (RFC 3261 §9.1); what waited for the session comes back.
+                let c = self.errors.condition_for_timeout();
+                let text = common::INVITE_CANCELLED.into();
+                self.on_final(now, tx, Err((c, text, true)), &mut out)
+            }
             EdgeEvent::Transaction(TxEvent::TransportError { tx }) => {
                 if !self.resend_by_domain(tx, &mut out) {
                     let lost = (
@@ -1443,12 +1455,26 @@ impl ImEngine {
                     out.push(refuse(self, reject));
                     return;
                 };
+                if request.method() == Some(&Method::Invite) {
+                    if let Some(signal) = multiparty::signal(&request) {
+                        // The one-to-one session goes on as it was (RFC 3261 §14.1: a
+                        // non-2xx to a re-INVITE changes nothing).
+                        debug!(local = %key.0, remote = %key.1, sign = %signal.describe(),
+                            "multiparty re-INVITE refused, the session goes on");
+                        let reject = multiparty::refusal(&self.settings.public_fqdn);
+                        out.push(refuse(self, reject));
+                        return;
+                    }
+                }
                 self.in_dialog(now, tx, conn, key, &request, out);
             }
             Some(Method::Ack) => {}
             _ => {
+                // REFER (Lync adding a third person), UPDATE, PRACK, …: RFC 3261 §21.5.2, with
+                // the methods this gateway does take.
                 let reject = Reject::new(status::NOT_IMPLEMENTED)
-                    .reason("Not Implemented by this gateway yet");
+                    .reason("Not Implemented by this gateway yet")
+                    .header("Allow", ALLOW);
                 out.push(refuse(self, reject))
             }
         }
@@ -1467,6 +1493,12 @@ impl ImEngine {
             tx,
             response: reject.response_to(request, Some(&tag)),
         };
+        if let Some(signal) = multiparty::signal(request) {
+            // Before anything is made of it: no session, no first message to XMPP.
+            debug!(from = %request.header("From").unwrap_or(""), sign = %signal.describe(),
+                "multiparty INVITE refused");
+            return out.push(refuse(multiparty::refusal(&self.settings.public_fqdn)));
+        }
         let Parties {
             local,
             local_uri,
@@ -1640,10 +1672,32 @@ impl ImEngine {
             Some(Method::Bye) => Ok(None),
             // A re-INVITE (refresh): keep the session, answer with our SDP.
             Some(Method::Invite) => Ok(None),
-            // Other INFO payloads are acknowledged and ignored.
-            Some(Method::Info) => Ok(im_text::parse_keyboard_activity(request.body())
-                .ok()
-                .map(|t| typing(&session.remote_jid, &local, &session.thread, t))),
+            // INFO by Content-Type: Microsoft's KeyboardActivity (XML that is not one is
+            // acknowledged and ignored), a bodiless INFO acknowledged; anything else, such as
+            // the multiparty roster-manager election (application/x-ms-mim), 415 with what
+            // INFO takes. The session goes on either way.
+            Some(Method::Info) => match multiparty::essence(request).as_str() {
+                _ if request.body().is_empty() => Ok(None),
+                im_text::KEYBOARD_ACTIVITY_TYPE | "text/xml" => {
+                    Ok(im_text::parse_keyboard_activity(request.body())
+                        .ok()
+                        .map(|t| typing(&session.remote_jid, &local, &session.thread, t)))
+                }
+                other => {
+                    let reject = Reject::new(status::UNSUPPORTED_MEDIA_TYPE)
+                        .reason(match other {
+                            "" => "Unsupported Media Type (no Content-Type)".to_owned(),
+                            t => format!("Unsupported Media Type {}", header_text(t, 100)),
+                        })
+                        .header("Accept", INFO_ACCEPT);
+                    Err(if other == multiparty::MIM_TYPE {
+                        let warning = multiparty::warning(&self.settings.public_fqdn);
+                        reject.header("Warning", warning)
+                    } else {
+                        reject
+                    })
+                }
+            },
             _ => {
                 let ct = content_type(request);
                 if ct
@@ -2104,6 +2158,28 @@ mod tests {
             },
         );
         assert!(stanzas(&out)[0].contains("remote-server-not-found"));
+    }
+
+    #[test]
+    fn an_invite_the_edge_cancelled_bounces_what_waited_with_its_own_text() {
+        // RFC 3261 §9.1: the edge cancelled an INVITE that rang (180) but was not answered
+        // within 64·T1; the messages queued for the session come back to their sender.
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("first"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        assert_eq!(invite.method(), Some(&Method::Invite));
+        e.on_stanza(now, message(Some("second"), ""));
+        let out = e.on_edge(now, EdgeEvent::Transaction(TxEvent::GaveUp { tx }));
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 2, "{s:?}");
+        for (stanza, body) in s.iter().zip(["first", "second"]) {
+            assert!(stanza.contains("type='error'"), "{stanza}");
+            assert!(stanza.contains("remote-server-timeout"), "{stanza}");
+            assert!(stanza.contains(common::INVITE_CANCELLED), "{stanza}");
+            assert!(stanza.contains(&format!("<body>{body}</body>")), "{stanza}");
+        }
+        assert_eq!(e.session_count(), 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod bridge;
 mod common;
 pub mod im;
+mod multiparty;
 pub mod name_book;
 pub mod presence;
 pub mod roster;

@@ -285,8 +285,41 @@ pub struct RosterEngine {
     renamed: HashMap<Pair, Instant>,
     renamed_order: VecDeque<(Instant, Pair)>,
     written: Written,
+    /// Wishes dropped, logged at most once a minute per cause.
+    dropped: [DropLog; 4],
     prefix: String,
     next: u64,
+}
+
+/// Why a wish was dropped: a limit, or its IQ unanswered ([`RosterEngine::dropped`]).
+#[derive(Clone, Copy)]
+enum Dropped {
+    Rename = 0,
+    Parked = 1,
+    InFlight = 2,
+    Unanswered = 3,
+}
+
+impl Dropped {
+    fn what(self) -> &'static str {
+        match self {
+            Dropped::Rename => "roster rename dropped: too many waiting",
+            Dropped::Parked => {
+                "roster update dropped: too many waiting for the XMPP server's privileges"
+            }
+            Dropped::InFlight => "roster update dropped: too many under way",
+            Dropped::Unanswered => "no answer to a roster IQ (XEP-0356); given up",
+        }
+    }
+}
+
+/// Drops for one cause: the first is logged at once, later ones at most once a minute with
+/// how many there were (a burst of approvals, or a server that stopped answering, must not
+/// flood the log).
+#[derive(Debug, Default)]
+struct DropLog {
+    logged_at: Option<Instant>,
+    unlogged: u64,
 }
 
 impl RosterEngine {
@@ -310,6 +343,7 @@ impl RosterEngine {
             renamed: HashMap::new(),
             renamed_order: VecDeque::new(),
             written: Written::default(),
+            dropped: Default::default(),
             prefix: format!("roster-{:08x}-", seed & 0xffff_ffff),
             next: 0,
         }
@@ -417,7 +451,7 @@ impl RosterEngine {
         if let Some(at) = self.renamed.get(&pair).map(|t| *t + RENAME_DEBOUNCE) {
             if at > now {
                 if self.delayed.len() >= MAX_IN_FLIGHT {
-                    warn!(user = %pair.0, contact = %pair.1, "roster rename dropped: too many waiting");
+                    self.drop_wish(now, Dropped::Rename, &pair.0, &pair.1);
                     return Vec::new();
                 }
                 debug!(user = %pair.0, contact = %pair.1, "roster rename waits for the last one's period");
@@ -486,6 +520,22 @@ impl RosterEngine {
         out
     }
 
+    /// A wish dropped for `why`: logged at once if none was in the last minute, else counted
+    /// into the next log line.
+    fn drop_wish(&mut self, now: Instant, why: Dropped, user: &BareJid, contact: &BareJid) {
+        let log = &mut self.dropped[why as usize];
+        log.unlogged += 1;
+        if log
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(60))
+        {
+            return;
+        }
+        warn!(%user, %contact, dropped = log.unlogged, "{}", why.what());
+        log.logged_at = Some(now);
+        log.unlogged = 0;
+    }
+
     fn dispatch(
         &mut self,
         now: Instant,
@@ -504,7 +554,7 @@ impl RosterEngine {
                     if let Some(waiting) = self.parked.remove(&pair) {
                         self.parked.insert(pair, waiting.then(wish));
                     } else if self.parked.len() >= MAX_IN_FLIGHT {
-                        warn!(user = %pair.0, contact = %pair.1, "roster update dropped: too many waiting for the XMPP server's privileges");
+                        self.drop_wish(now, Dropped::Parked, &pair.0, &pair.1);
                     } else {
                         self.parked.insert(pair, wish);
                     }
@@ -525,7 +575,7 @@ impl RosterEngine {
                 return out;
             }
             if self.in_flight.len() >= MAX_IN_FLIGHT {
-                warn!(user = %local, contact = %contact, "roster update dropped: too many under way");
+                self.drop_wish(now, Dropped::InFlight, &local, &contact);
                 return out;
             }
             self.busy.insert(pair, None);
@@ -957,7 +1007,7 @@ impl RosterEngine {
                 break;
             };
             if let Some(op) = self.in_flight.remove(&id) {
-                warn!(user = %op.local, contact = %op.contact, step = ?op.step, "no answer to a roster IQ (XEP-0356); given up");
+                self.drop_wish(now, Dropped::Unanswered, &op.local, &op.contact);
                 self.done(now, (op.local, op.contact), op.wish.approved, &mut out);
             }
         }

@@ -43,7 +43,7 @@ use crate::store::{MemStore, Store, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 
 /// The SDP an LCS edge offers and answers for a session-mode IM session.
-const SDP: &str = "v=0\r\no=- 0 0 IN IP4 192.0.2.5\r\ns=session\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=message 5060 sip null\r\n";
+pub const SDP: &str = "v=0\r\no=- 0 0 IN IP4 192.0.2.5\r\ns=session\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=message 5060 sip null\r\n";
 
 /// One way across, for every message in the world.
 pub const LATENCY: Duration = Duration::from_millis(20);
@@ -746,6 +746,70 @@ impl World {
             SDP,
         );
         self.lcs_request(invite);
+    }
+
+    /// An LCS user sends an INVITE with these extra header lines (`\n`-ended, e.g. Lync's
+    /// multiparty `EndPoints` and `Roster-Manager`, or an `ms-text-format`) and this body (its
+    /// Content-Type and text).
+    pub fn lcs_invites_with_headers(
+        &mut self,
+        from: &str,
+        to: &str,
+        extra: &str,
+        (content_type, body): (&str, &str),
+    ) {
+        let (tag, call_id) = self.start_dialog("INVITE", from, to);
+        let invite = sip(
+            &format!(
+                "INVITE {to} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{tag}\nMax-Forwards: 70\nFrom: <{from}>;tag={tag}\nTo: <{to}>\nCall-ID: {call_id}\nCSeq: 1 INVITE\nContact: <{from};transport=tls>\n{extra}Content-Type: {content_type}\n"
+            ),
+            body,
+        );
+        self.lcs_request(invite);
+    }
+
+    /// The `ms-text-format` header line (`\n`-ended) carrying `text` as a first message.
+    pub fn ms_text_format_line(text: &str) -> String {
+        format!(
+            "ms-text-format: text/plain; charset=UTF-8;ms-body={}\n",
+            base64_of(text)
+        )
+    }
+
+    /// An LCS user sends a request of `method` in the session its INVITE made, with these extra
+    /// header lines (`\n`-ended) and body.
+    pub fn lcs_sends_in_session(&mut self, from: &str, method: &str, extra: &str, body: &str) {
+        let key = (from.to_owned(), "INVITE");
+        let mut d = self.dialog(from, "INVITE");
+        d.cseq += 1;
+        self.lcs.dialogs.insert(key, d.clone());
+        let request = sip(
+            &format!(
+                "{method} {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKs{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} {method}\nContact: <{};transport=tls>\n{extra}",
+                d.bridge_uri,
+                d.lcs_tag,
+                d.cseq,
+                d.lcs_uri,
+                d.lcs_tag,
+                d.bridge_uri,
+                d.bridge_tag,
+                d.call_id,
+                d.cseq,
+                d.lcs_uri
+            ),
+            body,
+        );
+        self.lcs_request(request);
+    }
+
+    /// The bridge's last answer to an LCS request of `method`.
+    pub fn last_answer_to(&self, method: Method) -> Option<&Message> {
+        self.lcs
+            .answers
+            .iter()
+            .rev()
+            .map(|(_, r)| r)
+            .find(|r| r.cseq().is_ok_and(|c| c.method == method))
     }
 
     /// An LCS user sends a MESSAGE in the session its INVITE made.

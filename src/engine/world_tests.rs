@@ -951,6 +951,109 @@ fn each_lcs_watcher_sees_what_the_server_addressed_to_it() {
     assert!(open(last_document(&w, CAROL_AOR)));
 }
 
+/// The `Warning` of every multiparty refusal, this bridge's edge as warn-agent.
+const MULTIPARTY_WARNING: &str =
+    "399 sip.example.org \"multiparty conversations are not supported by this gateway\"";
+
+#[test]
+fn multiparty_invites_without_require_get_488_and_nothing_reaches_xmpp() {
+    use super::world::SDP;
+    // pidgin-sipe sipe-incoming.c process_incoming_invite: more than two EndPoints, or
+    // TriggeredInvite: TRUE, make an INVITE multiparty; Roster-Manager names the chat's roster
+    // keeper. Lync 2010+ conference escalation: an application/ms-conf-invite+xml body.
+    let three = "EndPoints: <sip:carol@contoso.com>, <sip:bob@contoso.com>;epid=ebca82d94d, <sip:alice@example.org>\n";
+    let conf = r#"<Conferencing version="2.0"><focus-uri>sip:carol@contoso.com;gruu;opaque=app:conf:focus:id:4FNRHN16</focus-uri><subject>Chat</subject><im available="true"><first-im>hello all</first-im></im></Conferencing>"#;
+    let cases: [(&str, (&str, &str)); 4] = [
+        (three, ("application/sdp", SDP)),
+        (
+            "Roster-Manager: sip:carol@contoso.com\n",
+            ("application/sdp", SDP),
+        ),
+        ("TriggeredInvite: TRUE\n", ("application/sdp", SDP)),
+        ("", ("application/ms-conf-invite+xml", conf)),
+    ];
+    for (extra, body) in cases {
+        let mut w = World::new();
+        let extra = format!("{extra}{}", World::ms_text_format_line("hello all"));
+        w.lcs_invites_with_headers(BOB_AOR, ALICE_URI, &extra, body);
+        w.settle();
+        assert_eq!(w.lcs.statuses(Method::Invite), [488], "{extra}");
+        let r = w.last_answer_to(Method::Invite).unwrap();
+        assert_eq!(r.header("Warning"), Some(MULTIPARTY_WARNING));
+        // Never advertised.
+        assert_eq!(r.header("Supported"), None);
+        assert!(w.xmpp.to(ALICE).is_empty(), "{:?}", w.xmpp.to(ALICE));
+        assert_eq!(w.store.im_dialogs().count(), 0, "nothing stored");
+    }
+}
+
+#[test]
+fn a_multiparty_reinvite_x_ms_mim_info_and_refer_are_refused_and_the_session_goes_on() {
+    let mut w = World::new();
+    w.lcs_invites(BOB_AOR, ALICE_URI, "hi");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Invite), [200]);
+    // Lync escalating the conversation: a re-INVITE naming a third party.
+    let reinvite = "EndPoints: <sip:bob@contoso.com>, <sip:alice@example.org>, <sip:carol@contoso.com>\nRoster-Manager: sip:bob@contoso.com\nContent-Type: application/sdp\n";
+    w.lcs_sends_in_session(BOB_AOR, "INVITE", reinvite, super::world::SDP);
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Invite), [200, 488]);
+    let r = w.last_answer_to(Method::Invite).unwrap();
+    assert_eq!(r.header("Warning"), Some(MULTIPARTY_WARNING));
+    // The roster-manager election (pidgin-sipe sipe-chat.c sipe_send_election_request_rm).
+    let mim = "<?xml version=\"1.0\"?>\r\n<action xmlns=\"http://schemas.microsoft.com/sip/multiparty/\"><RequestRM uri=\"sip:bob@contoso.com\" bid=\"42\"/></action>\r\n";
+    w.lcs_sends_in_session(BOB_AOR, "INFO", "Content-Type: application/x-ms-mim\n", mim);
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Info), [415]);
+    let r = w.last_answer_to(Method::Info).unwrap();
+    assert_eq!(r.header("Accept"), Some("application/xml, text/xml"));
+    assert_eq!(r.header("Warning"), Some(MULTIPARTY_WARNING));
+    assert!(r.body().is_empty());
+    // KeyboardActivity still becomes a chat state.
+    w.lcs_sends_in_session(
+        BOB_AOR,
+        "INFO",
+        "Content-Type: application/xml\n",
+        "<?xml version=\"1.0\"?><KeyboardActivity><status status=\"type\" /></KeyboardActivity>",
+    );
+    // Adding a third person (pidgin-sipe sipe-chat.c sipe_refer, here without Require).
+    w.lcs_sends_in_session(
+        BOB_AOR,
+        "REFER",
+        "Refer-to: <sip:carol@contoso.com>\nReferred-By: <sip:bob@contoso.com>;tag=lcs1;epid=01010101\n",
+        "",
+    );
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Info), [415, 200]);
+    let r = w.lcs.answers.last().map(|(_, r)| r).unwrap();
+    assert_eq!(r.status(), Some(501));
+    assert!(r.header("Allow").unwrap().contains("MESSAGE"));
+    assert!(!r.header("Allow").unwrap().contains("REFER"));
+    // A bodiless INFO is acknowledged; a body of no declared type is refused.
+    w.lcs_sends_in_session(BOB_AOR, "INFO", "", "");
+    w.lcs_sends_in_session(BOB_AOR, "INFO", "", "<RequestRM/>");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Info), [415, 200, 200, 415]);
+    let r = w.last_answer_to(Method::Info).unwrap();
+    assert_eq!(r.reason(), Some("Unsupported Media Type (no Content-Type)"));
+    // The one-to-one session goes on: the next message arrives, in the same thread.
+    w.lcs_messages(BOB_AOR, "still there?");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Message), [200]);
+    assert!(w.lcs.requests(&Method::Bye).is_empty());
+    let got = w.xmpp.to(ALICE);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[0].contains("<body>hi</body>"), "{}", got[0]);
+    assert!(got[1].contains("<composing"), "{}", got[1]);
+    assert!(got[2].contains("<body>still there?</body>"), "{}", got[2]);
+    let thread = |s: &str| {
+        s.split("<thread>")
+            .nth(1)
+            .map(|t| t.split('<').next().unwrap_or("").to_owned())
+    };
+    assert_eq!(thread(&got[0]), thread(&got[2]));
+}
+
 /// A Lync user's categories document ([MS-PRES] §4.4.3's form): a state with `availability`
 /// and an activity, and, when given, a note.
 fn categories(availability: u32, activity: &str, note: Option<(&str, &str)>) -> String {

@@ -6,6 +6,8 @@
 //! `Reject` or a type that becomes one ([`crate::sip::error::ParseError`] here, the edge's
 //! admission `Refusal`).
 
+use std::time::Duration;
+
 use super::error::ParseError;
 use super::message::Message;
 
@@ -21,6 +23,7 @@ pub const REQUEST_TIMEOUT: u16 = 408;
 pub const REQUEST_ENTITY_TOO_LARGE: u16 = 413;
 pub const UNSUPPORTED_MEDIA_TYPE: u16 = 415;
 pub const UNSUPPORTED_URI_SCHEME: u16 = 416;
+pub const BAD_EXTENSION: u16 = 420;
 pub const INTERVAL_TOO_BRIEF: u16 = 423;
 pub const TEMPORARILY_UNAVAILABLE: u16 = 480;
 pub const CALL_DOES_NOT_EXIST: u16 = 481;
@@ -159,10 +162,43 @@ impl From<&ParseError> for Reject {
     }
 }
 
+/// The longest a peer's `Retry-After` is honoured (a larger value is read as this).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The delay a `Retry-After` header value asks for (RFC 3261 §20.33: `delta-seconds`, then an
+/// optional comment and parameters), capped at [`MAX_RETRY_AFTER`]; `None` when absent or not
+/// a number.
+pub fn retry_after(value: Option<&str>) -> Option<Duration> {
+    let v = value?.trim_start();
+    let digits = v.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    // Over 10 digits is past the cap anyway (and would not fit).
+    let secs: u64 = v[..digits.min(10)].parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn retry_after_values_are_read_and_capped() {
+        assert_eq!(retry_after(Some("120")), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after(Some(" 18000 (maintenance);duration=3600")),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            retry_after(Some("99999999999999999999")),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_after(Some("0")), Some(Duration::ZERO));
+        assert_eq!(retry_after(Some("soon")), None);
+        assert_eq!(retry_after(None), None);
+    }
 
     fn invite() -> Message {
         Message::parse(

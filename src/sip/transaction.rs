@@ -8,7 +8,8 @@
 //!
 //! | timer | value | meaning |
 //! | --- | --- | --- |
-//! | B | 64·T1 | INVITE client: no final response → [`TxEvent::Timeout`] |
+//! | B | 64·T1 | INVITE client in Calling (no provisional response): no final response → [`TxEvent::Timeout`] |
+//! | give-up | 64·T1 | INVITE client in Proceeding (a provisional came): CANCEL sent → [`TxEvent::GaveUp`] |
 //! | F | 64·T1 | non-INVITE client: no final response → [`TxEvent::Timeout`] |
 //! | H | 64·T1 | INVITE server: no ACK for a non-2xx final response → [`TxEvent::AckTimeout`] |
 //!
@@ -18,16 +19,29 @@
 //! 3261 says the transaction does: `100 Trying` to INVITE (§17.2.1), the ACK for a non-2xx final
 //! response (§17.1.1.3), `200` to a CANCEL that matches an INVITE and `481` to one that does not
 //! (§9.2). Everything else goes to the transaction user as a [`TxEvent`].
+//!
+//! Giving up on an INVITE. An INVITE client transaction is in Calling until a provisional
+//! response arrives and in Proceeding after (§17.1.1.2). Timer B ends it in Calling. In
+//! Proceeding RFC 3261 sets no timer: the transaction user decides when to stop waiting. The
+//! bridge stops at the same 64·T1 after the INVITE went out: the layer sends a CANCEL on the
+//! INVITE's connection (§9.1: Request-URI, Call-ID, From, To and the CSeq number of the INVITE,
+//! a single Via equal to its top Via, its Route headers) as a client transaction of its own, and
+//! tells the user [`TxEvent::GaveUp`]. A CANCEL is never sent before a provisional response
+//! (§9.1). An INVITE given up on either way is remembered for another 64·T1 (at most
+//! [`MAX_ABANDONED`] of them): a non-2xx final response to it (the 487 the CANCEL brings) is
+//! ACKed as the transaction would (§17.1.1.3); a 2xx is ACKed (§13.2.2.4) and its dialog ended
+//! at once with BYE on the connection the 2xx came on. Nothing of it reaches the user. The
+//! CANCEL and the BYE are the layer's own: their responses and failures are absorbed.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::header::HeaderKind;
+use super::header::{Contact, HeaderKind};
 use super::message::{Message, Method};
 use super::status::{self, Reject};
 
@@ -59,6 +73,14 @@ impl TxIds {
 /// RFC 3261 T1 (500 ms): the timers are multiples of it.
 pub const T1: Duration = Duration::from_millis(500);
 
+/// Most INVITEs given up on that are remembered (for 64·T1 each) to answer a late 2xx; past
+/// this the oldest is forgotten (a 2xx to it is then dropped as stray).
+pub const MAX_ABANDONED: usize = 1024;
+
+/// Distinct dialogs (To tags) a late 2xx may create for one abandoned INVITE that are ended
+/// with BYE (a forking peer); further ones are only ACKed.
+const MAX_LATE_DIALOGS: usize = 8;
+
 /// What the layer wants done.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -89,6 +111,9 @@ pub enum TxEvent {
     },
     /// Client transaction `tx` got no final response in time (Timer B or F).
     Timeout { tx: TxId },
+    /// INVITE client transaction `tx` got a provisional response but no final one within
+    /// 64·T1: the layer sent CANCEL (RFC 3261 §9.1) and the transaction is over for the user.
+    GaveUp { tx: TxId },
     /// The connection of client transaction `tx` was lost before a final response.
     TransportError { tx: TxId },
     /// Server INVITE transaction `tx` was cancelled (the CANCEL was answered with 200); the user
@@ -139,6 +164,18 @@ struct Client {
     conn: ConnId,
     request: Message,
     deadline: Instant,
+    /// INVITE: a provisional response arrived (Proceeding, §17.1.1.2), else Calling.
+    proceeding: bool,
+}
+
+/// An INVITE the layer gave up on (Timer B, or CANCEL sent), kept to answer a late response.
+#[derive(Debug)]
+struct Abandoned {
+    key: ClientKey,
+    request: Message,
+    deadline: Instant,
+    /// The To tags of the 2xx responses already ACKed and ended with BYE.
+    ended: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -172,6 +209,13 @@ pub struct Transactions {
     /// when they reach the top. The edge asks for the next deadline after every event: this
     /// keeps that O(1) however many transactions are open.
     deadlines: BinaryHeap<Reverse<(Instant, TxId)>>,
+    /// INVITEs given up on, by their old id, with the key their responses carry.
+    abandoned: HashMap<TxId, Abandoned>,
+    abandoned_index: HashMap<ClientKey, TxId>,
+    /// Order they were given up in (may hold ids already gone; cleaned as it grows).
+    abandoned_order: VecDeque<TxId>,
+    /// The layer's own client transactions (CANCEL, BYE): their events are absorbed.
+    internal: HashSet<TxId>,
     out: VecDeque<Output>,
 }
 
@@ -202,6 +246,10 @@ impl Transactions {
             servers: HashMap::new(),
             server_index: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            abandoned: HashMap::new(),
+            abandoned_index: HashMap::new(),
+            abandoned_order: VecDeque::new(),
+            internal: HashSet::new(),
             out: VecDeque::new(),
         }
     }
@@ -237,6 +285,8 @@ impl Transactions {
         crate::compact::map(&mut self.servers);
         crate::compact::map(&mut self.server_index);
         crate::compact::heap(&mut self.deadlines);
+        crate::compact::map(&mut self.abandoned);
+        crate::compact::map(&mut self.abandoned_index);
         while let Some(Reverse((at, tx))) = self.deadlines.peek() {
             if self.deadline_of(*tx) == Some(*at) {
                 return Some(*at);
@@ -251,6 +301,9 @@ impl Transactions {
         if let Some(c) = self.clients.get(&tx) {
             return Some(c.deadline);
         }
+        if let Some(a) = self.abandoned.get(&tx) {
+            return Some(a.deadline);
+        }
         match self.servers.get(&tx)?.state {
             ServerState::Completed { deadline } => Some(deadline),
             ServerState::Proceeding => None,
@@ -260,6 +313,11 @@ impl Transactions {
     /// Number of live transactions (client, server).
     pub fn len(&self) -> (usize, usize) {
         (self.clients.len(), self.servers.len())
+    }
+
+    /// Number of INVITEs given up on and still remembered.
+    pub fn abandoned_len(&self) -> usize {
+        self.abandoned.len()
     }
 
     /// Starts a client transaction: the request is transmitted on `conn` and Timer B/F starts.
@@ -304,6 +362,7 @@ impl Transactions {
                 conn,
                 request,
                 deadline: now + self.timeout,
+                proceeding: false,
             },
         );
         self.deadlines.push(Reverse((now + self.timeout, id)));
@@ -349,15 +408,15 @@ impl Transactions {
 
     /// Feeds a message received on `conn`. (`now` is taken for symmetry with the other inputs;
     /// no timer starts on receipt over a reliable transport.)
-    pub fn receive(&mut self, _now: Instant, conn: ConnId, message: Message) {
+    pub fn receive(&mut self, now: Instant, conn: ConnId, message: Message) {
         if message.is_request() {
             self.receive_request(conn, message);
         } else {
-            self.receive_response(conn, message);
+            self.receive_response(now, conn, message);
         }
     }
 
-    fn receive_response(&mut self, conn: ConnId, response: Message) {
+    fn receive_response(&mut self, now: Instant, conn: ConnId, response: Message) {
         let key = match (top_branch_and_sent_by(&response), response.cseq()) {
             (Some((branch, _)), Ok(cseq)) => ClientKey {
                 branch,
@@ -369,7 +428,11 @@ impl Transactions {
             }
         };
         let Some(&tx) = self.client_index.get(&key) else {
-            self.event(TxEvent::StrayResponse { conn, response });
+            if let Some(&tx) = self.abandoned_index.get(&key) {
+                self.late_response(now, tx, conn, &response);
+            } else {
+                self.event(TxEvent::StrayResponse { conn, response });
+            }
             return;
         };
         let status = response.status().unwrap_or(0);
@@ -382,6 +445,14 @@ impl Transactions {
                     self.transmit(client.conn, ack);
                 }
             }
+        } else if let Some(client) = self.clients.get_mut(&tx) {
+            client.proceeding = true;
+        }
+        if self.internal.contains(&tx) {
+            if is_final {
+                self.internal.remove(&tx);
+            }
+            return;
         }
         self.event(TxEvent::Response {
             tx,
@@ -515,14 +586,115 @@ impl Transactions {
         for tx in clients {
             if let Some(c) = self.clients.remove(&tx) {
                 self.client_index.remove(&c.key);
-                self.event(TxEvent::Timeout { tx });
+                if self.internal.remove(&tx) {
+                    continue;
+                }
+                if c.key.method != Method::Invite {
+                    self.event(TxEvent::Timeout { tx });
+                    continue;
+                }
+                if c.proceeding {
+                    // §9.1: a CANCEL only after a provisional response, on the same connection.
+                    let id = self.id();
+                    if self
+                        .send_request_as(now, id, c.conn, cancel_for(&c.request))
+                        .is_ok()
+                    {
+                        self.internal.insert(id);
+                    }
+                    self.event(TxEvent::GaveUp { tx });
+                } else {
+                    self.event(TxEvent::Timeout { tx });
+                }
+                self.abandon(now, tx, c);
             }
         }
         servers.sort_unstable();
         for tx in servers {
-            if let Some(s) = self.servers.remove(&tx) {
+            if let Some(a) = self.abandoned.remove(&tx) {
+                self.abandoned_index.remove(&a.key);
+            } else if let Some(s) = self.servers.remove(&tx) {
                 self.server_index.remove(&s.key);
                 self.event(TxEvent::AckTimeout { tx });
+            }
+        }
+    }
+
+    /// Remembers INVITE client transaction `tx`, given up on, for 64·T1 (at most
+    /// [`MAX_ABANDONED`]: the oldest goes first).
+    fn abandon(&mut self, now: Instant, tx: TxId, c: Client) {
+        while self.abandoned.len() >= MAX_ABANDONED {
+            let Some(old) = self.abandoned_order.pop_front() else {
+                break;
+            };
+            if let Some(a) = self.abandoned.remove(&old) {
+                self.abandoned_index.remove(&a.key);
+            }
+        }
+        if self.abandoned_order.len() > 2 * MAX_ABANDONED {
+            let live = &self.abandoned;
+            self.abandoned_order.retain(|t| live.contains_key(t));
+        }
+        let deadline = now + self.timeout;
+        self.abandoned_index.insert(c.key.clone(), tx);
+        self.abandoned.insert(
+            tx,
+            Abandoned {
+                key: c.key,
+                request: c.request,
+                deadline,
+                ended: Vec::new(),
+            },
+        );
+        self.abandoned_order.push_back(tx);
+        self.deadlines.push(Reverse((deadline, tx)));
+    }
+
+    /// A response to an INVITE given up on: a non-2xx final one is ACKed (§17.1.1.3) and ends
+    /// it; a 2xx is ACKed (§13.2.2.4) and its dialog ended with BYE on `conn` (once per
+    /// dialog; a retransmitted 2xx is only ACKed again); a provisional one is dropped.
+    fn late_response(&mut self, now: Instant, tx: TxId, conn: ConnId, response: &Message) {
+        let status = response.status().unwrap_or(0);
+        if !status::is_final(status) {
+            return;
+        }
+        if status::is_failure(status) {
+            if let Some(a) = self.abandoned.remove(&tx) {
+                self.abandoned_index.remove(&a.key);
+                let ack = ack_for(&a.request, response);
+                self.transmit(conn, ack);
+            }
+            return;
+        }
+        let Some(a) = self.abandoned.get(&tx) else {
+            return;
+        };
+        let Some((branch, _)) = top_branch_and_sent_by(&a.request) else {
+            return;
+        };
+        let Some(tag) = response.to().ok().and_then(|t| t.tag().map(str::to_owned)) else {
+            return;
+        };
+        let n = a.ended.iter().position(|t| *t == tag);
+        let (index, full) = (
+            n.unwrap_or(a.ended.len()),
+            a.ended.len() >= MAX_LATE_DIALOGS,
+        );
+        let invite = a.request.clone();
+        let branch = |what: &str| format!("{branch}-{what}{index}");
+        if let Some(ack) = in_dialog_request(&invite, response, Method::Ack, &branch("ack")) {
+            self.transmit(conn, ack);
+        }
+        if n.is_some() || full {
+            return;
+        }
+        if let Some(a) = self.abandoned.get_mut(&tx) {
+            a.ended.push(tag);
+        }
+        if let Some(bye) = in_dialog_request(&invite, response, Method::Bye, &branch("bye")) {
+            let id = self.id();
+            if self.send_request_as(now, id, conn, bye).is_ok() {
+                self.internal.insert(id);
             }
         }
     }
@@ -541,7 +713,9 @@ impl Transactions {
         for tx in lost {
             if let Some(c) = self.clients.remove(&tx) {
                 self.client_index.remove(&c.key);
-                self.event(TxEvent::TransportError { tx });
+                if !self.internal.remove(&tx) {
+                    self.event(TxEvent::TransportError { tx });
+                }
             }
         }
         let servers: Vec<TxId> = self
@@ -556,6 +730,88 @@ impl Transactions {
             }
         }
     }
+}
+
+/// A request in the dialog a 2xx to `invite` created (§12.1.2, §12.2.1.1): the ACK for that 2xx
+/// (§13.2.2.4: the INVITE's CSeq number) or the BYE that ends the dialog (the next number). The
+/// Request-URI is the 2xx's Contact, the route set its Record-Route reversed (strict routing
+/// when the first route has no `lr`), From the INVITE's, To the 2xx's (with its tag), the Via
+/// the INVITE's sent-by with `branch`. `None` when the 2xx has no Contact or no To tag.
+fn in_dialog_request(
+    invite: &Message,
+    ok: &Message,
+    method: Method,
+    branch: &str,
+) -> Option<Message> {
+    let target = match ok.contact().ok()?? {
+        Contact::Addresses(list) => list.first()?.uri.to_owned(),
+        _ => return None,
+    };
+    ok.to().ok()?.tag()?;
+    let mut routes: Vec<(String, bool)> = ok
+        .record_route()
+        .ok()?
+        .iter()
+        .rev()
+        .map(|r| {
+            let lr = r.parsed_uri().as_sip().is_some_and(|u| u.params.has("lr"));
+            (r.uri.to_owned(), lr)
+        })
+        .collect();
+    let strict = routes.first().is_some_and(|(_, lr)| !lr);
+    let (request_uri, route) = if strict {
+        let first = routes.remove(0).0;
+        let mut rest: Vec<String> = routes.into_iter().map(|(u, _)| format!("<{u}>")).collect();
+        rest.push(format!("<{target}>"));
+        (first, rest)
+    } else {
+        let all = routes.into_iter().map(|(u, _)| format!("<{u}>")).collect();
+        (target, all)
+    };
+    let (_, sent_by) = top_branch_and_sent_by(invite)?;
+    let number = invite.cseq().ok()?.number;
+    let cseq = if method == Method::Ack {
+        number
+    } else {
+        number.checked_add(1)?
+    };
+    let mut m = Message::new_request(method.clone(), &request_uri);
+    m.push_header("Via", &format!("SIP/2.0/TLS {sent_by};branch={branch}"));
+    m.push_header("Max-Forwards", "70");
+    m.push_header("From", invite.values(HeaderKind::From).next()?);
+    m.push_header("To", ok.values(HeaderKind::To).next()?);
+    m.push_header("Call-ID", invite.call_id().ok()?);
+    m.push_header("CSeq", &format!("{cseq} {method}"));
+    for r in &route {
+        m.push_header("Route", r);
+    }
+    m.push_header("Content-Length", "0");
+    Some(m)
+}
+
+/// The CANCEL for `invite` (§9.1): its Request-URI, Call-ID, From, To (with the tags as they
+/// were) and CSeq number, a single Via equal to its top Via, its Route headers.
+fn cancel_for(invite: &Message) -> Message {
+    let mut cancel = Message::new_request(Method::Cancel, invite.request_uri().unwrap_or_default());
+    if let Some(via) = invite.values(HeaderKind::Via).next() {
+        cancel.push_header("Via", via);
+    }
+    cancel.push_header("Max-Forwards", "70");
+    for kind in [HeaderKind::From, HeaderKind::To, HeaderKind::CallId] {
+        if let Some(v) = invite.values(kind).next() {
+            cancel.push_header(kind.name(), v);
+        }
+    }
+    if let Ok(cseq) = invite.cseq() {
+        cancel.push_header("CSeq", &format!("{} CANCEL", cseq.number));
+    }
+    for (name, value) in invite.headers() {
+        if HeaderKind::of(name) == HeaderKind::Route {
+            cancel.push_header("Route", value);
+        }
+    }
+    cancel.push_header("Content-Length", "0");
+    cancel
 }
 
 /// The ACK for a non-2xx final response (§17.1.1.3): Request-URI, top Via, From, Call-ID and
@@ -835,6 +1091,159 @@ mod tests {
         t.connection_lost(1);
         assert_eq!(events(&mut t), vec![TxEvent::TransportError { tx: a }]);
         assert_eq!(t.len(), (1, 0));
+    }
+
+    fn transmitted(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Transmit { message, .. } => {
+                    Some(String::from_utf8(message.to_bytes()).unwrap())
+                }
+                Output::Event(_) => None,
+            })
+            .collect()
+    }
+
+    /// A 2xx from LCS with its Contact (and the To tag `j9`).
+    fn ok_with_contact(invite: &Message) -> Message {
+        let mut ok = resp(invite, 200);
+        ok.push_header("Contact", "<sip:joe@192.0.2.9:5061;transport=tls>");
+        ok
+    }
+
+    #[test]
+    fn an_invite_without_a_provisional_response_ends_at_timer_b_without_cancel() {
+        // RFC 3261 §17.1.1.2: Timer B in Calling; §9.1: no CANCEL before a provisional.
+        let now = Instant::now();
+        let mut t = Transactions::default();
+        let invite = req("INVITE", "z9hG4bKcall");
+        let tx = t.send_request(now, 2, invite.clone()).unwrap();
+        drain(&mut t);
+        t.handle_timeout(now + T1 * 64);
+        assert_eq!(drain(&mut t), vec![Output::Event(TxEvent::Timeout { tx })]);
+        assert_eq!((t.len(), t.abandoned_len()), ((0, 0), 1));
+        // Its late 487 is ACKed by the layer, nothing goes up, and it is forgotten.
+        t.receive(now + T1 * 65, 2, resp(&invite, 487));
+        let out = drain(&mut t);
+        assert_eq!(transmitted(&out).len(), 1, "{out:?}");
+        assert!(transmitted(&out)[0].starts_with("ACK sip:joe@contoso.com SIP/2.0\r\n"));
+        assert_eq!(out.len(), 1);
+        assert_eq!(t.abandoned_len(), 0);
+    }
+
+    #[test]
+    fn a_ringing_invite_not_answered_in_64_t1_is_cancelled_and_its_487_acked() {
+        // RFC 3261 §9.1: "The Request-URI, Call-ID, To, the numeric part of CSeq, and From
+        // header fields in the CANCEL request MUST be identical to those in the request being
+        // cancelled, including tags. A CANCEL constructed by a client MUST have only a single
+        // Via header field value matching the top Via value in the request being cancelled."
+        let now = Instant::now();
+        let mut t = Transactions::default();
+        let mut invite = req("INVITE", "z9hG4bKring");
+        invite.push_header("Via", "SIP/2.0/TLS proxy.example.org;branch=z9hG4bKlower");
+        let tx = t.send_request(now, 2, invite.clone()).unwrap();
+        drain(&mut t);
+        t.receive(now, 2, resp(&invite, 180));
+        assert!(matches!(
+            events(&mut t).as_slice(),
+            [TxEvent::Response {
+                is_final: false,
+                ..
+            }]
+        ));
+        t.handle_timeout(now + Duration::from_millis(31_999));
+        assert_eq!(drain(&mut t), vec![]);
+        t.handle_timeout(now + T1 * 64);
+        let out = drain(&mut t);
+        assert_eq!(
+            transmitted(&out),
+            [
+                "CANCEL sip:joe@contoso.com SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKring\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a1\r\nTo: <sip:joe@contoso.com>\r\nCall-ID: c1\r\nCSeq: 1 CANCEL\r\nRoute: <sip:edge.contoso.com;lr>\r\nContent-Length: 0\r\n\r\n"
+            ]
+        );
+        assert!(matches!(&out[0], Output::Transmit { conn: 2, .. }));
+        assert_eq!(out[1], Output::Event(TxEvent::GaveUp { tx }));
+        // The CANCEL's 200 and the INVITE's 487: absorbed, the 487 ACKed on its connection.
+        let cancel = match &out[0] {
+            Output::Transmit { message, .. } => message.clone(),
+            Output::Event(_) => unreachable!(),
+        };
+        t.receive(now + T1 * 64, 2, resp(&cancel, 200));
+        assert_eq!(drain(&mut t), vec![]);
+        t.receive(now + T1 * 64, 2, resp(&invite, 487));
+        let out = drain(&mut t);
+        assert_eq!(
+            transmitted(&out),
+            [
+                "ACK sip:joe@contoso.com SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKring\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a1\r\nTo: <sip:joe@contoso.com>;tag=j9\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nRoute: <sip:edge.contoso.com;lr>\r\nContent-Length: 0\r\n\r\n"
+            ]
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!((t.len(), t.abandoned_len()), ((0, 0), 0));
+        assert_eq!(t.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_2xx_after_giving_up_is_acked_and_ended_with_bye_once() {
+        // RFC 3261 §13.2.2.4: "The UAC core MUST generate an ACK request for each 2xx received
+        // from the transaction layer"; the session the bridge gave up on is ended with BYE.
+        let now = Instant::now();
+        let mut t = Transactions::default();
+        let invite = req("INVITE", "z9hG4bKlate");
+        let tx = t.send_request(now, 2, invite.clone()).unwrap();
+        t.receive(now, 2, resp(&invite, 183));
+        drain(&mut t);
+        t.handle_timeout(now + T1 * 64);
+        assert!(matches!(events(&mut t).as_slice(), [TxEvent::GaveUp { tx: g }] if *g == tx));
+        let mut ok = ok_with_contact(&invite);
+        ok.push_header("Record-Route", "<sip:edge.contoso.com;lr>");
+        let at = now + T1 * 70;
+        t.receive(at, 3, ok.clone());
+        let out = drain(&mut t);
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, Output::Transmit { conn: 3, .. })),
+            "{out:?}"
+        );
+        assert_eq!(
+            transmitted(&out),
+            [
+                "ACK sip:joe@192.0.2.9:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKlate-ack0\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a1\r\nTo: <sip:joe@contoso.com>;tag=j9\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nRoute: <sip:edge.contoso.com;lr>\r\nContent-Length: 0\r\n\r\n",
+                "BYE sip:joe@192.0.2.9:5061;transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS sip.example.org:5061;branch=z9hG4bKlate-bye0\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.org>;tag=a1\r\nTo: <sip:joe@contoso.com>;tag=j9\r\nCall-ID: c1\r\nCSeq: 2 BYE\r\nRoute: <sip:edge.contoso.com;lr>\r\nContent-Length: 0\r\n\r\n",
+            ]
+        );
+        // A retransmitted 2xx is ACKed again, no second BYE; the BYE's 200 is absorbed.
+        t.receive(at, 3, ok.clone());
+        let again = transmitted(&drain(&mut t));
+        assert_eq!(again.len(), 1);
+        assert!(again[0].starts_with("ACK "));
+        let bye = Message::parse(transmitted(&out)[1].as_bytes()).unwrap();
+        t.receive(at, 3, resp(&bye, 200));
+        assert_eq!(drain(&mut t), vec![]);
+        // 64·T1 after giving up it is forgotten: a 2xx then is stray.
+        t.handle_timeout(now + T1 * 128);
+        assert_eq!(t.abandoned_len(), 0);
+        t.receive(now + T1 * 128, 3, ok);
+        assert!(matches!(
+            events(&mut t).as_slice(),
+            [TxEvent::StrayResponse { conn: 3, .. }]
+        ));
+    }
+
+    #[test]
+    fn abandoned_invites_are_bounded() {
+        let now = Instant::now();
+        let mut t = Transactions::default();
+        for i in 0..MAX_ABANDONED + 10 {
+            t.send_request(now, 1, req("INVITE", &format!("z9hG4bKb{i}")))
+                .unwrap();
+        }
+        drain(&mut t);
+        t.handle_timeout(now + T1 * 64);
+        assert_eq!(t.abandoned_len(), MAX_ABANDONED);
+        assert!(t.abandoned_order.len() <= 2 * MAX_ABANDONED + 1);
+        // The oldest are the ones forgotten.
+        assert!(!t.abandoned_index.keys().any(|k| k.branch == "z9hG4bKb0"));
     }
 
     #[test]

@@ -255,6 +255,8 @@ struct Failure {
     text: String,
     /// `Min-Expires` of a 423.
     min_expires: Option<u32>,
+    /// `Retry-After` of the response (capped): no retry sooner (RFC 3261 §21.5.4).
+    retry_after: Option<Duration>,
 }
 
 /// The presence engine.
@@ -601,6 +603,9 @@ impl PresenceEngine {
                         min_expires: response
                             .header("Min-Expires")
                             .and_then(|v| v.trim().parse().ok()),
+                        retry_after: crate::sip::status::retry_after(
+                            response.header("Retry-After"),
+                        ),
                     })
                 };
                 self.on_final(now, tx, outcome, &mut out);
@@ -611,6 +616,7 @@ impl PresenceEngine {
                     condition: self.errors.condition_for_timeout(),
                     text: common::NO_ANSWER.into(),
                     min_expires: None,
+                    retry_after: None,
                 };
                 self.on_final(now, tx, Err(f), &mut out);
             }
@@ -620,6 +626,7 @@ impl PresenceEngine {
                     condition: Condition::RecipientUnavailable,
                     text: common::CONNECTION_LOST.into(),
                     min_expires: None,
+                    retry_after: None,
                 };
                 self.on_final(now, tx, Err(f), &mut out);
             }
@@ -630,6 +637,7 @@ impl PresenceEngine {
                     condition,
                     text: why.to_string(),
                     min_expires: None,
+                    retry_after: None,
                 };
                 self.on_final(now, tx, Err(f), &mut out);
             }

@@ -26,6 +26,7 @@ use crate::engine::common::{self, host_of};
 use crate::sip::builder::name_addr;
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, Method};
+use crate::sip::params::split_comma;
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxId};
 use crate::store::{Approval, Direction, DisplayName};
@@ -124,23 +125,43 @@ pub(super) enum NotifyState {
     Terminated(&'static str),
 }
 
-/// How much of the Accept header allows PIDF (absent: RFC 3856 §6.7 default is PIDF).
+/// Whether the SUBSCRIBE's `Accept` allows PIDF, the one format the bridge serves:
+/// - no `Accept` header at all: yes (RFC 3856 §6.7, PIDF is the default);
+/// - `Accept` present but empty: no (RFC 3261 §20.1: "An empty Accept header field means that
+///   no formats are acceptable");
+/// - otherwise the most specific range covering PIDF decides (`application/pidf+xml`, then
+///   `application/*`, then `*/*`, RFC 7231 §5.3.2), and a range with `q=0` excludes it (RFC
+///   7231 §5.3.1: "not acceptable"). Where PIDF stands in the list does not matter: Lync and
+///   pidgin-sipe list `application/msrtc-event-categories+xml`, `text/xml+msrtc.pidf`,
+///   `application/xpidf+xml` before it ([MS-PRES] §1.3.3 preference order).
 pub(super) fn accepts_pidf(request: &Message) -> bool {
-    let mut any = false;
+    let mut present = false;
+    // (specificity, acceptable) of the most specific range covering PIDF so far.
+    let mut best: Option<(u8, bool)> = None;
     for value in request.header_all("Accept") {
-        for item in value.split(',') {
-            let essence = item.split(';').next().unwrap_or("").trim();
-            if essence.is_empty() {
-                continue;
-            }
-            any = true;
-            let e = essence.to_ascii_lowercase();
-            if e == PIDF_TYPE || e == "*/*" || e == "application/*" {
-                return true;
+        present = true;
+        for item in split_comma(value) {
+            let mut parts = item.split(';');
+            let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let specificity = match essence.as_str() {
+                PIDF_TYPE => 3,
+                "application/*" => 2,
+                "*/*" => 1,
+                _ => continue,
+            };
+            let refused = parts.any(|p| match p.split_once('=') {
+                Some((k, v)) => {
+                    k.trim().eq_ignore_ascii_case("q")
+                        && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                }
+                None => false,
+            });
+            if best.is_none_or(|(s, _)| specificity > s) {
+                best = Some((specificity, !refused));
             }
         }
     }
-    !any
+    !present || best.is_some_and(|(_, acceptable)| acceptable)
 }
 
 impl PresenceEngine {

@@ -565,7 +565,10 @@ impl PresenceEngine {
                     return;
                 }
                 let attempts = sub.attempts;
-                let delay = self.backoff(attempts);
+                // A peer's Retry-After (503, RFC 3261 §21.5.4) is a floor for the retry.
+                let delay = self
+                    .backoff(attempts)
+                    .max(f.retry_after.unwrap_or_default());
                 self.retry_later(now, key, delay, out);
             }
         }

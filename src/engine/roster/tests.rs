@@ -920,3 +920,34 @@ fn plain_pidf_documents_name_nobody() {
     // The plain document of the world has no display name: nothing is learned.
     assert!(!pidf(BOB_AOR, "away").contains("display-name"));
 }
+
+/// A burst beyond the limit of wishes waiting for a grant drops the excess and logs it once
+/// with the count, not once per wish; the wishes within the limit still go once the grace
+/// period ends.
+#[test]
+fn a_burst_beyond_the_waiting_limit_is_dropped_and_logged_once() {
+    let now = Instant::now();
+    let bob = contact_jid("bob");
+    let mut e = RosterEngine::new(RosterMode::Auto, book(), 1);
+    for i in 0..MAX_IN_FLIGHT + 100 {
+        let user = format!("u{i}@{LOCAL}");
+        assert!(e.handle(now, fact(&user, &bob, None, true)).is_empty());
+    }
+    let log = &e.dropped[Dropped::Parked as usize];
+    assert_eq!(log.logged_at, Some(now));
+    assert_eq!(
+        log.unlogged, 99,
+        "one logged, the others counted for the next line"
+    );
+    // A minute on, the next drop is logged with the count.
+    let later = now + Duration::from_secs(60);
+    e.handle(later, fact("late@example.org", &bob, None, true));
+    let log = &e.dropped[Dropped::Parked as usize];
+    assert_eq!((log.logged_at, log.unlogged), (Some(later), 0));
+    let out = xml(&e.handle_timeout(now + GRANT_GRACE));
+    assert_eq!(
+        out.len(),
+        MAX_IN_FLIGHT,
+        "the wishes within the limit go (XEP-0144)"
+    );
+}

@@ -483,3 +483,97 @@ fn pending_subscriptions_are_limited_per_local_user_and_per_remote_domain() {
         202
     );
 }
+
+/// A SUBSCRIBE for Alice from bob@contoso.com with these extra header lines and body, on
+/// connection 4.
+fn lync_subscribe(call_id: &str, headers: &str, body: &str) -> EdgeEvent {
+    let raw = format!(
+        "SUBSCRIBE sip:alice@example.org SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\nFrom: \"Bob\" <sip:bob@contoso.com>;tag=38209ebf3e;epid=d6277c8671\r\nTo: <sip:alice@example.org>\r\nCall-ID: {call_id}\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:bob@contoso.com:1620;maddr=192.0.2.5;transport=tls>;proxy=replace\r\nEvent: presence\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    EdgeEvent::Request {
+        tx: TxIds::default().next(),
+        conn: 4,
+        request: Message::parse(raw.as_bytes()).unwrap(),
+        asserted: None,
+    }
+}
+
+/// The status of the engine's answer to `event`, and the answer.
+fn answer_to(e: &mut PresenceEngine, now: Instant, event: EdgeEvent) -> Message {
+    responses(&e.on_edge(now, event)).remove(0)
+}
+
+#[test]
+fn lync_subscribes_are_served_pidf_and_advertise_nothing_not_implemented() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    // [MS-PRES] §4.11: PIDF last in Accept, ms-benotify and ms-piggyback-first-notify
+    // supported, Proxy-Require ms-benotify, no Expires.
+    let r = answer_to(
+        &mut e,
+        now,
+        lync_subscribe(
+            "ms-4-11",
+            "User-Agent: LCC/1.3\r\nAccept: application/xpidf+xml, text/xml+msrtc.pidf, application/pidf+xml\r\nSupported: ms-benotify\r\nProxy-Require: ms-benotify\r\nSupported: ms-piggyback-first-notify\r\n",
+            "",
+        ),
+    );
+    assert_eq!(r.status(), Some(202));
+    // No Expires: the default hour, within the configured maximum.
+    assert_eq!(r.header("Expires"), Some("3600"));
+    // Neither the piggybacked first NOTIFY nor BENOTIFY is promised ([MS-SIP] §3.4.5.1, §4.4).
+    assert_eq!(r.header("Supported"), None);
+    assert_eq!(r.header("Require"), None);
+    // pidgin-sipe's single-resource category subscription to a contact: the body is ignored,
+    // the subscription is to the To user.
+    let body = r#"<batchSub xmlns="http://schemas.microsoft.com/2006/01/sip/batch-subscribe" uri="sip:carol@contoso.com" name=""><action name="subscribe" id="63792024"><adhocList><resource uri="sip:alice@example.org"/></adhocList><categoryList xmlns="http://schemas.microsoft.com/2006/09/sip/categorylist"><category name="calendarData"/><category name="contactCard"/><category name="note"/><category name="state"/></categoryList></action></batchSub>"#;
+    let out = e.on_edge(
+        now,
+        lync_subscribe(
+            "sipe-single",
+            "Accept: application/msrtc-event-categories+xml, text/xml+msrtc.pidf, application/xpidf+xml, application/pidf+xml, application/rlmi+xml, multipart/related\r\nSupported: ms-piggyback-first-notify\r\nSupported: com.microsoft.autoextend\r\nSupported: ms-benotify\r\nProxy-Require: ms-benotify\r\nContent-Type: application/msrtc-adrl-categorylist+xml\r\n",
+            body,
+        ),
+    );
+    assert_eq!(
+        kinds(&out).last().map(String::as_str),
+        Some("request:NOTIFY")
+    );
+    let r = responses(&out).remove(0);
+    assert_eq!((r.status(), r.header("Supported")), (Some(202), None));
+    assert_eq!(e.counts().1, 1, "one watcher, bob, of alice");
+}
+
+#[test]
+fn accept_without_pidf_or_with_pidf_at_q0_or_empty_gets_406() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let refused = [
+        "Accept: application/xpidf+xml\r\n",
+        "Accept: application/msrtc-event-categories+xml, text/xml+msrtc.pidf, application/xpidf+xml\r\n",
+        "Accept: application/pidf+xml;q=0\r\n",
+        "Accept: application/xpidf+xml, application/pidf+xml; q=0.000\r\n",
+        "Accept: */*, application/pidf+xml;q=0\r\n",
+        "Accept: application/*;q=0\r\n",
+        // RFC 3261 §20.1: present but empty, nothing is acceptable.
+        "Accept: \r\n",
+    ];
+    for (i, accept) in refused.iter().enumerate() {
+        let r = answer_to(&mut e, now, lync_subscribe(&format!("r{i}"), accept, ""));
+        assert_eq!(r.status(), Some(406), "{accept}");
+        assert_eq!(r.header("Accept"), Some("application/pidf+xml"), "{accept}");
+    }
+    assert_eq!(e.counts(), (0, 0), "nothing stored");
+    let served = [
+        // No Accept: PIDF (RFC 3856 §6.7).
+        "",
+        "Accept: application/pidf+xml;q=0.1\r\n",
+        "Accept: */*;q=0, application/pidf+xml\r\n",
+        "Accept: application/*\r\n",
+    ];
+    for (i, accept) in served.iter().enumerate() {
+        let r = answer_to(&mut e, now, lync_subscribe(&format!("a{i}"), accept, ""));
+        assert_eq!(r.status(), Some(202), "{accept:?}");
+    }
+}

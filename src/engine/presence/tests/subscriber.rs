@@ -475,3 +475,26 @@ fn a_benotify_leaves_no_server_transaction_behind() {
     ));
     assert_eq!(t.len(), (0, 0));
 }
+
+#[test]
+fn a_503_with_retry_after_delays_the_resubscribe_at_least_that_long() {
+    // RFC 3261 §21.5.4: a 503's Retry-After says when the peer may be asked again; the
+    // subscriber's own backoff (30 s here) does not retry sooner.
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let (tx, sub, _) = requests(&e.on_stanza(now, alice_to_bob("subscribe"))).remove(0);
+    e.on_edge(now, final_event(tx, 9, answer(&sub, 202, Some(600))));
+    let t1 = now + Duration::from_secs(540);
+    let (tx, refresh, _) = requests(&e.handle_timeout(t1)).remove(0);
+    let mut r = answer(&refresh, 503, None);
+    r.push_header("Retry-After", "300");
+    assert!(requests(&e.on_edge(t1, final_event(tx, 9, r))).is_empty());
+    assert_eq!(e.poll_timeout(), Some(t1 + Duration::from_secs(300)));
+    // A shorter Retry-After than the backoff does not shorten it.
+    let (tx, again, _) = requests(&e.handle_timeout(t1 + Duration::from_secs(300))).remove(0);
+    let t2 = t1 + Duration::from_secs(300);
+    let mut r = answer(&again, 503, None);
+    r.push_header("Retry-After", "1");
+    e.on_edge(t2, final_event(tx, 9, r));
+    assert!(e.poll_timeout() > Some(t2 + Duration::from_secs(1)));
+}
