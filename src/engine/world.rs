@@ -201,8 +201,12 @@ pub struct LcsEdge {
     pub acks: Vec<Message>,
     /// The edge's answers to the bridge's requests: (method, status).
     pub replied: Vec<(Method, u16)>,
-    /// Each LCS user's presence document (AOR → PIDF) sent in NOTIFYs.
+    /// Each LCS user's presence document (AOR → PIDF, or a Microsoft categories document)
+    /// sent in NOTIFYs.
     pub documents: BTreeMap<String, String>,
+    /// The edge refuses SUBSCRIBEs with a body (a server that does not take the enhanced
+    /// presence offer) with `415`.
+    pub refuses_bodies: bool,
     /// Dialogs by (LCS AOR, method that made them).
     dialogs: BTreeMap<(String, &'static str), LcsDialog>,
     /// Dialogs that lived on a lost connection, by the same key (for a stale request).
@@ -226,6 +230,7 @@ impl LcsEdge {
             acks: Vec::new(),
             replied: Vec::new(),
             documents: BTreeMap::new(),
+            refuses_bodies: false,
             dialogs: BTreeMap::new(),
             lost: BTreeMap::new(),
             sessions: BTreeMap::new(),
@@ -972,10 +977,12 @@ impl World {
     }
 
     fn notify(&self, d: &LcsDialog, state: &str, body: Option<&str>) -> Message {
-        let ct = if body.is_some() {
-            "Content-Type: application/pidf+xml\n"
-        } else {
-            ""
+        let ct = match body {
+            Some(b) if b.starts_with("<categories") => {
+                "Content-Type: application/msrtc-event-categories+xml\n"
+            }
+            Some(_) => "Content-Type: application/pidf+xml\n",
+            None => "",
         };
         sip(
             &format!(
@@ -1048,6 +1055,12 @@ impl World {
                 *last = cseq;
             }
         }
+        if method == Some(Method::Subscribe)
+            && self.lcs.refuses_bodies
+            && !request.body().is_empty()
+        {
+            status = 415;
+        }
         if let Some(m) = &method {
             self.lcs.replied.push((m.clone(), status));
         }
@@ -1071,6 +1084,9 @@ impl World {
                     self.lcs.dialogs.insert((to.clone(), "INVITE-out"), d);
                     self.lcs.sessions.insert(call_id.clone(), (cseq, true));
                 }
+            }
+            Some(Method::Subscribe) if status == 415 => {
+                response.push_header("Accept", "application/pidf+xml");
             }
             Some(Method::Subscribe) => {
                 let expires = request

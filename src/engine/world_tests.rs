@@ -1168,3 +1168,94 @@ fn a_multiparty_reinvite_x_ms_mim_info_and_refer_are_refused_and_the_session_goe
     };
     assert_eq!(thread(&got[0]), thread(&got[2]));
 }
+
+/// A Lync user's categories document ([MS-PRES] §4.4.3's form): a state with `availability`
+/// and an activity, and, when given, a note.
+fn categories(availability: u32, activity: &str, note: Option<(&str, &str)>) -> String {
+    let note = note.map_or_else(String::new, |(kind, text)| {
+        format!(
+            r#"<category name="note" publishTime="2026-03-01T10:00:00"><note xmlns="http://schemas.microsoft.com/2006/09/sip/note"><body type="{kind}">{text}</body></note></category>"#
+        )
+    });
+    let state = if availability == 0 {
+        String::new()
+    } else {
+        format!(
+            r#"<category name="state" publishTime="2026-03-01T10:00:00"><state xmlns="http://schemas.microsoft.com/2006/09/sip/state"><availability>{availability}</availability>{activity}</state></category>"#
+        )
+    };
+    format!(
+        r#"<categories xmlns="http://schemas.microsoft.com/2006/09/sip/categories" uri="{BOB_AOR}">{state}{note}</categories>"#
+    )
+}
+
+/// A Lync edge answers the enhanced SUBSCRIBE in categories: Alice sees Bob in a call; a NOTIFY
+/// with only his note keeps the state; after a restart the new subscription's first NOTIFY is
+/// Bob's whole state.
+#[test]
+fn enhanced_presence_from_a_lync_user_reaches_the_watcher() {
+    let mut w = World::new();
+    w.lcs.documents.insert(
+        BOB_AOR.into(),
+        categories(6500, r#"<activity token="on-the-phone"/>"#, None),
+    );
+    alice_watches_bob(&mut w);
+    let subs = w.lcs.requests(&Method::Subscribe);
+    assert_eq!(subs.len(), 1);
+    assert_eq!(
+        subs[0].header("Content-Type"),
+        Some("application/msrtc-adrl-categorylist+xml")
+    );
+    let got = w.xmpp.to(ALICE);
+    assert!(
+        got.last()
+            .unwrap()
+            .contains("<show>dnd</show><status>In a call</status>"),
+        "{got:?}"
+    );
+    w.lcs_notifies_doc(
+        BOB_AOR,
+        categories(0, "", Some(("personal", "Working from home"))),
+    );
+    w.settle();
+    let got = w.xmpp.to(ALICE);
+    assert!(
+        got.last()
+            .unwrap()
+            .contains("<show>dnd</show><status>In a call - Working from home</status>"),
+        "{got:?}"
+    );
+    w.lcs.documents.insert(
+        BOB_AOR.into(),
+        categories(3500, "", Some(("OOF", "Back on Monday"))),
+    );
+    w.restart();
+    w.run_for(Duration::from_secs(30));
+    assert_eq!(w.lcs.requests(&Method::Subscribe).len(), 2);
+    let got = w.xmpp.to(ALICE);
+    let last = got.last().unwrap();
+    assert!(
+        last.contains("<status>Out of office: Back on Monday</status>") && !last.contains("<show>"),
+        "{got:?}"
+    );
+}
+
+/// A partner's edge that refuses the enhanced SUBSCRIBE gets a PIDF-only one at once; Alice
+/// sees Bob as before and no error.
+#[test]
+fn a_refused_enhanced_subscribe_falls_back_to_pidf() {
+    let mut w = World::new();
+    w.lcs.refuses_bodies = true;
+    w.lcs
+        .documents
+        .insert(BOB_AOR.into(), super::world::pidf(BOB_AOR, "away"));
+    alice_watches_bob(&mut w);
+    let subs = w.lcs.requests(&Method::Subscribe);
+    assert_eq!(subs.len(), 2);
+    assert!(!subs[0].body().is_empty());
+    assert!(subs[1].body().is_empty());
+    assert_eq!(subs[1].header("Accept"), Some("application/pidf+xml"));
+    let got = w.xmpp.to(ALICE);
+    assert!(got.iter().all(|s| !s.contains("type='error'")), "{got:?}");
+    assert!(got.last().unwrap().contains("<show>away</show>"), "{got:?}");
+}
