@@ -508,6 +508,46 @@ fn a_file_offer_is_declined_in_the_clients_terms_and_told_to_the_xmpp_user() {
     });
 }
 
+/// A Lync 2010 (and later) client offers a file in an INVITE of its own: a `multipart/mixed`
+/// body with the SDP of the file's media session and an `application/ms-filetransfer+xml`
+/// part, `<request requestId><publishFile><fileInfo><id/><name/><size/>` (pidgin-sipe
+/// `sipe-ft-lync.c` `append_publish_file_invite`; its receiving side,
+/// `process_incoming_invite_ft_lync`, reads name, id and size from it). The bridge carries no
+/// media: `488` with a `Warning` saying file transfer is not supported (RFC 3261 §20.43), no
+/// session, and alice is told of the offer in one chat message from joe.
+#[test]
+fn a_lync_file_transfer_invite_is_refused_and_told_to_the_xmpp_user() {
+    runtime().block_on(async {
+        let Some(mut w) = World::start().await else {
+            return;
+        };
+        let boundary = "----=_NextPart_000_001E_01D0";
+        let publish = "<request xmlns=\"http://schemas.microsoft.com/rtc/2009/05/filetransfer\" requestId=\"1\"><publishFile><fileInfo><id>{6244F934-2EB1-443F-8E2C-48BA64AF463D}</id><name>budget &amp; plan.xlsx</name><size>20480</size></fileInfo></publishFile></request>";
+        let sdp = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=data 20000 RTP/SAVP 127\r\na=rtpmap:127 x-data/90000\r\n";
+        let body = format!(
+            "--{boundary}\r\nContent-Type: application/sdp\r\nContent-Transfer-Encoding: 7bit\r\nContent-Disposition: session; handling=optional; ms-proxy-2007fallback\r\n\r\n{sdp}\r\n--{boundary}\r\nContent-Type: application/ms-filetransfer+xml\r\nContent-Transfer-Encoding: 7bit\r\nContent-Disposition: render; handling=optional\r\n\r\n{publish}\r\n--{boundary}--\r\n"
+        );
+        let invite = String::from_utf8(lync_invite("ft-lync", None)).unwrap();
+        let head = invite.split("Content-Type: application/sdp").next().unwrap();
+        let invite = format!(
+            "{head}Content-Type: multipart/mixed;boundary=\"{boundary}\"\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        w.send_sip(EDGE_CONN, invite);
+        let r = w.response("ft-lync").await;
+        assert_eq!(r.status(), Some(488), "{r}");
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 sip.xmpp.test \"file transfer is not supported by this gateway\"")
+        );
+        let s = w.stanza(&["budget &amp; plan.xlsx"]).await;
+        let notice = "[Offered you the file &quot;budget &amp; plan.xlsx&quot; (20.0 KB). This gateway does not transfer files, so the offer was declined; ask for it another way (for example a link or e-mail).]";
+        assert!(s.contains(&format!("<body>{notice}</body>")), "{s}");
+        assert!(s.contains(&format!("from='{}", lcs_jid("joe"))), "{s}");
+        assert_eq!(w.count_stanzas("<body>", Duration::from_millis(300)).await, 0);
+    });
+}
+
 /// [MS-OCER] §2.2.1.1 / §2.2.1.2: a Microsoft server says why it refused in `ms-diagnostics`
 /// (`ErrorId;reason="…";source="…"`) or, across an enterprise boundary, `ms-diagnostics-public`
 /// (pidgin-sipe `sipmsg.c` `sipmsg_get_ms_diagnostics_reason` reads the `reason`). A 403 to

@@ -1613,6 +1613,22 @@ impl ImEngine {
             Ok(p) => p,
             Err(reject) => return out.push(refuse(reject)),
         };
+        // A Lync file offer: an INVITE of its own whose body describes the file beside the SDP
+        // of the file's media session (pidgin-sipe `sipe-ft-lync.c`). Declined with 488 and a
+        // Warning saying why, and the XMPP user told, as for an offer inside a chat session.
+        let ft_offer = request
+            .header("Content-Type")
+            .and_then(|ct| im_text::lync_file_offer(ct, request.body()));
+        if let Some(offer) = ft_offer {
+            let thread = request.call_id().unwrap_or_default();
+            let notice = im_text::offer_notice(&offer);
+            let from = Jid::from(remote.to_bare());
+            let el = chat(&from, &Jid::from(local), thread, Some(&notice), None);
+            out.push(Output::Stanza(el.into()));
+            let warning = format!("399 {} \"{FT_WARNING}\"", self.settings.public_fqdn);
+            let reject = Reject::new(status::NOT_ACCEPTABLE_HERE).header("Warning", warning);
+            return out.push(refuse(reject));
+        }
         // A new session beyond a limit: 486 (this INVITE only; a 503 would tell LCS's edge to
         // send the bridge nothing for a while, RFC 3261 §21.5.4).
         let new_key: Key = (local.clone(), remote_aor.clone());
@@ -1997,6 +2013,9 @@ fn body_error(errors: &ErrorTable, e: &im_text::BodyError) -> Reject {
 }
 
 /// A chat message from an LCS user to a local user.
+/// The `Warning` text of the 488 to a Lync file offer's INVITE.
+const FT_WARNING: &str = "file transfer is not supported by this gateway";
+
 fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());

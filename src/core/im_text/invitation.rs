@@ -97,6 +97,97 @@ pub fn parse_invitation(body: &[u8]) -> Result<Invitation, BodyError> {
     }))
 }
 
+/// The content type of a Lync file offer's description.
+pub const FILETRANSFER_TYPE: &str = "application/ms-filetransfer+xml";
+/// Its namespace.
+const NS_FILETRANSFER: &str = "http://schemas.microsoft.com/rtc/2009/05/filetransfer";
+
+/// The file a Lync (2010 and later) client offers in an INVITE of its own: a `multipart/mixed`
+/// body holding the SDP of the file's media session and an `application/ms-filetransfer+xml`
+/// part, `<request requestId="…"><publishFile><fileInfo><id/><name/><size/></fileInfo>
+/// </publishFile></request>` (pidgin-sipe `sipe-ft-lync.c`, `process_incoming_invite_ft_lync`
+/// and `append_publish_file_invite`). `None` when the body is no such offer (or one the
+/// hardened XML reader refuses). The offer's `cookie` is its `requestId`.
+pub fn lync_file_offer(content_type: &str, body: &[u8]) -> Option<FileOffer> {
+    let mt = super::media_type(content_type).ok()?;
+    if !mt.mtype.eq_ignore_ascii_case("multipart") {
+        return None;
+    }
+    let parts = super::multipart::decoded_parts(&mt, body).ok()?;
+    let (_, xml) = parts.iter().find(|(ct, _)| {
+        super::media_type(ct).is_ok_and(|m| super::essence(&m) == FILETRANSFER_TYPE)
+    })?;
+    publish_file(xml)
+}
+
+/// The `publishFile` request of an `application/ms-filetransfer+xml` document.
+fn publish_file(xml: &[u8]) -> Option<FileOffer> {
+    use crate::core::xml::{Namespaces, XmlEvent, XmlLimits, XmlReader, split_qname};
+    let mut reader = XmlReader::new(xml, &XmlLimits::DEFAULT).ok()?;
+    let mut scopes = Namespaces::default();
+    // The local names of the open elements in the file-transfer namespace, root first.
+    let mut path: Vec<String> = Vec::new();
+    let (mut request_id, mut name, mut size) = (None, String::new(), String::new());
+    while let Some(event) = reader.next_event().ok()? {
+        match event {
+            XmlEvent::Start(ref e) | XmlEvent::Empty(ref e) => {
+                let depth = path.len() + 1;
+                scopes.declare(&reader, e, depth).ok()?;
+                let qname = e.name();
+                let (prefix, local) = split_qname(qname.as_ref());
+                let ours = scopes.resolve(prefix) == Some(NS_FILETRANSFER);
+                if path.is_empty() {
+                    if !(ours && local == "request") {
+                        return None;
+                    }
+                    request_id = e
+                        .attributes()
+                        .flatten()
+                        .find(|a| a.key.as_ref() == "requestId")
+                        .and_then(|a| {
+                            crate::core::xml::attribute_value(&a, reader.position())
+                                .ok()
+                                .map(|v| v.into_owned())
+                        });
+                }
+                path.push(if ours { local.to_owned() } else { String::new() });
+                if matches!(event, XmlEvent::Empty(_)) {
+                    path.pop();
+                    scopes.pop_to(path.len());
+                }
+            }
+            XmlEvent::End => {
+                path.pop();
+                scopes.pop_to(path.len());
+            }
+            ref text => {
+                let field = match path.as_slice() {
+                    [_, p, f, n] if p == "publishFile" && f == "fileInfo" => n.as_str(),
+                    _ => continue,
+                };
+                match field {
+                    "name" if name.len() < 4 * MAX_FILE_NAME_CHARS => text.push_text(&mut name),
+                    "size" if size.len() < 32 => text.push_text(&mut size),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let cookie = request_id
+        .filter(|c| !c.is_empty() && c.len() <= MAX_COOKIE_BYTES)
+        .filter(|c| c.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_default();
+    let name = Some(clean_line(&name, MAX_FILE_NAME_CHARS)).filter(|n| !n.trim().is_empty());
+    if name.is_none() {
+        return None;
+    }
+    Some(FileOffer {
+        cookie,
+        name,
+        size: size.trim().parse().ok(),
+    })
+}
+
 /// The decline of `offer` (body of a `text/x-msmsgsinvite; charset=UTF-8` MESSAGE).
 pub fn decline_body(offer: &FileOffer) -> Vec<u8> {
     format!(
@@ -231,5 +322,35 @@ mod tests {
             panic!("not an offer");
         };
         assert!(offer_notice(&unnamed).starts_with("[Offered you the file \"(no name)\". "));
+    }
+
+    /// pidgin-sipe's Lync file offer (`sipe-ft-lync.c` `append_publish_file_invite`), inside a
+    /// `multipart/mixed` body beside the SDP; other multiparts and hostile XML are no offer.
+    #[test]
+    fn a_lync_file_offer_is_read_from_its_multipart_invite() {
+        let publish = "<request xmlns=\"http://schemas.microsoft.com/rtc/2009/05/filetransfer\" requestId=\"7\"><publishFile><fileInfo><id>{6244F934}</id><name>a&#x9;b.txt</name><size>2048</size></fileInfo></publishFile></request>";
+        let body = |xml: &str, ct: &str| {
+            format!("--b\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n--b\r\nContent-Type: {ct}\r\n\r\n{xml}\r\n--b--\r\n")
+        };
+        let offer = lync_file_offer("multipart/mixed; boundary=b", body(publish, FILETRANSFER_TYPE).as_bytes())
+            .unwrap();
+        assert_eq!(offer.cookie, "7");
+        assert_eq!(offer.name.as_deref(), Some("ab.txt"), "control characters removed");
+        assert_eq!(offer.size, Some(2048));
+        assert!(offer_notice(&offer).contains("\"ab.txt\" (2.0 KB)"));
+        // Not an offer: another part type, another namespace, no name, a DTD, not multipart.
+        let other_ns = publish.replace("rtc/2009/05/filetransfer", "other");
+        let no_name = publish.replace("<name>a&#x9;b.txt</name>", "");
+        let dtd = format!("<!DOCTYPE r [<!ENTITY x \"y\">]>{publish}");
+        for (xml, ct) in [
+            (publish, "application/xml"),
+            (other_ns.as_str(), FILETRANSFER_TYPE),
+            (no_name.as_str(), FILETRANSFER_TYPE),
+            (dtd.as_str(), FILETRANSFER_TYPE),
+        ] {
+            assert!(lync_file_offer("multipart/mixed; boundary=b", body(xml, ct).as_bytes()).is_none(), "{xml} {ct}");
+        }
+        assert!(lync_file_offer("application/sdp", b"v=0").is_none());
+        assert!(lync_file_offer("multipart/mixed", b"no boundary").is_none());
     }
 }

@@ -54,18 +54,7 @@ pub(super) fn multipart_text(
             "{what}: multipart bodies nested deeper than {MAX_MULTIPART_DEPTH} levels"
         )));
     }
-    let boundary = mt
-        .params
-        .value("boundary")
-        .ok_or_else(|| Malformed(format!("{what} without a boundary parameter")))?;
-    if !valid_boundary(boundary) {
-        return Err(Malformed(format!(
-            "{what}: boundary \"{}\" is not 1-70 RFC 2046 characters",
-            boundary.escape_debug()
-        )));
-    }
-    let parts = split_multipart(body, boundary.as_bytes())
-        .map_err(|problem| Malformed(format!("{what}: {problem}")))?;
+    let parts = raw_parts(mt, body)?;
 
     // Candidates in order of preference: text/plain, text/html, nested multipart.
     let mut candidates: [Option<Part<'_>>; 3] = [None, None, None];
@@ -95,6 +84,41 @@ pub(super) fn multipart_text(
     Err(first_error.unwrap_or_else(|| {
         UnsupportedType(format!("{what} without a text/plain or text/html part"))
     }))
+}
+
+/// The raw parts of a multipart body, split at its `boundary` parameter.
+fn raw_parts<'b>(mt: &MediaType<'_>, body: &'b [u8]) -> Result<Vec<&'b [u8]>, BodyError> {
+    let what = essence(mt);
+    let boundary = mt
+        .params
+        .value("boundary")
+        .ok_or_else(|| Malformed(format!("{what} without a boundary parameter")))?;
+    if !valid_boundary(boundary) {
+        return Err(Malformed(format!(
+            "{what}: boundary \"{}\" is not 1-70 RFC 2046 characters",
+            boundary.escape_debug()
+        )));
+    }
+    split_multipart(body, boundary.as_bytes())
+        .map_err(|problem| Malformed(format!("{what}: {problem}")))
+}
+
+/// The parts of a multipart body of any subtype (a Lync file offer comes as
+/// `multipart/mixed`), each as its Content-Type and its content with the transfer encoding
+/// undone; as bounded as [`multipart_text`] (not descending into nested multiparts).
+pub(super) fn decoded_parts<'b>(
+    mt: &MediaType<'_>,
+    body: &'b [u8],
+) -> Result<Vec<(String, Cow<'b, [u8]>)>, BodyError> {
+    let what = essence(mt);
+    raw_parts(mt, body)?
+        .into_iter()
+        .map(|raw| {
+            let part = parse_part(raw).map_err(|problem| Malformed(format!("{what}: {problem}")))?;
+            let content = transfer_decode(&part)?;
+            Ok((part.content_type, content))
+        })
+        .collect()
 }
 
 /// Splits a multipart body into its parts (each without the delimiter lines and without the
