@@ -3,7 +3,7 @@
 //! Prosody. The test is the partner's mutual-TLS edge `contoso.com` (`lcs_test_support::net`):
 //! it dials the bridge's SIP port and listens for the bridge's connections; alice is logged in
 //! to Prosody over c2s. Each case quotes the document or client behaviour it reproduces and
-//! asserts the exact answer (docs/microsoft-peers.md "Instant messaging details").
+//! asserts the exact answer (docs/microsoft.md "Instant messaging details").
 
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // a test reads the clock
@@ -545,6 +545,52 @@ fn a_lync_file_transfer_invite_is_refused_and_told_to_the_xmpp_user() {
         assert!(s.contains(&format!("<body>{notice}</body>")), "{s}");
         assert!(s.contains(&format!("from='{}", lcs_jid("joe"))), "{s}");
         assert_eq!(w.count_stanzas("<body>", Duration::from_millis(300)).await, 0);
+    });
+}
+
+/// The profile, "Header signature verification": Microsoft's edge signs dialog headers and
+/// refuses a dialog older than 24 hours, so the bridge replaces its sessions before
+/// `im.dialog_max_age_secs` (23 h) and ends the old dialog with BYE. A session stored by a
+/// bridge that was stopped and finds it past that age when it starts again is ended so: BYE in
+/// its stored dialog (to the partner's edge: its connection died with the old process), and
+/// forgotten.
+#[test]
+fn a_stored_session_past_the_dialog_age_limit_is_ended_with_bye() {
+    runtime().block_on(async {
+        let Some(mut w) = World::start().await else {
+            return;
+        };
+        let ok = w.lync_invites("aged", None).await;
+        assert_eq!(ok.status(), Some(200), "{ok}");
+        let dir = w._dir.path().to_owned();
+        tokio::task::block_in_place(|| w.bridge.terminate(Instant::now() + WAIT));
+        let path = lcs_bridge::store::sled_dir(&dir.join("store"));
+        {
+            use lcs_bridge::store::{SledStore, Store};
+            let store = SledStore::open(&path).unwrap();
+            let dialogs: Vec<_> = store.im_dialogs().map(Result::unwrap).collect();
+            assert_eq!(dialogs.len(), 1, "the session was stored");
+            for mut d in dialogs {
+                d.dialog.created_unix -= 24 * 3600;
+                store.put_im_dialog(&d).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        w.bridge = Bridge::start(&dir.join("lcs-bridge.toml"), &dir.join("bridge.log"), w.sip_port);
+        let deadline = Instant::now() + WAIT;
+        tokio::task::block_in_place(|| w.bridge.wait_started(deadline));
+        let (conn, bye) = w.request("BYE").await;
+        assert_ne!(conn, EDGE_CONN, "a connection of the new process");
+        assert_eq!(bye.call_id().unwrap(), "aged");
+        assert_eq!(
+            bye.to().unwrap().tag(),
+            ok.from().unwrap().tag(),
+            "LCS's side of the stored dialog"
+        );
+        w.answer(conn, &bye, 200, &[]);
+        tokio::task::block_in_place(|| w.bridge.terminate(Instant::now() + WAIT));
+        let store = lcs_bridge::store::SledStore::open(&path).unwrap();
+        assert_eq!(lcs_bridge::store::Store::im_dialogs(&store).count(), 0, "forgotten");
     });
 }
 
