@@ -599,7 +599,8 @@ impl PresenceEngine {
                     Err(Failure {
                         status,
                         condition: self.errors.condition_for_status(status),
-                        text: format!("{} {}", status, response.reason().unwrap_or_default()),
+                        // With Microsoft's diagnostics, when the response has them.
+                        text: common::failure_text(status, &response, "presence request"),
                         min_expires: response
                             .header("Min-Expires")
                             .and_then(|v| v.trim().parse().ok()),

@@ -288,6 +288,26 @@ fn error_responses_to_the_first_subscribe_become_presence_errors() {
     );
 }
 
+/// [MS-OCER] §2.2.1.1: a Microsoft server says why it refused in `ms-diagnostics`; the user's
+/// presence error carries the reason and the number, as a chat error does.
+#[test]
+fn a_refused_subscribe_tells_the_user_microsofts_diagnostics() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let (tx, sub, _) = requests(&e.on_stanza(now, alice_to_bob("subscribe"))).remove(0);
+    let mut r = answer(&sub, 403, None);
+    r.push_header(
+        "ms-diagnostics",
+        "1034;reason=\"Previous hop federated peer did not report diagnostic information\";source=\"sip.contoso.com\"",
+    );
+    let out = e.on_edge(now, final_event(tx, 9, r));
+    let s = &stanzas(&out)[0];
+    assert!(
+        s.contains("403 Forbidden: Previous hop federated peer did not report diagnostic information (ms-diagnostics 1034)"),
+        "{s}"
+    );
+}
+
 #[test]
 fn a_423_raises_expires_and_tries_again() {
     let now = Instant::now();
