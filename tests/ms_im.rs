@@ -576,7 +576,11 @@ fn a_stored_session_past_the_dialog_age_limit_is_ended_with_bye() {
             }
             store.flush().unwrap();
         }
-        w.bridge = Bridge::start(&dir.join("lcs-bridge.toml"), &dir.join("bridge.log"), w.sip_port);
+        w.bridge = Bridge::start(
+            &dir.join("lcs-bridge.toml"),
+            &dir.join("bridge.log"),
+            w.sip_port,
+        );
         let deadline = Instant::now() + WAIT;
         tokio::task::block_in_place(|| w.bridge.wait_started(deadline));
         let (conn, bye) = w.request("BYE").await;
@@ -590,7 +594,11 @@ fn a_stored_session_past_the_dialog_age_limit_is_ended_with_bye() {
         w.answer(conn, &bye, 200, &[]);
         tokio::task::block_in_place(|| w.bridge.terminate(Instant::now() + WAIT));
         let store = lcs_bridge::store::SledStore::open(&path).unwrap();
-        assert_eq!(lcs_bridge::store::Store::im_dialogs(&store).count(), 0, "forgotten");
+        assert_eq!(
+            lcs_bridge::store::Store::im_dialogs(&store).count(),
+            0,
+            "forgotten"
+        );
     });
 }
 

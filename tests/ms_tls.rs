@@ -367,7 +367,7 @@ async fn separate_client_certificate_on_connections_the_bridge_opens() {
     drop(tls);
     // Gone before the message, or the bridge would send it on this connection (it serves the
     // partner's domain).
-    world.wait_log("peer closed the connection", 1).await;
+    world.wait_log("peer closed", 1).await;
 
     // Outbound: a local user writes to an LCS user; the bridge dials the partner's edge.
     let acceptor = partner_acceptor(&root.ca, &partner);

@@ -150,7 +150,11 @@ fn publish_file(xml: &[u8]) -> Option<FileOffer> {
                                 .map(|v| v.into_owned())
                         });
                 }
-                path.push(if ours { local.to_owned() } else { String::new() });
+                path.push(if ours {
+                    local.to_owned()
+                } else {
+                    String::new()
+                });
                 if matches!(event, XmlEvent::Empty(_)) {
                     path.pop();
                     scopes.pop_to(path.len());
@@ -177,13 +181,10 @@ fn publish_file(xml: &[u8]) -> Option<FileOffer> {
         .filter(|c| !c.is_empty() && c.len() <= MAX_COOKIE_BYTES)
         .filter(|c| c.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or_default();
-    let name = Some(clean_line(&name, MAX_FILE_NAME_CHARS)).filter(|n| !n.trim().is_empty());
-    if name.is_none() {
-        return None;
-    }
+    let name = Some(clean_line(&name, MAX_FILE_NAME_CHARS)).filter(|n| !n.trim().is_empty())?;
     Some(FileOffer {
         cookie,
-        name,
+        name: Some(name),
         size: size.trim().parse().ok(),
     })
 }
@@ -330,12 +331,21 @@ mod tests {
     fn a_lync_file_offer_is_read_from_its_multipart_invite() {
         let publish = "<request xmlns=\"http://schemas.microsoft.com/rtc/2009/05/filetransfer\" requestId=\"7\"><publishFile><fileInfo><id>{6244F934}</id><name>a&#x9;b.txt</name><size>2048</size></fileInfo></publishFile></request>";
         let body = |xml: &str, ct: &str| {
-            format!("--b\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n--b\r\nContent-Type: {ct}\r\n\r\n{xml}\r\n--b--\r\n")
+            format!(
+                "--b\r\nContent-Type: application/sdp\r\n\r\nv=0\r\n--b\r\nContent-Type: {ct}\r\n\r\n{xml}\r\n--b--\r\n"
+            )
         };
-        let offer = lync_file_offer("multipart/mixed; boundary=b", body(publish, FILETRANSFER_TYPE).as_bytes())
-            .unwrap();
+        let offer = lync_file_offer(
+            "multipart/mixed; boundary=b",
+            body(publish, FILETRANSFER_TYPE).as_bytes(),
+        )
+        .unwrap();
         assert_eq!(offer.cookie, "7");
-        assert_eq!(offer.name.as_deref(), Some("ab.txt"), "control characters removed");
+        assert_eq!(
+            offer.name.as_deref(),
+            Some("ab.txt"),
+            "control characters removed"
+        );
         assert_eq!(offer.size, Some(2048));
         assert!(offer_notice(&offer).contains("\"ab.txt\" (2.0 KB)"));
         // Not an offer: another part type, another namespace, no name, a DTD, not multipart.
@@ -348,7 +358,10 @@ mod tests {
             (no_name.as_str(), FILETRANSFER_TYPE),
             (dtd.as_str(), FILETRANSFER_TYPE),
         ] {
-            assert!(lync_file_offer("multipart/mixed; boundary=b", body(xml, ct).as_bytes()).is_none(), "{xml} {ct}");
+            assert!(
+                lync_file_offer("multipart/mixed; boundary=b", body(xml, ct).as_bytes()).is_none(),
+                "{xml} {ct}"
+            );
         }
         assert!(lync_file_offer("application/sdp", b"v=0").is_none());
         assert!(lync_file_offer("multipart/mixed", b"no boundary").is_none());

@@ -43,8 +43,8 @@ mod text;
 mod typing;
 
 pub use invitation::{
-    FILETRANSFER_TYPE, FileOffer, Invitation, MAX_FILE_NAME_CHARS, MSMSGSINVITE_TYPE,
-    decline_body, lync_file_offer, offer_notice, parse_invitation,
+    FILETRANSFER_TYPE, FileOffer, Invitation, MAX_FILE_NAME_CHARS, MSMSGSINVITE_TYPE, decline_body,
+    lync_file_offer, offer_notice, parse_invitation,
 };
 pub use typing::{
     ISCOMPOSING_REFRESH_SECS, ISCOMPOSING_TYPE, KEYBOARD_ACTIVITY_TYPE, NS_ISCOMPOSING, Typing,

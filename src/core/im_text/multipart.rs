@@ -103,18 +103,22 @@ fn raw_parts<'b>(mt: &MediaType<'_>, body: &'b [u8]) -> Result<Vec<&'b [u8]>, Bo
         .map_err(|problem| Malformed(format!("{what}: {problem}")))
 }
 
+/// A body part's Content-Type and its content, transfer encoding undone.
+pub(super) type DecodedPart<'b> = (String, Cow<'b, [u8]>);
+
 /// The parts of a multipart body of any subtype (a Lync file offer comes as
 /// `multipart/mixed`), each as its Content-Type and its content with the transfer encoding
 /// undone; as bounded as [`multipart_text`] (not descending into nested multiparts).
 pub(super) fn decoded_parts<'b>(
     mt: &MediaType<'_>,
     body: &'b [u8],
-) -> Result<Vec<(String, Cow<'b, [u8]>)>, BodyError> {
+) -> Result<Vec<DecodedPart<'b>>, BodyError> {
     let what = essence(mt);
     raw_parts(mt, body)?
         .into_iter()
         .map(|raw| {
-            let part = parse_part(raw).map_err(|problem| Malformed(format!("{what}: {problem}")))?;
+            let part =
+                parse_part(raw).map_err(|problem| Malformed(format!("{what}: {problem}")))?;
             let content = transfer_decode(&part)?;
             Ok((part.content_type, content))
         })
