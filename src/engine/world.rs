@@ -205,6 +205,8 @@ pub struct LcsEdge {
     pub documents: BTreeMap<String, String>,
     /// Dialogs by (LCS AOR, method that made them).
     dialogs: BTreeMap<(String, &'static str), LcsDialog>,
+    /// Dialogs that lived on a lost connection, by the same key (for a stale request).
+    lost: BTreeMap<(String, &'static str), LcsDialog>,
     /// IM sessions (INVITE dialogs) by Call-ID: the CSeq of the bridge's last request in it,
     /// and whether the session is still open.
     sessions: BTreeMap<String, (u32, bool)>,
@@ -225,6 +227,7 @@ impl LcsEdge {
             replied: Vec::new(),
             documents: BTreeMap::new(),
             dialogs: BTreeMap::new(),
+            lost: BTreeMap::new(),
             sessions: BTreeMap::new(),
             notified: BTreeMap::new(),
             next_conn: 7,
@@ -379,7 +382,11 @@ impl World {
         let Some(conn) = self.lcs.conn.take() else {
             return;
         };
-        self.lcs.dialogs.retain(|_, d| d.conn != conn);
+        let (lost, kept) = std::mem::take(&mut self.lcs.dialogs)
+            .into_iter()
+            .partition(|(_, d)| d.conn == conn);
+        self.lcs.dialogs = kept;
+        self.lcs.lost = lost;
         self.send(Input::Edge(EdgeEvent::ConnectionLost { conn }));
     }
 
@@ -881,6 +888,21 @@ impl World {
             "",
         );
         self.lcs_request(request);
+    }
+
+    /// An LCS watcher's side still refreshes, on a new connection, the subscription whose
+    /// dialog lived on the connection [`World::lcs_connection_lost`] broke (a stale request).
+    pub fn lcs_refreshes_in_lost(&mut self, from: &str) {
+        let d = self
+            .lcs
+            .lost
+            .get(&(from.to_owned(), "SUBSCRIBE-in"))
+            .cloned()
+            .expect("a lost LCS dialog");
+        self.lcs
+            .dialogs
+            .insert((from.to_owned(), "SUBSCRIBE-in"), d);
+        self.lcs_refreshes(from);
     }
 
     /// A dialog an LCS user starts (`kind`: the request that makes it): its tag and Call-ID.
