@@ -425,6 +425,34 @@ fn a_watcher_whose_connection_was_lost_and_never_comes_back_expires() {
     assert_eq!(e.counts(), (0, 0));
 }
 
+/// A watcher still waiting for its user when its connection is lost: its dialog ends the
+/// same way; the user's approval given meanwhile sends nothing (no dialog can carry it), and
+/// is what LCS's new SUBSCRIBE finds: 202 and `active` at once, the user not asked again.
+#[test]
+fn an_approval_given_while_the_watchers_dialog_is_gone_serves_its_new_subscribe() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let out = e.on_edge(now, lcs_subscribe("w-1", Some(3600)));
+    let (tx, _, _) = requests(&out).remove(0);
+    ok(&mut e, now, tx, 4);
+    let out = e.on_edge(now, EdgeEvent::ConnectionLost { conn: 4 });
+    assert_eq!(kinds(&out), ["persist-lazy:requested"]);
+    let out = e.on_stanza(now, alice_to_bob("subscribed"));
+    assert_eq!(kinds(&out), ["persist:approved", "stanza:probe"]);
+    let out = e.on_edge(now, on_conn(lcs_subscribe("w-2", Some(3600)), 7));
+    assert_eq!(
+        kinds(&out),
+        ["persist:approved", "respond:202", "request:NOTIFY"]
+    );
+    let (_, n, route) = requests(&out).remove(0);
+    assert_eq!(route, Route::Connection(7));
+    assert!(
+        n.header("Subscription-State")
+            .unwrap()
+            .starts_with("active")
+    );
+}
+
 /// A refresh that arrives on another connection than its dialog's (the peer moved it): the
 /// dialog cannot follow it (connection affinity), so the refresh gets 481 and the dialog
 /// ends; LCS subscribes anew on its connection (RFC 6665 §4.1.2.2) and is served at once.
