@@ -288,6 +288,7 @@ fn presence_settings(cfg: &config::Config) -> PresenceSettings {
         max_pending_per_partner: cfg.presence.max_pending_per_partner,
         partners: allowed_partners(cfg),
         max_pending_per_user: cfg.presence.max_pending_per_user,
+        enhanced: cfg.presence.enhanced,
         ..PresenceSettings::default()
     }
 }

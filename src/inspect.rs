@@ -6,6 +6,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::core::address::{AddressBook, AddressError, SipAddress, check_scheme, unescape_node};
+use crate::core::ms_presence;
 use crate::core::pidf::{self, Basic, PidfDocument};
 use crate::core::presence::{pidf_for_presence, xmpp_view_of_pidf};
 use crate::core::tables::Mappings;
@@ -174,6 +175,17 @@ fn body_json(
     if ct.is("application/pidf+xml") {
         let doc = pidf::parse(body).map_err(|e| format!("PIDF body: {e}"))?;
         out.insert("presence".into(), presence_json(&doc, mappings));
+    } else if ct.is(ms_presence::CATEGORIES_TYPE) || ct.is(ms_presence::MSRTC_PIDF_TYPE) {
+        let doc = if ct.is(ms_presence::CATEGORIES_TYPE) {
+            ms_presence::parse_categories(body)
+        } else {
+            ms_presence::parse_msrtc_pidf(body)
+        }
+        .map_err(|e| format!("enhanced presence body: {e}"))?;
+        out.insert(
+            "enhanced_presence".into(),
+            enhanced_presence_json(&doc, mappings),
+        );
     } else if ct.is("application/sdp") {
         let sdp = Sdp::parse(body).map_err(|e| format!("SDP body: {e}"))?;
         out.insert(
@@ -205,6 +217,27 @@ pub fn presence_json(doc: &PidfDocument, mappings: &Mappings) -> Value {
         "icon": doc.icon,
         "xmpp_show": view.show.as_str(),
         "xmpp_status": view.status,
+    })
+}
+
+/// The `enhanced_presence` object of `inspect sip`: what a Microsoft categories or msrtc.pidf
+/// body says and what the bridge shows for it (docs/mapping.md §2; a document that is only
+/// part of a contact's state shows what it alone gives).
+fn enhanced_presence_json(doc: &ms_presence::MsPresence, mappings: &Mappings) -> Value {
+    let view = crate::core::presence::xmpp_view_of_ms(doc, &mappings.presence);
+    json!({
+        "uri": doc.uri,
+        "availability": doc.state.as_ref().map(|s| s.availability),
+        "activity": doc.state.as_ref().and_then(|s| s.activity.as_ref()),
+        "custom": doc.state.as_ref().and_then(|s| s.custom.as_ref()),
+        "note": doc.note.as_ref().map(|n| &n.text),
+        "note_kind": doc.note.as_ref().map(|n| match n.kind {
+            ms_presence::NoteKind::Personal => "personal",
+            ms_presence::NoteKind::OutOfOffice => "OOF",
+        }),
+        "display_name": doc.display_name,
+        "xmpp_show": view.as_ref().map(|v| v.show.as_str()),
+        "xmpp_status": view.and_then(|v| v.status),
     })
 }
 

@@ -197,6 +197,26 @@ fn inspect_sip_files_stdin_and_errors() {
     assert!(text(&out.stderr).starts_with("error: cannot read \"/nonexistent/file.sip\""));
 }
 
+/// A Lync contact's categories NOTIFY ([MS-PRES] §4.4.3's document form): `inspect sip` shows
+/// what it says and what an XMPP watcher is shown (docs/mapping.md §2).
+#[test]
+fn inspect_sip_reads_enhanced_presence() {
+    let body = r#"<categories xmlns="http://schemas.microsoft.com/2006/09/sip/categories" uri="sip:bob@contoso.com"><category name="state" publishTime="2026-03-01T10:00:00"><state xmlns="http://schemas.microsoft.com/2006/09/sip/state"><availability>6500</availability><activity token="on-the-phone"/></state></category><category name="note" publishTime="2026-03-01T10:00:00"><note xmlns="http://schemas.microsoft.com/2006/09/sip/note"><body type="OOF">Back Monday</body></note></category></categories>"#;
+    let notify = format!(
+        "NOTIFY sip:alice@sip.example.org;transport=tls SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKc1\nFrom: <sip:bob@contoso.com>;tag=1\nTo: <sip:alice@example.org>;tag=2\nCall-ID: cat-1\nCSeq: 2 NOTIFY\nEvent: presence\nSubscription-State: active;expires=3600\nContent-Type: application/msrtc-event-categories+xml\nContent-Length: {}\n\n{body}",
+        body.len()
+    );
+    let out = run(&["inspect", "sip", "-"], Some(&notify));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["enhanced_presence"];
+    assert_eq!(p["availability"], 6500);
+    assert_eq!(p["activity"], "on-the-phone");
+    assert_eq!(p["note_kind"], "OOF");
+    assert_eq!(p["xmpp_show"], "dnd");
+    assert_eq!(p["xmpp_status"], "In a call - Out of office: Back Monday");
+}
+
 #[test]
 fn inspect_address_both_ways() {
     let (_dir, file) = workspace();

@@ -29,7 +29,7 @@ use lcs_test_support::{net, pki};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,20 +98,8 @@ impl World {
         }
         .toml();
         std::fs::write(&config, toml).unwrap();
-        let log = std::fs::File::create(dir.path().join("bridge.log")).unwrap();
-        let bin = std::env::var("LCS_BRIDGE_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_lcs-bridge").to_owned());
-        let bridge = Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        // `LCS_BRIDGE_BIN=<path>` runs the cases against another build.
+        let bridge = lcs_test_support::spawn_bridge(&config, &dir.path().join("bridge.log"));
         let pid = bridge.id();
         let (events_tx, events) = unbounded_channel();
         let accept = net::accept_component(&component, GATEWAY_COMPONENT, SECRET, 1, events_tx);

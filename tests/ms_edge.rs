@@ -27,7 +27,7 @@ use lcs_test_support::{net, pki};
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use lcs_bridge::sip::message::{Message, Method};
@@ -108,22 +108,8 @@ impl World {
         }
         .toml();
         std::fs::write(&config, toml).unwrap();
-        let log = std::fs::File::create(dir.path().join("bridge.log")).unwrap();
-        // `LCS_BRIDGE_BIN=<path>` runs the cases against another build (how they were seen to
-        // fail before the behaviour they check existed).
-        let bin = std::env::var("LCS_BRIDGE_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_lcs-bridge").to_owned());
-        let mut bridge = Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        // `LCS_BRIDGE_BIN=<path>` runs the cases against another build.
+        let mut bridge = lcs_test_support::spawn_bridge(&config, &dir.path().join("bridge.log"));
         let (events_tx, events) = unbounded_channel();
         let accept =
             net::accept_component(&component, GATEWAY_COMPONENT, SECRET, 1, events_tx.clone());

@@ -519,6 +519,12 @@ keys! {
         reload: Restart,
         doc: "LCS watchers waiting for one local user's approval; beyond it likewise `503`, naming `presence.max_pending_per_user`. 1–100000.",
     }
+    PRESENCE_ENHANCED = "presence", "enhanced" {
+        kind: Kind::Boolean,
+        default: Boolean(true),
+        reload: Restart,
+        doc: "Offer Microsoft enhanced presence on the SUBSCRIBEs to LCS users: `Accept: application/msrtc-event-categories+xml, text/xml+msrtc.pidf, application/pidf+xml` with a category subscription body (state, note, contactCard), so that XMPP users see Lync/Skype for Business availability, activities and notes (docs/mapping.md). A partner domain that refuses it (400, 406, 415, 420, 488) is asked again at once with PIDF only, and remembered for a day. `false`: PIDF only, as the federation profile.",
+    }
     IM_SESSION_IDLE_SECS = "im", "session_idle_secs" {
         kind: Kind::Integer,
         default: Integer(600),

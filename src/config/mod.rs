@@ -505,6 +505,8 @@ pub struct PresenceConfig {
     /// LCS watchers one local user may have waiting for approval
     /// (`presence.max_pending_per_user`, default 100).
     pub max_pending_per_user: usize,
+    /// Offer Microsoft enhanced presence on SUBSCRIBEs (`presence.enhanced`, default true).
+    pub enhanced: bool,
 }
 
 /// `[im]`: instant messaging sessions (INVITE sessions carrying MESSAGEs).

@@ -697,7 +697,9 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
     let pending_domain = t.int(&k::PRESENCE_MAX_PENDING_PER_DOMAIN, diag);
     let pending_partner = t.int(&k::PRESENCE_MAX_PENDING_PER_PARTNER, diag);
     let pending_user = t.int(&k::PRESENCE_MAX_PENDING_PER_USER, diag);
+    let enhanced = t.bool(&k::PRESENCE_ENHANCED, diag);
     t.finish(diag);
+    let enhanced = or_default(enhanced, k::PRESENCE_ENHANCED.default_bool());
 
     let suffix = conv(diag, k::PRESENCE_DISPLAY_NAME_SUFFIX.path, suffix, |s| {
         text(s, 64)
@@ -722,6 +724,7 @@ fn presence_section(mut t: Table, diag: &mut Diag) -> Option<PresenceConfig> {
         max_pending_per_domain: usize::try_from(pending_domain?).unwrap_or(usize::MAX),
         max_pending_per_partner: usize::try_from(pending_partner?).unwrap_or(usize::MAX),
         max_pending_per_user: usize::try_from(pending_user?).unwrap_or(usize::MAX),
+        enhanced: enhanced?,
     })
 }
 

@@ -4,6 +4,7 @@ pub mod address;
 pub mod errors;
 pub mod im_text;
 pub mod lang;
+pub mod ms_presence;
 pub mod names;
 pub mod pidf;
 pub mod presence;

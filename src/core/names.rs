@@ -74,7 +74,15 @@ fn is_shown(c: char) -> bool {
 /// A peer's display name as the bridge keeps and shows it, or `None` when nothing printable is
 /// left (see the module documentation).
 pub fn display_name(raw: &str) -> Option<String> {
-    let mut out = String::with_capacity(raw.len().min(MAX_NAME_CHARS * 4));
+    one_line(raw, MAX_NAME_CHARS)
+}
+
+/// A peer's text cleaned as [`display_name`] cleans a name, cut to `max` characters instead of
+/// [`MAX_NAME_CHARS`]: the one cleaning of the one-line texts other than names that cross into
+/// XMPP (the status texts of Microsoft enhanced presence, `core::ms_presence`).
+pub fn one_line(raw: &str, max: usize) -> Option<String> {
+    let max = max.max(1);
+    let mut out = String::with_capacity(raw.len().min(max * 4));
     let mut chars = 0usize;
     let mut space = false;
     // Whether the character before this one (in `raw`) was shown.
@@ -94,14 +102,14 @@ pub fn display_name(raw: &str) -> Option<String> {
             continue;
         }
         if space && !out.is_empty() {
-            if chars + 1 >= MAX_NAME_CHARS {
+            if chars + 1 >= max {
                 break;
             }
             out.push(' ');
             chars += 1;
         }
         space = false;
-        if chars >= MAX_NAME_CHARS {
+        if chars >= max {
             break;
         }
         out.push(c);

@@ -227,7 +227,7 @@ fn is_https(url: &str) -> bool {
 /// Appends `s` escaped. `& < > " '` always become references; `\r` (and in attributes `\t`,
 /// `\n`) become character references so that they survive XML end-of-line and attribute-value
 /// normalisation; characters outside XML 1.0 `Char` are dropped.
-fn push_escaped(out: &mut String, s: &str, attribute: bool) {
+pub(crate) fn push_escaped(out: &mut String, s: &str, attribute: bool) {
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;

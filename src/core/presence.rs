@@ -14,7 +14,9 @@ use xmpp_parsers::message::Lang;
 use xmpp_parsers::presence::{Presence, Show as XmppShow, Type};
 
 use crate::core::lang::language_tag;
-use crate::core::pidf::{Note, PidfDocument};
+use crate::core::ms_presence::{self, MsPresence, NoteKind};
+use crate::core::names::one_line;
+use crate::core::pidf::{self, Basic, Note, PidfDocument};
 use crate::core::tables::{InboundPresence, PresenceTable, Show};
 
 /// The availability an XMPP presence expresses. `type='error'` counts as unavailable (RFC 6121
@@ -133,11 +135,143 @@ pub fn presence_from_pidf(
     presence
 }
 
+/// Longest status text made from a Microsoft enhanced-presence document (activity text and
+/// note, each at most [`MAX_NOTE_CHARS`], with the out-of-office label between).
+pub const MAX_MS_STATUS_CHARS: usize = 2 * MAX_NOTE_CHARS + 100;
+
+/// The XMPP view of a Microsoft enhanced-presence document (docs/mapping.md, "Microsoft
+/// enhanced presence"), or `None` while it holds no state (nothing is known of the contact's
+/// availability yet). The availability number picks the range row of `[ms_to_xmpp]`; an
+/// activity token's row replaces the show (unless the range is offline) and the status text;
+/// the peer's `<custom>` activity text replaces the status text; the note follows it after
+/// `" - "` (an out-of-office note after the table's label and `": "`). Every peer text is
+/// cleaned to one line ([`one_line`]) and cut to [`MAX_NOTE_CHARS`].
+pub fn xmpp_view_of_ms(doc: &MsPresence, table: &PresenceTable) -> Option<InboundPresence> {
+    let state = doc.state.as_ref()?;
+    let ms = table.ms();
+    let mut view = ms.availability(state.availability);
+    if let Some(row) = state.activity.as_deref().and_then(|t| ms.activity(t)) {
+        if let Some(show) = row.show {
+            if view.show != Show::Unavailable {
+                view.show = show;
+            }
+        }
+        if let Some(status) = &row.status {
+            view.status = Some(status.clone());
+        }
+    }
+    if let Some(custom) = state
+        .custom
+        .as_deref()
+        .and_then(|c| one_line(c, MAX_NOTE_CHARS))
+    {
+        view.status = Some(custom);
+    }
+    if let Some(note) = &doc.note {
+        if let Some(text) = one_line(&note.text, MAX_NOTE_CHARS) {
+            let note = match note.kind {
+                NoteKind::Personal => text,
+                NoteKind::OutOfOffice => format!("{}: {text}", ms.out_of_office()),
+            };
+            view.status = Some(match view.status.take() {
+                Some(status) => format!("{status} - {note}"),
+                None => note,
+            });
+        }
+    }
+    if let Some(status) = view.status.as_mut() {
+        let cut = at_most(status, MAX_MS_STATUS_CHARS).len();
+        status.truncate(cut);
+    }
+    Some(view)
+}
+
+/// The `<presence/>` stanza for a Microsoft enhanced-presence document ([`xmpp_view_of_ms`]),
+/// or `None` while it holds no state.
+pub fn presence_from_ms(
+    doc: &MsPresence,
+    table: &PresenceTable,
+    from: Jid,
+    to: Jid,
+) -> Option<Presence> {
+    let view = xmpp_view_of_ms(doc, table)?;
+    let mut presence = stanza_for_show(view.show).with_from(from).with_to(to);
+    if let Some(status) = view.status {
+        presence.statuses.insert(Lang::default(), status);
+    }
+    Some(presence)
+}
+
+fn stanza_for_show(show: Show) -> Presence {
+    match show {
+        Show::Unavailable => Presence::new(Type::Unavailable),
+        Show::Available => Presence::new(Type::None),
+        Show::Chat => Presence::new(Type::None).with_show(XmppShow::Chat),
+        Show::Away => Presence::new(Type::None).with_show(XmppShow::Away),
+        Show::Xa => Presence::new(Type::None).with_show(XmppShow::Xa),
+        Show::Dnd => Presence::new(Type::None).with_show(XmppShow::Dnd),
+    }
+}
+
+/// The last presence document received from a contact: PIDF, or a Microsoft
+/// enhanced-presence document (categories, or LCS 2005's msrtc.pidf read into the same form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// `application/pidf+xml`.
+    Pidf(PidfDocument),
+    /// `application/msrtc-event-categories+xml` or `text/xml+msrtc.pidf`, merged.
+    Ms(MsPresence),
+}
+
+impl Received {
+    /// The `<presence/>` stanza it gives, or `None` (an enhanced document without state yet).
+    pub fn presence(&self, table: &PresenceTable, from: Jid, to: Jid) -> Option<Presence> {
+        match self {
+            Received::Pidf(doc) => Some(presence_from_pidf(doc, table, from, to)),
+            Received::Ms(doc) => presence_from_ms(doc, table, from, to),
+        }
+    }
+
+    /// Whether the watcher sees the contact available.
+    pub fn is_available(&self, table: &PresenceTable) -> bool {
+        match self {
+            Received::Pidf(doc) => doc.basic != Some(Basic::Closed),
+            Received::Ms(doc) => {
+                xmpp_view_of_ms(doc, table).is_some_and(|v| v.show != Show::Unavailable)
+            }
+        }
+    }
+
+    /// The contact's own display name, if the document has one.
+    pub fn display_name(&self) -> Option<&str> {
+        match self {
+            Received::Pidf(doc) => doc.display_name.as_deref(),
+            Received::Ms(doc) => doc.display_name.as_deref(),
+        }
+    }
+
+    /// The stored form: a PIDF document, or a categories document holding what was merged.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Received::Pidf(doc) => pidf::render(doc).into_bytes(),
+            Received::Ms(doc) => ms_presence::render_categories(doc).into_bytes(),
+        }
+    }
+
+    /// Reads the stored form back (by its root element).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Received> {
+        match pidf::parse(bytes) {
+            Ok(doc) => Some(Received::Pidf(doc)),
+            Err(_) => ms_presence::parse_categories(bytes).ok().map(Received::Ms),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::core::pidf::{Basic, render};
+    use crate::core::pidf::render;
     use crate::core::tables::Mappings;
     use xmpp_parsers::minidom::Element;
 
@@ -374,5 +508,189 @@ mod tests {
                 status: None
             }
         );
+    }
+
+    fn ms(availability: u32, token: Option<&str>, custom: Option<&str>) -> MsPresence {
+        MsPresence {
+            uri: "sip:joe@contoso.com".into(),
+            state: Some(crate::core::ms_presence::MsState {
+                availability,
+                activity: token.map(str::to_owned),
+                custom: custom.map(str::to_owned),
+            }),
+            ..MsPresence::default()
+        }
+    }
+
+    fn view(doc: &MsPresence) -> (Show, Option<String>) {
+        let v = xmpp_view_of_ms(doc, &table()).unwrap();
+        (v.show, v.status)
+    }
+
+    /// Every boundary of the Lync availability ranges (Lync schema, "state/availability
+    /// element"), through the shipped `[ms_to_xmpp]` rows.
+    #[test]
+    fn ms_availability_ranges() {
+        let cases: &[(u32, Show, Option<&str>)] = &[
+            (0, Show::Available, None),
+            (3500, Show::Available, None),
+            (4499, Show::Available, None),
+            (4500, Show::Away, Some("Inactive")),
+            (5999, Show::Away, Some("Inactive")),
+            (6000, Show::Dnd, Some("Busy")),
+            (7499, Show::Dnd, Some("Busy")),
+            (7500, Show::Dnd, Some("Busy")),
+            (8999, Show::Dnd, Some("Busy")),
+            (9000, Show::Dnd, Some("Do not disturb")),
+            (11999, Show::Dnd, Some("Do not disturb")),
+            (12000, Show::Away, Some("Be right back")),
+            (14999, Show::Away, Some("Be right back")),
+            (15000, Show::Xa, None),
+            (17999, Show::Xa, None),
+            (18000, Show::Unavailable, None),
+            (u32::MAX, Show::Unavailable, None),
+        ];
+        for (n, show, status) in cases {
+            assert_eq!(
+                view(&ms(*n, None, None)),
+                (*show, status.map(str::to_owned)),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn ms_activities_custom_text_and_notes() {
+        use crate::core::ms_presence::{MsNote, NoteKind};
+        let s = |t: &str| Some(t.to_owned());
+        assert_eq!(
+            view(&ms(6500, Some("on-the-phone"), None)),
+            (Show::Dnd, s("In a call"))
+        );
+        assert_eq!(
+            view(&ms(6500, Some("ON-THE-PHONE"), None)),
+            (Show::Dnd, s("In a call"))
+        );
+        assert_eq!(
+            view(&ms(6500, Some("in-a-conference"), None)),
+            (Show::Dnd, s("In a conference call"))
+        );
+        assert_eq!(
+            view(&ms(6500, Some("in-a-meeting"), None)),
+            (Show::Dnd, s("In a meeting"))
+        );
+        assert_eq!(
+            view(&ms(9500, Some("in-presentation"), None)),
+            (Show::Dnd, s("Presenting"))
+        );
+        assert_eq!(
+            view(&ms(9500, Some("urgent-interruptions-only"), None)),
+            (Show::Dnd, s("Urgent interruptions only"))
+        );
+        assert_eq!(
+            view(&ms(15500, Some("off-work"), None)),
+            (Show::Xa, s("Off work"))
+        );
+        assert_eq!(
+            view(&ms(3500, Some("out-of-office"), None)),
+            (Show::Xa, s("Out of office"))
+        );
+        // The offline range keeps its show; an unknown token changes nothing.
+        assert_eq!(
+            view(&ms(18500, Some("off-work"), None)),
+            (Show::Unavailable, s("Off work"))
+        );
+        assert_eq!(
+            view(&ms(6500, Some("juggling"), None)),
+            (Show::Dnd, s("Busy"))
+        );
+        // The custom text replaces the token's; it is cleaned to one line and capped.
+        assert_eq!(
+            view(&ms(15500, None, Some("Out of office until next week"))),
+            (Show::Xa, s("Out of office until next week"))
+        );
+        assert_eq!(
+            view(&ms(
+                6500,
+                Some("on-the-phone"),
+                Some(" Call\u{202E}  with\nBob ")
+            )),
+            (Show::Dnd, s("Call with Bob"))
+        );
+        let long = "é".repeat(5000);
+        let (_, status) = view(&ms(3500, None, Some(&long)));
+        assert_eq!(status.unwrap().chars().count(), MAX_NOTE_CHARS);
+        // Notes: personal after the status, OOF marked; alone when there is no status.
+        let mut d = ms(6500, Some("on-the-phone"), None);
+        d.note = Some(MsNote {
+            kind: NoteKind::Personal,
+            text: "Working from home".into(),
+        });
+        assert_eq!(view(&d), (Show::Dnd, s("In a call - Working from home")));
+        d.state.as_mut().unwrap().availability = 3500;
+        d.state.as_mut().unwrap().activity = None;
+        assert_eq!(view(&d), (Show::Available, s("Working from home")));
+        d.note = Some(MsNote {
+            kind: NoteKind::OutOfOffice,
+            text: "Back on Monday".into(),
+        });
+        assert_eq!(
+            view(&d),
+            (Show::Available, s("Out of office: Back on Monday"))
+        );
+        d.state.as_mut().unwrap().availability = 18000;
+        assert_eq!(
+            view(&d),
+            (Show::Unavailable, s("Out of office: Back on Monday"))
+        );
+        d.note = Some(MsNote {
+            kind: NoteKind::Personal,
+            text: long.clone(),
+        });
+        d.state.as_mut().unwrap().custom = Some(long);
+        let (_, status) = view(&d);
+        assert_eq!(status.unwrap().chars().count(), 2 * MAX_NOTE_CHARS + 3);
+        // No state yet: nothing to show.
+        let none = MsPresence {
+            note: d.note.clone(),
+            ..MsPresence::default()
+        };
+        assert_eq!(xmpp_view_of_ms(&none, &table()), None);
+    }
+
+    #[test]
+    fn ms_stanzas_are_exact() {
+        let from: Jid = "joe@contoso.com".parse().unwrap();
+        let to: Jid = "alice@example.org".parse().unwrap();
+        let head = "<presence xmlns='jabber:component:accept' from='joe@contoso.com' to='alice@example.org'";
+        let p = presence_from_ms(
+            &ms(6500, Some("on-the-phone"), None),
+            &table(),
+            from.clone(),
+            to.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            String::from(&Element::from(p)),
+            format!(
+                "{head}><show>dnd</show><status>In a call</status><priority>0</priority></presence>"
+            )
+        );
+        let p =
+            presence_from_ms(&ms(18000, None, None), &table(), from.clone(), to.clone()).unwrap();
+        assert_eq!(
+            String::from(&Element::from(p)),
+            format!("{head} type='unavailable'><priority>0</priority></presence>")
+        );
+        let r = Received::Ms(ms(3500, None, Some("<b>&amp;")));
+        assert!(r.is_available(&table()));
+        assert_eq!(Received::from_bytes(&r.to_bytes()), Some(r.clone()));
+        let p = r.presence(&table(), from, to).unwrap();
+        assert_eq!(
+            String::from(&Element::from(p)),
+            format!("{head}><status>&lt;b&gt;&amp;amp;</status><priority>0</priority></presence>")
+        );
+        assert!(!Received::Ms(ms(18000, None, None)).is_available(&table()));
+        assert!(!Received::Ms(MsPresence::default()).is_available(&table()));
     }
 }

@@ -178,9 +178,72 @@ pub struct PresenceTable {
     open: Show,
     unlisted_activity: Show,
     activities: BTreeMap<String, InRow>,
+    ms: MsTable,
+}
+
+/// One row of `ms_to_xmpp.activities`: the show it imposes (if any) and its status text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsActivityRow {
+    /// Replaces the availability range's show (not for an offline range).
+    pub show: Option<Show>,
+    /// Replaces the availability range's status text.
+    pub status: Option<String>,
+}
+
+/// `presence.toml`'s `[ms_to_xmpp]`: Microsoft enhanced presence ([MS-PRES] `state` and `note`
+/// categories) to XMPP (docs/mapping.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsTable {
+    /// `(first number, row)`, increasing, the first at 0.
+    ranges: Vec<(u32, InRow)>,
+    activities: BTreeMap<String, MsActivityRow>,
+    out_of_office: String,
+}
+
+impl MsTable {
+    /// The show and status text of an availability number: the row of the range it falls in.
+    pub fn availability(&self, number: u32) -> InboundPresence {
+        let row = self
+            .ranges
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= number)
+            .map(|(_, r)| r);
+        match row {
+            Some(r) => InboundPresence {
+                show: r.show,
+                status: r.status.clone(),
+            },
+            // Unreachable: validation makes the first range start at 0.
+            None => InboundPresence {
+                show: Show::Available,
+                status: None,
+            },
+        }
+    }
+
+    /// The row of an activity token (ASCII case-insensitive), if any.
+    pub fn activity(&self, token: &str) -> Option<&MsActivityRow> {
+        let token = token.trim_matches(|c: char| c.is_ascii_whitespace());
+        if token.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.activities.get(&token.to_ascii_lowercase())
+        } else {
+            self.activities.get(token)
+        }
+    }
+
+    /// The label put before an out-of-office note.
+    pub fn out_of_office(&self) -> &str {
+        &self.out_of_office
+    }
 }
 
 impl PresenceTable {
+    /// `[ms_to_xmpp]`.
+    pub fn ms(&self) -> &MsTable {
+        &self.ms
+    }
+
     /// What to send for an XMPP availability.
     pub fn to_pidf(&self, show: Show) -> OutboundPresence<'_> {
         match self.outbound.get(show as usize) {
@@ -552,7 +615,7 @@ fn parse_presence(
     let before = problems.len();
     let mut cx = Ctx { file, problems };
     let root = cx.parse_root(text)?;
-    cx.unknown_keys(&root, "", &["xmpp_to_pidf", "pidf_to_xmpp"]);
+    cx.unknown_keys(&root, "", &["xmpp_to_pidf", "pidf_to_xmpp", "ms_to_xmpp"]);
 
     // XMPP → PIDF
     let mut outbound: Vec<Option<OutRow>> = vec![None; Show::ALL.len()];
@@ -695,15 +758,197 @@ fn parse_presence(
         }
     }
 
+    // Microsoft enhanced presence → XMPP; a table written before it existed gets the shipped
+    // rows.
+    let ms = match root.get("ms_to_xmpp") {
+        None => None,
+        Some(Value::Table(t)) => parse_ms(t, &mut cx),
+        Some(other) => {
+            cx.problem(
+                "ms_to_xmpp",
+                format!("expected a table, found {}", other.type_str()),
+            );
+            None
+        }
+    };
+    let ms_absent = !root.contains_key("ms_to_xmpp");
+
     if problems.len() != before {
         return None;
     }
+    let ms = match ms {
+        Some(ms) => ms,
+        None if ms_absent => Mappings::builtin().presence.ms,
+        None => return None,
+    };
     let outbound: Option<Vec<OutRow>> = outbound.into_iter().collect();
     Some(PresenceTable {
         outbound: outbound?,
         open: open?,
         unlisted_activity: unlisted?,
         activities,
+        ms,
+    })
+}
+
+/// Validates `[ms_to_xmpp]`.
+fn parse_ms(t: &Table, cx: &mut Ctx<'_>) -> Option<MsTable> {
+    let before = cx.problems.len();
+    cx.unknown_keys(
+        t,
+        "ms_to_xmpp",
+        &["availability", "activities", "out_of_office"],
+    );
+    let out_of_office = match t.get("out_of_office") {
+        None => {
+            cx.problem(
+                "ms_to_xmpp.out_of_office",
+                "missing (the text put before an out-of-office note, e.g. \"Out of office\")",
+            );
+            None
+        }
+        Some(v) => cx.text(v, "ms_to_xmpp.out_of_office"),
+    };
+    let mut ranges: Vec<(u32, InRow)> = Vec::new();
+    match t.get("availability") {
+        None => cx.problem(
+            "ms_to_xmpp.availability",
+            "missing (an array of rows like { from = 0, show = \"available\" })",
+        ),
+        Some(Value::Array(rows)) => {
+            if rows.is_empty() {
+                cx.problem(
+                    "ms_to_xmpp.availability",
+                    "empty: the first range must start at 0",
+                );
+            }
+            let mut previous: Option<i64> = None;
+            for (i, value) in rows.iter().enumerate() {
+                let key = format!("ms_to_xmpp.availability[{i}]");
+                let Value::Table(row) = value else {
+                    cx.problem(
+                        &key,
+                        format!(
+                            "expected a table like {{ from = 6000, show = \"dnd\", status = \"Busy\" }}, found {}",
+                            value.type_str()
+                        ),
+                    );
+                    continue;
+                };
+                cx.unknown_keys(row, &key, &["from", "show", "status"]);
+                let from = match row.get("from") {
+                    None => {
+                        cx.problem(
+                            &format!("{key}.from"),
+                            "missing (the range's first availability number)",
+                        );
+                        None
+                    }
+                    Some(Value::Integer(n)) if (0..=i64::from(u32::MAX)).contains(n) => {
+                        let ordered = match previous {
+                            None if *n != 0 => {
+                                cx.problem(
+                                    &format!("{key}.from"),
+                                    format!("{n}: the first range must start at 0"),
+                                );
+                                false
+                            }
+                            Some(p) if *n <= p => {
+                                cx.problem(
+                                    &format!("{key}.from"),
+                                    format!(
+                                        "{n} is not above the previous row's {p} (rows go in increasing order)"
+                                    ),
+                                );
+                                false
+                            }
+                            _ => true,
+                        };
+                        previous = Some(*n);
+                        u32::try_from(*n).ok().filter(|_| ordered)
+                    }
+                    Some(other) => {
+                        cx.problem(
+                            &format!("{key}.from"),
+                            format!(
+                                "expected an integer 0–4294967295, found {}",
+                                match other {
+                                    Value::Integer(n) => n.to_string(),
+                                    o => o.type_str().to_owned(),
+                                }
+                            ),
+                        );
+                        None
+                    }
+                };
+                let show = match row.get("show") {
+                    None => {
+                        cx.problem(&format!("{key}.show"), "missing (an XMPP show name)");
+                        None
+                    }
+                    Some(v) => cx.show(v, &format!("{key}.show")),
+                };
+                let (status, ok) = match row.get("status") {
+                    None => (None, true),
+                    Some(v) => {
+                        let s = cx.text(v, &format!("{key}.status"));
+                        let ok = s.is_some();
+                        (s, ok)
+                    }
+                };
+                if let (Some(from), Some(show), true) = (from, show, ok) {
+                    ranges.push((from, InRow { show, status }));
+                }
+            }
+        }
+        Some(other) => cx.problem(
+            "ms_to_xmpp.availability",
+            format!("expected an array of tables, found {}", other.type_str()),
+        ),
+    }
+    let mut activities = BTreeMap::new();
+    if let Some(acts) = cx.table(t, "ms_to_xmpp", "activities") {
+        for (token, value) in acts {
+            let key = join("ms_to_xmpp.activities", token);
+            let token_ok = cx.activity_token(token, &key);
+            let Value::Table(row) = value else {
+                cx.problem(
+                    &key,
+                    format!(
+                        "expected a table like {{ status = \"In a call\" }} or {{ show = \"xa\", status = \"Off work\" }}, found {}",
+                        value.type_str()
+                    ),
+                );
+                continue;
+            };
+            cx.unknown_keys(row, &key, &["show", "status"]);
+            let (show, show_ok) = match row.get("show") {
+                None => (None, true),
+                Some(v) => {
+                    let s = cx.show(v, &join(&key, "show"));
+                    (s, s.is_some())
+                }
+            };
+            let (status, status_ok) = match row.get("status") {
+                None => (None, true),
+                Some(v) => {
+                    let s = cx.text(v, &join(&key, "status"));
+                    let ok = s.is_some();
+                    (s, ok)
+                }
+            };
+            if token_ok && show_ok && status_ok {
+                activities.insert(token.clone(), MsActivityRow { show, status });
+            }
+        }
+    }
+    if cx.problems.len() != before {
+        return None;
+    }
+    Some(MsTable {
+        ranges,
+        activities,
+        out_of_office: out_of_office?,
     })
 }
 
@@ -1063,6 +1308,94 @@ mod tests {
             "presence.toml: pidf_to_xmpp.activities.\"In Meeting\".status: expected a string, found integer",
         ];
         assert_eq!(got, sorted(expected));
+    }
+
+    #[test]
+    fn ms_table_problems() {
+        let presence = BUILTIN_PRESENCE
+            .replace(
+                "{ from = 0, show = \"available\" }",
+                "{ from = 5, show = \"here\" }",
+            )
+            .replace("{ from = 7500,", "{ from = 6000,")
+            .replace(
+                "{ from = 18000, show = \"unavailable\" }",
+                "{ from = -1, show = \"unavailable\", colour = 1 }",
+            )
+            .replace(
+                "out_of_office = \"Out of office\"",
+                "out_of_office = \"  \"",
+            )
+            .replace(
+                "on-the-phone = { status = \"In a call\" }",
+                "\"On Phone\" = { show = \"busy\" }\nin-a-call = \"In a call\"",
+            );
+        let got = problems(&presence, BUILTIN_ERRORS);
+        let expected = vec![
+            "presence.toml: ms_to_xmpp.availability[0].from: 5: the first range must start at 0",
+            "presence.toml: ms_to_xmpp.availability[0].show: unknown XMPP show \"here\" (expected one of: available, chat, away, xa, dnd, unavailable)",
+            "presence.toml: ms_to_xmpp.availability[3].from: 6000 is not above the previous row's 6000 (rows go in increasing order)",
+            "presence.toml: ms_to_xmpp.availability[7].colour: unknown key (expected one of: from, show, status)",
+            "presence.toml: ms_to_xmpp.availability[7].from: expected an integer 0–4294967295, found -1",
+            "presence.toml: ms_to_xmpp.out_of_office: empty text (remove the key instead)",
+            "presence.toml: ms_to_xmpp.activities.\"On Phone\": activity token \"On Phone\" is not well-formed (RFC 4480 style: lowercase letters, digits and '-', starting with a letter, at most 64 characters)",
+            "presence.toml: ms_to_xmpp.activities.\"On Phone\".show: unknown XMPP show \"busy\" (expected one of: available, chat, away, xa, dnd, unavailable)",
+            "presence.toml: ms_to_xmpp.activities.in-a-call: expected a table like { status = \"In a call\" } or { show = \"xa\", status = \"Off work\" }, found string",
+        ];
+        assert_eq!(got, sorted(expected));
+        // Shapes: not an array, empty, missing keys.
+        let cut = BUILTIN_PRESENCE.find("[ms_to_xmpp]").unwrap();
+        let base = &BUILTIN_PRESENCE[..cut];
+        assert_eq!(
+            problems(
+                &format!("{base}[ms_to_xmpp]\navailability = 3\n"),
+                BUILTIN_ERRORS
+            ),
+            sorted(vec![
+                "presence.toml: ms_to_xmpp.activities: missing table",
+                "presence.toml: ms_to_xmpp.availability: expected an array of tables, found integer",
+                "presence.toml: ms_to_xmpp.out_of_office: missing (the text put before an out-of-office note, e.g. \"Out of office\")",
+            ])
+        );
+        assert_eq!(
+            problems(
+                &format!(
+                    "{base}[ms_to_xmpp]\nout_of_office = \"OOF\"\navailability = []\nactivities = {{}}\nextra = 1\n"
+                ),
+                BUILTIN_ERRORS
+            ),
+            sorted(vec![
+                "presence.toml: ms_to_xmpp.availability: empty: the first range must start at 0",
+                "presence.toml: ms_to_xmpp.extra: unknown key (expected one of: availability, activities, out_of_office)",
+            ])
+        );
+        assert_eq!(
+            problems(&format!("ms_to_xmpp = 1\n{base}"), BUILTIN_ERRORS),
+            vec!["presence.toml: ms_to_xmpp: expected a table, found integer".to_owned()]
+        );
+        // A table written before `[ms_to_xmpp]` existed gets the shipped rows.
+        let old = Mappings::from_strs(base, BUILTIN_ERRORS).unwrap();
+        assert_eq!(old.presence.ms(), Mappings::builtin().presence.ms());
+        // An edited table is used as written.
+        let edited = BUILTIN_PRESENCE.replace(
+            "{ from = 15000, show = \"xa\" }",
+            "{ from = 15000, show = \"away\", status = \"Away\" }",
+        );
+        let t = Mappings::from_strs(&edited, BUILTIN_ERRORS)
+            .unwrap()
+            .presence;
+        assert_eq!(
+            t.ms().availability(15000),
+            InboundPresence {
+                show: Show::Away,
+                status: Some("Away".into())
+            }
+        );
+        assert_eq!(t.ms().out_of_office(), "Out of office");
+        assert_eq!(
+            t.ms().activity("Off-Work").and_then(|r| r.show),
+            Some(Show::Xa)
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::core::xml_chars;
 use crate::edge::core::Undeliverable;
 use crate::random::SplitMix;
 use crate::sip::builder::header_text;
+use crate::sip::diagnostics::{self, Diagnostics};
 use crate::sip::dialog::{Dialog, DialogId};
 use crate::sip::message::{Message, find_forbidden_in_value};
 use crate::sip::status::{self, Reject};
@@ -244,4 +245,48 @@ impl WallClock {
                 .saturating_sub(self.at.duration_since(now).as_secs()),
         }
     }
+}
+
+/// The text of a failure response to one of the bridge's requests, for the error stanza its
+/// XMPP sender gets: `"{status} {reason phrase}"`, and when the response carries Microsoft's
+/// diagnostics ([MS-OCER] §2.2.1.1, §2.2.1.2) `": {reason} ({header} {code})"`, e.g.
+/// `403 Forbidden: User disabled (ms-diagnostics-public 4141)`. Every part is peer text: cleaned
+/// of what XML forbids and capped ([`diagnostics::MAX_TEXT_CHARS`] characters each). The
+/// diagnostics are logged with the response (code, reason, source).
+pub(crate) fn failure_text(status: u16, response: &Message, what: &str) -> String {
+    let phrase = capped(response.reason().unwrap_or_default());
+    let mut text = format!("{status} {phrase}");
+    if let Some(d) = Diagnostics::of(response) {
+        tracing::info!(
+            status,
+            request = what,
+            header = d.header,
+            code = d.code,
+            reason = d.reason.as_deref().unwrap_or(""),
+            source = d.source.as_deref().unwrap_or(""),
+            "failure response with Microsoft diagnostics"
+        );
+        let reason = d.reason.as_deref().map(capped).unwrap_or_default();
+        let reason = reason.trim();
+        if reason.is_empty() {
+            text.push_str(&format!(" ({} {})", d.header, d.code));
+        } else {
+            text.push_str(&format!(": {reason} ({} {})", d.header, d.code));
+        }
+    }
+    text
+}
+
+/// Peer text on one line without what XML forbids, at most [`diagnostics::MAX_TEXT_CHARS`].
+fn capped(s: &str) -> String {
+    let cleaned = xml_chars::clean(s);
+    let mut out: String = cleaned
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(diagnostics::MAX_TEXT_CHARS)
+        .collect();
+    if cleaned.chars().nth(diagnostics::MAX_TEXT_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }

@@ -16,7 +16,9 @@
 //! and an XMPP message that would open one `resource-constraint`.
 //!
 //! LCS → XMPP: an INVITE with a message m-line (`sip/tcp *`, `sip null`, `x-ms-message`) is
-//! answered 200 with the SDP answer; its `ms-text-format` first message is delivered; each
+//! answered 200 with the SDP answer; its `ms-text-format` first message is delivered (and the
+//! 200 says `Supported: ms-text-format` exactly then); a `text/x-msmsgsinvite` file offer, there
+//! or in a MESSAGE, is declined with the client's CANCEL and told to the XMPP user; each
 //! in-dialog MESSAGE becomes a chat message (HTML and multipart turned into plain text) with a
 //! `<thread/>` tied to the dialog; `isComposing` and Microsoft's INFO `<KeyboardActivity>` become
 //! chat states; BYE ends the session; a MESSAGE for an unknown dialog gets 481; an INVITE without
@@ -33,7 +35,12 @@
 //! ([`ImEngine::store_failed`]) the requests above the old reservation are withdrawn and go in
 //! a fresh session. [`ImEngine::restore`] takes the stored sessions up at start; their dialogs
 //! have no connection, so their requests go by domain (`Route::Domain`) until an answer or a
-//! request from LCS shows one, as after a lost connection.
+//! request from LCS binds them to the connection that carried it.
+//!
+//! Connection affinity (the profile: "All messages within a given SIP dialog must be sent over
+//! the exact same connection"): a live session whose connection is lost ends locally, without
+//! BYE; a message in flight on it, and the next one, go in a new INVITE session by domain; a
+//! request LCS still sends in the ended dialog gets 481.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -150,10 +157,6 @@ impl Sessions {
         self.map.get_mut(key)
     }
 
-    fn values_mut(&mut self) -> std::collections::hash_map::ValuesMut<'_, Key, Session> {
-        self.map.values_mut()
-    }
-
     fn insert(&mut self, key: Key, session: Session) {
         let domain = host_of(&key.1);
         if self.map.insert(key.clone(), session).is_none() {
@@ -205,6 +208,9 @@ enum Item {
     /// A delivery failure reported by the XMPP server for a message from LCS: told to the LCS
     /// sender as text (the MESSAGE was already answered 200); its own failure bounces nothing.
     Notice(String),
+    /// The decline of a file offered by the LCS user (a `text/x-msmsgsinvite` body,
+    /// [`im_text::decline_body`]); its own failure bounces nothing.
+    Decline(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -263,8 +269,9 @@ struct Session {
     last_activity: Instant,
     /// The `<thread/>` of messages in this session (Call-ID).
     thread: String,
-    /// Up: the dialog's connection is gone (taken up from the store, or lost): requests go
-    /// by domain until an answer or a request from LCS shows the connection to use.
+    /// Up, taken up from the store: the dialog's connection died with the previous process;
+    /// its requests go by domain until an answer or a request from LCS binds it to the
+    /// connection that carried it. (A live session whose connection is lost ends instead.)
     detached: bool,
     /// Up: the highest local CSeq the stored record allows (see [`CSEQ_RESERVE`]).
     reserved: u32,
@@ -347,6 +354,17 @@ enum Purpose {
         item: Item,
     },
     Bye,
+}
+
+impl Purpose {
+    /// The method of the request (for logs).
+    fn method(&self) -> &'static str {
+        match self {
+            Purpose::Invite { .. } => "INVITE",
+            Purpose::Message { .. } => "MESSAGE",
+            Purpose::Bye => "BYE",
+        }
+    }
 }
 
 /// The IM translation engine.
@@ -532,10 +550,11 @@ impl ImEngine {
     }
 
     /// The next request of `method` in the session of `key` (which must be up) and its route:
-    /// the dialog's connection, or its domain while detached. With `reserve`, a request above
-    /// the stored reservation is preceded by the synced write that raises it; without (a BYE:
-    /// the record is removed before it, and a CSeq above the stored one is harmless in a dialog
-    /// the BYE ends — LCS answers a later request in it `481`, never `500`), it is not.
+    /// the dialog's connection, or its domain while detached (taken up from the store). With
+    /// `reserve`, a request above the stored reservation is preceded by the synced write that
+    /// raises it; without (a BYE: the record is removed before it, and a CSeq above the stored
+    /// one is harmless in a dialog the BYE ends — LCS answers a later request in it `481`,
+    /// never `500`), it is not.
     fn in_dialog_request(
         &mut self,
         key: &Key,
@@ -557,7 +576,7 @@ impl ImEngine {
         };
         let request = dialog.next_request(method, &via, &branch, None).ok()?;
         let route = if session.detached {
-            // The dialog's connection is gone: the edge reuses or opens one for the domain.
+            // Taken up from the store: the edge reuses or opens a connection for the domain.
             Route::Domain(host_of(&dialog.remote_uri))
         } else {
             Route::Connection(dialog.conn)
@@ -566,7 +585,8 @@ impl ImEngine {
     }
 
     /// The session of `key` is reached on `conn` (an answer to a request sent by domain, or
-    /// a request from LCS in the dialog): the dialog lives there now.
+    /// a request from LCS in the dialog): a detached (restored) dialog lives there now; a
+    /// bound one keeps its connection.
     fn attach(&mut self, key: &Key, conn: ConnId) {
         if let Some(session) = self.sessions.get_mut(key) {
             if let State::Up { dialog } = &mut session.state {
@@ -1004,6 +1024,9 @@ impl ImEngine {
             Item::Notice(text) => {
                 request.set_body(Some("text/plain; charset=UTF-8"), text.clone().into_bytes());
             }
+            Item::Decline(body) => {
+                request.set_body(Some("text/x-msmsgsinvite; charset=UTF-8"), body.clone());
+            }
             Item::Typing(t) => {
                 request.set_body(
                     Some(im_text::ISCOMPOSING_TYPE),
@@ -1068,7 +1091,7 @@ impl ImEngine {
                 self.on_final(now, tx, Err((c, text, true)), &mut out)
             }
             EdgeEvent::Transaction(TxEvent::TransportError { tx }) => {
-                if !self.resend_by_domain(tx, &mut out) {
+                if !self.resend_fresh(now, tx, &mut out) {
                     let lost = (
                         Condition::RecipientUnavailable,
                         common::CONNECTION_LOST.into(),
@@ -1079,18 +1102,40 @@ impl ImEngine {
             }
             EdgeEvent::Undeliverable { tx, why } => {
                 let gone = matches!(why, Undeliverable::ConnectionGone { .. });
-                if !(gone && self.resend_by_domain(tx, &mut out)) {
+                if !(gone && self.resend_fresh(now, tx, &mut out)) {
                     let condition = common::undeliverable_condition(&self.errors, &why);
                     self.on_final(now, tx, Err((condition, why.to_string(), true)), &mut out)
                 }
             }
             EdgeEvent::ConnectionLost { conn } => {
-                // The dialogs on it are kept (LCS keeps its side of them): their next requests
-                // go by domain. Their MESSAGEs in flight fail through TransportError and go
-                // once more by domain (`resend_by_domain`).
-                for s in self.sessions.values_mut() {
-                    if matches!(&s.state, State::Up { dialog } if dialog.conn == conn) {
-                        s.detached = true;
+                // The profile's connection affinity: a dialog's requests never go on another
+                // connection. The sessions whose dialogs lived on it end here, locally (no
+                // request can carry even a BYE; their records are removed): the next message
+                // opens a new INVITE session by domain, a request LCS still sends in one of
+                // them gets 481. Their MESSAGEs in flight fail through TransportError and go
+                // once more, in a new session (`resend_fresh`). A session taken up from the
+                // store and not yet carried by a connection is not on this one.
+                let lost: Vec<Key> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| {
+                        !s.detached
+                            && matches!(&s.state, State::Up { dialog } if dialog.conn == conn)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !lost.is_empty() {
+                    info!(
+                        conn,
+                        sessions = lost.len(),
+                        "IM sessions on a lost connection ended locally"
+                    );
+                }
+                for key in lost {
+                    if let Some(s) = self.drop_session(&key, &mut out) {
+                        for item in s.queue {
+                            self.requeue(now, key.clone(), item, &mut out);
+                        }
                     }
                 }
             }
@@ -1100,11 +1145,15 @@ impl ImEngine {
     }
 
     /// Message `tx` was lost with its connection (a transport error, or the connection gone
-    /// before it could be sent): if it is a body sent only once, in its session's current
-    /// dialog, the session is detached and the body goes once more, in the same dialog, by
-    /// domain (the edge reuses or opens a connection to the partner; LCS keeps its side of the
-    /// dialog). Returns whether it did; if not, the failure is handled as any other.
-    fn resend_by_domain(&mut self, tx: TxId, out: &mut Vec<Output>) -> bool {
+    /// before it could be sent): the dialog it was sent in cannot be used any more (its
+    /// requests never go on another connection), so its session, if still current, ends
+    /// locally (no BYE: nothing could carry it), and a body sent only once goes once more in
+    /// a new INVITE session, by domain. Returns whether it did; if not, the failure is handled
+    /// as any other (the body returned to its sender).
+    fn resend_fresh(&mut self, now: Instant, tx: TxId, out: &mut Vec<Output>) -> bool {
+        if matches!(self.purposes.get(&tx), Some(Purpose::Invite { .. })) {
+            return self.invite_again(now, tx, out);
+        }
         let Some(Purpose::Message {
             key,
             dialog,
@@ -1113,15 +1162,19 @@ impl ImEngine {
         else {
             return false;
         };
-        let Some(session) = self.sessions.get_mut(key) else {
-            return false;
-        };
-        if !matches!(&session.state, State::Up { dialog: d } if d.id == *dialog) {
-            return false;
+        let key = key.clone();
+        let current = matches!(
+            self.sessions.get(&key).map(|s| &s.state),
+            Some(State::Up { dialog: d }) if d.id == *dialog
+        );
+        if current {
+            if let Some(s) = self.drop_session(&key, out) {
+                for item in s.queue {
+                    self.requeue(now, key.clone(), item, out);
+                }
+            }
         }
-        session.detached = true;
         let Some(Purpose::Message {
-            key,
             item:
                 Item::Body {
                     text,
@@ -1142,7 +1195,58 @@ impl ImEngine {
             stanza,
             retried: true,
         };
-        self.send_item(key, item, out);
+        self.requeue(now, key, item, out);
+        true
+    }
+
+    /// The INVITE `tx` was lost with its connection before any answer: if its session still
+    /// waits for it and none of the messages waiting was sent once more already, a new INVITE
+    /// (new Call-ID, by domain) takes them, each marked as sent once more (lost again, they
+    /// return to their senders). Returns whether it did.
+    fn invite_again(&mut self, now: Instant, tx: TxId, out: &mut Vec<Output>) -> bool {
+        let Some(Purpose::Invite { key, invite }) = self.purposes.get(&tx) else {
+            return false;
+        };
+        let key = key.clone();
+        let ours = match self.sessions.get(&key) {
+            Some(Session {
+                state: State::Inviting { call_id },
+                queue,
+                ..
+            }) => {
+                invite.call_id().ok() == Some(call_id.as_str())
+                    && !queue
+                        .iter()
+                        .any(|i| matches!(i, Item::Body { retried: true, .. }))
+            }
+            _ => false,
+        };
+        if !ours {
+            return false;
+        }
+        self.purposes.remove(&tx);
+        let Some(session) = self.sessions.remove(&key) else {
+            return false;
+        };
+        for item in session.queue {
+            if let Item::Body {
+                text,
+                subject,
+                lang,
+                stanza,
+                ..
+            } = item
+            {
+                let item = Item::Body {
+                    text,
+                    subject,
+                    lang,
+                    stanza,
+                    retried: true,
+                };
+                self.requeue(now, key.clone(), item, out);
+            }
+        }
         true
     }
 
@@ -1166,7 +1270,7 @@ impl ImEngine {
         let failure = match &outcome {
             Ok((_, r)) if status::is_failure(status) => Some((
                 self.errors.condition_for_status(status),
-                format!("{} {}", status, r.reason().unwrap_or_default()),
+                common::failure_text(status, r, purpose.method()),
                 matches!(
                     status,
                     status::REQUEST_TIMEOUT
@@ -1255,7 +1359,7 @@ impl ImEngine {
                             Item::Body { stanza, .. } => {
                                 out.push(bounce(&stanza, condition, &text))
                             }
-                            Item::Typing(_) | Item::Notice(_) => {}
+                            Item::Typing(_) | Item::Notice(_) | Item::Decline(_) => {}
                         }
                     }
                 }
@@ -1552,7 +1656,24 @@ impl ImEngine {
         let contact = self.contact(&local_uri);
         let mut response = Message::response_to(request, status::OK, None, Some(&tag));
         response.push_header("Contact", &name_addr(None, &contact, &[]));
-        response.push_header("Supported", "ms-text-format");
+        // The first message in `ms-text-format` is taken exactly when it can be read, and the
+        // 200 says so with `Supported: ms-text-format` (as pidgin-sipe's `process_incoming_invite`
+        // does; a Microsoft client whose first message was not taken sends it again as a
+        // MESSAGE). Text becomes a chat message, a file offer is declined and told.
+        let first = match request
+            .header("ms-text-format")
+            .map(im_text::ms_text_format_message)
+        {
+            Some(Ok(first)) => first,
+            Some(Err(e)) => {
+                info!(error = %e, "ms-text-format of an INVITE not read: left for the MESSAGE that follows");
+                None
+            }
+            None => None,
+        };
+        if first.is_some() {
+            response.push_header("Supported", "ms-text-format");
+        }
         response.set_body(Some("application/sdp"), answer.to_string().into_bytes());
 
         let local = Jid::from(local);
@@ -1569,9 +1690,6 @@ impl ImEngine {
         }
         self.dialogs.insert(dialog.id.clone(), key.clone());
         let remote_jid = Jid::from(remote.to_bare());
-        let first = request
-            .header("ms-text-format")
-            .and_then(|v| im_text::ms_text_format(v).ok().flatten());
         let state = State::Up {
             dialog: Box::new(dialog),
         };
@@ -1581,6 +1699,16 @@ impl ImEngine {
         // Stored (synced) before the 200 makes the dialog exist for LCS.
         self.persist(&key, true, out);
         out.push(Output::Respond { tx, response });
+        let (first, decline) = match first {
+            Some(im_text::FirstMessage::Text(text)) => (Some(text), None),
+            Some(im_text::FirstMessage::Invitation(im_text::Invitation::FileOffer(offer))) => (
+                Some(im_text::offer_notice(&offer)),
+                Some(im_text::decline_body(&offer)),
+            ),
+            Some(im_text::FirstMessage::Invitation(im_text::Invitation::Other(_))) | None => {
+                (None, None)
+            }
+        };
         if let Some(first) = first {
             // XEP-0172 §4.2: the sender's nick in the first message of a conversation.
             let mut el = chat(&remote_jid, &local, &thread, Some(&first), None);
@@ -1588,6 +1716,9 @@ impl ImEngine {
                 el.payloads.push(Nick(n.clone()).into());
             }
             out.push(Output::Stanza(self.with_id(&key, StanzaKind::Body, el)));
+        }
+        if let Some(body) = decline {
+            self.send_item(key.clone(), Item::Decline(body), out);
         }
         if let Some(name) = name {
             out.push(Output::Fact(Fact::Name {
@@ -1668,6 +1799,7 @@ impl ImEngine {
         let local = Jid::from(key.0.clone());
         // The stanza the request becomes (none: acknowledged only), or its refusal.
         let mut kind = StanzaKind::Typing;
+        let mut decline = None;
         let stanza: Result<Option<Stanza>, Reject> = match request.method().cloned() {
             Some(Method::Bye) => Ok(None),
             // A re-INVITE (refresh): keep the session, answer with our SDP.
@@ -1700,10 +1832,27 @@ impl ImEngine {
             },
             _ => {
                 let ct = content_type(request);
-                if ct
-                    .to_ascii_lowercase()
-                    .starts_with(im_text::ISCOMPOSING_TYPE)
-                {
+                let lower = ct.to_ascii_lowercase();
+                if lower.starts_with(im_text::MSMSGSINVITE_TYPE) {
+                    // A file offer (pidgin-sipe `sipe-ft.c`): taken (200), declined with the
+                    // client's own CANCEL in this session, and told to the XMPP user. Other
+                    // invitation commands need nothing.
+                    kind = StanzaKind::Body;
+                    match im_text::parse_invitation(request.body()) {
+                        Ok(im_text::Invitation::FileOffer(offer)) => {
+                            decline = Some(im_text::decline_body(&offer));
+                            Ok(Some(chat(
+                                &session.remote_jid,
+                                &local,
+                                &session.thread,
+                                Some(&im_text::offer_notice(&offer)),
+                                None,
+                            )))
+                        }
+                        Ok(im_text::Invitation::Other(_)) => Ok(None),
+                        Err(e) => Err(body_error(&self.errors, &e)),
+                    }
+                } else if lower.starts_with(im_text::ISCOMPOSING_TYPE) {
                     match im_text::parse_iscomposing(request.body()) {
                         Ok(t) => Ok(Some(typing(
                             &session.remote_jid,
@@ -1747,6 +1896,9 @@ impl ImEngine {
         out.push(Output::Respond { tx, response });
         if let Ok(Some(el)) = stanza {
             out.push(Output::Stanza(self.with_id(&key, kind, el)));
+        }
+        if let Some(body) = decline {
+            self.send_item(key.clone(), Item::Decline(body), out);
         }
         if request.method() == Some(&Method::Bye) {
             if let Some(s) = self.drop_session(&key, out) {
@@ -2158,6 +2310,56 @@ mod tests {
             },
         );
         assert!(stanzas(&out)[0].contains("remote-server-not-found"));
+    }
+
+    /// [MS-OCER] §2.2.1.1: a Microsoft server says why it refused in `ms-diagnostics` (or
+    /// `ms-diagnostics-public` across an enterprise boundary, §2.2.1.2); the XMPP sender's
+    /// error stanza carries its reason and number, cleaned and capped.
+    #[test]
+    fn ms_diagnostics_reach_the_error_stanza_text() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("first"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let mut refusal = answer(&invite, 403);
+        refusal.push_header(
+            "ms-diagnostics-public",
+            "1034;reason=\"Previous hop federated peer did not report diagnostic information\";Domain=\"example.org\"",
+        );
+        refusal.push_header(
+            "ms-diagnostics",
+            "4141;reason=\"User \\\"bob\\\" disabled\";source=\"sip.contoso.com\"",
+        );
+        let out = e.on_edge(now, final_event(tx, refusal));
+        let errors = stanzas(&out);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("forbidden"), "{}", errors[0]);
+        assert!(
+            errors[0]
+                .contains(">403 Forbidden: User \"bob\" disabled (ms-diagnostics 4141)</text>"),
+            "{}",
+            errors[0]
+        );
+        // Only the public header, with a reason of thousands of characters: capped.
+        let out = e.on_stanza(now, message(Some("second"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let mut refusal = answer(&invite, 404);
+        refusal.push_header(
+            "ms-diagnostics-public",
+            &format!("4005;reason=\"{}\"", "x".repeat(5000)),
+        );
+        let out = e.on_edge(now, final_event(tx, refusal));
+        let text = stanzas(&out).remove(0);
+        let expected = format!(
+            "404 Not Found: {}… (ms-diagnostics-public 4005)",
+            "x".repeat(200)
+        );
+        assert!(text.contains(&expected), "{text}");
+        // Without the headers the text is the status line, as before.
+        let out = e.on_stanza(now, message(Some("third"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&invite, 480)));
+        assert!(stanzas(&out)[0].contains(">480 Temporarily Unavailable</text>"));
     }
 
     #[test]
@@ -3256,37 +3458,77 @@ mod tests {
         assert_eq!(e.session_count(), 1);
     }
 
+    /// The profile, "Connection affinity": "All messages within a given SIP dialog must be sent
+    /// over the exact same connection." A live session whose connection is lost ends locally
+    /// (no BYE can go anywhere; its record is removed); the next message opens a new INVITE
+    /// session by domain; LCS's request in the ended dialog gets 481.
     #[test]
-    fn a_lost_connection_keeps_the_session_and_sends_by_domain() {
+    fn a_lost_connection_ends_its_sessions_and_the_next_message_opens_a_new_one() {
         let mut e = engine();
         let now = Instant::now();
-        open(&mut e, now);
-        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        let (_, m) = open(&mut e, now);
+        let out = e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+        assert_eq!(kinds(&out), ["forget"], "no BYE");
+        assert_eq!(e.session_count(), 0);
+        // Another connection's loss ends nothing.
+        let (_, m2) = open(&mut e, now);
+        assert_ne!(m2.call_id().unwrap(), m.call_id().unwrap());
+        assert!(
+            e.on_edge(now, EdgeEvent::ConnectionLost { conn: 3 })
+                .is_empty()
+        );
         assert_eq!(e.session_count(), 1);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
         let out = e.on_stanza(now, message(Some("still here"), ""));
-        assert_eq!(requests(&out)[0].2, Route::Domain("contoso.com".into()));
+        let (_, invite, route) = requests(&out).remove(0);
+        assert_eq!(invite.method(), Some(&Method::Invite));
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_ne!(invite.call_id().unwrap(), m2.call_id().unwrap());
+        // An LCS session the same: ended; LCS's next MESSAGE in it gets 481.
+        let mut e = engine();
+        let (_, tag) = lcs_session(&mut e, now);
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 4 });
+        assert_eq!(e.session_count(), 0);
+        let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "late")));
+        assert_eq!(responses(&out)[0].status(), Some(481));
+        assert!(stanzas(&out).is_empty());
     }
 
-    /// A MESSAGE lost with its connection goes once more in the same dialog, by domain (LCS
-    /// keeps the dialog); lost again, it is returned to its sender and the session ends.
+    /// A message lost with its connection (a transport error, or the connection gone before it
+    /// could be sent) goes once more in a new INVITE session by domain, never in its dialog on
+    /// another connection; lost again, it returns to its sender.
     #[test]
-    fn a_message_lost_with_its_connection_goes_once_more_by_domain() {
+    fn a_message_lost_with_its_connection_goes_once_more_in_a_new_session() {
         let mut e = engine();
         let now = Instant::now();
-        let (tx, m) = open(&mut e, now);
-        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
         let lost = |tx| EdgeEvent::Transaction(TxEvent::TransportError { tx });
-        let out = e.on_edge(now, lost(tx));
-        assert_eq!(kinds(&out), ["MESSAGE"]);
-        let (tx, again, route) = requests(&out).remove(0);
-        assert_eq!(route, Route::Domain("contoso.com".into()));
-        assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
-        assert_eq!(again.cseq().unwrap().number, m.cseq().unwrap().number + 1);
-        assert_eq!(again.body(), m.body());
-        let out = e.on_edge(now, lost(tx));
-        assert_eq!(kinds(&out), ["forget", "stanza"]);
-        assert!(stanzas(&out)[0].contains("recipient-unavailable"));
-        assert_eq!(e.session_count(), 0);
+        // The transport error before the connection's loss is reported, and after it.
+        for lost_first in [false, true] {
+            let (tx, m) = open(&mut e, now);
+            if lost_first {
+                e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
+            }
+            let out = e.on_edge(now, lost(tx));
+            let expected: &[&str] = if lost_first {
+                &["INVITE"]
+            } else {
+                &["forget", "INVITE"]
+            };
+            assert_eq!(kinds(&out), expected, "lost first: {lost_first}");
+            let (itx, invite, route) = requests(&out).remove(0);
+            assert_eq!(route, Route::Domain("contoso.com".into()));
+            assert_ne!(invite.call_id().unwrap(), m.call_id().unwrap());
+            let out = e.on_edge(now, final_event(itx, answer(&invite, 200)));
+            let (tx, again, route) = requests(&out).remove(0);
+            assert_eq!(again.call_id().unwrap(), invite.call_id().unwrap());
+            assert_eq!(route, Route::Connection(9));
+            assert_eq!(again.body(), m.body());
+            // Lost again: returned, the session ended.
+            let out = e.on_edge(now, lost(tx));
+            assert_eq!(kinds(&out), ["forget", "stanza"]);
+            assert!(stanzas(&out)[0].contains("recipient-unavailable"));
+            assert_eq!(e.session_count(), 0);
+        }
         // The connection gone before the MESSAGE could go: the same.
         let (tx, m) = open(&mut e, now);
         let out = e.on_edge(
@@ -3296,10 +3538,86 @@ mod tests {
                 why: Undeliverable::ConnectionGone { conn: 9 },
             },
         );
-        assert_eq!(kinds(&out), ["MESSAGE"]);
-        let (_, again, route) = requests(&out).remove(0);
+        assert_eq!(kinds(&out), ["forget", "INVITE"]);
+        let (_, invite, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_ne!(invite.call_id().unwrap(), m.call_id().unwrap());
+    }
+
+    /// An INVITE lost with its connection before any answer goes again, once, as a new INVITE
+    /// by domain, with the messages that waited for it; lost again, they return to their
+    /// senders.
+    #[test]
+    fn an_invite_lost_with_its_connection_goes_once_more() {
+        let mut e = engine();
+        let now = Instant::now();
+        let out = e.on_stanza(now, message(Some("first"), ""));
+        let (tx, invite, _) = requests(&out).remove(0);
+        let lost = |tx| EdgeEvent::Transaction(TxEvent::TransportError { tx });
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["INVITE"]);
+        let (tx, again, route) = requests(&out).remove(0);
+        assert_eq!(route, Route::Domain("contoso.com".into()));
+        assert_ne!(again.call_id().unwrap(), invite.call_id().unwrap());
+        let out = e.on_edge(now, lost(tx));
+        assert_eq!(kinds(&out), ["stanza"]);
+        assert!(stanzas(&out)[0].contains("recipient-unavailable"));
+        assert_eq!(e.session_count(), 0);
+        // Answered after the first loss: the message goes in the new session.
+        let out = e.on_stanza(now, message(Some("second"), ""));
+        let (tx, _, _) = requests(&out).remove(0);
+        let out = e.on_edge(
+            now,
+            EdgeEvent::Undeliverable {
+                tx,
+                why: Undeliverable::ConnectionGone { conn: 9 },
+            },
+        );
+        let (tx, again, _) = requests(&out).remove(0);
+        let out = e.on_edge(now, final_event(tx, answer(&again, 200)));
+        let (_, m, _) = requests(&out).remove(0);
+        assert_eq!(m.body(), b"second");
+        assert_eq!(m.call_id().unwrap(), again.call_id().unwrap());
+    }
+
+    /// Sessions taken up from the store continue their stored dialog: the old connection died
+    /// with the old process, so the first connection that carries them binds them, and a loss
+    /// of some other connection before that does not end them.
+    #[test]
+    fn a_restored_session_is_bound_by_the_first_connection_that_carries_it() {
+        let now = Instant::now();
+        let mut e = engine();
+        let (_, m) = open(&mut e, now);
+        let record = e
+            .record(&(
+                BareJid::new("alice@example.org").unwrap(),
+                "sip:bob@contoso.com".into(),
+            ))
+            .unwrap();
+        let (mut e, _) = restarted(vec![record], now);
+        assert!(
+            e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 })
+                .is_empty()
+        );
+        let out = e.on_stanza(now, message(Some("after the restart"), ""));
+        let (tx, again, route) = requests(&out).remove(0);
         assert_eq!(route, Route::Domain("contoso.com".into()));
         assert_eq!(again.call_id().unwrap(), m.call_id().unwrap());
+        let ok = answer(&again, 200);
+        e.on_edge(
+            now,
+            EdgeEvent::Transaction(TxEvent::Response {
+                tx,
+                conn: 12,
+                response: ok,
+                is_final: true,
+            }),
+        );
+        let out = e.on_stanza(now, message(Some("bound"), ""));
+        assert_eq!(requests(&out)[0].2, Route::Connection(12));
+        // Now bound: the loss of that connection ends it.
+        e.on_edge(now, EdgeEvent::ConnectionLost { conn: 12 });
+        assert_eq!(e.session_count(), 0);
     }
 
     #[test]
@@ -3324,5 +3642,164 @@ mod tests {
         );
         let out = e.on_stanza(now, message(Some("next"), ""));
         assert_eq!(requests(&out)[0].1.call_id().unwrap(), "call-1");
+    }
+
+    /// An LCS INVITE whose `ms-text-format` header is `value` (none when `None`).
+    fn invite_with_first(value: Option<&str>) -> EdgeEvent {
+        let raw = invite_from_lcs(&OFFER.replace('\n', "\r\n"));
+        let line = "ms-text-format: text/plain; charset=UTF-8;ms-body=aGkgdGhlcmU=\n";
+        inbound(&match value {
+            Some(v) => raw.replace(line, &format!("ms-text-format: {v}\n")),
+            None => raw.replace(line, ""),
+        })
+    }
+
+    fn supported(r: &Message) -> Vec<String> {
+        r.header_all("Supported").map(str::to_owned).collect()
+    }
+
+    /// pidgin-sipe `sipe-incoming.c` `process_incoming_invite` adds `Supported: ms-text-format`
+    /// only when it displayed the first message ("accepts received message"); as a sender
+    /// (`sipe-im.c` `process_invite_response`) it drops its queued copy only when the 200 lists
+    /// it, else sends it as a MESSAGE. So the 200 says it exactly when the message was taken.
+    #[test]
+    fn supported_ms_text_format_exactly_when_the_first_message_was_taken() {
+        let now = Instant::now();
+        // Taken: delivered once, and said.
+        let mut e = engine();
+        let out = e.on_edge(
+            now,
+            invite_with_first(Some(
+                "text/plain; charset=UTF-8;msgr=WAAt;ms-body=aGkgdGhlcmU=",
+            )),
+        );
+        assert_eq!(supported(&responses(&out)[0]), ["ms-text-format"]);
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 1);
+        assert!(s[0].contains("<body>hi there</body>"), "{}", s[0]);
+        // Absent, empty, undecodable (bad base64, a type not read, bad charset): nothing
+        // delivered, not said; the MESSAGE that follows is delivered once.
+        for value in [
+            None,
+            Some("text/plain; charset=UTF-8;ms-body="),
+            Some("text/plain; charset=UTF-8;ms-body=%%%not-base64"),
+            Some("text/rtf;ms-body=e1xydGYxIEhpfQ=="),
+            Some("text/plain; charset=koi8-r;ms-body=aGk="),
+        ] {
+            let mut e = engine();
+            let out = e.on_edge(now, invite_with_first(value));
+            let r = &responses(&out)[0];
+            assert_eq!(r.status(), Some(200), "{value:?}");
+            assert!(supported(r).is_empty(), "{value:?}: {:?}", supported(r));
+            assert!(stanzas(&out).is_empty(), "{value:?}");
+            let tag = r.to().unwrap().tag().unwrap().to_owned();
+            let out = e.on_edge(now, inbound(&lcs_message(&tag, 2, "hi there")));
+            assert_eq!(responses(&out)[0].status(), Some(200));
+            let s = stanzas(&out);
+            assert_eq!(s.len(), 1, "{value:?}");
+            assert!(s[0].contains("<body>hi there</body>"), "{}", s[0]);
+        }
+    }
+
+    /// The file offer pidgin-sipe sends (`sipe-ft.c` `sipe_ft_outgoing_init`).
+    const FT_OFFER: &str = "Application-Name: File Transfer\r\nApplication-GUID: {5D3E02AB-6190-11d3-BBBB-00C04F795683}\r\nInvitation-Command: INVITE\r\nInvitation-Cookie: 28796\r\nApplication-File: report.pdf\r\nApplication-FileSize: 1572864\r\nEncryption: R\r\n";
+    const FT_NOTICE: &str = "[Offered you the file \"report.pdf\" (1.5 MB). This gateway does not transfer files, so the offer was declined; ask for it another way (for example a link or e-mail).]";
+    const FT_DECLINE: &str =
+        "Invitation-Command: CANCEL\r\nInvitation-Cookie: 28796\r\nCancel-Code: REJECT\r\n";
+
+    /// The decline: a MESSAGE in the session on its connection, as pidgin-sipe's
+    /// `ft_request_denied` sends it.
+    fn assert_declined(out: &[Output]) {
+        let reqs = requests(out);
+        assert_eq!(reqs.len(), 1);
+        let (_, m, route) = &reqs[0];
+        assert_eq!(m.method(), Some(&Method::Message));
+        assert_eq!(m.call_id().unwrap(), "call-1");
+        assert_eq!(
+            m.header("Content-Type"),
+            Some("text/x-msmsgsinvite; charset=UTF-8")
+        );
+        assert_eq!(std::str::from_utf8(m.body()).unwrap(), FT_DECLINE);
+        assert_eq!(*route, Route::Connection(4));
+    }
+
+    /// A file offered in the INVITE (`ms-text-format: text/x-msmsgsinvite…`) is taken: the
+    /// XMPP user is told, LCS gets the decline in the new session.
+    #[test]
+    fn a_file_offered_in_the_invite_is_declined_and_told() {
+        use base64::Engine as _;
+        let now = Instant::now();
+        let mut e = engine();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(FT_OFFER);
+        let out = e.on_edge(
+            now,
+            invite_with_first(Some(&format!(
+                "text/x-msmsgsinvite; charset=UTF-8;ms-body={b64}"
+            ))),
+        );
+        assert_eq!(supported(&responses(&out)[0]), ["ms-text-format"]);
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 1);
+        assert!(
+            s[0].contains(&format!("<body>{FT_NOTICE}</body>")),
+            "{}",
+            s[0]
+        );
+        assert_declined(&out);
+    }
+
+    /// A file offered in the session (pidgin-sipe `process_incoming_message` →
+    /// `sipe_process_incoming_x_msmsgsinvite`): 200, declined, told; other commands are
+    /// acknowledged only; a malformed one is 400. `application/ms-imdn+xml` (delivery
+    /// notifications, not offered in our `a=accept-types`) is 415 with `Accept`.
+    #[test]
+    fn a_file_offered_in_the_session_is_declined_and_told() {
+        let now = Instant::now();
+        let mut e = engine();
+        let (_, tag) = lcs_session(&mut e, now);
+        let offer = lcs_message(&tag, 2, FT_OFFER).replace(
+            "Content-Type: text/plain",
+            "Content-Type: text/x-msmsgsinvite; charset=UTF-8",
+        );
+        let out = e.on_edge(now, inbound(&offer));
+        assert_eq!(responses(&out)[0].status(), Some(200));
+        let s = stanzas(&out);
+        assert_eq!(s.len(), 1);
+        assert!(
+            s[0].contains("report.pdf") && s[0].contains("does not transfer files"),
+            "{}",
+            s[0]
+        );
+        assert!(s[0].contains("<thread>call-1</thread>"), "{}", s[0]);
+        assert_declined(&out);
+
+        let cancel =
+            "Invitation-Command: CANCEL\r\nInvitation-Cookie: 28796\r\nCancel-Code: TIMEOUT\r\n";
+        let msg = lcs_message(&tag, 3, cancel).replace(
+            "Content-Type: text/plain",
+            "Content-Type: text/x-msmsgsinvite; charset=UTF-8",
+        );
+        let out = e.on_edge(now, inbound(&msg));
+        assert_eq!(responses(&out)[0].status(), Some(200));
+        assert!(stanzas(&out).is_empty() && requests(&out).is_empty());
+
+        let junk = lcs_message(&tag, 4, "Application-File: x\r\n").replace(
+            "Content-Type: text/plain",
+            "Content-Type: text/x-msmsgsinvite",
+        );
+        let out = e.on_edge(now, inbound(&junk));
+        assert_eq!(responses(&out)[0].status(), Some(400));
+        assert!(stanzas(&out).is_empty() && requests(&out).is_empty());
+
+        let imdn = "<?xml version=\"1.0\"?><imdn><message-id>1</message-id><recipient uri=\"sip:alice@example.org\"><status>delivered</status></recipient></imdn>";
+        let msg = lcs_message(&tag, 5, imdn).replace(
+            "Content-Type: text/plain",
+            "Content-Type: application/ms-imdn+xml",
+        );
+        let out = e.on_edge(now, inbound(&msg));
+        let r = &responses(&out)[0];
+        assert_eq!(r.status(), Some(415));
+        assert_eq!(r.header("Accept"), Some(im_text::ACCEPT));
+        assert!(stanzas(&out).is_empty());
     }
 }

@@ -201,8 +201,12 @@ pub struct LcsEdge {
     pub acks: Vec<Message>,
     /// The edge's answers to the bridge's requests: (method, status).
     pub replied: Vec<(Method, u16)>,
-    /// Each LCS user's presence document (AOR → PIDF) sent in NOTIFYs.
+    /// Each LCS user's presence document (AOR → PIDF, or a Microsoft categories document)
+    /// sent in NOTIFYs.
     pub documents: BTreeMap<String, String>,
+    /// The edge refuses SUBSCRIBEs with a body (a server that does not take the enhanced
+    /// presence offer) with `415`.
+    pub refuses_bodies: bool,
     /// Dialogs by (LCS AOR, method that made them).
     dialogs: BTreeMap<(String, &'static str), LcsDialog>,
     /// Dialogs that lived on a lost connection, by the same key (for a stale request).
@@ -226,6 +230,7 @@ impl LcsEdge {
             acks: Vec::new(),
             replied: Vec::new(),
             documents: BTreeMap::new(),
+            refuses_bodies: false,
             dialogs: BTreeMap::new(),
             lost: BTreeMap::new(),
             sessions: BTreeMap::new(),
@@ -781,13 +786,25 @@ impl World {
     /// An LCS user sends a request of `method` in the session its INVITE made, with these extra
     /// header lines (`\n`-ended) and body.
     pub fn lcs_sends_in_session(&mut self, from: &str, method: &str, extra: &str, body: &str) {
-        let key = (from.to_owned(), "INVITE");
-        let mut d = self.dialog(from, "INVITE");
+        self.lcs_sends_in_dialog(from, "INVITE", method, extra, body);
+    }
+
+    /// An LCS user sends a request of `method` in its dialog of `kind` (as `dialog` names
+    /// them), with these extra header lines (`\n`-ended) and body.
+    fn lcs_sends_in_dialog(
+        &mut self,
+        from: &str,
+        kind: &'static str,
+        method: &str,
+        extra: &str,
+        body: &str,
+    ) {
+        let mut d = self.dialog(from, kind);
         d.cseq += 1;
-        self.lcs.dialogs.insert(key, d.clone());
+        self.lcs.dialogs.insert((from.to_owned(), kind), d.clone());
         let request = sip(
             &format!(
-                "{method} {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKs{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} {method}\nContact: <{};transport=tls>\n{extra}",
+                "{method} {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{method}{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} {method}\nContact: <{};transport=tls>\n{extra}",
                 d.bridge_uri,
                 d.lcs_tag,
                 d.cseq,
@@ -824,6 +841,19 @@ impl World {
         self.lcs_messages_in(from, "INVITE-out", text);
     }
 
+    /// An LCS user's side still writes, on a new connection, in the session its INVITE made
+    /// that lived on the connection [`World::lcs_connection_lost`] broke (a stale request).
+    pub fn lcs_messages_in_lost(&mut self, from: &str, text: &str) {
+        let d = self
+            .lcs
+            .lost
+            .get(&(from.to_owned(), "INVITE"))
+            .cloned()
+            .expect("a lost LCS dialog");
+        self.lcs.dialogs.insert((from.to_owned(), "INVITE"), d);
+        self.lcs_messages_in(from, "INVITE", text);
+    }
+
     fn lcs_messages_in(&mut self, from: &str, kind: &'static str, text: &str) {
         let key = (from.to_owned(), kind);
         let mut d = self.dialog(from, kind);
@@ -843,6 +873,34 @@ impl World {
                 d.cseq
             ),
             text,
+        );
+        self.lcs_request(request);
+    }
+
+    /// An LCS user's side ends an IM session with BYE (Skype for Business does after 10 idle
+    /// minutes): `kind` is `"INVITE"` (the session LCS opened) or `"INVITE-out"` (the bridge's).
+    pub fn lcs_ends_session(&mut self, from: &str, kind: &'static str) {
+        let key = (from.to_owned(), kind);
+        let mut d = self.dialog(from, kind);
+        d.cseq += 1;
+        self.lcs.dialogs.remove(&key);
+        if let Some(s) = self.lcs.sessions.get_mut(&d.call_id) {
+            s.1 = false;
+        }
+        let request = sip(
+            &format!(
+                "BYE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKb{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} BYE\n",
+                d.bridge_uri,
+                d.lcs_tag,
+                d.cseq,
+                d.lcs_uri,
+                d.lcs_tag,
+                d.bridge_uri,
+                d.bridge_tag,
+                d.call_id,
+                d.cseq
+            ),
+            "",
         );
         self.lcs_request(request);
     }
@@ -867,27 +925,8 @@ impl World {
 
     /// An LCS watcher refreshes its subscription to a local user (in-dialog SUBSCRIBE).
     pub fn lcs_refreshes(&mut self, from: &str) {
-        let key = (from.to_owned(), "SUBSCRIBE-in");
-        let mut d = self.dialog(from, "SUBSCRIBE-in");
-        d.cseq += 1;
-        self.lcs.dialogs.insert(key, d.clone());
-        let request = sip(
-            &format!(
-                "SUBSCRIBE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKr{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} SUBSCRIBE\nContact: <{};transport=tls>\nEvent: presence\nAccept: application/pidf+xml\nExpires: 3600\n",
-                d.bridge_uri,
-                d.lcs_tag,
-                d.cseq,
-                d.lcs_uri,
-                d.lcs_tag,
-                d.bridge_uri,
-                d.bridge_tag,
-                d.call_id,
-                d.cseq,
-                d.lcs_uri
-            ),
-            "",
-        );
-        self.lcs_request(request);
+        let headers = "Event: presence\nAccept: application/pidf+xml\nExpires: 3600\n";
+        self.lcs_sends_in_dialog(from, "SUBSCRIBE-in", "SUBSCRIBE", headers, "");
     }
 
     /// An LCS watcher's side still refreshes, on a new connection, the subscription whose
@@ -953,10 +992,12 @@ impl World {
     }
 
     fn notify(&self, d: &LcsDialog, state: &str, body: Option<&str>) -> Message {
-        let ct = if body.is_some() {
-            "Content-Type: application/pidf+xml\n"
-        } else {
-            ""
+        let ct = match body {
+            Some(b) if b.starts_with("<categories") => {
+                "Content-Type: application/msrtc-event-categories+xml\n"
+            }
+            Some(_) => "Content-Type: application/pidf+xml\n",
+            None => "",
         };
         sip(
             &format!(
@@ -1029,6 +1070,12 @@ impl World {
                 *last = cseq;
             }
         }
+        if method == Some(Method::Subscribe)
+            && self.lcs.refuses_bodies
+            && !request.body().is_empty()
+        {
+            status = 415;
+        }
         if let Some(m) = &method {
             self.lcs.replied.push((m.clone(), status));
         }
@@ -1052,6 +1099,9 @@ impl World {
                     self.lcs.dialogs.insert((to.clone(), "INVITE-out"), d);
                     self.lcs.sessions.insert(call_id.clone(), (cseq, true));
                 }
+            }
+            Some(Method::Subscribe) if status == 415 => {
+                response.push_header("Accept", "application/pidf+xml");
             }
             Some(Method::Subscribe) => {
                 let expires = request

@@ -62,6 +62,121 @@ fn chat_from_lcs_reaches_the_local_user() {
     assert!(got[1].contains(&contact_jid("bob")));
 }
 
+/// Skype for Business ends an IM session after about 10 idle minutes with BYE (a server
+/// behaviour no open specification fixes; RFC 3261 §15 lets either side end it). Whoever
+/// speaks next starts a fresh session: an XMPP message opens a new INVITE (new Call-ID, new
+/// `Ms-Conversation-ID`) and is delivered, nothing bounces; LCS's own next INVITE carrying its
+/// first message in `ms-text-format` is delivered once.
+#[test]
+fn after_an_idle_bye_from_skype_for_business_the_next_message_opens_a_fresh_session() {
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m1'><body>hello</body></message>"
+    ));
+    w.settle();
+    w.lcs_replies(BOB_AOR, "hi");
+    w.settle();
+    // Nine minutes and a half later (before the bridge's own idle timer) SfB says BYE.
+    w.run_for(Duration::from_secs(570));
+    assert!(w.lcs.requests(&Method::Bye).is_empty());
+    w.lcs_ends_session(BOB_AOR, "INVITE-out");
+    w.settle();
+    let byes: Vec<u16> = w
+        .lcs
+        .answers
+        .iter()
+        .filter(|(_, r)| r.cseq().is_ok_and(|c| c.method == Method::Bye))
+        .filter_map(|(_, r)| r.status())
+        .collect();
+    assert_eq!(byes, [200]);
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m2'><body>still there?</body></message>"
+    ));
+    w.settle();
+    let invites = w.lcs.requests(&Method::Invite);
+    assert_eq!(invites.len(), 2, "a fresh INVITE");
+    assert_ne!(invites[0].call_id().unwrap(), invites[1].call_id().unwrap());
+    assert_ne!(
+        invites[0].header("Ms-Conversation-ID"),
+        invites[1].header("Ms-Conversation-ID")
+    );
+    let messages = w.lcs.requests(&Method::Message);
+    assert_eq!(messages.len(), 2);
+    assert_eq!(body_of(messages[1]), "still there?");
+    assert_eq!(
+        messages[1].call_id().unwrap(),
+        invites[1].call_id().unwrap()
+    );
+    let replied: Vec<u16> = w
+        .lcs
+        .replied
+        .iter()
+        .filter(|(m, _)| *m == Method::Message)
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(replied, [200, 200], "both delivered");
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains("type='error'")));
+
+    // The same with the session LCS opened, and LCS speaking next.
+    w.lcs_invites(BOB_AOR, ALICE_URI, "first");
+    w.settle();
+    w.run_for(Duration::from_secs(100));
+    w.lcs_ends_session(BOB_AOR, "INVITE");
+    w.settle();
+    w.lcs_invites(BOB_AOR, ALICE_URI, "back again");
+    w.settle();
+    let got: Vec<String> = w
+        .xmpp
+        .to(ALICE)
+        .into_iter()
+        .filter(|s| s.contains("<body>"))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[1].contains("<body>first</body>"), "{}", got[1]);
+    assert!(got[2].contains("<body>back again</body>"), "{}", got[2]);
+    assert!(got.iter().all(|s| !s.contains("type='error'")));
+}
+
+/// The profile's connection affinity: a chat session's dialog never moves to another
+/// connection. The edge's connection breaks: the session ends on the bridge's side (no BYE,
+/// the record removed), Alice's next message opens a new INVITE session and is delivered, and
+/// LCS's MESSAGE in the old dialog gets 481.
+#[test]
+fn a_lost_sip_connection_ends_its_chat_sessions_and_the_next_message_opens_a_new_one() {
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m1'><body>hello</body></message>"
+    ));
+    w.settle();
+    w.lcs_invites("sip:carol@contoso.com", ALICE_URI, "hi");
+    w.settle();
+    assert_eq!(w.store.im_dialogs().count(), 2);
+    let invites = w.lcs.requests(&Method::Invite).len();
+    w.lcs_connection_lost();
+    w.settle();
+    assert!(w.lcs.requests(&Method::Bye).is_empty(), "no BYE anywhere");
+    assert_eq!(w.store.im_dialogs().count(), 0, "records removed");
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m2'><body>again</body></message>"
+    ));
+    w.settle();
+    let all = w.lcs.requests(&Method::Invite);
+    assert_eq!(all.len(), invites + 1, "a new INVITE");
+    assert_ne!(all[0].call_id().unwrap(), all[invites].call_id().unwrap());
+    let messages = w.lcs.requests(&Method::Message);
+    let last = messages.last().unwrap();
+    assert_eq!(body_of(last), "again");
+    assert_eq!(last.call_id().unwrap(), all[invites].call_id().unwrap());
+    assert!(w.xmpp.to(ALICE).iter().all(|s| !s.contains("type='error'")));
+    // Carol's side still writes in the dialog the lost connection carried: 481.
+    w.lcs_messages_in_lost("sip:carol@contoso.com", "late");
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Message).last(), Some(&481));
+    assert!(!w.xmpp.to(ALICE).iter().any(|s| s.contains("late")));
+}
+
 /// Alice subscribes to Bob: SUBSCRIBE, LCS's NOTIFY, `subscribed` and Bob's presence.
 fn alice_watches_bob(w: &mut World) {
     let bob = contact_jid("bob");
@@ -1114,4 +1229,95 @@ fn a_multiparty_reinvite_x_ms_mim_info_and_refer_are_refused_and_the_session_goe
             .map(|t| t.split('<').next().unwrap_or("").to_owned())
     };
     assert_eq!(thread(&got[0]), thread(&got[2]));
+}
+
+/// A Lync user's categories document ([MS-PRES] §4.4.3's form): a state with `availability`
+/// and an activity, and, when given, a note.
+fn categories(availability: u32, activity: &str, note: Option<(&str, &str)>) -> String {
+    let note = note.map_or_else(String::new, |(kind, text)| {
+        format!(
+            r#"<category name="note" publishTime="2026-03-01T10:00:00"><note xmlns="http://schemas.microsoft.com/2006/09/sip/note"><body type="{kind}">{text}</body></note></category>"#
+        )
+    });
+    let state = if availability == 0 {
+        String::new()
+    } else {
+        format!(
+            r#"<category name="state" publishTime="2026-03-01T10:00:00"><state xmlns="http://schemas.microsoft.com/2006/09/sip/state"><availability>{availability}</availability>{activity}</state></category>"#
+        )
+    };
+    format!(
+        r#"<categories xmlns="http://schemas.microsoft.com/2006/09/sip/categories" uri="{BOB_AOR}">{state}{note}</categories>"#
+    )
+}
+
+/// A Lync edge answers the enhanced SUBSCRIBE in categories: Alice sees Bob in a call; a NOTIFY
+/// with only his note keeps the state; after a restart the new subscription's first NOTIFY is
+/// Bob's whole state.
+#[test]
+fn enhanced_presence_from_a_lync_user_reaches_the_watcher() {
+    let mut w = World::new();
+    w.lcs.documents.insert(
+        BOB_AOR.into(),
+        categories(6500, r#"<activity token="on-the-phone"/>"#, None),
+    );
+    alice_watches_bob(&mut w);
+    let subs = w.lcs.requests(&Method::Subscribe);
+    assert_eq!(subs.len(), 1);
+    assert_eq!(
+        subs[0].header("Content-Type"),
+        Some("application/msrtc-adrl-categorylist+xml")
+    );
+    let got = w.xmpp.to(ALICE);
+    assert!(
+        got.last()
+            .unwrap()
+            .contains("<show>dnd</show><status>In a call</status>"),
+        "{got:?}"
+    );
+    w.lcs_notifies_doc(
+        BOB_AOR,
+        categories(0, "", Some(("personal", "Working from home"))),
+    );
+    w.settle();
+    let got = w.xmpp.to(ALICE);
+    assert!(
+        got.last()
+            .unwrap()
+            .contains("<show>dnd</show><status>In a call - Working from home</status>"),
+        "{got:?}"
+    );
+    w.lcs.documents.insert(
+        BOB_AOR.into(),
+        categories(3500, "", Some(("OOF", "Back on Monday"))),
+    );
+    w.restart();
+    w.run_for(Duration::from_secs(30));
+    assert_eq!(w.lcs.requests(&Method::Subscribe).len(), 2);
+    let got = w.xmpp.to(ALICE);
+    let last = got.last().unwrap();
+    assert!(
+        last.contains("<status>Out of office: Back on Monday</status>") && !last.contains("<show>"),
+        "{got:?}"
+    );
+}
+
+/// A partner's edge that refuses the enhanced SUBSCRIBE gets a PIDF-only one at once; Alice
+/// sees Bob as before and no error.
+#[test]
+fn a_refused_enhanced_subscribe_falls_back_to_pidf() {
+    let mut w = World::new();
+    w.lcs.refuses_bodies = true;
+    w.lcs
+        .documents
+        .insert(BOB_AOR.into(), super::world::pidf(BOB_AOR, "away"));
+    alice_watches_bob(&mut w);
+    let subs = w.lcs.requests(&Method::Subscribe);
+    assert_eq!(subs.len(), 2);
+    assert!(!subs[0].body().is_empty());
+    assert!(subs[1].body().is_empty());
+    assert_eq!(subs[1].header("Accept"), Some("application/pidf+xml"));
+    let got = w.xmpp.to(ALICE);
+    assert!(got.iter().all(|s| !s.contains("type='error'")), "{got:?}");
+    assert!(got.last().unwrap().contains("<show>away</show>"), "{got:?}");
 }

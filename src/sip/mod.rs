@@ -1,6 +1,7 @@
 //! SIP codec (no I/O).
 
 pub mod builder;
+pub mod diagnostics;
 pub mod dialog;
 pub mod error;
 pub mod framing;

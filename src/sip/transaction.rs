@@ -792,55 +792,44 @@ fn in_dialog_request(
 /// The CANCEL for `invite` (§9.1): its Request-URI, Call-ID, From, To (with the tags as they
 /// were) and CSeq number, a single Via equal to its top Via, its Route headers.
 fn cancel_for(invite: &Message) -> Message {
-    let mut cancel = Message::new_request(Method::Cancel, invite.request_uri().unwrap_or_default());
-    if let Some(via) = invite.values(HeaderKind::Via).next() {
-        cancel.push_header("Via", via);
-    }
-    cancel.push_header("Max-Forwards", "70");
-    for kind in [HeaderKind::From, HeaderKind::To, HeaderKind::CallId] {
-        if let Some(v) = invite.values(kind).next() {
-            cancel.push_header(kind.name(), v);
-        }
-    }
-    if let Ok(cseq) = invite.cseq() {
-        cancel.push_header("CSeq", &format!("{} CANCEL", cseq.number));
-    }
-    for (name, value) in invite.headers() {
-        if HeaderKind::of(name) == HeaderKind::Route {
-            cancel.push_header("Route", value);
-        }
-    }
-    cancel.push_header("Content-Length", "0");
-    cancel
+    derived(invite, Method::Cancel, invite)
 }
 
 /// The ACK for a non-2xx final response (§17.1.1.3): Request-URI, top Via, From, Call-ID and
 /// Route of the INVITE, To of the response, CSeq number of the INVITE with method ACK.
 fn ack_for(invite: &Message, response: &Message) -> Message {
-    let mut ack = Message::new_request(Method::Ack, invite.request_uri().unwrap_or_default());
+    derived(invite, Method::Ack, response)
+}
+
+/// A request of `method` made from `invite` as CANCEL and the ACK of a non-2xx are: the
+/// INVITE's Request-URI, top Via alone, From, Call-ID, CSeq number and Route headers, the To of
+/// `to_of`, no body.
+fn derived(invite: &Message, method: Method, to_of: &Message) -> Message {
+    let mut request =
+        Message::new_request(method.clone(), invite.request_uri().unwrap_or_default());
     if let Some(via) = invite.values(HeaderKind::Via).next() {
-        ack.push_header("Via", via);
+        request.push_header("Via", via);
     }
-    ack.push_header("Max-Forwards", "70");
+    request.push_header("Max-Forwards", "70");
     for (kind, source) in [
         (HeaderKind::From, invite),
-        (HeaderKind::To, response),
+        (HeaderKind::To, to_of),
         (HeaderKind::CallId, invite),
     ] {
         if let Some(v) = source.values(kind).next() {
-            ack.push_header(kind.name(), v);
+            request.push_header(kind.name(), v);
         }
     }
     if let Ok(cseq) = invite.cseq() {
-        ack.push_header("CSeq", &format!("{} ACK", cseq.number));
+        request.push_header("CSeq", &format!("{} {}", cseq.number, method.as_str()));
     }
     for (name, value) in invite.headers() {
         if HeaderKind::of(name) == HeaderKind::Route {
-            ack.push_header("Route", value);
+            request.push_header("Route", value);
         }
     }
-    ack.push_header("Content-Length", "0");
-    ack
+    request.push_header("Content-Length", "0");
+    request
 }
 
 #[cfg(test)]

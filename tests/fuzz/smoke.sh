@@ -14,7 +14,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(sip_parse sip_framing pidf_parse im_body stanza_build xml_reader)
+[ "${#targets[@]}" -gt 0 ] || targets=(sip_parse sip_framing pidf_parse ms_presence_parse im_body stanza_build xml_reader)
 for target in "${targets[@]}"; do
     corpus="corpus/$target"
     mkdir -p "$corpus"

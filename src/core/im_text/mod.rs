@@ -37,10 +37,15 @@
 //! `im_body` fuzz target and the property tests check it).
 
 mod html;
+mod invitation;
 mod multipart;
 mod text;
 mod typing;
 
+pub use invitation::{
+    FileOffer, Invitation, MAX_FILE_NAME_CHARS, MSMSGSINVITE_TYPE, decline_body, offer_notice,
+    parse_invitation,
+};
 pub use typing::{
     ISCOMPOSING_REFRESH_SECS, ISCOMPOSING_TYPE, KEYBOARD_ACTIVITY_TYPE, NS_ISCOMPOSING, Typing,
     iscomposing_body, keyboard_activity_body, parse_iscomposing, parse_keyboard_activity,
@@ -181,7 +186,28 @@ fn entity_text(content_type: &str, body: &[u8], depth: usize) -> Result<String, 
 /// value is empty, has no or an empty `ms-body`, or the text is empty; `Err` when the value
 /// is not a media type, `ms-body` is not base64, or [`plain_text`] refuses the text. The
 /// `msgr` parameter (UTF-16 formatting hints, X-MMS-IM-Format) is ignored.
+/// A `text/x-msmsgsinvite` value is [`BodyError::UnsupportedType`] here; see
+/// [`ms_text_format_message`] for it.
 pub fn ms_text_format(header_value: &str) -> Result<Option<String>, BodyError> {
+    match ms_text_format_message(header_value)? {
+        None => Ok(None),
+        Some(FirstMessage::Text(text)) => Ok(Some(text)),
+        Some(FirstMessage::Invitation(_)) => Err(UnsupportedType(MSMSGSINVITE_TYPE.to_owned())),
+    }
+}
+
+/// What the first message of an INVITE's `ms-text-format` header is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstMessage {
+    /// Text, as [`ms_text_format`] gives it.
+    Text(String),
+    /// A `text/x-msmsgsinvite` invitation (pidgin-sipe puts its file offers there:
+    /// `ms-text-format: text/x-msmsgsinvite; charset=UTF-8;ms-body=<base64>`).
+    Invitation(Invitation),
+}
+
+/// [`ms_text_format`], and the `text/x-msmsgsinvite` invitation [`parse_invitation`] reads.
+pub fn ms_text_format_message(header_value: &str) -> Result<Option<FirstMessage>, BodyError> {
     let value = header_value.trim();
     if value.is_empty() {
         return Ok(None);
@@ -196,8 +222,11 @@ pub fn ms_text_format(header_value: &str) -> Result<Option<String>, BodyError> {
     check_size(encoded.len() / 4 * 3)?;
     let bytes = decode_base64(encoded.as_bytes())
         .map_err(|e| Malformed(format!("ms-text-format: ms-body: {e}")))?;
+    if mt.is(MSMSGSINVITE_TYPE) {
+        return parse_invitation(&bytes).map(|i| Some(FirstMessage::Invitation(i)));
+    }
     let text = plain_text(value, &bytes)?;
-    Ok(Some(text).filter(|t| !t.is_empty()))
+    Ok(Some(text).filter(|t| !t.is_empty()).map(FirstMessage::Text))
 }
 
 #[cfg(test)]
@@ -299,6 +328,40 @@ mod tests {
         assert_eq!(
             ms_text_format(&format!("text/plain; charset=iso-8859-1;ms-body={b64}")),
             Ok(Some("café".to_owned()))
+        );
+    }
+
+    /// pidgin-sipe offers a file in the INVITE: `sipe_im_invite(…, body, "text/x-msmsgsinvite")`
+    /// puts `ms-text-format: text/x-msmsgsinvite; charset=UTF-8;ms-body=<base64>`.
+    #[test]
+    fn ms_text_format_can_carry_a_file_offer() {
+        let offer = "Application-Name: File Transfer\r\nInvitation-Command: INVITE\r\nInvitation-Cookie: 4711\r\nApplication-File: a.txt\r\nApplication-FileSize: 3\r\n";
+        let value = format!(
+            "text/x-msmsgsinvite; charset=UTF-8;ms-body={}",
+            LIBERAL_BASE64.encode(offer)
+        );
+        assert_eq!(
+            ms_text_format_message(&value),
+            Ok(Some(FirstMessage::Invitation(Invitation::FileOffer(
+                FileOffer {
+                    cookie: "4711".into(),
+                    name: Some("a.txt".into()),
+                    size: Some(3),
+                }
+            ))))
+        );
+        assert_eq!(
+            ms_text_format(&value),
+            Err(UnsupportedType(MSMSGSINVITE_TYPE.to_owned()))
+        );
+        let bad = format!(
+            "text/x-msmsgsinvite;ms-body={}",
+            LIBERAL_BASE64.encode("Invitation-Command: INVITE\r\n")
+        );
+        assert!(matches!(ms_text_format_message(&bad), Err(Malformed(_))));
+        assert_eq!(
+            ms_text_format_message("text/plain;ms-body=SGk="),
+            Ok(Some(FirstMessage::Text("Hi".into())))
         );
     }
 

@@ -52,7 +52,6 @@ use super::{Output, common};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::names::{self, NameSource};
-use crate::core::presence::presence_from_pidf;
 use crate::core::tables::{ErrorTable, Mappings, PresenceTable};
 use crate::edge::event::EdgeEvent;
 use crate::random::SplitMix;
@@ -118,7 +117,15 @@ pub struct PresenceSettings {
     pub max_pending_per_user: usize,
     /// The listed partners' domains (lowercase), as configured at start.
     pub partners: std::collections::HashSet<String>,
+    /// Offer Microsoft enhanced presence on SUBSCRIBEs (`presence.enhanced`).
+    pub enhanced: bool,
 }
+
+/// Partner domains remembered as refusing the enhanced SUBSCRIBE, at most.
+pub const PIDF_ONLY_MAX_DOMAINS: usize = 10_000;
+/// How long a domain's refusal of the enhanced SUBSCRIBE is remembered (a partner that
+/// upgrades its servers gets the offer again the next day).
+pub const PIDF_ONLY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for PresenceSettings {
     fn default() -> Self {
@@ -136,6 +143,7 @@ impl Default for PresenceSettings {
             max_pending_per_partner: 10_000,
             max_pending_per_user: 100,
             partners: std::collections::HashSet::new(),
+            enhanced: true,
         }
     }
 }
@@ -300,6 +308,9 @@ pub struct PresenceEngine {
     /// time their view is made anew from whatever the answers said
     /// ([`PresenceEngine::settle`]) and the component domain the probe went through.
     settling: VecDeque<(Instant, Key, String)>,
+    /// Partner domains that refused the enhanced SUBSCRIBE, until when
+    /// ([`PIDF_ONLY_MAX_DOMAINS`], [`PIDF_ONLY_TTL`]).
+    pidf_only: HashMap<String, Instant>,
 }
 
 fn secs(d: Duration) -> u32 {
@@ -344,7 +355,36 @@ impl PresenceEngine {
             paced_at: clock.at,
             request_slot: clock.at,
             settling: VecDeque::new(),
+            pidf_only: HashMap::new(),
         }
+    }
+
+    /// Whether SUBSCRIBEs to `domain` go with PIDF only (it refused the enhanced offer within
+    /// [`PIDF_ONLY_TTL`]).
+    fn pidf_only(&self, now: Instant, domain: &str) -> bool {
+        self.pidf_only
+            .get(&domain.to_ascii_lowercase())
+            .is_some_and(|until| *until > now)
+    }
+
+    /// Remembers that `domain` refused the enhanced offer. The map is bounded: when full, the
+    /// expired entries go, then the one expiring first.
+    fn remember_pidf_only(&mut self, now: Instant, domain: String) {
+        let domain = domain.to_ascii_lowercase();
+        if self.pidf_only.len() >= PIDF_ONLY_MAX_DOMAINS && !self.pidf_only.contains_key(&domain) {
+            self.pidf_only.retain(|_, until| *until > now);
+            if self.pidf_only.len() >= PIDF_ONLY_MAX_DOMAINS {
+                let first = self
+                    .pidf_only
+                    .iter()
+                    .min_by_key(|(_, until)| **until)
+                    .map(|(d, _)| d.clone());
+                if let Some(d) = first {
+                    self.pidf_only.remove(&d);
+                }
+            }
+        }
+        self.pidf_only.insert(domain, now + PIDF_ONLY_TTL);
     }
 
     /// Whether client transaction `tx` is this engine's.
@@ -752,20 +792,21 @@ impl PresenceEngine {
                     subscribe_request(w.remote_jid.clone(), to, display)
                 }
                 Paced::Contact(key) => {
-                    let Some((sub, doc)) = self
+                    let Some(presence) = self
                         .outbound
                         .get(&key)
                         .filter(|s| s.active && s.dialog.is_some())
-                        .and_then(|s| Some((s, s.last.as_deref()?)))
+                        .and_then(|s| {
+                            s.last.as_deref()?.presence(
+                                &self.table,
+                                Jid::from(s.remote_jid.clone()),
+                                Jid::from(s.local_jid.clone()),
+                            )
+                        })
                     else {
                         continue;
                     };
-                    presence_from_pidf(
-                        doc,
-                        &self.table,
-                        Jid::from(sub.remote_jid.clone()),
-                        Jid::from(sub.local_jid.clone()),
-                    )
+                    presence
                 }
             };
             out.push(stanza(presence));

@@ -11,7 +11,7 @@ use super::notifier::Watcher;
 use super::subscriber::Outbound;
 use super::{CSEQ_RESERVE, Key, PresenceEngine};
 use crate::core::names;
-use crate::core::pidf;
+use crate::core::presence::Received;
 use crate::engine::{Output, common};
 use crate::sip::message::Message;
 use crate::sip::transaction::TxId;
@@ -43,7 +43,7 @@ impl PresenceEngine {
             },
             approval: sub.approval,
             last_sent: None,
-            last_received: sub.last.as_ref().map(|d| pidf::render(d).into_bytes()),
+            last_received: sub.last.as_ref().map(|d| d.to_bytes()),
             display_name: sub.name.clone(),
             updated_unix: now_unix,
         })
@@ -179,7 +179,7 @@ impl Outbound {
             last: s
                 .last_received
                 .as_deref()
-                .and_then(|b| pidf::parse(b).ok())
+                .and_then(Received::from_bytes)
                 .map(Box::new),
             name: restored_name(s),
             ..Outbound::new(local, remote_jid, s.approval, expires_secs, None)

@@ -11,9 +11,10 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
 use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, Side, new_name, stanza};
+use crate::core::ms_presence::{self, CATEGORIES_TYPE, CATEGORY_LIST_TYPE, MSRTC_PIDF_TYPE};
 use crate::core::names::NameSource;
-use crate::core::pidf::{self, PidfDocument};
-use crate::core::presence::presence_from_pidf;
+use crate::core::pidf;
+use crate::core::presence::Received;
 use crate::edge::core::Route;
 use crate::engine::Output;
 use crate::engine::common::{self, host_of};
@@ -47,8 +48,11 @@ pub(super) struct Outbound {
     pub(super) next_at: Option<Instant>,
     /// Retries since the last NOTIFY `active`.
     pub(super) attempts: u32,
-    /// The last document received, for probes.
-    pub(super) last: Option<Box<PidfDocument>>,
+    /// The last document received (enhanced ones merged), for probes.
+    pub(super) last: Option<Box<Received>>,
+    /// The SUBSCRIBEs of the current attempt offer Microsoft enhanced presence
+    /// ([`enhanced_accept`]); decided by the initial one.
+    pub(super) enhanced: bool,
     /// The last presence sent to the watcher was available.
     pub(super) shown_available: bool,
     /// The `id` of the user's `subscribe`, for an error reply.
@@ -80,6 +84,7 @@ impl Outbound {
             next_at: None,
             attempts: 0,
             last: None,
+            enhanced: false,
             shown_available: false,
             stanza_id,
             name: None,
@@ -181,13 +186,13 @@ impl PresenceEngine {
                         .with_to(sub.local_jid.clone()),
                 ));
                 if sub.active {
-                    if let Some(doc) = &sub.last {
-                        let p = presence_from_pidf(
-                            doc,
+                    if let Some(p) = sub.last.as_ref().and_then(|doc| {
+                        doc.presence(
                             &self.table,
                             Jid::from(sub.remote_jid.clone()),
                             Jid::from(sub.local_jid.clone()),
-                        );
+                        )
+                    }) {
                         out.push(stanza(p));
                     }
                 }
@@ -266,7 +271,7 @@ impl PresenceEngine {
         if let Ok(mut request) =
             dialog.next_request(Method::Subscribe, &self.via(), &branch, Some(&contact))
         {
-            subscribe_headers(&mut request, 0);
+            subscribe_headers(&mut request, 0, false, "", "");
             let tx = self.ids.next();
             self.purposes.insert(tx, Purpose::Final);
             out.push(Output::Request {
@@ -299,9 +304,11 @@ impl PresenceEngine {
         };
         if sub.active && sub.dialog.is_some() {
             // While the subscription is active, the last NOTIFY is the current state.
-            if let Some(doc) = &sub.last {
-                let p =
-                    presence_from_pidf(doc, &self.table, Jid::from(sub.remote_jid.clone()), from);
+            if let Some(p) = sub
+                .last
+                .as_ref()
+                .and_then(|doc| doc.presence(&self.table, Jid::from(sub.remote_jid.clone()), from))
+            {
                 out.push(stanza(p));
             }
             return;
@@ -315,7 +322,8 @@ impl PresenceEngine {
 
     /// A fresh out-of-dialog SUBSCRIBE for outbound subscription `key` (the old dialog, if
     /// any, is dropped from the indexes: its NOTIFYs will get 481).
-    pub(super) fn send_initial(&mut self, _now: Instant, key: &Key, out: &mut Vec<Output>) {
+    pub(super) fn send_initial(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        let enhanced = self.settings.enhanced && !self.pidf_only(now, &host_of(&key.1));
         let call_id = format!("{}@{}", self.token(), self.settings.public_fqdn);
         let (branch, tag) = (self.branch(), self.token());
         let local_uri = self.local_uri(&key.0);
@@ -353,7 +361,8 @@ impl PresenceEngine {
             route: &[],
         }
         .build();
-        subscribe_headers(&mut request, sub.expires_secs);
+        sub.enhanced = enhanced;
+        subscribe_headers(&mut request, sub.expires_secs, enhanced, &local_uri, &key.1);
         let tx = self.ids.next();
         sub.pending = Some((tx, Some(Box::new(request.clone()))));
         self.purposes.insert(tx, Purpose::Subscribe(key.clone()));
@@ -380,7 +389,14 @@ impl PresenceEngine {
         else {
             return;
         };
-        subscribe_headers(&mut request, sub.expires_secs);
+        let local_uri = dialog.local_uri.clone();
+        subscribe_headers(
+            &mut request,
+            sub.expires_secs,
+            sub.enhanced,
+            &local_uri,
+            &key.1,
+        );
         let tx = self.ids.next();
         sub.pending = Some((tx, None));
         sub.next_at = None;
@@ -506,6 +522,13 @@ impl PresenceEngine {
                 sub.next_at = Some(now + refresh_after(granted));
             }
             Err(f) => {
+                if initial.is_some() && sub.enhanced && refuses_enhanced(f.status) {
+                    // The peer does not take the enhanced offer: PIDF only, at once, and
+                    // remembered for its domain.
+                    self.remember_pidf_only(now, host_of(&key.1));
+                    self.send_initial(now, key, out);
+                    return;
+                }
                 if f.status == status::INTERVAL_TOO_BRIEF {
                     if let Some(min) = f.min_expires {
                         if min > sub.expires_secs && min <= 86_400 {
@@ -631,10 +654,29 @@ impl PresenceEngine {
                 return refuse(self, out, reject);
             }
         };
-        // Bodies other than PIDF (e.g. msrtc-event-categories) are acknowledged and ignored.
+        // PIDF, and the Microsoft enhanced formats the bridge offers. A categories document
+        // adds to the last one while the subscription is active (a NOTIFY after the first may
+        // carry only the categories that changed); the first of a new subscription is its
+        // whole state. Other and unreadable bodies are acknowledged and ignored.
+        let body = request.body();
         let doc = match request.content_type() {
-            Ok(Some(ct)) if ct.is(PIDF_TYPE) && !request.body().is_empty() => {
-                pidf::parse(request.body()).ok()
+            Ok(Some(ct)) if !body.is_empty() => {
+                if ct.is(PIDF_TYPE) {
+                    pidf::parse(body).ok().map(Received::Pidf)
+                } else if ct.is(CATEGORIES_TYPE) {
+                    ms_presence::parse_categories(body).ok().map(|newer| {
+                        let mut merged = match sub.last.as_deref() {
+                            Some(Received::Ms(last)) if sub.active => last.clone(),
+                            _ => ms_presence::MsPresence::default(),
+                        };
+                        merged.update(newer);
+                        Received::Ms(merged)
+                    })
+                } else if ct.is(MSRTC_PIDF_TYPE) {
+                    ms_presence::parse_msrtc_pidf(body).ok().map(Received::Ms)
+                } else {
+                    None
+                }
             }
             _ => None,
         };
@@ -644,7 +686,9 @@ impl PresenceEngine {
             .from()
             .ok()
             .and_then(|f| f.display_name.map(str::to_owned));
-        let pidf_display = doc.as_ref().and_then(|d| d.display_name.clone());
+        let pidf_display = doc
+            .as_ref()
+            .and_then(|d| d.display_name().map(str::to_owned));
         let mut renamed: Option<Option<DisplayName>> = None;
         for (raw, source) in [
             (from_display.as_deref(), NameSource::From),
@@ -694,7 +738,7 @@ impl PresenceEngine {
                 sub.approval = Approval::Approved;
                 if let Some(doc) = &doc {
                     sub.last = Some(Box::new(doc.clone()));
-                    sub.shown_available = doc.basic != Some(pidf::Basic::Closed);
+                    sub.shown_available = doc.is_available(&self.table);
                 }
                 if newly {
                     self.persist_out(now, &key, out);
@@ -706,13 +750,13 @@ impl PresenceEngine {
                     let name = self.outbound.get(&key).and_then(|s| s.name.clone());
                     self.approved_fact(&local_jid, &remote_jid, name, out);
                 }
-                if let Some(doc) = &doc {
-                    let p = presence_from_pidf(
-                        doc,
+                if let Some(p) = doc.as_ref().and_then(|doc| {
+                    doc.presence(
                         &self.table,
                         Jid::from(remote_jid.clone()),
                         Jid::from(local_jid.clone()),
-                    );
+                    )
+                }) {
                     out.push(stanza(p));
                 }
             }
@@ -785,10 +829,36 @@ pub(super) fn refresh_after(secs: u32) -> Duration {
     Duration::from_secs(if s > 240 { s - 60 } else { (s / 2).max(1) })
 }
 
-/// Event, Accept, Expires and Supported of a presence SUBSCRIBE.
-pub(super) fn subscribe_headers(request: &mut Message, expires: u32) {
+/// The `Accept` of a SUBSCRIBE offering Microsoft enhanced presence: a Microsoft server
+/// answers in the first type it supports ([MS-PRES] §1.3.3), any other notifier in PIDF.
+pub const ENHANCED_ACCEPT: &str =
+    "application/msrtc-event-categories+xml, text/xml+msrtc.pidf, application/pidf+xml";
+
+/// Statuses by which a peer refuses the enhanced offer (its `Accept` or its body): the bridge
+/// then subscribes again at once with PIDF only, and remembers it for the domain.
+pub(super) fn refuses_enhanced(status: u16) -> bool {
+    matches!(status, 400 | 406 | 415 | 420 | 488)
+}
+
+/// Event, Accept, Expires and Supported of a presence SUBSCRIBE from `subscriber` to
+/// `contact`; when `enhanced`, the enhanced `Accept` ([`ENHANCED_ACCEPT`]) and the
+/// one-resource category subscription body naming `state`, `note` and `contactCard`
+/// ([MS-PRES] §2.2.2.4.1), without `Require` (as pidgin-sipe's single-contact subscription,
+/// `sipe_subscribe_presence_single`): a server that does not know the body type answers 415
+/// and gets the PIDF-only form.
+pub(super) fn subscribe_headers(
+    request: &mut Message,
+    expires: u32,
+    enhanced: bool,
+    subscriber: &str,
+    contact: &str,
+) {
     request.push_header("Event", "presence");
-    request.push_header("Accept", PIDF_TYPE);
+    request.push_header("Accept", if enhanced { ENHANCED_ACCEPT } else { PIDF_TYPE });
     request.push_header("Expires", &expires.to_string());
     request.push_header("Supported", "ms-benotify");
+    if enhanced {
+        let body = ms_presence::category_subscription(subscriber, contact);
+        request.set_body(Some(CATEGORY_LIST_TYPE), body.into_bytes());
+    }
 }

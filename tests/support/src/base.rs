@@ -338,3 +338,24 @@ pub fn bridge_bin() -> PathBuf {
     );
     bin
 }
+
+/// `lcs-bridge run --config <config>` ([`bridge_bin`]) as a child process, without `RUST_LOG`
+/// and colours, its output appended to `log`.
+pub fn spawn_bridge(config: &Path, log: &Path) -> std::process::Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("the bridge's log file");
+    std::process::Command::new(bridge_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("the bridge's log file"))
+        .stderr(out)
+        .spawn()
+        .expect("lcs-bridge started")
+}

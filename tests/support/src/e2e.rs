@@ -89,22 +89,7 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the bridge; its output is appended to `log` (a restart keeps the earlier run's).
     pub fn start(config: &Path, log: &Path, sip_port: u16) -> Bridge {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(crate::bridge_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+        let child = crate::spawn_bridge(config, log);
         Bridge {
             child,
             log: log.to_owned(),

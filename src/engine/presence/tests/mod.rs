@@ -25,6 +25,7 @@ fn settings() -> PresenceSettings {
         max_pending_per_partner: 4,
         max_pending_per_user: 2,
         partners: ["fabrikam.com".to_owned()].into(),
+        enhanced: true,
     }
 }
 
@@ -247,6 +248,7 @@ fn body(m: &Message) -> String {
     String::from_utf8(m.body().to_vec()).unwrap()
 }
 
+mod enhanced;
 mod local;
 mod notifier;
 mod restore;

@@ -22,7 +22,11 @@ fn subscribe_sends_a_presence_subscribe_after_persisting_it() {
     assert_eq!(sub.to().unwrap().uri, BOB_AOR);
     assert!(sub.to().unwrap().tag().is_none());
     assert_eq!(sub.header("Event"), Some("presence"));
-    assert_eq!(sub.header("Accept"), Some("application/pidf+xml"));
+    // Microsoft enhanced presence offered first, PIDF last (tests/enhanced.rs).
+    assert_eq!(
+        sub.header("Accept"),
+        Some(crate::engine::presence::subscriber::ENHANCED_ACCEPT)
+    );
     assert_eq!(sub.header("Expires"), Some("3600"));
     assert!(sub.header("Contact").unwrap().contains(";transport=tls"));
     assert!(!sub.to_bytes().windows(5).any(|w| w == b"sips:"));
