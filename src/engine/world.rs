@@ -929,6 +929,21 @@ impl World {
         self.lcs_sends_in_dialog(from, "SUBSCRIBE-in", "SUBSCRIBE", headers, "");
     }
 
+    /// An LCS watcher's side still refreshes, on a new connection, the subscription whose
+    /// dialog lived on the connection [`World::lcs_connection_lost`] broke (a stale request).
+    pub fn lcs_refreshes_in_lost(&mut self, from: &str) {
+        let d = self
+            .lcs
+            .lost
+            .get(&(from.to_owned(), "SUBSCRIBE-in"))
+            .cloned()
+            .expect("a lost LCS dialog");
+        self.lcs
+            .dialogs
+            .insert((from.to_owned(), "SUBSCRIBE-in"), d);
+        self.lcs_refreshes(from);
+    }
+
     /// A dialog an LCS user starts (`kind`: the request that makes it): its tag and Call-ID.
     fn start_dialog(&mut self, kind: &'static str, from: &str, to: &str) -> (String, String) {
         let tag = self.lcs.tag();

@@ -625,6 +625,68 @@ fn a_lost_sip_connection_is_taken_up_again_at_the_restore_rate() {
     );
 }
 
+/// The profile's connection affinity ("All messages within a given SIP dialog must be sent
+/// over the exact same connection"), for LCS watching a local user: the edge's connection
+/// breaks and Alice changes her presence; no NOTIFY goes to Bob in his old dialog on the new
+/// connection, nor anywhere, however long he stays away. His side's refresh in the old dialog
+/// gets 481 (RFC 6665 §4.1.2.2: he then subscribes anew), and his new SUBSCRIBE is answered
+/// 202 and told Alice's state as it is now at once, Alice not asked again; his NOTIFYs then
+/// go in the new dialog only.
+#[test]
+fn a_watcher_whose_connection_is_lost_gets_no_notify_until_it_subscribes_again() {
+    let mut w = World::new();
+    bob_watches_alice(&mut w);
+    let calls = |w: &World| -> Vec<String> {
+        w.lcs
+            .requests(&Method::Notify)
+            .iter()
+            .map(|n| n.call_id().unwrap().to_owned())
+            .collect()
+    };
+    let old_call = calls(&w).last().cloned().unwrap();
+    let before = w.lcs.requests(&Method::Notify).len();
+    w.lcs_connection_lost();
+    w.xmpp_presence(
+        &format!("{ALICE}/pc"),
+        Some("<show>dnd</show>"),
+        &[&contact_jid("bob")],
+    );
+    w.settle();
+    w.run_for(Duration::from_secs(600));
+    assert!(
+        notifies_since(&w, before).is_empty(),
+        "{:?}",
+        notifies_since(&w, before)
+    );
+    w.lcs_refreshes_in_lost(BOB_AOR);
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Subscribe).last(), Some(&481));
+    assert!(notifies_since(&w, before).is_empty());
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Subscribe).last(), Some(&202));
+    let got = notifies_since(&w, before);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("busy"), "{}", got[0]);
+    let new_call = calls(&w).last().cloned().unwrap();
+    assert_ne!(new_call, old_call);
+    assert_eq!(
+        w.xmpp
+            .to(ALICE)
+            .iter()
+            .filter(|s| s.contains("type='subscribe'"))
+            .count(),
+        1,
+        "Alice is not asked again"
+    );
+    // Later changes go in the new dialog, answered.
+    w.xmpp_presence(&format!("{ALICE}/pc"), None, &[&contact_jid("bob")]);
+    w.run_for(Duration::from_secs(10));
+    assert!(calls(&w)[before..].iter().all(|c| *c == new_call));
+    assert_eq!(w.lcs.replied.last(), Some(&(Method::Notify, 200)));
+    assert_eq!(notifies_since(&w, before).len(), 2);
+}
+
 #[test]
 fn a_stream_lost_again_before_the_probes_are_answered_shows_nobody_offline() {
     // 10 paced stanzas a second: the probe goes 100 ms after the gateway presence.

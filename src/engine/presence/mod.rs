@@ -650,7 +650,7 @@ impl PresenceEngine {
 
     fn connection_lost(&mut self, now: Instant, conn: ConnId, out: &mut Vec<Output>) {
         self.subscriptions_lost(now, conn, out);
-        self.watchers_lost(conn);
+        self.watchers_lost(now, conn, out);
     }
 
     fn on_final(

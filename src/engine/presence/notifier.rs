@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{info, warn};
 use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::nick::Nick;
@@ -87,7 +87,10 @@ pub(super) struct Watcher {
     pub(super) remote_jid: BareJid,
     pub(super) approval: Approval,
     pub(super) dialog: Option<Box<Dialog>>,
-    /// The dialog's connection is gone: route NOTIFYs by domain.
+    /// Taken up from the store and not yet carried by a connection (the old process's died
+    /// with it): its NOTIFYs go by domain, and the first connection that carries an answer to
+    /// one, or a request of LCS in the dialog, binds the dialog. A bound dialog never moves:
+    /// when its connection is lost it ends ([`PresenceEngine::watchers_lost`]).
     pub(super) detached: bool,
     pub(super) expires_at: Instant,
     pub(super) dialog_deadline: Instant,
@@ -198,14 +201,52 @@ impl PresenceEngine {
         self.maybe_flush(now, key, out);
     }
 
-    /// Connection `conn` is lost: LCS owns the watchers' dialogs on it; they are kept and the
-    /// peer is reached by domain.
-    pub(super) fn watchers_lost(&mut self, conn: ConnId) {
-        for w in self.inbound.values_mut_untracked() {
-            if w.dialog.as_ref().is_some_and(|d| d.conn == conn) {
-                w.detached = true;
-            }
+    /// Connection `conn` is lost. The profile's connection affinity ("All messages within a
+    /// given SIP dialog must be sent over the exact same connection") leaves the watchers'
+    /// dialogs on it nothing to carry their NOTIFYs: each one ends here, locally (no NOTIFY,
+    /// not even a final one, can reach LCS in it; a NOTIFY in flight is forgotten, and a
+    /// request LCS still sends in the dialog gets 481). The watcher itself, and its user's
+    /// approval, are kept until its expiry, with the stored record rewritten without the dialog:
+    /// when LCS subscribes again, in a new dialog, it is answered and told the current state at
+    /// once, without asking the user again. A watcher taken up from the store and not yet bound
+    /// to a connection is not on this one.
+    pub(super) fn watchers_lost(&mut self, now: Instant, conn: ConnId, out: &mut Vec<Output>) {
+        let lost: Vec<Key> = self
+            .inbound
+            .iter()
+            .filter(|(_, w)| !w.detached && w.dialog.as_ref().is_some_and(|d| d.conn == conn))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !lost.is_empty() {
+            info!(
+                conn,
+                watchers = lost.len(),
+                "presence watchers' dialogs on a lost connection ended locally"
+            );
         }
+        for key in lost {
+            self.end_dialog_locally(now, &key, out);
+        }
+    }
+
+    /// Ends the dialog of watcher `key` without a request (no connection may carry one): the
+    /// watcher and its approval stay until its expiry, waiting for a new SUBSCRIBE, and its
+    /// record is rewritten without the dialog.
+    fn end_dialog_locally(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
+        let Some(w) = self.inbound.get_mut(key) else {
+            return;
+        };
+        let Some(d) = w.dialog.take() else {
+            return;
+        };
+        let in_flight = w.in_flight.take();
+        w.retry_at = None;
+        w.failures = 0;
+        self.in_dialogs.remove(&d.id);
+        if let Some(tx) = in_flight {
+            self.purposes.remove(&tx);
+        }
+        self.persist_in_lazy(now, key, out);
     }
 
     pub(super) fn xmpp_subscribed(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
@@ -295,8 +336,9 @@ impl PresenceEngine {
                 return;
             }
             Err(_) => {
+                // Tried again after the backoff on the same route: a bound dialog stays on its
+                // connection (its loss ends it, `watchers_lost`).
                 w.failures = w.failures.saturating_add(1);
-                w.detached = true;
                 w.dirty = true;
                 let failures = w.failures;
                 let delay = self.backoff(failures.saturating_sub(1));
@@ -503,12 +545,24 @@ impl PresenceEngine {
             tx,
             response: reject.response_to(request, None),
         };
+        if !w.detached && dialog.conn != conn && expires != 0 {
+            // A refresh on another connection than its dialog's: the dialog cannot follow it
+            // (the profile's connection affinity), so it ends here, and the 481 makes LCS
+            // subscribe anew (RFC 6665 §4.1.2.2), in a dialog of that connection; the approval
+            // is kept. (An unsubscribe is taken wherever it comes: it ends the watcher.)
+            out.push(refuse(
+                Reject::new(status::CALL_DOES_NOT_EXIST).reason("Subscription does not exist"),
+            ));
+            self.end_dialog_locally(now, &key, out);
+            return;
+        }
         if let Err(e) = dialog.accept_request(request) {
             // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
             let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
             return out.push(refuse(reject));
         }
         if w.detached {
+            // Taken up from the store: the dialog lives on this connection now.
             w.detached = false;
             dialog.conn = conn;
         }

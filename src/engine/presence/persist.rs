@@ -192,8 +192,9 @@ impl Watcher {
     /// record has expired or was denied. Its dialog is kept unless it is past `max_age` or
     /// cannot be written into a request (`common::dialog_from_record`: the watcher then waits for
     /// LCS to subscribe again, as for a dialog past its age; display names are cleaned, and the
-    /// record written back cleaned), and detached (NOTIFYs go by
-    /// domain until the peer is reached); its local CSeq resumes above the stored one, which
+    /// record written back cleaned), and detached (its NOTIFYs go by
+    /// domain until the first connection that carries one or a request of LCS in the dialog
+    /// binds it: the old process's connection died with it); its local CSeq resumes above the stored one, which
     /// is above every one the last process used in the dialog, with a fresh reservation
     /// (`Watcher::cseq_reserved`) the caller stores before anything is sent. An approved one
     /// owes a NOTIFY with the current state; the caller schedules it (`retry_at`). Its `view`

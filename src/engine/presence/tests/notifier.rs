@@ -311,12 +311,37 @@ fn a_fetch_gets_the_state_and_ends() {
     assert_eq!(e.counts(), (0, 0));
 }
 
+/// `lcs_subscribe` arriving on connection `conn`.
+fn on_conn(event: EdgeEvent, conn: ConnId) -> EdgeEvent {
+    match event {
+        EdgeEvent::Request {
+            tx,
+            request,
+            asserted,
+            ..
+        } => EdgeEvent::Request {
+            tx,
+            conn,
+            request,
+            asserted,
+        },
+        other => other,
+    }
+}
+
+/// The profile's connection affinity ("All messages within a given SIP dialog must be sent
+/// over the exact same connection"): the bridge's own subscription whose connection is lost
+/// starts anew in a new dialog by domain; an LCS watcher's dialog on a lost connection ends
+/// locally — no NOTIFY in it on any other connection, LCS's refresh in it gets 481 (RFC 6665
+/// §4.1.2.2: the subscriber then considers the subscription terminated and subscribes anew),
+/// and the new SUBSCRIBE is the same watcher, approved: 202 and an active NOTIFY with the
+/// current state at once, Alice not asked again.
 #[test]
-fn connection_loss_resubscribes_outbound_and_routes_inbound_by_domain() {
+fn connection_loss_resubscribes_outbound_and_ends_inbound_dialogs_locally() {
     let now = Instant::now();
     let mut e = engine_at(now);
     subscribed(&mut e, now);
-    let (_, tx) = watched(&mut e, now);
+    let (tag, tx) = watched(&mut e, now);
     ok(&mut e, now, tx, 4);
     // Outbound dialog lived on 9.
     let out = e.on_edge(now, EdgeEvent::ConnectionLost { conn: 9 });
@@ -332,20 +357,143 @@ fn connection_loss_resubscribes_outbound_and_routes_inbound_by_domain() {
         "no second subscribed"
     );
 
-    // Inbound dialog lived on 4: kept; its next NOTIFY goes by domain.
-    let out = e.on_edge(now, EdgeEvent::ConnectionLost { conn: 4 });
-    assert!(out.is_empty());
-    assert_eq!(e.counts(), (1, 1));
+    // The watcher's dialog lives on 4, a NOTIFY in flight on it when it is lost.
     let t = now + Duration::from_secs(10);
     let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), "<show>away</show>"));
-    let (tx, n, route) = requests(&out).remove(0);
-    assert_eq!(route, Route::Domain("contoso.com".into()));
-    assert_eq!(n.call_id().unwrap(), "w-1");
-    // Answered on connection 7: the dialog lives there now.
-    ok(&mut e, t, tx, 7);
+    let (in_flight, _, route) = requests(&out).remove(0);
+    assert_eq!(route, Route::Connection(4));
+    let out = e.on_edge(t, EdgeEvent::ConnectionLost { conn: 4 });
+    // Ended locally: nothing sent, the record kept (approved) without its dialog.
+    assert_eq!(kinds(&out), ["persist-lazy:approved"]);
+    let Output::PersistLazy(record) = &out[0] else {
+        unreachable!()
+    };
+    assert!(record.dialog.is_none());
+    assert_eq!(record.expires_unix, 1_700_000_000 + 3600);
+    assert_eq!(e.counts(), (1, 1));
+    // The NOTIFY's transport error changes nothing; nor do Alice's changes: no NOTIFY on any
+    // connection, now or later.
+    let out = e.on_edge(
+        t,
+        EdgeEvent::Transaction(TxEvent::TransportError { tx: in_flight }),
+    );
+    assert!(out.is_empty());
     let t = t + Duration::from_secs(10);
     let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), "<show>dnd</show>"));
+    assert!(requests(&out).is_empty());
+    let out = e.handle_timeout(t + Duration::from_secs(60));
+    assert!(requests(&out).is_empty());
+    // LCS refreshes in the old dialog on its new connection: 481, nothing else.
+    let out = e.on_edge(t, lcs_resubscribe("w-1", &tag, 2, 3600, 7));
+    assert_eq!(kinds(&out), ["respond:481"]);
+    // ... and subscribes anew there: the same watcher, approved, told the state now.
+    let out = e.on_edge(t, on_conn(lcs_subscribe("w-2", Some(3600)), 7));
+    assert_eq!(
+        kinds(&out),
+        ["persist:approved", "respond:202", "request:NOTIFY"]
+    );
+    let (_, n, route) = requests(&out).remove(0);
+    assert_eq!(route, Route::Connection(7));
+    assert_eq!(n.call_id().unwrap(), "w-2");
+    assert!(
+        n.header("Subscription-State")
+            .unwrap()
+            .starts_with("active")
+    );
+    assert!(
+        body(&n).contains("<ep:activity>busy</ep:activity>"),
+        "{}",
+        body(&n)
+    );
+    assert_eq!(e.counts(), (1, 1));
+}
+
+/// A watcher that never comes back after its dialog's connection was lost lapses at the
+/// expiry it was granted, as an unrefreshed one does (RFC 6665 §4.2.2): its record is
+/// forgotten, and no NOTIFY goes anywhere.
+#[test]
+fn a_watcher_whose_connection_was_lost_and_never_comes_back_expires() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let (_, tx) = watched(&mut e, now);
+    ok(&mut e, now, tx, 4);
+    e.on_edge(now, EdgeEvent::ConnectionLost { conn: 4 });
+    let expiry = now + Duration::from_secs(3600);
+    assert_eq!(e.poll_timeout(), Some(expiry));
+    let out = e.handle_timeout(expiry);
+    assert_eq!(kinds(&out), ["forget:inbound"]);
+    assert_eq!(e.counts(), (0, 0));
+}
+
+/// A watcher still waiting for its user when its connection is lost: its dialog ends the
+/// same way; the user's approval given meanwhile sends nothing (no dialog can carry it), and
+/// is what LCS's new SUBSCRIBE finds: 202 and `active` at once, the user not asked again.
+#[test]
+fn an_approval_given_while_the_watchers_dialog_is_gone_serves_its_new_subscribe() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let out = e.on_edge(now, lcs_subscribe("w-1", Some(3600)));
+    let (tx, _, _) = requests(&out).remove(0);
+    ok(&mut e, now, tx, 4);
+    let out = e.on_edge(now, EdgeEvent::ConnectionLost { conn: 4 });
+    assert_eq!(kinds(&out), ["persist-lazy:requested"]);
+    let out = e.on_stanza(now, alice_to_bob("subscribed"));
+    assert_eq!(kinds(&out), ["persist:approved", "stanza:probe"]);
+    let out = e.on_edge(now, on_conn(lcs_subscribe("w-2", Some(3600)), 7));
+    assert_eq!(
+        kinds(&out),
+        ["persist:approved", "respond:202", "request:NOTIFY"]
+    );
+    let (_, n, route) = requests(&out).remove(0);
+    assert_eq!(route, Route::Connection(7));
+    assert!(
+        n.header("Subscription-State")
+            .unwrap()
+            .starts_with("active")
+    );
+}
+
+/// A refresh that arrives on another connection than its dialog's (the peer moved it): the
+/// dialog cannot follow it (connection affinity), so the refresh gets 481 and the dialog
+/// ends; LCS subscribes anew on its connection (RFC 6665 §4.1.2.2) and is served at once.
+/// An unsubscribe (`Expires: 0`) is taken wherever it comes, its final NOTIFY on the
+/// dialog's own connection.
+#[test]
+fn an_in_dialog_subscribe_on_another_connection_gets_481_unless_it_unsubscribes() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let (tag, tx) = watched(&mut e, now);
+    ok(&mut e, now, tx, 4);
+    let t = now + Duration::from_secs(60);
+    let out = e.on_edge(t, lcs_resubscribe("w-1", &tag, 2, 3600, 7));
+    assert_eq!(kinds(&out), ["respond:481", "persist-lazy:approved"]);
+    let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), "<show>dnd</show>"));
+    assert!(requests(&out).is_empty());
+    // Its own connection cannot revive it either.
+    let out = e.on_edge(t, lcs_resubscribe("w-1", &tag, 3, 3600, 4));
+    assert_eq!(kinds(&out), ["respond:481"]);
+    let out = e.on_edge(t, on_conn(lcs_subscribe("w-2", Some(3600)), 7));
+    assert_eq!(
+        kinds(&out),
+        ["persist:approved", "respond:202", "request:NOTIFY"]
+    );
     assert_eq!(requests(&out)[0].2, Route::Connection(7));
+    let tag = responses(&out)[0].to().unwrap().tag().unwrap().to_owned();
+    let (tx, _, _) = requests(&out).remove(0);
+    ok(&mut e, t, tx, 7);
+    // An unsubscribe in w-2 on connection 4: taken.
+    let out = e.on_edge(t, lcs_resubscribe("w-2", &tag, 2, 0, 4));
+    assert_eq!(
+        kinds(&out),
+        [
+            "forget:inbound",
+            "stanza:unsubscribe",
+            "respond:200",
+            "request:NOTIFY"
+        ]
+    );
+    assert_eq!(requests(&out)[0].2, Route::Connection(7));
+    assert_eq!(e.counts(), (0, 0));
 }
 
 #[test]
@@ -363,7 +511,7 @@ fn lcs_resubscribing_after_a_lost_connection_is_the_same_watcher() {
     );
     assert_eq!(requests(&out)[0].2, Route::Connection(4));
     assert_eq!(e.counts(), (0, 1));
-    // A failing NOTIFY (timeout) backs off and goes by domain next time.
+    // A failing NOTIFY (timeout) backs off and goes again on the dialog's connection.
     let (tx, _, _) = requests(&out).remove(0);
     e.on_edge(now, EdgeEvent::Transaction(TxEvent::Timeout { tx }));
     let t = now + Duration::from_secs(1);
@@ -371,7 +519,7 @@ fn lcs_resubscribing_after_a_lost_connection_is_the_same_watcher() {
     let at = e.poll_timeout().unwrap();
     assert_eq!(at, now + Duration::from_secs(30));
     let out = e.handle_timeout(at);
-    assert_eq!(requests(&out)[0].2, Route::Domain("contoso.com".into()));
+    assert_eq!(requests(&out)[0].2, Route::Connection(4));
     // A 481 ends the watcher.
     let (tx, _, _) = requests(&out).remove(0);
     let out = e.on_edge(

@@ -107,6 +107,65 @@ fn restore_resubscribes_probes_and_notifies_once_reachable() {
     assert!(body(&n).contains("<ep:activity>busy</ep:activity>"));
 }
 
+/// A watcher taken up from the store continues its stored dialog: its connection died with
+/// the old process, so its NOTIFYs go by domain, and the loss of any connection before one
+/// carries them ends nothing. The first connection that carries an answer binds the dialog
+/// (connection affinity from then on): its loss ends the dialog locally, as for any live
+/// watcher, and LCS's refresh in it gets 481.
+#[test]
+fn a_restored_watcher_is_bound_by_the_first_connection_that_carries_it() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
+    inbound.dialog = Some(stored_dialog(7, 3, None));
+    e.restore(now, std::iter::once(inbound));
+    // Lost connections, the restored dialog's placeholder 0 among them: nothing ends.
+    for conn in [0, 4, 12] {
+        let out = e.on_edge(now, EdgeEvent::ConnectionLost { conn });
+        assert!(out.is_empty(), "{conn}: {:?}", kinds(&out));
+    }
+    let (t, tx, n) = loop {
+        let t = e.poll_timeout().unwrap();
+        let out = e.handle_timeout(t);
+        if let Some((tx, n, route)) = requests(&out).into_iter().next() {
+            assert_eq!(route, Route::Domain("contoso.com".into()));
+            break (t, tx, n);
+        }
+    };
+    assert_eq!(n.call_id().unwrap(), "w-1");
+    ok(&mut e, t, tx, 12);
+    // Bound to 12: the next NOTIFY goes there only.
+    let t = t + Duration::from_secs(10);
+    let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), "<show>dnd</show>"));
+    let (tx, _, route) = requests(&out).remove(0);
+    assert_eq!(route, Route::Connection(12));
+    ok(&mut e, t, tx, 12);
+    let out = e.on_edge(t, EdgeEvent::ConnectionLost { conn: 12 });
+    assert_eq!(kinds(&out), ["persist-lazy:approved"]);
+    let out = e.on_stanza(t, alice(&format!("phone' to='{BOB}'"), "<show>away</show>"));
+    assert!(requests(&out).is_empty());
+    let out = e.on_edge(t, lcs_resubscribe("w-1", "ours", 4, 3600, 15));
+    assert_eq!(kinds(&out), ["respond:481"]);
+}
+
+/// A refresh from LCS in a restored dialog, on whatever connection, binds it there.
+#[test]
+fn a_refresh_binds_a_restored_watcher_to_its_connection() {
+    let now = Instant::now();
+    let mut e = engine_at(now);
+    let mut inbound = record(Direction::Inbound, Approval::Approved, 1_700_001_000);
+    inbound.dialog = Some(stored_dialog(7, 3, None));
+    e.restore(now, std::iter::once(inbound));
+    let out = e.on_edge(now, lcs_resubscribe("w-1", "ours", 4, 3600, 15));
+    assert_eq!(responses(&out)[0].status(), Some(200));
+    let (_, n, route) = requests(&out).remove(0);
+    assert_eq!(route, Route::Connection(15));
+    assert_eq!(n.call_id().unwrap(), "w-1");
+    // Another connection's refresh now gets 481.
+    let out = e.on_edge(now, lcs_resubscribe("w-1", "ours", 5, 3600, 16));
+    assert_eq!(responses(&out)[0].status(), Some(481));
+}
+
 #[test]
 fn restore_paces_its_subscribes_and_notifies_at_the_restore_rate() {
     // 10 outbound subscriptions and 10 approved watchers with dialogs, at 10 requests/s:
