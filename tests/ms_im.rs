@@ -582,7 +582,8 @@ fn a_stored_session_past_the_dialog_age_limit_is_ended_with_bye() {
             w.sip_port,
         );
         let deadline = Instant::now() + WAIT;
-        tokio::task::block_in_place(|| w.bridge.wait_started(deadline));
+        // The log is appended to: the second start-up line.
+        tokio::task::block_in_place(|| w.bridge.wait_log("lcs-bridge started", 2, deadline));
         let (conn, bye) = w.request("BYE").await;
         assert_ne!(conn, EDGE_CONN, "a connection of the new process");
         assert_eq!(bye.call_id().unwrap(), "aged");
