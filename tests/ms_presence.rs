@@ -1,4 +1,4 @@
-//! Microsoft enhanced presence against the real `lcs-bridge run` binary (docs/microsoft-peers.md
+//! Microsoft enhanced presence against the real `lcs-bridge run` binary (docs/microsoft.md
 //! "Enhanced presence from Microsoft peers", docs/mapping.md "Microsoft enhanced presence").
 //! The test plays the XMPP server's component port (`lcs_test_support::net`, no XMPP server
 //! needed) and the partners' mutual-TLS edges: `contoso.com` answers as a Lync/Skype for

@@ -1,5 +1,5 @@
 //! Microsoft conformance: `Require`, Lync's multiparty chat, and presence subscriptions as
-//! Lync/SfB and pidgin-sipe send them (docs/microsoft-peers.md, docs/mapping.md), against the
+//! Lync/SfB and pidgin-sipe send them (docs/microsoft.md, docs/mapping.md), against the
 //! real `lcs-bridge run` binary. The test plays both neighbours on the wire
 //! (`lcs_test_support::net`): the XMPP server's XEP-0114 component port (it sees every stanza
 //! the bridge sends, so "nothing reached XMPP" is checked on the wire), and the partner's

@@ -1,5 +1,5 @@
 //! Certificates as public CAs issue them now, against the real `lcs-bridge run` binary over
-//! mutual TLS (docs/security.md "Certificates", docs/microsoft-peers.md). The test plays the
+//! mutual TLS (docs/security.md "Certificates", docs/microsoft.md). The test plays the
 //! XMPP server's component port (`lcs_test_support::net`, no XMPP server needed) and the
 //! partner `contoso.com`'s edge, both ways, with rcgen-made chains.
 //!
