@@ -272,6 +272,28 @@ impl LcsEdge {
 }
 
 /// Parses a request or response written with `\n` line ends and a body.
+/// A request of `method` from the LCS side in dialog `d` (its CSeq as it is), with these extra
+/// header lines (`\n`-ended) and body; `branch` makes its Via branch unique beside the tag and
+/// CSeq.
+fn in_dialog(d: &LcsDialog, method: &str, branch: &str, extra: &str, body: &str) -> Message {
+    sip(
+        &format!(
+            "{method} {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{branch}{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} {method}\nContact: <{};transport=tls>\n{extra}",
+            d.bridge_uri,
+            d.lcs_tag,
+            d.cseq,
+            d.lcs_uri,
+            d.lcs_tag,
+            d.bridge_uri,
+            d.bridge_tag,
+            d.call_id,
+            d.cseq,
+            d.lcs_uri
+        ),
+        body,
+    )
+}
+
 fn sip(head: &str, body: &str) -> Message {
     let mut bytes = format!("{head}Content-Length: {}\n\n", body.len())
         .replace('\n', "\r\n")
@@ -802,22 +824,7 @@ impl World {
         let mut d = self.dialog(from, kind);
         d.cseq += 1;
         self.lcs.dialogs.insert((from.to_owned(), kind), d.clone());
-        let request = sip(
-            &format!(
-                "{method} {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bK{method}{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} {method}\nContact: <{};transport=tls>\n{extra}",
-                d.bridge_uri,
-                d.lcs_tag,
-                d.cseq,
-                d.lcs_uri,
-                d.lcs_tag,
-                d.bridge_uri,
-                d.bridge_tag,
-                d.call_id,
-                d.cseq,
-                d.lcs_uri
-            ),
-            body,
-        );
+        let request = in_dialog(&d, method, method, extra, body);
         self.lcs_request(request);
     }
 
@@ -855,26 +862,8 @@ impl World {
     }
 
     fn lcs_messages_in(&mut self, from: &str, kind: &'static str, text: &str) {
-        let key = (from.to_owned(), kind);
-        let mut d = self.dialog(from, kind);
-        d.cseq += 1;
-        self.lcs.dialogs.insert(key, d.clone());
-        let request = sip(
-            &format!(
-                "MESSAGE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKm{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} MESSAGE\nContent-Type: text/plain; charset=UTF-8\n",
-                d.bridge_uri,
-                d.lcs_tag,
-                d.cseq,
-                d.lcs_uri,
-                d.lcs_tag,
-                d.bridge_uri,
-                d.bridge_tag,
-                d.call_id,
-                d.cseq
-            ),
-            text,
-        );
-        self.lcs_request(request);
+        let headers = "Content-Type: text/plain; charset=UTF-8\n";
+        self.lcs_sends_in_dialog(from, kind, "MESSAGE", headers, text);
     }
 
     /// An LCS user's side ends an IM session with BYE (Skype for Business does after 10 idle
@@ -887,21 +876,7 @@ impl World {
         if let Some(s) = self.lcs.sessions.get_mut(&d.call_id) {
             s.1 = false;
         }
-        let request = sip(
-            &format!(
-                "BYE {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKb{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} BYE\n",
-                d.bridge_uri,
-                d.lcs_tag,
-                d.cseq,
-                d.lcs_uri,
-                d.lcs_tag,
-                d.bridge_uri,
-                d.bridge_tag,
-                d.call_id,
-                d.cseq
-            ),
-            "",
-        );
+        let request = in_dialog(&d, "BYE", "b", "", "");
         self.lcs_request(request);
     }
 
@@ -999,22 +974,8 @@ impl World {
             Some(_) => "Content-Type: application/pidf+xml\n",
             None => "",
         };
-        sip(
-            &format!(
-                "NOTIFY {} SIP/2.0\nVia: SIP/2.0/TLS 192.0.2.5:5061;branch=z9hG4bKn{}{}\nMax-Forwards: 70\nFrom: <{}>;tag={}\nTo: <{}>;tag={}\nCall-ID: {}\nCSeq: {} NOTIFY\nContact: <{};transport=tls>\nEvent: presence\nSubscription-State: {state}\n{ct}",
-                d.bridge_uri,
-                d.lcs_tag,
-                d.cseq,
-                d.lcs_uri,
-                d.lcs_tag,
-                d.bridge_uri,
-                d.bridge_tag,
-                d.call_id,
-                d.cseq,
-                d.lcs_uri
-            ),
-            body.unwrap_or(""),
-        )
+        let headers = format!("Event: presence\nSubscription-State: {state}\n{ct}");
+        in_dialog(d, "NOTIFY", "n", &headers, body.unwrap_or(""))
     }
 
     fn lcs_request(&mut self, request: Message) {
