@@ -522,6 +522,37 @@ impl Ctx<'_> {
         }
     }
 
+    /// `row.show`, which must be there.
+    fn required_show(&mut self, row: &Table, key: &str) -> Option<Show> {
+        let key = join(key, "show");
+        match row.get("show") {
+            None => {
+                self.problem(&key, "missing (an XMPP show name)");
+                None
+            }
+            Some(v) => self.show(v, &key),
+        }
+    }
+
+    /// `row.<field>` read with `read` if it is there: the value, and whether the row is right
+    /// (absent, or read without a problem).
+    fn optional<T>(
+        &mut self,
+        row: &Table,
+        key: &str,
+        field: &str,
+        read: fn(&mut Self, &Value, &str) -> Option<T>,
+    ) -> (Option<T>, bool) {
+        match row.get(field) {
+            None => (None, true),
+            Some(v) => {
+                let t = read(self, v, &join(key, field));
+                let ok = t.is_some();
+                (t, ok)
+            }
+        }
+    }
+
     fn show(&mut self, value: &Value, key: &str) -> Option<Show> {
         let s = self.string(value, key)?;
         match s.parse::<Show>() {
@@ -736,21 +767,8 @@ fn parse_presence(
                     continue;
                 };
                 cx.unknown_keys(row, &key, &["show", "status"]);
-                let show = match row.get("show") {
-                    None => {
-                        cx.problem(&join(&key, "show"), "missing (an XMPP show name)");
-                        None
-                    }
-                    Some(v) => cx.show(v, &join(&key, "show")),
-                };
-                let (status, status_ok) = match row.get("status") {
-                    None => (None, true),
-                    Some(v) => {
-                        let s = cx.text(v, &join(&key, "status"));
-                        let ok = s.is_some();
-                        (s, ok)
-                    }
-                };
+                let show = cx.required_show(row, &key);
+                let (status, status_ok) = cx.optional(row, &key, "status", Ctx::text);
                 if let (true, true, Some(show)) = (token_ok, status_ok, show) {
                     activities.insert(token.clone(), InRow { show, status });
                 }
@@ -881,21 +899,8 @@ fn parse_ms(t: &Table, cx: &mut Ctx<'_>) -> Option<MsTable> {
                         None
                     }
                 };
-                let show = match row.get("show") {
-                    None => {
-                        cx.problem(&format!("{key}.show"), "missing (an XMPP show name)");
-                        None
-                    }
-                    Some(v) => cx.show(v, &format!("{key}.show")),
-                };
-                let (status, ok) = match row.get("status") {
-                    None => (None, true),
-                    Some(v) => {
-                        let s = cx.text(v, &format!("{key}.status"));
-                        let ok = s.is_some();
-                        (s, ok)
-                    }
-                };
+                let show = cx.required_show(row, &key);
+                let (status, ok) = cx.optional(row, &key, "status", Ctx::text);
                 if let (Some(from), Some(show), true) = (from, show, ok) {
                     ranges.push((from, InRow { show, status }));
                 }
@@ -922,21 +927,8 @@ fn parse_ms(t: &Table, cx: &mut Ctx<'_>) -> Option<MsTable> {
                 continue;
             };
             cx.unknown_keys(row, &key, &["show", "status"]);
-            let (show, show_ok) = match row.get("show") {
-                None => (None, true),
-                Some(v) => {
-                    let s = cx.show(v, &join(&key, "show"));
-                    (s, s.is_some())
-                }
-            };
-            let (status, status_ok) = match row.get("status") {
-                None => (None, true),
-                Some(v) => {
-                    let s = cx.text(v, &join(&key, "status"));
-                    let ok = s.is_some();
-                    (s, ok)
-                }
-            };
+            let (show, show_ok) = cx.optional(row, &key, "show", Ctx::show);
+            let (status, status_ok) = cx.optional(row, &key, "status", Ctx::text);
             if token_ok && show_ok && status_ok {
                 activities.insert(token.clone(), MsActivityRow { show, status });
             }
