@@ -16,21 +16,17 @@
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // a test reads the clock
 
-use lcs_test_support::{net, pki};
+use lcs_test_support::net;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lcs_bridge::sip::message::Message;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use lcs_test_support::config::BridgeConfig;
 use lcs_test_support::e2e::{Bridge, Mode};
-use lcs_test_support::{COMPONENT_SECRET, GATEWAY_COMPONENT, XMPP_DOMAIN, free_port};
 use net::{Event, Tls, Writer};
-use pki::{Pki, write_bridge_files};
 
 /// The test's connection to the bridge (the bridge's own connections to the partner
 /// listener count from 0).
@@ -66,64 +62,16 @@ struct World {
 impl World {
     /// The bridge, its component stream accepted, the edge connected.
     async fn start() -> World {
-        let dir = tempfile::Builder::new()
-            .prefix("lcsb-ms-require-")
-            .tempdir()
-            .unwrap();
-        let pki = Pki::new("MS conformance test CA");
-        write_bridge_files(
-            dir.path(),
-            &pki,
-            &["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"],
-        );
-        let edge_leaf = pki.leaf(&["sip.contoso.com", "contoso.com", "127.0.0.1"], false);
-        let tls = Tls::new(&edge_leaf, &pki.ca);
-        let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let partner_port = partner.local_addr().unwrap().port();
-        let (events_tx, events) = unbounded_channel();
-        net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
-        let component = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sip_port = free_port();
-        let config = dir.path().join("lcs-bridge.toml");
-        let toml = BridgeConfig {
-            log_level: "info,lcs_bridge=debug",
-            ..BridgeConfig::new(
-                dir.path(),
-                Mode::Gateway,
-                component.local_addr().unwrap().port(),
-                sip_port,
-                partner_port,
-            )
-        }
-        .toml();
-        std::fs::write(&config, toml).unwrap();
-        let mut bridge = Bridge::start(&config, &dir.path().join("bridge.log"), sip_port);
-        let accept = net::accept_component(
-            &component,
-            GATEWAY_COMPONENT,
-            COMPONENT_SECRET,
-            1,
-            events_tx.clone(),
-        );
-        let xmpp = match tokio::time::timeout(Duration::from_secs(30), accept).await {
-            Ok(Ok(w)) => w,
-            other => panic!(
-                "no component stream ({:?}); bridge log:\n{}",
-                other.err(),
-                bridge.log()
-            ),
-        };
-        let deadline = Instant::now() + WAIT;
-        tokio::task::block_in_place(|| bridge.wait_started(deadline));
+        let p = lcs_test_support::e2e::scripted_partner("lcsb-ms-require-", "").await;
         let mut world = World {
-            _dir: dir,
-            bridge,
-            events,
-            events_tx,
-            tls,
-            sip_port,
+            _dir: p.dir,
+            bridge: p.bridge,
+            events: p.events,
+            events_tx: p.events_tx,
+            tls: p.tls,
+            sip_port: p.sip_port,
             sip: HashMap::new(),
-            xmpp,
+            xmpp: p.xmpp,
             stanzas: Vec::new(),
             backlog: Vec::new(),
         };

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::config::BridgeConfig;
+use crate::net::{Event, Tls, Writer};
 use crate::pki::{Pki, der_to_pem};
 use crate::sipp::{self, Killed, LoggedMessage};
 use crate::{XMPP_DOMAIN, XmppServer, repo};
@@ -686,4 +687,86 @@ pub fn methods(msgs: &[&LoggedMessage]) -> Vec<String> {
 
 pub fn body_text(m: &LoggedMessage) -> String {
     String::from_utf8(m.body().to_vec()).expect("a UTF-8 body")
+}
+
+// ------------------------------------------------------------------ a scripted partner
+
+/// The real bridge between two ends the test plays: the partner `contoso.com`'s mutual-TLS
+/// edge (listening for the bridge's connections, its certificate also for the ones it opens)
+/// and the XMPP server's component port (gateway mode), as [`scripted_partner`] starts it.
+pub struct ScriptedPartner {
+    pub dir: tempfile::TempDir,
+    pub bridge: Bridge,
+    /// Both ends' events: SIP connections (the bridge's own from 0) and the component stream.
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    pub events_tx: tokio::sync::mpsc::UnboundedSender<Event>,
+    pub tls: Tls,
+    pub sip_port: u16,
+    /// The component stream, accepted.
+    pub xmpp: Writer,
+}
+
+/// Starts the bridge (log level `info,lcs_bridge=debug`, `extra` configuration appended) in a
+/// temporary directory named with `prefix`, with a test PKI, the partner's edge listening and
+/// the component stream accepted; returns once the bridge says it started. Panics with the
+/// bridge's log if the component stream does not come.
+pub async fn scripted_partner(prefix: &str, extra: &str) -> ScriptedPartner {
+    use crate::net::{accept_component, accept_sip};
+    use tokio::net::TcpListener;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let pki = Pki::new("MS conformance test CA");
+    crate::pki::write_bridge_files(
+        dir.path(),
+        &pki,
+        &["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"],
+    );
+    let edge_leaf = pki.leaf(&["sip.contoso.com", "contoso.com", "127.0.0.1"], false);
+    let tls = Tls::new(&edge_leaf, &pki.ca);
+    let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let partner_port = partner.local_addr().unwrap().port();
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
+    let component = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sip_port = crate::free_port();
+    let config = dir.path().join("lcs-bridge.toml");
+    let toml = BridgeConfig {
+        log_level: "info,lcs_bridge=debug",
+        extra,
+        ..BridgeConfig::new(
+            dir.path(),
+            Mode::Gateway,
+            component.local_addr().unwrap().port(),
+            sip_port,
+            partner_port,
+        )
+    }
+    .toml();
+    std::fs::write(&config, toml).unwrap();
+    let mut bridge = Bridge::start(&config, &dir.path().join("bridge.log"), sip_port);
+    let accept = accept_component(
+        &component,
+        crate::GATEWAY_COMPONENT,
+        crate::COMPONENT_SECRET,
+        1,
+        events_tx.clone(),
+    );
+    let xmpp = match tokio::time::timeout(Duration::from_secs(30), accept).await {
+        Ok(Ok(w)) => w,
+        other => panic!(
+            "no component stream ({:?}); bridge log:\n{}",
+            other.err(),
+            bridge.log()
+        ),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    tokio::task::block_in_place(|| bridge.wait_started(deadline));
+    ScriptedPartner {
+        dir,
+        bridge,
+        events,
+        events_tx,
+        tls,
+        sip_port,
+        xmpp,
+    }
 }
