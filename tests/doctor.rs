@@ -17,6 +17,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use lcs_bridge::sip::message::Method;
+use lcs_bridge::xmpp::link::{self, DEFAULT_BACKOFF, LinkEvent, LinkSettings};
 use lcs_test_support::config::BridgeConfig;
 use lcs_test_support::dns::{TestDns, srv};
 use lcs_test_support::e2e::Mode;
@@ -398,6 +399,37 @@ async fn the_component_check_against_prosody() {
         "handshake accepted",
         None,
     );
+
+    // While the bridge (here its component link) holds the domain, Prosody answers conflict
+    // after checking the secret: a warning, and the link keeps its stream.
+    let settings = LinkSettings {
+        host: "127.0.0.1".into(),
+        port: prosody.component_port(),
+        secret: COMPONENT_SECRET.into(),
+        domains: vec![GATEWAY_COMPONENT.into()],
+        queue_capacity: 16,
+        backoff: DEFAULT_BACKOFF,
+        keepalive: Duration::from_secs(60),
+    };
+    let (link, mut events) = link::start(settings, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let out = doctor(dir.path(), &good, &[]).await;
+    let report = stdout(&out);
+    assert!(out.status.success(), "{report}\n{}", prosody.log());
+    expect(
+        &report,
+        "⚠",
+        "component lcs.xmpp.test",
+        "conflict",
+        Some("nothing to do while the bridge runs"),
+    );
+    assert!(link.is_up(GATEWAY_COMPONENT));
+    assert!(
+        !std::iter::from_fn(|| events.try_recv().ok()).any(|e| matches!(e, LinkEvent::Down { .. })),
+        "the running link lost its stream"
+    );
+    drop(events);
 
     let bad = write_config(dir.path(), &dns, prosody.component_port(), "wrong");
     let out = doctor(dir.path(), &bad, &[]).await;

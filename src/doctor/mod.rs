@@ -558,6 +558,17 @@ pub fn component(domain: &str, addr: &str, outcome: &Handshake) -> Check {
     let what = format!("component {domain} at {addr}");
     match outcome {
         Handshake::Accepted => Check::ok(what, "handshake accepted (XEP-0114)"),
+        // Prosody answers `conflict` only once the secret checked out (its default
+        // `component_conflict_resolve = "kick_new"`); the running bridge holds the domain.
+        Handshake::Refused(reason) if reason.starts_with("conflict") => Check::warn(
+            what,
+            format!(
+                "the server accepted no second stream: {}",
+                peer_text(reason)
+            ),
+            "nothing to do while the bridge runs (Prosody checks the secret before it answers \
+             conflict); otherwise find the other component connected for this domain",
+        ),
         Handshake::Refused(reason) => Check::fail(
             what,
             format!("handshake refused: {}", peer_text(reason)),
@@ -700,7 +711,7 @@ pub fn partner_edge(
     } else {
         out.push(Check::ok(
             tls_what,
-            format!("certificate names {}", identity.names().join(", ")),
+            format!("certificate names {}", names(identity)),
         ));
     }
     let id_what = format!("partner {domain} at {edge}: certificate identity");
@@ -712,7 +723,7 @@ pub fn partner_edge(
             format!(
                 "names {}, which is neither {domain} nor its SRV target nor its configured edge: \
                  the bridge would refuse its requests",
-                identity.names().join(", ")
+                names(identity)
             ),
             format!(
                 "{domain}'s certificate must name the domain or its SRV target (RFC 5922 §7); \
@@ -731,6 +742,19 @@ pub fn partner_edge(
         _ => {}
     }
     out
+}
+
+/// A peer certificate's names, cleaned for the terminal.
+fn names(identity: &PeerIdentity) -> String {
+    if identity.names().is_empty() {
+        return "no DNS name".to_owned();
+    }
+    identity
+        .names()
+        .iter()
+        .map(|n| peer_text(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The OPTIONS response: 2xx passes; anything else fails with its status and diagnostics.

@@ -357,6 +357,14 @@ fn component_outcomes() {
     let c = component(
         "lcs.example.org",
         "127.0.0.1:5347",
+        &Handshake::Refused(
+            "conflict: another component is already connected for this domain".into(),
+        ),
+    );
+    assert_eq!(c.status, Status::Warn, "{c}");
+    let c = component(
+        "lcs.example.org",
+        "127.0.0.1:5347",
         &Handshake::Unreachable("Connection refused (os error 111)".into()),
     );
     assert_eq!(c.status, Status::Fail);
@@ -447,6 +455,17 @@ fn partner_outcomes() {
     );
     assert_eq!(checks.len(), 1);
     assert!(!checks[0].detail.contains('\u{1b}'), "peer text is cleaned");
+
+    let c = partner_discovery("contoso.com", Ok(&[]), Some("10.1.2.3:5061"));
+    assert_eq!(c.status, Status::Ok);
+    assert!(c.detail.contains("static"));
+    let c = partner_discovery(
+        "contoso.com",
+        Err("no _sipfederationtls._tcp SRV record for contoso.com".into()),
+        None,
+    );
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.fix.unwrap().contains("edge = \"host:5061\""));
 
     assert!(partner_policy("contoso.com", &fed).is_some());
     let open = FederationConfig {
