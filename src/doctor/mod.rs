@@ -160,9 +160,12 @@ pub fn local_srv(
         .map(|t| format!("{}:{} (priority {})", t.target, t.port, t.priority))
         .collect::<Vec<_>>()
         .join(", ");
+    let named = |t: &&SrvTarget| t.target.eq_ignore_ascii_case(public_fqdn);
     let Some(ours) = targets
         .iter()
-        .find(|t| t.target.eq_ignore_ascii_case(public_fqdn))
+        .filter(named)
+        .find(|t| t.port == listen_port)
+        .or_else(|| targets.iter().find(named))
     else {
         return Check::fail(
             what,

@@ -65,6 +65,17 @@ fn the_local_srv_record_must_name_the_edge_and_its_port() {
         5061,
     );
     assert_eq!(backup.status, Status::Ok);
+    // The edge published on two ports, one of them the listen port: fine.
+    let two = local_srv(
+        "example.org",
+        Ok(&[
+            target(10, 443, "sip.example.org"),
+            target(20, 5061, "sip.example.org"),
+        ]),
+        "sip.example.org",
+        5061,
+    );
+    assert_eq!(two.status, Status::Ok, "{two}");
 
     let missing = local_srv(
         "example.org",
