@@ -44,7 +44,15 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config", "core", "edge", "engine", "random", "sip", "store", "xmpp",
         ],
     ),
-    ("main", &["app", "config", "core", "inspect", "store"]),
+    // `lcs-bridge doctor`: the edge's, the link's and the SIP codec's own parts, probed.
+    (
+        "doctor",
+        &["config", "core", "edge", "random", "sip", "xmpp"],
+    ),
+    (
+        "main",
+        &["app", "config", "core", "doctor", "inspect", "store"],
+    ),
     ("lib", &[]),
 ];
 
@@ -59,10 +67,16 @@ const IO_MODULES: &[&str] = &[
     "xmpp::link",
     "store::sled_store",
     "store::redb_store",
+    "doctor::probe",
 ];
 
-/// Who else may import an I/O module: the edge's server task runs the DNS discovery.
-const IO_IMPORTERS: &[(&str, &str)] = &[("edge::server", "edge::dns")];
+/// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's
+/// probe runs it and the component link's handshake.
+const IO_IMPORTERS: &[(&str, &str)] = &[
+    ("edge::server", "edge::dns"),
+    ("doctor::probe", "edge::dns"),
+    ("doctor::probe", "xmpp::link"),
+];
 
 /// One import: from a file module to a module, with the path as written, for the message.
 #[derive(Debug, Clone)]
