@@ -786,8 +786,6 @@ impl DomainTask {
     }
 }
 
-/// Whether a write error is the serialiser refusing a stanza (tokio-xmpp wraps the encoder's
-/// error as `InvalidInput`), not the socket failing (an OS error carries no inner error).
 /// TCP connect, stream header, handshake (XEP-0114 §3) of `domain`'s stream.
 async fn open_stream(s: &LinkSettings, domain: &str) -> Result<Stream, AttemptError> {
     let tcp = TcpStream::connect((s.host.as_str(), s.port))
@@ -878,6 +876,8 @@ pub async fn probe(settings: &LinkSettings, domain: &str) -> Result<(), LinkErro
     }
 }
 
+/// Whether a write error is the serialiser refusing a stanza (tokio-xmpp wraps the encoder's
+/// error as `InvalidInput`), not the socket failing (an OS error carries no inner error).
 fn is_serialisation_error(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::InvalidInput && e.get_ref().is_some()
 }
