@@ -45,12 +45,20 @@ pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours_wanted())
         .with_writer(std::io::stderr);
     let result = match cfg.format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|e| anyhow!("cannot initialise logging: {e}"))
+}
+
+/// Colours (ANSI escapes) in the human format only when stderr is a terminal and `NO_COLOR`
+/// is not set (<https://no-color.org>): never in a file, a pipe or the journal.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Runs the bridge until a termination signal.
