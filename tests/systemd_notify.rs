@@ -107,12 +107,13 @@ async fn ready_watchdog_reload_and_stop_reach_the_notify_socket() {
             assert_eq!(t.trim(), "WATCHDOG=1", "before READY=1: {t:?}");
         }
 
-        // The interval is honoured: a ping every 0.5 s, so 5 to 8 in 3.2 s, never 1 s apart.
+        // The interval is honoured: a ping every 0.5 s, so about 6 in 3.2 s (4 to 8 on a busy
+        // machine), and never a whole interval apart.
         let from = notify.seen.len();
         notify.read_until(Instant::now() + Duration::from_millis(3200));
         let pings = notify.watchdog_times(from);
         assert!(
-            (5..=8).contains(&pings.len()),
+            (4..=8).contains(&pings.len()),
             "{} WATCHDOG=1 in 3.2 s with WATCHDOG_USEC=1000000: {:?}",
             pings.len(),
             notify.texts()
