@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real peers the test suite runs against, when they are missing.
+# Install the real peers the test suite runs against, when they are missing, and
+# the packaging tools tests/packaging.rs uses (systemd-analyze, dpkg-deb, cargo-deb).
 #
 # Idempotent: on a machine that already has everything it touches nothing and
 # prints one line per peer. On a fresh Debian 12 machine it runs `apt-get update`
