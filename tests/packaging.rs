@@ -27,12 +27,17 @@ use lcs_test_support::{pki, repo, require_peer, run_with_timeout};
 const PACKAGE_EDITS: &[(&str, &str)] = &[
     (
         "# lcs-bridge example configuration: every key, with its default.",
-        "# lcs-bridge configuration, as the Debian package installs it (/etc/lcs-bridge/lcs-bridge.toml).\n\
-         # Every key, with its default; set the secret, the domains and the certificates, then:\n\
-         #   lcs-bridge check-config /etc/lcs-bridge/lcs-bridge.toml && systemctl enable --now lcs-bridge\n\
-         # Keep the secret and the key readable by the lcs-bridge group only (chmod 640, chgrp lcs-bridge).\n\
-         #\n\
-         # From the example, config/lcs-bridge.example.toml in the source:",
+        "# lcs-bridge configuration, as the Debian package installs it (/etc/lcs-bridge/lcs-bridge.toml):\n\
+         # every key, with its default. Set the secret, the domains and the certificates; keep the\n\
+         # secret and the key readable by group lcs-bridge only (chgrp lcs-bridge, chmod 640).",
+    ),
+    (
+        "# Check it:   sh tests/make-test-certs.sh config/certs     (test certificates, once)",
+        "# Check it:   lcs-bridge check-config /etc/lcs-bridge/lcs-bridge.toml",
+    ),
+    (
+        "#             lcs-bridge check-config config/lcs-bridge.example.toml",
+        "# Start it:   systemctl enable --now lcs-bridge         (docs: /usr/share/doc/lcs-bridge)",
     ),
     (
         "# Relative paths are resolved against the directory of THIS file (config/ here), whether they",
