@@ -25,6 +25,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("compact", &[]),
     ("random", &[]),
     ("backoff", &[]),
+    // The service manager's notifications (sd_notify), for the runner.
+    ("systemd", &[]),
     // The codecs and translation, sans-IO.
     ("sip", &["compact"]),
     ("core", &["sip"]),
@@ -41,7 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "app",
         &[
-            "config", "core", "edge", "engine", "random", "sip", "store", "xmpp",
+            "config", "core", "edge", "engine", "random", "sip", "store", "systemd", "xmpp",
         ],
     ),
     // `lcs-bridge doctor`: the edge's, the link's and the SIP codec's own parts, probed.
@@ -68,6 +70,7 @@ const IO_MODULES: &[&str] = &[
     "store::sled_store",
     "store::redb_store",
     "doctor::probe",
+    "systemd",
 ];
 
 /// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's
