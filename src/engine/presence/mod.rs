@@ -61,11 +61,13 @@ use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{Approval, Direction, DisplayName, SubState, Subscription};
 
+mod index;
 mod local;
 mod notifier;
 mod persist;
 mod subscriber;
 
+use index::DialogIndex;
 use local::LocalUser;
 use notifier::{Pending, Watcher, subscribe_request};
 use subscriber::Outbound;
@@ -279,8 +281,9 @@ pub struct PresenceEngine {
     /// visits only what is due, however many subscriptions there are.
     timers: BinaryHeap<Reverse<(Instant, Side, Key)>>,
     armed: HashMap<(Side, Key), Instant>,
-    out_dialogs: HashMap<DialogId, Key>,
-    in_dialogs: HashMap<DialogId, Key>,
+    /// Subscription dialogs by id ([`index`]: a hash of the id and the key).
+    out_dialogs: DialogIndex,
+    in_dialogs: DialogIndex,
     /// Call-ID of an initial SUBSCRIBE in flight → its subscription (NOTIFY before the 2xx).
     early: HashMap<String, Key>,
     purposes: HashMap<TxId, Purpose>,
@@ -340,8 +343,8 @@ impl PresenceEngine {
             inbound: Tracked::default(),
             timers: BinaryHeap::new(),
             armed: HashMap::new(),
-            out_dialogs: HashMap::new(),
-            in_dialogs: HashMap::new(),
+            out_dialogs: DialogIndex::default(),
+            in_dialogs: DialogIndex::default(),
             early: HashMap::new(),
             purposes: HashMap::new(),
             users: HashMap::new(),
@@ -836,6 +839,8 @@ impl PresenceEngine {
         crate::compact::map(&mut self.early);
         crate::compact::map(&mut self.armed);
         crate::compact::map(&mut self.by_jids);
+        self.out_dialogs.compact();
+        self.in_dialogs.compact();
         crate::compact::heap(&mut self.timers);
         for key in std::mem::take(&mut self.outbound.touched) {
             let due = self.outbound.get(&key).and_then(|s| s.due());
@@ -1010,7 +1015,7 @@ impl PresenceEngine {
                         continue;
                     };
                     if let Some(d) = &w.dialog {
-                        self.in_dialogs.insert(d.id.clone(), key.clone());
+                        self.in_dialogs.insert(&d.id, key.clone());
                         // Resumed above the stored CSeq: a fresh reservation is stored before
                         // anything is sent.
                         reserve.push(key.clone());

@@ -449,7 +449,7 @@ impl PresenceEngine {
             }
             None => Approval::Requested,
         };
-        self.in_dialogs.insert(dialog.id.clone(), key.clone());
+        self.in_dialogs.insert(&dialog.id, key.clone());
         dialog.confirm();
         let view = self.blank_view(&key.0);
         let w = self.inbound.entry(key.clone()).or_insert(Box::new(Watcher {
@@ -522,7 +522,14 @@ impl PresenceEngine {
         request: &Message,
         out: &mut Vec<Output>,
     ) {
-        let Some(key) = self.in_dialogs.get(id).cloned() else {
+        let inbound = &self.inbound;
+        let known = self.in_dialogs.get(id, |k| {
+            inbound
+                .get(k)
+                .and_then(|w| w.dialog.as_ref())
+                .is_some_and(|d| d.id == *id)
+        });
+        let Some(key) = known else {
             let reject =
                 Reject::new(status::CALL_DOES_NOT_EXIST).reason("Subscription does not exist");
             let response = self.refuse(request, &reject);

@@ -504,7 +504,7 @@ impl PresenceEngine {
                                 if let Some(old) = sub.dialog.take() {
                                     self.out_dialogs.remove(&old.id);
                                 }
-                                self.out_dialogs.insert(d.id.clone(), key.clone());
+                                self.out_dialogs.insert(&d.id, key.clone());
                                 sub.dialog = Some(Box::new(d));
                             }
                             Err(_) => {
@@ -596,8 +596,15 @@ impl PresenceEngine {
         let Some(id) = DialogId::of_incoming_request(request) else {
             return refuse(self, out, no_subscription());
         };
-        let key = match self.out_dialogs.get(&id) {
-            Some(k) => k.clone(),
+        let outbound = &self.outbound;
+        let known = self.out_dialogs.get(&id, |k| {
+            outbound
+                .get(k)
+                .and_then(|s| s.dialog.as_ref())
+                .is_some_and(|d| d.id == id)
+        });
+        let key = match known {
+            Some(k) => k,
             None => {
                 // A NOTIFY before the SUBSCRIBE's 2xx (RFC 6665 §4.1.2.4) makes the dialog.
                 let Some(key) = self.early.get(&id.call_id).cloned() else {
@@ -616,7 +623,7 @@ impl PresenceEngine {
                 let cseq = initial.cseq().map(|c| c.number).unwrap_or(1);
                 match Dialog::from_uas(request, &id.local_tag, cseq, conn, now) {
                     Ok(d) => {
-                        self.out_dialogs.insert(d.id.clone(), key.clone());
+                        self.out_dialogs.insert(&d.id, key.clone());
                         sub.dialog = Some(Box::new(d));
                         sub.dialog_deadline = Some(now + self.settings.dialog_max_age);
                     }
