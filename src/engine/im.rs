@@ -577,7 +577,7 @@ impl ImEngine {
         let request = dialog.next_request(method, &via, &branch, None).ok()?;
         let route = if session.detached {
             // Taken up from the store: the edge reuses or opens a connection for the domain.
-            Route::Domain(host_of(&dialog.remote_uri))
+            Route::Domain(host_of(dialog.remote_uri()))
         } else {
             Route::Connection(dialog.conn)
         };
@@ -1791,7 +1791,7 @@ impl ImEngine {
         };
         let mut retargeted = false;
         if let State::Up { dialog } = &mut session.state {
-            let target = dialog.remote_target.clone();
+            let target = dialog.remote_target().to_owned();
             if let Err(e) = dialog.accept_request(request) {
                 // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
                 let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
@@ -1801,7 +1801,7 @@ impl ImEngine {
                 });
                 return;
             }
-            retargeted = dialog.remote_target != target;
+            retargeted = dialog.remote_target() != target;
         }
         session.last_activity = now;
         if retargeted {

@@ -390,7 +390,7 @@ impl PresenceEngine {
             Ok(d) => d,
             Err(e) => return out.push(malformed(&e)),
         };
-        let local_uri = dialog.local_uri.clone();
+        let local_uri = dialog.local_uri().to_owned();
         let contact = self.contact(&local_uri);
         let key = key(local.to_string(), remote_aor);
         if expires == 0 {
@@ -670,9 +670,9 @@ impl PresenceEngine {
     ) -> Option<TxId> {
         let branch = self.branch();
         // A user's change goes to all their watchers in a row: the Contact made once for them.
-        if self.notify_contact.0 != dialog.local_uri {
-            let contact = self.contact(&dialog.local_uri);
-            self.notify_contact = (dialog.local_uri.clone(), contact);
+        if self.notify_contact.0 != dialog.local_uri() {
+            let contact = self.contact(dialog.local_uri());
+            self.notify_contact = (dialog.local_uri().to_owned(), contact);
         }
         let (via, contact) = (&*self.notify_via, &*self.notify_contact.1);
         let mut request = dialog
@@ -685,7 +685,7 @@ impl PresenceEngine {
         }
         let route = if detached {
             // The dialog's connection is gone: the edge reuses or opens one for the domain.
-            Route::Domain(host_of(&dialog.remote_uri))
+            Route::Domain(host_of(dialog.remote_uri()))
         } else {
             Route::Connection(dialog.conn)
         };

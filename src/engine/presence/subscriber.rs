@@ -267,7 +267,7 @@ impl PresenceEngine {
     /// SUBSCRIBE `Expires: 0` in `dialog` (fire and forget).
     pub(super) fn unsubscribe_in_dialog(&mut self, dialog: &mut Dialog, out: &mut Vec<Output>) {
         let branch = self.branch();
-        let contact = self.contact(&dialog.local_uri.clone());
+        let contact = self.contact(dialog.local_uri());
         if let Ok(mut request) =
             dialog.next_request(Method::Subscribe, &self.via(), &branch, Some(&contact))
         {
@@ -389,7 +389,7 @@ impl PresenceEngine {
         else {
             return;
         };
-        let local_uri = dialog.local_uri.clone();
+        let local_uri = dialog.local_uri().to_owned();
         subscribe_headers(
             &mut request,
             sub.expires_secs,
