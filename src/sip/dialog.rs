@@ -618,4 +618,42 @@ Content-Length: 0\r\n\r\n"
             assert_eq!(d.local_cseq(), start);
         }
     }
+
+    /// A subscription dialog lives for hours and a bridge holds millions: its five address
+    /// strings share one allocation, and a target refresh keeps the others.
+    #[test]
+    fn addresses_are_one_allocation_and_survive_a_target_refresh() {
+        assert!(
+            std::mem::size_of::<Dialog>() <= 176,
+            "{}",
+            std::mem::size_of::<Dialog>()
+        );
+        let now = Instant::now();
+        let invite = Message::parse(INVITE.as_bytes()).unwrap();
+        let mut d = Dialog::from_uac(&invite, &ok_response(&invite), 9, now).unwrap();
+        assert_eq!(d.local_uri(), "sip:alice@example.org");
+        assert_eq!(d.local_display(), Some("Alice"));
+        assert_eq!(d.remote_uri(), "sip:joe@contoso.com");
+        assert_eq!(d.remote_display(), None);
+        assert_eq!(d.remote_target(), "sip:joe@10.0.0.5:5061;transport=tls");
+        d.set_remote_target("sip:joe@10.0.0.6:5061;transport=tls");
+        assert_eq!(d.local_uri(), "sip:alice@example.org");
+        assert_eq!(d.local_display(), Some("Alice"));
+        assert_eq!(d.remote_uri(), "sip:joe@contoso.com");
+        assert_eq!(d.remote_target(), "sip:joe@10.0.0.6:5061;transport=tls");
+        // An empty display name is not an absent one.
+        let restored = Dialog::restored(
+            d.id.clone(),
+            ("sip:a@x".into(), Some(String::new())),
+            ("sip:b@y".into(), None),
+            "sip:b@192.0.2.1".into(),
+            vec![],
+            (1, None),
+            9,
+            now,
+        );
+        assert_eq!(restored.local_display(), Some(""));
+        assert_eq!(restored.remote_display(), None);
+        assert_eq!(restored.remote_target(), "sip:b@192.0.2.1");
+    }
 }
