@@ -30,6 +30,7 @@
 //! such records in [`Stats::corrupt`]. An error from the database itself ends an iteration.
 
 mod codec;
+pub mod lease;
 mod mem;
 #[cfg(feature = "redb")]
 mod redb_store;
