@@ -4,6 +4,8 @@
 //! - [`SledStore`] (`sled_store.rs`): the product store, sled 0.34 in `<storage.path>/sled`.
 //! - [`MemStore`] (`mem.rs`): the same behaviour in memory, for engine unit tests.
 //! - `RedbStore` (`redb_store.rs`, with `--features redb`): the evaluated alternative on redb.
+//! - `lease.rs`: the leader lease's decisions (sans-IO); `pg_lease.rs`: its row in PostgreSQL
+//!   and the task that takes and renews it (docs/high-availability.md).
 //! - `codec.rs`: the key layout and the compact binary record encoding all of them use.
 //!
 //! **Durability.** A subscription write or removal is durable when the call returns: it is in
@@ -32,6 +34,7 @@
 mod codec;
 pub mod lease;
 mod mem;
+pub mod pg_lease;
 #[cfg(feature = "redb")]
 mod redb_store;
 mod sled_store;
