@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+pub use tokio_postgres::Config as PgConfig;
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, warn};
 
@@ -49,8 +50,8 @@ const RELEASE: &str =
 /// Who asks for the lease, and where.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
-    /// A libpq-style connection string or `postgresql://` URL (the store's).
-    pub url: String,
+    /// Where the database is and how to log in (the store's settings).
+    pub pg: tokio_postgres::Config,
     /// This node's name in the row's `holder` (logged by the others).
     pub node: String,
     pub settings: LeaseSettings,
@@ -76,17 +77,14 @@ impl LeaseDb {
             self.client = None;
         }
         if self.client.is_none() {
-            let mut pg: tokio_postgres::Config = self
-                .config
-                .url
-                .parse()
-                .map_err(|e| format!("database URL: {e}"))?;
+            let mut pg = self.config.pg.clone();
             let timeout = self.config.settings.attempt_timeout();
             pg.connect_timeout(timeout)
                 .keepalives(true)
-                .keepalives_idle(timeout)
+                // TCP counts keep-alive idle time in whole seconds (0 is refused).
+                .keepalives_idle(timeout.max(Duration::from_secs(1)))
                 .application_name(format!("lcs-bridge lease {}", self.config.node));
-            let (client, connection) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
+            let (client, connection) = pg.connect(NoTls).await.map_err(|e| pg_error(&e))?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     debug!(reason = %e, "lease: database connection ended");
@@ -95,7 +93,7 @@ impl LeaseDb {
             client
                 .batch_execute(SCHEMA)
                 .await
-                .map_err(|e| format!("lease table: {e}"))?;
+                .map_err(|e| format!("lease table: {}", pg_error(&e)))?;
             self.client = Some(client);
         }
         self.client
@@ -121,7 +119,7 @@ impl LeaseDb {
         let ttl_ms = i64::try_from(self.config.settings.ttl.as_millis()).unwrap_or(i64::MAX);
         let node = self.config.node.clone();
         let client = self.client().await?;
-        let err = |e: tokio_postgres::Error| e.to_string();
+        let err = |e: tokio_postgres::Error| pg_error(&e);
         match attempt {
             Attempt::Take => {
                 if let Some(row) = client
@@ -160,7 +158,7 @@ impl LeaseDb {
             let row = client
                 .query_opt(RELEASE, &[&epoch])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| pg_error(&e))?;
             Ok::<bool, String>(row.is_some())
         };
         tokio::time::timeout(timeout, released)
@@ -179,8 +177,17 @@ async fn read(client: &Client) -> Result<(Option<String>, i64, Option<i64>), Str
     let row = client
         .query_one(READ, &[])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| pg_error(&e))?;
     Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// A database error with its cause (tokio-postgres keeps the cause apart: "error connecting
+/// to server: Connection refused").
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// The running lease task, seen from the runner.
