@@ -126,6 +126,8 @@ pub struct Config {
     pub im: ImConfig,
     /// `[storage]`.
     pub storage: StorageConfig,
+    /// `[ha]`.
+    pub ha: HaConfig,
     /// `[mappings]`.
     pub mappings: MappingsConfig,
     /// `[logging]`.
@@ -550,6 +552,15 @@ pub enum StoreBackend {
     Sled,
     /// redb, in `<storage.path>/store.redb`; needs a build with the `redb` feature.
     Redb,
+}
+
+/// `[ha]`: the leader lease, used with a PostgreSQL store (docs/high-availability.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// This node's name in the lease row (`ha.node`); `None`: the host name.
+    pub node: Option<String>,
+    /// How long the lease lasts without a renewal (`ha.lease_ttl_secs`, default 6 s).
+    pub lease_ttl: Duration,
 }
 
 /// `[mappings]`.

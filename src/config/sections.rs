@@ -12,9 +12,9 @@ use super::values::{
     path_value, pick, ranged, ranged_or_off, required, text, to_usize,
 };
 use super::{
-    AddressMode, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, ImConfig,
-    LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, RosterFill,
-    Secret, SipConfig, StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
+    AddressMode, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, HaConfig,
+    ImConfig, LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig,
+    RosterFill, Secret, SipConfig, StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -27,6 +27,7 @@ pub(crate) struct Parts {
     presence: Option<PresenceConfig>,
     im: Option<ImConfig>,
     storage: Option<StorageConfig>,
+    ha: Option<HaConfig>,
     mappings: Option<MappingsConfig>,
     logging: Option<LoggingConfig>,
 }
@@ -41,6 +42,7 @@ impl Parts {
             presence: self.presence?,
             im: self.im?,
             storage: self.storage?,
+            ha: self.ha?,
             mappings: self.mappings?,
             logging: self.logging?,
             source: self.source,
@@ -73,6 +75,7 @@ where
         presence: None,
         im: None,
         storage: None,
+        ha: None,
         mappings: None,
         logging: None,
     };
@@ -86,6 +89,7 @@ where
     let presence = root.table("presence", diag);
     let im = root.table("im", diag);
     let storage = root.table("storage", diag);
+    let ha = root.table("ha", diag);
     let mappings = root.table("mappings", diag);
     let logging = root.table("logging", diag);
     root.finish(diag);
@@ -97,6 +101,7 @@ where
     parts.presence = section(diag, "presence", presence).and_then(|t| presence_section(t, diag));
     parts.im = section(diag, "im", im).and_then(|t| im_section(t, diag));
     parts.storage = section(diag, "storage", storage).and_then(|t| storage_section(t, base, diag));
+    parts.ha = section(diag, "ha", ha).and_then(|t| ha_section(t, diag));
     parts.mappings = section(diag, "mappings", mappings).and_then(|t| {
         path_section(t, base, &k::MAPPINGS_PATH, diag).map(|path| MappingsConfig { path })
     });
@@ -778,6 +783,29 @@ fn storage_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<Storage
     Some(StorageConfig {
         path: path?,
         backend: backend?,
+    })
+}
+
+/// `[ha]`: the node's name and the lease's time to live.
+fn ha_section(mut t: Table, diag: &mut Diag) -> Option<HaConfig> {
+    let node = t.string(&k::HA_NODE, diag);
+    let ttl = t.int(&k::HA_LEASE_TTL_SECS, diag);
+    t.finish(diag);
+    let node = conv(diag, k::HA_NODE.path, node, |s| {
+        let ok = !s.is_empty()
+            && s.chars().count() <= 64
+            && !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        if ok {
+            Ok(s)
+        } else {
+            Err("must be 1-64 characters, without control characters or white space".to_owned())
+        }
+    });
+    let node = or_default(node.map(|s| s.map(Some)), None);
+    let ttl = ranged(diag, &k::HA_LEASE_TTL_SECS, ttl);
+    Some(HaConfig {
+        node: node?,
+        lease_ttl: Duration::from_secs(ttl?),
     })
 }
 

@@ -1121,3 +1121,29 @@ fn sip_resource_limits() {
         ]
     );
 }
+
+/// `[ha]`: optional; the node's name (default: none, the host name at run time) is one
+/// printable word; the lease's time to live is 2–60 s.
+#[test]
+fn the_ha_section_names_the_node_and_bounds_the_lease() {
+    let cfg = load_ok(&minimal_plus(""));
+    assert_eq!(cfg.ha.node, None);
+    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(6));
+    let cfg = load_ok(&minimal_plus(
+        "[ha]\nnode = \"bridge-a\"\nlease_ttl_secs = 10\n",
+    ));
+    assert_eq!(cfg.ha.node.as_deref(), Some("bridge-a"));
+    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(10));
+    for bad in ["\"\"", "\"two words\"", "\"a\\u0007b\""] {
+        let p = problems(&minimal_plus(&format!("[ha]\nnode = {bad}\n")));
+        assert!(
+            p.len() == 1 && p[0].contains("ha.node") && p[0].contains("1-64 characters"),
+            "{bad}: {p:?}"
+        );
+    }
+    let p = problems(&minimal_plus("[ha]\nlease_ttl_secs = 1\n"));
+    assert!(
+        p.len() == 1 && p[0].contains("ha.lease_ttl_secs") && p[0].contains("2"),
+        "{p:?}"
+    );
+}
