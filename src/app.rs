@@ -17,7 +17,7 @@ use anyhow::{Context as _, anyhow};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{self, LogFormat, StoreBackend};
 use crate::core::tables::Mappings;
@@ -32,6 +32,8 @@ use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings};
 use crate::engine::roster::{RosterEngine, RosterMode};
+use crate::ha;
+use crate::store::pg_lease::{LeaseHandle, PgConfig};
 use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
@@ -87,6 +89,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
         let mut signals = Signals::install()?;
+        // With a shared database: a standby until the lease is this node's; nothing is
+        // restored, connected or listened on before (docs/high-availability.md).
+        let mut lease = match lease_database(&cfg) {
+            Some(pg) => match standby(&cfg, pg, &mut signals).await? {
+                Some(lease) => Some(lease),
+                None => return Ok(()),
+            },
+            None => None,
+        };
         let discovery =
             Discovery::new(&cfg.sip.dns_servers).map_err(|e| anyhow!("sip.dns_servers: {e}"))?;
         let (edge, events) = edge::server::start(edge_settings, Arc::new(discovery))
@@ -140,6 +151,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             edge: edge.clone(),
             link,
             store: store.clone(),
+            lease: lease.as_ref().map(|l| l.serving_until.clone()),
         };
         tokio::spawn(runner.run(restored, events, link_events, stop_rx));
         info!(
@@ -153,9 +165,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             "lcs-bridge started: SIP edge listening, component link up"
         );
         let signal = loop {
-            match signals.next().await {
-                "SIGHUP" => reload(&edge, config_path, &cfg).await,
-                other => break other,
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    "SIGHUP" => reload(&edge, config_path, &cfg).await,
+                    other => break other,
+                },
+                message = deposed(&mut lease) => {
+                    // Another bridge serves now: stop at once, say nothing more to either
+                    // side (its component and its listener are the ones in use).
+                    edge.shutdown();
+                    return Err(anyhow!(message));
+                }
             }
         };
         info!(signal, "shutting down");
@@ -165,12 +185,54 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             let _ = tokio::time::timeout(Duration::from_secs(3), done_rx).await;
         }
         edge.shutdown();
+        if let Some(lease) = lease {
+            // A clean stop hands over at once.
+            lease.release().await;
+        }
         Ok::<(), anyhow::Error>(())
     })?;
     store.flush().context("storage.path")?;
     drop(store);
     info!("stopped");
     Ok(())
+}
+
+/// The database the leader lease lives in: the store's, with a shared (PostgreSQL) store;
+/// none with an embedded one (one machine, nothing to share).
+fn lease_database(cfg: &config::Config) -> Option<PgConfig> {
+    match cfg.storage.backend {
+        StoreBackend::Sled | StoreBackend::Redb => None,
+    }
+}
+
+/// Waits as a standby for the lease (SIGHUP ignored meanwhile); `None` when SIGINT or SIGTERM
+/// came first.
+async fn standby(
+    cfg: &config::Config,
+    pg: PgConfig,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<LeaseHandle>> {
+    let mut lease = ha::start(cfg, pg);
+    let epoch = loop {
+        tokio::select! {
+            epoch = ha::acquire(&mut lease) => break epoch?,
+            signal = signals.next() => if signal != "SIGHUP" {
+                info!(signal, "stopped while standby");
+                lease.release().await;
+                return Ok(None);
+            },
+        }
+    };
+    info!(epoch, "active: restoring the state, connecting, listening");
+    Ok(Some(lease))
+}
+
+/// Until the lease is lost (never without one).
+async fn deposed(lease: &mut Option<LeaseHandle>) -> String {
+    match lease {
+        Some(lease) => ha::until_deposed(lease).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Opens the store `[storage]` names (`backend` in `path`), holding its lock until dropped.
@@ -323,6 +385,8 @@ struct Runner {
     edge: Arc<EdgeHandle>,
     link: LinkHandle,
     store: Arc<dyn Store>,
+    /// With a leader lease: its local deadline while this node may serve (`ha`).
+    lease: Option<watch::Receiver<Option<Instant>>>,
 }
 
 impl Runner {
@@ -336,6 +400,7 @@ impl Runner {
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         let started = Instant::now();
+        self.sync_lease();
         let (subscriptions, im_dialogs) = restored;
         self.bridge.handle(started, Input::Restore(subscriptions));
         self.bridge.handle(started, Input::RestoreIm(im_dialogs));
@@ -354,8 +419,16 @@ impl Runner {
                 }
             };
             tokio::select! {
+                changed = lease_changed(&mut self.lease) => {
+                    if changed.is_err() {
+                        // The lease task ended: serve nothing more.
+                        self.lease = None;
+                        self.bridge.set_serving_until(None);
+                    }
+                }
                 e = edge_events.recv() => match e {
                     Some(e) => {
+                        self.sync_lease();
                         // The events that came meanwhile too (while the last actions ran, e.g.
                         // a synced write): their IM writes then share one sync.
                         self.bridge.handle(Instant::now(), Input::Edge(e));
@@ -369,7 +442,10 @@ impl Runner {
                     None => return,
                 },
                 l = link_events.recv() => match l {
-                    Some(LinkEvent::Stanza(el)) => self.bridge.handle(Instant::now(), Input::Stanza(el)),
+                    Some(LinkEvent::Stanza(el)) => {
+                        self.sync_lease();
+                        self.bridge.handle(Instant::now(), Input::Stanza(el))
+                    }
                     Some(LinkEvent::Up { domain }) => {
                         self.bridge.handle(Instant::now(), Input::LinkUp { domain })
                     }
@@ -387,9 +463,22 @@ impl Runner {
                     }
                     return;
                 }
-                _ = sleep => self.bridge.handle_timeout(Instant::now()),
+                _ = sleep => {
+                    self.sync_lease();
+                    self.bridge.handle_timeout(Instant::now())
+                }
             }
+            self.sync_lease();
             self.execute().await;
+        }
+    }
+
+    /// Gives the bridge the lease's newest deadline (before each input, so that an input is
+    /// never judged against an older one).
+    fn sync_lease(&mut self) {
+        if let Some(rx) = &mut self.lease {
+            let until = *rx.borrow_and_update();
+            self.bridge.set_serving_until(until);
         }
     }
 
@@ -502,6 +591,16 @@ impl Runner {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Waits until the lease's deadline changes (forever without a lease).
+async fn lease_changed(
+    lease: &mut Option<watch::Receiver<Option<Instant>>>,
+) -> Result<(), watch::error::RecvError> {
+    match lease {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 

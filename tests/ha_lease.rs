@@ -2,6 +2,7 @@
 //! for the `lcs_leader` row, the epoch fences a deposed holder, a clean release hands over at
 //! once, and a holder rides out a database restart under its own epoch
 //! (docs/high-availability.md). The bridge processes' failover is tests/ha_failover.rs.
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::time::{Duration, Instant};
 

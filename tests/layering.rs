@@ -37,11 +37,13 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["compact", "core", "edge", "random", "sip", "store", "xmpp"],
     ),
     ("inspect", &["core", "sip", "xmpp"]),
+    // Active/standby: the leader lease for the runner (I/O).
+    ("ha", &["config", "store"]),
     // The runner and the binary wire everything.
     (
         "app",
         &[
-            "config", "core", "edge", "engine", "random", "sip", "store", "xmpp",
+            "config", "core", "edge", "engine", "ha", "random", "sip", "store", "xmpp",
         ],
     ),
     ("main", &["app", "config", "core", "inspect", "store"]),
@@ -53,6 +55,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// the XMPP link only through sans-IO types (`edge::event::EdgeEvent`, `edge::core::Route`).
 const IO_MODULES: &[&str] = &[
     "app",
+    "ha",
     "main",
     "edge::server",
     "edge::dns",
@@ -62,8 +65,13 @@ const IO_MODULES: &[&str] = &[
     "store::pg_lease",
 ];
 
-/// Who else may import an I/O module: the edge's server task runs the DNS discovery.
-const IO_IMPORTERS: &[(&str, &str)] = &[("edge::server", "edge::dns")];
+/// Who else may import an I/O module: the edge's server task runs the DNS discovery; `ha`
+/// (the runner's active/standby part) the lease task.
+const IO_IMPORTERS: &[(&str, &str)] = &[
+    ("edge::server", "edge::dns"),
+    // The runner's active/standby part starts and follows the lease task.
+    ("ha", "store::pg_lease"),
+];
 
 /// One import: from a file module to a module, with the path as written, for the message.
 #[derive(Debug, Clone)]
