@@ -91,13 +91,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let mut signals = Signals::install()?;
         // With a shared database: a standby until the lease is this node's; nothing is
         // restored, connected or listened on before (docs/high-availability.md).
-        let mut lease = match lease_database(&cfg) {
-            Some(pg) => match standby(&cfg, pg, &mut signals).await? {
+        let mut lease = match lease_database(&cfg)? {
+            Some(pg) => match standby(&cfg, pg, &mut signals, store.as_ref()).await? {
                 Some(lease) => Some(lease),
                 None => return Ok(()),
             },
             None => None,
         };
+        // A write the store refused as fenced: another bridge leads.
+        let (fenced_tx, mut fenced) = mpsc::unbounded_channel();
         let discovery =
             Discovery::new(&cfg.sip.dns_servers).map_err(|e| anyhow!("sip.dns_servers: {e}"))?;
         let (edge, events) = edge::server::start(edge_settings, Arc::new(discovery))
@@ -152,6 +154,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             link,
             store: store.clone(),
             lease: lease.as_ref().map(|l| l.serving_until.clone()),
+            fenced: fenced_tx,
         };
         tokio::spawn(runner.run(restored, events, link_events, stop_rx));
         info!(
@@ -176,6 +179,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                     edge.shutdown();
                     return Err(anyhow!(message));
                 }
+                Some(reason) = fenced.recv() => {
+                    edge.shutdown();
+                    return Err(anyhow!(ha::fenced(&reason)));
+                }
             }
         };
         info!(signal, "shutting down");
@@ -199,10 +206,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 
 /// The database the leader lease lives in: the store's, with a shared (PostgreSQL) store;
 /// none with an embedded one (one machine, nothing to share).
-fn lease_database(cfg: &config::Config) -> Option<PgConfig> {
-    match cfg.storage.backend {
-        StoreBackend::Sled | StoreBackend::Redb => None,
+fn lease_database(cfg: &config::Config) -> anyhow::Result<Option<PgConfig>> {
+    let pg = match (cfg.storage.backend, &cfg.storage.postgres) {
+        (StoreBackend::Postgres, Some(pg)) => pg,
+        _ => return Ok(None),
+    };
+    let mut config: PgConfig = pg.url.parse().context("storage.url")?;
+    if let Some(password) = &pg.password {
+        config.password(password.expose());
     }
+    config.connect_timeout(pg.connect_timeout);
+    Ok(Some(config))
 }
 
 /// Waits as a standby for the lease (SIGHUP ignored meanwhile); `None` when SIGINT or SIGTERM
@@ -211,6 +225,7 @@ async fn standby(
     cfg: &config::Config,
     pg: PgConfig,
     signals: &mut Signals,
+    store: &dyn Store,
 ) -> anyhow::Result<Option<LeaseHandle>> {
     let mut lease = ha::start(cfg, pg);
     let epoch = loop {
@@ -223,6 +238,8 @@ async fn standby(
             },
         }
     };
+    // Every write from now on carries the epoch: refused once another bridge has taken over.
+    store.fence(u64::try_from(epoch).unwrap_or_default());
     info!(epoch, "active: restoring the state, connecting, listening");
     Ok(Some(lease))
 }
@@ -284,6 +301,42 @@ pub fn open_store(cfg: &config::StorageConfig, read_only: bool) -> anyhow::Resul
                 schema_version = store.schema_version(),
                 open_ms = opened.elapsed().as_millis() as u64,
                 "store opened (redb)"
+            );
+            Arc::new(store)
+        }
+        StoreBackend::Postgres => {
+            let pg = cfg
+                .postgres
+                .as_ref()
+                .ok_or_else(|| anyhow!("storage.url: required with backend = \"postgres\""))?;
+            let options = store::PgOptions {
+                pool_size: pg.pool_size,
+                connect_timeout: pg.connect_timeout,
+                ..store::PgOptions::new(
+                    &pg.url,
+                    pg.password.as_ref().map(|p| p.expose().to_owned()),
+                )
+            };
+            let store = if read_only {
+                store::PgStore::open_read_only(&options)
+            } else {
+                store::PgStore::open(&options)
+            }
+            .context("storage.url")?;
+            if let Some(from) = store.migrated_from() {
+                warn!(
+                    database = %store.target(),
+                    from,
+                    to = store::CURRENT_SCHEMA_VERSION,
+                    "store schema {from}→{}; older builds refuse this store",
+                    store::CURRENT_SCHEMA_VERSION
+                );
+            }
+            info!(
+                database = %store.target(),
+                schema_version = store.schema_version(),
+                open_ms = opened.elapsed().as_millis() as u64,
+                "store opened (PostgreSQL)"
             );
             Arc::new(store)
         }
@@ -387,6 +440,8 @@ struct Runner {
     store: Arc<dyn Store>,
     /// With a leader lease: its local deadline while this node may serve (`ha`).
     lease: Option<watch::Receiver<Option<Instant>>>,
+    /// Where a write refused as fenced (another bridge's epoch) is told.
+    fenced: mpsc::UnboundedSender<String>,
 }
 
 impl Runner {
@@ -473,6 +528,14 @@ impl Runner {
         }
     }
 
+    /// A write the store refused because another bridge's epoch is in force: told to `run`,
+    /// which stops.
+    fn note_fenced<T>(&self, r: &Result<Result<T, StoreError>, tokio::task::JoinError>) {
+        if let Ok(Err(e @ StoreError::Fenced { .. })) = r {
+            let _ = self.fenced.send(e.to_string());
+        }
+    }
+
     /// Gives the bridge the lease's newest deadline (before each input, so that an input is
     /// never judged against an older one).
     fn sync_lease(&mut self) {
@@ -517,6 +580,7 @@ impl Runner {
                         if durable { store.flush() } else { Ok(()) }
                     })
                     .await;
+                    self.note_fenced(&r);
                     let ok = matches!(r, Ok(Ok(())));
                     if !ok {
                         error!(result = ?r, "store: IM dialog not written");
@@ -529,6 +593,7 @@ impl Runner {
                         store.remove_im_dialog(&local, &remote)
                     })
                     .await;
+                    self.note_fenced(&r);
                     let ok = matches!(r, Ok(Ok(_)));
                     if !ok {
                         error!(result = ?r, "store: IM dialog not removed");
@@ -545,6 +610,7 @@ impl Runner {
                         store.remove_subscription(direction, &local, &remote)
                     })
                     .await;
+                    self.note_fenced(&r);
                     let ok = matches!(r, Ok(Ok(_)));
                     if !ok {
                         error!(result = ?r, "store: subscription not removed");
@@ -572,6 +638,7 @@ impl Runner {
         match r {
             Ok(Ok(())) => true,
             other => {
+                self.note_fenced(&other);
                 error!(result = ?other, "store: subscription not written");
                 false
             }

@@ -16,7 +16,7 @@
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
-//! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled, or redb with the feature); the leader lease (`store::lease` sans-IO, `store::pg_lease` its PostgreSQL row) |
+//! | [`store`] | disk, database | persistent subscriptions and IM dialogs behind the `Store` trait (sled, PostgreSQL, or redb with the feature); the leader lease (`store::lease` sans-IO, `store::pg_lease` its PostgreSQL row) |
 //! | [`ha`] | database, clock | active/standby for `lcs-bridge run`: waits for the leader lease, follows it while serving |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //!

@@ -63,6 +63,7 @@ const IO_MODULES: &[&str] = &[
     "store::sled_store",
     "store::redb_store",
     "store::pg_lease",
+    "store::pg_store",
 ];
 
 /// Who else may import an I/O module: the edge's server task runs the DNS discovery; `ha`

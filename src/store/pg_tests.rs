@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used)]
+
+use lcs_test_support::postgres::Postgres;
+
+use super::tests::{collect, corrupt_record_is_reported, exercise, im, minimal, sub};
+use super::*;
+
+/// A private server and the options to reach its database `lcs` with the password.
+fn server() -> Option<(Postgres, PgOptions)> {
+    let pg = Postgres::start()?;
+    let options = PgOptions::new(&pg.url(), Some(pg.password().to_string()));
+    Some((pg, options))
+}
+
+#[test]
+fn pg_store_behaviour_and_reopen() {
+    let Some((pg, options)) = server() else {
+        return;
+    };
+    {
+        let store = PgStore::open(&options).unwrap();
+        assert_eq!(store.schema_version(), CURRENT_SCHEMA_VERSION);
+        assert_eq!(store.migrated_from(), None);
+        assert_eq!(store.epoch(), None);
+        exercise(&store);
+    }
+    // Everything is there for another process's read-only open.
+    let store = PgStore::open_read_only(&options).unwrap();
+    assert_eq!(collect(store.subscriptions()).len(), 5);
+    assert_eq!(store.stats().unwrap().total_subscriptions(), 5);
+    // The tables as docs/storage.md describes them.
+    assert_eq!(pg.psql("SELECT version FROM lcs_schema"), "2");
+    assert_eq!(pg.psql("SELECT id, epoch FROM lcs_leader"), "1|0");
+    assert_eq!(pg.psql("SELECT count(*) FROM lcs_records"), "5");
+}
+
+#[test]
+fn pg_store_corrupt_record() {
+    let Some((_pg, options)) = server() else {
+        return;
+    };
+    let store = PgStore::open(&options).unwrap();
+    corrupt_record_is_reported(&store, &|k, v| store.put_raw(k, v).unwrap());
+}
+
+/// More records than one page of the iterators, in key order, and one user's among them.
+#[test]
+fn pg_store_iterates_past_a_page() {
+    let Some((_pg, options)) = server() else {
+        return;
+    };
+    let store = PgStore::open(&options).unwrap();
+    let n = 1300;
+    let batch: Vec<Subscription> = (0..n)
+        .map(|i| {
+            minimal(
+                Direction::Inbound,
+                &format!("u{:02}@example.org", i % 7),
+                &format!("sip:{i:05}@contoso.com"),
+            )
+        })
+        .collect();
+    store.put_subscriptions(&batch).unwrap();
+    let all = collect(store.subscriptions());
+    assert_eq!(all.len(), n);
+    let keys: Vec<_> = all
+        .iter()
+        .map(|s| (s.local_jid.clone(), s.remote_aor.clone()))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert_eq!(
+        collect(store.subscriptions_of(Direction::Inbound, "u03@example.org")).len(),
+        (0..n).filter(|i| i % 7 == 3).count()
+    );
+    // A batch naming one record twice: the last one wins, as written one by one.
+    let mut twice = batch[0].clone();
+    twice.state = SubState::Active;
+    store
+        .put_subscriptions(&[batch[0].clone(), twice.clone()])
+        .unwrap();
+    assert_eq!(
+        store
+            .get_subscription(twice.direction, &twice.local_jid, &twice.remote_aor)
+            .unwrap(),
+        Some(twice)
+    );
+}
+
+/// Schema: a newer one is refused (also read-only), an empty database is no store for the
+/// read-only commands and is left empty, tables of something else are not taken over, and a
+/// version-1 store is taken up.
+#[test]
+fn pg_store_schema_versions() {
+    let Some((pg, options)) = server() else {
+        return;
+    };
+    // Read-only on an empty database: refused, nothing created.
+    let err = PgStore::open_read_only(&options).err().unwrap();
+    assert!(matches!(err, StoreError::NoDatabaseStore { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "no lcs-bridge store in database 127.0.0.1:{}/lcs (the bridge has not run with this storage.url yet)",
+            pg.port()
+        )
+    );
+    assert_eq!(pg.psql("SELECT to_regclass('lcs_schema') IS NULL"), "t");
+
+    drop(PgStore::open(&options).unwrap());
+    pg.psql("UPDATE lcs_schema SET version = 7");
+    for read_only in [false, true] {
+        let err = if read_only {
+            PgStore::open_read_only(&options).err().unwrap()
+        } else {
+            PgStore::open(&options).err().unwrap()
+        };
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaTooNew {
+                    found: 7,
+                    supported: 2
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    assert_eq!(pg.psql("SELECT version FROM lcs_schema"), "7");
+
+    // Version 1: read-only leaves it at 1; the bridge's open moves it to 2, records as they were.
+    pg.psql("UPDATE lcs_schema SET version = 1");
+    let old = sub(
+        Direction::Inbound,
+        "alice@example.org",
+        "sip:bob@contoso.com",
+    );
+    {
+        let store = PgStore::open_read_only(&options).unwrap();
+        assert_eq!((store.schema_version(), store.migrated_from()), (1, None));
+        store
+            .put_raw(
+                &codec::sub_key(old.direction, &old.local_jid, &old.remote_aor).unwrap(),
+                &codec::encode_subscription(&old),
+            )
+            .unwrap();
+    }
+    assert_eq!(pg.psql("SELECT version FROM lcs_schema"), "1");
+    let store = PgStore::open(&options).unwrap();
+    assert_eq!(
+        (store.schema_version(), store.migrated_from()),
+        (2, Some(1))
+    );
+    assert_eq!(
+        store
+            .get_subscription(old.direction, &old.local_jid, &old.remote_aor)
+            .unwrap(),
+        Some(old)
+    );
+    drop(store);
+
+    // Someone else's lcs_records: not taken over.
+    pg.create_database("other");
+    pg.psql_in("other", "CREATE TABLE lcs_records (k bytea, v bytea)");
+    let other = PgOptions::new(&pg.url_for("other"), Some(pg.password().to_string()));
+    let err = PgStore::open(&other).err().unwrap();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+}
+
+/// Two bridges opening a new database at once: one creates the schema, the other finds it.
+#[test]
+fn pg_store_concurrent_first_opens() {
+    let Some((pg, options)) = server() else {
+        return;
+    };
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let o = options.clone();
+            std::thread::spawn(move || PgStore::open(&o).map(|s| s.schema_version()))
+        })
+        .collect();
+    for t in opens {
+        assert_eq!(t.join().unwrap().unwrap(), CURRENT_SCHEMA_VERSION);
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM lcs_leader"), "1");
+}
+
+/// A wrong password or an unreachable server: a clear error naming the database, in time.
+#[test]
+fn pg_store_refuses_a_wrong_password() {
+    let Some((_pg, options)) = server() else {
+        return;
+    };
+    let wrong = PgOptions {
+        password: Some("not-it".into()),
+        ..options.clone()
+    };
+    let err = PgStore::open(&wrong).err().unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("password authentication failed for user \"lcs\""),
+        "{text}"
+    );
+    let none = PgOptions {
+        password: None,
+        ..options
+    };
+    assert!(PgStore::open(&none).is_err());
+}
+
+/// Synced writes are commits on disk: they survive a crash of the database server (SIGKILL of
+/// every process), and so do the lazy writes made before a synced call (a barrier).
+#[test]
+fn pg_store_synced_writes_survive_a_server_crash() {
+    let Some((pg, options)) = server() else {
+        return;
+    };
+    let store = PgStore::open(&options).unwrap();
+    let a = sub(
+        Direction::Outbound,
+        "alice@example.org",
+        "sip:joe@contoso.com",
+    );
+    let mut lazy = minimal(Direction::Inbound, "bob@example.org", "sip:ann@contoso.com");
+    store.put_subscription(&a).unwrap();
+    lazy.state = SubState::Active;
+    store.put_subscription_lazy(&lazy).unwrap();
+    // Removes nothing, but is synced: the lazy write before it is on disk too.
+    assert!(
+        !store
+            .remove_subscription(Direction::Inbound, "x@example.org", "sip:y@contoso.com")
+            .unwrap()
+    );
+    let b = sub(
+        Direction::Inbound,
+        "carol@example.org",
+        "sip:joe@contoso.com",
+    );
+    store.put_subscriptions(std::slice::from_ref(&b)).unwrap();
+    pg.kill();
+    pg.start_again();
+    let store = PgStore::open(&options).unwrap();
+    assert_eq!(collect(store.subscriptions()), vec![lazy, b, a]);
+}
+
+/// Calls from inside another tokio runtime (as `app::run` restores its state inside its
+/// runtime) do not panic.
+#[test]
+fn pg_store_works_inside_another_runtime() {
+    let Some((_pg, options)) = server() else {
+        return;
+    };
+    let store = PgStore::open(&options).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = rt.block_on(async {
+        store
+            .put_im_dialog(&im("alice@example.org", "sip:joe@contoso.com"))
+            .unwrap();
+        store.flush().unwrap();
+        collect(store.im_dialogs()).len()
+    });
+    assert_eq!(n, 1);
+    // And dropping the store inside it.
+    rt.block_on(async move { drop(store) });
+}

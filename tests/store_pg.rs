@@ -1,0 +1,153 @@
+//! The PostgreSQL store as an administrator meets it, through the `lcs-bridge` binary and a
+//! real PostgreSQL server (lcs-test-support's `Postgres`): `store stats` and `store export` on
+//! a database the bridge's store wrote (and on one it never touched, which they leave empty),
+//! with the password from `storage.password_file`; a database that cannot be reached. The store's own behaviour
+//! against a real server is in `src/store/pg_tests.rs`. Without PostgreSQL installed these
+//! skip loudly (or fail under `LCS_BRIDGE_REQUIRE_PEERS=1`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lcs_bridge::store::{
+    Approval, Direction, PgOptions, PgStore, Store as _, StoreError, SubState, Subscription,
+};
+use lcs_test_support::postgres::Postgres;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lcs-bridge");
+
+/// The example configuration, in `dir`, with `[storage]` pointing at `pg`'s database `db`.
+fn config_for(dir: &Path, pg: &Postgres, db: &str) -> PathBuf {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lcs-bridge.example.toml"),
+    )
+    .unwrap();
+    let text = example.replace(
+        "backend = \"sled\"",
+        &format!(
+            "backend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"",
+            pg.url_for(db),
+            pg.password_file().display()
+        ),
+    );
+    assert_ne!(text, example);
+    let file = dir.join("lcs-bridge.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn run(args: &[&str], file: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn sub(direction: Direction, jid: &str, state: SubState) -> Subscription {
+    Subscription {
+        direction,
+        local_jid: jid.into(),
+        remote_aor: "sip:joe@contoso.com".into(),
+        dialog: None,
+        expires_unix: 1_790_003_600,
+        state,
+        approval: Approval::Approved,
+        last_sent: None,
+        last_received: None,
+        display_name: None,
+        updated_unix: 1_790_000_000,
+    }
+}
+
+#[test]
+fn store_commands_with_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_for(dir.path(), &pg, Postgres::DATABASE);
+    // Nothing there yet: refused, and nothing created.
+    let out = run(&["store", "stats"], &file);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "no lcs-bridge store in database 127.0.0.1:{}/lcs",
+            pg.port()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(pg.psql("SELECT to_regclass('lcs_schema') IS NULL"), "t");
+
+    {
+        let store = PgStore::open(&PgOptions::new(&pg.url(), Some(pg.password().into()))).unwrap();
+        store
+            .put_subscriptions(&[
+                sub(Direction::Outbound, "alice@example.org", SubState::Active),
+                sub(Direction::Inbound, "alice@example.org", SubState::Pending),
+            ])
+            .unwrap();
+    }
+    let out = run(&["store", "stats"], &file);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stats = text(&out.stdout);
+    assert!(
+        stats.contains("subscription   outbound   active               1"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("subscription   inbound    pending              1"),
+        "{stats}"
+    );
+    let out = run(&["store", "export"], &file);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["direction"], "inbound");
+    assert_eq!(lines[1]["state"], "active");
+
+    // The wrong password: the server's refusal, named.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    let text_cfg = std::fs::read_to_string(&file).unwrap().replace(
+        &pg.password_file().display().to_string(),
+        &wrong.display().to_string(),
+    );
+    std::fs::write(&file, text_cfg).unwrap();
+    let out = run(&["store", "stats"], &file);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("password authentication failed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A database that cannot be reached: the store commands fail within the connect timeout,
+/// naming it, and a store call is an `Unavailable` error.
+#[test]
+fn unreachable_database_is_a_clear_error() {
+    let Some(pg) = Postgres::start() else { return };
+    let options = PgOptions {
+        connect_timeout: std::time::Duration::from_secs(2),
+        ..PgOptions::new(&pg.url(), Some(pg.password().into()))
+    };
+    pg.stop();
+    let err = PgStore::open(&options).err().unwrap();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "store unavailable: 127.0.0.1:{}/lcs: cannot connect: ",
+            pg.port()
+        )),
+        "{err}"
+    );
+}
