@@ -138,6 +138,7 @@ async fn lease_tasks_hand_over_on_a_clean_stop() {
         LeaseEvent::Acquired { epoch: 2 }
     );
     let took = released.elapsed();
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // One standby poll (1 s), with room for a loaded machine.
+    assert!(took < Duration::from_millis(2500), "{took:?}");
     assert!(b.serving_until.borrow().is_some());
 }

@@ -113,6 +113,9 @@ where
             parts.federation = None;
         }
     }
+    if let (Some(st), Some(ha)) = (&parts.storage, &parts.ha) {
+        ha_vs_storage(ha, st, diag);
+    }
     if let (Some(x), Some(s)) = (&parts.xmpp, &parts.sip) {
         sip_vs_xmpp(s, x, diag);
     }
@@ -836,6 +839,25 @@ fn storage_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<Storage
         backend: backend?,
         postgres,
     })
+}
+
+/// `[ha]` set with a store of one machine: nothing to share, so no lease (a warning).
+fn ha_vs_storage(ha: &HaConfig, st: &StorageConfig, diag: &mut Diag) {
+    if st.backend == StoreBackend::Postgres {
+        return;
+    }
+    let default_ttl = Duration::from_secs(match k::HA_LEASE_TTL_SECS.default {
+        super::keys::DefaultValue::Integer(n) => n,
+        _ => 0,
+    });
+    for (key, set) in [
+        (&k::HA_NODE, ha.node.is_some()),
+        (&k::HA_LEASE_TTL_SECS, ha.lease_ttl != default_ttl),
+    ] {
+        if set {
+            diag.warning(key.path, "only used with storage.backend = \"postgres\"");
+        }
+    }
 }
 
 /// `[ha]`: the node's name and the lease's time to live.

@@ -1204,6 +1204,22 @@ fn the_ha_section_names_the_node_and_bounds_the_lease() {
             "{bad}: {p:?}"
         );
     }
+    // With the embedded store there is no lease: the keys are named in a warning.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &minimal_plus("[ha]\nnode = \"bridge-a\"\n"),
+    );
+    let report = crate::config::check(&path, std::time::SystemTime::now());
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.key == "ha.node" && w.reason.contains("backend = \"postgres\"")),
+        "{:?}",
+        report.warnings
+    );
     let p = problems(&minimal_plus("[ha]\nlease_ttl_secs = 1\n"));
     assert!(
         p.len() == 1 && p[0].contains("ha.lease_ttl_secs") && p[0].contains("2"),
