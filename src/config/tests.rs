@@ -1211,7 +1211,10 @@ fn the_ha_section_names_the_node_and_bounds_the_lease() {
         "c.toml",
         &minimal_plus("[ha]\nnode = \"bridge-a\"\n"),
     );
-    let report = crate::config::check(&path, std::time::SystemTime::now());
+    let report = crate::config::check(
+        &path,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+    );
     assert!(
         report
             .warnings
