@@ -106,9 +106,10 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
         let edge = Arc::new(edge);
-        let (link, link_events) = link::start(
+        let (link, link_events) = link::start_gated(
             LinkSettings::from_config(&cfg.xmpp),
             cfg.xmpp.startup_timeout,
+            lease.as_ref().map(|l| link_gate(l.serving_until.clone())),
         )
         .await
         .map_err(|e| anyhow!("xmpp: {e}"))?;
@@ -242,6 +243,12 @@ async fn standby(
     store.fence(u64::try_from(epoch).unwrap_or_default());
     info!(epoch, "active: restoring the state, connecting, listening");
     Ok(Some(lease))
+}
+
+/// Under a lease, the component connects only while this node may serve (a node woken past
+/// its deadline must not replace the active node's connection).
+fn link_gate(serving_until: watch::Receiver<Option<Instant>>) -> link::ConnectGate {
+    Arc::new(move || serving_until.borrow().is_some_and(|u| Instant::now() < u))
 }
 
 /// Until the lease is lost (never without one).
