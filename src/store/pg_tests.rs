@@ -393,3 +393,90 @@ fn pg_store_write_racing_a_takeover_is_refused() {
     assert_fenced(writer.join().unwrap(), 0, 1);
     assert_eq!(pg.psql("SELECT count(*) FROM lcs_records"), "0");
 }
+
+/// The database goes away under an open store (a clean stop, then a crash) and comes back:
+/// meanwhile every call fails with `Unavailable` naming the cause, within the connect timeout,
+/// and nothing panics; once it is back the same store works again (the pool drops the
+/// connections the server closed and connects anew: the first call after the return
+/// succeeds), and what was written before is there.
+#[test]
+fn pg_store_rides_out_a_database_restart() {
+    let Some((pg, options)) = server() else {
+        return;
+    };
+    let options = PgOptions {
+        connect_timeout: std::time::Duration::from_secs(2),
+        pool_size: 4,
+        ..options
+    };
+    let store = PgStore::open(&options).unwrap();
+    let a = sub(
+        Direction::Outbound,
+        "alice@example.org",
+        "sip:joe@contoso.com",
+    );
+    // Several connections in the pool, all of which the restart breaks.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let store = &store;
+            s.spawn(move || {
+                store
+                    .put_subscription(&minimal(
+                        Direction::Inbound,
+                        &format!("u{i}@example.org"),
+                        "sip:x@contoso.com",
+                    ))
+                    .unwrap()
+            });
+        }
+    });
+    store.put_subscription(&a).unwrap();
+    for crash in [false, true] {
+        if crash {
+            pg.kill();
+        } else {
+            pg.stop();
+        }
+        let started = std::time::Instant::now();
+        let results = [
+            store.put_subscription(&a).map(|_| ()),
+            store.put_subscription_lazy(&a).map(|_| ()),
+            store.flush(),
+            store
+                .get_subscription(a.direction, &a.local_jid, &a.remote_aor)
+                .map(|_| ()),
+            store.stats().map(|_| ()),
+        ];
+        for r in results {
+            match r {
+                Err(StoreError::Unavailable(cause)) => assert!(
+                    cause.starts_with(&format!("127.0.0.1:{}/lcs: ", pg.port())),
+                    "{cause}"
+                ),
+                other => panic!("expected Unavailable, got {other:?}"),
+            }
+        }
+        let scanned: Vec<_> = store.subscriptions().collect();
+        assert!(
+            matches!(&scanned[..], [Err(StoreError::Unavailable(_))]),
+            "{scanned:?}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6 * 3),
+            "calls took {:?} while the database was away",
+            started.elapsed()
+        );
+        pg.start_again();
+        // Back: the very first calls succeed.
+        let mut a2 = a.clone();
+        a2.updated_unix += u64::from(crash) + 1;
+        store.put_subscription(&a2).unwrap();
+        assert_eq!(
+            store
+                .get_subscription(a.direction, &a.local_jid, &a.remote_aor)
+                .unwrap(),
+            Some(a2)
+        );
+        assert_eq!(collect(store.subscriptions()).len(), 5);
+    }
+}
