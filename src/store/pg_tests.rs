@@ -267,3 +267,216 @@ fn pg_store_works_inside_another_runtime() {
     // And dropping the store inside it.
     rt.block_on(async move { drop(store) });
 }
+
+fn assert_fenced<T: std::fmt::Debug>(r: Result<T, StoreError>, mine: u64, current: u64) {
+    match r {
+        Err(StoreError::Fenced {
+            mine: m,
+            current: c,
+        }) => assert_eq!((m, c), (mine, current)),
+        other => panic!("expected Fenced {{ mine: {mine}, current: {current} }}, got {other:?}"),
+    }
+}
+
+/// A store writing as epoch 0 after the database's epoch became 1 (another bridge took over):
+/// every kind of write is refused with `Fenced` and leaves nothing; under the new epoch, or
+/// without one, writes go through.
+#[test]
+fn pg_store_writes_are_fenced_by_the_leader_epoch() {
+    let Some((pg, options)) = server() else {
+        return;
+    };
+    let store = PgStore::open(&options).unwrap();
+    store.set_epoch(Some(0));
+    assert_eq!(store.epoch(), Some(0));
+    let a = sub(
+        Direction::Outbound,
+        "alice@example.org",
+        "sip:joe@contoso.com",
+    );
+    store.put_subscription(&a).unwrap();
+    store
+        .put_im_dialog(&im("alice@example.org", "sip:joe@contoso.com"))
+        .unwrap();
+
+    pg.psql("UPDATE lcs_leader SET epoch = 1, holder = 'other' WHERE id = 1");
+    let mut a2 = a.clone();
+    a2.state = SubState::Terminated;
+    let b = minimal(Direction::Inbound, "bob@example.org", "sip:ann@contoso.com");
+    assert_fenced(store.put_subscription(&a2), 0, 1);
+    assert_fenced(store.put_subscription_lazy(&a2), 0, 1);
+    assert_fenced(store.put_subscriptions(&[b.clone(), a2.clone()]), 0, 1);
+    assert_fenced(
+        store.remove_subscription(a.direction, &a.local_jid, &a.remote_aor),
+        0,
+        1,
+    );
+    assert_fenced(
+        store.put_im_dialog(&im("bob@example.org", "sip:joe@contoso.com")),
+        0,
+        1,
+    );
+    assert_fenced(
+        store.remove_im_dialog("alice@example.org", "sip:joe@contoso.com"),
+        0,
+        1,
+    );
+    assert_fenced(store.clear_im_dialogs(), 0, 1);
+    assert_fenced(store.flush(), 0, 1);
+    let err = store.put_subscription(&a2).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "write refused: this bridge writes as leader epoch 0, but the database's epoch is 1 (another bridge took over)"
+    );
+    // Nothing of it reached the database; reads still work.
+    assert_eq!(collect(store.subscriptions()), vec![a.clone()]);
+    assert_eq!(collect(store.im_dialogs()).len(), 1);
+    assert_eq!(pg.psql("SELECT count(*) FROM lcs_records"), "2");
+
+    // The new leader's epoch, or none (the store commands): written.
+    store.set_epoch(Some(1));
+    store.put_subscriptions(&[b.clone(), a2.clone()]).unwrap();
+    store.set_epoch(None);
+    assert_eq!(store.epoch(), None);
+    store.clear_im_dialogs().unwrap();
+    assert_eq!(collect(store.subscriptions()), vec![b, a2]);
+}
+
+/// A takeover and a write at the same moment: the write that reads the leader row after the
+/// takeover's `UPDATE` took it waits for that transaction and is then refused (the row lock
+/// orders them: no write of the old leader lands after the takeover).
+#[test]
+fn pg_store_write_racing_a_takeover_is_refused() {
+    let Some((pg, options)) = server() else {
+        return;
+    };
+    let store = std::sync::Arc::new(PgStore::open(&options).unwrap());
+    store.set_epoch(Some(0));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (client, connection) = rt
+        .block_on(tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={} password={} dbname={}",
+                pg.port(),
+                Postgres::USER,
+                pg.password(),
+                Postgres::DATABASE
+            ),
+            tokio_postgres::NoTls,
+        ))
+        .unwrap();
+    rt.spawn(connection);
+    rt.block_on(client.batch_execute(
+        "BEGIN; UPDATE lcs_leader SET epoch = epoch + 1, holder = 'b2' WHERE id = 1",
+    ))
+    .unwrap();
+    // The old leader writes while the takeover is not committed yet: it has to wait.
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.put_subscription(&minimal(
+                Direction::Inbound,
+                "late@example.org",
+                "sip:x@contoso.com",
+            ))
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !writer.is_finished(),
+        "the write did not wait for the takeover"
+    );
+    rt.block_on(client.batch_execute("COMMIT")).unwrap();
+    assert_fenced(writer.join().unwrap(), 0, 1);
+    assert_eq!(pg.psql("SELECT count(*) FROM lcs_records"), "0");
+}
+
+/// The database goes away under an open store (a clean stop, then a crash) and comes back:
+/// meanwhile every call fails with `Unavailable` naming the cause, within the connect timeout,
+/// and nothing panics; once it is back the same store works again (the pool drops the
+/// connections the server closed and connects anew: the first call after the return
+/// succeeds), and what was written before is there.
+#[test]
+fn pg_store_rides_out_a_database_restart() {
+    let Some((pg, options)) = server() else {
+        return;
+    };
+    let options = PgOptions {
+        connect_timeout: std::time::Duration::from_secs(2),
+        pool_size: 4,
+        ..options
+    };
+    let store = PgStore::open(&options).unwrap();
+    let a = sub(
+        Direction::Outbound,
+        "alice@example.org",
+        "sip:joe@contoso.com",
+    );
+    // Several connections in the pool, all of which the restart breaks.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let store = &store;
+            s.spawn(move || {
+                store
+                    .put_subscription(&minimal(
+                        Direction::Inbound,
+                        &format!("u{i}@example.org"),
+                        "sip:x@contoso.com",
+                    ))
+                    .unwrap()
+            });
+        }
+    });
+    store.put_subscription(&a).unwrap();
+    for crash in [false, true] {
+        if crash {
+            pg.kill();
+        } else {
+            pg.stop();
+        }
+        let started = std::time::Instant::now();
+        let results = [
+            store.put_subscription(&a).map(|_| ()),
+            store.put_subscription_lazy(&a).map(|_| ()),
+            store.flush(),
+            store
+                .get_subscription(a.direction, &a.local_jid, &a.remote_aor)
+                .map(|_| ()),
+            store.stats().map(|_| ()),
+        ];
+        for r in results {
+            match r {
+                Err(StoreError::Unavailable(cause)) => assert!(
+                    cause.starts_with(&format!("127.0.0.1:{}/lcs: ", pg.port())),
+                    "{cause}"
+                ),
+                other => panic!("expected Unavailable, got {other:?}"),
+            }
+        }
+        let scanned: Vec<_> = store.subscriptions().collect();
+        assert!(
+            matches!(&scanned[..], [Err(StoreError::Unavailable(_))]),
+            "{scanned:?}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6 * 3),
+            "calls took {:?} while the database was away",
+            started.elapsed()
+        );
+        pg.start_again();
+        // Back: the very first calls succeed.
+        let mut a2 = a.clone();
+        a2.updated_unix += u64::from(crash) + 1;
+        store.put_subscription(&a2).unwrap();
+        assert_eq!(
+            store
+                .get_subscription(a.direction, &a.local_jid, &a.remote_aor)
+                .unwrap(),
+            Some(a2)
+        );
+        assert_eq!(collect(store.subscriptions()).len(), 5);
+    }
+}
