@@ -11,13 +11,16 @@
 //! 1. bridge-a takes the lease, bridge-b waits as standby (it logs the holder and does not
 //!    listen). The edge subscribes watchers to alice (each acknowledged by its 202) and opens
 //!    IM sessions (acknowledged by the 200), messages flowing.
-//! 2. PostgreSQL restarts under bridge-a: while it is away a new SUBSCRIBE gets `503` with
-//!    `Retry-After` (nothing acknowledged that was not written); when it is back the same
-//!    request is served; bridge-a is still the active one.
+//! 2. PostgreSQL stopped under bridge-a: while it is away a new SUBSCRIBE gets `503` with
+//!    `Retry-After` (nothing acknowledged that was not written); past the lease's local
+//!    deadline bridge-a is suspended (`503` "does not hold the lease", it stays up); once
+//!    PostgreSQL is back it renews under its own epoch and serves again: the same request gets
+//!    its 202.
 //! 3. SIGKILL to bridge-a: the edge probes with OPTIONS through the SRV record every 100 ms;
 //!    the time to the first answer from bridge-b is printed and must be ≤ 10 s. Every
 //!    acknowledged watcher and session is in the database; bridge-b NOTIFYs the watchers in
-//!    their old dialogs, and the edge's MESSAGE in an old session reaches alice.
+//!    their old dialogs, the edge's MESSAGE in an old session reaches alice, and alice's answer
+//!    reaches the edge in that dialog.
 //! 4. Split brain: bridge-a started again (standby), then bridge-b stopped (SIGSTOP) with a
 //!    connection of the edge open to it, until bridge-a has taken over; SIGCONT: the request the
 //!    edge sends on that connection gets `503`, nothing of it reaches alice, and bridge-b exits
@@ -449,7 +452,26 @@ fn failover_split_brain_and_database_restart() {
         assert_eq!(r.status(), Some(503), "{r:?}");
         assert!(r.header("Retry-After").is_some(), "{r:?}");
         eprintln!("ha_failover: with the database away: {:?}", r.reason());
+        // Away for longer than the lease: a is suspended (serves nothing, does not exit).
+        a.wait_log("lease not renewed in time", 1, deadline());
+        let call = format!("ha-w12@{LCS}");
+        edge.send(conn, subscribe(12, &call));
+        let r = edge
+            .final_response(&call, "SUBSCRIBE", Duration::from_secs(5))
+            .await
+            .expect("an answer while suspended");
+        assert_eq!(r.status(), Some(503), "{r:?}");
+        assert_eq!(
+            r.reason(),
+            Some("Service Unavailable: this bridge does not hold the lease")
+        );
+        assert!(
+            a.child.try_wait().unwrap().is_none(),
+            "a suspended bridge stays"
+        );
         pg.start_again();
+        // The epoch in the row is still a's: it renews and serves again.
+        a.wait_log("lease renewed: serving again", 1, deadline());
         let call = format!("ha-w11@{LCS}");
         let mut served = None;
         for _ in 0..20 {
@@ -549,6 +571,32 @@ fn failover_split_brain_and_database_restart() {
         alice.wait_for("the message after the failover", deadline(), |e| {
             e["event"] == "message" && e["body"] == "after the failover"
         });
+        // And the other way, in the same session: alice answers, the edge gets it in the old
+        // dialog (no new INVITE).
+        alice.command(serde_json::json!({
+            "op": "send",
+            "to": Mode::Gateway.jid(&format!("i{n}")),
+            "body": "alice after the failover",
+        }));
+        let answered = edge
+            .pump_until(deadline(), |e| {
+                e.requests.iter().any(|m| {
+                    m.method() == Some(&Method::Message)
+                        && String::from_utf8_lossy(m.body()).contains("alice after the failover")
+                })
+            })
+            .await;
+        assert!(
+            answered,
+            "alice's message did not reach the edge:\n{}",
+            b.log()
+        );
+        let m = edge
+            .requests
+            .iter()
+            .find(|m| String::from_utf8_lossy(m.body()).contains("alice after the failover"))
+            .unwrap();
+        assert_eq!(m.call_id().ok(), Some(call.as_str()), "in the old dialog");
 
         // ---- 4. Split brain: b stopped until a (restarted) has taken over.
         let mut a = Bridge::start(&a_config, &dir.join("a2.log"), sip_port);
