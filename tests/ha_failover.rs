@@ -25,6 +25,8 @@
 //!    connection of the edge open to it, until bridge-a has taken over; SIGCONT: the request the
 //!    edge sends on that connection gets `503`, nothing of it reaches alice, and bridge-b exits
 //!    non-zero saying "deposed", its listener closed.
+//! 5. Fencing by the store: another epoch written into the row behind the active's back; its
+//!    next write is refused (no 202) and it exits non-zero saying "deposed".
 
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // a test reads the clock
@@ -659,6 +661,44 @@ fn failover_split_brain_and_database_restart() {
                 .iter()
                 .any(|r| r["dialog"]["call_id"] == call.as_str()),
             "the deposed bridge wrote {call}"
+        );
+
+        // ---- 5. Fencing by the store: another epoch written into the row behind a's back
+        // (as a node whose take a has not yet seen); a's next write is refused as fenced and
+        // a stops as deposed (whichever finds out first: the write or the next renewal).
+        let conn_a = edge.connect().await.expect("a connection to bridge-a");
+        pg.psql(
+            "UPDATE lcs_leader SET epoch = epoch + 1, holder = 'intruder', \
+             expires_at = now() + interval '1 hour' WHERE id = 1",
+        );
+        let call = format!("ha-w30@{LCS}");
+        edge.send(conn_a, subscribe(30, &call));
+        let r = edge
+            .final_response(&call, "SUBSCRIBE", Duration::from_secs(5))
+            .await;
+        assert_ne!(r.as_ref().and_then(Message::status), Some(202), "{r:?}");
+        let stop_by = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = a.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < stop_by,
+                "the fenced bridge did not exit:\n{}",
+                a.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!status.success());
+        let log = a.log();
+        assert!(log.contains("deposed: "), "{log}");
+        eprintln!(
+            "ha_failover: fenced: {}",
+            if log.contains("deposed: write refused") {
+                "the store refused the write first"
+            } else {
+                "the renewal found the new epoch first"
+            }
         );
         drop(dns);
     });
