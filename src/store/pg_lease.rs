@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 pub use tokio_postgres::Config as PgConfig;
 use tokio_postgres::{Client, NoTls};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::lease::{Attempt, Lease, LeaseEvent, LeaseSettings, Outcome};
 
@@ -234,14 +234,25 @@ async fn drive(
 ) {
     let mut lease = Lease::new(config.settings, Instant::now());
     let mut db = LeaseDb::new(config);
+    // Whether the last attempt failed (logged once per streak, and its end).
+    let mut failing = false;
     loop {
         let now = Instant::now();
         let mut changed = Vec::new();
         changed.extend(lease.handle_timeout(now));
         if let Some(attempt) = lease.poll_attempt(now) {
             let outcome = db.attempt(attempt).await;
-            if let Outcome::Failed(reason) = &outcome {
-                debug!(%reason, ?attempt, "lease: database attempt failed");
+            match &outcome {
+                Outcome::Failed(reason) if !failing => {
+                    warn!(%reason, ?attempt, "lease: the database does not answer; trying again");
+                    failing = true;
+                }
+                Outcome::Failed(reason) => debug!(%reason, ?attempt, "lease: attempt failed"),
+                _ if failing => {
+                    info!(?attempt, "lease: the database answers again");
+                    failing = false;
+                }
+                _ => {}
             }
             changed.extend(lease.outcome(Instant::now(), outcome));
             changed.extend(lease.handle_timeout(Instant::now()));
