@@ -443,7 +443,10 @@ fn failover_split_brain_and_database_restart() {
             sessions.push((n, call, ok));
         }
 
-        // ---- 2. PostgreSQL restarts under a.
+        // ---- 2. PostgreSQL restarts under a. b is held stopped meanwhile: once the database
+        // is back after more than a lease, either node may take the lease (both correct); this
+        // phase shows a resuming under its own epoch.
+        send_signal(b.child.id(), "STOP");
         pg.stop();
         let call = format!("ha-w10@{LCS}");
         edge.send(conn, subscribe(10, &call));
@@ -474,6 +477,7 @@ fn failover_split_brain_and_database_restart() {
         pg.start_again();
         // The epoch in the row is still a's: it renews and serves again.
         a.wait_log("lease renewed: serving again", 1, deadline());
+        send_signal(b.child.id(), "CONT");
         let call = format!("ha-w11@{LCS}");
         let mut served = None;
         for _ in 0..20 {
