@@ -34,4 +34,5 @@ pub mod inspect;
 pub mod random;
 pub mod sip;
 pub mod store;
+pub mod transcript;
 pub mod xmpp;

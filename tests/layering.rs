@@ -37,11 +37,21 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["compact", "core", "edge", "random", "sip", "store", "xmpp"],
     ),
     ("inspect", &["core", "sip", "xmpp"]),
+    // One line per translation, described from the bridge's inputs and actions.
+    ("transcript", &["core", "edge", "engine", "sip"]),
     // The runner and the binary wire everything.
     (
         "app",
         &[
-            "config", "core", "edge", "engine", "random", "sip", "store", "xmpp",
+            "config",
+            "core",
+            "edge",
+            "engine",
+            "random",
+            "sip",
+            "store",
+            "transcript",
+            "xmpp",
         ],
     ),
     ("main", &["app", "config", "core", "inspect", "store"]),
