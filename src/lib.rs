@@ -28,6 +28,7 @@ pub mod backoff;
 pub mod compact;
 pub mod config;
 pub mod core;
+pub mod demo;
 pub mod edge;
 pub mod engine;
 pub mod inspect;

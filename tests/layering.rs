@@ -54,7 +54,12 @@ const LAYERS: &[(&str, &[&str])] = &[
             "xmpp",
         ],
     ),
-    ("main", &["app", "config", "core", "inspect", "store"]),
+    // `lcs-bridge demo`: Prosody, a simulated partner and the runner, on loopback.
+    ("demo", &["app", "core", "random", "sip", "transcript"]),
+    (
+        "main",
+        &["app", "config", "core", "demo", "inspect", "store"],
+    ),
     ("lib", &[]),
 ];
 
@@ -69,10 +74,24 @@ const IO_MODULES: &[&str] = &[
     "xmpp::link",
     "store::sled_store",
     "store::redb_store",
+    "demo",
+    "demo::partner_io",
+    "demo::prosody",
+    "demo::output",
 ];
 
 /// Who else may import an I/O module: the edge's server task runs the DNS discovery.
-const IO_IMPORTERS: &[(&str, &str)] = &[("edge::server", "edge::dns")];
+const IO_IMPORTERS: &[(&str, &str)] = &[
+    ("edge::server", "edge::dns"),
+    // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge and its output; the output
+    // names the partner's log target, Prosody's installer writes through the output.
+    ("demo", "app"),
+    ("demo", "demo::partner_io"),
+    ("demo", "demo::prosody"),
+    ("demo", "demo::output"),
+    ("demo::output", "demo::partner_io"),
+    ("demo::prosody", "demo::output"),
+];
 
 /// One import: from a file module to a module, with the path as written, for the message.
 #[derive(Debug, Clone)]
