@@ -128,6 +128,10 @@ fn demo(
     write_key(&certs.join("localhost.key"), &xmpp_leaf.key_pem)?;
 
     let c2s_port = match options.c2s_port {
+        // Taken, Prosody would start without it and a client would reach whatever has it.
+        Some(p) if StdListener::bind(("127.0.0.1", p)).is_err() => {
+            return Err(anyhow!("--c2s-port {p}: 127.0.0.1:{p} is in use"));
+        }
         Some(p) => p,
         None if StdListener::bind(("127.0.0.1", C2S_PORT)).is_ok() => C2S_PORT,
         None => free_port()?,
@@ -140,7 +144,7 @@ fn demo(
     let partner_port = partner_listener.local_addr()?.port();
 
     // Prosody: killed when `server` is dropped, on every way out of this function.
-    let server = Prosody::start(
+    let server = match Prosody::start(
         &binary,
         &dir.join("prosody"),
         (XMPP_DOMAIN, COMPONENT),
@@ -149,7 +153,12 @@ fn demo(
         component_port,
         &secret,
         stopped,
-    )?;
+    ) {
+        Ok(server) => server,
+        // Ctrl-C while Prosody was starting: a stop, not a failure.
+        Err(_) if stopped.load(std::sync::atomic::Ordering::SeqCst) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     for user in ACCOUNTS {
         server.write_account(user, &password)?;
     }
