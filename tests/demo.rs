@@ -58,8 +58,20 @@ impl Demo {
 }
 
 impl Drop for Demo {
+    /// A failed test stops the demo as a user would (SIGINT), so that it cleans up; SIGKILL
+    /// after 10 s.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -1,7 +1,8 @@
 //! The demo's private Prosody: found on `PATH` (or installed from the distribution when
 //! missing and running as root, as tests/install-peers.sh does), configured in the demo's
 //! directory on loopback ports, started in its own process group (a terminal's Ctrl-C reaches
-//! the demo, which stops the bridge first) and killed when dropped.
+//! the demo, which stops the bridge first) and killed when dropped, or with the demo's
+//! process if that is killed outright.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,7 +112,18 @@ impl Prosody {
         )
         .context("prosody configuration")?;
         let log = std::fs::File::create(dir.join("stdout.log")).context("prosody log")?;
-        let child = Command::new(binary)
+        // Killed with the demo even when the demo cannot clean up (SIGKILL): util-linux's
+        // setpriv sets the parent-death signal and runs Prosody (this crate has no unsafe
+        // code to call prctl itself). The demo's main thread spawns it and lives to the end.
+        let mut command = match on_path("setpriv") {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("-F")
