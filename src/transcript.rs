@@ -15,6 +15,7 @@ use std::ops::Range;
 use minidom::Element;
 
 use crate::core::im_text;
+use crate::core::names;
 use crate::core::pidf::{self, Basic};
 use crate::edge::event::EdgeEvent;
 use crate::engine::bridge::{Action, Input};
@@ -273,14 +274,12 @@ fn sip(m: &Message) -> String {
         .to_owned()
 }
 
-/// At most [`TEXT_CHARS`] characters, control characters as spaces.
+/// A peer's text on one line through the one cleaning of one-line texts
+/// (`core::names::one_line`: controls folded to spaces, format characters such as bidi
+/// overrides dropped, white space collapsed), at most [`TEXT_CHARS`] characters, `…` when cut.
 fn short(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(TEXT_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().nth(TEXT_CHARS).is_some() {
+    let mut out = names::one_line(s, TEXT_CHARS).unwrap_or_default();
+    if out.chars().count() >= TEXT_CHARS && s.chars().count() > TEXT_CHARS {
         out.push('…');
     }
     out
@@ -334,10 +333,12 @@ mod tests {
 
     #[test]
     fn long_and_hostile_text_is_cut_and_kept_on_one_line() {
-        let text = format!("a\r\nb{}", "x".repeat(100));
+        let text = format!("a\r\n\u{1b}[2Jb\u{202e}c{}", "x".repeat(100));
         let s = short(&text);
-        assert!(s.starts_with("a  b"));
+        assert!(s.starts_with("a [2Jbc"), "{s:?}");
+        assert!(s.ends_with('…'));
         assert_eq!(s.chars().count(), TEXT_CHARS + 1);
-        assert!(!s.contains('\n'));
+        assert!(!s.chars().any(char::is_control));
+        assert_eq!(short("hi"), "hi");
     }
 }
