@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::core::im_text;
+use crate::core::names;
 use crate::core::pidf::{self, Basic, Note, PidfDocument};
 use crate::sip::builder::RequestSpec;
 use crate::sip::message::{Message, Method};
@@ -84,6 +85,8 @@ struct Dialog {
     /// The partner's last CSeq in the dialog.
     cseq: u32,
     conn: Option<ConnId>,
+    /// The partner's own subscription: when to refresh it (90 % of what was granted).
+    refresh_at: Option<Instant>,
 }
 
 /// The partner's edge and users.
@@ -119,12 +122,16 @@ impl Partner {
 
     /// When [`Partner::handle_timeout`] is due.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_change
+        self.watching
+            .values()
+            .filter_map(|d| d.refresh_at)
+            .fold(self.next_change, Instant::min)
     }
 
-    /// The users' availability moves on, told to every watcher.
+    /// The partner's own subscriptions refreshed when due; the users' availability moves on,
+    /// told to every watcher.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Out> {
-        let mut out = Vec::new();
+        let mut out = self.refresh(now);
         if now < self.next_change {
             return out;
         }
@@ -155,12 +162,42 @@ impl Partner {
     }
 
     /// A message from the bridge on connection `conn`.
-    pub fn handle(&mut self, _now: Instant, conn: ConnId, m: &Message) -> Vec<Out> {
+    pub fn handle(&mut self, now: Instant, conn: ConnId, m: &Message) -> Vec<Out> {
         if m.is_request() {
             self.request(conn, m)
         } else {
-            self.response(conn, m)
+            self.response(now, conn, m)
         }
+    }
+
+    /// An in-dialog SUBSCRIBE for each of the partner's subscriptions due for a refresh.
+    fn refresh(&mut self, now: Instant) -> Vec<Out> {
+        let due: Vec<String> = self
+            .watching
+            .values()
+            .filter(|d| d.refresh_at.is_some_and(|t| t <= now))
+            .map(|d| d.call_id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for call_id in due {
+            let branch = format!("z9hG4bK{}", self.next_id("b"));
+            let Some(d) = self.watching.get_mut(&call_id) else {
+                continue;
+            };
+            d.refresh_at = None;
+            d.cseq += 1;
+            let d = d.clone();
+            let (Some(conn), Some(mut m)) =
+                (d.conn, self.in_dialog(&d, Method::Subscribe, &branch))
+            else {
+                continue;
+            };
+            m.push_header("Event", "presence");
+            m.push_header("Accept", "application/pidf+xml");
+            m.push_header("Expires", &EXPIRES.to_string());
+            out.push(Out::Send { conn, message: m });
+        }
+        out
     }
 
     /// The bridge's connection `conn` is gone: its dialogs are over (connection affinity).
@@ -322,6 +359,7 @@ impl Partner {
                 remote_target: contact,
                 cseq: 0,
                 conn: Some(conn),
+                refresh_at: None,
             },
         );
         let mut out = vec![
@@ -386,6 +424,7 @@ impl Partner {
                 remote_target: remote_uri.to_owned(),
                 cseq: 1,
                 conn: None,
+                refresh_at: None,
             },
         );
         Out::ToBridge(m)
@@ -488,6 +527,7 @@ impl Partner {
                 remote_target: contact,
                 cseq: 0,
                 conn: Some(conn),
+                refresh_at: None,
             },
         );
         vec![
@@ -608,7 +648,7 @@ impl Partner {
         out
     }
 
-    fn response(&mut self, conn: ConnId, m: &Message) -> Vec<Out> {
+    fn response(&mut self, now: Instant, conn: ConnId, m: &Message) -> Vec<Out> {
         let Ok(cseq) = m.cseq() else {
             return Vec::new();
         };
@@ -619,6 +659,13 @@ impl Partner {
             if let Some(d) = self.watching.get_mut(call_id) {
                 if (200..300).contains(&status) {
                     d.conn.get_or_insert(conn);
+                    let granted = m
+                        .expires()
+                        .ok()
+                        .flatten()
+                        .unwrap_or(EXPIRES)
+                        .clamp(10, EXPIRES);
+                    d.refresh_at = Some(now + Duration::from_secs(u64::from(granted) * 9 / 10));
                     if d.remote_tag.is_none() {
                         d.remote_tag = m.to().ok().and_then(|t| t.tag().map(str::to_owned));
                     }
@@ -668,12 +715,10 @@ fn first_contact(m: &Message) -> Option<String> {
     }
 }
 
-/// At most [`QUOTE_CHARS`] characters of a text, on one line.
+/// A peer's text on one line (the one cleaning of one-line texts, `core::names::one_line`),
+/// at most [`QUOTE_CHARS`] characters.
 fn quote(text: &str) -> String {
-    text.chars()
-        .take(QUOTE_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    names::one_line(text, QUOTE_CHARS).unwrap_or_default()
 }
 
 fn describe_pidf(doc: &PidfDocument) -> String {
@@ -873,11 +918,11 @@ mod tests {
         assert_eq!(m[1].cseq().unwrap().number, 1);
         assert_eq!(
             std::str::from_utf8(m[1].body()).unwrap(),
-            "Ann here (Lync, contoso.test). You said: hi "
+            "Ann here (Lync, contoso.test). You said: hi"
         );
         assert_eq!(
             notes(&out)[0],
-            "ann@contoso.test got \"hi \" from alice@localhost"
+            "ann@contoso.test got \"hi\" from alice@localhost"
         );
         // The next reply counts on.
         let again = sip(
@@ -928,6 +973,25 @@ mod tests {
             notes(&out),
             ["joe@contoso.test sees alice@localhost: away (lunch)"]
         );
+        // The subscription is refreshed at 90 % of what was granted, in the dialog.
+        let mut refreshed = Message::response_to(sub, 202, None, Some("x1"));
+        refreshed.push_header("Expires", "100");
+        p.handle(now, 3, &refreshed);
+        assert_eq!(p.poll_timeout(), now + Duration::from_secs(10));
+        let due = now + Duration::from_secs(90);
+        let out = p.handle_timeout(due);
+        let refresh = sends(&out)
+            .into_iter()
+            .find(|m| m.method() == Some(&Method::Subscribe))
+            .unwrap();
+        assert_eq!(refresh.call_id().unwrap(), call_id);
+        assert_eq!(refresh.to().unwrap().tag(), Some("x1"));
+        assert_eq!(refresh.cseq().unwrap().number, 2);
+        assert_eq!(
+            refresh.request_uri(),
+            Some("sip:alice@sip.localhost;transport=tls")
+        );
+        assert!(p.poll_timeout() > due);
         let out = p.handle(now, 3, &notify("terminated", ""));
         assert_eq!(
             notes(&out),
