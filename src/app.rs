@@ -55,11 +55,16 @@ pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
 
 /// Runs the bridge until a termination signal.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    run_with(config_path, true)
+    run_with(config_path, true, None)
 }
 
-/// [`run`]; `init_logging` false: the caller has set up tracing already (`lcs-bridge demo`).
-pub fn run_with(config_path: &Path, init_logging: bool) -> anyhow::Result<()> {
+/// [`run`]; `init_logging` false: the caller has set up tracing already; `stop_asked`: the caller
+/// can stop the bridge as a termination signal does (`lcs-bridge demo`).
+pub fn run_with(
+    config_path: &Path,
+    init_logging: bool,
+    mut stop_asked: Option<oneshot::Receiver<()>>,
+) -> anyhow::Result<()> {
     let report = config::check(config_path, SystemTime::now());
     if !report.problems.is_empty() {
         let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
@@ -162,7 +167,19 @@ pub fn run_with(config_path: &Path, init_logging: bool) -> anyhow::Result<()> {
             "lcs-bridge started: SIP edge listening, component link up"
         );
         let signal = loop {
-            match signals.next().await {
+            let asked = async {
+                match stop_asked.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                s = signals.next() => s,
+                () = asked => "stop",
+            };
+            match next {
                 "SIGHUP" => reload(&edge, config_path, &cfg).await,
                 other => break other,
             }

@@ -46,6 +46,8 @@ pub const ACCOUNTS: &[&str] = &["alice", "bob"];
 const PARTNER_USERS: &[(&str, &str)] = &[("joe", "Joe Lync"), ("ann", "Ann Skype")];
 /// The c2s port used when it is free.
 const C2S_PORT: u16 = 5222;
+/// How often the demo checks that Prosody still runs.
+const PROSODY_CHECK: Duration = Duration::from_millis(500);
 /// How long the bridge may take to stop after the signal.
 const STOP_GRACE: Duration = Duration::from_secs(8);
 
@@ -74,17 +76,17 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             signal(SignalKind::terminate())?,
         ))
     })?;
-    let stop = Arc::new(tokio::sync::Notify::new());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     runtime.spawn({
-        let (stop, stopped) = (stop.clone(), stopped.clone());
+        let stopped = stopped.clone();
         async move {
             tokio::select! {
                 _ = sigint.recv() => {}
                 _ = sigterm.recv() => {}
             }
             stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-            stop.notify_waiters();
+            let _ = stop_tx.send(true);
         }
     });
 
@@ -92,13 +94,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .prefix("lcs-bridge-demo-")
         .tempdir()
         .context("cannot make a temporary directory")?;
-    let result = demo(options, dir.path(), &runtime, &stop, &stopped, started);
+    let result = demo(options, dir.path(), &runtime, stop, &stopped, started);
     // Prosody is down (its guard dropped inside `demo`); the partner's tasks end with the
     // runtime, the directory with `dir`.
     runtime.shutdown_timeout(Duration::from_secs(2));
     let path = dir.path().to_owned();
     dir.close()
         .with_context(|| format!("cannot remove {}", path.display()))?;
+    info!(target: output::BANNER, "demo stopped: Prosody ended, {} removed", path.display());
     result
 }
 
@@ -106,7 +109,7 @@ fn demo(
     options: &Options,
     dir: &Path,
     runtime: &tokio::runtime::Runtime,
-    stop: &Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     stopped: &Arc<std::sync::atomic::AtomicBool>,
     started: std::sync::mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
@@ -196,14 +199,20 @@ fn demo(
         return Ok(());
     }
 
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let (stop_bridge, bridge_stop) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("bridge".into())
         .spawn(move || {
-            let _ = done_tx.send(app::run_with(&config, false));
+            let _ = done_tx.send(app::run_with(&config, false, Some(bridge_stop)));
         })
         .context("cannot start the bridge's thread")?;
-    let banner = banner(dir, c2s_port, &password, partner_port);
+    let banner = banner(
+        dir,
+        c2s_port,
+        &password,
+        (partner_port, options.presence_every),
+    );
     let printer = std::thread::spawn(move || {
         // After the bridge's start-up line (or never, if it fails).
         if started.recv_timeout(Duration::from_secs(60)).is_ok() {
@@ -211,25 +220,44 @@ fn demo(
         }
     });
     let result = runtime.block_on(async {
-        tokio::pin!(done_rx);
-        tokio::select! {
-            r = &mut done_rx => r.map_err(|_| anyhow!("the bridge's thread ended"))?,
-            _ = stop.notified() => {
-                // The bridge saw the same signal: its shutdown presences go before Prosody.
-                match tokio::time::timeout(STOP_GRACE, done_rx).await {
-                    Ok(Ok(r)) => r,
-                    _ => Err(anyhow!("the bridge did not stop within {STOP_GRACE:?}")),
+        let mut server = server;
+        let mut watch = tokio::time::interval(PROSODY_CHECK);
+        let failure = loop {
+            tokio::select! {
+                r = &mut done_rx => {
+                    let r = r.map_err(|_| anyhow!("the bridge's thread ended"))?;
+                    return r.map(|()| server);
+                }
+                _ = stop.wait_for(|s| *s) => break None,
+                _ = watch.tick() => {
+                    if let Some(why) = server.exited() {
+                        break Some(why);
+                    }
                 }
             }
+        };
+        // The bridge's shutdown presences go before Prosody is killed.
+        let _ = stop_bridge.send(());
+        let stopped = match tokio::time::timeout(STOP_GRACE, done_rx).await {
+            Ok(Ok(r)) => r,
+            _ => Err(anyhow!("the bridge did not stop within {STOP_GRACE:?}")),
+        };
+        match failure {
+            Some(why) => Err(anyhow!("{why}")),
+            None => stopped.map(|()| server),
         }
     });
     drop(printer);
-    drop(server);
-    info!(target: output::BANNER, "demo stopped: Prosody ended, {} removed", dir.display());
-    result
+    // Prosody is killed with its guard, here or (on an error) already.
+    result.map(drop)
 }
 
-fn banner(dir: &Path, c2s_port: u16, password: &str, partner_port: u16) -> String {
+fn banner(
+    dir: &Path,
+    c2s_port: u16,
+    password: &str,
+    (partner_port, every): (u16, Duration),
+) -> String {
     let accounts: Vec<String> = ACCOUNTS
         .iter()
         .map(|u| format!("{u}@{XMPP_DOMAIN}"))
@@ -248,13 +276,14 @@ fn banner(dir: &Path, c2s_port: u16, password: &str, partner_port: u16) -> Strin
          \x20 Lync users    {contacts}\n\
          \n  Log in to 127.0.0.1:{c2s_port} as {first} with any XMPP client (STARTTLS with a\n\
          \x20 self-signed certificate; plain authentication allowed), add {contact} to your\n\
-         \x20 contacts and send it a message. Its availability changes every few seconds;\n\
+         \x20 contacts and send it a message. Its availability changes every {every} s;\n\
          \x20 it adds you back and answers every message. Ctrl-C stops everything.\n",
         dir = dir.display(),
         accounts = accounts.join(", "),
         first = accounts[0],
         contacts = contacts.join(", "),
         contact = contacts[0],
+        every = every.as_secs(),
     )
 }
 

@@ -176,6 +176,15 @@ impl Prosody {
         .context("prosody account")
     }
 
+    /// Why Prosody is no longer running (with the end of its log), or `None` while it runs.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(format!("Prosody exited ({status}):\n{}", self.log_tail())),
+            Err(e) => Some(format!("cannot watch Prosody: {e}")),
+        }
+    }
+
     fn log_tail(&self) -> String {
         let mut text = String::new();
         for name in ["prosody.log", "stdout.log"] {
