@@ -435,3 +435,46 @@ impl Pki {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_written_configuration_passes_check_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new().unwrap();
+        let leaf = pki.leaf(&[PUBLIC_FQDN, XMPP_DOMAIN, "127.0.0.1"]).unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        write_pem(&certs.join("ca.crt"), &pki.ca_pem).unwrap();
+        write_pem(&certs.join("bridge.crt"), &leaf.cert_pem).unwrap();
+        write_key(&certs.join("bridge.key"), &leaf.key_pem).unwrap();
+        write_mappings(&dir.path().join("mappings")).unwrap();
+        let config = dir.path().join("lcs-bridge.toml");
+        std::fs::write(
+            &config,
+            bridge_config(dir.path(), 5347, "s3cret", 5061, 5062),
+        )
+        .unwrap();
+        let report = crate::config::check(&config, std::time::SystemTime::now());
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let cfg = report.config.unwrap();
+        assert_eq!(cfg.xmpp.component_domains, [COMPONENT]);
+        let partner = cfg.federation.partner(PARTNER).unwrap();
+        assert_eq!(partner.edge.as_ref().unwrap().host, "127.0.0.1");
+    }
+
+    #[test]
+    fn passwords_are_twelve_unambiguous_characters() {
+        let rng = SplitMix::new(1);
+        let a = password(&rng);
+        assert_eq!(a.len(), 12);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() && !"0O1lI".contains(c))
+        );
+        assert_ne!(a, password(&rng));
+    }
+}

@@ -734,8 +734,8 @@ fn describe_pidf(doc: &PidfDocument) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, clippy::unwrap_used)] // the tests start their clock at a real instant
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn partner(now: Instant) -> Partner {

@@ -253,3 +253,43 @@ Component {component}
 "#
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_install_script_parses() {
+        // `sh -n` reads the script without running anything.
+        let out = Command::new("sh")
+            .args(["-n", "-c", INSTALL])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn the_configuration_names_loopback_ports_the_component_and_quotes_paths() {
+        let text = config_text(
+            Path::new("/tmp/a \"b\""),
+            Path::new("/tmp/certs"),
+            ("localhost", "lcs.localhost"),
+            (5222, 40000),
+            "s\"ecret",
+        );
+        assert!(text.contains("c2s_ports = { 5222 }"));
+        assert!(text.contains("component_ports = { 40000 }"));
+        assert!(text.contains("interfaces = { \"127.0.0.1\" }"));
+        assert!(text.contains("s2s_ports = { }"));
+        assert!(text.contains("VirtualHost \"localhost\""));
+        assert!(
+            text.contains("Component \"lcs.localhost\"\n    component_secret = \"s\\\"ecret\"")
+        );
+        assert!(text.contains("pidfile = \"/tmp/a \\\"b\\\"\" .. \"/prosody.pid\""));
+    }
+}
