@@ -67,9 +67,12 @@ pub fn input(input: &Input) -> Option<Item> {
         Input::Edge(EdgeEvent::Request { request, .. }) => (Side::Sip, sip(request), true),
         Input::Edge(EdgeEvent::Transaction(tx)) => match tx {
             TxEvent::Request { request, .. } => (Side::Sip, sip(request), true),
-            TxEvent::Response { response, .. } | TxEvent::StrayResponse { response, .. } => {
-                (Side::Sip, sip(response), false)
-            }
+            // A failure is worth a line even when nothing came of it.
+            TxEvent::Response { response, .. } | TxEvent::StrayResponse { response, .. } => (
+                Side::Sip,
+                sip(response),
+                response.status().is_some_and(|s| s >= 300),
+            ),
             TxEvent::Ack { .. } => (Side::Sip, "ACK".to_owned(), false),
             TxEvent::Timeout { .. } | TxEvent::GaveUp { .. } | TxEvent::AckTimeout { .. } => {
                 (Side::Sip, "no answer (timeout)".to_owned(), true)
@@ -329,6 +332,23 @@ mod tests {
         assert_eq!(i.text, "200 OK (NOTIFY)");
         assert_eq!(line(&[i], &[]), None);
         assert_eq!(line(&[timer()], &[]), None);
+        // A failure is shown even when nothing came of it.
+        let refused = Message::parse(
+            b"SIP/2.0 415 Unsupported Media Type\r\nVia: SIP/2.0/TLS a;branch=z9hG4bK1\r\nFrom: <sip:alice@localhost>;tag=1\r\nTo: <sip:joe@contoso.test>;tag=2\r\nCall-ID: c\r\nCSeq: 3 MESSAGE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let tx = crate::sip::transaction::TxIds::default().next();
+        let i = input(&Input::Edge(EdgeEvent::Transaction(TxEvent::Response {
+            tx,
+            conn: 1,
+            response: refused,
+            is_final: true,
+        })))
+        .unwrap();
+        assert_eq!(
+            line(&[i], &[]).unwrap(),
+            "SIP→-     415 Unsupported Media Type (MESSAGE)  ⇒  nothing"
+        );
     }
 
     #[test]
