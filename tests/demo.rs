@@ -207,9 +207,13 @@ fn demo_shows_chat_and_presence_both_ways_and_leaves_nothing_running() {
     );
 
     // A message each way.
-    alice.send(JOE, Some("hello from XMPP"), json!({}));
+    // As clients do: typing first (XEP-0085 → RFC 3994 isComposing in the session).
+    alice.send(JOE, None, json!({"chatstate": "composing"}));
+    alice.send(JOE, Some("hello from XMPP"), json!({"chatstate": "active"}));
     let answer = alice.wait_for("joe's answer", step(), |e| {
-        e["event"] == "message" && e["from"].as_str().is_some_and(|f| f.starts_with(JOE))
+        e["event"] == "message"
+            && e["from"].as_str().is_some_and(|f| f.starts_with(JOE))
+            && !e["body"].is_null()
     });
     assert_eq!(
         answer["body"],
@@ -221,9 +225,22 @@ fn demo_shows_chat_and_presence_both_ways_and_leaves_nothing_running() {
         "LYNC      joe@contoso.test got \"hello from XMPP\" from alice@localhost",
         step(),
     );
+    // Typing in the open session (RFC 3994 isComposing MESSAGE), then a second message.
+    alice.send(JOE, None, json!({"chatstate": "composing"}));
+    alice.send(JOE, Some("and again"), json!({"chatstate": "active"}));
+    alice.wait_for("joe's second answer", step(), |e| {
+        e["event"] == "message" && e["body"] == "Joe here (Lync, contoso.test). You said: and again"
+    });
 
-    // The transcript: one line per translation, both ways.
+    // The transcript: one line per translation, both ways; nothing refused or bounced.
     let out = demo.output();
+    assert!(!out.contains(" 415 "), "{out}");
+    alice.drain();
+    assert!(
+        !alice.seen.iter().any(|e| !e["error"].is_null()),
+        "{}",
+        report(&mut alice, &mut demo)
+    );
     for needle in [
         "XMPP→SIP  presence alice@localhost",
         "subscribe  ⇒  SUBSCRIBE alice@localhost → joe@contoso.test",

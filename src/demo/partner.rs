@@ -544,6 +544,13 @@ impl Partner {
     }
 
     fn message(&mut self, conn: ConnId, m: &Message, call_id: &str) -> Vec<Out> {
+        let content_type = m.header("Content-Type").unwrap_or("").trim();
+        if content_type
+            .get(..im_text::ISCOMPOSING_TYPE.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(im_text::ISCOMPOSING_TYPE))
+        {
+            return self.typing(conn, m, call_id);
+        }
         let text = m
             .header("Content-Type")
             .map(|ct| im_text::plain_text(ct, m.body()));
@@ -604,6 +611,26 @@ impl Partner {
             )));
         }
         out
+    }
+
+    /// An RFC 3994 isComposing MESSAGE in a session: taken (200), and what it says noted.
+    fn typing(&self, conn: ConnId, m: &Message, call_id: &str) -> Vec<Out> {
+        let Some(d) = self.sessions.get(call_id).filter(|d| d.conn == Some(conn)) else {
+            return vec![self.reply(conn, m, 481, None)];
+        };
+        let what = match im_text::parse_iscomposing(m.body()) {
+            Ok(im_text::Typing::Composing) => "is typing",
+            Ok(_) => "stopped typing",
+            Err(_) => return vec![self.reply(conn, m, 400, None)],
+        };
+        vec![
+            self.reply(conn, m, 200, None),
+            Out::Note(format!(
+                "{} sees that {} {what}",
+                self.aor_of(d.user),
+                bare(&d.remote_uri)
+            )),
+        ]
     }
 
     fn notified(&mut self, conn: ConnId, m: &Message, call_id: &str) -> Vec<Out> {
@@ -923,6 +950,20 @@ mod tests {
         assert_eq!(
             notes(&out)[0],
             "ann@contoso.test got \"hi\" from alice@localhost"
+        );
+        // Typing in the session is taken and told, not answered.
+        let typing = sip(
+            &format!(
+                "MESSAGE sip:ann@127.0.0.1:5061;transport=tls SIP/2.0\nVia: SIP/2.0/TLS sip.localhost:5061;branch=z9hG4bKt1\nMax-Forwards: 70\nFrom: <sip:alice@localhost>;tag=b2\nTo: <sip:ann@contoso.test>;tag={tag}\nCall-ID: im-1\nCSeq: 3 MESSAGE\nContent-Type: Application/IM-isComposing+XML\n"
+            ),
+            std::str::from_utf8(&im_text::iscomposing_body(im_text::Typing::Composing)).unwrap(),
+        );
+        let out = p.handle(now, 5, &typing);
+        assert_eq!(sends(&out).len(), 1);
+        assert_eq!(sends(&out)[0].status(), Some(200));
+        assert_eq!(
+            notes(&out),
+            ["ann@contoso.test sees that alice@localhost is typing"]
         );
         // The next reply counts on.
         let again = sip(
