@@ -33,6 +33,7 @@ use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings};
 use crate::engine::roster::{RosterEngine, RosterMode};
 use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
+use crate::systemd::Notifier;
 use crate::transcript;
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
@@ -45,12 +46,20 @@ pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours_wanted())
         .with_writer(std::io::stderr);
     let result = match cfg.format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|e| anyhow!("cannot initialise logging: {e}"))
+}
+
+/// Colours (ANSI escapes) in the human format only when stderr is a terminal and `NO_COLOR`
+/// is not set (<https://no-color.org>): never in a file, a pipe or the journal.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Runs the bridge until a termination signal.
@@ -97,6 +106,7 @@ pub fn run_with(
         .context("cannot start the async runtime")?;
     let tls = load_tls(&cfg.sip).map_err(|e| anyhow!("sip TLS: {e}"))?;
     let edge_settings = edge_settings(&cfg, tls);
+    let notifier = Notifier::from_env();
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
         let mut signals = Signals::install()?;
@@ -154,6 +164,7 @@ pub fn run_with(
             link,
             store: store.clone(),
             heard: transcript::Lines::default(),
+            notifier: notifier.clone(),
         };
         tokio::spawn(runner.run(restored, events, link_events, stop_rx));
         info!(
@@ -166,6 +177,14 @@ pub fn run_with(
             xmpp = %format!("{}:{}", cfg.xmpp.host, cfg.xmpp.port),
             "lcs-bridge started: SIP edge listening, component link up"
         );
+        if notifier.enabled() {
+            info!(
+                watchdog_ms = notifier.watchdog_interval().map(|d| d.as_millis() as u64),
+                "systemd: ready"
+            );
+        }
+        let status = format!("SIP edge on {}, component link up", edge.local_addr);
+        notifier.ready(&status);
         let signal = loop {
             let asked = async {
                 match stop_asked.as_mut() {
@@ -180,10 +199,15 @@ pub fn run_with(
                 () = asked => "stop",
             };
             match next {
-                "SIGHUP" => reload(&edge, config_path, &cfg).await,
+                "SIGHUP" => {
+                    notifier.reloading();
+                    reload(&edge, config_path, &cfg).await;
+                    notifier.ready(&status);
+                }
                 other => break other,
             }
         };
+        notifier.stopping();
         info!(signal, "shutting down");
         // XEP-0100: unavailable presence from contacts and the gateway before the link goes.
         let (done, done_rx) = oneshot::channel();
@@ -357,6 +381,8 @@ struct Runner {
     store: Arc<dyn Store>,
     /// What came in since the last actions, for the transcript (empty when it is off).
     heard: transcript::Lines,
+    /// `WATCHDOG=1` goes from this task's loop, so a stuck engine stops it.
+    notifier: Notifier,
 }
 
 impl Runner {
@@ -379,6 +405,11 @@ impl Runner {
             ms = started.elapsed().as_millis() as u64,
             "stored subscriptions taken up (and IM sessions)"
         );
+        let mut watchdog = self.notifier.watchdog_period().map(|period| {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         loop {
             let deadline = self.bridge.poll_timeout();
             let sleep = async {
@@ -428,6 +459,10 @@ impl Runner {
                         let made = before..self.bridge.next_batch();
                         self.heard.heard(Some(transcript::timer()), made);
                     }
+                }
+                _ = next_tick(&mut watchdog) => {
+                    self.notifier.watchdog();
+                    continue;
                 }
             }
             self.execute().await;
@@ -565,6 +600,16 @@ impl Runner {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// The next tick of the watchdog's interval; never without one.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -17,7 +17,9 @@
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
 //! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled, or redb with the feature) |
+//! | [`systemd`] | environment, Unix socket | the service manager's notifications: readiness, watchdog, reload, stopping |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
+//! | [`doctor`] | DNS, sockets, clock ([`doctor::probe`]) | `lcs-bridge doctor`: the online checks of a deployment, judged without I/O, probed with the edge's and the link's own parts |
 //!
 //! Rule: `sip`, `core`, `engine` and `xmpp` (but its `link`) never touch sockets or the clock and read no files, with one
 //! exception: [`core::tables::Mappings::load`] reads the two table files once at start-up.
@@ -29,11 +31,13 @@ pub mod compact;
 pub mod config;
 pub mod core;
 pub mod demo;
+pub mod doctor;
 pub mod edge;
 pub mod engine;
 pub mod inspect;
 pub mod random;
 pub mod sip;
 pub mod store;
+pub mod systemd;
 pub mod transcript;
 pub mod xmpp;

@@ -25,6 +25,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("compact", &[]),
     ("random", &[]),
     ("backoff", &[]),
+    // The service manager's notifications (sd_notify), for the runner.
+    ("systemd", &[]),
     // The codecs and translation, sans-IO.
     ("sip", &["compact"]),
     ("core", &["sip"]),
@@ -50,15 +52,23 @@ const LAYERS: &[(&str, &[&str])] = &[
             "random",
             "sip",
             "store",
+            "systemd",
             "transcript",
             "xmpp",
         ],
+    ),
+    // `lcs-bridge doctor`: the edge's, the link's and the SIP codec's own parts, probed.
+    (
+        "doctor",
+        &["config", "core", "edge", "random", "sip", "xmpp"],
     ),
     // `lcs-bridge demo`: Prosody, a simulated partner and the runner, on loopback.
     ("demo", &["app", "core", "random", "sip", "transcript"]),
     (
         "main",
-        &["app", "config", "core", "demo", "inspect", "store"],
+        &[
+            "app", "config", "core", "demo", "doctor", "inspect", "store",
+        ],
     ),
     ("lib", &[]),
 ];
@@ -74,17 +84,23 @@ const IO_MODULES: &[&str] = &[
     "xmpp::link",
     "store::sled_store",
     "store::redb_store",
+    "doctor::probe",
+    "systemd",
     "demo",
     "demo::partner_io",
     "demo::prosody",
     "demo::output",
 ];
 
-/// Who else may import an I/O module: the edge's server task runs the DNS discovery.
+/// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's
+/// probe runs it and the component link's handshake.
 const IO_IMPORTERS: &[(&str, &str)] = &[
     ("edge::server", "edge::dns"),
-    // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge and its output; the output
-    // names the partner's log target, Prosody's installer writes through the output.
+    ("doctor::probe", "edge::dns"),
+    ("doctor::probe", "xmpp::link"),
+    // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge
+    // and its output; the output names the partner's log target, Prosody's installer writes
+    // through the output.
     ("demo", "app"),
     ("demo", "demo::partner_io"),
     ("demo", "demo::prosody"),
