@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +34,7 @@ use crate::engine::presence::{PresenceEngine, PresenceSettings};
 use crate::engine::roster::{RosterEngine, RosterMode};
 use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
 use crate::systemd::Notifier;
+use crate::transcript;
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -63,6 +64,16 @@ fn colours_wanted() -> bool {
 
 /// Runs the bridge until a termination signal.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    run_with(config_path, true, None)
+}
+
+/// [`run`]; `init_logging` false: the caller has set up tracing already; `stop_asked`: the caller
+/// can stop the bridge as a termination signal does (`lcs-bridge demo`).
+pub fn run_with(
+    config_path: &Path,
+    init_logging: bool,
+    mut stop_asked: Option<oneshot::Receiver<()>>,
+) -> anyhow::Result<()> {
     let report = config::check(config_path, SystemTime::now());
     if !report.problems.is_empty() {
         let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
@@ -76,7 +87,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = report
         .config
         .ok_or_else(|| anyhow!("{}: configuration did not load", config_path.display()))?;
-    init_logging(&cfg.logging)?;
+    if init_logging {
+        self::init_logging(&cfg.logging)?;
+    }
     for w in &report.warnings {
         warn!(key = %w.key, "{}", w.reason);
     }
@@ -150,6 +163,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             edge: edge.clone(),
             link,
             store: store.clone(),
+            heard: transcript::Lines::default(),
             notifier: notifier.clone(),
         };
         tokio::spawn(runner.run(restored, events, link_events, stop_rx));
@@ -172,7 +186,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let status = format!("SIP edge on {}, component link up", edge.local_addr);
         notifier.ready(&status);
         let signal = loop {
-            match signals.next().await {
+            let asked = async {
+                match stop_asked.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                s = signals.next() => s,
+                () = asked => "stop",
+            };
+            match next {
                 "SIGHUP" => {
                     notifier.reloading();
                     reload(&edge, config_path, &cfg).await;
@@ -336,6 +362,12 @@ fn stored<T>(records: Records<'_, T>, what: &str) -> Vec<T> {
     all
 }
 
+/// Whether transcript lines are wanted (a cached check on the target's interest: nothing
+/// is described when it is off).
+fn transcript_on() -> bool {
+    tracing::enabled!(target: "lcs_bridge::transcript", tracing::Level::DEBUG)
+}
+
 /// Most edge events the runner hands the bridge before it runs the actions they caused.
 const EDGE_EVENTS_AT_ONCE: usize = 64;
 
@@ -347,6 +379,8 @@ struct Runner {
     edge: Arc<EdgeHandle>,
     link: LinkHandle,
     store: Arc<dyn Store>,
+    /// What came in since the last actions, for the transcript (empty when it is off).
+    heard: transcript::Lines,
     /// `WATCHDOG=1` goes from this task's loop, so a stuck engine stops it.
     notifier: Notifier,
 }
@@ -389,23 +423,23 @@ impl Runner {
                     Some(e) => {
                         // The events that came meanwhile too (while the last actions ran, e.g.
                         // a synced write): their IM writes then share one sync.
-                        self.bridge.handle(Instant::now(), Input::Edge(e));
+                        self.give(Input::Edge(e));
                         for _ in 1..EDGE_EVENTS_AT_ONCE {
                             let Some(e) = edge_events.try_recv() else {
                                 break;
                             };
-                            self.bridge.handle(Instant::now(), Input::Edge(e));
+                            self.give(Input::Edge(e));
                         }
                     }
                     None => return,
                 },
                 l = link_events.recv() => match l {
-                    Some(LinkEvent::Stanza(el)) => self.bridge.handle(Instant::now(), Input::Stanza(el)),
+                    Some(LinkEvent::Stanza(el)) => self.give(Input::Stanza(el)),
                     Some(LinkEvent::Up { domain }) => {
-                        self.bridge.handle(Instant::now(), Input::LinkUp { domain })
+                        self.give(Input::LinkUp { domain })
                     }
                     Some(LinkEvent::Down { domain, reason }) => {
-                        self.bridge.handle(Instant::now(), Input::LinkDown { domain, reason })
+                        self.give(Input::LinkDown { domain, reason })
                     }
                     None => return,
                 },
@@ -418,7 +452,14 @@ impl Runner {
                     }
                     return;
                 }
-                _ = sleep => self.bridge.handle_timeout(Instant::now()),
+                _ = sleep => {
+                    let before = self.bridge.next_batch();
+                    self.bridge.handle_timeout(Instant::now());
+                    if transcript_on() {
+                        let made = before..self.bridge.next_batch();
+                        self.heard.heard(Some(transcript::timer()), made);
+                    }
+                }
                 _ = next_tick(&mut watchdog) => {
                     self.notifier.watchdog();
                     continue;
@@ -428,12 +469,29 @@ impl Runner {
         }
     }
 
+    /// Hands the bridge one input, described for the transcript when that is on.
+    fn give(&mut self, input: Input) {
+        if !transcript_on() {
+            self.bridge.handle(Instant::now(), input);
+            return;
+        }
+        let item = transcript::input(&input);
+        let before = self.bridge.next_batch();
+        self.bridge.handle(Instant::now(), input);
+        self.heard.heard(item, before..self.bridge.next_batch());
+    }
+
     /// Runs the bridge's actions in order, each store write done (durable ones synced) before
     /// the next; what failed is reported back. Returns how many actions ran.
     async fn execute(&mut self) -> usize {
         let mut n = 0;
+        let on = transcript_on();
         while let Some(action) = self.bridge.poll_action() {
             n += 1;
+            if on {
+                let batch = self.bridge.action_batch();
+                self.heard.said(batch, transcript::action(&action));
+            }
             let done = match action {
                 Action::Stanza(el) => match self.link.send(el) {
                     Ok(()) => true,
@@ -500,6 +558,11 @@ impl Runner {
             };
             if !done {
                 self.bridge.report(Instant::now(), Failure::StoreFailed);
+            }
+        }
+        if on {
+            for line in self.heard.take() {
+                debug!(target: transcript::TARGET, "{line}");
             }
         }
         n

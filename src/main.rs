@@ -26,6 +26,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try it: a private Prosody, the bridge and a simulated Lync partner (contoso.test) on
+    /// loopback, with a live transcript; Ctrl-C stops everything (docs/demo.md).
+    Demo {
+        /// Prosody's client port (default: 5222 when free, else a free one).
+        #[arg(long)]
+        c2s_port: Option<u16>,
+        /// Seconds between the Lync users' availability changes.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        presence_every: u64,
+    },
     /// Run the bridge.
     Run {
         /// Configuration file (TOML).
@@ -323,6 +333,19 @@ fn doctor(file: &Path, partners: Vec<String>) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo {
+            c2s_port,
+            presence_every,
+        } => match lcs_bridge::demo::run(&lcs_bridge::demo::Options {
+            c2s_port,
+            presence_every: std::time::Duration::from_secs(presence_every),
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match app::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

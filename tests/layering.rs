@@ -39,11 +39,22 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["compact", "core", "edge", "random", "sip", "store", "xmpp"],
     ),
     ("inspect", &["core", "sip", "xmpp"]),
+    // One line per translation, described from the bridge's inputs and actions.
+    ("transcript", &["core", "edge", "engine", "sip"]),
     // The runner and the binary wire everything.
     (
         "app",
         &[
-            "config", "core", "edge", "engine", "random", "sip", "store", "systemd", "xmpp",
+            "config",
+            "core",
+            "edge",
+            "engine",
+            "random",
+            "sip",
+            "store",
+            "systemd",
+            "transcript",
+            "xmpp",
         ],
     ),
     // `lcs-bridge doctor`: the edge's, the link's and the SIP codec's own parts, probed.
@@ -51,9 +62,13 @@ const LAYERS: &[(&str, &[&str])] = &[
         "doctor",
         &["config", "core", "edge", "random", "sip", "xmpp"],
     ),
+    // `lcs-bridge demo`: Prosody, a simulated partner and the runner, on loopback.
+    ("demo", &["app", "core", "random", "sip", "transcript"]),
     (
         "main",
-        &["app", "config", "core", "doctor", "inspect", "store"],
+        &[
+            "app", "config", "core", "demo", "doctor", "inspect", "store",
+        ],
     ),
     ("lib", &[]),
 ];
@@ -71,6 +86,10 @@ const IO_MODULES: &[&str] = &[
     "store::redb_store",
     "doctor::probe",
     "systemd",
+    "demo",
+    "demo::partner_io",
+    "demo::prosody",
+    "demo::output",
 ];
 
 /// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's
@@ -79,6 +98,15 @@ const IO_IMPORTERS: &[(&str, &str)] = &[
     ("edge::server", "edge::dns"),
     ("doctor::probe", "edge::dns"),
     ("doctor::probe", "xmpp::link"),
+    // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge
+    // and its output; the output names the partner's log target, Prosody's installer writes
+    // through the output.
+    ("demo", "app"),
+    ("demo", "demo::partner_io"),
+    ("demo", "demo::prosody"),
+    ("demo", "demo::output"),
+    ("demo::output", "demo::partner_io"),
+    ("demo::prosody", "demo::output"),
 ];
 
 /// One import: from a file module to a module, with the path as written, for the message.
