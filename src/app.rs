@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,6 +35,8 @@ use crate::engine::roster::{RosterEngine, RosterMode};
 use crate::ha;
 use crate::store::pg_lease::{LeaseHandle, PgConfig};
 use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
+use crate::systemd::Notifier;
+use crate::transcript;
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -46,6 +48,7 @@ pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours_wanted())
         .with_writer(std::io::stderr);
     let result = match cfg.format {
         LogFormat::Human => builder.try_init(),
@@ -54,8 +57,25 @@ pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow!("cannot initialise logging: {e}"))
 }
 
+/// Colours (ANSI escapes) in the human format only when stderr is a terminal and `NO_COLOR`
+/// is not set (<https://no-color.org>): never in a file, a pipe or the journal.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Runs the bridge until a termination signal.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    run_with(config_path, true, None)
+}
+
+/// [`run`]; `init_logging` false: the caller has set up tracing already; `stop_asked`: the caller
+/// can stop the bridge as a termination signal does (`lcs-bridge demo`).
+pub fn run_with(
+    config_path: &Path,
+    init_logging: bool,
+    mut stop_asked: Option<oneshot::Receiver<()>>,
+) -> anyhow::Result<()> {
     let report = config::check(config_path, SystemTime::now());
     if !report.problems.is_empty() {
         let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
@@ -69,7 +89,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = report
         .config
         .ok_or_else(|| anyhow!("{}: configuration did not load", config_path.display()))?;
-    init_logging(&cfg.logging)?;
+    if init_logging {
+        self::init_logging(&cfg.logging)?;
+    }
     for w in &report.warnings {
         warn!(key = %w.key, "{}", w.reason);
     }
@@ -86,6 +108,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let tls = load_tls(&cfg.sip).map_err(|e| anyhow!("sip TLS: {e}"))?;
     let edge_settings = edge_settings(&cfg, tls);
+    let notifier = Notifier::from_env();
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
         let mut signals = Signals::install()?;
@@ -156,6 +179,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             store: store.clone(),
             lease: lease.as_ref().map(|l| l.serving_until.clone()),
             fenced: fenced_tx,
+            heard: transcript::Lines::default(),
+            notifier: notifier.clone(),
         };
         tokio::spawn(runner.run(restored, events, link_events, stop_rx));
         info!(
@@ -168,12 +193,26 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             xmpp = %format!("{}:{}", cfg.xmpp.host, cfg.xmpp.port),
             "lcs-bridge started: SIP edge listening, component link up"
         );
+        if notifier.enabled() {
+            info!(
+                watchdog_ms = notifier.watchdog_interval().map(|d| d.as_millis() as u64),
+                "systemd: ready"
+            );
+        }
+        let status = format!("SIP edge on {}, component link up", edge.local_addr);
+        notifier.ready(&status);
         let signal = loop {
-            tokio::select! {
-                signal = signals.next() => match signal {
-                    "SIGHUP" => reload(&edge, config_path, &cfg).await,
-                    other => break other,
-                },
+            let asked = async {
+                match stop_asked.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                s = signals.next() => s,
+                () = asked => "stop",
                 message = deposed(&mut lease) => {
                     // Another bridge serves now: stop at once, say nothing more to either
                     // side (its component and its listener are the ones in use).
@@ -184,8 +223,17 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                     edge.shutdown();
                     return Err(anyhow!(ha::fenced(&reason)));
                 }
+            };
+            match next {
+                "SIGHUP" => {
+                    notifier.reloading();
+                    reload(&edge, config_path, &cfg).await;
+                    notifier.ready(&status);
+                }
+                other => break other,
             }
         };
+        notifier.stopping();
         info!(signal, "shutting down");
         // XEP-0100: unavailable presence from contacts and the gateway before the link goes.
         let (done, done_rx) = oneshot::channel();
@@ -434,6 +482,12 @@ fn stored<T>(records: Records<'_, T>, what: &str) -> Vec<T> {
     all
 }
 
+/// Whether transcript lines are wanted (a cached check on the target's interest: nothing
+/// is described when it is off).
+fn transcript_on() -> bool {
+    tracing::enabled!(target: "lcs_bridge::transcript", tracing::Level::DEBUG)
+}
+
 /// Most edge events the runner hands the bridge before it runs the actions they caused.
 const EDGE_EVENTS_AT_ONCE: usize = 64;
 
@@ -449,6 +503,10 @@ struct Runner {
     lease: Option<watch::Receiver<Option<Instant>>>,
     /// Where a write refused as fenced (another bridge's epoch) is told.
     fenced: mpsc::UnboundedSender<String>,
+    /// What came in since the last actions, for the transcript (empty when it is off).
+    heard: transcript::Lines,
+    /// `WATCHDOG=1` goes from this task's loop, so a stuck engine stops it.
+    notifier: Notifier,
 }
 
 impl Runner {
@@ -472,6 +530,11 @@ impl Runner {
             ms = started.elapsed().as_millis() as u64,
             "stored subscriptions taken up (and IM sessions)"
         );
+        let mut watchdog = self.notifier.watchdog_period().map(|period| {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         loop {
             let deadline = self.bridge.poll_timeout();
             let sleep = async {
@@ -490,29 +553,25 @@ impl Runner {
                 }
                 e = edge_events.recv() => match e {
                     Some(e) => {
-                        self.sync_lease();
                         // The events that came meanwhile too (while the last actions ran, e.g.
                         // a synced write): their IM writes then share one sync.
-                        self.bridge.handle(Instant::now(), Input::Edge(e));
+                        self.give(Input::Edge(e));
                         for _ in 1..EDGE_EVENTS_AT_ONCE {
                             let Some(e) = edge_events.try_recv() else {
                                 break;
                             };
-                            self.bridge.handle(Instant::now(), Input::Edge(e));
+                            self.give(Input::Edge(e));
                         }
                     }
                     None => return,
                 },
                 l = link_events.recv() => match l {
-                    Some(LinkEvent::Stanza(el)) => {
-                        self.sync_lease();
-                        self.bridge.handle(Instant::now(), Input::Stanza(el))
-                    }
+                    Some(LinkEvent::Stanza(el)) => self.give(Input::Stanza(el)),
                     Some(LinkEvent::Up { domain }) => {
-                        self.bridge.handle(Instant::now(), Input::LinkUp { domain })
+                        self.give(Input::LinkUp { domain })
                     }
                     Some(LinkEvent::Down { domain, reason }) => {
-                        self.bridge.handle(Instant::now(), Input::LinkDown { domain, reason })
+                        self.give(Input::LinkDown { domain, reason })
                     }
                     None => return,
                 },
@@ -527,7 +586,16 @@ impl Runner {
                 }
                 _ = sleep => {
                     self.sync_lease();
-                    self.bridge.handle_timeout(Instant::now())
+                    let before = self.bridge.next_batch();
+                    self.bridge.handle_timeout(Instant::now());
+                    if transcript_on() {
+                        let made = before..self.bridge.next_batch();
+                        self.heard.heard(Some(transcript::timer()), made);
+                    }
+                }
+                _ = next_tick(&mut watchdog) => {
+                    self.notifier.watchdog();
+                    continue;
                 }
             }
             self.sync_lease();
@@ -552,12 +620,31 @@ impl Runner {
         }
     }
 
+    /// Hands the bridge one input (with the lease's newest deadline first), described for the
+    /// transcript when that is on.
+    fn give(&mut self, input: Input) {
+        self.sync_lease();
+        if !transcript_on() {
+            self.bridge.handle(Instant::now(), input);
+            return;
+        }
+        let item = transcript::input(&input);
+        let before = self.bridge.next_batch();
+        self.bridge.handle(Instant::now(), input);
+        self.heard.heard(item, before..self.bridge.next_batch());
+    }
+
     /// Runs the bridge's actions in order, each store write done (durable ones synced) before
     /// the next; what failed is reported back. Returns how many actions ran.
     async fn execute(&mut self) -> usize {
         let mut n = 0;
+        let on = transcript_on();
         while let Some(action) = self.bridge.poll_action() {
             n += 1;
+            if on {
+                let batch = self.bridge.action_batch();
+                self.heard.said(batch, transcript::action(&action));
+            }
             let done = match action {
                 Action::Stanza(el) => match self.link.send(el) {
                     Ok(()) => true,
@@ -629,6 +716,11 @@ impl Runner {
                 self.bridge.report(Instant::now(), Failure::StoreFailed);
             }
         }
+        if on {
+            for line in self.heard.take() {
+                debug!(target: transcript::TARGET, "{line}");
+            }
+        }
         n
     }
 
@@ -674,6 +766,16 @@ async fn lease_changed(
 ) -> Result<(), watch::error::RecvError> {
     match lease {
         Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next tick of the watchdog's interval; never without one.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
         None => std::future::pending().await,
     }
 }

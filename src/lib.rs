@@ -18,7 +18,9 @@
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
 //! | [`store`] | disk, database | persistent subscriptions and IM dialogs behind the `Store` trait (sled, PostgreSQL, or redb with the feature); the leader lease (`store::lease` sans-IO, `store::pg_lease` its PostgreSQL row) |
 //! | [`ha`] | database, clock | active/standby for `lcs-bridge run`: waits for the leader lease, follows it while serving |
+//! | [`systemd`] | environment, Unix socket | the service manager's notifications: readiness, watchdog, reload, stopping |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
+//! | [`doctor`] | DNS, sockets, clock ([`doctor::probe`]) | `lcs-bridge doctor`: the online checks of a deployment, judged without I/O, probed with the edge's and the link's own parts |
 //!
 //! Rule: `sip`, `core`, `engine` and `xmpp` (but its `link`) never touch sockets or the clock and read no files, with one
 //! exception: [`core::tables::Mappings::load`] reads the two table files once at start-up.
@@ -29,6 +31,8 @@ pub mod backoff;
 pub mod compact;
 pub mod config;
 pub mod core;
+pub mod demo;
+pub mod doctor;
 pub mod edge;
 pub mod engine;
 pub mod ha;
@@ -36,4 +40,6 @@ pub mod inspect;
 pub mod random;
 pub mod sip;
 pub mod store;
+pub mod systemd;
+pub mod transcript;
 pub mod xmpp;

@@ -25,6 +25,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("compact", &[]),
     ("random", &[]),
     ("backoff", &[]),
+    // The service manager's notifications (sd_notify), for the runner.
+    ("systemd", &[]),
     // The codecs and translation, sans-IO.
     ("sip", &["compact"]),
     ("core", &["sip"]),
@@ -39,14 +41,38 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("inspect", &["core", "sip", "xmpp"]),
     // Active/standby: the leader lease for the runner (I/O).
     ("ha", &["config", "store"]),
+    // One line per translation, described from the bridge's inputs and actions.
+    ("transcript", &["core", "edge", "engine", "sip"]),
     // The runner and the binary wire everything.
     (
         "app",
         &[
-            "config", "core", "edge", "engine", "ha", "random", "sip", "store", "xmpp",
+            "config",
+            "core",
+            "edge",
+            "engine",
+            "ha",
+            "random",
+            "sip",
+            "store",
+            "systemd",
+            "transcript",
+            "xmpp",
         ],
     ),
-    ("main", &["app", "config", "core", "inspect", "store"]),
+    // `lcs-bridge doctor`: the edge's, the link's and the SIP codec's own parts, probed.
+    (
+        "doctor",
+        &["config", "core", "edge", "random", "sip", "xmpp"],
+    ),
+    // `lcs-bridge demo`: Prosody, a simulated partner and the runner, on loopback.
+    ("demo", &["app", "core", "random", "sip", "transcript"]),
+    (
+        "main",
+        &[
+            "app", "config", "core", "demo", "doctor", "inspect", "store",
+        ],
+    ),
     ("lib", &[]),
 ];
 
@@ -64,14 +90,32 @@ const IO_MODULES: &[&str] = &[
     "store::redb_store",
     "store::pg_lease",
     "store::pg_store",
+    "doctor::probe",
+    "systemd",
+    "demo",
+    "demo::partner_io",
+    "demo::prosody",
+    "demo::output",
 ];
 
-/// Who else may import an I/O module: the edge's server task runs the DNS discovery; `ha`
-/// (the runner's active/standby part) the lease task.
+/// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's
+/// probe runs it and the component link's handshake; `ha` (the runner's active/standby part)
+/// the lease task.
 const IO_IMPORTERS: &[(&str, &str)] = &[
     ("edge::server", "edge::dns"),
+    ("doctor::probe", "edge::dns"),
+    ("doctor::probe", "xmpp::link"),
     // The runner's active/standby part starts and follows the lease task.
     ("ha", "store::pg_lease"),
+    // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge
+    // and its output; the output names the partner's log target, Prosody's installer writes
+    // through the output.
+    ("demo", "app"),
+    ("demo", "demo::partner_io"),
+    ("demo", "demo::prosody"),
+    ("demo", "demo::output"),
+    ("demo::output", "demo::partner_io"),
+    ("demo::prosody", "demo::output"),
 ];
 
 /// One import: from a file module to a module, with the path as written, for the message.
