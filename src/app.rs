@@ -115,7 +115,7 @@ pub fn run_with(
         // With a shared database: a standby until the lease is this node's; nothing is
         // restored, connected or listened on before (docs/high-availability.md).
         let mut lease = match lease_database(&cfg)? {
-            Some(pg) => match standby(&cfg, pg, &mut signals, store.as_ref()).await? {
+            Some(pg) => match standby(&cfg, pg, &mut signals, store.as_ref(), &notifier).await? {
                 Some(lease) => Some(lease),
                 None => return Ok(()),
             },
@@ -270,21 +270,29 @@ fn lease_database(cfg: &config::Config) -> anyhow::Result<Option<PgConfig>> {
 
 /// Waits as a standby for the lease (SIGHUP ignored meanwhile); `None` when SIGINT or SIGTERM
 /// came first.
+///
+/// Under systemd a standby is a started service (`READY=1`, its status saying it waits) that
+/// keeps the watchdog fed: it may wait for hours, longer than any start-up timeout.
 async fn standby(
     cfg: &config::Config,
     pg: PgConfig,
     signals: &mut Signals,
     store: &dyn Store,
+    notifier: &Notifier,
 ) -> anyhow::Result<Option<LeaseHandle>> {
     let mut lease = ha::start(cfg, pg);
+    notifier.ready("standby: waiting for the leader lease");
+    let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
     let epoch = loop {
         tokio::select! {
             epoch = ha::acquire(&mut lease) => break epoch?,
             signal = signals.next() => if signal != "SIGHUP" {
                 info!(signal, "stopped while standby");
+                notifier.stopping();
                 lease.release().await;
                 return Ok(None);
             },
+            _ = next_tick(&mut watchdog) => notifier.watchdog(),
         }
     };
     // Every write from now on carries the epoch: refused once another bridge has taken over.

@@ -10,7 +10,8 @@
 //! One test, in phases sharing the processes:
 //! 1. bridge-a takes the lease, bridge-b waits as standby (it logs the holder and does not
 //!    listen). The edge subscribes watchers to alice (each acknowledged by its 202) and opens
-//!    IM sessions (acknowledged by the 200), messages flowing.
+//!    IM sessions (acknowledged by the 200), messages flowing. Under a (test) service manager
+//!    the standby says `READY=1` with a standby status and feeds the watchdog.
 //! 2. PostgreSQL stopped under bridge-a: while it is away a new SUBSCRIBE gets `503` with
 //!    `Retry-After` (nothing acknowledged that was not written); past the lease's local
 //!    deadline bridge-a is suspended (`503` "does not hold the lease", it stays up); once
@@ -402,13 +403,53 @@ fn failover_split_brain_and_database_restart() {
         // ---- 1. a active, b standby; the workload on a.
         let mut a = Bridge::start(&a_config, &dir.join("a.log"), sip_port);
         a.wait_started(deadline());
-        let mut b = Bridge::start(&b_config, &dir.join("b.log"), sip_port);
+        // b under a (test) service manager: a standby is a started service that feeds its
+        // watchdog, or systemd would kill it after its start-up timeout.
+        let notify_path = dir.join("b.notify");
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        let notify_socket = notify_path.display().to_string();
+        let mut b = Bridge::start_with(
+            &b_config,
+            &dir.join("b.log"),
+            sip_port,
+            &[
+                ("NOTIFY_SOCKET", Some(&notify_socket)),
+                ("WATCHDOG_USEC", Some("1000000")),
+                ("WATCHDOG_PID", None),
+            ],
+        );
         b.wait_log(
             "standby: waiting for the lease held by bridge-a",
             1,
             deadline(),
         );
         assert!(!listening(b_addr), "a standby does not listen");
+        // Read for as long as b runs, as a service manager does (a full datagram queue
+        // would block b's notifications).
+        let (notes_tx, notes_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Ok(n) = notify.recv(&mut buf) {
+                    let note = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if notes_tx.send(note).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let notes: Vec<String> = notes_rx.try_iter().collect();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("READY=1") && n.contains("STATUS=standby")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().filter(|n| n.contains("WATCHDOG=1")).count() >= 3,
+            "{notes:?}"
+        );
         let conn = edge
             .connect()
             .await
