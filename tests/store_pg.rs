@@ -26,14 +26,7 @@ fn config_for(dir: &Path, pg: &Postgres, db: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lcs-bridge.example.toml"),
     )
     .unwrap();
-    let text = example.replace(
-        "backend = \"sled\"",
-        &format!(
-            "backend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"",
-            pg.url_for(db),
-            pg.password_file().display()
-        ),
-    );
+    let text = example.replace("backend = \"sled\"", &pg.bridge_storage(db));
     assert_ne!(text, example);
     let file = dir.join("lcs-bridge.toml");
     std::fs::write(&file, text).unwrap();
