@@ -1,11 +1,14 @@
 //! The PostgreSQL store as an administrator meets it, through the `lcs-bridge` binary and a
 //! real PostgreSQL server (lcs-test-support's `Postgres`): `store stats` and `store export` on
 //! a database the bridge's store wrote (and on one it never touched, which they leave empty),
-//! with the password from `storage.password_file`; a database that cannot be reached. The store's own behaviour
+//! with the password from `storage.password_file`; `lcs-bridge run` against a test Prosody
+//! creating its tables in the database, and refusing to start while the database cannot be
+//! reached; a database that cannot be reached. The store's own behaviour
 //! against a real server is in `src/store/pg_tests.rs`. Without PostgreSQL installed these
 //! skip loudly (or fail under `LCS_BRIDGE_REQUIRE_PEERS=1`).
 
 #![allow(clippy::unwrap_used)]
+#![allow(clippy::disallowed_methods)] // a test reads the clock
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -23,14 +26,7 @@ fn config_for(dir: &Path, pg: &Postgres, db: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lcs-bridge.example.toml"),
     )
     .unwrap();
-    let text = example.replace(
-        "backend = \"sled\"",
-        &format!(
-            "backend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"",
-            pg.url_for(db),
-            pg.password_file().display()
-        ),
-    );
+    let text = example.replace("backend = \"sled\"", &pg.bridge_storage(db));
     assert_ne!(text, example);
     let file = dir.join("lcs-bridge.toml");
     std::fs::write(&file, text).unwrap();
@@ -150,4 +146,131 @@ fn unreachable_database_is_a_clear_error() {
         )),
         "{err}"
     );
+}
+
+/// A copy of `config/` and `mappings/` in a temporary directory, with fresh test certificates
+/// (as tests/cli.rs makes it).
+fn workspace() -> (tempfile::TempDir, PathBuf) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::copy(
+        repo.join("config/lcs-bridge.example.toml"),
+        config_dir.join("lcs-bridge.toml"),
+    )
+    .unwrap();
+    let mappings = dir.path().join("mappings");
+    std::fs::create_dir_all(&mappings).unwrap();
+    for f in ["presence.toml", "errors.toml"] {
+        std::fs::copy(repo.join("mappings").join(f), mappings.join(f)).unwrap();
+    }
+    let status = Command::new("sh")
+        .arg(repo.join("tests/make-test-certs.sh"))
+        .arg(config_dir.join("certs"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "make-test-certs.sh failed");
+    let file = config_dir.join("lcs-bridge.toml");
+    (dir, file)
+}
+
+/// `lcs-bridge run` with the example configuration, its component pointed at `prosody` and its
+/// store in `pg`'s database (through the environment's overrides).
+fn run_bridge(prosody: &lcs_test_support::Prosody, pg: &Postgres, file: &Path) -> Command {
+    use lcs_test_support::XmppServer as _;
+    let sip = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config", file.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("LCS_BRIDGE__SIP__LISTEN", sip.to_string())
+        .env(
+            "LCS_BRIDGE__XMPP__PORT",
+            prosody.component_port().to_string(),
+        )
+        .env(
+            "LCS_BRIDGE__XMPP__SECRET",
+            lcs_test_support::COMPONENT_SECRET,
+        )
+        .env(
+            "LCS_BRIDGE__XMPP__COMPONENT_DOMAINS",
+            lcs_test_support::GATEWAY_COMPONENT,
+        )
+        .env(
+            "LCS_BRIDGE__XMPP__LOCAL_DOMAINS",
+            lcs_test_support::XMPP_DOMAIN,
+        )
+        .env("LCS_BRIDGE__STORAGE__BACKEND", "postgres")
+        .env("LCS_BRIDGE__STORAGE__URL", pg.url())
+        .env("LCS_BRIDGE__STORAGE__PASSWORD_FILE", pg.password_file())
+        .env("LCS_BRIDGE__STORAGE__CONNECT_TIMEOUT_SECS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// The bridge runs on PostgreSQL: it creates its tables (leader row at epoch 0) before it
+/// serves, says which database it opened, reads its state from it and stops cleanly; with the
+/// database away it does not start, and says why.
+#[test]
+fn run_keeps_its_state_in_postgres() {
+    use std::io::BufRead as _;
+    let Some(prosody) = lcs_test_support::Prosody::start() else {
+        return;
+    };
+    let Some(pg) = Postgres::start() else { return };
+    let (_dir, file) = workspace();
+    let mut child = run_bridge(&prosody, &pg, &file).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let before_start: Vec<String> = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .take_while(|l| !l.contains("lcs-bridge started"))
+        .collect();
+    assert!(
+        before_start
+            .iter()
+            .any(|l| l.contains("store opened (PostgreSQL)")
+                && l.contains(&format!("127.0.0.1:{}/lcs", pg.port()))),
+        "{before_start:#?}"
+    );
+    assert!(
+        before_start
+            .iter()
+            .any(|l| l.contains("restored from the store") && l.contains("subscriptions")),
+        "{before_start:#?}"
+    );
+    assert_eq!(pg.psql("SELECT version FROM lcs_schema"), "2");
+    assert_eq!(pg.psql("SELECT epoch FROM lcs_leader"), "0");
+    assert!(
+        !before_start.iter().any(|l| l.contains(pg.password())),
+        "the password was logged"
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM".to_owned(), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    lines.map_while(Result::ok).for_each(drop);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {before_start:#?}");
+
+    pg.stop();
+    let started = std::time::Instant::now();
+    let out = lcs_test_support::run_with_timeout(
+        &mut run_bridge(&prosody, &pg, &file),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("storage.url")
+            && err.contains("store unavailable")
+            && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

@@ -406,17 +406,17 @@ impl Inner {
                         Ok(affected)
                     }
                     Err(err) => {
-                        // Nothing of it stays; if even the rollback fails, the connection is
-                        // gone and the server rolls back.
-                        if let Err(rb) = c.client.batch_execute("ROLLBACK").await {
-                            if unavailable(&rb) {
-                                return Err(match err {
-                                    StoreError::Unavailable(_) => err,
-                                    other => StoreError::Unavailable(other.to_string()),
-                                });
-                            }
+                        // Nothing of it stays. If even the rollback fails, the session is
+                        // not to be trusted: `Unavailable` drops the connection (and the server
+                        // rolls back when it goes).
+                        match c.client.batch_execute("ROLLBACK").await {
+                            Ok(()) => Err(err),
+                            Err(_) if matches!(err, StoreError::Unavailable(_)) => Err(err),
+                            Err(rb) => Err(StoreError::Unavailable(format!(
+                                "{err}; then the rollback failed: {}",
+                                chain(&rb)
+                            ))),
                         }
-                        Err(err)
                     }
                 }
             })

@@ -203,6 +203,16 @@ impl Postgres {
         )
     }
 
+    /// The `[storage]` lines of a bridge whose store is database `db` here (for
+    /// [`crate::config::BridgeConfig::storage`]).
+    pub fn bridge_storage(&self, db: &str) -> String {
+        format!(
+            "backend = \"postgres\"\nurl = \"{}\"\npassword_file = {:?}\n",
+            self.url_for(db),
+            self.password_file().display().to_string()
+        )
+    }
+
     /// Creates database `name` (owned by [`Postgres::USER`]).
     pub fn create_database(&self, name: &str) {
         assert!(
