@@ -35,14 +35,14 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use xmpp_parsers::minidom::Element;
 
-use super::im::ImEngine;
+use super::im::{ImEngine, ImSettings};
 use super::name_book::NameBook;
-use super::presence::PresenceEngine;
+use super::presence::{PresenceEngine, PresenceSettings};
 use super::roster::RosterEngine;
 use super::{Fact, Output};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
-use crate::core::tables::ErrorTable;
+use crate::core::tables::{ErrorTable, Mappings};
 use crate::edge::core::Route;
 use crate::edge::event::EdgeEvent;
 use crate::sip::builder::reason_phrase;
@@ -82,6 +82,21 @@ pub enum Input {
     RestoreIm(Vec<ImDialog>),
     /// What another engine learned ([`Output::Fact`]).
     Fact(Fact),
+    /// A reloaded configuration (`SIGHUP`, the admin `reload` command): every engine that
+    /// takes it applies the settings it can (see [`Reconfigure`]).
+    Reconfigure(Box<Reconfigure>),
+}
+
+/// The settings a reload gives the engines, checked in full before they are sent. What each
+/// engine does with state it has already built is its own decision (documented on its
+/// `reconfigure`); values that only a restart can change (`sip.public_fqdn`: the engines' Via,
+/// Contact and SDP) are kept as the engines started with them.
+#[derive(Debug, Clone)]
+pub struct Reconfigure {
+    pub presence: PresenceSettings,
+    pub im: ImSettings,
+    /// Both tables: the presence engine takes both, the IM engine and the bridge the errors.
+    pub mappings: Mappings,
 }
 
 impl Input {
@@ -93,6 +108,7 @@ impl Input {
                 | Input::LinkUp { .. }
                 | Input::LinkDown { .. }
                 | Input::Fact(_)
+                | Input::Reconfigure(_)
         )
     }
 }
@@ -288,6 +304,10 @@ impl Bridge {
             Input::LinkDown { domain, reason } => {
                 warn!(%domain, %reason, "component link down; stanzas are queued");
                 self.down.insert(domain.clone());
+            }
+            Input::Reconfigure(settings) => {
+                // The statuses of the bridge's own failures come from the new table too.
+                self.errors = settings.mappings.errors.clone();
             }
             _ => {}
         }
@@ -606,6 +626,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::Restore(_) => "restore",
         Input::RestoreIm(_) => "IM restore",
         Input::Fact(_) => "fact",
+        Input::Reconfigure(_) => "reconfigure",
     }
 }
 
@@ -643,7 +664,10 @@ impl Engine for PresenceEngine {
             }
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
-            Input::Restore(_) | Input::LinkUp { .. } | Input::LinkDown { .. } => true,
+            Input::Restore(_)
+            | Input::LinkUp { .. }
+            | Input::LinkDown { .. }
+            | Input::Reconfigure(_) => true,
             Input::RestoreIm(_) | Input::Fact(_) => false,
         }
     }
@@ -656,6 +680,13 @@ impl Engine for PresenceEngine {
             Input::LinkUp { domain } => self.link_restored(now, &domain),
             Input::LinkDown { domain, .. } => {
                 self.link_lost(&domain);
+                Vec::new()
+            }
+            Input::Reconfigure(settings) => {
+                let Reconfigure {
+                    presence, mappings, ..
+                } = *settings;
+                self.reconfigure(presence, mappings);
                 Vec::new()
             }
             Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
@@ -709,7 +740,7 @@ impl Engine for ImEngine {
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
-            Input::Edge(_) | Input::RestoreIm(_) => true,
+            Input::Edge(_) | Input::RestoreIm(_) | Input::Reconfigure(_) => true,
             Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) | Input::Fact(_) => {
                 false
             }
@@ -721,6 +752,11 @@ impl Engine for ImEngine {
             Input::Stanza(el) => self.on_stanza(now, el),
             Input::Edge(event) => self.on_edge(now, event),
             Input::RestoreIm(dialogs) => self.restore(now, dialogs),
+            Input::Reconfigure(settings) => {
+                let Reconfigure { im, mappings, .. } = *settings;
+                self.reconfigure(im, mappings.errors);
+                Vec::new()
+            }
             _ => Vec::new(),
         }
     }

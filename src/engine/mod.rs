@@ -112,4 +112,6 @@ pub enum Fact {
 #[allow(clippy::disallowed_methods)] // the world starts its virtual clock at a real instant
 mod world;
 #[cfg(test)]
+mod world_reload_tests;
+#[cfg(test)]
 mod world_tests;

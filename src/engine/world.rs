@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use xmpp_parsers::minidom::Element;
 
 use super::WallClock;
-use super::bridge::{Action, Bridge, Failure, Input, IqEngine};
+use super::bridge::{Action, Bridge, Failure, Input, IqEngine, Reconfigure};
 use super::im::{ImEngine, ImSettings};
 use super::presence::{PresenceEngine, PresenceSettings};
 use super::roster::{RosterEngine, RosterMode};
@@ -314,8 +314,10 @@ pub struct World {
     wire: VecDeque<(Instant, Input)>,
     start: Instant,
     seed: u64,
-    /// The presence engine's settings (kept for a restart).
+    /// The engines' settings and tables (kept for a restart, changed by [`World::reload`]).
     presence: PresenceSettings,
+    im: ImSettings,
+    mappings: Mappings,
 }
 
 impl World {
@@ -336,7 +338,16 @@ impl World {
             ..PresenceSettings::default()
         };
         change(&mut presence);
-        let bridge = Self::bridge(now, now, &ids, 1, &presence);
+        let im = ImSettings {
+            public_fqdn: PUBLIC_FQDN.into(),
+            idle_timeout: Duration::from_secs(600),
+            dialog_max_age: Duration::from_secs(20 * 3600),
+            max_body_bytes: 16 * 1024,
+            max_queued: 64,
+            ..ImSettings::default()
+        };
+        let mappings = Mappings::builtin();
+        let bridge = Self::bridge(now, now, &ids, 1, (&presence, &im, &mappings));
         World {
             now,
             bridge,
@@ -348,6 +359,8 @@ impl World {
             start: now,
             seed: 1,
             presence,
+            im,
+            mappings,
         }
     }
 
@@ -366,7 +379,7 @@ impl World {
         now: Instant,
         ids: &TxIds,
         seed: u64,
-        settings: &PresenceSettings,
+        (settings, im, mappings): (&PresenceSettings, &ImSettings, &Mappings),
     ) -> Bridge {
         let clock = WallClock {
             at: now,
@@ -375,29 +388,43 @@ impl World {
         let presence = PresenceEngine::new(
             settings.clone(),
             Self::book(),
-            Mappings::builtin(),
+            mappings.clone(),
             ids.clone(),
             seed,
             clock,
         );
         let im = ImEngine::new(
-            ImSettings {
-                public_fqdn: PUBLIC_FQDN.into(),
-                idle_timeout: Duration::from_secs(600),
-                dialog_max_age: Duration::from_secs(20 * 3600),
-                max_body_bytes: 16 * 1024,
-                max_queued: 64,
-                ..ImSettings::default()
-            },
+            im.clone(),
             Self::book(),
-            Mappings::builtin().errors,
+            mappings.errors.clone(),
             ids.clone(),
             seed + 1,
             clock,
         );
         let iq = IqEngine::new(Self::book(), GatewayInfo::new("LCS gateway"));
         let roster = RosterEngine::new(RosterMode::Auto, Self::book(), seed + 2);
-        Bridge::standard(presence, roster, im, iq, Mappings::builtin().errors)
+        Bridge::standard(presence, roster, im, iq, mappings.errors.clone())
+    }
+
+    /// A reload (SIGHUP) at the current time: the settings `presence` and `im` make of the
+    /// current ones, and these tables, given to the bridge as the runner does.
+    pub fn reload(
+        &mut self,
+        presence: impl FnOnce(&mut PresenceSettings),
+        im: impl FnOnce(&mut ImSettings),
+        mappings: Mappings,
+    ) {
+        presence(&mut self.presence);
+        im(&mut self.im);
+        self.mappings = mappings;
+        let settings = Reconfigure {
+            presence: self.presence.clone(),
+            im: self.im.clone(),
+            mappings: self.mappings.clone(),
+        };
+        self.bridge
+            .handle(self.now, Input::Reconfigure(Box::new(settings)));
+        self.flush();
     }
 
     /// The LCS edge's connection to the bridge breaks: the bridge is told, and the edge's
@@ -423,7 +450,13 @@ impl World {
         self.flush();
         self.wire.clear();
         self.seed += 10;
-        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed, &self.presence);
+        self.bridge = Self::bridge(
+            self.start,
+            self.now,
+            &self.ids,
+            self.seed,
+            (&self.presence, &self.im, &self.mappings),
+        );
         // The old process's connections are gone; LCS connects anew when it has to.
         if let Some(conn) = self.lcs.conn.take() {
             for d in self.lcs.dialogs.values_mut() {

@@ -359,6 +359,26 @@ impl PresenceEngine {
         }
     }
 
+    /// A reload's settings and tables (docs/configuration.md, "Reloading"). `public_fqdn`
+    /// stays as started (a restart changes it). What is already built keeps its state: a new
+    /// table applies to the next document translated either way; a new `expires` to the next
+    /// SUBSCRIBE sent or answered; new pending limits to the next watcher (those waiting stay,
+    /// even above a lowered limit); a new `min_notify_interval` counts from each watcher's last
+    /// NOTIFY, so a NOTIFY owed now is rescheduled by it.
+    pub fn reconfigure(&mut self, settings: PresenceSettings, mappings: Mappings) {
+        let public_fqdn = std::mem::take(&mut self.settings.public_fqdn);
+        self.settings = PresenceSettings {
+            public_fqdn,
+            ..settings
+        };
+        self.table = mappings.presence;
+        self.errors = mappings.errors;
+        // A shorter interval makes owed NOTIFYs due before their timers: the earliest timer
+        // is made exact again, and each timer run does the same for the next (a longer
+        // interval finds them not due when the timer fires, and they are armed again).
+        self.rearm();
+    }
+
     /// Whether SUBSCRIBEs to `domain` go with PIDF only (it refused the enhanced offer within
     /// [`PIDF_ONLY_TTL`]).
     fn pidf_only(&self, now: Instant, domain: &str) -> bool {
