@@ -615,6 +615,19 @@ keys! {
         reload: Restart,
         doc: r#"`"human"` or `"json"`."#,
     }
+    ADMIN_JIDS = "admin", "jids" {
+        kind: Kind::TextList,
+        default: EmptyList,
+        reload: Sighup,
+        doc: "Bare JIDs (`user@domain`, of a local domain) allowed to run the bridge's ad-hoc commands (XEP-0050) on the component (docs/operations.md \"Administration\"); anyone else gets `forbidden` and sees no commands. No duplicates.",
+    }
+    ADMIN_SOCKET = "admin", "socket" {
+        kind: Kind::Text,
+        default: Absent,
+        default_note: "²",
+        reload: Restart,
+        doc: "Unix socket for `lcs-bridge admin` (created mode 0600, replaced at start; whoever can open it is an administrator). ² Unset: `admin.sock` in `storage.path`.",
+    }
 }
 
 /// The key with this dotted path (`sip.max_headers`, `federation.partners[].edge`).
@@ -694,6 +707,12 @@ const DOC_PARTS: &[DocPart] = &[
         heading: "### `[storage]`, `[mappings]`, `[logging]`",
         intro: "",
         sections: &["storage", "mappings", "logging"],
+        outro: "",
+    },
+    DocPart {
+        heading: "### `[admin]`: administering the running bridge",
+        intro: "",
+        sections: &["admin"],
         outro: "",
     },
 ];
