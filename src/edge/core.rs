@@ -279,6 +279,11 @@ impl EdgeCore {
     }
 
     /// New policy and limits (SIGHUP); connections and transactions stay.
+    /// The connections held, for an administrator.
+    pub fn connection_list(&self) -> Vec<crate::edge::pool::ConnSummary> {
+        self.pool.connections()
+    }
+
     pub fn reconfigure(&mut self, settings: CoreSettings) {
         self.pool.set_limits(settings.pool);
         self.pool.set_idle(settings.limits.pool_idle);
