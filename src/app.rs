@@ -28,6 +28,7 @@ use crate::edge::server::EdgeEvents;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
 use crate::engine::WallClock;
+use crate::engine::admin::{AdminEngine, Outcome as AdminOutcome};
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine, Reconfigure};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings};
@@ -36,6 +37,7 @@ use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscr
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
+pub mod admin;
 mod reload;
 
 /// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level. The level can
@@ -140,9 +142,21 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         );
         let (stop, stop_rx) = mpsc::channel(1);
         let (reconfigure, reconfigure_rx) = mpsc::channel(1);
-        let mut reloader = reload::Reloader::new(config_path, cfg.clone(), mappings.clone());
+        let reloader = reload::Reloader::new(config_path, cfg.clone(), mappings.clone());
+        let (admin_jobs, mut admin_rx) = mpsc::channel::<admin::AdminJob>(admin::QUEUE);
+        let _socket = admin::serve(&cfg.admin.socket, admin_jobs.clone())?;
+        let mut executor = admin::Executor::new(reloader, edge.clone(), store.clone(), reconfigure);
         let runner = Runner {
-            bridge: Bridge::standard(presence, roster, im, iq, mappings.errors.clone()),
+            bridge: Bridge::standard(
+                presence,
+                roster,
+                im,
+                iq,
+                AdminEngine::new(book.component_domains().to_vec(), cfg.admin.jids.clone()),
+                mappings.errors.clone(),
+            ),
+            admin: admin_jobs.clone(),
+            admin_done: mpsc::channel(admin::QUEUE),
             edge: edge.clone(),
             link,
             store: store.clone(),
@@ -158,12 +172,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             xmpp = %format!("{}:{}", cfg.xmpp.host, cfg.xmpp.port),
             "lcs-bridge started: SIP edge listening, component link up"
         );
+        // Signals, and the administration commands (XEP-0050 and the socket), one at a time.
         let signal = loop {
-            match signals.next().await {
-                "SIGHUP" => {
-                    reloader.reload("SIGHUP", &edge, &reconfigure).await;
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    "SIGHUP" => {
+                        executor.reload("SIGHUP").await;
+                    }
+                    other => break other,
+                },
+                Some(job) = admin_rx.recv() => {
+                    let outcome = executor.execute(job.command).await;
+                    let _ = job.reply.send(outcome);
                 }
-                other => break other,
             }
         };
         info!(signal, "shutting down");
@@ -331,7 +352,13 @@ struct Runner {
     edge: Arc<EdgeHandle>,
     link: LinkHandle,
     store: Arc<dyn Store>,
+    /// The administration commands' executor, and the way their outcomes come back.
+    admin: mpsc::Sender<admin::AdminJob>,
+    admin_done: (mpsc::Sender<AdminDone>, mpsc::Receiver<AdminDone>),
 }
+
+/// An administration command's id and outcome, on its way back to the bridge.
+type AdminDone = (u64, AdminOutcome);
 
 impl Runner {
     /// Runs until the edge or the link ends, or `stop` asks for the shutdown presences (the
@@ -387,6 +414,9 @@ impl Runner {
                     }
                     None => return,
                 },
+                Some((id, outcome)) = self.admin_done.1.recv() => {
+                    self.bridge.handle(Instant::now(), Input::AdminDone { id, outcome });
+                }
                 Some(settings) = reconfigure.recv() => {
                     self.bridge.handle(Instant::now(), Input::Reconfigure(settings));
                 }
@@ -457,6 +487,19 @@ impl Runner {
                         error!(result = ?r, "store: IM dialog not removed");
                     }
                     ok
+                }
+                Action::Admin { id, command } => {
+                    // Run by the executor while the bridge goes on; the outcome comes back.
+                    let (jobs, done) = (self.admin.clone(), self.admin_done.0.clone());
+                    tokio::spawn(async move {
+                        let (reply, rx) = oneshot::channel();
+                        if jobs.send(admin::AdminJob { command, reply }).await.is_ok() {
+                            if let Ok(outcome) = rx.await {
+                                let _ = done.send((id, outcome)).await;
+                            }
+                        }
+                    });
+                    true
                 }
                 Action::Forget {
                     direction,

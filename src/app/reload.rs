@@ -7,6 +7,7 @@
 //! an applied one logs one line naming what changed, and a warning naming the changed settings
 //! that wait for a restart. docs/configuration.md "Reloading" describes it for operators.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -17,6 +18,7 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::{self, Config};
 use crate::core::tables::Mappings;
+use crate::edge::core::CoreSettings;
 use crate::edge::server::EdgeHandle;
 use crate::edge::tls::TlsConfigs;
 use crate::engine::bridge::Reconfigure;
@@ -114,13 +116,20 @@ impl Reloader {
         }
     }
 
+    /// The configuration applied last.
+    pub fn applied(&self) -> &Config {
+        &self.applied
+    }
+
     /// Reloads from the configuration file (`why`: what asked, for the log): see the module
-    /// documentation. `engines` carries the engines' new settings to the runner.
+    /// documentation. `engines` carries the engines' new settings to the runner; `blocks` (the
+    /// runtime blocks) stay on top of the new federation policy.
     pub async fn reload(
         &mut self,
         why: &str,
         edge: &EdgeHandle,
         engines: &mpsc::Sender<Box<Reconfigure>>,
+        blocks: &BTreeSet<String>,
     ) -> Outcome {
         let loaded = match load(&self.path, SystemTime::now()) {
             Ok(loaded) => loaded,
@@ -150,11 +159,13 @@ impl Reloader {
             }
         }
         edge.reload_tls(tls);
-        edge.reconfigure(super::core_settings(&cfg)).await;
+        edge.reconfigure(with_blocks(super::core_settings(&cfg), blocks))
+            .await;
         let settings = Reconfigure {
             presence: super::presence_settings(&cfg),
             im: super::im_settings(&cfg),
             mappings: mappings.clone(),
+            admins: cfg.admin.jids.clone(),
         };
         if engines.send(Box::new(settings)).await.is_err() {
             warn!("reload: the engines have stopped; their settings were not changed");
@@ -179,6 +190,28 @@ impl Reloader {
         self.mappings = mappings;
         Outcome::Applied { changed, restart }
     }
+}
+
+/// `settings` with the runtime blocks on top: a blocked domain's configured entry says block,
+/// or a block entry is added.
+pub fn with_blocks(mut settings: CoreSettings, blocks: &BTreeSet<String>) -> CoreSettings {
+    for domain in blocks {
+        match settings
+            .federation
+            .partners
+            .iter_mut()
+            .find(|p| &p.domain == domain)
+        {
+            Some(p) => p.policy = config::PartnerPolicy::Block,
+            None => settings.federation.partners.push(config::Partner {
+                domain: domain.clone(),
+                policy: config::PartnerPolicy::Block,
+                edge: None,
+                verification_level: None,
+            }),
+        }
+    }
+    settings
 }
 
 /// What a reload applies that differs between `new` and the last applied configuration.
@@ -214,6 +247,7 @@ pub fn changes(
         ("[im]", new.im != applied.im),
         ("the mapping tables", new_tables != applied_tables),
         ("logging.level", new.logging.level != applied.logging.level),
+        ("admin.jids", new.admin.jids != applied.admin.jids),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

@@ -35,6 +35,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use xmpp_parsers::minidom::Element;
 
+use super::admin::{AdminEngine, Command, Outcome};
 use super::im::{ImEngine, ImSettings};
 use super::name_book::NameBook;
 use super::presence::{PresenceEngine, PresenceSettings};
@@ -85,6 +86,8 @@ pub enum Input {
     /// A reloaded configuration (`SIGHUP`, the admin `reload` command): every engine that
     /// takes it applies the settings it can (see [`Reconfigure`]).
     Reconfigure(Box<Reconfigure>),
+    /// The outcome of an administration command ([`Action::Admin`]).
+    AdminDone { id: u64, outcome: Outcome },
 }
 
 /// The settings a reload gives the engines, checked in full before they are sent. What each
@@ -97,6 +100,8 @@ pub struct Reconfigure {
     pub im: ImSettings,
     /// Both tables: the presence engine takes both, the IM engine and the bridge the errors.
     pub mappings: Mappings,
+    /// `[admin] jids`.
+    pub admins: Vec<String>,
 }
 
 impl Input {
@@ -160,6 +165,9 @@ pub enum Action {
     /// Remove an IM session's dialog (`Store::remove_im_dialog`, not synced); report
     /// [`Failure::StoreFailed`] if that fails.
     ForgetIm { local: String, remote: String },
+    /// Run an administration command and give its outcome back as [`Input::AdminDone`] with
+    /// this `id` (later: the command may take time; other inputs go on meanwhile).
+    Admin { id: u64, command: Command },
 }
 
 /// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
@@ -251,19 +259,22 @@ impl Bridge {
     }
 
     /// The bridge's engines in routing order: presence, rosters (the server's privilege
-    /// message and the answers to its roster IQs), the component's IQ answers, IM (which takes
-    /// every message stanza and every SIP request and transaction the others leave).
+    /// message and the answers to its roster IQs), the administration commands (XEP-0050),
+    /// the component's IQ answers, IM (which takes every message stanza and every SIP request
+    /// and transaction the others leave).
     pub fn standard(
         presence: PresenceEngine,
         roster: RosterEngine,
         im: ImEngine,
         iq: IqEngine,
+        admin: AdminEngine,
         errors: ErrorTable,
     ) -> Bridge {
         Bridge::new(
             vec![
                 Box::new(presence),
                 Box::new(roster),
+                Box::new(admin),
                 Box::new(iq),
                 Box::new(im),
             ],
@@ -527,6 +538,7 @@ impl Bridge {
                 self.last_store = Some((engine, vec![kept]));
                 Action::ForgetIm { local, remote }
             }
+            Output::Admin { id, command } => Action::Admin { id, command },
             Output::Fact(_) => return self.poll_action(),
         })
     }
@@ -627,6 +639,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::RestoreIm(_) => "IM restore",
         Input::Fact(_) => "fact",
         Input::Reconfigure(_) => "reconfigure",
+        Input::AdminDone { .. } => "admin outcome",
     }
 }
 
@@ -668,7 +681,7 @@ impl Engine for PresenceEngine {
             | Input::LinkUp { .. }
             | Input::LinkDown { .. }
             | Input::Reconfigure(_) => true,
-            Input::RestoreIm(_) | Input::Fact(_) => false,
+            Input::RestoreIm(_) | Input::Fact(_) | Input::AdminDone { .. } => false,
         }
     }
 
@@ -689,7 +702,7 @@ impl Engine for PresenceEngine {
                 self.reconfigure(presence, mappings);
                 Vec::new()
             }
-            Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
+            Input::RestoreIm(_) | Input::Fact(_) | Input::AdminDone { .. } => Vec::new(),
         }
     }
 
@@ -741,9 +754,11 @@ impl Engine for ImEngine {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
             Input::Edge(_) | Input::RestoreIm(_) | Input::Reconfigure(_) => true,
-            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) | Input::Fact(_) => {
-                false
-            }
+            Input::LinkUp { .. }
+            | Input::LinkDown { .. }
+            | Input::Restore(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. } => false,
         }
     }
 
@@ -836,6 +851,42 @@ impl Engine for RosterEngine {
 
     fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         RosterEngine::handle_timeout(self, now)
+    }
+}
+
+impl Engine for AdminEngine {
+    fn name(&self) -> &'static str {
+        "admin"
+    }
+
+    /// Ad-hoc command IQs and the commands node's disco#items on a component domain, the
+    /// outcomes of its commands, and a reload (the administrators' list).
+    fn takes(&self, input: &Input) -> bool {
+        match input {
+            Input::Stanza(el) => AdminEngine::takes(self, el),
+            Input::AdminDone { .. } | Input::Reconfigure(_) => true,
+            _ => false,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        match input {
+            Input::Stanza(el) => self.on_iq(now, &el),
+            Input::AdminDone { id, outcome } => self.done(id, &outcome),
+            Input::Reconfigure(settings) => {
+                self.set_admins(settings.admins.iter().cloned());
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
+        Vec::new()
     }
 }
 

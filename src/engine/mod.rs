@@ -11,6 +11,7 @@
 //! writes ([`Output::Persist`], [`Output::Forget`], a durable [`Output::PersistIm`]) are
 //! durable before the next output runs.
 
+pub mod admin;
 pub mod bridge;
 mod common;
 pub mod im;
@@ -80,6 +81,9 @@ pub enum Output {
     /// Something the other engines act on; the bridge hands it to every engine that takes
     /// it ([`bridge::Input::Fact`]) and never to the runner.
     Fact(Fact),
+    /// An administration command for the runner's executor; its outcome comes back as
+    /// [`bridge::Input::AdminDone`] with this `id`.
+    Admin { id: u64, command: admin::Command },
 }
 
 /// What one engine learned that another acts on (docs/mapping.md §6).
@@ -111,6 +115,8 @@ pub enum Fact {
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // the world starts its virtual clock at a real instant
 mod world;
+#[cfg(test)]
+mod world_admin_tests;
 #[cfg(test)]
 mod world_reload_tests;
 #[cfg(test)]

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use xmpp_parsers::minidom::Element;
 
 use super::WallClock;
+use super::admin::{self, AdminEngine, Command};
 use super::bridge::{Action, Bridge, Failure, Input, IqEngine, Reconfigure};
 use super::im::{ImEngine, ImSettings};
 use super::presence::{PresenceEngine, PresenceSettings};
@@ -52,6 +53,8 @@ pub const LATENCY: Duration = Duration::from_millis(20);
 pub const COMPONENT: &str = "lcs.example.org";
 pub const LOCAL: &str = "example.org";
 pub const PUBLIC_FQDN: &str = "sip.example.org";
+/// The administrator (`[admin] jids`).
+pub const ADMIN: &str = "admin@example.org";
 
 /// The LCS user `user@contoso.com` as a JID of the component (XEP-0106).
 pub fn contact_jid(user: &str) -> String {
@@ -314,6 +317,10 @@ pub struct World {
     wire: VecDeque<(Instant, Input)>,
     start: Instant,
     seed: u64,
+    /// The administration commands the runner was given, in order, and the domains blocked at
+    /// runtime (the runner's executor, played with the world's store).
+    pub admin_commands: Vec<Command>,
+    pub blocked: std::collections::BTreeSet<String>,
     /// The engines' settings and tables (kept for a restart, changed by [`World::reload`]).
     presence: PresenceSettings,
     im: ImSettings,
@@ -358,6 +365,8 @@ impl World {
             wire: VecDeque::new(),
             start: now,
             seed: 1,
+            admin_commands: Vec::new(),
+            blocked: std::collections::BTreeSet::new(),
             presence,
             im,
             mappings,
@@ -403,7 +412,21 @@ impl World {
         );
         let iq = IqEngine::new(Self::book(), GatewayInfo::new("LCS gateway"));
         let roster = RosterEngine::new(RosterMode::Auto, Self::book(), seed + 2);
-        Bridge::standard(presence, roster, im, iq, mappings.errors.clone())
+        let admin = AdminEngine::new(vec![COMPONENT.into()], [ADMIN.to_owned()]);
+        Bridge::standard(presence, roster, im, iq, admin, mappings.errors.clone())
+    }
+
+    /// A reload whose `[admin] jids` are `admins` (the rest unchanged).
+    pub fn reload_admins(&mut self, admins: Vec<String>) {
+        let settings = Reconfigure {
+            presence: self.presence.clone(),
+            im: self.im.clone(),
+            mappings: self.mappings.clone(),
+            admins,
+        };
+        self.bridge
+            .handle(self.now, Input::Reconfigure(Box::new(settings)));
+        self.flush();
     }
 
     /// A reload (SIGHUP) at the current time: the settings `presence` and `im` make of the
@@ -421,6 +444,7 @@ impl World {
             presence: self.presence.clone(),
             im: self.im.clone(),
             mappings: self.mappings.clone(),
+            admins: vec![ADMIN.to_owned()],
         };
         self.bridge
             .handle(self.now, Input::Reconfigure(Box::new(settings)));
@@ -1188,6 +1212,35 @@ impl World {
         self.wire.push_back((self.now + LATENCY, input));
     }
 
+    /// The runner's executor of administration commands, on the world's store.
+    fn execute(&mut self, command: &Command) -> admin::Outcome {
+        match command {
+            Command::Partners => admin::partners(
+                &[("contoso.com".to_owned(), "allow")],
+                &self.blocked,
+                "allow",
+                &[],
+            ),
+            Command::Subscriptions { user } => {
+                let all: Vec<Subscription> = self
+                    .store
+                    .subscriptions()
+                    .collect::<Result<_, _>>()
+                    .expect("store readable");
+                admin::subscriptions(user, &all)
+            }
+            Command::Block { domain } => {
+                let already = !self.blocked.insert(domain.clone());
+                admin::blocked(domain, already)
+            }
+            Command::Unblock { domain } => {
+                let was = self.blocked.remove(domain);
+                admin::unblocked(domain, was, false)
+            }
+            Command::Reload => admin::Outcome::ok("configuration reloaded", Vec::new()),
+        }
+    }
+
     /// Runs every action the bridge has ready, handing each to the stand-in it is for.
     fn flush(&mut self) {
         while let Some(action) = self.bridge.poll_action() {
@@ -1240,6 +1293,11 @@ impl World {
                     if self.store.remove_im_dialog(&local, &remote).is_err() {
                         self.bridge.report(self.now, Failure::StoreFailed);
                     }
+                }
+                Action::Admin { id, command } => {
+                    let outcome = self.execute(&command);
+                    self.admin_commands.push(command);
+                    self.send(Input::AdminDone { id, outcome });
                 }
             }
         }
