@@ -167,3 +167,152 @@ async fn the_cli_lists_blocks_reloads_and_unblocks_through_the_socket() {
     assert!(text(&out).contains("unknown command"), "{}", text(&out));
     drop(kept);
 }
+
+/// The next stanza XMPP client `client` receives whose id is `id`.
+async fn reply_to(events: &mut UnboundedReceiver<Event>, client: usize, id: &str) -> String {
+    let needle = format!("id='{id}'");
+    wait(events, |e| match e {
+        Event::Client(c, s, _) if *c == client => {
+            let s = String::from_utf8_lossy(s).replace('"', "'");
+            s.contains(&needle).then_some(s)
+        }
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrator_runs_ad_hoc_commands_over_c2s_on_prosody() {
+    use lcs_test_support::config::BridgeConfig;
+    use lcs_test_support::e2e::ALICE_PASSWORD;
+    use lcs_test_support::e2e::{Bridge, Mode};
+    use lcs_test_support::{GATEWAY_COMPONENT, XMPP_DOMAIN, XmppServer as _};
+    let Some(server) = lcs_test_support::Prosody::start() else {
+        return;
+    };
+    server.register("boss", ALICE_PASSWORD);
+    server.register("eve", ALICE_PASSWORD);
+    let dir = tempfile::Builder::new()
+        .prefix("lcsb-admin-c2s-")
+        .tempdir()
+        .unwrap();
+    let pki = lcs_test_support::pki::Pki::new("admin test CA");
+    lcs_test_support::pki::write_bridge_files(
+        dir.path(),
+        &pki,
+        &["sip.xmpp.test", XMPP_DOMAIN, "127.0.0.1"],
+    );
+    let sip_port = lcs_test_support::free_port();
+    let config = dir.path().join("lcs-bridge.toml");
+    let extra = format!("\n[admin]\njids = [\"boss@{XMPP_DOMAIN}\"]\n");
+    let toml = BridgeConfig {
+        extra: &extra,
+        ..BridgeConfig::new(
+            dir.path(),
+            Mode::Gateway,
+            server.component_port(),
+            sip_port,
+            lcs_test_support::free_port(),
+        )
+    }
+    .toml();
+    std::fs::write(&config, toml).unwrap();
+    let mut bridge = Bridge::start(&config, &dir.path().join("bridge.log"), sip_port);
+    let deadline = std::time::Instant::now() + WAIT;
+    tokio::task::block_in_place(|| bridge.wait_started(deadline));
+
+    let c2s: SocketAddr = format!("127.0.0.1:{}", server.c2s_port()).parse().unwrap();
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (boss, _) = net::c2s_login(
+        c2s,
+        XMPP_DOMAIN,
+        "boss",
+        ALICE_PASSWORD,
+        0,
+        events_tx.clone(),
+    )
+    .await
+    .unwrap();
+    let (eve, _) = net::c2s_login(
+        c2s,
+        XMPP_DOMAIN,
+        "eve",
+        ALICE_PASSWORD,
+        1,
+        events_tx.clone(),
+    )
+    .await
+    .unwrap();
+    let ns = "http://jabber.org/protocol/commands";
+    let items = format!(
+        "<iq type='get' to='{GATEWAY_COMPONENT}' id='i1'><query xmlns='http://jabber.org/protocol/disco#items' node='{ns}'/></iq>"
+    );
+
+    // Eve: no commands, and forbidden.
+    eve.send(items.clone().into_bytes()).unwrap();
+    let listed = reply_to(&mut events, 1, "i1").await;
+    assert!(
+        listed.contains("type='result'") && !listed.contains("<item"),
+        "{listed}"
+    );
+    eve.send(
+        format!("<iq type='set' to='{GATEWAY_COMPONENT}' id='e1'><command xmlns='{ns}' node='partners' action='execute'/></iq>")
+            .into_bytes(),
+    )
+    .unwrap();
+    let refused = reply_to(&mut events, 1, "e1").await;
+    assert!(refused.contains("<forbidden"), "{refused}");
+
+    // The administrator: the list, partners at once, block through its form.
+    boss.send(items.into_bytes()).unwrap();
+    let listed = reply_to(&mut events, 0, "i1").await;
+    for node in ["partners", "subscriptions", "block", "unblock", "reload"] {
+        assert!(
+            listed.contains(&format!("node='{node}'")),
+            "{node}: {listed}"
+        );
+    }
+    boss.send(
+        format!("<iq type='set' to='{GATEWAY_COMPONENT}' id='p1'><command xmlns='{ns}' node='partners' action='execute'/></iq>")
+            .into_bytes(),
+    )
+    .unwrap();
+    let done = reply_to(&mut events, 0, "p1").await;
+    assert!(
+        done.contains("status='completed'") && done.contains("partner contoso.com: allow"),
+        "{done}"
+    );
+    boss.send(
+        format!("<iq type='set' to='{GATEWAY_COMPONENT}' id='b1'><command xmlns='{ns}' node='block' action='execute'/></iq>")
+            .into_bytes(),
+    )
+    .unwrap();
+    let form = reply_to(&mut events, 0, "b1").await;
+    assert!(
+        form.contains("status='executing'") && form.contains("var='domain'"),
+        "{form}"
+    );
+    let at = form.find("sessionid='").unwrap() + "sessionid='".len();
+    let sid = form[at..].split('\'').next().unwrap().to_owned();
+    boss.send(
+        format!(
+            "<iq type='set' to='{GATEWAY_COMPONENT}' id='b2'><command xmlns='{ns}' node='block' sessionid='{sid}' action='complete'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='domain'><value>fabrikam.com</value></field></x></command></iq>"
+        )
+        .into_bytes(),
+    )
+    .unwrap();
+    let done = reply_to(&mut events, 0, "b2").await;
+    assert!(
+        done.contains("status='completed'") && done.contains("fabrikam.com blocked"),
+        "{done}"
+    );
+    assert!(done.contains("runtime only"), "{done}");
+    // The same block seen through the socket.
+    let out = admin(&config, &["partners"]);
+    assert!(
+        text(&out).contains("blocked at runtime: fabrikam.com"),
+        "{}",
+        text(&out)
+    );
+}
