@@ -144,8 +144,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let (reconfigure, reconfigure_rx) = mpsc::channel(1);
         let reloader = reload::Reloader::new(config_path, cfg.clone(), mappings.clone());
         let (admin_jobs, mut admin_rx) = mpsc::channel::<admin::AdminJob>(admin::QUEUE);
+        let (engine_jobs, engine_jobs_rx) = mpsc::channel::<admin::EngineJob>(admin::QUEUE);
         let _socket = admin::serve(&cfg.admin.socket, admin_jobs.clone())?;
-        let mut executor = admin::Executor::new(reloader, edge.clone(), store.clone(), reconfigure);
+        let mut executor = admin::Executor::new(
+            reloader,
+            edge.clone(),
+            store.clone(),
+            reconfigure,
+            engine_jobs,
+        );
         let runner = Runner {
             bridge: Bridge::standard(
                 presence,
@@ -157,6 +164,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             ),
             admin: admin_jobs.clone(),
             admin_done: mpsc::channel(admin::QUEUE),
+            engine_jobs: engine_jobs_rx,
+            waiting: std::collections::HashMap::new(),
+            next_job: 1,
             edge: edge.clone(),
             link,
             store: store.clone(),
@@ -355,6 +365,11 @@ struct Runner {
     /// The administration commands' executor, and the way their outcomes come back.
     admin: mpsc::Sender<admin::AdminJob>,
     admin_done: (mpsc::Sender<AdminDone>, mpsc::Receiver<AdminDone>),
+    /// Commands the engines carry out (from the socket), those waiting for their outcome by
+    /// id, and the next id.
+    engine_jobs: mpsc::Receiver<admin::EngineJob>,
+    waiting: std::collections::HashMap<u64, oneshot::Sender<AdminOutcome>>,
+    next_job: u64,
 }
 
 /// An administration command's id and outcome, on its way back to the bridge.
@@ -414,6 +429,12 @@ impl Runner {
                     }
                     None => return,
                 },
+                Some((command, reply)) = self.engine_jobs.recv() => {
+                    let id = self.next_job;
+                    self.next_job += 1;
+                    self.waiting.insert(id, reply);
+                    self.bridge.handle(Instant::now(), Input::Admin { id, command });
+                }
                 Some((id, outcome)) = self.admin_done.1.recv() => {
                     self.bridge.handle(Instant::now(), Input::AdminDone { id, outcome });
                 }
@@ -499,6 +520,12 @@ impl Runner {
                             }
                         }
                     });
+                    true
+                }
+                Action::AdminReply { id, outcome } => {
+                    if let Some(reply) = self.waiting.remove(&id) {
+                        let _ = reply.send(outcome);
+                    }
                     true
                 }
                 Action::Forget {

@@ -5,8 +5,9 @@
 //!   partner `contoso.com`'s mutual-TLS edge (`lcs_test_support::e2e::scripted_partner`): the
 //!   socket is private (0600); `partners` shows the configured partner and the partner's
 //!   connection; `block contoso.com` says it is runtime only and the partner's next request is
-//!   refused with 403; a `reload` keeps the block; `unblock` lifts it; a bad command exits 1
-//!   with the reason;
+//!   refused with 403; a `reload` keeps the block; `unblock` lifts it; `end-subscription` of
+//!   a pair with none goes through the engines and says so; a bad command exits 1 with the
+//!   reason;
 //! - XEP-0050 over c2s on a real Prosody: an administrator (`[admin] jids`) logged in as an
 //!   ordinary client sees the commands in disco#items and runs `partners` and `block` (form,
 //!   then submit); another user sees no commands and gets `forbidden`.
@@ -162,6 +163,17 @@ async fn the_cli_lists_blocks_reloads_and_unblocks_through_the_socket() {
         "{}",
         text(&out)
     );
+    // Carried out by the engines (socket → runner → bridge → presence engine → back).
+    let out = admin(
+        &config,
+        &["end-subscription", "alice@xmpp.test", "sip:bob@contoso.com"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no subscription between alice@xmpp.test and sip:bob@contoso.com"),
+        "{}",
+        text(&out)
+    );
     let out = admin(&config, &["shutdown"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("unknown command"), "{}", text(&out));
@@ -266,7 +278,14 @@ async fn an_administrator_runs_ad_hoc_commands_over_c2s_on_prosody() {
     // The administrator: the list, partners at once, block through its form.
     boss.send(items.into_bytes()).unwrap();
     let listed = reply_to(&mut events, 0, "i1").await;
-    for node in ["partners", "subscriptions", "block", "unblock", "reload"] {
+    for node in [
+        "partners",
+        "subscriptions",
+        "block",
+        "unblock",
+        "end-subscription",
+        "reload",
+    ] {
         assert!(
             listed.contains(&format!("node='{node}'")),
             "{node}: {listed}"

@@ -40,6 +40,9 @@ pub struct AdminJob {
     pub reply: oneshot::Sender<Outcome>,
 }
 
+/// A command the engines carry out, on its way to the runner, and where its outcome goes.
+pub type EngineJob = (Command, oneshot::Sender<Outcome>);
+
 /// Runs the commands (and SIGHUP's reload).
 pub struct Executor {
     reloader: Reloader,
@@ -47,6 +50,8 @@ pub struct Executor {
     edge: Arc<EdgeHandle>,
     store: Arc<dyn Store>,
     engines: mpsc::Sender<Box<Reconfigure>>,
+    /// Commands for the engines (through the runner).
+    bridge: mpsc::Sender<EngineJob>,
 }
 
 impl Executor {
@@ -55,6 +60,7 @@ impl Executor {
         edge: Arc<EdgeHandle>,
         store: Arc<dyn Store>,
         engines: mpsc::Sender<Box<Reconfigure>>,
+        bridge: mpsc::Sender<EngineJob>,
     ) -> Executor {
         Executor {
             reloader,
@@ -62,6 +68,7 @@ impl Executor {
             edge,
             store,
             engines,
+            bridge,
         }
     }
 
@@ -96,6 +103,17 @@ impl Executor {
     pub async fn execute(&mut self, command: Command) -> Outcome {
         let outcome = match &command {
             Command::Reload => return self.reload("admin").await,
+            Command::EndSubscription { .. } => {
+                // Only from the socket: XEP-0050 requests go to the engine directly.
+                let (reply, rx) = oneshot::channel();
+                if self.bridge.send((command.clone(), reply)).await.is_err() {
+                    Outcome::failed("the engines have stopped", Vec::new())
+                } else {
+                    rx.await.unwrap_or_else(|_| {
+                        Outcome::failed("the engines stopped before answering", Vec::new())
+                    })
+                }
+            }
             Command::Partners => {
                 let cfg = self.reloader.applied();
                 let configured: Vec<(String, &'static str)> = cfg

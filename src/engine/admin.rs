@@ -58,6 +58,9 @@ pub enum Command {
     Unblock { domain: String },
     /// Reload the configuration and tables (as SIGHUP).
     Reload,
+    /// End the subscriptions between a local user (bare JID) and an LCS user (AOR URI,
+    /// `sip:user@domain`), both ways; carried out by the presence engine.
+    EndSubscription { user: String, contact: String },
 }
 
 /// A command's node (XEP-0050) and name on the command line, its title, and its fields
@@ -88,6 +91,14 @@ const COMMANDS: &[Info] = &[
         node: "unblock",
         name: "Lift a runtime block",
         fields: &[("domain", "SIP domain")],
+    },
+    Info {
+        node: "end-subscription",
+        name: "End the subscriptions between a user and an LCS user",
+        fields: &[
+            ("user", "Local user (bare JID)"),
+            ("contact", "LCS user (sip:user@domain)"),
+        ],
     },
     Info {
         node: "reload",
@@ -138,6 +149,10 @@ impl Command {
             "block" => Command::Block {
                 domain: domain(&one())?,
             },
+            "end-subscription" => Command::EndSubscription {
+                user: bare_jid(&one())?,
+                contact: aor(values[1].trim())?,
+            },
             _ => Command::Unblock {
                 domain: domain(&one())?,
             },
@@ -152,6 +167,7 @@ impl Command {
             Command::Block { .. } => "block",
             Command::Unblock { .. } => "unblock",
             Command::Reload => "reload",
+            Command::EndSubscription { .. } => "end-subscription",
         }
     }
 }
@@ -168,6 +184,18 @@ fn domain(s: &str) -> Result<String, String> {
             crate::core::xml_chars::clean(s)
         )
     })
+}
+
+/// An LCS user's address of record, `sip:user@domain` (the scheme may be left out), domain
+/// lowercased.
+fn aor(s: &str) -> Result<String, String> {
+    let bare = s.strip_prefix("sip:").unwrap_or(s);
+    let shown = || crate::core::xml_chars::clean(s).into_owned();
+    let (user, host) = bare
+        .split_once('@')
+        .filter(|(u, _)| !u.is_empty() && !u.contains([' ', ';', '<', '>', '@']))
+        .ok_or_else(|| format!("{:?} is not an LCS address (sip:user@domain)", shown()))?;
+    Ok(format!("sip:{user}@{}", domain(host)?))
 }
 
 /// A bare JID (`user@domain`), domain lowercased.
@@ -384,6 +412,31 @@ pub fn unblocked(domain: &str, was: bool, configured: bool) -> Outcome {
     }
 }
 
+/// `end-subscription USER CONTACT` done: which directions there were.
+pub fn ended(user: &str, contact: &str, directions: &[Direction]) -> Outcome {
+    if directions.is_empty() {
+        return Outcome::failed(
+            format!("no subscription between {user} and {contact}"),
+            Vec::new(),
+        );
+    }
+    let lines = directions
+        .iter()
+        .map(|d| match d {
+            Direction::Outbound => format!(
+                "{user} no longer watches {contact}: unsubscribed at LCS, the user told unsubscribed"
+            ),
+            Direction::Inbound => format!(
+                "{contact} no longer watches {user}: NOTIFY terminated (rejected), the user told unsubscribe"
+            ),
+        })
+        .collect();
+    Outcome::ok(
+        format!("subscriptions between {user} and {contact} ended"),
+        lines,
+    )
+}
+
 // ------------------------------------------------------------------ XEP-0050
 
 /// An open form session.
@@ -395,15 +448,19 @@ struct Session {
     expires: Instant,
 }
 
-/// A command sent to the runner, waiting for its outcome.
+/// A command waiting for its outcome, and whom to tell.
 #[derive(Debug)]
-struct Pending {
-    /// The requester, the component address it wrote to, the IQ id.
-    from: String,
-    to: String,
-    id: String,
-    node: &'static str,
-    session: String,
+enum Pending {
+    /// A XEP-0050 request: the requester, the component address it wrote to, the IQ id.
+    Iq {
+        from: String,
+        to: String,
+        id: String,
+        node: &'static str,
+        session: String,
+    },
+    /// The runner's command with this id ([`Input::Admin`](super::bridge::Input::Admin)).
+    Runner(u64),
 }
 
 /// The XEP-0050 front end (see the module documentation).
@@ -602,7 +659,7 @@ impl AdminEngine {
         self.next += 1;
         self.pending.insert(
             id,
-            Pending {
+            Pending::Iq {
                 from,
                 to: iq.attr("to").unwrap_or("").to_owned(),
                 id: iq.attr("id").unwrap_or("").to_owned(),
@@ -610,13 +667,48 @@ impl AdminEngine {
                 session: sid,
             },
         );
-        vec![Output::Admin { id, command }]
+        vec![dispatch(id, command)]
+    }
+
+    /// A command from the runner (the local socket) that the engines carry out.
+    pub fn from_runner(&mut self, runner_id: u64, command: Command) -> Vec<Output> {
+        if !matches!(command, Command::EndSubscription { .. }) {
+            let outcome = Outcome::failed("not a command the engines carry out", Vec::new());
+            return vec![Output::AdminReply {
+                id: runner_id,
+                outcome,
+            }];
+        }
+        if self.pending.len() >= MAX_PENDING {
+            let outcome = Outcome::failed("too many commands under way", Vec::new());
+            return vec![Output::AdminReply {
+                id: runner_id,
+                outcome,
+            }];
+        }
+        let id = self.next;
+        self.next += 1;
+        self.pending.insert(id, Pending::Runner(runner_id));
+        vec![dispatch(id, command)]
     }
 
     /// The outcome of command `id`: the completed command to its requester.
     pub fn done(&mut self, id: u64, outcome: &Outcome) -> Vec<Output> {
-        let Some(p) = self.pending.remove(&id) else {
-            return Vec::new();
+        let (from, to, iq_id, node, session) = match self.pending.remove(&id) {
+            None => return Vec::new(),
+            Some(Pending::Runner(id)) => {
+                return vec![Output::AdminReply {
+                    id,
+                    outcome: outcome.clone(),
+                }];
+            }
+            Some(Pending::Iq {
+                from,
+                to,
+                id,
+                node,
+                session,
+            }) => (from, to, id, node, session),
         };
         let mut children = vec![
             Element::builder("note", NS_COMMANDS)
@@ -642,16 +734,16 @@ impl AdminEngine {
         }
         let command = children.into_iter().fold(
             Element::builder("command", NS_COMMANDS)
-                .a("node", p.node)
-                .a("sessionid", p.session.as_str())
+                .a("node", node)
+                .a("sessionid", session.as_str())
                 .a("status", "completed"),
             |c, child| c.append(child),
         );
         let reply = Element::builder("iq", NS_COMPONENT)
             .a("type", "result")
-            .a("from", p.to.as_str())
-            .a("to", p.from.as_str())
-            .a("id", p.id.as_str())
+            .a("from", to.as_str())
+            .a("to", from.as_str())
+            .a("id", iq_id.as_str())
             .append(command)
             .build();
         vec![Output::Stanza(reply)]
@@ -672,6 +764,19 @@ impl AdminEngine {
             }
         }
         reply(iq, "result").append(query).build()
+    }
+}
+
+/// Where command `id` goes: the presence engine for `end-subscription`, the runner's executor
+/// for the rest.
+fn dispatch(id: u64, command: Command) -> Output {
+    match command {
+        Command::EndSubscription { user, contact } => Output::Fact(super::Fact::EndSubscription {
+            id,
+            local: user,
+            remote: contact,
+        }),
+        command => Output::Admin { id, command },
     }
 }
 

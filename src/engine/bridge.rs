@@ -25,7 +25,8 @@
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
 //! - **Facts.** What an engine learned for the others ([`Output::Fact`]: a contact's display
-//!   name, a subscription approved) is no action: after the input that produced it, the
+//!   name, a subscription approved; an administrator's `end-subscription` and its outcome) is
+//!   no action: after the input that produced it, the
 //!   bridge hands it to every engine that takes it as [`Input::Fact`], in order, each
 //!   engine's outputs a batch of their own.
 
@@ -58,8 +59,9 @@ pub const WRITE_BATCH: usize = 1024;
 /// How far ahead in the queue [`Bridge::poll_action`] looks for IM writes to join.
 pub const WRITE_LOOKAHEAD: usize = 4096;
 
-/// Most facts handed on after one input: engines answer facts with actions, not with more
-/// facts, so this is a guard against a loop, never reached.
+/// Most facts handed on after one input: engines answer facts with actions (and an
+/// administration command's outcome with one more fact), so this is a guard against a loop,
+/// never reached.
 const MAX_FACTS: usize = 100_000;
 
 /// `Retry-After` when the component link's queue was full: the link drains a full queue in
@@ -88,6 +90,10 @@ pub enum Input {
     Reconfigure(Box<Reconfigure>),
     /// The outcome of an administration command ([`Action::Admin`]).
     AdminDone { id: u64, outcome: Outcome },
+    /// An administration command from the runner (the local socket) that the engines carry
+    /// out (`end-subscription`); its outcome comes out as [`Action::AdminReply`] with this
+    /// `id`.
+    Admin { id: u64, command: Command },
 }
 
 /// The settings a reload gives the engines, checked in full before they are sent. What each
@@ -168,6 +174,8 @@ pub enum Action {
     /// Run an administration command and give its outcome back as [`Input::AdminDone`] with
     /// this `id` (later: the command may take time; other inputs go on meanwhile).
     Admin { id: u64, command: Command },
+    /// The outcome of [`Input::Admin`] `id`.
+    AdminReply { id: u64, outcome: Outcome },
 }
 
 /// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
@@ -539,6 +547,7 @@ impl Bridge {
                 Action::ForgetIm { local, remote }
             }
             Output::Admin { id, command } => Action::Admin { id, command },
+            Output::AdminReply { id, outcome } => Action::AdminReply { id, outcome },
             Output::Fact(_) => return self.poll_action(),
         })
     }
@@ -640,6 +649,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::Fact(_) => "fact",
         Input::Reconfigure(_) => "reconfigure",
         Input::AdminDone { .. } => "admin outcome",
+        Input::Admin { .. } => "admin command",
     }
 }
 
@@ -681,7 +691,11 @@ impl Engine for PresenceEngine {
             | Input::LinkUp { .. }
             | Input::LinkDown { .. }
             | Input::Reconfigure(_) => true,
-            Input::RestoreIm(_) | Input::Fact(_) | Input::AdminDone { .. } => false,
+            Input::Fact(Fact::EndSubscription { .. }) => true,
+            Input::RestoreIm(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => false,
         }
     }
 
@@ -702,7 +716,18 @@ impl Engine for PresenceEngine {
                 self.reconfigure(presence, mappings);
                 Vec::new()
             }
-            Input::RestoreIm(_) | Input::Fact(_) | Input::AdminDone { .. } => Vec::new(),
+            Input::Fact(Fact::EndSubscription { id, local, remote }) => {
+                let (ended, mut out) = self.end_by_admin(now, &local, &remote);
+                out.push(Output::Fact(Fact::AdminDone {
+                    id,
+                    outcome: super::admin::ended(&local, &remote, &ended),
+                }));
+                out
+            }
+            Input::RestoreIm(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => Vec::new(),
         }
     }
 
@@ -758,7 +783,8 @@ impl Engine for ImEngine {
             | Input::LinkDown { .. }
             | Input::Restore(_)
             | Input::Fact(_)
-            | Input::AdminDone { .. } => false,
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => false,
         }
     }
 
@@ -864,7 +890,10 @@ impl Engine for AdminEngine {
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(el) => AdminEngine::takes(self, el),
-            Input::AdminDone { .. } | Input::Reconfigure(_) => true,
+            Input::AdminDone { .. }
+            | Input::Admin { .. }
+            | Input::Reconfigure(_)
+            | Input::Fact(Fact::AdminDone { .. }) => true,
             _ => false,
         }
     }
@@ -872,7 +901,10 @@ impl Engine for AdminEngine {
     fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
         match input {
             Input::Stanza(el) => self.on_iq(now, &el),
-            Input::AdminDone { id, outcome } => self.done(id, &outcome),
+            Input::AdminDone { id, outcome } | Input::Fact(Fact::AdminDone { id, outcome }) => {
+                self.done(id, &outcome)
+            }
+            Input::Admin { id, command } => self.from_runner(id, command),
             Input::Reconfigure(settings) => {
                 self.set_admins(settings.admins.iter().cloned());
                 Vec::new()

@@ -84,11 +84,24 @@ pub enum Output {
     /// An administration command for the runner's executor; its outcome comes back as
     /// [`bridge::Input::AdminDone`] with this `id`.
     Admin { id: u64, command: admin::Command },
+    /// The outcome of a command the runner gave as [`bridge::Input::Admin`].
+    AdminReply { id: u64, outcome: admin::Outcome },
 }
 
-/// What one engine learned that another acts on (docs/mapping.md §6).
+/// What one engine learned that another acts on (docs/mapping.md §6), and the
+/// administration commands that another engine carries out (`admin::AdminEngine` → presence
+/// → back).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fact {
+    /// An administrator ends the subscriptions between local user `local` (bare JID) and
+    /// LCS user `remote` (AOR URI), both ways; the outcome comes back as [`Fact::AdminDone`].
+    EndSubscription {
+        id: u64,
+        local: String,
+        remote: String,
+    },
+    /// The outcome of administration command `id` carried out by an engine.
+    AdminDone { id: u64, outcome: admin::Outcome },
     /// The display name the bridge knows for an LCS contact is new or changed (also each
     /// name read back from the store at start). `name` is cleaned (`core::names`); `source`
     /// says where it came from (a PIDF name wins over a `From` name); `subscribed`: learned

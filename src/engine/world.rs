@@ -321,6 +321,8 @@ pub struct World {
     /// runtime (the runner's executor, played with the world's store).
     pub admin_commands: Vec<Command>,
     pub blocked: std::collections::BTreeSet<String>,
+    /// The outcomes of the commands given as `Input::Admin` (the socket's), by id.
+    pub admin_replies: Vec<(u64, admin::Outcome)>,
     /// The engines' settings and tables (kept for a restart, changed by [`World::reload`]).
     presence: PresenceSettings,
     im: ImSettings,
@@ -366,6 +368,7 @@ impl World {
             start: now,
             seed: 1,
             admin_commands: Vec::new(),
+            admin_replies: Vec::new(),
             blocked: std::collections::BTreeSet::new(),
             presence,
             im,
@@ -414,6 +417,11 @@ impl World {
         let roster = RosterEngine::new(RosterMode::Auto, Self::book(), seed + 2);
         let admin = AdminEngine::new(vec![COMPONENT.into()], [ADMIN.to_owned()]);
         Bridge::standard(presence, roster, im, iq, admin, mappings.errors.clone())
+    }
+
+    /// The runner gives the bridge a command from the local socket.
+    pub fn admin_from_socket(&mut self, id: u64, command: Command) {
+        self.send(Input::Admin { id, command });
     }
 
     /// A reload whose `[admin] jids` are `admins` (the rest unchanged).
@@ -1238,6 +1246,9 @@ impl World {
                 admin::unblocked(domain, was, false)
             }
             Command::Reload => admin::Outcome::ok("configuration reloaded", Vec::new()),
+            Command::EndSubscription { .. } => {
+                admin::Outcome::failed("the engines carry this out", Vec::new())
+            }
         }
     }
 
@@ -1299,6 +1310,7 @@ impl World {
                     self.admin_commands.push(command);
                     self.send(Input::AdminDone { id, outcome });
                 }
+                Action::AdminReply { id, outcome } => self.admin_replies.push((id, outcome)),
             }
         }
     }

@@ -56,7 +56,14 @@ fn only_administrators_see_and_run_the_commands() {
     assert!(w.admin_commands.is_empty());
 
     let listed = items(&mut w, ADMIN);
-    for node in ["partners", "subscriptions", "block", "unblock", "reload"] {
+    for node in [
+        "partners",
+        "subscriptions",
+        "block",
+        "unblock",
+        "end-subscription",
+        "reload",
+    ] {
         assert!(
             listed.contains(&format!("node='{node}'")),
             "{node}: {listed}"
@@ -195,4 +202,101 @@ fn subscriptions_lists_what_the_store_holds_for_the_user() {
         &form(&[("user", "carol@example.org")]),
     );
     assert!(none.contains("watches 0 LCS user(s)"), "{none}");
+}
+
+/// `end-subscription`: both directions between the user and the LCS user end as if the user
+/// had ended them — SUBSCRIBE `Expires: 0` and NOTIFY `terminated;reason=rejected` to LCS,
+/// `unsubscribed` and `unsubscribe` to the user, both records gone — and the same command
+/// from the socket reports when there is nothing to end.
+#[test]
+fn end_subscription_ends_both_directions_as_the_user_would() {
+    use crate::sip::message::Method;
+    use crate::store::{Direction, Store};
+    let mut w = World::new();
+    let bob = contact_jid("bob");
+    w.lcs
+        .documents
+        .insert(BOB_AOR.into(), pidf(BOB_AOR, "away"));
+    w.xmpp_sends(&format!(
+        "<presence from='{ALICE}' to='{bob}' type='subscribe'/>"
+    ));
+    w.settle();
+    w.lcs_subscribes(BOB_AOR, "sip:alice@example.org");
+    w.settle();
+    w.xmpp_sends(&format!(
+        "<presence from='{ALICE}' to='{bob}' type='subscribed'/>"
+    ));
+    w.run_for(std::time::Duration::from_secs(10));
+    for d in [Direction::Outbound, Direction::Inbound] {
+        assert!(
+            w.store
+                .get_subscription(d, ALICE, BOB_AOR)
+                .unwrap()
+                .is_some(),
+            "{d:?}"
+        );
+    }
+    let subscribes = w.lcs.requests(&Method::Subscribe).len();
+    let notifies = w.lcs.requests(&Method::Notify).len();
+
+    let done = execute(
+        &mut w,
+        ADMIN,
+        "x1",
+        "end-subscription",
+        &form(&[("user", ALICE), ("contact", "bob@Contoso.com")]),
+    );
+    assert!(done.contains("status='completed'"), "{done}");
+    assert!(done.contains("ended"), "{done}");
+    let unsubscribe = w.lcs.requests(&Method::Subscribe);
+    assert_eq!(unsubscribe.len(), subscribes + 1);
+    assert_eq!(unsubscribe[subscribes].header("Expires"), Some("0"));
+    let notify = w.lcs.requests(&Method::Notify);
+    assert_eq!(notify.len(), notifies + 1);
+    let state = notify[notifies].header("Subscription-State").unwrap();
+    assert!(
+        state.starts_with("terminated") && state.contains("rejected"),
+        "{state}"
+    );
+    let told = w.xmpp.to(ALICE);
+    assert!(
+        told.iter()
+            .any(|s| s.contains("type='unsubscribed'") && s.contains(&bob)),
+        "{told:?}"
+    );
+    assert!(
+        told.iter()
+            .any(|s| s.contains("type='unsubscribe'") && s.contains(&bob)),
+        "{told:?}"
+    );
+    for d in [Direction::Outbound, Direction::Inbound] {
+        assert!(
+            w.store
+                .get_subscription(d, ALICE, BOB_AOR)
+                .unwrap()
+                .is_none(),
+            "{d:?}"
+        );
+    }
+    assert!(
+        w.admin_commands.is_empty(),
+        "carried out by the engines, not the executor"
+    );
+
+    // From the socket: nothing left to end.
+    w.admin_from_socket(
+        7,
+        Command::EndSubscription {
+            user: ALICE.into(),
+            contact: BOB_AOR.into(),
+        },
+    );
+    w.settle();
+    assert_eq!(w.admin_replies.len(), 1);
+    let (id, outcome) = &w.admin_replies[0];
+    assert_eq!(*id, 7);
+    assert!(
+        !outcome.ok && outcome.message.contains("no subscription"),
+        "{outcome:?}"
+    );
 }

@@ -379,6 +379,47 @@ impl PresenceEngine {
         self.rearm();
     }
 
+    /// An administrator ends the subscriptions between local user `local` (bare JID) and LCS
+    /// user `remote` (AOR URI), both ways, as if the user had: the user's subscription to the
+    /// contact is unsubscribed at LCS (SUBSCRIBE `Expires: 0`) and the user is sent
+    /// `unsubscribed` from the contact; the contact's subscription to the user is ended with a
+    /// NOTIFY `terminated;reason=rejected` and the user is sent `unsubscribe` from the contact
+    /// (RFC 6121 §3.2, §3.3: the server updates the roster). Both are forgotten in the store.
+    /// Returns which directions there were.
+    pub fn end_by_admin(
+        &mut self,
+        now: Instant,
+        local: &str,
+        remote: &str,
+    ) -> (Vec<Direction>, Vec<Output>) {
+        let key = key(local.to_owned(), remote.to_owned());
+        let mut out = Vec::new();
+        let mut ended = Vec::new();
+        let local_jid = BareJid::new(local).ok();
+        if let Some(sub) = self.outbound.get(&key) {
+            let (from, to) = (sub.remote_jid.clone(), sub.local_jid.clone());
+            self.xmpp_unsubscribe(&key, &mut out);
+            out.push(stanza(
+                Presence::new(Type::Unsubscribed)
+                    .with_from(from)
+                    .with_to(to),
+            ));
+            ended.push(Direction::Outbound);
+        }
+        if let Some(w) = self.inbound.get(&key) {
+            let from = w.remote_jid.clone();
+            self.xmpp_unsubscribed(now, &key, &mut out);
+            if let Some(to) = local_jid {
+                out.push(stanza(
+                    Presence::new(Type::Unsubscribe).with_from(from).with_to(to),
+                ));
+            }
+            ended.push(Direction::Inbound);
+        }
+        self.rearm();
+        (ended, out)
+    }
+
     /// Whether SUBSCRIBEs to `domain` go with PIDF only (it refused the enhanced offer within
     /// [`PIDF_ONLY_TTL`]).
     fn pidf_only(&self, now: Instant, domain: &str) -> bool {
