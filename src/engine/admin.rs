@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::{info, warn};
 use xmpp_parsers::minidom::Element;
 
 use super::Output;
@@ -534,6 +535,11 @@ impl AdminEngine {
             return Vec::new();
         };
         if !admin {
+            warn!(
+                from = %crate::core::xml_chars::clean(&from),
+                node = %crate::core::xml_chars::clean(cmd.attr("node").unwrap_or("")),
+                "admin command refused: the sender is not in admin.jids"
+            );
             return vec![Output::Stanza(error(
                 iq,
                 "auth",
@@ -655,6 +661,7 @@ impl AdminEngine {
             ))];
         }
         self.sessions.remove(&sid);
+        info!(from = %from, command = info.node, "admin command requested (XEP-0050)");
         let id = self.next;
         self.next += 1;
         self.pending.insert(
