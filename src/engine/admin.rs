@@ -390,7 +390,8 @@ pub fn blocked(domain: &str, already: bool) -> Outcome {
             format!("{domain} blocked")
         },
         vec![
-            "its new requests and new connections are refused (403) from now on; dialogs already up end at their next request".to_owned(),
+            "its requests are refused (403) and nothing is sent to it, also in dialogs already up"
+                .to_owned(),
             format!(
                 "runtime only: add [[federation.partners]] domain = \"{domain}\" policy = \"block\" to keep it"
             ),
