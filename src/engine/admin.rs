@@ -871,3 +871,85 @@ fn error(iq: &Element, kind: &str, condition: &str, specific: Option<&str>, text
     }
     reply(iq, "error").append(e).build()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn socket_requests_become_commands_or_clear_reasons() {
+        assert_eq!(
+            parse_request(r#"{"command":"partners"}"#),
+            Ok(Command::Partners)
+        );
+        assert_eq!(
+            parse_request(r#"{"command":"block","args":["Contoso.COM"]}"#),
+            Ok(Command::Block {
+                domain: "contoso.com".into()
+            })
+        );
+        assert_eq!(
+            parse_request(
+                r#"{"command":"end-subscription","args":["alice@Example.org","joe@Contoso.com"]}"#
+            ),
+            Ok(Command::EndSubscription {
+                user: "alice@example.org".into(),
+                contact: "sip:joe@contoso.com".into()
+            })
+        );
+        for (line, reason) in [
+            ("not json", "not a request"),
+            (r#"{"command":"partners","extra":1}"#, "not a request"),
+            (r#"{"command":"reboot"}"#, "unknown command"),
+            (
+                r#"{"command":"block"}"#,
+                "block takes 1 argument(s): domain",
+            ),
+            (
+                r#"{"command":"block","args":["10.0.0.1"]}"#,
+                "is an IP address",
+            ),
+            (
+                r#"{"command":"block","args":["a b"]}"#,
+                "is not a domain name",
+            ),
+            (
+                r#"{"command":"subscriptions","args":["example.org"]}"#,
+                "is a domain, not a user",
+            ),
+            (
+                r#"{"command":"end-subscription","args":["a@example.org","joe"]}"#,
+                "is not an LCS address",
+            ),
+        ] {
+            let got = parse_request(line).expect_err(line);
+            assert!(got.contains(reason), "{line}: {got}");
+        }
+        let huge = "x".repeat(MAX_VALUE + 1);
+        let got = Command::from_values("block", &[huge]).unwrap_err();
+        assert!(got.contains("too long"), "{got}");
+        // What the CLI sends is what the socket reads.
+        let line = request_line("unblock", &strings(&["contoso.com"]));
+        assert_eq!(
+            parse_request(line.trim_end()),
+            Ok(Command::Unblock {
+                domain: "contoso.com".into()
+            })
+        );
+    }
+
+    #[test]
+    fn outcomes_are_one_json_line_and_capped() {
+        let many: Vec<String> = (0..MAX_LINES + 5).map(|i| format!("line {i}")).collect();
+        let o = Outcome::ok("done", many);
+        assert_eq!(o.lines.len(), MAX_LINES + 1);
+        assert_eq!(o.lines.last().map(String::as_str), Some("… and 5 more"));
+        let json = Outcome::failed("a \"quoted\"\nmessage", vec!["x".into()]).to_json_line();
+        assert_eq!(json.matches('\n').count(), 1, "{json}");
+        assert!(json.ends_with('\n'));
+    }
+}
