@@ -15,8 +15,9 @@
 //! form comes back (`complete` or `execute`, with the session id); a form may also come with
 //! the first request. `cancel` ends a session. Errors (§4.6): `forbidden` to a JID that is not
 //! an administrator, `item-not-found` for an unknown node, `bad-request` with `<bad-action/>`,
-//! `<bad-sessionid/>` or `<bad-payload/>`, `not-allowed` with `<session-expired/>`,
-//! `resource-constraint` when too many sessions or commands are open.
+//! `<bad-sessionid/>` (also for a session that expired: expired ones are dropped, so they are
+//! not told apart from unknown ones) or `<bad-payload/>`, `resource-constraint` when too many
+//! sessions or commands are open.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
