@@ -9,8 +9,8 @@
 //!   a pair with none goes through the engines and says so; a bad command exits 1 with the
 //!   reason;
 //! - XEP-0050 over c2s on a real Prosody: an administrator (`[admin] jids`) logged in as an
-//!   ordinary client sees the commands in disco#items and runs `partners` and `block` (form,
-//!   then submit); another user sees no commands and gets `forbidden`.
+//!   ordinary client sees the commands in disco#items and runs `partners`, `block` (form,
+//!   then submit) and `reload`; another user sees no commands and gets `forbidden`.
 
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // a test reads the clock
@@ -334,4 +334,16 @@ async fn an_administrator_runs_ad_hoc_commands_over_c2s_on_prosody() {
         "{}",
         text(&out)
     );
+    // A reload from the client: applied, the block kept.
+    boss.send(
+        format!("<iq type='set' to='{GATEWAY_COMPONENT}' id='r1'><command xmlns='{ns}' node='reload' action='execute'/></iq>")
+            .into_bytes(),
+    )
+    .unwrap();
+    let done = reply_to(&mut events, 0, "r1").await;
+    assert!(
+        done.contains("status='completed'") && done.contains("configuration reloaded"),
+        "{done}"
+    );
+    assert!(done.contains("runtime blocks kept: fabrikam.com"), "{done}");
 }
