@@ -281,7 +281,12 @@ fn bridge_config(
     sip_port: u16,
     partner_port: u16,
 ) -> PathBuf {
-    let extra = format!("\n[ha]\nnode = \"{node}\"\n\n[presence]\nnotify_min_interval_secs = 1\n");
+    // Each node its own admin socket (two hosts in production; one directory here).
+    let socket = dir.join(format!("{node}.admin.sock"));
+    let extra = format!(
+        "\n[ha]\nnode = \"{node}\"\n\n[presence]\nnotify_min_interval_secs = 1\n\n[admin]\nsocket = {:?}\n",
+        socket.display().to_string()
+    );
     let toml = BridgeConfig {
         extra: &extra,
         im: "[im]\nsession_idle_secs = 3600\n".into(),

@@ -133,6 +133,8 @@ pub struct Config {
     pub mappings: MappingsConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
+    /// `[admin]`: who may administer the running bridge.
+    pub admin: AdminConfig,
     /// The file this was loaded from.
     pub source: PathBuf,
 }
@@ -593,6 +595,15 @@ pub struct LoggingConfig {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Bare JIDs allowed to run the ad-hoc commands (lowercase domain).
+    pub jids: Vec<String>,
+    /// The `lcs-bridge admin` socket (resolved; `admin.sock` in `storage.path` when unset).
+    pub socket: PathBuf,
 }
 
 /// `logging.format`.

@@ -12,10 +12,10 @@ use super::values::{
     path_value, pick, ranged, ranged_or_off, required, text, to_usize,
 };
 use super::{
-    AddressMode, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, HaConfig,
-    ImConfig, LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PostgresConfig,
-    PresenceConfig, RosterFill, Secret, SipConfig, StorageConfig, StoreBackend, XmppConfig,
-    base_dir, checks, tls,
+    AddressMode, AdminConfig, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits,
+    FederationConfig, HaConfig, ImConfig, LogFormat, LoggingConfig, MappingsConfig, Partner,
+    PartnerPolicy, PostgresConfig, PresenceConfig, RosterFill, Secret, SipConfig, StorageConfig,
+    StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -31,6 +31,7 @@ pub(crate) struct Parts {
     ha: Option<HaConfig>,
     mappings: Option<MappingsConfig>,
     logging: Option<LoggingConfig>,
+    admin: Option<AdminConfig>,
 }
 
 impl Parts {
@@ -46,6 +47,7 @@ impl Parts {
             ha: self.ha?,
             mappings: self.mappings?,
             logging: self.logging?,
+            admin: self.admin?,
             source: self.source,
         })
     }
@@ -79,6 +81,7 @@ where
         ha: None,
         mappings: None,
         logging: None,
+        admin: None,
     };
     let Some(mut root) = reader::read_root(path, env, diag) else {
         return parts;
@@ -93,6 +96,7 @@ where
     let ha = root.table("ha", diag);
     let mappings = root.table("mappings", diag);
     let logging = root.table("logging", diag);
+    let admin = root.table("admin", diag);
     root.finish(diag);
 
     parts.xmpp = section(diag, "xmpp", xmpp).and_then(|t| xmpp_section(t, base, diag));
@@ -107,6 +111,10 @@ where
         path_section(t, base, &k::MAPPINGS_PATH, diag).map(|path| MappingsConfig { path })
     });
     parts.logging = section(diag, "logging", logging).and_then(|t| logging_section(t, diag));
+    if let (Some(x), Some(st)) = (&parts.xmpp, &parts.storage) {
+        parts.admin = section(diag, "admin", admin)
+            .and_then(|t| admin_section(t, base, &x.local_domains, &st.path, diag));
+    }
 
     if let (Some(x), Some(f)) = (&parts.xmpp, &parts.federation) {
         if !federation_vs_xmpp(f, x, diag) {
@@ -980,6 +988,59 @@ fn logging_section(mut t: Table, diag: &mut Diag) -> Option<LoggingConfig> {
     Some(LoggingConfig {
         level: level?,
         format: format?,
+    })
+}
+
+/// `[admin]`: the administrators' bare JIDs (each of a local domain) and the socket path.
+fn admin_section(
+    mut t: Table,
+    base: &Path,
+    local_domains: &[String],
+    storage: &Path,
+    diag: &mut Diag,
+) -> Option<AdminConfig> {
+    let jids = t.strings(&k::ADMIN_JIDS, diag);
+    let socket = t.string(&k::ADMIN_SOCKET, diag);
+    t.finish(diag);
+    let key = k::ADMIN_JIDS.path;
+    let jids = conv(diag, key, jids, |items| {
+        let mut out: Vec<String> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let (node, domain) = item
+                .trim()
+                .split_once('@')
+                .filter(|(n, d)| !n.is_empty() && !d.contains(['@', '/']) && !n.contains('/'))
+                .ok_or_else(|| format!("[{i}]: {item:?} is not a bare JID (user@domain)"))?;
+            let domain = checks::domain(domain).map_err(|e| format!("[{i}]: {e}"))?;
+            if !local_domains.contains(&domain) {
+                return Err(format!(
+                    "[{i}]: {domain:?} is not one of xmpp.local_domains"
+                ));
+            }
+            let jid = format!("{node}@{domain}");
+            if out.contains(&jid) {
+                return Err(format!("[{i}]: {jid:?} is listed twice"));
+            }
+            out.push(jid);
+        }
+        Ok(out)
+    });
+    let socket = conv(diag, k::ADMIN_SOCKET.path, socket, |s| path_value(base, s));
+    let socket = or_default(socket, storage.join("admin.sock"))?;
+    // sockaddr_un holds 108 bytes with the terminating NUL.
+    if socket.as_os_str().len() > 107 {
+        diag.problem(
+            k::ADMIN_SOCKET.path,
+            format!(
+                "{} is longer than the 107 bytes a Unix socket path may have; set a shorter admin.socket",
+                socket.display()
+            ),
+        );
+        return None;
+    }
+    Some(AdminConfig {
+        jids: or_default(jids, Vec::new())?,
+        socket,
     })
 }
 

@@ -1254,3 +1254,47 @@ fn the_ha_section_names_the_node_and_bounds_the_lease() {
         "{p:?}"
     );
 }
+
+/// `[admin]`: bare JIDs of local domains, once each (lowercase domains); the socket defaults
+/// to `admin.sock` in `storage.path` and must fit a Unix socket address.
+#[test]
+fn admin_jids_and_socket() {
+    let cfg = load_ok(&minimal_plus(
+        "\n[admin]\njids = [\"boss@Example.ORG\", \"ops@example.org\"]\n",
+    ));
+    assert_eq!(cfg.admin.jids, ["boss@example.org", "ops@example.org"]);
+    assert_eq!(cfg.admin.socket, cfg.storage.path.join("admin.sock"));
+    let cfg = load_ok(&minimal_plus(
+        "\n[admin]\nsocket = \"/run/lcs-bridge/admin.sock\"\n",
+    ));
+    assert_eq!(cfg.admin.socket, Path::new("/run/lcs-bridge/admin.sock"));
+    assert!(load_ok(MINIMAL).admin.jids.is_empty());
+    for (jids, reason) in [
+        ("[\"example.org\"]", "is not a bare JID"),
+        ("[\"boss@example.org/pc\"]", "is not a bare JID"),
+        (
+            "[\"boss@elsewhere.net\"]",
+            "is not one of xmpp.local_domains",
+        ),
+        (
+            "[\"boss@example.org\", \"boss@EXAMPLE.org\"]",
+            "is listed twice",
+        ),
+    ] {
+        let p = problems(&minimal_plus(&format!("\n[admin]\njids = {jids}\n")));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("admin.jids: ") && l.contains(reason)),
+            "{jids}: {p:?}"
+        );
+    }
+    let long = format!("/{}/admin.sock", "d".repeat(120));
+    let p = problems(&minimal_plus(&format!("\n[admin]\nsocket = \"{long}\"\n")));
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("admin.socket: ") && l.contains("107 bytes")),
+        "{p:?}"
+    );
+    let p = problems(&minimal_plus("\n[admin]\njid = []\n"));
+    assert!(p.iter().any(|l| l.contains("admin.jid")), "{p:?}");
+}
