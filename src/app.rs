@@ -311,6 +311,42 @@ pub fn open_store(cfg: &config::StorageConfig, read_only: bool) -> anyhow::Resul
             );
             Arc::new(store)
         }
+        StoreBackend::Postgres => {
+            let pg = cfg
+                .postgres
+                .as_ref()
+                .ok_or_else(|| anyhow!("storage.url: required with backend = \"postgres\""))?;
+            let options = store::PgOptions {
+                pool_size: pg.pool_size,
+                connect_timeout: pg.connect_timeout,
+                ..store::PgOptions::new(
+                    &pg.url,
+                    pg.password.as_ref().map(|p| p.expose().to_owned()),
+                )
+            };
+            let store = if read_only {
+                store::PgStore::open_read_only(&options)
+            } else {
+                store::PgStore::open(&options)
+            }
+            .context("storage.url")?;
+            if let Some(from) = store.migrated_from() {
+                warn!(
+                    database = %store.target(),
+                    from,
+                    to = store::CURRENT_SCHEMA_VERSION,
+                    "store schema {from}→{}; older builds refuse this store",
+                    store::CURRENT_SCHEMA_VERSION
+                );
+            }
+            info!(
+                database = %store.target(),
+                schema_version = store.schema_version(),
+                open_ms = opened.elapsed().as_millis() as u64,
+                "store opened (PostgreSQL)"
+            );
+            Arc::new(store)
+        }
         #[cfg(not(feature = "redb"))]
         StoreBackend::Redb => {
             return Err(anyhow!(

@@ -16,7 +16,7 @@
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
-//! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled, or redb with the feature) |
+//! | [`store`] | disk, database | persistent subscriptions and IM dialogs behind the `Store` trait (sled, PostgreSQL, or redb with the feature) |
 //! | [`systemd`] | environment, Unix socket | the service manager's notifications: readiness, watchdog, reload, stopping |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //! | [`doctor`] | DNS, sockets, clock ([`doctor::probe`]) | `lcs-bridge doctor`: the online checks of a deployment, judged without I/O, probed with the edge's and the link's own parts |

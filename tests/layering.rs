@@ -90,6 +90,7 @@ const IO_MODULES: &[&str] = &[
     "demo::partner_io",
     "demo::prosody",
     "demo::output",
+    "store::pg_store",
 ];
 
 /// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's

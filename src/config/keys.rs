@@ -592,9 +592,35 @@ keys! {
     STORAGE_BACKEND = "storage", "backend" {
         kind: Kind::Text,
         default: Text("sled"),
-        choices: &["sled", "redb"],
+        choices: &["sled", "redb", "postgres"],
         reload: Restart,
-        doc: r#"Which store keeps the state under `path`: `"sled"` (in `sled/`), or `"redb"` (in `store.redb`; only in a build with the `redb` feature, docs/storage.md "redb")."#,
+        doc: r#"Which store keeps the state: `"sled"` (under `path`, in `sled/`; one machine), `"postgres"` (in the PostgreSQL database `url` names; for high availability, docs/storage.md "PostgreSQL"), or `"redb"` (under `path`, in `store.redb`; only in a build with the `redb` feature, docs/storage.md "redb")."#,
+    }
+    STORAGE_URL = "storage", "url" {
+        kind: Kind::Text,
+        default: Absent,
+        reload: Restart,
+        doc: r#"With `backend = "postgres"` (required then): the database, as a URL (`postgres://lcs_bridge@db1.example.org:5432/lcs_bridge`, several hosts comma-separated, `?sslmode=disable`, `options=-csearch_path%3Dlcs` and the other libpq URL parameters) or as libpq `key=value` parts (`host=db1.example.org port=5432 user=lcs_bridge dbname=lcs_bridge`). It must not hold a password (`storage.password_file`). Connections are not encrypted: keep the database on a trusted network or loopback."#,
+    }
+    STORAGE_PASSWORD_FILE = "storage", "password_file" {
+        kind: Kind::Text,
+        default: Absent,
+        reload: Restart,
+        doc: "With `backend = \"postgres\"`: a file holding the database password (trailing newline ignored). Must exist and not be empty; readable by every user is a warning. None: the server must not ask for one (e.g. `peer` or `trust` authentication).",
+    }
+    STORAGE_POOL_SIZE = "storage", "pool_size" {
+        kind: Kind::Integer,
+        default: Integer(8),
+        range: Some((1, 100)),
+        reload: Restart,
+        doc: "With `backend = \"postgres\"`: connections to the database at most; concurrent writes on different connections share the server's log flushes. 1–100.",
+    }
+    STORAGE_CONNECT_TIMEOUT_SECS = "storage", "connect_timeout_secs" {
+        kind: Kind::Integer,
+        default: Integer(5),
+        range: Some((1, 300)),
+        reload: Restart,
+        doc: "With `backend = \"postgres\"`: a connection attempt gives up after this; while the database cannot be reached, each store call fails within it (the request at hand is refused, nothing is acknowledged). 1–300.",
     }
     MAPPINGS_PATH = "mappings", "path" {
         kind: Kind::Text,
@@ -626,7 +652,7 @@ keys! {
         default: Absent,
         default_note: "²",
         reload: Restart,
-        doc: "Unix socket for `lcs-bridge admin` (created mode 0600, replaced at start; whoever can open it is an administrator). ² Unset: `admin.sock` in `storage.path`.",
+        doc: "Unix socket for `lcs-bridge admin` (created mode 0600, replaced at start; whoever can open it is an administrator). ² Unset: `admin.sock` in `storage.path`. Its directory is created (mode 0700) when missing; its parent must exist.",
     }
 }
 

@@ -544,6 +544,19 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// Which store (`storage.backend`).
     pub backend: StoreBackend,
+    /// With [`StoreBackend::Postgres`]: where and how to connect.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `[storage]` keys of the PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `storage.url` (checked: parses, no password in it).
+    pub url: String,
+    /// Read from `storage.password_file`.
+    pub password: Option<Secret>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
 }
 
 /// `storage.backend`: which implementation of the store keeps the bridge's state.
@@ -553,6 +566,8 @@ pub enum StoreBackend {
     Sled,
     /// redb, in `<storage.path>/store.redb`; needs a build with the `redb` feature.
     Redb,
+    /// PostgreSQL, in the database `storage.url` names.
+    Postgres,
 }
 
 /// `[mappings]`.

@@ -14,8 +14,8 @@ use super::values::{
 use super::{
     AddressMode, AdminConfig, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits,
     FederationConfig, ImConfig, LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy,
-    PresenceConfig, RosterFill, Secret, SipConfig, StorageConfig, StoreBackend, XmppConfig,
-    base_dir, checks, tls,
+    PostgresConfig, PresenceConfig, RosterFill, Secret, SipConfig, StorageConfig, StoreBackend,
+    XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -781,14 +781,22 @@ fn im_section(mut t: Table, diag: &mut Diag) -> Option<ImConfig> {
     })
 }
 
-/// `[storage]`: the directory and the store kept in it.
+/// `[storage]`: the directory and the store kept in it, or the PostgreSQL database.
 fn storage_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<StorageConfig> {
     let path = t.string(&k::STORAGE_PATH, diag);
     let backend = t.string(&k::STORAGE_BACKEND, diag);
+    let url = t.string(&k::STORAGE_URL, diag);
+    let password_file = t.string(&k::STORAGE_PASSWORD_FILE, diag);
+    let pool_size = t.int(&k::STORAGE_POOL_SIZE, diag);
+    let connect_timeout = t.int(&k::STORAGE_CONNECT_TIMEOUT_SECS, diag);
     t.finish(diag);
     let path = conv(diag, k::STORAGE_PATH.path, path, |s| path_value(base, s));
     let path = or_default(path, base.join(k::STORAGE_PATH.default_text()));
-    let backends = [("sled", StoreBackend::Sled), ("redb", StoreBackend::Redb)];
+    let backends = [
+        ("sled", StoreBackend::Sled),
+        ("redb", StoreBackend::Redb),
+        ("postgres", StoreBackend::Postgres),
+    ];
     let backend = choice(diag, &k::STORAGE_BACKEND, backend, &backends);
     if backend == Some(StoreBackend::Redb) && !cfg!(feature = "redb") {
         diag.problem(
@@ -797,10 +805,105 @@ fn storage_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<Storage
         );
         return None;
     }
+    let pool_size = ranged(diag, &k::STORAGE_POOL_SIZE, pool_size);
+    let connect_timeout = ranged(diag, &k::STORAGE_CONNECT_TIMEOUT_SECS, connect_timeout);
+    let postgres = if backend == Some(StoreBackend::Postgres) {
+        let url = match url {
+            Ok(Some(u)) => match check_pg_url(&u) {
+                Ok(_) => Some(u),
+                Err(reason) => {
+                    diag.problem(k::STORAGE_URL.path, reason);
+                    None
+                }
+            },
+            Ok(None) => {
+                diag.missing(k::STORAGE_URL.path, "required with backend = \"postgres\"");
+                None
+            }
+            Err(Reported) => None,
+        };
+        let password = match password_file {
+            Ok(Some(file)) => Some(read_password_file(base, file, diag)?),
+            Ok(None) => None,
+            Err(Reported) => return None,
+        };
+        Some(PostgresConfig {
+            url: url?,
+            password,
+            pool_size: to_usize(pool_size?),
+            connect_timeout: Duration::from_secs(connect_timeout?),
+        })
+    } else {
+        for (key, set) in [
+            (&k::STORAGE_URL, matches!(url, Ok(Some(_)))),
+            (
+                &k::STORAGE_PASSWORD_FILE,
+                matches!(password_file, Ok(Some(_))),
+            ),
+        ] {
+            if set {
+                diag.warning(key.path, "only used with backend = \"postgres\"");
+            }
+        }
+        None
+    };
     Some(StorageConfig {
         path: path?,
         backend: backend?,
+        postgres,
     })
+}
+
+/// `storage.url`: parses (as a URL or `key=value` string), names a host, and holds no password
+/// (that belongs in `storage.password_file`).
+fn check_pg_url(url: &str) -> Result<(), String> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| format!("not a PostgreSQL connection string: {e}"))?;
+    if config.get_password().is_some() {
+        return Err("holds a password: put it in storage.password_file instead".into());
+    }
+    if config.get_hosts().is_empty() {
+        return Err("names no host".into());
+    }
+    Ok(())
+}
+
+/// `storage.password_file`: the password, trailing newline dropped; a file every user can
+/// read is a warning.
+fn read_password_file(base: &Path, file: String, diag: &mut Diag) -> Option<Secret> {
+    let key = k::STORAGE_PASSWORD_FILE.path;
+    let path = match path_value(base, file) {
+        Ok(p) => p,
+        Err(reason) => {
+            diag.problem(key, reason);
+            return None;
+        }
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let s = s.trim_end_matches(['\r', '\n']);
+            if s.is_empty() {
+                diag.problem(key, format!("{path:?} is empty"));
+                return None;
+            }
+            use std::os::unix::fs::PermissionsExt as _;
+            if std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+                diag.warning(
+                    key,
+                    format!("{path:?} is readable by every user; restrict it (chmod 600)"),
+                );
+            }
+            Some(Secret::new(s))
+        }
+        Err(e) => {
+            diag.problem(
+                key,
+                format!("cannot read {:?}: {}", path, reader::io_reason(&e)),
+            );
+            None
+        }
+    }
 }
 
 /// `[mappings]`: one `path` key.

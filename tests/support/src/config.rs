@@ -31,6 +31,9 @@ pub struct BridgeConfig<'a> {
     pub federation: String,
     /// The `[im]` table (`session_idle_secs` [`IDLE_SECS`] by default), or nothing.
     pub im: String,
+    /// More lines of the `[storage]` table (e.g. `backend = "postgres"`, `url` and
+    /// `password_file` of a [`crate::postgres::Postgres`]); `path` is always `dir/store`.
+    pub storage: String,
     /// More TOML, appended (e.g. a `[presence]` table).
     pub extra: &'a str,
     /// `logging.level` (EnvFilter directives).
@@ -58,6 +61,7 @@ impl<'a> BridgeConfig<'a> {
             sip: NO_DNS,
             federation: Self::partner(mode.lcs_domain(), partner_port),
             im: format!("[im]\nsession_idle_secs = {IDLE_SECS}\n"),
+            storage: String::new(),
             extra: "",
             log_level: "debug",
         }
@@ -99,6 +103,7 @@ ca_bundle = {ca}
 {im}
 [storage]
 path = {storage}
+{storage_more}
 
 [mappings]
 path = {mappings}
@@ -119,6 +124,7 @@ level = "{log_level}"
             federation = self.federation,
             im = self.im,
             storage = path("store"),
+            storage_more = self.storage,
             extra = self.extra,
             log_level = self.log_level,
         )
