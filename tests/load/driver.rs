@@ -248,6 +248,9 @@ pub struct Step {
     pub bridge_cpu_pct: f64,
     pub bridge_rss_kib: u64,
     pub bridge_peak_rss_kib: u64,
+    /// The gateway's CPU time per delivered item, µs (what one message costs it).
+    #[serde(default)]
+    pub cpu_us_per_item: f64,
     /// The generator's own CPU time (all its threads), in % of one core.
     #[serde(default)]
     pub generator_cpu_pct: f64,
@@ -704,6 +707,11 @@ impl World {
             bridge_cpu_pct: 100.0 * cpu / wall,
             bridge_rss_kib: rss,
             bridge_peak_rss_kib: peak,
+            cpu_us_per_item: if delivered > 0 {
+                cpu * 1e6 / delivered as f64
+            } else {
+                0.0
+            },
             generator_cpu_pct: 100.0 * gen_cpu / wall,
             server_cpu_pct: server_cpu.map(|c| 100.0 * c / wall),
             server_peak_rss_kib: self.server_pid.map(|pid| rss_kib(pid).1),

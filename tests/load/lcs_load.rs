@@ -980,7 +980,7 @@ fn print_report(r: &serde_json::Value) {
         // With an XMPP server in the path: its CPU and peak RSS too.
         let server = steps.iter().any(|s| s.server_cpu_pct.is_some());
         print!(
-            "{:>18} {:>9} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7}",
+            "{:>18} {:>9} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>7}",
             "offered",
             "sent",
             "delivered",
@@ -991,6 +991,7 @@ fn print_report(r: &serde_json::Value) {
             "p99.9 µs",
             "max µs",
             "CPU %",
+            "µs/item",
             "peak MiB",
             "gen %"
         );
@@ -1000,7 +1001,7 @@ fn print_report(r: &serde_json::Value) {
         println!();
         for s in steps {
             print!(
-                "{:>18} {:>9} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>7.0} {:>9.1} {:>7.0}",
+                "{:>18} {:>9} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>7.0} {:>7.1} {:>9.1} {:>7.0}",
                 s.offered,
                 s.sent,
                 s.delivered,
@@ -1011,6 +1012,7 @@ fn print_report(r: &serde_json::Value) {
                 s.p999_us,
                 s.max_us,
                 s.bridge_cpu_pct,
+                s.cpu_us_per_item,
                 s.bridge_peak_rss_kib as f64 / 1024.0,
                 s.generator_cpu_pct
             );
