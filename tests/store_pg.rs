@@ -80,15 +80,14 @@ fn store_commands_with_postgres() {
     );
     assert_eq!(pg.psql("SELECT to_regclass('lcs_schema') IS NULL"), "t");
 
-    {
-        let store = PgStore::open(&PgOptions::new(&pg.url(), Some(pg.password().into()))).unwrap();
-        store
-            .put_subscriptions(&[
-                sub(Direction::Outbound, "alice@example.org", SubState::Active),
-                sub(Direction::Inbound, "alice@example.org", SubState::Pending),
-            ])
-            .unwrap();
-    }
+    // The writer stays open while the commands read: no lock, unlike sled.
+    let store = PgStore::open(&PgOptions::new(&pg.url(), Some(pg.password().into()))).unwrap();
+    store
+        .put_subscriptions(&[
+            sub(Direction::Outbound, "alice@example.org", SubState::Active),
+            sub(Direction::Inbound, "alice@example.org", SubState::Pending),
+        ])
+        .unwrap();
     let out = run(&["store", "stats"], &file);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stats = text(&out.stdout);
@@ -109,6 +108,7 @@ fn store_commands_with_postgres() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["direction"], "inbound");
     assert_eq!(lines[1]["state"], "active");
+    drop(store);
 
     // The wrong password: the server's refusal, named.
     let wrong = dir.path().join("wrong");

@@ -214,15 +214,17 @@ pub fn serve(path: &Path, jobs: mpsc::Sender<AdminJob>) -> anyhow::Result<Socket
         }
         std::fs::remove_file(path).with_context(|| format!("{key}: {}", path.display()))?;
     }
-    // The default place is `storage.path`, which only the sled store creates: with another
-    // backend (PostgreSQL) it may not exist yet. One missing level is made (private), as the
-    // sled store would; a deeper missing path is an error below.
-    if let Some(parent) = path
+    // Its directory (by default `storage.path`, which a PostgreSQL store does not create) is
+    // made when missing, private to this user; its parent must exist.
+    if let Some(dir) = path
         .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
     {
         use std::os::unix::fs::DirBuilderExt as _;
-        let _ = std::fs::DirBuilder::new().mode(0o700).create(parent);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("{key}: cannot create {}", dir.display()))?;
     }
     // Bound under a temporary name, made private, then renamed: never reachable by others.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));

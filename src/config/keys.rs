@@ -667,7 +667,7 @@ keys! {
         default: Absent,
         default_note: "²",
         reload: Restart,
-        doc: "Unix socket for `lcs-bridge admin` (created mode 0600, replaced at start; whoever can open it is an administrator). ² Unset: `admin.sock` in `storage.path`.",
+        doc: "Unix socket for `lcs-bridge admin` (created mode 0600, replaced at start; whoever can open it is an administrator). ² Unset: `admin.sock` in `storage.path`. Its directory is created (mode 0700) when missing; its parent must exist.",
     }
 }
 

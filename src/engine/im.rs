@@ -452,13 +452,7 @@ impl ImEngine {
             ..settings
         };
         self.errors = errors;
-        let timeout = self.settings.idle_timeout;
-        self.idle = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| matches!(s.state, State::Up { .. }))
-            .map(|(k, s)| Reverse((s.last_activity + timeout, k.clone())))
-            .collect();
+        self.rebuild_idle();
     }
 
     /// Whether client transaction `tx` is this engine's (the runner shares the edge's events
@@ -1963,14 +1957,20 @@ impl ImEngine {
         self.idle
             .push(Reverse((now + self.settings.idle_timeout, key)));
         if self.idle.len() > 2 * self.sessions.len() + 1024 {
-            let timeout = self.settings.idle_timeout;
-            self.idle = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| matches!(s.state, State::Up { .. }))
-                .map(|(k, s)| Reverse((s.last_activity + timeout, k.clone())))
-                .collect();
+            self.rebuild_idle();
         }
+    }
+
+    /// The idle deadlines made anew from the live sessions: each up session's last activity
+    /// plus the idle timeout.
+    fn rebuild_idle(&mut self) {
+        let timeout = self.settings.idle_timeout;
+        self.idle = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(s.state, State::Up { .. }))
+            .map(|(k, s)| Reverse((s.last_activity + timeout, k.clone())))
+            .collect();
     }
 
     /// The number of idle deadlines held (for tests).
