@@ -615,6 +615,12 @@ keys! {
         reload: Restart,
         doc: r#"`"human"` or `"json"`."#,
     }
+    ADMIN_METRICS_LISTEN = "admin", "metrics_listen" {
+        kind: Kind::Text,
+        default: Text("127.0.0.1:9464"),
+        reload: Restart,
+        doc: r#"Socket address (`IP:port`) of the operations HTTP listener: `/metrics` (Prometheus text format), `/health` and `/ready` (docs/operations.md "Metrics and health"); `""` turns it off. It has no authentication: an address that is not loopback gives a `check-config` warning."#,
+    }
 }
 
 /// The key with this dotted path (`sip.max_headers`, `federation.partners[].edge`).
@@ -694,6 +700,12 @@ const DOC_PARTS: &[DocPart] = &[
         heading: "### `[storage]`, `[mappings]`, `[logging]`",
         intro: "",
         sections: &["storage", "mappings", "logging"],
+        outro: "",
+    },
+    DocPart {
+        heading: "### `[admin]`: operations",
+        intro: "",
+        sections: &["admin"],
         outro: "",
     },
 ];

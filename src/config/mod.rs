@@ -130,6 +130,8 @@ pub struct Config {
     pub mappings: MappingsConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
+    /// `[admin]`: the operations interfaces.
+    pub admin: AdminConfig,
     /// The file this was loaded from.
     pub source: PathBuf,
 }
@@ -566,6 +568,14 @@ pub struct LoggingConfig {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `admin.metrics_listen`: where `/metrics`, `/health` and `/ready` are served; `None`
+    /// (the key set to `""`): not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `logging.format`.

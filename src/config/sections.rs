@@ -12,9 +12,10 @@ use super::values::{
     path_value, pick, ranged, ranged_or_off, required, text, to_usize,
 };
 use super::{
-    AddressMode, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, ImConfig,
-    LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, RosterFill,
-    Secret, SipConfig, StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
+    AddressMode, AdminConfig, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits,
+    FederationConfig, ImConfig, LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy,
+    PresenceConfig, RosterFill, Secret, SipConfig, StorageConfig, StoreBackend, XmppConfig,
+    base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -29,6 +30,7 @@ pub(crate) struct Parts {
     storage: Option<StorageConfig>,
     mappings: Option<MappingsConfig>,
     logging: Option<LoggingConfig>,
+    admin: Option<AdminConfig>,
 }
 
 impl Parts {
@@ -43,6 +45,7 @@ impl Parts {
             storage: self.storage?,
             mappings: self.mappings?,
             logging: self.logging?,
+            admin: self.admin?,
             source: self.source,
         })
     }
@@ -75,6 +78,7 @@ where
         storage: None,
         mappings: None,
         logging: None,
+        admin: None,
     };
     let Some(mut root) = reader::read_root(path, env, diag) else {
         return parts;
@@ -88,6 +92,7 @@ where
     let storage = root.table("storage", diag);
     let mappings = root.table("mappings", diag);
     let logging = root.table("logging", diag);
+    let admin = root.table("admin", diag);
     root.finish(diag);
 
     parts.xmpp = section(diag, "xmpp", xmpp).and_then(|t| xmpp_section(t, base, diag));
@@ -101,6 +106,7 @@ where
         path_section(t, base, &k::MAPPINGS_PATH, diag).map(|path| MappingsConfig { path })
     });
     parts.logging = section(diag, "logging", logging).and_then(|t| logging_section(t, diag));
+    parts.admin = section(diag, "admin", admin).and_then(|t| admin_section(t, diag));
 
     if let (Some(x), Some(f)) = (&parts.xmpp, &parts.federation) {
         if !federation_vs_xmpp(f, x, diag) {
@@ -814,6 +820,35 @@ fn logging_section(mut t: Table, diag: &mut Diag) -> Option<LoggingConfig> {
         level: level?,
         format: format?,
     })
+}
+
+/// `[admin]`: `metrics_listen` (`""`: off; not loopback: a warning, since the listener has no
+/// authentication).
+fn admin_section(mut t: Table, diag: &mut Diag) -> Option<AdminConfig> {
+    let listen = t.string(&k::ADMIN_METRICS_LISTEN, diag);
+    t.finish(diag);
+    let listen = conv(diag, k::ADMIN_METRICS_LISTEN.path, listen, |s| {
+        if s.trim().is_empty() {
+            Ok(None)
+        } else {
+            checks::socket_addr(&s).map(Some)
+        }
+    });
+    let default = checks::socket_addr(k::ADMIN_METRICS_LISTEN.default_text()).ok();
+    let metrics_listen = or_parsed(listen, Some(default))?;
+    if let Some(addr) = metrics_listen {
+        if !addr.ip().is_loopback() {
+            diag.warning(
+                k::ADMIN_METRICS_LISTEN.path,
+                format!(
+                    "{addr} is not a loopback address: /metrics, /health and /ready have no \
+                     authentication, so anyone who reaches it reads the partner domains and \
+                     traffic counts (firewall it, or use 127.0.0.1)"
+                ),
+            );
+        }
+    }
+    Some(AdminConfig { metrics_listen })
 }
 
 /// A bare word in a filter that is not a level is taken as a target name enabling every level:

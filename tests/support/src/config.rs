@@ -31,6 +31,10 @@ pub struct BridgeConfig<'a> {
     pub federation: String,
     /// The `[im]` table (`session_idle_secs` [`IDLE_SECS`] by default), or nothing.
     pub im: String,
+    /// The `[admin]` table: by default the operations listener off (`metrics_listen = ""`), so
+    /// that bridges started at once do not race for its default port; left out when `extra`
+    /// has an `[admin]` table of its own.
+    pub admin: String,
     /// More TOML, appended (e.g. a `[presence]` table).
     pub extra: &'a str,
     /// `logging.level` (EnvFilter directives).
@@ -58,6 +62,7 @@ impl<'a> BridgeConfig<'a> {
             sip: NO_DNS,
             federation: Self::partner(mode.lcs_domain(), partner_port),
             im: format!("[im]\nsession_idle_secs = {IDLE_SECS}\n"),
+            admin: "[admin]\nmetrics_listen = \"\"\n".to_owned(),
             extra: "",
             log_level: "debug",
         }
@@ -105,6 +110,8 @@ path = {mappings}
 
 [logging]
 level = "{log_level}"
+
+{admin}
 {extra}"#,
             component_port = self.component_port,
             secret = self.secret,
@@ -119,6 +126,12 @@ level = "{log_level}"
             federation = self.federation,
             im = self.im,
             storage = path("store"),
+            // An `extra` with its own `[admin]` table replaces the default one.
+            admin = if self.extra.contains("[admin]") {
+                ""
+            } else {
+                self.admin.as_str()
+            },
             extra = self.extra,
             log_level = self.log_level,
         )
