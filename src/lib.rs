@@ -17,6 +17,8 @@
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
 //! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled, or redb with the feature) |
+//! | [`telemetry`] | none (records) | the operations metrics' names and handles (`metrics` facade); only the I/O modules record |
+//! | [`ops`] | sockets | the operations HTTP listener: `/metrics`, `/health`, `/ready` |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //!
 //! Rule: `sip`, `core`, `engine` and `xmpp` (but its `link`) never touch sockets or the clock and read no files, with one
@@ -31,7 +33,9 @@ pub mod core;
 pub mod edge;
 pub mod engine;
 pub mod inspect;
+pub mod ops;
 pub mod random;
 pub mod sip;
 pub mod store;
+pub mod telemetry;
 pub mod xmpp;

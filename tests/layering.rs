@@ -25,23 +25,36 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("compact", &[]),
     ("random", &[]),
     ("backoff", &[]),
+    // The operations metrics' names and handles (the `metrics` crate alone).
+    ("telemetry", &[]),
     // The codecs and translation, sans-IO.
     ("sip", &["compact"]),
     ("core", &["sip"]),
     ("config", &["core", "sip"]),
     ("store", &["sip"]),
     ("xmpp", &["backoff", "config", "core", "sip"]),
-    ("edge", &["backoff", "config", "random", "sip"]),
+    ("edge", &["backoff", "config", "random", "sip", "telemetry"]),
     (
         "engine",
         &["compact", "core", "edge", "random", "sip", "store", "xmpp"],
     ),
     ("inspect", &["core", "sip", "xmpp"]),
+    // The operations HTTP listener (/metrics, /health, /ready).
+    ("ops", &["telemetry", "xmpp"]),
     // The runner and the binary wire everything.
     (
         "app",
         &[
-            "config", "core", "edge", "engine", "random", "sip", "store", "xmpp",
+            "config",
+            "core",
+            "edge",
+            "engine",
+            "ops",
+            "random",
+            "sip",
+            "store",
+            "telemetry",
+            "xmpp",
         ],
     ),
     ("main", &["app", "config", "core", "inspect", "store"]),
@@ -59,10 +72,21 @@ const IO_MODULES: &[&str] = &[
     "xmpp::link",
     "store::sled_store",
     "store::redb_store",
+    // Not I/O, but recording is a side effect the sans-IO code must not have: only the I/O
+    // modules count (the engines are sampled through `Bridge::census`).
+    "telemetry",
+    "ops",
 ];
 
-/// Who else may import an I/O module: the edge's server task runs the DNS discovery.
-const IO_IMPORTERS: &[(&str, &str)] = &[("edge::server", "edge::dns")];
+/// Who else may import an I/O module: the edge's server task runs the DNS discovery and
+/// records metrics; the operations listener renders them and reads the link's state.
+const IO_IMPORTERS: &[(&str, &str)] = &[
+    ("edge::server", "edge::dns"),
+    ("edge::server", "telemetry"),
+    ("ops", "telemetry"),
+    // `/ready` asks the component link whether its streams are up.
+    ("ops", "xmpp::link"),
+];
 
 /// One import: from a file module to a module, with the path as written, for the message.
 #[derive(Debug, Clone)]
