@@ -4,6 +4,9 @@
 //! component link is up, 503 naming the link while it is down, and 200 again once the bridge
 //! has reconnected. The test plays both neighbours (`lcs_test_support::e2e::scripted_partner`):
 //! the XMPP server's component port and the partner `contoso.com`'s mutual-TLS edge.
+//!
+//! Also checks that docs/grafana-dashboard.json parses and only queries series the bridge
+//! exports.
 
 #![allow(clippy::unwrap_used)]
 #![allow(clippy::disallowed_methods)] // a test reads the clock
@@ -286,4 +289,43 @@ fn metrics_move_with_traffic_and_ready_follows_the_link() {
             .await;
             p.bridge.terminate(Instant::now() + WAIT);
         });
+}
+
+/// The dashboard is JSON, and every `lcs_bridge_*` name its queries use is one the bridge
+/// exports (docs/operations.md lists them).
+#[test]
+fn grafana_dashboard_parses_and_uses_exported_series() {
+    let root = lcs_test_support::repo();
+    let text = std::fs::read_to_string(root.join("docs/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    let telemetry = std::fs::read_to_string(root.join("src/telemetry.rs")).unwrap();
+    let ops_doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let mut names = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            for (i, _) in expr.match_indices("lcs_bridge_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                assert!(
+                    telemetry.contains(&format!("\"{base}\"")),
+                    "{name}: not exported (src/telemetry.rs)"
+                );
+                assert!(
+                    ops_doc.contains(&format!("`{base}`")),
+                    "{name}: not described in docs/operations.md"
+                );
+                names += 1;
+            }
+        }
+    }
+    assert!(names >= 10, "{names} series used");
 }
