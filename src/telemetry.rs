@@ -397,9 +397,13 @@ pub fn limit_hits(key: &'static str, hits: u64) {
     metrics::counter!("lcs_bridge_sip_limit_hits_total", "limit" => key).absolute(hits);
 }
 
-/// `lcs_bridge_build_info{version}` = 1, and the start time.
+/// `lcs_bridge_build_info{version, git_rev}` = 1 (`git_rev`: `LCS_BRIDGE_GIT_REV` in the
+/// build's environment, e.g. set by a package build; `unknown` without it), and the start time.
 pub fn build_info(started_unix: u64) {
-    metrics::gauge!("lcs_bridge_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let git_rev = option_env!("LCS_BRIDGE_GIT_REV").unwrap_or("unknown");
+    metrics::gauge!("lcs_bridge_build_info",
+        "version" => env!("CARGO_PKG_VERSION"), "git_rev" => git_rev)
+    .set(1.0);
     metrics::gauge!("lcs_bridge_start_time_seconds").set(started_unix as f64);
 }
 

@@ -226,8 +226,9 @@ fn metrics_move_with_traffic_and_ready_follows_the_link() {
                     (r#"lcs_bridge_sip_pending_requests_limit"#, |v| v > 0.0),
                     (
                         &format!(
-                            r#"lcs_bridge_build_info{{version="{}"}}"#,
-                            env!("CARGO_PKG_VERSION")
+                            r#"lcs_bridge_build_info{{version="{}",git_rev="{}"}}"#,
+                            env!("CARGO_PKG_VERSION"),
+                            option_env!("LCS_BRIDGE_GIT_REV").unwrap_or("unknown")
                         ),
                         |v| v == 1.0,
                     ),
