@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use tokio::sync::{mpsc, oneshot};
@@ -34,7 +34,9 @@ use crate::engine::roster::{RosterEngine, RosterMode};
 use crate::engine::{Census, WallClock};
 use crate::ops::{self, Readiness};
 use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
+use crate::systemd::Notifier;
 use crate::telemetry;
+use crate::transcript;
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
@@ -46,6 +48,7 @@ pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours_wanted())
         .with_writer(std::io::stderr);
     let result = match cfg.format {
         LogFormat::Human => builder.try_init(),
@@ -54,8 +57,25 @@ pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow!("cannot initialise logging: {e}"))
 }
 
+/// Colours (ANSI escapes) in the human format only when stderr is a terminal and `NO_COLOR`
+/// is not set (<https://no-color.org>): never in a file, a pipe or the journal.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Runs the bridge until a termination signal.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    run_with(config_path, true, None)
+}
+
+/// [`run`]; `init_logging` false: the caller has set up tracing already; `stop_asked`: the caller
+/// can stop the bridge as a termination signal does (`lcs-bridge demo`).
+pub fn run_with(
+    config_path: &Path,
+    init_logging: bool,
+    mut stop_asked: Option<oneshot::Receiver<()>>,
+) -> anyhow::Result<()> {
     let report = config::check(config_path, SystemTime::now());
     if !report.problems.is_empty() {
         let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
@@ -69,7 +89,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = report
         .config
         .ok_or_else(|| anyhow!("{}: configuration did not load", config_path.display()))?;
-    init_logging(&cfg.logging)?;
+    if init_logging {
+        self::init_logging(&cfg.logging)?;
+    }
     for w in &report.warnings {
         warn!(key = %w.key, "{}", w.reason);
     }
@@ -93,6 +115,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         Some(addr) => Some((addr, ops::install_recorder()?)),
         None => None,
     };
+    let notifier = Notifier::from_env();
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
         let mut signals = Signals::install()?;
@@ -156,6 +179,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             link,
             store: store.clone(),
             queue_capacity: cfg.xmpp.queue_capacity,
+            heard: transcript::Lines::default(),
+            notifier: notifier.clone(),
         };
         tokio::spawn(runner.run(restored, events, link_events, stop_rx));
         info!(
@@ -168,12 +193,37 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             xmpp = %format!("{}:{}", cfg.xmpp.host, cfg.xmpp.port),
             "lcs-bridge started: SIP edge listening, component link up"
         );
+        if notifier.enabled() {
+            info!(
+                watchdog_ms = notifier.watchdog_interval().map(|d| d.as_millis() as u64),
+                "systemd: ready"
+            );
+        }
+        let status = format!("SIP edge on {}, component link up", edge.local_addr);
+        notifier.ready(&status);
         let signal = loop {
-            match signals.next().await {
-                "SIGHUP" => reload(&edge, config_path, &cfg).await,
+            let asked = async {
+                match stop_asked.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                s = signals.next() => s,
+                () = asked => "stop",
+            };
+            match next {
+                "SIGHUP" => {
+                    notifier.reloading();
+                    reload(&edge, config_path, &cfg).await;
+                    notifier.ready(&status);
+                }
                 other => break other,
             }
         };
+        notifier.stopping();
         info!(signal, "shutting down");
         // XEP-0100: unavailable presence from contacts and the gateway before the link goes.
         let (done, done_rx) = oneshot::channel();
@@ -330,6 +380,12 @@ fn stored<T>(records: Records<'_, T>, what: &str) -> Vec<T> {
     all
 }
 
+/// Whether transcript lines are wanted (a cached check on the target's interest: nothing
+/// is described when it is off).
+fn transcript_on() -> bool {
+    tracing::enabled!(target: "lcs_bridge::transcript", tracing::Level::DEBUG)
+}
+
 /// Most edge events the runner hands the bridge before it runs the actions they caused.
 const EDGE_EVENTS_AT_ONCE: usize = 64;
 
@@ -341,6 +397,10 @@ struct Runner {
     edge: Arc<EdgeHandle>,
     link: LinkHandle,
     store: Arc<dyn Store>,
+    /// What came in since the last actions, for the transcript (empty when it is off).
+    heard: transcript::Lines,
+    /// `WATCHDOG=1` goes from this task's loop, so a stuck engine stops it.
+    notifier: Notifier,
     /// `xmpp.queue_capacity`, for the queue gauges.
     queue_capacity: usize,
 }
@@ -380,6 +440,11 @@ impl Runner {
         }
         let mut sample = tokio::time::interval(SAMPLE_EVERY);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watchdog = self.notifier.watchdog_period().map(|period| {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         loop {
             let deadline = self.bridge.poll_timeout();
             let sleep = async {
@@ -393,12 +458,12 @@ impl Runner {
                     Some(e) => {
                         // The events that came meanwhile too (while the last actions ran, e.g.
                         // a synced write): their IM writes then share one sync.
-                        self.bridge.handle(Instant::now(), Input::Edge(e));
+                        self.give(Input::Edge(e));
                         for _ in 1..EDGE_EVENTS_AT_ONCE {
                             let Some(e) = edge_events.try_recv() else {
                                 break;
                             };
-                            self.bridge.handle(Instant::now(), Input::Edge(e));
+                            self.give(Input::Edge(e));
                         }
                     }
                     None => return,
@@ -406,15 +471,15 @@ impl Runner {
                 l = link_events.recv() => match l {
                     Some(LinkEvent::Stanza(el)) => {
                         telemetry::stanza(telemetry::Direction::In, el.name());
-                        self.bridge.handle(Instant::now(), Input::Stanza(el))
+                        self.give(Input::Stanza(el))
                     }
                     Some(LinkEvent::Up { domain }) => {
                         telemetry::link_up(&domain, true);
-                        self.bridge.handle(Instant::now(), Input::LinkUp { domain })
+                        self.give(Input::LinkUp { domain })
                     }
                     Some(LinkEvent::Down { domain, reason }) => {
                         telemetry::link_up(&domain, false);
-                        self.bridge.handle(Instant::now(), Input::LinkDown { domain, reason })
+                        self.give(Input::LinkDown { domain, reason })
                     }
                     None => return,
                 },
@@ -427,7 +492,18 @@ impl Runner {
                     }
                     return;
                 }
-                _ = sleep => self.bridge.handle_timeout(Instant::now()),
+                _ = sleep => {
+                    let before = self.bridge.next_batch();
+                    self.bridge.handle_timeout(Instant::now());
+                    if transcript_on() {
+                        let made = before..self.bridge.next_batch();
+                        self.heard.heard(Some(transcript::timer()), made);
+                    }
+                }
+                _ = next_tick(&mut watchdog) => {
+                    self.notifier.watchdog();
+                    continue;
+                }
                 _ = sample.tick() => {
                     self.sample(edge_events.pending());
                     continue;
@@ -456,12 +532,29 @@ impl Runner {
         }
     }
 
+    /// Hands the bridge one input, described for the transcript when that is on.
+    fn give(&mut self, input: Input) {
+        if !transcript_on() {
+            self.bridge.handle(Instant::now(), input);
+            return;
+        }
+        let item = transcript::input(&input);
+        let before = self.bridge.next_batch();
+        self.bridge.handle(Instant::now(), input);
+        self.heard.heard(item, before..self.bridge.next_batch());
+    }
+
     /// Runs the bridge's actions in order, each store write done (durable ones synced) before
     /// the next; what failed is reported back. Returns how many actions ran.
     async fn execute(&mut self) -> usize {
         let mut n = 0;
+        let on = transcript_on();
         while let Some(action) = self.bridge.poll_action() {
             n += 1;
+            if on {
+                let batch = self.bridge.action_batch();
+                self.heard.said(batch, transcript::action(&action));
+            }
             let done = match action {
                 Action::Stanza(el) => {
                     count_stanza_out(&el);
@@ -538,6 +631,11 @@ impl Runner {
                 self.bridge.report(Instant::now(), Failure::StoreFailed);
             }
         }
+        if on {
+            for line in self.heard.take() {
+                debug!(target: transcript::TARGET, "{line}");
+            }
+        }
         n
     }
 
@@ -594,6 +692,16 @@ fn count_stanza_out(el: &minidom::Element) {
         })
         .map_or("other", |c| c.name());
     telemetry::stanza_error(condition);
+}
+
+/// The next tick of the watchdog's interval; never without one.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The edge's settings from the configuration.

@@ -19,7 +19,9 @@
 //! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled, or redb with the feature) |
 //! | [`telemetry`] | none (records) | the operations metrics' names and handles (`metrics` facade); only the I/O modules record |
 //! | [`ops`] | sockets | the operations HTTP listener: `/metrics`, `/health`, `/ready` |
+//! | [`systemd`] | environment, Unix socket | the service manager's notifications: readiness, watchdog, reload, stopping |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
+//! | [`doctor`] | DNS, sockets, clock ([`doctor::probe`]) | `lcs-bridge doctor`: the online checks of a deployment, judged without I/O, probed with the edge's and the link's own parts |
 //!
 //! Rule: `sip`, `core`, `engine` and `xmpp` (but its `link`) never touch sockets or the clock and read no files, with one
 //! exception: [`core::tables::Mappings::load`] reads the two table files once at start-up.
@@ -30,6 +32,8 @@ pub mod backoff;
 pub mod compact;
 pub mod config;
 pub mod core;
+pub mod demo;
+pub mod doctor;
 pub mod edge;
 pub mod engine;
 pub mod inspect;
@@ -37,5 +41,7 @@ pub mod ops;
 pub mod random;
 pub mod sip;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
+pub mod transcript;
 pub mod xmpp;

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use clap::{Parser, Subcommand};
 use lcs_bridge::core::tables::Mappings;
 use lcs_bridge::store::{Store, StoreError};
-use lcs_bridge::{app, config, inspect};
+use lcs_bridge::{app, config, doctor, inspect};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try it: a private Prosody, the bridge and a simulated Lync partner (contoso.test) on
+    /// loopback, with a live transcript; Ctrl-C stops everything (docs/demo.md).
+    Demo {
+        /// Prosody's client port (default: 5222 when free, else a free one).
+        #[arg(long)]
+        c2s_port: Option<u16>,
+        /// Seconds between the Lync users' availability changes.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        presence_every: u64,
+    },
     /// Run the bridge.
     Run {
         /// Configuration file (TOML).
@@ -36,6 +46,16 @@ enum Command {
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+    },
+    /// Check a deployment online: DNS, certificates as partners see them, the component
+    /// handshake, partners' edges (after check-config's checks).
+    Doctor {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A partner's SIP domain to connect to (mutual TLS, OPTIONS); repeatable.
+        #[arg(long = "partner", value_name = "DOMAIN")]
+        partners: Vec<String>,
     },
     /// Show how the bridge reads wire data.
     #[command(subcommand)]
@@ -236,6 +256,18 @@ fn join_problems(problems: &[config::Problem]) -> String {
 
 /// Every problem on its own line on stderr; exit status 1 if any.
 fn check_config(file: &Path) -> ExitCode {
+    let (_, problems) = offline_checks(file);
+    if problems.is_empty() {
+        println!("{}: OK", file.display());
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// check-config's checks, warnings and problems printed on stderr: the configuration when it
+/// loaded, and the problems.
+fn offline_checks(file: &Path) -> (Option<config::Config>, Vec<String>) {
     let report = config::check(file, SystemTime::now());
     let mut problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     if let Some(cfg) = &report.config {
@@ -252,17 +284,68 @@ fn check_config(file: &Path) -> ExitCode {
     for p in &problems {
         eprintln!("{p}");
     }
-    if problems.is_empty() {
-        println!("{}: OK", file.display());
-        ExitCode::SUCCESS
+    (report.config, problems)
+}
+
+/// `doctor`: check-config's checks first (stopping on problems), then the online checks, one
+/// line each as they complete; exit status 1 if any failed.
+fn doctor(file: &Path, partners: Vec<String>) -> ExitCode {
+    let (cfg, problems) = offline_checks(file);
+    let cfg = match cfg {
+        Some(cfg) if problems.is_empty() => cfg,
+        _ => {
+            eprintln!("error: fix the configuration first (lcs-bridge check-config)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let found = rustls_native_certs::load_native_certs();
+    let system_roots = if found.certs.is_empty() {
+        let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        Err(format!(
+            "no system CA certificates found ({})",
+            why.join("; ")
+        ))
     } else {
+        Ok(found.certs)
+    };
+    let options = doctor::probe::Options {
+        partners,
+        system_roots,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = runtime.block_on(doctor::probe::run(&cfg, &options, |c| println!("{c}")));
+    if doctor::failed(&checks) {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo {
+            c2s_port,
+            presence_every,
+        } => match lcs_bridge::demo::run(&lcs_bridge::demo::Options {
+            c2s_port,
+            presence_every: std::time::Duration::from_secs(presence_every),
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match app::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -271,6 +354,7 @@ fn main() -> ExitCode {
             }
         },
         Command::CheckConfig { file } => check_config(&file),
+        Command::Doctor { config, partners } => doctor(&config, partners),
         Command::Store(cmd) => match run_store(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -39,18 +39,25 @@ const STORE_BUCKETS: [f64; 14] = [
     1.0,
 ];
 
-/// Installs the Prometheus recorder as the process's `metrics` recorder; the handle renders
-/// it. Call once, before the edge and the runner record anything (handles resolved before it
-/// stay no-ops).
+/// The recorder this process installed, if any.
+static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's `metrics` recorder (once: a second call
+/// returns the first one's handle); the handle renders it. Call before the edge and the runner
+/// record anything (handles resolved before it stay no-ops).
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    if let Some(h) = INSTALLED.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(telemetry::STORE_WRITE_SECONDS.to_owned()),
             &STORE_BUCKETS,
         )
         .map_err(|e| anyhow!("metrics: {e}"))?
         .install_recorder()
-        .map_err(|e| anyhow!("metrics: cannot install the recorder: {e}"))
+        .map_err(|e| anyhow!("metrics: cannot install the recorder: {e}"))?;
+    Ok(INSTALLED.get_or_init(|| handle).clone())
 }
 
 /// What `/ready` checks; the runner sets each part as it comes up.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real peers the test suite runs against, when they are missing.
+# Install the real peers the test suite runs against, when they are missing, and
+# the packaging tools tests/packaging.rs uses (systemd-analyze, dpkg-deb, cargo-deb).
 #
 # Idempotent: on a machine that already has everything it touches nothing and
 # prints one line per peer. On a fresh Debian 12 machine it runs `apt-get update`
@@ -46,6 +47,8 @@ declare -A DEB_FOR=(
     [baresip]=baresip-core
     [openssl]=openssl
     [python3]=python3
+    [systemd-analyze]=systemd
+    [dpkg-deb]=dpkg
 )
 
 # LCS_BRIDGE_FORCE_INSTALL=1 treats everything as missing (to exercise the
@@ -53,7 +56,7 @@ declare -A DEB_FOR=(
 force=${LCS_BRIDGE_FORCE_INSTALL:-0}
 
 missing_pkgs=()
-for bin in prosody prosodyctl ejabberdctl sipp socat baresip openssl python3; do
+for bin in prosody prosodyctl ejabberdctl sipp socat baresip openssl python3 systemd-analyze dpkg-deb; do
     if [ "$force" != 1 ] && path=$(command -v "$bin" 2>/dev/null); then
         log "found $bin: $path"
     else
@@ -128,7 +131,7 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
         fi
     fi
 
-    for bin in prosody prosodyctl ejabberdctl sipp socat baresip openssl python3; do
+    for bin in prosody prosodyctl ejabberdctl sipp socat baresip openssl python3 systemd-analyze dpkg-deb; do
         command -v "$bin" >/dev/null 2>&1 || die "$bin still missing after apt-get install"
     done
     [ -f "$MOD_PRIVILEGE" ] || die "$MOD_PRIVILEGE still missing after apt-get install"
@@ -167,6 +170,23 @@ if [ "${#missing_py[@]}" -gt 0 ]; then
     python3 -c 'import slixmpp, pjsua2' || die "python modules still not importable after pip install"
 else
     log "all python modules present; pip not run"
+fi
+
+# ---------------------------------------------------------------- cargo-deb
+# The Debian package's test (tests/packaging.rs) runs `cargo deb --no-build`. A pinned version:
+# it packages the test run's own (dev profile) binary, which later versions may refuse.
+CARGO_DEB_VERSION=3.8.0
+for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
+    case ":$PATH:" in *":$d:"*) ;; *) [ -d "$d" ] && PATH="$d:$PATH" ;; esac
+done
+if [ "$force" != 1 ] && cargo-deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION\|$CARGO_DEB_VERSION"; then
+    log "found cargo-deb $CARGO_DEB_VERSION: $(command -v cargo-deb)"
+elif command -v cargo >/dev/null 2>&1; then
+    log "cargo install cargo-deb $CARGO_DEB_VERSION (a few minutes, once)"
+    cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
+    command -v cargo-deb >/dev/null 2>&1 || die "cargo-deb still missing after cargo install"
+else
+    die "cargo not found: install the Rust toolchain (rustup), then run this script again"
 fi
 
 log "peers ready"

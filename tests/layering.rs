@@ -27,6 +27,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("backoff", &[]),
     // The operations metrics' names and handles (the `metrics` crate alone).
     ("telemetry", &[]),
+    // The service manager's notifications (sd_notify), for the runner.
+    ("systemd", &[]),
     // The codecs and translation, sans-IO.
     ("sip", &["compact"]),
     ("core", &["sip"]),
@@ -41,6 +43,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("inspect", &["core", "sip", "xmpp"]),
     // The operations HTTP listener (/metrics, /health, /ready).
     ("ops", &["telemetry", "xmpp"]),
+    // One line per translation, described from the bridge's inputs and actions.
+    ("transcript", &["core", "edge", "engine", "sip"]),
     // The runner and the binary wire everything.
     (
         "app",
@@ -53,11 +57,25 @@ const LAYERS: &[(&str, &[&str])] = &[
             "random",
             "sip",
             "store",
+            "systemd",
             "telemetry",
+            "transcript",
             "xmpp",
         ],
     ),
-    ("main", &["app", "config", "core", "inspect", "store"]),
+    // `lcs-bridge doctor`: the edge's, the link's and the SIP codec's own parts, probed.
+    (
+        "doctor",
+        &["config", "core", "edge", "random", "sip", "xmpp"],
+    ),
+    // `lcs-bridge demo`: Prosody, a simulated partner and the runner, on loopback.
+    ("demo", &["app", "core", "random", "sip", "transcript"]),
+    (
+        "main",
+        &[
+            "app", "config", "core", "demo", "doctor", "inspect", "store",
+        ],
+    ),
     ("lib", &[]),
 ];
 
@@ -72,6 +90,12 @@ const IO_MODULES: &[&str] = &[
     "xmpp::link",
     "store::sled_store",
     "store::redb_store",
+    "doctor::probe",
+    "systemd",
+    "demo",
+    "demo::partner_io",
+    "demo::prosody",
+    "demo::output",
     // Not I/O, but recording is a side effect the sans-IO code must not have: only the I/O
     // modules count (the engines are sampled through `Bridge::census`).
     "telemetry",
@@ -79,13 +103,25 @@ const IO_MODULES: &[&str] = &[
 ];
 
 /// Who else may import an I/O module: the edge's server task runs the DNS discovery and
-/// records metrics; the operations listener renders them and reads the link's state.
+/// records metrics; doctor's probe runs the discovery and the component link's handshake; the
+/// operations listener renders the metrics and reads the link's state.
 const IO_IMPORTERS: &[(&str, &str)] = &[
     ("edge::server", "edge::dns"),
     ("edge::server", "telemetry"),
+    ("doctor::probe", "edge::dns"),
+    ("doctor::probe", "xmpp::link"),
     ("ops", "telemetry"),
     // `/ready` asks the component link whether its streams are up.
     ("ops", "xmpp::link"),
+    // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge
+    // and its output; the output names the partner's log target, Prosody's installer writes
+    // through the output.
+    ("demo", "app"),
+    ("demo", "demo::partner_io"),
+    ("demo", "demo::prosody"),
+    ("demo", "demo::output"),
+    ("demo::output", "demo::partner_io"),
+    ("demo::prosody", "demo::output"),
 ];
 
 /// One import: from a file module to a module, with the path as written, for the message.

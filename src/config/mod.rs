@@ -42,6 +42,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+pub(crate) use checks::format_utc;
 use reader::Diag;
 
 /// Prefix of the environment variables that override configuration keys.

@@ -185,6 +185,16 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
     let port = conv(diag, k::XMPP_PORT.path, port, checks::port);
     let port = or_default(port, k::XMPP_PORT.default_int() as u16);
     let secret = xmpp_secret(secret, secret_file, base, diag);
+    if secret.as_ref().is_some_and(|s| s.0 == EXAMPLE_SECRET) {
+        diag.warning(
+            k::XMPP_SECRET.path,
+            format!(
+                "is the example's placeholder {EXAMPLE_SECRET:?}: anyone who reaches the XMPP \
+                 server's component port could act as this component; set a secret of your own \
+                 here and in the XMPP server's component configuration"
+            ),
+        );
+    }
     let component_domains = domain_list(diag, k::XMPP_COMPONENT_DOMAINS.path, component_domains);
     let component_domains = required(diag, k::XMPP_COMPONENT_DOMAINS.path, component_domains);
     let local_domains = domain_list(diag, k::XMPP_LOCAL_DOMAINS.path, local_domains);
@@ -264,6 +274,9 @@ fn is_private(ip: IpAddr) -> bool {
         }
     }
 }
+
+/// The component secret the example configurations ship with.
+const EXAMPLE_SECRET: &str = "change-me";
 
 fn xmpp_secret(
     secret: Field<String>,

@@ -827,6 +827,31 @@ verification_levle = "omit"
     );
 }
 
+/// The examples' placeholder secret loads, with a warning naming the key; any other does not warn.
+#[test]
+fn example_placeholder_secret_warns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (secret, warned) in [("change-me", true), ("s3cr3t-of-our-own", false)] {
+        let text = MINIMAL.replacen("secret = \"s3cret\"", &format!("secret = {secret:?}"), 1);
+        let path = write(dir.path(), "c.toml", &text);
+        let mut diag = Diag::default();
+        let parts = sections::load_parts(&path, no_env(), &mut diag);
+        assert!(parts.assemble().is_some(), "{secret}");
+        let (problems, warnings) = diag.finish();
+        assert!(problems.is_empty(), "{problems:?}");
+        let on_secret: Vec<String> = warnings
+            .iter()
+            .map(ToString::to_string)
+            .filter(|w| w.starts_with("xmpp.secret: is the example's placeholder"))
+            .collect();
+        assert_eq!(
+            on_secret.len(),
+            usize::from(warned),
+            "{secret}: {warnings:?}"
+        );
+    }
+}
+
 #[test]
 fn warnings_do_not_fail_loading() {
     let text = minimal_plus(

@@ -78,6 +78,27 @@ pub enum Undeliverable {
     Invalid { reason: String },
 }
 
+impl Undeliverable {
+    /// The partner domain it was for, when known (for log lines).
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            Undeliverable::Blocked { domain }
+            | Undeliverable::Local { domain }
+            | Undeliverable::NoRoute { domain, .. }
+            | Undeliverable::Unreachable { domain, .. } => Some(domain),
+            Undeliverable::ConnectionGone { .. } | Undeliverable::Invalid { .. } => None,
+        }
+    }
+
+    /// The connection it was for, when it was routed to one.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Undeliverable::ConnectionGone { conn } => Some(*conn),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Undeliverable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -477,7 +498,12 @@ impl EdgeCore {
     /// false if the connection is gone.
     pub fn send_stateless(&mut self, conn: ConnId, message: &Message) -> Option<CoreOutput> {
         if let Some(e) = message.header_error() {
-            tracing::warn!(error = %e, conn, "ACK not sent: a header value was refused");
+            tracing::warn!(
+                error = %e,
+                conn,
+                domain = %self.peer_label(conn),
+                "ACK not sent: a header value was refused"
+            );
             return None;
         }
         self.pool.is_up(conn).then(|| CoreOutput::Send {
@@ -941,6 +967,13 @@ impl EdgeCore {
         resp
     }
 
+    /// A connection's partner for log lines: its certificate's names (`-` when it is gone).
+    fn peer_label(&self, conn: ConnId) -> String {
+        self.pool
+            .identity(conn)
+            .map_or_else(|| "-".to_owned(), PeerIdentity::label)
+    }
+
     fn drain(&mut self, now: Instant) -> Vec<CoreOutput> {
         let pending: Vec<Output> = std::iter::from_fn(|| self.transactions.poll_output()).collect();
         let mut out = Vec::with_capacity(pending.len());
@@ -954,6 +987,8 @@ impl EdgeCore {
                     // RFC 3261 §8.2.2.3: before any layer above (or OPTIONS) acts on it.
                     if let Err(reject) = check_require(&request) {
                         tracing::debug!(
+                            conn,
+                            domain = %self.peer_label(conn),
                             method = %request.method().map(|m| m.as_str()).unwrap_or(""),
                             unsupported = reject
                                 .headers

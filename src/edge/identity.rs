@@ -59,6 +59,29 @@ impl PeerIdentity {
         &self.names
     }
 
+    /// The names for a log line's `domain` field: comma-separated, anything but printable
+    /// ASCII shown as `?` (a certificate's names are the peer's text), `-` when there are none.
+    pub fn label(&self) -> String {
+        if self.names.is_empty() {
+            return "-".to_owned();
+        }
+        self.names
+            .iter()
+            .map(|n| {
+                n.chars()
+                    .map(|c| {
+                        if c.is_ascii_graphic() && c != ',' {
+                            c
+                        } else {
+                            '?'
+                        }
+                    })
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     fn has(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.');
         self.names
@@ -90,6 +113,20 @@ impl PeerIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_is_one_printable_line() {
+        assert_eq!(
+            PeerIdentity::from_names(["sip.contoso.com", "contoso.com"]).label(),
+            "contoso.com,sip.contoso.com"
+        );
+        assert_eq!(PeerIdentity::default().label(), "-");
+        // A hostile name cannot break the log line or fake a second name.
+        assert_eq!(
+            PeerIdentity::from_names(["evil.test\nWARN forged,x", "é.test"]).label(),
+            "evil.test?warn?forged?x,?.test"
+        );
+    }
 
     #[test]
     fn identity_from_certificates() {

@@ -289,6 +289,9 @@ struct Writer {
     shared: Arc<Backpressure>,
     /// The peer's address, for log lines.
     peer: SocketAddr,
+    /// The partner's domain for log lines: the one dialled (outbound), or the names of the
+    /// partner's certificate (inbound).
+    domain: Arc<str>,
 }
 
 impl Writer {
@@ -311,8 +314,8 @@ impl Writer {
 }
 
 /// Logs an over-limit event (one WARN line naming the limit's configuration key) and counts
-/// it: every limit hit goes through here.
-fn over_limit(counters: &LimitCounters, o: &OverLimit, peer: Option<SocketAddr>) {
+/// it: every limit hit goes through here. `domain`: the partner's, when known.
+fn over_limit(counters: &LimitCounters, o: &OverLimit, peer: Option<SocketAddr>, domain: &str) {
     counters.hit(o.limit);
     let peer = peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
     let conn = o.conn.map_or_else(|| "-".to_owned(), |c| c.to_string());
@@ -320,6 +323,7 @@ fn over_limit(counters: &LimitCounters, o: &OverLimit, peer: Option<SocketAddr>)
         limit = o.limit.key(),
         %peer,
         conn = %conn,
+        domain,
         detail = %o.detail,
         "over limit: {}",
         o.action
@@ -406,6 +410,10 @@ impl Io {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// A log line's `conn` or `domain` not known (yet): before the peer's certificate, or a line
+/// about no one connection.
+const UNKNOWN: &str = "-";
+
 /// Accepts connections one at a time, each admitted by the core (`sip.max_handshakes`,
 /// `sip.max_connections`, `sip.max_connections_per_address`) before any handshake work is spent
 /// on it; one over a limit is closed at once. While the core decides, further connections wait in the
@@ -474,12 +482,12 @@ async fn accept_connection(
         Ok(Err(e)) => {
             let reason = describe_accept_error(&e, server_auth_only);
             telemetry::handshake_failure(UNKNOWN_PEER, Direction::In, handshake_reason(&e));
-            warn!(%peer, %reason, "TLS handshake failed");
+            warn!(%peer, conn, domain = UNKNOWN, %reason, "TLS handshake failed");
             return false;
         }
         Err(_) => {
             telemetry::handshake_failure(UNKNOWN_PEER, Direction::In, "timeout");
-            warn!(%peer, reason = "handshake timed out", "TLS handshake failed");
+            warn!(%peer, conn, domain = UNKNOWN, reason = "handshake timed out", "TLS handshake failed");
             return false;
         }
     };
@@ -487,13 +495,14 @@ async fn accept_connection(
         Ok(id) => id,
         Err(e) => {
             telemetry::handshake_failure(UNKNOWN_PEER, Direction::In, "bad_certificate");
-            warn!(%peer, reason = %e, "peer certificate unusable");
+            warn!(%peer, conn, domain = UNKNOWN, reason = %e, "peer certificate unusable");
             return false;
         }
     };
-    info!(%peer, conn, names = ?identity.names(), "peer connected");
+    let domain: Arc<str> = identity.label().into();
+    info!(%peer, conn, %domain, "peer connected");
     let label = telemetry::partner_label(identity.names().iter().map(String::as_str));
-    run_connection(tls, conn, peer, (identity, label), false, io).await
+    run_connection(tls, conn, peer, (identity, domain, label), false, io).await
 }
 
 /// Opens outbound connection `conn` to `edge`: its addresses, TCP, TLS with the edge's name.
@@ -569,8 +578,8 @@ async fn connect_outbound(conn: ConnId, domain: String, edge: EdgeAddr, io: Io) 
             return;
         }
     };
-    info!(conn, %domain, %edge, peer = %addr, "connected to peer edge");
-    run_connection(tls, conn, addr, (identity, label), true, io).await;
+    info!(conn, %domain, %edge, peer = %addr, names = %identity.label(), "connected to peer edge");
+    run_connection(tls, conn, addr, (identity, domain.into(), label), true, io).await;
 }
 
 /// Registers an authenticated connection with the core and runs its reader and writer until it
@@ -581,7 +590,7 @@ async fn run_connection<S>(
     stream: S,
     conn: ConnId,
     peer: SocketAddr,
-    (identity, label): (PeerIdentity, String),
+    (identity, domain, label): (PeerIdentity, Arc<str>, String),
     outbound: bool,
     io: Io,
 ) -> bool
@@ -600,6 +609,7 @@ where
         tx,
         shared: shared.clone(),
         peer,
+        domain: domain.clone(),
     };
     let (reply, admitted) = oneshot::channel();
     if core_tx
@@ -667,7 +677,7 @@ where
     let mut pinged = false;
     loop {
         if shared.closed.load(Ordering::Relaxed) {
-            debug!(%peer, conn, "writer ended: closing connection");
+            debug!(%peer, conn, %domain, "writer ended: closing connection");
             break;
         }
         // Over an eighth of `sip.max_write_backlog_bytes` unsent or not yet processed: read nothing
@@ -699,6 +709,7 @@ where
                         action: "peer does not read: connection closed",
                     },
                     Some(peer),
+                    &domain,
                 );
                 break;
             }
@@ -721,21 +732,21 @@ where
         };
         let n = match tokio::time::timeout(limit, reader.read(&mut buf)).await {
             Ok(Ok(0)) => {
-                debug!(%peer, conn, "peer closed the connection");
+                debug!(%peer, conn, %domain, "peer closed the connection");
                 break;
             }
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
-                debug!(%peer, conn, error = %e, "read failed");
+                debug!(%peer, conn, %domain, error = %e, "read failed");
                 break;
             }
             Err(_) => {
                 if started.is_some() {
-                    info!(%peer, conn, reason = "message not completed in time", "closing connection");
+                    info!(%peer, conn, %domain, reason = "message not completed in time", "closing connection");
                     break;
                 }
                 if last_read.elapsed() >= settings.idle_timeout {
-                    info!(%peer, conn, reason = "idle", "closing connection");
+                    info!(%peer, conn, %domain, reason = "idle", "closing connection");
                     break;
                 }
                 // Keep-alive: a double CRLF; the peer's pong counts as traffic.
@@ -768,7 +779,7 @@ where
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    warn!(%peer, conn, reason = %e, "closing connection: unusable SIP stream");
+                    warn!(%peer, conn, %domain, reason = %e, "closing connection: unusable SIP stream");
                     fatal = true;
                     break;
                 }
@@ -889,7 +900,7 @@ async fn run_core(
                 let admitted = match core.accept(conn, peer.ip()) {
                     Ok(()) => true,
                     Err(o) => {
-                        over_limit(&io.counters, &o, Some(peer));
+                        over_limit(&io.counters, &o, Some(peer), UNKNOWN);
                         false
                     }
                 };
@@ -909,19 +920,19 @@ async fn run_core(
                 reply,
             }) => {
                 if outbound {
-                    debug!(conn, %peer, outbound, "registered");
+                    debug!(conn, %peer, domain = %writer.domain, outbound, "registered");
                     writers.insert(conn, writer);
                     let _ = reply.send(true);
                     core.outbound_up(now, conn, identity)
                 } else {
                     match core.connected(conn, identity) {
                         Ok(()) => {
-                            debug!(conn, %peer, outbound, "registered");
+                            debug!(conn, %peer, domain = %writer.domain, outbound, "registered");
                             writers.insert(conn, writer);
                             let _ = reply.send(true);
                         }
                         Err(o) => {
-                            over_limit(&io.counters, &o, Some(peer));
+                            over_limit(&io.counters, &o, Some(peer), &writer.domain);
                             let _ = reply.send(false);
                         }
                     }
@@ -978,7 +989,7 @@ async fn run_core(
                                 detail: format!("{} bytes unsent", w.shared.counters.queued()),
                                 action: "peer does not read: connection closed",
                             };
-                            over_limit(&io.counters, &o, Some(w.peer));
+                            over_limit(&io.counters, &o, Some(w.peer), &w.domain);
                             w.close();
                             writers.remove(&conn);
                         }
@@ -986,8 +997,9 @@ async fn run_core(
                     continue;
                 }
                 CoreOutput::OverLimit(o) => {
-                    let peer = o.conn.and_then(|c| writers.get(&c)).map(|w| w.peer);
-                    over_limit(&io.counters, &o, peer);
+                    let writer = o.conn.and_then(|c| writers.get(&c));
+                    let domain = writer.map_or(UNKNOWN, |w| &*w.domain);
+                    over_limit(&io.counters, &o, writer.map(|w| w.peer), domain);
                     continue;
                 }
                 CoreOutput::Resolve { domain } => {
@@ -1031,7 +1043,16 @@ async fn run_core(
                 }
                 CoreOutput::Event(e) => EdgeEvent::Transaction(e),
                 CoreOutput::Undeliverable { tx, why } => {
-                    info!(?tx, reason = %why, "outbound request not delivered");
+                    let conn = why
+                        .conn()
+                        .map_or_else(|| UNKNOWN.to_owned(), |c| c.to_string());
+                    info!(
+                        ?tx,
+                        conn = %conn,
+                        domain = why.domain().unwrap_or(UNKNOWN),
+                        reason = %why,
+                        "outbound request not delivered"
+                    );
                     EdgeEvent::Undeliverable { tx, why }
                 }
                 CoreOutput::ConnectionLost { conn } => EdgeEvent::ConnectionLost { conn },

@@ -259,7 +259,9 @@ impl PartnerCertVerifier {
         if warned.len() >= MAX_WARNED_IDENTITIES {
             warned.clear();
         }
+        // During the handshake: the connection has no number in the log yet.
         warn!(
+            domain = %identity.label(),
             names = ?identity.names(),
             key = ACCEPT_SERVER_AUTH_ONLY_KEY,
             "accepted a partner certificate without the clientAuth extended key usage (serverAuth only), as the key allows"

@@ -395,6 +395,18 @@ impl Bridge {
         }
     }
 
+    /// The number the next batch of outputs will get: the batches an input made are those
+    /// numbered from this value before [`Bridge::handle`] to it after (for the runner's
+    /// transcript, which pairs each action with the input it came from).
+    pub fn next_batch(&self) -> u64 {
+        self.next_batch
+    }
+
+    /// The batch of the action [`Bridge::poll_action`] returned last.
+    pub fn action_batch(&self) -> u64 {
+        self.current
+    }
+
     /// The next action, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
         let Queued {

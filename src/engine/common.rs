@@ -96,6 +96,15 @@ pub(crate) fn host_of(uri: &str) -> String {
     }
 }
 
+/// The distinct hosts of some `sip:` AORs, sorted and comma-separated: the `domain` field of a
+/// log line about several partners' dialogs (e.g. those a lost connection ended).
+pub(crate) fn domains_of<'a>(aors: impl Iterator<Item = &'a str>) -> String {
+    let mut hosts: Vec<String> = aors.map(host_of).filter(|h| !h.is_empty()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts.join(",")
+}
+
 /// This edge's Contact for a local user (`sip:user@public_fqdn;transport=tls`, the profile's
 /// TLS-only rule), so in-dialog requests come back to the edge.
 pub(crate) fn contact_for(public_fqdn: &str, local_uri: &str) -> String {
@@ -289,4 +298,21 @@ fn capped(s: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod log_field_tests {
+    use super::domains_of;
+
+    #[test]
+    fn domains_of_lists_each_partner_once() {
+        let aors = [
+            "sip:joe@contoso.com",
+            "sip:ann@Fabrikam.com",
+            "sip:bob@contoso.com",
+            "not a uri",
+        ];
+        assert_eq!(domains_of(aors.into_iter()), "contoso.com,fabrikam.com");
+        assert_eq!(domains_of(std::iter::empty()), "");
+    }
 }

@@ -1127,6 +1127,7 @@ impl ImEngine {
                 if !lost.is_empty() {
                     info!(
                         conn,
+                        domain = %common::domains_of(lost.iter().map(|k| k.1.as_str())),
                         sessions = lost.len(),
                         "IM sessions on a lost connection ended locally"
                     );

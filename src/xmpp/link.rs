@@ -638,66 +638,7 @@ impl DomainTask {
 
     /// TCP connect, stream header, handshake (XEP-0114 §3).
     async fn connect(&self) -> Result<Stream, AttemptError> {
-        let s = &self.settings;
-        let tcp = TcpStream::connect((s.host.as_str(), s.port))
-            .await
-            .map_err(|e| AttemptError::Failed(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let timeouts = Timeouts {
-            read_timeout: s.keepalive,
-            response_timeout: s.keepalive,
-        };
-        let header = StreamHeader {
-            from: None,
-            to: Some(self.domain.as_str().into()),
-            id: None,
-        };
-        let mut pending = initiate_stream(BufStream::new(tcp), NS_COMPONENT, header, timeouts)
-            .await
-            .map_err(|e| {
-                AttemptError::Failed(format!("no usable stream header from the server: {e}"))
-            })?;
-        let stream_id = pending
-            .take_header()
-            .id
-            .map(|id| id.into_owned())
-            .ok_or_else(|| {
-                AttemptError::Failed("the server's stream header has no id".to_owned())
-            })?;
-        let mut stream: Stream = pending.skip_features();
-        let handshake = Handshake::from_stream_id_and_password(stream_id, &s.secret);
-        stream
-            .send(&handshake)
-            .await
-            .map_err(|e| AttemptError::Failed(format!("sending the handshake: {e}")))?;
-        loop {
-            match stream.next().await {
-                Some(Ok(el)) if el.is("handshake", NS_COMPONENT) => return Ok(stream),
-                Some(Ok(el)) if el.is("error", NS_STREAM) => {
-                    return Err(AttemptError::Refused(describe_stream_error(&el)));
-                }
-                // Some servers send (empty) stream features to a version='1.0' header.
-                Some(Ok(el)) => {
-                    debug!(domain = %self.domain, element = %el.name(), "ignored during handshake");
-                }
-                Some(Err(ReadError::SoftTimeout)) => {}
-                Some(Err(ReadError::ParseError(e))) => {
-                    debug!(domain = %self.domain, "unparsable element during handshake: {e}");
-                }
-                Some(Err(ReadError::HardError(e))) => {
-                    return Err(AttemptError::Failed(format!(
-                        "connection failed during the handshake: {e}"
-                    )));
-                }
-                Some(Err(ReadError::StreamFooterReceived)) | None => {
-                    return Err(AttemptError::Refused(
-                        "the server closed the stream without accepting the handshake \
-                         (wrong secret, or the domain is not configured as a component)"
-                            .to_owned(),
-                    ));
-                }
-            }
-        }
+        open_stream(&self.settings, &self.domain).await
     }
 
     /// Runs an authenticated stream until it is lost or the link stops.
@@ -842,6 +783,96 @@ impl DomainTask {
                 self.settings.keepalive
             )),
         }
+    }
+}
+
+/// TCP connect, stream header, handshake (XEP-0114 §3) of `domain`'s stream.
+async fn open_stream(s: &LinkSettings, domain: &str) -> Result<Stream, AttemptError> {
+    let tcp = TcpStream::connect((s.host.as_str(), s.port))
+        .await
+        .map_err(|e| AttemptError::Failed(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let timeouts = Timeouts {
+        read_timeout: s.keepalive,
+        response_timeout: s.keepalive,
+    };
+    let header = StreamHeader {
+        from: None,
+        to: Some(domain.into()),
+        id: None,
+    };
+    let mut pending = initiate_stream(BufStream::new(tcp), NS_COMPONENT, header, timeouts)
+        .await
+        .map_err(|e| {
+            AttemptError::Failed(format!("no usable stream header from the server: {e}"))
+        })?;
+    let stream_id = pending
+        .take_header()
+        .id
+        .map(|id| id.into_owned())
+        .ok_or_else(|| AttemptError::Failed("the server's stream header has no id".to_owned()))?;
+    let mut stream: Stream = pending.skip_features();
+    let handshake = Handshake::from_stream_id_and_password(stream_id, &s.secret);
+    stream
+        .send(&handshake)
+        .await
+        .map_err(|e| AttemptError::Failed(format!("sending the handshake: {e}")))?;
+    loop {
+        match stream.next().await {
+            Some(Ok(el)) if el.is("handshake", NS_COMPONENT) => return Ok(stream),
+            Some(Ok(el)) if el.is("error", NS_STREAM) => {
+                return Err(AttemptError::Refused(describe_stream_error(&el)));
+            }
+            // Some servers send (empty) stream features to a version='1.0' header.
+            Some(Ok(el)) => {
+                debug!(domain = %domain, element = %el.name(), "ignored during handshake");
+            }
+            Some(Err(ReadError::SoftTimeout)) => {}
+            Some(Err(ReadError::ParseError(e))) => {
+                debug!(domain = %domain, "unparsable element during handshake: {e}");
+            }
+            Some(Err(ReadError::HardError(e))) => {
+                return Err(AttemptError::Failed(format!(
+                    "connection failed during the handshake: {e}"
+                )));
+            }
+            Some(Err(ReadError::StreamFooterReceived)) | None => {
+                return Err(AttemptError::Refused(
+                    "the server closed the stream without accepting the handshake \
+                     (wrong secret, or the domain is not configured as a component)"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+}
+
+/// Connects `domain`'s stream and authenticates it with the configured secret, as the link
+/// would (within [`CONNECT_TIMEOUT`]), then closes it: `lcs-bridge doctor`'s check of the
+/// component port. A refused handshake is [`LinkError::Auth`] with the server's error.
+pub async fn probe(settings: &LinkSettings, domain: &str) -> Result<(), LinkError> {
+    let addr = settings.server_addr();
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, open_stream(settings, domain))
+        .await
+        .unwrap_or_else(|_| {
+            Err(AttemptError::Failed(format!(
+                "no completed handshake within {CONNECT_TIMEOUT:?}"
+            )))
+        });
+    match attempt {
+        Ok(mut stream) => {
+            close_quietly(&mut stream).await;
+            Ok(())
+        }
+        Err(AttemptError::Refused(reason)) => Err(LinkError::Auth {
+            domain: domain.to_owned(),
+            reason,
+        }),
+        Err(AttemptError::Failed(reason)) => Err(LinkError::Connect {
+            domain: domain.to_owned(),
+            addr,
+            reason,
+        }),
     }
 }
 

@@ -220,6 +220,7 @@ impl PresenceEngine {
         if !lost.is_empty() {
             info!(
                 conn,
+                domain = %crate::engine::common::domains_of(lost.iter().map(|k| k.1.as_str())),
                 watchers = lost.len(),
                 "presence watchers' dialogs on a lost connection ended locally"
             );

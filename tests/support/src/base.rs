@@ -342,18 +342,38 @@ pub fn bridge_bin() -> PathBuf {
 /// `lcs-bridge run --config <config>` ([`bridge_bin`]) as a child process, without `RUST_LOG`
 /// and colours, its output appended to `log`.
 pub fn spawn_bridge(config: &Path, log: &Path) -> std::process::Child {
+    spawn_bridge_with(config, log, &[])
+}
+
+/// [`spawn_bridge`] with changes to its environment: `(name, Some(value))` sets a variable,
+/// `(name, None)` removes it (e.g. `NOTIFY_SOCKET` and `WATCHDOG_USEC` for the systemd tests,
+/// or `NO_COLOR` removed).
+pub fn spawn_bridge_with(
+    config: &Path,
+    log: &Path,
+    env: &[(&str, Option<&str>)],
+) -> std::process::Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("the bridge's log file");
-    std::process::Command::new(bridge_bin())
-        .arg("run")
+    let mut cmd = std::process::Command::new(bridge_bin());
+    cmd.arg("run")
         .arg("--config")
         .arg(config)
         .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env("NO_COLOR", "1");
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(out.try_clone().expect("the bridge's log file"))
         .stderr(out)
         .spawn()

@@ -35,7 +35,8 @@ pub struct BridgeConfig<'a> {
     /// that bridges started at once do not race for its default port; left out when `extra`
     /// has an `[admin]` table of its own.
     pub admin: String,
-    /// More TOML, appended (e.g. a `[presence]` table).
+    /// More TOML, appended after `[logging]`'s level (so it may add `[logging]` keys, or
+    /// tables such as `[presence]`); the `[admin]` table comes after it.
     pub extra: &'a str,
     /// `logging.level` (EnvFilter directives).
     pub log_level: &'a str,
@@ -110,9 +111,8 @@ path = {mappings}
 
 [logging]
 level = "{log_level}"
-
-{admin}
-{extra}"#,
+{extra}
+{admin}"#,
             component_port = self.component_port,
             secret = self.secret,
             mode = self.mode.name(),

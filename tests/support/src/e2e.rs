@@ -90,7 +90,17 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the bridge; its output is appended to `log` (a restart keeps the earlier run's).
     pub fn start(config: &Path, log: &Path, sip_port: u16) -> Bridge {
-        let child = crate::spawn_bridge(config, log);
+        Self::start_with(config, log, sip_port, &[])
+    }
+
+    /// [`Bridge::start`] with changes to its environment ([`crate::spawn_bridge_with`]).
+    pub fn start_with(
+        config: &Path,
+        log: &Path,
+        sip_port: u16,
+        env: &[(&str, Option<&str>)],
+    ) -> Bridge {
+        let child = crate::spawn_bridge_with(config, log, env);
         Bridge {
             child,
             log: log.to_owned(),
@@ -713,6 +723,15 @@ pub struct ScriptedPartner {
 /// the component stream accepted; returns once the bridge says it started. Panics with the
 /// bridge's log if the component stream does not come.
 pub async fn scripted_partner(prefix: &str, extra: &str) -> ScriptedPartner {
+    scripted_partner_with(prefix, extra, &[]).await
+}
+
+/// [`scripted_partner`] with changes to the bridge's environment ([`crate::spawn_bridge_with`]).
+pub async fn scripted_partner_with(
+    prefix: &str,
+    extra: &str,
+    env: &[(&str, Option<&str>)],
+) -> ScriptedPartner {
     use crate::net::{accept_component, accept_sip};
     use tokio::net::TcpListener;
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
@@ -744,7 +763,7 @@ pub async fn scripted_partner(prefix: &str, extra: &str) -> ScriptedPartner {
     }
     .toml();
     std::fs::write(&config, toml).unwrap();
-    let mut bridge = Bridge::start(&config, &dir.path().join("bridge.log"), sip_port);
+    let mut bridge = Bridge::start_with(&config, &dir.path().join("bridge.log"), sip_port, env);
     let accept = accept_component(
         &component,
         crate::GATEWAY_COMPONENT,
