@@ -504,3 +504,67 @@ pub fn describe_handshake_error(e: &io::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(e: TlsError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    /// Each failure gets its word from the closed list, whatever text the error carries.
+    #[test]
+    fn handshake_reasons() {
+        let cases = [
+            (tls(TlsError::NoCertificatesPresented), "no_certificate"),
+            (
+                tls(TlsError::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType,
+                )),
+                "not_tls",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                )),
+                "unknown_ca",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::Expired)),
+                "expired",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::NotValidYet)),
+                "not_valid_yet",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                )),
+                "wrong_name",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(
+                    CertificateError::InvalidPurpose,
+                )),
+                "wrong_purpose",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::BadSignature)),
+                "bad_certificate",
+            ),
+            (tls(TlsError::General("anything a peer says".into())), "tls"),
+            (io::Error::from(io::ErrorKind::UnexpectedEof), "closed"),
+            (io::Error::from(io::ErrorKind::ConnectionReset), "closed"),
+            (
+                io::Error::new(io::ErrorKind::InvalidData, "junk"),
+                "not_tls",
+            ),
+            (io::Error::from(io::ErrorKind::TimedOut), "tls"),
+        ];
+        for (e, want) in cases {
+            assert_eq!(handshake_reason(&e), want, "{e:?}");
+        }
+    }
+}
