@@ -27,7 +27,8 @@ use crate::edge::pool::PoolLimits;
 use crate::edge::server::EdgeEvents;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
-use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine};
+use crate::engine::admin::{AdminEngine, Outcome as AdminOutcome};
+use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine, Reconfigure};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings};
 use crate::engine::roster::{RosterEngine, RosterMode};
@@ -40,19 +41,25 @@ use crate::transcript;
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
 
-/// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level.
+pub mod admin;
+mod reload;
+
+/// Sets up tracing from `[logging]`; `RUST_LOG`, when set, overrides the level. The level can
+/// be changed while running ([`reload`]).
 pub fn init_logging(cfg: &config::LoggingConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v).context("RUST_LOG")?,
         _ => EnvFilter::try_new(&cfg.level).context("logging.level")?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let registry = tracing_subscriber::registry().with(reload::reloadable_filter(filter));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(colours_wanted())
         .with_writer(std::io::stderr);
     let result = match cfg.format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
     };
     result.map_err(|e| anyhow!("cannot initialise logging: {e}"))
 }
@@ -173,8 +180,32 @@ pub fn run_with(
             stored(store.im_dialogs(), "IM sessions"),
         );
         let (stop, stop_rx) = mpsc::channel(1);
+        let (reconfigure, reconfigure_rx) = mpsc::channel(1);
+        let reloader = reload::Reloader::new(config_path, cfg.clone(), mappings.clone());
+        let (admin_jobs, mut admin_rx) = mpsc::channel::<admin::AdminJob>(admin::QUEUE);
+        let (engine_jobs, engine_jobs_rx) = mpsc::channel::<admin::EngineJob>(admin::QUEUE);
+        let _socket = admin::serve(&cfg.admin.socket, admin_jobs.clone())?;
+        let mut executor = admin::Executor::new(
+            reloader,
+            edge.clone(),
+            store.clone(),
+            reconfigure,
+            engine_jobs,
+        );
         let runner = Runner {
-            bridge: Bridge::standard(presence, roster, im, iq, mappings.errors.clone()),
+            bridge: Bridge::standard(
+                presence,
+                roster,
+                im,
+                iq,
+                AdminEngine::new(book.component_domains().to_vec(), cfg.admin.jids.clone()),
+                mappings.errors.clone(),
+            ),
+            admin: admin_jobs.clone(),
+            admin_done: mpsc::channel(admin::QUEUE),
+            engine_jobs: engine_jobs_rx,
+            waiting: std::collections::HashMap::new(),
+            next_job: 1,
             edge: edge.clone(),
             link,
             store: store.clone(),
@@ -182,7 +213,7 @@ pub fn run_with(
             heard: transcript::Lines::default(),
             notifier: notifier.clone(),
         };
-        tokio::spawn(runner.run(restored, events, link_events, stop_rx));
+        tokio::spawn(runner.run(restored, events, link_events, reconfigure_rx, stop_rx));
         info!(
             config = %config_path.display(),
             mode = %book.mode(),
@@ -201,6 +232,8 @@ pub fn run_with(
         }
         let status = format!("SIP edge on {}, component link up", edge.local_addr);
         notifier.ready(&status);
+        // Signals, the caller's stop (`demo`), and the administration commands (XEP-0050 and
+        // the socket), one at a time.
         let signal = loop {
             let asked = async {
                 match stop_asked.as_mut() {
@@ -210,17 +243,20 @@ pub fn run_with(
                     None => std::future::pending().await,
                 }
             };
-            let next = tokio::select! {
-                s = signals.next() => s,
-                () = asked => "stop",
-            };
-            match next {
-                "SIGHUP" => {
-                    notifier.reloading();
-                    reload(&edge, config_path, &cfg).await;
-                    notifier.ready(&status);
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    "SIGHUP" => {
+                        notifier.reloading();
+                        executor.reload("SIGHUP").await;
+                        notifier.ready(&status);
+                    }
+                    other => break other,
+                },
+                () = asked => break "stop",
+                Some(job) = admin_rx.recv() => {
+                    let outcome = executor.execute(job.command).await;
+                    let _ = job.reply.send(outcome);
                 }
-                other => break other,
             }
         };
         notifier.stopping();
@@ -290,6 +326,42 @@ pub fn open_store(cfg: &config::StorageConfig, read_only: bool) -> anyhow::Resul
                 schema_version = store.schema_version(),
                 open_ms = opened.elapsed().as_millis() as u64,
                 "store opened (redb)"
+            );
+            Arc::new(store)
+        }
+        StoreBackend::Postgres => {
+            let pg = cfg
+                .postgres
+                .as_ref()
+                .ok_or_else(|| anyhow!("storage.url: required with backend = \"postgres\""))?;
+            let options = store::PgOptions {
+                pool_size: pg.pool_size,
+                connect_timeout: pg.connect_timeout,
+                ..store::PgOptions::new(
+                    &pg.url,
+                    pg.password.as_ref().map(|p| p.expose().to_owned()),
+                )
+            };
+            let store = if read_only {
+                store::PgStore::open_read_only(&options)
+            } else {
+                store::PgStore::open(&options)
+            }
+            .context("storage.url")?;
+            if let Some(from) = store.migrated_from() {
+                warn!(
+                    database = %store.target(),
+                    from,
+                    to = store::CURRENT_SCHEMA_VERSION,
+                    "store schema {from}→{}; older builds refuse this store",
+                    store::CURRENT_SCHEMA_VERSION
+                );
+            }
+            info!(
+                database = %store.target(),
+                schema_version = store.schema_version(),
+                open_ms = opened.elapsed().as_millis() as u64,
+                "store opened (PostgreSQL)"
             );
             Arc::new(store)
         }
@@ -401,6 +473,14 @@ struct Runner {
     heard: transcript::Lines,
     /// `WATCHDOG=1` goes from this task's loop, so a stuck engine stops it.
     notifier: Notifier,
+    /// The administration commands' executor, and the way their outcomes come back.
+    admin: mpsc::Sender<admin::AdminJob>,
+    admin_done: (mpsc::Sender<AdminDone>, mpsc::Receiver<AdminDone>),
+    /// Commands the engines carry out (from the socket), those waiting for their outcome by
+    /// id, and the next id.
+    engine_jobs: mpsc::Receiver<admin::EngineJob>,
+    waiting: std::collections::HashMap<u64, oneshot::Sender<AdminOutcome>>,
+    next_job: u64,
     /// `xmpp.queue_capacity`, for the queue gauges.
     queue_capacity: usize,
 }
@@ -415,6 +495,9 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// An administration command's id and outcome, on its way back to the bridge.
+type AdminDone = (u64, AdminOutcome);
+
 impl Runner {
     /// Runs until the edge or the link ends, or `stop` asks for the shutdown presences (the
     /// task answers on the channel it is given when they are queued on the link).
@@ -423,6 +506,7 @@ impl Runner {
         restored: (Vec<Subscription>, Vec<ImDialog>),
         mut edge_events: EdgeEvents,
         mut link_events: mpsc::Receiver<LinkEvent>,
+        mut reconfigure: mpsc::Receiver<Box<Reconfigure>>,
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         let started = Instant::now();
@@ -483,6 +567,18 @@ impl Runner {
                     }
                     None => return,
                 },
+                Some((command, reply)) = self.engine_jobs.recv() => {
+                    let id = self.next_job;
+                    self.next_job += 1;
+                    self.waiting.insert(id, reply);
+                    self.bridge.handle(Instant::now(), Input::Admin { id, command });
+                }
+                Some((id, outcome)) = self.admin_done.1.recv() => {
+                    self.bridge.handle(Instant::now(), Input::AdminDone { id, outcome });
+                }
+                Some(settings) = reconfigure.recv() => {
+                    self.bridge.handle(Instant::now(), Input::Reconfigure(settings));
+                }
                 done = stop.recv() => {
                     self.bridge.shutdown();
                     self.execute().await;
@@ -610,6 +706,25 @@ impl Runner {
                     }
                     ok
                 }
+                Action::Admin { id, command } => {
+                    // Run by the executor while the bridge goes on; the outcome comes back.
+                    let (jobs, done) = (self.admin.clone(), self.admin_done.0.clone());
+                    tokio::spawn(async move {
+                        let (reply, rx) = oneshot::channel();
+                        if jobs.send(admin::AdminJob { command, reply }).await.is_ok() {
+                            if let Ok(outcome) = rx.await {
+                                let _ = done.send((id, outcome)).await;
+                            }
+                        }
+                    });
+                    true
+                }
+                Action::AdminReply { id, outcome } => {
+                    if let Some(reply) = self.waiting.remove(&id) {
+                        let _ = reply.send(outcome);
+                    }
+                    true
+                }
                 Action::Forget {
                     direction,
                     local,
@@ -731,70 +846,6 @@ fn edge_settings(cfg: &config::Config, tls: TlsConfigs) -> EdgeSettings {
     }
 }
 
-/// SIGHUP: re-reads the configuration; the federation policy and connection limits apply at
-/// once, certificates to new connections. On any problem everything in use stays. Settings
-/// that need a restart ([`needs_restart`]) are named in a warning.
-async fn reload(edge: &EdgeHandle, config_path: &Path, running: &config::Config) {
-    let report = config::check(config_path, SystemTime::now());
-    let Some(cfg) = report.config.filter(|_| report.problems.is_empty()) else {
-        let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
-        warn!(problems = %lines.join("; "), "SIGHUP: configuration has problems; nothing reloaded");
-        return;
-    };
-    match load_tls(&cfg.sip) {
-        Ok(tls) => edge.reload_tls(tls),
-        Err(e) => {
-            warn!(reason = %e, "SIGHUP: TLS reload failed; nothing reloaded");
-            return;
-        }
-    }
-    edge.reconfigure(core_settings(&cfg)).await;
-    let restart = needs_restart(&cfg, running);
-    if !restart.is_empty() {
-        warn!(
-            settings = %restart.join(", "),
-            "SIGHUP: these changes take effect after a restart"
-        );
-    }
-}
-
-/// The settings changed from `running` to `new` that SIGHUP does not apply (everything but
-/// `[federation]`, the certificates and the edge's limits of `[sip]`). `sip.public_fqdn` is
-/// named although the edge takes the new value: the engines keep the one they started with
-/// (their Via, Contact and SDP), so the two would disagree until a restart.
-fn needs_restart(new: &config::Config, running: &config::Config) -> Vec<&'static str> {
-    let (a, b) = (&new.sip, &running.sip);
-    let timeouts = |s: &config::SipConfig| {
-        (
-            s.connect_timeout,
-            s.handshake_timeout,
-            s.idle_timeout,
-            s.keepalive_interval,
-            s.message_timeout,
-        )
-    };
-    [
-        ("sip.public_fqdn", a.public_fqdn != b.public_fqdn),
-        ("sip.listen", a.listen != b.listen),
-        ("sip.dns_servers", a.dns_servers != b.dns_servers),
-        ("the [sip] message size limits", a.limits() != b.limits()),
-        ("the [sip] timeouts", timeouts(a) != timeouts(b)),
-        ("[xmpp]", new.xmpp != running.xmpp),
-        ("[presence]", new.presence != running.presence),
-        ("[im]", new.im != running.im),
-        ("[storage]", new.storage != running.storage),
-        ("[mappings]", new.mappings != running.mappings),
-        ("[logging]", new.logging != running.logging),
-        (
-            "admin.metrics_listen",
-            new.admin.metrics_listen != running.admin.metrics_listen,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
-}
-
 /// SIGINT, SIGTERM and SIGHUP handlers, installed before the bridge says it has started.
 struct Signals {
     #[cfg(unix)]
@@ -835,56 +886,5 @@ impl Signals {
             let _ = tokio::signal::ctrl_c().await;
             "Ctrl-C"
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Loads a minimal configuration with `extra` appended to `[sip]`, from `dir` (paths in
-    /// it are resolved against it, so all loads from one directory compare equal there).
-    fn load(dir: &Path, extra: &str) -> config::Config {
-        load_as(dir, "sip.example.org", extra)
-    }
-
-    /// [`load`] with this `sip.public_fqdn`.
-    fn load_as(dir: &Path, public_fqdn: &str, extra: &str) -> config::Config {
-        let path = dir.join("c.toml");
-        let text = format!(
-            "[xmpp]\nsecret = \"s3cret\"\ncomponent_domains = [\"lcs.example.org\"]\n\
-             local_domains = [\"example.org\"]\n\n[sip]\npublic_fqdn = \"{public_fqdn}\"\n\
-             cert_chain = \"edge.crt\"\nprivate_key = \"edge.key\"\nca_bundle = \"ca.crt\"\n{extra}"
-        );
-        std::fs::write(&path, text).expect("write");
-        config::load_with_env(&path, Vec::<(String, String)>::new()).expect("config")
-    }
-
-    /// What SIGHUP applies (limits, federation) is not named; what it does not is, by section.
-    #[test]
-    fn sighup_names_what_needs_a_restart() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let load = |extra: &str| load(dir.path(), extra);
-        let running = load("");
-        assert!(needs_restart(&running, &running).is_empty());
-        let reloadable = load(
-            "max_connections = 100\nmax_dns_lookups = 32\n\n[federation]\ndefault_policy = \"deny\"\n",
-        );
-        assert!(needs_restart(&reloadable, &running).is_empty());
-        let changed = load(
-            "message_timeout_secs = 5\nmax_headers = 64\n\n[presence]\nmax_pending_per_user = 5\n\n[im]\nsession_idle_secs = 60\n",
-        );
-        assert_eq!(
-            needs_restart(&changed, &running),
-            [
-                "the [sip] message size limits",
-                "the [sip] timeouts",
-                "[presence]",
-                "[im]"
-            ]
-        );
-        // The edge would take it, the engines would not.
-        let renamed = load_as(dir.path(), "edge.example.org", "");
-        assert_eq!(needs_restart(&renamed, &running), ["sip.public_fqdn"]);
     }
 }

@@ -16,7 +16,7 @@
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
-//! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled, or redb with the feature) |
+//! | [`store`] | disk, database | persistent subscriptions and IM dialogs behind the `Store` trait (sled, PostgreSQL, or redb with the feature) |
 //! | [`telemetry`] | none (records) | the operations metrics' names and handles (`metrics` facade); only the I/O modules record |
 //! | [`ops`] | sockets | the operations HTTP listener: `/metrics`, `/health`, `/ready` |
 //! | [`systemd`] | environment, Unix socket | the service manager's notifications: readiness, watchdog, reload, stopping |

@@ -63,6 +63,20 @@ enum Command {
     /// Read the persistent store (subscriptions, IM dialogs). The bridge must be stopped.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Administer the running bridge over its local socket (admin.socket): partners,
+    /// subscriptions USER, block DOMAIN, unblock DOMAIN, reload.
+    Admin {
+        /// Configuration file (TOML); the socket is its admin.socket.
+        #[arg(long, short, required_unless_present = "socket")]
+        config: Option<PathBuf>,
+        /// The socket itself, instead of --config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// partners | subscriptions | block | unblock | reload
+        command: String,
+        /// The command's arguments (a user's bare JID, a SIP domain).
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -330,6 +344,38 @@ fn doctor(file: &Path, partners: Vec<String>) -> ExitCode {
     }
 }
 
+/// `lcs-bridge admin`: the outcome's message, then its lines; exit status 1 when the command
+/// failed or the bridge could not be asked.
+fn run_admin(
+    config: Option<&Path>,
+    socket: Option<PathBuf>,
+    command: &str,
+    args: &[String],
+) -> ExitCode {
+    let socket = match (socket, config) {
+        (Some(s), _) => Ok(s),
+        (None, Some(c)) => app::admin::socket_of(c),
+        (None, None) => Err(anyhow::anyhow!("--config or --socket is needed")),
+    };
+    match socket.and_then(|s| app::admin::request(&s, command, args)) {
+        Ok(outcome) => {
+            println!("{}", outcome.message);
+            for line in &outcome.lines {
+                println!("  {line}");
+            }
+            if outcome.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -355,6 +401,12 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { file } => check_config(&file),
         Command::Doctor { config, partners } => doctor(&config, partners),
+        Command::Admin {
+            config,
+            socket,
+            command,
+            args,
+        } => run_admin(config.as_deref(), socket, &command, &args),
         Command::Store(cmd) => match run_store(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -58,7 +58,7 @@ pub struct Item {
 }
 
 /// An input to the bridge, or `None` for one the transcript leaves out (store restores,
-/// facts).
+/// facts, new settings, administration commands).
 pub fn input(input: &Input) -> Option<Item> {
     let (side, text, notable) = match input {
         // A presence the bridge has nothing to do with (e.g. a directed one it already
@@ -88,7 +88,12 @@ pub fn input(input: &Input) -> Option<Item> {
         }
         Input::LinkUp { domain } => (Side::Xmpp, format!("component {domain} up"), false),
         Input::LinkDown { domain, .. } => (Side::Xmpp, format!("component {domain} down"), true),
-        Input::Restore(_) | Input::RestoreIm(_) | Input::Fact(_) => return None,
+        Input::Restore(_)
+        | Input::RestoreIm(_)
+        | Input::Fact(_)
+        | Input::Reconfigure(_)
+        | Input::Admin { .. }
+        | Input::AdminDone { .. } => return None,
     };
     Some(Item {
         side,
@@ -140,7 +145,8 @@ pub fn timer() -> Item {
     }
 }
 
-/// An action of the bridge, or `None` for one the transcript leaves out (store writes).
+/// An action of the bridge, or `None` for one the transcript leaves out (store writes,
+/// administration commands).
 pub fn action(action: &Action) -> Option<Item> {
     let (side, text) = match action {
         Action::Stanza(el) => (Side::Xmpp, stanza(el)),
@@ -150,7 +156,9 @@ pub fn action(action: &Action) -> Option<Item> {
         Action::Write { .. }
         | Action::Forget { .. }
         | Action::WriteIm { .. }
-        | Action::ForgetIm { .. } => return None,
+        | Action::ForgetIm { .. }
+        | Action::Admin { .. }
+        | Action::AdminReply { .. } => return None,
     };
     Some(Item {
         side,

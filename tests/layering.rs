@@ -96,6 +96,7 @@ const IO_MODULES: &[&str] = &[
     "demo::partner_io",
     "demo::prosody",
     "demo::output",
+    "store::pg_store",
     // Not I/O, but recording is a side effect the sans-IO code must not have: only the I/O
     // modules count (the engines are sampled through `Bridge::census`).
     "telemetry",

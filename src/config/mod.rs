@@ -131,7 +131,7 @@ pub struct Config {
     pub mappings: MappingsConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
-    /// `[admin]`: the operations interfaces.
+    /// `[admin]`: who may administer the running bridge, and the operations interfaces.
     pub admin: AdminConfig,
     /// The file this was loaded from.
     pub source: PathBuf,
@@ -544,6 +544,19 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// Which store (`storage.backend`).
     pub backend: StoreBackend,
+    /// With [`StoreBackend::Postgres`]: where and how to connect.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `[storage]` keys of the PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `storage.url` (checked: parses, no password in it).
+    pub url: String,
+    /// Read from `storage.password_file`.
+    pub password: Option<Secret>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
 }
 
 /// `storage.backend`: which implementation of the store keeps the bridge's state.
@@ -553,6 +566,8 @@ pub enum StoreBackend {
     Sled,
     /// redb, in `<storage.path>/store.redb`; needs a build with the `redb` feature.
     Redb,
+    /// PostgreSQL, in the database `storage.url` names.
+    Postgres,
 }
 
 /// `[mappings]`.
@@ -574,6 +589,10 @@ pub struct LoggingConfig {
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
+    /// Bare JIDs allowed to run the ad-hoc commands (lowercase domain).
+    pub jids: Vec<String>,
+    /// The `lcs-bridge admin` socket (resolved; `admin.sock` in `storage.path` when unset).
+    pub socket: PathBuf,
     /// `admin.metrics_listen`: where `/metrics`, `/health` and `/ready` are served; `None`
     /// (the key set to `""`): not served.
     pub metrics_listen: Option<std::net::SocketAddr>,

@@ -179,8 +179,12 @@ fn the_store_backend_is_one_this_build_has() {
         |backend: &str| problems(&format!("{MINIMAL}\n[storage]\nbackend = \"{backend}\"\n"));
     assert!(with("sled").is_empty());
     assert_eq!(
+        with("mysql"),
+        ["storage.backend: must be \"sled\", \"redb\" or \"postgres\", not \"mysql\""]
+    );
+    assert_eq!(
         with("postgres"),
-        ["storage.backend: must be \"sled\" or \"redb\", not \"postgres\""]
+        ["storage.url: required with backend = \"postgres\""]
     );
     if cfg!(feature = "redb") {
         assert!(with("redb").is_empty());
@@ -192,6 +196,65 @@ fn the_store_backend_is_one_this_build_has() {
             ]
         );
     }
+}
+
+/// `backend = "postgres"`: the URL (or its parts) without a password, the password from its
+/// file, the pool's size and connect timeout.
+#[test]
+fn the_postgres_store_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = write(dir.path(), "db-password", "hunter2\n");
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let storage = |keys: &str| {
+        format!("{MINIMAL}\n[storage]\nbackend = \"postgres\"\n{keys}\n")
+            .replace("PW", &pw.display().to_string())
+    };
+    let c = load_ok(&storage(
+        "url = \"postgres://lcs@db1.example.org:5433/lcs\"\npassword_file = \"PW\"\npool_size = 3",
+    ));
+    assert_eq!(c.storage.backend, crate::config::StoreBackend::Postgres);
+    let pg = c.storage.postgres.expect("postgres settings");
+    assert_eq!(pg.url, "postgres://lcs@db1.example.org:5433/lcs");
+    assert_eq!(pg.password.as_ref().map(Secret::expose), Some("hunter2"));
+    assert!(!format!("{pg:?}").contains("hunter2"));
+    assert_eq!(
+        (pg.pool_size, pg.connect_timeout),
+        (3, Duration::from_secs(5))
+    );
+    // Its parts, and no password file.
+    let c = load_ok(&storage("url = \"host=db1 port=5433 user=lcs dbname=lcs\""));
+    assert_eq!(c.storage.postgres.expect("postgres").password, None);
+    assert_eq!(
+        problems(&storage("url = \"postgres://lcs:hunter2@db1/lcs\"")),
+        ["storage.url: holds a password: put it in storage.password_file instead"]
+    );
+    assert_eq!(
+        problems(&storage("url = \"host=db1 password=hunter2\"")),
+        ["storage.url: holds a password: put it in storage.password_file instead"]
+    );
+    assert!(
+        problems(&storage("url = \"mysql://db1/lcs\""))[0]
+            .starts_with("storage.url: not a PostgreSQL connection string: ")
+    );
+    assert!(
+        problems(&storage(
+            "url = \"postgres://db1/lcs\"\npassword_file = \"nope\""
+        ))[0]
+            .starts_with("storage.password_file: cannot read ")
+    );
+    let empty = write(dir.path(), "empty", "\n");
+    assert_eq!(
+        problems(&storage(&format!(
+            "url = \"postgres://db1/lcs\"\npassword_file = \"{}\"",
+            empty.display()
+        ))),
+        [format!("storage.password_file: {empty:?} is empty")]
+    );
+    assert_eq!(
+        problems(&storage("url = \"postgres://db1/lcs\"\npool_size = 0")),
+        ["storage.pool_size: must be between 1 and 100, not 0"]
+    );
 }
 
 #[test]
@@ -1191,4 +1254,48 @@ fn admin_metrics_listen() {
             "admin.metrics_listen: 0.0.0.0:9464 is not a loopback address: /metrics, /health and /ready have no authentication, so anyone who reaches it reads the partner domains and traffic counts (firewall it, or use 127.0.0.1)"
         ]
     );
+}
+
+/// `[admin]`: bare JIDs of local domains, once each (lowercase domains); the socket defaults
+/// to `admin.sock` in `storage.path` and must fit a Unix socket address.
+#[test]
+fn admin_jids_and_socket() {
+    let cfg = load_ok(&minimal_plus(
+        "\n[admin]\njids = [\"boss@Example.ORG\", \"ops@example.org\"]\n",
+    ));
+    assert_eq!(cfg.admin.jids, ["boss@example.org", "ops@example.org"]);
+    assert_eq!(cfg.admin.socket, cfg.storage.path.join("admin.sock"));
+    let cfg = load_ok(&minimal_plus(
+        "\n[admin]\nsocket = \"/run/lcs-bridge/admin.sock\"\n",
+    ));
+    assert_eq!(cfg.admin.socket, Path::new("/run/lcs-bridge/admin.sock"));
+    assert!(load_ok(MINIMAL).admin.jids.is_empty());
+    for (jids, reason) in [
+        ("[\"example.org\"]", "is not a bare JID"),
+        ("[\"boss@example.org/pc\"]", "is not a bare JID"),
+        (
+            "[\"boss@elsewhere.net\"]",
+            "is not one of xmpp.local_domains",
+        ),
+        (
+            "[\"boss@example.org\", \"boss@EXAMPLE.org\"]",
+            "is listed twice",
+        ),
+    ] {
+        let p = problems(&minimal_plus(&format!("\n[admin]\njids = {jids}\n")));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("admin.jids: ") && l.contains(reason)),
+            "{jids}: {p:?}"
+        );
+    }
+    let long = format!("/{}/admin.sock", "d".repeat(120));
+    let p = problems(&minimal_plus(&format!("\n[admin]\nsocket = \"{long}\"\n")));
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("admin.socket: ") && l.contains("107 bytes")),
+        "{p:?}"
+    );
+    let p = problems(&minimal_plus("\n[admin]\njid = []\n"));
+    assert!(p.iter().any(|l| l.contains("admin.jid")), "{p:?}");
 }

@@ -150,6 +150,21 @@ impl EdgeHandle {
         let _ = self.commands.send(CoreInput::Reconfigure(core)).await;
     }
 
+    /// The connections the edge holds (for `lcs-bridge admin partners`); empty if the edge
+    /// has stopped.
+    pub async fn connections(&self) -> Vec<crate::edge::pool::ConnSummary> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(CoreInput::Connections { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
     /// Sends a request; its outcome arrives as [`EdgeEvent::Transaction`] or
     /// [`EdgeEvent::Undeliverable`] with the returned id.
     pub async fn send_request(&self, request: Message, route: Route) -> TxId {
@@ -202,6 +217,10 @@ impl EdgeHandle {
 }
 
 enum CoreInput {
+    /// An administrator asks for the connections held.
+    Connections {
+        reply: oneshot::Sender<Vec<crate::edge::pool::ConnSummary>>,
+    },
     /// A TCP connection was accepted: may it proceed to its handshake?
     Accept {
         conn: ConnId,
@@ -964,6 +983,10 @@ async fn run_core(
             Some(CoreInput::Respond { tx, response }) => core.respond(now, tx, response),
             Some(CoreInput::Stateless { conn, ack }) => {
                 core.send_stateless(conn, &ack).into_iter().collect()
+            }
+            Some(CoreInput::Connections { reply }) => {
+                let _ = reply.send(core.connection_list());
+                Vec::new()
             }
             Some(CoreInput::Reconfigure(settings)) => {
                 set_partner_labels(&settings);

@@ -25,7 +25,8 @@
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
 //! - **Facts.** What an engine learned for the others ([`Output::Fact`]: a contact's display
-//!   name, a subscription approved) is no action: after the input that produced it, the
+//!   name, a subscription approved; an administrator's `end-subscription` and its outcome) is
+//!   no action: after the input that produced it, the
 //!   bridge hands it to every engine that takes it as [`Input::Fact`], in order, each
 //!   engine's outputs a batch of their own.
 
@@ -35,14 +36,15 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use xmpp_parsers::minidom::Element;
 
-use super::im::ImEngine;
+use super::admin::{AdminEngine, Command, Outcome};
+use super::im::{ImEngine, ImSettings};
 use super::name_book::NameBook;
-use super::presence::PresenceEngine;
+use super::presence::{PresenceEngine, PresenceSettings};
 use super::roster::RosterEngine;
 use super::{Census, Fact, Output};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
-use crate::core::tables::ErrorTable;
+use crate::core::tables::{ErrorTable, Mappings};
 use crate::edge::core::Route;
 use crate::edge::event::EdgeEvent;
 use crate::sip::builder::reason_phrase;
@@ -57,8 +59,9 @@ pub const WRITE_BATCH: usize = 1024;
 /// How far ahead in the queue [`Bridge::poll_action`] looks for IM writes to join.
 pub const WRITE_LOOKAHEAD: usize = 4096;
 
-/// Most facts handed on after one input: engines answer facts with actions, not with more
-/// facts, so this is a guard against a loop, never reached.
+/// Most facts handed on after one input: engines answer facts with actions (and an
+/// administration command's outcome with one more fact), so this is a guard against a loop,
+/// never reached.
 const MAX_FACTS: usize = 100_000;
 
 /// `Retry-After` when the component link's queue was full: the link drains a full queue in
@@ -82,6 +85,29 @@ pub enum Input {
     RestoreIm(Vec<ImDialog>),
     /// What another engine learned ([`Output::Fact`]).
     Fact(Fact),
+    /// A reloaded configuration (`SIGHUP`, the admin `reload` command): every engine that
+    /// takes it applies the settings it can (see [`Reconfigure`]).
+    Reconfigure(Box<Reconfigure>),
+    /// The outcome of an administration command ([`Action::Admin`]).
+    AdminDone { id: u64, outcome: Outcome },
+    /// An administration command from the runner (the local socket) that the engines carry
+    /// out (`end-subscription`); its outcome comes out as [`Action::AdminReply`] with this
+    /// `id`.
+    Admin { id: u64, command: Command },
+}
+
+/// The settings a reload gives the engines, checked in full before they are sent. What each
+/// engine does with state it has already built is its own decision (documented on its
+/// `reconfigure`); values that only a restart can change (`sip.public_fqdn`: the engines' Via,
+/// Contact and SDP) are kept as the engines started with them.
+#[derive(Debug, Clone)]
+pub struct Reconfigure {
+    pub presence: PresenceSettings,
+    pub im: ImSettings,
+    /// Both tables: the presence engine takes both, the IM engine and the bridge the errors.
+    pub mappings: Mappings,
+    /// `[admin] jids`.
+    pub admins: Vec<String>,
 }
 
 impl Input {
@@ -93,6 +119,7 @@ impl Input {
                 | Input::LinkUp { .. }
                 | Input::LinkDown { .. }
                 | Input::Fact(_)
+                | Input::Reconfigure(_)
         )
     }
 }
@@ -144,6 +171,11 @@ pub enum Action {
     /// Remove an IM session's dialog (`Store::remove_im_dialog`, not synced); report
     /// [`Failure::StoreFailed`] if that fails.
     ForgetIm { local: String, remote: String },
+    /// Run an administration command and give its outcome back as [`Input::AdminDone`] with
+    /// this `id` (later: the command may take time; other inputs go on meanwhile).
+    Admin { id: u64, command: Command },
+    /// The outcome of [`Input::Admin`] `id`.
+    AdminReply { id: u64, outcome: Outcome },
 }
 
 /// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
@@ -237,19 +269,22 @@ impl Bridge {
     }
 
     /// The bridge's engines in routing order: presence, rosters (the server's privilege
-    /// message and the answers to its roster IQs), the component's IQ answers, IM (which takes
-    /// every message stanza and every SIP request and transaction the others leave).
+    /// message and the answers to its roster IQs), the administration commands (XEP-0050),
+    /// the component's IQ answers, IM (which takes every message stanza and every SIP request
+    /// and transaction the others leave).
     pub fn standard(
         presence: PresenceEngine,
         roster: RosterEngine,
         im: ImEngine,
         iq: IqEngine,
+        admin: AdminEngine,
         errors: ErrorTable,
     ) -> Bridge {
         Bridge::new(
             vec![
                 Box::new(presence),
                 Box::new(roster),
+                Box::new(admin),
                 Box::new(iq),
                 Box::new(im),
             ],
@@ -290,6 +325,10 @@ impl Bridge {
             Input::LinkDown { domain, reason } => {
                 warn!(%domain, %reason, "component link down; stanzas are queued");
                 self.down.insert(domain.clone());
+            }
+            Input::Reconfigure(settings) => {
+                // The statuses of the bridge's own failures come from the new table too.
+                self.errors = settings.mappings.errors.clone();
             }
             _ => {}
         }
@@ -521,6 +560,8 @@ impl Bridge {
                 self.last_store = Some((engine, vec![kept]));
                 Action::ForgetIm { local, remote }
             }
+            Output::Admin { id, command } => Action::Admin { id, command },
+            Output::AdminReply { id, outcome } => Action::AdminReply { id, outcome },
             Output::Fact(_) => return self.poll_action(),
         })
     }
@@ -631,6 +672,9 @@ fn input_kind(input: &Input) -> &'static str {
         Input::Restore(_) => "restore",
         Input::RestoreIm(_) => "IM restore",
         Input::Fact(_) => "fact",
+        Input::Reconfigure(_) => "reconfigure",
+        Input::AdminDone { .. } => "admin outcome",
+        Input::Admin { .. } => "admin command",
     }
 }
 
@@ -668,8 +712,15 @@ impl Engine for PresenceEngine {
             }
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
-            Input::Restore(_) | Input::LinkUp { .. } | Input::LinkDown { .. } => true,
-            Input::RestoreIm(_) | Input::Fact(_) => false,
+            Input::Restore(_)
+            | Input::LinkUp { .. }
+            | Input::LinkDown { .. }
+            | Input::Reconfigure(_) => true,
+            Input::Fact(Fact::EndSubscription { .. }) => true,
+            Input::RestoreIm(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => false,
         }
     }
 
@@ -683,7 +734,25 @@ impl Engine for PresenceEngine {
                 self.link_lost(&domain);
                 Vec::new()
             }
-            Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
+            Input::Reconfigure(settings) => {
+                let Reconfigure {
+                    presence, mappings, ..
+                } = *settings;
+                self.reconfigure(presence, mappings);
+                Vec::new()
+            }
+            Input::Fact(Fact::EndSubscription { id, local, remote }) => {
+                let (ended, mut out) = self.end_by_admin(now, &local, &remote);
+                out.push(Output::Fact(Fact::AdminDone {
+                    id,
+                    outcome: super::admin::ended(&local, &remote, &ended),
+                }));
+                out
+            }
+            Input::RestoreIm(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => Vec::new(),
         }
     }
 
@@ -738,10 +807,13 @@ impl Engine for ImEngine {
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
-            Input::Edge(_) | Input::RestoreIm(_) => true,
-            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) | Input::Fact(_) => {
-                false
-            }
+            Input::Edge(_) | Input::RestoreIm(_) | Input::Reconfigure(_) => true,
+            Input::LinkUp { .. }
+            | Input::LinkDown { .. }
+            | Input::Restore(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => false,
         }
     }
 
@@ -750,6 +822,11 @@ impl Engine for ImEngine {
             Input::Stanza(el) => self.on_stanza(now, el),
             Input::Edge(event) => self.on_edge(now, event),
             Input::RestoreIm(dialogs) => self.restore(now, dialogs),
+            Input::Reconfigure(settings) => {
+                let Reconfigure { im, mappings, .. } = *settings;
+                self.reconfigure(im, mappings.errors);
+                Vec::new()
+            }
             _ => Vec::new(),
         }
     }
@@ -833,6 +910,48 @@ impl Engine for RosterEngine {
 
     fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         RosterEngine::handle_timeout(self, now)
+    }
+}
+
+impl Engine for AdminEngine {
+    fn name(&self) -> &'static str {
+        "admin"
+    }
+
+    /// Ad-hoc command IQs and the commands node's disco#items on a component domain, the
+    /// outcomes of its commands, and a reload (the administrators' list).
+    fn takes(&self, input: &Input) -> bool {
+        match input {
+            Input::Stanza(el) => AdminEngine::takes(self, el),
+            Input::AdminDone { .. }
+            | Input::Admin { .. }
+            | Input::Reconfigure(_)
+            | Input::Fact(Fact::AdminDone { .. }) => true,
+            _ => false,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        match input {
+            Input::Stanza(el) => self.on_iq(now, &el),
+            Input::AdminDone { id, outcome } | Input::Fact(Fact::AdminDone { id, outcome }) => {
+                self.done(id, &outcome)
+            }
+            Input::Admin { id, command } => self.from_runner(id, command),
+            Input::Reconfigure(settings) => {
+                self.set_admins(settings.admins.iter().cloned());
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
+        Vec::new()
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`SledStore`] (`sled_store.rs`): the product store, sled 0.34 in `<storage.path>/sled`.
 //! - [`MemStore`] (`mem.rs`): the same behaviour in memory, for engine unit tests.
+//! - [`PgStore`] (`pg_store.rs`): the same in a PostgreSQL database, for high availability.
 //! - `RedbStore` (`redb_store.rs`, with `--features redb`): the evaluated alternative on redb.
 //! - `codec.rs`: the key layout and the compact binary record encoding all of them use.
 //!
@@ -31,6 +32,7 @@
 
 mod codec;
 mod mem;
+mod pg_store;
 #[cfg(feature = "redb")]
 mod redb_store;
 mod sled_store;
@@ -44,6 +46,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 pub use mem::MemStore;
+pub use pg_store::{PgOptions, PgStore};
 #[cfg(feature = "redb")]
 pub use redb_store::{REDB_FILE, RedbOptions, RedbStore};
 pub use sled_store::{CURRENT_SCHEMA_VERSION, SledOptions, SledStore, migrate};
@@ -368,6 +371,21 @@ pub enum StoreError {
     /// The database failed (I/O, or sled reporting corruption of its own files).
     #[error("store: {0}")]
     Backend(String),
+    /// The database server cannot be reached or is going away (PostgreSQL): nothing was
+    /// written; the store reconnects on the next call.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A write under a leader epoch that is no longer the database's: another bridge took the
+    /// lead; nothing was written (docs/high-availability.md).
+    #[error(
+        "write refused: this bridge writes as leader epoch {mine}, but the database's epoch is {current} (another bridge took over)"
+    )]
+    Fenced { mine: u64, current: u64 },
+    /// `open_read_only` on a database without the bridge's tables (PostgreSQL).
+    #[error(
+        "no lcs-bridge store in database {target} (the bridge has not run with this storage.url yet)"
+    )]
+    NoDatabaseStore { target: String },
 }
 
 /// Streaming iterators over records.
@@ -469,3 +487,9 @@ pub(crate) fn scan_stats(store: &dyn Store) -> Result<Stats, StoreError> {
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)]
 mod tests;
+
+/// The PostgreSQL store against a real server (lcs-test-support's `Postgres`; without
+/// PostgreSQL installed they skip loudly, or fail under `LCS_BRIDGE_REQUIRE_PEERS=1`).
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod pg_tests;

@@ -355,11 +355,11 @@ pub fn attr<'a>(stanza: &'a [u8], name: &str) -> Option<&'a [u8]> {
     while let Some(i) = memchr::memmem::find(&head[from..], name.as_bytes()) {
         let at = from + i;
         let after = at + name.len();
-        if at > 0
-            && head[at - 1] == b' '
-            && head.get(after) == Some(&b'=')
-            && let Some(&q) = head.get(after + 1)
-        {
+        let quote = head.get(after + 1).copied();
+        if let (true, Some(q)) = (
+            at > 0 && head[at - 1] == b' ' && head.get(after) == Some(&b'='),
+            quote,
+        ) {
             let rest = &head[after + 2..];
             let end = memchr::memchr(q, rest)?;
             return Some(&rest[..end]);
