@@ -25,6 +25,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("compact", &[]),
     ("random", &[]),
     ("backoff", &[]),
+    // The operations metrics' names and handles (the `metrics` crate alone).
+    ("telemetry", &[]),
     // The service manager's notifications (sd_notify), for the runner.
     ("systemd", &[]),
     // The codecs and translation, sans-IO.
@@ -33,12 +35,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("config", &["core", "sip"]),
     ("store", &["sip"]),
     ("xmpp", &["backoff", "config", "core", "sip"]),
-    ("edge", &["backoff", "config", "random", "sip"]),
+    ("edge", &["backoff", "config", "random", "sip", "telemetry"]),
     (
         "engine",
         &["compact", "core", "edge", "random", "sip", "store", "xmpp"],
     ),
     ("inspect", &["core", "sip", "xmpp"]),
+    // The operations HTTP listener (/metrics, /health, /ready).
+    ("ops", &["telemetry", "xmpp"]),
     // One line per translation, described from the bridge's inputs and actions.
     ("transcript", &["core", "edge", "engine", "sip"]),
     // The runner and the binary wire everything.
@@ -49,10 +53,12 @@ const LAYERS: &[(&str, &[&str])] = &[
             "core",
             "edge",
             "engine",
+            "ops",
             "random",
             "sip",
             "store",
             "systemd",
+            "telemetry",
             "transcript",
             "xmpp",
         ],
@@ -91,14 +97,23 @@ const IO_MODULES: &[&str] = &[
     "demo::prosody",
     "demo::output",
     "store::pg_store",
+    // Not I/O, but recording is a side effect the sans-IO code must not have: only the I/O
+    // modules count (the engines are sampled through `Bridge::census`).
+    "telemetry",
+    "ops",
 ];
 
-/// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's
-/// probe runs it and the component link's handshake.
+/// Who else may import an I/O module: the edge's server task runs the DNS discovery and
+/// records metrics; doctor's probe runs the discovery and the component link's handshake; the
+/// operations listener renders the metrics and reads the link's state.
 const IO_IMPORTERS: &[(&str, &str)] = &[
     ("edge::server", "edge::dns"),
+    ("edge::server", "telemetry"),
     ("doctor::probe", "edge::dns"),
     ("doctor::probe", "xmpp::link"),
+    ("ops", "telemetry"),
+    // `/ready` asks the component link whether its streams are up.
+    ("ops", "xmpp::link"),
     // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge
     // and its output; the output names the partner's log target, Prosody's installer writes
     // through the output.

@@ -1210,6 +1210,52 @@ fn sip_resource_limits() {
     );
 }
 
+#[test]
+fn admin_metrics_listen() {
+    // Default: loopback, port 9464.
+    let c = load_ok(MINIMAL);
+    assert_eq!(
+        c.admin.metrics_listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    // "" turns it off.
+    let c = load_ok(&minimal_plus("[admin]\nmetrics_listen = \"\"\n"));
+    assert_eq!(c.admin.metrics_listen, None);
+    let c = load_ok(&minimal_plus("[admin]\nmetrics_listen = \"[::1]:9000\"\n"));
+    assert_eq!(
+        c.admin.metrics_listen,
+        Some("[::1]:9000".parse().expect("addr"))
+    );
+    assert_eq!(
+        problems(&minimal_plus(
+            "[admin]\nmetrics_listen = \"localhost:9464\"\nport = 1\n"
+        )),
+        [
+            "admin.port: unknown key",
+            "admin.metrics_listen: \"localhost:9464\" is not a socket address (IP:port, e.g. \"0.0.0.0:5061\" or \"[::]:5061\")",
+        ]
+    );
+    // Not loopback: a warning (no authentication on the listener).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &minimal_plus("[admin]\nmetrics_listen = \"0.0.0.0:9464\"\n"),
+    );
+    let mut diag = Diag::default();
+    let parts = sections::load_parts(&path, no_env(), &mut diag);
+    assert!(parts.assemble().is_some());
+    let (problems, warnings) = diag.finish();
+    assert!(problems.is_empty(), "{problems:?}");
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "admin.metrics_listen: 0.0.0.0:9464 is not a loopback address: /metrics, /health and /ready have no authentication, so anyone who reaches it reads the partner domains and traffic counts (firewall it, or use 127.0.0.1)"
+        ]
+    );
+}
+
 /// `[admin]`: bare JIDs of local domains, once each (lowercase domains); the socket defaults
 /// to `admin.sock` in `storage.path` and must fit a Unix socket address.
 #[test]

@@ -312,6 +312,9 @@ impl World {
                  max_sessions_per_user = 100000\n"
                 .into(),
             log_level: &log_level,
+            // Metrics recorded as in production (the default listener is on), so that the
+            // benchmarks include their cost.
+            admin: format!("[admin]\nmetrics_listen = \"127.0.0.1:{}\"\n", free_port()),
             extra,
             ..BridgeConfig::new(
                 dir.path(),
