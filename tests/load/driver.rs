@@ -313,8 +313,13 @@ impl World {
                 .into(),
             log_level: &log_level,
             // Metrics recorded as in production (the default listener is on), so that the
-            // benchmarks include their cost.
-            admin: format!("[admin]\nmetrics_listen = \"127.0.0.1:{}\"\n", free_port()),
+            // benchmarks include their cost; `LCS_LOAD_NO_ADMIN=1` leaves the table out, for
+            // an A/B against a build older than it.
+            admin: if std::env::var_os("LCS_LOAD_NO_ADMIN").is_some() {
+                String::new()
+            } else {
+                format!("[admin]\nmetrics_listen = \"127.0.0.1:{}\"\n", free_port())
+            },
             extra,
             ..BridgeConfig::new(
                 dir.path(),
