@@ -27,16 +27,18 @@ use crate::edge::pool::PoolLimits;
 use crate::edge::server::EdgeEvents;
 use crate::edge::server::{EdgeHandle, EdgeSettings};
 use crate::edge::{self, core::CoreSettings, tls::TlsConfigs};
-use crate::engine::WallClock;
 use crate::engine::admin::{AdminEngine, Outcome as AdminOutcome};
 use crate::engine::bridge::{Action, Bridge, Failure, Input, IqEngine, Reconfigure};
 use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings};
 use crate::engine::roster::{RosterEngine, RosterMode};
+use crate::engine::{Census, WallClock};
 use crate::ha;
+use crate::ops::{self, Readiness};
 use crate::store::pg_lease::{LeaseHandle, PgConfig};
 use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
 use crate::systemd::Notifier;
+use crate::telemetry;
 use crate::transcript;
 use crate::xmpp::gateway::GatewayInfo;
 use crate::xmpp::link::{self, LinkEvent, LinkHandle, LinkSettings};
@@ -115,6 +117,13 @@ pub fn run_with(
         .context("cannot start the async runtime")?;
     let tls = load_tls(&cfg.sip).map_err(|e| anyhow!("sip TLS: {e}"))?;
     let edge_settings = edge_settings(&cfg, tls);
+    // Before the edge and the link start: /ready answers 503 while they come up.
+    let ready = Arc::new(Readiness::new(book.component_domains().to_vec()));
+    ready.set_store_open(true);
+    let metrics = match cfg.admin.metrics_listen {
+        Some(addr) => Some((addr, ops::install_recorder()?)),
+        None => None,
+    };
     let notifier = Notifier::from_env();
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
@@ -130,12 +139,17 @@ pub fn run_with(
         };
         // A write the store refused as fenced: another bridge leads.
         let (fenced_tx, mut fenced) = mpsc::unbounded_channel();
+        if let Some((addr, handle)) = metrics {
+            ops::serve(addr, handle, ready.clone()).await?;
+            telemetry::build_info(unix_now());
+        }
         let discovery =
             Discovery::new(&cfg.sip.dns_servers).map_err(|e| anyhow!("sip.dns_servers: {e}"))?;
         let (edge, events) = edge::server::start(edge_settings, Arc::new(discovery))
             .await
             .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
         let edge = Arc::new(edge);
+        ready.set_sip_listening(true);
         let (link, link_events) = link::start_gated(
             LinkSettings::from_config(&cfg.xmpp),
             cfg.xmpp.startup_timeout,
@@ -143,6 +157,7 @@ pub fn run_with(
         )
         .await
         .map_err(|e| anyhow!("xmpp: {e}"))?;
+        ready.set_link(link.clone());
         let clock = WallClock {
             at: Instant::now(),
             unix: SystemTime::now()
@@ -210,6 +225,7 @@ pub fn run_with(
             store: store.clone(),
             lease: lease.as_ref().map(|l| l.serving_until.clone()),
             fenced: fenced_tx,
+            queue_capacity: cfg.xmpp.queue_capacity,
             heard: transcript::Lines::default(),
             notifier: notifier.clone(),
         };
@@ -276,6 +292,7 @@ pub fn run_with(
         if stop.send(done).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(3), done_rx).await;
         }
+        ready.set_sip_listening(false);
         edge.shutdown();
         if let Some(lease) = lease {
             // A clean stop hands over at once.
@@ -283,6 +300,7 @@ pub fn run_with(
         }
         Ok::<(), anyhow::Error>(())
     })?;
+    ready.set_store_open(false);
     store.flush().context("storage.path")?;
     drop(store);
     info!("stopped");
@@ -559,6 +577,18 @@ struct Runner {
     engine_jobs: mpsc::Receiver<admin::EngineJob>,
     waiting: std::collections::HashMap<u64, oneshot::Sender<AdminOutcome>>,
     next_job: u64,
+    /// `xmpp.queue_capacity`, for the queue gauges.
+    queue_capacity: usize,
+}
+
+/// How often the runner samples the engines' census and the queues into gauges.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// An administration command's id and outcome, on its way back to the bridge.
@@ -586,6 +616,11 @@ impl Runner {
             ms = started.elapsed().as_millis() as u64,
             "stored subscriptions taken up (and IM sessions)"
         );
+        for domain in self.link.domains() {
+            telemetry::link_up(&domain, self.link.is_up(&domain));
+        }
+        let mut sample = tokio::time::interval(SAMPLE_EVERY);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watchdog = self.notifier.watchdog_period().map(|period| {
             let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -622,11 +657,16 @@ impl Runner {
                     None => return,
                 },
                 l = link_events.recv() => match l {
-                    Some(LinkEvent::Stanza(el)) => self.give(Input::Stanza(el)),
+                    Some(LinkEvent::Stanza(el)) => {
+                        telemetry::stanza(telemetry::Direction::In, el.name());
+                        self.give(Input::Stanza(el))
+                    }
                     Some(LinkEvent::Up { domain }) => {
+                        telemetry::link_up(&domain, true);
                         self.give(Input::LinkUp { domain })
                     }
                     Some(LinkEvent::Down { domain, reason }) => {
+                        telemetry::link_up(&domain, false);
                         self.give(Input::LinkDown { domain, reason })
                     }
                     None => return,
@@ -665,6 +705,10 @@ impl Runner {
                     self.notifier.watchdog();
                     continue;
                 }
+                _ = sample.tick() => {
+                    self.sample(edge_events.pending());
+                    continue;
+                }
             }
             self.sync_lease();
             self.execute().await;
@@ -685,6 +729,25 @@ impl Runner {
         if let Some(rx) = &mut self.lease {
             let until = *rx.borrow_and_update();
             self.bridge.set_serving_until(until);
+        }
+    }
+
+    /// Sets the gauges of what the engines hold and what waits in the queues.
+    fn sample(&self, edge_pending: usize) {
+        let census = self.bridge.census();
+        for (state, n) in Census::OUTBOUND_STATES.iter().zip(census.outbound) {
+            telemetry::subscriptions("xmpp_to_sip", state, n);
+        }
+        for (state, n) in Census::INBOUND_STATES.iter().zip(census.inbound) {
+            telemetry::subscriptions("sip_to_xmpp", state, n);
+        }
+        telemetry::im_sessions(census.im_sessions);
+        for domain in self.link.domains() {
+            telemetry::link_queue(&domain, self.link.queued(&domain), self.queue_capacity);
+        }
+        telemetry::edge_pending(edge_pending, crate::edge::server::MAX_PENDING_REQUESTS);
+        for (key, hits) in self.edge.limit_counters().snapshot() {
+            telemetry::limit_hits(key, hits);
         }
     }
 
@@ -714,19 +777,25 @@ impl Runner {
                 self.heard.said(batch, transcript::action(&action));
             }
             let done = match action {
-                Action::Stanza(el) => match self.link.send(el) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!(reason = %e, "stanza not sent to the XMPP server");
-                        self.bridge.report(Instant::now(), Failure::StanzaRefused);
-                        continue;
+                Action::Stanza(el) => {
+                    count_stanza_out(&el);
+                    match self.link.send(el) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            warn!(reason = %e, "stanza not sent to the XMPP server");
+                            self.bridge.report(Instant::now(), Failure::StanzaRefused);
+                            continue;
+                        }
                     }
-                },
+                }
                 Action::Request { tx, request, route } => {
                     self.edge.send_request_as(tx, request, route).await;
                     true
                 }
                 Action::Respond { tx, response } => {
+                    if let Some(status) = response.status() {
+                        telemetry::sip_error(status);
+                    }
                     self.edge.respond(tx, response).await;
                     true
                 }
@@ -737,12 +806,14 @@ impl Runner {
                 Action::Write { subs, durable } => self.write(subs, durable).await,
                 Action::WriteIm { dialogs, durable } => {
                     let store = self.store.clone();
+                    let started = Instant::now();
                     let r = tokio::task::spawn_blocking(move || {
                         dialogs.iter().try_for_each(|d| store.put_im_dialog(d))?;
                         if durable { store.flush() } else { Ok(()) }
                     })
                     .await;
                     self.note_fenced(&r);
+                    telemetry::store_write(durable, started.elapsed().as_secs_f64());
                     let ok = matches!(r, Ok(Ok(())));
                     if !ok {
                         error!(result = ?r, "store: IM dialog not written");
@@ -815,12 +886,14 @@ impl Runner {
     /// than one synced: one atomic batch, one sync.
     async fn write(&self, subs: Vec<Subscription>, durable: bool) -> bool {
         let store = self.store.clone();
+        let started = Instant::now();
         let r = tokio::task::spawn_blocking(move || match (durable, subs.as_slice()) {
             (true, [sub]) => store.put_subscription(sub),
             (true, _) => store.put_subscriptions(&subs),
             (false, _) => subs.iter().try_for_each(|s| store.put_subscription_lazy(s)),
         })
         .await;
+        telemetry::store_write(durable, started.elapsed().as_secs_f64());
         match r {
             Ok(Ok(())) => true,
             other => {
@@ -855,6 +928,24 @@ async fn lease_changed(
         Some(rx) => rx.changed().await,
         None => std::future::pending().await,
     }
+}
+
+/// Counts a stanza going to the XMPP server, and an error stanza by its condition (RFC 6120
+/// §8.3.3: the first child of `<error/>` in the stanzas namespace).
+fn count_stanza_out(el: &minidom::Element) {
+    telemetry::stanza(telemetry::Direction::Out, el.name());
+    if el.attr("type") != Some("error") {
+        return;
+    }
+    let condition = el
+        .children()
+        .find(|c| c.name() == "error")
+        .and_then(|e| {
+            e.children()
+                .find(|c| c.ns() == "urn:ietf:params:xml:ns:xmpp-stanzas" && c.name() != "text")
+        })
+        .map_or("other", |c| c.name());
+    telemetry::stanza_error(condition);
 }
 
 /// The next tick of the watchdog's interval; never without one.

@@ -321,6 +321,7 @@ fn run_against(prosody: &impl lcs_test_support::XmppServer, file: &Path, secret:
     cmd.args(["run", "--config", file.to_str().unwrap()])
         .env("RUST_LOG", "info")
         .env("LCS_BRIDGE__SIP__LISTEN", free_loopback_addr())
+        .env("LCS_BRIDGE__ADMIN__METRICS_LISTEN", free_loopback_addr())
         .env(
             "LCS_BRIDGE__XMPP__PORT",
             prosody.component_port().to_string(),

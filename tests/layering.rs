@@ -25,6 +25,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("compact", &[]),
     ("random", &[]),
     ("backoff", &[]),
+    // The operations metrics' names and handles (the `metrics` crate alone).
+    ("telemetry", &[]),
     // The service manager's notifications (sd_notify), for the runner.
     ("systemd", &[]),
     // The codecs and translation, sans-IO.
@@ -33,7 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("config", &["core", "sip"]),
     ("store", &["sip"]),
     ("xmpp", &["backoff", "config", "core", "sip"]),
-    ("edge", &["backoff", "config", "random", "sip"]),
+    ("edge", &["backoff", "config", "random", "sip", "telemetry"]),
     (
         "engine",
         &["compact", "core", "edge", "random", "sip", "store", "xmpp"],
@@ -41,6 +43,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("inspect", &["core", "sip", "xmpp"]),
     // Active/standby: the leader lease for the runner (I/O).
     ("ha", &["config", "store"]),
+    // The operations HTTP listener (/metrics, /health, /ready).
+    ("ops", &["telemetry", "xmpp"]),
     // One line per translation, described from the bridge's inputs and actions.
     ("transcript", &["core", "edge", "engine", "sip"]),
     // The runner and the binary wire everything.
@@ -52,10 +56,12 @@ const LAYERS: &[(&str, &[&str])] = &[
             "edge",
             "engine",
             "ha",
+            "ops",
             "random",
             "sip",
             "store",
             "systemd",
+            "telemetry",
             "transcript",
             "xmpp",
         ],
@@ -96,17 +102,26 @@ const IO_MODULES: &[&str] = &[
     "demo::partner_io",
     "demo::prosody",
     "demo::output",
+    // Not I/O, but recording is a side effect the sans-IO code must not have: only the I/O
+    // modules count (the engines are sampled through `Bridge::census`).
+    "telemetry",
+    "ops",
 ];
 
-/// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's
-/// probe runs it and the component link's handshake; `ha` (the runner's active/standby part)
-/// the lease task.
+/// Who else may import an I/O module: the edge's server task runs the DNS discovery and
+/// records metrics; doctor's probe runs the discovery and the component link's handshake; the
+/// operations listener renders the metrics and reads the link's state; `ha` (the runner's
+/// active/standby part) the lease task.
 const IO_IMPORTERS: &[(&str, &str)] = &[
     ("edge::server", "edge::dns"),
+    ("edge::server", "telemetry"),
     ("doctor::probe", "edge::dns"),
     ("doctor::probe", "xmpp::link"),
     // The runner's active/standby part starts and follows the lease task.
     ("ha", "store::pg_lease"),
+    ("ops", "telemetry"),
+    // `/ready` asks the component link whether its streams are up.
+    ("ops", "xmpp::link"),
     // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge
     // and its output; the output names the partner's log target, Prosody's installer writes
     // through the output.

@@ -283,6 +283,10 @@ pub fn needs_restart(new: &Config, running: &Config) -> Vec<&'static str> {
             "logging.format",
             new.logging.format != running.logging.format,
         ),
+        (
+            "admin.metrics_listen",
+            new.admin.metrics_listen != running.admin.metrics_listen,
+        ),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

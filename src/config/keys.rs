@@ -669,6 +669,12 @@ keys! {
         reload: Restart,
         doc: "Unix socket for `lcs-bridge admin` (created mode 0600, replaced at start; whoever can open it is an administrator). ² Unset: `admin.sock` in `storage.path`. Its directory is created (mode 0700) when missing; its parent must exist.",
     }
+    ADMIN_METRICS_LISTEN = "admin", "metrics_listen" {
+        kind: Kind::Text,
+        default: Text("127.0.0.1:9464"),
+        reload: Restart,
+        doc: r#"Socket address (`IP:port`) of the operations HTTP listener: `/metrics` (Prometheus text format), `/health` and `/ready` (docs/operations.md "Metrics and health"); `""` turns it off. It has no authentication: an address that is not loopback gives a `check-config` warning."#,
+    }
 }
 
 /// The key with this dotted path (`sip.max_headers`, `federation.partners[].edge`).

@@ -133,7 +133,7 @@ pub struct Config {
     pub mappings: MappingsConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
-    /// `[admin]`: who may administer the running bridge.
+    /// `[admin]`: who may administer the running bridge, and the operations interfaces.
     pub admin: AdminConfig,
     /// The file this was loaded from.
     pub source: PathBuf,
@@ -604,6 +604,9 @@ pub struct AdminConfig {
     pub jids: Vec<String>,
     /// The `lcs-bridge admin` socket (resolved; `admin.sock` in `storage.path` when unset).
     pub socket: PathBuf,
+    /// `admin.metrics_listen`: where `/metrics`, `/health` and `/ready` are served; `None`
+    /// (the key set to `""`): not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `logging.format`.

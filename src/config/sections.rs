@@ -1,7 +1,7 @@
 //! The sections of the configuration: each is walked key by key, validated, and turned into its
 //! typed struct; then the rules that span sections, and (for `check`) the file-system checks.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -1001,7 +1001,9 @@ fn admin_section(
 ) -> Option<AdminConfig> {
     let jids = t.strings(&k::ADMIN_JIDS, diag);
     let socket = t.string(&k::ADMIN_SOCKET, diag);
+    let listen = t.string(&k::ADMIN_METRICS_LISTEN, diag);
     t.finish(diag);
+    let metrics_listen = metrics_listen(listen, diag);
     let key = k::ADMIN_JIDS.path;
     let jids = conv(diag, key, jids, |items| {
         let mut out: Vec<String> = Vec::with_capacity(items.len());
@@ -1041,7 +1043,35 @@ fn admin_section(
     Some(AdminConfig {
         jids: or_default(jids, Vec::new())?,
         socket,
+        metrics_listen: metrics_listen?,
     })
+}
+
+/// `admin.metrics_listen` (`""`: off; not loopback: a warning, since the listener has no
+/// authentication).
+fn metrics_listen(listen: Field<String>, diag: &mut Diag) -> Option<Option<SocketAddr>> {
+    let listen = conv(diag, k::ADMIN_METRICS_LISTEN.path, listen, |s| {
+        if s.trim().is_empty() {
+            Ok(None)
+        } else {
+            checks::socket_addr(&s).map(Some)
+        }
+    });
+    let default = checks::socket_addr(k::ADMIN_METRICS_LISTEN.default_text()).ok();
+    let metrics_listen = or_parsed(listen, Some(default))?;
+    if let Some(addr) = metrics_listen {
+        if !addr.ip().is_loopback() {
+            diag.warning(
+                k::ADMIN_METRICS_LISTEN.path,
+                format!(
+                    "{addr} is not a loopback address: /metrics, /health and /ready have no \
+                     authentication, so anyone who reaches it reads the partner domains and \
+                     traffic counts (firewall it, or use 127.0.0.1)"
+                ),
+            );
+        }
+    }
+    Some(metrics_listen)
 }
 
 /// A bare word in a filter that is not a level is taken as a target name enabling every level:

@@ -1210,48 +1210,49 @@ fn sip_resource_limits() {
     );
 }
 
-/// `[ha]`: optional; the node's name (default: none, the host name at run time) is one
-/// printable word; the lease's time to live is 2–60 s.
 #[test]
-fn the_ha_section_names_the_node_and_bounds_the_lease() {
-    let cfg = load_ok(&minimal_plus(""));
-    assert_eq!(cfg.ha.node, None);
-    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(6));
-    let cfg = load_ok(&minimal_plus(
-        "[ha]\nnode = \"bridge-a\"\nlease_ttl_secs = 10\n",
-    ));
-    assert_eq!(cfg.ha.node.as_deref(), Some("bridge-a"));
-    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(10));
-    for bad in ["\"\"", "\"two words\"", "\"a\\u0007b\""] {
-        let p = problems(&minimal_plus(&format!("[ha]\nnode = {bad}\n")));
-        assert!(
-            p.len() == 1 && p[0].contains("ha.node") && p[0].contains("1-64 characters"),
-            "{bad}: {p:?}"
-        );
-    }
-    // With the embedded store there is no lease: the keys are named in a warning.
+fn admin_metrics_listen() {
+    // Default: loopback, port 9464.
+    let c = load_ok(MINIMAL);
+    assert_eq!(
+        c.admin.metrics_listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    // "" turns it off.
+    let c = load_ok(&minimal_plus("[admin]\nmetrics_listen = \"\"\n"));
+    assert_eq!(c.admin.metrics_listen, None);
+    let c = load_ok(&minimal_plus("[admin]\nmetrics_listen = \"[::1]:9000\"\n"));
+    assert_eq!(
+        c.admin.metrics_listen,
+        Some("[::1]:9000".parse().expect("addr"))
+    );
+    assert_eq!(
+        problems(&minimal_plus(
+            "[admin]\nmetrics_listen = \"localhost:9464\"\nport = 1\n"
+        )),
+        [
+            "admin.port: unknown key",
+            "admin.metrics_listen: \"localhost:9464\" is not a socket address (IP:port, e.g. \"0.0.0.0:5061\" or \"[::]:5061\")",
+        ]
+    );
+    // Not loopback: a warning (no authentication on the listener).
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(
         dir.path(),
         "c.toml",
-        &minimal_plus("[ha]\nnode = \"bridge-a\"\n"),
+        &minimal_plus("[admin]\nmetrics_listen = \"0.0.0.0:9464\"\n"),
     );
-    let report = crate::config::check(
-        &path,
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
-    );
-    assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.key == "ha.node" && w.reason.contains("backend = \"postgres\"")),
-        "{:?}",
-        report.warnings
-    );
-    let p = problems(&minimal_plus("[ha]\nlease_ttl_secs = 1\n"));
-    assert!(
-        p.len() == 1 && p[0].contains("ha.lease_ttl_secs") && p[0].contains("2"),
-        "{p:?}"
+    let mut diag = Diag::default();
+    let parts = sections::load_parts(&path, no_env(), &mut diag);
+    assert!(parts.assemble().is_some());
+    let (problems, warnings) = diag.finish();
+    assert!(problems.is_empty(), "{problems:?}");
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "admin.metrics_listen: 0.0.0.0:9464 is not a loopback address: /metrics, /health and /ready have no authentication, so anyone who reaches it reads the partner domains and traffic counts (firewall it, or use 127.0.0.1)"
+        ]
     );
 }
 
@@ -1297,4 +1298,49 @@ fn admin_jids_and_socket() {
     );
     let p = problems(&minimal_plus("\n[admin]\njid = []\n"));
     assert!(p.iter().any(|l| l.contains("admin.jid")), "{p:?}");
+}
+
+/// `[ha]`: optional; the node's name (default: none, the host name at run time) is one
+/// printable word; the lease's time to live is 2–60 s.
+#[test]
+fn the_ha_section_names_the_node_and_bounds_the_lease() {
+    let cfg = load_ok(&minimal_plus(""));
+    assert_eq!(cfg.ha.node, None);
+    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(6));
+    let cfg = load_ok(&minimal_plus(
+        "[ha]\nnode = \"bridge-a\"\nlease_ttl_secs = 10\n",
+    ));
+    assert_eq!(cfg.ha.node.as_deref(), Some("bridge-a"));
+    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(10));
+    for bad in ["\"\"", "\"two words\"", "\"a\\u0007b\""] {
+        let p = problems(&minimal_plus(&format!("[ha]\nnode = {bad}\n")));
+        assert!(
+            p.len() == 1 && p[0].contains("ha.node") && p[0].contains("1-64 characters"),
+            "{bad}: {p:?}"
+        );
+    }
+    // With the embedded store there is no lease: the keys are named in a warning.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &minimal_plus("[ha]\nnode = \"bridge-a\"\n"),
+    );
+    let report = crate::config::check(
+        &path,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.key == "ha.node" && w.reason.contains("backend = \"postgres\"")),
+        "{:?}",
+        report.warnings
+    );
+    let p = problems(&minimal_plus("[ha]\nlease_ttl_secs = 1\n"));
+    assert!(
+        p.len() == 1 && p[0].contains("ha.lease_ttl_secs") && p[0].contains("2"),
+        "{p:?}"
+    );
 }

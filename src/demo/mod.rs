@@ -333,6 +333,10 @@ path = {mappings}
 
 [logging]
 level = "warn"
+
+[admin]
+# No operations listener: the demo must start beside a bridge that has the default port.
+metrics_listen = ""
 "#,
         cert = q(dir.join("certs/bridge.crt")),
         key = q(dir.join("certs/bridge.key")),

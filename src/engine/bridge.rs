@@ -42,7 +42,7 @@ use super::im::{ImEngine, ImSettings};
 use super::name_book::NameBook;
 use super::presence::{PresenceEngine, PresenceSettings};
 use super::roster::RosterEngine;
-use super::{Fact, Output};
+use super::{Census, Fact, Output};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
 use crate::core::tables::{ErrorTable, Mappings};
@@ -211,6 +211,8 @@ pub trait Engine: Send + Sync {
     fn shutdown(&mut self) -> Vec<Output> {
         Vec::new()
     }
+    /// Adds what it holds to `census` (see [`Census`]).
+    fn census(&self, _census: &mut Census) {}
     /// A store write or removal it asked for failed (`failed`: the outputs the failed action
     /// carried, as the engine gave them); `queued`: its requests not sent yet. Returns the
     /// transactions to withdraw (they are not sent; the engine has dealt with them) and outputs
@@ -670,6 +672,17 @@ impl Bridge {
         self.hand_on_facts(now);
     }
 
+    /// What the engines hold now (subscriptions by direction and state, IM sessions), for the
+    /// operations gauges; it walks every subscription, so call it every few seconds, not per
+    /// event.
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        for e in &self.engines {
+            e.census(&mut census);
+        }
+        census
+    }
+
     /// The engines' last outputs (XEP-0100 unavailable presences), queued like any others.
     pub fn shutdown(&mut self) {
         for i in 0..self.engines.len() {
@@ -848,6 +861,10 @@ impl Engine for PresenceEngine {
             && response.cseq().is_ok_and(|c| c.method == Method::Subscribe)
     }
 
+    fn census(&self, census: &mut Census) {
+        PresenceEngine::census(self, census);
+    }
+
     fn shutdown(&mut self) -> Vec<Output> {
         info!(
             hits = %crate::edge::limits::summary(self.limit_hits().iter().map(|(k, n)| (*k, *n))),
@@ -930,6 +947,10 @@ impl Engine for ImEngine {
         queued: &[(TxId, &Message)],
     ) -> (Vec<TxId>, Vec<Output>) {
         ImEngine::store_failed(self, now, failed, queued)
+    }
+
+    fn census(&self, census: &mut Census) {
+        census.im_sessions += self.session_count();
     }
 
     fn shutdown(&mut self) -> Vec<Output> {

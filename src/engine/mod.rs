@@ -134,3 +134,25 @@ mod world_admin_tests;
 mod world_reload_tests;
 #[cfg(test)]
 mod world_tests;
+
+/// How many subscriptions and IM sessions the engines hold, by kind: what the runner samples
+/// into gauges every few seconds ([`bridge::Bridge::census`]). A walk over the subscriptions, so not for
+/// every event.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// XMPP users' subscriptions to LCS contacts (SUBSCRIBE sent): `[pending, active]`, active
+    /// once a NOTIFY said `active` on the current dialog.
+    pub outbound: [usize; 2],
+    /// LCS watchers of local users, by the local user's approval: `[none, requested,
+    /// approved, denied]` (`Approval` in `store`).
+    pub inbound: [usize; 4],
+    /// Open IM sessions.
+    pub im_sessions: usize,
+}
+
+impl Census {
+    /// The label of `outbound[i]`.
+    pub const OUTBOUND_STATES: [&'static str; 2] = ["pending", "active"];
+    /// The label of `inbound[i]` (`Approval::as_str`).
+    pub const INBOUND_STATES: [&'static str; 4] = ["none", "requested", "approved", "denied"];
+}

@@ -305,6 +305,52 @@ fn a_restart_from_the_store_takes_up_both_directions() {
     assert!(notified_activities(&w).last().unwrap().contains("away"));
 }
 
+/// What the runner samples into the subscription and session gauges follows the engines: a
+/// watcher asked, then approved; a subscription pending, then active; a chat open, then ended.
+#[test]
+fn the_census_counts_subscriptions_by_state_and_open_sessions() {
+    use super::Census;
+    let mut w = World::new();
+    assert_eq!(w.bridge.census(), Census::default());
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    assert_eq!(w.bridge.census().inbound, [0, 1, 0, 0], "Alice is asked");
+    let bob = contact_jid("bob");
+    w.xmpp_sends(&format!(
+        "<presence from='{ALICE}' to='{bob}' type='subscribed'/>"
+    ));
+    w.settle();
+    assert_eq!(w.bridge.census().inbound, [0, 0, 1, 0], "approved");
+
+    // Alice subscribes to Bob: pending until the edge's NOTIFY says active.
+    w.xmpp_sends(&format!(
+        "<presence from='{ALICE}' to='{bob}' type='subscribe'/>"
+    ));
+    w.run_for(Duration::from_millis(30)); // the stanza in (20 ms), no NOTIFY yet
+    assert_eq!(w.bridge.census().outbound, [1, 0]);
+    w.settle();
+    assert_eq!(
+        w.bridge.census().outbound,
+        [0, 1],
+        "Bob's NOTIFY said active"
+    );
+
+    assert_eq!(w.bridge.census().im_sessions, 0);
+    w.lcs_invites(BOB_AOR, ALICE_URI, "hi");
+    w.settle();
+    assert_eq!(w.bridge.census().im_sessions, 1);
+    w.lcs_ends_session(BOB_AOR, "INVITE");
+    w.settle();
+    assert_eq!(
+        w.bridge.census(),
+        Census {
+            outbound: [0, 1],
+            inbound: [0, 0, 1, 0],
+            im_sessions: 0,
+        }
+    );
+}
+
 #[test]
 fn chat_from_lcs_while_the_link_is_down_is_held_until_it_is_back() {
     let mut w = World::new();

@@ -312,6 +312,14 @@ impl World {
                  max_sessions_per_user = 100000\n"
                 .into(),
             log_level: &log_level,
+            // Metrics recorded as in production (the default listener is on), so that the
+            // benchmarks include their cost; `LCS_LOAD_NO_ADMIN=1` leaves the table out, for
+            // an A/B against a build older than it.
+            admin: if std::env::var_os("LCS_LOAD_NO_ADMIN").is_some() {
+                String::new()
+            } else {
+                format!("[admin]\nmetrics_listen = \"127.0.0.1:{}\"\n", free_port())
+            },
             extra,
             ..BridgeConfig::new(
                 dir.path(),

@@ -774,6 +774,22 @@ impl PresenceEngine {
         common::refuse(&mut self.rng, request, reject)
     }
 
+    /// Adds the subscriptions both ways, by state, to `census` (a walk over all of them).
+    pub fn census(&self, census: &mut super::Census) {
+        for sub in self.outbound.map.values() {
+            census.outbound[usize::from(sub.active)] += 1;
+        }
+        for w in self.inbound.map.values() {
+            let i = match w.approval {
+                Approval::None => 0,
+                Approval::Requested => 1,
+                Approval::Approved => 2,
+                Approval::Denied => 3,
+            };
+            census.inbound[i] += 1;
+        }
+    }
+
     /// New watchers refused since the start, per pending-subscription limit (configuration
     /// key), for logs and metrics.
     pub fn limit_hits(&self) -> &BTreeMap<&'static str, u64> {

@@ -34,7 +34,12 @@ pub struct BridgeConfig<'a> {
     /// More lines of the `[storage]` table (e.g. `backend = "postgres"`, `url` and
     /// `password_file` of a [`crate::postgres::Postgres`]); `path` is always `dir/store`.
     pub storage: String,
-    /// More TOML, appended (e.g. a `[presence]` table).
+    /// The `[admin]` table: by default the operations listener off (`metrics_listen = ""`), so
+    /// that bridges started at once do not race for its default port; left out when `extra`
+    /// has an `[admin]` table of its own.
+    pub admin: String,
+    /// More TOML, appended after `[logging]`'s level (so it may add `[logging]` keys, or
+    /// tables such as `[presence]`); the `[admin]` table comes after it.
     pub extra: &'a str,
     /// `logging.level` (EnvFilter directives).
     pub log_level: &'a str,
@@ -62,6 +67,7 @@ impl<'a> BridgeConfig<'a> {
             federation: Self::partner(mode.lcs_domain(), partner_port),
             im: format!("[im]\nsession_idle_secs = {IDLE_SECS}\n"),
             storage: String::new(),
+            admin: "[admin]\nmetrics_listen = \"\"\n".to_owned(),
             extra: "",
             log_level: "debug",
         }
@@ -110,7 +116,8 @@ path = {mappings}
 
 [logging]
 level = "{log_level}"
-{extra}"#,
+{extra}
+{admin}"#,
             component_port = self.component_port,
             secret = self.secret,
             mode = self.mode.name(),
@@ -125,7 +132,22 @@ level = "{log_level}"
             im = self.im,
             storage = path("store"),
             storage_more = self.storage,
-            extra = self.extra,
+            // An `extra` with its own `[admin]` table replaces the default one, the listener
+            // turned off there too unless it says otherwise.
+            admin = if self.extra.contains("[admin]") {
+                ""
+            } else {
+                self.admin.as_str()
+            },
+            extra = if self.extra.contains("[admin]") && !self.extra.contains("metrics_listen") {
+                std::borrow::Cow::Owned(self.extra.replacen(
+                    "[admin]\n",
+                    "[admin]\nmetrics_listen = \"\"\n",
+                    1,
+                ))
+            } else {
+                std::borrow::Cow::Borrowed(self.extra)
+            },
             log_level = self.log_level,
         )
     }
