@@ -17,7 +17,7 @@ use anyhow::{Context as _, anyhow};
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{self, LogFormat, StoreBackend};
 use crate::core::tables::Mappings;
@@ -33,7 +33,9 @@ use crate::engine::im::{ImEngine, ImSettings};
 use crate::engine::presence::{PresenceEngine, PresenceSettings};
 use crate::engine::roster::{RosterEngine, RosterMode};
 use crate::engine::{Census, WallClock};
+use crate::ha;
 use crate::ops::{self, Readiness};
+use crate::store::pg_lease::{LeaseHandle, PgConfig};
 use crate::store::{self, ImDialog, Records, SledStore, Store, StoreError, Subscription};
 use crate::systemd::Notifier;
 use crate::telemetry;
@@ -126,6 +128,17 @@ pub fn run_with(
     runtime.block_on(async {
         // Handlers first, so a signal that arrives right after the start-up line is caught.
         let mut signals = Signals::install()?;
+        // With a shared database: a standby until the lease is this node's; nothing is
+        // restored, connected or listened on before (docs/high-availability.md).
+        let mut lease = match lease_database(&cfg)? {
+            Some(pg) => match standby(&cfg, pg, &mut signals, store.as_ref(), &notifier).await? {
+                Some(lease) => Some(lease),
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        // A write the store refused as fenced: another bridge leads.
+        let (fenced_tx, mut fenced) = mpsc::unbounded_channel();
         if let Some((addr, handle)) = metrics {
             ops::serve(addr, handle, ready.clone()).await?;
             telemetry::build_info(unix_now());
@@ -137,9 +150,10 @@ pub fn run_with(
             .with_context(|| format!("sip.listen: cannot listen on {}", cfg.sip.listen))?;
         let edge = Arc::new(edge);
         ready.set_sip_listening(true);
-        let (link, link_events) = link::start(
+        let (link, link_events) = link::start_gated(
             LinkSettings::from_config(&cfg.xmpp),
             cfg.xmpp.startup_timeout,
+            lease.as_ref().map(|l| link_gate(l.serving_until.clone())),
         )
         .await
         .map_err(|e| anyhow!("xmpp: {e}"))?;
@@ -209,6 +223,8 @@ pub fn run_with(
             edge: edge.clone(),
             link,
             store: store.clone(),
+            lease: lease.as_ref().map(|l| l.serving_until.clone()),
+            fenced: fenced_tx,
             queue_capacity: cfg.xmpp.queue_capacity,
             heard: transcript::Lines::default(),
             notifier: notifier.clone(),
@@ -253,6 +269,16 @@ pub fn run_with(
                     other => break other,
                 },
                 () = asked => break "stop",
+                message = deposed(&mut lease) => {
+                    // Another bridge serves now: stop at once, say nothing more to either
+                    // side (its component and its listener are the ones in use).
+                    edge.shutdown();
+                    return Err(anyhow!(message));
+                }
+                Some(reason) = fenced.recv() => {
+                    edge.shutdown();
+                    return Err(anyhow!(ha::fenced(&reason)));
+                }
                 Some(job) = admin_rx.recv() => {
                     let outcome = executor.execute(job.command).await;
                     let _ = job.reply.send(outcome);
@@ -268,6 +294,10 @@ pub fn run_with(
         }
         ready.set_sip_listening(false);
         edge.shutdown();
+        if let Some(lease) = lease {
+            // A clean stop hands over at once.
+            lease.release().await;
+        }
         Ok::<(), anyhow::Error>(())
     })?;
     ready.set_store_open(false);
@@ -275,6 +305,68 @@ pub fn run_with(
     drop(store);
     info!("stopped");
     Ok(())
+}
+
+/// The database the leader lease lives in: the store's, with a shared (PostgreSQL) store;
+/// none with an embedded one (one machine, nothing to share).
+fn lease_database(cfg: &config::Config) -> anyhow::Result<Option<PgConfig>> {
+    let pg = match (cfg.storage.backend, &cfg.storage.postgres) {
+        (StoreBackend::Postgres, Some(pg)) => pg,
+        _ => return Ok(None),
+    };
+    let mut config: PgConfig = pg.url.parse().context("storage.url")?;
+    if let Some(password) = &pg.password {
+        config.password(password.expose());
+    }
+    config.connect_timeout(pg.connect_timeout);
+    Ok(Some(config))
+}
+
+/// Waits as a standby for the lease (SIGHUP ignored meanwhile); `None` when SIGINT or SIGTERM
+/// came first.
+///
+/// Under systemd a standby is a started service (`READY=1`, its status saying it waits) that
+/// keeps the watchdog fed: it may wait for hours, longer than any start-up timeout.
+async fn standby(
+    cfg: &config::Config,
+    pg: PgConfig,
+    signals: &mut Signals,
+    store: &dyn Store,
+    notifier: &Notifier,
+) -> anyhow::Result<Option<LeaseHandle>> {
+    let mut lease = ha::start(cfg, pg);
+    notifier.ready("standby: waiting for the leader lease");
+    let mut watchdog = notifier.watchdog_period().map(tokio::time::interval);
+    let epoch = loop {
+        tokio::select! {
+            epoch = ha::acquire(&mut lease) => break epoch?,
+            signal = signals.next() => if signal != "SIGHUP" {
+                info!(signal, "stopped while standby");
+                notifier.stopping();
+                lease.release().await;
+                return Ok(None);
+            },
+            _ = next_tick(&mut watchdog) => notifier.watchdog(),
+        }
+    };
+    // Every write from now on carries the epoch: refused once another bridge has taken over.
+    store.fence(u64::try_from(epoch).unwrap_or_default());
+    info!(epoch, "active: restoring the state, connecting, listening");
+    Ok(Some(lease))
+}
+
+/// Under a lease, the component connects only while this node may serve (a node woken past
+/// its deadline must not replace the active node's connection).
+fn link_gate(serving_until: watch::Receiver<Option<Instant>>) -> link::ConnectGate {
+    Arc::new(move || serving_until.borrow().is_some_and(|u| Instant::now() < u))
+}
+
+/// Until the lease is lost (never without one).
+async fn deposed(lease: &mut Option<LeaseHandle>) -> String {
+    match lease {
+        Some(lease) => ha::until_deposed(lease).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Opens the store `[storage]` names (`backend` in `path`), holding its lock until dropped.
@@ -469,6 +561,10 @@ struct Runner {
     edge: Arc<EdgeHandle>,
     link: LinkHandle,
     store: Arc<dyn Store>,
+    /// With a leader lease: its local deadline while this node may serve (`ha`).
+    lease: Option<watch::Receiver<Option<Instant>>>,
+    /// Where a write refused as fenced (another bridge's epoch) is told.
+    fenced: mpsc::UnboundedSender<String>,
     /// What came in since the last actions, for the transcript (empty when it is off).
     heard: transcript::Lines,
     /// `WATCHDOG=1` goes from this task's loop, so a stuck engine stops it.
@@ -510,6 +606,7 @@ impl Runner {
         mut stop: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         let started = Instant::now();
+        self.sync_lease();
         let (subscriptions, im_dialogs) = restored;
         self.bridge.handle(started, Input::Restore(subscriptions));
         self.bridge.handle(started, Input::RestoreIm(im_dialogs));
@@ -538,6 +635,13 @@ impl Runner {
                 }
             };
             tokio::select! {
+                changed = lease_changed(&mut self.lease) => {
+                    if changed.is_err() {
+                        // The lease task ended: serve nothing more.
+                        self.lease = None;
+                        self.bridge.set_serving_until(None);
+                    }
+                }
                 e = edge_events.recv() => match e {
                     Some(e) => {
                         // The events that came meanwhile too (while the last actions ran, e.g.
@@ -589,6 +693,7 @@ impl Runner {
                     return;
                 }
                 _ = sleep => {
+                    self.sync_lease();
                     let before = self.bridge.next_batch();
                     self.bridge.handle_timeout(Instant::now());
                     if transcript_on() {
@@ -605,7 +710,25 @@ impl Runner {
                     continue;
                 }
             }
+            self.sync_lease();
             self.execute().await;
+        }
+    }
+
+    /// A write the store refused because another bridge's epoch is in force: told to `run`,
+    /// which stops.
+    fn note_fenced<T>(&self, r: &Result<Result<T, StoreError>, tokio::task::JoinError>) {
+        if let Ok(Err(e @ StoreError::Fenced { .. })) = r {
+            let _ = self.fenced.send(e.to_string());
+        }
+    }
+
+    /// Gives the bridge the lease's newest deadline (before each input, so that an input is
+    /// never judged against an older one).
+    fn sync_lease(&mut self) {
+        if let Some(rx) = &mut self.lease {
+            let until = *rx.borrow_and_update();
+            self.bridge.set_serving_until(until);
         }
     }
 
@@ -628,8 +751,10 @@ impl Runner {
         }
     }
 
-    /// Hands the bridge one input, described for the transcript when that is on.
+    /// Hands the bridge one input (with the lease's newest deadline first), described for the
+    /// transcript when that is on.
     fn give(&mut self, input: Input) {
+        self.sync_lease();
         if !transcript_on() {
             self.bridge.handle(Instant::now(), input);
             return;
@@ -687,6 +812,7 @@ impl Runner {
                         if durable { store.flush() } else { Ok(()) }
                     })
                     .await;
+                    self.note_fenced(&r);
                     telemetry::store_write(durable, started.elapsed().as_secs_f64());
                     let ok = matches!(r, Ok(Ok(())));
                     if !ok {
@@ -700,6 +826,7 @@ impl Runner {
                         store.remove_im_dialog(&local, &remote)
                     })
                     .await;
+                    self.note_fenced(&r);
                     let ok = matches!(r, Ok(Ok(_)));
                     if !ok {
                         error!(result = ?r, "store: IM dialog not removed");
@@ -735,6 +862,7 @@ impl Runner {
                         store.remove_subscription(direction, &local, &remote)
                     })
                     .await;
+                    self.note_fenced(&r);
                     let ok = matches!(r, Ok(Ok(_)));
                     if !ok {
                         error!(result = ?r, "store: subscription not removed");
@@ -769,6 +897,7 @@ impl Runner {
         match r {
             Ok(Ok(())) => true,
             other => {
+                self.note_fenced(&other);
                 error!(result = ?other, "store: subscription not written");
                 false
             }
@@ -788,6 +917,16 @@ impl Runner {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Waits until the lease's deadline changes (forever without a lease).
+async fn lease_changed(
+    lease: &mut Option<watch::Receiver<Option<Instant>>>,
+) -> Result<(), watch::error::RecvError> {
+    match lease {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 

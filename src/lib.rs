@@ -16,6 +16,8 @@
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
+//! | [`store`] | disk, database | persistent subscriptions and IM dialogs behind the `Store` trait (sled, PostgreSQL, or redb with the feature); the leader lease (`store::lease` sans-IO, `store::pg_lease` its PostgreSQL row) |
+//! | [`ha`] | database, clock | active/standby for `lcs-bridge run`: waits for the leader lease, follows it while serving |
 //! | [`store`] | disk, database | persistent subscriptions and IM dialogs behind the `Store` trait (sled, PostgreSQL, or redb with the feature) |
 //! | [`telemetry`] | none (records) | the operations metrics' names and handles (`metrics` facade); only the I/O modules record |
 //! | [`ops`] | sockets | the operations HTTP listener: `/metrics`, `/health`, `/ready` |
@@ -36,6 +38,7 @@ pub mod demo;
 pub mod doctor;
 pub mod edge;
 pub mod engine;
+pub mod ha;
 pub mod inspect;
 pub mod ops;
 pub mod random;

@@ -41,6 +41,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["compact", "core", "edge", "random", "sip", "store", "xmpp"],
     ),
     ("inspect", &["core", "sip", "xmpp"]),
+    // Active/standby: the leader lease for the runner (I/O).
+    ("ha", &["config", "store"]),
     // The operations HTTP listener (/metrics, /health, /ready).
     ("ops", &["telemetry", "xmpp"]),
     // One line per translation, described from the bridge's inputs and actions.
@@ -53,6 +55,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "core",
             "edge",
             "engine",
+            "ha",
             "ops",
             "random",
             "sip",
@@ -84,19 +87,21 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// the XMPP link only through sans-IO types (`edge::event::EdgeEvent`, `edge::core::Route`).
 const IO_MODULES: &[&str] = &[
     "app",
+    "ha",
     "main",
     "edge::server",
     "edge::dns",
     "xmpp::link",
     "store::sled_store",
     "store::redb_store",
+    "store::pg_lease",
+    "store::pg_store",
     "doctor::probe",
     "systemd",
     "demo",
     "demo::partner_io",
     "demo::prosody",
     "demo::output",
-    "store::pg_store",
     // Not I/O, but recording is a side effect the sans-IO code must not have: only the I/O
     // modules count (the engines are sampled through `Bridge::census`).
     "telemetry",
@@ -105,12 +110,15 @@ const IO_MODULES: &[&str] = &[
 
 /// Who else may import an I/O module: the edge's server task runs the DNS discovery and
 /// records metrics; doctor's probe runs the discovery and the component link's handshake; the
-/// operations listener renders the metrics and reads the link's state.
+/// operations listener renders the metrics and reads the link's state; `ha` (the runner's
+/// active/standby part) the lease task.
 const IO_IMPORTERS: &[(&str, &str)] = &[
     ("edge::server", "edge::dns"),
     ("edge::server", "telemetry"),
     ("doctor::probe", "edge::dns"),
     ("doctor::probe", "xmpp::link"),
+    // The runner's active/standby part starts and follows the lease task.
+    ("ha", "store::pg_lease"),
     ("ops", "telemetry"),
     // `/ready` asks the component link whether its streams are up.
     ("ops", "xmpp::link"),

@@ -212,8 +212,8 @@ fn run_bridge(prosody: &lcs_test_support::Prosody, pg: &Postgres, file: &Path) -
     cmd
 }
 
-/// The bridge runs on PostgreSQL: it creates its tables (leader row at epoch 0) before it
-/// serves, says which database it opened, reads its state from it and stops cleanly; with the
+/// The bridge runs on PostgreSQL: it creates its tables (leader row at epoch 0) and takes the
+/// leader lease (epoch 1) before it serves, says which database it opened, reads its state from it and stops cleanly; with the
 /// database away it does not start, and says why.
 #[test]
 fn run_keeps_its_state_in_postgres() {
@@ -244,7 +244,8 @@ fn run_keeps_its_state_in_postgres() {
         "{before_start:#?}"
     );
     assert_eq!(pg.psql("SELECT version FROM lcs_schema"), "2");
-    assert_eq!(pg.psql("SELECT epoch FROM lcs_leader"), "0");
+    // The bridge took the leader lease (docs/high-availability.md): the first epoch.
+    assert_eq!(pg.psql("SELECT epoch FROM lcs_leader"), "1");
     assert!(
         !before_start.iter().any(|l| l.contains(pg.password())),
         "the password was logged"

@@ -278,6 +278,7 @@ pub fn needs_restart(new: &Config, running: &Config) -> Vec<&'static str> {
         ("the [sip] timeouts", timeouts(a) != timeouts(b)),
         ("[xmpp]", new.xmpp != running.xmpp),
         ("[storage]", new.storage != running.storage),
+        ("[ha]", new.ha != running.ha),
         (
             "logging.format",
             new.logging.format != running.logging.format,

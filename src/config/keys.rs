@@ -622,6 +622,21 @@ keys! {
         reload: Restart,
         doc: "With `backend = \"postgres\"`: a connection attempt gives up after this; while the database cannot be reached, each store call fails within it (the request at hand is refused, nothing is acknowledged). 1–300.",
     }
+    HA_NODE = "ha", "node" {
+        kind: Kind::Text,
+        default: Absent,
+        default_note: " (the host name)",
+        reload: Restart,
+        doc: "This bridge's name in the leader lease (with a PostgreSQL store: docs/high-availability.md), shown in the other nodes' logs (`standby: waiting for the lease held by …`, `deposed: bridge … took the lease`). Give each bridge sharing one database its own. 1–64 characters, no control characters or white space.",
+    }
+    HA_LEASE_TTL_SECS = "ha", "lease_ttl_secs" {
+        kind: Kind::Integer,
+        default: Integer(6),
+        range: Some((2, 60)),
+        why: " (below 2 s one slow renewal costs the lease; above 60 s a failover waits too long)",
+        reload: Restart,
+        doc: "How long the leader lease lasts without a renewal (with a PostgreSQL store). The active bridge renews it every third of this and serves nothing once five sixths have passed since its last renewal began; a standby takes over when it has expired, so a failed active is replaced within about this time plus the standby's start-up. Every bridge sharing the database should use the same value. 2–60.",
+    }
     MAPPINGS_PATH = "mappings", "path" {
         kind: Kind::Text,
         default: Text("mappings"),
@@ -733,6 +748,12 @@ const DOC_PARTS: &[DocPart] = &[
         intro: "The section is optional; a missing `[im]` means every default. LCS instant messaging is\n\
                 session mode: an INVITE opens a session, and each message is a MESSAGE in that dialog.",
         sections: &["im"],
+        outro: "",
+    },
+    DocPart {
+        heading: "### `[ha]`: active/standby with a shared database",
+        intro: "Read only with a PostgreSQL store; the section is optional (docs/high-availability.md).",
+        sections: &["ha"],
         outro: "",
     },
     DocPart {

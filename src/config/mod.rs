@@ -127,6 +127,8 @@ pub struct Config {
     pub im: ImConfig,
     /// `[storage]`.
     pub storage: StorageConfig,
+    /// `[ha]`.
+    pub ha: HaConfig,
     /// `[mappings]`.
     pub mappings: MappingsConfig,
     /// `[logging]`.
@@ -568,6 +570,15 @@ pub enum StoreBackend {
     Redb,
     /// PostgreSQL, in the database `storage.url` names.
     Postgres,
+}
+
+/// `[ha]`: the leader lease, used with a PostgreSQL store (docs/high-availability.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// This node's name in the lease row (`ha.node`); `None`: the host name.
+    pub node: Option<String>,
+    /// How long the lease lasts without a renewal (`ha.lease_ttl_secs`, default 6 s).
+    pub lease_ttl: Duration,
 }
 
 /// `[mappings]`.

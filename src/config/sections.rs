@@ -13,9 +13,9 @@ use super::values::{
 };
 use super::{
     AddressMode, AdminConfig, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits,
-    FederationConfig, ImConfig, LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy,
-    PostgresConfig, PresenceConfig, RosterFill, Secret, SipConfig, StorageConfig, StoreBackend,
-    XmppConfig, base_dir, checks, tls,
+    FederationConfig, HaConfig, ImConfig, LogFormat, LoggingConfig, MappingsConfig, Partner,
+    PartnerPolicy, PostgresConfig, PresenceConfig, RosterFill, Secret, SipConfig, StorageConfig,
+    StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -28,6 +28,7 @@ pub(crate) struct Parts {
     presence: Option<PresenceConfig>,
     im: Option<ImConfig>,
     storage: Option<StorageConfig>,
+    ha: Option<HaConfig>,
     mappings: Option<MappingsConfig>,
     logging: Option<LoggingConfig>,
     admin: Option<AdminConfig>,
@@ -43,6 +44,7 @@ impl Parts {
             presence: self.presence?,
             im: self.im?,
             storage: self.storage?,
+            ha: self.ha?,
             mappings: self.mappings?,
             logging: self.logging?,
             admin: self.admin?,
@@ -76,6 +78,7 @@ where
         presence: None,
         im: None,
         storage: None,
+        ha: None,
         mappings: None,
         logging: None,
         admin: None,
@@ -90,6 +93,7 @@ where
     let presence = root.table("presence", diag);
     let im = root.table("im", diag);
     let storage = root.table("storage", diag);
+    let ha = root.table("ha", diag);
     let mappings = root.table("mappings", diag);
     let logging = root.table("logging", diag);
     let admin = root.table("admin", diag);
@@ -102,6 +106,7 @@ where
     parts.presence = section(diag, "presence", presence).and_then(|t| presence_section(t, diag));
     parts.im = section(diag, "im", im).and_then(|t| im_section(t, diag));
     parts.storage = section(diag, "storage", storage).and_then(|t| storage_section(t, base, diag));
+    parts.ha = section(diag, "ha", ha).and_then(|t| ha_section(t, diag));
     parts.mappings = section(diag, "mappings", mappings).and_then(|t| {
         path_section(t, base, &k::MAPPINGS_PATH, diag).map(|path| MappingsConfig { path })
     });
@@ -115,6 +120,9 @@ where
         if !federation_vs_xmpp(f, x, diag) {
             parts.federation = None;
         }
+    }
+    if let (Some(st), Some(ha)) = (&parts.storage, &parts.ha) {
+        ha_vs_storage(ha, st, diag);
     }
     if let (Some(x), Some(s)) = (&parts.xmpp, &parts.sip) {
         sip_vs_xmpp(s, x, diag);
@@ -851,6 +859,48 @@ fn storage_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<Storage
         path: path?,
         backend: backend?,
         postgres,
+    })
+}
+
+/// `[ha]` set with a store of one machine: nothing to share, so no lease (a warning).
+fn ha_vs_storage(ha: &HaConfig, st: &StorageConfig, diag: &mut Diag) {
+    if st.backend == StoreBackend::Postgres {
+        return;
+    }
+    let default_ttl = Duration::from_secs(match k::HA_LEASE_TTL_SECS.default {
+        super::keys::DefaultValue::Integer(n) => n,
+        _ => 0,
+    });
+    for (key, set) in [
+        (&k::HA_NODE, ha.node.is_some()),
+        (&k::HA_LEASE_TTL_SECS, ha.lease_ttl != default_ttl),
+    ] {
+        if set {
+            diag.warning(key.path, "only used with storage.backend = \"postgres\"");
+        }
+    }
+}
+
+/// `[ha]`: the node's name and the lease's time to live.
+fn ha_section(mut t: Table, diag: &mut Diag) -> Option<HaConfig> {
+    let node = t.string(&k::HA_NODE, diag);
+    let ttl = t.int(&k::HA_LEASE_TTL_SECS, diag);
+    t.finish(diag);
+    let node = conv(diag, k::HA_NODE.path, node, |s| {
+        let ok = !s.is_empty()
+            && s.chars().count() <= 64
+            && !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        if ok {
+            Ok(s)
+        } else {
+            Err("must be 1-64 characters, without control characters or white space".to_owned())
+        }
+    });
+    let node = or_default(node.map(|s| s.map(Some)), None);
+    let ttl = ranged(diag, &k::HA_LEASE_TTL_SECS, ttl);
+    Some(HaConfig {
+        node: node?,
+        lease_ttl: Duration::from_secs(ttl?),
     })
 }
 

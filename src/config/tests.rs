@@ -1299,3 +1299,48 @@ fn admin_jids_and_socket() {
     let p = problems(&minimal_plus("\n[admin]\njid = []\n"));
     assert!(p.iter().any(|l| l.contains("admin.jid")), "{p:?}");
 }
+
+/// `[ha]`: optional; the node's name (default: none, the host name at run time) is one
+/// printable word; the lease's time to live is 2–60 s.
+#[test]
+fn the_ha_section_names_the_node_and_bounds_the_lease() {
+    let cfg = load_ok(&minimal_plus(""));
+    assert_eq!(cfg.ha.node, None);
+    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(6));
+    let cfg = load_ok(&minimal_plus(
+        "[ha]\nnode = \"bridge-a\"\nlease_ttl_secs = 10\n",
+    ));
+    assert_eq!(cfg.ha.node.as_deref(), Some("bridge-a"));
+    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(10));
+    for bad in ["\"\"", "\"two words\"", "\"a\\u0007b\""] {
+        let p = problems(&minimal_plus(&format!("[ha]\nnode = {bad}\n")));
+        assert!(
+            p.len() == 1 && p[0].contains("ha.node") && p[0].contains("1-64 characters"),
+            "{bad}: {p:?}"
+        );
+    }
+    // With the embedded store there is no lease: the keys are named in a warning.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &minimal_plus("[ha]\nnode = \"bridge-a\"\n"),
+    );
+    let report = crate::config::check(
+        &path,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.key == "ha.node" && w.reason.contains("backend = \"postgres\"")),
+        "{:?}",
+        report.warnings
+    );
+    let p = problems(&minimal_plus("[ha]\nlease_ttl_secs = 1\n"));
+    assert!(
+        p.len() == 1 && p[0].contains("ha.lease_ttl_secs") && p[0].contains("2"),
+        "{p:?}"
+    );
+}

@@ -17,7 +17,8 @@
 //! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
 //!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
 //!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
-//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again),
+//!   the batch's later 2xx into `503` with `Retry-After` (the state change was not kept, so the
+//!   peer tries again once the store is back),
 //!   except an IM session's dialog, whose loss changes no answer. Either way the engine that
 //!   wrote is told ([`Engine::store_failed`]) and may withdraw its requests still waiting (a
 //!   request must not go out above a CSeq reservation the store does not hold) and put
@@ -67,6 +68,12 @@ const MAX_FACTS: usize = 100_000;
 /// `Retry-After` when the component link's queue was full: the link drains a full queue in
 /// well under that once the XMPP server reads again.
 const LINK_RETRY_AFTER_SECS: u32 = 5;
+/// `Retry-After` of a `503` for a change the store did not keep (the database unreachable, or
+/// a disk error): the request is worth repeating once the store is back.
+const STORE_RETRY_AFTER_SECS: u32 = 5;
+/// `Retry-After` of a `503` while this bridge does not serve (a standby, or a leader whose
+/// lease is not renewed): about one lease renewal.
+const NOT_SERVING_RETRY_AFTER_SECS: u32 = 2;
 
 /// What happens to the bridge.
 #[derive(Debug, Clone)]
@@ -248,6 +255,10 @@ pub struct Bridge {
     down: BTreeSet<String>,
     /// Facts waiting to be handed to the engines that take them.
     facts: VecDeque<Fact>,
+    /// Whether a leader lease gates serving ([`Bridge::set_serving_until`]).
+    leased: bool,
+    /// With a lease: serve only before this (none: not now).
+    serving_until: Option<Instant>,
 }
 
 impl Bridge {
@@ -265,6 +276,8 @@ impl Bridge {
             last_store: None,
             down: BTreeSet::new(),
             facts: VecDeque::new(),
+            leased: false,
+            serving_until: None,
         }
     }
 
@@ -294,8 +307,73 @@ impl Bridge {
 
     /// An input at `now`.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        let new_request = matches!(
+            input,
+            Input::Edge(EdgeEvent::Request { .. }) | Input::Stanza(_)
+        );
+        if new_request && !self.serving(now) {
+            self.refuse_while_not_serving(input);
+            return;
+        }
         self.route(now, input);
         self.hand_on_facts(now);
+    }
+
+    /// Puts the bridge under a leader lease (docs/high-availability.md): it serves only
+    /// before `until`, the lease's local deadline (`None`: not at all, the lease being lost
+    /// or not renewed). The runner passes each new deadline; the bridge compares it with each
+    /// input's time, so a process that wakes after being stopped serves nothing even before
+    /// it has heard from the database. While not serving, new SIP requests are answered `503`
+    /// with `Retry-After` (RFC 3261 §21.5.4; a partner with another SRV target tries it,
+    /// RFC 3263 §4.3), messages and IQ requests from the XMPP side return
+    /// `service-unavailable`, other presence stanzas are dropped, and the engines' timers
+    /// wait; what completes what was started (responses, lost connections, the link's state)
+    /// still goes to the engines. Without a call the bridge always serves.
+    pub fn set_serving_until(&mut self, until: Option<Instant>) {
+        self.leased = true;
+        self.serving_until = until;
+    }
+
+    /// Whether the bridge serves at `now` (always, without a lease).
+    pub fn serving(&self, now: Instant) -> bool {
+        !self.leased || self.serving_until.is_some_and(|u| now < u)
+    }
+
+    /// The answer to a new request while not serving (see [`Bridge::set_serving_until`]).
+    fn refuse_while_not_serving(&mut self, input: Input) {
+        const WHY: &str = "this bridge does not hold the lease";
+        let out = match input {
+            Input::Edge(EdgeEvent::Request { tx, request, .. }) => {
+                if request.method() == Some(&Method::Ack) {
+                    return;
+                }
+                let response = Reject::new(503)
+                    .reason(format!("{}: {WHY}", reason_phrase(503)))
+                    .retry_after(NOT_SERVING_RETRY_AFTER_SECS)
+                    .response_to(&request, None);
+                Output::Respond { tx, response }
+            }
+            Input::Stanza(el) => {
+                let kind = el.attr("type").unwrap_or("");
+                let answered = match el.name() {
+                    "message" => kind != "error",
+                    "iq" => kind == "get" || kind == "set",
+                    _ => false,
+                };
+                if !answered {
+                    return;
+                }
+                Output::Stanza(gateway::error_reply(
+                    &el,
+                    Condition::ServiceUnavailable,
+                    Some(WHY),
+                ))
+            }
+            _ => return,
+        };
+        // Queued as the last engine's (the catch-all): the bridge's own answer.
+        let engine = self.engines.len().saturating_sub(1);
+        self.push(engine, vec![out]);
     }
 
     /// The facts the engines produced, to the engines that take them (see the module
@@ -566,13 +644,25 @@ impl Bridge {
         })
     }
 
-    /// The earliest of the engines' deadlines.
+    /// The earliest of the engines' deadlines; under a lease, none while not serving, and
+    /// the lease's deadline if it comes first (the engines' timers wait while not serving).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.engines.iter().filter_map(|e| e.poll_timeout()).min()
+        let due = self.engines.iter().filter_map(|e| e.poll_timeout()).min();
+        match (self.leased, self.serving_until) {
+            (false, _) => due,
+            (true, None) => None,
+            (true, Some(until)) => Some(due.map_or(until, |d| d.min(until))),
+        }
     }
 
-    /// Runs the engines whose deadline is due at `now`.
+    /// Runs the engines whose deadline is due at `now` (none while not serving).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.serving(now) {
+            if self.serving_until.take().is_some() {
+                warn!("lease deadline passed: serving nothing until the lease is renewed");
+            }
+            return;
+        }
         for i in 0..self.engines.len() {
             if self.engines[i].poll_timeout().is_some_and(|d| d <= now) {
                 let out = self.engines[i].handle_timeout(now);
@@ -647,7 +737,8 @@ impl Bridge {
     fn answer(&self, engine: usize, response: Message) -> Message {
         let ok = response.status().is_some_and(status::is_success);
         if self.unsaved && ok {
-            self.failure(Condition::InternalServerError, "state not saved")
+            self.failure(Condition::ServiceUnavailable, "state not saved")
+                .retry_after(STORE_RETRY_AFTER_SECS)
                 .instead_of(&response)
         } else if self.refused && self.engines[engine].promises_delivery(&response) {
             self.failure(Condition::ServiceUnavailable, "XMPP server unreachable")

@@ -5,6 +5,8 @@
 //! - [`MemStore`] (`mem.rs`): the same behaviour in memory, for engine unit tests.
 //! - [`PgStore`] (`pg_store.rs`): the same in a PostgreSQL database, for high availability.
 //! - `RedbStore` (`redb_store.rs`, with `--features redb`): the evaluated alternative on redb.
+//! - `lease.rs`: the leader lease's decisions (sans-IO); `pg_lease.rs`: its row in PostgreSQL
+//!   and the task that takes and renews it (docs/high-availability.md).
 //! - `codec.rs`: the key layout and the compact binary record encoding all of them use.
 //!
 //! **Durability.** A subscription write or removal is durable when the call returns: it is in
@@ -31,7 +33,9 @@
 //! such records in [`Stats::corrupt`]. An error from the database itself ends an iteration.
 
 mod codec;
+pub mod lease;
 mod mem;
+pub mod pg_lease;
 mod pg_store;
 #[cfg(feature = "redb")]
 mod redb_store;
@@ -455,6 +459,13 @@ pub trait Store: Send + Sync {
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Makes every later write carry leader epoch `epoch` (docs/high-availability.md): a store
+    /// shared by several bridges then refuses a write once another epoch is in force
+    /// ([`StoreError::Fenced`]). False for a store of one machine, which has no epochs.
+    fn fence(&self, _epoch: u64) -> bool {
+        false
+    }
 }
 
 /// Where [`SledStore`] lives inside `storage.path` (a subdirectory, so that another backend or

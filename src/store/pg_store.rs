@@ -762,6 +762,11 @@ async fn open_schema(inner: &Inner, migrating: bool) -> Result<Opened, StoreErro
 }
 
 impl Store for PgStore {
+    fn fence(&self, epoch: u64) -> bool {
+        self.set_epoch(Some(epoch));
+        true
+    }
+
     fn put_subscription(&self, s: &Subscription) -> Result<(), StoreError> {
         self.put(true, std::slice::from_ref(s))
     }
