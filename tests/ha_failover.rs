@@ -48,7 +48,7 @@ use lcs_test_support::pki::{Pki, write_bridge_files};
 use lcs_test_support::postgres::Postgres;
 use lcs_test_support::{Prosody, XMPP_DOMAIN, XmppServer};
 use serde_json::Value;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 const LCS: &str = "contoso.com";
 const ALICE: &str = "alice@xmpp.test";
@@ -355,10 +355,7 @@ fn failover_split_brain_and_database_restart() {
         .unwrap();
     rt.block_on(async {
         let tls = Tls::new(&edge_leaf, &pki.ca);
-        let partner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let partner_port = partner.local_addr().unwrap().port();
-        let (events_tx, events) = unbounded_channel();
-        net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
+        let (partner_port, events_tx, events) = net::sip_partner(tls.acceptor.clone()).await;
         let sip_port = lcs_test_support::free_port();
         let dns = TestDns::start(&[XMPP_DOMAIN]).await;
         dns.set_srv(

@@ -431,6 +431,21 @@ impl Tls {
     }
 }
 
+/// A partner edge on loopback accepting the bridge's mutual-TLS SIP connections
+/// ([`accept_sip`], ids from 0): its port, a sender for the test's own connections' events, and
+/// the events of all of them.
+pub async fn sip_partner(
+    acceptor: TlsAcceptor,
+) -> (u16, UnboundedSender<Event>, UnboundedReceiver<Event>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("a bound address").port();
+    let (events_tx, events) = unbounded_channel();
+    accept_sip(listener, acceptor, 0, events_tx.clone());
+    (port, events_tx, events)
+}
+
 /// Accepts the bridge's TLS connections on `listener` for ever, numbering them from
 /// `first_id` upwards.
 pub fn accept_sip(
