@@ -13,6 +13,10 @@ use lcs_bridge::core::tables::Mappings;
 use lcs_bridge::store::{Store, StoreError};
 use lcs_bridge::{app, config, doctor, inspect};
 
+/// mimalloc instead of the system allocator (docs/benchmarks.md "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lcs-bridge",
