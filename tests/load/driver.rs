@@ -760,20 +760,30 @@ impl Drop for World {
     }
 }
 
-fn spawn_bridge(opts: &Options, config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
+/// The gateway's log file, opened for appending.
+fn append_to(log: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .unwrap();
-    let mut cmd = match opts.bridge_cpu {
+        .unwrap()
+}
+
+/// A command running `bin`, pinned to the gateway's CPU (`taskset`) when one is set.
+fn pinned(opts: &Options, bin: &Path) -> Command {
+    match opts.bridge_cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string()]).arg(&opts.bridge);
+            c.args(["-c", &cpu.to_string()]).arg(bin);
             c
         }
-        None => Command::new(&opts.bridge),
-    };
+        None => Command::new(bin),
+    }
+}
+
+fn spawn_bridge(opts: &Options, config: &Path, log: &Path) -> Child {
+    let log = append_to(log);
+    let mut cmd = pinned(opts, &opts.bridge);
     cmd.arg("run")
         .arg("--config")
         .arg(config)
@@ -790,19 +800,8 @@ fn spawn_bridge(opts: &Options, config: &Path, log: &Path) -> Child {
 /// allocators.
 fn spawn_kamailio(opts: &Options, k: &Kamailio, cfg: &Path, log: &Path) -> Child {
     use std::os::unix::process::CommandExt as _;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut cmd = match opts.bridge_cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string()]).arg(&k.bin);
-            c
-        }
-        None => Command::new(&k.bin),
-    };
+    let log = append_to(log);
+    let mut cmd = pinned(opts, &k.bin);
     cmd.arg("-f")
         .arg(cfg)
         .args(["-DD", "-E", "-m", "256", "-M", "32"]);
