@@ -16,7 +16,11 @@
 //! | [`config`] | reads files | configuration loading and offline validation (`check-config`) |
 //! | [`inspect`] | none | the administrator's `inspect` views of wire data |
 //! | [`backoff`] | none | reconnect backoff with jitter (the edge's pool and the XMPP link) |
-//! | [`store`] | disk | persistent subscriptions and IM dialogs behind the `Store` trait (sled, or redb with the feature) |
+//! | [`store`] | disk, database | persistent subscriptions and IM dialogs behind the `Store` trait (sled, PostgreSQL, or redb with the feature); the leader lease (`store::lease` sans-IO, `store::pg_lease` its PostgreSQL row) |
+//! | [`ha`] | database, clock | active/standby for `lcs-bridge run`: waits for the leader lease, follows it while serving |
+//! | [`store`] | disk, database | persistent subscriptions and IM dialogs behind the `Store` trait (sled, PostgreSQL, or redb with the feature) |
+//! | [`telemetry`] | none (records) | the operations metrics' names and handles (`metrics` facade); only the I/O modules record |
+//! | [`ops`] | sockets | the operations HTTP listener: `/metrics`, `/health`, `/ready` |
 //! | [`systemd`] | environment, Unix socket | the service manager's notifications: readiness, watchdog, reload, stopping |
 //! | [`app`] | sockets, signals, clock | wires everything together for `lcs-bridge run` |
 //! | [`doctor`] | DNS, sockets, clock ([`doctor::probe`]) | `lcs-bridge doctor`: the online checks of a deployment, judged without I/O, probed with the edge's and the link's own parts |
@@ -30,12 +34,17 @@ pub mod backoff;
 pub mod compact;
 pub mod config;
 pub mod core;
+pub mod demo;
 pub mod doctor;
 pub mod edge;
 pub mod engine;
+pub mod ha;
 pub mod inspect;
+pub mod ops;
 pub mod random;
 pub mod sip;
 pub mod store;
 pub mod systemd;
+pub mod telemetry;
+pub mod transcript;
 pub mod xmpp;

@@ -13,6 +13,10 @@ use lcs_bridge::core::tables::Mappings;
 use lcs_bridge::store::{Store, StoreError};
 use lcs_bridge::{app, config, doctor, inspect};
 
+/// mimalloc instead of the system allocator (docs/benchmarks.md "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lcs-bridge",
@@ -26,6 +30,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try it: a private Prosody, the bridge and a simulated Lync partner (contoso.test) on
+    /// loopback, with a live transcript; Ctrl-C stops everything (docs/demo.md).
+    Demo {
+        /// Prosody's client port (default: 5222 when free, else a free one).
+        #[arg(long)]
+        c2s_port: Option<u16>,
+        /// Seconds between the Lync users' availability changes.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        presence_every: u64,
+    },
     /// Run the bridge.
     Run {
         /// Configuration file (TOML).
@@ -53,6 +67,20 @@ enum Command {
     /// Read the persistent store (subscriptions, IM dialogs). The bridge must be stopped.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Administer the running bridge over its local socket (admin.socket): partners,
+    /// subscriptions USER, block DOMAIN, unblock DOMAIN, reload.
+    Admin {
+        /// Configuration file (TOML); the socket is its admin.socket.
+        #[arg(long, short, required_unless_present = "socket")]
+        config: Option<PathBuf>,
+        /// The socket itself, instead of --config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// partners | subscriptions | block | unblock | reload
+        command: String,
+        /// The command's arguments (a user's bare JID, a SIP domain).
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,9 +348,54 @@ fn doctor(file: &Path, partners: Vec<String>) -> ExitCode {
     }
 }
 
+/// `lcs-bridge admin`: the outcome's message, then its lines; exit status 1 when the command
+/// failed or the bridge could not be asked.
+fn run_admin(
+    config: Option<&Path>,
+    socket: Option<PathBuf>,
+    command: &str,
+    args: &[String],
+) -> ExitCode {
+    let socket = match (socket, config) {
+        (Some(s), _) => Ok(s),
+        (None, Some(c)) => app::admin::socket_of(c),
+        (None, None) => Err(anyhow::anyhow!("--config or --socket is needed")),
+    };
+    match socket.and_then(|s| app::admin::request(&s, command, args)) {
+        Ok(outcome) => {
+            println!("{}", outcome.message);
+            for line in &outcome.lines {
+                println!("  {line}");
+            }
+            if outcome.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo {
+            c2s_port,
+            presence_every,
+        } => match lcs_bridge::demo::run(&lcs_bridge::demo::Options {
+            c2s_port,
+            presence_every: std::time::Duration::from_secs(presence_every),
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match app::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -332,6 +405,12 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { file } => check_config(&file),
         Command::Doctor { config, partners } => doctor(&config, partners),
+        Command::Admin {
+            config,
+            socket,
+            command,
+            args,
+        } => run_admin(config.as_deref(), socket, &command, &args),
         Command::Store(cmd) => match run_store(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

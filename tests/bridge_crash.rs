@@ -86,7 +86,7 @@ use lcs_bridge::store::{
     Approval, Direction, ImDialog, SledStore, Store, SubState, Subscription, sled_dir,
 };
 use serde_json::json;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use lcs_test_support::config::BridgeConfig;
 use lcs_test_support::e2e::{ALICE_PASSWORD, Bridge, Mode, XmppClient, bare, tail};
@@ -1582,10 +1582,7 @@ fn acknowledged_subscriptions_survive_sigkill() {
         .unwrap();
     rt.block_on(async {
         let tls = Tls::new(&edge_leaf, &pki.ca);
-        let partner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let partner_port = partner.local_addr().unwrap().port();
-        let (events_tx, events) = unbounded_channel();
-        net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
+        let (partner_port, events_tx, events) = net::sip_partner(tls.acceptor.clone()).await;
         let sip_port = lcs_test_support::free_port();
         let config = dir.join("lcs-bridge.toml");
         let toml = BridgeConfig {

@@ -272,9 +272,12 @@ fn xmpp_server_examples_check_and_address_as_documented() {
             "\ncomponent_domains = [\"contoso.com\"",
         );
     assert_ne!(direct, ejabberd);
-    std::fs::write(config_dir.join("direct.toml"), &direct).unwrap();
+    // As an administrator would: the examples' placeholder secret replaced (it is warned about).
+    let own_secret = |text: &str| text.replace("secret = \"change-me\"", "secret = \"0ur-own\"");
+    std::fs::write(config_dir.join("direct.toml"), own_secret(&direct)).unwrap();
     for name in ["prosody.example.toml", "ejabberd.example.toml"] {
-        std::fs::copy(repo().join("config").join(name), config_dir.join(name)).unwrap();
+        let text = std::fs::read_to_string(repo().join("config").join(name)).unwrap();
+        std::fs::write(config_dir.join(name), own_secret(&text)).unwrap();
     }
     for (name, roster_jid) in [
         ("prosody.example.toml", "joe\\40contoso.com@lcs.example.org"),
@@ -318,6 +321,7 @@ fn run_against(prosody: &impl lcs_test_support::XmppServer, file: &Path, secret:
     cmd.args(["run", "--config", file.to_str().unwrap()])
         .env("RUST_LOG", "info")
         .env("LCS_BRIDGE__SIP__LISTEN", free_loopback_addr())
+        .env("LCS_BRIDGE__ADMIN__METRICS_LISTEN", free_loopback_addr())
         .env(
             "LCS_BRIDGE__XMPP__PORT",
             prosody.component_port().to_string(),

@@ -196,7 +196,19 @@ fn example_configuration_passes_with_certificates_from_the_script() {
     assert!(status.success(), "make-test-certs.sh failed: {status}");
 
     for name in examples {
-        let report = check(&config_dir.join(name));
+        let path = config_dir.join(name);
+        let report = check(&path);
+        assert_eq!(lines(&report.problems), Vec::<String>::new(), "{name}");
+        let placeholder = "xmpp.secret: is the example's placeholder \"change-me\"";
+        let warnings = lines(&report.warnings);
+        assert!(
+            warnings.len() == 1 && warnings[0].starts_with(placeholder),
+            "{name}: {warnings:?}"
+        );
+        // As an administrator would: a secret of one's own, and then no warning at all.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"change-me\"", "\"0ur-own\"")).unwrap();
+        let report = check(&path);
         assert_eq!(lines(&report.problems), Vec::<String>::new(), "{name}");
         assert_eq!(lines(&report.warnings), Vec::<String>::new(), "{name}");
     }

@@ -77,11 +77,20 @@ else
     log "missing prosody mod_privilege (package prosody-modules)"
     missing_pkgs+=(prosody-modules)
 fi
+# Not on PATH: PostgreSQL's server programs (tests/store_pg.rs and the high-availability
+# tests start their own server with initdb + postgres), under /usr/lib/postgresql/<major>/bin.
+pg_initdb() { ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1; }
+if [ "$force" != 1 ] && [ -n "$(pg_initdb)" ]; then
+    log "found postgresql: $(pg_initdb)"
+else
+    log "missing postgresql server (package postgresql)"
+    missing_pkgs+=(postgresql)
+fi
 
 if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing_pkgs[*]}"
     installing_daemons=0
-    case " ${missing_pkgs[*]} " in *" prosody "* | *" ejabberd "*) installing_daemons=1 ;; esac
+    case " ${missing_pkgs[*]} " in *" prosody "* | *" ejabberd "* | *" postgresql "*) installing_daemons=1 ;; esac
 
     # Keep package maintainer scripts from starting system services (exit 101 =
     # "action forbidden" for invoke-rc.d / deb-systemd-invoke). Only add the file
@@ -112,11 +121,11 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
         # socket activation...), stop it and keep it from starting at boot, so no
         # system prosody/ejabberd/epmd holds ports or state while tests run.
         if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-            for unit in prosody.service ejabberd.service epmd.service epmd.socket; do
+            for unit in prosody.service ejabberd.service epmd.service epmd.socket postgresql.service; do
                 as_root systemctl disable --now "$unit" >/dev/null 2>&1 || true
             done
         else
-            for svc in prosody ejabberd; do
+            for svc in prosody ejabberd postgresql; do
                 if [ -x "/etc/init.d/$svc" ]; then
                     as_root "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
                 fi
@@ -135,6 +144,7 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
         command -v "$bin" >/dev/null 2>&1 || die "$bin still missing after apt-get install"
     done
     [ -f "$MOD_PRIVILEGE" ] || die "$MOD_PRIVILEGE still missing after apt-get install"
+    [ -n "$(pg_initdb)" ] || die "PostgreSQL's initdb still missing after apt-get install"
 else
     log "all Debian packages present; apt-get not run"
 fi

@@ -25,6 +25,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("compact", &[]),
     ("random", &[]),
     ("backoff", &[]),
+    // The operations metrics' names and handles (the `metrics` crate alone).
+    ("telemetry", &[]),
     // The service manager's notifications (sd_notify), for the runner.
     ("systemd", &[]),
     // The codecs and translation, sans-IO.
@@ -33,17 +35,35 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("config", &["core", "sip"]),
     ("store", &["sip"]),
     ("xmpp", &["backoff", "config", "core", "sip"]),
-    ("edge", &["backoff", "config", "random", "sip"]),
+    ("edge", &["backoff", "config", "random", "sip", "telemetry"]),
     (
         "engine",
         &["compact", "core", "edge", "random", "sip", "store", "xmpp"],
     ),
     ("inspect", &["core", "sip", "xmpp"]),
+    // Active/standby: the leader lease for the runner (I/O).
+    ("ha", &["config", "store"]),
+    // The operations HTTP listener (/metrics, /health, /ready).
+    ("ops", &["telemetry", "xmpp"]),
+    // One line per translation, described from the bridge's inputs and actions.
+    ("transcript", &["core", "edge", "engine", "sip"]),
     // The runner and the binary wire everything.
     (
         "app",
         &[
-            "config", "core", "edge", "engine", "random", "sip", "store", "systemd", "xmpp",
+            "config",
+            "core",
+            "edge",
+            "engine",
+            "ha",
+            "ops",
+            "random",
+            "sip",
+            "store",
+            "systemd",
+            "telemetry",
+            "transcript",
+            "xmpp",
         ],
     ),
     // `lcs-bridge doctor`: the edge's, the link's and the SIP codec's own parts, probed.
@@ -51,9 +71,13 @@ const LAYERS: &[(&str, &[&str])] = &[
         "doctor",
         &["config", "core", "edge", "random", "sip", "xmpp"],
     ),
+    // `lcs-bridge demo`: Prosody, a simulated partner and the runner, on loopback.
+    ("demo", &["app", "core", "random", "sip", "transcript"]),
     (
         "main",
-        &["app", "config", "core", "doctor", "inspect", "store"],
+        &[
+            "app", "config", "core", "demo", "doctor", "inspect", "store",
+        ],
     ),
     ("lib", &[]),
 ];
@@ -63,22 +87,50 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// the XMPP link only through sans-IO types (`edge::event::EdgeEvent`, `edge::core::Route`).
 const IO_MODULES: &[&str] = &[
     "app",
+    "ha",
     "main",
     "edge::server",
     "edge::dns",
     "xmpp::link",
     "store::sled_store",
     "store::redb_store",
+    "store::pg_lease",
+    "store::pg_store",
     "doctor::probe",
     "systemd",
+    "demo",
+    "demo::partner_io",
+    "demo::prosody",
+    "demo::output",
+    // Not I/O, but recording is a side effect the sans-IO code must not have: only the I/O
+    // modules count (the engines are sampled through `Bridge::census`).
+    "telemetry",
+    "ops",
 ];
 
-/// Who else may import an I/O module: the edge's server task runs the DNS discovery; doctor's
-/// probe runs it and the component link's handshake.
+/// Who else may import an I/O module: the edge's server task runs the DNS discovery and
+/// records metrics; doctor's probe runs the discovery and the component link's handshake; the
+/// operations listener renders the metrics and reads the link's state; `ha` (the runner's
+/// active/standby part) the lease task.
 const IO_IMPORTERS: &[(&str, &str)] = &[
     ("edge::server", "edge::dns"),
+    ("edge::server", "telemetry"),
     ("doctor::probe", "edge::dns"),
     ("doctor::probe", "xmpp::link"),
+    // The runner's active/standby part starts and follows the lease task.
+    ("ha", "store::pg_lease"),
+    ("ops", "telemetry"),
+    // `/ready` asks the component link whether its streams are up.
+    ("ops", "xmpp::link"),
+    // The demo runs the bridge (`app::run_with`) and starts its Prosody, its partner's edge
+    // and its output; the output names the partner's log target, Prosody's installer writes
+    // through the output.
+    ("demo", "app"),
+    ("demo", "demo::partner_io"),
+    ("demo", "demo::prosody"),
+    ("demo", "demo::output"),
+    ("demo::output", "demo::partner_io"),
+    ("demo::prosody", "demo::output"),
 ];
 
 /// One import: from a file module to a module, with the path as written, for the message.

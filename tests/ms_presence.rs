@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use lcs_bridge::sip::message::Message;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use lcs_test_support::config::BridgeConfig;
 use lcs_test_support::e2e::{Bridge, Mode};
@@ -69,10 +69,7 @@ impl World {
             false,
         );
         let tls = Tls::new(&edge_leaf, &pki.ca);
-        let partner = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = partner.local_addr().unwrap().port();
-        let (events_tx, events) = unbounded_channel();
-        net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
+        let (port, events_tx, events) = net::sip_partner(tls.acceptor.clone()).await;
         let component = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sip_port = free_port();
         let federation = ["contoso.com", "fabrikam.com", "litware.com"]

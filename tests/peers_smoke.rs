@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lcs_test_support::postgres::Postgres;
 use lcs_test_support::{
     COMPONENT_SECRET, Ejabberd, Handshake, Prosody, XmppServer, component_handshake, require_peer,
     require_python_modules, run_with_timeout,
@@ -157,8 +158,57 @@ fn peers_present() {
             "baresip -h: {text}"
         );
     }
+    // PostgreSQL: found as lcs_test_support::postgres finds it (not on Debian's PATH).
+    if let Some(pg) = Postgres::start() {
+        assert!(pg.psql("SELECT version()").starts_with("PostgreSQL "));
+    }
     for bin in ["prosody", "prosodyctl", "ejabberdctl", "openssl"] {
         require_peer(bin);
     }
     require_python_modules(&["slixmpp", "pjsua2"]);
+}
+
+/// The harness's PostgreSQL: it starts on loopback, a committed row survives a clean restart
+/// and a crash (SIGKILL of every server process), and while it is down clients are refused.
+#[test]
+fn postgres_starts_survives_kill_and_restarts() {
+    let Some(pg) = Postgres::start() else { return };
+    let started = Instant::now();
+    pg.psql("CREATE TABLE t (v int); INSERT INTO t VALUES (1)");
+    pg.restart();
+    assert_eq!(pg.psql("SELECT v FROM t"), "1");
+    pg.psql("INSERT INTO t VALUES (2)");
+    let pid = pg.pid().expect("running");
+    pg.kill();
+    assert!(
+        !pg.is_running(),
+        "postmaster {pid} still running after kill"
+    );
+    assert!(
+        pg.try_psql(Postgres::DATABASE, "SELECT 1").is_err(),
+        "a killed server answered"
+    );
+    pg.start_again();
+    assert_eq!(pg.psql("SELECT v FROM t ORDER BY v"), "1\n2");
+    assert_ne!(pg.pid(), Some(pid));
+    // Over TCP the password is required (SCRAM), and it works.
+    let tcp_psql = |password: Option<&str>| {
+        let mut cmd = Command::new(pg.bin().join("psql"));
+        cmd.args(["-X", "-A", "-t", "-w", "-c", "SELECT 7", &pg.url()]);
+        cmd.env_remove("PGPASSWORD");
+        if let Some(pw) = password {
+            cmd.env("PGPASSWORD", pw);
+        }
+        run_with_timeout(&mut cmd, Duration::from_secs(30))
+    };
+    let refused = tcp_psql(None);
+    assert!(!refused.status.success(), "TCP without a password accepted");
+    let ok = tcp_psql(Some(pg.password()));
+    assert!(
+        ok.status.success(),
+        "TCP with the password: {}",
+        output_text(&ok)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "7");
+    eprintln!("postgres harness round trip: {:?}", started.elapsed());
 }

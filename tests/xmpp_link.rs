@@ -408,3 +408,42 @@ async fn ejabberd_round_trip_wrong_secret_and_keepalive() {
     }
     assert!(handle.is_up(GATEWAY_COMPONENT));
 }
+
+/// A closed connect gate (a bridge that may not serve now) keeps the link from connecting
+/// again after its stream is lost; opened, it connects at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_gate_keeps_the_link_from_reconnecting() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(mut prosody) = Prosody::start() else {
+        return;
+    };
+    let open = Arc::new(AtomicBool::new(true));
+    let gate: link::ConnectGate = {
+        let open = open.clone();
+        Arc::new(move || open.load(Ordering::SeqCst))
+    };
+    let domains = [GATEWAY_COMPONENT];
+    let (handle, mut rx) = link::start_gated(
+        settings(prosody.component_port(), &domains, COMPONENT_SECRET),
+        STARTUP,
+        Some(gate),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", prosody.log()));
+    expect_up(&mut rx, &domains).await;
+    open.store(false, Ordering::SeqCst);
+    prosody.restart();
+    assert!(matches!(
+        next_event(&mut rx, "the stream lost").await,
+        LinkEvent::Down { .. }
+    ));
+    // Prosody is back, the backoff (at most 800 ms here) long over: still not connected.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!handle.is_up(GATEWAY_COMPONENT));
+    assert!(rx.try_recv().is_err(), "no event while the gate is closed");
+    open.store(true, Ordering::SeqCst);
+    expect_up(&mut rx, &domains).await;
+    assert!(handle.is_up(GATEWAY_COMPONENT));
+    stop_link(handle, rx).await;
+}

@@ -468,82 +468,82 @@ keys! {
     PRESENCE_DISPLAY_NAME_SUFFIX = "presence", "display_name_suffix" {
         kind: Kind::Text,
         default: Absent,
-        reload: Restart,
+        reload: Sighup,
         doc: r#"Text appended to local users' display names sent to LCS, e.g. `" (XMPP)"`. ≤ 64 characters, no control characters."#,
     }
     PRESENCE_ICON_URL = "presence", "icon_url" {
         kind: Kind::Text,
         default: Absent,
-        reload: Restart,
+        reload: Sighup,
         doc: "Network-of-origin icon sent as `ci:icon`. Must be an `https://` URL with a valid host (the profile: PNG, ≤ 16×16, ≤ 8 KB — not checked offline).",
     }
     PRESENCE_NOTIFY_MIN_INTERVAL_SECS = "presence", "notify_min_interval_secs" {
         kind: Kind::Integer,
         default: Integer(5),
         range: Some((1, 300)),
-        reload: Restart,
+        reload: Sighup,
         doc: "Least time between two NOTIFYs to one watcher; bursts are coalesced. 1–300.",
     }
     PRESENCE_SUBSCRIPTION_EXPIRES_SECS = "presence", "subscription_expires_secs" {
         kind: Kind::Integer,
         default: Integer(3600),
         range: Some((60, 86400)),
-        reload: Restart,
+        reload: Sighup,
         doc: "Expires of presence subscriptions toward LCS. 60–86400.",
     }
     PRESENCE_RESTORE_RATE = "presence", "restore_rate" {
         kind: Kind::Integer,
         default: Integer(1000),
         range: Some((10, 100000)),
-        reload: Restart,
+        reload: Sighup,
         doc: "The pace of the bridge's catching up, in requests (and stanzas) per second: after a start, stored subscriptions are taken up at this rate (fresh SUBSCRIBEs toward LCS and the NOTIFYs owed to LCS watchers, in one paced sequence; the probes, gateway presences and repeated requests to the XMPP server in another); after a component stream comes back, the stanzas that bring the XMPP server up to date go at this rate; after a partner's connection is lost, the fresh SUBSCRIBEs replacing the dialogs on it join the paced requests. So neither a restart nor a lost connection hits partners' edges or the XMPP server with one burst, nor holds every request in memory at once. 10–100000. With 1000, 100,000 stored subscriptions are all refreshed within 100 s.",
     }
     PRESENCE_MAX_PENDING_PER_DOMAIN = "presence", "max_pending_per_domain" {
         kind: Kind::Integer,
         default: Integer(1000),
         range: Some((1, 1000000)),
-        reload: Restart,
+        reload: Sighup,
         doc: "LCS watchers from one discovered (unlisted) domain waiting for a local user's approval. A new watcher beyond it gets `503` with `Retry-After: 600`, reason `Too many pending subscriptions from <domain> (presence.max_pending_per_domain)`, and a WARN log line. The default is OCS's contact limit for discovered partners. 1–1000000.",
     }
     PRESENCE_MAX_PENDING_PER_PARTNER = "presence", "max_pending_per_partner" {
         kind: Kind::Integer,
         default: Integer(10_000),
         range: Some((1, 1000000)),
-        reload: Restart,
+        reload: Sighup,
         doc: r#"The same for the domain of a listed partner (`[[federation.partners]]` with `policy = "allow"`, as configured at start), named `presence.max_pending_per_partner`. 1–1000000."#,
     }
     PRESENCE_MAX_PENDING_PER_USER = "presence", "max_pending_per_user" {
         kind: Kind::Integer,
         default: Integer(100),
         range: Some((1, 100000)),
-        reload: Restart,
+        reload: Sighup,
         doc: "LCS watchers waiting for one local user's approval; beyond it likewise `503`, naming `presence.max_pending_per_user`. 1–100000.",
     }
     PRESENCE_ENHANCED = "presence", "enhanced" {
         kind: Kind::Boolean,
         default: Boolean(true),
-        reload: Restart,
+        reload: Sighup,
         doc: "Offer Microsoft enhanced presence on the SUBSCRIBEs to LCS users: `Accept: application/msrtc-event-categories+xml, text/xml+msrtc.pidf, application/pidf+xml` with a category subscription body (state, note, contactCard), so that XMPP users see Lync/Skype for Business availability, activities and notes (docs/mapping.md). A partner domain that refuses it (400, 406, 415, 420, 488) is asked again at once with PIDF only, and remembered for a day. `false`: PIDF only, as the federation profile.",
     }
     IM_SESSION_IDLE_SECS = "im", "session_idle_secs" {
         kind: Kind::Integer,
         default: Integer(600),
         range: Some((10, 86400)),
-        reload: Restart,
+        reload: Sighup,
         doc: "An IM session with no message for this long is ended with BYE. 10–86400.",
     }
     IM_MAX_MESSAGE_BYTES = "im", "max_message_bytes" {
         kind: Kind::Integer,
         default: Integer(16 * 1024),
         range: Some((256, 65536)),
-        reload: Restart,
+        reload: Sighup,
         doc: "Largest message body sent to LCS, in bytes of UTF-8; a larger XMPP message is returned to its sender with `policy-violation`. 256–65536.",
     }
     IM_MAX_QUEUED_MESSAGES = "im", "max_queued_messages" {
         kind: Kind::Integer,
         default: Integer(100),
         range: Some((1, 10000)),
-        reload: Restart,
+        reload: Sighup,
         doc: "Messages held for one session while its INVITE is pending; beyond it the sender gets `resource-constraint`. 1–10000.",
     }
     IM_DIALOG_MAX_AGE_SECS = "im", "dialog_max_age_secs" {
@@ -552,35 +552,35 @@ keys! {
         default_note: " (23 h)",
         range: Some((3600, 86340)),
         why: " (LCS signs dialog headers for 24 hours)",
-        reload: Restart,
+        reload: Sighup,
         doc: "A session older than this is replaced by a fresh INVITE before its next message, because LCS signs dialog headers for 24 hours. 3600–86340.",
     }
     IM_MAX_SESSIONS = "im", "max_sessions" {
         kind: Kind::Integer,
         default: Integer(10_000),
         range: Some((1, 1000000)),
-        reload: Restart,
+        reload: Sighup,
         doc: "IM sessions open at once, in all (each holds a dialog, its stored record and a synced write when it opens). An INVITE from LCS beyond it gets `486 Busy Here` with a reason naming `im.max_sessions` and a WARN log line; an XMPP user's message that would open one is returned with `resource-constraint`. 1–1000000.",
     }
     IM_MAX_SESSIONS_PER_DOMAIN = "im", "max_sessions_per_domain" {
         kind: Kind::Integer,
         default: Integer(1000),
         range: Some((1, 1000000)),
-        reload: Restart,
+        reload: Sighup,
         doc: "IM sessions with the users of one discovered (unlisted) domain, both directions; beyond it likewise, naming `im.max_sessions_per_domain`. 1–1000000.",
     }
     IM_MAX_SESSIONS_PER_PARTNER = "im", "max_sessions_per_partner" {
         kind: Kind::Integer,
         default: Integer(10_000),
         range: Some((1, 1000000)),
-        reload: Restart,
+        reload: Sighup,
         doc: r#"The same for the domain of a listed partner (`[[federation.partners]]` with `policy = "allow"`, as configured at start), named `im.max_sessions_per_partner`. 1–1000000."#,
     }
     IM_MAX_SESSIONS_PER_USER = "im", "max_sessions_per_user" {
         kind: Kind::Integer,
         default: Integer(100),
         range: Some((1, 100000)),
-        reload: Restart,
+        reload: Sighup,
         doc: "IM sessions of one local user, both directions; beyond it likewise, naming `im.max_sessions_per_user`. 1–100000.",
     }
     STORAGE_PATH = "storage", "path" {
@@ -592,20 +592,61 @@ keys! {
     STORAGE_BACKEND = "storage", "backend" {
         kind: Kind::Text,
         default: Text("sled"),
-        choices: &["sled", "redb"],
+        choices: &["sled", "redb", "postgres"],
         reload: Restart,
-        doc: r#"Which store keeps the state under `path`: `"sled"` (in `sled/`), or `"redb"` (in `store.redb`; only in a build with the `redb` feature, docs/storage.md "redb")."#,
+        doc: r#"Which store keeps the state: `"sled"` (under `path`, in `sled/`; one machine), `"postgres"` (in the PostgreSQL database `url` names; for high availability, docs/storage.md "PostgreSQL"), or `"redb"` (under `path`, in `store.redb`; only in a build with the `redb` feature, docs/storage.md "redb")."#,
+    }
+    STORAGE_URL = "storage", "url" {
+        kind: Kind::Text,
+        default: Absent,
+        reload: Restart,
+        doc: r#"With `backend = "postgres"` (required then): the database, as a URL (`postgres://lcs_bridge@db1.example.org:5432/lcs_bridge`, several hosts comma-separated, `?sslmode=disable`, `options=-csearch_path%3Dlcs` and the other libpq URL parameters) or as libpq `key=value` parts (`host=db1.example.org port=5432 user=lcs_bridge dbname=lcs_bridge`). It must not hold a password (`storage.password_file`). Connections are not encrypted: keep the database on a trusted network or loopback."#,
+    }
+    STORAGE_PASSWORD_FILE = "storage", "password_file" {
+        kind: Kind::Text,
+        default: Absent,
+        reload: Restart,
+        doc: "With `backend = \"postgres\"`: a file holding the database password (trailing newline ignored). Must exist and not be empty; readable by every user is a warning. None: the server must not ask for one (e.g. `peer` or `trust` authentication).",
+    }
+    STORAGE_POOL_SIZE = "storage", "pool_size" {
+        kind: Kind::Integer,
+        default: Integer(8),
+        range: Some((1, 100)),
+        reload: Restart,
+        doc: "With `backend = \"postgres\"`: connections to the database at most; concurrent writes on different connections share the server's log flushes. 1–100.",
+    }
+    STORAGE_CONNECT_TIMEOUT_SECS = "storage", "connect_timeout_secs" {
+        kind: Kind::Integer,
+        default: Integer(5),
+        range: Some((1, 300)),
+        reload: Restart,
+        doc: "With `backend = \"postgres\"`: a connection attempt gives up after this; while the database cannot be reached, each store call fails within it (the request at hand is refused, nothing is acknowledged). 1–300.",
+    }
+    HA_NODE = "ha", "node" {
+        kind: Kind::Text,
+        default: Absent,
+        default_note: " (the host name)",
+        reload: Restart,
+        doc: "This bridge's name in the leader lease (with a PostgreSQL store: docs/high-availability.md), shown in the other nodes' logs (`standby: waiting for the lease held by …`, `deposed: bridge … took the lease`). Give each bridge sharing one database its own. 1–64 characters, no control characters or white space.",
+    }
+    HA_LEASE_TTL_SECS = "ha", "lease_ttl_secs" {
+        kind: Kind::Integer,
+        default: Integer(6),
+        range: Some((2, 60)),
+        why: " (below 2 s one slow renewal costs the lease; above 60 s a failover waits too long)",
+        reload: Restart,
+        doc: "How long the leader lease lasts without a renewal (with a PostgreSQL store). The active bridge renews it every third of this and serves nothing once five sixths have passed since its last renewal began; a standby takes over when it has expired, so a failed active is replaced within about this time plus the standby's start-up. Every bridge sharing the database should use the same value. 2–60.",
     }
     MAPPINGS_PATH = "mappings", "path" {
         kind: Kind::Text,
         default: Text("mappings"),
-        reload: Restart,
+        reload: Sighup,
         doc: "Directory holding `presence.toml` and `errors.toml`. Must be a directory (`check-config`).",
     }
     LOGGING_LEVEL = "logging", "level" {
         kind: Kind::Text,
         default: Text("info"),
-        reload: Restart,
+        reload: Sighup,
         doc: "`tracing` EnvFilter directives: `info`, `warn,lcs_bridge::sip=debug`, … Must parse; a bare word that is not a level (e.g. `infoo`, which EnvFilter takes as a target name) gives a warning.",
     }
     LOGGING_FORMAT = "logging", "format" {
@@ -614,6 +655,25 @@ keys! {
         choices: &["human", "json"],
         reload: Restart,
         doc: r#"`"human"` or `"json"`."#,
+    }
+    ADMIN_JIDS = "admin", "jids" {
+        kind: Kind::TextList,
+        default: EmptyList,
+        reload: Sighup,
+        doc: "Bare JIDs (`user@domain`, of a local domain) allowed to run the bridge's ad-hoc commands (XEP-0050) on the component (docs/operations.md \"Administration\"); anyone else gets `forbidden` and sees no commands. No duplicates.",
+    }
+    ADMIN_SOCKET = "admin", "socket" {
+        kind: Kind::Text,
+        default: Absent,
+        default_note: "²",
+        reload: Restart,
+        doc: "Unix socket for `lcs-bridge admin` (created mode 0600, replaced at start; whoever can open it is an administrator). ² Unset: `admin.sock` in `storage.path`. Its directory is created (mode 0700) when missing; its parent must exist.",
+    }
+    ADMIN_METRICS_LISTEN = "admin", "metrics_listen" {
+        kind: Kind::Text,
+        default: Text("127.0.0.1:9464"),
+        reload: Restart,
+        doc: r#"Socket address (`IP:port`) of the operations HTTP listener: `/metrics` (Prometheus text format), `/health` and `/ready` (docs/operations.md "Metrics and health"); `""` turns it off. It has no authentication: an address that is not loopback gives a `check-config` warning."#,
     }
 }
 
@@ -691,9 +751,21 @@ const DOC_PARTS: &[DocPart] = &[
         outro: "",
     },
     DocPart {
+        heading: "### `[ha]`: active/standby with a shared database",
+        intro: "Read only with a PostgreSQL store; the section is optional (docs/high-availability.md).",
+        sections: &["ha"],
+        outro: "",
+    },
+    DocPart {
         heading: "### `[storage]`, `[mappings]`, `[logging]`",
         intro: "",
         sections: &["storage", "mappings", "logging"],
+        outro: "",
+    },
+    DocPart {
+        heading: "### `[admin]`: administering the running bridge",
+        intro: "",
+        sections: &["admin"],
         outro: "",
     },
 ];

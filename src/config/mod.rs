@@ -127,10 +127,14 @@ pub struct Config {
     pub im: ImConfig,
     /// `[storage]`.
     pub storage: StorageConfig,
+    /// `[ha]`.
+    pub ha: HaConfig,
     /// `[mappings]`.
     pub mappings: MappingsConfig,
     /// `[logging]`.
     pub logging: LoggingConfig,
+    /// `[admin]`: who may administer the running bridge, and the operations interfaces.
+    pub admin: AdminConfig,
     /// The file this was loaded from.
     pub source: PathBuf,
 }
@@ -542,6 +546,19 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// Which store (`storage.backend`).
     pub backend: StoreBackend,
+    /// With [`StoreBackend::Postgres`]: where and how to connect.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// `[storage]` keys of the PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `storage.url` (checked: parses, no password in it).
+    pub url: String,
+    /// Read from `storage.password_file`.
+    pub password: Option<Secret>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
 }
 
 /// `storage.backend`: which implementation of the store keeps the bridge's state.
@@ -551,6 +568,17 @@ pub enum StoreBackend {
     Sled,
     /// redb, in `<storage.path>/store.redb`; needs a build with the `redb` feature.
     Redb,
+    /// PostgreSQL, in the database `storage.url` names.
+    Postgres,
+}
+
+/// `[ha]`: the leader lease, used with a PostgreSQL store (docs/high-availability.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// This node's name in the lease row (`ha.node`); `None`: the host name.
+    pub node: Option<String>,
+    /// How long the lease lasts without a renewal (`ha.lease_ttl_secs`, default 6 s).
+    pub lease_ttl: Duration,
 }
 
 /// `[mappings]`.
@@ -567,6 +595,18 @@ pub struct LoggingConfig {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Bare JIDs allowed to run the ad-hoc commands (lowercase domain).
+    pub jids: Vec<String>,
+    /// The `lcs-bridge admin` socket (resolved; `admin.sock` in `storage.path` when unset).
+    pub socket: PathBuf,
+    /// `admin.metrics_listen`: where `/metrics`, `/health` and `/ready` are served; `None`
+    /// (the key set to `""`): not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `logging.format`.

@@ -1,7 +1,7 @@
 //! The sections of the configuration: each is walked key by key, validated, and turned into its
 //! typed struct; then the rules that span sections, and (for `check`) the file-system checks.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,9 +12,10 @@ use super::values::{
     path_value, pick, ranged, ranged_or_off, required, text, to_usize,
 };
 use super::{
-    AddressMode, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits, FederationConfig, ImConfig,
-    LogFormat, LoggingConfig, MappingsConfig, Partner, PartnerPolicy, PresenceConfig, RosterFill,
-    Secret, SipConfig, StorageConfig, StoreBackend, XmppConfig, base_dir, checks, tls,
+    AddressMode, AdminConfig, ClientCert, Config, DefaultPolicy, Edge, EdgeLimits,
+    FederationConfig, HaConfig, ImConfig, LogFormat, LoggingConfig, MappingsConfig, Partner,
+    PartnerPolicy, PostgresConfig, PresenceConfig, RosterFill, Secret, SipConfig, StorageConfig,
+    StoreBackend, XmppConfig, base_dir, checks, tls,
 };
 
 /// The sections that validated (each `None` if it had problems).
@@ -27,8 +28,10 @@ pub(crate) struct Parts {
     presence: Option<PresenceConfig>,
     im: Option<ImConfig>,
     storage: Option<StorageConfig>,
+    ha: Option<HaConfig>,
     mappings: Option<MappingsConfig>,
     logging: Option<LoggingConfig>,
+    admin: Option<AdminConfig>,
 }
 
 impl Parts {
@@ -41,8 +44,10 @@ impl Parts {
             presence: self.presence?,
             im: self.im?,
             storage: self.storage?,
+            ha: self.ha?,
             mappings: self.mappings?,
             logging: self.logging?,
+            admin: self.admin?,
             source: self.source,
         })
     }
@@ -73,8 +78,10 @@ where
         presence: None,
         im: None,
         storage: None,
+        ha: None,
         mappings: None,
         logging: None,
+        admin: None,
     };
     let Some(mut root) = reader::read_root(path, env, diag) else {
         return parts;
@@ -86,8 +93,10 @@ where
     let presence = root.table("presence", diag);
     let im = root.table("im", diag);
     let storage = root.table("storage", diag);
+    let ha = root.table("ha", diag);
     let mappings = root.table("mappings", diag);
     let logging = root.table("logging", diag);
+    let admin = root.table("admin", diag);
     root.finish(diag);
 
     parts.xmpp = section(diag, "xmpp", xmpp).and_then(|t| xmpp_section(t, base, diag));
@@ -97,15 +106,23 @@ where
     parts.presence = section(diag, "presence", presence).and_then(|t| presence_section(t, diag));
     parts.im = section(diag, "im", im).and_then(|t| im_section(t, diag));
     parts.storage = section(diag, "storage", storage).and_then(|t| storage_section(t, base, diag));
+    parts.ha = section(diag, "ha", ha).and_then(|t| ha_section(t, diag));
     parts.mappings = section(diag, "mappings", mappings).and_then(|t| {
         path_section(t, base, &k::MAPPINGS_PATH, diag).map(|path| MappingsConfig { path })
     });
     parts.logging = section(diag, "logging", logging).and_then(|t| logging_section(t, diag));
+    if let (Some(x), Some(st)) = (&parts.xmpp, &parts.storage) {
+        parts.admin = section(diag, "admin", admin)
+            .and_then(|t| admin_section(t, base, &x.local_domains, &st.path, diag));
+    }
 
     if let (Some(x), Some(f)) = (&parts.xmpp, &parts.federation) {
         if !federation_vs_xmpp(f, x, diag) {
             parts.federation = None;
         }
+    }
+    if let (Some(st), Some(ha)) = (&parts.storage, &parts.ha) {
+        ha_vs_storage(ha, st, diag);
     }
     if let (Some(x), Some(s)) = (&parts.xmpp, &parts.sip) {
         sip_vs_xmpp(s, x, diag);
@@ -179,6 +196,16 @@ fn xmpp_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<XmppConfig
     let port = conv(diag, k::XMPP_PORT.path, port, checks::port);
     let port = or_default(port, k::XMPP_PORT.default_int() as u16);
     let secret = xmpp_secret(secret, secret_file, base, diag);
+    if secret.as_ref().is_some_and(|s| s.0 == EXAMPLE_SECRET) {
+        diag.warning(
+            k::XMPP_SECRET.path,
+            format!(
+                "is the example's placeholder {EXAMPLE_SECRET:?}: anyone who reaches the XMPP \
+                 server's component port could act as this component; set a secret of your own \
+                 here and in the XMPP server's component configuration"
+            ),
+        );
+    }
     let component_domains = domain_list(diag, k::XMPP_COMPONENT_DOMAINS.path, component_domains);
     let component_domains = required(diag, k::XMPP_COMPONENT_DOMAINS.path, component_domains);
     let local_domains = domain_list(diag, k::XMPP_LOCAL_DOMAINS.path, local_domains);
@@ -258,6 +285,9 @@ fn is_private(ip: IpAddr) -> bool {
         }
     }
 }
+
+/// The component secret the example configurations ship with.
+const EXAMPLE_SECRET: &str = "change-me";
 
 fn xmpp_secret(
     secret: Field<String>,
@@ -759,14 +789,22 @@ fn im_section(mut t: Table, diag: &mut Diag) -> Option<ImConfig> {
     })
 }
 
-/// `[storage]`: the directory and the store kept in it.
+/// `[storage]`: the directory and the store kept in it, or the PostgreSQL database.
 fn storage_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<StorageConfig> {
     let path = t.string(&k::STORAGE_PATH, diag);
     let backend = t.string(&k::STORAGE_BACKEND, diag);
+    let url = t.string(&k::STORAGE_URL, diag);
+    let password_file = t.string(&k::STORAGE_PASSWORD_FILE, diag);
+    let pool_size = t.int(&k::STORAGE_POOL_SIZE, diag);
+    let connect_timeout = t.int(&k::STORAGE_CONNECT_TIMEOUT_SECS, diag);
     t.finish(diag);
     let path = conv(diag, k::STORAGE_PATH.path, path, |s| path_value(base, s));
     let path = or_default(path, base.join(k::STORAGE_PATH.default_text()));
-    let backends = [("sled", StoreBackend::Sled), ("redb", StoreBackend::Redb)];
+    let backends = [
+        ("sled", StoreBackend::Sled),
+        ("redb", StoreBackend::Redb),
+        ("postgres", StoreBackend::Postgres),
+    ];
     let backend = choice(diag, &k::STORAGE_BACKEND, backend, &backends);
     if backend == Some(StoreBackend::Redb) && !cfg!(feature = "redb") {
         diag.problem(
@@ -775,10 +813,147 @@ fn storage_section(mut t: Table, base: &Path, diag: &mut Diag) -> Option<Storage
         );
         return None;
     }
+    let pool_size = ranged(diag, &k::STORAGE_POOL_SIZE, pool_size);
+    let connect_timeout = ranged(diag, &k::STORAGE_CONNECT_TIMEOUT_SECS, connect_timeout);
+    let postgres = if backend == Some(StoreBackend::Postgres) {
+        let url = match url {
+            Ok(Some(u)) => match check_pg_url(&u) {
+                Ok(_) => Some(u),
+                Err(reason) => {
+                    diag.problem(k::STORAGE_URL.path, reason);
+                    None
+                }
+            },
+            Ok(None) => {
+                diag.missing(k::STORAGE_URL.path, "required with backend = \"postgres\"");
+                None
+            }
+            Err(Reported) => None,
+        };
+        let password = match password_file {
+            Ok(Some(file)) => Some(read_password_file(base, file, diag)?),
+            Ok(None) => None,
+            Err(Reported) => return None,
+        };
+        Some(PostgresConfig {
+            url: url?,
+            password,
+            pool_size: to_usize(pool_size?),
+            connect_timeout: Duration::from_secs(connect_timeout?),
+        })
+    } else {
+        for (key, set) in [
+            (&k::STORAGE_URL, matches!(url, Ok(Some(_)))),
+            (
+                &k::STORAGE_PASSWORD_FILE,
+                matches!(password_file, Ok(Some(_))),
+            ),
+        ] {
+            if set {
+                diag.warning(key.path, "only used with backend = \"postgres\"");
+            }
+        }
+        None
+    };
     Some(StorageConfig {
         path: path?,
         backend: backend?,
+        postgres,
     })
+}
+
+/// `[ha]` set with a store of one machine: nothing to share, so no lease (a warning).
+fn ha_vs_storage(ha: &HaConfig, st: &StorageConfig, diag: &mut Diag) {
+    if st.backend == StoreBackend::Postgres {
+        return;
+    }
+    let default_ttl = Duration::from_secs(match k::HA_LEASE_TTL_SECS.default {
+        super::keys::DefaultValue::Integer(n) => n,
+        _ => 0,
+    });
+    for (key, set) in [
+        (&k::HA_NODE, ha.node.is_some()),
+        (&k::HA_LEASE_TTL_SECS, ha.lease_ttl != default_ttl),
+    ] {
+        if set {
+            diag.warning(key.path, "only used with storage.backend = \"postgres\"");
+        }
+    }
+}
+
+/// `[ha]`: the node's name and the lease's time to live.
+fn ha_section(mut t: Table, diag: &mut Diag) -> Option<HaConfig> {
+    let node = t.string(&k::HA_NODE, diag);
+    let ttl = t.int(&k::HA_LEASE_TTL_SECS, diag);
+    t.finish(diag);
+    let node = conv(diag, k::HA_NODE.path, node, |s| {
+        let ok = !s.is_empty()
+            && s.chars().count() <= 64
+            && !s.chars().any(|c| c.is_control() || c.is_whitespace());
+        if ok {
+            Ok(s)
+        } else {
+            Err("must be 1-64 characters, without control characters or white space".to_owned())
+        }
+    });
+    let node = or_default(node.map(|s| s.map(Some)), None);
+    let ttl = ranged(diag, &k::HA_LEASE_TTL_SECS, ttl);
+    Some(HaConfig {
+        node: node?,
+        lease_ttl: Duration::from_secs(ttl?),
+    })
+}
+
+/// `storage.url`: parses (as a URL or `key=value` string), names a host, and holds no password
+/// (that belongs in `storage.password_file`).
+fn check_pg_url(url: &str) -> Result<(), String> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| format!("not a PostgreSQL connection string: {e}"))?;
+    if config.get_password().is_some() {
+        return Err("holds a password: put it in storage.password_file instead".into());
+    }
+    if config.get_hosts().is_empty() {
+        return Err("names no host".into());
+    }
+    Ok(())
+}
+
+/// `storage.password_file`: the password, trailing newline dropped; a file every user can
+/// read is a warning.
+fn read_password_file(base: &Path, file: String, diag: &mut Diag) -> Option<Secret> {
+    let key = k::STORAGE_PASSWORD_FILE.path;
+    let path = match path_value(base, file) {
+        Ok(p) => p,
+        Err(reason) => {
+            diag.problem(key, reason);
+            return None;
+        }
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let s = s.trim_end_matches(['\r', '\n']);
+            if s.is_empty() {
+                diag.problem(key, format!("{path:?} is empty"));
+                return None;
+            }
+            use std::os::unix::fs::PermissionsExt as _;
+            if std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+                diag.warning(
+                    key,
+                    format!("{path:?} is readable by every user; restrict it (chmod 600)"),
+                );
+            }
+            Some(Secret::new(s))
+        }
+        Err(e) => {
+            diag.problem(
+                key,
+                format!("cannot read {:?}: {}", path, reader::io_reason(&e)),
+            );
+            None
+        }
+    }
 }
 
 /// `[mappings]`: one `path` key.
@@ -814,6 +989,89 @@ fn logging_section(mut t: Table, diag: &mut Diag) -> Option<LoggingConfig> {
         level: level?,
         format: format?,
     })
+}
+
+/// `[admin]`: the administrators' bare JIDs (each of a local domain) and the socket path.
+fn admin_section(
+    mut t: Table,
+    base: &Path,
+    local_domains: &[String],
+    storage: &Path,
+    diag: &mut Diag,
+) -> Option<AdminConfig> {
+    let jids = t.strings(&k::ADMIN_JIDS, diag);
+    let socket = t.string(&k::ADMIN_SOCKET, diag);
+    let listen = t.string(&k::ADMIN_METRICS_LISTEN, diag);
+    t.finish(diag);
+    let metrics_listen = metrics_listen(listen, diag);
+    let key = k::ADMIN_JIDS.path;
+    let jids = conv(diag, key, jids, |items| {
+        let mut out: Vec<String> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let (node, domain) = item
+                .trim()
+                .split_once('@')
+                .filter(|(n, d)| !n.is_empty() && !d.contains(['@', '/']) && !n.contains('/'))
+                .ok_or_else(|| format!("[{i}]: {item:?} is not a bare JID (user@domain)"))?;
+            let domain = checks::domain(domain).map_err(|e| format!("[{i}]: {e}"))?;
+            if !local_domains.contains(&domain) {
+                return Err(format!(
+                    "[{i}]: {domain:?} is not one of xmpp.local_domains"
+                ));
+            }
+            let jid = format!("{node}@{domain}");
+            if out.contains(&jid) {
+                return Err(format!("[{i}]: {jid:?} is listed twice"));
+            }
+            out.push(jid);
+        }
+        Ok(out)
+    });
+    let socket = conv(diag, k::ADMIN_SOCKET.path, socket, |s| path_value(base, s));
+    let socket = or_default(socket, storage.join("admin.sock"))?;
+    // sockaddr_un holds 108 bytes with the terminating NUL.
+    if socket.as_os_str().len() > 107 {
+        diag.problem(
+            k::ADMIN_SOCKET.path,
+            format!(
+                "{} is longer than the 107 bytes a Unix socket path may have; set a shorter admin.socket",
+                socket.display()
+            ),
+        );
+        return None;
+    }
+    Some(AdminConfig {
+        jids: or_default(jids, Vec::new())?,
+        socket,
+        metrics_listen: metrics_listen?,
+    })
+}
+
+/// `admin.metrics_listen` (`""`: off; not loopback: a warning, since the listener has no
+/// authentication).
+fn metrics_listen(listen: Field<String>, diag: &mut Diag) -> Option<Option<SocketAddr>> {
+    let listen = conv(diag, k::ADMIN_METRICS_LISTEN.path, listen, |s| {
+        if s.trim().is_empty() {
+            Ok(None)
+        } else {
+            checks::socket_addr(&s).map(Some)
+        }
+    });
+    let default = checks::socket_addr(k::ADMIN_METRICS_LISTEN.default_text()).ok();
+    let metrics_listen = or_parsed(listen, Some(default))?;
+    if let Some(addr) = metrics_listen {
+        if !addr.ip().is_loopback() {
+            diag.warning(
+                k::ADMIN_METRICS_LISTEN.path,
+                format!(
+                    "{addr} is not a loopback address: /metrics, /health and /ready have no \
+                     authentication, so anyone who reaches it reads the partner domains and \
+                     traffic counts (firewall it, or use 127.0.0.1)"
+                ),
+            );
+        }
+    }
+    Some(metrics_listen)
 }
 
 /// A bare word in a filter that is not a level is taken as a target name enabling every level:

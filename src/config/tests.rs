@@ -179,8 +179,12 @@ fn the_store_backend_is_one_this_build_has() {
         |backend: &str| problems(&format!("{MINIMAL}\n[storage]\nbackend = \"{backend}\"\n"));
     assert!(with("sled").is_empty());
     assert_eq!(
+        with("mysql"),
+        ["storage.backend: must be \"sled\", \"redb\" or \"postgres\", not \"mysql\""]
+    );
+    assert_eq!(
         with("postgres"),
-        ["storage.backend: must be \"sled\" or \"redb\", not \"postgres\""]
+        ["storage.url: required with backend = \"postgres\""]
     );
     if cfg!(feature = "redb") {
         assert!(with("redb").is_empty());
@@ -192,6 +196,65 @@ fn the_store_backend_is_one_this_build_has() {
             ]
         );
     }
+}
+
+/// `backend = "postgres"`: the URL (or its parts) without a password, the password from its
+/// file, the pool's size and connect timeout.
+#[test]
+fn the_postgres_store_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = write(dir.path(), "db-password", "hunter2\n");
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let storage = |keys: &str| {
+        format!("{MINIMAL}\n[storage]\nbackend = \"postgres\"\n{keys}\n")
+            .replace("PW", &pw.display().to_string())
+    };
+    let c = load_ok(&storage(
+        "url = \"postgres://lcs@db1.example.org:5433/lcs\"\npassword_file = \"PW\"\npool_size = 3",
+    ));
+    assert_eq!(c.storage.backend, crate::config::StoreBackend::Postgres);
+    let pg = c.storage.postgres.expect("postgres settings");
+    assert_eq!(pg.url, "postgres://lcs@db1.example.org:5433/lcs");
+    assert_eq!(pg.password.as_ref().map(Secret::expose), Some("hunter2"));
+    assert!(!format!("{pg:?}").contains("hunter2"));
+    assert_eq!(
+        (pg.pool_size, pg.connect_timeout),
+        (3, Duration::from_secs(5))
+    );
+    // Its parts, and no password file.
+    let c = load_ok(&storage("url = \"host=db1 port=5433 user=lcs dbname=lcs\""));
+    assert_eq!(c.storage.postgres.expect("postgres").password, None);
+    assert_eq!(
+        problems(&storage("url = \"postgres://lcs:hunter2@db1/lcs\"")),
+        ["storage.url: holds a password: put it in storage.password_file instead"]
+    );
+    assert_eq!(
+        problems(&storage("url = \"host=db1 password=hunter2\"")),
+        ["storage.url: holds a password: put it in storage.password_file instead"]
+    );
+    assert!(
+        problems(&storage("url = \"mysql://db1/lcs\""))[0]
+            .starts_with("storage.url: not a PostgreSQL connection string: ")
+    );
+    assert!(
+        problems(&storage(
+            "url = \"postgres://db1/lcs\"\npassword_file = \"nope\""
+        ))[0]
+            .starts_with("storage.password_file: cannot read ")
+    );
+    let empty = write(dir.path(), "empty", "\n");
+    assert_eq!(
+        problems(&storage(&format!(
+            "url = \"postgres://db1/lcs\"\npassword_file = \"{}\"",
+            empty.display()
+        ))),
+        [format!("storage.password_file: {empty:?} is empty")]
+    );
+    assert_eq!(
+        problems(&storage("url = \"postgres://db1/lcs\"\npool_size = 0")),
+        ["storage.pool_size: must be between 1 and 100, not 0"]
+    );
 }
 
 #[test]
@@ -827,6 +890,31 @@ verification_levle = "omit"
     );
 }
 
+/// The examples' placeholder secret loads, with a warning naming the key; any other does not warn.
+#[test]
+fn example_placeholder_secret_warns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (secret, warned) in [("change-me", true), ("s3cr3t-of-our-own", false)] {
+        let text = MINIMAL.replacen("secret = \"s3cret\"", &format!("secret = {secret:?}"), 1);
+        let path = write(dir.path(), "c.toml", &text);
+        let mut diag = Diag::default();
+        let parts = sections::load_parts(&path, no_env(), &mut diag);
+        assert!(parts.assemble().is_some(), "{secret}");
+        let (problems, warnings) = diag.finish();
+        assert!(problems.is_empty(), "{problems:?}");
+        let on_secret: Vec<String> = warnings
+            .iter()
+            .map(ToString::to_string)
+            .filter(|w| w.starts_with("xmpp.secret: is the example's placeholder"))
+            .collect();
+        assert_eq!(
+            on_secret.len(),
+            usize::from(warned),
+            "{secret}: {warnings:?}"
+        );
+    }
+}
+
 #[test]
 fn warnings_do_not_fail_loading() {
     let text = minimal_plus(
@@ -1119,5 +1207,140 @@ fn sip_resource_limits() {
         [
             "sip.max_connections: must be between 1 and 1000000, not 0 (set by LCS_BRIDGE__SIP__MAX_CONNECTIONS)"
         ]
+    );
+}
+
+#[test]
+fn admin_metrics_listen() {
+    // Default: loopback, port 9464.
+    let c = load_ok(MINIMAL);
+    assert_eq!(
+        c.admin.metrics_listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    // "" turns it off.
+    let c = load_ok(&minimal_plus("[admin]\nmetrics_listen = \"\"\n"));
+    assert_eq!(c.admin.metrics_listen, None);
+    let c = load_ok(&minimal_plus("[admin]\nmetrics_listen = \"[::1]:9000\"\n"));
+    assert_eq!(
+        c.admin.metrics_listen,
+        Some("[::1]:9000".parse().expect("addr"))
+    );
+    assert_eq!(
+        problems(&minimal_plus(
+            "[admin]\nmetrics_listen = \"localhost:9464\"\nport = 1\n"
+        )),
+        [
+            "admin.port: unknown key",
+            "admin.metrics_listen: \"localhost:9464\" is not a socket address (IP:port, e.g. \"0.0.0.0:5061\" or \"[::]:5061\")",
+        ]
+    );
+    // Not loopback: a warning (no authentication on the listener).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &minimal_plus("[admin]\nmetrics_listen = \"0.0.0.0:9464\"\n"),
+    );
+    let mut diag = Diag::default();
+    let parts = sections::load_parts(&path, no_env(), &mut diag);
+    assert!(parts.assemble().is_some());
+    let (problems, warnings) = diag.finish();
+    assert!(problems.is_empty(), "{problems:?}");
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "admin.metrics_listen: 0.0.0.0:9464 is not a loopback address: /metrics, /health and /ready have no authentication, so anyone who reaches it reads the partner domains and traffic counts (firewall it, or use 127.0.0.1)"
+        ]
+    );
+}
+
+/// `[admin]`: bare JIDs of local domains, once each (lowercase domains); the socket defaults
+/// to `admin.sock` in `storage.path` and must fit a Unix socket address.
+#[test]
+fn admin_jids_and_socket() {
+    let cfg = load_ok(&minimal_plus(
+        "\n[admin]\njids = [\"boss@Example.ORG\", \"ops@example.org\"]\n",
+    ));
+    assert_eq!(cfg.admin.jids, ["boss@example.org", "ops@example.org"]);
+    assert_eq!(cfg.admin.socket, cfg.storage.path.join("admin.sock"));
+    let cfg = load_ok(&minimal_plus(
+        "\n[admin]\nsocket = \"/run/lcs-bridge/admin.sock\"\n",
+    ));
+    assert_eq!(cfg.admin.socket, Path::new("/run/lcs-bridge/admin.sock"));
+    assert!(load_ok(MINIMAL).admin.jids.is_empty());
+    for (jids, reason) in [
+        ("[\"example.org\"]", "is not a bare JID"),
+        ("[\"boss@example.org/pc\"]", "is not a bare JID"),
+        (
+            "[\"boss@elsewhere.net\"]",
+            "is not one of xmpp.local_domains",
+        ),
+        (
+            "[\"boss@example.org\", \"boss@EXAMPLE.org\"]",
+            "is listed twice",
+        ),
+    ] {
+        let p = problems(&minimal_plus(&format!("\n[admin]\njids = {jids}\n")));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("admin.jids: ") && l.contains(reason)),
+            "{jids}: {p:?}"
+        );
+    }
+    let long = format!("/{}/admin.sock", "d".repeat(120));
+    let p = problems(&minimal_plus(&format!("\n[admin]\nsocket = \"{long}\"\n")));
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("admin.socket: ") && l.contains("107 bytes")),
+        "{p:?}"
+    );
+    let p = problems(&minimal_plus("\n[admin]\njid = []\n"));
+    assert!(p.iter().any(|l| l.contains("admin.jid")), "{p:?}");
+}
+
+/// `[ha]`: optional; the node's name (default: none, the host name at run time) is one
+/// printable word; the lease's time to live is 2–60 s.
+#[test]
+fn the_ha_section_names_the_node_and_bounds_the_lease() {
+    let cfg = load_ok(&minimal_plus(""));
+    assert_eq!(cfg.ha.node, None);
+    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(6));
+    let cfg = load_ok(&minimal_plus(
+        "[ha]\nnode = \"bridge-a\"\nlease_ttl_secs = 10\n",
+    ));
+    assert_eq!(cfg.ha.node.as_deref(), Some("bridge-a"));
+    assert_eq!(cfg.ha.lease_ttl, std::time::Duration::from_secs(10));
+    for bad in ["\"\"", "\"two words\"", "\"a\\u0007b\""] {
+        let p = problems(&minimal_plus(&format!("[ha]\nnode = {bad}\n")));
+        assert!(
+            p.len() == 1 && p[0].contains("ha.node") && p[0].contains("1-64 characters"),
+            "{bad}: {p:?}"
+        );
+    }
+    // With the embedded store there is no lease: the keys are named in a warning.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "c.toml",
+        &minimal_plus("[ha]\nnode = \"bridge-a\"\n"),
+    );
+    let report = crate::config::check(
+        &path,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.key == "ha.node" && w.reason.contains("backend = \"postgres\"")),
+        "{:?}",
+        report.warnings
+    );
+    let p = problems(&minimal_plus("[ha]\nlease_ttl_secs = 1\n"));
+    assert!(
+        p.len() == 1 && p[0].contains("ha.lease_ttl_secs") && p[0].contains("2"),
+        "{p:?}"
     );
 }

@@ -300,6 +300,11 @@ impl EdgeCore {
     }
 
     /// New policy and limits (SIGHUP); connections and transactions stay.
+    /// The connections held, for an administrator.
+    pub fn connection_list(&self) -> Vec<crate::edge::pool::ConnSummary> {
+        self.pool.connections()
+    }
+
     pub fn reconfigure(&mut self, settings: CoreSettings) {
         self.pool.set_limits(settings.pool);
         self.pool.set_idle(settings.limits.pool_idle);
@@ -455,6 +460,17 @@ impl EdgeCore {
             return out;
         }
         self.assert_verification(&mut request);
+        // A request in a dialog with a domain blocked since (an administrator's runtime block,
+        // a reload): not sent, like a new one (the dialog's connection may still be up).
+        if let Route::Connection(_) = route {
+            if let Some(domain) = self.blocked_to(&request) {
+                out.push(CoreOutput::Undeliverable {
+                    tx,
+                    why: Undeliverable::Blocked { domain },
+                });
+                return out;
+            }
+        }
         match route {
             Route::Connection(conn) if self.pool.is_up(conn) => {
                 self.start_client(now, tx, conn, request, &mut out);
@@ -510,6 +526,20 @@ impl EdgeCore {
             conn,
             bytes: message.to_bytes(),
         })
+    }
+
+    /// The domain of the request's To when the federation policy lists it as blocked.
+    fn blocked_to(&self, request: &Message) -> Option<String> {
+        let domain = request.to().ok().and_then(|t| {
+            t.parsed_uri()
+                .as_sip()
+                .map(|u| u.host_str().to_ascii_lowercase())
+        })?;
+        self.settings
+            .federation
+            .partner(&domain)
+            .is_some_and(|p| p.policy == crate::config::PartnerPolicy::Block)
+            .then_some(domain)
     }
 
     /// Adds `Ms-asserted-verification-level` to a request from a local user, as the target
@@ -1444,9 +1474,12 @@ mod outbound_tests {
                     domain: "fabrikam.com".into(),
                 },
             ),
+            // In a dialog with a blocked domain (blocked since): not sent either.
             (
                 Route::Connection(42),
-                Undeliverable::ConnectionGone { conn: 42 },
+                Undeliverable::Blocked {
+                    domain: "fabrikam.com".into(),
+                },
             ),
         ];
         let udp = request("sip:x@contoso.com", "u1")
@@ -1479,6 +1512,15 @@ mod outbound_tests {
             );
             assert_eq!(out, [CoreOutput::Undeliverable { tx, why: expected }]);
         }
+        let tx = ids.next();
+        let out = c.send_request(
+            now,
+            tx,
+            request("sip:x@contoso.com", "g1"),
+            Route::Connection(42),
+        );
+        let gone = Undeliverable::ConnectionGone { conn: 42 };
+        assert_eq!(out, [CoreOutput::Undeliverable { tx, why: gone }]);
         // A dialog's connection closing: its next request is not rerouted.
         let out = c.disconnected(now, 1);
         assert_eq!(out[0], CoreOutput::ConnectionLost { conn: 1 });

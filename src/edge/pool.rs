@@ -122,6 +122,18 @@ struct Conn {
     avoid_until: Option<Instant>,
 }
 
+/// One connection as an administrator sees it ([`Pool::connections`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSummary {
+    pub conn: ConnId,
+    /// Outbound: the peer domain and the edge it was opened for; inbound: `None`.
+    pub outbound: Option<(String, String)>,
+    /// The names of the peer's certificate (empty while an outbound handshake is under way).
+    pub names: Vec<String>,
+    /// Client transactions outstanding on it.
+    pub pending: usize,
+}
+
 /// What is known of a domain's edges.
 #[derive(Debug, Clone)]
 enum Targets {
@@ -443,6 +455,29 @@ impl<W> Pool<W> {
                 avoid_until: None,
             },
         );
+    }
+
+    /// Every connection held (up or connecting), by id.
+    pub fn connections(&self) -> Vec<ConnSummary> {
+        let mut all: Vec<ConnSummary> = self
+            .conns
+            .iter()
+            .map(|(id, c)| ConnSummary {
+                conn: *id,
+                outbound: c
+                    .outbound
+                    .as_ref()
+                    .map(|(domain, edge)| (domain.clone(), edge.to_string())),
+                names: c
+                    .identity
+                    .as_ref()
+                    .map(|i| i.names().to_vec())
+                    .unwrap_or_default(),
+                pending: c.pending,
+            })
+            .collect();
+        all.sort_by_key(|c| c.conn);
+        all
     }
 
     /// The identity of an up connection.

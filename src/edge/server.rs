@@ -29,10 +29,11 @@ use super::event::EdgeEvent;
 use super::identity::PeerIdentity;
 use super::limits::{Backlog, BacklogCounters, Limit, LimitCounters, OverLimit, not_reading};
 use super::pool::{EdgeAddr, NEGATIVE_TTL_FLOOR};
-use super::tls::{TlsConfigs, describe_accept_error, describe_handshake_error};
+use super::tls::{TlsConfigs, describe_accept_error, describe_handshake_error, handshake_reason};
 use crate::sip::framing::{Frame, Framer, PING};
 use crate::sip::message::{Limits, Message};
 use crate::sip::transaction::{ConnId, TxId, TxIds};
+use crate::telemetry::{self, Direction};
 
 /// Most bytes the connection writer gathers from its queue into one write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -98,6 +99,12 @@ impl EdgeEvents {
         Some(self.taken(event))
     }
 
+    /// Requests from peers handed up and not yet taken (shed beyond
+    /// [`MAX_PENDING_REQUESTS`]).
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// The next event if one is waiting, without waiting.
     pub fn try_recv(&mut self) -> Option<EdgeEvent> {
         let event = self.rx.try_recv().ok()?;
@@ -141,6 +148,21 @@ impl EdgeHandle {
     /// New federation policy and limits (SIGHUP); connections and transactions stay.
     pub async fn reconfigure(&self, core: CoreSettings) {
         let _ = self.commands.send(CoreInput::Reconfigure(core)).await;
+    }
+
+    /// The connections the edge holds (for `lcs-bridge admin partners`); empty if the edge
+    /// has stopped.
+    pub async fn connections(&self) -> Vec<crate::edge::pool::ConnSummary> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(CoreInput::Connections { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Sends a request; its outcome arrives as [`EdgeEvent::Transaction`] or
@@ -195,6 +217,10 @@ impl EdgeHandle {
 }
 
 enum CoreInput {
+    /// An administrator asks for the connections held.
+    Connections {
+        reply: oneshot::Sender<Vec<crate::edge::pool::ConnSummary>>,
+    },
     /// A TCP connection was accepted: may it proceed to its handshake?
     Accept {
         conn: ConnId,
@@ -343,6 +369,7 @@ pub async fn start(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let tls = Arc::new(RwLock::new(settings.tls.clone()));
     let settings = Arc::new(settings);
+    set_partner_labels(&settings.core);
     let core = EdgeCore::new(settings.core.clone(), crate::random::seed());
     let ids = core.tx_ids();
     let counters = Arc::new(LimitCounters::default());
@@ -473,10 +500,12 @@ async fn accept_connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = describe_accept_error(&e, server_auth_only);
+            telemetry::handshake_failure(UNKNOWN_PEER, Direction::In, handshake_reason(&e));
             warn!(%peer, conn, domain = UNKNOWN, %reason, "TLS handshake failed");
             return false;
         }
         Err(_) => {
+            telemetry::handshake_failure(UNKNOWN_PEER, Direction::In, "timeout");
             warn!(%peer, conn, domain = UNKNOWN, reason = "handshake timed out", "TLS handshake failed");
             return false;
         }
@@ -484,53 +513,70 @@ async fn accept_connection(
     let identity = match identity_of(tls.get_ref().1.peer_certificates()) {
         Ok(id) => id,
         Err(e) => {
+            telemetry::handshake_failure(UNKNOWN_PEER, Direction::In, "bad_certificate");
             warn!(%peer, conn, domain = UNKNOWN, reason = %e, "peer certificate unusable");
             return false;
         }
     };
     let domain: Arc<str> = identity.label().into();
     info!(%peer, conn, %domain, "peer connected");
-    run_connection(tls, conn, peer, (identity, domain), false, io).await
+    let label = telemetry::partner_label(identity.names().iter().map(String::as_str));
+    run_connection(tls, conn, peer, (identity, domain, label), false, io).await
 }
 
 /// Opens outbound connection `conn` to `edge`: its addresses, TCP, TLS with the edge's name.
 async fn connect_outbound(conn: ConnId, domain: String, edge: EdgeAddr, io: Io) {
+    let label = telemetry::partner_label([domain.as_str()]);
+    // Each failure with its word for the handshake-failure counter.
     let attempt = async {
         let addrs = io
             .discovery
             .addresses(&edge.host, edge.port)
             .await
-            .map_err(|e| e.to_string())?;
-        let name = ServerName::try_from(edge.host.clone())
-            .map_err(|e| format!("{} is not a valid TLS server name: {e}", edge.host))?;
+            .map_err(|e| ("connect", e.to_string()))?;
+        let name = ServerName::try_from(edge.host.clone()).map_err(|e| {
+            (
+                "connect",
+                format!("{} is not a valid TLS server name: {e}", edge.host),
+            )
+        })?;
         let connector = TlsConnector::from(io.tls().client);
-        let mut last = format!("{} has no address", edge.host);
+        let mut last = ("connect", format!("{} has no address", edge.host));
         for addr in addrs {
             let tcp = match TcpStream::connect(addr).await {
                 Ok(t) => t,
                 Err(e) => {
-                    last = format!("connect to {addr}: {e}");
+                    last = ("connect", format!("connect to {addr}: {e}"));
                     continue;
                 }
             };
             let _ = tcp.set_nodelay(true);
             match connector.connect(name.clone(), tcp).await {
                 Ok(tls) => return Ok((tls, addr)),
-                Err(e) => last = format!("TLS with {addr}: {}", describe_handshake_error(&e)),
+                Err(e) => {
+                    last = (
+                        handshake_reason(&e),
+                        format!("TLS with {addr}: {}", describe_handshake_error(&e)),
+                    )
+                }
             }
         }
         Err(last)
     };
     let result = match tokio::time::timeout(io.settings.connect_timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
-            "no TLS connection within {} s",
-            io.settings.connect_timeout.as_secs()
+        Err(_) => Err((
+            "timeout",
+            format!(
+                "no TLS connection within {} s",
+                io.settings.connect_timeout.as_secs()
+            ),
         )),
     };
     let (tls, addr) = match result {
         Ok(x) => x,
-        Err(reason) => {
+        Err((word, reason)) => {
+            telemetry::handshake_failure(&label, Direction::Out, word);
             warn!(conn, %domain, %edge, %reason, "cannot connect to peer edge");
             let _ = io
                 .core_tx
@@ -542,6 +588,7 @@ async fn connect_outbound(conn: ConnId, domain: String, edge: EdgeAddr, io: Io) 
     let identity = match identity_of(tls.get_ref().1.peer_certificates()) {
         Ok(id) => id,
         Err(reason) => {
+            telemetry::handshake_failure(&label, Direction::Out, "bad_certificate");
             warn!(conn, %domain, %edge, %reason, "peer edge certificate unusable");
             let _ = io
                 .core_tx
@@ -551,17 +598,18 @@ async fn connect_outbound(conn: ConnId, domain: String, edge: EdgeAddr, io: Io) 
         }
     };
     info!(conn, %domain, %edge, peer = %addr, names = %identity.label(), "connected to peer edge");
-    run_connection(tls, conn, addr, (identity, domain.into()), true, io).await;
+    run_connection(tls, conn, addr, (identity, domain.into(), label), true, io).await;
 }
 
 /// Registers an authenticated connection with the core and runs its reader and writer until it
 /// ends; false if the core refused it (over `sip.max_connections_per_identity`: the caller
-/// releases it, and dropping the stream closes it).
+/// releases it, and dropping the stream closes it). With the identity comes the connection's
+/// partner label for the connections gauge (`telemetry::partner_label`).
 async fn run_connection<S>(
     stream: S,
     conn: ConnId,
     peer: SocketAddr,
-    (identity, domain): (PeerIdentity, Arc<str>),
+    (identity, domain, label): (PeerIdentity, Arc<str>, String),
     outbound: bool,
     io: Io,
 ) -> bool
@@ -600,6 +648,13 @@ where
     if admitted.await != Ok(true) {
         return false;
     }
+    let dir = if outbound {
+        Direction::Out
+    } else {
+        Direction::In
+    };
+    let open = telemetry::connections(&label, dir);
+    open.increment(1.0);
     let (mut reader, mut writer) = tokio::io::split(stream);
     let writer_shared = shared.clone();
     let writer_task = tokio::spawn(async move {
@@ -760,6 +815,7 @@ where
         };
     }
     drop(write_tx);
+    open.decrement(1.0);
     let _ = core_tx.send(CoreInput::Closed { conn }).await;
     // Let queued responses go out, then close; a writer still blocked on a peer that does not
     // read is stopped, which closes the socket.
@@ -912,6 +968,7 @@ async fn run_core(
             }) => core.resolved(now, &domain, result, valid_until),
             Some(CoreInput::Frame { conn, frame, size }) => {
                 processed = Some((conn, size));
+                count_in(&frame);
                 core.on_frame(now, conn, frame)
             }
             Some(CoreInput::Closed { conn }) => {
@@ -927,7 +984,12 @@ async fn run_core(
             Some(CoreInput::Stateless { conn, ack }) => {
                 core.send_stateless(conn, &ack).into_iter().collect()
             }
+            Some(CoreInput::Connections { reply }) => {
+                let _ = reply.send(core.connection_list());
+                Vec::new()
+            }
             Some(CoreInput::Reconfigure(settings)) => {
+                set_partner_labels(&settings);
                 io.backlog_max
                     .store(settings.limits.max_write_backlog_bytes, Ordering::Relaxed);
                 core.reconfigure(settings);
@@ -942,6 +1004,7 @@ async fn run_core(
                     // Responses go back on the connection the request came in on; if it is
                     // gone the response is dropped (profile).
                     if let Some(w) = writers.get(&conn) {
+                        telemetry::sip_wire_out(&bytes);
                         if !w.send(bytes) {
                             let o = OverLimit {
                                 limit: Limit::WriteBacklog,
@@ -1024,6 +1087,42 @@ async fn run_core(
                 w.shared.wake_if(w.shared.counters.processed(size));
             }
         }
+    }
+}
+
+/// The connection label of a peer before its certificate is known (a failed inbound handshake).
+const UNKNOWN_PEER: &str = "unknown";
+
+/// The configured partners, for the connection metrics' domain labels.
+fn set_partner_labels(settings: &CoreSettings) {
+    telemetry::set_partners(
+        settings
+            .federation
+            .partners
+            .iter()
+            .map(|p| (p.domain.as_str(), p.edge.as_ref().map(|e| e.host.as_str()))),
+    );
+}
+
+/// Counts a frame received: a request by method, a response by its CSeq method and class, an
+/// unparsable message.
+fn count_in(frame: &Frame) {
+    match frame {
+        Frame::Message(m) => match (m.method(), m.status()) {
+            (Some(method), _) => telemetry::sip_request(
+                Direction::In,
+                telemetry::method_index(method.as_str().as_bytes()),
+            ),
+            (None, Some(status)) => {
+                let method = m.cseq().map_or(telemetry::METHODS.len() - 1, |c| {
+                    telemetry::method_index(c.method.as_str().as_bytes())
+                });
+                telemetry::sip_response(Direction::In, method, status);
+            }
+            (None, None) => {}
+        },
+        Frame::Invalid { .. } => telemetry::sip_malformed(),
+        _ => {}
     }
 }
 

@@ -389,6 +389,46 @@ fn webpki_error(e: webpki::Error) -> TlsError {
     TlsError::InvalidCertificate(c)
 }
 
+/// A failed handshake as one word, for the handshake-failure counter's `reason` label (a
+/// closed list: what a peer sends cannot make a new one): `closed`, `not_tls`,
+/// `no_certificate`, `unknown_ca`, `expired`, `not_valid_yet`, `wrong_name`, `wrong_purpose`,
+/// `bad_certificate` (any other certificate problem), `tls` (anything else, alerts and
+/// versions included).
+pub fn handshake_reason(e: &io::Error) -> &'static str {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>())
+    else {
+        return match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => "closed",
+            io::ErrorKind::InvalidData => "not_tls",
+            _ => "tls",
+        };
+    };
+    match tls {
+        TlsError::NoCertificatesPresented => "no_certificate",
+        TlsError::InvalidMessage(_) => "not_tls",
+        TlsError::InvalidCertificate(c) => {
+            match c {
+                CertificateError::UnknownIssuer => "unknown_ca",
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "not_valid_yet"
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => "wrong_name",
+                CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. } => "wrong_purpose",
+                _ => "bad_certificate",
+            }
+        }
+        _ => "tls",
+    }
+}
+
 /// A one-line reason for a failed handshake of a connection a partner opened: as
 /// [`describe_handshake_error`], and a certificate refused for its extended key usage is named
 /// as such, with the key that lets the edge accept serverAuth-only certificates when it is off.
@@ -462,5 +502,69 @@ pub fn describe_handshake_error(e: &io::Error) -> String {
         TlsError::PeerIncompatible(p) => format!("peer incompatible: {p:?}"),
         TlsError::AlertReceived(a) => format!("peer sent TLS alert {a:?}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(e: TlsError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    /// Each failure gets its word from the closed list, whatever text the error carries.
+    #[test]
+    fn handshake_reasons() {
+        let cases = [
+            (tls(TlsError::NoCertificatesPresented), "no_certificate"),
+            (
+                tls(TlsError::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType,
+                )),
+                "not_tls",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                )),
+                "unknown_ca",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::Expired)),
+                "expired",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::NotValidYet)),
+                "not_valid_yet",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                )),
+                "wrong_name",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(
+                    CertificateError::InvalidPurpose,
+                )),
+                "wrong_purpose",
+            ),
+            (
+                tls(TlsError::InvalidCertificate(CertificateError::BadSignature)),
+                "bad_certificate",
+            ),
+            (tls(TlsError::General("anything a peer says".into())), "tls"),
+            (io::Error::from(io::ErrorKind::UnexpectedEof), "closed"),
+            (io::Error::from(io::ErrorKind::ConnectionReset), "closed"),
+            (
+                io::Error::new(io::ErrorKind::InvalidData, "junk"),
+                "not_tls",
+            ),
+            (io::Error::from(io::ErrorKind::TimedOut), "tls"),
+        ];
+        for (e, want) in cases {
+            assert_eq!(handshake_reason(&e), want, "{e:?}");
+        }
     }
 }

@@ -17,7 +17,8 @@
 //! - **Failures.** The runner reports what it could not do with [`Bridge::report`]: a stanza
 //!   the link refused (its queue is full) turns the batch's later acknowledgements that promise
 //!   delivery into `503` with `Retry-After` (RFC 3261 §21.5.4); a store write that failed turns
-//!   the batch's later 2xx into `500` (the state change was not kept, so the peer tries again),
+//!   the batch's later 2xx into `503` with `Retry-After` (the state change was not kept, so the
+//!   peer tries again once the store is back),
 //!   except an IM session's dialog, whose loss changes no answer. Either way the engine that
 //!   wrote is told ([`Engine::store_failed`]) and may withdraw its requests still waiting (a
 //!   request must not go out above a CSeq reservation the store does not hold) and put
@@ -25,7 +26,8 @@
 //! - **Time.** [`Bridge::poll_timeout`] is the earliest of the engines' deadlines;
 //!   [`Bridge::handle_timeout`] runs the engines that are due.
 //! - **Facts.** What an engine learned for the others ([`Output::Fact`]: a contact's display
-//!   name, a subscription approved) is no action: after the input that produced it, the
+//!   name, a subscription approved; an administrator's `end-subscription` and its outcome) is
+//!   no action: after the input that produced it, the
 //!   bridge hands it to every engine that takes it as [`Input::Fact`], in order, each
 //!   engine's outputs a batch of their own.
 
@@ -35,14 +37,15 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 use xmpp_parsers::minidom::Element;
 
-use super::im::ImEngine;
+use super::admin::{AdminEngine, Command, Outcome};
+use super::im::{ImEngine, ImSettings};
 use super::name_book::NameBook;
-use super::presence::PresenceEngine;
+use super::presence::{PresenceEngine, PresenceSettings};
 use super::roster::RosterEngine;
-use super::{Fact, Output};
+use super::{Census, Fact, Output};
 use crate::core::address::AddressBook;
 use crate::core::errors::Condition;
-use crate::core::tables::ErrorTable;
+use crate::core::tables::{ErrorTable, Mappings};
 use crate::edge::core::Route;
 use crate::edge::event::EdgeEvent;
 use crate::sip::builder::reason_phrase;
@@ -57,13 +60,20 @@ pub const WRITE_BATCH: usize = 1024;
 /// How far ahead in the queue [`Bridge::poll_action`] looks for IM writes to join.
 pub const WRITE_LOOKAHEAD: usize = 4096;
 
-/// Most facts handed on after one input: engines answer facts with actions, not with more
-/// facts, so this is a guard against a loop, never reached.
+/// Most facts handed on after one input: engines answer facts with actions (and an
+/// administration command's outcome with one more fact), so this is a guard against a loop,
+/// never reached.
 const MAX_FACTS: usize = 100_000;
 
 /// `Retry-After` when the component link's queue was full: the link drains a full queue in
 /// well under that once the XMPP server reads again.
 const LINK_RETRY_AFTER_SECS: u32 = 5;
+/// `Retry-After` of a `503` for a change the store did not keep (the database unreachable, or
+/// a disk error): the request is worth repeating once the store is back.
+const STORE_RETRY_AFTER_SECS: u32 = 5;
+/// `Retry-After` of a `503` while this bridge does not serve (a standby, or a leader whose
+/// lease is not renewed): about one lease renewal.
+const NOT_SERVING_RETRY_AFTER_SECS: u32 = 2;
 
 /// What happens to the bridge.
 #[derive(Debug, Clone)]
@@ -82,6 +92,29 @@ pub enum Input {
     RestoreIm(Vec<ImDialog>),
     /// What another engine learned ([`Output::Fact`]).
     Fact(Fact),
+    /// A reloaded configuration (`SIGHUP`, the admin `reload` command): every engine that
+    /// takes it applies the settings it can (see [`Reconfigure`]).
+    Reconfigure(Box<Reconfigure>),
+    /// The outcome of an administration command ([`Action::Admin`]).
+    AdminDone { id: u64, outcome: Outcome },
+    /// An administration command from the runner (the local socket) that the engines carry
+    /// out (`end-subscription`); its outcome comes out as [`Action::AdminReply`] with this
+    /// `id`.
+    Admin { id: u64, command: Command },
+}
+
+/// The settings a reload gives the engines, checked in full before they are sent. What each
+/// engine does with state it has already built is its own decision (documented on its
+/// `reconfigure`); values that only a restart can change (`sip.public_fqdn`: the engines' Via,
+/// Contact and SDP) are kept as the engines started with them.
+#[derive(Debug, Clone)]
+pub struct Reconfigure {
+    pub presence: PresenceSettings,
+    pub im: ImSettings,
+    /// Both tables: the presence engine takes both, the IM engine and the bridge the errors.
+    pub mappings: Mappings,
+    /// `[admin] jids`.
+    pub admins: Vec<String>,
 }
 
 impl Input {
@@ -93,6 +126,7 @@ impl Input {
                 | Input::LinkUp { .. }
                 | Input::LinkDown { .. }
                 | Input::Fact(_)
+                | Input::Reconfigure(_)
         )
     }
 }
@@ -144,6 +178,11 @@ pub enum Action {
     /// Remove an IM session's dialog (`Store::remove_im_dialog`, not synced); report
     /// [`Failure::StoreFailed`] if that fails.
     ForgetIm { local: String, remote: String },
+    /// Run an administration command and give its outcome back as [`Input::AdminDone`] with
+    /// this `id` (later: the command may take time; other inputs go on meanwhile).
+    Admin { id: u64, command: Command },
+    /// The outcome of [`Input::Admin`] `id`.
+    AdminReply { id: u64, outcome: Outcome },
 }
 
 /// One engine behind the bridge: sans-IO, inputs with their time, outputs in order.
@@ -172,6 +211,8 @@ pub trait Engine: Send + Sync {
     fn shutdown(&mut self) -> Vec<Output> {
         Vec::new()
     }
+    /// Adds what it holds to `census` (see [`Census`]).
+    fn census(&self, _census: &mut Census) {}
     /// A store write or removal it asked for failed (`failed`: the outputs the failed action
     /// carried, as the engine gave them); `queued`: its requests not sent yet. Returns the
     /// transactions to withdraw (they are not sent; the engine has dealt with them) and outputs
@@ -214,6 +255,10 @@ pub struct Bridge {
     down: BTreeSet<String>,
     /// Facts waiting to be handed to the engines that take them.
     facts: VecDeque<Fact>,
+    /// Whether a leader lease gates serving ([`Bridge::set_serving_until`]).
+    leased: bool,
+    /// With a lease: serve only before this (none: not now).
+    serving_until: Option<Instant>,
 }
 
 impl Bridge {
@@ -231,23 +276,28 @@ impl Bridge {
             last_store: None,
             down: BTreeSet::new(),
             facts: VecDeque::new(),
+            leased: false,
+            serving_until: None,
         }
     }
 
     /// The bridge's engines in routing order: presence, rosters (the server's privilege
-    /// message and the answers to its roster IQs), the component's IQ answers, IM (which takes
-    /// every message stanza and every SIP request and transaction the others leave).
+    /// message and the answers to its roster IQs), the administration commands (XEP-0050),
+    /// the component's IQ answers, IM (which takes every message stanza and every SIP request
+    /// and transaction the others leave).
     pub fn standard(
         presence: PresenceEngine,
         roster: RosterEngine,
         im: ImEngine,
         iq: IqEngine,
+        admin: AdminEngine,
         errors: ErrorTable,
     ) -> Bridge {
         Bridge::new(
             vec![
                 Box::new(presence),
                 Box::new(roster),
+                Box::new(admin),
                 Box::new(iq),
                 Box::new(im),
             ],
@@ -257,8 +307,73 @@ impl Bridge {
 
     /// An input at `now`.
     pub fn handle(&mut self, now: Instant, input: Input) {
+        let new_request = matches!(
+            input,
+            Input::Edge(EdgeEvent::Request { .. }) | Input::Stanza(_)
+        );
+        if new_request && !self.serving(now) {
+            self.refuse_while_not_serving(input);
+            return;
+        }
         self.route(now, input);
         self.hand_on_facts(now);
+    }
+
+    /// Puts the bridge under a leader lease (docs/high-availability.md): it serves only
+    /// before `until`, the lease's local deadline (`None`: not at all, the lease being lost
+    /// or not renewed). The runner passes each new deadline; the bridge compares it with each
+    /// input's time, so a process that wakes after being stopped serves nothing even before
+    /// it has heard from the database. While not serving, new SIP requests are answered `503`
+    /// with `Retry-After` (RFC 3261 §21.5.4; a partner with another SRV target tries it,
+    /// RFC 3263 §4.3), messages and IQ requests from the XMPP side return
+    /// `service-unavailable`, other presence stanzas are dropped, and the engines' timers
+    /// wait; what completes what was started (responses, lost connections, the link's state)
+    /// still goes to the engines. Without a call the bridge always serves.
+    pub fn set_serving_until(&mut self, until: Option<Instant>) {
+        self.leased = true;
+        self.serving_until = until;
+    }
+
+    /// Whether the bridge serves at `now` (always, without a lease).
+    pub fn serving(&self, now: Instant) -> bool {
+        !self.leased || self.serving_until.is_some_and(|u| now < u)
+    }
+
+    /// The answer to a new request while not serving (see [`Bridge::set_serving_until`]).
+    fn refuse_while_not_serving(&mut self, input: Input) {
+        const WHY: &str = "this bridge does not hold the lease";
+        let out = match input {
+            Input::Edge(EdgeEvent::Request { tx, request, .. }) => {
+                if request.method() == Some(&Method::Ack) {
+                    return;
+                }
+                let response = Reject::new(503)
+                    .reason(format!("{}: {WHY}", reason_phrase(503)))
+                    .retry_after(NOT_SERVING_RETRY_AFTER_SECS)
+                    .response_to(&request, None);
+                Output::Respond { tx, response }
+            }
+            Input::Stanza(el) => {
+                let kind = el.attr("type").unwrap_or("");
+                let answered = match el.name() {
+                    "message" => kind != "error",
+                    "iq" => kind == "get" || kind == "set",
+                    _ => false,
+                };
+                if !answered {
+                    return;
+                }
+                Output::Stanza(gateway::error_reply(
+                    &el,
+                    Condition::ServiceUnavailable,
+                    Some(WHY),
+                ))
+            }
+            _ => return,
+        };
+        // Queued as the last engine's (the catch-all): the bridge's own answer.
+        let engine = self.engines.len().saturating_sub(1);
+        self.push(engine, vec![out]);
     }
 
     /// The facts the engines produced, to the engines that take them (see the module
@@ -288,6 +403,10 @@ impl Bridge {
             Input::LinkDown { domain, reason } => {
                 warn!(%domain, %reason, "component link down; stanzas are queued");
                 self.down.insert(domain.clone());
+            }
+            Input::Reconfigure(settings) => {
+                // The statuses of the bridge's own failures come from the new table too.
+                self.errors = settings.mappings.errors.clone();
             }
             _ => {}
         }
@@ -391,6 +510,18 @@ impl Bridge {
         for q in stay.into_iter().rev() {
             self.queue.push_front(q);
         }
+    }
+
+    /// The number the next batch of outputs will get: the batches an input made are those
+    /// numbered from this value before [`Bridge::handle`] to it after (for the runner's
+    /// transcript, which pairs each action with the input it came from).
+    pub fn next_batch(&self) -> u64 {
+        self.next_batch
+    }
+
+    /// The batch of the action [`Bridge::poll_action`] returned last.
+    pub fn action_batch(&self) -> u64 {
+        self.current
     }
 
     /// The next action, in order.
@@ -507,17 +638,31 @@ impl Bridge {
                 self.last_store = Some((engine, vec![kept]));
                 Action::ForgetIm { local, remote }
             }
+            Output::Admin { id, command } => Action::Admin { id, command },
+            Output::AdminReply { id, outcome } => Action::AdminReply { id, outcome },
             Output::Fact(_) => return self.poll_action(),
         })
     }
 
-    /// The earliest of the engines' deadlines.
+    /// The earliest of the engines' deadlines; under a lease, none while not serving, and
+    /// the lease's deadline if it comes first (the engines' timers wait while not serving).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.engines.iter().filter_map(|e| e.poll_timeout()).min()
+        let due = self.engines.iter().filter_map(|e| e.poll_timeout()).min();
+        match (self.leased, self.serving_until) {
+            (false, _) => due,
+            (true, None) => None,
+            (true, Some(until)) => Some(due.map_or(until, |d| d.min(until))),
+        }
     }
 
-    /// Runs the engines whose deadline is due at `now`.
+    /// Runs the engines whose deadline is due at `now` (none while not serving).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.serving(now) {
+            if self.serving_until.take().is_some() {
+                warn!("lease deadline passed: serving nothing until the lease is renewed");
+            }
+            return;
+        }
         for i in 0..self.engines.len() {
             if self.engines[i].poll_timeout().is_some_and(|d| d <= now) {
                 let out = self.engines[i].handle_timeout(now);
@@ -525,6 +670,17 @@ impl Bridge {
             }
         }
         self.hand_on_facts(now);
+    }
+
+    /// What the engines hold now (subscriptions by direction and state, IM sessions), for the
+    /// operations gauges; it walks every subscription, so call it every few seconds, not per
+    /// event.
+    pub fn census(&self) -> Census {
+        let mut census = Census::default();
+        for e in &self.engines {
+            e.census(&mut census);
+        }
+        census
     }
 
     /// The engines' last outputs (XEP-0100 unavailable presences), queued like any others.
@@ -581,7 +737,8 @@ impl Bridge {
     fn answer(&self, engine: usize, response: Message) -> Message {
         let ok = response.status().is_some_and(status::is_success);
         if self.unsaved && ok {
-            self.failure(Condition::InternalServerError, "state not saved")
+            self.failure(Condition::ServiceUnavailable, "state not saved")
+                .retry_after(STORE_RETRY_AFTER_SECS)
                 .instead_of(&response)
         } else if self.refused && self.engines[engine].promises_delivery(&response) {
             self.failure(Condition::ServiceUnavailable, "XMPP server unreachable")
@@ -606,6 +763,9 @@ fn input_kind(input: &Input) -> &'static str {
         Input::Restore(_) => "restore",
         Input::RestoreIm(_) => "IM restore",
         Input::Fact(_) => "fact",
+        Input::Reconfigure(_) => "reconfigure",
+        Input::AdminDone { .. } => "admin outcome",
+        Input::Admin { .. } => "admin command",
     }
 }
 
@@ -643,8 +803,15 @@ impl Engine for PresenceEngine {
             }
             Input::Edge(EdgeEvent::ConnectionLost { .. }) => true,
             Input::Edge(event) => client_tx(event).is_some_and(|tx| self.owns(tx)),
-            Input::Restore(_) | Input::LinkUp { .. } | Input::LinkDown { .. } => true,
-            Input::RestoreIm(_) | Input::Fact(_) => false,
+            Input::Restore(_)
+            | Input::LinkUp { .. }
+            | Input::LinkDown { .. }
+            | Input::Reconfigure(_) => true,
+            Input::Fact(Fact::EndSubscription { .. }) => true,
+            Input::RestoreIm(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => false,
         }
     }
 
@@ -658,7 +825,25 @@ impl Engine for PresenceEngine {
                 self.link_lost(&domain);
                 Vec::new()
             }
-            Input::RestoreIm(_) | Input::Fact(_) => Vec::new(),
+            Input::Reconfigure(settings) => {
+                let Reconfigure {
+                    presence, mappings, ..
+                } = *settings;
+                self.reconfigure(presence, mappings);
+                Vec::new()
+            }
+            Input::Fact(Fact::EndSubscription { id, local, remote }) => {
+                let (ended, mut out) = self.end_by_admin(now, &local, &remote);
+                out.push(Output::Fact(Fact::AdminDone {
+                    id,
+                    outcome: super::admin::ended(&local, &remote, &ended),
+                }));
+                out
+            }
+            Input::RestoreIm(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => Vec::new(),
         }
     }
 
@@ -674,6 +859,10 @@ impl Engine for PresenceEngine {
     fn promises_delivery(&self, response: &Message) -> bool {
         response.status().is_some_and(status::is_success)
             && response.cseq().is_ok_and(|c| c.method == Method::Subscribe)
+    }
+
+    fn census(&self, census: &mut Census) {
+        PresenceEngine::census(self, census);
     }
 
     fn shutdown(&mut self) -> Vec<Output> {
@@ -709,10 +898,13 @@ impl Engine for ImEngine {
     fn takes(&self, input: &Input) -> bool {
         match input {
             Input::Stanza(_) => stanza_named(input, "message"),
-            Input::Edge(_) | Input::RestoreIm(_) => true,
-            Input::LinkUp { .. } | Input::LinkDown { .. } | Input::Restore(_) | Input::Fact(_) => {
-                false
-            }
+            Input::Edge(_) | Input::RestoreIm(_) | Input::Reconfigure(_) => true,
+            Input::LinkUp { .. }
+            | Input::LinkDown { .. }
+            | Input::Restore(_)
+            | Input::Fact(_)
+            | Input::AdminDone { .. }
+            | Input::Admin { .. } => false,
         }
     }
 
@@ -721,6 +913,11 @@ impl Engine for ImEngine {
             Input::Stanza(el) => self.on_stanza(now, el),
             Input::Edge(event) => self.on_edge(now, event),
             Input::RestoreIm(dialogs) => self.restore(now, dialogs),
+            Input::Reconfigure(settings) => {
+                let Reconfigure { im, mappings, .. } = *settings;
+                self.reconfigure(im, mappings.errors);
+                Vec::new()
+            }
             _ => Vec::new(),
         }
     }
@@ -750,6 +947,10 @@ impl Engine for ImEngine {
         queued: &[(TxId, &Message)],
     ) -> (Vec<TxId>, Vec<Output>) {
         ImEngine::store_failed(self, now, failed, queued)
+    }
+
+    fn census(&self, census: &mut Census) {
+        census.im_sessions += self.session_count();
     }
 
     fn shutdown(&mut self) -> Vec<Output> {
@@ -800,6 +1001,48 @@ impl Engine for RosterEngine {
 
     fn handle_timeout(&mut self, now: Instant) -> Vec<Output> {
         RosterEngine::handle_timeout(self, now)
+    }
+}
+
+impl Engine for AdminEngine {
+    fn name(&self) -> &'static str {
+        "admin"
+    }
+
+    /// Ad-hoc command IQs and the commands node's disco#items on a component domain, the
+    /// outcomes of its commands, and a reload (the administrators' list).
+    fn takes(&self, input: &Input) -> bool {
+        match input {
+            Input::Stanza(el) => AdminEngine::takes(self, el),
+            Input::AdminDone { .. }
+            | Input::Admin { .. }
+            | Input::Reconfigure(_)
+            | Input::Fact(Fact::AdminDone { .. }) => true,
+            _ => false,
+        }
+    }
+
+    fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        match input {
+            Input::Stanza(el) => self.on_iq(now, &el),
+            Input::AdminDone { id, outcome } | Input::Fact(Fact::AdminDone { id, outcome }) => {
+                self.done(id, &outcome)
+            }
+            Input::Admin { id, command } => self.from_runner(id, command),
+            Input::Reconfigure(settings) => {
+                self.set_admins(settings.admins.iter().cloned());
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Vec<Output> {
+        Vec::new()
     }
 }
 

@@ -438,6 +438,23 @@ impl ImEngine {
         }
     }
 
+    /// A reload's settings and error table (docs/configuration.md, "Reloading").
+    /// `public_fqdn` stays as started (a restart changes it). Sessions already open stay
+    /// open, even above lowered limits (the limits apply to the next new session); a new
+    /// `idle_timeout` counts from each open session's last message (the deadlines are made
+    /// anew, so a shorter one ends sessions idle longer than it at the next timer); a new
+    /// `dialog_max_age` applies at each session's next message; new size and queue limits to
+    /// the next message.
+    pub fn reconfigure(&mut self, settings: ImSettings, errors: ErrorTable) {
+        let public_fqdn = std::mem::take(&mut self.settings.public_fqdn);
+        self.settings = ImSettings {
+            public_fqdn,
+            ..settings
+        };
+        self.errors = errors;
+        self.rebuild_idle();
+    }
+
     /// Whether client transaction `tx` is this engine's (the runner shares the edge's events
     /// between the engines).
     pub fn owns(&self, tx: TxId) -> bool {
@@ -1940,14 +1957,20 @@ impl ImEngine {
         self.idle
             .push(Reverse((now + self.settings.idle_timeout, key)));
         if self.idle.len() > 2 * self.sessions.len() + 1024 {
-            let timeout = self.settings.idle_timeout;
-            self.idle = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| matches!(s.state, State::Up { .. }))
-                .map(|(k, s)| Reverse((s.last_activity + timeout, k.clone())))
-                .collect();
+            self.rebuild_idle();
         }
+    }
+
+    /// The idle deadlines made anew from the live sessions: each up session's last activity
+    /// plus the idle timeout.
+    fn rebuild_idle(&mut self) {
+        let timeout = self.settings.idle_timeout;
+        self.idle = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(s.state, State::Up { .. }))
+            .map(|(k, s)| Reverse((s.last_activity + timeout, k.clone())))
+            .collect();
     }
 
     /// The number of idle deadlines held (for tests).

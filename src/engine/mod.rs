@@ -11,6 +11,7 @@
 //! writes ([`Output::Persist`], [`Output::Forget`], a durable [`Output::PersistIm`]) are
 //! durable before the next output runs.
 
+pub mod admin;
 pub mod bridge;
 mod common;
 pub mod im;
@@ -80,11 +81,27 @@ pub enum Output {
     /// Something the other engines act on; the bridge hands it to every engine that takes
     /// it ([`bridge::Input::Fact`]) and never to the runner.
     Fact(Fact),
+    /// An administration command for the runner's executor; its outcome comes back as
+    /// [`bridge::Input::AdminDone`] with this `id`.
+    Admin { id: u64, command: admin::Command },
+    /// The outcome of a command the runner gave as [`bridge::Input::Admin`].
+    AdminReply { id: u64, outcome: admin::Outcome },
 }
 
-/// What one engine learned that another acts on (docs/mapping.md §6).
+/// What one engine learned that another acts on (docs/mapping.md §6), and the
+/// administration commands that another engine carries out (`admin::AdminEngine` → presence
+/// → back).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fact {
+    /// An administrator ends the subscriptions between local user `local` (bare JID) and
+    /// LCS user `remote` (AOR URI), both ways; the outcome comes back as [`Fact::AdminDone`].
+    EndSubscription {
+        id: u64,
+        local: String,
+        remote: String,
+    },
+    /// The outcome of administration command `id` carried out by an engine.
+    AdminDone { id: u64, outcome: admin::Outcome },
     /// The display name the bridge knows for an LCS contact is new or changed (also each
     /// name read back from the store at start). `name` is cleaned (`core::names`); `source`
     /// says where it came from (a PIDF name wins over a `From` name); `subscribed`: learned
@@ -112,4 +129,30 @@ pub enum Fact {
 #[allow(clippy::disallowed_methods)] // the world starts its virtual clock at a real instant
 mod world;
 #[cfg(test)]
+mod world_admin_tests;
+#[cfg(test)]
+mod world_reload_tests;
+#[cfg(test)]
 mod world_tests;
+
+/// How many subscriptions and IM sessions the engines hold, by kind: what the runner samples
+/// into gauges every few seconds ([`bridge::Bridge::census`]). A walk over the subscriptions, so not for
+/// every event.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// XMPP users' subscriptions to LCS contacts (SUBSCRIBE sent): `[pending, active]`, active
+    /// once a NOTIFY said `active` on the current dialog.
+    pub outbound: [usize; 2],
+    /// LCS watchers of local users, by the local user's approval: `[none, requested,
+    /// approved, denied]` (`Approval` in `store`).
+    pub inbound: [usize; 4],
+    /// Open IM sessions.
+    pub im_sessions: usize,
+}
+
+impl Census {
+    /// The label of `outbound[i]`.
+    pub const OUTBOUND_STATES: [&'static str; 2] = ["pending", "active"];
+    /// The label of `inbound[i]` (`Approval::as_str`).
+    pub const INBOUND_STATES: [&'static str; 4] = ["none", "requested", "approved", "denied"];
+}

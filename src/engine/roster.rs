@@ -941,7 +941,7 @@ impl RosterEngine {
                     approved,
                 },
             ),
-            Fact::Name { .. } => Vec::new(),
+            Fact::Name { .. } | Fact::EndSubscription { .. } | Fact::AdminDone { .. } => Vec::new(),
         }
     }
 

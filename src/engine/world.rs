@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use xmpp_parsers::minidom::Element;
 
 use super::WallClock;
-use super::bridge::{Action, Bridge, Failure, Input, IqEngine};
+use super::admin::{self, AdminEngine, Command};
+use super::bridge::{Action, Bridge, Failure, Input, IqEngine, Reconfigure};
 use super::im::{ImEngine, ImSettings};
 use super::presence::{PresenceEngine, PresenceSettings};
 use super::roster::{RosterEngine, RosterMode};
@@ -52,6 +53,8 @@ pub const LATENCY: Duration = Duration::from_millis(20);
 pub const COMPONENT: &str = "lcs.example.org";
 pub const LOCAL: &str = "example.org";
 pub const PUBLIC_FQDN: &str = "sip.example.org";
+/// The administrator (`[admin] jids`).
+pub const ADMIN: &str = "admin@example.org";
 
 /// The LCS user `user@contoso.com` as a JID of the component (XEP-0106).
 pub fn contact_jid(user: &str) -> String {
@@ -314,8 +317,16 @@ pub struct World {
     wire: VecDeque<(Instant, Input)>,
     start: Instant,
     seed: u64,
-    /// The presence engine's settings (kept for a restart).
+    /// The administration commands the runner was given, in order, and the domains blocked at
+    /// runtime (the runner's executor, played with the world's store).
+    pub admin_commands: Vec<Command>,
+    pub blocked: std::collections::BTreeSet<String>,
+    /// The outcomes of the commands given as `Input::Admin` (the socket's), by id.
+    pub admin_replies: Vec<(u64, admin::Outcome)>,
+    /// The engines' settings and tables (kept for a restart, changed by [`World::reload`]).
     presence: PresenceSettings,
+    im: ImSettings,
+    mappings: Mappings,
 }
 
 impl World {
@@ -336,7 +347,16 @@ impl World {
             ..PresenceSettings::default()
         };
         change(&mut presence);
-        let bridge = Self::bridge(now, now, &ids, 1, &presence);
+        let im = ImSettings {
+            public_fqdn: PUBLIC_FQDN.into(),
+            idle_timeout: Duration::from_secs(600),
+            dialog_max_age: Duration::from_secs(20 * 3600),
+            max_body_bytes: 16 * 1024,
+            max_queued: 64,
+            ..ImSettings::default()
+        };
+        let mappings = Mappings::builtin();
+        let bridge = Self::bridge(now, now, &ids, 1, (&presence, &im, &mappings));
         World {
             now,
             bridge,
@@ -347,7 +367,12 @@ impl World {
             wire: VecDeque::new(),
             start: now,
             seed: 1,
+            admin_commands: Vec::new(),
+            admin_replies: Vec::new(),
+            blocked: std::collections::BTreeSet::new(),
             presence,
+            im,
+            mappings,
         }
     }
 
@@ -366,7 +391,7 @@ impl World {
         now: Instant,
         ids: &TxIds,
         seed: u64,
-        settings: &PresenceSettings,
+        (settings, im, mappings): (&PresenceSettings, &ImSettings, &Mappings),
     ) -> Bridge {
         let clock = WallClock {
             at: now,
@@ -375,29 +400,63 @@ impl World {
         let presence = PresenceEngine::new(
             settings.clone(),
             Self::book(),
-            Mappings::builtin(),
+            mappings.clone(),
             ids.clone(),
             seed,
             clock,
         );
         let im = ImEngine::new(
-            ImSettings {
-                public_fqdn: PUBLIC_FQDN.into(),
-                idle_timeout: Duration::from_secs(600),
-                dialog_max_age: Duration::from_secs(20 * 3600),
-                max_body_bytes: 16 * 1024,
-                max_queued: 64,
-                ..ImSettings::default()
-            },
+            im.clone(),
             Self::book(),
-            Mappings::builtin().errors,
+            mappings.errors.clone(),
             ids.clone(),
             seed + 1,
             clock,
         );
         let iq = IqEngine::new(Self::book(), GatewayInfo::new("LCS gateway"));
         let roster = RosterEngine::new(RosterMode::Auto, Self::book(), seed + 2);
-        Bridge::standard(presence, roster, im, iq, Mappings::builtin().errors)
+        let admin = AdminEngine::new(vec![COMPONENT.into()], [ADMIN.to_owned()]);
+        Bridge::standard(presence, roster, im, iq, admin, mappings.errors.clone())
+    }
+
+    /// The runner gives the bridge a command from the local socket.
+    pub fn admin_from_socket(&mut self, id: u64, command: Command) {
+        self.send(Input::Admin { id, command });
+    }
+
+    /// A reload whose `[admin] jids` are `admins` (the rest unchanged).
+    pub fn reload_admins(&mut self, admins: Vec<String>) {
+        let settings = Reconfigure {
+            presence: self.presence.clone(),
+            im: self.im.clone(),
+            mappings: self.mappings.clone(),
+            admins,
+        };
+        self.bridge
+            .handle(self.now, Input::Reconfigure(Box::new(settings)));
+        self.flush();
+    }
+
+    /// A reload (SIGHUP) at the current time: the settings `presence` and `im` make of the
+    /// current ones, and these tables, given to the bridge as the runner does.
+    pub fn reload(
+        &mut self,
+        presence: impl FnOnce(&mut PresenceSettings),
+        im: impl FnOnce(&mut ImSettings),
+        mappings: Mappings,
+    ) {
+        presence(&mut self.presence);
+        im(&mut self.im);
+        self.mappings = mappings;
+        let settings = Reconfigure {
+            presence: self.presence.clone(),
+            im: self.im.clone(),
+            mappings: self.mappings.clone(),
+            admins: vec![ADMIN.to_owned()],
+        };
+        self.bridge
+            .handle(self.now, Input::Reconfigure(Box::new(settings)));
+        self.flush();
     }
 
     /// The LCS edge's connection to the bridge breaks: the bridge is told, and the edge's
@@ -423,7 +482,13 @@ impl World {
         self.flush();
         self.wire.clear();
         self.seed += 10;
-        self.bridge = Self::bridge(self.start, self.now, &self.ids, self.seed, &self.presence);
+        self.bridge = Self::bridge(
+            self.start,
+            self.now,
+            &self.ids,
+            self.seed,
+            (&self.presence, &self.im, &self.mappings),
+        );
         // The old process's connections are gone; LCS connects anew when it has to.
         if let Some(conn) = self.lcs.conn.take() {
             for d in self.lcs.dialogs.values_mut() {
@@ -1155,6 +1220,38 @@ impl World {
         self.wire.push_back((self.now + LATENCY, input));
     }
 
+    /// The runner's executor of administration commands, on the world's store.
+    fn execute(&mut self, command: &Command) -> admin::Outcome {
+        match command {
+            Command::Partners => admin::partners(
+                &[("contoso.com".to_owned(), "allow")],
+                &self.blocked,
+                "allow",
+                &[],
+            ),
+            Command::Subscriptions { user } => {
+                let all: Vec<Subscription> = self
+                    .store
+                    .subscriptions()
+                    .collect::<Result<_, _>>()
+                    .expect("store readable");
+                admin::subscriptions(user, &all)
+            }
+            Command::Block { domain } => {
+                let already = !self.blocked.insert(domain.clone());
+                admin::blocked(domain, already)
+            }
+            Command::Unblock { domain } => {
+                let was = self.blocked.remove(domain);
+                admin::unblocked(domain, was, false)
+            }
+            Command::Reload => admin::Outcome::ok("configuration reloaded", Vec::new()),
+            Command::EndSubscription { .. } => {
+                admin::Outcome::failed("the engines carry this out", Vec::new())
+            }
+        }
+    }
+
     /// Runs every action the bridge has ready, handing each to the stand-in it is for.
     fn flush(&mut self) {
         while let Some(action) = self.bridge.poll_action() {
@@ -1208,6 +1305,12 @@ impl World {
                         self.bridge.report(self.now, Failure::StoreFailed);
                     }
                 }
+                Action::Admin { id, command } => {
+                    let outcome = self.execute(&command);
+                    self.admin_commands.push(command);
+                    self.send(Input::AdminDone { id, outcome });
+                }
+                Action::AdminReply { id, outcome } => self.admin_replies.push((id, outcome)),
             }
         }
     }

@@ -305,6 +305,52 @@ fn a_restart_from_the_store_takes_up_both_directions() {
     assert!(notified_activities(&w).last().unwrap().contains("away"));
 }
 
+/// What the runner samples into the subscription and session gauges follows the engines: a
+/// watcher asked, then approved; a subscription pending, then active; a chat open, then ended.
+#[test]
+fn the_census_counts_subscriptions_by_state_and_open_sessions() {
+    use super::Census;
+    let mut w = World::new();
+    assert_eq!(w.bridge.census(), Census::default());
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    assert_eq!(w.bridge.census().inbound, [0, 1, 0, 0], "Alice is asked");
+    let bob = contact_jid("bob");
+    w.xmpp_sends(&format!(
+        "<presence from='{ALICE}' to='{bob}' type='subscribed'/>"
+    ));
+    w.settle();
+    assert_eq!(w.bridge.census().inbound, [0, 0, 1, 0], "approved");
+
+    // Alice subscribes to Bob: pending until the edge's NOTIFY says active.
+    w.xmpp_sends(&format!(
+        "<presence from='{ALICE}' to='{bob}' type='subscribe'/>"
+    ));
+    w.run_for(Duration::from_millis(30)); // the stanza in (20 ms), no NOTIFY yet
+    assert_eq!(w.bridge.census().outbound, [1, 0]);
+    w.settle();
+    assert_eq!(
+        w.bridge.census().outbound,
+        [0, 1],
+        "Bob's NOTIFY said active"
+    );
+
+    assert_eq!(w.bridge.census().im_sessions, 0);
+    w.lcs_invites(BOB_AOR, ALICE_URI, "hi");
+    w.settle();
+    assert_eq!(w.bridge.census().im_sessions, 1);
+    w.lcs_ends_session(BOB_AOR, "INVITE");
+    w.settle();
+    assert_eq!(
+        w.bridge.census(),
+        Census {
+            outbound: [0, 1],
+            inbound: [0, 0, 1, 0],
+            im_sessions: 0,
+        }
+    );
+}
+
 #[test]
 fn chat_from_lcs_while_the_link_is_down_is_held_until_it_is_back() {
     let mut w = World::new();
@@ -403,15 +449,81 @@ fn a_watcher_of_a_user_with_no_account_is_ended_when_the_server_says_so() {
     );
 }
 
+/// A write the store did not keep (the database away, a disk error): the acknowledgement
+/// becomes `503` with `Retry-After`, so the partner repeats the request once the store is
+/// back; nothing is acknowledged that was not written.
 #[test]
-fn a_store_failure_turns_the_acknowledgement_into_500() {
+fn a_store_failure_turns_the_acknowledgement_into_503_with_retry_after() {
     let mut w = World::new();
     w.store.set_fail_writes(true);
     w.lcs_subscribes(BOB_AOR, ALICE_URI);
     w.settle();
-    assert_eq!(w.lcs.statuses(Method::Subscribe), [500]);
+    assert_eq!(w.lcs.statuses(Method::Subscribe), [503]);
     let (_, r) = w.lcs.answers.last().unwrap();
-    assert_eq!(r.reason(), Some("Server Internal Error: state not saved"));
+    assert_eq!(r.reason(), Some("Service Unavailable: state not saved"));
+    assert_eq!(r.header("Retry-After"), Some("5"));
+    // The store back: the partner's retry is served and kept.
+    w.store.set_fail_writes(false);
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    assert_ne!(w.lcs.statuses(Method::Subscribe).last(), Some(&503));
+    assert!(
+        w.store
+            .get_subscription(Direction::Inbound, ALICE, BOB_AOR)
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Under a leader lease, past its local deadline (a lease not renewed, a process woken from
+/// SIGSTOP): a new SIP request is answered `503` with `Retry-After` and writes nothing, a
+/// message from the XMPP side comes back `service-unavailable`, the engines' timers wait. A
+/// renewed lease serves again.
+#[test]
+fn past_the_lease_deadline_nothing_is_served_until_the_lease_is_renewed() {
+    let mut w = World::new();
+    w.bridge
+        .set_serving_until(Some(w.now + Duration::from_secs(5)));
+    w.run_for(Duration::from_secs(6));
+    assert!(!w.bridge.serving(w.now));
+    assert_eq!(w.bridge.poll_timeout(), None, "timers wait");
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Subscribe), [503]);
+    let (_, r) = w.lcs.answers.last().unwrap();
+    assert_eq!(
+        r.reason(),
+        Some("Service Unavailable: this bridge does not hold the lease")
+    );
+    assert_eq!(r.header("Retry-After"), Some("2"));
+    assert_eq!(w.store.stats().unwrap().total_subscriptions(), 0);
+    let bob = contact_jid("bob");
+    w.xmpp_sends(&format!(
+        "<message from='{ALICE}/pc' to='{bob}' type='chat' id='m1'><body>hello</body></message>"
+    ));
+    w.settle();
+    assert!(w.lcs.requests(&Method::Invite).is_empty());
+    let back = w.xmpp.delivered.last().unwrap();
+    assert_eq!(back.attr("type"), Some("error"));
+    assert!(String::from(back).contains("service-unavailable"));
+    // Renewed: served again.
+    w.bridge
+        .set_serving_until(Some(w.now + Duration::from_secs(5)));
+    assert!(w.bridge.serving(w.now));
+    w.lcs_subscribes(BOB_AOR, ALICE_URI);
+    w.settle();
+    assert_ne!(w.lcs.statuses(Method::Subscribe).last(), Some(&503));
+    assert!(
+        w.store
+            .get_subscription(Direction::Inbound, ALICE, BOB_AOR)
+            .unwrap()
+            .is_some()
+    );
+    // The lease lost: nothing again.
+    w.bridge.set_serving_until(None);
+    w.lcs_subscribes("sip:carol@contoso.com", ALICE_URI);
+    w.settle();
+    assert_eq!(w.lcs.statuses(Method::Subscribe).last(), Some(&503));
 }
 
 #[test]

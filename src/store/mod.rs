@@ -3,7 +3,10 @@
 //!
 //! - [`SledStore`] (`sled_store.rs`): the product store, sled 0.34 in `<storage.path>/sled`.
 //! - [`MemStore`] (`mem.rs`): the same behaviour in memory, for engine unit tests.
+//! - [`PgStore`] (`pg_store.rs`): the same in a PostgreSQL database, for high availability.
 //! - `RedbStore` (`redb_store.rs`, with `--features redb`): the evaluated alternative on redb.
+//! - `lease.rs`: the leader lease's decisions (sans-IO); `pg_lease.rs`: its row in PostgreSQL
+//!   and the task that takes and renews it (docs/high-availability.md).
 //! - `codec.rs`: the key layout and the compact binary record encoding all of them use.
 //!
 //! **Durability.** A subscription write or removal is durable when the call returns: it is in
@@ -30,7 +33,10 @@
 //! such records in [`Stats::corrupt`]. An error from the database itself ends an iteration.
 
 mod codec;
+pub mod lease;
 mod mem;
+pub mod pg_lease;
+mod pg_store;
 #[cfg(feature = "redb")]
 mod redb_store;
 mod sled_store;
@@ -44,6 +50,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 pub use mem::MemStore;
+pub use pg_store::{PgOptions, PgStore};
 #[cfg(feature = "redb")]
 pub use redb_store::{REDB_FILE, RedbOptions, RedbStore};
 pub use sled_store::{CURRENT_SCHEMA_VERSION, SledOptions, SledStore, migrate};
@@ -368,6 +375,21 @@ pub enum StoreError {
     /// The database failed (I/O, or sled reporting corruption of its own files).
     #[error("store: {0}")]
     Backend(String),
+    /// The database server cannot be reached or is going away (PostgreSQL): nothing was
+    /// written; the store reconnects on the next call.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A write under a leader epoch that is no longer the database's: another bridge took the
+    /// lead; nothing was written (docs/high-availability.md).
+    #[error(
+        "write refused: this bridge writes as leader epoch {mine}, but the database's epoch is {current} (another bridge took over)"
+    )]
+    Fenced { mine: u64, current: u64 },
+    /// `open_read_only` on a database without the bridge's tables (PostgreSQL).
+    #[error(
+        "no lcs-bridge store in database {target} (the bridge has not run with this storage.url yet)"
+    )]
+    NoDatabaseStore { target: String },
 }
 
 /// Streaming iterators over records.
@@ -437,6 +459,13 @@ pub trait Store: Send + Sync {
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Makes every later write carry leader epoch `epoch` (docs/high-availability.md): a store
+    /// shared by several bridges then refuses a write once another epoch is in force
+    /// ([`StoreError::Fenced`]). False for a store of one machine, which has no epochs.
+    fn fence(&self, _epoch: u64) -> bool {
+        false
+    }
 }
 
 /// Where [`SledStore`] lives inside `storage.path` (a subdirectory, so that another backend or
@@ -469,3 +498,9 @@ pub(crate) fn scan_stats(store: &dyn Store) -> Result<Stats, StoreError> {
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)]
 mod tests;
+
+/// The PostgreSQL store against a real server (lcs-test-support's `Postgres`; without
+/// PostgreSQL installed they skip loudly, or fail under `LCS_BRIDGE_REQUIRE_PEERS=1`).
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod pg_tests;

@@ -29,7 +29,7 @@ fn dialog(n: u32) -> DialogRecord {
     }
 }
 
-fn sub(direction: Direction, jid: &str, aor: &str) -> Subscription {
+pub(super) fn sub(direction: Direction, jid: &str, aor: &str) -> Subscription {
     Subscription {
         direction,
         local_jid: jid.into(),
@@ -45,7 +45,7 @@ fn sub(direction: Direction, jid: &str, aor: &str) -> Subscription {
     }
 }
 
-fn minimal(direction: Direction, jid: &str, aor: &str) -> Subscription {
+pub(super) fn minimal(direction: Direction, jid: &str, aor: &str) -> Subscription {
     Subscription {
         direction,
         local_jid: jid.into(),
@@ -61,7 +61,7 @@ fn minimal(direction: Direction, jid: &str, aor: &str) -> Subscription {
     }
 }
 
-fn im(jid: &str, aor: &str) -> ImDialog {
+pub(super) fn im(jid: &str, aor: &str) -> ImDialog {
     ImDialog {
         local_jid: jid.into(),
         remote_aor: aor.into(),
@@ -74,12 +74,12 @@ fn im(jid: &str, aor: &str) -> ImDialog {
     }
 }
 
-fn collect<T>(it: Records<'_, T>) -> Vec<T> {
+pub(super) fn collect<T>(it: Records<'_, T>) -> Vec<T> {
     it.map(Result::unwrap).collect()
 }
 
 /// The behaviour both stores must share.
-fn exercise(store: &dyn Store) {
+pub(super) fn exercise(store: &dyn Store) {
     let a = sub(
         Direction::Outbound,
         "alice@example.org",
@@ -290,7 +290,7 @@ fn exercise(store: &dyn Store) {
 
 /// A corrupt record between two good ones: lookups fail naming it, iteration reports it and
 /// goes on, stats counts it.
-fn corrupt_record_is_reported(store: &dyn Store, plant: &dyn Fn(&[u8], &[u8])) {
+pub(super) fn corrupt_record_is_reported(store: &dyn Store, plant: &dyn Fn(&[u8], &[u8])) {
     store
         .put_subscription(&minimal(
             Direction::Outbound,

@@ -131,9 +131,11 @@ impl GatewayInfo {
 /// The disco#info features of a component domain, in the order they are sent (sorted):
 /// disco#info and disco#items (answered here), `jabber:iq:gateway` (XEP-0100 §6.3),
 /// `urn:xmpp:ping`, `jabber:iq:version`, chat states (XEP-0085) and receipts (XEP-0184) (the
-/// engine translates them), and `jid\20escaping` (XEP-0106) in gateway mode only.
+/// engine translates them), ad-hoc commands (XEP-0050 §2.1: the administrators' commands,
+/// `engine::admin`), and `jid\20escaping` (XEP-0106) in gateway mode only.
 pub fn component_features(mode: AddressMode) -> Vec<&'static str> {
     let mut features: BTreeSet<&'static str> = [
+        "http://jabber.org/protocol/commands",
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
         NS_GATEWAY,
@@ -764,6 +766,7 @@ mod tests {
             "{HEAD_GW}<query xmlns='http://jabber.org/protocol/disco#info'>\
              <identity category='gateway' name='LCS gateway' type='lcs'/>\
              <feature var='http://jabber.org/protocol/chatstates'/>\
+             <feature var='http://jabber.org/protocol/commands'/>\
              <feature var='http://jabber.org/protocol/disco#info'/>\
              <feature var='http://jabber.org/protocol/disco#items'/>\
              <feature var='jabber:iq:gateway'/>\
@@ -793,6 +796,7 @@ mod tests {
                  <query xmlns='http://jabber.org/protocol/disco#info'>\
                  <identity category='gateway' name='LCS gateway' type='lcs'/>\
                  <feature var='http://jabber.org/protocol/chatstates'/>\
+                 <feature var='http://jabber.org/protocol/commands'/>\
                  <feature var='http://jabber.org/protocol/disco#info'/>\
                  <feature var='http://jabber.org/protocol/disco#items'/>\
                  <feature var='jabber:iq:gateway'/>\
@@ -811,6 +815,7 @@ mod tests {
             component_features(AddressMode::Gateway),
             [
                 "http://jabber.org/protocol/chatstates",
+                "http://jabber.org/protocol/commands",
                 "http://jabber.org/protocol/disco#info",
                 "http://jabber.org/protocol/disco#items",
                 "jabber:iq:gateway",
@@ -821,7 +826,7 @@ mod tests {
             ]
         );
         assert!(!component_features(AddressMode::Direct).contains(&JID_ESCAPING_FEATURE));
-        assert_eq!(component_features(AddressMode::Direct).len(), 7);
+        assert_eq!(component_features(AddressMode::Direct).len(), 8);
         assert_eq!(
             contact_features(),
             [

@@ -400,6 +400,24 @@ pub async fn start(
     settings: LinkSettings,
     startup_timeout: Duration,
 ) -> Result<(LinkHandle, mpsc::Receiver<LinkEvent>), LinkError> {
+    start_gated(settings, startup_timeout, None).await
+}
+
+/// May the link (re)connect now? Asked before every attempt; while it says no, the domain's
+/// task waits (checking every [`GATE_POLL`]) and does not connect.
+pub type ConnectGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a closed [`ConnectGate`] is asked again.
+pub const GATE_POLL: Duration = Duration::from_millis(100);
+
+/// [`start`] with a gate on every connection attempt: a bridge that has lost its leader lease
+/// (docs/high-availability.md) must not connect the component again, where its connection would
+/// replace the active bridge's.
+pub async fn start_gated(
+    settings: LinkSettings,
+    startup_timeout: Duration,
+    gate: Option<ConnectGate>,
+) -> Result<(LinkHandle, mpsc::Receiver<LinkEvent>), LinkError> {
     settings.check()?;
     let deadline = tokio::time::Instant::now() + startup_timeout;
     let settings = Arc::new(settings);
@@ -429,6 +447,7 @@ pub async fn start(
             events: events_tx.clone(),
             startup: Some(report_tx.clone()),
             pings: AtomicU64::new(0),
+            gate: gate.clone(),
         };
         tasks.push(tokio::spawn(task.run()));
     }
@@ -523,6 +542,7 @@ struct DomainTask {
     events: mpsc::Sender<LinkEvent>,
     startup: Option<mpsc::UnboundedSender<StartupReport>>,
     pings: AtomicU64,
+    gate: Option<ConnectGate>,
 }
 
 /// Streams that stayed up at least this long reset the backoff.
@@ -535,6 +555,19 @@ impl DomainTask {
         let mut failures: u32 = 0;
         let mut refusals: u32 = 0;
         loop {
+            if let Some(gate) = &self.gate {
+                let mut told = false;
+                while !gate() {
+                    if !told {
+                        warn!(domain = %self.domain, "XMPP component link: not connecting (this bridge may not serve now)");
+                        told = true;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(GATE_POLL) => {}
+                        () = self.events.closed() => return,
+                    }
+                }
+            }
             let attempt = tokio::select! {
                 r = tokio::time::timeout(CONNECT_TIMEOUT, self.connect()) => r
                     .unwrap_or_else(|_| Err(AttemptError::Failed(format!(

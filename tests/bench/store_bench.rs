@@ -4,7 +4,14 @@
 //! ```sh
 //! cargo run --release --example store_bench -- [--records N] [--pidf|--tiny] [--dir DIR]
 //! LCS_STORE_BENCH_BACKEND=redb cargo run --release --features redb --example store_bench -- …
+//! LCS_STORE_BENCH_BACKEND=postgres cargo run --release --example store_bench -- [--records N]
 //! ```
+//!
+//! With `postgres` the store is a `PgStore` (pool of 16) on a private PostgreSQL server the
+//! benchmark starts (lcs-test-support's `Postgres`: Debian's server, default settings, fsync
+//! on, in a temporary directory under /tmp), a fresh database for each measurement; the
+//! measurements of files, memory, reopening and crashes, which are sled's, are left out, and
+//! the bulk load reports the subscription setup rate.
 //!
 //! `--records` (default 100000) subscriptions are loaded in batches of 1,000; `--pidf` stores a
 //! full PIDF document (571 bytes, the profile's example) as `last_received` and a 380-byte one
@@ -118,9 +125,44 @@ fn redb() -> bool {
     std::env::var("LCS_STORE_BENCH_BACKEND").as_deref() == Ok("redb")
 }
 
+fn postgres() -> bool {
+    std::env::var("LCS_STORE_BENCH_BACKEND").as_deref() == Ok("postgres")
+}
+
+/// The benchmark's PostgreSQL server (`postgres()`), stopped at the end of `main`.
+static PG: std::sync::Mutex<Option<lcs_test_support::postgres::Postgres>> =
+    std::sync::Mutex::new(None);
+static PG_DATABASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A `PgStore` on a new database of the benchmark's server.
+fn open_pg() -> Box<dyn Store> {
+    let guard = PG.lock().unwrap();
+    let pg = guard.as_ref().expect("PostgreSQL started");
+    let db = format!(
+        "bench{}",
+        PG_DATABASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    pg.create_database(&db);
+    let options = lcs_bridge::store::PgOptions {
+        pool_size: 16,
+        ..lcs_bridge::store::PgOptions::new(&pg.url_for(&db), Some(pg.password().to_string()))
+    };
+    Box::new(lcs_bridge::store::PgStore::open(&options).unwrap())
+}
+
+/// Removes a store's directory (none for PostgreSQL).
+fn remove(path: &Path) {
+    if path.exists() {
+        std::fs::remove_dir_all(path).unwrap();
+    }
+}
+
 /// The store under test (`LCS_STORE_BENCH_BACKEND=redb` for redb), in its default
 /// configuration, or (`alternative`) sled without the fsync / redb without quick repair.
 fn open_store(path: &Path, alternative: bool) -> Box<dyn Store> {
+    if postgres() {
+        return open_pg();
+    }
     if redb() {
         #[cfg(feature = "redb")]
         return Box::new(
@@ -168,6 +210,7 @@ fn synced_writes(dir: &Path, alternative: bool) {
     println!(
         "put_subscription, 1 thread, {}: {}",
         match (redb(), alternative) {
+            _ if postgres() => "PostgreSQL, commit (synchronous_commit on)",
             (false, false) => "sled, flush + fsync (default)",
             (false, true) => "sled, flush only",
             (true, false) => "redb, quick repair (default)",
@@ -176,7 +219,7 @@ fn synced_writes(dir: &Path, alternative: bool) {
         percentiles(lat)
     );
     drop(store);
-    std::fs::remove_dir_all(&path).unwrap();
+    remove(&path);
 }
 
 fn lazy_writes(dir: &Path) {
@@ -192,7 +235,7 @@ fn lazy_writes(dir: &Path) {
     }
     println!("put_subscription_lazy, 1 thread: {}", percentiles(lat));
     drop(store);
-    std::fs::remove_dir_all(&path).unwrap();
+    remove(&path);
 }
 
 fn concurrent_writes(dir: &Path, threads: u64) {
@@ -221,7 +264,7 @@ fn concurrent_writes(dir: &Path, threads: u64) {
         el.as_secs_f64()
     );
     drop(store);
-    std::fs::remove_dir_all(&path).unwrap();
+    remove(&path);
 }
 
 fn batches(dir: &Path, size: u64) {
@@ -241,7 +284,26 @@ fn batches(dir: &Path, size: u64) {
         mean.as_secs_f64() * 1e6 / size as f64
     );
     drop(store);
-    std::fs::remove_dir_all(&path).unwrap();
+    remove(&path);
+}
+
+/// Subscription setup rate: `n` new subscriptions stored in batches of 1,000 (each batch one
+/// durable transaction), and the same from 16 threads each storing one at a time.
+fn setup_rate(n: u64) {
+    let store = open_pg();
+    let t = Instant::now();
+    for b in 0..n.div_ceil(1000) {
+        let batch: Vec<Subscription> = (b * 1000..((b + 1) * 1000).min(n))
+            .map(|i| record(i, false))
+            .collect();
+        store.put_subscriptions(&batch).unwrap();
+    }
+    let el = t.elapsed();
+    println!(
+        "subscription setup, batches of 1000: {:.0} subscriptions/s ({n} in {:.2} s)",
+        n as f64 / el.as_secs_f64(),
+        el.as_secs_f64()
+    );
 }
 
 fn bulk(dir: &Path, n: u64, pidf: bool) {
@@ -368,7 +430,7 @@ fn bulk(dir: &Path, n: u64, pidf: bool) {
         dir_size(&path) as f64 / n as f64,
         std::fs::read_dir(path.join("blobs")).map_or(0, |d| d.count())
     );
-    std::fs::remove_dir_all(&path).unwrap();
+    remove(&path);
 }
 
 /// `--reopen DIR`: open the store, look one record up, scan everything; report times and
@@ -462,6 +524,22 @@ fn main() {
             tmp.path().to_owned()
         }
     };
+    if postgres() {
+        let Some(pg) = lcs_test_support::postgres::Postgres::start() else {
+            panic!("PostgreSQL is not installed (tests/install-peers.sh)");
+        };
+        *PG.lock().unwrap() = Some(pg);
+        synced_writes(&dir, false);
+        lazy_writes(&dir);
+        concurrent_writes(&dir, 1);
+        concurrent_writes(&dir, 4);
+        concurrent_writes(&dir, 16);
+        batches(&dir, 10);
+        batches(&dir, 100);
+        setup_rate(records);
+        drop(PG.lock().unwrap().take());
+        return;
+    }
     synced_writes(&dir, true);
     synced_writes(&dir, false);
     lazy_writes(&dir);

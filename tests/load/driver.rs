@@ -36,6 +36,54 @@ pub struct Options {
     pub bridge_cpu: Option<usize>,
     /// Keep the working directory (printed) instead of deleting it.
     pub keep: bool,
+    /// What stands between the two neighbours the generator plays.
+    pub gateway: Gateway,
+}
+
+/// The gateway under load: lcs-bridge, or Kamailio's `xmpp` module in its place
+/// (docs/benchmarks.md "Kamailio side by side").
+#[derive(Clone, Debug)]
+pub enum Gateway {
+    Bridge,
+    Kamailio(Kamailio),
+}
+
+#[derive(Clone, Debug)]
+pub struct Kamailio {
+    /// The `kamailio` binary.
+    pub bin: PathBuf,
+    /// The xmpp module built by tests/load/kamailio/setup.sh.
+    pub module: PathBuf,
+    /// Debian's module directory (tm, sl, pv, textops, tls).
+    pub mpath: PathBuf,
+    /// `-x tlsf` (Kamailio's TLSF allocator for its private and shared memory) instead of its
+    /// default one.
+    pub tlsf: bool,
+}
+
+/// The template lcs-load fills in for Kamailio.
+const KAMAILIO_CFG: &str = include_str!("kamailio/kamailio.cfg.in");
+
+impl Kamailio {
+    /// kamailio.cfg for a world in `dir` (certificates written there), listening for SIP over
+    /// TLS on `sip_port`, its component connecting to `component_port`.
+    fn config(&self, dir: &Path, sip_port: u16, component_port: u16, secret: &str) -> String {
+        // Kamailio's levels: 0 warning, 1 notice, 2 info, 3 debug.
+        let debug = match std::env::var("LCS_LOAD_LOG").as_deref() {
+            Ok("debug" | "trace") => "3",
+            Ok("info") => "2",
+            _ => "0",
+        };
+        KAMAILIO_CFG
+            .replace("@DEBUG@", debug)
+            .replace("@SIP_PORT@", &sip_port.to_string())
+            .replace("@MPATH@", &self.mpath.display().to_string())
+            .replace("@XMPP_MODULE@", &self.module.display().to_string())
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@COMPONENT@", COMPONENT)
+            .replace("@XMPP_PORT@", &component_port.to_string())
+            .replace("@SECRET@", secret)
+    }
 }
 
 /// The bridge's JID for LCS user `user` (gateway mode, XEP-0106).
@@ -200,6 +248,9 @@ pub struct Step {
     pub bridge_cpu_pct: f64,
     pub bridge_rss_kib: u64,
     pub bridge_peak_rss_kib: u64,
+    /// The gateway's CPU time per delivered item, µs (what one message costs it).
+    #[serde(default)]
+    pub cpu_us_per_item: f64,
     /// The generator's own CPU time (all its threads), in % of one core.
     #[serde(default)]
     pub generator_cpu_pct: f64,
@@ -261,6 +312,14 @@ impl World {
                  max_sessions_per_user = 100000\n"
                 .into(),
             log_level: &log_level,
+            // Metrics recorded as in production (the default listener is on), so that the
+            // benchmarks include their cost; `LCS_LOAD_NO_ADMIN=1` leaves the table out, for
+            // an A/B against a build older than it.
+            admin: if std::env::var_os("LCS_LOAD_NO_ADMIN").is_some() {
+                String::new()
+            } else {
+                format!("[admin]\nmetrics_listen = \"127.0.0.1:{}\"\n", free_port())
+            },
             extra,
             ..BridgeConfig::new(
                 dir.path(),
@@ -276,7 +335,16 @@ impl World {
         let (events_tx, events) = unbounded_channel();
         net::accept_sip(partner, tls.acceptor.clone(), 0, events_tx.clone());
         let spawned = Instant::now();
-        let bridge = spawn_bridge(opts, &config, &dir.path().join("bridge.log"));
+        let log = dir.path().join("bridge.log");
+        let bridge = match &opts.gateway {
+            Gateway::Bridge => spawn_bridge(opts, &config, &log),
+            Gateway::Kamailio(k) => {
+                let cfg = dir.path().join("kamailio.cfg");
+                std::fs::write(&cfg, k.config(dir.path(), sip_port, component_port, secret))
+                    .unwrap();
+                spawn_kamailio(opts, k, &cfg, &log)
+            }
+        };
         let pid = bridge.id();
         let mut world = World {
             sip_addr: SocketAddr::from(([127, 0, 0, 1], sip_port)),
@@ -593,7 +661,7 @@ impl World {
             self.ctx.delivered,
             self.ctx.errors,
         );
-        let cpu0 = cpu_ticks(self.pid);
+        let cpu0 = tree_cpu_ticks(self.pid);
         let me = std::process::id();
         let gen0 = cpu_ticks(me);
         let server0 = self.server_pid.map(cpu_ticks);
@@ -612,14 +680,21 @@ impl World {
             .unwrap_or(t0)
             .max(t0 + Duration::from_millis(1));
         let wall = (end - t0).as_secs_f64();
-        let cpu = (cpu_ticks(self.pid) - cpu0) as f64 / 100.0;
+        let cpu = tree_cpu_ticks(self.pid).saturating_sub(cpu0) as f64 / 100.0;
         let gen_cpu = (cpu_ticks(me) - gen0) as f64 / 100.0;
         let server_cpu = self
             .server_pid
             .zip(server0)
             .map(|(pid, c0)| cpu_ticks(pid).saturating_sub(c0) as f64 / 100.0);
         self.ctx.record = false;
-        let (rss, peak) = rss_kib(self.pid);
+        let (rss, peak) = match self.opts.gateway {
+            Gateway::Bridge => rss_kib(self.pid),
+            // Its processes share the shared-memory pool: their proportional sizes, summed.
+            Gateway::Kamailio(_) => {
+                let pss = tree_pss_kib(self.pid);
+                (pss, pss)
+            }
+        };
         let delivered = self.ctx.delivered - delivered0;
         let hist = &self.ctx.hist;
         Step {
@@ -640,6 +715,11 @@ impl World {
             bridge_cpu_pct: 100.0 * cpu / wall,
             bridge_rss_kib: rss,
             bridge_peak_rss_kib: peak,
+            cpu_us_per_item: if delivered > 0 {
+                cpu * 1e6 / delivered as f64
+            } else {
+                0.0
+            },
             generator_cpu_pct: 100.0 * gen_cpu / wall,
             server_cpu_pct: server_cpu.map(|c| 100.0 * c / wall),
             server_peak_rss_kib: self.server_pid.map(|pid| rss_kib(pid).1),
@@ -653,6 +733,20 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        if let Gateway::Kamailio(_) = self.opts.gateway {
+            // Kamailio's main process stops its children on SIGTERM; whatever is left of its
+            // process group (its own, see spawn_kamailio) is killed after a second.
+            let group = format!("-{}", self.pid);
+            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline && matches!(self.bridge.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.bridge.kill();
         let _ = self.bridge.wait();
         if self.opts.keep {
@@ -666,20 +760,30 @@ impl Drop for World {
     }
 }
 
-fn spawn_bridge(opts: &Options, config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
+/// The gateway's log file, opened for appending.
+fn append_to(log: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .unwrap();
-    let mut cmd = match opts.bridge_cpu {
+        .unwrap()
+}
+
+/// A command running `bin`, pinned to the gateway's CPU (`taskset`) when one is set.
+fn pinned(opts: &Options, bin: &Path) -> Command {
+    match opts.bridge_cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string()]).arg(&opts.bridge);
+            c.args(["-c", &cpu.to_string()]).arg(bin);
             c
         }
-        None => Command::new(&opts.bridge),
-    };
+        None => Command::new(bin),
+    }
+}
+
+fn spawn_bridge(opts: &Options, config: &Path, log: &Path) -> Child {
+    let log = append_to(log);
+    let mut cmd = pinned(opts, &opts.bridge);
     cmd.arg("run")
         .arg("--config")
         .arg(config)
@@ -688,6 +792,31 @@ fn spawn_bridge(opts: &Options, config: &Path, log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", opts.bridge.display()))
+}
+
+/// Kamailio pinned like the bridge (its children inherit the affinity), in the foreground
+/// (`-DD`), logging to stderr (`-E`), in a process group of its own so that none of its
+/// processes outlives the world. Shared memory 256 MiB, private 32 MiB per process, for both
+/// allocators.
+fn spawn_kamailio(opts: &Options, k: &Kamailio, cfg: &Path, log: &Path) -> Child {
+    use std::os::unix::process::CommandExt as _;
+    let log = append_to(log);
+    let mut cmd = pinned(opts, &k.bin);
+    cmd.arg("-f")
+        .arg(cfg)
+        .args(["-DD", "-E", "-m", "256", "-M", "32"]);
+    if k.tlsf {
+        cmd.args(["-x", "tlsf"]);
+    }
+    if let Some(dir) = cfg.parent() {
+        cmd.arg("-w").arg(dir).arg("-Y").arg(dir);
+    }
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", k.bin.display()))
 }
 
 struct NoHandler;
@@ -708,6 +837,60 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of stat; index 11 and 12 after the ')'.
     n(11) + n(12)
+}
+
+/// `pid` and every process descended from it.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parent = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // The field after the state, after the command in parentheses.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            if let Some(pp) = ppid {
+                parent.push((p, pp));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let at = tree[i];
+        tree.extend(parent.iter().filter(|(_, pp)| *pp == at).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+/// [`cpu_ticks`] of `pid` and its descendants (the bridge has none; Kamailio's work is done
+/// by its children).
+pub fn tree_cpu_ticks(pid: u32) -> u64 {
+    process_tree(pid).into_iter().map(cpu_ticks).sum()
+}
+
+/// The proportional set sizes (`Pss` of /proc/<pid>/smaps_rollup) of `pid` and its
+/// descendants, KiB: memory they share counted once.
+pub fn tree_pss_kib(pid: u32) -> u64 {
+    process_tree(pid)
+        .into_iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// (VmRSS, VmHWM) of process `pid`, KiB.

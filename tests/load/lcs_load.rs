@@ -30,7 +30,7 @@ use lcs_bridge::store::{
 };
 use serde_json::json;
 
-use driver::{COMPONENT, Load, Options, Step, World, XmppSide};
+use driver::{COMPONENT, Gateway, Load, Options, Step, World, XmppSide};
 use lcs_test_support::net;
 use lcs_test_support::{COMPONENT_SECRET, Prosody, XmppServer as _};
 use scenarios::{Fanout, ImInbound, ImOutbound, Inbound};
@@ -89,7 +89,27 @@ struct Cli {
     /// Keep the working directories.
     #[arg(long)]
     keep: bool,
+    /// The gateway under load: `bridge` (lcs-bridge) or `kamailio` (Kamailio's xmpp module in
+    /// its place, im-inbound only: docs/benchmarks.md "Kamailio side by side").
+    #[arg(long, default_value = "bridge")]
+    gateway: String,
+    /// Kamailio's memory allocator: `default` or `tlsf` (`-x tlsf`).
+    #[arg(long, default_value = "default")]
+    kamailio_allocator: String,
+    /// The kamailio binary.
+    #[arg(long, default_value = "kamailio")]
+    kamailio_bin: PathBuf,
+    /// The fixed xmpp module (default: where tests/load/kamailio/setup.sh builds it).
+    #[arg(long)]
+    kamailio_module: Option<PathBuf>,
+    /// Kamailio's module directory (default: Debian's).
+    #[arg(long)]
+    kamailio_mpath: Option<PathBuf>,
 }
+
+/// The scenarios Kamailio's xmpp module can run in the bridge's place (docs/benchmarks.md
+/// "Kamailio side by side" says why the others are not).
+const KAMAILIO_SCENARIOS: &[&str] = &["im-inbound"];
 
 const ALL: &[&str] = &[
     "im-outbound",
@@ -105,7 +125,16 @@ const ALL: &[&str] = &[
 fn main() {
     let cli = Cli::parse();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let gateway = match cli.gateway.as_str() {
+        "bridge" => Gateway::Bridge,
+        "kamailio" => Gateway::Kamailio(kamailio(&cli, repo)),
+        g => panic!("--gateway {g:?}: bridge or kamailio"),
+    };
     let bridge = cli.bridge.clone().unwrap_or_else(|| {
+        if let Gateway::Kamailio(_) = gateway {
+            // Not run.
+            return PathBuf::new();
+        }
         if let Some(cargo) = std::env::var_os("CARGO") {
             let ok = std::process::Command::new(cargo)
                 .args(["build", "--release", "--bin", "lcs-bridge"])
@@ -116,12 +145,17 @@ fn main() {
         }
         repo.join("target/release/lcs-bridge")
     });
-    assert!(bridge.exists(), "no bridge binary at {}", bridge.display());
+    assert!(
+        bridge.exists() || matches!(gateway, Gateway::Kamailio(_)),
+        "no bridge binary at {}",
+        bridge.display()
+    );
     let opts = Options {
         bridge,
         bridge_cpu: (cli.bridge_cpu != "none")
             .then(|| cli.bridge_cpu.parse().expect("--bridge-cpu")),
         keep: cli.keep,
+        gateway,
     };
     let names: Vec<String> = if cli.scenarios.iter().any(|s| s == "all") {
         ALL.iter().map(|s| s.to_string()).collect()
@@ -132,6 +166,11 @@ fn main() {
         assert!(
             ALL.contains(&n.as_str()),
             "unknown scenario {n:?}; known: {ALL:?} or all"
+        );
+        assert!(
+            matches!(opts.gateway, Gateway::Bridge) || KAMAILIO_SCENARIOS.contains(&n.as_str()),
+            "--gateway kamailio runs {KAMAILIO_SCENARIOS:?} only, not {n:?} \
+             (docs/benchmarks.md \"Kamailio side by side\")"
         );
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -169,6 +208,68 @@ fn main() {
     }
 }
 
+/// Kamailio in the bridge's place: the options, with the module tests/load/kamailio/setup.sh
+/// built (which this does not run: it installs packages).
+fn kamailio(cli: &Cli, repo: &Path) -> driver::Kamailio {
+    let tlsf = match cli.kamailio_allocator.as_str() {
+        "default" => false,
+        "tlsf" => true,
+        a => panic!("--kamailio-allocator {a:?}: default or tlsf"),
+    };
+    let setup = repo.join("tests/load/kamailio/setup.sh");
+    let module = cli.kamailio_module.clone().unwrap_or_else(|| {
+        let out = std::process::Command::new("bash")
+            .arg(&setup)
+            .arg("--path")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", setup.display()));
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success() && !path.is_empty(),
+            "Kamailio's fixed xmpp module is not built{}: run {} first",
+            if path.is_empty() {
+                String::new()
+            } else {
+                format!(" (expected at {path})")
+            },
+            setup.display()
+        );
+        PathBuf::from(path)
+    });
+    assert!(module.exists(), "no xmpp module at {}", module.display());
+    let mpath = cli.kamailio_mpath.clone().unwrap_or_else(|| {
+        let arch = std::process::Command::new("dpkg-architecture")
+            .arg("-qDEB_HOST_MULTIARCH")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|| format!("{}-linux-gnu", std::env::consts::ARCH));
+        PathBuf::from(format!("/usr/lib/{arch}/kamailio/modules"))
+    });
+    assert!(
+        mpath.join("tls.so").exists(),
+        "no Kamailio TLS module in {}: run {} first",
+        mpath.display(),
+        setup.display()
+    );
+    driver::Kamailio {
+        bin: cli.kamailio_bin.clone(),
+        module,
+        mpath,
+        tlsf,
+    }
+}
+
+/// `kamailio -v`'s first line.
+fn kamailio_version(bin: &Path) -> Option<String> {
+    let out = std::process::Command::new(bin).arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .next()
+        .map(|l| l.trim_start_matches("version:").trim().to_owned())
+}
+
 fn rates(cli: &Cli, full: &str, smoke: &str) -> Vec<Load> {
     let text = cli
         .rates
@@ -196,7 +297,12 @@ async fn run(name: &str, cli: &Cli, opts: &Options) -> serde_json::Value {
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
         "bridge_cpu": opts.bridge_cpu,
         "smoke": cli.smoke,
+        "gateway": cli.gateway,
     });
+    if let Gateway::Kamailio(k) = &opts.gateway {
+        report["kamailio_allocator"] = json!(if k.tlsf { "tlsf" } else { "default" });
+        report["kamailio_version"] = json!(kamailio_version(&k.bin));
+    }
     let result = match name {
         "im-outbound" | "im-setup" => im_outbound(name == "im-setup", cli, opts, &mut report).await,
         "im-inbound" => im_inbound(cli, opts, &mut report).await,
@@ -529,6 +635,7 @@ async fn im_inbound(
         size(cli.peers, 10, 2, cli),
         conns,
     );
+    h.kamailio_addressing = matches!(opts.gateway, Gateway::Kamailio(_));
     let pairs = h.users * h.contacts;
     report["sessions"] = json!(pairs);
     h.invite_all(&mut world.ctx);
@@ -873,7 +980,7 @@ fn print_report(r: &serde_json::Value) {
         // With an XMPP server in the path: its CPU and peak RSS too.
         let server = steps.iter().any(|s| s.server_cpu_pct.is_some());
         print!(
-            "{:>18} {:>9} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7}",
+            "{:>18} {:>9} {:>9} {:>7} {:>11} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>7}",
             "offered",
             "sent",
             "delivered",
@@ -884,6 +991,7 @@ fn print_report(r: &serde_json::Value) {
             "p99.9 µs",
             "max µs",
             "CPU %",
+            "µs/item",
             "peak MiB",
             "gen %"
         );
@@ -893,7 +1001,7 @@ fn print_report(r: &serde_json::Value) {
         println!();
         for s in steps {
             print!(
-                "{:>18} {:>9} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>7.0} {:>9.1} {:>7.0}",
+                "{:>18} {:>9} {:>9} {:>7} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>7.0} {:>7.1} {:>9.1} {:>7.0}",
                 s.offered,
                 s.sent,
                 s.delivered,
@@ -904,6 +1012,7 @@ fn print_report(r: &serde_json::Value) {
                 s.p999_us,
                 s.max_us,
                 s.bridge_cpu_pct,
+                s.cpu_us_per_item,
                 s.bridge_peak_rss_kib as f64 / 1024.0,
                 s.generator_cpu_pct
             );

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use lcs_bridge::sip::message::{Message, Method};
 
-use crate::driver::{Ctx, Handler, LCS_DOMAIN, XMPP_DOMAIN, contact_jid};
+use crate::driver::{COMPONENT, Ctx, Handler, LCS_DOMAIN, XMPP_DOMAIN, contact_jid};
 use lcs_test_support::net::{attr, child_text, seq_after};
 
 const SDP: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=session\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 5060 sip/tcp *\r\n";
@@ -142,6 +142,10 @@ pub struct ImInbound {
     pub users: u64,
     pub contacts: u64,
     pub conns: Vec<usize>,
+    /// How the gateway names LCS user c0@contoso.com in the stanza's `from`: the bridge as
+    /// `c0\40contoso.com@lcs.xmpp.test` (XEP-0106), Kamailio's xmpp module as
+    /// `c0*contoso.com@lcs.xmpp.test` (its domain separator).
+    pub kamailio_addressing: bool,
     dialogs: Vec<Option<LcsDialog>>,
     pending: HashMap<String, usize>,
     pub established: u64,
@@ -155,6 +159,7 @@ impl ImInbound {
             users,
             contacts,
             conns,
+            kamailio_addressing: false,
             dialogs: (0..n).map(|_| None).collect(),
             pending: HashMap::new(),
             established: 0,
@@ -189,10 +194,29 @@ impl ImInbound {
 
 impl Handler for ImInbound {
     fn stanza(&mut self, cx: &mut Ctx, s: &[u8], at: Instant) {
-        if s.starts_with(b"<message") {
-            if let Some(seq) = child_text(s, "body").and_then(|b| seq_after(b, b'i')) {
-                cx.delivered(seq, at);
-            }
+        if !s.starts_with(b"<message") {
+            return;
+        }
+        let Some(seq) = child_text(s, "body").and_then(|b| seq_after(b, b'i')) else {
+            return;
+        };
+        // Sent on pair seq % pairs (send_one): user u… got it from contact c….
+        let pair = seq % self.dialogs.len().max(1) as u64;
+        let (user, contact) = (pair / self.contacts, pair % self.contacts);
+        let to = format!("u{user}@{XMPP_DOMAIN}");
+        let from = if self.kamailio_addressing {
+            format!("c{contact}*{LCS_DOMAIN}@{COMPONENT}")
+        } else {
+            contact_jid(&format!("c{contact}"))
+        };
+        let (got_to, got_from) = (attr(s, "to"), attr(s, "from"));
+        if got_to == Some(to.as_bytes()) && got_from == Some(from.as_bytes()) {
+            cx.delivered(seq, at);
+        } else {
+            cx.error(format!(
+                "item {seq}: expected from {from} to {to}, got {}",
+                String::from_utf8_lossy(s)
+            ));
         }
     }
 

@@ -362,6 +362,67 @@ impl PresenceEngine {
         }
     }
 
+    /// A reload's settings and tables (docs/configuration.md, "Reloading"). `public_fqdn`
+    /// stays as started (a restart changes it). What is already built keeps its state: a new
+    /// table applies to the next document translated either way; a new `expires` to the next
+    /// SUBSCRIBE sent or answered; new pending limits to the next watcher (those waiting stay,
+    /// even above a lowered limit); a new `min_notify_interval` counts from each watcher's last
+    /// NOTIFY, so a NOTIFY owed now is rescheduled by it.
+    pub fn reconfigure(&mut self, settings: PresenceSettings, mappings: Mappings) {
+        let public_fqdn = std::mem::take(&mut self.settings.public_fqdn);
+        self.settings = PresenceSettings {
+            public_fqdn,
+            ..settings
+        };
+        self.table = mappings.presence;
+        self.errors = mappings.errors;
+        // A shorter interval makes owed NOTIFYs due before their timers: the earliest timer
+        // is made exact again, and each timer run does the same for the next (a longer
+        // interval finds them not due when the timer fires, and they are armed again).
+        self.rearm();
+    }
+
+    /// An administrator ends the subscriptions between local user `local` (bare JID) and LCS
+    /// user `remote` (AOR URI), both ways, as if the user had: the user's subscription to the
+    /// contact is unsubscribed at LCS (SUBSCRIBE `Expires: 0`) and the user is sent
+    /// `unsubscribed` from the contact; the contact's subscription to the user is ended with a
+    /// NOTIFY `terminated;reason=rejected` and the user is sent `unsubscribe` from the contact
+    /// (RFC 6121 §3.2, §3.3: the server updates the roster). Both are forgotten in the store.
+    /// Returns which directions there were.
+    pub fn end_by_admin(
+        &mut self,
+        now: Instant,
+        local: &str,
+        remote: &str,
+    ) -> (Vec<Direction>, Vec<Output>) {
+        let key = key(local.to_owned(), remote.to_owned());
+        let mut out = Vec::new();
+        let mut ended = Vec::new();
+        let local_jid = BareJid::new(local).ok();
+        if let Some(sub) = self.outbound.get(&key) {
+            let (from, to) = (sub.remote_jid.clone(), sub.local_jid.clone());
+            self.xmpp_unsubscribe(&key, &mut out);
+            out.push(stanza(
+                Presence::new(Type::Unsubscribed)
+                    .with_from(from)
+                    .with_to(to),
+            ));
+            ended.push(Direction::Outbound);
+        }
+        if let Some(w) = self.inbound.get(&key) {
+            let from = w.remote_jid.clone();
+            self.xmpp_unsubscribed(now, &key, &mut out);
+            if let Some(to) = local_jid {
+                out.push(stanza(
+                    Presence::new(Type::Unsubscribe).with_from(from).with_to(to),
+                ));
+            }
+            ended.push(Direction::Inbound);
+        }
+        self.rearm();
+        (ended, out)
+    }
+
     /// Whether SUBSCRIBEs to `domain` go with PIDF only (it refused the enhanced offer within
     /// [`PIDF_ONLY_TTL`]).
     fn pidf_only(&self, now: Instant, domain: &str) -> bool {
@@ -714,6 +775,22 @@ impl PresenceEngine {
     /// The refusal of `request` outside a dialog of ours, with a fresh To tag.
     fn refuse(&mut self, request: &Message, reject: &Reject) -> Message {
         common::refuse(&mut self.rng, request, reject)
+    }
+
+    /// Adds the subscriptions both ways, by state, to `census` (a walk over all of them).
+    pub fn census(&self, census: &mut super::Census) {
+        for sub in self.outbound.map.values() {
+            census.outbound[usize::from(sub.active)] += 1;
+        }
+        for w in self.inbound.map.values() {
+            let i = match w.approval {
+                Approval::None => 0,
+                Approval::Requested => 1,
+                Approval::Approved => 2,
+                Approval::Denied => 3,
+            };
+            census.inbound[i] += 1;
+        }
     }
 
     /// New watchers refused since the start, per pending-subscription limit (configuration

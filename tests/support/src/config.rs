@@ -31,7 +31,15 @@ pub struct BridgeConfig<'a> {
     pub federation: String,
     /// The `[im]` table (`session_idle_secs` [`IDLE_SECS`] by default), or nothing.
     pub im: String,
-    /// More TOML, appended (e.g. a `[presence]` table).
+    /// More lines of the `[storage]` table (e.g. `backend = "postgres"`, `url` and
+    /// `password_file` of a [`crate::postgres::Postgres`]); `path` is always `dir/store`.
+    pub storage: String,
+    /// The `[admin]` table: by default the operations listener off (`metrics_listen = ""`), so
+    /// that bridges started at once do not race for its default port; left out when `extra`
+    /// has an `[admin]` table of its own.
+    pub admin: String,
+    /// More TOML, appended after `[logging]`'s level (so it may add `[logging]` keys, or
+    /// tables such as `[presence]`); the `[admin]` table comes after it.
     pub extra: &'a str,
     /// `logging.level` (EnvFilter directives).
     pub log_level: &'a str,
@@ -58,6 +66,8 @@ impl<'a> BridgeConfig<'a> {
             sip: NO_DNS,
             federation: Self::partner(mode.lcs_domain(), partner_port),
             im: format!("[im]\nsession_idle_secs = {IDLE_SECS}\n"),
+            storage: String::new(),
+            admin: "[admin]\nmetrics_listen = \"\"\n".to_owned(),
             extra: "",
             log_level: "debug",
         }
@@ -99,13 +109,15 @@ ca_bundle = {ca}
 {im}
 [storage]
 path = {storage}
+{storage_more}
 
 [mappings]
 path = {mappings}
 
 [logging]
 level = "{log_level}"
-{extra}"#,
+{extra}
+{admin}"#,
             component_port = self.component_port,
             secret = self.secret,
             mode = self.mode.name(),
@@ -119,7 +131,23 @@ level = "{log_level}"
             federation = self.federation,
             im = self.im,
             storage = path("store"),
-            extra = self.extra,
+            storage_more = self.storage,
+            // An `extra` with its own `[admin]` table replaces the default one, the listener
+            // turned off there too unless it says otherwise.
+            admin = if self.extra.contains("[admin]") {
+                ""
+            } else {
+                self.admin.as_str()
+            },
+            extra = if self.extra.contains("[admin]") && !self.extra.contains("metrics_listen") {
+                std::borrow::Cow::Owned(self.extra.replacen(
+                    "[admin]\n",
+                    "[admin]\nmetrics_listen = \"\"\n",
+                    1,
+                ))
+            } else {
+                std::borrow::Cow::Borrowed(self.extra)
+            },
             log_level = self.log_level,
         )
     }

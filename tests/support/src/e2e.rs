@@ -714,6 +714,8 @@ pub struct ScriptedPartner {
     pub sip_port: u16,
     /// The component stream, accepted.
     pub xmpp: Writer,
+    /// The component port's listener (the bridge reconnects here after a lost stream).
+    pub component: tokio::net::TcpListener,
 }
 
 /// Starts the bridge (log level `info,lcs_bridge=debug`, `extra` configuration appended) in a
@@ -787,5 +789,6 @@ pub async fn scripted_partner_with(
         tls,
         sip_port,
         xmpp,
+        component,
     }
 }

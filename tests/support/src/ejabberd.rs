@@ -337,7 +337,7 @@ impl Drop for Ejabberd {
 }
 
 /// uid and gid of a system user, from /etc/passwd.
-fn system_user_ids(user: &str) -> Option<(u32, u32)> {
+pub(crate) fn system_user_ids(user: &str) -> Option<(u32, u32)> {
     let passwd = fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let f: Vec<&str> = line.split(':').collect();
@@ -345,7 +345,7 @@ fn system_user_ids(user: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn chown_recursive(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+pub(crate) fn chown_recursive(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
     if fs::symlink_metadata(path)?.is_dir() {
         for entry in fs::read_dir(path)? {

@@ -18,6 +18,8 @@
 //!   SIPp's message log parsed.
 //! - [`sip_peer::SipPeer`]: a mutual-TLS SIP peer in-process; [`net`]: the load generator's
 //!   XEP-0114 listener, c2s clients and mutual-TLS SIP connections.
+//! - [`postgres::Postgres`]: a private PostgreSQL server (initdb + pg_ctl) on a free loopback
+//!   port, with stop, kill (a crash) and restart.
 //! - [`e2e`]: the end-to-end world (the `lcs-bridge` binary, an XMPP server, slixmpp, SIPp);
 //!   [`edge`]: settings and helpers for tests of the SIP edge alone.
 //!
@@ -36,6 +38,7 @@ pub mod e2e;
 pub mod edge;
 pub mod net;
 pub mod pki;
+pub mod postgres;
 pub mod sip_peer;
 pub mod sipp;
 

@@ -355,11 +355,11 @@ pub fn attr<'a>(stanza: &'a [u8], name: &str) -> Option<&'a [u8]> {
     while let Some(i) = memchr::memmem::find(&head[from..], name.as_bytes()) {
         let at = from + i;
         let after = at + name.len();
-        if at > 0
-            && head[at - 1] == b' '
-            && head.get(after) == Some(&b'=')
-            && let Some(&q) = head.get(after + 1)
-        {
+        let quote = head.get(after + 1).copied();
+        if let (true, Some(q)) = (
+            at > 0 && head[at - 1] == b' ' && head.get(after) == Some(&b'='),
+            quote,
+        ) {
             let rest = &head[after + 2..];
             let end = memchr::memchr(q, rest)?;
             return Some(&rest[..end]);
@@ -429,6 +429,21 @@ impl Tls {
             connector: TlsConnector::from(Arc::new(client)),
         }
     }
+}
+
+/// A partner edge on loopback accepting the bridge's mutual-TLS SIP connections
+/// ([`accept_sip`], ids from 0): its port, a sender for the test's own connections' events, and
+/// the events of all of them.
+pub async fn sip_partner(
+    acceptor: TlsAcceptor,
+) -> (u16, UnboundedSender<Event>, UnboundedReceiver<Event>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("a bound address").port();
+    let (events_tx, events) = unbounded_channel();
+    accept_sip(listener, acceptor, 0, events_tx.clone());
+    (port, events_tx, events)
 }
 
 /// Accepts the bridge's TLS connections on `listener` for ever, numbering them from

@@ -118,6 +118,7 @@ fn kinds(out: &[Output]) -> Vec<String> {
             Output::Forget { direction, .. } => format!("forget:{}", direction.as_str()),
             Output::Fact(_) => "fact".into(),
             Output::PersistIm { .. } | Output::ForgetIm { .. } => "im-store".into(),
+            Output::Admin { .. } | Output::AdminReply { .. } => "admin".into(),
         })
         .collect()
 }
