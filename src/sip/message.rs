@@ -679,25 +679,25 @@ impl Message {
     }
 
     fn push_parts(&mut self, kind: HeaderKind, name: &str, parts: &[&str]) {
-        let mut at = 0;
-        for part in parts {
-            if let Some(i) = find_forbidden_in_value(part) {
-                return self.refuse(HeaderError::ControlCharacter {
-                    field: name.to_owned(),
-                    byte: part.as_bytes()[i],
-                    at: at + i,
-                });
-            }
-            at += part.len();
-        }
-        let name = self.push_text(name);
+        let line = self.text.len();
+        let name_span = self.push_text(name);
         let start = self.text.len();
         for part in parts {
             self.text.push_str(part);
         }
+        // The value checked as written, in one scan; a refused one is taken back.
+        if let Some(at) = find_special(&self.text.as_bytes()[start..]) {
+            let byte = self.text.as_bytes()[start + at];
+            self.text.truncate(line);
+            return self.refuse(HeaderError::ControlCharacter {
+                field: name.to_owned(),
+                byte,
+                at,
+            });
+        }
         self.headers.push(Header {
             kind,
-            name,
+            name: name_span,
             value: Span::of(start, self.text.len()),
         });
     }
