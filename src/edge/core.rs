@@ -217,6 +217,15 @@ struct ByDomain {
 }
 
 /// The domain of a request's From URI (lowercase), if it is a SIP URI with a domain.
+/// The domain of a request's To (SIP URIs only), lower case.
+fn to_domain(m: &Message) -> Option<String> {
+    m.to()
+        .ok()?
+        .parsed_uri()
+        .as_sip()
+        .map(|u| u.host_str().to_ascii_lowercase())
+}
+
 fn from_domain(m: &Message) -> Option<String> {
     m.from()
         .ok()?
@@ -459,11 +468,13 @@ impl EdgeCore {
             });
             return out;
         }
-        self.assert_verification(&mut request);
+        // The To domain, read once for both checks below.
+        let to = to_domain(&request);
+        self.assert_verification(&mut request, to.as_deref());
         // A request in a dialog with a domain blocked since (an administrator's runtime block,
         // a reload): not sent, like a new one (the dialog's connection may still be up).
         if let Route::Connection(_) = route {
-            if let Some(domain) = self.blocked_to(&request) {
+            if let Some(domain) = self.blocked_to(to) {
                 out.push(CoreOutput::Undeliverable {
                     tx,
                     why: Undeliverable::Blocked { domain },
@@ -529,12 +540,8 @@ impl EdgeCore {
     }
 
     /// The domain of the request's To when the federation policy lists it as blocked.
-    fn blocked_to(&self, request: &Message) -> Option<String> {
-        let domain = request.to().ok().and_then(|t| {
-            t.parsed_uri()
-                .as_sip()
-                .map(|u| u.host_str().to_ascii_lowercase())
-        })?;
+    fn blocked_to(&self, to_domain: Option<String>) -> Option<String> {
+        let domain = to_domain?;
         self.settings
             .federation
             .partner(&domain)
@@ -544,22 +551,18 @@ impl EdgeCore {
 
     /// Adds `Ms-asserted-verification-level` to a request from a local user, as the target
     /// domain's partner setting says (unless the request has one already).
-    fn assert_verification(&self, request: &mut Message) {
+    fn assert_verification(&self, request: &mut Message, to_domain: Option<&str>) {
         let local = from_domain(request).is_some_and(|d| self.settings.served.contains(&d));
         if !local || request.header(VERIFICATION_HEADER).is_some() {
             return;
         }
-        let Some(domain) = request.to().ok().and_then(|t| {
-            t.parsed_uri()
-                .as_sip()
-                .map(|u| u.host_str().to_ascii_lowercase())
-        }) else {
+        let Some(domain) = to_domain else {
             return;
         };
         if let Some(value) = self
             .settings
             .federation
-            .verification_level(&domain)
+            .verification_level(domain)
             .header_value()
         {
             request.push_header(VERIFICATION_HEADER, value);

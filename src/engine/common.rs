@@ -40,7 +40,11 @@ pub(crate) fn via(public_fqdn: &str) -> String {
 
 /// A fresh Via branch with the RFC 3261 §8.1.1.7 magic cookie.
 pub(crate) fn branch(rng: &mut SplitMix) -> String {
-    format!("z9hG4bK{}", rng.token())
+    // `z9hG4bK` and `SplitMix::token`'s 16 hex digits, in one allocation.
+    use std::fmt::Write as _;
+    let mut b = String::with_capacity(23);
+    let _ = write!(b, "z9hG4bK{:016x}", rng.next());
+    b
 }
 
 /// A response to `request` with a fresh To tag (RFC 3261 §8.2.6.2).

@@ -661,6 +661,61 @@ impl Message {
         });
     }
 
+    /// Appends a header line whose value is `parts` written one after the other: the same
+    /// line, and the same refusal, as [`Message::push_header`] with the joined value, without
+    /// building that value first (the request builders' hot path).
+    pub fn push_header_parts(&mut self, name: &str, parts: &[&str]) {
+        if !super::params::is_token(name) {
+            return self.refuse(HeaderError::BadName(name.chars().take(80).collect()));
+        }
+        self.push_parts(HeaderKind::of(name), name, parts);
+    }
+
+    /// [`Message::push_header_parts`] for a header the codec knows, written with its canonical
+    /// name ([`HeaderKind::name`]; a token, so not checked again).
+    pub(crate) fn push_known(&mut self, kind: HeaderKind, parts: &[&str]) {
+        debug_assert!(kind != HeaderKind::Other);
+        self.push_parts(kind, kind.name(), parts);
+    }
+
+    fn push_parts(&mut self, kind: HeaderKind, name: &str, parts: &[&str]) {
+        let line = self.text.len();
+        let name_span = self.push_text(name);
+        let start = self.text.len();
+        for part in parts {
+            self.text.push_str(part);
+        }
+        // The value checked as written, in one scan; a refused one is taken back.
+        if let Some(at) = find_special(&self.text.as_bytes()[start..]) {
+            let byte = self.text.as_bytes()[start + at];
+            self.text.truncate(line);
+            return self.refuse(HeaderError::ControlCharacter {
+                field: name.to_owned(),
+                byte,
+                at,
+            });
+        }
+        self.headers.push(Header {
+            kind,
+            name: name_span,
+            value: Span::of(start, self.text.len()),
+        });
+    }
+
+    /// Room for `text` more bytes of header text and `lines` more header lines, so that a
+    /// builder that knows the sizes allocates once.
+    pub(crate) fn reserve(&mut self, text: usize, lines: usize) {
+        self.text.reserve(text);
+        self.headers.reserve(lines);
+    }
+
+    /// Sets the body alone: the caller has written its Content-Length (and Content-Type)
+    /// already, where it wanted them ([`crate::sip::dialog::Dialog::next_request_with`]).
+    pub(crate) fn set_body_after_headers(&mut self, body: Vec<u8>) {
+        debug_assert_eq!(self.content_length().ok().flatten(), Some(body.len()));
+        self.body = body;
+    }
+
     /// Inserts a header line before all others (a new top Via); refused like
     /// [`Message::push_header`].
     pub fn prepend_header(&mut self, name: &str, value: &str) {

@@ -162,7 +162,9 @@ struct ServerKey {
 struct Client {
     key: ClientKey,
     conn: ConnId,
-    request: Message,
+    /// An INVITE, kept for its ACK (non-2xx) and CANCEL; other requests are not needed after
+    /// they went out, so they are not copied.
+    request: Option<Message>,
     deadline: Instant,
     /// INVITE: a provisional response arrived (Proceeding, §17.1.1.2), else Calling.
     proceeding: bool,
@@ -223,6 +225,11 @@ impl Default for Transactions {
     fn default() -> Self {
         Transactions::new(T1)
     }
+}
+
+/// The top Via's branch (what matches a response to a client transaction, §17.1.3).
+fn top_branch(m: &Message) -> Option<String> {
+    Some(m.top_via().ok()?.branch()?.to_owned())
 }
 
 fn top_branch_and_sent_by(m: &Message) -> Option<(String, String)> {
@@ -347,20 +354,22 @@ impl Transactions {
         if method == Method::Ack {
             return Err(TxError::AckNotTransaction);
         }
-        let (branch, _) = top_branch_and_sent_by(&request).ok_or(TxError::NoBranch)?;
+        let branch = top_branch(&request).ok_or(TxError::NoBranch)?;
+        let invite = method == Method::Invite;
         let key = ClientKey { branch, method };
         if self.client_index.contains_key(&key) {
             return Err(TxError::DuplicateBranch);
         }
 
         self.client_index.insert(key.clone(), id);
-        self.transmit(conn, request.clone());
+        let kept = invite.then(|| request.clone());
+        self.transmit(conn, request);
         self.clients.insert(
             id,
             Client {
                 key,
                 conn,
-                request,
+                request: kept,
                 deadline: now + self.timeout,
                 proceeding: false,
             },
@@ -417,8 +426,8 @@ impl Transactions {
     }
 
     fn receive_response(&mut self, now: Instant, conn: ConnId, response: Message) {
-        let key = match (top_branch_and_sent_by(&response), response.cseq()) {
-            (Some((branch, _)), Ok(cseq)) => ClientKey {
+        let key = match (top_branch(&response), response.cseq()) {
+            (Some(branch), Ok(cseq)) => ClientKey {
                 branch,
                 method: cseq.method,
             },
@@ -440,9 +449,11 @@ impl Transactions {
         if is_final {
             if let Some(client) = self.clients.remove(&tx) {
                 self.client_index.remove(&client.key);
-                if client.key.method == Method::Invite && status::is_failure(status) {
-                    let ack = ack_for(&client.request, &response);
-                    self.transmit(client.conn, ack);
+                if let Some(invite) = client.request.as_ref() {
+                    if status::is_failure(status) {
+                        let ack = ack_for(invite, &response);
+                        self.transmit(client.conn, ack);
+                    }
                 }
             }
         } else if let Some(client) = self.clients.get_mut(&tx) {
@@ -589,15 +600,16 @@ impl Transactions {
                 if self.internal.remove(&tx) {
                     continue;
                 }
-                if c.key.method != Method::Invite {
+                // Only an INVITE's request is kept.
+                let Some(invite) = c.request else {
                     self.event(TxEvent::Timeout { tx });
                     continue;
-                }
+                };
                 if c.proceeding {
                     // §9.1: a CANCEL only after a provisional response, on the same connection.
                     let id = self.id();
                     if self
-                        .send_request_as(now, id, c.conn, cancel_for(&c.request))
+                        .send_request_as(now, id, c.conn, cancel_for(&invite))
                         .is_ok()
                     {
                         self.internal.insert(id);
@@ -606,7 +618,7 @@ impl Transactions {
                 } else {
                     self.event(TxEvent::Timeout { tx });
                 }
-                self.abandon(now, tx, c);
+                self.abandon(now, tx, c.key, invite);
             }
         }
         servers.sort_unstable();
@@ -622,7 +634,7 @@ impl Transactions {
 
     /// Remembers INVITE client transaction `tx`, given up on, for 64·T1 (at most
     /// [`MAX_ABANDONED`]: the oldest goes first).
-    fn abandon(&mut self, now: Instant, tx: TxId, c: Client) {
+    fn abandon(&mut self, now: Instant, tx: TxId, key: ClientKey, invite: Message) {
         while self.abandoned.len() >= MAX_ABANDONED {
             let Some(old) = self.abandoned_order.pop_front() else {
                 break;
@@ -636,12 +648,12 @@ impl Transactions {
             self.abandoned_order.retain(|t| live.contains_key(t));
         }
         let deadline = now + self.timeout;
-        self.abandoned_index.insert(c.key.clone(), tx);
+        self.abandoned_index.insert(key.clone(), tx);
         self.abandoned.insert(
             tx,
             Abandoned {
-                key: c.key,
-                request: c.request,
+                key,
+                request: invite,
                 deadline,
                 ended: Vec::new(),
             },
@@ -669,7 +681,7 @@ impl Transactions {
         let Some(a) = self.abandoned.get(&tx) else {
             return;
         };
-        let Some((branch, _)) = top_branch_and_sent_by(&a.request) else {
+        let Some(branch) = top_branch(&a.request) else {
             return;
         };
         let Some(tag) = response.to().ok().and_then(|t| t.tag().map(str::to_owned)) else {
