@@ -4,6 +4,7 @@
 //! RFC 6120 §4.8.3), a server stream (`jabber:server`) or with no namespace at all (as an
 //! administrator pastes it) is moved into that namespace before typed parsing. No I/O.
 
+pub mod build;
 pub mod gateway;
 pub mod link;
 
