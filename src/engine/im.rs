@@ -73,6 +73,7 @@ use crate::sip::sdp::Sdp;
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{DialogRecord, ImDialog};
+use crate::xmpp::build;
 
 /// Longest `Subject` header sent, in bytes: an XMPP `<subject/>` is one line of at most this
 /// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
@@ -397,7 +398,7 @@ pub struct ImEngine {
 
 /// Why an XMPP message could not be taken.
 fn bounce(stanza: &Stanza, condition: Condition, text: &str) -> Output {
-    common::bounce(Element::from(stanza.clone()), condition, text)
+    common::bounce(build::message(stanza.clone()), condition, text)
 }
 
 /// The store's removal of the session of `key`.
@@ -882,7 +883,7 @@ impl ImEngine {
     /// `stanza` with the id [`ImEngine::stanza_id`] gives it, as it goes to the link.
     fn with_id(&mut self, key: &Key, kind: StanzaKind, mut stanza: Stanza) -> Element {
         stanza.id = self.stanza_id(key, kind).map(Id);
-        Element::from(stanza)
+        build::message(stanza)
     }
 
     /// Queues an item on the session for `key`, opening or replacing the session as needed.
@@ -1641,8 +1642,8 @@ impl ImEngine {
             let thread = request.call_id().unwrap_or_default();
             let notice = im_text::offer_notice(&offer);
             let from = Jid::from(remote.to_bare());
-            let el = chat(&from, &Jid::from(local), thread, Some(&notice), None);
-            out.push(Output::Stanza(el.into()));
+            let el = chat(&from, &Jid::from(local), thread, Some(notice), None);
+            out.push(Output::Stanza(build::message(el)));
             let warning = format!("399 {} \"{FT_WARNING}\"", self.settings.public_fqdn);
             let reject = Reject::new(status::NOT_ACCEPTABLE_HERE).header("Warning", warning);
             return out.push(refuse(reject));
@@ -1745,7 +1746,7 @@ impl ImEngine {
         };
         if let Some(first) = first {
             // XEP-0172 §4.2: the sender's nick in the first message of a conversation.
-            let mut el = chat(&remote_jid, &local, &thread, Some(&first), None);
+            let mut el = chat(&remote_jid, &local, &thread, Some(first), None);
             if let Some(n) = &name {
                 el.payloads.push(Nick(n.clone()).into());
             }
@@ -1774,11 +1775,11 @@ impl ImEngine {
             |Parties { local, remote, .. }| {
                 let ct = content_type(request);
                 match im_text::plain_text(&ct, request.body()) {
-                    Ok(text) => Ok(Element::from(chat(
+                    Ok(text) => Ok(build::message(chat(
                         &Jid::from(remote.to_bare()),
                         &Jid::from(local),
                         "",
-                        Some(&text),
+                        Some(text),
                         None,
                     ))),
                     Err(e) => Err(body_error(&self.errors, &e)),
@@ -1879,7 +1880,7 @@ impl ImEngine {
                                 &session.remote_jid,
                                 &local,
                                 &session.thread,
-                                Some(&im_text::offer_notice(&offer)),
+                                Some(im_text::offer_notice(&offer)),
                                 None,
                             )))
                         }
@@ -1903,7 +1904,7 @@ impl ImEngine {
                             &session.remote_jid,
                             &local,
                             &session.thread,
-                            Some(&text),
+                            Some(text),
                             subject(request),
                         ))),
                         Err(e) => Err(body_error(&self.errors, &e)),
@@ -2040,12 +2041,12 @@ fn body_error(errors: &ErrorTable, e: &im_text::BodyError) -> Reject {
 /// The `Warning` text of the 488 to a Lync file offer's INVITE.
 const FT_WARNING: &str = "file transfer is not supported by this gateway";
 
-fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Stanza {
+fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<String>, subject: Option<&str>) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
     // Characters XML forbids are removed from every stanza by the component link.
     if let Some(b) = body {
-        m.bodies.insert(Lang(String::new()), b.to_owned());
+        m.bodies.insert(Lang(String::new()), b);
     }
     if let Some(s) = subject {
         m.subjects.insert(Lang(String::new()), s.to_owned());
@@ -2056,7 +2057,7 @@ fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<
             id: thread.to_owned(),
         });
     }
-    m.payloads.push(ChatState::Active.into());
+    m.payloads.push(build::chat_state(ChatState::Active));
     m
 }
 
@@ -2073,7 +2074,7 @@ fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Stanza {
         Typing::Paused => ChatState::Paused,
         Typing::Active => ChatState::Active,
     };
-    m.payloads.push(s.into());
+    m.payloads.push(build::chat_state(s));
     m
 }
 
@@ -2091,7 +2092,7 @@ fn receipt(stanza: &Stanza) -> Option<Element> {
     m.type_ = stanza.type_.clone();
     m.from = stanza.to.clone();
     m.payloads.push(Received { id }.into());
-    Some(Element::from(m))
+    Some(build::message(m))
 }
 
 #[cfg(test)]
@@ -2881,7 +2882,7 @@ mod tests {
             &Jid::new("a@b").unwrap(),
             &Jid::new("c@d").unwrap(),
             "call\u{FFFE}-1",
-            Some("a\u{0}b\u{1b}c"),
+            Some("a\u{0}b\u{1b}c".to_owned()),
             Some("s\u{1}ubject"),
         ));
         assert_eq!(crate::xmpp::clean_stanza(&mut e), Ok(3));
