@@ -1774,7 +1774,7 @@ impl ImEngine {
         let stanza = parties(&self.book, &self.errors, request).and_then(
             |Parties { local, remote, .. }| {
                 let ct = content_type(request);
-                match im_text::plain_text(&ct, request.body()) {
+                match im_text::plain_text(ct, request.body()) {
                     Ok(text) => Ok(build::message(chat(
                         &Jid::from(remote.to_bare()),
                         &Jid::from(local),
@@ -1809,17 +1809,18 @@ impl ImEngine {
         };
         let mut retargeted = false;
         if let State::Up { dialog } = &mut session.state {
-            let target = dialog.remote_target.clone();
-            if let Err(e) = dialog.accept_request(request) {
-                // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
-                let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
-                out.push(Output::Respond {
-                    tx,
-                    response: reject.response_to(request, Some(&tag)),
-                });
-                return;
+            match dialog.accept_request_retargets(request) {
+                Ok(changed) => retargeted = changed,
+                Err(e) => {
+                    // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
+                    let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
+                    out.push(Output::Respond {
+                        tx,
+                        response: reject.response_to(request, Some(&tag)),
+                    });
+                    return;
+                }
             }
-            retargeted = dialog.remote_target != target;
         }
         session.last_activity = now;
         if retargeted {
@@ -1867,8 +1868,7 @@ impl ImEngine {
             },
             _ => {
                 let ct = content_type(request);
-                let lower = ct.to_ascii_lowercase();
-                if lower.starts_with(im_text::MSMSGSINVITE_TYPE) {
+                if starts_with_ignore_case(ct, im_text::MSMSGSINVITE_TYPE) {
                     // A file offer (pidgin-sipe `sipe-ft.c`): taken (200), declined with the
                     // client's own CANCEL in this session, and told to the XMPP user. Other
                     // invitation commands need nothing.
@@ -1887,7 +1887,7 @@ impl ImEngine {
                         Ok(im_text::Invitation::Other(_)) => Ok(None),
                         Err(e) => Err(body_error(&self.errors, &e)),
                     }
-                } else if lower.starts_with(im_text::ISCOMPOSING_TYPE) {
+                } else if starts_with_ignore_case(ct, im_text::ISCOMPOSING_TYPE) {
                     match im_text::parse_iscomposing(request.body()) {
                         Ok(t) => Ok(Some(typing(
                             &session.remote_jid,
@@ -1899,7 +1899,7 @@ impl ImEngine {
                     }
                 } else {
                     kind = StanzaKind::Body;
-                    match im_text::plain_text(&ct, request.body()) {
+                    match im_text::plain_text(ct, request.body()) {
                         Ok(text) => Ok(Some(chat(
                             &session.remote_jid,
                             &local,
@@ -2013,12 +2013,18 @@ impl ImEngine {
     }
 }
 
-fn content_type(request: &Message) -> String {
+fn content_type(request: &Message) -> &str {
     request
         .header("Content-Type")
         .or_else(|| request.header("c"))
         .unwrap_or("text/plain")
-        .to_owned()
+}
+
+/// `s` starts with `prefix`, ASCII letters compared without case (media types, RFC 2045 §5.1).
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 fn subject(request: &Message) -> Option<&str> {
@@ -2037,10 +2043,10 @@ fn body_error(errors: &ErrorTable, e: &im_text::BodyError) -> Reject {
     }
 }
 
-/// A chat message from an LCS user to a local user.
 /// The `Warning` text of the 488 to a Lync file offer's INVITE.
 const FT_WARNING: &str = "file transfer is not supported by this gateway";
 
+/// A chat message from an LCS user to a local user (the body moved in, not copied).
 fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<String>, subject: Option<&str>) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
