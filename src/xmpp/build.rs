@@ -126,6 +126,10 @@ fn stanza_attrs(el: &mut Element, from: Option<Jid>, to: Option<Jid>, id: Option
 /// Drops the namespace prefix declarations of a payload and its descendants (what the round
 /// trip through events does). Elements the bridge builds have none: one check per element.
 fn without_prefixes(mut el: Element) -> Element {
+    if el.prefixes.declared_prefixes().is_empty() && el.children().next().is_none() {
+        // A chat state, a receipt, a nick: nothing to walk.
+        return el;
+    }
     let mut stack = vec![&mut el];
     while let Some(e) = stack.pop() {
         if !e.prefixes.declared_prefixes().is_empty() {
