@@ -42,8 +42,11 @@ const NS_CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 /// (an `Arc`) and copies the short name, where `Element::builder` allocates the namespace anew
 /// for every element.
 struct Templates {
-    message: Element,
-    presence: Element,
+    /// `<message/>` and `<presence/>` with each subset of their four attributes (bit 0
+    /// `from`, 1 `id`, 2 `to`, 3 `type`), the values empty: the values are filled in key order
+    /// without a map search ([`with_attrs`]).
+    message: [Element; 16],
+    presence: [Element; 16],
     body: Element,
     subject: Element,
     thread: Element,
@@ -51,10 +54,6 @@ struct Templates {
     status: Element,
     priority: Element,
     chat_states: [Element; 5],
-    from: NcName,
-    to: NcName,
-    id: NcName,
-    type_: NcName,
     lang: NcName,
     parent: NcName,
 }
@@ -66,9 +65,21 @@ fn ncname(name: &str) -> NcName {
 static TEMPLATES: LazyLock<Templates> = LazyLock::new(|| {
     let component = |name: &str| Element::bare(name, NS_COMPONENT);
     let chat_state = |name: &str| Element::bare(name, NS_CHATSTATES);
+    let with_subsets = |name: &str| -> [Element; 16] {
+        std::array::from_fn(|mask| {
+            let mut el = component(name);
+            for (bit, attr) in ["from", "id", "to", "type"].into_iter().enumerate() {
+                if mask & (1 << bit) != 0 {
+                    el.attrs_mut()
+                        .insert(XmlNamespace::NONE, ncname(attr), String::new());
+                }
+            }
+            el
+        })
+    };
     Templates {
-        message: component("message"),
-        presence: component("presence"),
+        message: with_subsets("message"),
+        presence: with_subsets("presence"),
         body: component("body"),
         subject: component("subject"),
         thread: component("thread"),
@@ -82,10 +93,6 @@ static TEMPLATES: LazyLock<Templates> = LazyLock::new(|| {
             chat_state("inactive"),
             chat_state("paused"),
         ],
-        from: ncname("from"),
-        to: ncname("to"),
-        id: ncname("id"),
-        type_: ncname("type"),
         lang: ncname("lang"),
         parent: ncname("parent"),
     }
@@ -109,18 +116,34 @@ fn text_child(template: &Element, lang: Lang, text: String) -> Element {
     el
 }
 
-/// The common attributes of a stanza, in the namespace-less attribute map.
-fn stanza_attrs(el: &mut Element, from: Option<Jid>, to: Option<Jid>, id: Option<String>) {
-    let t = &*TEMPLATES;
-    if let Some(from) = from {
-        put(el, &t.from, from.into_inner());
+/// A stanza's root with its attributes: the template with exactly these attributes, its
+/// values replaced in the map's (alphabetical) order: `from`, `id`, `to`, `type`.
+fn with_attrs(
+    templates: &[Element; 16],
+    from: Option<Jid>,
+    id: Option<String>,
+    to: Option<Jid>,
+    type_: Option<&str>,
+) -> Element {
+    let mask = usize::from(from.is_some())
+        | usize::from(id.is_some()) << 1
+        | usize::from(to.is_some()) << 2
+        | usize::from(type_.is_some()) << 3;
+    let mut el = templates[mask].clone();
+    let values = [
+        from.map(Jid::into_inner),
+        id,
+        to.map(Jid::into_inner),
+        type_.map(str::to_owned),
+    ];
+    for (slot, value) in el
+        .attrs_mut()
+        .values_mut()
+        .zip(values.into_iter().flatten())
+    {
+        *slot = value;
     }
-    if let Some(to) = to {
-        put(el, &t.to, to.into_inner());
-    }
-    if let Some(id) = id {
-        put(el, &t.id, id);
-    }
+    el
 }
 
 /// Drops the namespace prefix declarations of a payload and its descendants (what the round
@@ -165,8 +188,6 @@ pub fn message(message: Message) -> Element {
         thread,
         payloads,
     } = message;
-    let mut el = t.message.clone();
-    stanza_attrs(&mut el, from, to, id.map(|id| id.0));
     let type_ = match type_ {
         MessageType::Chat => Some("chat"),
         MessageType::Error => Some("error"),
@@ -175,9 +196,7 @@ pub fn message(message: Message) -> Element {
         // The default type is written as no attribute.
         MessageType::Normal => None,
     };
-    if let Some(type_) = type_ {
-        put(&mut el, &t.type_, type_.to_owned());
-    }
+    let mut el = with_attrs(&t.message, from, id.map(|id| id.0), to, type_);
     append_texts(&mut el, &t.body, bodies);
     append_texts(&mut el, &t.subject, subjects);
     if let Some(thread) = thread {
@@ -205,8 +224,6 @@ pub fn presence(presence: Presence) -> Element {
         priority,
         payloads,
     } = presence;
-    let mut el = t.presence.clone();
-    stanza_attrs(&mut el, from, to, id);
     let type_ = match type_ {
         // Available: no attribute.
         PresenceType::None => None,
@@ -218,9 +235,7 @@ pub fn presence(presence: Presence) -> Element {
         PresenceType::Unsubscribe => Some("unsubscribe"),
         PresenceType::Unsubscribed => Some("unsubscribed"),
     };
-    if let Some(type_) = type_ {
-        put(&mut el, &t.type_, type_.to_owned());
-    }
+    let mut el = with_attrs(&t.presence, from, id, to, type_);
     if let Some(show) = show {
         let text = match show {
             Show::Away => "away",
