@@ -595,7 +595,7 @@ impl ImEngine {
         let request = dialog.next_request(method, &via, &branch, None).ok()?;
         let route = if session.detached {
             // Taken up from the store: the edge reuses or opens a connection for the domain.
-            Route::Domain(host_of(&dialog.remote_uri))
+            Route::Domain(host_of(dialog.remote_uri()))
         } else {
             Route::Connection(dialog.conn)
         };

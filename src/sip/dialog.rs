@@ -97,14 +97,9 @@ pub const MAX_CSEQ: u32 = (1 << 31) - 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dialog {
     pub id: DialogId,
-    /// Our address (AOR) and display name, as in From (UAC) or To (UAS) of the initial request.
-    pub local_uri: String,
-    pub local_display: Option<String>,
-    /// The peer's address (AOR) and display name.
-    pub remote_uri: String,
-    pub remote_display: Option<String>,
-    /// Where in-dialog requests go (the peer's Contact).
-    pub remote_target: String,
+    /// Both addresses (AOR and display name, as in From and To of the initial request) and
+    /// the remote target, in one allocation: [`Dialog::local_uri`] and the others.
+    addresses: Addresses,
     /// Route set, each entry a `<uri>` value, in the order Route headers are written.
     pub route_set: Vec<String>,
     /// The connection this dialog lives on.
@@ -113,6 +108,62 @@ pub struct Dialog {
     remote_cseq: Option<u32>,
     created: Instant,
     confirmed: bool,
+}
+
+/// A dialog's five address strings in one allocation (a subscription dialog lives for hours
+/// and a bridge holds millions: five allocations each would cost more than their text). The
+/// text is the five parts one after the other; `ends` are where each part ends; a display
+/// name's bit in `displays` says it is present (an empty one is not an absent one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Addresses {
+    text: Box<str>,
+    ends: [u32; 5],
+    displays: u8,
+}
+
+const LOCAL_URI: usize = 0;
+const LOCAL_DISPLAY: usize = 1;
+const REMOTE_URI: usize = 2;
+const REMOTE_DISPLAY: usize = 3;
+const REMOTE_TARGET: usize = 4;
+
+impl Addresses {
+    fn new(
+        local: (&str, Option<&str>),
+        remote: (&str, Option<&str>),
+        remote_target: &str,
+    ) -> Addresses {
+        let parts = [
+            local.0,
+            local.1.unwrap_or(""),
+            remote.0,
+            remote.1.unwrap_or(""),
+            remote_target,
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; 5];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            // The edge bounds a message far below 4 GiB, so every offset fits.
+            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        Addresses {
+            text: text.into_boxed_str(),
+            ends,
+            displays: u8::from(local.1.is_some()) | u8::from(remote.1.is_some()) << 1,
+        }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text
+            .get(start..self.ends[i] as usize)
+            .unwrap_or_default()
+    }
+
+    fn display(&self, i: usize, bit: u8) -> Option<&str> {
+        (self.displays & bit != 0).then(|| self.part(i))
+    }
 }
 
 fn malformed(e: impl ToString) -> DialogError {
@@ -155,11 +206,11 @@ impl Dialog {
                 local_tag: from.tag().ok_or(DialogError::NoFromTag)?.to_owned(),
                 remote_tag: to.tag().ok_or(DialogError::NoRemoteTag)?.to_owned(),
             },
-            local_uri: from.uri.to_owned(),
-            local_display: from.display_name.map(str::to_owned),
-            remote_uri: to.uri.to_owned(),
-            remote_display: to.display_name.map(str::to_owned),
-            remote_target: first_contact(response)?,
+            addresses: Addresses::new(
+                (from.uri, from.display_name),
+                (to.uri, to.display_name),
+                &first_contact(response)?,
+            ),
             route_set,
             conn,
             local_cseq: request.cseq().map_err(malformed)?.number,
@@ -187,11 +238,11 @@ impl Dialog {
                 local_tag: local_tag.to_owned(),
                 remote_tag: from.tag().ok_or(DialogError::NoFromTag)?.to_owned(),
             },
-            local_uri: to.uri.to_owned(),
-            local_display: to.display_name.map(str::to_owned),
-            remote_uri: from.uri.to_owned(),
-            remote_display: from.display_name.map(str::to_owned),
-            remote_target: first_contact(request)?,
+            addresses: Addresses::new(
+                (to.uri, to.display_name),
+                (from.uri, from.display_name),
+                &first_contact(request)?,
+            ),
             route_set: routes(request)?,
             conn,
             local_cseq,
@@ -217,11 +268,11 @@ impl Dialog {
     ) -> Dialog {
         Dialog {
             id,
-            local_uri: local.0,
-            local_display: local.1,
-            remote_uri: remote.0,
-            remote_display: remote.1,
-            remote_target,
+            addresses: Addresses::new(
+                (&local.0, local.1.as_deref()),
+                (&remote.0, remote.1.as_deref()),
+                &remote_target,
+            ),
             route_set,
             conn,
             local_cseq: cseqs.0,
@@ -233,6 +284,39 @@ impl Dialog {
 
     /// The initial transaction's final response has been sent (UAS): in-dialog requests may
     /// now go out.
+    /// Our address (AOR), as in From (UAC) or To (UAS) of the initial request.
+    pub fn local_uri(&self) -> &str {
+        self.addresses.part(LOCAL_URI)
+    }
+
+    /// Our display name in the initial request.
+    pub fn local_display(&self) -> Option<&str> {
+        self.addresses.display(LOCAL_DISPLAY, 1)
+    }
+
+    /// The peer's address (AOR).
+    pub fn remote_uri(&self) -> &str {
+        self.addresses.part(REMOTE_URI)
+    }
+
+    /// The peer's display name in the initial request.
+    pub fn remote_display(&self) -> Option<&str> {
+        self.addresses.display(REMOTE_DISPLAY, 2)
+    }
+
+    /// Where in-dialog requests go (the peer's Contact).
+    pub fn remote_target(&self) -> &str {
+        self.addresses.part(REMOTE_TARGET)
+    }
+
+    fn set_remote_target(&mut self, target: &str) {
+        self.addresses = Addresses::new(
+            (self.local_uri(), self.local_display()),
+            (self.remote_uri(), self.remote_display()),
+            target,
+        );
+    }
+
     pub fn confirm(&mut self) {
         self.confirmed = true;
     }
@@ -293,10 +377,10 @@ impl Dialog {
                 .map(|n| n.uri.to_owned())
                 .map_err(malformed)?;
             let mut rest = self.route_set[1..].to_vec();
-            rest.push(format!("<{}>", self.remote_target));
+            rest.push(format!("<{}>", self.remote_target()));
             (first, rest)
         } else {
-            (self.remote_target.clone(), self.route_set.clone())
+            (self.remote_target().to_owned(), self.route_set.clone())
         };
         let mut m = Message::new_request(method.clone(), &request_uri);
         m.push_header("Via", &format!("SIP/2.0/TLS {via_sent_by};branch={branch}"));
@@ -304,16 +388,16 @@ impl Dialog {
         m.push_header(
             "From",
             &name_addr(
-                self.local_display.as_deref(),
-                &self.local_uri,
+                self.local_display(),
+                self.local_uri(),
                 &[("tag", &self.id.local_tag)],
             ),
         );
         m.push_header(
             "To",
             &name_addr(
-                self.remote_display.as_deref(),
-                &self.remote_uri,
+                self.remote_display(),
+                self.remote_uri(),
                 &[("tag", &self.id.remote_tag)],
             ),
         );
@@ -361,9 +445,9 @@ impl Dialog {
         let mut retargeted = false;
         if refresh {
             if let Ok(target) = first_contact(request) {
-                if Uri::parse(&target).is_ok() {
-                    retargeted = self.remote_target != target;
-                    self.remote_target = target;
+                if Uri::parse(&target).is_ok() && target != self.remote_target() {
+                    self.set_remote_target(&target);
+                    retargeted = true;
                 }
             }
         }
@@ -473,9 +557,9 @@ Content-Length: 0\r\n\r\n"
         )
         .unwrap();
         let mut d = Dialog::from_uas(&subscribe, "j1", 1, 3, now).unwrap();
-        assert_eq!(d.local_uri, "sip:joe@contoso.com");
+        assert_eq!(d.local_uri(), "sip:joe@contoso.com");
         assert_eq!(
-            d.remote_target,
+            d.remote_target(),
             "sip:alice@sip.example.org:5061;transport=tls"
         );
         assert_eq!(
@@ -510,7 +594,7 @@ Content-Length: 0\r\n\r\n"
             Some(&d.id)
         );
         assert_eq!(d.accept_request_retargets(&refresh), Ok(true));
-        assert_eq!(d.remote_target, "sip:alice@10.1.1.1:5061;transport=tls");
+        assert_eq!(d.remote_target(), "sip:alice@10.1.1.1:5061;transport=tls");
         assert_eq!(
             d.accept_request(&refresh),
             Err(DialogError::CSeqOutOfOrder { got: 8, last: 8 })
@@ -569,5 +653,43 @@ Content-Length: 0\r\n\r\n"
             );
             assert_eq!(d.local_cseq(), start);
         }
+    }
+
+    /// A subscription dialog lives for hours and a bridge holds millions: its five address
+    /// strings share one allocation, and a target refresh keeps the others.
+    #[test]
+    fn addresses_are_one_allocation_and_survive_a_target_refresh() {
+        assert!(
+            std::mem::size_of::<Dialog>() <= 176,
+            "{}",
+            std::mem::size_of::<Dialog>()
+        );
+        let now = Instant::now();
+        let invite = Message::parse(INVITE.as_bytes()).unwrap();
+        let mut d = Dialog::from_uac(&invite, &ok_response(&invite), 9, now).unwrap();
+        assert_eq!(d.local_uri(), "sip:alice@example.org");
+        assert_eq!(d.local_display(), Some("Alice"));
+        assert_eq!(d.remote_uri(), "sip:joe@contoso.com");
+        assert_eq!(d.remote_display(), None);
+        assert_eq!(d.remote_target(), "sip:joe@10.0.0.5:5061;transport=tls");
+        d.set_remote_target("sip:joe@10.0.0.6:5061;transport=tls");
+        assert_eq!(d.local_uri(), "sip:alice@example.org");
+        assert_eq!(d.local_display(), Some("Alice"));
+        assert_eq!(d.remote_uri(), "sip:joe@contoso.com");
+        assert_eq!(d.remote_target(), "sip:joe@10.0.0.6:5061;transport=tls");
+        // An empty display name is not an absent one.
+        let restored = Dialog::restored(
+            d.id.clone(),
+            ("sip:a@x".into(), Some(String::new())),
+            ("sip:b@y".into(), None),
+            "sip:b@192.0.2.1".into(),
+            vec![],
+            (1, None),
+            9,
+            now,
+        );
+        assert_eq!(restored.local_display(), Some(""));
+        assert_eq!(restored.remote_display(), None);
+        assert_eq!(restored.remote_target(), "sip:b@192.0.2.1");
     }
 }

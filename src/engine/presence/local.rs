@@ -162,7 +162,7 @@ impl PresenceEngine {
         let indexed = self
             .by_jids
             .get(&self.index_hash(user, contact))
-            .filter(|k| k.0 == user)
+            .filter(|k| k.local() == user)
             .cloned();
         let (key, check) = match indexed {
             Some(key) => (key, Some(contact)),
@@ -172,7 +172,7 @@ impl PresenceEngine {
             },
         };
         let change = if available {
-            let cached = self.users.get(&key.0).and_then(|u| {
+            let cached = self.users.get(key.local()).and_then(|u| {
                 u.parsed
                     .iter()
                     .find(|e| *e.resource == *resource && e.same_stanza(&element))
@@ -192,7 +192,7 @@ impl PresenceEngine {
                         raw: element.clone(),
                         presence,
                     });
-                    let user = self.user(&key.0);
+                    let user = self.user(key.local());
                     if nick.is_some() {
                         user.nick = nick.filter(|n| !n.trim().is_empty());
                     }
@@ -206,7 +206,7 @@ impl PresenceEngine {
             let nick = element
                 .get_child("nick", xmpp_parsers::ns::NICK)
                 .map(Element::text);
-            let user = self.user(&key.0);
+            let user = self.user(key.local());
             if let Some(nick) = nick {
                 user.nick = Some(nick).filter(|n| !n.trim().is_empty());
             }
@@ -261,13 +261,13 @@ impl PresenceEngine {
         let Some(w) = self.inbound.get(key) else {
             return;
         };
-        let hash = self.index_hash(&key.0, w.remote_jid.as_str());
+        let hash = self.index_hash(key.local(), w.remote_jid.as_str());
         self.by_jids.entry(hash).or_insert_with(|| key.clone());
     }
 
     /// Takes watcher `key` (JID `contact`) out of the index.
     pub(super) fn unindex_watcher(&mut self, key: &Key, contact: &str) {
-        let hash = self.index_hash(&key.0, contact);
+        let hash = self.index_hash(key.local(), contact);
         if self.by_jids.get(&hash) == Some(key) {
             self.by_jids.remove(&hash);
         }
@@ -291,7 +291,7 @@ impl PresenceEngine {
         }
         let base: &[Arc<Entry>] = &w.view.resources;
         // The copies of one change to the user's watchers: the view the first made.
-        let shared = self.users.get(&key.0).and_then(|u| {
+        let shared = self.users.get(key.local()).and_then(|u| {
             u.recent
                 .iter()
                 .rev()
@@ -312,7 +312,7 @@ impl PresenceEngine {
                     Change::Unavailable(resource) if resource.is_empty() => resources.clear(),
                     Change::Unavailable(resource) => resources.retain(|e| e.resource != resource),
                 }
-                self.new_view(&key.0, resources)
+                self.new_view(key.local(), resources)
             }
         };
         let Some(w) = self.inbound.get_mut(key) else {
@@ -381,7 +381,7 @@ impl PresenceEngine {
             .inbound
             .range(key(local.to_owned(), String::new())..)
             .next()
-            .is_some_and(|(k, _)| k.0 == local);
+            .is_some_and(|(k, _)| k.local() == local);
         if !watched {
             self.users.remove(local);
         }
@@ -402,7 +402,7 @@ impl PresenceEngine {
                 });
             }
         }
-        if let Some(user) = self.users.get_mut(&key.0) {
+        if let Some(user) = self.users.get_mut(key.local()) {
             user.parsed.clear();
         }
     }

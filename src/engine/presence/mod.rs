@@ -62,11 +62,13 @@ use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{Approval, Direction, DisplayName, SubState, Subscription};
 use crate::xmpp::build;
 
+mod index;
 mod local;
 mod notifier;
 mod persist;
 mod subscriber;
 
+use index::DialogIndex;
 use local::LocalUser;
 use notifier::{Pending, Watcher, subscribe_request};
 use subscriber::Outbound;
@@ -151,13 +153,66 @@ impl Default for PresenceSettings {
 
 pub use super::common::WallClock;
 
-/// (local bare JID, remote AOR), both as strings: the store's identity. Shared: the maps,
-/// the timer heap and the dialog and transaction indexes each hold one, so a copy is a
-/// reference count, not two allocations.
-type Key = Arc<(String, String)>;
+/// (local bare JID, remote AOR): the store's identity. Shared: the maps, the timer heap and
+/// the dialog and transaction indexes each hold one, so a copy is a reference count.
+type Key = Arc<KeyText>;
 
 fn key(local: String, remote: String) -> Key {
-    Arc::new((local, remote))
+    Arc::new(KeyText::new(&local, &remote))
+}
+
+/// A subscription's two names in one allocation (the local JID, then the remote AOR), instead
+/// of two `String`s: one allocation less per subscription. Equality, hashing and order are
+/// those of the pair (`local`, `remote`): the maps iterate by local user first, and a range
+/// from (`local`, "") finds a user's first subscription.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct KeyText {
+    text: Box<str>,
+    /// Where the remote AOR starts.
+    split: usize,
+}
+
+impl KeyText {
+    fn new(local: &str, remote: &str) -> Self {
+        let mut text = String::with_capacity(local.len() + remote.len());
+        text.push_str(local);
+        text.push_str(remote);
+        KeyText {
+            text: text.into_boxed_str(),
+            split: local.len(),
+        }
+    }
+
+    /// The local bare JID.
+    fn local(&self) -> &str {
+        &self.text[..self.split]
+    }
+
+    /// The remote AOR.
+    fn remote(&self) -> &str {
+        &self.text[self.split..]
+    }
+}
+
+impl Ord for KeyText {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.local(), self.remote()).cmp(&(other.local(), other.remote()))
+    }
+}
+
+impl PartialOrd for KeyText {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Key")
+            .field(&self.local())
+            .field(&self.remote())
+            .finish()
+    }
 }
 
 /// A stanza a restore sends (XEP-0100 §4.5, RFC 6121 §4.3), built when its turn comes.
@@ -280,8 +335,9 @@ pub struct PresenceEngine {
     /// visits only what is due, however many subscriptions there are.
     timers: BinaryHeap<Reverse<(Instant, Side, Key)>>,
     armed: HashMap<(Side, Key), Instant>,
-    out_dialogs: HashMap<DialogId, Key>,
-    in_dialogs: HashMap<DialogId, Key>,
+    /// Subscription dialogs by id ([`index`]: a hash of the id and the key).
+    out_dialogs: DialogIndex,
+    in_dialogs: DialogIndex,
     /// Call-ID of an initial SUBSCRIBE in flight → its subscription (NOTIFY before the 2xx).
     early: HashMap<String, Key>,
     purposes: HashMap<TxId, Purpose>,
@@ -341,8 +397,8 @@ impl PresenceEngine {
             inbound: Tracked::default(),
             timers: BinaryHeap::new(),
             armed: HashMap::new(),
-            out_dialogs: HashMap::new(),
-            in_dialogs: HashMap::new(),
+            out_dialogs: DialogIndex::default(),
+            in_dialogs: DialogIndex::default(),
             early: HashMap::new(),
             purposes: HashMap::new(),
             users: HashMap::new(),
@@ -838,7 +894,7 @@ impl PresenceEngine {
                         .inbound
                         .get(&key)
                         .filter(|w| w.approval == Approval::Approved);
-                    let (Some(w), Ok(to)) = (approved, BareJid::new(&key.0)) else {
+                    let (Some(w), Ok(to)) = (approved, BareJid::new(key.local())) else {
                         continue;
                     };
                     let domain = w.remote_jid.domain().to_string();
@@ -864,7 +920,7 @@ impl PresenceEngine {
                         .inbound
                         .get(&key)
                         .filter(|w| w.approval == Approval::Requested);
-                    let (Some(w), Ok(to)) = (waiting, BareJid::new(&key.0)) else {
+                    let (Some(w), Ok(to)) = (waiting, BareJid::new(key.local())) else {
                         continue;
                     };
                     let display = w.name.as_ref().map(|n| n.text.clone());
@@ -914,6 +970,8 @@ impl PresenceEngine {
         crate::compact::map(&mut self.early);
         crate::compact::map(&mut self.armed);
         crate::compact::map(&mut self.by_jids);
+        self.out_dialogs.compact();
+        self.in_dialogs.compact();
         crate::compact::heap(&mut self.timers);
         for key in std::mem::take(&mut self.outbound.touched) {
             let due = self.outbound.get(&key).and_then(|s| s.due());
@@ -1017,11 +1075,11 @@ impl PresenceEngine {
         let outs = self
             .outbound
             .iter()
-            .map(|(k, s)| (k.0.clone(), s.remote_jid.domain().to_string()));
+            .map(|(k, s)| (k.local().to_owned(), s.remote_jid.domain().to_string()));
         let ins = self
             .inbound
             .iter()
-            .map(|(k, w)| (k.0.clone(), w.remote_jid.domain().to_string()));
+            .map(|(k, w)| (k.local().to_owned(), w.remote_jid.domain().to_string()));
         outs.chain(ins).collect()
     }
 
@@ -1080,7 +1138,7 @@ impl PresenceEngine {
                 }
                 Direction::Inbound => {
                     let max_age = self.settings.dialog_max_age;
-                    let view = self.blank_view(&key.0);
+                    let view = self.blank_view(key.local());
                     let at = (now, now_unix);
                     let Some(mut w) = Watcher::from_record(&s, remote_jid, view, at, max_age)
                     else {
@@ -1088,7 +1146,7 @@ impl PresenceEngine {
                         continue;
                     };
                     if let Some(d) = &w.dialog {
-                        self.in_dialogs.insert(d.id.clone(), key.clone());
+                        self.in_dialogs.insert(&d.id, key.clone());
                         // Resumed above the stored CSeq: a fresh reservation is stored before
                         // anything is sent.
                         reserve.push(key.clone());
@@ -1121,9 +1179,9 @@ impl PresenceEngine {
         let mut named: BTreeMap<String, (BareJid, DisplayName)> = BTreeMap::new();
         for (k, contact, name) in outs.chain(ins) {
             let Some(n) = name else { continue };
-            let now = named.get(&k.1).map(|(_, d)| d);
+            let now = named.get(k.remote()).map(|(_, d)| d);
             if let Some(merged) = combine(now, Some(n)) {
-                named.insert(k.1.clone(), (contact.clone(), merged));
+                named.insert(k.remote().to_owned(), (contact.clone(), merged));
             }
         }
         for (aor, (contact, name)) in named {
@@ -1312,15 +1370,15 @@ fn combine(first: Option<&DisplayName>, then: Option<&DisplayName>) -> Option<Di
 
 impl PresenceEngine {
     /// The subscriptions' key of `local` and `contact`.
-    fn pair_key(&self, local: &BareJid, contact: &BareJid) -> Option<(String, String)> {
+    fn pair_key(&self, local: &BareJid, contact: &BareJid) -> Option<Key> {
         let aor = self.book.jid_to_sip(&Jid::from(contact.clone())).ok()?;
-        Some((local.to_string(), aor.aor().to_uri()))
+        Some(key(local.to_string(), aor.aor().to_uri()))
     }
 
     /// The contact's name for its local user: one name for both directions (an LCS watcher's
     /// `From` name, the `From` and PIDF names of the user's subscription), merged as names
     /// merge — the contact's own PIDF name wins.
-    fn pair_name(&self, key: &(String, String)) -> Option<DisplayName> {
+    fn pair_name(&self, key: &Key) -> Option<DisplayName> {
         let inbound = self.inbound.get(key).and_then(|w| w.name.as_ref());
         let outbound = self.outbound.get(key).and_then(|s| s.name.as_ref());
         combine(inbound, outbound)
@@ -1362,7 +1420,7 @@ impl PresenceEngine {
         approved: bool,
         out: &mut Vec<Output>,
     ) {
-        let key = (local.to_string(), aor.to_owned());
+        let key = key(local.to_string(), aor.to_owned());
         let follow = approved
             || self
                 .outbound
@@ -1399,7 +1457,7 @@ impl PresenceEngine {
         if !follow {
             return;
         }
-        let key = (local.to_string(), aor.to_owned());
+        let key = key(local.to_string(), aor.to_owned());
         let other = match side {
             Side::In => self.outbound.get(&key).and_then(|s| s.name.as_ref()),
             Side::Out => self.inbound.get(&key).and_then(|w| w.name.as_ref()),

@@ -45,7 +45,7 @@ pub(super) struct Pending {
 impl Pending {
     /// The remote domain of a key (the AOR's host).
     pub(super) fn domain(key: &Key) -> &str {
-        key.1.rsplit_once('@').map_or("", |(_, host)| host)
+        key.remote().rsplit_once('@').map_or("", |(_, host)| host)
     }
 
     pub(super) fn set(&mut self, key: &Key, pending: bool) {
@@ -59,7 +59,7 @@ impl Pending {
         }
         for (map, name) in [
             (&mut self.by_domain, Self::domain(key)),
-            (&mut self.by_user, key.0.as_str()),
+            (&mut self.by_user, key.local()),
         ] {
             if pending {
                 *map.entry(name.to_owned()).or_default() += 1;
@@ -77,7 +77,7 @@ impl Pending {
     }
 
     pub(super) fn of_user(&self, key: &Key) -> usize {
-        self.by_user.get(&key.0).copied().unwrap_or(0)
+        self.by_user.get(key.local()).copied().unwrap_or(0)
     }
 }
 
@@ -177,8 +177,8 @@ impl PresenceEngine {
             // Not refreshed in time (RFC 6665 §4.2.2).
             out.push(Output::Forget {
                 direction: Direction::Inbound,
-                local: key.0.clone(),
-                remote: key.1.clone(),
+                local: key.local().to_owned(),
+                remote: key.remote().to_owned(),
             });
             self.send_notify(now, key, NotifyState::Terminated("timeout"), out);
             self.remove_watcher(key);
@@ -220,7 +220,7 @@ impl PresenceEngine {
         if !lost.is_empty() {
             info!(
                 conn,
-                domain = %crate::engine::common::domains_of(lost.iter().map(|k| k.1.as_str())),
+                domain = %crate::engine::common::domains_of(lost.iter().map(|k| k.remote())),
                 watchers = lost.len(),
                 "presence watchers' dialogs on a lost connection ended locally"
             );
@@ -262,14 +262,14 @@ impl PresenceEngine {
         let (name, contact) = (w.name.clone(), w.remote_jid.clone());
         self.persist_in(now, key, out);
         self.send_notify(now, key, NotifyState::Active, out);
-        if let Ok(local) = BareJid::new(&key.0) {
+        if let Ok(local) = BareJid::new(key.local()) {
             self.approved_fact(&local, &contact, name, out);
         }
         // Nothing addressed to this watcher yet: the server sends the user's presence to a
         // contact it approves (RFC 6121 §3.1.5), but not always when it answered for the user
         // (an approval given before, §3.1.3). A probe from the watcher's JID is answered with
         // what this watcher may see (§4.3.2); a repeat changes nothing.
-        if let (Some(from), Ok(to)) = (probe, BareJid::new(&key.0)) {
+        if let (Some(from), Ok(to)) = (probe, BareJid::new(key.local())) {
             out.push(stanza(Presence::probe().with_from(from).with_to(to)));
         }
     }
@@ -292,8 +292,8 @@ impl PresenceEngine {
         }
         out.push(Output::Forget {
             direction: Direction::Inbound,
-            local: key.0.clone(),
-            remote: key.1.clone(),
+            local: key.local().to_owned(),
+            remote: key.remote().to_owned(),
         });
         self.send_notify(now, key, NotifyState::Terminated(reason), out);
         self.remove_watcher(key);
@@ -330,8 +330,8 @@ impl PresenceEngine {
                 // RFC 6665 §4.2.2: the subscriber no longer has it.
                 out.push(Output::Forget {
                     direction: Direction::Inbound,
-                    local: key.0.clone(),
-                    remote: key.1.clone(),
+                    local: key.local().to_owned(),
+                    remote: key.remote().to_owned(),
                 });
                 self.remove_watcher(key);
                 return;
@@ -390,7 +390,7 @@ impl PresenceEngine {
             Ok(d) => d,
             Err(e) => return out.push(malformed(&e)),
         };
-        let local_uri = dialog.local_uri.clone();
+        let local_uri = dialog.local_uri().to_owned();
         let contact = self.contact(&local_uri);
         let key = key(local.to_string(), remote_aor);
         if expires == 0 {
@@ -415,8 +415,8 @@ impl PresenceEngine {
             if let Some(limit) = self.pending_limit(&key) {
                 *self.limit_hits.entry(limit).or_default() += 1;
                 warn!(
-                    watcher = %key.1,
-                    user = %key.0,
+                    watcher = %key.remote(),
+                    user = %key.local(),
                     limit,
                     "presence subscription refused: pending-subscription limit reached"
                 );
@@ -449,9 +449,9 @@ impl PresenceEngine {
             }
             None => Approval::Requested,
         };
-        self.in_dialogs.insert(dialog.id.clone(), key.clone());
+        self.in_dialogs.insert(&dialog.id, key.clone());
         dialog.confirm();
-        let view = self.blank_view(&key.0);
+        let view = self.blank_view(key.local());
         let w = self.inbound.entry(key.clone()).or_insert(Box::new(Watcher {
             remote_jid: remote_jid.clone(),
             approval,
@@ -498,7 +498,7 @@ impl PresenceEngine {
         }
         if let (Some(old), Some(new)) = (renamed, &name) {
             let approved = approval == Approval::Approved;
-            self.renamed_facts(&local, &remote_jid, &key.1, old, new, approved, out);
+            self.renamed_facts(&local, &remote_jid, key.remote(), old, new, approved, out);
         }
         let mut r = Message::response_to(request, status::ACCEPTED, None, Some(&tag));
         r.push_header("Expires", &granted.to_string());
@@ -522,7 +522,14 @@ impl PresenceEngine {
         request: &Message,
         out: &mut Vec<Output>,
     ) {
-        let Some(key) = self.in_dialogs.get(id).cloned() else {
+        let inbound = &self.inbound;
+        let known = self.in_dialogs.get(id, |k| {
+            inbound
+                .get(k)
+                .and_then(|w| w.dialog.as_ref())
+                .is_some_and(|d| d.id == *id)
+        });
+        let Some(key) = known else {
             let reject =
                 Reject::new(status::CALL_DOES_NOT_EXIST).reason("Subscription does not exist");
             let response = self.refuse(request, &reject);
@@ -534,7 +541,7 @@ impl PresenceEngine {
             .flatten()
             .unwrap_or(DEFAULT_EXPIRES_SECS);
         let max = secs(self.settings.expires).max(MIN_EXPIRES_SECS);
-        let contact = self.contact(&self.local_uri(&key.0));
+        let contact = self.contact(&self.local_uri(key.local()));
         let Some(w) = self.inbound.get_mut(&key) else {
             return;
         };
@@ -574,10 +581,10 @@ impl PresenceEngine {
             let remote_jid = w.remote_jid.clone();
             out.push(Output::Forget {
                 direction: Direction::Inbound,
-                local: key.0.clone(),
-                remote: key.1.clone(),
+                local: key.local().to_owned(),
+                remote: key.remote().to_owned(),
             });
-            if let Ok(local) = BareJid::new(&key.0) {
+            if let Ok(local) = BareJid::new(key.local()) {
                 out.push(stanza(
                     Presence::new(Type::Unsubscribe)
                         .with_from(remote_jid)
@@ -603,9 +610,9 @@ impl PresenceEngine {
         let renamed = new_name(&w.name, display, NameSource::From).map(|n| w.name.replace(n));
         let (name, remote_jid) = (w.name.clone(), w.remote_jid.clone());
         self.persist_in_lazy(now, &key, out);
-        if let (Some(old), Some(new), Ok(local)) = (renamed, &name, BareJid::new(&key.0)) {
+        if let (Some(old), Some(new), Ok(local)) = (renamed, &name, BareJid::new(key.local())) {
             let approved = state == NotifyState::Active;
-            self.renamed_facts(&local, &remote_jid, &key.1, old, new, approved, out);
+            self.renamed_facts(&local, &remote_jid, key.remote(), old, new, approved, out);
         }
         let mut r = Message::response_to(request, status::OK, None, None);
         r.push_header("Expires", &granted.to_string());
@@ -647,7 +654,7 @@ impl PresenceEngine {
                 self.purposes.remove(&tx);
             }
             self.unindex_watcher(key, w.remote_jid.as_str());
-            self.user_gone(&key.0);
+            self.user_gone(key.local());
         }
     }
 
@@ -663,9 +670,9 @@ impl PresenceEngine {
     ) -> Option<TxId> {
         let branch = self.branch();
         // A user's change goes to all their watchers in a row: the Contact made once for them.
-        if self.notify_contact.0 != dialog.local_uri {
-            let contact = self.contact(&dialog.local_uri);
-            self.notify_contact = (dialog.local_uri.clone(), contact);
+        if self.notify_contact.0 != dialog.local_uri() {
+            let contact = self.contact(dialog.local_uri());
+            self.notify_contact = (dialog.local_uri().to_owned(), contact);
         }
         let (via, contact) = (&*self.notify_via, &*self.notify_contact.1);
         let mut request = dialog
@@ -678,7 +685,7 @@ impl PresenceEngine {
         }
         let route = if detached {
             // The dialog's connection is gone: the edge reuses or opens one for the domain.
-            Route::Domain(host_of(&dialog.remote_uri))
+            Route::Domain(host_of(dialog.remote_uri()))
         } else {
             Route::Connection(dialog.conn)
         };

@@ -30,8 +30,8 @@ impl PresenceEngine {
         });
         Some(Subscription {
             direction: Direction::Outbound,
-            local_jid: key.0.clone(),
-            remote_aor: key.1.clone(),
+            local_jid: key.local().to_owned(),
+            remote_aor: key.remote().to_owned(),
             dialog,
             expires_unix: sub
                 .expires_at
@@ -61,8 +61,8 @@ impl PresenceEngine {
         });
         Some(Subscription {
             direction: Direction::Inbound,
-            local_jid: key.0.clone(),
-            remote_aor: key.1.clone(),
+            local_jid: key.local().to_owned(),
+            remote_aor: key.remote().to_owned(),
             dialog,
             expires_unix: self.unix(w.expires_at),
             state: if w.approval == Approval::Approved {
@@ -129,7 +129,7 @@ impl PresenceEngine {
             else {
                 continue;
             };
-            let key: Key = Arc::new((sub.local_jid.clone(), sub.remote_aor.clone()));
+            let key = super::key(sub.local_jid.clone(), sub.remote_aor.clone());
             let Some(w) = self.inbound.get_mut(&key) else {
                 continue;
             };

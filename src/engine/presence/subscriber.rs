@@ -245,8 +245,8 @@ impl PresenceEngine {
         self.drop_out_tracking(&mut sub);
         out.push(Output::Forget {
             direction: Direction::Outbound,
-            local: key.0.clone(),
-            remote: key.1.clone(),
+            local: key.local().to_owned(),
+            remote: key.remote().to_owned(),
         });
         Some(sub)
     }
@@ -267,7 +267,7 @@ impl PresenceEngine {
     /// SUBSCRIBE `Expires: 0` in `dialog` (fire and forget).
     pub(super) fn unsubscribe_in_dialog(&mut self, dialog: &mut Dialog, out: &mut Vec<Output>) {
         let branch = self.branch();
-        let contact = self.contact(&dialog.local_uri.clone());
+        let contact = self.contact(dialog.local_uri());
         if let Ok(mut request) =
             dialog.next_request(Method::Subscribe, &self.via(), &branch, Some(&contact))
         {
@@ -323,10 +323,10 @@ impl PresenceEngine {
     /// A fresh out-of-dialog SUBSCRIBE for outbound subscription `key` (the old dialog, if
     /// any, is dropped from the indexes: its NOTIFYs will get 481).
     pub(super) fn send_initial(&mut self, now: Instant, key: &Key, out: &mut Vec<Output>) {
-        let enhanced = self.settings.enhanced && !self.pidf_only(now, &host_of(&key.1));
+        let enhanced = self.settings.enhanced && !self.pidf_only(now, &host_of(key.remote()));
         let call_id = format!("{}@{}", self.token(), self.settings.public_fqdn);
         let (branch, tag) = (self.branch(), self.token());
-        let local_uri = self.local_uri(&key.0);
+        let local_uri = self.local_uri(key.local());
         let contact = self.contact(&local_uri);
         let via = self.via();
         let Some(sub) = self.outbound.get_mut(key) else {
@@ -346,14 +346,14 @@ impl PresenceEngine {
         }
         let mut request = RequestSpec {
             method: Method::Subscribe,
-            request_uri: &key.1,
+            request_uri: key.remote(),
             via_sent_by: &via,
             branch: &branch,
             from_display: None,
             from_uri: &local_uri,
             from_tag: &tag,
             to_display: None,
-            to_uri: &key.1,
+            to_uri: key.remote(),
             to_tag: None,
             call_id: &call_id,
             cseq: 1,
@@ -362,7 +362,13 @@ impl PresenceEngine {
         }
         .build();
         sub.enhanced = enhanced;
-        subscribe_headers(&mut request, sub.expires_secs, enhanced, &local_uri, &key.1);
+        subscribe_headers(
+            &mut request,
+            sub.expires_secs,
+            enhanced,
+            &local_uri,
+            key.remote(),
+        );
         let tx = self.ids.next();
         sub.pending = Some((tx, Some(Box::new(request.clone()))));
         self.purposes.insert(tx, Purpose::Subscribe(key.clone()));
@@ -370,7 +376,7 @@ impl PresenceEngine {
         out.push(Output::Request {
             tx,
             request,
-            route: Route::Domain(host_of(&key.1)),
+            route: Route::Domain(host_of(key.remote())),
         });
     }
 
@@ -378,7 +384,7 @@ impl PresenceEngine {
     pub(super) fn send_refresh(&mut self, key: &Key, out: &mut Vec<Output>) {
         let branch = self.branch();
         let via = self.via();
-        let contact = self.contact(&self.local_uri(&key.0));
+        let contact = self.contact(&self.local_uri(key.local()));
         let Some(sub) = self.outbound.get_mut(key) else {
             return;
         };
@@ -389,13 +395,13 @@ impl PresenceEngine {
         else {
             return;
         };
-        let local_uri = dialog.local_uri.clone();
+        let local_uri = dialog.local_uri().to_owned();
         subscribe_headers(
             &mut request,
             sub.expires_secs,
             sub.enhanced,
             &local_uri,
-            &key.1,
+            key.remote(),
         );
         let tx = self.ids.next();
         sub.pending = Some((tx, None));
@@ -504,7 +510,7 @@ impl PresenceEngine {
                                 if let Some(old) = sub.dialog.take() {
                                     self.out_dialogs.remove(&old.id);
                                 }
-                                self.out_dialogs.insert(d.id.clone(), key.clone());
+                                self.out_dialogs.insert(&d.id, key.clone());
                                 sub.dialog = Some(Box::new(d));
                             }
                             Err(_) => {
@@ -525,7 +531,7 @@ impl PresenceEngine {
                 if initial.is_some() && sub.enhanced && refuses_enhanced(f.status) {
                     // The peer does not take the enhanced offer: PIDF only, at once, and
                     // remembered for its domain.
-                    self.remember_pidf_only(now, host_of(&key.1));
+                    self.remember_pidf_only(now, host_of(key.remote()));
                     self.send_initial(now, key, out);
                     return;
                 }
@@ -549,8 +555,8 @@ impl PresenceEngine {
                         self.drop_out_tracking(&mut sub);
                         out.push(Output::Forget {
                             direction: Direction::Outbound,
-                            local: key.0.clone(),
-                            remote: key.1.clone(),
+                            local: key.local().to_owned(),
+                            remote: key.remote().to_owned(),
                         });
                         let mut request = Presence::subscribe()
                             .with_from(sub.local_jid.clone())
@@ -600,8 +606,15 @@ impl PresenceEngine {
         let Some(id) = DialogId::of_incoming_request(request) else {
             return refuse(self, out, no_subscription());
         };
-        let key = match self.out_dialogs.get(&id) {
-            Some(k) => k.clone(),
+        let outbound = &self.outbound;
+        let known = self.out_dialogs.get(&id, |k| {
+            outbound
+                .get(k)
+                .and_then(|s| s.dialog.as_ref())
+                .is_some_and(|d| d.id == id)
+        });
+        let key = match known {
+            Some(k) => k,
             None => {
                 // A NOTIFY before the SUBSCRIBE's 2xx (RFC 6665 §4.1.2.4) makes the dialog.
                 let Some(key) = self.early.get(&id.call_id).cloned() else {
@@ -620,7 +633,7 @@ impl PresenceEngine {
                 let cseq = initial.cseq().map(|c| c.number).unwrap_or(1);
                 match Dialog::from_uas(request, &id.local_tag, cseq, conn, now) {
                     Ok(d) => {
-                        self.out_dialogs.insert(d.id.clone(), key.clone());
+                        self.out_dialogs.insert(&d.id, key.clone());
                         sub.dialog = Some(Box::new(d));
                         sub.dialog_deadline = Some(now + self.settings.dialog_max_age);
                     }
@@ -790,7 +803,7 @@ impl PresenceEngine {
                     Side::Out,
                     &local_jid,
                     &remote_jid,
-                    &key.1,
+                    key.remote(),
                     old,
                     &new,
                     follow,

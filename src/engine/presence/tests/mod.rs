@@ -250,6 +250,7 @@ fn body(m: &Message) -> String {
 }
 
 mod enhanced;
+mod key;
 mod local;
 mod notifier;
 mod restore;
