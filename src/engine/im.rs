@@ -73,6 +73,7 @@ use crate::sip::sdp::Sdp;
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{DialogRecord, ImDialog};
+use crate::xmpp::build;
 
 /// Longest `Subject` header sent, in bytes: an XMPP `<subject/>` is one line of at most this
 /// (far below the header-section limits SIP peers apply, 16 KiB here and at most proxies).
@@ -397,7 +398,7 @@ pub struct ImEngine {
 
 /// Why an XMPP message could not be taken.
 fn bounce(stanza: &Stanza, condition: Condition, text: &str) -> Output {
-    common::bounce(Element::from(stanza.clone()), condition, text)
+    common::bounce(build::message(stanza.clone()), condition, text)
 }
 
 /// The store's removal of the session of `key`.
@@ -882,7 +883,7 @@ impl ImEngine {
     /// `stanza` with the id [`ImEngine::stanza_id`] gives it, as it goes to the link.
     fn with_id(&mut self, key: &Key, kind: StanzaKind, mut stanza: Stanza) -> Element {
         stanza.id = self.stanza_id(key, kind).map(Id);
-        Element::from(stanza)
+        build::message(stanza)
     }
 
     /// Queues an item on the session for `key`, opening or replacing the session as needed.
@@ -1641,8 +1642,8 @@ impl ImEngine {
             let thread = request.call_id().unwrap_or_default();
             let notice = im_text::offer_notice(&offer);
             let from = Jid::from(remote.to_bare());
-            let el = chat(&from, &Jid::from(local), thread, Some(&notice), None);
-            out.push(Output::Stanza(el.into()));
+            let el = chat(&from, &Jid::from(local), thread, Some(notice), None);
+            out.push(Output::Stanza(build::message(el)));
             let warning = format!("399 {} \"{FT_WARNING}\"", self.settings.public_fqdn);
             let reject = Reject::new(status::NOT_ACCEPTABLE_HERE).header("Warning", warning);
             return out.push(refuse(reject));
@@ -1745,7 +1746,7 @@ impl ImEngine {
         };
         if let Some(first) = first {
             // XEP-0172 §4.2: the sender's nick in the first message of a conversation.
-            let mut el = chat(&remote_jid, &local, &thread, Some(&first), None);
+            let mut el = chat(&remote_jid, &local, &thread, Some(first), None);
             if let Some(n) = &name {
                 el.payloads.push(Nick(n.clone()).into());
             }
@@ -1773,12 +1774,12 @@ impl ImEngine {
         let stanza = parties(&self.book, &self.errors, request).and_then(
             |Parties { local, remote, .. }| {
                 let ct = content_type(request);
-                match im_text::plain_text(&ct, request.body()) {
-                    Ok(text) => Ok(Element::from(chat(
+                match im_text::plain_text(ct, request.body()) {
+                    Ok(text) => Ok(build::message(chat(
                         &Jid::from(remote.to_bare()),
                         &Jid::from(local),
                         "",
-                        Some(&text),
+                        Some(text),
                         None,
                     ))),
                     Err(e) => Err(body_error(&self.errors, &e)),
@@ -1808,17 +1809,18 @@ impl ImEngine {
         };
         let mut retargeted = false;
         if let State::Up { dialog } = &mut session.state {
-            let target = dialog.remote_target().to_owned();
-            if let Err(e) = dialog.accept_request(request) {
-                // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
-                let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
-                out.push(Output::Respond {
-                    tx,
-                    response: reject.response_to(request, Some(&tag)),
-                });
-                return;
+            match dialog.accept_request_retargets(request) {
+                Ok(changed) => retargeted = changed,
+                Err(e) => {
+                    // RFC 3261 §12.2.2: a CSeq lower than the last one is answered 500.
+                    let reject = Reject::new(status::SERVER_INTERNAL_ERROR).reason(e.to_string());
+                    out.push(Output::Respond {
+                        tx,
+                        response: reject.response_to(request, Some(&tag)),
+                    });
+                    return;
+                }
             }
-            retargeted = dialog.remote_target() != target;
         }
         session.last_activity = now;
         if retargeted {
@@ -1866,8 +1868,7 @@ impl ImEngine {
             },
             _ => {
                 let ct = content_type(request);
-                let lower = ct.to_ascii_lowercase();
-                if lower.starts_with(im_text::MSMSGSINVITE_TYPE) {
+                if starts_with_ignore_case(ct, im_text::MSMSGSINVITE_TYPE) {
                     // A file offer (pidgin-sipe `sipe-ft.c`): taken (200), declined with the
                     // client's own CANCEL in this session, and told to the XMPP user. Other
                     // invitation commands need nothing.
@@ -1879,14 +1880,14 @@ impl ImEngine {
                                 &session.remote_jid,
                                 &local,
                                 &session.thread,
-                                Some(&im_text::offer_notice(&offer)),
+                                Some(im_text::offer_notice(&offer)),
                                 None,
                             )))
                         }
                         Ok(im_text::Invitation::Other(_)) => Ok(None),
                         Err(e) => Err(body_error(&self.errors, &e)),
                     }
-                } else if lower.starts_with(im_text::ISCOMPOSING_TYPE) {
+                } else if starts_with_ignore_case(ct, im_text::ISCOMPOSING_TYPE) {
                     match im_text::parse_iscomposing(request.body()) {
                         Ok(t) => Ok(Some(typing(
                             &session.remote_jid,
@@ -1898,12 +1899,12 @@ impl ImEngine {
                     }
                 } else {
                     kind = StanzaKind::Body;
-                    match im_text::plain_text(&ct, request.body()) {
+                    match im_text::plain_text(ct, request.body()) {
                         Ok(text) => Ok(Some(chat(
                             &session.remote_jid,
                             &local,
                             &session.thread,
-                            Some(&text),
+                            Some(text),
                             subject(request),
                         ))),
                         Err(e) => Err(body_error(&self.errors, &e)),
@@ -2012,12 +2013,18 @@ impl ImEngine {
     }
 }
 
-fn content_type(request: &Message) -> String {
+fn content_type(request: &Message) -> &str {
     request
         .header("Content-Type")
         .or_else(|| request.header("c"))
         .unwrap_or("text/plain")
-        .to_owned()
+}
+
+/// `s` starts with `prefix`, ASCII letters compared without case (media types, RFC 2045 §5.1).
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 fn subject(request: &Message) -> Option<&str> {
@@ -2036,16 +2043,16 @@ fn body_error(errors: &ErrorTable, e: &im_text::BodyError) -> Reject {
     }
 }
 
-/// A chat message from an LCS user to a local user.
 /// The `Warning` text of the 488 to a Lync file offer's INVITE.
 const FT_WARNING: &str = "file transfer is not supported by this gateway";
 
-fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<&str>) -> Stanza {
+/// A chat message from an LCS user to a local user (the body moved in, not copied).
+fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<String>, subject: Option<&str>) -> Stanza {
     let mut m = Stanza::chat(Some(to.clone()));
     m.from = Some(from.clone());
     // Characters XML forbids are removed from every stanza by the component link.
     if let Some(b) = body {
-        m.bodies.insert(Lang(String::new()), b.to_owned());
+        m.bodies.insert(Lang(String::new()), b);
     }
     if let Some(s) = subject {
         m.subjects.insert(Lang(String::new()), s.to_owned());
@@ -2056,7 +2063,7 @@ fn chat(from: &Jid, to: &Jid, thread: &str, body: Option<&str>, subject: Option<
             id: thread.to_owned(),
         });
     }
-    m.payloads.push(ChatState::Active.into());
+    m.payloads.push(build::chat_state(ChatState::Active));
     m
 }
 
@@ -2073,7 +2080,7 @@ fn typing(from: &Jid, to: &Jid, thread: &str, state: Typing) -> Stanza {
         Typing::Paused => ChatState::Paused,
         Typing::Active => ChatState::Active,
     };
-    m.payloads.push(s.into());
+    m.payloads.push(build::chat_state(s));
     m
 }
 
@@ -2091,7 +2098,7 @@ fn receipt(stanza: &Stanza) -> Option<Element> {
     m.type_ = stanza.type_.clone();
     m.from = stanza.to.clone();
     m.payloads.push(Received { id }.into());
-    Some(Element::from(m))
+    Some(build::message(m))
 }
 
 #[cfg(test)]
@@ -2881,7 +2888,7 @@ mod tests {
             &Jid::new("a@b").unwrap(),
             &Jid::new("c@d").unwrap(),
             "call\u{FFFE}-1",
-            Some("a\u{0}b\u{1b}c"),
+            Some("a\u{0}b\u{1b}c".to_owned()),
             Some("s\u{1}ubject"),
         ));
         assert_eq!(crate::xmpp::clean_stanza(&mut e), Ok(3));

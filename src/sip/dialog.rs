@@ -44,6 +44,19 @@ impl DialogId {
         })
     }
 
+    /// Whether `m` is an incoming request of this dialog: the same answer as comparing
+    /// [`DialogId::of_incoming_request`] with `self`, without copying the three strings.
+    pub fn is_of_incoming_request(&self, m: &Message) -> bool {
+        let same = || -> Option<bool> {
+            Some(
+                m.call_id().ok()? == self.call_id
+                    && m.to().ok()?.tag()? == self.local_tag
+                    && m.from().ok()?.tag()? == self.remote_tag,
+            )
+        };
+        same() == Some(true)
+    }
+
     /// The id of the dialog an incoming response belongs to (its From tag is ours).
     pub fn of_incoming_response(m: &Message) -> Option<DialogId> {
         Some(DialogId {
@@ -501,7 +514,13 @@ impl Dialog {
     /// above the last one (else answer 500); a target-refresh request (INVITE, UPDATE,
     /// SUBSCRIBE, NOTIFY) with a Contact moves the remote target.
     pub fn accept_request(&mut self, request: &Message) -> Result<(), DialogError> {
-        if DialogId::of_incoming_request(request).as_ref() != Some(&self.id) {
+        self.accept_request_retargets(request).map(|_| ())
+    }
+
+    /// [`Dialog::accept_request`], saying whether the remote target changed (so a caller
+    /// keeping it elsewhere need not copy it to compare).
+    pub fn accept_request_retargets(&mut self, request: &Message) -> Result<bool, DialogError> {
+        if !self.id.is_of_incoming_request(request) {
             return Err(DialogError::WrongDialog);
         }
         let cseq = request.cseq().map_err(malformed)?;
@@ -520,14 +539,16 @@ impl Dialog {
             cseq.method,
             Method::Invite | Method::Update | Method::Subscribe | Method::Notify
         );
+        let mut retargeted = false;
         if refresh {
             if let Ok(target) = first_contact(request) {
                 if Uri::parse(&target).is_ok() && target != self.remote_target() {
                     self.set_remote_target(&target);
+                    retargeted = true;
                 }
             }
         }
-        Ok(())
+        Ok(retargeted)
     }
 }
 
@@ -662,15 +683,30 @@ Content-Length: 0\r\n\r\n"
                 "To: <sip:joe@contoso.com>;tag=j1",
             )
             .replace("sip:alice@sip.example.org:5061", "sip:alice@10.1.1.1:5061");
+        let again = Message::parse(refresh.replace("8 SUBSCRIBE", "9 SUBSCRIBE").as_bytes());
         let refresh = Message::parse(refresh.as_bytes()).unwrap();
-        d.accept_request(&refresh).unwrap();
+        assert!(d.id.is_of_incoming_request(&refresh));
+        assert_eq!(
+            DialogId::of_incoming_request(&refresh).as_ref(),
+            Some(&d.id)
+        );
+        assert_eq!(d.accept_request_retargets(&refresh), Ok(true));
         assert_eq!(d.remote_target(), "sip:alice@10.1.1.1:5061;transport=tls");
         assert_eq!(
             d.accept_request(&refresh),
             Err(DialogError::CSeqOutOfOrder { got: 8, last: 8 })
         );
+        // The same Contact again: a refresh that moves nothing.
+        assert_eq!(d.accept_request_retargets(&again.unwrap()), Ok(false));
         let other = Message::parse(INVITE.as_bytes()).unwrap();
+        assert!(!d.id.is_of_incoming_request(&other));
         assert_eq!(d.accept_request(&other), Err(DialogError::WrongDialog));
+        let mut wrong_tag = d.id.clone();
+        wrong_tag.remote_tag.push('x');
+        assert!(!wrong_tag.is_of_incoming_request(&refresh));
+        let mut wrong_call = d.id.clone();
+        wrong_call.call_id.push('x');
+        assert!(!wrong_call.is_of_incoming_request(&refresh));
     }
 
     #[test]

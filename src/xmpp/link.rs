@@ -276,7 +276,7 @@ impl LinkHandle {
     /// stream can carry it; one the serialiser would still refuse is
     /// `Err(LinkError::InvalidStanza)` and never reaches the queue.
     pub fn send(&self, mut stanza: Element) -> Result<(), LinkError> {
-        if !matches!(stanza.name(), "message" | "presence" | "iq") || stanza.ns() != NS_COMPONENT {
+        if !matches!(stanza.name(), "message" | "presence" | "iq") || !stanza.has_ns(NS_COMPONENT) {
             return Err(LinkError::InvalidStanza(format!(
                 "root element is {:?} in {:?}, expected message, presence or iq in {NS_COMPONENT}",
                 stanza.name(),

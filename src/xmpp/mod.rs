@@ -4,6 +4,7 @@
 //! RFC 6120 §4.8.3), a server stream (`jabber:server`) or with no namespace at all (as an
 //! administrator pastes it) is moved into that namespace before typed parsing. No I/O.
 
+pub mod build;
 pub mod gateway;
 pub mod link;
 
@@ -112,7 +113,13 @@ pub fn clean_stanza(stanza: &mut Element) -> Result<usize, UnwritableStanza> {
                 reason: e.to_string(),
             });
         }
-        if let Some((_, c)) = xml_chars::find_invalid(&el.ns()) {
+        // The stanza namespace (XML-clean) is compared in place; any other namespace is
+        // copied out (minidom lends none) and checked.
+        let clean_ns = el.has_ns(NS_COMPONENT);
+        if let Some((_, c)) = (!clean_ns)
+            .then(|| el.ns())
+            .and_then(|ns| xml_chars::find_invalid(&ns))
+        {
             return Err(UnwritableStanza {
                 name: el.name().to_owned(),
                 reason: format!("its namespace holds U+{:04X}", c as u32),

@@ -60,6 +60,7 @@ use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxEvent, TxId, TxIds};
 use crate::store::{Approval, Direction, DisplayName, SubState, Subscription};
+use crate::xmpp::build;
 
 mod index;
 mod local;
@@ -604,7 +605,7 @@ impl PresenceEngine {
             _ => {
                 if matches!(p.type_, Type::Subscribe | Type::Probe) {
                     out.push(common::bounce(
-                        Element::from(p),
+                        build::presence(p),
                         Condition::ItemNotFound,
                         "not an address this gateway can reach",
                     ));
@@ -1321,7 +1322,7 @@ impl PresenceEngine {
 }
 
 fn stanza(p: Presence) -> Output {
-    Output::Stanza(Element::from(p))
+    Output::Stanza(build::presence(p))
 }
 
 /// Where a kept name came from.

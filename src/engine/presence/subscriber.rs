@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use xmpp_parsers::jid::{BareJid, Jid};
-use xmpp_parsers::minidom::Element;
 use xmpp_parsers::presence::{Presence, Type};
 
 use super::{Failure, Key, PIDF_TYPE, PresenceEngine, Purpose, Side, new_name, stanza};
@@ -24,6 +23,7 @@ use crate::sip::message::{Message, Method};
 use crate::sip::status::{self, Reject};
 use crate::sip::transaction::{ConnId, TxId};
 use crate::store::{Approval, Direction, DisplayName};
+use crate::xmpp::build;
 
 /// An XMPP user's subscription to an LCS user.
 #[derive(Debug)]
@@ -562,7 +562,11 @@ impl PresenceEngine {
                             .with_from(sub.local_jid.clone())
                             .with_to(sub.remote_jid.clone());
                         request.id = sub.stanza_id.clone();
-                        out.push(common::bounce(Element::from(request), f.condition, &f.text));
+                        out.push(common::bounce(
+                            build::presence(request),
+                            f.condition,
+                            &f.text,
+                        ));
                     }
                     return;
                 }
