@@ -427,7 +427,7 @@ impl<'i> Namespaces<'i> {
         self.bindings
             .iter()
             .rev()
-            .find(|b| b.prefix == prefix)
+            .find(|b| same_prefix(&b.prefix, prefix))
             .map(|b| b.namespace.as_ref())
             .filter(|ns| !ns.is_empty())
     }
@@ -441,7 +441,8 @@ impl<'i> Namespaces<'i> {
         e: &BytesStart<'_>,
         depth: usize,
     ) -> Result<(), XmlError> {
-        if !e.attributes_raw().contains("xmlns") {
+        let raw = e.attributes_raw();
+        if raw.len() < "xmlns".len() || !raw.contains("xmlns") {
             return Ok(());
         }
         let text = reader.source();
@@ -463,8 +464,17 @@ impl<'i> Namespaces<'i> {
                 Cow::Borrowed(v) => reborrow(text, v),
                 Cow::Owned(v) => Cow::Owned(v),
             };
+            let prefix = if prefix.is_empty() {
+                Cow::Borrowed("")
+            } else {
+                reborrow(text, prefix)
+            };
+            if self.bindings.capacity() == 0 {
+                // Most documents declare a handful of prefixes on their root: one allocation.
+                self.bindings.reserve(8);
+            }
             self.bindings.push(Binding {
-                prefix: reborrow(text, prefix),
+                prefix,
                 namespace,
                 depth,
             });
@@ -479,6 +489,15 @@ impl<'i> Namespaces<'i> {
             self.bindings.pop();
         }
     }
+}
+
+/// Whether two prefixes are equal. Prefixes are short, and the default one is empty: comparing
+/// lengths first keeps the empty case off `memcmp`, which on this project's machines took a
+/// slow path (an AVX-512 masked load at the dangling address of an empty `String`) costing more
+/// than the rest of a PIDF document's name resolution (docs/benchmarks.md).
+#[inline]
+fn same_prefix(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a.as_bytes() == b.as_bytes())
 }
 
 /// `part` as a sub-slice of `text` with `text`'s lifetime, if it is one.
