@@ -445,40 +445,83 @@ impl<'i> Namespaces<'i> {
         if raw.len() < "xmlns".len() || !raw.contains("xmlns") {
             return Ok(());
         }
-        let text = reader.source();
         let position = reader.position();
         for attr in e.attributes() {
             let attr = attr.map_err(|err| XmlError::Syntax {
                 position,
                 message: err.to_string(),
             })?;
-            let key = attr.key.as_ref();
-            let prefix = if key == "xmlns" {
-                ""
-            } else if let Some(p) = key.strip_prefix("xmlns:") {
-                p
-            } else {
-                continue;
-            };
-            let namespace = match attribute_value(&attr, position)? {
-                Cow::Borrowed(v) => reborrow(text, v),
-                Cow::Owned(v) => Cow::Owned(v),
-            };
-            let prefix = if prefix.is_empty() {
-                Cow::Borrowed("")
-            } else {
-                reborrow(text, prefix)
-            };
-            if self.bindings.capacity() == 0 {
-                // Most documents declare a handful of prefixes on their root: one allocation.
-                self.bindings.reserve(8);
-            }
-            self.bindings.push(Binding {
-                prefix,
-                namespace,
-                depth,
-            });
+            self.declare_one(reader, &attr, position, depth)?;
         }
+        Ok(())
+    }
+
+    /// [`Namespaces::declare`], and the first attribute whose qualified name is `key` among those
+    /// it read, with one pass over the attributes (the declarations and errors are `declare`'s).
+    /// A tag that declares no namespace is not read at all and gives `None`: for a root element
+    /// that means it has no namespace. The caller decodes the value with [`attribute_value`].
+    pub fn declare_and_find<'e>(
+        &mut self,
+        reader: &XmlReader<'i>,
+        e: &'e BytesStart<'_>,
+        depth: usize,
+        key: &str,
+    ) -> Result<Option<Attribute<'e>>, XmlError> {
+        let raw = e.attributes_raw();
+        if raw.len() < "xmlns".len() || !raw.contains("xmlns") {
+            return Ok(None);
+        }
+        let position = reader.position();
+        let mut found = None;
+        for attr in e.attributes() {
+            let attr = attr.map_err(|err| XmlError::Syntax {
+                position,
+                message: err.to_string(),
+            })?;
+            self.declare_one(reader, &attr, position, depth)?;
+            if found.is_none() && attr.key.as_ref() == key {
+                found = Some(attr);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records `attr` if it is a namespace declaration.
+    #[inline]
+    fn declare_one(
+        &mut self,
+        reader: &XmlReader<'i>,
+        attr: &Attribute<'_>,
+        position: u64,
+        depth: usize,
+    ) -> Result<(), XmlError> {
+        let text = reader.source();
+        let key = attr.key.as_ref();
+        let prefix = if key == "xmlns" {
+            ""
+        } else if let Some(p) = key.strip_prefix("xmlns:") {
+            p
+        } else {
+            return Ok(());
+        };
+        let namespace = match attribute_value(attr, position)? {
+            Cow::Borrowed(v) => reborrow(text, v),
+            Cow::Owned(v) => Cow::Owned(v),
+        };
+        let prefix = if prefix.is_empty() {
+            Cow::Borrowed("")
+        } else {
+            reborrow(text, prefix)
+        };
+        if self.bindings.capacity() == 0 {
+            // Most documents declare a handful of prefixes on their root: one allocation.
+            self.bindings.reserve(8);
+        }
+        self.bindings.push(Binding {
+            prefix,
+            namespace,
+            depth,
+        });
         Ok(())
     }
 
