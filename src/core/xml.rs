@@ -675,6 +675,84 @@ mod tests {
         assert!(read(b"<a><b></b></a>  ", &limits).is_ok());
     }
 
+    /// `declare_and_find` gives what `declare` and then a search of the attributes for the
+    /// first `entity` give (the declarations, the attribute, the error), on tags that declare
+    /// namespaces; on a tag that declares none it reads nothing.
+    #[test]
+    fn declare_and_find_agrees_with_declare_then_search() {
+        fn two_passes(doc: &str) -> Result<(Option<String>, Vec<Option<String>>), XmlError> {
+            let mut reader = XmlReader::new(doc.as_bytes(), &XmlLimits::DEFAULT)?;
+            let Some(XmlEvent::Start(e) | XmlEvent::Empty(e)) = reader.next_event()? else {
+                panic!("no root in {doc}");
+            };
+            let mut ns = Namespaces::default();
+            ns.declare(&reader, &e, 1)?;
+            let position = reader.position();
+            let mut value = None;
+            for attr in e.attributes() {
+                let attr = attr.map_err(|err| XmlError::Syntax {
+                    position,
+                    message: err.to_string(),
+                })?;
+                if attr.key.as_ref() == "entity" {
+                    value = Some(attribute_value(&attr, position)?.into_owned());
+                    break;
+                }
+            }
+            Ok((value, resolved(&ns)))
+        }
+        fn one_pass(doc: &str) -> Result<(Option<String>, Vec<Option<String>>), XmlError> {
+            let mut reader = XmlReader::new(doc.as_bytes(), &XmlLimits::DEFAULT)?;
+            let Some(XmlEvent::Start(e) | XmlEvent::Empty(e)) = reader.next_event()? else {
+                panic!("no root in {doc}");
+            };
+            let mut ns = Namespaces::default();
+            let found = ns.declare_and_find(&reader, &e, 1, "entity")?;
+            let value = match found {
+                Some(attr) => Some(attribute_value(&attr, reader.position())?.into_owned()),
+                None => None,
+            };
+            Ok((value, resolved(&ns)))
+        }
+        fn resolved(ns: &Namespaces<'_>) -> Vec<Option<String>> {
+            ["", "a", "b", "xmlns"]
+                .iter()
+                .map(|p| ns.resolve(p).map(str::to_owned))
+                .collect()
+        }
+        let declaring = [
+            "<p xmlns='urn:x' entity='sip:a@b'/>",
+            "<p entity='sip:a@b' xmlns='urn:x' xmlns:a='urn:a'/>",
+            "<p xmlns:a='urn:a' xmlns:b='urn:b' entity='x&amp;y' entity2='z'/>",
+            "<p xmlns='urn:x'/>",
+            "<p xmlns='' entity=''/>",
+            "<p xmlns='urn:x' entity='a' entity='b'/>",
+            "<p entity='a' xmlns='urn:x' entity='b'/>",
+            "<p xmlns='urn:x' entity='&bad;'/>",
+            "<p entity='&bad;' xmlns='&worse;'/>",
+            "<p xmlns='urn:&#1;' entity='a'/>",
+            "<p entity='&#1;' xmlns='urn:x'/>",
+            "<p xmlns='urn:x' entity=a/>",
+            "<p entity='a' xmlns:a='urn:a' xmlns:a='urn:b'/>",
+            "<p xmlns:a='urn:a' entity='a' b/>",
+            "<p xmlnsfoo='1' entity='a'/>",
+        ];
+        for doc in declaring {
+            assert_eq!(one_pass(doc), two_passes(doc), "{doc}");
+        }
+        for doc in [
+            "<p entity='a'/>",
+            "<p entity='a' entity='b'/>",
+            "<p b entity='a'/>",
+        ] {
+            assert_eq!(
+                one_pass(doc),
+                Ok((None, vec![None, None, None, None])),
+                "{doc}"
+            );
+        }
+    }
+
     #[test]
     fn namespaces_resolve_by_scope() {
         let doc = b"<p:a xmlns:p='urn:p' xmlns='urn:d'><b xmlns='urn:e'/><p:c xmlns:p='urn:q'/><d xmlns=''/><e/></p:a>";
