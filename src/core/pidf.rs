@@ -20,6 +20,7 @@
 //! nesting depth are bounded ([`PidfLimits`]). No input can make this module panic.
 
 use quick_xml::events::BytesStart;
+use quick_xml::events::attributes::Attribute;
 use serde::Serialize;
 
 use crate::core::lang::language_tag;
@@ -358,12 +359,19 @@ pub fn parse_with_limits(input: &[u8], limits: &PidfLimits) -> Result<PidfDocume
                 let empty = matches!(event, XmlEvent::Empty(_));
                 let position = reader.position();
                 let depth = stack.len() + 1;
-                scopes.declare(&reader, e, depth)?;
+                // The root's `entity` is found in the same pass as its declarations (a root
+                // without any cannot be PIDF's `presence`).
+                let entity = if depth == 1 {
+                    scopes.declare_and_find(&reader, e, depth, "entity")?
+                } else {
+                    scopes.declare(&reader, e, depth)?;
+                    None
+                };
                 let qname = e.name();
                 let (prefix, local) = split_qname(qname.as_ref());
                 let namespace = scopes.resolve(prefix);
                 let ns = namespace.map_or(Ns::Other, classify_ns);
-                let frame = open(&mut st, &stack, ns, local, namespace, e, position)?;
+                let frame = open(&mut st, &stack, ns, local, namespace, e, entity, position)?;
                 if empty {
                     scopes.pop_to(depth - 1);
                     close(&mut st, frame, "");
@@ -399,7 +407,9 @@ impl From<XmlError> for PidfError {
     }
 }
 
-/// Decides what an opening element means in its context.
+/// Decides what an opening element means in its context (`entity`: the root's attribute of
+/// that name).
+#[allow(clippy::too_many_arguments)]
 fn open(
     st: &mut State,
     stack: &[Frame],
@@ -407,11 +417,14 @@ fn open(
     local: &str,
     namespace: Option<&str>,
     e: &BytesStart<'_>,
+    entity: Option<Attribute<'_>>,
     position: u64,
 ) -> Result<Frame, PidfError> {
     let Some(parent) = stack.last() else {
         if ns == Ns::Pidf && local == "presence" {
-            st.doc.entity = attribute(e, "entity", position)?.unwrap_or_default();
+            if let Some(entity) = entity {
+                st.doc.entity = xml::attribute_value(&entity, position)?.into_owned();
+            }
             return Ok(Frame::Presence);
         }
         return Err(PidfError::WrongRoot {
@@ -529,27 +542,20 @@ fn finish(st: State) -> PidfDocument {
     doc
 }
 
-/// The normalised value of attribute `key` (matched on the raw qualified name: `entity` has no
-/// namespace and the `xml:` prefix cannot be rebound).
-fn attribute(e: &BytesStart<'_>, key: &str, position: u64) -> Result<Option<String>, PidfError> {
+/// A note's `xml:lang`, if it is a BCP 47 tag (an empty or malformed one counts as absent).
+/// Matched on the raw qualified name: the `xml:` prefix cannot be rebound.
+fn note_lang(e: &BytesStart<'_>, position: u64) -> Result<Option<String>, PidfError> {
     for attr in e.attributes() {
         let attr = attr.map_err(|err| XmlError::Syntax {
             position,
             message: err.to_string(),
         })?;
-        if attr.key.as_ref() == key {
-            return Ok(Some(xml::attribute_value(&attr, position)?.into_owned()));
+        if attr.key.as_ref() == "xml:lang" {
+            let value = xml::attribute_value(&attr, position)?;
+            return Ok(language_tag(&value).map(str::to_owned));
         }
     }
     Ok(None)
-}
-
-/// A note's `xml:lang`, if it is a BCP 47 tag (an empty or malformed one counts as absent).
-fn note_lang(e: &BytesStart<'_>, position: u64) -> Result<Option<String>, PidfError> {
-    Ok(attribute(e, "xml:lang", position)?
-        .as_deref()
-        .and_then(language_tag)
-        .map(str::to_owned))
 }
 
 #[cfg(test)]

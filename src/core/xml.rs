@@ -427,7 +427,7 @@ impl<'i> Namespaces<'i> {
         self.bindings
             .iter()
             .rev()
-            .find(|b| b.prefix == prefix)
+            .find(|b| same_prefix(&b.prefix, prefix))
             .map(|b| b.namespace.as_ref())
             .filter(|ns| !ns.is_empty())
     }
@@ -441,34 +441,87 @@ impl<'i> Namespaces<'i> {
         e: &BytesStart<'_>,
         depth: usize,
     ) -> Result<(), XmlError> {
-        if !e.attributes_raw().contains("xmlns") {
+        let raw = e.attributes_raw();
+        if raw.len() < "xmlns".len() || !raw.contains("xmlns") {
             return Ok(());
         }
-        let text = reader.source();
         let position = reader.position();
         for attr in e.attributes() {
             let attr = attr.map_err(|err| XmlError::Syntax {
                 position,
                 message: err.to_string(),
             })?;
-            let key = attr.key.as_ref();
-            let prefix = if key == "xmlns" {
-                ""
-            } else if let Some(p) = key.strip_prefix("xmlns:") {
-                p
-            } else {
-                continue;
-            };
-            let namespace = match attribute_value(&attr, position)? {
-                Cow::Borrowed(v) => reborrow(text, v),
-                Cow::Owned(v) => Cow::Owned(v),
-            };
-            self.bindings.push(Binding {
-                prefix: reborrow(text, prefix),
-                namespace,
-                depth,
-            });
+            self.declare_one(reader, &attr, position, depth)?;
         }
+        Ok(())
+    }
+
+    /// [`Namespaces::declare`], and the first attribute whose qualified name is `key` among those
+    /// it read, with one pass over the attributes (the declarations and errors are `declare`'s).
+    /// A tag that declares no namespace is not read at all and gives `None`: for a root element
+    /// that means it has no namespace. The caller decodes the value with [`attribute_value`].
+    pub fn declare_and_find<'e>(
+        &mut self,
+        reader: &XmlReader<'i>,
+        e: &'e BytesStart<'_>,
+        depth: usize,
+        key: &str,
+    ) -> Result<Option<Attribute<'e>>, XmlError> {
+        let raw = e.attributes_raw();
+        if raw.len() < "xmlns".len() || !raw.contains("xmlns") {
+            return Ok(None);
+        }
+        let position = reader.position();
+        let mut found = None;
+        for attr in e.attributes() {
+            let attr = attr.map_err(|err| XmlError::Syntax {
+                position,
+                message: err.to_string(),
+            })?;
+            self.declare_one(reader, &attr, position, depth)?;
+            if found.is_none() && attr.key.as_ref() == key {
+                found = Some(attr);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records `attr` if it is a namespace declaration.
+    #[inline]
+    fn declare_one(
+        &mut self,
+        reader: &XmlReader<'i>,
+        attr: &Attribute<'_>,
+        position: u64,
+        depth: usize,
+    ) -> Result<(), XmlError> {
+        let text = reader.source();
+        let key = attr.key.as_ref();
+        let prefix = if key == "xmlns" {
+            ""
+        } else if let Some(p) = key.strip_prefix("xmlns:") {
+            p
+        } else {
+            return Ok(());
+        };
+        let namespace = match attribute_value(attr, position)? {
+            Cow::Borrowed(v) => reborrow(text, v),
+            Cow::Owned(v) => Cow::Owned(v),
+        };
+        let prefix = if prefix.is_empty() {
+            Cow::Borrowed("")
+        } else {
+            reborrow(text, prefix)
+        };
+        if self.bindings.capacity() == 0 {
+            // Most documents declare a handful of prefixes on their root: one allocation.
+            self.bindings.reserve(8);
+        }
+        self.bindings.push(Binding {
+            prefix,
+            namespace,
+            depth,
+        });
         Ok(())
     }
 
@@ -479,6 +532,15 @@ impl<'i> Namespaces<'i> {
             self.bindings.pop();
         }
     }
+}
+
+/// Whether two prefixes are equal. Prefixes are short, and the default one is empty: comparing
+/// lengths first keeps the empty case off `memcmp`, which on this project's machines took a
+/// slow path (an AVX-512 masked load at the dangling address of an empty `String`) costing more
+/// than the rest of a PIDF document's name resolution (docs/benchmarks.md).
+#[inline]
+fn same_prefix(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a.as_bytes() == b.as_bytes())
 }
 
 /// `part` as a sub-slice of `text` with `text`'s lifetime, if it is one.
@@ -611,6 +673,84 @@ mod tests {
         };
         assert!(read(b"<a><b/><b/></a>", &limits).is_ok());
         assert!(read(b"<a><b></b></a>  ", &limits).is_ok());
+    }
+
+    /// `declare_and_find` gives what `declare` and then a search of the attributes for the
+    /// first `entity` give (the declarations, the attribute, the error), on tags that declare
+    /// namespaces; on a tag that declares none it reads nothing.
+    #[test]
+    fn declare_and_find_agrees_with_declare_then_search() {
+        fn two_passes(doc: &str) -> Result<(Option<String>, Vec<Option<String>>), XmlError> {
+            let mut reader = XmlReader::new(doc.as_bytes(), &XmlLimits::DEFAULT)?;
+            let Some(XmlEvent::Start(e) | XmlEvent::Empty(e)) = reader.next_event()? else {
+                panic!("no root in {doc}");
+            };
+            let mut ns = Namespaces::default();
+            ns.declare(&reader, &e, 1)?;
+            let position = reader.position();
+            let mut value = None;
+            for attr in e.attributes() {
+                let attr = attr.map_err(|err| XmlError::Syntax {
+                    position,
+                    message: err.to_string(),
+                })?;
+                if attr.key.as_ref() == "entity" {
+                    value = Some(attribute_value(&attr, position)?.into_owned());
+                    break;
+                }
+            }
+            Ok((value, resolved(&ns)))
+        }
+        fn one_pass(doc: &str) -> Result<(Option<String>, Vec<Option<String>>), XmlError> {
+            let mut reader = XmlReader::new(doc.as_bytes(), &XmlLimits::DEFAULT)?;
+            let Some(XmlEvent::Start(e) | XmlEvent::Empty(e)) = reader.next_event()? else {
+                panic!("no root in {doc}");
+            };
+            let mut ns = Namespaces::default();
+            let found = ns.declare_and_find(&reader, &e, 1, "entity")?;
+            let value = match found {
+                Some(attr) => Some(attribute_value(&attr, reader.position())?.into_owned()),
+                None => None,
+            };
+            Ok((value, resolved(&ns)))
+        }
+        fn resolved(ns: &Namespaces<'_>) -> Vec<Option<String>> {
+            ["", "a", "b", "xmlns"]
+                .iter()
+                .map(|p| ns.resolve(p).map(str::to_owned))
+                .collect()
+        }
+        let declaring = [
+            "<p xmlns='urn:x' entity='sip:a@b'/>",
+            "<p entity='sip:a@b' xmlns='urn:x' xmlns:a='urn:a'/>",
+            "<p xmlns:a='urn:a' xmlns:b='urn:b' entity='x&amp;y' entity2='z'/>",
+            "<p xmlns='urn:x'/>",
+            "<p xmlns='' entity=''/>",
+            "<p xmlns='urn:x' entity='a' entity='b'/>",
+            "<p entity='a' xmlns='urn:x' entity='b'/>",
+            "<p xmlns='urn:x' entity='&bad;'/>",
+            "<p entity='&bad;' xmlns='&worse;'/>",
+            "<p xmlns='urn:&#1;' entity='a'/>",
+            "<p entity='&#1;' xmlns='urn:x'/>",
+            "<p xmlns='urn:x' entity=a/>",
+            "<p entity='a' xmlns:a='urn:a' xmlns:a='urn:b'/>",
+            "<p xmlns:a='urn:a' entity='a' b/>",
+            "<p xmlnsfoo='1' entity='a'/>",
+        ];
+        for doc in declaring {
+            assert_eq!(one_pass(doc), two_passes(doc), "{doc}");
+        }
+        for doc in [
+            "<p entity='a'/>",
+            "<p entity='a' entity='b'/>",
+            "<p b entity='a'/>",
+        ] {
+            assert_eq!(
+                one_pass(doc),
+                Ok((None, vec![None, None, None, None])),
+                "{doc}"
+            );
+        }
     }
 
     #[test]
