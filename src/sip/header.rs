@@ -30,46 +30,8 @@ macro_rules! header_kinds {
                 }
             }
 
-            /// Classifies a header name (case-insensitive; compact forms accepted): compact
-            /// forms by table, other names by (length, first letter), which leaves at most
-            /// two names to compare.
+            /// Classifies a header name (case-insensitive; compact forms accepted).
             pub fn of(name: &str) -> HeaderKind {
-                let bytes = name.as_bytes();
-                match bytes {
-                    [c] if c.is_ascii_alphabetic() => {
-                        COMPACT[usize::from(c.to_ascii_lowercase() - b'a')]
-                    }
-                    [first, _, ..] if bytes.len() < 32 => {
-                        let slots = &BUCKETS[bucket(bytes.len(), *first)];
-                        if slots[0] == u8::MAX {
-                            return HeaderKind::Other;
-                        }
-                        // Lower-cased into a buffer (a loop without branches), then compared
-                        // as slices of one length: cheaper than a byte-wise
-                        // `eq_ignore_ascii_case` with its branch per byte.
-                        let mut buf = [0u8; 32];
-                        let lower = &mut buf[..bytes.len()];
-                        for (d, s) in lower.iter_mut().zip(bytes) {
-                            *d = s.to_ascii_lowercase();
-                        }
-                        for &slot in slots {
-                            let Some((kind, name)) = KNOWN.get(usize::from(slot)) else {
-                                break;
-                            };
-                            if *lower == **name {
-                                return *kind;
-                            }
-                        }
-                        HeaderKind::Other
-                    }
-                    _ => HeaderKind::Other,
-                }
-            }
-
-            /// The classification as it was first written (lower-case, then match), kept as
-            /// the reference the table lookup is tested against.
-            #[cfg(test)]
-            fn of_reference(name: &str) -> HeaderKind {
                 let bytes = name.as_bytes();
                 if bytes.len() == 1 {
                     let c = bytes[0].to_ascii_lowercase();
@@ -89,43 +51,8 @@ macro_rules! header_kinds {
                 }
             }
         }
-
-        /// Every known header with its lower-case name, in declaration order.
-        const KNOWN: &[(HeaderKind, &[u8])] = &[$((HeaderKind::$variant, $lower),)*];
-
-        /// The kinds of the compact forms `a`..`z`.
-        const COMPACT: [HeaderKind; 26] = {
-            let mut t = [HeaderKind::Other; 26];
-            $($(t[($compact - b'a') as usize] = HeaderKind::$variant;)?)*
-            t
-        };
     };
 }
-
-/// The bucket of a name of `len` (< 32) bytes starting with `first`: ASCII letters of either
-/// case share one.
-const fn bucket(len: usize, first: u8) -> usize {
-    (len << 5) | (first & 0x1f) as usize
-}
-
-/// For each bucket, the indices into `KNOWN` of the names in it (`u8::MAX`: none).
-static BUCKETS: [[u8; 2]; 1024] = {
-    let mut t = [[u8::MAX; 2]; 1024];
-    let mut i = 0;
-    while i < KNOWN.len() {
-        let name = KNOWN[i].1;
-        let k = bucket(name.len(), name[0]);
-        if t[k][0] == u8::MAX {
-            t[k][0] = i as u8;
-        } else if t[k][1] == u8::MAX {
-            t[k][1] = i as u8;
-        } else {
-            panic!("three header names share a length and a first letter");
-        }
-        i += 1;
-    }
-    t
-};
 
 header_kinds! {
     Via = "Via", b"via", b'v';
@@ -571,67 +498,6 @@ impl<'a> MediaType<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    /// The table lookup classifies every name as the lower-case-then-match reference does.
-    #[test]
-    fn header_kind_table_agrees_with_the_reference() {
-        let mut names: Vec<String> = KNOWN
-            .iter()
-            .map(|(_, l)| String::from_utf8(l.to_vec()).unwrap())
-            .collect();
-        names.extend((0..=255u8).map(|c| char::from(c).to_string()));
-        names.extend(
-            [
-                "",
-                "ms-keep-alive",
-                "x",
-                "callid",
-                "call-ie",
-                "tO",
-                "vIA",
-                "Content-Lengt",
-            ]
-            .map(String::from),
-        );
-        names.push("a".repeat(40));
-        for n in names.clone() {
-            // Upper case, first letter changed, a byte added or dropped at the end.
-            names.push(n.to_ascii_uppercase());
-            let mut b = n.clone().into_bytes();
-            if !b.is_empty() {
-                b[0] ^= 0x20;
-                names.push(String::from_utf8_lossy(&b).into_owned());
-                b[0] ^= 0x60;
-                names.push(String::from_utf8_lossy(&b).into_owned());
-            }
-            names.push(format!("{n}s"));
-            names.push(n.chars().skip(1).collect());
-        }
-        for n in &names {
-            assert_eq!(HeaderKind::of(n), HeaderKind::of_reference(n), "{n:?}");
-        }
-        for (kind, lower) in KNOWN {
-            assert_eq!(HeaderKind::of(&String::from_utf8_lossy(lower)), *kind);
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn header_kind_table_agrees_on_any_name(
-            n in prop_oneof![
-                "[a-zA-Z-]{0,26}",
-                "[a-zA-Z0-9!%*_+`'~.-]{1,4}",
-                (proptest::sample::select(KNOWN), "[a-zA-Z-]{0,2}", proptest::bool::ANY)
-                    .prop_map(|((_, l), tail, upper)| {
-                        let n = format!("{}{tail}", String::from_utf8_lossy(l));
-                        if upper { n.to_ascii_uppercase() } else { n }
-                    }),
-            ]
-        ) {
-            prop_assert_eq!(HeaderKind::of(&n), HeaderKind::of_reference(&n));
-        }
-    }
 
     #[test]
     fn header_kinds_case_insensitive_and_compact() {
