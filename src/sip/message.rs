@@ -197,24 +197,23 @@ fn line_end(head: &[u8], pos: usize, line_no: usize) -> Result<usize, ParseError
 }
 
 /// `true` when the only control characters `head` holds are HTAB and CRLF pairs: no bare CR
-/// or LF, no NUL, no other control character, no DEL. Two passes of OR-ed byte flags without
-/// branches (the compiler vectorises them). In such a head every line ends at its first CR, so
-/// [`Message::parse_head`] finds line ends with `memchr` and skips [`line_end`]'s scan for
-/// forbidden bytes; any other head takes that scan, which also names the line and the byte.
+/// or LF, no NUL, no other control character, no DEL. One pass without branches (the compiler
+/// vectorises it). In such a head every line ends at its first CR, so [`Message::parse_head`]
+/// finds line ends with `memchr` and skips [`line_end`]'s scan for forbidden bytes; any other
+/// head takes that scan, which also names the line and the byte.
 fn only_crlf_controls(head: &[u8]) -> bool {
-    let (Some(&first), Some(&last)) = (head.first(), head.last()) else {
-        return true;
-    };
-    // A CR must be followed by LF, and an LF preceded by CR: in each pair of adjacent bytes,
-    // the first is CR exactly when the second is LF.
-    let mut bad = u8::from(first == b'\n') | u8::from(last == b'\r');
-    for (&a, &b) in head.iter().zip(&head[1..]) {
-        bad |= u8::from(a == b'\r') ^ u8::from(b == b'\n');
-    }
+    let mut other = 0u8;
+    let (mut cr, mut lf, mut crlf) = (0usize, 0usize, 0usize);
     for &b in head {
-        bad |= special(b) & u8::from(b != b'\r') & u8::from(b != b'\n');
+        other |= special(b) & u8::from(b != b'\r') & u8::from(b != b'\n');
+        cr += usize::from(b == b'\r');
+        lf += usize::from(b == b'\n');
     }
-    bad == 0
+    let next = head.get(1..).unwrap_or_default();
+    for (&a, &b) in head.iter().zip(next) {
+        crlf += usize::from(a == b'\r') & usize::from(b == b'\n');
+    }
+    other == 0 && cr == lf && lf == crlf
 }
 
 impl Message {
