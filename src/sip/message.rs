@@ -196,26 +196,6 @@ fn line_end(head: &[u8], pos: usize, line_no: usize) -> Result<usize, ParseError
     }
 }
 
-/// `true` when the only control characters `head` holds are HTAB and CRLF pairs: no bare CR
-/// or LF, no NUL, no other control character, no DEL. One pass without branches (the compiler
-/// vectorises it). In such a head every line ends at its first CR, so [`Message::parse_head`]
-/// finds line ends with `memchr` and skips [`line_end`]'s scan for forbidden bytes; any other
-/// head takes that scan, which also names the line and the byte.
-fn only_crlf_controls(head: &[u8]) -> bool {
-    let mut other = 0u8;
-    let (mut cr, mut lf, mut crlf) = (0usize, 0usize, 0usize);
-    for &b in head {
-        other |= special(b) & u8::from(b != b'\r') & u8::from(b != b'\n');
-        cr += usize::from(b == b'\r');
-        lf += usize::from(b == b'\n');
-    }
-    let next = head.get(1..).unwrap_or_default();
-    for (&a, &b) in head.iter().zip(next) {
-        crlf += usize::from(a == b'\r') & usize::from(b == b'\n');
-    }
-    other == 0 && cr == lf && lf == crlf
-}
-
 impl Message {
     /// Parses a complete message (a file, a datagram, or a frame cut by
     /// [`crate::sip::framing::Framer`]) with default limits. Bytes after `Content-Length` are
@@ -280,23 +260,10 @@ impl Message {
 
     /// Parses a header section (without the final blank line).
     fn parse_head(head: &str, limits: &Limits) -> Result<Message, ParseError> {
-        Self::parse_head_with(head, limits, only_crlf_controls(head.as_bytes()))
-    }
-
-    /// [`Message::parse_head`]; `clean` says [`only_crlf_controls`] holds for `head` (the
-    /// tests pass `false` to compare the two line scans).
-    fn parse_head_with(head: &str, limits: &Limits, clean: bool) -> Result<Message, ParseError> {
         let mut text = String::with_capacity(head.len() + 64);
         text.push_str(head);
         let bytes = head.as_bytes();
-        let line_end = |pos: usize, line_no: usize| {
-            if clean {
-                Ok(memchr::memchr(b'\r', &bytes[pos..]).map_or(bytes.len(), |i| pos + i))
-            } else {
-                line_end(bytes, pos, line_no)
-            }
-        };
-        let first_end = line_end(0, 1)?;
+        let first_end = line_end(bytes, 0, 1)?;
         let start = parse_start_line(&head[..first_end])?;
         let mut headers: Vec<Header> = Vec::with_capacity(16);
         let mut pos = first_end + 2;
@@ -304,7 +271,7 @@ impl Message {
         let mut folded: Vec<usize> = Vec::new();
         while pos < head.len() {
             line_no += 1;
-            let end = line_end(pos, line_no)?;
+            let end = line_end(bytes, pos, line_no)?;
             let line = &head[pos..end];
             if line.starts_with([' ', '\t']) {
                 // Folded continuation (RFC 3261 §7.3.1): extend the previous value.
@@ -1112,65 +1079,6 @@ Content-Type: application/pidf+xml\r\n\
 Content-Length: 4\r\n\
 \r\n\
 body";
-
-    /// A header section (no final blank line) made of the NOTIFY's lines, folds and blank
-    /// lines, with control characters, lone CRs and LFs mixed in.
-    fn head_like() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
-        let head = &NOTIFY[..NOTIFY.find("\r\n\r\n").unwrap_or(0)];
-        let piece = prop_oneof![
-            8 => proptest::sample::select(head.split_inclusive("\r\n").collect::<Vec<_>>())
-                .prop_map(str::to_owned),
-            2 => Just("\r\n".to_owned()),
-            1 => Just(" folded\r\n".to_owned()),
-            1 => "[\\x00-\\x1f\\x7f]",
-            1 => "[\\r\\n\\t ]{1,3}",
-            1 => "[ -~é]{0,8}",
-        ];
-        proptest::collection::vec(piece, 0..16).prop_map(|p| p.concat())
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
-
-        /// The line scan by `memchr` (taken when `only_crlf_controls` holds) gives what the
-        /// scan for forbidden bytes gives: the same message, spans included, or the same error.
-        #[test]
-        fn the_two_line_scans_agree(head in head_like(), cut in 0..4usize) {
-            // Sometimes drop the start of the head, so the start line is any line.
-            let head = match head.char_indices().nth(cut * 7) {
-                Some((i, _)) if cut > 0 => &head[i..],
-                _ => &head[..],
-            };
-            let clean = only_crlf_controls(head.as_bytes());
-            let fast = Message::parse_head_with(head, &Limits::DEFAULT, clean);
-            let slow = Message::parse_head_with(head, &Limits::DEFAULT, false);
-            proptest::prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
-            if clean {
-                proptest::prop_assert!(!head.contains(['\0', '\x01', '\x7f']));
-            }
-        }
-    }
-
-    #[test]
-    fn only_crlf_controls_finds_every_other_control() {
-        assert!(only_crlf_controls(b"a\tb\r\nc d\r\n"));
-        assert!(only_crlf_controls(b""));
-        for bad in [
-            &b"a\rb"[..],
-            b"a\nb",
-            b"a\n\rb",
-            b"a\r\n\nb\r",
-            b"\r",
-            b"\n",
-            b"a\x00b",
-            b"a\x1fb",
-            b"a\x7fb",
-            b"\x0b",
-        ] {
-            assert!(!only_crlf_controls(bad), "{bad:?}");
-        }
-    }
 
     #[test]
     fn parses_and_reemits_notify() {
