@@ -176,9 +176,97 @@ fn parse_host<'a>(s: &'a str, whole: &str) -> Result<Host<'a>, ParseError> {
     Ok(Host::Domain(s))
 }
 
+/// Byte classes of the one-pass scanner ([`SipUri::scan_common`]), one bit each.
+mod class {
+    /// An unreserved user character (`is_user_char`), no `%`.
+    pub const USER: u8 = 1;
+    /// A host character: letter, digit, `-` or `.`.
+    pub const HOST: u8 = 2;
+    /// A digit or `.` (a host made of these only may be an IPv4 literal).
+    pub const DOTTED: u8 = 4;
+    /// A parameter character (`is_param_char`) other than `@`.
+    pub const PARAM: u8 = 8;
+    /// A character of the headers part (graphic) other than `@`.
+    pub const HEADER: u8 = 16;
+    /// A digit.
+    pub const DIGIT: u8 = 32;
+}
+
+const fn class_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 128 {
+        let b = c as u8;
+        let mut k = 0;
+        // `is_user_char` (a `const fn` cannot call it; the test `class_table_matches_predicates`
+        // holds the two together).
+        if b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'&'
+                    | b'='
+                    | b'+'
+                    | b'$'
+                    | b','
+                    | b';'
+                    | b'?'
+                    | b'/'
+            )
+        {
+            k |= class::USER;
+        }
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' {
+            k |= class::HOST;
+        }
+        if b.is_ascii_digit() || b == b'.' {
+            k |= class::DOTTED;
+        }
+        if b.is_ascii_digit() {
+            k |= class::DIGIT;
+        }
+        if b.is_ascii_graphic() && b != b'@' {
+            k |= class::HEADER;
+            if b != b'?' && b != b'#' {
+                k |= class::PARAM;
+            }
+        }
+        t[c] = k;
+        c += 1;
+    }
+    t
+}
+
+static CLASS: [u8; 256] = class_table();
+
+/// The length of the run of bytes of `bytes[from..]` in class `k`.
+#[inline]
+fn run(bytes: &[u8], from: usize, k: u8) -> usize {
+    bytes[from..]
+        .iter()
+        .position(|&c| CLASS[usize::from(c)] & k == 0)
+        .unwrap_or(bytes.len() - from)
+}
+
 impl<'a> Uri<'a> {
     /// Parses a URI. Surrounding whitespace is not accepted; callers trim.
     pub fn parse(s: &'a str) -> Result<Uri<'a>, ParseError> {
+        match SipUri::scan_common(s) {
+            Some(u) => Ok(Uri::Sip(u)),
+            None => Self::parse_general(s),
+        }
+    }
+
+    /// The general parser: every scheme, every form, and the error that names what is wrong.
+    /// [`Uri::parse`] comes here for whatever [`SipUri::scan_common`] does not take.
+    fn parse_general(s: &'a str) -> Result<Uri<'a>, ParseError> {
         let colon =
             memchr::memchr(b':', s.as_bytes()).ok_or_else(|| ParseError::uri(s, "no scheme"))?;
         let scheme = &s[..colon];
@@ -227,6 +315,79 @@ impl<'a> SipUri<'a> {
                 format!("expected a sip: URI, found scheme {scheme:?}"),
             )),
         }
+    }
+
+    /// The common shape of a `sip:`/`sips:` URI in one pass over a byte-class table:
+    /// `[user "@"] host [":" port] [";" params] ["?" headers]`, the user plain (no escape,
+    /// no password, ASCII), the host a domain or IPv4 literal, no `@` after the user part.
+    /// `None` for anything else, valid or not; [`Uri::parse`] then takes the general path,
+    /// which also words the errors. What this accepts, the general path accepts with the same
+    /// result (the proptest `scan_common_agrees_with_the_general_parser`).
+    fn scan_common(s: &'a str) -> Option<SipUri<'a>> {
+        let b = s.as_bytes();
+        let secure = match b.get(..5)? {
+            [c0, c1, c2, b':', _] if [*c0, *c1, *c2].eq_ignore_ascii_case(b"sip") => false,
+            [c0, c1, c2, c3, b':'] if [*c0, *c1, *c2, *c3].eq_ignore_ascii_case(b"sips") => true,
+            _ => return None,
+        };
+        let rest = &s[4 + usize::from(secure)..];
+        let b = rest.as_bytes();
+        // The user part: the run of user characters, if an '@' ends it. Host, port and
+        // parameter characters are user characters too, so when no '@' ends the run there is
+        // none before the first other byte; one after it sends the URI to the general path
+        // (no class below takes '@').
+        let user_len = run(b, 0, class::USER);
+        let (user, host_at) = match b.get(user_len) {
+            Some(b'@') if user_len > 0 => (Some(&rest[..user_len]), user_len + 1),
+            Some(b'@') => return None,
+            _ => (None, 0),
+        };
+        let host_len = run(b, host_at, class::HOST);
+        let host_s = &rest[host_at..host_at + host_len];
+        if host_s.is_empty() || host_s.starts_with(['.', '-']) {
+            return None;
+        }
+        let host = if run(b, host_at, class::DOTTED) == host_len {
+            match host_s.parse::<Ipv4Addr>() {
+                Ok(a) => Host::Ipv4(a),
+                Err(_) => Host::Domain(host_s),
+            }
+        } else {
+            Host::Domain(host_s)
+        };
+        let mut i = host_at + host_len;
+        let mut port = None;
+        if b.get(i) == Some(&b':') {
+            let digits = &b[i + 1..i + 1 + run(b, i + 1, class::DIGIT)];
+            if digits.is_empty() {
+                return None;
+            }
+            let mut n: u16 = 0;
+            for &d in digits {
+                n = n.checked_mul(10)?.checked_add(u16::from(d - b'0'))?;
+            }
+            port = Some(n);
+            i += 1 + digits.len();
+        }
+        let params_at = i;
+        if b.get(i) == Some(&b';') {
+            i += run(b, i, class::PARAM);
+        }
+        let params = Params::new(&rest[params_at..i]);
+        let headers = match b.get(i) {
+            None => None,
+            Some(b'?') if i + 1 + run(b, i + 1, class::HEADER) == b.len() => Some(&rest[i + 1..]),
+            Some(_) => return None,
+        };
+        Some(SipUri {
+            secure,
+            user,
+            password: None,
+            host,
+            port,
+            params,
+            headers,
+        })
     }
 
     fn parse_rest(whole: &'a str, secure: bool, rest: &'a str) -> Result<SipUri<'a>, ParseError> {
@@ -367,6 +528,120 @@ impl fmt::Display for Uri<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn class_table_matches_predicates() {
+        for c in 0..=255u8 {
+            let k = CLASS[usize::from(c)];
+            let has = |bit| k & bit != 0;
+            assert_eq!(has(class::USER), is_user_char(c) && c < 0x80, "{c}");
+            assert_eq!(
+                has(class::HOST),
+                c.is_ascii_alphanumeric() || c == b'-' || c == b'.'
+            );
+            assert_eq!(has(class::DOTTED), c.is_ascii_digit() || c == b'.');
+            assert_eq!(has(class::DIGIT), c.is_ascii_digit());
+            assert_eq!(has(class::PARAM), is_param_char(c) && c != b'@');
+            assert_eq!(has(class::HEADER), c.is_ascii_graphic() && c != b'@');
+        }
+    }
+
+    /// The URIs of real traffic take the one-pass scanner, not the general path.
+    #[test]
+    fn common_uris_take_the_scanner() {
+        for s in [
+            "sip:alice@sip.example.org:5061;transport=tls",
+            "sip:joe@contoso.com",
+            "SIP:Joe.Smith@Contoso.COM;user=ip",
+            "sip:sip.example.org:5061;transport=tls;lr",
+            "sip:10.0.0.1:5061;transport=tls;ms-opaque=d3",
+            "sips:bob@192.0.2.4",
+            "sip:conf@example.org;gruu;opaque=app:conf:focus:id:1?subject=hi&x=y",
+            "sip:+1-212-555-1212;phone-context=x@gw.example.com;user=phone",
+        ] {
+            let fast = SipUri::scan_common(s).unwrap_or_else(|| panic!("{s}"));
+            assert_eq!(Uri::parse_general(s).unwrap(), Uri::Sip(fast), "{s}");
+        }
+        for s in [
+            "sip:joe%20x@contoso.com",
+            "sip:a:pw@b",
+            "sip:[::1]:5061",
+            "tel:+1-201-555-0123",
+            "sip:a@b;x=c@d",
+        ] {
+            assert_eq!(SipUri::scan_common(s), None, "{s}");
+            assert!(Uri::parse(s).is_ok(), "{s}");
+        }
+    }
+
+    /// URI-like text: the bytes that matter to the grammar, weighted towards its delimiters.
+    fn uri_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            4 => "[a-z0-9]{1,6}",
+            1 => Just(".".to_owned()),
+            1 => Just("-".to_owned()),
+            2 => Just("@".to_owned()),
+            2 => Just(":".to_owned()),
+            2 => Just(";".to_owned()),
+            1 => Just("?".to_owned()),
+            1 => Just("=".to_owned()),
+            1 => "[0-9]{1,6}",
+            1 => "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+            1 => "%[0-9a-fA-Fzg]{0,2}",
+            1 => "[\\[\\]#&/_~*'()+$,!\"<> \t]",
+            1 => "[\\x00-\\x7f]",
+            1 => "[é✓]",
+        ];
+        let scheme = prop_oneof![
+            6 => Just("sip:"),
+            2 => Just("sips:"),
+            1 => Just("SIP:"),
+            1 => Just("SiPs:"),
+            1 => Just("sip"),
+            1 => Just("tel:"),
+            1 => Just(""),
+        ];
+        (scheme, proptest::collection::vec(piece, 0..12))
+            .prop_map(|(scheme, pieces)| format!("{scheme}{}", pieces.concat()))
+    }
+
+    /// A valid URI of the common shape, then one byte changed, inserted or removed.
+    fn mutated() -> impl Strategy<Value = String> {
+        (
+            "(sip|sips|SIP):([a-z0-9._+-]{1,8}(;[a-z]{1,3}=[a-z0-9]{1,3})?@)?([a-z0-9-]{1,8}\\.){0,3}[a-z0-9]{1,6}(:[0-9]{1,6})?(;[a-z]{1,5}(=[a-z0-9:@]{1,5})?){0,3}(\\?[a-z]=[a-z0-9@]{1,4})?",
+            any::<prop::sample::Index>(),
+            any::<u8>(),
+            0..3u8,
+        )
+            .prop_map(|(s, at, byte, how)| {
+                let mut b = s.into_bytes();
+                let i = at.index(b.len() + 1);
+                match how {
+                    0 if i < b.len() => b[i] = byte,
+                    1 => b.insert(i, byte),
+                    _ if i < b.len() => {
+                        b.remove(i);
+                    }
+                    _ => {}
+                }
+                String::from_utf8_lossy(&b).into_owned()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// What the scanner accepts, the general parser accepts with the same result; what
+        /// it leaves, `Uri::parse` hands to the general parser, so the two never differ.
+        #[test]
+        fn scan_common_agrees_with_the_general_parser(s in prop_oneof![uri_like(), mutated()]) {
+            if let Some(fast) = SipUri::scan_common(&s) {
+                prop_assert_eq!(Uri::parse_general(&s), Ok(Uri::Sip(fast)), "{:?}", s);
+            }
+            prop_assert_eq!(Uri::parse(&s), Uri::parse_general(&s));
+        }
+    }
 
     #[test]
     fn parses_full_sip_uri() {
