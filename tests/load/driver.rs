@@ -781,9 +781,22 @@ fn pinned(opts: &Options, bin: &Path) -> Command {
     }
 }
 
+/// The `GLIBC_TUNABLES` the packaged unit sets (docs/operations.md, "CPU: glibc's memcmp"),
+/// read from the unit so the two cannot differ.
+fn unit_glibc_tunables() -> Option<&'static str> {
+    include_str!("../../config/systemd/lcs-bridge.service")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Environment=GLIBC_TUNABLES="))
+}
+
 fn spawn_bridge(opts: &Options, config: &Path, log: &Path) -> Child {
     let log = append_to(log);
     let mut cmd = pinned(opts, &opts.bridge);
+    // The bridge runs as the unit runs it; a GLIBC_TUNABLES of the caller's wins (set it empty
+    // to measure without).
+    if let (None, Some(t)) = (std::env::var_os("GLIBC_TUNABLES"), unit_glibc_tunables()) {
+        cmd.env("GLIBC_TUNABLES", t);
+    }
     cmd.arg("run")
         .arg("--config")
         .arg(config)
