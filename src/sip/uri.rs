@@ -66,7 +66,7 @@ fn is_scheme(s: &str) -> bool {
 }
 
 /// Characters allowed unescaped in a user part: unreserved / user-unreserved (§25.1).
-pub(crate) fn is_user_char(c: u8) -> bool {
+pub(crate) const fn is_user_char(c: u8) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
@@ -198,29 +198,7 @@ const fn class_table() -> [u8; 256] {
     while c < 128 {
         let b = c as u8;
         let mut k = 0;
-        // `is_user_char` (a `const fn` cannot call it; the test `class_table_matches_predicates`
-        // holds the two together).
-        if b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'_'
-                    | b'.'
-                    | b'!'
-                    | b'~'
-                    | b'*'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'&'
-                    | b'='
-                    | b'+'
-                    | b'$'
-                    | b','
-                    | b';'
-                    | b'?'
-                    | b'/'
-            )
-        {
+        if is_user_char(b) {
             k |= class::USER;
         }
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' {
