@@ -216,7 +216,6 @@ struct ByDomain {
     retried: bool,
 }
 
-/// The domain of a request's From URI (lowercase), if it is a SIP URI with a domain.
 /// The domain of a request's To (SIP URIs only), lower case.
 fn to_domain(m: &Message) -> Option<String> {
     m.to()
@@ -226,6 +225,7 @@ fn to_domain(m: &Message) -> Option<String> {
         .map(|u| u.host_str().to_ascii_lowercase())
 }
 
+/// The domain of a request's From URI (lowercase), if it is a SIP URI with a domain.
 fn from_domain(m: &Message) -> Option<String> {
     m.from()
         .ok()?
