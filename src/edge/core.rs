@@ -39,6 +39,7 @@ use crate::edge::srv::SrvTarget;
 use crate::random::SplitMix;
 use crate::sip::builder::name_addr;
 use crate::sip::framing::{Frame, PONG};
+use crate::sip::header::NameAddr;
 use crate::sip::message::{Message, Method};
 use crate::sip::sdp::Sdp;
 use crate::sip::status::{self, Reject};
@@ -218,18 +219,17 @@ struct ByDomain {
 
 /// The domain of a request's To (SIP URIs only), lower case.
 fn to_domain(m: &Message) -> Option<String> {
-    m.to()
-        .ok()?
-        .parsed_uri()
-        .as_sip()
-        .map(|u| u.host_str().to_ascii_lowercase())
+    sip_domain(m.to().ok()?)
 }
 
 /// The domain of a request's From URI (lowercase), if it is a SIP URI with a domain.
 fn from_domain(m: &Message) -> Option<String> {
-    m.from()
-        .ok()?
-        .parsed_uri()
+    sip_domain(m.from().ok()?)
+}
+
+/// The lower-cased host of a From or To that holds a SIP URI.
+fn sip_domain(addr: NameAddr<'_>) -> Option<String> {
+    addr.parsed_uri()
         .as_sip()
         .map(|u| u.host_str().to_ascii_lowercase())
 }

@@ -141,19 +141,22 @@ fn chat_states() {
     }
 }
 
+/// Every presence type.
+const PRESENCE_TYPES: [PresenceType; 8] = [
+    PresenceType::None,
+    PresenceType::Error,
+    PresenceType::Probe,
+    PresenceType::Subscribe,
+    PresenceType::Subscribed,
+    PresenceType::Unavailable,
+    PresenceType::Unsubscribe,
+    PresenceType::Unsubscribed,
+];
+
 #[test]
 fn presences() {
     check_presence(&Presence::available());
-    for type_ in [
-        PresenceType::None,
-        PresenceType::Error,
-        PresenceType::Probe,
-        PresenceType::Subscribe,
-        PresenceType::Subscribed,
-        PresenceType::Unavailable,
-        PresenceType::Unsubscribe,
-        PresenceType::Unsubscribed,
-    ] {
+    for type_ in PRESENCE_TYPES {
         for show in [
             None,
             Some(Show::Away),
@@ -303,16 +306,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
 fn arb_presence() -> impl Strategy<Value = Presence> {
     (
         (arb_jid(), arb_jid(), prop::option::of(arb_text())),
-        prop::sample::select(vec![
-            PresenceType::None,
-            PresenceType::Error,
-            PresenceType::Probe,
-            PresenceType::Subscribe,
-            PresenceType::Subscribed,
-            PresenceType::Unavailable,
-            PresenceType::Unsubscribe,
-            PresenceType::Unsubscribed,
-        ]),
+        prop::sample::select(PRESENCE_TYPES.to_vec()),
         prop::option::of(prop::sample::select(vec![
             Show::Away,
             Show::Chat,
