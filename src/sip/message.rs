@@ -649,16 +649,7 @@ impl Message {
     /// [`HeaderError`] ([`Message::header_error`]), so it is never sent with a line missing or
     /// split. Callers that build values from peer input fold or validate them first.
     pub fn push_header(&mut self, name: &str, value: &str) {
-        if let Err(e) = check_header(name, value) {
-            return self.refuse(e);
-        }
-        let n = self.push_text(name);
-        let v = self.push_text(value);
-        self.headers.push(Header {
-            kind: HeaderKind::of(name),
-            name: n,
-            value: v,
-        });
+        self.push_header_parts(name, &[value]);
     }
 
     /// Appends a header line whose value is `parts` written one after the other: the same
